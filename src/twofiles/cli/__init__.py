@@ -1,0 +1,61 @@
+"""`twofiles <verb>`: the command-line entry point.
+
+Each verb is one thin module in this package exposing `add_arguments(parser)` and
+`run(args) -> int`. Verb modules import only the standard library at top level (heavy imports
+such as torch happen inside `run`), so `twofiles --help` is instant. Verbs never import each other;
+shared code lives in the library.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# verb -> (module, one-line help). Order is the order of the story.
+VERBS: dict[str, tuple[str, str]] = {
+    "tokenizer": ("twofiles.cli.tokenizer", "train a byte-level BPE tokenizer, or show how text is tokenized"),
+    "data": ("twofiles.cli.data", "turn text/JSONL/Parquet into token shards"),
+    "pretrain": ("twofiles.cli.pretrain", "pretrain a base model on token shards"),
+    "generate": ("twofiles.cli.generate", "sample a continuation from a model"),
+    "speedrun": ("twofiles.cli.speedrun", "tokenizer -> data -> pretrain -> samples on the built-in corpus"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="twofiles", description="An LLM is two files: train, run and inspect them.")
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+    for verb, (module_name, help_text) in VERBS.items():
+        module = importlib.import_module(module_name)
+        p = sub.add_parser(verb, help=help_text, description=(module.__doc__ or help_text).strip().splitlines()[0])
+        module.add_arguments(p)
+        p.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        from twofiles import __version__
+
+        print(__version__)
+        return 0
+    if not getattr(args, "verb", None):
+        parser.print_help()
+        return 2
+    from twofiles.errors import TwofilesError
+
+    try:
+        return int(args._module.run(args) or 0)
+    except TwofilesError as e:
+        print(f"twofiles {args.verb}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"twofiles {args.verb}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

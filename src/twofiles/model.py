@@ -1,0 +1,278 @@
+"""The model: a Llama-style decoder-only transformer, as plain math.
+
+What it owns: ModelConfig, the Transformer module, weight initialisation, a static KV cache for
+decoding, and the FLOP count used for MFU. What it leaves to others: device and dtype (runtime),
+compile / DDP (applied from outside by the trainer), optimizers (optim), I/O (artifact, formats),
+sampling (engine).
+
+Notable choices:
+- Parameter names equal Hugging Face `LlamaForCausalLM`'s (`model.layers.0.self_attn.q_proj.weight`
+  ...), and RoPE uses the same "rotate half" layout, so import/export to HF is the identity map.
+- RMSNorm pre-norm, rotary position embeddings, grouped-query attention, SwiGLU MLP, optional
+  tied input/output embeddings, optional qkv bias (Qwen2-style).
+- Output projections of each block (o_proj, down_proj) start at zero, so at step 0 every block is
+  the identity and the model is a bigram model (modded-nanogpt; speeds up early training).
+- The loss is computed on fp32 logits whatever the autocast dtype.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 4096  # tokens in the vocabulary (specials included)
+    dim: int = 256  # residual stream width (HF: hidden_size)
+    n_layers: int = 4  # transformer blocks (HF: num_hidden_layers)
+    n_heads: int = 4  # query heads (HF: num_attention_heads)
+    n_kv_heads: int = 4  # key/value heads; < n_heads is grouped-query attention
+    hidden_dim: int = 768  # SwiGLU inner width (HF: intermediate_size)
+    max_seq_len: int = 256  # longest context the model is trained / run at
+    rope_theta: float = 10000.0  # RoPE base
+    norm_eps: float = 1e-5  # RMSNorm epsilon
+    tie_embeddings: bool = False  # share embed_tokens and lm_head
+    qkv_bias: bool = False  # bias on q/k/v projections (Qwen2-style checkpoints)
+
+    def __post_init__(self) -> None:
+        if self.dim % self.n_heads:
+            raise ValueError(f"dim={self.dim} is not divisible by n_heads={self.n_heads}")
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(f"n_heads={self.n_heads} is not divisible by n_kv_heads={self.n_kv_heads}")
+        if (self.dim // self.n_heads) % 2:
+            raise ValueError("head dimension must be even for RoPE")
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown model config fields: {sorted(unknown)}")
+        return cls(**d)
+
+    def num_params(self, *, embeddings: bool = True) -> int:
+        d, h, L, V = self.dim, self.hidden_dim, self.n_layers, self.vocab_size
+        kv = self.n_kv_heads * self.head_dim
+        per_layer = d * d * 2 + d * kv * 2 + 3 * d * h + 2 * d
+        if self.qkv_bias:
+            per_layer += d + 2 * kv
+        n = L * per_layer + d
+        if embeddings:
+            n += V * d * (1 if self.tie_embeddings else 2)
+        else:
+            n += 0 if self.tie_embeddings else V * d  # lm_head is a matmul, count it
+        return n
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Training FLOPs per token (forward + backward): 6 per matmul parameter plus 12 * L * d * T
+        for attention scores and values (PaLM appendix B, the usual MFU convention; it counts the
+        full T x T score matrix, not the causal half)."""
+        return 6 * self.num_params(embeddings=False) + 12 * self.n_layers * self.dim * seq_len
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+
+
+def rope_tables(head_dim: int, max_len: int, theta: float, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin tables [max_len, head_dim] in HF's rotate-half layout (frequencies repeated twice)."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim))
+    t = torch.arange(max_len, dtype=torch.float32, device=device)
+    freqs = torch.outer(t, inv_freq)
+    emb = torch.cat([freqs, freqs], dim=-1)
+    return emb.cos(), emb.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    # x: [B, H, T, hd]; cos/sin: [T, hd]
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    rotated = torch.cat([-x2, x1], dim=-1)
+    return x * cos + rotated * sin
+
+
+class KVCache(nn.Module):
+    """Static per-layer key/value buffers [B, n_kv_heads, max_len, head_dim] (gpt-fast style)."""
+
+    def __init__(self, batch: int, n_kv_heads: int, max_len: int, head_dim: int, dtype: torch.dtype, device: torch.device | str | None = None) -> None:
+        super().__init__()
+        shape = (batch, n_kv_heads, max_len, head_dim)
+        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+
+    def update(self, pos: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        T = k.shape[2]
+        self.k[:, :, pos : pos + T] = k
+        self.v[:, :, pos : pos + T] = v
+        return self.k[:, :, : pos + T], self.v[:, :, : pos + T]
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        kv_dim = cfg.n_kv_heads * cfg.head_dim
+        self.q_proj = nn.Linear(cfg.dim, cfg.dim, bias=cfg.qkv_bias)
+        self.k_proj = nn.Linear(cfg.dim, kv_dim, bias=cfg.qkv_bias)
+        self.v_proj = nn.Linear(cfg.dim, kv_dim, bias=cfg.qkv_bias)
+        self.o_proj = nn.Linear(cfg.dim, cfg.dim, bias=False)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None, pos: int) -> torch.Tensor:
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # [B, H, T, hd]
+        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # [B, Hkv, T, hd]
+        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            k, v = cache.update(pos, k, v)
+        if self.n_kv_heads != self.n_heads:
+            rep = self.n_heads // self.n_kv_heads
+            k = k.repeat_interleave(rep, dim=1)
+            v = v.repeat_interleave(rep, dim=1)
+        S = k.shape[2]
+        if S == T:  # no cached prefix: plain causal attention
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        elif T == 1:  # one new token attends to everything so far
+            y = F.scaled_dot_product_attention(q, k, v)
+        else:  # a chunk after a cached prefix: query i sees keys <= pos + i
+            mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(diagonal=S - T)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        y = y.transpose(1, 2).reshape(B, T, -1)  # [B, T, dim]
+        return self.o_proj(y)
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.dim, cfg.hidden_dim, bias=False)
+        self.up_proj = nn.Linear(cfg.dim, cfg.hidden_dim, bias=False)
+        self.down_proj = nn.Linear(cfg.hidden_dim, cfg.dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.self_attn = Attention(cfg)
+        self.post_attention_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None, pos: int) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache, pos)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Backbone(nn.Module):
+    """Holds what HF calls `model.*`: embeddings, blocks, final norm."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        self.model = Backbone(cfg)
+        self.lm_head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+        cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+
+    @torch.no_grad()
+    def init_weights(self, seed: int | None = None) -> None:
+        """Initialise every parameter in one place (so the model can be built on the meta device)."""
+        g = torch.Generator(device="cpu")
+        if seed is not None:
+            g.manual_seed(seed)
+        cfg = self.config
+
+        def normal_(p: torch.Tensor, std: float) -> None:
+            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float32).mul_(std).to(p.dtype))
+
+        normal_(self.model.embed_tokens.weight, 1.0 if not cfg.tie_embeddings else 0.02)
+        for layer in self.model.layers:
+            for lin in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj, layer.mlp.gate_proj, layer.mlp.up_proj):
+                # uniform-variance fan-in init: std = 1/sqrt(fan_in)
+                normal_(lin.weight, lin.weight.shape[1] ** -0.5)
+                if lin.bias is not None:
+                    lin.bias.zero_()
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+            layer.input_layernorm.weight.fill_(1.0)
+            layer.post_attention_layernorm.weight.fill_(1.0)
+        self.model.norm.weight.fill_(1.0)
+        if not cfg.tie_embeddings:
+            normal_(self.lm_head.weight, 0.001)
+        cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta, device=self.rope_cos.device)
+        self.rope_cos.copy_(cos)
+        self.rope_sin.copy_(sin)
+
+    def hidden_states(self, idx: torch.Tensor, caches: list[KVCache] | None = None, pos: int = 0) -> torch.Tensor:
+        """Final-norm hidden states [B, T, dim] for token ids idx [B, T] starting at position pos."""
+        T = idx.shape[1]
+        if pos + T > self.rope_cos.shape[0]:
+            raise ValueError(f"sequence of {pos + T} tokens exceeds max_seq_len={self.rope_cos.shape[0]}")
+        cos = self.rope_cos[pos : pos + T].to(self.model.embed_tokens.weight.dtype)
+        sin = self.rope_sin[pos : pos + T].to(self.model.embed_tokens.weight.dtype)
+        x = self.model.embed_tokens(idx)
+        for i, layer in enumerate(self.model.layers):
+            x = layer(x, cos, sin, caches[i] if caches is not None else None, pos)
+        return self.model.norm(x)
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        *,
+        caches: list[KVCache] | None = None,
+        pos: int = 0,
+        reduction: str = "mean",
+    ) -> torch.Tensor:
+        """Logits [B, T, V] (fp32) when targets is None, else the cross-entropy loss over targets
+        (ignore_index=-1); reduction="none" gives the per-token loss [B, T]."""
+        h = self.hidden_states(idx, caches, pos)
+        logits = self.lm_head(h).float()
+        if targets is None:
+            return logits
+        loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-1, reduction=reduction)
+        return loss.view(targets.shape) if reduction == "none" else loss
+
+    def new_caches(self, batch: int, max_len: int | None = None, dtype: torch.dtype | None = None) -> list[KVCache]:
+        cfg = self.config
+        w = self.model.embed_tokens.weight
+        max_len = max_len or cfg.max_seq_len
+        return [KVCache(batch, cfg.n_kv_heads, max_len, cfg.head_dim, dtype or w.dtype, w.device) for _ in range(cfg.n_layers)]
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+__all__ = ["ModelConfig", "Transformer", "KVCache", "RMSNorm", "rope_tables", "apply_rope", "count_params"]
