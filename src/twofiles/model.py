@@ -230,6 +230,12 @@ class Transformer(nn.Module):
         self.model.norm.weight.fill_(1.0)
         if not cfg.tie_embeddings:
             normal_(self.lm_head.weight, 0.001)
+        self.init_buffers()
+
+    @torch.no_grad()
+    def init_buffers(self) -> None:
+        """(Re)compute the non-persistent RoPE tables, e.g. after building on the meta device."""
+        cfg = self.config
         cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta, device=self.rope_cos.device)
         self.rope_cos.copy_(cos)
         self.rope_sin.copy_(sin)

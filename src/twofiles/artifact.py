@@ -1,0 +1,165 @@
+"""The parameters file: one self-contained `model.safetensors`.
+
+What it owns: writing and reading the file. The weights are plain safetensors tensors named as in
+Hugging Face Llama; the safetensors metadata (string -> string) carries everything else:
+
+    format        "twofiles"
+    version       "1"
+    config        JSON of ModelConfig
+    tokenizer     the tokenizer's JSON (Hugging Face `tokenizers` format)
+    chat_template Jinja chat template ("" when the model has none)
+    provenance    JSON: what produced it, from what, when, with which settings
+
+Tied embeddings are stored once (embed_tokens); lm_head is re-tied at load. Writes are atomic
+(temp file + rename). Loading never unpickles anything. What it leaves to others: GGUF / HF
+directories (formats), device choice (runtime).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from twofiles.errors import BadInputError
+
+if TYPE_CHECKING:
+    import torch
+
+    from twofiles.model import Transformer
+    from twofiles.tokenizer import Tokenizer
+
+FORMAT = "twofiles"
+VERSION = "1"
+
+
+@dataclass
+class LoadedModel:
+    model: "Transformer"
+    tokenizer: "Tokenizer"
+    chat_template: str = ""
+    provenance: dict[str, Any] = field(default_factory=dict)
+    path: str = ""
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save_model(
+    path: str | os.PathLike[str],
+    model: "Transformer",
+    tokenizer: "Tokenizer",
+    *,
+    provenance: dict[str, Any] | None = None,
+    chat_template: str = "",
+) -> Path:
+    """Write model + tokenizer + config + provenance to one safetensors file, atomically."""
+    from safetensors.torch import save
+
+    sd = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    if model.config.tie_embeddings:
+        sd.pop("lm_head.weight", None)
+    prov = {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "producer": "twofiles"}
+    prov.update(provenance or {})
+    metadata = {
+        "format": FORMAT,
+        "version": VERSION,
+        "config": json.dumps(model.config.to_dict()),
+        "tokenizer": tokenizer.to_json(),
+        "chat_template": chat_template,
+        "provenance": json.dumps(prov, default=str),
+    }
+    path = Path(path)
+    atomic_write_bytes(path, save(sd, metadata=metadata))
+    return path
+
+
+def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
+    """The safetensors header metadata, validated enough to give clear errors."""
+    path = str(path)
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise BadInputError("file too short to be safetensors", path=path)
+            n = int.from_bytes(head, "little")
+            if n <= 0 or n > min(size - 8, 100 * 2**20):
+                raise BadInputError(f"bad safetensors header length {n}", path=path)
+            header = json.loads(f.read(n))
+    except FileNotFoundError:
+        raise BadInputError("no such model file", path=path) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BadInputError(f"safetensors header is not valid JSON ({e})", path=path) from None
+    if not isinstance(header, dict):
+        raise BadInputError("safetensors header is not a JSON object", path=path)
+    meta = header.get("__metadata__") or {}
+    if not isinstance(meta, dict):
+        raise BadInputError("safetensors __metadata__ is not an object", path=path)
+    return meta
+
+
+def load_model(
+    path: str | os.PathLike[str],
+    *,
+    device: "str | torch.device" = "cpu",
+    dtype: "torch.dtype | None" = None,
+) -> LoadedModel:
+    """Load a twofiles model.safetensors onto `device` (weights kept in their stored dtype unless
+    `dtype` is given)."""
+    import torch
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from twofiles.model import ModelConfig, Transformer
+    from twofiles.tokenizer import Tokenizer
+
+    path = str(path)
+    meta = read_metadata(path)
+    if meta.get("format") != FORMAT:
+        raise BadInputError("not a twofiles model file (metadata 'format' is missing or different)", path=path)
+    for key in ("config", "tokenizer"):
+        if key not in meta:
+            raise BadInputError(f"metadata field '{key}' is missing", path=path)
+    try:
+        cfg = ModelConfig.from_dict(json.loads(meta["config"]))
+    except (ValueError, TypeError) as e:
+        raise BadInputError(f"metadata field 'config' is invalid: {e}", path=path) from None
+    tokenizer = Tokenizer.from_json(meta["tokenizer"])
+    try:
+        sd = load_file(path, device="cpu")
+    except (SafetensorError, OSError) as e:
+        raise BadInputError(f"cannot read tensors: {e}", path=path) from None
+    with torch.device("meta"):
+        model = Transformer(cfg)
+    model.to_empty(device="cpu")
+    model.init_buffers()
+    if cfg.tie_embeddings:
+        sd["lm_head.weight"] = sd["model.embed_tokens.weight"]
+    expected = set(model.state_dict())
+    missing, unexpected = expected - set(sd), set(sd) - expected
+    if missing or unexpected:
+        raise BadInputError(f"tensors do not match the config: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}", path=path)
+    for k, v in model.state_dict().items():
+        if tuple(sd[k].shape) != tuple(v.shape):
+            raise BadInputError(f"tensor {k} has shape {tuple(sd[k].shape)}, config expects {tuple(v.shape)}", path=path)
+    model.load_state_dict(sd, strict=True)
+    if cfg.tie_embeddings:
+        model.lm_head.weight = model.model.embed_tokens.weight
+    model.to(device=device, dtype=dtype) if dtype is not None else model.to(device=device)
+    model.eval()
+    try:
+        provenance = json.loads(meta.get("provenance", "{}"))
+    except json.JSONDecodeError:
+        provenance = {}
+    return LoadedModel(model=model, tokenizer=tokenizer, chat_template=meta.get("chat_template", ""), provenance=provenance, path=path)
