@@ -1,0 +1,64 @@
+"""This machine's fp32 matmul peak, measured with torch: the denominator for "share of peak".
+
+A square matmul of side n costs 2*n^3 FLOPs. We time a few sizes, best-of-N each (the best run is
+the one least disturbed by other work on the machine), at torch.get_num_threads() threads, and take
+the best size. This is an achievable peak for this BLAS on this machine, not the datasheet number.
+
+    .venv/bin/python bench/matmul_peak.py [--sizes 512 1024 2048] [--repeats 5] [--threads N] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+
+def measure_matmul_gflops(n: int, repeats: int = 5, dtype: torch.dtype = torch.float32) -> float:
+    """Best-of-`repeats` GFLOP/s of an n x n @ n x n matmul (each repeat loops long enough to time)."""
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(n, n, generator=g, dtype=dtype)
+    b = torch.randn(n, n, generator=g, dtype=dtype)
+    out = torch.empty(n, n, dtype=dtype)
+    torch.mm(a, b, out=out)  # warm-up: thread pool, BLAS packing buffers
+    t0 = time.perf_counter()
+    torch.mm(a, b, out=out)
+    one = time.perf_counter() - t0
+    iters = max(1, int(0.2 / max(one, 1e-6)))  # ~0.2 s per repeat
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(iters):
+            torch.mm(a, b, out=out)
+        best = min(best, (time.perf_counter() - t0) / iters)
+    return 2 * n**3 / best / 1e9
+
+
+def measure_fp32_peak(sizes: tuple[int, ...] = (512, 1024, 1536, 2048), repeats: int = 5) -> float:
+    """The best fp32 matmul GFLOP/s over `sizes` at the current torch thread count."""
+    return max(measure_matmul_gflops(n, repeats) for n in sizes)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[512, 1024, 1536, 2048])
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument("--json", action="store_true", help="print one JSON line last")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    per_size = {n: measure_matmul_gflops(n, args.repeats) for n in args.sizes}
+    threads = torch.get_num_threads()
+    for n, gf in per_size.items():
+        print(f"fp32 matmul {n:>5} x {n:<5} {gf:8.1f} GFLOP/s  ({threads} threads, best of {args.repeats})")
+    peak = max(per_size.values())
+    print(f"peak: {peak:.1f} GFLOP/s")
+    if args.json:
+        print(json.dumps({"fp32_peak_gflops": round(peak, 2), "threads": threads, "per_size": {str(k): round(v, 2) for k, v in per_size.items()}}))
+
+
+if __name__ == "__main__":
+    main()

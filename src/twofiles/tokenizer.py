@@ -1,0 +1,273 @@
+"""Byte-level BPE tokenizer: train, encode, decode, save, load.
+
+What it owns: a thin, typed wrapper over Hugging Face `tokenizers` (Rust, fast, and its
+`tokenizer.json` is the format the rest of the ecosystem reads). The recipe is GPT-4's:
+
+- pre-tokenization: the cl100k split regex (letters, 1-3 digit groups, punctuation runs,
+  whitespace), then byte-level mapping (every byte is one symbol, so any text round-trips and
+  there is never an unknown token);
+- BPE merges learned on the training text, on top of the 256 byte symbols;
+- the special tokens in `SPECIAL_TOKENS` take the lowest ids, reserved from the start so that a
+  base model's vocabulary already has room for chat and tool use.
+
+Plain text never turns into a special token: `encode("<|bos|>")` gives the bytes of that string.
+Special ids are inserted by code (data preparation, chat rendering), never by user text, which is
+what stops a prompt from forging a turn boundary. `encode(text, allow_special=True)` opts in.
+
+What it leaves to others: normalisation of text (data/corpus.py), chat rendering (chat.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from twofiles.errors import BadInputError, TwofilesError
+
+if TYPE_CHECKING:
+    import numpy as np
+    from tokenizers import Tokenizer as HFTokenizer
+
+SPECIAL_TOKENS: list[str] = [
+    "<|bos|>",  # document start; also the separator between documents in token shards
+    "<|pad|>",  # padding for batched inference and ragged batches (never trained on)
+    "<|system_start|>",  # opens a system message in a chat
+    "<|system_end|>",  # closes a system message
+    "<|user_start|>",  # opens a user turn
+    "<|user_end|>",  # closes a user turn
+    "<|assistant_start|>",  # opens an assistant turn (generation starts after it)
+    "<|assistant_end|>",  # closes an assistant turn (generation stops on it)
+    "<|tool_call_start|>",  # the assistant starts a tool call (JSON follows)
+    "<|tool_call_end|>",  # the tool call is complete: the engine runs it
+    "<|tool_result_start|>",  # the tool's output, inserted by the engine
+    "<|tool_result_end|>",  # end of the tool's output; the assistant continues
+    "<|think_start|>",  # opens "System 2" reasoning the user does not need to see
+    "<|think_end|>",  # closes the reasoning
+]
+
+# GPT-4 (cl100k_base) pre-tokenizer pattern, as in tiktoken. Possessive quantifiers (?+, ++) are
+# supported by Oniguruma, which HF `tokenizers` uses. Digits are split in groups of 1-3 so numbers
+# get a regular, learnable segmentation.
+SPLIT_PATTERN = (
+    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*"""
+    r"""|\s*[\r\n]|\s+(?!\S)|\s+"""
+)
+
+# Every id below this is either a special token or one of the 256 byte symbols.
+MIN_VOCAB_SIZE = len(SPECIAL_TOKENS) + 256
+
+
+def _byte_decoder() -> dict[str, int]:
+    """ByteLevel's printable stand-in character -> the byte it stands for (GPT-2's table)."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return {chr(c): b for b, c in zip(bs, cs)}
+
+
+def _new_hf(model) -> "HFTokenizer":
+    from tokenizers import Regex, decoders, pre_tokenizers
+    from tokenizers import Tokenizer as HFTokenizer
+
+    tk = HFTokenizer(model)
+    tk.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tk.decoder = decoders.ByteLevel()
+    return tk
+
+
+class Tokenizer:
+    """A trained byte-level BPE tokenizer. Build with `train`, `from_json` or `load`."""
+
+    def __init__(self, hf: "HFTokenizer") -> None:
+        # Two views of the same tokenizer: the default one treats "<|bos|>" in text as plain bytes.
+        self._hf_plain = hf
+        self._hf_plain.encode_special_tokens = True
+        self._hf_special: "HFTokenizer | None" = None
+        added = hf.get_added_tokens_decoder()
+        self.special_ids: dict[str, int] = {t.content: i for i, t in sorted(added.items()) if t.special}
+        if "<|bos|>" not in self.special_ids:
+            raise BadInputError("tokenizer has no <|bos|> special token (not a twofiles tokenizer?)")
+        self.bos_id: int = self.special_ids["<|bos|>"]
+        self._token_bytes: "np.ndarray | None" = None
+
+    # ------------------------------------------------------------------ building
+
+    @classmethod
+    def train(
+        cls,
+        texts: Iterable[str],
+        vocab_size: int,
+        *,
+        min_frequency: int = 2,
+        show_progress: bool = False,
+    ) -> "Tokenizer":
+        """Learn BPE merges from `texts` (streamed). The result may be smaller than `vocab_size`
+        when the text has fewer than that many mergeable pairs of frequency >= `min_frequency`."""
+        from tokenizers import models, pre_tokenizers, trainers
+
+        if vocab_size < MIN_VOCAB_SIZE:
+            raise TwofilesError(f"vocab size {vocab_size} is too small: at least {MIN_VOCAB_SIZE} (256 bytes + {len(SPECIAL_TOKENS)} special tokens)")
+        hf = _new_hf(models.BPE())
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            min_frequency=min_frequency,
+            special_tokens=list(SPECIAL_TOKENS),  # the trainer gives these ids 0..13, in order
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # all 256 bytes, even unseen ones
+            show_progress=show_progress,
+        )
+        hf.train_from_iterator(iter(texts), trainer=trainer)
+        return cls(hf)
+
+    @classmethod
+    def from_json(cls, s: str) -> "Tokenizer":
+        from tokenizers import Tokenizer as HFTokenizer
+
+        try:
+            hf = HFTokenizer.from_str(s)
+        except Exception as e:  # the Rust side raises a plain Exception
+            raise BadInputError(f"not a valid tokenizer.json: {e}") from None
+        return cls(hf)
+
+    def to_json(self) -> str:
+        return self._hf_plain.to_str()
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write `tokenizer.json` atomically (temp file + rename)."""
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(self.to_json())
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> "Tokenizer":
+        """Load a `tokenizer.json`, or the tokenizer stored inside a twofiles `model.safetensors`."""
+        path = str(path)
+        if not os.path.exists(path):
+            raise BadInputError("no such tokenizer file", path=path)
+        if os.path.isdir(path):
+            for name in ("tokenizer.json", "model.safetensors"):
+                if os.path.isfile(os.path.join(path, name)):
+                    return cls.load(os.path.join(path, name))
+            raise BadInputError("directory holds neither tokenizer.json nor model.safetensors", path=path)
+        if path.endswith(".safetensors"):
+            from twofiles.artifact import read_metadata
+
+            meta = read_metadata(path)
+            if "tokenizer" not in meta:
+                raise BadInputError("model file has no 'tokenizer' metadata field", path=path)
+            text = meta["tokenizer"]
+        else:
+            try:
+                with open(path, encoding="utf-8") as f:
+                    text = f.read()
+            except UnicodeDecodeError:
+                raise BadInputError("not a tokenizer.json (not UTF-8 text)", path=path) from None
+        try:
+            json.loads(text)
+        except json.JSONDecodeError as e:
+            raise BadInputError(f"not a tokenizer.json (invalid JSON: {e})", path=path, line=e.lineno) from None
+        try:
+            return cls.from_json(text)
+        except BadInputError as e:
+            raise BadInputError(str(e), path=path) from None
+
+    # ------------------------------------------------------------------ using
+
+    @property
+    def vocab_size(self) -> int:
+        return self._hf_plain.get_vocab_size(with_added_tokens=True)
+
+    def _hf(self, allow_special: bool) -> "HFTokenizer":
+        if not allow_special:
+            return self._hf_plain
+        if self._hf_special is None:
+            from tokenizers import Tokenizer as HFTokenizer
+
+            self._hf_special = HFTokenizer.from_str(self._hf_plain.to_str())
+            self._hf_special.encode_special_tokens = False
+        return self._hf_special
+
+    def encode(self, text: str, *, allow_special: bool = False) -> list[int]:
+        """Token ids of `text`; no special tokens are added (prepend `bos_id` yourself)."""
+        return self._hf(allow_special).encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: Sequence[str], *, allow_special: bool = False) -> list[list[int]]:
+        """Encode many texts in parallel (Rust threads): use this for corpora."""
+        hf = self._hf(allow_special)
+        enc = getattr(hf, "encode_batch_fast", hf.encode_batch)  # _fast skips offsets (tokenizers>=0.20)
+        return [e.ids for e in enc(list(texts), add_special_tokens=False)]
+
+    def decode(self, ids: Iterable[int], *, skip_special: bool = False) -> str:
+        """Text of `ids`. Special tokens appear as their names unless `skip_special`. A sequence
+        cut inside a multi-byte character decodes to U+FFFD for the partial bytes."""
+        return self._hf_plain.decode([int(i) for i in ids], skip_special_tokens=skip_special)
+
+    def id_to_token(self, id: int) -> str:
+        """The raw vocabulary string of `id` (ByteLevel form: 'Ġ' stands for a space byte)."""
+        tok = self._hf_plain.id_to_token(int(id))
+        if tok is None:
+            raise IndexError(f"token id {id} is outside the vocabulary (size {self.vocab_size})")
+        return tok
+
+    def token_to_bytes(self, id: int) -> bytes:
+        """The bytes token `id` stands for (b'' for special tokens)."""
+        if int(id) in self._special_id_set:
+            return b""
+        table = _BYTE_DECODER
+        return bytes(table[c] for c in self.id_to_token(id))
+
+    @property
+    def _special_id_set(self) -> set[int]:
+        return set(self.special_ids.values())
+
+    def token_bytes(self) -> "np.ndarray":
+        """int32 array [vocab_size]: the UTF-8 byte length of each token, 0 for special tokens.
+        With ByteLevel each character of a token string stands for exactly one byte."""
+        if self._token_bytes is None:
+            import numpy as np
+
+            out = np.zeros(self.vocab_size, dtype=np.int32)
+            specials = self._special_id_set
+            for tok, i in self._hf_plain.get_vocab(with_added_tokens=True).items():
+                if i not in specials:
+                    out[i] = len(tok)
+            self._token_bytes = out
+        return self._token_bytes.copy()
+
+    def pieces(self, text: str) -> list[tuple[int, str]]:
+        """(id, readable piece) for each token of `text`. A piece that is not whole UTF-8 (part of
+        an emoji, say) is shown with backslash escapes, e.g. '\\xf0\\x9f'."""
+        out = []
+        specials = {v: k for k, v in self.special_ids.items()}
+        for i in self.encode(text):
+            if i in specials:
+                out.append((i, specials[i]))
+            else:
+                out.append((i, self.token_to_bytes(i).decode("utf-8", errors="backslashreplace")))
+        return out
+
+    def __repr__(self) -> str:
+        return f"Tokenizer(vocab_size={self.vocab_size}, specials={len(self.special_ids)})"
+
+
+_BYTE_DECODER = _byte_decoder()

@@ -1,0 +1,57 @@
+"""Loss curves as PNG: training loss and validation bits per byte against steps and wall time."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def read_metrics(path: str | Path) -> tuple[list[dict], list[dict]]:
+    train, evals = [], []
+    for line in Path(path).read_text().splitlines():
+        if not line.strip():
+            continue
+        rec = json.loads(line)
+        (evals if "val_bpb" in rec else train).append(rec)
+    return train, evals
+
+
+def plot_losses(metrics_path: str | Path, png_path: str | Path, title: str = "pretraining") -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from twofiles.artifact import atomic_write_bytes
+
+    train, evals = read_metrics(metrics_path)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    if train:
+        steps = [r["step"] for r in train]
+        losses = [r["loss"] for r in train]
+        ax1.plot(steps, losses, alpha=0.3, color="C0", label="train loss")
+        k = max(1, len(losses) // 30)  # moving average over ~3% of the run
+        smooth = [sum(losses[max(0, i - k + 1) : i + 1]) / len(losses[max(0, i - k + 1) : i + 1]) for i in range(len(losses))]
+        ax1.plot(steps, smooth, color="C0", label="train loss (smoothed)")
+    if evals:
+        ax1.plot([r["step"] for r in evals], [r["val_loss"] for r in evals], "o-", color="C1", label="val loss")
+        ax2.plot([r["time"] / 60 for r in evals], [r["val_bpb"] for r in evals], "o-", color="C1")
+        best = evals[-1]
+        ax2.annotate(f"{best['val_bpb']:.3f}", (best["time"] / 60, best["val_bpb"]), textcoords="offset points", xytext=(-10, 8))
+    ax1.set_xlabel("step")
+    ax1.set_ylabel("nats / token")
+    ax1.set_title(f"{title}: loss")
+    ax1.legend()
+    ax1.grid(alpha=0.3)
+    ax2.set_xlabel("training wall time (minutes)")
+    ax2.set_ylabel("validation bits per byte")
+    ax2.set_title("quality per minute")
+    ax2.grid(alpha=0.3)
+    fig.tight_layout()
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(png_path, buf.getvalue())
+    return Path(png_path)

@@ -1,0 +1,346 @@
+"""Pretraining: token shards in, a base model (model.safetensors) out.
+
+Reads like a recipe: config -> runtime -> data -> model -> optimizer -> schedule -> one loop. The
+loop has a `last_step` flag so the final evaluation and save are not special cases. Works in one
+process or under `torchrun` (DDP: the model knows nothing of it; we wrap it from outside).
+
+What it owns: the loop, evaluation (loss and bits per byte), logging (metrics.jsonl, progress
+bar with tokens/s and MFU), checkpoints/resume, and the final artifact + report. What it leaves to
+others: the model math (model), optimizers and schedules (optim), batches (data.shards),
+sampling (engine), device choice (runtime).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from twofiles import runtime as rt_mod
+from twofiles.artifact import atomic_write_bytes, save_model
+from twofiles.data.shards import BatchLoader, TokenStream, eval_windows, read_manifest
+from twofiles.errors import TwofilesError
+from twofiles.model import ModelConfig, Transformer
+from twofiles.optim import OptimConfig, build_optimizers, lr_factor, set_lr
+from twofiles.tokenizer import Tokenizer
+from twofiles.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from twofiles.train.plots import plot_losses
+
+
+@dataclass
+class PretrainConfig:
+    data: str = ""  # prepared data directory (twofiles data prepare)
+    out: str = "runs/pretrain"  # run directory
+    model: ModelConfig = field(default_factory=ModelConfig)  # vocab_size is taken from the data
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    batch_size: int = 16  # sequences per micro-batch per process
+    seq_len: int = 256  # tokens per sequence
+    grad_accum: int = 1  # micro-batches per optimizer step
+    max_steps: int = 200  # optimizer steps (the schedule's length) unless time_budget_s is set
+    time_budget_s: float = 0.0  # > 0: train for this many seconds; the WSD schedule adapts its length
+    eval_interval: int = 50  # steps between validation evaluations (0: only at the end)
+    eval_tokens: int = 32768  # validation tokens per periodic evaluation (the final one uses all)
+    final_eval_tokens: int = 0  # 0: the whole validation split at the end
+    sample_interval: int = 0  # steps between printed samples (0: only at the end)
+    sample_prompt: str = ""  # prompt for samples ("" = start of a document)
+    sample_tokens: int = 64  # tokens per sample
+    checkpoint_interval: int = 0  # steps between checkpoints (0: only at the end)
+    seed: int = 1337  # model init and data order
+    compile: bool = False  # torch.compile the model
+    device: str = "auto"
+    dtype: str = "auto"  # auto: bf16 autocast on CUDA, fp32 elsewhere
+    threads: int = 0  # CPU threads (0: torch's default)
+    resume: bool = False  # continue from the newest checkpoint in out/checkpoints
+    progress: bool = True  # tqdm progress bar on stderr
+    provenance: dict[str, Any] = field(default_factory=dict)  # extra provenance for the artifact
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "PretrainConfig":
+        d = dict(d)
+        model = ModelConfig.from_dict(d.pop("model", {}))
+        optim = OptimConfig(**d.pop("optim", {}))
+        return cls(model=model, optim=optim, **d)
+
+
+@dataclass
+class PretrainResult:
+    out: str
+    model_path: str
+    steps: int
+    tokens: int
+    train_seconds: float
+    val_loss: float
+    val_bpb: float
+    tokens_per_second: float
+    mfu: float | None
+    params: int
+
+
+def _log(rt: rt_mod.Runtime, msg: str) -> None:
+    if rt.is_main:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def measure_peak_flops(device: torch.device) -> float:
+    """This device's dense matmul peak in FLOP/s, for MFU: measured on CPU (fp32), looked up on
+    CUDA (bf16 tensor cores, by name), NaN when unknown."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device).lower()
+        for key, flops in (("h200", 989e12), ("h100", 989e12), ("a100", 312e12), ("l4", 121e12), ("a10", 125e12), ("4090", 165e12), ("3090", 71e12)):
+            if key in name:
+                return flops
+        return float("nan")
+    if device.type != "cpu":
+        return float("nan")
+    n = 1024
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = float("inf")
+    for _ in range(5):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, stream: TokenStream, token_bytes: torch.Tensor, rt: rt_mod.Runtime, seq_len: int, batch_size: int, max_tokens: int | None) -> tuple[float, float]:
+    """(mean loss in nats per token, bits per byte) over the validation stream. Targets that are
+    special tokens (0 bytes, e.g. <|bos|>) count in neither sum, so bits per byte compares across
+    tokenizers."""
+    model.eval()
+    windows = eval_windows(stream, seq_len, max_tokens)[rt.rank :: rt.world_size]
+    sums = torch.zeros(3, dtype=torch.float64, device=rt.device)  # loss nats, bytes, tokens
+    for i in range(0, len(windows), batch_size):
+        chunk = windows[i : i + batch_size]
+        L = max(n for _, n in chunk)
+        x = np.zeros((len(chunk), L), dtype=np.int64)
+        y = np.full((len(chunk), L), -1, dtype=np.int64)
+        for r, (s, n) in enumerate(chunk):
+            row = stream.get(s, n + 1)
+            x[r, :n], y[r, :n] = row[:-1], row[1:]
+        xt, yt = torch.from_numpy(x).to(rt.device), torch.from_numpy(y).to(rt.device)
+        with rt.autocast():
+            loss = model(xt, yt, reduction="none")
+        nbytes = torch.where(yt >= 0, token_bytes[yt.clamp(min=0)], 0)
+        counted = nbytes > 0
+        sums[0] += loss[counted].double().sum()
+        sums[1] += nbytes.sum().double()
+        sums[2] += counted.sum().double()
+    if rt.world_size > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(sums)
+    model.train()
+    loss_nats, nbytes, ntok = sums.tolist()
+    return loss_nats / max(ntok, 1), loss_nats / math.log(2) / max(nbytes, 1)
+
+
+def _sample(model: Transformer, tokenizer: Any, prompt: str, n_tokens: int, seed: int) -> str:
+    from twofiles.engine import SamplingParams, generate
+
+    ids = [tokenizer.bos_id] + tokenizer.encode(prompt)
+    params = SamplingParams(temperature=0.8, top_k=50, max_tokens=n_tokens, seed=seed)
+    out = list(generate(model, ids, params))
+    return prompt + tokenizer.decode(out)
+
+
+def pretrain(cfg: PretrainConfig, on_eval: Callable[[dict[str, Any]], None] | None = None) -> PretrainResult:
+    """Run (or resume) pretraining as configured; `on_eval` sees every evaluation record."""
+    rt = rt_mod.setup(cfg.device, cfg.dtype, cfg.threads or None)
+    try:
+        return _pretrain(cfg, rt, on_eval)
+    finally:
+        rt_mod.teardown(rt)
+
+
+def _pretrain(cfg: PretrainConfig, rt: rt_mod.Runtime, on_eval: Callable[[dict[str, Any]], None] | None) -> PretrainResult:
+    out = Path(cfg.out)
+    ckpt_dir = out / "checkpoints"
+    # --- data ---
+    manifest = read_manifest(cfg.data)
+    tokenizer = Tokenizer.load(Path(cfg.data) / manifest.get("tokenizer", "tokenizer.json"))
+    train_stream = TokenStream(cfg.data, "train", manifest)
+    val_stream = TokenStream(cfg.data, "val", manifest)
+    if len(val_stream) < 2:
+        raise TwofilesError(f"{cfg.data}: the validation split is empty; prepare the data with a validation split")
+    cfg.model.vocab_size = int(manifest["vocab_size"])
+    cfg.model.max_seq_len = max(cfg.model.max_seq_len, cfg.seq_len)
+    loader = BatchLoader(train_stream, cfg.batch_size, cfg.seq_len, seed=cfg.seed, rank=rt.rank, world_size=rt.world_size)
+    token_bytes = torch.from_numpy(tokenizer.token_bytes().astype(np.int64)).to(rt.device)
+
+    # --- run directory ---
+    if rt.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        if not cfg.resume and list_checkpoints(ckpt_dir):
+            raise TwofilesError(f"{out} already holds checkpoints: pass --resume to continue, or choose another --out")
+        atomic_write_bytes(out / "config.json", json.dumps(cfg.to_dict(), indent=2).encode())
+
+    # --- model ---
+    torch.manual_seed(cfg.seed)
+    with torch.device("meta"):
+        raw_model = Transformer(cfg.model)
+    raw_model.to_empty(device=rt.device)
+    raw_model.init_weights(seed=cfg.seed)
+    n_params = sum(p.numel() for p in raw_model.parameters())
+    model: torch.nn.Module = raw_model
+    if cfg.compile:
+        model = torch.compile(model)  # type: ignore[assignment]
+    if rt.world_size > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        model = DDP(model, device_ids=[rt.local_rank] if rt.device.type == "cuda" else None)
+
+    # --- optimizer and schedule ---
+    optimizers = build_optimizers(raw_model, cfg.optim)
+    tokens_per_step = cfg.batch_size * cfg.seq_len * cfg.grad_accum * rt.world_size
+    total_steps = cfg.max_steps
+    step, elapsed, tokens_seen = 0, 0.0, 0
+    metrics_path = out / "metrics.jsonl"
+    if cfg.resume:
+        ckpts = list_checkpoints(ckpt_dir)
+        if not ckpts:
+            raise TwofilesError(f"--resume: no checkpoint in {ckpt_dir}")
+        state = load_checkpoint(ckpts[-1], raw_model, optimizers)
+        step, elapsed, total_steps = state["step"], state["elapsed"], state["total_steps"]
+        tokens_seen = state["tokens"]
+        loader.load_state_dict(state["loader"])
+        if rt.is_main and metrics_path.exists():  # drop what the interrupted run logged after the checkpoint
+            kept = [ln for ln in metrics_path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
+            atomic_write_bytes(metrics_path, ("\n".join(kept) + "\n" if kept else "").encode())
+        _log(rt, f"resumed from {ckpts[-1].name}: step {step}, {tokens_seen:,} tokens")
+    elif rt.is_main:
+        metrics_path.unlink(missing_ok=True)
+
+    peak = measure_peak_flops(rt.device) * (rt.world_size if rt.device.type == "cuda" else 1)
+    flops_per_token = cfg.model.flops_per_token(cfg.seq_len)
+    _log(rt, f"model: {n_params:,} parameters ({cfg.model.num_params(embeddings=False):,} in matmuls), {cfg.model.n_layers} layers, dim {cfg.model.dim}")
+    _log(rt, f"data: {len(train_stream):,} train tokens, {len(val_stream):,} val tokens; {tokens_per_step:,} tokens/step")
+    _log(rt, "runtime: " + rt.describe() + " (" + "; ".join(rt.reasons) + ")")
+
+    metrics_file = open(metrics_path, "a") if rt.is_main else None
+
+    def log_metrics(rec: dict[str, Any]) -> None:
+        if metrics_file is not None:
+            metrics_file.write(json.dumps(rec) + "\n")
+            metrics_file.flush()
+
+    bar = None
+    if rt.is_main and cfg.progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total_steps, initial=step, desc="pretrain", unit="step", file=sys.stderr, dynamic_ncols=True)
+
+    val_loss = val_bpb = float("nan")
+    tok_s_ema: float | None = None
+    decay_locked = False
+    model.train()
+    while True:
+        # With a time budget the schedule's length follows the measured speed until the decay
+        # phase starts; from then on it is fixed, so the LR reaches its floor on time (WSD lets the
+        # stable phase stretch freely).
+        if cfg.time_budget_s > 0 and step > 0 and not decay_locked:
+            per_step = elapsed / step
+            total_steps = max(step + 1, int(cfg.time_budget_s / per_step))
+            if lr_factor(step, total_steps, cfg.optim) < 1.0 and step >= cfg.optim.warmup_steps:
+                decay_locked = True
+            if bar is not None:
+                bar.total = total_steps
+        last_step = step >= total_steps
+        # --- evaluate ---
+        if last_step or (cfg.eval_interval and step % cfg.eval_interval == 0 and step > 0):
+            limit = (cfg.final_eval_tokens or None) if last_step else cfg.eval_tokens
+            val_loss, val_bpb = evaluate(model, val_stream, token_bytes, rt, cfg.seq_len, cfg.batch_size * 2, limit)
+            rec = {"step": step, "val_loss": val_loss, "val_bpb": val_bpb, "time": elapsed, "tokens": tokens_seen, "final": last_step}
+            log_metrics(rec)
+            if bar is not None:
+                bar.set_postfix_str(f"val_bpb {val_bpb:.3f}", refresh=False)
+            if on_eval is not None and rt.is_main:
+                on_eval(rec)
+        # --- samples ---
+        if rt.is_main and (last_step or (cfg.sample_interval and step % cfg.sample_interval == 0 and step > 0)):
+            text = _sample(raw_model, tokenizer, cfg.sample_prompt, cfg.sample_tokens, cfg.seed)
+            (bar.write if bar is not None else print)(f"--- sample at step {step} ---\n{text}\n---", file=sys.stderr)  # type: ignore[operator]
+            raw_model.train()
+        # --- checkpoint ---
+        if rt.is_main and step > 0 and (last_step or (cfg.checkpoint_interval and step % cfg.checkpoint_interval == 0)):
+            state = {"elapsed": elapsed, "total_steps": total_steps, "tokens": tokens_seen, "loader": loader.state_dict(), "config": cfg.to_dict()}
+            save_checkpoint(ckpt_dir, step, raw_model, optimizers, state)
+        if last_step:
+            break
+        # --- one optimizer step ---
+        t0 = time.perf_counter()
+        set_lr(optimizers, lr_factor(step, total_steps, cfg.optim))
+        loss_sum = torch.zeros((), device=rt.device)
+        for micro in range(cfg.grad_accum):
+            x_np, y_np = loader.next_batch()
+            x = torch.from_numpy(x_np).to(rt.device, non_blocking=True)
+            y = torch.from_numpy(y_np).to(rt.device, non_blocking=True)
+            sync = micro == cfg.grad_accum - 1
+            ctx = model.no_sync() if (rt.world_size > 1 and not sync) else contextlib.nullcontext()  # type: ignore[operator]
+            with ctx:
+                with rt.autocast():
+                    loss = model(x, y)
+                (loss / cfg.grad_accum).backward()
+            loss_sum += loss.detach()
+        grad_norm = None
+        if cfg.optim.grad_clip > 0:
+            grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.optim.grad_clip)
+        for opt in optimizers:
+            opt.step()
+        for opt in optimizers:
+            opt.zero_grad(set_to_none=True)
+        train_loss = (loss_sum / cfg.grad_accum).item()  # one host sync per step, for logging
+        if rt.world_size > 1:  # log the global mean so every world size logs the same number
+            import torch.distributed as dist
+
+            t = torch.tensor([train_loss], device=rt.device)
+            dist.all_reduce(t)
+            train_loss = t.item() / rt.world_size
+        if not math.isfinite(train_loss):
+            raise TwofilesError(f"training diverged at step {step} (loss {train_loss}); lower the learning rate")
+        dt = time.perf_counter() - t0
+        step += 1
+        elapsed += dt
+        tokens_seen += tokens_per_step
+        tok_s = tokens_per_step / dt
+        tok_s_ema = tok_s if tok_s_ema is None else 0.9 * tok_s_ema + 0.1 * tok_s
+        mfu = tok_s_ema * flops_per_token / peak if math.isfinite(peak) else float("nan")
+        log_metrics({"step": step, "loss": train_loss, "lr": lr_factor(step - 1, total_steps, cfg.optim), "tokens": tokens_seen, "time": elapsed,
+                     "tok_s": tok_s, "grad_norm": None if grad_norm is None else float(grad_norm)})
+        if bar is not None:
+            bar.update(1)
+            post = f"loss {train_loss:.3f} | {tok_s_ema:,.0f} tok/s"
+            if math.isfinite(mfu):
+                post += f" | MFU {100 * mfu:.0f}%"
+            if math.isfinite(val_bpb):
+                post += f" | val_bpb {val_bpb:.3f}"
+            bar.set_postfix_str(post, refresh=False)
+    if bar is not None:
+        bar.close()
+    if metrics_file is not None:
+        metrics_file.close()
+
+    model_path = out / "model.safetensors"
+    mfu_final = (tok_s_ema or 0) * flops_per_token / peak if math.isfinite(peak) else None
+    result = PretrainResult(out=str(out), model_path=str(model_path), steps=step, tokens=tokens_seen, train_seconds=elapsed, val_loss=val_loss,
+                            val_bpb=val_bpb, tokens_per_second=tokens_seen / max(elapsed, 1e-9), mfu=mfu_final, params=n_params)
+    if rt.is_main:
+        provenance = {"stage": "pretrain", "data": str(cfg.data), "data_splits": {k: {kk: v[kk] for kk in ("tokens", "documents", "bytes") if kk in v} for k, v in manifest["splits"].items()},
+                      "steps": step, "tokens": tokens_seen, "val_bpb": val_bpb, "val_loss": val_loss, "train_seconds": elapsed,
+                      "config": cfg.to_dict(), "runtime": rt.describe(), **cfg.provenance}
+        save_model(model_path, raw_model, tokenizer, provenance=provenance)
+        plot_losses(metrics_path, out / "loss.png")
+        _log(rt, f"val loss {val_loss:.4f} nats/token, {val_bpb:.4f} bits/byte; saved {model_path}")
+    return result
