@@ -1,0 +1,42 @@
+"""Run the whole pipeline on the built-in corpus: tokenizer -> data -> pretrain -> samples -> report."""
+
+from __future__ import annotations
+
+import argparse
+
+from twofiles.cli.common import add_json_flag, emit_json
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default="cpu-5min", help="cpu-5min (default), cpu-1h, gpu or tiny; see `twofiles speedrun --list`")
+    p.add_argument("--list", action="store_true", help="list the presets and what each expects")
+    p.add_argument("--out", default="runs/speedrun", help="run directory (default runs/speedrun)")
+    p.add_argument("--budget", type=float, default=None, help="wall-clock budget in seconds (default: the preset's)")
+    p.add_argument("--max-steps", type=int, default=None, help="fixed number of steps instead of a time budget")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_json_flag(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    from twofiles.presets import PRESETS, get_preset
+
+    if args.list:
+        for name, pr in PRESETS.items():
+            print(f"{name:10s} {pr.description}")
+        return 0
+    from twofiles.speedrun import run_speedrun
+
+    preset = get_preset(args.preset)
+    overrides = {}
+    budget = args.budget
+    if args.max_steps is not None:
+        overrides["max_steps"] = args.max_steps
+        budget = 0.0
+    res = run_speedrun(preset, args.out, budget_s=budget, device=args.device, seed=args.seed, progress=not args.no_progress, overrides=overrides)
+    print(f"val_bpb {res.val_bpb:.4f} bits/byte on the held-out plays (target {preset.expect_bpb or 'n/a'}), "
+          f"wall time {res.wall_seconds:.1f}s, model {res.model_path}, report {res.report}")
+    if args.json:
+        emit_json(res.summary())
+    return 0

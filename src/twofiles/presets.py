@@ -1,0 +1,83 @@
+"""Presets: plain data describing a whole speedrun (tokenizer size, model shape, optimizer, batch,
+time budget) and what it is expected to reach. Chosen by experiment: see docs/LOG.md.
+
+The one dial is the budget; each preset says what it expects on the hardware it was sized for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from twofiles.model import ModelConfig
+from twofiles.optim import OptimConfig
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    description: str  # what it is for and what it expects (shown by --help and in the report)
+    vocab_size: int  # tokenizer size
+    model: dict[str, Any]  # ModelConfig fields
+    optim: dict[str, Any]  # OptimConfig fields
+    train: dict[str, Any] = field(default_factory=dict)  # PretrainConfig fields (batch, seq_len, ...)
+    budget_s: float = 300.0  # wall-clock budget of the whole speedrun (tokenizer + data + training + eval)
+    expect_bpb: float | None = None  # validation bits per byte it should reach on the built-in corpus
+
+    def model_config(self) -> ModelConfig:
+        return ModelConfig(**{**self.model, "vocab_size": self.vocab_size})
+
+    def optim_config(self) -> OptimConfig:
+        return OptimConfig(**self.optim)
+
+
+PRESETS: dict[str, Preset] = {
+    "cpu-5min": Preset(
+        name="cpu-5min",
+        description="2-core laptop CPU, 5 minutes end to end; expects <= 2.25 bits/byte on the held-out plays",
+        vocab_size=4096,
+        model=dict(dim=256, n_layers=4, n_heads=4, n_kv_heads=4, hidden_dim=768, max_seq_len=256, tie_embeddings=False),
+        optim=dict(optimizer="muon", lr=3e-3, matrix_lr=0.02, schedule="wsd", warmup_steps=10, decay_frac=0.4),
+        train=dict(batch_size=16, seq_len=256, grad_accum=1, eval_interval=100, eval_tokens=16384),
+        budget_s=300.0,
+        expect_bpb=2.25,
+    ),
+    "cpu-1h": Preset(
+        name="cpu-1h",
+        description="2-core laptop CPU, one hour; a wider, deeper model for about 12x the compute",
+        vocab_size=8192,
+        model=dict(dim=384, n_layers=6, n_heads=6, n_kv_heads=6, hidden_dim=1152, max_seq_len=512),
+        optim=dict(optimizer="muon", lr=3e-3, matrix_lr=0.02, schedule="wsd", warmup_steps=20, decay_frac=0.4),
+        train=dict(batch_size=16, seq_len=512, grad_accum=1, eval_interval=200, eval_tokens=65536),
+        budget_s=3600.0,
+        expect_bpb=None,
+    ),
+    "gpu": Preset(
+        name="gpu",
+        description="one CUDA GPU, 10 minutes, bf16 autocast and torch.compile; a 12-layer 768-wide model",
+        vocab_size=8192,
+        model=dict(dim=768, n_layers=12, n_heads=6, n_kv_heads=6, hidden_dim=2048, max_seq_len=1024),
+        optim=dict(optimizer="muon", lr=3e-3, matrix_lr=0.02, schedule="wsd", warmup_steps=50, decay_frac=0.4),
+        train=dict(batch_size=32, seq_len=1024, grad_accum=1, eval_interval=250, eval_tokens=262144, compile=True),
+        budget_s=600.0,
+        expect_bpb=None,
+    ),
+    "tiny": Preset(
+        name="tiny",
+        description="smoke test: a minute on any machine, for tests and demos; no quality target",
+        vocab_size=1024,
+        model=dict(dim=64, n_layers=2, n_heads=2, n_kv_heads=1, hidden_dim=192, max_seq_len=128),
+        optim=dict(optimizer="muon", lr=3e-3, matrix_lr=0.02, schedule="wsd", warmup_steps=5, decay_frac=0.4),
+        train=dict(batch_size=8, seq_len=128, grad_accum=1, eval_interval=0, eval_tokens=8192, max_steps=30),
+        budget_s=0.0,
+        expect_bpb=None,
+    ),
+}
+
+
+def get_preset(name: str) -> Preset:
+    from twofiles.errors import TwofilesError
+
+    if name not in PRESETS:
+        raise TwofilesError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
+    return PRESETS[name]

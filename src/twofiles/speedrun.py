@@ -1,0 +1,174 @@
+"""The speedrun: tokenizer -> data -> pretrain -> samples -> report, on the built-in corpus,
+within a wall-clock budget. Every stage is the same library code the individual verbs use.
+
+What it owns: the order of the stages, the budget arithmetic (training gets what the other
+stages leave), and the run's report.md. What it leaves to others: everything each stage does.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from twofiles.presets import Preset
+
+# Seconds kept back from the training budget for what follows the last step: the final full
+# validation pass, samples, saving and the report (measured ~10 s for cpu-5min; doubled for drift).
+TAIL_RESERVE_S = 20.0
+
+SAMPLE_PROMPTS = ("ROMEO.\n", "To be, or not to be", "KING.\nMy lords,")
+
+
+@dataclass
+class SpeedrunResult:
+    out: str
+    model_path: str
+    val_bpb: float
+    val_loss: float
+    wall_seconds: float
+    train_seconds: float
+    steps: int
+    tokens: int
+    params: int
+    preset: str
+    stages: dict[str, float]
+    report: str
+
+    def summary(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in ("val_bpb", "val_loss", "wall_seconds", "train_seconds", "steps", "tokens", "params", "preset", "out",
+                                              "model_path", "report", "stages")}
+
+
+def _say(msg: str) -> None:
+    print(f"[speedrun] {msg}", file=sys.stderr, flush=True)
+
+
+def run_speedrun(preset: Preset, out: str | Path, *, budget_s: float | None = None, device: str = "auto", seed: int = 1337,
+                 progress: bool = True, overrides: dict[str, Any] | None = None) -> SpeedrunResult:
+    from twofiles.data.builtin import builtin_text
+    from twofiles.data.prepare import prepare
+    from twofiles.tokenizer import Tokenizer
+    from twofiles.train.pretrain import PretrainConfig, pretrain
+
+    t_start = time.perf_counter()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    budget = preset.budget_s if budget_s is None else budget_s
+    stages: dict[str, float] = {}
+
+    # 1. tokenizer, trained on the training plays only (the held-out plays stay unseen)
+    t = time.perf_counter()
+    tokenizer = Tokenizer.train([builtin_text("train")], preset.vocab_size)
+    tokenizer.save(out / "tokenizer.json")
+    stages["tokenizer"] = time.perf_counter() - t
+    _say(f"tokenizer: {tokenizer.vocab_size} tokens in {stages['tokenizer']:.1f}s")
+
+    # 2. data: token shards with whole plays held out for validation
+    t = time.perf_counter()
+    manifest = prepare(["builtin:shakespeare"], out / "data", tokenizer, progress=False)
+    stages["data"] = time.perf_counter() - t
+    tr, va = manifest["splits"]["train"], manifest["splits"]["val"]
+    _say(f"data: {tr['tokens']:,} train / {va['tokens']:,} val tokens ({tr['bytes'] / max(tr['tokens'], 1):.2f} bytes/token) in {stages['data']:.1f}s")
+
+    # 3. pretrain for whatever the budget leaves
+    train_fields = dict(preset.train)
+    train_fields.update(overrides or {})
+    cfg = PretrainConfig(data=str(out / "data"), out=str(out), model=preset.model_config(), optim=preset.optim_config(), seed=seed,
+                         device=device, progress=progress, sample_prompt=SAMPLE_PROMPTS[0],
+                         provenance={"speedrun": preset.name, "corpus": "builtin:shakespeare"})
+    for k, v in train_fields.items():
+        if k == "optim":
+            for ok, ov in v.items():
+                setattr(cfg.optim, ok, ov)
+        elif k == "model":
+            for mk, mv in v.items():
+                setattr(cfg.model, mk, mv)
+        else:
+            setattr(cfg, k, v)
+    if budget > 0:
+        cfg.time_budget_s = max(10.0, budget - (time.perf_counter() - t_start) - TAIL_RESERVE_S)
+        _say(f"pretrain: {cfg.time_budget_s:.0f}s of training in a {budget:.0f}s budget")
+    t = time.perf_counter()
+    res = pretrain(cfg)
+    stages["pretrain"] = time.perf_counter() - t
+
+    # 4. samples from the final model
+    t = time.perf_counter()
+    samples = _samples(res.model_path, seed)
+    stages["samples"] = time.perf_counter() - t
+    wall = time.perf_counter() - t_start
+
+    report = _write_report(out, preset, res, stages, wall, samples, manifest, budget)
+    return SpeedrunResult(out=str(out), model_path=res.model_path, val_bpb=res.val_bpb, val_loss=res.val_loss, wall_seconds=wall,
+                          train_seconds=res.train_seconds, steps=res.steps, tokens=res.tokens, params=res.params, preset=preset.name,
+                          stages=stages, report=str(report))
+
+
+def _samples(model_path: str, seed: int) -> list[tuple[str, str]]:
+    from twofiles.artifact import load_model
+    from twofiles.engine import SamplingParams, generate
+
+    loaded = load_model(model_path)
+    tok = loaded.tokenizer
+    out = []
+    for i, prompt in enumerate(SAMPLE_PROMPTS):
+        ids = [tok.bos_id] + tok.encode(prompt)
+        gen = list(generate(loaded.model, ids, SamplingParams(temperature=0.8, top_k=50, max_tokens=80, seed=seed + i)))
+        out.append((prompt, tok.decode(gen)))
+    return out
+
+
+def _write_report(out: Path, preset: Preset, res: Any, stages: dict[str, float], wall: float, samples: list[tuple[str, str]],
+                  manifest: dict[str, Any], budget: float) -> Path:
+    from twofiles.artifact import atomic_write_bytes
+
+    import torch
+
+    tr, va = manifest["splits"]["train"], manifest["splits"]["val"]
+    lines = [
+        f"# Speedrun report: {preset.name}",
+        "",
+        f"{preset.description}.",
+        "",
+        "| result | value |",
+        "| --- | --- |",
+        f"| validation bits per byte (held-out plays) | **{res.val_bpb:.4f}** |",
+        f"| validation loss (nats/token) | {res.val_loss:.4f} |",
+        f"| wall time, whole run | {wall:.1f} s (budget {budget:.0f} s) |",
+        f"| training time | {res.train_seconds:.1f} s, {res.steps} steps, {res.tokens:,} tokens ({res.tokens_per_second:,.0f} tokens/s) |",
+        f"| parameters | {res.params:,} |",
+        f"| MFU (vs measured matmul peak) | {'n/a' if res.mfu is None else f'{100 * res.mfu:.0f}%'} |",
+        "",
+        "## Stages",
+        "",
+        "| stage | seconds |",
+        "| --- | --- |",
+        *[f"| {k} | {v:.1f} |" for k, v in stages.items()],
+        "",
+        "## Data",
+        "",
+        f"Built-in Shakespeare; whole plays held out for validation. Train: {tr['documents']} works, {tr['tokens']:,} tokens, "
+        f"{tr['bytes']:,} bytes. Validation: {va['documents']} works, {va['tokens']:,} tokens, {va['bytes']:,} bytes.",
+        "",
+        "## Hardware",
+        "",
+        f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, Python {platform.python_version()}",
+        "",
+        "## Loss curve",
+        "",
+        "![loss](loss.png)",
+        "",
+        "## Samples (temperature 0.8, top-k 50)",
+        "",
+    ]
+    for prompt, text in samples:
+        lines += ["```", prompt + text, "```", ""]
+    lines += ["## Config", "", "```json", json.dumps(json.loads((out / "config.json").read_text()), indent=2), "```", ""]
+    path = out / "report.md"
+    atomic_write_bytes(path, "\n".join(lines).encode())
+    return path
