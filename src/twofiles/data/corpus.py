@@ -236,15 +236,6 @@ class Corpus:
     def files(self) -> list[str]:
         return expand_inputs(self.inputs)
 
-    def total_bytes(self) -> int | None:
-        """Sum of the input files' sizes (for a progress bar); None when unknown."""
-        total = 0
-        for f in self.files():
-            if f.startswith(BUILTIN_PREFIX) or not os.path.isfile(f):
-                return None
-            total += os.path.getsize(f)
-        return total
-
     def __iter__(self) -> Iterator[Document]:
         self.stats = stats = CorpusStats()
         for path in self.files():
