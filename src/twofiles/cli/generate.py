@@ -1,0 +1,132 @@
+"""Sample a continuation of a prompt from a model, streamed as it is generated.
+
+The continuation goes to stdout (flushed per piece of text), everything else (model, seed,
+speed) to stderr, so `twofiles generate m.safetensors --prompt hi > out.txt` keeps only the text.
+--show-probs K prints, for every step, the token chosen and the K most likely candidates: the
+model rolls a weighted die once per token. --json adds one JSON summary as the last stdout line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from twofiles.cli.common import add_json_flag, emit_json
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", metavar="MODEL", help="a twofiles model.safetensors")
+    p.add_argument("--prompt", required=True, help="text to continue; '-' reads it from stdin")
+    p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy; <1 sharper, >1 flatter (default 1)")
+    p.add_argument("--top-k", type=int, default=0, help="sample among the K most likely tokens only (0 = off)")
+    p.add_argument("--top-p", type=float, default=1.0, help="sample among the most likely tokens covering probability P (1 = off)")
+    p.add_argument("--min-p", type=float, default=0.0, help="drop tokens less likely than M x the top token (0 = off)")
+    p.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeating tokens (1 = off)")
+    p.add_argument("--seed", type=int, default=None, help="seed for sampling (default: random, printed to stderr)")
+    p.add_argument("--max-tokens", type=int, default=200, help="most new tokens (default 200)")
+    p.add_argument("--stop", action="append", default=[], metavar="STR", help="stop before this text (repeatable)")
+    p.add_argument("--show-probs", type=int, nargs="?", const=5, default=0, metavar="K", help="print each step's choice and top K candidates (default K 5)")
+    p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
+    add_json_flag(p)
+
+
+def _read_prompt(arg: str) -> str:
+    return sys.stdin.read() if arg == "-" else arg
+
+
+def _piece(tokenizer, token: int) -> str:
+    """A token's text for display: quoted so spaces and newlines show; a token that is only part
+    of a UTF-8 character shows its bytes, llama.cpp style (<0xE2><0x82>)."""
+    to_bytes = getattr(tokenizer, "token_to_bytes", None)
+    raw = to_bytes(token) if to_bytes is not None else b""
+    if not raw:  # special token (shown by name) or a tokenizer without byte access
+        return repr(tokenizer.decode([token]))
+    try:
+        return repr(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        return "".join(f"<0x{b:02X}>" for b in raw)
+
+
+def run(args: argparse.Namespace) -> int:
+    import secrets
+    import time
+
+    from twofiles.engine import SamplingParams, encode_prompt, generate_steps, resolve_model
+    from twofiles.errors import TwofilesError
+    from twofiles.runtime import pick_device
+
+    prompt = _read_prompt(args.prompt)
+    if not prompt:
+        raise TwofilesError("empty prompt: give some text to continue with --prompt (or '-' to read stdin)")
+    if args.show_probs < 0:
+        raise TwofilesError(f"--show-probs {args.show_probs}: must be >= 0")
+    seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
+    params = SamplingParams(
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        min_p=args.min_p,
+        repetition_penalty=args.repetition_penalty,
+        seed=seed,
+        max_tokens=args.max_tokens,
+        stop=list(args.stop),
+    ).validate()  # before loading: a typo should not cost a model load
+
+    device, why = pick_device(args.device)
+    t0 = time.perf_counter()
+    loaded = resolve_model(args.model, device=device)
+    model, tok = loaded.model, loaded.tokenizer
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"model {args.model}: {n_params / 1e6:.2f}M parameters, {device.type} ({why}), loaded in {time.perf_counter() - t0:.2f}s", file=sys.stderr)
+    print(f"seed {seed}" + ("" if args.seed is not None else " (pass --seed to repeat this sample)"), file=sys.stderr)
+
+    ids = encode_prompt(tok, prompt)
+    show = args.show_probs
+    out = sys.stdout
+    if show:
+        print(f"{'step':>4}  {'token':<16} {'prob':>6}   top {show} candidates", file=out)
+    pieces: list[str] = []
+    n_tokens, finish, t_first = 0, None, None
+    t0 = time.perf_counter()
+    for step in generate_steps(model, ids, params, tokenizer=tok, top=show):
+        if t_first is None:
+            t_first = time.perf_counter()
+        n_tokens += 1
+        finish = step.finish
+        pieces.append(step.text)
+        if show:
+            cands = "  ".join(f"{_piece(tok, i)} {p:.1%}" for i, p in step.top)
+            print(f"{n_tokens:>4}  {_piece(tok, step.token):<16} {step.prob:>6.1%}   {cands}", file=out, flush=True)
+        elif step.text:
+            out.write(step.text)
+            out.flush()
+    seconds = time.perf_counter() - t0
+    text = "".join(pieces)
+    if show:
+        print(f"\n{prompt}{text}", file=out)
+    else:
+        out.write("\n")
+    out.flush()
+
+    decode_s = seconds - ((t_first or t0) - t0)
+    tps = n_tokens / seconds if seconds > 0 else 0.0
+    print(
+        f"{n_tokens} tokens in {seconds:.2f}s ({tps:.1f} tok/s); prompt {len(ids)} tokens, first token after "
+        f"{((t_first or t0) - t0) * 1000:.0f} ms, then {(n_tokens - 1) / decode_s if n_tokens > 1 and decode_s > 0 else 0:.1f} tok/s; "
+        f"finished: {finish}",
+        file=sys.stderr,
+    )
+    if args.json:
+        emit_json(
+            {
+                "text": text,
+                "tokens": n_tokens,
+                "prompt_tokens": len(ids),
+                "seconds": round(seconds, 4),
+                "tokens_per_second": round(tps, 2),
+                "model": args.model,
+                "finish_reason": finish,
+                "seed": seed,
+            }
+        )
+    return 0
