@@ -22,20 +22,24 @@ VERBS: dict[str, tuple[str, str]] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The full parser; with `only`, just that verb's module is imported (fast start-up)."""
     parser = argparse.ArgumentParser(prog="twofiles", description="An LLM is two files: train, run and inspect them.")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     for verb, (module_name, help_text) in VERBS.items():
-        module = importlib.import_module(module_name)
-        p = sub.add_parser(verb, help=help_text, description=(module.__doc__ or help_text).strip().splitlines()[0])
-        module.add_arguments(p)
-        p.set_defaults(_module=module)
+        p = sub.add_parser(verb, help=help_text, description=help_text)
+        if only is None or verb == only:
+            module = importlib.import_module(module_name)
+            module.add_arguments(p)
+            p.set_defaults(_module=module)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    verb = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(only=verb if verb in VERBS else None)
     args = parser.parse_args(argv)
     if args.version:
         from twofiles import __version__
