@@ -50,8 +50,7 @@ def _say(msg: str) -> None:
 
 def run_speedrun(preset: Preset, out: str | Path, *, budget_s: float | None = None, device: str = "auto", seed: int = 1337,
                  progress: bool = True, overrides: dict[str, Any] | None = None) -> SpeedrunResult:
-    from twofiles.data.builtin import builtin_text
-    from twofiles.data.prepare import prepare
+    from twofiles.data.prepare import prepare, train_texts
     from twofiles.tokenizer import Tokenizer
     from twofiles.train.pretrain import PretrainConfig, pretrain
 
@@ -63,7 +62,7 @@ def run_speedrun(preset: Preset, out: str | Path, *, budget_s: float | None = No
 
     # 1. tokenizer, trained on the training plays only (the held-out plays stay unseen)
     t = time.perf_counter()
-    tokenizer = Tokenizer.train([builtin_text("train")], preset.vocab_size)
+    tokenizer = Tokenizer.train(train_texts(["builtin:shakespeare"]), preset.vocab_size)
     tokenizer.save(out / "tokenizer.json")
     stages["tokenizer"] = time.perf_counter() - t
     _say(f"tokenizer: {tokenizer.vocab_size} tokens in {stages['tokenizer']:.1f}s")
@@ -118,7 +117,7 @@ def _samples(model_path: str, seed: int) -> list[tuple[str, str]]:
     out = []
     for i, prompt in enumerate(SAMPLE_PROMPTS):
         ids = [tok.bos_id] + tok.encode(prompt)
-        gen = list(generate(loaded.model, ids, SamplingParams(temperature=0.8, top_k=50, max_tokens=80, seed=seed + i)))
+        gen = list(generate(loaded.model, ids, SamplingParams(temperature=0.8, top_k=50, max_tokens=80, seed=seed + i), tokenizer=tok))
         out.append((prompt, tok.decode(gen)))
     return out
 

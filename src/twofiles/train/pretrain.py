@@ -152,7 +152,7 @@ def _sample(model: Transformer, tokenizer: Any, prompt: str, n_tokens: int, seed
 
     ids = [tokenizer.bos_id] + tokenizer.encode(prompt)
     params = SamplingParams(temperature=0.8, top_k=50, max_tokens=n_tokens, seed=seed)
-    out = list(generate(model, ids, params))
+    out = list(generate(model, ids, params, tokenizer=tokenizer))
     return prompt + tokenizer.decode(out)
 
 

@@ -1,0 +1,261 @@
+"""Pretraining: schedules, Muon, the loader, bits per byte, checkpoints, exact resume after a
+kill, and DDP equivalence (2 gloo processes == 1 process at the same global batch)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from twofiles.data.shards import BatchLoader, TokenStream, eval_windows
+from twofiles.model import ModelConfig, Transformer
+from twofiles.optim import OptimConfig, build_optimizers, lr_factor, zeropower_newton_schulz
+from twofiles.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+
+PY = sys.executable
+
+
+def tiny_model(vocab: int = 64, seed: int = 0, tie: bool = False) -> Transformer:
+    cfg = ModelConfig(vocab_size=vocab, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=64, max_seq_len=32, tie_embeddings=tie)
+    m = Transformer(cfg)
+    m.init_weights(seed)
+    return m
+
+
+def losses(run: Path) -> dict[int, float]:
+    out = {}
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        if "loss" in rec:
+            out[rec["step"]] = rec["loss"]
+    return out
+
+
+# --- schedules and optimizers ---
+
+
+def test_wsd_and_cosine_schedules_known_values() -> None:
+    wsd = OptimConfig(schedule="wsd", warmup_steps=10, decay_frac=0.5, min_lr_frac=0.0)
+    assert lr_factor(0, 100, wsd) == pytest.approx(0.1)
+    assert lr_factor(9, 100, wsd) == pytest.approx(1.0)
+    assert lr_factor(49, 100, wsd) == 1.0
+    assert lr_factor(75, 100, wsd) == pytest.approx(0.5)
+    assert lr_factor(100, 100, wsd) == 0.0
+    cos = OptimConfig(schedule="cosine", warmup_steps=0, min_lr_frac=0.1)
+    assert lr_factor(0, 100, cos) == pytest.approx(1.0)
+    assert lr_factor(50, 100, cos) == pytest.approx(0.55)
+    assert lr_factor(100, 100, cos) == pytest.approx(0.1)
+
+
+def test_newton_schulz_orthogonalises() -> None:
+    g = torch.randn(48, 96, generator=torch.Generator().manual_seed(0))
+    x = zeropower_newton_schulz(g)
+    s = torch.linalg.svdvals(x)
+    # the quintic iteration trades exactness for speed: singular values land in ~[0.7, 1.2]
+    assert s.min() > 0.5 and s.max() < 1.3
+    assert torch.linalg.svdvals(g).max() / torch.linalg.svdvals(g).min() > 3  # the input was far from orthogonal
+    assert zeropower_newton_schulz(g.T).shape == (96, 48)
+
+
+def test_parameter_groups_cover_every_parameter_once() -> None:
+    for tie in (False, True):
+        m = tiny_model(tie=tie)
+        for name in ("muon", "adamw"):
+            opts = build_optimizers(m, OptimConfig(optimizer=name))
+            ids = [id(p) for o in opts for g in o.param_groups for p in g["params"]]
+            assert len(ids) == len(set(ids))
+            assert set(ids) == {id(p) for p in m.parameters()}
+            if name == "muon":  # Muon only ever sees hidden 2-D matrices
+                assert all(p.ndim == 2 for g in opts[1].param_groups for p in g["params"])
+
+
+def test_muon_and_adamw_both_learn() -> None:
+    x = torch.randint(0, 64, (8, 16), generator=torch.Generator().manual_seed(1))
+    for name in ("muon", "adamw"):
+        m = tiny_model()
+        opts = build_optimizers(m, OptimConfig(optimizer=name, lr=1e-2, matrix_lr=0.05))
+        first = None
+        for _ in range(30):
+            loss = m(x[:, :-1], x[:, 1:])
+            loss.backward()
+            for o in opts:
+                o.step()
+                o.zero_grad()
+            first = first if first is not None else loss.item()
+        assert loss.item() < first - 1.0, name
+
+
+# --- data loader ---
+
+
+def test_loader_ranks_partition_the_global_batch(tiny_data: Path) -> None:
+    stream = TokenStream(tiny_data, "train")
+    one = BatchLoader(stream, 4, 16, seed=3, rank=0, world_size=1)
+    r0 = BatchLoader(stream, 2, 16, seed=3, rank=0, world_size=2)
+    r1 = BatchLoader(stream, 2, 16, seed=3, rank=1, world_size=2)
+    for _ in range(5):
+        x, y = one.next_batch()
+        x0, _ = r0.next_batch()
+        x1, _ = r1.next_batch()
+        assert np.array_equal(x, np.concatenate([x0, x1]))
+        assert np.array_equal(x[:, 1:], y[:, :-1])  # targets are the inputs shifted by one
+
+
+def test_loader_resumes_exactly_and_reshuffles_each_epoch(tiny_data: Path) -> None:
+    stream = TokenStream(tiny_data, "train")
+    a = BatchLoader(stream, 8, 32, seed=0)
+    per_epoch = a.n_windows // 8
+    seen = [a.next_batch()[0] for _ in range(per_epoch)]
+    b = BatchLoader(stream, 8, 32, seed=0)
+    b.load_state_dict(json.loads(json.dumps(a.state_dict())))
+    nxt_a, nxt_b = a.next_batch()[0], b.next_batch()[0]
+    assert np.array_equal(nxt_a, nxt_b)
+    assert a.epoch == 1 and not np.array_equal(nxt_a, seen[0])  # a new epoch, a new order
+
+
+def test_eval_windows_score_each_target_once(tiny_data: Path) -> None:
+    stream = TokenStream(tiny_data, "val")
+    w = eval_windows(stream, 100)
+    assert sum(n for _, n in w) == len(stream) - 1
+    assert all(s == i * 100 for i, (s, _) in enumerate(w))
+
+
+# --- bits per byte: a known answer ---
+
+
+def test_bits_per_byte_of_a_uniform_model_is_log2_vocab_times_tokens_per_byte(tiny_data: Path) -> None:
+    from twofiles.runtime import setup
+    from twofiles.tokenizer import Tokenizer
+    from twofiles.train.pretrain import evaluate
+
+    tok = Tokenizer.load(tiny_data / "tokenizer.json")
+    stream = TokenStream(tiny_data, "val")
+    m = tiny_model(vocab=tok.vocab_size)
+    with torch.no_grad():
+        m.lm_head.weight.zero_()  # every logit 0: loss is exactly ln V for every token
+    tb = torch.from_numpy(tok.token_bytes().astype(np.int64))
+    loss, bpb = evaluate(m, stream, tb, setup("cpu", "fp32"), seq_len=32, batch_size=8, max_tokens=None)
+    targets = stream.get(1, len(stream) - 1)
+    nbytes = tb.numpy()[targets]
+    assert loss == pytest.approx(math.log(tok.vocab_size), rel=1e-6)
+    assert bpb == pytest.approx(math.log2(tok.vocab_size) * (nbytes > 0).sum() / nbytes.sum(), rel=1e-6)
+
+
+# --- checkpoints ---
+
+
+def test_checkpoint_round_trip_restores_everything(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    m = tiny_model(tie=True)
+    opts = build_optimizers(m, OptimConfig())
+    x = torch.randint(0, 64, (4, 16))
+    for _ in range(3):
+        m(x[:, :-1], x[:, 1:]).backward()
+        for o in opts:
+            o.step()
+            o.zero_grad()
+    save_checkpoint(tmp_path, 3, m, opts, {"loader": {"epoch": 0}, "elapsed": 1.5})
+    rng_after_save = torch.rand(3)
+    m2 = tiny_model(seed=99, tie=True)
+    opts2 = build_optimizers(m2, OptimConfig())
+    state = load_checkpoint(list_checkpoints(tmp_path)[-1], m2, opts2)
+    assert state["step"] == 3 and state["elapsed"] == 1.5
+    assert torch.equal(torch.rand(3), rng_after_save)  # RNG restored to the moment of saving
+    for (k, a), (_, b) in zip(m.state_dict().items(), m2.state_dict().items()):
+        assert torch.equal(a, b), k
+    assert m2.lm_head.weight is m2.model.embed_tokens.weight
+    for o, o2 in zip(opts, opts2):  # same next step from both
+        for g, g2 in zip(o.param_groups, o2.param_groups):
+            assert g["lr"] == g2["lr"]
+    for mm, oo in ((m, opts), (m2, opts2)):
+        mm(x[:, :-1], x[:, 1:]).backward()
+        for o in oo:
+            o.step()
+    for a, b in zip(m.parameters(), m2.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_only_newest_checkpoints_are_kept_and_temp_files_are_ignored(tmp_path: Path) -> None:
+    m = tiny_model()
+    opts = build_optimizers(m, OptimConfig())
+    for step in (1, 2, 3):
+        save_checkpoint(tmp_path, step, m, opts, {}, keep=2)
+    (tmp_path / ".step_0000004.safetensors.123.tmp").write_bytes(b"half-written")
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_0000002.safetensors", "step_0000003.safetensors"]
+
+
+# --- the real loop, end to end ---
+
+
+def _pretrain_cmd(data: Path, out: Path, *extra: str) -> list[str]:
+    return [PY, "-m", "twofiles", "pretrain", "--data", str(data), "--out", str(out), "--preset", "tiny", "--threads", "1",
+            "--batch-size", "4", "--seq-len", "32", "--eval-interval", "0", "--no-progress", *extra]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
+
+
+def test_pretrain_cli_writes_a_complete_run(tiny_data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    p = subprocess.run(_pretrain_cmd(tiny_data, out, "--max-steps", "6", "--json"), capture_output=True, text=True, env=_env(), timeout=300)
+    assert p.returncode == 0, p.stderr
+    summary = json.loads(p.stdout.strip().splitlines()[-1])
+    assert summary["steps"] == 6 and 0 < summary["val_bpb"] < 20
+    for name in ("config.json", "metrics.jsonl", "loss.png", "model.safetensors"):
+        assert (out / name).is_file(), name
+    assert (out / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    from twofiles.artifact import load_model
+
+    loaded = load_model(out / "model.safetensors")
+    assert loaded.provenance["stage"] == "pretrain" and loaded.provenance["steps"] == 6
+    assert loaded.tokenizer.vocab_size == loaded.model.config.vocab_size
+    # a second run into the same directory must not silently overwrite the first
+    p2 = subprocess.run(_pretrain_cmd(tiny_data, out, "--max-steps", "6"), capture_output=True, text=True, env=_env(), timeout=300)
+    assert p2.returncode == 2 and "--resume" in p2.stderr
+
+
+def test_killed_run_resumes_with_the_same_loss_sequence(tiny_data: Path, tmp_path: Path) -> None:
+    steps = ["--max-steps", "16", "--checkpoint-interval", "4"]
+    ref = tmp_path / "ref"
+    subprocess.run(_pretrain_cmd(tiny_data, ref, *steps), check=True, capture_output=True, env=_env(), timeout=300)
+    run = tmp_path / "killed"
+    proc = subprocess.Popen(_pretrain_cmd(tiny_data, run, *steps), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env())
+    deadline = time.time() + 240
+    while time.time() < deadline and not (run / "checkpoints" / "step_0000008.safetensors").exists():
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)  # no chance to clean up: the hard case
+    proc.wait()
+    assert list_checkpoints(run / "checkpoints"), "the run was killed before its first checkpoint"
+    assert not (run / "model.safetensors").exists() or losses(run).keys() != losses(ref).keys()
+    p = subprocess.run(_pretrain_cmd(tiny_data, run, *steps, "--resume"), capture_output=True, text=True, env=_env(), timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert "resumed from" in p.stderr
+    assert losses(run) == losses(ref)  # bit-for-bit, every step
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_match_one_process(tiny_data: Path, tmp_path: Path) -> None:
+    common = ["--max-steps", "5", "--seq-len", "32", "--grad-clip", "1.0"]
+    single = tmp_path / "single"
+    cmd1 = _pretrain_cmd(tiny_data, single, *common)
+    cmd1[cmd1.index("--batch-size") + 1] = "8"
+    subprocess.run(cmd1, check=True, capture_output=True, env=_env(), timeout=300)
+    ddp = tmp_path / "ddp"
+    cmd2 = [PY, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29533", "-m", "twofiles", *_pretrain_cmd(tiny_data, ddp, *common)[3:]]
+    p = subprocess.run(cmd2, capture_output=True, text=True, env=_env(), timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    a, b = losses(single), losses(ddp)
+    assert a.keys() == b.keys() and len(a) == 5
+    for k in a:
+        assert b[k] == pytest.approx(a[k], rel=1e-4, abs=1e-5), k
+    assert (ddp / "model.safetensors").is_file()
