@@ -1,9 +1,9 @@
-"""Reading a prepared data directory: the manifest, memory-mapped token shards, and the
-resumable batch loader used by pretraining.
+"""Reading a prepared data directory: memory-mapped token shards and the resumable batch loader
+used by pretraining (the manifest itself is read by `prepare.load_manifest`).
 
 What it owns: random access into a split's token stream across shard files, the order in which
 training windows are visited (a seeded permutation per epoch), and the loader's position as a
-small dict for checkpoints. What it leaves to others: writing shards (prepare.py), the model.
+small dict for checkpoints. What it leaves to others: writing shards and the manifest (prepare.py), the model.
 
 The loader is exactly resumable and rank-aware: a global micro-step consumes `batch_size *
 world_size` windows; rank r takes the r-th block of them. So 1 process with batch 2B sees the same
@@ -12,27 +12,13 @@ windows in one step as 2 processes with batch B each (the DDP-equivalence contra
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from twofiles.data.prepare import load_manifest
 from twofiles.errors import BadInputError
-
-
-def read_manifest(data_dir: str | Path) -> dict[str, Any]:
-    data_dir = Path(data_dir)
-    path = data_dir / "manifest.json"
-    if not path.is_file():
-        raise BadInputError("no manifest.json: not a prepared data directory, or its preparation did not finish (run `twofiles data prepare`)", path=str(data_dir))
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise BadInputError(f"manifest is not valid JSON: {e}", path=str(path)) from None
-    if manifest.get("format") != "twofiles-shards":
-        raise BadInputError("manifest 'format' is not 'twofiles-shards'", path=str(path))
-    return manifest
 
 
 class TokenStream:
@@ -41,7 +27,7 @@ class TokenStream:
 
     def __init__(self, data_dir: str | Path, split: str, manifest: dict[str, Any] | None = None) -> None:
         data_dir = Path(data_dir)
-        manifest = manifest or read_manifest(data_dir)
+        manifest = manifest or load_manifest(data_dir)
         if split not in manifest.get("splits", {}):
             raise BadInputError(f"manifest has no '{split}' split", path=str(data_dir / "manifest.json"))
         self.shards: list[np.ndarray] = []

@@ -26,7 +26,8 @@ import torch
 
 from twofiles import runtime as rt_mod
 from twofiles.artifact import atomic_write_bytes, save_model
-from twofiles.data.shards import BatchLoader, TokenStream, eval_windows, read_manifest
+from twofiles.data.prepare import load_manifest
+from twofiles.data.shards import BatchLoader, TokenStream, eval_windows
 from twofiles.errors import TwofilesError
 from twofiles.model import ModelConfig, Transformer
 from twofiles.optim import OptimConfig, build_optimizers, lr_factor, set_lr
@@ -169,7 +170,7 @@ def _pretrain(cfg: PretrainConfig, rt: rt_mod.Runtime, on_eval: Callable[[dict[s
     out = Path(cfg.out)
     ckpt_dir = out / "checkpoints"
     # --- data ---
-    manifest = read_manifest(cfg.data)
+    manifest = load_manifest(cfg.data)
     tokenizer = Tokenizer.load(Path(cfg.data) / manifest.get("tokenizer", "tokenizer.json"))
     train_stream = TokenStream(cfg.data, "train", manifest)
     val_stream = TokenStream(cfg.data, "val", manifest)
