@@ -247,7 +247,11 @@ def _pretrain(cfg: PretrainConfig, rt: rt_mod.Runtime, on_eval: Callable[[dict[s
     tok_s_ema: float | None = None
     decay_locked = False
     model.train()
+    loop_start, elapsed_before = time.perf_counter(), elapsed
     while True:
+        # `elapsed` is the run's wall time in the loop (evaluations and checkpoints included), so a
+        # time budget bounds what the user waits for, not just the optimizer steps.
+        elapsed = elapsed_before + (time.perf_counter() - loop_start)
         # With a time budget the schedule's length follows the measured speed until the decay
         # phase starts; from then on it is fixed, so the LR reaches its floor on time (WSD lets the
         # stable phase stretch freely).
@@ -262,8 +266,10 @@ def _pretrain(cfg: PretrainConfig, rt: rt_mod.Runtime, on_eval: Callable[[dict[s
         # --- evaluate ---
         if last_step or (cfg.eval_interval and step % cfg.eval_interval == 0 and step > 0):
             limit = (cfg.final_eval_tokens or None) if last_step else cfg.eval_tokens
+            t_eval = time.perf_counter()
             val_loss, val_bpb = evaluate(model, val_stream, token_bytes, rt, cfg.seq_len, cfg.batch_size * 2, limit)
-            rec = {"step": step, "val_loss": val_loss, "val_bpb": val_bpb, "time": elapsed, "tokens": tokens_seen, "final": last_step}
+            rec = {"step": step, "val_loss": val_loss, "val_bpb": val_bpb, "time": elapsed, "tokens": tokens_seen, "final": last_step,
+                   "eval_seconds": time.perf_counter() - t_eval}
             log_metrics(rec)
             if bar is not None:
                 bar.set_postfix_str(f"val_bpb {val_bpb:.3f}", refresh=False)
@@ -313,7 +319,7 @@ def _pretrain(cfg: PretrainConfig, rt: rt_mod.Runtime, on_eval: Callable[[dict[s
             raise TwofilesError(f"training diverged at step {step} (loss {train_loss}); lower the learning rate")
         dt = time.perf_counter() - t0
         step += 1
-        elapsed += dt
+        elapsed = elapsed_before + (time.perf_counter() - loop_start)
         tokens_seen += tokens_per_step
         tok_s = tokens_per_step / dt
         tok_s_ema = tok_s if tok_s_ema is None else 0.9 * tok_s_ema + 0.1 * tok_s

@@ -1,0 +1,51 @@
+"""The speedrun end to end on the `tiny` preset: every stage runs, the JSON contract holds, the
+model file is self-contained and the report is written."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from twofiles.presets import PRESETS
+
+
+def test_presets_are_consistent() -> None:
+    for name, p in PRESETS.items():
+        cfg = p.model_config()  # validates head/dim divisibility
+        assert cfg.vocab_size == p.vocab_size
+        assert p.train["seq_len"] <= cfg.max_seq_len, name
+        p.optim_config()
+        assert p.description
+
+
+def test_tiny_speedrun_end_to_end(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    p = subprocess.run([sys.executable, "-m", "twofiles", "speedrun", "--preset", "tiny", "--out", str(out), "--no-progress", "--json"],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    summary = json.loads(p.stdout.strip().splitlines()[-1])
+    for key in ("val_bpb", "wall_seconds", "model_path"):
+        assert key in summary
+    # uniform guessing over 1024 tokens costs log2(1024)/~2.7 bytes per token ≈ 3.7 bits/byte: 30 steps must beat it
+    assert 1.0 < summary["val_bpb"] < 3.7
+    assert Path(summary["model_path"]).is_file()
+    report = (out / "report.md").read_text()
+    assert "bits per byte" in report and "ROMEO" in report
+    assert (out / "loss.png").is_file() and (out / "data" / "manifest.json").is_file()
+
+    from twofiles.artifact import load_model
+
+    loaded = load_model(summary["model_path"])
+    assert loaded.provenance["speedrun"] == "tiny"
+    # the file is self-contained: the tokenizer inside it round-trips text
+    assert loaded.tokenizer.decode(loaded.tokenizer.encode("Wherefore art thou")) == "Wherefore art thou"
+    # the model file drives `generate`
+    g = subprocess.run([sys.executable, "-m", "twofiles", "generate", summary["model_path"], "--prompt", "ROMEO.", "--max-tokens", "8",
+                        "--seed", "1", "--json"], capture_output=True, text=True, env=env, timeout=300)
+    assert g.returncode == 0, g.stderr
+    gen = json.loads(g.stdout.strip().splitlines()[-1])
+    assert 1 <= gen["tokens"] <= 8 and gen["text"] in g.stdout
