@@ -140,10 +140,9 @@ def load_model(
         sd = load_file(path, device="cpu")
     except (SafetensorError, OSError) as e:
         raise BadInputError(f"cannot read tensors: {e}", path=path) from None
-    with torch.device("meta"):
-        model = Transformer(cfg)
-    model.to_empty(device="cpu")
-    model.init_buffers()
+    # Built on CPU, not the meta device: entering torch's meta-device mode imports ~1 s of torch
+    # internals, more than default-initialising a small model costs.
+    model = Transformer(cfg)
     if cfg.tie_embeddings:
         sd["lm_head.weight"] = sd["model.embed_tokens.weight"]
     expected = set(model.state_dict())

@@ -190,9 +190,7 @@ def _pretrain(cfg: PretrainConfig, rt: rt_mod.Runtime, on_eval: Callable[[dict[s
 
     # --- model ---
     torch.manual_seed(cfg.seed)
-    with torch.device("meta"):
-        raw_model = Transformer(cfg.model)
-    raw_model.to_empty(device=rt.device)
+    raw_model = Transformer(cfg.model).to(rt.device)
     raw_model.init_weights(seed=cfg.seed)
     n_params = sum(p.numel() for p in raw_model.parameters())
     model: torch.nn.Module = raw_model
