@@ -72,7 +72,7 @@ class ModelConfig:
         if embeddings:
             n += V * d * (1 if self.tie_embeddings else 2)
         else:
-            n += 0 if self.tie_embeddings else V * d  # lm_head is a matmul, count it
+            n += V * d  # lm_head is a matmul (tied or not): only the embedding lookup is excluded
         return n
 
     def flops_per_token(self, seq_len: int) -> float:
@@ -143,18 +143,15 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             k, v = cache.update(pos, k, v)
-        if self.n_kv_heads != self.n_heads:
-            rep = self.n_heads // self.n_kv_heads
-            k = k.repeat_interleave(rep, dim=1)
-            v = v.repeat_interleave(rep, dim=1)
+        gqa = self.n_kv_heads != self.n_heads  # SDPA broadcasts kv heads without copies (torch >= 2.5)
         S = k.shape[2]
         if S == T:  # no cached prefix: plain causal attention
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
         elif T == 1:  # one new token attends to everything so far
-            y = F.scaled_dot_product_attention(q, k, v)
+            y = F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa)
         else:  # a chunk after a cached prefix: query i sees keys <= pos + i
             mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(diagonal=S - T)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
         y = y.transpose(1, 2).reshape(B, T, -1)  # [B, T, dim]
         return self.o_proj(y)
 
@@ -212,6 +209,8 @@ class Transformer(nn.Module):
         if seed is not None:
             g.manual_seed(seed)
         cfg = self.config
+        if cfg.tie_embeddings:  # Module.to_empty() (meta-device build) replaces parameters and unties them
+            self.lm_head.weight = self.model.embed_tokens.weight
 
         def normal_(p: torch.Tensor, std: float) -> None:
             p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float32).mul_(std).to(p.dtype))
