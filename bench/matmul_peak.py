@@ -15,25 +15,12 @@ import time
 
 import torch
 
+from twofiles.runtime import matmul_gflops
 
-def measure_matmul_gflops(n: int, repeats: int = 5, dtype: torch.dtype = torch.float32) -> float:
-    """Best-of-`repeats` GFLOP/s of an n x n @ n x n matmul (each repeat loops long enough to time)."""
-    g = torch.Generator().manual_seed(0)
-    a = torch.randn(n, n, generator=g, dtype=dtype)
-    b = torch.randn(n, n, generator=g, dtype=dtype)
-    out = torch.empty(n, n, dtype=dtype)
-    torch.mm(a, b, out=out)  # warm-up: thread pool, BLAS packing buffers
-    t0 = time.perf_counter()
-    torch.mm(a, b, out=out)
-    one = time.perf_counter() - t0
-    iters = max(1, int(0.2 / max(one, 1e-6)))  # ~0.2 s per repeat
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(iters):
-            torch.mm(a, b, out=out)
-        best = min(best, (time.perf_counter() - t0) / iters)
-    return 2 * n**3 / best / 1e9
+
+def measure_matmul_gflops(n: int, repeats: int = 5) -> float:
+    """Best-of-`repeats` GFLOP/s of an n x n @ n x n matmul (the library's own measurement)."""
+    return matmul_gflops(n, repeats=repeats)
 
 
 def measure_fp32_peak(sizes: tuple[int, ...] = (512, 1024, 1536, 2048), repeats: int = 5) -> float:

@@ -123,3 +123,42 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
     elif device.type == "mps":
         torch.mps.synchronize()
+
+
+def matmul_gflops(n: int, repeats: int = 5, seconds: float = 0.2, dtype: torch.dtype = torch.float32) -> float:
+    """Best-of-`repeats` GFLOP/s of an n x n @ n x n matmul on the CPU at the current thread count
+    (each repeat loops ~`seconds`; the best repeat is the one least disturbed by other work)."""
+    import time
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(n, n, generator=g, dtype=dtype)
+    b = torch.randn(n, n, generator=g, dtype=dtype)
+    out = torch.empty(n, n, dtype=dtype)
+    torch.mm(a, b, out=out)  # warm-up: thread pool, BLAS packing buffers
+    t0 = time.perf_counter()
+    torch.mm(a, b, out=out)
+    iters = max(1, int(seconds / max(time.perf_counter() - t0, 1e-6)))
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(iters):
+            torch.mm(a, b, out=out)
+        best = min(best, (time.perf_counter() - t0) / iters)
+    return 2 * n**3 / best / 1e9
+
+
+def peak_flops(device: torch.device, *, quick: bool = True) -> float:
+    """The device's dense matmul peak in FLOP/s, the denominator of MFU: measured on CPU (fp32, an
+    achievable peak for this BLAS, not a datasheet number), looked up on CUDA (bf16 tensor-core
+    datasheet figures, by name), NaN when unknown."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device).lower()
+        for key, flops in (("h200", 989e12), ("h100", 989e12), ("a100", 312e12), ("l40", 181e12), ("l4", 121e12), ("a10", 125e12),
+                           ("4090", 165e12), ("3090", 71e12)):
+            if key in name:
+                return flops
+        return float("nan")
+    if device.type != "cpu":
+        return float("nan")
+    sizes = (1024, 1536) if quick else (512, 1024, 1536, 2048)
+    return max(matmul_gflops(n, repeats=3 if quick else 5, seconds=0.05 if quick else 0.2) for n in sizes) * 1e9

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import time
 
 # verb -> (module, one-line help). Order is the order of the story.
 VERBS: dict[str, tuple[str, str]] = {
@@ -37,6 +38,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    started = time.perf_counter()  # verbs with a wall-clock budget count from here
     argv = sys.argv[1:] if argv is None else argv
     verb = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(only=verb if verb in VERBS else None)
@@ -51,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from twofiles.errors import TwofilesError
 
+    args._started = started
     try:
         return int(args._module.run(args) or 0)
     except TwofilesError as e:

@@ -34,7 +34,8 @@ def run(args: argparse.Namespace) -> int:
     if args.max_steps is not None:
         overrides["max_steps"] = args.max_steps
         budget = 0.0
-    res = run_speedrun(preset, args.out, budget_s=budget, device=args.device, seed=args.seed, progress=not args.no_progress, overrides=overrides)
+    res = run_speedrun(preset, args.out, budget_s=budget, device=args.device, seed=args.seed, progress=not args.no_progress, overrides=overrides,
+                       started=getattr(args, "_started", None))
     print(f"val_bpb {res.val_bpb:.4f} bits/byte on the held-out plays (target {preset.expect_bpb or 'n/a'}), "
           f"wall time {res.wall_seconds:.1f}s, model {res.model_path}, report {res.report}")
     if args.json:

@@ -93,28 +93,6 @@ def _log(rt: rt_mod.Runtime, msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
 
-def measure_peak_flops(device: torch.device) -> float:
-    """This device's dense matmul peak in FLOP/s, for MFU: measured on CPU (fp32), looked up on
-    CUDA (bf16 tensor cores, by name), NaN when unknown."""
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device).lower()
-        for key, flops in (("h200", 989e12), ("h100", 989e12), ("a100", 312e12), ("l4", 121e12), ("a10", 125e12), ("4090", 165e12), ("3090", 71e12)):
-            if key in name:
-                return flops
-        return float("nan")
-    if device.type != "cpu":
-        return float("nan")
-    n = 1024
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    best = float("inf")
-    for _ in range(5):
-        t = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best
-
-
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, stream: TokenStream, token_bytes: torch.Tensor, rt: rt_mod.Runtime, seq_len: int, batch_size: int, max_tokens: int | None) -> tuple[float, float]:
     """(mean loss in nats per token, bits per byte) over the validation stream. Targets that are
@@ -222,7 +200,7 @@ def _pretrain(cfg: PretrainConfig, rt: rt_mod.Runtime, on_eval: Callable[[dict[s
     elif rt.is_main:
         metrics_path.unlink(missing_ok=True)
 
-    peak = measure_peak_flops(rt.device) * (rt.world_size if rt.device.type == "cuda" else 1)
+    peak = rt_mod.peak_flops(rt.device) * (rt.world_size if rt.device.type == "cuda" else 1)
     flops_per_token = cfg.model.flops_per_token(cfg.seq_len)
     _log(rt, f"model: {n_params:,} parameters ({cfg.model.num_params(embeddings=False):,} in matmuls), {cfg.model.n_layers} layers, dim {cfg.model.dim}")
     _log(rt, f"data: {len(train_stream):,} train tokens, {len(val_stream):,} val tokens; {tokens_per_step:,} tokens/step")
@@ -245,7 +223,8 @@ def _pretrain(cfg: PretrainConfig, rt: rt_mod.Runtime, on_eval: Callable[[dict[s
     tok_s_ema: float | None = None
     decay_locked = False
     model.train()
-    loop_start, elapsed_before = time.perf_counter(), elapsed
+    loop_start, elapsed_before, step_before = time.perf_counter(), elapsed, step
+    final_eval_tokens = min(cfg.final_eval_tokens or len(val_stream), len(val_stream))
     while True:
         # `elapsed` is the run's wall time in the loop (evaluations and checkpoints included), so a
         # time budget bounds what the user waits for, not just the optimizer steps.
@@ -253,9 +232,12 @@ def _pretrain(cfg: PretrainConfig, rt: rt_mod.Runtime, on_eval: Callable[[dict[s
         # With a time budget the schedule's length follows the measured speed until the decay
         # phase starts; from then on it is fixed, so the LR reaches its floor on time (WSD lets the
         # stable phase stretch freely).
+        # The budget also pays for the final full validation pass: a forward pass costs about a
+        # third of a training step per token, so it is estimated from the training speed.
         if cfg.time_budget_s > 0 and step > 0 and not decay_locked:
-            per_step = elapsed / step
-            total_steps = max(step + 1, int(cfg.time_budget_s / per_step))
+            per_step = (elapsed - elapsed_before) / (step - step_before) if step > step_before else elapsed / step
+            final_eval_s = final_eval_tokens * per_step / tokens_per_step / 2.5
+            total_steps = max(step + 1, step + int((cfg.time_budget_s - final_eval_s - elapsed) / per_step))
             if lr_factor(step, total_steps, cfg.optim) < 1.0 and step >= cfg.optim.warmup_steps:
                 decay_locked = True
             if bar is not None:
