@@ -49,3 +49,16 @@ def test_tiny_speedrun_end_to_end(tmp_path: Path) -> None:
     assert g.returncode == 0, g.stderr
     gen = json.loads(g.stdout.strip().splitlines()[-1])
     assert 1 <= gen["tokens"] <= 8 and gen["text"] in g.stdout
+
+
+def test_a_second_speedrun_replaces_the_first_and_keeps_other_files(tmp_path: Path) -> None:
+    from twofiles.presets import get_preset
+    from twofiles.speedrun import run_speedrun
+
+    out = tmp_path / "run"
+    first = run_speedrun(get_preset("tiny"), out, progress=False, overrides={"max_steps": 3})
+    (out / "notes.txt").write_text("mine")
+    second = run_speedrun(get_preset("tiny"), out, progress=False, overrides={"max_steps": 4})
+    assert (first.steps, second.steps) == (3, 4)
+    assert (out / "notes.txt").read_text() == "mine"
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step_0000004.safetensors"]

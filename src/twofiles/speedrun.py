@@ -59,6 +59,7 @@ def run_speedrun(preset: Preset, out: str | Path, *, budget_s: float | None = No
 
     t_start = time.perf_counter() if started is None else started
     out = Path(out)
+    _clear_previous_run(out)
     out.mkdir(parents=True, exist_ok=True)
     budget = preset.budget_s if budget_s is None else budget_s
     stages: dict[str, float] = {}
@@ -109,6 +110,24 @@ def run_speedrun(preset: Preset, out: str | Path, *, budget_s: float | None = No
     return SpeedrunResult(out=str(out), model_path=res.model_path, val_bpb=res.val_bpb, val_loss=res.val_loss, wall_seconds=wall,
                           train_seconds=res.train_seconds, steps=res.steps, tokens=res.tokens, params=res.params, preset=preset.name,
                           stages=stages, report=str(report))
+
+
+# What a speedrun writes into its directory; a new speedrun into the same directory replaces
+# exactly these (so `make speedrun` can be run again) and leaves anything else there alone.
+RUN_FILES = ("tokenizer.json", "config.json", "metrics.jsonl", "loss.png", "model.safetensors", "report.md")
+RUN_DIRS = ("checkpoints", "data")
+
+
+def _clear_previous_run(out: Path) -> None:
+    import shutil
+
+    if not (out / "config.json").is_file():
+        return
+    _say(f"replacing the previous run in {out}")
+    for name in RUN_DIRS:
+        shutil.rmtree(out / name, ignore_errors=True)
+    for name in RUN_FILES:
+        (out / name).unlink(missing_ok=True)
 
 
 def _samples(model_path: str, seed: int) -> list[tuple[str, str]]:
