@@ -48,6 +48,8 @@ class Shape:
 # The speedrun shapes (vocab 4096, seq 256), then a larger one. Batch sizes keep a step at ~1-4 s on
 # 2 cores so a whole invocation (4 contenders with --compile both) fits in a few minutes.
 SHAPES: dict[str, Shape] = {
+    # the cpu-5min preset's real shape (d192, batch 8): small matrices, where per-op overhead shows
+    "cpu-5min": Shape(dict(vocab_size=4096, dim=192, n_layers=4, n_heads=3, n_kv_heads=3, hidden_dim=512, max_seq_len=256), batch=8, seq_len=256),
     "speedrun": Shape(dict(vocab_size=4096, dim=256, n_layers=4, n_heads=4, n_kv_heads=4, hidden_dim=768, max_seq_len=256), batch=16, seq_len=256),
     "speedrun-384": Shape(dict(vocab_size=4096, dim=384, n_layers=6, n_heads=6, n_kv_heads=6, hidden_dim=1024, max_seq_len=256), batch=8, seq_len=256),
     "speedrun-gqa": Shape(dict(vocab_size=4096, dim=384, n_layers=6, n_heads=6, n_kv_heads=2, hidden_dim=1024, max_seq_len=256), batch=8, seq_len=256),
