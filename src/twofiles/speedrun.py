@@ -163,7 +163,9 @@ def _write_report(out: Path, preset: Preset, res: Any, stages: dict[str, float],
         f"| wall time, whole run | {wall:.1f} s (budget {budget:.0f} s) |",
         f"| training time | {res.train_seconds:.1f} s, {res.steps} steps, {res.tokens:,} tokens ({res.tokens_per_second:,.0f} tokens/s) |",
         f"| parameters | {res.params:,} |",
-        f"| MFU (vs measured matmul peak) | {'n/a' if res.mfu is None else f'{100 * res.mfu:.0f}%'} |",
+        f"| model FLOP/s | {res.achieved_flops / 1e9:.1f} GFLOP/s"
+        + ("" if res.mfu is None else f" = {100 * res.mfu:.0f}% MFU of the {res.peak_flops / 1e9:.0f} GFLOP/s matmul peak measured at start "
+           "(a busy machine measures a lower peak)") + " |",
         "",
         "## Stages",
         "",
