@@ -186,6 +186,7 @@ def _pretrain(cfg: PretrainConfig, rt: rt_mod.Runtime, on_eval: Callable[[dict[s
     tokens_per_step = cfg.batch_size * cfg.seq_len * cfg.grad_accum * rt.world_size
     total_steps = cfg.max_steps
     step, elapsed, tokens_seen = 0, 0.0, 0
+    decay_locked = False  # with a time budget: the schedule's length is fixed once decay begins
     metrics_path = out / "metrics.jsonl"
     if cfg.resume:
         ckpts = list_checkpoints(ckpt_dir)
@@ -194,6 +195,7 @@ def _pretrain(cfg: PretrainConfig, rt: rt_mod.Runtime, on_eval: Callable[[dict[s
         state = load_checkpoint(ckpts[-1], raw_model, optimizers)
         step, elapsed, total_steps = state["step"], state["elapsed"], state["total_steps"]
         tokens_seen = state["tokens"]
+        decay_locked = state.get("decay_locked", False)  # a resumed run in its decay phase keeps its length
         loader.load_state_dict(state["loader"])
         if rt.is_main and metrics_path.exists():  # drop what the interrupted run logged after the checkpoint
             kept = [ln for ln in metrics_path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
@@ -223,7 +225,6 @@ def _pretrain(cfg: PretrainConfig, rt: rt_mod.Runtime, on_eval: Callable[[dict[s
 
     val_loss = val_bpb = float("nan")
     tok_s_ema: float | None = None
-    decay_locked = False
     model.train()
     loop_start, elapsed_before, step_before = time.perf_counter(), elapsed, step
     final_eval_tokens = min(cfg.final_eval_tokens or len(val_stream), len(val_stream))
@@ -264,7 +265,8 @@ def _pretrain(cfg: PretrainConfig, rt: rt_mod.Runtime, on_eval: Callable[[dict[s
             raw_model.train()
         # --- checkpoint ---
         if rt.is_main and step > 0 and (last_step or (cfg.checkpoint_interval and step % cfg.checkpoint_interval == 0)):
-            state = {"elapsed": elapsed, "total_steps": total_steps, "tokens": tokens_seen, "loader": loader.state_dict(), "config": cfg.to_dict()}
+            state = {"elapsed": elapsed, "total_steps": total_steps, "decay_locked": decay_locked, "tokens": tokens_seen,
+                     "loader": loader.state_dict(), "config": cfg.to_dict()}
             save_checkpoint(ckpt_dir, step, raw_model, optimizers, state)
         if last_step:
             break
