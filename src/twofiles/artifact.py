@@ -135,7 +135,10 @@ def load_model(
         cfg = ModelConfig.from_dict(json.loads(meta["config"]))
     except (ValueError, TypeError) as e:
         raise BadInputError(f"metadata field 'config' is invalid: {e}", path=path) from None
-    tokenizer = Tokenizer.from_json(meta["tokenizer"])
+    try:
+        tokenizer = Tokenizer.from_json(meta["tokenizer"])
+    except BadInputError as e:
+        raise BadInputError(f"metadata field 'tokenizer': {e}", path=path) from None
     try:
         sd = load_file(path, device="cpu")
     except (SafetensorError, OSError) as e:
