@@ -31,6 +31,12 @@ def tiny_model(vocab: int = 64, seed: int = 0, tie: bool = False) -> Transformer
     return m
 
 
+def records(run: Path) -> list[tuple]:
+    """Every metrics record without its timings: what a resumed run must reproduce exactly."""
+    timing = {"time", "tok_s", "eval_seconds"}
+    return [tuple(sorted((k, v) for k, v in json.loads(ln).items() if k not in timing)) for ln in (run / "metrics.jsonl").read_text().splitlines()]
+
+
 def losses(run: Path) -> dict[int, float]:
     out = {}
     for line in (run / "metrics.jsonl").read_text().splitlines():
@@ -225,7 +231,7 @@ def test_pretrain_cli_writes_a_complete_run(tiny_data: Path, tmp_path: Path) -> 
 
 
 def test_killed_run_resumes_with_the_same_loss_sequence(tiny_data: Path, tmp_path: Path) -> None:
-    steps = ["--max-steps", "16", "--checkpoint-interval", "4"]
+    steps = ["--max-steps", "16", "--checkpoint-interval", "4", "--eval-interval", "4", "--eval-tokens", "256"]
     ref = tmp_path / "ref"
     subprocess.run(_pretrain_cmd(tiny_data, ref, *steps), check=True, capture_output=True, env=_env(), timeout=300)
     run = tmp_path / "killed"
@@ -241,6 +247,7 @@ def test_killed_run_resumes_with_the_same_loss_sequence(tiny_data: Path, tmp_pat
     assert p.returncode == 0, p.stderr
     assert "resumed from" in p.stderr
     assert losses(run) == losses(ref)  # bit-for-bit, every step
+    assert records(run) == records(ref)  # and every evaluation, once, with the same values
 
 
 @pytest.mark.slow

@@ -227,6 +227,7 @@ def _pretrain(cfg: PretrainConfig, rt: rt_mod.Runtime, on_eval: Callable[[dict[s
     tok_s_ema: float | None = None
     model.train()
     loop_start, elapsed_before, step_before = time.perf_counter(), elapsed, step
+    resumed_at = step if cfg.resume else -1
     final_eval_tokens = min(cfg.final_eval_tokens or len(val_stream), len(val_stream))
     while True:
         # `elapsed` is the run's wall time in the loop (evaluations and checkpoints included), so a
@@ -246,8 +247,10 @@ def _pretrain(cfg: PretrainConfig, rt: rt_mod.Runtime, on_eval: Callable[[dict[s
             if bar is not None:
                 bar.total = total_steps
         last_step = step >= total_steps
+        # the checkpoint we resumed from was written after this step's evaluation and samples
+        periodic = step > 0 and step != resumed_at
         # --- evaluate ---
-        if last_step or (cfg.eval_interval and step % cfg.eval_interval == 0 and step > 0):
+        if last_step or (periodic and cfg.eval_interval and step % cfg.eval_interval == 0):
             limit = (cfg.final_eval_tokens or None) if last_step else cfg.eval_tokens
             t_eval = time.perf_counter()
             val_loss, val_bpb = evaluate(model, val_stream, token_bytes, rt, cfg.seq_len, cfg.batch_size * 2, limit)
@@ -259,12 +262,12 @@ def _pretrain(cfg: PretrainConfig, rt: rt_mod.Runtime, on_eval: Callable[[dict[s
             if on_eval is not None and rt.is_main:
                 on_eval(rec)
         # --- samples ---
-        if rt.is_main and (last_step or (cfg.sample_interval and step % cfg.sample_interval == 0 and step > 0)):
+        if rt.is_main and (last_step or (periodic and cfg.sample_interval and step % cfg.sample_interval == 0)):
             text = _sample(raw_model, tokenizer, cfg.sample_prompt, cfg.sample_tokens, cfg.seed)
             (bar.write if bar is not None else print)(f"--- sample at step {step} ---\n{text}\n---", file=sys.stderr)  # type: ignore[operator]
             raw_model.train()
         # --- checkpoint ---
-        if rt.is_main and step > 0 and (last_step or (cfg.checkpoint_interval and step % cfg.checkpoint_interval == 0)):
+        if rt.is_main and step > 0 and (last_step or (periodic and cfg.checkpoint_interval and step % cfg.checkpoint_interval == 0)):
             state = {"elapsed": elapsed, "total_steps": total_steps, "decay_locked": decay_locked, "tokens": tokens_seen,
                      "loader": loader.state_dict(), "config": cfg.to_dict()}
             save_checkpoint(ckpt_dir, step, raw_model, optimizers, state)
