@@ -421,19 +421,12 @@ def generate_batch(
 
 
 def resolve_model(spec: str, *, device: "str | torch.device" = "cpu", dtype: "torch.dtype | None" = None) -> "LoadedModel":
-    """The one place a model spec becomes a loaded model on `device`. Today: a twofiles
-    model.safetensors path. (GGUF files, Hugging Face directories and built-in aliases plug in
-    here.)"""
-    from twofiles.artifact import load_model
+    """The one place a model spec becomes a loaded model on `device`: a twofiles
+    model.safetensors (or a directory holding one), a GGUF file, a Hugging Face directory, or an
+    alias such as `smollm2` (see twofiles.formats.resolve)."""
+    from twofiles.formats import resolve
 
-    if not os.path.exists(spec):
-        raise TwofilesError(f"{spec}: no such model file (expected a twofiles model.safetensors)")
-    if os.path.isdir(spec):
-        candidate = os.path.join(spec, "model.safetensors")
-        if not os.path.isfile(candidate):
-            raise TwofilesError(f"{spec}: a directory without model.safetensors (Hugging Face directories are not supported yet)")
-        spec = candidate
-    return load_model(spec, device=device, dtype=dtype)
+    return resolve(spec, device=device, dtype=dtype)
 
 
 __all__ = [

@@ -14,6 +14,11 @@ Plain text never turns into a special token: `encode("<|bos|>")` gives the bytes
 Special ids are inserted by code (data preparation, chat rendering), never by user text, which is
 what stops a prompt from forging a turn boundary. `encode(text, allow_special=True)` opts in.
 
+Imported tokenizers (GGUF files, Hugging Face directories; see formats/) use the same class: they
+keep their own pre-tokenizer, model and decoder from their JSON, and the importer passes `bos_id`
+and `eos_ids` from the model's metadata. A tokenizer JSON read without that metadata (e.g. back
+from a model.safetensors) finds its bos by name, in `BOS_NAMES` order.
+
 What it leaves to others: normalisation of text (data/corpus.py), chat rendering (chat.py).
 """
 
@@ -47,6 +52,10 @@ SPECIAL_TOKENS: list[str] = [
     "<|think_start|>",  # opens "System 2" reasoning the user does not need to see
     "<|think_end|>",  # closes the reasoning
 ]
+
+# Where no metadata says which token starts a document, the first of these special tokens present
+# is the bos: ours, then Llama 3's, Llama 2 / Mistral / TinyLlama's, GPT-2 / SmolLM / Qwen2's.
+BOS_NAMES: list[str] = ["<|bos|>", "<|begin_of_text|>", "<s>", "<|endoftext|>"]
 
 # GPT-4 (cl100k_base) pre-tokenizer pattern, as in tiktoken. Possessive quantifiers (?+, ++) are
 # supported by Oniguruma, which HF `tokenizers` uses. Digits are split in groups of 1-3 so numbers
@@ -91,16 +100,31 @@ def _new_hf(model) -> "HFTokenizer":
 class Tokenizer:
     """A trained byte-level BPE tokenizer. Build with `train`, `from_json` or `load`."""
 
-    def __init__(self, hf: "HFTokenizer") -> None:
+    def __init__(self, hf: "HFTokenizer", *, bos_id: int | None = None, eos_ids: Sequence[int] | None = None) -> None:
         # Two views of the same tokenizer: the default one treats "<|bos|>" in text as plain bytes.
         self._hf_plain = hf
         self._hf_plain.encode_special_tokens = True
         self._hf_special: "HFTokenizer | None" = None
         added = hf.get_added_tokens_decoder()
         self.special_ids: dict[str, int] = {t.content: i for i, t in sorted(added.items()) if t.special}
-        if "<|bos|>" not in self.special_ids:
-            raise BadInputError("tokenizer has no <|bos|> special token (not a twofiles tokenizer?)")
-        self.bos_id: int = self.special_ids["<|bos|>"]
+        # Added tokens that are not special (user-defined pieces) are stored as plain text, not in
+        # the model's byte-level form: token_bytes must not read them through the byte table.
+        self._added_plain: dict[int, str] = {i: t.content for i, t in added.items() if not t.special}
+        if bos_id is None:
+            name = next((n for n in BOS_NAMES if n in self.special_ids), None)
+            if name is None:
+                raise BadInputError("tokenizer has no <|bos|> special token (not a twofiles tokenizer?)")
+            bos_id = self.special_ids[name]
+        n = hf.get_vocab_size(with_added_tokens=True)
+        eos_ids = [bos_id] if not eos_ids else [int(i) for i in eos_ids]
+        for i in [bos_id, *eos_ids]:
+            if not 0 <= int(i) < n:
+                raise BadInputError(f"bos/eos token id {i} is outside the vocabulary (size {n})")
+        self.bos_id: int = int(bos_id)
+        # Tokens that end a generation ("end of turn" / "end of text"); ours: the bos, which is
+        # also what separates documents.
+        self.eos_ids: list[int] = eos_ids
+        self._byte_level: bool | None = None
         self._token_bytes: "np.ndarray | None" = None
 
     # ------------------------------------------------------------------ building
@@ -132,14 +156,14 @@ class Tokenizer:
         return cls(hf)
 
     @classmethod
-    def from_json(cls, s: str) -> "Tokenizer":
+    def from_json(cls, s: str, *, bos_id: int | None = None, eos_ids: Sequence[int] | None = None) -> "Tokenizer":
         from tokenizers import Tokenizer as HFTokenizer
 
         try:
             hf = HFTokenizer.from_str(s)
         except Exception as e:  # the Rust side raises a plain Exception
             raise BadInputError(f"not a valid tokenizer.json: {e}") from None
-        return cls(hf)
+        return cls(hf, bos_id=bos_id, eos_ids=eos_ids)
 
     def to_json(self) -> str:
         return self._hf_plain.to_str()
@@ -231,10 +255,31 @@ class Tokenizer:
 
     def token_to_bytes(self, id: int) -> bytes:
         """The bytes token `id` stands for (b'' for special tokens)."""
-        if int(id) in self._special_id_set:
+        id = int(id)
+        if id in self._special_id_set:
             return b""
-        table = _BYTE_DECODER
-        return bytes(table[c] for c in self.id_to_token(id))
+        if id in self._added_plain:
+            return self._added_plain[id].encode("utf-8")
+        return self._piece_bytes(self.id_to_token(id))
+
+    def _piece_bytes(self, tok: str) -> bytes:
+        if self._is_byte_level():
+            table = _BYTE_DECODER
+            return bytes(table[c] for c in tok)
+        # SentencePiece-style vocabulary (imported): "▁" is a space, "<0x0A>" a byte-fallback byte.
+        if len(tok) == 6 and tok.startswith("<0x") and tok.endswith(">"):
+            try:
+                return bytes([int(tok[3:5], 16)])
+            except ValueError:
+                pass
+        return tok.replace("\u2581", " ").encode("utf-8")
+
+    def _is_byte_level(self) -> bool:
+        """True when the vocabulary is in ByteLevel form (ours, GPT-2 / Llama 3 style imports)."""
+        if self._byte_level is None:
+            decoder = json.loads(self._hf_plain.to_str()).get("decoder") or {}
+            self._byte_level = "ByteLevel" in json.dumps(decoder)
+        return self._byte_level
 
     @property
     def _special_id_set(self) -> set[int]:
@@ -248,9 +293,14 @@ class Tokenizer:
 
             out = np.zeros(self.vocab_size, dtype=np.int32)
             specials = self._special_id_set
+            byte_level = self._is_byte_level()
             for tok, i in self._hf_plain.get_vocab(with_added_tokens=True).items():
-                if i not in specials:
-                    out[i] = len(tok)
+                if i in specials:
+                    continue
+                if i in self._added_plain:
+                    out[i] = len(self._added_plain[i].encode("utf-8"))
+                else:
+                    out[i] = len(tok) if byte_level else len(self._piece_bytes(tok))
             self._token_bytes = out
         return self._token_bytes.copy()
 

@@ -21,6 +21,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "generate": ("twofiles.cli.generate", "sample a continuation from a model"),
     "export": ("twofiles.cli.export", "write model.safetensors + a numpy-only run.py (the two files)"),
     "speedrun": ("twofiles.cli.speedrun", "tokenizer -> data -> pretrain -> samples on the built-in corpus"),
+    "pull": ("twofiles.cli.pull", "fetch a built-in model (smollm2) into the cache, once"),
 }
 
 

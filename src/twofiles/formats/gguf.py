@@ -1,0 +1,369 @@
+"""GGUF import: a llama.cpp model file becomes a twofiles LoadedModel.
+
+What it owns: reading GGUF metadata and tensors (through the `gguf` package's GGUFReader, guarded
+so that a malformed file is a BadInputError naming it, never a crash, a hang or a huge
+allocation), turning the metadata into a ModelConfig, the GGUF tensor names into Hugging Face
+Llama names, the quantized blocks into float32 (our own numpy code, checked against
+`gguf.quants.dequantize` in the tests), and the vocabulary + merges into a `tokenizers` JSON.
+
+Supported: architectures `llama` and `qwen2`; tensor types F32, F16, BF16, Q8_0, Q4_0, Q4_1;
+byte-level BPE vocabularies (`tokenizer.ggml.model == "gpt2"`: Llama 3, SmolLM, Qwen2, ...).
+Refused with a message: SentencePiece vocabularies (Llama 2 / Mistral / TinyLlama GGUFs; load
+their Hugging Face directory instead), other quant types (K-quants, IQ*), RoPE scaling.
+
+Footgun: llama.cpp's converter permutes the rows of q/k weights of `llama` models from HF's
+rotate-half RoPE layout into the interleaved one ggml uses:
+    w.reshape(n_head, 2, hd // 2, dim).swapaxes(1, 2)
+`_unpermute` undoes it. `qwen2` GGUFs use NEOX (rotate-half) RoPE and are stored unpermuted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from twofiles.errors import BadInputError
+
+if TYPE_CHECKING:
+    import torch
+
+    from twofiles.artifact import LoadedModel
+
+MAGIC = b"GGUF"
+# Sanity limits checked before the reader walks the file: a flipped byte in a count must give a
+# clear error, not a loop over 2**60 entries.
+MAX_TENSORS = 1 << 16
+MAX_KV = 1 << 16
+MAX_DIM = 1 << 20  # any one of width / inner width / vocab / context
+MAX_LAYERS = 1024
+
+# ggml type ids (ggml.h); block size in elements, bytes per block
+F32, F16, Q4_0, Q4_1, Q8_0, BF16 = 0, 1, 2, 3, 8, 30
+BLOCKS: dict[int, tuple[int, int]] = {F32: (1, 4), F16: (1, 2), BF16: (1, 2), Q8_0: (32, 34), Q4_0: (32, 18), Q4_1: (32, 20)}
+TYPE_NAMES = {F32: "F32", F16: "F16", BF16: "BF16", Q8_0: "Q8_0", Q4_0: "Q4_0", Q4_1: "Q4_1"}
+
+# GGUF tensor name (after "blk.N.") -> HF Llama name (after "model.layers.N.")
+LAYER_NAMES = {
+    "attn_norm.weight": "input_layernorm.weight",
+    "ffn_norm.weight": "post_attention_layernorm.weight",
+    "attn_q.weight": "self_attn.q_proj.weight",
+    "attn_k.weight": "self_attn.k_proj.weight",
+    "attn_v.weight": "self_attn.v_proj.weight",
+    "attn_q.bias": "self_attn.q_proj.bias",
+    "attn_k.bias": "self_attn.k_proj.bias",
+    "attn_v.bias": "self_attn.v_proj.bias",
+    "attn_output.weight": "self_attn.o_proj.weight",
+    "ffn_gate.weight": "mlp.gate_proj.weight",
+    "ffn_up.weight": "mlp.up_proj.weight",
+    "ffn_down.weight": "mlp.down_proj.weight",
+}
+TOP_NAMES = {"token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight", "output.weight": "lm_head.weight"}
+
+# tokenizer.ggml.pre -> the HF pre-tokenizer that splits text the same way (llama.cpp's
+# llama-vocab.cpp regexes). ByteLevel with use_regex=True is GPT-2's split.
+_GPT2 = [{"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}]
+_LLAMA3_RE = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+_QWEN2_RE = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+
+
+def _split_then_bytes(regex: str) -> list[dict[str, Any]]:
+    return [
+        {"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": False},
+        {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False},
+    ]
+
+
+PRE_TOKENIZERS: dict[str, list[dict[str, Any]]] = {
+    "default": _GPT2,
+    "gpt-2": _GPT2,
+    "gpt2": _GPT2,
+    "smollm": [{"type": "Digits", "individual_digits": True}, *_GPT2],
+    "starcoder": [{"type": "Digits", "individual_digits": True}, *_GPT2],
+    "llama-bpe": _split_then_bytes(_LLAMA3_RE),
+    "llama3": _split_then_bytes(_LLAMA3_RE),
+    "qwen2": _split_then_bytes(_QWEN2_RE),
+}
+
+
+# ---------------------------------------------------------------------------- dequantization
+
+
+def dequantize(data: np.ndarray, ggml_type: int, n_elements: int) -> np.ndarray:
+    """float32 [n_elements] from the raw bytes of one tensor (any dtype view of them)."""
+    raw = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
+    if ggml_type not in BLOCKS:
+        raise ValueError(f"unsupported tensor type {ggml_type}")
+    block, size = BLOCKS[ggml_type]
+    if n_elements % block or raw.size != n_elements // block * size:
+        raise ValueError(f"{raw.size} bytes do not hold {n_elements} elements of type {TYPE_NAMES[ggml_type]}")
+    if ggml_type == F32:
+        return raw.view("<f4").astype(np.float32)
+    if ggml_type == F16:
+        return raw.view("<f2").astype(np.float32)
+    if ggml_type == BF16:  # the top 16 bits of a float32
+        return (raw.view("<u2").astype(np.uint32) << 16).view(np.float32)
+    blocks = raw.reshape(-1, size)  # [n_blocks, bytes per block]
+    d = blocks[:, 0:2].copy().view("<f2").astype(np.float32)  # [n_blocks, 1] scale
+    if ggml_type == Q8_0:  # fp16 d, 32 x int8: x = q * d
+        return (blocks[:, 2:].view(np.int8).astype(np.float32) * d).reshape(-1)
+    qs = blocks[:, 4:] if ggml_type == Q4_1 else blocks[:, 2:]  # 16 bytes, two 4-bit values each
+    # low nibbles are elements 0..15 of the block, high nibbles 16..31
+    q = np.concatenate([qs & 0x0F, qs >> 4], axis=1).astype(np.float32)  # [n_blocks, 32]
+    if ggml_type == Q4_0:  # x = (q - 8) * d
+        return ((q - 8.0) * d).reshape(-1)
+    m = blocks[:, 2:4].copy().view("<f2").astype(np.float32)  # Q4_1: x = q * d + m
+    return (q * d + m).reshape(-1)
+
+
+def _unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
+    """Undo llama.cpp's q/k row permutation (interleaved RoPE pairs -> HF rotate-half halves)."""
+    rows = w.shape[0]
+    return w.reshape(n_head, rows // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+# ---------------------------------------------------------------------------- reading
+
+
+def _check_header(path: str) -> None:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(24)
+    except OSError as e:
+        raise BadInputError(f"cannot read: {e}", path=path) from None
+    if len(head) < 24:
+        raise BadInputError("file too short to be GGUF", path=path)
+    if head[:4] != MAGIC:
+        raise BadInputError("not a GGUF file (bad magic)", path=path)
+    version = int.from_bytes(head[4:8], "little")
+    if version not in (2, 3):
+        raise BadInputError(f"unsupported GGUF version {version} (2 and 3 are)", path=path)
+    n_tensors, n_kv = int.from_bytes(head[8:16], "little"), int.from_bytes(head[16:24], "little")
+    size = os.path.getsize(path)
+    # every tensor info and key/value pair takes at least 8 bytes of the file
+    if n_tensors > min(MAX_TENSORS, size // 8) or n_kv > min(MAX_KV, size // 8):
+        raise BadInputError(f"absurd counts in the header: {n_tensors} tensors, {n_kv} metadata keys", path=path)
+
+
+def _read(path: str):
+    from gguf import GGUFReader
+
+    _check_header(path)
+    try:
+        return GGUFReader(path)
+    except Exception as e:  # a parser of untrusted bytes: ValueError, IndexError, KeyError, ...
+        raise BadInputError(f"malformed GGUF: {type(e).__name__}: {e}", path=path) from None
+
+
+class _Meta:
+    def __init__(self, reader, path: str) -> None:
+        self.reader, self.path = reader, path
+
+    def get(self, key: str, default: Any = None, *, required: bool = False) -> Any:
+        field = self.reader.get_field(key)
+        if field is None:
+            if required:
+                raise BadInputError(f"metadata key '{key}' is missing", path=self.path)
+            return default
+        try:
+            return field.contents()
+        except Exception as e:
+            raise BadInputError(f"metadata key '{key}' is unreadable: {e}", path=self.path) from None
+
+    def int(self, key: str, default: int | None = None, *, lo: int = 1, hi: int = MAX_DIM) -> int:
+        v = self.get(key, default, required=default is None)
+        if isinstance(v, list) or not isinstance(v, (int, np.integer)) or isinstance(v, bool) or not lo <= int(v) <= hi:
+            raise BadInputError(f"metadata key '{key}' = {v!r} is not an integer in [{lo}, {hi}]", path=self.path)
+        return int(v)
+
+    def float(self, key: str, default: float) -> float:
+        v = self.get(key, default)
+        if not isinstance(v, (int, float, np.number)) or isinstance(v, bool) or not np.isfinite(v) or v <= 0:
+            raise BadInputError(f"metadata key '{key}' = {v!r} is not a positive number", path=self.path)
+        # GGUF stores float32: 1e-5 comes back as 9.99999975e-06; take the shortest decimal that
+        # is the same float32, which is what the converter was given.
+        return float(str(np.float32(v)))
+
+
+def _config(meta: _Meta, vocab_size: int):
+    from twofiles.model import ModelConfig
+
+    arch = meta.get("general.architecture", required=True)
+    if arch not in ("llama", "qwen2"):
+        raise BadInputError(f"architecture '{arch}' is not supported (llama and qwen2 are)", path=meta.path)
+    scaling = meta.get(f"{arch}.rope.scaling.type", "none")
+    if scaling not in ("none", None):
+        raise BadInputError(f"RoPE scaling '{scaling}' is not supported yet", path=meta.path)
+    dim = meta.int(f"{arch}.embedding_length")
+    n_heads = meta.int(f"{arch}.attention.head_count", hi=dim)
+    n_kv = meta.int(f"{arch}.attention.head_count_kv", n_heads, hi=n_heads)
+    rope_dim = meta.int(f"{arch}.rope.dimension_count", dim // n_heads)
+    if rope_dim != dim // n_heads or meta.int(f"{arch}.attention.key_length", dim // n_heads) != dim // n_heads:
+        raise BadInputError("head dimension other than width / heads (or partial RoPE) is not supported", path=meta.path)
+    try:
+        return arch, ModelConfig(
+            vocab_size=vocab_size,
+            dim=dim,
+            n_layers=meta.int(f"{arch}.block_count", hi=MAX_LAYERS),
+            n_heads=n_heads,
+            n_kv_heads=n_kv,
+            hidden_dim=meta.int(f"{arch}.feed_forward_length"),
+            max_seq_len=meta.int(f"{arch}.context_length", 2048),
+            rope_theta=meta.float(f"{arch}.rope.freq_base", 10000.0),
+            norm_eps=meta.float(f"{arch}.attention.layer_norm_rms_epsilon", 1e-5),
+            tie_embeddings=False,  # decided by the presence of output.weight
+            qkv_bias=arch == "qwen2",
+        )
+    except ValueError as e:
+        raise BadInputError(f"model shape is not usable: {e}", path=meta.path) from None
+
+
+def tokenizer_json(tokens: list[str], merges: list[str], types: list[int] | None, pre: str, path: str = "") -> str:
+    """A Hugging Face `tokenizers` JSON for a GGUF byte-level BPE vocabulary. Control tokens
+    (token type 3) become special added tokens, user-defined ones (4) plain added tokens."""
+    if pre not in PRE_TOKENIZERS:
+        raise BadInputError(f"pre-tokenizer '{pre}' is not supported yet (known: {', '.join(sorted(PRE_TOKENIZERS))})", path=path)
+    vocab: dict[str, int] = {}
+    added = []
+    for i, tok in enumerate(tokens):
+        vocab.setdefault(tok, i)  # a few vocabularies repeat unused entries: the first id wins
+        t = types[i] if types is not None and i < len(types) else 1
+        if t in (3, 4) and vocab[tok] == i:
+            added.append({"id": i, "content": tok, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False, "special": t == 3})
+    pairs = []
+    for m in merges:
+        parts = m.split(" ")
+        if len(parts) != 2:
+            raise BadInputError(f"merge {m!r} is not two tokens separated by one space", path=path)
+        pairs.append(parts)
+    spec = {
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": added,
+        "normalizer": None,
+        "pre_tokenizer": {"type": "Sequence", "pretokenizers": PRE_TOKENIZERS[pre]},
+        "post_processor": None,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
+        "model": {
+            "type": "BPE",
+            "dropout": None,
+            "unk_token": None,
+            "continuing_subword_prefix": None,
+            "end_of_word_suffix": None,
+            "fuse_unk": False,
+            "byte_fallback": False,
+            "ignore_merges": pre in ("llama-bpe", "llama3"),  # as Llama 3's own tokenizer.json
+            "vocab": vocab,
+            "merges": pairs,
+        },
+    }
+    return json.dumps(spec, ensure_ascii=False)
+
+
+def _tokenizer(meta: _Meta):
+    from twofiles.tokenizer import Tokenizer
+
+    kind = meta.get("tokenizer.ggml.model", required=True)
+    if kind == "llama":
+        raise BadInputError(
+            "SentencePiece ('llama') GGUF vocabularies are not supported yet: load the model's Hugging Face directory instead",
+            path=meta.path,
+        )
+    if kind != "gpt2":
+        raise BadInputError(f"tokenizer model '{kind}' is not supported (byte-level BPE 'gpt2' is)", path=meta.path)
+    tokens = meta.get("tokenizer.ggml.tokens", required=True)
+    merges = meta.get("tokenizer.ggml.merges", required=True)
+    types = meta.get("tokenizer.ggml.token_type")
+    if not isinstance(tokens, list) or not tokens or not all(isinstance(t, str) for t in tokens):
+        raise BadInputError("tokenizer.ggml.tokens is not a list of strings", path=meta.path)
+    if not isinstance(merges, list) or not all(isinstance(m, str) for m in merges):
+        raise BadInputError("tokenizer.ggml.merges is not a list of strings", path=meta.path)
+    if types is not None and (not isinstance(types, list) or not all(isinstance(t, int) for t in types)):
+        raise BadInputError("tokenizer.ggml.token_type is not a list of integers", path=meta.path)
+    spec = tokenizer_json(tokens, merges, types, str(meta.get("tokenizer.ggml.pre", "default")), meta.path)
+    n = len(tokens)
+    bos = meta.int("tokenizer.ggml.bos_token_id", -1, lo=-1, hi=n - 1)
+    eos = meta.int("tokenizer.ggml.eos_token_id", -1, lo=-1, hi=n - 1)
+    eot = meta.int("tokenizer.ggml.eot_token_id", -1, lo=-1, hi=n - 1)
+    eos_ids = [i for i in dict.fromkeys([eos, eot]) if i >= 0]
+    try:
+        return Tokenizer.from_json(spec, bos_id=bos if bos >= 0 else (eos_ids[0] if eos_ids else None), eos_ids=eos_ids or None)
+    except BadInputError as e:
+        raise BadInputError(str(e), path=meta.path) from None
+
+
+def load_gguf(path: str | os.PathLike[str], *, device: "str | torch.device" = "cpu", dtype: "torch.dtype | None" = None) -> "LoadedModel":
+    """Load a GGUF file as a twofiles model: weights dequantized to float32 (or `dtype`)."""
+    import torch
+
+    from twofiles.artifact import LoadedModel
+    from twofiles.model import Transformer
+
+    path = str(path)
+    if not os.path.isfile(path):
+        raise BadInputError("no such GGUF file", path=path)
+    reader = _read(path)
+    meta = _Meta(reader, path)
+    tensors = {t.name: t for t in reader.tensors}
+    if "token_embd.weight" not in tensors:
+        raise BadInputError("no token_embd.weight tensor", path=path)
+    if "rope_freqs.weight" in tensors:
+        raise BadInputError("RoPE frequency scaling (rope_freqs) is not supported yet", path=path)
+    emb_shape = [int(x) for x in tensors["token_embd.weight"].shape]  # GGUF order: [dim, vocab]
+    if len(emb_shape) != 2 or not 1 <= emb_shape[1] <= MAX_DIM * 4:
+        raise BadInputError(f"token_embd.weight has an unusable shape {emb_shape}", path=path)
+    arch, cfg = _config(meta, emb_shape[1])
+    cfg.tie_embeddings = "output.weight" not in tensors
+    tokenizer = _tokenizer(meta)
+
+    model = Transformer(cfg)
+    expected = model.state_dict()
+    sd: dict[str, torch.Tensor] = {}
+    for name, t in tensors.items():
+        if name in TOP_NAMES:
+            hf = TOP_NAMES[name]
+        else:
+            parts = name.split(".", 2)
+            if len(parts) != 3 or parts[0] != "blk" or parts[2] not in LAYER_NAMES:
+                raise BadInputError(f"unexpected tensor '{name}'", path=path)
+            hf = f"model.layers.{parts[1]}.{LAYER_NAMES[parts[2]]}"
+        if hf not in expected:
+            raise BadInputError(f"tensor '{name}' does not fit the config", path=path)
+        shape = tuple(int(x) for x in reversed([int(x) for x in t.shape]))  # numpy order
+        if shape != tuple(expected[hf].shape):
+            raise BadInputError(f"tensor '{name}' has shape {shape}, the config expects {tuple(expected[hf].shape)}", path=path)
+        if int(t.tensor_type) not in BLOCKS:
+            raise BadInputError(f"tensor '{name}' has type {t.tensor_type.name}, not supported yet (F32/F16/BF16/Q8_0/Q4_0/Q4_1 are)", path=path)
+        try:
+            w = dequantize(t.data, int(t.tensor_type), int(np.prod(shape))).reshape(shape)
+        except ValueError as e:
+            raise BadInputError(f"tensor '{name}': {e}", path=path) from None
+        if arch == "llama" and _kind(name) in ("attn_q", "attn_k"):
+            w = _unpermute(w, cfg.n_heads if _kind(name) == "attn_q" else cfg.n_kv_heads)
+        sd[hf] = torch.from_numpy(np.ascontiguousarray(w))
+    if cfg.tie_embeddings:
+        sd["lm_head.weight"] = sd.get("model.embed_tokens.weight")
+    missing = set(expected) - {k for k, v in sd.items() if v is not None}
+    if missing:
+        raise BadInputError(f"tensors missing: {sorted(missing)[:5]}", path=path)
+    model.load_state_dict(sd, strict=True)
+    if cfg.tie_embeddings:
+        model.lm_head.weight = model.model.embed_tokens.weight
+    model.to(device=device, dtype=dtype) if dtype is not None else model.to(device=device)
+    model.eval()
+    name = meta.get("general.name", "")
+    provenance = {"source": "gguf", "file": os.path.abspath(path), "name": name if isinstance(name, str) else "", "architecture": arch}
+    template = meta.get("tokenizer.chat_template", "")
+    return LoadedModel(model=model, tokenizer=tokenizer, chat_template=template if isinstance(template, str) else "", provenance=provenance, path=path)
+
+
+def _kind(name: str) -> str:
+    """'blk.3.attn_q.weight' -> 'attn_q'."""
+    parts = name.split(".")
+    return parts[2] if len(parts) == 4 and parts[0] == "blk" else ""
+
+
+__all__ = ["load_gguf", "dequantize", "tokenizer_json"]
