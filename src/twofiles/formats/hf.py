@@ -168,6 +168,7 @@ def load_hf_dir(path: str | os.PathLike[str], *, device: "str | torch.device" = 
     import torch
 
     from twofiles.artifact import LoadedModel
+    from twofiles.formats import build_model
     from twofiles.model import Transformer
 
     d = Path(path)
@@ -182,17 +183,15 @@ def load_hf_dir(path: str | os.PathLike[str], *, device: "str | torch.device" = 
         sd.pop("lm_head.weight", None)
         if "model.embed_tokens.weight" in sd:
             sd["lm_head.weight"] = sd["model.embed_tokens.weight"]
-    model = Transformer(cfg)
-    expected = model.state_dict()
+    with torch.device("meta"):  # shapes only
+        expected = Transformer(cfg).state_dict()
     missing, unexpected = set(expected) - set(sd), set(sd) - set(expected)
     if missing or unexpected:
         raise BadInputError(f"weights do not match config.json: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}", path=str(d))
     for k, v in expected.items():
         if tuple(sd[k].shape) != tuple(v.shape):
             raise BadInputError(f"tensor {k} has shape {tuple(sd[k].shape)}, config.json expects {tuple(v.shape)}", path=str(d))
-    model.load_state_dict({k: v.to(torch.float32) for k, v in sd.items()}, strict=True)
-    if cfg.tie_embeddings:
-        model.lm_head.weight = model.model.embed_tokens.weight
+    model = build_model(cfg, {k: v.to(torch.float32) for k, v in sd.items()})
     model.to(device=device, dtype=dtype) if dtype is not None else model.to(device=device)
     model.eval()
     provenance = {"source": "huggingface", "dir": str(d.resolve()), "model_type": raw.get("model_type"), "name": raw.get("_name_or_path", "")}
