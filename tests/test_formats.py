@@ -258,6 +258,9 @@ def test_gguf_corruption_gives_bad_input(tmp_path, small_gguf) -> None:
     cases: list[bytes] = [b"", b"GGUF", b"GGML" + bytes(data[4:]), bytes(data[:4]) + (99).to_bytes(4, "little") + bytes(data[8:])]
     cases.append(bytes(data[:8]) + (2**60).to_bytes(8, "little") + bytes(data[16:]))  # absurd tensor count
     cases.append(bytes(data[:16]) + (2**40).to_bytes(8, "little") + bytes(data[24:]))  # absurd kv count
+    dims_at = data.index(b"token_embd.weight") + len(b"token_embd.weight") + 4  # after the name and n_dims
+    for dim in (0, 2**40, 2**63):  # absurd tensor dimensions
+        cases.append(bytes(data[:dims_at]) + dim.to_bytes(8, "little") + bytes(data[dims_at + 8 :]))
     for _ in range(60):
         cases.append(bytes(data[: rng.randrange(len(data))]))  # truncations
     for _ in range(140):
