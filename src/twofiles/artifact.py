@@ -7,6 +7,7 @@ Hugging Face Llama; the safetensors metadata (string -> string) carries everythi
     version       "1"
     config        JSON of ModelConfig
     tokenizer     the tokenizer's JSON (Hugging Face `tokenizers` format)
+    special       JSON {"bos_id", "eos_ids"} (imported models name theirs differently)
     chat_template Jinja chat template ("" when the model has none)
     provenance    JSON: what produced it, from what, when, with which settings
 
@@ -77,6 +78,7 @@ def save_model(
         "config": json.dumps(model.config.to_dict()),
         "tokenizer": tokenizer.to_json(),
         "chat_template": chat_template,
+        "special": json.dumps({"bos_id": tokenizer.bos_id, "eos_ids": list(tokenizer.eos_ids)}),
         "provenance": json.dumps(prov, default=str),
     }
     path = Path(path)
@@ -136,7 +138,10 @@ def load_model(
     except (ValueError, TypeError) as e:
         raise BadInputError(f"metadata field 'config' is invalid: {e}", path=path) from None
     try:
-        tokenizer = Tokenizer.from_json(meta["tokenizer"])
+        special = json.loads(meta.get("special", "{}"))
+        tokenizer = Tokenizer.from_json(meta["tokenizer"], bos_id=special.get("bos_id"), eos_ids=special.get("eos_ids"))
+    except (json.JSONDecodeError, AttributeError, TypeError) as e:
+        raise BadInputError(f"metadata field 'special' is invalid: {e}", path=path) from None
     except BadInputError as e:
         raise BadInputError(f"metadata field 'tokenizer': {e}", path=path) from None
     try:

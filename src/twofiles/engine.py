@@ -24,7 +24,6 @@ Rules worth knowing:
 from __future__ import annotations
 
 import math
-import os
 import secrets
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -315,6 +314,11 @@ class Step:
     finish: str | None = None  # on the last step: "stop" (stop token/string) or "length"
 
 
+def _end_ids(tokenizer: TokenizerLike) -> set[int]:
+    """Tokens that end generation: the document separator, and an imported model's eos tokens."""
+    return {tokenizer.bos_id, *getattr(tokenizer, "eos_ids", ())}
+
+
 def generate_steps(
     model: "Transformer",
     prompt_ids: Sequence[int],
@@ -325,7 +329,7 @@ def generate_steps(
 ) -> Iterator[Step]:
     """Generate after `prompt_ids`, one Step per token, with the `top` most likely alternatives.
     With a tokenizer each step carries its text delta, stop strings apply, and the tokenizer's
-    bos_id (a base model's "this document is over") is a stop token too."""
+    bos_id (a base model's "this document is over") and its eos ids are stop tokens too."""
     params.validate()
     if params.stop and tokenizer is None:
         raise ValueError("stop strings need a tokenizer")
@@ -333,7 +337,7 @@ def generate_steps(
     device = model.lm_head.weight.device
     prompt = torch.tensor([list(prompt_ids)], dtype=torch.long, device=device)
     generator = make_generator(params.seed, device)
-    stop_ids = set(params.stop_token_ids) | ({tokenizer.bos_id} if tokenizer is not None else set())
+    stop_ids = set(params.stop_token_ids) | (_end_ids(tokenizer) if tokenizer is not None else set())
     stream = TextStream(tokenizer, params.stop, context=prompt_ids) if tokenizer is not None else None
     for i, (tokens, probs) in enumerate(_decode(model, prompt, params, generator, steps)):
         token = int(tokens[0])  # the one host sync per step: the caller wants the id now
@@ -391,7 +395,7 @@ def generate_batch(
         raise ValueError("stop strings need a tokenizer")
     device = model.lm_head.weight.device
     generator = make_generator(params.seed, device)
-    stop_ids = set(params.stop_token_ids) | ({tokenizer.bos_id} if tokenizer is not None else set())
+    stop_ids = set(params.stop_token_ids) | (_end_ids(tokenizer) if tokenizer is not None else set())
     results: list[list[int]] = [[] for _ in prompts]
     groups: dict[int, list[int]] = {}
     for row, p in enumerate(prompts):

@@ -15,7 +15,7 @@ from twofiles.cli.common import add_json_flag, emit_json
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", metavar="MODEL", help="a twofiles model.safetensors")
+    p.add_argument("model", metavar="MODEL", help="a twofiles model.safetensors, a .gguf file, a Hugging Face model directory, or an alias (smollm2)")
     p.add_argument("--prompt", required=True, help="text to continue; '-' reads it from stdin")
     p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy; <1 sharper, >1 flatter (default 1)")
     p.add_argument("--top-k", type=int, default=0, help="sample among the K most likely tokens only (0 = off)")
