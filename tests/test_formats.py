@@ -357,3 +357,28 @@ def test_smollm2_greedy_matches_transformers() -> None:
         with torch.no_grad():  # transformers stops on the eos too, and includes it, as we do
             theirs = hf.generate(torch.tensor([ids]), max_new_tokens=32, do_sample=False)[0, len(ids):].tolist()
         assert mine == theirs and len(mine) >= 8
+
+
+def test_export_hf_cli_writes_a_directory_transformers_loads(tmp_path: Path) -> None:
+    import torch
+
+    from twofiles.artifact import save_model
+    from twofiles.cli import main
+    from twofiles.model import ModelConfig, Transformer
+    from twofiles.tokenizer import Tokenizer
+
+    transformers = pytest.importorskip("transformers")
+    tok = Tokenizer.train(["to be or not to be, that is the question " * 40], 300)
+    m = Transformer(ModelConfig(vocab_size=tok.vocab_size, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=64, max_seq_len=32))
+    m.init_weights(0)
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            if name.endswith(("o_proj.weight", "down_proj.weight")):
+                p.normal_(0, 0.1)
+    src = save_model(tmp_path / "m.safetensors", m, tok)
+    assert main(["export", "hf", str(src), str(tmp_path / "hf")]) == 0
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
+    x = torch.tensor([[tok.bos_id] + tok.encode("to be or not")])
+    with torch.no_grad():
+        torch.testing.assert_close(hf(x).logits, m(x), atol=1e-5, rtol=1e-5)
+    assert main(["export", "hf", str(tmp_path / "missing.safetensors"), str(tmp_path / "hf2")]) == 2

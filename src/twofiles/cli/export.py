@@ -1,6 +1,7 @@
 """Export a model to files that run without twofiles.
 
   twofiles export run MODEL OUT/    OUT/model.safetensors + OUT/run.py (needs only Python + numpy)
+  twofiles export hf MODEL OUT/     a Hugging Face directory (transformers' AutoModelForCausalLM loads it)
 
 Then: `python OUT/run.py OUT/model.safetensors --prompt "..."`.
 """
@@ -12,17 +13,26 @@ import sys
 
 from twofiles.cli.common import add_json_flag, emit_json
 
-WHAT = ["run"]  # more export targets (gguf, hf) plug in here
+WHAT = ["run", "hf"]  # more export targets (gguf) plug in here
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("what", choices=WHAT, help="run: model.safetensors + a numpy-only run.py")
-    p.add_argument("model", metavar="MODEL", help="a twofiles model.safetensors")
+    p.add_argument("what", choices=WHAT, help="run: model.safetensors + a numpy-only run.py; hf: a Hugging Face model directory")
+    p.add_argument("model", metavar="MODEL", help="a twofiles model.safetensors, a .gguf file, a Hugging Face directory or an alias")
     p.add_argument("out", metavar="OUT", help="directory to write the files into (created if missing)")
     add_json_flag(p)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.what == "hf":
+        from twofiles.engine import resolve_model
+        from twofiles.formats.hf import export_hf
+
+        summary = export_hf(resolve_model(args.model, device="cpu"), args.out)
+        print(f"wrote a Hugging Face model directory to {args.out}", file=sys.stderr)
+        if args.json:
+            emit_json({"out": str(args.out), **{k: v for k, v in summary.items() if k != "out"}})
+        return 0
     from twofiles.standalone.export import export_run
 
     summary = export_run(args.model, args.out)
