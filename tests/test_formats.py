@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -360,14 +361,9 @@ def test_smollm2_greedy_matches_transformers() -> None:
 
 
 def test_export_hf_cli_writes_a_directory_transformers_loads(tmp_path: Path) -> None:
-    import torch
-
     from twofiles.artifact import save_model
     from twofiles.cli import main
-    from twofiles.model import ModelConfig, Transformer
-    from twofiles.tokenizer import Tokenizer
 
-    transformers = pytest.importorskip("transformers")
     tok = Tokenizer.train(["to be or not to be, that is the question " * 40], 300)
     m = Transformer(ModelConfig(vocab_size=tok.vocab_size, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=64, max_seq_len=32))
     m.init_weights(0)
