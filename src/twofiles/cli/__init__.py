@@ -19,7 +19,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "data": ("twofiles.cli.data", "turn text/JSONL/Parquet into token shards"),
     "pretrain": ("twofiles.cli.pretrain", "pretrain a base model on token shards"),
     "generate": ("twofiles.cli.generate", "sample a continuation from a model"),
-    "export": ("twofiles.cli.export", "write model.safetensors + a numpy-only run.py (the two files)"),
+    "export": ("twofiles.cli.export", "export run: model.safetensors + a numpy-only run.py (the two files); export hf: a Hugging Face directory"),
     "speedrun": ("twofiles.cli.speedrun", "tokenizer -> data -> pretrain -> samples on the built-in corpus"),
     "pull": ("twofiles.cli.pull", "fetch a built-in model (smollm2) into the cache, once"),
 }
