@@ -18,14 +18,9 @@ import torch
 from twofiles.runtime import matmul_gflops
 
 
-def measure_matmul_gflops(n: int, repeats: int = 5) -> float:
-    """Best-of-`repeats` GFLOP/s of an n x n @ n x n matmul (the library's own measurement)."""
-    return matmul_gflops(n, repeats=repeats)
-
-
 def measure_fp32_peak(sizes: tuple[int, ...] = (512, 1024, 1536, 2048), repeats: int = 5) -> float:
     """The best fp32 matmul GFLOP/s over `sizes` at the current torch thread count."""
-    return max(measure_matmul_gflops(n, repeats) for n in sizes)
+    return max(matmul_gflops(n, repeats=repeats) for n in sizes)
 
 
 def main() -> None:
@@ -37,7 +32,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    per_size = {n: measure_matmul_gflops(n, args.repeats) for n in args.sizes}
+    per_size = {n: matmul_gflops(n, repeats=args.repeats) for n in args.sizes}
     threads = torch.get_num_threads()
     for n, gf in per_size.items():
         print(f"fp32 matmul {n:>5} x {n:<5} {gf:8.1f} GFLOP/s  ({threads} threads, best of {args.repeats})")

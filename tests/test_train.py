@@ -242,7 +242,7 @@ def test_killed_run_resumes_with_the_same_loss_sequence(tiny_data: Path, tmp_pat
     proc.send_signal(signal.SIGKILL)  # no chance to clean up: the hard case
     proc.wait()
     assert list_checkpoints(run / "checkpoints"), "the run was killed before its first checkpoint"
-    assert not (run / "model.safetensors").exists() or losses(run).keys() != losses(ref).keys()
+    assert not (run / "model.safetensors").exists(), "the run finished before the kill: nothing was resumed"
     p = subprocess.run(_pretrain_cmd(tiny_data, run, *steps, "--resume"), capture_output=True, text=True, env=_env(), timeout=300)
     assert p.returncode == 0, p.stderr
     assert "resumed from" in p.stderr

@@ -79,20 +79,11 @@ def run_speedrun(preset: Preset, out: str | Path, *, budget_s: float | None = No
     _say(f"data: {tr['tokens']:,} train / {va['tokens']:,} val tokens ({tr['bytes'] / max(tr['tokens'], 1):.2f} bytes/token) in {stages['data']:.1f}s")
 
     # 3. pretrain for whatever the budget leaves
-    train_fields = dict(preset.train)
-    train_fields.update(overrides or {})
     cfg = PretrainConfig(data=str(out / "data"), out=str(out), model=preset.model_config(), optim=preset.optim_config(), seed=seed,
                          device=device, progress=progress, sample_prompt=SAMPLE_PROMPTS[0],
                          provenance={"speedrun": preset.name, "corpus": "builtin:shakespeare"})
-    for k, v in train_fields.items():
-        if k == "optim":
-            for ok, ov in v.items():
-                setattr(cfg.optim, ok, ov)
-        elif k == "model":
-            for mk, mv in v.items():
-                setattr(cfg.model, mk, mv)
-        else:
-            setattr(cfg, k, v)
+    for k, v in {**preset.train, **(overrides or {})}.items():  # PretrainConfig fields
+        setattr(cfg, k, v)
     if budget > 0:
         cfg.time_budget_s = max(10.0, budget - (time.perf_counter() - t_start) - TAIL_RESERVE_S)
         _say(f"pretrain: {cfg.time_budget_s:.0f}s of training in a {budget:.0f}s budget")

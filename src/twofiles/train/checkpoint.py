@@ -98,10 +98,8 @@ def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizers: list[t
     except (SafetensorError, OSError) as e:
         raise BadInputError(f"cannot read checkpoint: {e}", path=str(path)) from None
     model_sd = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
-    own = model.state_dict()
-    for k in own:  # tied weights were stored once
-        if k not in model_sd and k == "lm_head.weight":
-            model_sd[k] = model_sd["model.embed_tokens.weight"]
+    if "lm_head.weight" in model.state_dict() and "lm_head.weight" not in model_sd:  # tied: stored once
+        model_sd["lm_head.weight"] = model_sd["model.embed_tokens.weight"]
     model.load_state_dict(model_sd, strict=True)
     optim_meta = json.loads(meta["optim"])
     if len(optim_meta) != len(optimizers):

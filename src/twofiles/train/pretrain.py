@@ -84,9 +84,13 @@ class PretrainResult:
     val_loss: float
     val_bpb: float
     tokens_per_second: float
-    mfu: float | None  # achieved / peak matmul FLOP/s (None when the peak is unknown)
     achieved_flops: float  # model FLOP/s achieved in training steps (6N + attention per token)
-    peak_flops: float  # the device's matmul peak measured (CPU) or looked up (CUDA) at start
+    peak_flops: float  # the device's matmul peak measured (CPU) or looked up (CUDA) at start; NaN if unknown
+
+    @property
+    def mfu(self) -> float | None:
+        """Achieved / peak matmul FLOP/s (None when the peak is unknown)."""
+        return self.achieved_flops / self.peak_flops if math.isfinite(self.peak_flops) else None
     params: int
 
 
@@ -327,9 +331,8 @@ def _pretrain(cfg: PretrainConfig, rt: rt_mod.Runtime, on_eval: Callable[[dict[s
         metrics_file.close()
 
     model_path = out / "model.safetensors"
-    mfu_final = (tok_s_ema or 0) * flops_per_token / peak if math.isfinite(peak) else None
     result = PretrainResult(out=str(out), model_path=str(model_path), steps=step, tokens=tokens_seen, train_seconds=elapsed, val_loss=val_loss,
-                            val_bpb=val_bpb, tokens_per_second=tokens_seen / max(elapsed, 1e-9), mfu=mfu_final, params=n_params,
+                            val_bpb=val_bpb, tokens_per_second=tokens_seen / max(elapsed, 1e-9), params=n_params,
                             achieved_flops=(tok_s_ema or 0) * flops_per_token, peak_flops=peak)
     if rt.is_main:
         provenance = {"stage": "pretrain", "data": str(cfg.data), "data_splits": {k: {kk: v[kk] for kk in ("tokens", "documents", "bytes") if kk in v} for k, v in manifest["splits"].items()},
