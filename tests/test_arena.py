@@ -9,7 +9,6 @@ is hammered by several processes at once and by a writer SIGKILLed inside its tr
 from __future__ import annotations
 
 import math
-import multiprocessing as mp
 import os
 import signal
 import sqlite3
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from twofiles.arena import ArenaStore, bradley_terry, elo_ratings, leaderboard
 from twofiles.arena.ratings import SCALE, arena_ranks, format_table, plot_leaderboard
@@ -213,26 +213,39 @@ def test_store_rejects_a_file_that_is_not_a_database(tmp_path: Path) -> None:
         ArenaStore(p)
 
 
-def _voter(path: str, worker: int, n: int) -> None:
+_VOTER = textwrap.dedent(
+    """
+    import os, sys, time
+    from twofiles.arena.store import ArenaStore
+
+    path, worker, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     store = ArenaStore(path)
+    while not os.path.exists(path + ".go"):  # start together: the votes really interleave
+        time.sleep(0.005)
     for i in range(n):
-        _vote(store, i, key=f"w{worker}-{i}", meta={"worker": worker, "i": i})
+        store.record_battle(prompt=f"p{i}", model_a="m1", model_b="m2", reply_a="a", reply_b="b", winner="a", key=f"w{worker}-{i}",
+                            meta={"worker": worker, "i": i})
+    """
+)
+
+
+def _src_env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"), os.environ.get("PYTHONPATH", "")])}
 
 
 @pytest.mark.slow
 def test_store_concurrent_voters_lose_and_duplicate_nothing(tmp_path: Path) -> None:
     path = str(tmp_path / "arena.db")
     ArenaStore(path)
-    ctx = mp.get_context("spawn")  # fresh interpreters: nothing shared but the file
-    procs = [ctx.Process(target=_voter, args=(path, w, 40)) for w in range(4)]
+    procs = [subprocess.Popen([sys.executable, "-c", _VOTER, path, str(w), "40"], env=_src_env()) for w in range(4)]  # separate processes
+    Path(path + ".go").touch()
     for p in procs:
-        p.start()
-    for p in procs:
-        p.join(120)
-        assert p.exitcode == 0
+        assert p.wait(120) == 0
     battles = ArenaStore(path).battles()
     assert sorted(b.key for b in battles) == sorted(f"w{w}-{i}" for w in range(4) for i in range(40))
     assert len({b.id for b in battles}) == 160
+    order = [b.meta["worker"] for b in battles]
+    assert sum(x != y for x, y in zip(order, order[1:])) > 3  # the writers took turns, not one after the other
 
 
 _CRASHING_WRITER = textwrap.dedent(
@@ -264,8 +277,7 @@ _CRASHING_WRITER = textwrap.dedent(
 def test_store_survives_a_writer_killed_mid_transaction(tmp_path: Path) -> None:
     path = tmp_path / "arena.db"
     ArenaStore(path)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen([sys.executable, "-c", _CRASHING_WRITER, str(path)], stdout=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen([sys.executable, "-c", _CRASHING_WRITER, str(path)], stdout=subprocess.PIPE, text=True, env=_src_env())
     lines = []
     for line in proc.stdout:  # type: ignore[union-attr]
         lines.append(line.strip())
@@ -280,3 +292,173 @@ def test_store_survives_a_writer_killed_mid_transaction(tmp_path: Path) -> None:
     assert [b.key for b in store.battles()] == ["k0", "k1", "k2", "after"]
     with sqlite3.connect(path) as con:
         assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+# ---------------------------------------------------------------------------------------------
+# judges and battles
+
+
+class Scripted:
+    """A contestant backend that answers each prompt from a dict."""
+
+    is_chat = False
+
+    def __init__(self, answers: dict[str, str]) -> None:
+        self.answers, self.calls = answers, 0
+
+    def generate(self, requests, *, max_tokens, stop=(), batch_size=8, progress=None):
+        self.calls += len(requests)
+        return [self.answers[r.text] for r in requests]
+
+
+def test_reference_judge() -> None:
+    from twofiles.arena.judges import ReferenceJudge
+
+    j = ReferenceJudge()
+    assert j.judge("2+2?", "it is 4", "5", "4").winner == "a"
+    assert j.judge("2+2?", "five", "The answer is 4.", "4").winner == "b"
+    assert j.judge("2+2?", "4", "4.0", "4").winner == "tie"
+    assert j.judge("2+2?", "3", "5", "4").winner == "both_bad"
+    with pytest.raises(Exception, match="reference"):
+        j.judge("2+2?", "3", "5", None)
+
+
+def test_model_judge_keeps_only_verdicts_that_survive_the_side_swap() -> None:
+    from twofiles.arena.judges import JUDGE_PROMPT, ModelJudge
+
+    class TextJudge:  # an endpoint-like judge replying with a letter
+        is_chat = True
+
+        def __init__(self, rule) -> None:
+            self.rule = rule
+
+        def generate(self, requests, *, max_tokens, stop=(), batch_size=8, progress=None):
+            q = requests[0].messages[-1]["content"]
+            first = q.split("Answer A:\n")[1].split("\n\nAnswer B:")[0]
+            second = q.split("Answer B:\n")[1].split("\n\nWhich")[0]
+            return [self.rule(first, second)]
+
+    longer = ModelJudge(TextJudge(lambda f, s: "A" if len(f) > len(s) else "B"))
+    assert longer.judge("q", "a long answer", "short").winner == "a"
+    assert longer.judge("q", "short", "a long answer").winner == "b"
+    always_first = ModelJudge(TextJudge(lambda f, s: "A"))  # pure position bias: every verdict flips under the swap
+    v = always_first.judge("q", "x", "y")
+    assert v.winner == "tie" and v.detail["as_shown"] == "a" and v.detail["swapped"] == "b"
+    assert "{prompt}" in JUDGE_PROMPT
+
+
+def test_model_judge_reads_a_local_models_letter_probabilities() -> None:
+    """A real (tiny, random) local model as judge: its verdict is the letter it finds likelier,
+    asked both ways round; the two log-likelihoods are those of the engine's own forward."""
+    from twofiles.arena.judges import ModelJudge
+    from twofiles.artifact import LoadedModel
+    from twofiles.eval.backends import LocalBackend
+    from twofiles.model import ModelConfig, Transformer
+    from twofiles.tokenizer import Tokenizer
+
+    tok = Tokenizer.train(["Answer A or B. Which answer is better? " * 30], 280)
+    model = Transformer(ModelConfig(vocab_size=tok.vocab_size, dim=32, n_layers=1, n_heads=2, n_kv_heads=2, hidden_dim=64, max_seq_len=512))
+    model.init_weights(seed=0)
+    with torch.no_grad():
+        model.lm_head.weight.normal_(0, 0.5, generator=torch.Generator().manual_seed(0))
+    v = ModelJudge(LocalBackend(LoadedModel(model, tok), chat=False)).judge("Which?", "yes", "no")
+    d = v.detail["as_shown_detail"]
+    assert v.winner in ("a", "b", "tie") and d["logp_A"] < 0 and d["logp_B"] < 0
+    assert v.detail["as_shown"] == ("a" if d["logp_A"] > d["logp_B"] else "b")
+
+
+def test_score_judge_is_the_reward_model_hook() -> None:
+    from twofiles.arena.judges import ScoreJudge
+
+    j = ScoreJudge(lambda prompt, reply: len(reply), margin=1)
+    assert j.judge("p", "long reply", "short").winner == "a"
+    assert j.judge("p", "ab", "abc").winner == "tie"
+
+
+def test_pairings_cover_every_pair_and_swap_sides() -> None:
+    from twofiles.arena.battle import pairings
+
+    got = pairings(["x", "y", "z"], 40, pairs_per_prompt=None, seed=1)
+    assert len(got) == 120
+    per_prompt = {}
+    for i, a, b in got:
+        per_prompt.setdefault(i, set()).add(frozenset((a, b)))
+    assert all(len(s) == 3 for s in per_prompt.values())
+    first = sum(a == "x" for _, a, b in got if "x" in (a, b))
+    assert 25 <= first <= 55  # x is side A in about half of its 80 battles
+    assert pairings(["x", "y", "z"], 40, pairs_per_prompt=None, seed=1) == got
+    assert len(pairings(["x", "y", "z"], 10, pairs_per_prompt=1, seed=0)) == 10
+
+
+def test_run_arena_stores_anonymous_battles_with_both_conversations(tmp_path: Path) -> None:
+    from twofiles.arena.battle import ArenaPrompt, Contestant, run_arena
+    from twofiles.arena.judges import ReferenceJudge
+
+    prompts = [ArenaPrompt(f"What is {i} + {i}?", str(2 * i)) for i in range(12)]
+    right = Scripted({p.prompt: f"{2 * i}" for i, p in enumerate(prompts)})
+    wrong = Scripted({p.prompt: "no idea" for p in prompts})
+    half = Scripted({p.prompt: f"{2 * i + (i % 2)}" for i, p in enumerate(prompts)})
+    cs = [Contestant("right", right), Contestant("wrong", wrong), Contestant("half", half)]
+    store = ArenaStore(tmp_path / "a.db")
+    ids = run_arena(cs, prompts, ReferenceJudge(), store, progress=False)
+    assert len(ids) == 36 and right.calls == wrong.calls == half.calls == 12  # each model answers each prompt once
+    battles = store.battles()
+    for b in battles:
+        assert b.judge == "reference" and b.meta["conversation_a"][1]["content"] == b.reply_a
+        winner_model = {"a": b.model_a, "b": b.model_b}.get(b.winner)
+        if {b.model_a, b.model_b} == {"right", "wrong"}:
+            assert winner_model == "right"
+    assert {b.model_a for b in battles} == {"right", "wrong", "half"}  # everyone appears on side A
+    rows = leaderboard(battles, bootstrap=50)
+    assert [r.model for r in rows] == ["right", "half", "wrong"]
+
+
+def test_human_judge_reads_votes_and_quits(tmp_path: Path) -> None:
+    import io
+
+    from twofiles.arena.battle import ArenaPrompt, Contestant, run_arena
+    from twofiles.arena.judges import HumanJudge
+
+    votes = iter(["b", "maybe", "t", "q"])
+    out = io.StringIO()
+    judge = HumanJudge(input_fn=lambda _: next(votes), out=out)
+    prompts = [ArenaPrompt(f"p{i}") for i in range(5)]
+    cs = [Contestant("m1", Scripted({p.prompt: "one" for p in prompts})), Contestant("m2", Scripted({p.prompt: "two" for p in prompts}))]
+    store = ArenaStore(tmp_path / "h.db")
+    ids = run_arena(cs, prompts, judge, store, progress=False)
+    assert [b.winner for b in store.battles()] == ["b", "tie"] and len(ids) == 2  # quitting keeps the votes cast
+    text = out.getvalue()
+    assert "not a vote: 'maybe'" in text and "m1" not in text and "m2" not in text  # anonymous
+
+
+def test_cli_arena_battle_and_leaderboard(tmp_path: Path, capsys) -> None:
+    import json
+
+    from twofiles.artifact import save_model
+    from twofiles.cli import main
+    from twofiles.model import ModelConfig, Transformer
+    from twofiles.tokenizer import Tokenizer
+
+    tok = Tokenizer.train(["What is 1 + 2? 3. What is 2 + 2? 4. " * 30], 280)
+    paths = []
+    for seed in (0, 1):
+        m = Transformer(ModelConfig(vocab_size=tok.vocab_size, dim=32, n_layers=1, n_heads=2, n_kv_heads=2, hidden_dim=64, max_seq_len=64))
+        m.init_weights(seed=seed)
+        with torch.no_grad():
+            m.lm_head.weight.normal_(0, 0.5, generator=torch.Generator().manual_seed(seed))
+        paths.append(str(save_model(tmp_path / f"m{seed}.safetensors", m, tok)))
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"What is {i} + 2?", "reference": str(i + 2)}) + "\n" for i in range(4)))
+    db = str(tmp_path / "arena.db")
+    rc = main(["arena", "battle", "--models", f"one={paths[0]}", f"two={paths[1]}", "--prompts", str(prompts), "--judge", "reference",
+               "--db", db, "--max-tokens", "6", "--no-progress", "--device", "cpu", "--json"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    s = json.loads(out.strip().splitlines()[-1])
+    assert s["votes"] == 4 and sum(s["winners"].values()) == 4 and {r["model"] for r in s["leaderboard"]} == {"one", "two"}
+    png = tmp_path / "lb.png"
+    assert main(["arena", "leaderboard", "--db", db, "--png", str(png), "--json", "--bootstrap", "20"]) == 0
+    s = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert s["votes"] == 4 and png.read_bytes()[:4] == b"\x89PNG"
+    assert main(["arena", "leaderboard", "--db", str(tmp_path / "none.db")]) == 2
+    assert main(["arena", "battle", "--models", paths[0], paths[1], "--prompts", str(tmp_path / "p.txt"), "--db", db]) == 2

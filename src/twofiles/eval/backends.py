@@ -88,13 +88,17 @@ class LocalBackend:
     _format: Any = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
+        asked = self.chat
         if self.chat is None:
             self.chat = bool(self.loaded.chat_template)
         if self.chat:
             try:
                 from twofiles.chat import ChatFormat
             except ImportError:
-                raise TwofilesError("chat rendering (twofiles.chat) is not available in this installation; evaluate with --no-chat") from None
+                if asked:
+                    raise TwofilesError("chat rendering (twofiles.chat) is not available in this installation; use plain-text prompts") from None
+                self.chat = False  # no renderer: plain-text prompts, as for a base model
+                return
             self._format = ChatFormat.for_model(self.loaded)
 
     @property
@@ -160,6 +164,12 @@ class LocalBackend:
 
             return self._format.prompt_ids(parse_messages(req.messages))
         return self._ids(req.text)
+
+    def choice_loglikelihoods(self, req: GenRequest, choices: Sequence[str]) -> list[float]:
+        """log P(choice | the prompt as `generate` would render it) for each choice text."""
+        prompt = self.prompt_ids(req)
+        pairs = [(prompt, self.loaded.tokenizer.encode(c)) for c in choices]
+        return [ll for ll, _ in loglikelihood_tokens(self.loaded.model, pairs, batch_size=len(pairs))]
 
     def generate(self, requests: Sequence[GenRequest], *, max_tokens: int, stop: Sequence[str] = (), batch_size: int = 8,
                  progress: Progress | None = None) -> list[str]:
