@@ -387,3 +387,53 @@ def test_cli_eval_endpoint(fake_api: str, tmp_path: Path, capsys) -> None:
     rc = main(["eval", "--endpoint", fake_api, "--model-name", "fake", "--tasks", spec.path, "--json", "--no-progress"])
     assert rc == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["tasks"]["t"]["accuracy"] == 0.5
+
+
+# ---------------------------------------------------------------------------------------------
+# the report card
+
+
+def _fake_run(d: Path, tiny: LoadedModel, bpb: float, with_eval: bool) -> Path:
+    from twofiles.artifact import save_model
+    from twofiles.eval.report import write_run_info
+
+    d.mkdir()
+    save_model(d / "model.safetensors", tiny.model, tiny.tokenizer, provenance={"val_bpb": bpb, "steps": 20, "tokens": 2048, "runtime": "cpu fp32",
+                                                                                 "data_splits": {"train": {"documents": 3, "tokens": 900, "bytes": 2700}}})
+    (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [
+        {"step": 10, "loss": 5.0, "tokens": 1024}, {"step": 10, "val_loss": 4.0, "val_bpb": bpb + 1, "tokens": 1024},
+        {"step": 20, "loss": 4.0, "tokens": 2048}, {"step": 20, "val_loss": 3.0, "val_bpb": bpb, "tokens": 2048, "final": True}]))
+    (d / "config.json").write_text(json.dumps({"seq_len": 64, "lr": 0.01}))
+    if with_eval:
+        (d / "eval.json").write_text(json.dumps({"model": "m", "results": [{"task": "quotes", "metric": "accuracy", "value": 0.5, "n": 30, "shots": 0,
+                                                                              "metrics": {"accuracy": 0.5, "stderr": 0.09}}]}))
+        write_run_info(d, {"title": "My run", "stages": {"pretrain": 12.5}, "samples": [{"prompt": "ROMEO.", "text": " Ay me"}]})
+    return d
+
+
+def test_report_is_rebuilt_from_the_run_directory(tmp_path: Path, tiny: LoadedModel, capsys) -> None:
+    from twofiles.cli import main
+
+    run = _fake_run(tmp_path / "a", tiny, 2.5, with_eval=True)
+    assert main(["report", str(run)]) == 0
+    report = (run / "report.md").read_text()
+    for needle in ("# My run", "| validation bits per byte (held-out text) | **2.5000** |", "| steps | 20 |", "## Benchmarks",
+                   "| quotes | accuracy | 0.5000 | 0.090 | 30 | 0 |", "| pretrain | 12.5 |", "ROMEO. Ay me", '"seq_len": 64', "3 documents"):
+        assert needle in report, needle
+    assert "## Loss curve" not in report  # no loss.png in this run
+    capsys.readouterr()
+
+
+def test_report_compares_runs_side_by_side(tmp_path: Path, tiny: LoadedModel, capsys) -> None:
+    from twofiles.cli import main
+
+    a, b = _fake_run(tmp_path / "a", tiny, 2.5, with_eval=True), _fake_run(tmp_path / "b", tiny, 2.0, with_eval=False)
+    png = tmp_path / "cmp.png"
+    assert main(["report", str(a), str(b), "--png", str(png), "--json"]) == 0
+    out = capsys.readouterr().out
+    assert "| | a | b |" in out
+    assert "| validation bits per byte (held-out text) | **2.5000** | **2.0000** |" in out
+    assert "| quotes (accuracy) | 0.5000 |  |" in out
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    assert json.loads(out.strip().splitlines()[-1])["runs"][1]["numbers"]["val_bpb"] == 2.0
+    assert main(["report", str(tmp_path)]) == 2  # not a run directory

@@ -36,6 +36,11 @@ def test_tiny_speedrun_end_to_end(tmp_path: Path) -> None:
     report = (out / "report.md").read_text()
     assert "bits per byte" in report and "ROMEO" in report
     assert (out / "loss.png").is_file() and (out / "data" / "manifest.json").is_file()
+    assert "## Benchmarks" in report and "| quotes | accuracy |" in report  # the cheap built-in benchmarks ran
+    from twofiles.eval.report import write_report
+
+    write_report(out)  # the report card rebuilds the same report from the run directory alone
+    assert (out / "report.md").read_text() == report
 
     from twofiles.artifact import load_model
 

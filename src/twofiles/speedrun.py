@@ -2,7 +2,8 @@
 within a wall-clock budget. Every stage is the same library code the individual verbs use.
 
 What it owns: the order of the stages, the budget arithmetic (training gets what the other
-stages leave), and the run's report.md. What it leaves to others: everything each stage does.
+stages leave), and what goes into the run's report (run.json, eval.json). What it leaves to
+others: everything each stage does; writing report.md (eval/report.py, shared with `twofiles report`).
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ from typing import Any
 from twofiles.presets import Preset
 
 # Seconds kept back from the training budget for what follows the final evaluation (which the
-# training loop budgets itself): samples, saving, the plot and the report (~3 s for cpu-5min),
+# training loop budgets itself): samples, benchmarks, saving, the plot and the report (~5 s for cpu-5min),
 # plus a margin for this machine's ±30% speed drift.
-TAIL_RESERVE_S = 12.0
+TAIL_RESERVE_S = 14.0
 
 SAMPLE_PROMPTS = ("ROMEO.\n", "To be, or not to be", "KING.\nMy lords,")
+SPEEDRUN_BENCHMARKS = ("quotes", "capitals")  # multiple choice, 30 examples each: seconds on a small model
 
 
 @dataclass
@@ -95,6 +97,11 @@ def run_speedrun(preset: Preset, out: str | Path, *, budget_s: float | None = No
     t = time.perf_counter()
     samples = _samples(res.model_path, seed)
     stages["samples"] = time.perf_counter() - t
+
+    # 5. the cheap built-in benchmarks, for the report card
+    t = time.perf_counter()
+    _benchmarks(res.model_path, out)
+    stages["benchmarks"] = time.perf_counter() - t
     wall = time.perf_counter() - t_start
 
     report = _write_report(out, preset, res, stages, wall, samples, manifest, budget)
@@ -105,7 +112,7 @@ def run_speedrun(preset: Preset, out: str | Path, *, budget_s: float | None = No
 
 # What a speedrun writes into its directory; a new speedrun into the same directory replaces
 # exactly these (so `make speedrun` can be run again) and leaves anything else there alone.
-RUN_FILES = ("tokenizer.json", "config.json", "metrics.jsonl", "loss.png", "model.safetensors", "report.md")
+RUN_FILES = ("tokenizer.json", "config.json", "metrics.jsonl", "loss.png", "model.safetensors", "report.md", "run.json", "eval.json")
 RUN_DIRS = ("checkpoints", "data")
 
 
@@ -135,54 +142,36 @@ def _samples(model_path: str, seed: int) -> list[tuple[str, str]]:
     return out
 
 
+def _benchmarks(model_path: str, out: Path) -> None:
+    """The built-in multiple-choice tasks (a second or two for a small model) into eval.json."""
+    from twofiles.artifact import atomic_write_bytes, load_model
+    from twofiles.eval.backends import LocalBackend
+    from twofiles.eval.runner import evaluate
+
+    results = evaluate(LocalBackend(load_model(model_path), name=model_path, chat=False), list(SPEEDRUN_BENCHMARKS), progress=False)
+    doc = {"model": model_path, "chat": False, "results": [r.to_dict() for r in results]}
+    atomic_write_bytes(out / "eval.json", json.dumps(doc, indent=1, default=str).encode())
+
+
 def _write_report(out: Path, preset: Preset, res: Any, stages: dict[str, float], wall: float, samples: list[tuple[str, str]],
                   manifest: dict[str, Any], budget: float) -> Path:
-    from twofiles.artifact import atomic_write_bytes
+    """What only the speedrun knows goes to run.json; the report itself is the shared report card."""
+    from twofiles.eval.report import write_report, write_run_info
 
     import torch
 
     tr, va = manifest["splits"]["train"], manifest["splits"]["val"]
-    lines = [
-        f"# Speedrun report: {preset.name}",
-        "",
-        f"{preset.description}.",
-        "",
-        "| result | value |",
-        "| --- | --- |",
-        f"| validation bits per byte (held-out plays) | **{res.val_bpb:.4f}** |",
-        f"| validation loss (nats/token) | {res.val_loss:.4f} |",
-        f"| wall time, whole run | {wall:.1f} s (budget {budget:.0f} s) |",
-        f"| training time | {res.train_seconds:.1f} s, {res.steps} steps, {res.tokens:,} tokens ({res.tokens_per_second:,.0f} tokens/s) |",
-        f"| parameters | {res.params:,} |",
-        f"| model FLOP/s | {res.achieved_flops / 1e9:.1f} GFLOP/s"
-        + ("" if res.mfu is None else f" = {100 * res.mfu:.0f}% MFU of the {res.peak_flops / 1e9:.0f} GFLOP/s matmul peak measured at start "
-           "(a busy machine measures a lower peak)") + " |",
-        "",
-        "## Stages",
-        "",
-        "| stage | seconds |",
-        "| --- | --- |",
-        *[f"| {k} | {v:.1f} |" for k, v in stages.items()],
-        "",
-        "## Data",
-        "",
-        f"Built-in Shakespeare; whole plays held out for validation. Train: {tr['documents']} works, {tr['tokens']:,} tokens, "
-        f"{tr['bytes']:,} bytes. Validation: {va['documents']} works, {va['tokens']:,} tokens, {va['bytes']:,} bytes.",
-        "",
-        "## Hardware",
-        "",
-        f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, Python {platform.python_version()}",
-        "",
-        "## Loss curve",
-        "",
-        "![loss](loss.png)",
-        "",
-        "## Samples (temperature 0.8, top-k 50)",
-        "",
-    ]
-    for prompt, text in samples:
-        lines += ["```", prompt + text, "```", ""]
-    lines += ["## Config", "", "```json", json.dumps(json.loads((out / "config.json").read_text()), indent=2), "```", ""]
-    path = out / "report.md"
-    atomic_write_bytes(path, "\n".join(lines).encode())
-    return path
+    write_run_info(out, {
+        "title": f"Speedrun report: {preset.name}",
+        "description": f"{preset.description}.",
+        "numbers": {"val_bpb": res.val_bpb, "val_loss": res.val_loss, "wall_seconds": wall, "budget_s": budget, "train_seconds": res.train_seconds,
+                    "steps": res.steps, "tokens": res.tokens, "tokens_per_second": res.tokens_per_second, "params": res.params,
+                    "achieved_flops": res.achieved_flops, "peak_flops": res.peak_flops, "mfu": res.mfu},
+        "stages": stages,
+        "data": f"Built-in Shakespeare; whole plays held out for validation. Train: {tr['documents']} works, {tr['tokens']:,} tokens, "
+                f"{tr['bytes']:,} bytes. Validation: {va['documents']} works, {va['tokens']:,} tokens, {va['bytes']:,} bytes.",
+        "hardware": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, Python {platform.python_version()}",
+        "samples": [{"prompt": p, "text": t} for p, t in samples],
+        "sample_settings": "temperature 0.8, top-k 50",
+    })
+    return write_report(out)

@@ -24,6 +24,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "pull": ("twofiles.cli.pull", "fetch a built-in model (smollm2) into the cache, once"),
     "eval": ("twofiles.cli.eval", "benchmark a model: bits per byte, multiple choice, generative tasks (GSM8K, skills)"),
     "arena": ("twofiles.cli.arena", "models fight anonymously on prompts; votes in SQLite; Elo / Bradley-Terry leaderboard"),
+    "report": ("twofiles.cli.report", "rebuild a run's report.md, or compare several runs side by side"),
 }
 
 
