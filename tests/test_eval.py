@@ -437,3 +437,41 @@ def test_report_compares_runs_side_by_side(tmp_path: Path, tiny: LoadedModel, ca
     assert png.read_bytes()[:4] == b"\x89PNG"
     assert json.loads(out.strip().splitlines()[-1])["runs"][1]["numbers"]["val_bpb"] == 2.0
     assert main(["report", str(tmp_path)]) == 2  # not a run directory
+
+
+# ---------------------------------------------------------------------------------------------
+# lm-evaluation-harness adapter (only where lm-eval is installed: the `lmeval` extra)
+
+
+def test_lm_eval_adapter_answers_the_three_request_types(tiny: LoadedModel) -> None:
+    pytest.importorskip("lm_eval")
+    from lm_eval.api.instance import Instance
+
+    from twofiles.engine import SamplingParams, encode_prompt, generate
+    from twofiles.eval.lmeval import TwofilesLM, register
+
+    model, tok = tiny.model, tiny.tokenizer
+    lm = TwofilesLM(loaded=tiny, batch_size=2)
+
+    def inst(kind: str, *args) -> Instance:
+        return Instance(request_type=kind, doc={}, arguments=args, idx=0)
+
+    pairs = [("to be or", " not to be"), ("that is the", " question")]
+    got = lm.loglikelihood([inst("loglikelihood", c, x) for c, x in pairs])
+    assert got == LocalBackend(tiny).loglikelihood(pairs)
+    text = "whether 'tis nobler in the mind to suffer the slings and arrows " * 3  # longer than the 96-token context
+    (rolling,) = lm.loglikelihood_rolling([inst("loglikelihood_rolling", text)])
+    ids = [tok.bos_id] + tok.encode(text)
+    assert len(ids) > 96
+    naive = 0.0
+    with torch.no_grad():
+        for start in range(1, len(ids), 96):  # each window sees only the token before it
+            seq = ids[start - 1 : start + 96]
+            logp = model(torch.tensor([seq[:-1]]))[0].log_softmax(-1)
+            naive += sum(float(logp[i, seq[i + 1]]) for i in range(len(seq) - 1))
+    assert rolling == pytest.approx(naive, rel=1e-5)
+    (reply,) = lm.generate_until([inst("generate_until", "to be", {"until": ["question"], "max_gen_toks": 10})])
+    greedy = tok.decode([i for i in generate(model, encode_prompt(tok, "to be"), SamplingParams(temperature=0, max_tokens=10), tokenizer=tok)
+                         if i != tok.bos_id])
+    assert reply == greedy.split("question")[0]
+    assert register("twofiles-test") is TwofilesLM

@@ -114,6 +114,16 @@ class LocalBackend:
 
         return encode_prompt(self.loaded.tokenizer, text)
 
+    def prompt_ids_for_text(self, text: str) -> list[int]:
+        """A plain-text prompt as generation sees it: <|bos|> + text, its start cut to leave room for one token."""
+        return self._ids(text)[-(self.loaded.model.config.max_seq_len - 1) :]
+
+    def end_ids(self) -> set[int]:
+        """Ids that end a reply and are not part of its text: end of turn, <|bos|>, the model's eos ids."""
+        tok = self.loaded.tokenizer
+        stop_ids = list(self._format.stop_token_ids) if self._format is not None else []
+        return set(stop_ids) | {tok.bos_id, *getattr(tok, "eos_ids", ())}
+
     def loglikelihood(self, requests: Sequence[tuple[str, str]], *, batch_size: int = 8, progress: Progress | None = None) -> list[tuple[float, bool]]:
         pairs = []
         for context, continuation in requests:
@@ -174,9 +184,8 @@ class LocalBackend:
     def generate(self, requests: Sequence[GenRequest], *, max_tokens: int, stop: Sequence[str] = (), batch_size: int = 8,
                  progress: Progress | None = None) -> list[str]:
         tok = self.loaded.tokenizer
-        stop_ids = list(self._format.stop_token_ids) if self._format is not None else []
         stops = [] if self._format is not None else list(stop)  # a chat model's turn ends at its end-of-turn token
-        ends = set(stop_ids) | {tok.bos_id, *getattr(tok, "eos_ids", ())}  # the engine stops on these; they are not text
+        ends = self.end_ids()
         limit = self.loaded.model.config.max_seq_len - 1
         prompts = [self.prompt_ids(r)[-limit:] for r in requests]  # keep the question (the end) when shots overflow the context
         order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))  # similar lengths share a batch: less padding
