@@ -334,7 +334,7 @@ def generate_steps(
     if params.stop and tokenizer is None:
         raise ValueError("stop strings need a tokenizer")
     steps = max_new_tokens(model, len(prompt_ids), params)
-    device = model.lm_head.weight.device
+    device = model.rope_cos.device  # a buffer every model has (quantized Linears have no .weight)
     prompt = torch.tensor([list(prompt_ids)], dtype=torch.long, device=device)
     generator = make_generator(params.seed, device)
     stop_ids = set(params.stop_token_ids) | (_end_ids(tokenizer) if tokenizer is not None else set())
@@ -393,7 +393,7 @@ def generate_batch(
     params.validate()
     if params.stop and tokenizer is None:
         raise ValueError("stop strings need a tokenizer")
-    device = model.lm_head.weight.device
+    device = model.rope_cos.device  # a buffer every model has (quantized Linears have no .weight)
     generator = make_generator(params.seed, device)
     stop_ids = set(params.stop_token_ids) | (_end_ids(tokenizer) if tokenizer is not None else set())
     results: list[list[int]] = [[] for _ in prompts]
