@@ -310,7 +310,7 @@ def prepare_for_inference(
     from twofiles.runtime import precision_for
 
     t0 = time.perf_counter()
-    model = getattr(loaded, "model", loaded)
+    model = loaded if isinstance(loaded, nn.Module) else loaded.model
     if quantize not in MODES:
         raise TwofilesError(f"quantize={quantize!r}: expected one of {', '.join(MODES)}")
     reasons: list[str] = []
