@@ -513,6 +513,32 @@ def test_chat_cli_scripted_through_stdin(model_path, tmp_path, capsys, monkeypat
     assert rc == 0 and len(json.loads(out.splitlines()[-1])["messages"]) == 7
 
 
+
+def test_chat_cli_shows_tool_calls_and_results(tok: Tokenizer, capsys, monkeypatch) -> None:
+    import sys
+    import types
+
+    import twofiles.engine
+
+    def reply(prompt: str) -> str:
+        if prompt.endswith("<|tool_result_end|><|assistant_start|>"):
+            return "it is " + prompt.rsplit("<|tool_result_start|>", 1)[1].split("<|tool_result_end|>")[0] + "<|assistant_end|>"
+        return '<|tool_call_start|>{"name": "calculator", "arguments": {"expression": "20+22"}}<|tool_call_end|><|assistant_end|>'
+
+    calc = Calculator()
+    fake_tools = types.ModuleType("twofiles.tools")
+    fake_tools.default_tools = lambda scratch_dir=None: {"calculator": calc, "python": object()}
+    monkeypatch.setitem(sys.modules, "twofiles.tools", fake_tools)
+    monkeypatch.setattr(twofiles.engine, "resolve_model", lambda spec, **_: SimpleNamespace(model=ScriptedModel(tok, reply), tokenizer=tok, chat_template=""))
+    rc, out, err = chat_cli(capsys, monkeypatch, "add 20 and 22\n", "scripted", "--tools", "calculator", "--json")
+    assert rc == 0, err
+    assert out.splitlines()[0] == "it is 42"
+    assert '[tool call] calculator {"expression": "20+22"}' in err and "[tool result] 42" in err and "tools: calculator" in err
+    summary = json.loads(out.splitlines()[-1])
+    assert summary["tool_calls"] == 1 and [m["role"] for m in summary["messages"]] == ["user", "assistant", "tool", "assistant"]
+    assert summary["messages"][1]["tool_calls"][0]["function"] == {"name": "calculator", "arguments": '{"expression": "20+22"}'}
+
+
 @pytest.mark.parametrize(
     "stdin, argv, message",
     [
