@@ -568,3 +568,63 @@ def test_chat_cli_with_smollm2(capsys, monkeypatch) -> None:
     assert summary["template"] == "model" and "the model's own" in err
     assert "Paris" in summary["replies"][0] and "Rome" in summary["replies"][1]
     assert [m["role"] for m in summary["messages"]] == ["user", "assistant", "user", "assistant"]
+
+
+# A Hermes / Qwen-style template: tools in the system block, tool calls written by the template,
+# tool results as user turns, `trim`, `continue`, `tojson`, whitespace control.
+HERMES = """{%- if tools %}
+{{- '<|im_start|>system\\n' }}
+{%- if messages[0].role == 'system' %}{{- messages[0].content + '\\n\\n' }}{%- endif %}
+{{- '# Tools\\n<tools>' }}
+{%- for tool in tools %}
+{{- '\\n' }}{{- tool | tojson }}
+{%- endfor %}
+{{- '\\n</tools><|im_end|>\\n' }}
+{%- elif messages[0].role == 'system' %}
+{{- '<|im_start|>system\\n' + messages[0].content + '<|im_end|>\\n' }}
+{%- endif %}
+{%- for message in messages %}
+  {%- if message.role == 'system' %}{% continue %}{% endif %}
+  {%- if message.role == 'user' %}
+{{- '<|im_start|>user\\n' + message.content | trim + '<|im_end|>\\n' }}
+  {%- elif message.role == 'assistant' %}
+{{- '<|im_start|>assistant\\n' + message.content }}
+    {%- for tc in message.tool_calls or [] %}
+{{- '\\n<tool_call>\\n{"name": "' + tc.function.name + '", "arguments": ' + tc.function.arguments | tojson + '}\\n</tool_call>' }}
+    {%- endfor %}
+{{- '<|im_end|>\\n' }}
+  {%- elif message.role == 'tool' %}
+{{- '<|im_start|>user\\n<tool_response>\\n' + message.content + '\\n</tool_response><|im_end|>\\n' }}
+  {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"""
+
+
+@pytest.mark.slow
+def test_hermes_template_matches_transformers(chatml_tok: Tokenizer) -> None:
+    """A template with tools and tool calls renders to the same ids as transformers'
+    apply_chat_template, and its mask covers the replies and their tool calls."""
+    transformers = pytest.importorskip("transformers")
+    from tokenizers import Tokenizer as HFTokenizer
+
+    hf = transformers.PreTrainedTokenizerFast(tokenizer_object=HFTokenizer.from_str(chatml_tok.to_json()))
+    hf.chat_template = HERMES
+    fmt = ChatFormat.from_template(chatml_tok, HERMES)
+    tools = [{"type": "function", "function": {"name": "calculator", "description": "arithmetic: é", "parameters": {"type": "object", "properties": {"expression": {"type": "string"}}}}}]
+    conv = [dict(m) for m in CONV]
+    conv[1] = {"role": "user", "content": "  what is 2+2?\n"}
+    hf_conv = [dict(m) for m in conv]  # transformers' form: tool-call arguments as a dict
+    hf_conv[2] = {**conv[2], "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "calculator", "arguments": {"expression": "2+2"}}}]}
+    for c, hc, kw in [(conv, hf_conv, {}), (conv, hf_conv, {"tools": tools}), (conv[1:4], hf_conv[1:4], {"tools": tools, "add_generation_prompt": True})]:
+        theirs = hf.apply_chat_template(hc, tokenize=True, **kw)
+        theirs = list(theirs["input_ids"] if hasattr(theirs, "keys") else theirs)
+        assert fmt.render(c, **kw)[0] == theirs
+    ids, mask = fmt.render(conv, tools=tools)
+    assert learned(fmt, ids, mask) == [
+        '\n<tool_call>\n{"name": "calculator", "arguments": {"expression": "2+2"}}\n</tool_call><|im_end|>',
+        "the answer is 4.<|im_end|>",
+        "hello!<|im_end|>",
+    ]
+    # the template writes tool calls itself: they are passed as data, not folded into the text,
+    # and its own tool list replaces our system-prompt description
+    assert "You can call these tools" not in fmt.render_text(conv, tools=tools)
