@@ -492,17 +492,20 @@ class ChatFormat:
             cuts.update((a, b))
         special_at = {s.start(): self.tokenizer.special_ids[s.group()] for s in specials}
         special_end = {s.start(): s.end() for s in specials}
+        bounds = sorted(cuts)
+        pieces = list(zip(bounds, bounds[1:]))
+        plain = [text[a:b] for a, b in pieces if a not in special_at]
+        # plain mode: special-token text inside messages stays text; one batched call to the Rust side
+        encoded = iter(self.tokenizer.encode_batch(plain) if plain else [])
         ids: list[int] = []
         mask: list[int] = []
-        bounds = sorted(cuts)
-        for a, b in zip(bounds, bounds[1:]):
-            if a == b:
-                continue
+        for a, b in pieces:
             if a in special_at:
-                assert special_end[a] == b
+                if special_end[a] != b:  # an assistant span would start or end inside a special token
+                    raise TemplateError("chat template: the generation prompt ends inside a special token; cannot mark the assistant's tokens")
                 piece = [special_at[a]]
             else:
-                piece = self.tokenizer.encode(text[a:b])  # plain: specials in message text stay text
+                piece = next(encoded)
             learn = int(any(s <= a and b <= e for s, e in spans))
             ids.extend(piece)
             mask.extend([learn] * len(piece))
