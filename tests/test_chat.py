@@ -384,7 +384,8 @@ def events(gen) -> list[tuple[str, object]]:
 
 
 def test_respond_runs_a_tool_and_continues(tok: Tokenizer) -> None:
-    from twofiles.chat import respond, tool_schemas
+    from twofiles.chat import respond
+    from twofiles.tools import openai_tool_specs
     from twofiles.engine import SamplingParams
 
     def reply(prompt: str) -> str:
@@ -408,7 +409,7 @@ def test_respond_runs_a_tool_and_continues(tok: Tokenizer) -> None:
     assert added[2] == Message("assistant", "the answer is 4.")
     assert len(history) == 2  # the caller's list is not modified
     # the model was shown the tools, then the result, through the template
-    assert model.prompts[0] == fmt.render_text(history, add_generation_prompt=True, tools=tool_schemas({"calculator": calc}))
+    assert model.prompts[0] == fmt.render_text(history, add_generation_prompt=True, tools=openai_tool_specs({"calculator": calc}))
     assert model.prompts[1].endswith("<|tool_result_start|>4<|tool_result_end|><|assistant_start|>")
 
 
@@ -421,7 +422,7 @@ def test_respond_bounds_tool_rounds_and_survives_bad_tools(tok: Tokenizer) -> No
     stats = RespondStats()
     got = events(respond(SimpleNamespace(model=model, tokenizer=tok), ChatFormat.builtin_for(tok), parse_messages(CONV[1:2]), SamplingParams(temperature=0), tools={"calculator": Calculator()}, max_tool_rounds=3, stats=stats))
     results = [v for k, v in got if k == "tool_result"]
-    assert results[0].startswith("error: ValueError: only a+b") and results[1].startswith("error: unknown tool 'weather'") and results[2] == "2"
+    assert results[0].startswith("error: ValueError: only a+b") and results[1].startswith("unknown tool 'weather'") and results[2] == "2"
     added = got[-1][1]
     assert len(model.prompts) == 4 == stats.rounds and len(results) == 3  # 3 rounds run; the 4th reply's call is left unrun
     assert [m.role for m in added] == ["assistant", "tool"] * 3 + ["assistant"] and added[-1].tool_calls
@@ -515,9 +516,7 @@ def test_chat_cli_scripted_through_stdin(model_path, tmp_path, capsys, monkeypat
 
 
 def test_chat_cli_shows_tool_calls_and_results(tok: Tokenizer, capsys, monkeypatch) -> None:
-    import sys
-    import types
-
+    """`--tools calculator` with the real calculator; the model is scripted to call it."""
     import twofiles.engine
 
     def reply(prompt: str) -> str:
@@ -525,10 +524,6 @@ def test_chat_cli_shows_tool_calls_and_results(tok: Tokenizer, capsys, monkeypat
             return "it is " + prompt.rsplit("<|tool_result_start|>", 1)[1].split("<|tool_result_end|>")[0] + "<|assistant_end|>"
         return '<|tool_call_start|>{"name": "calculator", "arguments": {"expression": "20+22"}}<|tool_call_end|><|assistant_end|>'
 
-    calc = Calculator()
-    fake_tools = types.ModuleType("twofiles.tools")
-    fake_tools.default_tools = lambda scratch_dir=None: {"calculator": calc, "python": object()}
-    monkeypatch.setitem(sys.modules, "twofiles.tools", fake_tools)
     monkeypatch.setattr(twofiles.engine, "resolve_model", lambda spec, **_: SimpleNamespace(model=ScriptedModel(tok, reply), tokenizer=tok, chat_template=""))
     rc, out, err = chat_cli(capsys, monkeypatch, "add 20 and 22\n", "scripted", "--tools", "calculator", "--json")
     assert rc == 0, err

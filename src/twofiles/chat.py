@@ -308,14 +308,6 @@ def _compile(template: str):
         raise TemplateError(f"chat template: syntax error at template line {e.lineno}: {e.message}") from None
 
 
-def tool_schemas(tools: Mapping[str, "Tool"]) -> list[dict[str, Any]]:
-    """Tools -> the OpenAI `tools` list templates expect: {"type": "function", "function": {...}}."""
-    return [
-        {"type": "function", "function": {"name": t.name, "description": t.description, "parameters": t.parameters}}
-        for t in tools.values()
-    ]
-
-
 def _hermes_call(call: ToolCall) -> str:
     return "<tool_call>\n" + json.dumps({"name": call.name, "arguments": call.arguments}, ensure_ascii=False) + "\n</tool_call>"
 
@@ -656,15 +648,13 @@ def _held(text: str, shown: int) -> int:
     return held
 
 
-def _run_tool(tools: Mapping[str, "Tool"], call: ToolCall) -> tuple[str, bool]:
-    tool = tools.get(call.name)
-    if tool is None:
-        return f"error: unknown tool {call.name!r} (available: {', '.join(tools) or 'none'})", True
+def _run_tool(tools: Mapping[str, "Tool"], call: ToolCall) -> str:
+    from twofiles.tools import run_tool
+
     try:
-        result = tool.run(call.arguments)
-    except Exception as e:  # a tool's bug must not end the conversation: the model sees the error
-        return f"error: {type(e).__name__}: {e}", True
-    return str(result.content), bool(getattr(result, "error", False))
+        return str(run_tool(tools, call.name, call.arguments).content)
+    except Exception as e:  # tools report failures as results; a bug in one must not end the chat either
+        return f"error: {type(e).__name__}: {e}"
 
 
 def respond(
@@ -683,8 +673,9 @@ def respond(
     after that are left unrun). Ends with ("done", the messages appended); `messages` itself is
     not modified. Round r samples with seed + r, so a seeded reply is reproducible."""
     from twofiles.engine import generate_steps
+    from twofiles.tools import openai_tool_specs
 
-    schemas = tool_schemas(tools) if tools else None
+    schemas = openai_tool_specs(tools) if tools else None
     history = list(messages)
     added: list[Message] = []
     stats = stats if stats is not None else RespondStats()
@@ -718,7 +709,7 @@ def respond(
             break
         for call in reply.tool_calls:
             yield ChatEvent("tool_call", call)
-            content, _error = _run_tool(tools, call)
+            content = _run_tool(tools, call)
             yield ChatEvent("tool_result", content)
             added.append(Message("tool", content, tool_call_id=call.id, name=call.name))
     yield ChatEvent("done", added)
@@ -738,7 +729,6 @@ __all__ = [
     "BUILTIN_TEMPLATE",
     "TemplateError",
     "ChatFormat",
-    "tool_schemas",
     "ChatEvent",
     "RespondStats",
     "respond",
