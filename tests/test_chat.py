@@ -534,6 +534,31 @@ def test_chat_cli_shows_tool_calls_and_results(tok: Tokenizer, capsys, monkeypat
     assert summary["messages"][1]["tool_calls"][0]["function"] == {"name": "calculator", "arguments": '{"expression": "20+22"}'}
 
 
+
+def test_drop_oldest_exchange() -> None:
+    from twofiles.chat import drop_oldest_exchange
+
+    msgs = parse_messages(CONV)
+    assert drop_oldest_exchange(msgs) == [msgs[0], *msgs[5:]]  # the whole tool exchange goes at once
+    assert drop_oldest_exchange(msgs[1:]) == msgs[5:]
+    assert drop_oldest_exchange(msgs[:2]) is None and drop_oldest_exchange(msgs[5:6]) is None
+
+
+def test_chat_cli_forgets_old_turns_when_the_context_is_full(tok, model_path, capsys, monkeypatch) -> None:
+    line = "zebra quux"
+    while len(tok.encode(line)) < 60:  # a user turn of ~60 tokens in a 256-token context
+        line += " zebra quux"
+    rc, out, err = chat_cli(capsys, monkeypatch, (line + "\n") * 6, model_path, "--system", "be brief", "--seed", "0", "--max-tokens", "4", "--json")
+    assert rc == 0, err
+    summary = json.loads(out.splitlines()[-1])
+    assert summary["turns"] == 6 and "context full: forgot the oldest exchange" in err
+    msgs = summary["messages"]
+    assert msgs[0] == {"role": "system", "content": "be brief"} and 3 <= len(msgs) < 13 and msgs[-2]["content"] == line
+    # one turn longer than the whole context cannot be helped: scripted, that is an error
+    rc, _, err = chat_cli(capsys, monkeypatch, line * 5 + "\n", model_path, "--max-tokens", "4")
+    assert rc == 2 and "context is 256 tokens" in err
+
+
 @pytest.mark.parametrize(
     "stdin, argv, message",
     [

@@ -230,6 +230,19 @@ def save_conversation(path: str | os.PathLike[str], messages: Sequence[Message])
     atomic_write_bytes(path, (text + "\n").encode("utf-8"))
 
 
+
+def drop_oldest_exchange(messages: Sequence[Message]) -> list[Message] | None:
+    """The conversation without its oldest exchange (the first user message after the leading
+    system messages, and the replies and tool results up to the next user message), for when it
+    outgrows the model's context. None when only the system prompt and the last user message
+    are left: there is nothing more to drop."""
+    msgs = list(messages)
+    first = next((i for i, m in enumerate(msgs) if m.role != "system"), len(msgs))
+    users = [i for i, m in enumerate(msgs) if m.role == "user" and i > first]
+    if not users:
+        return None
+    return msgs[:first] + msgs[users[0] :]
+
 # ---------------------------------------------------------------------------------------------
 # Chat templates
 
@@ -726,6 +739,7 @@ __all__ = [
     "read_conversations",
     "load_conversation",
     "save_conversation",
+    "drop_oldest_exchange",
     "BUILTIN_TEMPLATE",
     "TemplateError",
     "ChatFormat",
