@@ -438,14 +438,13 @@ class ChatFormat:
         msgs = parse_messages(list(messages))
         return self._render_dicts(self._template_messages(msgs, tools), add_generation_prompt, tools)
 
-    def _trusted_specials(self, msgs: list[Message], text: str, add_generation_prompt: bool, tools: list[dict] | None) -> list[re.Match]:
+    def _trusted_specials(self, msgs: list[Message], dicts: list[dict[str, Any]], text: str, add_generation_prompt: bool, tools: list[dict] | None) -> list[re.Match]:
         """The special-token matches in `text` that the template wrote (not the messages)."""
         if self._special_re is None:
             return []
         matches = list(self._special_re.finditer(text))
         if not matches:
             return []
-        dicts = self._template_messages(msgs, tools)
         if not any(self._special_re.search(s) for s in _strings(dicts)):
             return matches  # the common case: no message text looks like a special token
         neutral = _map_strings(dicts, lambda s: self._special_re.sub(lambda m: _PUA * len(m.group()), s))
@@ -467,26 +466,32 @@ class ChatFormat:
         """Token ids of the conversation and the loss mask: 1 on each assistant message's tokens,
         its end-of-turn token included; 0 on everything else (system, user, tool, template text)."""
         msgs = parse_messages(list(messages))
-        text = self._render_dicts(self._template_messages(msgs, tools), add_generation_prompt, tools)
-        specials = self._trusted_specials(msgs, text, add_generation_prompt, tools)
+        dicts = self._template_messages(msgs, tools)
+        text = self._render_dicts(dicts, add_generation_prompt, tools)
+        specials = self._trusted_specials(msgs, dicts, text, add_generation_prompt, tools)
         stop = set(self.stop_token_ids)
-        spans: list[tuple[int, int]] = []
+        offset = len(dicts) - len(msgs)  # 1 when a system message was added to describe tools
+        starts: list[tuple[int, int]] = []  # (message index, where its learned span starts)
         for i, m in enumerate(msgs):
             if m.role != "assistant":
                 continue
-            prefix = self.render_text(msgs[:i], add_generation_prompt=True, tools=tools)
+            prefix = self._render_dicts(dicts[: i + offset], True, tools)
             if not text.startswith(prefix):
                 raise TemplateError(
                     f"chat template: rendering messages[:{i}] with the generation prompt is not a prefix of the whole "
                     "conversation, so the assistant's tokens cannot be marked for training"
                 )
-            start = len(prefix)
-            whole = self.render_text(msgs[: i + 1], tools=tools)
-            end = len(whole) if text.startswith(whole) and len(whole) > start else len(text)
+            starts.append((i, len(prefix)))
+        spans: list[tuple[int, int]] = []
+        for k, (i, start) in enumerate(starts):
+            bound = starts[k + 1][1] if k + 1 < len(starts) else len(text)
             # Learn through the end-of-turn token, not the template's text after it (a newline in
             # ChatML), which the model never generates: generation stops on that token.
-            ends = [s.end() for s in specials if start <= s.start() < end and self.tokenizer.special_ids[s.group()] in stop]
-            spans.append((start, ends[0] if ends else end))
+            end = next((s.end() for s in specials if start <= s.start() < bound and self.tokenizer.special_ids[s.group()] in stop), None)
+            if end is None:  # no end-of-turn token: the message's own rendering says where it ends
+                whole = self._render_dicts(dicts[: i + 1 + offset], False, tools)
+                end = len(whole) if text.startswith(whole) and len(whole) > start else bound
+            spans.append((start, end))
         return self._encode(text, specials, spans)
 
     def _encode(self, text: str, specials: list[re.Match], spans: list[tuple[int, int]]) -> tuple[list[int], list[int]]:
