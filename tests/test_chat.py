@@ -429,6 +429,18 @@ def test_respond_bounds_tool_rounds_and_survives_bad_tools(tok: Tokenizer) -> No
     assert stats.tokens > 0 and stats.finish == "stop"
 
 
+
+def test_respond_without_tools_keeps_tool_syntax_as_text(tok: Tokenizer) -> None:
+    from twofiles.chat import respond
+    from twofiles.engine import SamplingParams
+
+    call = '<tool_call>{"name": "calculator", "arguments": {"expression": "2+2"}}</tool_call>'
+    model = ScriptedModel(tok, lambda prompt: f"maybe {call}<|assistant_end|>")
+    got = events(respond(SimpleNamespace(model=model, tokenizer=tok), ChatFormat.builtin_for(tok), parse_messages(CONV[1:2]), SamplingParams(temperature=0)))
+    assert [k for k, _ in got if k != "text"] == ["done"] and len(model.prompts) == 1
+    assert "".join(v for k, v in got if k == "text") == f"maybe {call}"
+    assert got[-1][1] == [Message("assistant", f"maybe {call}")]
+
 def test_respond_hermes_calls_with_a_chatml_model(chatml_tok: Tokenizer) -> None:
     from twofiles.chat import respond
     from twofiles.engine import SamplingParams

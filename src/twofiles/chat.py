@@ -686,9 +686,10 @@ def respond(
     stats: RespondStats | None = None,
 ) -> Iterator[ChatEvent]:
     """The agent loop: generate an assistant reply (streamed as "text" deltas, stopping on the
-    template's end-of-turn ids); if it calls tools, run them ("tool_call", then "tool_result"),
-    append the tool messages and generate again, at most `max_tool_rounds` times (calls made
-    after that are left unrun). Ends with ("done", the messages appended); `messages` itself is
+    template's end-of-turn ids); with `tools`, when it calls some, run them ("tool_call", then
+    "tool_result"), append the tool messages and generate again, at most `max_tool_rounds` times
+    (calls made after that are left unrun). Without `tools` the reply is plain text, any
+    tool-call syntax included. Ends with ("done", the messages appended); `messages` itself is
     not modified. Round r samples with seed + r, so a seeded reply is reproducible."""
     from twofiles.engine import generate_steps
     from twofiles.tools import openai_tool_specs
@@ -707,17 +708,22 @@ def respond(
         )
         stats.prompt_tokens = len(ids)
         stats.rounds += 1
+        streamed = ""
         visible = _VisibleText()
         for step in generate_steps(loaded.model, ids, p, tokenizer=loaded.tokenizer):
             stats.tokens += 1
             stats.finish = step.finish
-            delta = visible.push(step.text) if step.text else ""
+            if not tools:  # without tools, tool-call syntax is just text: nothing runs it
+                streamed += step.text
+                delta = step.text
+            else:
+                delta = visible.push(step.text) if step.text else ""
             if delta:
                 yield ChatEvent("text", delta)
         tail = visible.finish()
         if tail:
             yield ChatEvent("text", tail)
-        reply = fmt.parse_assistant(visible.text)
+        reply = fmt.parse_assistant(visible.text) if tools else Message("assistant", streamed)
         for call in reply.tool_calls:
             if not call.id:
                 n_calls += 1
