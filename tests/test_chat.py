@@ -660,3 +660,47 @@ def test_hermes_template_matches_transformers(chatml_tok: Tokenizer) -> None:
     # the template writes tool calls itself: they are passed as data, not folded into the text,
     # and its own tool list replaces our system-prompt description
     assert "You can call these tools" not in fmt.render_text(conv, tools=tools)
+
+
+@pytest.mark.slow
+def test_chat_cli_on_a_terminal(model_path, tmp_path) -> None:
+    """On a terminal: prompts, /help, a reply, /save, and /exit, through a real pseudo-terminal."""
+    import os
+    import pty
+    import select
+    import subprocess
+    import sys
+    import time
+
+    main_fd, term_fd = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "twofiles", "chat", model_path, "--seed", "1", "--max-tokens", "6", "--device", "cpu"],
+        stdin=term_fd, stdout=term_fd, stderr=term_fd, close_fds=True,
+    )
+    os.close(term_fd)
+    seen = b""
+
+    def until(marker: bytes, timeout: float = 60.0) -> None:
+        nonlocal seen
+        end = time.monotonic() + timeout
+        while marker not in seen:
+            assert time.monotonic() < end, f"no {marker!r} in {seen[-500:]!r}"
+            if select.select([main_fd], [], [], 0.5)[0]:
+                try:
+                    seen += os.read(main_fd, 4096)
+                except OSError:  # the child closed the terminal
+                    break
+
+    try:
+        until(b"you> ")
+        for line, marker in [(b"/help", b"/save FILE"), (b"hello", b"assistant> "), (f"/save {tmp_path}/c.json".encode(), b"(saved 2 messages")]:
+            seen = b""
+            os.write(main_fd, line + b"\r")
+            until(marker)
+            until(b"you> ")
+        os.write(main_fd, b"/exit\r")
+        assert proc.wait(timeout=30) == 0
+    finally:
+        proc.kill()
+        os.close(main_fd)
+    assert [m.role for m in load_conversation(tmp_path / "c.json")] == ["user", "assistant"]
