@@ -406,3 +406,26 @@ def test_bounded_load_no_5xx_no_lost_slots_memory_flat(server):
             rss.append(proc.memory_info().rss)
     assert time.monotonic() - t0 < 120
     assert rss[2] - rss[0] < 40 * 2**20, f"memory grew {(rss[2] - rss[0]) / 2**20:.1f} MiB over two rounds"
+
+
+@pytest.mark.slow
+def test_smollm2_through_the_server_equals_the_engine():
+    """The real model, its own (ChatML) template and tokenizer: two concurrent greedy chats
+    through the server equal the engine run on each alone."""
+    from twofiles.engine import resolve_model
+    from twofiles.formats import alias_path
+
+    if not alias_path("smollm2").is_file():
+        pytest.skip("run `twofiles pull smollm2` first")
+    smol = resolve_model("smollm2")
+    s = LiveServer(create_app({"smollm2": smol}, ServeSettings(max_seqs=2, max_context=512)))
+    try:
+        questions = [[{"role": "user", "content": "What is the capital of France?"}], [{"role": "system", "content": "Answer in one word."}, {"role": "user", "content": "Name a colour of the sky."}]]
+        with ThreadPoolExecutor(2) as pool:
+            replies = list(pool.map(lambda m: s.client().chat.completions.create(model="smollm2", messages=m, temperature=0, max_tokens=10), questions))
+        for messages, r in zip(questions, replies):
+            text, prompt_tokens, completion_tokens = engine_chat(smol, messages, SamplingParams(temperature=0, max_tokens=10))
+            assert r.choices[0].message.content == text and len(text) > 3
+            assert (r.usage.prompt_tokens, r.usage.completion_tokens) == (prompt_tokens, completion_tokens)
+    finally:
+        s.stop()

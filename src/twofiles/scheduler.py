@@ -268,12 +268,15 @@ class BatchEngine:
 
     def _sample(self, rows: Sequence[_Row], logits: torch.Tensor) -> None:
         """Draw each row's next token from logits [len(rows), V] and emit it; free finished rows."""
+        drawn = []
+        for i, r in enumerate(rows):  # one die per row: its own params, penalty history and generator
+            p = r.handle.params
+            history = r.history[:, : len(r.handle.prompt_ids) + r.generated] if r.history is not None else None
+            drawn.append(roll(token_distribution(logits[i : i + 1], p, history), p.temperature, r.generator))
+        tokens = torch.cat(drawn).tolist()  # the one host sync of the step
         finished = []
-        for i, r in enumerate(rows):
+        for i, (r, token) in enumerate(zip(rows, tokens)):
             p, h = r.handle.params, r.handle
-            history = r.history[:, : len(h.prompt_ids) + r.generated] if r.history is not None else None
-            probs = token_distribution(logits[i : i + 1], p, history)
-            token = int(roll(probs, p.temperature, r.generator)[0])
             if r.history is not None:
                 r.history[0, len(h.prompt_ids) + r.generated] = token
             r.generated += 1
