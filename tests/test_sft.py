@@ -1,0 +1,108 @@
+"""Supervised finetuning: the built-in mix (deterministic, exact checkers, disjoint splits), the
+loss mask, packing without cross-attention, LoRA, and the sft loop and verb end to end."""
+
+from __future__ import annotations
+
+import pytest
+
+from twofiles.data import skills
+from twofiles.data.skills import MIX_SIZES, SKILL_KINDS, SkillTask, check, skill_tasks
+
+# --- the built-in mix ---
+
+
+def test_skill_tasks_are_deterministic_and_seeded() -> None:
+    for kind in SKILL_KINDS:
+        a = skill_tasks(kind, "train", 20, seed=3)
+        assert a == skill_tasks(kind, "train", 20, seed=3), kind
+        assert len(a) == 20 and all(t.kind == kind for t in a)
+    assert skill_tasks("arithmetic", "train", 20, seed=3) != skill_tasks("arithmetic", "train", 20, seed=4)
+
+
+def test_train_and_held_out_tasks_never_overlap_whatever_the_seed() -> None:
+    for kind in SKILL_KINDS:
+        train = {t.prompt for s in (0, 1) for t in skill_tasks(kind, "train", MIX_SIZES["train"][kind], seed=s)}
+        val = {t.prompt for s in (0, 1) for t in skill_tasks(kind, "val", MIX_SIZES["val"][kind], seed=s)}
+        assert train and val and not train & val, kind
+        if kind in ("spelling", "reverse", "count_letters"):  # held-out words are not trained on with that skill
+            word = {"spelling": lambda t: t.answer.replace("-", ""), "reverse": lambda t: t.answer[::-1]}.get(kind)
+            if word:
+                tr = {word(t) for t in skill_tasks(kind, "train", 200, seed=0)}
+                assert not tr & {word(t) for t in skill_tasks(kind, "val", 25, seed=0)}, kind
+    d_train = {d.lines[0].lower() for d in skills.chat_dialogs("train")}
+    d_val = {d.lines[0].lower() for d in skills.chat_dialogs("val")}
+    assert d_train and d_val and not d_train & d_val
+
+
+def test_every_demonstration_passes_its_own_checker() -> None:
+    for split in ("train", "val"):
+        for t in skills.builtin_tasks(split, seed=0):
+            assert check(t, t.reply), t
+
+
+def test_arithmetic_answers_are_the_true_values() -> None:
+    for t in skill_tasks("arithmetic", "train", 100, seed=0):
+        assert set(t.expression) <= set("0123456789+-*() ")
+        assert int(t.answer) == eval(t.expression)  # noqa: S307 (digits and operators only, checked above)
+        assert t.expression in t.prompt
+
+
+def test_checkers_on_known_replies() -> None:
+    arith = SkillTask("arithmetic", "What is 12 * 7?", "84", expression="12 * 7")
+    assert check(arith, "12 * 7 = 84.")
+    assert check(arith, "The answer is 84")
+    assert not check(arith, "84 is not it, it is 85")  # the last number counts
+    assert not check(arith, "I don't know")
+    assert check(SkillTask("arithmetic", "", "-37"), "58 - 95 = -37.")
+    assert check(SkillTask("arithmetic", "", "1200"), "that makes 1,200.")
+    count = SkillTask("count_letters", "", "3")
+    assert check(count, "s-t-r-a-w-b-e-r-r-y: the letter r appears 3 times.")
+    assert not check(count, "It appears 2 times.")
+    spell = SkillTask("spelling", "", "c-a-t")
+    assert check(spell, "c-a-t") and check(spell, "It is spelled C, A, T.") and check(spell, "c a t")
+    assert not check(spell, "cat") and not check(spell, "c-a-t-s") and not check(spell, "c-a-r")
+    rev = SkillTask("reverse", "", "nedrag")
+    assert check(rev, "nedrag") and check(rev, "Backwards: nedrag.")
+    assert not check(rev, "garden") and not check(rev, "nedrags")
+    up = SkillTask("uppercase", "", "GOOD MORNING")
+    assert check(up, "GOOD MORNING") and not check(up, "good morning") and not check(up, "GOOD MORNINGS")
+    ident = SkillTask("identity", "", "twofiles")
+    assert check(ident, "My name is Twofiles.") and not check(ident, "I am ChatterBot.")
+
+
+def test_last_number_normalises() -> None:
+    assert skills.last_number("a 1,234.50 b") == "1234.5"
+    assert skills.last_number("3.0") == "3"
+    assert skills.last_number("none") is None
+
+
+def test_identity_follows_the_model_it_describes() -> None:
+    who = skills.ModelIdentity(name="smol", trained_on="the web", trained_on_keyword="web")
+    tasks = skill_tasks("identity", "train", 60, seed=0, who=who)
+    assert {t.answer for t in tasks} == {"smol", "web", "calculator"}
+    assert all(check(t, t.reply) for t in tasks)
+
+
+def test_chatterbot_dialogs_carry_provenance_and_skip_the_bot_persona() -> None:
+    dialogs = skills.chatterbot_dialogs()
+    assert len(dialogs) > 500
+    assert all(d.source.startswith("chatterbot-corpus==") and len(d.lines) >= 2 for d in dialogs)
+    files = {d.source.split("/")[-1].split("#")[0] for d in dialogs}
+    assert "greetings.yml" in files and not files & set(skills.CHATTERBOT_EXCLUDED)
+    assert len({d.lines for d in dialogs}) == len(dialogs)
+    assert skills.provenance()["chat"]["version"] == skills.CHATTERBOT_VERSION
+
+
+def test_builtin_mix_holds_every_kind_as_messages() -> None:
+    pytest.importorskip("twofiles.chat")
+    sizes = {"chat": 5, **{k: 3 for k in SKILL_KINDS}}
+    mix = skills.builtin_mix("train", seed=0, sizes=sizes)
+    assert len(mix) == 5 + 3 * len(SKILL_KINDS)
+    assert mix == skills.builtin_mix("train", seed=0, sizes=sizes)
+    for conv in mix:
+        assert conv[0].role == "user" and conv[-1].role == "assistant"
+    tool_convs = [c for c in mix if any(m.role == "tool" for m in c)]
+    assert len(tool_convs) == 3
+    call = tool_convs[0][1].tool_calls[0]
+    assert call.name == "calculator" and call.id == tool_convs[0][2].tool_call_id
+    assert tool_convs[0][2].content == str(eval(call.arguments["expression"]))  # noqa: S307 (generated digits and operators)
