@@ -106,3 +106,94 @@ def test_builtin_mix_holds_every_kind_as_messages() -> None:
     call = tool_convs[0][1].tool_calls[0]
     assert call.name == "calculator" and call.id == tool_convs[0][2].tool_call_id
     assert tool_convs[0][2].content == str(eval(call.arguments["expression"]))  # noqa: S307 (generated digits and operators)
+
+
+# --- LoRA ---
+
+
+def _tiny(vocab: int = 64, seed: int = 0, tie: bool = False):
+    import torch
+
+    from twofiles.model import ModelConfig, Transformer
+
+    cfg = ModelConfig(vocab_size=vocab, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=64, max_seq_len=64, tie_embeddings=tie)
+    m = Transformer(cfg)
+    m.init_weights(seed)
+    with torch.no_grad():  # init_weights zeroes o_proj/down_proj: give every layer a real effect
+        for p in m.parameters():
+            if p.ndim == 2:
+                p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(seed + p.numel())) * 0.05)
+    return m
+
+
+def test_zero_initialised_adapters_leave_outputs_unchanged_and_only_adapters_train() -> None:
+    import torch
+
+    from twofiles.train.lora import ALL_TARGETS, LoRAConfig, apply_lora, lora_layers, trainable_parameters
+
+    m = _tiny()
+    x = torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_seed(0))
+    before = m(x)
+    names = apply_lora(m, LoRAConfig(rank=4, alpha=8))
+    assert len(names) == 2 * len(ALL_TARGETS)
+    assert torch.equal(m(x), before)
+    layers = lora_layers(m)
+    assert trainable_parameters(m) == sum(l.lora_A.numel() + l.lora_B.numel() for l in layers.values())
+    m(x, x).backward()
+    assert all(p.grad is None for n, p in m.named_parameters() if "lora_" not in n)
+    assert all(l.lora_B.grad is not None and l.lora_B.grad.abs().sum() > 0 for l in layers.values())
+
+
+def test_merged_adapters_give_the_same_logits_as_unmerged() -> None:
+    import torch
+
+    from twofiles.train.lora import LoRAConfig, apply_lora, lora_layers, merge_lora
+
+    for tie in (False, True):
+        m = _tiny(tie=tie)
+        base_keys = set(m.state_dict())
+        apply_lora(m, LoRAConfig(rank=4, alpha=8, targets=["q_proj", "v_proj", "down_proj"]))
+        with torch.no_grad():
+            for layer in lora_layers(m).values():
+                layer.lora_B.normal_(0, 0.1)
+        x = torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_seed(1))
+        adapted = m(x)
+        assert merge_lora(m) == 6
+        assert not lora_layers(m) and set(m.state_dict()) == base_keys
+        torch.testing.assert_close(m(x), adapted, rtol=1e-5, atol=1e-5)
+
+
+def test_saved_adapters_load_back_onto_the_base(tmp_path) -> None:
+    import torch
+
+    from twofiles.artifact import save_model
+    from twofiles.formats import resolve
+    from twofiles.tokenizer import Tokenizer
+    from twofiles.train.lora import LoRAConfig, apply_lora, load_adapters, lora_layers, save_adapters
+
+    tok = Tokenizer.train(["hello world, a tiny corpus for a tiny tokenizer"] * 4, 300)
+    base = _tiny(vocab=tok.vocab_size)
+    base_path = save_model(tmp_path / "base.safetensors", base, tok)
+    m = resolve(str(base_path)).model
+    cfg = LoRAConfig(rank=2, alpha=4)
+    apply_lora(m, cfg)
+    with torch.no_grad():
+        for layer in lora_layers(m).values():
+            layer.lora_B.normal_(0, 0.1)
+    x = torch.randint(0, tok.vocab_size, (1, 10), generator=torch.Generator().manual_seed(2))
+    want = m(x)
+    path = save_adapters(tmp_path / "adapters.safetensors", m, cfg, base=str(base_path), chat_template="{{ messages }}")
+    assert path.stat().st_size < base_path.stat().st_size / 2
+    fresh = resolve(str(base_path)).model
+    load_adapters(fresh, path)
+    torch.testing.assert_close(fresh(x), want)
+    loaded = resolve(str(path))  # any verb can take the adapters file as MODEL: base + adapters, merged
+    assert not lora_layers(loaded.model)
+    torch.testing.assert_close(loaded.model(x), want, rtol=1e-5, atol=1e-5)
+    assert loaded.chat_template == "{{ messages }}"
+    other = _tiny(vocab=tok.vocab_size)
+    other.model.layers = other.model.layers[:1]  # a different architecture: refused, naming the file
+    from twofiles.errors import BadInputError
+
+    with pytest.raises(BadInputError, match="adapters.safetensors"):
+        load_adapters(other, path)
