@@ -197,3 +197,108 @@ def test_saved_adapters_load_back_onto_the_base(tmp_path) -> None:
 
     with pytest.raises(BadInputError, match="adapters.safetensors"):
         load_adapters(other, path)
+
+
+# --- the loss mask and packing ---
+
+
+@pytest.fixture(scope="module")
+def chat_tok():
+    """A real byte-level BPE tokenizer with twofiles' chat tokens, trained on a little Shakespeare."""
+    from twofiles.data.builtin import builtin_text
+    from twofiles.tokenizer import Tokenizer
+
+    return Tokenizer.train([builtin_text("train")[:200_000]], 400)
+
+
+def _convs(n: int = 6):
+    pytest.importorskip("twofiles.chat")
+    sizes = {"chat": n, "arithmetic": n, "repeat": n}
+    return skills.builtin_mix("train", seed=0, sizes=sizes)
+
+
+def test_sft_loss_counts_only_assistant_tokens_like_a_naive_masked_cross_entropy(chat_tok) -> None:
+    import torch
+    import torch.nn.functional as F
+
+    from twofiles.chat import ChatFormat
+    from twofiles.data.packing import collate, make_example
+    from twofiles.runtime import setup
+    from twofiles.train.sft import masked_loss_sum
+
+    fmt = ChatFormat.builtin_for(chat_tok)
+    m = _tiny(vocab=chat_tok.vocab_size)
+    conv = [c for c in _convs() if any(x.role == "tool" for x in c)][0]
+    ids, mask = fmt.render(conv)
+    ids, mask = ids[:64], mask[:64]
+    assert 0 < sum(mask) < len(mask)
+    ex = make_example(ids, mask, 63)
+    got = masked_loss_sum(m, collate([ex], [[0]], 63, 1), setup("cpu", "fp32")) / ex.n_targets
+    # naive: full-sequence logits, cross-entropy at every position, keep those whose target is an assistant token
+    logits = m(torch.tensor([ids[:-1]]))[0]
+    ce = F.cross_entropy(logits, torch.tensor(ids[1:]), reduction="none")
+    keep = torch.tensor(mask[1:], dtype=torch.bool)
+    torch.testing.assert_close(got, ce[keep].mean())
+    assert ex.n_targets == int(keep.sum())
+    # the text the loss sees is exactly the assistant's (tool call, end of turn, final answer)
+    learned = chat_tok.decode([t for t in ex.targets.tolist() if t >= 0])
+    assert "calculator" in learned and conv[0].content not in learned and conv[2].content + "<|tool_result_end|>" not in learned
+
+
+def test_packed_rows_give_each_conversation_the_same_per_token_loss_as_alone(chat_tok) -> None:
+    import torch
+
+    from twofiles.chat import ChatFormat
+    from twofiles.data.packing import collate, make_example, pack
+
+    fmt = ChatFormat.builtin_for(chat_tok)
+    m = _tiny(vocab=chat_tok.vocab_size)
+    examples = [make_example(*fmt.render(c), 60) for c in _convs()]
+    examples = [e for e in examples if e is not None]
+    rows = pack([len(e) for e in examples], range(len(examples)), 64)
+    assert any(len(r) >= 2 for r in rows), "nothing was packed"
+    batch = collate(examples, rows, 64, 1)
+    assert int(((batch.positions == 0) & (batch.segments >= 0)).sum()) == len(examples)  # positions restart per conversation
+    packed = m(batch.inputs, batch.targets, positions=batch.positions, attn_mask=batch.attn_mask(), reduction="none")
+    unmasked = m(batch.inputs, batch.targets, reduction="none")  # plain causal attention leaks across conversations
+    leaked = False
+    for r, row in enumerate(rows):
+        at = 0
+        for i in row:
+            e = examples[i]
+            alone = m(torch.from_numpy(e.inputs)[None], torch.from_numpy(e.targets)[None], reduction="none")[0]
+            torch.testing.assert_close(packed[r, at : at + len(e)], alone, rtol=1e-4, atol=1e-5)
+            leaked |= at > 0 and not torch.allclose(unmasked[r, at : at + len(e)], alone, rtol=1e-4, atol=1e-5)
+            at += len(e)
+    assert leaked  # the comparison can fail: without the mask the numbers differ
+
+
+def test_packed_loader_covers_each_example_once_per_epoch_and_resumes_exactly() -> None:
+    import json
+
+    import numpy as np
+
+    from twofiles.data.packing import Example, PackedLoader
+
+    rng = np.random.default_rng(0)
+    examples = [Example(np.full(n, i), np.full(n, i)) for i, n in enumerate(rng.integers(3, 30, 40))]
+    a = PackedLoader(examples, 3, 32, pad_id=-7, seed=1)
+    rows = a.rows_per_epoch()
+    seen = []
+    for _ in range(math_ceil(rows, 3)):
+        b = a.next_batch()
+        assert b.inputs.shape[1] <= 32
+        for r in range(b.inputs.shape[0]):
+            for s in b.segments[r].unique().tolist():
+                if s >= 0:
+                    seen.append(int(b.inputs[r][b.segments[r] == s][0]))
+    assert sorted(seen) == list(range(40))
+    b2 = PackedLoader(examples, 3, 32, pad_id=-7, seed=1)
+    b2.load_state_dict(json.loads(json.dumps(a.state_dict())))
+    for _ in range(5):  # across the epoch boundary too
+        x, y = a.next_batch(), b2.next_batch()
+        assert all(np.array_equal(getattr(x, k).numpy(), getattr(y, k).numpy()) for k in ("inputs", "targets", "positions", "segments"))
+
+
+def math_ceil(a: int, b: int) -> int:
+    return -(-a // b)

@@ -18,6 +18,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "tokenizer": ("twofiles.cli.tokenizer", "train a byte-level BPE tokenizer, or show how text is tokenized"),
     "data": ("twofiles.cli.data", "turn text/JSONL/Parquet into token shards"),
     "pretrain": ("twofiles.cli.pretrain", "pretrain a base model on token shards"),
+    "sft": ("twofiles.cli.sft", "finetune a model into an assistant on conversations (built-in mix or JSONL), fully or with LoRA"),
     "generate": ("twofiles.cli.generate", "sample a continuation from a model"),
     "export": ("twofiles.cli.export", "export run: model.safetensors + a numpy-only run.py (the two files); export hf: a Hugging Face directory"),
     "speedrun": ("twofiles.cli.speedrun", "tokenizer -> data -> pretrain -> samples on the built-in corpus"),
