@@ -302,3 +302,107 @@ def test_packed_loader_covers_each_example_once_per_epoch_and_resumes_exactly() 
 
 def math_ceil(a: int, b: int) -> int:
     return -(-a // b)
+
+
+# --- the loop and the verb, end to end ---
+
+
+@pytest.fixture(scope="module")
+def base_model(chat_tok, tmp_path_factory):
+    """A tiny base model file that says it was pretrained on the built-in Shakespeare."""
+    from twofiles.artifact import save_model
+
+    path = tmp_path_factory.mktemp("base") / "base.safetensors"
+    save_model(path, _tiny(vocab=chat_tok.vocab_size), chat_tok, provenance={"stage": "pretrain", "corpus": "builtin:shakespeare"})
+    return path
+
+
+@pytest.fixture(scope="module")
+def convs_jsonl(tmp_path_factory):
+    import json
+
+    chat = pytest.importorskip("twofiles.chat")
+    sizes = {"chat": 30, "arithmetic": 30, "repeat": 20, "identity": 20}
+    path = tmp_path_factory.mktemp("convs") / "convs.jsonl"
+    path.write_text("".join(json.dumps({"messages": chat.messages_to_dicts(c)}) + "\n" for c in skills.builtin_mix("train", 0, sizes=sizes)))
+    return path
+
+
+def _metrics(run) -> list[dict]:
+    import json
+
+    timing = {"time", "tok_s"}
+    return [{k: v for k, v in json.loads(ln).items() if k not in timing} for ln in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_a_tiny_sft_run_lowers_held_out_loss_and_resumes_exactly(base_model, convs_jsonl, tmp_path) -> None:
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from twofiles.train.sft import SFTConfig, sft
+
+    def cfg(out, resume=False):
+        c = SFTConfig(model=str(base_model), data=str(convs_jsonl), out=str(out), max_steps=8, checkpoint_interval=4, batch_size=4,
+                      seq_len=128, skill_tasks=1, skill_max_tokens=4, progress=False, resume=resume)
+        c.optim.lr, c.optim.warmup_steps = 1e-2, 2
+        return c
+
+    ref = tmp_path / "ref"
+    res = sft(cfg(ref))
+    assert res.val_loss < res.val_loss_before - 0.5
+    assert res.steps == 8 and res.skills_before is not None and res.skills_after is not None
+    # an interrupted run: its step-8 checkpoint and model never written, metrics logged past step 4
+    run = tmp_path / "run"
+    shutil.copytree(ref, run)
+    (run / "checkpoints" / "step_0000008.safetensors").unlink()
+    (run / "model.safetensors").unlink()
+    with pytest.raises(Exception, match="--resume"):
+        sft(cfg(run))
+    again = sft(cfg(run, resume=True))
+    assert _metrics(run) == _metrics(ref)  # every loss and evaluation, once, bit for bit
+    assert again.val_loss == res.val_loss
+    a, b = load_file(ref / "model.safetensors"), load_file(run / "model.safetensors")
+    assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_sft_verb_end_to_end_full_and_lora(base_model, convs_jsonl, tmp_path) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    chat = pytest.importorskip("twofiles.chat")
+    from twofiles.formats import resolve
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "full"
+    cmd = [sys.executable, "-m", "twofiles", "sft", str(base_model), "--out", str(out), "--max-steps", "3", "--batch-size", "2", "--seq-len", "96",
+           "--skill-tasks", "1", "--no-progress", "--json"]
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    summary = json.loads(p.stdout.strip().splitlines()[-1])
+    assert summary["steps"] == 3 and summary["skills_after"]["tasks"] == len(SKILL_KINDS)
+    for name in ("config.json", "metrics.jsonl", "loss.png", "report.md", "skills.jsonl", "model.safetensors"):
+        assert (out / name).is_file(), name
+    assert (out / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    loaded = resolve(summary["model_path"])
+    assert loaded.chat_template == chat.BUILTIN_TEMPLATE  # the model file carries the template it learned
+    assert loaded.provenance["stage"] == "sft" and loaded.provenance["data"] == "builtin"
+    assert "held-out skill" in (out / "report.md").read_text()
+
+    lora = tmp_path / "lora"
+    cmd = [sys.executable, "-m", "twofiles", "sft", str(base_model), "--data", str(convs_jsonl), "--out", str(lora), "--lora-rank", "2", "--max-steps", "2", "--batch-size", "2",
+           "--seq-len", "96", "--skill-tasks", "0", "--no-progress", "--json"]
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    summary = json.loads(p.stdout.strip().splitlines()[-1])
+    assert summary["model_path"].endswith("adapters.safetensors") and summary["trainable_params"] < summary["params"] / 5
+    assert resolve(summary["model_path"]).chat_template == chat.BUILTIN_TEMPLATE
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n{"messages": [{"role": "wizard"}]}\n')
+    p = subprocess.run([sys.executable, "-m", "twofiles", "sft", str(base_model), "--data", str(bad), "--out", str(tmp_path / "bad"), "--no-progress"],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 2 and "bad.jsonl:2" in p.stderr and "Traceback" not in p.stderr
