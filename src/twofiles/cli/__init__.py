@@ -21,7 +21,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "sft": ("twofiles.cli.sft", "finetune a model into an assistant on conversations (built-in mix or JSONL), fully or with LoRA"),
     "generate": ("twofiles.cli.generate", "sample a continuation from a model"),
     "export": ("twofiles.cli.export", "export run: model.safetensors + a numpy-only run.py (the two files); export hf: a Hugging Face directory"),
-    "speedrun": ("twofiles.cli.speedrun", "tokenizer -> data -> pretrain -> samples on the built-in corpus"),
+    "speedrun": ("twofiles.cli.speedrun", "tokenizer -> data -> pretrain -> samples -> SFT on the built-in corpus"),
     "pull": ("twofiles.cli.pull", "fetch a built-in model (smollm2) into the cache, once"),
 }
 

@@ -74,6 +74,7 @@ class SFTConfig:
     skill_max_tokens: int = 48  # tokens per generated reply when scoring skills
     identity: str = ""  # the assistant's name in the identity set; "" = twofiles for Shakespeare models, no identity set otherwise
     mix_seed: int = 0  # seed of the built-in mix
+    mix_fraction: float = 1.0  # the built-in mix at this fraction of its size (per kind, at least 1)
     seed: int = 1337  # data order, LoRA init
     device: str = "auto"
     dtype: str = "auto"  # auto: bf16 autocast on CUDA, fp32 elsewhere
@@ -164,10 +165,10 @@ def identity_for(loaded: "LoadedModel", name: str = "") -> "ModelIdentity | None
     return None
 
 
-def _mix_sizes(split: str, who: "ModelIdentity | None") -> dict[str, int]:
+def _mix_sizes(split: str, who: "ModelIdentity | None", fraction: float = 1.0) -> dict[str, int]:
     from twofiles.data.skills import MIX_SIZES
 
-    sizes = dict(MIX_SIZES[split])
+    sizes = {k: max(1, round(v * fraction)) for k, v in MIX_SIZES[split].items()}
     if who is None:
         sizes.pop("identity", None)
     return sizes
@@ -178,8 +179,8 @@ def load_conversations(cfg: SFTConfig, who: "ModelIdentity | None") -> tuple[lis
     if cfg.data == "builtin":
         from twofiles.data import skills
 
-        train = skills.builtin_mix("train", cfg.mix_seed, sizes=_mix_sizes("train", who), who=who)
-        val = skills.builtin_mix("val", cfg.mix_seed, sizes=_mix_sizes("val", who), who=who)
+        train = skills.builtin_mix("train", cfg.mix_seed, sizes=_mix_sizes("train", who, cfg.mix_fraction), who=who)
+        val = skills.builtin_mix("val", cfg.mix_seed, sizes=_mix_sizes("val", who, cfg.mix_fraction), who=who)
         return train, val, {"data": "builtin", "mix": skills.provenance(), "mix_seed": cfg.mix_seed}
     from twofiles.chat import read_conversations
 
