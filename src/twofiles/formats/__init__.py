@@ -6,6 +6,7 @@ What it owns: `resolve(spec)`, which turns what a user types for MODEL into a Lo
     path/to/dir/                a directory holding one (twofiles export run OUT/ writes these),
                                 or a Hugging Face Llama-family directory (config.json, hf.py)
     path/to/file.gguf           a llama.cpp GGUF file (gguf.py)
+    path/to/adapters.safetensors  LoRA adapters (train/lora.py): the base model they name, adapted
     smollm2                     a built-in alias, fetched once by `twofiles pull smollm2` into the
                                 cache ($TWOFILES_CACHE, default ~/.cache/twofiles)
 
@@ -110,6 +111,10 @@ def resolve(spec: str, *, device: "str | torch.device" = "cpu", dtype: "torch.dt
         from twofiles.formats.gguf import load_gguf
 
         return load_gguf(spec, device=device, dtype=dtype)
+    from twofiles.train.lora import is_adapters_file, load_adapted
+
+    if is_adapters_file(spec):  # LoRA adapters: their base model, adapted and merged
+        return load_adapted(spec, device=device, dtype=dtype)
     return load_model(spec, device=device, dtype=dtype)
 
 
