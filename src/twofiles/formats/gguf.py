@@ -231,8 +231,9 @@ def _config(meta: _Meta, vocab_size: int):
     if arch not in ("llama", "qwen2"):
         raise BadInputError(f"architecture '{arch}' is not supported (llama and qwen2 are)", path=meta.path)
     scaling = meta.get(f"{arch}.rope.scaling.type", "none")
-    if scaling not in ("none", None):
-        raise BadInputError(f"RoPE scaling '{scaling}' is not supported yet", path=meta.path)
+    linear = meta.get(f"{arch}.rope.scaling.factor", 0.0)  # llama.cpp: 0 = unset, 1 = no scaling
+    if scaling not in ("none", None) or linear not in (0.0, 1.0):
+        raise BadInputError(f"RoPE scaling '{scaling}' is not supported (Llama 3's rope_freqs is)", path=meta.path)
     dim = meta.int(f"{arch}.embedding_length")
     n_heads = meta.int(f"{arch}.attention.head_count", hi=dim)
     n_kv = meta.int(f"{arch}.attention.head_count_kv", n_heads, hi=n_heads)
@@ -251,10 +252,44 @@ def _config(meta: _Meta, vocab_size: int):
             rope_theta=meta.float(f"{arch}.rope.freq_base", 10000.0),
             norm_eps=meta.float(f"{arch}.attention.layer_norm_rms_epsilon", 1e-5),
             tie_embeddings=False,  # decided by the presence of output.weight
-            qkv_bias=arch == "qwen2",
+            qkv_bias=False,  # decided by the presence of attn_q.bias
         )
     except ValueError as e:
         raise BadInputError(f"model shape is not usable: {e}", path=meta.path) from None
+
+
+LLAMA3_CONTEXT = 8192  # Llama 3's original context; llama.cpp's converter does not store it
+
+
+def llama3_scaling(factors: np.ndarray, head_dim: int, theta: float, orig_context: int, path: str = "") -> dict[str, Any]:
+    """Llama 3 `rope_scaling` from the per-frequency divisors llama.cpp stores as rope_freqs.
+
+    The divisors are 1 for short wavelengths, `factor` for long ones and 1 / ((1 - s) / factor + s)
+    between, where s = (orig / wavelength - low) / (high - low) is linear in 1 / wavelength: two
+    points of that band give low and high (the file does not store them; with fewer, Llama 3.1's
+    1 and 4). The result must reproduce every divisor, or the file is refused."""
+    from twofiles.model import check_rope_scaling, rope_inv_freq
+
+    if not np.all(np.isfinite(factors)) or factors.min() < 1 - 1e-6:
+        raise BadInputError("rope_freqs.weight holds values below 1 or not finite (not Llama 3 scaling)", path=path)
+    factor = float(factors.max())
+    base = rope_inv_freq(head_dim, theta).double().numpy()
+    x = orig_context * base / (2 * np.pi)  # orig / wavelength
+    band = (factors > 1 + 1e-4) & (factors < factor * (1 - 1e-4))
+    low, high = 1.0, 4.0
+    if band.sum() >= 2 and factor > 1:
+        s = (1 / factors[band] - 1 / factor) / (1 - 1 / factor)
+        slope, low = np.polyfit(s, x[band], 1)  # x = low + s * (high - low)
+        low, high = float(round(low, 4)), float(round(low + slope, 4))
+    scaling = {"rope_type": "llama3", "factor": round(factor, 4), "low_freq_factor": low, "high_freq_factor": high, "original_max_position_embeddings": orig_context}
+    try:
+        check_rope_scaling(scaling)
+        again = base / rope_inv_freq(head_dim, theta, scaling).double().numpy()
+    except ValueError as e:
+        raise BadInputError(f"rope_freqs.weight does not follow Llama 3 scaling: {e}", path=path) from None
+    if not np.allclose(again, factors, rtol=1e-4, atol=0):
+        raise BadInputError("rope_freqs.weight does not follow Llama 3 scaling (the only kind supported)", path=path)
+    return scaling
 
 
 def _tokenizer(meta: _Meta):
@@ -306,13 +341,19 @@ def _tensors(meta: _Meta, infos: list[tuple[str, int, tuple[int, ...], int]], bu
         raise BadInputError("a tensor name appears twice", path=path)
     if "token_embd.weight" not in by_name:
         raise BadInputError("no token_embd.weight tensor", path=path)
-    if "rope_freqs.weight" in by_name:
-        raise BadInputError("RoPE frequency scaling (rope_freqs) is not supported yet", path=path)
     emb_shape = by_name["token_embd.weight"][1]  # [vocab, dim]
     if len(emb_shape) != 2:
         raise BadInputError(f"token_embd.weight has an unusable shape {emb_shape}", path=path)
     arch, cfg = _config(meta, emb_shape[0])
     cfg.tie_embeddings = "output.weight" not in by_name
+    cfg.qkv_bias = "blk.0.attn_q.bias" in by_name  # Qwen2; llama.cpp's llama graph takes one too
+    if "rope_freqs.weight" in by_name:
+        t, shape, off = by_name.pop("rope_freqs.weight")
+        if t != F32 or shape != (cfg.head_dim // 2,) or off + 4 * shape[0] > len(buf):
+            raise BadInputError(f"rope_freqs.weight is not F32 [{cfg.head_dim // 2}] inside the file", path=path)
+        factors = np.frombuffer(buf, "<f4", shape[0], off).astype(np.float64)
+        orig = meta.int(f"{arch}.rope.scaling.original_context_length", LLAMA3_CONTEXT)
+        cfg.rope_scaling = llama3_scaling(factors, cfg.head_dim, cfg.rope_theta, orig, path)
     tokenizer = _tokenizer(meta)
     # shapes only: parameters on the meta device cost nothing
     with torch.device("meta"):

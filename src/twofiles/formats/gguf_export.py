@@ -86,6 +86,7 @@ def _vocab(loaded: "LoadedModel", vocab_size: int) -> dict[str, Any]:
         for i, t in enumerate(tokens):
             if len(t) == 6 and t.startswith("<0x") and t.endswith(">") and types[i] == 1:
                 types[i] = 6  # BYTE
+        out["space_prefix"] = (spec.get("pre_tokenizer") or {}).get("prepend_scheme", "first") != "never"
         unk = model.get("unk_token")
         if unk in model["vocab"]:
             out["unk"] = model["vocab"][unk]
@@ -144,7 +145,7 @@ def export_gguf(loaded: "LoadedModel", out_path: str | os.PathLike[str], *, qtyp
     else:
         w.add_tokenizer_pre("default")
         w.add_token_scores(vocab["scores"])
-        w.add_add_space_prefix(True)
+        w.add_add_space_prefix(vocab["space_prefix"])
         if "unk" in vocab:
             w.add_unk_token_id(vocab["unk"])
     w.add_token_list(vocab["tokens"])
@@ -160,9 +161,11 @@ def export_gguf(loaded: "LoadedModel", out_path: str | os.PathLike[str], *, qtyp
 
     n_tensors = 0
     if rope_scaling:
-        from twofiles.model import llama3_rope_factors
+        from twofiles.model import rope_inv_freq
 
-        w.add_tensor("rope_freqs.weight", llama3_rope_factors(cfg.head_dim, cfg.rope_theta, rope_scaling).numpy().astype(np.float32))
+        # the divisor of each frequency (convert_hf_to_gguf.py LlamaModel.generate_extra_tensors)
+        factors = rope_inv_freq(cfg.head_dim, cfg.rope_theta).double() / rope_inv_freq(cfg.head_dim, cfg.rope_theta, rope_scaling).double()
+        w.add_tensor("rope_freqs.weight", factors.numpy().astype(np.float32))
         n_tensors += 1
     for hf_name, t in model.state_dict().items():
         if hf_name == "lm_head.weight" and cfg.tie_embeddings:
