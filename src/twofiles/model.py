@@ -336,9 +336,8 @@ class Transformer(nn.Module):
             if pos + T > self.rope_cos.shape[0]:
                 raise ValueError(f"sequence of {pos + T} tokens exceeds max_seq_len={self.rope_cos.shape[0]}")
             cos, sin = self.rope_cos[pos : pos + T], self.rope_sin[pos : pos + T]  # [T, hd]
-        dtype = self.model.embed_tokens.weight.dtype
-        cos, sin = cos.to(dtype), sin.to(dtype)
         x = self.model.embed_tokens(idx)
+        cos, sin = cos.to(x.dtype), sin.to(x.dtype)  # the activations' dtype, whatever stores the embedding (it may be quantized)
         for i, layer in enumerate(self.model.layers):
             x = layer(x, cos, sin, caches[i] if caches is not None else None, pos, positions, attn_mask)
         return self.model.norm(x)
@@ -366,7 +365,7 @@ class Transformer(nn.Module):
 
     def new_caches(self, batch: int, max_len: int | None = None, dtype: torch.dtype | None = None) -> list[KVCache]:
         cfg = self.config
-        w = self.model.embed_tokens.weight
+        w = self.model.norm.weight  # the activations' dtype: norms are never quantized, Linears and embeddings may be
         max_len = max_len or cfg.max_seq_len
         return [KVCache(batch, cfg.n_kv_heads, max_len, cfg.head_dim, dtype or w.dtype, w.device) for _ in range(cfg.n_layers)]
 
