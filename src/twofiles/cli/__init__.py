@@ -24,6 +24,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "speedrun": ("twofiles.cli.speedrun", "tokenizer -> data -> pretrain -> samples -> SFT on the built-in corpus"),
     "pull": ("twofiles.cli.pull", "fetch a built-in model (smollm2) into the cache, once"),
     "chat": ("twofiles.cli.chat", "chat with a model in the terminal (streaming, system prompt, tools); scriptable through stdin"),
+    "serve": ("twofiles.cli.serve", "serve models over an OpenAI-compatible HTTP API (continuous batching)"),
 }
 
 

@@ -79,7 +79,7 @@ def build_model(cfg: "ModelConfig", sd: dict[str, "torch.Tensor"]) -> "Transform
     model.load_state_dict(sd, strict=True, assign=True)
     if cfg.tie_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
-    model.rope_cos, model.rope_sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
+    model.rope_cos, model.rope_sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta, scaling=cfg.rope_scaling)
     return model
 
 
