@@ -55,6 +55,7 @@ class SFTConfig:
     model: str = ""  # the model to finetune: model.safetensors, .gguf, Hugging Face directory or alias
     data: str = "builtin"  # "builtin" (the built-in mix) or a JSONL file of {"messages": [...]}
     val_data: str = ""  # held-out JSONL; "" = the mix's own held-out split (builtin) or every 20th conversation of data
+    max_val: int = 0  # held-out conversations scored for loss, at most (0: all)
     out: str = "runs/sft"  # run directory
     lora_rank: int = 0  # > 0: train LoRA adapters of this rank instead of every weight
     lora_alpha: float = 16.0  # LoRA scale numerator (the update is scaled by alpha / rank)
@@ -383,6 +384,8 @@ def _sft(cfg: SFTConfig, rt: rt_mod.Runtime) -> SFTResult:
     # --- data ---
     t0 = time.perf_counter()
     train_convs, val_convs, data_prov = load_conversations(cfg, who)
+    if cfg.max_val:
+        val_convs = val_convs[: cfg.max_val]
     train_ex, train_stats = render_examples(fmt, train_convs, seq_len)
     val_ex, val_stats = render_examples(fmt, val_convs, seq_len)
     if not train_ex or not val_ex:
