@@ -96,6 +96,15 @@ async def run_level(base_url: str, model: str, clients: int, requests_per_client
     return {"tokens": tokens, "seconds": wall, "tok_s": tokens / wall, "ttft": [t for t, _ in flat]}
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time the server process has used (all threads): unlike wall time, it hardly depends
+    on what else the machine is running."""
+    import psutil
+
+    t = psutil.Process(pid).cpu_times()
+    return t.user + t.system
+
+
 def percentile(xs: list[float], q: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
@@ -129,7 +138,10 @@ def main() -> None:
                 order.reverse()
             for s, c in order:
                 per_client = max(1, args.requests // c)
-                runs[(s, c)].append(asyncio.run(run_level(servers[s][1], name, c, per_client, args.max_tokens, seed=r, client=args.client)))
+                cpu0 = cpu_seconds(servers[s][0].pid)
+                result = asyncio.run(run_level(servers[s][1], name, c, per_client, args.max_tokens, seed=r, client=args.client))
+                result["server_cpu_ms_per_token"] = (cpu_seconds(servers[s][0].pid) - cpu0) * 1000 / max(1, result["tokens"])
+                runs[(s, c)].append(result)
                 print(f"round {r + 1}/{args.rounds} {s:>14} x{c:<3} {runs[(s, c)][-1]['tok_s']:8.1f} tok/s", file=sys.stderr, flush=True)
     finally:
         for proc, _ in servers.values():
@@ -141,11 +153,16 @@ def main() -> None:
         base = statistics.median(x["tok_s"] for x in runs[(s, args.clients[0])])
         med = statistics.median(x["tok_s"] for x in rs)
         ttft = [t for x in rs for t in x["ttft"]]
-        rows.append({"server": s, "clients": c, "tok_s": round(med, 1), "vs_1_client": round(med / base, 2), "ttft_p50_ms": round(percentile(ttft, 0.5) * 1000, 1), "ttft_p95_ms": round(percentile(ttft, 0.95) * 1000, 1), "requests": len(ttft)})
-    print(f"| server | clients | tokens/s (median of {args.rounds}) | vs 1 client | TTFT p50 | TTFT p95 | requests |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+        cpu = statistics.median(x["server_cpu_ms_per_token"] for x in rs)
+        rows.append({
+            "server": s, "clients": c, "tok_s": round(med, 1), "vs_1_client": round(med / base, 2),
+            "server_cpu_ms_per_token": round(cpu, 3), "ttft_p50_ms": round(percentile(ttft, 0.5) * 1000, 1),
+            "ttft_p95_ms": round(percentile(ttft, 0.95) * 1000, 1), "requests": len(ttft), "rounds_tok_s": [round(x["tok_s"], 1) for x in rs],
+        })  # fmt: skip
+    print(f"| server | clients | tokens/s (median of {args.rounds}) | vs 1 client | server CPU ms/token | TTFT p50 | TTFT p95 | requests |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for row in rows:
-        print(f"| {row['server']} | {row['clients']} | {row['tok_s']} | {row['vs_1_client']}x | {row['ttft_p50_ms']} ms | {row['ttft_p95_ms']} ms | {row['requests']} |")
+        print(f"| {row['server']} | {row['clients']} | {row['tok_s']} | {row['vs_1_client']}x | {row['server_cpu_ms_per_token']} | {row['ttft_p50_ms']} ms | {row['ttft_p95_ms']} ms | {row['requests']} |")
     if args.json:
         print(json.dumps({"model": args.model, "max_tokens": args.max_tokens, "threads": args.threads, "rounds": args.rounds, "client": args.client, "rows": rows}))
 
