@@ -23,6 +23,7 @@ Rules worth knowing:
 
 from __future__ import annotations
 
+import itertools
 import math
 import secrets
 from collections.abc import Iterator, Sequence
@@ -197,6 +198,14 @@ def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torc
 # Generation
 
 
+def model_device(model: torch.nn.Module) -> torch.device:
+    """Where a model's tensors live (its first parameter or buffer). Not `lm_head.weight.device`:
+    a quantized Linear (twofiles.quant) keeps its weight in buffers of other names."""
+    for t in itertools.chain(model.parameters(), model.buffers()):
+        return t.device
+    return torch.device("cpu")
+
+
 def max_new_tokens(model: "Transformer", prompt_len: int, params: SamplingParams) -> int:
     """How many tokens this prompt may get: max_tokens, capped so prompt + output <= max_seq_len."""
     limit = model.config.max_seq_len
@@ -207,6 +216,16 @@ def max_new_tokens(model: "Transformer", prompt_len: int, params: SamplingParams
     return min(params.max_tokens, limit - prompt_len)
 
 
+def _prefill_logits(model: "Transformer", prompt: torch.Tensor, caches: list) -> torch.Tensor:
+    """Logits [B, V] after the prompt, filling the caches. Only the last position goes through
+    lm_head: the others' logits would be thrown away, and for a small model with a large
+    vocabulary (smollm2: 49k x 576) that matmul is a large share of the prompt's cost."""
+    hidden_states = getattr(model, "hidden_states", None)
+    if hidden_states is None:  # a model that only offers forward (e.g. a test double)
+        return model(prompt, caches=caches, pos=0)[:, -1]
+    return model.lm_head(hidden_states(prompt, caches, 0)[:, -1]).float()
+
+
 @torch.inference_mode()
 def _decode(model: "Transformer", prompt: torch.Tensor, params: SamplingParams, generator: torch.Generator, steps: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """The cached loop for prompt [B, T] (one shared length): yields (tokens [B], probs [B, V])
@@ -215,7 +234,7 @@ def _decode(model: "Transformer", prompt: torch.Tensor, params: SamplingParams, 
     caches = model.new_caches(B, T + steps - 1)  # the last sampled token is never fed back
     seq = torch.empty(B, T + steps, dtype=torch.long, device=prompt.device)  # prompt + output, for the penalty
     seq[:, :T] = prompt
-    logits = model(prompt, caches=caches, pos=0)[:, -1]  # prefill: [B, V]
+    logits = _prefill_logits(model, prompt, caches)  # [B, V]
     for i in range(steps):
         history = seq[:, : T + i] if params.repetition_penalty != 1.0 else None
         probs = token_distribution(logits, params, history)
@@ -334,7 +353,7 @@ def generate_steps(
     if params.stop and tokenizer is None:
         raise ValueError("stop strings need a tokenizer")
     steps = max_new_tokens(model, len(prompt_ids), params)
-    device = model.lm_head.weight.device
+    device = model_device(model)
     prompt = torch.tensor([list(prompt_ids)], dtype=torch.long, device=device)
     generator = make_generator(params.seed, device)
     stop_ids = set(params.stop_token_ids) | (_end_ids(tokenizer) if tokenizer is not None else set())
@@ -393,7 +412,7 @@ def generate_batch(
     params.validate()
     if params.stop and tokenizer is None:
         raise ValueError("stop strings need a tokenizer")
-    device = model.lm_head.weight.device
+    device = model_device(model)
     generator = make_generator(params.seed, device)
     stop_ids = set(params.stop_token_ids) | (_end_ids(tokenizer) if tokenizer is not None else set())
     results: list[list[int]] = [[] for _ in prompts]
@@ -449,6 +468,7 @@ __all__ = [
     "top_candidates",
     "make_generator",
     "max_new_tokens",
+    "model_device",
     "generate_steps",
     "generate",
     "generate_text",

@@ -1,5 +1,8 @@
-"""The speedrun: tokenizer -> data -> pretrain -> samples -> report, on the built-in corpus,
-within a wall-clock budget. Every stage is the same library code the individual verbs use.
+"""The speedrun: tokenizer -> data -> pretrain -> samples -> SFT -> report, on the built-in
+corpus. The base model (through its samples) runs within a wall-clock budget; the SFT stage, which
+finetunes it on the built-in mix into a chat assistant that calls the calculator, runs just after
+it with its own training budget (the preset's `sft`). Every stage is the same library code the
+individual verbs use.
 
 What it owns: the order of the stages, the budget arithmetic (training gets what the other
 stages leave), and what goes into the run's report (run.json, eval.json). What it leaves to
@@ -19,9 +22,9 @@ from typing import Any
 from twofiles.presets import Preset
 
 # Seconds kept back from the training budget for what follows the final evaluation (which the
-# training loop budgets itself): samples, benchmarks, saving, the plot and the report (~5 s for cpu-5min),
+# training loop budgets itself): samples, saving, the plot and the report (~3 s for cpu-5min),
 # plus a margin for this machine's ±30% speed drift.
-TAIL_RESERVE_S = 14.0
+TAIL_RESERVE_S = 12.0
 
 SAMPLE_PROMPTS = ("ROMEO.\n", "To be, or not to be", "KING.\nMy lords,")
 SPEEDRUN_BENCHMARKS = ("quotes", "capitals")  # multiple choice, 30 examples each: seconds on a small model
@@ -41,10 +44,13 @@ class SpeedrunResult:
     preset: str
     stages: dict[str, float]
     report: str
+    base_wall_seconds: float = 0.0  # wall time of the budgeted part: tokenizer through the base model's samples
+    chat_model_path: str = ""  # the finetuned assistant ("" without an SFT stage)
+    sft: dict[str, Any] | None = None  # the SFT stage's summary (SFTResult.summary())
 
     def summary(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in ("val_bpb", "val_loss", "wall_seconds", "train_seconds", "steps", "tokens", "params", "preset", "out",
-                                              "model_path", "report", "stages")}
+        return {k: getattr(self, k) for k in ("val_bpb", "val_loss", "wall_seconds", "base_wall_seconds", "train_seconds", "steps", "tokens",
+                                              "params", "preset", "out", "model_path", "chat_model_path", "report", "stages", "sft")}
 
 
 def _say(msg: str) -> None:
@@ -52,9 +58,11 @@ def _say(msg: str) -> None:
 
 
 def run_speedrun(preset: Preset, out: str | Path, *, budget_s: float | None = None, device: str = "auto", seed: int = 1337,
-                 progress: bool = True, overrides: dict[str, Any] | None = None, started: float | None = None) -> SpeedrunResult:
-    """Run every stage within `budget_s` seconds of wall time counted from `started` (a
-    time.perf_counter() value; default now: pass the process's start so imports count too)."""
+                 progress: bool = True, overrides: dict[str, Any] | None = None, started: float | None = None,
+                 sft_stage: bool = True) -> SpeedrunResult:
+    """Run every stage: the base model within `budget_s` seconds of wall time counted from
+    `started` (a time.perf_counter() value; default now: pass the process's start so imports
+    count too), then, with `sft_stage` and a preset that has one, the SFT stage."""
     from twofiles.data.prepare import prepare, train_texts
     from twofiles.tokenizer import Tokenizer
     from twofiles.train.pretrain import PretrainConfig, pretrain
@@ -97,23 +105,38 @@ def run_speedrun(preset: Preset, out: str | Path, *, budget_s: float | None = No
     t = time.perf_counter()
     samples = _samples(res.model_path, seed)
     stages["samples"] = time.perf_counter() - t
+    base_wall = time.perf_counter() - t_start
 
-    # 5. the cheap built-in benchmarks, for the report card
+    # the cheap built-in benchmarks of the base model, for the report card (after the budget)
     t = time.perf_counter()
     _benchmarks(res.model_path, out)
     stages["benchmarks"] = time.perf_counter() - t
+
+    # 5. SFT: the base model becomes a chat assistant (after the budget, with its own)
+    sft_res = None
+    if preset.sft and sft_stage:
+        from twofiles.train.sft import sft
+
+        t = time.perf_counter()
+        scfg = preset.sft_config(res.model_path, str(out / "sft"))
+        scfg.device, scfg.seed, scfg.progress = device, seed, progress
+        scfg.provenance = {"speedrun": preset.name}
+        _say("sft: finetuning on the built-in mix" + (f" for {scfg.time_budget_s:.0f}s of training" if scfg.time_budget_s else ""))
+        sft_res = sft(scfg)
+        stages["sft"] = time.perf_counter() - t
     wall = time.perf_counter() - t_start
 
-    report = _write_report(out, preset, res, stages, wall, samples, manifest, budget)
+    report = _write_report(out, preset, res, stages, wall, samples, manifest, budget, sft_res)
     return SpeedrunResult(out=str(out), model_path=res.model_path, val_bpb=res.val_bpb, val_loss=res.val_loss, wall_seconds=wall,
                           train_seconds=res.train_seconds, steps=res.steps, tokens=res.tokens, params=res.params, preset=preset.name,
-                          stages=stages, report=str(report))
+                          stages=stages, report=str(report), base_wall_seconds=base_wall,
+                          chat_model_path=sft_res.model_path if sft_res else "", sft=sft_res.summary() if sft_res else None)
 
 
 # What a speedrun writes into its directory; a new speedrun into the same directory replaces
 # exactly these (so `make speedrun` can be run again) and leaves anything else there alone.
 RUN_FILES = ("tokenizer.json", "config.json", "metrics.jsonl", "loss.png", "model.safetensors", "report.md", "run.json", "eval.json")
-RUN_DIRS = ("checkpoints", "data")
+RUN_DIRS = ("checkpoints", "data", "sft")
 
 
 def _clear_previous_run(out: Path) -> None:
@@ -154,24 +177,40 @@ def _benchmarks(model_path: str, out: Path) -> None:
 
 
 def _write_report(out: Path, preset: Preset, res: Any, stages: dict[str, float], wall: float, samples: list[tuple[str, str]],
-                  manifest: dict[str, Any], budget: float) -> Path:
-    """What only the speedrun knows goes to run.json; the report itself is the shared report card."""
+                  manifest: dict[str, Any], budget: float, sft_res: Any = None) -> Path:
+    """What only the speedrun knows goes to run.json; report.md itself is the shared report card."""
     from twofiles.eval.report import write_report, write_run_info
 
     import torch
 
     tr, va = manifest["splits"]["train"], manifest["splits"]["val"]
+    sections = []
+    if sft_res is not None:
+        from twofiles.train.sft import skills_table
+
+        rel = Path(sft_res.out).relative_to(out) if Path(sft_res.out).is_relative_to(out) else Path(sft_res.out)
+        sections.append({"title": "SFT: the base model becomes a chat assistant", "markdown": "\n".join([
+            f"Finetuned on the built-in mix (chat dialogs, calculator arithmetic, spelling, letter counting, instructions, identity) "
+            f"after the base model's budget: {sft_res.steps} steps in {sft_res.train_seconds:.1f} s of training, "
+            f"{sft_res.target_tokens:,} assistant tokens ({stages.get('sft', 0):.1f} s for the whole stage, evaluations included). "
+            f"Held-out loss per assistant token {sft_res.val_loss_before:.3f} -> **{sft_res.val_loss:.3f}**. "
+            f"The assistant: `{sft_res.model_path}`; its own report: [{rel}/report.md]({rel}/report.md).",
+            "",
+            *skills_table(sft_res.skills_before, sft_res.skills_after),
+        ])})
+    base = sum(stages.get(k, 0.0) for k in ("tokenizer", "data", "pretrain", "samples"))
     write_run_info(out, {
         "title": f"Speedrun report: {preset.name}",
         "description": f"{preset.description}.",
-        "numbers": {"val_bpb": res.val_bpb, "val_loss": res.val_loss, "wall_seconds": wall, "budget_s": budget, "train_seconds": res.train_seconds,
-                    "steps": res.steps, "tokens": res.tokens, "tokens_per_second": res.tokens_per_second, "params": res.params,
-                    "achieved_flops": res.achieved_flops, "peak_flops": res.peak_flops, "mfu": res.mfu},
+        "numbers": {"val_bpb": res.val_bpb, "val_loss": res.val_loss, "wall_seconds": wall, "base_wall_seconds": base, "budget_s": budget,
+                    "train_seconds": res.train_seconds, "steps": res.steps, "tokens": res.tokens, "tokens_per_second": res.tokens_per_second,
+                    "params": res.params, "achieved_flops": res.achieved_flops, "peak_flops": res.peak_flops, "mfu": res.mfu},
         "stages": stages,
         "data": f"Built-in Shakespeare; whole plays held out for validation. Train: {tr['documents']} works, {tr['tokens']:,} tokens, "
                 f"{tr['bytes']:,} bytes. Validation: {va['documents']} works, {va['tokens']:,} tokens, {va['bytes']:,} bytes.",
         "hardware": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, Python {platform.python_version()}",
         "samples": [{"prompt": p, "text": t} for p, t in samples],
         "sample_settings": "temperature 0.8, top-k 50",
+        "sections": sections,
     })
     return write_report(out)

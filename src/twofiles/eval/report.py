@@ -4,7 +4,8 @@ side-by-side comparison of several runs.
 What it owns: reading a run directory and writing its report. A run directory may hold:
 
     run.json            what only the producer knew: title, description, stage timings, wall time,
-                        budget, hardware, a data summary, samples, headline numbers (write_run_info)
+                        budget, hardware, a data summary, samples, headline numbers, extra
+                        sections as Markdown (write_run_info)
     config.json         the resolved training config
     metrics.jsonl       training and evaluation records (loss curves, final val_bpb)
     loss.png            the loss curves
@@ -35,6 +36,7 @@ HEADLINE: dict[str, tuple[str, str]] = {
     "val_bpb": ("validation bits per byte (held-out text)", "**{:.4f}**"),
     "val_loss": ("validation loss (nats/token)", "{:.4f}"),
     "wall_seconds": ("wall time, whole run", "{:.1f} s"),
+    "base_wall_seconds": ("wall time, base model (the budgeted part)", "{:.1f} s"),
     "budget_s": ("time budget", "{:.0f} s"),
     "train_seconds": ("training time", "{:.1f} s"),
     "steps": ("steps", "{:,}"),
@@ -58,6 +60,7 @@ class RunSummary:
     data: str = ""
     samples: list[dict[str, str]] = field(default_factory=list)  # {"prompt", "text"}
     sample_settings: str = ""
+    sections: list[dict[str, str]] = field(default_factory=list)  # the producer's own sections: {"title", "markdown"}
     evals: list[dict[str, Any]] = field(default_factory=list)  # TaskResult dicts
     eval_model: str = ""
     config: dict[str, Any] = field(default_factory=dict)
@@ -139,6 +142,7 @@ def read_run(run_dir: str | Path) -> RunSummary:
         s.data = info.get("data", s.data)
         s.samples = info.get("samples", [])
         s.sample_settings = info.get("sample_settings", "")
+        s.sections = info.get("sections", [])
     if (d / EVAL_RESULTS).is_file():
         doc = _read_json(d / EVAL_RESULTS)
         s.evals = doc.get("results", [])
@@ -193,6 +197,8 @@ def render_report(s: RunSummary) -> str:
         lines += ["## Samples" + (f" ({s.sample_settings})" if s.sample_settings else ""), ""]
         for smp in s.samples:
             lines += ["```", smp.get("prompt", "") + smp.get("text", ""), "```", ""]
+    for sec in s.sections:
+        lines += [f"## {sec.get('title', '')}", "", sec.get("markdown", ""), ""]
     if s.config:
         lines += ["## Config", "", "```json", json.dumps(s.config, indent=2), "```", ""]
     return "\n".join(lines)

