@@ -475,3 +475,14 @@ def test_lm_eval_adapter_answers_the_three_request_types(tiny: LoadedModel) -> N
                          if i != tok.bos_id])
     assert reply == greedy.split("question")[0]
     assert register("twofiles-test") is TwofilesLM
+
+
+def test_skill_tasks_are_checked_with_the_skills_checker() -> None:
+    pytest.importorskip("twofiles.data.skills")
+    examples = load_examples(load_spec("skills"))
+    kinds = [e.fields["kind"] for e in examples]
+    assert len(examples) == 120 and len(set(kinds[:6])) == 6  # interleaved: any --limit covers every kind
+    right = ScriptedBackend([e.obj.reply for e in examples[:12]])  # the demonstrated replies are right by construction
+    assert run_task(right, load_spec("skills"), limit=12, progress=False).value == 1.0
+    wrong = ScriptedBackend(["I cannot say."] * 12)
+    assert run_task(wrong, load_spec("skills"), limit=12, progress=False).value == 0.0

@@ -239,9 +239,11 @@ def _skill_examples(src: str, spec: TaskSpec) -> list[Example]:
     parts = src.split(":")
     split = parts[1] if len(parts) > 1 else "val"
     kinds = parts[2].split(",") if len(parts) > 2 and parts[2] else [k for k in skills.SKILL_KINDS if k != "arithmetic"]
+    per_kind = {kind: skills.skill_tasks(kind, split, 20, seed=0) for kind in kinds}
     out = []
-    for kind in kinds:
-        for i, t in enumerate(skills.skill_tasks(kind, split, 20, seed=0)):
+    for i in range(20):  # kinds interleaved, so the first N examples (--limit) cover every kind
+        for kind, tasks in per_kind.items():
+            t = tasks[i]
             out.append(Example({"question": t.prompt, "answer": t.answer, "kind": t.kind}, f"{src}#{kind}{i}", obj=t))
     return out
 
