@@ -159,7 +159,8 @@ class LocalBackend:
         token_bytes = torch.from_numpy(tok.token_bytes().astype(np.int64)).to(self.device)
         stream = _ArrayStream(ids)
         model = self.loaded.model
-        rt = Runtime(device=self.device, autocast_dtype=None)
+        bf16 = self.device.type == "cuda" and torch.cuda.is_bf16_supported()  # the precision rule pretraining evaluates under
+        rt = Runtime(device=self.device, autocast_dtype=torch.bfloat16 if bf16 else None)
         with torch.inference_mode():
             loss, bpb = evaluate(model, stream, token_bytes, rt, seq_len, batch_size, limit)
         model.eval()
