@@ -462,3 +462,18 @@ def test_cli_arena_battle_and_leaderboard(tmp_path: Path, capsys) -> None:
     assert s["votes"] == 4 and png.read_bytes()[:4] == b"\x89PNG"
     assert main(["arena", "leaderboard", "--db", str(tmp_path / "none.db")]) == 2
     assert main(["arena", "battle", "--models", paths[0], paths[1], "--prompts", str(tmp_path / "p.txt"), "--db", db]) == 2
+
+
+def test_read_prompts_from_text_jsonl_and_tasks(tmp_path: Path) -> None:
+    from twofiles.arena.battle import read_prompts
+    from twofiles.errors import TwofilesError
+
+    (tmp_path / "p.txt").write_text("first prompt\n\nsecond prompt\n")
+    assert [p.prompt for p in read_prompts(str(tmp_path / "p.txt"))] == ["first prompt", "second prompt"]
+    (tmp_path / "p.jsonl").write_text('{"prompt": "2+2?", "reference": 4}\n{"prompt": ""}\n')
+    with pytest.raises(BadInputError, match=r"p\.jsonl:2: field 'prompt'"):
+        read_prompts(str(tmp_path / "p.jsonl"))
+    arith = read_prompts("arithmetic")  # a built-in generative task: its prompts and reference answers
+    assert len(arith) == 40 and arith[0].prompt.startswith("Question: What is") and arith[0].reference is not None
+    with pytest.raises(TwofilesError, match="generative"):
+        read_prompts("quotes")
