@@ -6,7 +6,9 @@ Both servers run as separate processes on 127.0.0.1 (so the clients' HTTP and JS
 share a GIL with the server); the clients are one asyncio loop of AsyncOpenAI streams. Every round
 runs every (server, clients) pair once, in alternating order, so drift on a shared machine hits
 all contenders alike; the table reports medians over rounds, ratios against the same server's
-single-client throughput, and TTFT percentiles over all requests.
+single-client throughput (of the medians, and the median of each round's own ratio, which is the
+least disturbed by load from elsewhere), the server process's CPU time per generated token (all
+its threads; it depends little on how busy the machine is), and TTFT percentiles over all requests.
 
     .venv/bin/python bench/serve.py MODEL [--rounds 5] [--max-tokens 128] [--clients 1 4 16] [--threads 1] [--client raw|openai] [--json]
 """
@@ -154,15 +156,17 @@ def main() -> None:
         med = statistics.median(x["tok_s"] for x in rs)
         ttft = [t for x in rs for t in x["ttft"]]
         cpu = statistics.median(x["server_cpu_ms_per_token"] for x in rs)
+        # the same round's 1-client run was adjacent in time, so this ratio is the least disturbed by load from elsewhere
+        paired = statistics.median(x["tok_s"] / one["tok_s"] for x, one in zip(rs, runs[(s, args.clients[0])]))
         rows.append({
-            "server": s, "clients": c, "tok_s": round(med, 1), "vs_1_client": round(med / base, 2),
+            "server": s, "clients": c, "tok_s": round(med, 1), "vs_1_client": round(med / base, 2), "vs_1_client_paired": round(paired, 2),
             "server_cpu_ms_per_token": round(cpu, 3), "ttft_p50_ms": round(percentile(ttft, 0.5) * 1000, 1),
             "ttft_p95_ms": round(percentile(ttft, 0.95) * 1000, 1), "requests": len(ttft), "rounds_tok_s": [round(x["tok_s"], 1) for x in rs],
         })  # fmt: skip
-    print(f"| server | clients | tokens/s (median of {args.rounds}) | vs 1 client | server CPU ms/token | TTFT p50 | TTFT p95 | requests |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print(f"| server | clients | tokens/s (median of {args.rounds}) | vs 1 client | same-round ratio (median) | server CPU ms/token | TTFT p50 | TTFT p95 | requests |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for row in rows:
-        print(f"| {row['server']} | {row['clients']} | {row['tok_s']} | {row['vs_1_client']}x | {row['server_cpu_ms_per_token']} | {row['ttft_p50_ms']} ms | {row['ttft_p95_ms']} ms | {row['requests']} |")
+        print(f"| {row['server']} | {row['clients']} | {row['tok_s']} | {row['vs_1_client']}x | {row['vs_1_client_paired']}x | {row['server_cpu_ms_per_token']} | {row['ttft_p50_ms']} ms | {row['ttft_p95_ms']} ms | {row['requests']} |")
     if args.json:
         print(json.dumps({"model": args.model, "max_tokens": args.max_tokens, "threads": args.threads, "rounds": args.rounds, "client": args.client, "rows": rows}))
 
