@@ -1,0 +1,1 @@
+"""Serving: an OpenAI-compatible HTTP server (app.py) and the browser pages on top of it (web.py)."""
