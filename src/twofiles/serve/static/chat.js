@@ -4,6 +4,7 @@
 
 const $ = (id) => document.getElementById(id);
 const TOP_LOGPROBS = 5;
+const END_MARK = "[end]"; // stands for the tokens that ended the reply and have no text
 // The tool the page can offer (OpenAI function format). The model's call is shown, not run: the
 // page has no sandbox; it shows what the model asked for.
 const CALCULATOR = {
@@ -38,9 +39,13 @@ function showError(msg) {
   $("error").textContent = msg || "";
 }
 
-// A token's text with its invisible parts made visible.
-function visible(tok) {
-  return tok.replace(/ /g, "␣").replace(/\n/g, "⏎").replace(/\t/g, "⇥") || "∅";
+// A token's text with its invisible parts made visible; a token that is only part of a UTF-8
+// character shows its bytes (<0xE2>), as the API's `bytes` field gives them.
+function visible(entry) {
+  if (entry.token.includes("\ufffd") && Array.isArray(entry.bytes) && entry.bytes.length) {
+    return entry.bytes.map((b) => "<0x" + b.toString(16).toUpperCase().padStart(2, "0") + ">").join("");
+  }
+  return entry.token.replace(/ /g, "␣").replace(/\n/g, "↵").replace(/\t/g, "⇥") || "(empty)";
 }
 
 function prob(logprob) {
@@ -58,12 +63,12 @@ function showTokenInfo(span) {
   box.replaceChildren();
   for (const entry of span._tokens) {
     const p = prob(entry.logprob);
-    box.append(TF.el("div", { class: "head" }, "token ", TF.el("b", {}, "“" + visible(entry.token) + "”"), " drawn with probability " + pct(p)));
+    box.append(TF.el("div", { class: "head" }, "token ", TF.el("b", {}, "“" + visible(entry) + "”"), " drawn with probability " + pct(p)));
     const rows = (entry.top_logprobs || []).map((alt) =>
       TF.el(
         "tr",
         { class: alt.token === entry.token ? "alt chosen" : "alt" },
-        TF.el("td", { class: "t" }, visible(alt.token)),
+        TF.el("td", { class: "t" }, visible(alt)),
         TF.el("td", { class: "bar" }, TF.el("div", { style: `width:${(100 * prob(alt.logprob)).toFixed(1)}%` })),
         TF.el("td", { class: "p" }, pct(prob(alt.logprob)))
       )
@@ -101,7 +106,7 @@ function tokenSpan(text, tokens, isEnd) {
 
 function toolCallText(call) {
   const f = call.function || {};
-  return "🔧 " + (f.name || "?") + "(" + (f.arguments || "") + ")";
+  return "tool call → " + (f.name || "?") + "(" + (f.arguments || "") + ")";
 }
 
 function addUser(text) {
@@ -134,9 +139,10 @@ async function sendFeedback(payload, status) {
 function addActions(shell, model, context, reply, meta) {
   const status = TF.el("span", { class: "saved" });
   const base = () => ({ model, messages: context, reply: { ...reply }, meta });
-  const up = TF.el("button", { title: "good answer", class: "thumb-up" }, "👍");
-  const down = TF.el("button", { title: "bad answer", class: "thumb-down" }, "👎");
-  const fix = TF.el("button", { class: "correct" }, "✎ Correct this answer");
+  // plain glyphs and words, not emoji: a machine without an emoji font shows boxes
+  const up = TF.el("button", { title: "good answer", class: "thumb-up" }, "▲ Good");
+  const down = TF.el("button", { title: "bad answer", class: "thumb-down" }, "▼ Bad");
+  const fix = TF.el("button", { class: "correct" }, "Correct this answer");
   for (const [btn, rating] of [[up, "up"], [down, "down"]]) {
     btn.addEventListener("click", () => {
       up.classList.toggle("chosen", rating === "up");
@@ -231,7 +237,7 @@ async function send(text) {
     $("send").disabled = false;
     $("stop").hidden = true;
   }
-  if (pending.length) shell.text.append(tokenSpan("⏹", pending, true)); // the end-of-turn token's die
+  if (pending.length) shell.text.append(tokenSpan(END_MARK, pending, true)); // the end-of-turn token's die
   const reply = { role: "assistant", content };
   if (calls.length) reply.tool_calls = calls.filter(Boolean);
   if (!content && !calls.length) {

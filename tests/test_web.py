@@ -1,0 +1,313 @@
+"""The web pages in a real headless browser (Debian's chromium driven by Playwright) against a live
+server on 127.0.0.1 running two tiny random models through the real engine.
+
+What is checked: a message streams a reply into the page, equal to the server's own non-streamed
+answer with the same seed; clicking a token shows the die it was drawn from (its probability
+and the top alternatives, equal to the API's logprobs); an arena vote reveals the names and moves
+the leaderboard; a thumbs-up and a correction land in the feedback database and export to the
+expected SFT and preference files. A screenshot of each page is saved under the test's tmp dir.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import socket
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("fastapi")
+uvicorn = pytest.importorskip("uvicorn")
+sync_api = pytest.importorskip("playwright.sync_api")
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"]
+SCREENSHOTS = os.environ.get("TWOFILES_WEB_SCREENSHOTS")  # also copy the screenshots here (docs)
+TIMEOUT_MS = 60_000  # generous: the suite shares two cores with everything else
+
+
+def _tiny_models() -> dict[str, Any]:
+    from twofiles.artifact import LoadedModel
+    from twofiles.model import ModelConfig, Transformer
+    from twofiles.tokenizer import MIN_VOCAB_SIZE, Tokenizer
+
+    text = "To be, or not to be, that is the question. The cat sat on the mat. 12 + 7 = 19. " * 20
+    tok = Tokenizer.train([text], MIN_VOCAB_SIZE + 40)
+    models = {}
+    for i, name in enumerate(("tiny-alpha", "tiny-beta")):
+        cfg = ModelConfig(vocab_size=tok.vocab_size, dim=32, n_layers=1, n_heads=2, n_kv_heads=1, hidden_dim=64, max_seq_len=512)
+        model = Transformer(cfg)
+        model.init_weights(seed=i)
+        models[name] = LoadedModel(model=model.eval(), tokenizer=tok, path=name)
+    return models
+
+
+def _openai_stand_in(models: dict[str, Any]) -> Any:
+    """The two OpenAI endpoints the pages use, over the real engine, for when the server's own
+    app (twofiles.serve.app) is not installed: /v1/models and /v1/chat/completions (SSE, logprobs)."""
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse, StreamingResponse
+
+    from twofiles.chat import ChatFormat, parse_messages
+    from twofiles.engine import SamplingParams, generate_steps
+
+    app = FastAPI()
+    app.state.models = models
+
+    @app.get("/v1/models")
+    def list_models() -> dict[str, Any]:
+        return {"object": "list", "data": [{"id": n, "object": "model", "owned_by": "twofiles"} for n in models]}
+
+    @app.post("/v1/chat/completions")
+    def chat(body: dict[str, Any]) -> Any:
+        loaded = models[body["model"]]
+        fmt = ChatFormat.for_model(loaded)
+        ids = fmt.prompt_ids(parse_messages(body["messages"]))
+        params = SamplingParams(
+            temperature=body.get("temperature", 1.0), top_p=body.get("top_p", 1.0), seed=body.get("seed"),
+            max_tokens=body.get("max_tokens", 16), stop_token_ids=list(fmt.stop_token_ids),
+        )  # fmt: skip
+        top = body.get("top_logprobs") or 0
+        tok = loaded.tokenizer
+
+        def entry(i: int, p: float) -> dict[str, Any]:
+            return {"token": tok.decode([i]), "logprob": math.log(max(p, 1e-30)), "bytes": list(tok.token_to_bytes(i))}
+
+        steps = list(generate_steps(loaded.model, ids, params, tokenizer=tok, top=top))
+        lps = [{**entry(s.token, s.prob), "top_logprobs": [entry(i, p) for i, p in s.top]} for s in steps]
+        if not body.get("stream"):
+            msg = {"role": "assistant", "content": "".join(s.text for s in steps)}
+            return JSONResponse({"choices": [{"index": 0, "message": msg, "logprobs": {"content": lps} if body.get("logprobs") else None, "finish_reason": steps[-1].finish}]})
+
+        def events():
+            for s, lp in zip(steps, lps):
+                choice = {"index": 0, "delta": {"content": s.text}, "logprobs": {"content": [lp]} if body.get("logprobs") else None, "finish_reason": s.finish}
+                yield f"data: {json.dumps({'choices': [choice]})}\n\n"
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    return app
+
+
+def _build_app(models: dict[str, Any]) -> Any:
+    from twofiles.serve.web import attach
+
+    try:
+        from twofiles.serve.app import ServeSettings, create_app
+    except ImportError:
+        app = _openai_stand_in(models)
+    else:
+        app = create_app(models, ServeSettings())
+    if not hasattr(app.state, "web"):
+        attach(app)
+    return app
+
+
+class _Server:
+    """uvicorn on 127.0.0.1 (a free port) in a daemon thread."""
+
+    def __init__(self, app: Any) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+
+    def __enter__(self) -> "_Server":
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+        self.sock.close()
+
+
+def _post(url: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=120) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("web")
+    app = _build_app(_tiny_models())
+    app.state.web.feedback_db = root / "feedback.sqlite"
+    app.state.web.arena_db = root / "arena.sqlite"
+    with _Server(app) as server:
+        server.root = root
+        server.state = app.state.web
+        yield server
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} is missing (install Debian's chromium: apt-get install -y chromium; `make test` does it when it can)")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, live):
+    context = browser.new_context(viewport={"width": 1280, "height": 860})
+    pg = context.new_page()
+    pg.set_default_timeout(TIMEOUT_MS)
+    errors: list[str] = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    yield pg
+    context.close()
+    assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+def _screenshot(pg: Any, path: Path) -> None:
+    pg.screenshot(path=str(path), full_page=True)
+    assert path.stat().st_size > 5_000  # a real rendering, not a blank 1x1
+    if SCREENSHOTS:
+        Path(SCREENSHOTS).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, Path(SCREENSHOTS) / path.name)
+
+
+def _chat(pg: Any, live: _Server, text: str, *, temperature: str, seed: str, max_tokens: str = "12") -> Any:
+    pg.goto(live.url + "/")
+    pg.wait_for_function("document.querySelectorAll('#model option').length === 2")
+    pg.select_option("#model", "tiny-alpha")
+    pg.fill("#temperature", temperature)
+    pg.fill("#seed", seed)
+    pg.fill("#max_tokens", max_tokens)
+    pg.fill("#input", text)
+    pg.click("#send")
+    reply = pg.locator(".msg.assistant").last
+    reply.locator(".actions").wait_for()  # appears once the stream has ended
+    return reply
+
+
+def _reply_text(reply: Any) -> str:
+    """The reply's text as the page shows it, without the marker of the end-of-turn token."""
+    return reply.evaluate("n => [...n.querySelectorAll('.text .tok:not(.end)')].map(s => s.textContent).join('')")
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_chat_streams_reply_equal_to_api(page, live, tmp_path):
+    reply = _chat(page, live, "Hello there", temperature="0.9", seed="7")
+    shown = _reply_text(reply)
+    status, body = _post(
+        live.url + "/v1/chat/completions",
+        {"model": "tiny-alpha", "messages": [{"role": "user", "content": "Hello there"}], "temperature": 0.9, "top_p": 1, "max_tokens": 12, "seed": 7},
+    )
+    assert status == 200, body
+    expected = body["choices"][0]["message"]["content"]
+    assert expected, "the tiny model produced an empty reply; pick another seed"
+    assert shown == expected
+    # streamed piece by piece: several token spans, not one block of text
+    assert reply.locator(".tok:not(.end)").count() >= 2
+    _screenshot(page, tmp_path / "web-chat.png")
+
+
+@pytest.mark.slow
+def test_token_view_shows_alternatives(page, live, tmp_path):
+    reply = _chat(page, live, "The cat", temperature="0", seed="1", max_tokens="6")
+    first = reply.locator(".tok").first
+    first.click()
+    info = page.locator("#tokinfo")
+    info.wait_for(state="visible")
+    rows = info.locator("tr.alt")
+    assert rows.count() == 5  # top_logprobs=5
+    probs = [float(t.rstrip("%")) for t in info.locator("td.p").all_inner_texts()]
+    assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 100.05
+    # greedy: the chosen token is the most likely one, and the page says so
+    assert "chosen" in (rows.first.get_attribute("class") or "")
+    # the page shows the API's numbers: compare with the non-streamed logprobs of the same request
+    status, body = _post(
+        live.url + "/v1/chat/completions",
+        {"model": "tiny-alpha", "messages": [{"role": "user", "content": "The cat"}], "temperature": 0, "max_tokens": 6, "logprobs": True, "top_logprobs": 5},
+    )
+    assert status == 200, body
+    top = body["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
+    assert probs == pytest.approx([round(100 * math.exp(t["logprob"]), 1) for t in top], abs=0.051)
+    _screenshot(page, tmp_path / "web-token-probabilities.png")
+
+
+@pytest.mark.slow
+def test_arena_vote_moves_leaderboard(page, live, tmp_path):
+    page.goto(live.url + "/leaderboard")
+    page.wait_for_function("!document.getElementById('summary').textContent.startsWith('loading')")
+    before = page.locator("tr.row").count()
+
+    page.goto(live.url + "/arena")
+    page.fill("#max_tokens", "8")
+    page.fill("#prompt", "Name a colour.")
+    page.click("#battle")
+    page.locator("#votes").wait_for(state="visible")
+    assert page.locator("#name-a").inner_text() == "Model A"  # anonymous until the vote
+    page.click("button[data-winner='a']")
+    page.locator("#reveal").wait_for(state="visible")
+    names = {page.locator("#name-a").inner_text().split(": ")[1], page.locator("#name-b").inner_text().split(": ")[1]}
+    assert names == {"tiny-alpha", "tiny-beta"}
+    winner = page.locator("#name-a").inner_text().split(": ")[1]
+    _screenshot(page, tmp_path / "web-arena.png")
+
+    page.goto(live.url + "/leaderboard")
+    page.locator("tr.row").first.wait_for()
+    rows = page.locator("tr.row")
+    assert rows.count() == 2 and before in (0, 2)
+    games = {rows.nth(i).get_attribute("data-model"): int(rows.nth(i).locator("td.games").inner_text()) for i in range(2)}
+    assert sum(games.values()) >= 2 and games["tiny-alpha"] == games["tiny-beta"]
+    if before == 0:  # the first vote decides the order
+        assert rows.first.get_attribute("data-model") == winner
+    _screenshot(page, tmp_path / "web-leaderboard.png")
+
+
+@pytest.mark.slow
+def test_thumbs_and_correction_reach_feedback_and_export(page, live, tmp_path):
+    from twofiles.feedback import FeedbackStore, export_feedback
+
+    store = FeedbackStore(live.state.feedback_db)
+    n0 = store.count()
+    reply = _chat(page, live, "What is 12 + 7?", temperature="0.8", seed="3", max_tokens="8")
+    original = _reply_text(reply)
+    reply.locator("button.thumb-up").click()
+    page.wait_for_function("document.querySelector('.msg.assistant .saved') && document.querySelector('.msg.assistant .saved').textContent.startsWith('saved')")
+    reply.locator("button.correct").click()
+    reply.locator("textarea.correction").fill("12 + 7 = 19.")
+    reply.locator("button.save-correction").click()
+    reply.locator(".badge").wait_for()
+    assert reply.locator(".text").inner_text() == "12 + 7 = 19."
+    _screenshot(page, tmp_path / "web-feedback.png")
+
+    rows = store.rows()[n0:]
+    assert [(r.rating, r.correction) for r in rows] == [(1, None), (None, "12 + 7 = 19.")]
+    assert rows[0].model == "tiny-alpha" and rows[0].reply["content"] == original
+    assert rows[0].messages == [{"role": "user", "content": "What is 12 + 7?"}]
+
+    summary = export_feedback(live.state.feedback_db, tmp_path / "out")
+    sft = [json.loads(line) for line in (tmp_path / "out" / "sft.jsonl").read_text().splitlines()]
+    prefs = [json.loads(line) for line in (tmp_path / "out" / "preferences.jsonl").read_text().splitlines()]
+    convo = [{"role": "user", "content": "What is 12 + 7?"}]
+    assert {"messages": convo + [{"role": "assistant", "content": "12 + 7 = 19."}]} in sft
+    # the corrected reply's thumbs-up does not make it training data; the correction beats it
+    assert {"messages": convo + [{"role": "assistant", "content": original}]} not in sft
+    assert {"messages": convo, "chosen": [{"role": "assistant", "content": "12 + 7 = 19."}], "rejected": [{"role": "assistant", "content": original}]} in prefs
+    assert summary.sft == len(sft) and summary.preferences == len(prefs)
