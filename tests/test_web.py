@@ -311,3 +311,59 @@ def test_thumbs_and_correction_reach_feedback_and_export(page, live, tmp_path):
     assert {"messages": convo + [{"role": "assistant", "content": original}]} not in sft
     assert {"messages": convo, "chosen": [{"role": "assistant", "content": "12 + 7 = 19."}], "rejected": [{"role": "assistant", "content": original}]} in prefs
     assert summary.sft == len(sft) and summary.preferences == len(prefs)
+
+
+def _message(body: dict[str, Any]) -> str:
+    """An error body's message, in OpenAI's shape or FastAPI's."""
+    if "error" in body:
+        return body["error"]["message"] if isinstance(body["error"], dict) else str(body["error"])
+    return json.dumps(body.get("detail"))
+
+
+@pytest.mark.parametrize(
+    "route, body, status, words",
+    [
+        ("/feedback", {"model": "tiny-alpha", "messages": [{"role": "user", "content": "hi"}], "reply": "yo"}, 400, "rating, correction"),
+        ("/feedback", {"model": "tiny-alpha", "messages": [{"role": "user", "content": "hi"}], "reply": "yo", "rating": "great"}, None, "rating"),
+        ("/feedback", {"model": "tiny-alpha", "messages": [{"role": "alien", "content": "hi"}], "reply": "yo", "rating": "up"}, 400, "messages[0].role"),
+        ("/feedback", {"model": "tiny-alpha", "reply": "yo", "rating": "up"}, None, "messages"),
+        ("/feedback", {"model": "tiny-alpha", "messages": [{"role": "user", "content": "hi"}], "reply": "yo", "rating": "up", "ratng": 1}, None, "ratng"),
+        ("/arena/battle", {"prompt": ""}, None, "prompt"),
+        ("/arena/battle", {"prompt": "x" * 10_000}, None, "prompt"),
+        ("/arena/battle", {"prompt": "hi", "max_tokens": 0}, None, "max_tokens"),
+        ("/arena/vote", {"battle_id": "nope", "winner": "a"}, 404, "no such battle"),
+        ("/arena/vote", {"battle_id": "nope", "winner": "c"}, None, "winner"),
+    ],
+)
+def test_routes_reject_bad_requests_with_a_message(live, route, body, status, words):
+    code, reply = _post(live.url + route, body)
+    assert (code == status) if status else code in (400, 422), (code, reply)
+    assert words in _message(reply)
+
+
+@pytest.mark.slow
+def test_arena_vote_counts_once(live):
+    code, battle = _post(live.url + "/arena/battle", {"prompt": "Hi", "max_tokens": 4, "seed": 1})
+    assert code == 200 and set(battle) == {"battle_id", "a", "b"}  # no names before the vote
+    code, vote = _post(live.url + "/arena/vote", {"battle_id": battle["battle_id"], "winner": "tie"})
+    assert code == 200 and {vote["model_a"], vote["model_b"]} == {"tiny-alpha", "tiny-beta"}
+    code, again = _post(live.url + "/arena/vote", {"battle_id": battle["battle_id"], "winner": "a"})
+    assert code == 404
+    stored = [b for b in live.state.arena().battles() if getattr(b, "winner", None) == "tie" and getattr(b, "prompt", None) == "Hi"]
+    assert len(stored) == 1
+
+
+def test_arena_needs_two_models(tmp_path):
+    from fastapi import FastAPI
+
+    from twofiles.serve.web import attach
+
+    app = FastAPI()
+    app.state.models = {"solo": object()}
+    attach(app, feedback_db=tmp_path / "f.sqlite", arena_db=tmp_path / "a.sqlite")
+    with _Server(app) as server:
+        code, body = _post(server.url + "/arena/battle", {"prompt": "hi"})
+        assert code == 400 and "at least two models" in _message(body)
+        with urllib.request.urlopen(server.url + "/", timeout=30) as r:
+            assert r.status == 200 and b"/static/chat.js" in r.read()
+    assert not (tmp_path / "f.sqlite").exists() and not (tmp_path / "a.sqlite").exists()  # opened on first use only
