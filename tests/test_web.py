@@ -366,4 +366,12 @@ def test_arena_needs_two_models(tmp_path):
         assert code == 400 and "at least two models" in _message(body)
         with urllib.request.urlopen(server.url + "/", timeout=30) as r:
             assert r.status == 200 and b"/static/chat.js" in r.read()
+        for probe in ("/?page=../../../../etc/passwd", "/arena?page=../web.py", "/static/../web.py", "/static/%2e%2e/web.py"):
+            try:
+                with urllib.request.urlopen(server.url + probe, timeout=30) as r:
+                    body = r.read()
+            except urllib.error.HTTPError as e:
+                assert e.code == 404, probe
+            else:
+                assert b"root:" not in body and b"def attach" not in body, probe
     assert not (tmp_path / "f.sqlite").exists() and not (tmp_path / "a.sqlite").exists()  # opened on first use only

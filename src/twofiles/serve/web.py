@@ -163,13 +163,17 @@ def chat_reply(loaded: "LoadedModel", messages: list[dict[str, Any]], *, max_tok
 def _router(state: WebState) -> APIRouter:
     router = APIRouter()
 
-    for route, page in PAGES.items():
-
-        def serve_page(page: str = page) -> FileResponse:
+    def page_route(page: str):
+        # A closure, not a default argument: FastAPI would expose a parameter as a query field
+        # (?page=../../etc/passwd).
+        def serve_page() -> FileResponse:
             # no-cache: a page edited on disk shows on the next reload, no stale script/page pairs
             return FileResponse(STATIC_DIR / page, media_type="text/html", headers={"Cache-Control": "no-cache"})
 
-        router.add_api_route(route, serve_page, methods=["GET"], include_in_schema=False)
+        return serve_page
+
+    for route, page in PAGES.items():
+        router.add_api_route(route, page_route(page), methods=["GET"], include_in_schema=False)
 
     @router.post("/feedback")
     def post_feedback(body: FeedbackRequest) -> JSONResponse:
