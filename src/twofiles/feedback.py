@@ -91,27 +91,12 @@ class ExportSummary:
 # Messages: validated by twofiles.chat, stored as plain OpenAI-style dicts.
 
 
-def _message_dict(m: Any) -> dict[str, Any]:
-    """A chat.Message as the OpenAI-style dict finetuning reads (empty fields left out)."""
-    d: dict[str, Any] = {"role": m.role, "content": m.content}
-    if m.tool_calls:
-        d["tool_calls"] = [
-            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": json.dumps(c.arguments, ensure_ascii=False)}}
-            for c in m.tool_calls
-        ]
-    if m.tool_call_id:
-        d["tool_call_id"] = m.tool_call_id
-    if m.name:
-        d["name"] = m.name
-    return d
-
-
 def normalize_messages(obj: Any, *, where: str = "messages") -> list[dict[str, Any]]:
     """Validate OpenAI-style messages (errors name the field, e.g. `messages[2].role`) and return
     them in one canonical dict form, so equal conversations compare equal."""
     from twofiles.chat import parse_messages
 
-    return [_message_dict(m) for m in parse_messages(obj, where=where)]
+    return [m.to_dict() for m in parse_messages(obj, where=where)]
 
 
 def normalize_reply(obj: Any, *, where: str = "reply") -> dict[str, Any]:
