@@ -313,6 +313,62 @@ def test_thumbs_and_correction_reach_feedback_and_export(page, live, tmp_path):
     assert summary.sft == len(sft) and summary.preferences == len(prefs)
 
 
+def _sse(chunks: list[dict[str, Any]]) -> str:
+    return "".join(f"data: {json.dumps(c)}\n\n" for c in chunks) + "data: [DONE]\n\n"
+
+
+@pytest.mark.slow
+def test_tool_calls_run_and_feed_back(page, live, tmp_path):
+    """The page's agent loop: a streamed tool call (OpenAI chunk format, canned here because a
+    tiny random model never calls a tool) is shown, run by the server's calculator, and its
+    result goes back to the model, whose next turn is shown."""
+    sent: list[dict[str, Any]] = []
+
+    def canned(route: Any) -> None:
+        sent.append(json.loads(route.request.post_data))
+        if len(sent) == 1:
+            call = {"index": 0, "id": "call_1", "type": "function", "function": {"name": "calculator", "arguments": ""}}
+            chunks = [
+                {"choices": [{"index": 0, "delta": {"role": "assistant", "tool_calls": [call]}, "finish_reason": None}]},
+                {"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": '{"expression": "12*7"}'}}]}, "finish_reason": None}]},
+                {"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]},
+            ]
+        else:
+            chunks = [{"choices": [{"index": 0, "delta": {"content": "12*7 is 84."}, "finish_reason": "stop"}]}]
+        route.fulfill(status=200, headers={"Content-Type": "text/event-stream"}, body=_sse(chunks))
+
+    page.goto(live.url + "/")
+    page.wait_for_function("document.querySelectorAll('#model option').length === 2")
+    page.route("**/v1/chat/completions", canned)
+    page.check("#offer_tools")
+    page.fill("#input", "What is 12*7?")
+    page.click("#send")
+    page.locator(".msg.assistant").nth(1).locator(".actions").wait_for()
+    assert page.locator(".toolcall").inner_text() == 'tool call → calculator({"expression": "12*7"})'
+    assert page.locator(".toolresult").inner_text() == "result ← 84"
+    assert page.locator(".msg.assistant").nth(1).locator(".text").inner_text() == "12*7 is 84."
+    assert [t["function"]["name"] for t in sent[0]["tools"]] == ["calculator"]
+    assert sent[1]["messages"][-2:] == [
+        {"role": "assistant", "content": "", "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "calculator", "arguments": '{"expression": "12*7"}'}}]},
+        {"role": "tool", "tool_call_id": "call_1", "name": "calculator", "content": "84"},
+    ]
+    _screenshot(page, tmp_path / "web-tools.png")
+
+
+def test_tools_route_runs_only_the_calculator(live):
+    from twofiles.tools.calculator import Calculator
+
+    code, body = _post(live.url + "/tools/run", {"name": "calculator", "arguments": {"expression": "(17 * 23 + 4) / 3"}})
+    assert code == 200 and body == {"name": "calculator", "content": Calculator().run({"expression": "(17 * 23 + 4) / 3"}).content, "error": False}
+    assert body["content"].startswith("131.66")
+    code, body = _post(live.url + "/tools/run", {"name": "calculator", "arguments": {"expression": "__import__('os')"}})
+    assert code == 200 and body["error"] is True
+    code, body = _post(live.url + "/tools/run", {"name": "python", "arguments": {"code": "print(1)"}})
+    assert code == 404 and "calculator" in _message(body)
+    with urllib.request.urlopen(live.url + "/tools", timeout=30) as r:
+        assert [t["function"]["name"] for t in json.loads(r.read())["tools"]] == ["calculator"]
+
+
 def _message(body: dict[str, Any]) -> str:
     """An error body's message, in OpenAI's shape or FastAPI's."""
     if "error" in body:

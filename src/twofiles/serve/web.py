@@ -7,6 +7,7 @@ What it owns: `attach(app)`, which the server's `create_app` calls to add
   POST /arena/battle               two models drawn at random answer one prompt, names hidden
   POST /arena/vote                 a vote on a pending battle -> ArenaStore; names revealed
   GET  /arena/leaderboard          ratings with intervals from every stored vote
+  GET  /tools, POST /tools/run     the tools the chat page may run for the model (calculator only)
 The chat page talks to the server's own OpenAI-compatible `/v1/chat/completions` (streaming, with
 logprobs) and `/v1/models`; nothing here duplicates them.
 
@@ -51,6 +52,8 @@ ARENA_PENDING = 1_000  # battles awaiting a vote held in memory; the oldest are 
 LEADERBOARD_BOOTSTRAP = 200  # bootstrap resamples behind the intervals
 MAX_CONVERSATION_MESSAGES = 200  # messages in one feedback record
 MAX_FEEDBACK_TEXT = 100_000  # characters of any one text field in a feedback record
+# Tools a browser may ask this server to run: only the calculator (pure arithmetic, bounded
+# cost). The Python sandbox runs code on the server, which a page open to a network must not offer.
 
 
 class _Strict(BaseModel):
@@ -73,6 +76,11 @@ class BattleRequest(_Strict):
     temperature: float = Field(default=0.7, ge=0, le=2)
     top_p: float = Field(default=1.0, gt=0, le=1)
     seed: int | None = None
+
+
+class ToolRunRequest(_Strict):
+    name: str = Field(min_length=1, max_length=100)
+    arguments: dict[str, Any]
 
 
 class VoteRequest(_Strict):
@@ -101,6 +109,15 @@ class WebState:
     lock: threading.Lock = field(default_factory=threading.Lock)
     _feedback: Any = None
     _arena: Any = None
+    _tools: Any = None
+
+    def tools(self) -> dict[str, Any]:
+        with self.lock:
+            if self._tools is None:
+                from twofiles.tools.calculator import Calculator
+
+                self._tools = {"calculator": Calculator()}
+            return self._tools
 
     def feedback(self) -> Any:
         with self.lock:
@@ -232,6 +249,22 @@ def _router(state: WebState) -> APIRouter:
         rows = leaderboard(battles, bootstrap=LEADERBOARD_BOOTSTRAP, seed=0) if battles else []
         return JSONResponse({"battles": len(battles), "bootstrap": LEADERBOARD_BOOTSTRAP, "rows": [_as_dict(r) for r in rows]})
 
+    @router.get("/tools")
+    def get_tools() -> JSONResponse:
+        from twofiles.tools import openai_tool_specs
+
+        return JSONResponse({"tools": openai_tool_specs(state.tools())})
+
+    @router.post("/tools/run")
+    def post_tool_run(body: ToolRunRequest) -> JSONResponse:
+        from twofiles.tools import run_tool
+
+        tools = state.tools()
+        if body.name not in tools:
+            return _error(404, f"name: no tool {body.name!r} here; this server runs {', '.join(sorted(tools)) or 'none'} for the web page")
+        result = run_tool(tools, body.name, body.arguments)  # bad arguments come back as error results
+        return JSONResponse({"name": body.name, "content": result.content, "error": result.error})
+
     return router
 
 
@@ -247,4 +280,4 @@ def attach(app: FastAPI, *, feedback_db: str | os.PathLike[str] | None = None, a
     return state
 
 
-__all__ = ["attach", "chat_reply", "WebState", "FeedbackRequest", "BattleRequest", "VoteRequest"]
+__all__ = ["attach", "chat_reply", "WebState", "FeedbackRequest", "BattleRequest", "VoteRequest", "ToolRunRequest"]

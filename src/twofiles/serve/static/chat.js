@@ -5,16 +5,8 @@
 const $ = (id) => document.getElementById(id);
 const TOP_LOGPROBS = 5;
 const END_MARK = "[end]"; // stands for the tokens that ended the reply and have no text
-// The tool the page can offer (OpenAI function format). The model's call is shown, not run: the
-// page has no sandbox; it shows what the model asked for.
-const CALCULATOR = {
-  type: "function",
-  function: {
-    name: "calculator",
-    description: "Evaluate an arithmetic expression.",
-    parameters: { type: "object", properties: { expression: { type: "string" } }, required: ["expression"] },
-  },
-};
+const MAX_TOOL_ROUNDS = 4; // model turns after tool results, per user message (as chat.respond)
+let toolSpecs = null; // the server's runnable tools (GET /tools), fetched when first offered
 
 const history = []; // OpenAI-style messages of this conversation (no system message)
 let controller = null; // aborts the reply being streamed
@@ -109,6 +101,26 @@ function toolCallText(call) {
   return "tool call → " + (f.name || "?") + "(" + (f.arguments || "") + ")";
 }
 
+async function offeredTools() {
+  if (!$("offer_tools").checked) return null;
+  if (toolSpecs === null) toolSpecs = (await TF.json("GET", "/tools")).tools;
+  return toolSpecs;
+}
+
+// Run one tool call on the server (POST /tools/run) and show its result under the call.
+async function runTool(call, shell) {
+  let content, error;
+  try {
+    const args = call.function.arguments ? JSON.parse(call.function.arguments) : {};
+    const res = await TF.json("POST", "/tools/run", { name: call.function.name, arguments: args });
+    [content, error] = [res.content, res.error];
+  } catch (e) {
+    [content, error] = ["error: " + e.message, true];
+  }
+  shell.calls.append(TF.el("div", { class: error ? "toolresult error" : "toolresult" }, "result ← " + content));
+  return { role: "tool", tool_call_id: call.id, name: call.function.name, content };
+}
+
 function addUser(text) {
   const node = TF.el("div", { class: "msg user" }, text);
   $("conversation").append(node);
@@ -185,6 +197,16 @@ async function send(text) {
   if (!s.model) return showError("no model: is the server running with one?");
   history.push({ role: "user", content: text });
   addUser(text);
+  for (let round = 0; round <= MAX_TOOL_ROUNDS; round++) {
+    const turn = await streamReply(s);
+    if (!turn || !turn.reply.tool_calls || !$("offer_tools").checked || round === MAX_TOOL_ROUNDS) break;
+    // the agent loop, in the page: run each call, feed the results back, let the model go on
+    for (const call of turn.reply.tool_calls) history.push(await runTool(call, turn.shell));
+  }
+}
+
+// One assistant turn streamed into a new bubble; returns {reply, shell}, or null when it failed.
+async function streamReply(s) {
   const context = [...systemMessages(), ...history];
   const body = {
     model: s.model,
@@ -197,17 +219,19 @@ async function send(text) {
     top_logprobs: TOP_LOGPROBS,
   };
   if (s.seed !== undefined) body.seed = s.seed;
-  if ($("offer_tools").checked) body.tools = [CALCULATOR];
 
   const shell = addAssistantShell(s.model);
   const calls = []; // tool calls assembled from their streamed pieces
   let content = "";
   let pending = []; // logprob entries whose text has not arrived yet (held back, e.g. a split character)
   let finish = null;
+  let failed = false;
   controller = new AbortController();
   $("send").disabled = true;
   $("stop").hidden = false;
   try {
+    const tools = await offeredTools();
+    if (tools && tools.length) body.tools = tools;
     for await (const chunk of TF.stream("/v1/chat/completions", body, controller.signal)) {
       const choice = (chunk.choices || [])[0];
       if (!choice) continue;
@@ -232,6 +256,7 @@ async function send(text) {
   } catch (e) {
     if (e.name !== "AbortError") showError(e.message);
     finish = finish || "aborted";
+    failed = true;
   } finally {
     controller = null;
     $("send").disabled = false;
@@ -239,13 +264,14 @@ async function send(text) {
   }
   if (pending.length) shell.text.append(tokenSpan(END_MARK, pending, true)); // the end-of-turn token's die
   const reply = { role: "assistant", content };
-  if (calls.length) reply.tool_calls = calls.filter(Boolean);
-  if (!content && !calls.length) {
-    if (finish !== "aborted") shell.text.append(TF.el("span", { class: "hint" }, "(empty reply)"));
-  }
+  const made = calls.filter(Boolean);
+  made.forEach((c, i) => (c.id = c.id || "call_" + (history.length + i)));
+  if (made.length) reply.tool_calls = made;
+  if (!content && !made.length && finish !== "aborted") shell.text.append(TF.el("span", { class: "hint" }, "(empty reply)"));
   shell.node.querySelector(".who").append(" · " + (finish || "done"));
   history.push(reply);
   addActions(shell, s.model, context, reply, { temperature: s.temperature, top_p: s.top_p, seed: s.seed ?? null, finish_reason: finish, page: "chat" });
+  return failed ? null : { reply, shell };
 }
 
 // --- wiring ------------------------------------------------------------------------------------
@@ -280,6 +306,7 @@ $("reset").addEventListener("click", () => {
   $("conversation").replaceChildren();
   showError("");
 });
+$("offer_tools").addEventListener("change", () => showError(""));
 $("colored").addEventListener("change", (e) => $("conversation").classList.toggle("colored", e.target.checked));
 document.addEventListener("click", (e) => {
   if (!$("tokinfo").contains(e.target)) hideTokenInfo();
