@@ -83,6 +83,7 @@ function hideTokenInfo() {
 }
 
 function tokenSpan(text, tokens, isEnd) {
+  if (!tokens.length) return TF.el("span", { class: "piece" }, text); // the server sent no probabilities
   const p = tokens.length ? Math.min(...tokens.map((t) => prob(t.logprob))) : 1;
   const span = TF.el("span", { class: isEnd ? "tok end" : "tok", style: `--p:${p.toFixed(3)}`, title: pct(p) }, text);
   span._tokens = tokens;
