@@ -75,7 +75,7 @@ class BattleRequest(_Strict):
     max_tokens: int = Field(default=ARENA_DEFAULT_TOKENS, ge=1, le=ARENA_MAX_TOKENS)
     temperature: float = Field(default=0.7, ge=0, le=2)
     top_p: float = Field(default=1.0, gt=0, le=1)
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)  # torch generators take 64-bit seeds
 
 
 class ToolRunRequest(_Strict):
