@@ -49,65 +49,11 @@ def _tiny_models() -> dict[str, Any]:
     return models
 
 
-def _openai_stand_in(models: dict[str, Any]) -> Any:
-    """The two OpenAI endpoints the pages use, over the real engine, for when the server's own
-    app (twofiles.serve.app) is not installed: /v1/models and /v1/chat/completions (SSE, logprobs)."""
-    from fastapi import FastAPI
-    from fastapi.responses import JSONResponse, StreamingResponse
+def _build_app(models: dict[str, Any], **settings: Any) -> Any:
+    from twofiles.serve.app import ServeSettings, create_app
 
-    from twofiles.chat import ChatFormat, parse_messages
-    from twofiles.engine import SamplingParams, generate_steps
-
-    app = FastAPI()
-    app.state.models = models
-
-    @app.get("/v1/models")
-    def list_models() -> dict[str, Any]:
-        return {"object": "list", "data": [{"id": n, "object": "model", "owned_by": "twofiles"} for n in models]}
-
-    @app.post("/v1/chat/completions")
-    def chat(body: dict[str, Any]) -> Any:
-        loaded = models[body["model"]]
-        fmt = ChatFormat.for_model(loaded)
-        ids = fmt.prompt_ids(parse_messages(body["messages"]))
-        params = SamplingParams(
-            temperature=body.get("temperature", 1.0), top_p=body.get("top_p", 1.0), seed=body.get("seed"),
-            max_tokens=body.get("max_tokens", 16), stop_token_ids=list(fmt.stop_token_ids),
-        )  # fmt: skip
-        top = body.get("top_logprobs") or 0
-        tok = loaded.tokenizer
-
-        def entry(i: int, p: float) -> dict[str, Any]:
-            return {"token": tok.decode([i]), "logprob": math.log(max(p, 1e-30)), "bytes": list(tok.token_to_bytes(i))}
-
-        steps = list(generate_steps(loaded.model, ids, params, tokenizer=tok, top=top))
-        lps = [{**entry(s.token, s.prob), "top_logprobs": [entry(i, p) for i, p in s.top]} for s in steps]
-        if not body.get("stream"):
-            msg = {"role": "assistant", "content": "".join(s.text for s in steps)}
-            return JSONResponse({"choices": [{"index": 0, "message": msg, "logprobs": {"content": lps} if body.get("logprobs") else None, "finish_reason": steps[-1].finish}]})
-
-        def events():
-            for s, lp in zip(steps, lps):
-                choice = {"index": 0, "delta": {"content": s.text}, "logprobs": {"content": [lp]} if body.get("logprobs") else None, "finish_reason": s.finish}
-                yield f"data: {json.dumps({'choices': [choice]})}\n\n"
-            yield "data: [DONE]\n\n"
-
-        return StreamingResponse(events(), media_type="text/event-stream")
-
-    return app
-
-
-def _build_app(models: dict[str, Any]) -> Any:
-    from twofiles.serve.web import attach
-
-    try:
-        from twofiles.serve.app import ServeSettings, create_app
-    except ImportError:
-        app = _openai_stand_in(models)
-    else:
-        app = create_app(models, ServeSettings())
-    if not hasattr(app.state, "web"):
-        attach(app)
+    app = create_app(models, ServeSettings(**settings))
+    assert hasattr(app.state, "web"), "create_app did not attach the web pages"
     return app
 
 
@@ -136,8 +82,9 @@ class _Server:
         self.sock.close()
 
 
-def _post(url: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}, method="POST")
+def _post(url: str, body: dict[str, Any], key: str | None = None) -> tuple[int, dict[str, Any]]:
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers, method="POST")
     try:
         with urllib.request.urlopen(req, timeout=120) as r:
             return r.status, json.loads(r.read())
@@ -409,17 +356,16 @@ def test_arena_vote_counts_once(live):
     assert len(stored) == 1
 
 
-def test_arena_needs_two_models(tmp_path):
-    from fastapi import FastAPI
-
-    from twofiles.serve.web import attach
-
-    app = FastAPI()
-    app.state.models = {"solo": object()}
-    attach(app, feedback_db=tmp_path / "f.sqlite", arena_db=tmp_path / "a.sqlite")
+def test_api_key_guards_the_routes_not_the_pages(tmp_path):
+    app = _build_app({"solo": _tiny_models()["tiny-alpha"]}, api_keys=frozenset({"sesame"}))
+    app.state.web.feedback_db, app.state.web.arena_db = tmp_path / "f.sqlite", tmp_path / "a.sqlite"
     with _Server(app) as server:
         code, body = _post(server.url + "/arena/battle", {"prompt": "hi"})
+        assert code == 401
+        code, body = _post(server.url + "/arena/battle", {"prompt": "hi"}, key="sesame")
         assert code == 400 and "at least two models" in _message(body)
+        code, body = _post(server.url + "/feedback", {"model": "solo", "messages": [{"role": "user", "content": "hi"}], "reply": "yo", "rating": "up"})
+        assert code == 401
         with urllib.request.urlopen(server.url + "/", timeout=30) as r:
             assert r.status == 200 and b"/static/chat.js" in r.read()
         for probe in ("/?page=../../../../etc/passwd", "/arena?page=../web.py", "/static/../web.py", "/static/%2e%2e/web.py"):

@@ -13,7 +13,7 @@ logprobs) and `/v1/models`; nothing here duplicates them.
 
 What it leaves to others: the OpenAI endpoints, limits, API keys and scheduling (serve/app.py),
 storage of feedback (twofiles.feedback) and of battles and ratings (twofiles.arena), chat
-rendering (twofiles.chat), sampling (twofiles.engine).
+rendering (twofiles.chat), generation (the server's scheduler, via serve.app.generate_reply).
 
 Where the databases live, first found wins: `attach(app, feedback_db=..., arena_db=...)`, the
 settings' `feedback_db` / `arena_db` attributes, $TWOFILES_FEEDBACK_DB / $TWOFILES_ARENA_DB, else
@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
@@ -164,20 +164,9 @@ def _as_dict(row: Any) -> dict[str, Any]:
     return asdict(row) if is_dataclass(row) else dict(vars(row))
 
 
-def chat_reply(loaded: "LoadedModel", messages: list[dict[str, Any]], *, max_tokens: int, temperature: float, top_p: float, seed: int | None) -> str:
-    """One assistant reply (its text) from `loaded` to OpenAI-style `messages`, rendered with the
-    model's own chat template. Raises TwofilesError on a bad conversation or an over-long prompt."""
-    from twofiles.chat import ChatFormat, parse_messages
-    from twofiles.engine import SamplingParams, generate_steps
-
-    fmt = ChatFormat.for_model(loaded)
-    ids = fmt.prompt_ids(parse_messages(messages))
-    params = SamplingParams(temperature=temperature, top_p=top_p, seed=seed, max_tokens=max_tokens, stop_token_ids=list(fmt.stop_token_ids))
-    text = "".join(step.text for step in generate_steps(loaded.model, ids, params, tokenizer=loaded.tokenizer))
-    return fmt.parse_assistant(text).content.strip() or text.strip()
-
-
-def _router(state: WebState) -> APIRouter:
+def _router(state: WebState, api: list[Any]) -> APIRouter:
+    """The pages (open: a page must load to ask for a key) and the JSON routes (behind `api`,
+    the server's API-key dependency when it has one)."""
     router = APIRouter()
 
     def page_route(page: str):
@@ -192,7 +181,7 @@ def _router(state: WebState) -> APIRouter:
     for route, page in PAGES.items():
         router.add_api_route(route, page_route(page), methods=["GET"], include_in_schema=False)
 
-    @router.post("/feedback")
+    @router.post("/feedback", dependencies=api)
     def post_feedback(body: FeedbackRequest) -> JSONResponse:
         try:
             row = state.feedback().record(
@@ -202,9 +191,13 @@ def _router(state: WebState) -> APIRouter:
             return _error(400, str(e))
         return JSONResponse({"id": row, "stored": True})
 
-    @router.post("/arena/battle")
-    def post_battle(body: BattleRequest, request: Request) -> JSONResponse:
+    @router.post("/arena/battle", dependencies=api)
+    async def post_battle(body: BattleRequest, request: Request) -> JSONResponse:
+        import asyncio
         import random
+
+        from twofiles.engine import SamplingParams
+        from twofiles.serve.app import generate_reply
 
         models = _models(request)
         if len(models) < 2:
@@ -212,10 +205,10 @@ def _router(state: WebState) -> APIRouter:
         name_a, name_b = random.SystemRandom().sample(sorted(models), 2)  # random pair, random sides
         messages = ([{"role": "system", "content": body.system}] if body.system else []) + [{"role": "user", "content": body.prompt}]
         settings = {"max_tokens": body.max_tokens, "temperature": body.temperature, "top_p": body.top_p, "seed": body.seed}
-        try:
-            reply_a, reply_b = (chat_reply(models[n], messages, **settings) for n in (name_a, name_b))
-        except TwofilesError as e:
-            return _error(400, str(e))
+        params = SamplingParams(**settings)
+        # both sides through the server's scheduler, at once: they share its batches, limits and timeout
+        (msg_a, _), (msg_b, _) = await asyncio.gather(*(generate_reply(request.app, n, messages, params) for n in (name_a, name_b)))
+        reply_a, reply_b = msg_a.content.strip(), msg_b.content.strip()
         battle_id = secrets.token_urlsafe(12)
         with state.lock:
             state.pending[battle_id] = _Battle(body.prompt, body.system, name_a, name_b, reply_a, reply_b, settings)
@@ -223,7 +216,7 @@ def _router(state: WebState) -> APIRouter:
                 state.pending.popitem(last=False)
         return JSONResponse({"battle_id": battle_id, "a": {"content": reply_a}, "b": {"content": reply_b}})
 
-    @router.post("/arena/vote")
+    @router.post("/arena/vote", dependencies=api)
     def post_vote(body: VoteRequest) -> JSONResponse:
         with state.lock:
             battle = state.pending.pop(body.battle_id, None)
@@ -234,6 +227,7 @@ def _router(state: WebState) -> APIRouter:
             vote_id = state.arena().record_battle(
                 prompt=battle.prompt, model_a=battle.model_a, model_b=battle.model_b,
                 reply_a=battle.reply_a, reply_b=battle.reply_b, winner=body.winner, judge="human", meta=meta,
+                key=body.battle_id,  # a retried vote is stored once
             )  # fmt: skip
         except BaseException:
             with state.lock:  # not stored: the vote may be tried again
@@ -241,7 +235,7 @@ def _router(state: WebState) -> APIRouter:
             raise
         return JSONResponse({"id": vote_id, "winner": body.winner, "model_a": battle.model_a, "model_b": battle.model_b})
 
-    @router.get("/arena/leaderboard")
+    @router.get("/arena/leaderboard", dependencies=api)
     def get_leaderboard() -> JSONResponse:
         from twofiles.arena.ratings import leaderboard
 
@@ -249,13 +243,13 @@ def _router(state: WebState) -> APIRouter:
         rows = leaderboard(battles, bootstrap=LEADERBOARD_BOOTSTRAP, seed=0) if battles else []
         return JSONResponse({"battles": len(battles), "bootstrap": LEADERBOARD_BOOTSTRAP, "rows": [_as_dict(r) for r in rows]})
 
-    @router.get("/tools")
+    @router.get("/tools", dependencies=api)
     def get_tools() -> JSONResponse:
         from twofiles.tools import openai_tool_specs
 
         return JSONResponse({"tools": openai_tool_specs(state.tools())})
 
-    @router.post("/tools/run")
+    @router.post("/tools/run", dependencies=api)
     def post_tool_run(body: ToolRunRequest) -> JSONResponse:
         from twofiles.tools import run_tool
 
@@ -275,9 +269,10 @@ def attach(app: FastAPI, *, feedback_db: str | os.PathLike[str] | None = None, a
     settings = getattr(app.state, "settings", None)
     state = WebState(_db_path(settings, "feedback", feedback_db), _db_path(settings, "arena", arena_db))
     app.state.web = state
-    app.include_router(_router(state))
+    key_check = getattr(app.state, "require_api_key", None)
+    app.include_router(_router(state, [Depends(key_check)] if key_check else []))
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return state
 
 
-__all__ = ["attach", "chat_reply", "WebState", "FeedbackRequest", "BattleRequest", "VoteRequest", "ToolRunRequest"]
+__all__ = ["attach", "WebState", "FeedbackRequest", "BattleRequest", "VoteRequest", "ToolRunRequest"]
