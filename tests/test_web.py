@@ -302,6 +302,27 @@ def test_tool_calls_run_and_feed_back(page, live, tmp_path):
     _screenshot(page, tmp_path / "web-tools.png")
 
 
+@pytest.mark.slow
+def test_server_errors_are_shown_and_not_kept(page, live):
+    page.goto(live.url + "/")
+    page.wait_for_function("document.querySelectorAll('#model option').length === 2")
+    page.fill("#max_tokens", "-3")
+    page.fill("#input", "Hello")
+    page.click("#send")
+    page.wait_for_function("document.getElementById('error').textContent.length > 0")
+    assert "max_tokens" in page.locator("#error").inner_text()  # the server's own message
+    assert page.locator(".msg.assistant .actions").count() == 0  # no thumbs on a reply that never came
+    page.fill("#max_tokens", "4")
+    page.fill("#input", "Hello again")
+    sent: list[dict[str, Any]] = []
+    page.on("request", lambda r: sent.append(json.loads(r.post_data)) if r.url.endswith("/v1/chat/completions") else None)
+    page.click("#send")
+    page.locator(".msg.assistant .actions").wait_for()
+    assert page.locator("#error").inner_text() == ""
+    # the failed turn left no empty assistant message behind
+    assert [m["role"] for m in sent[-1]["messages"]] == ["user", "user"]
+
+
 def test_tools_route_runs_only_the_calculator(live):
     from twofiles.tools.calculator import Calculator
 

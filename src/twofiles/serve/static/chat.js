@@ -255,9 +255,9 @@ async function streamReply(s) {
       shell.node.scrollIntoView({ block: "end" });
     }
   } catch (e) {
-    if (e.name !== "AbortError") showError(e.message);
-    finish = finish || "aborted";
-    failed = true;
+    if (e.name === "AbortError") finish = finish || "stopped";
+    else [failed, finish] = [true, "error"];
+    if (failed) showError(e.message);
   } finally {
     controller = null;
     $("send").disabled = false;
@@ -268,11 +268,12 @@ async function streamReply(s) {
   const made = calls.filter(Boolean);
   made.forEach((c, i) => (c.id = c.id || "call_" + (history.length + i)));
   if (made.length) reply.tool_calls = made;
-  if (!content && !made.length && finish !== "aborted") shell.text.append(TF.el("span", { class: "hint" }, "(empty reply)"));
   shell.node.querySelector(".who").append(" · " + (finish || "done"));
-  history.push(reply);
+  if (failed) return null; // nothing the model said: the conversation stays as it was sent
+  if (!content && !made.length) shell.text.append(TF.el("span", { class: "hint" }, "(empty reply)"));
+  history.push(reply); // a stopped reply stays, as far as it got: it is what the page shows
   addActions(shell, s.model, context, reply, { temperature: s.temperature, top_p: s.top_p, seed: s.seed ?? null, finish_reason: finish, page: "chat" });
-  return failed ? null : { reply, shell };
+  return finish === "stopped" ? null : { reply, shell };
 }
 
 // --- wiring ------------------------------------------------------------------------------------
