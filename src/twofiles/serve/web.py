@@ -23,6 +23,7 @@ a server that never gets a vote never creates a file.
 
 from __future__ import annotations
 
+import math
 import os
 import secrets
 import threading
@@ -160,8 +161,11 @@ def _models(request: Request) -> "dict[str, LoadedModel]":
     return getattr(request.app.state, "models", None) or {}
 
 
-def _as_dict(row: Any) -> dict[str, Any]:
-    return asdict(row) if is_dataclass(row) else dict(vars(row))
+def _row(row: Any) -> dict[str, Any]:
+    """A leaderboard row as JSON: non-finite numbers (an interval no bootstrap could bound) as null,
+    since JSON has no inf/NaN."""
+    d = asdict(row) if is_dataclass(row) else dict(vars(row))
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
 
 
 def _router(state: WebState, api: list[Any]) -> APIRouter:
@@ -241,7 +245,7 @@ def _router(state: WebState, api: list[Any]) -> APIRouter:
 
         battles = state.arena().battles()
         rows = leaderboard(battles, bootstrap=LEADERBOARD_BOOTSTRAP, seed=0) if battles else []
-        return JSONResponse({"battles": len(battles), "bootstrap": LEADERBOARD_BOOTSTRAP, "rows": [_as_dict(r) for r in rows]})
+        return JSONResponse({"battles": len(battles), "bootstrap": LEADERBOARD_BOOTSTRAP, "rows": [_row(r) for r in rows]})
 
     @router.get("/tools", dependencies=api)
     def get_tools() -> JSONResponse:

@@ -4,7 +4,7 @@
 const $ = (id) => document.getElementById(id);
 
 function fmt(x) {
-  return typeof x === "number" && isFinite(x) ? x.toFixed(0) : "–";
+  return Number.isFinite(x) ? x.toFixed(0) : "–";
 }
 
 async function load() {
@@ -13,10 +13,10 @@ async function load() {
     const data = await TF.json("GET", "/arena/leaderboard");
     const rows = data.rows || [];
     $("summary").textContent = `${data.battles} votes, ${rows.length} models, intervals from ${data.bootstrap} bootstrap resamples`;
-    const lows = rows.map((r) => r.ci_low).filter(isFinite);
-    const highs = rows.map((r) => r.ci_high).filter(isFinite);
-    const lo = Math.min(...lows, ...rows.map((r) => r.bt));
-    const hi = Math.max(...highs, ...rows.map((r) => r.bt));
+    // one scale for every row; null (an unbounded interval) is left out of it
+    const values = rows.flatMap((r) => [r.ci_low, r.ci_high, r.bt]).filter(Number.isFinite);
+    const lo = Math.min(...values);
+    const hi = Math.max(...values);
     const at = (x) => (hi > lo ? (100 * (x - lo)) / (hi - lo) : 50).toFixed(1) + "%";
     const body = rows.map((r) =>
       TF.el(
@@ -32,8 +32,10 @@ async function load() {
           TF.el(
             "div",
             { class: "ci" },
-            TF.el("div", { class: "range", style: `left:${at(r.ci_low)};width:calc(${at(r.ci_high)} - ${at(r.ci_low)})` }),
-            TF.el("div", { class: "point", style: `left:${at(r.bt)}` })
+            Number.isFinite(r.ci_low) && Number.isFinite(r.ci_high)
+              ? TF.el("div", { class: "range", style: `left:${at(r.ci_low)};width:calc(${at(r.ci_high)} - ${at(r.ci_low)})` })
+              : null,
+            Number.isFinite(r.bt) ? TF.el("div", { class: "point", style: `left:${at(r.bt)}` }) : null
           ),
           TF.el("span", { class: "hint" }, `${fmt(r.ci_low)} – ${fmt(r.ci_high)}`)
         ),
