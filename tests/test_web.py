@@ -204,6 +204,7 @@ def test_arena_vote_moves_leaderboard(page, live, tmp_path):
     before = page.locator("tr.row").count()
 
     page.goto(live.url + "/arena")
+    assert not page.locator("#votes").is_visible()  # nothing to vote on before a battle
     page.fill("#max_tokens", "8")
     page.fill("#prompt", "Name a colour.")
     page.click("#battle")
