@@ -190,3 +190,23 @@ def test_cli_export(tmp_path, capsys):
     assert main(["feedback", "export", "--db", str(tmp_path / "fb.sqlite"), "--out", str(tmp_path / "out2")]) == 2
     err = capsys.readouterr().err
     assert "row 9" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_exported_sft_file_finetunes_a_model(tmp_path, capsys):
+    """The export is what `twofiles sft` reads: a couple of steps on it run end to end."""
+    from tiny_models import random_model, tiny_tokenizer
+
+    from twofiles.artifact import save_model
+    from twofiles.cli import main
+
+    tok = tiny_tokenizer()
+    save_model(tmp_path / "m.safetensors", random_model(tok, max_seq_len=128), tok)
+    small_db(tmp_path / "fb.sqlite")
+    export_feedback(tmp_path / "fb.sqlite", tmp_path / "out")
+    sft = str(tmp_path / "out" / "sft.jsonl")
+    argv = ["sft", str(tmp_path / "m.safetensors"), "--data", sft, "--val-data", sft, "--out", str(tmp_path / "run"), "--max-steps", "2", "--skill-tasks", "0", "--no-progress", "--json"]
+    assert main(argv) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["steps"] == 2 and summary["target_tokens"] > 0
+    assert Path(summary["model_path"]).is_file()

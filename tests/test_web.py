@@ -34,19 +34,11 @@ TIMEOUT_MS = 60_000  # generous: the suite shares two cores with everything else
 
 
 def _tiny_models() -> dict[str, Any]:
-    from twofiles.artifact import LoadedModel
-    from twofiles.model import ModelConfig, Transformer
-    from twofiles.tokenizer import MIN_VOCAB_SIZE, Tokenizer
+    """Two different random models sharing a tokenizer (the built-in chat template)."""
+    from tiny_models import loaded, random_model, tiny_tokenizer
 
-    text = "To be, or not to be, that is the question. The cat sat on the mat. 12 + 7 = 19. " * 20
-    tok = Tokenizer.train([text], MIN_VOCAB_SIZE + 40)
-    models = {}
-    for i, name in enumerate(("tiny-alpha", "tiny-beta")):
-        cfg = ModelConfig(vocab_size=tok.vocab_size, dim=32, n_layers=1, n_heads=2, n_kv_heads=1, hidden_dim=64, max_seq_len=512)
-        model = Transformer(cfg)
-        model.init_weights(seed=i)
-        models[name] = LoadedModel(model=model.eval(), tokenizer=tok, path=name)
-    return models
+    tok = tiny_tokenizer()
+    return {name: loaded(random_model(tok, seed=i, max_seq_len=512), tok) for i, name in enumerate(("tiny-alpha", "tiny-beta"))}
 
 
 def _build_app(models: dict[str, Any], **settings: Any) -> Any:
@@ -177,13 +169,16 @@ def test_chat_streams_reply_equal_to_api(page, live, tmp_path):
 def test_token_view_shows_alternatives(page, live, tmp_path):
     reply = _chat(page, live, "The cat", temperature="0", seed="1", max_tokens="6")
     first = reply.locator(".tok").first
+    n = first.evaluate("el => el._tokens.length")  # a piece of text may come from several tokens (a split character)
     first.click()
     info = page.locator("#tokinfo")
     info.wait_for(state="visible")
     rows = info.locator("tr.alt")
-    assert rows.count() == 5  # top_logprobs=5
+    assert n >= 1 and rows.count() == 5 * n  # top_logprobs=5 for each token of the piece
     probs = [float(t.rstrip("%")) for t in info.locator("td.p").all_inner_texts()]
-    assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 100.05
+    for k in range(n):
+        die = probs[5 * k : 5 * k + 5]
+        assert die == sorted(die, reverse=True) and 0 < sum(die) <= 100.05
     # greedy: the chosen token is the most likely one, and the page says so
     assert "chosen" in (rows.first.get_attribute("class") or "")
     # the page shows the API's numbers: compare with the non-streamed logprobs of the same request
@@ -192,8 +187,8 @@ def test_token_view_shows_alternatives(page, live, tmp_path):
         {"model": "tiny-alpha", "messages": [{"role": "user", "content": "The cat"}], "temperature": 0, "max_tokens": 6, "logprobs": True, "top_logprobs": 5},
     )
     assert status == 200, body
-    top = body["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
-    assert probs == pytest.approx([round(100 * math.exp(t["logprob"]), 1) for t in top], abs=0.051)
+    api = [round(100 * math.exp(t["logprob"]), 1) for tok in body["choices"][0]["logprobs"]["content"][:n] for t in tok["top_logprobs"]]
+    assert probs == pytest.approx(api, abs=0.051)
     _screenshot(page, tmp_path / "web-token-probabilities.png")
 
 
