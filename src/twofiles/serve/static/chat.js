@@ -10,6 +10,7 @@ let toolSpecs = null; // the server's runnable tools (GET /tools), fetched when 
 
 const history = []; // OpenAI-style messages of this conversation (no system message)
 let controller = null; // aborts the reply being streamed
+let busy = false; // a user turn is in progress (its replies and tool rounds)
 
 function settings() {
   const seed = $("seed").value.trim();
@@ -198,11 +199,16 @@ async function send(text) {
   if (!s.model) return showError("no model: is the server running with one?");
   history.push({ role: "user", content: text });
   addUser(text);
-  for (let round = 0; round <= MAX_TOOL_ROUNDS; round++) {
-    const turn = await streamReply(s);
-    if (!turn || !turn.reply.tool_calls || !$("offer_tools").checked || round === MAX_TOOL_ROUNDS) break;
-    // the agent loop, in the page: run each call, feed the results back, let the model go on
-    for (const call of turn.reply.tool_calls) history.push(await runTool(call, turn.shell));
+  busy = true;
+  try {
+    for (let round = 0; round <= MAX_TOOL_ROUNDS; round++) {
+      const turn = await streamReply(s);
+      if (!turn || !turn.reply.tool_calls || !$("offer_tools").checked || round === MAX_TOOL_ROUNDS) break;
+      // the agent loop, in the page: run each call, feed the results back, let the model go on
+      for (const call of turn.reply.tool_calls) history.push(await runTool(call, turn.shell));
+    }
+  } finally {
+    busy = false;
   }
 }
 
@@ -291,7 +297,7 @@ async function loadModels() {
 $("composer").addEventListener("submit", (e) => {
   e.preventDefault();
   const text = $("input").value;
-  if (!text.trim() || controller) return;
+  if (!text.trim() || busy) return;
   $("input").value = "";
   send(text);
 });
