@@ -210,3 +210,24 @@ def test_exported_sft_file_finetunes_a_model(tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["steps"] == 2 and summary["target_tokens"] > 0
     assert Path(summary["model_path"]).is_file()
+
+
+def test_arena_votes_become_preference_pairs(tmp_path):
+    from twofiles.arena import ArenaStore
+
+    arena = ArenaStore(tmp_path / "arena.sqlite")
+    arena.record_battle(prompt="2+2?", model_a="x", model_b="y", reply_a="4", reply_b="5", winner="a", meta={"system": "Be brief."})
+    arena.record_battle(prompt="Capital of France?", model_a="x", model_b="y", reply_a="Lyon.", reply_b="Paris.", winner="b")
+    arena.record_battle(prompt="Hi", model_a="x", model_b="y", reply_a="Hello", reply_b="Hey", winner="tie")
+    arena.record_battle(prompt="Hi", model_a="x", model_b="y", reply_a="...", reply_b="??", winner="both_bad")
+    small_db(tmp_path / "fb.sqlite")
+    summary = export_feedback(tmp_path / "fb.sqlite", tmp_path / "out", arena_db=tmp_path / "arena.sqlite")
+    prefs = read_jsonl(tmp_path / "out" / "preferences.jsonl")
+    assert (summary.preferences, summary.arena_preferences) == (5, 2)
+    assert prefs[3:] == [
+        {"messages": [SYS, user("2+2?")], "chosen": [bot("4")], "rejected": [bot("5")]},
+        {"messages": [user("Capital of France?")], "chosen": [bot("Paris.")], "rejected": [bot("Lyon.")]},
+    ]
+    with pytest.raises(BadInputError, match="no such arena database"):
+        export_feedback(tmp_path / "fb.sqlite", tmp_path / "out2", arena_db=tmp_path / "missing.sqlite")
+    assert not (tmp_path / "out2" / "sft.jsonl").exists()

@@ -9,7 +9,8 @@ finetuning reads:
     preferences.jsonl  {"messages": [... conversation before the reply ...],
                         "chosen": [assistant message], "rejected": [assistant message]}
                        (a corrected answer over the original; each upvoted reply over each
-                       downvoted reply to the same conversation)
+                       downvoted reply to the same conversation; optionally, each arena vote's
+                       winning reply over the losing one)
 
 Messages are OpenAI-style dicts, the conversation format of `twofiles.chat.read_conversations`.
 A row is one verdict on one reply: a rating (+1 / -1), a correction, or both. When the same reply
@@ -74,6 +75,7 @@ class ExportSummary:
     sft_path: str
     preferences_path: str
     skipped: list[str] = field(default_factory=list)  # "row N: why", for rows left out (--skip-bad)
+    arena_preferences: int = 0  # of `preferences`, the pairs that came from arena votes
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -84,6 +86,7 @@ class ExportSummary:
             "preferences_path": self.preferences_path,
             "skipped": len(self.skipped),
             "skipped_rows": self.skipped,
+            "arena_preferences": self.arena_preferences,
         }
 
 
@@ -320,18 +323,50 @@ def build_datasets(rows: Sequence[FeedbackRow]) -> tuple[list[dict[str, Any]], l
     return sft, prefs
 
 
+def arena_preferences(arena_db: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Preference pairs from the arena's votes (twofiles.arena.ArenaStore): the winning reply over
+    the losing one, after the battle's system prompt (if any) and prompt. Ties and "both bad" say
+    nothing about which is better and are left out."""
+    from twofiles.arena import ArenaStore
+
+    path = Path(arena_db)
+    if not path.is_file():
+        raise BadInputError("no such arena database", path=str(path))
+    pairs = []
+    for b in ArenaStore(path).battles():
+        if b.winner not in ("a", "b"):
+            continue
+        system = b.meta.get("system") if isinstance(b.meta, dict) else None
+        where = f"{path}: battle {b.id}"
+        messages = normalize_messages(([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": b.prompt}], where=where)
+        won, lost = (b.reply_a, b.reply_b) if b.winner == "a" else (b.reply_b, b.reply_a)
+        pairs.append({"messages": messages, "chosen": [normalize_reply(won, where=where)], "rejected": [normalize_reply(lost, where=where)]})
+    return pairs
+
+
 def _jsonl(records: Sequence[dict[str, Any]]) -> bytes:
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8")
 
 
-def export_feedback(db: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, skip_bad: bool = False) -> ExportSummary:
-    """Write OUT_DIR/sft.jsonl and OUT_DIR/preferences.jsonl from the feedback database `db`.
-    A malformed row raises BadInputError naming it (nothing written), unless `skip_bad`, which
-    leaves it out and lists it in the summary. Both files appear together or not at all."""
+def export_feedback(
+    db: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, skip_bad: bool = False, arena_db: str | os.PathLike[str] | None = None
+) -> ExportSummary:
+    """Write OUT_DIR/sft.jsonl and OUT_DIR/preferences.jsonl from the feedback database `db`
+    (and, with `arena_db`, the arena's decided votes as more preference pairs). A malformed row
+    raises BadInputError naming it (nothing written), unless `skip_bad`, which leaves it out and
+    lists it in the summary. Both files appear together or not at all."""
     rows, bad = read_rows(db)
     if bad and not skip_bad:
         raise BadInputError(f"{bad[0]}" + (f" (and {len(bad) - 1} more malformed rows)" if len(bad) > 1 else "") + "; --skip-bad leaves them out", path=str(db))
     sft, prefs = build_datasets(rows)
+    from_arena = 0
+    if arena_db is not None:
+        seen = {_canonical(p) for p in prefs}
+        for pair in arena_preferences(arena_db):
+            if (k := _canonical(pair)) not in seen:
+                seen.add(k)
+                prefs.append(pair)
+                from_arena += 1
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     targets = {out / "sft.jsonl": _jsonl(sft), out / "preferences.jsonl": _jsonl(prefs)}
@@ -350,7 +385,7 @@ def export_feedback(db: str | os.PathLike[str], out_dir: str | os.PathLike[str],
         for tmp in temps.values():
             if os.path.exists(tmp):
                 os.unlink(tmp)
-    return ExportSummary(len(rows) + len(bad), len(sft), len(prefs), str(out / "sft.jsonl"), str(out / "preferences.jsonl"), bad)
+    return ExportSummary(len(rows) + len(bad), len(sft), len(prefs), str(out / "sft.jsonl"), str(out / "preferences.jsonl"), bad, from_arena)
 
 
 __all__ = [
@@ -361,5 +396,6 @@ __all__ = [
     "normalize_reply",
     "read_rows",
     "build_datasets",
+    "arena_preferences",
     "export_feedback",
 ]

@@ -3,6 +3,8 @@
   twofiles feedback export --db feedback.sqlite --out data/feedback
     -> data/feedback/sft.jsonl          {"messages": [..., the good answer]}
        data/feedback/preferences.jsonl  {"messages": [...], "chosen": [...], "rejected": [...]}
+  twofiles feedback export --db feedback.sqlite --arena-db arena.sqlite --out data/feedback
+    (arena votes become preference pairs too: the winning reply over the losing one)
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--db", required=True, metavar="PATH", help="the feedback database (SQLite) the web UI writes")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    p.add_argument("--arena-db", metavar="PATH", help="also turn the arena's votes into preference pairs (winner over loser; ties left out)")
     p.add_argument("--skip-bad", action="store_true", help="leave malformed rows out (listed on stderr) instead of stopping")
     add_json_flag(p)
 
@@ -30,12 +33,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from twofiles.feedback import export_feedback
 
-    summary = export_feedback(args.db, args.out, skip_bad=args.skip_bad)
+    summary = export_feedback(args.db, args.out, skip_bad=args.skip_bad, arena_db=args.arena_db)
     for why in summary.skipped:
         print(f"skipped {args.db}: {why}", file=sys.stderr)
     print(
         f"{summary.rows} feedback rows -> {summary.sft} SFT examples ({summary.sft_path}), "
-        f"{summary.preferences} preference pairs ({summary.preferences_path})"
+        f"{summary.preferences} preference pairs ({summary.preferences_path}"
+        + (f", {summary.arena_preferences} of them from arena votes)" if args.arena_db else ")")
         + (f"; {len(summary.skipped)} malformed rows skipped" if summary.skipped else "")
     )
     if args.json:
