@@ -270,7 +270,6 @@ def _parse_row(rid: int, created: Any, model: Any, messages: Any, reply: Any, ra
 def build_datasets(rows: Sequence[FeedbackRow]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(SFT examples, preference pairs) from valid rows, deduplicated, in row order."""
     latest: dict[tuple[str, str], int] = {}  # (conversation, reply) -> latest rating
-    corrections: list[FeedbackRow] = []
     corrected: set[tuple[str, str]] = set()
     first_seen: dict[tuple[str, str], FeedbackRow] = {}
     for r in rows:
@@ -279,7 +278,6 @@ def build_datasets(rows: Sequence[FeedbackRow]) -> tuple[list[dict[str, Any]], l
         if r.rating is not None:
             latest[key] = r.rating
         if r.correction is not None:
-            corrections.append(r)
             corrected.add(key)
 
     sft: list[dict[str, Any]] = []
