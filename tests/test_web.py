@@ -143,7 +143,7 @@ def _chat(pg: Any, live: _Server, text: str, *, temperature: str, seed: str, max
 
 def _reply_text(reply: Any) -> str:
     """The reply's text as the page shows it, without the marker of the end-of-turn token."""
-    return reply.evaluate("n => [...n.querySelectorAll('.text .tok:not(.end)')].map(s => s.textContent).join('')")
+    return reply.evaluate("n => [...n.querySelectorAll('.text .tok:not(.end), .text .piece')].map(s => s.textContent).join('')")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -151,18 +151,21 @@ def _reply_text(reply: Any) -> str:
 
 @pytest.mark.slow
 def test_chat_streams_reply_equal_to_api(page, live, tmp_path):
-    reply = _chat(page, live, "Hello there", temperature="0.9", seed="7")
+    with page.expect_response("**/v1/chat/completions") as response:
+        reply = _chat(page, live, "Hello there", temperature="0.9", seed="7")
+    assert response.value.headers["content-type"].startswith("text/event-stream")  # read as a stream
     shown = _reply_text(reply)
     status, body = _post(
         live.url + "/v1/chat/completions",
-        {"model": "tiny-alpha", "messages": [{"role": "user", "content": "Hello there"}], "temperature": 0.9, "top_p": 1, "max_tokens": 12, "seed": 7},
+        {"model": "tiny-alpha", "messages": [{"role": "user", "content": "Hello there"}], "temperature": 0.9, "top_p": 1, "max_tokens": 12, "seed": 7, "logprobs": True},
     )
     assert status == 200, body
     expected = body["choices"][0]["message"]["content"]
     assert expected, "the tiny model produced an empty reply; pick another seed"
     assert shown == expected
-    # streamed piece by piece: several token spans, not one block of text
-    assert reply.locator(".tok:not(.end)").count() >= 2
+    # every generated token reached the page with its probability, whatever the server's chunking
+    tokens = reply.evaluate("n => [...n.querySelectorAll('.tok')].flatMap(s => s._tokens.map(t => t.token))")
+    assert tokens == [t["token"] for t in body["choices"][0]["logprobs"]["content"]]
     _screenshot(page, tmp_path / "web-chat.png")
 
 
