@@ -323,6 +323,38 @@ def test_server_errors_are_shown_and_not_kept(page, live):
     assert [m["role"] for m in sent[-1]["messages"]] == ["user", "user"]
 
 
+@pytest.mark.slow
+def test_each_token_gets_its_span_however_the_server_chunks(page, live):
+    """Canned chunks: three tokens in one chunk, a character split over two tokens, and an end
+    token with no text. Each whole token gets its own span and die; the split character is one
+    span with both of its tokens; the end token is the [end] span."""
+
+    def lp(token: str, p: float) -> dict[str, Any]:
+        return {"token": token, "logprob": math.log(p), "bytes": None, "top_logprobs": [{"token": token, "logprob": math.log(p), "bytes": None}]}
+
+    chunks = [
+        {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}]},
+        {"choices": [{"index": 0, "delta": {"content": "Hi there,"}, "logprobs": {"content": [lp("Hi", 0.5), lp(" there", 0.25), lp(",", 0.125)]}, "finish_reason": None}]},
+        {"choices": [{"index": 0, "delta": {"content": ""}, "logprobs": {"content": [lp("\ufffd", 0.9)]}, "finish_reason": None}]},
+        {"choices": [{"index": 0, "delta": {"content": " \u00e9t\u00e9"}, "logprobs": {"content": [lp("\ufffd", 0.8), lp("t", 0.7), lp("\u00e9", 0.6)]}, "finish_reason": None}]},
+        {"choices": [{"index": 0, "delta": {"content": ""}, "logprobs": {"content": [lp("<|assistant_end|>", 0.95)]}, "finish_reason": "stop"}]},
+    ]
+    page.goto(live.url + "/")
+    page.wait_for_function("document.querySelectorAll('#model option').length === 2")
+    page.route("**/v1/chat/completions", lambda route: route.fulfill(status=200, headers={"Content-Type": "text/event-stream"}, body=_sse(chunks)))
+    page.fill("#input", "hello")
+    page.click("#send")
+    reply = page.locator(".msg.assistant").last
+    reply.locator(".actions").wait_for()
+    spans = reply.evaluate("n => [...n.querySelectorAll('.text .tok')].map(s => [s.textContent, s._tokens.map(t => t.token)])")
+    assert spans == [
+        ["Hi", ["Hi"]], [" there", [" there"]], [",", [","]],
+        [" \u00e9t\u00e9", ["\ufffd", "\ufffd", "t", "\u00e9"]],  # the split character takes the rest of its chunk
+        ["[end]", ["<|assistant_end|>"]],
+    ]  # fmt: skip
+    assert _reply_text(reply) == "Hi there, \u00e9t\u00e9"
+
+
 def test_tools_route_runs_only_the_calculator(live):
     from twofiles.tools.calculator import Calculator
 

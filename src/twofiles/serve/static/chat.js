@@ -96,6 +96,26 @@ function tokenSpan(text, tokens, isEnd) {
   return span;
 }
 
+// Text and the tokens that produced it, as spans: one per token where the tokens spell the text
+// exactly (the usual case), so each token shows its own die however the server grouped them into
+// chunks; what is left (a character split over tokens) becomes one span with all its tokens.
+// Returns the tokens that have no text yet (the end of the turn, or text still held back).
+function appendPieces(shell, text, entries) {
+  let pos = 0;
+  let i = 0;
+  for (; i < entries.length; i++) {
+    const t = entries[i].token;
+    if (!t || t.includes("\ufffd") || !text.startsWith(t, pos)) break;
+    shell.text.append(tokenSpan(t, [entries[i]], false));
+    pos += t.length;
+  }
+  if (pos < text.length) {
+    shell.text.append(tokenSpan(text.slice(pos), entries.slice(i), false));
+    return [];
+  }
+  return entries.slice(i);
+}
+
 // --- rendering messages -----------------------------------------------------------------------
 
 function toolCallText(call) {
@@ -246,8 +266,7 @@ async function streamReply(s) {
       pending.push(...((choice.logprobs && choice.logprobs.content) || []));
       if (delta.content) {
         content += delta.content;
-        shell.text.append(tokenSpan(delta.content, pending, false));
-        pending = [];
+        pending = appendPieces(shell, delta.content, pending);
       }
       for (const tc of delta.tool_calls || []) {
         const i = tc.index ?? calls.length;
