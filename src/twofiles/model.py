@@ -119,10 +119,20 @@ class KVCache(nn.Module):
         self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
 
     def update(self, pos: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write k/v [B, Hkv, T, hd] at slots pos..pos+T of every row; return the filled prefix."""
         T = k.shape[2]
         self.k[:, :, pos : pos + T] = k
         self.v[:, :, pos : pos + T] = v
         return self.k[:, :, : pos + T], self.v[:, :, : pos + T]
+
+    def update_at(self, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write k/v [B, Hkv, T, hd] at each row's own slots positions [B, T]; return the whole
+        cache (the caller's attention mask says which slots each query may see)."""
+        B, H, T, D = k.shape
+        index = positions[:, None, :, None].expand(B, H, T, D)
+        self.k.scatter_(2, index, k)
+        self.v.scatter_(2, index, v)
+        return self.k, self.v
 
 
 class Attention(nn.Module):
@@ -135,17 +145,28 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(cfg.dim, kv_dim, bias=cfg.qkv_bias)
         self.o_proj = nn.Linear(cfg.dim, cfg.dim, bias=False)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None, pos: int) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        cache: KVCache | None,
+        pos: int,
+        positions: torch.Tensor | None = None,
+        attn_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # [B, H, T, hd]
         k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # [B, Hkv, T, hd]
         v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
-            k, v = cache.update(pos, k, v)
+            k, v = cache.update_at(positions, k, v) if positions is not None else cache.update(pos, k, v)
         gqa = self.n_kv_heads != self.n_heads  # SDPA broadcasts kv heads without copies (torch >= 2.5)
         S = k.shape[2]
-        if S == T:  # no cached prefix: plain causal attention
+        if attn_mask is not None:  # the caller decides who sees whom (packing, ragged batches)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, enable_gqa=gqa)
+        elif S == T:  # no cached prefix: plain causal attention
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
         elif T == 1:  # one new token attends to everything so far
             y = F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa)
@@ -175,8 +196,17 @@ class Block(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None, pos: int) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache, pos)
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        cache: KVCache | None,
+        pos: int,
+        positions: torch.Tensor | None = None,
+        attn_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache, pos, positions, attn_mask)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -239,16 +269,39 @@ class Transformer(nn.Module):
         self.rope_cos.copy_(cos)
         self.rope_sin.copy_(sin)
 
-    def hidden_states(self, idx: torch.Tensor, caches: list[KVCache] | None = None, pos: int = 0) -> torch.Tensor:
-        """Final-norm hidden states [B, T, dim] for token ids idx [B, T] starting at position pos."""
+    def hidden_states(
+        self,
+        idx: torch.Tensor,
+        caches: list[KVCache] | None = None,
+        pos: int = 0,
+        *,
+        positions: torch.Tensor | None = None,
+        attn_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Final-norm hidden states [B, T, dim] for token ids idx [B, T].
+
+        Positions are pos..pos+T-1 for every row, or each token's own `positions` [B, T] (RoPE
+        angle and, with caches, the cache slot its k/v go to). `attn_mask` (bool, broadcastable
+        to [B, 1, T, S], True = may attend) replaces the default causal rule; S is T without
+        caches, pos+T with caches and no `positions`, the caches' full length with `positions`
+        (the mask then picks each row's slots). A query row that may attend to nothing gives NaN:
+        let padding queries see themselves."""
         T = idx.shape[1]
-        if pos + T > self.rope_cos.shape[0]:
-            raise ValueError(f"sequence of {pos + T} tokens exceeds max_seq_len={self.rope_cos.shape[0]}")
-        cos = self.rope_cos[pos : pos + T].to(self.model.embed_tokens.weight.dtype)
-        sin = self.rope_sin[pos : pos + T].to(self.model.embed_tokens.weight.dtype)
+        if positions is not None:
+            if positions.shape != idx.shape:
+                raise ValueError(f"positions {tuple(positions.shape)} must match idx {tuple(idx.shape)}")
+            if caches is not None and attn_mask is None:
+                raise ValueError("positions with caches needs an attn_mask over the cache slots")
+            cos, sin = self.rope_cos[positions].unsqueeze(1), self.rope_sin[positions].unsqueeze(1)  # [B, 1, T, hd]
+        else:
+            if pos + T > self.rope_cos.shape[0]:
+                raise ValueError(f"sequence of {pos + T} tokens exceeds max_seq_len={self.rope_cos.shape[0]}")
+            cos, sin = self.rope_cos[pos : pos + T], self.rope_sin[pos : pos + T]  # [T, hd]
+        dtype = self.model.embed_tokens.weight.dtype
+        cos, sin = cos.to(dtype), sin.to(dtype)
         x = self.model.embed_tokens(idx)
         for i, layer in enumerate(self.model.layers):
-            x = layer(x, cos, sin, caches[i] if caches is not None else None, pos)
+            x = layer(x, cos, sin, caches[i] if caches is not None else None, pos, positions, attn_mask)
         return self.model.norm(x)
 
     def forward(
@@ -258,11 +311,14 @@ class Transformer(nn.Module):
         *,
         caches: list[KVCache] | None = None,
         pos: int = 0,
+        positions: torch.Tensor | None = None,
+        attn_mask: torch.Tensor | None = None,
         reduction: str = "mean",
     ) -> torch.Tensor:
         """Logits [B, T, V] (fp32) when targets is None, else the cross-entropy loss over targets
-        (ignore_index=-1); reduction="none" gives the per-token loss [B, T]."""
-        h = self.hidden_states(idx, caches, pos)
+        (ignore_index=-1); reduction="none" gives the per-token loss [B, T]. `positions` and
+        `attn_mask`: see hidden_states (packing several documents in a row, ragged batches)."""
+        h = self.hidden_states(idx, caches, pos, positions=positions, attn_mask=attn_mask)
         logits = self.lm_head(h).float()
         if targets is None:
             return logits

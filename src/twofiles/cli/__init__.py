@@ -22,6 +22,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "export": ("twofiles.cli.export", "export run: model.safetensors + a numpy-only run.py (the two files); export hf: a Hugging Face directory"),
     "speedrun": ("twofiles.cli.speedrun", "tokenizer -> data -> pretrain -> samples on the built-in corpus"),
     "pull": ("twofiles.cli.pull", "fetch a built-in model (smollm2) into the cache, once"),
+    "chat": ("twofiles.cli.chat", "chat with a model in the terminal (streaming, system prompt, tools); scriptable through stdin"),
 }
 
 

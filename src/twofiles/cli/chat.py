@@ -1,0 +1,199 @@
+"""Chat with a model in the terminal: streamed replies, a system prompt, sampling settings, tools.
+
+Uses the model's own chat template when it has one (SmolLM2: ChatML), else twofiles' built-in
+template (said on stderr: a base model was never taught it). On a terminal it is a REPL with
+/reset, /save FILE, /load FILE, /help, /exit; with stdin from a pipe or file it reads one user
+turn per line (commands work there too) and prints each reply on stdout, so it can be scripted.
+Tool calls and their results are shown on stderr. --json prints a summary as the last stdout line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from twofiles.cli.common import add_json_flag, emit_json
+
+HELP = """commands:
+  /reset       start over (keeps the --system prompt)
+  /save FILE   write the conversation as JSON ({"messages": [...]}, OpenAI form)
+  /load FILE   continue a saved conversation
+  /help        this text
+  /exit        quit (also Ctrl-D)"""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", metavar="MODEL", help="a twofiles model.safetensors, a .gguf file, a Hugging Face model directory, or an alias (smollm2)")
+    p.add_argument("--system", default=None, help="a system prompt")
+    p.add_argument("--temperature", type=float, default=0.7, help="0 = greedy (default 0.7)")
+    p.add_argument("--top-k", type=int, default=0, help="sample among the K most likely tokens only (0 = off)")
+    p.add_argument("--top-p", type=float, default=0.9, help="sample among the most likely tokens covering probability P (default 0.9)")
+    p.add_argument("--min-p", type=float, default=0.0, help="drop tokens less likely than M x the top token (0 = off)")
+    p.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeating tokens (1 = off)")
+    p.add_argument("--seed", type=int, default=None, help="seed for sampling (default: random, printed to stderr)")
+    p.add_argument("--max-tokens", type=int, default=512, help="most new tokens per reply (default 512)")
+    p.add_argument("--tools", default="", metavar="NAMES", help="comma-separated tools the model may call, e.g. calculator,python")
+    p.add_argument("--max-tool-rounds", type=int, default=4, help="most tool-call rounds per reply (default 4)")
+    p.add_argument("--load", default=None, metavar="FILE", help="start from a saved conversation")
+    p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
+    add_json_flag(p)
+
+
+def _pick_tools(spec: str) -> dict:
+    from twofiles.errors import TwofilesError
+
+    names = [n.strip() for n in spec.split(",") if n.strip()]
+    if not names:
+        return {}
+    try:
+        from twofiles.tools import default_tools
+    except ImportError:
+        raise TwofilesError("--tools: this installation has no tools (twofiles.tools is missing)") from None
+    available = default_tools()
+    unknown = [n for n in names if n not in available]
+    if unknown:
+        raise TwofilesError(f"--tools: unknown tool {', '.join(unknown)} (available: {', '.join(sorted(available))})")
+    return {n: available[n] for n in names}
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+    import secrets
+    import time
+    from dataclasses import replace
+
+    from twofiles.chat import ChatFormat, Message, RespondStats, load_conversation, messages_to_dicts, respond, save_conversation
+    from twofiles.engine import PromptTooLongError, SamplingParams, resolve_model
+    from twofiles.errors import TwofilesError
+    from twofiles.runtime import pick_device
+
+    if args.max_tool_rounds < 0:
+        raise TwofilesError(f"--max-tool-rounds {args.max_tool_rounds}: must be >= 0")
+    seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
+    params = SamplingParams(
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        min_p=args.min_p,
+        repetition_penalty=args.repetition_penalty,
+        seed=seed,
+        max_tokens=args.max_tokens,
+    ).validate()  # before loading: a typo should not cost a model load
+    tools = _pick_tools(args.tools)
+    start = load_conversation(args.load) if args.load else []
+
+    device, why = pick_device(args.device)
+    t0 = time.perf_counter()
+    loaded = resolve_model(args.model, device=device)
+    fmt = ChatFormat.for_model(loaded)
+    err = sys.stderr
+    print(f"model {args.model}: {sum(p.numel() for p in loaded.model.parameters()) / 1e6:.2f}M parameters, {device.type} ({why}), loaded in {time.perf_counter() - t0:.2f}s", file=err)
+    if fmt.builtin and not loaded.chat_template:
+        print("this model has no chat template: using twofiles' built-in one (a base model was never taught it: expect text, not answers)", file=err)
+    else:
+        print("chat template: the model's own", file=err)
+    print(f"seed {seed}" + ("" if args.seed is not None else " (pass --seed to repeat this chat)"), file=err)
+    if tools:
+        print(f"tools: {', '.join(tools)}", file=err)
+
+    base = [Message("system", args.system)] if args.system is not None else []
+    messages: list[Message] = start or list(base)
+    interactive = sys.stdin.isatty()
+    if interactive:
+        import readline  # noqa: F401  (line editing and history for input())
+
+        print("type /help for commands", file=err)
+    out = sys.stdout
+    replies: list[str] = []
+    stats = RespondStats()
+    turn, n_calls, gen_seconds = 0, 0, 0.0
+
+    while True:
+        try:
+            line = input("you> ") if interactive else sys.stdin.readline()
+        except EOFError:
+            break
+        if not interactive and line == "":
+            break  # end of the script
+        line = line.rstrip("\r\n")
+        if not line.strip():
+            continue
+        if line.startswith("/"):
+            cmd, _, rest = line.partition(" ")
+            rest = rest.strip()
+            if cmd in ("/exit", "/quit"):
+                break
+            if cmd == "/reset":
+                messages = list(base)
+                print("(conversation reset)", file=err)
+            elif cmd == "/save" and rest:
+                save_conversation(rest, messages)
+                print(f"(saved {len(messages)} messages to {rest})", file=err)
+            elif cmd == "/load" and rest:
+                try:
+                    messages = load_conversation(rest)
+                except TwofilesError as e:
+                    if not interactive:
+                        raise
+                    print(f"error: {e}", file=err)
+                    continue
+                print(f"(loaded {len(messages)} messages from {rest})", file=err)
+            else:
+                print(HELP, file=err)
+            continue
+
+        messages.append(Message("user", line))
+        turn_params = replace(params, seed=seed + 1000 * turn)  # each turn its own die, reproducibly
+        turn += 1
+        if interactive:
+            out.write("assistant> ")
+        t1 = time.perf_counter()
+        pieces: list[str] = []
+        added: list[Message] = []
+        try:
+            for kind, value in respond(loaded, fmt, messages, turn_params, tools=tools or None, max_tool_rounds=args.max_tool_rounds, stats=stats):
+                if kind == "text":
+                    pieces.append(value)
+                    out.write(value)
+                    out.flush()
+                elif kind == "tool_call":
+                    n_calls += 1
+                    out.flush()
+                    print(f"\n[tool call] {value.name} {json.dumps(value.arguments, ensure_ascii=False)}", file=err, flush=True)
+                elif kind == "tool_result":
+                    print(f"[tool result] {value}", file=err, flush=True)
+                elif kind == "done":
+                    added = value
+        except PromptTooLongError as e:
+            messages.pop()
+            if not interactive:
+                raise
+            print(f"\nerror: {e}; /reset to start over", file=err)
+            continue
+        except KeyboardInterrupt:
+            messages.pop()
+            print("\n(interrupted: reply dropped)", file=err)
+            continue
+        finally:
+            gen_seconds += time.perf_counter() - t1
+        out.write("\n")
+        out.flush()
+        messages.extend(added)
+        replies.append("".join(pieces))
+
+    if args.json:
+        emit_json(
+            {
+                "model": args.model,
+                "template": "builtin" if fmt.builtin else "model",
+                "turns": turn,
+                "replies": replies,
+                "messages": messages_to_dicts(messages),
+                "tool_calls": n_calls,
+                "tokens": stats.tokens,
+                "seconds": round(gen_seconds, 4),
+                "tokens_per_second": round(stats.tokens / gen_seconds, 2) if gen_seconds > 0 else 0.0,
+                "seed": seed,
+            }
+        )
+    return 0
