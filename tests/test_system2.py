@@ -38,7 +38,9 @@ def test_self_consistency_takes_the_majority_answer():
 def test_vote_details():
     v = vote(["a 1", "b 2", "c 2", "nothing"])
     assert v.answer == "2" and v.answers == ["1", "2", "2", None] and v.agreement == 0.5
-    assert vote(["none", "here"]).answer is None and vote([]).agreement == 0.0
+    assert v.reply == "b 2"  # the first sample that reached the majority answer
+    assert vote(["none", "here"]).answer is None and vote(["none", "here"]).reply == "none"
+    assert vote([]).agreement == 0.0 and vote([]).reply == ""
 
 
 def test_best_of_n_keeps_the_top_score():
@@ -94,6 +96,18 @@ def test_sampling_is_seeded_and_batched(tiny, monkeypatch):
     chunked = sample_texts(model, tok, prompt, params, 10, batch_size=4)
     assert calls == [4, 4, 2] and len(chunked) == 10
     assert chunked[:4] != chunked[4:8]  # each chunk draws with its own seed
+
+
+def test_think_keeps_every_sample_and_counts_tokens(tiny):
+    from twofiles.system2 import think
+
+    model, tok = tiny
+    prompt = [tok.bos_id] + tok.encode("the answer is")
+    params = SamplingParams(temperature=1.0, max_tokens=8, seed=0)
+    v = think(model, tok, prompt, params, 6, batch_size=4)
+    assert v.texts == sample_texts(model, tok, prompt, params, 6, batch_size=4)
+    assert 6 <= v.tokens <= 48 and len(v.answers) == 6
+    assert v.answer == self_consistency(make_sampler(model, tok, prompt, params, batch_size=4), 6)[0]
 
 
 def test_mean_logprob_scorer_matches_a_naive_loop(tiny):

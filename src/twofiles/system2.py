@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from twofiles.engine import SamplingParams, TokenizerLike
     from twofiles.model import Transformer
 
-__all__ = ["SampleFn", "Vote", "vote", "self_consistency", "best_of_n", "sample_texts", "make_sampler", "mean_logprob_scorer"]
+__all__ = ["SampleFn", "Vote", "vote", "self_consistency", "best_of_n", "sample_texts", "make_sampler", "think", "mean_logprob_scorer"]
 
 SampleFn = Callable[[int], list[str]]  # n -> n independent samples (texts) for one fixed prompt
 
@@ -40,6 +40,14 @@ class Vote:
     votes: dict[str, int]  # answer -> how many samples gave it, most voted first
     answers: list[str | None]  # each sample's extracted answer, in sample order
     texts: list[str]  # the samples
+    tokens: int = 0  # tokens generated for all samples (when known)
+
+    @property
+    def reply(self) -> str:
+        """The sample to show: the first one that reached the majority answer (else the first)."""
+        if not self.texts:
+            return ""
+        return self.texts[self.answers.index(self.answer)] if self.answer is not None else self.texts[0]
 
     @property
     def agreement(self) -> float:
@@ -82,6 +90,25 @@ def _text(tokenizer: "TokenizerLike", ids: list[int], end_ids: set[int], stop: S
     return text[: min(cuts)] if cuts else text
 
 
+def _sample(model: "Transformer", tokenizer: "TokenizerLike", prompt_ids: Sequence[int], params: "SamplingParams", n: int, batch_size: int) -> tuple[list[str], int]:
+    from twofiles.engine import generate_batch
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size}: must be >= 1")
+    end_ids = set(params.stop_token_ids) | {tokenizer.bos_id} | set(getattr(tokenizer, "eos_ids", []) or [])
+    texts: list[str] = []
+    tokens, chunk = 0, 0
+    while len(texts) < n:
+        rows = min(batch_size, n - len(texts))
+        # a different seed per chunk: the same seed would repeat the first chunk's samples
+        seeded = params if params.seed is None else replace(params, seed=params.seed + chunk)
+        for ids in generate_batch(model, [list(prompt_ids)] * rows, seeded, tokenizer=tokenizer):
+            tokens += len(ids)
+            texts.append(_text(tokenizer, list(ids), end_ids, params.stop))
+        chunk += 1
+    return texts, tokens
+
+
 def sample_texts(
     model: "Transformer",
     tokenizer: "TokenizerLike",
@@ -93,19 +120,27 @@ def sample_texts(
 ) -> list[str]:
     """n sampled continuations of one prompt, decoded, without their end token or stop string.
     Rows run batch_size at a time (one prefill per batch: the rows share the prompt's length)."""
-    from twofiles.engine import generate_batch
+    return _sample(model, tokenizer, prompt_ids, params, n, batch_size)[0]
 
-    end_ids = set(params.stop_token_ids) | {tokenizer.bos_id} | set(getattr(tokenizer, "eos_ids", []) or [])
-    texts: list[str] = []
-    chunk = 0
-    while len(texts) < n:
-        rows = min(batch_size, n - len(texts))
-        # a different seed per chunk: the same seed would repeat the first chunk's samples
-        seeded = params if params.seed is None else replace(params, seed=params.seed + chunk)
-        for ids in generate_batch(model, [list(prompt_ids)] * rows, seeded, tokenizer=tokenizer):
-            texts.append(_text(tokenizer, list(ids), end_ids, params.stop))
-        chunk += 1
-    return texts
+
+def think(
+    model: "Transformer",
+    tokenizer: "TokenizerLike",
+    prompt_ids: Sequence[int],
+    params: "SamplingParams",
+    n: int,
+    *,
+    extract: Callable[[str], str | None] = extract_number,
+    batch_size: int = 16,
+) -> Vote:
+    """Self-consistency with everything kept: n batched samples of one prompt and their vote
+    (Vote.reply is the sample to show)."""
+    if n < 1:
+        raise ValueError(f"n={n}: need at least one sample")
+    texts, tokens = _sample(model, tokenizer, prompt_ids, params, n, batch_size)
+    v = vote(texts, extract)
+    v.tokens = tokens
+    return v
 
 
 def make_sampler(model: "Transformer", tokenizer: "TokenizerLike", prompt_ids: Sequence[int], params: "SamplingParams", *, batch_size: int = 16) -> SampleFn:
