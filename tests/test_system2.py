@@ -123,3 +123,31 @@ def test_mean_logprob_scorer_matches_a_naive_loop(tiny):
     score = mean_logprob_scorer(model, tok, prompt)
     assert math.isclose(score(text), sum(naive) / len(naive), rel_tol=1e-4, abs_tol=1e-5)
     assert score("") == float("-inf")
+
+
+def test_chat_think_flag_votes_over_batched_samples(tiny, tmp_path, capsys, monkeypatch):
+    import io
+    import json
+
+    from twofiles.artifact import load_model, save_model
+    from twofiles.chat import ChatFormat, Message
+    from twofiles.cli import main
+    from twofiles.system2 import think
+
+    model, tok = tiny
+    path = str(save_model(tmp_path / "model.safetensors", model, tok))
+    monkeypatch.setattr("sys.stdin", io.StringIO("what is 6 times 7?\n"))
+    rc = main(["chat", path, "--think", "4", "--seed", "5", "--max-tokens", "10", "--json"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    summary = json.loads(out.splitlines()[-1])
+    assert "[think] 4 samples" in err
+    # the reply shown is what think() picks for the same prompt and sampling settings
+    loaded = load_model(path)
+    fmt = ChatFormat.for_model(loaded)
+    params = SamplingParams(temperature=0.7, top_p=0.9, seed=5, max_tokens=10, stop_token_ids=list(fmt.stop_token_ids))
+    expected = think(loaded.model, loaded.tokenizer, fmt.prompt_ids([Message("user", "what is 6 times 7?")]), params, 4)
+    assert summary["replies"] == [expected.reply] and summary["tokens"] == expected.tokens
+    monkeypatch.setattr("sys.stdin", io.StringIO("hi\n"))
+    assert main(["chat", path, "--think", "0"]) == 2
+    assert main(["chat", path, "--think", "2", "--tools", "calculator"]) == 2
