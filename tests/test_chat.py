@@ -384,7 +384,8 @@ def events(gen) -> list[tuple[str, object]]:
 
 
 def test_respond_runs_a_tool_and_continues(tok: Tokenizer) -> None:
-    from twofiles.chat import respond, tool_schemas
+    from twofiles.chat import respond
+    from twofiles.tools import openai_tool_specs
     from twofiles.engine import SamplingParams
 
     def reply(prompt: str) -> str:
@@ -408,7 +409,7 @@ def test_respond_runs_a_tool_and_continues(tok: Tokenizer) -> None:
     assert added[2] == Message("assistant", "the answer is 4.")
     assert len(history) == 2  # the caller's list is not modified
     # the model was shown the tools, then the result, through the template
-    assert model.prompts[0] == fmt.render_text(history, add_generation_prompt=True, tools=tool_schemas({"calculator": calc}))
+    assert model.prompts[0] == fmt.render_text(history, add_generation_prompt=True, tools=openai_tool_specs({"calculator": calc}))
     assert model.prompts[1].endswith("<|tool_result_start|>4<|tool_result_end|><|assistant_start|>")
 
 
@@ -421,12 +422,24 @@ def test_respond_bounds_tool_rounds_and_survives_bad_tools(tok: Tokenizer) -> No
     stats = RespondStats()
     got = events(respond(SimpleNamespace(model=model, tokenizer=tok), ChatFormat.builtin_for(tok), parse_messages(CONV[1:2]), SamplingParams(temperature=0), tools={"calculator": Calculator()}, max_tool_rounds=3, stats=stats))
     results = [v for k, v in got if k == "tool_result"]
-    assert results[0].startswith("error: ValueError: only a+b") and results[1].startswith("error: unknown tool 'weather'") and results[2] == "2"
+    assert results[0].startswith("error: ValueError: only a+b") and results[1].startswith("unknown tool 'weather'") and results[2] == "2"
     added = got[-1][1]
     assert len(model.prompts) == 4 == stats.rounds and len(results) == 3  # 3 rounds run; the 4th reply's call is left unrun
     assert [m.role for m in added] == ["assistant", "tool"] * 3 + ["assistant"] and added[-1].tool_calls
     assert stats.tokens > 0 and stats.finish == "stop"
 
+
+
+def test_respond_without_tools_keeps_tool_syntax_as_text(tok: Tokenizer) -> None:
+    from twofiles.chat import respond
+    from twofiles.engine import SamplingParams
+
+    call = '<tool_call>{"name": "calculator", "arguments": {"expression": "2+2"}}</tool_call>'
+    model = ScriptedModel(tok, lambda prompt: f"maybe {call}<|assistant_end|>")
+    got = events(respond(SimpleNamespace(model=model, tokenizer=tok), ChatFormat.builtin_for(tok), parse_messages(CONV[1:2]), SamplingParams(temperature=0)))
+    assert [k for k, _ in got if k != "text"] == ["done"] and len(model.prompts) == 1
+    assert "".join(v for k, v in got if k == "text") == f"maybe {call}"
+    assert got[-1][1] == [Message("assistant", f"maybe {call}")]
 
 def test_respond_hermes_calls_with_a_chatml_model(chatml_tok: Tokenizer) -> None:
     from twofiles.chat import respond
@@ -515,9 +528,7 @@ def test_chat_cli_scripted_through_stdin(model_path, tmp_path, capsys, monkeypat
 
 
 def test_chat_cli_shows_tool_calls_and_results(tok: Tokenizer, capsys, monkeypatch) -> None:
-    import sys
-    import types
-
+    """`--tools calculator` with the real calculator; the model is scripted to call it."""
     import twofiles.engine
 
     def reply(prompt: str) -> str:
@@ -525,10 +536,6 @@ def test_chat_cli_shows_tool_calls_and_results(tok: Tokenizer, capsys, monkeypat
             return "it is " + prompt.rsplit("<|tool_result_start|>", 1)[1].split("<|tool_result_end|>")[0] + "<|assistant_end|>"
         return '<|tool_call_start|>{"name": "calculator", "arguments": {"expression": "20+22"}}<|tool_call_end|><|assistant_end|>'
 
-    calc = Calculator()
-    fake_tools = types.ModuleType("twofiles.tools")
-    fake_tools.default_tools = lambda scratch_dir=None: {"calculator": calc, "python": object()}
-    monkeypatch.setitem(sys.modules, "twofiles.tools", fake_tools)
     monkeypatch.setattr(twofiles.engine, "resolve_model", lambda spec, **_: SimpleNamespace(model=ScriptedModel(tok, reply), tokenizer=tok, chat_template=""))
     rc, out, err = chat_cli(capsys, monkeypatch, "add 20 and 22\n", "scripted", "--tools", "calculator", "--json")
     assert rc == 0, err
@@ -537,6 +544,31 @@ def test_chat_cli_shows_tool_calls_and_results(tok: Tokenizer, capsys, monkeypat
     summary = json.loads(out.splitlines()[-1])
     assert summary["tool_calls"] == 1 and [m["role"] for m in summary["messages"]] == ["user", "assistant", "tool", "assistant"]
     assert summary["messages"][1]["tool_calls"][0]["function"] == {"name": "calculator", "arguments": '{"expression": "20+22"}'}
+
+
+
+def test_drop_oldest_exchange() -> None:
+    from twofiles.chat import drop_oldest_exchange
+
+    msgs = parse_messages(CONV)
+    assert drop_oldest_exchange(msgs) == [msgs[0], *msgs[5:]]  # the whole tool exchange goes at once
+    assert drop_oldest_exchange(msgs[1:]) == msgs[5:]
+    assert drop_oldest_exchange(msgs[:2]) is None and drop_oldest_exchange(msgs[5:6]) is None
+
+
+def test_chat_cli_forgets_old_turns_when_the_context_is_full(tok, model_path, capsys, monkeypatch) -> None:
+    line = "zebra quux"
+    while len(tok.encode(line)) < 60:  # a user turn of ~60 tokens in a 256-token context
+        line += " zebra quux"
+    rc, out, err = chat_cli(capsys, monkeypatch, (line + "\n") * 6, model_path, "--system", "be brief", "--seed", "0", "--max-tokens", "4", "--json")
+    assert rc == 0, err
+    summary = json.loads(out.splitlines()[-1])
+    assert summary["turns"] == 6 and "context full: forgot the oldest exchange" in err
+    msgs = summary["messages"]
+    assert msgs[0] == {"role": "system", "content": "be brief"} and 3 <= len(msgs) < 13 and msgs[-2]["content"] == line
+    # one turn longer than the whole context cannot be helped: scripted, that is an error
+    rc, _, err = chat_cli(capsys, monkeypatch, line * 5 + "\n", model_path, "--max-tokens", "4")
+    assert rc == 2 and "context is 256 tokens" in err
 
 
 @pytest.mark.parametrize(
@@ -568,3 +600,107 @@ def test_chat_cli_with_smollm2(capsys, monkeypatch) -> None:
     assert summary["template"] == "model" and "the model's own" in err
     assert "Paris" in summary["replies"][0] and "Rome" in summary["replies"][1]
     assert [m["role"] for m in summary["messages"]] == ["user", "assistant", "user", "assistant"]
+
+
+# A Hermes / Qwen-style template: tools in the system block, tool calls written by the template,
+# tool results as user turns, `trim`, `continue`, `tojson`, whitespace control.
+HERMES = """{%- if tools %}
+{{- '<|im_start|>system\\n' }}
+{%- if messages[0].role == 'system' %}{{- messages[0].content + '\\n\\n' }}{%- endif %}
+{{- '# Tools\\n<tools>' }}
+{%- for tool in tools %}
+{{- '\\n' }}{{- tool | tojson }}
+{%- endfor %}
+{{- '\\n</tools><|im_end|>\\n' }}
+{%- elif messages[0].role == 'system' %}
+{{- '<|im_start|>system\\n' + messages[0].content + '<|im_end|>\\n' }}
+{%- endif %}
+{%- for message in messages %}
+  {%- if message.role == 'system' %}{% continue %}{% endif %}
+  {%- if message.role == 'user' %}
+{{- '<|im_start|>user\\n' + message.content | trim + '<|im_end|>\\n' }}
+  {%- elif message.role == 'assistant' %}
+{{- '<|im_start|>assistant\\n' + message.content }}
+    {%- for tc in message.tool_calls or [] %}
+{{- '\\n<tool_call>\\n{"name": "' + tc.function.name + '", "arguments": ' + tc.function.arguments | tojson + '}\\n</tool_call>' }}
+    {%- endfor %}
+{{- '<|im_end|>\\n' }}
+  {%- elif message.role == 'tool' %}
+{{- '<|im_start|>user\\n<tool_response>\\n' + message.content + '\\n</tool_response><|im_end|>\\n' }}
+  {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"""
+
+
+@pytest.mark.slow
+def test_hermes_template_matches_transformers(chatml_tok: Tokenizer) -> None:
+    """A template with tools and tool calls renders to the same ids as transformers'
+    apply_chat_template, and its mask covers the replies and their tool calls."""
+    transformers = pytest.importorskip("transformers")
+    from tokenizers import Tokenizer as HFTokenizer
+
+    hf = transformers.PreTrainedTokenizerFast(tokenizer_object=HFTokenizer.from_str(chatml_tok.to_json()))
+    hf.chat_template = HERMES
+    fmt = ChatFormat.from_template(chatml_tok, HERMES)
+    tools = [{"type": "function", "function": {"name": "calculator", "description": "arithmetic: é", "parameters": {"type": "object", "properties": {"expression": {"type": "string"}}}}}]
+    conv = [dict(m) for m in CONV]
+    conv[1] = {"role": "user", "content": "  what is 2+2?\n"}
+    hf_conv = [dict(m) for m in conv]  # transformers' form: tool-call arguments as a dict
+    hf_conv[2] = {**conv[2], "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "calculator", "arguments": {"expression": "2+2"}}}]}
+    for c, hc, kw in [(conv, hf_conv, {}), (conv, hf_conv, {"tools": tools}), (conv[1:4], hf_conv[1:4], {"tools": tools, "add_generation_prompt": True})]:
+        theirs = hf.apply_chat_template(hc, tokenize=True, **kw)
+        theirs = list(theirs["input_ids"] if hasattr(theirs, "keys") else theirs)
+        assert fmt.render(c, **kw)[0] == theirs
+    ids, mask = fmt.render(conv, tools=tools)
+    assert learned(fmt, ids, mask) == [
+        '\n<tool_call>\n{"name": "calculator", "arguments": {"expression": "2+2"}}\n</tool_call><|im_end|>',
+        "the answer is 4.<|im_end|>",
+        "hello!<|im_end|>",
+    ]
+    # the template writes tool calls itself: they are passed as data, not folded into the text,
+    # and its own tool list replaces our system-prompt description
+    assert "You can call these tools" not in fmt.render_text(conv, tools=tools)
+
+
+@pytest.mark.slow
+def test_chat_cli_on_a_terminal(model_path, tmp_path) -> None:
+    """On a terminal: prompts, /help, a reply, /save, and /exit, through a real pseudo-terminal."""
+    import os
+    import pty
+    import select
+    import subprocess
+    import sys
+    import time
+
+    main_fd, term_fd = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "twofiles", "chat", model_path, "--seed", "1", "--max-tokens", "6", "--device", "cpu"],
+        stdin=term_fd, stdout=term_fd, stderr=term_fd, close_fds=True,
+    )
+    os.close(term_fd)
+    seen = b""
+
+    def until(marker: bytes, timeout: float = 60.0) -> None:
+        nonlocal seen
+        end = time.monotonic() + timeout
+        while marker not in seen:
+            assert time.monotonic() < end, f"no {marker!r} in {seen[-500:]!r}"
+            if select.select([main_fd], [], [], 0.5)[0]:
+                try:
+                    seen += os.read(main_fd, 4096)
+                except OSError:  # the child closed the terminal
+                    break
+
+    try:
+        until(b"you> ")
+        for line, marker in [(b"/help", b"/save FILE"), (b"hello", b"assistant> "), (f"/save {tmp_path}/c.json".encode(), b"(saved 2 messages")]:
+            seen = b""
+            os.write(main_fd, line + b"\r")
+            until(marker)
+            until(b"you> ")
+        os.write(main_fd, b"/exit\r")
+        assert proc.wait(timeout=30) == 0
+    finally:
+        proc.kill()
+        os.close(main_fd)
+    assert [m.role for m in load_conversation(tmp_path / "c.json")] == ["user", "assistant"]

@@ -230,6 +230,19 @@ def save_conversation(path: str | os.PathLike[str], messages: Sequence[Message])
     atomic_write_bytes(path, (text + "\n").encode("utf-8"))
 
 
+
+def drop_oldest_exchange(messages: Sequence[Message]) -> list[Message] | None:
+    """The conversation without its oldest exchange (the first user message after the leading
+    system messages, and the replies and tool results up to the next user message), for when it
+    outgrows the model's context. None when only the system prompt and the last user message
+    are left: there is nothing more to drop."""
+    msgs = list(messages)
+    first = next((i for i, m in enumerate(msgs) if m.role != "system"), len(msgs))
+    users = [i for i, m in enumerate(msgs) if m.role == "user" and i > first]
+    if not users:
+        return None
+    return msgs[:first] + msgs[users[0] :]
+
 # ---------------------------------------------------------------------------------------------
 # Chat templates
 
@@ -306,14 +319,6 @@ def _compile(template: str):
         return env.from_string(template)
     except TemplateSyntaxError as e:
         raise TemplateError(f"chat template: syntax error at template line {e.lineno}: {e.message}") from None
-
-
-def tool_schemas(tools: Mapping[str, "Tool"]) -> list[dict[str, Any]]:
-    """Tools -> the OpenAI `tools` list templates expect: {"type": "function", "function": {...}}."""
-    return [
-        {"type": "function", "function": {"name": t.name, "description": t.description, "parameters": t.parameters}}
-        for t in tools.values()
-    ]
 
 
 def _hermes_call(call: ToolCall) -> str:
@@ -433,14 +438,13 @@ class ChatFormat:
         msgs = parse_messages(list(messages))
         return self._render_dicts(self._template_messages(msgs, tools), add_generation_prompt, tools)
 
-    def _trusted_specials(self, msgs: list[Message], text: str, add_generation_prompt: bool, tools: list[dict] | None) -> list[re.Match]:
+    def _trusted_specials(self, msgs: list[Message], dicts: list[dict[str, Any]], text: str, add_generation_prompt: bool, tools: list[dict] | None) -> list[re.Match]:
         """The special-token matches in `text` that the template wrote (not the messages)."""
         if self._special_re is None:
             return []
         matches = list(self._special_re.finditer(text))
         if not matches:
             return []
-        dicts = self._template_messages(msgs, tools)
         if not any(self._special_re.search(s) for s in _strings(dicts)):
             return matches  # the common case: no message text looks like a special token
         neutral = _map_strings(dicts, lambda s: self._special_re.sub(lambda m: _PUA * len(m.group()), s))
@@ -462,26 +466,32 @@ class ChatFormat:
         """Token ids of the conversation and the loss mask: 1 on each assistant message's tokens,
         its end-of-turn token included; 0 on everything else (system, user, tool, template text)."""
         msgs = parse_messages(list(messages))
-        text = self._render_dicts(self._template_messages(msgs, tools), add_generation_prompt, tools)
-        specials = self._trusted_specials(msgs, text, add_generation_prompt, tools)
+        dicts = self._template_messages(msgs, tools)
+        text = self._render_dicts(dicts, add_generation_prompt, tools)
+        specials = self._trusted_specials(msgs, dicts, text, add_generation_prompt, tools)
         stop = set(self.stop_token_ids)
-        spans: list[tuple[int, int]] = []
+        offset = len(dicts) - len(msgs)  # 1 when a system message was added to describe tools
+        starts: list[tuple[int, int]] = []  # (message index, where its learned span starts)
         for i, m in enumerate(msgs):
             if m.role != "assistant":
                 continue
-            prefix = self.render_text(msgs[:i], add_generation_prompt=True, tools=tools)
+            prefix = self._render_dicts(dicts[: i + offset], True, tools)
             if not text.startswith(prefix):
                 raise TemplateError(
                     f"chat template: rendering messages[:{i}] with the generation prompt is not a prefix of the whole "
                     "conversation, so the assistant's tokens cannot be marked for training"
                 )
-            start = len(prefix)
-            whole = self.render_text(msgs[: i + 1], tools=tools)
-            end = len(whole) if text.startswith(whole) and len(whole) > start else len(text)
+            starts.append((i, len(prefix)))
+        spans: list[tuple[int, int]] = []
+        for k, (i, start) in enumerate(starts):
+            bound = starts[k + 1][1] if k + 1 < len(starts) else len(text)
             # Learn through the end-of-turn token, not the template's text after it (a newline in
             # ChatML), which the model never generates: generation stops on that token.
-            ends = [s.end() for s in specials if start <= s.start() < end and self.tokenizer.special_ids[s.group()] in stop]
-            spans.append((start, ends[0] if ends else end))
+            end = next((s.end() for s in specials if start <= s.start() < bound and self.tokenizer.special_ids[s.group()] in stop), None)
+            if end is None:  # no end-of-turn token: the message's own rendering says where it ends
+                whole = self._render_dicts(dicts[: i + 1 + offset], False, tools)
+                end = len(whole) if text.startswith(whole) and len(whole) > start else bound
+            spans.append((start, end))
         return self._encode(text, specials, spans)
 
     def _encode(self, text: str, specials: list[re.Match], spans: list[tuple[int, int]]) -> tuple[list[int], list[int]]:
@@ -492,17 +502,20 @@ class ChatFormat:
             cuts.update((a, b))
         special_at = {s.start(): self.tokenizer.special_ids[s.group()] for s in specials}
         special_end = {s.start(): s.end() for s in specials}
+        bounds = sorted(cuts)
+        pieces = list(zip(bounds, bounds[1:]))
+        plain = [text[a:b] for a, b in pieces if a not in special_at]
+        # plain mode: special-token text inside messages stays text; one batched call to the Rust side
+        encoded = iter(self.tokenizer.encode_batch(plain) if plain else [])
         ids: list[int] = []
         mask: list[int] = []
-        bounds = sorted(cuts)
-        for a, b in zip(bounds, bounds[1:]):
-            if a == b:
-                continue
+        for a, b in pieces:
             if a in special_at:
-                assert special_end[a] == b
+                if special_end[a] != b:  # an assistant span would start or end inside a special token
+                    raise TemplateError("chat template: the generation prompt ends inside a special token; cannot mark the assistant's tokens")
                 piece = [special_at[a]]
             else:
-                piece = self.tokenizer.encode(text[a:b])  # plain: specials in message text stay text
+                piece = next(encoded)
             learn = int(any(s <= a and b <= e for s, e in spans))
             ids.extend(piece)
             mask.extend([learn] * len(piece))
@@ -653,15 +666,13 @@ def _held(text: str, shown: int) -> int:
     return held
 
 
-def _run_tool(tools: Mapping[str, "Tool"], call: ToolCall) -> tuple[str, bool]:
-    tool = tools.get(call.name)
-    if tool is None:
-        return f"error: unknown tool {call.name!r} (available: {', '.join(tools) or 'none'})", True
+def _run_tool(tools: Mapping[str, "Tool"], call: ToolCall) -> str:
+    from twofiles.tools import run_tool
+
     try:
-        result = tool.run(call.arguments)
-    except Exception as e:  # a tool's bug must not end the conversation: the model sees the error
-        return f"error: {type(e).__name__}: {e}", True
-    return str(result.content), bool(getattr(result, "error", False))
+        return str(run_tool(tools, call.name, call.arguments).content)
+    except Exception as e:  # tools report failures as results; a bug in one must not end the chat either
+        return f"error: {type(e).__name__}: {e}"
 
 
 def respond(
@@ -675,13 +686,15 @@ def respond(
     stats: RespondStats | None = None,
 ) -> Iterator[ChatEvent]:
     """The agent loop: generate an assistant reply (streamed as "text" deltas, stopping on the
-    template's end-of-turn ids); if it calls tools, run them ("tool_call", then "tool_result"),
-    append the tool messages and generate again, at most `max_tool_rounds` times (calls made
-    after that are left unrun). Ends with ("done", the messages appended); `messages` itself is
+    template's end-of-turn ids); with `tools`, when it calls some, run them ("tool_call", then
+    "tool_result"), append the tool messages and generate again, at most `max_tool_rounds` times
+    (calls made after that are left unrun). Without `tools` the reply is plain text, any
+    tool-call syntax included. Ends with ("done", the messages appended); `messages` itself is
     not modified. Round r samples with seed + r, so a seeded reply is reproducible."""
     from twofiles.engine import generate_steps
+    from twofiles.tools import openai_tool_specs
 
-    schemas = tool_schemas(tools) if tools else None
+    schemas = openai_tool_specs(tools) if tools else None
     history = list(messages)
     added: list[Message] = []
     stats = stats if stats is not None else RespondStats()
@@ -695,17 +708,22 @@ def respond(
         )
         stats.prompt_tokens = len(ids)
         stats.rounds += 1
+        streamed = ""
         visible = _VisibleText()
         for step in generate_steps(loaded.model, ids, p, tokenizer=loaded.tokenizer):
             stats.tokens += 1
             stats.finish = step.finish
-            delta = visible.push(step.text) if step.text else ""
+            if not tools:  # without tools, tool-call syntax is just text: nothing runs it
+                streamed += step.text
+                delta = step.text
+            else:
+                delta = visible.push(step.text) if step.text else ""
             if delta:
                 yield ChatEvent("text", delta)
         tail = visible.finish()
         if tail:
             yield ChatEvent("text", tail)
-        reply = fmt.parse_assistant(visible.text)
+        reply = fmt.parse_assistant(visible.text) if tools else Message("assistant", streamed)
         for call in reply.tool_calls:
             if not call.id:
                 n_calls += 1
@@ -715,7 +733,7 @@ def respond(
             break
         for call in reply.tool_calls:
             yield ChatEvent("tool_call", call)
-            content, _error = _run_tool(tools, call)
+            content = _run_tool(tools, call)
             yield ChatEvent("tool_result", content)
             added.append(Message("tool", content, tool_call_id=call.id, name=call.name))
     yield ChatEvent("done", added)
@@ -732,10 +750,10 @@ __all__ = [
     "read_conversations",
     "load_conversation",
     "save_conversation",
+    "drop_oldest_exchange",
     "BUILTIN_TEMPLATE",
     "TemplateError",
     "ChatFormat",
-    "tool_schemas",
     "ChatEvent",
     "RespondStats",
     "respond",

@@ -57,6 +57,28 @@ def _pick_tools(spec: str) -> dict:
     return {n: available[n] for n in names}
 
 
+def _show(events, pieces: list[str], shown: list, out, err) -> list:
+    """Print a reply's events as they come: text to `out`, tool calls and results to `err`.
+    Returns the messages the reply appended."""
+    import json
+
+    for event in events:
+        shown.append(event)
+        kind, value = event
+        if kind == "text":
+            pieces.append(value)
+            out.write(value)
+            out.flush()
+        elif kind == "tool_call":
+            out.flush()
+            print(f"\n[tool call] {value.name} {json.dumps(value.arguments, ensure_ascii=False)}", file=err, flush=True)
+        elif kind == "tool_result":
+            print(f"[tool result] {value}", file=err, flush=True)
+        elif kind == "done":
+            return value
+    return []
+
+
 def _think(loaded, fmt, messages, params, n: int, stats, out, err) -> list:
     """One turn of System 2: n batched samples, majority vote on their final numbers; the
     first sample with the winning answer is the reply."""
@@ -78,12 +100,11 @@ def _think(loaded, fmt, messages, params, n: int, stats, out, err) -> list:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
     import secrets
     import time
     from dataclasses import replace
 
-    from twofiles.chat import ChatFormat, Message, RespondStats, load_conversation, messages_to_dicts, respond, save_conversation
+    from twofiles.chat import ChatFormat, Message, RespondStats, drop_oldest_exchange, load_conversation, messages_to_dicts, respond, save_conversation
     from twofiles.engine import PromptTooLongError, SamplingParams, resolve_model
     from twofiles.errors import TwofilesError
     from twofiles.runtime import pick_device
@@ -176,22 +197,24 @@ def run(args: argparse.Namespace) -> int:
         pieces: list[str] = []
         added: list[Message] = []
         try:
-            if args.think > 1:
-                added = _think(loaded, fmt, messages, turn_params, args.think, stats, out, err)
-                pieces.append(added[0].content)
-            for kind, value in () if args.think > 1 else respond(loaded, fmt, messages, turn_params, tools=tools or None, max_tool_rounds=args.max_tool_rounds, stats=stats):
-                if kind == "text":
-                    pieces.append(value)
-                    out.write(value)
-                    out.flush()
-                elif kind == "tool_call":
-                    n_calls += 1
-                    out.flush()
-                    print(f"\n[tool call] {value.name} {json.dumps(value.arguments, ensure_ascii=False)}", file=err, flush=True)
-                elif kind == "tool_result":
-                    print(f"[tool result] {value}", file=err, flush=True)
-                elif kind == "done":
-                    added = value
+            while True:
+                shown: list = []  # the events seen: after any, a retry would repeat them
+                try:
+                    if args.think > 1:
+                        added = _think(loaded, fmt, messages, turn_params, args.think, stats, out, err)
+                        pieces.append(added[0].content)
+                    else:
+                        events = respond(loaded, fmt, messages, turn_params, tools=tools or None, max_tool_rounds=args.max_tool_rounds, stats=stats)
+                        added = _show(events, pieces, shown, out, err)
+                    break
+                except PromptTooLongError:
+                    shorter = drop_oldest_exchange(messages) if not shown else None
+                    if shorter is None:
+                        raise
+                    # Forget the oldest exchange rather than refuse: the conversation goes on.
+                    messages = shorter
+                    print("(context full: forgot the oldest exchange)", file=err, flush=True)
+            n_calls += sum(kind == "tool_call" for kind, _ in shown)
         except PromptTooLongError as e:
             messages.pop()
             if not interactive:
