@@ -180,6 +180,7 @@ def test_matplotlib_plots_come_back_as_pngs(tmp_path):
     assert [os.path.basename(f) for f in saved.files] == ["squares.png"]
     with open(saved.files[0], "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert list((tmp_path / "scratch" / ".matplotlib-cache").glob("fontlist-*.json"))  # the next run starts warm
     left_open = sandbox.run({"code": "import numpy as np, matplotlib.pyplot as plt\nplt.plot(np.arange(10) ** 2)\nplt.show()"})
     assert not left_open.error, left_open.content
     assert [os.path.basename(f) for f in left_open.files] == ["figure_1.png"]

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import selectors
+import shutil
 import signal
 import subprocess
 import sys
@@ -265,8 +266,25 @@ class PythonSandbox:
         if code is None:
             return ToolResult('missing argument "code" (a string of Python)', error=True)
         self.scratch_dir.mkdir(parents=True, exist_ok=True)
-        run_dir = tempfile.mkdtemp(prefix="run-", dir=self.scratch_dir)
-        return run_python(code, run_dir, self.limits)
+        run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=self.scratch_dir))
+        # matplotlib's font list takes ~1.5 s to build: hand each run the one an earlier run
+        # built (it only affects code inside the sandbox, which is as untrusted as its maker)
+        cache = self.scratch_dir / ".matplotlib-cache"
+        mpl = run_dir / ".matplotlib"
+        if cache.is_dir():
+            shutil.copytree(cache, mpl)
+        result = run_python(code, run_dir, self.limits)
+        if not cache.is_dir() and mpl.is_dir():
+            fontlists = [f for f in mpl.glob("fontlist-*.json") if f.is_file() and not f.is_symlink() and f.stat().st_size < (4 << 20)]
+            if fontlists:
+                tmp = Path(tempfile.mkdtemp(prefix=".matplotlib-cache-", dir=self.scratch_dir))
+                for f in fontlists:
+                    shutil.copyfile(f, tmp / f.name)
+                try:
+                    os.replace(tmp, cache)
+                except OSError:  # another run got there first
+                    shutil.rmtree(tmp, ignore_errors=True)
+        return result
 
     def describe_limits(self) -> dict[str, Any]:
         return asdict(self.limits)
