@@ -160,7 +160,7 @@ def run_python(code: str, run_dir: str | os.PathLike[str], limits: Limits = DEFA
     keep = limits.output_chars * 4  # bytes; the head and the tail are what is shown
     try:
         try:
-            proc.stdin.write(code.encode("utf-8", "surrogatepass"))  # type: ignore[union-attr]
+            proc.stdin.write(code.encode("utf-8", "replace"))  # type: ignore[union-attr]
             proc.stdin.close()  # type: ignore[union-attr]
         except BrokenPipeError:
             pass
