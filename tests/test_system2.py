@@ -151,3 +151,22 @@ def test_chat_think_flag_votes_over_batched_samples(tiny, tmp_path, capsys, monk
     monkeypatch.setattr("sys.stdin", io.StringIO("hi\n"))
     assert main(["chat", path, "--think", "0"]) == 2
     assert main(["chat", path, "--think", "2", "--tools", "calculator"]) == 2
+
+
+@pytest.mark.slow
+def test_smollm2_think_batched_greedy_equals_one_run():
+    """The real model (GQA, 30 layers): N greedy rows sharing one prefill equal a single run."""
+    from twofiles.chat import ChatFormat, Message
+    from twofiles.engine import resolve_model
+    from twofiles.formats import alias_path
+    from twofiles.system2 import think
+
+    if not alias_path("smollm2").is_file():
+        pytest.skip("run `twofiles pull smollm2` first")
+    loaded = resolve_model("smollm2")
+    fmt = ChatFormat.for_model(loaded)
+    ids = fmt.prompt_ids([Message("user", "What is 7 times 8?")])
+    params = SamplingParams(temperature=0, max_tokens=8, stop_token_ids=list(fmt.stop_token_ids))
+    single = loaded.tokenizer.decode([t for t in generate(loaded.model, ids, params, tokenizer=loaded.tokenizer) if t not in fmt.stop_token_ids])
+    v = think(loaded.model, loaded.tokenizer, ids, params, 3)
+    assert v.texts == [single] * 3 and single
