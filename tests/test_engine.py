@@ -273,13 +273,13 @@ def test_identical_prompts_prefill_once(model, monkeypatch):
     prompt = [0, 9, 10, 11]
     greedy = SamplingParams(temperature=0, max_tokens=10)
     shapes = []
-    real_forward = type(model).forward
+    real = type(model).hidden_states  # what prefill and every decode step go through
 
     def recording(self, idx, *a, **kw):
         shapes.append(tuple(idx.shape))
-        return real_forward(self, idx, *a, **kw)
+        return real(self, idx, *a, **kw)
 
-    monkeypatch.setattr(type(model), "forward", recording)
+    monkeypatch.setattr(type(model), "hidden_states", recording)
     batched = generate_batch(model, [prompt] * 4, greedy)
     assert shapes[0] == (1, 4) and set(shapes[1:]) == {(4, 1)}  # prefill on one row, decode on four
     assert batched == [list(generate(model, prompt, greedy))] * 4

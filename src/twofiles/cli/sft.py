@@ -27,6 +27,8 @@ _FIELDS: list[tuple[str, str, str, type, str]] = [
     ("--skill-tasks", "", "skill_tasks", int, "held-out skill tasks per kind scored before and after (0: skip)"),
     ("--identity", "", "identity", str, "the assistant's name in the identity set (default: twofiles for Shakespeare models, none otherwise)"),
     ("--mix-seed", "", "mix_seed", int, "seed of the built-in mix"),
+    ("--mix-fraction", "", "mix_fraction", float, "use this fraction of the built-in mix (per kind)"),
+    ("--max-val", "", "max_val", int, "score held-out loss on at most this many conversations (0: all)"),
     ("--seed", "", "seed", int, "seed for data order and LoRA init"),
     ("--threads", "", "threads", int, "CPU threads"),
 ]

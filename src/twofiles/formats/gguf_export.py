@@ -17,6 +17,7 @@ llama.cpp does). The file is written to a temporary name and renamed: never half
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -58,6 +59,26 @@ def tensor_name(hf_name: str) -> str:
     raise BadInputError(f"tensor {hf_name} has no GGUF name")
 
 
+def llama3_rope_factors(head_dim: int, theta: float, scaling: dict[str, Any]) -> np.ndarray:
+    """The divisor of each RoPE frequency, float32 [head_dim / 2], computed as llama.cpp's
+    convert_hf_to_gguf.py does (LlamaModel.generate_extra_tensors: float32 scalar arithmetic per
+    frequency), so the bytes equal its output; the same curve as model.rope_inv_freq to 1 ulp."""
+    from twofiles.model import rope_inv_freq
+
+    factor, low, high, old_len = (scaling[k] for k in ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"))
+    out = []
+    for freq in rope_inv_freq(head_dim, theta):  # 0-d float32 tensors, as in the converter
+        wavelen = 2 * math.pi / freq
+        if wavelen < old_len / high:
+            out.append(1.0)
+        elif wavelen > old_len / low:
+            out.append(float(factor))
+        else:
+            smooth = (old_len / wavelen - low) / (high - low)
+            out.append(float(1 / ((1 - smooth) / factor + smooth)))
+    return np.array(out, dtype=np.float32)
+
+
 def _vocab(loaded: "LoadedModel", vocab_size: int) -> dict[str, Any]:
     """tokens, token types, merges/scores, pre and the model kind from the tokenizer JSON."""
     tok = loaded.tokenizer
@@ -97,11 +118,12 @@ def _vocab(loaded: "LoadedModel", vocab_size: int) -> dict[str, Any]:
     return out
 
 
-def export_gguf(loaded: "LoadedModel", out_path: str | os.PathLike[str], *, qtype: str = "f16") -> dict[str, Any]:
-    """Write `loaded` as a GGUF file at `out_path` (atomically). Returns a summary: path, type,
-    architecture, tensors, bytes."""
+def export_gguf(loaded: "LoadedModel", out_path: str | os.PathLike[str], *, qtype: str = "f16", progress: bool = False) -> dict[str, Any]:
+    """Write `loaded` as a GGUF file at `out_path` (atomically; a tqdm bar with `progress`).
+    Returns a summary: path, type, architecture, tensors, bytes."""
     import gguf
     from gguf.quants import quantize
+    from tqdm import tqdm
 
     if qtype not in TYPES:
         raise BadInputError(f"--type {qtype!r}: expected one of {', '.join(TYPES)}")
@@ -120,6 +142,7 @@ def export_gguf(loaded: "LoadedModel", out_path: str | os.PathLike[str], *, qtyp
 
     w = gguf.GGUFWriter(str(tmp), arch)
     name = loaded.provenance.get("name") if isinstance(loaded.provenance.get("name"), str) else ""
+    w.add_type("model")
     w.add_name(name or "twofiles")
     w.add_context_length(cfg.max_seq_len)
     w.add_embedding_length(cfg.dim)
@@ -127,6 +150,8 @@ def export_gguf(loaded: "LoadedModel", out_path: str | os.PathLike[str], *, qtyp
     w.add_feed_forward_length(cfg.hidden_dim)
     w.add_head_count(cfg.n_heads)
     w.add_head_count_kv(cfg.n_kv_heads)
+    w.add_key_length(cfg.head_dim)
+    w.add_value_length(cfg.head_dim)
     w.add_rope_dimension_count(cfg.head_dim)
     w.add_rope_freq_base(cfg.rope_theta)
     w.add_layer_norm_rms_eps(cfg.norm_eps)
@@ -159,41 +184,49 @@ def export_gguf(loaded: "LoadedModel", out_path: str | os.PathLike[str], *, qtyp
     if loaded.chat_template:
         w.add_chat_template(loaded.chat_template)
 
-    n_tensors = 0
+    # Tensors are described first and converted one at a time while writing: peak memory is the
+    # model plus one converted tensor, not a second copy of the whole model.
+    q8 = gguf.GGMLQuantizationType.Q8_0
+    sd = {k: v for k, v in model.state_dict().items() if not (k == "lm_head.weight" and cfg.tie_embeddings)}  # tied: no output.weight
+    plan: list[tuple[str, str, str, tuple[int, ...]]] = []  # (gguf name, hf name or "", target type, shape)
+    factors = np.zeros(0)
     if rope_scaling:
-        from twofiles.model import rope_inv_freq
+        factors = llama3_rope_factors(cfg.head_dim, cfg.rope_theta, rope_scaling)
+        plan.append(("rope_freqs.weight", "", "f32", factors.shape))
+    for hf_name, t in sd.items():
+        target = "f32" if t.ndim == 1 or qtype == "f32" else "f16" if qtype == "f16" or t.shape[-1] % 32 else "q8_0"
+        plan.append((tensor_name(hf_name), hf_name, target, tuple(t.shape)))
+    for gname, _, target, shape in plan:
+        n = int(np.prod(shape))
+        if target == "q8_0":
+            w.add_tensor_info(gname, shape, np.dtype(np.float32), n // 32 * 34, raw_dtype=q8)
+        else:
+            w.add_tensor_info(gname, shape, np.dtype(np.float32 if target == "f32" else np.float16), n * (4 if target == "f32" else 2))
 
-        # the divisor of each frequency (convert_hf_to_gguf.py LlamaModel.generate_extra_tensors)
-        factors = rope_inv_freq(cfg.head_dim, cfg.rope_theta).double() / rope_inv_freq(cfg.head_dim, cfg.rope_theta, rope_scaling).double()
-        w.add_tensor("rope_freqs.weight", factors.numpy().astype(np.float32))
-        n_tensors += 1
-    for hf_name, t in model.state_dict().items():
-        if hf_name == "lm_head.weight" and cfg.tie_embeddings:
-            continue  # no output.weight: llama.cpp and transformers tie to token_embd
-        a = t.detach().to("cpu").float().numpy()
-        gname = tensor_name(hf_name)
+    def converted(gname: str, hf_name: str, target: str) -> np.ndarray:
+        if not hf_name:
+            return factors
+        a = sd[hf_name].detach().to("cpu").float().numpy()
         kind = gname.split(".")[2] if gname.startswith("blk.") else ""
         if arch == "llama" and kind in ("attn_q", "attn_k"):
             a = permute(a, cfg.n_heads if kind == "attn_q" else cfg.n_kv_heads)
         a = np.ascontiguousarray(a, dtype=np.float32)
-        if a.ndim == 1 or qtype == "f32":
-            w.add_tensor(gname, a)
-        elif qtype == "q8_0" and a.shape[-1] % 32 == 0:
-            w.add_tensor(gname, quantize(a, gguf.GGMLQuantizationType.Q8_0), raw_dtype=gguf.GGMLQuantizationType.Q8_0)
-        else:
-            w.add_tensor(gname, a.astype(np.float16))
-        n_tensors += 1
+        return a if target == "f32" else a.astype(np.float16) if target == "f16" else quantize(a, q8)
+
     try:
         w.write_header_to_file()
         w.write_kv_data_to_file()
-        w.write_tensors_to_file()
+        w.write_ti_data_to_file()
+        for gname, hf_name, target, _ in tqdm(plan, desc=f"gguf {qtype}", unit="tensor", disable=not progress):
+            w.write_tensor_data(converted(gname, hf_name, target))
         w.close()
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, out)
     finally:
+        w.close()
         tmp.unlink(missing_ok=True)
-    return {"path": str(out), "type": qtype, "architecture": arch, "tensors": n_tensors, "bytes": out.stat().st_size}
+    return {"path": str(out), "type": qtype, "architecture": arch, "tensors": len(plan), "bytes": out.stat().st_size}
 
 
-__all__ = ["export_gguf", "permute", "tensor_name", "TYPES"]
+__all__ = ["export_gguf", "permute", "tensor_name", "llama3_rope_factors", "TYPES"]

@@ -55,6 +55,7 @@ class SFTConfig:
     model: str = ""  # the model to finetune: model.safetensors, .gguf, Hugging Face directory or alias
     data: str = "builtin"  # "builtin" (the built-in mix) or a JSONL file of {"messages": [...]}
     val_data: str = ""  # held-out JSONL; "" = the mix's own held-out split (builtin) or every 20th conversation of data
+    max_val: int = 0  # held-out conversations scored for loss, at most (0: all)
     out: str = "runs/sft"  # run directory
     lora_rank: int = 0  # > 0: train LoRA adapters of this rank instead of every weight
     lora_alpha: float = 16.0  # LoRA scale numerator (the update is scaled by alpha / rank)
@@ -236,50 +237,81 @@ def heldout_loss(model: torch.nn.Module, examples: list[Example], rt: rt_mod.Run
 
 
 @torch.no_grad()
+def greedy_replies(model: torch.nn.Module, tokenizer: Any, prompts: list[list[int]], stop_ids: list[int], max_tokens: int,
+                   max_seqs: int = 16) -> list[list[int] | None]:
+    """Greedy continuations of many prompts at once (the scheduler's continuous batching: rows of
+    different lengths in one forward per step), each without its stop token; None for a prompt
+    that leaves no room in the model's context."""
+    from twofiles.artifact import LoadedModel
+    from twofiles.engine import PromptTooLongError, SamplingParams
+    from twofiles.scheduler import BatchEngine, RequestHandle
+
+    params = SamplingParams(temperature=0.0, max_tokens=max_tokens, stop_token_ids=list(stop_ids))
+    context = min(model.config.max_seq_len, max((len(p) for p in prompts), default=0) + max_tokens + 1)
+    engine = BatchEngine(LoadedModel(model=model, tokenizer=tokenizer), max_seqs=max(1, min(max_seqs, len(prompts))), max_context=context)
+    handles: list[Any] = []
+    for p in prompts:
+        try:
+            engine.check_prompt(len(p))
+            handles.append(RequestHandle("sft", p, params, None))
+        except PromptTooLongError:
+            handles.append(None)
+    waiting = [h for h in handles if h is not None]
+    while waiting or engine.rows:
+        if waiting and engine.free_slots:
+            k = engine.free_slots
+            engine.admit(waiting[:k])
+            waiting = waiting[k:]
+        if engine.rows:
+            engine.step()
+    return [None if h is None else [t for t in h.tokens if t not in stop_ids] for h in handles]
+
+
+@torch.no_grad()
 def skill_accuracy(model: torch.nn.Module, tokenizer: Any, fmt: "ChatFormat", tasks: list["SkillTask"], *, max_tokens: int = 48,
-                   progress: bool = False) -> SkillReport:
+                   progress: bool = False, max_rounds: int = 3) -> SkillReport:
     """Greedy replies to each task's prompt, scored by its exact checker. A tool call is run (the
-    calculator) and the model continues after its result, at most twice. The tools are not listed
-    in the prompt: the built-in mix teaches the call itself (the calculator's schema alone would
-    take more than a small model's whole context)."""
+    calculator) and the model continues after its result, for at most `max_rounds` replies. The
+    tools are not listed in the prompt: the built-in mix teaches the call itself (the
+    calculator's schema alone would take more than a small model's whole context). All tasks
+    generate together, round by round (continuous batching)."""
     from twofiles.chat import Message
     from twofiles.data.skills import check
-    from twofiles.engine import PromptTooLongError, SamplingParams, generate
     from twofiles.tools import run_tool
     from twofiles.tools.calculator import Calculator
 
     tools = {"calculator": Calculator()}
-    stop = set(fmt.stop_token_ids)
-    params = SamplingParams(temperature=0.0, max_tokens=max_tokens, stop_token_ids=list(stop))
+    stop = list(fmt.stop_token_ids)
     was_training = model.training
     model.eval()
-    results = []
-    it = tasks
-    if progress:
-        from tqdm import tqdm
-
-        it = tqdm(tasks, desc="skills", unit="task", file=sys.stderr, dynamic_ncols=True, leave=False)
-    for task in it:
-        history: list[Message] = [Message(role="user", content=task.prompt)]
-        calls: list[dict[str, Any]] = []
-        reply = ""
-        for _ in range(3):
-            try:
-                ids = list(generate(model, fmt.prompt_ids(history), params, tokenizer=tokenizer))
-            except PromptTooLongError:
-                break
-            msg = fmt.parse_assistant(tokenizer.decode([i for i in ids if i not in stop]))
-            history.append(msg)
-            reply = msg.content
+    histories: list[list[Message]] = [[Message(role="user", content=t.prompt)] for t in tasks]
+    calls: list[list[dict[str, Any]]] = [[] for _ in tasks]
+    replies = [""] * len(tasks)
+    active = list(range(len(tasks)))
+    for round_ in range(max_rounds):
+        if not active:
+            break
+        if progress:
+            _log(f"skills: round {round_ + 1}, {len(active)} replies")
+        outs = greedy_replies(model, tokenizer, [fmt.prompt_ids(histories[i]) for i in active], stop, max_tokens)
+        still = []
+        for i, ids in zip(active, outs):
+            if ids is None:  # no room left in the context: the reply so far stands
+                continue
+            msg = fmt.parse_assistant(tokenizer.decode(ids))
+            histories[i].append(msg)
+            replies[i] = msg.content
             if not msg.tool_calls:
-                break
+                continue
             for call in msg.tool_calls:
                 result = run_tool(tools, call.name, call.arguments)
-                calls.append({"name": call.name, "arguments": call.arguments, "result": result.content})
-                history.append(Message(role="tool", content=result.content, tool_call_id=call.id, name=call.name))
-        results.append({"kind": task.kind, "prompt": task.prompt, "answer": task.answer, "reply": reply, "tool_calls": calls,
-                        "correct": check(task, reply)})
+                calls[i].append({"name": call.name, "arguments": call.arguments, "result": result.content})
+                histories[i].append(Message(role="tool", content=result.content, tool_call_id=call.id, name=call.name))
+            still.append(i)
+        active = still
     model.train(was_training)
+    results = [{"kind": t.kind, "prompt": t.prompt, "answer": t.answer, "reply": replies[i], "tool_calls": calls[i], "correct": check(t, replies[i])}
+               for i, t in enumerate(tasks)]
     by_kind: dict[str, list[bool]] = {}
     for r in results:
         by_kind.setdefault(r["kind"], []).append(r["correct"])
@@ -352,6 +384,8 @@ def _sft(cfg: SFTConfig, rt: rt_mod.Runtime) -> SFTResult:
     # --- data ---
     t0 = time.perf_counter()
     train_convs, val_convs, data_prov = load_conversations(cfg, who)
+    if cfg.max_val:
+        val_convs = val_convs[: cfg.max_val]
     train_ex, train_stats = render_examples(fmt, train_convs, seq_len)
     val_ex, val_stats = render_examples(fmt, val_convs, seq_len)
     if not train_ex or not val_ex:
