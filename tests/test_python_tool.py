@@ -187,6 +187,19 @@ def test_matplotlib_plots_come_back_as_pngs(tmp_path):
     assert os.path.dirname(left_open.files[0]) != os.path.dirname(saved.files[0])  # a fresh directory per run
 
 
+def test_private_scratch_is_made_on_first_use_and_removed_with_the_tool():
+    sandbox = PythonSandbox()
+    assert sandbox._tmp is None  # listing the tools (chat --tools calculator) creates nothing
+    result = sandbox.run({"code": "open('x.txt', 'w').write('1')"})
+    base = sandbox.scratch_dir
+    assert result.files and result.files[0].startswith(str(base)) and base.is_dir()
+    del sandbox
+    import gc
+
+    gc.collect()
+    assert not base.exists()
+
+
 def test_sandbox_tool_arguments(tmp_path):
     sandbox = PythonSandbox(tmp_path)
     assert sandbox.run({}).error

@@ -255,11 +255,16 @@ class PythonSandbox:
 
     def __init__(self, scratch_dir: str | os.PathLike[str] | None = None, limits: Limits = DEFAULT_LIMITS) -> None:
         self.limits = limits
-        self._tmp: tempfile.TemporaryDirectory[str] | None = None
-        if scratch_dir is None:
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None  # made on the first run, not here
+        self._scratch = Path(scratch_dir) if scratch_dir is not None else None
+
+    @property
+    def scratch_dir(self) -> Path:
+        """Where the runs' directories go (a private temporary directory unless one was given)."""
+        if self._scratch is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="twofiles-python-")
-            scratch_dir = self._tmp.name
-        self.scratch_dir = Path(scratch_dir)
+            self._scratch = Path(self._tmp.name)
+        return self._scratch
 
     def run(self, arguments: dict[str, Any]) -> ToolResult:
         code = arguments.get("code") if isinstance(arguments, dict) else None
