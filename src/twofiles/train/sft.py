@@ -157,7 +157,14 @@ def identity_for(loaded: "LoadedModel", name: str = "") -> "ModelIdentity | None
     from twofiles.data.skills import ModelIdentity
 
     prov = loaded.provenance or {}
-    shakespeare = "shakespeare" in json.dumps({k: prov.get(k) for k in ("corpus", "data", "speedrun", "identity")}).lower()
+    seen = {k: prov.get(k) for k in ("corpus", "data", "speedrun", "identity")}
+    manifest = Path(str(prov.get("data", ""))) / "manifest.json"  # a pretrained model names its prepared data
+    if prov.get("stage") == "pretrain" and manifest.is_file():
+        try:
+            seen["sources"] = json.loads(manifest.read_text()).get("sources")
+        except (OSError, json.JSONDecodeError):
+            pass
+    shakespeare = "shakespeare" in json.dumps(seen).lower()
     if shakespeare:
         return ModelIdentity(name=name or "twofiles")
     if name:
