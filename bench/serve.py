@@ -8,7 +8,7 @@ runs every (server, clients) pair once, in alternating order, so drift on a shar
 all contenders alike; the table reports medians over rounds, ratios against the same server's
 single-client throughput, and TTFT percentiles over all requests.
 
-    .venv/bin/python bench/serve.py MODEL [--rounds 5] [--max-tokens 128] [--clients 1 4 16] [--threads 2] [--json]
+    .venv/bin/python bench/serve.py MODEL [--rounds 5] [--max-tokens 128] [--clients 1 4 16] [--threads 1] [--client raw|openai] [--json]
 """
 
 from __future__ import annotations
@@ -32,6 +32,34 @@ def start_server(model: str, max_seqs: int, threads: int, max_tokens: int) -> tu
     return proc, summary["base_url"]
 
 
+async def raw_request(base_url: str, model: str, prompt: str, max_tokens: int, seed: int) -> tuple[float, int]:
+    """The same request as one_request, over a bare asyncio connection: the client's own CPU
+    cost per chunk is a few microseconds, so on a small machine the clients do not starve the
+    server they measure (the openai client parses every chunk into pydantic models)."""
+    from urllib.parse import urlsplit
+
+    url = urlsplit(base_url)
+    body = json.dumps({"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0.8, "seed": seed, "stream": True, "stream_options": {"include_usage": True}}).encode()
+    t0 = time.perf_counter()
+    reader, writer = await asyncio.open_connection(url.hostname, url.port)
+    writer.write(f"POST {url.path}/completions HTTP/1.1\r\nHost: {url.hostname}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
+    status = await reader.readline()
+    if b" 200 " not in status:
+        raise RuntimeError(f"server answered {status!r}")
+    first, tokens = None, 0
+    while line := await reader.readline():
+        if not line.startswith(b"data: "):
+            continue
+        if line.startswith(b"data: [DONE]"):
+            break
+        if first is None and b'"text":"' in line.replace(b" ", b"") and b'"text":""' not in line.replace(b" ", b""):
+            first = time.perf_counter() - t0
+        if b'"usage"' in line:
+            tokens = json.loads(line[6:])["usage"]["completion_tokens"]
+    writer.close()
+    return (first if first is not None else time.perf_counter() - t0), tokens
+
+
 async def one_request(client, model: str, prompt: str, max_tokens: int, seed: int) -> tuple[float, int]:
     """(seconds to the first text, completion tokens) for one streamed completion."""
     t0 = time.perf_counter()
@@ -46,14 +74,18 @@ async def one_request(client, model: str, prompt: str, max_tokens: int, seed: in
     return (first if first is not None else time.perf_counter() - t0), tokens
 
 
-async def run_level(base_url: str, model: str, clients: int, requests_per_client: int, max_tokens: int, seed: int) -> dict:
+async def run_level(base_url: str, model: str, clients: int, requests_per_client: int, max_tokens: int, seed: int, client: str = "raw") -> dict:
     import openai
 
     prompts = ["ROMEO.", "To be, or not to be", "KING HENRY.", "Now is the winter of our discontent", "HAMLET.", "O, what a noble mind"]
     api = openai.AsyncOpenAI(base_url=base_url, api_key="none", max_retries=0, timeout=600)
 
+    async def request(c: int, r: int) -> tuple[float, int]:
+        args = (model, prompts[(c + r) % len(prompts)], max_tokens, seed + 1000 * c + r)
+        return await (raw_request(base_url, *args) if client == "raw" else one_request(api, *args))
+
     async def client_loop(c: int) -> list[tuple[float, int]]:
-        return [await one_request(api, model, prompts[(c + r) % len(prompts)], max_tokens, seed + 1000 * c + r) for r in range(requests_per_client)]
+        return [await request(c, r) for r in range(requests_per_client)]
 
     t0 = time.perf_counter()
     results = await asyncio.gather(*(client_loop(c) for c in range(clients)))
@@ -62,6 +94,15 @@ async def run_level(base_url: str, model: str, clients: int, requests_per_client
     flat = [x for r in results for x in r]
     tokens = sum(n for _, n in flat)
     return {"tokens": tokens, "seconds": wall, "tok_s": tokens / wall, "ttft": [t for t, _ in flat]}
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time the server process has used (all threads): unlike wall time, it hardly depends
+    on what else the machine is running."""
+    import psutil
+
+    t = psutil.Process(pid).cpu_times()
+    return t.user + t.system
 
 
 def percentile(xs: list[float], q: float) -> float:
@@ -76,7 +117,8 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=128, help="tokens per request (the model may stop earlier)")
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
     ap.add_argument("--requests", type=int, default=32, help="requests per level and round, split over the clients (at least one each)")
-    ap.add_argument("--threads", type=int, default=2, help="torch threads in each server process")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads in each server process")
+    ap.add_argument("--client", choices=["raw", "openai"], default="raw", help="raw: bare asyncio HTTP (cheap); openai: the official AsyncOpenAI client")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
@@ -96,7 +138,10 @@ def main() -> None:
                 order.reverse()
             for s, c in order:
                 per_client = max(1, args.requests // c)
-                runs[(s, c)].append(asyncio.run(run_level(servers[s][1], name, c, per_client, args.max_tokens, seed=r)))
+                cpu0 = cpu_seconds(servers[s][0].pid)
+                result = asyncio.run(run_level(servers[s][1], name, c, per_client, args.max_tokens, seed=r, client=args.client))
+                result["server_cpu_ms_per_token"] = (cpu_seconds(servers[s][0].pid) - cpu0) * 1000 / max(1, result["tokens"])
+                runs[(s, c)].append(result)
                 print(f"round {r + 1}/{args.rounds} {s:>14} x{c:<3} {runs[(s, c)][-1]['tok_s']:8.1f} tok/s", file=sys.stderr, flush=True)
     finally:
         for proc, _ in servers.values():
@@ -108,13 +153,18 @@ def main() -> None:
         base = statistics.median(x["tok_s"] for x in runs[(s, args.clients[0])])
         med = statistics.median(x["tok_s"] for x in rs)
         ttft = [t for x in rs for t in x["ttft"]]
-        rows.append({"server": s, "clients": c, "tok_s": round(med, 1), "vs_1_client": round(med / base, 2), "ttft_p50_ms": round(percentile(ttft, 0.5) * 1000, 1), "ttft_p95_ms": round(percentile(ttft, 0.95) * 1000, 1), "requests": len(ttft)})
-    print(f"| server | clients | tokens/s (median of {args.rounds}) | vs 1 client | TTFT p50 | TTFT p95 | requests |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+        cpu = statistics.median(x["server_cpu_ms_per_token"] for x in rs)
+        rows.append({
+            "server": s, "clients": c, "tok_s": round(med, 1), "vs_1_client": round(med / base, 2),
+            "server_cpu_ms_per_token": round(cpu, 3), "ttft_p50_ms": round(percentile(ttft, 0.5) * 1000, 1),
+            "ttft_p95_ms": round(percentile(ttft, 0.95) * 1000, 1), "requests": len(ttft), "rounds_tok_s": [round(x["tok_s"], 1) for x in rs],
+        })  # fmt: skip
+    print(f"| server | clients | tokens/s (median of {args.rounds}) | vs 1 client | server CPU ms/token | TTFT p50 | TTFT p95 | requests |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for row in rows:
-        print(f"| {row['server']} | {row['clients']} | {row['tok_s']} | {row['vs_1_client']}x | {row['ttft_p50_ms']} ms | {row['ttft_p95_ms']} ms | {row['requests']} |")
+        print(f"| {row['server']} | {row['clients']} | {row['tok_s']} | {row['vs_1_client']}x | {row['server_cpu_ms_per_token']} | {row['ttft_p50_ms']} ms | {row['ttft_p95_ms']} ms | {row['requests']} |")
     if args.json:
-        print(json.dumps({"model": args.model, "max_tokens": args.max_tokens, "threads": args.threads, "rounds": args.rounds, "rows": rows}))
+        print(json.dumps({"model": args.model, "max_tokens": args.max_tokens, "threads": args.threads, "rounds": args.rounds, "client": args.client, "rows": rows}))
 
 
 if __name__ == "__main__":

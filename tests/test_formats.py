@@ -336,11 +336,21 @@ def test_pull_extracts_member_atomically(tmp_path, monkeypatch) -> None:
 # ---------------------------------------------------------------------------- the real SmolLM2
 
 
-@pytest.mark.slow
-def test_smollm2_greedy_matches_transformers() -> None:
+SMOLLM2_PROMPTS = [
+    "def fibonacci(n):\n    ",
+    "Once upon a time, in a village of 1,234 people,",
+    "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n",
+]
+NEW_TOKENS = 64
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    """(ours, transformers' model from the same GGUF, its tokenizer, {prompt: (ids, our greedy
+    reply)}), computed once for the module."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from twofiles.engine import SamplingParams, generate, resolve_model
+    from twofiles.engine import resolve_model
     from twofiles.formats import alias_path
 
     pytest.importorskip("accelerate")  # transformers needs it to read GGUF
@@ -350,14 +360,85 @@ def test_smollm2_greedy_matches_transformers() -> None:
     ours = resolve_model("smollm2")
     hf = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32).eval()
     hf_tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    for prompt in ["The capital of France is", "def fibonacci(n):\n    "]:
-        ids = ours.tokenizer.encode(prompt)
+    replies = {p: (prompt_ids(ours, p), greedy(ours, prompt_ids(ours, p))) for p in SMOLLM2_PROMPTS}
+    return ours, hf, hf_tok, replies
+
+
+def prompt_ids(loaded, prompt: str) -> list[int]:
+    return loaded.tokenizer.encode(prompt, allow_special=True)
+
+
+def greedy(loaded, ids: list[int]) -> list[int]:
+    from twofiles.engine import SamplingParams, generate
+
+    params = SamplingParams(temperature=0.0, max_tokens=NEW_TOKENS, seed=0, stop_token_ids=list(loaded.tokenizer.eos_ids))
+    return list(generate(loaded.model, ids, params, tokenizer=loaded.tokenizer))
+
+
+def assert_logits_close(ours: torch.Tensor, theirs: torch.Tensor, rel: float) -> None:
+    """Max difference relative to the logits' spread: float32 kernels differ in summation order."""
+    err = ((ours - theirs).abs().max() / theirs.std()).item()
+    assert err < rel, f"logits differ by {err:.2e} of their std"
+
+
+def hf_greedy(hf, ids: list[int]) -> list[int]:
+    with torch.no_grad():  # transformers stops on the eos too, and includes it, as we do
+        return hf.generate(torch.tensor([ids]), max_new_tokens=NEW_TOKENS, do_sample=False)[0, len(ids):].tolist()
+
+
+@pytest.mark.slow
+def test_smollm2_greedy_matches_transformers(smollm2) -> None:
+    ours, hf, hf_tok, replies = smollm2
+    for prompt, (ids, mine) in replies.items():
         assert ids == hf_tok.encode(prompt, add_special_tokens=False)
-        params = SamplingParams(temperature=0.0, max_tokens=32, seed=0, stop_token_ids=list(ours.tokenizer.eos_ids))
-        mine = list(generate(ours.model, ids, params, tokenizer=ours.tokenizer))
-        with torch.no_grad():  # transformers stops on the eos too, and includes it, as we do
-            theirs = hf.generate(torch.tensor([ids]), max_new_tokens=32, do_sample=False)[0, len(ids):].tolist()
-        assert mine == theirs and len(mine) >= 8
+        assert len(mine) >= 8 and mine == hf_greedy(hf, ids), prompt
+        full = torch.tensor([ids + mine])  # logits at every position of prompt + reply
+        with torch.no_grad():
+            assert_logits_close(ours.model(full), hf(full).logits, 1e-4)
+
+
+@pytest.mark.slow
+def test_smollm2_through_a_hugging_face_directory(smollm2, tmp_path) -> None:
+    """smollm2 exported to an HF directory: transformers reads it (weights, tokenizer) and gives our
+    greedy tokens and logits; loading it back gives exactly the same model."""
+    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+
+    from twofiles.formats.hf import export_hf, load_hf_dir
+
+    ours, _, _, replies = smollm2
+    export_hf(ours, tmp_path / "hf")
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32).eval()
+    hf_tok = PreTrainedTokenizerFast.from_pretrained(tmp_path / "hf")
+    back = load_hf_dir(tmp_path / "hf")
+    assert back.model.config == ours.model.config and back.chat_template == ours.chat_template
+    assert (back.tokenizer.bos_id, back.tokenizer.eos_ids) == (ours.tokenizer.bos_id, ours.tokenizer.eos_ids)
+    for prompt, (ids, mine) in replies.items():
+        assert hf_tok.encode(prompt, add_special_tokens=False) == ids == prompt_ids(back, prompt)
+        assert mine == hf_greedy(hf, ids), prompt
+        full = torch.tensor([ids + mine])
+        with torch.no_grad():
+            expected = ours.model(full)
+            assert_logits_close(hf(full).logits, expected, 1e-4)
+            torch.testing.assert_close(back.model(full), expected, atol=0, rtol=0)
+
+
+@pytest.mark.slow
+def test_smollm2_through_gguf(smollm2, tmp_path) -> None:
+    """smollm2 exported to GGUF (f32: the dequantized Q4_1 weights exactly) and read back: the same
+    model, tokenizer and template (transformers reading exported GGUFs: tests/test_gguf.py)."""
+    from twofiles.formats.gguf import load_gguf
+    from twofiles.formats.gguf_export import export_gguf
+
+    ours, _, _, replies = smollm2
+    assert export_gguf(ours, tmp_path / "s.gguf", qtype="f32")["architecture"] == "llama"
+    back = load_gguf(tmp_path / "s.gguf")
+    assert back.model.config == ours.model.config and back.chat_template == ours.chat_template
+    assert (back.tokenizer.bos_id, back.tokenizer.eos_ids) == (ours.tokenizer.bos_id, ours.tokenizer.eos_ids)
+    for prompt, (ids, mine) in replies.items():
+        assert prompt_ids(back, prompt) == ids
+        full = torch.tensor([ids + mine])
+        with torch.no_grad():
+            torch.testing.assert_close(back.model(full), ours.model(full), atol=0, rtol=0)
 
 
 def test_export_hf_cli_writes_a_directory_transformers_loads(tmp_path: Path) -> None:

@@ -433,6 +433,33 @@ def test_bad_rope_scaling_is_refused(tmp_path, tok) -> None:
         ModelConfig(rope_scaling={"rope_type": "linear", "factor": 2.0})
 
 
+def test_gguf_other_rope_scaling_is_refused(tmp_path, tok) -> None:
+    from twofiles.formats.gguf import load_gguf
+
+    spec = json.loads(tok.to_json())
+    vocab = [t for t, _ in sorted(spec["model"]["vocab"].items(), key=lambda kv: kv[1])]
+
+    def kv(extra):
+        def add(w) -> None:
+            w.add_tokenizer_model("gpt2")
+            w.add_tokenizer_pre("llama-bpe")
+            w.add_token_list(vocab)
+            w.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in spec["model"]["merges"]])
+            w.add_bos_token_id(tok.bos_id)
+            extra(w)
+
+        return add
+
+    model = random_model(tiny_cfg(tok.vocab_size, n_layers=1))
+    write_gguf(tmp_path / "ok.gguf", model, kv(lambda w: w.add_rope_scaling_factor(1.0)))  # 1 = no scaling
+    assert load_gguf(tmp_path / "ok.gguf").model.config.rope_scaling is None
+    for extra in (lambda w: w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR), lambda w: w.add_rope_scaling_factor(4.0),
+                  lambda w: w.add_rope_scaling_type(gguf.RopeScalingType.YARN)):
+        write_gguf(tmp_path / "m.gguf", model, kv(extra))
+        with pytest.raises(BadInputError, match="RoPE scaling"):
+            load_gguf(tmp_path / "m.gguf")
+
+
 # ---------------------------------------------------------------------------- hostile files
 
 

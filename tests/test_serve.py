@@ -19,6 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import openai
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 import uvicorn
 from tiny_models import ScriptedModel, loaded, random_model, tiny_tokenizer
 
@@ -429,3 +431,32 @@ def test_smollm2_through_the_server_equals_the_engine():
             assert (r.usage.prompt_tokens, r.usage.completion_tokens) == (prompt_tokens, completion_tokens)
     finally:
         s.stop()
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+FIELDS = ["model", "messages", "temperature", "top_p", "top_k", "max_tokens", "stop", "seed", "n", "stream", "logprobs", "top_logprobs", "tools", "tool_choice", "prompt", "echo"]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    path=st.sampled_from(["/v1/chat/completions", "/v1/completions"]),
+    fields=st.dictionaries(st.sampled_from(FIELDS), JSON_VALUES, max_size=6),
+    valid_base=st.booleans(),
+)
+def test_fuzzed_requests_never_get_a_5xx(server, path, fields, valid_base):
+    base = {"model": "tiny", "messages": MESSAGES, "max_tokens": 2} if "chat" in path else {"model": "tiny", "prompt": "to be", "max_tokens": 2}
+    body = {**base, **fields} if valid_base else fields
+    code, _, resp = server.raw("POST", path, json.dumps(body))
+    assert code < 500, (code, resp)
+    if code >= 400:
+        assert resp["error"]["message"]
+
+
+@pytest.mark.parametrize("raw", ['{"model": "tiny", "prompt": "a", "temperature": NaN}', '{"model": "tiny", "prompt": "a", "max_tokens": Infinity}', "[" * 50_000 + "]" * 50_000, '{"model": "tiny", "prompt": "\\ud800"}'])
+def test_odd_json_gets_4xx(server, raw):
+    code, _, resp = server.raw("POST", "/v1/completions", raw)
+    assert 400 <= code < 500 and resp["error"]["message"]

@@ -216,6 +216,16 @@ def max_new_tokens(model: "Transformer", prompt_len: int, params: SamplingParams
     return min(params.max_tokens, limit - prompt_len)
 
 
+def _prefill_logits(model: "Transformer", prompt: torch.Tensor, caches: list) -> torch.Tensor:
+    """Logits [B, V] after the prompt, filling the caches. Only the last position goes through
+    lm_head: the others' logits would be thrown away, and for a small model with a large
+    vocabulary (smollm2: 49k x 576) that matmul is a large share of the prompt's cost."""
+    hidden_states = getattr(model, "hidden_states", None)
+    if hidden_states is None:  # a model that only offers forward (e.g. a test double)
+        return model(prompt, caches=caches, pos=0)[:, -1]
+    return model.lm_head(hidden_states(prompt, caches, 0)[:, -1]).float()
+
+
 @torch.inference_mode()
 def _decode(model: "Transformer", prompt: torch.Tensor, params: SamplingParams, generator: torch.Generator, steps: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """The cached loop for prompt [B, T] (one shared length): yields (tokens [B], probs [B, V])
@@ -224,7 +234,7 @@ def _decode(model: "Transformer", prompt: torch.Tensor, params: SamplingParams, 
     caches = model.new_caches(B, T + steps - 1)  # the last sampled token is never fed back
     seq = torch.empty(B, T + steps, dtype=torch.long, device=prompt.device)  # prompt + output, for the penalty
     seq[:, :T] = prompt
-    logits = model(prompt, caches=caches, pos=0)[:, -1]  # prefill: [B, V]
+    logits = _prefill_logits(model, prompt, caches)  # [B, V]
     for i in range(steps):
         history = seq[:, : T + i] if params.repetition_penalty != 1.0 else None
         probs = token_distribution(logits, params, history)

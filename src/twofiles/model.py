@@ -140,12 +140,18 @@ def rope_tables(
     return emb.cos(), emb.sin()
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    # x: [B, H, T, hd]; cos/sin: [T, hd]
-    half = x.shape[-1] // 2
-    x1, x2 = x[..., :half], x[..., half:]
-    rotated = torch.cat([-x2, x1], dim=-1)
-    return x * cos + rotated * sin
+def fold_rope_sign(sin: torch.Tensor) -> torch.Tensor:
+    """sin [..., hd] with its first half negated: the table apply_rope takes."""
+    half = sin.shape[-1] // 2
+    return torch.cat([-sin[..., :half], sin[..., half:]], dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin_folded: torch.Tensor) -> torch.Tensor:
+    """Rotate-half RoPE: x * cos + cat(-x2, x1) * sin, written as x * cos + roll(x) * sin_folded
+    (sin_folded = fold_rope_sign(sin), made once per forward): bit-identical, and one roll where
+    two slices, a negation and a concatenation were, for q and k in every layer of every decode step.
+    x: [B, H, T, hd]; cos / sin_folded: [T, hd] or [B, 1, T, hd]."""
+    return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * sin_folded
 
 
 class KVCache(nn.Module):
@@ -198,7 +204,7 @@ class Attention(nn.Module):
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # [B, H, T, hd]
         k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # [B, Hkv, T, hd]
         v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)  # sin comes sign-folded (hidden_states)
         if cache is not None:
             k, v = cache.update_at(positions, k, v) if positions is not None else cache.update(pos, k, v)
         gqa = self.n_kv_heads != self.n_heads  # SDPA broadcasts kv heads without copies (torch >= 2.5)
@@ -337,7 +343,7 @@ class Transformer(nn.Module):
                 raise ValueError(f"sequence of {pos + T} tokens exceeds max_seq_len={self.rope_cos.shape[0]}")
             cos, sin = self.rope_cos[pos : pos + T], self.rope_sin[pos : pos + T]  # [T, hd]
         x = self.model.embed_tokens(idx)
-        cos, sin = cos.to(x.dtype), sin.to(x.dtype)  # the activations' dtype, whatever stores the embedding (it may be quantized)
+        cos, sin = cos.to(x.dtype), fold_rope_sign(sin.to(x.dtype))  # the activations' dtype, whatever stores the embedding (it may be quantized)
         for i, layer in enumerate(self.model.layers):
             x = layer(x, cos, sin, caches[i] if caches is not None else None, pos, positions, attn_mask)
         return self.model.norm(x)

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from twofiles.engine import PromptTooLongError, SamplingParams, TextStream, make_generator, roll, token_distribution
+from twofiles.engine import PromptTooLongError, SamplingParams, TextStream, make_generator, token_distribution
 from twofiles.errors import TwofilesError
 
 if TYPE_CHECKING:
@@ -121,8 +121,8 @@ class RequestHandle:
         """Block until the request has finished; False on timeout."""
         return self._done.wait(timeout)
 
-    def _emit(self, event: GenerationEvent) -> None:
-        """Called by the worker thread only."""
+    def _record(self, event: GenerationEvent) -> None:
+        """Update the handle's state (worker thread only); delivery is separate, see _deliver."""
         if event.token is not None:
             if self.first_token_at is None:
                 self.first_token_at = time.perf_counter()
@@ -131,15 +131,20 @@ class RequestHandle:
         if event.finish_reason is not None:
             self.finish_reason, self.error = event.finish_reason, event.error
             self.finished_at = time.perf_counter()
-        if self._loop is not None:
-            try:
-                self._loop.call_soon_threadsafe(self._aqueue.put_nowait, event)  # type: ignore[union-attr]
-            except RuntimeError:  # the loop is closed: nobody is listening any more
-                self._cancelled.set()
-        else:
-            self._queue.put(event)
-        if event.finish_reason is not None:
-            self._done.set()
+
+    def _emit(self, event: GenerationEvent) -> None:
+        self._record(event)
+        _deliver([(self, event)])
+
+    def drain_nowait(self) -> list[GenerationEvent]:
+        """Events already delivered and not yet consumed (async handles), without waiting: lets
+        a slow consumer send several tokens at once instead of falling further behind."""
+        out: list[GenerationEvent] = []
+        while self._aqueue is not None and not self._aqueue.empty():
+            out.append(self._aqueue.get_nowait())
+            if out[-1].finish_reason is not None:
+                break
+        return out
 
     def __iter__(self) -> Iterator[GenerationEvent]:
         if self._loop is not None:
@@ -158,6 +163,30 @@ class RequestHandle:
             yield event
             if event.finish_reason is not None:
                 return
+
+
+def _deliver(items: Sequence[tuple[RequestHandle, GenerationEvent]]) -> None:
+    """Hand recorded events to their consumers: one wake-up per event loop for a whole step's
+    events (not one per token), a plain queue put for thread consumers."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[RequestHandle, GenerationEvent]]] = {}
+    for handle, event in items:
+        if handle._loop is not None:
+            by_loop.setdefault(handle._loop, []).append((handle, event))
+        else:
+            handle._queue.put(event)
+        if event.finish_reason is not None:
+            handle._done.set()
+    for loop, batch in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_put_all, batch)
+        except RuntimeError:  # the loop is closed: nobody is listening any more
+            for handle, _ in batch:
+                handle._cancelled.set()
+
+
+def _put_all(batch: list[tuple[RequestHandle, GenerationEvent]]) -> None:
+    for handle, event in batch:
+        handle._aqueue.put_nowait(event)  # type: ignore[union-attr]
 
 
 class _RowsView:
@@ -205,6 +234,7 @@ class BatchEngine:
         self._k = [torch.zeros(shape, dtype=w.dtype, device=w.device) for _ in range(cfg.n_layers)]
         self._v = [torch.zeros(shape, dtype=w.dtype, device=w.device) for _ in range(cfg.n_layers)]
         self.rows: list[_Row] = []  # row i lives in cache slot i
+        self.outbox: list[tuple[RequestHandle, GenerationEvent]] = []  # recorded, not yet delivered (see flush)
         self._end_ids = {self.tokenizer.bos_id, *getattr(self.tokenizer, "eos_ids", ())}
 
     @property
@@ -252,7 +282,7 @@ class BatchEngine:
     def step(self) -> None:
         """Cancel what was cancelled, then decode one token for every active row in one forward."""
         for row in [r for r in self.rows if r.handle.cancelled]:
-            row.handle._emit(GenerationEvent(None, finish_reason="cancelled"))
+            self._emit(row.handle, GenerationEvent(None, finish_reason="cancelled"))
             self._free(row)
         if not self.rows:
             return
@@ -266,14 +296,39 @@ class BatchEngine:
             r.length += 1
         self._sample(list(self.rows), self.model.lm_head(hidden[:, -1]).float())
 
+    def _draw(self, rows: Sequence[_Row], logits: torch.Tensor) -> torch.Tensor:
+        """Next token ids [len(rows)]: each row rolls its own die with its own generator. Rows
+        with the same filters are filtered in one batched call (the filters act row by row, so
+        this equals filtering each alone); only the random draw is per row, from its generator,
+        exactly as engine.roll draws it. Rows with a repetition penalty need their own history."""
+        tokens = torch.empty(len(rows), dtype=torch.long, device=logits.device)
+        groups: dict[tuple, list[int]] = {}
+        for i, r in enumerate(rows):
+            p = r.handle.params
+            key = (p.temperature, p.top_k, p.top_p, p.min_p) if r.history is None else ("own", i)
+            groups.setdefault(key, []).append(i)
+        for idx in groups.values():
+            first = rows[idx[0]]
+            p = first.handle.params
+            history = first.history[:, : len(first.handle.prompt_ids) + first.generated] if first.history is not None else None
+            at = torch.tensor(idx, device=logits.device) if len(idx) < len(rows) else None
+            probs = token_distribution(logits if at is None else logits[at], p, history)  # [k, V]
+            if p.temperature == 0:
+                drawn = probs.argmax(-1)
+            else:  # engine.roll's exponential race, one generator per row
+                q = torch.empty_like(probs)
+                for j, i in enumerate(idx):
+                    q[j].exponential_(1.0, generator=rows[i].generator)
+                drawn = (probs / q.clamp_min_(torch.finfo(q.dtype).tiny)).argmax(-1)
+            if at is None:
+                tokens = drawn
+            else:
+                tokens[at] = drawn
+        return tokens
+
     def _sample(self, rows: Sequence[_Row], logits: torch.Tensor) -> None:
         """Draw each row's next token from logits [len(rows), V] and emit it; free finished rows."""
-        drawn = []
-        for i, r in enumerate(rows):  # one die per row: its own params, penalty history and generator
-            p = r.handle.params
-            history = r.history[:, : len(r.handle.prompt_ids) + r.generated] if r.history is not None else None
-            drawn.append(roll(token_distribution(logits[i : i + 1], p, history), p.temperature, r.generator))
-        tokens = torch.cat(drawn).tolist()  # the one host sync of the step
+        tokens = self._draw(rows, logits).tolist()  # the one host sync of the step
         finished = []
         for i, (r, token) in enumerate(zip(rows, tokens)):
             p, h = r.handle.params, r.handle
@@ -298,7 +353,7 @@ class BatchEngine:
                 elif r.generated >= r.steps:
                     event.finish_reason = "length"
                     event.text += r.stream.finish()
-            h._emit(event)
+            self._emit(h, event)
             if event.finish_reason is not None:
                 finished.append(r)
         for r in finished:
@@ -317,8 +372,17 @@ class BatchEngine:
 
     def fail_all(self, message: str) -> None:
         for r in self.rows:
-            r.handle._emit(GenerationEvent(None, finish_reason="error", error=message))
+            self._emit(r.handle, GenerationEvent(None, finish_reason="error", error=message))
         self.rows.clear()
+
+    def _emit(self, handle: RequestHandle, event: GenerationEvent) -> None:
+        handle._record(event)
+        self.outbox.append((handle, event))
+
+    def flush(self) -> None:
+        """Deliver this step's events."""
+        items, self.outbox = self.outbox, []
+        _deliver(items)
 
 
 class Scheduler:
@@ -437,8 +501,10 @@ class Scheduler:
                         self.error = f"{type(e).__name__}: {e}"
                         engine.fail_all(self.error)
                         for h in newcomers[name]:
-                            if not h.done:
-                                h._emit(GenerationEvent(None, finish_reason="error", error=self.error))
+                            if h.finish_reason is None:
+                                engine._emit(h, GenerationEvent(None, finish_reason="error", error=self.error))
+                    finally:
+                        engine.flush()
 
 
 __all__ = ["Scheduler", "BatchEngine", "RequestHandle", "GenerationEvent", "QueueFullError"]

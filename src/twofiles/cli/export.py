@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
         from twofiles.engine import resolve_model
         from twofiles.formats.gguf_export import export_gguf
 
-        summary = export_gguf(resolve_model(args.model, device="cpu"), args.out, qtype=args.type)
+        summary = export_gguf(resolve_model(args.model, device="cpu"), args.out, qtype=args.type, progress=True)
         print(f"wrote {summary['path']} ({summary['architecture']}, {summary['type']}, {summary['bytes'] / 1e6:.2f} MB)", file=sys.stderr)
         if args.json:
             emit_json(summary)

@@ -97,11 +97,12 @@ def _vocab(loaded: "LoadedModel", vocab_size: int) -> dict[str, Any]:
     return out
 
 
-def export_gguf(loaded: "LoadedModel", out_path: str | os.PathLike[str], *, qtype: str = "f16") -> dict[str, Any]:
-    """Write `loaded` as a GGUF file at `out_path` (atomically). Returns a summary: path, type,
-    architecture, tensors, bytes."""
+def export_gguf(loaded: "LoadedModel", out_path: str | os.PathLike[str], *, qtype: str = "f16", progress: bool = False) -> dict[str, Any]:
+    """Write `loaded` as a GGUF file at `out_path` (atomically; a tqdm bar with `progress`).
+    Returns a summary: path, type, architecture, tensors, bytes."""
     import gguf
     from gguf.quants import quantize
+    from tqdm import tqdm
 
     if qtype not in TYPES:
         raise BadInputError(f"--type {qtype!r}: expected one of {', '.join(TYPES)}")
@@ -159,41 +160,52 @@ def export_gguf(loaded: "LoadedModel", out_path: str | os.PathLike[str], *, qtyp
     if loaded.chat_template:
         w.add_chat_template(loaded.chat_template)
 
-    n_tensors = 0
+    # Tensors are described first and converted one at a time while writing: peak memory is the
+    # model plus one converted tensor, not a second copy of the whole model.
+    q8 = gguf.GGMLQuantizationType.Q8_0
+    sd = {k: v for k, v in model.state_dict().items() if not (k == "lm_head.weight" and cfg.tie_embeddings)}  # tied: no output.weight
+    plan: list[tuple[str, str, str, tuple[int, ...]]] = []  # (gguf name, hf name or "", target type, shape)
+    factors = np.zeros(0)
     if rope_scaling:
         from twofiles.model import rope_inv_freq
 
         # the divisor of each frequency (convert_hf_to_gguf.py LlamaModel.generate_extra_tensors)
-        factors = rope_inv_freq(cfg.head_dim, cfg.rope_theta).double() / rope_inv_freq(cfg.head_dim, cfg.rope_theta, rope_scaling).double()
-        w.add_tensor("rope_freqs.weight", factors.numpy().astype(np.float32))
-        n_tensors += 1
-    for hf_name, t in model.state_dict().items():
-        if hf_name == "lm_head.weight" and cfg.tie_embeddings:
-            continue  # no output.weight: llama.cpp and transformers tie to token_embd
-        a = t.detach().to("cpu").float().numpy()
-        gname = tensor_name(hf_name)
+        factors = (rope_inv_freq(cfg.head_dim, cfg.rope_theta).double() / rope_inv_freq(cfg.head_dim, cfg.rope_theta, rope_scaling).double()).numpy()
+        plan.append(("rope_freqs.weight", "", "f32", factors.shape))
+    for hf_name, t in sd.items():
+        target = "f32" if t.ndim == 1 or qtype == "f32" else "f16" if qtype == "f16" or t.shape[-1] % 32 else "q8_0"
+        plan.append((tensor_name(hf_name), hf_name, target, tuple(t.shape)))
+    for gname, _, target, shape in plan:
+        n = int(np.prod(shape))
+        if target == "q8_0":
+            w.add_tensor_info(gname, shape, np.dtype(np.float32), n // 32 * 34, raw_dtype=q8)
+        else:
+            w.add_tensor_info(gname, shape, np.dtype(np.float32 if target == "f32" else np.float16), n * (4 if target == "f32" else 2))
+
+    def converted(gname: str, hf_name: str, target: str) -> np.ndarray:
+        if not hf_name:
+            return factors.astype(np.float32)
+        a = sd[hf_name].detach().to("cpu").float().numpy()
         kind = gname.split(".")[2] if gname.startswith("blk.") else ""
         if arch == "llama" and kind in ("attn_q", "attn_k"):
             a = permute(a, cfg.n_heads if kind == "attn_q" else cfg.n_kv_heads)
         a = np.ascontiguousarray(a, dtype=np.float32)
-        if a.ndim == 1 or qtype == "f32":
-            w.add_tensor(gname, a)
-        elif qtype == "q8_0" and a.shape[-1] % 32 == 0:
-            w.add_tensor(gname, quantize(a, gguf.GGMLQuantizationType.Q8_0), raw_dtype=gguf.GGMLQuantizationType.Q8_0)
-        else:
-            w.add_tensor(gname, a.astype(np.float16))
-        n_tensors += 1
+        return a if target == "f32" else a.astype(np.float16) if target == "f16" else quantize(a, q8)
+
     try:
         w.write_header_to_file()
         w.write_kv_data_to_file()
-        w.write_tensors_to_file()
+        w.write_ti_data_to_file()
+        for gname, hf_name, target, _ in tqdm(plan, desc=f"gguf {qtype}", unit="tensor", disable=not progress):
+            w.write_tensor_data(converted(gname, hf_name, target))
         w.close()
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, out)
     finally:
+        w.close()
         tmp.unlink(missing_ok=True)
-    return {"path": str(out), "type": qtype, "architecture": arch, "tensors": n_tensors, "bytes": out.stat().st_size}
+    return {"path": str(out), "type": qtype, "architecture": arch, "tensors": len(plan), "bytes": out.stat().st_size}
 
 
 __all__ = ["export_gguf", "permute", "tensor_name", "TYPES"]

@@ -161,10 +161,11 @@ class _Timeout(Exception):
     pass
 
 
-async def _events(handles: Sequence[RequestHandle], deadline: float) -> AsyncIterator[tuple[int, GenerationEvent]]:
-    """(choice index, event) from all handles as they come, in order within each handle. Past
-    `deadline` every handle is cancelled and _Timeout raised; a cancelled consumer (client gone)
-    cancels them too."""
+async def _events(handles: Sequence[RequestHandle], deadline: float) -> AsyncIterator[tuple[int, list[GenerationEvent]]]:
+    """(choice index, events) from all handles as they come, in order within each handle: the
+    next event and whatever else that handle already has waiting (so a busy loop sends several
+    tokens in one chunk rather than falling behind). Past `deadline` every handle is cancelled
+    and _Timeout raised; a cancelled consumer (client gone) cancels them too."""
     iters = [h.__aiter__() for h in handles]
     pending = {asyncio.ensure_future(anext(it)): i for i, it in enumerate(iters)}
     try:
@@ -175,11 +176,13 @@ async def _events(handles: Sequence[RequestHandle], deadline: float) -> AsyncIte
             for task in sorted(done, key=lambda t: pending[t]):
                 i = pending.pop(task)
                 try:
-                    event = task.result()
+                    events = [task.result()]
                 except StopAsyncIteration:
                     continue
-                yield i, event
-                if event.finish_reason is None:
+                if events[0].finish_reason is None:
+                    events += handles[i].drain_nowait()
+                yield i, events
+                if events[-1].finish_reason is None:
                     pending[asyncio.ensure_future(anext(iters[i]))] = i
     finally:
         for task in pending:
@@ -203,8 +206,8 @@ async def _collect(request: Request, handles: Sequence[RequestHandle], timeout: 
     out: list[list[GenerationEvent]] = [[] for _ in handles]
     watcher = asyncio.ensure_future(_cancel_on_disconnect(request, handles))
     try:
-        async for i, event in _events(handles, time.monotonic() + timeout):
-            out[i].append(event)
+        async for i, events in _events(handles, time.monotonic() + timeout):
+            out[i].extend(events)
     except _Timeout:
         raise ApiError(504, f"the request took longer than this server's limit of {timeout:g} s and was cancelled", type="timeout_error", code="timeout") from None
     finally:
@@ -486,18 +489,22 @@ async def _chat_chunks(handles, base, loaded, fmt, has_tools: bool, logprobs: bo
     try:
         for i in range(len(handles)):
             yield chunk(i, {"role": "assistant", "content": ""})
-        async for i, ev in _events(handles, time.monotonic() + timeout):
-            lp = _chat_logprobs(tok, [ev]) if logprobs and ev.token is not None and not ev.stop_token else None
-            if ev.finish_reason in ("error", "cancelled"):
-                yield _sse(ApiError(500, f"generation failed: {ev.error or ev.finish_reason}", type="server_error").body())
+        async for i, events in _events(handles, time.monotonic() + timeout):
+            last = events[-1]
+            if last.finish_reason in ("error", "cancelled"):
+                yield _sse(ApiError(500, f"generation failed: {last.error or last.finish_reason}", type="server_error").body())
                 continue
-            if not has_tools and (ev.text or lp):
-                yield chunk(i, {"content": ev.text}, lp=lp)
+            text = "".join(ev.text for ev in events)
+            lp = _chat_logprobs(tok, events) if logprobs else None
+            if lp is not None and not lp["content"]:
+                lp = None
+            if not has_tools and (text or lp):
+                yield chunk(i, {"content": text}, lp=lp)
             elif has_tools and lp:
                 yield chunk(i, {}, lp=lp)
-            if ev.finish_reason is None:
+            if last.finish_reason is None:
                 continue
-            finish = ev.finish_reason
+            finish = last.finish_reason
             if has_tools:
                 parsed = fmt.parse_assistant(handles[i].text)
                 if parsed.content:
@@ -524,14 +531,16 @@ async def _completion_chunks(handles, base, tok, logprobs: bool, echoes: list[st
         for i, echo in enumerate(echoes):
             if echo:
                 yield chunk(i, echo)
-        async for i, ev in _events(handles, time.monotonic() + timeout):
-            if ev.finish_reason in ("error", "cancelled"):
-                yield _sse(ApiError(500, f"generation failed: {ev.error or ev.finish_reason}", type="server_error").body())
+        async for i, events in _events(handles, time.monotonic() + timeout):
+            last = events[-1]
+            if last.finish_reason in ("error", "cancelled"):
+                yield _sse(ApiError(500, f"generation failed: {last.error or last.finish_reason}", type="server_error").body())
                 continue
-            lp = _completion_logprobs(tok, [ev], offsets[i]) if logprobs else None
-            offsets[i] += len(ev.text)
-            if ev.text or ev.finish_reason or (lp and lp["tokens"]):
-                yield chunk(i, ev.text, ev.finish_reason, lp)
+            text = "".join(ev.text for ev in events)
+            lp = _completion_logprobs(tok, events, offsets[i]) if logprobs else None
+            offsets[i] += len(text)
+            if text or last.finish_reason or (lp and lp["tokens"]):
+                yield chunk(i, text, last.finish_reason, lp)
         if include_usage:
             yield _sse({**base, "choices": [], "usage": _usage(prompt_tokens, handles)})
     except _Timeout:

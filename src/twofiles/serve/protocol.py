@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from twofiles.engine import SamplingParams
 from twofiles.serve.settings import ServeSettings
@@ -50,7 +50,36 @@ class ToolSpec(_Strict):
     function: FunctionSpec
 
 
+def _lone_surrogate(obj: Any, where: str) -> str | None:
+    """Where a string holds a lone surrogate ("\\ud800" is valid JSON but not text: no tokenizer
+    can encode it), or None."""
+    if isinstance(obj, str):
+        try:
+            obj.encode("utf-8")
+        except UnicodeEncodeError:
+            return where
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            found = _lone_surrogate(k, where) or _lone_surrogate(v, f"{where}.{k}" if where else str(k))
+            if found:
+                return found
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            found = _lone_surrogate(v, f"{where}[{i}]")
+            if found:
+                return found
+    return None
+
+
 class _Sampling(_Strict):
+    @model_validator(mode="before")
+    @classmethod
+    def _text_is_text(cls, data: Any) -> Any:
+        where = _lone_surrogate(data, "")
+        if where is not None:
+            raise ValueError(f"{where or 'body'}: a string holds a lone UTF-16 surrogate, which is not text")
+        return data
+
     model: str = Field(min_length=1)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
@@ -129,25 +158,35 @@ def sampling_params(req: _Sampling, settings: ServeSettings, *, default_max_toke
 
 
 def pydantic_message(errors: list[dict[str, Any]]) -> tuple[str, str | None]:
-    """A readable message and the param for pydantic's errors: "messages.0: Input should be ..."."""
+    """A readable message and the param for pydantic's errors: "temperature: Input should be
+    ...". A union field (prompt, stop) fails once per accepted type: those are listed together."""
     if not errors:
         return "invalid request", None
     e = errors[0]
-    loc = [str(x) for x in e.get("loc", ()) if x != "body"]
     if e.get("type") == "json_invalid":
         ctx = e.get("ctx") or {}
         return f"invalid JSON in the request body: {ctx.get('error', e.get('msg', ''))}", None
-    # a union type reports one error per member; the field name is what matters
+    loc = [str(x) for x in e.get("loc", ()) if x != "body"]
+    field = loc[0] if loc else None
+    same_field = [x for x in errors if [str(y) for y in x.get("loc", ()) if y != "body"][:1] == loc[:1]]
+
+    def describe(err: dict[str, Any]) -> str:
+        if err.get("type") == "missing":
+            return "missing required field"
+        if err.get("type") == "extra_forbidden":
+            return "unknown field"
+        return str(err.get("msg", "invalid value")).removeprefix("Value error, ")
+
+    if len(same_field) > 1 and field is not None:
+        msgs = list(dict.fromkeys(describe(x) for x in same_field))
+        return f"{field}: not an accepted form ({'; or '.join(msgs[:4])})", field
+    # a union member's name in the location (str, list[int], ...) says nothing to a client
     loc = [x for x in loc if not x.startswith(("str", "list[", "int", "float", "bool", "function-", "literal["))] or loc
     param = ".".join(loc) or None
-    where = f"{param}: " if param else ""
-    more = f" (and {len(errors) - 1} more errors)" if len(errors) > 1 and len({tuple(x.get('loc', ())[:2]) for x in errors}) > 1 else ""
-    msg = e.get("msg", "invalid value")
-    if e.get("type") == "missing":
-        msg = "missing required field"
-    elif e.get("type") == "extra_forbidden":
-        msg = "unknown field"
-    return f"{where}{msg}{more}", param
+    msg = describe(e)
+    if e.get("type") == "value_error" and param is None:
+        return msg, None
+    return (f"{param}: {msg}" if param else msg), param
 
 
 __all__ = ["ApiError", "ChatCompletionRequest", "CompletionRequest", "ToolSpec", "StreamOptions", "sampling_params", "pydantic_message"]
