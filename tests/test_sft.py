@@ -389,6 +389,7 @@ def test_sft_verb_end_to_end_full_and_lora(base_model, convs_jsonl, tmp_path) ->
     loaded = resolve(summary["model_path"])
     assert loaded.chat_template == chat.BUILTIN_TEMPLATE  # the model file carries the template it learned
     assert loaded.provenance["stage"] == "sft" and loaded.provenance["data"] == "builtin"
+    assert loaded.provenance["tools_in_prompt"] is False  # chat prompts it as it was trained: no tool list
     assert "held-out skill" in (out / "report.md").read_text()
 
     lora = tmp_path / "lora"

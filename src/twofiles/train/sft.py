@@ -523,7 +523,7 @@ def _sft(cfg: SFTConfig, rt: rt_mod.Runtime) -> SFTResult:
 
     # --- the finetuned model ---
     provenance = {"stage": "sft", "base": _base_spec(cfg.model), "base_provenance": loaded.provenance, **data_prov,
-                  "chat_template": "built-in" if fmt.builtin else "the base model's", "steps": step, "target_tokens": targets_seen,
+                  "chat_template": "built-in" if fmt.builtin else "the base model's", "tools_in_prompt": False, "steps": step, "target_tokens": targets_seen,
                   "val_loss_before": val_loss_before, "val_loss": val_loss,
                   "skills_before": skills_before.summary() if skills_before else None,
                   "skills_after": skills_after.summary() if skills_after else None,
