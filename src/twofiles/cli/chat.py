@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     import time
     from dataclasses import replace
 
-    from twofiles.chat import ChatFormat, Message, RespondStats, drop_oldest_exchange, load_conversation, messages_to_dicts, respond, save_conversation
+    from twofiles.chat import ChatFormat, Message, RespondStats, drop_oldest_exchange, tools_in_prompt, load_conversation, messages_to_dicts, respond, save_conversation
     from twofiles.engine import PromptTooLongError, SamplingParams, resolve_model
     from twofiles.errors import TwofilesError
     from twofiles.runtime import pick_device
@@ -139,8 +139,10 @@ def run(args: argparse.Namespace) -> int:
     else:
         print("chat template: the model's own", file=err)
     print(f"seed {seed}" + ("" if args.seed is not None else " (pass --seed to repeat this chat)"), file=err)
+    describe_tools = tools_in_prompt(getattr(loaded, "provenance", None) or {})
     if tools:
-        print(f"tools: {', '.join(tools)}", file=err)
+        how = "described in the prompt" if describe_tools else "not described in the prompt (the model was finetuned to call them without a list)"
+        print(f"tools: {', '.join(tools)}, {how}", file=err)
 
     base = [Message("system", args.system)] if args.system is not None else []
     messages: list[Message] = start or list(base)
@@ -204,7 +206,7 @@ def run(args: argparse.Namespace) -> int:
                         added = _think(loaded, fmt, messages, turn_params, args.think, stats, out, err)
                         pieces.append(added[0].content)
                     else:
-                        events = respond(loaded, fmt, messages, turn_params, tools=tools or None, max_tool_rounds=args.max_tool_rounds, stats=stats)
+                        events = respond(loaded, fmt, messages, turn_params, tools=tools or None, max_tool_rounds=args.max_tool_rounds, stats=stats, describe_tools=describe_tools)
                         added = _show(events, pieces, shown, out, err)
                     break
                 except PromptTooLongError:
