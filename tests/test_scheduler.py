@@ -199,3 +199,16 @@ def test_async_iteration_from_an_event_loop(model, tok):
 
     with Scheduler({"m": loaded(model, tok)}) as sched:
         assert asyncio.run(main(sched)) == reference(model, tok, p, params)
+
+
+def test_quantized_model_rows_equal_its_unbatched_engine(tok):
+    from twofiles.quant import quantize_model
+
+    model = random_model(tok, seed=3)
+    quantize_model(model, "int8", embedding=True)  # no lm_head.weight any more: device and dtype come from elsewhere
+    ps = prompts(tok, 4)
+    reqs = [(p, SamplingParams(temperature=0, max_tokens=6)) for p in ps]
+    with Scheduler({"m": loaded(model, tok)}, max_seqs=2) as sched:
+        handles = run_all(sched, reqs, stagger=1)
+    for (p, params), h in zip(reqs, handles):
+        assert h.tokens == reference(model, tok, p, params)

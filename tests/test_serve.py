@@ -260,6 +260,8 @@ def test_bad_chat_requests_get_4xx_with_a_message(server, body, status, words):
         ({"model": "tiny", "prompt": "x", "logprobs": 50}, ["logprobs"]),
         ({"model": "tiny", "prompt": "x", "suffix": "y"}, ["suffix"]),
         ({"model": "tiny", "prompt": {"a": 1}}, ["prompt"]),
+        ({"model": "tiny", "prompt": "to be " * 300}, ["prompt is", "shorten the prompt"]),
+        ({"model": "tiny", "prompt": [[1, 2], []]}, ["prompt[1]"]),
     ],
 )
 def test_bad_completion_requests_get_400(server, body, words):

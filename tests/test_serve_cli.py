@@ -33,7 +33,7 @@ def test_serves_until_interrupted(model_path, tmp_path):
     keys = tmp_path / "keys.txt"
     keys.write_text("# team keys\nsecret-1\n\nsecret-2  # ci\n", encoding="utf-8")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "twofiles", "serve", f"mine={model_path}", model_path, "--port", "0", "--api-keys-file", str(keys), "--device", "cpu", "--max-seqs", "2", "--json"],
+        [sys.executable, "-m", "twofiles", "serve", f"mine={model_path}", model_path, "--port", "0", "--api-keys-file", str(keys), "--device", "cpu", "--max-seqs", "2", "--quantize", "int8", "--threads", "1", "--json"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     try:

@@ -666,6 +666,14 @@ def _held(text: str, shown: int) -> int:
     return held
 
 
+def tools_in_prompt(provenance: Mapping[str, Any]) -> bool:
+    """Whether a model expects its tools described in the prompt. twofiles' SFT teaches tool
+    calls with no list in the prompt (a list costs ~400 tokens: more than a speedrun model's whole
+    context) and records `"tools_in_prompt": false` in the parameters file; other models are
+    given the list, as the OpenAI API does."""
+    return bool(provenance.get("tools_in_prompt", True))
+
+
 def _run_tool(tools: Mapping[str, "Tool"], call: ToolCall) -> str:
     from twofiles.tools import run_tool
 
@@ -684,17 +692,20 @@ def respond(
     tools: Mapping[str, "Tool"] | None = None,
     max_tool_rounds: int = 4,
     stats: RespondStats | None = None,
+    describe_tools: bool = True,
 ) -> Iterator[ChatEvent]:
     """The agent loop: generate an assistant reply (streamed as "text" deltas, stopping on the
     template's end-of-turn ids); with `tools`, when it calls some, run them ("tool_call", then
     "tool_result"), append the tool messages and generate again, at most `max_tool_rounds` times
     (calls made after that are left unrun). Without `tools` the reply is plain text, any
     tool-call syntax included. Ends with ("done", the messages appended); `messages` itself is
-    not modified. Round r samples with seed + r, so a seeded reply is reproducible."""
+    not modified. Round r samples with seed + r, so a seeded reply is reproducible.
+    `describe_tools=False` leaves the tools' descriptions out of the prompt, for a model
+    finetuned to call them without one (see `tools_in_prompt`): the calls still run."""
     from twofiles.engine import generate_steps
     from twofiles.tools import openai_tool_specs
 
-    schemas = openai_tool_specs(tools) if tools else None
+    schemas = openai_tool_specs(tools) if tools and describe_tools else None
     history = list(messages)
     added: list[Message] = []
     stats = stats if stats is not None else RespondStats()
@@ -740,6 +751,7 @@ def respond(
 
 
 __all__ = [
+    "tools_in_prompt",
     "Role",
     "ROLES",
     "ToolCall",

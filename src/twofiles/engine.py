@@ -234,7 +234,17 @@ def _decode(model: "Transformer", prompt: torch.Tensor, params: SamplingParams, 
     caches = model.new_caches(B, T + steps - 1)  # the last sampled token is never fed back
     seq = torch.empty(B, T + steps, dtype=torch.long, device=prompt.device)  # prompt + output, for the penalty
     seq[:, :T] = prompt
-    logits = _prefill_logits(model, prompt, caches)  # [B, V]
+    if B > 1 and bool((prompt == prompt[:1]).all()):
+        # N samples of one prompt (self-consistency): prefill it once and copy its keys/values
+        # into every row, instead of computing the same prefix N times
+        shared = model.new_caches(1, T)
+        logits = _prefill_logits(model, prompt[:1], shared).expand(B, -1).clone()  # [B, V]
+        for cache, one in zip(caches, shared):
+            cache.k[:, :, :T] = one.k
+            cache.v[:, :, :T] = one.v
+        del shared
+    else:
+        logits = _prefill_logits(model, prompt, caches)  # [B, V]
     for i in range(steps):
         history = seq[:, : T + i] if params.repetition_penalty != 1.0 else None
         probs = token_distribution(logits, params, history)
@@ -408,7 +418,8 @@ def generate_batch(
     as one batch; different lengths run as separate batches, because the model has no padding
     mask (left padding without one lets rows attend to pad tokens and changes their output).
     Greedy rows equal unbatched greedy; sampled rows are seeded but draw from one shared
-    generator, so they differ from unbatched runs with the same seed."""
+    generator, so they differ from unbatched runs with the same seed. Identical prompts (N
+    samples of one question) prefill once and share the result."""
     params.validate()
     if params.stop and tokenizer is None:
         raise ValueError("stop strings need a tokenizer")

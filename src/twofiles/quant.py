@@ -322,9 +322,11 @@ def prepare_for_inference(
     device = model.rope_cos.device
     amp, why = precision_for(device, dtype)
     if amp is not None and model.model.embed_tokens.weight.dtype != amp:
-        # Inference has no optimizer state to keep in fp32: cast the weights themselves instead of autocasting.
+        # Inference has no optimizer state to keep in fp32: cast the weights themselves instead of
+        # autocasting. The RoPE tables stay fp32 (each forward casts the rows it uses).
+        cos, sin = model.rope_cos, model.rope_sin
         model.to(amp)
-        model.rope_cos, model.rope_sin = model.rope_cos.float(), model.rope_sin.float()
+        model.rope_cos, model.rope_sin = cos, sin
     reasons.append(f"{str(model.model.embed_tokens.weight.dtype).replace('torch.', '')} weights: {why}")
     report = None
     if quantize != "none":

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from twofiles.engine import PromptTooLongError, SamplingParams, TextStream, make_generator, token_distribution
+from twofiles.engine import PromptTooLongError, SamplingParams, TextStream, make_generator, model_device, token_distribution
 from twofiles.errors import TwofilesError
 
 if TYPE_CHECKING:
@@ -228,11 +228,10 @@ class BatchEngine:
         cfg = self.model.config
         self.max_seqs = max_seqs
         self.context = min(max_context, cfg.max_seq_len)
-        w = self.model.lm_head.weight
-        self.device = w.device
-        shape = (max_seqs, cfg.n_kv_heads, self.context, cfg.head_dim)
-        self._k = [torch.zeros(shape, dtype=w.dtype, device=w.device) for _ in range(cfg.n_layers)]
-        self._v = [torch.zeros(shape, dtype=w.dtype, device=w.device) for _ in range(cfg.n_layers)]
+        self.device = model_device(self.model)
+        caches = self.model.new_caches(max_seqs, self.context)  # the model picks the dtype and device
+        self._k = [c.k for c in caches]  # [slots, kv_heads, context, head_dim] per layer
+        self._v = [c.v for c in caches]
         self.rows: list[_Row] = []  # row i lives in cache slot i
         self.outbox: list[tuple[RequestHandle, GenerationEvent]] = []  # recorded, not yet delivered (see flush)
         self._end_ids = {self.tokenizer.bos_id, *getattr(self.tokenizer, "eos_ids", ())}

@@ -25,6 +25,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "pull": ("twofiles.cli.pull", "fetch a built-in model (smollm2) into the cache, once"),
     "chat": ("twofiles.cli.chat", "chat with a model in the terminal (streaming, system prompt, tools); scriptable through stdin"),
     "serve": ("twofiles.cli.serve", "serve models over an OpenAI-compatible HTTP API (continuous batching)"),
+    "feedback": ("twofiles.cli.feedback", "turn thumbs up/down and corrections from the web UI into SFT and preference JSONL"),
     "eval": ("twofiles.cli.eval", "benchmark a model: bits per byte, multiple choice, generative tasks (GSM8K, skills)"),
     "arena": ("twofiles.cli.arena", "models fight anonymously on prompts; votes in SQLite; Elo / Bradley-Terry leaderboard"),
     "report": ("twofiles.cli.report", "rebuild a run's report.md, or compare several runs side by side"),

@@ -35,6 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tools", default="", metavar="NAMES", help="comma-separated tools the model may call, e.g. calculator,python")
     p.add_argument("--max-tool-rounds", type=int, default=4, help="most tool-call rounds per reply (default 4)")
     p.add_argument("--load", default=None, metavar="FILE", help="start from a saved conversation")
+    p.add_argument("--think", type=int, default=1, metavar="N", help="System 2: sample N replies per turn (one batch), majority-vote their final numbers, show the winner (default 1 = off)")
     p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
     add_json_flag(p)
 
@@ -78,18 +79,42 @@ def _show(events, pieces: list[str], shown: list, out, err) -> list:
     return []
 
 
+def _think(loaded, fmt, messages, params, n: int, stats, out, err) -> list:
+    """One turn of System 2: n batched samples, majority vote on their final numbers; the
+    first sample with the winning answer is the reply."""
+    from dataclasses import replace
+
+    from twofiles.chat import Message
+    from twofiles.system2 import think
+
+    ids = fmt.prompt_ids(messages)
+    p = replace(params, stop_token_ids=list(dict.fromkeys([*params.stop_token_ids, *fmt.stop_token_ids])))
+    v = think(loaded.model, loaded.tokenizer, ids, p, n)
+    stats.tokens += v.tokens
+    stats.prompt_tokens = len(ids)
+    tally = ", ".join(f"{a} x{c}" for a, c in v.votes.items()) or "no numeric answers"
+    print(f"[think] {n} samples: {tally} -> {v.answer if v.answer is not None else 'no majority (showing the first sample)'}", file=err, flush=True)
+    out.write(v.reply)
+    out.flush()
+    return [Message("assistant", v.reply)]
+
+
 def run(args: argparse.Namespace) -> int:
     import secrets
     import time
     from dataclasses import replace
 
-    from twofiles.chat import ChatFormat, Message, RespondStats, drop_oldest_exchange, load_conversation, messages_to_dicts, respond, save_conversation
+    from twofiles.chat import ChatFormat, Message, RespondStats, drop_oldest_exchange, tools_in_prompt, load_conversation, messages_to_dicts, respond, save_conversation
     from twofiles.engine import PromptTooLongError, SamplingParams, resolve_model
     from twofiles.errors import TwofilesError
     from twofiles.runtime import pick_device
 
     if args.max_tool_rounds < 0:
         raise TwofilesError(f"--max-tool-rounds {args.max_tool_rounds}: must be >= 0")
+    if args.think < 1:
+        raise TwofilesError(f"--think {args.think}: must be >= 1")
+    if args.think > 1 and args.tools:
+        raise TwofilesError("--think and --tools do not combine: each sample would run its own tool calls")
     seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
     params = SamplingParams(
         temperature=args.temperature,
@@ -114,8 +139,10 @@ def run(args: argparse.Namespace) -> int:
     else:
         print("chat template: the model's own", file=err)
     print(f"seed {seed}" + ("" if args.seed is not None else " (pass --seed to repeat this chat)"), file=err)
+    describe_tools = tools_in_prompt(getattr(loaded, "provenance", None) or {})
     if tools:
-        print(f"tools: {', '.join(tools)}", file=err)
+        how = "described in the prompt" if describe_tools else "not described in the prompt (the model was finetuned to call them without a list)"
+        print(f"tools: {', '.join(tools)}, {how}", file=err)
 
     base = [Message("system", args.system)] if args.system is not None else []
     messages: list[Message] = start or list(base)
@@ -173,10 +200,14 @@ def run(args: argparse.Namespace) -> int:
         added: list[Message] = []
         try:
             while True:
-                events = respond(loaded, fmt, messages, turn_params, tools=tools or None, max_tool_rounds=args.max_tool_rounds, stats=stats)
                 shown: list = []  # the events seen: after any, a retry would repeat them
                 try:
-                    added = _show(events, pieces, shown, out, err)
+                    if args.think > 1:
+                        added = _think(loaded, fmt, messages, turn_params, args.think, stats, out, err)
+                        pieces.append(added[0].content)
+                    else:
+                        events = respond(loaded, fmt, messages, turn_params, tools=tools or None, max_tool_rounds=args.max_tool_rounds, stats=stats, describe_tools=describe_tools)
+                        added = _show(events, pieces, shown, out, err)
                     break
                 except PromptTooLongError:
                     shorter = drop_oldest_exchange(messages) if not shown else None

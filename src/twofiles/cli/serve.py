@@ -32,6 +32,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-body-bytes", type=int, default=None, help="larger request bodies get 413 (default 1 MiB)")
     p.add_argument("--timeout", type=float, default=None, help="seconds before a request is cancelled (default 300)")
     p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
+    p.add_argument("--quantize", choices=("none", "int8", "int4"), default="none", help="weight-only quantization of every model: int8 per channel, int4 in groups (default none)")
+    p.add_argument("--group-size", type=int, default=32, help="int4 group size: 32, 64, 128 or 256 (default 32)")
+    p.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads for torch (default: torch's choice)")
     add_json_flag(p)
 
 
@@ -71,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
     except ModuleNotFoundError as e:
         raise TwofilesError(f"serving needs the 'serve' extra ({e.name} is missing): pip install 'twofiles[serve]'") from None
     from twofiles.engine import resolve_model
+    from twofiles.quant import prepare_for_inference
     from twofiles.runtime import pick_device
 
     keys = list(args.api_key) + (_read_keys(args.api_keys_file) if args.api_keys_file else [])
@@ -105,7 +109,9 @@ def run(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         models[name] = resolve_model(spec, device=device)
         n_params = sum(p.numel() for p in models[name].model.parameters())
-        print(f"model {name} ({spec}): {n_params / 1e6:.2f}M parameters, {device.type} ({why}), loaded in {time.perf_counter() - t0:.2f}s", file=sys.stderr)
+        # the same preparation as `generate`: inference dtype (bf16 weights on CUDA), quantization, threads
+        setup = prepare_for_inference(models[name], quantize=args.quantize, group_size=args.group_size, threads=args.threads)
+        print(f"model {name} ({spec}): {n_params / 1e6:.2f}M parameters, {device.type} ({why}), loaded in {time.perf_counter() - t0:.2f}s; {'; '.join(setup.reasons)}", file=sys.stderr)
     app = create_app(models, settings)
 
     try:

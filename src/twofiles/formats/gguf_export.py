@@ -17,6 +17,7 @@ llama.cpp does). The file is written to a temporary name and renamed: never half
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -56,6 +57,26 @@ def tensor_name(hf_name: str) -> str:
         if key in names:
             return names[key].format(parts[2])
     raise BadInputError(f"tensor {hf_name} has no GGUF name")
+
+
+def llama3_rope_factors(head_dim: int, theta: float, scaling: dict[str, Any]) -> np.ndarray:
+    """The divisor of each RoPE frequency, float32 [head_dim / 2], computed as llama.cpp's
+    convert_hf_to_gguf.py does (LlamaModel.generate_extra_tensors: float32 scalar arithmetic per
+    frequency), so the bytes equal its output; the same curve as model.rope_inv_freq to 1 ulp."""
+    from twofiles.model import rope_inv_freq
+
+    factor, low, high, old_len = (scaling[k] for k in ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"))
+    out = []
+    for freq in rope_inv_freq(head_dim, theta):  # 0-d float32 tensors, as in the converter
+        wavelen = 2 * math.pi / freq
+        if wavelen < old_len / high:
+            out.append(1.0)
+        elif wavelen > old_len / low:
+            out.append(float(factor))
+        else:
+            smooth = (old_len / wavelen - low) / (high - low)
+            out.append(float(1 / ((1 - smooth) / factor + smooth)))
+    return np.array(out, dtype=np.float32)
 
 
 def _vocab(loaded: "LoadedModel", vocab_size: int) -> dict[str, Any]:
@@ -121,6 +142,7 @@ def export_gguf(loaded: "LoadedModel", out_path: str | os.PathLike[str], *, qtyp
 
     w = gguf.GGUFWriter(str(tmp), arch)
     name = loaded.provenance.get("name") if isinstance(loaded.provenance.get("name"), str) else ""
+    w.add_type("model")
     w.add_name(name or "twofiles")
     w.add_context_length(cfg.max_seq_len)
     w.add_embedding_length(cfg.dim)
@@ -128,6 +150,8 @@ def export_gguf(loaded: "LoadedModel", out_path: str | os.PathLike[str], *, qtyp
     w.add_feed_forward_length(cfg.hidden_dim)
     w.add_head_count(cfg.n_heads)
     w.add_head_count_kv(cfg.n_kv_heads)
+    w.add_key_length(cfg.head_dim)
+    w.add_value_length(cfg.head_dim)
     w.add_rope_dimension_count(cfg.head_dim)
     w.add_rope_freq_base(cfg.rope_theta)
     w.add_layer_norm_rms_eps(cfg.norm_eps)
@@ -167,10 +191,7 @@ def export_gguf(loaded: "LoadedModel", out_path: str | os.PathLike[str], *, qtyp
     plan: list[tuple[str, str, str, tuple[int, ...]]] = []  # (gguf name, hf name or "", target type, shape)
     factors = np.zeros(0)
     if rope_scaling:
-        from twofiles.model import rope_inv_freq
-
-        # the divisor of each frequency (convert_hf_to_gguf.py LlamaModel.generate_extra_tensors)
-        factors = (rope_inv_freq(cfg.head_dim, cfg.rope_theta).double() / rope_inv_freq(cfg.head_dim, cfg.rope_theta, rope_scaling).double()).numpy()
+        factors = llama3_rope_factors(cfg.head_dim, cfg.rope_theta, rope_scaling)
         plan.append(("rope_freqs.weight", "", "f32", factors.shape))
     for hf_name, t in sd.items():
         target = "f32" if t.ndim == 1 or qtype == "f32" else "f16" if qtype == "f16" or t.shape[-1] % 32 else "q8_0"
@@ -184,7 +205,7 @@ def export_gguf(loaded: "LoadedModel", out_path: str | os.PathLike[str], *, qtyp
 
     def converted(gname: str, hf_name: str, target: str) -> np.ndarray:
         if not hf_name:
-            return factors.astype(np.float32)
+            return factors
         a = sd[hf_name].detach().to("cpu").float().numpy()
         kind = gname.split(".")[2] if gname.startswith("blk.") else ""
         if arch == "llama" and kind in ("attn_q", "attn_k"):
@@ -208,4 +229,4 @@ def export_gguf(loaded: "LoadedModel", out_path: str | os.PathLike[str], *, qtyp
     return {"path": str(out), "type": qtype, "architecture": arch, "tensors": len(plan), "bytes": out.stat().st_size}
 
 
-__all__ = ["export_gguf", "permute", "tensor_name", "TYPES"]
+__all__ = ["export_gguf", "permute", "tensor_name", "llama3_rope_factors", "TYPES"]

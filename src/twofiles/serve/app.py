@@ -123,12 +123,13 @@ def _model(app: FastAPI, name: str) -> "LoadedModel":
     return loaded
 
 
-def _check_prompt(app: FastAPI, model: str, ids: Sequence[int]) -> None:
+def _check_prompt(app: FastAPI, model: str, ids: Sequence[int], param: str = "messages") -> None:
     settings: ServeSettings = app.state.settings
     context = app.state.scheduler.engines[model].context
     limit = min(settings.max_prompt_tokens or context - 1, context - 1)
     if len(ids) > limit:
-        raise ApiError(400, f"prompt is {len(ids)} tokens; this server accepts at most {limit} for model {model!r} (shorten the conversation)", param="messages", code="context_length_exceeded")
+        what = "the conversation" if param == "messages" else "the prompt"
+        raise ApiError(400, f"prompt is {len(ids)} tokens; this server accepts at most {limit} for model {model!r} (shorten {what})", param=param, code="context_length_exceeded")
 
 
 def _submit(app: FastAPI, model: str, prompts: Sequence[Sequence[int]], params: SamplingParams, n: int, logprobs: int | None) -> list[RequestHandle]:
@@ -403,7 +404,7 @@ def create_app(models: Mapping[str, "LoadedModel"], settings: ServeSettings | No
         tok = loaded.tokenizer
         texts, prompts = _prompts(req.prompt, tok, loaded.model.config.vocab_size)
         for ids in prompts:
-            _check_prompt(app, req.model, ids)
+            _check_prompt(app, req.model, ids, "prompt")
         params = sampling_params(req, settings, default_max_tokens=16)
         handles = _submit(app, req.model, prompts, params, req.n, req.logprobs)
         rid, created = f"cmpl-{secrets.token_hex(12)}", int(time.time())

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import selectors
+import shutil
 import signal
 import subprocess
 import sys
@@ -159,7 +160,7 @@ def run_python(code: str, run_dir: str | os.PathLike[str], limits: Limits = DEFA
     keep = limits.output_chars * 4  # bytes; the head and the tail are what is shown
     try:
         try:
-            proc.stdin.write(code.encode("utf-8", "surrogatepass"))  # type: ignore[union-attr]
+            proc.stdin.write(code.encode("utf-8", "replace"))  # type: ignore[union-attr]
             proc.stdin.close()  # type: ignore[union-attr]
         except BrokenPipeError:
             pass
@@ -254,19 +255,41 @@ class PythonSandbox:
 
     def __init__(self, scratch_dir: str | os.PathLike[str] | None = None, limits: Limits = DEFAULT_LIMITS) -> None:
         self.limits = limits
-        self._tmp: tempfile.TemporaryDirectory[str] | None = None
-        if scratch_dir is None:
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None  # made on the first run, not here
+        self._scratch = Path(scratch_dir) if scratch_dir is not None else None
+
+    @property
+    def scratch_dir(self) -> Path:
+        """Where the runs' directories go (a private temporary directory unless one was given)."""
+        if self._scratch is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="twofiles-python-")
-            scratch_dir = self._tmp.name
-        self.scratch_dir = Path(scratch_dir)
+            self._scratch = Path(self._tmp.name)
+        return self._scratch
 
     def run(self, arguments: dict[str, Any]) -> ToolResult:
         code = arguments.get("code") if isinstance(arguments, dict) else None
         if code is None:
             return ToolResult('missing argument "code" (a string of Python)', error=True)
         self.scratch_dir.mkdir(parents=True, exist_ok=True)
-        run_dir = tempfile.mkdtemp(prefix="run-", dir=self.scratch_dir)
-        return run_python(code, run_dir, self.limits)
+        run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=self.scratch_dir))
+        # matplotlib's font list takes ~1.5 s to build: hand each run the one an earlier run
+        # built (it only affects code inside the sandbox, which is as untrusted as its maker)
+        cache = self.scratch_dir / ".matplotlib-cache"
+        mpl = run_dir / ".matplotlib"
+        if cache.is_dir():
+            shutil.copytree(cache, mpl)
+        result = run_python(code, run_dir, self.limits)
+        if not cache.is_dir() and mpl.is_dir():
+            fontlists = [f for f in mpl.glob("fontlist-*.json") if f.is_file() and not f.is_symlink() and f.stat().st_size < (4 << 20)]
+            if fontlists:
+                tmp = Path(tempfile.mkdtemp(prefix=".matplotlib-cache-", dir=self.scratch_dir))
+                for f in fontlists:
+                    shutil.copyfile(f, tmp / f.name)
+                try:
+                    os.replace(tmp, cache)
+                except OSError:  # another run got there first
+                    shutil.rmtree(tmp, ignore_errors=True)
+        return result
 
     def describe_limits(self) -> dict[str, Any]:
         return asdict(self.limits)

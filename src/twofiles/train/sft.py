@@ -157,7 +157,14 @@ def identity_for(loaded: "LoadedModel", name: str = "") -> "ModelIdentity | None
     from twofiles.data.skills import ModelIdentity
 
     prov = loaded.provenance or {}
-    shakespeare = "shakespeare" in json.dumps({k: prov.get(k) for k in ("corpus", "data", "speedrun", "identity")}).lower()
+    seen = {k: prov.get(k) for k in ("corpus", "data", "speedrun", "identity")}
+    manifest = Path(str(prov.get("data", ""))) / "manifest.json"  # a pretrained model names its prepared data
+    if prov.get("stage") == "pretrain" and manifest.is_file():
+        try:
+            seen["sources"] = json.loads(manifest.read_text()).get("sources")
+        except (OSError, json.JSONDecodeError):
+            pass
+    shakespeare = "shakespeare" in json.dumps(seen).lower()
     if shakespeare:
         return ModelIdentity(name=name or "twofiles")
     if name:
@@ -516,7 +523,7 @@ def _sft(cfg: SFTConfig, rt: rt_mod.Runtime) -> SFTResult:
 
     # --- the finetuned model ---
     provenance = {"stage": "sft", "base": _base_spec(cfg.model), "base_provenance": loaded.provenance, **data_prov,
-                  "chat_template": "built-in" if fmt.builtin else "the base model's", "steps": step, "target_tokens": targets_seen,
+                  "chat_template": "built-in" if fmt.builtin else "the base model's", "tools_in_prompt": False, "steps": step, "target_tokens": targets_seen,
                   "val_loss_before": val_loss_before, "val_loss": val_loss,
                   "skills_before": skills_before.summary() if skills_before else None,
                   "skills_after": skills_after.summary() if skills_after else None,

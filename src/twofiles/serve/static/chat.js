@@ -1,0 +1,342 @@
+// The chat page: streams replies from /v1/chat/completions, shows each token's probability and
+// its alternatives, tool calls, and sends thumbs / corrections to /feedback.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const TOP_LOGPROBS = 5;
+const END_MARK = "[end]"; // stands for the tokens that ended the reply and have no text
+const MAX_TOOL_ROUNDS = 4; // model turns after tool results, per user message (as chat.respond)
+let toolSpecs = null; // the server's runnable tools (GET /tools), fetched when first offered
+
+const history = []; // OpenAI-style messages of this conversation (no system message)
+let controller = null; // aborts the reply being streamed
+let busy = false; // a user turn is in progress (its replies and tool rounds)
+
+function settings() {
+  const seed = $("seed").value.trim();
+  return {
+    model: $("model").value,
+    temperature: Number($("temperature").value),
+    top_p: Number($("top_p").value),
+    max_tokens: Math.floor(Number($("max_tokens").value)),
+    seed: seed === "" ? undefined : Math.floor(Number(seed)),
+  };
+}
+
+function systemMessages() {
+  const s = $("system").value.trim();
+  return s ? [{ role: "system", content: s }] : [];
+}
+
+function showError(msg) {
+  $("error").textContent = msg || "";
+}
+
+// A token's text with its invisible parts made visible; a token that is only part of a UTF-8
+// character shows its bytes (<0xE2>), as the API's `bytes` field gives them.
+function visible(entry) {
+  if (entry.token.includes("\ufffd") && Array.isArray(entry.bytes) && entry.bytes.length) {
+    return entry.bytes.map((b) => "<0x" + b.toString(16).toUpperCase().padStart(2, "0") + ">").join("");
+  }
+  return entry.token.replace(/ /g, "␣").replace(/\n/g, "↵").replace(/\t/g, "⇥") || "(empty)";
+}
+
+function prob(logprob) {
+  return Math.exp(logprob);
+}
+
+function pct(p) {
+  return (100 * p).toFixed(1) + "%";
+}
+
+// --- the token die view --------------------------------------------------------------------
+
+function showTokenInfo(span) {
+  const box = $("tokinfo");
+  box.replaceChildren();
+  for (const entry of span._tokens) {
+    const p = prob(entry.logprob);
+    box.append(TF.el("div", { class: "head" }, "token ", TF.el("b", {}, "“" + visible(entry) + "”"), " drawn with probability " + pct(p)));
+    const rows = (entry.top_logprobs || []).map((alt) =>
+      TF.el(
+        "tr",
+        { class: alt.token === entry.token ? "alt chosen" : "alt" },
+        TF.el("td", { class: "t" }, visible(alt)),
+        TF.el("td", { class: "bar" }, TF.el("div", { style: `width:${(100 * prob(alt.logprob)).toFixed(1)}%` })),
+        TF.el("td", { class: "p" }, pct(prob(alt.logprob)))
+      )
+    );
+    box.append(rows.length ? TF.el("table", {}, rows) : TF.el("div", { class: "hint" }, "no alternatives sent"));
+  }
+  document.querySelectorAll(".tok.active").forEach((t) => t.classList.remove("active"));
+  span.classList.add("active");
+  box.hidden = false;
+  const r = span.getBoundingClientRect();
+  const left = Math.min(r.left, window.innerWidth - box.offsetWidth - 8);
+  const below = r.bottom + 6 + box.offsetHeight < window.innerHeight;
+  box.style.left = Math.max(8, left) + "px";
+  box.style.top = (below ? r.bottom + 6 : Math.max(8, r.top - box.offsetHeight - 6)) + "px";
+}
+
+function hideTokenInfo() {
+  $("tokinfo").hidden = true;
+  document.querySelectorAll(".tok.active").forEach((t) => t.classList.remove("active"));
+}
+
+function tokenSpan(text, tokens, isEnd) {
+  if (!tokens.length) return TF.el("span", { class: "piece" }, text); // the server sent no probabilities
+  const p = tokens.length ? Math.min(...tokens.map((t) => prob(t.logprob))) : 1;
+  const span = TF.el("span", { class: isEnd ? "tok end" : "tok", style: `--p:${p.toFixed(3)}`, title: pct(p) }, text);
+  span._tokens = tokens;
+  span.addEventListener("click", (e) => {
+    e.stopPropagation();
+    showTokenInfo(span);
+  });
+  span.addEventListener("mouseenter", () => showTokenInfo(span));
+  return span;
+}
+
+// Text and the tokens that produced it, as spans: one per token where the tokens spell the text
+// exactly (the usual case), so each token shows its own die however the server grouped them into
+// chunks; what is left (a character split over tokens) becomes one span with all its tokens.
+// Returns the tokens that have no text yet (the end of the turn, or text still held back).
+function appendPieces(shell, text, entries) {
+  let pos = 0;
+  let i = 0;
+  for (; i < entries.length; i++) {
+    const t = entries[i].token;
+    if (!t || t.includes("\ufffd") || !text.startsWith(t, pos)) break;
+    shell.text.append(tokenSpan(t, [entries[i]], false));
+    pos += t.length;
+  }
+  if (pos < text.length) {
+    shell.text.append(tokenSpan(text.slice(pos), entries.slice(i), false));
+    return [];
+  }
+  return entries.slice(i);
+}
+
+// --- rendering messages -----------------------------------------------------------------------
+
+function toolCallText(call) {
+  const f = call.function || {};
+  return "tool call → " + (f.name || "?") + "(" + (f.arguments || "") + ")";
+}
+
+async function offeredTools() {
+  if (!$("offer_tools").checked) return null;
+  if (toolSpecs === null) toolSpecs = (await TF.json("GET", "/tools")).tools;
+  return toolSpecs;
+}
+
+// Run one tool call on the server (POST /tools/run) and show its result under the call.
+async function runTool(call, shell) {
+  let content, error;
+  try {
+    const args = call.function.arguments ? JSON.parse(call.function.arguments) : {};
+    const res = await TF.json("POST", "/tools/run", { name: call.function.name, arguments: args });
+    [content, error] = [res.content, res.error];
+  } catch (e) {
+    [content, error] = ["error: " + e.message, true];
+  }
+  shell.calls.append(TF.el("div", { class: error ? "toolresult error" : "toolresult" }, "result ← " + content));
+  return { role: "tool", tool_call_id: call.id, name: call.function.name, content };
+}
+
+function addUser(text) {
+  const node = TF.el("div", { class: "msg user" }, text);
+  $("conversation").append(node);
+  node.scrollIntoView({ block: "end" });
+}
+
+function addAssistantShell(model) {
+  const text = TF.el("div", { class: "text" });
+  const calls = TF.el("div", { class: "calls" });
+  const node = TF.el("div", { class: "msg assistant" }, TF.el("div", { class: "who" }, model), text, calls);
+  $("conversation").append(node);
+  return { node, text, calls };
+}
+
+async function sendFeedback(payload, status) {
+  try {
+    const res = await TF.json("POST", "/feedback", payload);
+    status.textContent = "saved ✓ (#" + res.id + ")";
+    status.className = "saved";
+  } catch (e) {
+    status.textContent = "not saved: " + e.message;
+    status.className = "error";
+  }
+}
+
+// Thumbs and "correct this answer" under a finished reply. `context` is the conversation the
+// reply answered (system message included), `reply` the assistant message as sent back.
+function addActions(shell, model, context, reply, meta) {
+  const status = TF.el("span", { class: "saved" });
+  const base = () => ({ model, messages: context, reply: { ...reply }, meta });
+  // plain glyphs and words, not emoji: a machine without an emoji font shows boxes
+  const up = TF.el("button", { title: "good answer", class: "thumb-up" }, "▲ Good");
+  const down = TF.el("button", { title: "bad answer", class: "thumb-down" }, "▼ Bad");
+  const fix = TF.el("button", { class: "correct" }, "Correct this answer");
+  for (const [btn, rating] of [[up, "up"], [down, "down"]]) {
+    btn.addEventListener("click", () => {
+      up.classList.toggle("chosen", rating === "up");
+      down.classList.toggle("chosen", rating === "down");
+      sendFeedback({ ...base(), rating }, status);
+    });
+  }
+  fix.addEventListener("click", () => {
+    if (shell.node.querySelector(".correct-box")) return;
+    const area = TF.el("textarea", { rows: 4, class: "correction" });
+    area.value = reply.content;
+    const save = TF.el("button", { class: "primary save-correction" }, "Save correction");
+    const cancel = TF.el("button", {}, "Cancel");
+    const box = TF.el("div", { class: "correct-box" }, area, TF.el("div", { class: "actions" }, save, cancel));
+    cancel.addEventListener("click", () => box.remove());
+    save.addEventListener("click", async () => {
+      const correction = area.value;
+      if (!correction.trim()) return;
+      await sendFeedback({ ...base(), correction }, status);
+      if (status.className === "saved") {
+        // the conversation goes on from the corrected answer
+        const i = history.indexOf(reply);
+        if (i >= 0) history[i] = { role: "assistant", content: correction };
+        shell.text.replaceChildren(correction);
+        shell.node.querySelector(".who").append(TF.el("span", { class: "badge" }, "corrected"));
+        box.remove();
+      }
+    });
+    shell.node.append(box);
+    area.focus();
+  });
+  shell.node.append(TF.el("div", { class: "actions" }, up, down, fix, status));
+}
+
+// --- one turn -----------------------------------------------------------------------------------
+
+async function send(text) {
+  showError("");
+  const s = settings();
+  if (!s.model) return showError("no model: is the server running with one?");
+  history.push({ role: "user", content: text });
+  addUser(text);
+  busy = true;
+  try {
+    for (let round = 0; round <= MAX_TOOL_ROUNDS; round++) {
+      const turn = await streamReply(s);
+      if (!turn || !turn.reply.tool_calls || !$("offer_tools").checked || round === MAX_TOOL_ROUNDS) break;
+      // the agent loop, in the page: run each call, feed the results back, let the model go on
+      for (const call of turn.reply.tool_calls) history.push(await runTool(call, turn.shell));
+    }
+  } finally {
+    busy = false;
+  }
+}
+
+// One assistant turn streamed into a new bubble; returns {reply, shell}, or null when it failed.
+async function streamReply(s) {
+  const context = [...systemMessages(), ...history];
+  const body = {
+    model: s.model,
+    messages: context,
+    stream: true,
+    temperature: s.temperature,
+    top_p: s.top_p,
+    max_tokens: s.max_tokens,
+    logprobs: true,
+    top_logprobs: TOP_LOGPROBS,
+  };
+  if (s.seed !== undefined) body.seed = s.seed;
+
+  const shell = addAssistantShell(s.model);
+  const calls = []; // tool calls assembled from their streamed pieces
+  let content = "";
+  let pending = []; // logprob entries whose text has not arrived yet (held back, e.g. a split character)
+  let finish = null;
+  let failed = false;
+  controller = new AbortController();
+  $("send").disabled = true;
+  $("stop").hidden = false;
+  try {
+    const tools = await offeredTools();
+    if (tools && tools.length) body.tools = tools;
+    for await (const chunk of TF.stream("/v1/chat/completions", body, controller.signal)) {
+      const choice = (chunk.choices || [])[0];
+      if (!choice) continue;
+      const delta = choice.delta || {};
+      pending.push(...((choice.logprobs && choice.logprobs.content) || []));
+      if (delta.content) {
+        content += delta.content;
+        pending = appendPieces(shell, delta.content, pending);
+      }
+      for (const tc of delta.tool_calls || []) {
+        const i = tc.index ?? calls.length;
+        calls[i] = calls[i] || { id: "", type: "function", function: { name: "", arguments: "" } };
+        if (tc.id) calls[i].id = tc.id;
+        if (tc.function && tc.function.name) calls[i].function.name += tc.function.name;
+        if (tc.function && tc.function.arguments) calls[i].function.arguments += tc.function.arguments;
+        shell.calls.replaceChildren(...calls.filter(Boolean).map((c) => TF.el("div", { class: "toolcall" }, toolCallText(c))));
+      }
+      if (choice.finish_reason) finish = choice.finish_reason;
+      shell.node.scrollIntoView({ block: "end" });
+    }
+  } catch (e) {
+    if (e.name === "AbortError") finish = finish || "stopped";
+    else [failed, finish] = [true, "error"];
+    if (failed) showError(e.message);
+  } finally {
+    controller = null;
+    $("send").disabled = false;
+    $("stop").hidden = true;
+  }
+  if (pending.length) shell.text.append(tokenSpan(END_MARK, pending, true)); // the end-of-turn token's die
+  const reply = { role: "assistant", content };
+  const made = calls.filter(Boolean);
+  made.forEach((c, i) => (c.id = c.id || "call_" + (history.length + i)));
+  if (made.length) reply.tool_calls = made;
+  shell.node.querySelector(".who").append(" · " + (finish || "done"));
+  if (failed) return null; // nothing the model said: the conversation stays as it was sent
+  if (!content && !made.length) shell.text.append(TF.el("span", { class: "hint" }, "(empty reply)"));
+  history.push(reply); // a stopped reply stays, as far as it got: it is what the page shows
+  addActions(shell, s.model, context, reply, { temperature: s.temperature, top_p: s.top_p, seed: s.seed ?? null, finish_reason: finish, page: "chat" });
+  return finish === "stopped" ? null : { reply, shell };
+}
+
+// --- wiring ------------------------------------------------------------------------------------
+
+async function loadModels() {
+  try {
+    const names = await TF.models();
+    $("model").replaceChildren(...names.map((n) => TF.el("option", { value: n }, n)));
+    if (!names.length) showError("the server has no models");
+  } catch (e) {
+    showError("could not list models: " + e.message);
+  }
+}
+
+$("composer").addEventListener("submit", (e) => {
+  e.preventDefault();
+  const text = $("input").value;
+  if (!text.trim() || busy) return;
+  $("input").value = "";
+  send(text);
+});
+$("input").addEventListener("keydown", (e) => {
+  if (e.key === "Enter" && !e.shiftKey) {
+    e.preventDefault();
+    $("composer").requestSubmit();
+  }
+});
+$("stop").addEventListener("click", () => controller && controller.abort());
+$("reset").addEventListener("click", () => {
+  if (controller) controller.abort();
+  history.length = 0;
+  $("conversation").replaceChildren();
+  showError("");
+});
+$("offer_tools").addEventListener("change", () => showError(""));
+$("colored").addEventListener("change", (e) => $("conversation").classList.toggle("colored", e.target.checked));
+document.addEventListener("click", (e) => {
+  if (!$("tokinfo").contains(e.target)) hideTokenInfo();
+});
+TF.initKeyField($("apikey"));
+loadModels();
