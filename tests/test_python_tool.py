@@ -3,6 +3,8 @@ real and must end fast, as a clear error result, with the machine untouched."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import os
 import sys
@@ -159,7 +161,10 @@ def test_huge_output_is_cut(tmp_path):
 
 
 def test_filling_the_disk_is_stopped(tmp_path):
-    result, _ = run("open('big.bin', 'wb').write(b'x' * (64 << 20))", tmp_path)
+    # one file past RLIMIT_FSIZE, set below the directory cap so the kernel's limit (not the
+    # parent's directory watch, which would race it) is what stops the write
+    one_file = dataclasses.replace(FAST, file_bytes=FAST.scratch_bytes // 2)
+    result, _ = run("open('big.bin', 'wb').write(b'x' * (64 << 20))", tmp_path, one_file)
     assert result.error and "File too large" in result.content  # RLIMIT_FSIZE
     result, seconds = run("i = 0\nwhile True:\n    open(f'f{i}.txt', 'w').write('x' * 100000)\n    i += 1", tmp_path)
     assert result.error and "working directory grew past" in result.content
