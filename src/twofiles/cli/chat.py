@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from twofiles.cli.common import add_json_flag, emit_json
+from twofiles.cli.common import add_json_flag, add_sampling_flags, emit_json, sampling_params
 
 HELP = """commands:
   /reset       start over (keeps the --system prompt)
@@ -25,13 +25,7 @@ HELP = """commands:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", metavar="MODEL", help="a twofiles model.safetensors, a .gguf file, a Hugging Face model directory, or an alias (smollm2)")
     p.add_argument("--system", default=None, help="a system prompt")
-    p.add_argument("--temperature", type=float, default=0.7, help="0 = greedy (default 0.7)")
-    p.add_argument("--top-k", type=int, default=0, help="sample among the K most likely tokens only (0 = off)")
-    p.add_argument("--top-p", type=float, default=0.9, help="sample among the most likely tokens covering probability P (default 0.9)")
-    p.add_argument("--min-p", type=float, default=0.0, help="drop tokens less likely than M x the top token (0 = off)")
-    p.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeating tokens (1 = off)")
-    p.add_argument("--seed", type=int, default=None, help="seed for sampling (default: random, printed to stderr)")
-    p.add_argument("--max-tokens", type=int, default=512, help="most new tokens per reply (default 512)")
+    add_sampling_flags(p, temperature=0.7, top_p=0.9, max_tokens=512, what="reply")
     p.add_argument("--tools", default="", metavar="NAMES", help="comma-separated tools the model may call, e.g. calculator,python")
     p.add_argument("--max-tool-rounds", type=int, default=4, help="most tool-call rounds per reply (default 4)")
     p.add_argument("--load", default=None, metavar="FILE", help="start from a saved conversation")
@@ -100,12 +94,11 @@ def _think(loaded, fmt, messages, params, n: int, stats, out, err) -> list:
 
 
 def run(args: argparse.Namespace) -> int:
-    import secrets
     import time
     from dataclasses import replace
 
     from twofiles.chat import ChatFormat, Message, RespondStats, drop_oldest_exchange, tools_in_prompt, load_conversation, messages_to_dicts, respond, save_conversation
-    from twofiles.engine import PromptTooLongError, SamplingParams, resolve_model
+    from twofiles.engine import PromptTooLongError, resolve_model
     from twofiles.errors import TwofilesError
     from twofiles.runtime import pick_device
 
@@ -115,16 +108,8 @@ def run(args: argparse.Namespace) -> int:
         raise TwofilesError(f"--think {args.think}: must be >= 1")
     if args.think > 1 and args.tools:
         raise TwofilesError("--think and --tools do not combine: each sample would run its own tool calls")
-    seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
-    params = SamplingParams(
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        min_p=args.min_p,
-        repetition_penalty=args.repetition_penalty,
-        seed=seed,
-        max_tokens=args.max_tokens,
-    ).validate()  # before loading: a typo should not cost a model load
+    params = sampling_params(args)
+    seed = params.seed
     tools = _pick_tools(args.tools)
     start = load_conversation(args.load) if args.load else []
 

@@ -11,19 +11,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from twofiles.cli.common import add_json_flag, emit_json
+from twofiles.cli.common import add_json_flag, add_sampling_flags, emit_json, sampling_params
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", metavar="MODEL", help="a twofiles model.safetensors, a .gguf file, a Hugging Face model directory, or an alias (smollm2)")
     p.add_argument("--prompt", required=True, help="text to continue; '-' reads it from stdin")
-    p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy; <1 sharper, >1 flatter (default 1)")
-    p.add_argument("--top-k", type=int, default=0, help="sample among the K most likely tokens only (0 = off)")
-    p.add_argument("--top-p", type=float, default=1.0, help="sample among the most likely tokens covering probability P (1 = off)")
-    p.add_argument("--min-p", type=float, default=0.0, help="drop tokens less likely than M x the top token (0 = off)")
-    p.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeating tokens (1 = off)")
-    p.add_argument("--seed", type=int, default=None, help="seed for sampling (default: random, printed to stderr)")
-    p.add_argument("--max-tokens", type=int, default=200, help="most new tokens (default 200)")
+    add_sampling_flags(p, temperature=1.0, top_p=1.0, max_tokens=200, what="sample")
     p.add_argument("--stop", action="append", default=[], metavar="STR", help="stop before this text (repeatable)")
     p.add_argument("--show-probs", type=int, nargs="?", const=5, default=0, metavar="K", help="print each step's choice and top K candidates (default K 5)")
     p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
@@ -52,10 +46,9 @@ def _piece(tokenizer, token: int) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    import secrets
     import time
 
-    from twofiles.engine import SamplingParams, encode_prompt, generate_steps, resolve_model
+    from twofiles.engine import encode_prompt, generate_steps, resolve_model
     from twofiles.errors import TwofilesError
     from twofiles.quant import prepare_for_inference
     from twofiles.runtime import pick_device
@@ -65,17 +58,8 @@ def run(args: argparse.Namespace) -> int:
         raise TwofilesError("empty prompt: give some text to continue with --prompt (or '-' to read stdin)")
     if args.show_probs < 0:
         raise TwofilesError(f"--show-probs {args.show_probs}: must be >= 0")
-    seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
-    params = SamplingParams(
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        min_p=args.min_p,
-        repetition_penalty=args.repetition_penalty,
-        seed=seed,
-        max_tokens=args.max_tokens,
-        stop=list(args.stop),
-    ).validate()  # before loading: a typo should not cost a model load
+    params = sampling_params(args, stop=list(args.stop))
+    seed = params.seed
 
     device, why = pick_device(args.device)
     t0 = time.perf_counter()
