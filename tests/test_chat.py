@@ -512,6 +512,7 @@ def test_chat_cli_scripted_through_stdin(model_path, tmp_path, capsys, monkeypat
     summary = json.loads(out.splitlines()[-1])
     assert summary["turns"] == 3 and summary["template"] == "builtin" and len(summary["replies"]) == 3
     assert "no chat template: using twofiles' built-in one" in err and "commands:" in err
+    assert f"3 turns, {summary['tokens']} tokens generated" in err
     assert out.startswith("\n".join(summary["replies"]) + "\n")  # each reply on stdout, in order
     assert 3 <= summary["tokens"] <= 24
     # /reset kept the system prompt and dropped the rest

@@ -203,6 +203,8 @@ def run(args: argparse.Namespace) -> int:
         messages.extend(added)
         replies.append("".join(pieces))
 
+    tps = stats.tokens / gen_seconds if gen_seconds > 0 else 0.0
+    print(f"{turn} turns, {stats.tokens} tokens generated in {gen_seconds:.2f}s ({tps:.1f} tok/s), {n_calls} tool calls", file=err)
     if args.json:
         emit_json(
             {
@@ -214,7 +216,7 @@ def run(args: argparse.Namespace) -> int:
                 "tool_calls": n_calls,
                 "tokens": stats.tokens,
                 "seconds": round(gen_seconds, 4),
-                "tokens_per_second": round(stats.tokens / gen_seconds, 2) if gen_seconds > 0 else 0.0,
+                "tokens_per_second": round(tps, 2),
                 "seed": seed,
             }
         )
