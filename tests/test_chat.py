@@ -441,6 +441,18 @@ def test_respond_without_tools_keeps_tool_syntax_as_text(tok: Tokenizer) -> None
     assert "".join(v for k, v in got if k == "text") == f"maybe {call}"
     assert got[-1][1] == [Message("assistant", f"maybe {call}")]
 
+
+def test_respond_shows_a_malformed_call_as_text(tok: Tokenizer) -> None:
+    from twofiles.chat import respond
+    from twofiles.engine import SamplingParams
+
+    model = ScriptedModel(tok, lambda prompt: 'ok <tool_call>{"name": "calculator", "arguments": {"expr<|assistant_end|>')
+    calc = Calculator()
+    got = events(respond(SimpleNamespace(model=model, tokenizer=tok), ChatFormat.builtin_for(tok), parse_messages(CONV[1:2]), SamplingParams(temperature=0), tools={"calculator": calc}))
+    text = 'ok <tool_call>{"name": "calculator", "arguments": {"expr'
+    assert "".join(v for k, v in got if k == "text") == text and not calc.calls
+    assert got[-1][1] == [Message("assistant", text)]
+
 def test_respond_hermes_calls_with_a_chatml_model(chatml_tok: Tokenizer) -> None:
     from twofiles.chat import respond
     from twofiles.engine import SamplingParams

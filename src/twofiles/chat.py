@@ -647,8 +647,10 @@ class _VisibleText:
         self._shown = end
         return out
 
-    def finish(self) -> str:
-        if self._hidden:
+    def finish(self, *, calls: bool) -> str:
+        """The rest of the text to show: none past an opener when the reply did call a tool; all
+        of it when it did not (a malformed or cut-off call is shown as the text it is)."""
+        if self._hidden and calls:
             return ""
         out = self.text[self._shown :]
         self._shown = len(self.text)
@@ -719,10 +721,10 @@ def respond(
                 delta = visible.push(step.text) if step.text else ""
             if delta:
                 yield ChatEvent("text", delta)
-        tail = visible.finish()
+        reply = fmt.parse_assistant(visible.text) if tools else Message("assistant", streamed)
+        tail = visible.finish(calls=bool(reply.tool_calls))
         if tail:
             yield ChatEvent("text", tail)
-        reply = fmt.parse_assistant(visible.text) if tools else Message("assistant", streamed)
         for call in reply.tool_calls:
             if not call.id:
                 n_calls += 1
