@@ -186,6 +186,19 @@ def test_builtin_render_known_answer(tok: Tokenizer) -> None:
     assert tok.decode(prompt).endswith("<|user_end|><|assistant_start|>")
 
 
+
+def test_render_edges(tok: Tokenizer, chatml_tok: Tokenizer) -> None:
+    fmt = ChatFormat.builtin_for(tok)
+    ids, mask = fmt.render([{"role": "assistant", "content": "hello!"}, {"role": "user", "content": "hi"}])
+    assert learned(fmt, ids, mask) == ["hello!<|assistant_end|>"]  # a greeting first: still learned
+    ids, mask = fmt.render(CONV[:2], add_generation_prompt=True)
+    assert not any(mask) and tok.decode(ids).endswith("<|assistant_start|>")
+    assert fmt.render([]) == ([tok.bos_id], [0])
+    # a template whose earlier turns change once a later one exists cannot be masked: say so
+    fickle = "{% for m in messages %}{{ m['content'] }}{% if loop.last %}<|im_end|>{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>{% endif %}"
+    with pytest.raises(BadInputError, match="not a prefix"):
+        ChatFormat.from_template(chatml_tok, fickle).render(CONV[1:3])
+
 def test_chatml_render_and_mask(chatml_tok: Tokenizer) -> None:
     fmt = ChatFormat.from_template(chatml_tok, CHATML)
     assert not fmt.builtin and fmt.stop_token_ids == [2]
