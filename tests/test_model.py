@@ -133,6 +133,30 @@ def test_rope_tables_match_hf() -> None:
     torch.testing.assert_close(model.rope_sin, sin[0], atol=1e-6, rtol=0)
 
 
+def test_llama3_rope_scaling_tables_match_hf() -> None:
+    transformers = pytest.importorskip("transformers")
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    # an original context of 32 puts every band (kept, smoothed, slowed) inside head_dim 16
+    scaling = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 16.0, "original_max_position_embeddings": 32}
+    model = build(rope_scaling=scaling)
+    cfg = model.config
+    rotary = LlamaRotaryEmbedding(transformers.LlamaConfig(hidden_size=cfg.dim, num_attention_heads=cfg.n_heads, rope_theta=cfg.rope_theta,
+                                                           max_position_embeddings=cfg.max_seq_len, rope_scaling=dict(scaling)))
+    cos, sin = rotary(torch.zeros(1, dtype=torch.float32), torch.arange(cfg.max_seq_len)[None])
+    torch.testing.assert_close(model.rope_cos, cos[0], atol=1e-6, rtol=0)
+    torch.testing.assert_close(model.rope_sin, sin[0], atol=1e-6, rtol=0)
+    assert (model.rope_cos - build().rope_cos).abs().max() > 0.1
+    assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize("scaling", [{"rope_type": "yarn", "factor": 4.0}, {"rope_type": "llama3", "factor": 8.0}, "llama3",
+                                     {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 4.0, "high_freq_factor": 1.0, "original_max_position_embeddings": 32}])
+def test_bad_rope_scaling_is_refused(scaling) -> None:
+    with pytest.raises(ValueError, match="rope_scaling"):
+        ModelConfig(**{**TINY, "rope_scaling": scaling})
+
+
 # ---------------------------------------------------------------- KV cache
 
 

@@ -19,6 +19,8 @@ def test_presets_are_consistent() -> None:
         assert p.train["seq_len"] <= cfg.max_seq_len, name
         p.optim_config()
         assert p.description
+        if p.sft:  # the SFT stage's rows fit the model's context
+            assert p.sft_config("base.safetensors", "out").seq_len < cfg.max_seq_len, name
 
 
 def test_tiny_speedrun_end_to_end(tmp_path: Path) -> None:
@@ -35,12 +37,18 @@ def test_tiny_speedrun_end_to_end(tmp_path: Path) -> None:
     assert Path(summary["model_path"]).is_file()
     report = (out / "report.md").read_text()
     assert "bits per byte" in report and "ROMEO" in report
+    # the SFT stage: a chat model carrying its template, with held-out skills scored before and after
+    sft = summary["sft"]
+    assert sft["steps"] == 6 and sft["skills_before"]["tasks"] == sft["skills_after"]["tasks"] > 0
+    assert "SFT" in report and "held-out skill" in report
     assert (out / "loss.png").is_file() and (out / "data" / "manifest.json").is_file()
 
     from twofiles.artifact import load_model
 
     loaded = load_model(summary["model_path"])
     assert loaded.provenance["speedrun"] == "tiny"
+    chat_model = load_model(summary["chat_model_path"])
+    assert chat_model.chat_template and chat_model.provenance["stage"] == "sft" and chat_model.provenance["speedrun"] == "tiny"
     # the file is self-contained: the tokenizer inside it round-trips text
     assert loaded.tokenizer.decode(loaded.tokenizer.encode("Wherefore art thou")) == "Wherefore art thou"
     # the model file drives `generate`
@@ -57,8 +65,10 @@ def test_a_second_speedrun_replaces_the_first_and_keeps_other_files(tmp_path: Pa
 
     out = tmp_path / "run"
     first = run_speedrun(get_preset("tiny"), out, progress=False, overrides={"max_steps": 3})
+    assert (out / "sft" / "model.safetensors").is_file()
     (out / "notes.txt").write_text("mine")
-    second = run_speedrun(get_preset("tiny"), out, progress=False, overrides={"max_steps": 4})
+    second = run_speedrun(get_preset("tiny"), out, progress=False, overrides={"max_steps": 4}, sft_stage=False)
     assert (first.steps, second.steps) == (3, 4)
     assert (out / "notes.txt").read_text() == "mine"
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["step_0000004.safetensors"]
+    assert not (out / "sft").exists() and second.sft is None  # the first run's SFT stage went with it

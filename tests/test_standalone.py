@@ -34,6 +34,8 @@ VARIANTS = {
     "gqa": {"n_kv_heads": 2},
     "tied": {"tie_embeddings": True},
     "qkv_bias": {"qkv_bias": True, "n_kv_heads": 1},
+    # an original context of 32 puts every band of the scaling inside head_dim 16 and 96 positions
+    "llama3_rope": {"rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 16.0, "original_max_position_embeddings": 32}},
 }
 
 
@@ -75,9 +77,9 @@ def exported(tmp_path: Path, tok: Tokenizer, model: Transformer) -> Path:
     return tmp_path / "out"
 
 
-def run_py(out: Path, *args: str) -> subprocess.CompletedProcess:
+def run_py(out: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": SITE_PACKAGES, "OMP_NUM_THREADS": "1", "PYTHONIOENCODING": "utf-8"}
-    proc = subprocess.run([sys.executable, "-S", "run.py", *args], cwd=out, env=env, capture_output=True, timeout=60)
+    proc = subprocess.run([sys.executable, "-S", "run.py", *args], cwd=out, env=env, capture_output=True, timeout=timeout)
     # decoded by hand: text mode would turn a generated '\r' into '\n'
     return subprocess.CompletedProcess(proc.args, proc.returncode, proc.stdout.decode("utf-8"), proc.stderr.decode("utf-8"))
 
@@ -201,6 +203,43 @@ def test_tokenizer_matches_the_reference(tok):
         assert b"".join(mine.token_bytes[i] for i in ids) == text.encode("utf-8")
 
 
+def imported_specs(tok: Tokenizer) -> dict[str, tuple[str, dict]]:
+    """Tokenizer JSONs as the GGUF importer builds them (SmolLM2's digits-then-GPT-2 split, Llama 3's
+    and Qwen2's regexes, a SentencePiece vocabulary), with the bos/eos metadata a model file holds."""
+    from tokenizers import SentencePieceBPETokenizer
+
+    from twofiles.formats.gguf_vocab import bpe_tokenizer_json, spm_tokenizer_json
+
+    spec = json.loads(tok.to_json())
+    vocab = sorted(spec["model"]["vocab"].items(), key=lambda kv: kv[1])
+    tokens = [t for t, _ in vocab]
+    merges = [m if isinstance(m, str) else " ".join(m) for m in spec["model"]["merges"]]
+    types = [3 if i in tok.special_ids.values() else 1 for _, i in vocab]
+    out = {pre: (bpe_tokenizer_json(tokens, merges, types, pre), {"bos_id": 7, "eos_ids": [5, 11]}) for pre in ("smollm", "llama-bpe", "qwen2", "gpt2")}
+    trainer = SentencePieceBPETokenizer()
+    trainer.train_from_iterator([SAMPLES[1] + " " + SAMPLES[3] + " the quick brown fox"] * 20, vocab_size=120, show_progress=False)
+    pieces = [t for t, _ in sorted(json.loads(trainer.to_str())["model"]["vocab"].items(), key=lambda kv: kv[1]) if t != "<unk>"]
+    sp_tokens = ["<unk>", "<s>", "</s>", *[f"<0x{b:02X}>" for b in range(256)], *pieces]
+    scores = [0.0] * 259 + [-float(i) for i in range(len(pieces))]
+    out["sentencepiece"] = (spm_tokenizer_json(sp_tokens, scores, [2, 3, 3, *[6] * 256, *[1] * len(pieces)], 0), {"bos_id": 1, "eos_ids": [2]})
+    return out
+
+
+def test_tokenizer_matches_imported_kinds(tok):
+    """run.py encodes as the library does for every kind of vocabulary the importers produce."""
+    from twofiles.data.builtin import shakespeare_documents
+
+    text = shakespeare_documents()[5].text[:5000]
+    for kind, (spec, special) in imported_specs(tok).items():
+        reference = Tokenizer.from_json(spec, bos_id=special["bos_id"], eos_ids=special["eos_ids"])
+        mine = run.Tokenizer(json.loads(spec), special)
+        assert (mine.bos_id, mine.eos_ids) == (special["bos_id"], special["eos_ids"])
+        for sample in SAMPLES + [text]:
+            ids = mine.encode(sample)
+            assert ids == reference.encode(sample), (kind, sample[:60])
+            assert b"".join(mine.token_bytes[i] for i in ids) == b"".join(reference.token_to_bytes(i) for i in ids), kind
+
+
 def test_tokenizer_reads_both_merge_forms(tok):
     spec = json.loads(tok.to_json())
     spec["model"]["merges"] = [" ".join(m) if isinstance(m, list) else m for m in spec["model"]["merges"]]
@@ -287,3 +326,25 @@ def test_run_py_imports_only_stdlib_and_numpy():
     assert imported - set(sys.stdlib_module_names) == {"numpy"}
     probe = subprocess.run([sys.executable, "-S", "-c", "import numpy, twofiles"], env={"PYTHONPATH": SITE_PACKAGES}, capture_output=True, text=True)
     assert "No module named 'twofiles'" in probe.stderr  # so the subprocess runs above prove it
+
+
+@pytest.mark.slow
+def test_smollm2_run_py_greedy_equals_engine(tmp_path):
+    """The real SmolLM2 (GGUF Q4_1, imported): `twofiles export run smollm2 OUT/`, then run.py's
+    greedy tokens equal the engine's (byte-level BPE with SmolLM's digit split, its own bos/eos,
+    tied embeddings, GQA)."""
+    from twofiles.engine import resolve_model
+    from twofiles.formats import alias_path
+
+    if not alias_path("smollm2").is_file():
+        pytest.skip("run `twofiles pull smollm2` first")
+    assert main(["export", "run", "smollm2", str(tmp_path / "out")]) == 0
+    ours = resolve_model("smollm2")
+    for prompt in ["The capital of France is", "In 1492, Columbus sailed"]:
+        proc = run_py(tmp_path / "out", "model.safetensors", "--prompt", prompt, "--temperature", "0", "--max-tokens", "16", "--json", timeout=600)
+        assert proc.returncode == 0, proc.stderr
+        summary = last_json(proc.stdout)
+        prompt_ids = encode_prompt(ours.tokenizer, prompt)
+        expected = list(generate(ours.model, prompt_ids, SamplingParams(temperature=0, max_tokens=16), tokenizer=ours.tokenizer))
+        assert summary["prompt_tokens"] == len(prompt_ids) and len(expected) >= 8
+        assert summary["ids"] == expected, prompt

@@ -23,6 +23,7 @@ Rules worth knowing:
 
 from __future__ import annotations
 
+import itertools
 import math
 import secrets
 from collections.abc import Iterator, Sequence
@@ -197,6 +198,14 @@ def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torc
 # Generation
 
 
+def model_device(model: torch.nn.Module) -> torch.device:
+    """Where a model's tensors live (its first parameter or buffer). Not `lm_head.weight.device`:
+    a quantized Linear (twofiles.quant) keeps its weight in buffers of other names."""
+    for t in itertools.chain(model.parameters(), model.buffers()):
+        return t.device
+    return torch.device("cpu")
+
+
 def max_new_tokens(model: "Transformer", prompt_len: int, params: SamplingParams) -> int:
     """How many tokens this prompt may get: max_tokens, capped so prompt + output <= max_seq_len."""
     limit = model.config.max_seq_len
@@ -334,7 +343,7 @@ def generate_steps(
     if params.stop and tokenizer is None:
         raise ValueError("stop strings need a tokenizer")
     steps = max_new_tokens(model, len(prompt_ids), params)
-    device = model.lm_head.weight.device
+    device = model_device(model)
     prompt = torch.tensor([list(prompt_ids)], dtype=torch.long, device=device)
     generator = make_generator(params.seed, device)
     stop_ids = set(params.stop_token_ids) | (_end_ids(tokenizer) if tokenizer is not None else set())
@@ -393,7 +402,7 @@ def generate_batch(
     params.validate()
     if params.stop and tokenizer is None:
         raise ValueError("stop strings need a tokenizer")
-    device = model.lm_head.weight.device
+    device = model_device(model)
     generator = make_generator(params.seed, device)
     stop_ids = set(params.stop_token_ids) | (_end_ids(tokenizer) if tokenizer is not None else set())
     results: list[list[int]] = [[] for _ in prompts]
@@ -449,6 +458,7 @@ __all__ = [
     "top_candidates",
     "make_generator",
     "max_new_tokens",
+    "model_device",
     "generate_steps",
     "generate",
     "generate_text",

@@ -17,6 +17,7 @@ Notable choices:
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -38,6 +39,9 @@ class ModelConfig:
     norm_eps: float = 1e-5  # RMSNorm epsilon
     tie_embeddings: bool = False  # share embed_tokens and lm_head
     qkv_bias: bool = False  # bias on q/k/v projections (Qwen2-style checkpoints)
+    # Llama 3.1+ RoPE frequency scaling, HF's dict: {"rope_type": "llama3", "factor",
+    # "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"}; None = plain RoPE
+    rope_scaling: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.dim % self.n_heads:
@@ -46,6 +50,8 @@ class ModelConfig:
             raise ValueError(f"n_heads={self.n_heads} is not divisible by n_kv_heads={self.n_kv_heads}")
         if (self.dim // self.n_heads) % 2:
             raise ValueError("head dimension must be even for RoPE")
+        if self.rope_scaling is not None:
+            check_rope_scaling(self.rope_scaling)
 
     @property
     def head_dim(self) -> int:
@@ -92,9 +98,42 @@ class RMSNorm(nn.Module):
         return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
 
 
-def rope_tables(head_dim: int, max_len: int, theta: float, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin tables [max_len, head_dim] in HF's rotate-half layout (frequencies repeated twice)."""
+LLAMA3_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+
+
+def check_rope_scaling(scaling: Any) -> None:
+    """ValueError unless `scaling` is a usable Llama 3 RoPE scaling dict."""
+    if not isinstance(scaling, dict) or scaling.get("rope_type", scaling.get("type")) != "llama3":
+        raise ValueError(f"rope_scaling {scaling!r} is not supported (rope_type 'llama3' is)")
+    vals = [scaling.get(k) for k in LLAMA3_KEYS]
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < float("inf") for v in vals):
+        raise ValueError(f"rope_scaling needs positive numbers {', '.join(LLAMA3_KEYS)}: {scaling!r}")
+    if not vals[2] > vals[1]:
+        raise ValueError("rope_scaling: high_freq_factor must exceed low_freq_factor")
+
+
+def rope_inv_freq(head_dim: int, theta: float, scaling: dict[str, Any] | None = None, device: torch.device | None = None) -> torch.Tensor:
+    """RoPE frequencies [head_dim / 2]. With Llama 3 scaling (Llama 3.1 paper / HF
+    `_compute_llama3_parameters`): wavelengths shorter than original_context / high_freq_factor
+    keep their frequency, those longer than original_context / low_freq_factor are slowed by
+    `factor`, and the band between is interpolated smoothly."""
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim))
+    if scaling is None:
+        return inv_freq
+    factor, low, high, old_len = (scaling[k] for k in LLAMA3_KEYS)
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
+    smooth = (old_len / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = ~(wavelen < old_len / high) * ~(wavelen > old_len / low)
+    return torch.where(medium, smoothed, scaled)
+
+
+def rope_tables(
+    head_dim: int, max_len: int, theta: float, device: torch.device | None = None, *, scaling: dict[str, Any] | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin tables [max_len, head_dim] in HF's rotate-half layout (frequencies repeated twice)."""
+    inv_freq = rope_inv_freq(head_dim, theta, scaling, device)
     t = torch.arange(max_len, dtype=torch.float32, device=device)
     freqs = torch.outer(t, inv_freq)
     emb = torch.cat([freqs, freqs], dim=-1)
@@ -228,7 +267,7 @@ class Transformer(nn.Module):
         self.lm_head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
-        cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
+        cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta, scaling=cfg.rope_scaling)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
 
@@ -265,7 +304,7 @@ class Transformer(nn.Module):
     def init_buffers(self) -> None:
         """(Re)compute the non-persistent RoPE tables, e.g. after building on the meta device."""
         cfg = self.config
-        cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta, device=self.rope_cos.device)
+        cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta, device=self.rope_cos.device, scaling=cfg.rope_scaling)
         self.rope_cos.copy_(cos)
         self.rope_sin.copy_(sin)
 
@@ -297,9 +336,8 @@ class Transformer(nn.Module):
             if pos + T > self.rope_cos.shape[0]:
                 raise ValueError(f"sequence of {pos + T} tokens exceeds max_seq_len={self.rope_cos.shape[0]}")
             cos, sin = self.rope_cos[pos : pos + T], self.rope_sin[pos : pos + T]  # [T, hd]
-        dtype = self.model.embed_tokens.weight.dtype
-        cos, sin = cos.to(dtype), sin.to(dtype)
         x = self.model.embed_tokens(idx)
+        cos, sin = cos.to(x.dtype), sin.to(x.dtype)  # the activations' dtype, whatever stores the embedding (it may be quantized)
         for i, layer in enumerate(self.model.layers):
             x = layer(x, cos, sin, caches[i] if caches is not None else None, pos, positions, attn_mask)
         return self.model.norm(x)
@@ -327,7 +365,7 @@ class Transformer(nn.Module):
 
     def new_caches(self, batch: int, max_len: int | None = None, dtype: torch.dtype | None = None) -> list[KVCache]:
         cfg = self.config
-        w = self.model.embed_tokens.weight
+        w = self.model.norm.weight  # the activations' dtype: norms are never quantized, Linears and embeddings may be
         max_len = max_len or cfg.max_seq_len
         return [KVCache(batch, cfg.n_kv_heads, max_len, cfg.head_dim, dtype or w.dtype, w.device) for _ in range(cfg.n_layers)]
 
@@ -336,4 +374,4 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["ModelConfig", "Transformer", "KVCache", "RMSNorm", "rope_tables", "apply_rope", "count_params"]
+__all__ = ["ModelConfig", "Transformer", "KVCache", "RMSNorm", "rope_tables", "rope_inv_freq", "check_rope_scaling", "apply_rope", "count_params"]

@@ -1,16 +1,22 @@
 """Presets: plain data describing a whole speedrun (tokenizer size, model shape, optimizer, batch,
 time budget) and what it is expected to reach. Chosen by experiment: see docs/LOG.md.
 
-The one dial is the budget; each preset says what it expects on the hardware it was sized for.
+The one dial is the budget; each preset says what it expects on the hardware it was sized for. The
+SFT stage (the base model finetuned on the built-in mix into a chat assistant that calls the
+calculator) runs just after the base model's budget, with its own training budget, so the base
+model's bits-per-byte contract is measured exactly as before.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twofiles.model import ModelConfig
 from twofiles.optim import OptimConfig
+
+if TYPE_CHECKING:
+    from twofiles.train.sft import SFTConfig
 
 
 @dataclass(frozen=True)
@@ -21,8 +27,9 @@ class Preset:
     model: dict[str, Any]  # ModelConfig fields
     optim: dict[str, Any]  # OptimConfig fields
     train: dict[str, Any] = field(default_factory=dict)  # PretrainConfig fields (batch, seq_len, ...)
-    budget_s: float = 300.0  # wall-clock budget of the whole speedrun (tokenizer + data + training + eval)
+    budget_s: float = 300.0  # wall-clock budget of the base model (tokenizer + data + pretraining + eval + samples)
     expect_bpb: float | None = None  # validation bits per byte it should reach on the built-in corpus
+    sft: dict[str, Any] = field(default_factory=dict)  # SFTConfig fields of the finetuning stage (after the budget); {} = none
 
     def model_config(self) -> ModelConfig:
         return ModelConfig(**{**self.model, "vocab_size": self.vocab_size})
@@ -30,18 +37,27 @@ class Preset:
     def optim_config(self) -> OptimConfig:
         return OptimConfig(**self.optim)
 
+    def sft_config(self, model: str, out: str) -> "SFTConfig":
+        """The finetuning stage's config for `model` (the base model file), writing into `out`."""
+        from twofiles.train.sft import SFTConfig
+
+        return SFTConfig(model=model, data="builtin", out=out, **self.sft)
+
 
 PRESETS: dict[str, Preset] = {
     "cpu-5min": Preset(
         name="cpu-5min",
         description="2-core laptop CPU, 5 minutes end to end: d192 x 4 layers, vocab 4096, Muon; "
-                    "expects <= 2.25 bits/byte on the held-out plays (measured 2.08 in 274 s)",
+                    "expects <= 2.25 bits/byte on the held-out plays (measured 2.08 in 274 s); "
+                    "then ~1.5 minutes of SFT on the built-in mix, after the 5-minute budget",
         vocab_size=4096,
         model=dict(dim=192, n_layers=4, n_heads=3, n_kv_heads=3, hidden_dim=512, max_seq_len=256, tie_embeddings=False),
         optim=dict(optimizer="muon", lr=3e-3, matrix_lr=0.02, embed_lr=0.2, schedule="wsd", warmup_steps=10, decay_frac=0.4),
         train=dict(batch_size=8, seq_len=256, grad_accum=1, eval_interval=0, eval_tokens=16384),
         budget_s=300.0,
         expect_bpb=2.25,
+        # SFT: 60 s of training on the built-in mix (~1.5 passes at this speed), then held-out skills
+        sft=dict(time_budget_s=60.0, batch_size=8, seq_len=255, skill_tasks=10, skill_max_tokens=40),
     ),
     "cpu-1h": Preset(
         name="cpu-1h",
@@ -53,6 +69,7 @@ PRESETS: dict[str, Preset] = {
         train=dict(batch_size=8, seq_len=512, grad_accum=1, eval_interval=250, eval_tokens=65536, checkpoint_interval=250),
         budget_s=3600.0,
         expect_bpb=None,
+        sft=dict(time_budget_s=300.0, batch_size=8, seq_len=511, skill_tasks=25, skill_max_tokens=48),
     ),
     "gpu": Preset(
         name="gpu",
@@ -64,6 +81,7 @@ PRESETS: dict[str, Preset] = {
         train=dict(batch_size=32, seq_len=512, grad_accum=1, eval_interval=100, eval_tokens=65536, compile=True, max_steps=600),
         budget_s=0.0,
         expect_bpb=None,
+        sft=dict(epochs=3.0, batch_size=16, seq_len=511, skill_tasks=25, skill_max_tokens=48),
     ),
     "tiny": Preset(
         name="tiny",
@@ -74,6 +92,7 @@ PRESETS: dict[str, Preset] = {
         train=dict(batch_size=8, seq_len=128, grad_accum=1, eval_interval=0, eval_tokens=8192, max_steps=30),
         budget_s=0.0,
         expect_bpb=None,
+        sft=dict(max_steps=6, batch_size=4, seq_len=127, skill_tasks=1, skill_max_tokens=16, mix_fraction=0.05),
     ),
 }
 

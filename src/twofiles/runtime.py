@@ -62,6 +62,20 @@ def pick_device(name: str = "auto") -> tuple[torch.device, str]:
     return torch.device(name), "requested"
 
 
+def precision_for(device: torch.device, dtype: str = "auto") -> tuple[torch.dtype | None, str]:
+    """The reduced precision to compute in on `device` (None: fp32) for a --dtype choice, with the
+    reason. The one precision decision: training autocasts to it, inference casts weights to it."""
+    if dtype == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16, "CUDA supports bf16"
+        return None, "bf16 matmuls are slow or unsupported on this device"
+    if dtype == "fp32":
+        return None, "requested"
+    if dtype in ("bf16", "fp16"):
+        return (torch.bfloat16 if dtype == "bf16" else torch.float16), "requested"
+    raise TwofilesError(f"--dtype {dtype}: expected auto, fp32, bf16 or fp16")
+
+
 def setup(device: str = "auto", dtype: str = "auto", threads: int | None = None) -> Runtime:
     """Initialise the runtime. Under torchrun (RANK/WORLD_SIZE set) also initialises the process
     group; call `teardown()` at the end."""
@@ -85,19 +99,9 @@ def setup(device: str = "auto", dtype: str = "auto", threads: int | None = None)
             dist.init_process_group(backend=backend)
             distributed = True
             reasons.append(f"distributed: {backend}, {world_size} processes")
+    amp, why = precision_for(dev, dtype)
     if dtype == "auto":
-        if dev.type == "cuda" and torch.cuda.is_bf16_supported():
-            amp: torch.dtype | None = torch.bfloat16
-            reasons.append("bf16 autocast: CUDA supports bf16")
-        else:
-            amp = None
-            reasons.append("fp32: bf16 matmuls are slow or unsupported on this device")
-    elif dtype == "fp32":
-        amp = None
-    elif dtype in ("bf16", "fp16"):
-        amp = torch.bfloat16 if dtype == "bf16" else torch.float16
-    else:
-        raise TwofilesError(f"--dtype {dtype}: expected auto, fp32, bf16 or fp16")
+        reasons.append(f"{'bf16 autocast' if amp is not None else 'fp32'}: {why}")
     return Runtime(device=dev, autocast_dtype=amp, rank=rank, world_size=world_size, local_rank=local_rank, distributed=distributed, reasons=reasons)
 
 

@@ -1,5 +1,8 @@
-"""The speedrun: tokenizer -> data -> pretrain -> samples -> report, on the built-in corpus,
-within a wall-clock budget. Every stage is the same library code the individual verbs use.
+"""The speedrun: tokenizer -> data -> pretrain -> samples -> SFT -> report, on the built-in
+corpus. The base model (through its samples) runs within a wall-clock budget; the SFT stage, which
+finetunes it on the built-in mix into a chat assistant that calls the calculator, runs just after
+it with its own training budget (the preset's `sft`). Every stage is the same library code the
+individual verbs use.
 
 What it owns: the order of the stages, the budget arithmetic (training gets what the other
 stages leave), and the run's report.md. What it leaves to others: everything each stage does.
@@ -39,10 +42,13 @@ class SpeedrunResult:
     preset: str
     stages: dict[str, float]
     report: str
+    base_wall_seconds: float = 0.0  # wall time of the budgeted part: tokenizer through the base model's samples
+    chat_model_path: str = ""  # the finetuned assistant ("" without an SFT stage)
+    sft: dict[str, Any] | None = None  # the SFT stage's summary (SFTResult.summary())
 
     def summary(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in ("val_bpb", "val_loss", "wall_seconds", "train_seconds", "steps", "tokens", "params", "preset", "out",
-                                              "model_path", "report", "stages")}
+        return {k: getattr(self, k) for k in ("val_bpb", "val_loss", "wall_seconds", "base_wall_seconds", "train_seconds", "steps", "tokens",
+                                              "params", "preset", "out", "model_path", "chat_model_path", "report", "stages", "sft")}
 
 
 def _say(msg: str) -> None:
@@ -50,9 +56,11 @@ def _say(msg: str) -> None:
 
 
 def run_speedrun(preset: Preset, out: str | Path, *, budget_s: float | None = None, device: str = "auto", seed: int = 1337,
-                 progress: bool = True, overrides: dict[str, Any] | None = None, started: float | None = None) -> SpeedrunResult:
-    """Run every stage within `budget_s` seconds of wall time counted from `started` (a
-    time.perf_counter() value; default now: pass the process's start so imports count too)."""
+                 progress: bool = True, overrides: dict[str, Any] | None = None, started: float | None = None,
+                 sft_stage: bool = True) -> SpeedrunResult:
+    """Run every stage: the base model within `budget_s` seconds of wall time counted from
+    `started` (a time.perf_counter() value; default now: pass the process's start so imports
+    count too), then, with `sft_stage` and a preset that has one, the SFT stage."""
     from twofiles.data.prepare import prepare, train_texts
     from twofiles.tokenizer import Tokenizer
     from twofiles.train.pretrain import PretrainConfig, pretrain
@@ -95,18 +103,33 @@ def run_speedrun(preset: Preset, out: str | Path, *, budget_s: float | None = No
     t = time.perf_counter()
     samples = _samples(res.model_path, seed)
     stages["samples"] = time.perf_counter() - t
+    base_wall = time.perf_counter() - t_start
+
+    # 5. SFT: the base model becomes a chat assistant (after the budget, with its own)
+    sft_res = None
+    if preset.sft and sft_stage:
+        from twofiles.train.sft import sft
+
+        t = time.perf_counter()
+        scfg = preset.sft_config(res.model_path, str(out / "sft"))
+        scfg.device, scfg.seed, scfg.progress = device, seed, progress
+        scfg.provenance = {"speedrun": preset.name}
+        _say("sft: finetuning on the built-in mix" + (f" for {scfg.time_budget_s:.0f}s of training" if scfg.time_budget_s else ""))
+        sft_res = sft(scfg)
+        stages["sft"] = time.perf_counter() - t
     wall = time.perf_counter() - t_start
 
-    report = _write_report(out, preset, res, stages, wall, samples, manifest, budget)
+    report = _write_report(out, preset, res, stages, wall, samples, manifest, budget, sft_res)
     return SpeedrunResult(out=str(out), model_path=res.model_path, val_bpb=res.val_bpb, val_loss=res.val_loss, wall_seconds=wall,
                           train_seconds=res.train_seconds, steps=res.steps, tokens=res.tokens, params=res.params, preset=preset.name,
-                          stages=stages, report=str(report))
+                          stages=stages, report=str(report), base_wall_seconds=base_wall,
+                          chat_model_path=sft_res.model_path if sft_res else "", sft=sft_res.summary() if sft_res else None)
 
 
 # What a speedrun writes into its directory; a new speedrun into the same directory replaces
 # exactly these (so `make speedrun` can be run again) and leaves anything else there alone.
 RUN_FILES = ("tokenizer.json", "config.json", "metrics.jsonl", "loss.png", "model.safetensors", "report.md")
-RUN_DIRS = ("checkpoints", "data")
+RUN_DIRS = ("checkpoints", "data", "sft")
 
 
 def _clear_previous_run(out: Path) -> None:
@@ -136,7 +159,7 @@ def _samples(model_path: str, seed: int) -> list[tuple[str, str]]:
 
 
 def _write_report(out: Path, preset: Preset, res: Any, stages: dict[str, float], wall: float, samples: list[tuple[str, str]],
-                  manifest: dict[str, Any], budget: float) -> Path:
+                  manifest: dict[str, Any], budget: float, sft_res: Any = None) -> Path:
     from twofiles.artifact import atomic_write_bytes
 
     import torch
@@ -151,7 +174,7 @@ def _write_report(out: Path, preset: Preset, res: Any, stages: dict[str, float],
         "| --- | --- |",
         f"| validation bits per byte (held-out plays) | **{res.val_bpb:.4f}** |",
         f"| validation loss (nats/token) | {res.val_loss:.4f} |",
-        f"| wall time, whole run | {wall:.1f} s (budget {budget:.0f} s) |",
+        f"| wall time, whole run | {wall:.1f} s (base model in {stages.get('tokenizer', 0) + stages.get('data', 0) + stages.get('pretrain', 0) + stages.get('samples', 0):.1f} s, budget {budget:.0f} s) |",
         f"| training time | {res.train_seconds:.1f} s, {res.steps} steps, {res.tokens:,} tokens ({res.tokens_per_second:,.0f} tokens/s) |",
         f"| parameters | {res.params:,} |",
         f"| model FLOP/s | {res.achieved_flops / 1e9:.1f} GFLOP/s"
@@ -182,6 +205,22 @@ def _write_report(out: Path, preset: Preset, res: Any, stages: dict[str, float],
     ]
     for prompt, text in samples:
         lines += ["```", prompt + text, "```", ""]
+    if sft_res is not None:
+        from twofiles.train.sft import skills_table
+
+        rel = Path(sft_res.out).relative_to(out) if Path(sft_res.out).is_relative_to(out) else Path(sft_res.out)
+        lines += [
+            "## SFT: the base model becomes a chat assistant",
+            "",
+            f"Finetuned on the built-in mix (chat dialogs, calculator arithmetic, spelling, letter counting, instructions, identity) "
+            f"after the base model's budget: {sft_res.steps} steps in {sft_res.train_seconds:.1f} s of training, "
+            f"{sft_res.target_tokens:,} assistant tokens ({stages.get('sft', 0):.1f} s for the whole stage, evaluations included). "
+            f"Held-out loss per assistant token {sft_res.val_loss_before:.3f} -> **{sft_res.val_loss:.3f}**. "
+            f"The assistant: `{sft_res.model_path}`; its own report: [{rel}/report.md]({rel}/report.md).",
+            "",
+            *skills_table(sft_res.skills_before, sft_res.skills_after),
+            "",
+        ]
     lines += ["## Config", "", "```json", json.dumps(json.loads((out / "config.json").read_text()), indent=2), "```", ""]
     path = out / "report.md"
     atomic_write_bytes(path, "\n".join(lines).encode())

@@ -18,11 +18,13 @@ VERBS: dict[str, tuple[str, str]] = {
     "tokenizer": ("twofiles.cli.tokenizer", "train a byte-level BPE tokenizer, or show how text is tokenized"),
     "data": ("twofiles.cli.data", "turn text/JSONL/Parquet into token shards"),
     "pretrain": ("twofiles.cli.pretrain", "pretrain a base model on token shards"),
+    "sft": ("twofiles.cli.sft", "finetune a model into an assistant on conversations (built-in mix or JSONL), fully or with LoRA"),
     "generate": ("twofiles.cli.generate", "sample a continuation from a model"),
     "export": ("twofiles.cli.export", "export run: model.safetensors + a numpy-only run.py (the two files); export hf: a Hugging Face directory"),
-    "speedrun": ("twofiles.cli.speedrun", "tokenizer -> data -> pretrain -> samples on the built-in corpus"),
+    "speedrun": ("twofiles.cli.speedrun", "tokenizer -> data -> pretrain -> samples -> SFT on the built-in corpus"),
     "pull": ("twofiles.cli.pull", "fetch a built-in model (smollm2) into the cache, once"),
     "chat": ("twofiles.cli.chat", "chat with a model in the terminal (streaming, system prompt, tools); scriptable through stdin"),
+    "serve": ("twofiles.cli.serve", "serve models over an OpenAI-compatible HTTP API (continuous batching)"),
 }
 
 

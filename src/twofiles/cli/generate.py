@@ -27,6 +27,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stop", action="append", default=[], metavar="STR", help="stop before this text (repeatable)")
     p.add_argument("--show-probs", type=int, nargs="?", const=5, default=0, metavar="K", help="print each step's choice and top K candidates (default K 5)")
     p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
+    p.add_argument("--quantize", choices=("none", "int8", "int4"), default="none", help="weight-only quantization: int8 per channel, int4 in groups (default none)")
+    p.add_argument("--group-size", type=int, default=32, help="int4 group size: 32, 64, 128 or 256 (default 32)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (slow first tokens, faster after)")
+    p.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads for torch (default: torch's choice)")
     add_json_flag(p)
 
 
@@ -53,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
 
     from twofiles.engine import SamplingParams, encode_prompt, generate_steps, resolve_model
     from twofiles.errors import TwofilesError
+    from twofiles.quant import prepare_for_inference
     from twofiles.runtime import pick_device
 
     prompt = _read_prompt(args.prompt)
@@ -78,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
     model, tok = loaded.model, loaded.tokenizer
     n_params = sum(p.numel() for p in model.parameters())
     print(f"model {args.model}: {n_params / 1e6:.2f}M parameters, {device.type} ({why}), loaded in {time.perf_counter() - t0:.2f}s", file=sys.stderr)
+    setup = prepare_for_inference(loaded, quantize=args.quantize, group_size=args.group_size, compile=args.compile, threads=args.threads)
+    print(f"inference: {'; '.join(setup.reasons)}; {setup.threads} threads", file=sys.stderr)
     print(f"seed {seed}" + ("" if args.seed is not None else " (pass --seed to repeat this sample)"), file=sys.stderr)
 
     ids = encode_prompt(tok, prompt)
@@ -108,12 +115,14 @@ def run(args: argparse.Namespace) -> int:
         out.write("\n")
     out.flush()
 
-    decode_s = seconds - ((t_first or t0) - t0)
+    prefill_s = (t_first or t0) - t0  # the prompt's forward pass and the first roll of the die
+    decode_s = seconds - prefill_s
     tps = n_tokens / seconds if seconds > 0 else 0.0
+    prompt_tps = len(ids) / prefill_s if prefill_s > 0 else 0.0
+    decode_tps = (n_tokens - 1) / decode_s if n_tokens > 1 and decode_s > 0 else 0.0
     print(
-        f"{n_tokens} tokens in {seconds:.2f}s ({tps:.1f} tok/s); prompt {len(ids)} tokens, first token after "
-        f"{((t_first or t0) - t0) * 1000:.0f} ms, then {(n_tokens - 1) / decode_s if n_tokens > 1 and decode_s > 0 else 0:.1f} tok/s; "
-        f"finished: {finish}",
+        f"{n_tokens} tokens in {seconds:.2f}s ({tps:.1f} tok/s); prompt {len(ids)} tokens in {prefill_s * 1000:.0f} ms "
+        f"({prompt_tps:.0f} tok/s), then {decode_tps:.1f} tok/s; finished: {finish}",
         file=sys.stderr,
     )
     if args.json:
@@ -124,6 +133,11 @@ def run(args: argparse.Namespace) -> int:
                 "prompt_tokens": len(ids),
                 "seconds": round(seconds, 4),
                 "tokens_per_second": round(tps, 2),
+                "prompt_tokens_per_second": round(prompt_tps, 2),
+                "decode_tokens_per_second": round(decode_tps, 2),
+                "quantize": args.quantize,
+                "compiled": args.compile,
+                "threads": setup.threads,
                 "model": args.model,
                 "finish_reason": finish,
                 "seed": seed,

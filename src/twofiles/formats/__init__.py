@@ -6,6 +6,7 @@ What it owns: `resolve(spec)`, which turns what a user types for MODEL into a Lo
     path/to/dir/                a directory holding one (twofiles export run OUT/ writes these),
                                 or a Hugging Face Llama-family directory (config.json, hf.py)
     path/to/file.gguf           a llama.cpp GGUF file (gguf.py)
+    path/to/adapters.safetensors  LoRA adapters (train/lora.py): the base model they name, adapted
     smollm2                     a built-in alias, fetched once by `twofiles pull smollm2` into the
                                 cache ($TWOFILES_CACHE, default ~/.cache/twofiles)
 
@@ -78,7 +79,7 @@ def build_model(cfg: "ModelConfig", sd: dict[str, "torch.Tensor"]) -> "Transform
     model.load_state_dict(sd, strict=True, assign=True)
     if cfg.tie_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
-    model.rope_cos, model.rope_sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
+    model.rope_cos, model.rope_sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta, scaling=cfg.rope_scaling)
     return model
 
 
@@ -110,6 +111,10 @@ def resolve(spec: str, *, device: "str | torch.device" = "cpu", dtype: "torch.dt
         from twofiles.formats.gguf import load_gguf
 
         return load_gguf(spec, device=device, dtype=dtype)
+    from twofiles.train.lora import is_adapters_file, load_adapted
+
+    if is_adapters_file(spec):  # LoRA adapters: their base model, adapted and merged
+        return load_adapted(spec, device=device, dtype=dtype)
     return load_model(spec, device=device, dtype=dtype)
 
 

@@ -7,9 +7,10 @@ Llama names, the quantized blocks into float32 (our own numpy code, checked agai
 `gguf.quants.dequantize` in the tests), and the vocabulary + merges into a `tokenizers` JSON.
 
 Supported: architectures `llama` and `qwen2`; tensor types F32, F16, BF16, Q8_0, Q4_0, Q4_1;
-byte-level BPE vocabularies (`tokenizer.ggml.model == "gpt2"`: Llama 3, SmolLM, Qwen2, ...).
-Refused with a message: SentencePiece vocabularies (Llama 2 / Mistral / TinyLlama GGUFs; load
-their Hugging Face directory instead), other quant types (K-quants, IQ*), RoPE scaling.
+byte-level BPE vocabularies (`tokenizer.ggml.model == "gpt2"`: Llama 3, SmolLM, Qwen2, ...) and
+SentencePiece ones (`"llama"`: Llama 2, TinyLlama, Mistral), both rebuilt by gguf_vocab.py;
+Llama 3 RoPE scaling (the `rope_freqs` tensor llama.cpp's converter writes).
+Refused with a message: other quant types (K-quants, IQ*), other RoPE scaling (linear, YaRN).
 
 Footgun: llama.cpp's converter permutes the rows of q/k weights of `llama` models from HF's
 rotate-half RoPE layout into the interleaved one ggml uses:
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from twofiles.errors import BadInputError
+from twofiles.formats.gguf_vocab import bpe_tokenizer_json, spm_tokenizer_json
 
 if TYPE_CHECKING:
     import torch
@@ -62,32 +64,6 @@ LAYER_NAMES = {
     "ffn_down.weight": "mlp.down_proj.weight",
 }
 TOP_NAMES = {"token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight", "output.weight": "lm_head.weight"}
-
-# tokenizer.ggml.pre -> the HF pre-tokenizer that splits text the same way (llama.cpp's
-# llama-vocab.cpp regexes). ByteLevel with use_regex=True is GPT-2's split.
-_GPT2 = [{"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}]
-_LLAMA3_RE = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-_QWEN2_RE = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-
-
-def _split_then_bytes(regex: str) -> list[dict[str, Any]]:
-    return [
-        {"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": False},
-        {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False},
-    ]
-
-
-PRE_TOKENIZERS: dict[str, list[dict[str, Any]]] = {
-    "default": _GPT2,
-    "gpt-2": _GPT2,
-    "gpt2": _GPT2,
-    "smollm": [{"type": "Digits", "individual_digits": True}, *_GPT2],
-    "starcoder": [{"type": "Digits", "individual_digits": True}, *_GPT2],
-    "llama-bpe": _split_then_bytes(_LLAMA3_RE),
-    "llama3": _split_then_bytes(_LLAMA3_RE),
-    "qwen2": _split_then_bytes(_QWEN2_RE),
-}
-
 
 # ---------------------------------------------------------------------------- dequantization
 
@@ -255,8 +231,9 @@ def _config(meta: _Meta, vocab_size: int):
     if arch not in ("llama", "qwen2"):
         raise BadInputError(f"architecture '{arch}' is not supported (llama and qwen2 are)", path=meta.path)
     scaling = meta.get(f"{arch}.rope.scaling.type", "none")
-    if scaling not in ("none", None):
-        raise BadInputError(f"RoPE scaling '{scaling}' is not supported yet", path=meta.path)
+    linear = meta.get(f"{arch}.rope.scaling.factor", 0.0)  # llama.cpp: 0 = unset, 1 = no scaling
+    if scaling not in ("none", None) or linear not in (0.0, 1.0):
+        raise BadInputError(f"RoPE scaling '{scaling}' is not supported (Llama 3's rope_freqs is)", path=meta.path)
     dim = meta.int(f"{arch}.embedding_length")
     n_heads = meta.int(f"{arch}.attention.head_count", hi=dim)
     n_kv = meta.int(f"{arch}.attention.head_count_kv", n_heads, hi=n_heads)
@@ -275,76 +252,72 @@ def _config(meta: _Meta, vocab_size: int):
             rope_theta=meta.float(f"{arch}.rope.freq_base", 10000.0),
             norm_eps=meta.float(f"{arch}.attention.layer_norm_rms_epsilon", 1e-5),
             tie_embeddings=False,  # decided by the presence of output.weight
-            qkv_bias=arch == "qwen2",
+            qkv_bias=False,  # decided by the presence of attn_q.bias
         )
     except ValueError as e:
         raise BadInputError(f"model shape is not usable: {e}", path=meta.path) from None
 
 
-def tokenizer_json(tokens: list[str], merges: list[str], types: list[int] | None, pre: str, path: str = "") -> str:
-    """A Hugging Face `tokenizers` JSON for a GGUF byte-level BPE vocabulary. Control tokens
-    (token type 3) become special added tokens, user-defined ones (4) plain added tokens."""
-    if pre not in PRE_TOKENIZERS:
-        raise BadInputError(f"pre-tokenizer '{pre}' is not supported yet (known: {', '.join(sorted(PRE_TOKENIZERS))})", path=path)
-    vocab: dict[str, int] = {}
-    added = []
-    for i, tok in enumerate(tokens):
-        vocab.setdefault(tok, i)  # a few vocabularies repeat unused entries: the first id wins
-        t = types[i] if types is not None and i < len(types) else 1
-        if t in (3, 4) and vocab[tok] == i:
-            added.append({"id": i, "content": tok, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False, "special": t == 3})
-    pairs = []
-    for m in merges:
-        parts = m.split(" ")
-        if len(parts) != 2:
-            raise BadInputError(f"merge {m!r} is not two tokens separated by one space", path=path)
-        pairs.append(parts)
-    spec = {
-        "version": "1.0",
-        "truncation": None,
-        "padding": None,
-        "added_tokens": added,
-        "normalizer": None,
-        "pre_tokenizer": {"type": "Sequence", "pretokenizers": PRE_TOKENIZERS[pre]},
-        "post_processor": None,
-        "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
-        "model": {
-            "type": "BPE",
-            "dropout": None,
-            "unk_token": None,
-            "continuing_subword_prefix": None,
-            "end_of_word_suffix": None,
-            "fuse_unk": False,
-            "byte_fallback": False,
-            "ignore_merges": pre in ("llama-bpe", "llama3"),  # as Llama 3's own tokenizer.json
-            "vocab": vocab,
-            "merges": pairs,
-        },
-    }
-    return json.dumps(spec, ensure_ascii=False)
+LLAMA3_CONTEXT = 8192  # Llama 3's original context; llama.cpp's converter does not store it
+
+
+def llama3_scaling(factors: np.ndarray, head_dim: int, theta: float, orig_context: int, path: str = "") -> dict[str, Any]:
+    """Llama 3 `rope_scaling` from the per-frequency divisors llama.cpp stores as rope_freqs.
+
+    The divisors are 1 for short wavelengths, `factor` for long ones and 1 / ((1 - s) / factor + s)
+    between, where s = (orig / wavelength - low) / (high - low) is linear in 1 / wavelength: two
+    points of that band give low and high (the file does not store them; with fewer, Llama 3.1's
+    1 and 4). The result must reproduce every divisor, or the file is refused."""
+    from twofiles.model import check_rope_scaling, rope_inv_freq
+
+    if not np.all(np.isfinite(factors)) or factors.min() < 1 - 1e-6:
+        raise BadInputError("rope_freqs.weight holds values below 1 or not finite (not Llama 3 scaling)", path=path)
+    factor = float(factors.max())
+    base = rope_inv_freq(head_dim, theta).double().numpy()
+    x = orig_context * base / (2 * np.pi)  # orig / wavelength
+    band = (factors > 1 + 1e-4) & (factors < factor * (1 - 1e-4))
+    low, high = 1.0, 4.0
+    if band.sum() >= 2 and factor > 1:
+        s = (1 / factors[band] - 1 / factor) / (1 - 1 / factor)
+        slope, low = np.polyfit(s, x[band], 1)  # x = low + s * (high - low)
+        low, high = float(round(low, 4)), float(round(low + slope, 4))
+    scaling = {"rope_type": "llama3", "factor": round(factor, 4), "low_freq_factor": low, "high_freq_factor": high, "original_max_position_embeddings": orig_context}
+    try:
+        check_rope_scaling(scaling)
+        again = base / rope_inv_freq(head_dim, theta, scaling).double().numpy()
+    except ValueError as e:
+        raise BadInputError(f"rope_freqs.weight does not follow Llama 3 scaling: {e}", path=path) from None
+    if not np.allclose(again, factors, rtol=1e-4, atol=0):
+        raise BadInputError("rope_freqs.weight does not follow Llama 3 scaling (the only kind supported)", path=path)
+    return scaling
 
 
 def _tokenizer(meta: _Meta):
     from twofiles.tokenizer import Tokenizer
 
     kind = meta.get("tokenizer.ggml.model", required=True)
-    if kind == "llama":
-        raise BadInputError(
-            "SentencePiece ('llama') GGUF vocabularies are not supported yet: load the model's Hugging Face directory instead",
-            path=meta.path,
-        )
-    if kind != "gpt2":
-        raise BadInputError(f"tokenizer model '{kind}' is not supported (byte-level BPE 'gpt2' is)", path=meta.path)
+    if kind not in ("gpt2", "llama"):
+        raise BadInputError(f"tokenizer model '{kind}' is not supported (byte-level BPE 'gpt2' and SentencePiece 'llama' are)", path=meta.path)
     tokens = meta.get("tokenizer.ggml.tokens", required=True)
-    merges = meta.get("tokenizer.ggml.merges", required=True)
     types = meta.get("tokenizer.ggml.token_type")
     if not isinstance(tokens, list) or not tokens or not all(isinstance(t, str) for t in tokens):
         raise BadInputError("tokenizer.ggml.tokens is not a list of strings", path=meta.path)
-    if not isinstance(merges, list) or not all(isinstance(m, str) for m in merges):
-        raise BadInputError("tokenizer.ggml.merges is not a list of strings", path=meta.path)
     if types is not None and (not isinstance(types, list) or not all(isinstance(t, int) for t in types)):
         raise BadInputError("tokenizer.ggml.token_type is not a list of integers", path=meta.path)
-    spec = tokenizer_json(tokens, merges, types, str(meta.get("tokenizer.ggml.pre", "default")), meta.path)
+    if kind == "gpt2":
+        merges = meta.get("tokenizer.ggml.merges", required=True)
+        if not isinstance(merges, list) or not all(isinstance(m, str) for m in merges):
+            raise BadInputError("tokenizer.ggml.merges is not a list of strings", path=meta.path)
+        spec = bpe_tokenizer_json(tokens, merges, types, str(meta.get("tokenizer.ggml.pre", "default")), meta.path)
+    else:
+        scores = meta.get("tokenizer.ggml.scores", required=True)
+        if not isinstance(scores, list) or not all(isinstance(s, (int, float)) and not isinstance(s, bool) for s in scores):
+            raise BadInputError("tokenizer.ggml.scores is not a list of numbers", path=meta.path)
+        unk = meta.int("tokenizer.ggml.unknown_token_id", -1, lo=-1, hi=len(tokens) - 1)
+        prefix = meta.get("tokenizer.ggml.add_space_prefix", True)
+        if not isinstance(prefix, bool):
+            raise BadInputError(f"tokenizer.ggml.add_space_prefix = {prefix!r} is not a boolean", path=meta.path)
+        spec = spm_tokenizer_json(tokens, [float(s) for s in scores], types, unk if unk >= 0 else None, meta.path, add_space_prefix=prefix)
     n = len(tokens)
     bos = meta.int("tokenizer.ggml.bos_token_id", -1, lo=-1, hi=n - 1)
     eos = meta.int("tokenizer.ggml.eos_token_id", -1, lo=-1, hi=n - 1)
@@ -368,13 +341,19 @@ def _tensors(meta: _Meta, infos: list[tuple[str, int, tuple[int, ...], int]], bu
         raise BadInputError("a tensor name appears twice", path=path)
     if "token_embd.weight" not in by_name:
         raise BadInputError("no token_embd.weight tensor", path=path)
-    if "rope_freqs.weight" in by_name:
-        raise BadInputError("RoPE frequency scaling (rope_freqs) is not supported yet", path=path)
     emb_shape = by_name["token_embd.weight"][1]  # [vocab, dim]
     if len(emb_shape) != 2:
         raise BadInputError(f"token_embd.weight has an unusable shape {emb_shape}", path=path)
     arch, cfg = _config(meta, emb_shape[0])
     cfg.tie_embeddings = "output.weight" not in by_name
+    cfg.qkv_bias = "blk.0.attn_q.bias" in by_name  # Qwen2; llama.cpp's llama graph takes one too
+    if "rope_freqs.weight" in by_name:
+        t, shape, off = by_name.pop("rope_freqs.weight")
+        if t != F32 or shape != (cfg.head_dim // 2,) or off + 4 * shape[0] > len(buf):
+            raise BadInputError(f"rope_freqs.weight is not F32 [{cfg.head_dim // 2}] inside the file", path=path)
+        factors = np.frombuffer(buf, "<f4", shape[0], off).astype(np.float64)
+        orig = meta.int(f"{arch}.rope.scaling.original_context_length", LLAMA3_CONTEXT)
+        cfg.rope_scaling = llama3_scaling(factors, cfg.head_dim, cfg.rope_theta, orig, path)
     tokenizer = _tokenizer(meta)
     # shapes only: parameters on the meta device cost nothing
     with torch.device("meta"):
@@ -458,5 +437,7 @@ def _kind(name: str) -> str:
     parts = name.split(".")
     return parts[2] if len(parts) == 4 and parts[0] == "blk" else ""
 
+
+tokenizer_json = bpe_tokenizer_json  # the name earlier versions exported
 
 __all__ = ["load_gguf", "dequantize", "tokenizer_json"]

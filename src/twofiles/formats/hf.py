@@ -7,8 +7,9 @@ names and RoPE layout are HF Llama's, the weights map 1:1; nothing is ever unpic
 
 Supported: `llama` (Llama 2/3, SmolLM/SmolLM2, TinyLlama), `mistral` (a sliding window only
 shortens the usable context to the window, where attention is identical) and `qwen2` (qkv bias).
-Refused with a message: RoPE scaling, a head dim other than hidden / heads, MLP or output
-biases, activations other than SiLU.
+Llama 3 RoPE scaling (`rope_scaling` / `rope_parameters` with rope_type "llama3") is kept.
+Refused with a message: other RoPE scaling (linear, dynamic, YaRN), a head dim other than
+hidden / heads, MLP or output biases, activations other than SiLU.
 """
 
 from __future__ import annotations
@@ -45,15 +46,23 @@ def _read_json(path: Path, *, required: bool = True) -> dict[str, Any]:
 
 
 def config_from_hf(c: dict[str, Any], path: str = "") -> "ModelConfig":
-    from twofiles.model import ModelConfig
+    from twofiles.model import LLAMA3_KEYS, ModelConfig, check_rope_scaling
 
     kind = c.get("model_type")
     if kind not in MODEL_TYPES:
         raise BadInputError(f"model_type {kind!r} is not supported (supported: {', '.join(MODEL_TYPES)})", path=path)
     # transformers < 5 writes rope_theta + rope_scaling, >= 5 rope_parameters (theta and type)
     rope = c.get("rope_scaling") or c.get("rope_parameters") or {}
-    if not isinstance(rope, dict) or rope.get("rope_type", rope.get("type", "default")) != "default":
-        raise BadInputError(f"RoPE scaling {rope!r} is not supported yet", path=path)
+    rope_type = rope.get("rope_type", rope.get("type", "default")) if isinstance(rope, dict) else None
+    if rope_type not in ("default", "llama3"):
+        raise BadInputError(f"RoPE scaling {rope!r} is not supported (llama3 is)", path=path)
+    scaling = None
+    if rope_type == "llama3":
+        scaling = {"rope_type": "llama3", **{k: rope.get(k) for k in LLAMA3_KEYS}}
+        try:
+            check_rope_scaling(scaling)
+        except ValueError as e:
+            raise BadInputError(str(e), path=path) from None
     if c.get("hidden_act", "silu") != "silu" or c.get("mlp_bias"):
         raise BadInputError("only SiLU MLPs without biases are supported", path=path)
     if kind != "qwen2" and c.get("attention_bias"):
@@ -78,6 +87,7 @@ def config_from_hf(c: dict[str, Any], path: str = "") -> "ModelConfig":
             norm_eps=float(c.get("rms_norm_eps", 1e-6)),
             tie_embeddings=bool(c.get("tie_word_embeddings", False)),
             qkv_bias=kind == "qwen2",
+            rope_scaling=scaling,
         )
     except KeyError as e:
         raise BadInputError(f"config.json lacks {e}", path=path) from None
@@ -219,6 +229,8 @@ def config_to_hf(cfg: "ModelConfig", bos_id: int, eos_ids: list[int]) -> dict[st
         "eos_token_id": eos_ids[0] if len(eos_ids) == 1 else eos_ids,
         "torch_dtype": "float32",
     }
+    if cfg.rope_scaling:  # transformers < 5 reads rope_scaling, >= 5 also accepts it (as rope_parameters)
+        c["rope_scaling"] = dict(cfg.rope_scaling)
     if not qwen:
         c.update(attention_bias=False, mlp_bias=False, head_dim=cfg.head_dim)
     else:

@@ -11,14 +11,18 @@ is the second: everything needed to turn those numbers into text, top to bottom.
    length, a JSON header naming each tensor's dtype, shape and byte range, then the raw bytes.
 2. Turn the prompt into token ids (`Tokenizer`). Text is cut into pieces by a regular expression
    (words, numbers, punctuation runs, whitespace), each piece becomes UTF-8 bytes, and byte-pair
-   encoding merges adjacent symbols in the order the merges were learned until none applies. The
-   model was trained on documents that start with <|bos|>, so the prompt starts with it too.
+   encoding merges adjacent symbols in the order the merges were learned until none applies.
+   (Imported Llama 2 / Mistral vocabularies are SentencePiece-style instead: "▁" marks a space
+   and a character the vocabulary lacks becomes its UTF-8 bytes, <0xNN> tokens.) The model
+   saw documents that start with a bos token (<|bos|> for twofiles' own models; an imported
+   model's file names its own), so the prompt starts with it too.
 3. Predict the next token (`Model`). Each id picks a row of the embedding table, a vector of
    `dim` numbers. Then `n_layers` blocks, each of which adds to that vector:
      - attention: every position makes a query, a key and a value; a position reads the values
        of earlier positions, weighted by how well its query matches their keys. Rotary
        embeddings (RoPE) rotate queries and keys by an angle proportional to their position, so
-       the match depends on distance. Grouped-query attention shares each key/value head among
+       the match depends on distance (Llama 3.1 slows the slowest rotations further, for long
+       contexts). Grouped-query attention shares each key/value head among
        several query heads. Keys and values of past positions are kept (the KV cache), so each
        new token costs one position's work, not the whole sequence's.
      - an MLP (SwiGLU): widen to `hidden_dim`, gate with SiLU, narrow back.
@@ -27,7 +31,8 @@ is the second: everything needed to turn those numbers into text, top to bottom.
 4. Roll the die (`sample`). Softmax turns logits into probabilities; temperature sharpens or
    flattens them (0 = always the most likely), top-p keeps the smallest set of likely tokens
    covering probability p. The chosen token is appended and step 3 runs again, until
-   --max-tokens, the end of the context, or <|bos|> (the model saying "this document is over").
+   --max-tokens, the end of the context, or an end token: bos (the model saying "this document
+   is over") or one of an imported model's eos tokens (e.g. end of turn).
 
 Everything is float32 numpy on the CPU: slow for big models, but every number is visible.
 """
@@ -175,39 +180,70 @@ def python_regex(pattern: str, text: str) -> re.Pattern:
     return re.compile("".join(out))
 
 
+# Tokens that start a document when the file does not say which one does: twofiles', Llama 3's,
+# Llama 2's, GPT-2 / SmolLM's (the order twofiles' tokenizer.BOS_NAMES uses).
+BOS_NAMES = ["<|bos|>", "<|begin_of_text|>", "<s>", "<|endoftext|>"]
+
+
 class Tokenizer:
-    """Encode text to ids and decode ids to bytes, from a tokenizer.json (BPE model, byte-level).
+    """Encode text to ids and decode ids to bytes, from a tokenizer.json (a BPE model): either
+    byte-level (twofiles' own, GPT-2 / Llama 3 / SmolLM / Qwen2 style: every byte is a symbol) or
+    SentencePiece-style (Llama 2 / Mistral: "▁" stands for a space, a character missing from the
+    vocabulary falls back to its <0xNN> byte tokens).
 
     Encoding treats all text as plain text: "<|bos|>" typed in a prompt is those 7 characters,
     never the special token (special ids are placed by code, as twofiles does)."""
 
-    def __init__(self, spec: dict) -> None:
+    def __init__(self, spec: dict, special: dict | None = None) -> None:
         model = spec.get("model") or {}
         if model.get("type") != "BPE":
-            raise RunError(f"tokenizer model is {model.get('type')!r}; this runner knows byte-level BPE")
+            raise RunError(f"tokenizer model is {model.get('type')!r}; this runner knows BPE")
         if spec.get("normalizer") is not None:
             raise RunError(f"tokenizer has a normalizer ({spec['normalizer'].get('type')}); this runner has none")
         self.vocab: dict[str, int] = model["vocab"]
         merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in model.get("merges", [])]
         self.ranks = {pair: rank for rank, pair in enumerate(merges)}  # lower rank = learned earlier
         self.ignore_merges = bool(model.get("ignore_merges"))
-        self.patterns = self._split_patterns(spec.get("pre_tokenizer"))
+        self.byte_fallback = bool(model.get("byte_fallback"))
+        self.unk = self.vocab.get(model.get("unk_token") or "")
+        self.patterns, self.prepend = self._split_patterns(spec.get("pre_tokenizer"), self.byte_fallback)
         self.byte_char = bytes_to_unicode()
-        char_byte = {c: b for b, c in self.byte_char.items()}
         added = {t["id"]: t["content"] for t in spec.get("added_tokens", [])}
         size = max(list(self.vocab.values()) + list(added) + [-1]) + 1
         self.token_bytes: list[bytes] = [b""] * size
+        char_byte = {c: b for b, c in self.byte_char.items()}
         for tok, i in self.vocab.items():
-            self.token_bytes[i] = bytes(char_byte[c] for c in tok if c in char_byte)
+            if not self.byte_fallback:
+                self.token_bytes[i] = bytes(char_byte[c] for c in tok if c in char_byte)
+            elif len(tok) == 6 and tok.startswith("<0x") and tok.endswith(">"):
+                self.token_bytes[i] = bytes([int(tok[3:5], 16)])
+            else:
+                self.token_bytes[i] = tok.replace("\u2581", " ").encode("utf-8")
         for i, content in added.items():
             self.token_bytes[i] = content.encode("utf-8")
-        if "<|bos|>" not in added.values():
-            raise RunError("tokenizer has no <|bos|> token (not a twofiles tokenizer?)")
-        self.bos_id = next(i for i, c in added.items() if c == "<|bos|>")
+        # bos/eos: the ids the file's `special` metadata names (imported models), else by name
+        special = special or {}
+        if special.get("bos_id") is not None:
+            self.bos_id = int(special["bos_id"])
+        else:
+            names = {c: i for i, c in added.items()}
+            found = [names[n] for n in BOS_NAMES if n in names]
+            if not found:
+                raise RunError("tokenizer has no <|bos|> token and the file names no bos_id")
+            self.bos_id = found[0]
+        self.eos_ids = [int(i) for i in special.get("eos_ids") or [self.bos_id]]
+        if not all(0 <= i < size for i in [self.bos_id, *self.eos_ids]):
+            raise RunError(f"bos/eos ids {[self.bos_id, *self.eos_ids]} are outside the vocabulary ({size})")
         self._cache: dict[str, list[int]] = {}
 
     @staticmethod
-    def _split_patterns(pre: dict | None) -> list[str]:
+    def _split_patterns(pre: dict | None, byte_fallback: bool) -> tuple[list[str], bool]:
+        """The regexes that cut text into pieces before BPE (applied in order, each match and each
+        gap kept), and whether a "▁" is prepended (SentencePiece's dummy prefix)."""
+        if byte_fallback:  # SentencePiece-style: one Metaspace step, the text is one piece
+            if (pre or {}).get("type") != "Metaspace" or pre.get("split", True) or pre.get("replacement") != "\u2581":
+                raise RunError(f"byte-fallback tokenizer with pre-tokenizer {json.dumps(pre)[:120]} is not supported by this runner")
+            return [], pre.get("prepend_scheme", "always") != "never"
         steps = (pre or {}).get("pretokenizers") if (pre or {}).get("type") == "Sequence" else [pre]
         patterns, byte_level = [], False
         for step in steps or []:
@@ -215,6 +251,8 @@ class Tokenizer:
             if kind == "Split" and step.get("behavior") == "Isolated" and not step.get("invert"):
                 p = step["pattern"]
                 patterns.append(p["Regex"] if "Regex" in p else re.escape(p["String"]))
+            elif kind == "Digits":  # numbers (Unicode N*) one by one, or in runs
+                patterns.append(r"\p{N}" if step.get("individual_digits") else r"\p{N}+")
             elif kind == "ByteLevel" and not step.get("add_prefix_space"):
                 byte_level = True
                 if step.get("use_regex", True):
@@ -222,10 +260,15 @@ class Tokenizer:
             else:
                 raise RunError(f"tokenizer pre-tokenizer step {json.dumps(step)[:120]} is not supported by this runner")
         if not byte_level:
-            raise RunError("tokenizer is not byte-level (no ByteLevel pre-tokenizer)")
-        return patterns
+            raise RunError("tokenizer is neither byte-level (a ByteLevel step) nor SentencePiece-style (byte fallback)")
+        return patterns, False
 
     def encode(self, text: str) -> list[int]:
+        if self.byte_fallback:
+            text = text.replace(" ", "\u2581")
+            if self.prepend and text and not text.startswith("\u2581"):
+                text = "\u2581" + text
+            return self._bpe(text) if text else []
         pieces = [text] if text else []
         for pattern in self.patterns:  # each Split cuts every piece further; matches and gaps both stay
             regex, cut = python_regex(pattern, text), []
@@ -242,13 +285,25 @@ class Tokenizer:
             ids += self._bpe("".join(self.byte_char[b] for b in piece.encode("utf-8")))
         return ids
 
+    def _fallback(self, word: str) -> list:
+        """SentencePiece-style start symbols: each character, or its <0xNN> byte tokens when the
+        vocabulary lacks it (None: unknown, when even those are missing; runs of them fuse)."""
+        symbols: list = []
+        for c in word:
+            pieces = [c] if c in self.vocab else [f"<0x{b:02X}>" for b in c.encode("utf-8")]
+            if all(p in self.vocab for p in pieces):
+                symbols += pieces
+            elif self.unk is not None and (not symbols or symbols[-1] is not None):
+                symbols.append(None)
+        return symbols
+
     def _bpe(self, word: str) -> list[int]:
         """Merge adjacent symbols, always the pair that was learned first, until none applies."""
         if word in self._cache:
             return self._cache[word]
         if self.ignore_merges and word in self.vocab:
             return [self.vocab[word]]
-        symbols = list(word)
+        symbols = list(word) if not self.byte_fallback else self._fallback(word)
         while len(symbols) > 1:
             pairs = [(self.ranks.get(pair, math.inf), pair) for pair in zip(symbols, symbols[1:])]
             rank, (a, b) = min(pairs, key=lambda rp: rp[0])
@@ -264,7 +319,7 @@ class Tokenizer:
                     i += 1
             symbols = merged
         try:
-            ids = [self.vocab[s] for s in symbols]
+            ids = [self.vocab[s] if s is not None else self.unk for s in symbols]
         except KeyError as e:
             raise RunError(f"tokenizer vocabulary lacks the symbol {e.args[0]!r}") from None
         self._cache[word] = ids
@@ -275,7 +330,8 @@ class Tokenizer:
 # 3. The model: a Llama-style transformer in float32 numpy
 
 
-CONFIG_DEFAULTS = {"n_kv_heads": None, "hidden_dim": None, "max_seq_len": 2048, "rope_theta": 10000.0, "norm_eps": 1e-5, "tie_embeddings": False, "qkv_bias": False}
+CONFIG_DEFAULTS = {"n_kv_heads": None, "hidden_dim": None, "max_seq_len": 2048, "rope_theta": 10000.0, "norm_eps": 1e-5, "tie_embeddings": False, "qkv_bias": False,
+                   "rope_scaling": None}
 
 
 def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
@@ -285,6 +341,21 @@ def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
 
 def silu(x: np.ndarray) -> np.ndarray:
     return x * (0.5 * (1.0 + np.tanh(0.5 * x)))  # x * sigmoid(x), without overflow for large |x|
+
+
+def llama3_scaled(inv_freq: np.ndarray, scaling: dict) -> np.ndarray:
+    """Llama 3.1's long-context RoPE: slow frequencies (wavelength above original context /
+    low_freq_factor) are divided by `factor`, fast ones (below original / high_freq_factor) kept,
+    and the band between blended smoothly."""
+    if scaling.get("rope_type") != "llama3":
+        raise RunError(f"RoPE scaling {scaling!r} is not supported by this runner (llama3 is)")
+    factor, low, high, old_len = (float(scaling[k]) for k in ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"))
+    wavelen = np.float32(2 * math.pi) / inv_freq
+    scaled = np.where(wavelen > old_len / low, inv_freq / np.float32(factor), inv_freq).astype(np.float32)
+    smooth = ((old_len / wavelen - low) / (high - low)).astype(np.float32)
+    smoothed = (1 - smooth) * scaled / np.float32(factor) + smooth * scaled
+    medium = (wavelen >= old_len / high) & (wavelen <= old_len / low)
+    return np.where(medium, smoothed, scaled).astype(np.float32)
 
 
 def rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
@@ -329,6 +400,8 @@ class Model:
         self.norm = self._get(w, "model.norm.weight", (self.dim,))
         # RoPE tables [max_seq_len, head_dim], computed in float32 the way the trainer does.
         inv_freq = 1.0 / (np.float32(cfg["rope_theta"]) ** (np.arange(0, self.head_dim, 2, dtype=np.float32) / self.head_dim))
+        if cfg["rope_scaling"]:
+            inv_freq = llama3_scaled(inv_freq, cfg["rope_scaling"])
         angles = np.outer(np.arange(self.max_seq_len, dtype=np.float32), inv_freq.astype(np.float32))
         angles = np.concatenate([angles, angles], axis=-1)
         self.cos, self.sin = np.cos(angles), np.sin(angles)
@@ -405,9 +478,13 @@ def load(path: str) -> tuple[Model, Tokenizer]:
         cfg, spec = json.loads(meta["config"]), json.loads(meta["tokenizer"])
     except json.JSONDecodeError as e:
         raise RunError(f"{path}: metadata is not valid JSON ({e})") from None
-    if not isinstance(cfg, dict) or not isinstance(spec, dict):
-        raise RunError(f"{path}: metadata 'config' and 'tokenizer' must be JSON objects")
-    return Model(cfg, tensors), Tokenizer(spec)
+    try:
+        special = json.loads(meta.get("special") or "{}")  # bos/eos ids of imported models
+    except json.JSONDecodeError as e:
+        raise RunError(f"{path}: metadata 'special' is not valid JSON ({e})") from None
+    if not isinstance(cfg, dict) or not isinstance(spec, dict) or not isinstance(special, dict):
+        raise RunError(f"{path}: metadata 'config', 'tokenizer' and 'special' must be JSON objects")
+    return Model(cfg, tensors), Tokenizer(spec, special)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -438,7 +515,7 @@ def generate(args: argparse.Namespace) -> int:
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     t0 = time.perf_counter()
     model, tok = load(args.model)
-    prompt_ids = [tok.bos_id] + tok.encode(prompt)  # documents were trained as <|bos|> + text
+    prompt_ids = [tok.bos_id] + tok.encode(prompt)  # documents were trained as bos + text
     if len(prompt_ids) >= model.max_seq_len:
         raise RunError(f"prompt is {len(prompt_ids)} tokens; the model's context is {model.max_seq_len}, which leaves no room to generate")
     steps = min(args.max_tokens, model.max_seq_len - len(prompt_ids))
@@ -455,7 +532,7 @@ def generate(args: argparse.Namespace) -> int:
     for i in range(steps):
         token = sample(logits, args.temperature, args.top_p, rng)
         ids.append(token)
-        if token == tok.bos_id:  # a new document would start: this one is over
+        if token == tok.bos_id or token in tok.eos_ids:  # a new document would start, or the model says it is done
             finish = "stop"
             break
         piece = utf8.decode(tok.token_bytes[token] if token < len(tok.token_bytes) else b"")

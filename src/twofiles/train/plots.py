@@ -1,4 +1,5 @@
-"""Loss curves as PNG: training loss and validation bits per byte against steps and wall time."""
+"""Loss curves as PNG: pretraining (training loss, validation bits per byte against steps and wall
+time) and finetuning (loss on assistant tokens, held-out skill accuracy)."""
 
 from __future__ import annotations
 
@@ -50,6 +51,52 @@ def plot_losses(metrics_path: str | Path, png_path: str | Path, title: str = "pr
     fig.tight_layout()
     import io
 
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(png_path, buf.getvalue())
+    return Path(png_path)
+
+
+def plot_sft(metrics_path: str | Path, png_path: str | Path) -> Path:
+    """SFT: training and held-out loss per assistant token against steps, and held-out skill
+    accuracy per kind before and after."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from twofiles.artifact import atomic_write_bytes
+
+    recs = [json.loads(ln) for ln in Path(metrics_path).read_text().splitlines() if ln.strip()]
+    train = [r for r in recs if "loss" in r]
+    evals = [r for r in recs if "val_loss" in r]
+    skills = [r for r in recs if "skills" in r]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    if train:
+        ax1.plot([r["step"] for r in train], [r["loss"] for r in train], alpha=0.5, color="C0", label="train loss")
+    if evals:
+        ax1.plot([r["step"] for r in evals], [r["val_loss"] for r in evals], "o-", color="C1", label="held-out loss")
+    ax1.set_xlabel("step")
+    ax1.set_ylabel("nats / assistant token")
+    ax1.set_title("finetuning: loss on assistant tokens")
+    ax1.legend()
+    ax1.grid(alpha=0.3)
+    if skills:
+        kinds = list(skills[-1]["skills"]["by_kind"])
+        width = 0.8 / len(skills)
+        for j, r in enumerate(skills):
+            label = "before" if j == 0 and len(skills) > 1 else "after" if r.get("final") else f"step {r['step']}"
+            ax2.bar([i + j * width for i in range(len(kinds))], [100 * r["skills"]["by_kind"].get(k, 0) for k in kinds], width, label=label)
+        ax2.set_xticks([i + width * (len(skills) - 1) / 2 for i in range(len(kinds))], kinds, rotation=30, ha="right")
+        ax2.set_ylim(0, 100)
+        ax2.legend()
+    ax2.set_ylabel("held-out exact match (%)")
+    ax2.set_title("skills")
+    ax2.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)

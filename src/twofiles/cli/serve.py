@@ -1,0 +1,129 @@
+"""Serve models over an OpenAI-compatible HTTP API (continuous batching, streaming, tools).
+
+  twofiles serve runs/sft/model.safetensors smollm2 --port 8000
+  twofiles serve mine=runs/sft/model.safetensors --api-key secret --max-seqs 16
+
+Each MODEL is a spec any verb takes (parameters file, GGUF, Hugging Face directory, alias),
+optionally NAME=SPEC to choose the name clients send as `model`. The server listens on 127.0.0.1
+unless told otherwise, prints its URL, and runs until Ctrl-C. Any OpenAI client works with
+base_url URL/v1. Limits (slots, queue, prompt/output tokens, body size, timeout) are
+ServeSettings fields, each a flag here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from twofiles.cli.common import add_json_flag, emit_json
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("models", nargs="+", metavar="MODEL", help="a model spec (file, directory, alias), or NAME=SPEC to choose the name clients use")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 = any free port)")
+    p.add_argument("--api-key", action="append", default=[], metavar="KEY", help="require 'Authorization: Bearer KEY' on /v1 (repeatable)")
+    p.add_argument("--api-keys-file", metavar="FILE", help="file with one accepted key per line ('#' starts a comment)")
+    p.add_argument("--max-seqs", type=int, default=None, help="sequences decoded together per model (default 8)")
+    p.add_argument("--max-queue", type=int, default=None, help="requests waiting for a slot per model; more get 429 (default 32)")
+    p.add_argument("--max-context", type=int, default=None, help="KV cache length per sequence, prompt + output (default 2048, capped by the model)")
+    p.add_argument("--max-prompt-tokens", type=int, default=None, help="longest prompt accepted (default: the context minus one)")
+    p.add_argument("--max-output-tokens", type=int, default=None, help="max_tokens above this is clamped (default 1024)")
+    p.add_argument("--max-body-bytes", type=int, default=None, help="larger request bodies get 413 (default 1 MiB)")
+    p.add_argument("--timeout", type=float, default=None, help="seconds before a request is cancelled (default 300)")
+    p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
+    add_json_flag(p)
+
+
+def _read_keys(path: str) -> list[str]:
+    from twofiles.errors import BadInputError
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise BadInputError(f"cannot read API keys: {e}", path=path) from None
+    keys = []
+    for n, line in enumerate(lines, 1):
+        key = line.split("#", 1)[0].strip()
+        if not key:
+            continue
+        if any(c.isspace() for c in key):
+            raise BadInputError("an API key cannot contain spaces", path=path, line=n)
+        keys.append(key)
+    if not keys:
+        raise BadInputError("no API keys in the file (one per line)", path=path)
+    return keys
+
+
+def run(args: argparse.Namespace) -> int:
+    import dataclasses
+    import socket
+    import time
+
+    from twofiles.errors import TwofilesError
+    from twofiles.serve.settings import ServeSettings
+
+    try:
+        import uvicorn
+
+        from twofiles.serve.app import create_app, model_name
+    except ModuleNotFoundError as e:
+        raise TwofilesError(f"serving needs the 'serve' extra ({e.name} is missing): pip install 'twofiles[serve]'") from None
+    from twofiles.engine import resolve_model
+    from twofiles.runtime import pick_device
+
+    keys = list(args.api_key) + (_read_keys(args.api_keys_file) if args.api_keys_file else [])
+    overrides = {
+        "max_seqs": args.max_seqs,
+        "max_queue": args.max_queue,
+        "max_context": args.max_context,
+        "max_prompt_tokens": args.max_prompt_tokens,
+        "max_output_tokens": args.max_output_tokens,
+        "max_body_bytes": args.max_body_bytes,
+        "request_timeout_s": args.timeout,
+    }
+    try:
+        settings = dataclasses.replace(ServeSettings(), api_keys=frozenset(keys), **{k: v for k, v in overrides.items() if v is not None})
+    except ValueError as e:
+        raise TwofilesError(str(e)) from None
+
+    specs: dict[str, str] = {}
+    for arg in args.models:
+        name, sep, spec = arg.partition("=")
+        if not sep:
+            name, spec = model_name(arg), arg
+        if not name or not spec:
+            raise TwofilesError(f"{arg!r}: expected MODEL or NAME=MODEL")
+        if name in specs:
+            raise TwofilesError(f"two models are named {name!r}: give one a name with NAME=MODEL")
+        specs[name] = spec
+
+    device, why = pick_device(args.device)
+    models = {}
+    for name, spec in specs.items():
+        t0 = time.perf_counter()
+        models[name] = resolve_model(spec, device=device)
+        n_params = sum(p.numel() for p in models[name].model.parameters())
+        print(f"model {name} ({spec}): {n_params / 1e6:.2f}M parameters, {device.type} ({why}), loaded in {time.perf_counter() - t0:.2f}s", file=sys.stderr)
+    app = create_app(models, settings)
+
+    try:
+        sock = socket.create_server((args.host, args.port))
+    except OSError as e:
+        raise TwofilesError(f"cannot listen on {args.host}:{args.port}: {e.strerror or e} (choose another --port or --host)") from None
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    url = f"http://{shown}:{port}"
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not keys:
+        print(f"warning: listening on {args.host} without --api-key: anyone who can reach this machine can use it", file=sys.stderr)
+    print(f"serving {', '.join(models)} at {url}/v1 (OpenAI-compatible; Ctrl-C stops)", flush=True)
+    if args.json:
+        emit_json({"url": url, "base_url": f"{url}/v1", "models": list(models), "max_seqs": settings.max_seqs, "auth": bool(keys)})
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=5))
+    try:
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn shuts down gracefully, then re-raises the signal: Ctrl-C is how a server ends
+        pass
+    print("stopped", file=sys.stderr)
+    return 0

@@ -1,0 +1,82 @@
+"""Finetune a model on conversations (the built-in mix or a JSONL file): full finetuning or LoRA."""
+
+from __future__ import annotations
+
+import argparse
+
+from twofiles.cli.common import add_json_flag, emit_json
+
+# flag -> (section, field, type, help); section "" is SFTConfig itself
+_FIELDS: list[tuple[str, str, str, type, str]] = [
+    ("--lora-rank", "", "lora_rank", int, "train LoRA adapters of this rank instead of every weight (0: full finetuning)"),
+    ("--lora-alpha", "", "lora_alpha", float, "LoRA scale numerator: the update is scaled by alpha / rank"),
+    ("--optimizer", "optim", "optimizer", str, "adamw (default) or muon"),
+    ("--lr", "optim", "lr", float, "peak learning rate"),
+    ("--weight-decay", "optim", "weight_decay", float, "decoupled weight decay on matrices"),
+    ("--schedule", "optim", "schedule", str, "wsd, cosine or constant"),
+    ("--warmup-steps", "optim", "warmup_steps", int, "linear warm-up steps"),
+    ("--grad-clip", "optim", "grad_clip", float, "global gradient-norm clip (0: off)"),
+    ("--batch-size", "", "batch_size", int, "rows per micro-batch"),
+    ("--seq-len", "", "seq_len", int, "tokens per row (longer conversations are cut)"),
+    ("--grad-accum", "", "grad_accum", int, "micro-batches per optimizer step"),
+    ("--epochs", "", "epochs", float, "passes over the training conversations"),
+    ("--max-steps", "", "max_steps", int, "optimizer steps (overrides --epochs)"),
+    ("--time-budget", "", "time_budget_s", float, "train for this many seconds"),
+    ("--eval-interval", "", "eval_interval", int, "steps between held-out loss evaluations"),
+    ("--checkpoint-interval", "", "checkpoint_interval", int, "steps between checkpoints"),
+    ("--skill-tasks", "", "skill_tasks", int, "held-out skill tasks per kind scored before and after (0: skip)"),
+    ("--identity", "", "identity", str, "the assistant's name in the identity set (default: twofiles for Shakespeare models, none otherwise)"),
+    ("--mix-seed", "", "mix_seed", int, "seed of the built-in mix"),
+    ("--seed", "", "seed", int, "seed for data order and LoRA init"),
+    ("--threads", "", "threads", int, "CPU threads"),
+]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", metavar="MODEL", help="model.safetensors, .gguf, Hugging Face directory, or an alias (smollm2)")
+    p.add_argument("--data", default="builtin", help="builtin (chat dialogs + skill tasks) or a JSONL file of {\"messages\": [...]}")
+    p.add_argument("--val-data", default="", help="held-out JSONL (default: the built-in held-out split, or every 20th conversation)")
+    p.add_argument("--out", default="runs/sft", help="run directory")
+    for flag, _, _, typ, help_text in _FIELDS:
+        p.add_argument(flag, type=typ, default=None, help=help_text)
+    p.add_argument("--lora-targets", default=None, help="comma-separated Linear names LoRA adapts (default: all of q,k,v,o,gate,up,down_proj)")
+    p.add_argument("--merge", action="store_true", help="LoRA: merge the adapters into the weights (model.safetensors) instead of adapters.safetensors")
+    p.add_argument("--no-pack", action="store_true", help="one conversation per row instead of packing several (block-diagonal attention)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--dtype", default="auto", help="auto (bf16 autocast on CUDA, fp32 elsewhere), fp32, bf16")
+    p.add_argument("--resume", action="store_true", help="continue exactly from the newest checkpoint in --out")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_json_flag(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from twofiles.train.sft import SFTConfig, sft
+
+    if args.resume and (Path(args.out) / "config.json").is_file():
+        # resume with the configuration the run was started with; only the run-control flags apply
+        cfg = SFTConfig.from_dict(json.loads((Path(args.out) / "config.json").read_text()))
+    else:
+        cfg = SFTConfig(model=args.model, data=args.data, val_data=args.val_data, out=args.out)
+        for flag, section, name, _, _ in _FIELDS:
+            value = getattr(args, flag[2:].replace("-", "_"))
+            if value is not None:
+                setattr(cfg.optim if section == "optim" else cfg, name, value)
+        if args.max_steps is not None and args.time_budget is None:
+            cfg.time_budget_s = 0.0
+        if args.lora_targets:
+            cfg.lora_targets = [t.strip() for t in args.lora_targets.split(",") if t.strip()]
+        cfg.merge, cfg.pack = args.merge, not args.no_pack
+        cfg.device, cfg.dtype = args.device, args.dtype
+    cfg.resume, cfg.progress = args.resume, not args.no_progress
+    res = sft(cfg)
+    before, after = res.skills_before, res.skills_after
+    line = f"held-out loss {res.val_loss_before:.4f} -> {res.val_loss:.4f}"
+    if before and after:
+        line += f", held-out skills {100 * before.accuracy:.0f}% -> {100 * after.accuracy:.0f}%"
+    print(f"{line}; {res.steps} steps in {res.train_seconds:.1f}s; model {res.model_path}")
+    if args.json:
+        emit_json(res.summary())
+    return 0

@@ -1,0 +1,199 @@
+"""GGUF export: any model twofiles loads becomes a file llama.cpp (and transformers) can read.
+
+What it owns: the mapping back from twofiles (HF Llama names, rotate-half RoPE) to what
+llama.cpp's `convert_hf_to_gguf.py` writes: architecture `llama` (`qwen2` for a model with a qkv
+bias, since that is where llama.cpp and transformers expect one), llama.cpp tensor names, q/k rows
+permuted into ggml's interleaved RoPE layout, the standard hyperparameter keys, the vocabulary
+(byte-level BPE as `gpt2` + a `tokenizer.ggml.pre` name, SentencePiece-style BPE as `llama` with
+scores), special token ids, the chat template, and Llama 3 RoPE scaling as the `rope_freqs`
+tensor. The container and quantization are the `gguf` package's (GGUFWriter, gguf.quants).
+What it leaves to others: reading GGUF (gguf.py), the vocabularies' JSON (gguf_vocab.py).
+
+Quantization follows llama.cpp's file types: 1-D tensors (norms, biases, rope_freqs) stay F32;
+2-D weights become F16 or Q8_0 (a row that is not whole 32-element blocks falls back to F16, as
+llama.cpp does). The file is written to a temporary name and renamed: never half-written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from twofiles.errors import BadInputError
+from twofiles.formats.gguf import LAYER_NAMES, TOP_NAMES
+from twofiles.formats.gguf_vocab import pre_name, spm_scores
+
+if TYPE_CHECKING:
+    from twofiles.artifact import LoadedModel
+
+TYPES = ("f32", "f16", "q8_0")
+# tokens that mean "a document starts here": llama.cpp should add them to a prompt, as our engine does
+_DOCUMENT_STARTS = ("<|bos|>", "<|begin_of_text|>", "<s>")
+
+
+def permute(w: np.ndarray, n_head: int) -> np.ndarray:
+    """HF rotate-half q/k rows -> ggml's interleaved pairs (convert_hf_to_gguf.py LlamaModel.permute)."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def _gguf_names() -> dict[str, str]:
+    out = {hf: g for g, hf in TOP_NAMES.items()}
+    out.update({f"model.layers.{{}}.{hf}": f"blk.{{}}.{g}" for g, hf in LAYER_NAMES.items()})
+    return out
+
+
+def tensor_name(hf_name: str) -> str:
+    """'model.layers.3.self_attn.q_proj.weight' -> 'blk.3.attn_q.weight'."""
+    if hf_name in (names := _gguf_names()):
+        return names[hf_name]
+    parts = hf_name.split(".", 3)
+    if len(parts) == 4 and parts[:2] == ["model", "layers"] and parts[2].isdigit():
+        key = f"model.layers.{{}}.{parts[3]}"
+        if key in names:
+            return names[key].format(parts[2])
+    raise BadInputError(f"tensor {hf_name} has no GGUF name")
+
+
+def _vocab(loaded: "LoadedModel", vocab_size: int) -> dict[str, Any]:
+    """tokens, token types, merges/scores, pre and the model kind from the tokenizer JSON."""
+    tok = loaded.tokenizer
+    spec = json.loads(tok.to_json())
+    model = spec.get("model") or {}
+    if model.get("type") != "BPE":
+        raise BadInputError(f"a {model.get('type')} tokenizer cannot be written to GGUF (BPE tokenizers can)")
+    tokens: list[str | None] = [None] * vocab_size
+    types = [1] * vocab_size  # NORMAL
+    for t, i in model["vocab"].items():
+        if 0 <= i < vocab_size and tokens[i] is None:
+            tokens[i] = t
+    for a in spec.get("added_tokens") or []:
+        i = a["id"]
+        if 0 <= i < vocab_size:
+            tokens[i] = a["content"]
+            types[i] = 3 if a.get("special") else 4  # CONTROL / USER_DEFINED
+    for i, t in enumerate(tokens):
+        if t is None:  # embedding rows beyond the tokenizer: llama.cpp needs a token per row
+            tokens[i], types[i] = f"[PAD{i}]", 5  # UNUSED
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges") or []]
+    out: dict[str, Any] = {"tokens": tokens, "types": types, "merges": merges}
+    if model.get("byte_fallback"):  # SentencePiece-style: Llama 2, Mistral, TinyLlama
+        out["kind"] = "llama"
+        out["scores"] = spm_scores(tokens, merges)
+        for i, t in enumerate(tokens):
+            if len(t) == 6 and t.startswith("<0x") and t.endswith(">") and types[i] == 1:
+                types[i] = 6  # BYTE
+        out["space_prefix"] = (spec.get("pre_tokenizer") or {}).get("prepend_scheme", "first") != "never"
+        unk = model.get("unk_token")
+        if unk in model["vocab"]:
+            out["unk"] = model["vocab"][unk]
+            types[out["unk"]] = 2  # UNKNOWN
+    else:
+        out["kind"] = "gpt2"
+        out["pre"] = pre_name(spec.get("pre_tokenizer"))
+    return out
+
+
+def export_gguf(loaded: "LoadedModel", out_path: str | os.PathLike[str], *, qtype: str = "f16") -> dict[str, Any]:
+    """Write `loaded` as a GGUF file at `out_path` (atomically). Returns a summary: path, type,
+    architecture, tensors, bytes."""
+    import gguf
+    from gguf.quants import quantize
+
+    if qtype not in TYPES:
+        raise BadInputError(f"--type {qtype!r}: expected one of {', '.join(TYPES)}")
+    model, tok = loaded.model, loaded.tokenizer
+    cfg = model.config
+    rope_scaling = getattr(cfg, "rope_scaling", None)
+    # llama.cpp's qwen2 graph has the qkv bias but no rope_freqs; its llama graph has both
+    arch = "qwen2" if cfg.qkv_bias and not rope_scaling else "llama"
+    vocab = _vocab(loaded, cfg.vocab_size)
+    out = Path(out_path)
+    if out.is_dir():
+        raise BadInputError("is a directory; give the .gguf file to write", path=str(out))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    file_type = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[qtype]
+
+    w = gguf.GGUFWriter(str(tmp), arch)
+    name = loaded.provenance.get("name") if isinstance(loaded.provenance.get("name"), str) else ""
+    w.add_name(name or "twofiles")
+    w.add_context_length(cfg.max_seq_len)
+    w.add_embedding_length(cfg.dim)
+    w.add_block_count(cfg.n_layers)
+    w.add_feed_forward_length(cfg.hidden_dim)
+    w.add_head_count(cfg.n_heads)
+    w.add_head_count_kv(cfg.n_kv_heads)
+    w.add_rope_dimension_count(cfg.head_dim)
+    w.add_rope_freq_base(cfg.rope_theta)
+    w.add_layer_norm_rms_eps(cfg.norm_eps)
+    w.add_vocab_size(cfg.vocab_size)
+    w.add_file_type(file_type)
+    w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    if rope_scaling:
+        # llama.cpp reads Llama 3 scaling from the rope_freqs tensor alone (a rope.scaling.factor key
+        # would add linear scaling on top); the original context is kept for our importer.
+        w.add_rope_scaling_orig_ctx_len(int(rope_scaling["original_max_position_embeddings"]))
+
+    w.add_tokenizer_model(vocab["kind"])
+    if vocab["kind"] == "gpt2":
+        w.add_tokenizer_pre(vocab["pre"])
+        w.add_token_merges(vocab["merges"])
+    else:
+        w.add_tokenizer_pre("default")
+        w.add_token_scores(vocab["scores"])
+        w.add_add_space_prefix(vocab["space_prefix"])
+        if "unk" in vocab:
+            w.add_unk_token_id(vocab["unk"])
+    w.add_token_list(vocab["tokens"])
+    w.add_token_types(vocab["types"])
+    w.add_bos_token_id(tok.bos_id)
+    w.add_eos_token_id(tok.eos_ids[0])
+    if len(tok.eos_ids) > 1:
+        w.add_eot_token_id(tok.eos_ids[1])
+    w.add_add_bos_token(vocab["tokens"][tok.bos_id] in _DOCUMENT_STARTS)
+    w.add_add_eos_token(False)
+    if loaded.chat_template:
+        w.add_chat_template(loaded.chat_template)
+
+    n_tensors = 0
+    if rope_scaling:
+        from twofiles.model import rope_inv_freq
+
+        # the divisor of each frequency (convert_hf_to_gguf.py LlamaModel.generate_extra_tensors)
+        factors = rope_inv_freq(cfg.head_dim, cfg.rope_theta).double() / rope_inv_freq(cfg.head_dim, cfg.rope_theta, rope_scaling).double()
+        w.add_tensor("rope_freqs.weight", factors.numpy().astype(np.float32))
+        n_tensors += 1
+    for hf_name, t in model.state_dict().items():
+        if hf_name == "lm_head.weight" and cfg.tie_embeddings:
+            continue  # no output.weight: llama.cpp and transformers tie to token_embd
+        a = t.detach().to("cpu").float().numpy()
+        gname = tensor_name(hf_name)
+        kind = gname.split(".")[2] if gname.startswith("blk.") else ""
+        if arch == "llama" and kind in ("attn_q", "attn_k"):
+            a = permute(a, cfg.n_heads if kind == "attn_q" else cfg.n_kv_heads)
+        a = np.ascontiguousarray(a, dtype=np.float32)
+        if a.ndim == 1 or qtype == "f32":
+            w.add_tensor(gname, a)
+        elif qtype == "q8_0" and a.shape[-1] % 32 == 0:
+            w.add_tensor(gname, quantize(a, gguf.GGMLQuantizationType.Q8_0), raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+        else:
+            w.add_tensor(gname, a.astype(np.float16))
+        n_tensors += 1
+    try:
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return {"path": str(out), "type": qtype, "architecture": arch, "tensors": n_tensors, "bytes": out.stat().st_size}
+
+
+__all__ = ["export_gguf", "permute", "tensor_name", "TYPES"]

@@ -1,0 +1,444 @@
+"""Continuous batching: many requests share one model, one batched KV cache and one forward per step.
+
+What it owns: `Scheduler`, a background thread that serves generation requests for one or more
+models. Each model gets a `BatchEngine`: a fixed number of sequence slots over one static KV cache
+[slots, kv_heads, context, head_dim] per layer. Requests wait in a bounded queue; whenever a slot
+is free a newcomer joins at once (its prompt is prefilled, several newcomers in one forward), and
+every step decodes all active rows in one forward, whatever their lengths. A row that finishes or
+is cancelled frees its slot before the next step. Each request keeps its own SamplingParams and
+its own seeded generator, so its tokens do not depend on what else shares the batch.
+What it leaves to others: HTTP and chat rendering (serve/), the sampling math and text streaming
+(engine.py: token_distribution, roll, TextStream), the model math (model.py).
+
+How rows of different lengths share a batch (no padding leaks into any row):
+- Active rows live in slots 0..n-1, so a step runs on a view of the first n rows of the cache, not
+  on all of them; when row i finishes, the last row's cache is copied into slot i.
+- Every token is fed with its own position (RoPE angle and cache slot), and a boolean mask lets
+  each query see exactly its own row's slots 0..position (model.py's `positions` / `attn_mask`).
+  Slots past a row's length hold stale keys from an earlier occupant; the mask never shows them.
+- Newcomers are right-padded to the longest prompt among them and prefilled together with a
+  plain causal mask: a real token never sees a pad (pads come after it), and the pads' cache
+  slots are overwritten by that row's own generated tokens before any query may see them.
+
+Events reach the caller through a RequestHandle: iterate it in a thread, or `async for` it in an
+event loop (the handle remembers the loop it was created in and is fed with call_soon_threadsafe).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from twofiles.engine import PromptTooLongError, SamplingParams, TextStream, make_generator, roll, token_distribution
+from twofiles.errors import TwofilesError
+
+if TYPE_CHECKING:
+    from twofiles.artifact import LoadedModel
+
+# Defaults; the server takes its own values from ServeSettings.
+DEFAULT_MAX_SEQS = 8  # sequence slots per model (rows of the batched KV cache)
+DEFAULT_MAX_QUEUE = 64  # requests that may wait for a slot, per model; more are refused
+DEFAULT_MAX_CONTEXT = 2048  # cache length per slot (prompt + output), capped by the model's max_seq_len
+_IDLE_WAIT_S = 0.5  # the worker's longest sleep with nothing to do (it is woken on submit anyway)
+
+
+class QueueFullError(TwofilesError):
+    """Every slot is busy and the waiting queue is full: try again later."""
+
+
+@dataclass
+class GenerationEvent:
+    """One generated token (or the end of a request). The last event of a request has
+    `finish_reason` set: "stop" (a stop token or stop string), "length" (max_tokens or the
+    context), "cancelled", or "error" (then `error` says why)."""
+
+    token: int | None  # the id generated; None on a cancel/error event that carries no token
+    text: str = ""  # text that became safe to show with this token (never part of a stop string)
+    logprob: float | None = None  # log-probability of `token` under the model (temperature 1, no filters)
+    top_logprobs: list[tuple[int, float]] = field(default_factory=list)  # most likely (id, logprob), if asked
+    finish_reason: str | None = None
+    stop_token: bool = False  # `token` is an end-of-turn/eos token: it counts, but has no text
+    error: str | None = None
+
+
+_ids = itertools.count(1)
+
+
+class RequestHandle:
+    """A submitted request: its events, its state, and `cancel()`.
+
+    Iterate it (blocking, in a thread) or `async for` it (in the event loop that submitted it);
+    either way the iteration ends after the event that carries a finish_reason."""
+
+    def __init__(self, model: str, prompt_ids: Sequence[int], params: SamplingParams, logprobs: int | None) -> None:
+        self.id = next(_ids)
+        self.model = model
+        self.prompt_ids = list(prompt_ids)
+        self.params = params
+        self.logprobs = logprobs  # None: no logprobs; k: the chosen token's logprob + k alternatives
+        self.tokens: list[int] = []
+        self.text = ""
+        self.finish_reason: str | None = None
+        self.error: str | None = None
+        self.submitted_at = time.perf_counter()
+        self.first_token_at: float | None = None
+        self.finished_at: float | None = None
+        self._cancelled = threading.Event()
+        self._done = threading.Event()
+        try:
+            self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            self._loop = None
+        self._aqueue: asyncio.Queue[GenerationEvent] | None = asyncio.Queue() if self._loop is not None else None
+        self._queue: queue.SimpleQueue[GenerationEvent] = queue.SimpleQueue()
+
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self.prompt_ids)
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    def cancel(self) -> None:
+        """Stop generating: the slot is freed before the next step; a last event says "cancelled"."""
+        self._cancelled.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the request has finished; False on timeout."""
+        return self._done.wait(timeout)
+
+    def _emit(self, event: GenerationEvent) -> None:
+        """Called by the worker thread only."""
+        if event.token is not None:
+            if self.first_token_at is None:
+                self.first_token_at = time.perf_counter()
+            self.tokens.append(event.token)
+        self.text += event.text
+        if event.finish_reason is not None:
+            self.finish_reason, self.error = event.finish_reason, event.error
+            self.finished_at = time.perf_counter()
+        if self._loop is not None:
+            try:
+                self._loop.call_soon_threadsafe(self._aqueue.put_nowait, event)  # type: ignore[union-attr]
+            except RuntimeError:  # the loop is closed: nobody is listening any more
+                self._cancelled.set()
+        else:
+            self._queue.put(event)
+        if event.finish_reason is not None:
+            self._done.set()
+
+    def __iter__(self) -> Iterator[GenerationEvent]:
+        if self._loop is not None:
+            raise RuntimeError("this request was submitted from an event loop: use `async for`")
+        while True:
+            event = self._queue.get()
+            yield event
+            if event.finish_reason is not None:
+                return
+
+    async def __aiter__(self) -> AsyncIterator[GenerationEvent]:
+        if self._aqueue is None:
+            raise RuntimeError("this request was submitted outside an event loop: iterate it in a thread")
+        while True:
+            event = await self._aqueue.get()
+            yield event
+            if event.finish_reason is not None:
+                return
+
+
+class _RowsView:
+    """A KV cache over some rows and the first `length` slots of a layer's full buffers. Slicing
+    gives views, so the model's in-place writes land in the shared cache (KVCache.update_at's
+    contract, on a subset of rows)."""
+
+    def __init__(self, k: torch.Tensor, v: torch.Tensor) -> None:
+        self.k, self.v = k, v
+
+    def update_at(self, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        B, H, T, D = k.shape
+        index = positions[:, None, :, None].expand(B, H, T, D)
+        self.k.scatter_(2, index, k)
+        self.v.scatter_(2, index, v)
+        return self.k, self.v
+
+
+@dataclass
+class _Row:
+    handle: RequestHandle
+    length: int  # tokens in this row's cache
+    steps: int  # most tokens it may generate (max_tokens capped by the context)
+    generator: torch.Generator
+    stream: TextStream
+    history: torch.Tensor | None  # [1, prompt + steps] prompt and output ids, for the repetition penalty
+    next_token: int = -1  # the last token generated, fed at the next step
+    generated: int = 0
+
+
+class BatchEngine:
+    """One model's slots and batched KV cache. Not thread-safe: only the Scheduler's worker
+    thread calls `admit` and `step`."""
+
+    def __init__(self, loaded: "LoadedModel", *, max_seqs: int = DEFAULT_MAX_SEQS, max_context: int = DEFAULT_MAX_CONTEXT) -> None:
+        self.loaded = loaded
+        self.model = loaded.model
+        self.tokenizer = loaded.tokenizer
+        cfg = self.model.config
+        self.max_seqs = max_seqs
+        self.context = min(max_context, cfg.max_seq_len)
+        w = self.model.lm_head.weight
+        self.device = w.device
+        shape = (max_seqs, cfg.n_kv_heads, self.context, cfg.head_dim)
+        self._k = [torch.zeros(shape, dtype=w.dtype, device=w.device) for _ in range(cfg.n_layers)]
+        self._v = [torch.zeros(shape, dtype=w.dtype, device=w.device) for _ in range(cfg.n_layers)]
+        self.rows: list[_Row] = []  # row i lives in cache slot i
+        self._end_ids = {self.tokenizer.bos_id, *getattr(self.tokenizer, "eos_ids", ())}
+
+    @property
+    def free_slots(self) -> int:
+        return self.max_seqs - len(self.rows)
+
+    def check_prompt(self, prompt_len: int) -> None:
+        if prompt_len == 0:
+            raise TwofilesError("empty prompt: give at least one token")
+        if prompt_len >= self.context:
+            raise PromptTooLongError(f"prompt is {prompt_len} tokens; this server's context is {self.context} tokens, which leaves no room to generate (shorten the prompt)")
+
+    def _views(self, start: int, stop: int, length: int) -> list[_RowsView]:
+        return [_RowsView(k[start:stop, :, :length], v[start:stop, :, :length]) for k, v in zip(self._k, self._v)]
+
+    def admit(self, handles: Sequence[RequestHandle]) -> None:
+        """Prefill newcomers (at most free_slots) in one forward and emit each one's first token."""
+        if not handles:
+            return
+        first = len(self.rows)
+        T = max(len(h.prompt_ids) for h in handles)
+        idx = torch.zeros(len(handles), T, dtype=torch.long)
+        for i, h in enumerate(handles):
+            idx[i, : len(h.prompt_ids)] = torch.tensor(h.prompt_ids)  # right padding with id 0: never seen by real tokens
+        idx = idx.to(self.device)
+        positions = torch.arange(T, device=self.device).expand(len(handles), T)
+        causal = torch.ones(T, T, dtype=torch.bool, device=self.device).tril()[None, None]  # [1, 1, T, T]
+        hidden = self.model.hidden_states(idx, self._views(first, first + len(handles), T), positions=positions, attn_mask=causal)
+        lengths = torch.tensor([len(h.prompt_ids) for h in handles], device=self.device)
+        # only each prompt's last position needs logits: [k, V], not [k, T, V]
+        last = self.model.lm_head(hidden[torch.arange(len(handles), device=self.device), lengths - 1]).float()
+        new_rows = []
+        for h in handles:
+            p, n = h.params, len(h.prompt_ids)
+            steps = min(p.max_tokens, self.context - n)
+            history = None
+            if p.repetition_penalty != 1.0:
+                history = torch.empty(1, n + steps, dtype=torch.long, device=self.device)
+                history[0, :n] = torch.tensor(h.prompt_ids)
+            row = _Row(h, n, steps, make_generator(p.seed, self.device), TextStream(self.tokenizer, p.stop, context=h.prompt_ids), history)
+            self.rows.append(row)
+            new_rows.append(row)
+        self._sample(new_rows, last)
+
+    def step(self) -> None:
+        """Cancel what was cancelled, then decode one token for every active row in one forward."""
+        for row in [r for r in self.rows if r.handle.cancelled]:
+            row.handle._emit(GenerationEvent(None, finish_reason="cancelled"))
+            self._free(row)
+        if not self.rows:
+            return
+        n = len(self.rows)
+        lengths = torch.tensor([r.length for r in self.rows], device=self.device)
+        L = int(lengths.max()) + 1
+        idx = torch.tensor([[r.next_token] for r in self.rows], dtype=torch.long, device=self.device)
+        mask = torch.arange(L, device=self.device)[None, :] <= lengths[:, None]  # [n, L]: own slots 0..position
+        hidden = self.model.hidden_states(idx, self._views(0, n, L), positions=lengths[:, None], attn_mask=mask[:, None, None, :])
+        for r in self.rows:
+            r.length += 1
+        self._sample(list(self.rows), self.model.lm_head(hidden[:, -1]).float())
+
+    def _sample(self, rows: Sequence[_Row], logits: torch.Tensor) -> None:
+        """Draw each row's next token from logits [len(rows), V] and emit it; free finished rows."""
+        drawn = []
+        for i, r in enumerate(rows):  # one die per row: its own params, penalty history and generator
+            p = r.handle.params
+            history = r.history[:, : len(r.handle.prompt_ids) + r.generated] if r.history is not None else None
+            drawn.append(roll(token_distribution(logits[i : i + 1], p, history), p.temperature, r.generator))
+        tokens = torch.cat(drawn).tolist()  # the one host sync of the step
+        finished = []
+        for i, (r, token) in enumerate(zip(rows, tokens)):
+            p, h = r.handle.params, r.handle
+            if r.history is not None:
+                r.history[0, len(h.prompt_ids) + r.generated] = token
+            r.generated += 1
+            r.next_token = token
+            event = GenerationEvent(token)
+            if h.logprobs is not None:
+                logp = logits[i].float().log_softmax(-1)
+                event.logprob = float(logp[token])
+                if h.logprobs > 0:
+                    values, ids = logp.topk(min(h.logprobs, logp.shape[-1]))
+                    event.top_logprobs = list(zip(ids.tolist(), values.tolist()))
+            if token in self._end_ids or token in p.stop_token_ids:
+                event.finish_reason, event.stop_token = "stop", True
+                event.text = r.stream.finish()
+            else:
+                event.text = r.stream.push(token)
+                if r.stream.stopped:
+                    event.finish_reason = "stop"
+                elif r.generated >= r.steps:
+                    event.finish_reason = "length"
+                    event.text += r.stream.finish()
+            h._emit(event)
+            if event.finish_reason is not None:
+                finished.append(r)
+        for r in finished:
+            self._free(r)
+
+    def _free(self, row: _Row) -> None:
+        """Give the row's slot back: the last row moves into it, so active rows stay 0..n-1."""
+        i, last = self.rows.index(row), len(self.rows) - 1
+        if i != last:
+            moved = self.rows[last]
+            for k, v in zip(self._k, self._v):
+                k[i, :, : moved.length] = k[last, :, : moved.length]
+                v[i, :, : moved.length] = v[last, :, : moved.length]
+            self.rows[i] = moved
+        self.rows.pop()
+
+    def fail_all(self, message: str) -> None:
+        for r in self.rows:
+            r.handle._emit(GenerationEvent(None, finish_reason="error", error=message))
+        self.rows.clear()
+
+
+class Scheduler:
+    """Serves generation requests for several models from one background thread.
+
+    One thread on purpose: on a CPU the models' forwards would only compete for the same cores,
+    and on one GPU they run one after another anyway; a single loop keeps the cache handling
+    lock-free. Start it with `start()` (or use it as a context manager), stop it with `close()`."""
+
+    def __init__(
+        self,
+        models: Mapping[str, "LoadedModel"],
+        *,
+        max_seqs: int = DEFAULT_MAX_SEQS,
+        max_queue: int = DEFAULT_MAX_QUEUE,
+        max_context: int = DEFAULT_MAX_CONTEXT,
+    ) -> None:
+        if not models:
+            raise TwofilesError("no models to serve")
+        if max_seqs < 1 or max_queue < 0:
+            raise TwofilesError(f"max_seqs={max_seqs} must be >= 1 and max_queue={max_queue} >= 0")
+        self.engines = {name: BatchEngine(m, max_seqs=max_seqs, max_context=max_context) for name, m in models.items()}
+        self.max_queue = max_queue
+        self._pending: dict[str, deque[RequestHandle]] = {name: deque() for name in models}
+        self._lock = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self.steps = 0  # decode steps run (all models)
+        self.error: str | None = None  # the last error that failed a batch
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def start(self) -> "Scheduler":
+        if self._thread is None:
+            self._stopping = False
+            self._thread = threading.Thread(target=self._run, name="twofiles-scheduler", daemon=True)
+            self._thread.start()
+        return self
+
+    def close(self) -> None:
+        """Stop the worker; requests still waiting or running end with "cancelled"."""
+        with self._lock:
+            self._stopping = True
+            self._lock.notify_all()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        for name, engine in self.engines.items():
+            for r in engine.rows:
+                r.handle._emit(GenerationEvent(None, finish_reason="cancelled"))
+            engine.rows.clear()
+            while self._pending[name]:
+                self._pending[name].popleft()._emit(GenerationEvent(None, finish_reason="cancelled"))
+
+    def __enter__(self) -> "Scheduler":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # -- requests --------------------------------------------------------------------------------
+
+    def submit(self, model: str, prompt_ids: Sequence[int], params: SamplingParams, *, logprobs: int | None = None) -> RequestHandle:
+        """Queue a request; raises TwofilesError (unknown model, bad params, prompt too long) or
+        QueueFullError at once rather than later."""
+        engine = self.engines.get(model)
+        if engine is None:
+            raise TwofilesError(f"model {model!r} is not served here (serving: {', '.join(self.engines)})")
+        params.validate()
+        engine.check_prompt(len(prompt_ids))
+        handle = RequestHandle(model, prompt_ids, params, logprobs)
+        with self._lock:
+            if self._stopping or self._thread is None:
+                raise TwofilesError("the scheduler is not running")
+            pending = self._pending[model]
+            if len(pending) >= self.max_queue + engine.free_slots:
+                raise QueueFullError(f"model {model!r} is busy: {len(engine.rows)} sequences running and {len(pending)} waiting")
+            pending.append(handle)
+            self._lock.notify_all()
+        return handle
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        """Per model: slots, active rows, waiting requests (a snapshot)."""
+        with self._lock:
+            return {name: {"slots": e.max_seqs, "active": len(e.rows), "queued": len(self._pending[name]), "context": e.context} for name, e in self.engines.items()}
+
+    # -- the worker ------------------------------------------------------------------------------
+
+    def _take_newcomers(self, name: str, engine: BatchEngine) -> list[RequestHandle]:
+        out: list[RequestHandle] = []
+        pending = self._pending[name]
+        while pending and len(out) < engine.free_slots:
+            h = pending.popleft()
+            if h.cancelled:
+                h._emit(GenerationEvent(None, finish_reason="cancelled"))
+            else:
+                out.append(h)
+        return out
+
+    def _run(self) -> None:
+        with torch.inference_mode():
+            while True:
+                with self._lock:
+                    while not self._stopping and not any(e.rows or self._pending[n] for n, e in self.engines.items()):
+                        self._lock.wait(_IDLE_WAIT_S)
+                    if self._stopping:
+                        return
+                    newcomers = {n: self._take_newcomers(n, e) for n, e in self.engines.items()}
+                for name, engine in self.engines.items():
+                    try:
+                        if engine.rows:
+                            engine.step()
+                            self.steps += 1
+                        engine.admit(newcomers[name])
+                    except Exception as e:  # noqa: BLE001 - a failed forward must not kill the server
+                        self.error = f"{type(e).__name__}: {e}"
+                        engine.fail_all(self.error)
+                        for h in newcomers[name]:
+                            if not h.done:
+                                h._emit(GenerationEvent(None, finish_reason="error", error=self.error))
+
+
+__all__ = ["Scheduler", "BatchEngine", "RequestHandle", "GenerationEvent", "QueueFullError"]

@@ -1,0 +1,153 @@
+"""What an OpenAI client sends, checked: pydantic request models and the one validation function.
+
+What it owns: the request bodies of /v1/chat/completions and /v1/completions (fields, types and
+ranges, strict: a string where a number belongs is an error, not a guess; unknown fields are
+errors, so a typo such as "temprature" is not silently ignored), `ApiError` (an HTTP status with
+an OpenAI-style error body), and `sampling_params`, which turns a request into the engine's
+SamplingParams under the server's limits. What it leaves to others: routes and responses (app.py),
+rendering messages (twofiles.chat).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from twofiles.engine import SamplingParams
+from twofiles.serve.settings import ServeSettings
+
+
+class ApiError(Exception):
+    """An error response: status, message, and OpenAI's error type / param / code."""
+
+    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error", param: str | None = None, code: str | None = None, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+
+class StreamOptions(_Strict):
+    include_usage: bool = False  # a last chunk with the usage, and empty choices
+
+
+class FunctionSpec(_Strict):
+    name: str = Field(min_length=1, max_length=64)
+    description: str = ""
+    parameters: dict[str, Any] = Field(default_factory=dict)  # JSON schema of the arguments
+    strict: bool | None = None
+
+
+class ToolSpec(_Strict):
+    type: Literal["function"] = "function"
+    function: FunctionSpec
+
+
+class _Sampling(_Strict):
+    model: str = Field(min_length=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    top_k: int | None = Field(default=None, ge=0)  # extension (vLLM's name)
+    min_p: float | None = Field(default=None, ge=0, le=1)  # extension
+    repetition_penalty: float | None = Field(default=None, gt=0, le=10)  # extension
+    max_tokens: int | None = Field(default=None, ge=1)
+    stop: str | list[str] | None = None
+    seed: int | None = Field(default=None, ge=-(2**63), lt=2**63)
+    n: int = Field(default=1, ge=1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)  # accepted only as 0: see sampling_params
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    user: str | None = None  # accepted and ignored, as a courtesy to clients that always send it
+
+
+class ChatCompletionRequest(_Sampling):
+    messages: list[Any] = Field(min_length=1)  # checked field by field by twofiles.chat.parse_messages
+    max_completion_tokens: int | None = Field(default=None, ge=1)  # OpenAI's newer name for max_tokens
+    logprobs: bool = False
+    top_logprobs: int | None = Field(default=None, ge=0)
+    tools: list[ToolSpec] | None = None
+    tool_choice: Literal["none", "auto"] | None = None  # "required" / a named function cannot be forced here
+    parallel_tool_calls: bool | None = None
+
+
+class CompletionRequest(_Sampling):
+    prompt: str | list[str] | list[int] | list[list[int]]
+    logprobs: int | None = Field(default=None, ge=0)
+    echo: bool = False
+    suffix: None = None  # fill-in-the-middle is not supported: only null is accepted
+    best_of: int | None = Field(default=None, ge=1)
+
+
+def sampling_params(req: _Sampling, settings: ServeSettings, *, default_max_tokens: int, stop_token_ids: list[int] | None = None) -> SamplingParams:
+    """The one validation function past the types: a request's sampling fields under the server's
+    limits -> SamplingParams. Raises ApiError(400) naming the field."""
+    stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
+    if len(stop) > settings.max_stop:
+        raise ApiError(400, f"stop: at most {settings.max_stop} stop strings (got {len(stop)})", param="stop")
+    if any(not s for s in stop):
+        raise ApiError(400, "stop: stop strings must be non-empty", param="stop")
+    for name in ("presence_penalty", "frequency_penalty"):
+        if getattr(req, name):
+            raise ApiError(400, f"{name}: not supported (use repetition_penalty, > 1 discourages repeats)", param=name)
+    if req.n > settings.max_n:
+        raise ApiError(400, f"n: at most {settings.max_n} choices per request (got {req.n})", param="n")
+    if isinstance(req, ChatCompletionRequest) and req.top_logprobs is not None:
+        if not req.logprobs:
+            raise ApiError(400, "top_logprobs: needs logprobs=true", param="top_logprobs")
+        if req.top_logprobs > settings.max_top_logprobs:
+            raise ApiError(400, f"top_logprobs: at most {settings.max_top_logprobs} (got {req.top_logprobs})", param="top_logprobs")
+    if isinstance(req, CompletionRequest):
+        if req.logprobs is not None and req.logprobs > settings.max_top_logprobs:
+            raise ApiError(400, f"logprobs: at most {settings.max_top_logprobs} (got {req.logprobs})", param="logprobs")
+        if req.best_of is not None and req.best_of != req.n:
+            raise ApiError(400, "best_of: only best_of == n is supported", param="best_of")
+        if req.echo and req.logprobs is not None:
+            raise ApiError(400, "echo with logprobs: prompt logprobs are not supported", param="echo")
+    requested = req.max_tokens
+    if isinstance(req, ChatCompletionRequest) and req.max_completion_tokens is not None:
+        requested = req.max_completion_tokens
+    max_tokens = min(requested or default_max_tokens, settings.max_output_tokens)  # clamped, as documented in ServeSettings
+    return SamplingParams(
+        temperature=1.0 if req.temperature is None else req.temperature,
+        top_k=req.top_k or 0,
+        top_p=1.0 if req.top_p is None else req.top_p,
+        min_p=req.min_p or 0.0,
+        repetition_penalty=req.repetition_penalty or 1.0,
+        seed=req.seed,
+        max_tokens=max_tokens,
+        stop=stop,
+        stop_token_ids=list(stop_token_ids or []),
+    )
+
+
+def pydantic_message(errors: list[dict[str, Any]]) -> tuple[str, str | None]:
+    """A readable message and the param for pydantic's errors: "messages.0: Input should be ..."."""
+    if not errors:
+        return "invalid request", None
+    e = errors[0]
+    loc = [str(x) for x in e.get("loc", ()) if x != "body"]
+    if e.get("type") == "json_invalid":
+        ctx = e.get("ctx") or {}
+        return f"invalid JSON in the request body: {ctx.get('error', e.get('msg', ''))}", None
+    # a union type reports one error per member; the field name is what matters
+    loc = [x for x in loc if not x.startswith(("str", "list[", "int", "float", "bool", "function-", "literal["))] or loc
+    param = ".".join(loc) or None
+    where = f"{param}: " if param else ""
+    more = f" (and {len(errors) - 1} more errors)" if len(errors) > 1 and len({tuple(x.get('loc', ())[:2]) for x in errors}) > 1 else ""
+    msg = e.get("msg", "invalid value")
+    if e.get("type") == "missing":
+        msg = "missing required field"
+    elif e.get("type") == "extra_forbidden":
+        msg = "unknown field"
+    return f"{where}{msg}{more}", param
+
+
+__all__ = ["ApiError", "ChatCompletionRequest", "CompletionRequest", "ToolSpec", "StreamOptions", "sampling_params", "pydantic_message"]

@@ -1,0 +1,575 @@
+"""Supervised finetuning: a base model and conversations in, an assistant out.
+
+Stage 2 of the story: the same next-token prediction as pretraining, on conversations rendered
+with the model's chat template, with the loss only on what the assistant writes (the loss mask
+of ChatFormat.render). Reads like a recipe: config -> runtime -> model (+ LoRA) -> chat format ->
+data (render, pack) -> optimizer -> schedule -> one loop with a `last_step` flag.
+
+What it owns: the SFT loop (full finetuning or LoRA), held-out loss, held-out skill accuracy
+before and after (greedy, through the calculator where the task needs it), the run directory
+(config.json, metrics.jsonl, atomic checkpoints that resume exactly, loss.png, report.md) and the
+final model: model.safetensors carrying the chat template it was trained with, or LoRA adapters
+(adapters.safetensors) that load onto their base. What it leaves to others: the data (data.skills,
+chat.read_conversations), rendering (chat), packing (data.packing), LoRA (train.lora), the model
+math, optimizers (optim), device choice (runtime).
+
+A run is one process (no DDP: SFT sets here are small).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from twofiles import runtime as rt_mod
+from twofiles.artifact import atomic_write_bytes, save_model
+from twofiles.data.packing import Example, PackedLoader, eval_batches, make_example
+from twofiles.errors import TwofilesError
+from twofiles.optim import OptimConfig, build_optimizers, lr_factor, set_lr
+from twofiles.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from twofiles.train.lora import ALL_TARGETS, LoRAConfig, apply_lora, merge_lora, save_adapters, trainable_parameters
+
+if TYPE_CHECKING:
+    from twofiles.artifact import LoadedModel
+    from twofiles.chat import ChatFormat, Message
+    from twofiles.data.skills import ModelIdentity, SkillTask
+
+
+def default_optim() -> OptimConfig:
+    # AdamW: finetuning moves a trained model a little; Muon's orthogonalised steps are sized for
+    # training from scratch. Constant LR after warm-up, decayed over the last 30%.
+    return OptimConfig(optimizer="adamw", lr=1e-3, embed_lr=None, weight_decay=0.0, schedule="wsd", warmup_steps=10, decay_frac=0.3,
+                       grad_clip=1.0)
+
+
+@dataclass
+class SFTConfig:
+    model: str = ""  # the model to finetune: model.safetensors, .gguf, Hugging Face directory or alias
+    data: str = "builtin"  # "builtin" (the built-in mix) or a JSONL file of {"messages": [...]}
+    val_data: str = ""  # held-out JSONL; "" = the mix's own held-out split (builtin) or every 20th conversation of data
+    out: str = "runs/sft"  # run directory
+    lora_rank: int = 0  # > 0: train LoRA adapters of this rank instead of every weight
+    lora_alpha: float = 16.0  # LoRA scale numerator (the update is scaled by alpha / rank)
+    lora_targets: list[str] = field(default_factory=lambda: list(ALL_TARGETS))  # Linear layers LoRA adapts
+    merge: bool = False  # LoRA: merge the adapters into the weights and write model.safetensors
+    optim: OptimConfig = field(default_factory=default_optim)
+    batch_size: int = 8  # rows per micro-batch
+    seq_len: int = 512  # tokens per row (capped at the model's context); longer conversations are cut
+    grad_accum: int = 1  # micro-batches per optimizer step
+    epochs: float = 1.0  # passes over the training conversations (when max_steps is 0)
+    max_steps: int = 0  # optimizer steps; 0: from epochs
+    time_budget_s: float = 0.0  # > 0: train for this many seconds (the schedule adapts its length)
+    pack: bool = True  # pack several conversations per row (block-diagonal attention)
+    eval_interval: int = 0  # steps between held-out loss evaluations (0: start and end only)
+    checkpoint_interval: int = 0  # steps between checkpoints (0: only at the end)
+    skill_tasks: int = 20  # held-out skill tasks per kind scored before and after (0: none)
+    skill_max_tokens: int = 48  # tokens per generated reply when scoring skills
+    identity: str = ""  # the assistant's name in the identity set; "" = twofiles for Shakespeare models, no identity set otherwise
+    mix_seed: int = 0  # seed of the built-in mix
+    mix_fraction: float = 1.0  # the built-in mix at this fraction of its size (per kind, at least 1)
+    seed: int = 1337  # data order, LoRA init
+    device: str = "auto"
+    dtype: str = "auto"  # auto: bf16 autocast on CUDA, fp32 elsewhere
+    threads: int = 0  # CPU threads (0: torch's default)
+    resume: bool = False  # continue from the newest checkpoint in out/checkpoints
+    progress: bool = True  # tqdm progress bar on stderr
+    provenance: dict[str, Any] = field(default_factory=dict)  # extra provenance for the artifact
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "SFTConfig":
+        d = dict(d)
+        optim = OptimConfig(**d.pop("optim", {}))
+        return cls(optim=optim, **d)
+
+    @property
+    def lora(self) -> LoRAConfig | None:
+        return LoRAConfig(rank=self.lora_rank, alpha=self.lora_alpha, targets=list(self.lora_targets)) if self.lora_rank > 0 else None
+
+
+@dataclass
+class SkillReport:
+    accuracy: float  # over all tasks
+    by_kind: dict[str, float]  # kind -> accuracy
+    results: list[dict[str, Any]]  # per task: kind, prompt, answer, reply, tool_calls, correct
+
+    def summary(self) -> dict[str, Any]:
+        return {"accuracy": self.accuracy, "by_kind": self.by_kind, "tasks": len(self.results)}
+
+
+@dataclass
+class SFTResult:
+    out: str
+    model_path: str  # model.safetensors, or adapters.safetensors for unmerged LoRA
+    steps: int
+    train_seconds: float
+    target_tokens: int  # assistant tokens trained on
+    tokens: int  # row positions processed (padding excluded)
+    tokens_per_second: float
+    val_loss_before: float  # held-out loss per assistant token, before finetuning
+    val_loss: float  # and after
+    skills_before: SkillReport | None
+    skills_after: SkillReport | None
+    trainable_params: int
+    params: int
+    peak_memory_mb: float  # peak resident memory of the process (CPU) or allocated (CUDA)
+
+    def summary(self) -> dict[str, Any]:
+        out = {k: getattr(self, k) for k in ("out", "model_path", "steps", "train_seconds", "target_tokens", "tokens", "tokens_per_second",
+                                              "val_loss_before", "val_loss", "trainable_params", "params", "peak_memory_mb")}
+        out["skills_before"] = self.skills_before.summary() if self.skills_before else None
+        out["skills_after"] = self.skills_after.summary() if self.skills_after else None
+        return out
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    except ImportError:  # pragma: no cover (Windows)
+        return float("nan")
+
+
+# ----------------------------------------------------------------------------------------- data
+
+
+def identity_for(loaded: "LoadedModel", name: str = "") -> "ModelIdentity | None":
+    """What the identity set teaches: twofiles' Shakespeare model knows it is one; other models get
+    an identity only when named (a GGUF's own system prompt may say otherwise)."""
+    from twofiles.data.skills import ModelIdentity
+
+    prov = loaded.provenance or {}
+    shakespeare = "shakespeare" in json.dumps({k: prov.get(k) for k in ("corpus", "data", "speedrun", "identity")}).lower()
+    if shakespeare:
+        return ModelIdentity(name=name or "twofiles")
+    if name:
+        return ModelIdentity(name=name, trained_on="a large collection of text, then conversations", trained_on_keyword="text",
+                             origin="a language model finetuned with twofiles")
+    return None
+
+
+def _mix_sizes(split: str, who: "ModelIdentity | None", fraction: float = 1.0) -> dict[str, int]:
+    from twofiles.data.skills import MIX_SIZES
+
+    sizes = {k: max(1, round(v * fraction)) for k, v in MIX_SIZES[split].items()}
+    if who is None:
+        sizes.pop("identity", None)
+    return sizes
+
+
+def load_conversations(cfg: SFTConfig, who: "ModelIdentity | None") -> tuple[list[list["Message"]], list[list["Message"]], dict[str, Any]]:
+    """(train, held-out) conversations and their provenance."""
+    if cfg.data == "builtin":
+        from twofiles.data import skills
+
+        train = skills.builtin_mix("train", cfg.mix_seed, sizes=_mix_sizes("train", who, cfg.mix_fraction), who=who)
+        val = skills.builtin_mix("val", cfg.mix_seed, sizes=_mix_sizes("val", who, cfg.mix_fraction), who=who)
+        return train, val, {"data": "builtin", "mix": skills.provenance(), "mix_seed": cfg.mix_seed}
+    from twofiles.chat import read_conversations
+
+    convs = read_conversations(cfg.data)
+    if cfg.val_data:
+        val = read_conversations(cfg.val_data)
+        train = convs
+    else:  # every 20th conversation held out (at least one)
+        val = convs[::20]
+        train = [c for i, c in enumerate(convs) if i % 20]
+    if not train or not val:
+        raise TwofilesError(f"{cfg.data}: need at least 2 conversations (training and held-out)")
+    return train, val, {"data": os.path.abspath(cfg.data), "val_data": os.path.abspath(cfg.val_data) if cfg.val_data else "every 20th"}
+
+
+def render_examples(fmt: "ChatFormat", conversations: list[list["Message"]], seq_len: int) -> tuple[list[Example], dict[str, int]]:
+    """Rendered, shifted and cut examples, with counts of what was cut or dropped."""
+    examples, stats = [], {"conversations": len(conversations), "cut": 0, "dropped": 0}
+    for conv in conversations:
+        ids, mask = fmt.render(conv)
+        if len(ids) > seq_len + 1:
+            stats["cut"] += 1
+        ex = make_example(ids, mask, seq_len)
+        if ex is None:
+            stats["dropped"] += 1
+        else:
+            examples.append(ex)
+    return examples, stats
+
+
+# -------------------------------------------------------------------------------------- scoring
+
+
+def masked_loss_sum(model: torch.nn.Module, batch: Any, rt: rt_mod.Runtime) -> torch.Tensor:
+    """Sum of the next-token losses over the batch's assistant targets, each conversation seeing
+    only itself."""
+    with rt.autocast():
+        return model(batch.inputs, batch.targets, positions=batch.positions, attn_mask=batch.attn_mask(), reduction="sum")
+
+
+@torch.no_grad()
+def heldout_loss(model: torch.nn.Module, examples: list[Example], rt: rt_mod.Runtime, batch_size: int, seq_len: int, pad_id: int) -> float:
+    """Mean loss (nats) per assistant token over the held-out examples."""
+    was_training = model.training
+    model.eval()
+    total, n = 0.0, 0
+    for b in eval_batches(examples, batch_size, seq_len, pad_id):
+        b = b.to(rt.device)
+        total += float(masked_loss_sum(model, b, rt))
+        n += b.n_targets
+    model.train(was_training)
+    return total / max(n, 1)
+
+
+@torch.no_grad()
+def skill_accuracy(model: torch.nn.Module, tokenizer: Any, fmt: "ChatFormat", tasks: list["SkillTask"], *, max_tokens: int = 48,
+                   progress: bool = False) -> SkillReport:
+    """Greedy replies to each task's prompt, scored by its exact checker. A tool call is run (the
+    calculator) and the model continues after its result, at most twice. The tools are not listed
+    in the prompt: the built-in mix teaches the call itself (the calculator's schema alone would
+    take more than a small model's whole context)."""
+    from twofiles.chat import Message
+    from twofiles.data.skills import check
+    from twofiles.engine import PromptTooLongError, SamplingParams, generate
+    from twofiles.tools import run_tool
+    from twofiles.tools.calculator import Calculator
+
+    tools = {"calculator": Calculator()}
+    stop = set(fmt.stop_token_ids)
+    params = SamplingParams(temperature=0.0, max_tokens=max_tokens, stop_token_ids=list(stop))
+    was_training = model.training
+    model.eval()
+    results = []
+    it = tasks
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(tasks, desc="skills", unit="task", file=sys.stderr, dynamic_ncols=True, leave=False)
+    for task in it:
+        history: list[Message] = [Message(role="user", content=task.prompt)]
+        calls: list[dict[str, Any]] = []
+        reply = ""
+        for _ in range(3):
+            try:
+                ids = list(generate(model, fmt.prompt_ids(history), params, tokenizer=tokenizer))
+            except PromptTooLongError:
+                break
+            msg = fmt.parse_assistant(tokenizer.decode([i for i in ids if i not in stop]))
+            history.append(msg)
+            reply = msg.content
+            if not msg.tool_calls:
+                break
+            for call in msg.tool_calls:
+                result = run_tool(tools, call.name, call.arguments)
+                calls.append({"name": call.name, "arguments": call.arguments, "result": result.content})
+                history.append(Message(role="tool", content=result.content, tool_call_id=call.id, name=call.name))
+        results.append({"kind": task.kind, "prompt": task.prompt, "answer": task.answer, "reply": reply, "tool_calls": calls,
+                        "correct": check(task, reply)})
+    model.train(was_training)
+    by_kind: dict[str, list[bool]] = {}
+    for r in results:
+        by_kind.setdefault(r["kind"], []).append(r["correct"])
+    acc = {k: sum(v) / len(v) for k, v in by_kind.items()}
+    return SkillReport(accuracy=sum(r["correct"] for r in results) / max(len(results), 1), by_kind=acc, results=results)
+
+
+def heldout_skill_tasks(n_per_kind: int, seed: int, who: "ModelIdentity | None") -> list["SkillTask"]:
+    from twofiles.data import skills
+
+    sizes = {k: min(n_per_kind, v) for k, v in _mix_sizes("val", who).items() if k != "chat"}
+    return skills.builtin_tasks("val", seed, sizes=sizes, who=who)
+
+
+# ----------------------------------------------------------------------------------------- loop
+
+
+def sft(cfg: SFTConfig) -> SFTResult:
+    """Run (or resume) supervised finetuning as configured."""
+    rt = rt_mod.setup(cfg.device, cfg.dtype, cfg.threads or None)
+    try:
+        if rt.world_size > 1:
+            raise TwofilesError("twofiles sft runs in one process (not under torchrun)")
+        return _sft(cfg, rt)
+    finally:
+        rt_mod.teardown(rt)
+
+
+def _base_spec(spec: str) -> str:
+    """The model spec as adapters should name their base: an absolute path, or an alias."""
+    return os.path.abspath(spec) if os.path.exists(spec) else spec
+
+
+def _sft(cfg: SFTConfig, rt: rt_mod.Runtime) -> SFTResult:
+    from twofiles.chat import ChatFormat
+    from twofiles.engine import resolve_model
+
+    out = Path(cfg.out)
+    ckpt_dir = out / "checkpoints"
+    out.mkdir(parents=True, exist_ok=True)
+    if not cfg.resume and list_checkpoints(ckpt_dir):
+        raise TwofilesError(f"{out} already holds checkpoints: pass --resume to continue, or choose another --out")
+    if cfg.merge and not cfg.lora_rank:
+        raise TwofilesError("--merge applies to LoRA adapters: pass --lora-rank too")
+
+    # --- model and chat format ---
+    t0 = time.perf_counter()
+    loaded = resolve_model(cfg.model, device="cpu")
+    fmt = ChatFormat.for_model(loaded)
+    tokenizer, model = loaded.tokenizer, loaded.model
+    seq_len = min(cfg.seq_len, model.config.max_seq_len - 1)
+    who = identity_for(loaded, cfg.identity)
+    model.train()
+    if cfg.lora is not None:
+        apply_lora(model, cfg.lora, seed=cfg.seed)
+    else:
+        for p in model.parameters():
+            p.requires_grad_(True)
+    model.to(rt.device)
+    n_params = sum(p.numel() for p in model.parameters())
+    n_trainable = trainable_parameters(model)
+    # what a checkpoint holds: every weight, or only the adapters (the base is the model file)
+    ckpt_module: torch.nn.Module = model
+    if cfg.lora is not None:
+        ckpt_module = torch.nn.ParameterDict({n.replace(".", "__"): p for n, p in model.named_parameters() if p.requires_grad})
+    pad_id = tokenizer.special_ids.get("<|pad|>", tokenizer.bos_id)
+    _log(f"sft: {cfg.model} ({n_params:,} parameters, {n_trainable:,} trained{' by LoRA r=%d' % cfg.lora_rank if cfg.lora_rank else ''}), "
+         f"{'built-in' if fmt.builtin else 'its own'} chat template; loaded in {time.perf_counter() - t0:.1f}s")
+
+    # --- data ---
+    t0 = time.perf_counter()
+    train_convs, val_convs, data_prov = load_conversations(cfg, who)
+    train_ex, train_stats = render_examples(fmt, train_convs, seq_len)
+    val_ex, val_stats = render_examples(fmt, val_convs, seq_len)
+    if not train_ex or not val_ex:
+        raise TwofilesError(f"no conversation has an assistant turn within {seq_len} tokens")
+    loader = PackedLoader(train_ex, cfg.batch_size, seq_len, pad_id, seed=cfg.seed, pack_rows=cfg.pack)
+    rows_per_step = cfg.batch_size * cfg.grad_accum
+    steps_per_epoch = math.ceil(loader.rows_per_epoch() / rows_per_step)
+    _log(f"data: {len(train_ex)} train / {len(val_ex)} held-out conversations ({sum(e.n_targets for e in train_ex):,} assistant tokens), "
+         f"{loader.rows_per_epoch()} rows of {seq_len} per epoch; {train_stats['cut']} cut, {train_stats['dropped']} dropped; "
+         f"rendered in {time.perf_counter() - t0:.1f}s")
+
+    # --- optimizer, schedule, run directory ---
+    optimizers = build_optimizers(model, cfg.optim)
+    total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    step, elapsed, tokens_seen, targets_seen = 0, 0.0, 0, 0
+    decay_locked = False
+    metrics_path = out / "metrics.jsonl"
+    val_loss_before = float("nan")
+    skills_before: SkillReport | None = None
+    skill_tasks = heldout_skill_tasks(cfg.skill_tasks, cfg.mix_seed, who) if cfg.skill_tasks else []
+    if cfg.resume:
+        ckpts = list_checkpoints(ckpt_dir)
+        if not ckpts:
+            raise TwofilesError(f"--resume: no checkpoint in {ckpt_dir}")
+        state = load_checkpoint(ckpts[-1], ckpt_module, optimizers)
+        step, elapsed, total_steps = state["step"], state["elapsed"], state["total_steps"]
+        tokens_seen, targets_seen, decay_locked = state["tokens"], state["target_tokens"], state["decay_locked"]
+        val_loss_before = state["val_loss_before"]
+        if state.get("skills_before"):
+            skills_before = SkillReport(**state["skills_before"])
+        loader.load_state_dict(state["loader"])
+        if metrics_path.exists():  # drop what the interrupted run logged after the checkpoint
+            kept = [ln for ln in metrics_path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
+            atomic_write_bytes(metrics_path, ("\n".join(kept) + "\n" if kept else "").encode())
+        _log(f"resumed from {ckpts[-1].name}: step {step}")
+    else:
+        metrics_path.unlink(missing_ok=True)
+    atomic_write_bytes(out / "config.json", json.dumps(cfg.to_dict(), indent=2).encode())
+    metrics_file = open(metrics_path, "a")
+
+    def log_metrics(rec: dict[str, Any]) -> None:
+        metrics_file.write(json.dumps(rec) + "\n")
+        metrics_file.flush()
+
+    if not cfg.resume:  # the "before" numbers: the model as it came
+        val_loss_before = heldout_loss(model, val_ex, rt, cfg.batch_size, seq_len, pad_id)
+        log_metrics({"step": 0, "val_loss": val_loss_before, "time": 0.0})
+        if skill_tasks:
+            skills_before = skill_accuracy(model, tokenizer, fmt, skill_tasks, max_tokens=cfg.skill_max_tokens, progress=cfg.progress)
+            log_metrics({"step": 0, "skills": skills_before.summary()})
+        _log(f"before: held-out loss {val_loss_before:.4f}" + (f", skill accuracy {skills_before.accuracy:.1%}" if skills_before else ""))
+
+    bar = None
+    if cfg.progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total_steps, initial=step, desc="sft", unit="step", file=sys.stderr, dynamic_ncols=True)
+    val_loss = float("nan")
+    model.train()
+    loop_start, elapsed_before, step_before = time.perf_counter(), elapsed, step
+    resumed_at = step if cfg.resume else -1
+    while True:
+        elapsed = elapsed_before + (time.perf_counter() - loop_start)
+        if cfg.time_budget_s > 0 and step > step_before and not decay_locked:
+            # as in pretraining: the schedule's length follows the measured speed until decay begins
+            per_step = (elapsed - elapsed_before) / (step - step_before)
+            total_steps = max(step + 1, step + int((cfg.time_budget_s - elapsed) / per_step))
+            if lr_factor(step, total_steps, cfg.optim) < 1.0 and step >= cfg.optim.warmup_steps:
+                decay_locked = True
+            if bar is not None:
+                bar.total = total_steps
+        last_step = step >= total_steps
+        periodic = step > 0 and step != resumed_at
+        if last_step or (periodic and cfg.eval_interval and step % cfg.eval_interval == 0):
+            val_loss = heldout_loss(model, val_ex, rt, cfg.batch_size, seq_len, pad_id)
+            log_metrics({"step": step, "val_loss": val_loss, "time": elapsed, "final": last_step})
+            if bar is not None:
+                bar.set_postfix_str(f"val_loss {val_loss:.3f}", refresh=False)
+        if step > 0 and (last_step or (periodic and cfg.checkpoint_interval and step % cfg.checkpoint_interval == 0)):
+            state = {"elapsed": elapsed, "total_steps": total_steps, "decay_locked": decay_locked, "tokens": tokens_seen,
+                     "target_tokens": targets_seen, "loader": loader.state_dict(), "val_loss_before": val_loss_before,
+                     "skills_before": asdict(skills_before) if skills_before else None, "config": cfg.to_dict()}
+            save_checkpoint(ckpt_dir, step, ckpt_module, optimizers, state)
+        if last_step:
+            break
+        # --- one optimizer step: the loss is the mean over every assistant token of the step ---
+        t_step = time.perf_counter()
+        set_lr(optimizers, lr_factor(step, total_steps, cfg.optim))
+        batches = [loader.next_batch().to(rt.device) for _ in range(cfg.grad_accum)]
+        n_targets = sum(b.n_targets for b in batches)
+        loss_sum = torch.zeros((), device=rt.device)
+        for b in batches:
+            loss = masked_loss_sum(model, b, rt)
+            (loss / max(n_targets, 1)).backward()
+            loss_sum += loss.detach()
+        grad_norm = None
+        if cfg.optim.grad_clip > 0:
+            grad_norm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.optim.grad_clip)
+        for opt in optimizers:
+            opt.step()
+        for opt in optimizers:
+            opt.zero_grad(set_to_none=True)
+        train_loss = loss_sum.item() / max(n_targets, 1)
+        if not math.isfinite(train_loss):
+            raise TwofilesError(f"training diverged at step {step} (loss {train_loss}); lower the learning rate")
+        step += 1
+        n_tokens = sum(int((b.segments >= 0).sum()) for b in batches)
+        tokens_seen += n_tokens
+        targets_seen += n_targets
+        elapsed = elapsed_before + (time.perf_counter() - loop_start)
+        tok_s = n_tokens / (time.perf_counter() - t_step)
+        log_metrics({"step": step, "loss": train_loss, "lr": lr_factor(step - 1, total_steps, cfg.optim), "tokens": tokens_seen,
+                     "target_tokens": targets_seen, "epoch": loader.epoch, "time": elapsed, "tok_s": tok_s,
+                     "grad_norm": None if grad_norm is None else float(grad_norm)})
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix_str(f"loss {train_loss:.3f} | {tok_s:,.0f} tok/s" + (f" | val_loss {val_loss:.3f}" if math.isfinite(val_loss) else ""),
+                                refresh=False)
+    if bar is not None:
+        bar.close()
+
+    skills_after = None
+    if skill_tasks:
+        skills_after = skill_accuracy(model, tokenizer, fmt, skill_tasks, max_tokens=cfg.skill_max_tokens, progress=cfg.progress)
+        log_metrics({"step": step, "skills": skills_after.summary(), "final": True})
+        _log(f"after: held-out loss {val_loss:.4f}, skill accuracy {skills_after.accuracy:.1%}")
+    metrics_file.close()
+
+    # --- the finetuned model ---
+    provenance = {"stage": "sft", "base": _base_spec(cfg.model), "base_provenance": loaded.provenance, **data_prov,
+                  "chat_template": "built-in" if fmt.builtin else "the base model's", "steps": step, "target_tokens": targets_seen,
+                  "val_loss_before": val_loss_before, "val_loss": val_loss,
+                  "skills_before": skills_before.summary() if skills_before else None,
+                  "skills_after": skills_after.summary() if skills_after else None,
+                  "identity": asdict(who) if who else None, "config": cfg.to_dict(), "runtime": rt.describe(), **cfg.provenance}
+    if cfg.lora is not None and not cfg.merge:
+        model_path = save_adapters(out / "adapters.safetensors", model, cfg.lora, base=_base_spec(cfg.model), chat_template=fmt.template,
+                                   provenance=provenance)
+    else:
+        if cfg.lora is not None:
+            merge_lora(model)
+        model_path = save_model(out / "model.safetensors", model, tokenizer, provenance=provenance, chat_template=fmt.template)
+    result = SFTResult(out=str(out), model_path=str(model_path), steps=step, train_seconds=elapsed, target_tokens=targets_seen,
+                       tokens=tokens_seen, tokens_per_second=tokens_seen / max(elapsed, 1e-9), val_loss_before=val_loss_before,
+                       val_loss=val_loss, skills_before=skills_before, skills_after=skills_after, trainable_params=n_trainable,
+                       params=n_params, peak_memory_mb=peak_memory_mb(rt.device))
+    from twofiles.train.plots import plot_sft
+
+    plot_sft(metrics_path, out / "loss.png")
+    write_report(out, cfg, result, train_stats, val_stats)
+    _log(f"saved {model_path}")
+    return result
+
+
+# --------------------------------------------------------------------------------------- report
+
+
+def skills_table(before: SkillReport | None, after: SkillReport | None) -> list[str]:
+    """Markdown rows: held-out exact-match accuracy per kind, before and after."""
+    if after is None and before is None:
+        return []
+    kinds = list((after or before).by_kind)  # type: ignore[union-attr]
+
+    def cell(r: SkillReport | None, k: str | None) -> str:
+        if r is None:
+            return "-"
+        v = r.accuracy if k is None else r.by_kind.get(k, float("nan"))
+        return f"{100 * v:.0f}%"
+
+    n = {k: sum(1 for r in (after or before).results if r["kind"] == k) for k in kinds}  # type: ignore[union-attr]
+    rows = ["| held-out skill | tasks | before | after |", "| --- | ---: | ---: | ---: |"]
+    rows += [f"| {k} | {n[k]} | {cell(before, k)} | {cell(after, k)} |" for k in kinds]
+    rows.append(f"| **all** | {sum(n.values())} | **{cell(before, None)}** | **{cell(after, None)}** |")
+    return rows
+
+
+def write_report(out: Path, cfg: SFTConfig, res: SFTResult, train_stats: dict[str, int], val_stats: dict[str, int]) -> Path:
+    mode = f"LoRA r={cfg.lora_rank}, alpha={cfg.lora_alpha:g}{', merged' if cfg.merge else ''}" if cfg.lora_rank else "full finetuning"
+    lines = [
+        "# SFT report",
+        "",
+        f"`{cfg.model}` finetuned on `{cfg.data}` ({mode}).",
+        "",
+        "| result | value |",
+        "| --- | --- |",
+        f"| held-out loss per assistant token | {res.val_loss_before:.4f} -> **{res.val_loss:.4f}** |",
+        f"| training | {res.steps} steps, {res.train_seconds:.1f} s, {res.target_tokens:,} assistant tokens of {res.tokens:,} "
+        f"({res.tokens_per_second:,.0f} tokens/s) |",
+        f"| parameters trained | {res.trainable_params:,} of {res.params:,} |",
+        f"| peak memory | {res.peak_memory_mb:,.0f} MB |",
+        f"| data | {train_stats['conversations']} train / {val_stats['conversations']} held-out conversations; "
+        f"{train_stats['cut']} cut to {cfg.seq_len} tokens, {train_stats['dropped']} without an assistant token dropped |",
+        f"| model | `{res.model_path}` |",
+        "",
+    ]
+    table = skills_table(res.skills_before, res.skills_after)
+    if table:
+        lines += ["## Held-out skills (exact match, greedy)", "", *table, ""]
+    lines += ["## Loss", "", "![loss](loss.png)", ""]
+    if res.skills_after:
+        lines += ["## Replies after finetuning (first of each kind)", ""]
+        seen: set[str] = set()
+        for r in res.skills_after.results:
+            if r["kind"] in seen:
+                continue
+            seen.add(r["kind"])
+            call = f" [calculator({r['tool_calls'][0]['arguments']}) -> {r['tool_calls'][0]['result']}]" if r["tool_calls"] else ""
+            lines.append(f"- **{r['kind']}** ({'right' if r['correct'] else 'wrong'}): {r['prompt']!r} ->{call} {r['reply']!r}")
+        lines.append("")
+    lines += ["## Config", "", "```json", json.dumps(cfg.to_dict(), indent=2), "```", ""]
+    path = out / "report.md"
+    atomic_write_bytes(path, "\n".join(lines).encode())
+    if res.skills_after:
+        atomic_write_bytes(out / "skills.jsonl", "".join(json.dumps({**r, "stage": stage}) + "\n" for stage, rep in
+                                                         (("before", res.skills_before), ("after", res.skills_after)) if rep
+                                                         for r in rep.results).encode())
+    return path
+
+
+__all__ = ["SFTConfig", "SFTResult", "SkillReport", "sft", "skill_accuracy", "heldout_loss", "heldout_skill_tasks", "render_examples",
+           "load_conversations", "identity_for", "masked_loss_sum", "skills_table", "default_optim"]

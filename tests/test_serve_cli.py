@@ -1,0 +1,83 @@
+"""`twofiles serve` end to end: a real process on a free port, a real client, Ctrl-C to stop."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import openai
+import pytest
+from tiny_models import random_model, tiny_tokenizer
+
+from twofiles.cli import main
+from twofiles.serve.app import model_name
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+    from twofiles.artifact import save_model
+
+    tok = tiny_tokenizer()
+    run_dir = tmp_path_factory.mktemp("runs") / "base"
+    run_dir.mkdir()
+    return str(save_model(run_dir / "model.safetensors", random_model(tok, max_seq_len=64), tok))
+
+
+@pytest.mark.slow
+def test_serves_until_interrupted(model_path, tmp_path):
+    keys = tmp_path / "keys.txt"
+    keys.write_text("# team keys\nsecret-1\n\nsecret-2  # ci\n", encoding="utf-8")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "twofiles", "serve", f"mine={model_path}", model_path, "--port", "0", "--api-keys-file", str(keys), "--device", "cpu", "--max-seqs", "2", "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    try:
+        first = proc.stdout.readline()
+        summary = json.loads(proc.stdout.readline())
+        assert "/v1" in first and summary["models"] == ["mine", "base"] and summary["auth"] is True
+        assert summary["url"].startswith("http://127.0.0.1:")
+        client = openai.OpenAI(base_url=summary["base_url"], api_key="secret-2", max_retries=0, timeout=60)
+        assert [m.id for m in client.models.list().data] == ["mine", "base"]
+        r = client.completions.create(model="base", prompt="to be", max_tokens=4, temperature=0)
+        assert r.usage.completion_tokens >= 1
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=summary["base_url"], api_key="secret-3", max_retries=0).models.list()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            rc = proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    assert rc == 0, proc.stderr.read()
+
+
+def test_user_errors_exit_2(model_path, tmp_path, capsys):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("# nothing\n", encoding="utf-8")
+    assert main(["serve", model_path, "--api-keys-file", str(empty)]) == 2
+    assert "no API keys" in capsys.readouterr().err
+    assert main(["serve", model_path, "--api-keys-file", str(tmp_path / "missing.txt")]) == 2
+    assert "missing.txt" in capsys.readouterr().err
+    assert main(["serve", f"a={model_path}", f"a={model_path}"]) == 2
+    assert "two models are named 'a'" in capsys.readouterr().err
+    assert main(["serve", model_path, "--max-seqs", "0"]) == 2
+    assert "max_seqs" in capsys.readouterr().err
+    busy = socket.create_server(("127.0.0.1", 0))
+    try:
+        assert main(["serve", model_path, "--port", str(busy.getsockname()[1]), "--device", "cpu"]) == 2
+        assert "cannot listen" in capsys.readouterr().err
+    finally:
+        busy.close()
+
+
+def test_model_names():
+    assert model_name("runs/sft/model.safetensors") == "sft"
+    assert model_name("smollm2") == "smollm2"
+    assert model_name("/x/SmolLM2.Q4_1.gguf") == "SmolLM2.Q4_1"
+    assert model_name("hf/Qwen2-0.5B/") == "Qwen2-0.5B"
