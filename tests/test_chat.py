@@ -573,6 +573,24 @@ def test_chat_cli_shows_tool_calls_and_results(tok: Tokenizer, capsys, monkeypat
 
 
 
+
+def test_chat_cli_python_tool_keeps_files_in_workdir(tok: Tokenizer, tmp_path, capsys, monkeypatch) -> None:
+    import twofiles.engine
+
+    code = "open('out.txt', 'w').write('hi'); print(6 * 7)"
+
+    def reply(prompt: str) -> str:
+        if prompt.endswith("<|tool_result_end|><|assistant_start|>"):
+            return "done<|assistant_end|>"
+        return "<|tool_call_start|>" + json.dumps({"name": "python", "arguments": {"code": code}}) + "<|tool_call_end|><|assistant_end|>"
+
+    monkeypatch.setattr(twofiles.engine, "resolve_model", lambda spec, **_: SimpleNamespace(model=ScriptedModel(tok, reply), tokenizer=tok, chat_template=""))
+    rc, out, err = chat_cli(capsys, monkeypatch, "run it\n", "scripted", "--tools", "python", "--workdir", str(tmp_path / "work"), "--json")
+    assert rc == 0, err
+    tool_msg = json.loads(out.splitlines()[-1])["messages"][2]
+    assert tool_msg["role"] == "tool" and "42" in tool_msg["content"] and "out.txt" in tool_msg["content"]
+    assert [p.read_text() for p in (tmp_path / "work").rglob("out.txt")] == ["hi"]
+
 def test_drop_oldest_exchange() -> None:
     from twofiles.chat import drop_oldest_exchange
 

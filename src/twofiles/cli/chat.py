@@ -10,6 +10,7 @@ Tool calls and their results are shown on stderr. --json prints a summary as the
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from twofiles.cli.common import add_json_flag, emit_json
@@ -34,12 +35,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-tokens", type=int, default=512, help="most new tokens per reply (default 512)")
     p.add_argument("--tools", default="", metavar="NAMES", help="comma-separated tools the model may call, e.g. calculator,python")
     p.add_argument("--max-tool-rounds", type=int, default=4, help="most tool-call rounds per reply (default 4)")
+    p.add_argument("--workdir", default=None, metavar="DIR", help="keep what the python tool writes (plots) under DIR (default: a temporary directory, removed at exit)")
     p.add_argument("--load", default=None, metavar="FILE", help="start from a saved conversation")
     p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
     add_json_flag(p)
 
 
-def _pick_tools(spec: str) -> dict:
+def _pick_tools(spec: str, workdir: str | None) -> dict:
     from twofiles.errors import TwofilesError
 
     names = [n.strip() for n in spec.split(",") if n.strip()]
@@ -49,7 +51,9 @@ def _pick_tools(spec: str) -> dict:
         from twofiles.tools import default_tools
     except ImportError:
         raise TwofilesError("--tools: this installation has no tools (twofiles.tools is missing)") from None
-    available = default_tools()
+    if workdir is not None:
+        os.makedirs(workdir, exist_ok=True)
+    available = default_tools(workdir)
     unknown = [n for n in names if n not in available]
     if unknown:
         raise TwofilesError(f"--tools: unknown tool {', '.join(unknown)} (available: {', '.join(sorted(available))})")
@@ -100,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
         seed=seed,
         max_tokens=args.max_tokens,
     ).validate()  # before loading: a typo should not cost a model load
-    tools = _pick_tools(args.tools)
+    tools = _pick_tools(args.tools, args.workdir)
     start = load_conversation(args.load) if args.load else []
 
     device, why = pick_device(args.device)
