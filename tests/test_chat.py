@@ -186,6 +186,19 @@ def test_builtin_render_known_answer(tok: Tokenizer) -> None:
     assert tok.decode(prompt).endswith("<|user_end|><|assistant_start|>")
 
 
+
+def test_render_edges(tok: Tokenizer, chatml_tok: Tokenizer) -> None:
+    fmt = ChatFormat.builtin_for(tok)
+    ids, mask = fmt.render([{"role": "assistant", "content": "hello!"}, {"role": "user", "content": "hi"}])
+    assert learned(fmt, ids, mask) == ["hello!<|assistant_end|>"]  # a greeting first: still learned
+    ids, mask = fmt.render(CONV[:2], add_generation_prompt=True)
+    assert not any(mask) and tok.decode(ids).endswith("<|assistant_start|>")
+    assert fmt.render([]) == ([tok.bos_id], [0])
+    # a template whose earlier turns change once a later one exists cannot be masked: say so
+    fickle = "{% for m in messages %}{{ m['content'] }}{% if loop.last %}<|im_end|>{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>{% endif %}"
+    with pytest.raises(BadInputError, match="not a prefix"):
+        ChatFormat.from_template(chatml_tok, fickle).render(CONV[1:3])
+
 def test_chatml_render_and_mask(chatml_tok: Tokenizer) -> None:
     fmt = ChatFormat.from_template(chatml_tok, CHATML)
     assert not fmt.builtin and fmt.stop_token_ids == [2]
@@ -462,6 +475,18 @@ def test_respond_without_tools_keeps_tool_syntax_as_text(tok: Tokenizer) -> None
     assert "".join(v for k, v in got if k == "text") == f"maybe {call}"
     assert got[-1][1] == [Message("assistant", f"maybe {call}")]
 
+
+def test_respond_shows_a_malformed_call_as_text(tok: Tokenizer) -> None:
+    from twofiles.chat import respond
+    from twofiles.engine import SamplingParams
+
+    model = ScriptedModel(tok, lambda prompt: 'ok <tool_call>{"name": "calculator", "arguments": {"expr<|assistant_end|>')
+    calc = Calculator()
+    got = events(respond(SimpleNamespace(model=model, tokenizer=tok), ChatFormat.builtin_for(tok), parse_messages(CONV[1:2]), SamplingParams(temperature=0), tools={"calculator": calc}))
+    text = 'ok <tool_call>{"name": "calculator", "arguments": {"expr'
+    assert "".join(v for k, v in got if k == "text") == text and not calc.calls
+    assert got[-1][1] == [Message("assistant", text)]
+
 def test_respond_hermes_calls_with_a_chatml_model(chatml_tok: Tokenizer) -> None:
     from twofiles.chat import respond
     from twofiles.engine import SamplingParams
@@ -533,6 +558,7 @@ def test_chat_cli_scripted_through_stdin(model_path, tmp_path, capsys, monkeypat
     summary = json.loads(out.splitlines()[-1])
     assert summary["turns"] == 3 and summary["template"] == "builtin" and len(summary["replies"]) == 3
     assert "no chat template: using twofiles' built-in one" in err and "commands:" in err
+    assert f"3 turns, {summary['tokens']} tokens generated" in err
     assert out.startswith("\n".join(summary["replies"]) + "\n")  # each reply on stdout, in order
     assert 3 <= summary["tokens"] <= 24
     # /reset kept the system prompt and dropped the rest
@@ -567,6 +593,24 @@ def test_chat_cli_shows_tool_calls_and_results(tok: Tokenizer, capsys, monkeypat
     assert summary["messages"][1]["tool_calls"][0]["function"] == {"name": "calculator", "arguments": '{"expression": "20+22"}'}
 
 
+
+
+def test_chat_cli_python_tool_keeps_files_in_workdir(tok: Tokenizer, tmp_path, capsys, monkeypatch) -> None:
+    import twofiles.engine
+
+    code = "open('out.txt', 'w').write('hi'); print(6 * 7)"
+
+    def reply(prompt: str) -> str:
+        if prompt.endswith("<|tool_result_end|><|assistant_start|>"):
+            return "done<|assistant_end|>"
+        return "<|tool_call_start|>" + json.dumps({"name": "python", "arguments": {"code": code}}) + "<|tool_call_end|><|assistant_end|>"
+
+    monkeypatch.setattr(twofiles.engine, "resolve_model", lambda spec, **_: SimpleNamespace(model=ScriptedModel(tok, reply), tokenizer=tok, chat_template=""))
+    rc, out, err = chat_cli(capsys, monkeypatch, "run it\n", "scripted", "--tools", "python", "--workdir", str(tmp_path / "work"), "--json")
+    assert rc == 0, err
+    tool_msg = json.loads(out.splitlines()[-1])["messages"][2]
+    assert tool_msg["role"] == "tool" and "42" in tool_msg["content"] and "out.txt" in tool_msg["content"]
+    assert [p.read_text() for p in (tmp_path / "work").rglob("out.txt")] == ["hi"]
 
 def test_drop_oldest_exchange() -> None:
     from twofiles.chat import drop_oldest_exchange

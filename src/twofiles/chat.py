@@ -34,7 +34,6 @@ import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from functools import cached_property
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, get_args
 
 from twofiles.errors import BadInputError, TwofilesError
@@ -230,7 +229,6 @@ def save_conversation(path: str | os.PathLike[str], messages: Sequence[Message])
     atomic_write_bytes(path, (text + "\n").encode("utf-8"))
 
 
-
 def drop_oldest_exchange(messages: Sequence[Message]) -> list[Message] | None:
     """The conversation without its oldest exchange (the first user message after the leading
     system messages, and the replies and tool results up to the next user message), for when it
@@ -242,6 +240,7 @@ def drop_oldest_exchange(messages: Sequence[Message]) -> list[Message] | None:
     if not users:
         return None
     return msgs[:first] + msgs[users[0] :]
+
 
 # ---------------------------------------------------------------------------------------------
 # Chat templates
@@ -337,7 +336,7 @@ def _tools_prompt(tools: list[dict[str, Any]]) -> str:
 
 class ChatFormat:
     """A chat template bound to a tokenizer: conversations -> token ids + loss mask, and
-    generated text -> an assistant Message. Build with `for_model`, `builtin` or `from_template`."""
+    generated text -> an assistant Message. Build with `for_model`, `builtin_for` or `from_template`."""
 
     def __init__(self, tokenizer: "Tokenizer", template: str, *, builtin: bool = False) -> None:
         self.tokenizer = tokenizer
@@ -648,8 +647,10 @@ class _VisibleText:
         self._shown = end
         return out
 
-    def finish(self) -> str:
-        if self._hidden:
+    def finish(self, *, calls: bool) -> str:
+        """The rest of the text to show: none past an opener when the reply did call a tool; all
+        of it when it did not (a malformed or cut-off call is shown as the text it is)."""
+        if self._hidden and calls:
             return ""
         out = self.text[self._shown :]
         self._shown = len(self.text)
@@ -731,10 +732,10 @@ def respond(
                 delta = visible.push(step.text) if step.text else ""
             if delta:
                 yield ChatEvent("text", delta)
-        tail = visible.finish()
+        reply = fmt.parse_assistant(visible.text) if tools else Message("assistant", streamed)
+        tail = visible.finish(calls=bool(reply.tool_calls))
         if tail:
             yield ChatEvent("text", tail)
-        reply = fmt.parse_assistant(visible.text) if tools else Message("assistant", streamed)
         for call in reply.tool_calls:
             if not call.id:
                 n_calls += 1

@@ -10,6 +10,7 @@ Tool calls and their results are shown on stderr. --json prints a summary as the
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from twofiles.cli.common import add_json_flag, add_sampling_flags, emit_json, sampling_params
@@ -28,13 +29,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_sampling_flags(p, temperature=0.7, top_p=0.9, max_tokens=512, what="reply")
     p.add_argument("--tools", default="", metavar="NAMES", help="comma-separated tools the model may call, e.g. calculator,python")
     p.add_argument("--max-tool-rounds", type=int, default=4, help="most tool-call rounds per reply (default 4)")
+    p.add_argument("--workdir", default=None, metavar="DIR", help="keep what the python tool writes (plots) under DIR (default: a temporary directory, removed at exit)")
     p.add_argument("--load", default=None, metavar="FILE", help="start from a saved conversation")
     p.add_argument("--think", type=int, default=1, metavar="N", help="System 2: sample N replies per turn (one batch), majority-vote their final numbers, show the winner (default 1 = off)")
     p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
     add_json_flag(p)
 
 
-def _pick_tools(spec: str) -> dict:
+def _pick_tools(spec: str, workdir: str | None) -> dict:
     from twofiles.errors import TwofilesError
 
     names = [n.strip() for n in spec.split(",") if n.strip()]
@@ -44,7 +46,9 @@ def _pick_tools(spec: str) -> dict:
         from twofiles.tools import default_tools
     except ImportError:
         raise TwofilesError("--tools: this installation has no tools (twofiles.tools is missing)") from None
-    available = default_tools()
+    if workdir is not None:
+        os.makedirs(workdir, exist_ok=True)
+    available = default_tools(workdir)
     unknown = [n for n in names if n not in available]
     if unknown:
         raise TwofilesError(f"--tools: unknown tool {', '.join(unknown)} (available: {', '.join(sorted(available))})")
@@ -110,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
         raise TwofilesError("--think and --tools do not combine: each sample would run its own tool calls")
     params = sampling_params(args)
     seed = params.seed
-    tools = _pick_tools(args.tools)
+    tools = _pick_tools(args.tools, args.workdir)
     start = load_conversation(args.load) if args.load else []
 
     device, why = pick_device(args.device)
@@ -219,6 +223,8 @@ def run(args: argparse.Namespace) -> int:
         messages.extend(added)
         replies.append("".join(pieces))
 
+    tps = stats.tokens / gen_seconds if gen_seconds > 0 else 0.0
+    print(f"{turn} turns, {stats.tokens} tokens generated in {gen_seconds:.2f}s ({tps:.1f} tok/s), {n_calls} tool calls", file=err)
     if args.json:
         emit_json(
             {
@@ -230,7 +236,7 @@ def run(args: argparse.Namespace) -> int:
                 "tool_calls": n_calls,
                 "tokens": stats.tokens,
                 "seconds": round(gen_seconds, 4),
-                "tokens_per_second": round(stats.tokens / gen_seconds, 2) if gen_seconds > 0 else 0.0,
+                "tokens_per_second": round(tps, 2),
                 "seed": seed,
             }
         )
