@@ -195,14 +195,12 @@ def format_table(rows: Sequence[LeaderboardRow]) -> str:
 
 def plot_leaderboard(rows: Sequence[LeaderboardRow], png_path: str | Path, title: str = "arena leaderboard") -> Path:
     """BT ratings with their intervals, best at the top, as a PNG."""
-    import io
-
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from twofiles.artifact import atomic_write_bytes
+    from twofiles.train.plots import save_png
 
     rows = list(rows)
     fig, ax = plt.subplots(figsize=(7, 0.5 * len(rows) + 1.5))
@@ -216,10 +214,4 @@ def plot_leaderboard(rows: Sequence[LeaderboardRow], png_path: str | Path, title
     ax.set_title(title)
     ax.grid(axis="x", alpha=0.3)
     ax.legend(loc="lower right", fontsize="small")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
-    path = Path(png_path)
-    atomic_write_bytes(path, buf.getvalue())
-    return path
+    return save_png(fig, png_path, dpi=120)

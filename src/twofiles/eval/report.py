@@ -239,14 +239,12 @@ def render_comparison(runs: Sequence[RunSummary]) -> str:
 
 def plot_comparison(runs: Sequence[RunSummary], png_path: str | Path, curve: str = "val_bpb") -> Path:
     """One curve (validation bits per byte by default) per run against tokens trained on."""
-    import io
-
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from twofiles.artifact import atomic_write_bytes
+    from twofiles.train.plots import save_png
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for r in runs:
@@ -257,9 +255,4 @@ def plot_comparison(runs: Sequence[RunSummary], png_path: str | Path, curve: str
     ax.set_ylabel(curve)
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
-    atomic_write_bytes(png_path, buf.getvalue())
-    return Path(png_path)
+    return save_png(fig, png_path, dpi=120)

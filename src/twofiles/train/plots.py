@@ -7,6 +7,23 @@ import json
 from pathlib import Path
 
 
+def save_png(fig, png_path: str | Path, *, dpi: int = 110) -> Path:
+    """The one way a figure becomes a file: tight layout, PNG bytes in memory, then an atomic
+    write (a reader never sees half a plot), and the figure closed."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    from twofiles.artifact import atomic_write_bytes
+
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    plt.close(fig)
+    atomic_write_bytes(png_path, buf.getvalue())
+    return Path(png_path)
+
+
 def read_metrics(path: str | Path) -> tuple[list[dict], list[dict]]:
     train, evals = [], []
     for line in Path(path).read_text().splitlines():
@@ -23,7 +40,6 @@ def plot_losses(metrics_path: str | Path, png_path: str | Path, title: str = "pr
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from twofiles.artifact import atomic_write_bytes
 
     train, evals = read_metrics(metrics_path)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
@@ -48,27 +64,17 @@ def plot_losses(metrics_path: str | Path, png_path: str | Path, title: str = "pr
     ax2.set_ylabel("validation bits per byte")
     ax2.set_title("quality per minute")
     ax2.grid(alpha=0.3)
-    fig.tight_layout()
-    import io
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(png_path, buf.getvalue())
-    return Path(png_path)
+    return save_png(fig, png_path, dpi=110)
 
 
 def plot_sft(metrics_path: str | Path, png_path: str | Path) -> Path:
     """SFT: training and held-out loss per assistant token against steps, and held-out skill
     accuracy per kind before and after."""
-    import io
-
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from twofiles.artifact import atomic_write_bytes
 
     recs = [json.loads(ln) for ln in Path(metrics_path).read_text().splitlines() if ln.strip()]
     train = [r for r in recs if "loss" in r]
@@ -96,9 +102,4 @@ def plot_sft(metrics_path: str | Path, png_path: str | Path) -> Path:
     ax2.set_ylabel("held-out exact match (%)")
     ax2.set_title("skills")
     ax2.grid(alpha=0.3, axis="y")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(png_path, buf.getvalue())
-    return Path(png_path)
+    return save_png(fig, png_path, dpi=110)
