@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from twofiles.cli.common import add_json_flag, emit_json
+from twofiles.cli.common import add_device_flag, add_json_flag, emit_json
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -30,7 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     b.add_argument("--max-tokens", type=int, default=256, help="longest reply in tokens (default 256)")
     b.add_argument("--batch", type=int, default=8, help="prompts per batch when generating (default 8)")
     b.add_argument("--seed", type=int, default=0, help="seed for pairings and side swaps (default 0)")
-    b.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
+    add_device_flag(b)
     b.add_argument("--no-progress", action="store_true")
     add_json_flag(b)
     lb = sub.add_parser("leaderboard", help="ratings with bootstrap intervals from the stored votes")

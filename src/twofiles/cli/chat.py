@@ -13,7 +13,7 @@ import argparse
 import os
 import sys
 
-from twofiles.cli.common import add_json_flag, add_sampling_flags, emit_json, sampling_params
+from twofiles.cli.common import add_device_flag, add_json_flag, add_sampling_flags, emit_json, sampling_params
 
 HELP = """commands:
   /reset       start over (keeps the --system prompt)
@@ -32,7 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workdir", default=None, metavar="DIR", help="keep what the python tool writes (plots) under DIR (default: a temporary directory, removed at exit)")
     p.add_argument("--load", default=None, metavar="FILE", help="start from a saved conversation")
     p.add_argument("--think", type=int, default=1, metavar="N", help="System 2: sample N replies per turn (one batch), majority-vote their final numbers, show the winner (default 1 = off)")
-    p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
+    add_device_flag(p)
     add_json_flag(p)
 
 

@@ -50,3 +50,17 @@ def sampling_params(args: argparse.Namespace, **extra: Any) -> "SamplingParams":
         max_tokens=args.max_tokens,
         **extra,
     ).validate()
+
+
+def add_device_flag(parser: argparse.ArgumentParser) -> None:
+    """--device, for every verb that runs a model (runtime.pick_device reads it)."""
+    parser.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
+
+
+def add_training_run_flags(parser: argparse.ArgumentParser) -> None:
+    """The run-control flags of the training verbs (pretrain, sft): where, in what precision,
+    whether to resume, whether to show progress. Resuming restores everything else from the run."""
+    add_device_flag(parser)
+    parser.add_argument("--dtype", default="auto", help="auto (bf16 autocast on CUDA, fp32 elsewhere), fp32, bf16")
+    parser.add_argument("--resume", action="store_true", help="continue exactly from the newest checkpoint in --out")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from twofiles.cli.common import add_json_flag, emit_json
+from twofiles.cli.common import add_device_flag, add_json_flag, emit_json
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -30,7 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--endpoint", default=None, metavar="URL", help="evaluate a model behind an OpenAI-compatible API instead")
     p.add_argument("--model-name", default=None, help="the endpoint's model name (with --endpoint)")
     p.add_argument("--api-key", default=None, help="bearer token for the endpoint (default: $OPENAI_API_KEY)")
-    p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
+    add_device_flag(p)
     p.add_argument("--out", default=None, metavar="FILE", help="also write the full results (with samples) to this JSON file")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_json_flag(p)

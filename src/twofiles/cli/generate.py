@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from twofiles.cli.common import add_json_flag, add_sampling_flags, emit_json, sampling_params
+from twofiles.cli.common import add_device_flag, add_json_flag, add_sampling_flags, emit_json, sampling_params
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -20,7 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_sampling_flags(p, temperature=1.0, top_p=1.0, max_tokens=200, what="sample")
     p.add_argument("--stop", action="append", default=[], metavar="STR", help="stop before this text (repeatable)")
     p.add_argument("--show-probs", type=int, nargs="?", const=5, default=0, metavar="K", help="print each step's choice and top K candidates (default K 5)")
-    p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
+    add_device_flag(p)
     p.add_argument("--quantize", choices=("none", "int8", "int4"), default="none", help="weight-only quantization: int8 per channel, int4 in groups (default none)")
     p.add_argument("--group-size", type=int, default=32, help="int4 group size: 32, 64, 128 or 256 (default 32)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (slow first tokens, faster after)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from twofiles.cli.common import add_json_flag, emit_json
+from twofiles.cli.common import add_json_flag, add_training_run_flags, emit_json
 
 # flag -> (section, field, type); section "" is PretrainConfig itself
 _FIELDS: list[tuple[str, str, str, type, str]] = [
@@ -44,10 +44,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         p.add_argument(flag, type=typ, default=None, help=help_text)
     p.add_argument("--tie-embeddings", action=argparse.BooleanOptionalAction, default=None, help="share input and output embeddings")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile the model")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    p.add_argument("--dtype", default="auto", help="auto (bf16 autocast on CUDA, fp32 elsewhere), fp32, bf16")
-    p.add_argument("--resume", action="store_true", help="continue exactly from the newest checkpoint in --out")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_training_run_flags(p)
     add_json_flag(p)
 
 

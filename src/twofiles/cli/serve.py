@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from twofiles.cli.common import add_json_flag, emit_json
+from twofiles.cli.common import add_device_flag, add_json_flag, emit_json
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -31,7 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-output-tokens", type=int, default=None, help="max_tokens above this is clamped (default 1024)")
     p.add_argument("--max-body-bytes", type=int, default=None, help="larger request bodies get 413 (default 1 MiB)")
     p.add_argument("--timeout", type=float, default=None, help="seconds before a request is cancelled (default 300)")
-    p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
+    add_device_flag(p)
     p.add_argument("--quantize", choices=("none", "int8", "int4"), default="none", help="weight-only quantization of every model: int8 per channel, int4 in groups (default none)")
     p.add_argument("--group-size", type=int, default=32, help="int4 group size: 32, 64, 128 or 256 (default 32)")
     p.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads for torch (default: torch's choice)")

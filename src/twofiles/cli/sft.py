@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from twofiles.cli.common import add_json_flag, emit_json
+from twofiles.cli.common import add_json_flag, add_training_run_flags, emit_json
 
 # flag -> (section, field, type, help); section "" is SFTConfig itself
 _FIELDS: list[tuple[str, str, str, type, str]] = [
@@ -44,10 +44,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lora-targets", default=None, help="comma-separated Linear names LoRA adapts (default: all of q,k,v,o,gate,up,down_proj)")
     p.add_argument("--merge", action="store_true", help="LoRA: merge the adapters into the weights (model.safetensors) instead of adapters.safetensors")
     p.add_argument("--no-pack", action="store_true", help="one conversation per row instead of packing several (block-diagonal attention)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    p.add_argument("--dtype", default="auto", help="auto (bf16 autocast on CUDA, fp32 elsewhere), fp32, bf16")
-    p.add_argument("--resume", action="store_true", help="continue exactly from the newest checkpoint in --out")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_training_run_flags(p)
     add_json_flag(p)
 
 

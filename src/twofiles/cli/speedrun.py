@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from twofiles.cli.common import add_json_flag, emit_json
+from twofiles.cli.common import add_device_flag, add_json_flag, emit_json
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -13,7 +13,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/speedrun", help="run directory (default runs/speedrun)")
     p.add_argument("--budget", type=float, default=None, help="wall-clock budget in seconds (default: the preset's)")
     p.add_argument("--max-steps", type=int, default=None, help="fixed number of steps instead of a time budget")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    add_device_flag(p)
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--no-sft", action="store_true", help="stop after the base model (skip the SFT stage)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
