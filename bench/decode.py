@@ -30,7 +30,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import torch
+# What `twofiles` sets (cli/__init__.py), set before torch allocates anything, for every contender
+# in this process alike: transparent huge pages for large CPU tensors.
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+
+import torch  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 
@@ -61,25 +65,26 @@ def linear_weight_bytes(model: torch.nn.Module) -> int:
     lookup reads one row and is left out). Tensors shared by several modules count once."""
     from torch import nn
 
-    from twofiles.quant import Int4Linear, Int8Linear
+    from twofiles.quant import Int4Linear, Int8Linear, PackedLinear
 
     seen: set[int] = set()
     total = 0
     for m in model.modules():
-        if isinstance(m, (nn.Linear, Int8Linear, Int4Linear)):
+        if isinstance(m, (nn.Linear, Int8Linear, Int4Linear, PackedLinear)):
             for t in [*m.parameters(recurse=False), *m.buffers(recurse=False)]:
-                if t is not None and t.data_ptr() not in seen:
-                    seen.add(t.data_ptr())
+                key = t.data_ptr() if t is not None and t.layout == torch.strided else id(t)  # packed: no storage
+                if t is not None and key not in seen:
+                    seen.add(key)
                     total += t.numel() * t.element_size()
     return total
 
 
-def twofiles_contender(spec: str, quantize: str, compile: bool) -> Contender:
+def twofiles_contender(spec: str, quantize: str, compile: bool, plain: bool = False) -> Contender:
     from twofiles.engine import SamplingParams, generate_steps, resolve_model
     from twofiles.quant import prepare_for_inference
 
     loaded = resolve_model(spec)
-    prepare_for_inference(loaded, quantize=quantize, compile=compile)
+    prepare_for_inference(loaded, quantize=quantize, compile=compile, fuse=not plain, pack=not plain)
     model = loaded.model
 
     def run(ids: list[int], n: int) -> tuple[float, float]:
@@ -91,7 +96,7 @@ def twofiles_contender(spec: str, quantize: str, compile: bool) -> Contender:
                 t_first = time.perf_counter()
         return t_first - t0, time.perf_counter() - t_first
 
-    name = f"twofiles {quantize if quantize != 'none' else 'fp32'}" + (" compiled" if compile else "")
+    name = f"twofiles {quantize if quantize != 'none' else 'fp32'}" + (" compiled" if compile else "") + (" plain" if plain else "")
     return Contender(name, run, linear_weight_bytes(model))
 
 
@@ -206,6 +211,7 @@ def main() -> None:
     ap.add_argument("--prompt-tokens", type=int, default=64)
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--skip", nargs="*", default=[], help="contenders to leave out: transformers llama.cpp run.py compile")
+    ap.add_argument("--plain", action="store_true", help="also twofiles fp32 in the training layout (no fused projections, no oneDNN packing)")
     ap.add_argument("--out", default=str(HERE / "results" / "decode"), help="writes OUT.json and OUT.png")
     args = ap.parse_args()
     # run.py's numpy BLAS and llama.cpp get the same thread budget as torch. (BLAS reads these when
@@ -228,6 +234,8 @@ def main() -> None:
     contenders: list[Contender] = []
     for q in ("none", "int8", "int4"):
         contenders.append(twofiles_contender(gguf_path, q, compile=False))
+    if args.plain:
+        contenders.append(twofiles_contender(gguf_path, "none", compile=False, plain=True))
     if "compile" not in args.skip:
         contenders.append(twofiles_contender(gguf_path, "int4", compile=True))
     if "transformers" not in args.skip:

@@ -232,6 +232,35 @@ def test_ragged_batch_with_per_row_positions_equals_unbatched(variant: str) -> N
             torch.testing.assert_close(torch.stack(got[r]), alone, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("variant", ["mha", "gqa", "qkv_bias"])
+def test_fused_projections_compute_the_same_model(variant: str) -> None:
+    """The inference layout ([q; k; v] and [gate; up] as one matmul each) gives the same logits,
+    through a full forward and a cached prefill + decode, and only the fused weights remain."""
+    ref, model = build(**VARIANTS[variant]).eval(), build(**VARIANTS[variant]).eval()
+    assert model.fuse_projections() == 2 * model.config.n_layers
+    assert model.fuse_projections() == 2 * model.config.n_layers  # idempotent
+    keys = set(model.state_dict())
+    assert "model.layers.0.self_attn.qkv_proj.weight" in keys and "model.layers.0.mlp.gate_up_proj.weight" in keys
+    assert not any(k.split(".")[-2] in ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj") for k in keys)
+    assert ("model.layers.0.self_attn.qkv_proj.bias" in keys) == model.config.qkv_bias
+    idx = tokens(model.config, B=2, T=12)
+    with torch.no_grad():
+        torch.testing.assert_close(model(idx), ref(idx), atol=1e-5, rtol=1e-4)
+        caches = model.new_caches(batch=2)
+        steps = [model(idx[:, :9], caches=caches, pos=0)]
+        steps += [model(idx[:, p : p + 1], caches=caches, pos=p) for p in range(9, 12)]
+        torch.testing.assert_close(torch.cat(steps, dim=1), ref(idx), atol=1e-5, rtol=1e-4)
+
+
+def test_lora_wrapped_projections_are_not_fused() -> None:
+    from twofiles.train.lora import LoRAConfig, apply_lora
+
+    model = build(n_kv_heads=2).eval()
+    apply_lora(model, LoRAConfig(rank=2, targets=["q_proj"]))
+    assert model.fuse_projections() == model.config.n_layers  # the MLPs only
+    assert model.model.layers[0].self_attn.qkv_proj is None and model.model.layers[0].mlp.gate_up_proj is not None
+
+
 def test_positions_with_caches_need_a_mask() -> None:
     model = build()
     with pytest.raises(ValueError, match="attn_mask"):

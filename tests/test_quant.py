@@ -17,8 +17,11 @@ from twofiles.quant import (
     Int4Linear,
     Int8Embedding,
     Int8Linear,
+    PackedLinear,
     dequantize_int4,
     dequantize_int8,
+    onednn_linear_available,
+    pack_linears,
     prepare_for_inference,
     quantize_int4,
     quantize_int8,
@@ -257,3 +260,66 @@ def test_bf16_inference_casts_weights_and_keeps_rope_tables_fp32():
     with torch.no_grad():
         assert rel_err(model(x), ref(x)) < 0.05
     assert len(greedy(model, [1, 2, 3], 4)) == 4
+
+
+needs_onednn = pytest.mark.skipif(not onednn_linear_available(), reason="this torch has no oneDNN")
+
+
+@needs_onednn
+@pytest.mark.parametrize("bias", [False, True])
+def test_packed_linear_is_f_linear_to_rounding(bias):
+    g = torch.Generator().manual_seed(5)
+    lin = nn.Linear(96, 160, bias=bias)
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(lin.weight.shape, generator=g))
+        if bias:
+            lin.bias.copy_(torch.randn(160, generator=g))
+    packed = PackedLinear(lin)
+    for x in (
+        torch.randn(1, 96, generator=g),  # a decode row
+        torch.randn(2, 7, 96, generator=g),  # a prompt chunk
+        torch.randn(3, 5, 96, generator=g)[:, -1],  # a non-contiguous slice (the prompt's last position)
+    ):
+        with torch.inference_mode():
+            got, want = packed(x), lin(x)
+        assert got.shape == want.shape
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="fp32 CPU"):
+        PackedLinear(nn.Linear(4, 4).to(torch.bfloat16))
+
+
+@needs_onednn
+@pytest.mark.parametrize("tie", [False, True])
+def test_fused_and_packed_model_generates_what_the_plain_one_does(tie):
+    ref, model = tiny_model(tie), tiny_model(tie)
+    setup = prepare_for_inference(model)
+    assert any("fused projections: 4" in r for r in setup.reasons)
+    assert any("oneDNN packed fp32 linears: 9" in r for r in setup.reasons)  # 4 per layer + lm_head
+    assert not any(type(m) is nn.Linear for m in model.modules())
+    if tie:  # the lookup keeps the embedding; the head has its own packed copy
+        assert isinstance(model.lm_head, PackedLinear) and model.model.embed_tokens.weight.dtype == torch.float32
+    x = torch.tensor([[1, 17, 42, 99, 5]])
+    with torch.inference_mode():
+        torch.testing.assert_close(model(x), ref(x), rtol=1e-4, atol=1e-4)
+    prompt = [1, 17, 42, 99, 5]
+    assert greedy(model, prompt, 24) == greedy(ref, prompt, 24)
+
+
+def test_prepare_for_inference_can_leave_the_layout_alone():
+    model = tiny_model()
+    setup = prepare_for_inference(model, fuse=False, pack=False)
+    assert not any("fused" in r or "packed" in r for r in setup.reasons)
+    assert sum(type(m) is nn.Linear for m in model.modules()) == 2 * 7 + 1
+    assert pack_linears(nn.Sequential(nn.Linear(4, 4).to(torch.bfloat16))) == []  # fp32 only
+
+
+def test_fused_int8_model_quantizes_the_fused_projections():
+    """Per-row scales: quantizing [q; k; v] at once is quantizing q, k and v apart."""
+    plain, fused = tiny_model(), tiny_model()
+    quantize_model(plain, "int8")
+    fused.fuse_projections()
+    report = quantize_model(fused, "int8")
+    assert len(report.layers) == 2 * 4 + 1
+    x = torch.tensor([[1, 17, 42, 99, 5]])
+    with torch.inference_mode():
+        torch.testing.assert_close(fused(x), plain(x), rtol=1e-3, atol=1e-3)

@@ -189,6 +189,27 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(cfg.dim, kv_dim, bias=cfg.qkv_bias)
         self.v_proj = nn.Linear(cfg.dim, kv_dim, bias=cfg.qkv_bias)
         self.o_proj = nn.Linear(cfg.dim, cfg.dim, bias=False)
+        self.qkv_proj: nn.Module | None = None  # the inference layout (fuse_projections)
+
+    @torch.no_grad()
+    def fuse_projections(self) -> bool:
+        """Switch to the inference layout: q, k and v come from one matmul over the stacked
+        [q; k; v] weight (and bias), read in one pass instead of three. The separate projections
+        go (the state dict changes: fuse only a model you will not train or save). False, and
+        nothing changed, when a projection is not a plain nn.Linear (e.g. LoRA-wrapped)."""
+        if self.qkv_proj is not None:
+            return True
+        parts = (self.q_proj, self.k_proj, self.v_proj)
+        if not all(type(p) is nn.Linear for p in parts):
+            return False
+        w = parts[0].weight
+        fused = nn.Linear(w.shape[1], sum(p.out_features for p in parts), bias=parts[0].bias is not None, device=w.device, dtype=w.dtype)
+        fused.weight.copy_(torch.cat([p.weight for p in parts]))
+        if fused.bias is not None:
+            fused.bias.copy_(torch.cat([p.bias for p in parts]))
+        self.qkv_proj = fused.requires_grad_(w.requires_grad)
+        self.q_proj = self.k_proj = self.v_proj = None  # type: ignore[assignment]
+        return True
 
     def forward(
         self,
@@ -201,9 +222,14 @@ class Attention(nn.Module):
         attn_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # [B, H, T, hd]
-        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # [B, Hkv, T, hd]
-        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        if self.qkv_proj is not None:
+            kv_dim = self.n_kv_heads * self.head_dim
+            q, k, v = self.qkv_proj(x).split((self.n_heads * self.head_dim, kv_dim, kv_dim), dim=-1)
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # [B, H, T, hd]
+        k = k.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # [B, Hkv, T, hd]
+        v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)  # sin comes sign-folded (hidden_states)
         if cache is not None:
             k, v = cache.update_at(positions, k, v) if positions is not None else cache.update(pos, k, v)
@@ -228,8 +254,26 @@ class MLP(nn.Module):
         self.gate_proj = nn.Linear(cfg.dim, cfg.hidden_dim, bias=False)
         self.up_proj = nn.Linear(cfg.dim, cfg.hidden_dim, bias=False)
         self.down_proj = nn.Linear(cfg.hidden_dim, cfg.dim, bias=False)
+        self.gate_up_proj: nn.Module | None = None  # the inference layout (fuse_projections)
+
+    @torch.no_grad()
+    def fuse_projections(self) -> bool:
+        """Like Attention.fuse_projections: gate and up from one matmul over [gate; up]."""
+        if self.gate_up_proj is not None:
+            return True
+        if not (type(self.gate_proj) is nn.Linear and type(self.up_proj) is nn.Linear):
+            return False
+        w = self.gate_proj.weight
+        fused = nn.Linear(w.shape[1], 2 * w.shape[0], bias=False, device=w.device, dtype=w.dtype)
+        fused.weight.copy_(torch.cat([w, self.up_proj.weight]))
+        self.gate_up_proj = fused.requires_grad_(w.requires_grad)
+        self.gate_proj = self.up_proj = None  # type: ignore[assignment]
+        return True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gate_up_proj is not None:
+            gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+            return self.down_proj(F.silu(gate) * up)
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
@@ -368,6 +412,13 @@ class Transformer(nn.Module):
             return logits
         loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-1, reduction=reduction)
         return loss.view(targets.shape) if reduction == "none" else loss
+
+    def fuse_projections(self) -> int:
+        """The inference layout for every block (Attention/MLP.fuse_projections): 4 matmuls per
+        layer instead of 7, each reading a larger weight in one pass. At batch 1 a decode step is
+        a chain of matrix-vector products whose speed is memory bandwidth, and fewer, larger
+        ones stream better. Returns how many projections were fused (LoRA-wrapped ones are left)."""
+        return sum(int(layer.self_attn.fuse_projections()) + int(layer.mlp.fuse_projections()) for layer in self.model.layers)
 
     def new_caches(self, batch: int, max_len: int | None = None, dtype: torch.dtype | None = None) -> list[KVCache]:
         cfg = self.config

@@ -201,6 +201,56 @@ class Int8Embedding(nn.Module):
         return (self.qweight[idx].to(self.dtype) * self.scales[idx, None].to(self.dtype))
 
 
+def onednn_linear_available() -> bool:
+    """Whether this torch has oneDNN's prepacked linear (the ops torch.compile's CPU freezing
+    pass uses): x86 and aarch64 builds with mkldnn."""
+    return (
+        torch.backends.mkldnn.is_available()
+        and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+        and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    )
+
+
+class PackedLinear(nn.Module):
+    """An fp32 nn.Linear for CPU inference with its weight reordered once into oneDNN's blocked
+    layout (for batch-1 rows), multiplied by oneDNN's kernel. The same math as F.linear to
+    rounding; why it exists: at batch 1 a linear is a matrix-vector product whose speed is memory
+    bandwidth, and torch's default fp32 path (MKL's sgemv) streams weights at about half the rate
+    of this one on the AMD CPUs we measured (bench/decode.py, docs/LOG.md). Inference only: the
+    op has no backward, and the packed weight has no storage to save or move."""
+
+    def __init__(self, lin: nn.Linear) -> None:
+        super().__init__()
+        if lin.weight.device.type != "cpu" or lin.weight.dtype != torch.float32:
+            raise ValueError(f"PackedLinear packs fp32 CPU weights, not {lin.weight.dtype} on {lin.weight.device}")
+        self.out_features, self.in_features = lin.weight.shape
+        self.register_buffer("packed_weight", torch.ops.mkldnn._reorder_linear_weight(lin.weight.detach(), 1))
+        self.register_buffer("bias", lin.bias.detach().clone() if lin.bias is not None else None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x.contiguous(), self.packed_weight, self.bias, "none", [], "")
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, onednn packed"
+
+
+@torch.no_grad()
+def pack_linears(model: nn.Module) -> list[str]:
+    """Replace, in place, every fp32 CPU nn.Linear of `model` with a PackedLinear; return the
+    names replaced ([] when this torch has no oneDNN). A tied lm_head gets its own packed copy
+    (the embedding keeps the original for lookups)."""
+    if not onednn_linear_available():
+        return []
+    done = []
+    for name, lin in [(n, m) for n, m in model.named_modules() if type(m) is nn.Linear]:
+        if lin.weight.device.type != "cpu" or lin.weight.dtype != torch.float32:
+            continue
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, PackedLinear(lin))
+        done.append(name)
+    return done
+
+
 def _use_packed(backend: str, device: torch.device) -> bool:
     if backend not in ("auto", "packed", "dequant"):
         raise ValueError(f"backend={backend!r}: expected auto, packed or dequant")
@@ -229,9 +279,10 @@ def _tensor_bytes(module: nn.Module) -> int:
     seen: set[int] = set()
     total = 0
     for t in module.state_dict(keep_vars=True).values():  # persistent tensors only: not the RoPE tables
-        if t.data_ptr() in seen:
+        key = t.data_ptr() if t.layout == torch.strided else id(t)  # oneDNN-packed weights have no storage
+        if key in seen:
             continue
-        seen.add(t.data_ptr())
+        seen.add(key)
         total += t.numel() * t.element_size()
     return total
 
@@ -303,10 +354,15 @@ def prepare_for_inference(
     compile: bool = False,
     threads: int | None = None,
     dtype: str = "auto",
+    fuse: bool = True,
+    pack: bool = True,
 ) -> InferenceSetup:
     """Get a loaded model (in place) ready to generate: the inference dtype (runtime's precision
-    decision: bf16 weights on CUDA, fp32 on CPU), then weight quantization, CPU threads, and
-    torch.compile of the forward pass (compiled lazily, on the first call)."""
+    decision: bf16 weights on CUDA, fp32 on CPU), the fused projection layout (`fuse`:
+    Transformer.fuse_projections), then weight quantization, or with fp32 weights on CPU oneDNN's
+    prepacked linears (`pack`: PackedLinear), CPU threads, and torch.compile of the forward pass
+    (compiled lazily, on the first call). The model is for inference afterwards: fused and packed
+    layouts are not the training layout, and are not saved."""
     from twofiles.runtime import precision_for
 
     t0 = time.perf_counter()
@@ -328,7 +384,13 @@ def prepare_for_inference(
         model.to(amp)
         model.rope_cos, model.rope_sin = cos, sin
     reasons.append(f"{str(model.model.embed_tokens.weight.dtype).replace('torch.', '')} weights: {why}")
+    if fuse:
+        n = model.fuse_projections()
+        reasons.append(f"fused projections: {n} (q/k/v and gate/up, one matmul each)")
     report = None
+    if quantize == "none" and pack and device.type == "cpu" and model.model.norm.weight.dtype == torch.float32:
+        packed = pack_linears(model)
+        reasons.append(f"oneDNN packed fp32 linears: {len(packed)}" if packed else "fp32 linears unpacked: this torch has no oneDNN")
     if quantize != "none":
         report = quantize_model(model, quantize, group_size=group_size)  # type: ignore[arg-type]
         kinds = sorted(set(report.layers.values()))
@@ -357,6 +419,9 @@ __all__ = [
     "Int8Linear",
     "Int4Linear",
     "Int8Embedding",
+    "PackedLinear",
+    "pack_linears",
+    "onednn_linear_available",
     "QuantReport",
     "quantize_model",
     "InferenceSetup",

@@ -153,7 +153,9 @@ def mean_logprob_scorer(model: "Transformer", tokenizer: "TokenizerLike", prompt
     model's own confidence, the simplest verifier (no extra model needed)."""
     import torch
 
-    device = model.lm_head.weight.device
+    from twofiles.engine import model_device
+
+    device = model_device(model)  # not lm_head.weight: a quantized or packed head has none
 
     @torch.inference_mode()
     def score(text: str) -> float:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import time
 
@@ -48,6 +49,10 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()  # verbs with a wall-clock budget count from here
+    # Transparent huge pages for torch's large CPU tensors (read once, at torch's first
+    # allocation; an explicit setting wins). A decode step streams every weight once, and 2 MB
+    # pages spare the TLB a miss every 4 KB: ~10% faster fp32 decode (docs/LOG.md, 2026-11-24).
+    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
     argv = sys.argv[1:] if argv is None else argv
     verb = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(only=verb if verb in VERBS else None)

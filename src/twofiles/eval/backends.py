@@ -107,7 +107,9 @@ class LocalBackend:
 
     @property
     def device(self) -> "Any":
-        return self.loaded.model.lm_head.weight.device
+        from twofiles.engine import model_device
+
+        return model_device(self.loaded.model)  # not lm_head.weight: a quantized or packed head has none
 
     def _ids(self, text: str) -> list[int]:
         from twofiles.engine import encode_prompt
@@ -211,9 +213,9 @@ def greedy_batch(model: "Any", tokenizer: "Any", prompts: Sequence[Sequence[int]
     `end_ids` or just before a stop string; the batch stops when every row has."""
     import torch
 
-    from twofiles.engine import TextStream
+    from twofiles.engine import TextStream, model_device
 
-    device = model.lm_head.weight.device
+    device = model_device(model)
     lengths = torch.tensor([len(p) for p in prompts], device=device)
     L = int(lengths.max())
     steps = min(max_tokens, model.config.max_seq_len - L)
@@ -266,6 +268,8 @@ def loglikelihood_tokens(model: "Any", pairs: Sequence[tuple[Sequence[int], Sequ
     holds rows of similar length; contexts are cut from the left to fit the model's window."""
     import torch
 
+    from twofiles.engine import model_device
+
     limit = model.config.max_seq_len + 1  # tokens in a row, the last one only a target
     rows = []
     for context, continuation in pairs:
@@ -275,7 +279,7 @@ def loglikelihood_tokens(model: "Any", pairs: Sequence[tuple[Sequence[int], Sequ
         rows.append((seq, min(len(continuation), len(seq) - 1)))
     order = sorted(range(len(rows)), key=lambda i: -len(rows[i][0]))
     out: list[tuple[float, bool]] = [(0.0, False)] * len(rows)
-    device = model.lm_head.weight.device
+    device = model_device(model)
     was_training = model.training
     model.eval()
     with torch.inference_mode():
