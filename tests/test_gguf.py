@@ -519,3 +519,78 @@ def test_fuzz_spm_and_rope_scaling_metadata(tmp_path, tok) -> None:
     for i in (-4, -3, -2, -1):  # each of the bad rope_freqs alone is refused
         assert _load_all(tmp_path / "bad.gguf", [cases[i]]) == {"ok": 0, "bad": 1}
     assert _load_all(tmp_path / "bad.gguf", [nan]) == {"ok": 0, "bad": 1}
+
+
+# ---------------------------------------------------------------------------- llama.cpp itself
+# llama-cpp-python is a bench-only extra (it compiles llama.cpp for 10+ minutes): these run where
+# it is installed (pip install 'twofiles[bench]') and skip elsewhere.
+
+
+def _llama_cpp_logits_and_greedy(path: Path, ids: list[int], n: int, n_ctx: int) -> tuple[np.ndarray, list[int]]:
+    """llama.cpp's logits for every prompt position and its greedy continuation of `ids`."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_threads=2, logits_all=True, verbose=False)
+    try:
+        llm.eval(ids)
+        logits = np.array(llm.scores[: len(ids)])
+        llm.reset()
+        out: list[int] = []
+        for token in llm.generate(ids, temp=0.0, top_k=1, reset=True):
+            out.append(int(token))
+            if len(out) == n:
+                break
+        return logits, out
+    finally:
+        llm.close()
+
+
+@pytest.mark.parametrize("variant", ["gqa", "tied", "qkv_bias", "llama3_rope"])
+@pytest.mark.parametrize("qtype", ["f32", "f16"])
+def test_llama_cpp_runs_the_exported_gguf(tmp_path, tok, variant, qtype) -> None:
+    """llama.cpp's own loader and kernels on our file: same logits to its rounding, same greedy tokens."""
+    pytest.importorskip("llama_cpp")
+    from twofiles.engine import SamplingParams, generate
+    from twofiles.formats.gguf_export import export_gguf
+
+    model = random_model(tiny_cfg(tok.vocab_size, **VARIANTS[variant]))
+    export_gguf(loaded(model, tok), tmp_path / "m.gguf", qtype=qtype)
+    ids = ids_for(tok)[0].tolist()
+    theirs, their_tokens = _llama_cpp_logits_and_greedy(tmp_path / "m.gguf", ids, 12, model.config.max_seq_len)
+    with torch.no_grad():
+        ours = model(torch.tensor([ids]))[0].numpy()
+    rel = np.abs(theirs - ours).max() / ours.std()
+    assert rel < (5e-3 if qtype == "f32" else 2e-2), rel  # f32: llama.cpp still keeps its KV cache in f16
+    assert their_tokens == list(generate(model, ids, SamplingParams(temperature=0, max_tokens=12)))
+
+
+SMOLLM2_GGUF = Path("~/.cache/twofiles/smollm2.gguf").expanduser()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not SMOLLM2_GGUF.is_file(), reason="smollm2 not cached (twofiles pull smollm2)")
+@pytest.mark.parametrize("qtype", ["f32", "q8_0"])
+def test_llama_cpp_runs_smollm2_exported_by_us(tmp_path, qtype) -> None:
+    """A real model through `twofiles export gguf`, then llama.cpp: its tokenizer reads our vocabulary
+    the same way, and greedy decoding agrees for 32 tokens (at q8_0 llama.cpp also rounds the
+    activations to 8 bits, so only the tokens are compared)."""
+    pytest.importorskip("llama_cpp")
+    from twofiles.engine import SamplingParams, generate, resolve_model
+    from twofiles.formats.gguf_export import export_gguf
+
+    export_gguf(resolve_model("smollm2"), tmp_path / "s.gguf", qtype=qtype)
+    back = resolve_model(str(tmp_path / "s.gguf"))
+    text = "The capital of France is"
+    ids = back.tokenizer.encode(text)
+    import llama_cpp
+
+    llm = llama_cpp.Llama(model_path=str(tmp_path / "s.gguf"), n_ctx=64, vocab_only=True, verbose=False)
+    try:
+        assert llm.tokenize(text.encode(), add_bos=False, special=False) == ids
+    finally:
+        llm.close()
+    theirs, their_tokens = _llama_cpp_logits_and_greedy(tmp_path / "s.gguf", ids, 32, 256)
+    assert their_tokens == list(generate(back.model, ids, SamplingParams(temperature=0, max_tokens=32)))
+    if qtype == "f32":
+        with torch.no_grad():
+            ours = back.model(torch.tensor([ids]))[0].numpy()
+        assert np.abs(theirs - ours).max() / ours.std() < 1e-2
