@@ -389,8 +389,11 @@ def prepare_for_inference(
         reasons.append(f"fused projections: {n} (q/k/v and gate/up, one matmul each)")
     report = None
     if quantize == "none" and pack and device.type == "cpu" and model.model.norm.weight.dtype == torch.float32:
-        packed = pack_linears(model)
-        reasons.append(f"oneDNN packed fp32 linears: {len(packed)}" if packed else "fp32 linears unpacked: this torch has no oneDNN")
+        if compile:  # inductor lowers oneDNN's linear only for weights it froze itself
+            reasons.append("fp32 linears: packing left to torch.compile")
+        else:
+            packed = pack_linears(model)
+            reasons.append(f"oneDNN packed fp32 linears: {len(packed)}" if packed else "fp32 linears unpacked: this torch has no oneDNN")
     if quantize != "none":
         report = quantize_model(model, quantize, group_size=group_size)  # type: ignore[arg-type]
         kinds = sorted(set(report.layers.values()))
