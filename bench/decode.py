@@ -2,7 +2,9 @@
 peers on the same weights, in one run, contenders alternating, medians and ratios.
 
 Contenders (each loads once, then every round runs each of them in turn, order rotating):
-  twofiles fp32 / int8 / int4   the engine (generate_steps), optionally also with --compile
+  twofiles fp32 / int8 / int4   the engine (generate_steps) as `twofiles generate` prepares it
+                                (fused projections; fp32: oneDNN-packed linears), and int8 / int4
+                                compiled (--compile); --plain adds fp32 in the training layout
   transformers                  Hugging Face generate() on the same GGUF (dequantized to fp32)
   llama.cpp                     llama-cpp-python on the same GGUF file (pip install twofiles[bench])
   run.py                        the standalone numpy runner on `twofiles export run` of the model
@@ -236,7 +238,8 @@ def main() -> None:
         contenders.append(twofiles_contender(gguf_path, q, compile=False))
     if args.plain:
         contenders.append(twofiles_contender(gguf_path, "none", compile=False, plain=True))
-    if "compile" not in args.skip:
+    if "compile" not in args.skip:  # fp32 gains nothing from it (its time is the matmuls'): the quantized paths
+        contenders.append(twofiles_contender(gguf_path, "int8", compile=True))
         contenders.append(twofiles_contender(gguf_path, "int4", compile=True))
     if "transformers" not in args.skip:
         contenders.append(transformers_contender(gguf_path))

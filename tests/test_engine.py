@@ -443,3 +443,11 @@ def test_real_tokenizer_and_saved_model(tmp_path):
     stop = next(text[i : i + 3] for i in range(4, len(text) - 3) if "\ufffd" not in text[i : i + 3])
     params.stop = [stop]
     assert "".join(generate_text(loaded.model, loaded.tokenizer, prompt, params)) == text[: text.find(stop)]
+
+
+def test_cache_length_comes_in_powers_of_two_within_the_context():
+    from twofiles.engine import cache_length
+
+    assert [cache_length(n, 8192) for n in (1, 63, 64, 95, 127, 128, 1000)] == [64, 64, 128, 128, 128, 256, 1024]
+    assert cache_length(5000, 6000) == 6000 and cache_length(50, 32) == 32  # never past the context
+    assert all(cache_length(n, 8192) > n for n in range(1, 4000))  # never filled to its very end

@@ -339,5 +339,11 @@ def test_compiled_model_generates_what_eager_does(mode):
     prepare_for_inference(ref, quantize=mode)
     setup = prepare_for_inference(model, quantize=mode, compile=True)
     assert setup.compiled and (mode != "none" or any("left to torch.compile" in r for r in setup.reasons))
-    for prompt in ([1, 17, 42, 99, 5], [7, 3]):  # a second prompt length: no recompile needed, same tokens
-        assert greedy(model, prompt, 12) == greedy(ref, prompt, 12)
+    from torch._dynamo.utils import counters
+
+    assert greedy(model, [1, 17, 42, 99, 5], 12) == greedy(ref, [1, 17, 42, 99, 5], 12)
+    compiled = dict(counters["frames"])
+    # another prompt length and output length: the same tokens as eager, and no recompile (the
+    # engine sizes KV caches in powers of two, and dynamic shapes cover the positions)
+    assert greedy(model, [7, 3], 20) == greedy(ref, [7, 3], 20)
+    assert dict(counters["frames"]) == compiled

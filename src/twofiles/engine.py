@@ -226,12 +226,20 @@ def _prefill_logits(model: "Transformer", prompt: torch.Tensor, caches: list) ->
     return model.lm_head(hidden_states(prompt, caches, 0)[:, -1]).float()
 
 
+def cache_length(needed: int, limit: int) -> int:
+    """KV cache slots for a generation that writes `needed` positions: the next power of two above
+    it (at least 64), capped at the model's context `limit`. Cache sizes then come in few shapes,
+    so a torch.compile'd model reuses one graph across requests of different lengths instead of
+    recompiling for each (and never sees a cache filled exactly to its end, another recompile)."""
+    return min(limit, max(64, 1 << needed.bit_length()))
+
+
 @torch.inference_mode()
 def _decode(model: "Transformer", prompt: torch.Tensor, params: SamplingParams, generator: torch.Generator, steps: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """The cached loop for prompt [B, T] (one shared length): yields (tokens [B], probs [B, V])
     `steps` times, all on the model's device. Nothing here syncs with the host."""
     B, T = prompt.shape
-    caches = model.new_caches(B, T + steps - 1)  # the last sampled token is never fed back
+    caches = model.new_caches(B, cache_length(T + steps - 1, model.config.max_seq_len))  # the last sampled token is never fed back
     seq = torch.empty(B, T + steps, dtype=torch.long, device=prompt.device)  # prompt + output, for the penalty
     seq[:, :T] = prompt
     if B > 1 and bool((prompt == prompt[:1]).all()):
