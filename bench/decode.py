@@ -257,6 +257,10 @@ def main() -> None:
         order = contenders[r % len(contenders) :] + contenders[: r % len(contenders)]
         bandwidth.append(read_bandwidth_gbs())
         for c in order:
+            # Let the previous contender's worker threads go idle first: OpenBLAS (run.py) and
+            # llama.cpp spin-wait after their last call, and with a fixed rotation the same
+            # contender always follows them (this once cost twofiles fp32 ~25% of its prompt speed).
+            time.sleep(0.5)
             prefill_s, decode_s = c.run(ids, args.new_tokens)
             c.prompt_tps.append(len(ids) / prefill_s)
             c.decode_tps.append((args.new_tokens - 1) / decode_s)
