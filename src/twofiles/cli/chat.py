@@ -123,6 +123,11 @@ def run(args: argparse.Namespace) -> int:
     fmt = ChatFormat.for_model(loaded)
     err = sys.stderr
     print(f"model {args.model}: {sum(p.numel() for p in loaded.model.parameters()) / 1e6:.2f}M parameters, {device.type} ({why}), loaded in {time.perf_counter() - t0:.2f}s", file=err)
+    from twofiles.model import Transformer
+    from twofiles.quant import prepare_for_inference
+
+    if isinstance(loaded.model, Transformer):  # the inference layout generate and serve use (fp32 decode ~1.5x)
+        print(f"inference: {'; '.join(prepare_for_inference(loaded).reasons)}", file=err)
     if fmt.builtin and not loaded.chat_template:
         print("this model has no chat template: using twofiles' built-in one (a base model was never taught it: expect text, not answers)", file=err)
     else:
