@@ -347,3 +347,24 @@ def test_compiled_model_generates_what_eager_does(mode):
     # engine sizes KV caches in powers of two, and dynamic shapes cover the positions)
     assert greedy(model, [7, 3], 20) == greedy(ref, [7, 3], 20)
     assert dict(counters["frames"]) == compiled
+
+
+@pytest.mark.slow
+def test_generate_cli_compile_reports_its_compile_apart(model_path, capsys):
+    """--compile builds the graph on a throwaway start of the request: the reported speeds are the
+    compiled model's, the compile time is its own field, and the text is eager's."""
+    import shutil
+
+    from twofiles.cli import main
+
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        pytest.skip("inductor's CPU backend needs a C compiler")
+    base = ["generate", model_path, "--prompt", "to be", "--temperature", "0", "--max-tokens", "12", "--quantize", "int8", "--json"]
+    summaries = []
+    for extra in ([], ["--compile"]):
+        assert main(base + extra) == 0
+        summaries.append(json.loads(capsys.readouterr().out.splitlines()[-1]))
+    eager, compiled = summaries
+    assert compiled["compiled"] and compiled["compile_seconds"] > 0 and eager["compile_seconds"] == 0
+    assert compiled["text"] == eager["text"] and compiled["tokens"] == eager["tokens"]
+    assert compiled["seconds"] < compiled["compile_seconds"]  # the compile is not in the generation's time
