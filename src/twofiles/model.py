@@ -180,6 +180,20 @@ class KVCache(nn.Module):
         return self.k, self.v
 
 
+@torch.no_grad()
+def stack_linears(*parts: nn.Module) -> nn.Linear | None:
+    """One nn.Linear whose output is the parts' outputs concatenated (weights and biases stacked
+    along the output dimension), or None unless every part is a plain nn.Linear."""
+    if not all(type(p) is nn.Linear for p in parts):
+        return None
+    w = parts[0].weight
+    fused = nn.Linear(w.shape[1], sum(p.out_features for p in parts), bias=parts[0].bias is not None, device=w.device, dtype=w.dtype)
+    fused.weight.copy_(torch.cat([p.weight for p in parts]))
+    if fused.bias is not None:
+        fused.bias.copy_(torch.cat([p.bias for p in parts]))
+    return fused.requires_grad_(w.requires_grad)
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -199,15 +213,10 @@ class Attention(nn.Module):
         nothing changed, when a projection is not a plain nn.Linear (e.g. LoRA-wrapped)."""
         if self.qkv_proj is not None:
             return True
-        parts = (self.q_proj, self.k_proj, self.v_proj)
-        if not all(type(p) is nn.Linear for p in parts):
+        fused = stack_linears(self.q_proj, self.k_proj, self.v_proj)
+        if fused is None:
             return False
-        w = parts[0].weight
-        fused = nn.Linear(w.shape[1], sum(p.out_features for p in parts), bias=parts[0].bias is not None, device=w.device, dtype=w.dtype)
-        fused.weight.copy_(torch.cat([p.weight for p in parts]))
-        if fused.bias is not None:
-            fused.bias.copy_(torch.cat([p.bias for p in parts]))
-        self.qkv_proj = fused.requires_grad_(w.requires_grad)
+        self.qkv_proj = fused
         self.q_proj = self.k_proj = self.v_proj = None  # type: ignore[assignment]
         return True
 
@@ -261,12 +270,10 @@ class MLP(nn.Module):
         """Like Attention.fuse_projections: gate and up from one matmul over [gate; up]."""
         if self.gate_up_proj is not None:
             return True
-        if not (type(self.gate_proj) is nn.Linear and type(self.up_proj) is nn.Linear):
+        fused = stack_linears(self.gate_proj, self.up_proj)
+        if fused is None:
             return False
-        w = self.gate_proj.weight
-        fused = nn.Linear(w.shape[1], 2 * w.shape[0], bias=False, device=w.device, dtype=w.dtype)
-        fused.weight.copy_(torch.cat([w, self.up_proj.weight]))
-        self.gate_up_proj = fused.requires_grad_(w.requires_grad)
+        self.gate_up_proj = fused
         self.gate_proj = self.up_proj = None  # type: ignore[assignment]
         return True
 
