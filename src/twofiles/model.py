@@ -424,7 +424,8 @@ class Transformer(nn.Module):
         """The inference layout for every block (Attention/MLP.fuse_projections): 4 matmuls per
         layer instead of 7, each reading a larger weight in one pass. At batch 1 a decode step is
         a chain of matrix-vector products whose speed is memory bandwidth, and fewer, larger
-        ones stream better. Returns how many projections were fused (LoRA-wrapped ones are left)."""
+        ones stream better. Returns how many groups are fused, attention and MLP counting one each
+        per layer (LoRA-wrapped projections are left as they are)."""
         return sum(int(layer.self_attn.fuse_projections()) + int(layer.mlp.fuse_projections()) for layer in self.model.layers)
 
     def new_caches(self, batch: int, max_len: int | None = None, dtype: torch.dtype | None = None) -> list[KVCache]:

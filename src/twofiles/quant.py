@@ -386,7 +386,7 @@ def prepare_for_inference(
     reasons.append(f"{str(model.model.embed_tokens.weight.dtype).replace('torch.', '')} weights: {why}")
     if fuse:
         n = model.fuse_projections()
-        reasons.append(f"fused projections: {n} (q/k/v and gate/up, one matmul each)")
+        reasons.append(f"fused projections: {n} groups (q/k/v and gate/up, one matmul each)")
     report = None
     if quantize == "none" and pack and device.type == "cpu" and model.model.norm.weight.dtype == torch.float32:
         if compile:  # inductor lowers oneDNN's linear only for weights it froze itself
