@@ -21,8 +21,18 @@ import time
 def conversation(turns: int) -> list[dict[str, str]]:
     conv = [{"role": "system", "content": "You are a helpful assistant. Answer briefly."}]
     for i in range(turns):
-        conv.append({"role": "user", "content": f"What is {i} plus {i}? Please explain the steps, then give the answer."})
-        conv.append({"role": "assistant", "content": f"Adding {i} to itself doubles it: {i} + {i} = {2 * i}. The answer is {2 * i}."})
+        conv.append(
+            {
+                "role": "user",
+                "content": f"What is {i} plus {i}? Please explain the steps, then give the answer.",
+            }
+        )
+        conv.append(
+            {
+                "role": "assistant",
+                "content": f"Adding {i} to itself doubles it: {i} + {i} = {2 * i}. The answer is {2 * i}.",
+            }
+        )
     return conv
 
 
@@ -55,16 +65,28 @@ def main() -> None:
     for turns in args.turns:
         conv = conversation(turns)
         ref = theirs.apply_chat_template(conv, tokenize=True)
-        assert ours.render(conv)[0] == list(ref["input_ids"] if hasattr(ref, "keys") else ref), "token ids differ"
+        assert ours.render(conv)[0] == list(ref["input_ids"] if hasattr(ref, "keys") else ref), (
+            "token ids differ"
+        )
         a, b = [], []
         for _ in range(args.rounds):
             a.append(per_call(lambda: ours.render(conv), args.reps))
             b.append(per_call(lambda: theirs.apply_chat_template(conv, tokenize=True), args.reps))
         ma, mb = statistics.median(a), statistics.median(b)
-        rows.append({"turns": turns, "tokens": len(ours.render(conv)[0]), "ours_ms": round(ma * 1e3, 3), "transformers_ms": round(mb * 1e3, 3), "ratio": round(ma / mb, 2)})
+        rows.append(
+            {
+                "turns": turns,
+                "tokens": len(ours.render(conv)[0]),
+                "ours_ms": round(ma * 1e3, 3),
+                "transformers_ms": round(mb * 1e3, 3),
+                "ratio": round(ma / mb, 2),
+            }
+        )
     print(f"{'turns':>5} {'tokens':>6} {'twofiles ms':>12} {'transformers ms':>16} {'ratio':>6}")
     for r in rows:
-        print(f"{r['turns']:>5} {r['tokens']:>6} {r['ours_ms']:>12.3f} {r['transformers_ms']:>16.3f} {r['ratio']:>6.2f}")
+        print(
+            f"{r['turns']:>5} {r['tokens']:>6} {r['ours_ms']:>12.3f} {r['transformers_ms']:>16.3f} {r['ratio']:>6.2f}"
+        )
     if args.json:
         print(json.dumps({"rows": rows, "rounds": args.rounds, "reps": args.reps}))
 

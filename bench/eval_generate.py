@@ -38,18 +38,26 @@ def main() -> None:
     loaded = resolve_model(args.model)
     backend = LocalBackend(loaded, name=args.model, chat=False)
     spec = load_spec(args.task)
-    prompts = [backend.prompt_ids_for_text(fill(spec.prompt, e.fields, e.where)) for e in load_examples(spec)[: args.n]]
+    prompts = [
+        backend.prompt_ids_for_text(fill(spec.prompt, e.fields, e.where))
+        for e in load_examples(spec)[: args.n]
+    ]
     tok, model, ends = loaded.tokenizer, loaded.model, backend.end_ids()
 
     def batched() -> list[str]:
         out = []
         for i in range(0, len(prompts), args.batch):
-            out += greedy_batch(model, tok, prompts[i : i + args.batch], max_tokens=args.max_tokens, end_ids=ends)
+            out += greedy_batch(
+                model, tok, prompts[i : i + args.batch], max_tokens=args.max_tokens, end_ids=ends
+            )
         return out
 
     def one_at_a_time() -> list[str]:
         params = SamplingParams(temperature=0, max_tokens=args.max_tokens)
-        return [tok.decode([t for t in generate(model, p, params, tokenizer=tok) if t not in ends]) for p in prompts]
+        return [
+            tok.decode([t for t in generate(model, p, params, tokenizer=tok) if t not in ends])
+            for p in prompts
+        ]
 
     contenders = {"batched": batched, "one_at_a_time": one_at_a_time}
     times: dict[str, list[float]] = {k: [] for k in contenders}
@@ -63,14 +71,26 @@ def main() -> None:
     n_tokens = sum(len(tok.encode(x)) for x in replies["batched"])
     med = {k: statistics.median(v) for k, v in times.items()}
     same = replies["batched"] == replies["one_at_a_time"]
-    print(f"{args.model}: {len(prompts)} prompts of {args.task} ({min(map(len, prompts))}-{max(map(len, prompts))} tokens), "
-          f"<= {args.max_tokens} new tokens, batch {args.batch}, {torch.get_num_threads()} threads, {args.rounds} rounds")
+    print(
+        f"{args.model}: {len(prompts)} prompts of {args.task} ({min(map(len, prompts))}-{max(map(len, prompts))} tokens), "
+        f"<= {args.max_tokens} new tokens, batch {args.batch}, {torch.get_num_threads()} threads, {args.rounds} rounds"
+    )
     print("| contender | median s/round | tokens/s |\n| --- | ---: | ---: |")
     for k, v in med.items():
         print(f"| {k} | {v:.2f} | {n_tokens / v:.1f} |")
     print(f"batched is {med['one_at_a_time'] / med['batched']:.2f}x faster; same replies: {same}")
     if args.json:
-        print(json.dumps({"median_s": med, "times": times, "tokens": n_tokens, "speedup": med["one_at_a_time"] / med["batched"], "same": same}))
+        print(
+            json.dumps(
+                {
+                    "median_s": med,
+                    "times": times,
+                    "tokens": n_tokens,
+                    "speedup": med["one_at_a_time"] / med["batched"],
+                    "same": same,
+                }
+            )
+        )
 
 
 if __name__ == "__main__":

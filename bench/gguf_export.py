@@ -26,11 +26,17 @@ from twofiles.engine import SamplingParams, generate, resolve_model
 from twofiles.formats.gguf import load_gguf
 from twofiles.formats.gguf_export import export_gguf
 
-PROMPTS = ["def fibonacci(n):\n    ", "Once upon a time, in a village of 1,234 people,", "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"]
+PROMPTS = [
+    "def fibonacci(n):\n    ",
+    "Once upon a time, in a village of 1,234 people,",
+    "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n",
+]
 
 
 def greedy(loaded, ids: list[int], n: int) -> list[int]:
-    params = SamplingParams(temperature=0.0, max_tokens=n, stop_token_ids=list(loaded.tokenizer.eos_ids))
+    params = SamplingParams(
+        temperature=0.0, max_tokens=n, stop_token_ids=list(loaded.tokenizer.eos_ids)
+    )
     return list(generate(loaded.model, ids, params, tokenizer=loaded.tokenizer))
 
 
@@ -68,18 +74,31 @@ def main() -> None:
                         for (ids, _), reply in zip(prompts, replies):
                             full = torch.tensor([ids + reply])
                             expected = src.model(full)
-                            err = max(err, ((back.model(full) - expected).abs().max() / expected.std()).item())
+                            err = max(
+                                err,
+                                ((back.model(full) - expected).abs().max() / expected.std()).item(),
+                            )
                             agree.append(agreement(greedy(back, ids, args.new_tokens), reply))
-                    quality[qtype] = {"mb": round(summary["bytes"] / 1e6, 1), "max_logit_diff_rel_std": err, "greedy_agree": agree,
-                                      "reply_tokens": [len(reply) for reply in replies]}
+                    quality[qtype] = {
+                        "mb": round(summary["bytes"] / 1e6, 1),
+                        "max_logit_diff_rel_std": err,
+                        "greedy_agree": agree,
+                        "reply_tokens": [len(reply) for reply in replies],
+                    }
                 del back
     rows = []
     for qtype in args.types:
-        row = {"type": qtype, **quality[qtype], "export_s": round(statistics.median(times[qtype]["export"]), 2),
-               "load_s": round(statistics.median(times[qtype]["load"]), 2)}
+        row = {
+            "type": qtype,
+            **quality[qtype],
+            "export_s": round(statistics.median(times[qtype]["export"]), 2),
+            "load_s": round(statistics.median(times[qtype]["load"]), 2),
+        }
         rows.append(row)
-        print(f"{qtype:>5}  {row['mb']:7.1f} MB  export {row['export_s']:6.2f}s  load {row['load_s']:6.2f}s  "
-              f"max|dlogit|/std {row['max_logit_diff_rel_std']:.2e}  greedy tokens kept {row['greedy_agree']} of {row['reply_tokens']}")
+        print(
+            f"{qtype:>5}  {row['mb']:7.1f} MB  export {row['export_s']:6.2f}s  load {row['load_s']:6.2f}s  "
+            f"max|dlogit|/std {row['max_logit_diff_rel_std']:.2e}  greedy tokens kept {row['greedy_agree']} of {row['reply_tokens']}"
+        )
     if args.json:
         print(json.dumps({"model": args.model, "rounds": args.rounds, "rows": rows}))
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import torch
 
@@ -27,7 +26,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[512, 1024, 1536, 2048])
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: torch's choice)"
+    )
     ap.add_argument("--json", action="store_true", help="print one JSON line last")
     args = ap.parse_args()
     if args.threads:
@@ -35,11 +36,21 @@ def main() -> None:
     per_size = {n: matmul_gflops(n, repeats=args.repeats) for n in args.sizes}
     threads = torch.get_num_threads()
     for n, gf in per_size.items():
-        print(f"fp32 matmul {n:>5} x {n:<5} {gf:8.1f} GFLOP/s  ({threads} threads, best of {args.repeats})")
+        print(
+            f"fp32 matmul {n:>5} x {n:<5} {gf:8.1f} GFLOP/s  ({threads} threads, best of {args.repeats})"
+        )
     peak = max(per_size.values())
     print(f"peak: {peak:.1f} GFLOP/s")
     if args.json:
-        print(json.dumps({"fp32_peak_gflops": round(peak, 2), "threads": threads, "per_size": {str(k): round(v, 2) for k, v in per_size.items()}}))
+        print(
+            json.dumps(
+                {
+                    "fp32_peak_gflops": round(peak, 2),
+                    "threads": threads,
+                    "per_size": {str(k): round(v, 2) for k, v in per_size.items()},
+                }
+            )
+        )
 
 
 if __name__ == "__main__":

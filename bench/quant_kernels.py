@@ -42,12 +42,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=9)
-    ap.add_argument("--batch", type=int, nargs="+", default=[1, 64], help="rows of activations (1 = decode)")
+    ap.add_argument(
+        "--batch", type=int, nargs="+", default=[1, 64], help="rows of activations (1 = decode)"
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     g = torch.Generator().manual_seed(0)
-    print(f"{args.threads} threads, torch {torch.__version__}, {torch.backends.cpu.get_cpu_capability()}; median us per call over {args.rounds} alternating rounds\n")
-    print("| shape | rows | fp32 | int8 packed, fp32 act | int8 packed, bf16 act | int8 dequant | int4 packed, bf16 act | int4 dequant |")
+    print(
+        f"{args.threads} threads, torch {torch.__version__}, {torch.backends.cpu.get_cpu_capability()}; median us per call over {args.rounds} alternating rounds\n"
+    )
+    print(
+        "| shape | rows | fp32 | int8 packed, fp32 act | int8 packed, bf16 act | int8 dequant | int4 packed, bf16 act | int4 dequant |"
+    )
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for label, (N, K) in SHAPES.items():
         lin = torch.nn.Linear(K, N, bias=False)
@@ -75,7 +81,9 @@ def main() -> None:
                     for k in names:
                         times[k].append(per_call_us(fs[k]))
             med = {k: statistics.median(v) for k, v in times.items()}
-            print(f"| {label} | {M} | " + " | ".join(f"{med[k]:.0f}" for k in fs) + " |", flush=True)
+            print(
+                f"| {label} | {M} | " + " | ".join(f"{med[k]:.0f}" for k in fs) + " |", flush=True
+            )
 
 
 if __name__ == "__main__":

@@ -35,7 +35,12 @@ def main() -> None:
                 t0 = time.perf_counter()
                 if mode == "bare":
                     with tempfile.TemporaryDirectory() as d:
-                        subprocess.run([sys.executable, "-I", "-c", code], cwd=d, check=True, capture_output=True)
+                        subprocess.run(
+                            [sys.executable, "-I", "-c", code],
+                            cwd=d,
+                            check=True,
+                            capture_output=True,
+                        )
                     bare.append(time.perf_counter() - t0)
                 else:
                     result = sandbox.run({"code": code})

@@ -64,7 +64,9 @@ def setup(args: argparse.Namespace):
     loaded = resolve_model(args.model)
     fmt = ChatFormat.for_model(loaded)
     seq_len = min(args.seq_len, loaded.model.config.max_seq_len - 1)
-    train, _, _ = load_conversations(SFTConfig(model=args.model, mix_fraction=0.2), identity_for(loaded))
+    train, _, _ = load_conversations(
+        SFTConfig(model=args.model, mix_fraction=0.2), identity_for(loaded)
+    )
     examples, _ = render_examples(fmt, train, seq_len)
     pad = loaded.tokenizer.special_ids.get("<|pad|>", loaded.tokenizer.bos_id)
     loader = PackedLoader(examples, args.batch_size, seq_len, pad, seed=0)
@@ -108,11 +110,23 @@ def memory_only(args: argparse.Namespace) -> None:
     gc.collect()
     base = rss_mb()
     if not reset_peak():
-        print("warning: cannot reset the peak RSS; training memory includes loading", file=sys.stderr)
+        print(
+            "warning: cannot reset the peak RSS; training memory includes loading", file=sys.stderr
+        )
     step, n_train = contender(loaded.model, args.memory_only, args.lora_rank)
     for b in batches[:3]:
         step(b)
-    print(json.dumps({"kind": args.memory_only, "loaded_mb": base, "peak_mb": peak_mb(), "train_mb": peak_mb() - base, "trainable": n_train}))
+    print(
+        json.dumps(
+            {
+                "kind": args.memory_only,
+                "loaded_mb": base,
+                "peak_mb": peak_mb(),
+                "train_mb": peak_mb() - base,
+                "trainable": n_train,
+            }
+        )
+    )
 
 
 def main() -> None:
@@ -140,19 +154,48 @@ def main() -> None:
     tokens = statistics.median(int((b.segments >= 0).sum()) for b in batches[1:])
     mem = {}
     for kind in models:
-        cmd = [sys.executable, __file__, args.model, "--steps", "3", "--batch-size", str(args.batch_size), "--seq-len", str(args.seq_len),
-               "--lora-rank", str(args.lora_rank), "--memory-only", kind]
+        cmd = [
+            sys.executable,
+            __file__,
+            args.model,
+            "--steps",
+            "3",
+            "--batch-size",
+            str(args.batch_size),
+            "--seq-len",
+            str(args.seq_len),
+            "--lora-rank",
+            str(args.lora_rank),
+            "--memory-only",
+            kind,
+        ]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True, env={**os.environ})
         mem[kind] = json.loads(out.stdout.strip().splitlines()[-1])
-    rows = {k: {"median_step_s": statistics.median(v), "tokens_per_s": tokens / statistics.median(v), "trainable": trainable[k],
-                "train_memory_mb": mem[k]["train_mb"], "peak_memory_mb": mem[k]["peak_mb"]} for k, v in times.items()}
-    print(f"{args.model}: {args.steps} timed steps each, {args.batch_size} rows x {args.seq_len} tokens, LoRA r={args.lora_rank} on all projections")
-    print("| | trainable params | median step | tokens/s | training memory (peak - loaded) | peak RSS |")
+    rows = {
+        k: {
+            "median_step_s": statistics.median(v),
+            "tokens_per_s": tokens / statistics.median(v),
+            "trainable": trainable[k],
+            "train_memory_mb": mem[k]["train_mb"],
+            "peak_memory_mb": mem[k]["peak_mb"],
+        }
+        for k, v in times.items()
+    }
+    print(
+        f"{args.model}: {args.steps} timed steps each, {args.batch_size} rows x {args.seq_len} tokens, LoRA r={args.lora_rank} on all projections"
+    )
+    print(
+        "| | trainable params | median step | tokens/s | training memory (peak - loaded) | peak RSS |"
+    )
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for k, r in rows.items():
-        print(f"| {k} | {r['trainable']:,} | {r['median_step_s']:.2f} s | {r['tokens_per_s']:,.0f} | {r['train_memory_mb']:,.0f} MB | {r['peak_memory_mb']:,.0f} MB |")
-    print(f"LoRA / full: {rows['full']['median_step_s'] / rows['lora']['median_step_s']:.2f}x the throughput, "
-          f"{rows['lora']['train_memory_mb'] / max(rows['full']['train_memory_mb'], 1e-9):.2f}x the training memory")
+        print(
+            f"| {k} | {r['trainable']:,} | {r['median_step_s']:.2f} s | {r['tokens_per_s']:,.0f} | {r['train_memory_mb']:,.0f} MB | {r['peak_memory_mb']:,.0f} MB |"
+        )
+    print(
+        f"LoRA / full: {rows['full']['median_step_s'] / rows['lora']['median_step_s']:.2f}x the throughput, "
+        f"{rows['lora']['train_memory_mb'] / max(rows['full']['train_memory_mb'], 1e-9):.2f}x the training memory"
+    )
     if args.json:
         print(json.dumps(rows))
 

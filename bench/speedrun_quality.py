@@ -37,12 +37,27 @@ def main() -> int:
     _, evals = read_metrics(out / "metrics.jsonl")
     Path(args.png).parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(out / "loss.png", args.png)
-    print(f"| training seconds | tokens | val bits/byte |\n| --- | --- | --- |")
+    print("| training seconds | tokens | val bits/byte |\n| --- | --- | --- |")
     for r in evals:
-        print(f"| {r['time']:.0f} | {r['tokens']:,} | {r['val_bpb']:.4f}{' (full held-out set)' if r.get('final') else ''} |")
-    print(f"preset {preset.name}: val_bpb {res.val_bpb:.4f} in {res.wall_seconds:.1f}s wall; plot {args.png}", file=sys.stderr)
+        print(
+            f"| {r['time']:.0f} | {r['tokens']:,} | {r['val_bpb']:.4f}{' (full held-out set)' if r.get('final') else ''} |"
+        )
+    print(
+        f"preset {preset.name}: val_bpb {res.val_bpb:.4f} in {res.wall_seconds:.1f}s wall; plot {args.png}",
+        file=sys.stderr,
+    )
     if args.json:
-        print(json.dumps({"preset": preset.name, "val_bpb": res.val_bpb, "wall_seconds": res.wall_seconds, "curve": [(r["time"], r["val_bpb"]) for r in evals], "png": args.png}))
+        print(
+            json.dumps(
+                {
+                    "preset": preset.name,
+                    "val_bpb": res.val_bpb,
+                    "wall_seconds": res.wall_seconds,
+                    "curve": [(r["time"], r["val_bpb"]) for r in evals],
+                    "png": args.png,
+                }
+            )
+        )
     return 0
 
 

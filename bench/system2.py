@@ -47,7 +47,14 @@ def gsm8k_items(limit: int) -> list[dict]:
             if len(items) >= limit:
                 break
             row = json.loads(line)
-            items.append({"set": "gsm8k", "id": f"gsm8k/{i}", "question": row["question"], "reference": gsm8k_reference(row["answer"])})
+            items.append(
+                {
+                    "set": "gsm8k",
+                    "id": f"gsm8k/{i}",
+                    "question": row["question"],
+                    "reference": gsm8k_reference(row["answer"]),
+                }
+            )
     return items
 
 
@@ -56,10 +63,20 @@ def arithmetic_items(limit: int, seed: int) -> list[dict]:
     from twofiles.data.skills import skill_tasks
 
     tasks = skill_tasks("arithmetic", "val", limit, seed=seed)
-    return [{"set": "arithmetic", "id": f"arithmetic/{i}", "question": t.prompt, "reference": normalize_number(t.answer)} for i, t in enumerate(tasks)]
+    return [
+        {
+            "set": "arithmetic",
+            "id": f"arithmetic/{i}",
+            "question": t.prompt,
+            "reference": normalize_number(t.answer),
+        }
+        for i, t in enumerate(tasks)
+    ]
 
 
-def vote_accuracy(answers: list[str | None], reference: str, k: int, rng: random.Random, subsets: int) -> tuple[float, float]:
+def vote_accuracy(
+    answers: list[str | None], reference: str, k: int, rng: random.Random, subsets: int
+) -> tuple[float, float]:
     """(majority-vote accuracy, any-correct rate) of k samples drawn without replacement from
     `answers`, averaged over `subsets` random draws (exact when k is all of them)."""
     from twofiles.answers import majority_vote
@@ -72,7 +89,15 @@ def vote_accuracy(answers: list[str | None], reference: str, k: int, rng: random
 
 def report(records: list[dict], ns: list[int], out: Path, subsets: int, header: str) -> str:
     rng = random.Random(0)
-    lines = [header, "", "| set | problems | greedy (N=1, T=0) | " + " | ".join(f"vote N={k}" for k in ns) + " | " + " | ".join(f"any correct N={k}" for k in ns) + " |"]
+    lines = [
+        header,
+        "",
+        "| set | problems | greedy (N=1, T=0) | "
+        + " | ".join(f"vote N={k}" for k in ns)
+        + " | "
+        + " | ".join(f"any correct N={k}" for k in ns)
+        + " |",
+    ]
     lines.append("|" + " --- |" * (3 + 2 * len(ns)))
     curves = {}
     for name in sorted({r["set"] for r in records}):
@@ -84,7 +109,13 @@ def report(records: list[dict], ns: list[int], out: Path, subsets: int, header: 
             votes.append(statistics.fmean(p[0] for p in pairs))
             anys.append(statistics.fmean(p[1] for p in pairs))
         curves[name] = (greedy, votes, anys)
-        lines.append(f"| {name} | {len(rs)} | {greedy:.1%} | " + " | ".join(f"{v:.1%}" for v in votes) + " | " + " | ".join(f"{a:.1%}" for a in anys) + " |")
+        lines.append(
+            f"| {name} | {len(rs)} | {greedy:.1%} | "
+            + " | ".join(f"{v:.1%}" for v in votes)
+            + " | "
+            + " | ".join(f"{a:.1%}" for a in anys)
+            + " |"
+        )
     plot(curves, ns, out / "system2.png")
     return "\n".join(lines)
 
@@ -98,8 +129,17 @@ def plot(curves: dict, ns: list[int], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for i, (name, (greedy, votes, anys)) in enumerate(curves.items()):
         color = f"C{i}"
-        ax.plot(ns, [v * 100 for v in votes], "o-", color=color, label=f"{name}: majority vote of N")
-        ax.plot(ns, [a * 100 for a in anys], "s:", color=color, alpha=0.6, label=f"{name}: any of N correct")
+        ax.plot(
+            ns, [v * 100 for v in votes], "o-", color=color, label=f"{name}: majority vote of N"
+        )
+        ax.plot(
+            ns,
+            [a * 100 for a in anys],
+            "s:",
+            color=color,
+            alpha=0.6,
+            label=f"{name}: any of N correct",
+        )
         ax.axhline(greedy * 100, color=color, ls="--", lw=1, alpha=0.7, label=f"{name}: greedy")
     ax.set_xscale("log", base=2)
     ax.set_xticks(ns, [str(n) for n in ns])
@@ -127,7 +167,7 @@ def speed(loaded, fmt, question: str, n: int, max_tokens: int, reps: int) -> dic
     params = SamplingParams(temperature=0.7, max_tokens=max_tokens, seed=0)
     batched, serial = [], []
     for rep in range(reps):
-        for mode in (("batched", "serial") if rep % 2 == 0 else ("serial", "batched")):
+        for mode in ("batched", "serial") if rep % 2 == 0 else ("serial", "batched"):
             t0 = time.perf_counter()
             if mode == "batched":
                 generate_batch(loaded.model, [ids] * n, params)
@@ -136,9 +176,21 @@ def speed(loaded, fmt, question: str, n: int, max_tokens: int, reps: int) -> dic
                 for i in range(n):
                     generate_batch(loaded.model, [ids], replace(params, seed=i))
                 serial.append(time.perf_counter() - t0)
-            print(f"speed rep {rep} {mode}: {(batched if mode == 'batched' else serial)[-1]:.1f}s", file=sys.stderr, flush=True)
+            print(
+                f"speed rep {rep} {mode}: {(batched if mode == 'batched' else serial)[-1]:.1f}s",
+                file=sys.stderr,
+                flush=True,
+            )
     b, s = statistics.median(batched), statistics.median(serial)
-    return {"n": n, "prompt_tokens": len(ids), "new_tokens": max_tokens, "reps": reps, "batched_s": b, "serial_s": s, "speedup": s / b}
+    return {
+        "n": n,
+        "prompt_tokens": len(ids),
+        "new_tokens": max_tokens,
+        "reps": reps,
+        "batched_s": b,
+        "serial_s": s,
+        "speedup": s / b,
+    }
 
 
 def main() -> None:
@@ -153,14 +205,22 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=160, help="GSM8K reply cap")
     ap.add_argument("--arith-max-tokens", type=int, default=48)
     ap.add_argument("--batch", type=int, default=16, help="rows per generate_batch call")
-    ap.add_argument("--subsets", type=int, default=200, help="random k-subsets averaged per problem")
+    ap.add_argument(
+        "--subsets", type=int, default=200, help="random k-subsets averaged per problem"
+    )
     ap.add_argument("--speed-n", type=int, default=16)
     ap.add_argument("--speed-tokens", type=int, default=24)
     ap.add_argument("--speed-reps", type=int, default=2, help="0 = skip the batching timing")
-    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    ap.add_argument(
+        "--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)"
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="bench/results")
-    ap.add_argument("--report-only", action="store_true", help="rebuild the table and plot from OUT/system2.jsonl")
+    ap.add_argument(
+        "--report-only",
+        action="store_true",
+        help="rebuild the table and plot from OUT/system2.jsonl",
+    )
     args = ap.parse_args()
     ns = [int(x) for x in args.ns.split(",")]
     out = Path(args.out)
@@ -181,22 +241,51 @@ def main() -> None:
         fmt = ChatFormat.for_model(loaded)
         gsm, arith = gsm8k_items(args.gsm8k), arithmetic_items(args.arith, args.seed)
         # interleaved, so a run cut short still has both sets
-        items = [it for pair in zip(gsm, arith) for it in pair] + gsm[len(arith) :] + arith[len(gsm) :]
+        items = (
+            [it for pair in zip(gsm, arith) for it in pair] + gsm[len(arith) :] + arith[len(gsm) :]
+        )
         if args.speed_reps and not (out / "system2_speed.json").exists():
-            s = speed(loaded, fmt, items[0]["question"] if items else "What is 2 + 2?", args.speed_n, args.speed_tokens, args.speed_reps)
+            s = speed(
+                loaded,
+                fmt,
+                items[0]["question"] if items else "What is 2 + 2?",
+                args.speed_n,
+                args.speed_tokens,
+                args.speed_reps,
+            )
             (out / "system2_speed.json").write_text(json.dumps(s, indent=1))
         done = set()
         if records_path.exists():
-            done = {json.loads(line)["id"] for line in records_path.read_text().splitlines() if line.strip()}
+            done = {
+                json.loads(line)["id"]
+                for line in records_path.read_text().splitlines()
+                if line.strip()
+            }
         from tqdm import tqdm
 
         for item in tqdm([it for it in items if it["id"] not in done], desc="problems"):
             ids = fmt.prompt_ids([Message("user", item["question"] + PROMPT_SUFFIX)])
             cap = args.max_tokens if item["set"] == "gsm8k" else args.arith_max_tokens
-            base = SamplingParams(temperature=args.temperature, top_p=args.top_p, max_tokens=cap, seed=args.seed, stop_token_ids=list(fmt.stop_token_ids))
+            base = SamplingParams(
+                temperature=args.temperature,
+                top_p=args.top_p,
+                max_tokens=cap,
+                seed=args.seed,
+                stop_token_ids=list(fmt.stop_token_ids),
+            )
             t0 = time.perf_counter()
-            greedy = think(loaded.model, loaded.tokenizer, ids, SamplingParams(temperature=0, max_tokens=cap, stop_token_ids=list(fmt.stop_token_ids)), 1)
-            sampled = think(loaded.model, loaded.tokenizer, ids, base, args.n, batch_size=args.batch)
+            greedy = think(
+                loaded.model,
+                loaded.tokenizer,
+                ids,
+                SamplingParams(
+                    temperature=0, max_tokens=cap, stop_token_ids=list(fmt.stop_token_ids)
+                ),
+                1,
+            )
+            sampled = think(
+                loaded.model, loaded.tokenizer, ids, base, args.n, batch_size=args.batch
+            )
             record = {
                 **item,
                 "greedy_answer": greedy.answer,

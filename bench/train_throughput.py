@@ -27,14 +27,13 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
-from typing import Callable
 
 import torch
-import torch.nn.functional as F
-
 from matmul_peak import measure_fp32_peak  # bench/ is on sys.path when run as a script
+
 from twofiles.model import ModelConfig, Transformer
 
 
@@ -49,11 +48,71 @@ class Shape:
 # 2 cores so a whole invocation (4 contenders with --compile both) fits in a few minutes.
 SHAPES: dict[str, Shape] = {
     # the cpu-5min preset's real shape (d192, batch 8): small matrices, where per-op overhead shows
-    "cpu-5min": Shape(dict(vocab_size=4096, dim=192, n_layers=4, n_heads=3, n_kv_heads=3, hidden_dim=512, max_seq_len=256), batch=8, seq_len=256),
-    "speedrun": Shape(dict(vocab_size=4096, dim=256, n_layers=4, n_heads=4, n_kv_heads=4, hidden_dim=768, max_seq_len=256), batch=16, seq_len=256),
-    "speedrun-384": Shape(dict(vocab_size=4096, dim=384, n_layers=6, n_heads=6, n_kv_heads=6, hidden_dim=1024, max_seq_len=256), batch=8, seq_len=256),
-    "speedrun-gqa": Shape(dict(vocab_size=4096, dim=384, n_layers=6, n_heads=6, n_kv_heads=2, hidden_dim=1024, max_seq_len=256), batch=8, seq_len=256),
-    "d512": Shape(dict(vocab_size=4096, dim=512, n_layers=8, n_heads=8, n_kv_heads=8, hidden_dim=1536, max_seq_len=256), batch=4, seq_len=256),
+    "cpu-5min": Shape(
+        dict(
+            vocab_size=4096,
+            dim=192,
+            n_layers=4,
+            n_heads=3,
+            n_kv_heads=3,
+            hidden_dim=512,
+            max_seq_len=256,
+        ),
+        batch=8,
+        seq_len=256,
+    ),
+    "speedrun": Shape(
+        dict(
+            vocab_size=4096,
+            dim=256,
+            n_layers=4,
+            n_heads=4,
+            n_kv_heads=4,
+            hidden_dim=768,
+            max_seq_len=256,
+        ),
+        batch=16,
+        seq_len=256,
+    ),
+    "speedrun-384": Shape(
+        dict(
+            vocab_size=4096,
+            dim=384,
+            n_layers=6,
+            n_heads=6,
+            n_kv_heads=6,
+            hidden_dim=1024,
+            max_seq_len=256,
+        ),
+        batch=8,
+        seq_len=256,
+    ),
+    "speedrun-gqa": Shape(
+        dict(
+            vocab_size=4096,
+            dim=384,
+            n_layers=6,
+            n_heads=6,
+            n_kv_heads=2,
+            hidden_dim=1024,
+            max_seq_len=256,
+        ),
+        batch=8,
+        seq_len=256,
+    ),
+    "d512": Shape(
+        dict(
+            vocab_size=4096,
+            dim=512,
+            n_layers=8,
+            n_heads=8,
+            n_kv_heads=8,
+            hidden_dim=1536,
+            max_seq_len=256,
+        ),
+        batch=4,
+        seq_len=256,
+    ),
 }
 
 
@@ -73,17 +132,31 @@ def build_hf(ours: Transformer, attn_implementation: str = "sdpa") -> torch.nn.M
     from transformers import LlamaConfig, LlamaForCausalLM
 
     c = ours.config
-    hf = LlamaForCausalLM(LlamaConfig(
-        vocab_size=c.vocab_size, hidden_size=c.dim, intermediate_size=c.hidden_dim, num_hidden_layers=c.n_layers,
-        num_attention_heads=c.n_heads, num_key_value_heads=c.n_kv_heads, max_position_embeddings=c.max_seq_len,
-        rms_norm_eps=c.norm_eps, rope_theta=c.rope_theta, tie_word_embeddings=c.tie_embeddings,
-        attention_bias=False, mlp_bias=False, attn_implementation=attn_implementation, use_cache=False,
-    ))
+    hf = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=c.vocab_size,
+            hidden_size=c.dim,
+            intermediate_size=c.hidden_dim,
+            num_hidden_layers=c.n_layers,
+            num_attention_heads=c.n_heads,
+            num_key_value_heads=c.n_kv_heads,
+            max_position_embeddings=c.max_seq_len,
+            rms_norm_eps=c.norm_eps,
+            rope_theta=c.rope_theta,
+            tie_word_embeddings=c.tie_embeddings,
+            attention_bias=False,
+            mlp_bias=False,
+            attn_implementation=attn_implementation,
+            use_cache=False,
+        )
+    )
     hf.load_state_dict(ours.state_dict(), strict=True)
     return hf
 
 
-def make_batches(cfg: ModelConfig, batch: int, seq_len: int, n: int, seed: int = 0) -> list[torch.Tensor]:
+def make_batches(
+    cfg: ModelConfig, batch: int, seq_len: int, n: int, seed: int = 0
+) -> list[torch.Tensor]:
     """n batches of seq_len + 1 random tokens: inputs are [:, :-1], targets [:, 1:]."""
     g = torch.Generator().manual_seed(seed)
     return [torch.randint(0, cfg.vocab_size, (batch, seq_len + 1), generator=g) for _ in range(n)]
@@ -104,7 +177,9 @@ def hf_loss(model: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
 class Contender:
     """One model + its own AdamW + its loss function; `run(batches)` does one step per batch."""
 
-    def __init__(self, name: str, model: torch.nn.Module, loss_fn: Callable, compile_model: bool) -> None:
+    def __init__(
+        self, name: str, model: torch.nn.Module, loss_fn: Callable, compile_model: bool
+    ) -> None:
         self.name = name
         self.model = model.train()
         self.opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0)
@@ -143,8 +218,16 @@ def bench_shape(name: str, shape: Shape, args: argparse.Namespace, peak: float) 
     batches = make_batches(cfg, shape.batch, shape.seq_len, args.warmup + args.steps)
     for r in range(args.rounds):
         for c in contenders:  # A B A B ...: drift hits every contender alike
-            c.round(batches, args.warmup if r or "compiled" not in c.name else max(args.warmup, 2), args.steps)
-        print(f"  [{name}] round {r + 1}/{args.rounds}: " + "  ".join(f"{c.name} {c.tokens_per_s[-1]:.0f}" for c in contenders), flush=True)
+            c.round(
+                batches,
+                args.warmup if r or "compiled" not in c.name else max(args.warmup, 2),
+                args.steps,
+            )
+        print(
+            f"  [{name}] round {r + 1}/{args.rounds}: "
+            + "  ".join(f"{c.name} {c.tokens_per_s[-1]:.0f}" for c in contenders),
+            flush=True,
+        )
     fpt = cfg.flops_per_token(shape.seq_len)
     rows = []
     med = {c.name: statistics.median(c.tokens_per_s) for c in contenders}
@@ -152,13 +235,27 @@ def bench_shape(name: str, shape: Shape, args: argparse.Namespace, peak: float) 
         variant = c.name.split("/")[1]
         hf_ref = med.get(f"hf/{variant}", med["hf/eager"])
         gflops = med[c.name] * fpt / 1e9
-        rows.append(dict(
-            shape=name, contender=c.name, batch=shape.batch, seq_len=shape.seq_len, **{k: shape.model[k] for k in ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size")},
-            params=cfg.num_params(), tokens_per_s=round(med[c.name], 1), tokens_per_s_rounds=[round(t, 1) for t in c.tokens_per_s],
-            ratio_vs_hf=round(med[c.name] / hf_ref, 3), vs=f"hf/{variant}" if f"hf/{variant}" in med else "hf/eager",
-            ratio_vs_hf_eager=round(med[c.name] / med["hf/eager"], 3),
-            gflops=round(gflops, 2), share_of_peak=round(gflops / peak, 3), final_loss=round(c.last_loss, 4),
-        ))
+        rows.append(
+            dict(
+                shape=name,
+                contender=c.name,
+                batch=shape.batch,
+                seq_len=shape.seq_len,
+                **{
+                    k: shape.model[k]
+                    for k in ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size")
+                },
+                params=cfg.num_params(),
+                tokens_per_s=round(med[c.name], 1),
+                tokens_per_s_rounds=[round(t, 1) for t in c.tokens_per_s],
+                ratio_vs_hf=round(med[c.name] / hf_ref, 3),
+                vs=f"hf/{variant}" if f"hf/{variant}" in med else "hf/eager",
+                ratio_vs_hf_eager=round(med[c.name] / med["hf/eager"], 3),
+                gflops=round(gflops, 2),
+                share_of_peak=round(gflops / peak, 3),
+                final_loss=round(c.last_loss, 4),
+            )
+        )
     return rows
 
 
@@ -169,7 +266,10 @@ def profile_shape(name: str, shape: Shape, args: argparse.Namespace) -> None:
     cfg = ModelConfig(**shape.model)
     ours = build_ours(cfg)
     batches = make_batches(cfg, shape.batch, shape.seq_len, 4)
-    for c in (Contender("ours/eager", build_ours(cfg), ours_loss, False), Contender("hf/eager", build_hf(ours), hf_loss, False)):
+    for c in (
+        Contender("ours/eager", build_ours(cfg), ours_loss, False),
+        Contender("hf/eager", build_hf(ours), hf_loss, False),
+    ):
         c.step(batches[0])
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             for xy in batches[1:3]:
@@ -184,8 +284,10 @@ def print_table(rows: list[dict], peak: float) -> None:
     print(head)
     print("-" * len(head))
     for r in rows:
-        print(f"{r['shape']:<14}{r['contender']:<15}{str(r['batch']) + 'x' + str(r['seq_len']):>9}{r['params'] / 1e6:>7.1f}M"
-              f"{r['tokens_per_s']:>10.0f}{r['ratio_vs_hf']:>7.2f}{r['ratio_vs_hf_eager']:>12.2f}{r['gflops']:>9.1f}{100 * r['share_of_peak']:>7.1f}%")
+        print(
+            f"{r['shape']:<14}{r['contender']:<15}{str(r['batch']) + 'x' + str(r['seq_len']):>9}{r['params'] / 1e6:>7.1f}M"
+            f"{r['tokens_per_s']:>10.0f}{r['ratio_vs_hf']:>7.2f}{r['ratio_vs_hf_eager']:>12.2f}{r['gflops']:>9.1f}{100 * r['share_of_peak']:>7.1f}%"
+        )
 
 
 def main() -> None:
@@ -193,11 +295,30 @@ def main() -> None:
     ap.add_argument("--shapes", nargs="+", default=["speedrun"], choices=list(SHAPES))
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--steps", type=int, default=3, help="timed steps per round")
-    ap.add_argument("--warmup", type=int, default=1, help="untimed steps per round (compiled: >= 2 in round 1)")
-    ap.add_argument("--compile", choices=["none", "ours", "both"], default="none", help="also run torch.compile'd contenders")
-    ap.add_argument("--threads", type=int, default=None, help="torch threads for everything (default: torch's choice)")
-    ap.add_argument("--peak", type=float, default=None, help="fp32 peak GFLOP/s (default: measure it)")
-    ap.add_argument("--profile", choices=list(SHAPES), default=None, help="print a torch.profiler op table instead")
+    ap.add_argument(
+        "--warmup", type=int, default=1, help="untimed steps per round (compiled: >= 2 in round 1)"
+    )
+    ap.add_argument(
+        "--compile",
+        choices=["none", "ours", "both"],
+        default="none",
+        help="also run torch.compile'd contenders",
+    )
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads for everything (default: torch's choice)",
+    )
+    ap.add_argument(
+        "--peak", type=float, default=None, help="fp32 peak GFLOP/s (default: measure it)"
+    )
+    ap.add_argument(
+        "--profile",
+        choices=list(SHAPES),
+        default=None,
+        help="print a torch.profiler op table instead",
+    )
     ap.add_argument("--profile-rows", type=int, default=25)
     ap.add_argument("--json", action="store_true", help="print one JSON line last")
     args = ap.parse_args()
@@ -208,7 +329,10 @@ def main() -> None:
         profile_shape(args.profile, SHAPES[args.profile], args)
         return
     peak = args.peak or measure_fp32_peak()
-    print(f"fp32 matmul peak: {peak:.1f} GFLOP/s ({torch.get_num_threads()} threads); torch {torch.__version__}", flush=True)
+    print(
+        f"fp32 matmul peak: {peak:.1f} GFLOP/s ({torch.get_num_threads()} threads); torch {torch.__version__}",
+        flush=True,
+    )
     rows = []
     for name in args.shapes:
         rows += bench_shape(name, SHAPES[name], args, peak)
@@ -216,11 +340,24 @@ def main() -> None:
     if args.json:
         import transformers
 
-        print(json.dumps({
-            "bench": "train_throughput", "date": date.today().isoformat(), "machine": platform.machine(), "cpus": os.cpu_count(),
-            "threads": torch.get_num_threads(), "torch": torch.__version__, "transformers": transformers.__version__,
-            "fp32_peak_gflops": round(peak, 2), "rounds": args.rounds, "steps": args.steps, "warmup": args.warmup, "rows": rows,
-        }))
+        print(
+            json.dumps(
+                {
+                    "bench": "train_throughput",
+                    "date": date.today().isoformat(),
+                    "machine": platform.machine(),
+                    "cpus": os.cpu_count(),
+                    "threads": torch.get_num_threads(),
+                    "torch": torch.__version__,
+                    "transformers": transformers.__version__,
+                    "fp32_peak_gflops": round(peak, 2),
+                    "rounds": args.rounds,
+                    "steps": args.steps,
+                    "warmup": args.warmup,
+                    "rows": rows,
+                }
+            )
+        )
 
 
 if __name__ == "__main__":

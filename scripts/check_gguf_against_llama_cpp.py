@@ -40,20 +40,41 @@ def compare(ours: Path, theirs: Path, gguf_py: Path) -> int:
     print("keys only in theirs:", sorted(set(b.fields) - set(a.fields)))
     for k in sorted(set(a.fields) & set(b.fields)):
         va, vb = value(a, k), value(b, k)
-        if not k.startswith("GGUF.") and va != vb and not (isinstance(va, float) and isinstance(vb, float) and abs(va - vb) < 1e-9):
+        if (
+            not k.startswith("GGUF.")
+            and va != vb
+            and not (isinstance(va, float) and isinstance(vb, float) and abs(va - vb) < 1e-9)
+        ):
             print(f"value differs: {k}: {repr(va)[:80]} vs {repr(vb)[:80]}")
     ta, tb = {t.name: t for t in a.tensors}, {t.name: t for t in b.tensors}
-    print("tensors only in ours:", sorted(set(ta) - set(tb)), "only in theirs:", sorted(set(tb) - set(ta)))
-    differ = [n for n in sorted(set(ta) & set(tb)) if ta[n].tensor_type != tb[n].tensor_type
-              or list(ta[n].shape) != list(tb[n].shape) or not np.array_equal(np.asarray(ta[n].data), np.asarray(tb[n].data))]
+    print(
+        "tensors only in ours:",
+        sorted(set(ta) - set(tb)),
+        "only in theirs:",
+        sorted(set(tb) - set(ta)),
+    )
+    differ = [
+        n
+        for n in sorted(set(ta) & set(tb))
+        if ta[n].tensor_type != tb[n].tensor_type
+        or list(ta[n].shape) != list(tb[n].shape)
+        or not np.array_equal(np.asarray(ta[n].data), np.asarray(tb[n].data))
+    ]
     print(f"tensors compared: {len(set(ta) & set(tb))}, different: {len(differ)} {differ[:10]}")
     return 0 if not differ and set(ta) == set(tb) else 1
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("model", help="any MODEL twofiles loads (alias, .gguf, HF directory, model.safetensors)")
-    ap.add_argument("--llama-cpp", required=True, type=Path, help="a llama.cpp checkout (convert_hf_to_gguf.py, gguf-py/)")
+    ap.add_argument(
+        "model", help="any MODEL twofiles loads (alias, .gguf, HF directory, model.safetensors)"
+    )
+    ap.add_argument(
+        "--llama-cpp",
+        required=True,
+        type=Path,
+        help="a llama.cpp checkout (convert_hf_to_gguf.py, gguf-py/)",
+    )
     ap.add_argument("--type", default="f16", choices=["f32", "f16", "q8_0"])
     ap.add_argument("--stub-sentencepiece", action="store_true")
     args = ap.parse_args()
@@ -72,7 +93,15 @@ def main() -> int:
             (t / "stub" / "sentencepiece.py").write_text("class SentencePieceProcessor: pass\n")
             path.append(str(t / "stub"))
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
-        cmd = [sys.executable, str(args.llama_cpp / "convert_hf_to_gguf.py"), str(t / "hf"), "--outtype", args.type, "--outfile", str(t / "theirs.gguf")]
+        cmd = [
+            sys.executable,
+            str(args.llama_cpp / "convert_hf_to_gguf.py"),
+            str(t / "hf"),
+            "--outtype",
+            args.type,
+            "--outfile",
+            str(t / "theirs.gguf"),
+        ]
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if proc.returncode:
             print(proc.stderr[-2000:], file=sys.stderr)

@@ -26,7 +26,13 @@ QUESTIONS = [  # (prompt, the answer a good reply contains)
     ("Which planet do we live on?", "Earth"),
     ("How many days are in a week?", "7"),
 ]
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--no-first-run",
+]
 
 
 def serve(app):
@@ -43,11 +49,17 @@ def serve(app):
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("models", nargs="+", metavar="MODEL", help="name=spec or spec (at least two for the arena)")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "models", nargs="+", metavar="MODEL", help="name=spec or spec (at least two for the arena)"
+    )
     ap.add_argument("--out", default="bench/results", help="directory for the PNGs")
     ap.add_argument("--prompt", default="What is the capital of France? Answer in one sentence.")
-    ap.add_argument("--chat-model", default=None, help="the model for the chat screenshot (default: the first)")
+    ap.add_argument(
+        "--chat-model", default=None, help="the model for the chat screenshot (default: the first)"
+    )
     args = ap.parse_args()
 
     from playwright.sync_api import sync_playwright
@@ -62,7 +74,10 @@ def main() -> None:
     first = next(iter(models))
     app = create_app(models, ServeSettings())
     tmp = Path(tempfile.mkdtemp(prefix="twofiles-web-shots-"))
-    app.state.web.feedback_db, app.state.web.arena_db = tmp / "feedback.sqlite", tmp / "arena.sqlite"
+    app.state.web.feedback_db, app.state.web.arena_db = (
+        tmp / "feedback.sqlite",
+        tmp / "arena.sqlite",
+    )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     server, thread, url = serve(app)
@@ -93,8 +108,13 @@ def main() -> None:
                 page.fill("#prompt", prompt)
                 page.click("#battle")
                 page.locator("#votes").wait_for(state="visible")
-                a, b = (expected.lower() in page.locator(f"#reply-{s}").inner_text().lower() for s in "ab")
-                page.click(f"button[data-winner='{'tie' if a and b else 'a' if a else 'b' if b else 'both_bad'}']")
+                a, b = (
+                    expected.lower() in page.locator(f"#reply-{s}").inner_text().lower()
+                    for s in "ab"
+                )
+                page.click(
+                    f"button[data-winner='{'tie' if a and b else 'a' if a else 'b' if b else 'both_bad'}']"
+                )
                 page.locator("#reveal").wait_for(state="visible")
             page.screenshot(path=str(out / "web-arena-real.png"))
 

@@ -27,5 +27,7 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
         (src / f"{w.id}.txt").write_text(w.text[:50_000], encoding="utf-8")
     texts = [w.text[:50_000] for w in works[:3]]
     tok = Tokenizer.train(texts, 512)
-    prepare([str(src)], root / "data", tok, split="documents", val_fraction=0.25, seed=1, progress=False)
+    prepare(
+        [str(src)], root / "data", tok, split="documents", val_fraction=0.25, seed=1, progress=False
+    )
     return root / "data"

@@ -31,7 +31,12 @@ def test_extract_number_known_answers(text, expected):
 
 
 def test_normalize_number_gives_one_spelling_per_value():
-    assert normalize_number("1,000") == normalize_number("1000.0") == normalize_number("$1000") == "1000"
+    assert (
+        normalize_number("1,000")
+        == normalize_number("1000.0")
+        == normalize_number("$1000")
+        == "1000"
+    )
     assert normalize_number("0.50") == "0.5"
     assert normalize_number("-0") == "0"
     assert normalize_number("12.") == "12"

@@ -8,6 +8,7 @@ is hammered by several processes at once and by a writer SIGKILLed inside its tr
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import signal
@@ -34,7 +35,9 @@ class B:
     winner: str
 
 
-def simulate(true: dict[str, float], n: int, rng: np.random.Generator, tie_rate: float = 0.0) -> list[B]:
+def simulate(
+    true: dict[str, float], n: int, rng: np.random.Generator, tie_rate: float = 0.0
+) -> list[B]:
     """Battles between random pairs; A wins with the BT probability of the true ratings."""
     names = list(true)
     out = []
@@ -147,7 +150,9 @@ def test_arena_ranks_share_a_rank_when_intervals_overlap() -> None:
 
 
 def test_leaderboard_rows_and_outputs(tmp_path: Path) -> None:
-    battles = simulate({"p": 1200, "q": 1000, "r": 800}, 300, np.random.default_rng(1), tie_rate=0.1)
+    battles = simulate(
+        {"p": 1200, "q": 1000, "r": 800}, 300, np.random.default_rng(1), tie_rate=0.1
+    )
     rows = leaderboard(battles, bootstrap=50, seed=0)
     assert [r.model for r in rows] == ["p", "q", "r"]
     assert [r.rank for r in rows] == [1, 2, 3]
@@ -167,7 +172,15 @@ def test_leaderboard_rows_and_outputs(tmp_path: Path) -> None:
 
 
 def _vote(store: ArenaStore, i: int, **kw) -> int:
-    args = dict(prompt=f"prompt {i}", model_a="m1", model_b="m2", reply_a=f"a{i} ✓", reply_b=f"b{i}", winner="a", meta={"i": i})
+    args = dict(
+        prompt=f"prompt {i}",
+        model_a="m1",
+        model_b="m2",
+        reply_a=f"a{i} ✓",
+        reply_b=f"b{i}",
+        winner="a",
+        meta={"i": i},
+    )
     args.update(kw)
     return store.record_battle(**args)
 
@@ -196,8 +209,13 @@ def test_store_same_key_is_stored_once(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "bad, needle",
-    [({"winner": "left"}, "winner"), ({"model_b": "m1"}, "two different"), ({"model_a": ""}, "non-empty"), ({"reply_a": None}, "reply_a"),
-     ({"meta": {"x": object()}}, "meta")],
+    [
+        ({"winner": "left"}, "winner"),
+        ({"model_b": "m1"}, "two different"),
+        ({"model_a": ""}, "non-empty"),
+        ({"reply_a": None}, "reply_a"),
+        ({"meta": {"x": object()}}, "meta"),
+    ],
 )
 def test_store_rejects_bad_votes_and_writes_nothing(tmp_path: Path, bad: dict, needle: str) -> None:
     store = ArenaStore(tmp_path / "arena.db")
@@ -230,22 +248,34 @@ _VOTER = textwrap.dedent(
 
 
 def _src_env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"), os.environ.get("PYTHONPATH", "")])}
+    return {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(
+            [str(Path(__file__).parents[1] / "src"), os.environ.get("PYTHONPATH", "")]
+        ),
+    }
 
 
 @pytest.mark.slow
 def test_store_concurrent_voters_lose_and_duplicate_nothing(tmp_path: Path) -> None:
     path = str(tmp_path / "arena.db")
     ArenaStore(path)
-    procs = [subprocess.Popen([sys.executable, "-c", _VOTER, path, str(w), "40"], env=_src_env()) for w in range(4)]  # separate processes
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _VOTER, path, str(w), "40"], env=_src_env())
+        for w in range(4)
+    ]  # separate processes
     Path(path + ".go").touch()
     for p in procs:
         assert p.wait(120) == 0
     battles = ArenaStore(path).battles()
-    assert sorted(b.key for b in battles) == sorted(f"w{w}-{i}" for w in range(4) for i in range(40))
+    assert sorted(b.key for b in battles) == sorted(
+        f"w{w}-{i}" for w in range(4) for i in range(40)
+    )
     assert len({b.id for b in battles}) == 160
     order = [b.meta["worker"] for b in battles]
-    assert sum(x != y for x, y in zip(order, order[1:])) > 3  # the writers took turns, not one after the other
+    assert (
+        sum(x != y for x, y in itertools.pairwise(order)) > 3
+    )  # the writers took turns, not one after the other
 
 
 _CRASHING_WRITER = textwrap.dedent(
@@ -277,7 +307,12 @@ _CRASHING_WRITER = textwrap.dedent(
 def test_store_survives_a_writer_killed_mid_transaction(tmp_path: Path) -> None:
     path = tmp_path / "arena.db"
     ArenaStore(path)
-    proc = subprocess.Popen([sys.executable, "-c", _CRASHING_WRITER, str(path)], stdout=subprocess.PIPE, text=True, env=_src_env())
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _CRASHING_WRITER, str(path)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=_src_env(),
+    )
     lines = []
     for line in proc.stdout:  # type: ignore[union-attr]
         lines.append(line.strip())
@@ -287,7 +322,11 @@ def test_store_survives_a_writer_killed_mid_transaction(tmp_path: Path) -> None:
     proc.wait(10)
     assert lines == ["committed k0", "committed k1", "committed k2", "inside"]
     store = ArenaStore(path)
-    assert [b.key for b in store.battles()] == ["k0", "k1", "k2"]  # the killed vote is not there, not even in part
+    assert [b.key for b in store.battles()] == [
+        "k0",
+        "k1",
+        "k2",
+    ]  # the killed vote is not there, not even in part
     _vote(store, 9, key="after")  # and the lock it held is free again
     assert [b.key for b in store.battles()] == ["k0", "k1", "k2", "after"]
     with sqlite3.connect(path) as con:
@@ -341,7 +380,9 @@ def test_model_judge_keeps_only_verdicts_that_survive_the_side_swap() -> None:
     longer = ModelJudge(TextJudge(lambda f, s: "A" if len(f) > len(s) else "B"))
     assert longer.judge("q", "a long answer", "short").winner == "a"
     assert longer.judge("q", "short", "a long answer").winner == "b"
-    always_first = ModelJudge(TextJudge(lambda f, s: "A"))  # pure position bias: every verdict flips under the swap
+    always_first = ModelJudge(
+        TextJudge(lambda f, s: "A")
+    )  # pure position bias: every verdict flips under the swap
     v = always_first.judge("q", "x", "y")
     assert v.winner == "tie" and v.detail["as_shown"] == "a" and v.detail["swapped"] == "b"
     assert "{prompt}" in JUDGE_PROMPT
@@ -357,7 +398,17 @@ def test_model_judge_reads_a_local_models_letter_probabilities() -> None:
     from twofiles.tokenizer import Tokenizer
 
     tok = Tokenizer.train(["Answer A or B. Which answer is better? " * 30], 280)
-    model = Transformer(ModelConfig(vocab_size=tok.vocab_size, dim=32, n_layers=1, n_heads=2, n_kv_heads=2, hidden_dim=64, max_seq_len=512))
+    model = Transformer(
+        ModelConfig(
+            vocab_size=tok.vocab_size,
+            dim=32,
+            n_layers=1,
+            n_heads=2,
+            n_kv_heads=2,
+            hidden_dim=64,
+            max_seq_len=512,
+        )
+    )
     model.init_weights(seed=0)
     with torch.no_grad():
         model.lm_head.weight.normal_(0, 0.5, generator=torch.Generator().manual_seed(0))
@@ -401,7 +452,9 @@ def test_run_arena_stores_anonymous_battles_with_both_conversations(tmp_path: Pa
     cs = [Contestant("right", right), Contestant("wrong", wrong), Contestant("half", half)]
     store = ArenaStore(tmp_path / "a.db")
     ids = run_arena(cs, prompts, ReferenceJudge(), store, progress=False)
-    assert len(ids) == 36 and right.calls == wrong.calls == half.calls == 12  # each model answers each prompt once
+    assert (
+        len(ids) == 36 and right.calls == wrong.calls == half.calls == 12
+    )  # each model answers each prompt once
     battles = store.battles()
     for b in battles:
         assert b.judge == "reference" and b.meta["conversation_a"][1]["content"] == b.reply_a
@@ -423,10 +476,15 @@ def test_human_judge_reads_votes_and_quits(tmp_path: Path) -> None:
     out = io.StringIO()
     judge = HumanJudge(input_fn=lambda _: next(votes), out=out)
     prompts = [ArenaPrompt(f"p{i}") for i in range(5)]
-    cs = [Contestant("m1", Scripted({p.prompt: "one" for p in prompts})), Contestant("m2", Scripted({p.prompt: "two" for p in prompts}))]
+    cs = [
+        Contestant("m1", Scripted({p.prompt: "one" for p in prompts})),
+        Contestant("m2", Scripted({p.prompt: "two" for p in prompts})),
+    ]
     store = ArenaStore(tmp_path / "h.db")
     ids = run_arena(cs, prompts, judge, store, progress=False)
-    assert [b.winner for b in store.battles()] == ["b", "tie"] and len(ids) == 2  # quitting keeps the votes cast
+    assert [b.winner for b in store.battles()] == ["b", "tie"] and len(
+        ids
+    ) == 2  # quitting keeps the votes cast
     text = out.getvalue()
     assert "not a vote: 'maybe'" in text and "m1" not in text and "m2" not in text  # anonymous
 
@@ -442,26 +500,82 @@ def test_cli_arena_battle_and_leaderboard(tmp_path: Path, capsys) -> None:
     tok = Tokenizer.train(["What is 1 + 2? 3. What is 2 + 2? 4. " * 30], 280)
     paths = []
     for seed in (0, 1):
-        m = Transformer(ModelConfig(vocab_size=tok.vocab_size, dim=32, n_layers=1, n_heads=2, n_kv_heads=2, hidden_dim=64, max_seq_len=64))
+        m = Transformer(
+            ModelConfig(
+                vocab_size=tok.vocab_size,
+                dim=32,
+                n_layers=1,
+                n_heads=2,
+                n_kv_heads=2,
+                hidden_dim=64,
+                max_seq_len=64,
+            )
+        )
         m.init_weights(seed=seed)
         with torch.no_grad():
             m.lm_head.weight.normal_(0, 0.5, generator=torch.Generator().manual_seed(seed))
         paths.append(str(save_model(tmp_path / f"m{seed}.safetensors", m, tok)))
     prompts = tmp_path / "p.jsonl"
-    prompts.write_text("".join(json.dumps({"prompt": f"What is {i} + 2?", "reference": str(i + 2)}) + "\n" for i in range(4)))
+    prompts.write_text(
+        "".join(
+            json.dumps({"prompt": f"What is {i} + 2?", "reference": str(i + 2)}) + "\n"
+            for i in range(4)
+        )
+    )
     db = str(tmp_path / "arena.db")
-    rc = main(["arena", "battle", "--models", f"one={paths[0]}", f"two={paths[1]}", "--prompts", str(prompts), "--judge", "reference",
-               "--db", db, "--max-tokens", "6", "--no-progress", "--device", "cpu", "--json"])
+    rc = main(
+        [
+            "arena",
+            "battle",
+            "--models",
+            f"one={paths[0]}",
+            f"two={paths[1]}",
+            "--prompts",
+            str(prompts),
+            "--judge",
+            "reference",
+            "--db",
+            db,
+            "--max-tokens",
+            "6",
+            "--no-progress",
+            "--device",
+            "cpu",
+            "--json",
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 0
     s = json.loads(out.strip().splitlines()[-1])
-    assert s["votes"] == 4 and sum(s["winners"].values()) == 4 and {r["model"] for r in s["leaderboard"]} == {"one", "two"}
+    assert (
+        s["votes"] == 4
+        and sum(s["winners"].values()) == 4
+        and {r["model"] for r in s["leaderboard"]} == {"one", "two"}
+    )
     png = tmp_path / "lb.png"
-    assert main(["arena", "leaderboard", "--db", db, "--png", str(png), "--json", "--bootstrap", "20"]) == 0
+    assert (
+        main(["arena", "leaderboard", "--db", db, "--png", str(png), "--json", "--bootstrap", "20"])
+        == 0
+    )
     s = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert s["votes"] == 4 and png.read_bytes()[:4] == b"\x89PNG"
     assert main(["arena", "leaderboard", "--db", str(tmp_path / "none.db")]) == 2
-    assert main(["arena", "battle", "--models", paths[0], paths[1], "--prompts", str(tmp_path / "p.txt"), "--db", db]) == 2
+    assert (
+        main(
+            [
+                "arena",
+                "battle",
+                "--models",
+                paths[0],
+                paths[1],
+                "--prompts",
+                str(tmp_path / "p.txt"),
+                "--db",
+                db,
+            ]
+        )
+        == 2
+    )
 
 
 def test_read_prompts_from_text_jsonl_and_tasks(tmp_path: Path) -> None:
@@ -469,11 +583,20 @@ def test_read_prompts_from_text_jsonl_and_tasks(tmp_path: Path) -> None:
     from twofiles.errors import TwofilesError
 
     (tmp_path / "p.txt").write_text("first prompt\n\nsecond prompt\n")
-    assert [p.prompt for p in read_prompts(str(tmp_path / "p.txt"))] == ["first prompt", "second prompt"]
+    assert [p.prompt for p in read_prompts(str(tmp_path / "p.txt"))] == [
+        "first prompt",
+        "second prompt",
+    ]
     (tmp_path / "p.jsonl").write_text('{"prompt": "2+2?", "reference": 4}\n{"prompt": ""}\n')
     with pytest.raises(BadInputError, match=r"p\.jsonl:2: field 'prompt'"):
         read_prompts(str(tmp_path / "p.jsonl"))
-    arith = read_prompts("arithmetic")  # a built-in generative task: its prompts and reference answers
-    assert len(arith) == 40 and arith[0].prompt.startswith("Question: What is") and arith[0].reference is not None
+    arith = read_prompts(
+        "arithmetic"
+    )  # a built-in generative task: its prompts and reference answers
+    assert (
+        len(arith) == 40
+        and arith[0].prompt.startswith("Question: What is")
+        and arith[0].reference is not None
+    )
     with pytest.raises(TwofilesError, match="generative"):
         read_prompts("quotes")

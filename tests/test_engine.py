@@ -64,17 +64,26 @@ class PieceTokenizer:
         return self.pieces.index(piece)
 
 
-def tiny_model(seed: int = 0, vocab_size: int = 260, max_seq_len: int = 64, **overrides) -> Transformer:
+def tiny_model(
+    seed: int = 0, vocab_size: int = 260, max_seq_len: int = 64, **overrides
+) -> Transformer:
     """A random model with every weight non-zero and a high-entropy output (logits std ~1)."""
-    cfg = ModelConfig(vocab_size=vocab_size, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=64, max_seq_len=max_seq_len, **overrides)
+    cfg = ModelConfig(
+        vocab_size=vocab_size,
+        dim=32,
+        n_layers=2,
+        n_heads=4,
+        n_kv_heads=2,
+        hidden_dim=64,
+        max_seq_len=max_seq_len,
+        **overrides,
+    )
     model = Transformer(cfg)
     model.init_weights(seed=seed)
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if name.endswith(("o_proj.weight", "down_proj.weight")):
-                p.copy_(torch.randn(p.shape, generator=g) * p.shape[1] ** -0.5)
-            elif name == "lm_head.weight":
+            if name.endswith(("o_proj.weight", "down_proj.weight")) or name == "lm_head.weight":
                 p.copy_(torch.randn(p.shape, generator=g) * p.shape[1] ** -0.5)
     return model.eval()
 
@@ -83,16 +92,33 @@ class ScriptedModel(nn.Module):
     """Quacks like a Transformer for the engine; always predicts the next token of `script`
     (then token `filler`), whatever the prompt."""
 
-    def __init__(self, script: list[int], vocab_size: int, prompt_len: int, max_seq_len: int = 256, filler: int = 1) -> None:
+    def __init__(
+        self,
+        script: list[int],
+        vocab_size: int,
+        prompt_len: int,
+        max_seq_len: int = 256,
+        filler: int = 1,
+    ) -> None:
         super().__init__()
-        self.config = ModelConfig(vocab_size=vocab_size, dim=8, n_layers=1, n_heads=1, n_kv_heads=1, hidden_dim=8, max_seq_len=max_seq_len)
+        self.config = ModelConfig(
+            vocab_size=vocab_size,
+            dim=8,
+            n_layers=1,
+            n_heads=1,
+            n_kv_heads=1,
+            hidden_dim=8,
+            max_seq_len=max_seq_len,
+        )
         self.lm_head = nn.Linear(1, 1, bias=False)
         self.script, self.prompt_len, self.filler = script, prompt_len, filler
 
     def new_caches(self, batch: int, max_len: int | None = None) -> list:
         return []
 
-    def forward(self, idx: torch.Tensor, targets=None, *, caches=None, pos: int = 0) -> torch.Tensor:
+    def forward(
+        self, idx: torch.Tensor, targets=None, *, caches=None, pos: int = 0
+    ) -> torch.Tensor:
         B, T = idx.shape
         logits = torch.zeros(B, T, self.config.vocab_size)
         for t in range(T):
@@ -101,7 +127,9 @@ class ScriptedModel(nn.Module):
         return logits
 
 
-def naive_generate(model: Transformer, prompt: list[int], params: SamplingParams, n: int) -> list[int]:
+def naive_generate(
+    model: Transformer, prompt: list[int], params: SamplingParams, n: int
+) -> list[int]:
     """The oracle: full forward over the whole sequence for every new token, no cache."""
     g = make_generator(params.seed)
     ids = list(prompt)
@@ -181,7 +209,9 @@ def test_token_distribution_chains_filters():
     probs = token_distribution(logits, SamplingParams(top_k=3, top_p=0.7))
     assert probs[0].tolist() == pytest.approx([0, 0.5 / 0.8, 0, 0.3 / 0.8], abs=1e-6)
     # greedy reports the temperature-1 die
-    assert token_distribution(logits, SamplingParams(temperature=0))[0].tolist() == pytest.approx([0.15, 0.5, 0.05, 0.3], abs=1e-6)
+    assert token_distribution(logits, SamplingParams(temperature=0))[0].tolist() == pytest.approx(
+        [0.15, 0.5, 0.05, 0.3], abs=1e-6
+    )
 
 
 def test_roll_draws_with_the_right_frequencies():
@@ -213,8 +243,17 @@ def test_top_candidates():
 
 @pytest.mark.parametrize(
     "bad",
-    [dict(temperature=-0.1), dict(temperature=math.nan), dict(top_p=0.0), dict(top_p=1.5), dict(top_k=-1), dict(min_p=1.5),
-     dict(repetition_penalty=0.0), dict(max_tokens=0), dict(stop=[""])],
+    [
+        dict(temperature=-0.1),
+        dict(temperature=math.nan),
+        dict(top_p=0.0),
+        dict(top_p=1.5),
+        dict(top_k=-1),
+        dict(min_p=1.5),
+        dict(repetition_penalty=0.0),
+        dict(max_tokens=0),
+        dict(stop=[""]),
+    ],
 )
 def test_bad_params_are_user_errors(bad):
     with pytest.raises(TwofilesError):
@@ -255,7 +294,9 @@ def test_seed_determinism(model):
     a = list(generate(model, [0, 1, 2], params))
     torch.manual_seed(123)
     assert list(generate(model, [0, 1, 2], params)) == a
-    other = list(generate(model, [0, 1, 2], SamplingParams(temperature=1.0, seed=43, max_tokens=20)))
+    other = list(
+        generate(model, [0, 1, 2], SamplingParams(temperature=1.0, seed=43, max_tokens=20))
+    )
     assert other != a  # a high-entropy model: 20 draws agreeing by chance is ~impossible
 
 
@@ -304,9 +345,15 @@ def test_batched_rows_stop_on_their_own(model):
 
 def test_max_tokens_and_context_limit(model):
     steps = list(generate_steps(model, [0, 1, 2], SamplingParams(temperature=0, max_tokens=7)))
-    assert len(steps) == 7 and steps[-1].finish == "length" and all(s.finish is None for s in steps[:-1])
+    assert (
+        len(steps) == 7
+        and steps[-1].finish == "length"
+        and all(s.finish is None for s in steps[:-1])
+    )
     # max_seq_len 64: a 60-token prompt gets 4 tokens whatever max_tokens says
-    steps = list(generate_steps(model, list(range(60)), SamplingParams(temperature=0, max_tokens=100)))
+    steps = list(
+        generate_steps(model, list(range(60)), SamplingParams(temperature=0, max_tokens=100))
+    )
     assert len(steps) == 4 and steps[-1].finish == "length"
     with pytest.raises(PromptTooLongError):
         list(generate(model, list(range(64)), SamplingParams()))
@@ -317,7 +364,11 @@ def test_max_tokens_and_context_limit(model):
 def test_stop_token_is_last(model):
     full = list(generate(model, [0, 3], SamplingParams(temperature=0, max_tokens=20)))
     stop = full[5]
-    steps = list(generate_steps(model, [0, 3], SamplingParams(temperature=0, max_tokens=20, stop_token_ids=[stop])))
+    steps = list(
+        generate_steps(
+            model, [0, 3], SamplingParams(temperature=0, max_tokens=20, stop_token_ids=[stop])
+        )
+    )
     assert [s.token for s in steps] == full[: full.index(stop) + 1]
     assert steps[-1].finish == "stop"
 
@@ -329,7 +380,9 @@ def test_steps_report_the_die(model):
         probs = [p for _, p in s.top]
         assert probs == sorted(probs, reverse=True) and sum(probs) <= 1 + 1e-6
         assert s.top[0] == (s.token, pytest.approx(s.prob))  # greedy takes the most likely face
-    steps = list(generate_steps(model, [0, 3], SamplingParams(top_k=3, seed=0, max_tokens=5), top=5))
+    steps = list(
+        generate_steps(model, [0, 3], SamplingParams(top_k=3, seed=0, max_tokens=5), top=5)
+    )
     for s in steps:
         assert sum(p for _, p in s.top) == pytest.approx(1.0) and s.top[3][1] == 0.0
         assert s.token in [i for i, _ in s.top[:3]]
@@ -339,7 +392,9 @@ def test_steps_report_the_die(model):
 # text: UTF-8 and stop strings
 
 
-def scripted(pieces: list[bytes], tok: PieceTokenizer | None = None) -> tuple[ScriptedModel, PieceTokenizer, list[int]]:
+def scripted(
+    pieces: list[bytes], tok: PieceTokenizer | None = None
+) -> tuple[ScriptedModel, PieceTokenizer, list[int]]:
     tok = tok or PieceTokenizer([p for p in pieces if len(p) > 1])
     script = [tok.id_of(p) for p in pieces]
     return ScriptedModel(script, tok.vocab_size, prompt_len=2), tok, script
@@ -348,7 +403,9 @@ def scripted(pieces: list[bytes], tok: PieceTokenizer | None = None) -> tuple[Sc
 def test_utf8_split_across_tokens_is_never_shown_half_done():
     text = "héllo 🙂 wörld ✓"
     model, tok, _ = scripted([bytes([b]) for b in text.encode()])  # one byte per token
-    deltas = list(generate_text(model, tok, "x", SamplingParams(temperature=0, max_tokens=len(text.encode()))))
+    deltas = list(
+        generate_text(model, tok, "x", SamplingParams(temperature=0, max_tokens=len(text.encode())))
+    )
     assert "".join(deltas) == text
     assert all("\ufffd" not in d for d in deltas)
     assert "🙂" in deltas  # emitted once, whole, when its 4th byte arrives
@@ -362,7 +419,9 @@ def test_text_is_cut_exactly_at_a_stop_string_split_across_tokens():
     params.stop = ["orld"]  # starts inside " wor"
     assert "".join(generate_text(model, tok, "x", params)) == "Hello w"
     steps = list(generate_steps(model, [0, 1], params, tokenizer=tok))
-    assert [s.token for s in steps] == [tok.id_of(p) for p in pieces[:3]]  # halts on the completing token
+    assert [s.token for s in steps] == [
+        tok.id_of(p) for p in pieces[:3]
+    ]  # halts on the completing token
     assert steps[-1].finish == "stop"
 
 
@@ -374,13 +433,21 @@ def test_stop_string_inside_one_token_and_earliest_of_many():
 
 def test_held_back_stop_prefix_is_released_when_it_is_not_a_stop():
     model, tok, _ = scripted([b"a", b"\n", b"b", b"\n"])
-    deltas = list(generate_text(model, tok, "x", SamplingParams(temperature=0, max_tokens=4, stop=["\n\n"])))
-    assert deltas == ["a", "\nb", "\n"]  # each "\n" is held until the next token (or the end) clears it
+    deltas = list(
+        generate_text(model, tok, "x", SamplingParams(temperature=0, max_tokens=4, stop=["\n\n"]))
+    )
+    assert deltas == [
+        "a",
+        "\nb",
+        "\n",
+    ]  # each "\n" is held until the next token (or the end) clears it
 
 
 def test_bos_ends_generation_with_a_tokenizer():
     model, tok, _ = scripted([b"a", b"b", b""])  # b"" is id 0, the bos
-    steps = list(generate_steps(model, [0, 1], SamplingParams(temperature=0, max_tokens=10), tokenizer=tok))
+    steps = list(
+        generate_steps(model, [0, 1], SamplingParams(temperature=0, max_tokens=10), tokenizer=tok)
+    )
     assert [s.text for s in steps] == ["a", "b", ""] and steps[-1].finish == "stop"
 
 
@@ -388,7 +455,9 @@ def test_bos_ends_generation_with_a_tokenizer():
 @given(
     text=st.text(alphabet=st.sampled_from(list("ab\n é🙂")), max_size=30),
     cuts=st.lists(st.integers(1, 4), max_size=40),
-    stops=st.lists(st.text(alphabet=st.sampled_from(list("ab\n é🙂")), min_size=1, max_size=3), max_size=2),
+    stops=st.lists(
+        st.text(alphabet=st.sampled_from(list("ab\n é🙂")), min_size=1, max_size=3), max_size=2
+    ),
 )
 def test_text_stream_property(text, cuts, stops):
     """Any byte segmentation: deltas are whole text, and their join is the text cut before the
@@ -428,7 +497,9 @@ def test_real_tokenizer_and_saved_model(tmp_path):
     from twofiles.artifact import load_model, save_model
     from twofiles.tokenizer import Tokenizer
 
-    tok = Tokenizer.train(["héllo wörld, the cat sat on the mat 🙂 " * 30, "naïve café ünïcode ✓ " * 30], 300)
+    tok = Tokenizer.train(
+        ["héllo wörld, the cat sat on the mat 🙂 " * 30, "naïve café ünïcode ✓ " * 30], 300
+    )
     model = tiny_model(seed=3, vocab_size=tok.vocab_size)
     loaded = load_model(save_model(tmp_path / "model.safetensors", model, tok))
     params = SamplingParams(temperature=0, max_tokens=40)
@@ -442,12 +513,23 @@ def test_real_tokenizer_and_saved_model(tmp_path):
     # a stop string taken from the middle of the text cuts there, whatever the token boundaries
     stop = next(text[i : i + 3] for i in range(4, len(text) - 3) if "\ufffd" not in text[i : i + 3])
     params.stop = [stop]
-    assert "".join(generate_text(loaded.model, loaded.tokenizer, prompt, params)) == text[: text.find(stop)]
+    assert (
+        "".join(generate_text(loaded.model, loaded.tokenizer, prompt, params))
+        == text[: text.find(stop)]
+    )
 
 
 def test_cache_length_comes_in_powers_of_two_within_the_context():
     from twofiles.engine import cache_length
 
-    assert [cache_length(n, 8192) for n in (1, 63, 64, 95, 127, 128, 1000)] == [64, 64, 128, 128, 128, 256, 1024]
+    assert [cache_length(n, 8192) for n in (1, 63, 64, 95, 127, 128, 1000)] == [
+        64,
+        64,
+        128,
+        128,
+        128,
+        256,
+        1024,
+    ]
     assert cache_length(5000, 6000) == 6000 and cache_length(50, 32) == 32  # never past the context
     assert all(cache_length(n, 8192) > n for n in range(1, 4000))  # never filled to its very end

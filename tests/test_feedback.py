@@ -40,10 +40,16 @@ def small_db(path: Path) -> FeedbackStore:
     store.record(model="m", messages=C1, reply=bot("Lyon."), rating="down")
     store.record(model="m", messages=C2, reply=bot("5"), correction="4")
     store.record(model="m", messages=C3, reply="Hello!", rating="down")
-    store.record(model="m", messages=C3, reply=bot("Hello!"), rating="up")  # changed its mind: the latest counts
+    store.record(
+        model="m", messages=C3, reply=bot("Hello!"), rating="up"
+    )  # changed its mind: the latest counts
     store.record(model="m", messages=C1, reply=bot("Paris."), rating="up")  # the same verdict twice
-    store.record(model="m", messages=C4, reply=bot("c-a-t"), rating="up", correction="C-A-T")  # corrected: the upvote is moot
-    store.record(model="m", messages=C5, reply=bot("Blue."), correction="Blue.")  # a correction equal to the reply
+    store.record(
+        model="m", messages=C4, reply=bot("c-a-t"), rating="up", correction="C-A-T"
+    )  # corrected: the upvote is moot
+    store.record(
+        model="m", messages=C5, reply=bot("Blue."), correction="Blue."
+    )  # a correction equal to the reply
     return store
 
 
@@ -73,7 +79,10 @@ def test_export_is_read_by_the_conversation_reader(tmp_path):
     small_db(tmp_path / "fb.sqlite")
     export_feedback(tmp_path / "fb.sqlite", tmp_path / "out")
     convs = read_conversations(tmp_path / "out" / "sft.jsonl")
-    assert [[m.role for m in c] for c in convs][:2] == [["system", "user", "assistant"], ["user", "assistant"]]
+    assert [[m.role for m in c] for c in convs][:2] == [
+        ["system", "user", "assistant"],
+        ["user", "assistant"],
+    ]
     assert convs[1][-1].content == "4"
     # the preference file's prompt is a conversation too
     prompts = read_conversations(tmp_path / "out" / "preferences.jsonl")
@@ -82,7 +91,17 @@ def test_export_is_read_by_the_conversation_reader(tmp_path):
 
 def test_tool_calls_survive_the_round_trip(tmp_path):
     store = FeedbackStore(tmp_path / "fb.sqlite")
-    call = {"role": "assistant", "content": "", "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "calculator", "arguments": '{"expression": "12*7"}'}}]}
+    call = {
+        "role": "assistant",
+        "content": "",
+        "tool_calls": [
+            {
+                "id": "c1",
+                "type": "function",
+                "function": {"name": "calculator", "arguments": '{"expression": "12*7"}'},
+            }
+        ],
+    }
     convo = [user("12*7?"), call, {"role": "tool", "tool_call_id": "c1", "content": "84"}]
     store.record(model="m", messages=convo, reply=bot("84"), rating="up")
     export_feedback(tmp_path / "fb.sqlite", tmp_path / "out")
@@ -127,16 +146,22 @@ def test_malformed_rows_are_reported_and_nothing_is_half_written(tmp_path):
     db = tmp_path / "fb.sqlite"
     small_db(db)
     _raw_insert(db, "[{not json", json.dumps(bot("x")), 1, None)  # row 9
-    _raw_insert(db, json.dumps([{"role": "robot", "content": "x"}]), json.dumps(bot("x")), 1, None)  # row 10
+    _raw_insert(
+        db, json.dumps([{"role": "robot", "content": "x"}]), json.dumps(bot("x")), 1, None
+    )  # row 10
     _raw_insert(db, json.dumps(C2), json.dumps(bot("x")), 5, None)  # row 11
     _raw_insert(db, json.dumps(C2), json.dumps(bot("x")), None, None)  # row 12
     out = tmp_path / "out"
     out.mkdir()
     (out / "sft.jsonl").write_text("previous export\n")
-    with pytest.raises(BadInputError, match=r"fb\.sqlite: row 9: messages: invalid JSON.*and 3 more"):
+    with pytest.raises(
+        BadInputError, match=r"fb\.sqlite: row 9: messages: invalid JSON.*and 3 more"
+    ):
         export_feedback(db, out)
     assert (out / "sft.jsonl").read_text() == "previous export\n"  # untouched
-    assert sorted(p.name for p in out.iterdir()) == ["sft.jsonl"]  # no temp files, no partial second file
+    assert sorted(p.name for p in out.iterdir()) == [
+        "sft.jsonl"
+    ]  # no temp files, no partial second file
 
     summary = export_feedback(db, out, skip_bad=True)
     assert [s.split(":")[0] for s in summary.skipped] == ["row 9", "row 10", "row 11", "row 12"]
@@ -158,14 +183,21 @@ def test_export_rejects_a_file_that_is_not_a_feedback_database(tmp_path):
 def _writer(db: str, worker: int, n: int) -> None:
     store = FeedbackStore(db)
     for i in range(n):
-        store.record(model=f"w{worker}", messages=[user(f"q{worker}-{i}")], reply=bot(f"a{i}"), rating="up" if i % 2 else "down")
+        store.record(
+            model=f"w{worker}",
+            messages=[user(f"q{worker}-{i}")],
+            reply=bot(f"a{i}"),
+            rating="up" if i % 2 else "down",
+        )
 
 
 @pytest.mark.slow
 def test_concurrent_writers_lose_nothing(tmp_path):
     db = str(tmp_path / "fb.sqlite")
     FeedbackStore(db)
-    ctx = multiprocessing.get_context("spawn")  # a clean interpreter per writer, like separate servers
+    ctx = multiprocessing.get_context(
+        "spawn"
+    )  # a clean interpreter per writer, like separate servers
     procs = [ctx.Process(target=_writer, args=(db, w, 40)) for w in range(4)]
     for p in procs:
         p.start()
@@ -174,20 +206,47 @@ def test_concurrent_writers_lose_nothing(tmp_path):
         assert p.exitcode == 0
     rows = FeedbackStore(db).rows()
     assert len(rows) == 160 and len({r.id for r in rows}) == 160
-    assert {(r.model, r.messages[0]["content"]) for r in rows} == {(f"w{w}", f"q{w}-{i}") for w in range(4) for i in range(40)}
+    assert {(r.model, r.messages[0]["content"]) for r in rows} == {
+        (f"w{w}", f"q{w}-{i}") for w in range(4) for i in range(40)
+    }
 
 
 def test_cli_export(tmp_path, capsys):
     from twofiles.cli import main
 
     small_db(tmp_path / "fb.sqlite")
-    assert main(["feedback", "export", "--db", str(tmp_path / "fb.sqlite"), "--out", str(tmp_path / "out"), "--json"]) == 0
+    assert (
+        main(
+            [
+                "feedback",
+                "export",
+                "--db",
+                str(tmp_path / "fb.sqlite"),
+                "--out",
+                str(tmp_path / "out"),
+                "--json",
+            ]
+        )
+        == 0
+    )
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert (summary["sft"], summary["preferences"], summary["skipped"]) == (5, 3, 0)
     assert Path(summary["sft_path"]).is_file()
 
     _raw_insert(tmp_path / "fb.sqlite", "oops", "{}", 1, None)
-    assert main(["feedback", "export", "--db", str(tmp_path / "fb.sqlite"), "--out", str(tmp_path / "out2")]) == 2
+    assert (
+        main(
+            [
+                "feedback",
+                "export",
+                "--db",
+                str(tmp_path / "fb.sqlite"),
+                "--out",
+                str(tmp_path / "out2"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "row 9" in err and "Traceback" not in err
 
@@ -196,7 +255,6 @@ def test_cli_export(tmp_path, capsys):
 def test_exported_sft_file_finetunes_a_model(tmp_path, capsys):
     """The export is what `twofiles sft` reads: a couple of steps on it run end to end."""
     from tiny_models import random_model, tiny_tokenizer
-
     from twofiles.artifact import save_model
     from twofiles.cli import main
 
@@ -205,7 +263,22 @@ def test_exported_sft_file_finetunes_a_model(tmp_path, capsys):
     small_db(tmp_path / "fb.sqlite")
     export_feedback(tmp_path / "fb.sqlite", tmp_path / "out")
     sft = str(tmp_path / "out" / "sft.jsonl")
-    argv = ["sft", str(tmp_path / "m.safetensors"), "--data", sft, "--val-data", sft, "--out", str(tmp_path / "run"), "--max-steps", "2", "--skill-tasks", "0", "--no-progress", "--json"]
+    argv = [
+        "sft",
+        str(tmp_path / "m.safetensors"),
+        "--data",
+        sft,
+        "--val-data",
+        sft,
+        "--out",
+        str(tmp_path / "run"),
+        "--max-steps",
+        "2",
+        "--skill-tasks",
+        "0",
+        "--no-progress",
+        "--json",
+    ]
     assert main(argv) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["steps"] == 2 and summary["target_tokens"] > 0
@@ -216,18 +289,45 @@ def test_arena_votes_become_preference_pairs(tmp_path):
     from twofiles.arena import ArenaStore
 
     arena = ArenaStore(tmp_path / "arena.sqlite")
-    arena.record_battle(prompt="2+2?", model_a="x", model_b="y", reply_a="4", reply_b="5", winner="a", meta={"system": "Be brief."})
-    arena.record_battle(prompt="Capital of France?", model_a="x", model_b="y", reply_a="Lyon.", reply_b="Paris.", winner="b")
-    arena.record_battle(prompt="Hi", model_a="x", model_b="y", reply_a="Hello", reply_b="Hey", winner="tie")
-    arena.record_battle(prompt="Hi", model_a="x", model_b="y", reply_a="...", reply_b="??", winner="both_bad")
+    arena.record_battle(
+        prompt="2+2?",
+        model_a="x",
+        model_b="y",
+        reply_a="4",
+        reply_b="5",
+        winner="a",
+        meta={"system": "Be brief."},
+    )
+    arena.record_battle(
+        prompt="Capital of France?",
+        model_a="x",
+        model_b="y",
+        reply_a="Lyon.",
+        reply_b="Paris.",
+        winner="b",
+    )
+    arena.record_battle(
+        prompt="Hi", model_a="x", model_b="y", reply_a="Hello", reply_b="Hey", winner="tie"
+    )
+    arena.record_battle(
+        prompt="Hi", model_a="x", model_b="y", reply_a="...", reply_b="??", winner="both_bad"
+    )
     small_db(tmp_path / "fb.sqlite")
-    summary = export_feedback(tmp_path / "fb.sqlite", tmp_path / "out", arena_db=tmp_path / "arena.sqlite")
+    summary = export_feedback(
+        tmp_path / "fb.sqlite", tmp_path / "out", arena_db=tmp_path / "arena.sqlite"
+    )
     prefs = read_jsonl(tmp_path / "out" / "preferences.jsonl")
     assert (summary.preferences, summary.arena_preferences) == (5, 2)
     assert prefs[3:] == [
         {"messages": [SYS, user("2+2?")], "chosen": [bot("4")], "rejected": [bot("5")]},
-        {"messages": [user("Capital of France?")], "chosen": [bot("Paris.")], "rejected": [bot("Lyon.")]},
+        {
+            "messages": [user("Capital of France?")],
+            "chosen": [bot("Paris.")],
+            "rejected": [bot("Lyon.")],
+        },
     ]
     with pytest.raises(BadInputError, match="no such arena database"):
-        export_feedback(tmp_path / "fb.sqlite", tmp_path / "out2", arena_db=tmp_path / "missing.sqlite")
+        export_feedback(
+            tmp_path / "fb.sqlite", tmp_path / "out2", arena_db=tmp_path / "missing.sqlite"
+        )
     assert not (tmp_path / "out2" / "sft.jsonl").exists()

@@ -22,7 +22,11 @@ from twofiles.tokenizer import Tokenizer
 gguf = pytest.importorskip("gguf")
 transformers = pytest.importorskip("transformers")
 
-TEXTS = ["The quick brown fox jumps over the lazy dog. 12345 apples!", "To be, or not to be: that is the question.", "Hello world\n" * 3]
+TEXTS = [
+    "The quick brown fox jumps over the lazy dog. 12345 apples!",
+    "To be, or not to be: that is the question.",
+    "Hello world\n" * 3,
+]
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +34,20 @@ def tok() -> Tokenizer:
     return Tokenizer.train(TEXTS * 20, 400)
 
 
-def tiny_model(tok: Tokenizer, *, tie: bool = False, qkv_bias: bool = False, seed: int = 0) -> Transformer:
-    cfg = ModelConfig(vocab_size=tok.vocab_size, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=128, max_seq_len=64, tie_embeddings=tie, qkv_bias=qkv_bias)
+def tiny_model(
+    tok: Tokenizer, *, tie: bool = False, qkv_bias: bool = False, seed: int = 0
+) -> Transformer:
+    cfg = ModelConfig(
+        vocab_size=tok.vocab_size,
+        dim=64,
+        n_layers=2,
+        n_heads=4,
+        n_kv_heads=2,
+        hidden_dim=128,
+        max_seq_len=64,
+        tie_embeddings=tie,
+        qkv_bias=qkv_bias,
+    )
     torch.manual_seed(seed)
     model = Transformer(cfg)
     with torch.no_grad():
@@ -50,9 +66,19 @@ def ids_for(tok: Tokenizer) -> torch.Tensor:
 def write_hf_dir(path, tok: Tokenizer, model_type: str, *, tie: bool) -> torch.nn.Module:
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-    common = dict(vocab_size=tok.vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                  num_key_value_heads=2, max_position_embeddings=64, rms_norm_eps=1e-5, tie_word_embeddings=tie,
-                  bos_token_id=tok.bos_id, eos_token_id=tok.special_ids["<|assistant_end|>"])
+    common = dict(
+        vocab_size=tok.vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=tie,
+        bos_token_id=tok.bos_id,
+        eos_token_id=tok.special_ids["<|assistant_end|>"],
+    )
     torch.manual_seed(1)
     if model_type == "qwen2":
         hf = Qwen2ForCausalLM(Qwen2Config(rope_theta=50000.0, **common))
@@ -63,7 +89,15 @@ def write_hf_dir(path, tok: Tokenizer, model_type: str, *, tie: bool) -> torch.n
             p.normal_(0, 0.1)
     hf.eval().save_pretrained(path)
     tok.save(path / "tokenizer.json")
-    (path / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<|bos|>", "eos_token": "<|assistant_end|>", "chat_template": "{{ messages }}"}))
+    (path / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "bos_token": "<|bos|>",
+                "eos_token": "<|assistant_end|>",
+                "chat_template": "{{ messages }}",
+            }
+        )
+    )
     return hf
 
 
@@ -74,7 +108,12 @@ def test_load_hf_dir_matches_transformers(tmp_path, tok, model_type, tie) -> Non
     hf = write_hf_dir(tmp_path, tok, model_type, tie=tie)
     loaded = resolve_model(str(tmp_path))
     cfg = loaded.model.config
-    assert (cfg.tie_embeddings, cfg.qkv_bias, cfg.rope_theta, cfg.n_kv_heads) == (tie, model_type == "qwen2", 50000.0, 2)
+    assert (cfg.tie_embeddings, cfg.qkv_bias, cfg.rope_theta, cfg.n_kv_heads) == (
+        tie,
+        model_type == "qwen2",
+        50000.0,
+        2,
+    )
     assert loaded.tokenizer.bos_id == tok.bos_id
     assert loaded.tokenizer.eos_ids == [tok.special_ids["<|assistant_end|>"]]
     assert loaded.chat_template == "{{ messages }}"
@@ -85,7 +124,7 @@ def test_load_hf_dir_matches_transformers(tmp_path, tok, model_type, tie) -> Non
 
 @pytest.mark.parametrize("qkv_bias", [False, True])
 def test_export_hf_round_trip(tmp_path, tok, qkv_bias) -> None:
-    from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401 (rebound for qwen2 below)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from twofiles.artifact import LoadedModel
     from twofiles.formats.hf import export_hf, load_hf_dir
@@ -100,7 +139,9 @@ def test_export_hf_round_trip(tmp_path, tok, qkv_bias) -> None:
         back = load_hf_dir(tmp_path / "hf")
         torch.testing.assert_close(back.model(ids), ours, atol=0, rtol=0)
     assert back.chat_template == "{{ x }}" and back.tokenizer.bos_id == tok.bos_id
-    if qkv_bias:  # transformers 5 swaps in its own Qwen2Tokenizer (a fixed split regex) for model_type qwen2
+    if (
+        qkv_bias
+    ):  # transformers 5 swaps in its own Qwen2Tokenizer (a fixed split regex) for model_type qwen2
         from transformers import PreTrainedTokenizerFast as AutoTokenizer
     hf_tok = AutoTokenizer.from_pretrained(tmp_path / "hf")
     for text in TEXTS:
@@ -113,8 +154,12 @@ def test_hf_dir_refusals(tmp_path, tok) -> None:
 
     write_hf_dir(tmp_path, tok, "llama", tie=False)
     cfg = json.loads((tmp_path / "config.json").read_text())
-    for change, match in [({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "RoPE scaling"), ({"model_type": "gpt2"}, "not supported"),
-                          ({"intermediate_size": 96}, "shape"), ({"head_dim": 32}, "head_dim")]:
+    for change, match in [
+        ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "RoPE scaling"),
+        ({"model_type": "gpt2"}, "not supported"),
+        ({"intermediate_size": 96}, "shape"),
+        ({"head_dim": 32}, "head_dim"),
+    ]:
         (tmp_path / "config.json").write_text(json.dumps({**cfg, **change}))
         with pytest.raises(BadInputError, match=match):
             load_hf_dir(tmp_path)
@@ -129,16 +174,29 @@ def test_hf_dir_refusals(tmp_path, tok) -> None:
 
 def permute(w: np.ndarray, n_head: int) -> np.ndarray:
     """llama.cpp convert_hf_to_gguf.py's q/k permutation (HF rotate-half -> interleaved)."""
-    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+    return (
+        w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(w.shape)
+    )
 
 
-GGUF_NAMES = {"input_layernorm.weight": "attn_norm.weight", "post_attention_layernorm.weight": "ffn_norm.weight",
-              "self_attn.q_proj.weight": "attn_q.weight", "self_attn.k_proj.weight": "attn_k.weight",
-              "self_attn.v_proj.weight": "attn_v.weight", "self_attn.o_proj.weight": "attn_output.weight",
-              "mlp.gate_proj.weight": "ffn_gate.weight", "mlp.up_proj.weight": "ffn_up.weight", "mlp.down_proj.weight": "ffn_down.weight"}
+GGUF_NAMES = {
+    "input_layernorm.weight": "attn_norm.weight",
+    "post_attention_layernorm.weight": "ffn_norm.weight",
+    "self_attn.q_proj.weight": "attn_q.weight",
+    "self_attn.k_proj.weight": "attn_k.weight",
+    "self_attn.v_proj.weight": "attn_v.weight",
+    "self_attn.o_proj.weight": "attn_output.weight",
+    "mlp.gate_proj.weight": "ffn_gate.weight",
+    "mlp.up_proj.weight": "ffn_up.weight",
+    "mlp.down_proj.weight": "ffn_down.weight",
+}
 
 
-def write_gguf(path, model: Transformer, tok: Tokenizer, qtype: int, *, pre: str = "llama-bpe") -> None:
+def write_gguf(
+    path, model: Transformer, tok: Tokenizer, qtype: int, *, pre: str = "llama-bpe"
+) -> None:
     from gguf import GGMLQuantizationType, GGUFWriter
     from gguf.quants import quantize
 
@@ -176,7 +234,11 @@ def write_gguf(path, model: Transformer, tok: Tokenizer, qtype: int, *, pre: str
             elif rest.startswith("self_attn.k_proj"):
                 a = permute(a, cfg.n_kv_heads)
         else:
-            gname = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight", "lm_head.weight": "output.weight"}[name]
+            gname = {
+                "model.embed_tokens.weight": "token_embd.weight",
+                "model.norm.weight": "output_norm.weight",
+                "lm_head.weight": "output.weight",
+            }[name]
         if a.ndim == 1 or qtype == GGMLQuantizationType.F32:
             w.add_tensor(gname, a)
         elif qtype == GGMLQuantizationType.F16:
@@ -189,7 +251,9 @@ def write_gguf(path, model: Transformer, tok: Tokenizer, qtype: int, *, pre: str
     w.close()
 
 
-@pytest.mark.parametrize("qname,tol", [("F32", 1e-4), ("F16", 5e-2), ("Q8_0", 0.15), ("Q4_0", None)])
+@pytest.mark.parametrize(
+    "qname,tol", [("F32", 1e-4), ("F16", 5e-2), ("Q8_0", 0.15), ("Q4_0", None)]
+)
 def test_load_gguf_matches_model(tmp_path, tok, qname, tol) -> None:
     from gguf import GGMLQuantizationType
     from gguf.quants import dequantize, quantize
@@ -202,17 +266,23 @@ def test_load_gguf_matches_model(tmp_path, tok, qname, tol) -> None:
     loaded = resolve_model(str(tmp_path / "m.gguf"))
     assert loaded.model.config == model.config
     assert loaded.chat_template == "{{ gguf }}" and loaded.provenance["name"] == "tiny"
-    assert loaded.tokenizer.bos_id == tok.bos_id and loaded.tokenizer.eos_ids == [tok.special_ids["<|assistant_end|>"]]
+    assert loaded.tokenizer.bos_id == tok.bos_id and loaded.tokenizer.eos_ids == [
+        tok.special_ids["<|assistant_end|>"]
+    ]
     ids = ids_for(tok)
     with torch.no_grad():
         if tol is not None:
             torch.testing.assert_close(loaded.model(ids), model(ids), atol=tol, rtol=0)
         # exactness: our model with gguf's own round-tripped weights gives the same logits
         ref = tiny_model(tok, tie=qname == "Q8_0")
-        for name, p in ref.named_parameters():
+        for _name, p in ref.named_parameters():
             a = p.detach().numpy()
             if a.ndim == 2 and qtype not in (GGMLQuantizationType.F32,):
-                a = a.astype(np.float16).astype(np.float32) if qname == "F16" else dequantize(quantize(a, qtype), qtype)
+                a = (
+                    a.astype(np.float16).astype(np.float32)
+                    if qname == "F16"
+                    else dequantize(quantize(a, qtype), qtype)
+                )
                 p.data = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
         if ref.config.tie_embeddings:
             ref.lm_head.weight = ref.model.embed_tokens.weight
@@ -244,7 +314,17 @@ def test_own_dequantize_equals_gguf(qname) -> None:
 def small_gguf(tmp_path_factory, tok):
     from gguf import GGMLQuantizationType
 
-    cfg_model = Transformer(ModelConfig(vocab_size=tok.vocab_size, dim=32, n_layers=1, n_heads=2, n_kv_heads=1, hidden_dim=64, max_seq_len=32))
+    cfg_model = Transformer(
+        ModelConfig(
+            vocab_size=tok.vocab_size,
+            dim=32,
+            n_layers=1,
+            n_heads=2,
+            n_kv_heads=1,
+            hidden_dim=64,
+            max_seq_len=32,
+        )
+    )
     path = tmp_path_factory.mktemp("gguf") / "small.gguf"
     write_gguf(path, cfg_model, tok, GGMLQuantizationType.Q8_0)
     return path.read_bytes()
@@ -256,10 +336,21 @@ def test_gguf_corruption_gives_bad_input(tmp_path, small_gguf) -> None:
     data = bytearray(small_gguf)
     header_end = data.index(b"token_embd.weight") + 200  # metadata + tensor infos
     rng = random.Random(0)
-    cases: list[bytes] = [b"", b"GGUF", b"GGML" + bytes(data[4:]), bytes(data[:4]) + (99).to_bytes(4, "little") + bytes(data[8:])]
-    cases.append(bytes(data[:8]) + (2**60).to_bytes(8, "little") + bytes(data[16:]))  # absurd tensor count
-    cases.append(bytes(data[:16]) + (2**40).to_bytes(8, "little") + bytes(data[24:]))  # absurd kv count
-    dims_at = data.index(b"token_embd.weight") + len(b"token_embd.weight") + 4  # after the name and n_dims
+    cases: list[bytes] = [
+        b"",
+        b"GGUF",
+        b"GGML" + bytes(data[4:]),
+        bytes(data[:4]) + (99).to_bytes(4, "little") + bytes(data[8:]),
+    ]
+    cases.append(
+        bytes(data[:8]) + (2**60).to_bytes(8, "little") + bytes(data[16:])
+    )  # absurd tensor count
+    cases.append(
+        bytes(data[:16]) + (2**40).to_bytes(8, "little") + bytes(data[24:])
+    )  # absurd kv count
+    dims_at = (
+        data.index(b"token_embd.weight") + len(b"token_embd.weight") + 4
+    )  # after the name and n_dims
     for dim in (0, 2**40, 2**63):  # absurd tensor dimensions
         cases.append(bytes(data[:dims_at]) + dim.to_bytes(8, "little") + bytes(data[dims_at + 8 :]))
     for _ in range(60):
@@ -358,7 +449,9 @@ def smollm2():
     if not path.is_file():
         pytest.skip("run `twofiles pull smollm2` first")
     ours = resolve_model("smollm2")
-    hf = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32).eval()
+    hf = AutoModelForCausalLM.from_pretrained(
+        str(path.parent), gguf_file=path.name, dtype=torch.float32
+    ).eval()
     hf_tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     replies = {p: (prompt_ids(ours, p), greedy(ours, prompt_ids(ours, p))) for p in SMOLLM2_PROMPTS}
     return ours, hf, hf_tok, replies
@@ -371,7 +464,12 @@ def prompt_ids(loaded, prompt: str) -> list[int]:
 def greedy(loaded, ids: list[int]) -> list[int]:
     from twofiles.engine import SamplingParams, generate
 
-    params = SamplingParams(temperature=0.0, max_tokens=NEW_TOKENS, seed=0, stop_token_ids=list(loaded.tokenizer.eos_ids))
+    params = SamplingParams(
+        temperature=0.0,
+        max_tokens=NEW_TOKENS,
+        seed=0,
+        stop_token_ids=list(loaded.tokenizer.eos_ids),
+    )
     return list(generate(loaded.model, ids, params, tokenizer=loaded.tokenizer))
 
 
@@ -383,7 +481,9 @@ def assert_logits_close(ours: torch.Tensor, theirs: torch.Tensor, rel: float) ->
 
 def hf_greedy(hf, ids: list[int]) -> list[int]:
     with torch.no_grad():  # transformers stops on the eos too, and includes it, as we do
-        return hf.generate(torch.tensor([ids]), max_new_tokens=NEW_TOKENS, do_sample=False)[0, len(ids):].tolist()
+        return hf.generate(torch.tensor([ids]), max_new_tokens=NEW_TOKENS, do_sample=False)[
+            0, len(ids) :
+        ].tolist()
 
 
 @pytest.mark.slow
@@ -411,7 +511,10 @@ def test_smollm2_through_a_hugging_face_directory(smollm2, tmp_path) -> None:
     hf_tok = PreTrainedTokenizerFast.from_pretrained(tmp_path / "hf")
     back = load_hf_dir(tmp_path / "hf")
     assert back.model.config == ours.model.config and back.chat_template == ours.chat_template
-    assert (back.tokenizer.bos_id, back.tokenizer.eos_ids) == (ours.tokenizer.bos_id, ours.tokenizer.eos_ids)
+    assert (back.tokenizer.bos_id, back.tokenizer.eos_ids) == (
+        ours.tokenizer.bos_id,
+        ours.tokenizer.eos_ids,
+    )
     for prompt, (ids, mine) in replies.items():
         assert hf_tok.encode(prompt, add_special_tokens=False) == ids == prompt_ids(back, prompt)
         assert mine == hf_greedy(hf, ids), prompt
@@ -433,7 +536,10 @@ def test_smollm2_through_gguf(smollm2, tmp_path) -> None:
     assert export_gguf(ours, tmp_path / "s.gguf", qtype="f32")["architecture"] == "llama"
     back = load_gguf(tmp_path / "s.gguf")
     assert back.model.config == ours.model.config and back.chat_template == ours.chat_template
-    assert (back.tokenizer.bos_id, back.tokenizer.eos_ids) == (ours.tokenizer.bos_id, ours.tokenizer.eos_ids)
+    assert (back.tokenizer.bos_id, back.tokenizer.eos_ids) == (
+        ours.tokenizer.bos_id,
+        ours.tokenizer.eos_ids,
+    )
     for prompt, (ids, mine) in replies.items():
         assert prompt_ids(back, prompt) == ids
         full = torch.tensor([ids + mine])
@@ -446,7 +552,17 @@ def test_export_hf_cli_writes_a_directory_transformers_loads(tmp_path: Path) -> 
     from twofiles.cli import main
 
     tok = Tokenizer.train(["to be or not to be, that is the question " * 40], 300)
-    m = Transformer(ModelConfig(vocab_size=tok.vocab_size, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=64, max_seq_len=32))
+    m = Transformer(
+        ModelConfig(
+            vocab_size=tok.vocab_size,
+            dim=32,
+            n_layers=2,
+            n_heads=4,
+            n_kv_heads=2,
+            hidden_dim=64,
+            max_seq_len=32,
+        )
+    )
     m.init_weights(0)
     with torch.no_grad():
         for name, p in m.named_parameters():

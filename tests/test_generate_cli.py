@@ -18,7 +18,17 @@ def model_path(tmp_path_factory):
     from twofiles.tokenizer import Tokenizer
 
     tok = Tokenizer.train(["to be or not to be, that is the question. " * 40], 300)
-    model = Transformer(ModelConfig(vocab_size=tok.vocab_size, dim=32, n_layers=2, n_heads=4, n_kv_heads=4, hidden_dim=64, max_seq_len=64))
+    model = Transformer(
+        ModelConfig(
+            vocab_size=tok.vocab_size,
+            dim=32,
+            n_layers=2,
+            n_heads=4,
+            n_kv_heads=4,
+            hidden_dim=64,
+            max_seq_len=64,
+        )
+    )
     model.init_weights(seed=0)
     with torch.no_grad():  # a readable spread of probabilities instead of the near-uniform init
         model.lm_head.weight.normal_(0.0, 0.3, generator=torch.Generator().manual_seed(1))
@@ -35,31 +45,74 @@ def test_streams_the_continuation(model_path, capsys):
     from twofiles.artifact import load_model
     from twofiles.engine import SamplingParams, generate_text
 
-    rc, out, err = run_cli(capsys, model_path, "--prompt", "to be", "--temperature", "0", "--max-tokens", "12", "--device", "cpu")
+    rc, out, err = run_cli(
+        capsys,
+        model_path,
+        "--prompt",
+        "to be",
+        "--temperature",
+        "0",
+        "--max-tokens",
+        "12",
+        "--device",
+        "cpu",
+    )
     assert rc == 0
     loaded = load_model(model_path)
-    expected = "".join(generate_text(loaded.model, loaded.tokenizer, "to be", SamplingParams(temperature=0, max_tokens=12)))
+    expected = "".join(
+        generate_text(
+            loaded.model, loaded.tokenizer, "to be", SamplingParams(temperature=0, max_tokens=12)
+        )
+    )
     assert out == expected + "\n"
     assert "tok/s" in err and "model" in err  # info goes to stderr, not into the text
 
 
 def test_json_summary_is_the_last_line(model_path, capsys):
-    rc, out, _ = run_cli(capsys, model_path, "--prompt", "to be", "--seed", "3", "--max-tokens", "8", "--json")
+    rc, out, _ = run_cli(
+        capsys, model_path, "--prompt", "to be", "--seed", "3", "--max-tokens", "8", "--json"
+    )
     assert rc == 0
     summary = json.loads(out.rstrip("\n").splitlines()[-1])
-    assert {"text", "tokens", "prompt_tokens", "seconds", "tokens_per_second", "model"} <= summary.keys()
-    assert 1 <= summary["tokens"] <= 8 and summary["model"] == model_path and summary["prompt_tokens"] >= 2
+    assert {
+        "text",
+        "tokens",
+        "prompt_tokens",
+        "seconds",
+        "tokens_per_second",
+        "model",
+    } <= summary.keys()
+    assert (
+        1 <= summary["tokens"] <= 8
+        and summary["model"] == model_path
+        and summary["prompt_tokens"] >= 2
+    )
     assert out.startswith(summary["text"])
-    rc, again, _ = run_cli(capsys, model_path, "--prompt", "to be", "--seed", "3", "--max-tokens", "8", "--json")
+    rc, again, _ = run_cli(
+        capsys, model_path, "--prompt", "to be", "--seed", "3", "--max-tokens", "8", "--json"
+    )
     assert json.loads(again.splitlines()[-1])["text"] == summary["text"]  # same seed, same sample
 
 
 def test_show_probs_prints_each_roll(model_path, capsys):
-    rc, out, _ = run_cli(capsys, model_path, "--prompt", "to be", "--seed", "0", "--max-tokens", "5", "--show-probs", "3", "--stop", "zzz")
+    rc, out, _ = run_cli(
+        capsys,
+        model_path,
+        "--prompt",
+        "to be",
+        "--seed",
+        "0",
+        "--max-tokens",
+        "5",
+        "--show-probs",
+        "3",
+        "--stop",
+        "zzz",
+    )
     assert rc == 0
     lines = out.splitlines()
     assert lines[0].split()[:3] == ["step", "token", "prob"]
-    rows = [l for l in lines[1:] if l[:4].strip().isdigit()]
+    rows = [line for line in lines[1:] if line[:4].strip().isdigit()]
     assert 1 <= len(rows) <= 5
     for row in rows:
         assert row.count("%") == 4  # the chosen token's probability, then 3 candidates
@@ -67,7 +120,9 @@ def test_show_probs_prints_each_roll(model_path, capsys):
 
 def test_prompt_from_stdin(model_path, capsys, monkeypatch):
     monkeypatch.setattr("sys.stdin", io.StringIO("to be"))
-    rc, out, _ = run_cli(capsys, model_path, "--prompt", "-", "--temperature", "0", "--max-tokens", "4", "--json")
+    rc, out, _ = run_cli(
+        capsys, model_path, "--prompt", "-", "--temperature", "0", "--max-tokens", "4", "--json"
+    )
     assert rc == 0 and json.loads(out.splitlines()[-1])["prompt_tokens"] > 1
 
 
@@ -84,5 +139,5 @@ def test_prompt_from_stdin(model_path, capsys, monkeypatch):
 )
 def test_user_errors_exit_2(model_path, capsys, argv, message):
     argv = [model_path if a == "MODEL" else a for a in argv]
-    rc, out, err = run_cli(capsys, *argv)
+    rc, _out, err = run_cli(capsys, *argv)
     assert rc == 2 and message in err and "Traceback" not in err

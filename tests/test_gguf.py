@@ -24,21 +24,56 @@ from twofiles.tokenizer import Tokenizer
 gguf = pytest.importorskip("gguf")
 transformers = pytest.importorskip("transformers")
 
-TEXTS = ["The quick brown fox jumps over the lazy dog. 12345 apples!", "To be, or not to be: that is the question.", "Hello world\n" * 3]
+TEXTS = [
+    "The quick brown fox jumps over the lazy dog. 12345 apples!",
+    "To be, or not to be: that is the question.",
+    "Hello world\n" * 3,
+]
 # small original context: every band of the scaling (kept, smoothed, slowed) is exercised within 64 positions
-LLAMA3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 16.0, "original_max_position_embeddings": 32}
+LLAMA3 = {
+    "rope_type": "llama3",
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 16.0,
+    "original_max_position_embeddings": 32,
+}
 
 
 def unicode_sample(n: int = 60, seed: int = 0) -> list[str]:
     """Hand-picked hard cases plus seeded random strings over many scripts, emoji and controls."""
     fixed = [
-        "Hello   world\n\n\n  x\t\ty  ", " leading space", "  two leading", "trailing  ", "I'm can't we'll YOU'RE",
-        "1234567 3.14159 1,000,000 x²³ ½ Ⅻ 一二三 ٣٤٥", "café naïve résumé Ångström straße a\u0301 e\u0308",
-        "emoji 😀👍🏽 👨‍👩‍👧 ✨ ♥", "日本語のテキスト、です。 مرحبا بالعالم नमस्ते", "\x1c\x1d a\u00a0b\u3000c\u2028d", "▁ already ▁▁ metaspace",
-        "<0x41> looks like a byte token", "tab\tand\r\nwindows", "", "\n", " ", "x",
+        "Hello   world\n\n\n  x\t\ty  ",
+        " leading space",
+        "  two leading",
+        "trailing  ",
+        "I'm can't we'll YOU'RE",
+        "1234567 3.14159 1,000,000 x²³ ½ Ⅻ 一二三 ٣٤٥",
+        "café naïve résumé Ångström straße a\u0301 e\u0308",
+        "emoji 😀👍🏽 👨‍👩‍👧 ✨ ♥",
+        "日本語のテキスト、です。 مرحبا بالعالم नमस्ते",
+        "\x1c\x1d a\u00a0b\u3000c\u2028d",
+        "▁ already ▁▁ metaspace",
+        "<0x41> looks like a byte token",
+        "tab\tand\r\nwindows",
+        "",
+        "\n",
+        " ",
+        "x",
     ]
-    ranges = [(0x20, 0x7E), (0xA0, 0x24F), (0x370, 0x3FF), (0x400, 0x4FF), (0x590, 0x6FF), (0x900, 0x97F), (0x3040, 0x30FF),
-              (0x4E00, 0x4FFF), (0xAC00, 0xAD00), (0x1F300, 0x1F64F), (0x2000, 0x206F), (0x0, 0x1F)]
+    ranges = [
+        (0x20, 0x7E),
+        (0xA0, 0x24F),
+        (0x370, 0x3FF),
+        (0x400, 0x4FF),
+        (0x590, 0x6FF),
+        (0x900, 0x97F),
+        (0x3040, 0x30FF),
+        (0x4E00, 0x4FFF),
+        (0xAC00, 0xAD00),
+        (0x1F300, 0x1F64F),
+        (0x2000, 0x206F),
+        (0x0, 0x1F),
+    ]
     rng = random.Random(seed)
     out = list(fixed)
     for _ in range(n):
@@ -66,7 +101,20 @@ def random_model(cfg: ModelConfig, seed: int = 0) -> Transformer:
 
 
 def tiny_cfg(vocab_size: int, **kw) -> ModelConfig:
-    return ModelConfig(**{**dict(vocab_size=vocab_size, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=128, max_seq_len=64), **kw})
+    return ModelConfig(
+        **{
+            **dict(
+                vocab_size=vocab_size,
+                dim=64,
+                n_layers=2,
+                n_heads=4,
+                n_kv_heads=2,
+                hidden_dim=128,
+                max_seq_len=64,
+            ),
+            **kw,
+        }
+    )
 
 
 VARIANTS = {
@@ -83,7 +131,9 @@ def ids_for(tok: Tokenizer) -> torch.Tensor:
 
 
 def loaded(model: Transformer, tok: Tokenizer) -> LoadedModel:
-    return LoadedModel(model=model, tokenizer=tok, chat_template="{{ messages }}", provenance={"name": "tiny"})
+    return LoadedModel(
+        model=model, tokenizer=tok, chat_template="{{ messages }}", provenance={"name": "tiny"}
+    )
 
 
 # ---------------------------------------------------------------------------- export
@@ -108,14 +158,23 @@ def test_export_gguf_reimports(tmp_path, tok, variant, qtype) -> None:
     for text in [*TEXTS, *unicode_sample(20)]:
         assert back.tokenizer.encode(text) == tok.encode(text), repr(text)
     ids = ids_for(tok)
-    ref = random_model(model.config)  # our model holding what the file holds, dequantized by gguf itself
+    ref = random_model(
+        model.config
+    )  # our model holding what the file holds, dequantized by gguf itself
     with torch.no_grad():
-        for name, p in ref.named_parameters():
+        for _name, p in ref.named_parameters():
             a = p.detach().numpy()
             if a.ndim == 2 and qtype == "f16":
                 p.copy_(torch.from_numpy(a.astype(np.float16).astype(np.float32)))
             elif a.ndim == 2 and qtype == "q8_0":
-                p.copy_(torch.from_numpy(dequantize(quantize(a, gguf.GGMLQuantizationType.Q8_0), gguf.GGMLQuantizationType.Q8_0)))
+                p.copy_(
+                    torch.from_numpy(
+                        dequantize(
+                            quantize(a, gguf.GGMLQuantizationType.Q8_0),
+                            gguf.GGMLQuantizationType.Q8_0,
+                        )
+                    )
+                )
         expected = ref(ids)
         got = back.model(ids)
         if qtype == "f32":
@@ -134,7 +193,9 @@ def test_transformers_loads_the_exported_gguf(tmp_path, tok, variant) -> None:
 
     model = random_model(tiny_cfg(tok.vocab_size, **VARIANTS[variant]))
     export_gguf(loaded(model, tok), tmp_path / "m.gguf", qtype="f32")
-    hf = AutoModelForCausalLM.from_pretrained(str(tmp_path), gguf_file="m.gguf", dtype=torch.float32).eval()
+    hf = AutoModelForCausalLM.from_pretrained(
+        str(tmp_path), gguf_file="m.gguf", dtype=torch.float32
+    ).eval()
     assert hf.config.tie_word_embeddings == (variant == "tied")
     ids = ids_for(tok)
     with torch.no_grad():
@@ -147,14 +208,37 @@ def test_export_gguf_cli(tmp_path, tok, capsys) -> None:
 
     model = random_model(tiny_cfg(tok.vocab_size))
     src = save_model(tmp_path / "m.safetensors", model, tok)
-    assert main(["export", "gguf", str(src), str(tmp_path / "out" / "m.gguf"), "--type", "q8_0", "--json"]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "gguf",
+                str(src),
+                str(tmp_path / "out" / "m.gguf"),
+                "--type",
+                "q8_0",
+                "--json",
+            ]
+        )
+        == 0
+    )
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert summary["type"] == "q8_0" and summary["architecture"] == "llama" and summary["bytes"] == (tmp_path / "out" / "m.gguf").stat().st_size
+    assert (
+        summary["type"] == "q8_0"
+        and summary["architecture"] == "llama"
+        and summary["bytes"] == (tmp_path / "out" / "m.gguf").stat().st_size
+    )
     raw = {name: t for name, t, _, _ in _tensor_types(tmp_path / "out" / "m.gguf")}
-    assert raw["blk.0.attn_q.weight"] == gguf.GGMLQuantizationType.Q8_0 and raw["blk.0.attn_norm.weight"] == gguf.GGMLQuantizationType.F32
+    assert (
+        raw["blk.0.attn_q.weight"] == gguf.GGMLQuantizationType.Q8_0
+        and raw["blk.0.attn_norm.weight"] == gguf.GGMLQuantizationType.F32
+    )
     back = load_gguf(tmp_path / "out" / "m.gguf")
     assert back.model.config == model.config
-    assert main(["export", "gguf", str(tmp_path / "missing.safetensors"), str(tmp_path / "x.gguf")]) == 2
+    assert (
+        main(["export", "gguf", str(tmp_path / "missing.safetensors"), str(tmp_path / "x.gguf")])
+        == 2
+    )
     assert main(["export", "gguf", str(src), str(tmp_path)]) == 2  # a directory is not a file name
     assert "error" in capsys.readouterr().err
 
@@ -178,29 +262,58 @@ def test_export_gguf_metadata_is_llama_cpp_s(tmp_path, tok) -> None:
 
     cfg = model.config
     expected = {
-        "general.architecture": "llama", "llama.context_length": cfg.max_seq_len, "llama.embedding_length": cfg.dim,
-        "llama.block_count": cfg.n_layers, "llama.feed_forward_length": cfg.hidden_dim, "llama.attention.head_count": cfg.n_heads,
-        "llama.attention.head_count_kv": cfg.n_kv_heads, "llama.rope.dimension_count": cfg.head_dim, "llama.vocab_size": cfg.vocab_size,
-        "general.file_type": int(gguf.LlamaFileType.MOSTLY_F16), "tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "llama-bpe",
-        "tokenizer.ggml.bos_token_id": tok.bos_id, "tokenizer.ggml.eos_token_id": tok.eos_ids[0], "tokenizer.ggml.add_bos_token": True,
+        "general.architecture": "llama",
+        "llama.context_length": cfg.max_seq_len,
+        "llama.embedding_length": cfg.dim,
+        "llama.block_count": cfg.n_layers,
+        "llama.feed_forward_length": cfg.hidden_dim,
+        "llama.attention.head_count": cfg.n_heads,
+        "llama.attention.head_count_kv": cfg.n_kv_heads,
+        "llama.rope.dimension_count": cfg.head_dim,
+        "llama.vocab_size": cfg.vocab_size,
+        "general.file_type": int(gguf.LlamaFileType.MOSTLY_F16),
+        "tokenizer.ggml.model": "gpt2",
+        "tokenizer.ggml.pre": "llama-bpe",
+        "tokenizer.ggml.bos_token_id": tok.bos_id,
+        "tokenizer.ggml.eos_token_id": tok.eos_ids[0],
+        "tokenizer.ggml.add_bos_token": True,
         "tokenizer.chat_template": "{{ messages }}",
     }
     for key, v in expected.items():
         assert value(key) == v, key
     assert value("llama.rope.freq_base") == pytest.approx(cfg.rope_theta)
     assert value("llama.attention.layer_norm_rms_epsilon") == pytest.approx(cfg.norm_eps)
-    assert "llama.rope.scaling.factor" not in r.fields  # llama.cpp would add linear scaling on top of rope_freqs
-    assert len(value("tokenizer.ggml.tokens")) == tok.vocab_size and value("tokenizer.ggml.token_type")[tok.bos_id] == 3
+    assert (
+        "llama.rope.scaling.factor" not in r.fields
+    )  # llama.cpp would add linear scaling on top of rope_freqs
+    assert (
+        len(value("tokenizer.ggml.tokens")) == tok.vocab_size
+        and value("tokenizer.ggml.token_type")[tok.bos_id] == 3
+    )
     names = {t.name for t in r.tensors}
-    assert {"token_embd.weight", "output_norm.weight", "output.weight", "rope_freqs.weight", "blk.1.ffn_down.weight", "blk.0.attn_output.weight"} <= names
+    assert {
+        "token_embd.weight",
+        "output_norm.weight",
+        "output.weight",
+        "rope_freqs.weight",
+        "blk.1.ffn_down.weight",
+        "blk.0.attn_output.weight",
+    } <= names
     freqs = next(t for t in r.tensors if t.name == "rope_freqs.weight")
     # Llama 3's divisors grow from >= 1 (fastest frequencies) to `factor` (slowest)
-    assert freqs.data[0] >= 1 and np.all(np.diff(freqs.data) >= 0) and freqs.data[-1] == pytest.approx(LLAMA3["factor"])
+    assert (
+        freqs.data[0] >= 1
+        and np.all(np.diff(freqs.data) >= 0)
+        and freqs.data[-1] == pytest.approx(LLAMA3["factor"])
+    )
     q = next(t for t in r.tensors if t.name == "blk.0.attn_q.weight")
     from twofiles.formats.gguf_export import permute
 
     w = model.model.layers[0].self_attn.q_proj.weight.detach().numpy()
-    np.testing.assert_array_equal(np.asarray(q.data).astype(np.float32), permute(w, cfg.n_heads).astype(np.float16).astype(np.float32))
+    np.testing.assert_array_equal(
+        np.asarray(q.data).astype(np.float32),
+        permute(w, cfg.n_heads).astype(np.float16).astype(np.float32),
+    )
 
 
 def test_pre_tokenizer_names(tok) -> None:
@@ -237,7 +350,15 @@ def spm_vocab() -> tuple[list[str], list[float], list[int]]:
         rank.setdefault(a + b, r)
     pieces = [t for t, _ in sorted(model["vocab"].items(), key=lambda kv: kv[1]) if t != "<unk>"]
     pieces.sort(key=lambda t: rank.get(t, len(merges)))
-    tokens = ["<unk>", "<s>", "</s>", *[f"<0x{b:02X}>" for b in range(256)], "<|im_start|>", "<think>", *pieces]
+    tokens = [
+        "<unk>",
+        "<s>",
+        "</s>",
+        *[f"<0x{b:02X}>" for b in range(256)],
+        "<|im_start|>",
+        "<think>",
+        *pieces,
+    ]
     types = [2, 3, 3, *[6] * 256, 3, 4, *[1] * len(pieces)]
     scores = [0.0] * 261 + [-float(rank.get(t, len(merges) + i)) for i, t in enumerate(pieces)]
     return tokens, scores, types
@@ -304,7 +425,9 @@ def test_spm_gguf_tokenizer_matches_transformers(spm_gguf) -> None:
     path, model = spm_gguf
     ours = load_gguf(path)
     theirs = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    assert "Metaspace" in json.loads(theirs.backend_tokenizer.to_str())["pre_tokenizer"]["type"]  # its SentencePiece path
+    assert (
+        "Metaspace" in json.loads(theirs.backend_tokenizer.to_str())["pre_tokenizer"]["type"]
+    )  # its SentencePiece path
     assert (ours.tokenizer.bos_id, ours.tokenizer.eos_ids) == (1, [2])
     assert ours.tokenizer.special_ids == {"<unk>": 0, "<s>": 1, "</s>": 2, "<|im_start|>": 259}
     samples = unicode_sample(120) + SPM_CORPUS[:3]
@@ -316,7 +439,10 @@ def test_spm_gguf_tokenizer_matches_transformers(spm_gguf) -> None:
         fallback += sum(3 <= i < 259 for i in ids)
         # the ids' bytes rebuild the text: "▁" is a space, one is prepended unless there is one
         prefixed = text if not text or text.startswith((" ", "\u2581")) else " " + text
-        assert b"".join(ours.tokenizer.token_to_bytes(i) for i in ids) == prefixed.replace("\u2581", " ").encode()
+        assert (
+            b"".join(ours.tokenizer.token_to_bytes(i) for i in ids)
+            == prefixed.replace("\u2581", " ").encode()
+        )
     assert fallback > 100  # the sample exercises byte fallback, not only known pieces
     assert ours.tokenizer.encode("<think>") == [260]  # user-defined: matched whole
     x = torch.tensor([[1] + ours.tokenizer.encode(SPM_CORPUS[0])])
@@ -330,7 +456,10 @@ def test_spm_without_space_prefix(tmp_path, spm_gguf) -> None:
     tokens, scores, types = spm_vocab()
     model = random_model(tiny_cfg(len(tokens), n_layers=1))
     write_gguf(tmp_path / "m.gguf", model, spm_kv(tokens, scores, types, add_space_prefix=False))
-    with_prefix, without = load_gguf(spm_gguf[0]).tokenizer, load_gguf(tmp_path / "m.gguf").tokenizer
+    with_prefix, without = (
+        load_gguf(spm_gguf[0]).tokenizer,
+        load_gguf(tmp_path / "m.gguf").tokenizer,
+    )
     assert without.encode("hello") != with_prefix.encode("hello")
     assert without.encode(" hello") == with_prefix.encode("hello")
     assert without.decode(without.encode("hello world")) == "hello world"
@@ -359,9 +488,20 @@ def test_spm_gguf_exports_and_reimports(tmp_path, spm_gguf) -> None:
 def write_llama3_hf_dir(path: Path, tok: Tokenizer):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    cfg = LlamaConfig(vocab_size=tok.vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, max_position_embeddings=64, rms_norm_eps=1e-5, rope_theta=10000.0,
-                      rope_scaling=dict(LLAMA3), bos_token_id=tok.bos_id, eos_token_id=tok.bos_id)
+    cfg = LlamaConfig(
+        vocab_size=tok.vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        rms_norm_eps=1e-5,
+        rope_theta=10000.0,
+        rope_scaling=dict(LLAMA3),
+        bos_token_id=tok.bos_id,
+        eos_token_id=tok.bos_id,
+    )
     torch.manual_seed(2)
     hf = LlamaForCausalLM(cfg)
     with torch.no_grad():
@@ -383,9 +523,15 @@ def test_llama3_rope_matches_transformers(tmp_path, tok) -> None:
     ours = resolve_model(str(tmp_path / "hf"))
     assert ours.model.config.rope_scaling == LLAMA3
     theirs_inv = hf.model.rotary_emb.inv_freq
-    torch.testing.assert_close(rope_inv_freq(16, 10000.0, LLAMA3), theirs_inv.float(), atol=0, rtol=1e-6)
-    assert not torch.allclose(rope_inv_freq(16, 10000.0), theirs_inv.float())  # the scaling changes something
-    ids = torch.tensor([[tok.bos_id] + tok.encode(" ".join(TEXTS))[:60]])  # long enough for slow frequencies to matter
+    torch.testing.assert_close(
+        rope_inv_freq(16, 10000.0, LLAMA3), theirs_inv.float(), atol=0, rtol=1e-6
+    )
+    assert not torch.allclose(
+        rope_inv_freq(16, 10000.0), theirs_inv.float()
+    )  # the scaling changes something
+    ids = torch.tensor(
+        [[tok.bos_id] + tok.encode(" ".join(TEXTS))[:60]]
+    )  # long enough for slow frequencies to matter
     with torch.no_grad():
         expected = hf(ids).logits
         torch.testing.assert_close(ours.model(ids), expected, atol=1e-4, rtol=1e-4)
@@ -393,7 +539,10 @@ def test_llama3_rope_matches_transformers(tmp_path, tok) -> None:
         plain.load_state_dict(ours.model.state_dict())
         assert (plain(ids) - expected).abs().max() > 1e-3  # without the scaling the logits differ
     export_hf(ours, tmp_path / "out")
-    assert json.loads((tmp_path / "out" / "config.json").read_text())["rope_scaling"]["rope_type"] == "llama3"
+    assert (
+        json.loads((tmp_path / "out" / "config.json").read_text())["rope_scaling"]["rope_type"]
+        == "llama3"
+    )
     again = AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
     with torch.no_grad():
         torch.testing.assert_close(again(ids).logits, expected, atol=1e-4, rtol=1e-4)
@@ -408,12 +557,43 @@ def test_llama3_scaling_fit_from_rope_freqs() -> None:
     from twofiles.model import rope_inv_freq
 
     for scaling, head_dim, theta in [
-        ({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}, 128, 500000.0),
-        ({"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}, 64, 500000.0),
+        (
+            {
+                "rope_type": "llama3",
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 8192,
+            },
+            128,
+            500000.0,
+        ),
+        (
+            {
+                "rope_type": "llama3",
+                "factor": 32.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 8192,
+            },
+            64,
+            500000.0,
+        ),
         (LLAMA3, 16, 10000.0),
     ]:
-        factors = (rope_inv_freq(head_dim, theta).double() / rope_inv_freq(head_dim, theta, scaling).double()).float().double().numpy()
-        assert llama3_scaling(factors, head_dim, theta, scaling["original_max_position_embeddings"]) == scaling
+        factors = (
+            (
+                rope_inv_freq(head_dim, theta).double()
+                / rope_inv_freq(head_dim, theta, scaling).double()
+            )
+            .float()
+            .double()
+            .numpy()
+        )
+        assert (
+            llama3_scaling(factors, head_dim, theta, scaling["original_max_position_embeddings"])
+            == scaling
+        )
     with pytest.raises(BadInputError, match="Llama 3"):
         llama3_scaling(np.linspace(1, 3, 8), 16, 10000.0, 2048)
 
@@ -424,8 +604,13 @@ def test_bad_rope_scaling_is_refused(tmp_path, tok) -> None:
     write_llama3_hf_dir(tmp_path, tok)
     cfg = json.loads((tmp_path / "config.json").read_text())
     key = "rope_parameters" if "rope_parameters" in cfg else "rope_scaling"
-    for bad in [{"rope_type": "llama3", "factor": -1.0}, {"rope_type": "llama3", **{k: v for k, v in LLAMA3.items() if k != "factor"}},
-                {"rope_type": "llama3", **{**LLAMA3, "high_freq_factor": 0.5}}, {"rope_type": "yarn", "factor": 4.0}, "llama3"]:
+    for bad in [
+        {"rope_type": "llama3", "factor": -1.0},
+        {"rope_type": "llama3", **{k: v for k, v in LLAMA3.items() if k != "factor"}},
+        {"rope_type": "llama3", **{**LLAMA3, "high_freq_factor": 0.5}},
+        {"rope_type": "yarn", "factor": 4.0},
+        "llama3",
+    ]:
         (tmp_path / "config.json").write_text(json.dumps({**cfg, key: bad}))
         with pytest.raises(BadInputError, match="(?i)rope"):
             load_hf_dir(tmp_path)
@@ -444,17 +629,24 @@ def test_gguf_other_rope_scaling_is_refused(tmp_path, tok) -> None:
             w.add_tokenizer_model("gpt2")
             w.add_tokenizer_pre("llama-bpe")
             w.add_token_list(vocab)
-            w.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in spec["model"]["merges"]])
+            w.add_token_merges(
+                [m if isinstance(m, str) else " ".join(m) for m in spec["model"]["merges"]]
+            )
             w.add_bos_token_id(tok.bos_id)
             extra(w)
 
         return add
 
     model = random_model(tiny_cfg(tok.vocab_size, n_layers=1))
-    write_gguf(tmp_path / "ok.gguf", model, kv(lambda w: w.add_rope_scaling_factor(1.0)))  # 1 = no scaling
+    write_gguf(
+        tmp_path / "ok.gguf", model, kv(lambda w: w.add_rope_scaling_factor(1.0))
+    )  # 1 = no scaling
     assert load_gguf(tmp_path / "ok.gguf").model.config.rope_scaling is None
-    for extra in (lambda w: w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR), lambda w: w.add_rope_scaling_factor(4.0),
-                  lambda w: w.add_rope_scaling_type(gguf.RopeScalingType.YARN)):
+    for extra in (
+        lambda w: w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR),
+        lambda w: w.add_rope_scaling_factor(4.0),
+        lambda w: w.add_rope_scaling_type(gguf.RopeScalingType.YARN),
+    ):
         write_gguf(tmp_path / "m.gguf", model, kv(extra))
         with pytest.raises(BadInputError, match="RoPE scaling"):
             load_gguf(tmp_path / "m.gguf")
@@ -497,20 +689,38 @@ def test_fuzz_spm_and_rope_scaling_metadata(tmp_path, tok) -> None:
 
     tokens, scores, types = spm_vocab()
     small = dict(dim=32, n_layers=1, n_heads=2, n_kv_heads=1, hidden_dim=64, max_seq_len=32)
-    write_gguf(tmp_path / "spm.gguf", random_model(tiny_cfg(len(tokens), **small)), spm_kv(tokens, scores, types))
+    write_gguf(
+        tmp_path / "spm.gguf",
+        random_model(tiny_cfg(len(tokens), **small)),
+        spm_kv(tokens, scores, types),
+    )
     spm = (tmp_path / "spm.gguf").read_bytes()
-    export_gguf(loaded(random_model(tiny_cfg(tok.vocab_size, **small, rope_scaling=LLAMA3)), tok), tmp_path / "rope.gguf", qtype="f32")
+    export_gguf(
+        loaded(random_model(tiny_cfg(tok.vocab_size, **small, rope_scaling=LLAMA3)), tok),
+        tmp_path / "rope.gguf",
+        qtype="f32",
+    )
     rope = (tmp_path / "rope.gguf").read_bytes()
 
     cases = _mutations(spm, spm.index(b"token_embd.weight") + 200, 120, 1)
     cases += _mutations(rope, rope.index(b"rope_freqs.weight") + 100, 80, 2)
     # targeted: the scores array, rope_freqs values, metadata values of the wrong type
-    scores_at = spm.index(b"tokenizer.ggml.scores") + len(b"tokenizer.ggml.scores") + 4 + 4  # after key, value type, item type
-    cases.append(spm[:scores_at] + (len(tokens) - 1).to_bytes(8, "little") + spm[scores_at + 8 :])  # one score short
-    cases.append(spm[:scores_at] + (2**62).to_bytes(8, "little") + spm[scores_at + 8 :])  # absurd count
+    scores_at = (
+        spm.index(b"tokenizer.ggml.scores") + len(b"tokenizer.ggml.scores") + 4 + 4
+    )  # after key, value type, item type
+    cases.append(
+        spm[:scores_at] + (len(tokens) - 1).to_bytes(8, "little") + spm[scores_at + 8 :]
+    )  # one score short
+    cases.append(
+        spm[:scores_at] + (2**62).to_bytes(8, "little") + spm[scores_at + 8 :]
+    )  # absurd count
     nan = spm[: scores_at + 8] + np.float32("nan").tobytes() + spm[scores_at + 12 :]
     cases.append(nan)
-    freqs = next(t for t in gguf.GGUFReader(str(tmp_path / "rope.gguf")).tensors if t.name == "rope_freqs.weight")
+    freqs = next(
+        t
+        for t in gguf.GGUFReader(str(tmp_path / "rope.gguf")).tensors
+        if t.name == "rope_freqs.weight"
+    )
     at = int(freqs.data_offset)
     for values in (np.full(8, np.inf), np.full(8, 0.5), np.linspace(1, 3, 8), -np.ones(8)):
         cases.append(rope[:at] + values.astype("<f4").tobytes() + rope[at + 32 :])
@@ -526,10 +736,14 @@ def test_fuzz_spm_and_rope_scaling_metadata(tmp_path, tok) -> None:
 # it is installed (pip install 'twofiles[bench]') and skip elsewhere.
 
 
-def _llama_cpp_logits_and_greedy(path: Path, ids: list[int], n: int, n_ctx: int) -> tuple[np.ndarray, list[int]]:
+def _llama_cpp_logits_and_greedy(
+    path: Path, ids: list[int], n: int, n_ctx: int
+) -> tuple[np.ndarray, list[int]]:
     """llama.cpp's logits for every prompt position and its greedy continuation of `ids`."""
     llama_cpp = pytest.importorskip("llama_cpp")
-    llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_threads=2, logits_all=True, verbose=False)
+    llm = llama_cpp.Llama(
+        model_path=str(path), n_ctx=n_ctx, n_threads=2, logits_all=True, verbose=False
+    )
     try:
         llm.eval(ids)
         logits = np.array(llm.scores[: len(ids)])
@@ -555,11 +769,15 @@ def test_llama_cpp_runs_the_exported_gguf(tmp_path, tok, variant, qtype) -> None
     model = random_model(tiny_cfg(tok.vocab_size, **VARIANTS[variant]))
     export_gguf(loaded(model, tok), tmp_path / "m.gguf", qtype=qtype)
     ids = ids_for(tok)[0].tolist()
-    theirs, their_tokens = _llama_cpp_logits_and_greedy(tmp_path / "m.gguf", ids, 12, model.config.max_seq_len)
+    theirs, their_tokens = _llama_cpp_logits_and_greedy(
+        tmp_path / "m.gguf", ids, 12, model.config.max_seq_len
+    )
     with torch.no_grad():
         ours = model(torch.tensor([ids]))[0].numpy()
     rel = np.abs(theirs - ours).max() / ours.std()
-    assert rel < (5e-3 if qtype == "f32" else 2e-2), rel  # f32: llama.cpp still keeps its KV cache in f16
+    assert rel < (5e-3 if qtype == "f32" else 2e-2), (
+        rel
+    )  # f32: llama.cpp still keeps its KV cache in f16
     assert their_tokens == list(generate(model, ids, SamplingParams(temperature=0, max_tokens=12)))
 
 
@@ -583,13 +801,17 @@ def test_llama_cpp_runs_smollm2_exported_by_us(tmp_path, qtype) -> None:
     ids = back.tokenizer.encode(text)
     import llama_cpp
 
-    llm = llama_cpp.Llama(model_path=str(tmp_path / "s.gguf"), n_ctx=64, vocab_only=True, verbose=False)
+    llm = llama_cpp.Llama(
+        model_path=str(tmp_path / "s.gguf"), n_ctx=64, vocab_only=True, verbose=False
+    )
     try:
         assert llm.tokenize(text.encode(), add_bos=False, special=False) == ids
     finally:
         llm.close()
     theirs, their_tokens = _llama_cpp_logits_and_greedy(tmp_path / "s.gguf", ids, 32, 256)
-    assert their_tokens == list(generate(back.model, ids, SamplingParams(temperature=0, max_tokens=32)))
+    assert their_tokens == list(
+        generate(back.model, ids, SamplingParams(temperature=0, max_tokens=32))
+    )
     if qtype == "f32":
         with torch.no_grad():
             ours = back.model(torch.tensor([ids]))[0].numpy()

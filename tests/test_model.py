@@ -15,7 +15,16 @@ import torch.nn.functional as F
 
 from twofiles.model import KVCache, ModelConfig, Transformer, count_params
 
-TINY = dict(vocab_size=97, dim=64, n_layers=2, n_heads=4, n_kv_heads=4, hidden_dim=96, max_seq_len=32, rope_theta=5000.0)
+TINY = dict(
+    vocab_size=97,
+    dim=64,
+    n_layers=2,
+    n_heads=4,
+    n_kv_heads=4,
+    hidden_dim=96,
+    max_seq_len=32,
+    rope_theta=5000.0,
+)
 
 VARIANTS = {
     "mha": {},
@@ -62,9 +71,13 @@ def hf_twin(model: Transformer, attn_implementation: str = "sdpa"):
         attn_implementation=attn_implementation,
     )
     if cfg.qkv_bias:
-        hf = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**common, use_sliding_window=False))
+        hf = transformers.Qwen2ForCausalLM(
+            transformers.Qwen2Config(**common, use_sliding_window=False)
+        )
     else:
-        hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(**common, attention_bias=False, mlp_bias=False))
+        hf = transformers.LlamaForCausalLM(
+            transformers.LlamaConfig(**common, attention_bias=False, mlp_bias=False)
+        )
     hf.load_state_dict(model.state_dict(), strict=True)
     return hf.eval()
 
@@ -93,7 +106,16 @@ def test_logits_match_hf(variant: str, attn: str) -> None:
 def test_qkv_bias_matches_qwen2_not_llama_attention_bias() -> None:
     """Why Qwen2 is the reference: HF Llama's attention_bias adds an o_proj bias we don't have."""
     transformers = pytest.importorskip("transformers")
-    hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(hidden_size=64, intermediate_size=96, num_hidden_layers=1, num_attention_heads=4, vocab_size=97, attention_bias=True))
+    hf = transformers.LlamaForCausalLM(
+        transformers.LlamaConfig(
+            hidden_size=64,
+            intermediate_size=96,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            vocab_size=97,
+            attention_bias=True,
+        )
+    )
     ours = Transformer(ModelConfig(**{**TINY, "n_layers": 1, "qkv_bias": True}))
     assert set(hf.state_dict()) - set(ours.state_dict()) == {"model.layers.0.self_attn.o_proj.bias"}
 
@@ -108,7 +130,9 @@ def test_train_step_matches_hf(variant: str) -> None:
     targets = tokens(model.config, seed=2)
     loss = model(idx, targets)
     logits = hf(input_ids=idx).logits
-    hf_loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.view(-1), ignore_index=-1)
+    hf_loss = F.cross_entropy(
+        logits.float().view(-1, logits.shape[-1]), targets.view(-1), ignore_index=-1
+    )
     loss.backward()
     hf_loss.backward()
     torch.testing.assert_close(loss, hf_loss, atol=1e-5, rtol=1e-5)
@@ -117,7 +141,9 @@ def test_train_step_matches_hf(variant: str) -> None:
     assert ours.keys() == theirs.keys()
     for name in ours:
         assert ours[name].grad is not None and theirs[name].grad is not None, name
-        torch.testing.assert_close(ours[name].grad, theirs[name].grad, atol=1e-5, rtol=1e-3, msg=name)
+        torch.testing.assert_close(
+            ours[name].grad, theirs[name].grad, atol=1e-5, rtol=1e-3, msg=name
+        )
 
 
 def test_rope_tables_match_hf() -> None:
@@ -126,7 +152,14 @@ def test_rope_tables_match_hf() -> None:
 
     model = build()
     cfg = model.config
-    rotary = LlamaRotaryEmbedding(transformers.LlamaConfig(hidden_size=cfg.dim, num_attention_heads=cfg.n_heads, rope_theta=cfg.rope_theta, max_position_embeddings=cfg.max_seq_len))
+    rotary = LlamaRotaryEmbedding(
+        transformers.LlamaConfig(
+            hidden_size=cfg.dim,
+            num_attention_heads=cfg.n_heads,
+            rope_theta=cfg.rope_theta,
+            max_position_embeddings=cfg.max_seq_len,
+        )
+    )
     pos = torch.arange(cfg.max_seq_len)[None]
     cos, sin = rotary(torch.zeros(1, dtype=torch.float32), pos)
     torch.testing.assert_close(model.rope_cos, cos[0], atol=1e-6, rtol=0)
@@ -138,11 +171,24 @@ def test_llama3_rope_scaling_tables_match_hf() -> None:
     from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
     # an original context of 32 puts every band (kept, smoothed, slowed) inside head_dim 16
-    scaling = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 16.0, "original_max_position_embeddings": 32}
+    scaling = {
+        "rope_type": "llama3",
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 16.0,
+        "original_max_position_embeddings": 32,
+    }
     model = build(rope_scaling=scaling)
     cfg = model.config
-    rotary = LlamaRotaryEmbedding(transformers.LlamaConfig(hidden_size=cfg.dim, num_attention_heads=cfg.n_heads, rope_theta=cfg.rope_theta,
-                                                           max_position_embeddings=cfg.max_seq_len, rope_scaling=dict(scaling)))
+    rotary = LlamaRotaryEmbedding(
+        transformers.LlamaConfig(
+            hidden_size=cfg.dim,
+            num_attention_heads=cfg.n_heads,
+            rope_theta=cfg.rope_theta,
+            max_position_embeddings=cfg.max_seq_len,
+            rope_scaling=dict(scaling),
+        )
+    )
     cos, sin = rotary(torch.zeros(1, dtype=torch.float32), torch.arange(cfg.max_seq_len)[None])
     torch.testing.assert_close(model.rope_cos, cos[0], atol=1e-6, rtol=0)
     torch.testing.assert_close(model.rope_sin, sin[0], atol=1e-6, rtol=0)
@@ -150,8 +196,21 @@ def test_llama3_rope_scaling_tables_match_hf() -> None:
     assert ModelConfig.from_dict(cfg.to_dict()) == cfg
 
 
-@pytest.mark.parametrize("scaling", [{"rope_type": "yarn", "factor": 4.0}, {"rope_type": "llama3", "factor": 8.0}, "llama3",
-                                     {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 4.0, "high_freq_factor": 1.0, "original_max_position_embeddings": 32}])
+@pytest.mark.parametrize(
+    "scaling",
+    [
+        {"rope_type": "yarn", "factor": 4.0},
+        {"rope_type": "llama3", "factor": 8.0},
+        "llama3",
+        {
+            "rope_type": "llama3",
+            "factor": 8.0,
+            "low_freq_factor": 4.0,
+            "high_freq_factor": 1.0,
+            "original_max_position_embeddings": 32,
+        },
+    ],
+)
 def test_bad_rope_scaling_is_refused(scaling) -> None:
     with pytest.raises(ValueError, match="rope_scaling"):
         ModelConfig(**{**TINY, "rope_scaling": scaling})
@@ -203,7 +262,9 @@ def test_ragged_batch_with_per_row_positions_equals_unbatched(variant: str) -> N
     model = build(**VARIANTS[variant]).eval()
     lens = [6, 3]
     prompts = [tokens(model.config, B=1, T=n, seed=10 + i)[0] for i, n in enumerate(lens)]
-    steps = [tokens(model.config, B=1, T=3, seed=20 + i)[0] for i in range(2)]  # teacher-forced next tokens
+    steps = [
+        tokens(model.config, B=1, T=3, seed=20 + i)[0] for i in range(2)
+    ]  # teacher-forced next tokens
     L = 12
     with torch.no_grad():
         caches = model.new_caches(batch=2, max_len=L)
@@ -215,7 +276,9 @@ def test_ragged_batch_with_per_row_positions_equals_unbatched(variant: str) -> N
         slot = torch.arange(L)
         # query t of row r sees slots <= t that hold its prompt; a padding query sees itself only
         valid = slot[None, None, :] < torch.tensor(lens)[:, None, None]  # [2, 1, L]
-        mask = (slot[None, None, :] <= positions[:, :, None]) & (valid | (slot[None, None, :] == positions[:, :, None]))
+        mask = (slot[None, None, :] <= positions[:, :, None]) & (
+            valid | (slot[None, None, :] == positions[:, :, None])
+        )
         out = model(idx, caches=caches, positions=positions, attn_mask=mask[:, None])
         got = [[out[r, lens[r] - 1]] for r in range(2)]
         length = torch.tensor(lens)
@@ -240,8 +303,13 @@ def test_fused_projections_compute_the_same_model(variant: str) -> None:
     assert model.fuse_projections() == 2 * model.config.n_layers
     assert model.fuse_projections() == 2 * model.config.n_layers  # idempotent
     keys = set(model.state_dict())
-    assert "model.layers.0.self_attn.qkv_proj.weight" in keys and "model.layers.0.mlp.gate_up_proj.weight" in keys
-    assert not any(k.split(".")[-2] in ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj") for k in keys)
+    assert (
+        "model.layers.0.self_attn.qkv_proj.weight" in keys
+        and "model.layers.0.mlp.gate_up_proj.weight" in keys
+    )
+    assert not any(
+        k.split(".")[-2] in ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj") for k in keys
+    )
     assert ("model.layers.0.self_attn.qkv_proj.bias" in keys) == model.config.qkv_bias
     idx = tokens(model.config, B=2, T=12)
     with torch.no_grad():
@@ -258,13 +326,20 @@ def test_lora_wrapped_projections_are_not_fused() -> None:
     model = build(n_kv_heads=2).eval()
     apply_lora(model, LoRAConfig(rank=2, targets=["q_proj"]))
     assert model.fuse_projections() == model.config.n_layers  # the MLPs only
-    assert model.model.layers[0].self_attn.qkv_proj is None and model.model.layers[0].mlp.gate_up_proj is not None
+    assert (
+        model.model.layers[0].self_attn.qkv_proj is None
+        and model.model.layers[0].mlp.gate_up_proj is not None
+    )
 
 
 def test_positions_with_caches_need_a_mask() -> None:
     model = build()
     with pytest.raises(ValueError, match="attn_mask"):
-        model(tokens(model.config, B=1, T=3), caches=model.new_caches(1), positions=torch.arange(3)[None])
+        model(
+            tokens(model.config, B=1, T=3),
+            caches=model.new_caches(1),
+            positions=torch.arange(3)[None],
+        )
 
 
 def test_kv_cache_buffers_and_shapes() -> None:
@@ -333,7 +408,11 @@ def test_initial_loss_is_near_uniform() -> None:
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_num_params_equals_actual_count(variant: str) -> None:
     model = build(**VARIANTS[variant])
-    assert model.config.num_params() == count_params(model) == sum(p.numel() for p in model.parameters())
+    assert (
+        model.config.num_params()
+        == count_params(model)
+        == sum(p.numel() for p in model.parameters())
+    )
 
 
 @pytest.mark.parametrize(
@@ -356,7 +435,10 @@ def test_matmul_params_exclude_only_the_embedding_lookup(variant: str) -> None:
 
 def test_flops_per_token_known_answer() -> None:
     cfg = ModelConfig(**TINY)
-    assert cfg.flops_per_token(32) == 6 * cfg.num_params(embeddings=False) + 12 * cfg.n_layers * cfg.dim * 32
+    assert (
+        cfg.flops_per_token(32)
+        == 6 * cfg.num_params(embeddings=False) + 12 * cfg.n_layers * cfg.dim * 32
+    )
 
 
 def test_init_is_seeded_and_zero_inits_output_projections() -> None:

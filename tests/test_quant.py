@@ -68,7 +68,9 @@ def test_int8_matches_the_naive_scheme_and_round_trips():
     # torch.round and Python's round both round half to even; allow the odd float-division tie.
     assert (q.int() - nq.int()).abs().max() <= 1 and (q != nq).float().mean() < 0.01
     err = (dequantize_int8(q, s) - w).abs()
-    assert (err <= s[:, None] * 0.5 * 1.01 + 1e-7).all()  # at most half a step (scale is bf16-rounded up or down)
+    assert (
+        err <= s[:, None] * 0.5 * 1.01 + 1e-7
+    ).all()  # at most half a step (scale is bf16-rounded up or down)
     assert q.abs().max() == 127  # the largest weight of some row lands on the end of the grid
 
 
@@ -121,15 +123,28 @@ def test_packed_int4_weight_reads_back_exactly():
     q, s, z = quantize_int4(lin.weight, 32)
     packed = Int4Linear.from_linear(lin, 32, backend="packed")
     assert packed.packed
-    assert torch.allclose(packed.dequantized_weight(), dequantize_int4(q, s, z, 32), rtol=1e-2, atol=1e-3)
+    assert torch.allclose(
+        packed.dequantized_weight(), dequantize_int4(q, s, z, 32), rtol=1e-2, atol=1e-3
+    )
 
 
 def tiny_model(tie: bool = False) -> Transformer:
-    cfg = ModelConfig(vocab_size=320, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=128, max_seq_len=64, tie_embeddings=tie)
+    cfg = ModelConfig(
+        vocab_size=320,
+        dim=64,
+        n_layers=2,
+        n_heads=4,
+        n_kv_heads=2,
+        hidden_dim=128,
+        max_seq_len=64,
+        tie_embeddings=tie,
+    )
     model = Transformer(cfg)
     model.init_weights(seed=0)
     g = torch.Generator().manual_seed(3)
-    with torch.no_grad():  # trained-looking weights: nothing left at its zero init, a readable spread of logits
+    with (
+        torch.no_grad()
+    ):  # trained-looking weights: nothing left at its zero init, a readable spread of logits
         for p in model.parameters():
             if p.dim() == 2:
                 p.copy_(torch.randn(p.shape, generator=g) * p.shape[1] ** -0.5)
@@ -155,7 +170,9 @@ def test_int8_model_keeps_greedy_tokens_and_int4_stays_close():
     assert not any(isinstance(m, nn.Linear) for m in m8.modules())
     assert len(report.layers) == 2 * 7 + 1 and report.bytes_after < report.bytes_before / 2
     with torch.no_grad():
-        assert rel_err(m8(x), ref_logits) < 0.03  # int8 weights ~0.7% each, bf16 activations and logits
+        assert (
+            rel_err(m8(x), ref_logits) < 0.03
+        )  # int8 weights ~0.7% each, bf16 activations and logits
     assert greedy(m8, prompt, 16) == want
 
     m4 = tiny_model()
@@ -170,7 +187,9 @@ def test_int8_model_keeps_greedy_tokens_and_int4_stays_close():
 
 def test_int4_falls_back_where_the_kernel_cannot_run():
     model = tiny_model()
-    report = quantize_model(model, "int4", group_size=128)  # in_features 64 is no multiple of 128: int8
+    report = quantize_model(
+        model, "int4", group_size=128
+    )  # in_features 64 is no multiple of 128: int8
     assert report.layers["model.layers.0.self_attn.q_proj"].startswith("int8")
     assert report.layers["model.layers.0.mlp.down_proj"].startswith("int4")  # in_features 128
     odd = nn.Linear(64, 40)  # out_features not a multiple of 16: the packed kernel refuses it
@@ -213,7 +232,10 @@ def model_path(tmp_path_factory):
     assert model.config.vocab_size >= tok.vocab_size
     model.config.vocab_size = tok.vocab_size
     small = Transformer(model.config)
-    sd = {k: (v[: tok.vocab_size] if k in ("model.embed_tokens.weight", "lm_head.weight") else v) for k, v in model.state_dict().items()}
+    sd = {
+        k: (v[: tok.vocab_size] if k in ("model.embed_tokens.weight", "lm_head.weight") else v)
+        for k, v in model.state_dict().items()
+    }
     small.load_state_dict(sd)
     return str(save_model(tmp_path_factory.mktemp("m") / "model.safetensors", small, tok))
 
@@ -222,7 +244,23 @@ def model_path(tmp_path_factory):
 def test_generate_cli_quantize(model_path, capsys, mode):
     from twofiles.cli import main
 
-    rc = main(["generate", model_path, "--prompt", "to be", "--temperature", "0", "--max-tokens", "6", "--quantize", mode, "--threads", "1", "--json"])
+    rc = main(
+        [
+            "generate",
+            model_path,
+            "--prompt",
+            "to be",
+            "--temperature",
+            "0",
+            "--max-tokens",
+            "6",
+            "--quantize",
+            mode,
+            "--threads",
+            "1",
+            "--json",
+        ]
+    )
     out, err = capsys.readouterr()
     assert rc == 0, err
     summary = json.loads(out.splitlines()[-1])
@@ -238,7 +276,9 @@ SMOLLM2 = os.path.expanduser("~/.cache/twofiles/smollm2.gguf")
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not os.path.isfile(SMOLLM2), reason="smollm2 not cached (twofiles pull smollm2)")
+@pytest.mark.skipif(
+    not os.path.isfile(SMOLLM2), reason="smollm2 not cached (twofiles pull smollm2)"
+)
 def test_smollm2_int8_greedy_matches_fp32():
     from twofiles.engine import encode_prompt, resolve_model
 
@@ -278,7 +318,9 @@ def test_packed_linear_is_f_linear_to_rounding(bias):
     for x in (
         torch.randn(1, 96, generator=g),  # a decode row
         torch.randn(2, 7, 96, generator=g),  # a prompt chunk
-        torch.randn(3, 5, 96, generator=g)[:, -1],  # a non-contiguous slice (the prompt's last position)
+        torch.randn(3, 5, 96, generator=g)[
+            :, -1
+        ],  # a non-contiguous slice (the prompt's last position)
     ):
         with torch.inference_mode():
             got, want = packed(x), lin(x)
@@ -297,7 +339,10 @@ def test_fused_and_packed_model_generates_what_the_plain_one_does(tie):
     assert any("oneDNN packed fp32 linears: 9" in r for r in setup.reasons)  # 4 per layer + lm_head
     assert not any(type(m) is nn.Linear for m in model.modules())
     if tie:  # the lookup keeps the embedding; the head has its own packed copy
-        assert isinstance(model.lm_head, PackedLinear) and model.model.embed_tokens.weight.dtype == torch.float32
+        assert (
+            isinstance(model.lm_head, PackedLinear)
+            and model.model.embed_tokens.weight.dtype == torch.float32
+        )
     x = torch.tensor([[1, 17, 42, 99, 5]])
     with torch.inference_mode():
         torch.testing.assert_close(model(x), ref(x), rtol=1e-4, atol=1e-4)
@@ -338,7 +383,9 @@ def test_compiled_model_generates_what_eager_does(mode):
     ref, model = tiny_model(), tiny_model()
     prepare_for_inference(ref, quantize=mode)
     setup = prepare_for_inference(model, quantize=mode, compile=True)
-    assert setup.compiled and (mode != "none" or any("left to torch.compile" in r for r in setup.reasons))
+    assert setup.compiled and (
+        mode != "none" or any("left to torch.compile" in r for r in setup.reasons)
+    )
     from torch._dynamo.utils import counters
 
     assert greedy(model, [1, 17, 42, 99, 5], 12) == greedy(ref, [1, 17, 42, 99, 5], 12)
@@ -359,12 +406,28 @@ def test_generate_cli_compile_reports_its_compile_apart(model_path, capsys):
 
     if shutil.which("cc") is None and shutil.which("gcc") is None:
         pytest.skip("inductor's CPU backend needs a C compiler")
-    base = ["generate", model_path, "--prompt", "to be", "--temperature", "0", "--max-tokens", "12", "--quantize", "int8", "--json"]
+    base = [
+        "generate",
+        model_path,
+        "--prompt",
+        "to be",
+        "--temperature",
+        "0",
+        "--max-tokens",
+        "12",
+        "--quantize",
+        "int8",
+        "--json",
+    ]
     summaries = []
     for extra in ([], ["--compile"]):
         assert main(base + extra) == 0
         summaries.append(json.loads(capsys.readouterr().out.splitlines()[-1]))
     eager, compiled = summaries
-    assert compiled["compiled"] and compiled["compile_seconds"] > 0 and eager["compile_seconds"] == 0
+    assert (
+        compiled["compiled"] and compiled["compile_seconds"] > 0 and eager["compile_seconds"] == 0
+    )
     assert compiled["text"] == eager["text"] and compiled["tokens"] == eager["tokens"]
-    assert compiled["seconds"] < compiled["compile_seconds"]  # the compile is not in the generation's time
+    assert (
+        compiled["seconds"] < compiled["compile_seconds"]
+    )  # the compile is not in the generation's time

@@ -12,8 +12,8 @@ import time
 
 import pytest
 import torch
-from tiny_models import loaded, random_model, tiny_tokenizer
 
+from tiny_models import loaded, random_model, tiny_tokenizer
 from twofiles.engine import PromptTooLongError, SamplingParams, generate, generate_steps
 from twofiles.errors import TwofilesError
 from twofiles.scheduler import QueueFullError, Scheduler
@@ -30,8 +30,28 @@ def model(tok):
 
 
 def prompts(tok, n: int) -> list[list[int]]:
-    words = "to be or not to be that is the question whether tis nobler in the mind".split()
-    return [[tok.bos_id] + tok.encode(" ".join(words[i % 5 : i % 5 + 1 + (7 * i) % 11])) for i in range(n)]
+    words = [
+        "to",
+        "be",
+        "or",
+        "not",
+        "to",
+        "be",
+        "that",
+        "is",
+        "the",
+        "question",
+        "whether",
+        "tis",
+        "nobler",
+        "in",
+        "the",
+        "mind",
+    ]
+    return [
+        [tok.bos_id] + tok.encode(" ".join(words[i % 5 : i % 5 + 1 + (7 * i) % 11]))
+        for i in range(n)
+    ]
 
 
 def reference(model, tok, prompt, params) -> list[int]:
@@ -45,7 +65,9 @@ def run_all(sched: Scheduler, reqs, *, stagger: int = 0):
     for i, (p, params) in enumerate(reqs):
         if stagger and i == stagger:
             deadline = time.monotonic() + 30
-            while len(handles[0].tokens) < 3 and not handles[0].done and time.monotonic() < deadline:
+            while (
+                len(handles[0].tokens) < 3 and not handles[0].done and time.monotonic() < deadline
+            ):
                 time.sleep(0.001)
         handles.append(sched.submit("m", p, params))
     for h in handles:
@@ -55,7 +77,9 @@ def run_all(sched: Scheduler, reqs, *, stagger: int = 0):
 
 def test_greedy_rows_equal_unbatched_whatever_shares_the_batch(model, tok):
     ps = prompts(tok, 7)
-    reqs = [(p, SamplingParams(temperature=0, max_tokens=5 + 4 * (i % 4))) for i, p in enumerate(ps)]
+    reqs = [
+        (p, SamplingParams(temperature=0, max_tokens=5 + 4 * (i % 4))) for i, p in enumerate(ps)
+    ]
     with Scheduler({"m": loaded(model, tok)}, max_seqs=3) as sched:
         handles = run_all(sched, reqs, stagger=2)
         assert sched.stats()["m"]["active"] == 0
@@ -67,7 +91,20 @@ def test_greedy_rows_equal_unbatched_whatever_shares_the_batch(model, tok):
 
 def test_seeded_sampling_rows_equal_unbatched(model, tok):
     ps = prompts(tok, 5)
-    reqs = [(p, SamplingParams(temperature=0.9, top_k=50, top_p=0.95, seed=100 + i, max_tokens=12, repetition_penalty=1.2 if i % 2 else 1.0)) for i, p in enumerate(ps)]
+    reqs = [
+        (
+            p,
+            SamplingParams(
+                temperature=0.9,
+                top_k=50,
+                top_p=0.95,
+                seed=100 + i,
+                max_tokens=12,
+                repetition_penalty=1.2 if i % 2 else 1.0,
+            ),
+        )
+        for i, p in enumerate(ps)
+    ]
     with Scheduler({"m": loaded(model, tok)}, max_seqs=4) as sched:
         handles = run_all(sched, reqs, stagger=1)
     for (p, params), h in zip(reqs, handles):
@@ -76,7 +113,12 @@ def test_seeded_sampling_rows_equal_unbatched(model, tok):
 
 def test_text_and_stop_strings_match_the_engine(model, tok):
     p = prompts(tok, 3)[2]
-    full = "".join(s.text for s in generate_steps(model, p, SamplingParams(temperature=0, max_tokens=30), tokenizer=tok))
+    full = "".join(
+        s.text
+        for s in generate_steps(
+            model, p, SamplingParams(temperature=0, max_tokens=30), tokenizer=tok
+        )
+    )
     assert len(full) > 6
     stop = full[4:7]
     params = SamplingParams(temperature=0, max_tokens=30, stop=[stop])
@@ -111,7 +153,9 @@ def _collect_events(h):
 def test_cancel_frees_the_slot_and_others_continue(model, tok):
     ps = prompts(tok, 3)
     with Scheduler({"m": loaded(model, tok)}, max_seqs=1, max_queue=4) as sched:
-        long = sched.submit("m", ps[0], SamplingParams(temperature=0, max_tokens=100, stop_token_ids=[]))
+        long = sched.submit(
+            "m", ps[0], SamplingParams(temperature=0, max_tokens=100, stop_token_ids=[])
+        )
         waiting = sched.submit("m", ps[1], SamplingParams(temperature=0, max_tokens=4))
         deadline = time.monotonic() + 30
         while not long.tokens and time.monotonic() < deadline:
@@ -119,8 +163,12 @@ def test_cancel_frees_the_slot_and_others_continue(model, tok):
         long.cancel()
         assert long.wait(30) and long.finish_reason in ("cancelled", "stop", "length")
         assert waiting.wait(30)
-        assert waiting.tokens == reference(model, tok, ps[1], SamplingParams(temperature=0, max_tokens=4))
-        queued_then_cancelled = sched.submit("m", ps[2], SamplingParams(temperature=0, max_tokens=50))
+        assert waiting.tokens == reference(
+            model, tok, ps[1], SamplingParams(temperature=0, max_tokens=4)
+        )
+        queued_then_cancelled = sched.submit(
+            "m", ps[2], SamplingParams(temperature=0, max_tokens=50)
+        )
         queued_then_cancelled.cancel()
         assert queued_then_cancelled.wait(30)
         assert sched.stats()["m"]["active"] == 0 and sched.stats()["m"]["queued"] == 0
@@ -163,7 +211,9 @@ def test_bad_requests_fail_at_submit(model, tok):
         with pytest.raises(TwofilesError, match="max_tokens"):
             sched.submit("m", [1], SamplingParams(max_tokens=0))
         # output is capped by the context: prompt + output fills it exactly
-        h = sched.submit("m", [tok.bos_id] * 60, SamplingParams(temperature=0, max_tokens=50, stop_token_ids=[]))
+        h = sched.submit(
+            "m", [tok.bos_id] * 60, SamplingParams(temperature=0, max_tokens=50, stop_token_ids=[])
+        )
         assert h.wait(30)
         assert h.finish_reason == "stop" or len(h.tokens) == 4
 
@@ -205,7 +255,9 @@ def test_quantized_model_rows_equal_its_unbatched_engine(tok):
     from twofiles.quant import quantize_model
 
     model = random_model(tok, seed=3)
-    quantize_model(model, "int8", embedding=True)  # no lm_head.weight any more: device and dtype come from elsewhere
+    quantize_model(
+        model, "int8", embedding=True
+    )  # no lm_head.weight any more: device and dtype come from elsewhere
     ps = prompts(tok, 4)
     reqs = [(p, SamplingParams(temperature=0, max_tokens=6)) for p in ps]
     with Scheduler({"m": loaded(model, tok)}, max_seqs=2) as sched:

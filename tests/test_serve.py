@@ -19,11 +19,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import openai
 import pytest
+import uvicorn
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-import uvicorn
-from tiny_models import ScriptedModel, loaded, random_model, tiny_tokenizer
 
+from tiny_models import ScriptedModel, loaded, random_model, tiny_tokenizer
 from twofiles.chat import ChatFormat
 from twofiles.engine import SamplingParams, encode_prompt, generate_steps
 from twofiles.serve.app import create_app
@@ -35,7 +35,11 @@ CALCULATOR = {
     "function": {
         "name": "calculator",
         "description": "Evaluate an arithmetic expression.",
-        "parameters": {"type": "object", "properties": {"expression": {"type": "string"}}, "required": ["expression"]},
+        "parameters": {
+            "type": "object",
+            "properties": {"expression": {"type": "string"}},
+            "required": ["expression"],
+        },
     },
 }
 TOOL_QUESTION = [{"role": "user", "content": "what is 2+3?"}]
@@ -53,7 +57,9 @@ class LiveServer:
         self.port = sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
+        self.thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [sock]}, daemon=True
+        )
         self.thread.start()
         deadline = time.monotonic() + 30
         while not self.server.started:
@@ -61,12 +67,25 @@ class LiveServer:
             time.sleep(0.01)
 
     def client(self, **kw) -> openai.OpenAI:
-        return openai.OpenAI(base_url=self.url + "/v1", api_key=kw.pop("api_key", "none"), max_retries=0, timeout=60, **kw)
+        return openai.OpenAI(
+            base_url=self.url + "/v1",
+            api_key=kw.pop("api_key", "none"),
+            max_retries=0,
+            timeout=60,
+            **kw,
+        )
 
-    def raw(self, method: str, path: str, body: bytes | str | None = None, headers: dict | None = None) -> tuple[int, dict, dict]:
+    def raw(
+        self, method: str, path: str, body: bytes | str | None = None, headers: dict | None = None
+    ) -> tuple[int, dict, dict]:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
         try:
-            conn.request(method, path, body=body, headers={"Content-Type": "application/json", **(headers or {})})
+            conn.request(
+                method,
+                path,
+                body=body,
+                headers={"Content-Type": "application/json", **(headers or {})},
+            )
             r = conn.getresponse()
             data = r.read()
             return r.status, dict(r.getheaders()), json.loads(data) if data else {}
@@ -102,15 +121,33 @@ def models(tok):
     tool_dicts = [ToolSpec.model_validate(CALCULATOR).model_dump(exclude_none=True)]
     prompt_len = len(fmt.prompt_ids(TOOL_QUESTION, tools=tool_dicts))
     sp = tok.special_ids
-    script = [sp["<|tool_call_start|>"], *tok.encode(TOOL_CALL_JSON), sp["<|tool_call_end|>"], sp["<|assistant_end|>"]]
-    scripted = loaded(ScriptedModel(tok, script, prompt_len, filler=sp["<|assistant_end|>"], max_seq_len=512), tok)
+    script = [
+        sp["<|tool_call_start|>"],
+        *tok.encode(TOOL_CALL_JSON),
+        sp["<|tool_call_end|>"],
+        sp["<|assistant_end|>"],
+    ]
+    scripted = loaded(
+        ScriptedModel(tok, script, prompt_len, filler=sp["<|assistant_end|>"], max_seq_len=512), tok
+    )
     slow = loaded(SlowModel(tok, [], 0, filler=tok.encode("a")[0], max_seq_len=4096), tok)
     return {"tiny": tiny, "scripted": scripted, "slow": slow}
 
 
 @pytest.fixture(scope="module")
 def server(models):
-    s = LiveServer(create_app(models, ServeSettings(max_seqs=4, max_queue=64, max_context=4096, max_body_bytes=64 * 1024, max_output_tokens=2000)))
+    s = LiveServer(
+        create_app(
+            models,
+            ServeSettings(
+                max_seqs=4,
+                max_queue=64,
+                max_context=4096,
+                max_body_bytes=64 * 1024,
+                max_output_tokens=2000,
+            ),
+        )
+    )
     yield s
     s.stop()
 
@@ -123,7 +160,10 @@ def engine_chat(model_loaded, messages, params):
     return "".join(s.text for s in steps), len(ids), len(steps)
 
 
-MESSAGES = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "to be or not to be?"}]
+MESSAGES = [
+    {"role": "system", "content": "be brief"},
+    {"role": "user", "content": "to be or not to be?"},
+]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -139,8 +179,12 @@ def test_models_and_health(server):
 
 
 def test_chat_equals_the_engine(server, models):
-    r = server.client().chat.completions.create(model="tiny", messages=MESSAGES, temperature=0, max_tokens=12)
-    text, prompt_tokens, completion_tokens = engine_chat(models["tiny"], MESSAGES, SamplingParams(temperature=0, max_tokens=12))
+    r = server.client().chat.completions.create(
+        model="tiny", messages=MESSAGES, temperature=0, max_tokens=12
+    )
+    text, prompt_tokens, completion_tokens = engine_chat(
+        models["tiny"], MESSAGES, SamplingParams(temperature=0, max_tokens=12)
+    )
     assert r.object == "chat.completion" and r.model == "tiny"
     assert r.choices[0].message.role == "assistant" and r.choices[0].message.content == text
     assert r.choices[0].finish_reason in ("stop", "length")
@@ -150,41 +194,79 @@ def test_chat_equals_the_engine(server, models):
 def test_streaming_chat_equals_non_streamed(server):
     kw = dict(model="tiny", messages=MESSAGES, temperature=0.7, seed=3, max_tokens=20)
     whole = server.client().chat.completions.create(**kw)
-    chunks = list(server.client().chat.completions.create(**kw, stream=True, stream_options={"include_usage": True}))
+    chunks = list(
+        server.client().chat.completions.create(
+            **kw, stream=True, stream_options={"include_usage": True}
+        )
+    )
     assert chunks[0].choices[0].delta.role == "assistant"
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == whole.choices[0].message.content
-    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    finishes = [
+        c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason
+    ]
     assert finishes == [whole.choices[0].finish_reason]
-    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+    assert (
+        chunks[-1].choices == []
+        and chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+    )
 
 
 def test_completions_equal_the_engine(server, models):
     m = models["tiny"]
-    r = server.client().completions.create(model="tiny", prompt="whether tis", max_tokens=10, temperature=0, logprobs=2)
-    steps = list(generate_steps(m.model, encode_prompt(m.tokenizer, "whether tis"), SamplingParams(temperature=0, max_tokens=10), tokenizer=m.tokenizer))
+    r = server.client().completions.create(
+        model="tiny", prompt="whether tis", max_tokens=10, temperature=0, logprobs=2
+    )
+    steps = list(
+        generate_steps(
+            m.model,
+            encode_prompt(m.tokenizer, "whether tis"),
+            SamplingParams(temperature=0, max_tokens=10),
+            tokenizer=m.tokenizer,
+        )
+    )
     assert r.choices[0].text == "".join(s.text for s in steps)
     lp = r.choices[0].logprobs
-    assert len(lp.token_logprobs) == sum(1 for s in steps if s.finish != "stop" or s.token not in (m.tokenizer.bos_id, *m.tokenizer.eos_ids))
-    assert all(1 <= len(t) <= 2 for t in lp.top_logprobs)  # a dict: two tokens may decode alike and all(x <= 0 for x in lp.token_logprobs)
-    streamed = list(server.client().completions.create(model="tiny", prompt="whether tis", max_tokens=10, temperature=0, stream=True))
+    assert len(lp.token_logprobs) == sum(
+        1
+        for s in steps
+        if s.finish != "stop" or s.token not in (m.tokenizer.bos_id, *m.tokenizer.eos_ids)
+    )
+    assert all(
+        1 <= len(t) <= 2 for t in lp.top_logprobs
+    )  # a dict: two tokens may decode alike and all(x <= 0 for x in lp.token_logprobs)
+    streamed = list(
+        server.client().completions.create(
+            model="tiny", prompt="whether tis", max_tokens=10, temperature=0, stream=True
+        )
+    )
     assert "".join(c.choices[0].text for c in streamed) == r.choices[0].text
-    echo = server.client().completions.create(model="tiny", prompt=["to be", "not"], max_tokens=3, temperature=0, echo=True, n=2)
+    echo = server.client().completions.create(
+        model="tiny", prompt=["to be", "not"], max_tokens=3, temperature=0, echo=True, n=2
+    )
     assert [c.index for c in echo.choices] == [0, 1, 2, 3]
     assert echo.choices[0].text.startswith("to be") and echo.choices[3].text.startswith("not")
 
 
 def test_tool_call_is_parsed(server):
-    r = server.client().chat.completions.create(model="scripted", messages=TOOL_QUESTION, tools=[CALCULATOR], temperature=0)
+    r = server.client().chat.completions.create(
+        model="scripted", messages=TOOL_QUESTION, tools=[CALCULATOR], temperature=0
+    )
     choice = r.choices[0]
     assert choice.finish_reason == "tool_calls"
     (call,) = choice.message.tool_calls
     assert call.type == "function" and call.function.name == "calculator" and call.id
     assert json.loads(call.function.arguments) == {"expression": "2+3"}
     assert not choice.message.content
-    chunks = list(server.client().chat.completions.create(model="scripted", messages=TOOL_QUESTION, tools=[CALCULATOR], temperature=0, stream=True))
+    chunks = list(
+        server.client().chat.completions.create(
+            model="scripted", messages=TOOL_QUESTION, tools=[CALCULATOR], temperature=0, stream=True
+        )
+    )
     calls = [tc for c in chunks for tc in (c.choices[0].delta.tool_calls or [])]
-    assert [(tc.function.name, json.loads(tc.function.arguments)) for tc in calls] == [("calculator", {"expression": "2+3"})]
+    assert [(tc.function.name, json.loads(tc.function.arguments)) for tc in calls] == [
+        ("calculator", {"expression": "2+3"})
+    ]
     assert chunks[-1].choices[0].finish_reason == "tool_calls"
     assert not any(c.choices[0].delta.content for c in chunks)  # the call's text is not content
     # a follow-up turn with the call and its result renders and runs
@@ -192,19 +274,27 @@ def test_tool_call_is_parsed(server):
         {"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
         {"role": "tool", "tool_call_id": call.id, "content": "5"},
     ]
-    r2 = server.client().chat.completions.create(model="scripted", messages=follow, tools=[CALCULATOR], temperature=0, max_tokens=5)
+    r2 = server.client().chat.completions.create(
+        model="scripted", messages=follow, tools=[CALCULATOR], temperature=0, max_tokens=5
+    )
     assert r2.choices[0].finish_reason == "stop"
 
 
 def test_chat_logprobs(server):
-    r = server.client().chat.completions.create(model="tiny", messages=MESSAGES, temperature=0, max_tokens=8, logprobs=True, top_logprobs=3)
+    r = server.client().chat.completions.create(
+        model="tiny", messages=MESSAGES, temperature=0, max_tokens=8, logprobs=True, top_logprobs=3
+    )
     content = r.choices[0].logprobs.content
     assert 1 <= len(content) <= r.usage.completion_tokens
     for entry in content:
         tops = [t.logprob for t in entry.top_logprobs]
         assert len(tops) == 3 and tops == sorted(tops, reverse=True)
-        assert entry.logprob == pytest.approx(tops[0]) and entry.token == entry.top_logprobs[0].token  # greedy: the top one
-        assert bytes(entry.bytes).decode("utf-8", "replace") == entry.token or "\ufffd" in entry.token
+        assert (
+            entry.logprob == pytest.approx(tops[0]) and entry.token == entry.top_logprobs[0].token
+        )  # greedy: the top one
+        assert (
+            bytes(entry.bytes).decode("utf-8", "replace") == entry.token or "\ufffd" in entry.token
+        )
     assert "".join(e.token for e in content) == r.choices[0].message.content
 
 
@@ -213,7 +303,9 @@ def test_n_choices_with_a_seed_are_reproducible(server):
     a = server.client().chat.completions.create(**kw)
     b = server.client().chat.completions.create(**kw)
     assert [c.message.content for c in a.choices] == [c.message.content for c in b.choices]
-    assert len({c.message.content for c in a.choices}) > 1  # seed, seed+1, seed+2: different samples
+    assert (
+        len({c.message.content for c in a.choices}) > 1
+    )  # seed, seed+1, seed+2: different samples
 
 
 # ---------------------------------------------------------------------------------------------
@@ -226,20 +318,44 @@ def test_n_choices_with_a_seed_are_reproducible(server):
         ({"model": "nope", "messages": MESSAGES}, 404, ["nope", "not served"]),
         ({"model": "tiny", "messages": MESSAGES, "max_tokens": -1}, 400, ["max_tokens"]),
         ({"model": "tiny", "messages": MESSAGES, "temperature": "hot"}, 400, ["temperature"]),
-        ({"model": "tiny", "messages": MESSAGES, "temprature": 0}, 400, ["temprature", "unknown field"]),
+        (
+            {"model": "tiny", "messages": MESSAGES, "temprature": 0},
+            400,
+            ["temprature", "unknown field"],
+        ),
         ({"model": "tiny"}, 400, ["messages", "missing"]),
         ({"model": "tiny", "messages": []}, 400, ["messages"]),
         ({"model": "tiny", "messages": "hi"}, 400, ["messages"]),
-        ({"model": "tiny", "messages": [{"role": "wizard", "content": "x"}]}, 400, ["messages[0].role"]),
-        ({"model": "tiny", "messages": [{"role": "user", "content": 5}]}, 400, ["messages[0].content"]),
+        (
+            {"model": "tiny", "messages": [{"role": "wizard", "content": "x"}]},
+            400,
+            ["messages[0].role"],
+        ),
+        (
+            {"model": "tiny", "messages": [{"role": "user", "content": 5}]},
+            400,
+            ["messages[0].content"],
+        ),
         ({"model": "tiny", "messages": MESSAGES, "n": 0}, 400, ["n"]),
         ({"model": "tiny", "messages": MESSAGES, "n": 100}, 400, ["n", "at most"]),
         ({"model": "tiny", "messages": MESSAGES, "top_p": 0}, 400, ["top_p"]),
         ({"model": "tiny", "messages": MESSAGES, "stop": ["a", "b", "c", "d", "e"]}, 400, ["stop"]),
-        ({"model": "tiny", "messages": MESSAGES, "top_logprobs": 3}, 400, ["top_logprobs", "logprobs"]),
-        ({"model": "tiny", "messages": MESSAGES, "presence_penalty": 1.0}, 400, ["presence_penalty"]),
+        (
+            {"model": "tiny", "messages": MESSAGES, "top_logprobs": 3},
+            400,
+            ["top_logprobs", "logprobs"],
+        ),
+        (
+            {"model": "tiny", "messages": MESSAGES, "presence_penalty": 1.0},
+            400,
+            ["presence_penalty"],
+        ),
         ({"model": "tiny", "messages": MESSAGES, "tools": [{"type": "function"}]}, 400, ["tools"]),
-        ({"model": "tiny", "messages": [{"role": "user", "content": "to be " * 3000}]}, 400, ["prompt", "tokens"]),
+        (
+            {"model": "tiny", "messages": [{"role": "user", "content": "to be " * 3000}]},
+            400,
+            ["prompt", "tokens"],
+        ),
         ({"model": "tiny", "messages": MESSAGES, "stream": "yes"}, 400, ["stream"]),
         ([1, 2, 3], 400, []),
     ],
@@ -276,7 +392,11 @@ def test_malformed_transport_gets_4xx(server):
     assert code == 400 and "invalid JSON" in resp["error"]["message"]
     code, _, resp = server.raw("POST", "/v1/chat/completions", b"\xff\xfe not json")
     assert code == 400
-    code, _, resp = server.raw("POST", "/v1/chat/completions", json.dumps({"model": "tiny", "messages": MESSAGES, "pad": "x" * 100_000}))
+    code, _, resp = server.raw(
+        "POST",
+        "/v1/chat/completions",
+        json.dumps({"model": "tiny", "messages": MESSAGES, "pad": "x" * 100_000}),
+    )
     assert code == 413 and "limit" in resp["error"]["message"]
     code, _, resp = server.raw("GET", "/v1/nowhere")
     assert code == 404 and "error" in resp
@@ -287,7 +407,13 @@ def test_malformed_transport_gets_4xx(server):
 def test_chunked_body_over_the_limit_gets_413(server):
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
     chunks = (b"x" * 8192 for _ in range(20))  # no Content-Length: sent chunked, 160 KiB
-    conn.request("POST", "/v1/chat/completions", body=chunks, headers={"Content-Type": "application/json"}, encode_chunked=True)
+    conn.request(
+        "POST",
+        "/v1/chat/completions",
+        body=chunks,
+        headers={"Content-Type": "application/json"},
+        encode_chunked=True,
+    )
     r = conn.getresponse()
     assert r.status == 413 and "limit" in json.loads(r.read())["error"]["message"]
     conn.close()
@@ -332,7 +458,11 @@ def test_disconnect_mid_stream_frees_the_slot(server):
 def test_disconnect_while_waiting_for_a_non_streamed_reply_frees_the_slot(server):
     sock = socket.create_connection(("127.0.0.1", server.port))
     body = json.dumps({"model": "slow", "prompt": "a", "max_tokens": 2000}).encode()
-    sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    sock.sendall(
+        b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+        % len(body)
+        + body
+    )
     deadline = time.monotonic() + 10
     while server.stats()["slow"]["active"] == 0 and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -341,28 +471,58 @@ def test_disconnect_while_waiting_for_a_non_streamed_reply_frees_the_slot(server
 
 
 def test_full_queue_gets_429_with_retry_after(models):
-    s = LiveServer(create_app({"slow": models["slow"]}, ServeSettings(max_seqs=1, max_queue=0, max_context=4096, max_output_tokens=4000, retry_after_s=2)))
+    s = LiveServer(
+        create_app(
+            {"slow": models["slow"]},
+            ServeSettings(
+                max_seqs=1, max_queue=0, max_context=4096, max_output_tokens=4000, retry_after_s=2
+            ),
+        )
+    )
     try:
         conn = http.client.HTTPConnection("127.0.0.1", s.port, timeout=30)
-        conn.request("POST", "/v1/completions", body=json.dumps({"model": "slow", "prompt": "a", "max_tokens": 3000, "stream": True}), headers={"Content-Type": "application/json"})
+        conn.request(
+            "POST",
+            "/v1/completions",
+            body=json.dumps({"model": "slow", "prompt": "a", "max_tokens": 3000, "stream": True}),
+            headers={"Content-Type": "application/json"},
+        )
         r = conn.getresponse()
         r.readline()
-        code, headers, resp = s.raw("POST", "/v1/completions", json.dumps({"model": "slow", "prompt": "a", "max_tokens": 5}))
-        assert code == 429 and headers.get("retry-after") == "2" and "busy" in resp["error"]["message"]
+        code, headers, resp = s.raw(
+            "POST", "/v1/completions", json.dumps({"model": "slow", "prompt": "a", "max_tokens": 5})
+        )
+        assert (
+            code == 429 and headers.get("retry-after") == "2" and "busy" in resp["error"]["message"]
+        )
         with pytest.raises(openai.RateLimitError):
             s.client().completions.create(model="slow", prompt="a", max_tokens=5)
         conn.close()
         assert wait_idle(s, "slow")["active"] == 0
-        assert s.client().completions.create(model="slow", prompt="a", max_tokens=3).usage.completion_tokens == 3
+        assert (
+            s.client()
+            .completions.create(model="slow", prompt="a", max_tokens=3)
+            .usage.completion_tokens
+            == 3
+        )
     finally:
         s.stop()
 
 
 def test_request_timeout_gets_504_and_frees_the_slot(models):
-    s = LiveServer(create_app({"slow": models["slow"]}, ServeSettings(request_timeout_s=0.3, max_context=4096, max_output_tokens=4000)))
+    s = LiveServer(
+        create_app(
+            {"slow": models["slow"]},
+            ServeSettings(request_timeout_s=0.3, max_context=4096, max_output_tokens=4000),
+        )
+    )
     try:
         t0 = time.monotonic()
-        code, _, resp = s.raw("POST", "/v1/completions", json.dumps({"model": "slow", "prompt": "a", "max_tokens": 3000}))
+        code, _, resp = s.raw(
+            "POST",
+            "/v1/completions",
+            json.dumps({"model": "slow", "prompt": "a", "max_tokens": 3000}),
+        )
         assert code == 504 and "limit" in resp["error"]["message"] and time.monotonic() - t0 < 5
         assert wait_idle(s, "slow")["active"] == 0
     finally:
@@ -370,15 +530,29 @@ def test_request_timeout_gets_504_and_frees_the_slot(models):
 
 
 def test_api_keys(models, tmp_path):
-    s = LiveServer(create_app({"tiny": models["tiny"]}, ServeSettings(api_keys=frozenset({"k1", "k2"}))))
+    s = LiveServer(
+        create_app({"tiny": models["tiny"]}, ServeSettings(api_keys=frozenset({"k1", "k2"})))
+    )
     try:
         with pytest.raises(openai.AuthenticationError):
             s.client().models.list()
         with pytest.raises(openai.AuthenticationError):
-            s.client(api_key="k3").chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=2)
-        assert s.client(api_key="k2").chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=2).choices
-        code, headers, resp = s.raw("POST", "/v1/completions", json.dumps({"model": "tiny", "prompt": "a"}))
-        assert code == 401 and headers.get("www-authenticate") == "Bearer" and "API key" in resp["error"]["message"]
+            s.client(api_key="k3").chat.completions.create(
+                model="tiny", messages=MESSAGES, max_tokens=2
+            )
+        assert (
+            s.client(api_key="k2")
+            .chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=2)
+            .choices
+        )
+        code, headers, resp = s.raw(
+            "POST", "/v1/completions", json.dumps({"model": "tiny", "prompt": "a"})
+        )
+        assert (
+            code == 401
+            and headers.get("www-authenticate") == "Bearer"
+            and "API key" in resp["error"]["message"]
+        )
         assert s.raw("GET", "/health")[0] == 200  # health stays open for probes
     finally:
         s.stop()
@@ -395,11 +569,23 @@ def test_bounded_load_no_5xx_no_lost_slots_memory_flat(server):
     def one(i: int) -> str:
         c = clients[i]
         if i % 3 == 0:
-            chunks = list(c.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=16, stream=True, seed=i))
+            chunks = list(
+                c.chat.completions.create(
+                    model="tiny", messages=MESSAGES, max_tokens=16, stream=True, seed=i
+                )
+            )
             return "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
         if i % 3 == 1:
-            return c.completions.create(model="tiny", prompt="to be", max_tokens=16, seed=i).choices[0].text
-        return c.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=16, seed=i).choices[0].message.content
+            return (
+                c.completions.create(model="tiny", prompt="to be", max_tokens=16, seed=i)
+                .choices[0]
+                .text
+            )
+        return (
+            c.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=16, seed=i)
+            .choices[0]
+            .message.content
+        )
 
     rss = []
     t0 = time.monotonic()
@@ -409,7 +595,9 @@ def test_bounded_load_no_5xx_no_lost_slots_memory_flat(server):
             assert wait_idle(server, "tiny") == {**server.stats()["tiny"], "active": 0, "queued": 0}
             rss.append(proc.memory_info().rss)
     assert time.monotonic() - t0 < 120
-    assert rss[2] - rss[0] < 40 * 2**20, f"memory grew {(rss[2] - rss[0]) / 2**20:.1f} MiB over two rounds"
+    assert rss[2] - rss[0] < 40 * 2**20, (
+        f"memory grew {(rss[2] - rss[0]) / 2**20:.1f} MiB over two rounds"
+    )
 
 
 @pytest.mark.slow
@@ -424,33 +612,80 @@ def test_smollm2_through_the_server_equals_the_engine():
     smol = resolve_model("smollm2")
     s = LiveServer(create_app({"smollm2": smol}, ServeSettings(max_seqs=2, max_context=512)))
     try:
-        questions = [[{"role": "user", "content": "What is the capital of France?"}], [{"role": "system", "content": "Answer in one word."}, {"role": "user", "content": "Name a colour of the sky."}]]
+        questions = [
+            [{"role": "user", "content": "What is the capital of France?"}],
+            [
+                {"role": "system", "content": "Answer in one word."},
+                {"role": "user", "content": "Name a colour of the sky."},
+            ],
+        ]
         with ThreadPoolExecutor(2) as pool:
-            replies = list(pool.map(lambda m: s.client().chat.completions.create(model="smollm2", messages=m, temperature=0, max_tokens=10), questions))
+            replies = list(
+                pool.map(
+                    lambda m: s.client().chat.completions.create(
+                        model="smollm2", messages=m, temperature=0, max_tokens=10
+                    ),
+                    questions,
+                )
+            )
         for messages, r in zip(questions, replies):
-            text, prompt_tokens, completion_tokens = engine_chat(smol, messages, SamplingParams(temperature=0, max_tokens=10))
+            text, prompt_tokens, completion_tokens = engine_chat(
+                smol, messages, SamplingParams(temperature=0, max_tokens=10)
+            )
             assert r.choices[0].message.content == text and len(text) > 3
-            assert (r.usage.prompt_tokens, r.usage.completion_tokens) == (prompt_tokens, completion_tokens)
+            assert (r.usage.prompt_tokens, r.usage.completion_tokens) == (
+                prompt_tokens,
+                completion_tokens,
+            )
     finally:
         s.stop()
 
 
 JSON_VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
     max_leaves=12,
 )
-FIELDS = ["model", "messages", "temperature", "top_p", "top_k", "max_tokens", "stop", "seed", "n", "stream", "logprobs", "top_logprobs", "tools", "tool_choice", "prompt", "echo"]
+FIELDS = [
+    "model",
+    "messages",
+    "temperature",
+    "top_p",
+    "top_k",
+    "max_tokens",
+    "stop",
+    "seed",
+    "n",
+    "stream",
+    "logprobs",
+    "top_logprobs",
+    "tools",
+    "tool_choice",
+    "prompt",
+    "echo",
+]
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
     path=st.sampled_from(["/v1/chat/completions", "/v1/completions"]),
     fields=st.dictionaries(st.sampled_from(FIELDS), JSON_VALUES, max_size=6),
     valid_base=st.booleans(),
 )
 def test_fuzzed_requests_never_get_a_5xx(server, path, fields, valid_base):
-    base = {"model": "tiny", "messages": MESSAGES, "max_tokens": 2} if "chat" in path else {"model": "tiny", "prompt": "to be", "max_tokens": 2}
+    base = (
+        {"model": "tiny", "messages": MESSAGES, "max_tokens": 2}
+        if "chat" in path
+        else {"model": "tiny", "prompt": "to be", "max_tokens": 2}
+    )
     body = {**base, **fields} if valid_base else fields
     code, _, resp = server.raw("POST", path, json.dumps(body))
     assert code < 500, (code, resp)
@@ -458,7 +693,15 @@ def test_fuzzed_requests_never_get_a_5xx(server, path, fields, valid_base):
         assert resp["error"]["message"]
 
 
-@pytest.mark.parametrize("raw", ['{"model": "tiny", "prompt": "a", "temperature": NaN}', '{"model": "tiny", "prompt": "a", "max_tokens": Infinity}', "[" * 50_000 + "]" * 50_000, '{"model": "tiny", "prompt": "\\ud800"}'])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        '{"model": "tiny", "prompt": "a", "temperature": NaN}',
+        '{"model": "tiny", "prompt": "a", "max_tokens": Infinity}',
+        "[" * 50_000 + "]" * 50_000,
+        '{"model": "tiny", "prompt": "\\ud800"}',
+    ],
+)
 def test_odd_json_gets_4xx(server, raw):
     code, _, resp = server.raw("POST", "/v1/completions", raw)
     assert 400 <= code < 500 and resp["error"]["message"]

@@ -8,12 +8,11 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 
 import openai
 import pytest
-from tiny_models import random_model, tiny_tokenizer
 
+from tiny_models import random_model, tiny_tokenizer
 from twofiles.cli import main
 from twofiles.serve.app import model_name
 
@@ -33,20 +32,47 @@ def test_serves_until_interrupted(model_path, tmp_path):
     keys = tmp_path / "keys.txt"
     keys.write_text("# team keys\nsecret-1\n\nsecret-2  # ci\n", encoding="utf-8")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "twofiles", "serve", f"mine={model_path}", model_path, "--port", "0", "--api-keys-file", str(keys), "--device", "cpu", "--max-seqs", "2", "--quantize", "int8", "--threads", "1", "--json"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+        [
+            sys.executable,
+            "-m",
+            "twofiles",
+            "serve",
+            f"mine={model_path}",
+            model_path,
+            "--port",
+            "0",
+            "--api-keys-file",
+            str(keys),
+            "--device",
+            "cpu",
+            "--max-seqs",
+            "2",
+            "--quantize",
+            "int8",
+            "--threads",
+            "1",
+            "--json",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     try:
         first = proc.stdout.readline()
         summary = json.loads(proc.stdout.readline())
         assert "/v1" in first and summary["models"] == ["mine", "base"] and summary["auth"] is True
         assert summary["url"].startswith("http://127.0.0.1:")
-        client = openai.OpenAI(base_url=summary["base_url"], api_key="secret-2", max_retries=0, timeout=60)
+        client = openai.OpenAI(
+            base_url=summary["base_url"], api_key="secret-2", max_retries=0, timeout=60
+        )
         assert [m.id for m in client.models.list().data] == ["mine", "base"]
         r = client.completions.create(model="base", prompt="to be", max_tokens=4, temperature=0)
         assert r.usage.completion_tokens >= 1
         with pytest.raises(openai.AuthenticationError):
-            openai.OpenAI(base_url=summary["base_url"], api_key="secret-3", max_retries=0).models.list()
+            openai.OpenAI(
+                base_url=summary["base_url"], api_key="secret-3", max_retries=0
+            ).models.list()
     finally:
         proc.send_signal(signal.SIGINT)
         try:
@@ -70,7 +96,10 @@ def test_user_errors_exit_2(model_path, tmp_path, capsys):
     assert "max_seqs" in capsys.readouterr().err
     busy = socket.create_server(("127.0.0.1", 0))
     try:
-        assert main(["serve", model_path, "--port", str(busy.getsockname()[1]), "--device", "cpu"]) == 2
+        assert (
+            main(["serve", model_path, "--port", str(busy.getsockname()[1]), "--device", "cpu"])
+            == 2
+        )
         assert "cannot listen" in capsys.readouterr().err
     finally:
         busy.close()

@@ -16,16 +16,29 @@ def test_skill_tasks_are_deterministic_and_seeded() -> None:
         a = skill_tasks(kind, "train", 20, seed=3)
         assert a == skill_tasks(kind, "train", 20, seed=3), kind
         assert len(a) == 20 and all(t.kind == kind for t in a)
-    assert skill_tasks("arithmetic", "train", 20, seed=3) != skill_tasks("arithmetic", "train", 20, seed=4)
+    assert skill_tasks("arithmetic", "train", 20, seed=3) != skill_tasks(
+        "arithmetic", "train", 20, seed=4
+    )
 
 
 def test_train_and_held_out_tasks_never_overlap_whatever_the_seed() -> None:
     for kind in SKILL_KINDS:
-        train = {t.prompt for s in (0, 1) for t in skill_tasks(kind, "train", MIX_SIZES["train"][kind], seed=s)}
-        val = {t.prompt for s in (0, 1) for t in skill_tasks(kind, "val", MIX_SIZES["val"][kind], seed=s)}
+        train = {
+            t.prompt
+            for s in (0, 1)
+            for t in skill_tasks(kind, "train", MIX_SIZES["train"][kind], seed=s)
+        }
+        val = {
+            t.prompt
+            for s in (0, 1)
+            for t in skill_tasks(kind, "val", MIX_SIZES["val"][kind], seed=s)
+        }
         assert train and val and not train & val, kind
     # held-out words are never trained on with the same skill
-    for kind, word in (("spelling", lambda t: t.answer.replace("-", "")), ("reverse", lambda t: t.answer[::-1])):
+    for kind, word in (
+        ("spelling", lambda t: t.answer.replace("-", "")),
+        ("reverse", lambda t: t.answer[::-1]),
+    ):
         trained = {word(t) for t in skill_tasks(kind, "train", 200, seed=0)}
         assert not trained & {word(t) for t in skill_tasks(kind, "val", 25, seed=0)}, kind
     d_train = {d.lines[0].lower() for d in skills.chat_dialogs("train")}
@@ -42,7 +55,7 @@ def test_every_demonstration_passes_its_own_checker() -> None:
 def test_arithmetic_answers_are_the_true_values() -> None:
     for t in skill_tasks("arithmetic", "train", 100, seed=0):
         assert set(t.expression) <= set("0123456789+-*() ")
-        assert int(t.answer) == eval(t.expression)  # noqa: S307 (digits and operators only, checked above)
+        assert int(t.answer) == eval(t.expression)
         assert t.expression in t.prompt
 
 
@@ -58,13 +71,19 @@ def test_checkers_on_known_replies() -> None:
     assert check(count, "s-t-r-a-w-b-e-r-r-y: the letter r appears 3 times.")
     assert not check(count, "It appears 2 times.")
     spell = SkillTask("spelling", "", "c-a-t")
-    assert check(spell, "c-a-t") and check(spell, "It is spelled C, A, T.") and check(spell, "c a t")
+    assert (
+        check(spell, "c-a-t") and check(spell, "It is spelled C, A, T.") and check(spell, "c a t")
+    )
     assert not check(spell, "cat") and not check(spell, "c-a-t-s") and not check(spell, "c-a-r")
     rev = SkillTask("reverse", "", "nedrag")
     assert check(rev, "nedrag") and check(rev, "Backwards: nedrag.")
     assert not check(rev, "garden") and not check(rev, "nedrags")
     up = SkillTask("uppercase", "", "GOOD MORNING")
-    assert check(up, "GOOD MORNING") and not check(up, "good morning") and not check(up, "GOOD MORNINGS")
+    assert (
+        check(up, "GOOD MORNING")
+        and not check(up, "good morning")
+        and not check(up, "GOOD MORNINGS")
+    )
     ident = SkillTask("identity", "", "twofiles")
     assert check(ident, "My name is Twofiles.") and not check(ident, "I am ChatterBot.")
 
@@ -104,7 +123,7 @@ def test_builtin_mix_holds_every_kind_as_messages() -> None:
     assert len(tool_convs) == 3
     call = tool_convs[0][1].tool_calls[0]
     assert call.name == "calculator" and call.id == tool_convs[0][2].tool_call_id
-    assert tool_convs[0][2].content == str(eval(call.arguments["expression"]))  # noqa: S307 (generated digits and operators)
+    assert tool_convs[0][2].content == str(eval(call.arguments["expression"]))
 
 
 # --- LoRA ---
@@ -115,20 +134,38 @@ def _tiny(vocab: int = 64, seed: int = 0, tie: bool = False):
 
     from twofiles.model import ModelConfig, Transformer
 
-    cfg = ModelConfig(vocab_size=vocab, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=64, max_seq_len=64, tie_embeddings=tie)
+    cfg = ModelConfig(
+        vocab_size=vocab,
+        dim=32,
+        n_layers=2,
+        n_heads=4,
+        n_kv_heads=2,
+        hidden_dim=64,
+        max_seq_len=64,
+        tie_embeddings=tie,
+    )
     m = Transformer(cfg)
     m.init_weights(seed)
     with torch.no_grad():  # init_weights zeroes o_proj/down_proj: give every layer a real effect
         for p in m.parameters():
             if p.ndim == 2:
-                p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(seed + p.numel())) * 0.05)
+                p.add_(
+                    torch.randn(p.shape, generator=torch.Generator().manual_seed(seed + p.numel()))
+                    * 0.05
+                )
     return m
 
 
 def test_zero_initialised_adapters_leave_outputs_unchanged_and_only_adapters_train() -> None:
     import torch
 
-    from twofiles.train.lora import ALL_TARGETS, LoRAConfig, apply_lora, lora_layers, trainable_parameters
+    from twofiles.train.lora import (
+        ALL_TARGETS,
+        LoRAConfig,
+        apply_lora,
+        lora_layers,
+        trainable_parameters,
+    )
 
     m = _tiny()
     x = torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_seed(0))
@@ -137,10 +174,14 @@ def test_zero_initialised_adapters_leave_outputs_unchanged_and_only_adapters_tra
     assert len(names) == 2 * len(ALL_TARGETS)
     assert torch.equal(m(x), before)
     layers = lora_layers(m)
-    assert trainable_parameters(m) == sum(l.lora_A.numel() + l.lora_B.numel() for l in layers.values())
+    assert trainable_parameters(m) == sum(
+        lin.lora_A.numel() + lin.lora_B.numel() for lin in layers.values()
+    )
     m(x, x).backward()
     assert all(p.grad is None for n, p in m.named_parameters() if "lora_" not in n)
-    assert all(l.lora_B.grad is not None and l.lora_B.grad.abs().sum() > 0 for l in layers.values())
+    assert all(
+        lin.lora_B.grad is not None and lin.lora_B.grad.abs().sum() > 0 for lin in layers.values()
+    )
 
 
 def test_merged_adapters_give_the_same_logits_as_unmerged() -> None:
@@ -168,7 +209,13 @@ def test_saved_adapters_load_back_onto_the_base(tmp_path) -> None:
     from twofiles.artifact import save_model
     from twofiles.formats import resolve
     from twofiles.tokenizer import Tokenizer
-    from twofiles.train.lora import LoRAConfig, apply_lora, load_adapters, lora_layers, save_adapters
+    from twofiles.train.lora import (
+        LoRAConfig,
+        apply_lora,
+        load_adapters,
+        lora_layers,
+        save_adapters,
+    )
 
     tok = Tokenizer.train(["hello world, a tiny corpus for a tiny tokenizer"] * 4, 300)
     base = _tiny(vocab=tok.vocab_size)
@@ -181,17 +228,27 @@ def test_saved_adapters_load_back_onto_the_base(tmp_path) -> None:
             layer.lora_B.normal_(0, 0.1)
     x = torch.randint(0, tok.vocab_size, (1, 10), generator=torch.Generator().manual_seed(2))
     want = m(x)
-    path = save_adapters(tmp_path / "adapters.safetensors", m, cfg, base=str(base_path), chat_template="{{ messages }}")
+    path = save_adapters(
+        tmp_path / "adapters.safetensors",
+        m,
+        cfg,
+        base=str(base_path),
+        chat_template="{{ messages }}",
+    )
     assert path.stat().st_size < base_path.stat().st_size / 2
     fresh = resolve(str(base_path)).model
     load_adapters(fresh, path)
     torch.testing.assert_close(fresh(x), want)
-    loaded = resolve(str(path))  # any verb can take the adapters file as MODEL: base + adapters, merged
+    loaded = resolve(
+        str(path)
+    )  # any verb can take the adapters file as MODEL: base + adapters, merged
     assert not lora_layers(loaded.model)
     torch.testing.assert_close(loaded.model(x), want, rtol=1e-5, atol=1e-5)
     assert loaded.chat_template == "{{ messages }}"
     other = _tiny(vocab=tok.vocab_size)
-    other.model.layers = other.model.layers[:1]  # a different architecture: refused, naming the file
+    other.model.layers = other.model.layers[
+        :1
+    ]  # a different architecture: refused, naming the file
     from twofiles.errors import BadInputError
 
     with pytest.raises(BadInputError, match="adapters.safetensors"):
@@ -227,7 +284,7 @@ def test_sft_loss_counts_only_assistant_tokens_like_a_naive_masked_cross_entropy
 
     fmt = ChatFormat.builtin_for(chat_tok)
     m = _tiny(vocab=chat_tok.vocab_size)
-    conv = [c for c in _convs() if any(x.role == "tool" for x in c)][0]
+    conv = next(c for c in _convs() if any(x.role == "tool" for x in c))
     ids, mask = fmt.render(conv)
     ids, mask = ids[:64], mask[:64]
     assert 0 < sum(mask) < len(mask)
@@ -241,7 +298,11 @@ def test_sft_loss_counts_only_assistant_tokens_like_a_naive_masked_cross_entropy
     assert ex.n_targets == int(keep.sum())
     # the text the loss sees is exactly the assistant's (tool call, end of turn, final answer)
     learned = chat_tok.decode([t for t in ex.targets.tolist() if t >= 0])
-    assert "calculator" in learned and conv[0].content not in learned and conv[2].content + "<|tool_result_end|>" not in learned
+    assert (
+        "calculator" in learned
+        and conv[0].content not in learned
+        and conv[2].content + "<|tool_result_end|>" not in learned
+    )
 
 
 def test_packed_rows_give_each_conversation_the_same_per_token_loss_as_alone(chat_tok) -> None:
@@ -257,17 +318,33 @@ def test_packed_rows_give_each_conversation_the_same_per_token_loss_as_alone(cha
     rows = pack([len(e) for e in examples], range(len(examples)), 64)
     assert any(len(r) >= 2 for r in rows), "nothing was packed"
     batch = collate(examples, rows, 64, 1)
-    assert int(((batch.positions == 0) & (batch.segments >= 0)).sum()) == len(examples)  # positions restart per conversation
-    packed = m(batch.inputs, batch.targets, positions=batch.positions, attn_mask=batch.attn_mask(), reduction="none")
-    unmasked = m(batch.inputs, batch.targets, reduction="none")  # plain causal attention leaks across conversations
+    assert int(((batch.positions == 0) & (batch.segments >= 0)).sum()) == len(
+        examples
+    )  # positions restart per conversation
+    packed = m(
+        batch.inputs,
+        batch.targets,
+        positions=batch.positions,
+        attn_mask=batch.attn_mask(),
+        reduction="none",
+    )
+    unmasked = m(
+        batch.inputs, batch.targets, reduction="none"
+    )  # plain causal attention leaks across conversations
     leaked = False
     for r, row in enumerate(rows):
         at = 0
         for i in row:
             e = examples[i]
-            alone = m(torch.from_numpy(e.inputs)[None], torch.from_numpy(e.targets)[None], reduction="none")[0]
+            alone = m(
+                torch.from_numpy(e.inputs)[None],
+                torch.from_numpy(e.targets)[None],
+                reduction="none",
+            )[0]
             torch.testing.assert_close(packed[r, at : at + len(e)], alone, rtol=1e-4, atol=1e-5)
-            leaked |= at > 0 and not torch.allclose(unmasked[r, at : at + len(e)], alone, rtol=1e-4, atol=1e-5)
+            leaked |= at > 0 and not torch.allclose(
+                unmasked[r, at : at + len(e)], alone, rtol=1e-4, atol=1e-5
+            )
             at += len(e)
     assert leaked  # the comparison can fail: without the mask the numbers differ
 
@@ -280,7 +357,9 @@ def test_packed_loader_covers_each_example_once_per_epoch_and_resumes_exactly() 
     from twofiles.data.packing import Example, PackedLoader
 
     rng = np.random.default_rng(0)
-    examples = [Example(np.full(n, i), np.full(n, i)) for i, n in enumerate(rng.integers(3, 30, 40))]
+    examples = [
+        Example(np.full(n, i), np.full(n, i)) for i, n in enumerate(rng.integers(3, 30, 40))
+    ]
     a = PackedLoader(examples, 3, 32, pad_id=-7, seed=1)
     rows = a.rows_per_epoch()
     seen = []
@@ -296,7 +375,10 @@ def test_packed_loader_covers_each_example_once_per_epoch_and_resumes_exactly() 
     b2.load_state_dict(json.loads(json.dumps(a.state_dict())))
     for _ in range(5):  # across the epoch boundary too
         x, y = a.next_batch(), b2.next_batch()
-        assert all(np.array_equal(getattr(x, k).numpy(), getattr(y, k).numpy()) for k in ("inputs", "targets", "positions", "segments"))
+        assert all(
+            np.array_equal(getattr(x, k).numpy(), getattr(y, k).numpy())
+            for k in ("inputs", "targets", "positions", "segments")
+        )
 
 
 def math_ceil(a: int, b: int) -> int:
@@ -312,7 +394,12 @@ def base_model(chat_tok, tmp_path_factory):
     from twofiles.artifact import save_model
 
     path = tmp_path_factory.mktemp("base") / "base.safetensors"
-    save_model(path, _tiny(vocab=chat_tok.vocab_size), chat_tok, provenance={"stage": "pretrain", "corpus": "builtin:shakespeare"})
+    save_model(
+        path,
+        _tiny(vocab=chat_tok.vocab_size),
+        chat_tok,
+        provenance={"stage": "pretrain", "corpus": "builtin:shakespeare"},
+    )
     return path
 
 
@@ -323,7 +410,12 @@ def convs_jsonl(tmp_path_factory):
     chat = pytest.importorskip("twofiles.chat")
     sizes = {"chat": 30, "arithmetic": 30, "repeat": 20, "identity": 20}
     path = tmp_path_factory.mktemp("convs") / "convs.jsonl"
-    path.write_text("".join(json.dumps({"messages": chat.messages_to_dicts(c)}) + "\n" for c in skills.builtin_mix("train", 0, sizes=sizes)))
+    path.write_text(
+        "".join(
+            json.dumps({"messages": chat.messages_to_dicts(c)}) + "\n"
+            for c in skills.builtin_mix("train", 0, sizes=sizes)
+        )
+    )
     return path
 
 
@@ -331,10 +423,15 @@ def _metrics(run) -> list[dict]:
     import json
 
     timing = {"time", "tok_s"}
-    return [{k: v for k, v in json.loads(ln).items() if k not in timing} for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    return [
+        {k: v for k, v in json.loads(ln).items() if k not in timing}
+        for ln in (run / "metrics.jsonl").read_text().splitlines()
+    ]
 
 
-def test_a_tiny_sft_run_lowers_held_out_loss_and_resumes_exactly(base_model, convs_jsonl, tmp_path) -> None:
+def test_a_tiny_sft_run_lowers_held_out_loss_and_resumes_exactly(
+    base_model, convs_jsonl, tmp_path
+) -> None:
     import shutil
 
     from safetensors.torch import load_file
@@ -342,8 +439,19 @@ def test_a_tiny_sft_run_lowers_held_out_loss_and_resumes_exactly(base_model, con
     from twofiles.train.sft import SFTConfig, sft
 
     def cfg(out, resume=False):
-        c = SFTConfig(model=str(base_model), data=str(convs_jsonl), out=str(out), max_steps=8, checkpoint_interval=4, batch_size=4,
-                      seq_len=128, skill_tasks=1, skill_max_tokens=4, progress=False, resume=resume)
+        c = SFTConfig(
+            model=str(base_model),
+            data=str(convs_jsonl),
+            out=str(out),
+            max_steps=8,
+            checkpoint_interval=4,
+            batch_size=4,
+            seq_len=128,
+            skill_tasks=1,
+            skill_max_tokens=4,
+            progress=False,
+            resume=resume,
+        )
         c.optim.lr, c.optim.warmup_steps = 1e-2, 2
         return c
 
@@ -377,34 +485,104 @@ def test_sft_verb_end_to_end_full_and_lora(base_model, convs_jsonl, tmp_path) ->
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = tmp_path / "full"
-    cmd = [sys.executable, "-m", "twofiles", "sft", str(base_model), "--out", str(out), "--max-steps", "3", "--batch-size", "2", "--seq-len", "96",
-           "--skill-tasks", "1", "--no-progress", "--json"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "twofiles",
+        "sft",
+        str(base_model),
+        "--out",
+        str(out),
+        "--max-steps",
+        "3",
+        "--batch-size",
+        "2",
+        "--seq-len",
+        "96",
+        "--skill-tasks",
+        "1",
+        "--no-progress",
+        "--json",
+    ]
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
     summary = json.loads(p.stdout.strip().splitlines()[-1])
     assert summary["steps"] == 3 and summary["skills_after"]["tasks"] == len(SKILL_KINDS)
-    for name in ("config.json", "metrics.jsonl", "loss.png", "report.md", "skills.jsonl", "model.safetensors"):
+    for name in (
+        "config.json",
+        "metrics.jsonl",
+        "loss.png",
+        "report.md",
+        "skills.jsonl",
+        "model.safetensors",
+    ):
         assert (out / name).is_file(), name
     assert (out / "loss.png").read_bytes()[:4] == b"\x89PNG"
     loaded = resolve(summary["model_path"])
-    assert loaded.chat_template == chat.BUILTIN_TEMPLATE  # the model file carries the template it learned
+    assert (
+        loaded.chat_template == chat.BUILTIN_TEMPLATE
+    )  # the model file carries the template it learned
     assert loaded.provenance["stage"] == "sft" and loaded.provenance["data"] == "builtin"
-    assert loaded.provenance["tools_in_prompt"] is False  # chat prompts it as it was trained: no tool list
+    assert (
+        loaded.provenance["tools_in_prompt"] is False
+    )  # chat prompts it as it was trained: no tool list
     assert "held-out skill" in (out / "report.md").read_text()
 
     lora = tmp_path / "lora"
-    cmd = [sys.executable, "-m", "twofiles", "sft", str(base_model), "--data", str(convs_jsonl), "--out", str(lora), "--lora-rank", "2", "--max-steps", "2", "--batch-size", "2",
-           "--seq-len", "96", "--skill-tasks", "0", "--no-progress", "--json"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "twofiles",
+        "sft",
+        str(base_model),
+        "--data",
+        str(convs_jsonl),
+        "--out",
+        str(lora),
+        "--lora-rank",
+        "2",
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--seq-len",
+        "96",
+        "--skill-tasks",
+        "0",
+        "--no-progress",
+        "--json",
+    ]
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
     summary = json.loads(p.stdout.strip().splitlines()[-1])
-    assert summary["model_path"].endswith("adapters.safetensors") and summary["trainable_params"] < summary["params"] / 5
+    assert (
+        summary["model_path"].endswith("adapters.safetensors")
+        and summary["trainable_params"] < summary["params"] / 5
+    )
     assert resolve(summary["model_path"]).chat_template == chat.BUILTIN_TEMPLATE
 
     bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n{"messages": [{"role": "wizard"}]}\n')
-    p = subprocess.run([sys.executable, "-m", "twofiles", "sft", str(base_model), "--data", str(bad), "--out", str(tmp_path / "bad"), "--no-progress"],
-                       capture_output=True, text=True, env=env, timeout=300)
+    bad.write_text(
+        '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n{"messages": [{"role": "wizard"}]}\n'
+    )
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "twofiles",
+            "sft",
+            str(base_model),
+            "--data",
+            str(bad),
+            "--out",
+            str(tmp_path / "bad"),
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert p.returncode == 2 and "bad.jsonl:2" in p.stderr and "Traceback" not in p.stderr
 
 
@@ -413,10 +591,23 @@ def test_batched_greedy_replies_equal_one_at_a_time(chat_tok) -> None:
     from twofiles.train.sft import greedy_replies
 
     m = _tiny(vocab=chat_tok.vocab_size).eval()
-    prompts = [chat_tok.encode(t) for t in ("To be, or not", "Wherefore art thou Romeo, my love", "Hi")]
+    prompts = [
+        chat_tok.encode(t) for t in ("To be, or not", "Wherefore art thou Romeo, my love", "Hi")
+    ]
     stop = [7]
-    got = greedy_replies(m, chat_tok, prompts + [[1] * 64], stop, max_tokens=12, max_seqs=2)  # more prompts than slots
+    got = greedy_replies(
+        m, chat_tok, prompts + [[1] * 64], stop, max_tokens=12, max_seqs=2
+    )  # more prompts than slots
     assert got[-1] is None  # no room left in a 64-token context
     for p, g in zip(prompts, got):
-        want = [t for t in generate(m, p, SamplingParams(temperature=0, max_tokens=12, stop_token_ids=stop), tokenizer=chat_tok) if t not in stop]
+        want = [
+            t
+            for t in generate(
+                m,
+                p,
+                SamplingParams(temperature=0, max_tokens=12, stop_token_ids=stop),
+                tokenizer=chat_tok,
+            )
+            if t not in stop
+        ]
         assert g == want

@@ -26,8 +26,24 @@ def test_presets_are_consistent() -> None:
 def test_tiny_speedrun_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    p = subprocess.run([sys.executable, "-m", "twofiles", "speedrun", "--preset", "tiny", "--out", str(out), "--no-progress", "--json"],
-                       capture_output=True, text=True, env=env, timeout=600)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "twofiles",
+            "speedrun",
+            "--preset",
+            "tiny",
+            "--out",
+            str(out),
+            "--no-progress",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     summary = json.loads(p.stdout.strip().splitlines()[-1])
     for key in ("val_bpb", "wall_seconds", "model_path"):
@@ -42,7 +58,9 @@ def test_tiny_speedrun_end_to_end(tmp_path: Path) -> None:
     assert sft["steps"] == 6 and sft["skills_before"]["tasks"] == sft["skills_after"]["tasks"] > 0
     assert "SFT" in report and "held-out skill" in report
     assert (out / "loss.png").is_file() and (out / "data" / "manifest.json").is_file()
-    assert "## Benchmarks" in report and "| quotes | accuracy |" in report  # the cheap built-in benchmarks ran
+    assert (
+        "## Benchmarks" in report and "| quotes | accuracy |" in report
+    )  # the cheap built-in benchmarks ran
     from twofiles.eval.report import write_report
 
     write_report(out)  # the report card rebuilds the same report from the run directory alone
@@ -53,12 +71,37 @@ def test_tiny_speedrun_end_to_end(tmp_path: Path) -> None:
     loaded = load_model(summary["model_path"])
     assert loaded.provenance["speedrun"] == "tiny"
     chat_model = load_model(summary["chat_model_path"])
-    assert chat_model.chat_template and chat_model.provenance["stage"] == "sft" and chat_model.provenance["speedrun"] == "tiny"
+    assert (
+        chat_model.chat_template
+        and chat_model.provenance["stage"] == "sft"
+        and chat_model.provenance["speedrun"] == "tiny"
+    )
     # the file is self-contained: the tokenizer inside it round-trips text
-    assert loaded.tokenizer.decode(loaded.tokenizer.encode("Wherefore art thou")) == "Wherefore art thou"
+    assert (
+        loaded.tokenizer.decode(loaded.tokenizer.encode("Wherefore art thou"))
+        == "Wherefore art thou"
+    )
     # the model file drives `generate`
-    g = subprocess.run([sys.executable, "-m", "twofiles", "generate", summary["model_path"], "--prompt", "ROMEO.", "--max-tokens", "8",
-                        "--seed", "1", "--json"], capture_output=True, text=True, env=env, timeout=300)
+    g = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "twofiles",
+            "generate",
+            summary["model_path"],
+            "--prompt",
+            "ROMEO.",
+            "--max-tokens",
+            "8",
+            "--seed",
+            "1",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert g.returncode == 0, g.stderr
     gen = json.loads(g.stdout.strip().splitlines()[-1])
     assert 1 <= gen["tokens"] <= 8 and gen["text"] in g.stdout
@@ -72,8 +115,12 @@ def test_a_second_speedrun_replaces_the_first_and_keeps_other_files(tmp_path: Pa
     first = run_speedrun(get_preset("tiny"), out, progress=False, overrides={"max_steps": 3})
     assert (out / "sft" / "model.safetensors").is_file()
     (out / "notes.txt").write_text("mine")
-    second = run_speedrun(get_preset("tiny"), out, progress=False, overrides={"max_steps": 4}, sft_stage=False)
+    second = run_speedrun(
+        get_preset("tiny"), out, progress=False, overrides={"max_steps": 4}, sft_stage=False
+    )
     assert (first.steps, second.steps) == (3, 4)
     assert (out / "notes.txt").read_text() == "mine"
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["step_0000004.safetensors"]
-    assert not (out / "sft").exists() and second.sft is None  # the first run's SFT stage went with it
+    assert (
+        not (out / "sft").exists() and second.sft is None
+    )  # the first run's SFT stage went with it

@@ -35,7 +35,15 @@ VARIANTS = {
     "tied": {"tie_embeddings": True},
     "qkv_bias": {"qkv_bias": True, "n_kv_heads": 1},
     # an original context of 32 puts every band of the scaling inside head_dim 16 and 96 positions
-    "llama3_rope": {"rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 16.0, "original_max_position_embeddings": 32}},
+    "llama3_rope": {
+        "rope_scaling": {
+            "rope_type": "llama3",
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 16.0,
+            "original_max_position_embeddings": 32,
+        }
+    },
 }
 
 
@@ -58,7 +66,20 @@ def tok() -> Tokenizer:
 
 def make_model(tok: Tokenizer, max_seq_len: int = 96, **overrides) -> Transformer:
     """Random but non-trivial: the zero-initialised projections and the unit norms get noise."""
-    cfg = ModelConfig(**{**dict(vocab_size=tok.vocab_size, dim=64, n_layers=2, n_heads=4, n_kv_heads=4, hidden_dim=128, max_seq_len=max_seq_len), **overrides})
+    cfg = ModelConfig(
+        **{
+            **dict(
+                vocab_size=tok.vocab_size,
+                dim=64,
+                n_layers=2,
+                n_heads=4,
+                n_kv_heads=4,
+                hidden_dim=128,
+                max_seq_len=max_seq_len,
+            ),
+            **overrides,
+        }
+    )
     model = Transformer(cfg)
     model.init_weights(seed=0)
     g = torch.Generator().manual_seed(1)
@@ -78,10 +99,23 @@ def exported(tmp_path: Path, tok: Tokenizer, model: Transformer) -> Path:
 
 
 def run_py(out: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": SITE_PACKAGES, "OMP_NUM_THREADS": "1", "PYTHONIOENCODING": "utf-8"}
-    proc = subprocess.run([sys.executable, "-S", "run.py", *args], cwd=out, env=env, capture_output=True, timeout=timeout)
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "PYTHONPATH": SITE_PACKAGES,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONIOENCODING": "utf-8",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-S", "run.py", *args],
+        cwd=out,
+        env=env,
+        capture_output=True,
+        timeout=timeout,
+    )
     # decoded by hand: text mode would turn a generated '\r' into '\n'
-    return subprocess.CompletedProcess(proc.args, proc.returncode, proc.stdout.decode("utf-8"), proc.stderr.decode("utf-8"))
+    return subprocess.CompletedProcess(
+        proc.args, proc.returncode, proc.stdout.decode("utf-8"), proc.stderr.decode("utf-8")
+    )
 
 
 def last_json(stdout: str) -> dict:
@@ -91,7 +125,9 @@ def last_json(stdout: str) -> dict:
 def text_of(tok: Tokenizer, ids: list[int]) -> str:
     """What run.py prints: the bytes of the ids, a special token as its name (as the engine shows it)."""
     names = {i: name.encode() for name, i in tok.special_ids.items()}
-    return b"".join(names.get(i) or tok.token_to_bytes(i) for i in ids if i != tok.bos_id).decode("utf-8", errors="replace")
+    return b"".join(names.get(i) or tok.token_to_bytes(i) for i in ids if i != tok.bos_id).decode(
+        "utf-8", errors="replace"
+    )
 
 
 # --------------------------------------------------------------------------------- end to end
@@ -101,12 +137,31 @@ def text_of(tok: Tokenizer, ids: list[int]) -> str:
 def test_greedy_tokens_equal_the_engine(tmp_path, tok, variant):
     model = make_model(tok, **VARIANTS[variant])
     out = exported(tmp_path, tok, model)
-    proc = run_py(out, "model.safetensors", "--prompt", PROMPT, "--temperature", "0", "--max-tokens", "40", "--json")
+    proc = run_py(
+        out,
+        "model.safetensors",
+        "--prompt",
+        PROMPT,
+        "--temperature",
+        "0",
+        "--max-tokens",
+        "40",
+        "--json",
+    )
     assert proc.returncode == 0, proc.stderr
     summary = last_json(proc.stdout)
-    expected = list(generate(model, encode_prompt(tok, PROMPT), SamplingParams(temperature=0, max_tokens=40), tokenizer=tok))
+    expected = list(
+        generate(
+            model,
+            encode_prompt(tok, PROMPT),
+            SamplingParams(temperature=0, max_tokens=40),
+            tokenizer=tok,
+        )
+    )
     assert summary["ids"] == expected
-    assert summary["tokens"] == len(expected) and summary["prompt_tokens"] == len(encode_prompt(tok, PROMPT))
+    assert summary["tokens"] == len(expected) and summary["prompt_tokens"] == len(
+        encode_prompt(tok, PROMPT)
+    )
     assert summary["text"] == text_of(tok, expected)
     assert proc.stdout.startswith(summary["text"])  # the text was streamed before the summary
     assert summary["tokens_per_second"] > 0 and "tok/s" in proc.stderr
@@ -121,27 +176,53 @@ def test_export_cli_writes_the_two_files(tmp_path, tok, capsys):
     assert set(summary) == {"out", "model", "run_py", "bytes"}
     model_out, run_out = Path(summary["model"]), Path(summary["run_py"])
     assert model_out.read_bytes() == src.read_bytes()  # a byte-for-byte copy of the one file
-    assert run_out.read_text(encoding="utf-8") == run_py_source() == RUN_PY.read_text(encoding="utf-8")
+    assert (
+        run_out.read_text(encoding="utf-8") == run_py_source() == RUN_PY.read_text(encoding="utf-8")
+    )
     assert summary["bytes"] == model_out.stat().st_size + run_out.stat().st_size
-    assert sorted(p.name for p in model_out.parent.iterdir()) == ["model.safetensors", "run.py"]  # no temp files left
-    assert main(["export", "run", str(model_out), str(model_out.parent)]) == 0  # into its own directory
+    assert sorted(p.name for p in model_out.parent.iterdir()) == [
+        "model.safetensors",
+        "run.py",
+    ]  # no temp files left
+    assert (
+        main(["export", "run", str(model_out), str(model_out.parent)]) == 0
+    )  # into its own directory
 
 
 def test_export_rejects_what_is_not_a_model(tmp_path, capsys):
     bad = tmp_path / "notes.txt"
     bad.write_text("hello")
     assert main(["export", "run", str(bad), str(tmp_path / "out")]) == 2
-    assert main(["export", "run", str(tmp_path / "missing.safetensors"), str(tmp_path / "out")]) == 2
+    assert (
+        main(["export", "run", str(tmp_path / "missing.safetensors"), str(tmp_path / "out")]) == 2
+    )
     assert "error" in capsys.readouterr().err
 
 
 def test_stops_on_bos_and_at_the_context(tmp_path, tok):
     model = make_model(tok, max_seq_len=24)
     out = exported(tmp_path, tok, model)
-    proc = run_py(out, "model.safetensors", "--prompt", PROMPT, "--temperature", "0", "--max-tokens", "500", "--json")
+    proc = run_py(
+        out,
+        "model.safetensors",
+        "--prompt",
+        PROMPT,
+        "--temperature",
+        "0",
+        "--max-tokens",
+        "500",
+        "--json",
+    )
     summary = last_json(proc.stdout)
     prompt_len = len(encode_prompt(tok, PROMPT))
-    assert summary["ids"] == list(generate(model, encode_prompt(tok, PROMPT), SamplingParams(temperature=0, max_tokens=500), tokenizer=tok))
+    assert summary["ids"] == list(
+        generate(
+            model,
+            encode_prompt(tok, PROMPT),
+            SamplingParams(temperature=0, max_tokens=500),
+            tokenizer=tok,
+        )
+    )
     assert (summary["tokens"], summary["finish"]) == (24 - prompt_len, "length")
 
     proc = run_py(out, "model.safetensors", "--prompt", "word " * 40, "--temperature", "0")
@@ -152,7 +233,9 @@ def test_stops_on_bos_and_at_the_context(tmp_path, tok):
     assert tok.bos_id == 0
     (tmp_path / "src" / "model.safetensors").unlink()
     save_model(tmp_path / "out" / "model.safetensors", model, tok)
-    summary = last_json(run_py(out, "model.safetensors", "--prompt", PROMPT, "--temperature", "0", "--json").stdout)
+    summary = last_json(
+        run_py(out, "model.safetensors", "--prompt", PROMPT, "--temperature", "0", "--json").stdout
+    )
     assert (summary["ids"], summary["text"], summary["finish"]) == ([tok.bos_id], "", "stop")
 
 
@@ -170,7 +253,10 @@ def test_logits_match_torch_and_the_cache_is_exact(tmp_path, tok):
         full = np_model.forward(ids, 0, all_logits=True)
         np.testing.assert_allclose(full, expected, atol=1e-4, rtol=0, err_msg=name)
         np_model.reset(len(ids))  # a prefix, then a chunk, then one token at a time
-        steps = [np_model.forward(ids[:3], 0, all_logits=True), np_model.forward(ids[3:6], 3, all_logits=True)]
+        steps = [
+            np_model.forward(ids[:3], 0, all_logits=True),
+            np_model.forward(ids[3:6], 3, all_logits=True),
+        ]
         steps += [np_model.forward([t], i, all_logits=True) for i, t in enumerate(ids[6:], start=6)]
         np.testing.assert_allclose(np.concatenate(steps), full, atol=1e-5, rtol=0, err_msg=name)
 
@@ -181,7 +267,7 @@ SAMPLES = [
     "1234567 3.14159 1,000,000 x²³ ½ Ⅻ 一二三 ٣٤٥",
     "café naïve résumé Ångström straße ÉCOLE a\u0301 e\u0308",
     "emoji 😀👍🏽 👨‍👩‍👧 ✨ ♥",
-    "!!!??? ... --- ***\n\r\n\r (a) [b] {c} \"quoted\"",
+    '!!!??? ... --- ***\n\r\n\r (a) [b] {c} "quoted"',
     "\x1c\x1d a\u00a0b\u3000c\u2028d",
     "ſt 'S 'ſ K _under_score__ x_1",
     "<|bos|> is plain text here",
@@ -215,13 +301,29 @@ def imported_specs(tok: Tokenizer) -> dict[str, tuple[str, dict]]:
     tokens = [t for t, _ in vocab]
     merges = [m if isinstance(m, str) else " ".join(m) for m in spec["model"]["merges"]]
     types = [3 if i in tok.special_ids.values() else 1 for _, i in vocab]
-    out = {pre: (bpe_tokenizer_json(tokens, merges, types, pre), {"bos_id": 7, "eos_ids": [5, 11]}) for pre in ("smollm", "llama-bpe", "qwen2", "gpt2")}
+    out = {
+        pre: (bpe_tokenizer_json(tokens, merges, types, pre), {"bos_id": 7, "eos_ids": [5, 11]})
+        for pre in ("smollm", "llama-bpe", "qwen2", "gpt2")
+    }
     trainer = SentencePieceBPETokenizer()
-    trainer.train_from_iterator([SAMPLES[1] + " " + SAMPLES[3] + " the quick brown fox"] * 20, vocab_size=120, show_progress=False)
-    pieces = [t for t, _ in sorted(json.loads(trainer.to_str())["model"]["vocab"].items(), key=lambda kv: kv[1]) if t != "<unk>"]
+    trainer.train_from_iterator(
+        [SAMPLES[1] + " " + SAMPLES[3] + " the quick brown fox"] * 20,
+        vocab_size=120,
+        show_progress=False,
+    )
+    pieces = [
+        t
+        for t, _ in sorted(
+            json.loads(trainer.to_str())["model"]["vocab"].items(), key=lambda kv: kv[1]
+        )
+        if t != "<unk>"
+    ]
     sp_tokens = ["<unk>", "<s>", "</s>", *[f"<0x{b:02X}>" for b in range(256)], *pieces]
     scores = [0.0] * 259 + [-float(i) for i in range(len(pieces))]
-    out["sentencepiece"] = (spm_tokenizer_json(sp_tokens, scores, [2, 3, 3, *[6] * 256, *[1] * len(pieces)], 0), {"bos_id": 1, "eos_ids": [2]})
+    out["sentencepiece"] = (
+        spm_tokenizer_json(sp_tokens, scores, [2, 3, 3, *[6] * 256, *[1] * len(pieces)], 0),
+        {"bos_id": 1, "eos_ids": [2]},
+    )
     return out
 
 
@@ -237,12 +339,16 @@ def test_tokenizer_matches_imported_kinds(tok):
         for sample in SAMPLES + [text]:
             ids = mine.encode(sample)
             assert ids == reference.encode(sample), (kind, sample[:60])
-            assert b"".join(mine.token_bytes[i] for i in ids) == b"".join(reference.token_to_bytes(i) for i in ids), kind
+            assert b"".join(mine.token_bytes[i] for i in ids) == b"".join(
+                reference.token_to_bytes(i) for i in ids
+            ), kind
 
 
 def test_tokenizer_reads_both_merge_forms(tok):
     spec = json.loads(tok.to_json())
-    spec["model"]["merges"] = [" ".join(m) if isinstance(m, list) else m for m in spec["model"]["merges"]]
+    spec["model"]["merges"] = [
+        " ".join(m) if isinstance(m, list) else m for m in spec["model"]["merges"]
+    ]
     assert run.Tokenizer(spec).encode(SAMPLES[1]) == tok.encode(SAMPLES[1])
 
 
@@ -251,7 +357,12 @@ def test_safetensors_reader_matches_the_library(tmp_path, dtype):
     from safetensors.torch import load_file, save_file
 
     g = torch.Generator().manual_seed(0)
-    tensors = {"a": torch.randn(3, 5, generator=g) * 1e3, "b.weight": torch.randn(7, generator=g), "scalar": torch.tensor(2.5), "empty": torch.zeros(0, 4)}
+    tensors = {
+        "a": torch.randn(3, 5, generator=g) * 1e3,
+        "b.weight": torch.randn(7, generator=g),
+        "scalar": torch.tensor(2.5),
+        "empty": torch.zeros(0, 4),
+    }
     path = tmp_path / "t.safetensors"
     save_file({k: v.to(dtype) for k, v in tensors.items()}, path, metadata={"config": "{}"})
     mine, meta = run.read_safetensors(str(path))
@@ -273,7 +384,12 @@ def test_bad_files_give_a_clear_error(tmp_path, tok, capsys):
         "empty": (b"", "too short"),
         "huge_header": ((10**12).to_bytes(8, "little") + good[8:], "header length"),
         "not_json": (good[:8] + b"{" * n + good[8 + n :], "not valid JSON"),
-        "bad_offsets": (len(json.dumps(header)).to_bytes(8, "little") + json.dumps(header).encode() + good[8 + n :], "needs"),
+        "bad_offsets": (
+            len(json.dumps(header)).to_bytes(8, "little")
+            + json.dumps(header).encode()
+            + good[8 + n :],
+            "needs",
+        ),
         "no_tokenizer": (None, "no 'tokenizer'"),
     }
     for case, (data, message) in cases.items():
@@ -289,16 +405,40 @@ def test_bad_files_give_a_clear_error(tmp_path, tok, capsys):
         assert err.startswith("run.py: error:") and message in err, (case, err)
     assert run.main([str(tmp_path / "missing.safetensors"), "--prompt", "hi"]) == 2
     assert "cannot read" in capsys.readouterr().err
-    (tmp_path / "run.py").write_text(run_py_source(), encoding="utf-8")  # end to end, in a subprocess
+    (tmp_path / "run.py").write_text(
+        run_py_source(), encoding="utf-8"
+    )  # end to end, in a subprocess
     proc = run_py(tmp_path, str(tmp_path / "truncated.safetensors"), "--prompt", "hi")
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr and proc.stderr.startswith("run.py: error:")
+    assert (
+        proc.returncode == 2
+        and "Traceback" not in proc.stderr
+        and proc.stderr.startswith("run.py: error:")
+    )
 
 
 def test_seeded_sampling_is_deterministic(tmp_path, tok, capsys):
     path = str(save_model(tmp_path / "model.safetensors", make_model(tok), tok))
 
     def sample(seed: int) -> list[int]:
-        assert run.main([path, "--prompt", PROMPT, "--temperature", "0.9", "--top-p", "0.9", "--seed", str(seed), "--max-tokens", "20", "--json"]) == 0
+        assert (
+            run.main(
+                [
+                    path,
+                    "--prompt",
+                    PROMPT,
+                    "--temperature",
+                    "0.9",
+                    "--top-p",
+                    "0.9",
+                    "--seed",
+                    str(seed),
+                    "--max-tokens",
+                    "20",
+                    "--json",
+                ]
+            )
+            == 0
+        )
         return last_json(capsys.readouterr().out)["ids"]
 
     first = sample(7)
@@ -324,7 +464,12 @@ def test_run_py_imports_only_stdlib_and_numpy():
             imported.add((node.module or "").split(".")[0])
     assert "twofiles" not in imported
     assert imported - set(sys.stdlib_module_names) == {"numpy"}
-    probe = subprocess.run([sys.executable, "-S", "-c", "import numpy, twofiles"], env={"PYTHONPATH": SITE_PACKAGES}, capture_output=True, text=True)
+    probe = subprocess.run(
+        [sys.executable, "-S", "-c", "import numpy, twofiles"],
+        env={"PYTHONPATH": SITE_PACKAGES},
+        capture_output=True,
+        text=True,
+    )
     assert "No module named 'twofiles'" in probe.stderr  # so the subprocess runs above prove it
 
 
@@ -341,10 +486,28 @@ def test_smollm2_run_py_greedy_equals_engine(tmp_path):
     assert main(["export", "run", "smollm2", str(tmp_path / "out")]) == 0
     ours = resolve_model("smollm2")
     for prompt in ["The capital of France is", "In 1492, Columbus sailed"]:
-        proc = run_py(tmp_path / "out", "model.safetensors", "--prompt", prompt, "--temperature", "0", "--max-tokens", "16", "--json", timeout=600)
+        proc = run_py(
+            tmp_path / "out",
+            "model.safetensors",
+            "--prompt",
+            prompt,
+            "--temperature",
+            "0",
+            "--max-tokens",
+            "16",
+            "--json",
+            timeout=600,
+        )
         assert proc.returncode == 0, proc.stderr
         summary = last_json(proc.stdout)
         prompt_ids = encode_prompt(ours.tokenizer, prompt)
-        expected = list(generate(ours.model, prompt_ids, SamplingParams(temperature=0, max_tokens=16), tokenizer=ours.tokenizer))
+        expected = list(
+            generate(
+                ours.model,
+                prompt_ids,
+                SamplingParams(temperature=0, max_tokens=16),
+                tokenizer=ours.tokenizer,
+            )
+        )
         assert summary["prompt_tokens"] == len(prompt_ids) and len(expected) >= 8
         assert summary["ids"] == expected, prompt

@@ -9,7 +9,14 @@ import pytest
 import torch
 
 from twofiles.engine import SamplingParams, generate
-from twofiles.system2 import best_of_n, make_sampler, mean_logprob_scorer, sample_texts, self_consistency, vote
+from twofiles.system2 import (
+    best_of_n,
+    make_sampler,
+    mean_logprob_scorer,
+    sample_texts,
+    self_consistency,
+    vote,
+)
 
 
 def fake_sampler(texts):
@@ -24,7 +31,16 @@ def fake_sampler(texts):
 
 
 def test_self_consistency_takes_the_majority_answer():
-    sample = fake_sampler(["so the answer is 12", "I think 7 + 4 = 11", "#### 12", "it is 13", "The answer is 12.0", "no idea"])
+    sample = fake_sampler(
+        [
+            "so the answer is 12",
+            "I think 7 + 4 = 11",
+            "#### 12",
+            "it is 13",
+            "The answer is 12.0",
+            "no idea",
+        ]
+    )
     answer, votes = self_consistency(sample, 6)
     assert answer == "12" and votes == {"12": 3, "11": 1, "13": 1}
     assert list(votes) == ["12", "11", "13"]  # most voted first, then first seen
@@ -56,8 +72,20 @@ def tiny():
     from twofiles.model import ModelConfig, Transformer
     from twofiles.tokenizer import Tokenizer
 
-    tok = Tokenizer.train(["the cat sat on the mat. 1 2 3 4 5 6 7 8 9 0 the answer is 42. " * 30], 300)
-    model = Transformer(ModelConfig(vocab_size=tok.vocab_size, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=64, max_seq_len=64))
+    tok = Tokenizer.train(
+        ["the cat sat on the mat. 1 2 3 4 5 6 7 8 9 0 the answer is 42. " * 30], 300
+    )
+    model = Transformer(
+        ModelConfig(
+            vocab_size=tok.vocab_size,
+            dim=32,
+            n_layers=2,
+            n_heads=4,
+            n_kv_heads=2,
+            hidden_dim=64,
+            max_seq_len=64,
+        )
+    )
     model.init_weights(seed=0)
     with torch.no_grad():  # a spread of probabilities instead of the near-uniform init
         model.lm_head.weight.normal_(0.0, 0.5, generator=torch.Generator().manual_seed(1))
@@ -69,7 +97,9 @@ def test_greedy_batched_samples_equal_the_engine_row_by_row(tiny):
     model, tok = tiny
     prompt = [tok.bos_id] + tok.encode("the answer is")
     params = SamplingParams(temperature=0, max_tokens=10)
-    reference = tok.decode([t for t in generate(model, prompt, params, tokenizer=tok) if t != tok.bos_id])
+    reference = tok.decode(
+        [t for t in generate(model, prompt, params, tokenizer=tok) if t != tok.bos_id]
+    )
     assert sample_texts(model, tok, prompt, params, 5, batch_size=2) == [reference] * 5
 
 
@@ -107,7 +137,9 @@ def test_think_keeps_every_sample_and_counts_tokens(tiny):
     v = think(model, tok, prompt, params, 6, batch_size=4)
     assert v.texts == sample_texts(model, tok, prompt, params, 6, batch_size=4)
     assert 6 <= v.tokens <= 48 and len(v.answers) == 6
-    assert v.answer == self_consistency(make_sampler(model, tok, prompt, params, batch_size=4), 6)[0]
+    assert (
+        v.answer == self_consistency(make_sampler(model, tok, prompt, params, batch_size=4), 6)[0]
+    )
 
 
 def test_mean_logprob_scorer_matches_a_naive_loop(tiny):
@@ -145,8 +177,16 @@ def test_chat_think_flag_votes_over_batched_samples(tiny, tmp_path, capsys, monk
     # the reply shown is what think() picks for the same prompt and sampling settings
     loaded = load_model(path)
     fmt = ChatFormat.for_model(loaded)
-    params = SamplingParams(temperature=0.7, top_p=0.9, seed=5, max_tokens=10, stop_token_ids=list(fmt.stop_token_ids))
-    expected = think(loaded.model, loaded.tokenizer, fmt.prompt_ids([Message("user", "what is 6 times 7?")]), params, 4)
+    params = SamplingParams(
+        temperature=0.7, top_p=0.9, seed=5, max_tokens=10, stop_token_ids=list(fmt.stop_token_ids)
+    )
+    expected = think(
+        loaded.model,
+        loaded.tokenizer,
+        fmt.prompt_ids([Message("user", "what is 6 times 7?")]),
+        params,
+        4,
+    )
     assert summary["replies"] == [expected.reply] and summary["tokens"] == expected.tokens
     monkeypatch.setattr("sys.stdin", io.StringIO("hi\n"))
     assert main(["chat", path, "--think", "0"]) == 2
@@ -167,6 +207,12 @@ def test_smollm2_think_batched_greedy_equals_one_run():
     fmt = ChatFormat.for_model(loaded)
     ids = fmt.prompt_ids([Message("user", "What is 7 times 8?")])
     params = SamplingParams(temperature=0, max_tokens=8, stop_token_ids=list(fmt.stop_token_ids))
-    single = loaded.tokenizer.decode([t for t in generate(loaded.model, ids, params, tokenizer=loaded.tokenizer) if t not in fmt.stop_token_ids])
+    single = loaded.tokenizer.decode(
+        [
+            t
+            for t in generate(loaded.model, ids, params, tokenizer=loaded.tokenizer)
+            if t not in fmt.stop_token_ids
+        ]
+    )
     v = think(loaded.model, loaded.tokenizer, ids, params, 3)
     assert v.texts == [single] * 3 and single

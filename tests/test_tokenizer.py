@@ -29,15 +29,34 @@ def wide_tok() -> Tokenizer:
 def test_known_merges_and_encoding(tok: Tokenizer) -> None:
     assert tok.vocab_size == MIN_VOCAB_SIZE + 6
     merged = [tok.id_to_token(i) for i in range(MIN_VOCAB_SIZE, tok.vocab_size)]
-    assert merged == ["er", "lo", "low", "ew", "new", "Ġlow"]  # BPE merge order, most frequent first
-    assert tok.pieces("lowest newer") == [(272, "low"), (82, "e"), (96, "s"), (97, "t"), (234, " "), (274, "new"), (270, "er")]
+    assert merged == [
+        "er",
+        "lo",
+        "low",
+        "ew",
+        "new",
+        "Ġlow",
+    ]  # BPE merge order, most frequent first
+    assert tok.pieces("lowest newer") == [
+        (272, "low"),
+        (82, "e"),
+        (96, "s"),
+        (97, "t"),
+        (234, " "),
+        (274, "new"),
+        (270, "er"),
+    ]
 
 
 def test_pretokenizer_splits_digits_in_groups_of_three() -> None:
     t = Tokenizer.train(["1234567 x"], MIN_VOCAB_SIZE + 10, min_frequency=1)
     assert [p for _, p in t.pieces("1234567")] == ["123", "456", "7"]
     # a merge never crosses the split boundaries: "12" + "3" is never "1234"
-    assert all(len(t.id_to_token(i)) <= 3 for i in range(MIN_VOCAB_SIZE, t.vocab_size) if t.id_to_token(i).isdigit())
+    assert all(
+        len(t.id_to_token(i)) <= 3
+        for i in range(MIN_VOCAB_SIZE, t.vocab_size)
+        if t.id_to_token(i).isdigit()
+    )
 
 
 def test_special_tokens_take_lowest_ids(tok: Tokenizer) -> None:
@@ -57,7 +76,9 @@ def test_plain_text_never_produces_special_tokens(tok: Tokenizer) -> None:
     assert tok.decode([tok.bos_id] + tok.encode("x"), skip_special=True) == "x"
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(st.text(max_size=60))
 def test_round_trip_and_byte_counts_any_text(wide_tok: Tokenizer, text: str) -> None:
     ids = wide_tok.encode(text)
@@ -68,9 +89,22 @@ def test_round_trip_and_byte_counts_any_text(wide_tok: Tokenizer, text: str) -> 
 
 
 def test_round_trip_fixed_examples(wide_tok: Tokenizer) -> None:
-    for text in ["", " ", "\n\n\t", "héllo wörld", "👩‍👩‍👧 family", "\ufffd\x00 nul", "ｆｕｌｌ", "a" * 1000]:
+    for text in [
+        "",
+        " ",
+        "\n\n\t",
+        "héllo wörld",
+        "👩‍👩‍👧 family",
+        "\ufffd\x00 nul",
+        "ｆｕｌｌ",
+        "a" * 1000,
+    ]:
         assert wide_tok.decode(wide_tok.encode(text)) == text
-    assert wide_tok.encode_batch(["ab", "", "🙂"]) == [wide_tok.encode("ab"), [], wide_tok.encode("🙂")]
+    assert wide_tok.encode_batch(["ab", "", "🙂"]) == [
+        wide_tok.encode("ab"),
+        [],
+        wide_tok.encode("🙂"),
+    ]
 
 
 def test_token_bytes(tok: Tokenizer) -> None:
@@ -83,7 +117,12 @@ def test_token_bytes(tok: Tokenizer) -> None:
 
 def test_pieces_show_partial_utf8_escaped(wide_tok: Tokenizer) -> None:
     t = Tokenizer.train(["ab"], MIN_VOCAB_SIZE)  # bytes only: an emoji is 4 tokens
-    assert t.pieces("🙂") == [(t.encode("🙂")[0], "\\xf0"), (t.encode("🙂")[1], "\\x9f"), (t.encode("🙂")[2], "\\x99"), (t.encode("🙂")[3], "\\x82")]
+    assert t.pieces("🙂") == [
+        (t.encode("🙂")[0], "\\xf0"),
+        (t.encode("🙂")[1], "\\x9f"),
+        (t.encode("🙂")[2], "\\x99"),
+        (t.encode("🙂")[3], "\\x82"),
+    ]
     assert "".join(p for _, p in wide_tok.pieces("The lazy dog")) == "The lazy dog"
 
 
@@ -97,20 +136,31 @@ def test_save_load_round_trip(tmp_path, wide_tok: Tokenizer) -> None:
     assert loaded.vocab_size == wide_tok.vocab_size and loaded.special_ids == wide_tok.special_ids
     assert (loaded.token_bytes() == wide_tok.token_bytes()).all()
     assert Tokenizer.from_json(wide_tok.to_json()).encode(text) == wide_tok.encode(text)
-    assert Tokenizer.load(tmp_path).encode(text) == wide_tok.encode(text)  # a directory holding tokenizer.json
+    assert Tokenizer.load(tmp_path).encode(text) == wide_tok.encode(
+        text
+    )  # a directory holding tokenizer.json
 
 
 def test_load_from_model_safetensors_metadata(tmp_path, tok: Tokenizer) -> None:
     from safetensors.numpy import save_file
 
     path = tmp_path / "model.safetensors"
-    save_file({"x": np.zeros(2, dtype=np.float32)}, str(path), metadata={"format": "twofiles", "tokenizer": tok.to_json()})
+    save_file(
+        {"x": np.zeros(2, dtype=np.float32)},
+        str(path),
+        metadata={"format": "twofiles", "tokenizer": tok.to_json()},
+    )
     assert Tokenizer.load(path).encode("lowest") == tok.encode("lowest")
 
 
 @pytest.mark.parametrize(
     ("content", "match"),
-    [(b"{not json", "invalid JSON"), (b"\xff\xfe", "not UTF-8"), (b'{"version": "1.0"}', "not a valid tokenizer.json"), (b"", "invalid JSON")],
+    [
+        (b"{not json", "invalid JSON"),
+        (b"\xff\xfe", "not UTF-8"),
+        (b'{"version": "1.0"}', "not a valid tokenizer.json"),
+        (b"", "invalid JSON"),
+    ],
 )
 def test_load_bad_file_is_a_clear_error(tmp_path, content: bytes, match: str) -> None:
     path = tmp_path / "tokenizer.json"

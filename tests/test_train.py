@@ -25,7 +25,16 @@ PY = sys.executable
 
 
 def tiny_model(vocab: int = 64, seed: int = 0, tie: bool = False) -> Transformer:
-    cfg = ModelConfig(vocab_size=vocab, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=64, max_seq_len=32, tie_embeddings=tie)
+    cfg = ModelConfig(
+        vocab_size=vocab,
+        dim=32,
+        n_layers=2,
+        n_heads=4,
+        n_kv_heads=2,
+        hidden_dim=64,
+        max_seq_len=32,
+        tie_embeddings=tie,
+    )
     m = Transformer(cfg)
     m.init_weights(seed)
     return m
@@ -34,7 +43,10 @@ def tiny_model(vocab: int = 64, seed: int = 0, tie: bool = False) -> Transformer
 def records(run: Path) -> list[tuple]:
     """Every metrics record without its timings: what a resumed run must reproduce exactly."""
     timing = {"time", "tok_s", "eval_seconds"}
-    return [tuple(sorted((k, v) for k, v in json.loads(ln).items() if k not in timing)) for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    return [
+        tuple(sorted((k, v) for k, v in json.loads(ln).items() if k not in timing))
+        for ln in (run / "metrics.jsonl").read_text().splitlines()
+    ]
 
 
 def losses(run: Path) -> dict[int, float]:
@@ -68,7 +80,9 @@ def test_newton_schulz_orthogonalises() -> None:
     s = torch.linalg.svdvals(x)
     # the quintic iteration trades exactness for speed: singular values land in ~[0.7, 1.2]
     assert s.min() > 0.5 and s.max() < 1.3
-    assert torch.linalg.svdvals(g).max() / torch.linalg.svdvals(g).min() > 3  # the input was far from orthogonal
+    assert (
+        torch.linalg.svdvals(g).max() / torch.linalg.svdvals(g).min() > 3
+    )  # the input was far from orthogonal
     assert zeropower_newton_schulz(g.T).shape == (96, 48)
 
 
@@ -138,7 +152,9 @@ def test_eval_windows_score_each_target_once(tiny_data: Path) -> None:
 # --- bits per byte: a known answer ---
 
 
-def test_bits_per_byte_of_a_uniform_model_is_log2_vocab_times_tokens_per_byte(tiny_data: Path) -> None:
+def test_bits_per_byte_of_a_uniform_model_is_log2_vocab_times_tokens_per_byte(
+    tiny_data: Path,
+) -> None:
     from twofiles.runtime import setup
     from twofiles.tokenizer import Tokenizer
     from twofiles.train.pretrain import evaluate
@@ -149,11 +165,15 @@ def test_bits_per_byte_of_a_uniform_model_is_log2_vocab_times_tokens_per_byte(ti
     with torch.no_grad():
         m.lm_head.weight.zero_()  # every logit 0: loss is exactly ln V for every token
     tb = torch.from_numpy(tok.token_bytes().astype(np.int64))
-    loss, bpb = evaluate(m, stream, tb, setup("cpu", "fp32"), seq_len=32, batch_size=8, max_tokens=None)
+    loss, bpb = evaluate(
+        m, stream, tb, setup("cpu", "fp32"), seq_len=32, batch_size=8, max_tokens=None
+    )
     targets = stream.get(1, len(stream) - 1)
     nbytes = tb.numpy()[targets]
     assert loss == pytest.approx(math.log(tok.vocab_size), rel=1e-6)
-    assert bpb == pytest.approx(math.log2(tok.vocab_size) * (nbytes > 0).sum() / nbytes.sum(), rel=1e-6)
+    assert bpb == pytest.approx(
+        math.log2(tok.vocab_size) * (nbytes > 0).sum() / nbytes.sum(), rel=1e-6
+    )
 
 
 # --- checkpoints ---
@@ -196,15 +216,38 @@ def test_only_newest_checkpoints_are_kept_and_temp_files_are_ignored(tmp_path: P
     for step in (1, 2, 3):
         save_checkpoint(tmp_path, step, m, opts, {}, keep=2)
     (tmp_path / ".step_0000004.safetensors.123.tmp").write_bytes(b"half-written")
-    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_0000002.safetensors", "step_0000003.safetensors"]
+    assert [p.name for p in list_checkpoints(tmp_path)] == [
+        "step_0000002.safetensors",
+        "step_0000003.safetensors",
+    ]
 
 
 # --- the real loop, end to end ---
 
 
 def _pretrain_cmd(data: Path, out: Path, *extra: str) -> list[str]:
-    return [PY, "-m", "twofiles", "pretrain", "--data", str(data), "--out", str(out), "--preset", "tiny", "--threads", "1",
-            "--batch-size", "4", "--seq-len", "32", "--eval-interval", "0", "--no-progress", *extra]
+    return [
+        PY,
+        "-m",
+        "twofiles",
+        "pretrain",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--preset",
+        "tiny",
+        "--threads",
+        "1",
+        "--batch-size",
+        "4",
+        "--seq-len",
+        "32",
+        "--eval-interval",
+        "0",
+        "--no-progress",
+        *extra,
+    ]
 
 
 def _env() -> dict[str, str]:
@@ -213,7 +256,13 @@ def _env() -> dict[str, str]:
 
 def test_pretrain_cli_writes_a_complete_run(tiny_data: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    p = subprocess.run(_pretrain_cmd(tiny_data, out, "--max-steps", "6", "--json"), capture_output=True, text=True, env=_env(), timeout=300)
+    p = subprocess.run(
+        _pretrain_cmd(tiny_data, out, "--max-steps", "6", "--json"),
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=300,
+    )
     assert p.returncode == 0, p.stderr
     summary = json.loads(p.stdout.strip().splitlines()[-1])
     assert summary["steps"] == 6 and 0 < summary["val_bpb"] < 20
@@ -226,24 +275,60 @@ def test_pretrain_cli_writes_a_complete_run(tiny_data: Path, tmp_path: Path) -> 
     assert loaded.provenance["stage"] == "pretrain" and loaded.provenance["steps"] == 6
     assert loaded.tokenizer.vocab_size == loaded.model.config.vocab_size
     # a second run into the same directory must not silently overwrite the first
-    p2 = subprocess.run(_pretrain_cmd(tiny_data, out, "--max-steps", "6"), capture_output=True, text=True, env=_env(), timeout=300)
+    p2 = subprocess.run(
+        _pretrain_cmd(tiny_data, out, "--max-steps", "6"),
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=300,
+    )
     assert p2.returncode == 2 and "--resume" in p2.stderr
 
 
 def test_killed_run_resumes_with_the_same_loss_sequence(tiny_data: Path, tmp_path: Path) -> None:
-    steps = ["--max-steps", "16", "--checkpoint-interval", "4", "--eval-interval", "4", "--eval-tokens", "256"]
+    steps = [
+        "--max-steps",
+        "16",
+        "--checkpoint-interval",
+        "4",
+        "--eval-interval",
+        "4",
+        "--eval-tokens",
+        "256",
+    ]
     ref = tmp_path / "ref"
-    subprocess.run(_pretrain_cmd(tiny_data, ref, *steps), check=True, capture_output=True, env=_env(), timeout=300)
+    subprocess.run(
+        _pretrain_cmd(tiny_data, ref, *steps),
+        check=True,
+        capture_output=True,
+        env=_env(),
+        timeout=300,
+    )
     run = tmp_path / "killed"
-    proc = subprocess.Popen(_pretrain_cmd(tiny_data, run, *steps), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env())
+    proc = subprocess.Popen(
+        _pretrain_cmd(tiny_data, run, *steps),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=_env(),
+    )
     deadline = time.time() + 240
-    while time.time() < deadline and not (run / "checkpoints" / "step_0000008.safetensors").exists():
+    while (
+        time.time() < deadline and not (run / "checkpoints" / "step_0000008.safetensors").exists()
+    ):
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)  # no chance to clean up: the hard case
     proc.wait()
     assert list_checkpoints(run / "checkpoints"), "the run was killed before its first checkpoint"
-    assert not (run / "model.safetensors").exists(), "the run finished before the kill: nothing was resumed"
-    p = subprocess.run(_pretrain_cmd(tiny_data, run, *steps, "--resume"), capture_output=True, text=True, env=_env(), timeout=300)
+    assert not (run / "model.safetensors").exists(), (
+        "the run finished before the kill: nothing was resumed"
+    )
+    p = subprocess.run(
+        _pretrain_cmd(tiny_data, run, *steps, "--resume"),
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=300,
+    )
     assert p.returncode == 0, p.stderr
     assert "resumed from" in p.stderr
     assert losses(run) == losses(ref)  # bit-for-bit, every step
@@ -258,7 +343,18 @@ def test_ddp_two_processes_match_one_process(tiny_data: Path, tmp_path: Path) ->
     cmd1[cmd1.index("--batch-size") + 1] = "8"
     subprocess.run(cmd1, check=True, capture_output=True, env=_env(), timeout=300)
     ddp = tmp_path / "ddp"
-    cmd2 = [PY, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29533", "-m", "twofiles", *_pretrain_cmd(tiny_data, ddp, *common)[3:]]
+    cmd2 = [
+        PY,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-port",
+        "29533",
+        "-m",
+        "twofiles",
+        *_pretrain_cmd(tiny_data, ddp, *common)[3:],
+    ]
     p = subprocess.run(cmd2, capture_output=True, text=True, env=_env(), timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
     a, b = losses(single), losses(ddp)

@@ -29,7 +29,13 @@ uvicorn = pytest.importorskip("uvicorn")
 sync_api = pytest.importorskip("playwright.sync_api")
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--no-first-run",
+]
 SCREENSHOTS = os.environ.get("TWOFILES_WEB_SCREENSHOTS")  # also copy the screenshots here (docs)
 TIMEOUT_MS = 60_000  # generous: the suite shares two cores with everything else
 
@@ -39,7 +45,10 @@ def _tiny_models() -> dict[str, Any]:
     from tiny_models import loaded, random_model, tiny_tokenizer
 
     tok = tiny_tokenizer()
-    return {name: loaded(random_model(tok, seed=i, max_seq_len=512), tok) for i, name in enumerate(("tiny-alpha", "tiny-beta"))}
+    return {
+        name: loaded(random_model(tok, seed=i, max_seq_len=512), tok)
+        for i, name in enumerate(("tiny-alpha", "tiny-beta"))
+    }
 
 
 def _build_app(models: dict[str, Any], **settings: Any) -> Any:
@@ -58,9 +67,11 @@ class _Server:
         self.sock.bind(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
         self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+        self.thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True
+        )
 
-    def __enter__(self) -> "_Server":
+    def __enter__(self) -> _Server:
         self.thread.start()
         deadline = time.monotonic() + 30
         while not self.server.started:
@@ -76,8 +87,13 @@ class _Server:
 
 
 def _post(url: str, body: dict[str, Any], key: str | None = None) -> tuple[int, dict[str, Any]]:
-    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers, method="POST")
+    headers = {
+        "Content-Type": "application/json",
+        **({"Authorization": f"Bearer {key}"} if key else {}),
+    }
+    req = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers=headers, method="POST"
+    )
     try:
         with urllib.request.urlopen(req, timeout=120) as r:
             return r.status, json.loads(r.read())
@@ -100,7 +116,9 @@ def live(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="module")
 def browser():
     if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} is missing (install Debian's chromium: apt-get install -y chromium; `make test` does it when it can)")
+        pytest.skip(
+            f"{CHROMIUM} is missing (install Debian's chromium: apt-get install -y chromium; `make test` does it when it can)"
+        )
     with sync_api.sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield b
@@ -127,7 +145,9 @@ def _screenshot(pg: Any, path: Path) -> None:
         shutil.copy(path, Path(SCREENSHOTS) / path.name)
 
 
-def _chat(pg: Any, live: _Server, text: str, *, temperature: str, seed: str, max_tokens: str = "12") -> Any:
+def _chat(
+    pg: Any, live: _Server, text: str, *, temperature: str, seed: str, max_tokens: str = "12"
+) -> Any:
     pg.goto(live.url + "/")
     pg.wait_for_function("document.querySelectorAll('#model option').length === 2")
     pg.select_option("#model", "tiny-alpha")
@@ -143,7 +163,9 @@ def _chat(pg: Any, live: _Server, text: str, *, temperature: str, seed: str, max
 
 def _reply_text(reply: Any) -> str:
     """The reply's text as the page shows it, without the marker of the end-of-turn token."""
-    return reply.evaluate("n => [...n.querySelectorAll('.text .tok:not(.end), .text .piece')].map(s => s.textContent).join('')")
+    return reply.evaluate(
+        "n => [...n.querySelectorAll('.text .tok:not(.end), .text .piece')].map(s => s.textContent).join('')"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -153,18 +175,30 @@ def _reply_text(reply: Any) -> str:
 def test_chat_streams_reply_equal_to_api(page, live, tmp_path):
     with page.expect_response("**/v1/chat/completions") as response:
         reply = _chat(page, live, "Hello there", temperature="0.9", seed="7")
-    assert response.value.headers["content-type"].startswith("text/event-stream")  # read as a stream
+    assert response.value.headers["content-type"].startswith(
+        "text/event-stream"
+    )  # read as a stream
     shown = _reply_text(reply)
     status, body = _post(
         live.url + "/v1/chat/completions",
-        {"model": "tiny-alpha", "messages": [{"role": "user", "content": "Hello there"}], "temperature": 0.9, "top_p": 1, "max_tokens": 12, "seed": 7, "logprobs": True},
+        {
+            "model": "tiny-alpha",
+            "messages": [{"role": "user", "content": "Hello there"}],
+            "temperature": 0.9,
+            "top_p": 1,
+            "max_tokens": 12,
+            "seed": 7,
+            "logprobs": True,
+        },
     )
     assert status == 200, body
     expected = body["choices"][0]["message"]["content"]
     assert expected, "the tiny model produced an empty reply; pick another seed"
     assert shown == expected
     # every generated token reached the page with its probability, whatever the server's chunking
-    tokens = reply.evaluate("n => [...n.querySelectorAll('.tok')].flatMap(s => s._tokens.map(t => t.token))")
+    tokens = reply.evaluate(
+        "n => [...n.querySelectorAll('.tok')].flatMap(s => s._tokens.map(t => t.token))"
+    )
     assert tokens == [t["token"] for t in body["choices"][0]["logprobs"]["content"]]
     _screenshot(page, tmp_path / "web-chat.png")
 
@@ -173,7 +207,9 @@ def test_chat_streams_reply_equal_to_api(page, live, tmp_path):
 def test_token_view_shows_alternatives(page, live, tmp_path):
     reply = _chat(page, live, "The cat", temperature="0", seed="1", max_tokens="6")
     first = reply.locator(".tok").first
-    n = first.evaluate("el => el._tokens.length")  # a piece of text may come from several tokens (a split character)
+    n = first.evaluate(
+        "el => el._tokens.length"
+    )  # a piece of text may come from several tokens (a split character)
     first.click()
     info = page.locator("#tokinfo")
     info.wait_for(state="visible")
@@ -188,10 +224,21 @@ def test_token_view_shows_alternatives(page, live, tmp_path):
     # the page shows the API's numbers: compare with the non-streamed logprobs of the same request
     status, body = _post(
         live.url + "/v1/chat/completions",
-        {"model": "tiny-alpha", "messages": [{"role": "user", "content": "The cat"}], "temperature": 0, "max_tokens": 6, "logprobs": True, "top_logprobs": 5},
+        {
+            "model": "tiny-alpha",
+            "messages": [{"role": "user", "content": "The cat"}],
+            "temperature": 0,
+            "max_tokens": 6,
+            "logprobs": True,
+            "top_logprobs": 5,
+        },
     )
     assert status == 200, body
-    api = [round(100 * math.exp(t["logprob"]), 1) for tok in body["choices"][0]["logprobs"]["content"][:n] for t in tok["top_logprobs"]]
+    api = [
+        round(100 * math.exp(t["logprob"]), 1)
+        for tok in body["choices"][0]["logprobs"]["content"][:n]
+        for t in tok["top_logprobs"]
+    ]
     assert probs == pytest.approx(api, abs=0.051)
     _screenshot(page, tmp_path / "web-token-probabilities.png")
 
@@ -211,7 +258,10 @@ def test_arena_vote_moves_leaderboard(page, live, tmp_path):
     assert page.locator("#name-a").inner_text() == "Model A"  # anonymous until the vote
     page.click("button[data-winner='a']")
     page.locator("#reveal").wait_for(state="visible")
-    names = {page.locator("#name-a").inner_text().split(": ")[1], page.locator("#name-b").inner_text().split(": ")[1]}
+    names = {
+        page.locator("#name-a").inner_text().split(": ")[1],
+        page.locator("#name-b").inner_text().split(": ")[1],
+    }
     assert names == {"tiny-alpha", "tiny-beta"}
     winner = page.locator("#name-a").inner_text().split(": ")[1]
     _screenshot(page, tmp_path / "web-arena.png")
@@ -220,7 +270,10 @@ def test_arena_vote_moves_leaderboard(page, live, tmp_path):
     page.locator("tr.row").first.wait_for()
     rows = page.locator("tr.row")
     assert rows.count() == 2 and before in (0, 2)
-    games = {rows.nth(i).get_attribute("data-model"): int(rows.nth(i).locator("td.games").inner_text()) for i in range(2)}
+    games = {
+        rows.nth(i).get_attribute("data-model"): int(rows.nth(i).locator("td.games").inner_text())
+        for i in range(2)
+    }
     assert sum(games.values()) >= 2 and games["tiny-alpha"] == games["tiny-beta"]
     if before == 0:  # the first vote decides the order
         assert rows.first.get_attribute("data-model") == winner
@@ -236,7 +289,9 @@ def test_thumbs_and_correction_reach_feedback_and_export(page, live, tmp_path):
     reply = _chat(page, live, "What is 12 + 7?", temperature="0.8", seed="3", max_tokens="8")
     original = _reply_text(reply)
     reply.locator("button.thumb-up").click()
-    page.wait_for_function("document.querySelector('.msg.assistant .saved') && document.querySelector('.msg.assistant .saved').textContent.startsWith('saved')")
+    page.wait_for_function(
+        "document.querySelector('.msg.assistant .saved') && document.querySelector('.msg.assistant .saved').textContent.startsWith('saved')"
+    )
     reply.locator("button.correct").click()
     reply.locator("textarea.correction").fill("12 + 7 = 19.")
     reply.locator("button.save-correction").click()
@@ -251,12 +306,19 @@ def test_thumbs_and_correction_reach_feedback_and_export(page, live, tmp_path):
 
     summary = export_feedback(live.state.feedback_db, tmp_path / "out")
     sft = [json.loads(line) for line in (tmp_path / "out" / "sft.jsonl").read_text().splitlines()]
-    prefs = [json.loads(line) for line in (tmp_path / "out" / "preferences.jsonl").read_text().splitlines()]
+    prefs = [
+        json.loads(line)
+        for line in (tmp_path / "out" / "preferences.jsonl").read_text().splitlines()
+    ]
     convo = [{"role": "user", "content": "What is 12 + 7?"}]
     assert {"messages": convo + [{"role": "assistant", "content": "12 + 7 = 19."}]} in sft
     # the corrected reply's thumbs-up does not make it training data; the correction beats it
     assert {"messages": convo + [{"role": "assistant", "content": original}]} not in sft
-    assert {"messages": convo, "chosen": [{"role": "assistant", "content": "12 + 7 = 19."}], "rejected": [{"role": "assistant", "content": original}]} in prefs
+    assert {
+        "messages": convo,
+        "chosen": [{"role": "assistant", "content": "12 + 7 = 19."}],
+        "rejected": [{"role": "assistant", "content": original}],
+    } in prefs
     assert summary.sft == len(sft) and summary.preferences == len(prefs)
 
 
@@ -274,14 +336,48 @@ def test_tool_calls_run_and_feed_back(page, live, tmp_path):
     def canned(route: Any) -> None:
         sent.append(json.loads(route.request.post_data))
         if len(sent) == 1:
-            call = {"index": 0, "id": "call_1", "type": "function", "function": {"name": "calculator", "arguments": ""}}
+            call = {
+                "index": 0,
+                "id": "call_1",
+                "type": "function",
+                "function": {"name": "calculator", "arguments": ""},
+            }
             chunks = [
-                {"choices": [{"index": 0, "delta": {"role": "assistant", "tool_calls": [call]}, "finish_reason": None}]},
-                {"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": '{"expression": "12*7"}'}}]}, "finish_reason": None}]},
+                {
+                    "choices": [
+                        {
+                            "index": 0,
+                            "delta": {"role": "assistant", "tool_calls": [call]},
+                            "finish_reason": None,
+                        }
+                    ]
+                },
+                {
+                    "choices": [
+                        {
+                            "index": 0,
+                            "delta": {
+                                "tool_calls": [
+                                    {
+                                        "index": 0,
+                                        "function": {"arguments": '{"expression": "12*7"}'},
+                                    }
+                                ]
+                            },
+                            "finish_reason": None,
+                        }
+                    ]
+                },
                 {"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]},
             ]
         else:
-            chunks = [{"choices": [{"index": 0, "delta": {"content": "12*7 is 84."}, "finish_reason": "stop"}]}]
+            chunks = [
+                {
+                    "choices": [
+                        {"index": 0, "delta": {"content": "12*7 is 84."}, "finish_reason": "stop"}
+                    ]
+                }
+            ]
         route.fulfill(status=200, headers={"Content-Type": "text/event-stream"}, body=_sse(chunks))
 
     page.goto(live.url + "/")
@@ -291,12 +387,24 @@ def test_tool_calls_run_and_feed_back(page, live, tmp_path):
     page.fill("#input", "What is 12*7?")
     page.click("#send")
     page.locator(".msg.assistant").nth(1).locator(".actions").wait_for()
-    assert page.locator(".toolcall").inner_text() == 'tool call → calculator({"expression": "12*7"})'
+    assert (
+        page.locator(".toolcall").inner_text() == 'tool call → calculator({"expression": "12*7"})'
+    )
     assert page.locator(".toolresult").inner_text() == "result ← 84"
     assert page.locator(".msg.assistant").nth(1).locator(".text").inner_text() == "12*7 is 84."
     assert [t["function"]["name"] for t in sent[0]["tools"]] == ["calculator"]
     assert sent[1]["messages"][-2:] == [
-        {"role": "assistant", "content": "", "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "calculator", "arguments": '{"expression": "12*7"}'}}]},
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "calculator", "arguments": '{"expression": "12*7"}'},
+                }
+            ],
+        },
         {"role": "tool", "tool_call_id": "call_1", "name": "calculator", "content": "84"},
     ]
     _screenshot(page, tmp_path / "web-tools.png")
@@ -311,11 +419,18 @@ def test_server_errors_are_shown_and_not_kept(page, live):
     page.click("#send")
     page.wait_for_function("document.getElementById('error').textContent.length > 0")
     assert "max_tokens" in page.locator("#error").inner_text()  # the server's own message
-    assert page.locator(".msg.assistant .actions").count() == 0  # no thumbs on a reply that never came
+    assert (
+        page.locator(".msg.assistant .actions").count() == 0
+    )  # no thumbs on a reply that never came
     page.fill("#max_tokens", "4")
     page.fill("#input", "Hello again")
     sent: list[dict[str, Any]] = []
-    page.on("request", lambda r: sent.append(json.loads(r.post_data)) if r.url.endswith("/v1/chat/completions") else None)
+    page.on(
+        "request",
+        lambda r: (
+            sent.append(json.loads(r.post_data)) if r.url.endswith("/v1/chat/completions") else None
+        ),
+    )
     page.click("#send")
     page.locator(".msg.assistant .actions").wait_for()
     assert page.locator("#error").inner_text() == ""
@@ -330,23 +445,80 @@ def test_each_token_gets_its_span_however_the_server_chunks(page, live):
     span with both of its tokens; the end token is the [end] span."""
 
     def lp(token: str, p: float) -> dict[str, Any]:
-        return {"token": token, "logprob": math.log(p), "bytes": None, "top_logprobs": [{"token": token, "logprob": math.log(p), "bytes": None}]}
+        return {
+            "token": token,
+            "logprob": math.log(p),
+            "bytes": None,
+            "top_logprobs": [{"token": token, "logprob": math.log(p), "bytes": None}],
+        }
 
     chunks = [
-        {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}]},
-        {"choices": [{"index": 0, "delta": {"content": "Hi there,"}, "logprobs": {"content": [lp("Hi", 0.5), lp(" there", 0.25), lp(",", 0.125)]}, "finish_reason": None}]},
-        {"choices": [{"index": 0, "delta": {"content": ""}, "logprobs": {"content": [lp("\ufffd", 0.9)]}, "finish_reason": None}]},
-        {"choices": [{"index": 0, "delta": {"content": " \u00e9t\u00e9"}, "logprobs": {"content": [lp("\ufffd", 0.8), lp("t", 0.7), lp("\u00e9", 0.6)]}, "finish_reason": None}]},
-        {"choices": [{"index": 0, "delta": {"content": ""}, "logprobs": {"content": [lp("<|assistant_end|>", 0.95)]}, "finish_reason": "stop"}]},
+        {
+            "choices": [
+                {
+                    "index": 0,
+                    "delta": {"role": "assistant", "content": ""},
+                    "logprobs": None,
+                    "finish_reason": None,
+                }
+            ]
+        },
+        {
+            "choices": [
+                {
+                    "index": 0,
+                    "delta": {"content": "Hi there,"},
+                    "logprobs": {"content": [lp("Hi", 0.5), lp(" there", 0.25), lp(",", 0.125)]},
+                    "finish_reason": None,
+                }
+            ]
+        },
+        {
+            "choices": [
+                {
+                    "index": 0,
+                    "delta": {"content": ""},
+                    "logprobs": {"content": [lp("\ufffd", 0.9)]},
+                    "finish_reason": None,
+                }
+            ]
+        },
+        {
+            "choices": [
+                {
+                    "index": 0,
+                    "delta": {"content": " \u00e9t\u00e9"},
+                    "logprobs": {"content": [lp("\ufffd", 0.8), lp("t", 0.7), lp("\u00e9", 0.6)]},
+                    "finish_reason": None,
+                }
+            ]
+        },
+        {
+            "choices": [
+                {
+                    "index": 0,
+                    "delta": {"content": ""},
+                    "logprobs": {"content": [lp("<|assistant_end|>", 0.95)]},
+                    "finish_reason": "stop",
+                }
+            ]
+        },
     ]
     page.goto(live.url + "/")
     page.wait_for_function("document.querySelectorAll('#model option').length === 2")
-    page.route("**/v1/chat/completions", lambda route: route.fulfill(status=200, headers={"Content-Type": "text/event-stream"}, body=_sse(chunks)))
+    page.route(
+        "**/v1/chat/completions",
+        lambda route: route.fulfill(
+            status=200, headers={"Content-Type": "text/event-stream"}, body=_sse(chunks)
+        ),
+    )
     page.fill("#input", "hello")
     page.click("#send")
     reply = page.locator(".msg.assistant").last
     reply.locator(".actions").wait_for()
-    spans = reply.evaluate("n => [...n.querySelectorAll('.text .tok')].map(s => [s.textContent, s._tokens.map(t => t.token)])")
+    spans = reply.evaluate(
+        "n => [...n.querySelectorAll('.text .tok')].map(s => [s.textContent, s._tokens.map(t => t.token)])"
+    )
     assert spans == [
         ["Hi", ["Hi"]], [" there", [" there"]], [",", [","]],
         [" \u00e9t\u00e9", ["\ufffd", "\ufffd", "t", "\u00e9"]],  # the split character takes the rest of its chunk
@@ -358,12 +530,24 @@ def test_each_token_gets_its_span_however_the_server_chunks(page, live):
 def test_tools_route_runs_only_the_calculator(live):
     from twofiles.tools.calculator import Calculator
 
-    code, body = _post(live.url + "/tools/run", {"name": "calculator", "arguments": {"expression": "(17 * 23 + 4) / 3"}})
-    assert code == 200 and body == {"name": "calculator", "content": Calculator().run({"expression": "(17 * 23 + 4) / 3"}).content, "error": False}
+    code, body = _post(
+        live.url + "/tools/run",
+        {"name": "calculator", "arguments": {"expression": "(17 * 23 + 4) / 3"}},
+    )
+    assert code == 200 and body == {
+        "name": "calculator",
+        "content": Calculator().run({"expression": "(17 * 23 + 4) / 3"}).content,
+        "error": False,
+    }
     assert body["content"].startswith("131.66")
-    code, body = _post(live.url + "/tools/run", {"name": "calculator", "arguments": {"expression": "__import__('os')"}})
+    code, body = _post(
+        live.url + "/tools/run",
+        {"name": "calculator", "arguments": {"expression": "__import__('os')"}},
+    )
     assert code == 200 and body["error"] is True
-    code, body = _post(live.url + "/tools/run", {"name": "python", "arguments": {"code": "print(1)"}})
+    code, body = _post(
+        live.url + "/tools/run", {"name": "python", "arguments": {"code": "print(1)"}}
+    )
     assert code == 404 and "calculator" in _message(body)
     with urllib.request.urlopen(live.url + "/tools", timeout=30) as r:
         assert [t["function"]["name"] for t in json.loads(r.read())["tools"]] == ["calculator"]
@@ -379,11 +563,47 @@ def _message(body: dict[str, Any]) -> str:
 @pytest.mark.parametrize(
     "route, body, status, words",
     [
-        ("/feedback", {"model": "tiny-alpha", "messages": [{"role": "user", "content": "hi"}], "reply": "yo"}, 400, "rating, correction"),
-        ("/feedback", {"model": "tiny-alpha", "messages": [{"role": "user", "content": "hi"}], "reply": "yo", "rating": "great"}, None, "rating"),
-        ("/feedback", {"model": "tiny-alpha", "messages": [{"role": "alien", "content": "hi"}], "reply": "yo", "rating": "up"}, 400, "messages[0].role"),
+        (
+            "/feedback",
+            {"model": "tiny-alpha", "messages": [{"role": "user", "content": "hi"}], "reply": "yo"},
+            400,
+            "rating, correction",
+        ),
+        (
+            "/feedback",
+            {
+                "model": "tiny-alpha",
+                "messages": [{"role": "user", "content": "hi"}],
+                "reply": "yo",
+                "rating": "great",
+            },
+            None,
+            "rating",
+        ),
+        (
+            "/feedback",
+            {
+                "model": "tiny-alpha",
+                "messages": [{"role": "alien", "content": "hi"}],
+                "reply": "yo",
+                "rating": "up",
+            },
+            400,
+            "messages[0].role",
+        ),
         ("/feedback", {"model": "tiny-alpha", "reply": "yo", "rating": "up"}, None, "messages"),
-        ("/feedback", {"model": "tiny-alpha", "messages": [{"role": "user", "content": "hi"}], "reply": "yo", "rating": "up", "ratng": 1}, None, "ratng"),
+        (
+            "/feedback",
+            {
+                "model": "tiny-alpha",
+                "messages": [{"role": "user", "content": "hi"}],
+                "reply": "yo",
+                "rating": "up",
+                "ratng": 1,
+            },
+            None,
+            "ratng",
+        ),
         ("/arena/battle", {"prompt": ""}, None, "prompt"),
         ("/arena/battle", {"prompt": "x" * 10_000}, None, "prompt"),
         ("/arena/battle", {"prompt": "hi", "max_tokens": 0}, None, "max_tokens"),
@@ -401,11 +621,19 @@ def test_routes_reject_bad_requests_with_a_message(live, route, body, status, wo
 def test_arena_vote_counts_once(live):
     code, battle = _post(live.url + "/arena/battle", {"prompt": "Hi", "max_tokens": 4, "seed": 1})
     assert code == 200 and set(battle) == {"battle_id", "a", "b"}  # no names before the vote
-    code, vote = _post(live.url + "/arena/vote", {"battle_id": battle["battle_id"], "winner": "tie"})
+    code, vote = _post(
+        live.url + "/arena/vote", {"battle_id": battle["battle_id"], "winner": "tie"}
+    )
     assert code == 200 and {vote["model_a"], vote["model_b"]} == {"tiny-alpha", "tiny-beta"}
-    code, again = _post(live.url + "/arena/vote", {"battle_id": battle["battle_id"], "winner": "a"})
+    code, _again = _post(
+        live.url + "/arena/vote", {"battle_id": battle["battle_id"], "winner": "a"}
+    )
     assert code == 404
-    stored = [b for b in live.state.arena().battles() if getattr(b, "winner", None) == "tie" and getattr(b, "prompt", None) == "Hi"]
+    stored = [
+        b
+        for b in live.state.arena().battles()
+        if getattr(b, "winner", None) == "tie" and getattr(b, "prompt", None) == "Hi"
+    ]
     assert len(stored) == 1
 
 
@@ -417,11 +645,24 @@ def test_api_key_guards_the_routes_not_the_pages(tmp_path):
         assert code == 401
         code, body = _post(server.url + "/arena/battle", {"prompt": "hi"}, key="sesame")
         assert code == 400 and "at least two models" in _message(body)
-        code, body = _post(server.url + "/feedback", {"model": "solo", "messages": [{"role": "user", "content": "hi"}], "reply": "yo", "rating": "up"})
+        code, body = _post(
+            server.url + "/feedback",
+            {
+                "model": "solo",
+                "messages": [{"role": "user", "content": "hi"}],
+                "reply": "yo",
+                "rating": "up",
+            },
+        )
         assert code == 401
         with urllib.request.urlopen(server.url + "/", timeout=30) as r:
             assert r.status == 200 and b"/static/chat.js" in r.read()
-        for probe in ("/?page=../../../../etc/passwd", "/arena?page=../web.py", "/static/../web.py", "/static/%2e%2e/web.py"):
+        for probe in (
+            "/?page=../../../../etc/passwd",
+            "/arena?page=../web.py",
+            "/static/../web.py",
+            "/static/%2e%2e/web.py",
+        ):
             try:
                 with urllib.request.urlopen(server.url + probe, timeout=30) as r:
                     body = r.read()
@@ -429,4 +670,6 @@ def test_api_key_guards_the_routes_not_the_pages(tmp_path):
                 assert e.code == 404, probe
             else:
                 assert b"root:" not in body and b"def attach" not in body, probe
-    assert not (tmp_path / "f.sqlite").exists() and not (tmp_path / "a.sqlite").exists()  # opened on first use only
+    assert (
+        not (tmp_path / "f.sqlite").exists() and not (tmp_path / "a.sqlite").exists()
+    )  # opened on first use only

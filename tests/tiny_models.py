@@ -17,13 +17,23 @@ def tiny_tokenizer() -> Tokenizer:
 
 
 def random_model(tok: Tokenizer, *, seed: int = 0, max_seq_len: int = 128) -> Transformer:
-    cfg = ModelConfig(vocab_size=tok.vocab_size, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=64, max_seq_len=max_seq_len)
+    cfg = ModelConfig(
+        vocab_size=tok.vocab_size,
+        dim=32,
+        n_layers=2,
+        n_heads=4,
+        n_kv_heads=2,
+        hidden_dim=64,
+        max_seq_len=max_seq_len,
+    )
     model = Transformer(cfg)
     model.init_weights(seed=seed)
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if name.endswith(("o_proj.weight", "down_proj.weight", "lm_head.weight")):  # zero or tiny at init
+            if name.endswith(
+                ("o_proj.weight", "down_proj.weight", "lm_head.weight")
+            ):  # zero or tiny at init
                 p.copy_(torch.randn(p.shape, generator=g) * p.shape[1] ** -0.5 * 2)
     return model.eval()
 
@@ -33,10 +43,27 @@ class ScriptedModel(Transformer):
     position p it predicts script[p + 1 - prompt_len], then `filler`. lm_head is the identity on
     the vocabulary, and hidden_states returns one-hot rows scaled to be decisive."""
 
-    def __init__(self, tok: Tokenizer, script: list[int], prompt_len: int, filler: int, max_seq_len: int = 256) -> None:
+    def __init__(
+        self,
+        tok: Tokenizer,
+        script: list[int],
+        prompt_len: int,
+        filler: int,
+        max_seq_len: int = 256,
+    ) -> None:
         V = tok.vocab_size
         dim = V + (-V) % 8
-        super().__init__(ModelConfig(vocab_size=V, dim=dim, n_layers=1, n_heads=4, n_kv_heads=4, hidden_dim=16, max_seq_len=max_seq_len))
+        super().__init__(
+            ModelConfig(
+                vocab_size=V,
+                dim=dim,
+                n_layers=1,
+                n_heads=4,
+                n_kv_heads=4,
+                hidden_dim=16,
+                max_seq_len=max_seq_len,
+            )
+        )
         self.init_weights(seed=0)
         with torch.no_grad():
             self.lm_head.weight.zero_()

@@ -39,8 +39,8 @@ VERSION = "1"
 
 @dataclass
 class LoadedModel:
-    model: "Transformer"
-    tokenizer: "Tokenizer"
+    model: Transformer
+    tokenizer: Tokenizer
     chat_template: str = ""
     provenance: dict[str, Any] = field(default_factory=dict)
     path: str = ""
@@ -58,8 +58,8 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
 
 def save_model(
     path: str | os.PathLike[str],
-    model: "Transformer",
-    tokenizer: "Tokenizer",
+    model: Transformer,
+    tokenizer: Tokenizer,
     *,
     provenance: dict[str, Any] | None = None,
     chat_template: str = "",
@@ -114,12 +114,11 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
 def load_model(
     path: str | os.PathLike[str],
     *,
-    device: "str | torch.device" = "cpu",
-    dtype: "torch.dtype | None" = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
 ) -> LoadedModel:
     """Load a twofiles model.safetensors onto `device` (weights kept in their stored dtype unless
     `dtype` is given)."""
-    import torch
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -129,7 +128,9 @@ def load_model(
     path = str(path)
     meta = read_metadata(path)
     if meta.get("format") != FORMAT:
-        raise BadInputError("not a twofiles model file (metadata 'format' is missing or different)", path=path)
+        raise BadInputError(
+            "not a twofiles model file (metadata 'format' is missing or different)", path=path
+        )
     for key in ("config", "tokenizer"):
         if key not in meta:
             raise BadInputError(f"metadata field '{key}' is missing", path=path)
@@ -139,7 +140,9 @@ def load_model(
         raise BadInputError(f"metadata field 'config' is invalid: {e}", path=path) from None
     try:
         special = json.loads(meta.get("special", "{}"))
-        tokenizer = Tokenizer.from_json(meta["tokenizer"], bos_id=special.get("bos_id"), eos_ids=special.get("eos_ids"))
+        tokenizer = Tokenizer.from_json(
+            meta["tokenizer"], bos_id=special.get("bos_id"), eos_ids=special.get("eos_ids")
+        )
     except (json.JSONDecodeError, AttributeError, TypeError) as e:
         raise BadInputError(f"metadata field 'special' is invalid: {e}", path=path) from None
     except BadInputError as e:
@@ -156,10 +159,16 @@ def load_model(
     expected = set(model.state_dict())
     missing, unexpected = expected - set(sd), set(sd) - expected
     if missing or unexpected:
-        raise BadInputError(f"tensors do not match the config: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}", path=path)
+        raise BadInputError(
+            f"tensors do not match the config: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}",
+            path=path,
+        )
     for k, v in model.state_dict().items():
         if tuple(sd[k].shape) != tuple(v.shape):
-            raise BadInputError(f"tensor {k} has shape {tuple(sd[k].shape)}, config expects {tuple(v.shape)}", path=path)
+            raise BadInputError(
+                f"tensor {k} has shape {tuple(sd[k].shape)}, config expects {tuple(v.shape)}",
+                path=path,
+            )
     model.load_state_dict(sd, strict=True)
     if cfg.tie_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
@@ -169,4 +178,10 @@ def load_model(
         provenance = json.loads(meta.get("provenance", "{}"))
     except json.JSONDecodeError:
         provenance = {}
-    return LoadedModel(model=model, tokenizer=tokenizer, chat_template=meta.get("chat_template", ""), provenance=provenance, path=path)
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        chat_template=meta.get("chat_template", ""),
+        provenance=provenance,
+        path=path,
+    )

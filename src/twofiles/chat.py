@@ -29,6 +29,7 @@ What it leaves to others: sampling and the KV cache (engine.py), the tools thems
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -56,7 +57,14 @@ class ToolCall:
 
     def to_dict(self) -> dict[str, Any]:
         """OpenAI form: arguments as a JSON string."""
-        return {"id": self.id, "type": "function", "function": {"name": self.name, "arguments": json.dumps(self.arguments, ensure_ascii=False)}}
+        return {
+            "id": self.id,
+            "type": "function",
+            "function": {
+                "name": self.name,
+                "arguments": json.dumps(self.arguments, ensure_ascii=False),
+            },
+        }
 
 
 @dataclass
@@ -96,8 +104,14 @@ def _content(value: Any, where: str) -> str:
     if isinstance(value, list):
         parts = []
         for j, part in enumerate(value):
-            if not (isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)):
-                raise BadInputError(f"{where}[{j}]: only text parts are supported ({{'type': 'text', 'text': ...}})")
+            if not (
+                isinstance(part, dict)
+                and part.get("type") == "text"
+                and isinstance(part.get("text"), str)
+            ):
+                raise BadInputError(
+                    f"{where}[{j}]: only text parts are supported ({{'type': 'text', 'text': ...}})"
+                )
             parts.append(part["text"])
         return "".join(parts)
     raise BadInputError(f"{where}: must be a string (got {type(value).__name__})")
@@ -122,7 +136,9 @@ def _tool_call(obj: Any, where: str) -> ToolCall:
         except json.JSONDecodeError as e:
             raise BadInputError(f"{fwhere}.arguments: not valid JSON ({e})") from None
     if not isinstance(args, dict):
-        raise BadInputError(f"{fwhere}.arguments: must be a JSON object (got {type(args).__name__})")
+        raise BadInputError(
+            f"{fwhere}.arguments: must be a JSON object (got {type(args).__name__})"
+        )
     call_id = obj.get("id", "")
     if call_id is None:
         call_id = ""
@@ -136,7 +152,9 @@ def parse_message(obj: Any, *, where: str = "message") -> Message:
     if isinstance(obj, Message):
         return obj
     if not isinstance(obj, dict):
-        raise BadInputError(f"{where}: must be an object with 'role' and 'content' (got {type(obj).__name__})")
+        raise BadInputError(
+            f"{where}: must be an object with 'role' and 'content' (got {type(obj).__name__})"
+        )
     role = obj.get("role")
     if role not in ROLES:
         raise BadInputError(f"{where}.role: must be one of {', '.join(ROLES)} (got {role!r})")
@@ -145,7 +163,9 @@ def parse_message(obj: Any, *, where: str = "message") -> Message:
     content = _content(obj.get("content"), f"{where}.content")
     calls_obj = obj.get("tool_calls") or []
     if calls_obj and role != "assistant":
-        raise BadInputError(f"{where}.tool_calls: only assistant messages make tool calls (role is {role!r})")
+        raise BadInputError(
+            f"{where}.tool_calls: only assistant messages make tool calls (role is {role!r})"
+        )
     if not isinstance(calls_obj, list):
         raise BadInputError(f"{where}.tool_calls: must be a list (got {type(calls_obj).__name__})")
     calls = [_tool_call(c, f"{where}.tool_calls[{j}]") for j, c in enumerate(calls_obj)]
@@ -156,7 +176,9 @@ def parse_message(obj: Any, *, where: str = "message") -> Message:
             raise BadInputError(f"{where}.{key}: must be a string (got {type(value).__name__})")
         extra[key] = value
     if extra["tool_call_id"] and role != "tool":
-        raise BadInputError(f"{where}.tool_call_id: only tool messages answer a tool call (role is {role!r})")
+        raise BadInputError(
+            f"{where}.tool_call_id: only tool messages answer a tool call (role is {role!r})"
+        )
     return Message(role=role, content=content, tool_calls=calls, **extra)
 
 
@@ -186,9 +208,13 @@ def read_conversations(path: str | os.PathLike[str]) -> list[list[Message]]:
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
-                raise BadInputError(f"invalid JSON ({e.msg} at column {e.colno})", path=path, line=lineno) from None
+                raise BadInputError(
+                    f"invalid JSON ({e.msg} at column {e.colno})", path=path, line=lineno
+                ) from None
             if not isinstance(obj, dict) or "messages" not in obj:
-                raise BadInputError('expected an object with a "messages" list', path=path, line=lineno)
+                raise BadInputError(
+                    'expected an object with a "messages" list', path=path, line=lineno
+                )
             try:
                 msgs = parse_messages(obj["messages"])
             except BadInputError as e:
@@ -287,9 +313,17 @@ class TemplateError(BadInputError):
     """A chat template that does not compile, raises, or cannot be used for training masks."""
 
 
-def _tojson(x: Any, ensure_ascii: bool = False, indent: int | None = None, separators: Any = None, sort_keys: bool = False) -> str:
+def _tojson(
+    x: Any,
+    ensure_ascii: bool = False,
+    indent: int | None = None,
+    separators: Any = None,
+    sort_keys: bool = False,
+) -> str:
     # transformers' own `tojson` (unlike Jinja's, it does not HTML-escape), so templates render alike.
-    return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+    return json.dumps(
+        x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys
+    )
 
 
 def _raise_exception(message: str) -> None:
@@ -310,18 +344,26 @@ def _compile(template: str):
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     # The same environment transformers uses for apply_chat_template, so rendering matches it.
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
+    env = ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols]
+    )
     env.filters["tojson"] = _tojson
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = _strftime_now
     try:
         return env.from_string(template)
     except TemplateSyntaxError as e:
-        raise TemplateError(f"chat template: syntax error at template line {e.lineno}: {e.message}") from None
+        raise TemplateError(
+            f"chat template: syntax error at template line {e.lineno}: {e.message}"
+        ) from None
 
 
 def _hermes_call(call: ToolCall) -> str:
-    return "<tool_call>\n" + json.dumps({"name": call.name, "arguments": call.arguments}, ensure_ascii=False) + "\n</tool_call>"
+    return (
+        "<tool_call>\n"
+        + json.dumps({"name": call.name, "arguments": call.arguments}, ensure_ascii=False)
+        + "\n</tool_call>"
+    )
 
 
 def _tools_prompt(tools: list[dict[str, Any]]) -> str:
@@ -338,7 +380,7 @@ class ChatFormat:
     """A chat template bound to a tokenizer: conversations -> token ids + loss mask, and
     generated text -> an assistant Message. Build with `for_model`, `builtin_for` or `from_template`."""
 
-    def __init__(self, tokenizer: "Tokenizer", template: str, *, builtin: bool = False) -> None:
+    def __init__(self, tokenizer: Tokenizer, template: str, *, builtin: bool = False) -> None:
         self.tokenizer = tokenizer
         self.template = template
         self.builtin = builtin  # True: twofiles' own template (the model may never have learned it)
@@ -357,9 +399,13 @@ class ChatFormat:
     # ------------------------------------------------------------------ building
 
     @classmethod
-    def builtin_for(cls, tokenizer: "Tokenizer") -> "ChatFormat":
+    def builtin_for(cls, tokenizer: Tokenizer) -> ChatFormat:
         """twofiles' built-in template; needs a tokenizer with our special tokens."""
-        missing = [t for t in ("<|bos|>", "<|user_start|>", "<|assistant_start|>", "<|assistant_end|>") if t not in tokenizer.special_ids]
+        missing = [
+            t
+            for t in ("<|bos|>", "<|user_start|>", "<|assistant_start|>", "<|assistant_end|>")
+            if t not in tokenizer.special_ids
+        ]
         if missing:
             raise TwofilesError(
                 f"this model has no chat template, and its tokenizer lacks twofiles' chat tokens ({', '.join(missing)}), "
@@ -368,11 +414,11 @@ class ChatFormat:
         return cls(tokenizer, BUILTIN_TEMPLATE, builtin=True)
 
     @classmethod
-    def from_template(cls, tokenizer: "Tokenizer", template: str) -> "ChatFormat":
+    def from_template(cls, tokenizer: Tokenizer, template: str) -> ChatFormat:
         return cls(tokenizer, template, builtin=template == BUILTIN_TEMPLATE)
 
     @classmethod
-    def for_model(cls, loaded: "LoadedModel") -> "ChatFormat":
+    def for_model(cls, loaded: LoadedModel) -> ChatFormat:
         """The model's own Jinja chat template if it has one, else twofiles' built-in template."""
         if loaded.chat_template:
             return cls.from_template(loaded.tokenizer, loaded.chat_template)
@@ -396,16 +442,27 @@ class ChatFormat:
 
     # ------------------------------------------------------------------ rendering
 
-    def _template_messages(self, messages: Sequence[Message], tools: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+    def _template_messages(
+        self, messages: Sequence[Message], tools: list[dict[str, Any]] | None
+    ) -> list[dict[str, Any]]:
         """Messages as the dicts templates expect (Hugging Face form: tool-call arguments as a dict)."""
         out = []
         for m in messages:
             content = m.content
             if m.tool_calls and not self._renders_tool_calls:
-                content = "\n".join([content] * bool(content) + [_hermes_call(c) for c in m.tool_calls])
+                content = "\n".join(
+                    [content] * bool(content) + [_hermes_call(c) for c in m.tool_calls]
+                )
             d: dict[str, Any] = {"role": m.role, "content": content}
             if m.tool_calls and self._renders_tool_calls:
-                d["tool_calls"] = [{"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}} for c in m.tool_calls]
+                d["tool_calls"] = [
+                    {
+                        "id": c.id,
+                        "type": "function",
+                        "function": {"name": c.name, "arguments": c.arguments},
+                    }
+                    for c in m.tool_calls
+                ]
             if m.tool_call_id:
                 d["tool_call_id"] = m.tool_call_id
             if m.name:
@@ -414,12 +471,20 @@ class ChatFormat:
         if tools and not self._renders_tools:
             note = _tools_prompt(tools)
             if out and out[0]["role"] == "system":
-                out[0] = {**out[0], "content": (out[0]["content"] + "\n\n" + note) if out[0]["content"] else note}
+                out[0] = {
+                    **out[0],
+                    "content": (out[0]["content"] + "\n\n" + note) if out[0]["content"] else note,
+                }
             else:
                 out.insert(0, {"role": "system", "content": note})
         return out
 
-    def _render_dicts(self, dicts: list[dict[str, Any]], add_generation_prompt: bool, tools: list[dict[str, Any]] | None) -> str:
+    def _render_dicts(
+        self,
+        dicts: list[dict[str, Any]],
+        add_generation_prompt: bool,
+        tools: list[dict[str, Any]] | None,
+    ) -> str:
         from jinja2.exceptions import TemplateError as JinjaTemplateError
 
         try:
@@ -432,12 +497,27 @@ class ChatFormat:
         except JinjaTemplateError as e:
             raise TemplateError(f"chat template: {e}") from None
 
-    def render_text(self, messages: Sequence[Message | dict], *, add_generation_prompt: bool = False, tools: list[dict] | None = None) -> str:
+    def render_text(
+        self,
+        messages: Sequence[Message | dict],
+        *,
+        add_generation_prompt: bool = False,
+        tools: list[dict] | None = None,
+    ) -> str:
         """The template's output as text (what `render` tokenizes)."""
         msgs = parse_messages(list(messages))
-        return self._render_dicts(self._template_messages(msgs, tools), add_generation_prompt, tools)
+        return self._render_dicts(
+            self._template_messages(msgs, tools), add_generation_prompt, tools
+        )
 
-    def _trusted_specials(self, msgs: list[Message], dicts: list[dict[str, Any]], text: str, add_generation_prompt: bool, tools: list[dict] | None) -> list[re.Match]:
+    def _trusted_specials(
+        self,
+        msgs: list[Message],
+        dicts: list[dict[str, Any]],
+        text: str,
+        add_generation_prompt: bool,
+        tools: list[dict] | None,
+    ) -> list[re.Match]:
         """The special-token matches in `text` that the template wrote (not the messages)."""
         if self._special_re is None:
             return []
@@ -446,13 +526,17 @@ class ChatFormat:
             return []
         if not any(self._special_re.search(s) for s in _strings(dicts)):
             return matches  # the common case: no message text looks like a special token
-        neutral = _map_strings(dicts, lambda s: self._special_re.sub(lambda m: _PUA * len(m.group()), s))
+        neutral = _map_strings(
+            dicts, lambda s: self._special_re.sub(lambda m: _PUA * len(m.group()), s)
+        )
         shadow = self._render_dicts(neutral, add_generation_prompt, tools)
         if len(shadow) != len(text):
             # The template does more than place and trim message text (it branches on it), so
             # positions do not line up: refuse rather than risk a forged turn.
             where = next((i for i, m in enumerate(msgs) if self._special_re.search(m.content)), 0)
-            raise BadInputError(f"messages[{where}].content: contains special-token text, which this chat template's rendering cannot keep apart from its own tokens")
+            raise BadInputError(
+                f"messages[{where}].content: contains special-token text, which this chat template's rendering cannot keep apart from its own tokens"
+            )
         return [m for m in matches if shadow[m.start() : m.end()] == m.group()]
 
     def render(
@@ -486,14 +570,23 @@ class ChatFormat:
             bound = starts[k + 1][1] if k + 1 < len(starts) else len(text)
             # Learn through the end-of-turn token, not the template's text after it (a newline in
             # ChatML), which the model never generates: generation stops on that token.
-            end = next((s.end() for s in specials if start <= s.start() < bound and self.tokenizer.special_ids[s.group()] in stop), None)
+            end = next(
+                (
+                    s.end()
+                    for s in specials
+                    if start <= s.start() < bound and self.tokenizer.special_ids[s.group()] in stop
+                ),
+                None,
+            )
             if end is None:  # no end-of-turn token: the message's own rendering says where it ends
                 whole = self._render_dicts(dicts[: i + 1 + offset], False, tools)
                 end = len(whole) if text.startswith(whole) and len(whole) > start else bound
             spans.append((start, end))
         return self._encode(text, specials, spans)
 
-    def _encode(self, text: str, specials: list[re.Match], spans: list[tuple[int, int]]) -> tuple[list[int], list[int]]:
+    def _encode(
+        self, text: str, specials: list[re.Match], spans: list[tuple[int, int]]
+    ) -> tuple[list[int], list[int]]:
         cuts = {0, len(text)}
         for s in specials:
             cuts.update((s.start(), s.end()))
@@ -502,7 +595,7 @@ class ChatFormat:
         special_at = {s.start(): self.tokenizer.special_ids[s.group()] for s in specials}
         special_end = {s.start(): s.end() for s in specials}
         bounds = sorted(cuts)
-        pieces = list(zip(bounds, bounds[1:]))
+        pieces = list(itertools.pairwise(bounds))
         plain = [text[a:b] for a, b in pieces if a not in special_at]
         # plain mode: special-token text inside messages stays text; one batched call to the Rust side
         encoded = iter(self.tokenizer.encode_batch(plain) if plain else [])
@@ -510,8 +603,12 @@ class ChatFormat:
         mask: list[int] = []
         for a, b in pieces:
             if a in special_at:
-                if special_end[a] != b:  # an assistant span would start or end inside a special token
-                    raise TemplateError("chat template: the generation prompt ends inside a special token; cannot mark the assistant's tokens")
+                if (
+                    special_end[a] != b
+                ):  # an assistant span would start or end inside a special token
+                    raise TemplateError(
+                        "chat template: the generation prompt ends inside a special token; cannot mark the assistant's tokens"
+                    )
                 piece = [special_at[a]]
             else:
                 piece = next(encoded)
@@ -520,7 +617,9 @@ class ChatFormat:
             mask.extend([learn] * len(piece))
         return ids, mask
 
-    def prompt_ids(self, messages: Sequence[Message | dict], *, tools: list[dict] | None = None) -> list[int]:
+    def prompt_ids(
+        self, messages: Sequence[Message | dict], *, tools: list[dict] | None = None
+    ) -> list[int]:
         """The ids to generate the next assistant message from."""
         return self.render(messages, add_generation_prompt=True, tools=tools)[0]
 
@@ -637,7 +736,10 @@ class _VisibleText:
         self.text += delta
         if self._hidden:
             return ""
-        cut = min((i for i in (self.text.find(o, self._shown) for o in _TOOL_CALL_OPENERS) if i >= 0), default=-1)
+        cut = min(
+            (i for i in (self.text.find(o, self._shown) for o in _TOOL_CALL_OPENERS) if i >= 0),
+            default=-1,
+        )
         if cut >= 0:
             self._hidden = True
             end = cut
@@ -675,22 +777,24 @@ def tools_in_prompt(provenance: Mapping[str, Any]) -> bool:
     return bool(provenance.get("tools_in_prompt", True))
 
 
-def _run_tool(tools: Mapping[str, "Tool"], call: ToolCall) -> str:
+def _run_tool(tools: Mapping[str, Tool], call: ToolCall) -> str:
     from twofiles.tools import run_tool
 
     try:
         return str(run_tool(tools, call.name, call.arguments).content)
-    except Exception as e:  # tools report failures as results; a bug in one must not end the chat either
+    except (
+        Exception
+    ) as e:  # tools report failures as results; a bug in one must not end the chat either
         return f"error: {type(e).__name__}: {e}"
 
 
 def respond(
-    loaded: "LoadedModel",
+    loaded: LoadedModel,
     fmt: ChatFormat,
     messages: Sequence[Message],
-    params: "SamplingParams",
+    params: SamplingParams,
     *,
-    tools: Mapping[str, "Tool"] | None = None,
+    tools: Mapping[str, Tool] | None = None,
     max_tool_rounds: int = 4,
     stats: RespondStats | None = None,
     describe_tools: bool = True,
@@ -752,22 +856,22 @@ def respond(
 
 
 __all__ = [
-    "tools_in_prompt",
-    "Role",
+    "BUILTIN_TEMPLATE",
     "ROLES",
-    "ToolCall",
+    "ChatEvent",
+    "ChatFormat",
     "Message",
+    "RespondStats",
+    "Role",
+    "TemplateError",
+    "ToolCall",
+    "drop_oldest_exchange",
+    "load_conversation",
     "messages_to_dicts",
     "parse_message",
     "parse_messages",
     "read_conversations",
-    "load_conversation",
-    "save_conversation",
-    "drop_oldest_exchange",
-    "BUILTIN_TEMPLATE",
-    "TemplateError",
-    "ChatFormat",
-    "ChatEvent",
-    "RespondStats",
     "respond",
+    "save_conversation",
+    "tools_in_prompt",
 ]

@@ -27,7 +27,7 @@ import itertools
 import math
 import secrets
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 import torch
@@ -58,21 +58,35 @@ class PromptTooLongError(TwofilesError):
 class SamplingParams:
     temperature: float = 1.0  # divides the logits; 0 = greedy (always the most likely token)
     top_k: int = 0  # keep only the k most likely tokens; 0 = off
-    top_p: float = 1.0  # nucleus: keep the smallest set of tokens whose probability reaches p; 1 = off
-    min_p: float = 0.0  # drop tokens less likely than min_p * (probability of the top token); 0 = off
-    repetition_penalty: float = 1.0  # CTRL (Keskar et al. 2019): >1 discourages tokens already in prompt+output; 1 = off
+    top_p: float = (
+        1.0  # nucleus: keep the smallest set of tokens whose probability reaches p; 1 = off
+    )
+    min_p: float = (
+        0.0  # drop tokens less likely than min_p * (probability of the top token); 0 = off
+    )
+    repetition_penalty: float = (
+        1.0  # CTRL (Keskar et al. 2019): >1 discourages tokens already in prompt+output; 1 = off
+    )
     seed: int | None = None  # seeds the sampler's own generator; None = a fresh random seed
     max_tokens: int = 256  # most new tokens to generate
-    stop: list[str] = field(default_factory=list)  # text never shown past (or including) any of these
-    stop_token_ids: list[int] = field(default_factory=list)  # ids that end generation (e.g. end of turn)
+    stop: list[str] = field(
+        default_factory=list
+    )  # text never shown past (or including) any of these
+    stop_token_ids: list[int] = field(
+        default_factory=list
+    )  # ids that end generation (e.g. end of turn)
 
-    def validate(self) -> "SamplingParams":
+    def validate(self) -> SamplingParams:
         """Raise TwofilesError naming the first bad field; return self."""
 
         def bad(name: str, why: str) -> TwofilesError:
             return TwofilesError(f"{name}={getattr(self, name)!r}: {why}")
 
-        if not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature) and self.temperature >= 0):
+        if not (
+            isinstance(self.temperature, (int, float))
+            and math.isfinite(self.temperature)
+            and self.temperature >= 0
+        ):
             raise bad("temperature", "must be a finite number >= 0 (0 = greedy)")
         if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
             raise bad("top_k", "must be an integer >= 0 (0 = off)")
@@ -80,11 +94,21 @@ class SamplingParams:
             raise bad("top_p", "must be in (0, 1] (1 = off)")
         if not (isinstance(self.min_p, (int, float)) and 0 <= self.min_p <= 1):
             raise bad("min_p", "must be in [0, 1] (0 = off)")
-        if not (isinstance(self.repetition_penalty, (int, float)) and math.isfinite(self.repetition_penalty) and self.repetition_penalty > 0):
+        if not (
+            isinstance(self.repetition_penalty, (int, float))
+            and math.isfinite(self.repetition_penalty)
+            and self.repetition_penalty > 0
+        ):
             raise bad("repetition_penalty", "must be a finite number > 0 (1 = off)")
-        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
+        if self.seed is not None and (
+            isinstance(self.seed, bool) or not isinstance(self.seed, int)
+        ):
             raise bad("seed", "must be an integer or None")
-        if isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int) or self.max_tokens < 1:
+        if (
+            isinstance(self.max_tokens, bool)
+            or not isinstance(self.max_tokens, int)
+            or self.max_tokens < 1
+        ):
             raise bad("max_tokens", "must be an integer >= 1")
         if any(not isinstance(s, str) or not s for s in self.stop):
             raise bad("stop", "stop strings must be non-empty strings")
@@ -95,7 +119,9 @@ class SamplingParams:
 # The die: pure functions on logits [..., V] (fp32). Removed tokens get -inf.
 
 
-def apply_repetition_penalty(logits: torch.Tensor, token_ids: torch.Tensor, penalty: float) -> torch.Tensor:
+def apply_repetition_penalty(
+    logits: torch.Tensor, token_ids: torch.Tensor, penalty: float
+) -> torch.Tensor:
     """CTRL-style penalty for every token id in `token_ids` [B, N] (prompt + output so far):
     positive logits are divided by `penalty`, negative ones multiplied, so a penalty > 1 always
     lowers a seen token's probability. logits: [B, V]."""
@@ -147,7 +173,9 @@ def min_p_filter(logits: torch.Tensor, min_p: float) -> torch.Tensor:
     return logits.masked_fill(probs < threshold, -math.inf)
 
 
-def token_distribution(logits: torch.Tensor, params: SamplingParams, history: torch.Tensor | None = None) -> torch.Tensor:
+def token_distribution(
+    logits: torch.Tensor, params: SamplingParams, history: torch.Tensor | None = None
+) -> torch.Tensor:
     """The die for the next token: probabilities [B, V] after every filter in `params`.
     With temperature 0 this is the temperature-1 die (greedy then takes its most likely face).
     history: token ids [B, N] seen so far, for the repetition penalty."""
@@ -171,7 +199,12 @@ def roll(probs: torch.Tensor, temperature: float, generator: torch.Generator) ->
     return (probs / q.clamp_min_(torch.finfo(q.dtype).tiny)).argmax(-1)
 
 
-def sample_next(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator, history: torch.Tensor | None = None) -> torch.Tensor:
+def sample_next(
+    logits: torch.Tensor,
+    params: SamplingParams,
+    generator: torch.Generator,
+    history: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Next token ids [B] for logits [B, V]. Same generator state -> same tokens."""
     return roll(token_distribution(logits, params, history), params.temperature, generator)
 
@@ -206,17 +239,19 @@ def model_device(model: torch.nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def max_new_tokens(model: "Transformer", prompt_len: int, params: SamplingParams) -> int:
+def max_new_tokens(model: Transformer, prompt_len: int, params: SamplingParams) -> int:
     """How many tokens this prompt may get: max_tokens, capped so prompt + output <= max_seq_len."""
     limit = model.config.max_seq_len
     if prompt_len == 0:
         raise TwofilesError("empty prompt: give at least one token (e.g. the tokenizer's bos_id)")
     if prompt_len >= limit:
-        raise PromptTooLongError(f"prompt is {prompt_len} tokens; the model's context is {limit} tokens, which leaves no room to generate (shorten the prompt)")
+        raise PromptTooLongError(
+            f"prompt is {prompt_len} tokens; the model's context is {limit} tokens, which leaves no room to generate (shorten the prompt)"
+        )
     return min(params.max_tokens, limit - prompt_len)
 
 
-def _prefill_logits(model: "Transformer", prompt: torch.Tensor, caches: list) -> torch.Tensor:
+def _prefill_logits(model: Transformer, prompt: torch.Tensor, caches: list) -> torch.Tensor:
     """Logits [B, V] after the prompt, filling the caches. Only the last position goes through
     lm_head: the others' logits would be thrown away, and for a small model with a large
     vocabulary (smollm2: 49k x 576) that matmul is a large share of the prompt's cost."""
@@ -235,12 +270,22 @@ def cache_length(needed: int, limit: int) -> int:
 
 
 @torch.inference_mode()
-def _decode(model: "Transformer", prompt: torch.Tensor, params: SamplingParams, generator: torch.Generator, steps: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def _decode(
+    model: Transformer,
+    prompt: torch.Tensor,
+    params: SamplingParams,
+    generator: torch.Generator,
+    steps: int,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """The cached loop for prompt [B, T] (one shared length): yields (tokens [B], probs [B, V])
     `steps` times, all on the model's device. Nothing here syncs with the host."""
     B, T = prompt.shape
-    caches = model.new_caches(B, cache_length(T + steps - 1, model.config.max_seq_len))  # the last sampled token is never fed back
-    seq = torch.empty(B, T + steps, dtype=torch.long, device=prompt.device)  # prompt + output, for the penalty
+    caches = model.new_caches(
+        B, cache_length(T + steps - 1, model.config.max_seq_len)
+    )  # the last sampled token is never fed back
+    seq = torch.empty(
+        B, T + steps, dtype=torch.long, device=prompt.device
+    )  # prompt + output, for the penalty
     seq[:, :T] = prompt
     if B > 1 and bool((prompt == prompt[:1]).all()):
         # N samples of one prompt (self-consistency): prefill it once and copy its keys/values
@@ -275,7 +320,9 @@ class TextStream:
     (SentencePiece's leading space, bytes of a character split over tokens) and the cost per
     token stays constant."""
 
-    def __init__(self, tokenizer: TokenizerLike, stop: Sequence[str] = (), context: Sequence[int] = ()) -> None:
+    def __init__(
+        self, tokenizer: TokenizerLike, stop: Sequence[str] = (), context: Sequence[int] = ()
+    ) -> None:
         self.tokenizer = tokenizer
         self.stop = [s for s in stop if s]
         ctx = list(context[-4:])
@@ -346,7 +393,9 @@ class Step:
 
     token: int  # the id chosen
     prob: float  # its probability under the die it was drawn from
-    top: list[tuple[int, float]] = field(default_factory=list)  # most likely (id, prob), if asked for
+    top: list[tuple[int, float]] = field(
+        default_factory=list
+    )  # most likely (id, prob), if asked for
     text: str = ""  # text that became safe to show with this token (needs a tokenizer)
     finish: str | None = None  # on the last step: "stop" (stop token/string) or "length"
 
@@ -357,7 +406,7 @@ def _end_ids(tokenizer: TokenizerLike) -> set[int]:
 
 
 def generate_steps(
-    model: "Transformer",
+    model: Transformer,
     prompt_ids: Sequence[int],
     params: SamplingParams,
     *,
@@ -374,8 +423,12 @@ def generate_steps(
     device = model_device(model)
     prompt = torch.tensor([list(prompt_ids)], dtype=torch.long, device=device)
     generator = make_generator(params.seed, device)
-    stop_ids = set(params.stop_token_ids) | (_end_ids(tokenizer) if tokenizer is not None else set())
-    stream = TextStream(tokenizer, params.stop, context=prompt_ids) if tokenizer is not None else None
+    stop_ids = set(params.stop_token_ids) | (
+        _end_ids(tokenizer) if tokenizer is not None else set()
+    )
+    stream = (
+        TextStream(tokenizer, params.stop, context=prompt_ids) if tokenizer is not None else None
+    )
     for i, (tokens, probs) in enumerate(_decode(model, prompt, params, generator, steps)):
         token = int(tokens[0])  # the one host sync per step: the caller wants the id now
         step = Step(token, float(probs[0, token]), _top(probs[0], top) if top else [])
@@ -396,7 +449,13 @@ def generate_steps(
             return
 
 
-def generate(model: "Transformer", prompt_ids: Sequence[int], params: SamplingParams, *, tokenizer: TokenizerLike | None = None) -> Iterator[int]:
+def generate(
+    model: Transformer,
+    prompt_ids: Sequence[int],
+    params: SamplingParams,
+    *,
+    tokenizer: TokenizerLike | None = None,
+) -> Iterator[int]:
     """Token ids after `prompt_ids` (KV-cached); see generate_steps for stop rules."""
     for step in generate_steps(model, prompt_ids, params, tokenizer=tokenizer):
         yield step.token
@@ -407,16 +466,20 @@ def encode_prompt(tokenizer: TokenizerLike, text: str) -> list[int]:
     return [tokenizer.bos_id] + tokenizer.encode(text)
 
 
-def generate_text(model: "Transformer", tokenizer: TokenizerLike, prompt: str, params: SamplingParams) -> Iterator[str]:
+def generate_text(
+    model: Transformer, tokenizer: TokenizerLike, prompt: str, params: SamplingParams
+) -> Iterator[str]:
     """Stream the continuation of `prompt` as text deltas (never half a character, never any
     part of a stop string)."""
-    for step in generate_steps(model, encode_prompt(tokenizer, prompt), params, tokenizer=tokenizer):
+    for step in generate_steps(
+        model, encode_prompt(tokenizer, prompt), params, tokenizer=tokenizer
+    ):
         if step.text:
             yield step.text
 
 
 def generate_batch(
-    model: "Transformer",
+    model: Transformer,
     prompts: Sequence[Sequence[int]],
     params: SamplingParams,
     *,
@@ -433,7 +496,9 @@ def generate_batch(
         raise ValueError("stop strings need a tokenizer")
     device = model_device(model)
     generator = make_generator(params.seed, device)
-    stop_ids = set(params.stop_token_ids) | (_end_ids(tokenizer) if tokenizer is not None else set())
+    stop_ids = set(params.stop_token_ids) | (
+        _end_ids(tokenizer) if tokenizer is not None else set()
+    )
     results: list[list[int]] = [[] for _ in prompts]
     groups: dict[int, list[int]] = {}
     for row, p in enumerate(prompts):
@@ -441,7 +506,10 @@ def generate_batch(
     for length, rows in groups.items():
         steps = max_new_tokens(model, length, params)
         prompt = torch.tensor([list(prompts[r]) for r in rows], dtype=torch.long, device=device)
-        streams = [TextStream(tokenizer, params.stop, context=prompts[r]) if params.stop else None for r in rows]
+        streams = [
+            TextStream(tokenizer, params.stop, context=prompts[r]) if params.stop else None
+            for r in rows
+        ]
         done = [False] * len(rows)
         for tokens, _ in _decode(model, prompt, params, generator, steps):
             for j, token in enumerate(tokens.tolist()):
@@ -462,7 +530,9 @@ def generate_batch(
 # Models
 
 
-def resolve_model(spec: str, *, device: "str | torch.device" = "cpu", dtype: "torch.dtype | None" = None) -> "LoadedModel":
+def resolve_model(
+    spec: str, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+) -> LoadedModel:
     """The one place a model spec becomes a loaded model on `device`: a twofiles
     model.safetensors (or a directory holding one), a GGUF file, a Hugging Face directory, or an
     alias such as `smollm2` (see twofiles.formats.resolve)."""
@@ -472,26 +542,26 @@ def resolve_model(spec: str, *, device: "str | torch.device" = "cpu", dtype: "to
 
 
 __all__ = [
+    "PromptTooLongError",
     "SamplingParams",
     "Step",
     "TextStream",
-    "PromptTooLongError",
     "apply_repetition_penalty",
     "apply_temperature",
-    "top_k_filter",
-    "top_p_filter",
-    "min_p_filter",
-    "token_distribution",
-    "roll",
-    "sample_next",
-    "top_candidates",
+    "encode_prompt",
+    "generate",
+    "generate_batch",
+    "generate_steps",
+    "generate_text",
     "make_generator",
     "max_new_tokens",
+    "min_p_filter",
     "model_device",
-    "generate_steps",
-    "generate",
-    "generate_text",
-    "generate_batch",
-    "encode_prompt",
     "resolve_model",
+    "roll",
+    "sample_next",
+    "token_distribution",
+    "top_candidates",
+    "top_k_filter",
+    "top_p_filter",
 ]

@@ -107,7 +107,9 @@ def normalize_reply(obj: Any, *, where: str = "reply") -> dict[str, Any]:
     if isinstance(obj, str):
         obj = {"role": "assistant", "content": obj}
     if not isinstance(obj, dict):
-        raise BadInputError(f"{where}: must be an assistant message object or a string, got {type(obj).__name__}")
+        raise BadInputError(
+            f"{where}: must be an assistant message object or a string, got {type(obj).__name__}"
+        )
     (msg,) = normalize_messages([obj], where=where)
     if msg["role"] != "assistant":
         raise BadInputError(f"{where}.role: must be 'assistant', got {msg['role']!r}")
@@ -186,10 +188,14 @@ class FeedbackStore:
             raise BadInputError("messages: the conversation before the reply is empty")
         rep = normalize_reply(reply)
         if len(rep["content"]) > MAX_TEXT_CHARS:
-            raise BadInputError(f"reply.content: {len(rep['content'])} characters; at most {MAX_TEXT_CHARS}")
+            raise BadInputError(
+                f"reply.content: {len(rep['content'])} characters; at most {MAX_TEXT_CHARS}"
+            )
         rate, fix = _rating(rating), _correction(correction)
         if rate is None and fix is None:
-            raise BadInputError("rating, correction: give a rating ('up' or 'down'), a correction, or both")
+            raise BadInputError(
+                "rating, correction: give a rating ('up' or 'down'), a correction, or both"
+            )
         if meta is not None and not isinstance(meta, dict):
             raise BadInputError("meta: must be an object")
         row = (
@@ -203,7 +209,8 @@ class FeedbackStore:
         )
         with self._connect() as conn:
             cur = conn.execute(
-                "INSERT INTO feedback (created, model, messages, reply, rating, correction, meta) VALUES (?, ?, ?, ?, ?, ?, ?)", row
+                "INSERT INTO feedback (created, model, messages, reply, rating, correction, meta) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                row,
             )  # autocommit: one statement, one transaction
             return int(cur.lastrowid)
 
@@ -227,8 +234,12 @@ def read_rows(path: str | os.PathLike[str]) -> tuple[list[FeedbackRow], list[str
         raise BadInputError("no such feedback database", path=str(path))
     try:
         # read-only URI: exporting must never create, migrate or lock out a live database
-        with closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S)) as conn:
-            records = conn.execute("SELECT id, created, model, messages, reply, rating, correction, meta FROM feedback ORDER BY id").fetchall()
+        with closing(
+            sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S)
+        ) as conn:
+            records = conn.execute(
+                "SELECT id, created, model, messages, reply, rating, correction, meta FROM feedback ORDER BY id"
+            ).fetchall()
     except sqlite3.DatabaseError as e:
         raise BadInputError(f"not a twofiles feedback database ({e})", path=str(path)) from e
     good: list[FeedbackRow] = []
@@ -241,7 +252,16 @@ def read_rows(path: str | os.PathLike[str]) -> tuple[list[FeedbackRow], list[str
     return good, bad
 
 
-def _parse_row(rid: int, created: Any, model: Any, messages: Any, reply: Any, rating: Any, correction: Any, meta: Any) -> FeedbackRow:
+def _parse_row(
+    rid: int,
+    created: Any,
+    model: Any,
+    messages: Any,
+    reply: Any,
+    rating: Any,
+    correction: Any,
+    meta: Any,
+) -> FeedbackRow:
     def loads(text: Any, name: str) -> Any:
         if not isinstance(text, str):
             raise BadInputError(f"{name}: not JSON text")
@@ -260,14 +280,25 @@ def _parse_row(rid: int, created: Any, model: Any, messages: Any, reply: Any, ra
     if rate is None and fix is None:
         raise BadInputError("neither a rating nor a correction")
     extra = loads(meta, "meta") if meta is not None else {}
-    return FeedbackRow(int(rid), str(created), model, msgs, rep, rate, fix, extra if isinstance(extra, dict) else {})
+    return FeedbackRow(
+        int(rid),
+        str(created),
+        model,
+        msgs,
+        rep,
+        rate,
+        fix,
+        extra if isinstance(extra, dict) else {},
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # Export
 
 
-def build_datasets(rows: Sequence[FeedbackRow]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def build_datasets(
+    rows: Sequence[FeedbackRow],
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(SFT examples, preference pairs) from valid rows, deduplicated, in row order."""
     latest: dict[tuple[str, str], int] = {}  # (conversation, reply) -> latest rating
     corrected: set[tuple[str, str]] = set()
@@ -291,7 +322,9 @@ def build_datasets(rows: Sequence[FeedbackRow]) -> tuple[list[dict[str, Any]], l
             seen_sft.add(k)
             sft.append(ex)
 
-    def add_pref(messages: list[dict[str, Any]], chosen: dict[str, Any], rejected: dict[str, Any]) -> None:
+    def add_pref(
+        messages: list[dict[str, Any]], chosen: dict[str, Any], rejected: dict[str, Any]
+    ) -> None:
         if _canonical(chosen) == _canonical(rejected):
             return  # a "correction" identical to the reply teaches nothing
         ex = {"messages": messages, "chosen": [chosen], "rejected": [rejected]}
@@ -306,10 +339,14 @@ def build_datasets(rows: Sequence[FeedbackRow]) -> tuple[list[dict[str, Any]], l
             fixed = {"role": "assistant", "content": r.correction}
             add_sft(r.messages, fixed)
             add_pref(r.messages, fixed, r.reply)
-        elif r.rating is not None and latest[key] == 1 and key not in corrected:  # dedup keeps the first
+        elif (
+            r.rating is not None and latest[key] == 1 and key not in corrected
+        ):  # dedup keeps the first
             add_sft(r.messages, r.reply)
 
-    by_conversation: dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]] = {}
+    by_conversation: dict[
+        str, tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]
+    ] = {}
     for key, rating in latest.items():  # dicts keep insertion order: first verdict first
         row = first_seen[key]
         msgs, ups, downs = by_conversation.setdefault(key[0], (row.messages, [], []))
@@ -336,9 +373,19 @@ def arena_preferences(arena_db: str | os.PathLike[str]) -> list[dict[str, Any]]:
             continue
         system = b.meta.get("system") if isinstance(b.meta, dict) else None
         where = f"{path}: battle {b.id}"
-        messages = normalize_messages(([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": b.prompt}], where=where)
+        messages = normalize_messages(
+            ([{"role": "system", "content": system}] if system else [])
+            + [{"role": "user", "content": b.prompt}],
+            where=where,
+        )
         won, lost = (b.reply_a, b.reply_b) if b.winner == "a" else (b.reply_b, b.reply_a)
-        pairs.append({"messages": messages, "chosen": [normalize_reply(won, where=where)], "rejected": [normalize_reply(lost, where=where)]})
+        pairs.append(
+            {
+                "messages": messages,
+                "chosen": [normalize_reply(won, where=where)],
+                "rejected": [normalize_reply(lost, where=where)],
+            }
+        )
     return pairs
 
 
@@ -347,7 +394,11 @@ def _jsonl(records: Sequence[dict[str, Any]]) -> bytes:
 
 
 def export_feedback(
-    db: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, skip_bad: bool = False, arena_db: str | os.PathLike[str] | None = None
+    db: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    skip_bad: bool = False,
+    arena_db: str | os.PathLike[str] | None = None,
 ) -> ExportSummary:
     """Write OUT_DIR/sft.jsonl and OUT_DIR/preferences.jsonl from the feedback database `db`
     (and, with `arena_db`, the arena's decided votes as more preference pairs). A malformed row
@@ -355,7 +406,12 @@ def export_feedback(
     lists it in the summary. Both files appear together or not at all."""
     rows, bad = read_rows(db)
     if bad and not skip_bad:
-        raise BadInputError(f"{bad[0]}" + (f" (and {len(bad) - 1} more malformed rows)" if len(bad) > 1 else "") + "; --skip-bad leaves them out", path=str(db))
+        raise BadInputError(
+            f"{bad[0]}"
+            + (f" (and {len(bad) - 1} more malformed rows)" if len(bad) > 1 else "")
+            + "; --skip-bad leaves them out",
+            path=str(db),
+        )
     sft, prefs = build_datasets(rows)
     from_arena = 0
     if arena_db is not None:
@@ -383,17 +439,25 @@ def export_feedback(
         for tmp in temps.values():
             if os.path.exists(tmp):
                 os.unlink(tmp)
-    return ExportSummary(len(rows) + len(bad), len(sft), len(prefs), str(out / "sft.jsonl"), str(out / "preferences.jsonl"), bad, from_arena)
+    return ExportSummary(
+        len(rows) + len(bad),
+        len(sft),
+        len(prefs),
+        str(out / "sft.jsonl"),
+        str(out / "preferences.jsonl"),
+        bad,
+        from_arena,
+    )
 
 
 __all__ = [
+    "ExportSummary",
     "FeedbackRow",
     "FeedbackStore",
-    "ExportSummary",
+    "arena_preferences",
+    "build_datasets",
+    "export_feedback",
     "normalize_messages",
     "normalize_reply",
     "read_rows",
-    "build_datasets",
-    "arena_preferences",
-    "export_feedback",
 ]

@@ -47,7 +47,9 @@ class ModelConfig:
         if self.dim % self.n_heads:
             raise ValueError(f"dim={self.dim} is not divisible by n_heads={self.n_heads}")
         if self.n_heads % self.n_kv_heads:
-            raise ValueError(f"n_heads={self.n_heads} is not divisible by n_kv_heads={self.n_kv_heads}")
+            raise ValueError(
+                f"n_heads={self.n_heads} is not divisible by n_kv_heads={self.n_kv_heads}"
+            )
         if (self.dim // self.n_heads) % 2:
             raise ValueError("head dimension must be even for RoPE")
         if self.rope_scaling is not None:
@@ -61,7 +63,7 @@ class ModelConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
@@ -106,18 +108,30 @@ def check_rope_scaling(scaling: Any) -> None:
     if not isinstance(scaling, dict) or scaling.get("rope_type", scaling.get("type")) != "llama3":
         raise ValueError(f"rope_scaling {scaling!r} is not supported (rope_type 'llama3' is)")
     vals = [scaling.get(k) for k in LLAMA3_KEYS]
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < float("inf") for v in vals):
-        raise ValueError(f"rope_scaling needs positive numbers {', '.join(LLAMA3_KEYS)}: {scaling!r}")
+    if not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < float("inf")
+        for v in vals
+    ):
+        raise ValueError(
+            f"rope_scaling needs positive numbers {', '.join(LLAMA3_KEYS)}: {scaling!r}"
+        )
     if not vals[2] > vals[1]:
         raise ValueError("rope_scaling: high_freq_factor must exceed low_freq_factor")
 
 
-def rope_inv_freq(head_dim: int, theta: float, scaling: dict[str, Any] | None = None, device: torch.device | None = None) -> torch.Tensor:
+def rope_inv_freq(
+    head_dim: int,
+    theta: float,
+    scaling: dict[str, Any] | None = None,
+    device: torch.device | None = None,
+) -> torch.Tensor:
     """RoPE frequencies [head_dim / 2]. With Llama 3 scaling (Llama 3.1 paper / HF
     `_compute_llama3_parameters`): wavelengths shorter than original_context / high_freq_factor
     keep their frequency, those longer than original_context / low_freq_factor are slowed by
     `factor`, and the band between is interpolated smoothly."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim))
+    inv_freq = 1.0 / (
+        theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim)
+    )
     if scaling is None:
         return inv_freq
     factor, low, high, old_len = (scaling[k] for k in LLAMA3_KEYS)
@@ -130,7 +144,12 @@ def rope_inv_freq(head_dim: int, theta: float, scaling: dict[str, Any] | None = 
 
 
 def rope_tables(
-    head_dim: int, max_len: int, theta: float, device: torch.device | None = None, *, scaling: dict[str, Any] | None = None
+    head_dim: int,
+    max_len: int,
+    theta: float,
+    device: torch.device | None = None,
+    *,
+    scaling: dict[str, Any] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """cos/sin tables [max_len, head_dim] in HF's rotate-half layout (frequencies repeated twice)."""
     inv_freq = rope_inv_freq(head_dim, theta, scaling, device)
@@ -157,20 +176,32 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin_folded: torch.Tensor) -> 
 class KVCache(nn.Module):
     """Static per-layer key/value buffers [B, n_kv_heads, max_len, head_dim] (gpt-fast style)."""
 
-    def __init__(self, batch: int, n_kv_heads: int, max_len: int, head_dim: int, dtype: torch.dtype, device: torch.device | str | None = None) -> None:
+    def __init__(
+        self,
+        batch: int,
+        n_kv_heads: int,
+        max_len: int,
+        head_dim: int,
+        dtype: torch.dtype,
+        device: torch.device | str | None = None,
+    ) -> None:
         super().__init__()
         shape = (batch, n_kv_heads, max_len, head_dim)
         self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
         self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
 
-    def update(self, pos: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def update(
+        self, pos: int, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Write k/v [B, Hkv, T, hd] at slots pos..pos+T of every row; return the filled prefix."""
         T = k.shape[2]
         self.k[:, :, pos : pos + T] = k
         self.v[:, :, pos : pos + T] = v
         return self.k[:, :, : pos + T], self.v[:, :, : pos + T]
 
-    def update_at(self, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def update_at(
+        self, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Write k/v [B, Hkv, T, hd] at each row's own slots positions [B, T]; return the whole
         cache (the caller's attention mask says which slots each query may see)."""
         B, H, T, D = k.shape
@@ -187,7 +218,13 @@ def stack_linears(*parts: nn.Module) -> nn.Linear | None:
     if not all(type(p) is nn.Linear for p in parts):
         return None
     w = parts[0].weight
-    fused = nn.Linear(w.shape[1], sum(p.out_features for p in parts), bias=parts[0].bias is not None, device=w.device, dtype=w.dtype)
+    fused = nn.Linear(
+        w.shape[1],
+        sum(p.out_features for p in parts),
+        bias=parts[0].bias is not None,
+        device=w.device,
+        dtype=w.dtype,
+    )
     fused.weight.copy_(torch.cat([p.weight for p in parts]))
     if fused.bias is not None:
         fused.bias.copy_(torch.cat([p.bias for p in parts]))
@@ -239,10 +276,19 @@ class Attention(nn.Module):
         q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # [B, H, T, hd]
         k = k.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # [B, Hkv, T, hd]
         v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)  # sin comes sign-folded (hidden_states)
+        q, k = (
+            apply_rope(q, cos, sin),
+            apply_rope(k, cos, sin),
+        )  # sin comes sign-folded (hidden_states)
         if cache is not None:
-            k, v = cache.update_at(positions, k, v) if positions is not None else cache.update(pos, k, v)
-        gqa = self.n_kv_heads != self.n_heads  # SDPA broadcasts kv heads without copies (torch >= 2.5)
+            k, v = (
+                cache.update_at(positions, k, v)
+                if positions is not None
+                else cache.update(pos, k, v)
+            )
+        gqa = (
+            self.n_kv_heads != self.n_heads
+        )  # SDPA broadcasts kv heads without copies (torch >= 2.5)
         S = k.shape[2]
         if attn_mask is not None:  # the caller decides who sees whom (packing, ragged batches)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, enable_gqa=gqa)
@@ -324,7 +370,9 @@ class Transformer(nn.Module):
         self.lm_head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
-        cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta, scaling=cfg.rope_scaling)
+        cos, sin = rope_tables(
+            cfg.head_dim, cfg.max_seq_len, cfg.rope_theta, scaling=cfg.rope_scaling
+        )
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
 
@@ -335,7 +383,9 @@ class Transformer(nn.Module):
         if seed is not None:
             g.manual_seed(seed)
         cfg = self.config
-        if cfg.tie_embeddings:  # Module.to_empty() (meta-device build) replaces parameters and unties them
+        if (
+            cfg.tie_embeddings
+        ):  # Module.to_empty() (meta-device build) replaces parameters and unties them
             self.lm_head.weight = self.model.embed_tokens.weight
 
         def normal_(p: torch.Tensor, std: float) -> None:
@@ -343,7 +393,13 @@ class Transformer(nn.Module):
 
         normal_(self.model.embed_tokens.weight, 1.0 if not cfg.tie_embeddings else 0.02)
         for layer in self.model.layers:
-            for lin in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj, layer.mlp.gate_proj, layer.mlp.up_proj):
+            for lin in (
+                layer.self_attn.q_proj,
+                layer.self_attn.k_proj,
+                layer.self_attn.v_proj,
+                layer.mlp.gate_proj,
+                layer.mlp.up_proj,
+            ):
                 # uniform-variance fan-in init: std = 1/sqrt(fan_in)
                 normal_(lin.weight, lin.weight.shape[1] ** -0.5)
                 if lin.bias is not None:
@@ -361,7 +417,13 @@ class Transformer(nn.Module):
     def init_buffers(self) -> None:
         """(Re)compute the non-persistent RoPE tables, e.g. after building on the meta device."""
         cfg = self.config
-        cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta, device=self.rope_cos.device, scaling=cfg.rope_scaling)
+        cos, sin = rope_tables(
+            cfg.head_dim,
+            cfg.max_seq_len,
+            cfg.rope_theta,
+            device=self.rope_cos.device,
+            scaling=cfg.rope_scaling,
+        )
         self.rope_cos.copy_(cos)
         self.rope_sin.copy_(sin)
 
@@ -385,18 +447,30 @@ class Transformer(nn.Module):
         T = idx.shape[1]
         if positions is not None:
             if positions.shape != idx.shape:
-                raise ValueError(f"positions {tuple(positions.shape)} must match idx {tuple(idx.shape)}")
+                raise ValueError(
+                    f"positions {tuple(positions.shape)} must match idx {tuple(idx.shape)}"
+                )
             if caches is not None and attn_mask is None:
                 raise ValueError("positions with caches needs an attn_mask over the cache slots")
-            cos, sin = self.rope_cos[positions].unsqueeze(1), self.rope_sin[positions].unsqueeze(1)  # [B, 1, T, hd]
+            cos, sin = (
+                self.rope_cos[positions].unsqueeze(1),
+                self.rope_sin[positions].unsqueeze(1),
+            )  # [B, 1, T, hd]
         else:
             if pos + T > self.rope_cos.shape[0]:
-                raise ValueError(f"sequence of {pos + T} tokens exceeds max_seq_len={self.rope_cos.shape[0]}")
+                raise ValueError(
+                    f"sequence of {pos + T} tokens exceeds max_seq_len={self.rope_cos.shape[0]}"
+                )
             cos, sin = self.rope_cos[pos : pos + T], self.rope_sin[pos : pos + T]  # [T, hd]
         x = self.model.embed_tokens(idx)
-        cos, sin = cos.to(x.dtype), fold_rope_sign(sin.to(x.dtype))  # the activations' dtype, whatever stores the embedding (it may be quantized)
+        cos, sin = (
+            cos.to(x.dtype),
+            fold_rope_sign(sin.to(x.dtype)),
+        )  # the activations' dtype, whatever stores the embedding (it may be quantized)
         for i, layer in enumerate(self.model.layers):
-            x = layer(x, cos, sin, caches[i] if caches is not None else None, pos, positions, attn_mask)
+            x = layer(
+                x, cos, sin, caches[i] if caches is not None else None, pos, positions, attn_mask
+            )
         return self.model.norm(x)
 
     def forward(
@@ -417,7 +491,12 @@ class Transformer(nn.Module):
         logits = self.lm_head(h).float()
         if targets is None:
             return logits
-        loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-1, reduction=reduction)
+        loss = F.cross_entropy(
+            logits.view(-1, logits.shape[-1]),
+            targets.reshape(-1),
+            ignore_index=-1,
+            reduction=reduction,
+        )
         return loss.view(targets.shape) if reduction == "none" else loss
 
     def fuse_projections(self) -> int:
@@ -426,17 +505,37 @@ class Transformer(nn.Module):
         a chain of matrix-vector products whose speed is memory bandwidth, and fewer, larger
         ones stream better. Returns how many groups are fused, attention and MLP counting one each
         per layer (LoRA-wrapped projections are left as they are)."""
-        return sum(int(layer.self_attn.fuse_projections()) + int(layer.mlp.fuse_projections()) for layer in self.model.layers)
+        return sum(
+            int(layer.self_attn.fuse_projections()) + int(layer.mlp.fuse_projections())
+            for layer in self.model.layers
+        )
 
-    def new_caches(self, batch: int, max_len: int | None = None, dtype: torch.dtype | None = None) -> list[KVCache]:
+    def new_caches(
+        self, batch: int, max_len: int | None = None, dtype: torch.dtype | None = None
+    ) -> list[KVCache]:
         cfg = self.config
-        w = self.model.norm.weight  # the activations' dtype: norms are never quantized, Linears and embeddings may be
+        w = (
+            self.model.norm.weight
+        )  # the activations' dtype: norms are never quantized, Linears and embeddings may be
         max_len = max_len or cfg.max_seq_len
-        return [KVCache(batch, cfg.n_kv_heads, max_len, cfg.head_dim, dtype or w.dtype, w.device) for _ in range(cfg.n_layers)]
+        return [
+            KVCache(batch, cfg.n_kv_heads, max_len, cfg.head_dim, dtype or w.dtype, w.device)
+            for _ in range(cfg.n_layers)
+        ]
 
 
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["ModelConfig", "Transformer", "KVCache", "RMSNorm", "rope_tables", "rope_inv_freq", "check_rope_scaling", "apply_rope", "count_params"]
+__all__ = [
+    "KVCache",
+    "ModelConfig",
+    "RMSNorm",
+    "Transformer",
+    "apply_rope",
+    "check_rope_scaling",
+    "count_params",
+    "rope_inv_freq",
+    "rope_tables",
+]

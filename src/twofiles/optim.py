@@ -79,8 +79,17 @@ class Muon(torch.optim.Optimizer):
     The update is scaled by sqrt(max(1, rows/cols)) so that its RMS does not shrink for tall
     matrices (as in the reference implementation)."""
 
-    def __init__(self, params: list[nn.Parameter], lr: float = 0.02, momentum: float = 0.95, weight_decay: float = 0.0, ns_steps: int = 5) -> None:
-        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, ns_steps=ns_steps))
+    def __init__(
+        self,
+        params: list[nn.Parameter],
+        lr: float = 0.02,
+        momentum: float = 0.95,
+        weight_decay: float = 0.0,
+        ns_steps: int = 5,
+    ) -> None:
+        super().__init__(
+            params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, ns_steps=ns_steps)
+        )
 
     @torch.no_grad()
     def step(self, closure: None = None) -> None:  # type: ignore[override]
@@ -126,7 +135,9 @@ def build_optimizers(model: nn.Module, cfg: OptimConfig) -> list[torch.optim.Opt
     ]
     optimizers: list[torch.optim.Optimizer] = []
     if cfg.optimizer == "muon":
-        muon = Muon(matrices, lr=cfg.matrix_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        muon = Muon(
+            matrices, lr=cfg.matrix_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        )
         optimizers.append(muon)
     elif cfg.optimizer == "adamw":
         adam_groups.append(dict(params=matrices, lr=cfg.lr, weight_decay=cfg.weight_decay))
@@ -134,7 +145,9 @@ def build_optimizers(model: nn.Module, cfg: OptimConfig) -> list[torch.optim.Opt
         raise ValueError(f"unknown optimizer {cfg.optimizer!r} (expected 'muon' or 'adamw')")
     adam_groups = [g for g in adam_groups if g["params"]]
     # fused/foreach AdamW kernels exist on CPU too; foreach is the portable fast path.
-    optimizers.insert(0, torch.optim.AdamW(adam_groups, betas=(cfg.beta1, cfg.beta2), eps=1e-8, foreach=True))
+    optimizers.insert(
+        0, torch.optim.AdamW(adam_groups, betas=(cfg.beta1, cfg.beta2), eps=1e-8, foreach=True)
+    )
     for opt in optimizers:
         for g in opt.param_groups:
             g["initial_lr"] = g["lr"]

@@ -26,10 +26,16 @@ class Preset:
     vocab_size: int  # tokenizer size
     model: dict[str, Any]  # ModelConfig fields
     optim: dict[str, Any]  # OptimConfig fields
-    train: dict[str, Any] = field(default_factory=dict)  # PretrainConfig fields (batch, seq_len, ...)
+    train: dict[str, Any] = field(
+        default_factory=dict
+    )  # PretrainConfig fields (batch, seq_len, ...)
     budget_s: float = 300.0  # wall-clock budget of the base model (tokenizer + data + pretraining + eval + samples)
-    expect_bpb: float | None = None  # validation bits per byte it should reach on the built-in corpus
-    sft: dict[str, Any] = field(default_factory=dict)  # SFTConfig fields of the finetuning stage (after the budget); {} = none
+    expect_bpb: float | None = (
+        None  # validation bits per byte it should reach on the built-in corpus
+    )
+    sft: dict[str, Any] = field(
+        default_factory=dict
+    )  # SFTConfig fields of the finetuning stage (after the budget); {} = none
 
     def model_config(self) -> ModelConfig:
         return ModelConfig(**{**self.model, "vocab_size": self.vocab_size})
@@ -37,7 +43,7 @@ class Preset:
     def optim_config(self) -> OptimConfig:
         return OptimConfig(**self.optim)
 
-    def sft_config(self, model: str, out: str) -> "SFTConfig":
+    def sft_config(self, model: str, out: str) -> SFTConfig:
         """The finetuning stage's config for `model` (the base model file), writing into `out`."""
         from twofiles.train.sft import SFTConfig
 
@@ -48,37 +54,88 @@ PRESETS: dict[str, Preset] = {
     "cpu-5min": Preset(
         name="cpu-5min",
         description="2-core laptop CPU, 5 minutes end to end: d192 x 4 layers, vocab 4096, Muon; "
-                    "expects <= 2.25 bits/byte on the held-out plays (measured 2.08 in 274 s); "
-                    "then ~1.5 minutes of SFT on the built-in mix, after the 5-minute budget",
+        "expects <= 2.25 bits/byte on the held-out plays (measured 2.08 in 274 s); "
+        "then ~1.5 minutes of SFT on the built-in mix, after the 5-minute budget",
         vocab_size=4096,
-        model=dict(dim=192, n_layers=4, n_heads=3, n_kv_heads=3, hidden_dim=512, max_seq_len=256, tie_embeddings=False),
-        optim=dict(optimizer="muon", lr=3e-3, matrix_lr=0.02, embed_lr=0.2, schedule="wsd", warmup_steps=10, decay_frac=0.4),
+        model=dict(
+            dim=192,
+            n_layers=4,
+            n_heads=3,
+            n_kv_heads=3,
+            hidden_dim=512,
+            max_seq_len=256,
+            tie_embeddings=False,
+        ),
+        optim=dict(
+            optimizer="muon",
+            lr=3e-3,
+            matrix_lr=0.02,
+            embed_lr=0.2,
+            schedule="wsd",
+            warmup_steps=10,
+            decay_frac=0.4,
+        ),
         train=dict(batch_size=8, seq_len=256, grad_accum=1, eval_interval=0, eval_tokens=16384),
         budget_s=300.0,
         expect_bpb=2.25,
         # SFT: 60 s of training on the built-in mix (~1.5 passes at this speed), then held-out skills
-        sft=dict(time_budget_s=60.0, batch_size=8, seq_len=255, skill_tasks=10, skill_max_tokens=40),
+        sft=dict(
+            time_budget_s=60.0, batch_size=8, seq_len=255, skill_tasks=10, skill_max_tokens=40
+        ),
     ),
     "cpu-1h": Preset(
         name="cpu-1h",
         description="2-core laptop CPU, one hour: d384 x 6 layers, vocab 8192, context 512, ~12x the 5-minute compute "
-                    "(~2.5 epochs of the corpus); not yet measured end to end, expected clearly below the 5-minute result",
+        "(~2.5 epochs of the corpus); not yet measured end to end, expected clearly below the 5-minute result",
         vocab_size=8192,
         model=dict(dim=384, n_layers=6, n_heads=6, n_kv_heads=6, hidden_dim=1024, max_seq_len=512),
-        optim=dict(optimizer="muon", lr=3e-3, matrix_lr=0.02, embed_lr=0.2, schedule="wsd", warmup_steps=20, decay_frac=0.4),
-        train=dict(batch_size=8, seq_len=512, grad_accum=1, eval_interval=250, eval_tokens=65536, checkpoint_interval=250),
+        optim=dict(
+            optimizer="muon",
+            lr=3e-3,
+            matrix_lr=0.02,
+            embed_lr=0.2,
+            schedule="wsd",
+            warmup_steps=20,
+            decay_frac=0.4,
+        ),
+        train=dict(
+            batch_size=8,
+            seq_len=512,
+            grad_accum=1,
+            eval_interval=250,
+            eval_tokens=65536,
+            checkpoint_interval=250,
+        ),
         budget_s=3600.0,
         expect_bpb=None,
-        sft=dict(time_budget_s=300.0, batch_size=8, seq_len=511, skill_tasks=25, skill_max_tokens=48),
+        sft=dict(
+            time_budget_s=300.0, batch_size=8, seq_len=511, skill_tasks=25, skill_max_tokens=48
+        ),
     ),
     "gpu": Preset(
         name="gpu",
         description="one CUDA GPU: bf16 autocast + torch.compile, d512 x 8 layers, 600 steps of 32x512 tokens "
-                    "(~8 epochs of the built-in corpus: more would only overfit it); not yet measured on a GPU",
+        "(~8 epochs of the built-in corpus: more would only overfit it); not yet measured on a GPU",
         vocab_size=8192,
         model=dict(dim=512, n_layers=8, n_heads=8, n_kv_heads=8, hidden_dim=1408, max_seq_len=512),
-        optim=dict(optimizer="muon", lr=3e-3, matrix_lr=0.02, embed_lr=0.2, schedule="wsd", warmup_steps=30, decay_frac=0.4),
-        train=dict(batch_size=32, seq_len=512, grad_accum=1, eval_interval=100, eval_tokens=65536, compile=True, max_steps=600),
+        optim=dict(
+            optimizer="muon",
+            lr=3e-3,
+            matrix_lr=0.02,
+            embed_lr=0.2,
+            schedule="wsd",
+            warmup_steps=30,
+            decay_frac=0.4,
+        ),
+        train=dict(
+            batch_size=32,
+            seq_len=512,
+            grad_accum=1,
+            eval_interval=100,
+            eval_tokens=65536,
+            compile=True,
+            max_steps=600,
+        ),
         budget_s=0.0,
         expect_bpb=None,
         sft=dict(epochs=3.0, batch_size=16, seq_len=511, skill_tasks=25, skill_max_tokens=48),
@@ -88,11 +145,28 @@ PRESETS: dict[str, Preset] = {
         description="smoke test: a minute on any machine, for tests and demos; no quality target",
         vocab_size=1024,
         model=dict(dim=64, n_layers=2, n_heads=2, n_kv_heads=1, hidden_dim=192, max_seq_len=128),
-        optim=dict(optimizer="muon", lr=3e-3, matrix_lr=0.02, embed_lr=0.2, schedule="wsd", warmup_steps=5, decay_frac=0.4),
-        train=dict(batch_size=8, seq_len=128, grad_accum=1, eval_interval=0, eval_tokens=8192, max_steps=30),
+        optim=dict(
+            optimizer="muon",
+            lr=3e-3,
+            matrix_lr=0.02,
+            embed_lr=0.2,
+            schedule="wsd",
+            warmup_steps=5,
+            decay_frac=0.4,
+        ),
+        train=dict(
+            batch_size=8, seq_len=128, grad_accum=1, eval_interval=0, eval_tokens=8192, max_steps=30
+        ),
         budget_s=0.0,
         expect_bpb=None,
-        sft=dict(max_steps=6, batch_size=4, seq_len=127, skill_tasks=1, skill_max_tokens=16, mix_fraction=0.05),
+        sft=dict(
+            max_steps=6,
+            batch_size=4,
+            seq_len=127,
+            skill_tasks=1,
+            skill_max_tokens=16,
+            mix_fraction=0.05,
+        ),
     ),
 }
 

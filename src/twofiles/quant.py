@@ -71,7 +71,9 @@ def dequantize_int8(q: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
     return q.float() * scales.float()[:, None]
 
 
-def quantize_int4(w: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def quantize_int4(
+    w: torch.Tensor, group_size: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Group-wise asymmetric int4 over the input dimension: (q uint8 [N, K] holding 0..15,
     scales fp32 [N, K // group_size], zeros fp32 [N, K // group_size]) with
     w[n, k] ~ (q[n, k] - 8) * scales[n, g] + zeros[n, g], g = k // group_size."""
@@ -86,7 +88,9 @@ def quantize_int4(w: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch
     return q.reshape(N, K), scales, zeros
 
 
-def dequantize_int4(q: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group_size: int) -> torch.Tensor:
+def dequantize_int4(
+    q: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group_size: int
+) -> torch.Tensor:
     N, K = q.shape
     g = q.float().reshape(N, K // group_size, group_size)
     return ((g - 8) * scales[..., None] + zeros[..., None]).reshape(N, K)
@@ -102,7 +106,9 @@ def _unpack_nibbles(p: torch.Tensor) -> torch.Tensor:
 
 
 def _cpu_kernels_available() -> bool:
-    return hasattr(torch.ops.aten, "_weight_int8pack_mm") and hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu")
+    return hasattr(torch.ops.aten, "_weight_int8pack_mm") and hasattr(
+        torch.ops.aten, "_weight_int4pack_mm_for_cpu"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -112,16 +118,20 @@ def _cpu_kernels_available() -> bool:
 class Int8Linear(nn.Module):
     """nn.Linear with an int8 weight (per-output-channel scales)."""
 
-    def __init__(self, q: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None, *, packed: bool) -> None:
+    def __init__(
+        self, q: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None, *, packed: bool
+    ) -> None:
         super().__init__()
         self.out_features, self.in_features = q.shape
-        self.packed = packed  # True: the CPU kernel (bf16 activations); False: dequantize-then-matmul
+        self.packed = (
+            packed  # True: the CPU kernel (bf16 activations); False: dequantize-then-matmul
+        )
         self.register_buffer("qweight", q)
         self.register_buffer("scales", scales.to(_KERNEL_DTYPE) if packed else scales)
         self.register_buffer("bias", bias)
 
     @classmethod
-    def from_linear(cls, lin: nn.Linear, *, backend: str = "auto") -> "Int8Linear":
+    def from_linear(cls, lin: nn.Linear, *, backend: str = "auto") -> Int8Linear:
         q, s = quantize_int8(lin.weight)
         packed = _use_packed(backend, lin.weight.device)
         bias = lin.bias.detach().clone() if lin.bias is not None else None
@@ -129,7 +139,9 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.packed:
-            y = torch.ops.aten._weight_int8pack_mm(x.reshape(-1, self.in_features).to(_KERNEL_DTYPE), self.qweight, self.scales)
+            y = torch.ops.aten._weight_int8pack_mm(
+                x.reshape(-1, self.in_features).to(_KERNEL_DTYPE), self.qweight, self.scales
+            )
             y = y.to(x.dtype).view(*x.shape[:-1], self.out_features)
         else:
             y = F.linear(x, self.qweight.to(x.dtype)) * self.scales.to(x.dtype)
@@ -145,15 +157,29 @@ class Int8Linear(nn.Module):
 class Int4Linear(nn.Module):
     """nn.Linear with a group-wise int4 weight."""
 
-    def __init__(self, q: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, bias: torch.Tensor | None, group_size: int, *, packed: bool) -> None:
+    def __init__(
+        self,
+        q: torch.Tensor,
+        scales: torch.Tensor,
+        zeros: torch.Tensor,
+        bias: torch.Tensor | None,
+        group_size: int,
+        *,
+        packed: bool,
+    ) -> None:
         super().__init__()
         self.out_features, self.in_features = q.shape
         self.group_size = group_size
         self.packed = packed
         if packed:
             # The kernel's own layout: weight packed by the kernel, (scale, zero) as [K / group, N, 2].
-            self.register_buffer("qweight", torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.to(torch.int32), 1))
-            self.register_buffer("scales_and_zeros", torch.stack([scales, zeros], dim=-1).transpose(0, 1).contiguous().to(_KERNEL_DTYPE))
+            self.register_buffer(
+                "qweight", torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.to(torch.int32), 1)
+            )
+            self.register_buffer(
+                "scales_and_zeros",
+                torch.stack([scales, zeros], dim=-1).transpose(0, 1).contiguous().to(_KERNEL_DTYPE),
+            )
         else:
             self.register_buffer("qweight", _pack_nibbles(q))
             self.register_buffer("scales", scales)
@@ -161,26 +187,45 @@ class Int4Linear(nn.Module):
         self.register_buffer("bias", bias)
 
     @classmethod
-    def from_linear(cls, lin: nn.Linear, group_size: int, *, backend: str = "auto") -> "Int4Linear":
-        N, K = lin.weight.shape
+    def from_linear(cls, lin: nn.Linear, group_size: int, *, backend: str = "auto") -> Int4Linear:
+        N, _K = lin.weight.shape
         q, s, z = quantize_int4(lin.weight, group_size)
-        packed = _use_packed(backend, lin.weight.device) and N % 16 == 0 and group_size in INT4_GROUP_SIZES
+        packed = (
+            _use_packed(backend, lin.weight.device)
+            and N % 16 == 0
+            and group_size in INT4_GROUP_SIZES
+        )
         bias = lin.bias.detach().clone() if lin.bias is not None else None
         return cls(q, s, z, bias, group_size, packed=packed)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.packed:
-            y = torch.ops.aten._weight_int4pack_mm_for_cpu(x.reshape(-1, self.in_features).to(_KERNEL_DTYPE), self.qweight, self.group_size, self.scales_and_zeros)
+            y = torch.ops.aten._weight_int4pack_mm_for_cpu(
+                x.reshape(-1, self.in_features).to(_KERNEL_DTYPE),
+                self.qweight,
+                self.group_size,
+                self.scales_and_zeros,
+            )
             y = y.to(x.dtype).view(*x.shape[:-1], self.out_features)
         else:
             y = F.linear(x, self.dequantized_weight().to(x.dtype))
         return y if self.bias is None else y + self.bias.to(y.dtype)
 
     def dequantized_weight(self) -> torch.Tensor:
-        if self.packed:  # read back through the kernel: identity activations give the weight's columns
+        if (
+            self.packed
+        ):  # read back through the kernel: identity activations give the weight's columns
             eye = torch.eye(self.in_features, dtype=_KERNEL_DTYPE, device=self.qweight.device)
-            return torch.ops.aten._weight_int4pack_mm_for_cpu(eye, self.qweight, self.group_size, self.scales_and_zeros).float().T
-        return dequantize_int4(_unpack_nibbles(self.qweight), self.scales, self.zeros, self.group_size)
+            return (
+                torch.ops.aten._weight_int4pack_mm_for_cpu(
+                    eye, self.qweight, self.group_size, self.scales_and_zeros
+                )
+                .float()
+                .T
+            )
+        return dequantize_int4(
+            _unpack_nibbles(self.qweight), self.scales, self.zeros, self.group_size
+        )
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, group_size={self.group_size}, packed={self.packed}"
@@ -198,7 +243,7 @@ class Int8Embedding(nn.Module):
         self.register_buffer("scales", scales)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        return (self.qweight[idx].to(self.dtype) * self.scales[idx, None].to(self.dtype))
+        return self.qweight[idx].to(self.dtype) * self.scales[idx, None].to(self.dtype)
 
 
 def onednn_linear_available() -> bool:
@@ -222,13 +267,19 @@ class PackedLinear(nn.Module):
     def __init__(self, lin: nn.Linear) -> None:
         super().__init__()
         if lin.weight.device.type != "cpu" or lin.weight.dtype != torch.float32:
-            raise ValueError(f"PackedLinear packs fp32 CPU weights, not {lin.weight.dtype} on {lin.weight.device}")
+            raise ValueError(
+                f"PackedLinear packs fp32 CPU weights, not {lin.weight.dtype} on {lin.weight.device}"
+            )
         self.out_features, self.in_features = lin.weight.shape
-        self.register_buffer("packed_weight", torch.ops.mkldnn._reorder_linear_weight(lin.weight.detach(), 1))
+        self.register_buffer(
+            "packed_weight", torch.ops.mkldnn._reorder_linear_weight(lin.weight.detach(), 1)
+        )
         self.register_buffer("bias", lin.bias.detach().clone() if lin.bias is not None else None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.mkldnn._linear_pointwise(x.contiguous(), self.packed_weight, self.bias, "none", [], "")
+        return torch.ops.mkldnn._linear_pointwise(
+            x.contiguous(), self.packed_weight, self.bias, "none", [], ""
+        )
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, onednn packed"
@@ -246,7 +297,9 @@ def pack_linears(model: nn.Module) -> list[str]:
         if lin.weight.device.type != "cpu" or lin.weight.dtype != torch.float32:
             continue
         parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, child, PackedLinear(lin))
+        setattr(
+            model.get_submodule(parent_name) if parent_name else model, child, PackedLinear(lin)
+        )
         done.append(name)
     return done
 
@@ -258,7 +311,9 @@ def _use_packed(backend: str, device: torch.device) -> bool:
         return False
     ok = device.type == "cpu" and _cpu_kernels_available()
     if backend == "packed" and not ok:
-        raise TwofilesError(f"packed int8/int4 kernels need a CPU tensor and torch >= 2.6 (got {device.type}, torch {torch.__version__})")
+        raise TwofilesError(
+            f"packed int8/int4 kernels need a CPU tensor and torch >= 2.6 (got {device.type}, torch {torch.__version__})"
+        )
     return ok
 
 
@@ -270,7 +325,9 @@ def _use_packed(backend: str, device: torch.device) -> bool:
 class QuantReport:
     mode: str  # "int8" or "int4"
     group_size: int  # int4 group size (0 for int8)
-    layers: dict[str, str] = field(default_factory=dict)  # module name -> what replaced it, e.g. "int4 packed"
+    layers: dict[str, str] = field(
+        default_factory=dict
+    )  # module name -> what replaced it, e.g. "int4 packed"
     bytes_before: int = 0  # parameter bytes before (tied tensors counted once)
     bytes_after: int = 0  # parameter + buffer bytes after
 
@@ -278,8 +335,12 @@ class QuantReport:
 def _tensor_bytes(module: nn.Module) -> int:
     seen: set[int] = set()
     total = 0
-    for t in module.state_dict(keep_vars=True).values():  # persistent tensors only: not the RoPE tables
-        key = t.data_ptr() if t.layout == torch.strided else id(t)  # oneDNN-packed weights have no storage
+    for t in module.state_dict(
+        keep_vars=True
+    ).values():  # persistent tensors only: not the RoPE tables
+        key = (
+            t.data_ptr() if t.layout == torch.strided else id(t)
+        )  # oneDNN-packed weights have no storage
         if key in seen:
             continue
         seen.add(key)
@@ -289,7 +350,7 @@ def _tensor_bytes(module: nn.Module) -> int:
 
 @torch.no_grad()
 def quantize_model(
-    model: "Transformer",
+    model: Transformer,
     mode: QuantMode,
     *,
     group_size: int = 32,
@@ -305,7 +366,9 @@ def quantize_model(
         raise TwofilesError(f"quantize={mode!r}: expected int8 or int4")
     if mode == "int4" and group_size not in INT4_GROUP_SIZES:
         raise TwofilesError(f"group_size={group_size}: expected one of {INT4_GROUP_SIZES}")
-    report = QuantReport(mode=mode, group_size=group_size if mode == "int4" else 0, bytes_before=_tensor_bytes(model))
+    report = QuantReport(
+        mode=mode, group_size=group_size if mode == "int4" else 0, bytes_before=_tensor_bytes(model)
+    )
     tied = model.lm_head.weight is model.model.embed_tokens.weight
     act_dtype = model.model.embed_tokens.weight.dtype
     targets = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
@@ -326,7 +389,9 @@ def quantize_model(
         else:
             q, s = quantize_int8(model.model.embed_tokens.weight)
         model.model.embed_tokens = Int8Embedding(q, s, act_dtype)
-        report.layers["model.embed_tokens"] = "int8 rows" + (" (shared with lm_head)" if q is getattr(head, "qweight", None) else "")
+        report.layers["model.embed_tokens"] = "int8 rows" + (
+            " (shared with lm_head)" if q is getattr(head, "qweight", None) else ""
+        )
     report.bytes_after = _tensor_bytes(model)
     return report
 
@@ -347,7 +412,7 @@ class InferenceSetup:
 
 
 def prepare_for_inference(
-    loaded: "LoadedModel | Transformer",
+    loaded: LoadedModel | Transformer,
     *,
     quantize: str = "none",
     group_size: int = 32,
@@ -383,21 +448,34 @@ def prepare_for_inference(
         cos, sin = model.rope_cos, model.rope_sin
         model.to(amp)
         model.rope_cos, model.rope_sin = cos, sin
-    reasons.append(f"{str(model.model.embed_tokens.weight.dtype).replace('torch.', '')} weights: {why}")
+    reasons.append(
+        f"{str(model.model.embed_tokens.weight.dtype).replace('torch.', '')} weights: {why}"
+    )
     if fuse:
         n = model.fuse_projections()
         reasons.append(f"fused projections: {n} groups (q/k/v and gate/up, one matmul each)")
     report = None
-    if quantize == "none" and pack and device.type == "cpu" and model.model.norm.weight.dtype == torch.float32:
+    if (
+        quantize == "none"
+        and pack
+        and device.type == "cpu"
+        and model.model.norm.weight.dtype == torch.float32
+    ):
         if compile:  # inductor lowers oneDNN's linear only for weights it froze itself
             reasons.append("fp32 linears: packing left to torch.compile")
         else:
             packed = pack_linears(model)
-            reasons.append(f"oneDNN packed fp32 linears: {len(packed)}" if packed else "fp32 linears unpacked: this torch has no oneDNN")
+            reasons.append(
+                f"oneDNN packed fp32 linears: {len(packed)}"
+                if packed
+                else "fp32 linears unpacked: this torch has no oneDNN"
+            )
     if quantize != "none":
         report = quantize_model(model, quantize, group_size=group_size)  # type: ignore[arg-type]
         kinds = sorted(set(report.layers.values()))
-        reasons.append(f"{quantize}: {', '.join(kinds)}; {report.bytes_before / 1e6:.0f} MB -> {report.bytes_after / 1e6:.0f} MB")
+        reasons.append(
+            f"{quantize}: {', '.join(kinds)}; {report.bytes_before / 1e6:.0f} MB -> {report.bytes_after / 1e6:.0f} MB"
+        )
     if compile:
         model.compile(dynamic=True)
         reasons.append("torch.compile: requested (compiles on the first calls)")
@@ -414,19 +492,19 @@ def prepare_for_inference(
 
 __all__ = [
     "MODES",
-    "QuantMode",
-    "quantize_int8",
-    "dequantize_int8",
-    "quantize_int4",
-    "dequantize_int4",
-    "Int8Linear",
+    "InferenceSetup",
     "Int4Linear",
     "Int8Embedding",
+    "Int8Linear",
     "PackedLinear",
-    "pack_linears",
-    "onednn_linear_available",
+    "QuantMode",
     "QuantReport",
-    "quantize_model",
-    "InferenceSetup",
+    "dequantize_int4",
+    "dequantize_int8",
+    "onednn_linear_available",
+    "pack_linears",
     "prepare_for_inference",
+    "quantize_int4",
+    "quantize_int8",
+    "quantize_model",
 ]

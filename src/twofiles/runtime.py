@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import torch
 
@@ -38,7 +38,11 @@ class Runtime:
         return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
 
     def describe(self) -> str:
-        dt = "fp32" if self.autocast_dtype is None else str(self.autocast_dtype).replace("torch.", "") + " autocast"
+        dt = (
+            "fp32"
+            if self.autocast_dtype is None
+            else str(self.autocast_dtype).replace("torch.", "") + " autocast"
+        )
         s = f"{self.device.type} {dt}"
         if self.world_size > 1:
             s += f", rank {self.rank}/{self.world_size}"
@@ -55,7 +59,9 @@ def pick_device(name: str = "auto") -> tuple[torch.device, str]:
         return torch.device("cpu"), "no GPU found"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise TwofilesError(f"--device {name}: CUDA is not available on this machine")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
+    if name == "mps" and not (
+        getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    ):
         raise TwofilesError("--device mps: MPS is not available on this machine")
     if name not in ("cpu", "mps") and not name.startswith("cuda"):
         raise TwofilesError(f"--device {name}: expected auto, cpu, cuda, cuda:N or mps")
@@ -102,7 +108,15 @@ def setup(device: str = "auto", dtype: str = "auto", threads: int | None = None)
     amp, why = precision_for(dev, dtype)
     if dtype == "auto":
         reasons.append(f"{'bf16 autocast' if amp is not None else 'fp32'}: {why}")
-    return Runtime(device=dev, autocast_dtype=amp, rank=rank, world_size=world_size, local_rank=local_rank, distributed=distributed, reasons=reasons)
+    return Runtime(
+        device=dev,
+        autocast_dtype=amp,
+        rank=rank,
+        world_size=world_size,
+        local_rank=local_rank,
+        distributed=distributed,
+        reasons=reasons,
+    )
 
 
 def teardown(rt: Runtime) -> None:
@@ -114,7 +128,9 @@ def teardown(rt: Runtime) -> None:
 
 
 @contextlib.contextmanager
-def running(device: str = "auto", dtype: str = "auto", threads: int | None = None) -> Iterator[Runtime]:
+def running(
+    device: str = "auto", dtype: str = "auto", threads: int | None = None
+) -> Iterator[Runtime]:
     rt = setup(device, dtype, threads)
     try:
         yield rt
@@ -129,7 +145,9 @@ def synchronize(device: torch.device) -> None:
         torch.mps.synchronize()
 
 
-def matmul_gflops(n: int, repeats: int = 5, seconds: float = 0.2, dtype: torch.dtype = torch.float32) -> float:
+def matmul_gflops(
+    n: int, repeats: int = 5, seconds: float = 0.2, dtype: torch.dtype = torch.float32
+) -> float:
     """Best-of-`repeats` GFLOP/s of an n x n @ n x n matmul on the CPU at the current thread count
     (each repeat loops ~`seconds`; the best repeat is the one least disturbed by other work)."""
     import time
@@ -157,12 +175,26 @@ def peak_flops(device: torch.device, *, quick: bool = True) -> float:
     datasheet figures, by name), NaN when unknown."""
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device).lower()
-        for key, flops in (("h200", 989e12), ("h100", 989e12), ("a100", 312e12), ("l40", 181e12), ("l4", 121e12), ("a10", 125e12),
-                           ("4090", 165e12), ("3090", 71e12)):
+        for key, flops in (
+            ("h200", 989e12),
+            ("h100", 989e12),
+            ("a100", 312e12),
+            ("l40", 181e12),
+            ("l4", 121e12),
+            ("a10", 125e12),
+            ("4090", 165e12),
+            ("3090", 71e12),
+        ):
             if key in name:
                 return flops
         return float("nan")
     if device.type != "cpu":
         return float("nan")
     sizes = (1024, 1536) if quick else (512, 1024, 1536, 2048)
-    return max(matmul_gflops(n, repeats=3 if quick else 5, seconds=0.05 if quick else 0.2) for n in sizes) * 1e9
+    return (
+        max(
+            matmul_gflops(n, repeats=3 if quick else 5, seconds=0.05 if quick else 0.2)
+            for n in sizes
+        )
+        * 1e9
+    )

@@ -38,7 +38,14 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from twofiles.engine import PromptTooLongError, SamplingParams, TextStream, make_generator, model_device, token_distribution
+from twofiles.engine import (
+    PromptTooLongError,
+    SamplingParams,
+    TextStream,
+    make_generator,
+    model_device,
+    token_distribution,
+)
 from twofiles.errors import TwofilesError
 
 if TYPE_CHECKING:
@@ -47,7 +54,9 @@ if TYPE_CHECKING:
 # Defaults; the server takes its own values from ServeSettings.
 DEFAULT_MAX_SEQS = 8  # sequence slots per model (rows of the batched KV cache)
 DEFAULT_MAX_QUEUE = 64  # requests that may wait for a slot, per model; more are refused
-DEFAULT_MAX_CONTEXT = 2048  # cache length per slot (prompt + output), capped by the model's max_seq_len
+DEFAULT_MAX_CONTEXT = (
+    2048  # cache length per slot (prompt + output), capped by the model's max_seq_len
+)
 _IDLE_WAIT_S = 0.5  # the worker's longest sleep with nothing to do (it is woken on submit anyway)
 
 
@@ -63,8 +72,12 @@ class GenerationEvent:
 
     token: int | None  # the id generated; None on a cancel/error event that carries no token
     text: str = ""  # text that became safe to show with this token (never part of a stop string)
-    logprob: float | None = None  # log-probability of `token` under the model (temperature 1, no filters)
-    top_logprobs: list[tuple[int, float]] = field(default_factory=list)  # most likely (id, logprob), if asked
+    logprob: float | None = (
+        None  # log-probability of `token` under the model (temperature 1, no filters)
+    )
+    top_logprobs: list[tuple[int, float]] = field(
+        default_factory=list
+    )  # most likely (id, logprob), if asked
     finish_reason: str | None = None
     stop_token: bool = False  # `token` is an end-of-turn/eos token: it counts, but has no text
     error: str | None = None
@@ -79,12 +92,16 @@ class RequestHandle:
     Iterate it (blocking, in a thread) or `async for` it (in the event loop that submitted it);
     either way the iteration ends after the event that carries a finish_reason."""
 
-    def __init__(self, model: str, prompt_ids: Sequence[int], params: SamplingParams, logprobs: int | None) -> None:
+    def __init__(
+        self, model: str, prompt_ids: Sequence[int], params: SamplingParams, logprobs: int | None
+    ) -> None:
         self.id = next(_ids)
         self.model = model
         self.prompt_ids = list(prompt_ids)
         self.params = params
-        self.logprobs = logprobs  # None: no logprobs; k: the chosen token's logprob + k alternatives
+        self.logprobs = (
+            logprobs  # None: no logprobs; k: the chosen token's logprob + k alternatives
+        )
         self.tokens: list[int] = []
         self.text = ""
         self.finish_reason: str | None = None
@@ -98,7 +115,9 @@ class RequestHandle:
             self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
             self._loop = None
-        self._aqueue: asyncio.Queue[GenerationEvent] | None = asyncio.Queue() if self._loop is not None else None
+        self._aqueue: asyncio.Queue[GenerationEvent] | None = (
+            asyncio.Queue() if self._loop is not None else None
+        )
         self._queue: queue.SimpleQueue[GenerationEvent] = queue.SimpleQueue()
 
     @property
@@ -157,7 +176,9 @@ class RequestHandle:
 
     async def __aiter__(self) -> AsyncIterator[GenerationEvent]:
         if self._aqueue is None:
-            raise RuntimeError("this request was submitted outside an event loop: iterate it in a thread")
+            raise RuntimeError(
+                "this request was submitted outside an event loop: iterate it in a thread"
+            )
         while True:
             event = await self._aqueue.get()
             yield event
@@ -197,7 +218,9 @@ class _RowsView:
     def __init__(self, k: torch.Tensor, v: torch.Tensor) -> None:
         self.k, self.v = k, v
 
-    def update_at(self, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def update_at(
+        self, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         B, H, T, D = k.shape
         index = positions[:, None, :, None].expand(B, H, T, D)
         self.k.scatter_(2, index, k)
@@ -212,7 +235,9 @@ class _Row:
     steps: int  # most tokens it may generate (max_tokens capped by the context)
     generator: torch.Generator
     stream: TextStream
-    history: torch.Tensor | None  # [1, prompt + steps] prompt and output ids, for the repetition penalty
+    history: (
+        torch.Tensor | None
+    )  # [1, prompt + steps] prompt and output ids, for the repetition penalty
     next_token: int = -1  # the last token generated, fed at the next step
     generated: int = 0
 
@@ -221,7 +246,13 @@ class BatchEngine:
     """One model's slots and batched KV cache. Not thread-safe: only the Scheduler's worker
     thread calls `admit` and `step`."""
 
-    def __init__(self, loaded: "LoadedModel", *, max_seqs: int = DEFAULT_MAX_SEQS, max_context: int = DEFAULT_MAX_CONTEXT) -> None:
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        *,
+        max_seqs: int = DEFAULT_MAX_SEQS,
+        max_context: int = DEFAULT_MAX_CONTEXT,
+    ) -> None:
         self.loaded = loaded
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
@@ -229,11 +260,15 @@ class BatchEngine:
         self.max_seqs = max_seqs
         self.context = min(max_context, cfg.max_seq_len)
         self.device = model_device(self.model)
-        caches = self.model.new_caches(max_seqs, self.context)  # the model picks the dtype and device
+        caches = self.model.new_caches(
+            max_seqs, self.context
+        )  # the model picks the dtype and device
         self._k = [c.k for c in caches]  # [slots, kv_heads, context, head_dim] per layer
         self._v = [c.v for c in caches]
         self.rows: list[_Row] = []  # row i lives in cache slot i
-        self.outbox: list[tuple[RequestHandle, GenerationEvent]] = []  # recorded, not yet delivered (see flush)
+        self.outbox: list[
+            tuple[RequestHandle, GenerationEvent]
+        ] = []  # recorded, not yet delivered (see flush)
         self._end_ids = {self.tokenizer.bos_id, *getattr(self.tokenizer, "eos_ids", ())}
 
     @property
@@ -244,10 +279,15 @@ class BatchEngine:
         if prompt_len == 0:
             raise TwofilesError("empty prompt: give at least one token")
         if prompt_len >= self.context:
-            raise PromptTooLongError(f"prompt is {prompt_len} tokens; this server's context is {self.context} tokens, which leaves no room to generate (shorten the prompt)")
+            raise PromptTooLongError(
+                f"prompt is {prompt_len} tokens; this server's context is {self.context} tokens, which leaves no room to generate (shorten the prompt)"
+            )
 
     def _views(self, start: int, stop: int, length: int) -> list[_RowsView]:
-        return [_RowsView(k[start:stop, :, :length], v[start:stop, :, :length]) for k, v in zip(self._k, self._v)]
+        return [
+            _RowsView(k[start:stop, :, :length], v[start:stop, :, :length])
+            for k, v in zip(self._k, self._v)
+        ]
 
     def admit(self, handles: Sequence[RequestHandle]) -> None:
         """Prefill newcomers (at most free_slots) in one forward and emit each one's first token."""
@@ -257,14 +297,22 @@ class BatchEngine:
         T = max(len(h.prompt_ids) for h in handles)
         idx = torch.zeros(len(handles), T, dtype=torch.long)
         for i, h in enumerate(handles):
-            idx[i, : len(h.prompt_ids)] = torch.tensor(h.prompt_ids)  # right padding with id 0: never seen by real tokens
+            idx[i, : len(h.prompt_ids)] = torch.tensor(
+                h.prompt_ids
+            )  # right padding with id 0: never seen by real tokens
         idx = idx.to(self.device)
         positions = torch.arange(T, device=self.device).expand(len(handles), T)
-        causal = torch.ones(T, T, dtype=torch.bool, device=self.device).tril()[None, None]  # [1, 1, T, T]
-        hidden = self.model.hidden_states(idx, self._views(first, first + len(handles), T), positions=positions, attn_mask=causal)
+        causal = torch.ones(T, T, dtype=torch.bool, device=self.device).tril()[
+            None, None
+        ]  # [1, 1, T, T]
+        hidden = self.model.hidden_states(
+            idx, self._views(first, first + len(handles), T), positions=positions, attn_mask=causal
+        )
         lengths = torch.tensor([len(h.prompt_ids) for h in handles], device=self.device)
         # only each prompt's last position needs logits: [k, V], not [k, T, V]
-        last = self.model.lm_head(hidden[torch.arange(len(handles), device=self.device), lengths - 1]).float()
+        last = self.model.lm_head(
+            hidden[torch.arange(len(handles), device=self.device), lengths - 1]
+        ).float()
         new_rows = []
         for h in handles:
             p, n = h.params, len(h.prompt_ids)
@@ -273,7 +321,14 @@ class BatchEngine:
             if p.repetition_penalty != 1.0:
                 history = torch.empty(1, n + steps, dtype=torch.long, device=self.device)
                 history[0, :n] = torch.tensor(h.prompt_ids)
-            row = _Row(h, n, steps, make_generator(p.seed, self.device), TextStream(self.tokenizer, p.stop, context=h.prompt_ids), history)
+            row = _Row(
+                h,
+                n,
+                steps,
+                make_generator(p.seed, self.device),
+                TextStream(self.tokenizer, p.stop, context=h.prompt_ids),
+                history,
+            )
             self.rows.append(row)
             new_rows.append(row)
         self._sample(new_rows, last)
@@ -288,9 +343,15 @@ class BatchEngine:
         n = len(self.rows)
         lengths = torch.tensor([r.length for r in self.rows], device=self.device)
         L = int(lengths.max()) + 1
-        idx = torch.tensor([[r.next_token] for r in self.rows], dtype=torch.long, device=self.device)
-        mask = torch.arange(L, device=self.device)[None, :] <= lengths[:, None]  # [n, L]: own slots 0..position
-        hidden = self.model.hidden_states(idx, self._views(0, n, L), positions=lengths[:, None], attn_mask=mask[:, None, None, :])
+        idx = torch.tensor(
+            [[r.next_token] for r in self.rows], dtype=torch.long, device=self.device
+        )
+        mask = (
+            torch.arange(L, device=self.device)[None, :] <= lengths[:, None]
+        )  # [n, L]: own slots 0..position
+        hidden = self.model.hidden_states(
+            idx, self._views(0, n, L), positions=lengths[:, None], attn_mask=mask[:, None, None, :]
+        )
         for r in self.rows:
             r.length += 1
         self._sample(list(self.rows), self.model.lm_head(hidden[:, -1]).float())
@@ -309,7 +370,11 @@ class BatchEngine:
         for idx in groups.values():
             first = rows[idx[0]]
             p = first.handle.params
-            history = first.history[:, : len(first.handle.prompt_ids) + first.generated] if first.history is not None else None
+            history = (
+                first.history[:, : len(first.handle.prompt_ids) + first.generated]
+                if first.history is not None
+                else None
+            )
             at = torch.tensor(idx, device=logits.device) if len(idx) < len(rows) else None
             probs = token_distribution(logits if at is None else logits[at], p, history)  # [k, V]
             if p.temperature == 0:
@@ -393,7 +458,7 @@ class Scheduler:
 
     def __init__(
         self,
-        models: Mapping[str, "LoadedModel"],
+        models: Mapping[str, LoadedModel],
         *,
         max_seqs: int = DEFAULT_MAX_SEQS,
         max_queue: int = DEFAULT_MAX_QUEUE,
@@ -403,7 +468,10 @@ class Scheduler:
             raise TwofilesError("no models to serve")
         if max_seqs < 1 or max_queue < 0:
             raise TwofilesError(f"max_seqs={max_seqs} must be >= 1 and max_queue={max_queue} >= 0")
-        self.engines = {name: BatchEngine(m, max_seqs=max_seqs, max_context=max_context) for name, m in models.items()}
+        self.engines = {
+            name: BatchEngine(m, max_seqs=max_seqs, max_context=max_context)
+            for name, m in models.items()
+        }
         self.max_queue = max_queue
         self._pending: dict[str, deque[RequestHandle]] = {name: deque() for name in models}
         self._lock = threading.Condition()
@@ -414,10 +482,12 @@ class Scheduler:
 
     # -- lifecycle -------------------------------------------------------------------------------
 
-    def start(self) -> "Scheduler":
+    def start(self) -> Scheduler:
         if self._thread is None:
             self._stopping = False
-            self._thread = threading.Thread(target=self._run, name="twofiles-scheduler", daemon=True)
+            self._thread = threading.Thread(
+                target=self._run, name="twofiles-scheduler", daemon=True
+            )
             self._thread.start()
         return self
 
@@ -434,9 +504,11 @@ class Scheduler:
                 r.handle._emit(GenerationEvent(None, finish_reason="cancelled"))
             engine.rows.clear()
             while self._pending[name]:
-                self._pending[name].popleft()._emit(GenerationEvent(None, finish_reason="cancelled"))
+                self._pending[name].popleft()._emit(
+                    GenerationEvent(None, finish_reason="cancelled")
+                )
 
-    def __enter__(self) -> "Scheduler":
+    def __enter__(self) -> Scheduler:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:
@@ -444,12 +516,21 @@ class Scheduler:
 
     # -- requests --------------------------------------------------------------------------------
 
-    def submit(self, model: str, prompt_ids: Sequence[int], params: SamplingParams, *, logprobs: int | None = None) -> RequestHandle:
+    def submit(
+        self,
+        model: str,
+        prompt_ids: Sequence[int],
+        params: SamplingParams,
+        *,
+        logprobs: int | None = None,
+    ) -> RequestHandle:
         """Queue a request; raises TwofilesError (unknown model, bad params, prompt too long) or
         QueueFullError at once rather than later."""
         engine = self.engines.get(model)
         if engine is None:
-            raise TwofilesError(f"model {model!r} is not served here (serving: {', '.join(self.engines)})")
+            raise TwofilesError(
+                f"model {model!r} is not served here (serving: {', '.join(self.engines)})"
+            )
         params.validate()
         engine.check_prompt(len(prompt_ids))
         handle = RequestHandle(model, prompt_ids, params, logprobs)
@@ -458,7 +539,9 @@ class Scheduler:
                 raise TwofilesError("the scheduler is not running")
             pending = self._pending[model]
             if len(pending) >= self.max_queue + engine.free_slots:
-                raise QueueFullError(f"model {model!r} is busy: {len(engine.rows)} sequences running and {len(pending)} waiting")
+                raise QueueFullError(
+                    f"model {model!r} is busy: {len(engine.rows)} sequences running and {len(pending)} waiting"
+                )
             pending.append(handle)
             self._lock.notify_all()
         return handle
@@ -466,7 +549,15 @@ class Scheduler:
     def stats(self) -> dict[str, dict[str, int]]:
         """Per model: slots, active rows, waiting requests (a snapshot)."""
         with self._lock:
-            return {name: {"slots": e.max_seqs, "active": len(e.rows), "queued": len(self._pending[name]), "context": e.context} for name, e in self.engines.items()}
+            return {
+                name: {
+                    "slots": e.max_seqs,
+                    "active": len(e.rows),
+                    "queued": len(self._pending[name]),
+                    "context": e.context,
+                }
+                for name, e in self.engines.items()
+            }
 
     # -- the worker ------------------------------------------------------------------------------
 
@@ -485,7 +576,9 @@ class Scheduler:
         with torch.inference_mode():
             while True:
                 with self._lock:
-                    while not self._stopping and not any(e.rows or self._pending[n] for n, e in self.engines.items()):
+                    while not self._stopping and not any(
+                        e.rows or self._pending[n] for n, e in self.engines.items()
+                    ):
                         self._lock.wait(_IDLE_WAIT_S)
                     if self._stopping:
                         return
@@ -496,14 +589,17 @@ class Scheduler:
                             engine.step()
                             self.steps += 1
                         engine.admit(newcomers[name])
-                    except Exception as e:  # noqa: BLE001 - a failed forward must not kill the server
+                    except Exception as e:
                         self.error = f"{type(e).__name__}: {e}"
                         engine.fail_all(self.error)
                         for h in newcomers[name]:
                             if h.finish_reason is None:
-                                engine._emit(h, GenerationEvent(None, finish_reason="error", error=self.error))
+                                engine._emit(
+                                    h,
+                                    GenerationEvent(None, finish_reason="error", error=self.error),
+                                )
                     finally:
                         engine.flush()
 
 
-__all__ = ["Scheduler", "BatchEngine", "RequestHandle", "GenerationEvent", "QueueFullError"]
+__all__ = ["BatchEngine", "GenerationEvent", "QueueFullError", "RequestHandle", "Scheduler"]

@@ -27,7 +27,10 @@ from twofiles.presets import Preset
 TAIL_RESERVE_S = 12.0
 
 SAMPLE_PROMPTS = ("ROMEO.\n", "To be, or not to be", "KING.\nMy lords,")
-SPEEDRUN_BENCHMARKS = ("quotes", "capitals")  # multiple choice, 30 examples each: seconds on a small model
+SPEEDRUN_BENCHMARKS = (
+    "quotes",
+    "capitals",
+)  # multiple choice, 30 examples each: seconds on a small model
 
 
 @dataclass
@@ -44,22 +47,51 @@ class SpeedrunResult:
     preset: str
     stages: dict[str, float]
     report: str
-    base_wall_seconds: float = 0.0  # wall time of the budgeted part: tokenizer through the base model's samples
+    base_wall_seconds: float = (
+        0.0  # wall time of the budgeted part: tokenizer through the base model's samples
+    )
     chat_model_path: str = ""  # the finetuned assistant ("" without an SFT stage)
     sft: dict[str, Any] | None = None  # the SFT stage's summary (SFTResult.summary())
 
     def summary(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in ("val_bpb", "val_loss", "wall_seconds", "base_wall_seconds", "train_seconds", "steps", "tokens",
-                                              "params", "preset", "out", "model_path", "chat_model_path", "report", "stages", "sft")}
+        return {
+            k: getattr(self, k)
+            for k in (
+                "val_bpb",
+                "val_loss",
+                "wall_seconds",
+                "base_wall_seconds",
+                "train_seconds",
+                "steps",
+                "tokens",
+                "params",
+                "preset",
+                "out",
+                "model_path",
+                "chat_model_path",
+                "report",
+                "stages",
+                "sft",
+            )
+        }
 
 
 def _say(msg: str) -> None:
     print(f"[speedrun] {msg}", file=sys.stderr, flush=True)
 
 
-def run_speedrun(preset: Preset, out: str | Path, *, budget_s: float | None = None, device: str = "auto", seed: int = 1337,
-                 progress: bool = True, overrides: dict[str, Any] | None = None, started: float | None = None,
-                 sft_stage: bool = True) -> SpeedrunResult:
+def run_speedrun(
+    preset: Preset,
+    out: str | Path,
+    *,
+    budget_s: float | None = None,
+    device: str = "auto",
+    seed: int = 1337,
+    progress: bool = True,
+    overrides: dict[str, Any] | None = None,
+    started: float | None = None,
+    sft_stage: bool = True,
+) -> SpeedrunResult:
     """Run every stage: the base model within `budget_s` seconds of wall time counted from
     `started` (a time.perf_counter() value; default now: pass the process's start so imports
     count too), then, with `sft_stage` and a preset that has one, the SFT stage."""
@@ -86,12 +118,22 @@ def run_speedrun(preset: Preset, out: str | Path, *, budget_s: float | None = No
     manifest = prepare(["builtin:shakespeare"], out / "data", tokenizer, progress=False)
     stages["data"] = time.perf_counter() - t
     tr, va = manifest["splits"]["train"], manifest["splits"]["val"]
-    _say(f"data: {tr['tokens']:,} train / {va['tokens']:,} val tokens ({tr['bytes'] / max(tr['tokens'], 1):.2f} bytes/token) in {stages['data']:.1f}s")
+    _say(
+        f"data: {tr['tokens']:,} train / {va['tokens']:,} val tokens ({tr['bytes'] / max(tr['tokens'], 1):.2f} bytes/token) in {stages['data']:.1f}s"
+    )
 
     # 3. pretrain for whatever the budget leaves
-    cfg = PretrainConfig(data=str(out / "data"), out=str(out), model=preset.model_config(), optim=preset.optim_config(), seed=seed,
-                         device=device, progress=progress, sample_prompt=SAMPLE_PROMPTS[0],
-                         provenance={"speedrun": preset.name, "corpus": "builtin:shakespeare"})
+    cfg = PretrainConfig(
+        data=str(out / "data"),
+        out=str(out),
+        model=preset.model_config(),
+        optim=preset.optim_config(),
+        seed=seed,
+        device=device,
+        progress=progress,
+        sample_prompt=SAMPLE_PROMPTS[0],
+        provenance={"speedrun": preset.name, "corpus": "builtin:shakespeare"},
+    )
     for k, v in {**preset.train, **(overrides or {})}.items():  # PretrainConfig fields
         setattr(cfg, k, v)
     if budget > 0:
@@ -121,21 +163,46 @@ def run_speedrun(preset: Preset, out: str | Path, *, budget_s: float | None = No
         scfg = preset.sft_config(res.model_path, str(out / "sft"))
         scfg.device, scfg.seed, scfg.progress = device, seed, progress
         scfg.provenance = {"speedrun": preset.name}
-        _say("sft: finetuning on the built-in mix" + (f" for {scfg.time_budget_s:.0f}s of training" if scfg.time_budget_s else ""))
+        _say(
+            "sft: finetuning on the built-in mix"
+            + (f" for {scfg.time_budget_s:.0f}s of training" if scfg.time_budget_s else "")
+        )
         sft_res = sft(scfg)
         stages["sft"] = time.perf_counter() - t
     wall = time.perf_counter() - t_start
 
     report = _write_report(out, preset, res, stages, wall, samples, manifest, budget, sft_res)
-    return SpeedrunResult(out=str(out), model_path=res.model_path, val_bpb=res.val_bpb, val_loss=res.val_loss, wall_seconds=wall,
-                          train_seconds=res.train_seconds, steps=res.steps, tokens=res.tokens, params=res.params, preset=preset.name,
-                          stages=stages, report=str(report), base_wall_seconds=base_wall,
-                          chat_model_path=sft_res.model_path if sft_res else "", sft=sft_res.summary() if sft_res else None)
+    return SpeedrunResult(
+        out=str(out),
+        model_path=res.model_path,
+        val_bpb=res.val_bpb,
+        val_loss=res.val_loss,
+        wall_seconds=wall,
+        train_seconds=res.train_seconds,
+        steps=res.steps,
+        tokens=res.tokens,
+        params=res.params,
+        preset=preset.name,
+        stages=stages,
+        report=str(report),
+        base_wall_seconds=base_wall,
+        chat_model_path=sft_res.model_path if sft_res else "",
+        sft=sft_res.summary() if sft_res else None,
+    )
 
 
 # What a speedrun writes into its directory; a new speedrun into the same directory replaces
 # exactly these (so `make speedrun` can be run again) and leaves anything else there alone.
-RUN_FILES = ("tokenizer.json", "config.json", "metrics.jsonl", "loss.png", "model.safetensors", "report.md", "run.json", "eval.json")
+RUN_FILES = (
+    "tokenizer.json",
+    "config.json",
+    "metrics.jsonl",
+    "loss.png",
+    "model.safetensors",
+    "report.md",
+    "run.json",
+    "eval.json",
+)
 RUN_DIRS = ("checkpoints", "data", "sft")
 
 
@@ -160,7 +227,14 @@ def _samples(model_path: str, seed: int) -> list[tuple[str, str]]:
     out = []
     for i, prompt in enumerate(SAMPLE_PROMPTS):
         ids = [tok.bos_id] + tok.encode(prompt)
-        gen = list(generate(loaded.model, ids, SamplingParams(temperature=0.8, top_k=50, max_tokens=80, seed=seed + i), tokenizer=tok))
+        gen = list(
+            generate(
+                loaded.model,
+                ids,
+                SamplingParams(temperature=0.8, top_k=50, max_tokens=80, seed=seed + i),
+                tokenizer=tok,
+            )
+        )
         out.append((prompt, tok.decode(gen)))
     return out
 
@@ -171,46 +245,85 @@ def _benchmarks(model_path: str, out: Path) -> None:
     from twofiles.eval.backends import LocalBackend
     from twofiles.eval.runner import evaluate
 
-    results = evaluate(LocalBackend(load_model(model_path), name=model_path, chat=False), list(SPEEDRUN_BENCHMARKS), progress=False)
+    results = evaluate(
+        LocalBackend(load_model(model_path), name=model_path, chat=False),
+        list(SPEEDRUN_BENCHMARKS),
+        progress=False,
+    )
     doc = {"model": model_path, "chat": False, "results": [r.to_dict() for r in results]}
     atomic_write_bytes(out / "eval.json", json.dumps(doc, indent=1, default=str).encode())
 
 
-def _write_report(out: Path, preset: Preset, res: Any, stages: dict[str, float], wall: float, samples: list[tuple[str, str]],
-                  manifest: dict[str, Any], budget: float, sft_res: Any = None) -> Path:
+def _write_report(
+    out: Path,
+    preset: Preset,
+    res: Any,
+    stages: dict[str, float],
+    wall: float,
+    samples: list[tuple[str, str]],
+    manifest: dict[str, Any],
+    budget: float,
+    sft_res: Any = None,
+) -> Path:
     """What only the speedrun knows goes to run.json; report.md itself is the shared report card."""
-    from twofiles.eval.report import write_report, write_run_info
-
     import torch
+
+    from twofiles.eval.report import write_report, write_run_info
 
     tr, va = manifest["splits"]["train"], manifest["splits"]["val"]
     sections = []
     if sft_res is not None:
         from twofiles.train.sft import skills_table
 
-        rel = Path(sft_res.out).relative_to(out) if Path(sft_res.out).is_relative_to(out) else Path(sft_res.out)
-        sections.append({"title": "SFT: the base model becomes a chat assistant", "markdown": "\n".join([
-            f"Finetuned on the built-in mix (chat dialogs, calculator arithmetic, spelling, letter counting, instructions, identity) "
-            f"after the base model's budget: {sft_res.steps} steps in {sft_res.train_seconds:.1f} s of training, "
-            f"{sft_res.target_tokens:,} assistant tokens ({stages.get('sft', 0):.1f} s for the whole stage, evaluations included). "
-            f"Held-out loss per assistant token {sft_res.val_loss_before:.3f} -> **{sft_res.val_loss:.3f}**. "
-            f"The assistant: `{sft_res.model_path}`; its own report: [{rel}/report.md]({rel}/report.md).",
-            "",
-            *skills_table(sft_res.skills_before, sft_res.skills_after),
-        ])})
+        rel = (
+            Path(sft_res.out).relative_to(out)
+            if Path(sft_res.out).is_relative_to(out)
+            else Path(sft_res.out)
+        )
+        sections.append(
+            {
+                "title": "SFT: the base model becomes a chat assistant",
+                "markdown": "\n".join(
+                    [
+                        f"Finetuned on the built-in mix (chat dialogs, calculator arithmetic, spelling, letter counting, instructions, identity) "
+                        f"after the base model's budget: {sft_res.steps} steps in {sft_res.train_seconds:.1f} s of training, "
+                        f"{sft_res.target_tokens:,} assistant tokens ({stages.get('sft', 0):.1f} s for the whole stage, evaluations included). "
+                        f"Held-out loss per assistant token {sft_res.val_loss_before:.3f} -> **{sft_res.val_loss:.3f}**. "
+                        f"The assistant: `{sft_res.model_path}`; its own report: [{rel}/report.md]({rel}/report.md).",
+                        "",
+                        *skills_table(sft_res.skills_before, sft_res.skills_after),
+                    ]
+                ),
+            }
+        )
     base = sum(stages.get(k, 0.0) for k in ("tokenizer", "data", "pretrain", "samples"))
-    write_run_info(out, {
-        "title": f"Speedrun report: {preset.name}",
-        "description": f"{preset.description}.",
-        "numbers": {"val_bpb": res.val_bpb, "val_loss": res.val_loss, "wall_seconds": wall, "base_wall_seconds": base, "budget_s": budget,
-                    "train_seconds": res.train_seconds, "steps": res.steps, "tokens": res.tokens, "tokens_per_second": res.tokens_per_second,
-                    "params": res.params, "achieved_flops": res.achieved_flops, "peak_flops": res.peak_flops, "mfu": res.mfu},
-        "stages": stages,
-        "data": f"Built-in Shakespeare; whole plays held out for validation. Train: {tr['documents']} works, {tr['tokens']:,} tokens, "
-                f"{tr['bytes']:,} bytes. Validation: {va['documents']} works, {va['tokens']:,} tokens, {va['bytes']:,} bytes.",
-        "hardware": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, Python {platform.python_version()}",
-        "samples": [{"prompt": p, "text": t} for p, t in samples],
-        "sample_settings": "temperature 0.8, top-k 50",
-        "sections": sections,
-    })
+    write_run_info(
+        out,
+        {
+            "title": f"Speedrun report: {preset.name}",
+            "description": f"{preset.description}.",
+            "numbers": {
+                "val_bpb": res.val_bpb,
+                "val_loss": res.val_loss,
+                "wall_seconds": wall,
+                "base_wall_seconds": base,
+                "budget_s": budget,
+                "train_seconds": res.train_seconds,
+                "steps": res.steps,
+                "tokens": res.tokens,
+                "tokens_per_second": res.tokens_per_second,
+                "params": res.params,
+                "achieved_flops": res.achieved_flops,
+                "peak_flops": res.peak_flops,
+                "mfu": res.mfu,
+            },
+            "stages": stages,
+            "data": f"Built-in Shakespeare; whole plays held out for validation. Train: {tr['documents']} works, {tr['tokens']:,} tokens, "
+            f"{tr['bytes']:,} bytes. Validation: {va['documents']} works, {va['tokens']:,} tokens, {va['bytes']:,} bytes.",
+            "hardware": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, Python {platform.python_version()}",
+            "samples": [{"prompt": p, "text": t} for p, t in samples],
+            "sample_settings": "temperature 0.8, top-k 50",
+            "sections": sections,
+        },
+    )
     return write_report(out)

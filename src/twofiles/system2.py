@@ -29,7 +29,17 @@ if TYPE_CHECKING:
     from twofiles.engine import SamplingParams, TokenizerLike
     from twofiles.model import Transformer
 
-__all__ = ["SampleFn", "Vote", "vote", "self_consistency", "best_of_n", "sample_texts", "make_sampler", "think", "mean_logprob_scorer"]
+__all__ = [
+    "SampleFn",
+    "Vote",
+    "best_of_n",
+    "make_sampler",
+    "mean_logprob_scorer",
+    "sample_texts",
+    "self_consistency",
+    "think",
+    "vote",
+]
 
 SampleFn = Callable[[int], list[str]]  # n -> n independent samples (texts) for one fixed prompt
 
@@ -47,12 +57,20 @@ class Vote:
         """The sample to show: the first one that reached the majority answer (else the first)."""
         if not self.texts:
             return ""
-        return self.texts[self.answers.index(self.answer)] if self.answer is not None else self.texts[0]
+        return (
+            self.texts[self.answers.index(self.answer)]
+            if self.answer is not None
+            else self.texts[0]
+        )
 
     @property
     def agreement(self) -> float:
         """Share of samples that gave the winning answer (a rough confidence)."""
-        return self.votes.get(self.answer, 0) / len(self.texts) if self.answer is not None and self.texts else 0.0
+        return (
+            self.votes.get(self.answer, 0) / len(self.texts)
+            if self.answer is not None and self.texts
+            else 0.0
+        )
 
 
 def vote(texts: Sequence[str], extract: Callable[[str], str | None] = extract_number) -> Vote:
@@ -63,7 +81,9 @@ def vote(texts: Sequence[str], extract: Callable[[str], str | None] = extract_nu
     return Vote(majority_vote(answers), ordered, answers, list(texts))
 
 
-def self_consistency(sample_fn: SampleFn, n: int, *, extract: Callable[[str], str | None] = extract_number) -> tuple[str | None, dict[str, int]]:
+def self_consistency(
+    sample_fn: SampleFn, n: int, *, extract: Callable[[str], str | None] = extract_number
+) -> tuple[str | None, dict[str, int]]:
     """Sample n reasoning paths, extract their answers, majority-vote: (answer, votes)."""
     if n < 1:
         raise ValueError(f"n={n}: need at least one sample")
@@ -71,7 +91,9 @@ def self_consistency(sample_fn: SampleFn, n: int, *, extract: Callable[[str], st
     return v.answer, v.votes
 
 
-def best_of_n(sample_fn: SampleFn, scorer: Callable[[str], float], n: int) -> tuple[str, list[float]]:
+def best_of_n(
+    sample_fn: SampleFn, scorer: Callable[[str], float], n: int
+) -> tuple[str, list[float]]:
     """Sample n texts, score each, return (the highest-scoring text, every score in sample
     order). Ties go to the earliest sample."""
     if n < 1:
@@ -82,7 +104,7 @@ def best_of_n(sample_fn: SampleFn, scorer: Callable[[str], float], n: int) -> tu
     return texts[best], scores
 
 
-def _text(tokenizer: "TokenizerLike", ids: list[int], end_ids: set[int], stop: Sequence[str]) -> str:
+def _text(tokenizer: TokenizerLike, ids: list[int], end_ids: set[int], stop: Sequence[str]) -> str:
     while ids and ids[-1] in end_ids:
         ids = ids[:-1]
     text = tokenizer.decode(ids)
@@ -90,12 +112,23 @@ def _text(tokenizer: "TokenizerLike", ids: list[int], end_ids: set[int], stop: S
     return text[: min(cuts)] if cuts else text
 
 
-def _sample(model: "Transformer", tokenizer: "TokenizerLike", prompt_ids: Sequence[int], params: "SamplingParams", n: int, batch_size: int) -> tuple[list[str], int]:
+def _sample(
+    model: Transformer,
+    tokenizer: TokenizerLike,
+    prompt_ids: Sequence[int],
+    params: SamplingParams,
+    n: int,
+    batch_size: int,
+) -> tuple[list[str], int]:
     from twofiles.engine import generate_batch
 
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size}: must be >= 1")
-    end_ids = set(params.stop_token_ids) | {tokenizer.bos_id} | set(getattr(tokenizer, "eos_ids", []) or [])
+    end_ids = (
+        set(params.stop_token_ids)
+        | {tokenizer.bos_id}
+        | set(getattr(tokenizer, "eos_ids", []) or [])
+    )
     texts: list[str] = []
     tokens, chunk = 0, 0
     while len(texts) < n:
@@ -110,10 +143,10 @@ def _sample(model: "Transformer", tokenizer: "TokenizerLike", prompt_ids: Sequen
 
 
 def sample_texts(
-    model: "Transformer",
-    tokenizer: "TokenizerLike",
+    model: Transformer,
+    tokenizer: TokenizerLike,
     prompt_ids: Sequence[int],
-    params: "SamplingParams",
+    params: SamplingParams,
     n: int,
     *,
     batch_size: int = 16,
@@ -124,10 +157,10 @@ def sample_texts(
 
 
 def think(
-    model: "Transformer",
-    tokenizer: "TokenizerLike",
+    model: Transformer,
+    tokenizer: TokenizerLike,
     prompt_ids: Sequence[int],
-    params: "SamplingParams",
+    params: SamplingParams,
     n: int,
     *,
     extract: Callable[[str], str | None] = extract_number,
@@ -143,12 +176,21 @@ def think(
     return v
 
 
-def make_sampler(model: "Transformer", tokenizer: "TokenizerLike", prompt_ids: Sequence[int], params: "SamplingParams", *, batch_size: int = 16) -> SampleFn:
+def make_sampler(
+    model: Transformer,
+    tokenizer: TokenizerLike,
+    prompt_ids: Sequence[int],
+    params: SamplingParams,
+    *,
+    batch_size: int = 16,
+) -> SampleFn:
     """A SampleFn for one prompt (what self_consistency and best_of_n take)."""
     return lambda n: sample_texts(model, tokenizer, prompt_ids, params, n, batch_size=batch_size)
 
 
-def mean_logprob_scorer(model: "Transformer", tokenizer: "TokenizerLike", prompt_ids: Sequence[int]) -> Callable[[str], float]:
+def mean_logprob_scorer(
+    model: Transformer, tokenizer: TokenizerLike, prompt_ids: Sequence[int]
+) -> Callable[[str], float]:
     """Scores a continuation of `prompt_ids` by the model's mean log-probability per token: the
     model's own confidence, the simplest verifier (no extra model needed)."""
     import torch
@@ -164,7 +206,9 @@ def mean_logprob_scorer(model: "Transformer", tokenizer: "TokenizerLike", prompt
             return float("-inf")
         seq = torch.tensor([list(prompt_ids) + ids], dtype=torch.long, device=device)
         logits = model(seq[:, :-1]).float()  # [1, T-1, V]
-        logp = logits.log_softmax(-1)[0, len(prompt_ids) - 1 :]  # the rows that predict the continuation
+        logp = logits.log_softmax(-1)[
+            0, len(prompt_ids) - 1 :
+        ]  # the rows that predict the continuation
         target = seq[0, len(prompt_ids) :]
         return float(logp.gather(-1, target[:, None]).mean())
 

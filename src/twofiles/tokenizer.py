@@ -71,7 +71,11 @@ MIN_VOCAB_SIZE = len(SPECIAL_TOKENS) + 256
 
 def _byte_decoder() -> dict[str, int]:
     """ByteLevel's printable stand-in character -> the byte it stands for (GPT-2's table)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    bs = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
     cs = bs[:]
     n = 0
     for b in range(256):
@@ -82,7 +86,7 @@ def _byte_decoder() -> dict[str, int]:
     return {chr(c): b for b, c in zip(bs, cs)}
 
 
-def _new_hf(model) -> "HFTokenizer":
+def _new_hf(model) -> HFTokenizer:
     from tokenizers import Regex, decoders, pre_tokenizers
     from tokenizers import Tokenizer as HFTokenizer
 
@@ -100,20 +104,28 @@ def _new_hf(model) -> "HFTokenizer":
 class Tokenizer:
     """A trained byte-level BPE tokenizer. Build with `train`, `from_json` or `load`."""
 
-    def __init__(self, hf: "HFTokenizer", *, bos_id: int | None = None, eos_ids: Sequence[int] | None = None) -> None:
+    def __init__(
+        self, hf: HFTokenizer, *, bos_id: int | None = None, eos_ids: Sequence[int] | None = None
+    ) -> None:
         # Two views of the same tokenizer: the default one treats "<|bos|>" in text as plain bytes.
         self._hf_plain = hf
         self._hf_plain.encode_special_tokens = True
-        self._hf_special: "HFTokenizer | None" = None
+        self._hf_special: HFTokenizer | None = None
         added = hf.get_added_tokens_decoder()
-        self.special_ids: dict[str, int] = {t.content: i for i, t in sorted(added.items()) if t.special}
+        self.special_ids: dict[str, int] = {
+            t.content: i for i, t in sorted(added.items()) if t.special
+        }
         # Added tokens that are not special (user-defined pieces) are stored as plain text, not in
         # the model's byte-level form: token_bytes must not read them through the byte table.
-        self._added_plain: dict[int, str] = {i: t.content for i, t in added.items() if not t.special}
+        self._added_plain: dict[int, str] = {
+            i: t.content for i, t in added.items() if not t.special
+        }
         if bos_id is None:
             name = next((n for n in BOS_NAMES if n in self.special_ids), None)
             if name is None:
-                raise BadInputError("tokenizer has no <|bos|> special token (not a twofiles tokenizer?)")
+                raise BadInputError(
+                    "tokenizer has no <|bos|> special token (not a twofiles tokenizer?)"
+                )
             bos_id = self.special_ids[name]
         n = hf.get_vocab_size(with_added_tokens=True)
         eos_ids = [bos_id] if not eos_ids else [int(i) for i in eos_ids]
@@ -125,7 +137,7 @@ class Tokenizer:
         # also what separates documents.
         self.eos_ids: list[int] = eos_ids
         self._byte_level: bool | None = None
-        self._token_bytes: "np.ndarray | None" = None
+        self._token_bytes: np.ndarray | None = None
 
     # ------------------------------------------------------------------ building
 
@@ -137,13 +149,15 @@ class Tokenizer:
         *,
         min_frequency: int = 2,
         show_progress: bool = False,
-    ) -> "Tokenizer":
+    ) -> Tokenizer:
         """Learn BPE merges from `texts` (streamed). The result may be smaller than `vocab_size`
         when the text has fewer than that many mergeable pairs of frequency >= `min_frequency`."""
         from tokenizers import models, pre_tokenizers, trainers
 
         if vocab_size < MIN_VOCAB_SIZE:
-            raise TwofilesError(f"vocab size {vocab_size} is too small: at least {MIN_VOCAB_SIZE} (256 bytes + {len(SPECIAL_TOKENS)} special tokens)")
+            raise TwofilesError(
+                f"vocab size {vocab_size} is too small: at least {MIN_VOCAB_SIZE} (256 bytes + {len(SPECIAL_TOKENS)} special tokens)"
+            )
         hf = _new_hf(models.BPE())
         trainer = trainers.BpeTrainer(
             vocab_size=vocab_size,
@@ -156,7 +170,9 @@ class Tokenizer:
         return cls(hf)
 
     @classmethod
-    def from_json(cls, s: str, *, bos_id: int | None = None, eos_ids: Sequence[int] | None = None) -> "Tokenizer":
+    def from_json(
+        cls, s: str, *, bos_id: int | None = None, eos_ids: Sequence[int] | None = None
+    ) -> Tokenizer:
         from tokenizers import Tokenizer as HFTokenizer
 
         try:
@@ -183,7 +199,7 @@ class Tokenizer:
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> "Tokenizer":
+    def load(cls, path: str | os.PathLike[str]) -> Tokenizer:
         """Load a `tokenizer.json`, or the tokenizer stored inside a twofiles `model.safetensors`."""
         path = str(path)
         if not os.path.exists(path):
@@ -192,7 +208,9 @@ class Tokenizer:
             for name in ("tokenizer.json", "model.safetensors"):
                 if os.path.isfile(os.path.join(path, name)):
                     return cls.load(os.path.join(path, name))
-            raise BadInputError("directory holds neither tokenizer.json nor model.safetensors", path=path)
+            raise BadInputError(
+                "directory holds neither tokenizer.json nor model.safetensors", path=path
+            )
         if path.endswith(".safetensors"):
             from twofiles.artifact import read_metadata
 
@@ -209,7 +227,9 @@ class Tokenizer:
         try:
             json.loads(text)
         except json.JSONDecodeError as e:
-            raise BadInputError(f"not a tokenizer.json (invalid JSON: {e})", path=path, line=e.lineno) from None
+            raise BadInputError(
+                f"not a tokenizer.json (invalid JSON: {e})", path=path, line=e.lineno
+            ) from None
         try:
             return cls.from_json(text)
         except BadInputError as e:
@@ -221,7 +241,7 @@ class Tokenizer:
     def vocab_size(self) -> int:
         return self._hf_plain.get_vocab_size(with_added_tokens=True)
 
-    def _hf(self, allow_special: bool) -> "HFTokenizer":
+    def _hf(self, allow_special: bool) -> HFTokenizer:
         if not allow_special:
             return self._hf_plain
         if self._hf_special is None:
@@ -238,7 +258,9 @@ class Tokenizer:
     def encode_batch(self, texts: Sequence[str], *, allow_special: bool = False) -> list[list[int]]:
         """Encode many texts in parallel (Rust threads): use this for corpora."""
         hf = self._hf(allow_special)
-        enc = getattr(hf, "encode_batch_fast", hf.encode_batch)  # _fast skips offsets (tokenizers>=0.20)
+        enc = getattr(
+            hf, "encode_batch_fast", hf.encode_batch
+        )  # _fast skips offsets (tokenizers>=0.20)
         return [e.ids for e in enc(list(texts), add_special_tokens=False)]
 
     def decode(self, ids: Iterable[int], *, skip_special: bool = False) -> str:
@@ -285,7 +307,7 @@ class Tokenizer:
     def _special_id_set(self) -> set[int]:
         return set(self.special_ids.values())
 
-    def token_bytes(self) -> "np.ndarray":
+    def token_bytes(self) -> np.ndarray:
         """int32 array [vocab_size]: the UTF-8 byte length of each token, 0 for special tokens.
         With ByteLevel each character of a token string stands for exactly one byte."""
         if self._token_bytes is None:

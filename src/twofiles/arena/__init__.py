@@ -7,4 +7,13 @@ judges.py (human, reference answer, judge model), battle.py (running battles bet
 from twofiles.arena.ratings import LeaderboardRow, bradley_terry, elo_ratings, leaderboard
 from twofiles.arena.store import WINNERS, ArenaStore, Battle, Winner
 
-__all__ = ["ArenaStore", "Battle", "Winner", "WINNERS", "LeaderboardRow", "leaderboard", "elo_ratings", "bradley_terry"]
+__all__ = [
+    "WINNERS",
+    "ArenaStore",
+    "Battle",
+    "LeaderboardRow",
+    "Winner",
+    "bradley_terry",
+    "elo_ratings",
+    "leaderboard",
+]

@@ -36,7 +36,9 @@ class Verdict:
 class Judge(Protocol):
     name: str  # stored with each vote ("human", "reference", "model:SPEC", ...)
 
-    def judge(self, prompt: str, reply_a: str, reply_b: str, reference: str | None = None) -> Verdict: ...
+    def judge(
+        self, prompt: str, reply_a: str, reply_b: str, reference: str | None = None
+    ) -> Verdict: ...
 
 
 class QuitVoting(Exception):
@@ -49,13 +51,31 @@ class HumanJudge:
     out: TextIO = sys.stdout
     name: str = "human"
 
-    KEYS = {"a": "a", "b": "b", "t": "tie", "tie": "tie", "x": "both_bad", "bad": "both_bad", "both_bad": "both_bad"}
+    KEYS = {
+        "a": "a",
+        "b": "b",
+        "t": "tie",
+        "tie": "tie",
+        "x": "both_bad",
+        "bad": "both_bad",
+        "both_bad": "both_bad",
+    }
 
-    def judge(self, prompt: str, reply_a: str, reply_b: str, reference: str | None = None) -> Verdict:
+    def judge(
+        self, prompt: str, reply_a: str, reply_b: str, reference: str | None = None
+    ) -> Verdict:
         rule = "─" * 60
-        print(f"\n{rule}\nPROMPT\n{prompt}\n{rule}\nA\n{reply_a}\n{rule}\nB\n{reply_b}\n{rule}", file=self.out, flush=True)
+        print(
+            f"\n{rule}\nPROMPT\n{prompt}\n{rule}\nA\n{reply_a}\n{rule}\nB\n{reply_b}\n{rule}",
+            file=self.out,
+            flush=True,
+        )
         while True:
-            answer = self.input_fn("which is better? [a] A  [b] B  [t] tie  [x] both bad  [q] quit: ").strip().lower()
+            answer = (
+                self.input_fn("which is better? [a] A  [b] B  [t] tie  [x] both bad  [q] quit: ")
+                .strip()
+                .lower()
+            )
             if answer in ("q", "quit"):
                 raise QuitVoting
             if answer in self.KEYS:
@@ -68,14 +88,23 @@ class ReferenceJudge:
     extract: str = "number"  # an extractor of twofiles.eval.extract (number, exact, first_line)
     name: str = "reference"
 
-    def judge(self, prompt: str, reply_a: str, reply_b: str, reference: str | None = None) -> Verdict:
+    def judge(
+        self, prompt: str, reply_a: str, reply_b: str, reference: str | None = None
+    ) -> Verdict:
         from twofiles.eval.extract import EXTRACTORS, is_match
 
         if reference is None:
-            raise TwofilesError("the reference judge needs a reference answer for every prompt (a 'reference' field)")
+            raise TwofilesError(
+                "the reference judge needs a reference answer for every prompt (a 'reference' field)"
+            )
         got_a, got_b = EXTRACTORS[self.extract](reply_a), EXTRACTORS[self.extract](reply_b)
-        ok_a, ok_b = is_match(got_a, reference, self.extract), is_match(got_b, reference, self.extract)
-        winner: Winner = "tie" if ok_a and ok_b else "both_bad" if not (ok_a or ok_b) else "a" if ok_a else "b"
+        ok_a, ok_b = (
+            is_match(got_a, reference, self.extract),
+            is_match(got_b, reference, self.extract),
+        )
+        winner: Winner = (
+            "tie" if ok_a and ok_b else "both_bad" if not (ok_a or ok_b) else "a" if ok_a else "b"
+        )
         return Verdict(winner, {"reference": reference, "extracted_a": got_a, "extracted_b": got_b})
 
 
@@ -104,19 +133,28 @@ class ModelJudge:
         if isinstance(self.backend, LocalBackend):
             # a chat model's reply starts right after its turn header; a base model's after "one letter." and a space
             letters = ["A", "B"] if self.backend.is_chat else [" A", " B"]
-            la, lb = self.backend.choice_loglikelihoods(GenRequest(messages, question + "\nAnswer:"), letters)
+            la, lb = self.backend.choice_loglikelihoods(
+                GenRequest(messages, question + "\nAnswer:"), letters
+            )
             pick = "a" if la > lb + self.margin else "b" if lb > la + self.margin else "tie"
             return pick, {"logp_A": la, "logp_B": lb}
-        text = self.backend.generate([GenRequest(messages, question)], max_tokens=4)[0].strip().upper()
+        text = (
+            self.backend.generate([GenRequest(messages, question)], max_tokens=4)[0].strip().upper()
+        )
         pick = "a" if text.startswith("A") else "b" if text.startswith("B") else "tie"
         return pick, {"text": text}
 
-    def judge(self, prompt: str, reply_a: str, reply_b: str, reference: str | None = None) -> Verdict:
+    def judge(
+        self, prompt: str, reply_a: str, reply_b: str, reference: str | None = None
+    ) -> Verdict:
         first, d1 = self._ask(prompt, reply_a, reply_b)
         swapped, d2 = self._ask(prompt, reply_b, reply_a)
         second = {"a": "b", "b": "a", "tie": "tie"}[swapped]  # back to the battle's sides
         winner: Winner = first if first == second else "tie"  # type: ignore[assignment]
-        return Verdict(winner, {"as_shown": first, "swapped": second, "as_shown_detail": d1, "swapped_detail": d2})
+        return Verdict(
+            winner,
+            {"as_shown": first, "swapped": second, "as_shown_detail": d1, "swapped_detail": d2},
+        )
 
 
 @dataclass
@@ -127,7 +165,9 @@ class ScoreJudge:
     name: str = "score"
     margin: float = 0.0
 
-    def judge(self, prompt: str, reply_a: str, reply_b: str, reference: str | None = None) -> Verdict:
+    def judge(
+        self, prompt: str, reply_a: str, reply_b: str, reference: str | None = None
+    ) -> Verdict:
         sa, sb = float(self.score(prompt, reply_a)), float(self.score(prompt, reply_b))
         winner: Winner = "a" if sa > sb + self.margin else "b" if sb > sa + self.margin else "tie"
         return Verdict(winner, {"score_a": sa, "score_b": sb})

@@ -56,7 +56,9 @@ class LeaderboardRow:
         return asdict(self)
 
 
-def _outcomes(battles: Sequence[BattleLike]) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+def _outcomes(
+    battles: Sequence[BattleLike],
+) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
     """(models sorted, index of side A [N], index of side B [N], side A's score [N])."""
     models = sorted({b.model_a for b in battles} | {b.model_b for b in battles})
     index = {m: i for i, m in enumerate(models)}
@@ -65,11 +67,15 @@ def _outcomes(battles: Sequence[BattleLike]) -> tuple[list[str], np.ndarray, np.
     try:
         s = np.array([WINNER_SCORE[x.winner] for x in battles], dtype=np.float64)
     except KeyError as e:
-        raise ValueError(f"unknown winner {e.args[0]!r}: must be one of {', '.join(WINNER_SCORE)}") from None
+        raise ValueError(
+            f"unknown winner {e.args[0]!r}: must be one of {', '.join(WINNER_SCORE)}"
+        ) from None
     return models, a, b, s
 
 
-def elo_ratings(battles: Sequence[BattleLike], *, k: float = ELO_K, base: float = BASE_RATING) -> dict[str, float]:
+def elo_ratings(
+    battles: Sequence[BattleLike], *, k: float = ELO_K, base: float = BASE_RATING
+) -> dict[str, float]:
     """Online Elo: every model starts at `base`; each battle moves both ratings by k times the
     surprise (score minus expected score), in the order given."""
     rating: dict[str, float] = {}
@@ -81,7 +87,9 @@ def elo_ratings(battles: Sequence[BattleLike], *, k: float = ELO_K, base: float 
     return rating
 
 
-def _pair_table(n_models: int, a: np.ndarray, b: np.ndarray, s: np.ndarray, weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def _pair_table(
+    n_models: int, a: np.ndarray, b: np.ndarray, s: np.ndarray, weights: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """games[i, j] (symmetric) and wins[i, j] = score of i against j, from battles (optionally
     each counted `weights` times, for the bootstrap)."""
     w = np.ones_like(s) if weights is None else weights
@@ -93,7 +101,14 @@ def _pair_table(n_models: int, a: np.ndarray, b: np.ndarray, s: np.ndarray, weig
     return games + games.T, wins
 
 
-def fit_bradley_terry(games: np.ndarray, wins: np.ndarray, *, prior: float = 1.0, tol: float = 1e-10, max_iter: int = 100) -> np.ndarray:
+def fit_bradley_terry(
+    games: np.ndarray,
+    wins: np.ndarray,
+    *,
+    prior: float = 1.0,
+    tol: float = 1e-10,
+    max_iter: int = 100,
+) -> np.ndarray:
     """Maximum-likelihood BT strengths (natural-log scale, anchor at 0) for a games/wins table.
 
     Model: P(i beats j) = sigmoid(theta_i - theta_j); a tie is half a win. Log-likelihood
@@ -143,7 +158,9 @@ def bradley_terry(battles: Sequence[BattleLike], *, prior: float = 1.0) -> dict[
     return dict(zip(models, _to_rating(fit_bradley_terry(games, wins, prior=prior)).tolist()))
 
 
-def bootstrap_bradley_terry(battles: Sequence[BattleLike], *, rounds: int = 200, seed: int = 0, prior: float = 1.0) -> tuple[list[str], np.ndarray]:
+def bootstrap_bradley_terry(
+    battles: Sequence[BattleLike], *, rounds: int = 200, seed: int = 0, prior: float = 1.0
+) -> tuple[list[str], np.ndarray]:
     """(models, ratings [rounds, models]): BT refitted on `rounds` resamples of the battles.
     A resample with replacement is a multinomial draw of how often each battle is counted."""
     models, a, b, s = _outcomes(battles)
@@ -161,8 +178,15 @@ def arena_ranks(ci_low: Sequence[float], ci_high: Sequence[float]) -> list[int]:
     return [1 + sum(lo > hi for lo in ci_low) for hi in ci_high]
 
 
-def leaderboard(battles: Sequence[BattleLike], *, bootstrap: int = 200, seed: int = 0, confidence: float = 0.95, prior: float = 1.0,
-                elo_k: float = ELO_K) -> list[LeaderboardRow]:
+def leaderboard(
+    battles: Sequence[BattleLike],
+    *,
+    bootstrap: int = 200,
+    seed: int = 0,
+    confidence: float = 0.95,
+    prior: float = 1.0,
+    elo_k: float = ELO_K,
+) -> list[LeaderboardRow]:
     """Rows sorted best first: BT rating with its bootstrap interval, online Elo, rank, games."""
     if not battles:
         return []
@@ -179,21 +203,39 @@ def leaderboard(battles: Sequence[BattleLike], *, bootstrap: int = 200, seed: in
     ranks = arena_ranks(low.tolist(), high.tolist())
     played = games.sum(1)
     scored = wins.sum(1)
-    rows = [LeaderboardRow(model=m, rank=ranks[i], elo=elo[m], bt=float(bt[i]), ci_low=float(low[i]), ci_high=float(high[i]), games=int(round(played[i])),
-                           wins=float(scored[i])) for i, m in enumerate(models)]
+    rows = [
+        LeaderboardRow(
+            model=m,
+            rank=ranks[i],
+            elo=elo[m],
+            bt=float(bt[i]),
+            ci_low=float(low[i]),
+            ci_high=float(high[i]),
+            games=round(played[i]),
+            wins=float(scored[i]),
+        )
+        for i, m in enumerate(models)
+    ]
     return sorted(rows, key=lambda r: (r.rank, -r.bt, r.model))
 
 
 def format_table(rows: Sequence[LeaderboardRow]) -> str:
     """A plain-text leaderboard for the terminal (also valid Markdown)."""
-    lines = ["| rank | model | BT rating | 95% interval | Elo | games | win rate |", "| ---: | --- | ---: | --- | ---: | ---: | ---: |"]
+    lines = [
+        "| rank | model | BT rating | 95% interval | Elo | games | win rate |",
+        "| ---: | --- | ---: | --- | ---: | ---: | ---: |",
+    ]
     for r in rows:
         rate = r.wins / r.games if r.games else float("nan")
-        lines.append(f"| {r.rank} | {r.model} | {r.bt:.0f} | {r.ci_low:.0f} – {r.ci_high:.0f} | {r.elo:.0f} | {r.games} | {rate:.0%} |")
+        lines.append(
+            f"| {r.rank} | {r.model} | {r.bt:.0f} | {r.ci_low:.0f} – {r.ci_high:.0f} | {r.elo:.0f} | {r.games} | {rate:.0%} |"
+        )
     return "\n".join(lines)
 
 
-def plot_leaderboard(rows: Sequence[LeaderboardRow], png_path: str | Path, title: str = "arena leaderboard") -> Path:
+def plot_leaderboard(
+    rows: Sequence[LeaderboardRow], png_path: str | Path, title: str = "arena leaderboard"
+) -> Path:
     """BT ratings with their intervals, best at the top, as a PNG."""
     import matplotlib
 
@@ -207,8 +249,18 @@ def plot_leaderboard(rows: Sequence[LeaderboardRow], png_path: str | Path, title
     y = np.arange(len(rows))[::-1]
     bt = np.array([r.bt for r in rows])
     err = np.array([[r.bt - r.ci_low for r in rows], [r.ci_high - r.bt for r in rows]])
-    ax.errorbar(bt, y, xerr=err, fmt="o", capsize=4, color="tab:blue", label="Bradley–Terry (bootstrap interval)")
-    ax.scatter([r.elo for r in rows], y, marker="x", color="tab:orange", label="online Elo", zorder=3)
+    ax.errorbar(
+        bt,
+        y,
+        xerr=err,
+        fmt="o",
+        capsize=4,
+        color="tab:blue",
+        label="Bradley–Terry (bootstrap interval)",
+    )
+    ax.scatter(
+        [r.elo for r in rows], y, marker="x", color="tab:orange", label="online Elo", zorder=3
+    )
     ax.set_yticks(y, [f"{r.rank}. {r.model} ({r.games})" for r in rows])
     ax.set_xlabel("rating (Elo scale)")
     ax.set_title(title)

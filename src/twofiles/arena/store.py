@@ -75,7 +75,22 @@ class Battle:
         return (self.model_a, self.model_b)
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in ("id", "key", "created", "prompt", "model_a", "model_b", "reply_a", "reply_b", "winner", "judge", "meta")}
+        return {
+            k: getattr(self, k)
+            for k in (
+                "id",
+                "key",
+                "created",
+                "prompt",
+                "model_a",
+                "model_b",
+                "reply_a",
+                "reply_b",
+                "winner",
+                "judge",
+                "meta",
+            )
+        }
 
 
 class ArenaStore:
@@ -85,7 +100,9 @@ class ArenaStore:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         if self.path.parent and not self.path.parent.is_dir():
-            raise BadInputError("the directory for the arena database does not exist", path=str(self.path))
+            raise BadInputError(
+                "the directory for the arena database does not exist", path=str(self.path)
+            )
         try:
             with self._connect() as con:
                 con.execute("PRAGMA journal_mode=WAL")
@@ -120,7 +137,14 @@ class ArenaStore:
     ) -> int:
         """Store one vote atomically and return its id. With a `key` already stored, nothing is
         written and the existing vote's id is returned (safe retries)."""
-        fields = {"prompt": prompt, "model_a": model_a, "model_b": model_b, "reply_a": reply_a, "reply_b": reply_b, "judge": judge}
+        fields = {
+            "prompt": prompt,
+            "model_a": model_a,
+            "model_b": model_b,
+            "reply_a": reply_a,
+            "reply_b": reply_b,
+            "judge": judge,
+        }
         for name, value in fields.items():
             if not isinstance(value, str):
                 raise BadInputError(f"{name} must be a string, not {type(value).__name__}")
@@ -143,7 +167,18 @@ class ArenaStore:
                     cur = con.execute(
                         "INSERT INTO battles (key, created, prompt, model_a, model_b, reply_a, reply_b, winner, judge, meta) "
                         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        (key, time.time(), prompt, model_a, model_b, reply_a, reply_b, winner, judge, meta_json),
+                        (
+                            key,
+                            time.time(),
+                            prompt,
+                            model_a,
+                            model_b,
+                            reply_a,
+                            reply_b,
+                            winner,
+                            judge,
+                            meta_json,
+                        ),
                     )
                     row = (cur.lastrowid,)
                 con.execute("COMMIT")
@@ -163,8 +198,19 @@ class ArenaStore:
         with self._connect() as con:
             rows = con.execute(sql + " ORDER BY id", args).fetchall()
         return [
-            Battle(id=r[0], key=r[1], created=r[2], prompt=r[3], model_a=r[4], model_b=r[5], reply_a=r[6], reply_b=r[7], winner=r[8], judge=r[9],
-                   meta=json.loads(r[10]))
+            Battle(
+                id=r[0],
+                key=r[1],
+                created=r[2],
+                prompt=r[3],
+                model_a=r[4],
+                model_b=r[5],
+                reply_a=r[6],
+                reply_b=r[7],
+                winner=r[8],
+                judge=r[9],
+                meta=json.loads(r[10]),
+            )
             for r in rows
         ]
 
@@ -175,5 +221,7 @@ class ArenaStore:
     def models(self) -> list[str]:
         """Every model that has fought, sorted."""
         with self._connect() as con:
-            rows = con.execute("SELECT model_a FROM battles UNION SELECT model_b FROM battles").fetchall()
+            rows = con.execute(
+                "SELECT model_a FROM battles UNION SELECT model_b FROM battles"
+            ).fetchall()
         return sorted(r[0] for r in rows)

@@ -16,26 +16,58 @@ import time
 
 # verb -> (module, one-line help). Order is the order of the story.
 VERBS: dict[str, tuple[str, str]] = {
-    "tokenizer": ("twofiles.cli.tokenizer", "train a byte-level BPE tokenizer, or show how text is tokenized"),
+    "tokenizer": (
+        "twofiles.cli.tokenizer",
+        "train a byte-level BPE tokenizer, or show how text is tokenized",
+    ),
     "data": ("twofiles.cli.data", "turn text/JSONL/Parquet into token shards"),
     "pretrain": ("twofiles.cli.pretrain", "pretrain a base model on token shards"),
-    "sft": ("twofiles.cli.sft", "finetune a model into an assistant on conversations (built-in mix or JSONL), fully or with LoRA"),
+    "sft": (
+        "twofiles.cli.sft",
+        "finetune a model into an assistant on conversations (built-in mix or JSONL), fully or with LoRA",
+    ),
     "generate": ("twofiles.cli.generate", "sample a continuation from a model"),
-    "export": ("twofiles.cli.export", "export run: model.safetensors + a numpy-only run.py (the two files); export hf: a Hugging Face directory"),
-    "speedrun": ("twofiles.cli.speedrun", "tokenizer -> data -> pretrain -> samples -> SFT on the built-in corpus"),
+    "export": (
+        "twofiles.cli.export",
+        "export run: model.safetensors + a numpy-only run.py (the two files); export hf: a Hugging Face directory",
+    ),
+    "speedrun": (
+        "twofiles.cli.speedrun",
+        "tokenizer -> data -> pretrain -> samples -> SFT on the built-in corpus",
+    ),
     "pull": ("twofiles.cli.pull", "fetch a built-in model (smollm2) into the cache, once"),
-    "chat": ("twofiles.cli.chat", "chat with a model in the terminal (streaming, system prompt, tools); scriptable through stdin"),
-    "serve": ("twofiles.cli.serve", "serve models over an OpenAI-compatible HTTP API (continuous batching)"),
-    "feedback": ("twofiles.cli.feedback", "turn thumbs up/down and corrections from the web UI into SFT and preference JSONL"),
-    "eval": ("twofiles.cli.eval", "benchmark a model: bits per byte, multiple choice, generative tasks (GSM8K, skills)"),
-    "arena": ("twofiles.cli.arena", "models fight anonymously on prompts; votes in SQLite; Elo / Bradley-Terry leaderboard"),
-    "report": ("twofiles.cli.report", "rebuild a run's report.md, or compare several runs side by side"),
+    "chat": (
+        "twofiles.cli.chat",
+        "chat with a model in the terminal (streaming, system prompt, tools); scriptable through stdin",
+    ),
+    "serve": (
+        "twofiles.cli.serve",
+        "serve models over an OpenAI-compatible HTTP API (continuous batching)",
+    ),
+    "feedback": (
+        "twofiles.cli.feedback",
+        "turn thumbs up/down and corrections from the web UI into SFT and preference JSONL",
+    ),
+    "eval": (
+        "twofiles.cli.eval",
+        "benchmark a model: bits per byte, multiple choice, generative tasks (GSM8K, skills)",
+    ),
+    "arena": (
+        "twofiles.cli.arena",
+        "models fight anonymously on prompts; votes in SQLite; Elo / Bradley-Terry leaderboard",
+    ),
+    "report": (
+        "twofiles.cli.report",
+        "rebuild a run's report.md, or compare several runs side by side",
+    ),
 }
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The full parser; with `only`, just that verb's module is imported (fast start-up)."""
-    parser = argparse.ArgumentParser(prog="twofiles", description="An LLM is two files: train, run and inspect them.")
+    parser = argparse.ArgumentParser(
+        prog="twofiles", description="An LLM is two files: train, run and inspect them."
+    )
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     for verb, (module_name, help_text) in VERBS.items():

@@ -21,24 +21,54 @@ from twofiles.cli.common import add_device_flag, add_json_flag, emit_json
 def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="arena_cmd", metavar="CMD", required=True)
     b = sub.add_parser("battle", help="generate replies, judge pairs anonymously, store the votes")
-    b.add_argument("--models", nargs="+", required=True, metavar="[NAME=]MODEL", help="two or more models")
-    b.add_argument("--prompts", required=True, help="JSONL / text file of prompts, or a built-in generative task")
-    b.add_argument("--judge", default="human", help="human | reference | model:MODEL (default human)")
+    b.add_argument(
+        "--models", nargs="+", required=True, metavar="[NAME=]MODEL", help="two or more models"
+    )
+    b.add_argument(
+        "--prompts",
+        required=True,
+        help="JSONL / text file of prompts, or a built-in generative task",
+    )
+    b.add_argument(
+        "--judge", default="human", help="human | reference | model:MODEL (default human)"
+    )
     b.add_argument("--db", required=True, help="the arena database (SQLite; created if absent)")
     b.add_argument("--limit", type=int, default=None, help="use only the first N prompts")
-    b.add_argument("--pairs-per-prompt", type=int, default=None, help="random pairs per prompt (default: every pair)")
-    b.add_argument("--max-tokens", type=int, default=256, help="longest reply in tokens (default 256)")
-    b.add_argument("--batch", type=int, default=8, help="prompts per batch when generating (default 8)")
-    b.add_argument("--seed", type=int, default=0, help="seed for pairings and side swaps (default 0)")
+    b.add_argument(
+        "--pairs-per-prompt",
+        type=int,
+        default=None,
+        help="random pairs per prompt (default: every pair)",
+    )
+    b.add_argument(
+        "--max-tokens", type=int, default=256, help="longest reply in tokens (default 256)"
+    )
+    b.add_argument(
+        "--batch", type=int, default=8, help="prompts per batch when generating (default 8)"
+    )
+    b.add_argument(
+        "--seed", type=int, default=0, help="seed for pairings and side swaps (default 0)"
+    )
     add_device_flag(b)
     b.add_argument("--no-progress", action="store_true")
     add_json_flag(b)
-    lb = sub.add_parser("leaderboard", help="ratings with bootstrap intervals from the stored votes")
+    lb = sub.add_parser(
+        "leaderboard", help="ratings with bootstrap intervals from the stored votes"
+    )
     lb.add_argument("--db", required=True, help="the arena database")
-    lb.add_argument("--judge", default=None, help="count only this judge's votes (e.g. human, reference)")
-    lb.add_argument("--bootstrap", type=int, default=200, help="bootstrap rounds for the intervals (default 200)")
+    lb.add_argument(
+        "--judge", default=None, help="count only this judge's votes (e.g. human, reference)"
+    )
+    lb.add_argument(
+        "--bootstrap",
+        type=int,
+        default=200,
+        help="bootstrap rounds for the intervals (default 200)",
+    )
     lb.add_argument("--seed", type=int, default=0)
-    lb.add_argument("--png", default=None, help="also draw the leaderboard with its intervals to this PNG")
+    lb.add_argument(
+        "--png", default=None, help="also draw the leaderboard with its intervals to this PNG"
+    )
     add_json_flag(lb)
 
 
@@ -85,23 +115,49 @@ def _battle(args: argparse.Namespace) -> int:
     elif args.judge == "reference":
         judge = ReferenceJudge()
         if any(p.reference is None for p in prompts):
-            raise TwofilesError(f"--judge reference: every prompt in {args.prompts} needs a reference answer")
+            raise TwofilesError(
+                f"--judge reference: every prompt in {args.prompts} needs a reference answer"
+            )
     elif args.judge.startswith("model:"):
         judge_contestant = _contestant(args.judge[len("model:") :], device, loaded)
         judge = ModelJudge(judge_contestant.backend, name=f"model:{judge_contestant.name}")
     else:
         raise TwofilesError(f"--judge {args.judge}: expected human, reference or model:MODEL")
     contestants = [_contestant(m, device, loaded) for m in args.models]
-    print(f"arena: {len(contestants)} models, {len(prompts)} prompts, judge {judge.name}, votes to {args.db}", file=sys.stderr)
-    ids = run_arena(contestants, prompts, judge, store, max_tokens=args.max_tokens, pairs_per_prompt=args.pairs_per_prompt, seed=args.seed,
-                    batch_size=args.batch, progress=not args.no_progress)
+    print(
+        f"arena: {len(contestants)} models, {len(prompts)} prompts, judge {judge.name}, votes to {args.db}",
+        file=sys.stderr,
+    )
+    ids = run_arena(
+        contestants,
+        prompts,
+        judge,
+        store,
+        max_tokens=args.max_tokens,
+        pairs_per_prompt=args.pairs_per_prompt,
+        seed=args.seed,
+        batch_size=args.batch,
+        progress=not args.no_progress,
+    )
     mine = [b for b in store.battles() if b.id in set(ids)]
     counts = Counter(b.winner for b in mine)
-    print(f"{len(ids)} votes stored: " + ", ".join(f"{k} {counts.get(k, 0)}" for k in ("a", "b", "tie", "both_bad")), file=sys.stderr)
+    print(
+        f"{len(ids)} votes stored: "
+        + ", ".join(f"{k} {counts.get(k, 0)}" for k in ("a", "b", "tie", "both_bad")),
+        file=sys.stderr,
+    )
     rows = leaderboard(store.battles(judge=judge.name), bootstrap=100, seed=args.seed)
     print(format_table(rows))
     if args.json:
-        emit_json({"db": args.db, "votes": len(ids), "judge": judge.name, "winners": dict(counts), "leaderboard": [r.to_dict() for r in rows]})
+        emit_json(
+            {
+                "db": args.db,
+                "votes": len(ids),
+                "judge": judge.name,
+                "winners": dict(counts),
+                "leaderboard": [r.to_dict() for r in rows],
+            }
+        )
     return 0
 
 
@@ -119,10 +175,21 @@ def _leaderboard(args: argparse.Namespace) -> int:
     print(format_table(rows) if rows else "no votes yet")
     print(f"{len(battles)} votes" + (f" by {args.judge}" if args.judge else ""), file=sys.stderr)
     if args.png and rows:
-        plot_leaderboard(rows, args.png, title=f"arena: {len(battles)} votes" + (f" ({args.judge})" if args.judge else ""))
+        plot_leaderboard(
+            rows,
+            args.png,
+            title=f"arena: {len(battles)} votes" + (f" ({args.judge})" if args.judge else ""),
+        )
         print(f"plot: {args.png}", file=sys.stderr)
     if args.json:
-        emit_json({"db": args.db, "votes": len(battles), "leaderboard": [r.to_dict() for r in rows], "png": args.png})
+        emit_json(
+            {
+                "db": args.db,
+                "votes": len(battles),
+                "leaderboard": [r.to_dict() for r in rows],
+                "png": args.png,
+            }
+        )
     return 0
 
 

@@ -13,7 +13,13 @@ import argparse
 import os
 import sys
 
-from twofiles.cli.common import add_device_flag, add_json_flag, add_sampling_flags, emit_json, sampling_params
+from twofiles.cli.common import (
+    add_device_flag,
+    add_json_flag,
+    add_sampling_flags,
+    emit_json,
+    sampling_params,
+)
 
 HELP = """commands:
   /reset       start over (keeps the --system prompt)
@@ -24,14 +30,36 @@ HELP = """commands:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", metavar="MODEL", help="a twofiles model.safetensors, a .gguf file, a Hugging Face model directory, or an alias (smollm2)")
+    p.add_argument(
+        "model",
+        metavar="MODEL",
+        help="a twofiles model.safetensors, a .gguf file, a Hugging Face model directory, or an alias (smollm2)",
+    )
     p.add_argument("--system", default=None, help="a system prompt")
     add_sampling_flags(p, temperature=0.7, top_p=0.9, max_tokens=512, what="reply")
-    p.add_argument("--tools", default="", metavar="NAMES", help="comma-separated tools the model may call, e.g. calculator,python")
-    p.add_argument("--max-tool-rounds", type=int, default=4, help="most tool-call rounds per reply (default 4)")
-    p.add_argument("--workdir", default=None, metavar="DIR", help="keep what the python tool writes (plots) under DIR (default: a temporary directory, removed at exit)")
+    p.add_argument(
+        "--tools",
+        default="",
+        metavar="NAMES",
+        help="comma-separated tools the model may call, e.g. calculator,python",
+    )
+    p.add_argument(
+        "--max-tool-rounds", type=int, default=4, help="most tool-call rounds per reply (default 4)"
+    )
+    p.add_argument(
+        "--workdir",
+        default=None,
+        metavar="DIR",
+        help="keep what the python tool writes (plots) under DIR (default: a temporary directory, removed at exit)",
+    )
     p.add_argument("--load", default=None, metavar="FILE", help="start from a saved conversation")
-    p.add_argument("--think", type=int, default=1, metavar="N", help="System 2: sample N replies per turn (one batch), majority-vote their final numbers, show the winner (default 1 = off)")
+    p.add_argument(
+        "--think",
+        type=int,
+        default=1,
+        metavar="N",
+        help="System 2: sample N replies per turn (one batch), majority-vote their final numbers, show the winner (default 1 = off)",
+    )
     add_device_flag(p)
     add_json_flag(p)
 
@@ -45,13 +73,17 @@ def _pick_tools(spec: str, workdir: str | None) -> dict:
     try:
         from twofiles.tools import default_tools
     except ImportError:
-        raise TwofilesError("--tools: this installation has no tools (twofiles.tools is missing)") from None
+        raise TwofilesError(
+            "--tools: this installation has no tools (twofiles.tools is missing)"
+        ) from None
     if workdir is not None:
         os.makedirs(workdir, exist_ok=True)
     available = default_tools(workdir)
     unknown = [n for n in names if n not in available]
     if unknown:
-        raise TwofilesError(f"--tools: unknown tool {', '.join(unknown)} (available: {', '.join(sorted(available))})")
+        raise TwofilesError(
+            f"--tools: unknown tool {', '.join(unknown)} (available: {', '.join(sorted(available))})"
+        )
     return {n: available[n] for n in names}
 
 
@@ -69,7 +101,11 @@ def _show(events, pieces: list[str], shown: list, out, err) -> list:
             out.flush()
         elif kind == "tool_call":
             out.flush()
-            print(f"\n[tool call] {value.name} {json.dumps(value.arguments, ensure_ascii=False)}", file=err, flush=True)
+            print(
+                f"\n[tool call] {value.name} {json.dumps(value.arguments, ensure_ascii=False)}",
+                file=err,
+                flush=True,
+            )
         elif kind == "tool_result":
             print(f"[tool result] {value}", file=err, flush=True)
         elif kind == "done":
@@ -86,12 +122,18 @@ def _think(loaded, fmt, messages, params, n: int, stats, out, err) -> list:
     from twofiles.system2 import think
 
     ids = fmt.prompt_ids(messages)
-    p = replace(params, stop_token_ids=list(dict.fromkeys([*params.stop_token_ids, *fmt.stop_token_ids])))
+    p = replace(
+        params, stop_token_ids=list(dict.fromkeys([*params.stop_token_ids, *fmt.stop_token_ids]))
+    )
     v = think(loaded.model, loaded.tokenizer, ids, p, n)
     stats.tokens += v.tokens
     stats.prompt_tokens = len(ids)
     tally = ", ".join(f"{a} x{c}" for a, c in v.votes.items()) or "no numeric answers"
-    print(f"[think] {n} samples: {tally} -> {v.answer if v.answer is not None else 'no majority (showing the first sample)'}", file=err, flush=True)
+    print(
+        f"[think] {n} samples: {tally} -> {v.answer if v.answer is not None else 'no majority (showing the first sample)'}",
+        file=err,
+        flush=True,
+    )
     out.write(v.reply)
     out.flush()
     return [Message("assistant", v.reply)]
@@ -101,7 +143,17 @@ def run(args: argparse.Namespace) -> int:
     import time
     from dataclasses import replace
 
-    from twofiles.chat import ChatFormat, Message, RespondStats, drop_oldest_exchange, tools_in_prompt, load_conversation, messages_to_dicts, respond, save_conversation
+    from twofiles.chat import (
+        ChatFormat,
+        Message,
+        RespondStats,
+        drop_oldest_exchange,
+        load_conversation,
+        messages_to_dicts,
+        respond,
+        save_conversation,
+        tools_in_prompt,
+    )
     from twofiles.engine import PromptTooLongError, resolve_model
     from twofiles.errors import TwofilesError
     from twofiles.runtime import pick_device
@@ -111,7 +163,9 @@ def run(args: argparse.Namespace) -> int:
     if args.think < 1:
         raise TwofilesError(f"--think {args.think}: must be >= 1")
     if args.think > 1 and args.tools:
-        raise TwofilesError("--think and --tools do not combine: each sample would run its own tool calls")
+        raise TwofilesError(
+            "--think and --tools do not combine: each sample would run its own tool calls"
+        )
     params = sampling_params(args)
     seed = params.seed
     tools = _pick_tools(args.tools, args.workdir)
@@ -122,20 +176,35 @@ def run(args: argparse.Namespace) -> int:
     loaded = resolve_model(args.model, device=device)
     fmt = ChatFormat.for_model(loaded)
     err = sys.stderr
-    print(f"model {args.model}: {sum(p.numel() for p in loaded.model.parameters()) / 1e6:.2f}M parameters, {device.type} ({why}), loaded in {time.perf_counter() - t0:.2f}s", file=err)
+    print(
+        f"model {args.model}: {sum(p.numel() for p in loaded.model.parameters()) / 1e6:.2f}M parameters, {device.type} ({why}), loaded in {time.perf_counter() - t0:.2f}s",
+        file=err,
+    )
     from twofiles.model import Transformer
     from twofiles.quant import prepare_for_inference
 
-    if isinstance(loaded.model, Transformer):  # the inference layout generate and serve use (fp32 decode ~1.5x)
+    if isinstance(
+        loaded.model, Transformer
+    ):  # the inference layout generate and serve use (fp32 decode ~1.5x)
         print(f"inference: {'; '.join(prepare_for_inference(loaded).reasons)}", file=err)
     if fmt.builtin and not loaded.chat_template:
-        print("this model has no chat template: using twofiles' built-in one (a base model was never taught it: expect text, not answers)", file=err)
+        print(
+            "this model has no chat template: using twofiles' built-in one (a base model was never taught it: expect text, not answers)",
+            file=err,
+        )
     else:
         print("chat template: the model's own", file=err)
-    print(f"seed {seed}" + ("" if args.seed is not None else " (pass --seed to repeat this chat)"), file=err)
+    print(
+        f"seed {seed}" + ("" if args.seed is not None else " (pass --seed to repeat this chat)"),
+        file=err,
+    )
     describe_tools = tools_in_prompt(getattr(loaded, "provenance", None) or {})
     if tools:
-        how = "described in the prompt" if describe_tools else "not described in the prompt (the model was finetuned to call them without a list)"
+        how = (
+            "described in the prompt"
+            if describe_tools
+            else "not described in the prompt (the model was finetuned to call them without a list)"
+        )
         print(f"tools: {', '.join(tools)}, {how}", file=err)
 
     base = [Message("system", args.system)] if args.system is not None else []
@@ -185,7 +254,9 @@ def run(args: argparse.Namespace) -> int:
             continue
 
         messages.append(Message("user", line))
-        turn_params = replace(params, seed=seed + 1000 * turn)  # each turn its own die, reproducibly
+        turn_params = replace(
+            params, seed=seed + 1000 * turn
+        )  # each turn its own die, reproducibly
         turn += 1
         if interactive:
             out.write("assistant> ")
@@ -197,10 +268,21 @@ def run(args: argparse.Namespace) -> int:
                 shown: list = []  # the events seen: after any, a retry would repeat them
                 try:
                     if args.think > 1:
-                        added = _think(loaded, fmt, messages, turn_params, args.think, stats, out, err)
+                        added = _think(
+                            loaded, fmt, messages, turn_params, args.think, stats, out, err
+                        )
                         pieces.append(added[0].content)
                     else:
-                        events = respond(loaded, fmt, messages, turn_params, tools=tools or None, max_tool_rounds=args.max_tool_rounds, stats=stats, describe_tools=describe_tools)
+                        events = respond(
+                            loaded,
+                            fmt,
+                            messages,
+                            turn_params,
+                            tools=tools or None,
+                            max_tool_rounds=args.max_tool_rounds,
+                            stats=stats,
+                            describe_tools=describe_tools,
+                        )
                         added = _show(events, pieces, shown, out, err)
                     break
                 except PromptTooLongError:
@@ -229,7 +311,10 @@ def run(args: argparse.Namespace) -> int:
         replies.append("".join(pieces))
 
     tps = stats.tokens / gen_seconds if gen_seconds > 0 else 0.0
-    print(f"{turn} turns, {stats.tokens} tokens generated in {gen_seconds:.2f}s ({tps:.1f} tok/s), {n_calls} tool calls", file=err)
+    print(
+        f"{turn} turns, {stats.tokens} tokens generated in {gen_seconds:.2f}s ({tps:.1f} tok/s), {n_calls} tool calls",
+        file=err,
+    )
     if args.json:
         emit_json(
             {

@@ -17,21 +17,65 @@ from twofiles.cli.common import add_device_flag, add_json_flag, emit_json
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", metavar="MODEL", nargs="?", help="model.safetensors, .gguf, Hugging Face directory or alias (smollm2)")
-    p.add_argument("--tasks", default="plays,quotes,capitals,arithmetic", help="comma-separated built-in task names or .toml paths")
+    p.add_argument(
+        "model",
+        metavar="MODEL",
+        nargs="?",
+        help="model.safetensors, .gguf, Hugging Face directory or alias (smollm2)",
+    )
+    p.add_argument(
+        "--tasks",
+        default="plays,quotes,capitals,arithmetic",
+        help="comma-separated built-in task names or .toml paths",
+    )
     p.add_argument("--list", action="store_true", help="list the built-in tasks and exit")
-    p.add_argument("--limit", type=int, default=None, help="at most N examples per task (bits per byte: N windows)")
-    p.add_argument("--shots", type=int, default=None, help="few-shot examples per prompt (default: each task's own)")
+    p.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        help="at most N examples per task (bits per byte: N windows)",
+    )
+    p.add_argument(
+        "--shots",
+        type=int,
+        default=None,
+        help="few-shot examples per prompt (default: each task's own)",
+    )
     p.add_argument("--batch", type=int, default=8, help="requests per forward pass (default 8)")
-    p.add_argument("--seed", type=int, default=0, help="seed for choosing few-shot examples (default 0)")
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed for choosing few-shot examples (default 0)"
+    )
     chat = p.add_mutually_exclusive_group()
-    chat.add_argument("--chat", dest="chat", action="store_true", default=None, help="render generative prompts with the chat template")
-    chat.add_argument("--no-chat", dest="chat", action="store_false", help="plain-text prompts even if the model has a chat template")
-    p.add_argument("--endpoint", default=None, metavar="URL", help="evaluate a model behind an OpenAI-compatible API instead")
+    chat.add_argument(
+        "--chat",
+        dest="chat",
+        action="store_true",
+        default=None,
+        help="render generative prompts with the chat template",
+    )
+    chat.add_argument(
+        "--no-chat",
+        dest="chat",
+        action="store_false",
+        help="plain-text prompts even if the model has a chat template",
+    )
+    p.add_argument(
+        "--endpoint",
+        default=None,
+        metavar="URL",
+        help="evaluate a model behind an OpenAI-compatible API instead",
+    )
     p.add_argument("--model-name", default=None, help="the endpoint's model name (with --endpoint)")
-    p.add_argument("--api-key", default=None, help="bearer token for the endpoint (default: $OPENAI_API_KEY)")
+    p.add_argument(
+        "--api-key", default=None, help="bearer token for the endpoint (default: $OPENAI_API_KEY)"
+    )
     add_device_flag(p)
-    p.add_argument("--out", default=None, metavar="FILE", help="also write the full results (with samples) to this JSON file")
+    p.add_argument(
+        "--out",
+        default=None,
+        metavar="FILE",
+        help="also write the full results (with samples) to this JSON file",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_json_flag(p)
 
@@ -49,7 +93,9 @@ def run(args: argparse.Namespace) -> int:
             spec = load_spec(str(path))
             print(f"{name:<12} {spec.type:<16} {spec.description}")
         return 0
-    specs = [load_spec(t.strip()) for t in args.tasks.split(",") if t.strip()]  # bad specs fail before a model loads
+    specs = [
+        load_spec(t.strip()) for t in args.tasks.split(",") if t.strip()
+    ]  # bad specs fail before a model loads
     if not specs:
         raise TwofilesError("--tasks: give at least one task")
     for name, value in (("--limit", args.limit), ("--shots", args.shots)):
@@ -65,8 +111,14 @@ def run(args: argparse.Namespace) -> int:
         from twofiles.eval.backends import EndpointBackend
 
         if not args.model_name:
-            raise TwofilesError("--endpoint needs --model-name (the name the server knows the model by)")
-        backend = EndpointBackend(args.endpoint, args.model_name, api_key=args.api_key or os.environ.get("OPENAI_API_KEY", ""))
+            raise TwofilesError(
+                "--endpoint needs --model-name (the name the server knows the model by)"
+            )
+        backend = EndpointBackend(
+            args.endpoint,
+            args.model_name,
+            api_key=args.api_key or os.environ.get("OPENAI_API_KEY", ""),
+        )
         label = f"{args.model_name} @ {args.endpoint}"
     else:
         if not args.model:
@@ -79,15 +131,39 @@ def run(args: argparse.Namespace) -> int:
         loaded = resolve_model(args.model, device=device)
         backend = LocalBackend(loaded, name=args.model, chat=args.chat)
         label = args.model
-        print(f"model {args.model} on {device.type} ({why}); prompts: {'chat template' if backend.is_chat else 'plain text'}", file=sys.stderr)
-    results = evaluate(backend, specs, limit=args.limit, shots=args.shots, batch_size=args.batch, seed=args.seed, progress=not args.no_progress)
+        print(
+            f"model {args.model} on {device.type} ({why}); prompts: {'chat template' if backend.is_chat else 'plain text'}",
+            file=sys.stderr,
+        )
+    results = evaluate(
+        backend,
+        specs,
+        limit=args.limit,
+        shots=args.shots,
+        batch_size=args.batch,
+        seed=args.seed,
+        progress=not args.no_progress,
+    )
     seconds = time.perf_counter() - t0
     print(format_results(results, label))
     if args.out:
         from twofiles.artifact import atomic_write_bytes
 
-        doc = {"model": label, "chat": backend.is_chat, "seed": args.seed, "seconds": seconds, "results": [r.to_dict() for r in results]}
+        doc = {
+            "model": label,
+            "chat": backend.is_chat,
+            "seed": args.seed,
+            "seconds": seconds,
+            "results": [r.to_dict() for r in results],
+        }
         atomic_write_bytes(args.out, json.dumps(doc, indent=1, default=str).encode())
     if args.json:
-        emit_json({"model": label, "chat": backend.is_chat, "seconds": round(seconds, 3), "tasks": summary(results)})
+        emit_json(
+            {
+                "model": label,
+                "chat": backend.is_chat,
+                "seconds": round(seconds, 3),
+                "tasks": summary(results),
+            }
+        )
     return 0

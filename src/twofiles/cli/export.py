@@ -15,14 +15,35 @@ import sys
 from twofiles.cli.common import add_json_flag, emit_json
 
 WHAT = ["run", "hf", "gguf"]
-GGUF_TYPES = ["f32", "f16", "q8_0"]  # formats.gguf_export.TYPES (verbs import only the stdlib at top level)
+GGUF_TYPES = [
+    "f32",
+    "f16",
+    "q8_0",
+]  # formats.gguf_export.TYPES (verbs import only the stdlib at top level)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("what", choices=WHAT, help="run: model.safetensors + a numpy-only run.py; hf: a Hugging Face model directory; gguf: a llama.cpp GGUF file")
-    p.add_argument("model", metavar="MODEL", help="a twofiles model.safetensors, a .gguf file, a Hugging Face directory or an alias")
-    p.add_argument("out", metavar="OUT", help="directory to write the files into (created if missing); for gguf, the .gguf file")
-    p.add_argument("--type", choices=GGUF_TYPES, default="f16", help="gguf only: tensor type of the 2-D weights (default f16; norms stay f32)")
+    p.add_argument(
+        "what",
+        choices=WHAT,
+        help="run: model.safetensors + a numpy-only run.py; hf: a Hugging Face model directory; gguf: a llama.cpp GGUF file",
+    )
+    p.add_argument(
+        "model",
+        metavar="MODEL",
+        help="a twofiles model.safetensors, a .gguf file, a Hugging Face directory or an alias",
+    )
+    p.add_argument(
+        "out",
+        metavar="OUT",
+        help="directory to write the files into (created if missing); for gguf, the .gguf file",
+    )
+    p.add_argument(
+        "--type",
+        choices=GGUF_TYPES,
+        default="f16",
+        help="gguf only: tensor type of the 2-D weights (default f16; norms stay f32)",
+    )
     add_json_flag(p)
 
 
@@ -31,8 +52,13 @@ def run(args: argparse.Namespace) -> int:
         from twofiles.engine import resolve_model
         from twofiles.formats.gguf_export import export_gguf
 
-        summary = export_gguf(resolve_model(args.model, device="cpu"), args.out, qtype=args.type, progress=True)
-        print(f"wrote {summary['path']} ({summary['architecture']}, {summary['type']}, {summary['bytes'] / 1e6:.2f} MB)", file=sys.stderr)
+        summary = export_gguf(
+            resolve_model(args.model, device="cpu"), args.out, qtype=args.type, progress=True
+        )
+        print(
+            f"wrote {summary['path']} ({summary['architecture']}, {summary['type']}, {summary['bytes'] / 1e6:.2f} MB)",
+            file=sys.stderr,
+        )
         if args.json:
             emit_json(summary)
         return 0
@@ -48,8 +74,11 @@ def run(args: argparse.Namespace) -> int:
     from twofiles.standalone.export import export_run
 
     summary = export_run(args.model, args.out)
-    print(f"wrote {summary['model']} and {summary['run_py']} ({summary['bytes'] / 1e6:.2f} MB)", file=sys.stderr)
-    print(f"run it: python {summary['run_py']} {summary['model']} --prompt \"...\"", file=sys.stderr)
+    print(
+        f"wrote {summary['model']} and {summary['run_py']} ({summary['bytes'] / 1e6:.2f} MB)",
+        file=sys.stderr,
+    )
+    print(f'run it: python {summary["run_py"]} {summary["model"]} --prompt "..."', file=sys.stderr)
     if args.json:
         emit_json(summary)
     return 0

@@ -1,10 +1,10 @@
 """Turn the thumbs and corrections people gave in the web UI into finetuning data.
 
-  twofiles feedback export --db feedback.sqlite --out data/feedback
-    -> data/feedback/sft.jsonl          {"messages": [..., the good answer]}
-       data/feedback/preferences.jsonl  {"messages": [...], "chosen": [...], "rejected": [...]}
-  twofiles feedback export --db feedback.sqlite --arena-db arena.sqlite --out data/feedback
-    (arena votes become preference pairs too: the winning reply over the losing one)
+twofiles feedback export --db feedback.sqlite --out data/feedback
+  -> data/feedback/sft.jsonl          {"messages": [..., the good answer]}
+     data/feedback/preferences.jsonl  {"messages": [...], "chosen": [...], "rejected": [...]}
+twofiles feedback export --db feedback.sqlite --arena-db arena.sqlite --out data/feedback
+  (arena votes become preference pairs too: the winning reply over the losing one)
 """
 
 from __future__ import annotations
@@ -23,10 +23,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         description="Write OUT/sft.jsonl (corrected or upvoted answers) and OUT/preferences.jsonl "
         "(corrections over originals, upvoted over downvoted replies to the same conversation).",
     )
-    p.add_argument("--db", required=True, metavar="PATH", help="the feedback database (SQLite) the web UI writes")
+    p.add_argument(
+        "--db",
+        required=True,
+        metavar="PATH",
+        help="the feedback database (SQLite) the web UI writes",
+    )
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
-    p.add_argument("--arena-db", metavar="PATH", help="also turn the arena's votes into preference pairs (winner over loser; ties left out)")
-    p.add_argument("--skip-bad", action="store_true", help="leave malformed rows out (listed on stderr) instead of stopping")
+    p.add_argument(
+        "--arena-db",
+        metavar="PATH",
+        help="also turn the arena's votes into preference pairs (winner over loser; ties left out)",
+    )
+    p.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="leave malformed rows out (listed on stderr) instead of stopping",
+    )
     add_json_flag(p)
 
 

@@ -11,20 +11,64 @@ from __future__ import annotations
 import argparse
 import sys
 
-from twofiles.cli.common import add_device_flag, add_json_flag, add_sampling_flags, emit_json, sampling_params
+from twofiles.cli.common import (
+    add_device_flag,
+    add_json_flag,
+    add_sampling_flags,
+    emit_json,
+    sampling_params,
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", metavar="MODEL", help="a twofiles model.safetensors, a .gguf file, a Hugging Face model directory, or an alias (smollm2)")
+    p.add_argument(
+        "model",
+        metavar="MODEL",
+        help="a twofiles model.safetensors, a .gguf file, a Hugging Face model directory, or an alias (smollm2)",
+    )
     p.add_argument("--prompt", required=True, help="text to continue; '-' reads it from stdin")
     add_sampling_flags(p, temperature=1.0, top_p=1.0, max_tokens=200, what="sample")
-    p.add_argument("--stop", action="append", default=[], metavar="STR", help="stop before this text (repeatable)")
-    p.add_argument("--show-probs", type=int, nargs="?", const=5, default=0, metavar="K", help="print each step's choice and top K candidates (default K 5)")
+    p.add_argument(
+        "--stop",
+        action="append",
+        default=[],
+        metavar="STR",
+        help="stop before this text (repeatable)",
+    )
+    p.add_argument(
+        "--show-probs",
+        type=int,
+        nargs="?",
+        const=5,
+        default=0,
+        metavar="K",
+        help="print each step's choice and top K candidates (default K 5)",
+    )
     add_device_flag(p)
-    p.add_argument("--quantize", choices=("none", "int8", "int4"), default="none", help="weight-only quantization: int8 per channel, int4 in groups (default none)")
-    p.add_argument("--group-size", type=int, default=32, help="int4 group size: 32, 64, 128 or 256 (default 32)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model (slow first tokens, faster after)")
-    p.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads for torch (default: torch's choice)")
+    p.add_argument(
+        "--quantize",
+        choices=("none", "int8", "int4"),
+        default="none",
+        help="weight-only quantization: int8 per channel, int4 in groups (default none)",
+    )
+    p.add_argument(
+        "--group-size",
+        type=int,
+        default=32,
+        help="int4 group size: 32, 64, 128 or 256 (default 32)",
+    )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the model (slow first tokens, faster after)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="CPU threads for torch (default: torch's choice)",
+    )
     add_json_flag(p)
 
 
@@ -55,7 +99,9 @@ def run(args: argparse.Namespace) -> int:
 
     prompt = _read_prompt(args.prompt)
     if not prompt:
-        raise TwofilesError("empty prompt: give some text to continue with --prompt (or '-' to read stdin)")
+        raise TwofilesError(
+            "empty prompt: give some text to continue with --prompt (or '-' to read stdin)"
+        )
     if args.show_probs < 0:
         raise TwofilesError(f"--show-probs {args.show_probs}: must be >= 0")
     params = sampling_params(args, stop=list(args.stop))
@@ -66,20 +112,37 @@ def run(args: argparse.Namespace) -> int:
     loaded = resolve_model(args.model, device=device)
     model, tok = loaded.model, loaded.tokenizer
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"model {args.model}: {n_params / 1e6:.2f}M parameters, {device.type} ({why}), loaded in {time.perf_counter() - t0:.2f}s", file=sys.stderr)
-    setup = prepare_for_inference(loaded, quantize=args.quantize, group_size=args.group_size, compile=args.compile, threads=args.threads)
+    print(
+        f"model {args.model}: {n_params / 1e6:.2f}M parameters, {device.type} ({why}), loaded in {time.perf_counter() - t0:.2f}s",
+        file=sys.stderr,
+    )
+    setup = prepare_for_inference(
+        loaded,
+        quantize=args.quantize,
+        group_size=args.group_size,
+        compile=args.compile,
+        threads=args.threads,
+    )
     print(f"inference: {'; '.join(setup.reasons)}; {setup.threads} threads", file=sys.stderr)
-    print(f"seed {seed}" + ("" if args.seed is not None else " (pass --seed to repeat this sample)"), file=sys.stderr)
+    print(
+        f"seed {seed}" + ("" if args.seed is not None else " (pass --seed to repeat this sample)"),
+        file=sys.stderr,
+    )
 
     ids = encode_prompt(tok, prompt)
     compile_s = 0.0
-    if args.compile:  # compile on a throwaway start of the same request, so the timings below are the model's
+    if (
+        args.compile
+    ):  # compile on a throwaway start of the same request, so the timings below are the model's
         t0 = time.perf_counter()
         for i, _ in enumerate(generate_steps(model, ids, params, tokenizer=tok)):
             if i == 2:  # the prompt (eager) and two decode steps: the decode graph is built and run
                 break
         compile_s = time.perf_counter() - t0
-        print(f"compiled in {compile_s:.1f}s (inductor caches it on disk: later runs start faster)", file=sys.stderr)
+        print(
+            f"compiled in {compile_s:.1f}s (inductor caches it on disk: later runs start faster)",
+            file=sys.stderr,
+        )
     show = args.show_probs
     out = sys.stdout
     if show:
@@ -95,7 +158,11 @@ def run(args: argparse.Namespace) -> int:
         pieces.append(step.text)
         if show:
             cands = "  ".join(f"{_piece(tok, i)} {p:.1%}" for i, p in step.top)
-            print(f"{n_tokens:>4}  {_piece(tok, step.token):<16} {step.prob:>6.1%}   {cands}", file=out, flush=True)
+            print(
+                f"{n_tokens:>4}  {_piece(tok, step.token):<16} {step.prob:>6.1%}   {cands}",
+                file=out,
+                flush=True,
+            )
         elif step.text:
             out.write(step.text)
             out.flush()

@@ -11,7 +11,13 @@ _FIELDS: list[tuple[str, str, str, type, str]] = [
     ("--dim", "model", "dim", int, "residual width"),
     ("--n-layers", "model", "n_layers", int, "transformer blocks"),
     ("--n-heads", "model", "n_heads", int, "query heads"),
-    ("--n-kv-heads", "model", "n_kv_heads", int, "key/value heads (< n-heads: grouped-query attention)"),
+    (
+        "--n-kv-heads",
+        "model",
+        "n_kv_heads",
+        int,
+        "key/value heads (< n-heads: grouped-query attention)",
+    ),
     ("--hidden-dim", "model", "hidden_dim", int, "SwiGLU inner width"),
     ("--rope-theta", "model", "rope_theta", float, "RoPE base"),
     ("--optimizer", "optim", "optimizer", str, "muon (Muon for matrices + AdamW) or adamw"),
@@ -26,7 +32,13 @@ _FIELDS: list[tuple[str, str, str, type, str]] = [
     ("--seq-len", "", "seq_len", int, "context length in tokens"),
     ("--grad-accum", "", "grad_accum", int, "micro-batches per optimizer step"),
     ("--max-steps", "", "max_steps", int, "optimizer steps"),
-    ("--time-budget", "", "time_budget_s", float, "train for this many seconds instead of --max-steps"),
+    (
+        "--time-budget",
+        "",
+        "time_budget_s",
+        float,
+        "train for this many seconds instead of --max-steps",
+    ),
     ("--eval-interval", "", "eval_interval", int, "steps between validation evaluations"),
     ("--eval-tokens", "", "eval_tokens", int, "validation tokens per periodic evaluation"),
     ("--sample-interval", "", "sample_interval", int, "steps between printed samples"),
@@ -39,11 +51,25 @@ _FIELDS: list[tuple[str, str, str, type, str]] = [
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="prepared data directory (twofiles data prepare)")
     p.add_argument("--out", default="runs/pretrain", help="run directory")
-    p.add_argument("--preset", default="cpu-5min", help="start from a preset's model/optimizer/batch (cpu-5min, cpu-1h, gpu, tiny)")
+    p.add_argument(
+        "--preset",
+        default="cpu-5min",
+        help="start from a preset's model/optimizer/batch (cpu-5min, cpu-1h, gpu, tiny)",
+    )
     for flag, _, _, typ, help_text in _FIELDS:
         p.add_argument(flag, type=typ, default=None, help=help_text)
-    p.add_argument("--tie-embeddings", action=argparse.BooleanOptionalAction, default=None, help="share input and output embeddings")
-    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile the model")
+    p.add_argument(
+        "--tie-embeddings",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="share input and output embeddings",
+    )
+    p.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="torch.compile the model",
+    )
     add_training_run_flags(p)
     add_json_flag(p)
 
@@ -62,27 +88,52 @@ def run(args: argparse.Namespace) -> int:
         cfg.progress = not args.no_progress
     else:
         preset = get_preset(args.preset)
-        cfg = PretrainConfig(data=args.data, out=args.out, model=preset.model_config(), optim=preset.optim_config())
+        cfg = PretrainConfig(
+            data=args.data, out=args.out, model=preset.model_config(), optim=preset.optim_config()
+        )
         for k, v in preset.train.items():
             setattr(cfg, k, v)
         for flag, section, name, _, _ in _FIELDS:
             value = getattr(args, flag[2:].replace("-", "_"))
             if value is not None:
-                setattr(cfg.model if section == "model" else cfg.optim if section == "optim" else cfg, name, value)
+                setattr(
+                    cfg.model if section == "model" else cfg.optim if section == "optim" else cfg,
+                    name,
+                    value,
+                )
         if args.time_budget is None and args.max_steps is not None:
             cfg.time_budget_s = 0.0
         if args.tie_embeddings is not None:
             cfg.model.tie_embeddings = args.tie_embeddings
         if args.compile is not None:
             cfg.compile = args.compile
-        cfg.device, cfg.dtype, cfg.resume, cfg.progress = args.device, args.dtype, args.resume, not args.no_progress
+        cfg.device, cfg.dtype, cfg.resume, cfg.progress = (
+            args.device,
+            args.dtype,
+            args.resume,
+            not args.no_progress,
+        )
         cfg.provenance = {"preset": preset.name}
     res = pretrain(cfg)
     import os
 
     if int(os.environ.get("RANK", "0")) == 0:
-        print(f"val_bpb {res.val_bpb:.4f}, val_loss {res.val_loss:.4f}, {res.steps} steps in {res.train_seconds:.1f}s; model {res.model_path}")
+        print(
+            f"val_bpb {res.val_bpb:.4f}, val_loss {res.val_loss:.4f}, {res.steps} steps in {res.train_seconds:.1f}s; model {res.model_path}"
+        )
         if args.json:
-            emit_json({"val_bpb": res.val_bpb, "val_loss": res.val_loss, "steps": res.steps, "tokens": res.tokens, "train_seconds": res.train_seconds,
-                       "tokens_per_second": res.tokens_per_second, "mfu": res.mfu, "params": res.params, "model_path": res.model_path, "out": res.out})
+            emit_json(
+                {
+                    "val_bpb": res.val_bpb,
+                    "val_loss": res.val_loss,
+                    "steps": res.steps,
+                    "tokens": res.tokens,
+                    "train_seconds": res.train_seconds,
+                    "tokens_per_second": res.tokens_per_second,
+                    "mfu": res.mfu,
+                    "params": res.params,
+                    "model_path": res.model_path,
+                    "out": res.out,
+                }
+            )
     return 0

@@ -20,15 +20,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from twofiles.formats import ALIASES
 
     names = ", ".join(f"{k} ({v.about})" for k, v in ALIASES.items())
-    p.add_argument("name", metavar="NAME", choices=sorted(ALIASES), help=f"the model to fetch: {names}")
-    p.add_argument("--force", action="store_true", help="download again even when the file is already cached")
+    p.add_argument(
+        "name", metavar="NAME", choices=sorted(ALIASES), help=f"the model to fetch: {names}"
+    )
+    p.add_argument(
+        "--force", action="store_true", help="download again even when the file is already cached"
+    )
     add_json_flag(p)
 
 
 def run(args: argparse.Namespace) -> int:
     from twofiles.formats.pull import pull
 
-    summary = pull(args.name, force=args.force, log=lambda msg: print(msg, file=sys.stderr, flush=True))
+    summary = pull(
+        args.name, force=args.force, log=lambda msg: print(msg, file=sys.stderr, flush=True)
+    )
     print(f"{args.name}: {summary['path']} ({summary['bytes'] / 1e6:.1f} MB)", file=sys.stderr)
     if args.json:
         emit_json(summary)

@@ -14,9 +14,17 @@ from twofiles.cli.common import add_json_flag, emit_json
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories (speedrun, pretrain, ...)")
-    p.add_argument("--out", default=None, help="comparison: write the Markdown here instead of stdout")
-    p.add_argument("--png", default=None, help="comparison: validation bits per byte of every run against tokens, in one plot")
+    p.add_argument(
+        "runs", nargs="+", metavar="RUN_DIR", help="run directories (speedrun, pretrain, ...)"
+    )
+    p.add_argument(
+        "--out", default=None, help="comparison: write the Markdown here instead of stdout"
+    )
+    p.add_argument(
+        "--png",
+        default=None,
+        help="comparison: validation bits per byte of every run against tokens, in one plot",
+    )
     add_json_flag(p)
 
 
@@ -28,7 +36,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"report: {path}")
         if args.json:
             s = read_run(args.runs[0])
-            emit_json({"report": str(path), "numbers": s.numbers, "evals": {e["task"]: e["value"] for e in s.evals}})
+            emit_json(
+                {
+                    "report": str(path),
+                    "numbers": s.numbers,
+                    "evals": {e["task"]: e["value"] for e in s.evals},
+                }
+            )
         return 0
     runs = [read_run(r) for r in args.runs]
     text = render_comparison(runs)
@@ -42,6 +56,18 @@ def run(args: argparse.Namespace) -> int:
     if args.png:
         plot_comparison(runs, args.png)
     if args.json:
-        emit_json({"runs": [{"path": str(r.path), "numbers": r.numbers, "evals": {e["task"]: e["value"] for e in r.evals}} for r in runs],
-                   "out": args.out, "png": args.png})
+        emit_json(
+            {
+                "runs": [
+                    {
+                        "path": str(r.path),
+                        "numbers": r.numbers,
+                        "evals": {e["task"]: e["value"] for e in r.evals},
+                    }
+                    for r in runs
+                ],
+                "out": args.out,
+                "png": args.png,
+            }
+        )
     return 0

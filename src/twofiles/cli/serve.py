@@ -19,22 +19,92 @@ from twofiles.cli.common import add_device_flag, add_json_flag, emit_json
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("models", nargs="+", metavar="MODEL", help="a model spec (file, directory, alias), or NAME=SPEC to choose the name clients use")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument(
+        "models",
+        nargs="+",
+        metavar="MODEL",
+        help="a model spec (file, directory, alias), or NAME=SPEC to choose the name clients use",
+    )
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1: this machine only)",
+    )
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 = any free port)")
-    p.add_argument("--api-key", action="append", default=[], metavar="KEY", help="require 'Authorization: Bearer KEY' on /v1 (repeatable)")
-    p.add_argument("--api-keys-file", metavar="FILE", help="file with one accepted key per line ('#' starts a comment)")
-    p.add_argument("--max-seqs", type=int, default=None, help="sequences decoded together per model (default 8)")
-    p.add_argument("--max-queue", type=int, default=None, help="requests waiting for a slot per model; more get 429 (default 32)")
-    p.add_argument("--max-context", type=int, default=None, help="KV cache length per sequence, prompt + output (default 2048, capped by the model)")
-    p.add_argument("--max-prompt-tokens", type=int, default=None, help="longest prompt accepted (default: the context minus one)")
-    p.add_argument("--max-output-tokens", type=int, default=None, help="max_tokens above this is clamped (default 1024)")
-    p.add_argument("--max-body-bytes", type=int, default=None, help="larger request bodies get 413 (default 1 MiB)")
-    p.add_argument("--timeout", type=float, default=None, help="seconds before a request is cancelled (default 300)")
+    p.add_argument(
+        "--api-key",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="require 'Authorization: Bearer KEY' on /v1 (repeatable)",
+    )
+    p.add_argument(
+        "--api-keys-file",
+        metavar="FILE",
+        help="file with one accepted key per line ('#' starts a comment)",
+    )
+    p.add_argument(
+        "--max-seqs",
+        type=int,
+        default=None,
+        help="sequences decoded together per model (default 8)",
+    )
+    p.add_argument(
+        "--max-queue",
+        type=int,
+        default=None,
+        help="requests waiting for a slot per model; more get 429 (default 32)",
+    )
+    p.add_argument(
+        "--max-context",
+        type=int,
+        default=None,
+        help="KV cache length per sequence, prompt + output (default 2048, capped by the model)",
+    )
+    p.add_argument(
+        "--max-prompt-tokens",
+        type=int,
+        default=None,
+        help="longest prompt accepted (default: the context minus one)",
+    )
+    p.add_argument(
+        "--max-output-tokens",
+        type=int,
+        default=None,
+        help="max_tokens above this is clamped (default 1024)",
+    )
+    p.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=None,
+        help="larger request bodies get 413 (default 1 MiB)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        help="seconds before a request is cancelled (default 300)",
+    )
     add_device_flag(p)
-    p.add_argument("--quantize", choices=("none", "int8", "int4"), default="none", help="weight-only quantization of every model: int8 per channel, int4 in groups (default none)")
-    p.add_argument("--group-size", type=int, default=32, help="int4 group size: 32, 64, 128 or 256 (default 32)")
-    p.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads for torch (default: torch's choice)")
+    p.add_argument(
+        "--quantize",
+        choices=("none", "int8", "int4"),
+        default="none",
+        help="weight-only quantization of every model: int8 per channel, int4 in groups (default none)",
+    )
+    p.add_argument(
+        "--group-size",
+        type=int,
+        default=32,
+        help="int4 group size: 32, 64, 128 or 256 (default 32)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="CPU threads for torch (default: torch's choice)",
+    )
     add_json_flag(p)
 
 
@@ -72,7 +142,9 @@ def run(args: argparse.Namespace) -> int:
 
         from twofiles.serve.app import create_app, model_name
     except ModuleNotFoundError as e:
-        raise TwofilesError(f"serving needs the 'serve' extra ({e.name} is missing): pip install 'twofiles[serve]'") from None
+        raise TwofilesError(
+            f"serving needs the 'serve' extra ({e.name} is missing): pip install 'twofiles[serve]'"
+        ) from None
     from twofiles.engine import resolve_model
     from twofiles.quant import prepare_for_inference
     from twofiles.runtime import pick_device
@@ -88,7 +160,11 @@ def run(args: argparse.Namespace) -> int:
         "request_timeout_s": args.timeout,
     }
     try:
-        settings = dataclasses.replace(ServeSettings(), api_keys=frozenset(keys), **{k: v for k, v in overrides.items() if v is not None})
+        settings = dataclasses.replace(
+            ServeSettings(),
+            api_keys=frozenset(keys),
+            **{k: v for k, v in overrides.items() if v is not None},
+        )
     except ValueError as e:
         raise TwofilesError(str(e)) from None
 
@@ -110,26 +186,48 @@ def run(args: argparse.Namespace) -> int:
         models[name] = resolve_model(spec, device=device)
         n_params = sum(p.numel() for p in models[name].model.parameters())
         # the same preparation as `generate`: inference dtype (bf16 weights on CUDA), quantization, threads
-        setup = prepare_for_inference(models[name], quantize=args.quantize, group_size=args.group_size, threads=args.threads)
-        print(f"model {name} ({spec}): {n_params / 1e6:.2f}M parameters, {device.type} ({why}), loaded in {time.perf_counter() - t0:.2f}s; {'; '.join(setup.reasons)}", file=sys.stderr)
+        setup = prepare_for_inference(
+            models[name], quantize=args.quantize, group_size=args.group_size, threads=args.threads
+        )
+        print(
+            f"model {name} ({spec}): {n_params / 1e6:.2f}M parameters, {device.type} ({why}), loaded in {time.perf_counter() - t0:.2f}s; {'; '.join(setup.reasons)}",
+            file=sys.stderr,
+        )
     app = create_app(models, settings)
 
     try:
         sock = socket.create_server((args.host, args.port))
     except OSError as e:
-        raise TwofilesError(f"cannot listen on {args.host}:{args.port}: {e.strerror or e} (choose another --port or --host)") from None
+        raise TwofilesError(
+            f"cannot listen on {args.host}:{args.port}: {e.strerror or e} (choose another --port or --host)"
+        ) from None
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{port}"
     if args.host not in ("127.0.0.1", "localhost", "::1") and not keys:
-        print(f"warning: listening on {args.host} without --api-key: anyone who can reach this machine can use it", file=sys.stderr)
+        print(
+            f"warning: listening on {args.host} without --api-key: anyone who can reach this machine can use it",
+            file=sys.stderr,
+        )
     print(f"serving {', '.join(models)} at {url}/v1 (OpenAI-compatible; Ctrl-C stops)", flush=True)
     if args.json:
-        emit_json({"url": url, "base_url": f"{url}/v1", "models": list(models), "max_seqs": settings.max_seqs, "auth": bool(keys)})
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=5))
+        emit_json(
+            {
+                "url": url,
+                "base_url": f"{url}/v1",
+                "models": list(models),
+                "max_seqs": settings.max_seqs,
+                "auth": bool(keys),
+            }
+        )
+    server = uvicorn.Server(
+        uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=5)
+    )
     try:
         server.run(sockets=[sock])
-    except KeyboardInterrupt:  # uvicorn shuts down gracefully, then re-raises the signal: Ctrl-C is how a server ends
+    except (
+        KeyboardInterrupt
+    ):  # uvicorn shuts down gracefully, then re-raises the signal: Ctrl-C is how a server ends
         pass
     print("stopped", file=sys.stderr)
     return 0

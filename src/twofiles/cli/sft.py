@@ -8,8 +8,20 @@ from twofiles.cli.common import add_json_flag, add_training_run_flags, emit_json
 
 # flag -> (section, field, type, help); section "" is SFTConfig itself
 _FIELDS: list[tuple[str, str, str, type, str]] = [
-    ("--lora-rank", "", "lora_rank", int, "train LoRA adapters of this rank instead of every weight (0: full finetuning)"),
-    ("--lora-alpha", "", "lora_alpha", float, "LoRA scale numerator: the update is scaled by alpha / rank"),
+    (
+        "--lora-rank",
+        "",
+        "lora_rank",
+        int,
+        "train LoRA adapters of this rank instead of every weight (0: full finetuning)",
+    ),
+    (
+        "--lora-alpha",
+        "",
+        "lora_alpha",
+        float,
+        "LoRA scale numerator: the update is scaled by alpha / rank",
+    ),
     ("--optimizer", "optim", "optimizer", str, "adamw (default) or muon"),
     ("--lr", "optim", "lr", float, "peak learning rate"),
     ("--weight-decay", "optim", "weight_decay", float, "decoupled weight decay on matrices"),
@@ -24,26 +36,74 @@ _FIELDS: list[tuple[str, str, str, type, str]] = [
     ("--time-budget", "", "time_budget_s", float, "train for this many seconds"),
     ("--eval-interval", "", "eval_interval", int, "steps between held-out loss evaluations"),
     ("--checkpoint-interval", "", "checkpoint_interval", int, "steps between checkpoints"),
-    ("--skill-tasks", "", "skill_tasks", int, "held-out skill tasks per kind scored before and after (0: skip)"),
-    ("--identity", "", "identity", str, "the assistant's name in the identity set (default: twofiles for Shakespeare models, none otherwise)"),
+    (
+        "--skill-tasks",
+        "",
+        "skill_tasks",
+        int,
+        "held-out skill tasks per kind scored before and after (0: skip)",
+    ),
+    (
+        "--identity",
+        "",
+        "identity",
+        str,
+        "the assistant's name in the identity set (default: twofiles for Shakespeare models, none otherwise)",
+    ),
     ("--mix-seed", "", "mix_seed", int, "seed of the built-in mix"),
-    ("--mix-fraction", "", "mix_fraction", float, "use this fraction of the built-in mix (per kind)"),
-    ("--max-val", "", "max_val", int, "score held-out loss on at most this many conversations (0: all)"),
+    (
+        "--mix-fraction",
+        "",
+        "mix_fraction",
+        float,
+        "use this fraction of the built-in mix (per kind)",
+    ),
+    (
+        "--max-val",
+        "",
+        "max_val",
+        int,
+        "score held-out loss on at most this many conversations (0: all)",
+    ),
     ("--seed", "", "seed", int, "seed for data order and LoRA init"),
     ("--threads", "", "threads", int, "CPU threads"),
 ]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", metavar="MODEL", help="model.safetensors, .gguf, Hugging Face directory, or an alias (smollm2)")
-    p.add_argument("--data", default="builtin", help="builtin (chat dialogs + skill tasks) or a JSONL file of {\"messages\": [...]}")
-    p.add_argument("--val-data", default="", help="held-out JSONL (default: the built-in held-out split, or every 20th conversation)")
+    p.add_argument(
+        "model",
+        metavar="MODEL",
+        help="model.safetensors, .gguf, Hugging Face directory, or an alias (smollm2)",
+    )
+    p.add_argument(
+        "--data",
+        default="builtin",
+        help='builtin (chat dialogs + skill tasks) or a JSONL file of {"messages": [...]}',
+    )
+    p.add_argument(
+        "--val-data",
+        default="",
+        help="held-out JSONL (default: the built-in held-out split, or every 20th conversation)",
+    )
     p.add_argument("--out", default="runs/sft", help="run directory")
     for flag, _, _, typ, help_text in _FIELDS:
         p.add_argument(flag, type=typ, default=None, help=help_text)
-    p.add_argument("--lora-targets", default=None, help="comma-separated Linear names LoRA adapts (default: all of q,k,v,o,gate,up,down_proj)")
-    p.add_argument("--merge", action="store_true", help="LoRA: merge the adapters into the weights (model.safetensors) instead of adapters.safetensors")
-    p.add_argument("--no-pack", action="store_true", help="one conversation per row instead of packing several (block-diagonal attention)")
+    p.add_argument(
+        "--lora-targets",
+        default=None,
+        help="comma-separated Linear names LoRA adapts (default: all of q,k,v,o,gate,up,down_proj)",
+    )
+    p.add_argument(
+        "--merge",
+        action="store_true",
+        help="LoRA: merge the adapters into the weights (model.safetensors) instead of adapters.safetensors",
+    )
+    p.add_argument(
+        "--no-pack",
+        action="store_true",
+        help="one conversation per row instead of packing several (block-diagonal attention)",
+    )
     add_training_run_flags(p)
     add_json_flag(p)
 

@@ -8,14 +8,27 @@ from twofiles.cli.common import add_device_flag, add_json_flag, emit_json
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", default="cpu-5min", help="cpu-5min (default), cpu-1h, gpu or tiny; see `twofiles speedrun --list`")
+    p.add_argument(
+        "--preset",
+        default="cpu-5min",
+        help="cpu-5min (default), cpu-1h, gpu or tiny; see `twofiles speedrun --list`",
+    )
     p.add_argument("--list", action="store_true", help="list the presets and what each expects")
     p.add_argument("--out", default="runs/speedrun", help="run directory (default runs/speedrun)")
-    p.add_argument("--budget", type=float, default=None, help="wall-clock budget in seconds (default: the preset's)")
-    p.add_argument("--max-steps", type=int, default=None, help="fixed number of steps instead of a time budget")
+    p.add_argument(
+        "--budget",
+        type=float,
+        default=None,
+        help="wall-clock budget in seconds (default: the preset's)",
+    )
+    p.add_argument(
+        "--max-steps", type=int, default=None, help="fixed number of steps instead of a time budget"
+    )
     add_device_flag(p)
     p.add_argument("--seed", type=int, default=1337)
-    p.add_argument("--no-sft", action="store_true", help="stop after the base model (skip the SFT stage)")
+    p.add_argument(
+        "--no-sft", action="store_true", help="stop after the base model (skip the SFT stage)"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_json_flag(p)
 
@@ -35,15 +48,32 @@ def run(args: argparse.Namespace) -> int:
     if args.max_steps is not None:
         overrides["max_steps"] = args.max_steps
         budget = 0.0
-    res = run_speedrun(preset, args.out, budget_s=budget, device=args.device, seed=args.seed, progress=not args.no_progress, overrides=overrides,
-                       started=getattr(args, "_started", None), sft_stage=not args.no_sft)
-    print(f"val_bpb {res.val_bpb:.4f} bits/byte on the held-out plays (target {preset.expect_bpb or 'n/a'}), "
-          f"base model in {res.base_wall_seconds:.1f}s, model {res.model_path}, report {res.report}")
+    res = run_speedrun(
+        preset,
+        args.out,
+        budget_s=budget,
+        device=args.device,
+        seed=args.seed,
+        progress=not args.no_progress,
+        overrides=overrides,
+        started=getattr(args, "_started", None),
+        sft_stage=not args.no_sft,
+    )
+    print(
+        f"val_bpb {res.val_bpb:.4f} bits/byte on the held-out plays (target {preset.expect_bpb or 'n/a'}), "
+        f"base model in {res.base_wall_seconds:.1f}s, model {res.model_path}, report {res.report}"
+    )
     if res.sft:
         before, after = res.sft["skills_before"], res.sft["skills_after"]
-        skills = f", held-out skills {100 * before['accuracy']:.0f}% -> {100 * after['accuracy']:.0f}%" if before and after else ""
-        print(f"sft: held-out loss {res.sft['val_loss_before']:.3f} -> {res.sft['val_loss']:.3f}{skills}; "
-              f"chat model {res.chat_model_path}; whole run {res.wall_seconds:.1f}s")
+        skills = (
+            f", held-out skills {100 * before['accuracy']:.0f}% -> {100 * after['accuracy']:.0f}%"
+            if before and after
+            else ""
+        )
+        print(
+            f"sft: held-out loss {res.sft['val_loss_before']:.3f} -> {res.sft['val_loss']:.3f}{skills}; "
+            f"chat model {res.chat_model_path}; whole run {res.wall_seconds:.1f}s"
+        )
     if args.json:
         emit_json(res.summary())
     return 0

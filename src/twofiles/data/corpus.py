@@ -70,7 +70,11 @@ class CorpusStats:
     files: list[str] = field(default_factory=list)  # files opened, in order
 
     def to_dict(self) -> dict:
-        return {"documents": self.documents, "skipped": sum(self.skipped.values()), "skipped_by_reason": dict(sorted(self.skipped.items()))}
+        return {
+            "documents": self.documents,
+            "skipped": sum(self.skipped.values()),
+            "skipped_by_reason": dict(sorted(self.skipped.items())),
+        }
 
 
 class _Bad(Exception):
@@ -93,7 +97,9 @@ def expand_inputs(inputs: Iterable[str | os.PathLike[str]]) -> list[str]:
             found = sorted(
                 str(p)
                 for p in Path(s).rglob("*")
-                if p.is_file() and p.suffix.lower() in DIR_EXTENSIONS and not any(part.startswith(".") for part in p.relative_to(s).parts)
+                if p.is_file()
+                and p.suffix.lower() in DIR_EXTENSIONS
+                and not any(part.startswith(".") for part in p.relative_to(s).parts)
             )
             if not found:
                 raise BadInputError(f"directory has no {'/'.join(DIR_EXTENSIONS)} files", path=s)
@@ -109,12 +115,22 @@ def _line_of(data: bytes, pos: int) -> int:
 
 def _decode(data: bytes, path: str, line_offset: int = 0) -> str:
     if b"\x00" in data:
-        raise _Bad("binary", "binary file (contains NUL bytes)", path, line_offset + _line_of(data, data.index(b"\x00")))
+        raise _Bad(
+            "binary",
+            "binary file (contains NUL bytes)",
+            path,
+            line_offset + _line_of(data, data.index(b"\x00")),
+        )
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
         line = line_offset + _line_of(data, e.start)
-        raise _Bad("not_utf8", f"bytes that are not UTF-8 at offset {e.start} ({data[e.start:e.start + 4]!r}); convert the file to UTF-8", path, line) from None
+        raise _Bad(
+            "not_utf8",
+            f"bytes that are not UTF-8 at offset {e.start} ({data[e.start : e.start + 4]!r}); convert the file to UTF-8",
+            path,
+            line,
+        ) from None
 
 
 def _read_text_file(path: str) -> Iterator[Document]:
@@ -143,15 +159,32 @@ def _read_jsonl(path: str, text_field: str) -> Iterator[Document | _Bad]:
                 try:
                     obj = json.loads(s)
                 except json.JSONDecodeError as e:
-                    raise _Bad("not_json", f"not valid JSON ({e.msg} at column {e.colno})", path, lineno) from None
+                    raise _Bad(
+                        "not_json", f"not valid JSON ({e.msg} at column {e.colno})", path, lineno
+                    ) from None
                 if not isinstance(obj, dict):
-                    raise _Bad("not_object", f"expected a JSON object with a '{text_field}' field, got {type(obj).__name__}", path, lineno)
+                    raise _Bad(
+                        "not_object",
+                        f"expected a JSON object with a '{text_field}' field, got {type(obj).__name__}",
+                        path,
+                        lineno,
+                    )
                 if text_field not in obj:
                     keys = ", ".join(sorted(obj)[:8])
-                    raise _Bad("missing_field", f"no '{text_field}' field (fields: {keys or 'none'}); choose one with --text-field", path, lineno)
+                    raise _Bad(
+                        "missing_field",
+                        f"no '{text_field}' field (fields: {keys or 'none'}); choose one with --text-field",
+                        path,
+                        lineno,
+                    )
                 value = obj[text_field]
                 if not isinstance(value, str):
-                    raise _Bad("not_string", f"field '{text_field}' is {type(value).__name__}, not a string", path, lineno)
+                    raise _Bad(
+                        "not_string",
+                        f"field '{text_field}' is {type(value).__name__}, not a string",
+                        path,
+                        lineno,
+                    )
             except _Bad as bad:
                 yield bad
                 continue
@@ -175,7 +208,11 @@ def _read_parquet(path: str, text_field: str) -> Iterator[Document | _Bad]:
         return
     names = pf.schema_arrow.names
     if text_field not in names:
-        yield _Bad("missing_field", f"no '{text_field}' column (columns: {', '.join(names[:8])}); choose one with --text-field", path)
+        yield _Bad(
+            "missing_field",
+            f"no '{text_field}' column (columns: {', '.join(names[:8])}); choose one with --text-field",
+            path,
+        )
         return
     col_type = pf.schema_arrow.field(text_field).type
     if not (pa.types.is_string(col_type) or pa.types.is_large_string(col_type)):
@@ -225,7 +262,13 @@ def _read_any(path: str, text_field: str) -> Iterator[Document | _Bad]:
 class Corpus:
     """Re-iterable stream of Documents from `inputs`. `stats` covers the latest iteration."""
 
-    def __init__(self, inputs: Iterable[str | os.PathLike[str]], *, text_field: str = "text", skip_bad: bool = False) -> None:
+    def __init__(
+        self,
+        inputs: Iterable[str | os.PathLike[str]],
+        *,
+        text_field: str = "text",
+        skip_bad: bool = False,
+    ) -> None:
         self.inputs = [str(i) for i in inputs]
         if not self.inputs:
             raise BadInputError("no input given")
@@ -253,7 +296,9 @@ class Corpus:
                 self._bad(_Bad("unreadable", f"cannot read ({e.strerror})", path))
 
     def _bad(self, bad: _Bad) -> None:
-        if bad.reason == "empty_document":  # not an error: counted and skipped even without skip_bad
+        if (
+            bad.reason == "empty_document"
+        ):  # not an error: counted and skipped even without skip_bad
             self.stats.skipped[bad.reason] += 1
             return
         if not self.skip_bad:
@@ -261,6 +306,8 @@ class Corpus:
         self.stats.skipped[bad.reason] += 1
 
 
-def read_documents(inputs: Iterable[str | os.PathLike[str]], *, text_field: str = "text", skip_bad: bool = False) -> Iterator[Document]:
+def read_documents(
+    inputs: Iterable[str | os.PathLike[str]], *, text_field: str = "text", skip_bad: bool = False
+) -> Iterator[Document]:
     """Convenience: iterate a fresh Corpus."""
     return iter(Corpus(inputs, text_field=text_field, skip_bad=skip_bad))

@@ -93,11 +93,18 @@ class Batch:
     def n_targets(self) -> int:
         return int((self.targets >= 0).sum())
 
-    def to(self, device: torch.device | str) -> "Batch":
-        return Batch(*(t.to(device, non_blocking=True) for t in (self.inputs, self.targets, self.positions, self.segments)))
+    def to(self, device: torch.device | str) -> Batch:
+        return Batch(
+            *(
+                t.to(device, non_blocking=True)
+                for t in (self.inputs, self.targets, self.positions, self.segments)
+            )
+        )
 
 
-def collate(examples: Sequence[Example], rows: Sequence[Sequence[int]], seq_len: int, pad_id: int) -> Batch:
+def collate(
+    examples: Sequence[Example], rows: Sequence[Sequence[int]], seq_len: int, pad_id: int
+) -> Batch:
     """One Batch of the given rows (each a list of example indices), right-padded to the longest
     row (at most `seq_len`)."""
     B = len(rows)
@@ -124,11 +131,26 @@ class PackedLoader:
     A batch never mixes epochs: the last partial batch of an epoch is served as it is.
     `state_dict()` is the position (epoch, row), enough to resume exactly."""
 
-    def __init__(self, examples: Sequence[Example], batch_size: int, seq_len: int, pad_id: int, *, seed: int = 0, pack_rows: bool = True) -> None:
+    def __init__(
+        self,
+        examples: Sequence[Example],
+        batch_size: int,
+        seq_len: int,
+        pad_id: int,
+        *,
+        seed: int = 0,
+        pack_rows: bool = True,
+    ) -> None:
         if not examples:
             raise ValueError("no examples to train on")
         self.examples = list(examples)
-        self.batch_size, self.seq_len, self.pad_id, self.seed, self.pack_rows = batch_size, seq_len, pad_id, seed, pack_rows
+        self.batch_size, self.seq_len, self.pad_id, self.seed, self.pack_rows = (
+            batch_size,
+            seq_len,
+            pad_id,
+            seed,
+            pack_rows,
+        )
         self.lengths = [len(e) for e in self.examples]
         self.epoch, self.row = 0, 0
         self._rows: list[list[int]] | None = None
@@ -162,10 +184,15 @@ class PackedLoader:
         self.epoch, self.row, self._rows = int(state["epoch"]), int(state["row"]), None
 
 
-def eval_batches(examples: Sequence[Example], batch_size: int, seq_len: int, pad_id: int) -> list[Batch]:
+def eval_batches(
+    examples: Sequence[Example], batch_size: int, seq_len: int, pad_id: int
+) -> list[Batch]:
     """Every example exactly once, packed in a fixed order (for held-out loss)."""
     rows = pack([len(e) for e in examples], range(len(examples)), seq_len)
-    return [collate(examples, rows[i : i + batch_size], seq_len, pad_id) for i in range(0, len(rows), batch_size)]
+    return [
+        collate(examples, rows[i : i + batch_size], seq_len, pad_id)
+        for i in range(0, len(rows), batch_size)
+    ]
 
 
-__all__ = ["Example", "Batch", "make_example", "pack", "collate", "PackedLoader", "eval_batches"]
+__all__ = ["Batch", "Example", "PackedLoader", "collate", "eval_batches", "make_example", "pack"]

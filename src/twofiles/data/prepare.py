@@ -86,7 +86,7 @@ def _is_val(text: str, seed: int, val_fraction: float) -> bool:
 
 def tail_cut(text: str, val_fraction: float) -> int:
     """Index where the validation tail starts: the line start nearest to the last val_fraction."""
-    target = len(text) - int(round(len(text) * val_fraction))
+    target = len(text) - round(len(text) * val_fraction)
     before = text.rfind("\n", 0, target)
     after = text.find("\n", target)
     candidates = [i + 1 for i in (before, after) if 0 <= i < len(text) - 1]
@@ -185,9 +185,15 @@ def split_documents(
 
         prefix = BUILTIN_SHAKESPEARE + "/"
         for doc in train_docs:
-            is_val = method == "builtin" and doc.source.startswith(prefix) and is_validation(doc.source[len(prefix):])
+            is_val = (
+                method == "builtin"
+                and doc.source.startswith(prefix)
+                and is_validation(doc.source[len(prefix) :])
+            )
             if method == "builtin" and not doc.source.startswith(prefix):
-                is_val = _is_val(doc.text, seed, val_fraction)  # other inputs mixed with the builtin one
+                is_val = _is_val(
+                    doc.text, seed, val_fraction
+                )  # other inputs mixed with the builtin one
             yield Piece("val" if is_val else "train", doc.text, doc.source)
     finish()
 
@@ -213,7 +219,7 @@ def _atomic_write(path: Path, write) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _write_shard(path: Path, arr: "np.ndarray") -> None:
+def _write_shard(path: Path, arr: np.ndarray) -> None:
     import numpy as np
 
     _atomic_write(path, lambda f: np.save(f, arr, allow_pickle=False))
@@ -222,7 +228,9 @@ def _write_shard(path: Path, arr: "np.ndarray") -> None:
 class _ShardWriter:
     """Fills fixed-size buffers for one split and writes each full one as a shard."""
 
-    def __init__(self, out: Path, split: str, dtype: str, shard_tokens: int, tag: str, written: list[Path]) -> None:
+    def __init__(
+        self, out: Path, split: str, dtype: str, shard_tokens: int, tag: str, written: list[Path]
+    ) -> None:
         import numpy as np
 
         self.out, self.split, self.tag, self.written = out, split, tag, written
@@ -242,7 +250,7 @@ class _ShardWriter:
         self._put(np.array([bos_id], dtype=self.buf.dtype))
         self._put(np.asarray(ids, dtype=self.buf.dtype))
 
-    def _put(self, arr: "np.ndarray") -> None:
+    def _put(self, arr: np.ndarray) -> None:
         while len(arr):
             n = min(len(arr), len(self.buf) - self.fill)
             self.buf[self.fill : self.fill + n] = arr[:n]
@@ -264,7 +272,12 @@ class _ShardWriter:
 
     def summary(self) -> dict[str, Any]:
         sources = list(self.sources)
-        out = {"shards": self.shards, "tokens": int(self.tokens), "documents": self.documents, "bytes": self.bytes}
+        out = {
+            "shards": self.shards,
+            "tokens": int(self.tokens),
+            "documents": self.documents,
+            "bytes": self.bytes,
+        }
         out["sources"] = sources[:MAX_LISTED_SOURCES]
         if len(sources) > MAX_LISTED_SOURCES:
             out["sources_truncated"] = True
@@ -287,14 +300,18 @@ def _manifest_files(manifest: dict[str, Any] | None) -> set[str]:
 def _remove_leftovers(out: Path, keep: set[str]) -> None:
     """Shards and temp files of an interrupted earlier run (not in the complete manifest)."""
     for p in out.iterdir():
-        if (_SHARD_RE.match(p.name) or _TEMP_RE.match(p.name)) and p.name not in keep and p.is_file():
+        if (
+            (_SHARD_RE.match(p.name) or _TEMP_RE.match(p.name))
+            and p.name not in keep
+            and p.is_file()
+        ):
             p.unlink(missing_ok=True)
 
 
 def prepare(
     inputs: Iterable[str | os.PathLike[str]],
     out_dir: str | os.PathLike[str],
-    tokenizer: "Tokenizer",
+    tokenizer: Tokenizer,
     *,
     val_inputs: Iterable[str | os.PathLike[str]] | None = None,
     val_fraction: float = 0.1,
@@ -331,7 +348,15 @@ def prepare(
     writers = {s: _ShardWriter(out, s, dtype, shard_tokens, tag, written) for s in SPLITS}
     stats: dict[str, Any] = {}
     total = _total_bytes(inputs + val_list)
-    bar = tqdm(total=total, unit="B", unit_scale=True, desc="prepare", file=sys.stderr, disable=not progress, dynamic_ncols=True)
+    bar = tqdm(
+        total=total,
+        unit="B",
+        unit_scale=True,
+        desc="prepare",
+        file=sys.stderr,
+        disable=not progress,
+        dynamic_ncols=True,
+    )
     try:
         pieces = split_documents(
             inputs, val_inputs=val_list or None, val_fraction=val_fraction, split=split, seed=seed,
@@ -345,7 +370,9 @@ def prepare(
                 n_bytes = len(piece.text.encode("utf-8"))
                 writers[piece.split].add(ids, bos, n_bytes, piece.source)
                 bar.update(n_bytes)
-            bar.set_postfix(tokens=f"{writers['train'].tokens + writers['train'].fill:,}", refresh=False)
+            bar.set_postfix(
+                tokens=f"{writers['train'].tokens + writers['train'].fill:,}", refresh=False
+            )
             batch.clear()
 
         for piece in pieces:
@@ -373,7 +400,10 @@ def prepare(
             "sources": inputs,
             "val_sources": val_list,
             "split": {"method": stats["method"], "seed": seed, "val_fraction": val_fraction},
-            "stats": {k: stats[k] for k in ("documents_read", "duplicates", "skipped", "skipped_by_reason")},
+            "stats": {
+                k: stats[k]
+                for k in ("documents_read", "duplicates", "skipped", "skipped_by_reason")
+            },
             "text_field": text_field,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
@@ -383,7 +413,10 @@ def prepare(
             manifest["split"]["held_out"] = list(SHAKESPEARE_VALIDATION)
         tok_json = tokenizer.to_json().encode("utf-8")
         _atomic_write(out / TOKENIZER, lambda f: f.write(tok_json))
-        _atomic_write(out / MANIFEST, lambda f: f.write((json.dumps(manifest, indent=1) + "\n").encode("utf-8")))
+        _atomic_write(
+            out / MANIFEST,
+            lambda f: f.write((json.dumps(manifest, indent=1) + "\n").encode("utf-8")),
+        )
     except BaseException:
         for p in written:
             p.unlink(missing_ok=True)
@@ -432,12 +465,17 @@ def load_manifest(directory: str | os.PathLike[str], *, check_files: bool = True
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise BadInputError(f"not a {FORMAT} manifest", path=str(path))
     if manifest.get("version") != VERSION:
-        raise BadInputError(f"manifest version {manifest.get('version')} is not supported (expected {VERSION})", path=str(path))
+        raise BadInputError(
+            f"manifest version {manifest.get('version')} is not supported (expected {VERSION})",
+            path=str(path),
+        )
     for key in ("dtype", "vocab_size", "bos_id", "splits", "tokenizer"):
         if key not in manifest:
             raise BadInputError(f"manifest lacks '{key}'", path=str(path))
     if check_files:
         for name in [manifest["tokenizer"]] + sorted(_manifest_files(manifest)):
             if not (d / name).is_file():
-                raise BadInputError(f"file {name} listed in the manifest is missing", path=str(path))
+                raise BadInputError(
+                    f"file {name} listed in the manifest is missing", path=str(path)
+                )
     return manifest

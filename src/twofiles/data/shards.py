@@ -25,11 +25,15 @@ class TokenStream:
     """One split's shards as a single read-only token sequence (memory-mapped, so larger than RAM
     is fine)."""
 
-    def __init__(self, data_dir: str | Path, split: str, manifest: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, data_dir: str | Path, split: str, manifest: dict[str, Any] | None = None
+    ) -> None:
         data_dir = Path(data_dir)
         manifest = manifest or load_manifest(data_dir)
         if split not in manifest.get("splits", {}):
-            raise BadInputError(f"manifest has no '{split}' split", path=str(data_dir / "manifest.json"))
+            raise BadInputError(
+                f"manifest has no '{split}' split", path=str(data_dir / "manifest.json")
+            )
         self.shards: list[np.ndarray] = []
         for shard in manifest["splits"][split]["shards"]:
             f = data_dir / shard["file"]
@@ -38,7 +42,9 @@ class TokenStream:
             except (OSError, ValueError) as e:
                 raise BadInputError(f"cannot read shard: {e}", path=str(f)) from None
             if arr.ndim != 1 or len(arr) != shard["tokens"]:
-                raise BadInputError(f"shard has {len(arr)} tokens, manifest says {shard['tokens']}", path=str(f))
+                raise BadInputError(
+                    f"shard has {len(arr)} tokens, manifest says {shard['tokens']}", path=str(f)
+                )
             if len(arr):
                 self.shards.append(arr)
         self.offsets = np.cumsum([0] + [len(s) for s in self.shards])
@@ -66,7 +72,16 @@ class BatchLoader:
     """Training windows of seq_len+1 tokens (inputs and shifted targets), non-overlapping,
     visited in a seeded random order that changes every epoch."""
 
-    def __init__(self, stream: TokenStream, batch_size: int, seq_len: int, *, seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
+    def __init__(
+        self,
+        stream: TokenStream,
+        batch_size: int,
+        seq_len: int,
+        *,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
         self.stream, self.batch_size, self.seq_len = stream, batch_size, seq_len
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.n_windows = (len(stream) - 1) // seq_len
@@ -88,18 +103,28 @@ class BatchLoader:
             self.epoch += 1
             self.pos = 0
             self._order = self._permutation(self.epoch)
-        mine = self._order[self.pos + self.rank * self.batch_size : self.pos + (self.rank + 1) * self.batch_size]
+        mine = self._order[
+            self.pos + self.rank * self.batch_size : self.pos + (self.rank + 1) * self.batch_size
+        ]
         self.pos += self.per_step
         rows = np.stack([self.stream.get(int(w) * self.seq_len, self.seq_len + 1) for w in mine])
         return rows[:, :-1], rows[:, 1:]
 
     def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "pos": self.pos, "seed": self.seed, "seq_len": self.seq_len, "per_step": self.per_step}
+        return {
+            "epoch": self.epoch,
+            "pos": self.pos,
+            "seed": self.seed,
+            "seq_len": self.seq_len,
+            "per_step": self.per_step,
+        }
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         if state.get("seq_len") != self.seq_len or state.get("per_step") != self.per_step:
-            raise BadInputError(f"checkpoint's data position was taken with seq_len={state.get('seq_len')}, "
-                                f"{state.get('per_step')} windows per step; this run uses {self.seq_len} and {self.per_step}")
+            raise BadInputError(
+                f"checkpoint's data position was taken with seq_len={state.get('seq_len')}, "
+                f"{state.get('per_step')} windows per step; this run uses {self.seq_len} and {self.per_step}"
+            )
         self.epoch, self.pos, self.seed = int(state["epoch"]), int(state["pos"]), int(state["seed"])
         self._order = self._permutation(self.epoch)
 
@@ -108,7 +133,9 @@ class BatchLoader:
         return self.epoch + self.pos / self.n_windows
 
 
-def eval_windows(stream: TokenStream, seq_len: int, max_tokens: int | None = None) -> list[tuple[int, int]]:
+def eval_windows(
+    stream: TokenStream, seq_len: int, max_tokens: int | None = None
+) -> list[tuple[int, int]]:
     """Consecutive (start, length) windows covering the split (or its first max_tokens targets);
     every target token is scored exactly once, the last window may be shorter."""
     n_targets = len(stream) - 1

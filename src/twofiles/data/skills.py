@@ -37,7 +37,15 @@ if TYPE_CHECKING:
 
 Split = Literal["train", "val"]
 
-SKILL_KINDS: tuple[str, ...] = ("arithmetic", "spelling", "count_letters", "repeat", "reverse", "uppercase", "identity")
+SKILL_KINDS: tuple[str, ...] = (
+    "arithmetic",
+    "spelling",
+    "count_letters",
+    "repeat",
+    "reverse",
+    "uppercase",
+    "identity",
+)
 
 # One task in ten is held out. The split is a property of the task itself (see _split_of).
 HELD_OUT_PERCENT = 10
@@ -52,40 +60,340 @@ CHATTERBOT_EXCLUDED: tuple[str, ...] = ("ai.yml", "botprofile.yml")
 
 # Conversations per kind in each split of `builtin_mix` (chat: at most this many dialogues).
 MIX_SIZES: dict[str, dict[str, int]] = {
-    "train": {"chat": 700, "arithmetic": 600, "spelling": 200, "count_letters": 200, "repeat": 150, "reverse": 150, "uppercase": 150,
-              "identity": 120},
+    "train": {
+        "chat": 700,
+        "arithmetic": 600,
+        "spelling": 200,
+        "count_letters": 200,
+        "repeat": 150,
+        "reverse": 150,
+        "uppercase": 150,
+        "identity": 120,
+    },
     # val: about what each kind's held-out split holds (~25 words, 8 identity questions)
-    "val": {"chat": 60, "arithmetic": 50, "spelling": 25, "count_letters": 30, "repeat": 30, "reverse": 25, "uppercase": 30, "identity": 8},
+    "val": {
+        "chat": 60,
+        "arithmetic": 50,
+        "spelling": 25,
+        "count_letters": 30,
+        "repeat": 30,
+        "reverse": 25,
+        "uppercase": 30,
+        "identity": 8,
+    },
 }
 
 # Common English words (3-9 letters): the material of the spelling and instruction tasks.
 WORDS: tuple[str, ...] = tuple(
-    """
-    able about above after again apple april area army art baby back bad bag ball band bank base basket bath bear beauty bed bell
-    belt best bird black blood blue board boat body bone book border bottle bottom box boy brain bread bridge bright brother brown
-    build butter cake call camera candle car card care carpet castle cat chair chance change cheese chicken child church circle city
-    clean clock cloud coast coffee cold color corner cotton country cow cream crown cup dance dark daughter day desert dinner doctor
-    dog door dream dress drink driver duck during early earth east easy egg empty engine evening event face family farm father
-    feather field finger fire fish flag floor flower forest fork friend garden gate ghost girl glass gold grass green ground guitar
-    hair hammer hand happy harbor heart heavy horse hotel house island jacket jelly journey juice key king kitchen knife ladder
-    lake lamp language laugh leaf lemon letter light lion little long machine market metal milk minute mirror money monkey month
-    moon morning mother mountain music nature night noise north number ocean office orange paper parent party pencil people pepper
-    picture piece pillow planet plant pocket poem potato queen question rabbit rain record river road rocket roof room rose salt
-    sand school science sea season second shadow ship shirt shoe silver sister sky sleep small smile snake snow song sound soup
-    south spring square star stone storm story street sugar summer sun table teacher thunder ticket tiger time tomato tooth tower
-    town train tree truck umbrella uncle valley village violin voice wall water weather window winter wolf wood word world yellow
-    young zebra
-    """.split()
+    [
+        "able",
+        "about",
+        "above",
+        "after",
+        "again",
+        "apple",
+        "april",
+        "area",
+        "army",
+        "art",
+        "baby",
+        "back",
+        "bad",
+        "bag",
+        "ball",
+        "band",
+        "bank",
+        "base",
+        "basket",
+        "bath",
+        "bear",
+        "beauty",
+        "bed",
+        "bell",
+        "belt",
+        "best",
+        "bird",
+        "black",
+        "blood",
+        "blue",
+        "board",
+        "boat",
+        "body",
+        "bone",
+        "book",
+        "border",
+        "bottle",
+        "bottom",
+        "box",
+        "boy",
+        "brain",
+        "bread",
+        "bridge",
+        "bright",
+        "brother",
+        "brown",
+        "build",
+        "butter",
+        "cake",
+        "call",
+        "camera",
+        "candle",
+        "car",
+        "card",
+        "care",
+        "carpet",
+        "castle",
+        "cat",
+        "chair",
+        "chance",
+        "change",
+        "cheese",
+        "chicken",
+        "child",
+        "church",
+        "circle",
+        "city",
+        "clean",
+        "clock",
+        "cloud",
+        "coast",
+        "coffee",
+        "cold",
+        "color",
+        "corner",
+        "cotton",
+        "country",
+        "cow",
+        "cream",
+        "crown",
+        "cup",
+        "dance",
+        "dark",
+        "daughter",
+        "day",
+        "desert",
+        "dinner",
+        "doctor",
+        "dog",
+        "door",
+        "dream",
+        "dress",
+        "drink",
+        "driver",
+        "duck",
+        "during",
+        "early",
+        "earth",
+        "east",
+        "easy",
+        "egg",
+        "empty",
+        "engine",
+        "evening",
+        "event",
+        "face",
+        "family",
+        "farm",
+        "father",
+        "feather",
+        "field",
+        "finger",
+        "fire",
+        "fish",
+        "flag",
+        "floor",
+        "flower",
+        "forest",
+        "fork",
+        "friend",
+        "garden",
+        "gate",
+        "ghost",
+        "girl",
+        "glass",
+        "gold",
+        "grass",
+        "green",
+        "ground",
+        "guitar",
+        "hair",
+        "hammer",
+        "hand",
+        "happy",
+        "harbor",
+        "heart",
+        "heavy",
+        "horse",
+        "hotel",
+        "house",
+        "island",
+        "jacket",
+        "jelly",
+        "journey",
+        "juice",
+        "key",
+        "king",
+        "kitchen",
+        "knife",
+        "ladder",
+        "lake",
+        "lamp",
+        "language",
+        "laugh",
+        "leaf",
+        "lemon",
+        "letter",
+        "light",
+        "lion",
+        "little",
+        "long",
+        "machine",
+        "market",
+        "metal",
+        "milk",
+        "minute",
+        "mirror",
+        "money",
+        "monkey",
+        "month",
+        "moon",
+        "morning",
+        "mother",
+        "mountain",
+        "music",
+        "nature",
+        "night",
+        "noise",
+        "north",
+        "number",
+        "ocean",
+        "office",
+        "orange",
+        "paper",
+        "parent",
+        "party",
+        "pencil",
+        "people",
+        "pepper",
+        "picture",
+        "piece",
+        "pillow",
+        "planet",
+        "plant",
+        "pocket",
+        "poem",
+        "potato",
+        "queen",
+        "question",
+        "rabbit",
+        "rain",
+        "record",
+        "river",
+        "road",
+        "rocket",
+        "roof",
+        "room",
+        "rose",
+        "salt",
+        "sand",
+        "school",
+        "science",
+        "sea",
+        "season",
+        "second",
+        "shadow",
+        "ship",
+        "shirt",
+        "shoe",
+        "silver",
+        "sister",
+        "sky",
+        "sleep",
+        "small",
+        "smile",
+        "snake",
+        "snow",
+        "song",
+        "sound",
+        "soup",
+        "south",
+        "spring",
+        "square",
+        "star",
+        "stone",
+        "storm",
+        "story",
+        "street",
+        "sugar",
+        "summer",
+        "sun",
+        "table",
+        "teacher",
+        "thunder",
+        "ticket",
+        "tiger",
+        "time",
+        "tomato",
+        "tooth",
+        "tower",
+        "town",
+        "train",
+        "tree",
+        "truck",
+        "umbrella",
+        "uncle",
+        "valley",
+        "village",
+        "violin",
+        "voice",
+        "wall",
+        "water",
+        "weather",
+        "window",
+        "winter",
+        "wolf",
+        "wood",
+        "word",
+        "world",
+        "yellow",
+        "young",
+        "zebra",
+    ]
 )
 
-ARITHMETIC_TEMPLATES: tuple[str, ...] = ("What is {e}?", "Compute {e}.", "Calculate {e}.", "How much is {e}?", "What does {e} equal?",
-                                         "Please work out {e}.")
-SPELLING_TEMPLATES: tuple[str, ...] = ("Spell the word '{w}'.", "How do you spell {w}?", "Spell {w} letter by letter.")
-COUNT_TEMPLATES: tuple[str, ...] = ("How many times does the letter '{c}' appear in '{w}'?", "Count the letter {c} in the word {w}.",
-                                    "How many {c}'s are in '{w}'?")
-REPEAT_TEMPLATES: tuple[str, ...] = ("Repeat exactly: {p}", "Say this back to me: {p}", "Repeat after me: {p}")
-REVERSE_TEMPLATES: tuple[str, ...] = ("Reverse the letters of '{w}'.", "Write {w} backwards.", "Spell '{w}' in reverse order.")
-UPPERCASE_TEMPLATES: tuple[str, ...] = ("Write in capital letters: {p}", "Uppercase this: {p}", "Convert to upper case: {p}")
+ARITHMETIC_TEMPLATES: tuple[str, ...] = (
+    "What is {e}?",
+    "Compute {e}.",
+    "Calculate {e}.",
+    "How much is {e}?",
+    "What does {e} equal?",
+    "Please work out {e}.",
+)
+SPELLING_TEMPLATES: tuple[str, ...] = (
+    "Spell the word '{w}'.",
+    "How do you spell {w}?",
+    "Spell {w} letter by letter.",
+)
+COUNT_TEMPLATES: tuple[str, ...] = (
+    "How many times does the letter '{c}' appear in '{w}'?",
+    "Count the letter {c} in the word {w}.",
+    "How many {c}'s are in '{w}'?",
+)
+REPEAT_TEMPLATES: tuple[str, ...] = (
+    "Repeat exactly: {p}",
+    "Say this back to me: {p}",
+    "Repeat after me: {p}",
+)
+REVERSE_TEMPLATES: tuple[str, ...] = (
+    "Reverse the letters of '{w}'.",
+    "Write {w} backwards.",
+    "Spell '{w}' in reverse order.",
+)
+UPPERCASE_TEMPLATES: tuple[str, ...] = (
+    "Write in capital letters: {p}",
+    "Uppercase this: {p}",
+    "Convert to upper case: {p}",
+)
 
 
 @dataclass(frozen=True)
@@ -104,18 +412,66 @@ IDENTITY_HELD_OUT = 2
 
 # (fact, question paraphrases); _identity_answer gives each fact's reply and the keyword check() wants.
 IDENTITY_FACTS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("name", ("What is your name?", "What's your name?", "What are you called?", "Do you have a name?", "Tell me your name.",
-                      "What should I call you?", "May I ask your name?", "Say your name.", "How do people call you?",
-                      "Your name, please?")),
-    ("who", ("Who are you?", "What are you?", "Introduce yourself.", "Tell me about yourself.", "Who am I talking to?",
-                     "Are you a person?", "Are you human?", "Are you a robot?", "Describe yourself.", "Who is this?")),
-    ("data", ("What were you trained on?", "What did you learn from?", "What data were you trained on?",
-                                    "Where does your knowledge come from?", "What text did you read?", "What is your training data?",
-                                    "Which books did you learn from?", "How did you learn to write?", "What did you read in training?",
-                                    "Where did you learn English?")),
-    ("tools", ("Can you use tools?", "Can you do arithmetic?", "How do you do maths?", "Do you have a calculator?",
-                             "Can you calculate?", "How do you add numbers?", "Are you good at arithmetic?", "What tools do you have?",
-                             "Can you multiply numbers?", "How do you solve sums?")),
+    (
+        "name",
+        (
+            "What is your name?",
+            "What's your name?",
+            "What are you called?",
+            "Do you have a name?",
+            "Tell me your name.",
+            "What should I call you?",
+            "May I ask your name?",
+            "Say your name.",
+            "How do people call you?",
+            "Your name, please?",
+        ),
+    ),
+    (
+        "who",
+        (
+            "Who are you?",
+            "What are you?",
+            "Introduce yourself.",
+            "Tell me about yourself.",
+            "Who am I talking to?",
+            "Are you a person?",
+            "Are you human?",
+            "Are you a robot?",
+            "Describe yourself.",
+            "Who is this?",
+        ),
+    ),
+    (
+        "data",
+        (
+            "What were you trained on?",
+            "What did you learn from?",
+            "What data were you trained on?",
+            "Where does your knowledge come from?",
+            "What text did you read?",
+            "What is your training data?",
+            "Which books did you learn from?",
+            "How did you learn to write?",
+            "What did you read in training?",
+            "Where did you learn English?",
+        ),
+    ),
+    (
+        "tools",
+        (
+            "Can you use tools?",
+            "Can you do arithmetic?",
+            "How do you do maths?",
+            "Do you have a calculator?",
+            "Can you calculate?",
+            "How do you add numbers?",
+            "Are you good at arithmetic?",
+            "What tools do you have?",
+            "Can you multiply numbers?",
+            "How do you solve sums?",
+        ),
+    ),
 )
 
 
@@ -124,8 +480,14 @@ def _identity_answer(fact: str, who: ModelIdentity) -> tuple[str, str]:
     return {
         "name": (who.name, f"My name is {who.name}."),
         "who": (who.name, f"I am {who.name}, {who.origin}. I am not a person."),
-        "data": (who.trained_on_keyword, f"I was trained on {who.trained_on}, then finetuned on conversations."),
-        "tools": ("calculator", "I can use a calculator: I call it for arithmetic and read its result."),
+        "data": (
+            who.trained_on_keyword,
+            f"I was trained on {who.trained_on}, then finetuned on conversations.",
+        ),
+        "tools": (
+            "calculator",
+            "I can use a calculator: I call it for arithmetic and read its result.",
+        ),
     }[fact]
 
 
@@ -139,12 +501,15 @@ class SkillTask:
     expression: str = ""  # arithmetic: the calculator expression
     reply: str = ""  # the demonstrated final assistant reply (training target)
 
-    def conversation(self) -> list["Message"]:
+    def conversation(self) -> list[Message]:
         """The demonstration: user, (assistant tool call, tool result,) assistant."""
         from twofiles.chat import Message, ToolCall
 
         if self.kind != "arithmetic":
-            return [Message(role="user", content=self.prompt), Message(role="assistant", content=self.reply)]
+            return [
+                Message(role="user", content=self.prompt),
+                Message(role="assistant", content=self.reply),
+            ]
         call = ToolCall(name="calculator", arguments={"expression": self.expression}, id="call_0")
         return [
             Message(role="user", content=self.prompt),
@@ -159,7 +524,11 @@ def _split_of(key: str) -> Split:
     identity questions by their place in IDENTITY_FACTS."""
     if key.startswith("identity:"):
         q = key[len("identity:") :]
-        return next(("val" if qs.index(q) >= len(qs) - IDENTITY_HELD_OUT else "train") for _, qs in IDENTITY_FACTS if q in qs)
+        return next(
+            ("val" if qs.index(q) >= len(qs) - IDENTITY_HELD_OUT else "train")
+            for _, qs in IDENTITY_FACTS
+            if q in qs
+        )
     h = int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "little")
     return "val" if h % 100 < HELD_OUT_PERCENT else "train"
 
@@ -199,23 +568,35 @@ def _draw(kind: str, rng: random.Random, who: ModelIdentity) -> tuple[str, Skill
     if kind == "spelling":
         w = rng.choice(WORDS)
         spelled = "-".join(w)
-        return f"spelling:{w}", SkillTask(kind, rng.choice(SPELLING_TEMPLATES).format(w=w), spelled, reply=spelled)
+        return f"spelling:{w}", SkillTask(
+            kind, rng.choice(SPELLING_TEMPLATES).format(w=w), spelled, reply=spelled
+        )
     if kind == "count_letters":
         w = rng.choice(WORDS)
         # mostly letters of the word (1-3 occurrences), sometimes one it lacks (0)
-        c = rng.choice(w) if rng.random() < 0.85 else rng.choice([x for x in "abcdefghijklmnopqrstuvwxyz" if x not in w])
+        c = (
+            rng.choice(w)
+            if rng.random() < 0.85
+            else rng.choice([x for x in "abcdefghijklmnopqrstuvwxyz" if x not in w])
+        )
         n = w.count(c)
         reply = f"{'-'.join(w)}: the letter {c} appears {n} time{'s' if n != 1 else ''}. The answer is {n}."
-        return f"count:{w}:{c}", SkillTask(kind, rng.choice(COUNT_TEMPLATES).format(c=c, w=w), str(n), reply=reply)
+        return f"count:{w}:{c}", SkillTask(
+            kind, rng.choice(COUNT_TEMPLATES).format(c=c, w=w), str(n), reply=reply
+        )
     if kind == "repeat":
         p = _phrase(rng)
         return f"repeat:{p}", SkillTask(kind, rng.choice(REPEAT_TEMPLATES).format(p=p), p, reply=p)
     if kind == "reverse":
         w = rng.choice(WORDS)
-        return f"reverse:{w}", SkillTask(kind, rng.choice(REVERSE_TEMPLATES).format(w=w), w[::-1], reply=w[::-1])
+        return f"reverse:{w}", SkillTask(
+            kind, rng.choice(REVERSE_TEMPLATES).format(w=w), w[::-1], reply=w[::-1]
+        )
     if kind == "uppercase":
         p = _phrase(rng)
-        return f"uppercase:{p}", SkillTask(kind, rng.choice(UPPERCASE_TEMPLATES).format(p=p), p.upper(), reply=p.upper())
+        return f"uppercase:{p}", SkillTask(
+            kind, rng.choice(UPPERCASE_TEMPLATES).format(p=p), p.upper(), reply=p.upper()
+        )
     if kind == "identity":
         fact, questions = rng.choice(IDENTITY_FACTS)
         q = rng.choice(questions)
@@ -224,7 +605,9 @@ def _draw(kind: str, rng: random.Random, who: ModelIdentity) -> tuple[str, Skill
     raise TwofilesError(f"unknown skill kind {kind!r}; choose from {', '.join(SKILL_KINDS)}")
 
 
-def skill_tasks(kind: str, split: Split, n: int, seed: int = 0, *, who: ModelIdentity | None = None) -> list[SkillTask]:
+def skill_tasks(
+    kind: str, split: Split, n: int, seed: int = 0, *, who: ModelIdentity | None = None
+) -> list[SkillTask]:
     """`n` tasks of one kind from one split, deterministic in `seed`. Distinct tasks are preferred;
     when a split has fewer than `n` (identity questions, say), tasks repeat with fresh wording
     where the kind has templates."""
@@ -244,7 +627,9 @@ def skill_tasks(kind: str, split: Split, n: int, seed: int = 0, *, who: ModelIde
         key, task = _draw(kind, rng, who)
         if _split_of(key) != split:
             continue
-        if key in seen and tries < 50 * n:  # give up on distinctness only when the split is exhausted
+        if (
+            key in seen and tries < 50 * n
+        ):  # give up on distinctness only when the split is exhausted
             continue
         seen.add(key)
         out.append(task)
@@ -270,7 +655,10 @@ def last_number(text: str) -> str | None:
 def _contains(text: str, needle: str, *, ignore_case: bool = False) -> bool:
     """`needle` occurs in `text` not glued to other letters or digits."""
     flags = re.IGNORECASE if ignore_case else 0
-    return re.search(r"(?<![A-Za-z0-9])" + re.escape(needle) + r"(?![A-Za-z0-9])", text, flags) is not None
+    return (
+        re.search(r"(?<![A-Za-z0-9])" + re.escape(needle) + r"(?![A-Za-z0-9])", text, flags)
+        is not None
+    )
 
 
 def check(task: SkillTask, reply: str) -> bool:
@@ -284,7 +672,11 @@ def check(task: SkillTask, reply: str) -> bool:
     if task.kind == "spelling":
         letters = task.answer.split("-")
         # not glued to a letter, and not followed by one more spelled-out letter ("c-a-t-s")
-        pattern = r"(?<![A-Za-z])" + r"[\s,\-]+".join(map(re.escape, letters)) + r"(?![A-Za-z])(?![\s,\-]+[A-Za-z](?![A-Za-z]))"
+        pattern = (
+            r"(?<![A-Za-z])"
+            + r"[\s,\-]+".join(map(re.escape, letters))
+            + r"(?![A-Za-z])(?![\s,\-]+[A-Za-z](?![A-Za-z]))"
+        )
         return re.search(pattern, reply, re.IGNORECASE) is not None
     if task.kind in ("repeat", "reverse", "uppercase"):
         return _contains(reply, task.answer)
@@ -303,11 +695,14 @@ class Dialog:
     source: str  # e.g. "chatterbot-corpus/english/greetings.yml#3"
     lines: tuple[str, ...]
 
-    def conversation(self) -> list["Message"]:
+    def conversation(self) -> list[Message]:
         from twofiles.chat import Message
 
         n = len(self.lines) - len(self.lines) % 2  # end on an assistant line
-        return [Message(role="user" if i % 2 == 0 else "assistant", content=self.lines[i]) for i in range(n)]
+        return [
+            Message(role="user" if i % 2 == 0 else "assistant", content=self.lines[i])
+            for i in range(n)
+        ]
 
 
 @functools.lru_cache(maxsize=1)
@@ -349,17 +744,38 @@ def chat_dialogs(split: Split, n: int | None = None, seed: int = 0) -> list[Dial
 # ---------------------------------------------------------------------------------------- the mix
 
 
-def builtin_tasks(split: Split, seed: int = 0, *, sizes: dict[str, int] | None = None, who: ModelIdentity | None = None) -> list[SkillTask]:
+def builtin_tasks(
+    split: Split,
+    seed: int = 0,
+    *,
+    sizes: dict[str, int] | None = None,
+    who: ModelIdentity | None = None,
+) -> list[SkillTask]:
     """The skill tasks of the built-in mix for one split, kind by kind."""
     sizes = MIX_SIZES[split] if sizes is None else sizes
-    return [t for kind in SKILL_KINDS if sizes.get(kind, 0) for t in skill_tasks(kind, split, sizes[kind], seed, who=who)]
+    return [
+        t
+        for kind in SKILL_KINDS
+        if sizes.get(kind, 0)
+        for t in skill_tasks(kind, split, sizes[kind], seed, who=who)
+    ]
 
 
-def builtin_mix(split: Split, seed: int = 0, *, sizes: dict[str, int] | None = None, who: ModelIdentity | None = None) -> list[list["Message"]]:
+def builtin_mix(
+    split: Split,
+    seed: int = 0,
+    *,
+    sizes: dict[str, int] | None = None,
+    who: ModelIdentity | None = None,
+) -> list[list[Message]]:
     """The built-in finetuning mix for one split: chat dialogs and skill demonstrations, shuffled
     together by `seed`. `sizes` overrides MIX_SIZES[split] (kind -> count; "chat" included)."""
     sizes = MIX_SIZES[split] if sizes is None else sizes
-    convs = [d.conversation() for d in chat_dialogs(split, sizes.get("chat", 0), seed)] if sizes.get("chat", 0) else []
+    convs = (
+        [d.conversation() for d in chat_dialogs(split, sizes.get("chat", 0), seed)]
+        if sizes.get("chat", 0)
+        else []
+    )
     convs += [t.conversation() for t in builtin_tasks(split, seed, sizes=sizes, who=who)]
     random.Random(f"mix/{split}/{seed}").shuffle(convs)
     return convs
@@ -373,10 +789,33 @@ def provenance() -> dict[str, Any]:
         version = metadata.version("chatterbot-corpus")
     except metadata.PackageNotFoundError:
         version = None
-    return {"chat": {"package": "chatterbot-corpus", "version": version, "license": CHATTERBOT_LICENSE, "language": "english",
-                     "excluded": list(CHATTERBOT_EXCLUDED)},
-            "skills": list(SKILL_KINDS), "held_out_percent": HELD_OUT_PERCENT, "sizes": MIX_SIZES}
+    return {
+        "chat": {
+            "package": "chatterbot-corpus",
+            "version": version,
+            "license": CHATTERBOT_LICENSE,
+            "language": "english",
+            "excluded": list(CHATTERBOT_EXCLUDED),
+        },
+        "skills": list(SKILL_KINDS),
+        "held_out_percent": HELD_OUT_PERCENT,
+        "sizes": MIX_SIZES,
+    }
 
 
-__all__ = ["SKILL_KINDS", "MIX_SIZES", "WORDS", "ModelIdentity", "SkillTask", "Dialog", "skill_tasks", "check", "last_number",
-           "chatterbot_dialogs", "chat_dialogs", "builtin_tasks", "builtin_mix", "provenance"]
+__all__ = [
+    "MIX_SIZES",
+    "SKILL_KINDS",
+    "WORDS",
+    "Dialog",
+    "ModelIdentity",
+    "SkillTask",
+    "builtin_mix",
+    "builtin_tasks",
+    "chat_dialogs",
+    "chatterbot_dialogs",
+    "check",
+    "last_number",
+    "provenance",
+    "skill_tasks",
+]

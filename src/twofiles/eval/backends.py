@@ -47,15 +47,35 @@ class Backend(Protocol):
     name: str
     is_chat: bool
 
-    def loglikelihood(self, requests: Sequence[tuple[str, str]], *, batch_size: int = 8, progress: Progress | None = None) -> list[tuple[float, bool]]:
+    def loglikelihood(
+        self,
+        requests: Sequence[tuple[str, str]],
+        *,
+        batch_size: int = 8,
+        progress: Progress | None = None,
+    ) -> list[tuple[float, bool]]:
         """(log P(continuation | context) in nats, whether greedy decoding would produce the
         continuation) for each (context, continuation)."""
         ...
 
-    def bits_per_byte(self, texts: Sequence[str], *, seq_len: int = 1024, max_windows: int | None = None, batch_size: int = 8) -> BitsPerByte: ...
+    def bits_per_byte(
+        self,
+        texts: Sequence[str],
+        *,
+        seq_len: int = 1024,
+        max_windows: int | None = None,
+        batch_size: int = 8,
+    ) -> BitsPerByte: ...
 
-    def generate(self, requests: Sequence[GenRequest], *, max_tokens: int, stop: Sequence[str] = (), batch_size: int = 8,
-                 progress: Progress | None = None) -> list[str]:
+    def generate(
+        self,
+        requests: Sequence[GenRequest],
+        *,
+        max_tokens: int,
+        stop: Sequence[str] = (),
+        batch_size: int = 8,
+        progress: Progress | None = None,
+    ) -> list[str]:
         """Greedy replies (text after the prompt, cut before any stop string)."""
         ...
 
@@ -67,13 +87,13 @@ class Backend(Protocol):
 class _ArrayStream:
     """An in-memory token sequence with the interface pretraining's evaluation reads."""
 
-    def __init__(self, tokens: "Any") -> None:
+    def __init__(self, tokens: Any) -> None:
         self.tokens = tokens
 
     def __len__(self) -> int:
         return len(self.tokens)
 
-    def get(self, start: int, length: int) -> "Any":
+    def get(self, start: int, length: int) -> Any:
         return self.tokens[start : start + length]
 
 
@@ -82,7 +102,7 @@ class LocalBackend:
     """A loaded model. `chat`: render generative prompts with the model's chat template (default:
     when the model file carries one)."""
 
-    loaded: "LoadedModel"
+    loaded: LoadedModel
     name: str = "model"
     chat: bool | None = None
     _format: Any = field(default=None, repr=False)
@@ -96,7 +116,9 @@ class LocalBackend:
                 from twofiles.chat import ChatFormat
             except ImportError:
                 if asked:
-                    raise TwofilesError("chat rendering (twofiles.chat) is not available in this installation; use plain-text prompts") from None
+                    raise TwofilesError(
+                        "chat rendering (twofiles.chat) is not available in this installation; use plain-text prompts"
+                    ) from None
                 self.chat = False  # no renderer: plain-text prompts, as for a base model
                 return
             self._format = ChatFormat.for_model(self.loaded)
@@ -106,10 +128,12 @@ class LocalBackend:
         return bool(self.chat)
 
     @property
-    def device(self) -> "Any":
+    def device(self) -> Any:
         from twofiles.engine import model_device
 
-        return model_device(self.loaded.model)  # not lm_head.weight: a quantized or packed head has none
+        return model_device(
+            self.loaded.model
+        )  # not lm_head.weight: a quantized or packed head has none
 
     def _ids(self, text: str) -> list[int]:
         from twofiles.engine import encode_prompt
@@ -126,7 +150,13 @@ class LocalBackend:
         stop_ids = list(self._format.stop_token_ids) if self._format is not None else []
         return set(stop_ids) | {tok.bos_id, *getattr(tok, "eos_ids", ())}
 
-    def loglikelihood(self, requests: Sequence[tuple[str, str]], *, batch_size: int = 8, progress: Progress | None = None) -> list[tuple[float, bool]]:
+    def loglikelihood(
+        self,
+        requests: Sequence[tuple[str, str]],
+        *,
+        batch_size: int = 8,
+        progress: Progress | None = None,
+    ) -> list[tuple[float, bool]]:
         pairs = []
         for context, continuation in requests:
             # Tokenize the whole text and split it where the context's tokens end (lm-eval's
@@ -138,9 +168,18 @@ class LocalBackend:
             if n == len(whole):
                 raise TwofilesError(f"empty continuation after context {context[-40:]!r}")
             pairs.append((whole[:n], whole[n:]))
-        return loglikelihood_tokens(self.loaded.model, pairs, batch_size=batch_size, progress=progress)
+        return loglikelihood_tokens(
+            self.loaded.model, pairs, batch_size=batch_size, progress=progress
+        )
 
-    def bits_per_byte(self, texts: Sequence[str], *, seq_len: int = 1024, max_windows: int | None = None, batch_size: int = 8) -> BitsPerByte:
+    def bits_per_byte(
+        self,
+        texts: Sequence[str],
+        *,
+        seq_len: int = 1024,
+        max_windows: int | None = None,
+        batch_size: int = 8,
+    ) -> BitsPerByte:
         """Each text as a training document ([bos] + tokens), scored in consecutive windows with
         pretraining's own evaluation (so the numbers compare with a run's val_bpb)."""
         import numpy as np
@@ -161,7 +200,9 @@ class LocalBackend:
         token_bytes = torch.from_numpy(tok.token_bytes().astype(np.int64)).to(self.device)
         stream = _ArrayStream(ids)
         model = self.loaded.model
-        bf16 = self.device.type == "cuda" and torch.cuda.is_bf16_supported()  # the precision rule pretraining evaluates under
+        bf16 = (
+            self.device.type == "cuda" and torch.cuda.is_bf16_supported()
+        )  # the precision rule pretraining evaluates under
         rt = Runtime(device=self.device, autocast_dtype=torch.bfloat16 if bf16 else None)
         with torch.inference_mode():
             loss, bpb = evaluate(model, stream, token_bytes, rt, seq_len, batch_size, limit)
@@ -169,7 +210,9 @@ class LocalBackend:
         n_targets = len(ids) - 1 if limit is None else min(len(ids) - 1, limit)
         targets = torch.from_numpy(ids[1 : n_targets + 1]).to(self.device)
         nbytes = token_bytes[targets]
-        return BitsPerByte(bits_per_byte=bpb, loss=loss, tokens=int((nbytes > 0).sum()), bytes=int(nbytes.sum()))
+        return BitsPerByte(
+            bits_per_byte=bpb, loss=loss, tokens=int((nbytes > 0).sum()), bytes=int(nbytes.sum())
+        )
 
     def prompt_ids(self, req: GenRequest) -> list[int]:
         if self._format is not None:
@@ -182,20 +225,42 @@ class LocalBackend:
         """log P(choice | the prompt as `generate` would render it) for each choice text."""
         prompt = self.prompt_ids(req)
         pairs = [(prompt, self.loaded.tokenizer.encode(c)) for c in choices]
-        return [ll for ll, _ in loglikelihood_tokens(self.loaded.model, pairs, batch_size=len(pairs))]
+        return [
+            ll for ll, _ in loglikelihood_tokens(self.loaded.model, pairs, batch_size=len(pairs))
+        ]
 
-    def generate(self, requests: Sequence[GenRequest], *, max_tokens: int, stop: Sequence[str] = (), batch_size: int = 8,
-                 progress: Progress | None = None) -> list[str]:
+    def generate(
+        self,
+        requests: Sequence[GenRequest],
+        *,
+        max_tokens: int,
+        stop: Sequence[str] = (),
+        batch_size: int = 8,
+        progress: Progress | None = None,
+    ) -> list[str]:
         tok = self.loaded.tokenizer
-        stops = [] if self._format is not None else list(stop)  # a chat model's turn ends at its end-of-turn token
+        stops = (
+            [] if self._format is not None else list(stop)
+        )  # a chat model's turn ends at its end-of-turn token
         ends = self.end_ids()
         limit = self.loaded.model.config.max_seq_len - 1
-        prompts = [self.prompt_ids(r)[-limit:] for r in requests]  # keep the question (the end) when shots overflow the context
-        order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))  # similar lengths share a batch: less padding
+        prompts = [
+            self.prompt_ids(r)[-limit:] for r in requests
+        ]  # keep the question (the end) when shots overflow the context
+        order = sorted(
+            range(len(prompts)), key=lambda i: -len(prompts[i])
+        )  # similar lengths share a batch: less padding
         out = [""] * len(prompts)
         for b in range(0, len(order), batch_size):
             rows = order[b : b + batch_size]
-            texts = greedy_batch(self.loaded.model, tok, [prompts[i] for i in rows], max_tokens=max_tokens, stop=stops, end_ids=ends)
+            texts = greedy_batch(
+                self.loaded.model,
+                tok,
+                [prompts[i] for i in rows],
+                max_tokens=max_tokens,
+                stop=stops,
+                end_ids=ends,
+            )
             for i, text in zip(rows, texts):
                 out[i] = text
             if progress is not None:
@@ -203,8 +268,15 @@ class LocalBackend:
         return out
 
 
-def greedy_batch(model: "Any", tokenizer: "Any", prompts: Sequence[Sequence[int]], *, max_tokens: int, stop: Sequence[str] = (),
-                 end_ids: "set[int] | frozenset[int]" = frozenset()) -> list[str]:
+def greedy_batch(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[Sequence[int]],
+    *,
+    max_tokens: int,
+    stop: Sequence[str] = (),
+    end_ids: set[int] | frozenset[int] = frozenset(),
+) -> list[str]:
     """Greedy replies to prompts of different lengths in one batch, KV-cached.
 
     Each row keeps its own positions: row r's prompt fills cache slots 0..L_r-1 and its i-th new
@@ -220,13 +292,17 @@ def greedy_batch(model: "Any", tokenizer: "Any", prompts: Sequence[Sequence[int]
     L = int(lengths.max())
     steps = min(max_tokens, model.config.max_seq_len - L)
     if steps < 1:
-        raise TwofilesError(f"a prompt of {L} tokens leaves no room in the model's {model.config.max_seq_len}-token context")
+        raise TwofilesError(
+            f"a prompt of {L} tokens leaves no room in the model's {model.config.max_seq_len}-token context"
+        )
     B, S = len(prompts), L + steps
     x = torch.zeros(B, L, dtype=torch.long, device=device)
     for r, p in enumerate(prompts):
         x[r, : len(p)] = torch.tensor(list(p), dtype=torch.long)
     slots = torch.arange(S, device=device)
-    positions = torch.arange(L, device=device).expand(B, L)  # padding past a row's end goes to slots decoding overwrites first
+    positions = torch.arange(L, device=device).expand(
+        B, L
+    )  # padding past a row's end goes to slots decoding overwrites first
     streams = [TextStream(tokenizer, stop, context=p) for p in prompts]
     texts = [""] * B
     done = [False] * B
@@ -234,9 +310,13 @@ def greedy_batch(model: "Any", tokenizer: "Any", prompts: Sequence[Sequence[int]
     model.eval()
     with torch.inference_mode():
         caches = model.new_caches(B, S)
-        mask = (slots[None, :] <= positions[:, :, None])[:, None]  # [B, 1, L, S]: causal within each row
+        mask = (slots[None, :] <= positions[:, :, None])[
+            :, None
+        ]  # [B, 1, L, S]: causal within each row
         h = model.hidden_states(x, caches, positions=positions, attn_mask=mask)
-        last = h[torch.arange(B, device=device), lengths - 1]  # [B, dim]: each row's last prompt token
+        last = h[
+            torch.arange(B, device=device), lengths - 1
+        ]  # [B, dim]: each row's last prompt token
         for i in range(steps):
             tokens = model.lm_head(last).float().argmax(-1)  # [B]
             for r, t in enumerate(tokens.tolist()):
@@ -252,7 +332,9 @@ def greedy_batch(model: "Any", tokenizer: "Any", prompts: Sequence[Sequence[int]
                 break
             pos = (lengths + i)[:, None]  # [B, 1]
             mask = (slots[None, :] <= pos)[:, None, None, :].expand(B, 1, 1, S)  # [B, 1, 1, S]
-            last = model.hidden_states(tokens[:, None], caches, positions=pos, attn_mask=mask)[:, -1]
+            last = model.hidden_states(tokens[:, None], caches, positions=pos, attn_mask=mask)[
+                :, -1
+            ]
     model.train(was_training)
     for r in range(B):
         if not done[r]:
@@ -260,8 +342,13 @@ def greedy_batch(model: "Any", tokenizer: "Any", prompts: Sequence[Sequence[int]
     return texts
 
 
-def loglikelihood_tokens(model: "Any", pairs: Sequence[tuple[Sequence[int], Sequence[int]]], *, batch_size: int = 8,
-                         progress: Progress | None = None) -> list[tuple[float, bool]]:
+def loglikelihood_tokens(
+    model: Any,
+    pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
+    *,
+    batch_size: int = 8,
+    progress: Progress | None = None,
+) -> list[tuple[float, bool]]:
     """(sum of log-probabilities of `continuation` given `context`, whether every continuation
     token is the argmax) for token-id pairs, batched. Rows are right-padded: with causal attention
     padding after a row's last token cannot change that row's logits. Longest first, so a batch
@@ -296,7 +383,10 @@ def loglikelihood_tokens(model: "Any", pairs: Sequence[tuple[Sequence[int], Sequ
                 start = len(seq) - 1 - n  # the positions whose next token is a continuation token
                 logp = model.lm_head(h[r, start : start + n]).float().log_softmax(-1)  # [n, V]
                 target = torch.tensor(seq[-n:], device=device)
-                out[i] = (float(logp.gather(-1, target[:, None]).sum()), bool((logp.argmax(-1) == target).all()))
+                out[i] = (
+                    float(logp.gather(-1, target[:, None]).sum()),
+                    bool((logp.argmax(-1) == target).all()),
+                )
             if progress is not None:
                 progress(len(idx))
     model.train(was_training)
@@ -335,7 +425,9 @@ class EndpointBackend:
         headers = {"Content-Type": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
-        req = urllib.request.Request(self.url + path, data=json.dumps(body).encode(), headers=headers, method="POST")
+        req = urllib.request.Request(
+            self.url + path, data=json.dumps(body).encode(), headers=headers, method="POST"
+        )
         try:
             with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
                 return json.loads(resp.read().decode("utf-8"))
@@ -343,55 +435,101 @@ class EndpointBackend:
             detail = e.read().decode("utf-8", "replace")[:300]
             raise EndpointError(f"{self.url}{path}: HTTP {e.code}: {detail}") from None
         except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
-            raise EndpointError(f"{self.url}{path}: cannot reach the endpoint ({getattr(e, 'reason', e)})") from None
+            raise EndpointError(
+                f"{self.url}{path}: cannot reach the endpoint ({getattr(e, 'reason', e)})"
+            ) from None
         except json.JSONDecodeError:
             raise EndpointError(f"{self.url}{path}: the reply is not JSON") from None
 
-    def generate(self, requests: Sequence[GenRequest], *, max_tokens: int, stop: Sequence[str] = (), batch_size: int = 8,
-                 progress: Progress | None = None) -> list[str]:
+    def generate(
+        self,
+        requests: Sequence[GenRequest],
+        *,
+        max_tokens: int,
+        stop: Sequence[str] = (),
+        batch_size: int = 8,
+        progress: Progress | None = None,
+    ) -> list[str]:
         out = []
         for r in requests:
-            body: dict[str, Any] = {"model": self.model_name, "messages": r.messages, "max_tokens": max_tokens, "temperature": 0.0}
+            body: dict[str, Any] = {
+                "model": self.model_name,
+                "messages": r.messages,
+                "max_tokens": max_tokens,
+                "temperature": 0.0,
+            }
             if stop:
                 body["stop"] = list(stop)[:4]  # the OpenAI API takes at most four
             reply = self._post("/chat/completions", body)
             try:
                 text = reply["choices"][0]["message"].get("content") or ""
             except (KeyError, IndexError, TypeError, AttributeError):
-                raise EndpointError(f"{self.url}/chat/completions: unexpected reply shape: {str(reply)[:200]}") from None
+                raise EndpointError(
+                    f"{self.url}/chat/completions: unexpected reply shape: {str(reply)[:200]}"
+                ) from None
             out.append(text)
             if progress is not None:
                 progress(1)
         return out
 
     def _prompt_logprobs(self, text: str) -> tuple[list[float | None], list[int], list[str]]:
-        body = {"model": self.model_name, "prompt": text, "max_tokens": 0, "echo": True, "logprobs": 1, "temperature": 0.0}
+        body = {
+            "model": self.model_name,
+            "prompt": text,
+            "max_tokens": 0,
+            "echo": True,
+            "logprobs": 1,
+            "temperature": 0.0,
+        }
         try:
             reply = self._post("/completions", body)
             lp = reply["choices"][0]["logprobs"]
-            return list(lp["token_logprobs"]), list(lp["text_offset"]), list(lp.get("top_logprobs") or [])
+            return (
+                list(lp["token_logprobs"]),
+                list(lp["text_offset"]),
+                list(lp.get("top_logprobs") or []),
+            )
         except (EndpointError, KeyError, IndexError, TypeError) as e:
             raise TwofilesError(
                 f"the endpoint {self.url} cannot score log-likelihoods ({e}): multiple-choice and bits-per-byte tasks need prompt "
                 "logprobs from /v1/completions (echo=true, logprobs); run generative tasks only against it"
             ) from None
 
-    def loglikelihood(self, requests: Sequence[tuple[str, str]], *, batch_size: int = 8, progress: Progress | None = None) -> list[tuple[float, bool]]:
+    def loglikelihood(
+        self,
+        requests: Sequence[tuple[str, str]],
+        *,
+        batch_size: int = 8,
+        progress: Progress | None = None,
+    ) -> list[tuple[float, bool]]:
         out = []
         for context, continuation in requests:
             logprobs, offsets, tops = self._prompt_logprobs(context + continuation)
             mine = [i for i, off in enumerate(offsets) if off >= len(context)]
             if not mine:
-                raise TwofilesError(f"the endpoint returned no tokens for the continuation {continuation!r}")
+                raise TwofilesError(
+                    f"the endpoint returned no tokens for the continuation {continuation!r}"
+                )
             total = sum(float(logprobs[i] or 0.0) for i in mine)
-            greedy = bool(tops) and all(isinstance(tops[i], dict) and tops[i] and max(tops[i].values()) <= float(logprobs[i] or 0.0) + 1e-6
-                                        for i in mine)
+            greedy = bool(tops) and all(
+                isinstance(tops[i], dict)
+                and tops[i]
+                and max(tops[i].values()) <= float(logprobs[i] or 0.0) + 1e-6
+                for i in mine
+            )
             out.append((total, greedy))
             if progress is not None:
                 progress(1)
         return out
 
-    def bits_per_byte(self, texts: Sequence[str], *, seq_len: int = 1024, max_windows: int | None = None, batch_size: int = 8) -> BitsPerByte:
+    def bits_per_byte(
+        self,
+        texts: Sequence[str],
+        *,
+        seq_len: int = 1024,
+        max_windows: int | None = None,
+        batch_size: int = 8,
+    ) -> BitsPerByte:
         """Texts sent in chunks of about 4 bytes per token of `seq_len`; the first token of each
         chunk has no logprob (no context) and is left out of both sums."""
         chunk_chars = 4 * seq_len
@@ -411,4 +549,9 @@ class EndpointBackend:
                     ntok += 1
                     nbytes += len(piece[offsets[i] : end].encode("utf-8"))
                 windows += 1
-        return BitsPerByte(bits_per_byte=nats / math.log(2) / max(nbytes, 1), loss=nats / max(ntok, 1), tokens=ntok, bytes=nbytes)
+        return BitsPerByte(
+            bits_per_byte=nats / math.log(2) / max(nbytes, 1),
+            loss=nats / max(ntok, 1),
+            tokens=ntok,
+            bytes=nbytes,
+        )

@@ -13,7 +13,10 @@ from collections.abc import Callable
 from typing import Any
 
 _NUMBER = re.compile(r"-?\$?\d[\d,]*(?:\.\d+)?")
-_FINAL = (re.compile(r"####\s*(-?\$?\d[\d,]*(?:\.\d+)?)"), re.compile(r"answer is[:\s]*\$?\s*(-?\$?\d[\d,]*(?:\.\d+)?)", re.IGNORECASE))
+_FINAL = (
+    re.compile(r"####\s*(-?\$?\d[\d,]*(?:\.\d+)?)"),
+    re.compile(r"answer is[:\s]*\$?\s*(-?\$?\d[\d,]*(?:\.\d+)?)", re.IGNORECASE),
+)
 
 
 def normalize_number(s: str) -> str:

@@ -27,15 +27,24 @@ from twofiles.eval.backends import LocalBackend, greedy_batch, loglikelihood_tok
 class TwofilesLM(LM):
     """Any model twofiles loads (`pretrained`: model.safetensors, .gguf, HF directory, alias)."""
 
-    def __init__(self, pretrained: str | None = None, *, loaded: Any = None, device: str = "auto", batch_size: int | str = 8,
-                 max_gen_toks: int = 256) -> None:
+    def __init__(
+        self,
+        pretrained: str | None = None,
+        *,
+        loaded: Any = None,
+        device: str = "auto",
+        batch_size: int | str = 8,
+        max_gen_toks: int = 256,
+    ) -> None:
         super().__init__()
         if loaded is None:
             from twofiles.engine import resolve_model
             from twofiles.runtime import pick_device
 
             if pretrained is None:
-                raise ValueError("give pretrained=MODEL (a model file, .gguf, Hugging Face directory or alias)")
+                raise ValueError(
+                    "give pretrained=MODEL (a model file, .gguf, Hugging Face directory or alias)"
+                )
             loaded = resolve_model(pretrained, device=pick_device(device)[0])
         self.backend = LocalBackend(loaded, name=pretrained or "model", chat=False)
         self.batch_size = int(batch_size)
@@ -49,16 +58,32 @@ class TwofilesLM(LM):
     def _tok(self) -> Any:
         return self.backend.loaded.tokenizer
 
-    def loglikelihood(self, requests: Sequence[Any], disable_tqdm: bool = False) -> list[tuple[float, bool]]:
-        return self.backend.loglikelihood([tuple(r.args) for r in requests], batch_size=self.batch_size)
+    def loglikelihood(
+        self, requests: Sequence[Any], disable_tqdm: bool = False
+    ) -> list[tuple[float, bool]]:
+        return self.backend.loglikelihood(
+            [tuple(r.args) for r in requests], batch_size=self.batch_size
+        )
 
-    def loglikelihood_rolling(self, requests: Sequence[Any], disable_tqdm: bool = False) -> list[float]:
+    def loglikelihood_rolling(
+        self, requests: Sequence[Any], disable_tqdm: bool = False
+    ) -> list[float]:
         window = self._model.config.max_seq_len
         out = []
         for r in requests:
             ids = [self._tok.bos_id] + self._tok.encode(r.args[0])
-            pairs = [(ids[start - 1 : start], ids[start : start + window]) for start in range(1, len(ids), window)]
-            out.append(sum(ll for ll, _ in loglikelihood_tokens(self._model, pairs, batch_size=self.batch_size)))
+            pairs = [
+                (ids[start - 1 : start], ids[start : start + window])
+                for start in range(1, len(ids), window)
+            ]
+            out.append(
+                sum(
+                    ll
+                    for ll, _ in loglikelihood_tokens(
+                        self._model, pairs, batch_size=self.batch_size
+                    )
+                )
+            )
         return out
 
     def generate_until(self, requests: Sequence[Any], disable_tqdm: bool = False) -> list[str]:
@@ -69,7 +94,16 @@ class TwofilesLM(LM):
             until = [until] if isinstance(until, str) else list(until)
             max_tokens = int(gen_kwargs.get("max_gen_toks", self.max_gen_toks))
             prompt = self.backend.prompt_ids_for_text(context)
-            out.append(greedy_batch(self._model, self._tok, [prompt], max_tokens=max_tokens, stop=until, end_ids=self.backend.end_ids())[0])
+            out.append(
+                greedy_batch(
+                    self._model,
+                    self._tok,
+                    [prompt],
+                    max_tokens=max_tokens,
+                    stop=until,
+                    end_ids=self.backend.end_ids(),
+                )[0]
+            )
         return out
 
 

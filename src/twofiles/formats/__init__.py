@@ -66,7 +66,7 @@ def _is_gguf(path: str) -> bool:
         return False
 
 
-def build_model(cfg: "ModelConfig", sd: dict[str, "torch.Tensor"]) -> "Transformer":
+def build_model(cfg: ModelConfig, sd: dict[str, torch.Tensor]) -> Transformer:
     """A Transformer holding exactly the tensors of `sd` (HF names, lm_head included when tied):
     built on the meta device and given the tensors as they are, so nothing is initialised only
     to be overwritten (seconds for a 135M-parameter model)."""
@@ -79,11 +79,15 @@ def build_model(cfg: "ModelConfig", sd: dict[str, "torch.Tensor"]) -> "Transform
     model.load_state_dict(sd, strict=True, assign=True)
     if cfg.tie_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
-    model.rope_cos, model.rope_sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta, scaling=cfg.rope_scaling)
+    model.rope_cos, model.rope_sin = rope_tables(
+        cfg.head_dim, cfg.max_seq_len, cfg.rope_theta, scaling=cfg.rope_scaling
+    )
     return model
 
 
-def resolve(spec: str, *, device: "str | torch.device" = "cpu", dtype: "torch.dtype | None" = None) -> "LoadedModel":
+def resolve(
+    spec: str, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+) -> LoadedModel:
     """The model a MODEL argument names, loaded on `device` (see the module docstring)."""
     from twofiles.artifact import load_model
 
@@ -91,7 +95,9 @@ def resolve(spec: str, *, device: "str | torch.device" = "cpu", dtype: "torch.dt
     if not os.path.exists(spec) and spec in ALIASES:
         path = alias_path(spec)
         if not path.is_file():
-            raise TwofilesError(f"{spec}: not downloaded yet: run `twofiles pull {spec}` (looked in {path})")
+            raise TwofilesError(
+                f"{spec}: not downloaded yet: run `twofiles pull {spec}` (looked in {path})"
+            )
         spec = str(path)
     if not os.path.exists(spec):
         known = ", ".join(sorted(ALIASES))
@@ -105,7 +111,9 @@ def resolve(spec: str, *, device: "str | torch.device" = "cpu", dtype: "torch.dt
             return load_hf_dir(spec, device=device, dtype=dtype)
         candidate = os.path.join(spec, "model.safetensors")
         if not os.path.isfile(candidate):
-            raise TwofilesError(f"{spec}: a directory with neither model.safetensors nor config.json (a Hugging Face model)")
+            raise TwofilesError(
+                f"{spec}: a directory with neither model.safetensors nor config.json (a Hugging Face model)"
+            )
         return load_model(candidate, device=device, dtype=dtype)
     if spec.endswith(".gguf") or _is_gguf(spec):
         from twofiles.formats.gguf import load_gguf
@@ -118,4 +126,4 @@ def resolve(spec: str, *, device: "str | torch.device" = "cpu", dtype: "torch.dt
     return load_model(spec, device=device, dtype=dtype)
 
 
-__all__ = ["ALIASES", "Alias", "cache_dir", "alias_path", "build_model", "resolve"]
+__all__ = ["ALIASES", "Alias", "alias_path", "build_model", "cache_dir", "resolve"]

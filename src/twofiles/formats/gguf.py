@@ -20,7 +20,6 @@ rotate-half RoPE layout into the interleaved one ggml uses:
 
 from __future__ import annotations
 
-import json
 import mmap
 import os
 from typing import TYPE_CHECKING, Any
@@ -45,7 +44,14 @@ MAX_LAYERS = 1024
 
 # ggml type ids (ggml.h); block size in elements, bytes per block
 F32, F16, Q4_0, Q4_1, Q8_0, BF16 = 0, 1, 2, 3, 8, 30
-BLOCKS: dict[int, tuple[int, int]] = {F32: (1, 4), F16: (1, 2), BF16: (1, 2), Q8_0: (32, 34), Q4_0: (32, 18), Q4_1: (32, 20)}
+BLOCKS: dict[int, tuple[int, int]] = {
+    F32: (1, 4),
+    F16: (1, 2),
+    BF16: (1, 2),
+    Q8_0: (32, 34),
+    Q4_0: (32, 18),
+    Q4_1: (32, 20),
+}
 TYPE_NAMES = {F32: "F32", F16: "F16", BF16: "BF16", Q8_0: "Q8_0", Q4_0: "Q4_0", Q4_1: "Q4_1"}
 
 # GGUF tensor name (after "blk.N.") -> HF Llama name (after "model.layers.N.")
@@ -63,7 +69,11 @@ LAYER_NAMES = {
     "ffn_up.weight": "mlp.up_proj.weight",
     "ffn_down.weight": "mlp.down_proj.weight",
 }
-TOP_NAMES = {"token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight", "output.weight": "lm_head.weight"}
+TOP_NAMES = {
+    "token_embd.weight": "model.embed_tokens.weight",
+    "output_norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight",
+}
 
 # ---------------------------------------------------------------------------- dequantization
 
@@ -75,7 +85,9 @@ def dequantize(data: np.ndarray, ggml_type: int, n_elements: int) -> np.ndarray:
         raise ValueError(f"unsupported tensor type {ggml_type}")
     block, size = BLOCKS[ggml_type]
     if n_elements % block or raw.size != n_elements // block * size:
-        raise ValueError(f"{raw.size} bytes do not hold {n_elements} elements of type {TYPE_NAMES[ggml_type]}")
+        raise ValueError(
+            f"{raw.size} bytes do not hold {n_elements} elements of type {TYPE_NAMES[ggml_type]}"
+        )
     if ggml_type == F32:
         return raw.view("<f4").astype(np.float32)
     if ggml_type == F16:
@@ -108,7 +120,19 @@ class _Parser:
     """A bounds-checked reader of GGUF's little-endian header, metadata and tensor infos. Every
     length is checked against the bytes left before anything is allocated or looped over."""
 
-    SCALARS = {0: "<u1", 1: "<i1", 2: "<u2", 3: "<i2", 4: "<u4", 5: "<i4", 6: "<f4", 7: "<u1", 10: "<u8", 11: "<i8", 12: "<f8"}
+    SCALARS = {
+        0: "<u1",
+        1: "<i1",
+        2: "<u2",
+        3: "<i2",
+        4: "<u4",
+        5: "<i4",
+        6: "<f4",
+        7: "<u1",
+        10: "<u8",
+        11: "<i8",
+        12: "<f8",
+    }
     STRING, ARRAY, BOOL = 8, 9, 7
 
     def __init__(self, buf, path: str) -> None:
@@ -153,7 +177,9 @@ class _Parser:
                 out = np.frombuffer(self.buf, dt, n, self.take(n * dt.itemsize)).tolist()
                 return [bool(x) for x in out] if itype == self.BOOL else out
             if itype == self.STRING:
-                if n > (len(self.buf) - self.pos) // 8:  # each string takes at least its 8-byte length
+                if (
+                    n > (len(self.buf) - self.pos) // 8
+                ):  # each string takes at least its 8-byte length
                     raise self.fail(f"array of {n} strings runs past the end of the file")
                 return [self.string() for _ in range(n)]
             raise self.fail(f"array of value type {itype} is not supported")
@@ -174,7 +200,9 @@ def _read(path: str, buf) -> tuple[dict[str, Any], list[tuple[str, int, tuple[in
     n_tensors, n_kv = p.u64(), p.u64()
     # every tensor info and key/value pair takes at least 8 bytes of the file
     if n_tensors > min(MAX_TENSORS, len(buf) // 8) or n_kv > min(MAX_KV, len(buf) // 8):
-        raise BadInputError(f"absurd counts in the header: {n_tensors} tensors, {n_kv} metadata keys", path=path)
+        raise BadInputError(
+            f"absurd counts in the header: {n_tensors} tensors, {n_kv} metadata keys", path=path
+        )
     meta: dict[str, Any] = {}
     for _ in range(n_kv):
         key = p.string()
@@ -212,13 +240,17 @@ class _Meta:
     def int(self, key: str, default: int | None = None, *, lo: int = 1, hi: int = MAX_DIM) -> int:
         v = self.get(key, default, required=default is None)
         if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
-            raise BadInputError(f"metadata key '{key}' = {v!r} is not an integer in [{lo}, {hi}]", path=self.path)
+            raise BadInputError(
+                f"metadata key '{key}' = {v!r} is not an integer in [{lo}, {hi}]", path=self.path
+            )
         return int(v)
 
     def float(self, key: str, default: float) -> float:
         v = self.get(key, default)
         if not isinstance(v, (int, float)) or isinstance(v, bool) or not np.isfinite(v) or v <= 0:
-            raise BadInputError(f"metadata key '{key}' = {v!r} is not a positive number", path=self.path)
+            raise BadInputError(
+                f"metadata key '{key}' = {v!r} is not a positive number", path=self.path
+            )
         # GGUF stores float32: 1e-5 comes back as 9.99999975e-06; take the shortest decimal that
         # is the same float32, which is what the converter was given.
         return float(str(np.float32(v)))
@@ -229,17 +261,27 @@ def _config(meta: _Meta, vocab_size: int):
 
     arch = meta.get("general.architecture", required=True)
     if arch not in ("llama", "qwen2"):
-        raise BadInputError(f"architecture '{arch}' is not supported (llama and qwen2 are)", path=meta.path)
+        raise BadInputError(
+            f"architecture '{arch}' is not supported (llama and qwen2 are)", path=meta.path
+        )
     scaling = meta.get(f"{arch}.rope.scaling.type", "none")
     linear = meta.get(f"{arch}.rope.scaling.factor", 0.0)  # llama.cpp: 0 = unset, 1 = no scaling
     if scaling not in ("none", None) or linear not in (0.0, 1.0):
-        raise BadInputError(f"RoPE scaling '{scaling}' is not supported (Llama 3's rope_freqs is)", path=meta.path)
+        raise BadInputError(
+            f"RoPE scaling '{scaling}' is not supported (Llama 3's rope_freqs is)", path=meta.path
+        )
     dim = meta.int(f"{arch}.embedding_length")
     n_heads = meta.int(f"{arch}.attention.head_count", hi=dim)
     n_kv = meta.int(f"{arch}.attention.head_count_kv", n_heads, hi=n_heads)
     rope_dim = meta.int(f"{arch}.rope.dimension_count", dim // n_heads)
-    if rope_dim != dim // n_heads or meta.int(f"{arch}.attention.key_length", dim // n_heads) != dim // n_heads:
-        raise BadInputError("head dimension other than width / heads (or partial RoPE) is not supported", path=meta.path)
+    if (
+        rope_dim != dim // n_heads
+        or meta.int(f"{arch}.attention.key_length", dim // n_heads) != dim // n_heads
+    ):
+        raise BadInputError(
+            "head dimension other than width / heads (or partial RoPE) is not supported",
+            path=meta.path,
+        )
     try:
         return arch, ModelConfig(
             vocab_size=vocab_size,
@@ -261,7 +303,9 @@ def _config(meta: _Meta, vocab_size: int):
 LLAMA3_CONTEXT = 8192  # Llama 3's original context; llama.cpp's converter does not store it
 
 
-def llama3_scaling(factors: np.ndarray, head_dim: int, theta: float, orig_context: int, path: str = "") -> dict[str, Any]:
+def llama3_scaling(
+    factors: np.ndarray, head_dim: int, theta: float, orig_context: int, path: str = ""
+) -> dict[str, Any]:
     """Llama 3 `rope_scaling` from the per-frequency divisors llama.cpp stores as rope_freqs.
 
     The divisors are 1 for short wavelengths, `factor` for long ones and 1 / ((1 - s) / factor + s)
@@ -271,7 +315,9 @@ def llama3_scaling(factors: np.ndarray, head_dim: int, theta: float, orig_contex
     from twofiles.model import check_rope_scaling, rope_inv_freq
 
     if not np.all(np.isfinite(factors)) or factors.min() < 1 - 1e-6:
-        raise BadInputError("rope_freqs.weight holds values below 1 or not finite (not Llama 3 scaling)", path=path)
+        raise BadInputError(
+            "rope_freqs.weight holds values below 1 or not finite (not Llama 3 scaling)", path=path
+        )
     factor = float(factors.max())
     base = rope_inv_freq(head_dim, theta).double().numpy()
     x = orig_context * base / (2 * np.pi)  # orig / wavelength
@@ -281,14 +327,24 @@ def llama3_scaling(factors: np.ndarray, head_dim: int, theta: float, orig_contex
         s = (1 / factors[band] - 1 / factor) / (1 - 1 / factor)
         slope, low = np.polyfit(s, x[band], 1)  # x = low + s * (high - low)
         low, high = float(round(low, 4)), float(round(low + slope, 4))
-    scaling = {"rope_type": "llama3", "factor": round(factor, 4), "low_freq_factor": low, "high_freq_factor": high, "original_max_position_embeddings": orig_context}
+    scaling = {
+        "rope_type": "llama3",
+        "factor": round(factor, 4),
+        "low_freq_factor": low,
+        "high_freq_factor": high,
+        "original_max_position_embeddings": orig_context,
+    }
     try:
         check_rope_scaling(scaling)
         again = base / rope_inv_freq(head_dim, theta, scaling).double().numpy()
     except ValueError as e:
-        raise BadInputError(f"rope_freqs.weight does not follow Llama 3 scaling: {e}", path=path) from None
+        raise BadInputError(
+            f"rope_freqs.weight does not follow Llama 3 scaling: {e}", path=path
+        ) from None
     if not np.allclose(again, factors, rtol=1e-4, atol=0):
-        raise BadInputError("rope_freqs.weight does not follow Llama 3 scaling (the only kind supported)", path=path)
+        raise BadInputError(
+            "rope_freqs.weight does not follow Llama 3 scaling (the only kind supported)", path=path
+        )
     return scaling
 
 
@@ -297,39 +353,63 @@ def _tokenizer(meta: _Meta):
 
     kind = meta.get("tokenizer.ggml.model", required=True)
     if kind not in ("gpt2", "llama"):
-        raise BadInputError(f"tokenizer model '{kind}' is not supported (byte-level BPE 'gpt2' and SentencePiece 'llama' are)", path=meta.path)
+        raise BadInputError(
+            f"tokenizer model '{kind}' is not supported (byte-level BPE 'gpt2' and SentencePiece 'llama' are)",
+            path=meta.path,
+        )
     tokens = meta.get("tokenizer.ggml.tokens", required=True)
     types = meta.get("tokenizer.ggml.token_type")
     if not isinstance(tokens, list) or not tokens or not all(isinstance(t, str) for t in tokens):
         raise BadInputError("tokenizer.ggml.tokens is not a list of strings", path=meta.path)
-    if types is not None and (not isinstance(types, list) or not all(isinstance(t, int) for t in types)):
+    if types is not None and (
+        not isinstance(types, list) or not all(isinstance(t, int) for t in types)
+    ):
         raise BadInputError("tokenizer.ggml.token_type is not a list of integers", path=meta.path)
     if kind == "gpt2":
         merges = meta.get("tokenizer.ggml.merges", required=True)
         if not isinstance(merges, list) or not all(isinstance(m, str) for m in merges):
             raise BadInputError("tokenizer.ggml.merges is not a list of strings", path=meta.path)
-        spec = bpe_tokenizer_json(tokens, merges, types, str(meta.get("tokenizer.ggml.pre", "default")), meta.path)
+        spec = bpe_tokenizer_json(
+            tokens, merges, types, str(meta.get("tokenizer.ggml.pre", "default")), meta.path
+        )
     else:
         scores = meta.get("tokenizer.ggml.scores", required=True)
-        if not isinstance(scores, list) or not all(isinstance(s, (int, float)) and not isinstance(s, bool) for s in scores):
+        if not isinstance(scores, list) or not all(
+            isinstance(s, (int, float)) and not isinstance(s, bool) for s in scores
+        ):
             raise BadInputError("tokenizer.ggml.scores is not a list of numbers", path=meta.path)
         unk = meta.int("tokenizer.ggml.unknown_token_id", -1, lo=-1, hi=len(tokens) - 1)
         prefix = meta.get("tokenizer.ggml.add_space_prefix", True)
         if not isinstance(prefix, bool):
-            raise BadInputError(f"tokenizer.ggml.add_space_prefix = {prefix!r} is not a boolean", path=meta.path)
-        spec = spm_tokenizer_json(tokens, [float(s) for s in scores], types, unk if unk >= 0 else None, meta.path, add_space_prefix=prefix)
+            raise BadInputError(
+                f"tokenizer.ggml.add_space_prefix = {prefix!r} is not a boolean", path=meta.path
+            )
+        spec = spm_tokenizer_json(
+            tokens,
+            [float(s) for s in scores],
+            types,
+            unk if unk >= 0 else None,
+            meta.path,
+            add_space_prefix=prefix,
+        )
     n = len(tokens)
     bos = meta.int("tokenizer.ggml.bos_token_id", -1, lo=-1, hi=n - 1)
     eos = meta.int("tokenizer.ggml.eos_token_id", -1, lo=-1, hi=n - 1)
     eot = meta.int("tokenizer.ggml.eot_token_id", -1, lo=-1, hi=n - 1)
     eos_ids = [i for i in dict.fromkeys([eos, eot]) if i >= 0]
     try:
-        return Tokenizer.from_json(spec, bos_id=bos if bos >= 0 else (eos_ids[0] if eos_ids else None), eos_ids=eos_ids or None)
+        return Tokenizer.from_json(
+            spec,
+            bos_id=bos if bos >= 0 else (eos_ids[0] if eos_ids else None),
+            eos_ids=eos_ids or None,
+        )
     except BadInputError as e:
         raise BadInputError(str(e), path=meta.path) from None
 
 
-def _tensors(meta: _Meta, infos: list[tuple[str, int, tuple[int, ...], int]], buf) -> tuple[dict[str, "torch.Tensor"], Any, str, Any]:
+def _tensors(
+    meta: _Meta, infos: list[tuple[str, int, tuple[int, ...], int]], buf
+) -> tuple[dict[str, torch.Tensor], Any, str, Any]:
     """HF-named float32 tensors (q/k un-permuted), the config, the architecture, the tokenizer."""
     import torch
 
@@ -350,7 +430,9 @@ def _tensors(meta: _Meta, infos: list[tuple[str, int, tuple[int, ...], int]], bu
     if "rope_freqs.weight" in by_name:
         t, shape, off = by_name.pop("rope_freqs.weight")
         if t != F32 or shape != (cfg.head_dim // 2,) or off + 4 * shape[0] > len(buf):
-            raise BadInputError(f"rope_freqs.weight is not F32 [{cfg.head_dim // 2}] inside the file", path=path)
+            raise BadInputError(
+                f"rope_freqs.weight is not F32 [{cfg.head_dim // 2}] inside the file", path=path
+            )
         factors = np.frombuffer(buf, "<f4", shape[0], off).astype(np.float64)
         orig = meta.int(f"{arch}.rope.scaling.original_context_length", LLAMA3_CONTEXT)
         cfg.rope_scaling = llama3_scaling(factors, cfg.head_dim, cfg.rope_theta, orig, path)
@@ -370,16 +452,25 @@ def _tensors(meta: _Meta, infos: list[tuple[str, int, tuple[int, ...], int]], bu
         if hf not in expected:
             raise BadInputError(f"tensor '{name}' does not fit the config", path=path)
         if shape != expected[hf]:
-            raise BadInputError(f"tensor '{name}' has shape {shape}, the config expects {expected[hf]}", path=path)
+            raise BadInputError(
+                f"tensor '{name}' has shape {shape}, the config expects {expected[hf]}", path=path
+            )
         if ggml_type not in BLOCKS:
-            raise BadInputError(f"tensor '{name}' has type {_type_name(ggml_type)}, not supported yet (F32/F16/BF16/Q8_0/Q4_0/Q4_1 are)", path=path)
+            raise BadInputError(
+                f"tensor '{name}' has type {_type_name(ggml_type)}, not supported yet (F32/F16/BF16/Q8_0/Q4_0/Q4_1 are)",
+                path=path,
+            )
         n = int(np.prod(shape))
         block, size = BLOCKS[ggml_type]
         if n % block:
-            raise BadInputError(f"tensor '{name}': {n} elements are not whole blocks of {block}", path=path)
+            raise BadInputError(
+                f"tensor '{name}': {n} elements are not whole blocks of {block}", path=path
+            )
         nbytes = n // block * size
         if offset + nbytes > len(buf):
-            raise BadInputError(f"tensor '{name}' runs past the end of the file (truncated?)", path=path)
+            raise BadInputError(
+                f"tensor '{name}' runs past the end of the file (truncated?)", path=path
+            )
         w = dequantize(np.frombuffer(buf, np.uint8, nbytes, offset), ggml_type, n).reshape(shape)
         kind = _kind(name)
         if arch == "llama" and kind in ("attn_q", "attn_k"):
@@ -402,7 +493,12 @@ def _type_name(ggml_type: int) -> str:
         return f"#{ggml_type}"
 
 
-def load_gguf(path: str | os.PathLike[str], *, device: "str | torch.device" = "cpu", dtype: "torch.dtype | None" = None) -> "LoadedModel":
+def load_gguf(
+    path: str | os.PathLike[str],
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+) -> LoadedModel:
     """Load a GGUF file as a twofiles model: weights dequantized to float32 (or `dtype`)."""
     from twofiles.artifact import LoadedModel
     from twofiles.formats import build_model
@@ -421,15 +517,28 @@ def load_gguf(path: str | os.PathLike[str], *, device: "str | torch.device" = "c
     finally:
         try:
             buf.close()
-        except BufferError:  # a numpy view still alive (only while an exception unwinds): let GC close it
+        except (
+            BufferError
+        ):  # a numpy view still alive (only while an exception unwinds): let GC close it
             pass
     model = build_model(cfg, sd)
     model.to(device=device, dtype=dtype) if dtype is not None else model.to(device=device)
     model.eval()
     name = meta.get("general.name", "")
-    provenance = {"source": "gguf", "file": os.path.abspath(path), "name": name if isinstance(name, str) else "", "architecture": arch}
+    provenance = {
+        "source": "gguf",
+        "file": os.path.abspath(path),
+        "name": name if isinstance(name, str) else "",
+        "architecture": arch,
+    }
     template = meta.get("tokenizer.chat_template", "")
-    return LoadedModel(model=model, tokenizer=tokenizer, chat_template=template if isinstance(template, str) else "", provenance=provenance, path=path)
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        chat_template=template if isinstance(template, str) else "",
+        provenance=provenance,
+        path=path,
+    )
 
 
 def _kind(name: str) -> str:
@@ -440,4 +549,4 @@ def _kind(name: str) -> str:
 
 tokenizer_json = bpe_tokenizer_json  # the name earlier versions exported
 
-__all__ = ["load_gguf", "dequantize", "tokenizer_json"]
+__all__ = ["dequantize", "load_gguf", "tokenizer_json"]

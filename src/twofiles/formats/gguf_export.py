@@ -38,7 +38,11 @@ _DOCUMENT_STARTS = ("<|bos|>", "<|begin_of_text|>", "<s>")
 
 def permute(w: np.ndarray, n_head: int) -> np.ndarray:
     """HF rotate-half q/k rows -> ggml's interleaved pairs (convert_hf_to_gguf.py LlamaModel.permute)."""
-    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+    return (
+        w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(w.shape)
+    )
 
 
 def _gguf_names() -> dict[str, str]:
@@ -65,7 +69,15 @@ def llama3_rope_factors(head_dim: int, theta: float, scaling: dict[str, Any]) ->
     frequency), so the bytes equal its output; the same curve as model.rope_inv_freq to 1 ulp."""
     from twofiles.model import rope_inv_freq
 
-    factor, low, high, old_len = (scaling[k] for k in ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"))
+    factor, low, high, old_len = (
+        scaling[k]
+        for k in (
+            "factor",
+            "low_freq_factor",
+            "high_freq_factor",
+            "original_max_position_embeddings",
+        )
+    )
     out = []
     for freq in rope_inv_freq(head_dim, theta):  # 0-d float32 tensors, as in the converter
         wavelen = 2 * math.pi / freq
@@ -79,13 +91,15 @@ def llama3_rope_factors(head_dim: int, theta: float, scaling: dict[str, Any]) ->
     return np.array(out, dtype=np.float32)
 
 
-def _vocab(loaded: "LoadedModel", vocab_size: int) -> dict[str, Any]:
+def _vocab(loaded: LoadedModel, vocab_size: int) -> dict[str, Any]:
     """tokens, token types, merges/scores, pre and the model kind from the tokenizer JSON."""
     tok = loaded.tokenizer
     spec = json.loads(tok.to_json())
     model = spec.get("model") or {}
     if model.get("type") != "BPE":
-        raise BadInputError(f"a {model.get('type')} tokenizer cannot be written to GGUF (BPE tokenizers can)")
+        raise BadInputError(
+            f"a {model.get('type')} tokenizer cannot be written to GGUF (BPE tokenizers can)"
+        )
     tokens: list[str | None] = [None] * vocab_size
     types = [1] * vocab_size  # NORMAL
     for t, i in model["vocab"].items():
@@ -107,7 +121,9 @@ def _vocab(loaded: "LoadedModel", vocab_size: int) -> dict[str, Any]:
         for i, t in enumerate(tokens):
             if len(t) == 6 and t.startswith("<0x") and t.endswith(">") and types[i] == 1:
                 types[i] = 6  # BYTE
-        out["space_prefix"] = (spec.get("pre_tokenizer") or {}).get("prepend_scheme", "first") != "never"
+        out["space_prefix"] = (spec.get("pre_tokenizer") or {}).get(
+            "prepend_scheme", "first"
+        ) != "never"
         unk = model.get("unk_token")
         if unk in model["vocab"]:
             out["unk"] = model["vocab"][unk]
@@ -118,7 +134,13 @@ def _vocab(loaded: "LoadedModel", vocab_size: int) -> dict[str, Any]:
     return out
 
 
-def export_gguf(loaded: "LoadedModel", out_path: str | os.PathLike[str], *, qtype: str = "f16", progress: bool = False) -> dict[str, Any]:
+def export_gguf(
+    loaded: LoadedModel,
+    out_path: str | os.PathLike[str],
+    *,
+    qtype: str = "f16",
+    progress: bool = False,
+) -> dict[str, Any]:
     """Write `loaded` as a GGUF file at `out_path` (atomically; a tqdm bar with `progress`).
     Returns a summary: path, type, architecture, tensors, bytes."""
     import gguf
@@ -138,7 +160,11 @@ def export_gguf(loaded: "LoadedModel", out_path: str | os.PathLike[str], *, qtyp
         raise BadInputError("is a directory; give the .gguf file to write", path=str(out))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    file_type = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[qtype]
+    file_type = {
+        "f32": gguf.LlamaFileType.ALL_F32,
+        "f16": gguf.LlamaFileType.MOSTLY_F16,
+        "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
+    }[qtype]
 
     w = gguf.GGUFWriter(str(tmp), arch)
     name = loaded.provenance.get("name") if isinstance(loaded.provenance.get("name"), str) else ""
@@ -187,21 +213,38 @@ def export_gguf(loaded: "LoadedModel", out_path: str | os.PathLike[str], *, qtyp
     # Tensors are described first and converted one at a time while writing: peak memory is the
     # model plus one converted tensor, not a second copy of the whole model.
     q8 = gguf.GGMLQuantizationType.Q8_0
-    sd = {k: v for k, v in model.state_dict().items() if not (k == "lm_head.weight" and cfg.tie_embeddings)}  # tied: no output.weight
-    plan: list[tuple[str, str, str, tuple[int, ...]]] = []  # (gguf name, hf name or "", target type, shape)
+    sd = {
+        k: v
+        for k, v in model.state_dict().items()
+        if not (k == "lm_head.weight" and cfg.tie_embeddings)
+    }  # tied: no output.weight
+    plan: list[
+        tuple[str, str, str, tuple[int, ...]]
+    ] = []  # (gguf name, hf name or "", target type, shape)
     factors = np.zeros(0)
     if rope_scaling:
         factors = llama3_rope_factors(cfg.head_dim, cfg.rope_theta, rope_scaling)
         plan.append(("rope_freqs.weight", "", "f32", factors.shape))
     for hf_name, t in sd.items():
-        target = "f32" if t.ndim == 1 or qtype == "f32" else "f16" if qtype == "f16" or t.shape[-1] % 32 else "q8_0"
+        target = (
+            "f32"
+            if t.ndim == 1 or qtype == "f32"
+            else "f16"
+            if qtype == "f16" or t.shape[-1] % 32
+            else "q8_0"
+        )
         plan.append((tensor_name(hf_name), hf_name, target, tuple(t.shape)))
     for gname, _, target, shape in plan:
         n = int(np.prod(shape))
         if target == "q8_0":
             w.add_tensor_info(gname, shape, np.dtype(np.float32), n // 32 * 34, raw_dtype=q8)
         else:
-            w.add_tensor_info(gname, shape, np.dtype(np.float32 if target == "f32" else np.float16), n * (4 if target == "f32" else 2))
+            w.add_tensor_info(
+                gname,
+                shape,
+                np.dtype(np.float32 if target == "f32" else np.float16),
+                n * (4 if target == "f32" else 2),
+            )
 
     def converted(gname: str, hf_name: str, target: str) -> np.ndarray:
         if not hf_name:
@@ -211,13 +254,17 @@ def export_gguf(loaded: "LoadedModel", out_path: str | os.PathLike[str], *, qtyp
         if arch == "llama" and kind in ("attn_q", "attn_k"):
             a = permute(a, cfg.n_heads if kind == "attn_q" else cfg.n_kv_heads)
         a = np.ascontiguousarray(a, dtype=np.float32)
-        return a if target == "f32" else a.astype(np.float16) if target == "f16" else quantize(a, q8)
+        return (
+            a if target == "f32" else a.astype(np.float16) if target == "f16" else quantize(a, q8)
+        )
 
     try:
         w.write_header_to_file()
         w.write_kv_data_to_file()
         w.write_ti_data_to_file()
-        for gname, hf_name, target, _ in tqdm(plan, desc=f"gguf {qtype}", unit="tensor", disable=not progress):
+        for gname, hf_name, target, _ in tqdm(
+            plan, desc=f"gguf {qtype}", unit="tensor", disable=not progress
+        ):
             w.write_tensor_data(converted(gname, hf_name, target))
         w.close()
         with open(tmp, "rb+") as f:
@@ -226,7 +273,13 @@ def export_gguf(loaded: "LoadedModel", out_path: str | os.PathLike[str], *, qtyp
     finally:
         w.close()
         tmp.unlink(missing_ok=True)
-    return {"path": str(out), "type": qtype, "architecture": arch, "tensors": len(plan), "bytes": out.stat().st_size}
+    return {
+        "path": str(out),
+        "type": qtype,
+        "architecture": arch,
+        "tensors": len(plan),
+        "bytes": out.stat().st_size,
+    }
 
 
-__all__ = ["export_gguf", "permute", "tensor_name", "llama3_rope_factors", "TYPES"]
+__all__ = ["TYPES", "export_gguf", "llama3_rope_factors", "permute", "tensor_name"]

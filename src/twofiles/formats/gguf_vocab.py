@@ -57,25 +57,42 @@ BYTE_TOKEN_LEN = len("<0x0A>")
 
 
 def _added(i: int, content: str, special: bool) -> dict[str, Any]:
-    return {"id": i, "content": content, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False, "special": special}
+    return {
+        "id": i,
+        "content": content,
+        "single_word": False,
+        "lstrip": False,
+        "rstrip": False,
+        "normalized": False,
+        "special": special,
+    }
 
 
-def _vocab_and_added(tokens: list[str], types: list[int] | None, special_types: tuple[int, ...]) -> tuple[dict[str, int], list[dict[str, Any]]]:
+def _vocab_and_added(
+    tokens: list[str], types: list[int] | None, special_types: tuple[int, ...]
+) -> tuple[dict[str, int], list[dict[str, Any]]]:
     vocab: dict[str, int] = {}
     added = []
     for i, tok in enumerate(tokens):
         vocab.setdefault(tok, i)  # a few vocabularies repeat unused entries: the first id wins
         t = types[i] if types is not None and i < len(types) else 1
-        if (t in special_types or t == 4) and vocab[tok] == i:  # 4 = USER_DEFINED: matched whole, not special
+        if (t in special_types or t == 4) and vocab[
+            tok
+        ] == i:  # 4 = USER_DEFINED: matched whole, not special
             added.append(_added(i, tok, t != 4))
     return vocab, added
 
 
-def bpe_tokenizer_json(tokens: list[str], merges: list[str], types: list[int] | None, pre: str, path: str = "") -> str:
+def bpe_tokenizer_json(
+    tokens: list[str], merges: list[str], types: list[int] | None, pre: str, path: str = ""
+) -> str:
     """A `tokenizers` JSON for a GGUF byte-level BPE vocabulary. Control tokens (token type 3)
     become special added tokens, user-defined ones (4) plain added tokens."""
     if pre not in PRE_TOKENIZERS:
-        raise BadInputError(f"pre-tokenizer '{pre}' is not supported yet (known: {', '.join(sorted(PRE_TOKENIZERS))})", path=path)
+        raise BadInputError(
+            f"pre-tokenizer '{pre}' is not supported yet (known: {', '.join(sorted(PRE_TOKENIZERS))})",
+            path=path,
+        )
     vocab, added = _vocab_and_added(tokens, types, (3,))
     pairs = []
     for m in merges:
@@ -91,7 +108,12 @@ def bpe_tokenizer_json(tokens: list[str], merges: list[str], types: list[int] | 
         "normalizer": None,
         "pre_tokenizer": {"type": "Sequence", "pretokenizers": PRE_TOKENIZERS[pre]},
         "post_processor": None,
-        "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
+        "decoder": {
+            "type": "ByteLevel",
+            "add_prefix_space": True,
+            "trim_offsets": True,
+            "use_regex": True,
+        },
         "model": {
             "type": "BPE",
             "dropout": None,
@@ -120,7 +142,11 @@ def spm_merges(tokens: list[str], scores: list[float], path: str = "") -> list[l
     score = dict(zip(tokens, scores))
     merges = []
     for merged, s in score.items():
-        local = [(merged[:k], merged[k:], s) for k in range(1, len(merged)) if merged[:k] in vocab and merged[k:] in vocab]
+        local = [
+            (merged[:k], merged[k:], s)
+            for k in range(1, len(merged))
+            if merged[:k] in vocab and merged[k:] in vocab
+        ]
         local.sort(key=lambda m: (vocab[m[0]], vocab[m[1]]))
         merges.extend(local)
     merges.sort(key=lambda m: (m[2], len(m[0]), len(m[1])), reverse=True)
@@ -128,7 +154,13 @@ def spm_merges(tokens: list[str], scores: list[float], path: str = "") -> list[l
 
 
 def spm_tokenizer_json(
-    tokens: list[str], scores: list[float], types: list[int] | None, unk_id: int | None, path: str = "", *, add_space_prefix: bool = True
+    tokens: list[str],
+    scores: list[float],
+    types: list[int] | None,
+    unk_id: int | None,
+    path: str = "",
+    *,
+    add_space_prefix: bool = True,
 ) -> str:
     """A `tokenizers` JSON for a GGUF SentencePiece vocabulary: what transformers' GGUF loader
     builds (LlamaTokenizerFast: BPE with byte fallback, Metaspace "▁" prepended to the first piece,
@@ -136,7 +168,9 @@ def spm_tokenizer_json(
     `add_space_prefix=False` (tokenizer.ggml.add_space_prefix, which llama.cpp honours and
     transformers ignores) prepends nothing and strips nothing."""
     if len(scores) != len(tokens):
-        raise BadInputError(f"tokenizer.ggml.scores has {len(scores)} entries for {len(tokens)} tokens", path=path)
+        raise BadInputError(
+            f"tokenizer.ggml.scores has {len(scores)} entries for {len(tokens)} tokens", path=path
+        )
     if not all(math.isfinite(s) for s in scores):
         raise BadInputError("tokenizer.ggml.scores holds a non-finite score", path=path)
     vocab, added = _vocab_and_added(tokens, types, (2, 3))
@@ -146,7 +180,12 @@ def spm_tokenizer_json(
         "padding": None,
         "added_tokens": added,
         "normalizer": None,
-        "pre_tokenizer": {"type": "Metaspace", "replacement": "\u2581", "prepend_scheme": "first" if add_space_prefix else "never", "split": False},
+        "pre_tokenizer": {
+            "type": "Metaspace",
+            "replacement": "\u2581",
+            "prepend_scheme": "first" if add_space_prefix else "never",
+            "split": False,
+        },
         "post_processor": None,
         "decoder": {
             "type": "Sequence",
@@ -154,7 +193,11 @@ def spm_tokenizer_json(
                 {"type": "Replace", "pattern": {"String": "\u2581"}, "content": " "},
                 {"type": "ByteFallback"},
                 {"type": "Fuse"},
-                *([{"type": "Strip", "content": " ", "start": 1, "stop": 0}] if add_space_prefix else []),
+                *(
+                    [{"type": "Strip", "content": " ", "start": 1, "stop": 0}]
+                    if add_space_prefix
+                    else []
+                ),
             ],
         },
         "model": {
@@ -196,7 +239,9 @@ def _signature(steps: Any) -> list[tuple]:
             out.append((kind, bool(s.get("use_regex", True)), bool(s.get("add_prefix_space"))))
         elif kind == "Split":
             p = s.get("pattern") or {}
-            out.append((kind, p.get("Regex", p.get("String")), s.get("behavior"), bool(s.get("invert"))))
+            out.append(
+                (kind, p.get("Regex", p.get("String")), s.get("behavior"), bool(s.get("invert")))
+            )
         elif kind == "Digits":
             out.append((kind, bool(s.get("individual_digits"))))
         else:
@@ -217,7 +262,16 @@ def pre_name(pre_tokenizer: Any) -> str:
     for name in _EXPORT_NAMES:
         if sig == _signature(PRE_TOKENIZERS[name]):
             return name
-    raise BadInputError(f"the tokenizer's pre-tokenizer has no GGUF name (known: {', '.join(_EXPORT_NAMES)}): {json.dumps(pre_tokenizer)[:200]}")
+    raise BadInputError(
+        f"the tokenizer's pre-tokenizer has no GGUF name (known: {', '.join(_EXPORT_NAMES)}): {json.dumps(pre_tokenizer)[:200]}"
+    )
 
 
-__all__ = ["PRE_TOKENIZERS", "bpe_tokenizer_json", "spm_tokenizer_json", "spm_merges", "spm_scores", "pre_name"]
+__all__ = [
+    "PRE_TOKENIZERS",
+    "bpe_tokenizer_json",
+    "pre_name",
+    "spm_merges",
+    "spm_scores",
+    "spm_tokenizer_json",
+]

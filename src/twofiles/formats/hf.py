@@ -45,15 +45,19 @@ def _read_json(path: Path, *, required: bool = True) -> dict[str, Any]:
     return d
 
 
-def config_from_hf(c: dict[str, Any], path: str = "") -> "ModelConfig":
+def config_from_hf(c: dict[str, Any], path: str = "") -> ModelConfig:
     from twofiles.model import LLAMA3_KEYS, ModelConfig, check_rope_scaling
 
     kind = c.get("model_type")
     if kind not in MODEL_TYPES:
-        raise BadInputError(f"model_type {kind!r} is not supported (supported: {', '.join(MODEL_TYPES)})", path=path)
+        raise BadInputError(
+            f"model_type {kind!r} is not supported (supported: {', '.join(MODEL_TYPES)})", path=path
+        )
     # transformers < 5 writes rope_theta + rope_scaling, >= 5 rope_parameters (theta and type)
     rope = c.get("rope_scaling") or c.get("rope_parameters") or {}
-    rope_type = rope.get("rope_type", rope.get("type", "default")) if isinstance(rope, dict) else None
+    rope_type = (
+        rope.get("rope_type", rope.get("type", "default")) if isinstance(rope, dict) else None
+    )
     if rope_type not in ("default", "llama3"):
         raise BadInputError(f"RoPE scaling {rope!r} is not supported (llama3 is)", path=path)
     scaling = None
@@ -66,13 +70,21 @@ def config_from_hf(c: dict[str, Any], path: str = "") -> "ModelConfig":
     if c.get("hidden_act", "silu") != "silu" or c.get("mlp_bias"):
         raise BadInputError("only SiLU MLPs without biases are supported", path=path)
     if kind != "qwen2" and c.get("attention_bias"):
-        raise BadInputError("attention_bias=true (a bias on o_proj too) is not supported; qkv-only bias (qwen2) is", path=path)
+        raise BadInputError(
+            "attention_bias=true (a bias on o_proj too) is not supported; qkv-only bias (qwen2) is",
+            path=path,
+        )
     try:
         dim, n_heads = int(c["hidden_size"]), int(c["num_attention_heads"])
         if c.get("head_dim") not in (None, dim // n_heads):
-            raise BadInputError(f"head_dim={c['head_dim']} differs from hidden_size / heads, not supported", path=path)
+            raise BadInputError(
+                f"head_dim={c['head_dim']} differs from hidden_size / heads, not supported",
+                path=path,
+            )
         max_len = int(c.get("max_position_embeddings") or DEFAULT_CONTEXT)
-        window = c.get("sliding_window") if (kind == "mistral" or c.get("use_sliding_window")) else None
+        window = (
+            c.get("sliding_window") if (kind == "mistral" or c.get("use_sliding_window")) else None
+        )
         if window:
             max_len = min(max_len, int(window))
         return ModelConfig(
@@ -119,7 +131,10 @@ def _tokenizer(d: Path, config: dict[str, Any]):
 
     tj = d / "tokenizer.json"
     if not tj.is_file():
-        raise BadInputError("no tokenizer.json (a SentencePiece tokenizer.model alone is not supported)", path=str(d))
+        raise BadInputError(
+            "no tokenizer.json (a SentencePiece tokenizer.model alone is not supported)",
+            path=str(d),
+        )
     text = tj.read_text(encoding="utf-8")
     try:
         hf = HFTokenizer.from_str(text)
@@ -130,9 +145,21 @@ def _tokenizer(d: Path, config: dict[str, Any]):
     bos = _token_id(tc.get("bos_token"), hf)
     if bos is None:
         bos = next(iter(_ids(config.get("bos_token_id")) or _ids(gen.get("bos_token_id"))), None)
-    eos = [i for i in [_token_id(tc.get("eos_token"), hf), *_ids(config.get("eos_token_id")), *_ids(gen.get("eos_token_id"))] if i is not None]
+    eos = [
+        i
+        for i in [
+            _token_id(tc.get("eos_token"), hf),
+            *_ids(config.get("eos_token_id")),
+            *_ids(gen.get("eos_token_id")),
+        ]
+        if i is not None
+    ]
     eos = list(dict.fromkeys(eos))
-    if bos is None and eos and not any(n in text for n in ('"<|begin_of_text|>"', '"<s>"', '"<|endoftext|>"')):
+    if (
+        bos is None
+        and eos
+        and not any(n in text for n in ('"<|begin_of_text|>"', '"<s>"', '"<|endoftext|>"'))
+    ):
         bos = eos[0]  # models without a document-start token (Qwen2) start from end-of-text
     try:
         tok = Tokenizer(hf, bos_id=bos, eos_ids=eos or None)
@@ -140,14 +167,21 @@ def _tokenizer(d: Path, config: dict[str, Any]):
         raise BadInputError(str(e), path=str(tj)) from None
     template = tc.get("chat_template") or ""
     if isinstance(template, list):  # [{"name": "default", "template": ...}, ...]
-        template = next((t.get("template", "") for t in template if isinstance(t, dict) and t.get("name") == "default"), "")
+        template = next(
+            (
+                t.get("template", "")
+                for t in template
+                if isinstance(t, dict) and t.get("name") == "default"
+            ),
+            "",
+        )
     jinja = d / "chat_template.jinja"  # where transformers >= 4.43 may store it instead
     if not template and jinja.is_file():
         template = jinja.read_text(encoding="utf-8")
     return tok, template if isinstance(template, str) else ""
 
 
-def _weights(d: Path) -> dict[str, "torch.Tensor"]:
+def _weights(d: Path) -> dict[str, torch.Tensor]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -156,11 +190,18 @@ def _weights(d: Path) -> dict[str, "torch.Tensor"]:
         files = [single]
     elif index.is_file():
         weight_map = _read_json(index).get("weight_map")
-        if not isinstance(weight_map, dict) or not all(isinstance(f, str) and "/" not in f for f in weight_map.values()):
-            raise BadInputError("weight_map is missing or names files outside the directory", path=str(index))
+        if not isinstance(weight_map, dict) or not all(
+            isinstance(f, str) and "/" not in f for f in weight_map.values()
+        ):
+            raise BadInputError(
+                "weight_map is missing or names files outside the directory", path=str(index)
+            )
         files = [d / f for f in sorted(set(weight_map.values()))]
     elif any(d.glob("*.bin")) or any(d.glob("*.pth")):
-        raise BadInputError("only safetensors weights are supported (pickled .bin/.pth are never loaded)", path=str(d))
+        raise BadInputError(
+            "only safetensors weights are supported (pickled .bin/.pth are never loaded)",
+            path=str(d),
+        )
     else:
         raise BadInputError("no model.safetensors or model.safetensors.index.json", path=str(d))
     sd: dict[str, torch.Tensor] = {}
@@ -172,7 +213,12 @@ def _weights(d: Path) -> dict[str, "torch.Tensor"]:
     return sd
 
 
-def load_hf_dir(path: str | os.PathLike[str], *, device: "str | torch.device" = "cpu", dtype: "torch.dtype | None" = None) -> "LoadedModel":
+def load_hf_dir(
+    path: str | os.PathLike[str],
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+) -> LoadedModel:
     """Load a Hugging Face Llama-family directory. Weights become float32 unless `dtype` is given
     (fp32 is the CPU precision; checkpoints usually ship bf16)."""
     import torch
@@ -188,7 +234,9 @@ def load_hf_dir(path: str | os.PathLike[str], *, device: "str | torch.device" = 
     cfg = config_from_hf(raw, str(d / "config.json"))
     tokenizer, template = _tokenizer(d, raw)
     sd = _weights(d)
-    sd = {k: v for k, v in sd.items() if not k.endswith("rotary_emb.inv_freq")}  # old checkpoints store RoPE tables
+    sd = {
+        k: v for k, v in sd.items() if not k.endswith("rotary_emb.inv_freq")
+    }  # old checkpoints store RoPE tables
     if cfg.tie_embeddings:
         sd.pop("lm_head.weight", None)
         if "model.embed_tokens.weight" in sd:
@@ -197,18 +245,31 @@ def load_hf_dir(path: str | os.PathLike[str], *, device: "str | torch.device" = 
         expected = Transformer(cfg).state_dict()
     missing, unexpected = set(expected) - set(sd), set(sd) - set(expected)
     if missing or unexpected:
-        raise BadInputError(f"weights do not match config.json: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}", path=str(d))
+        raise BadInputError(
+            f"weights do not match config.json: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}",
+            path=str(d),
+        )
     for k, v in expected.items():
         if tuple(sd[k].shape) != tuple(v.shape):
-            raise BadInputError(f"tensor {k} has shape {tuple(sd[k].shape)}, config.json expects {tuple(v.shape)}", path=str(d))
+            raise BadInputError(
+                f"tensor {k} has shape {tuple(sd[k].shape)}, config.json expects {tuple(v.shape)}",
+                path=str(d),
+            )
     model = build_model(cfg, {k: v.to(torch.float32) for k, v in sd.items()})
     model.to(device=device, dtype=dtype) if dtype is not None else model.to(device=device)
     model.eval()
-    provenance = {"source": "huggingface", "dir": str(d.resolve()), "model_type": raw.get("model_type"), "name": raw.get("_name_or_path", "")}
-    return LoadedModel(model=model, tokenizer=tokenizer, chat_template=template, provenance=provenance, path=str(d))
+    provenance = {
+        "source": "huggingface",
+        "dir": str(d.resolve()),
+        "model_type": raw.get("model_type"),
+        "name": raw.get("_name_or_path", ""),
+    }
+    return LoadedModel(
+        model=model, tokenizer=tokenizer, chat_template=template, provenance=provenance, path=str(d)
+    )
 
 
-def config_to_hf(cfg: "ModelConfig", bos_id: int, eos_ids: list[int]) -> dict[str, Any]:
+def config_to_hf(cfg: ModelConfig, bos_id: int, eos_ids: list[int]) -> dict[str, Any]:
     # qkv bias without an o_proj bias is Qwen2's layout; Llama's attention_bias adds both.
     qwen = cfg.qkv_bias
     c: dict[str, Any] = {
@@ -229,7 +290,9 @@ def config_to_hf(cfg: "ModelConfig", bos_id: int, eos_ids: list[int]) -> dict[st
         "eos_token_id": eos_ids[0] if len(eos_ids) == 1 else eos_ids,
         "torch_dtype": "float32",
     }
-    if cfg.rope_scaling:  # transformers < 5 reads rope_scaling, >= 5 also accepts it (as rope_parameters)
+    if (
+        cfg.rope_scaling
+    ):  # transformers < 5 reads rope_scaling, >= 5 also accepts it (as rope_parameters)
         c["rope_scaling"] = dict(cfg.rope_scaling)
     if not qwen:
         c.update(attention_bias=False, mlp_bias=False, head_dim=cfg.head_dim)
@@ -238,7 +301,7 @@ def config_to_hf(cfg: "ModelConfig", bos_id: int, eos_ids: list[int]) -> dict[st
     return c
 
 
-def export_hf(loaded: "LoadedModel", out_dir: str | os.PathLike[str]) -> dict[str, Any]:
+def export_hf(loaded: LoadedModel, out_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """Write a directory that transformers' AutoModelForCausalLM / AutoTokenizer load: config.json,
     model.safetensors, tokenizer.json, tokenizer_config.json, generation_config.json (each file
     written atomically)."""
@@ -269,15 +332,26 @@ def export_hf(loaded: "LoadedModel", out_dir: str | os.PathLike[str]) -> dict[st
         tc["chat_template"] = loaded.chat_template
     files = {
         "config.json": json.dumps(config_to_hf(cfg, tok.bos_id, tok.eos_ids), indent=2).encode(),
-        "generation_config.json": json.dumps({"bos_token_id": tok.bos_id, "eos_token_id": tok.eos_ids}, indent=2).encode(),
+        "generation_config.json": json.dumps(
+            {"bos_token_id": tok.bos_id, "eos_token_id": tok.eos_ids}, indent=2
+        ).encode(),
         "tokenizer.json": tok.to_json().encode(),
         "tokenizer_config.json": json.dumps(tc, indent=2).encode(),
     }
     # weights first and config.json last: a directory without config.json is not loadable yet
     atomic_write_bytes(out / "model.safetensors", save(sd, metadata={"format": "pt"}))
-    for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json", "config.json"):
+    for name in (
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+        "config.json",
+    ):
         atomic_write_bytes(out / name, files[name])
-    return {"dir": str(out), "files": ["model.safetensors", *files], "params": sum(v.numel() for v in sd.values())}
+    return {
+        "dir": str(out),
+        "files": ["model.safetensors", *files],
+        "params": sum(v.numel() for v in sd.values()),
+    }
 
 
-__all__ = ["load_hf_dir", "export_hf", "config_from_hf", "config_to_hf"]
+__all__ = ["config_from_hf", "config_to_hf", "export_hf", "load_hf_dir"]

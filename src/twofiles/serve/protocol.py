@@ -21,13 +21,35 @@ from twofiles.serve.settings import ServeSettings
 class ApiError(Exception):
     """An error response: status, message, and OpenAI's error type / param / code."""
 
-    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error", param: str | None = None, code: str | None = None, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
-        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+        self.status, self.message, self.type, self.param, self.code = (
+            status,
+            message,
+            type,
+            param,
+            code,
+        )
         self.headers = headers or {}
 
     def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
 
 
 class _Strict(BaseModel):
@@ -60,7 +82,9 @@ def _lone_surrogate(obj: Any, where: str) -> str | None:
             return where
     elif isinstance(obj, dict):
         for k, v in obj.items():
-            found = _lone_surrogate(k, where) or _lone_surrogate(v, f"{where}.{k}" if where else str(k))
+            found = _lone_surrogate(k, where) or _lone_surrogate(
+                v, f"{where}.{k}" if where else str(k)
+            )
             if found:
                 return found
     elif isinstance(obj, list):
@@ -77,7 +101,9 @@ class _Sampling(_Strict):
     def _text_is_text(cls, data: Any) -> Any:
         where = _lone_surrogate(data, "")
         if where is not None:
-            raise ValueError(f"{where or 'body'}: a string holds a lone UTF-16 surrogate, which is not text")
+            raise ValueError(
+                f"{where or 'body'}: a string holds a lone UTF-16 surrogate, which is not text"
+            )
         return data
 
     model: str = Field(min_length=1)
@@ -92,18 +118,26 @@ class _Sampling(_Strict):
     n: int = Field(default=1, ge=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    presence_penalty: float | None = Field(default=None, ge=-2, le=2)  # accepted only as 0: see sampling_params
+    presence_penalty: float | None = Field(
+        default=None, ge=-2, le=2
+    )  # accepted only as 0: see sampling_params
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
     user: str | None = None  # accepted and ignored, as a courtesy to clients that always send it
 
 
 class ChatCompletionRequest(_Sampling):
-    messages: list[Any] = Field(min_length=1)  # checked field by field by twofiles.chat.parse_messages
-    max_completion_tokens: int | None = Field(default=None, ge=1)  # OpenAI's newer name for max_tokens
+    messages: list[Any] = Field(
+        min_length=1
+    )  # checked field by field by twofiles.chat.parse_messages
+    max_completion_tokens: int | None = Field(
+        default=None, ge=1
+    )  # OpenAI's newer name for max_tokens
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0)
     tools: list[ToolSpec] | None = None
-    tool_choice: Literal["none", "auto"] | None = None  # "required" / a named function cannot be forced here
+    tool_choice: Literal["none", "auto"] | None = (
+        None  # "required" / a named function cannot be forced here
+    )
     parallel_tool_calls: bool | None = None
 
 
@@ -115,35 +149,61 @@ class CompletionRequest(_Sampling):
     best_of: int | None = Field(default=None, ge=1)
 
 
-def sampling_params(req: _Sampling, settings: ServeSettings, *, default_max_tokens: int, stop_token_ids: list[int] | None = None) -> SamplingParams:
+def sampling_params(
+    req: _Sampling,
+    settings: ServeSettings,
+    *,
+    default_max_tokens: int,
+    stop_token_ids: list[int] | None = None,
+) -> SamplingParams:
     """The one validation function past the types: a request's sampling fields under the server's
     limits -> SamplingParams. Raises ApiError(400) naming the field."""
     stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
     if len(stop) > settings.max_stop:
-        raise ApiError(400, f"stop: at most {settings.max_stop} stop strings (got {len(stop)})", param="stop")
+        raise ApiError(
+            400, f"stop: at most {settings.max_stop} stop strings (got {len(stop)})", param="stop"
+        )
     if any(not s for s in stop):
         raise ApiError(400, "stop: stop strings must be non-empty", param="stop")
     for name in ("presence_penalty", "frequency_penalty"):
         if getattr(req, name):
-            raise ApiError(400, f"{name}: not supported (use repetition_penalty, > 1 discourages repeats)", param=name)
+            raise ApiError(
+                400,
+                f"{name}: not supported (use repetition_penalty, > 1 discourages repeats)",
+                param=name,
+            )
     if req.n > settings.max_n:
-        raise ApiError(400, f"n: at most {settings.max_n} choices per request (got {req.n})", param="n")
+        raise ApiError(
+            400, f"n: at most {settings.max_n} choices per request (got {req.n})", param="n"
+        )
     if isinstance(req, ChatCompletionRequest) and req.top_logprobs is not None:
         if not req.logprobs:
             raise ApiError(400, "top_logprobs: needs logprobs=true", param="top_logprobs")
         if req.top_logprobs > settings.max_top_logprobs:
-            raise ApiError(400, f"top_logprobs: at most {settings.max_top_logprobs} (got {req.top_logprobs})", param="top_logprobs")
+            raise ApiError(
+                400,
+                f"top_logprobs: at most {settings.max_top_logprobs} (got {req.top_logprobs})",
+                param="top_logprobs",
+            )
     if isinstance(req, CompletionRequest):
         if req.logprobs is not None and req.logprobs > settings.max_top_logprobs:
-            raise ApiError(400, f"logprobs: at most {settings.max_top_logprobs} (got {req.logprobs})", param="logprobs")
+            raise ApiError(
+                400,
+                f"logprobs: at most {settings.max_top_logprobs} (got {req.logprobs})",
+                param="logprobs",
+            )
         if req.best_of is not None and req.best_of != req.n:
             raise ApiError(400, "best_of: only best_of == n is supported", param="best_of")
         if req.echo and req.logprobs is not None:
-            raise ApiError(400, "echo with logprobs: prompt logprobs are not supported", param="echo")
+            raise ApiError(
+                400, "echo with logprobs: prompt logprobs are not supported", param="echo"
+            )
     requested = req.max_tokens
     if isinstance(req, ChatCompletionRequest) and req.max_completion_tokens is not None:
         requested = req.max_completion_tokens
-    max_tokens = min(requested or default_max_tokens, settings.max_output_tokens)  # clamped, as documented in ServeSettings
+    max_tokens = min(
+        requested or default_max_tokens, settings.max_output_tokens
+    )  # clamped, as documented in ServeSettings
     return SamplingParams(
         temperature=1.0 if req.temperature is None else req.temperature,
         top_k=req.top_k or 0,
@@ -168,7 +228,9 @@ def pydantic_message(errors: list[dict[str, Any]]) -> tuple[str, str | None]:
         return f"invalid JSON in the request body: {ctx.get('error', e.get('msg', ''))}", None
     loc = [str(x) for x in e.get("loc", ()) if x != "body"]
     field = loc[0] if loc else None
-    same_field = [x for x in errors if [str(y) for y in x.get("loc", ()) if y != "body"][:1] == loc[:1]]
+    same_field = [
+        x for x in errors if [str(y) for y in x.get("loc", ()) if y != "body"][:1] == loc[:1]
+    ]
 
     def describe(err: dict[str, Any]) -> str:
         if err.get("type") == "missing":
@@ -181,7 +243,11 @@ def pydantic_message(errors: list[dict[str, Any]]) -> tuple[str, str | None]:
         msgs = list(dict.fromkeys(describe(x) for x in same_field))
         return f"{field}: not an accepted form ({'; or '.join(msgs[:4])})", field
     # a union member's name in the location (str, list[int], ...) says nothing to a client
-    loc = [x for x in loc if not x.startswith(("str", "list[", "int", "float", "bool", "function-", "literal["))] or loc
+    loc = [
+        x
+        for x in loc
+        if not x.startswith(("str", "list[", "int", "float", "bool", "function-", "literal["))
+    ] or loc
     param = ".".join(loc) or None
     msg = describe(e)
     if e.get("type") == "value_error" and param is None:
@@ -189,4 +255,12 @@ def pydantic_message(errors: list[dict[str, Any]]) -> tuple[str, str | None]:
     return (f"{param}: {msg}" if param else msg), param
 
 
-__all__ = ["ApiError", "ChatCompletionRequest", "CompletionRequest", "ToolSpec", "StreamOptions", "sampling_params", "pydantic_message"]
+__all__ = [
+    "ApiError",
+    "ChatCompletionRequest",
+    "CompletionRequest",
+    "StreamOptions",
+    "ToolSpec",
+    "pydantic_message",
+    "sampling_params",
+]

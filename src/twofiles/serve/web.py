@@ -47,7 +47,9 @@ PAGES = {"/": "chat.html", "/arena": "arena.html", "/leaderboard": "leaderboard.
 
 # Limits (named here, checked by the request models below).
 ARENA_MAX_PROMPT_CHARS = 8_000  # a battle prompt longer than this is not a chat turn
-ARENA_MAX_TOKENS = 512  # most new tokens per side; both sides run before the reply, so keep it short
+ARENA_MAX_TOKENS = (
+    512  # most new tokens per side; both sides run before the reply, so keep it short
+)
 ARENA_DEFAULT_TOKENS = 128
 ARENA_PENDING = 1_000  # battles awaiting a vote held in memory; the oldest are dropped past this
 LEADERBOARD_BOOTSTRAP = 200  # bootstrap resamples behind the intervals
@@ -106,7 +108,7 @@ class WebState:
 
     feedback_db: Path
     arena_db: Path
-    pending: "OrderedDict[str, _Battle]" = field(default_factory=OrderedDict)
+    pending: OrderedDict[str, _Battle] = field(default_factory=OrderedDict)
     lock: threading.Lock = field(default_factory=threading.Lock)
     _feedback: Any = None
     _arena: Any = None
@@ -154,10 +156,13 @@ def _db_path(settings: Any, name: str, explicit: str | os.PathLike[str] | None) 
 
 def _error(status: int, message: str) -> JSONResponse:
     # the OpenAI error shape, so one client-side handler reads errors from every route
-    return JSONResponse({"error": {"message": message, "type": "invalid_request_error", "code": status}}, status_code=status)
+    return JSONResponse(
+        {"error": {"message": message, "type": "invalid_request_error", "code": status}},
+        status_code=status,
+    )
 
 
-def _models(request: Request) -> "dict[str, LoadedModel]":
+def _models(request: Request) -> dict[str, LoadedModel]:
     return getattr(request.app.state, "models", None) or {}
 
 
@@ -178,7 +183,9 @@ def _router(state: WebState, api: list[Any]) -> APIRouter:
         # (?page=../../etc/passwd).
         def serve_page() -> FileResponse:
             # no-cache: a page edited on disk shows on the next reload, no stale script/page pairs
-            return FileResponse(STATIC_DIR / page, media_type="text/html", headers={"Cache-Control": "no-cache"})
+            return FileResponse(
+                STATIC_DIR / page, media_type="text/html", headers={"Cache-Control": "no-cache"}
+            )
 
         return serve_page
 
@@ -189,7 +196,12 @@ def _router(state: WebState, api: list[Any]) -> APIRouter:
     def post_feedback(body: FeedbackRequest) -> JSONResponse:
         try:
             row = state.feedback().record(
-                model=body.model, messages=body.messages, reply=body.reply, rating=body.rating, correction=body.correction, meta=body.meta
+                model=body.model,
+                messages=body.messages,
+                reply=body.reply,
+                rating=body.rating,
+                correction=body.correction,
+                meta=body.meta,
             )
         except TwofilesError as e:
             return _error(400, str(e))
@@ -205,27 +217,48 @@ def _router(state: WebState, api: list[Any]) -> APIRouter:
 
         models = _models(request)
         if len(models) < 2:
-            return _error(400, f"the arena needs at least two models; this server has {len(models)} (start it with two or more: twofiles serve A B)")
-        name_a, name_b = random.SystemRandom().sample(sorted(models), 2)  # random pair, random sides
-        messages = ([{"role": "system", "content": body.system}] if body.system else []) + [{"role": "user", "content": body.prompt}]
-        settings = {"max_tokens": body.max_tokens, "temperature": body.temperature, "top_p": body.top_p, "seed": body.seed}
+            return _error(
+                400,
+                f"the arena needs at least two models; this server has {len(models)} (start it with two or more: twofiles serve A B)",
+            )
+        name_a, name_b = random.SystemRandom().sample(
+            sorted(models), 2
+        )  # random pair, random sides
+        messages = ([{"role": "system", "content": body.system}] if body.system else []) + [
+            {"role": "user", "content": body.prompt}
+        ]
+        settings = {
+            "max_tokens": body.max_tokens,
+            "temperature": body.temperature,
+            "top_p": body.top_p,
+            "seed": body.seed,
+        }
         params = SamplingParams(**settings)
         # both sides through the server's scheduler, at once: they share its batches, limits and timeout
-        (msg_a, _), (msg_b, _) = await asyncio.gather(*(generate_reply(request.app, n, messages, params) for n in (name_a, name_b)))
+        (msg_a, _), (msg_b, _) = await asyncio.gather(
+            *(generate_reply(request.app, n, messages, params) for n in (name_a, name_b))
+        )
         reply_a, reply_b = msg_a.content.strip(), msg_b.content.strip()
         battle_id = secrets.token_urlsafe(12)
         with state.lock:
-            state.pending[battle_id] = _Battle(body.prompt, body.system, name_a, name_b, reply_a, reply_b, settings)
+            state.pending[battle_id] = _Battle(
+                body.prompt, body.system, name_a, name_b, reply_a, reply_b, settings
+            )
             while len(state.pending) > ARENA_PENDING:
                 state.pending.popitem(last=False)
-        return JSONResponse({"battle_id": battle_id, "a": {"content": reply_a}, "b": {"content": reply_b}})
+        return JSONResponse(
+            {"battle_id": battle_id, "a": {"content": reply_a}, "b": {"content": reply_b}}
+        )
 
     @router.post("/arena/vote", dependencies=api)
     def post_vote(body: VoteRequest) -> JSONResponse:
         with state.lock:
             battle = state.pending.pop(body.battle_id, None)
         if battle is None:
-            return _error(404, f"battle_id {body.battle_id!r}: no such battle awaiting a vote (already voted, or expired)")
+            return _error(
+                404,
+                f"battle_id {body.battle_id!r}: no such battle awaiting a vote (already voted, or expired)",
+            )
         meta = {**battle.settings, "system": battle.system, "source": "web"}
         try:
             vote_id = state.arena().record_battle(
@@ -237,7 +270,14 @@ def _router(state: WebState, api: list[Any]) -> APIRouter:
             with state.lock:  # not stored: the vote may be tried again
                 state.pending[body.battle_id] = battle
             raise
-        return JSONResponse({"id": vote_id, "winner": body.winner, "model_a": battle.model_a, "model_b": battle.model_b})
+        return JSONResponse(
+            {
+                "id": vote_id,
+                "winner": body.winner,
+                "model_a": battle.model_a,
+                "model_b": battle.model_b,
+            }
+        )
 
     @router.get("/arena/leaderboard", dependencies=api)
     def get_leaderboard() -> JSONResponse:
@@ -245,7 +285,13 @@ def _router(state: WebState, api: list[Any]) -> APIRouter:
 
         battles = state.arena().battles()
         rows = leaderboard(battles, bootstrap=LEADERBOARD_BOOTSTRAP, seed=0) if battles else []
-        return JSONResponse({"battles": len(battles), "bootstrap": LEADERBOARD_BOOTSTRAP, "rows": [_row(r) for r in rows]})
+        return JSONResponse(
+            {
+                "battles": len(battles),
+                "bootstrap": LEADERBOARD_BOOTSTRAP,
+                "rows": [_row(r) for r in rows],
+            }
+        )
 
     @router.get("/tools", dependencies=api)
     def get_tools() -> JSONResponse:
@@ -259,19 +305,31 @@ def _router(state: WebState, api: list[Any]) -> APIRouter:
 
         tools = state.tools()
         if body.name not in tools:
-            return _error(404, f"name: no tool {body.name!r} here; this server runs {', '.join(sorted(tools)) or 'none'} for the web page")
-        result = run_tool(tools, body.name, body.arguments)  # bad arguments come back as error results
+            return _error(
+                404,
+                f"name: no tool {body.name!r} here; this server runs {', '.join(sorted(tools)) or 'none'} for the web page",
+            )
+        result = run_tool(
+            tools, body.name, body.arguments
+        )  # bad arguments come back as error results
         return JSONResponse({"name": body.name, "content": result.content, "error": result.error})
 
     return router
 
 
-def attach(app: FastAPI, *, feedback_db: str | os.PathLike[str] | None = None, arena_db: str | os.PathLike[str] | None = None) -> WebState:
+def attach(
+    app: FastAPI,
+    *,
+    feedback_db: str | os.PathLike[str] | None = None,
+    arena_db: str | os.PathLike[str] | None = None,
+) -> WebState:
     """Add the pages and the feedback/arena routes to `app` (expects `app.state.models`:
     name -> LoadedModel, and optionally `app.state.settings`). Returns the shared state, also at
     `app.state.web`."""
     settings = getattr(app.state, "settings", None)
-    state = WebState(_db_path(settings, "feedback", feedback_db), _db_path(settings, "arena", arena_db))
+    state = WebState(
+        _db_path(settings, "feedback", feedback_db), _db_path(settings, "arena", arena_db)
+    )
     app.state.web = state
     key_check = getattr(app.state, "require_api_key", None)
     app.include_router(_router(state, [Depends(key_check)] if key_check else []))
@@ -279,4 +337,11 @@ def attach(app: FastAPI, *, feedback_db: str | os.PathLike[str] | None = None, a
     return state
 
 
-__all__ = ["attach", "WebState", "FeedbackRequest", "BattleRequest", "VoteRequest", "ToolRunRequest"]
+__all__ = [
+    "BattleRequest",
+    "FeedbackRequest",
+    "ToolRunRequest",
+    "VoteRequest",
+    "WebState",
+    "attach",
+]

@@ -52,7 +52,12 @@ def _atomic_copy(src: str, dst: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def export_run(model_path: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, loaded: "LoadedModel | None" = None) -> dict[str, Any]:
+def export_run(
+    model_path: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    loaded: LoadedModel | None = None,
+) -> dict[str, Any]:
     """Write OUT/model.safetensors and OUT/run.py. `loaded` (a model already in memory, e.g. read
     from another format) is saved instead of copying `model_path`. Returns a summary: out, model,
     run_py, bytes (the two files together)."""
@@ -68,7 +73,13 @@ def export_run(model_path: str | os.PathLike[str], out_dir: str | os.PathLike[st
     model_out, run_out = out / MODEL_NAME, out / RUN_NAME
     if loaded is not None:
         provenance = {**loaded.provenance, "exported_from": model_path}
-        save_model(model_out, loaded.model, loaded.tokenizer, provenance=provenance, chat_template=loaded.chat_template)
+        save_model(
+            model_out,
+            loaded.model,
+            loaded.tokenizer,
+            provenance=provenance,
+            chat_template=loaded.chat_template,
+        )
     else:
         _atomic_copy(model_path, model_out)
     atomic_write_bytes(run_out, run_py_source().encode("utf-8"))
@@ -81,4 +92,4 @@ def export_run(model_path: str | os.PathLike[str], out_dir: str | os.PathLike[st
     }
 
 
-__all__ = ["export_run", "run_py_source", "MODEL_NAME", "RUN_NAME"]
+__all__ = ["MODEL_NAME", "RUN_NAME", "export_run", "run_py_source"]

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import codecs
+import itertools
 import json
 import math
 import os
@@ -74,7 +75,9 @@ def read_safetensors(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
                 raise RunError(f"{path}: file too short to be safetensors ({size} bytes)")
             n = int.from_bytes(head, "little")
             if n <= 1 or n > min(MAX_HEADER, size - 8):
-                raise RunError(f"{path}: bad safetensors header length {n} (file is {size} bytes; truncated or not safetensors?)")
+                raise RunError(
+                    f"{path}: bad safetensors header length {n} (file is {size} bytes; truncated or not safetensors?)"
+                )
             header = json.loads(f.read(n).decode("utf-8"))
     except OSError as e:
         raise RunError(f"{path}: cannot read ({e.strerror or e})") from None
@@ -86,23 +89,35 @@ def read_safetensors(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
         raise RunError(f"{path}: safetensors __metadata__ is not a string -> string object")
     data_len = size - 8 - n
-    data = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + n) if data_len else np.zeros(0, np.uint8)
+    data = (
+        np.memmap(path, dtype=np.uint8, mode="r", offset=8 + n)
+        if data_len
+        else np.zeros(0, np.uint8)
+    )
     tensors = {}
     for name, info in header.items():
         try:
             dtype, shape, (begin, end) = info["dtype"], info["shape"], info["data_offsets"]
         except (TypeError, KeyError, ValueError):
-            raise RunError(f"{path}: tensor {name!r}: header entry needs dtype, shape and data_offsets [begin, end]") from None
+            raise RunError(
+                f"{path}: tensor {name!r}: header entry needs dtype, shape and data_offsets [begin, end]"
+            ) from None
         if dtype not in DTYPES:
-            raise RunError(f"{path}: tensor {name!r} has dtype {dtype}; this runner reads {', '.join(DTYPES)}")
+            raise RunError(
+                f"{path}: tensor {name!r} has dtype {dtype}; this runner reads {', '.join(DTYPES)}"
+            )
         if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
             raise RunError(f"{path}: tensor {name!r} has a bad shape {shape!r}")
         if not (isinstance(begin, int) and isinstance(end, int) and 0 <= begin <= end <= data_len):
-            raise RunError(f"{path}: tensor {name!r} has byte range [{begin}, {end}) outside the {data_len} data bytes (truncated file?)")
+            raise RunError(
+                f"{path}: tensor {name!r} has byte range [{begin}, {end}) outside the {data_len} data bytes (truncated file?)"
+            )
         np_dtype, width = DTYPES[dtype]
         count = math.prod(shape)
         if end - begin != count * width:
-            raise RunError(f"{path}: tensor {name!r}: shape {shape} x {dtype} needs {count * width} bytes, the header gives {end - begin}")
+            raise RunError(
+                f"{path}: tensor {name!r}: shape {shape} x {dtype} needs {count * width} bytes, the header gives {end - begin}"
+            )
         raw = np.frombuffer(data, dtype=np_dtype, count=count, offset=begin).reshape(shape)
         if dtype == "BF16":  # bfloat16 is the top half of a float32: shift it back into place
             tensors[name] = (raw.astype(np.uint32) << 16).view(np.float32)
@@ -118,7 +133,11 @@ def read_safetensors(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
 def bytes_to_unicode() -> dict[int, str]:
     """GPT-2's table: each byte -> a printable character standing for it ('Ġ' for space), so a
     token's bytes can be stored as a JSON string."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    bs = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
     cs, n = bs[:], 0
     for b in range(256):
         if b not in bs:  # the 68 unprintable bytes get 256, 257, ...
@@ -144,8 +163,12 @@ def python_regex(pattern: str, text: str) -> re.Pattern:
     split patterns use them only where greedy matching gives the same result, so older Pythons
     drop them."""
     chars = {c for c in text if ord(c) > 127}
-    letters = "a-zA-Z" + "".join(re.escape(c) for c in sorted(chars) if unicodedata.category(c)[0] == "L")
-    numbers = "0-9" + "".join(re.escape(c) for c in sorted(chars) if unicodedata.category(c)[0] == "N")
+    letters = "a-zA-Z" + "".join(
+        re.escape(c) for c in sorted(chars) if unicodedata.category(c)[0] == "L"
+    )
+    numbers = "0-9" + "".join(
+        re.escape(c) for c in sorted(chars) if unicodedata.category(c)[0] == "N"
+    )
     out, i, in_class, after_quantifier = [], 0, False, False
     while i < len(pattern):
         c, quantifier = pattern[i], False
@@ -160,7 +183,9 @@ def python_regex(pattern: str, text: str) -> re.Pattern:
                 out.append(WHITESPACE if in_class else "[" + negate + WHITESPACE + "]")
                 i += 2
             elif two in ("\\p", "\\P", "\\S"):
-                raise RunError(f"tokenizer split pattern uses {pattern[i:i + 6]!r}, which this runner does not translate")
+                raise RunError(
+                    f"tokenizer split pattern uses {pattern[i : i + 6]!r}, which this runner does not translate"
+                )
             else:
                 out.append(two)
                 i += 2
@@ -199,14 +224,23 @@ class Tokenizer:
         if model.get("type") != "BPE":
             raise RunError(f"tokenizer model is {model.get('type')!r}; this runner knows BPE")
         if spec.get("normalizer") is not None:
-            raise RunError(f"tokenizer has a normalizer ({spec['normalizer'].get('type')}); this runner has none")
+            raise RunError(
+                f"tokenizer has a normalizer ({spec['normalizer'].get('type')}); this runner has none"
+            )
         self.vocab: dict[str, int] = model["vocab"]
-        merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in model.get("merges", [])]
-        self.ranks = {pair: rank for rank, pair in enumerate(merges)}  # lower rank = learned earlier
+        merges = [
+            tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m)
+            for m in model.get("merges", [])
+        ]
+        self.ranks = {
+            pair: rank for rank, pair in enumerate(merges)
+        }  # lower rank = learned earlier
         self.ignore_merges = bool(model.get("ignore_merges"))
         self.byte_fallback = bool(model.get("byte_fallback"))
         self.unk = self.vocab.get(model.get("unk_token") or "")
-        self.patterns, self.prepend = self._split_patterns(spec.get("pre_tokenizer"), self.byte_fallback)
+        self.patterns, self.prepend = self._split_patterns(
+            spec.get("pre_tokenizer"), self.byte_fallback
+        )
         self.byte_char = bytes_to_unicode()
         added = {t["id"]: t["content"] for t in spec.get("added_tokens", [])}
         size = max(list(self.vocab.values()) + list(added) + [-1]) + 1
@@ -233,7 +267,9 @@ class Tokenizer:
             self.bos_id = found[0]
         self.eos_ids = [int(i) for i in special.get("eos_ids") or [self.bos_id]]
         if not all(0 <= i < size for i in [self.bos_id, *self.eos_ids]):
-            raise RunError(f"bos/eos ids {[self.bos_id, *self.eos_ids]} are outside the vocabulary ({size})")
+            raise RunError(
+                f"bos/eos ids {[self.bos_id, *self.eos_ids]} are outside the vocabulary ({size})"
+            )
         self._cache: dict[str, list[int]] = {}
 
     @staticmethod
@@ -241,8 +277,14 @@ class Tokenizer:
         """The regexes that cut text into pieces before BPE (applied in order, each match and each
         gap kept), and whether a "▁" is prepended (SentencePiece's dummy prefix)."""
         if byte_fallback:  # SentencePiece-style: one Metaspace step, the text is one piece
-            if (pre or {}).get("type") != "Metaspace" or pre.get("split", True) or pre.get("replacement") != "\u2581":
-                raise RunError(f"byte-fallback tokenizer with pre-tokenizer {json.dumps(pre)[:120]} is not supported by this runner")
+            if (
+                (pre or {}).get("type") != "Metaspace"
+                or pre.get("split", True)
+                or pre.get("replacement") != "\u2581"
+            ):
+                raise RunError(
+                    f"byte-fallback tokenizer with pre-tokenizer {json.dumps(pre)[:120]} is not supported by this runner"
+                )
             return [], pre.get("prepend_scheme", "always") != "never"
         steps = (pre or {}).get("pretokenizers") if (pre or {}).get("type") == "Sequence" else [pre]
         patterns, byte_level = [], False
@@ -258,9 +300,13 @@ class Tokenizer:
                 if step.get("use_regex", True):
                     patterns.append(GPT2_PATTERN)
             else:
-                raise RunError(f"tokenizer pre-tokenizer step {json.dumps(step)[:120]} is not supported by this runner")
+                raise RunError(
+                    f"tokenizer pre-tokenizer step {json.dumps(step)[:120]} is not supported by this runner"
+                )
         if not byte_level:
-            raise RunError("tokenizer is neither byte-level (a ByteLevel step) nor SentencePiece-style (byte fallback)")
+            raise RunError(
+                "tokenizer is neither byte-level (a ByteLevel step) nor SentencePiece-style (byte fallback)"
+            )
         return patterns, False
 
     def encode(self, text: str) -> list[int]:
@@ -270,7 +316,9 @@ class Tokenizer:
                 text = "\u2581" + text
             return self._bpe(text) if text else []
         pieces = [text] if text else []
-        for pattern in self.patterns:  # each Split cuts every piece further; matches and gaps both stay
+        for (
+            pattern
+        ) in self.patterns:  # each Split cuts every piece further; matches and gaps both stay
             regex, cut = python_regex(pattern, text), []
             for piece in pieces:
                 last = 0
@@ -305,7 +353,7 @@ class Tokenizer:
             return [self.vocab[word]]
         symbols = list(word) if not self.byte_fallback else self._fallback(word)
         while len(symbols) > 1:
-            pairs = [(self.ranks.get(pair, math.inf), pair) for pair in zip(symbols, symbols[1:])]
+            pairs = [(self.ranks.get(pair, math.inf), pair) for pair in itertools.pairwise(symbols)]
             rank, (a, b) = min(pairs, key=lambda rp: rp[0])
             if rank == math.inf:
                 break
@@ -330,8 +378,16 @@ class Tokenizer:
 # 3. The model: a Llama-style transformer in float32 numpy
 
 
-CONFIG_DEFAULTS = {"n_kv_heads": None, "hidden_dim": None, "max_seq_len": 2048, "rope_theta": 10000.0, "norm_eps": 1e-5, "tie_embeddings": False, "qkv_bias": False,
-                   "rope_scaling": None}
+CONFIG_DEFAULTS = {
+    "n_kv_heads": None,
+    "hidden_dim": None,
+    "max_seq_len": 2048,
+    "rope_theta": 10000.0,
+    "norm_eps": 1e-5,
+    "tie_embeddings": False,
+    "qkv_bias": False,
+    "rope_scaling": None,
+}
 
 
 def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
@@ -349,9 +405,19 @@ def llama3_scaled(inv_freq: np.ndarray, scaling: dict) -> np.ndarray:
     and the band between blended smoothly."""
     if scaling.get("rope_type") != "llama3":
         raise RunError(f"RoPE scaling {scaling!r} is not supported by this runner (llama3 is)")
-    factor, low, high, old_len = (float(scaling[k]) for k in ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"))
+    factor, low, high, old_len = (
+        float(scaling[k])
+        for k in (
+            "factor",
+            "low_freq_factor",
+            "high_freq_factor",
+            "original_max_position_embeddings",
+        )
+    )
     wavelen = np.float32(2 * math.pi) / inv_freq
-    scaled = np.where(wavelen > old_len / low, inv_freq / np.float32(factor), inv_freq).astype(np.float32)
+    scaled = np.where(wavelen > old_len / low, inv_freq / np.float32(factor), inv_freq).astype(
+        np.float32
+    )
     smooth = ((old_len / wavelen - low) / (high - low)).astype(np.float32)
     smoothed = (1 - smooth) * scaled / np.float32(factor) + smooth * scaled
     medium = (wavelen >= old_len / high) & (wavelen <= old_len / low)
@@ -367,42 +433,73 @@ def rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
 
 class Model:
     def __init__(self, cfg: dict, w: dict[str, np.ndarray]) -> None:
-        unknown = [k for k, v in cfg.items() if k not in CONFIG_DEFAULTS and k not in ("vocab_size", "dim", "n_layers", "n_heads") and v]
+        unknown = [
+            k
+            for k, v in cfg.items()
+            if k not in CONFIG_DEFAULTS
+            and k not in ("vocab_size", "dim", "n_layers", "n_heads")
+            and v
+        ]
         if unknown:
             raise RunError(f"model config uses {unknown}, which this runner does not implement")
         cfg = {**CONFIG_DEFAULTS, **cfg}
         try:
-            self.dim, self.n_layers, self.n_heads = int(cfg["dim"]), int(cfg["n_layers"]), int(cfg["n_heads"])
+            self.dim, self.n_layers, self.n_heads = (
+                int(cfg["dim"]),
+                int(cfg["n_layers"]),
+                int(cfg["n_heads"]),
+            )
         except KeyError as e:
             raise RunError(f"model config lacks {e.args[0]!r}") from None
         self.n_kv_heads = int(cfg["n_kv_heads"] or self.n_heads)
         self.head_dim = self.dim // self.n_heads
         self.max_seq_len, self.eps = int(cfg["max_seq_len"]), float(cfg["norm_eps"])
         self.embed = self._get(w, "model.embed_tokens.weight", (int(cfg["vocab_size"]), self.dim))
-        head = self.embed if cfg["tie_embeddings"] else self._get(w, "lm_head.weight", self.embed.shape)
+        head = (
+            self.embed
+            if cfg["tie_embeddings"]
+            else self._get(w, "lm_head.weight", self.embed.shape)
+        )
         self.lm_head = np.ascontiguousarray(head.T)  # [dim, vocab]: weights are stored [out, in]
         kv = self.n_kv_heads * self.head_dim
-        hidden = int(cfg["hidden_dim"] or w.get("model.layers.0.mlp.up_proj.weight", np.zeros((0, 0))).shape[0])
+        hidden = int(
+            cfg["hidden_dim"]
+            or w.get("model.layers.0.mlp.up_proj.weight", np.zeros((0, 0))).shape[0]
+        )
         self.layers = []
         for i in range(self.n_layers):
             p = f"model.layers.{i}."
-            L = {name: self._get(w, p + name, shape).T.copy() for name, shape in [
-                ("self_attn.q_proj.weight", (self.dim, self.dim)), ("self_attn.k_proj.weight", (kv, self.dim)),
-                ("self_attn.v_proj.weight", (kv, self.dim)), ("self_attn.o_proj.weight", (self.dim, self.dim)),
-                ("mlp.gate_proj.weight", (hidden, self.dim)), ("mlp.up_proj.weight", (hidden, self.dim)),
-                ("mlp.down_proj.weight", (self.dim, hidden))]}
+            L = {
+                name: self._get(w, p + name, shape).T.copy()
+                for name, shape in [
+                    ("self_attn.q_proj.weight", (self.dim, self.dim)),
+                    ("self_attn.k_proj.weight", (kv, self.dim)),
+                    ("self_attn.v_proj.weight", (kv, self.dim)),
+                    ("self_attn.o_proj.weight", (self.dim, self.dim)),
+                    ("mlp.gate_proj.weight", (hidden, self.dim)),
+                    ("mlp.up_proj.weight", (hidden, self.dim)),
+                    ("mlp.down_proj.weight", (self.dim, hidden)),
+                ]
+            }
             for name in ("input_layernorm.weight", "post_attention_layernorm.weight"):
                 L[name] = self._get(w, p + name, (self.dim,))
             for name, n in (("q", self.dim), ("k", kv), ("v", kv)):  # Qwen2-style bias, else zero
                 bias = f"self_attn.{name}_proj.bias"
-                L[bias] = self._get(w, p + bias, (n,)) if cfg["qkv_bias"] else np.zeros(n, np.float32)
+                L[bias] = (
+                    self._get(w, p + bias, (n,)) if cfg["qkv_bias"] else np.zeros(n, np.float32)
+                )
             self.layers.append(L)
         self.norm = self._get(w, "model.norm.weight", (self.dim,))
         # RoPE tables [max_seq_len, head_dim], computed in float32 the way the trainer does.
-        inv_freq = 1.0 / (np.float32(cfg["rope_theta"]) ** (np.arange(0, self.head_dim, 2, dtype=np.float32) / self.head_dim))
+        inv_freq = 1.0 / (
+            np.float32(cfg["rope_theta"])
+            ** (np.arange(0, self.head_dim, 2, dtype=np.float32) / self.head_dim)
+        )
         if cfg["rope_scaling"]:
             inv_freq = llama3_scaled(inv_freq, cfg["rope_scaling"])
-        angles = np.outer(np.arange(self.max_seq_len, dtype=np.float32), inv_freq.astype(np.float32))
+        angles = np.outer(
+            np.arange(self.max_seq_len, dtype=np.float32), inv_freq.astype(np.float32)
+        )
         angles = np.concatenate([angles, angles], axis=-1)
         self.cos, self.sin = np.cos(angles), np.sin(angles)
         self.cache_k: list[np.ndarray] = []
@@ -413,7 +510,9 @@ class Model:
         if name not in w:
             raise RunError(f"model file lacks tensor {name!r}")
         if tuple(w[name].shape) != tuple(shape):
-            raise RunError(f"tensor {name!r} has shape {tuple(w[name].shape)}, the config implies {tuple(shape)}")
+            raise RunError(
+                f"tensor {name!r} has shape {tuple(w[name].shape)}, the config implies {tuple(shape)}"
+            )
         return w[name]
 
     def reset(self, length: int) -> None:
@@ -432,18 +531,42 @@ class Model:
         x = self.embed[np.asarray(ids)]  # [T, dim]
         for L, K, V in zip(self.layers, self.cache_k, self.cache_v):
             h = rms_norm(x, L["input_layernorm.weight"], self.eps)
-            q = (h @ L["self_attn.q_proj.weight"] + L["self_attn.q_proj.bias"]).reshape(T, H, hd).transpose(1, 0, 2)  # [H, T, hd]
-            k = (h @ L["self_attn.k_proj.weight"] + L["self_attn.k_proj.bias"]).reshape(T, -1, hd).transpose(1, 0, 2)  # [Hkv, T, hd]
-            v = (h @ L["self_attn.v_proj.weight"] + L["self_attn.v_proj.bias"]).reshape(T, -1, hd).transpose(1, 0, 2)
+            q = (
+                (h @ L["self_attn.q_proj.weight"] + L["self_attn.q_proj.bias"])
+                .reshape(T, H, hd)
+                .transpose(1, 0, 2)
+            )  # [H, T, hd]
+            k = (
+                (h @ L["self_attn.k_proj.weight"] + L["self_attn.k_proj.bias"])
+                .reshape(T, -1, hd)
+                .transpose(1, 0, 2)
+            )  # [Hkv, T, hd]
+            v = (
+                (h @ L["self_attn.v_proj.weight"] + L["self_attn.v_proj.bias"])
+                .reshape(T, -1, hd)
+                .transpose(1, 0, 2)
+            )
             K[:, pos:S], V[:, pos:S] = rope(k, cos, sin), v
-            q = rope(q, cos, sin).reshape(-1, G, T, hd)  # [Hkv, G, T, hd]: G query heads share a kv head
-            scores = q @ K[:, None, :S].transpose(0, 1, 3, 2) / np.float32(math.sqrt(hd))  # [Hkv, G, T, S]
+            q = rope(q, cos, sin).reshape(
+                -1, G, T, hd
+            )  # [Hkv, G, T, hd]: G query heads share a kv head
+            scores = (
+                q @ K[:, None, :S].transpose(0, 1, 3, 2) / np.float32(math.sqrt(hd))
+            )  # [Hkv, G, T, S]
             scores[..., mask] = -np.inf
             scores = np.exp(scores - scores.max(axis=-1, keepdims=True))
             y = (scores / scores.sum(axis=-1, keepdims=True)) @ V[:, None, :S]  # [Hkv, G, T, hd]
-            x = x + y.reshape(H, T, hd).transpose(1, 0, 2).reshape(T, H * hd) @ L["self_attn.o_proj.weight"]
+            x = (
+                x
+                + y.reshape(H, T, hd).transpose(1, 0, 2).reshape(T, H * hd)
+                @ L["self_attn.o_proj.weight"]
+            )
             h = rms_norm(x, L["post_attention_layernorm.weight"], self.eps)
-            x = x + (silu(h @ L["mlp.gate_proj.weight"]) * (h @ L["mlp.up_proj.weight"])) @ L["mlp.down_proj.weight"]
+            x = (
+                x
+                + (silu(h @ L["mlp.gate_proj.weight"]) * (h @ L["mlp.up_proj.weight"]))
+                @ L["mlp.down_proj.weight"]
+            )
         x = rms_norm(x if all_logits else x[-1], self.norm, self.eps)
         return x @ self.lm_head
 
@@ -459,7 +582,9 @@ def sample(logits: np.ndarray, temperature: float, top_p: float, rng: np.random.
     z = logits.astype(np.float64) / temperature
     p = np.exp(z - z.max())
     p /= p.sum()
-    if top_p < 1.0:  # nucleus (Holtzman et al. 2019): drop tokens once the likelier ones reach top_p
+    if (
+        top_p < 1.0
+    ):  # nucleus (Holtzman et al. 2019): drop tokens once the likelier ones reach top_p
         order = np.argsort(-p, kind="stable")
         before = np.cumsum(p[order]) - p[order]
         drop = before >= top_p
@@ -473,7 +598,9 @@ def load(path: str) -> tuple[Model, Tokenizer]:
     tensors, meta = read_safetensors(path)
     for key in ("config", "tokenizer"):
         if key not in meta:
-            raise RunError(f"{path}: metadata has no {key!r} field (not a twofiles model.safetensors?)")
+            raise RunError(
+                f"{path}: metadata has no {key!r} field (not a twofiles model.safetensors?)"
+            )
     try:
         cfg, spec = json.loads(meta["config"]), json.loads(meta["tokenizer"])
     except json.JSONDecodeError as e:
@@ -488,14 +615,22 @@ def load(path: str) -> tuple[Model, Tokenizer]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="Generate text from a model.safetensors with numpy alone.")
+    ap = argparse.ArgumentParser(
+        description="Generate text from a model.safetensors with numpy alone."
+    )
     ap.add_argument("model", help="path to model.safetensors")
     ap.add_argument("--prompt", required=True, help="text to continue ('-' reads stdin)")
     ap.add_argument("--temperature", type=float, default=1.0, help="0 = greedy (default 1)")
-    ap.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold (default 1 = off)")
+    ap.add_argument(
+        "--top-p", type=float, default=1.0, help="nucleus sampling threshold (default 1 = off)"
+    )
     ap.add_argument("--seed", type=int, default=None, help="sampling seed (default: random)")
     ap.add_argument("--max-tokens", type=int, default=200, help="most new tokens (default 200)")
-    ap.add_argument("--json", action="store_true", help="end with one JSON line: text, tokens, ids, tokens_per_second")
+    ap.add_argument(
+        "--json",
+        action="store_true",
+        help="end with one JSON line: text, tokens, ids, tokens_per_second",
+    )
     args = ap.parse_args(argv)
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(errors="replace")  # a console that cannot show a character gets '?'
@@ -517,12 +652,17 @@ def generate(args: argparse.Namespace) -> int:
     model, tok = load(args.model)
     prompt_ids = [tok.bos_id] + tok.encode(prompt)  # documents were trained as bos + text
     if len(prompt_ids) >= model.max_seq_len:
-        raise RunError(f"prompt is {len(prompt_ids)} tokens; the model's context is {model.max_seq_len}, which leaves no room to generate")
+        raise RunError(
+            f"prompt is {len(prompt_ids)} tokens; the model's context is {model.max_seq_len}, which leaves no room to generate"
+        )
     steps = min(args.max_tokens, model.max_seq_len - len(prompt_ids))
     seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little") >> 1
     rng = np.random.default_rng(seed)
-    print(f"loaded {args.model} in {time.perf_counter() - t0:.2f}s: {model.n_layers} layers, dim {model.dim}, "
-          f"context {model.max_seq_len}; prompt {len(prompt_ids)} tokens, seed {seed}", file=sys.stderr)
+    print(
+        f"loaded {args.model} in {time.perf_counter() - t0:.2f}s: {model.n_layers} layers, dim {model.dim}, "
+        f"context {model.max_seq_len}; prompt {len(prompt_ids)} tokens, seed {seed}",
+        file=sys.stderr,
+    )
 
     utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")  # holds back half a character
     text, ids, finish = [], [], "length"
@@ -532,7 +672,9 @@ def generate(args: argparse.Namespace) -> int:
     for i in range(steps):
         token = sample(logits, args.temperature, args.top_p, rng)
         ids.append(token)
-        if token == tok.bos_id or token in tok.eos_ids:  # a new document would start, or the model says it is done
+        if (
+            token == tok.bos_id or token in tok.eos_ids
+        ):  # a new document would start, or the model says it is done
             finish = "stop"
             break
         piece = utf8.decode(tok.token_bytes[token] if token < len(tok.token_bytes) else b"")
@@ -545,10 +687,20 @@ def generate(args: argparse.Namespace) -> int:
     text.append(utf8.decode(b"", final=True))
     sys.stdout.write(text[-1] + "\n")
     rate = len(ids) / seconds if seconds > 0 else 0.0
-    print(f"{len(ids)} tokens in {seconds:.2f}s ({rate:.1f} tok/s), finish: {finish}", file=sys.stderr)
+    print(
+        f"{len(ids)} tokens in {seconds:.2f}s ({rate:.1f} tok/s), finish: {finish}", file=sys.stderr
+    )
     if args.json:
-        summary = {"text": "".join(text), "tokens": len(ids), "ids": ids, "prompt_tokens": len(prompt_ids),
-                   "finish": finish, "seconds": round(seconds, 4), "tokens_per_second": round(rate, 2), "seed": seed}
+        summary = {
+            "text": "".join(text),
+            "tokens": len(ids),
+            "ids": ids,
+            "prompt_tokens": len(prompt_ids),
+            "finish": finish,
+            "seconds": round(seconds, 4),
+            "tokens_per_second": round(rate, 2),
+            "seed": seed,
+        }
         print(json.dumps(summary), flush=True)
     return 0
 

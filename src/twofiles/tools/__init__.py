@@ -19,14 +19,16 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-__all__ = ["ToolResult", "Tool", "default_tools", "openai_tool_specs", "run_tool"]
+__all__ = ["Tool", "ToolResult", "default_tools", "openai_tool_specs", "run_tool"]
 
 
 @dataclass
 class ToolResult:
     content: str  # what the model reads back (output, value, or the error message)
     error: bool = False  # the call failed (bad arguments, exception, limit hit)
-    files: list[str] = field(default_factory=list)  # absolute paths of files the call produced (e.g. PNG plots)
+    files: list[str] = field(
+        default_factory=list
+    )  # absolute paths of files the call produced (e.g. PNG plots)
 
 
 @runtime_checkable
@@ -49,17 +51,28 @@ def default_tools(scratch_dir: str | None = None) -> dict[str, Tool]:
     return {t.name: t for t in tools}
 
 
-def openai_tool_specs(tools: "Mapping[str, Tool]") -> list[dict[str, Any]]:
+def openai_tool_specs(tools: Mapping[str, Tool]) -> list[dict[str, Any]]:
     """The tools in the OpenAI chat-completions `tools` format (what chat templates render)."""
-    return [{"type": "function", "function": {"name": t.name, "description": t.description, "parameters": t.parameters}} for t in tools.values()]
+    return [
+        {
+            "type": "function",
+            "function": {"name": t.name, "description": t.description, "parameters": t.parameters},
+        }
+        for t in tools.values()
+    ]
 
 
-def run_tool(tools: "Mapping[str, Tool]", name: str, arguments: Any) -> ToolResult:
+def run_tool(tools: Mapping[str, Tool], name: str, arguments: Any) -> ToolResult:
     """Call a tool by name as a model asked; unknown names and non-dict arguments become error
     results, never exceptions."""
     tool = tools.get(name)
     if tool is None:
-        return ToolResult(f"unknown tool {name!r}; available: {', '.join(sorted(tools)) or 'none'}", error=True)
+        return ToolResult(
+            f"unknown tool {name!r}; available: {', '.join(sorted(tools)) or 'none'}", error=True
+        )
     if not isinstance(arguments, dict):
-        return ToolResult(f"arguments for {name!r} must be a JSON object, got {type(arguments).__name__}", error=True)
+        return ToolResult(
+            f"arguments for {name!r} must be a JSON object, got {type(arguments).__name__}",
+            error=True,
+        )
     return tool.run(arguments)

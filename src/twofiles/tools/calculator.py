@@ -30,7 +30,9 @@ MAX_EXPRESSION_CHARS = 1000  # longer input is refused before parsing
 MAX_NODES = 500  # syntax-tree nodes
 MAX_INT_BITS = 4096  # ~1233 decimal digits: the largest integer any step may produce
 MAX_FACTORIAL = 450  # 450! has ~1000 digits, under MAX_INT_BITS
-MAX_COMBINATORIC_N = 1000  # comb(1000, 500) has ~300 digits; the result is checked against MAX_INT_BITS too
+MAX_COMBINATORIC_N = (
+    1000  # comb(1000, 500) has ~300 digits; the result is checked against MAX_INT_BITS too
+)
 MAX_SECONDS = 1.0  # wall-clock bound, checked between operations
 
 Number = int | float | bool
@@ -49,10 +51,15 @@ def _check_int(x: Number) -> Number:
 
 
 def _pow(a: Number, b: Number) -> Number:
-    if isinstance(a, int) and isinstance(b, int) and b > 0 and abs(a) > 1:
-        # bits of a**b ~ b * log2|a|: refuse before computing, not after
-        if b * math.log2(abs(a)) > MAX_INT_BITS:
-            raise CalculatorError(f"{a}**{b} is too large (over {MAX_INT_BITS} bits)")
+    # bits of a**b ~ b * log2|a|: refuse before computing, not after
+    if (
+        isinstance(a, int)
+        and isinstance(b, int)
+        and b > 0
+        and abs(a) > 1
+        and b * math.log2(abs(a)) > MAX_INT_BITS
+    ):
+        raise CalculatorError(f"{a}**{b} is too large (over {MAX_INT_BITS} bits)")
     try:
         return a**b
     except ZeroDivisionError:
@@ -60,7 +67,11 @@ def _pow(a: Number, b: Number) -> Number:
 
 
 def _mul(a: Number, b: Number) -> Number:
-    if isinstance(a, int) and isinstance(b, int) and a.bit_length() + b.bit_length() > MAX_INT_BITS + 1:
+    if (
+        isinstance(a, int)
+        and isinstance(b, int)
+        and a.bit_length() + b.bit_length() > MAX_INT_BITS + 1
+    ):
         raise CalculatorError(f"product too large (over {MAX_INT_BITS} bits)")
     return a * b
 
@@ -143,7 +154,15 @@ _COMPARE: dict[type, Callable[[Number, Number], bool]] = {
     ast.Eq: operator.eq,
     ast.NotEq: operator.ne,
 }
-_OP_NAMES = {ast.BitAnd: "&", ast.BitOr: "|", ast.LShift: "<<", ast.RShift: ">>", ast.MatMult: "@", ast.Invert: "~", ast.Not: "not"}
+_OP_NAMES = {
+    ast.BitAnd: "&",
+    ast.BitOr: "|",
+    ast.LShift: "<<",
+    ast.RShift: ">>",
+    ast.MatMult: "@",
+    ast.Invert: "~",
+    ast.Not: "not",
+}
 
 
 def _describe(node: ast.AST) -> str:
@@ -175,12 +194,16 @@ class _Evaluator:
         if isinstance(node, ast.BinOp):
             op = _BINARY.get(type(node.op))
             if op is None:
-                raise CalculatorError(f"unsupported operator {_OP_NAMES.get(type(node.op), type(node.op).__name__)}")
+                raise CalculatorError(
+                    f"unsupported operator {_OP_NAMES.get(type(node.op), type(node.op).__name__)}"
+                )
             return _check_int(op(self(node.left), self(node.right)))
         if isinstance(node, ast.UnaryOp):
             op1 = _UNARY.get(type(node.op))
             if op1 is None:
-                raise CalculatorError(f"unsupported operator {_OP_NAMES.get(type(node.op), type(node.op).__name__)}")
+                raise CalculatorError(
+                    f"unsupported operator {_OP_NAMES.get(type(node.op), type(node.op).__name__)}"
+                )
             return op1(self(node.operand))
         if isinstance(node, ast.Compare):
             left = self(node.left)
@@ -197,12 +220,18 @@ class _Evaluator:
             if node.id in CONSTANTS:
                 return CONSTANTS[node.id]
             hint = " (a function: call it, e.g. sqrt(2))" if node.id in FUNCTIONS else ""
-            raise CalculatorError(f"unknown name {node.id!r}{hint}; constants: {', '.join(CONSTANTS)}")
+            raise CalculatorError(
+                f"unknown name {node.id!r}{hint}; constants: {', '.join(CONSTANTS)}"
+            )
         if isinstance(node, ast.Call):
             if not isinstance(node.func, ast.Name):
-                raise CalculatorError(f"unsupported: calling {_describe(node.func)}; functions: {', '.join(FUNCTIONS)}")
+                raise CalculatorError(
+                    f"unsupported: calling {_describe(node.func)}; functions: {', '.join(FUNCTIONS)}"
+                )
             if node.func.id not in FUNCTIONS:
-                raise CalculatorError(f"unknown function {node.func.id!r}; functions: {', '.join(FUNCTIONS)}")
+                raise CalculatorError(
+                    f"unknown function {node.func.id!r}; functions: {', '.join(FUNCTIONS)}"
+                )
             if node.keywords or any(isinstance(a, ast.Starred) for a in node.args):
                 raise CalculatorError("functions take plain positional arguments only")
             args = [self(a) for a in node.args]
@@ -266,7 +295,12 @@ class Calculator:
     description = "Evaluate an arithmetic expression exactly, e.g. (17 * 23 + 4) / 3 or sqrt(2) * pi. Supports + - * / // % ** and sqrt, log, exp, sin, cos, tan, floor, ceil, abs, round, min, max, factorial; constants pi and e."
     parameters: dict[str, Any] = {
         "type": "object",
-        "properties": {"expression": {"type": "string", "description": "the expression to evaluate, e.g. 3 * (4 + 5) ** 2"}},
+        "properties": {
+            "expression": {
+                "type": "string",
+                "description": "the expression to evaluate, e.g. 3 * (4 + 5) ** 2",
+            }
+        },
         "required": ["expression"],
         "additionalProperties": False,
     }
@@ -274,7 +308,9 @@ class Calculator:
     def run(self, arguments: dict[str, Any]) -> ToolResult:
         expression = arguments.get("expression") if isinstance(arguments, dict) else None
         if expression is None:
-            return ToolResult('missing argument "expression" (a string such as "2 + 2")', error=True)
+            return ToolResult(
+                'missing argument "expression" (a string such as "2 + 2")', error=True
+            )
         try:
             return ToolResult(format_number(evaluate(expression)))
         except CalculatorError as e:

@@ -42,12 +42,16 @@ _CHILD = Path(__file__).with_name("_python_child.py")
 
 @dataclass(frozen=True)
 class Limits:
-    wall_seconds: float = 20.0  # whole run, interpreter start-up and imports included; then SIGKILL to the group
+    wall_seconds: float = (
+        20.0  # whole run, interpreter start-up and imports included; then SIGKILL to the group
+    )
     cpu_seconds: int = 10  # RLIMIT_CPU: SIGXCPU at this many CPU seconds
     memory_bytes: int = 1 << 30  # RLIMIT_AS: address space (numpy + matplotlib need ~400 MB of it)
     file_bytes: int = 16 << 20  # RLIMIT_FSIZE: the largest file the code may write
     open_files: int = 256  # RLIMIT_NOFILE
-    scratch_bytes: int = 64 << 20  # the run's directory may hold this much; more and the run is killed
+    scratch_bytes: int = (
+        64 << 20
+    )  # the run's directory may hold this much; more and the run is killed
     scratch_entries: int = 1000  # ... or this many files and directories
     output_chars: int = 8000  # printed output kept (head and tail); the rest is elided
     code_chars: int = 100_000  # longer code is refused unrun
@@ -92,7 +96,9 @@ def _elide(text: str, limit: int) -> str:
     if len(text) <= limit:
         return text
     head, tail = text[: limit * 3 // 4], text[-(limit // 4) :]
-    return f"{head}\n[... {len(text) - len(head) - len(tail)} characters of output elided ...]\n{tail}"
+    return (
+        f"{head}\n[... {len(text) - len(head) - len(tail)} characters of output elided ...]\n{tail}"
+    )
 
 
 def _files(run_dir: Path, limit: int) -> list[str]:
@@ -111,13 +117,21 @@ def _exited(proc: subprocess.Popen[bytes]) -> bool:
     return proc.poll() is not None
 
 
-def run_python(code: str, run_dir: str | os.PathLike[str], limits: Limits = DEFAULT_LIMITS, *, report_status: bool = False) -> ToolResult:
+def run_python(
+    code: str,
+    run_dir: str | os.PathLike[str],
+    limits: Limits = DEFAULT_LIMITS,
+    *,
+    report_status: bool = False,
+) -> ToolResult:
     """Run `code` in a contained child with `run_dir` (created if needed) as its only writable
     directory. Never raises for anything the code does: failures are ToolResult(error=True)."""
     if not isinstance(code, str):
         return ToolResult(f"code must be a string, got {type(code).__name__}", error=True)
     if len(code) > limits.code_chars:
-        return ToolResult(f"code is {len(code)} characters; the limit is {limits.code_chars}", error=True)
+        return ToolResult(
+            f"code is {len(code)} characters; the limit is {limits.code_chars}", error=True
+        )
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg = {
@@ -201,7 +215,9 @@ def run_python(code: str, run_dir: str | os.PathLike[str], limits: Limits = DEFA
                     break
                 time.sleep(0.01)
             else:
-                killed_for = f"timed out after {limits.wall_seconds:g}s (wall clock); the process was killed"
+                killed_for = (
+                    f"timed out after {limits.wall_seconds:g}s (wall clock); the process was killed"
+                )
     finally:
         try:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -210,18 +226,22 @@ def run_python(code: str, run_dir: str | os.PathLike[str], limits: Limits = DEFA
         proc.wait()
         if proc.stdout is not None:
             proc.stdout.close()
-    seconds = time.monotonic() - started
+    time.monotonic() - started
 
     text = out.decode("utf-8", "replace")
     if dropped:
-        text += f"\n[... {dropped} bytes of output elided ...]\n" + bytes(tail).decode("utf-8", "replace")
+        text += f"\n[... {dropped} bytes of output elided ...]\n" + bytes(tail).decode(
+            "utf-8", "replace"
+        )
     text = _elide(text, limits.output_chars)
     rc = proc.returncode
     files = _files(run_dir, limits.max_files)
     if killed_for:
         return ToolResult(_join(text, f"[error: {killed_for}]"), error=True, files=files)
     if rc < 0:
-        why = _SIGNALS.get(-rc, "killed by signal {sig}").format(cpu=limits.cpu_seconds, file=_mb(limits.file_bytes), sig=-rc)
+        why = _SIGNALS.get(-rc, "killed by signal {sig}").format(
+            cpu=limits.cpu_seconds, file=_mb(limits.file_bytes), sig=-rc
+        )
         return ToolResult(_join(text, f"[error: {why}]"), error=True, files=files)
     if rc != 0:
         if "MemoryError" in text[-2000:]:
@@ -248,12 +268,19 @@ class PythonSandbox:
     description = "Run Python 3 code and return what it prints (use print). numpy and matplotlib are available; save plots with plt.savefig('name.png'). No network, no files outside the working directory, limited time and memory."
     parameters: dict[str, Any] = {
         "type": "object",
-        "properties": {"code": {"type": "string", "description": "the Python code to run; print what you want to see"}},
+        "properties": {
+            "code": {
+                "type": "string",
+                "description": "the Python code to run; print what you want to see",
+            }
+        },
         "required": ["code"],
         "additionalProperties": False,
     }
 
-    def __init__(self, scratch_dir: str | os.PathLike[str] | None = None, limits: Limits = DEFAULT_LIMITS) -> None:
+    def __init__(
+        self, scratch_dir: str | os.PathLike[str] | None = None, limits: Limits = DEFAULT_LIMITS
+    ) -> None:
         self.limits = limits
         self._tmp: tempfile.TemporaryDirectory[str] | None = None  # made on the first run, not here
         self._scratch = Path(scratch_dir) if scratch_dir is not None else None
@@ -280,7 +307,11 @@ class PythonSandbox:
             shutil.copytree(cache, mpl)
         result = run_python(code, run_dir, self.limits)
         if not cache.is_dir() and mpl.is_dir():
-            fontlists = [f for f in mpl.glob("fontlist-*.json") if f.is_file() and not f.is_symlink() and f.stat().st_size < (4 << 20)]
+            fontlists = [
+                f
+                for f in mpl.glob("fontlist-*.json")
+                if f.is_file() and not f.is_symlink() and f.stat().st_size < (4 << 20)
+            ]
             if fontlists:
                 tmp = Path(tempfile.mkdtemp(prefix=".matplotlib-cache-", dir=self.scratch_dir))
                 for f in fontlists:

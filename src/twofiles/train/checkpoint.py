@@ -24,7 +24,9 @@ from twofiles.errors import BadInputError
 NAME = re.compile(r"^step_(\d{7})\.safetensors$")
 
 
-def _flatten_optimizer(i: int, opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
+def _flatten_optimizer(
+    i: int, opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]
+) -> dict[str, Any]:
     sd = opt.state_dict()
     scalars: dict[str, dict[str, Any]] = {}
     for pid, state in sd["state"].items():
@@ -36,7 +38,9 @@ def _flatten_optimizer(i: int, opt: torch.optim.Optimizer, tensors: dict[str, to
     return {"param_groups": sd["param_groups"], "scalars": scalars}
 
 
-def _unflatten_optimizer(i: int, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
+def _unflatten_optimizer(
+    i: int, meta: dict[str, Any], tensors: dict[str, torch.Tensor]
+) -> dict[str, Any]:
     state: dict[int, dict[str, Any]] = {}
     prefix = f"optim.{i}."
     for key, value in tensors.items():
@@ -72,7 +76,11 @@ def save_checkpoint(
     if torch.cuda.is_available():
         for d, s in enumerate(torch.cuda.get_rng_state_all()):
             tensors[f"rng.cuda.{d}"] = s
-    metadata = {"format": "twofiles-checkpoint", "state": json.dumps({**state, "step": step}), "optim": json.dumps(optim_meta)}
+    metadata = {
+        "format": "twofiles-checkpoint",
+        "state": json.dumps({**state, "step": step}),
+        "optim": json.dumps(optim_meta),
+    }
     path = ckpt_dir / f"step_{step:07d}.safetensors"
     atomic_write_bytes(path, save(tensors, metadata=metadata))
     for old in list_checkpoints(ckpt_dir)[:-keep]:
@@ -87,7 +95,9 @@ def list_checkpoints(ckpt_dir: str | Path) -> list[Path]:
     return sorted(p for p in ckpt_dir.iterdir() if NAME.match(p.name))
 
 
-def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizers: list[torch.optim.Optimizer]) -> dict[str, Any]:
+def load_checkpoint(
+    path: str | Path, model: torch.nn.Module, optimizers: list[torch.optim.Optimizer]
+) -> dict[str, Any]:
     """Restore model, optimizers and RNG in place; return the saved training state."""
     path = Path(path)
     meta = read_metadata(path)
@@ -98,12 +108,17 @@ def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizers: list[t
     except (SafetensorError, OSError) as e:
         raise BadInputError(f"cannot read checkpoint: {e}", path=str(path)) from None
     model_sd = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
-    if "lm_head.weight" in model.state_dict() and "lm_head.weight" not in model_sd:  # tied: stored once
+    if (
+        "lm_head.weight" in model.state_dict() and "lm_head.weight" not in model_sd
+    ):  # tied: stored once
         model_sd["lm_head.weight"] = model_sd["model.embed_tokens.weight"]
     model.load_state_dict(model_sd, strict=True)
     optim_meta = json.loads(meta["optim"])
     if len(optim_meta) != len(optimizers):
-        raise BadInputError(f"checkpoint has {len(optim_meta)} optimizers, this run builds {len(optimizers)} (different --optimizer?)", path=str(path))
+        raise BadInputError(
+            f"checkpoint has {len(optim_meta)} optimizers, this run builds {len(optimizers)} (different --optimizer?)",
+            path=str(path),
+        )
     device = next(model.parameters()).device
     for i, opt in enumerate(optimizers):
         sd = _unflatten_optimizer(i, optim_meta[i], tensors)

@@ -35,7 +35,15 @@ VERSION = "1"
 
 # Every matmul of a Llama block (the QLoRA paper's finding: adapting all of them matters more than
 # the rank). Embeddings and lm_head stay frozen.
-ALL_TARGETS: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+ALL_TARGETS: tuple[str, ...] = (
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+)
 
 
 @dataclass
@@ -53,20 +61,35 @@ class LoRAConfig:
 class LoRALinear(nn.Module):
     """A frozen Linear plus a trainable low-rank update."""
 
-    def __init__(self, base: nn.Linear, rank: int, alpha: float, dropout: float = 0.0, *, generator: torch.Generator | None = None) -> None:
+    def __init__(
+        self,
+        base: nn.Linear,
+        rank: int,
+        alpha: float,
+        dropout: float = 0.0,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> None:
         super().__init__()
         if rank < 1:
             raise ValueError(f"LoRA rank must be >= 1, not {rank}")
         self.base = base
         self.rank, self.alpha, self.scale = rank, alpha, alpha / rank
         w = base.weight
-        self.lora_A = nn.Parameter(torch.empty(rank, base.in_features, dtype=w.dtype, device=w.device))
-        self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank, dtype=w.dtype, device=w.device))
+        self.lora_A = nn.Parameter(
+            torch.empty(rank, base.in_features, dtype=w.dtype, device=w.device)
+        )
+        self.lora_B = nn.Parameter(
+            torch.zeros(base.out_features, rank, dtype=w.dtype, device=w.device)
+        )
         # kaiming-uniform A as in the reference implementation (loralib / PEFT); B = 0 makes the
         # update exactly zero at the start
         bound = 1.0 / math.sqrt(base.in_features)
         with torch.no_grad():
-            a = torch.rand(self.lora_A.shape, generator=generator, dtype=torch.float32) * 2 * bound - bound
+            a = (
+                torch.rand(self.lora_A.shape, generator=generator, dtype=torch.float32) * 2 * bound
+                - bound
+            )
             self.lora_A.copy_(a.to(w.dtype))
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
@@ -79,8 +102,13 @@ class LoRALinear(nn.Module):
 
     def merged(self) -> nn.Linear:
         """The base Linear with the update added to its weight (a new module; self is unchanged)."""
-        lin = nn.Linear(self.base.in_features, self.base.out_features, bias=self.base.bias is not None, device=self.base.weight.device,
-                        dtype=self.base.weight.dtype)
+        lin = nn.Linear(
+            self.base.in_features,
+            self.base.out_features,
+            bias=self.base.bias is not None,
+            device=self.base.weight.device,
+            dtype=self.base.weight.dtype,
+        )
         with torch.no_grad():
             lin.weight.copy_((self.base.weight.float() + self.delta()).to(lin.weight.dtype))
             if self.base.bias is not None:
@@ -104,7 +132,9 @@ def apply_lora(model: nn.Module, cfg: LoRAConfig, *, seed: int = 0) -> list[str]
     Returns the wrapped layers' names. Adapters are the only trainable parameters afterwards."""
     unknown = set(cfg.targets) - set(ALL_TARGETS)
     if unknown:
-        raise BadInputError(f"unknown LoRA targets {sorted(unknown)}; choose from {', '.join(ALL_TARGETS)}")
+        raise BadInputError(
+            f"unknown LoRA targets {sorted(unknown)}; choose from {', '.join(ALL_TARGETS)}"
+        )
     for p in model.parameters():
         p.requires_grad_(False)
     g = torch.Generator().manual_seed(seed)
@@ -141,8 +171,15 @@ def adapter_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def save_adapters(path: str | os.PathLike[str], model: nn.Module, cfg: LoRAConfig, *, base: str, chat_template: str = "",
-                  provenance: dict[str, Any] | None = None) -> Path:
+def save_adapters(
+    path: str | os.PathLike[str],
+    model: nn.Module,
+    cfg: LoRAConfig,
+    *,
+    base: str,
+    chat_template: str = "",
+    provenance: dict[str, Any] | None = None,
+) -> Path:
     """Write the adapters (A and B only) and what is needed to apply them, atomically. `base` is
     the model spec the adapters were trained on (a path or an alias)."""
     from safetensors.torch import save
@@ -153,7 +190,11 @@ def save_adapters(path: str | os.PathLike[str], model: nn.Module, cfg: LoRAConfi
     if not tensors:
         raise ValueError("the model has no LoRA adapters")
     config = getattr(model, "config", None)
-    prov = {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "producer": "twofiles", **(provenance or {})}
+    prov = {
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "producer": "twofiles",
+        **(provenance or {}),
+    }
     metadata = {
         "format": FORMAT,
         "version": VERSION,
@@ -172,12 +213,18 @@ def is_adapters_file(path: str | os.PathLike[str]) -> bool:
     from twofiles.artifact import read_metadata
 
     try:
-        return os.path.isfile(path) and str(path).endswith(".safetensors") and read_metadata(path).get("format") == FORMAT
+        return (
+            os.path.isfile(path)
+            and str(path).endswith(".safetensors")
+            and read_metadata(path).get("format") == FORMAT
+        )
     except BadInputError:
         return False
 
 
-def load_adapters(model: nn.Module, path: str | os.PathLike[str]) -> tuple[LoRAConfig, dict[str, str]]:
+def load_adapters(
+    model: nn.Module, path: str | os.PathLike[str]
+) -> tuple[LoRAConfig, dict[str, str]]:
     """Wrap `model` as the adapters file says and load A and B into it, in place. Returns the
     LoRA config and the file's metadata."""
     from safetensors import SafetensorError
@@ -201,20 +248,34 @@ def load_adapters(model: nn.Module, path: str | os.PathLike[str]) -> tuple[LoRAC
     layers = lora_layers(model)
     expected = {f"{n}.{ab}" for n in layers for ab in ("lora_A", "lora_B")}
     if set(tensors) != expected:
-        missing, unexpected = sorted(expected - set(tensors))[:3], sorted(set(tensors) - expected)[:3]
-        raise BadInputError(f"adapters do not match the base model: missing {missing}, unexpected {unexpected}", path=path)
+        missing, unexpected = (
+            sorted(expected - set(tensors))[:3],
+            sorted(set(tensors) - expected)[:3],
+        )
+        raise BadInputError(
+            f"adapters do not match the base model: missing {missing}, unexpected {unexpected}",
+            path=path,
+        )
     with torch.no_grad():
         for name, layer in layers.items():
             for ab in ("lora_A", "lora_B"):
                 t, p = tensors[f"{name}.{ab}"], getattr(layer, ab)
                 if t.shape != p.shape:
-                    raise BadInputError(f"{name}.{ab} has shape {tuple(t.shape)}, the base model needs {tuple(p.shape)}", path=path)
+                    raise BadInputError(
+                        f"{name}.{ab} has shape {tuple(t.shape)}, the base model needs {tuple(p.shape)}",
+                        path=path,
+                    )
                 p.copy_(t.to(p.dtype))
     return cfg, meta
 
 
-def load_adapted(path: str | os.PathLike[str], *, device: "str | torch.device" = "cpu", dtype: "torch.dtype | None" = None,
-                 merge: bool = True) -> "LoadedModel":
+def load_adapted(
+    path: str | os.PathLike[str],
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+    merge: bool = True,
+) -> LoadedModel:
     """The base model an adapters file names, with the adapters applied (merged into the weights
     unless `merge` is False) and the chat template they were trained with."""
     from twofiles.artifact import read_metadata
@@ -226,13 +287,17 @@ def load_adapted(path: str | os.PathLike[str], *, device: "str | torch.device" =
     if not base:
         raise BadInputError("adapters file names no base model", path=path)
     if not os.path.exists(base) and not os.path.isabs(base):
-        sibling = os.path.join(os.path.dirname(os.path.abspath(path)), base)  # a base named relative to the adapters
+        sibling = os.path.join(
+            os.path.dirname(os.path.abspath(path)), base
+        )  # a base named relative to the adapters
         base = sibling if os.path.exists(sibling) else base
     loaded = resolve(base, device="cpu")
     load_adapters(loaded.model, path)
     if merge:
         merge_lora(loaded.model)
-    loaded.model.to(device=device, dtype=dtype) if dtype is not None else loaded.model.to(device=device)
+    loaded.model.to(device=device, dtype=dtype) if dtype is not None else loaded.model.to(
+        device=device
+    )
     loaded.model.eval()
     if meta.get("chat_template"):
         loaded.chat_template = meta["chat_template"]
@@ -249,5 +314,17 @@ def trainable_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-__all__ = ["LoRAConfig", "LoRALinear", "ALL_TARGETS", "apply_lora", "merge_lora", "lora_layers", "adapter_tensors", "save_adapters",
-           "load_adapters", "load_adapted", "is_adapters_file", "trainable_parameters"]
+__all__ = [
+    "ALL_TARGETS",
+    "LoRAConfig",
+    "LoRALinear",
+    "adapter_tensors",
+    "apply_lora",
+    "is_adapters_file",
+    "load_adapted",
+    "load_adapters",
+    "lora_layers",
+    "merge_lora",
+    "save_adapters",
+    "trainable_parameters",
+]

@@ -40,7 +40,6 @@ def plot_losses(metrics_path: str | Path, png_path: str | Path, title: str = "pr
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-
     train, evals = read_metrics(metrics_path)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     if train:
@@ -48,13 +47,27 @@ def plot_losses(metrics_path: str | Path, png_path: str | Path, title: str = "pr
         losses = [r["loss"] for r in train]
         ax1.plot(steps, losses, alpha=0.3, color="C0", label="train loss")
         k = max(1, len(losses) // 30)  # moving average over ~3% of the run
-        smooth = [sum(losses[max(0, i - k + 1) : i + 1]) / len(losses[max(0, i - k + 1) : i + 1]) for i in range(len(losses))]
+        smooth = [
+            sum(losses[max(0, i - k + 1) : i + 1]) / len(losses[max(0, i - k + 1) : i + 1])
+            for i in range(len(losses))
+        ]
         ax1.plot(steps, smooth, color="C0", label="train loss (smoothed)")
     if evals:
-        ax1.plot([r["step"] for r in evals], [r["val_loss"] for r in evals], "o-", color="C1", label="val loss")
+        ax1.plot(
+            [r["step"] for r in evals],
+            [r["val_loss"] for r in evals],
+            "o-",
+            color="C1",
+            label="val loss",
+        )
         ax2.plot([r["time"] / 60 for r in evals], [r["val_bpb"] for r in evals], "o-", color="C1")
         best = evals[-1]
-        ax2.annotate(f"{best['val_bpb']:.3f}", (best["time"] / 60, best["val_bpb"]), textcoords="offset points", xytext=(-10, 8))
+        ax2.annotate(
+            f"{best['val_bpb']:.3f}",
+            (best["time"] / 60, best["val_bpb"]),
+            textcoords="offset points",
+            xytext=(-10, 8),
+        )
     ax1.set_xlabel("step")
     ax1.set_ylabel("nats / token")
     ax1.set_title(f"{title}: loss")
@@ -75,16 +88,27 @@ def plot_sft(metrics_path: str | Path, png_path: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-
     recs = [json.loads(ln) for ln in Path(metrics_path).read_text().splitlines() if ln.strip()]
     train = [r for r in recs if "loss" in r]
     evals = [r for r in recs if "val_loss" in r]
     skills = [r for r in recs if "skills" in r]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     if train:
-        ax1.plot([r["step"] for r in train], [r["loss"] for r in train], alpha=0.5, color="C0", label="train loss")
+        ax1.plot(
+            [r["step"] for r in train],
+            [r["loss"] for r in train],
+            alpha=0.5,
+            color="C0",
+            label="train loss",
+        )
     if evals:
-        ax1.plot([r["step"] for r in evals], [r["val_loss"] for r in evals], "o-", color="C1", label="held-out loss")
+        ax1.plot(
+            [r["step"] for r in evals],
+            [r["val_loss"] for r in evals],
+            "o-",
+            color="C1",
+            label="held-out loss",
+        )
     ax1.set_xlabel("step")
     ax1.set_ylabel("nats / assistant token")
     ax1.set_title("finetuning: loss on assistant tokens")
@@ -94,9 +118,25 @@ def plot_sft(metrics_path: str | Path, png_path: str | Path) -> Path:
         kinds = list(skills[-1]["skills"]["by_kind"])
         width = 0.8 / len(skills)
         for j, r in enumerate(skills):
-            label = "before" if j == 0 and len(skills) > 1 else "after" if r.get("final") else f"step {r['step']}"
-            ax2.bar([i + j * width for i in range(len(kinds))], [100 * r["skills"]["by_kind"].get(k, 0) for k in kinds], width, label=label)
-        ax2.set_xticks([i + width * (len(skills) - 1) / 2 for i in range(len(kinds))], kinds, rotation=30, ha="right")
+            label = (
+                "before"
+                if j == 0 and len(skills) > 1
+                else "after"
+                if r.get("final")
+                else f"step {r['step']}"
+            )
+            ax2.bar(
+                [i + j * width for i in range(len(kinds))],
+                [100 * r["skills"]["by_kind"].get(k, 0) for k in kinds],
+                width,
+                label=label,
+            )
+        ax2.set_xticks(
+            [i + width * (len(skills) - 1) / 2 for i in range(len(kinds))],
+            kinds,
+            rotation=30,
+            ha="right",
+        )
         ax2.set_ylim(0, 100)
         ax2.legend()
     ax2.set_ylabel("held-out exact match (%)")

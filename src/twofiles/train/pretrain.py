@@ -17,9 +17,10 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -46,7 +47,9 @@ class PretrainConfig:
     seq_len: int = 256  # tokens per sequence
     grad_accum: int = 1  # micro-batches per optimizer step
     max_steps: int = 200  # optimizer steps (the schedule's length) unless time_budget_s is set
-    time_budget_s: float = 0.0  # > 0: train for this many seconds; the WSD schedule adapts its length
+    time_budget_s: float = (
+        0.0  # > 0: train for this many seconds; the WSD schedule adapts its length
+    )
     eval_interval: int = 50  # steps between validation evaluations (0: only at the end)
     eval_tokens: int = 32768  # validation tokens per periodic evaluation (the final one uses all)
     final_eval_tokens: int = 0  # 0: the whole validation split at the end
@@ -67,7 +70,7 @@ class PretrainConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "PretrainConfig":
+    def from_dict(cls, d: dict[str, Any]) -> PretrainConfig:
         d = dict(d)
         model = ModelConfig.from_dict(d.pop("model", {}))
         optim = OptimConfig(**d.pop("optim", {}))
@@ -91,6 +94,7 @@ class PretrainResult:
     def mfu(self) -> float | None:
         """Achieved / peak matmul FLOP/s (None when the peak is unknown)."""
         return self.achieved_flops / self.peak_flops if math.isfinite(self.peak_flops) else None
+
     params: int
 
 
@@ -100,7 +104,15 @@ def _log(rt: rt_mod.Runtime, msg: str) -> None:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, stream: TokenStream, token_bytes: torch.Tensor, rt: rt_mod.Runtime, seq_len: int, batch_size: int, max_tokens: int | None) -> tuple[float, float]:
+def evaluate(
+    model: torch.nn.Module,
+    stream: TokenStream,
+    token_bytes: torch.Tensor,
+    rt: rt_mod.Runtime,
+    seq_len: int,
+    batch_size: int,
+    max_tokens: int | None,
+) -> tuple[float, float]:
     """(mean loss in nats per token, bits per byte) over the validation stream. Targets that are
     special tokens (0 bytes, e.g. <|bos|>) count in neither sum, so bits per byte compares across
     tokenizers."""
@@ -141,7 +153,9 @@ def _sample(model: Transformer, tokenizer: Any, prompt: str, n_tokens: int, seed
     return prompt + tokenizer.decode(out)
 
 
-def pretrain(cfg: PretrainConfig, on_eval: Callable[[dict[str, Any]], None] | None = None) -> PretrainResult:
+def pretrain(
+    cfg: PretrainConfig, on_eval: Callable[[dict[str, Any]], None] | None = None
+) -> PretrainResult:
     """Run (or resume) pretraining as configured; `on_eval` sees every evaluation record."""
     rt = rt_mod.setup(cfg.device, cfg.dtype, cfg.threads or None)
     try:
@@ -150,7 +164,9 @@ def pretrain(cfg: PretrainConfig, on_eval: Callable[[dict[str, Any]], None] | No
         rt_mod.teardown(rt)
 
 
-def _pretrain(cfg: PretrainConfig, rt: rt_mod.Runtime, on_eval: Callable[[dict[str, Any]], None] | None) -> PretrainResult:
+def _pretrain(
+    cfg: PretrainConfig, rt: rt_mod.Runtime, on_eval: Callable[[dict[str, Any]], None] | None
+) -> PretrainResult:
     out = Path(cfg.out)
     ckpt_dir = out / "checkpoints"
     # --- data ---
@@ -159,17 +175,28 @@ def _pretrain(cfg: PretrainConfig, rt: rt_mod.Runtime, on_eval: Callable[[dict[s
     train_stream = TokenStream(cfg.data, "train", manifest)
     val_stream = TokenStream(cfg.data, "val", manifest)
     if len(val_stream) < 2:
-        raise TwofilesError(f"{cfg.data}: the validation split is empty; prepare the data with a validation split")
+        raise TwofilesError(
+            f"{cfg.data}: the validation split is empty; prepare the data with a validation split"
+        )
     cfg.model.vocab_size = int(manifest["vocab_size"])
     cfg.model.max_seq_len = max(cfg.model.max_seq_len, cfg.seq_len)
-    loader = BatchLoader(train_stream, cfg.batch_size, cfg.seq_len, seed=cfg.seed, rank=rt.rank, world_size=rt.world_size)
+    loader = BatchLoader(
+        train_stream,
+        cfg.batch_size,
+        cfg.seq_len,
+        seed=cfg.seed,
+        rank=rt.rank,
+        world_size=rt.world_size,
+    )
     token_bytes = torch.from_numpy(tokenizer.token_bytes().astype(np.int64)).to(rt.device)
 
     # --- run directory ---
     if rt.is_main:
         out.mkdir(parents=True, exist_ok=True)
         if not cfg.resume and list_checkpoints(ckpt_dir):
-            raise TwofilesError(f"{out} already holds checkpoints: pass --resume to continue, or choose another --out")
+            raise TwofilesError(
+                f"{out} already holds checkpoints: pass --resume to continue, or choose another --out"
+            )
         atomic_write_bytes(out / "config.json", json.dumps(cfg.to_dict(), indent=2).encode())
 
     # --- model ---
@@ -199,10 +226,18 @@ def _pretrain(cfg: PretrainConfig, rt: rt_mod.Runtime, on_eval: Callable[[dict[s
         state = load_checkpoint(ckpts[-1], raw_model, optimizers)
         step, elapsed, total_steps = state["step"], state["elapsed"], state["total_steps"]
         tokens_seen = state["tokens"]
-        decay_locked = state.get("decay_locked", False)  # a resumed run in its decay phase keeps its length
+        decay_locked = state.get(
+            "decay_locked", False
+        )  # a resumed run in its decay phase keeps its length
         loader.load_state_dict(state["loader"])
-        if rt.is_main and metrics_path.exists():  # drop what the interrupted run logged after the checkpoint
-            kept = [ln for ln in metrics_path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
+        if (
+            rt.is_main and metrics_path.exists()
+        ):  # drop what the interrupted run logged after the checkpoint
+            kept = [
+                ln
+                for ln in metrics_path.read_text().splitlines()
+                if ln.strip() and json.loads(ln).get("step", 0) <= step
+            ]
             atomic_write_bytes(metrics_path, ("\n".join(kept) + "\n" if kept else "").encode())
         _log(rt, f"resumed from {ckpts[-1].name}: step {step}, {tokens_seen:,} tokens")
     elif rt.is_main:
@@ -210,11 +245,17 @@ def _pretrain(cfg: PretrainConfig, rt: rt_mod.Runtime, on_eval: Callable[[dict[s
 
     peak = rt_mod.peak_flops(rt.device) * (rt.world_size if rt.device.type == "cuda" else 1)
     flops_per_token = cfg.model.flops_per_token(cfg.seq_len)
-    _log(rt, f"model: {n_params:,} parameters ({cfg.model.num_params(embeddings=False):,} in matmuls), {cfg.model.n_layers} layers, dim {cfg.model.dim}")
-    _log(rt, f"data: {len(train_stream):,} train tokens, {len(val_stream):,} val tokens; {tokens_per_step:,} tokens/step")
+    _log(
+        rt,
+        f"model: {n_params:,} parameters ({cfg.model.num_params(embeddings=False):,} in matmuls), {cfg.model.n_layers} layers, dim {cfg.model.dim}",
+    )
+    _log(
+        rt,
+        f"data: {len(train_stream):,} train tokens, {len(val_stream):,} val tokens; {tokens_per_step:,} tokens/step",
+    )
     _log(rt, "runtime: " + rt.describe() + " (" + "; ".join(rt.reasons) + ")")
 
-    metrics_file = open(metrics_path, "a") if rt.is_main else None
+    metrics_file = open(metrics_path, "a") if rt.is_main else None  # noqa: SIM115  (open for the whole run, closed at its end)
 
     def log_metrics(rec: dict[str, Any]) -> None:
         if metrics_file is not None:
@@ -225,7 +266,14 @@ def _pretrain(cfg: PretrainConfig, rt: rt_mod.Runtime, on_eval: Callable[[dict[s
     if rt.is_main and cfg.progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=total_steps, initial=step, desc="pretrain", unit="step", file=sys.stderr, dynamic_ncols=True)
+        bar = tqdm(
+            total=total_steps,
+            initial=step,
+            desc="pretrain",
+            unit="step",
+            file=sys.stderr,
+            dynamic_ncols=True,
+        )
 
     val_loss = val_bpb = float("nan")
     tok_s_ema: float | None = None
@@ -243,9 +291,15 @@ def _pretrain(cfg: PretrainConfig, rt: rt_mod.Runtime, on_eval: Callable[[dict[s
         # The budget also pays for the final full validation pass: a forward pass costs about a
         # third of a training step per token, so it is estimated from the training speed.
         if cfg.time_budget_s > 0 and step > 0 and not decay_locked:
-            per_step = (elapsed - elapsed_before) / (step - step_before) if step > step_before else elapsed / step
+            per_step = (
+                (elapsed - elapsed_before) / (step - step_before)
+                if step > step_before
+                else elapsed / step
+            )
             final_eval_s = final_eval_tokens * per_step / tokens_per_step / 2.5
-            total_steps = max(step + 1, step + int((cfg.time_budget_s - final_eval_s - elapsed) / per_step))
+            total_steps = max(
+                step + 1, step + int((cfg.time_budget_s - final_eval_s - elapsed) / per_step)
+            )
             if lr_factor(step, total_steps, cfg.optim) < 1.0 and step >= cfg.optim.warmup_steps:
                 decay_locked = True
             if bar is not None:
@@ -257,23 +311,49 @@ def _pretrain(cfg: PretrainConfig, rt: rt_mod.Runtime, on_eval: Callable[[dict[s
         if last_step or (periodic and cfg.eval_interval and step % cfg.eval_interval == 0):
             limit = (cfg.final_eval_tokens or None) if last_step else cfg.eval_tokens
             t_eval = time.perf_counter()
-            val_loss, val_bpb = evaluate(model, val_stream, token_bytes, rt, cfg.seq_len, cfg.batch_size * 2, limit)
-            rec = {"step": step, "val_loss": val_loss, "val_bpb": val_bpb, "time": elapsed, "tokens": tokens_seen, "final": last_step,
-                   "eval_seconds": time.perf_counter() - t_eval}
+            val_loss, val_bpb = evaluate(
+                model, val_stream, token_bytes, rt, cfg.seq_len, cfg.batch_size * 2, limit
+            )
+            rec = {
+                "step": step,
+                "val_loss": val_loss,
+                "val_bpb": val_bpb,
+                "time": elapsed,
+                "tokens": tokens_seen,
+                "final": last_step,
+                "eval_seconds": time.perf_counter() - t_eval,
+            }
             log_metrics(rec)
             if bar is not None:
                 bar.set_postfix_str(f"val_bpb {val_bpb:.3f}", refresh=False)
             if on_eval is not None and rt.is_main:
                 on_eval(rec)
         # --- samples ---
-        if rt.is_main and (last_step or (periodic and cfg.sample_interval and step % cfg.sample_interval == 0)):
+        if rt.is_main and (
+            last_step or (periodic and cfg.sample_interval and step % cfg.sample_interval == 0)
+        ):
             text = _sample(raw_model, tokenizer, cfg.sample_prompt, cfg.sample_tokens, cfg.seed)
-            (bar.write if bar is not None else print)(f"--- sample at step {step} ---\n{text}\n---", file=sys.stderr)  # type: ignore[operator]
+            (bar.write if bar is not None else print)(
+                f"--- sample at step {step} ---\n{text}\n---", file=sys.stderr
+            )  # type: ignore[operator]
             raw_model.train()
         # --- checkpoint ---
-        if rt.is_main and step > 0 and (last_step or (periodic and cfg.checkpoint_interval and step % cfg.checkpoint_interval == 0)):
-            state = {"elapsed": elapsed, "total_steps": total_steps, "decay_locked": decay_locked, "tokens": tokens_seen,
-                     "loader": loader.state_dict(), "config": cfg.to_dict()}
+        if (
+            rt.is_main
+            and step > 0
+            and (
+                last_step
+                or (periodic and cfg.checkpoint_interval and step % cfg.checkpoint_interval == 0)
+            )
+        ):
+            state = {
+                "elapsed": elapsed,
+                "total_steps": total_steps,
+                "decay_locked": decay_locked,
+                "tokens": tokens_seen,
+                "loader": loader.state_dict(),
+                "config": cfg.to_dict(),
+            }
             save_checkpoint(ckpt_dir, step, raw_model, optimizers, state)
         if last_step:
             break
@@ -307,7 +387,9 @@ def _pretrain(cfg: PretrainConfig, rt: rt_mod.Runtime, on_eval: Callable[[dict[s
             dist.all_reduce(t)
             train_loss = t.item() / rt.world_size
         if not math.isfinite(train_loss):
-            raise TwofilesError(f"training diverged at step {step} (loss {train_loss}); lower the learning rate")
+            raise TwofilesError(
+                f"training diverged at step {step} (loss {train_loss}); lower the learning rate"
+            )
         dt = time.perf_counter() - t0
         step += 1
         elapsed = elapsed_before + (time.perf_counter() - loop_start)
@@ -315,8 +397,17 @@ def _pretrain(cfg: PretrainConfig, rt: rt_mod.Runtime, on_eval: Callable[[dict[s
         tok_s = tokens_per_step / dt
         tok_s_ema = tok_s if tok_s_ema is None else 0.9 * tok_s_ema + 0.1 * tok_s
         mfu = tok_s_ema * flops_per_token / peak if math.isfinite(peak) else float("nan")
-        log_metrics({"step": step, "loss": train_loss, "lr": lr_factor(step - 1, total_steps, cfg.optim), "tokens": tokens_seen, "time": elapsed,
-                     "tok_s": tok_s, "grad_norm": None if grad_norm is None else float(grad_norm)})
+        log_metrics(
+            {
+                "step": step,
+                "loss": train_loss,
+                "lr": lr_factor(step - 1, total_steps, cfg.optim),
+                "tokens": tokens_seen,
+                "time": elapsed,
+                "tok_s": tok_s,
+                "grad_norm": None if grad_norm is None else float(grad_norm),
+            }
+        )
         if bar is not None:
             bar.update(1)
             post = f"loss {train_loss:.3f} | {tok_s_ema:,.0f} tok/s"
@@ -331,13 +422,36 @@ def _pretrain(cfg: PretrainConfig, rt: rt_mod.Runtime, on_eval: Callable[[dict[s
         metrics_file.close()
 
     model_path = out / "model.safetensors"
-    result = PretrainResult(out=str(out), model_path=str(model_path), steps=step, tokens=tokens_seen, train_seconds=elapsed, val_loss=val_loss,
-                            val_bpb=val_bpb, tokens_per_second=tokens_seen / max(elapsed, 1e-9), params=n_params,
-                            achieved_flops=(tok_s_ema or 0) * flops_per_token, peak_flops=peak)
+    result = PretrainResult(
+        out=str(out),
+        model_path=str(model_path),
+        steps=step,
+        tokens=tokens_seen,
+        train_seconds=elapsed,
+        val_loss=val_loss,
+        val_bpb=val_bpb,
+        tokens_per_second=tokens_seen / max(elapsed, 1e-9),
+        params=n_params,
+        achieved_flops=(tok_s_ema or 0) * flops_per_token,
+        peak_flops=peak,
+    )
     if rt.is_main:
-        provenance = {"stage": "pretrain", "data": str(cfg.data), "data_splits": {k: {kk: v[kk] for kk in ("tokens", "documents", "bytes") if kk in v} for k, v in manifest["splits"].items()},
-                      "steps": step, "tokens": tokens_seen, "val_bpb": val_bpb, "val_loss": val_loss, "train_seconds": elapsed,
-                      "config": cfg.to_dict(), "runtime": rt.describe(), **cfg.provenance}
+        provenance = {
+            "stage": "pretrain",
+            "data": str(cfg.data),
+            "data_splits": {
+                k: {kk: v[kk] for kk in ("tokens", "documents", "bytes") if kk in v}
+                for k, v in manifest["splits"].items()
+            },
+            "steps": step,
+            "tokens": tokens_seen,
+            "val_bpb": val_bpb,
+            "val_loss": val_loss,
+            "train_seconds": elapsed,
+            "config": cfg.to_dict(),
+            "runtime": rt.describe(),
+            **cfg.provenance,
+        }
         save_model(model_path, raw_model, tokenizer, provenance=provenance)
         plot_losses(metrics_path, out / "loss.png")
         _log(rt, f"val loss {val_loss:.4f} nats/token, {val_bpb:.4f} bits/byte; saved {model_path}")

@@ -35,7 +35,14 @@ from twofiles.data.packing import Example, PackedLoader, eval_batches, make_exam
 from twofiles.errors import TwofilesError
 from twofiles.optim import OptimConfig, build_optimizers, lr_factor, set_lr
 from twofiles.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
-from twofiles.train.lora import ALL_TARGETS, LoRAConfig, apply_lora, merge_lora, save_adapters, trainable_parameters
+from twofiles.train.lora import (
+    ALL_TARGETS,
+    LoRAConfig,
+    apply_lora,
+    merge_lora,
+    save_adapters,
+    trainable_parameters,
+)
 
 if TYPE_CHECKING:
     from twofiles.artifact import LoadedModel
@@ -46,24 +53,38 @@ if TYPE_CHECKING:
 def default_optim() -> OptimConfig:
     # AdamW: finetuning moves a trained model a little; Muon's orthogonalised steps are sized for
     # training from scratch. Constant LR after warm-up, decayed over the last 30%.
-    return OptimConfig(optimizer="adamw", lr=1e-3, embed_lr=None, weight_decay=0.0, schedule="wsd", warmup_steps=10, decay_frac=0.3,
-                       grad_clip=1.0)
+    return OptimConfig(
+        optimizer="adamw",
+        lr=1e-3,
+        embed_lr=None,
+        weight_decay=0.0,
+        schedule="wsd",
+        warmup_steps=10,
+        decay_frac=0.3,
+        grad_clip=1.0,
+    )
 
 
 @dataclass
 class SFTConfig:
-    model: str = ""  # the model to finetune: model.safetensors, .gguf, Hugging Face directory or alias
+    model: str = (
+        ""  # the model to finetune: model.safetensors, .gguf, Hugging Face directory or alias
+    )
     data: str = "builtin"  # "builtin" (the built-in mix) or a JSONL file of {"messages": [...]}
     val_data: str = ""  # held-out JSONL; "" = the mix's own held-out split (builtin) or every 20th conversation of data
     max_val: int = 0  # held-out conversations scored for loss, at most (0: all)
     out: str = "runs/sft"  # run directory
     lora_rank: int = 0  # > 0: train LoRA adapters of this rank instead of every weight
     lora_alpha: float = 16.0  # LoRA scale numerator (the update is scaled by alpha / rank)
-    lora_targets: list[str] = field(default_factory=lambda: list(ALL_TARGETS))  # Linear layers LoRA adapts
+    lora_targets: list[str] = field(
+        default_factory=lambda: list(ALL_TARGETS)
+    )  # Linear layers LoRA adapts
     merge: bool = False  # LoRA: merge the adapters into the weights and write model.safetensors
     optim: OptimConfig = field(default_factory=default_optim)
     batch_size: int = 8  # rows per micro-batch
-    seq_len: int = 512  # tokens per row (capped at the model's context); longer conversations are cut
+    seq_len: int = (
+        512  # tokens per row (capped at the model's context); longer conversations are cut
+    )
     grad_accum: int = 1  # micro-batches per optimizer step
     epochs: float = 1.0  # passes over the training conversations (when max_steps is 0)
     max_steps: int = 0  # optimizer steps; 0: from epochs
@@ -75,7 +96,9 @@ class SFTConfig:
     skill_max_tokens: int = 48  # tokens per generated reply when scoring skills
     identity: str = ""  # the assistant's name in the identity set; "" = twofiles for Shakespeare models, no identity set otherwise
     mix_seed: int = 0  # seed of the built-in mix
-    mix_fraction: float = 1.0  # the built-in mix at this fraction of its size (per kind, at least 1)
+    mix_fraction: float = (
+        1.0  # the built-in mix at this fraction of its size (per kind, at least 1)
+    )
     seed: int = 1337  # data order, LoRA init
     device: str = "auto"
     dtype: str = "auto"  # auto: bf16 autocast on CUDA, fp32 elsewhere
@@ -88,14 +111,18 @@ class SFTConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "SFTConfig":
+    def from_dict(cls, d: dict[str, Any]) -> SFTConfig:
         d = dict(d)
         optim = OptimConfig(**d.pop("optim", {}))
         return cls(optim=optim, **d)
 
     @property
     def lora(self) -> LoRAConfig | None:
-        return LoRAConfig(rank=self.lora_rank, alpha=self.lora_alpha, targets=list(self.lora_targets)) if self.lora_rank > 0 else None
+        return (
+            LoRAConfig(rank=self.lora_rank, alpha=self.lora_alpha, targets=list(self.lora_targets))
+            if self.lora_rank > 0
+            else None
+        )
 
 
 @dataclass
@@ -126,8 +153,23 @@ class SFTResult:
     peak_memory_mb: float  # peak resident memory of the process (CPU) or allocated (CUDA)
 
     def summary(self) -> dict[str, Any]:
-        out = {k: getattr(self, k) for k in ("out", "model_path", "steps", "train_seconds", "target_tokens", "tokens", "tokens_per_second",
-                                              "val_loss_before", "val_loss", "trainable_params", "params", "peak_memory_mb")}
+        out = {
+            k: getattr(self, k)
+            for k in (
+                "out",
+                "model_path",
+                "steps",
+                "train_seconds",
+                "target_tokens",
+                "tokens",
+                "tokens_per_second",
+                "val_loss_before",
+                "val_loss",
+                "trainable_params",
+                "params",
+                "peak_memory_mb",
+            )
+        }
         out["skills_before"] = self.skills_before.summary() if self.skills_before else None
         out["skills_after"] = self.skills_after.summary() if self.skills_after else None
         return out
@@ -151,14 +193,16 @@ def peak_memory_mb(device: torch.device) -> float:
 # ----------------------------------------------------------------------------------------- data
 
 
-def identity_for(loaded: "LoadedModel", name: str = "") -> "ModelIdentity | None":
+def identity_for(loaded: LoadedModel, name: str = "") -> ModelIdentity | None:
     """What the identity set teaches: twofiles' Shakespeare model knows it is one; other models get
     an identity only when named (a GGUF's own system prompt may say otherwise)."""
     from twofiles.data.skills import ModelIdentity
 
     prov = loaded.provenance or {}
     seen = {k: prov.get(k) for k in ("corpus", "data", "speedrun", "identity")}
-    manifest = Path(str(prov.get("data", ""))) / "manifest.json"  # a pretrained model names its prepared data
+    manifest = (
+        Path(str(prov.get("data", ""))) / "manifest.json"
+    )  # a pretrained model names its prepared data
     if prov.get("stage") == "pretrain" and manifest.is_file():
         try:
             seen["sources"] = json.loads(manifest.read_text()).get("sources")
@@ -168,12 +212,16 @@ def identity_for(loaded: "LoadedModel", name: str = "") -> "ModelIdentity | None
     if shakespeare:
         return ModelIdentity(name=name or "twofiles")
     if name:
-        return ModelIdentity(name=name, trained_on="a large collection of text, then conversations", trained_on_keyword="text",
-                             origin="a language model finetuned with twofiles")
+        return ModelIdentity(
+            name=name,
+            trained_on="a large collection of text, then conversations",
+            trained_on_keyword="text",
+            origin="a language model finetuned with twofiles",
+        )
     return None
 
 
-def _mix_sizes(split: str, who: "ModelIdentity | None", fraction: float = 1.0) -> dict[str, int]:
+def _mix_sizes(split: str, who: ModelIdentity | None, fraction: float = 1.0) -> dict[str, int]:
     from twofiles.data.skills import MIX_SIZES
 
     sizes = {k: max(1, round(v * fraction)) for k, v in MIX_SIZES[split].items()}
@@ -182,13 +230,19 @@ def _mix_sizes(split: str, who: "ModelIdentity | None", fraction: float = 1.0) -
     return sizes
 
 
-def load_conversations(cfg: SFTConfig, who: "ModelIdentity | None") -> tuple[list[list["Message"]], list[list["Message"]], dict[str, Any]]:
+def load_conversations(
+    cfg: SFTConfig, who: ModelIdentity | None
+) -> tuple[list[list[Message]], list[list[Message]], dict[str, Any]]:
     """(train, held-out) conversations and their provenance."""
     if cfg.data == "builtin":
         from twofiles.data import skills
 
-        train = skills.builtin_mix("train", cfg.mix_seed, sizes=_mix_sizes("train", who, cfg.mix_fraction), who=who)
-        val = skills.builtin_mix("val", cfg.mix_seed, sizes=_mix_sizes("val", who, cfg.mix_fraction), who=who)
+        train = skills.builtin_mix(
+            "train", cfg.mix_seed, sizes=_mix_sizes("train", who, cfg.mix_fraction), who=who
+        )
+        val = skills.builtin_mix(
+            "val", cfg.mix_seed, sizes=_mix_sizes("val", who, cfg.mix_fraction), who=who
+        )
         return train, val, {"data": "builtin", "mix": skills.provenance(), "mix_seed": cfg.mix_seed}
     from twofiles.chat import read_conversations
 
@@ -201,10 +255,19 @@ def load_conversations(cfg: SFTConfig, who: "ModelIdentity | None") -> tuple[lis
         train = [c for i, c in enumerate(convs) if i % 20]
     if not train or not val:
         raise TwofilesError(f"{cfg.data}: need at least 2 conversations (training and held-out)")
-    return train, val, {"data": os.path.abspath(cfg.data), "val_data": os.path.abspath(cfg.val_data) if cfg.val_data else "every 20th"}
+    return (
+        train,
+        val,
+        {
+            "data": os.path.abspath(cfg.data),
+            "val_data": os.path.abspath(cfg.val_data) if cfg.val_data else "every 20th",
+        },
+    )
 
 
-def render_examples(fmt: "ChatFormat", conversations: list[list["Message"]], seq_len: int) -> tuple[list[Example], dict[str, int]]:
+def render_examples(
+    fmt: ChatFormat, conversations: list[list[Message]], seq_len: int
+) -> tuple[list[Example], dict[str, int]]:
     """Rendered, shifted and cut examples, with counts of what was cut or dropped."""
     examples, stats = [], {"conversations": len(conversations), "cut": 0, "dropped": 0}
     for conv in conversations:
@@ -226,11 +289,24 @@ def masked_loss_sum(model: torch.nn.Module, batch: Any, rt: rt_mod.Runtime) -> t
     """Sum of the next-token losses over the batch's assistant targets, each conversation seeing
     only itself."""
     with rt.autocast():
-        return model(batch.inputs, batch.targets, positions=batch.positions, attn_mask=batch.attn_mask(), reduction="sum")
+        return model(
+            batch.inputs,
+            batch.targets,
+            positions=batch.positions,
+            attn_mask=batch.attn_mask(),
+            reduction="sum",
+        )
 
 
 @torch.no_grad()
-def heldout_loss(model: torch.nn.Module, examples: list[Example], rt: rt_mod.Runtime, batch_size: int, seq_len: int, pad_id: int) -> float:
+def heldout_loss(
+    model: torch.nn.Module,
+    examples: list[Example],
+    rt: rt_mod.Runtime,
+    batch_size: int,
+    seq_len: int,
+    pad_id: int,
+) -> float:
     """Mean loss (nats) per assistant token over the held-out examples."""
     was_training = model.training
     model.eval()
@@ -244,8 +320,14 @@ def heldout_loss(model: torch.nn.Module, examples: list[Example], rt: rt_mod.Run
 
 
 @torch.no_grad()
-def greedy_replies(model: torch.nn.Module, tokenizer: Any, prompts: list[list[int]], stop_ids: list[int], max_tokens: int,
-                   max_seqs: int = 16) -> list[list[int] | None]:
+def greedy_replies(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    prompts: list[list[int]],
+    stop_ids: list[int],
+    max_tokens: int,
+    max_seqs: int = 16,
+) -> list[list[int] | None]:
     """Greedy continuations of many prompts at once (the scheduler's continuous batching: rows of
     different lengths in one forward per step), each without its stop token; None for a prompt
     that leaves no room in the model's context."""
@@ -254,8 +336,14 @@ def greedy_replies(model: torch.nn.Module, tokenizer: Any, prompts: list[list[in
     from twofiles.scheduler import BatchEngine, RequestHandle
 
     params = SamplingParams(temperature=0.0, max_tokens=max_tokens, stop_token_ids=list(stop_ids))
-    context = min(model.config.max_seq_len, max((len(p) for p in prompts), default=0) + max_tokens + 1)
-    engine = BatchEngine(LoadedModel(model=model, tokenizer=tokenizer), max_seqs=max(1, min(max_seqs, len(prompts))), max_context=context)
+    context = min(
+        model.config.max_seq_len, max((len(p) for p in prompts), default=0) + max_tokens + 1
+    )
+    engine = BatchEngine(
+        LoadedModel(model=model, tokenizer=tokenizer),
+        max_seqs=max(1, min(max_seqs, len(prompts))),
+        max_context=context,
+    )
     handles: list[Any] = []
     for p in prompts:
         try:
@@ -275,8 +363,16 @@ def greedy_replies(model: torch.nn.Module, tokenizer: Any, prompts: list[list[in
 
 
 @torch.no_grad()
-def skill_accuracy(model: torch.nn.Module, tokenizer: Any, fmt: "ChatFormat", tasks: list["SkillTask"], *, max_tokens: int = 48,
-                   progress: bool = False, max_rounds: int = 3) -> SkillReport:
+def skill_accuracy(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    fmt: ChatFormat,
+    tasks: list[SkillTask],
+    *,
+    max_tokens: int = 48,
+    progress: bool = False,
+    max_rounds: int = 3,
+) -> SkillReport:
     """Greedy replies to each task's prompt, scored by its exact checker. A tool call is run (the
     calculator) and the model continues after its result, for at most `max_rounds` replies. The
     tools are not listed in the prompt: the built-in mix teaches the call itself (the
@@ -300,7 +396,9 @@ def skill_accuracy(model: torch.nn.Module, tokenizer: Any, fmt: "ChatFormat", ta
             break
         if progress:
             _log(f"skills: round {round_ + 1}, {len(active)} replies")
-        outs = greedy_replies(model, tokenizer, [fmt.prompt_ids(histories[i]) for i in active], stop, max_tokens)
+        outs = greedy_replies(
+            model, tokenizer, [fmt.prompt_ids(histories[i]) for i in active], stop, max_tokens
+        )
         still = []
         for i, ids in zip(active, outs):
             if ids is None:  # no room left in the context: the reply so far stands
@@ -312,21 +410,40 @@ def skill_accuracy(model: torch.nn.Module, tokenizer: Any, fmt: "ChatFormat", ta
                 continue
             for call in msg.tool_calls:
                 result = run_tool(tools, call.name, call.arguments)
-                calls[i].append({"name": call.name, "arguments": call.arguments, "result": result.content})
-                histories[i].append(Message(role="tool", content=result.content, tool_call_id=call.id, name=call.name))
+                calls[i].append(
+                    {"name": call.name, "arguments": call.arguments, "result": result.content}
+                )
+                histories[i].append(
+                    Message(
+                        role="tool", content=result.content, tool_call_id=call.id, name=call.name
+                    )
+                )
             still.append(i)
         active = still
     model.train(was_training)
-    results = [{"kind": t.kind, "prompt": t.prompt, "answer": t.answer, "reply": replies[i], "tool_calls": calls[i], "correct": check(t, replies[i])}
-               for i, t in enumerate(tasks)]
+    results = [
+        {
+            "kind": t.kind,
+            "prompt": t.prompt,
+            "answer": t.answer,
+            "reply": replies[i],
+            "tool_calls": calls[i],
+            "correct": check(t, replies[i]),
+        }
+        for i, t in enumerate(tasks)
+    ]
     by_kind: dict[str, list[bool]] = {}
     for r in results:
         by_kind.setdefault(r["kind"], []).append(r["correct"])
     acc = {k: sum(v) / len(v) for k, v in by_kind.items()}
-    return SkillReport(accuracy=sum(r["correct"] for r in results) / max(len(results), 1), by_kind=acc, results=results)
+    return SkillReport(
+        accuracy=sum(r["correct"] for r in results) / max(len(results), 1),
+        by_kind=acc,
+        results=results,
+    )
 
 
-def heldout_skill_tasks(n_per_kind: int, seed: int, who: "ModelIdentity | None") -> list["SkillTask"]:
+def heldout_skill_tasks(n_per_kind: int, seed: int, who: ModelIdentity | None) -> list[SkillTask]:
     from twofiles.data import skills
 
     sizes = {k: min(n_per_kind, v) for k, v in _mix_sizes("val", who).items() if k != "chat"}
@@ -360,7 +477,9 @@ def _sft(cfg: SFTConfig, rt: rt_mod.Runtime) -> SFTResult:
     ckpt_dir = out / "checkpoints"
     out.mkdir(parents=True, exist_ok=True)
     if not cfg.resume and list_checkpoints(ckpt_dir):
-        raise TwofilesError(f"{out} already holds checkpoints: pass --resume to continue, or choose another --out")
+        raise TwofilesError(
+            f"{out} already holds checkpoints: pass --resume to continue, or choose another --out"
+        )
     if cfg.merge and not cfg.lora_rank:
         raise TwofilesError("--merge applies to LoRA adapters: pass --lora-rank too")
 
@@ -383,10 +502,14 @@ def _sft(cfg: SFTConfig, rt: rt_mod.Runtime) -> SFTResult:
     # what a checkpoint holds: every weight, or only the adapters (the base is the model file)
     ckpt_module: torch.nn.Module = model
     if cfg.lora is not None:
-        ckpt_module = torch.nn.ParameterDict({n.replace(".", "__"): p for n, p in model.named_parameters() if p.requires_grad})
+        ckpt_module = torch.nn.ParameterDict(
+            {n.replace(".", "__"): p for n, p in model.named_parameters() if p.requires_grad}
+        )
     pad_id = tokenizer.special_ids.get("<|pad|>", tokenizer.bos_id)
-    _log(f"sft: {cfg.model} ({n_params:,} parameters, {n_trainable:,} trained{' by LoRA r=%d' % cfg.lora_rank if cfg.lora_rank else ''}), "
-         f"{'built-in' if fmt.builtin else 'its own'} chat template; loaded in {time.perf_counter() - t0:.1f}s")
+    _log(
+        f"sft: {cfg.model} ({n_params:,} parameters, {n_trainable:,} trained{' by LoRA r=%d' % cfg.lora_rank if cfg.lora_rank else ''}), "
+        f"{'built-in' if fmt.builtin else 'its own'} chat template; loaded in {time.perf_counter() - t0:.1f}s"
+    )
 
     # --- data ---
     t0 = time.perf_counter()
@@ -397,12 +520,16 @@ def _sft(cfg: SFTConfig, rt: rt_mod.Runtime) -> SFTResult:
     val_ex, val_stats = render_examples(fmt, val_convs, seq_len)
     if not train_ex or not val_ex:
         raise TwofilesError(f"no conversation has an assistant turn within {seq_len} tokens")
-    loader = PackedLoader(train_ex, cfg.batch_size, seq_len, pad_id, seed=cfg.seed, pack_rows=cfg.pack)
+    loader = PackedLoader(
+        train_ex, cfg.batch_size, seq_len, pad_id, seed=cfg.seed, pack_rows=cfg.pack
+    )
     rows_per_step = cfg.batch_size * cfg.grad_accum
     steps_per_epoch = math.ceil(loader.rows_per_epoch() / rows_per_step)
-    _log(f"data: {len(train_ex)} train / {len(val_ex)} held-out conversations ({sum(e.n_targets for e in train_ex):,} assistant tokens), "
-         f"{loader.rows_per_epoch()} rows of {seq_len} per epoch; {train_stats['cut']} cut, {train_stats['dropped']} dropped; "
-         f"rendered in {time.perf_counter() - t0:.1f}s")
+    _log(
+        f"data: {len(train_ex)} train / {len(val_ex)} held-out conversations ({sum(e.n_targets for e in train_ex):,} assistant tokens), "
+        f"{loader.rows_per_epoch()} rows of {seq_len} per epoch; {train_stats['cut']} cut, {train_stats['dropped']} dropped; "
+        f"rendered in {time.perf_counter() - t0:.1f}s"
+    )
 
     # --- optimizer, schedule, run directory ---
     optimizers = build_optimizers(model, cfg.optim)
@@ -419,19 +546,27 @@ def _sft(cfg: SFTConfig, rt: rt_mod.Runtime) -> SFTResult:
             raise TwofilesError(f"--resume: no checkpoint in {ckpt_dir}")
         state = load_checkpoint(ckpts[-1], ckpt_module, optimizers)
         step, elapsed, total_steps = state["step"], state["elapsed"], state["total_steps"]
-        tokens_seen, targets_seen, decay_locked = state["tokens"], state["target_tokens"], state["decay_locked"]
+        tokens_seen, targets_seen, decay_locked = (
+            state["tokens"],
+            state["target_tokens"],
+            state["decay_locked"],
+        )
         val_loss_before = state["val_loss_before"]
         if state.get("skills_before"):
             skills_before = SkillReport(**state["skills_before"])
         loader.load_state_dict(state["loader"])
         if metrics_path.exists():  # drop what the interrupted run logged after the checkpoint
-            kept = [ln for ln in metrics_path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
+            kept = [
+                ln
+                for ln in metrics_path.read_text().splitlines()
+                if ln.strip() and json.loads(ln).get("step", 0) <= step
+            ]
             atomic_write_bytes(metrics_path, ("\n".join(kept) + "\n" if kept else "").encode())
         _log(f"resumed from {ckpts[-1].name}: step {step}")
     else:
         metrics_path.unlink(missing_ok=True)
     atomic_write_bytes(out / "config.json", json.dumps(cfg.to_dict(), indent=2).encode())
-    metrics_file = open(metrics_path, "a")
+    metrics_file = open(metrics_path, "a")  # noqa: SIM115  (open for the whole run, closed at its end)
 
     def log_metrics(rec: dict[str, Any]) -> None:
         metrics_file.write(json.dumps(rec) + "\n")
@@ -441,15 +576,32 @@ def _sft(cfg: SFTConfig, rt: rt_mod.Runtime) -> SFTResult:
         val_loss_before = heldout_loss(model, val_ex, rt, cfg.batch_size, seq_len, pad_id)
         log_metrics({"step": 0, "val_loss": val_loss_before, "time": 0.0})
         if skill_tasks:
-            skills_before = skill_accuracy(model, tokenizer, fmt, skill_tasks, max_tokens=cfg.skill_max_tokens, progress=cfg.progress)
+            skills_before = skill_accuracy(
+                model,
+                tokenizer,
+                fmt,
+                skill_tasks,
+                max_tokens=cfg.skill_max_tokens,
+                progress=cfg.progress,
+            )
             log_metrics({"step": 0, "skills": skills_before.summary()})
-        _log(f"before: held-out loss {val_loss_before:.4f}" + (f", skill accuracy {skills_before.accuracy:.1%}" if skills_before else ""))
+        _log(
+            f"before: held-out loss {val_loss_before:.4f}"
+            + (f", skill accuracy {skills_before.accuracy:.1%}" if skills_before else "")
+        )
 
     bar = None
     if cfg.progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=total_steps, initial=step, desc="sft", unit="step", file=sys.stderr, dynamic_ncols=True)
+        bar = tqdm(
+            total=total_steps,
+            initial=step,
+            desc="sft",
+            unit="step",
+            file=sys.stderr,
+            dynamic_ncols=True,
+        )
     val_loss = float("nan")
     model.train()
     loop_start, elapsed_before, step_before = time.perf_counter(), elapsed, step
@@ -471,10 +623,21 @@ def _sft(cfg: SFTConfig, rt: rt_mod.Runtime) -> SFTResult:
             log_metrics({"step": step, "val_loss": val_loss, "time": elapsed, "final": last_step})
             if bar is not None:
                 bar.set_postfix_str(f"val_loss {val_loss:.3f}", refresh=False)
-        if step > 0 and (last_step or (periodic and cfg.checkpoint_interval and step % cfg.checkpoint_interval == 0)):
-            state = {"elapsed": elapsed, "total_steps": total_steps, "decay_locked": decay_locked, "tokens": tokens_seen,
-                     "target_tokens": targets_seen, "loader": loader.state_dict(), "val_loss_before": val_loss_before,
-                     "skills_before": asdict(skills_before) if skills_before else None, "config": cfg.to_dict()}
+        if step > 0 and (
+            last_step
+            or (periodic and cfg.checkpoint_interval and step % cfg.checkpoint_interval == 0)
+        ):
+            state = {
+                "elapsed": elapsed,
+                "total_steps": total_steps,
+                "decay_locked": decay_locked,
+                "tokens": tokens_seen,
+                "target_tokens": targets_seen,
+                "loader": loader.state_dict(),
+                "val_loss_before": val_loss_before,
+                "skills_before": asdict(skills_before) if skills_before else None,
+                "config": cfg.to_dict(),
+            }
             save_checkpoint(ckpt_dir, step, ckpt_module, optimizers, state)
         if last_step:
             break
@@ -490,55 +653,115 @@ def _sft(cfg: SFTConfig, rt: rt_mod.Runtime) -> SFTResult:
             loss_sum += loss.detach()
         grad_norm = None
         if cfg.optim.grad_clip > 0:
-            grad_norm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.optim.grad_clip)
+            grad_norm = torch.nn.utils.clip_grad_norm_(
+                [p for p in model.parameters() if p.requires_grad], cfg.optim.grad_clip
+            )
         for opt in optimizers:
             opt.step()
         for opt in optimizers:
             opt.zero_grad(set_to_none=True)
         train_loss = loss_sum.item() / max(n_targets, 1)
         if not math.isfinite(train_loss):
-            raise TwofilesError(f"training diverged at step {step} (loss {train_loss}); lower the learning rate")
+            raise TwofilesError(
+                f"training diverged at step {step} (loss {train_loss}); lower the learning rate"
+            )
         step += 1
         n_tokens = sum(int((b.segments >= 0).sum()) for b in batches)
         tokens_seen += n_tokens
         targets_seen += n_targets
         elapsed = elapsed_before + (time.perf_counter() - loop_start)
         tok_s = n_tokens / (time.perf_counter() - t_step)
-        log_metrics({"step": step, "loss": train_loss, "lr": lr_factor(step - 1, total_steps, cfg.optim), "tokens": tokens_seen,
-                     "target_tokens": targets_seen, "epoch": loader.epoch, "time": elapsed, "tok_s": tok_s,
-                     "grad_norm": None if grad_norm is None else float(grad_norm)})
+        log_metrics(
+            {
+                "step": step,
+                "loss": train_loss,
+                "lr": lr_factor(step - 1, total_steps, cfg.optim),
+                "tokens": tokens_seen,
+                "target_tokens": targets_seen,
+                "epoch": loader.epoch,
+                "time": elapsed,
+                "tok_s": tok_s,
+                "grad_norm": None if grad_norm is None else float(grad_norm),
+            }
+        )
         if bar is not None:
             bar.update(1)
-            bar.set_postfix_str(f"loss {train_loss:.3f} | {tok_s:,.0f} tok/s" + (f" | val_loss {val_loss:.3f}" if math.isfinite(val_loss) else ""),
-                                refresh=False)
+            bar.set_postfix_str(
+                f"loss {train_loss:.3f} | {tok_s:,.0f} tok/s"
+                + (f" | val_loss {val_loss:.3f}" if math.isfinite(val_loss) else ""),
+                refresh=False,
+            )
     if bar is not None:
         bar.close()
 
     skills_after = None
     if skill_tasks:
-        skills_after = skill_accuracy(model, tokenizer, fmt, skill_tasks, max_tokens=cfg.skill_max_tokens, progress=cfg.progress)
+        skills_after = skill_accuracy(
+            model,
+            tokenizer,
+            fmt,
+            skill_tasks,
+            max_tokens=cfg.skill_max_tokens,
+            progress=cfg.progress,
+        )
         log_metrics({"step": step, "skills": skills_after.summary(), "final": True})
         _log(f"after: held-out loss {val_loss:.4f}, skill accuracy {skills_after.accuracy:.1%}")
     metrics_file.close()
 
     # --- the finetuned model ---
-    provenance = {"stage": "sft", "base": _base_spec(cfg.model), "base_provenance": loaded.provenance, **data_prov,
-                  "chat_template": "built-in" if fmt.builtin else "the base model's", "tools_in_prompt": False, "steps": step, "target_tokens": targets_seen,
-                  "val_loss_before": val_loss_before, "val_loss": val_loss,
-                  "skills_before": skills_before.summary() if skills_before else None,
-                  "skills_after": skills_after.summary() if skills_after else None,
-                  "identity": asdict(who) if who else None, "config": cfg.to_dict(), "runtime": rt.describe(), **cfg.provenance}
+    provenance = {
+        "stage": "sft",
+        "base": _base_spec(cfg.model),
+        "base_provenance": loaded.provenance,
+        **data_prov,
+        "chat_template": "built-in" if fmt.builtin else "the base model's",
+        "tools_in_prompt": False,
+        "steps": step,
+        "target_tokens": targets_seen,
+        "val_loss_before": val_loss_before,
+        "val_loss": val_loss,
+        "skills_before": skills_before.summary() if skills_before else None,
+        "skills_after": skills_after.summary() if skills_after else None,
+        "identity": asdict(who) if who else None,
+        "config": cfg.to_dict(),
+        "runtime": rt.describe(),
+        **cfg.provenance,
+    }
     if cfg.lora is not None and not cfg.merge:
-        model_path = save_adapters(out / "adapters.safetensors", model, cfg.lora, base=_base_spec(cfg.model), chat_template=fmt.template,
-                                   provenance=provenance)
+        model_path = save_adapters(
+            out / "adapters.safetensors",
+            model,
+            cfg.lora,
+            base=_base_spec(cfg.model),
+            chat_template=fmt.template,
+            provenance=provenance,
+        )
     else:
         if cfg.lora is not None:
             merge_lora(model)
-        model_path = save_model(out / "model.safetensors", model, tokenizer, provenance=provenance, chat_template=fmt.template)
-    result = SFTResult(out=str(out), model_path=str(model_path), steps=step, train_seconds=elapsed, target_tokens=targets_seen,
-                       tokens=tokens_seen, tokens_per_second=tokens_seen / max(elapsed, 1e-9), val_loss_before=val_loss_before,
-                       val_loss=val_loss, skills_before=skills_before, skills_after=skills_after, trainable_params=n_trainable,
-                       params=n_params, peak_memory_mb=peak_memory_mb(rt.device))
+        model_path = save_model(
+            out / "model.safetensors",
+            model,
+            tokenizer,
+            provenance=provenance,
+            chat_template=fmt.template,
+        )
+    result = SFTResult(
+        out=str(out),
+        model_path=str(model_path),
+        steps=step,
+        train_seconds=elapsed,
+        target_tokens=targets_seen,
+        tokens=tokens_seen,
+        tokens_per_second=tokens_seen / max(elapsed, 1e-9),
+        val_loss_before=val_loss_before,
+        val_loss=val_loss,
+        skills_before=skills_before,
+        skills_after=skills_after,
+        trainable_params=n_trainable,
+        params=n_params,
+        peak_memory_mb=peak_memory_mb(rt.device),
+    )
     from twofiles.train.plots import plot_sft
 
     plot_sft(metrics_path, out / "loss.png")
@@ -565,12 +788,24 @@ def skills_table(before: SkillReport | None, after: SkillReport | None) -> list[
     n = {k: sum(1 for r in (after or before).results if r["kind"] == k) for k in kinds}  # type: ignore[union-attr]
     rows = ["| held-out skill | tasks | before | after |", "| --- | ---: | ---: | ---: |"]
     rows += [f"| {k} | {n[k]} | {cell(before, k)} | {cell(after, k)} |" for k in kinds]
-    rows.append(f"| **all** | {sum(n.values())} | **{cell(before, None)}** | **{cell(after, None)}** |")
+    rows.append(
+        f"| **all** | {sum(n.values())} | **{cell(before, None)}** | **{cell(after, None)}** |"
+    )
     return rows
 
 
-def write_report(out: Path, cfg: SFTConfig, res: SFTResult, train_stats: dict[str, int], val_stats: dict[str, int]) -> Path:
-    mode = f"LoRA r={cfg.lora_rank}, alpha={cfg.lora_alpha:g}{', merged' if cfg.merge else ''}" if cfg.lora_rank else "full finetuning"
+def write_report(
+    out: Path,
+    cfg: SFTConfig,
+    res: SFTResult,
+    train_stats: dict[str, int],
+    val_stats: dict[str, int],
+) -> Path:
+    mode = (
+        f"LoRA r={cfg.lora_rank}, alpha={cfg.lora_alpha:g}{', merged' if cfg.merge else ''}"
+        if cfg.lora_rank
+        else "full finetuning"
+    )
     lines = [
         "# SFT report",
         "",
@@ -599,18 +834,43 @@ def write_report(out: Path, cfg: SFTConfig, res: SFTResult, train_stats: dict[st
             if r["kind"] in seen:
                 continue
             seen.add(r["kind"])
-            call = f" [calculator({r['tool_calls'][0]['arguments']}) -> {r['tool_calls'][0]['result']}]" if r["tool_calls"] else ""
-            lines.append(f"- **{r['kind']}** ({'right' if r['correct'] else 'wrong'}): {r['prompt']!r} ->{call} {r['reply']!r}")
+            call = (
+                f" [calculator({r['tool_calls'][0]['arguments']}) -> {r['tool_calls'][0]['result']}]"
+                if r["tool_calls"]
+                else ""
+            )
+            lines.append(
+                f"- **{r['kind']}** ({'right' if r['correct'] else 'wrong'}): {r['prompt']!r} ->{call} {r['reply']!r}"
+            )
         lines.append("")
     lines += ["## Config", "", "```json", json.dumps(cfg.to_dict(), indent=2), "```", ""]
     path = out / "report.md"
     atomic_write_bytes(path, "\n".join(lines).encode())
     if res.skills_after:
-        atomic_write_bytes(out / "skills.jsonl", "".join(json.dumps({**r, "stage": stage}) + "\n" for stage, rep in
-                                                         (("before", res.skills_before), ("after", res.skills_after)) if rep
-                                                         for r in rep.results).encode())
+        atomic_write_bytes(
+            out / "skills.jsonl",
+            "".join(
+                json.dumps({**r, "stage": stage}) + "\n"
+                for stage, rep in (("before", res.skills_before), ("after", res.skills_after))
+                if rep
+                for r in rep.results
+            ).encode(),
+        )
     return path
 
 
-__all__ = ["SFTConfig", "SFTResult", "SkillReport", "sft", "skill_accuracy", "heldout_loss", "heldout_skill_tasks", "render_examples",
-           "load_conversations", "identity_for", "masked_loss_sum", "skills_table", "default_optim"]
+__all__ = [
+    "SFTConfig",
+    "SFTResult",
+    "SkillReport",
+    "default_optim",
+    "heldout_loss",
+    "heldout_skill_tasks",
+    "identity_for",
+    "load_conversations",
+    "masked_loss_sum",
+    "render_examples",
+    "sft",
+    "skill_accuracy",
+    "skills_table",
+]
