@@ -18,8 +18,9 @@ Notable choices:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -107,7 +108,7 @@ def check_rope_scaling(scaling: Any) -> None:
     """ValueError unless `scaling` is a usable Llama 3 RoPE scaling dict."""
     if not isinstance(scaling, dict) or scaling.get("rope_type", scaling.get("type")) != "llama3":
         raise ValueError(f"rope_scaling {scaling!r} is not supported (rope_type 'llama3' is)")
-    vals = [scaling.get(k) for k in LLAMA3_KEYS]
+    vals: list[Any] = [scaling.get(k) for k in LLAMA3_KEYS]
     if not all(
         isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < float("inf")
         for v in vals
@@ -176,6 +177,9 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin_folded: torch.Tensor) -> 
 class KVCache(nn.Module):
     """Static per-layer key/value buffers [B, n_kv_heads, max_len, head_dim] (gpt-fast style)."""
 
+    k: torch.Tensor
+    v: torch.Tensor
+
     def __init__(
         self,
         batch: int,
@@ -215,19 +219,20 @@ class KVCache(nn.Module):
 def stack_linears(*parts: nn.Module) -> nn.Linear | None:
     """One nn.Linear whose output is the parts' outputs concatenated (weights and biases stacked
     along the output dimension), or None unless every part is a plain nn.Linear."""
-    if not all(type(p) is nn.Linear for p in parts):
+    linears = [p for p in parts if type(p) is nn.Linear]
+    if len(linears) != len(parts):
         return None
-    w = parts[0].weight
+    w = linears[0].weight
     fused = nn.Linear(
         w.shape[1],
-        sum(p.out_features for p in parts),
-        bias=parts[0].bias is not None,
+        sum(p.out_features for p in linears),
+        bias=linears[0].bias is not None,
         device=w.device,
         dtype=w.dtype,
     )
-    fused.weight.copy_(torch.cat([p.weight for p in parts]))
+    fused.weight.copy_(torch.cat([p.weight for p in linears]))
     if fused.bias is not None:
-        fused.bias.copy_(torch.cat([p.bias for p in parts]))
+        fused.bias.copy_(torch.cat([p.bias for p in linears]))
     return fused.requires_grad_(w.requires_grad)
 
 
@@ -358,11 +363,17 @@ class Backbone(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.dim)
-        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        # typed as what it holds (a ModuleList at run time) so code over the blocks type-checks
+        self.layers = cast(
+            "Sequence[Block]", nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        )
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
 
 
 class Transformer(nn.Module):
+    rope_cos: torch.Tensor
+    rope_sin: torch.Tensor
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.config = cfg
@@ -383,9 +394,8 @@ class Transformer(nn.Module):
         if seed is not None:
             g.manual_seed(seed)
         cfg = self.config
-        if (
-            cfg.tie_embeddings
-        ):  # Module.to_empty() (meta-device build) replaces parameters and unties them
+        # Module.to_empty() (meta-device build) replaces parameters and unties them
+        if cfg.tie_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
 
         def normal_(p: torch.Tensor, std: float) -> None:

@@ -116,6 +116,9 @@ def _cpu_kernels_available() -> bool:
 
 
 class Int8Linear(nn.Module):
+    qweight: torch.Tensor
+    scales: torch.Tensor
+    bias: torch.Tensor | None
     """nn.Linear with an int8 weight (per-output-channel scales)."""
 
     def __init__(
@@ -123,9 +126,8 @@ class Int8Linear(nn.Module):
     ) -> None:
         super().__init__()
         self.out_features, self.in_features = q.shape
-        self.packed = (
-            packed  # True: the CPU kernel (bf16 activations); False: dequantize-then-matmul
-        )
+        # True: the CPU kernel (bf16 activations); False: dequantize-then-matmul
+        self.packed = packed
         self.register_buffer("qweight", q)
         self.register_buffer("scales", scales.to(_KERNEL_DTYPE) if packed else scales)
         self.register_buffer("bias", bias)
@@ -156,6 +158,12 @@ class Int8Linear(nn.Module):
 
 class Int4Linear(nn.Module):
     """nn.Linear with a group-wise int4 weight."""
+
+    qweight: torch.Tensor
+    scales: torch.Tensor
+    zeros: torch.Tensor
+    scales_and_zeros: torch.Tensor
+    bias: torch.Tensor | None
 
     def __init__(
         self,
@@ -212,9 +220,8 @@ class Int4Linear(nn.Module):
         return y if self.bias is None else y + self.bias.to(y.dtype)
 
     def dequantized_weight(self) -> torch.Tensor:
-        if (
-            self.packed
-        ):  # read back through the kernel: identity activations give the weight's columns
+        if self.packed:
+            # read back through the kernel: identity activations give the weight's columns
             eye = torch.eye(self.in_features, dtype=_KERNEL_DTYPE, device=self.qweight.device)
             return (
                 torch.ops.aten._weight_int4pack_mm_for_cpu(
@@ -234,6 +241,9 @@ class Int4Linear(nn.Module):
 class Int8Embedding(nn.Module):
     """nn.Embedding with int8 rows (one scale per row). When the model ties its embeddings, the
     rows are the lm_head's output channels, so one int8 tensor serves both."""
+
+    qweight: torch.Tensor
+    scales: torch.Tensor
 
     def __init__(self, q: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype) -> None:
         super().__init__()
@@ -263,6 +273,9 @@ class PackedLinear(nn.Module):
     bandwidth, and torch's default fp32 path (MKL's sgemv) streams weights at about half the rate
     of this one on the AMD CPUs we measured (bench/decode.py, docs/LOG.md). Inference only: the
     op has no backward, and the packed weight has no storage to save or move."""
+
+    packed_weight: torch.Tensor
+    bias: torch.Tensor | None
 
     def __init__(self, lin: nn.Linear) -> None:
         super().__init__()
@@ -388,7 +401,8 @@ def quantize_model(
             q, s = head.qweight, head.scales.float() if head.packed else head.scales
         else:
             q, s = quantize_int8(model.model.embed_tokens.weight)
-        model.model.embed_tokens = Int8Embedding(q, s, act_dtype)
+        # the backbone's slot is typed nn.Embedding for training code; any lookup module fits it
+        model.model.embed_tokens = Int8Embedding(q, s, act_dtype)  # type: ignore[assignment]
         report.layers["model.embed_tokens"] = "int8 rows" + (
             " (shared with lm_head)" if q is getattr(head, "qweight", None) else ""
         )

@@ -121,11 +121,11 @@ def split_documents(
     """Deduplicated documents tagged with their split: the single source of truth for which text
     is validation (tokenizer training uses it too, so it never sees validation text).
     `stats` (if given) is filled with the split method and counts as the stream is consumed."""
-    inputs = [str(i) for i in inputs]
+    sources = [str(i) for i in inputs]
     val_list = [str(i) for i in val_inputs] if val_inputs else None
     if not 0.0 <= val_fraction < 1.0:
         raise TwofilesError(f"val fraction must be in [0, 1), not {val_fraction}")
-    method = _resolve_method(inputs, val_list, split)
+    method = _resolve_method(sources, val_list, split)
     st = stats if stats is not None else {}
     st.update(method=method, documents_read=0, duplicates=0, skipped=0, skipped_by_reason={})
     seen: set[bytes] = set()
@@ -149,8 +149,8 @@ def split_documents(
         st["skipped"] = sum(skipped.values())
         st["skipped_by_reason"] = dict(sorted(skipped.items()))
 
-    train_docs = read(Corpus(inputs, text_field=text_field, skip_bad=skip_bad))
-    if method == "explicit":
+    train_docs = read(Corpus(sources, text_field=text_field, skip_bad=skip_bad))
+    if method == "explicit" and val_list:
         for doc in read(Corpus(val_list, text_field=text_field, skip_bad=skip_bad)):
             yield Piece("val", doc.text, doc.source)
     if method == "auto":
@@ -193,7 +193,7 @@ def split_documents(
             if method == "builtin" and not doc.source.startswith(prefix):
                 is_val = _is_val(
                     doc.text, seed, val_fraction
-                )  # other inputs mixed with the builtin one
+                )  # other sources mixed with the builtin one
             yield Piece("val" if is_val else "train", doc.text, doc.source)
     finish()
 
@@ -325,7 +325,7 @@ def prepare(
     """Tokenize `inputs` into `out_dir` (see the module docstring). Returns the manifest."""
     from tqdm import tqdm
 
-    inputs = [str(i) for i in inputs]
+    sources = [str(i) for i in inputs]
     val_list = [str(i) for i in val_inputs] if val_inputs else []
     if shard_tokens < 1:
         raise TwofilesError(f"shard tokens must be positive, not {shard_tokens}")
@@ -347,7 +347,7 @@ def prepare(
     written: list[Path] = []
     writers = {s: _ShardWriter(out, s, dtype, shard_tokens, tag, written) for s in SPLITS}
     stats: dict[str, Any] = {}
-    total = _total_bytes(inputs + val_list)
+    total = _total_bytes(sources + val_list)
     bar = tqdm(
         total=total,
         unit="B",
@@ -359,7 +359,7 @@ def prepare(
     )
     try:
         pieces = split_documents(
-            inputs, val_inputs=val_list or None, val_fraction=val_fraction, split=split, seed=seed,
+            sources, val_inputs=val_list or None, val_fraction=val_fraction, split=split, seed=seed,
             text_field=text_field, skip_bad=skip_bad, stats=stats,
         )  # fmt: skip
         batch: list[Piece] = []
@@ -386,7 +386,7 @@ def prepare(
             w.flush()
         if writers["train"].documents == 0:
             raise BadInputError(
-                f"no training documents in {', '.join(inputs)} (read {stats.get('documents_read', 0)}, "
+                f"no training documents in {', '.join(sources)} (read {stats.get('documents_read', 0)}, "
                 f"{stats.get('duplicates', 0)} duplicates, {stats.get('skipped', 0)} skipped)"
             )
         manifest: dict[str, Any] = {
@@ -397,7 +397,7 @@ def prepare(
             "vocab_size": tokenizer.vocab_size,
             "bos_id": bos,
             "splits": {s: w.summary() for s, w in writers.items()},
-            "sources": inputs,
+            "sources": sources,
             "val_sources": val_list,
             "split": {"method": stats["method"], "seed": seed, "val_fraction": val_fraction},
             "stats": {

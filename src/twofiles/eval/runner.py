@@ -189,7 +189,7 @@ def _multiple_choice(
     with _bar(len(requests), spec.name, progress) as bar:
         scores = backend.loglikelihood(requests, batch_size=batch_size, progress=bar.update)
     correct = correct_norm = 0
-    samples = []
+    samples: list[dict[str, Any]] = []
     for (start, n, right), _entry in zip(spans, scored):
         ll = [scores[start + j][0] for j in range(n)]
         per_byte = [ll[j] / max(len(requests[start + j][1].encode("utf-8")), 1) for j in range(n)]
@@ -254,7 +254,7 @@ def _generate(
             progress=bar.update,
         )
     correct = 0
-    samples = []
+    samples: list[dict[str, Any]] = []
     for e, req, reply in zip(scored, requests, replies):
         if spec.extract == "skills":
             from twofiles.data.skills import check

@@ -39,7 +39,7 @@ import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 from twofiles.errors import BadInputError, TwofilesError
 
@@ -290,7 +290,10 @@ def _skill_examples(src: str, spec: TaskSpec) -> list[Example]:
             "the built-in skill tasks (twofiles.data.skills) are not part of this installation"
         ) from None
     parts = src.split(":")
-    split = parts[1] if len(parts) > 1 else "val"
+    split_name = parts[1] if len(parts) > 1 else "val"
+    if split_name not in ("train", "val"):
+        raise TwofilesError(f"{src}: the skills split is 'train' or 'val', not {split_name!r}")
+    split = cast(Literal["train", "val"], split_name)
     kinds = (
         parts[2].split(",")
         if len(parts) > 2 and parts[2]

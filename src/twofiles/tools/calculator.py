@@ -94,12 +94,14 @@ def _round(x: Number, ndigits: Number | None = None) -> Number:
     return round(x, ndigits)
 
 
-def _combinatoric(f: Callable[[int, int], int]) -> Callable[..., int]:
+def _combinatoric(f: Callable[..., int]) -> Callable[..., int]:
     """comb / perm with n capped: comb(10**6, 5*10**5) has ~300,000 digits."""
 
     def call(n: Number, k: Number | None = None) -> int:
         if not isinstance(n, int) or n > MAX_COMBINATORIC_N:
             raise CalculatorError(f"{f.__name__} needs an integer n <= {MAX_COMBINATORIC_N}")
+        if k is not None and not isinstance(k, int):
+            raise CalculatorError(f"{f.__name__} needs an integer k")
         return f(n, k) if k is not None else f(n)
 
     return call
