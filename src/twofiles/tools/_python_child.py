@@ -227,6 +227,8 @@ LL_RULE_PATH_BENEATH = 1
 def landlock(libc, ctypes, scratch, read_dirs, read_files, devices):
     """Restrict this process (and threads it starts later) to the scratch directory for writes
     and to read_dirs/read_files/devices for reads: 'ABI n', or why not."""
+    if not sys.platform.startswith("linux"):
+        return "unavailable (not Linux)"
     libc.syscall.restype = ctypes.c_long
     abi = libc.syscall(LL_CREATE_RULESET, None, ctypes.c_size_t(0), ctypes.c_uint32(1))
     if abi < 1:
@@ -279,6 +281,8 @@ def landlock(libc, ctypes, scratch, read_dirs, read_files, devices):
 
 def drop_capabilities(libc, ctypes):
     """Empty the effective, permitted and inheritable sets: 'dropped', or why not."""
+    if not sys.platform.startswith("linux"):
+        return "unavailable (not Linux)"
 
     class Header(ctypes.Structure):
         _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
@@ -532,7 +536,7 @@ def install_hook(scratch, roots):
                 refuse("opening a %s as a path" % type(path).__name__)
             if inside(path, (_scratch,)):
                 return
-            if flags & _write:
+            if flags & _write and absolute(path) != "/dev/null":
                 refuse("writing %s (only the working directory is writable)" % absolute(path))
             if absolute(path) in _devices or inside(path, _roots):
                 return
@@ -580,7 +584,9 @@ def lock_down(cfg, scratch):
 
     libc = ctypes.CDLL(None, use_errno=True)
     guards = set(cfg["file_guards"])
-    read_dirs, read_files, devices = system_roots()
+    read_dirs, read_files, devices = (
+        system_roots() if sys.platform.startswith("linux") else ((), (), ())
+    )
     read_dirs = tuple(sorted(set(read_dirs) | set(python_roots())))
     status = {}
     status["network"], in_namespace, why = enter_namespaces(libc, ctypes, "mounts" in guards)
