@@ -6,11 +6,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
+import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
 
+from twofiles.tools import python as python_tool
 from twofiles.tools.python import FILE_GUARDS, UNCONTAINED_ENV, Limits, PythonSandbox, run_python
 
 pytestmark = pytest.mark.skipif(
@@ -692,3 +696,72 @@ def test_workdir_keeps_each_runs_files(tmp_path, contained):
     with open(kept) as f:
         assert f.read() == "one"  # still there after the tool is gone
     assert second.content.strip() == "False"  # a run sees its own directory only
+
+
+_SYSTEM_PYTHON = "/usr/bin/python3"  # readable by every user, unlike a venv under /root
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("setpriv") or not os.path.exists(_SYSTEM_PYTHON),
+    reason="needs root to become another user (setpriv) and a system Python that user can run",
+)
+def test_the_view_builds_for_an_unprivileged_user():
+    # without root the child enters a user namespace first; the file it is kept from is
+    # world-writable, so only the sandbox stands between the code and it
+    nobody = 65534
+    with tempfile.TemporaryDirectory() as base:
+        os.chmod(base, 0o755)
+        child = os.path.join(base, "child.py")
+        shutil.copyfile(python_tool._CHILD, child)
+        victim = os.path.join(base, "victim.txt")
+        with open(victim, "w") as f:
+            f.write("keep")
+        os.chmod(victim, 0o666)
+        run_dir = os.path.join(base, "run")
+        os.mkdir(run_dir)
+        os.chown(run_dir, nobody, nobody)
+        r, w = os.pipe()
+        cfg = dict(
+            cpu_seconds=5,
+            memory_bytes=1 << 30,
+            file_bytes=1 << 20,
+            open_files=64,
+            tmp_dir=os.path.join(run_dir, ".tmp"),
+            status_fd=w,
+            allow_uncontained_files=False,
+            file_guards=["mounts", "landlock"],
+        )
+        code = (
+            "import os, sqlite3\n"
+            "sqlite3.connect('mine.db').execute('CREATE TABLE t(x)')\n"
+            f"for attack in (lambda: open({victim!r}, 'a').write('pwned'), "
+            f"lambda: os.stat({victim!r}), lambda: os.chmod({victim!r}, 0o777)):\n"
+            "    try:\n"
+            "        attack()\n"
+            "        print('escaped')\n"
+            "    except OSError as e:\n"
+            "        print('stopped', e.errno)\n"
+            "print(os.getuid())\n"
+        )
+        proc = subprocess.run(
+            ["setpriv", f"--reuid={nobody}", f"--regid={nobody}", "--clear-groups"]
+            + [_SYSTEM_PYTHON, "-I", "-u", child, json.dumps(cfg)],
+            input=code.encode(),
+            capture_output=True,
+            cwd=run_dir,
+            pass_fds=(w,),
+            timeout=30,
+        )
+        os.close(w)
+        with os.fdopen(r) as f:
+            status = json.loads(f.read())
+        out = proc.stdout.decode() + proc.stderr.decode()
+        assert proc.returncode == 0, out
+        assert status["network"] == "user+network namespace", status
+        assert status["files"] == "mount namespace" and not status["refused"]
+        # EROFS: creating it in the view's read-only root; ENOENT: no such file in the view
+        assert out.split() == ["stopped", "30", "stopped", "2", "stopped", "2", str(nobody)], out
+        assert os.path.exists(os.path.join(run_dir, "mine.db"))
+        with open(victim) as f:
+            assert f.read() == "keep"
+        assert os.stat(victim).st_mode & 0o777 == 0o666
