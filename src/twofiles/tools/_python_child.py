@@ -47,11 +47,9 @@ import sys
 
 def set_limits(cfg):
     mem = cfg["memory_bytes"]
+    cpu = cfg["cpu_seconds"]
     for res, value in (
-        (
-            resource.RLIMIT_CPU,
-            (cfg["cpu_seconds"], cfg["cpu_seconds"] + 1),
-        ),  # soft -> SIGXCPU, hard -> SIGKILL
+        (resource.RLIMIT_CPU, (cpu, cpu + 1)),  # soft -> SIGXCPU, hard -> SIGKILL
         (resource.RLIMIT_AS, (mem, mem)),
         (resource.RLIMIT_FSIZE, (cfg["file_bytes"], cfg["file_bytes"])),
         (resource.RLIMIT_NOFILE, (cfg["open_files"], cfg["open_files"])),
@@ -134,15 +132,8 @@ def system_roots():
 
 
 # mount(2) flags, and the statvfs(3) bits that report them
-MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT = 1, 2, 4, 8, 32
-MS_NOATIME, MS_NODIRATIME, MS_BIND, MS_REC, MS_PRIVATE, MS_RELATIME = (
-    1024,
-    2048,
-    4096,
-    16384,
-    1 << 18,
-    1 << 21,
-)
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT, MS_NOATIME = 1, 2, 4, 8, 32, 1024
+MS_NODIRATIME, MS_BIND, MS_REC, MS_PRIVATE, MS_RELATIME = 2048, 4096, 16384, 1 << 18, 1 << 21
 ST_RELATIME, MNT_DETACH = 4096, 2
 PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}
 
@@ -381,13 +372,8 @@ def seccomp_filter(libc, ctypes):
     if not sys.platform.startswith("linux") or machine not in ARCHES:
         return "unavailable (no syscall table for %s)" % machine
     col, audit_arch = ARCHES[machine]
-    LD, JEQ, JGE, JSET, RET = (
-        0x20,
-        0x15,
-        0x35,
-        0x45,
-        0x06,
-    )  # BPF_LD|W|ABS, BPF_JMP|JEQ|K, ..., BPF_RET|K
+    # BPF_LD|W|ABS, BPF_JMP|JEQ|K, BPF_JMP|JGE|K, BPF_JMP|JSET|K, BPF_RET|K
+    LD, JEQ, JGE, JSET, RET = 0x20, 0x15, 0x35, 0x45, 0x06
     ALLOW, KILL = 0x7FFF0000, 0x80000000  # SECCOMP_RET_ALLOW, SECCOMP_RET_KILL_PROCESS
     EPERM, ENOSYS = 0x00050000 | 1, 0x00050000 | 38  # SECCOMP_RET_ERRNO | errno
     prog = [

@@ -2,7 +2,8 @@
 printed and the files (plots) it made.
 
 What it owns: starting the child (`_python_child.py`, which locks itself down before the code
-runs: resource limits, a network namespace, a seccomp filter, an audit hook; see its docstring),
+runs: resource limits, mount and network namespaces, Landlock, no capabilities, a seccomp
+filter, an audit hook; see its docstring), the refusal where files cannot be contained,
 the wall-clock limit (the child leads its own process group and the whole group is killed),
 watching the scratch directory's size, capping the output, and turning every way a run can end
 into a ToolResult. What it leaves to others: deciding what code to run (the model, chat).
@@ -11,11 +12,14 @@ Each run gets a fresh directory (its cwd, HOME and TMPDIR, and the only place it
 files it leaves there (e.g. matplotlib PNGs) come back in ToolResult.files, and figures left open
 are saved as figure_N.png. The limits are the `Limits` defaults below.
 
-What the containment is and is not: processes, signals, the network, CPU, memory, file sizes and
-wall time are enforced by the kernel (seccomp, namespaces, rlimits, SIGKILL), so a fork bomb, an
-infinite loop, a memory bomb or a connect() fails whatever the code does. File access outside the
-scratch directory is refused by an audit hook inside the interpreter: it stops open(), os.*,
-shutil, ctypes and the like, but it is a Python-level guard, not a kernel one.
+What the containment is: every boundary is the kernel's, so it holds whatever the code does
+(ctypes, raw syscalls, sqlite3 or readline opening files themselves). Files: a private mount
+namespace whose root holds only the read-only Python installation and system libraries and the
+run's directory (read-write), with Landlock checking the same boundary again; processes,
+signals and the network: seccomp, a network namespace, no capabilities; CPU, memory, file sizes
+and wall time: rlimits and SIGKILL. An audit hook inside the interpreter adds clearer refusals
+but is not relied on. Where the kernel cannot build the file boundary the code is not run,
+unless the caller says files may go uncontained (`allow_uncontained_files`).
 """
 
 from __future__ import annotations
@@ -351,7 +355,7 @@ class PythonSandbox:
     """The Python tool: arguments {"code": "..."}; each call runs in a fresh directory under
     `scratch_dir` (a private temporary directory when None, removed with the tool). Where the
     kernel cannot contain files, every call is refused unless `allow_uncontained_files` (None:
-    the environment variable UNCONTAINED_ENV set to 1)."""
+    whether TWOFILES_PYTHON_UNCONTAINED=1 is set)."""
 
     name = "python"
     description = "Run Python 3 code and return what it prints (use print). numpy and matplotlib are available; save plots with plt.savefig('name.png'). No network, no files outside the working directory, limited time and memory."
