@@ -277,8 +277,8 @@ def run_python(
     if report_status:
         text = _join("[sandbox] " + json.dumps(status), text)
     rc = proc.returncode
-    if status.get("refused"):
-        return ToolResult(_refusal(status), error=True)
+    if status.get("refused"):  # nothing ran: text holds at most the status line
+        return ToolResult(_join(text, _refusal(status)), error=True)
     if status.get("files") != "mount namespace" and "files" in status:
         warnings.warn(
             f"the Python tool ran with files NOT contained: {status['files']}",
