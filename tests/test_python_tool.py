@@ -480,6 +480,20 @@ def list_root_for_host_entries():
         raise LookupError("nothing of the host's root")
     return shown
 
+# IPC objects live in the kernel, not in files: the host's SysV shared memory
+@attack
+def host_shared_memory():
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.shmat.restype = ctypes.c_void_p
+    shmid = libc.shmget(T["shm_key"], 0, 0)
+    if shmid < 0:
+        raise OSError(ctypes.get_errno(), "shmget: " + os.strerror(ctypes.get_errno()))
+    addr = libc.shmat(shmid, None, 0)
+    if addr in (None, 2**64 - 1):
+        raise OSError(ctypes.get_errno(), "shmat: " + os.strerror(ctypes.get_errno()))
+    return ctypes.string_at(addr, 6)
+
 # raw syscalls: no Python function, no audit event (ctypes itself is refused by the hook)
 NR = {"x86_64": dict(openat=257, utimensat=280, fchmodat=268, linkat=265, mount=165,
                      unshare=272, chroot=161, open_by_handle_at=304),
@@ -552,6 +566,35 @@ def _snapshot(root) -> dict[str, tuple]:
     return seen
 
 
+def _libc():
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.shmat.restype = ctypes.c_void_p
+    return ctypes, libc
+
+
+def _host_shared_memory(content: bytes) -> tuple[int, int]:
+    """A SysV shared memory segment of this (the host's) IPC namespace: (key, id)."""
+    ctypes, libc = _libc()
+    ipc_creat, ipc_excl = 0o1000, 0o2000
+    for key in range(0x7F0F0000 + os.getpid() % 1000, 0x7F0F0000 + 2000):
+        shm_id = libc.shmget(key, 4096, ipc_creat | ipc_excl | 0o600)
+        if shm_id >= 0:
+            break
+    else:
+        raise OSError(ctypes.get_errno(), "shmget")
+    addr = libc.shmat(shm_id, None, 0)
+    ctypes.memmove(addr, content, len(content))
+    libc.shmdt(ctypes.c_void_p(addr))
+    return key, shm_id
+
+
+def _host_shared_memory_remove(shm_id: int) -> None:
+    _, libc = _libc()
+    libc.shmctl(shm_id, 0, None)  # IPC_RMID
+
+
 @pytest.fixture
 def targets(tmp_path):
     """Files outside the run directory that the attacks go after, and the run directory with
@@ -588,8 +631,10 @@ def targets(tmp_path):
         "tmp_probe": tmp_probe,
     }
     site_stat = os.stat(site_file)
+    names["shm_key"], shm_id = _host_shared_memory(b"s3cret")
     yield names, run_dir, outside
     try:
+        _host_shared_memory_remove(shm_id)
         assert not os.path.exists(site_new) and not os.path.exists(tmp_probe)
         after = os.stat(site_file)
         assert (after.st_mtime_ns, after.st_mode) == (site_stat.st_mtime_ns, site_stat.st_mode)

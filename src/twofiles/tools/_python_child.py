@@ -3,12 +3,13 @@ with the code on stdin and the run's scratch directory as cwd. Never imported by
 
 It locks itself down, in this order, before the code runs:
 1. resource limits (CPU seconds, address space, file size, open files, no core dumps);
-2. new mount and network namespaces (unshare(CLONE_NEWNS | CLONE_NEWNET); as a non-root user,
-   inside a new user namespace that maps the user to itself): the process sees only a loopback
-   that is down, and a root of its own (`build_view`): an empty read-only tmpfs holding
-   read-only bind mounts of the Python installation's import directories, the system library
-   directory, the zoneinfo database, /etc/ld.so.cache and four character devices (null, zero,
-   random, urandom), plus the scratch directory bound read-write (noexec). Nothing else exists
+2. new mount, network and IPC namespaces (unshare(CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC);
+   as a non-root user, inside a new user namespace that maps the user to itself): the process
+   sees only a loopback that is down, no SysV/POSIX IPC objects of the host, and a root of its
+   own (`build_view`): an empty read-only tmpfs holding read-only bind mounts of the Python
+   installation's import directories, the system library directory, the zoneinfo database,
+   /etc/ld.so.cache and four character devices (null, zero, random, urandom), plus the scratch
+   directory bound read-write (noexec). Nothing else exists
    for it: no /proc, /sys, /home, /etc, nor the directories around the scratch directory, so
    opening, stat()ing, chmod()ing or linking anything outside fails in the kernel whatever the
    code does (ctypes, sqlite3, readline, raw syscalls). This is what "files are contained" means;
@@ -59,17 +60,20 @@ def set_limits(cfg):
 
 
 CLONE_NEWNS, CLONE_NEWNET, CLONE_NEWUSER = 0x00020000, 0x40000000, 0x10000000
+# SysV shared memory, semaphores and message queues, and POSIX message queues, are kept per IPC
+# namespace, not in files: without a namespace of its own the code would share the host's
+CLONE_NEWIPC = 0x08000000
 
 
 def enter_namespaces(libc, ctypes, mounts):
-    """Unshare the network (and, with `mounts`, the mount table): (network status, True when a
-    private mount namespace was entered, why not otherwise)."""
+    """Unshare the network and IPC (and, with `mounts`, the mount table): (network status, True
+    when a private mount namespace was entered, why not otherwise)."""
     if not sys.platform.startswith("linux"):
         return "unavailable (not Linux)", False, "not Linux"
     uid, gid = os.getuid(), os.getgid()
-    tries = [CLONE_NEWNET, CLONE_NEWUSER | CLONE_NEWNET]
+    tries = [CLONE_NEWNET | CLONE_NEWIPC, CLONE_NEWUSER | CLONE_NEWNET | CLONE_NEWIPC]
     if mounts:
-        tries = [CLONE_NEWNS | CLONE_NEWNET, CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWNET] + tries
+        tries = [flags | CLONE_NEWNS for flags in tries] + tries
     errors = []
     for flags in tries:
         if libc.unshare(flags) != 0:
@@ -355,6 +359,7 @@ DENIED = {
     "fsmount": (432, 432),
     "move_mount": (429, 429),
     "open_tree": (428, 428),
+    "syslog": (103, 116),
     "fsconfig": (431, 431),
     "fspick": (433, 433),
     "mount_setattr": (442, 442),
