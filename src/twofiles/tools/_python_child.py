@@ -102,8 +102,8 @@ def python_roots():
         for p in (sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix)
     }
     roots = set()
-    for p in sys.path:
-        if not p or not os.path.isdir(p):
+    for p in sys.path:  # a file on it is a zip of modules (an embedded stdlib, say)
+        if not p or not os.path.exists(p):
             continue
         real = os.path.realpath(p)
         inside = any((real + "/").startswith(prefix) for prefix in prefixes)
@@ -569,7 +569,8 @@ def save_open_figures():
 
 
 def lock_down(cfg, scratch):
-    """Steps 1-5 of the module docstring: the status dict, and whether files are contained."""
+    """Steps 1-5 of the module docstring: the status dict, the paths the code may read, and
+    whether files are contained."""
     set_limits(cfg)
     import ctypes
 
@@ -578,7 +579,9 @@ def lock_down(cfg, scratch):
     read_dirs, read_files, devices = (
         system_roots() if sys.platform.startswith("linux") else ((), (), ())
     )
-    read_dirs = tuple(sorted(set(read_dirs) | set(python_roots())))
+    roots = python_roots()
+    read_dirs = tuple(sorted(set(read_dirs) | {r for r in roots if os.path.isdir(r)}))
+    read_files += tuple(r for r in roots if not os.path.isdir(r))
     status = {}
     status["network"], in_namespace, why = enter_namespaces(libc, ctypes, "mounts" in guards)
     status["files"] = "off" if "mounts" not in guards else "unavailable (%s)" % why
@@ -593,7 +596,7 @@ def lock_down(cfg, scratch):
     status["capabilities"] = drop_capabilities(libc, ctypes)
     status["processes"] = seccomp_filter(libc, ctypes)
     status["audit_hook"] = "on" if "audit" in guards else "off"
-    return status, read_dirs, status["files"] == "mount namespace"
+    return status, read_dirs + read_files, status["files"] == "mount namespace"
 
 
 def main():
@@ -602,7 +605,7 @@ def main():
     sys.stdin.close()
     os.makedirs(cfg["tmp_dir"], exist_ok=True)
     scratch = os.getcwd()
-    status, read_dirs, contained = lock_down(cfg, scratch)
+    status, readable, contained = lock_down(cfg, scratch)
     refused = not contained and not cfg["allow_uncontained_files"]
     status["refused"] = refused
     os.write(cfg["status_fd"], json.dumps(status).encode())
@@ -612,7 +615,7 @@ def main():
     import traceback  # before the hook, so reporting an error never needs a new import
 
     if "audit" in cfg["file_guards"]:
-        install_hook(scratch, read_dirs)
+        install_hook(scratch, readable)
     try:
         compiled = compile(code, "<python>", "exec")
     except SyntaxError as e:
