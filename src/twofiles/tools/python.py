@@ -2,7 +2,8 @@
 printed and the files (plots) it made.
 
 What it owns: starting the child (`_python_child.py`, which locks itself down before the code
-runs: resource limits, a network namespace, a seccomp filter, an audit hook; see its docstring),
+runs: resource limits, mount and network namespaces, Landlock, no capabilities, a seccomp
+filter, an audit hook; see its docstring), the refusal where files cannot be contained,
 the wall-clock limit (the child leads its own process group and the whole group is killed),
 watching the scratch directory's size, capping the output, and turning every way a run can end
 into a ToolResult. What it leaves to others: deciding what code to run (the model, chat).
@@ -11,11 +12,14 @@ Each run gets a fresh directory (its cwd, HOME and TMPDIR, and the only place it
 files it leaves there (e.g. matplotlib PNGs) come back in ToolResult.files, and figures left open
 are saved as figure_N.png. The limits are the `Limits` defaults below.
 
-What the containment is and is not: processes, signals, the network, CPU, memory, file sizes and
-wall time are enforced by the kernel (seccomp, namespaces, rlimits, SIGKILL), so a fork bomb, an
-infinite loop, a memory bomb or a connect() fails whatever the code does. File access outside the
-scratch directory is refused by an audit hook inside the interpreter: it stops open(), os.*,
-shutil, ctypes and the like, but it is a Python-level guard, not a kernel one.
+What the containment is: every boundary is the kernel's, so it holds whatever the code does
+(ctypes, raw syscalls, sqlite3 or readline opening files themselves). Files: a private mount
+namespace whose root holds only the read-only Python installation and system libraries and the
+run's directory (read-write), with Landlock checking the same boundary again; processes,
+signals and the network: seccomp, a network namespace, no capabilities; CPU, memory, file sizes
+and wall time: rlimits and SIGKILL. An audit hook inside the interpreter adds clearer refusals
+but is not relied on. Where the kernel cannot build the file boundary the code is not run,
+unless the caller says files may go uncontained (`allow_uncontained_files`).
 """
 
 from __future__ import annotations
@@ -29,15 +33,24 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twofiles.tools import ToolResult
 
-__all__ = ["Limits", "PythonSandbox", "run_python"]
+if TYPE_CHECKING:
+    from collections.abc import Collection
+
+__all__ = ["FILE_GUARDS", "Limits", "PythonSandbox", "run_python"]
 
 _CHILD = Path(__file__).with_name("_python_child.py")
+
+# the file boundary's layers: a private mount view, Landlock, the audit hook (the child's docstring)
+FILE_GUARDS = frozenset({"mounts", "landlock", "audit"})
+# set to 1 to let the tool run where the kernel cannot contain its files (said on each run)
+UNCONTAINED_ENV = "TWOFILES_PYTHON_UNCONTAINED"
 
 
 @dataclass(frozen=True)
@@ -123,9 +136,17 @@ def run_python(
     limits: Limits = DEFAULT_LIMITS,
     *,
     report_status: bool = False,
+    allow_uncontained_files: bool = False,
+    file_guards: Collection[str] = FILE_GUARDS,
 ) -> ToolResult:
-    """Run `code` in a contained child with `run_dir` (created if needed) as its only writable
-    directory. Never raises for anything the code does: failures are ToolResult(error=True)."""
+    """Run `code` in a contained child with `run_dir` (created if needed) as the only directory
+    it can see besides the read-only Python installation. Never raises for anything the code
+    does: failures are ToolResult(error=True).
+
+    When the kernel cannot contain files (no mount namespace for this user), the code is not run
+    and the result says why, unless `allow_uncontained_files`. `file_guards` names the file
+    layers to install (all of FILE_GUARDS by default); fewer only to check that each holds on
+    its own. `report_status` puts the child's status line (what it locked down) first."""
     if not isinstance(code, str):
         return ToolResult(f"code must be a string, got {type(code).__name__}", error=True)
     if len(code) > limits.code_chars:
@@ -134,13 +155,25 @@ def run_python(
         )
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
+    linked = _hard_links(run_dir)
+    if linked:
+        # a second name for a file elsewhere would carry that file into the view: no
+        # path-based guard can tell it from the directory's own files
+        return ToolResult(
+            f"{linked}: a hard link (the file has other names); the run directory may hold "
+            "only files of its own, so the code was not run",
+            error=True,
+        )
+    status_r, status_w = os.pipe()
     cfg = {
         "cpu_seconds": limits.cpu_seconds,
         "memory_bytes": limits.memory_bytes,
         "file_bytes": limits.file_bytes,
         "open_files": limits.open_files,
         "tmp_dir": str(run_dir / ".tmp"),
-        "report_status": report_status,
+        "status_fd": status_w,
+        "allow_uncontained_files": allow_uncontained_files,
+        "file_guards": sorted(file_guards),
     }
     env = {
         "PATH": "/usr/bin:/bin",
@@ -158,16 +191,23 @@ def run_python(
     }
     started = time.monotonic()
     deadline = started + limits.wall_seconds
-    proc = subprocess.Popen(
-        [sys.executable, "-I", "-u", str(_CHILD), json.dumps(cfg)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        cwd=run_dir,
-        env=env,
-        start_new_session=True,  # its own process group, so one killpg reaches anything it starts
-        close_fds=True,
-    )
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-I", "-u", str(_CHILD), json.dumps(cfg)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            cwd=run_dir,
+            env=env,
+            start_new_session=True,  # its own process group: one killpg reaches all it starts
+            close_fds=True,
+            pass_fds=(status_w,),
+        )
+    except BaseException:
+        os.close(status_r)
+        raise
+    finally:
+        os.close(status_w)
     killed_for = ""
     out = bytearray()
     dropped = 0
@@ -226,7 +266,7 @@ def run_python(
         proc.wait()
         if proc.stdout is not None:
             proc.stdout.close()
-    time.monotonic() - started
+        status = _read_status(status_r)
 
     text = out.decode("utf-8", "replace")
     if dropped:
@@ -234,7 +274,17 @@ def run_python(
             "utf-8", "replace"
         )
     text = _elide(text, limits.output_chars)
+    if report_status:
+        text = _join("[sandbox] " + json.dumps(status), text)
     rc = proc.returncode
+    if status.get("refused"):  # nothing ran: text holds at most the status line
+        return ToolResult(_join(text, _refusal(status)), error=True)
+    if status.get("files") != "mount namespace" and "files" in status:
+        warnings.warn(
+            f"the Python tool ran with files NOT contained: {status['files']}",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     files = _files(run_dir, limits.max_files)
     if killed_for:
         return ToolResult(_join(text, f"[error: {killed_for}]"), error=True, files=files)
@@ -256,13 +306,56 @@ def run_python(
     return ToolResult(text, files=files)
 
 
+def _hard_links(run_dir: Path) -> str:
+    """The first non-directory under run_dir with more than one name ('' when none)."""
+    for dirpath, _, filenames in os.walk(run_dir):
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            try:
+                if os.lstat(path).st_nlink > 1:
+                    return path
+            except OSError:
+                pass
+    return ""
+
+
+def _read_status(fd: int) -> dict[str, Any]:
+    """What the child wrote to its status pipe before running the code ({} if it died first)."""
+    data = b""
+    try:
+        os.set_blocking(fd, False)
+        while chunk := os.read(fd, 65536):
+            data += chunk
+    except BlockingIOError:  # the child held the pipe open, then died writing nothing
+        pass
+    finally:
+        os.close(fd)
+    try:
+        status = json.loads(data) if data else {}
+    except ValueError:
+        return {}
+    return status if isinstance(status, dict) else {}
+
+
+def _refusal(status: dict[str, Any]) -> str:
+    return (
+        "[error: the Python tool cannot keep files inside its directory on this machine "
+        f"(mount namespace: {status.get('files')}; Landlock: {status.get('landlock')}), so the "
+        "code was not run. It needs root or unprivileged user namespaces. To run code with "
+        "files NOT contained anyway: PythonSandbox(allow_uncontained_files=True), or "
+        f"{UNCONTAINED_ENV}=1 for the command line]"
+    )
+
+
 def _join(text: str, note: str) -> str:
     return f"{text.rstrip()}\n{note}" if text.strip() else note
 
 
 class PythonSandbox:
     """The Python tool: arguments {"code": "..."}; each call runs in a fresh directory under
-    `scratch_dir` (a private temporary directory when None, removed with the tool)."""
+    `scratch_dir` (a private temporary directory when None, removed with the tool). Where the
+    kernel cannot contain files, every call is refused unless `allow_uncontained_files` (None:
+    whether TWOFILES_PYTHON_UNCONTAINED=1 is set)."""
 
     name = "python"
     description = "Run Python 3 code and return what it prints (use print). numpy and matplotlib are available; save plots with plt.savefig('name.png'). No network, no files outside the working directory, limited time and memory."
@@ -279,9 +372,19 @@ class PythonSandbox:
     }
 
     def __init__(
-        self, scratch_dir: str | os.PathLike[str] | None = None, limits: Limits = DEFAULT_LIMITS
+        self,
+        scratch_dir: str | os.PathLike[str] | None = None,
+        limits: Limits = DEFAULT_LIMITS,
+        *,
+        allow_uncontained_files: bool | None = None,
     ) -> None:
         self.limits = limits
+        # None: the environment decides (UNCONTAINED_ENV=1), so the command line can opt in
+        self.allow_uncontained_files = (
+            os.environ.get(UNCONTAINED_ENV) == "1"
+            if allow_uncontained_files is None
+            else allow_uncontained_files
+        )
         self._tmp: tempfile.TemporaryDirectory[str] | None = None  # made on the first run, not here
         self._scratch = Path(scratch_dir) if scratch_dir is not None else None
 
@@ -305,7 +408,9 @@ class PythonSandbox:
         mpl = run_dir / ".matplotlib"
         if cache.is_dir():
             shutil.copytree(cache, mpl)
-        result = run_python(code, run_dir, self.limits)
+        result = run_python(
+            code, run_dir, self.limits, allow_uncontained_files=self.allow_uncontained_files
+        )
         if not cache.is_dir() and mpl.is_dir():
             fontlists = [
                 f
