@@ -13,7 +13,7 @@ logprobs) and `/v1/models`; nothing here duplicates them.
 
 What it leaves to others: the OpenAI endpoints, limits, API keys and scheduling (serve/app.py),
 storage of feedback (twofiles.feedback) and of battles and ratings (twofiles.arena), chat
-rendering (twofiles.chat), generation (the server's scheduler, via serve.app.generate_reply).
+rendering (twofiles.chat), generation (the server's scheduler, via serve.core.generate_reply).
 
 Where the databases live, first found wins: `attach(app, feedback_db=..., arena_db=...)`, the
 settings' `feedback_db` / `arena_db` attributes, $TWOFILES_FEEDBACK_DB / $TWOFILES_ARENA_DB, else
@@ -213,7 +213,7 @@ def _router(state: WebState, api: list[Any]) -> APIRouter:
         import random
 
         from twofiles.engine import SamplingParams
-        from twofiles.serve.app import generate_reply
+        from twofiles.serve.core import generate_reply
 
         models = _models(request)
         if len(models) < 2:
