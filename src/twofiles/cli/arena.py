@@ -1,9 +1,12 @@
 """`twofiles arena`: models fight anonymously on prompts; votes go to SQLite; a leaderboard comes out.
 
-    twofiles arena battle --models base=runs/base/model.safetensors smollm2 --prompts arithmetic --judge reference --db arena.db
+    twofiles arena battle --models base=runs/base/model.safetensors smollm2 --prompts arithmetic --judge reference
     twofiles arena battle --models A B C --prompts prompts.jsonl --judge human --db arena.db
-    twofiles arena battle --models A B --prompts prompts.txt --judge model:smollm2 --db arena.db
-    twofiles arena leaderboard --db arena.db --png leaderboard.png --json
+    twofiles arena battle --models A B --prompts prompts.txt --judge model:smollm2
+    twofiles arena leaderboard --png leaderboard.png --json
+
+Without --db both read and write the database the web UI's arena page writes
+($TWOFILES_ARENA_DB, else ~/.cache/twofiles/arena.sqlite: twofiles.paths.default_db).
 
 A model is NAME=SPEC or just SPEC (then named by SPEC): a model file, .gguf, Hugging Face directory,
 alias, or an OpenAI-compatible endpoint as URL#MODEL_NAME. Prompts: JSONL ({"prompt", "reference"}),
@@ -32,7 +35,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     b.add_argument(
         "--judge", default="human", help="human | reference | model:MODEL (default human)"
     )
-    b.add_argument("--db", required=True, help="the arena database (SQLite; created if absent)")
+    b.add_argument(
+        "--db",
+        default=None,
+        metavar="PATH",
+        help="the arena database (SQLite; created if absent; default: the one the web UI writes, "
+        "$TWOFILES_ARENA_DB or ~/.cache/twofiles/arena.sqlite)",
+    )
     b.add_argument("--limit", type=int, default=None, help="use only the first N prompts")
     b.add_argument(
         "--pairs-per-prompt",
@@ -55,7 +64,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     lb = sub.add_parser(
         "leaderboard", help="ratings with bootstrap intervals from the stored votes"
     )
-    lb.add_argument("--db", required=True, help="the arena database")
+    lb.add_argument(
+        "--db",
+        default=None,
+        metavar="PATH",
+        help="the arena database (default: the one the web UI writes, $TWOFILES_ARENA_DB or "
+        "~/.cache/twofiles/arena.sqlite)",
+    )
     lb.add_argument(
         "--judge", default=None, help="count only this judge's votes (e.g. human, reference)"
     )
@@ -92,8 +107,15 @@ def _contestant(arg: str, device, loaded: dict):
     return Contestant(name or spec, loaded[spec], spec)
 
 
+def _db(args: argparse.Namespace) -> str:
+    from twofiles.paths import default_db
+
+    return str(args.db) if args.db else str(default_db("arena"))
+
+
 def _battle(args: argparse.Namespace) -> int:
     from collections import Counter
+    from pathlib import Path
 
     from twofiles.arena import ArenaStore, leaderboard
     from twofiles.arena.battle import read_prompts, run_arena
@@ -107,6 +129,8 @@ def _battle(args: argparse.Namespace) -> int:
     prompts = read_prompts(args.prompts)[: args.limit]
     if not prompts:
         raise TwofilesError(f"{args.prompts}: no prompts")
+    args.db = _db(args)
+    Path(args.db).parent.mkdir(parents=True, exist_ok=True)
     store = ArenaStore(args.db)
     device, _ = pick_device(args.device)
     loaded: dict = {}
@@ -168,8 +192,12 @@ def _leaderboard(args: argparse.Namespace) -> int:
     from twofiles.arena.ratings import format_table, plot_leaderboard
     from twofiles.errors import BadInputError
 
+    args.db = _db(args)
     if not Path(args.db).is_file():
-        raise BadInputError("no such arena database", path=args.db)
+        raise BadInputError(
+            "no such arena database (votes from the web UI or `twofiles arena battle` create it)",
+            path=args.db,
+        )
     battles = ArenaStore(args.db).battles(judge=args.judge)
     rows = leaderboard(battles, bootstrap=args.bootstrap, seed=args.seed)
     print(format_table(rows) if rows else "no votes yet")
