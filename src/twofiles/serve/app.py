@@ -16,6 +16,7 @@ core's `chat_format(app, model)` / `generate_reply(app, model, messages, params)
 from __future__ import annotations
 
 import hmac
+import threading
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -134,6 +135,7 @@ def create_app(models: Mapping[str, LoadedModel], settings: ServeSettings | None
     app.state.scheduler = scheduler
     app.state.settings = settings
     app.state.chat_formats = {}
+    app.state.score_lock = threading.Lock()  # core.score_prompt: one at a time
     app.state.started = int(time.time())
     app.add_middleware(_BodyLimit, max_bytes=settings.max_body_bytes)
     require_api_key = _auth(settings)

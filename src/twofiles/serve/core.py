@@ -15,6 +15,7 @@ What it reads from the app: `app.state.models` (name -> LoadedModel), `app.state
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
@@ -32,6 +33,10 @@ from twofiles.serve.settings import ServeSettings
 if TYPE_CHECKING:
     from twofiles.artifact import LoadedModel
     from twofiles.chat import ChatFormat, Message
+
+# One prompt token's score: its logprob (None for the first token) and the top alternatives
+# as (token id, logprob), most likely first.
+PromptTokenScore = tuple[float | None, list[tuple[int, float]]]
 
 
 def chat_format(app: FastAPI, model: str) -> ChatFormat:
@@ -240,6 +245,55 @@ async def generate_reply(
     }
 
 
+PROMPT_SCORE_ROWS = (
+    512  # prompt positions per lm_head call when scoring: [rows, vocab] floats at once
+)
+
+
+def _score_tokens(model: Any, ids: Sequence[int], top: int) -> list[PromptTokenScore]:
+    import torch
+
+    from twofiles.engine import model_device
+
+    device = model_device(model)
+    out: list[PromptTokenScore] = [(None, [])]  # the first token has no context to be scored in
+    with torch.inference_mode():
+        x = torch.tensor([list(ids[:-1])], dtype=torch.long, device=device)
+        h = model.hidden_states(x)[0]  # [T-1, dim]: position t predicts token t+1
+        target = torch.tensor(list(ids[1:]), dtype=torch.long, device=device)
+        for start in range(0, len(target), PROMPT_SCORE_ROWS):
+            logp = model.lm_head(h[start : start + PROMPT_SCORE_ROWS]).float().log_softmax(-1)
+            chosen = logp.gather(-1, target[start : start + PROMPT_SCORE_ROWS, None])[:, 0]
+            if top > 0:
+                values, indices = logp.topk(min(top, logp.shape[-1]), dim=-1)
+                alts = [list(zip(i, v)) for i, v in zip(indices.tolist(), values.tolist())]
+            else:
+                alts = [[] for _ in range(len(chosen))]
+            out.extend(zip(chosen.tolist(), alts))
+    return out
+
+
+async def score_prompt(
+    app: FastAPI, model: str, ids: Sequence[int], top: int
+) -> list[PromptTokenScore]:
+    """(log P(token | the tokens before it), the `top` most likely ids with their logprobs) for
+    each prompt token; the first gets (None, []). One forward over the prompt, the way evaluation
+    scores log-likelihoods (eval.backends.loglikelihood_tokens), so an endpoint evaluation
+    matches a local one.
+
+    It runs beside the scheduler's thread, not through it: the scheduler samples, this only reads
+    the weights (a forward is a pure function of them), and it needs no KV-cache slot. A lock
+    keeps scoring requests to one at a time, so they cannot pile up beside decoding."""
+    loaded = served_model(app, model)
+    lock: threading.Lock = app.state.score_lock
+
+    def score() -> list[PromptTokenScore]:
+        with lock:
+            return _score_tokens(loaded.model, ids, top)
+
+    return await asyncio.to_thread(score)
+
+
 def model_name(spec: str) -> str:
     """The name a model is served under when the user gives none: an alias as it is, a file's
     stem, or the directory's name for a directory or a file called model.safetensors."""
@@ -257,6 +311,7 @@ __all__ = [
     "gather_events",
     "generate_reply",
     "model_name",
+    "score_prompt",
     "served_model",
     "submit",
 ]

@@ -27,10 +27,12 @@ from twofiles.errors import TwofilesError
 from twofiles.scheduler import GenerationEvent, RequestHandle
 from twofiles.serve.core import (
     DeadlinePassed,
+    PromptTokenScore,
     chat_format,
     check_prompt,
     collect,
     gather_events,
+    score_prompt,
     served_model,
     submit,
 )
@@ -50,6 +52,15 @@ def _token_info(tokenizer: Any, token: int) -> tuple[str, list[int]]:
     raw = to_bytes(token) if to_bytes is not None else b""
     text = tokenizer.decode([token])
     return text, list(raw or text.encode("utf-8"))
+
+
+def _top_dict(tokenizer: Any, alternatives: Sequence[tuple[int, float]]) -> dict[str, float]:
+    """The legacy form's {token text: logprob}. Two ids may decode alike (partial UTF-8 bytes both
+    show as U+FFFD): the likelier one, listed first, keeps the key."""
+    out: dict[str, float] = {}
+    for tid, lp in alternatives:
+        out.setdefault(_token_info(tokenizer, tid)[0], lp)
+    return out
 
 
 def _chat_logprobs(tokenizer: Any, events: Sequence[GenerationEvent]) -> dict[str, Any]:
@@ -76,13 +87,40 @@ def _completion_logprobs(
         text, _ = _token_info(tokenizer, ev.token)
         tokens.append(text)
         token_logprobs.append(ev.logprob)
-        top.append({_token_info(tokenizer, tid)[0]: lp for tid, lp in ev.top_logprobs})
+        top.append(_top_dict(tokenizer, ev.top_logprobs))
         offsets.append(offset)
         offset += len(text)
     return {
         "tokens": tokens,
         "token_logprobs": token_logprobs,
         "top_logprobs": top,
+        "text_offset": offsets,
+    }
+
+
+def _prompt_logprobs(
+    tokenizer: Any, ids: Sequence[int], scores: Sequence[PromptTokenScore], text: str
+) -> dict[str, Any]:
+    """The prompt's tokens in the legacy completions form, the first one's logprob null. Offsets
+    are characters into the echoed `text`, from the tokens' bytes (special tokens add none)."""
+    texts = [_token_info(tokenizer, t)[0] for t in ids]
+    to_bytes = getattr(tokenizer, "token_to_bytes", None)
+    pieces = [to_bytes(t) if to_bytes is not None else s.encode() for t, s in zip(ids, texts)]
+    whole = b"".join(pieces)
+    offsets = []
+    if whole.decode("utf-8", "replace") == text:
+        seen = 0
+        for piece in pieces:  # a token may end inside a character: count only complete ones
+            offsets.append(len(whole[:seen].decode("utf-8", "ignore")))
+            seen += len(piece)
+    else:  # ids given as the prompt: the echo is their decoded text, special names included
+        offsets = [sum(len(t) for t in texts[:i]) for i in range(len(texts))]
+    return {
+        "tokens": texts,
+        "token_logprobs": [lp for lp, _ in scores],
+        "top_logprobs": [
+            _top_dict(tokenizer, alts) if lp is not None else None for lp, alts in scores
+        ],
         "text_offset": offsets,
     }
 
@@ -205,10 +243,21 @@ def add_openai_routes(app: FastAPI, require_api_key: Any) -> None:
         for ids in prompts:
             check_prompt(app, req.model, ids, "prompt")
         params = sampling_params(req, settings, default_max_tokens=16)
-        handles = submit(app, req.model, prompts, params, req.n, req.logprobs)
+        scored = None
+        if req.echo and req.logprobs is not None:  # the prompt's own logprobs, as vLLM gives them
+            scored = [
+                _prompt_logprobs(tok, ids, await score_prompt(app, req.model, ids, req.logprobs), t)
+                for t, ids in zip(texts, prompts)
+            ]
+        # max_tokens 0 (only with echo): the prompt comes back, nothing is generated
+        handles = (
+            []
+            if req.max_tokens == 0
+            else submit(app, req.model, prompts, params, req.n, req.logprobs)
+        )
         rid, created = f"cmpl-{secrets.token_hex(12)}", int(time.time())
         base = {"id": rid, "object": "text_completion", "created": created, "model": req.model}
-        echoes = [texts[i // req.n] if req.echo else "" for i in range(len(handles))]
+        echoes = [texts[i // req.n] if req.echo else "" for i in range(len(prompts) * req.n)]
         prompt_tokens = sum(len(p) for p in prompts)
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
@@ -224,18 +273,23 @@ def add_openai_routes(app: FastAPI, require_api_key: Any) -> None:
                     settings.request_timeout_s,
                 )
             )
-        results = await collect(request, handles, settings.request_timeout_s)
-        choices = [
-            {
-                "index": i,
-                "text": echoes[i] + h.text,
-                "logprobs": _completion_logprobs(tok, events, len(echoes[i]))
-                if req.logprobs is not None
-                else None,
-                "finish_reason": h.finish_reason,
-            }
-            for i, (h, events) in enumerate(zip(handles, results))
-        ]
+        results = await collect(request, handles, settings.request_timeout_s) if handles else []
+        choices = []
+        for i, echo in enumerate(echoes):
+            h, events = (handles[i], results[i]) if handles else (None, [])
+            logprobs = None
+            if req.logprobs is not None:
+                logprobs = _completion_logprobs(tok, events, len(echo))
+                if scored is not None:
+                    logprobs = {k: scored[i // req.n][k] + logprobs[k] for k in logprobs}
+            choices.append(
+                {
+                    "index": i,
+                    "text": echo + (h.text if h else ""),
+                    "logprobs": logprobs,
+                    "finish_reason": h.finish_reason if h else "length",
+                }
+            )
         return {**base, "choices": choices, "usage": _usage(prompt_tokens, handles)}
 
 
