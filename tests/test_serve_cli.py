@@ -110,3 +110,85 @@ def test_model_names():
     assert model_name("smollm2") == "smollm2"
     assert model_name("/x/SmolLM2.Q4_1.gguf") == "SmolLM2.Q4_1"
     assert model_name("hf/Qwen2-0.5B/") == "Qwen2-0.5B"
+
+
+# ---------------------------------------------------------------------------------------------
+# one spelling per idea across verbs
+
+
+def _options(parser, path=()):
+    """(verb path, action) for every option of every verb and sub-verb."""
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _options(sub, (*path, name))
+        elif not isinstance(action, argparse._HelpAction):
+            yield path, action
+
+
+def _flags(parser, *path):
+    return {s for p, a in _options(parser) if p == path for s in a.option_strings}
+
+
+def test_every_verb_is_listed_and_every_flag_has_help(capsys):
+    import pkgutil
+
+    import twofiles.cli
+    from twofiles.cli import VERBS, build_parser
+
+    modules = {m.name for m in pkgutil.iter_modules(twofiles.cli.__path__)} - {"common"}
+    assert modules == {m.rsplit(".", 1)[1] for m, _ in VERBS.values()}
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    listing = capsys.readouterr().out
+    for verb, (_, about) in VERBS.items():
+        assert f"    {verb}" in listing and about.split()[0] in listing, verb
+    parser = build_parser()
+    undocumented = [
+        (" ".join(path), a.option_strings or a.dest)
+        for path, a in _options(parser)
+        if not (a.help or "").strip()
+    ]
+    assert undocumented == []
+
+
+def test_canonical_spellings_where_a_model_runs():
+    from twofiles.cli import build_parser
+    from twofiles.cli.common import DeprecatedAlias
+
+    parser = build_parser()
+    for path in (("generate",), ("chat",), ("serve",), ("eval",), ("arena", "battle")):
+        assert {"--device", "--quantize", "--group-size", "--threads"} <= _flags(parser, *path), (
+            path
+        )
+    for path in (("generate",), ("chat",)):  # they decode through the forward torch.compile wraps
+        assert "--compile" in _flags(parser, *path), path
+    for path in (("pretrain",), ("sft",), ("eval",), ("arena", "battle")):
+        assert "--batch-size" in _flags(parser, *path), path
+    for path in (("pretrain",), ("sft",)):
+        assert "--time-budget" in _flags(parser, *path), path
+    old = [
+        (path, a.option_strings)
+        for path, a in _options(parser)
+        if "--batch" in a.option_strings and not isinstance(a, DeprecatedAlias)
+    ]
+    assert old == []  # --batch survives only as a deprecated alias
+
+
+def test_old_spellings_still_work_with_a_note(capsys):
+    from twofiles.cli import build_parser
+    from twofiles.cli.common import comma_list
+
+    parser = build_parser()
+    args = parser.parse_args(["eval", "m", "--batch", "4"])
+    assert args.batch_size == 4
+    assert "--batch is deprecated; use --batch-size" in capsys.readouterr().err
+    assert parser.parse_args(["eval", "m"]).batch_size == 8  # the alias leaves the default alone
+    assert capsys.readouterr().err == ""
+    args = parser.parse_args(
+        ["arena", "battle", "--models", "a,b=x.gguf", "c", "--prompts", "p", "--batch-size", "2"]
+    )
+    assert comma_list(args.models) == ["a", "b=x.gguf", "c"] and args.batch_size == 2

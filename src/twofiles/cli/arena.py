@@ -18,14 +18,26 @@ from __future__ import annotations
 import argparse
 import sys
 
-from twofiles.cli.common import add_device_flag, add_json_flag, emit_json
+from twofiles.cli.common import (
+    add_batch_size_flag,
+    add_device_flag,
+    add_inference_flags,
+    add_json_flag,
+    comma_list,
+    emit_json,
+    prepare_model,
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="arena_cmd", metavar="CMD", required=True)
     b = sub.add_parser("battle", help="generate replies, judge pairs anonymously, store the votes")
     b.add_argument(
-        "--models", nargs="+", required=True, metavar="[NAME=]MODEL", help="two or more models"
+        "--models",
+        nargs="+",
+        required=True,
+        metavar="[NAME=]MODEL",
+        help="two or more models, comma-separated (space-separated also works)",
     )
     b.add_argument(
         "--prompts",
@@ -52,14 +64,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     b.add_argument(
         "--max-tokens", type=int, default=256, help="longest reply in tokens (default 256)"
     )
-    b.add_argument(
-        "--batch", type=int, default=8, help="prompts per batch when generating (default 8)"
-    )
+    add_batch_size_flag(b, default=8, what="prompts")
     b.add_argument(
         "--seed", type=int, default=0, help="seed for pairings and side swaps (default 0)"
     )
     add_device_flag(b)
-    b.add_argument("--no-progress", action="store_true")
+    add_inference_flags(b)
+    b.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_json_flag(b)
     lb = sub.add_parser(
         "leaderboard", help="ratings with bootstrap intervals from the stored votes"
@@ -80,14 +91,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=200,
         help="bootstrap rounds for the intervals (default 200)",
     )
-    lb.add_argument("--seed", type=int, default=0)
+    lb.add_argument(
+        "--seed", type=int, default=0, help="seed for the bootstrap resamples (default 0)"
+    )
     lb.add_argument(
         "--png", default=None, help="also draw the leaderboard with its intervals to this PNG"
     )
     add_json_flag(lb)
 
 
-def _contestant(arg: str, device, loaded: dict):
+def _contestant(arg: str, device, loaded: dict, args: argparse.Namespace):
     from twofiles.arena.battle import Contestant
     from twofiles.engine import resolve_model
     from twofiles.eval.backends import EndpointBackend, LocalBackend
@@ -103,7 +116,9 @@ def _contestant(arg: str, device, loaded: dict):
             raise TwofilesError(f"{spec}: an endpoint model is URL#MODEL_NAME")
         return Contestant(name or model_name, EndpointBackend(url, model_name), spec)
     if spec not in loaded:  # a model that also judges is loaded once
-        loaded[spec] = LocalBackend(resolve_model(spec, device=device), name=spec)
+        model = resolve_model(spec, device=device)
+        prepare_model(model, args, layout=False)
+        loaded[spec] = LocalBackend(model, name=spec)
     return Contestant(name or spec, loaded[spec], spec)
 
 
@@ -124,6 +139,7 @@ def _battle(args: argparse.Namespace) -> int:
     from twofiles.errors import TwofilesError
     from twofiles.runtime import pick_device
 
+    args.models = comma_list(args.models)
     if len(args.models) < 2:
         raise TwofilesError("--models: give at least two")
     prompts = read_prompts(args.prompts)[: args.limit]
@@ -143,11 +159,11 @@ def _battle(args: argparse.Namespace) -> int:
                 f"--judge reference: every prompt in {args.prompts} needs a reference answer"
             )
     elif args.judge.startswith("model:"):
-        judge_contestant = _contestant(args.judge[len("model:") :], device, loaded)
+        judge_contestant = _contestant(args.judge[len("model:") :], device, loaded, args)
         judge = ModelJudge(judge_contestant.backend, name=f"model:{judge_contestant.name}")
     else:
         raise TwofilesError(f"--judge {args.judge}: expected human, reference or model:MODEL")
-    contestants = [_contestant(m, device, loaded) for m in args.models]
+    contestants = [_contestant(m, device, loaded, args) for m in args.models]
     print(
         f"arena: {len(contestants)} models, {len(prompts)} prompts, judge {judge.name}, votes to {args.db}",
         file=sys.stderr,
@@ -160,7 +176,7 @@ def _battle(args: argparse.Namespace) -> int:
         max_tokens=args.max_tokens,
         pairs_per_prompt=args.pairs_per_prompt,
         seed=args.seed,
-        batch_size=args.batch,
+        batch_size=args.batch_size,
         progress=not args.no_progress,
     )
     mine = [b for b in store.battles() if b.id in set(ids)]

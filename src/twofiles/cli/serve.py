@@ -15,7 +15,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from twofiles.cli.common import add_device_flag, add_json_flag, emit_json
+from twofiles.cli.common import (
+    add_device_flag,
+    add_inference_flags,
+    add_json_flag,
+    emit_json,
+    prepare_model,
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -86,25 +92,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="seconds before a request is cancelled (default 300)",
     )
     add_device_flag(p)
-    p.add_argument(
-        "--quantize",
-        choices=("none", "int8", "int4"),
-        default="none",
-        help="weight-only quantization of every model: int8 per channel, int4 in groups (default none)",
-    )
-    p.add_argument(
-        "--group-size",
-        type=int,
-        default=32,
-        help="int4 group size: 32, 64, 128 or 256 (default 32)",
-    )
-    p.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        metavar="N",
-        help="CPU threads for torch (default: torch's choice)",
-    )
+    add_inference_flags(p)
     add_json_flag(p)
 
 
@@ -146,7 +134,6 @@ def run(args: argparse.Namespace) -> int:
             f"serving needs the 'serve' extra ({e.name} is missing): pip install 'twofiles[serve]'"
         ) from None
     from twofiles.engine import resolve_model
-    from twofiles.quant import prepare_for_inference
     from twofiles.runtime import pick_device
 
     keys = list(args.api_key) + (_read_keys(args.api_keys_file) if args.api_keys_file else [])
@@ -186,9 +173,7 @@ def run(args: argparse.Namespace) -> int:
         models[name] = resolve_model(spec, device=device)
         n_params = sum(p.numel() for p in models[name].model.parameters())
         # the same preparation as `generate`: inference dtype (bf16 weights on CUDA), quantization, threads
-        setup = prepare_for_inference(
-            models[name], quantize=args.quantize, group_size=args.group_size, threads=args.threads
-        )
+        setup = prepare_model(models[name], args)
         print(
             f"model {name} ({spec}): {n_params / 1e6:.2f}M parameters, {device.type} ({why}), loaded in {time.perf_counter() - t0:.2f}s; {'; '.join(setup.reasons)}",
             file=sys.stderr,
