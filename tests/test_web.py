@@ -675,6 +675,7 @@ def test_api_key_guards_the_routes_not_the_pages(tmp_path):
     )  # opened on first use only
 
 
+@pytest.mark.slow
 def test_default_databases_are_shared_by_the_web_ui_and_the_verbs(tmp_path, monkeypatch, capsys):
     """Votes and thumbs through the web routes with no database named anywhere; then
     `twofiles arena leaderboard` and `twofiles feedback export` with no --db read them."""
