@@ -204,9 +204,26 @@ def prepare_model(
     """add_inference_flags' flags applied to a loaded model (quant.prepare_for_inference).
     `layout` False keeps the model's own layout and precision (fused, packed, cast weights)
     unless quantization is asked for: evaluation's numbers then match a training run's."""
-    from twofiles.quant import prepare_for_inference
+    from twofiles.quant import InferenceSetup, prepare_for_inference
 
     changed = args.quantize != "none"
+    if not layout and not changed:
+        import torch
+
+        from twofiles.errors import TwofilesError
+
+        if args.threads is not None:
+            if args.threads < 1:
+                raise TwofilesError(f"--threads {args.threads}: must be >= 1")
+            torch.set_num_threads(args.threads)
+        dtype = str(next(loaded.model.parameters()).dtype).replace("torch.", "")
+        return InferenceSetup(
+            quantize="none",
+            dtype=dtype,
+            compiled=False,
+            threads=torch.get_num_threads(),
+            reasons=[f"the model's own {dtype} layout", f"{torch.get_num_threads()} CPU threads"],
+        )
     return prepare_for_inference(
         loaded,
         quantize=args.quantize,
