@@ -14,6 +14,7 @@ import pytest
 
 from tiny_models import random_model, tiny_tokenizer
 from twofiles.cli import main
+from twofiles.paths import default_db
 from twofiles.serve.app import model_name
 
 
@@ -51,6 +52,8 @@ def test_serves_until_interrupted(model_path, tmp_path):
             "int8",
             "--threads",
             "1",
+            "--arena-db",
+            str(tmp_path / "votes.sqlite"),
             "--json",
         ],
         stdout=subprocess.PIPE,
@@ -63,6 +66,10 @@ def test_serves_until_interrupted(model_path, tmp_path):
         summary = json.loads(proc.stdout.readline())
         assert "/v1" in first and summary["models"] == ["mine", "base"] and summary["auth"] is True
         assert summary["url"].startswith("http://127.0.0.1:")
+        assert summary["arena_db"] == str(tmp_path / "votes.sqlite")
+        assert summary["feedback_db"] == str(
+            default_db("feedback")
+        )  # where `feedback export` looks
         client = openai.OpenAI(
             base_url=summary["base_url"], api_key="secret-2", max_retries=0, timeout=60
         )

@@ -91,6 +91,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="seconds before a request is cancelled (default 300)",
     )
+    p.add_argument(
+        "--arena-db",
+        default=None,
+        metavar="PATH",
+        help="where the web arena's votes go (default: $TWOFILES_ARENA_DB or "
+        "~/.cache/twofiles/arena.sqlite, where `twofiles arena` looks without --db)",
+    )
+    p.add_argument(
+        "--feedback-db",
+        default=None,
+        metavar="PATH",
+        help="where the web UI's thumbs and corrections go (default: $TWOFILES_FEEDBACK_DB or "
+        "~/.cache/twofiles/feedback.sqlite, where `twofiles feedback export` looks without --db)",
+    )
     add_device_flag(p)
     add_inference_flags(p)
     add_json_flag(p)
@@ -121,6 +135,7 @@ def run(args: argparse.Namespace) -> int:
     import dataclasses
     import socket
     import time
+    from pathlib import Path
 
     from twofiles.errors import TwofilesError
     from twofiles.serve.settings import ServeSettings
@@ -179,6 +194,11 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     app = create_app(models, settings)
+    web = app.state.web  # its databases open on first use: they may still be moved
+    if args.arena_db:
+        web.arena_db = Path(args.arena_db)
+    if args.feedback_db:
+        web.feedback_db = Path(args.feedback_db)
 
     try:
         sock = socket.create_server((args.host, args.port))
@@ -194,6 +214,10 @@ def run(args: argparse.Namespace) -> int:
             f"warning: listening on {args.host} without --api-key: anyone who can reach this machine can use it",
             file=sys.stderr,
         )
+    print(
+        f"web UI at {url}/: arena votes -> {web.arena_db}, feedback -> {web.feedback_db}",
+        file=sys.stderr,
+    )
     print(f"serving {', '.join(models)} at {url}/v1 (OpenAI-compatible; Ctrl-C stops)", flush=True)
     if args.json:
         emit_json(
@@ -203,6 +227,8 @@ def run(args: argparse.Namespace) -> int:
                 "models": list(models),
                 "max_seqs": settings.max_seqs,
                 "auth": bool(keys),
+                "arena_db": str(web.arena_db),
+                "feedback_db": str(web.feedback_db),
             }
         )
     server = uvicorn.Server(
