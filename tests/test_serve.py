@@ -248,6 +248,95 @@ def test_completions_equal_the_engine(server, models):
     assert echo.choices[0].text.startswith("to be") and echo.choices[3].text.startswith("not")
 
 
+def _naive_prompt_logprobs(model, ids):
+    """log P(ids[t] | ids[:t]) for t >= 1 from one plain forward (the reference)."""
+    import torch
+
+    with torch.inference_mode():
+        logp = model(torch.tensor([ids]))[0].float().log_softmax(-1)  # [T, V]
+    return [float(logp[t - 1, ids[t]]) for t in range(1, len(ids))], logp
+
+
+def test_echo_logprobs_score_the_prompt(server, models):
+    """echo + logprobs + max_tokens 0: the prompt's tokens, each with its log-probability given
+    those before it (the first: null), in the legacy form, with offsets into the echoed text."""
+    m, text = models["tiny"], "to be, or not to be: Zürich's naïve café"
+    ids = encode_prompt(m.tokenizer, text)
+    code, _, r = server.raw(
+        "POST",
+        "/v1/completions",
+        json.dumps({"model": "tiny", "prompt": text, "echo": True, "logprobs": 2, "max_tokens": 0}),
+    )
+    assert code == 200, r
+    (choice,) = r["choices"]
+    assert choice["text"] == text and choice["finish_reason"] == "length"
+    lp = choice["logprobs"]
+    assert lp["tokens"] == [m.tokenizer.decode([t]) for t in ids]
+    assert lp["token_logprobs"][0] is None and lp["top_logprobs"][0] is None
+    want, logp = _naive_prompt_logprobs(m.model, ids)
+    assert lp["token_logprobs"][1:] == pytest.approx(want, abs=1e-5)
+    for t in range(1, len(ids)):
+        tops = lp["top_logprobs"][t]
+        assert 1 <= len(tops) <= 2 and max(tops.values()) == pytest.approx(
+            float(logp[t - 1].max()), abs=1e-5
+        )
+    # offsets: characters into the text; the tokens' bytes rebuild it piece by piece
+    offsets = lp["text_offset"]
+    assert offsets[0] == 0 and offsets == sorted(offsets) and offsets[-1] < len(text)
+    rebuilt = b"".join(m.tokenizer.token_to_bytes(t) for t in ids).decode()
+    assert rebuilt == text
+    assert [
+        len(b"".join(m.tokenizer.token_to_bytes(t) for t in ids[:i]).decode("utf-8", "ignore"))
+        for i in range(len(ids))
+    ] == offsets
+    assert r["usage"]["completion_tokens"] == 0 and r["usage"]["prompt_tokens"] == len(ids)
+
+    # with max_tokens > 0 the generated tokens follow the prompt's, as vLLM returns them
+    r = server.client().completions.create(
+        model="tiny", prompt=text, echo=True, logprobs=1, max_tokens=3, temperature=0
+    )
+    lp = r.choices[0].logprobs
+    assert len(lp.tokens) == len(ids) + 3 and r.choices[0].text.startswith(text)
+    assert lp.token_logprobs[1 : len(ids)] == pytest.approx(want, abs=1e-5)
+    assert lp.text_offset[len(ids)] == len(text)
+
+
+def test_endpoint_eval_equals_local_eval(server, models, tmp_path):
+    """`eval --endpoint` against this server scores multiple choice and bits per byte as the
+    local backend does on the same model: the same log-likelihoods, to float noise."""
+    from twofiles.eval.backends import EndpointBackend, LocalBackend
+    from twofiles.eval.runner import run_task
+    from twofiles.eval.tasks import load_spec
+
+    rows = [
+        {"q": "to be or not to", "c": [" be", " see", "be"], "a": " be"},
+        {
+            "q": "Where is Zürich? In",
+            "c": [" Switzerland", " Austria", " Ünterland"],
+            "a": " Switzerland",
+        },
+        {"q": "The king said:", "c": [" whether tis nobler", " no", "x"], "a": " no"},
+    ]
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "mc.toml").write_text(
+        'type = "multiple_choice"\ndata = "d.jsonl"\nprompt = "{q}"\nchoices = "c"\nanswer = "a"\n'
+    )
+    spec = load_spec(str(tmp_path / "mc.toml"))
+    local = run_task(LocalBackend(models["tiny"], name="tiny"), spec, progress=False)
+    remote = run_task(EndpointBackend(server.url, "tiny"), spec, progress=False)
+    assert len(local.samples) == len(remote.samples) == len(rows)
+    for a, b in zip(local.samples, remote.samples):
+        assert b["loglikelihoods"] == pytest.approx(a["loglikelihoods"], abs=1e-4)
+    assert remote.value == local.value
+
+    # one document: local scoring runs documents together in windows, the endpoint one at a time
+    texts = ["to be, or not to be, that is the question: Zürich, naïve"]
+    want = LocalBackend(models["tiny"]).bits_per_byte(texts, seq_len=128)
+    got = EndpointBackend(server.url, "tiny").bits_per_byte(texts, seq_len=128)
+    assert (got.tokens, got.bytes) == (want.tokens, want.bytes)
+    assert got.bits_per_byte == pytest.approx(want.bits_per_byte, abs=1e-4)
+
+
 def test_tool_call_is_parsed(server):
     r = server.client().chat.completions.create(
         model="scripted", messages=TOOL_QUESTION, tools=[CALCULATOR], temperature=0
@@ -378,6 +467,22 @@ def test_bad_chat_requests_get_4xx_with_a_message(server, body, status, words):
         ({"model": "tiny", "prompt": {"a": 1}}, ["prompt"]),
         ({"model": "tiny", "prompt": "to be " * 300}, ["prompt is", "shorten the prompt"]),
         ({"model": "tiny", "prompt": [[1, 2], []]}, ["prompt[1]"]),
+        ({"model": "tiny", "prompt": "x", "max_tokens": 0}, ["max_tokens", "echo"]),
+        (
+            {"model": "tiny", "prompt": "x", "echo": True, "logprobs": 1, "stream": True},
+            ["stream", "prompt logprobs"],
+        ),
+        ({"model": "tiny", "prompt": "x", "echo": True, "max_tokens": -1}, ["max_tokens"]),
+        (
+            {
+                "model": "tiny",
+                "prompt": "to be " * 300,
+                "echo": True,
+                "logprobs": 1,
+                "max_tokens": 0,
+            },
+            ["prompt is", "shorten the prompt"],
+        ),
     ],
 )
 def test_bad_completion_requests_get_400(server, body, words):

@@ -14,6 +14,7 @@ import pytest
 
 from tiny_models import random_model, tiny_tokenizer
 from twofiles.cli import main
+from twofiles.paths import default_db
 from twofiles.serve.app import model_name
 
 
@@ -51,6 +52,8 @@ def test_serves_until_interrupted(model_path, tmp_path):
             "int8",
             "--threads",
             "1",
+            "--arena-db",
+            str(tmp_path / "votes.sqlite"),
             "--json",
         ],
         stdout=subprocess.PIPE,
@@ -63,6 +66,10 @@ def test_serves_until_interrupted(model_path, tmp_path):
         summary = json.loads(proc.stdout.readline())
         assert "/v1" in first and summary["models"] == ["mine", "base"] and summary["auth"] is True
         assert summary["url"].startswith("http://127.0.0.1:")
+        assert summary["arena_db"] == str(tmp_path / "votes.sqlite")
+        assert summary["feedback_db"] == str(
+            default_db("feedback")
+        )  # where `feedback export` looks
         client = openai.OpenAI(
             base_url=summary["base_url"], api_key="secret-2", max_retries=0, timeout=60
         )
@@ -110,3 +117,85 @@ def test_model_names():
     assert model_name("smollm2") == "smollm2"
     assert model_name("/x/SmolLM2.Q4_1.gguf") == "SmolLM2.Q4_1"
     assert model_name("hf/Qwen2-0.5B/") == "Qwen2-0.5B"
+
+
+# ---------------------------------------------------------------------------------------------
+# one spelling per idea across verbs
+
+
+def _options(parser, path=()):
+    """(verb path, action) for every option of every verb and sub-verb."""
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _options(sub, (*path, name))
+        elif not isinstance(action, argparse._HelpAction):
+            yield path, action
+
+
+def _flags(parser, *path):
+    return {s for p, a in _options(parser) if p == path for s in a.option_strings}
+
+
+def test_every_verb_is_listed_and_every_flag_has_help(capsys):
+    import pkgutil
+
+    import twofiles.cli
+    from twofiles.cli import VERBS, build_parser
+
+    modules = {m.name for m in pkgutil.iter_modules(twofiles.cli.__path__)} - {"common"}
+    assert modules == {m.rsplit(".", 1)[1] for m, _ in VERBS.values()}
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    listing = capsys.readouterr().out
+    for verb, (_, about) in VERBS.items():
+        assert f"    {verb}" in listing and about.split()[0] in listing, verb
+    parser = build_parser()
+    undocumented = [
+        (" ".join(path), a.option_strings or a.dest)
+        for path, a in _options(parser)
+        if not (a.help or "").strip()
+    ]
+    assert undocumented == []
+
+
+def test_canonical_spellings_where_a_model_runs():
+    from twofiles.cli import build_parser
+    from twofiles.cli.common import DeprecatedAlias
+
+    parser = build_parser()
+    for path in (("generate",), ("chat",), ("serve",), ("eval",), ("arena", "battle")):
+        assert {"--device", "--quantize", "--group-size", "--threads"} <= _flags(parser, *path), (
+            path
+        )
+    for path in (("generate",), ("chat",)):  # they decode through the forward torch.compile wraps
+        assert "--compile" in _flags(parser, *path), path
+    for path in (("pretrain",), ("sft",), ("eval",), ("arena", "battle")):
+        assert "--batch-size" in _flags(parser, *path), path
+    for path in (("pretrain",), ("sft",)):
+        assert "--time-budget" in _flags(parser, *path), path
+    old = [
+        (path, a.option_strings)
+        for path, a in _options(parser)
+        if "--batch" in a.option_strings and not isinstance(a, DeprecatedAlias)
+    ]
+    assert old == []  # --batch survives only as a deprecated alias
+
+
+def test_old_spellings_still_work_with_a_note(capsys):
+    from twofiles.cli import build_parser
+    from twofiles.cli.common import comma_list
+
+    parser = build_parser()
+    args = parser.parse_args(["eval", "m", "--batch", "4"])
+    assert args.batch_size == 4
+    assert "--batch is deprecated; use --batch-size" in capsys.readouterr().err
+    assert parser.parse_args(["eval", "m"]).batch_size == 8  # the alias leaves the default alone
+    assert capsys.readouterr().err == ""
+    args = parser.parse_args(
+        ["arena", "battle", "--models", "a,b=x.gguf", "c", "--prompts", "p", "--batch-size", "2"]
+    )
+    assert comma_list(args.models) == ["a", "b=x.gguf", "c"] and args.batch_size == 2

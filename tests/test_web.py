@@ -673,3 +673,51 @@ def test_api_key_guards_the_routes_not_the_pages(tmp_path):
     assert (
         not (tmp_path / "f.sqlite").exists() and not (tmp_path / "a.sqlite").exists()
     )  # opened on first use only
+
+
+@pytest.mark.slow
+def test_default_databases_are_shared_by_the_web_ui_and_the_verbs(tmp_path, monkeypatch, capsys):
+    """Votes and thumbs through the web routes with no database named anywhere; then
+    `twofiles arena leaderboard` and `twofiles feedback export` with no --db read them."""
+    from twofiles.cli import main
+    from twofiles.paths import default_db
+
+    for var in ("TWOFILES_CACHE", "TWOFILES_ARENA_DB", "TWOFILES_FEEDBACK_DB"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert default_db("arena") == tmp_path / ".cache" / "twofiles" / "arena.sqlite"
+    app = _build_app(_tiny_models())
+    assert app.state.web.arena_db == default_db("arena")
+    with _Server(app) as server:
+        code, battle = _post(server.url + "/arena/battle", {"prompt": "Hi", "max_tokens": 3})
+        assert code == 200, battle
+        code, vote = _post(
+            server.url + "/arena/vote", {"battle_id": battle["battle_id"], "winner": "a"}
+        )
+        assert code == 200, vote
+        messages = [{"role": "user", "content": "2+2?"}]
+        for reply, rating in (("4", "up"), ("5", "down")):
+            body = {"model": "tiny-alpha", "messages": messages, "reply": reply, "rating": rating}
+            assert _post(server.url + "/feedback", body)[0] == 200
+    assert default_db("feedback").is_file()
+
+    capsys.readouterr()
+    assert main(["arena", "leaderboard", "--json", "--bootstrap", "10"]) == 0
+    board = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert board["db"] == str(default_db("arena")) and board["votes"] == 1
+    assert {r["model"] for r in board["leaderboard"]} == {"tiny-alpha", "tiny-beta"}
+
+    out = tmp_path / "export"
+    assert main(["feedback", "export", "--out", str(out), "--arena-db", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["rows"] == 2 and summary["arena_preferences"] == 1
+    pairs = [json.loads(line) for line in (out / "preferences.jsonl").read_text().splitlines()]
+    assert any(
+        p["chosen"][-1]["content"] == "4" and p["rejected"][-1]["content"] == "5" for p in pairs
+    )
+
+    # a named path or the environment still wins
+    monkeypatch.setenv("TWOFILES_ARENA_DB", str(tmp_path / "elsewhere.sqlite"))
+    assert default_db("arena") == tmp_path / "elsewhere.sqlite"
+    assert main(["arena", "leaderboard"]) == 2
+    assert "elsewhere.sqlite" in capsys.readouterr().err

@@ -15,9 +15,11 @@ import sys
 
 from twofiles.cli.common import (
     add_device_flag,
+    add_inference_flags,
     add_json_flag,
     add_sampling_flags,
     emit_json,
+    prepare_model,
     sampling_params,
 )
 
@@ -61,6 +63,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="System 2: sample N replies per turn (one batch), majority-vote their final numbers, show the winner (default 1 = off)",
     )
     add_device_flag(p)
+    add_inference_flags(p, compile=True)
     add_json_flag(p)
 
 
@@ -181,12 +184,11 @@ def run(args: argparse.Namespace) -> int:
         file=err,
     )
     from twofiles.model import Transformer
-    from twofiles.quant import prepare_for_inference
 
     if isinstance(
         loaded.model, Transformer
     ):  # the inference layout generate and serve use (fp32 decode ~1.5x)
-        print(f"inference: {'; '.join(prepare_for_inference(loaded).reasons)}", file=err)
+        print(f"inference: {'; '.join(prepare_model(loaded, args).reasons)}", file=err)
     if fmt.builtin and not loaded.chat_template:
         print(
             "this model has no chat template: using twofiles' built-in one (a base model was never taught it: expect text, not answers)",

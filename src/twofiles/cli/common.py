@@ -9,7 +9,9 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from twofiles.artifact import LoadedModel
     from twofiles.engine import SamplingParams
+    from twofiles.quant import InferenceSetup
 
 
 def add_json_flag(parser: argparse.ArgumentParser) -> None:
@@ -108,3 +110,127 @@ def add_training_run_flags(parser: argparse.ArgumentParser) -> None:
         "--resume", action="store_true", help="continue exactly from the newest checkpoint in --out"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+class DeprecatedAlias(argparse.Action):
+    """An old spelling of a flag: it still works, and says on stderr which spelling to use."""
+
+    def __init__(self, option_strings: list[str], dest: str, *, canonical: str, **kw: Any) -> None:
+        self.canonical = canonical
+        kw.setdefault("help", f"old spelling of {canonical} (still accepted)")
+        super().__init__(option_strings, dest, **kw)
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        print(
+            f"twofiles: {option_string} is deprecated; use {self.canonical}",
+            file=sys.stderr,
+        )
+        setattr(namespace, self.dest, values)
+
+
+def add_alias(parser: argparse.ArgumentParser, old: str, canonical: str, **kw: Any) -> None:
+    """Accept `old` as a deprecated spelling of the already-added flag `canonical`."""
+    action = next(a for a in parser._actions if canonical in a.option_strings)
+    parser.add_argument(
+        old,
+        dest=action.dest,
+        action=DeprecatedAlias,
+        canonical=canonical,
+        type=action.type,
+        metavar=action.metavar,
+        default=argparse.SUPPRESS,  # the canonical flag's default stands
+        **kw,
+    )
+
+
+def add_batch_size_flag(parser: argparse.ArgumentParser, *, default: int, what: str) -> None:
+    """--batch-size, the one spelling across verbs (--batch still works)."""
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=default,
+        metavar="N",
+        help=f"{what} per forward pass (default {default})",
+    )
+    add_alias(parser, "--batch", "--batch-size")
+
+
+def comma_list(value: str | list[str] | None) -> list[str]:
+    """A comma-separated list (the one list spelling across verbs); also takes the items of an
+    nargs="+" flag, each of which may itself be a comma list. Empty items are dropped."""
+    items = [value] if isinstance(value, str) else list(value or [])
+    return [x.strip() for item in items for x in item.split(",") if x.strip()]
+
+
+def add_inference_flags(parser: argparse.ArgumentParser, *, compile: bool = False) -> None:
+    """--quantize, --group-size and --threads for every verb that runs a model; --compile where
+    the verb decodes through the model's forward (generate, chat), the part torch.compile wraps."""
+    parser.add_argument(
+        "--quantize",
+        choices=("none", "int8", "int4"),
+        default="none",
+        help="weight-only quantization: int8 per channel, int4 in groups (default none)",
+    )
+    parser.add_argument(
+        "--group-size",
+        type=int,
+        default=32,
+        help="int4 group size: 32, 64, 128 or 256 (default 32)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="CPU threads for torch (default: torch's choice)",
+    )
+    if compile:
+        parser.add_argument(
+            "--compile",
+            action="store_true",
+            help="torch.compile the model (slow first tokens, faster after)",
+        )
+
+
+def prepare_model(
+    loaded: LoadedModel, args: argparse.Namespace, *, layout: bool = True
+) -> InferenceSetup:
+    """add_inference_flags' flags applied to a loaded model (quant.prepare_for_inference).
+    `layout` False keeps the model's own layout and precision (fused, packed, cast weights)
+    unless quantization is asked for: evaluation's numbers then match a training run's."""
+    from twofiles.quant import InferenceSetup, prepare_for_inference
+
+    changed = args.quantize != "none"
+    if not layout and not changed:
+        import torch
+
+        from twofiles.errors import TwofilesError
+
+        if args.threads is not None:
+            if args.threads < 1:
+                raise TwofilesError(f"--threads {args.threads}: must be >= 1")
+            torch.set_num_threads(args.threads)
+        dtype = str(next(loaded.model.parameters()).dtype).replace("torch.", "")
+        return InferenceSetup(
+            quantize="none",
+            dtype=dtype,
+            compiled=False,
+            threads=torch.get_num_threads(),
+            reasons=[f"the model's own {dtype} layout", f"{torch.get_num_threads()} CPU threads"],
+        )
+    return prepare_for_inference(
+        loaded,
+        quantize=args.quantize,
+        group_size=args.group_size,
+        compile=bool(getattr(args, "compile", False)),
+        threads=args.threads,
+        dtype="auto" if layout or changed else "fp32",
+        fuse=layout,
+        pack=layout,
+    )

@@ -13,7 +13,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-from twofiles.cli.common import add_device_flag, add_json_flag, emit_json
+from twofiles.cli.common import (
+    add_batch_size_flag,
+    add_device_flag,
+    add_inference_flags,
+    add_json_flag,
+    comma_list,
+    emit_json,
+    prepare_model,
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -41,7 +49,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="few-shot examples per prompt (default: each task's own)",
     )
-    p.add_argument("--batch", type=int, default=8, help="requests per forward pass (default 8)")
+    add_batch_size_flag(p, default=8, what="requests")
     p.add_argument(
         "--seed", type=int, default=0, help="seed for choosing few-shot examples (default 0)"
     )
@@ -70,6 +78,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--api-key", default=None, help="bearer token for the endpoint (default: $OPENAI_API_KEY)"
     )
     add_device_flag(p)
+    add_inference_flags(p)
     p.add_argument(
         "--out",
         default=None,
@@ -93,16 +102,14 @@ def run(args: argparse.Namespace) -> int:
             spec = load_spec(str(path))
             print(f"{name:<12} {spec.type:<16} {spec.description}")
         return 0
-    specs = [
-        load_spec(t.strip()) for t in args.tasks.split(",") if t.strip()
-    ]  # bad specs fail before a model loads
+    specs = [load_spec(t) for t in comma_list(args.tasks)]  # bad specs fail before a model loads
     if not specs:
         raise TwofilesError("--tasks: give at least one task")
     for name, value in (("--limit", args.limit), ("--shots", args.shots)):
         if value is not None and value < (1 if name == "--limit" else 0):
             raise TwofilesError(f"{name} {value}: must be >= {1 if name == '--limit' else 0}")
-    if args.batch < 1:
-        raise TwofilesError(f"--batch {args.batch}: must be >= 1")
+    if args.batch_size < 1:
+        raise TwofilesError(f"--batch-size {args.batch_size}: must be >= 1")
 
     from twofiles.eval.runner import evaluate, format_results, summary
 
@@ -129,10 +136,12 @@ def run(args: argparse.Namespace) -> int:
 
         device, why = pick_device(args.device)
         loaded = resolve_model(args.model, device=device)
+        # the model's own layout and precision unless quantized: scores comparable with training's
+        setup = prepare_model(loaded, args, layout=False)
         backend = LocalBackend(loaded, name=args.model, chat=args.chat)
         label = args.model
         print(
-            f"model {args.model} on {device.type} ({why}); prompts: {'chat template' if backend.is_chat else 'plain text'}",
+            f"model {args.model} on {device.type} ({why}); {'; '.join(setup.reasons)}; prompts: {'chat template' if backend.is_chat else 'plain text'}",
             file=sys.stderr,
         )
     results = evaluate(
@@ -140,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
         specs,
         limit=args.limit,
         shots=args.shots,
-        batch_size=args.batch,
+        batch_size=args.batch_size,
         seed=args.seed,
         progress=not args.no_progress,
     )

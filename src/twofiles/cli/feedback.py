@@ -1,10 +1,14 @@
 """Turn the thumbs and corrections people gave in the web UI into finetuning data.
 
-twofiles feedback export --db feedback.sqlite --out data/feedback
+twofiles feedback export --out data/feedback
   -> data/feedback/sft.jsonl          {"messages": [..., the good answer]}
      data/feedback/preferences.jsonl  {"messages": [...], "chosen": [...], "rejected": [...]}
 twofiles feedback export --db feedback.sqlite --arena-db arena.sqlite --out data/feedback
+twofiles feedback export --arena-db --out data/feedback     (both of the web UI's databases)
   (arena votes become preference pairs too: the winning reply over the losing one)
+
+Without --db it reads the database the web UI writes ($TWOFILES_FEEDBACK_DB, else
+~/.cache/twofiles/feedback.sqlite: twofiles.paths.default_db).
 """
 
 from __future__ import annotations
@@ -25,15 +29,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--db",
-        required=True,
+        default=None,
         metavar="PATH",
-        help="the feedback database (SQLite) the web UI writes",
+        help="the feedback database (SQLite; default: the one the web UI writes, "
+        "$TWOFILES_FEEDBACK_DB or ~/.cache/twofiles/feedback.sqlite)",
     )
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     p.add_argument(
         "--arena-db",
+        nargs="?",
+        const="",
+        default=None,
         metavar="PATH",
-        help="also turn the arena's votes into preference pairs (winner over loser; ties left out)",
+        help="also turn the arena's votes into preference pairs (winner over loser; ties left "
+        "out); without PATH: the arena database the web UI writes",
     )
     p.add_argument(
         "--skip-bad",
@@ -45,7 +54,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from twofiles.feedback import export_feedback
+    from twofiles.paths import default_db
 
+    args.db = str(args.db or default_db("feedback"))
+    if args.arena_db == "":
+        args.arena_db = str(default_db("arena"))
     summary = export_feedback(args.db, args.out, skip_bad=args.skip_bad, arena_db=args.arena_db)
     for why in summary.skipped:
         print(f"skipped {args.db}: {why}", file=sys.stderr)

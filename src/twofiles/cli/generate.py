@@ -13,9 +13,11 @@ import sys
 
 from twofiles.cli.common import (
     add_device_flag,
+    add_inference_flags,
     add_json_flag,
     add_sampling_flags,
     emit_json,
+    prepare_model,
     sampling_params,
 )
 
@@ -45,30 +47,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="print each step's choice and top K candidates (default K 5)",
     )
     add_device_flag(p)
-    p.add_argument(
-        "--quantize",
-        choices=("none", "int8", "int4"),
-        default="none",
-        help="weight-only quantization: int8 per channel, int4 in groups (default none)",
-    )
-    p.add_argument(
-        "--group-size",
-        type=int,
-        default=32,
-        help="int4 group size: 32, 64, 128 or 256 (default 32)",
-    )
-    p.add_argument(
-        "--compile",
-        action="store_true",
-        help="torch.compile the model (slow first tokens, faster after)",
-    )
-    p.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        metavar="N",
-        help="CPU threads for torch (default: torch's choice)",
-    )
+    add_inference_flags(p, compile=True)
     add_json_flag(p)
 
 
@@ -94,7 +73,6 @@ def run(args: argparse.Namespace) -> int:
 
     from twofiles.engine import encode_prompt, generate_steps, resolve_model
     from twofiles.errors import TwofilesError
-    from twofiles.quant import prepare_for_inference
     from twofiles.runtime import pick_device
 
     prompt = _read_prompt(args.prompt)
@@ -116,13 +94,7 @@ def run(args: argparse.Namespace) -> int:
         f"model {args.model}: {n_params / 1e6:.2f}M parameters, {device.type} ({why}), loaded in {time.perf_counter() - t0:.2f}s",
         file=sys.stderr,
     )
-    setup = prepare_for_inference(
-        loaded,
-        quantize=args.quantize,
-        group_size=args.group_size,
-        compile=args.compile,
-        threads=args.threads,
-    )
+    setup = prepare_model(loaded, args)
     print(f"inference: {'; '.join(setup.reasons)}; {setup.threads} threads", file=sys.stderr)
     print(
         f"seed {seed}" + ("" if args.seed is not None else " (pass --seed to repeat this sample)"),

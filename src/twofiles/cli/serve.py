@@ -15,7 +15,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from twofiles.cli.common import add_device_flag, add_json_flag, emit_json
+from twofiles.cli.common import (
+    add_device_flag,
+    add_inference_flags,
+    add_json_flag,
+    emit_json,
+    prepare_model,
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -85,26 +91,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="seconds before a request is cancelled (default 300)",
     )
-    add_device_flag(p)
     p.add_argument(
-        "--quantize",
-        choices=("none", "int8", "int4"),
-        default="none",
-        help="weight-only quantization of every model: int8 per channel, int4 in groups (default none)",
-    )
-    p.add_argument(
-        "--group-size",
-        type=int,
-        default=32,
-        help="int4 group size: 32, 64, 128 or 256 (default 32)",
-    )
-    p.add_argument(
-        "--threads",
-        type=int,
+        "--arena-db",
         default=None,
-        metavar="N",
-        help="CPU threads for torch (default: torch's choice)",
+        metavar="PATH",
+        help="where the web arena's votes go (default: $TWOFILES_ARENA_DB or "
+        "~/.cache/twofiles/arena.sqlite, where `twofiles arena` looks without --db)",
     )
+    p.add_argument(
+        "--feedback-db",
+        default=None,
+        metavar="PATH",
+        help="where the web UI's thumbs and corrections go (default: $TWOFILES_FEEDBACK_DB or "
+        "~/.cache/twofiles/feedback.sqlite, where `twofiles feedback export` looks without --db)",
+    )
+    add_device_flag(p)
+    add_inference_flags(p)
     add_json_flag(p)
 
 
@@ -133,6 +135,7 @@ def run(args: argparse.Namespace) -> int:
     import dataclasses
     import socket
     import time
+    from pathlib import Path
 
     from twofiles.errors import TwofilesError
     from twofiles.serve.settings import ServeSettings
@@ -146,7 +149,6 @@ def run(args: argparse.Namespace) -> int:
             f"serving needs the 'serve' extra ({e.name} is missing): pip install 'twofiles[serve]'"
         ) from None
     from twofiles.engine import resolve_model
-    from twofiles.quant import prepare_for_inference
     from twofiles.runtime import pick_device
 
     keys = list(args.api_key) + (_read_keys(args.api_keys_file) if args.api_keys_file else [])
@@ -186,14 +188,17 @@ def run(args: argparse.Namespace) -> int:
         models[name] = resolve_model(spec, device=device)
         n_params = sum(p.numel() for p in models[name].model.parameters())
         # the same preparation as `generate`: inference dtype (bf16 weights on CUDA), quantization, threads
-        setup = prepare_for_inference(
-            models[name], quantize=args.quantize, group_size=args.group_size, threads=args.threads
-        )
+        setup = prepare_model(models[name], args)
         print(
             f"model {name} ({spec}): {n_params / 1e6:.2f}M parameters, {device.type} ({why}), loaded in {time.perf_counter() - t0:.2f}s; {'; '.join(setup.reasons)}",
             file=sys.stderr,
         )
     app = create_app(models, settings)
+    web = app.state.web  # its databases open on first use: they may still be moved
+    if args.arena_db:
+        web.arena_db = Path(args.arena_db)
+    if args.feedback_db:
+        web.feedback_db = Path(args.feedback_db)
 
     try:
         sock = socket.create_server((args.host, args.port))
@@ -209,6 +214,10 @@ def run(args: argparse.Namespace) -> int:
             f"warning: listening on {args.host} without --api-key: anyone who can reach this machine can use it",
             file=sys.stderr,
         )
+    print(
+        f"web UI at {url}/: arena votes -> {web.arena_db}, feedback -> {web.feedback_db}",
+        file=sys.stderr,
+    )
     print(f"serving {', '.join(models)} at {url}/v1 (OpenAI-compatible; Ctrl-C stops)", flush=True)
     if args.json:
         emit_json(
@@ -218,6 +227,8 @@ def run(args: argparse.Namespace) -> int:
                 "models": list(models),
                 "max_seqs": settings.max_seqs,
                 "auth": bool(keys),
+                "arena_db": str(web.arena_db),
+                "feedback_db": str(web.feedback_db),
             }
         )
     server = uvicorn.Server(

@@ -25,7 +25,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--max-steps", type=int, default=None, help="fixed number of steps instead of a time budget"
     )
     add_device_flag(p)
-    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=1337,
+        help="seed for training, SFT and the samples (default 1337)",
+    )
     p.add_argument(
         "--no-sft", action="store_true", help="stop after the base model (skip the SFT stage)"
     )

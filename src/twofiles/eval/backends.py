@@ -405,8 +405,8 @@ class EndpointError(TwofilesError):
 class EndpointBackend:
     """An OpenAI-compatible server at `url` (e.g. http://127.0.0.1:8000 or .../v1). Replies come
     from /v1/chat/completions (temperature 0); log-likelihoods need /v1/completions with
-    `echo` and `logprobs` (vLLM, llama.cpp's server and twofiles serve may offer them; hosted chat
-    APIs do not)."""
+    `echo`, `logprobs` and `max_tokens` 0 (twofiles serve and vLLM offer them; hosted chat APIs do
+    not)."""
 
     url: str
     model_name: str
@@ -472,7 +472,10 @@ class EndpointBackend:
                 progress(1)
         return out
 
-    def _prompt_logprobs(self, text: str) -> tuple[list[float | None], list[int], list[str]]:
+    def _prompt_logprobs(self, text: str) -> tuple[list[float | None], list[int], list[Any]]:
+        """(token_logprobs, text_offset, top_logprobs) of `text` as a prompt: /v1/completions
+        with echo, logprobs 1 and max_tokens 0 (the legacy API's prompt log-probabilities, as
+        vLLM and twofiles serve return them)."""
         body = {
             "model": self.model_name,
             "prompt": text,
@@ -492,7 +495,7 @@ class EndpointBackend:
         except (EndpointError, KeyError, IndexError, TypeError) as e:
             raise TwofilesError(
                 f"the endpoint {self.url} cannot score log-likelihoods ({e}): multiple-choice and bits-per-byte tasks need prompt "
-                "logprobs from /v1/completions (echo=true, logprobs); run generative tasks only against it"
+                "logprobs from /v1/completions (echo=true, logprobs, max_tokens=0); run generative tasks only against it"
             ) from None
 
     def loglikelihood(
@@ -502,19 +505,25 @@ class EndpointBackend:
         batch_size: int = 8,
         progress: Progress | None = None,
     ) -> list[tuple[float, bool]]:
+        """Context and continuation go as one text; the continuation's tokens are those that end
+        past the context (a token spanning the boundary counts as the continuation's, as in
+        LocalBackend's split), summed. Greedy: each of them is the endpoint's top-1."""
         out = []
         for context, continuation in requests:
             logprobs, offsets, tops = self._prompt_logprobs(context + continuation)
-            mine = [i for i, off in enumerate(offsets) if off >= len(context)]
+            ends = [*offsets[1:], len(context) + len(continuation)]
+            mine = [
+                i for i, end in enumerate(ends) if end > len(context) and logprobs[i] is not None
+            ]
             if not mine:
                 raise TwofilesError(
                     f"the endpoint returned no tokens for the continuation {continuation!r}"
                 )
-            total = sum(float(logprobs[i] or 0.0) for i in mine)
-            greedy = bool(tops) and all(
+            total = sum(float(logprobs[i]) for i in mine)
+            greedy = len(tops) == len(logprobs) and all(
                 isinstance(tops[i], dict)
                 and tops[i]
-                and max(tops[i].values()) <= float(logprobs[i] or 0.0) + 1e-6
+                and max(tops[i].values()) <= float(logprobs[i]) + 1e-6
                 for i in mine
             )
             out.append((total, greedy))

@@ -1,6 +1,7 @@
 """The OpenAI-compatible HTTP server: a thin layer over the continuous-batching scheduler.
 
-What it owns: `create_app(models, settings)` (app.py: routes, errors, streaming, auth, limits),
+What it owns: `create_app(models, settings)` (app.py: the app, errors, auth, limits; core.py: the
+served models and scheduler glue; openai_routes.py: the /v1 routes and streaming),
 `ServeSettings` (settings.py: every limit, named, with its default), the request models and the
 one validation function (protocol.py). What it leaves to others: batching and sampling
 (twofiles.scheduler, twofiles.engine), chat rendering and tool-call parsing (twofiles.chat), the

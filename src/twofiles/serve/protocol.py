@@ -143,6 +143,7 @@ class ChatCompletionRequest(_Sampling):
 
 class CompletionRequest(_Sampling):
     prompt: str | list[str] | list[int] | list[list[int]]
+    max_tokens: int | None = Field(default=None, ge=0)  # 0 with echo: score the prompt only
     logprobs: int | None = Field(default=None, ge=0)
     echo: bool = False
     suffix: None = None  # fill-in-the-middle is not supported: only null is accepted
@@ -194,16 +195,24 @@ def sampling_params(
             )
         if req.best_of is not None and req.best_of != req.n:
             raise ApiError(400, "best_of: only best_of == n is supported", param="best_of")
-        if req.echo and req.logprobs is not None:
+        if req.max_tokens == 0 and not req.echo:
             raise ApiError(
-                400, "echo with logprobs: prompt logprobs are not supported", param="echo"
+                400,
+                "max_tokens: 0 generates nothing; it is only useful with echo=true (to score the prompt)",
+                param="max_tokens",
+            )
+        if req.stream and req.echo and (req.logprobs is not None or req.max_tokens == 0):
+            raise ApiError(
+                400,
+                "stream: prompt logprobs (echo with logprobs or max_tokens 0) come in one response; send stream=false",
+                param="stream",
             )
     requested = req.max_tokens
     if isinstance(req, ChatCompletionRequest) and req.max_completion_tokens is not None:
         requested = req.max_completion_tokens
-    max_tokens = min(
-        requested or default_max_tokens, settings.max_output_tokens
-    )  # clamped, as documented in ServeSettings
+    max_tokens = max(
+        1, min(requested or default_max_tokens, settings.max_output_tokens)
+    )  # clamped, as documented in ServeSettings (0: the route generates nothing)
     return SamplingParams(
         temperature=1.0 if req.temperature is None else req.temperature,
         top_k=req.top_k or 0,

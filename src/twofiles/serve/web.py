@@ -13,11 +13,12 @@ logprobs) and `/v1/models`; nothing here duplicates them.
 
 What it leaves to others: the OpenAI endpoints, limits, API keys and scheduling (serve/app.py),
 storage of feedback (twofiles.feedback) and of battles and ratings (twofiles.arena), chat
-rendering (twofiles.chat), generation (the server's scheduler, via serve.app.generate_reply).
+rendering (twofiles.chat), generation (the server's scheduler, via serve.core.generate_reply).
 
 Where the databases live, first found wins: `attach(app, feedback_db=..., arena_db=...)`, the
-settings' `feedback_db` / `arena_db` attributes, $TWOFILES_FEEDBACK_DB / $TWOFILES_ARENA_DB, else
-feedback.sqlite / arena.sqlite in the twofiles cache directory. They are opened on first use, so
+settings' `feedback_db` / `arena_db` attributes, else twofiles.paths.default_db ($TWOFILES_FEEDBACK_DB /
+$TWOFILES_ARENA_DB, else feedback.sqlite / arena.sqlite in the twofiles cache directory), which the
+`arena` and `feedback` verbs also read when given no --db. They are opened on first use, so
 a server that never gets a vote never creates a file.
 """
 
@@ -38,6 +39,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 
 from twofiles.errors import TwofilesError
+from twofiles.paths import DbKind, default_db
 
 if TYPE_CHECKING:
     from twofiles.artifact import LoadedModel
@@ -140,18 +142,13 @@ class WebState:
             return self._arena
 
 
-def _db_path(settings: Any, name: str, explicit: str | os.PathLike[str] | None) -> Path:
+def _db_path(settings: Any, name: DbKind, explicit: str | os.PathLike[str] | None) -> Path:
     if explicit is not None:
         return Path(explicit)
     from_settings = getattr(settings, f"{name}_db", None)
     if from_settings:
         return Path(from_settings)
-    env = os.environ.get(f"TWOFILES_{name.upper()}_DB")
-    if env:
-        return Path(env).expanduser()
-    from twofiles.formats import cache_dir
-
-    return cache_dir() / f"{name}.sqlite"
+    return default_db(name)
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -213,7 +210,7 @@ def _router(state: WebState, api: list[Any]) -> APIRouter:
         import random
 
         from twofiles.engine import SamplingParams
-        from twofiles.serve.app import generate_reply
+        from twofiles.serve.core import generate_reply
 
         models = _models(request)
         if len(models) < 2:

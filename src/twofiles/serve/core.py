@@ -1,0 +1,317 @@
+"""The server's core: the served models, the scheduler glue, and the helpers every route shares.
+
+What it owns: looking up a served model (404 otherwise) and its chat format, checking a prompt
+against the server's limits, submitting requests to the scheduler (all or nothing; 429 when the
+queue is full), gathering their events under a deadline and cancelling them when the client goes
+away, `generate_reply` (one assistant reply, for extra routes such as the web pages) and
+`model_name` (the name a model spec is served under). What it leaves to others: the FastAPI app,
+middleware and error handlers (app.py), OpenAI's request and response shapes (protocol.py,
+openai_routes.py), batching and sampling (twofiles.scheduler).
+
+What it reads from the app: `app.state.models` (name -> LoadedModel), `app.state.scheduler`
+(twofiles.scheduler.Scheduler), `app.state.settings` (ServeSettings), `app.state.chat_formats`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fastapi import FastAPI, Request
+
+from twofiles.engine import PromptTooLongError, SamplingParams
+from twofiles.errors import TwofilesError
+from twofiles.scheduler import GenerationEvent, QueueFullError, RequestHandle, Scheduler
+from twofiles.serve.protocol import ApiError
+from twofiles.serve.settings import ServeSettings
+
+if TYPE_CHECKING:
+    from twofiles.artifact import LoadedModel
+    from twofiles.chat import ChatFormat, Message
+
+# One prompt token's score: its logprob (None for the first token) and the top alternatives
+# as (token id, logprob), most likely first.
+PromptTokenScore = tuple[float | None, list[tuple[int, float]]]
+
+
+def chat_format(app: FastAPI, model: str) -> ChatFormat:
+    """The model's ChatFormat, built once (ApiError 400 when the model has no usable template)."""
+    from twofiles.chat import ChatFormat
+
+    cache: dict[str, Any] = app.state.chat_formats
+    if model not in cache:
+        try:
+            cache[model] = ChatFormat.for_model(app.state.models[model])
+        except TwofilesError as e:
+            cache[model] = ApiError(400, f"model {model!r} cannot chat: {e}", param="model")
+    found = cache[model]
+    if isinstance(found, ApiError):
+        raise found
+    return found
+
+
+def served_model(app: FastAPI, name: str) -> LoadedModel:
+    loaded = app.state.models.get(name)
+    if loaded is None:
+        raise ApiError(
+            404,
+            f"model {name!r} is not served here; GET /v1/models lists them (serving: {', '.join(app.state.models)})",
+            param="model",
+            code="model_not_found",
+        )
+    return loaded
+
+
+def check_prompt(app: FastAPI, model: str, ids: Sequence[int], param: str = "messages") -> None:
+    settings: ServeSettings = app.state.settings
+    context = app.state.scheduler.engines[model].context
+    limit = min(settings.max_prompt_tokens or context - 1, context - 1)
+    if len(ids) > limit:
+        what = "the conversation" if param == "messages" else "the prompt"
+        raise ApiError(
+            400,
+            f"prompt is {len(ids)} tokens; this server accepts at most {limit} for model {model!r} (shorten {what})",
+            param=param,
+            code="context_length_exceeded",
+        )
+
+
+def submit(
+    app: FastAPI,
+    model: str,
+    prompts: Sequence[Sequence[int]],
+    params: SamplingParams,
+    n: int,
+    logprobs: int | None,
+) -> list[RequestHandle]:
+    """n handles per prompt (seeded requests get seed, seed+1, ...: n identical samples would
+    be pointless). All or nothing: a refused one cancels those already queued."""
+    scheduler: Scheduler = app.state.scheduler
+    handles: list[RequestHandle] = []
+    try:
+        for ids in prompts:
+            for j in range(n):
+                p = (
+                    params
+                    if params.seed is None or j == 0
+                    else replace(params, seed=params.seed + j)
+                )
+                handles.append(scheduler.submit(model, ids, p, logprobs=logprobs))
+    except QueueFullError as e:
+        for h in handles:
+            h.cancel()
+        retry = str(app.state.settings.retry_after_s)
+        raise ApiError(
+            429,
+            f"{e}; retry after {retry} s",
+            type="rate_limit_error",
+            code="server_busy",
+            headers={"Retry-After": retry},
+        ) from None
+    except PromptTooLongError as e:
+        for h in handles:
+            h.cancel()
+        raise ApiError(400, str(e), code="context_length_exceeded") from None
+    except TwofilesError as e:
+        for h in handles:
+            h.cancel()
+        raise ApiError(400, str(e)) from None
+    return handles
+
+
+class DeadlinePassed(Exception):
+    pass
+
+
+async def gather_events(
+    handles: Sequence[RequestHandle], deadline: float
+) -> AsyncIterator[tuple[int, list[GenerationEvent]]]:
+    """(choice index, events) from all handles as they come, in order within each handle: the
+    next event and whatever else that handle already has waiting (so a busy loop sends several
+    tokens in one chunk rather than falling behind). Past `deadline` every handle is cancelled
+    and DeadlinePassed raised; a cancelled consumer (client gone) cancels them too."""
+    iters = [h.__aiter__() for h in handles]
+    pending = {asyncio.ensure_future(anext(it)): i for i, it in enumerate(iters)}
+    try:
+        while pending:
+            done, _ = await asyncio.wait(
+                pending,
+                timeout=max(0.0, deadline - time.monotonic()),
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            if not done:
+                raise DeadlinePassed
+            for task in sorted(done, key=lambda t: pending[t]):
+                i = pending.pop(task)
+                try:
+                    events = [task.result()]
+                except StopAsyncIteration:
+                    continue
+                if events[0].finish_reason is None:
+                    events += handles[i].drain_nowait()
+                yield i, events
+                if events[-1].finish_reason is None:
+                    pending[asyncio.ensure_future(anext(iters[i]))] = i
+    finally:
+        for task in pending:
+            task.cancel()
+        for h in handles:
+            h.cancel()  # no-op for finished ones; frees the slot of the others
+
+
+async def _cancel_on_disconnect(request: Request, handles: Sequence[RequestHandle]) -> None:
+    """The body is already read, so the next message is the client leaving."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            for h in handles:
+                h.cancel()
+            return
+
+
+async def collect(
+    request: Request, handles: Sequence[RequestHandle], timeout: float
+) -> list[list[GenerationEvent]]:
+    """Every handle's events, for a non-streamed response."""
+    out: list[list[GenerationEvent]] = [[] for _ in handles]
+    watcher = asyncio.ensure_future(_cancel_on_disconnect(request, handles))
+    try:
+        async for i, events in gather_events(handles, time.monotonic() + timeout):
+            out[i].extend(events)
+    except DeadlinePassed:
+        raise ApiError(
+            504,
+            f"the request took longer than this server's limit of {timeout:g} s and was cancelled",
+            type="timeout_error",
+            code="timeout",
+        ) from None
+    finally:
+        watcher.cancel()
+    for h in handles:
+        if h.finish_reason == "error":
+            raise ApiError(500, f"generation failed: {h.error}", type="server_error")
+        if h.finish_reason == "cancelled":
+            raise ApiError(499, "the request was cancelled", type="cancelled")
+    return out
+
+
+async def generate_reply(
+    app: FastAPI,
+    model: str,
+    messages: Sequence[Message | dict],
+    params: SamplingParams,
+    *,
+    tools: list[dict] | None = None,
+    timeout: float | None = None,
+) -> tuple[Message, dict[str, Any]]:
+    """One assistant reply through the scheduler, for extra routes (the arena, the chat page):
+    the parsed Message and {"prompt_tokens", "completion_tokens", "finish_reason", "seconds"}.
+    Raises ApiError like the API routes do."""
+    from twofiles.chat import parse_messages
+
+    served_model(app, model)
+    fmt = chat_format(app, model)
+    try:
+        ids = fmt.prompt_ids(parse_messages(list(messages)), tools=tools)
+    except TwofilesError as e:
+        raise ApiError(400, str(e)) from None
+    check_prompt(app, model, ids)
+    params = replace(
+        params, stop_token_ids=list(dict.fromkeys([*params.stop_token_ids, *fmt.stop_token_ids]))
+    )
+    (h,) = submit(app, model, [ids], params, 1, None)
+    t0 = time.perf_counter()
+    try:
+        async for _ in gather_events(
+            [h], time.monotonic() + (timeout or app.state.settings.request_timeout_s)
+        ):
+            pass
+    except DeadlinePassed:
+        raise ApiError(
+            504, "the reply took too long and was cancelled", type="timeout_error"
+        ) from None
+    if h.finish_reason == "error":
+        raise ApiError(500, f"generation failed: {h.error}", type="server_error")
+    return fmt.parse_assistant(h.text), {
+        "prompt_tokens": h.prompt_tokens,
+        "completion_tokens": len(h.tokens),
+        "finish_reason": h.finish_reason,
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+PROMPT_SCORE_ROWS = (
+    512  # prompt positions per lm_head call when scoring: [rows, vocab] floats at once
+)
+
+
+def _score_tokens(model: Any, ids: Sequence[int], top: int) -> list[PromptTokenScore]:
+    import torch
+
+    from twofiles.engine import model_device
+
+    device = model_device(model)
+    out: list[PromptTokenScore] = [(None, [])]  # the first token has no context to be scored in
+    with torch.inference_mode():
+        x = torch.tensor([list(ids[:-1])], dtype=torch.long, device=device)
+        h = model.hidden_states(x)[0]  # [T-1, dim]: position t predicts token t+1
+        target = torch.tensor(list(ids[1:]), dtype=torch.long, device=device)
+        for start in range(0, len(target), PROMPT_SCORE_ROWS):
+            logp = model.lm_head(h[start : start + PROMPT_SCORE_ROWS]).float().log_softmax(-1)
+            chosen = logp.gather(-1, target[start : start + PROMPT_SCORE_ROWS, None])[:, 0]
+            if top > 0:
+                values, indices = logp.topk(min(top, logp.shape[-1]), dim=-1)
+                alts = [list(zip(i, v)) for i, v in zip(indices.tolist(), values.tolist())]
+            else:
+                alts = [[] for _ in range(len(chosen))]
+            out.extend(zip(chosen.tolist(), alts))
+    return out
+
+
+async def score_prompt(
+    app: FastAPI, model: str, ids: Sequence[int], top: int
+) -> list[PromptTokenScore]:
+    """(log P(token | the tokens before it), the `top` most likely ids with their logprobs) for
+    each prompt token; the first gets (None, []). One forward over the prompt, the way evaluation
+    scores log-likelihoods (eval.backends.loglikelihood_tokens), so an endpoint evaluation
+    matches a local one.
+
+    It runs beside the scheduler's thread, not through it: the scheduler samples, this only reads
+    the weights (a forward is a pure function of them), and it needs no KV-cache slot. A lock
+    keeps scoring requests to one at a time, so they cannot pile up beside decoding."""
+    loaded = served_model(app, model)
+    lock: threading.Lock = app.state.score_lock
+
+    def score() -> list[PromptTokenScore]:
+        with lock:
+            return _score_tokens(loaded.model, ids, top)
+
+    return await asyncio.to_thread(score)
+
+
+def model_name(spec: str) -> str:
+    """The name a model is served under when the user gives none: an alias as it is, a file's
+    stem, or the directory's name for a directory or a file called model.safetensors."""
+    path = Path(spec.rstrip("/\\"))
+    if path.name == "model.safetensors" and path.parent.name:
+        return path.parent.name
+    return path.stem if path.suffix in (".safetensors", ".gguf") else path.name
+
+
+__all__ = [
+    "DeadlinePassed",
+    "chat_format",
+    "check_prompt",
+    "collect",
+    "gather_events",
+    "generate_reply",
+    "model_name",
+    "score_prompt",
+    "served_model",
+    "submit",
+]

@@ -1,0 +1,477 @@
+"""The OpenAI-compatible routes: /v1/models, /v1/chat/completions, /v1/completions.
+
+What it owns: `add_openai_routes(app, require_api_key)`, OpenAI's response and streaming shapes
+(SSE chunks ending `data: [DONE]`), logprobs in both of OpenAI's forms (chat's `content` list,
+completions' legacy `tokens`/`token_logprobs`/`top_logprobs`/`text_offset`), completions'
+prompt forms (text, texts, ids, lists of ids). What it leaves to others: request checking
+(protocol.py), submitting and collecting (core.py), the app, its middleware and errors (app.py).
+
+Streaming with `tools`: the reply is held until it is complete, then sent as one content delta
+and/or one tool_calls delta, because a tool call's text must not reach the client as content and
+cannot be told apart from content before it is complete.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import StreamingResponse
+
+from twofiles.engine import encode_prompt
+from twofiles.errors import TwofilesError
+from twofiles.scheduler import GenerationEvent, RequestHandle
+from twofiles.serve.core import (
+    DeadlinePassed,
+    PromptTokenScore,
+    chat_format,
+    check_prompt,
+    collect,
+    gather_events,
+    score_prompt,
+    served_model,
+    submit,
+)
+from twofiles.serve.protocol import (
+    ApiError,
+    ChatCompletionRequest,
+    CompletionRequest,
+    sampling_params,
+)
+
+if TYPE_CHECKING:
+    from twofiles.chat import Message
+
+
+def _token_info(tokenizer: Any, token: int) -> tuple[str, list[int]]:
+    to_bytes = getattr(tokenizer, "token_to_bytes", None)
+    raw = to_bytes(token) if to_bytes is not None else b""
+    text = tokenizer.decode([token])
+    return text, list(raw or text.encode("utf-8"))
+
+
+def _top_dict(tokenizer: Any, alternatives: Sequence[tuple[int, float]]) -> dict[str, float]:
+    """The legacy form's {token text: logprob}. Two ids may decode alike (partial UTF-8 bytes both
+    show as U+FFFD): the likelier one, listed first, keeps the key."""
+    out: dict[str, float] = {}
+    for tid, lp in alternatives:
+        out.setdefault(_token_info(tokenizer, tid)[0], lp)
+    return out
+
+
+def _chat_logprobs(tokenizer: Any, events: Sequence[GenerationEvent]) -> dict[str, Any]:
+    content = []
+    for ev in events:
+        if ev.token is None or ev.stop_token or ev.logprob is None:
+            continue
+        text, raw = _token_info(tokenizer, ev.token)
+        tops = []
+        for tid, lp in ev.top_logprobs:
+            t, b = _token_info(tokenizer, tid)
+            tops.append({"token": t, "logprob": lp, "bytes": b})
+        content.append({"token": text, "logprob": ev.logprob, "bytes": raw, "top_logprobs": tops})
+    return {"content": content}
+
+
+def _completion_logprobs(
+    tokenizer: Any, events: Sequence[GenerationEvent], offset: int
+) -> dict[str, Any]:
+    tokens, token_logprobs, top, offsets = [], [], [], []
+    for ev in events:
+        if ev.token is None or ev.stop_token or ev.logprob is None:
+            continue
+        text, _ = _token_info(tokenizer, ev.token)
+        tokens.append(text)
+        token_logprobs.append(ev.logprob)
+        top.append(_top_dict(tokenizer, ev.top_logprobs))
+        offsets.append(offset)
+        offset += len(text)
+    return {
+        "tokens": tokens,
+        "token_logprobs": token_logprobs,
+        "top_logprobs": top,
+        "text_offset": offsets,
+    }
+
+
+def _prompt_logprobs(
+    tokenizer: Any, ids: Sequence[int], scores: Sequence[PromptTokenScore], text: str
+) -> dict[str, Any]:
+    """The prompt's tokens in the legacy completions form, the first one's logprob null. Offsets
+    are characters into the echoed `text`, from the tokens' bytes (special tokens add none)."""
+    texts = [_token_info(tokenizer, t)[0] for t in ids]
+    to_bytes = getattr(tokenizer, "token_to_bytes", None)
+    pieces = [to_bytes(t) if to_bytes is not None else s.encode() for t, s in zip(ids, texts)]
+    whole = b"".join(pieces)
+    offsets = []
+    if whole.decode("utf-8", "replace") == text:
+        seen = 0
+        for piece in pieces:  # a token may end inside a character: count only complete ones
+            offsets.append(len(whole[:seen].decode("utf-8", "ignore")))
+            seen += len(piece)
+    else:  # ids given as the prompt: the echo is their decoded text, special names included
+        offsets = [sum(len(t) for t in texts[:i]) for i in range(len(texts))]
+    return {
+        "tokens": texts,
+        "token_logprobs": [lp for lp, _ in scores],
+        "top_logprobs": [
+            _top_dict(tokenizer, alts) if lp is not None else None for lp, alts in scores
+        ],
+        "text_offset": offsets,
+    }
+
+
+def _usage(prompt_tokens: int, handles: Sequence[RequestHandle]) -> dict[str, int]:
+    completion = sum(len(h.tokens) for h in handles)
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion,
+        "total_tokens": prompt_tokens + completion,
+    }
+
+
+def _sse(obj: Any) -> str:
+    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+
+def _tool_calls_json(message: Message) -> list[dict[str, Any]]:
+    out = []
+    for call in message.tool_calls:
+        d = call.to_dict()
+        d["id"] = call.id or f"call_{secrets.token_hex(12)}"
+        out.append(d)
+    return out
+
+
+def add_openai_routes(app: FastAPI, require_api_key: Any) -> None:
+    """Add /v1/models, /v1/chat/completions and /v1/completions to `app`, behind
+    `require_api_key` (a FastAPI dependency)."""
+    settings = app.state.settings
+
+    @app.get("/v1/models", dependencies=[Depends(require_api_key)])
+    async def list_models() -> dict[str, Any]:
+        return {"object": "list", "data": [_model_card(name, app) for name in app.state.models]}
+
+    @app.get("/v1/models/{name:path}", dependencies=[Depends(require_api_key)])
+    async def get_model(name: str) -> dict[str, Any]:
+        served_model(app, name)
+        return _model_card(name, app)
+
+    @app.post("/v1/chat/completions", dependencies=[Depends(require_api_key)])
+    async def chat_completions(req: ChatCompletionRequest, request: Request) -> Any:
+        from twofiles.chat import parse_messages
+
+        loaded = served_model(app, req.model)
+        fmt = chat_format(app, req.model)
+        try:
+            messages = parse_messages(req.messages)
+        except TwofilesError as e:
+            raise ApiError(400, str(e), param="messages") from None
+        tools = (
+            [t.model_dump(exclude_none=True) for t in req.tools]
+            if req.tools and req.tool_choice != "none"
+            else None
+        )
+        try:
+            ids = fmt.prompt_ids(messages, tools=tools)
+        except TwofilesError as e:
+            raise ApiError(400, str(e), param="messages") from None
+        check_prompt(app, req.model, ids)
+        params = sampling_params(
+            req,
+            settings,
+            default_max_tokens=settings.default_max_tokens,
+            stop_token_ids=fmt.stop_token_ids,
+        )
+        top = (req.top_logprobs or 0) if req.logprobs else None
+        handles = submit(app, req.model, [ids], params, req.n, top)
+        rid, created = f"chatcmpl-{secrets.token_hex(12)}", int(time.time())
+        base = {"id": rid, "created": created, "model": req.model}
+        if req.stream:
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            return _stream(
+                _chat_chunks(
+                    handles,
+                    base,
+                    loaded,
+                    fmt,
+                    tools is not None,
+                    req.logprobs,
+                    include_usage,
+                    len(ids),
+                    settings.request_timeout_s,
+                )
+            )
+        results = await collect(request, handles, settings.request_timeout_s)
+        choices = []
+        for i, (h, events) in enumerate(zip(handles, results)):
+            message: dict[str, Any] = {"role": "assistant", "content": h.text}
+            finish = h.finish_reason
+            if tools is not None:
+                parsed = fmt.parse_assistant(h.text)
+                if parsed.tool_calls:
+                    message = {
+                        "role": "assistant",
+                        "content": parsed.content or None,
+                        "tool_calls": _tool_calls_json(parsed),
+                    }
+                    finish = "tool_calls"
+            choices.append(
+                {
+                    "index": i,
+                    "message": message,
+                    "logprobs": _chat_logprobs(loaded.tokenizer, events) if req.logprobs else None,
+                    "finish_reason": finish,
+                }
+            )
+        return {
+            **base,
+            "object": "chat.completion",
+            "choices": choices,
+            "usage": _usage(len(ids), handles),
+        }
+
+    @app.post("/v1/completions", dependencies=[Depends(require_api_key)])
+    async def completions(req: CompletionRequest, request: Request) -> Any:
+        loaded = served_model(app, req.model)
+        tok = loaded.tokenizer
+        texts, prompts = _prompts(req.prompt, tok, loaded.model.config.vocab_size)
+        for ids in prompts:
+            check_prompt(app, req.model, ids, "prompt")
+        params = sampling_params(req, settings, default_max_tokens=16)
+        scored = None
+        if req.echo and req.logprobs is not None:  # the prompt's own logprobs, as vLLM gives them
+            scored = [
+                _prompt_logprobs(tok, ids, await score_prompt(app, req.model, ids, req.logprobs), t)
+                for t, ids in zip(texts, prompts)
+            ]
+        # max_tokens 0 (only with echo): the prompt comes back, nothing is generated
+        handles = (
+            []
+            if req.max_tokens == 0
+            else submit(app, req.model, prompts, params, req.n, req.logprobs)
+        )
+        rid, created = f"cmpl-{secrets.token_hex(12)}", int(time.time())
+        base = {"id": rid, "object": "text_completion", "created": created, "model": req.model}
+        echoes = [texts[i // req.n] if req.echo else "" for i in range(len(prompts) * req.n)]
+        prompt_tokens = sum(len(p) for p in prompts)
+        if req.stream:
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            return _stream(
+                _completion_chunks(
+                    handles,
+                    base,
+                    tok,
+                    req.logprobs is not None,
+                    echoes,
+                    include_usage,
+                    prompt_tokens,
+                    settings.request_timeout_s,
+                )
+            )
+        results = await collect(request, handles, settings.request_timeout_s) if handles else []
+        choices = []
+        for i, echo in enumerate(echoes):
+            h, events = (handles[i], results[i]) if handles else (None, [])
+            logprobs = None
+            if req.logprobs is not None:
+                logprobs = _completion_logprobs(tok, events, len(echo))
+                if scored is not None:
+                    logprobs = {k: scored[i // req.n][k] + logprobs[k] for k in logprobs}
+            choices.append(
+                {
+                    "index": i,
+                    "text": echo + (h.text if h else ""),
+                    "logprobs": logprobs,
+                    "finish_reason": h.finish_reason if h else "length",
+                }
+            )
+        return {**base, "choices": choices, "usage": _usage(prompt_tokens, handles)}
+
+
+def _model_card(name: str, app: FastAPI) -> dict[str, Any]:
+    engine = app.state.scheduler.engines[name]
+    return {
+        "id": name,
+        "object": "model",
+        "created": app.state.started,
+        "owned_by": "twofiles",
+        "context_length": engine.context,
+    }
+
+
+def _prompts(prompt: Any, tok: Any, vocab_size: int) -> tuple[list[str], list[list[int]]]:
+    """Completions' `prompt` (text, texts, ids, or lists of ids) -> (texts, token ids). Text
+    starts with <|bos|> as in training (engine.encode_prompt); ids are used as given."""
+    if isinstance(prompt, str):
+        prompt = [prompt]
+    if not prompt:
+        raise ApiError(400, "prompt: must not be empty", param="prompt")
+    if all(isinstance(p, int) for p in prompt):
+        prompt = [prompt]
+    texts, ids = [], []
+    for i, p in enumerate(prompt):
+        if isinstance(p, str):
+            if not p:
+                raise ApiError(400, f"prompt[{i}]: must not be empty", param="prompt")
+            texts.append(p)
+            ids.append(encode_prompt(tok, p))
+        else:
+            if not p:
+                raise ApiError(400, f"prompt[{i}]: must not be empty", param="prompt")
+            bad = next((t for t in p if not 0 <= t < vocab_size), None)
+            if bad is not None:
+                raise ApiError(
+                    400,
+                    f"prompt[{i}]: token id {bad} is outside the vocabulary (0..{vocab_size - 1})",
+                    param="prompt",
+                )
+            texts.append(tok.decode(p))
+            ids.append(list(p))
+    return texts, ids
+
+
+def _stream(body: AsyncIterator[str]) -> StreamingResponse:
+    return StreamingResponse(
+        body,
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+async def _chat_chunks(
+    handles,
+    base,
+    loaded,
+    fmt,
+    has_tools: bool,
+    logprobs: bool,
+    include_usage: bool,
+    prompt_tokens: int,
+    timeout: float,
+) -> AsyncIterator[str]:
+    tok = loaded.tokenizer
+
+    def chunk(i: int, delta: dict[str, Any], finish: str | None = None, lp: Any = None) -> str:
+        return _sse(
+            {
+                **base,
+                "object": "chat.completion.chunk",
+                "choices": [{"index": i, "delta": delta, "logprobs": lp, "finish_reason": finish}],
+            }
+        )
+
+    try:
+        for i in range(len(handles)):
+            yield chunk(i, {"role": "assistant", "content": ""})
+        async for i, events in gather_events(handles, time.monotonic() + timeout):
+            last = events[-1]
+            if last.finish_reason in ("error", "cancelled"):
+                yield _sse(
+                    ApiError(
+                        500,
+                        f"generation failed: {last.error or last.finish_reason}",
+                        type="server_error",
+                    ).body()
+                )
+                continue
+            text = "".join(ev.text for ev in events)
+            lp = _chat_logprobs(tok, events) if logprobs else None
+            if lp is not None and not lp["content"]:
+                lp = None
+            if not has_tools and (text or lp):
+                yield chunk(i, {"content": text}, lp=lp)
+            elif has_tools and lp:
+                yield chunk(i, {}, lp=lp)
+            if last.finish_reason is None:
+                continue
+            finish = last.finish_reason
+            if has_tools:
+                parsed = fmt.parse_assistant(handles[i].text)
+                if parsed.content:
+                    yield chunk(i, {"content": parsed.content})
+                if parsed.tool_calls:
+                    calls = [{"index": k, **c} for k, c in enumerate(_tool_calls_json(parsed))]
+                    yield chunk(i, {"tool_calls": calls})
+                    finish = "tool_calls"
+            yield chunk(i, {}, finish)
+        if include_usage:
+            yield _sse(
+                {
+                    **base,
+                    "object": "chat.completion.chunk",
+                    "choices": [],
+                    "usage": _usage(prompt_tokens, handles),
+                }
+            )
+    except DeadlinePassed:
+        yield _sse(
+            ApiError(
+                504,
+                f"the request took longer than this server's limit of {timeout:g} s and was cancelled",
+                type="timeout_error",
+                code="timeout",
+            ).body()
+        )
+    yield "data: [DONE]\n\n"
+
+
+async def _completion_chunks(
+    handles,
+    base,
+    tok,
+    logprobs: bool,
+    echoes: list[str],
+    include_usage: bool,
+    prompt_tokens: int,
+    timeout: float,
+) -> AsyncIterator[str]:
+    offsets = [len(e) for e in echoes]
+
+    def chunk(i: int, text: str, finish: str | None = None, lp: Any = None) -> str:
+        return _sse(
+            {
+                **base,
+                "choices": [{"index": i, "text": text, "logprobs": lp, "finish_reason": finish}],
+            }
+        )
+
+    try:
+        for i, echo in enumerate(echoes):
+            if echo:
+                yield chunk(i, echo)
+        async for i, events in gather_events(handles, time.monotonic() + timeout):
+            last = events[-1]
+            if last.finish_reason in ("error", "cancelled"):
+                yield _sse(
+                    ApiError(
+                        500,
+                        f"generation failed: {last.error or last.finish_reason}",
+                        type="server_error",
+                    ).body()
+                )
+                continue
+            text = "".join(ev.text for ev in events)
+            lp = _completion_logprobs(tok, events, offsets[i]) if logprobs else None
+            offsets[i] += len(text)
+            if text or last.finish_reason or (lp and lp["tokens"]):
+                yield chunk(i, text, last.finish_reason, lp)
+        if include_usage:
+            yield _sse({**base, "choices": [], "usage": _usage(prompt_tokens, handles)})
+    except DeadlinePassed:
+        yield _sse(
+            ApiError(
+                504,
+                f"the request took longer than this server's limit of {timeout:g} s and was cancelled",
+                type="timeout_error",
+                code="timeout",
+            ).body()
+        )
+    yield "data: [DONE]\n\n"
+
+
+__all__ = ["add_openai_routes"]
