@@ -124,6 +124,24 @@ def _ids(v: Any) -> list[int]:
     return []
 
 
+def _adds_bos(tc: dict[str, Any], tokenizer_json: dict[str, Any], path: str) -> bool:
+    """Whether transformers' tokenizer for this directory starts a text with a special token:
+    tokenizer_config.json's `add_bos_token` when it says, else the tokenizer.json post-processor
+    (Llama 3 stores a TemplateProcessing, possibly inside a Sequence, that writes the bos)."""
+    flag = tc.get("add_bos_token")
+    if flag is not None:
+        if not isinstance(flag, bool):
+            raise BadInputError(f"add_bos_token = {flag!r} is not true or false", path=path)
+        return flag
+    post = tokenizer_json.get("post_processor") or {}
+    steps = (post.get("processors") or []) if post.get("type") == "Sequence" else [post]
+    for step in steps:
+        if isinstance(step, dict) and step.get("type") == "TemplateProcessing":
+            single = step.get("single") or []
+            return bool(single) and isinstance(single[0], dict) and "SpecialToken" in single[0]
+    return False
+
+
 def _tokenizer(d: Path, config: dict[str, Any]):
     from tokenizers import Tokenizer as HFTokenizer
 
@@ -161,8 +179,9 @@ def _tokenizer(d: Path, config: dict[str, Any]):
         and not any(n in text for n in ('"<|begin_of_text|>"', '"<s>"', '"<|endoftext|>"'))
     ):
         bos = eos[0]  # models without a document-start token (Qwen2) start from end-of-text
+    add_bos = _adds_bos(tc, json.loads(text), str(d / "tokenizer_config.json"))
     try:
-        tok = Tokenizer(hf, bos_id=bos, eos_ids=eos or None)
+        tok = Tokenizer(hf, bos_id=bos, eos_ids=eos or None, add_bos=add_bos)
     except BadInputError as e:
         raise BadInputError(str(e), path=str(tj)) from None
     template = tc.get("chat_template") or ""
@@ -323,7 +342,7 @@ def export_hf(loaded: LoadedModel, out_dir: str | os.PathLike[str]) -> dict[str,
         "tokenizer_class": "PreTrainedTokenizerFast",
         "bos_token": bos_name,
         "eos_token": eos_name,
-        "add_bos_token": False,
+        "add_bos_token": tok.add_bos,  # transformers then starts a prompt as generate does
         "add_eos_token": False,
         "clean_up_tokenization_spaces": False,
         "model_max_length": cfg.max_seq_len,
