@@ -547,6 +547,51 @@ def test_smollm2_through_gguf(smollm2, tmp_path) -> None:
             torch.testing.assert_close(back.model(full), ours.model(full), atol=0, rtol=0)
 
 
+E2E_PROMPTS = ["The capital of France is", "In 1492, Columbus sailed"]
+E2E_TOKENS = 24
+
+
+def twofiles_cli(*argv: str, cwd: Path | None = None) -> str:
+    """`python -m twofiles ...` in a subprocess, as a user runs it; its stdout."""
+    import os
+    import subprocess
+    import sys
+
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run(
+        [sys.executable, *argv], capture_output=True, env=env, cwd=cwd, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr.decode("utf-8", "replace")[-2000:]
+    return proc.stdout.decode("utf-8")  # by hand: text mode would turn a generated '\r' into '\n'
+
+
+@pytest.mark.slow
+def test_smollm2_generate_and_run_py_print_what_transformers_generates(smollm2, tmp_path) -> None:
+    """The user's path, text in and text out: `twofiles generate smollm2 --temperature 0` prints
+    what transformers' tokenizer + generate give on the same GGUF (its add_bos_token = false: no
+    bos in front), and so does run.py next to `twofiles export run smollm2 OUT/`."""
+    _, hf, hf_tok, _ = smollm2
+    out = tmp_path / "out"
+    twofiles_cli("-m", "twofiles", "export", "run", "smollm2", str(out))
+    for prompt in E2E_PROMPTS:
+        enc = hf_tok(prompt)["input_ids"]  # transformers' own rule for this file
+        with torch.no_grad():
+            new = hf.generate(torch.tensor([enc]), max_new_tokens=E2E_TOKENS, do_sample=False)[
+                0, len(enc) :
+            ].tolist()
+        want = hf_tok.decode(new, skip_special_tokens=True)  # an eos ends it, unshown
+        assert len(want) > 20, prompt
+        argv = [prompt, "--temperature", "0", "--max-tokens", str(E2E_TOKENS)]
+        assert twofiles_cli("-m", "twofiles", "generate", "smollm2", "--prompt", *argv) == (
+            want + "\n"
+        ), prompt
+        printed = twofiles_cli("run.py", "model.safetensors", "--prompt", *argv, "--json", cwd=out)
+        summary = json.loads(printed.rstrip("\n").splitlines()[-1])
+        assert (summary["text"], summary["ids"]) == (want, new), prompt
+        assert summary["prompt_tokens"] == len(enc)
+
+
 def test_export_hf_cli_writes_a_directory_transformers_loads(tmp_path: Path) -> None:
     from twofiles.artifact import save_model
     from twofiles.cli import main
