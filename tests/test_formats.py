@@ -149,6 +149,57 @@ def test_export_hf_round_trip(tmp_path, tok, qkv_bias) -> None:
     assert hf_tok.bos_token_id == tok.bos_id
 
 
+@pytest.mark.parametrize(
+    "flag, template, expected",
+    [(True, False, False), (False, True, True), (None, True, True), (None, False, False)],
+)
+def test_hf_dir_prompt_starts_as_transformers_starts_it(tmp_path, tok, flag, template, expected):
+    """The tokenizer.json post-processor decides (a TemplateProcessing that writes the bos, as
+    Llama 3's), whatever tokenizer_config.json's add_bos_token says, as in transformers 5: the
+    prompt transformers' own tokenizer makes for the directory."""
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import processors
+    from transformers import AutoTokenizer
+
+    from twofiles.engine import encode_prompt, resolve_model
+
+    write_hf_dir(tmp_path, tok, "llama", tie=True)
+    if template:
+        hf_tok = HFTokenizer.from_str(tok.to_json())
+        hf_tok.post_processor = processors.Sequence(
+            [
+                processors.ByteLevel(trim_offsets=False),
+                processors.TemplateProcessing(
+                    single="<|bos|> $A", special_tokens=[("<|bos|>", tok.bos_id)]
+                ),
+            ]
+        )
+        (tmp_path / "tokenizer.json").write_text(hf_tok.to_str())
+    if flag is not None:
+        tc = json.loads((tmp_path / "tokenizer_config.json").read_text())
+        (tmp_path / "tokenizer_config.json").write_text(json.dumps({**tc, "add_bos_token": flag}))
+    ours = resolve_model(str(tmp_path)).tokenizer
+    theirs = AutoTokenizer.from_pretrained(tmp_path)
+    assert ours.add_bos is expected
+    for text in TEXTS:
+        assert encode_prompt(ours, text) == theirs(text)["input_ids"], text
+
+
+@pytest.mark.parametrize("add_bos", [True, False])
+def test_export_hf_writes_the_prompt_rule(tmp_path, tok, add_bos) -> None:
+    from transformers import AutoTokenizer
+
+    from twofiles.artifact import LoadedModel
+    from twofiles.engine import encode_prompt
+    from twofiles.formats.hf import export_hf, load_hf_dir
+
+    ours = Tokenizer.from_json(tok.to_json(), add_bos=add_bos)
+    export_hf(LoadedModel(model=tiny_model(tok, tie=True), tokenizer=ours), tmp_path / "hf")
+    assert load_hf_dir(tmp_path / "hf").tokenizer.add_bos is add_bos
+    theirs = AutoTokenizer.from_pretrained(tmp_path / "hf")
+    assert theirs(TEXTS[1])["input_ids"] == encode_prompt(ours, TEXTS[1])
+
+
 def test_hf_dir_refusals(tmp_path, tok) -> None:
     from twofiles.formats.hf import load_hf_dir
 
