@@ -425,10 +425,11 @@ def test_generate_cli_compile_reports_its_compile_apart(model_path, capsys):
 
 
 HELD_OUT_TOKENS = 1024  # teacher-forced positions of held-out text for the agreement check
-# Measured on SmolLM2-135M (docs/LOG.md, 2026-12-06): int8 top-1 0.956, +0.002 bits per byte;
-# int4 (groups of 32) 0.786, +0.034. The bounds leave room for other CPUs' kernels and rounding
-# yet fail a broken kernel, which drops agreement towards chance and adds bits by the whole bit.
-QUANT_BOUNDS = {"int8": (0.93, 0.01), "int4": (0.72, 0.08)}  # (top-1 at least, Δbpb at most)
+# Measured on SmolLM2-135M over these 1024 tokens (docs/LOG.md, 2026-12-06): int8 top-1 0.956,
+# +0.002 bits per byte; int4 (groups of 32) 0.786, +0.034 (over 2048 tokens: 0.951 / 0.807). The
+# bounds leave room for other CPUs' kernels and rounding, yet a broken kernel fails them: it drops
+# agreement towards chance and costs bits by the whole bit.
+QUANT_BOUNDS = {"int8": (0.92, 0.01), "int4": (0.72, 0.08)}  # (top-1 at least, Δbpb at most)
 
 
 @pytest.fixture(scope="module")
