@@ -130,3 +130,13 @@ def test_serve_completions_encode_the_prompt_as_generate_does(toks) -> None:
     finally:
         server.should_exit = True
         thread.join(30)
+
+
+def test_chat_prompts_are_the_templates_alone(toks) -> None:
+    """The chat template writes the bos itself (`{{ bos_token }}`); rendering adds no second one,
+    whatever the prompt rule."""
+    from twofiles.chat import ChatFormat
+
+    for tok in toks.values():
+        ids = ChatFormat.builtin_for(tok).prompt_ids([{"role": "user", "content": TEXT}])
+        assert ids[0] == tok.bos_id and tok.bos_id not in ids[1:]
