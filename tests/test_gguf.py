@@ -499,6 +499,18 @@ def test_prompt_starts_as_the_files_add_bos_token_says(tmp_path, tok, kind, flag
         assert encode_prompt(ours, text) == theirs(text)["input_ids"], text
 
 
+def test_add_bos_token_that_is_not_a_boolean_is_bad_input(tmp_path, tok) -> None:
+    from twofiles.formats.gguf import load_gguf
+
+    def kv(w) -> None:
+        gpt2_kv(tok)(w)
+        w.add_uint32("tokenizer.ggml.add_bos_token", 1)
+
+    write_gguf(tmp_path / "m.gguf", random_model(tiny_cfg(tok.vocab_size, n_layers=1)), kv)
+    with pytest.raises(BadInputError, match="add_bos_token = 1 is not a boolean"):
+        load_gguf(tmp_path / "m.gguf")
+
+
 @pytest.mark.parametrize("add_bos", [True, False])
 def test_export_gguf_keeps_the_prompt_rule(tmp_path, tok, add_bos) -> None:
     from twofiles.formats.gguf import load_gguf

@@ -416,6 +416,13 @@ def test_bad_files_give_a_clear_error(tmp_path, tok, capsys):
         ),
         "no_tokenizer": (None, "no 'tokenizer'"),
     }
+    meta = dict(json.loads(good[8 : 8 + n])["__metadata__"])
+    meta["special"] = json.dumps({**json.loads(meta["special"]), "add_bos": "no"})
+    bad_flag = json.dumps({**json.loads(good[8 : 8 + n]), "__metadata__": meta}).encode()
+    cases["bad_add_bos"] = (
+        len(bad_flag).to_bytes(8, "little") + bad_flag + good[8 + n :],
+        "add_bos",
+    )
     for case, (data, message) in cases.items():
         path = tmp_path / f"{case}.safetensors"
         if data is None:

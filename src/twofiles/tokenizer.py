@@ -21,8 +21,8 @@ keep their own pre-tokenizer, model and decoder from their JSON, and the importe
 
 `add_bos` says whether a prompt starts with the bos, as the model's own tokenizer settings say:
 twofiles' models were trained on documents that start with <|bos|> (yes); an imported model follows
-its file (GGUF `tokenizer.ggml.add_bos_token`, a Hugging Face `tokenizer_config.json`), as
-transformers and llama.cpp do. `encode` never adds it; `engine.encode_prompt` does.
+its file (GGUF `tokenizer.ggml.add_bos_token`, a Hugging Face tokenizer.json's post-processor
+template), as transformers and llama.cpp do. `encode` never adds it; `engine.encode_prompt` does.
 
 What it leaves to others: normalisation of text (data/corpus.py), chat rendering (chat.py).
 """
