@@ -149,6 +149,57 @@ def test_export_hf_round_trip(tmp_path, tok, qkv_bias) -> None:
     assert hf_tok.bos_token_id == tok.bos_id
 
 
+@pytest.mark.parametrize(
+    "flag, template, expected",
+    [(True, False, False), (False, True, True), (None, True, True), (None, False, False)],
+)
+def test_hf_dir_prompt_starts_as_transformers_starts_it(tmp_path, tok, flag, template, expected):
+    """The tokenizer.json post-processor decides (a TemplateProcessing that writes the bos, as
+    Llama 3's), whatever tokenizer_config.json's add_bos_token says, as in transformers 5: the
+    prompt transformers' own tokenizer makes for the directory."""
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import processors
+    from transformers import AutoTokenizer
+
+    from twofiles.engine import encode_prompt, resolve_model
+
+    write_hf_dir(tmp_path, tok, "llama", tie=True)
+    if template:
+        hf_tok = HFTokenizer.from_str(tok.to_json())
+        hf_tok.post_processor = processors.Sequence(
+            [
+                processors.ByteLevel(trim_offsets=False),
+                processors.TemplateProcessing(
+                    single="<|bos|> $A", special_tokens=[("<|bos|>", tok.bos_id)]
+                ),
+            ]
+        )
+        (tmp_path / "tokenizer.json").write_text(hf_tok.to_str())
+    if flag is not None:
+        tc = json.loads((tmp_path / "tokenizer_config.json").read_text())
+        (tmp_path / "tokenizer_config.json").write_text(json.dumps({**tc, "add_bos_token": flag}))
+    ours = resolve_model(str(tmp_path)).tokenizer
+    theirs = AutoTokenizer.from_pretrained(tmp_path)
+    assert ours.add_bos is expected
+    for text in TEXTS:
+        assert encode_prompt(ours, text) == theirs(text)["input_ids"], text
+
+
+@pytest.mark.parametrize("add_bos", [True, False])
+def test_export_hf_writes_the_prompt_rule(tmp_path, tok, add_bos) -> None:
+    from transformers import AutoTokenizer
+
+    from twofiles.artifact import LoadedModel
+    from twofiles.engine import encode_prompt
+    from twofiles.formats.hf import export_hf, load_hf_dir
+
+    ours = Tokenizer.from_json(tok.to_json(), add_bos=add_bos)
+    export_hf(LoadedModel(model=tiny_model(tok, tie=True), tokenizer=ours), tmp_path / "hf")
+    assert load_hf_dir(tmp_path / "hf").tokenizer.add_bos is add_bos
+    theirs = AutoTokenizer.from_pretrained(tmp_path / "hf")
+    assert theirs(TEXTS[1])["input_ids"] == encode_prompt(ours, TEXTS[1])
+
+
 def test_hf_dir_refusals(tmp_path, tok) -> None:
     from twofiles.formats.hf import load_hf_dir
 
@@ -545,6 +596,51 @@ def test_smollm2_through_gguf(smollm2, tmp_path) -> None:
         full = torch.tensor([ids + mine])
         with torch.no_grad():
             torch.testing.assert_close(back.model(full), ours.model(full), atol=0, rtol=0)
+
+
+E2E_PROMPTS = ["The capital of France is", "In 1492, Columbus sailed"]
+E2E_TOKENS = 24
+
+
+def twofiles_cli(*argv: str, cwd: Path | None = None) -> str:
+    """`python -m twofiles ...` in a subprocess, as a user runs it; its stdout."""
+    import os
+    import subprocess
+    import sys
+
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run(
+        [sys.executable, *argv], capture_output=True, env=env, cwd=cwd, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr.decode("utf-8", "replace")[-2000:]
+    return proc.stdout.decode("utf-8")  # by hand: text mode would turn a generated '\r' into '\n'
+
+
+@pytest.mark.slow
+def test_smollm2_generate_and_run_py_print_what_transformers_generates(smollm2, tmp_path) -> None:
+    """The user's path, text in and text out: `twofiles generate smollm2 --temperature 0` prints
+    what transformers' tokenizer + generate give on the same GGUF (its add_bos_token = false: no
+    bos in front), and so does run.py next to `twofiles export run smollm2 OUT/`."""
+    _, hf, hf_tok, _ = smollm2
+    out = tmp_path / "out"
+    twofiles_cli("-m", "twofiles", "export", "run", "smollm2", str(out))
+    for prompt in E2E_PROMPTS:
+        enc = hf_tok(prompt)["input_ids"]  # transformers' own rule for this file
+        with torch.no_grad():
+            new = hf.generate(torch.tensor([enc]), max_new_tokens=E2E_TOKENS, do_sample=False)[
+                0, len(enc) :
+            ].tolist()
+        want = hf_tok.decode(new, skip_special_tokens=True)  # an eos ends it, unshown
+        assert len(want) > 20, prompt
+        argv = [prompt, "--temperature", "0", "--max-tokens", str(E2E_TOKENS)]
+        assert twofiles_cli("-m", "twofiles", "generate", "smollm2", "--prompt", *argv) == (
+            want + "\n"
+        ), prompt
+        printed = twofiles_cli("run.py", "model.safetensors", "--prompt", *argv, "--json", cwd=out)
+        summary = json.loads(printed.rstrip("\n").splitlines()[-1])
+        assert (summary["text"], summary["ids"]) == (want, new), prompt
+        assert summary["prompt_tokens"] == len(enc)
 
 
 def test_export_hf_cli_writes_a_directory_transformers_loads(tmp_path: Path) -> None:

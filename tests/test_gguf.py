@@ -450,6 +450,78 @@ def test_spm_gguf_tokenizer_matches_transformers(spm_gguf) -> None:
         torch.testing.assert_close(ours.model(x), model(x), atol=1e-5, rtol=1e-5)
 
 
+def gpt2_kv(tok: Tokenizer, **extra):
+    """A byte-level BPE vocabulary (our tokenizer's) as llama.cpp's converter writes one."""
+
+    def add(w) -> None:
+        vocab = sorted(
+            tok._hf_plain.get_vocab(with_added_tokens=True).items(), key=lambda kv: kv[1]
+        )
+        merges = json.loads(tok.to_json())["model"]["merges"]
+        w.add_tokenizer_model("gpt2")
+        w.add_tokenizer_pre("llama-bpe")
+        w.add_token_list([t for t, _ in vocab])
+        w.add_token_types([3 if i in tok.special_ids.values() else 1 for _, i in vocab])
+        w.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in merges])
+        w.add_bos_token_id(tok.bos_id)
+        w.add_eos_token_id(tok.special_ids["<|assistant_end|>"])
+        for key, v in extra.items():
+            getattr(w, f"add_{key}")(v)
+
+    return add
+
+
+@pytest.mark.parametrize("flag", [True, False, None])
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_prompt_starts_as_the_files_add_bos_token_says(tmp_path, tok, kind, flag) -> None:
+    """`tokenizer.ggml.add_bos_token` decides whether a prompt starts with the bos, as in
+    transformers' tokenizer for the same file; without the key a SentencePiece vocabulary adds
+    it and a byte-level one does not (llama.cpp's defaults, which transformers follows)."""
+    from transformers import AutoTokenizer
+
+    from twofiles.engine import encode_prompt
+    from twofiles.formats.gguf import load_gguf
+
+    extra = {} if flag is None else {"add_bos_token": flag}
+    if kind == "gpt2":
+        kv, vocab_size = gpt2_kv(tok, **extra), tok.vocab_size
+    else:
+        tokens, scores, types = spm_vocab()
+        kv, vocab_size = spm_kv(tokens, scores, types, **extra), len(tokens)
+    write_gguf(tmp_path / "m.gguf", random_model(tiny_cfg(vocab_size, n_layers=1)), kv)
+    ours = load_gguf(tmp_path / "m.gguf").tokenizer
+    theirs = AutoTokenizer.from_pretrained(str(tmp_path), gguf_file="m.gguf")
+    expected = flag if flag is not None else kind == "llama"
+    assert ours.add_bos is expected
+    for text in TEXTS[:2]:
+        plain = theirs.encode(text, add_special_tokens=False)
+        assert theirs(text)["input_ids"] == [ours.bos_id] * expected + plain, text
+        assert encode_prompt(ours, text) == theirs(text)["input_ids"], text
+
+
+def test_add_bos_token_that_is_not_a_boolean_is_bad_input(tmp_path, tok) -> None:
+    from twofiles.formats.gguf import load_gguf
+
+    def kv(w) -> None:
+        gpt2_kv(tok)(w)
+        w.add_uint32("tokenizer.ggml.add_bos_token", 1)
+
+    write_gguf(tmp_path / "m.gguf", random_model(tiny_cfg(tok.vocab_size, n_layers=1)), kv)
+    with pytest.raises(BadInputError, match="add_bos_token = 1 is not a boolean"):
+        load_gguf(tmp_path / "m.gguf")
+
+
+@pytest.mark.parametrize("add_bos", [True, False])
+def test_export_gguf_keeps_the_prompt_rule(tmp_path, tok, add_bos) -> None:
+    from twofiles.formats.gguf import load_gguf
+    from twofiles.formats.gguf_export import export_gguf
+
+    ours = Tokenizer.from_json(tok.to_json(), add_bos=add_bos)
+    model = random_model(tiny_cfg(tok.vocab_size, n_layers=1))
+    export_gguf(loaded(model, ours), tmp_path / "m.gguf", qtype="f32")
+    assert load_gguf(tmp_path / "m.gguf").tokenizer.add_bos is add_bos
+
+
 def test_spm_without_space_prefix(tmp_path, spm_gguf) -> None:
     from twofiles.formats.gguf import load_gguf
 

@@ -239,6 +239,30 @@ def test_stops_on_bos_and_at_the_context(tmp_path, tok):
     assert (summary["ids"], summary["text"], summary["finish"]) == ([tok.bos_id], "", "stop")
 
 
+@pytest.mark.parametrize("add_bos", [True, False, None])
+def test_prompt_follows_the_files_add_bos(tmp_path, tok, add_bos):
+    """run.py reads the prompt rule from the file's `special` metadata, as every verb does; a file
+    written before the flag existed (None: no flag) keeps adding the bos."""
+    from safetensors.torch import load_file, save_file
+
+    from twofiles.artifact import read_metadata
+
+    ours = Tokenizer.from_json(tok.to_json(), add_bos=add_bos is not False)
+    model = make_model(tok)
+    out = exported(tmp_path, ours, model)
+    if add_bos is None:
+        path = out / "model.safetensors"
+        meta = read_metadata(path)
+        special = {k: v for k, v in json.loads(meta["special"]).items() if k != "add_bos"}
+        save_file(load_file(path), path, metadata={**meta, "special": json.dumps(special)})
+    args = ("--prompt", PROMPT, "--temperature", "0", "--max-tokens", "8", "--json")
+    summary = last_json(run_py(out, "model.safetensors", *args).stdout)
+    ids = encode_prompt(ours, PROMPT)
+    assert summary["prompt_tokens"] == len(ids) == len(tok.encode(PROMPT)) + (add_bos is not False)
+    params = SamplingParams(temperature=0, max_tokens=8)
+    assert summary["ids"] == list(generate(model, ids, params, tokenizer=ours))
+
+
 # --------------------------------------------------------------------------------- pieces
 
 
@@ -392,6 +416,13 @@ def test_bad_files_give_a_clear_error(tmp_path, tok, capsys):
         ),
         "no_tokenizer": (None, "no 'tokenizer'"),
     }
+    meta = dict(json.loads(good[8 : 8 + n])["__metadata__"])
+    meta["special"] = json.dumps({**json.loads(meta["special"]), "add_bos": "no"})
+    bad_flag = json.dumps({**json.loads(good[8 : 8 + n]), "__metadata__": meta}).encode()
+    cases["bad_add_bos"] = (
+        len(bad_flag).to_bytes(8, "little") + bad_flag + good[8 + n :],
+        "add_bos",
+    )
     for case, (data, message) in cases.items():
         path = tmp_path / f"{case}.safetensors"
         if data is None:
@@ -471,43 +502,3 @@ def test_run_py_imports_only_stdlib_and_numpy():
         text=True,
     )
     assert "No module named 'twofiles'" in probe.stderr  # so the subprocess runs above prove it
-
-
-@pytest.mark.slow
-def test_smollm2_run_py_greedy_equals_engine(tmp_path):
-    """The real SmolLM2 (GGUF Q4_1, imported): `twofiles export run smollm2 OUT/`, then run.py's
-    greedy tokens equal the engine's (byte-level BPE with SmolLM's digit split, its own bos/eos,
-    tied embeddings, GQA)."""
-    from twofiles.engine import resolve_model
-    from twofiles.formats import alias_path
-
-    if not alias_path("smollm2").is_file():
-        pytest.skip("run `twofiles pull smollm2` first")
-    assert main(["export", "run", "smollm2", str(tmp_path / "out")]) == 0
-    ours = resolve_model("smollm2")
-    for prompt in ["The capital of France is", "In 1492, Columbus sailed"]:
-        proc = run_py(
-            tmp_path / "out",
-            "model.safetensors",
-            "--prompt",
-            prompt,
-            "--temperature",
-            "0",
-            "--max-tokens",
-            "16",
-            "--json",
-            timeout=600,
-        )
-        assert proc.returncode == 0, proc.stderr
-        summary = last_json(proc.stdout)
-        prompt_ids = encode_prompt(ours.tokenizer, prompt)
-        expected = list(
-            generate(
-                ours.model,
-                prompt_ids,
-                SamplingParams(temperature=0, max_tokens=16),
-                tokenizer=ours.tokenizer,
-            )
-        )
-        assert summary["prompt_tokens"] == len(prompt_ids) and len(expected) >= 8
-        assert summary["ids"] == expected, prompt

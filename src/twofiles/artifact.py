@@ -7,7 +7,9 @@ Hugging Face Llama; the safetensors metadata (string -> string) carries everythi
     version       "1"
     config        JSON of ModelConfig
     tokenizer     the tokenizer's JSON (Hugging Face `tokenizers` format)
-    special       JSON {"bos_id", "eos_ids"} (imported models name theirs differently)
+    special       JSON {"bos_id", "eos_ids", "add_bos"}: imported models name theirs differently;
+                  add_bos (whether a prompt starts with the bos) is absent from files written
+                  before it existed, which keep their old rule: add the bos
     chat_template Jinja chat template ("" when the model has none)
     provenance    JSON: what produced it, from what, when, with which settings
 
@@ -78,7 +80,13 @@ def save_model(
         "config": json.dumps(model.config.to_dict()),
         "tokenizer": tokenizer.to_json(),
         "chat_template": chat_template,
-        "special": json.dumps({"bos_id": tokenizer.bos_id, "eos_ids": list(tokenizer.eos_ids)}),
+        "special": json.dumps(
+            {
+                "bos_id": tokenizer.bos_id,
+                "eos_ids": list(tokenizer.eos_ids),
+                "add_bos": tokenizer.add_bos,
+            }
+        ),
         "provenance": json.dumps(prov, default=str),
     }
     path = Path(path)
@@ -140,8 +148,14 @@ def load_model(
         raise BadInputError(f"metadata field 'config' is invalid: {e}", path=path) from None
     try:
         special = json.loads(meta.get("special", "{}"))
+        add_bos = special.get("add_bos", True)
+        if not isinstance(add_bos, bool):
+            raise TypeError(f"add_bos = {add_bos!r} is not true or false")
         tokenizer = Tokenizer.from_json(
-            meta["tokenizer"], bos_id=special.get("bos_id"), eos_ids=special.get("eos_ids")
+            meta["tokenizer"],
+            bos_id=special.get("bos_id"),
+            eos_ids=special.get("eos_ids"),
+            add_bos=add_bos,
         )
     except (json.JSONDecodeError, AttributeError, TypeError) as e:
         raise BadInputError(f"metadata field 'special' is invalid: {e}", path=path) from None

@@ -462,8 +462,15 @@ def generate(
 
 
 def encode_prompt(tokenizer: TokenizerLike, text: str) -> list[int]:
-    """Prompt ids as the model saw documents in training: <|bos|> then the text."""
-    return [tokenizer.bos_id] + tokenizer.encode(text)
+    """Prompt ids as the model's own tokenizer settings say: the bos then the text when its
+    `add_bos` is set (twofiles' models: documents start with <|bos|> in training), the text alone
+    otherwise (SmolLM2's GGUF, as transformers and llama.cpp encode it). Text that encodes to
+    nothing gets the bos anyway: the model needs one token to condition on (lm-eval's prefix)."""
+    ids = tokenizer.encode(text)
+    # A tokenizer without the flag (a test double, say) keeps the rule every model had before it.
+    if getattr(tokenizer, "add_bos", True) or not ids:
+        return [tokenizer.bos_id, *ids]
+    return ids
 
 
 def generate_text(

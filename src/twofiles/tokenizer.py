@@ -15,9 +15,14 @@ Special ids are inserted by code (data preparation, chat rendering), never by us
 what stops a prompt from forging a turn boundary. `encode(text, allow_special=True)` opts in.
 
 Imported tokenizers (GGUF files, Hugging Face directories; see formats/) use the same class: they
-keep their own pre-tokenizer, model and decoder from their JSON, and the importer passes `bos_id`
-and `eos_ids` from the model's metadata. A tokenizer JSON read without that metadata (e.g. back
-from a model.safetensors) finds its bos by name, in `BOS_NAMES` order.
+keep their own pre-tokenizer, model and decoder from their JSON, and the importer passes `bos_id`,
+`eos_ids` and `add_bos` from the model's metadata. A tokenizer JSON read without that metadata
+(e.g. back from a model.safetensors) finds its bos by name, in `BOS_NAMES` order.
+
+`add_bos` says whether a prompt starts with the bos, as the model's own tokenizer settings say:
+twofiles' models were trained on documents that start with <|bos|> (yes); an imported model follows
+its file (GGUF `tokenizer.ggml.add_bos_token`, a Hugging Face tokenizer.json's post-processor
+template), as transformers and llama.cpp do. `encode` never adds it; `engine.encode_prompt` does.
 
 What it leaves to others: normalisation of text (data/corpus.py), chat rendering (chat.py).
 """
@@ -105,7 +110,12 @@ class Tokenizer:
     """A trained byte-level BPE tokenizer. Build with `train`, `from_json` or `load`."""
 
     def __init__(
-        self, hf: HFTokenizer, *, bos_id: int | None = None, eos_ids: Sequence[int] | None = None
+        self,
+        hf: HFTokenizer,
+        *,
+        bos_id: int | None = None,
+        eos_ids: Sequence[int] | None = None,
+        add_bos: bool = True,
     ) -> None:
         # Two views of the same tokenizer: the default one treats "<|bos|>" in text as plain bytes.
         self._hf_plain = hf
@@ -136,6 +146,8 @@ class Tokenizer:
         # Tokens that end a generation ("end of turn" / "end of text"); ours: the bos, which is
         # also what separates documents.
         self.eos_ids: list[int] = eos_ids
+        # Whether a prompt starts with bos_id (see the module docstring).
+        self.add_bos: bool = bool(add_bos)
         self._byte_level: bool | None = None
         self._token_bytes: np.ndarray | None = None
 
@@ -171,7 +183,12 @@ class Tokenizer:
 
     @classmethod
     def from_json(
-        cls, s: str, *, bos_id: int | None = None, eos_ids: Sequence[int] | None = None
+        cls,
+        s: str,
+        *,
+        bos_id: int | None = None,
+        eos_ids: Sequence[int] | None = None,
+        add_bos: bool = True,
     ) -> Tokenizer:
         from tokenizers import Tokenizer as HFTokenizer
 
@@ -179,7 +196,7 @@ class Tokenizer:
             hf = HFTokenizer.from_str(s)
         except Exception as e:  # the Rust side raises a plain Exception
             raise BadInputError(f"not a valid tokenizer.json: {e}") from None
-        return cls(hf, bos_id=bos_id, eos_ids=eos_ids)
+        return cls(hf, bos_id=bos_id, eos_ids=eos_ids, add_bos=add_bos)
 
     def to_json(self) -> str:
         return self._hf_plain.to_str()
@@ -252,7 +269,7 @@ class Tokenizer:
         return self._hf_special
 
     def encode(self, text: str, *, allow_special: bool = False) -> list[int]:
-        """Token ids of `text`; no special tokens are added (prepend `bos_id` yourself)."""
+        """Token ids of `text`; no special tokens are added (a prompt: `engine.encode_prompt`)."""
         return self._hf(allow_special).encode(text, add_special_tokens=False).ids
 
     def encode_batch(self, texts: Sequence[str], *, allow_special: bool = False) -> list[list[int]]:

@@ -141,7 +141,8 @@ class LocalBackend:
         return encode_prompt(self.loaded.tokenizer, text)
 
     def prompt_ids_for_text(self, text: str) -> list[int]:
-        """A plain-text prompt as generation sees it: <|bos|> + text, its start cut to leave room for one token."""
+        """A plain-text prompt as generation sees it (engine.encode_prompt: the bos when the model's
+        tokenizer adds one), its start cut to leave room for one token."""
         return self._ids(text)[-(self.loaded.model.config.max_seq_len - 1) :]
 
     def end_ids(self) -> set[int]:
@@ -157,17 +158,21 @@ class LocalBackend:
         batch_size: int = 8,
         progress: Progress | None = None,
     ) -> list[tuple[float, bool]]:
+        tok = self.loaded.tokenizer
         pairs = []
         for context, continuation in requests:
             # Tokenize the whole text and split it where the context's tokens end (lm-eval's
             # rule): the continuation is scored as the model would read it in running text.
-            ctx, whole = self._ids(context), self._ids(context + continuation)
+            ctx, whole = tok.encode(context), tok.encode(context + continuation)
             n = len(ctx)
             if whole[:n] != ctx:  # a token spans the boundary: take the common prefix
                 n = next(i for i, (a, b) in enumerate(zip(ctx, whole)) if a != b)
             if n == len(whole):
                 raise TwofilesError(f"empty continuation after context {context[-40:]!r}")
-            pairs.append((whole[:n], whole[n:]))
+            # The prompt rule (engine.encode_prompt) applies to the context only, once; an empty
+            # context gets the bos anyway: the first scored token needs something to follow.
+            start = [tok.bos_id] if getattr(tok, "add_bos", True) or n == 0 else []
+            pairs.append((start + whole[:n], whole[n:]))
         return loglikelihood_tokens(
             self.loaded.model, pairs, batch_size=batch_size, progress=progress
         )
@@ -193,7 +198,9 @@ class LocalBackend:
         limit = None if max_windows is None else max_windows * seq_len
         pieces: list[np.ndarray] = []
         for t in texts:  # with a limit, tokenize only as many documents as it needs
-            pieces.append(np.array(self._ids(t), dtype=np.int64))
+            # The bos separates documents whatever the prompt rule: without it one document's
+            # end would be context for the next (lm-eval's rolling loglikelihood starts the same).
+            pieces.append(np.array([tok.bos_id, *tok.encode(t)], dtype=np.int64))
             if limit is not None and sum(map(len, pieces)) > limit:
                 break
         ids = np.concatenate(pieces)

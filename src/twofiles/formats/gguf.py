@@ -397,11 +397,19 @@ def _tokenizer(meta: _Meta):
     eos = meta.int("tokenizer.ggml.eos_token_id", -1, lo=-1, hi=n - 1)
     eot = meta.int("tokenizer.ggml.eot_token_id", -1, lo=-1, hi=n - 1)
     eos_ids = [i for i in dict.fromkeys([eos, eot]) if i >= 0]
+    # Whether a prompt starts with the bos. Without the key, llama.cpp and transformers' GGUF
+    # loader add it for SentencePiece vocabularies only (Llama 2 era files predate the key).
+    add_bos = meta.get("tokenizer.ggml.add_bos_token", kind == "llama")
+    if not isinstance(add_bos, bool):
+        raise BadInputError(
+            f"tokenizer.ggml.add_bos_token = {add_bos!r} is not a boolean", path=meta.path
+        )
     try:
         return Tokenizer.from_json(
             spec,
             bos_id=bos if bos >= 0 else (eos_ids[0] if eos_ids else None),
             eos_ids=eos_ids or None,
+            add_bos=add_bos,
         )
     except BadInputError as e:
         raise BadInputError(str(e), path=meta.path) from None

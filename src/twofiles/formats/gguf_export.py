@@ -32,8 +32,6 @@ if TYPE_CHECKING:
     from twofiles.artifact import LoadedModel
 
 TYPES = ("f32", "f16", "q8_0")
-# tokens that mean "a document starts here": llama.cpp should add them to a prompt, as our engine does
-_DOCUMENT_STARTS = ("<|bos|>", "<|begin_of_text|>", "<s>")
 
 
 def permute(w: np.ndarray, n_head: int) -> np.ndarray:
@@ -205,7 +203,7 @@ def export_gguf(
     w.add_eos_token_id(tok.eos_ids[0])
     if len(tok.eos_ids) > 1:
         w.add_eot_token_id(tok.eos_ids[1])
-    w.add_add_bos_token(vocab["tokens"][tok.bos_id] in _DOCUMENT_STARTS)
+    w.add_add_bos_token(tok.add_bos)  # llama.cpp then starts a prompt as our engine does
     w.add_add_eos_token(False)
     if loaded.chat_template:
         w.add_chat_template(loaded.chat_template)

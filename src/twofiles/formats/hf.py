@@ -124,6 +124,51 @@ def _ids(v: Any) -> list[int]:
     return []
 
 
+def _post_steps(tokenizer_json: dict[str, Any]) -> list[dict[str, Any]]:
+    post = tokenizer_json.get("post_processor") or {}
+    steps = (post.get("processors") or []) if post.get("type") == "Sequence" else [post]
+    return [s for s in steps if isinstance(s, dict) and s]
+
+
+def _adds_bos(tokenizer_json: dict[str, Any]) -> bool:
+    """Whether transformers' tokenizer for this tokenizer.json starts a text with a special token:
+    its post-processor's template (Llama 3's and Llama 2's write the bos; SmolLM2's and Qwen2's
+    none). tokenizer_config.json's `add_bos_token` does not count: transformers 5 drops it
+    whenever a tokenizer.json exists, and only such directories are read here."""
+    for step in _post_steps(tokenizer_json):
+        if step.get("type") == "TemplateProcessing":
+            single = step.get("single") or []
+            return bool(single) and isinstance(single[0], dict) and "SpecialToken" in single[0]
+    return False
+
+
+def _with_prompt_rule(tokenizer_json: str, add_bos: bool, bos: str, bos_id: int) -> str:
+    """tokenizer.json whose post-processor starts a text with `bos` exactly when `add_bos`."""
+    spec = json.loads(tokenizer_json)
+    if _adds_bos(spec) == add_bos:
+        return tokenizer_json
+    steps = [s for s in _post_steps(spec) if s.get("type") != "TemplateProcessing"]
+    if add_bos:
+        start, a, b = (
+            {"SpecialToken": {"id": bos, "type_id": 0}},
+            {"Sequence": {"id": "A", "type_id": 0}},
+            {"Sequence": {"id": "B", "type_id": 1}},
+        )
+        steps.append(
+            {
+                "type": "TemplateProcessing",
+                "single": [start, a],
+                "pair": [start, a, {"SpecialToken": {"id": bos, "type_id": 1}}, b],
+                "special_tokens": {bos: {"id": bos, "ids": [bos_id], "tokens": [bos]}},
+            }
+        )
+    if len(steps) > 1:
+        spec["post_processor"] = {"type": "Sequence", "processors": steps}
+    else:
+        spec["post_processor"] = steps[0] if steps else None
+    return json.dumps(spec, ensure_ascii=False)
+
+
 def _tokenizer(d: Path, config: dict[str, Any]):
     from tokenizers import Tokenizer as HFTokenizer
 
@@ -161,8 +206,9 @@ def _tokenizer(d: Path, config: dict[str, Any]):
         and not any(n in text for n in ('"<|begin_of_text|>"', '"<s>"', '"<|endoftext|>"'))
     ):
         bos = eos[0]  # models without a document-start token (Qwen2) start from end-of-text
+    add_bos = _adds_bos(json.loads(text))
     try:
-        tok = Tokenizer(hf, bos_id=bos, eos_ids=eos or None)
+        tok = Tokenizer(hf, bos_id=bos, eos_ids=eos or None, add_bos=add_bos)
     except BadInputError as e:
         raise BadInputError(str(e), path=str(tj)) from None
     template = tc.get("chat_template") or ""
@@ -323,7 +369,7 @@ def export_hf(loaded: LoadedModel, out_dir: str | os.PathLike[str]) -> dict[str,
         "tokenizer_class": "PreTrainedTokenizerFast",
         "bos_token": bos_name,
         "eos_token": eos_name,
-        "add_bos_token": False,
+        "add_bos_token": tok.add_bos,  # transformers 4 reads this; 5 the tokenizer.json template
         "add_eos_token": False,
         "clean_up_tokenization_spaces": False,
         "model_max_length": cfg.max_seq_len,
@@ -335,7 +381,9 @@ def export_hf(loaded: LoadedModel, out_dir: str | os.PathLike[str]) -> dict[str,
         "generation_config.json": json.dumps(
             {"bos_token_id": tok.bos_id, "eos_token_id": tok.eos_ids}, indent=2
         ).encode(),
-        "tokenizer.json": tok.to_json().encode(),
+        "tokenizer.json": _with_prompt_rule(
+            tok.to_json(), tok.add_bos, bos_name, tok.bos_id
+        ).encode(),
         "tokenizer_config.json": json.dumps(tc, indent=2).encode(),
     }
     # weights first and config.json last: a directory without config.json is not loadable yet

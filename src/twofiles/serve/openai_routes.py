@@ -306,7 +306,7 @@ def _model_card(name: str, app: FastAPI) -> dict[str, Any]:
 
 def _prompts(prompt: Any, tok: Any, vocab_size: int) -> tuple[list[str], list[list[int]]]:
     """Completions' `prompt` (text, texts, ids, or lists of ids) -> (texts, token ids). Text
-    starts with <|bos|> as in training (engine.encode_prompt); ids are used as given."""
+    is encoded as `generate` encodes it (engine.encode_prompt); ids are used as given."""
     if isinstance(prompt, str):
         prompt = [prompt]
     if not prompt:

@@ -13,9 +13,10 @@ is the second: everything needed to turn those numbers into text, top to bottom.
    (words, numbers, punctuation runs, whitespace), each piece becomes UTF-8 bytes, and byte-pair
    encoding merges adjacent symbols in the order the merges were learned until none applies.
    (Imported Llama 2 / Mistral vocabularies are SentencePiece-style instead: "▁" marks a space
-   and a character the vocabulary lacks becomes its UTF-8 bytes, <0xNN> tokens.) The model
-   saw documents that start with a bos token (<|bos|> for twofiles' own models; an imported
-   model's file names its own), so the prompt starts with it too.
+   and a character the vocabulary lacks becomes its UTF-8 bytes, <0xNN> tokens.) twofiles'
+   own models saw documents that start with a bos token (<|bos|>), so the prompt starts with it
+   too; an imported model does what its own tokenizer settings say (the file's `add_bos`:
+   SmolLM2 adds nothing, Llama adds its <|begin_of_text|> or <s>).
 3. Predict the next token (`Model`). Each id picks a row of the embedding table, a vector of
    `dim` numbers. Then `n_layers` blocks, each of which adds to that vector:
      - attention: every position makes a query, a key and a value; a position reads the values
@@ -266,6 +267,10 @@ class Tokenizer:
                 raise RunError("tokenizer has no <|bos|> token and the file names no bos_id")
             self.bos_id = found[0]
         self.eos_ids = [int(i) for i in special.get("eos_ids") or [self.bos_id]]
+        # Whether a prompt starts with the bos; files older than the flag always added it.
+        self.add_bos = special.get("add_bos", True)
+        if not isinstance(self.add_bos, bool):
+            raise RunError(f"metadata 'special': add_bos = {self.add_bos!r} is not true or false")
         if not all(0 <= i < size for i in [self.bos_id, *self.eos_ids]):
             raise RunError(
                 f"bos/eos ids {[self.bos_id, *self.eos_ids]} are outside the vocabulary ({size})"
@@ -650,7 +655,9 @@ def generate(args: argparse.Namespace) -> int:
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     t0 = time.perf_counter()
     model, tok = load(args.model)
-    prompt_ids = [tok.bos_id] + tok.encode(prompt)  # documents were trained as bos + text
+    prompt_ids = tok.encode(prompt)
+    if tok.add_bos or not prompt_ids:  # an empty prompt still needs a token to follow
+        prompt_ids = [tok.bos_id, *prompt_ids]
     if len(prompt_ids) >= model.max_seq_len:
         raise RunError(
             f"prompt is {len(prompt_ids)} tokens; the model's context is {model.max_seq_len}, which leaves no room to generate"
