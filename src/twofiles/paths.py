@@ -1,0 +1,66 @@
+"""Files on disk: where twofiles keeps them, how it writes them, and the header it reads first.
+
+What it owns: the cache directory (`cache_dir`: pulled models, the web UI's databases), the one
+atomic write (`atomic_write_bytes`: temp file, fsync, rename, so a reader or a crash never sees
+half a file), and the safetensors header every model and adapters file starts with
+(`read_metadata`, validated enough to give clear errors before any tensor is read). It sits at
+the bottom of the package so that anything that writes a file or sniffs a model file (the
+tokenizer, plots, the parameters file) can use it without importing upward. What it leaves to
+others: what the files hold (artifact.py, lora.py, formats/).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from twofiles.errors import BadInputError
+
+# The most header a safetensors file may declare before we call it damaged: the metadata of a
+# twofiles model (config, tokenizer JSON, chat template) is a few MB; 100 MB is far beyond it.
+MAX_HEADER_BYTES = 100 * 2**20
+
+
+def cache_dir() -> Path:
+    """Where pulled models live: $TWOFILES_CACHE, else ~/.cache/twofiles."""
+    env = os.environ.get("TWOFILES_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "twofiles"
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
+    """The safetensors header metadata, validated enough to give clear errors."""
+    path = str(path)
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise BadInputError("file too short to be safetensors", path=path)
+            n = int.from_bytes(head, "little")
+            if n <= 0 or n > min(size - 8, MAX_HEADER_BYTES):
+                raise BadInputError(f"bad safetensors header length {n}", path=path)
+            header = json.loads(f.read(n))
+    except FileNotFoundError:
+        raise BadInputError("no such model file", path=path) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BadInputError(f"safetensors header is not valid JSON ({e})", path=path) from None
+    if not isinstance(header, dict):
+        raise BadInputError("safetensors header is not a JSON object", path=path)
+    meta = header.get("__metadata__") or {}
+    if not isinstance(meta, dict):
+        raise BadInputError("safetensors __metadata__ is not an object", path=path)
+    return meta
+
+
+__all__ = ["atomic_write_bytes", "cache_dir", "read_metadata"]
