@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from twofiles.tools import ToolResult
+from twofiles.tools.base import ToolResult
 
 __all__ = ["Limits", "PythonSandbox", "run_python"]
 
