@@ -31,9 +31,10 @@ def main() -> None:
 
     import torch
 
-    from twofiles.engine import SamplingParams, generate, resolve_model
+    from twofiles.engine import SamplingParams, generate
     from twofiles.eval.backends import LocalBackend, greedy_batch
     from twofiles.eval.tasks import fill, load_examples, load_spec
+    from twofiles.formats.resolve import resolve_model
 
     loaded = resolve_model(args.model)
     backend = LocalBackend(loaded, name=args.model, chat=False)

@@ -232,7 +232,8 @@ def main() -> None:
         import torch
 
         from twofiles.chat import ChatFormat, Message
-        from twofiles.engine import SamplingParams, resolve_model
+        from twofiles.engine import SamplingParams
+        from twofiles.formats.resolve import resolve_model
         from twofiles.system2 import think
 
         if args.threads:

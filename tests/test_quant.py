@@ -280,7 +280,8 @@ SMOLLM2 = os.path.expanduser("~/.cache/twofiles/smollm2.gguf")
     not os.path.isfile(SMOLLM2), reason="smollm2 not cached (twofiles pull smollm2)"
 )
 def test_smollm2_int8_greedy_matches_fp32():
-    from twofiles.engine import encode_prompt, resolve_model
+    from twofiles.engine import encode_prompt
+    from twofiles.formats.resolve import resolve_model
 
     loaded = resolve_model("smollm2")
     prompt = encode_prompt(loaded.tokenizer, "The capital of France is")

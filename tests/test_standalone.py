@@ -478,8 +478,8 @@ def test_smollm2_run_py_greedy_equals_engine(tmp_path):
     """The real SmolLM2 (GGUF Q4_1, imported): `twofiles export run smollm2 OUT/`, then run.py's
     greedy tokens equal the engine's (byte-level BPE with SmolLM's digit split, its own bos/eos,
     tied embeddings, GQA)."""
-    from twofiles.engine import resolve_model
     from twofiles.formats import alias_path
+    from twofiles.formats.resolve import resolve_model
 
     if not alias_path("smollm2").is_file():
         pytest.skip("run `twofiles pull smollm2` first")

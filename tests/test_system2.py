@@ -197,8 +197,8 @@ def test_chat_think_flag_votes_over_batched_samples(tiny, tmp_path, capsys, monk
 def test_smollm2_think_batched_greedy_equals_one_run():
     """The real model (GQA, 30 layers): N greedy rows sharing one prefill equal a single run."""
     from twofiles.chat import ChatFormat, Message
-    from twofiles.engine import resolve_model
     from twofiles.formats import alias_path
+    from twofiles.formats.resolve import resolve_model
     from twofiles.system2 import think
 
     if not alias_path("smollm2").is_file():

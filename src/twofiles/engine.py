@@ -4,9 +4,9 @@ What it owns: sampling (repetition penalty, temperature, top-k, top-p, min-p) as
 on a logits tensor; KV-cached generation (prefill the prompt in one forward, then one token per
 step); stop rules (stop token ids, stop strings); incremental detokenisation that never shows
 half a UTF-8 character or the start of a stop string; per-step probabilities for "show me the
-die"; equal-length batching; and `resolve_model`, the one place a model spec becomes a loaded
-model. What it leaves to others: the model math (model.py), device choice (the caller, via
-runtime.py; the engine follows the model's device), HTTP (serve), chat rendering (chat.py).
+die"; equal-length batching. What it leaves to others: the model math (model.py), loading a
+model (formats/resolve.py), device choice (the caller, via runtime.py; the engine follows the
+model's device), HTTP (serve), chat rendering (chat.py).
 
 Rules worth knowing:
 - Sampling draws only from a `torch.Generator` seeded from `SamplingParams.seed`, never from the
@@ -36,7 +36,6 @@ import torch.nn.functional as F
 from twofiles.errors import TwofilesError
 
 if TYPE_CHECKING:
-    from twofiles.artifact import LoadedModel
     from twofiles.model import Transformer
 
 
@@ -526,21 +525,6 @@ def generate_batch(
     return results
 
 
-# ---------------------------------------------------------------------------------------------
-# Models
-
-
-def resolve_model(
-    spec: str, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
-) -> LoadedModel:
-    """The one place a model spec becomes a loaded model on `device`: a twofiles
-    model.safetensors (or a directory holding one), a GGUF file, a Hugging Face directory, or an
-    alias such as `smollm2` (see twofiles.formats.resolve)."""
-    from twofiles.formats import resolve
-
-    return resolve(spec, device=device, dtype=dtype)
-
-
 __all__ = [
     "PromptTooLongError",
     "SamplingParams",
@@ -557,7 +541,6 @@ __all__ = [
     "max_new_tokens",
     "min_p_filter",
     "model_device",
-    "resolve_model",
     "roll",
     "sample_next",
     "token_distribution",

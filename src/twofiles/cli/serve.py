@@ -145,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
         raise TwofilesError(
             f"serving needs the 'serve' extra ({e.name} is missing): pip install 'twofiles[serve]'"
         ) from None
-    from twofiles.engine import resolve_model
+    from twofiles.formats.resolve import resolve_model
     from twofiles.quant import prepare_for_inference
     from twofiles.runtime import pick_device
 

@@ -66,7 +66,7 @@ def export_run(
     if out.exists() and not out.is_dir():
         raise BadInputError("output exists and is not a directory", path=str(out))
     if loaded is None and not _is_twofiles_file(model_path):
-        from twofiles.engine import resolve_model  # the one place other formats are read
+        from twofiles.formats.resolve import resolve_model  # the one place other formats are read
 
         loaded = resolve_model(model_path)
     out.mkdir(parents=True, exist_ok=True)

@@ -33,9 +33,7 @@ from twofiles import runtime as rt_mod
 from twofiles.artifact import atomic_write_bytes, save_model
 from twofiles.data.packing import Example, PackedLoader, eval_batches, make_example
 from twofiles.errors import TwofilesError
-from twofiles.optim import OptimConfig, build_optimizers, lr_factor, set_lr
-from twofiles.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
-from twofiles.train.lora import (
+from twofiles.lora import (
     ALL_TARGETS,
     LoRAConfig,
     apply_lora,
@@ -43,6 +41,8 @@ from twofiles.train.lora import (
     save_adapters,
     trainable_parameters,
 )
+from twofiles.optim import OptimConfig, build_optimizers, lr_factor, set_lr
+from twofiles.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 
 if TYPE_CHECKING:
     from twofiles.artifact import LoadedModel
@@ -471,7 +471,7 @@ def _base_spec(spec: str) -> str:
 
 def _sft(cfg: SFTConfig, rt: rt_mod.Runtime) -> SFTResult:
     from twofiles.chat import ChatFormat
-    from twofiles.engine import resolve_model
+    from twofiles.formats.resolve import resolve_model
 
     out = Path(cfg.out)
     ckpt_dir = out / "checkpoints"
