@@ -185,8 +185,8 @@ class LocalBackend:
         import numpy as np
         import torch
 
+        from twofiles.eval.bpb import evaluate_bpb
         from twofiles.runtime import Runtime
-        from twofiles.train.pretrain import evaluate
 
         tok = self.loaded.tokenizer
         seq_len = min(seq_len, self.loaded.model.config.max_seq_len)
@@ -205,7 +205,7 @@ class LocalBackend:
         )  # the precision rule pretraining evaluates under
         rt = Runtime(device=self.device, autocast_dtype=torch.bfloat16 if bf16 else None)
         with torch.inference_mode():
-            loss, bpb = evaluate(model, stream, token_bytes, rt, seq_len, batch_size, limit)
+            loss, bpb = evaluate_bpb(model, stream, token_bytes, rt, seq_len, batch_size, limit)
         model.eval()
         n_targets = len(ids) - 1 if limit is None else min(len(ids) - 1, limit)
         targets = torch.from_numpy(ids[1 : n_targets + 1]).to(self.device)
