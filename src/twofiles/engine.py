@@ -6,7 +6,7 @@ step); stop rules (stop token ids, stop strings); incremental detokenisation tha
 half a UTF-8 character or the start of a stop string; per-step probabilities for "show me the
 die"; equal-length batching. What it leaves to others: the model math (model.py), loading a
 model (formats/resolve.py), device choice (the caller, via runtime.py; the engine follows the
-model's device), HTTP (serve), chat rendering (chat.py).
+model's device), HTTP (serve), chat rendering (chat/).
 
 Rules worth knowing:
 - Sampling draws only from a `torch.Generator` seeded from `SamplingParams.seed`, never from the

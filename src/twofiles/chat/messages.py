@@ -222,7 +222,7 @@ def load_conversation(path: str | os.PathLike[str]) -> list[Message]:
 
 def save_conversation(path: str | os.PathLike[str], messages: Sequence[Message]) -> None:
     """Write `{"messages": [...]}` (OpenAI form), atomically."""
-    from twofiles.artifact import atomic_write_bytes
+    from twofiles.paths import atomic_write_bytes
 
     text = json.dumps({"messages": messages_to_dicts(messages)}, ensure_ascii=False, indent=1)
     atomic_write_bytes(path, (text + "\n").encode("utf-8"))
