@@ -358,6 +358,26 @@ def test_batched_decoder_greedy_equals_the_naive_generator_per_row(model):
         assert r.finish == "length"
 
 
+def test_batched_decoder_prefills_repeated_prompts_once_in_any_order(model, monkeypatch):
+    """Repeats scattered among other prompts: one prefill row per distinct prompt, and every
+    row's cache copied from the right one (its greedy tokens are its own prompt's)."""
+    a, b, c = [0, 9, 10, 11], [0, 40, 41], [0, 70, 71, 72, 73]
+    prompts = [a, b, a, c, b, a]
+    shapes = []
+    real = type(model).hidden_states
+
+    def recording(self, idx, *args, **kw):
+        shapes.append(tuple(idx.shape))
+        return real(self, idx, *args, **kw)
+
+    monkeypatch.setattr(type(model), "hidden_states", recording)
+    params = SamplingParams(temperature=0, max_tokens=8)
+    rows = decode_batch(model, prompts, params)
+    assert shapes[0] == (3, 5)  # a, b, c prefilled together, right-padded to c's length
+    for p, r in zip(prompts, rows):
+        assert r.tokens == list(generate(model, p, params))
+
+
 def test_batched_decoder_sampled_rows_equal_generate_with_their_seeds(model):
     """Each row rolls its own seeded die: its tokens equal `generate` with the same params,
     whatever else is in the batch (filters, penalties and lengths differ between rows)."""
