@@ -3,9 +3,9 @@
 What it owns: putting a self-contained parameters file and the standalone runner (`run.py` in
 this package, which needs only Python and numpy) side by side in one directory. A twofiles
 model.safetensors is copied byte for byte; a model from anywhere else (a GGUF file or a Hugging
-Face directory, once `engine.resolve_model` reads them) is loaded and written with
+Face directory, once `formats.resolve.resolve_model` reads them) is loaded and written with
 `artifact.save_model` first. Both files are written atomically (temp file + rename). What it
-leaves to others: reading other formats (engine / formats), the runner itself (run.py).
+leaves to others: reading other formats (formats), the runner itself (run.py).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ before and after (greedy, through the calculator where the task needs it), the r
 (config.json, metrics.jsonl, atomic checkpoints that resume exactly, loss.png, report.md) and the
 final model: model.safetensors carrying the chat template it was trained with, or LoRA adapters
 (adapters.safetensors) that load onto their base. What it leaves to others: the data (data.skills,
-chat.read_conversations), rendering (chat), packing (data.packing), LoRA (train.lora), the model
+chat.read_conversations), rendering (chat), packing (data.packing), LoRA (twofiles.lora), the model
 math, optimizers (optim), device choice (runtime).
 
 A run is one process (no DDP: SFT sets here are small).
