@@ -54,8 +54,8 @@ def main() -> None:
     from transformers import AutoTokenizer
 
     from twofiles.chat import ChatFormat
-    from twofiles.engine import resolve_model
     from twofiles.formats import alias_path
+    from twofiles.formats.resolve import resolve_model
 
     path = alias_path("smollm2")
     loaded = resolve_model("smollm2")

@@ -86,7 +86,8 @@ def linear_weight_bytes(model: torch.nn.Module) -> int:
 
 
 def twofiles_contender(spec: str, quantize: str, compile: bool, plain: bool = False) -> Contender:
-    from twofiles.engine import SamplingParams, generate_steps, resolve_model
+    from twofiles.engine import SamplingParams, generate_steps
+    from twofiles.formats.resolve import resolve_model
     from twofiles.quant import prepare_for_inference
 
     loaded = resolve_model(spec)
@@ -187,7 +188,7 @@ def runpy_contender(spec: str, workdir: str) -> Contender:
 
     import numpy as np
 
-    from twofiles.engine import resolve_model
+    from twofiles.formats.resolve import resolve_model
     from twofiles.standalone.export import export_run
 
     loaded = resolve_model(spec)
@@ -278,8 +279,8 @@ def main() -> None:
 
     from tqdm import tqdm
 
-    from twofiles.engine import resolve_model
     from twofiles.formats import ALIASES, alias_path
+    from twofiles.formats.resolve import resolve_model
 
     torch.set_num_threads(args.threads)
     gguf_path = str(alias_path(args.model)) if args.model in ALIASES else args.model

@@ -2,8 +2,7 @@
 
 The same prompts (a built-in generative task's, as `twofiles eval` renders them) answered by
 `twofiles.eval.backends.greedy_batch` in batches of B prompts of different lengths, and by the
-engine's `generate` one prompt at a time (what `generate_batch` amounts to when no two prompts
-have the same length). Rounds alternate (batched, one-at-a-time, batched, ...) after one warm-up
+engine's `generate` one prompt at a time. Rounds alternate (batched, one-at-a-time, batched, ...) after one warm-up
 round each; the table gives the median seconds per round, tokens per second and the ratio, and
 checks that both produce the same replies.
 
@@ -31,9 +30,10 @@ def main() -> None:
 
     import torch
 
-    from twofiles.engine import SamplingParams, generate, resolve_model
+    from twofiles.engine import SamplingParams, generate
     from twofiles.eval.backends import LocalBackend, greedy_batch
     from twofiles.eval.tasks import fill, load_examples, load_spec
+    from twofiles.formats.resolve import resolve_model
 
     loaded = resolve_model(args.model)
     backend = LocalBackend(loaded, name=args.model, chat=False)

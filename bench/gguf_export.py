@@ -22,9 +22,10 @@ from pathlib import Path
 
 import torch
 
-from twofiles.engine import SamplingParams, generate, resolve_model
+from twofiles.engine import SamplingParams, generate
 from twofiles.formats.gguf import load_gguf
 from twofiles.formats.gguf_export import export_gguf
+from twofiles.formats.resolve import resolve_model
 
 PROMPTS = [
     "def fibonacci(n):\n    ",

@@ -57,7 +57,7 @@ def setup(args: argparse.Namespace):
 
     from twofiles.chat import ChatFormat
     from twofiles.data.packing import PackedLoader
-    from twofiles.engine import resolve_model
+    from twofiles.formats.resolve import resolve_model
     from twofiles.train.sft import SFTConfig, identity_for, load_conversations, render_examples
 
     torch.manual_seed(0)
@@ -75,8 +75,8 @@ def setup(args: argparse.Namespace):
 
 
 def contender(model, kind: str, rank: int):
+    from twofiles.lora import LoRAConfig, apply_lora
     from twofiles.optim import build_optimizers
-    from twofiles.train.lora import LoRAConfig, apply_lora
     from twofiles.train.sft import default_optim
 
     if kind == "lora":

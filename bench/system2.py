@@ -160,7 +160,8 @@ def speed(loaded, fmt, question: str, n: int, max_tokens: int, reps: int) -> dic
     from dataclasses import replace
 
     from twofiles.chat import Message
-    from twofiles.engine import SamplingParams, generate_batch
+    from twofiles.decoder import generate_batch
+    from twofiles.engine import SamplingParams
 
     ids = fmt.prompt_ids([Message("user", question + PROMPT_SUFFIX)])
     # no stop tokens: every row runs exactly max_tokens steps, so both sides do the same work
@@ -232,7 +233,8 @@ def main() -> None:
         import torch
 
         from twofiles.chat import ChatFormat, Message
-        from twofiles.engine import SamplingParams, resolve_model
+        from twofiles.engine import SamplingParams
+        from twofiles.formats.resolve import resolve_model
         from twofiles.system2 import think
 
         if args.threads:

@@ -78,9 +78,9 @@ def main() -> int:
     ap.add_argument("--type", default="f16", choices=["f32", "f16", "q8_0"])
     ap.add_argument("--stub-sentencepiece", action="store_true")
     args = ap.parse_args()
-    from twofiles.engine import resolve_model
     from twofiles.formats.gguf_export import export_gguf
     from twofiles.formats.hf import export_hf
+    from twofiles.formats.resolve import resolve_model
 
     loaded = resolve_model(args.model)
     with tempfile.TemporaryDirectory() as tmp:

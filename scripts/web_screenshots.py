@@ -64,7 +64,7 @@ def main() -> None:
 
     from playwright.sync_api import sync_playwright
 
-    from twofiles.engine import resolve_model
+    from twofiles.formats.resolve import resolve_model
     from twofiles.serve.app import ServeSettings, create_app, model_name
 
     models = {}

@@ -453,8 +453,8 @@ def test_for_model_picks_the_template(tok: Tokenizer, chatml_tok: Tokenizer) -> 
 def test_smollm2_template_matches_transformers() -> None:
     pytest.importorskip("accelerate")  # transformers needs it to read GGUF
     transformers = pytest.importorskip("transformers")
-    from twofiles.engine import resolve_model
     from twofiles.formats import alias_path
+    from twofiles.formats.resolve import resolve_model
 
     path = alias_path("smollm2")
     if not path.is_file():
@@ -876,7 +876,7 @@ def test_chat_cli_scripted_through_stdin(model_path, tmp_path, capsys, monkeypat
 
 def test_chat_cli_shows_tool_calls_and_results(tok: Tokenizer, capsys, monkeypatch) -> None:
     """`--tools calculator` with the real calculator; the model is scripted to call it."""
-    import twofiles.engine
+    import twofiles.formats.resolve
 
     def reply(prompt: str) -> str:
         if prompt.endswith("<|tool_result_end|><|assistant_start|>"):
@@ -888,7 +888,7 @@ def test_chat_cli_shows_tool_calls_and_results(tok: Tokenizer, capsys, monkeypat
         return '<|tool_call_start|>{"name": "calculator", "arguments": {"expression": "20+22"}}<|tool_call_end|><|assistant_end|>'
 
     monkeypatch.setattr(
-        twofiles.engine,
+        twofiles.formats.resolve,
         "resolve_model",
         lambda spec, **_: SimpleNamespace(
             model=ScriptedModel(tok, reply), tokenizer=tok, chat_template=""
@@ -920,7 +920,7 @@ def test_chat_cli_shows_tool_calls_and_results(tok: Tokenizer, capsys, monkeypat
 def test_chat_cli_python_tool_keeps_files_in_workdir(
     tok: Tokenizer, tmp_path, capsys, monkeypatch
 ) -> None:
-    import twofiles.engine
+    import twofiles.formats.resolve
 
     code = "open('out.txt', 'w').write('hi'); print(6 * 7)"
 
@@ -934,7 +934,7 @@ def test_chat_cli_python_tool_keeps_files_in_workdir(
         )
 
     monkeypatch.setattr(
-        twofiles.engine,
+        twofiles.formats.resolve,
         "resolve_model",
         lambda spec, **_: SimpleNamespace(
             model=ScriptedModel(tok, reply), tokenizer=tok, chat_template=""

@@ -18,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from twofiles.decoder import decode_batch, generate_batch
 from twofiles.engine import (
     PromptTooLongError,
     SamplingParams,
@@ -25,7 +26,6 @@ from twofiles.engine import (
     apply_repetition_penalty,
     apply_temperature,
     generate,
-    generate_batch,
     generate_steps,
     generate_text,
     make_generator,
@@ -341,6 +341,82 @@ def test_batched_rows_stop_on_their_own(model):
     got = generate_batch(model, prompts, params)
     assert got[0] == full[0][: full[0].index(stop_tok) + 1]
     assert got[1] == (full[1][: full[1].index(stop_tok) + 1] if stop_tok in full[1] else full[1])
+
+
+# ---------------------------------------------------------------------------------------------
+# the one batched decoder (twofiles.decoder): rows of different lengths, continuous admission
+
+
+def test_batched_decoder_greedy_equals_the_naive_generator_per_row(model):
+    """Prompts of different lengths, more of them than rows: each row's greedy tokens are the
+    naive (uncached, unbatched) generator's, whichever rows it shared steps with."""
+    prompts = [[0, 5, 6], [0, 100, 101, 102, 103, 104, 105], [0, 7], [0, 1, 2, 3], [0, 200, 201]]
+    params = SamplingParams(temperature=0, max_tokens=10)
+    rows = decode_batch(model, prompts, params, max_rows=2)
+    for p, r in zip(prompts, rows):
+        assert r.tokens == naive_generate(model, p, params, 10), p
+        assert r.finish == "length"
+
+
+def test_batched_decoder_prefills_repeated_prompts_once_in_any_order(model, monkeypatch):
+    """Repeats scattered among other prompts: one prefill row per distinct prompt, and every
+    row's cache copied from the right one (its greedy tokens are its own prompt's)."""
+    a, b, c = [0, 9, 10, 11], [0, 40, 41], [0, 70, 71, 72, 73]
+    prompts = [a, b, a, c, b, a]
+    shapes = []
+    real = type(model).hidden_states
+
+    def recording(self, idx, *args, **kw):
+        shapes.append(tuple(idx.shape))
+        return real(self, idx, *args, **kw)
+
+    monkeypatch.setattr(type(model), "hidden_states", recording)
+    params = SamplingParams(temperature=0, max_tokens=8)
+    rows = decode_batch(model, prompts, params)
+    assert shapes[0] == (3, 5)  # a, b, c prefilled together, right-padded to c's length
+    for p, r in zip(prompts, rows):
+        assert r.tokens == list(generate(model, p, params))
+
+
+def test_batched_decoder_sampled_rows_equal_generate_with_their_seeds(model):
+    """Each row rolls its own seeded die: its tokens equal `generate` with the same params,
+    whatever else is in the batch (filters, penalties and lengths differ between rows)."""
+    prompts = [[0, 9, 8, 7], [0, 3], [0, 50, 51, 52, 53, 54], [0, 9, 8, 7]]
+    params = [
+        SamplingParams(temperature=1.0, seed=3, max_tokens=15),
+        SamplingParams(temperature=0.7, top_k=20, top_p=0.9, min_p=0.02, seed=11, max_tokens=15),
+        SamplingParams(temperature=1.3, repetition_penalty=1.5, seed=5, max_tokens=15),
+        SamplingParams(temperature=1.0, seed=4, max_tokens=15),
+    ]
+    rows = decode_batch(model, prompts, params, max_rows=3)
+    for p, sp, r in zip(prompts, params, rows):
+        assert r.tokens == list(generate(model, p, sp))
+    assert rows[0].tokens != rows[3].tokens  # one prompt, two seeds, two samples
+
+
+def test_batched_decoder_text_and_stops_equal_generate_steps(model):
+    """With a tokenizer: stop strings, stop tokens and the streamed text are the engine's."""
+    tok = PieceTokenizer([b"x", b"y", b"z"])  # every id of the model's 260 has a piece
+    prompts = [[0, 105, 106], [0, 120, 121, 122, 123], [0, 66]]
+    free = [list(generate(model, p, SamplingParams(temperature=0, max_tokens=12))) for p in prompts]
+    stop_tok = free[1][2]
+    stop_str = tok.decode(free[0][4:6]) if "\ufffd" not in tok.decode(free[0][4:6]) else "zz"
+    params = SamplingParams(
+        temperature=0, max_tokens=12, stop=[stop_str], stop_token_ids=[stop_tok]
+    )
+    rows = decode_batch(model, prompts, params, tokenizer=tok)
+    for p, r in zip(prompts, rows):
+        steps = list(generate_steps(model, p, params, tokenizer=tok))
+        assert r.tokens == [s.token for s in steps]
+        assert r.text == "".join(s.text for s in steps)
+        assert r.finish == steps[-1].finish
+    assert rows[1].finish == "stop" and rows[1].tokens[-1] == stop_tok
+
+
+def test_batched_decoder_refuses_a_prompt_with_no_room(model):
+    with pytest.raises(PromptTooLongError):
+        decode_batch(model, [[0] * 64], SamplingParams(max_tokens=4))
+    assert decode_batch(model, [], SamplingParams()) == []
 
 
 def test_max_tokens_and_context_limit(model):

@@ -103,7 +103,7 @@ def write_hf_dir(path, tok: Tokenizer, model_type: str, *, tie: bool) -> torch.n
 
 @pytest.mark.parametrize("model_type,tie", [("llama", False), ("llama", True), ("qwen2", False)])
 def test_load_hf_dir_matches_transformers(tmp_path, tok, model_type, tie) -> None:
-    from twofiles.engine import resolve_model
+    from twofiles.formats.resolve import resolve_model
 
     hf = write_hf_dir(tmp_path, tok, model_type, tie=tie)
     loaded = resolve_model(str(tmp_path))
@@ -161,7 +161,8 @@ def test_hf_dir_prompt_starts_as_transformers_starts_it(tmp_path, tok, flag, tem
     from tokenizers import processors
     from transformers import AutoTokenizer
 
-    from twofiles.engine import encode_prompt, resolve_model
+    from twofiles.engine import encode_prompt
+    from twofiles.formats.resolve import resolve_model
 
     write_hf_dir(tmp_path, tok, "llama", tie=True)
     if template:
@@ -309,7 +310,7 @@ def test_load_gguf_matches_model(tmp_path, tok, qname, tol) -> None:
     from gguf import GGMLQuantizationType
     from gguf.quants import dequantize, quantize
 
-    from twofiles.engine import resolve_model
+    from twofiles.formats.resolve import resolve_model
 
     qtype = GGMLQuantizationType[qname]
     model = tiny_model(tok, tie=qname == "Q8_0")
@@ -443,7 +444,7 @@ def test_gguf_refusals(tmp_path, tok) -> None:
 
 
 def test_resolve_alias_and_errors(tmp_path, monkeypatch) -> None:
-    from twofiles.engine import resolve_model
+    from twofiles.formats.resolve import resolve_model
 
     monkeypatch.setenv("TWOFILES_CACHE", str(tmp_path / "cache"))
     with pytest.raises(TwofilesError, match="twofiles pull smollm2"):
@@ -492,8 +493,8 @@ def smollm2():
     reply)}), computed once for the module."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from twofiles.engine import resolve_model
     from twofiles.formats import alias_path
+    from twofiles.formats.resolve import resolve_model
 
     pytest.importorskip("accelerate")  # transformers needs it to read GGUF
     path = alias_path("smollm2")

@@ -587,8 +587,8 @@ def write_llama3_hf_dir(path: Path, tok: Tokenizer):
 def test_llama3_rope_matches_transformers(tmp_path, tok) -> None:
     from transformers import AutoModelForCausalLM
 
-    from twofiles.engine import resolve_model
     from twofiles.formats.hf import export_hf
+    from twofiles.formats.resolve import resolve_model
     from twofiles.model import rope_inv_freq
 
     hf = write_llama3_hf_dir(tmp_path / "hf", tok)
@@ -864,8 +864,9 @@ def test_llama_cpp_runs_smollm2_exported_by_us(tmp_path, qtype) -> None:
     the same way, and greedy decoding agrees for 32 tokens (at q8_0 llama.cpp also rounds the
     activations to 8 bits, so only the tokens are compared)."""
     pytest.importorskip("llama_cpp")
-    from twofiles.engine import SamplingParams, generate, resolve_model
+    from twofiles.engine import SamplingParams, generate
     from twofiles.formats.gguf_export import export_gguf
+    from twofiles.formats.resolve import resolve_model
 
     export_gguf(resolve_model("smollm2"), tmp_path / "s.gguf", qtype=qtype)
     back = resolve_model(str(tmp_path / "s.gguf"))

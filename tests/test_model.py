@@ -321,7 +321,7 @@ def test_fused_projections_compute_the_same_model(variant: str) -> None:
 
 
 def test_lora_wrapped_projections_are_not_fused() -> None:
-    from twofiles.train.lora import LoRAConfig, apply_lora
+    from twofiles.lora import LoRAConfig, apply_lora
 
     model = build(n_kv_heads=2).eval()
     apply_lora(model, LoRAConfig(rank=2, targets=["q_proj"]))

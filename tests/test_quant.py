@@ -436,7 +436,7 @@ QUANT_BOUNDS = {"int8": (0.92, 0.01), "int4": (0.72, 0.08)}  # (top-1 at least, 
 def smollm2_plain():
     """SmolLM2 as loaded (plain layout, fp32), and held-out text as ids with the plain logits."""
     from twofiles.data.builtin import shakespeare_documents
-    from twofiles.engine import resolve_model
+    from twofiles.formats.resolve import resolve_model
 
     if not os.path.isfile(SMOLLM2):
         pytest.skip("smollm2 not cached (twofiles pull smollm2)")

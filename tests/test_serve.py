@@ -709,8 +709,8 @@ def test_bounded_load_no_5xx_no_lost_slots_memory_flat(server):
 def test_smollm2_through_the_server_equals_the_engine():
     """The real model, its own (ChatML) template and tokenizer: two concurrent greedy chats
     through the server equal the engine run on each alone."""
-    from twofiles.engine import resolve_model
     from twofiles.formats import alias_path
+    from twofiles.formats.resolve import resolve_model
 
     if not alias_path("smollm2").is_file():
         pytest.skip("run `twofiles pull smollm2` first")

@@ -159,7 +159,7 @@ def _tiny(vocab: int = 64, seed: int = 0, tie: bool = False):
 def test_zero_initialised_adapters_leave_outputs_unchanged_and_only_adapters_train() -> None:
     import torch
 
-    from twofiles.train.lora import (
+    from twofiles.lora import (
         ALL_TARGETS,
         LoRAConfig,
         apply_lora,
@@ -187,7 +187,7 @@ def test_zero_initialised_adapters_leave_outputs_unchanged_and_only_adapters_tra
 def test_merged_adapters_give_the_same_logits_as_unmerged() -> None:
     import torch
 
-    from twofiles.train.lora import LoRAConfig, apply_lora, lora_layers, merge_lora
+    from twofiles.lora import LoRAConfig, apply_lora, lora_layers, merge_lora
 
     for tie in (False, True):
         m = _tiny(tie=tie)
@@ -207,20 +207,20 @@ def test_saved_adapters_load_back_onto_the_base(tmp_path) -> None:
     import torch
 
     from twofiles.artifact import save_model
-    from twofiles.formats import resolve
-    from twofiles.tokenizer import Tokenizer
-    from twofiles.train.lora import (
+    from twofiles.formats.resolve import resolve_model
+    from twofiles.lora import (
         LoRAConfig,
         apply_lora,
         load_adapters,
         lora_layers,
         save_adapters,
     )
+    from twofiles.tokenizer import Tokenizer
 
     tok = Tokenizer.train(["hello world, a tiny corpus for a tiny tokenizer"] * 4, 300)
     base = _tiny(vocab=tok.vocab_size)
     base_path = save_model(tmp_path / "base.safetensors", base, tok)
-    m = resolve(str(base_path)).model
+    m = resolve_model(str(base_path)).model
     cfg = LoRAConfig(rank=2, alpha=4)
     apply_lora(m, cfg)
     with torch.no_grad():
@@ -236,10 +236,10 @@ def test_saved_adapters_load_back_onto_the_base(tmp_path) -> None:
         chat_template="{{ messages }}",
     )
     assert path.stat().st_size < base_path.stat().st_size / 2
-    fresh = resolve(str(base_path)).model
+    fresh = resolve_model(str(base_path)).model
     load_adapters(fresh, path)
     torch.testing.assert_close(fresh(x), want)
-    loaded = resolve(
+    loaded = resolve_model(
         str(path)
     )  # any verb can take the adapters file as MODEL: base + adapters, merged
     assert not lora_layers(loaded.model)
@@ -481,7 +481,7 @@ def test_sft_verb_end_to_end_full_and_lora(base_model, convs_jsonl, tmp_path) ->
     import sys
 
     chat = pytest.importorskip("twofiles.chat")
-    from twofiles.formats import resolve
+    from twofiles.formats.resolve import resolve_model
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = tmp_path / "full"
@@ -518,7 +518,7 @@ def test_sft_verb_end_to_end_full_and_lora(base_model, convs_jsonl, tmp_path) ->
     ):
         assert (out / name).is_file(), name
     assert (out / "loss.png").read_bytes()[:4] == b"\x89PNG"
-    loaded = resolve(summary["model_path"])
+    loaded = resolve_model(summary["model_path"])
     assert (
         loaded.chat_template == chat.BUILTIN_TEMPLATE
     )  # the model file carries the template it learned
@@ -559,7 +559,7 @@ def test_sft_verb_end_to_end_full_and_lora(base_model, convs_jsonl, tmp_path) ->
         summary["model_path"].endswith("adapters.safetensors")
         and summary["trainable_params"] < summary["params"] / 5
     )
-    assert resolve(summary["model_path"]).chat_template == chat.BUILTIN_TEMPLATE
+    assert resolve_model(summary["model_path"]).chat_template == chat.BUILTIN_TEMPLATE
 
     bad = tmp_path / "bad.jsonl"
     bad.write_text(

@@ -104,20 +104,20 @@ def test_greedy_batched_samples_equal_the_engine_row_by_row(tiny):
 
 
 def test_sampling_is_seeded_and_batched(tiny, monkeypatch):
-    import twofiles.engine as engine
+    import twofiles.decoder as decoder
 
     model, tok = tiny
     prompt = [tok.bos_id] + tok.encode("the cat")
     params = SamplingParams(temperature=1.0, max_tokens=12, seed=3)
     calls = []
-    real = engine.generate_batch
+    real = decoder.generate_batch
 
     def counting(model, prompts, params, **kw):
         calls.append(len(prompts))
-        assert len({len(p) for p in prompts}) == 1  # one length: a single batch inside the engine
+        assert len({tuple(p) for p in prompts}) == 1  # one prompt: one prefill inside the decoder
         return real(model, prompts, params, **kw)
 
-    monkeypatch.setattr(engine, "generate_batch", counting)
+    monkeypatch.setattr(decoder, "generate_batch", counting)
     first = make_sampler(model, tok, prompt, params, batch_size=16)(16)
     assert calls == [16]  # all sixteen rows in one batch
     assert first == sample_texts(model, tok, prompt, params, 16)  # same seed, same samples
@@ -125,7 +125,9 @@ def test_sampling_is_seeded_and_batched(tiny, monkeypatch):
     calls.clear()
     chunked = sample_texts(model, tok, prompt, params, 10, batch_size=4)
     assert calls == [4, 4, 2] and len(chunked) == 10
-    assert chunked[:4] != chunked[4:8]  # each chunk draws with its own seed
+    assert chunked[:4] != chunked[4:8]  # each chunk draws with its own seeds
+    # sample i draws with seed + i whatever the batch size: chunking does not change the samples
+    assert chunked == sample_texts(model, tok, prompt, params, 10, batch_size=10)
 
 
 def test_think_keeps_every_sample_and_counts_tokens(tiny):
@@ -197,8 +199,8 @@ def test_chat_think_flag_votes_over_batched_samples(tiny, tmp_path, capsys, monk
 def test_smollm2_think_batched_greedy_equals_one_run():
     """The real model (GQA, 30 layers): N greedy rows sharing one prefill equal a single run."""
     from twofiles.chat import ChatFormat, Message
-    from twofiles.engine import resolve_model
     from twofiles.formats import alias_path
+    from twofiles.formats.resolve import resolve_model
     from twofiles.system2 import think
 
     if not alias_path("smollm2").is_file():

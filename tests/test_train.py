@@ -155,9 +155,9 @@ def test_eval_windows_score_each_target_once(tiny_data: Path) -> None:
 def test_bits_per_byte_of_a_uniform_model_is_log2_vocab_times_tokens_per_byte(
     tiny_data: Path,
 ) -> None:
+    from twofiles.eval.bpb import evaluate_bpb
     from twofiles.runtime import setup
     from twofiles.tokenizer import Tokenizer
-    from twofiles.train.pretrain import evaluate
 
     tok = Tokenizer.load(tiny_data / "tokenizer.json")
     stream = TokenStream(tiny_data, "val")
@@ -165,7 +165,7 @@ def test_bits_per_byte_of_a_uniform_model_is_log2_vocab_times_tokens_per_byte(
     with torch.no_grad():
         m.lm_head.weight.zero_()  # every logit 0: loss is exactly ln V for every token
     tb = torch.from_numpy(tok.token_bytes().astype(np.int64))
-    loss, bpb = evaluate(
+    loss, bpb = evaluate_bpb(
         m, stream, tb, setup("cpu", "fp32"), seq_len=32, batch_size=8, max_tokens=None
     )
     targets = stream.get(1, len(stream) - 1)

@@ -15,7 +15,8 @@ Hugging Face Llama; the safetensors metadata (string -> string) carries everythi
 
 Tied embeddings are stored once (embed_tokens); lm_head is re-tied at load. Writes are atomic
 (temp file + rename). Loading never unpickles anything. What it leaves to others: GGUF / HF
-directories (formats), device choice (runtime).
+directories (formats), device choice (runtime), atomic writes and the safetensors header
+(paths.py; `atomic_write_bytes` and `read_metadata` are importable from here too).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from twofiles.errors import BadInputError
+from twofiles.paths import atomic_write_bytes, read_metadata
 
 if TYPE_CHECKING:
     import torch
@@ -46,16 +48,6 @@ class LoadedModel:
     chat_template: str = ""
     provenance: dict[str, Any] = field(default_factory=dict)
     path: str = ""
-
-
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def save_model(
@@ -92,31 +84,6 @@ def save_model(
     path = Path(path)
     atomic_write_bytes(path, save(sd, metadata=metadata))
     return path
-
-
-def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
-    """The safetensors header metadata, validated enough to give clear errors."""
-    path = str(path)
-    try:
-        size = os.path.getsize(path)
-        with open(path, "rb") as f:
-            head = f.read(8)
-            if len(head) < 8:
-                raise BadInputError("file too short to be safetensors", path=path)
-            n = int.from_bytes(head, "little")
-            if n <= 0 or n > min(size - 8, 100 * 2**20):
-                raise BadInputError(f"bad safetensors header length {n}", path=path)
-            header = json.loads(f.read(n))
-    except FileNotFoundError:
-        raise BadInputError("no such model file", path=path) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise BadInputError(f"safetensors header is not valid JSON ({e})", path=path) from None
-    if not isinstance(header, dict):
-        raise BadInputError("safetensors header is not a JSON object", path=path)
-    meta = header.get("__metadata__") or {}
-    if not isinstance(meta, dict):
-        raise BadInputError("safetensors __metadata__ is not an object", path=path)
-    return meta
 
 
 def load_model(

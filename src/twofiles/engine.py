@@ -4,9 +4,10 @@ What it owns: sampling (repetition penalty, temperature, top-k, top-p, min-p) as
 on a logits tensor; KV-cached generation (prefill the prompt in one forward, then one token per
 step); stop rules (stop token ids, stop strings); incremental detokenisation that never shows
 half a UTF-8 character or the start of a stop string; per-step probabilities for "show me the
-die"; equal-length batching; and `resolve_model`, the one place a model spec becomes a loaded
-model. What it leaves to others: the model math (model.py), device choice (the caller, via
-runtime.py; the engine follows the model's device), HTTP (serve), chat rendering (chat.py).
+die". What it leaves to others: the model math (model.py), loading a model (formats/resolve.py),
+batches of sequences (decoder.py, the one batched decoder, built on the sampling here), device
+choice (the caller, via runtime.py; the engine follows the model's device), HTTP (serve), chat
+rendering (chat/).
 
 Rules worth knowing:
 - Sampling draws only from a `torch.Generator` seeded from `SamplingParams.seed`, never from the
@@ -36,7 +37,6 @@ import torch.nn.functional as F
 from twofiles.errors import TwofilesError
 
 if TYPE_CHECKING:
-    from twofiles.artifact import LoadedModel
     from twofiles.model import Transformer
 
 
@@ -287,17 +287,7 @@ def _decode(
         B, T + steps, dtype=torch.long, device=prompt.device
     )  # prompt + output, for the penalty
     seq[:, :T] = prompt
-    if B > 1 and bool((prompt == prompt[:1]).all()):
-        # N samples of one prompt (self-consistency): prefill it once and copy its keys/values
-        # into every row, instead of computing the same prefix N times
-        shared = model.new_caches(1, T)
-        logits = _prefill_logits(model, prompt[:1], shared).expand(B, -1).clone()  # [B, V]
-        for cache, one in zip(caches, shared):
-            cache.k[:, :, :T] = one.k
-            cache.v[:, :, :T] = one.v
-        del shared
-    else:
-        logits = _prefill_logits(model, prompt, caches)  # [B, V]
+    logits = _prefill_logits(model, prompt, caches)  # [B, V]
     for i in range(steps):
         history = seq[:, : T + i] if params.repetition_penalty != 1.0 else None
         probs = token_distribution(logits, params, history)
@@ -485,69 +475,6 @@ def generate_text(
             yield step.text
 
 
-def generate_batch(
-    model: Transformer,
-    prompts: Sequence[Sequence[int]],
-    params: SamplingParams,
-    *,
-    tokenizer: TokenizerLike | None = None,
-) -> list[list[int]]:
-    """Generated ids for each prompt, same stop rules as `generate`. Prompts of equal length run
-    as one batch; different lengths run as separate batches, because the model has no padding
-    mask (left padding without one lets rows attend to pad tokens and changes their output).
-    Greedy rows equal unbatched greedy; sampled rows are seeded but draw from one shared
-    generator, so they differ from unbatched runs with the same seed. Identical prompts (N
-    samples of one question) prefill once and share the result."""
-    params.validate()
-    if params.stop and tokenizer is None:
-        raise ValueError("stop strings need a tokenizer")
-    device = model_device(model)
-    generator = make_generator(params.seed, device)
-    stop_ids = set(params.stop_token_ids) | (
-        _end_ids(tokenizer) if tokenizer is not None else set()
-    )
-    results: list[list[int]] = [[] for _ in prompts]
-    groups: dict[int, list[int]] = {}
-    for row, p in enumerate(prompts):
-        groups.setdefault(len(p), []).append(row)
-    for length, rows in groups.items():
-        steps = max_new_tokens(model, length, params)
-        prompt = torch.tensor([list(prompts[r]) for r in rows], dtype=torch.long, device=device)
-        streams = [
-            TextStream(tokenizer, params.stop, context=prompts[r]) if params.stop else None
-            for r in rows
-        ]
-        done = [False] * len(rows)
-        for tokens, _ in _decode(model, prompt, params, generator, steps):
-            for j, token in enumerate(tokens.tolist()):
-                if done[j]:
-                    continue
-                results[rows[j]].append(token)
-                if token in stop_ids:
-                    done[j] = True
-                elif streams[j] is not None:
-                    streams[j].push(token)
-                    done[j] = streams[j].stopped
-            if all(done):
-                break
-    return results
-
-
-# ---------------------------------------------------------------------------------------------
-# Models
-
-
-def resolve_model(
-    spec: str, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
-) -> LoadedModel:
-    """The one place a model spec becomes a loaded model on `device`: a twofiles
-    model.safetensors (or a directory holding one), a GGUF file, a Hugging Face directory, or an
-    alias such as `smollm2` (see twofiles.formats.resolve)."""
-    from twofiles.formats import resolve
-
-    return resolve(spec, device=device, dtype=dtype)
-
-
 __all__ = [
     "PromptTooLongError",
     "SamplingParams",
@@ -557,14 +484,12 @@ __all__ = [
     "apply_temperature",
     "encode_prompt",
     "generate",
-    "generate_batch",
     "generate_steps",
     "generate_text",
     "make_generator",
     "max_new_tokens",
     "min_p_filter",
     "model_device",
-    "resolve_model",
     "roll",
     "sample_next",
     "token_distribution",

@@ -1,24 +1,15 @@
 """Continuous batching: many requests share one model, one batched KV cache and one forward per step.
 
 What it owns: `Scheduler`, a background thread that serves generation requests for one or more
-models. Each model gets a `BatchEngine`: a fixed number of sequence slots over one static KV cache
-[slots, kv_heads, context, head_dim] per layer. Requests wait in a bounded queue; whenever a slot
-is free a newcomer joins at once (its prompt is prefilled, several newcomers in one forward), and
-every step decodes all active rows in one forward, whatever their lengths. A row that finishes or
-is cancelled frees its slot before the next step. Each request keeps its own SamplingParams and
-its own seeded generator, so its tokens do not depend on what else shares the batch.
-What it leaves to others: HTTP and chat rendering (serve/), the sampling math and text streaming
-(engine.py: token_distribution, roll, TextStream), the model math (model.py).
-
-How rows of different lengths share a batch (no padding leaks into any row):
-- Active rows live in slots 0..n-1, so a step runs on a view of the first n rows of the cache, not
-  on all of them; when row i finishes, the last row's cache is copied into slot i.
-- Every token is fed with its own position (RoPE angle and cache slot), and a boolean mask lets
-  each query see exactly its own row's slots 0..position (model.py's `positions` / `attn_mask`).
-  Slots past a row's length hold stale keys from an earlier occupant; the mask never shows them.
-- Newcomers are right-padded to the longest prompt among them and prefilled together with a
-  plain causal mask: a real token never sees a pad (pads come after it), and the pads' cache
-  slots are overwritten by that row's own generated tokens before any query may see them.
+models. Each model gets a `BatchEngine` over the one batched decoder (decoder.py: a fixed number
+of rows over one static KV cache, rows of different lengths decoded in one forward). Requests
+wait in a bounded queue; whenever a slot is free a newcomer joins at once (its prompt is
+prefilled, several newcomers in one forward), and every step decodes all active rows in one
+forward, whatever their lengths. A request that finishes or is cancelled frees its slot before
+the next step. Each request keeps its own SamplingParams and its own seeded generator, so its
+tokens do not depend on what else shares the batch. What it leaves to others: the batched
+forward, sampling and stop rules (decoder.py, engine.py), HTTP and chat rendering (serve/), the
+model math (model.py).
 
 Events reach the caller through a RequestHandle: iterate it in a thread, or `async for` it in an
 event loop (the handle remembers the loop it was created in and is fed with call_soon_threadsafe).
@@ -38,14 +29,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from twofiles.engine import (
-    PromptTooLongError,
-    SamplingParams,
-    TextStream,
-    make_generator,
-    model_device,
-    token_distribution,
-)
+from twofiles.decoder import BatchDecoder, DecodedToken, DecodeRow
+from twofiles.engine import SamplingParams
 from twofiles.errors import TwofilesError
 
 if TYPE_CHECKING:
@@ -210,41 +195,10 @@ def _put_all(batch: list[tuple[RequestHandle, GenerationEvent]]) -> None:
         handle._aqueue.put_nowait(event)  # type: ignore[union-attr]
 
 
-class _RowsView:
-    """A KV cache over some rows and the first `length` slots of a layer's full buffers. Slicing
-    gives views, so the model's in-place writes land in the shared cache (KVCache.update_at's
-    contract, on a subset of rows)."""
-
-    def __init__(self, k: torch.Tensor, v: torch.Tensor) -> None:
-        self.k, self.v = k, v
-
-    def update_at(
-        self, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        B, H, T, D = k.shape
-        index = positions[:, None, :, None].expand(B, H, T, D)
-        self.k.scatter_(2, index, k)
-        self.v.scatter_(2, index, v)
-        return self.k, self.v
-
-
-@dataclass
-class _Row:
-    handle: RequestHandle
-    length: int  # tokens in this row's cache
-    steps: int  # most tokens it may generate (max_tokens capped by the context)
-    generator: torch.Generator
-    stream: TextStream
-    history: (
-        torch.Tensor | None
-    )  # [1, prompt + steps] prompt and output ids, for the repetition penalty
-    next_token: int = -1  # the last token generated, fed at the next step
-    generated: int = 0
-
-
 class BatchEngine:
-    """One model's slots and batched KV cache. Not thread-safe: only the Scheduler's worker
-    thread calls `admit` and `step`."""
+    """One model's requests over one BatchDecoder (decoder.py): rows are requests, decoded tokens
+    become GenerationEvents. Not thread-safe: only the Scheduler's worker thread calls `admit`
+    and `step`."""
 
     def __init__(
         self,
@@ -256,188 +210,55 @@ class BatchEngine:
         self.loaded = loaded
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
-        cfg = self.model.config
         self.max_seqs = max_seqs
-        self.context = min(max_context, cfg.max_seq_len)
-        self.device = model_device(self.model)
-        caches = self.model.new_caches(
-            max_seqs, self.context
-        )  # the model picks the dtype and device
-        self._k = [c.k for c in caches]  # [slots, kv_heads, context, head_dim] per layer
-        self._v = [c.v for c in caches]
-        self.rows: list[_Row] = []  # row i lives in cache slot i
+        self.decoder = BatchDecoder(
+            self.model, self.tokenizer, max_rows=max_seqs, context=max_context
+        )
+        self.context = self.decoder.context
         self.outbox: list[
             tuple[RequestHandle, GenerationEvent]
         ] = []  # recorded, not yet delivered (see flush)
-        self._end_ids = {self.tokenizer.bos_id, *getattr(self.tokenizer, "eos_ids", ())}
+
+    @property
+    def rows(self) -> list[DecodeRow]:
+        """Active rows; each row's `key` is its RequestHandle."""
+        return self.decoder.rows
 
     @property
     def free_slots(self) -> int:
-        return self.max_seqs - len(self.rows)
+        return self.decoder.free_slots
 
     def check_prompt(self, prompt_len: int) -> None:
-        if prompt_len == 0:
-            raise TwofilesError("empty prompt: give at least one token")
-        if prompt_len >= self.context:
-            raise PromptTooLongError(
-                f"prompt is {prompt_len} tokens; this server's context is {self.context} tokens, which leaves no room to generate (shorten the prompt)"
-            )
-
-    def _views(self, start: int, stop: int, length: int) -> list[_RowsView]:
-        return [
-            _RowsView(k[start:stop, :, :length], v[start:stop, :, :length])
-            for k, v in zip(self._k, self._v)
-        ]
+        self.decoder.check_prompt(prompt_len)
 
     def admit(self, handles: Sequence[RequestHandle]) -> None:
         """Prefill newcomers (at most free_slots) in one forward and emit each one's first token."""
-        if not handles:
-            return
-        first = len(self.rows)
-        T = max(len(h.prompt_ids) for h in handles)
-        idx = torch.zeros(len(handles), T, dtype=torch.long)
-        for i, h in enumerate(handles):
-            idx[i, : len(h.prompt_ids)] = torch.tensor(
-                h.prompt_ids
-            )  # right padding with id 0: never seen by real tokens
-        idx = idx.to(self.device)
-        positions = torch.arange(T, device=self.device).expand(len(handles), T)
-        causal = torch.ones(T, T, dtype=torch.bool, device=self.device).tril()[
-            None, None
-        ]  # [1, 1, T, T]
-        hidden = self.model.hidden_states(
-            idx, self._views(first, first + len(handles), T), positions=positions, attn_mask=causal
-        )
-        lengths = torch.tensor([len(h.prompt_ids) for h in handles], device=self.device)
-        # only each prompt's last position needs logits: [k, V], not [k, T, V]
-        last = self.model.lm_head(
-            hidden[torch.arange(len(handles), device=self.device), lengths - 1]
-        ).float()
-        new_rows = []
-        for h in handles:
-            p, n = h.params, len(h.prompt_ids)
-            steps = min(p.max_tokens, self.context - n)
-            history = None
-            if p.repetition_penalty != 1.0:
-                history = torch.empty(1, n + steps, dtype=torch.long, device=self.device)
-                history[0, :n] = torch.tensor(h.prompt_ids)
-            row = _Row(
-                h,
-                n,
-                steps,
-                make_generator(p.seed, self.device),
-                TextStream(self.tokenizer, p.stop, context=h.prompt_ids),
-                history,
-            )
-            self.rows.append(row)
-            new_rows.append(row)
-        self._sample(new_rows, last)
+        rows = [DecodeRow(h.prompt_ids, h.params, key=h, logprobs=h.logprobs) for h in handles]
+        self._emit_decoded(self.decoder.admit(rows))
 
     def step(self) -> None:
         """Cancel what was cancelled, then decode one token for every active row in one forward."""
-        for row in [r for r in self.rows if r.handle.cancelled]:
-            self._emit(row.handle, GenerationEvent(None, finish_reason="cancelled"))
-            self._free(row)
-        if not self.rows:
-            return
-        n = len(self.rows)
-        lengths = torch.tensor([r.length for r in self.rows], device=self.device)
-        L = int(lengths.max()) + 1
-        idx = torch.tensor(
-            [[r.next_token] for r in self.rows], dtype=torch.long, device=self.device
-        )
-        mask = (
-            torch.arange(L, device=self.device)[None, :] <= lengths[:, None]
-        )  # [n, L]: own slots 0..position
-        hidden = self.model.hidden_states(
-            idx, self._views(0, n, L), positions=lengths[:, None], attn_mask=mask[:, None, None, :]
-        )
-        for r in self.rows:
-            r.length += 1
-        self._sample(list(self.rows), self.model.lm_head(hidden[:, -1]).float())
+        for row in [r for r in self.rows if r.key.cancelled]:
+            self._emit(row.key, GenerationEvent(None, finish_reason="cancelled"))
+            self.decoder.remove(row)
+        self._emit_decoded(self.decoder.step())
 
-    def _draw(self, rows: Sequence[_Row], logits: torch.Tensor) -> torch.Tensor:
-        """Next token ids [len(rows)]: each row rolls its own die with its own generator. Rows
-        with the same filters are filtered in one batched call (the filters act row by row, so
-        this equals filtering each alone); only the random draw is per row, from its generator,
-        exactly as engine.roll draws it. Rows with a repetition penalty need their own history."""
-        tokens = torch.empty(len(rows), dtype=torch.long, device=logits.device)
-        groups: dict[tuple, list[int]] = {}
-        for i, r in enumerate(rows):
-            p = r.handle.params
-            key = (p.temperature, p.top_k, p.top_p, p.min_p) if r.history is None else ("own", i)
-            groups.setdefault(key, []).append(i)
-        for idx in groups.values():
-            first = rows[idx[0]]
-            p = first.handle.params
-            history = (
-                first.history[:, : len(first.handle.prompt_ids) + first.generated]
-                if first.history is not None
-                else None
+    def _emit_decoded(self, decoded: Sequence[DecodedToken]) -> None:
+        for d in decoded:
+            event = GenerationEvent(
+                d.token,
+                d.text,
+                d.logprob,
+                d.top_logprobs,
+                finish_reason=d.finish,
+                stop_token=d.stop_token,
             )
-            at = torch.tensor(idx, device=logits.device) if len(idx) < len(rows) else None
-            probs = token_distribution(logits if at is None else logits[at], p, history)  # [k, V]
-            if p.temperature == 0:
-                drawn = probs.argmax(-1)
-            else:  # engine.roll's exponential race, one generator per row
-                q = torch.empty_like(probs)
-                for j, i in enumerate(idx):
-                    q[j].exponential_(1.0, generator=rows[i].generator)
-                drawn = (probs / q.clamp_min_(torch.finfo(q.dtype).tiny)).argmax(-1)
-            if at is None:
-                tokens = drawn
-            else:
-                tokens[at] = drawn
-        return tokens
-
-    def _sample(self, rows: Sequence[_Row], logits: torch.Tensor) -> None:
-        """Draw each row's next token from logits [len(rows), V] and emit it; free finished rows."""
-        tokens = self._draw(rows, logits).tolist()  # the one host sync of the step
-        finished = []
-        for i, (r, token) in enumerate(zip(rows, tokens)):
-            p, h = r.handle.params, r.handle
-            if r.history is not None:
-                r.history[0, len(h.prompt_ids) + r.generated] = token
-            r.generated += 1
-            r.next_token = token
-            event = GenerationEvent(token)
-            if h.logprobs is not None:
-                logp = logits[i].float().log_softmax(-1)
-                event.logprob = float(logp[token])
-                if h.logprobs > 0:
-                    values, ids = logp.topk(min(h.logprobs, logp.shape[-1]))
-                    event.top_logprobs = list(zip(ids.tolist(), values.tolist()))
-            if token in self._end_ids or token in p.stop_token_ids:
-                event.finish_reason, event.stop_token = "stop", True
-                event.text = r.stream.finish()
-            else:
-                event.text = r.stream.push(token)
-                if r.stream.stopped:
-                    event.finish_reason = "stop"
-                elif r.generated >= r.steps:
-                    event.finish_reason = "length"
-                    event.text += r.stream.finish()
-            self._emit(h, event)
-            if event.finish_reason is not None:
-                finished.append(r)
-        for r in finished:
-            self._free(r)
-
-    def _free(self, row: _Row) -> None:
-        """Give the row's slot back: the last row moves into it, so active rows stay 0..n-1."""
-        i, last = self.rows.index(row), len(self.rows) - 1
-        if i != last:
-            moved = self.rows[last]
-            for k, v in zip(self._k, self._v):
-                k[i, :, : moved.length] = k[last, :, : moved.length]
-                v[i, :, : moved.length] = v[last, :, : moved.length]
-            self.rows[i] = moved
-        self.rows.pop()
+            self._emit(d.row.key, event)
 
     def fail_all(self, message: str) -> None:
         for r in self.rows:
-            self._emit(r.handle, GenerationEvent(None, finish_reason="error", error=message))
-        self.rows.clear()
+            self._emit(r.key, GenerationEvent(None, finish_reason="error", error=message))
+        self.decoder.clear()
 
     def _emit(self, handle: RequestHandle, event: GenerationEvent) -> None:
         handle._record(event)
@@ -501,8 +322,8 @@ class Scheduler:
             self._thread = None
         for name, engine in self.engines.items():
             for r in engine.rows:
-                r.handle._emit(GenerationEvent(None, finish_reason="cancelled"))
-            engine.rows.clear()
+                r.key._emit(GenerationEvent(None, finish_reason="cancelled"))
+            engine.decoder.clear()
             while self._pending[name]:
                 self._pending[name].popleft()._emit(
                     GenerationEvent(None, finish_reason="cancelled")

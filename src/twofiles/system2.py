@@ -9,8 +9,9 @@ instead sample many independent reasoning paths and aggregate them:
   own likelihood) rates highest.
 
 What it owns: the aggregation (`self_consistency`, `best_of_n`, `vote`), a sampler that draws the
-N samples of one prompt as one batch through `engine.generate_batch` (the prompt is the same
-length in every row, so N rows cost one prefill and N-wide decode steps, not N separate runs),
+N samples of one prompt as one batch through `decoder.generate_batch` (the one batched decoder:
+identical prompts prefill once, so N rows cost one prefill and N-wide decode steps, not N
+separate runs),
 and `mean_logprob_scorer`, the model's own average token log-probability as a scorer. What it
 leaves to others: rendering the prompt (chat.ChatFormat), extracting answers (answers.py),
 measuring (bench/system2.py).
@@ -120,7 +121,7 @@ def _sample(
     n: int,
     batch_size: int,
 ) -> tuple[list[str], int]:
-    from twofiles.engine import generate_batch
+    from twofiles.decoder import generate_batch
 
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size}: must be >= 1")
@@ -130,15 +131,15 @@ def _sample(
         | set(getattr(tokenizer, "eos_ids", []) or [])
     )
     texts: list[str] = []
-    tokens, chunk = 0, 0
+    tokens = 0
     while len(texts) < n:
         rows = min(batch_size, n - len(texts))
-        # a different seed per chunk: the same seed would repeat the first chunk's samples
-        seeded = params if params.seed is None else replace(params, seed=params.seed + chunk)
+        # row i of a batch samples with seed + i: each chunk starts past the seeds used so far,
+        # or it would repeat earlier samples
+        seeded = params if params.seed is None else replace(params, seed=params.seed + len(texts))
         for ids in generate_batch(model, [list(prompt_ids)] * rows, seeded, tokenizer=tokenizer):
             tokens += len(ids)
             texts.append(_text(tokenizer, list(ids), end_ids, params.stop))
-        chunk += 1
     return texts, tokens
 
 

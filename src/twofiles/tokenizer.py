@@ -229,7 +229,7 @@ class Tokenizer:
                 "directory holds neither tokenizer.json nor model.safetensors", path=path
             )
         if path.endswith(".safetensors"):
-            from twofiles.artifact import read_metadata
+            from twofiles.paths import read_metadata
 
             meta = read_metadata(path)
             if "tokenizer" not in meta:

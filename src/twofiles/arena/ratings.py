@@ -242,7 +242,7 @@ def plot_leaderboard(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from twofiles.train.plots import save_png
+    from twofiles.plots import save_png
 
     rows = list(rows)
     fig, ax = plt.subplots(figsize=(7, 0.5 * len(rows) + 1.5))

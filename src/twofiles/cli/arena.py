@@ -102,8 +102,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _contestant(arg: str, device, loaded: dict, args: argparse.Namespace):
     from twofiles.arena.battle import Contestant
-    from twofiles.engine import resolve_model
     from twofiles.eval.backends import EndpointBackend, LocalBackend
+    from twofiles.formats.resolve import resolve_model
 
     name, spec = "", arg
     if "=" in arg and not arg.startswith(("http://", "https://")):

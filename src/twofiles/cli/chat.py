@@ -157,8 +157,9 @@ def run(args: argparse.Namespace) -> int:
         save_conversation,
         tools_in_prompt,
     )
-    from twofiles.engine import PromptTooLongError, resolve_model
+    from twofiles.engine import PromptTooLongError
     from twofiles.errors import TwofilesError
+    from twofiles.formats.resolve import resolve_model
     from twofiles.runtime import pick_device
 
     if args.max_tool_rounds < 0:

@@ -130,8 +130,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         if not args.model:
             raise TwofilesError("give a MODEL (or --endpoint URL --model-name NAME)")
-        from twofiles.engine import resolve_model
         from twofiles.eval.backends import LocalBackend
+        from twofiles.formats.resolve import resolve_model
         from twofiles.runtime import pick_device
 
         device, why = pick_device(args.device)

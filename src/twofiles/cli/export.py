@@ -49,8 +49,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.what == "gguf":
-        from twofiles.engine import resolve_model
         from twofiles.formats.gguf_export import export_gguf
+        from twofiles.formats.resolve import resolve_model
 
         summary = export_gguf(
             resolve_model(args.model, device="cpu"), args.out, qtype=args.type, progress=True
@@ -63,8 +63,8 @@ def run(args: argparse.Namespace) -> int:
             emit_json(summary)
         return 0
     if args.what == "hf":
-        from twofiles.engine import resolve_model
         from twofiles.formats.hf import export_hf
+        from twofiles.formats.resolve import resolve_model
 
         summary = export_hf(resolve_model(args.model, device="cpu"), args.out)
         print(f"wrote a Hugging Face model directory to {args.out}", file=sys.stderr)

@@ -71,8 +71,9 @@ def _piece(tokenizer, token: int) -> str:
 def run(args: argparse.Namespace) -> int:
     import time
 
-    from twofiles.engine import encode_prompt, generate_steps, resolve_model
+    from twofiles.engine import encode_prompt, generate_steps
     from twofiles.errors import TwofilesError
+    from twofiles.formats.resolve import resolve_model
     from twofiles.runtime import pick_device
 
     prompt = _read_prompt(args.prompt)

@@ -148,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
         raise TwofilesError(
             f"serving needs the 'serve' extra ({e.name} is missing): pip install 'twofiles[serve]'"
         ) from None
-    from twofiles.engine import resolve_model
+    from twofiles.formats.resolve import resolve_model
     from twofiles.runtime import pick_device
 
     keys = list(args.api_key) + (_read_keys(args.api_keys_file) if args.api_keys_file else [])

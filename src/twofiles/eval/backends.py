@@ -190,8 +190,8 @@ class LocalBackend:
         import numpy as np
         import torch
 
+        from twofiles.eval.bpb import evaluate_bpb
         from twofiles.runtime import Runtime
-        from twofiles.train.pretrain import evaluate
 
         tok = self.loaded.tokenizer
         seq_len = min(seq_len, self.loaded.model.config.max_seq_len)
@@ -212,7 +212,7 @@ class LocalBackend:
         )  # the precision rule pretraining evaluates under
         rt = Runtime(device=self.device, autocast_dtype=torch.bfloat16 if bf16 else None)
         with torch.inference_mode():
-            loss, bpb = evaluate(model, stream, token_bytes, rt, seq_len, batch_size, limit)
+            loss, bpb = evaluate_bpb(model, stream, token_bytes, rt, seq_len, batch_size, limit)
         model.eval()
         n_targets = len(ids) - 1 if limit is None else min(len(ids) - 1, limit)
         targets = torch.from_numpy(ids[1 : n_targets + 1]).to(self.device)
@@ -284,69 +284,21 @@ def greedy_batch(
     stop: Sequence[str] = (),
     end_ids: set[int] | frozenset[int] = frozenset(),
 ) -> list[str]:
-    """Greedy replies to prompts of different lengths in one batch, KV-cached.
+    """Greedy replies to prompts of different lengths in one batch, through the one batched
+    decoder (twofiles.decoder: rows of different lengths in one forward per step, each exactly
+    as an unbatched run). A row stops at an id in `end_ids` (and the tokenizer's bos and eos
+    ids) or just before a stop string."""
+    from twofiles.decoder import decode_batch
+    from twofiles.engine import SamplingParams
 
-    Each row keeps its own positions: row r's prompt fills cache slots 0..L_r-1 and its i-th new
-    token goes to slot L_r+i, so RoPE angles and attention are exactly those of an unbatched run;
-    a boolean mask lets each query see only its own row's filled slots. A row stops at an id in
-    `end_ids` or just before a stop string; the batch stops when every row has."""
-    import torch
-
-    from twofiles.engine import TextStream, model_device
-
-    device = model_device(model)
-    lengths = torch.tensor([len(p) for p in prompts], device=device)
-    L = int(lengths.max())
-    steps = min(max_tokens, model.config.max_seq_len - L)
-    if steps < 1:
-        raise TwofilesError(
-            f"a prompt of {L} tokens leaves no room in the model's {model.config.max_seq_len}-token context"
-        )
-    B, S = len(prompts), L + steps
-    x = torch.zeros(B, L, dtype=torch.long, device=device)
-    for r, p in enumerate(prompts):
-        x[r, : len(p)] = torch.tensor(list(p), dtype=torch.long)
-    slots = torch.arange(S, device=device)
-    positions = torch.arange(L, device=device).expand(
-        B, L
-    )  # padding past a row's end goes to slots decoding overwrites first
-    streams = [TextStream(tokenizer, stop, context=p) for p in prompts]
-    texts = [""] * B
-    done = [False] * B
-    was_training = model.training
-    model.eval()
-    with torch.inference_mode():
-        caches = model.new_caches(B, S)
-        mask = (slots[None, :] <= positions[:, :, None])[
-            :, None
-        ]  # [B, 1, L, S]: causal within each row
-        h = model.hidden_states(x, caches, positions=positions, attn_mask=mask)
-        last = h[
-            torch.arange(B, device=device), lengths - 1
-        ]  # [B, dim]: each row's last prompt token
-        for i in range(steps):
-            tokens = model.lm_head(last).float().argmax(-1)  # [B]
-            for r, t in enumerate(tokens.tolist()):
-                if done[r]:
-                    continue
-                if t in end_ids:
-                    texts[r] += streams[r].finish()
-                    done[r] = True
-                    continue
-                texts[r] += streams[r].push(t)
-                done[r] = streams[r].stopped
-            if all(done) or i + 1 == steps:
-                break
-            pos = (lengths + i)[:, None]  # [B, 1]
-            mask = (slots[None, :] <= pos)[:, None, None, :].expand(B, 1, 1, S)  # [B, 1, 1, S]
-            last = model.hidden_states(tokens[:, None], caches, positions=pos, attn_mask=mask)[
-                :, -1
-            ]
-    model.train(was_training)
-    for r in range(B):
-        if not done[r]:
-            texts[r] += streams[r].finish()
-    return texts
+    params = SamplingParams(
+        temperature=0,
+        max_tokens=max_tokens,
+        stop=[s for s in stop if s],
+        stop_token_ids=sorted(end_ids),
+    )
+    rows = decode_batch(model, prompts, params, tokenizer=tokenizer, max_rows=max(1, len(prompts)))
+    return [r.text for r in rows]
 
 
 def loglikelihood_tokens(

@@ -38,7 +38,7 @@ class TwofilesLM(LM):
     ) -> None:
         super().__init__()
         if loaded is None:
-            from twofiles.engine import resolve_model
+            from twofiles.formats.resolve import resolve_model
             from twofiles.runtime import pick_device
 
             if pretrained is None:

@@ -287,7 +287,7 @@ def plot_comparison(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from twofiles.train.plots import save_png
+    from twofiles.plots import save_png
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for r in runs:

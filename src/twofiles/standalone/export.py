@@ -3,9 +3,9 @@
 What it owns: putting a self-contained parameters file and the standalone runner (`run.py` in
 this package, which needs only Python and numpy) side by side in one directory. A twofiles
 model.safetensors is copied byte for byte; a model from anywhere else (a GGUF file or a Hugging
-Face directory, once `engine.resolve_model` reads them) is loaded and written with
+Face directory, once `formats.resolve.resolve_model` reads them) is loaded and written with
 `artifact.save_model` first. Both files are written atomically (temp file + rename). What it
-leaves to others: reading other formats (engine / formats), the runner itself (run.py).
+leaves to others: reading other formats (formats), the runner itself (run.py).
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def export_run(
     if out.exists() and not out.is_dir():
         raise BadInputError("output exists and is not a directory", path=str(out))
     if loaded is None and not _is_twofiles_file(model_path):
-        from twofiles.engine import resolve_model  # the one place other formats are read
+        from twofiles.formats.resolve import resolve_model  # the one place other formats are read
 
         loaded = resolve_model(model_path)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,10 +1,12 @@
 """Tools a model may call: the contract, and the default set.
 
-What it owns: `ToolResult` (what a tool returns), the `Tool` protocol (a name, a description, a
-JSON schema of its arguments, and `run`), `default_tools` (the calculator and the Python
-sandbox) and `openai_tool_specs` (the tools as the OpenAI `tools` list, for chat templates and the
-HTTP API). What it leaves to others: deciding when to call a tool and feeding results back to the
-model (chat.respond), parsing tool calls out of generated text (chat.ChatFormat).
+What it owns: `ToolResult` (what a tool returns) and the `Tool` protocol (a name, a description,
+a JSON schema of its arguments, and `run`), both defined in base.py so that the tools import the
+contract without importing this package; `default_tools` (the calculator and the Python
+sandbox), `openai_tool_specs` (the tools as the OpenAI `tools` list, for chat templates and the
+HTTP API) and `run_tool`. What it leaves to others: deciding when to call a tool and feeding
+results back to the model (chat.respond), parsing tool calls out of generated text
+(chat.ChatFormat).
 
 A tool never raises for bad arguments or failing code: it returns `ToolResult(error=True)` with
 a message the model (and the person reading) can act on, because a model's tool call is
@@ -13,31 +15,14 @@ untrusted input, not a programming error.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any
+
+from twofiles.tools.base import Tool, ToolResult
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
 __all__ = ["Tool", "ToolResult", "default_tools", "openai_tool_specs", "run_tool"]
-
-
-@dataclass
-class ToolResult:
-    content: str  # what the model reads back (output, value, or the error message)
-    error: bool = False  # the call failed (bad arguments, exception, limit hit)
-    files: list[str] = field(
-        default_factory=list
-    )  # absolute paths of files the call produced (e.g. PNG plots)
-
-
-@runtime_checkable
-class Tool(Protocol):
-    name: str  # how the model calls it
-    description: str  # one or two sentences the model reads to decide when to call it
-    parameters: dict  # JSON schema (type "object") of the `arguments` dict
-
-    def run(self, arguments: dict[str, Any]) -> ToolResult: ...
 
 
 def default_tools(scratch_dir: str | None = None) -> dict[str, Tool]:

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from twofiles.tools import ToolResult
+from twofiles.tools.base import ToolResult
 
 MAX_EXPRESSION_CHARS = 1000  # longer input is refused before parsing
 MAX_NODES = 500  # syntax-tree nodes

@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from twofiles.tools import ToolResult
+from twofiles.tools.base import ToolResult
 
 if TYPE_CHECKING:
     from collections.abc import Collection

@@ -1,27 +1,13 @@
 """Loss curves as PNG: pretraining (training loss, validation bits per byte against steps and wall
-time) and finetuning (loss on assistant tokens, held-out skill accuracy)."""
+time) and finetuning (loss on assistant tokens, held-out skill accuracy). Files are written by
+twofiles.plots.save_png."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-
-def save_png(fig, png_path: str | Path, *, dpi: int = 110) -> Path:
-    """The one way a figure becomes a file: tight layout, PNG bytes in memory, then an atomic
-    write (a reader never sees half a plot), and the figure closed."""
-    import io
-
-    import matplotlib.pyplot as plt
-
-    from twofiles.artifact import atomic_write_bytes
-
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi)
-    plt.close(fig)
-    atomic_write_bytes(png_path, buf.getvalue())
-    return Path(png_path)
+from twofiles.plots import save_png
 
 
 def read_metrics(path: str | Path) -> tuple[list[dict], list[dict]]:

@@ -4,10 +4,10 @@ Reads like a recipe: config -> runtime -> data -> model -> optimizer -> schedule
 loop has a `last_step` flag so the final evaluation and save are not special cases. Works in one
 process or under `torchrun` (DDP: the model knows nothing of it; we wrap it from outside).
 
-What it owns: the loop, evaluation (loss and bits per byte), logging (metrics.jsonl, progress
-bar with tokens/s and MFU), checkpoints/resume, and the final artifact + report. What it leaves to
-others: the model math (model), optimizers and schedules (optim), batches (data.shards),
-sampling (engine), device choice (runtime).
+What it owns: the loop, when to evaluate, logging (metrics.jsonl, progress bar with tokens/s and
+MFU), checkpoints/resume, and the final artifact + report. What it leaves to others: the model
+math (model), optimizers and schedules (optim), batches (data.shards), loss and bits per byte
+(eval.bpb), sampling (engine), device choice (runtime).
 """
 
 from __future__ import annotations
@@ -28,8 +28,9 @@ import torch
 from twofiles import runtime as rt_mod
 from twofiles.artifact import atomic_write_bytes, save_model
 from twofiles.data.prepare import load_manifest
-from twofiles.data.shards import BatchLoader, TokenStream, eval_windows
+from twofiles.data.shards import BatchLoader, TokenStream
 from twofiles.errors import TwofilesError
+from twofiles.eval.bpb import evaluate_bpb
 from twofiles.model import ModelConfig, Transformer
 from twofiles.optim import OptimConfig, build_optimizers, lr_factor, set_lr
 from twofiles.tokenizer import Tokenizer
@@ -101,47 +102,6 @@ class PretrainResult:
 def _log(rt: rt_mod.Runtime, msg: str) -> None:
     if rt.is_main:
         print(msg, file=sys.stderr, flush=True)
-
-
-@torch.no_grad()
-def evaluate(
-    model: torch.nn.Module,
-    stream: TokenStream,
-    token_bytes: torch.Tensor,
-    rt: rt_mod.Runtime,
-    seq_len: int,
-    batch_size: int,
-    max_tokens: int | None,
-) -> tuple[float, float]:
-    """(mean loss in nats per token, bits per byte) over the validation stream. Targets that are
-    special tokens (0 bytes, e.g. <|bos|>) count in neither sum, so bits per byte compares across
-    tokenizers."""
-    model.eval()
-    windows = eval_windows(stream, seq_len, max_tokens)[rt.rank :: rt.world_size]
-    sums = torch.zeros(3, dtype=torch.float64, device=rt.device)  # loss nats, bytes, tokens
-    for i in range(0, len(windows), batch_size):
-        chunk = windows[i : i + batch_size]
-        L = max(n for _, n in chunk)
-        x = np.zeros((len(chunk), L), dtype=np.int64)
-        y = np.full((len(chunk), L), -1, dtype=np.int64)
-        for r, (s, n) in enumerate(chunk):
-            row = stream.get(s, n + 1)
-            x[r, :n], y[r, :n] = row[:-1], row[1:]
-        xt, yt = torch.from_numpy(x).to(rt.device), torch.from_numpy(y).to(rt.device)
-        with rt.autocast():
-            loss = model(xt, yt, reduction="none")
-        nbytes = torch.where(yt >= 0, token_bytes[yt.clamp(min=0)], 0)
-        counted = nbytes > 0
-        sums[0] += loss[counted].double().sum()
-        sums[1] += nbytes.sum().double()
-        sums[2] += counted.sum().double()
-    if rt.world_size > 1:
-        import torch.distributed as dist
-
-        dist.all_reduce(sums)
-    model.train()
-    loss_nats, nbytes, ntok = sums.tolist()
-    return loss_nats / max(ntok, 1), loss_nats / math.log(2) / max(nbytes, 1)
 
 
 def _sample(model: Transformer, tokenizer: Any, prompt: str, n_tokens: int, seed: int) -> str:
@@ -311,7 +271,7 @@ def _pretrain(
         if last_step or (periodic and cfg.eval_interval and step % cfg.eval_interval == 0):
             limit = (cfg.final_eval_tokens or None) if last_step else cfg.eval_tokens
             t_eval = time.perf_counter()
-            val_loss, val_bpb = evaluate(
+            val_loss, val_bpb = evaluate_bpb(
                 model, val_stream, token_bytes, rt, cfg.seq_len, cfg.batch_size * 2, limit
             )
             rec = {

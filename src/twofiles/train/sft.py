@@ -10,7 +10,7 @@ before and after (greedy, through the calculator where the task needs it), the r
 (config.json, metrics.jsonl, atomic checkpoints that resume exactly, loss.png, report.md) and the
 final model: model.safetensors carrying the chat template it was trained with, or LoRA adapters
 (adapters.safetensors) that load onto their base. What it leaves to others: the data (data.skills,
-chat.read_conversations), rendering (chat), packing (data.packing), LoRA (train.lora), the model
+chat.read_conversations), rendering (chat), packing (data.packing), LoRA (twofiles.lora), the model
 math, optimizers (optim), device choice (runtime).
 
 A run is one process (no DDP: SFT sets here are small).
@@ -33,9 +33,7 @@ from twofiles import runtime as rt_mod
 from twofiles.artifact import atomic_write_bytes, save_model
 from twofiles.data.packing import Example, PackedLoader, eval_batches, make_example
 from twofiles.errors import TwofilesError
-from twofiles.optim import OptimConfig, build_optimizers, lr_factor, set_lr
-from twofiles.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
-from twofiles.train.lora import (
+from twofiles.lora import (
     ALL_TARGETS,
     LoRAConfig,
     apply_lora,
@@ -43,6 +41,8 @@ from twofiles.train.lora import (
     save_adapters,
     trainable_parameters,
 )
+from twofiles.optim import OptimConfig, build_optimizers, lr_factor, set_lr
+from twofiles.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 
 if TYPE_CHECKING:
     from twofiles.artifact import LoadedModel
@@ -328,38 +328,21 @@ def greedy_replies(
     max_tokens: int,
     max_seqs: int = 16,
 ) -> list[list[int] | None]:
-    """Greedy continuations of many prompts at once (the scheduler's continuous batching: rows of
-    different lengths in one forward per step), each without its stop token; None for a prompt
-    that leaves no room in the model's context."""
-    from twofiles.artifact import LoadedModel
-    from twofiles.engine import PromptTooLongError, SamplingParams
-    from twofiles.scheduler import BatchEngine, RequestHandle
+    """Greedy continuations of many prompts at once (the one batched decoder, as the server
+    uses it: rows of different lengths in one forward per step), each without its stop token;
+    None for a prompt that leaves no room in the model's context."""
+    from twofiles.decoder import decode_batch
+    from twofiles.engine import SamplingParams
 
     params = SamplingParams(temperature=0.0, max_tokens=max_tokens, stop_token_ids=list(stop_ids))
-    context = min(
-        model.config.max_seq_len, max((len(p) for p in prompts), default=0) + max_tokens + 1
+    fits = [i for i, p in enumerate(prompts) if len(p) < model.config.max_seq_len]
+    rows = decode_batch(
+        model, [prompts[i] for i in fits], params, tokenizer=tokenizer, max_rows=max_seqs
     )
-    engine = BatchEngine(
-        LoadedModel(model=model, tokenizer=tokenizer),
-        max_seqs=max(1, min(max_seqs, len(prompts))),
-        max_context=context,
-    )
-    handles: list[Any] = []
-    for p in prompts:
-        try:
-            engine.check_prompt(len(p))
-            handles.append(RequestHandle("sft", p, params, None))
-        except PromptTooLongError:
-            handles.append(None)
-    waiting = [h for h in handles if h is not None]
-    while waiting or engine.rows:
-        if waiting and engine.free_slots:
-            k = engine.free_slots
-            engine.admit(waiting[:k])
-            waiting = waiting[k:]
-        if engine.rows:
-            engine.step()
-    return [None if h is None else [t for t in h.tokens if t not in stop_ids] for h in handles]
+    out: list[list[int] | None] = [None] * len(prompts)
+    for i, r in zip(fits, rows):
+        out[i] = [t for t in r.tokens if t not in stop_ids]
+    return out
 
 
 @torch.no_grad()
@@ -471,7 +454,7 @@ def _base_spec(spec: str) -> str:
 
 def _sft(cfg: SFTConfig, rt: rt_mod.Runtime) -> SFTResult:
     from twofiles.chat import ChatFormat
-    from twofiles.engine import resolve_model
+    from twofiles.formats.resolve import resolve_model
 
     out = Path(cfg.out)
     ckpt_dir = out / "checkpoints"

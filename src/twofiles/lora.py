@@ -7,9 +7,11 @@ start, so a freshly adapted model computes exactly what the base model did.
 What it owns: wrapping the chosen Linear layers of a Transformer (`apply_lora`), merging the
 adapters into the weights (`merge_lora`), and the adapters file: a safetensors file holding only
 A and B, with metadata naming the base model, rank, alpha, target layers and the chat template
-trained with (`save_adapters`, `load_adapters`, `load_adapted`). `twofiles.formats.resolve`
-loads an adapters file as a model: the base, adapted and merged. What it leaves to others: the
-model's math (model.py knows nothing of LoRA), training (train/sft.py).
+trained with (`save_adapters`, `load_adapters`, `adapters_base`, `adapt`). It is a model
+transform like quantization, so it sits beside the parameters file, below everything that loads
+or trains a model. What it leaves to others: the model's math (model.py knows nothing of LoRA),
+finding and loading the base model an adapters file names (formats/resolve.py, which loads an
+adapters file as a model: the base, adapted and merged), training (train/sft.py).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import torch
 from torch import nn
 
 from twofiles.errors import BadInputError
+from twofiles.paths import atomic_write_bytes, read_metadata
 
 if TYPE_CHECKING:
     from twofiles.artifact import LoadedModel
@@ -184,8 +187,6 @@ def save_adapters(
     the model spec the adapters were trained on (a path or an alias)."""
     from safetensors.torch import save
 
-    from twofiles.artifact import atomic_write_bytes
-
     tensors = adapter_tensors(model)
     if not tensors:
         raise ValueError("the model has no LoRA adapters")
@@ -210,8 +211,6 @@ def save_adapters(
 
 
 def is_adapters_file(path: str | os.PathLike[str]) -> bool:
-    from twofiles.artifact import read_metadata
-
     try:
         return (
             os.path.isfile(path)
@@ -229,8 +228,6 @@ def load_adapters(
     LoRA config and the file's metadata."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
-
-    from twofiles.artifact import read_metadata
 
     path = str(path)
     meta = read_metadata(path)
@@ -269,29 +266,32 @@ def load_adapters(
     return cfg, meta
 
 
-def load_adapted(
+def adapters_base(path: str | os.PathLike[str]) -> str:
+    """The model spec an adapters file was trained on: a path (relative ones are looked up next to
+    the adapters file too) or an alias."""
+    path = str(path)
+    base = read_metadata(path).get("base", "")
+    if not base:
+        raise BadInputError("adapters file names no base model", path=path)
+    if not os.path.exists(base) and not os.path.isabs(base):
+        sibling = os.path.join(os.path.dirname(os.path.abspath(path)), base)
+        base = sibling if os.path.exists(sibling) else base
+    return base
+
+
+def adapt(
+    loaded: LoadedModel,
     path: str | os.PathLike[str],
     *,
     device: str | torch.device = "cpu",
     dtype: torch.dtype | None = None,
     merge: bool = True,
 ) -> LoadedModel:
-    """The base model an adapters file names, with the adapters applied (merged into the weights
-    unless `merge` is False) and the chat template they were trained with."""
-    from twofiles.artifact import read_metadata
-    from twofiles.formats import resolve
-
+    """`loaded` (the base model the adapters file names) with the adapters applied, in place:
+    merged into the weights unless `merge` is False, moved to `device`, with the chat template
+    the adapters were trained with."""
     path = str(path)
     meta = read_metadata(path)
-    base = meta.get("base", "")
-    if not base:
-        raise BadInputError("adapters file names no base model", path=path)
-    if not os.path.exists(base) and not os.path.isabs(base):
-        sibling = os.path.join(
-            os.path.dirname(os.path.abspath(path)), base
-        )  # a base named relative to the adapters
-        base = sibling if os.path.exists(sibling) else base
-    loaded = resolve(base, device="cpu")
     load_adapters(loaded.model, path)
     if merge:
         merge_lora(loaded.model)
@@ -318,10 +318,11 @@ __all__ = [
     "ALL_TARGETS",
     "LoRAConfig",
     "LoRALinear",
+    "adapt",
     "adapter_tensors",
+    "adapters_base",
     "apply_lora",
     "is_adapters_file",
-    "load_adapted",
     "load_adapters",
     "lora_layers",
     "merge_lora",

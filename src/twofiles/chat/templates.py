@@ -1,16 +1,11 @@
-"""Conversations: typed messages, chat templates, the loss mask, tool-call syntax, the agent loop.
+"""Chat templates: a conversation -> token ids + the loss mask, and generated text -> a message.
 
-What it owns:
-- `Message` / `ToolCall`: the ecosystem's OpenAI message format (system / user / assistant / tool,
-  assistant `tool_calls` with JSON-string arguments, tool results with `tool_call_id`), parsed and
-  validated by `parse_messages` (errors name the field: `messages[2].role: ...`) and read from
-  JSONL by `read_conversations` (errors name file:line).
-- `ChatFormat`: a Jinja chat template as Hugging Face stores them (sandboxed; `messages`,
-  `add_generation_prompt`, `tools`, `bos_token`, `eos_token`, `raise_exception`), either the
-  model's own (`LoadedModel.chat_template`; SmolLM2's is ChatML) or twofiles' built-in one
-  (`BUILTIN_TEMPLATE`, on our special tokens). One renderer serves both and returns token ids plus
-  the loss mask; `parse_assistant` turns generated text back into content + tool calls.
-- `respond`: the agent loop (generate, run tool calls, feed results back, continue; bounded).
+What it owns: `ChatFormat`, a Jinja chat template as Hugging Face stores them (sandboxed;
+`messages`, `add_generation_prompt`, `tools`, `bos_token`, `eos_token`, `raise_exception`),
+either the model's own (`LoadedModel.chat_template`; SmolLM2's is ChatML) or twofiles' built-in
+one (`BUILTIN_TEMPLATE`, on our special tokens). One renderer serves both and returns token ids
+plus the loss mask; `parse_assistant` turns generated text back into content + tool calls, in
+our tool-call syntax or Hermes' (`TOOL_CALL_OPENERS`).
 
 How rendering stays safe and trainable:
 - Template text is trusted, message text is not. The rendered string is cut at the special
@@ -23,253 +18,24 @@ How rendering stays safe and trainable:
   `add_generation_prompt=True`) and its end-of-turn token, inclusive. The rendering is also cut at
   those boundaries, which is exactly how inference tokenizes (prompt, then generated tokens).
 
-What it leaves to others: sampling and the KV cache (engine.py), the tools themselves
-(twofiles.tools), training on the ids and masks (train/), HTTP (serve/).
+What it leaves to others: the message types (chat/messages.py), generation and the agent loop
+(engine.py, chat/agent.py), training on the ids and masks (train/).
 """
 
 from __future__ import annotations
 
 import itertools
 import json
-import os
 import re
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple, get_args
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
+from twofiles.chat.messages import Message, ToolCall, parse_messages
 from twofiles.errors import BadInputError, TwofilesError
 
 if TYPE_CHECKING:
     from twofiles.artifact import LoadedModel
-    from twofiles.engine import SamplingParams
     from twofiles.tokenizer import Tokenizer
-    from twofiles.tools import Tool
-
-Role = Literal["system", "user", "assistant", "tool"]
-ROLES: tuple[str, ...] = get_args(Role)
-
-
-@dataclass
-class ToolCall:
-    name: str  # the tool to run
-    arguments: dict[str, Any]  # its arguments, already decoded from JSON
-    id: str = ""  # links the call to its tool message (OpenAI `tool_call_id`)
-
-    def to_dict(self) -> dict[str, Any]:
-        """OpenAI form: arguments as a JSON string."""
-        return {
-            "id": self.id,
-            "type": "function",
-            "function": {
-                "name": self.name,
-                "arguments": json.dumps(self.arguments, ensure_ascii=False),
-            },
-        }
-
-
-@dataclass
-class Message:
-    role: Role
-    content: str = ""
-    tool_calls: list[ToolCall] = field(default_factory=list)  # assistant only
-    tool_call_id: str = ""  # tool only: which call this is the result of
-    name: str = ""  # tool only (optional): the tool's name
-
-    def to_dict(self) -> dict[str, Any]:
-        """OpenAI form; empty optional fields are left out."""
-        d: dict[str, Any] = {"role": self.role, "content": self.content}
-        if self.tool_calls:
-            d["tool_calls"] = [c.to_dict() for c in self.tool_calls]
-        if self.tool_call_id:
-            d["tool_call_id"] = self.tool_call_id
-        if self.name:
-            d["name"] = self.name
-        return d
-
-
-def messages_to_dicts(messages: Sequence[Message]) -> list[dict[str, Any]]:
-    return [m.to_dict() for m in messages]
-
-
-# ---------------------------------------------------------------------------------------------
-# Parsing and validation
-
-
-def _content(value: Any, where: str) -> str:
-    """A message's content: a string, null, or OpenAI's list of text parts."""
-    if value is None:
-        return ""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, list):
-        parts = []
-        for j, part in enumerate(value):
-            if not (
-                isinstance(part, dict)
-                and part.get("type") == "text"
-                and isinstance(part.get("text"), str)
-            ):
-                raise BadInputError(
-                    f"{where}[{j}]: only text parts are supported ({{'type': 'text', 'text': ...}})"
-                )
-            parts.append(part["text"])
-        return "".join(parts)
-    raise BadInputError(f"{where}: must be a string (got {type(value).__name__})")
-
-
-def _tool_call(obj: Any, where: str) -> ToolCall:
-    if not isinstance(obj, dict):
-        raise BadInputError(f"{where}: must be an object (got {type(obj).__name__})")
-    if obj.get("type", "function") != "function":
-        raise BadInputError(f"{where}.type: must be 'function' (got {obj.get('type')!r})")
-    # OpenAI nests name/arguments under "function"; Hugging Face data often has them flat.
-    fn, fwhere = (obj["function"], f"{where}.function") if "function" in obj else (obj, where)
-    if not isinstance(fn, dict):
-        raise BadInputError(f"{fwhere}: must be an object (got {type(fn).__name__})")
-    name = fn.get("name")
-    if not isinstance(name, str) or not name:
-        raise BadInputError(f"{fwhere}.name: must be a non-empty string (got {name!r})")
-    args = fn.get("arguments", {})
-    if isinstance(args, str):
-        try:
-            args = json.loads(args) if args.strip() else {}
-        except json.JSONDecodeError as e:
-            raise BadInputError(f"{fwhere}.arguments: not valid JSON ({e})") from None
-    if not isinstance(args, dict):
-        raise BadInputError(
-            f"{fwhere}.arguments: must be a JSON object (got {type(args).__name__})"
-        )
-    call_id = obj.get("id", "")
-    if call_id is None:
-        call_id = ""
-    if not isinstance(call_id, str):
-        raise BadInputError(f"{where}.id: must be a string (got {type(call_id).__name__})")
-    return ToolCall(name=name, arguments=args, id=call_id)
-
-
-def parse_message(obj: Any, *, where: str = "message") -> Message:
-    """One OpenAI-style message dict -> Message, or BadInputError naming the field at fault."""
-    if isinstance(obj, Message):
-        return obj
-    if not isinstance(obj, dict):
-        raise BadInputError(
-            f"{where}: must be an object with 'role' and 'content' (got {type(obj).__name__})"
-        )
-    role = obj.get("role")
-    if role not in ROLES:
-        raise BadInputError(f"{where}.role: must be one of {', '.join(ROLES)} (got {role!r})")
-    if "content" not in obj and not (role == "assistant" and obj.get("tool_calls")):
-        raise BadInputError(f"{where}.content: missing")
-    content = _content(obj.get("content"), f"{where}.content")
-    calls_obj = obj.get("tool_calls") or []
-    if calls_obj and role != "assistant":
-        raise BadInputError(
-            f"{where}.tool_calls: only assistant messages make tool calls (role is {role!r})"
-        )
-    if not isinstance(calls_obj, list):
-        raise BadInputError(f"{where}.tool_calls: must be a list (got {type(calls_obj).__name__})")
-    calls = [_tool_call(c, f"{where}.tool_calls[{j}]") for j, c in enumerate(calls_obj)]
-    extra = {}
-    for key in ("tool_call_id", "name"):
-        value = obj.get(key) or ""
-        if not isinstance(value, str):
-            raise BadInputError(f"{where}.{key}: must be a string (got {type(value).__name__})")
-        extra[key] = value
-    if extra["tool_call_id"] and role != "tool":
-        raise BadInputError(
-            f"{where}.tool_call_id: only tool messages answer a tool call (role is {role!r})"
-        )
-    return Message(role=role, content=content, tool_calls=calls, **extra)
-
-
-def parse_messages(obj: Any, *, where: str = "messages") -> list[Message]:
-    """A list of OpenAI-style message dicts (or Messages) -> typed Messages. BadInputError names
-    the field at fault, e.g. `messages[2].role: must be one of ...`."""
-    if not isinstance(obj, list):
-        raise BadInputError(f"{where}: must be a list of messages (got {type(obj).__name__})")
-    return [parse_message(m, where=f"{where}[{i}]") for i, m in enumerate(obj)]
-
-
-def read_conversations(path: str | os.PathLike[str]) -> list[list[Message]]:
-    """Conversations from a JSONL file, one `{"messages": [...]}` object per line (blank lines
-    skipped). Errors name file:line and the field."""
-    path = str(path)
-    if not os.path.isfile(path):
-        raise BadInputError("no such conversations file", path=path)
-    out: list[list[Message]] = []
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, 1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                raise BadInputError("not UTF-8 text", path=path, line=lineno) from None
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise BadInputError(
-                    f"invalid JSON ({e.msg} at column {e.colno})", path=path, line=lineno
-                ) from None
-            if not isinstance(obj, dict) or "messages" not in obj:
-                raise BadInputError(
-                    'expected an object with a "messages" list', path=path, line=lineno
-                )
-            try:
-                msgs = parse_messages(obj["messages"])
-            except BadInputError as e:
-                raise BadInputError(str(e), path=path, line=lineno) from None
-            if not msgs:
-                raise BadInputError("messages: empty conversation", path=path, line=lineno)
-            out.append(msgs)
-    return out
-
-
-def load_conversation(path: str | os.PathLike[str]) -> list[Message]:
-    """One conversation from a JSON file: `{"messages": [...]}` or a bare list (what /save writes)."""
-    path = str(path)
-    try:
-        with open(path, encoding="utf-8") as f:
-            obj = json.load(f)
-    except FileNotFoundError:
-        raise BadInputError("no such file", path=path) from None
-    except UnicodeDecodeError:
-        raise BadInputError("not UTF-8 text", path=path) from None
-    except json.JSONDecodeError as e:
-        raise BadInputError(f"invalid JSON ({e.msg})", path=path, line=e.lineno) from None
-    if isinstance(obj, dict):
-        if "messages" not in obj:
-            raise BadInputError('expected {"messages": [...]} or a list of messages', path=path)
-        obj = obj["messages"]
-    try:
-        return parse_messages(obj)
-    except BadInputError as e:
-        raise BadInputError(str(e), path=path) from None
-
-
-def save_conversation(path: str | os.PathLike[str], messages: Sequence[Message]) -> None:
-    """Write `{"messages": [...]}` (OpenAI form), atomically."""
-    from twofiles.artifact import atomic_write_bytes
-
-    text = json.dumps({"messages": messages_to_dicts(messages)}, ensure_ascii=False, indent=1)
-    atomic_write_bytes(path, (text + "\n").encode("utf-8"))
-
-
-def drop_oldest_exchange(messages: Sequence[Message]) -> list[Message] | None:
-    """The conversation without its oldest exchange (the first user message after the leading
-    system messages, and the replies and tool results up to the next user message), for when it
-    outgrows the model's context. None when only the system prompt and the last user message
-    are left: there is nothing more to drop."""
-    msgs = list(messages)
-    first = next((i for i, m in enumerate(msgs) if m.role != "system"), len(msgs))
-    users = [i for i, m in enumerate(msgs) if m.role == "user" and i > first]
-    if not users:
-        return None
-    return msgs[:first] + msgs[users[0] :]
-
-
-# ---------------------------------------------------------------------------------------------
-# Chat templates
 
 # twofiles' own template, on the special tokens of tokenizer.SPECIAL_TOKENS. A leading system
 # message (and the tool list, one JSON schema per line) goes in the system block; an assistant's
@@ -304,7 +70,7 @@ _TOOL_CALL_RES = [
     re.compile(r"<\|tool_call_start\|>(.*?)(?:<\|tool_call_end\|>|$)", re.DOTALL),
     re.compile(r"<tool_call>(.*?)(?:</tool_call>|$)", re.DOTALL),
 ]
-_TOOL_CALL_OPENERS = ["<|tool_call_start|>", "<tool_call>"]
+TOOL_CALL_OPENERS = ["<|tool_call_start|>", "<tool_call>"]
 
 _PUA = "\ue000"  # stands in for message text that looks like a special token (never in a vocabulary's specials)
 
@@ -701,177 +467,4 @@ def _map_strings(obj: Any, f) -> Any:
     return obj
 
 
-# ---------------------------------------------------------------------------------------------
-# The agent loop
-
-
-class ChatEvent(NamedTuple):
-    """What `respond` yields: ("text", str delta) | ("tool_call", ToolCall) |
-    ("tool_result", str) | ("done", list[Message] appended to the conversation)."""
-
-    kind: Literal["text", "tool_call", "tool_result", "done"]
-    value: Any
-
-
-@dataclass
-class RespondStats:
-    """Filled in by `respond` when passed as `stats=` (for speed reports)."""
-
-    tokens: int = 0  # tokens generated, all rounds
-    prompt_tokens: int = 0  # prompt length of the last round
-    rounds: int = 0  # generation rounds (1 + tool rounds)
-    finish: str | None = None  # the last round's finish: "stop" or "length"
-
-
-class _VisibleText:
-    """Streams text deltas up to the first tool-call opener (a tool call is shown as an event,
-    not as raw JSON), holding back any tail that could be the start of an opener."""
-
-    def __init__(self) -> None:
-        self.text = ""
-        self._shown = 0
-        self._hidden = False
-
-    def push(self, delta: str) -> str:
-        self.text += delta
-        if self._hidden:
-            return ""
-        cut = min(
-            (i for i in (self.text.find(o, self._shown) for o in _TOOL_CALL_OPENERS) if i >= 0),
-            default=-1,
-        )
-        if cut >= 0:
-            self._hidden = True
-            end = cut
-        else:
-            end = len(self.text) - _held(self.text, self._shown)
-        out = self.text[self._shown : end]
-        self._shown = end
-        return out
-
-    def finish(self, *, calls: bool) -> str:
-        """The rest of the text to show: none past an opener when the reply did call a tool; all
-        of it when it did not (a malformed or cut-off call is shown as the text it is)."""
-        if self._hidden and calls:
-            return ""
-        out = self.text[self._shown :]
-        self._shown = len(self.text)
-        return out
-
-
-def _held(text: str, shown: int) -> int:
-    held = 0
-    for o in _TOOL_CALL_OPENERS:
-        for n in range(min(len(o) - 1, len(text) - shown), held, -1):
-            if text.endswith(o[:n]):
-                held = n
-                break
-    return held
-
-
-def tools_in_prompt(provenance: Mapping[str, Any]) -> bool:
-    """Whether a model expects its tools described in the prompt. twofiles' SFT teaches tool
-    calls with no list in the prompt (a list costs ~400 tokens: more than a speedrun model's whole
-    context) and records `"tools_in_prompt": false` in the parameters file; other models are
-    given the list, as the OpenAI API does."""
-    return bool(provenance.get("tools_in_prompt", True))
-
-
-def _run_tool(tools: Mapping[str, Tool], call: ToolCall) -> str:
-    from twofiles.tools import run_tool
-
-    try:
-        return str(run_tool(tools, call.name, call.arguments).content)
-    except (
-        Exception
-    ) as e:  # tools report failures as results; a bug in one must not end the chat either
-        return f"error: {type(e).__name__}: {e}"
-
-
-def respond(
-    loaded: LoadedModel,
-    fmt: ChatFormat,
-    messages: Sequence[Message],
-    params: SamplingParams,
-    *,
-    tools: Mapping[str, Tool] | None = None,
-    max_tool_rounds: int = 4,
-    stats: RespondStats | None = None,
-    describe_tools: bool = True,
-) -> Iterator[ChatEvent]:
-    """The agent loop: generate an assistant reply (streamed as "text" deltas, stopping on the
-    template's end-of-turn ids); with `tools`, when it calls some, run them ("tool_call", then
-    "tool_result"), append the tool messages and generate again, at most `max_tool_rounds` times
-    (calls made after that are left unrun). Without `tools` the reply is plain text, any
-    tool-call syntax included. Ends with ("done", the messages appended); `messages` itself is
-    not modified. Round r samples with seed + r, so a seeded reply is reproducible.
-    `describe_tools=False` leaves the tools' descriptions out of the prompt, for a model
-    finetuned to call them without one (see `tools_in_prompt`): the calls still run."""
-    from twofiles.engine import generate_steps
-    from twofiles.tools import openai_tool_specs
-
-    schemas = openai_tool_specs(tools) if tools and describe_tools else None
-    history = list(messages)
-    added: list[Message] = []
-    stats = stats if stats is not None else RespondStats()
-    n_calls = 0
-    for round_ in range(max_tool_rounds + 1):
-        ids = fmt.prompt_ids(history + added, tools=schemas)
-        p = replace(
-            params,
-            seed=None if params.seed is None else params.seed + round_,
-            stop_token_ids=list(dict.fromkeys([*params.stop_token_ids, *fmt.stop_token_ids])),
-        )
-        stats.prompt_tokens = len(ids)
-        stats.rounds += 1
-        streamed = ""
-        visible = _VisibleText()
-        for step in generate_steps(loaded.model, ids, p, tokenizer=loaded.tokenizer):
-            stats.tokens += 1
-            stats.finish = step.finish
-            if not tools:  # without tools, tool-call syntax is just text: nothing runs it
-                streamed += step.text
-                delta = step.text
-            else:
-                delta = visible.push(step.text) if step.text else ""
-            if delta:
-                yield ChatEvent("text", delta)
-        reply = fmt.parse_assistant(visible.text) if tools else Message("assistant", streamed)
-        tail = visible.finish(calls=bool(reply.tool_calls))
-        if tail:
-            yield ChatEvent("text", tail)
-        for call in reply.tool_calls:
-            if not call.id:
-                n_calls += 1
-                call.id = f"call_{n_calls}"
-        added.append(reply)
-        if not reply.tool_calls or not tools or round_ == max_tool_rounds:
-            break
-        for call in reply.tool_calls:
-            yield ChatEvent("tool_call", call)
-            content = _run_tool(tools, call)
-            yield ChatEvent("tool_result", content)
-            added.append(Message("tool", content, tool_call_id=call.id, name=call.name))
-    yield ChatEvent("done", added)
-
-
-__all__ = [
-    "BUILTIN_TEMPLATE",
-    "ROLES",
-    "ChatEvent",
-    "ChatFormat",
-    "Message",
-    "RespondStats",
-    "Role",
-    "TemplateError",
-    "ToolCall",
-    "drop_oldest_exchange",
-    "load_conversation",
-    "messages_to_dicts",
-    "parse_message",
-    "parse_messages",
-    "read_conversations",
-    "respond",
-    "save_conversation",
-    "tools_in_prompt",
-]
+__all__ = ["BUILTIN_TEMPLATE", "TOOL_CALL_OPENERS", "ChatFormat", "TemplateError"]

@@ -1,0 +1,175 @@
+"""The agent loop: generate a reply, run the tools it calls, feed the results back, go again.
+
+What it owns: `respond` (bounded tool rounds, streamed text deltas that never show a tool call's
+raw syntax, seeded rounds), its events (`ChatEvent`) and counters (`RespondStats`), and
+`tools_in_prompt` (whether a model expects its tools described in the prompt). What it leaves
+to others: rendering and parsing (chat/templates.py), sampling (engine.py), the tools themselves
+(twofiles.tools).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
+
+from twofiles.chat.messages import Message, ToolCall
+from twofiles.chat.templates import TOOL_CALL_OPENERS, ChatFormat
+
+if TYPE_CHECKING:
+    from twofiles.artifact import LoadedModel
+    from twofiles.engine import SamplingParams
+    from twofiles.tools import Tool
+
+
+class ChatEvent(NamedTuple):
+    """What `respond` yields: ("text", str delta) | ("tool_call", ToolCall) |
+    ("tool_result", str) | ("done", list[Message] appended to the conversation)."""
+
+    kind: Literal["text", "tool_call", "tool_result", "done"]
+    value: Any
+
+
+@dataclass
+class RespondStats:
+    """Filled in by `respond` when passed as `stats=` (for speed reports)."""
+
+    tokens: int = 0  # tokens generated, all rounds
+    prompt_tokens: int = 0  # prompt length of the last round
+    rounds: int = 0  # generation rounds (1 + tool rounds)
+    finish: str | None = None  # the last round's finish: "stop" or "length"
+
+
+class _VisibleText:
+    """Streams text deltas up to the first tool-call opener (a tool call is shown as an event,
+    not as raw JSON), holding back any tail that could be the start of an opener."""
+
+    def __init__(self) -> None:
+        self.text = ""
+        self._shown = 0
+        self._hidden = False
+
+    def push(self, delta: str) -> str:
+        self.text += delta
+        if self._hidden:
+            return ""
+        cut = min(
+            (i for i in (self.text.find(o, self._shown) for o in TOOL_CALL_OPENERS) if i >= 0),
+            default=-1,
+        )
+        if cut >= 0:
+            self._hidden = True
+            end = cut
+        else:
+            end = len(self.text) - _held(self.text, self._shown)
+        out = self.text[self._shown : end]
+        self._shown = end
+        return out
+
+    def finish(self, *, calls: bool) -> str:
+        """The rest of the text to show: none past an opener when the reply did call a tool; all
+        of it when it did not (a malformed or cut-off call is shown as the text it is)."""
+        if self._hidden and calls:
+            return ""
+        out = self.text[self._shown :]
+        self._shown = len(self.text)
+        return out
+
+
+def _held(text: str, shown: int) -> int:
+    held = 0
+    for o in TOOL_CALL_OPENERS:
+        for n in range(min(len(o) - 1, len(text) - shown), held, -1):
+            if text.endswith(o[:n]):
+                held = n
+                break
+    return held
+
+
+def tools_in_prompt(provenance: Mapping[str, Any]) -> bool:
+    """Whether a model expects its tools described in the prompt. twofiles' SFT teaches tool
+    calls with no list in the prompt (a list costs ~400 tokens: more than a speedrun model's whole
+    context) and records `"tools_in_prompt": false` in the parameters file; other models are
+    given the list, as the OpenAI API does."""
+    return bool(provenance.get("tools_in_prompt", True))
+
+
+def _run_tool(tools: Mapping[str, Tool], call: ToolCall) -> str:
+    from twofiles.tools import run_tool
+
+    try:
+        return str(run_tool(tools, call.name, call.arguments).content)
+    except (
+        Exception
+    ) as e:  # tools report failures as results; a bug in one must not end the chat either
+        return f"error: {type(e).__name__}: {e}"
+
+
+def respond(
+    loaded: LoadedModel,
+    fmt: ChatFormat,
+    messages: Sequence[Message],
+    params: SamplingParams,
+    *,
+    tools: Mapping[str, Tool] | None = None,
+    max_tool_rounds: int = 4,
+    stats: RespondStats | None = None,
+    describe_tools: bool = True,
+) -> Iterator[ChatEvent]:
+    """The agent loop: generate an assistant reply (streamed as "text" deltas, stopping on the
+    template's end-of-turn ids); with `tools`, when it calls some, run them ("tool_call", then
+    "tool_result"), append the tool messages and generate again, at most `max_tool_rounds` times
+    (calls made after that are left unrun). Without `tools` the reply is plain text, any
+    tool-call syntax included. Ends with ("done", the messages appended); `messages` itself is
+    not modified. Round r samples with seed + r, so a seeded reply is reproducible.
+    `describe_tools=False` leaves the tools' descriptions out of the prompt, for a model
+    finetuned to call them without one (see `tools_in_prompt`): the calls still run."""
+    from twofiles.engine import generate_steps
+    from twofiles.tools import openai_tool_specs
+
+    schemas = openai_tool_specs(tools) if tools and describe_tools else None
+    history = list(messages)
+    added: list[Message] = []
+    stats = stats if stats is not None else RespondStats()
+    n_calls = 0
+    for round_ in range(max_tool_rounds + 1):
+        ids = fmt.prompt_ids(history + added, tools=schemas)
+        p = replace(
+            params,
+            seed=None if params.seed is None else params.seed + round_,
+            stop_token_ids=list(dict.fromkeys([*params.stop_token_ids, *fmt.stop_token_ids])),
+        )
+        stats.prompt_tokens = len(ids)
+        stats.rounds += 1
+        streamed = ""
+        visible = _VisibleText()
+        for step in generate_steps(loaded.model, ids, p, tokenizer=loaded.tokenizer):
+            stats.tokens += 1
+            stats.finish = step.finish
+            if not tools:  # without tools, tool-call syntax is just text: nothing runs it
+                streamed += step.text
+                delta = step.text
+            else:
+                delta = visible.push(step.text) if step.text else ""
+            if delta:
+                yield ChatEvent("text", delta)
+        reply = fmt.parse_assistant(visible.text) if tools else Message("assistant", streamed)
+        tail = visible.finish(calls=bool(reply.tool_calls))
+        if tail:
+            yield ChatEvent("text", tail)
+        for call in reply.tool_calls:
+            if not call.id:
+                n_calls += 1
+                call.id = f"call_{n_calls}"
+        added.append(reply)
+        if not reply.tool_calls or not tools or round_ == max_tool_rounds:
+            break
+        for call in reply.tool_calls:
+            yield ChatEvent("tool_call", call)
+            content = _run_tool(tools, call)
+            yield ChatEvent("tool_result", content)
+            added.append(Message("tool", content, tool_call_id=call.id, name=call.name))
+    yield ChatEvent("done", added)
+
+
+__all__ = ["ChatEvent", "RespondStats", "respond", "tools_in_prompt"]

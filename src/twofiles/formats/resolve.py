@@ -1,0 +1,80 @@
+"""The resolution of a model argument: what a user types for MODEL becomes a LoadedModel.
+
+    path/to/model.safetensors   a twofiles parameters file (artifact.py)
+    path/to/dir/                a directory holding one (twofiles export run OUT/ writes these),
+                                or a Hugging Face Llama-family directory (config.json, hf.py)
+    path/to/file.gguf           a llama.cpp GGUF file (gguf.py)
+    path/to/adapters.safetensors  LoRA adapters (lora.py): the base model they name, adapted
+    smollm2                     a built-in alias (formats.ALIASES), fetched once by
+                                `twofiles pull smollm2` into the cache (paths.cache_dir)
+
+`resolve_model` is the one place a model spec becomes a loaded model: every verb, the server,
+evaluation and training load through it. What it leaves to others: the file formats themselves
+(artifact.py, hf.py, gguf.py, lora.py), what happens to the model next (quant.prepare_for_inference,
+the engine).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+from twofiles.errors import TwofilesError
+from twofiles.formats import ALIASES, alias_path
+
+if TYPE_CHECKING:
+    import torch
+
+    from twofiles.artifact import LoadedModel
+
+
+def _is_gguf(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"GGUF"
+    except OSError:
+        return False
+
+
+def resolve_model(
+    spec: str, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+) -> LoadedModel:
+    """The model a MODEL argument names, loaded on `device` (see the module docstring)."""
+    from twofiles.artifact import load_model
+    from twofiles.lora import adapt, adapters_base, is_adapters_file
+
+    spec = str(spec)
+    if not os.path.exists(spec) and spec in ALIASES:
+        path = alias_path(spec)
+        if not path.is_file():
+            raise TwofilesError(
+                f"{spec}: not downloaded yet: run `twofiles pull {spec}` (looked in {path})"
+            )
+        spec = str(path)
+    if not os.path.exists(spec):
+        known = ", ".join(sorted(ALIASES))
+        raise TwofilesError(
+            f"{spec}: no such model (expected a model.safetensors, a .gguf file, a Hugging Face directory, or an alias: {known})"
+        )
+    if os.path.isdir(spec):
+        if os.path.isfile(os.path.join(spec, "config.json")):
+            from twofiles.formats.hf import load_hf_dir
+
+            return load_hf_dir(spec, device=device, dtype=dtype)
+        candidate = os.path.join(spec, "model.safetensors")
+        if not os.path.isfile(candidate):
+            raise TwofilesError(
+                f"{spec}: a directory with neither model.safetensors nor config.json (a Hugging Face model)"
+            )
+        return load_model(candidate, device=device, dtype=dtype)
+    if spec.endswith(".gguf") or _is_gguf(spec):
+        from twofiles.formats.gguf import load_gguf
+
+        return load_gguf(spec, device=device, dtype=dtype)
+    if is_adapters_file(spec):  # LoRA adapters: their base model (on the CPU), adapted and merged
+        base = resolve_model(adapters_base(spec), device="cpu")
+        return adapt(base, spec, device=device, dtype=dtype)
+    return load_model(spec, device=device, dtype=dtype)
+
+
+__all__ = ["resolve_model"]
