@@ -611,3 +611,40 @@ def test_batched_greedy_replies_equal_one_at_a_time(chat_tok) -> None:
             if t not in stop
         ]
         assert g == want
+
+
+# The SFT loop's numbers, pinned: full finetuning of the tiny base model, 6 steps, fp32, 1 thread
+# (tolerance as for pretraining's golden losses in test_train.py).
+GOLDEN_SFT = {1: 6.002963, 3: 5.996953, 6: 5.965948}
+GOLDEN_SFT_VAL = (6.025442, 5.980660)  # held-out loss before, after
+
+
+def test_golden_sft_losses(base_model, convs_jsonl, tmp_path) -> None:
+    import json
+
+    from twofiles.train.sft import SFTConfig, sft
+
+    cfg = SFTConfig(
+        model=str(base_model),
+        data=str(convs_jsonl),
+        out=str(tmp_path / "run"),
+        max_steps=6,
+        batch_size=4,
+        seq_len=64,
+        skill_tasks=0,
+        max_val=8,
+        threads=1,
+        device="cpu",
+        dtype="fp32",
+        progress=False,
+    )
+    res = sft(cfg)
+    got = {
+        r["step"]: r["loss"]
+        for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
+        if "loss" in r
+    }
+    assert res.steps == 6 and sorted(got) == list(range(1, 7))
+    for step, want in GOLDEN_SFT.items():
+        assert got[step] == pytest.approx(want, rel=1e-4), step
+    assert (res.val_loss_before, res.val_loss) == pytest.approx(GOLDEN_SFT_VAL, rel=1e-4)

@@ -362,3 +362,39 @@ def test_ddp_two_processes_match_one_process(tiny_data: Path, tmp_path: Path) ->
     for k in a:
         assert b[k] == pytest.approx(a[k], rel=1e-4, abs=1e-5), k
     assert (ddp / "model.safetensors").is_file()
+
+
+# --- golden losses: the loop's numbers, pinned ---
+
+# A tiny-preset run, 8 steps, fp32, 1 thread. The tolerance absorbs BLAS differences between CPUs
+# (AVX2 vs AVX-512/AMX kernels sum in different orders, ~1e-6 relative over 8 steps) and still
+# catches a real change: one step more or less of warm-up moves these by > 1e-3.
+GOLDEN_PRETRAIN = {1: 6.237728, 4: 6.218393, 8: 6.131934}
+GOLDEN_PRETRAIN_VAL = 6.104246
+
+
+def golden_pretrain_config(data: Path, out: Path, **over: object) -> object:
+    from twofiles.presets import get_preset
+    from twofiles.train.pretrain import PretrainConfig
+
+    preset = get_preset("tiny")
+    cfg = PretrainConfig(
+        data=str(data), out=str(out), model=preset.model_config(), optim=preset.optim_config()
+    )
+    for k, v in {**preset.train, **over}.items():
+        setattr(cfg, k, v)
+    cfg.batch_size, cfg.seq_len, cfg.threads, cfg.device, cfg.dtype = 4, 64, 1, "cpu", "fp32"
+    cfg.eval_tokens = cfg.final_eval_tokens = 2048
+    cfg.progress = False
+    return cfg
+
+
+def test_golden_pretrain_losses(tiny_data: Path, tmp_path: Path) -> None:
+    from twofiles.train.pretrain import pretrain
+
+    res = pretrain(golden_pretrain_config(tiny_data, tmp_path / "run", max_steps=8))
+    got = losses(tmp_path / "run")
+    assert res.steps == 8 and sorted(got) == list(range(1, 9))
+    for step, want in GOLDEN_PRETRAIN.items():
+        assert got[step] == pytest.approx(want, rel=1e-4), step
+    assert res.val_loss == pytest.approx(GOLDEN_PRETRAIN_VAL, rel=1e-4)
