@@ -398,3 +398,56 @@ def test_golden_pretrain_losses(tiny_data: Path, tmp_path: Path) -> None:
     for step, want in GOLDEN_PRETRAIN.items():
         assert got[step] == pytest.approx(want, rel=1e-4), step
     assert res.val_loss == pytest.approx(GOLDEN_PRETRAIN_VAL, rel=1e-4)
+
+
+# --- a time budget is spent whatever the load ---
+
+
+def _hogs() -> list[subprocess.Popen]:
+    """One busy loop per core: whatever else the machine runs, training now gets a share of it."""
+    return [
+        subprocess.Popen([PY, "-c", "while True: pass"])
+        for _ in range(max(2, len(os.sched_getaffinity(0))))
+    ]
+
+
+def _budgeted_run(tiny_data: Path, out: Path, budget: float, hog_after: float | None) -> None:
+    import threading
+
+    from twofiles.train.pretrain import pretrain
+
+    hogs: list[subprocess.Popen] = []
+    starter = None
+    if hog_after is not None:
+        starter = threading.Timer(hog_after, lambda: hogs.extend(_hogs()))
+        starter.start()
+    try:
+        cfg = golden_pretrain_config(tiny_data, out, max_steps=1_000_000, time_budget_s=budget)
+        cfg.final_eval_tokens = 0  # the whole validation split: a real reserve to budget for
+        res = pretrain(cfg)
+    finally:
+        if starter is not None:
+            starter.cancel()
+        for h in hogs:
+            h.kill()
+            h.wait()
+    recs = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    lrs = [r["lr"] for r in recs if "lr" in r]
+    # the run ends on its budget (the final evaluation included), not before, not long after
+    assert abs(res.train_seconds - budget) < 0.05 * budget, res.train_seconds
+    assert res.steps > 50
+    # warm-up, then the LR never rises and reaches the floor on time
+    warm = cfg.optim.warmup_steps
+    assert all(b <= a + 1e-12 for a, b in zip(lrs[warm:], lrs[warm + 1 :]))
+    assert lrs[-1] < 0.05 and lrs[len(lrs) // 2] == 1.0
+
+
+@pytest.mark.slow
+def test_time_budget_is_spent_under_load_from_the_start(tiny_data: Path, tmp_path: Path) -> None:
+    _budgeted_run(tiny_data, tmp_path / "run", 15.0, hog_after=0.0)
+
+
+@pytest.mark.slow
+def test_time_budget_is_spent_when_load_starts_mid_run(tiny_data: Path, tmp_path: Path) -> None:
+    # the hog starts in WSD's decay phase (after 60% of the run), where the length used to be fixed
+    _budgeted_run(tiny_data, tmp_path / "run", 15.0, hog_after=10.0)
