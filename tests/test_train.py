@@ -3,6 +3,7 @@ kill, and DDP equivalence (2 gloo processes == 1 process at the same global batc
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -266,8 +267,17 @@ def test_pretrain_cli_writes_a_complete_run(tiny_data: Path, tmp_path: Path) -> 
     assert p.returncode == 0, p.stderr
     summary = json.loads(p.stdout.strip().splitlines()[-1])
     assert summary["steps"] == 6 and 0 < summary["val_bpb"] < 20
-    for name in ("config.json", "metrics.jsonl", "loss.png", "model.safetensors"):
+    for name in ("config.json", "metrics.jsonl", "loss.png", "model.safetensors", "report.md"):
         assert (out / name).is_file(), name
+    report = (out / "report.md").read_text()
+    assert "Pretrain report" in report and "bits per byte" in report
+    # `twofiles report` rebuilds the same report from the run's own records
+    (out / "report.md").unlink()
+    r = subprocess.run(
+        [PY, "-m", "twofiles", "report", str(out)], capture_output=True, text=True, env=_env()
+    )
+    assert r.returncode == 0, r.stderr
+    assert (out / "report.md").read_text() == report
     assert (out / "loss.png").read_bytes()[:4] == b"\x89PNG"
     from twofiles.artifact import load_model
 
@@ -333,6 +343,99 @@ def test_killed_run_resumes_with_the_same_loss_sequence(tiny_data: Path, tmp_pat
     assert "resumed from" in p.stderr
     assert losses(run) == losses(ref)  # bit-for-bit, every step
     assert records(run) == records(ref)  # and every evaluation, once, with the same values
+
+
+def test_ctrl_c_saves_a_checkpoint_and_resume_finishes_like_an_uninterrupted_run(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    steps = ["--max-steps", "120", "--eval-interval", "40", "--eval-tokens", "256"]
+    ref = tmp_path / "ref"
+    subprocess.run(
+        _pretrain_cmd(tiny_data, ref, *steps), check=True, capture_output=True, env=_env()
+    )
+    run = tmp_path / "run"
+    proc = subprocess.Popen(
+        _pretrain_cmd(tiny_data, run, *steps),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+    )
+    deadline = time.time() + 120
+    metrics = run / "metrics.jsonl"
+    while time.time() < deadline and not (
+        metrics.exists() and metrics.read_text().count("\n") >= 3
+    ):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err  # the shell's code for SIGINT
+    assert "checkpoint saved" in err and "--resume" in err
+    (ckpt,) = list_checkpoints(run / "checkpoints")  # the default 60 s timer has not fired
+    stopped_at = int(ckpt.stem.split("_")[1])
+    assert 0 < stopped_at < 120, "the run finished before the signal: nothing was interrupted"
+    assert not (run / "model.safetensors").exists()
+    assert f"at step {stopped_at}" in (run / "report.md").read_text()
+    # a resume that would change the run is refused, naming every conflicting flag
+    bad = subprocess.run(
+        _pretrain_cmd(tiny_data, run, *steps, "--resume", "--lr", "0.01", "--seed", "7"),
+        capture_output=True,
+        text=True,
+        env=_env(),
+    )
+    assert bad.returncode == 2
+    assert "--lr" in bad.stderr and "--seed" in bad.stderr and "7" in bad.stderr
+    assert "--max-steps" not in bad.stderr  # a run-control flag: it may change
+    p = subprocess.run(
+        _pretrain_cmd(tiny_data, run, *steps, "--resume"),
+        capture_output=True,
+        text=True,
+        env=_env(),
+    )
+    assert p.returncode == 0, p.stderr
+    assert losses(run) == losses(ref) and records(run) == records(ref)
+    from safetensors.torch import load_file
+
+    a, b = load_file(ref / "model.safetensors"), load_file(run / "model.safetensors")
+    assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)
+
+
+def test_a_second_ctrl_c_stops_at_once() -> None:
+    from twofiles.train.runctl import StopSignals
+
+    said: list[str] = []
+    stop = StopSignals(said.append)
+    restore = stop.install()
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.requested and stop.signum == signal.SIGTERM and "checkpoint" in said[0]
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    finally:
+        restore()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_time_budget_schedule_follows_the_measured_speed() -> None:
+    """A simulated clock: 100 steps/s, then 4x slower from 6 s into a 20 s budget. The length is
+    re-planned every step, the run ends on its budget, and the LR never rises after warm-up."""
+    from twofiles.train.runctl import Planner
+
+    optim = OptimConfig(schedule="wsd", warmup_steps=5, decay_frac=0.4)
+    plan = Planner(optim, max_steps=10, time_budget_s=20.0, reserve_s=lambda per_step: 1.0)
+    t, step, lrs = 0.0, 0, []
+    while step < plan.observe(step, t):
+        lrs.append(plan.lr(step))
+        t += 0.01 if t < 6 else 0.04
+        step += 1
+    assert 18.9 <= t <= 19.05  # the budget less the 1 s reserve, within a step
+    assert step > 900  # 600 fast steps, then ~325 slow ones
+    assert all(b <= a for a, b in itertools.pairwise(lrs[5:]))
+    assert lrs[4] == 1.0 and lrs[-1] < 0.01
+    state = plan.state_dict()  # what a checkpoint keeps: a resumed run goes on from there
+    again = Planner(optim, max_steps=10, time_budget_s=20.0)
+    again.load_state_dict(state)
+    assert again.state_dict() == state
 
 
 @pytest.mark.slow
@@ -438,7 +541,7 @@ def _budgeted_run(tiny_data: Path, out: Path, budget: float, hog_after: float | 
     assert res.steps > 50
     # warm-up, then the LR never rises and reaches the floor on time
     warm = cfg.optim.warmup_steps
-    assert all(b <= a + 1e-12 for a, b in zip(lrs[warm:], lrs[warm + 1 :]))
+    assert all(b <= a + 1e-12 for a, b in itertools.pairwise(lrs[warm:]))
     assert lrs[-1] < 0.05 and lrs[len(lrs) // 2] == 1.0
 
 
