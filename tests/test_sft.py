@@ -459,6 +459,14 @@ def test_a_tiny_sft_run_lowers_held_out_loss_and_resumes_exactly(
     res = sft(cfg(ref))
     assert res.val_loss < res.val_loss_before - 0.5
     assert res.steps == 8 and res.skills_before is not None and res.skills_after is not None
+    # one report writer: rebuilt from the run's own records, it keeps every section the run wrote
+    from twofiles.eval.report import write_report
+
+    report = (ref / "report.md").read_text()
+    assert "## Held-out skills" in report and "## Replies after finetuning" in report
+    (ref / "report.md").unlink()
+    write_report(ref)
+    assert (ref / "report.md").read_text() == report
     # an interrupted run: its step-8 checkpoint and model never written, metrics logged past step 4
     run = tmp_path / "run"
     shutil.copytree(ref, run)
@@ -470,6 +478,61 @@ def test_a_tiny_sft_run_lowers_held_out_loss_and_resumes_exactly(
     assert _metrics(run) == _metrics(ref)  # every loss and evaluation, once, bit for bit
     assert again.val_loss == res.val_loss
     a, b = load_file(ref / "model.safetensors"), load_file(run / "model.safetensors")
+    assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)
+
+
+def test_ctrl_c_stops_sft_with_a_checkpoint_and_resume_finishes_exactly(
+    base_model, convs_jsonl, tmp_path
+) -> None:
+    import os
+    import signal
+    import threading
+    import time
+
+    from safetensors.torch import load_file
+
+    from twofiles.train.runctl import RunInterrupted
+    from twofiles.train.sft import SFTConfig, sft
+
+    def cfg(out, resume=False):
+        return SFTConfig(
+            model=str(base_model),
+            data=str(convs_jsonl),
+            out=str(out),
+            max_steps=60,
+            batch_size=2,
+            seq_len=64,
+            skill_tasks=0,
+            max_val=4,
+            threads=1,
+            progress=False,
+            resume=resume,
+        )
+
+    sft(cfg(tmp_path / "ref"))
+    run = tmp_path / "run"
+
+    def interrupt() -> None:  # Ctrl-C once training has begun
+        metrics, deadline = run / "metrics.jsonl", time.time() + 60
+        while time.time() < deadline and not (
+            metrics.exists() and metrics.read_text().count('"loss"') >= 2
+        ):
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    t = threading.Thread(target=interrupt)
+    t.start()
+    with pytest.raises(RunInterrupted) as e:
+        sft(cfg(run))
+    t.join()
+    assert e.value.exit_code == 130 and 0 < e.value.step < 60
+    assert [p.name for p in (run / "checkpoints").iterdir()] == [
+        f"step_{e.value.step:07d}.safetensors"
+    ]
+    assert not (run / "model.safetensors").exists()
+    sft(cfg(run, resume=True))
+    assert _metrics(run) == _metrics(tmp_path / "ref")
+    a, b = load_file(tmp_path / "ref" / "model.safetensors"), load_file(run / "model.safetensors")
     assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)
 
 
@@ -526,7 +589,17 @@ def test_sft_verb_end_to_end_full_and_lora(base_model, convs_jsonl, tmp_path) ->
     assert (
         loaded.provenance["tools_in_prompt"] is False
     )  # chat prompts it as it was trained: no tool list
-    assert "held-out skill" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "held-out skill" in report
+    p = subprocess.run(
+        [sys.executable, "-m", "twofiles", "report", str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert p.returncode == 0, p.stderr
+    assert (out / "report.md").read_text() == report  # `twofiles report` destroys nothing
 
     lora = tmp_path / "lora"
     cmd = [
