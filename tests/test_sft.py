@@ -721,3 +721,25 @@ def test_golden_sft_losses(base_model, convs_jsonl, tmp_path) -> None:
     for step, want in GOLDEN_SFT.items():
         assert got[step] == pytest.approx(want, rel=1e-4), step
     assert (res.val_loss_before, res.val_loss) == pytest.approx(GOLDEN_SFT_VAL, rel=1e-4)
+
+
+def test_resume_refuses_flags_that_would_change_the_run(tmp_path, capsys) -> None:
+    import json
+
+    from twofiles.cli import main
+    from twofiles.train.sft import SFTConfig
+
+    run = tmp_path / "run"
+    run.mkdir()
+    saved = SFTConfig(model="base.safetensors", data="convs.jsonl", out=str(run), max_steps=10)
+    (run / "config.json").write_text(json.dumps(saved.to_dict()))
+    args = ["sft", "base.safetensors", "--out", str(run), "--resume", "--no-progress"]
+    assert main([*args, "--lr", "0.5", "--lora-rank", "4", "--data", "other.jsonl"]) == 2
+    err = capsys.readouterr().err
+    assert "--lr (the run has 0.001, given 0.5)" in err
+    assert "--lora-rank (the run has 0, given 4)" in err and "other.jsonl" in err
+    # the same values, and run-control flags (a longer run, threads), are not conflicts: the
+    # resume goes on, here to find that the run has no checkpoint yet
+    assert main([*args, "--data", "convs.jsonl", "--max-steps", "20", "--threads", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "no checkpoint" in err and "would change" not in err

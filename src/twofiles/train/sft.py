@@ -488,6 +488,8 @@ def _sft(cfg: SFTConfig, rt: rt_mod.Runtime) -> SFTResult:
         raise TwofilesError(
             f"{out} already holds checkpoints: pass --resume to continue, or choose another --out"
         )
+    if cfg.resume and not list_checkpoints(ckpt_dir):  # before the model load, not after
+        raise TwofilesError(f"--resume: no checkpoint in {ckpt_dir}")
     if cfg.merge and not cfg.lora_rank:
         raise TwofilesError("--merge applies to LoRA adapters: pass --lora-rank too")
 
