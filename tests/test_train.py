@@ -405,14 +405,14 @@ def test_a_second_ctrl_c_stops_at_once() -> None:
 
     said: list[str] = []
     stop = StopSignals(said.append)
-    restore = stop.install()
+    stop.install()
     try:
         os.kill(os.getpid(), signal.SIGTERM)
         assert stop.requested and stop.signum == signal.SIGTERM and "checkpoint" in said[0]
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
     finally:
-        restore()
+        stop.restore()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 

@@ -168,14 +168,19 @@ def pretrain(
 ) -> PretrainResult:
     """Run (or resume) pretraining as configured; `on_eval` sees every evaluation record."""
     rt = rt_mod.setup(cfg.device, cfg.dtype, cfg.threads or None)
+    signals = StopSignals(lambda msg: _log(rt, msg))
     try:
-        return _pretrain(cfg, rt, on_eval)
+        return _pretrain(cfg, rt, on_eval, signals)
     finally:
+        signals.restore()
         rt_mod.teardown(rt)
 
 
 def _pretrain(
-    cfg: PretrainConfig, rt: rt_mod.Runtime, on_eval: Callable[[dict[str, Any]], None] | None
+    cfg: PretrainConfig,
+    rt: rt_mod.Runtime,
+    on_eval: Callable[[dict[str, Any]], None] | None,
+    signals: StopSignals,
 ) -> PretrainResult:
     out = Path(cfg.out)
     ckpt_dir = out / "checkpoints"
@@ -302,8 +307,7 @@ def _pretrain(
     loop_start, elapsed_before, step_start = time.perf_counter(), elapsed, step
     resumed_at = step if cfg.resume else -1
     timer = CheckpointTimer(cfg.checkpoint_seconds, elapsed)
-    signals = StopSignals(lambda msg: _log(rt, msg))
-    restore_signals = signals.install()
+    signals.install()
     while True:
         # `elapsed` is the run's wall time in the loop (evaluations and checkpoints included), so a
         # time budget bounds what the user waits for, not just the optimizer steps.
@@ -436,12 +440,14 @@ def _pretrain(
             if math.isfinite(val_bpb):
                 post += f" | val_bpb {val_bpb:.3f}"
             bar.set_postfix_str(post, refresh=False)
-    restore_signals()
+    signals.restore()
     elapsed = elapsed_before + (time.perf_counter() - loop_start)  # the final evaluation included
     if bar is not None:
         bar.close()
     if metrics_file is not None:
         metrics_file.close()
+    if stopping and step == 0:  # stopped before its first step: nothing to save
+        raise KeyboardInterrupt
     if stopping:  # a checkpoint is saved: leave the run as a finished one would, less its model
         if rt.is_main:
             plot_losses(metrics_path, out / "loss.png")

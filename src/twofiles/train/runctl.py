@@ -156,6 +156,7 @@ class StopSignals:
 
     def __init__(self, log: Any = None) -> None:
         self.signum: int | None = None
+        self._old: dict[int, Any] = {}
         self._log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
 
     @property
@@ -172,19 +173,18 @@ class StopSignals:
                 " (Ctrl-C again to quit at once, without one)"
             )
 
-    def install(self) -> Callable[[], None]:
-        """Install the handlers for the loop; returns what puts the previous ones back. Only the
-        main thread may install handlers: elsewhere (a run inside a server thread) this is a
-        no-op and Ctrl-C behaves as before."""
-        if threading.current_thread() is not threading.main_thread():
-            return lambda: None
-        old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+    def install(self) -> None:
+        """Install the handlers for the loop. Only the main thread may install handlers:
+        elsewhere (a run inside a server thread) this is a no-op and Ctrl-C behaves as before."""
+        if threading.current_thread() is not threading.main_thread() or self._old:
+            return
+        self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
 
-        def restore() -> None:
-            for s, h in old.items():
-                signal.signal(s, h)
-
-        return restore
+    def restore(self) -> None:
+        """Put the previous handlers back (idempotent: also called when the loop raised)."""
+        for s, h in self._old.items():
+            signal.signal(s, h)
+        self._old = {}
 
 
 def agree(rt: Any, total: int, stop: bool) -> tuple[int, bool]:

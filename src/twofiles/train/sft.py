@@ -464,11 +464,13 @@ def heldout_skill_tasks(n_per_kind: int, seed: int, who: ModelIdentity | None) -
 def sft(cfg: SFTConfig) -> SFTResult:
     """Run (or resume) supervised finetuning as configured."""
     rt = rt_mod.setup(cfg.device, cfg.dtype, cfg.threads or None)
+    signals = StopSignals(_log)
     try:
         if rt.world_size > 1:
             raise TwofilesError("twofiles sft runs in one process (not under torchrun)")
-        return _sft(cfg, rt)
+        return _sft(cfg, rt, signals)
     finally:
+        signals.restore()
         rt_mod.teardown(rt)
 
 
@@ -477,7 +479,7 @@ def _base_spec(spec: str) -> str:
     return os.path.abspath(spec) if os.path.exists(spec) else spec
 
 
-def _sft(cfg: SFTConfig, rt: rt_mod.Runtime) -> SFTResult:
+def _sft(cfg: SFTConfig, rt: rt_mod.Runtime, signals: StopSignals) -> SFTResult:
     from twofiles.chat import ChatFormat
     from twofiles.engine import resolve_model
 
@@ -621,8 +623,7 @@ def _sft(cfg: SFTConfig, rt: rt_mod.Runtime) -> SFTResult:
     loop_start, elapsed_before = time.perf_counter(), elapsed
     resumed_at = step if cfg.resume else -1
     timer = CheckpointTimer(cfg.checkpoint_seconds, elapsed)
-    signals = StopSignals(_log)
-    restore_signals = signals.install()
+    signals.install()
     while True:
         elapsed = elapsed_before + (time.perf_counter() - loop_start)
         # as in pretraining: the schedule's length follows the measured speed to the end
@@ -708,9 +709,11 @@ def _sft(cfg: SFTConfig, rt: rt_mod.Runtime) -> SFTResult:
                 + (f" | val_loss {val_loss:.3f}" if math.isfinite(val_loss) else ""),
                 refresh=False,
             )
-    restore_signals()
+    signals.restore()
     if bar is not None:
         bar.close()
+    if stopping and step == 0:  # stopped before its first step: nothing to save
+        raise KeyboardInterrupt
     if stopping:  # a checkpoint is saved; the finished run's files come with the resumed run
         metrics_file.close()
         from twofiles.train.plots import plot_sft
