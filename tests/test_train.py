@@ -547,10 +547,10 @@ def _budgeted_run(tiny_data: Path, out: Path, budget: float, hog_after: float | 
 
 @pytest.mark.slow
 def test_time_budget_is_spent_under_load_from_the_start(tiny_data: Path, tmp_path: Path) -> None:
-    _budgeted_run(tiny_data, tmp_path / "run", 15.0, hog_after=0.0)
+    _budgeted_run(tiny_data, tmp_path / "run", 20.0, hog_after=0.0)
 
 
 @pytest.mark.slow
 def test_time_budget_is_spent_when_load_starts_mid_run(tiny_data: Path, tmp_path: Path) -> None:
     # the hog starts in WSD's decay phase (after 60% of the run), where the length used to be fixed
-    _budgeted_run(tiny_data, tmp_path / "run", 15.0, hog_after=10.0)
+    _budgeted_run(tiny_data, tmp_path / "run", 20.0, hog_after=13.0)

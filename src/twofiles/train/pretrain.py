@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -37,12 +38,12 @@ from twofiles.train.checkpoint import list_checkpoints, load_checkpoint, save_ch
 from twofiles.train.plots import plot_losses
 from twofiles.train.runctl import (
     CHECKPOINT_SECONDS,
-    EVAL_PROBE_AFTER,
     CheckpointTimer,
     Planner,
     RunInterrupted,
     StopSignals,
     agree,
+    probe_due,
 )
 
 
@@ -234,8 +235,10 @@ def _pretrain(
     # The budget also pays for the final validation pass, estimated from the measured training
     # speed: an evaluated token costs `eval_cost` of a trained one. A forward pass is about a third
     # of a training step, but Muon's and the optimizer's per-step costs make small models' steps
-    # dearer still (tiny preset: ~1/5), so the ratio is measured once the run is warm.
+    # dearer still (tiny preset: ~1/5), so the ratio is measured once the run is warm, and again
+    # at doubling intervals: the median of a few short probes resists a busy machine's noise.
     eval_cost = [1 / 2.5]
+    probes: list[float] = []
     planner = Planner(
         cfg.optim,
         cfg.max_steps,
@@ -316,14 +319,14 @@ def _pretrain(
         planner.total = total_steps
         if bar is not None and planner.timed:
             bar.total = total_steps
-        if planner.timed and step == step_start + EVAL_PROBE_AFTER and planner.per_step:
+        # probe steps are counted in steps, so every rank probes at the same one (evaluate syncs)
+        if planner.timed and planner.per_step and probe_due(step - step_start):
             t_probe = time.perf_counter()
-            probe_tokens = min(final_eval_tokens, 4 * cfg.batch_size * cfg.seq_len)
-            evaluate(
-                model, val_stream, token_bytes, rt, cfg.seq_len, cfg.batch_size * 2, probe_tokens
-            )
-            per_token = (time.perf_counter() - t_probe) / max(probe_tokens, 1)
-            eval_cost[0] = per_token / (planner.per_step / tokens_per_step)
+            n = min(final_eval_tokens, 4 * cfg.batch_size * cfg.seq_len)
+            evaluate(model, val_stream, token_bytes, rt, cfg.seq_len, cfg.batch_size * 2, n)
+            per_token = (time.perf_counter() - t_probe) / max(n, 1)
+            probes.append(per_token / (planner.per_step / tokens_per_step))
+            eval_cost[0] = statistics.median(probes)
         last_step = step >= total_steps
         stopping = stopping and not last_step
         # the checkpoint we resumed from was written after this step's evaluation and samples

@@ -34,6 +34,13 @@ RATE_WINDOW = 20
 EVAL_PROBE_AFTER = 2 * RATE_WINDOW
 
 
+def probe_due(steps_since_start: int) -> bool:
+    """True at EVAL_PROBE_AFTER steps after the (re)start and at each doubling of it (40, 80, 160,
+    ...): a few probes early, where the reserve is planned, and ever fewer as the run goes."""
+    k, r = divmod(steps_since_start, EVAL_PROBE_AFTER)
+    return r == 0 and k > 0 and k & (k - 1) == 0
+
+
 class RunInterrupted(KeyboardInterrupt):
     """The run stopped on SIGINT/SIGTERM after saving a checkpoint; `--resume` continues it.
     A KeyboardInterrupt, so callers that do not know it still stop as on Ctrl-C."""
@@ -51,8 +58,8 @@ class Planner:
     """The LR schedule and its length. With `max_steps` (no time budget) it is exactly
     optim.lr_factor over max_steps. With a time budget, the length is re-estimated every step from
     the step rate over the last RATE_WINDOW steps, so a machine that slows down or speeds up still
-    ends the run on its budget (a length fixed from the first, slow steps ended a 120 s run after
-    27 s). Re-estimating moves the end, so the LR is kept monotone: after warm-up it never rises,
+    ends the run on its budget (a length frozen when the decay began overran or fell short of it
+    whenever the machine's speed changed: docs/LOG.md, 2026-12-06). Re-estimating moves the end, so the LR is kept monotone: after warm-up it never rises,
     and WSD's decay, once begun, runs from the step it began at to the current estimate of the
     end."""
 
