@@ -459,6 +459,14 @@ def test_a_tiny_sft_run_lowers_held_out_loss_and_resumes_exactly(
     res = sft(cfg(ref))
     assert res.val_loss < res.val_loss_before - 0.5
     assert res.steps == 8 and res.skills_before is not None and res.skills_after is not None
+    # one report writer: rebuilt from the run's own records, it keeps every section the run wrote
+    from twofiles.eval.report import write_report
+
+    report = (ref / "report.md").read_text()
+    assert "## Held-out skills" in report and "## Replies after finetuning" in report
+    (ref / "report.md").unlink()
+    write_report(ref)
+    assert (ref / "report.md").read_text() == report
     # an interrupted run: its step-8 checkpoint and model never written, metrics logged past step 4
     run = tmp_path / "run"
     shutil.copytree(ref, run)
@@ -470,6 +478,61 @@ def test_a_tiny_sft_run_lowers_held_out_loss_and_resumes_exactly(
     assert _metrics(run) == _metrics(ref)  # every loss and evaluation, once, bit for bit
     assert again.val_loss == res.val_loss
     a, b = load_file(ref / "model.safetensors"), load_file(run / "model.safetensors")
+    assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)
+
+
+def test_ctrl_c_stops_sft_with_a_checkpoint_and_resume_finishes_exactly(
+    base_model, convs_jsonl, tmp_path
+) -> None:
+    import os
+    import signal
+    import threading
+    import time
+
+    from safetensors.torch import load_file
+
+    from twofiles.train.runctl import RunInterrupted
+    from twofiles.train.sft import SFTConfig, sft
+
+    def cfg(out, resume=False):
+        return SFTConfig(
+            model=str(base_model),
+            data=str(convs_jsonl),
+            out=str(out),
+            max_steps=60,
+            batch_size=2,
+            seq_len=64,
+            skill_tasks=0,
+            max_val=4,
+            threads=1,
+            progress=False,
+            resume=resume,
+        )
+
+    sft(cfg(tmp_path / "ref"))
+    run = tmp_path / "run"
+
+    def interrupt() -> None:  # Ctrl-C once training has begun
+        metrics, deadline = run / "metrics.jsonl", time.time() + 60
+        while time.time() < deadline and not (
+            metrics.exists() and metrics.read_text().count('"loss"') >= 2
+        ):
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    t = threading.Thread(target=interrupt)
+    t.start()
+    with pytest.raises(RunInterrupted) as e:
+        sft(cfg(run))
+    t.join()
+    assert e.value.exit_code == 130 and 0 < e.value.step < 60
+    assert [p.name for p in (run / "checkpoints").iterdir()] == [
+        f"step_{e.value.step:07d}.safetensors"
+    ]
+    assert not (run / "model.safetensors").exists()
+    sft(cfg(run, resume=True))
+    assert _metrics(run) == _metrics(tmp_path / "ref")
+    a, b = load_file(tmp_path / "ref" / "model.safetensors"), load_file(run / "model.safetensors")
     assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)
 
 
@@ -526,7 +589,17 @@ def test_sft_verb_end_to_end_full_and_lora(base_model, convs_jsonl, tmp_path) ->
     assert (
         loaded.provenance["tools_in_prompt"] is False
     )  # chat prompts it as it was trained: no tool list
-    assert "held-out skill" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "held-out skill" in report
+    p = subprocess.run(
+        [sys.executable, "-m", "twofiles", "report", str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert p.returncode == 0, p.stderr
+    assert (out / "report.md").read_text() == report  # `twofiles report` destroys nothing
 
     lora = tmp_path / "lora"
     cmd = [
@@ -611,3 +684,62 @@ def test_batched_greedy_replies_equal_one_at_a_time(chat_tok) -> None:
             if t not in stop
         ]
         assert g == want
+
+
+# The SFT loop's numbers, pinned: full finetuning of the tiny base model, 6 steps, fp32, 1 thread
+# (tolerance as for pretraining's golden losses in test_train.py).
+GOLDEN_SFT = {1: 6.002963, 3: 5.996953, 6: 5.965948}
+GOLDEN_SFT_VAL = (6.025442, 5.980660)  # held-out loss before, after
+
+
+def test_golden_sft_losses(base_model, convs_jsonl, tmp_path) -> None:
+    import json
+
+    from twofiles.train.sft import SFTConfig, sft
+
+    cfg = SFTConfig(
+        model=str(base_model),
+        data=str(convs_jsonl),
+        out=str(tmp_path / "run"),
+        max_steps=6,
+        batch_size=4,
+        seq_len=64,
+        skill_tasks=0,
+        max_val=8,
+        threads=1,
+        device="cpu",
+        dtype="fp32",
+        progress=False,
+    )
+    res = sft(cfg)
+    got = {
+        r["step"]: r["loss"]
+        for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
+        if "loss" in r
+    }
+    assert res.steps == 6 and sorted(got) == list(range(1, 7))
+    for step, want in GOLDEN_SFT.items():
+        assert got[step] == pytest.approx(want, rel=1e-4), step
+    assert (res.val_loss_before, res.val_loss) == pytest.approx(GOLDEN_SFT_VAL, rel=1e-4)
+
+
+def test_resume_refuses_flags_that_would_change_the_run(tmp_path, capsys) -> None:
+    import json
+
+    from twofiles.cli import main
+    from twofiles.train.sft import SFTConfig
+
+    run = tmp_path / "run"
+    run.mkdir()
+    saved = SFTConfig(model="base.safetensors", data="convs.jsonl", out=str(run), max_steps=10)
+    (run / "config.json").write_text(json.dumps(saved.to_dict()))
+    args = ["sft", "base.safetensors", "--out", str(run), "--resume", "--no-progress"]
+    assert main([*args, "--lr", "0.5", "--lora-rank", "4", "--data", "other.jsonl"]) == 2
+    err = capsys.readouterr().err
+    assert "--lr (the run has 0.001, given 0.5)" in err
+    assert "--lora-rank (the run has 0, given 4)" in err and "other.jsonl" in err
+    # the same values, and run-control flags (a longer run, threads), are not conflicts: the
+    # resume goes on, here to find that the run has no checkpoint yet
+    assert main([*args, "--data", "convs.jsonl", "--max-steps", "20", "--threads", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "no checkpoint" in err and "would change" not in err

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from twofiles.presets import PRESETS
 
 
@@ -124,3 +126,21 @@ def test_a_second_speedrun_replaces_the_first_and_keeps_other_files(tmp_path: Pa
     assert (
         not (out / "sft").exists() and second.sft is None
     )  # the first run's SFT stage went with it
+
+
+def test_speedrun_refuses_a_directory_holding_another_run(tmp_path: Path) -> None:
+    from twofiles.errors import TwofilesError
+    from twofiles.presets import get_preset
+    from twofiles.speedrun import run_speedrun
+
+    out = tmp_path / "run"
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "checkpoints" / "step_0000100.safetensors").write_bytes(b"an hour of pretraining")
+    (out / "config.json").write_text('{"data": "mine"}')
+    with pytest.raises(TwofilesError, match="not a speedrun's"):
+        run_speedrun(get_preset("tiny"), out, progress=False, overrides={"max_steps": 2})
+    assert (
+        out / "checkpoints" / "step_0000100.safetensors"
+    ).read_bytes() == b"an hour of pretraining"
+    assert (out / "config.json").read_text() == '{"data": "mine"}'
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "config.json"]

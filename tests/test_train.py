@@ -3,6 +3,7 @@ kill, and DDP equivalence (2 gloo processes == 1 process at the same global batc
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -266,8 +267,17 @@ def test_pretrain_cli_writes_a_complete_run(tiny_data: Path, tmp_path: Path) -> 
     assert p.returncode == 0, p.stderr
     summary = json.loads(p.stdout.strip().splitlines()[-1])
     assert summary["steps"] == 6 and 0 < summary["val_bpb"] < 20
-    for name in ("config.json", "metrics.jsonl", "loss.png", "model.safetensors"):
+    for name in ("config.json", "metrics.jsonl", "loss.png", "model.safetensors", "report.md"):
         assert (out / name).is_file(), name
+    report = (out / "report.md").read_text()
+    assert "Pretrain report" in report and "bits per byte" in report
+    # `twofiles report` rebuilds the same report from the run's own records
+    (out / "report.md").unlink()
+    r = subprocess.run(
+        [PY, "-m", "twofiles", "report", str(out)], capture_output=True, text=True, env=_env()
+    )
+    assert r.returncode == 0, r.stderr
+    assert (out / "report.md").read_text() == report
     assert (out / "loss.png").read_bytes()[:4] == b"\x89PNG"
     from twofiles.artifact import load_model
 
@@ -335,6 +345,99 @@ def test_killed_run_resumes_with_the_same_loss_sequence(tiny_data: Path, tmp_pat
     assert records(run) == records(ref)  # and every evaluation, once, with the same values
 
 
+def test_ctrl_c_saves_a_checkpoint_and_resume_finishes_like_an_uninterrupted_run(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    steps = ["--max-steps", "120", "--eval-interval", "40", "--eval-tokens", "256"]
+    ref = tmp_path / "ref"
+    subprocess.run(
+        _pretrain_cmd(tiny_data, ref, *steps), check=True, capture_output=True, env=_env()
+    )
+    run = tmp_path / "run"
+    proc = subprocess.Popen(
+        _pretrain_cmd(tiny_data, run, *steps),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+    )
+    deadline = time.time() + 120
+    metrics = run / "metrics.jsonl"
+    while time.time() < deadline and not (
+        metrics.exists() and metrics.read_text().count("\n") >= 3
+    ):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err  # the shell's code for SIGINT
+    assert "checkpoint saved" in err and "--resume" in err
+    (ckpt,) = list_checkpoints(run / "checkpoints")  # the default 60 s timer has not fired
+    stopped_at = int(ckpt.stem.split("_")[1])
+    assert 0 < stopped_at < 120, "the run finished before the signal: nothing was interrupted"
+    assert not (run / "model.safetensors").exists()
+    assert f"at step {stopped_at}" in (run / "report.md").read_text()
+    # a resume that would change the run is refused, naming every conflicting flag
+    bad = subprocess.run(
+        _pretrain_cmd(tiny_data, run, *steps, "--resume", "--lr", "0.01", "--seed", "7"),
+        capture_output=True,
+        text=True,
+        env=_env(),
+    )
+    assert bad.returncode == 2
+    assert "--lr" in bad.stderr and "--seed" in bad.stderr and "7" in bad.stderr
+    assert "--max-steps" not in bad.stderr  # a run-control flag: it may change
+    p = subprocess.run(
+        _pretrain_cmd(tiny_data, run, *steps, "--resume"),
+        capture_output=True,
+        text=True,
+        env=_env(),
+    )
+    assert p.returncode == 0, p.stderr
+    assert losses(run) == losses(ref) and records(run) == records(ref)
+    from safetensors.torch import load_file
+
+    a, b = load_file(ref / "model.safetensors"), load_file(run / "model.safetensors")
+    assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)
+
+
+def test_a_second_ctrl_c_stops_at_once() -> None:
+    from twofiles.train.runctl import StopSignals
+
+    said: list[str] = []
+    stop = StopSignals(said.append)
+    stop.install()
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.requested and stop.signum == signal.SIGTERM and "checkpoint" in said[0]
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    finally:
+        stop.restore()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_time_budget_schedule_follows_the_measured_speed() -> None:
+    """A simulated clock: 100 steps/s, then 4x slower from 6 s into a 20 s budget. The length is
+    re-planned every step, the run ends on its budget, and the LR never rises after warm-up."""
+    from twofiles.train.runctl import Planner
+
+    optim = OptimConfig(schedule="wsd", warmup_steps=5, decay_frac=0.4)
+    plan = Planner(optim, max_steps=10, time_budget_s=20.0, reserve_s=lambda per_step: 1.0)
+    t, step, lrs = 0.0, 0, []
+    while step < plan.observe(step, t):
+        lrs.append(plan.lr(step))
+        t += 0.01 if t < 6 else 0.04
+        step += 1
+    assert 18.9 <= t <= 19.05  # the budget less the 1 s reserve, within a step
+    assert step > 900  # 600 fast steps, then ~325 slow ones
+    assert all(b <= a for a, b in itertools.pairwise(lrs[5:]))
+    assert lrs[4] == 1.0 and lrs[-1] < 0.01
+    state = plan.state_dict()  # what a checkpoint keeps: a resumed run goes on from there
+    again = Planner(optim, max_steps=10, time_budget_s=20.0)
+    again.load_state_dict(state)
+    assert again.state_dict() == state
+
+
 @pytest.mark.slow
 def test_ddp_two_processes_match_one_process(tiny_data: Path, tmp_path: Path) -> None:
     common = ["--max-steps", "5", "--seq-len", "32", "--grad-clip", "1.0"]
@@ -362,3 +465,92 @@ def test_ddp_two_processes_match_one_process(tiny_data: Path, tmp_path: Path) ->
     for k in a:
         assert b[k] == pytest.approx(a[k], rel=1e-4, abs=1e-5), k
     assert (ddp / "model.safetensors").is_file()
+
+
+# --- golden losses: the loop's numbers, pinned ---
+
+# A tiny-preset run, 8 steps, fp32, 1 thread. The tolerance absorbs BLAS differences between CPUs
+# (AVX2 vs AVX-512/AMX kernels sum in different orders, ~1e-6 relative over 8 steps) and still
+# catches a real change: one step more or less of warm-up moves these by > 1e-3.
+GOLDEN_PRETRAIN = {1: 6.237728, 4: 6.218393, 8: 6.131934}
+GOLDEN_PRETRAIN_VAL = 6.104246
+
+
+def golden_pretrain_config(data: Path, out: Path, **over: object) -> object:
+    from twofiles.presets import get_preset
+    from twofiles.train.pretrain import PretrainConfig
+
+    preset = get_preset("tiny")
+    cfg = PretrainConfig(
+        data=str(data), out=str(out), model=preset.model_config(), optim=preset.optim_config()
+    )
+    for k, v in {**preset.train, **over}.items():
+        setattr(cfg, k, v)
+    cfg.batch_size, cfg.seq_len, cfg.threads, cfg.device, cfg.dtype = 4, 64, 1, "cpu", "fp32"
+    cfg.eval_tokens = cfg.final_eval_tokens = 2048
+    cfg.progress = False
+    return cfg
+
+
+def test_golden_pretrain_losses(tiny_data: Path, tmp_path: Path) -> None:
+    from twofiles.train.pretrain import pretrain
+
+    res = pretrain(golden_pretrain_config(tiny_data, tmp_path / "run", max_steps=8))
+    got = losses(tmp_path / "run")
+    assert res.steps == 8 and sorted(got) == list(range(1, 9))
+    for step, want in GOLDEN_PRETRAIN.items():
+        assert got[step] == pytest.approx(want, rel=1e-4), step
+    assert res.val_loss == pytest.approx(GOLDEN_PRETRAIN_VAL, rel=1e-4)
+
+
+# --- a time budget is spent whatever the load ---
+
+
+def _hogs() -> list[subprocess.Popen]:
+    """One busy loop per core: whatever else the machine runs, training now gets a share of it."""
+    return [
+        subprocess.Popen([PY, "-c", "while True: pass"])
+        for _ in range(max(2, len(os.sched_getaffinity(0))))
+    ]
+
+
+def _budgeted_run(tiny_data: Path, out: Path, budget: float, hog_after: float | None) -> None:
+    import threading
+
+    from twofiles.train.pretrain import pretrain
+
+    hogs: list[subprocess.Popen] = []
+    starter = None
+    if hog_after is not None:
+        starter = threading.Timer(hog_after, lambda: hogs.extend(_hogs()))
+        starter.start()
+    try:
+        cfg = golden_pretrain_config(tiny_data, out, max_steps=1_000_000, time_budget_s=budget)
+        cfg.final_eval_tokens = 0  # the whole validation split: a real reserve to budget for
+        res = pretrain(cfg)
+    finally:
+        if starter is not None:
+            starter.cancel()
+        for h in hogs:
+            h.kill()
+            h.wait()
+    recs = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    lrs = [r["lr"] for r in recs if "lr" in r]
+    # the run ends on its budget (the final evaluation included), not before, not long after
+    assert abs(res.train_seconds - budget) < 0.05 * budget, res.train_seconds
+    assert res.steps > 50
+    # warm-up, then the LR never rises and reaches the floor on time
+    warm = cfg.optim.warmup_steps
+    assert all(b <= a + 1e-12 for a, b in itertools.pairwise(lrs[warm:]))
+    assert lrs[-1] < 0.05 and lrs[len(lrs) // 2] == 1.0
+
+
+@pytest.mark.slow
+def test_time_budget_is_spent_under_load_from_the_start(tiny_data: Path, tmp_path: Path) -> None:
+    _budgeted_run(tiny_data, tmp_path / "run", 20.0, hog_after=0.0)
+
+
+@pytest.mark.slow
+def test_time_budget_is_spent_when_load_starts_mid_run(tiny_data: Path, tmp_path: Path) -> None:
+    # the hog starts in WSD's decay phase (after 60% of the run), where the length used to be fixed
+    _budgeted_run(tiny_data, tmp_path / "run", 20.0, hog_after=13.0)

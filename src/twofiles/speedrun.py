@@ -103,6 +103,7 @@ def run_speedrun(
     out = Path(out)
     _clear_previous_run(out)
     out.mkdir(parents=True, exist_ok=True)
+    _write_marker(out, preset)
     budget = preset.budget_s if budget_s is None else budget_s
     stages: dict[str, float] = {}
 
@@ -191,9 +192,13 @@ def run_speedrun(
     )
 
 
+# Written first into a speedrun's directory: what says the files there are a speedrun's own.
+MARKER = "speedrun.json"
+
 # What a speedrun writes into its directory; a new speedrun into the same directory replaces
 # exactly these (so `make speedrun` can be run again) and leaves anything else there alone.
 RUN_FILES = (
+    MARKER,
     "tokenizer.json",
     "config.json",
     "metrics.jsonl",
@@ -206,11 +211,47 @@ RUN_FILES = (
 RUN_DIRS = ("checkpoints", "data", "sft")
 
 
+def _write_marker(out: Path, preset: Preset) -> None:
+    from datetime import UTC, datetime
+
+    from twofiles.artifact import atomic_write_bytes
+
+    doc = {
+        "kind": "speedrun",
+        "preset": preset.name,
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    atomic_write_bytes(out / MARKER, json.dumps(doc, indent=1).encode())
+
+
+def _is_speedrun(out: Path) -> bool:
+    """The directory's run is a speedrun's: its marker says so (or, from before the marker, its
+    run.json's title does)."""
+    for name, key, want in ((MARKER, "kind", "speedrun"), ("run.json", "title", "Speedrun report")):
+        try:
+            doc = json.loads((out / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(doc, dict) and str(doc.get(key, "")).startswith(want):
+            return True
+    return False
+
+
 def _clear_previous_run(out: Path) -> None:
+    """Replace a previous speedrun's own files; refuse any other run (pretrain, sft, ...): a
+    speedrun never destroys work it did not make."""
     import shutil
 
-    if not (out / "config.json").is_file():
+    from twofiles.errors import TwofilesError
+
+    present = [n for n in (*RUN_FILES, *RUN_DIRS) if (out / n).exists()]
+    if not present:
         return
+    if not _is_speedrun(out):
+        raise TwofilesError(
+            f"{out} holds another run ({', '.join(present)}), not a speedrun's: "
+            "choose another --out, or move that run away"
+        )
     _say(f"replacing the previous run in {out}")
     for name in RUN_DIRS:
         shutil.rmtree(out / name, ignore_errors=True)
@@ -300,6 +341,7 @@ def _write_report(
     write_run_info(
         out,
         {
+            "kind": "speedrun",
             "title": f"Speedrun report: {preset.name}",
             "description": f"{preset.description}.",
             "numbers": {

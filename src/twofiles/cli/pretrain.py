@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING, Any
 
 from twofiles.cli.common import add_json_flag, add_training_run_flags, emit_json
+
+if TYPE_CHECKING:
+    from twofiles.train.pretrain import PretrainConfig
 
 # flag -> (section, field, type); section "" is PretrainConfig itself
 _FIELDS: list[tuple[str, str, str, type, str]] = [
@@ -42,7 +46,20 @@ _FIELDS: list[tuple[str, str, str, type, str]] = [
     ("--eval-interval", "", "eval_interval", int, "steps between validation evaluations"),
     ("--eval-tokens", "", "eval_tokens", int, "validation tokens per periodic evaluation"),
     ("--sample-interval", "", "sample_interval", int, "steps between printed samples"),
-    ("--checkpoint-interval", "", "checkpoint_interval", int, "steps between checkpoints"),
+    (
+        "--checkpoint-interval",
+        "",
+        "checkpoint_interval",
+        int,
+        "steps between checkpoints (besides those every --checkpoint-seconds)",
+    ),
+    (
+        "--checkpoint-seconds",
+        "",
+        "checkpoint_seconds",
+        float,
+        "seconds between checkpoints (default 60; 0: only at the end and on Ctrl-C/SIGTERM)",
+    ),
     ("--seed", "", "seed", int, "seed for init and data order"),
     ("--threads", "", "threads", int, "CPU threads"),
 ]
@@ -53,8 +70,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/pretrain", help="run directory")
     p.add_argument(
         "--preset",
-        default="cpu-5min",
-        help="start from a preset's model/optimizer/batch (cpu-5min, cpu-1h, gpu, tiny)",
+        default=None,
+        help="start from a preset's model/optimizer/batch (cpu-5min (default), cpu-1h, gpu, tiny)",
     )
     for flag, _, _, typ, help_text in _FIELDS:
         p.add_argument(flag, type=typ, default=None, help=help_text)
@@ -82,12 +99,9 @@ def run(args: argparse.Namespace) -> int:
     from twofiles.train.pretrain import PretrainConfig, pretrain
 
     if args.resume and (Path(args.out) / "config.json").is_file():
-        # resume with the configuration the run was started with; only the run-control flags apply
-        cfg = PretrainConfig.from_dict(json.loads((Path(args.out) / "config.json").read_text()))
-        cfg.resume = True
-        cfg.progress = not args.no_progress
+        cfg = _resumed_config(args, json.loads((Path(args.out) / "config.json").read_text()))
     else:
-        preset = get_preset(args.preset)
+        preset = get_preset(args.preset or "cpu-5min")
         cfg = PretrainConfig(
             data=args.data, out=args.out, model=preset.model_config(), optim=preset.optim_config()
         )
@@ -114,7 +128,12 @@ def run(args: argparse.Namespace) -> int:
             not args.no_progress,
         )
         cfg.provenance = {"preset": preset.name}
-    res = pretrain(cfg)
+    from twofiles.train.runctl import RunInterrupted
+
+    try:
+        res = pretrain(cfg)
+    except RunInterrupted as e:  # a checkpoint is saved; the message says how to continue
+        return e.exit_code
     import os
 
     if int(os.environ.get("RANK", "0")) == 0:
@@ -137,3 +156,53 @@ def run(args: argparse.Namespace) -> int:
                 }
             )
     return 0
+
+
+# What a resumed run may change: how long it runs, where, how it reports. Everything else is the
+# run's own (its model, data, optimizer, batch, seed): changing it would silently train a run
+# the checkpoint does not belong to.
+RESUME_CHANGEABLE = {
+    "max_steps",
+    "time_budget_s",
+    "threads",
+    "compile",
+    "eval_interval",
+    "eval_tokens",
+    "sample_interval",
+    "checkpoint_interval",
+    "checkpoint_seconds",
+}
+
+
+def _resumed_config(args: argparse.Namespace, saved: dict[str, Any]) -> PretrainConfig:
+    """The saved run's config, with the flags that may change applied; conflicting flags refused
+    (each named, with the run's value and the given one)."""
+    from pathlib import Path
+
+    from twofiles.train.pretrain import PretrainConfig
+    from twofiles.train.runctl import check_resume
+
+    given: dict[str, tuple[str, Any]] = {}
+    for flag, section, name, _, _ in _FIELDS:
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value is not None:
+            given[f"{section}.{name}" if section else name] = (flag, value)
+    if args.tie_embeddings is not None:
+        given["model.tie_embeddings"] = ("--tie-embeddings", args.tie_embeddings)
+    if args.compile is not None:
+        given["compile"] = ("--compile", args.compile)
+    if args.preset is not None:
+        given["provenance.preset"] = ("--preset", args.preset)
+    same_data = Path(args.data).resolve() == Path(saved.get("data", "")).resolve()
+    given["data"] = ("--data", saved.get("data") if same_data else args.data)
+    apply = check_resume(saved, given, RESUME_CHANGEABLE)
+    cfg = PretrainConfig.from_dict(saved)
+    for name in apply:
+        setattr(cfg, name, given[name][1])
+    if "max_steps" in apply and "time_budget_s" not in apply:
+        cfg.time_budget_s = 0.0  # as for a new run: --max-steps alone means a fixed length
+    cfg.device = args.device
+    if args.dtype != "auto":
+        cfg.dtype = args.dtype
+    cfg.resume, cfg.progress = True, not args.no_progress
+    return cfg

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING, Any
 
 from twofiles.cli.common import add_json_flag, add_training_run_flags, emit_json
+
+if TYPE_CHECKING:
+    from twofiles.train.sft import SFTConfig
 
 # flag -> (section, field, type, help); section "" is SFTConfig itself
 _FIELDS: list[tuple[str, str, str, type, str]] = [
@@ -35,7 +39,20 @@ _FIELDS: list[tuple[str, str, str, type, str]] = [
     ("--max-steps", "", "max_steps", int, "optimizer steps (overrides --epochs)"),
     ("--time-budget", "", "time_budget_s", float, "train for this many seconds"),
     ("--eval-interval", "", "eval_interval", int, "steps between held-out loss evaluations"),
-    ("--checkpoint-interval", "", "checkpoint_interval", int, "steps between checkpoints"),
+    (
+        "--checkpoint-interval",
+        "",
+        "checkpoint_interval",
+        int,
+        "steps between checkpoints (besides those every --checkpoint-seconds)",
+    ),
+    (
+        "--checkpoint-seconds",
+        "",
+        "checkpoint_seconds",
+        float,
+        "seconds between checkpoints (default 60; 0: only at the end and on Ctrl-C/SIGTERM)",
+    ),
     (
         "--skill-tasks",
         "",
@@ -78,12 +95,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--data",
-        default="builtin",
-        help='builtin (chat dialogs + skill tasks) or a JSONL file of {"messages": [...]}',
+        default=None,
+        help='builtin (default: chat dialogs + skill tasks) or a JSONL file of {"messages": [...]}',
     )
     p.add_argument(
         "--val-data",
-        default="",
+        default=None,
         help="held-out JSONL (default: the built-in held-out split, or every 20th conversation)",
     )
     p.add_argument("--out", default="runs/sft", help="run directory")
@@ -115,10 +132,14 @@ def run(args: argparse.Namespace) -> int:
     from twofiles.train.sft import SFTConfig, sft
 
     if args.resume and (Path(args.out) / "config.json").is_file():
-        # resume with the configuration the run was started with; only the run-control flags apply
-        cfg = SFTConfig.from_dict(json.loads((Path(args.out) / "config.json").read_text()))
+        cfg = _resumed_config(args, json.loads((Path(args.out) / "config.json").read_text()))
     else:
-        cfg = SFTConfig(model=args.model, data=args.data, val_data=args.val_data, out=args.out)
+        cfg = SFTConfig(
+            model=args.model,
+            data=args.data or "builtin",
+            val_data=args.val_data or "",
+            out=args.out,
+        )
         for flag, section, name, _, _ in _FIELDS:
             value = getattr(args, flag[2:].replace("-", "_"))
             if value is not None:
@@ -130,7 +151,12 @@ def run(args: argparse.Namespace) -> int:
         cfg.merge, cfg.pack = args.merge, not args.no_pack
         cfg.device, cfg.dtype = args.device, args.dtype
     cfg.resume, cfg.progress = args.resume, not args.no_progress
-    res = sft(cfg)
+    from twofiles.train.runctl import RunInterrupted
+
+    try:
+        res = sft(cfg)
+    except RunInterrupted as e:  # a checkpoint is saved; the message says how to continue
+        return e.exit_code
     before, after = res.skills_before, res.skills_after
     line = f"held-out loss {res.val_loss_before:.4f} -> {res.val_loss:.4f}"
     if before and after:
@@ -139,3 +165,62 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         emit_json(res.summary())
     return 0
+
+
+# What a resumed run may change: how long it runs, where, how it reports. Everything else (the
+# model, data, LoRA, optimizer, batch, seeds, what is scored) is the run's own.
+RESUME_CHANGEABLE = {
+    "max_steps",
+    "epochs",
+    "time_budget_s",
+    "threads",
+    "eval_interval",
+    "checkpoint_interval",
+    "checkpoint_seconds",
+}
+
+
+def _same_path(a: str, b: str) -> bool:
+    from pathlib import Path
+
+    return a == b or (Path(a).exists() and Path(a).resolve() == Path(b).resolve())
+
+
+def _resumed_config(args: argparse.Namespace, saved: dict[str, Any]) -> SFTConfig:
+    """The saved run's config, with the flags that may change applied; conflicting flags refused
+    (each named, with the run's value and the given one)."""
+    from twofiles.train.runctl import check_resume
+    from twofiles.train.sft import SFTConfig
+
+    given: dict[str, tuple[str, Any]] = {}
+    for flag, section, name, _, _ in _FIELDS:
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value is not None:
+            given[f"{section}.{name}" if section else name] = (flag, value)
+    for name, flag, value in (
+        ("model", "MODEL", args.model),
+        ("data", "--data", args.data),
+        ("val_data", "--val-data", args.val_data),
+    ):
+        if value is not None:
+            same = _same_path(value, str(saved.get(name, "")))
+            given[name] = (flag, saved.get(name) if same else value)
+    if args.lora_targets:
+        given["lora_targets"] = (
+            "--lora-targets",
+            [t.strip() for t in args.lora_targets.split(",") if t.strip()],
+        )
+    if args.merge:
+        given["merge"] = ("--merge", True)
+    if args.no_pack:
+        given["pack"] = ("--no-pack", False)
+    apply = check_resume(saved, given, RESUME_CHANGEABLE)
+    cfg = SFTConfig.from_dict(saved)
+    for name in apply:
+        setattr(cfg, name, given[name][1])
+    if "max_steps" in apply and "time_budget_s" not in apply:
+        cfg.time_budget_s = 0.0  # as for a new run: --max-steps alone means a fixed length
+    cfg.device = args.device
+    if args.dtype != "auto":
+        cfg.dtype = args.dtype
+    return cfg

@@ -34,6 +34,7 @@ REPORT = "report.md"
 # Headline numbers, in the order shown: key -> (label, format)
 HEADLINE: dict[str, tuple[str, str]] = {
     "val_bpb": ("validation bits per byte (held-out text)", "**{:.4f}**"),
+    "val_loss_before": ("held-out loss before finetuning (nats/token)", "{:.4f}"),
     "val_loss": ("validation loss (nats/token)", "{:.4f}"),
     "wall_seconds": ("wall time, whole run", "{:.1f} s"),
     "base_wall_seconds": ("wall time, base model (the budgeted part)", "{:.1f} s"),
@@ -41,14 +42,18 @@ HEADLINE: dict[str, tuple[str, str]] = {
     "train_seconds": ("training time", "{:.1f} s"),
     "steps": ("steps", "{:,}"),
     "tokens": ("tokens trained on", "{:,}"),
+    "target_tokens": ("assistant tokens trained on", "{:,}"),
     "tokens_per_second": ("training throughput", "{:,.0f} tokens/s"),
     "params": ("parameters", "{:,}"),
+    "trainable_params": ("parameters trained", "{:,}"),
+    "peak_memory_mb": ("peak memory", "{:,.0f} MB"),
     "achieved_flops": ("model FLOP/s achieved", "{:.3g}"),
     "peak_flops": (
         "matmul peak measured at start (a busy machine measures a lower peak)",
         "{:.3g} FLOP/s",
     ),
     "mfu": ("MFU", "{:.0%}"),
+    "model_path": ("model", "{}"),
 }
 
 

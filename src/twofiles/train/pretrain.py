@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -29,13 +30,22 @@ from twofiles import runtime as rt_mod
 from twofiles.artifact import atomic_write_bytes, save_model
 from twofiles.data.prepare import load_manifest
 from twofiles.data.shards import BatchLoader, TokenStream
-from twofiles.errors import TwofilesError
+from twofiles.errors import BadInputError, TwofilesError
 from twofiles.eval.bpb import evaluate_bpb
 from twofiles.model import ModelConfig, Transformer
-from twofiles.optim import OptimConfig, build_optimizers, lr_factor, set_lr
+from twofiles.optim import OptimConfig, build_optimizers, set_lr
 from twofiles.tokenizer import Tokenizer
 from twofiles.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from twofiles.train.plots import plot_losses
+from twofiles.train.runctl import (
+    CHECKPOINT_SECONDS,
+    CheckpointTimer,
+    Planner,
+    RunInterrupted,
+    StopSignals,
+    agree,
+    probe_due,
+)
 
 
 @dataclass
@@ -57,7 +67,8 @@ class PretrainConfig:
     sample_interval: int = 0  # steps between printed samples (0: only at the end)
     sample_prompt: str = ""  # prompt for samples ("" = start of a document)
     sample_tokens: int = 64  # tokens per sample
-    checkpoint_interval: int = 0  # steps between checkpoints (0: only at the end)
+    checkpoint_interval: int = 0  # steps between checkpoints (0: by time only)
+    checkpoint_seconds: float = CHECKPOINT_SECONDS  # run seconds between checkpoints (0: off)
     seed: int = 1337  # model init and data order
     compile: bool = False  # torch.compile the model
     device: str = "auto"
@@ -118,14 +129,19 @@ def pretrain(
 ) -> PretrainResult:
     """Run (or resume) pretraining as configured; `on_eval` sees every evaluation record."""
     rt = rt_mod.setup(cfg.device, cfg.dtype, cfg.threads or None)
+    signals = StopSignals(lambda msg: _log(rt, msg))
     try:
-        return _pretrain(cfg, rt, on_eval)
+        return _pretrain(cfg, rt, on_eval, signals)
     finally:
+        signals.restore()
         rt_mod.teardown(rt)
 
 
 def _pretrain(
-    cfg: PretrainConfig, rt: rt_mod.Runtime, on_eval: Callable[[dict[str, Any]], None] | None
+    cfg: PretrainConfig,
+    rt: rt_mod.Runtime,
+    on_eval: Callable[[dict[str, Any]], None] | None,
+    signals: StopSignals,
 ) -> PretrainResult:
     out = Path(cfg.out)
     ckpt_dir = out / "checkpoints"
@@ -175,20 +191,33 @@ def _pretrain(
     # --- optimizer and schedule ---
     optimizers = build_optimizers(raw_model, cfg.optim)
     tokens_per_step = cfg.batch_size * cfg.seq_len * cfg.grad_accum * rt.world_size
-    total_steps = cfg.max_steps
+    final_eval_tokens = min(cfg.final_eval_tokens or len(val_stream), len(val_stream))
+    # The budget also pays for the final validation pass, estimated from the measured training
+    # speed: an evaluated token costs `eval_cost` of a trained one. A forward pass is about a third
+    # of a training step, but Muon's and the optimizer's per-step costs make small models' steps
+    # dearer still (tiny preset: ~1/5), so the ratio is measured once the run is warm, and again
+    # at doubling intervals: the median of a few short probes resists a busy machine's noise.
+    eval_cost = [1 / 2.5]
+    probes: list[float] = []
+    planner = Planner(
+        cfg.optim,
+        cfg.max_steps,
+        cfg.time_budget_s,
+        reserve_s=lambda per_step: final_eval_tokens * eval_cost[0] * per_step / tokens_per_step,
+    )
     step, elapsed, tokens_seen = 0, 0.0, 0
-    decay_locked = False  # with a time budget: the schedule's length is fixed once decay begins
     metrics_path = out / "metrics.jsonl"
     if cfg.resume:
         ckpts = list_checkpoints(ckpt_dir)
         if not ckpts:
             raise TwofilesError(f"--resume: no checkpoint in {ckpt_dir}")
         state = load_checkpoint(ckpts[-1], raw_model, optimizers)
-        step, elapsed, total_steps = state["step"], state["elapsed"], state["total_steps"]
-        tokens_seen = state["tokens"]
-        decay_locked = state.get(
-            "decay_locked", False
-        )  # a resumed run in its decay phase keeps its length
+        step, elapsed, tokens_seen = state["step"], state["elapsed"], state["tokens"]
+        planner.load_state_dict(state)
+        if not planner.timed and cfg.max_steps < step:
+            raise BadInputError(
+                f"--max-steps {cfg.max_steps}: the run is already at step {step}; give more steps"
+            )
         loader.load_state_dict(state["loader"])
         if (
             rt.is_main and metrics_path.exists()
@@ -227,7 +256,7 @@ def _pretrain(
         from tqdm import tqdm
 
         bar = tqdm(
-            total=total_steps,
+            total=planner.total,
             initial=step,
             desc="pretrain",
             unit="step",
@@ -238,33 +267,28 @@ def _pretrain(
     val_loss = val_bpb = float("nan")
     tok_s_ema: float | None = None
     model.train()
-    loop_start, elapsed_before, step_before = time.perf_counter(), elapsed, step
+    loop_start, elapsed_before, step_start = time.perf_counter(), elapsed, step
     resumed_at = step if cfg.resume else -1
-    final_eval_tokens = min(cfg.final_eval_tokens or len(val_stream), len(val_stream))
+    timer = CheckpointTimer(cfg.checkpoint_seconds, elapsed)
+    signals.install()
     while True:
         # `elapsed` is the run's wall time in the loop (evaluations and checkpoints included), so a
         # time budget bounds what the user waits for, not just the optimizer steps.
         elapsed = elapsed_before + (time.perf_counter() - loop_start)
-        # With a time budget the schedule's length follows the measured speed until the decay
-        # phase starts; from then on it is fixed, so the LR reaches its floor on time (WSD lets the
-        # stable phase stretch freely).
-        # The budget also pays for the final full validation pass: a forward pass costs about a
-        # third of a training step per token, so it is estimated from the training speed.
-        if cfg.time_budget_s > 0 and step > 0 and not decay_locked:
-            per_step = (
-                (elapsed - elapsed_before) / (step - step_before)
-                if step > step_before
-                else elapsed / step
-            )
-            final_eval_s = final_eval_tokens * per_step / tokens_per_step / 2.5
-            total_steps = max(
-                step + 1, step + int((cfg.time_budget_s - final_eval_s - elapsed) / per_step)
-            )
-            if lr_factor(step, total_steps, cfg.optim) < 1.0 and step >= cfg.optim.warmup_steps:
-                decay_locked = True
-            if bar is not None:
-                bar.total = total_steps
+        total_steps, stopping = agree(rt, planner.observe(step, elapsed), signals.requested)
+        planner.total = total_steps
+        if bar is not None and planner.timed:
+            bar.total = total_steps
+        # probe steps are counted in steps, so every rank probes at the same one (evaluate syncs)
+        if planner.timed and planner.per_step and probe_due(step - step_start):
+            t_probe = time.perf_counter()
+            n = min(final_eval_tokens, 4 * cfg.batch_size * cfg.seq_len)
+            evaluate_bpb(model, val_stream, token_bytes, rt, cfg.seq_len, cfg.batch_size * 2, n)
+            per_token = (time.perf_counter() - t_probe) / max(n, 1)
+            probes.append(per_token / (planner.per_step / tokens_per_step))
+            eval_cost[0] = statistics.median(probes)
         last_step = step >= total_steps
+        stopping = stopping and not last_step
         # the checkpoint we resumed from was written after this step's evaluation and samples
         periodic = step > 0 and step != resumed_at
         # --- evaluate ---
@@ -303,23 +327,26 @@ def _pretrain(
             and step > 0
             and (
                 last_step
+                or stopping
+                or timer.due(elapsed)
                 or (periodic and cfg.checkpoint_interval and step % cfg.checkpoint_interval == 0)
             )
         ):
+            timer.reset(elapsed)
             state = {
                 "elapsed": elapsed,
-                "total_steps": total_steps,
-                "decay_locked": decay_locked,
+                **planner.state_dict(),
                 "tokens": tokens_seen,
                 "loader": loader.state_dict(),
                 "config": cfg.to_dict(),
             }
             save_checkpoint(ckpt_dir, step, raw_model, optimizers, state)
-        if last_step:
+        if last_step or stopping:
             break
         # --- one optimizer step ---
         t0 = time.perf_counter()
-        set_lr(optimizers, lr_factor(step, total_steps, cfg.optim))
+        lr = planner.lr(step)
+        set_lr(optimizers, lr)
         loss_sum = torch.zeros((), device=rt.device)
         for micro in range(cfg.grad_accum):
             x_np, y_np = loader.next_batch()
@@ -361,7 +388,7 @@ def _pretrain(
             {
                 "step": step,
                 "loss": train_loss,
-                "lr": lr_factor(step - 1, total_steps, cfg.optim),
+                "lr": lr,
                 "tokens": tokens_seen,
                 "time": elapsed,
                 "tok_s": tok_s,
@@ -376,10 +403,24 @@ def _pretrain(
             if math.isfinite(val_bpb):
                 post += f" | val_bpb {val_bpb:.3f}"
             bar.set_postfix_str(post, refresh=False)
+    signals.restore()
+    elapsed = elapsed_before + (time.perf_counter() - loop_start)  # the final evaluation included
     if bar is not None:
         bar.close()
     if metrics_file is not None:
         metrics_file.close()
+    if stopping and step == 0:  # stopped before its first step: nothing to save
+        raise KeyboardInterrupt
+    if stopping:  # a checkpoint is saved: leave the run as a finished one would, less its model
+        if rt.is_main:
+            plot_losses(metrics_path, out / "loss.png")
+            _write_report(out, cfg, None, step, tokens_seen, elapsed, manifest, rt, signals.signum)
+        _log(
+            rt,
+            f"stopped at step {step}; checkpoint saved. Continue with: "
+            f"twofiles pretrain --data {cfg.data} --out {cfg.out} --resume",
+        )
+        raise RunInterrupted(signals.signum or 2, step, str(out))
 
     model_path = out / "model.safetensors"
     result = PretrainResult(
@@ -414,5 +455,61 @@ def _pretrain(
         }
         save_model(model_path, raw_model, tokenizer, provenance=provenance)
         plot_losses(metrics_path, out / "loss.png")
+        _write_report(out, cfg, result, step, tokens_seen, elapsed, manifest, rt, None)
         _log(rt, f"val loss {val_loss:.4f} nats/token, {val_bpb:.4f} bits/byte; saved {model_path}")
     return result
+
+
+def _write_report(
+    out: Path,
+    cfg: PretrainConfig,
+    res: PretrainResult | None,
+    step: int,
+    tokens: int,
+    elapsed: float,
+    manifest: dict[str, Any],
+    rt: rt_mod.Runtime,
+    signum: int | None,
+) -> None:
+    """run.json (what only this run knows) and report.md, through the one report writer that
+    `twofiles report` uses too."""
+    import signal
+
+    from twofiles.eval.report import write_report, write_run_info
+
+    if res is not None:
+        numbers: dict[str, Any] = {
+            k: getattr(res, k)
+            for k in ("val_bpb", "val_loss", "train_seconds", "steps", "tokens")
+            + ("tokens_per_second", "params", "achieved_flops", "peak_flops")
+        }
+        numbers["mfu"] = res.mfu
+        status = f"Finished: {step} steps."
+    else:
+        numbers = {"train_seconds": elapsed, "steps": step, "tokens": tokens}
+        status = (
+            f"Stopped by {signal.Signals(signum or 2).name} at step {step}, a checkpoint saved: "
+            f"`twofiles pretrain --data {cfg.data} --out {cfg.out} --resume` continues it."
+        )
+    budget = (
+        f"a {cfg.time_budget_s:g} s time budget"
+        if cfg.time_budget_s > 0
+        else f"{cfg.max_steps} steps"
+    )
+    splits = manifest.get("splits", {})
+    write_run_info(
+        out,
+        {
+            "kind": "pretrain",
+            "title": f"Pretrain report: {out.name}",
+            "description": f"A base model pretrained on `{cfg.data}` for {budget}. {status}",
+            "numbers": numbers,
+            "hardware": rt.describe(),
+            "data": "; ".join(
+                f"{k}: {v.get('documents', '?')} documents, {v.get('tokens', 0):,} tokens, "
+                f"{v.get('bytes', 0):,} bytes"
+                for k, v in splits.items()
+            ),
+        },
+    )
+    write_report(out)

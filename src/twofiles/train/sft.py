@@ -32,7 +32,7 @@ import torch
 from twofiles import runtime as rt_mod
 from twofiles.artifact import atomic_write_bytes, save_model
 from twofiles.data.packing import Example, PackedLoader, eval_batches, make_example
-from twofiles.errors import TwofilesError
+from twofiles.errors import BadInputError, TwofilesError
 from twofiles.lora import (
     ALL_TARGETS,
     LoRAConfig,
@@ -41,8 +41,15 @@ from twofiles.lora import (
     save_adapters,
     trainable_parameters,
 )
-from twofiles.optim import OptimConfig, build_optimizers, lr_factor, set_lr
+from twofiles.optim import OptimConfig, build_optimizers, set_lr
 from twofiles.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from twofiles.train.runctl import (
+    CHECKPOINT_SECONDS,
+    CheckpointTimer,
+    Planner,
+    RunInterrupted,
+    StopSignals,
+)
 
 if TYPE_CHECKING:
     from twofiles.artifact import LoadedModel
@@ -91,7 +98,8 @@ class SFTConfig:
     time_budget_s: float = 0.0  # > 0: train for this many seconds (the schedule adapts its length)
     pack: bool = True  # pack several conversations per row (block-diagonal attention)
     eval_interval: int = 0  # steps between held-out loss evaluations (0: start and end only)
-    checkpoint_interval: int = 0  # steps between checkpoints (0: only at the end)
+    checkpoint_interval: int = 0  # steps between checkpoints (0: by time only)
+    checkpoint_seconds: float = CHECKPOINT_SECONDS  # run seconds between checkpoints (0: off)
     skill_tasks: int = 20  # held-out skill tasks per kind scored before and after (0: none)
     skill_max_tokens: int = 48  # tokens per generated reply when scoring skills
     identity: str = ""  # the assistant's name in the identity set; "" = twofiles for Shakespeare models, no identity set otherwise
@@ -439,11 +447,13 @@ def heldout_skill_tasks(n_per_kind: int, seed: int, who: ModelIdentity | None) -
 def sft(cfg: SFTConfig) -> SFTResult:
     """Run (or resume) supervised finetuning as configured."""
     rt = rt_mod.setup(cfg.device, cfg.dtype, cfg.threads or None)
+    signals = StopSignals(_log)
     try:
         if rt.world_size > 1:
             raise TwofilesError("twofiles sft runs in one process (not under torchrun)")
-        return _sft(cfg, rt)
+        return _sft(cfg, rt, signals)
     finally:
+        signals.restore()
         rt_mod.teardown(rt)
 
 
@@ -452,7 +462,7 @@ def _base_spec(spec: str) -> str:
     return os.path.abspath(spec) if os.path.exists(spec) else spec
 
 
-def _sft(cfg: SFTConfig, rt: rt_mod.Runtime) -> SFTResult:
+def _sft(cfg: SFTConfig, rt: rt_mod.Runtime, signals: StopSignals) -> SFTResult:
     from twofiles.chat import ChatFormat
     from twofiles.formats.resolve import resolve_model
 
@@ -463,6 +473,8 @@ def _sft(cfg: SFTConfig, rt: rt_mod.Runtime) -> SFTResult:
         raise TwofilesError(
             f"{out} already holds checkpoints: pass --resume to continue, or choose another --out"
         )
+    if cfg.resume and not list_checkpoints(ckpt_dir):  # before the model load, not after
+        raise TwofilesError(f"--resume: no checkpoint in {ckpt_dir}")
     if cfg.merge and not cfg.lora_rank:
         raise TwofilesError("--merge applies to LoRA adapters: pass --lora-rank too")
 
@@ -516,9 +528,12 @@ def _sft(cfg: SFTConfig, rt: rt_mod.Runtime) -> SFTResult:
 
     # --- optimizer, schedule, run directory ---
     optimizers = build_optimizers(model, cfg.optim)
-    total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    planner = Planner(
+        cfg.optim,
+        cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch)),
+        cfg.time_budget_s,
+    )
     step, elapsed, tokens_seen, targets_seen = 0, 0.0, 0, 0
-    decay_locked = False
     metrics_path = out / "metrics.jsonl"
     val_loss_before = float("nan")
     skills_before: SkillReport | None = None
@@ -528,12 +543,13 @@ def _sft(cfg: SFTConfig, rt: rt_mod.Runtime) -> SFTResult:
         if not ckpts:
             raise TwofilesError(f"--resume: no checkpoint in {ckpt_dir}")
         state = load_checkpoint(ckpts[-1], ckpt_module, optimizers)
-        step, elapsed, total_steps = state["step"], state["elapsed"], state["total_steps"]
-        tokens_seen, targets_seen, decay_locked = (
-            state["tokens"],
-            state["target_tokens"],
-            state["decay_locked"],
-        )
+        step, elapsed = state["step"], state["elapsed"]
+        tokens_seen, targets_seen = state["tokens"], state["target_tokens"]
+        planner.load_state_dict(state)
+        if not planner.timed and planner.total < step:
+            raise BadInputError(
+                f"{planner.total} steps: the run is already at step {step}; give more steps"
+            )
         val_loss_before = state["val_loss_before"]
         if state.get("skills_before"):
             skills_before = SkillReport(**state["skills_before"])
@@ -578,7 +594,7 @@ def _sft(cfg: SFTConfig, rt: rt_mod.Runtime) -> SFTResult:
         from tqdm import tqdm
 
         bar = tqdm(
-            total=total_steps,
+            total=planner.total,
             initial=step,
             desc="sft",
             unit="step",
@@ -587,19 +603,18 @@ def _sft(cfg: SFTConfig, rt: rt_mod.Runtime) -> SFTResult:
         )
     val_loss = float("nan")
     model.train()
-    loop_start, elapsed_before, step_before = time.perf_counter(), elapsed, step
+    loop_start, elapsed_before = time.perf_counter(), elapsed
     resumed_at = step if cfg.resume else -1
+    timer = CheckpointTimer(cfg.checkpoint_seconds, elapsed)
+    signals.install()
     while True:
         elapsed = elapsed_before + (time.perf_counter() - loop_start)
-        if cfg.time_budget_s > 0 and step > step_before and not decay_locked:
-            # as in pretraining: the schedule's length follows the measured speed until decay begins
-            per_step = (elapsed - elapsed_before) / (step - step_before)
-            total_steps = max(step + 1, step + int((cfg.time_budget_s - elapsed) / per_step))
-            if lr_factor(step, total_steps, cfg.optim) < 1.0 and step >= cfg.optim.warmup_steps:
-                decay_locked = True
-            if bar is not None:
-                bar.total = total_steps
+        # as in pretraining: the schedule's length follows the measured speed to the end
+        total_steps = planner.observe(step, elapsed)
+        if bar is not None and planner.timed:
+            bar.total = total_steps
         last_step = step >= total_steps
+        stopping = signals.requested and not last_step
         periodic = step > 0 and step != resumed_at
         if last_step or (periodic and cfg.eval_interval and step % cfg.eval_interval == 0):
             val_loss = heldout_loss(model, val_ex, rt, cfg.batch_size, seq_len, pad_id)
@@ -608,12 +623,14 @@ def _sft(cfg: SFTConfig, rt: rt_mod.Runtime) -> SFTResult:
                 bar.set_postfix_str(f"val_loss {val_loss:.3f}", refresh=False)
         if step > 0 and (
             last_step
+            or stopping
+            or timer.due(elapsed)
             or (periodic and cfg.checkpoint_interval and step % cfg.checkpoint_interval == 0)
         ):
+            timer.reset(elapsed)
             state = {
                 "elapsed": elapsed,
-                "total_steps": total_steps,
-                "decay_locked": decay_locked,
+                **planner.state_dict(),
                 "tokens": tokens_seen,
                 "target_tokens": targets_seen,
                 "loader": loader.state_dict(),
@@ -622,11 +639,12 @@ def _sft(cfg: SFTConfig, rt: rt_mod.Runtime) -> SFTResult:
                 "config": cfg.to_dict(),
             }
             save_checkpoint(ckpt_dir, step, ckpt_module, optimizers, state)
-        if last_step:
+        if last_step or stopping:
             break
         # --- one optimizer step: the loss is the mean over every assistant token of the step ---
         t_step = time.perf_counter()
-        set_lr(optimizers, lr_factor(step, total_steps, cfg.optim))
+        lr = planner.lr(step)
+        set_lr(optimizers, lr)
         batches = [loader.next_batch().to(rt.device) for _ in range(cfg.grad_accum)]
         n_targets = sum(b.n_targets for b in batches)
         loss_sum = torch.zeros((), device=rt.device)
@@ -658,7 +676,7 @@ def _sft(cfg: SFTConfig, rt: rt_mod.Runtime) -> SFTResult:
             {
                 "step": step,
                 "loss": train_loss,
-                "lr": lr_factor(step - 1, total_steps, cfg.optim),
+                "lr": lr,
                 "tokens": tokens_seen,
                 "target_tokens": targets_seen,
                 "epoch": loader.epoch,
@@ -674,8 +692,21 @@ def _sft(cfg: SFTConfig, rt: rt_mod.Runtime) -> SFTResult:
                 + (f" | val_loss {val_loss:.3f}" if math.isfinite(val_loss) else ""),
                 refresh=False,
             )
+    signals.restore()
     if bar is not None:
         bar.close()
+    if stopping and step == 0:  # stopped before its first step: nothing to save
+        raise KeyboardInterrupt
+    if stopping:  # a checkpoint is saved; the finished run's files come with the resumed run
+        metrics_file.close()
+        from twofiles.train.plots import plot_sft
+
+        plot_sft(metrics_path, out / "loss.png")
+        _log(
+            f"stopped at step {step}; checkpoint saved. Continue with: "
+            f"twofiles sft {cfg.model} --out {cfg.out} --resume"
+        )
+        raise RunInterrupted(signals.signum or 2, step, str(out))
 
     skills_after = None
     if skill_tasks:
@@ -784,34 +815,24 @@ def write_report(
     train_stats: dict[str, int],
     val_stats: dict[str, int],
 ) -> Path:
+    """What only this run knows goes to run.json (and every skill reply to skills.jsonl); report.md
+    is the one report card (eval/report.py), which `twofiles report` rebuilds from the same files."""
+    from twofiles.eval.report import write_report as write_report_md
+    from twofiles.eval.report import write_run_info
+
     mode = (
         f"LoRA r={cfg.lora_rank}, alpha={cfg.lora_alpha:g}{', merged' if cfg.merge else ''}"
         if cfg.lora_rank
         else "full finetuning"
     )
-    lines = [
-        "# SFT report",
-        "",
-        f"`{cfg.model}` finetuned on `{cfg.data}` ({mode}).",
-        "",
-        "| result | value |",
-        "| --- | --- |",
-        f"| held-out loss per assistant token | {res.val_loss_before:.4f} -> **{res.val_loss:.4f}** |",
-        f"| training | {res.steps} steps, {res.train_seconds:.1f} s, {res.target_tokens:,} assistant tokens of {res.tokens:,} "
-        f"({res.tokens_per_second:,.0f} tokens/s) |",
-        f"| parameters trained | {res.trainable_params:,} of {res.params:,} |",
-        f"| peak memory | {res.peak_memory_mb:,.0f} MB |",
-        f"| data | {train_stats['conversations']} train / {val_stats['conversations']} held-out conversations; "
-        f"{train_stats['cut']} cut to {cfg.seq_len} tokens, {train_stats['dropped']} without an assistant token dropped |",
-        f"| model | `{res.model_path}` |",
-        "",
-    ]
+    sections = []
     table = skills_table(res.skills_before, res.skills_after)
     if table:
-        lines += ["## Held-out skills (exact match, greedy)", "", *table, ""]
-    lines += ["## Loss", "", "![loss](loss.png)", ""]
+        sections.append(
+            {"title": "Held-out skills (exact match, greedy)", "markdown": "\n".join(table)}
+        )
     if res.skills_after:
-        lines += ["## Replies after finetuning (first of each kind)", ""]
+        replies: list[str] = []
         seen: set[str] = set()
         for r in res.skills_after.results:
             if r["kind"] in seen:
@@ -822,13 +843,39 @@ def write_report(
                 if r["tool_calls"]
                 else ""
             )
-            lines.append(
+            replies.append(
                 f"- **{r['kind']}** ({'right' if r['correct'] else 'wrong'}): {r['prompt']!r} ->{call} {r['reply']!r}"
             )
-        lines.append("")
-    lines += ["## Config", "", "```json", json.dumps(cfg.to_dict(), indent=2), "```", ""]
-    path = out / "report.md"
-    atomic_write_bytes(path, "\n".join(lines).encode())
+        sections.append(
+            {
+                "title": "Replies after finetuning (first of each kind)",
+                "markdown": "\n".join(replies),
+            }
+        )
+    write_run_info(
+        out,
+        {
+            "kind": "sft",
+            "title": "SFT report",
+            "description": f"`{cfg.model}` finetuned on `{cfg.data}` ({mode}).",
+            "numbers": {
+                "val_loss_before": res.val_loss_before,
+                "val_loss": res.val_loss,
+                "train_seconds": res.train_seconds,
+                "steps": res.steps,
+                "target_tokens": res.target_tokens,
+                "tokens": res.tokens,
+                "tokens_per_second": res.tokens_per_second,
+                "trainable_params": res.trainable_params,
+                "params": res.params,
+                "peak_memory_mb": res.peak_memory_mb,
+                "model_path": f"`{res.model_path}`",
+            },
+            "data": f"{train_stats['conversations']} train / {val_stats['conversations']} held-out conversations; "
+            f"{train_stats['cut']} cut to {cfg.seq_len} tokens, {train_stats['dropped']} without an assistant token dropped",
+            "sections": sections,
+        },
+    )
     if res.skills_after:
         atomic_write_bytes(
             out / "skills.jsonl",
@@ -839,7 +886,7 @@ def write_report(
                 for r in rep.results
             ).encode(),
         )
-    return path
+    return write_report_md(out)
 
 
 __all__ = [
