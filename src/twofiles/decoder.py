@@ -89,6 +89,14 @@ class _RowsView:
     def __init__(self, k: torch.Tensor, v: torch.Tensor) -> None:
         self.k, self.v = k, v
 
+    def update(
+        self, pos: int, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        T = k.shape[2]
+        self.k[:, :, pos : pos + T] = k
+        self.v[:, :, pos : pos + T] = v
+        return self.k[:, :, : pos + T], self.v[:, :, : pos + T]
+
     def update_at(
         self, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -187,12 +195,12 @@ class BatchDecoder:
                     kk[first + i, :, :n] = kk[first + j, :, :n]
                     vv[first + i, :, :n] = vv[first + j, :, :n]
         for r in rows:
-            n, p = len(r.prompt), r.params
-            r.length, r.steps = n, min(p.max_tokens, self.context - n)
-            r.generator = make_generator(p.seed, self.device)
+            n, params = len(r.prompt), r.params
+            r.length, r.steps = n, min(params.max_tokens, self.context - n)
+            r.generator = make_generator(params.seed, self.device)
             if self.tokenizer is not None:
-                r.stream = TextStream(self.tokenizer, p.stop, context=r.prompt)
-            if p.repetition_penalty != 1.0:
+                r.stream = TextStream(self.tokenizer, params.stop, context=r.prompt)
+            if params.repetition_penalty != 1.0:
                 r.history = torch.empty(1, n + r.steps, dtype=torch.long, device=self.device)
                 r.history[0, :n] = torch.tensor(r.prompt)
             self.rows.append(r)

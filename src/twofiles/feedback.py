@@ -212,6 +212,7 @@ class FeedbackStore:
                 "INSERT INTO feedback (created, model, messages, reply, rating, correction, meta) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 row,
             )  # autocommit: one statement, one transaction
+            assert cur.lastrowid is not None  # set by every INSERT
             return int(cur.lastrowid)
 
     def count(self) -> int:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import torch
 import torch.nn.functional as F
@@ -174,6 +174,18 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin_folded: torch.Tensor) -> 
     return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * sin_folded
 
 
+class KVCacheLike(Protocol):
+    """What attention needs of a cache: KVCache, or a view of some of its rows (the decoder's)."""
+
+    def update(
+        self, pos: int, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def update_at(
+        self, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
 class KVCache(nn.Module):
     """Static per-layer key/value buffers [B, n_kv_heads, max_len, head_dim] (gpt-fast style)."""
 
@@ -267,7 +279,7 @@ class Attention(nn.Module):
         x: torch.Tensor,
         cos: torch.Tensor,
         sin: torch.Tensor,
-        cache: KVCache | None,
+        cache: KVCacheLike | None,
         pos: int,
         positions: torch.Tensor | None = None,
         attn_mask: torch.Tensor | None = None,
@@ -348,7 +360,7 @@ class Block(nn.Module):
         x: torch.Tensor,
         cos: torch.Tensor,
         sin: torch.Tensor,
-        cache: KVCache | None,
+        cache: KVCacheLike | None,
         pos: int,
         positions: torch.Tensor | None = None,
         attn_mask: torch.Tensor | None = None,
@@ -440,7 +452,7 @@ class Transformer(nn.Module):
     def hidden_states(
         self,
         idx: torch.Tensor,
-        caches: list[KVCache] | None = None,
+        caches: Sequence[KVCacheLike] | None = None,
         pos: int = 0,
         *,
         positions: torch.Tensor | None = None,
@@ -488,7 +500,7 @@ class Transformer(nn.Module):
         idx: torch.Tensor,
         targets: torch.Tensor | None = None,
         *,
-        caches: list[KVCache] | None = None,
+        caches: Sequence[KVCacheLike] | None = None,
         pos: int = 0,
         positions: torch.Tensor | None = None,
         attn_mask: torch.Tensor | None = None,

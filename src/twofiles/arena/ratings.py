@@ -36,9 +36,14 @@ WINNER_SCORE = {"a": 1.0, "b": 0.0, "tie": 0.5, "both_bad": 0.5}  # side A's sco
 
 
 class BattleLike(Protocol):
-    model_a: str
-    model_b: str
-    winner: str
+    @property
+    def model_a(self) -> str: ...
+
+    @property
+    def model_b(self) -> str: ...
+
+    @property
+    def winner(self) -> str: ...
 
 
 @dataclass

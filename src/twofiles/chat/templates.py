@@ -441,7 +441,8 @@ def _decode_call(body: str) -> ToolCall | None:
             return None
     if not isinstance(args, dict):
         return None
-    call_id = obj.get("id") if isinstance(obj.get("id"), str) else ""
+    raw_id = obj.get("id")
+    call_id = raw_id if isinstance(raw_id, str) else ""
     return ToolCall(obj["name"], args, call_id)
 
 

@@ -134,7 +134,7 @@ def _battle(args: argparse.Namespace) -> int:
 
     from twofiles.arena import ArenaStore, leaderboard
     from twofiles.arena.battle import read_prompts, run_arena
-    from twofiles.arena.judges import HumanJudge, ModelJudge, ReferenceJudge
+    from twofiles.arena.judges import HumanJudge, Judge, ModelJudge, ReferenceJudge
     from twofiles.arena.ratings import format_table
     from twofiles.errors import TwofilesError
     from twofiles.runtime import pick_device
@@ -151,7 +151,7 @@ def _battle(args: argparse.Namespace) -> int:
     device, _ = pick_device(args.device)
     loaded: dict = {}
     if args.judge == "human":
-        judge = HumanJudge()
+        judge: Judge = HumanJudge()
     elif args.judge == "reference":
         judge = ReferenceJudge()
         if any(p.reference is None for p in prompts):

@@ -257,9 +257,8 @@ def run(args: argparse.Namespace) -> int:
             continue
 
         messages.append(Message("user", line))
-        turn_params = replace(
-            params, seed=seed + 1000 * turn
-        )  # each turn its own die, reproducibly
+        # each turn its own die, reproducibly
+        turn_params = replace(params, seed=None if seed is None else seed + 1000 * turn)
         turn += 1
         if interactive:
             out.write("assistant> ")

@@ -137,12 +137,13 @@ class DeprecatedAlias(argparse.Action):
 def add_alias(parser: argparse.ArgumentParser, old: str, canonical: str, **kw: Any) -> None:
     """Accept `old` as a deprecated spelling of the already-added flag `canonical`."""
     action = next(a for a in parser._actions if canonical in a.option_strings)
+    typed: dict[str, Any] = {"type": action.type} if action.type is not None else {}
     parser.add_argument(
         old,
         dest=action.dest,
         action=DeprecatedAlias,
         canonical=canonical,
-        type=action.type,
+        **typed,
         metavar=action.metavar,
         default=argparse.SUPPRESS,  # the canonical flag's default stands
         **kw,

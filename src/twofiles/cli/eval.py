@@ -115,13 +115,13 @@ def run(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     if args.endpoint:
-        from twofiles.eval.backends import EndpointBackend
+        from twofiles.eval.backends import Backend, EndpointBackend
 
         if not args.model_name:
             raise TwofilesError(
                 "--endpoint needs --model-name (the name the server knows the model by)"
             )
-        backend = EndpointBackend(
+        backend: Backend = EndpointBackend(
             args.endpoint,
             args.model_name,
             api_key=args.api_key or os.environ.get("OPENAI_API_KEY", ""),

@@ -12,6 +12,7 @@ windows in one step as 2 processes with batch B each (the DDP-equivalence contra
 
 from __future__ import annotations
 
+from collections.abc import Sized
 from pathlib import Path
 from typing import Any
 
@@ -134,7 +135,7 @@ class BatchLoader:
 
 
 def eval_windows(
-    stream: TokenStream, seq_len: int, max_tokens: int | None = None
+    stream: Sized, seq_len: int, max_tokens: int | None = None
 ) -> list[tuple[int, int]]:
     """Consecutive (start, length) windows covering the split (or its first max_tokens targets);
     every target token is scored exactly once, the last window may be shorter."""

@@ -44,8 +44,11 @@ class BitsPerByte:
 
 
 class Backend(Protocol):
-    name: str
-    is_chat: bool
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def is_chat(self) -> bool: ...
 
     def loglikelihood(
         self,
@@ -472,18 +475,18 @@ class EndpointBackend:
             logprobs, offsets, tops = self._prompt_logprobs(context + continuation)
             ends = [*offsets[1:], len(context) + len(continuation)]
             mine = [
-                i for i, end in enumerate(ends) if end > len(context) and logprobs[i] is not None
+                (i, float(lp))
+                for i, (lp, end) in enumerate(zip(logprobs, ends))
+                if end > len(context) and lp is not None
             ]
             if not mine:
                 raise TwofilesError(
                     f"the endpoint returned no tokens for the continuation {continuation!r}"
                 )
-            total = sum(float(logprobs[i]) for i in mine)
+            total = sum(lp for _, lp in mine)
             greedy = len(tops) == len(logprobs) and all(
-                isinstance(tops[i], dict)
-                and tops[i]
-                and max(tops[i].values()) <= float(logprobs[i]) + 1e-6
-                for i in mine
+                isinstance(tops[i], dict) and tops[i] and max(tops[i].values()) <= lp + 1e-6
+                for i, lp in mine
             )
             out.append((total, greedy))
             if progress is not None:

@@ -20,7 +20,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -115,8 +115,9 @@ def _vocab(loaded: LoadedModel, vocab_size: int) -> dict[str, Any]:
     out: dict[str, Any] = {"tokens": tokens, "types": types, "merges": merges}
     if model.get("byte_fallback"):  # SentencePiece-style: Llama 2, Mistral, TinyLlama
         out["kind"] = "llama"
-        out["scores"] = spm_scores(tokens, merges)
-        for i, t in enumerate(tokens):
+        names = cast("list[str]", tokens)  # every row has a token now (padding filled above)
+        out["scores"] = spm_scores(names, merges)
+        for i, t in enumerate(names):
             if len(t) == 6 and t.startswith("<0x") and t.endswith(">") and types[i] == 1:
                 types[i] = 6  # BYTE
         out["space_prefix"] = (spec.get("pre_tokenizer") or {}).get(

@@ -232,7 +232,7 @@ def _signature(steps: Any) -> list[tuple]:
     """What decides how a pre-tokenizer splits text, ignoring fields that do not."""
     if isinstance(steps, dict):
         steps = steps.get("pretokenizers") if steps.get("type") == "Sequence" else [steps]
-    out = []
+    out: list[tuple[Any, ...]] = []
     for s in steps or []:
         kind = s.get("type")
         if kind == "ByteLevel":

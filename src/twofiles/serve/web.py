@@ -166,7 +166,7 @@ def _models(request: Request) -> dict[str, LoadedModel]:
 def _row(row: Any) -> dict[str, Any]:
     """A leaderboard row as JSON: non-finite numbers (an interval no bootstrap could bound) as null,
     since JSON has no inf/NaN."""
-    d = asdict(row) if is_dataclass(row) else dict(vars(row))
+    d = asdict(row) if is_dataclass(row) and not isinstance(row, type) else dict(vars(row))
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
 
 
@@ -224,7 +224,7 @@ def _router(state: WebState, api: list[Any]) -> APIRouter:
         messages = ([{"role": "system", "content": body.system}] if body.system else []) + [
             {"role": "user", "content": body.prompt}
         ]
-        settings = {
+        settings: dict[str, Any] = {
             "max_tokens": body.max_tokens,
             "temperature": body.temperature,
             "top_p": body.top_p,

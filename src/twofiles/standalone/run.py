@@ -281,20 +281,22 @@ class Tokenizer:
     def _split_patterns(pre: dict | None, byte_fallback: bool) -> tuple[list[str], bool]:
         """The regexes that cut text into pieces before BPE (applied in order, each match and each
         gap kept), and whether a "▁" is prepended (SentencePiece's dummy prefix)."""
+        spec: dict = pre or {}
         if byte_fallback:  # SentencePiece-style: one Metaspace step, the text is one piece
             if (
-                (pre or {}).get("type") != "Metaspace"
-                or pre.get("split", True)
-                or pre.get("replacement") != "\u2581"
+                spec.get("type") != "Metaspace"
+                or spec.get("split", True)
+                or spec.get("replacement") != "\u2581"
             ):
                 raise RunError(
                     f"byte-fallback tokenizer with pre-tokenizer {json.dumps(pre)[:120]} is not supported by this runner"
                 )
-            return [], pre.get("prepend_scheme", "always") != "never"
-        steps = (pre or {}).get("pretokenizers") if (pre or {}).get("type") == "Sequence" else [pre]
+            return [], spec.get("prepend_scheme", "always") != "never"
+        steps = spec.get("pretokenizers") if spec.get("type") == "Sequence" else [pre]
         patterns, byte_level = [], False
-        for step in steps or []:
-            kind = (step or {}).get("type")
+        for raw_step in steps or []:
+            step: dict = raw_step or {}
+            kind = step.get("type")
             if kind == "Split" and step.get("behavior") == "Isolated" and not step.get("invert"):
                 p = step["pattern"]
                 patterns.append(p["Regex"] if "Regex" in p else re.escape(p["String"]))
@@ -306,7 +308,7 @@ class Tokenizer:
                     patterns.append(GPT2_PATTERN)
             else:
                 raise RunError(
-                    f"tokenizer pre-tokenizer step {json.dumps(step)[:120]} is not supported by this runner"
+                    f"tokenizer pre-tokenizer step {json.dumps(raw_step)[:120]} is not supported by this runner"
                 )
         if not byte_level:
             raise RunError(

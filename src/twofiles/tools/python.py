@@ -73,7 +73,7 @@ class Limits:
 
 DEFAULT_LIMITS = Limits()
 
-_SIGNALS = {
+_SIGNALS: dict[int, str] = {
     signal.SIGXCPU: "CPU time limit ({cpu}s) exceeded",
     signal.SIGXFSZ: "file size limit ({file}) exceeded",
     signal.SIGSYS: "a forbidden system call was made",

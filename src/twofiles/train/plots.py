@@ -11,7 +11,8 @@ from twofiles.plots import save_png
 
 
 def read_metrics(path: str | Path) -> tuple[list[dict], list[dict]]:
-    train, evals = [], []
+    train: list[dict] = []
+    evals: list[dict] = []
     for line in Path(path).read_text().splitlines():
         if not line.strip():
             continue

@@ -319,7 +319,7 @@ def _pretrain(
             text = _sample(raw_model, tokenizer, cfg.sample_prompt, cfg.sample_tokens, cfg.seed)
             (bar.write if bar is not None else print)(
                 f"--- sample at step {step} ---\n{text}\n---", file=sys.stderr
-            )  # type: ignore[operator]
+            )
             raw_model.train()
         # --- checkpoint ---
         if (

@@ -55,6 +55,7 @@ if TYPE_CHECKING:
     from twofiles.artifact import LoadedModel
     from twofiles.chat import ChatFormat, Message
     from twofiles.data.skills import ModelIdentity, SkillTask
+    from twofiles.model import Transformer
 
 
 def default_optim() -> OptimConfig:
@@ -329,7 +330,7 @@ def heldout_loss(
 
 @torch.no_grad()
 def greedy_replies(
-    model: torch.nn.Module,
+    model: Transformer,
     tokenizer: Any,
     prompts: list[list[int]],
     stop_ids: list[int],
@@ -355,7 +356,7 @@ def greedy_replies(
 
 @torch.no_grad()
 def skill_accuracy(
-    model: torch.nn.Module,
+    model: Transformer,
     tokenizer: Any,
     fmt: ChatFormat,
     tasks: list[SkillTask],
@@ -412,7 +413,7 @@ def skill_accuracy(
             still.append(i)
         active = still
     model.train(was_training)
-    results = [
+    results: list[dict[str, Any]] = [
         {
             "kind": t.kind,
             "prompt": t.prompt,
@@ -789,9 +790,10 @@ def _sft(cfg: SFTConfig, rt: rt_mod.Runtime, signals: StopSignals) -> SFTResult:
 
 def skills_table(before: SkillReport | None, after: SkillReport | None) -> list[str]:
     """Markdown rows: held-out exact-match accuracy per kind, before and after."""
-    if after is None and before is None:
+    shown = after or before
+    if shown is None:
         return []
-    kinds = list((after or before).by_kind)  # type: ignore[union-attr]
+    kinds = list(shown.by_kind)
 
     def cell(r: SkillReport | None, k: str | None) -> str:
         if r is None:
@@ -799,7 +801,7 @@ def skills_table(before: SkillReport | None, after: SkillReport | None) -> list[
         v = r.accuracy if k is None else r.by_kind.get(k, float("nan"))
         return f"{100 * v:.0f}%"
 
-    n = {k: sum(1 for r in (after or before).results if r["kind"] == k) for k in kinds}  # type: ignore[union-attr]
+    n = {k: len([r for r in shown.results if r["kind"] == k]) for k in kinds}
     rows = ["| held-out skill | tasks | before | after |", "| --- | ---: | ---: | ---: |"]
     rows += [f"| {k} | {n[k]} | {cell(before, k)} | {cell(after, k)} |" for k in kinds]
     rows.append(
