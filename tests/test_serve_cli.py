@@ -175,7 +175,7 @@ def test_canonical_spellings_where_a_model_runs():
         assert "--compile" in _flags(parser, *path), path
     for path in (("pretrain",), ("sft",), ("eval",), ("arena", "battle")):
         assert "--batch-size" in _flags(parser, *path), path
-    for path in (("pretrain",), ("sft",)):
+    for path in (("pretrain",), ("sft",), ("speedrun",)):
         assert "--time-budget" in _flags(parser, *path), path
     old = [
         (path, a.option_strings)
@@ -195,6 +195,8 @@ def test_old_spellings_still_work_with_a_note(capsys):
     assert "--batch is deprecated; use --batch-size" in capsys.readouterr().err
     assert parser.parse_args(["eval", "m"]).batch_size == 8  # the alias leaves the default alone
     assert capsys.readouterr().err == ""
+    assert parser.parse_args(["speedrun", "--budget", "30"]).budget == 30.0
+    assert "--budget is deprecated; use --time-budget" in capsys.readouterr().err
     args = parser.parse_args(
         ["arena", "battle", "--models", "a,b=x.gguf", "c", "--prompts", "p", "--batch-size", "2"]
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from twofiles.cli.common import add_device_flag, add_json_flag, emit_json
+from twofiles.cli.common import add_alias, add_device_flag, add_json_flag, emit_json
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -16,11 +16,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--list", action="store_true", help="list the presets and what each expects")
     p.add_argument("--out", default="runs/speedrun", help="run directory (default runs/speedrun)")
     p.add_argument(
-        "--budget",
+        "--time-budget",
+        dest="budget",
         type=float,
         default=None,
-        help="wall-clock budget in seconds (default: the preset's)",
+        help="wall-clock budget in seconds for the base model (default: the preset's)",
     )
+    add_alias(p, "--budget", "--time-budget")
     p.add_argument(
         "--max-steps", type=int, default=None, help="fixed number of steps instead of a time budget"
     )
