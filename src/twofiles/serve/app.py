@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import importlib
 import json
 import secrets
 import time
@@ -581,13 +580,9 @@ def create_app(models: Mapping[str, LoadedModel], settings: ServeSettings | None
         ]
         return {**base, "choices": choices, "usage": _usage(prompt_tokens, handles)}
 
-    try:
-        web = importlib.import_module("twofiles.serve.web")
-    except ModuleNotFoundError as e:
-        if e.name != "twofiles.serve.web":  # the module exists but something it imports is missing
-            raise
-    else:
-        web.attach(app)
+    from twofiles.serve import web
+
+    web.attach(app)
     return app
 
 
