@@ -109,6 +109,9 @@ class RequestHandle:
         self.submitted_at = time.perf_counter()
         self.first_token_at: float | None = None
         self.finished_at: float | None = None
+        # rows already decoding when this request's prompt was prefilled (0: it started a batch
+        # of its own); more than 0 means it joined other requests mid-generation
+        self.joined_beside: int | None = None
         self._cancelled = threading.Event()
         self._done = threading.Event()
         try:
@@ -315,6 +318,7 @@ class BatchEngine:
         ).float()
         new_rows = []
         for h in handles:
+            h.joined_beside = first
             p, n = h.params, len(h.prompt_ids)
             steps = min(p.max_tokens, self.context - n)
             history = None
