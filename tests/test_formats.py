@@ -14,13 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import transformers
 
 from twofiles.errors import BadInputError, TwofilesError
 from twofiles.model import ModelConfig, Transformer
 from twofiles.tokenizer import Tokenizer
-
-gguf = pytest.importorskip("gguf")
-transformers = pytest.importorskip("transformers")
 
 TEXTS = [
     "The quick brown fox jumps over the lazy dog. 12345 apples!",

@@ -55,7 +55,8 @@ def build(seed: int = 0, **overrides) -> Transformer:
 
 def hf_twin(model: Transformer, attn_implementation: str = "sdpa"):
     """The HF model of identical shape, holding our weights (strict load)."""
-    transformers = pytest.importorskip("transformers")
+    import transformers
+
     cfg = model.config
     common = dict(
         vocab_size=cfg.vocab_size,
@@ -105,7 +106,8 @@ def test_logits_match_hf(variant: str, attn: str) -> None:
 
 def test_qkv_bias_matches_qwen2_not_llama_attention_bias() -> None:
     """Why Qwen2 is the reference: HF Llama's attention_bias adds an o_proj bias we don't have."""
-    transformers = pytest.importorskip("transformers")
+    import transformers
+
     hf = transformers.LlamaForCausalLM(
         transformers.LlamaConfig(
             hidden_size=64,
@@ -147,7 +149,7 @@ def test_train_step_matches_hf(variant: str) -> None:
 
 
 def test_rope_tables_match_hf() -> None:
-    transformers = pytest.importorskip("transformers")
+    import transformers
     from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
     model = build()
@@ -167,7 +169,7 @@ def test_rope_tables_match_hf() -> None:
 
 
 def test_llama3_rope_scaling_tables_match_hf() -> None:
-    transformers = pytest.importorskip("transformers")
+    import transformers
     from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
     # an original context of 32 puts every band (kept, smoothed, slowed) inside head_dim 16

@@ -58,35 +58,56 @@ def reference(model, tok, prompt, params) -> list[int]:
     return list(generate(model, prompt, params, tokenizer=tok))
 
 
-def run_all(sched: Scheduler, reqs, *, stagger: int = 0):
-    """Submit (prompt, params) pairs; after the first `stagger` of them, wait until the first
-    request has produced a few tokens so the rest join mid-generation."""
-    handles = []
-    for i, (p, params) in enumerate(reqs):
-        if stagger and i == stagger:
-            deadline = time.monotonic() + 30
-            while (
-                len(handles[0].tokens) < 3 and not handles[0].done and time.monotonic() < deadline
-            ):
-                time.sleep(0.001)
-        handles.append(sched.submit("m", p, params))
-    for h in handles:
-        assert h.wait(60), "request did not finish"
+def run_all(sched: Scheduler, model, reqs, *, stagger: int = 0):
+    """Submit (prompt, params) pairs. With `stagger`, the first `stagger` requests start alone and
+    the worker is held inside its third forward (the first request has 2 tokens by then) until
+    the rest are queued: those join rows that are mid-generation, whatever the machine's timing."""
+    held, release = threading.Event(), threading.Event()
+    forwards = 0
+
+    def hold(module, args) -> None:
+        nonlocal forwards
+        forwards += 1
+        if forwards == 3:
+            held.set()
+            release.wait(30)
+
+    hook = model.model.embed_tokens.register_forward_pre_hook(hold) if stagger else None
+    try:
+        handles = [sched.submit("m", p, params) for p, params in reqs[: stagger or len(reqs)]]
+        if stagger:
+            assert held.wait(30), "the worker never reached its third forward"
+            assert not handles[0].done and len(handles[0].tokens) == 2
+            handles += [sched.submit("m", p, params) for p, params in reqs[stagger:]]
+            release.set()
+        for h in handles:
+            assert h.wait(60), "request did not finish"
+    finally:
+        release.set()
+        if hook is not None:
+            hook.remove()
+    if stagger:
+        assert handles[0].joined_beside == 0
+        assert handles[stagger].joined_beside >= 1  # it joined while the first was mid-generation
     return handles
 
 
 def test_greedy_rows_equal_unbatched_whatever_shares_the_batch(model, tok):
     ps = prompts(tok, 7)
     reqs = [
-        (p, SamplingParams(temperature=0, max_tokens=5 + 4 * (i % 4))) for i, p in enumerate(ps)
+        (p, SamplingParams(temperature=0, max_tokens=30 if i == 0 else 5 + 4 * (i % 4)))
+        for i, p in enumerate(ps)
     ]
+    wants = [reference(model, tok, p, params) for p, params in reqs]
     with Scheduler({"m": loaded(model, tok)}, max_seqs=3) as sched:
-        handles = run_all(sched, reqs, stagger=2)
+        handles = run_all(sched, model, reqs, stagger=2)
         assert sched.stats()["m"]["active"] == 0
     assert len({len(p) for p in ps}) > 3  # the batch really mixes lengths
-    for (p, params), h in zip(reqs, handles):
-        assert h.tokens == reference(model, tok, p, params)
-        assert h.finish_reason in ("stop", "length")
+    for (_, params), h, want in zip(reqs, handles, wants):
+        assert h.tokens == want
+        assert len(want) == params.max_tokens and h.finish_reason == "length"
+    # the first row decodes 30 tokens: every later request was prefilled beside it or another
+    assert all(h.joined_beside >= 1 for h in handles[2:])
 
 
 def test_seeded_sampling_rows_equal_unbatched(model, tok):
@@ -106,7 +127,7 @@ def test_seeded_sampling_rows_equal_unbatched(model, tok):
         for i, p in enumerate(ps)
     ]
     with Scheduler({"m": loaded(model, tok)}, max_seqs=4) as sched:
-        handles = run_all(sched, reqs, stagger=1)
+        handles = run_all(sched, model, reqs, stagger=1)
     for (p, params), h in zip(reqs, handles):
         assert h.tokens == reference(model, tok, p, params)
 
@@ -215,7 +236,7 @@ def test_bad_requests_fail_at_submit(model, tok):
             "m", [tok.bos_id] * 60, SamplingParams(temperature=0, max_tokens=50, stop_token_ids=[])
         )
         assert h.wait(30)
-        assert h.finish_reason == "stop" or len(h.tokens) == 4
+        assert (h.finish_reason, len(h.tokens)) == ("length", 4)
 
 
 def test_a_failing_forward_fails_its_requests_not_the_server(model, tok):
@@ -261,6 +282,6 @@ def test_quantized_model_rows_equal_its_unbatched_engine(tok):
     ps = prompts(tok, 4)
     reqs = [(p, SamplingParams(temperature=0, max_tokens=6)) for p in ps]
     with Scheduler({"m": loaded(model, tok)}, max_seqs=2) as sched:
-        handles = run_all(sched, reqs, stagger=1)
+        handles = run_all(sched, model, reqs, stagger=1)
     for (p, params), h in zip(reqs, handles):
         assert h.tokens == reference(model, tok, p, params)

@@ -369,12 +369,17 @@ def test_tool_call_is_parsed(server):
     assert r2.choices[0].finish_reason == "stop"
 
 
-def test_chat_logprobs(server):
+def test_chat_logprobs(server, models):
     r = server.client().chat.completions.create(
         model="tiny", messages=MESSAGES, temperature=0, max_tokens=8, logprobs=True, top_logprobs=3
     )
     content = r.choices[0].logprobs.content
-    assert 1 <= len(content) <= r.usage.completion_tokens
+    _, _, completion_tokens = engine_chat(
+        models["tiny"], MESSAGES, SamplingParams(temperature=0, max_tokens=8)
+    )
+    # the tiny model's greedy reply runs to max_tokens: one logprobs entry per token
+    assert completion_tokens == 8 and r.choices[0].finish_reason == "length"
+    assert len(content) == r.usage.completion_tokens == completion_tokens
     for entry in content:
         tops = [t.logprob for t in entry.top_logprobs]
         assert len(tops) == 3 and tops == sorted(tops, reverse=True)

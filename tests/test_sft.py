@@ -112,7 +112,6 @@ def test_chatterbot_dialogs_carry_provenance_and_skip_the_bot_persona() -> None:
 
 
 def test_builtin_mix_holds_every_kind_as_messages() -> None:
-    pytest.importorskip("twofiles.chat")
     sizes = {"chat": 5, **{k: 3 for k in SKILL_KINDS}}
     mix = skills.builtin_mix("train", seed=0, sizes=sizes)
     assert len(mix) == 5 + 3 * len(SKILL_KINDS)
@@ -268,7 +267,6 @@ def chat_tok():
 
 
 def _convs(n: int = 6):
-    pytest.importorskip("twofiles.chat")
     sizes = {"chat": n, "arithmetic": n, "repeat": n}
     return skills.builtin_mix("train", seed=0, sizes=sizes)
 
@@ -407,7 +405,8 @@ def base_model(chat_tok, tmp_path_factory):
 def convs_jsonl(tmp_path_factory):
     import json
 
-    chat = pytest.importorskip("twofiles.chat")
+    from twofiles import chat
+
     sizes = {"chat": 30, "arithmetic": 30, "repeat": 20, "identity": 20}
     path = tmp_path_factory.mktemp("convs") / "convs.jsonl"
     path.write_text(
@@ -543,7 +542,7 @@ def test_sft_verb_end_to_end_full_and_lora(base_model, convs_jsonl, tmp_path) ->
     import subprocess
     import sys
 
-    chat = pytest.importorskip("twofiles.chat")
+    from twofiles import chat
     from twofiles.formats.resolve import resolve_model
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -23,10 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-pytest.importorskip("fastapi")
-uvicorn = pytest.importorskip("uvicorn")
-sync_api = pytest.importorskip("playwright.sync_api")
+import uvicorn
+from playwright import sync_api
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [

@@ -86,6 +86,48 @@ def save_model(
     return path
 
 
+def _check_config_against_tensors(cfg: Any, sd: dict[str, torch.Tensor], path: str) -> None:
+    """The config's sizes are integers and match the file's own tensors, checked before the model
+    is built: a config that claims a vocabulary of 2**40 must not allocate it first."""
+    for name in ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "hidden_dim"):
+        value = getattr(cfg, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise BadInputError(
+                f"metadata field 'config': {name} must be a positive integer, not {value!r:.40}",
+                path=path,
+            )
+    if not isinstance(cfg.max_seq_len, int) or not 1 <= cfg.max_seq_len <= 2**24:
+        raise BadInputError(
+            f"metadata field 'config': max_seq_len {cfg.max_seq_len!r:.40} is out of range",
+            path=path,
+        )
+    for name in ("rope_theta", "norm_eps"):
+        value = getattr(cfg, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise BadInputError(
+                f"metadata field 'config': {name} must be a positive number, not {value!r:.40}",
+                path=path,
+            )
+    for name in ("tie_embeddings", "qkv_bias"):
+        if not isinstance(getattr(cfg, name), bool):
+            raise BadInputError(f"metadata field 'config': {name} must be true or false", path=path)
+    embed = sd.get("model.embed_tokens.weight")
+    gate = sd.get("model.layers.0.mlp.gate_proj.weight")
+    layers = {k.split(".")[2] for k in sd if k.startswith("model.layers.")}
+    if (
+        embed is None
+        or tuple(embed.shape) != (cfg.vocab_size, cfg.dim)
+        or gate is None
+        or tuple(gate.shape) != (cfg.hidden_dim, cfg.dim)
+        or len(layers) != cfg.n_layers
+    ):
+        raise BadInputError(
+            f"tensors do not match the config (vocab_size {cfg.vocab_size}, dim {cfg.dim}, "
+            f"hidden_dim {cfg.hidden_dim}, n_layers {cfg.n_layers})",
+            path=path,
+        )
+
+
 def load_model(
     path: str | os.PathLike[str],
     *,
@@ -111,7 +153,7 @@ def load_model(
             raise BadInputError(f"metadata field '{key}' is missing", path=path)
     try:
         cfg = ModelConfig.from_dict(json.loads(meta["config"]))
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, ArithmeticError) as e:
         raise BadInputError(f"metadata field 'config' is invalid: {e}", path=path) from None
     try:
         special = json.loads(meta.get("special", "{}"))
@@ -132,6 +174,7 @@ def load_model(
         sd = load_file(path, device="cpu")
     except (SafetensorError, OSError) as e:
         raise BadInputError(f"cannot read tensors: {e}", path=path) from None
+    _check_config_against_tensors(cfg, sd, path)
     # Built on CPU, not the meta device: entering torch's meta-device mode imports ~1 s of torch
     # internals, more than default-initialising a small model costs.
     model = Transformer(cfg)

@@ -94,6 +94,9 @@ class RequestHandle:
         self.submitted_at = time.perf_counter()
         self.first_token_at: float | None = None
         self.finished_at: float | None = None
+        # rows already decoding when this request's prompt was prefilled (0: it started a batch
+        # of its own); more than 0 means it joined other requests mid-generation
+        self.joined_beside: int | None = None
         self._cancelled = threading.Event()
         self._done = threading.Event()
         try:
@@ -234,6 +237,8 @@ class BatchEngine:
     def admit(self, handles: Sequence[RequestHandle]) -> None:
         """Prefill newcomers (at most free_slots) in one forward and emit each one's first token."""
         rows = [DecodeRow(h.prompt_ids, h.params, key=h, logprobs=h.logprobs) for h in handles]
+        for h in handles:
+            h.joined_beside = len(self.decoder.rows)
         self._emit_decoded(self.decoder.admit(rows))
 
     def step(self) -> None:

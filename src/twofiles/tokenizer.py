@@ -30,6 +30,7 @@ What it leaves to others: normalisation of text (data/corpus.py), chat rendering
 from __future__ import annotations
 
 import json
+import numbers
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -106,6 +107,9 @@ def _new_hf(model) -> HFTokenizer:
     return tk
 
 
+_PROBE = "to be or not to be, 1234: ünïcødé\n\t x"  # letters, digits, spaces, non-ASCII
+
+
 class Tokenizer:
     """A trained byte-level BPE tokenizer. Build with `train`, `from_json` or `load`."""
 
@@ -138,6 +142,11 @@ class Tokenizer:
                 )
             bos_id = self.special_ids[name]
         n = hf.get_vocab_size(with_added_tokens=True)
+        if eos_ids is not None and not isinstance(eos_ids, (list, tuple)):
+            raise BadInputError(f"eos token ids must be a list of integers, not {eos_ids!r:.40}")
+        for i in [bos_id, *(eos_ids or ())]:
+            if isinstance(i, bool) or not isinstance(i, numbers.Integral):
+                raise BadInputError(f"bos/eos token id {i!r:.40} is not an integer")
         eos_ids = [bos_id] if not eos_ids else [int(i) for i in eos_ids]
         for i in [bos_id, *eos_ids]:
             if not 0 <= int(i) < n:
@@ -194,8 +203,14 @@ class Tokenizer:
 
         try:
             hf = HFTokenizer.from_str(s)
-        except Exception as e:  # the Rust side raises a plain Exception
-            raise BadInputError(f"not a valid tokenizer.json: {e}") from None
+            # A file that parses can still make the Rust side panic on its first text (an index
+            # out of range in a hand-edited model): find out here, not mid-generation.
+            hf.decode(hf.encode(_PROBE, add_special_tokens=False).ids)
+        except BaseException as e:
+            # a plain Exception from the Rust side, or pyo3's PanicException (a BaseException)
+            if not isinstance(e, Exception) and type(e).__name__ != "PanicException":
+                raise
+            raise BadInputError(f"not a valid tokenizer.json: {str(e)[:200]}") from None
         return cls(hf, bos_id=bos_id, eos_ids=eos_ids, add_bos=add_bos)
 
     def to_json(self) -> str:

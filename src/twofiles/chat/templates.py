@@ -27,6 +27,8 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import threading
+import time
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -79,6 +81,29 @@ class TemplateError(BadInputError):
     """A chat template that does not compile, raises, or cannot be used for training masks."""
 
 
+# A chat template comes with the model file, so it is untrusted code: Jinja's sandbox keeps it
+# from Python's internals, and these bounds keep it from the machine's time and memory (real
+# templates render a conversation in milliseconds, into kilobytes).
+TEMPLATE_SECONDS = 2.0  # one render, wall clock: checked at every call, loop range and operator
+TEMPLATE_MAX_CHARS = 4_000_000  # one render's output; also bounds a string or list built by * or +
+TEMPLATE_MAX_WIDTH = 10_000  # the width argument of center / indent / tojson(indent) / %-formats
+_template_deadline = threading.local()
+
+
+def _check_deadline() -> None:
+    at = getattr(_template_deadline, "at", None)
+    if at is not None and time.monotonic() > at:
+        raise TemplateError(
+            f"chat template: rendering took over {TEMPLATE_SECONDS} s (a runaway loop?)"
+        )
+
+
+def _bounded(width: Any, what: str) -> Any:
+    if isinstance(width, int) and not -TEMPLATE_MAX_WIDTH <= width <= TEMPLATE_MAX_WIDTH:
+        raise TemplateError(f"chat template: {what} {width} is over {TEMPLATE_MAX_WIDTH}")
+    return width
+
+
 def _tojson(
     x: Any,
     ensure_ascii: bool = False,
@@ -88,7 +113,11 @@ def _tojson(
 ) -> str:
     # transformers' own `tojson` (unlike Jinja's, it does not HTML-escape), so templates render alike.
     return json.dumps(
-        x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys
+        x,
+        ensure_ascii=ensure_ascii,
+        indent=_bounded(indent, "tojson indent"),
+        separators=separators,
+        sort_keys=sort_keys,
     )
 
 
@@ -104,24 +133,105 @@ def _strftime_now(fmt: str) -> str:
     return datetime.datetime.now().strftime(fmt)
 
 
-def _compile(template: str):
-    from jinja2 import TemplateSyntaxError
-    from jinja2.ext import loopcontrols
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
+def _bounded_environment():
+    from jinja2.compiler import CodeGenerator, optimizeconst
+    from jinja2.filters import do_center, do_format, do_indent
+    from jinja2.sandbox import ImmutableSandboxedEnvironment, safe_range
+
+    class BoundedCodeGenerator(CodeGenerator):
+        """`a ~ b` through the environment's size check instead of a bare str join."""
+
+        @optimizeconst
+        def visit_Concat(self, node, frame) -> None:
+            self.write("environment.bounded_concat((")
+            for arg in node.nodes:
+                self.visit(arg, frame)
+                self.write(", ")
+            self.write("))")
+
+    class BoundedEnvironment(ImmutableSandboxedEnvironment):
+        """The sandbox with a clock on every call and on `range`, and size checks on what can
+        grow a value: `*`, `+`, `~` and `**` (intercepting them also stops Jinja from folding
+        `10**10**10` at compile time). A string doubled in a loop stops at TEMPLATE_MAX_CHARS
+        instead of taking the machine's memory."""
+
+        code_generator_class = BoundedCodeGenerator
+        intercepted_binops = frozenset({"*", "+", "**"})
+
+        def call(__self, __context, __obj, *args, **kwargs):  # Jinja's own signature
+            _check_deadline()
+            return super().call(__context, __obj, *args, **kwargs)
+
+        def call_binop(self, context, operator, left, right):
+            _check_deadline()
+            if operator == "+":
+                if (
+                    isinstance(left, (str, list, tuple))
+                    and isinstance(right, (str, list, tuple))
+                    and len(left) + len(right) > TEMPLATE_MAX_CHARS
+                ):
+                    raise TemplateError("chat template: a concatenation is too long")
+            elif operator == "**" and isinstance(left, int) and isinstance(right, int):
+                if abs(right) > 64:
+                    raise TemplateError(f"chat template: exponent {right} is too large")
+            elif operator == "*":
+                seq, n = (left, right) if isinstance(right, int) else (right, left)
+                if (
+                    isinstance(seq, (str, list, tuple))
+                    and isinstance(n, int)
+                    and len(seq) * n > TEMPLATE_MAX_CHARS
+                ):
+                    raise TemplateError("chat template: a repeated string or list is too long")
+            return super().call_binop(context, operator, left, right)
+
+        def bounded_concat(self, values: tuple[Any, ...]) -> str:
+            parts = [str(v) for v in values]
+            if sum(map(len, parts)) > TEMPLATE_MAX_CHARS:
+                raise TemplateError("chat template: a concatenation is too long")
+            return "".join(parts)
+
+    def bounded_range(*args: int) -> range:
+        _check_deadline()
+        return safe_range(*args)
+
+    def center(value: Any, width: int = 80) -> str:
+        return do_center(value, _bounded(width, "center width"))
+
+    def indent(s: str, width: Any = 4, first: bool = False, blank: bool = False) -> str:
+        return do_indent(s, _bounded(width, "indent width"), first, blank)
+
+    def format_(value: str, *args: Any, **kwargs: Any) -> str:
+        for w in re.findall(r"%[-+ #0]*(\d+)", str(value)):
+            _bounded(int(w), "format width")
+        return do_format(value, *args, **kwargs)
 
     # The same environment transformers uses for apply_chat_template, so rendering matches it.
-    env = ImmutableSandboxedEnvironment(
-        trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols]
+    from jinja2.ext import loopcontrols
+
+    env = BoundedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
+    env.filters.update(tojson=_tojson, center=center, indent=indent, format=format_)
+    env.globals.update(
+        raise_exception=_raise_exception, strftime_now=_strftime_now, range=bounded_range
     )
-    env.filters["tojson"] = _tojson
-    env.globals["raise_exception"] = _raise_exception
-    env.globals["strftime_now"] = _strftime_now
+    del env.globals["lipsum"]  # lorem ipsum of any length: no chat template needs it
+    return env
+
+
+def _compile(template: str):
+    from jinja2 import TemplateSyntaxError
+
+    env = _bounded_environment()
     try:
         return env.from_string(template)
     except TemplateSyntaxError as e:
         raise TemplateError(
             f"chat template: syntax error at template line {e.lineno}: {e.message}"
         ) from None
+    except TemplateError:
+        raise
+    except (SyntaxError, ValueError, TypeError, ArithmeticError, RecursionError) as e:
+        # Jinja's compiler itself fails on some templates it parsed (e.g. `break` outside a loop)
+        raise TemplateError(f"chat template: does not compile: {e}") from None
 
 
 def _hermes_call(call: ToolCall) -> str:
@@ -253,15 +363,42 @@ class ChatFormat:
     ) -> str:
         from jinja2.exceptions import TemplateError as JinjaTemplateError
 
+        _template_deadline.at = time.monotonic() + TEMPLATE_SECONDS
+        out: list[str] = []
+        size = 0
         try:
-            return self._jinja.render(
+            for piece in self._jinja.generate(
                 messages=dicts,
                 add_generation_prompt=add_generation_prompt,
                 tools=tools if self._renders_tools else None,
                 **self._context,
-            )
+            ):
+                size += len(piece)
+                if size > TEMPLATE_MAX_CHARS:
+                    raise TemplateError(
+                        f"chat template: output is over {TEMPLATE_MAX_CHARS} characters"
+                    )
+                _check_deadline()
+                out.append(piece)
+        except TemplateError:
+            raise
         except JinjaTemplateError as e:
             raise TemplateError(f"chat template: {e}") from None
+        except (
+            TypeError,
+            ValueError,
+            LookupError,
+            ArithmeticError,
+            RecursionError,
+            MemoryError,
+        ) as e:
+            # the template's own code failed on these messages (None has no len(), an index
+            # out of range, a macro calling itself, a string doubled until memory ran out):
+            # the template's fault, reported as such
+            raise TemplateError(f"chat template: {type(e).__name__}: {e}") from None
+        finally:
+            _template_deadline.at = None
+        return "".join(out)
 
     def render_text(
         self,

@@ -73,12 +73,8 @@ def _pick_tools(spec: str, workdir: str | None) -> dict:
     names = [n.strip() for n in spec.split(",") if n.strip()]
     if not names:
         return {}
-    try:
-        from twofiles.tools import default_tools
-    except ImportError:
-        raise TwofilesError(
-            "--tools: this installation has no tools (twofiles.tools is missing)"
-        ) from None
+    from twofiles.tools import default_tools
+
     if workdir is not None:
         os.makedirs(workdir, exist_ok=True)
     available = default_tools(workdir)

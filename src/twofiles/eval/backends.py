@@ -111,19 +111,11 @@ class LocalBackend:
     _format: Any = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        asked = self.chat
         if self.chat is None:
             self.chat = bool(self.loaded.chat_template)
         if self.chat:
-            try:
-                from twofiles.chat import ChatFormat
-            except ImportError:
-                if asked:
-                    raise TwofilesError(
-                        "chat rendering (twofiles.chat) is not available in this installation; use plain-text prompts"
-                    ) from None
-                self.chat = False  # no renderer: plain-text prompts, as for a base model
-                return
+            from twofiles.chat import ChatFormat
+
             self._format = ChatFormat.for_model(self.loaded)
 
     @property

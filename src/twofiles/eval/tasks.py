@@ -283,12 +283,8 @@ def load_examples(spec: TaskSpec) -> list[Example]:
 
 def _skill_examples(src: str, spec: TaskSpec) -> list[Example]:
     """skills:SPLIT[:KIND,KIND...] -> the built-in skill tasks (twofiles.data.skills), 20 per kind."""
-    try:
-        from twofiles.data import skills
-    except ImportError:
-        raise TwofilesError(
-            "the built-in skill tasks (twofiles.data.skills) are not part of this installation"
-        ) from None
+    from twofiles.data import skills
+
     parts = src.split(":")
     split_name = parts[1] if len(parts) > 1 else "val"
     if split_name not in ("train", "val"):
