@@ -137,9 +137,9 @@ def test_templates_that_crashed_or_ran_away_are_template_errors(
 def test_a_runaway_template_loop_is_stopped_by_the_clock(
     tok: Tokenizer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import twofiles.chat
+    import twofiles.chat.templates
 
-    monkeypatch.setattr(twofiles.chat, "TEMPLATE_SECONDS", 0.2)
+    monkeypatch.setattr(twofiles.chat.templates, "TEMPLATE_SECONDS", 0.2)
     loops = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
     t0 = time.perf_counter()
     with pytest.raises(TemplateError, match="took over 0.2 s"):
