@@ -563,7 +563,9 @@ def check(target: str, data: bytes) -> str | None:
         TARGETS[target](data)
     except BadInputError:
         return None
-    except Exception as e:
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as e:  # pyo3's PanicException (Rust panics) is a BaseException
         return f"{type(e).__name__}: {str(e)[:200]}"
     return None
 
@@ -618,7 +620,8 @@ def _worker(target: str, runs: int, seconds: float, memory_gb: float, findings_d
     max_len = max(len(s) for s in seed_inputs(target)) + 4096
     atheris.Setup(
         [sys.argv[0], f"-runs={runs}", f"-max_len={max_len}", "-print_final_stats=1"]
-        + [f"-rss_limit_mb={int(memory_gb * 1024)}", str(corpus)],
+        + [f"-rss_limit_mb={int(memory_gb * 1024)}", f"-artifact_prefix={findings_dir}/"]
+        + [str(corpus)],
         one,
     )
     atheris.Fuzz()
