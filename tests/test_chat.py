@@ -640,13 +640,11 @@ def test_respond_bounds_tool_rounds_and_survives_bad_tools(tok: Tokenizer) -> No
     from twofiles.chat import RespondStats, respond
     from twofiles.engine import SamplingParams
 
-    calls = iter(
-        [
-            '{"name": "calculator", "arguments": {"expression": "2*2"}}',
-            '{"name": "weather", "arguments": {}}',
-        ]
-        + ['{"name": "calculator", "arguments": {"expression": "1+1"}}'] * 9
-    )
+    scripted = [
+        '{"name": "calculator", "arguments": {"expression": "2*2"}}',
+        '{"name": "weather", "arguments": {}}',
+    ] + ['{"name": "calculator", "arguments": {"expression": "1+1"}}'] * 9
+    calls = iter(scripted)
     model = ScriptedModel(
         tok, lambda prompt: f"<tool_call>{next(calls)}</tool_call><|assistant_end|>"
     )
@@ -675,7 +673,10 @@ def test_respond_bounds_tool_rounds_and_survives_bad_tools(tok: Tokenizer) -> No
     assert [m.role for m in added] == ["assistant", "tool"] * 3 + ["assistant"] and added[
         -1
     ].tool_calls
-    assert stats.tokens > 0 and stats.finish == "stop"
+    # every scripted token of the 4 replies, their end-of-turn tokens included
+    replies = [f"<tool_call>{c}</tool_call><|assistant_end|>" for c in scripted[:4]]
+    assert stats.tokens == sum(len(tok.encode(r, allow_special=True)) for r in replies)
+    assert stats.finish == "stop"
 
 
 def test_respond_without_tools_keeps_tool_syntax_as_text(tok: Tokenizer) -> None:

@@ -82,11 +82,21 @@ def test_json_summary_is_the_last_line(model_path, capsys):
         "tokens_per_second",
         "model",
     } <= summary.keys()
-    assert (
-        1 <= summary["tokens"] <= 8
-        and summary["model"] == model_path
-        and summary["prompt_tokens"] >= 2
-    )
+    from twofiles.artifact import load_model
+    from twofiles.engine import SamplingParams, encode_prompt, generate
+
+    loaded = load_model(model_path)
+    prompt = encode_prompt(loaded.tokenizer, "to be")
+    sampled = list(
+        generate(
+            loaded.model,
+            prompt,
+            SamplingParams(temperature=1.0, seed=3, max_tokens=8),
+            tokenizer=loaded.tokenizer,
+        )
+    )  # the verb's defaults with --seed 3: the same draws
+    assert (summary["tokens"], summary["prompt_tokens"]) == (len(sampled), len(prompt))
+    assert len(sampled) >= 1 and summary["model"] == model_path
     assert out.startswith(summary["text"])
     rc, again, _ = run_cli(
         capsys, model_path, "--prompt", "to be", "--seed", "3", "--max-tokens", "8", "--json"

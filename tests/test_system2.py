@@ -138,7 +138,19 @@ def test_think_keeps_every_sample_and_counts_tokens(tiny):
     params = SamplingParams(temperature=1.0, max_tokens=8, seed=0)
     v = think(model, tok, prompt, params, 6, batch_size=4)
     assert v.texts == sample_texts(model, tok, prompt, params, 6, batch_size=4)
-    assert 6 <= v.tokens <= 48 and len(v.answers) == 6
+    from dataclasses import replace
+
+    from twofiles.engine import generate_batch
+
+    counted = [  # the same two chunks (4 rows, then 2), each with its own seed
+        len(ids)
+        for chunk, rows in enumerate([4, 2])
+        for ids in generate_batch(
+            model, [prompt] * rows, replace(params, seed=params.seed + chunk), tokenizer=tok
+        )
+    ]
+    assert v.tokens == sum(counted) and len(counted) == 6 and min(counted) >= 1
+    assert len(v.answers) == 6
     assert (
         v.answer == self_consistency(make_sampler(model, tok, prompt, params, batch_size=4), 6)[0]
     )
