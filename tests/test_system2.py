@@ -140,7 +140,7 @@ def test_think_keeps_every_sample_and_counts_tokens(tiny):
     assert v.texts == sample_texts(model, tok, prompt, params, 6, batch_size=4)
     from dataclasses import replace
 
-    from twofiles.engine import generate_batch
+    from twofiles.decoder import generate_batch
 
     counted = [  # the same two chunks (4 rows, then 2), each with its own seed
         len(ids)

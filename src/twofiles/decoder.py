@@ -42,6 +42,7 @@ from twofiles.engine import (
     token_distribution,
 )
 from twofiles.errors import TwofilesError
+from twofiles.model import KVWrites
 
 if TYPE_CHECKING:
     from twofiles.model import Transformer
@@ -81,30 +82,12 @@ class DecodedToken:
     stop_token: bool = False  # `token` is a stop token: it counts, but has no text
 
 
-class _RowsView:
+class _RowsView(KVWrites):
     """A KV cache over some rows and the first `length` slots of a layer's full buffers. Slicing
-    gives views, so the model's in-place writes land in the shared cache (KVCache.update_at's
-    contract, on a subset of rows)."""
+    gives views, so the model's in-place writes land in the shared cache."""
 
     def __init__(self, k: torch.Tensor, v: torch.Tensor) -> None:
         self.k, self.v = k, v
-
-    def update(
-        self, pos: int, k: torch.Tensor, v: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        T = k.shape[2]
-        self.k[:, :, pos : pos + T] = k
-        self.v[:, :, pos : pos + T] = v
-        return self.k[:, :, : pos + T], self.v[:, :, : pos + T]
-
-    def update_at(
-        self, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        B, H, T, D = k.shape
-        index = positions[:, None, :, None].expand(B, H, T, D)
-        self.k.scatter_(2, index, k)
-        self.v.scatter_(2, index, v)
-        return self.k, self.v
 
 
 class BatchDecoder:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Protocol, cast
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -174,37 +174,12 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin_folded: torch.Tensor) -> 
     return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * sin_folded
 
 
-class KVCacheLike(Protocol):
-    """What attention needs of a cache: KVCache, or a view of some of its rows (the decoder's)."""
-
-    def update(
-        self, pos: int, k: torch.Tensor, v: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]: ...
-
-    def update_at(
-        self, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]: ...
-
-
-class KVCache(nn.Module):
-    """Static per-layer key/value buffers [B, n_kv_heads, max_len, head_dim] (gpt-fast style)."""
+class KVWrites:
+    """How attention writes keys and values into buffers k / v [B, n_kv_heads, slots, head_dim]:
+    KVCache holds them, and the batched decoder's views of some rows of a cache share the code."""
 
     k: torch.Tensor
     v: torch.Tensor
-
-    def __init__(
-        self,
-        batch: int,
-        n_kv_heads: int,
-        max_len: int,
-        head_dim: int,
-        dtype: torch.dtype,
-        device: torch.device | str | None = None,
-    ) -> None:
-        super().__init__()
-        shape = (batch, n_kv_heads, max_len, head_dim)
-        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
-        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
 
     def update(
         self, pos: int, k: torch.Tensor, v: torch.Tensor
@@ -225,6 +200,24 @@ class KVCache(nn.Module):
         self.k.scatter_(2, index, k)
         self.v.scatter_(2, index, v)
         return self.k, self.v
+
+
+class KVCache(KVWrites, nn.Module):
+    """Static per-layer key/value buffers [B, n_kv_heads, max_len, head_dim] (gpt-fast style)."""
+
+    def __init__(
+        self,
+        batch: int,
+        n_kv_heads: int,
+        max_len: int,
+        head_dim: int,
+        dtype: torch.dtype,
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__()
+        shape = (batch, n_kv_heads, max_len, head_dim)
+        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
 
 
 @torch.no_grad()
@@ -279,7 +272,7 @@ class Attention(nn.Module):
         x: torch.Tensor,
         cos: torch.Tensor,
         sin: torch.Tensor,
-        cache: KVCacheLike | None,
+        cache: KVWrites | None,
         pos: int,
         positions: torch.Tensor | None = None,
         attn_mask: torch.Tensor | None = None,
@@ -360,7 +353,7 @@ class Block(nn.Module):
         x: torch.Tensor,
         cos: torch.Tensor,
         sin: torch.Tensor,
-        cache: KVCacheLike | None,
+        cache: KVWrites | None,
         pos: int,
         positions: torch.Tensor | None = None,
         attn_mask: torch.Tensor | None = None,
@@ -452,7 +445,7 @@ class Transformer(nn.Module):
     def hidden_states(
         self,
         idx: torch.Tensor,
-        caches: Sequence[KVCacheLike] | None = None,
+        caches: Sequence[KVWrites] | None = None,
         pos: int = 0,
         *,
         positions: torch.Tensor | None = None,
@@ -500,7 +493,7 @@ class Transformer(nn.Module):
         idx: torch.Tensor,
         targets: torch.Tensor | None = None,
         *,
-        caches: Sequence[KVCacheLike] | None = None,
+        caches: Sequence[KVWrites] | None = None,
         pos: int = 0,
         positions: torch.Tensor | None = None,
         attn_mask: torch.Tensor | None = None,

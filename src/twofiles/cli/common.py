@@ -6,6 +6,7 @@ import argparse
 import json
 import secrets
 import sys
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -97,6 +98,19 @@ def add_device_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps"
     )
+
+
+def given_flags(
+    args: argparse.Namespace, fields: Sequence[tuple[str, str, str, type, str]]
+) -> dict[str, tuple[str, Any]]:
+    """The config fields a user gave on the command line, as dotted field -> (flag, value), for
+    a resume to check against the saved run. `fields`: (flag, section, name, type, help) rows."""
+    given: dict[str, tuple[str, Any]] = {}
+    for flag, section, name, _, _ in fields:
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value is not None:
+            given[f"{section}.{name}" if section else name] = (flag, value)
+    return given
 
 
 def add_training_run_flags(parser: argparse.ArgumentParser) -> None:

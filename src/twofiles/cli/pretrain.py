@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
-from twofiles.cli.common import add_json_flag, add_training_run_flags, emit_json
+from twofiles.cli.common import add_json_flag, add_training_run_flags, emit_json, given_flags
 
 if TYPE_CHECKING:
     from twofiles.train.pretrain import PretrainConfig
@@ -180,13 +180,9 @@ def _resumed_config(args: argparse.Namespace, saved: dict[str, Any]) -> Pretrain
     from pathlib import Path
 
     from twofiles.train.pretrain import PretrainConfig
-    from twofiles.train.runctl import check_resume
+    from twofiles.train.runctl import resumed
 
-    given: dict[str, tuple[str, Any]] = {}
-    for flag, section, name, _, _ in _FIELDS:
-        value = getattr(args, flag[2:].replace("-", "_"))
-        if value is not None:
-            given[f"{section}.{name}" if section else name] = (flag, value)
+    given = given_flags(args, _FIELDS)
     if args.tie_embeddings is not None:
         given["model.tie_embeddings"] = ("--tie-embeddings", args.tie_embeddings)
     if args.compile is not None:
@@ -195,12 +191,7 @@ def _resumed_config(args: argparse.Namespace, saved: dict[str, Any]) -> Pretrain
         given["provenance.preset"] = ("--preset", args.preset)
     same_data = Path(args.data).resolve() == Path(saved.get("data", "")).resolve()
     given["data"] = ("--data", saved.get("data") if same_data else args.data)
-    apply = check_resume(saved, given, RESUME_CHANGEABLE)
-    cfg = PretrainConfig.from_dict(saved)
-    for name in apply:
-        setattr(cfg, name, given[name][1])
-    if "max_steps" in apply and "time_budget_s" not in apply:
-        cfg.time_budget_s = 0.0  # as for a new run: --max-steps alone means a fixed length
+    cfg = resumed(saved, PretrainConfig.from_dict(saved), given, RESUME_CHANGEABLE)
     cfg.device = args.device
     if args.dtype != "auto":
         cfg.dtype = args.dtype

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
-from twofiles.cli.common import add_json_flag, add_training_run_flags, emit_json
+from twofiles.cli.common import add_json_flag, add_training_run_flags, emit_json, given_flags
 
 if TYPE_CHECKING:
     from twofiles.train.sft import SFTConfig
@@ -189,14 +189,10 @@ def _same_path(a: str, b: str) -> bool:
 def _resumed_config(args: argparse.Namespace, saved: dict[str, Any]) -> SFTConfig:
     """The saved run's config, with the flags that may change applied; conflicting flags refused
     (each named, with the run's value and the given one)."""
-    from twofiles.train.runctl import check_resume
+    from twofiles.train.runctl import resumed
     from twofiles.train.sft import SFTConfig
 
-    given: dict[str, tuple[str, Any]] = {}
-    for flag, section, name, _, _ in _FIELDS:
-        value = getattr(args, flag[2:].replace("-", "_"))
-        if value is not None:
-            given[f"{section}.{name}" if section else name] = (flag, value)
+    given = given_flags(args, _FIELDS)
     for name, flag, value in (
         ("model", "MODEL", args.model),
         ("data", "--data", args.data),
@@ -214,12 +210,7 @@ def _resumed_config(args: argparse.Namespace, saved: dict[str, Any]) -> SFTConfi
         given["merge"] = ("--merge", True)
     if args.no_pack:
         given["pack"] = ("--no-pack", False)
-    apply = check_resume(saved, given, RESUME_CHANGEABLE)
-    cfg = SFTConfig.from_dict(saved)
-    for name in apply:
-        setattr(cfg, name, given[name][1])
-    if "max_steps" in apply and "time_budget_s" not in apply:
-        cfg.time_budget_s = 0.0  # as for a new run: --max-steps alone means a fixed length
+    cfg = resumed(saved, SFTConfig.from_dict(saved), given, RESUME_CHANGEABLE)
     cfg.device = args.device
     if args.dtype != "auto":
         cfg.dtype = args.dtype

@@ -15,10 +15,12 @@ import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from twofiles.errors import BadInputError
 from twofiles.optim import OptimConfig, lr_factor
+
+C = TypeVar("C")  # a run's config dataclass (PretrainConfig, SFTConfig)
 
 # Seconds between checkpoints by default: a crash loses at most this much work, and a checkpoint of
 # a CPU-sized model (tens of MB) costs well under a second, < 2% of the interval.
@@ -205,6 +207,20 @@ def agree(rt: Any, total: int, stop: bool) -> tuple[int, bool]:
     t = torch.tensor([total if rt.rank == 0 else 0, int(stop)], device=rt.device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return int(t[0]), bool(t[1])
+
+
+def resumed(
+    saved: Mapping[str, Any], cfg: C, given: Mapping[str, tuple[str, Any]], changeable: set[str]
+) -> C:
+    """`cfg` (built from the saved run's config `saved`) with the flags a resume may take applied
+    (check_resume refuses the others); `--max-steps` alone means a fixed length, as it does for a
+    new run."""
+    apply = check_resume(saved, given, changeable)
+    for name in apply:
+        setattr(cfg, name, given[name][1])
+    if "max_steps" in apply and "time_budget_s" not in apply:
+        setattr(cfg, "time_budget_s", 0.0)  # noqa: B010  (C is any run config)
+    return cfg
 
 
 def check_resume(
