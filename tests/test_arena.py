@@ -16,6 +16,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -238,11 +239,13 @@ _VOTER = textwrap.dedent(
 
     path, worker, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     store = ArenaStore(path)
+    open(f"{path}.ready{worker}", "w").close()
     while not os.path.exists(path + ".go"):  # start together: the votes really interleave
         time.sleep(0.005)
     for i in range(n):
         store.record_battle(prompt=f"p{i}", model_a="m1", model_b="m2", reply_a="a", reply_b="b", winner="a", key=f"w{worker}-{i}",
                             meta={"worker": worker, "i": i})
+        time.sleep(0.002)  # a vote is ~1 ms: without a pause one writer can finish before the next wakes
     """
 )
 
@@ -264,6 +267,10 @@ def test_store_concurrent_voters_lose_and_duplicate_nothing(tmp_path: Path) -> N
         subprocess.Popen([sys.executable, "-c", _VOTER, path, str(w), "40"], env=_src_env())
         for w in range(4)
     ]  # separate processes
+    deadline = time.monotonic() + 120
+    while not all(Path(f"{path}.ready{w}").exists() for w in range(4)):
+        assert time.monotonic() < deadline, "the voters did not start"
+        time.sleep(0.01)  # every voter has imported and opened the store: a fair start
     Path(path + ".go").touch()
     for p in procs:
         assert p.wait(120) == 0
