@@ -345,9 +345,14 @@ def test_killed_run_resumes_with_the_same_loss_sequence(tiny_data: Path, tmp_pat
     assert records(run) == records(ref)  # and every evaluation, once, with the same values
 
 
+@pytest.mark.parametrize(
+    ("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"]
+)
 def test_ctrl_c_saves_a_checkpoint_and_resume_finishes_like_an_uninterrupted_run(
-    tiny_data: Path, tmp_path: Path
+    tiny_data: Path, tmp_path: Path, sig: signal.Signals, code: int
 ) -> None:
+    """Ctrl-C, or a scheduler's SIGTERM: the step finishes, a checkpoint is saved, the exit code
+    is the shell's for that signal (128 + its number), and --resume ends as if never stopped."""
     steps = ["--max-steps", "120", "--eval-interval", "40", "--eval-tokens", "256"]
     ref = tmp_path / "ref"
     subprocess.run(
@@ -367,9 +372,9 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes_like_an_uninterrupted_run
         metrics.exists() and metrics.read_text().count("\n") >= 3
     ):
         time.sleep(0.02)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err  # the shell's code for SIGINT
+    assert proc.returncode == code, err
     assert "checkpoint saved" in err and "--resume" in err
     (ckpt,) = list_checkpoints(run / "checkpoints")  # the default 60 s timer has not fired
     stopped_at = int(ckpt.stem.split("_")[1])
