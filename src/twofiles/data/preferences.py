@@ -1,0 +1,246 @@
+"""Preference pairs: reading them, validating them, and rendering them into token ids.
+
+What it owns: preference JSONL in the ecosystem's (TRL's) forms, one pair per line:
+
+    standard         {"prompt": str, "chosen": str, "rejected": str}
+    conversational   {"prompt": [messages], "chosen": [assistant messages], "rejected": [...]}
+                     (`messages` is accepted for `prompt`: `twofiles feedback export` writes it)
+    implicit prompt  {"chosen": [messages], "rejected": [messages]}: two whole conversations; the
+                     messages they share from the start are the prompt
+
+and rendering each pair into prompt ids + chosen ids + rejected ids. Conversational pairs go
+through ChatFormat.render, the renderer SFT uses, so a completion's ids are exactly the tokens
+SFT's loss mask would select for that reply (through its end-of-turn token). Standard pairs are
+plain text for base models: `[bos] + prompt` (bos when the tokenizer adds one), then the
+completion's text and the first eos id.
+
+Pairs that teach nothing are skipped and counted by reason (`SKIP_REASONS`), never silently: the
+same reply on both sides, an empty side, a prompt longer than `max_prompt_len`. A completion that
+does not fit `max_len` after its prompt is cut to fit (counted as "truncated", still used), and
+a pair whose cut sides become equal is skipped as "identical".
+
+What it leaves to others: the messages themselves (twofiles.chat.parse_messages), the loss and
+the log-probs (train/preference.py), the training loop.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from twofiles.chat import ChatFormat, Message, parse_messages
+from twofiles.errors import BadInputError
+from twofiles.tokenizer import Tokenizer
+
+# Why a pair was left out (or, "truncated", cut but kept), in the order reports list them.
+SKIP_REASONS: tuple[str, ...] = ("identical", "empty", "prompt_too_long")
+
+
+@dataclass(frozen=True)
+class PreferencePair:
+    """One validated line: plain text (all three sides str) or messages (all three lists)."""
+
+    prompt: str | list[Message]
+    chosen: str | list[Message]
+    rejected: str | list[Message]
+    where: str = field(default="", compare=False)  # file:line, for messages about this pair
+
+    @property
+    def conversational(self) -> bool:
+        return not isinstance(self.prompt, str)
+
+
+@dataclass(frozen=True)
+class RenderedPair:
+    prompt_ids: list[int]
+    chosen_ids: list[int]  # the chosen completion, after prompt_ids
+    rejected_ids: list[int]  # the rejected completion, after prompt_ids
+
+
+@dataclass
+class RenderReport:
+    skipped: Counter[str]  # reason (SKIP_REASONS) -> pairs left out
+    truncated: int = 0  # pairs kept with a completion cut to fit max_len
+
+    @property
+    def n_skipped(self) -> int:
+        return sum(self.skipped.values())
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+
+
+def _side(obj: dict, key: str, *, assistant_only: bool) -> str | list[Message]:
+    value = obj[key]
+    if isinstance(value, str):
+        return value
+    msgs = parse_messages(value, where=key)
+    if assistant_only:
+        for i, m in enumerate(msgs):
+            if m.role != "assistant":
+                raise BadInputError(
+                    f"{key}[{i}].role: a completion holds assistant messages only (got {m.role!r})"
+                )
+    return msgs
+
+
+def parse_pair(obj: object, *, where: str = "pair") -> PreferencePair:
+    """One JSON object -> a PreferencePair, or BadInputError naming the field at fault."""
+    if not isinstance(obj, dict):
+        raise BadInputError(f"expected an object, got {type(obj).__name__}")
+    for key in ("chosen", "rejected"):
+        if key not in obj:
+            raise BadInputError(f"{key}: missing")
+    prompt_key = "prompt" if "prompt" in obj else "messages" if "messages" in obj else None
+    if prompt_key is None:  # implicit prompt: two whole conversations
+        chosen, rejected = (
+            _side(obj, "chosen", assistant_only=False),
+            _side(obj, "rejected", assistant_only=False),
+        )
+        if isinstance(chosen, str) or isinstance(rejected, str):
+            raise BadInputError(
+                "prompt: missing (plain-text pairs need a prompt; only conversations carry it inside)"
+            )
+        k = 0  # as TRL's extract_prompt: the messages both share from the start
+        while k < min(len(chosen), len(rejected)) and chosen[k] == rejected[k]:
+            k += 1
+        return PreferencePair(chosen[:k], chosen[k:], rejected[k:], where)
+    prompt = obj[prompt_key]
+    if isinstance(prompt, str):
+        for key in ("chosen", "rejected"):
+            if not isinstance(obj[key], str):
+                raise BadInputError(
+                    f"{key}: must be a string like the prompt (got {type(obj[key]).__name__})"
+                )
+        return PreferencePair(prompt, obj["chosen"], obj["rejected"], where)
+    msgs = parse_messages(prompt, where=prompt_key)
+    sides = []
+    for key in ("chosen", "rejected"):
+        if not isinstance(obj[key], list):
+            raise BadInputError(
+                f"{key}: must be a list of assistant messages like the prompt's messages "
+                f"(got {type(obj[key]).__name__})"
+            )
+        sides.append(_side(obj, key, assistant_only=True))
+    return PreferencePair(msgs, sides[0], sides[1], where)
+
+
+def read_preferences(path: str | os.PathLike[str]) -> list[PreferencePair]:
+    """Pairs from a JSONL file, one per line (blank lines skipped). Errors name file:line and the
+    field, e.g. `prefs.jsonl:3: chosen[0].role: ...`."""
+    path = str(path)
+    if not os.path.isfile(path):
+        raise BadInputError("no such preferences file", path=path)
+    out: list[PreferencePair] = []
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise BadInputError("not UTF-8 text", path=path, line=lineno) from None
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise BadInputError(
+                    f"invalid JSON ({e.msg} at column {e.colno})", path=path, line=lineno
+                ) from None
+            try:
+                out.append(parse_pair(obj, where=f"{path}:{lineno}"))
+            except BadInputError as e:
+                raise BadInputError(str(e), path=path, line=lineno) from None
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Rendering
+
+
+def _empty(side: str | list[Message]) -> bool:
+    if isinstance(side, str):
+        return not side.strip()
+    return not any(m.content.strip() or m.tool_calls for m in side)
+
+
+def _completion(
+    fmt: ChatFormat, pair: PreferencePair, prompt_ids: list[int], side: list[Message]
+) -> list[int]:
+    """The ids SFT's loss mask selects for `side` when it follows the prompt's messages."""
+    assert isinstance(pair.prompt, list)
+    ids, mask = fmt.render([*pair.prompt, *side])
+    if ids[: len(prompt_ids)] != prompt_ids:
+        raise BadInputError(
+            "the chat template renders the prompt differently when a reply follows it",
+            path=pair.where,
+        )
+    learned = [i for i, m in enumerate(mask) if m]
+    if not learned or learned[0] != len(prompt_ids) or learned[-1] - learned[0] + 1 != len(learned):
+        # e.g. several assistant messages with template text between them: the loss would see
+        # tokens the model is not meant to write
+        raise BadInputError(
+            "the completion does not render as one run of assistant tokens right after the prompt",
+            path=pair.where,
+        )
+    return ids[learned[0] : learned[-1] + 1]
+
+
+def _plain(tok: Tokenizer, pair: PreferencePair) -> tuple[list[int], list[int], list[int]]:
+    assert isinstance(pair.prompt, str) and isinstance(pair.chosen, str)
+    assert isinstance(pair.rejected, str)
+    prompt = [tok.bos_id] * tok.add_bos + tok.encode(pair.prompt)
+    eos = tok.eos_ids[:1]
+    return prompt, tok.encode(pair.chosen) + eos, tok.encode(pair.rejected) + eos
+
+
+def render_pairs(
+    pairs: Sequence[PreferencePair],
+    fmt: ChatFormat,
+    *,
+    max_len: int,
+    max_prompt_len: int | None = None,
+) -> tuple[list[RenderedPair], RenderReport]:
+    """Token ids of each usable pair, and what was skipped or cut. `max_len` bounds prompt +
+    completion; `max_prompt_len` (default: max_len - 1, so one completion token fits) bounds
+    the prompt: a longer one is skipped rather than cut, since cutting it changes the question."""
+    limit = max_len - 1 if max_prompt_len is None else min(max_prompt_len, max_len - 1)
+    out: list[RenderedPair] = []
+    report = RenderReport(Counter())
+    for pair in pairs:
+        if (
+            _empty(pair.chosen)
+            or _empty(pair.rejected)
+            or (pair.conversational and not pair.prompt)
+        ):
+            report.skipped["empty"] += 1
+            continue
+        if pair.chosen == pair.rejected:
+            report.skipped["identical"] += 1
+            continue
+        if pair.conversational:
+            assert isinstance(pair.prompt, list)
+            assert isinstance(pair.chosen, list) and isinstance(pair.rejected, list)
+            prompt = fmt.prompt_ids(pair.prompt)
+            if len(prompt) > limit:
+                report.skipped["prompt_too_long"] += 1
+                continue
+            chosen = _completion(fmt, pair, prompt, pair.chosen)
+            rejected = _completion(fmt, pair, prompt, pair.rejected)
+        else:
+            prompt, chosen, rejected = _plain(fmt.tokenizer, pair)
+            if len(prompt) > limit:
+                report.skipped["prompt_too_long"] += 1
+                continue
+        room = max_len - len(prompt)
+        if len(chosen) > room or len(rejected) > room:
+            report.truncated += 1
+            chosen, rejected = chosen[:room], rejected[:room]
+            if chosen == rejected:
+                report.skipped["identical"] += 1
+                continue
+        out.append(RenderedPair(prompt, chosen, rejected))
+    return out, report
