@@ -107,6 +107,17 @@ def test_completion_ids_are_the_tokens_sfts_loss_mask_selects(tmp_path, fmt) -> 
     assert r.prompt_ids == fmt.prompt_ids([system, user("to be?")])
 
 
+def test_a_completion_that_is_not_one_assistant_run_is_refused_naming_its_line(
+    tmp_path, fmt
+) -> None:
+    """Two assistant messages render with template text between them, which the model is not
+    meant to write: the pair is refused, not trained on with those tokens in its log-prob."""
+    row = {**GOOD, "chosen": [bot("or"), bot("not")]}
+    path = write(tmp_path / "p.jsonl", [GOOD, row])
+    with pytest.raises(BadInputError, match=r"p\.jsonl:2: the completion does not render as one"):
+        render_pairs(read_preferences(path), fmt, max_len=128)
+
+
 def test_plain_text_pairs_render_as_prompt_then_text_and_eos(tmp_path, fmt, tok) -> None:
     row = {"prompt": "to be", "chosen": " or not", "rejected": " that is"}
     (r,), _ = render_pairs(read_preferences(write(tmp_path / "p.jsonl", [row])), fmt, max_len=64)
@@ -311,3 +322,90 @@ def test_bad_arguments_are_refused() -> None:
         dpo_loss(x, x, x, x, kind="ipo")
     with pytest.raises(ValueError, match="0 <= label_smoothing < 0.5"):
         dpo_loss(x, x, x, x, kind="robust", label_smoothing=0.5)
+
+
+@pytest.mark.parametrize(
+    ("kind", "ls", "nll_weight"),
+    [
+        ("sigmoid", 0.0, 0.0),
+        ("ipo", 0.0, 0.0),
+        ("hinge", 0.0, 0.0),
+        ("robust", 0.2, 0.0),
+        ("sigmoid", 0.0, 0.7),
+    ],
+)
+def test_loss_gradients_and_metrics_equal_trls_dpo_trainer(
+    tmp_path, fmt, tok, kind, ls, nll_weight
+) -> None:
+    """TRL's DPOTrainer.compute_loss on a Hugging Face Llama twin and the same pairs, collated by
+    TRL's own DataCollatorForPreference. DPO+NLL is TRL's loss_type ["sigmoid", "sft"]."""
+    from datasets import Dataset
+    from tokenizers import Tokenizer as HFTokenizer
+    from transformers import PreTrainedTokenizerFast
+    from trl import DPOConfig, DPOTrainer
+    from trl.trainer.dpo_trainer import DataCollatorForPreference
+
+    policy, ref = random_model(tok, seed=0).train(), random_model(tok, seed=1)
+    hf, hf_ref = _hf_twin(policy).train(), _hf_twin(ref).eval()
+    pairs = _pairs(fmt)
+    eos = tok.decode([tok.eos_ids[0]])
+    hf_tok = PreTrainedTokenizerFast(
+        tokenizer_object=HFTokenizer.from_str(tok.to_json()), eos_token=eos, pad_token=eos
+    )
+    losses = ["sigmoid", "sft"] if nll_weight else [kind]
+    args = DPOConfig(
+        output_dir=str(tmp_path / "trl"),
+        beta=0.5,
+        loss_type=losses,
+        loss_weights=[1.0, nll_weight] if nll_weight else None,
+        label_smoothing=ls,
+        report_to=[],
+        use_cpu=True,
+        bf16=False,  # DPOConfig's default autocasts to bf16; the comparison is in fp32
+        max_length=None,
+        per_device_train_batch_size=len(pairs),
+    )
+    trainer = DPOTrainer(
+        model=hf,
+        ref_model=hf_ref,
+        args=args,
+        processing_class=hf_tok,
+        train_dataset=Dataset.from_list([{"prompt": "a", "chosen": "b", "rejected": "c"}]),
+    )
+    inputs = DataCollatorForPreference(pad_token_id=0)(
+        [{"prompt_ids": p, "chosen_ids": c, "rejected_ids": r} for p, c, r in pairs]
+    )
+    trainer.model.train()
+    theirs = trainer.compute_loss(trainer.model, inputs)
+    theirs.backward()
+
+    pc, pr, nc, nr = _batch_logps(policy, pairs)
+    with torch.no_grad():
+        rc, rr, _, _ = _batch_logps(ref, pairs)
+    loss, metrics = dpo_loss(
+        pc,
+        pr,
+        rc,
+        rr,
+        beta=0.5,
+        kind=kind,
+        label_smoothing=ls,
+        chosen_tokens=nc,
+        rejected_tokens=nr,
+        nll_weight=nll_weight,
+    )
+    loss.backward()
+    torch.testing.assert_close(loss, theirs.float(), atol=1e-5, rtol=1e-5)
+    hf_params = dict(trainer.model.named_parameters())
+    for name, p in policy.named_parameters():
+        torch.testing.assert_close(p.grad, hf_params[name].grad, atol=1e-5, rtol=1e-4, msg=name)
+    logged = trainer._metrics["train"]
+    for key in (
+        "rewards/chosen",
+        "rewards/rejected",
+        "rewards/margins",
+        "rewards/accuracies",
+        "logps/chosen",
+        "logps/rejected",
+    ):
+        assert metrics[key] == pytest.approx(logged[key][-1], abs=1e-4), key

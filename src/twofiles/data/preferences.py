@@ -15,7 +15,8 @@ plain text for base models: `[bos] + prompt` (bos when the tokenizer adds one), 
 completion's text and the first eos id.
 
 Pairs that teach nothing are skipped and counted by reason (`SKIP_REASONS`), never silently: the
-same reply on both sides, an empty side, a prompt longer than `max_prompt_len`. A completion that
+same reply on both sides, an empty side (a reply with no text or tool call, or a conversational
+prompt with no messages), a prompt longer than `max_prompt_len`. A completion that
 does not fit `max_len` after its prompt is cut to fit (counted as "truncated", still used), and
 a pair whose cut sides become equal is skipped as "identical".
 
@@ -175,16 +176,14 @@ def _completion(
     ids, mask = fmt.render([*pair.prompt, *side])
     if ids[: len(prompt_ids)] != prompt_ids:
         raise BadInputError(
-            "the chat template renders the prompt differently when a reply follows it",
-            path=pair.where,
+            "the chat template renders the prompt differently when a reply follows it"
         )
     learned = [i for i, m in enumerate(mask) if m]
     if not learned or learned[0] != len(prompt_ids) or learned[-1] - learned[0] + 1 != len(learned):
         # e.g. several assistant messages with template text between them: the loss would see
         # tokens the model is not meant to write
         raise BadInputError(
-            "the completion does not render as one run of assistant tokens right after the prompt",
-            path=pair.where,
+            "the completion does not render as one run of assistant tokens right after the prompt"
         )
     return ids[learned[0] : learned[-1] + 1]
 
@@ -197,6 +196,19 @@ def _plain(tok: Tokenizer, pair: PreferencePair) -> tuple[list[int], list[int], 
     return prompt, tok.encode(pair.chosen) + eos, tok.encode(pair.rejected) + eos
 
 
+def _render(fmt: ChatFormat, pair: PreferencePair) -> tuple[list[int], list[int], list[int]]:
+    if not pair.conversational:
+        return _plain(fmt.tokenizer, pair)
+    assert isinstance(pair.prompt, list)
+    assert isinstance(pair.chosen, list) and isinstance(pair.rejected, list)
+    prompt = fmt.prompt_ids(pair.prompt)
+    return (
+        prompt,
+        _completion(fmt, pair, prompt, pair.chosen),
+        _completion(fmt, pair, prompt, pair.rejected),
+    )
+
+
 def render_pairs(
     pairs: Sequence[PreferencePair],
     fmt: ChatFormat,
@@ -207,6 +219,8 @@ def render_pairs(
     """Token ids of each usable pair, and what was skipped or cut. `max_len` bounds prompt +
     completion; `max_prompt_len` (default: max_len - 1, so one completion token fits) bounds
     the prompt: a longer one is skipped rather than cut, since cutting it changes the question."""
+    if max_len < 2:
+        raise ValueError(f"max_len must be at least 2 (got {max_len})")
     limit = max_len - 1 if max_prompt_len is None else min(max_prompt_len, max_len - 1)
     out: list[RenderedPair] = []
     report = RenderReport(Counter())
@@ -221,20 +235,13 @@ def render_pairs(
         if pair.chosen == pair.rejected:
             report.skipped["identical"] += 1
             continue
-        if pair.conversational:
-            assert isinstance(pair.prompt, list)
-            assert isinstance(pair.chosen, list) and isinstance(pair.rejected, list)
-            prompt = fmt.prompt_ids(pair.prompt)
-            if len(prompt) > limit:
-                report.skipped["prompt_too_long"] += 1
-                continue
-            chosen = _completion(fmt, pair, prompt, pair.chosen)
-            rejected = _completion(fmt, pair, prompt, pair.rejected)
-        else:
-            prompt, chosen, rejected = _plain(fmt.tokenizer, pair)
-            if len(prompt) > limit:
-                report.skipped["prompt_too_long"] += 1
-                continue
+        try:
+            prompt, chosen, rejected = _render(fmt, pair)
+        except BadInputError as e:  # name the line the pair came from
+            raise BadInputError(str(e), path=pair.where or None) from None
+        if len(prompt) > limit:
+            report.skipped["prompt_too_long"] += 1
+            continue
         room = max_len - len(prompt)
         if len(chosen) > room or len(rejected) > room:
             report.truncated += 1
