@@ -157,7 +157,8 @@ def test_long_completions_are_cut_to_fit_and_counted(tmp_path, fmt, tok) -> None
     assert r.chosen_ids == tok.encode(" or not to be")[:3]
 
 
-def test_feedback_export_reads_as_preference_pairs(tmp_path, fmt) -> None:
+def test_feedback_export_and_arena_votes_read_as_preference_pairs(tmp_path, fmt) -> None:
+    from twofiles.arena import ArenaStore
     from twofiles.feedback import FeedbackStore, export_feedback
 
     store = FeedbackStore(tmp_path / "fb.sqlite")
@@ -165,12 +166,31 @@ def test_feedback_export_reads_as_preference_pairs(tmp_path, fmt) -> None:
     store.record(model="m", messages=convo, reply=bot("Paris."), rating="up")
     store.record(model="m", messages=convo, reply=bot("Lyon."), rating="down")
     store.record(model="m", messages=[user("2+2?")], reply=bot("5"), correction="4")
-    export_feedback(tmp_path / "fb.sqlite", tmp_path / "out")
+    arena = ArenaStore(tmp_path / "arena.sqlite")
+    arena.record_battle(
+        prompt="3+3?",
+        model_a="x",
+        model_b="y",
+        reply_a="7",
+        reply_b="6",
+        winner="b",
+        meta={"system": "Be brief."},
+    )
+    export_feedback(tmp_path / "fb.sqlite", tmp_path / "out", arena_db=tmp_path / "arena.sqlite")
     pairs = read_preferences(tmp_path / "out" / "preferences.jsonl")
-    got = {(p.prompt[0].content, p.chosen[0].content, p.rejected[0].content) for p in pairs}  # type: ignore[index]
-    assert got == {("capital of France?", "Paris.", "Lyon."), ("2+2?", "4", "5")}
+    got = {
+        (p.prompt[-1].content, p.chosen[0].content, p.rejected[0].content)  # type: ignore[index]
+        for p in pairs
+    }
+    assert got == {
+        ("capital of France?", "Paris.", "Lyon."),
+        ("2+2?", "4", "5"),
+        ("3+3?", "6", "7"),
+    }
     kept, report = render_pairs(pairs, fmt, max_len=128)
-    assert len(kept) == 2 and report.n_skipped == 0
+    assert len(kept) == 3 and report.n_skipped == 0
+    system = next(p for p in pairs if len(p.prompt) == 2).prompt[0]  # type: ignore[index]
+    assert system == Message("system", "Be brief.")
 
 
 # ---------------------------------------------------------------- the loss
