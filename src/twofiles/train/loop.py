@@ -162,6 +162,7 @@ def run(
     on_eval: Callable[[dict[str, Any]], None] | None = None,
     extra_state: Callable[[], dict[str, Any]] | None = None,
     on_resume: Callable[[dict[str, Any]], None] | None = None,
+    on_start: Callable[[Callable[[dict[str, Any]], None]], None] | None = None,
     flops_per_token: float = float("nan"),
     peak_flops: float = float("nan"),
 ) -> LoopOutcome:
@@ -169,6 +170,8 @@ def run(
 
     `ckpt_module` is what a checkpoint stores (the bare model, or only its adapters);
     `extra_state` adds the caller's own values to each checkpoint and `on_resume` gets them back.
+    `on_start` runs once at the start of a new run (not a resumed one), with the metrics logger:
+    the "before" numbers of a finetuning run.
     """
     ckpt_dir = spec.out / "checkpoints"
     planner = Planner(spec.optim, spec.max_steps, spec.time_budget_s, reserve_s=objective.reserve_s)
@@ -207,6 +210,9 @@ def run(
         if metrics_file is not None:
             metrics_file.write(json.dumps(rec) + "\n")
             metrics_file.flush()
+
+    if on_start is not None and not spec.resume:
+        on_start(log_metrics)
 
     bar = None
     if rt.is_main and spec.progress:
