@@ -330,7 +330,7 @@ def run(
                 opt.step()
             for opt in optimizers:
                 opt.zero_grad(set_to_none=True)
-            train_loss = (loss_total / count).item()  # one host sync per step, for logging
+            train_loss = loss_total.item() / count  # one host sync per step, for logging
             if rt.world_size > 1:  # the global mean, so every world size logs the same number
                 import torch.distributed as dist
 
