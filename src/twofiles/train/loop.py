@@ -107,7 +107,41 @@ class RunSpec:
     checkpoint_seconds: float = 0.0  # run seconds between checkpoints (0: off)
     resume: bool = False
     progress: bool = True
-    resume_hint: str = ""  # the command that continues a stopped run
+
+
+class RunControl(Protocol):
+    """The run-control fields every stage's config carries under the same names."""
+
+    out: str
+    optim: OptimConfig
+    time_budget_s: float
+    grad_accum: int
+    eval_interval: int
+    checkpoint_interval: int
+    checkpoint_seconds: float
+    resume: bool
+    progress: bool
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+def run_spec(cfg: RunControl, name: str, max_steps: int) -> RunSpec:
+    """The loop's view of a stage's config (`max_steps` as the stage resolves it: SFT derives it
+    from epochs when it is 0)."""
+    return RunSpec(
+        out=Path(cfg.out),
+        name=name,
+        config=cfg.to_dict(),
+        optim=cfg.optim,
+        max_steps=max_steps,
+        time_budget_s=cfg.time_budget_s,
+        grad_accum=cfg.grad_accum,
+        eval_interval=cfg.eval_interval,
+        checkpoint_interval=cfg.checkpoint_interval,
+        checkpoint_seconds=cfg.checkpoint_seconds,
+        resume=cfg.resume,
+        progress=cfg.progress,
+    )
 
 
 @dataclass
@@ -119,7 +153,6 @@ class LoopOutcome:
     tokens_per_second: float = 0.0  # a moving average over the steps (for MFU)
     stopped: bool = False  # stopped by a signal after saving a checkpoint
     signum: int | None = None
-    resumed_state: dict[str, Any] = field(default_factory=dict)  # the checkpoint's state
 
 
 def open_run(spec: RunSpec, rt: rt_mod.Runtime) -> None:
@@ -177,7 +210,6 @@ def run(
     planner = Planner(spec.optim, spec.max_steps, spec.time_budget_s, reserve_s=objective.reserve_s)
     step, elapsed, tokens_seen = 0, 0.0, 0
     metrics_path = spec.out / "metrics.jsonl"
-    state: dict[str, Any] = {}
     if spec.resume:
         ckpts = list_checkpoints(ckpt_dir)
         if not ckpts:
@@ -386,5 +418,4 @@ def run(
         tokens_per_second=tok_s_ema or 0.0,
         stopped=stopping,
         signum=signals.signum,
-        resumed_state=state,
     )

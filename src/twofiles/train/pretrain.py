@@ -34,7 +34,6 @@ from twofiles.model import ModelConfig, Transformer
 from twofiles.optim import OptimConfig, build_optimizers
 from twofiles.tokenizer import Tokenizer
 from twofiles.train import loop
-from twofiles.train.loop import RunSpec
 from twofiles.train.plots import plot_losses
 from twofiles.train.runctl import CHECKPOINT_SECONDS, RunInterrupted, StopSignals
 
@@ -254,20 +253,7 @@ def _pretrain(
     )
 
     # --- run directory ---
-    spec = RunSpec(
-        out=out,
-        name="pretrain",
-        config=cfg.to_dict(),
-        optim=cfg.optim,
-        max_steps=cfg.max_steps,
-        time_budget_s=cfg.time_budget_s,
-        grad_accum=cfg.grad_accum,
-        eval_interval=cfg.eval_interval,
-        checkpoint_interval=cfg.checkpoint_interval,
-        checkpoint_seconds=cfg.checkpoint_seconds,
-        resume=cfg.resume,
-        progress=cfg.progress,
-    )
+    spec = loop.run_spec(cfg, "pretrain", cfg.max_steps)
     loop.open_run(spec, rt)
 
     # --- model ---

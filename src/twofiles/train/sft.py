@@ -45,7 +45,6 @@ from twofiles.lora import (
 from twofiles.optim import OptimConfig, build_optimizers
 from twofiles.train import loop
 from twofiles.train.checkpoint import list_checkpoints
-from twofiles.train.loop import RunSpec
 from twofiles.train.runctl import CHECKPOINT_SECONDS, RunInterrupted, StopSignals
 
 if TYPE_CHECKING:
@@ -587,19 +586,8 @@ def _sft(cfg: SFTConfig, rt: rt_mod.Runtime, signals: StopSignals) -> SFTResult:
     # --- optimizer, objective, the loop ---
     optimizers = build_optimizers(model, cfg.optim)
     objective = SFTObjective(rt, loader, val_ex, cfg.batch_size, seq_len, pad_id)
-    spec = RunSpec(
-        out=out,
-        name="sft",
-        config=cfg.to_dict(),
-        optim=cfg.optim,
-        max_steps=cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch)),
-        time_budget_s=cfg.time_budget_s,
-        grad_accum=cfg.grad_accum,
-        eval_interval=cfg.eval_interval,
-        checkpoint_interval=cfg.checkpoint_interval,
-        checkpoint_seconds=cfg.checkpoint_seconds,
-        resume=cfg.resume,
-        progress=cfg.progress,
+    spec = loop.run_spec(
+        cfg, "sft", cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
     )
     loop.open_run(spec, rt)
     before: dict[str, Any] = {"val_loss": float("nan"), "skills": None}
