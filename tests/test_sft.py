@@ -421,7 +421,7 @@ def convs_jsonl(tmp_path_factory):
 def _metrics(run) -> list[dict]:
     import json
 
-    timing = {"time", "tok_s"}
+    timing = {"time", "tok_s", "eval_seconds"}
     return [
         {k: v for k, v in json.loads(ln).items() if k not in timing}
         for ln in (run / "metrics.jsonl").read_text().splitlines()

@@ -23,6 +23,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,7 +33,7 @@ import torch
 from twofiles import runtime as rt_mod
 from twofiles.artifact import atomic_write_bytes, save_model
 from twofiles.data.packing import Example, PackedLoader, eval_batches, make_example
-from twofiles.errors import BadInputError, TwofilesError
+from twofiles.errors import TwofilesError
 from twofiles.lora import (
     ALL_TARGETS,
     LoRAConfig,
@@ -41,15 +42,10 @@ from twofiles.lora import (
     save_adapters,
     trainable_parameters,
 )
-from twofiles.optim import OptimConfig, build_optimizers, set_lr
-from twofiles.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
-from twofiles.train.runctl import (
-    CHECKPOINT_SECONDS,
-    CheckpointTimer,
-    Planner,
-    RunInterrupted,
-    StopSignals,
-)
+from twofiles.optim import OptimConfig, build_optimizers
+from twofiles.train import loop
+from twofiles.train.checkpoint import list_checkpoints
+from twofiles.train.runctl import CHECKPOINT_SECONDS, RunInterrupted, StopSignals
 
 if TYPE_CHECKING:
     from twofiles.artifact import LoadedModel
@@ -445,6 +441,66 @@ def heldout_skill_tasks(n_per_kind: int, seed: int, who: ModelIdentity | None) -
 # ----------------------------------------------------------------------------------------- loop
 
 
+class SFTObjective:
+    """Next-token prediction on rendered conversations, the loss only on the assistant's tokens:
+    each micro-batch's loss is its sum over assistant targets, counted by their number, so the
+    step's loss is the mean over every assistant token of the step."""
+
+    def __init__(
+        self,
+        rt: rt_mod.Runtime,
+        loader: PackedLoader,
+        val_ex: list[Example],
+        batch_size: int,
+        seq_len: int,
+        pad_id: int,
+    ) -> None:
+        self.rt, self.loader, self.val_ex = rt, loader, val_ex
+        self.batch_size, self.seq_len, self.pad_id = batch_size, seq_len, pad_id
+        self.target_tokens = 0  # assistant tokens trained on
+
+    def next_batch(self) -> Any:
+        return self.loader.next_batch().to(self.rt.device)
+
+    def loss(self, model: torch.nn.Module, batch: Any) -> torch.Tensor:
+        return masked_loss_sum(model, batch, self.rt)
+
+    def count(self, batch: Any) -> int:
+        return int(batch.n_targets)
+
+    def batch_tokens(self, batch: Any) -> int:
+        return int((batch.segments >= 0).sum())  # padding excluded
+
+    def step_metrics(self, batches: list[Any]) -> dict[str, Any]:
+        self.target_tokens += sum(b.n_targets for b in batches)
+        return {"target_tokens": self.target_tokens, "epoch": self.loader.epoch}
+
+    def evaluate(self, model: torch.nn.Module, final: bool) -> dict[str, float]:
+        loss = heldout_loss(model, self.val_ex, self.rt, self.batch_size, self.seq_len, self.pad_id)
+        return {"val_loss": loss}
+
+    def before_step(self, step: int) -> None:
+        pass
+
+    def after_eval(
+        self, step: int, final: bool, periodic: bool, write: Callable[[str], None]
+    ) -> None:
+        pass
+
+    def reserve_s(self, per_step: float) -> float:
+        return 0.0  # the held-out sets are small: their evaluation is not budgeted
+
+    def probe(self, model: torch.nn.Module, per_step: float) -> None:
+        pass
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"loader": self.loader.state_dict(), "target_tokens": self.target_tokens}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.loader.load_state_dict(state["loader"])
+        self.target_tokens = state["target_tokens"]
+
+
 def sft(cfg: SFTConfig) -> SFTResult:
     """Run (or resume) supervised finetuning as configured."""
     rt = rt_mod.setup(cfg.device, cfg.dtype, cfg.threads or None)
@@ -527,56 +583,22 @@ def _sft(cfg: SFTConfig, rt: rt_mod.Runtime, signals: StopSignals) -> SFTResult:
         f"rendered in {time.perf_counter() - t0:.1f}s"
     )
 
-    # --- optimizer, schedule, run directory ---
+    # --- optimizer, objective, the loop ---
     optimizers = build_optimizers(model, cfg.optim)
-    planner = Planner(
-        cfg.optim,
-        cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch)),
-        cfg.time_budget_s,
+    objective = SFTObjective(rt, loader, val_ex, cfg.batch_size, seq_len, pad_id)
+    spec = loop.run_spec(
+        cfg, "sft", cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
     )
-    step, elapsed, tokens_seen, targets_seen = 0, 0.0, 0, 0
-    metrics_path = out / "metrics.jsonl"
-    val_loss_before = float("nan")
-    skills_before: SkillReport | None = None
+    loop.open_run(spec, rt)
+    before: dict[str, Any] = {"val_loss": float("nan"), "skills": None}
     skill_tasks = heldout_skill_tasks(cfg.skill_tasks, cfg.mix_seed, who) if cfg.skill_tasks else []
-    if cfg.resume:
-        ckpts = list_checkpoints(ckpt_dir)
-        if not ckpts:
-            raise TwofilesError(f"--resume: no checkpoint in {ckpt_dir}")
-        state = load_checkpoint(ckpts[-1], ckpt_module, optimizers)
-        step, elapsed = state["step"], state["elapsed"]
-        tokens_seen, targets_seen = state["tokens"], state["target_tokens"]
-        planner.load_state_dict(state)
-        if not planner.timed and planner.total < step:
-            raise BadInputError(
-                f"{planner.total} steps: the run is already at step {step}; give more steps"
-            )
-        val_loss_before = state["val_loss_before"]
-        if state.get("skills_before"):
-            skills_before = SkillReport(**state["skills_before"])
-        loader.load_state_dict(state["loader"])
-        if metrics_path.exists():  # drop what the interrupted run logged after the checkpoint
-            kept = [
-                ln
-                for ln in metrics_path.read_text().splitlines()
-                if ln.strip() and json.loads(ln).get("step", 0) <= step
-            ]
-            atomic_write_bytes(metrics_path, ("\n".join(kept) + "\n" if kept else "").encode())
-        _log(f"resumed from {ckpts[-1].name}: step {step}")
-    else:
-        metrics_path.unlink(missing_ok=True)
-    atomic_write_bytes(out / "config.json", json.dumps(cfg.to_dict(), indent=2).encode())
-    metrics_file = open(metrics_path, "a")  # noqa: SIM115  (open for the whole run, closed at its end)
 
-    def log_metrics(rec: dict[str, Any]) -> None:
-        metrics_file.write(json.dumps(rec) + "\n")
-        metrics_file.flush()
-
-    if not cfg.resume:  # the "before" numbers: the model as it came
-        val_loss_before = heldout_loss(model, val_ex, rt, cfg.batch_size, seq_len, pad_id)
-        log_metrics({"step": 0, "val_loss": val_loss_before, "time": 0.0})
+    def measure_before(log_metrics: Callable[[dict[str, Any]], None]) -> None:
+        """The "before" numbers: the model as it came."""
+        before["val_loss"] = objective.evaluate(model, False)["val_loss"]
+        log_metrics({"step": 0, "val_loss": before["val_loss"], "time": 0.0})
         if skill_tasks:
-            skills_before = skill_accuracy(
+            before["skills"] = skill_accuracy(
                 model,
                 tokenizer,
                 fmt,
@@ -584,122 +606,39 @@ def _sft(cfg: SFTConfig, rt: rt_mod.Runtime, signals: StopSignals) -> SFTResult:
                 max_tokens=cfg.skill_max_tokens,
                 progress=cfg.progress,
             )
-            log_metrics({"step": 0, "skills": skills_before.summary()})
+            log_metrics({"step": 0, "skills": before["skills"].summary()})
         _log(
-            f"before: held-out loss {val_loss_before:.4f}"
-            + (f", skill accuracy {skills_before.accuracy:.1%}" if skills_before else "")
+            f"before: held-out loss {before['val_loss']:.4f}"
+            + (f", skill accuracy {before['skills'].accuracy:.1%}" if before["skills"] else "")
         )
 
-    bar = None
-    if cfg.progress:
-        from tqdm import tqdm
+    def load_before(state: dict[str, Any]) -> None:
+        before["val_loss"] = state["val_loss_before"]
+        if state.get("skills_before"):
+            before["skills"] = SkillReport(**state["skills_before"])
 
-        bar = tqdm(
-            total=planner.total,
-            initial=step,
-            desc="sft",
-            unit="step",
-            file=sys.stderr,
-            dynamic_ncols=True,
-        )
-    val_loss = float("nan")
-    model.train()
-    loop_start, elapsed_before = time.perf_counter(), elapsed
-    resumed_at = step if cfg.resume else -1
-    timer = CheckpointTimer(cfg.checkpoint_seconds, elapsed)
-    signals.install()
-    while True:
-        elapsed = elapsed_before + (time.perf_counter() - loop_start)
-        # as in pretraining: the schedule's length follows the measured speed to the end
-        total_steps = planner.observe(step, elapsed)
-        if bar is not None and planner.timed:
-            bar.total = total_steps
-        last_step = step >= total_steps
-        stopping = signals.requested and not last_step
-        periodic = step > 0 and step != resumed_at
-        if last_step or (periodic and cfg.eval_interval and step % cfg.eval_interval == 0):
-            val_loss = heldout_loss(model, val_ex, rt, cfg.batch_size, seq_len, pad_id)
-            log_metrics({"step": step, "val_loss": val_loss, "time": elapsed, "final": last_step})
-            if bar is not None:
-                bar.set_postfix_str(f"val_loss {val_loss:.3f}", refresh=False)
-        if step > 0 and (
-            last_step
-            or stopping
-            or timer.due(elapsed)
-            or (periodic and cfg.checkpoint_interval and step % cfg.checkpoint_interval == 0)
-        ):
-            timer.reset(elapsed)
-            state = {
-                "elapsed": elapsed,
-                **planner.state_dict(),
-                "tokens": tokens_seen,
-                "target_tokens": targets_seen,
-                "loader": loader.state_dict(),
-                "val_loss_before": val_loss_before,
-                "skills_before": asdict(skills_before) if skills_before else None,
-                "config": cfg.to_dict(),
-            }
-            save_checkpoint(ckpt_dir, step, ckpt_module, optimizers, state)
-        if last_step or stopping:
-            break
-        # --- one optimizer step: the loss is the mean over every assistant token of the step ---
-        t_step = time.perf_counter()
-        lr = planner.lr(step)
-        set_lr(optimizers, lr)
-        batches = [loader.next_batch().to(rt.device) for _ in range(cfg.grad_accum)]
-        n_targets = sum(b.n_targets for b in batches)
-        loss_sum = torch.zeros((), device=rt.device)
-        for b in batches:
-            loss = masked_loss_sum(model, b, rt)
-            (loss / max(n_targets, 1)).backward()
-            loss_sum += loss.detach()
-        grad_norm = None
-        if cfg.optim.grad_clip > 0:
-            grad_norm = torch.nn.utils.clip_grad_norm_(
-                [p for p in model.parameters() if p.requires_grad], cfg.optim.grad_clip
-            )
-        for opt in optimizers:
-            opt.step()
-        for opt in optimizers:
-            opt.zero_grad(set_to_none=True)
-        train_loss = loss_sum.item() / max(n_targets, 1)
-        if not math.isfinite(train_loss):
-            raise TwofilesError(
-                f"training diverged at step {step} (loss {train_loss}); lower the learning rate"
-            )
-        step += 1
-        n_tokens = sum(int((b.segments >= 0).sum()) for b in batches)
-        tokens_seen += n_tokens
-        targets_seen += n_targets
-        elapsed = elapsed_before + (time.perf_counter() - loop_start)
-        tok_s = n_tokens / (time.perf_counter() - t_step)
-        log_metrics(
-            {
-                "step": step,
-                "loss": train_loss,
-                "lr": lr,
-                "tokens": tokens_seen,
-                "target_tokens": targets_seen,
-                "epoch": loader.epoch,
-                "time": elapsed,
-                "tok_s": tok_s,
-                "grad_norm": None if grad_norm is None else float(grad_norm),
-            }
-        )
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix_str(
-                f"loss {train_loss:.3f} | {tok_s:,.0f} tok/s"
-                + (f" | val_loss {val_loss:.3f}" if math.isfinite(val_loss) else ""),
-                refresh=False,
-            )
-    signals.restore()
-    if bar is not None:
-        bar.close()
-    if stopping and step == 0:  # stopped before its first step: nothing to save
-        raise KeyboardInterrupt
-    if stopping:  # a checkpoint is saved; the finished run's files come with the resumed run
-        metrics_file.close()
+    res = loop.run(
+        spec,
+        objective,
+        rt,
+        signals,
+        model,
+        ckpt_module,
+        optimizers,
+        on_start=measure_before,
+        on_resume=load_before,
+        extra_state=lambda: {
+            "val_loss_before": before["val_loss"],
+            "skills_before": asdict(before["skills"]) if before["skills"] else None,
+        },
+    )
+    step, elapsed = res.step, res.elapsed
+    tokens_seen, targets_seen = res.tokens, objective.target_tokens
+    val_loss_before: float = before["val_loss"]
+    skills_before: SkillReport | None = before["skills"]
+    val_loss = float(res.last_eval.get("val_loss", float("nan")))
+    metrics_path = out / "metrics.jsonl"
+    if res.stopped:  # a checkpoint is saved; the finished run's files come with the resumed run
         from twofiles.train.plots import plot_sft
 
         plot_sft(metrics_path, out / "loss.png")
@@ -707,7 +646,7 @@ def _sft(cfg: SFTConfig, rt: rt_mod.Runtime, signals: StopSignals) -> SFTResult:
             f"stopped at step {step}; checkpoint saved. Continue with: "
             f"twofiles sft {cfg.model} --out {cfg.out} --resume"
         )
-        raise RunInterrupted(signals.signum or 2, step, str(out))
+        raise RunInterrupted(res.signum or 2, step, str(out))
 
     skills_after = None
     if skill_tasks:
@@ -719,9 +658,10 @@ def _sft(cfg: SFTConfig, rt: rt_mod.Runtime, signals: StopSignals) -> SFTResult:
             max_tokens=cfg.skill_max_tokens,
             progress=cfg.progress,
         )
-        log_metrics({"step": step, "skills": skills_after.summary(), "final": True})
+        with open(metrics_path, "a") as f:
+            f.write(json.dumps({"step": step, "skills": skills_after.summary(), "final": True}))
+            f.write("\n")
         _log(f"after: held-out loss {val_loss:.4f}, skill accuracy {skills_after.accuracy:.1%}")
-    metrics_file.close()
 
     # --- the finetuned model ---
     provenance = {
