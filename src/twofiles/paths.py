@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from twofiles.errors import BadInputError
 
@@ -54,6 +55,29 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def read_jsonl(path: str | os.PathLike[str], what: str) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed JSON) for each non-blank line of a JSONL file: a missing file, bytes
+    that are not UTF-8 and invalid JSON are BadInputErrors naming the file (and line). `what`
+    names the file in the missing-file error ("conversations file")."""
+    path = str(path)
+    if not os.path.isfile(path):
+        raise BadInputError(f"no such {what}", path=path)
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise BadInputError("not UTF-8 text", path=path, line=lineno) from None
+            if not line.strip():
+                continue
+            try:
+                yield lineno, json.loads(line)
+            except json.JSONDecodeError as e:
+                raise BadInputError(
+                    f"invalid JSON ({e.msg} at column {e.colno})", path=path, line=lineno
+                ) from None
+
+
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
     """The safetensors header metadata, validated enough to give clear errors."""
     path = str(path)
@@ -79,4 +103,4 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
     return meta
 
 
-__all__ = ["DbKind", "atomic_write_bytes", "cache_dir", "default_db", "read_metadata"]
+__all__ = ["DbKind", "atomic_write_bytes", "cache_dir", "default_db", "read_jsonl", "read_metadata"]

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
 from twofiles.errors import BadInputError
+from twofiles.paths import read_jsonl
 
 Role = Literal["system", "user", "assistant", "tool"]
 ROLES: tuple[str, ...] = get_args(Role)
@@ -167,34 +168,17 @@ def read_conversations(path: str | os.PathLike[str]) -> list[list[Message]]:
     """Conversations from a JSONL file, one `{"messages": [...]}` object per line (blank lines
     skipped). Errors name file:line and the field."""
     path = str(path)
-    if not os.path.isfile(path):
-        raise BadInputError("no such conversations file", path=path)
     out: list[list[Message]] = []
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, 1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                raise BadInputError("not UTF-8 text", path=path, line=lineno) from None
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise BadInputError(
-                    f"invalid JSON ({e.msg} at column {e.colno})", path=path, line=lineno
-                ) from None
-            if not isinstance(obj, dict) or "messages" not in obj:
-                raise BadInputError(
-                    'expected an object with a "messages" list', path=path, line=lineno
-                )
-            try:
-                msgs = parse_messages(obj["messages"])
-            except BadInputError as e:
-                raise BadInputError(str(e), path=path, line=lineno) from None
-            if not msgs:
-                raise BadInputError("messages: empty conversation", path=path, line=lineno)
-            out.append(msgs)
+    for lineno, obj in read_jsonl(path, "conversations file"):
+        if not isinstance(obj, dict) or "messages" not in obj:
+            raise BadInputError('expected an object with a "messages" list', path=path, line=lineno)
+        try:
+            msgs = parse_messages(obj["messages"])
+        except BadInputError as e:
+            raise BadInputError(str(e), path=path, line=lineno) from None
+        if not msgs:
+            raise BadInputError("messages: empty conversation", path=path, line=lineno)
+        out.append(msgs)
     return out
 
 

@@ -26,7 +26,6 @@ the log-probs (train/preference.py), the training loop.
 
 from __future__ import annotations
 
-import json
 import os
 from collections import Counter
 from collections.abc import Sequence
@@ -34,6 +33,7 @@ from dataclasses import dataclass, field
 
 from twofiles.chat import ChatFormat, Message, parse_messages
 from twofiles.errors import BadInputError
+from twofiles.paths import read_jsonl
 from twofiles.tokenizer import Tokenizer
 
 # Why a pair was left out (or, "truncated", cut but kept), in the order reports list them.
@@ -134,27 +134,12 @@ def read_preferences(path: str | os.PathLike[str]) -> list[PreferencePair]:
     """Pairs from a JSONL file, one per line (blank lines skipped). Errors name file:line and the
     field, e.g. `prefs.jsonl:3: chosen[0].role: ...`."""
     path = str(path)
-    if not os.path.isfile(path):
-        raise BadInputError("no such preferences file", path=path)
     out: list[PreferencePair] = []
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, 1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                raise BadInputError("not UTF-8 text", path=path, line=lineno) from None
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise BadInputError(
-                    f"invalid JSON ({e.msg} at column {e.colno})", path=path, line=lineno
-                ) from None
-            try:
-                out.append(parse_pair(obj, where=f"{path}:{lineno}"))
-            except BadInputError as e:
-                raise BadInputError(str(e), path=path, line=lineno) from None
+    for lineno, obj in read_jsonl(path, "preferences file"):
+        try:
+            out.append(parse_pair(obj, where=f"{path}:{lineno}"))
+        except BadInputError as e:
+            raise BadInputError(str(e), path=path, line=lineno) from None
     return out
 
 
