@@ -267,13 +267,19 @@ def test_store_concurrent_voters_lose_and_duplicate_nothing(tmp_path: Path) -> N
         subprocess.Popen([sys.executable, "-c", _VOTER, path, str(w), "40"], env=_src_env())
         for w in range(4)
     ]  # separate processes
-    deadline = time.monotonic() + 120
-    while not all(Path(f"{path}.ready{w}").exists() for w in range(4)):
-        assert time.monotonic() < deadline, "the voters did not start"
-        time.sleep(0.01)  # every voter has imported and opened the store: a fair start
-    Path(path + ".go").touch()
-    for p in procs:
-        assert p.wait(120) == 0
+    try:
+        deadline = time.monotonic() + 120
+        while not all(Path(f"{path}.ready{w}").exists() for w in range(4)):
+            assert time.monotonic() < deadline, "the voters did not start"
+            time.sleep(0.01)  # every voter has imported and opened the store: a fair start
+        Path(path + ".go").touch()
+        for p in procs:
+            assert p.wait(120) == 0
+    finally:
+        for p in procs:  # none left waiting for a start that never comes
+            if p.poll() is None:
+                p.kill()
+                p.wait()
     battles = ArenaStore(path).battles()
     assert sorted(b.key for b in battles) == sorted(
         f"w{w}-{i}" for w in range(4) for i in range(40)
