@@ -16,6 +16,7 @@ import pytest
 import torch
 import transformers
 
+from peers import require
 from twofiles.errors import BadInputError, TwofilesError
 from twofiles.model import ModelConfig, Transformer
 from twofiles.tokenizer import Tokenizer
@@ -494,7 +495,7 @@ def smollm2():
     from twofiles.formats import alias_path
     from twofiles.formats.resolve import resolve_model
 
-    pytest.importorskip("accelerate")  # transformers needs it to read GGUF
+    require("accelerate", "pip install -e '.[test]'")  # transformers needs it to read GGUF
     path = alias_path("smollm2")
     if not path.is_file():
         pytest.skip("run `twofiles pull smollm2` first")

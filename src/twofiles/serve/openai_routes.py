@@ -138,6 +138,13 @@ def _sse(obj: Any) -> str:
     return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
 
+def _failed_sse(last: Any) -> str:
+    """A stream's row that ended in an error or was cancelled: the OpenAI error body as an event
+    (the stream has already sent its 200, so the status can no longer say it)."""
+    reason = last.error or last.finish_reason
+    return _sse(ApiError(500, f"generation failed: {reason}", type="server_error").body())
+
+
 def _tool_calls_json(message: Message) -> list[dict[str, Any]]:
     out = []
     for call in message.tool_calls:
@@ -371,13 +378,7 @@ async def _chat_chunks(
         async for i, events in gather_events(handles, time.monotonic() + timeout):
             last = events[-1]
             if last.finish_reason in ("error", "cancelled"):
-                yield _sse(
-                    ApiError(
-                        500,
-                        f"generation failed: {last.error or last.finish_reason}",
-                        type="server_error",
-                    ).body()
-                )
+                yield _failed_sse(last)
                 continue
             text = "".join(ev.text for ev in events)
             lp = _chat_logprobs(tok, events) if logprobs else None
@@ -447,13 +448,7 @@ async def _completion_chunks(
         async for i, events in gather_events(handles, time.monotonic() + timeout):
             last = events[-1]
             if last.finish_reason in ("error", "cancelled"):
-                yield _sse(
-                    ApiError(
-                        500,
-                        f"generation failed: {last.error or last.finish_reason}",
-                        type="server_error",
-                    ).body()
-                )
+                yield _failed_sse(last)
                 continue
             text = "".join(ev.text for ev in events)
             lp = _completion_logprobs(tok, events, offsets[i]) if logprobs else None

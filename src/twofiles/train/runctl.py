@@ -15,12 +15,17 @@ import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from twofiles.errors import BadInputError
 from twofiles.optim import OptimConfig, lr_factor
 
-C = TypeVar("C")  # a run's config dataclass (PretrainConfig, SFTConfig)
+
+class _RunConfig(Protocol):
+    time_budget_s: float
+
+
+C = TypeVar("C", bound=_RunConfig)  # a run's config dataclass (PretrainConfig, SFTConfig)
 
 # Seconds between checkpoints by default: a crash loses at most this much work, and a checkpoint of
 # a CPU-sized model (tens of MB) costs well under a second, < 2% of the interval.
@@ -219,7 +224,7 @@ def resumed(
     for name in apply:
         setattr(cfg, name, given[name][1])
     if "max_steps" in apply and "time_budget_s" not in apply:
-        setattr(cfg, "time_budget_s", 0.0)  # noqa: B010  (C is any run config)
+        cfg.time_budget_s = 0.0
     return cfg
 
 
