@@ -21,7 +21,7 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -32,7 +32,14 @@ from twofiles.artifact import atomic_write_bytes
 from twofiles.errors import BadInputError, TwofilesError
 from twofiles.optim import OptimConfig, set_lr
 from twofiles.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
-from twofiles.train.runctl import CheckpointTimer, Planner, StopSignals, agree, probe_due
+from twofiles.train.runctl import (
+    CHECKPOINT_SECONDS,
+    CheckpointTimer,
+    Planner,
+    StopSignals,
+    agree,
+    probe_due,
+)
 
 
 class Objective(Protocol):
@@ -109,31 +116,41 @@ class RunSpec:
     progress: bool = True
 
 
-class RunControl(Protocol):
-    """The run-control fields every stage's config carries under the same names."""
+@dataclass(kw_only=True)
+class RunConfig:
+    """The run-control fields, declared once: every stage's config (PretrainConfig, SFTConfig,
+    DPOConfig, ...) subclasses it and adds only its own fields. A stage whose default differs
+    (its run directory, its optimizer) redeclares just that default."""
 
-    out: str
-    optim: OptimConfig
-    time_budget_s: float
-    grad_accum: int
-    eval_interval: int
-    checkpoint_interval: int
-    checkpoint_seconds: float
-    resume: bool
-    progress: bool
+    out: str = "runs/run"  # run directory
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    max_steps: int = 0  # optimizer steps (the schedule's length) unless time_budget_s is set
+    time_budget_s: float = 0.0  # > 0: train for this many seconds (the schedule adapts its length)
+    grad_accum: int = 1  # micro-batches per optimizer step
+    eval_interval: int = 0  # steps between held-out evaluations (0: only at the end)
+    checkpoint_interval: int = 0  # steps between checkpoints (0: by time only)
+    checkpoint_seconds: float = CHECKPOINT_SECONDS  # run seconds between checkpoints (0: off)
+    seed: int = 1337  # initialisation and data order
+    device: str = "auto"
+    dtype: str = "auto"  # auto: bf16 autocast on CUDA, fp32 elsewhere
+    threads: int = 0  # CPU threads (0: torch's default)
+    resume: bool = False  # continue from the newest checkpoint in out/checkpoints
+    progress: bool = True  # tqdm progress bar on stderr
+    provenance: dict[str, Any] = field(default_factory=dict)  # extra provenance for the artifact
 
-    def to_dict(self) -> dict[str, Any]: ...
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
-def run_spec(cfg: RunControl, name: str, max_steps: int) -> RunSpec:
-    """The loop's view of a stage's config (`max_steps` as the stage resolves it: SFT derives it
-    from epochs when it is 0)."""
+def run_spec(cfg: RunConfig, name: str, max_steps: int | None = None) -> RunSpec:
+    """The loop's view of a stage's config (`max_steps` as the stage resolves it when it differs
+    from the config's: SFT derives it from epochs when it is 0)."""
     return RunSpec(
         out=Path(cfg.out),
         name=name,
         config=cfg.to_dict(),
         optim=cfg.optim,
-        max_steps=max_steps,
+        max_steps=cfg.max_steps if max_steps is None else max_steps,
         time_budget_s=cfg.time_budget_s,
         grad_accum=cfg.grad_accum,
         eval_interval=cfg.eval_interval,

@@ -17,7 +17,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,41 +35,27 @@ from twofiles.optim import OptimConfig, build_optimizers
 from twofiles.tokenizer import Tokenizer
 from twofiles.train import loop
 from twofiles.train.plots import plot_losses
-from twofiles.train.runctl import CHECKPOINT_SECONDS, RunInterrupted, StopSignals
+from twofiles.train.runctl import RunInterrupted, StopSignals
 
 
-@dataclass
-class PretrainConfig:
+@dataclass(kw_only=True)
+class PretrainConfig(loop.RunConfig):
+    """Pretraining's own fields; the run-control fields (out, optim, budget, evaluation and
+    checkpoint intervals, seed, device, resume, ...) are loop.RunConfig's."""
+
     data: str = ""  # prepared data directory (twofiles data prepare)
-    out: str = "runs/pretrain"  # run directory
+    out: str = "runs/pretrain"  # (this stage's default run directory)
     model: ModelConfig = field(default_factory=ModelConfig)  # vocab_size is taken from the data
-    optim: OptimConfig = field(default_factory=OptimConfig)
     batch_size: int = 16  # sequences per micro-batch per process
     seq_len: int = 256  # tokens per sequence
-    grad_accum: int = 1  # micro-batches per optimizer step
-    max_steps: int = 200  # optimizer steps (the schedule's length) unless time_budget_s is set
-    time_budget_s: float = (
-        0.0  # > 0: train for this many seconds; the WSD schedule adapts its length
-    )
-    eval_interval: int = 50  # steps between validation evaluations (0: only at the end)
+    max_steps: int = 200  # (this stage's default)
+    eval_interval: int = 50  # (this stage's default)
     eval_tokens: int = 32768  # validation tokens per periodic evaluation (the final one uses all)
     final_eval_tokens: int = 0  # 0: the whole validation split at the end
     sample_interval: int = 0  # steps between printed samples (0: only at the end)
     sample_prompt: str = ""  # prompt for samples ("" = start of a document)
     sample_tokens: int = 64  # tokens per sample
-    checkpoint_interval: int = 0  # steps between checkpoints (0: by time only)
-    checkpoint_seconds: float = CHECKPOINT_SECONDS  # run seconds between checkpoints (0: off)
-    seed: int = 1337  # model init and data order
     compile: bool = False  # torch.compile the model
-    device: str = "auto"
-    dtype: str = "auto"  # auto: bf16 autocast on CUDA, fp32 elsewhere
-    threads: int = 0  # CPU threads (0: torch's default)
-    resume: bool = False  # continue from the newest checkpoint in out/checkpoints
-    progress: bool = True  # tqdm progress bar on stderr
-    provenance: dict[str, Any] = field(default_factory=dict)  # extra provenance for the artifact
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PretrainConfig:

@@ -45,7 +45,7 @@ from twofiles.lora import (
 from twofiles.optim import OptimConfig, build_optimizers
 from twofiles.train import loop
 from twofiles.train.checkpoint import list_checkpoints
-from twofiles.train.runctl import CHECKPOINT_SECONDS, RunInterrupted, StopSignals
+from twofiles.train.runctl import RunInterrupted, StopSignals
 
 if TYPE_CHECKING:
     from twofiles.artifact import LoadedModel
@@ -69,34 +69,31 @@ def default_optim() -> OptimConfig:
     )
 
 
-@dataclass
-class SFTConfig:
+@dataclass(kw_only=True)
+class SFTConfig(loop.RunConfig):
+    """SFT's own fields; the run-control fields (out, optim, budget, evaluation and checkpoint
+    intervals, seed, device, resume, ...) are loop.RunConfig's."""
+
     model: str = (
         ""  # the model to finetune: model.safetensors, .gguf, Hugging Face directory or alias
     )
     data: str = "builtin"  # "builtin" (the built-in mix) or a JSONL file of {"messages": [...]}
     val_data: str = ""  # held-out JSONL; "" = the mix's own held-out split (builtin) or every 20th conversation of data
     max_val: int = 0  # held-out conversations scored for loss, at most (0: all)
-    out: str = "runs/sft"  # run directory
+    out: str = "runs/sft"  # (this stage's default run directory)
+    optim: OptimConfig = field(default_factory=default_optim)  # (this stage's default)
     lora_rank: int = 0  # > 0: train LoRA adapters of this rank instead of every weight
     lora_alpha: float = 16.0  # LoRA scale numerator (the update is scaled by alpha / rank)
     lora_targets: list[str] = field(
         default_factory=lambda: list(ALL_TARGETS)
     )  # Linear layers LoRA adapts
     merge: bool = False  # LoRA: merge the adapters into the weights and write model.safetensors
-    optim: OptimConfig = field(default_factory=default_optim)
     batch_size: int = 8  # rows per micro-batch
     seq_len: int = (
         512  # tokens per row (capped at the model's context); longer conversations are cut
     )
-    grad_accum: int = 1  # micro-batches per optimizer step
     epochs: float = 1.0  # passes over the training conversations (when max_steps is 0)
-    max_steps: int = 0  # optimizer steps; 0: from epochs
-    time_budget_s: float = 0.0  # > 0: train for this many seconds (the schedule adapts its length)
     pack: bool = True  # pack several conversations per row (block-diagonal attention)
-    eval_interval: int = 0  # steps between held-out loss evaluations (0: start and end only)
-    checkpoint_interval: int = 0  # steps between checkpoints (0: by time only)
-    checkpoint_seconds: float = CHECKPOINT_SECONDS  # run seconds between checkpoints (0: off)
     skill_tasks: int = 20  # held-out skill tasks per kind scored before and after (0: none)
     skill_max_tokens: int = 48  # tokens per generated reply when scoring skills
     identity: str = ""  # the assistant's name in the identity set; "" = twofiles for Shakespeare models, no identity set otherwise
@@ -104,16 +101,6 @@ class SFTConfig:
     mix_fraction: float = (
         1.0  # the built-in mix at this fraction of its size (per kind, at least 1)
     )
-    seed: int = 1337  # data order, LoRA init
-    device: str = "auto"
-    dtype: str = "auto"  # auto: bf16 autocast on CUDA, fp32 elsewhere
-    threads: int = 0  # CPU threads (0: torch's default)
-    resume: bool = False  # continue from the newest checkpoint in out/checkpoints
-    progress: bool = True  # tqdm progress bar on stderr
-    provenance: dict[str, Any] = field(default_factory=dict)  # extra provenance for the artifact
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SFTConfig:
