@@ -334,6 +334,29 @@ def test_lora_wrapped_projections_are_not_fused() -> None:
     )
 
 
+def test_adapters_disabled_is_the_base_model_without_a_copy() -> None:
+    """The reference model of DPO and RL's KL: the LoRA model with its adapters switched off
+    computes exactly the base model, and switching them back on restores the adapted model."""
+    from twofiles.lora import LoRAConfig, adapters_disabled, apply_lora, lora_layers
+
+    base = build(n_kv_heads=2).eval()
+    model = build(n_kv_heads=2).eval()
+    model.load_state_dict(base.state_dict())
+    apply_lora(model, LoRAConfig(rank=2, targets=["q_proj", "down_proj"]))
+    with torch.no_grad():
+        for layer in lora_layers(model).values():
+            layer.lora_B.normal_()
+    idx = tokens(model.config, B=2, T=8)
+    with torch.no_grad():
+        adapted = model(idx)
+        assert not torch.allclose(adapted, base(idx))
+        with adapters_disabled(model):
+            torch.testing.assert_close(model(idx), base(idx))
+        torch.testing.assert_close(model(idx), adapted)
+    with pytest.raises(ValueError, match="no LoRA adapters"), adapters_disabled(base):
+        pass
+
+
 def test_positions_with_caches_need_a_mask() -> None:
     model = build()
     with pytest.raises(ValueError, match="attn_mask"):

@@ -16,10 +16,12 @@ adapters file as a model: the base, adapted and merged), training (train/sft.py)
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -78,6 +80,7 @@ class LoRALinear(nn.Module):
             raise ValueError(f"LoRA rank must be >= 1, not {rank}")
         self.base = base
         self.rank, self.alpha, self.scale = rank, alpha, alpha / rank
+        self.enabled = True  # False: the layer is its frozen base (adapters_disabled)
         w = base.weight
         self.lora_A = nn.Parameter(
             torch.empty(rank, base.in_features, dtype=w.dtype, device=w.device)
@@ -97,6 +100,8 @@ class LoRALinear(nn.Module):
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.enabled:
+            return self.base(x)
         return self.base(x) + (self.dropout(x) @ self.lora_A.T @ self.lora_B.T) * self.scale
 
     def delta(self) -> torch.Tensor:
@@ -151,6 +156,22 @@ def apply_lora(model: nn.Module, cfg: LoRAConfig, *, seed: int = 0) -> list[str]
 
 def lora_layers(model: nn.Module) -> dict[str, LoRALinear]:
     return {name: m for name, m in model.named_modules() if isinstance(m, LoRALinear)}
+
+
+@contextlib.contextmanager
+def adapters_disabled(model: nn.Module) -> Iterator[None]:
+    """The model without its adapters for the duration: the frozen base, with no second copy of
+    the weights (the reference model of DPO and of RL's KL term)."""
+    layers = list(lora_layers(model).values())
+    if not layers:
+        raise ValueError("the model has no LoRA adapters to switch off")
+    for layer in layers:
+        layer.enabled = False
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.enabled = True
 
 
 def merge_lora(model: nn.Module) -> int:
@@ -319,6 +340,7 @@ __all__ = [
     "LoRAConfig",
     "LoRALinear",
     "adapt",
+    "adapters_disabled",
     "adapter_tensors",
     "adapters_base",
     "apply_lora",
