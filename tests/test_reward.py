@@ -394,3 +394,40 @@ def test_arena_reward_judge_votes_for_the_higher_score(
         sa, sb = scorer.score(b.prompt, b.reply_a), scorer.score(b.prompt, b.reply_b)
         assert b.meta["judge_detail"]["score_a"] == pytest.approx(sa, abs=1e-5)
         assert b.winner == ("a" if sa > sb else "b" if sb > sa else "tie")
+
+
+def test_resume_from_a_checkpoint_ends_where_the_straight_run_ends(tmp_path, model_path) -> None:
+    """Stopped after step 2 (its later checkpoint and files removed) and resumed: the same
+    reward file as the run that went straight through (the pairs' order, the head, the "before"
+    numbers all come back from the checkpoint)."""
+    from safetensors.torch import load_file
+
+    from twofiles.train.checkpoint import list_checkpoints
+
+    def cfg(resume: bool = False) -> RewardConfig:
+        c = RewardConfig(
+            model=model_path,
+            out=str(tmp_path / "run"),
+            max_steps=4,
+            batch_size=4,
+            checkpoint_interval=2,
+            checkpoint_seconds=0,
+            max_val=16,
+            resume=resume,
+            progress=False,
+        )
+        c.device = "cpu"
+        return c
+
+    straight = train_reward(cfg())
+    want = load_file(straight.model_path)
+    ckpts = list_checkpoints(tmp_path / "run" / "checkpoints")
+    assert len(ckpts) == 2
+    ckpts[-1].unlink()
+    Path(straight.model_path).unlink()
+    resumed = train_reward(cfg(resume=True))
+    assert resumed.before == straight.before and resumed.after == straight.after
+    got = load_file(resumed.model_path)
+    assert set(got) == set(want)
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], atol=0, rtol=0, msg=k)
