@@ -14,7 +14,8 @@ each averaged over many random N-subsets of the N_max drawn (exact at N = N_max)
 the task's own checker (skills.check: the reply's last number is the answer).
 
 Per-prompt records (samples, scores) go to OUT/reward_bon.jsonl as they are made; a rerun with
-the same OUT skips prompts already there. `--reward PATH` reuses a trained reward model.
+the same OUT skips prompts already there. `--reward PATH` reuses a trained reward model, and
+`--rescore` scores the stored samples again with it (two reward models on the same samples).
 
     python bench/reward.py --model smollm2 --train-seconds 240 --max-val 40 --prompts 12 --n 16 \
         --max-tokens 24 --out bench/results
@@ -91,7 +92,14 @@ def sample_and_score(args: argparse.Namespace, reward_path: str, out: Path) -> l
     records = []
     for i, t in enumerate(tasks):
         if t.prompt in done:
-            records.append(done[t.prompt])
+            rec = done[t.prompt]
+            if args.rescore:  # the same samples, scored by another reward model
+                t1 = time.perf_counter()
+                rec["scores"] = scorer.score_batch(
+                    [[Message("user", t.prompt)]] * len(rec["samples"]), rec["samples"]
+                )
+                rec["score_seconds"] = time.perf_counter() - t1
+            records.append(rec)
             continue
         msgs = [Message("user", t.prompt)]
         t0 = time.perf_counter()
@@ -184,6 +192,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="smollm2")
     ap.add_argument("--reward", default=None, help="a trained reward.safetensors (skip training)")
+    ap.add_argument(
+        "--rescore",
+        action="store_true",
+        help="score the samples already in OUT/reward_bon.jsonl again (with --reward: another model)",
+    )
     ap.add_argument("--train-seconds", type=float, default=240.0)
     ap.add_argument("--lora-rank", type=int, default=8)
     ap.add_argument("--lr", type=float, default=1e-3)
@@ -205,7 +218,7 @@ def main() -> None:
     t0 = time.perf_counter()
     if args.reward:
         reward_path = args.reward
-        info_path = out / "reward_train.json"
+        info_path = Path(args.reward).parent.parent / "reward_train.json"
         info = json.loads(info_path.read_text()) if info_path.exists() else {}
     else:
         reward_path, info = train(args, out)
