@@ -123,6 +123,8 @@ def sample_and_score(args: argparse.Namespace, reward_path: str, out: Path) -> l
             file=sys.stderr,
             flush=True,
         )
+    if args.rescore:  # the file holds the scores the report uses
+        path.write_text("".join(json.dumps(r) + "\n" for r in records))
     return records
 
 
