@@ -13,12 +13,13 @@ Hugging Face Llama; the safetensors metadata (string -> string) carries everythi
     chat_template Jinja chat template ("" when the model has none)
     provenance    JSON: what produced it, from what, when, with which settings
 
-Tied embeddings are stored once (embed_tokens); lm_head is re-tied at load. A file of another kind
-built on a Transformer (a reward model: "twofiles-reward", scoring.py) has the same layout with its
-own format and its extra tensors beside the weights (`extra`); a model load refuses it by name. Writes are atomic
-(temp file + rename). Loading never unpickles anything. What it leaves to others: GGUF / HF
-directories (formats), device choice (runtime), atomic writes and the safetensors header
-(paths.py; `atomic_write_bytes` and `read_metadata` are importable from here too).
+Tied embeddings are stored once (embed_tokens); lm_head is re-tied at load. A file of another
+kind built on a Transformer (a reward model: "twofiles-reward", scoring.py) has the same layout
+with its own format and its extra tensors beside the weights (`extra`); a model load refuses it
+by name. Writes are atomic (temp file + rename). Loading never unpickles anything. What it leaves
+to others: GGUF / HF directories (formats), device choice (runtime), atomic writes and the
+safetensors header (paths.py; `atomic_write_bytes` and `read_metadata` are importable from here
+too).
 """
 
 from __future__ import annotations
@@ -56,7 +57,6 @@ class LoadedModel:
     provenance: dict[str, Any] = field(default_factory=dict)
     path: str = ""
     extra: dict[str, torch.Tensor] = field(default_factory=dict)  # tensors beside the weights
-    metadata: dict[str, str] = field(default_factory=dict)  # the file's own metadata fields
 
 
 def save_model(
@@ -239,5 +239,4 @@ def load_model(
         provenance=provenance,
         path=path,
         extra=extras,
-        metadata=meta,
     )

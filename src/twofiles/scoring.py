@@ -135,7 +135,7 @@ def load_reward_model(
         )
     loaded = load_model(path, device="cpu", format=REWARD_FORMAT, extra=(HEAD,))
     try:
-        form = json.loads(loaded.metadata.get("reward", "{}")).get("form", "chat")
+        form = json.loads(meta.get("reward", "{}")).get("form", "chat")
     except (json.JSONDecodeError, AttributeError):
         form = None
     if form not in ("chat", "plain"):
