@@ -13,10 +13,13 @@ Hugging Face Llama; the safetensors metadata (string -> string) carries everythi
     chat_template Jinja chat template ("" when the model has none)
     provenance    JSON: what produced it, from what, when, with which settings
 
-Tied embeddings are stored once (embed_tokens); lm_head is re-tied at load. Writes are atomic
-(temp file + rename). Loading never unpickles anything. What it leaves to others: GGUF / HF
-directories (formats), device choice (runtime), atomic writes and the safetensors header
-(paths.py; `atomic_write_bytes` and `read_metadata` are importable from here too).
+Tied embeddings are stored once (embed_tokens); lm_head is re-tied at load. A file of another
+kind built on a Transformer (a reward model: "twofiles-reward", scoring.py) has the same layout
+with its own format and its extra tensors beside the weights (`extra`); a model load refuses it
+by name. Writes are atomic (temp file + rename). Loading never unpickles anything. What it leaves
+to others: GGUF / HF directories (formats), device choice (runtime), atomic writes and the
+safetensors header (paths.py; `atomic_write_bytes` and `read_metadata` are importable from here
+too).
 """
 
 from __future__ import annotations
@@ -39,6 +42,11 @@ if TYPE_CHECKING:
 
 FORMAT = "twofiles"
 VERSION = "1"
+# Files of other kinds with this layout, and what to say when one is loaded as a model.
+OTHER_KINDS = {
+    "twofiles-reward": "a reward model: it scores replies and writes none (use it as reward:PATH "
+    "with `chat --scorer`, `arena battle --judge` or `pairs --judge`)",
+}
 
 
 @dataclass
@@ -48,6 +56,7 @@ class LoadedModel:
     chat_template: str = ""
     provenance: dict[str, Any] = field(default_factory=dict)
     path: str = ""
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)  # tensors beside the weights
 
 
 def save_model(
@@ -57,17 +66,26 @@ def save_model(
     *,
     provenance: dict[str, Any] | None = None,
     chat_template: str = "",
+    format: str = FORMAT,
+    extra: dict[str, torch.Tensor] | None = None,
+    metadata: dict[str, str] | None = None,
 ) -> Path:
-    """Write model + tokenizer + config + provenance to one safetensors file, atomically."""
+    """Write model + tokenizer + config + provenance to one safetensors file, atomically.
+    Another kind of file (`format`) adds its `extra` tensors and `metadata` fields."""
     from safetensors.torch import save
 
     sd = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     if model.config.tie_embeddings:
         sd.pop("lm_head.weight", None)
+    for k, v in (extra or {}).items():
+        if k in sd:
+            raise ValueError(f"extra tensor {k} clashes with a weight of the model")
+        sd[k] = v.detach().to("cpu").contiguous()
     prov = {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "producer": "twofiles"}
     prov.update(provenance or {})
-    metadata = {
-        "format": FORMAT,
+    meta = {
+        **(metadata or {}),
+        "format": format,
         "version": VERSION,
         "config": json.dumps(model.config.to_dict()),
         "tokenizer": tokenizer.to_json(),
@@ -82,7 +100,7 @@ def save_model(
         "provenance": json.dumps(prov, default=str),
     }
     path = Path(path)
-    atomic_write_bytes(path, save(sd, metadata=metadata))
+    atomic_write_bytes(path, save(sd, metadata=meta))
     return path
 
 
@@ -133,9 +151,12 @@ def load_model(
     *,
     device: str | torch.device = "cpu",
     dtype: torch.dtype | None = None,
+    format: str = FORMAT,
+    extra: tuple[str, ...] = (),
 ) -> LoadedModel:
     """Load a twofiles model.safetensors onto `device` (weights kept in their stored dtype unless
-    `dtype` is given)."""
+    `dtype` is given). Another kind of file with this layout loads with its `format`; its `extra`
+    tensors (required) come back in LoadedModel.extra, on the CPU."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -144,9 +165,14 @@ def load_model(
 
     path = str(path)
     meta = read_metadata(path)
-    if meta.get("format") != FORMAT:
+    if meta.get("format") != format:
+        found = meta.get("format", "")
+        if format == FORMAT and found in OTHER_KINDS:
+            raise BadInputError(f"not a model file but {OTHER_KINDS[found]}", path=path)
+        what = "a twofiles model" if format == FORMAT else f"a {format}"
         raise BadInputError(
-            "not a twofiles model file (metadata 'format' is missing or different)", path=path
+            f"not {what} file (metadata 'format' is {found or 'missing'}, not {format!r})",
+            path=path,
         )
     for key in ("config", "tokenizer"):
         if key not in meta:
@@ -174,6 +200,10 @@ def load_model(
         sd = load_file(path, device="cpu")
     except (SafetensorError, OSError) as e:
         raise BadInputError(f"cannot read tensors: {e}", path=path) from None
+    missing_extra = [k for k in extra if k not in sd]
+    if missing_extra:
+        raise BadInputError(f"tensor {missing_extra[0]} is missing", path=path)
+    extras = {k: sd.pop(k) for k in extra}
     _check_config_against_tensors(cfg, sd, path)
     # Built on CPU, not the meta device: entering torch's meta-device mode imports ~1 s of torch
     # internals, more than default-initialising a small model costs.
@@ -208,4 +238,5 @@ def load_model(
         chat_template=meta.get("chat_template", ""),
         provenance=provenance,
         path=path,
+        extra=extras,
     )

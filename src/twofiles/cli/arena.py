@@ -3,6 +3,7 @@
     twofiles arena battle --models base=runs/base/model.safetensors smollm2 --prompts arithmetic --judge reference
     twofiles arena battle --models A B C --prompts prompts.jsonl --judge human --db arena.db
     twofiles arena battle --models A B --prompts prompts.txt --judge model:smollm2
+    twofiles arena battle --models A B --prompts arithmetic --judge reward:runs/reward/reward.safetensors
     twofiles arena leaderboard --png leaderboard.png --json
 
 Without --db both read and write the database the web UI's arena page writes
@@ -45,7 +46,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="JSONL / text file of prompts, or a built-in generative task",
     )
     b.add_argument(
-        "--judge", default="human", help="human | reference | model:MODEL (default human)"
+        "--judge",
+        default="human",
+        help="human | reference | model:MODEL | reward:PATH (a reward model from twofiles reward; the higher-scored reply wins) (default human)",
     )
     b.add_argument(
         "--db",
@@ -161,8 +164,16 @@ def _battle(args: argparse.Namespace) -> int:
     elif args.judge.startswith("model:"):
         judge_contestant = _contestant(args.judge[len("model:") :], device, loaded, args)
         judge = ModelJudge(judge_contestant.backend, name=f"model:{judge_contestant.name}")
+    elif args.judge.startswith("reward:"):
+        from twofiles.arena.judges import ScoreJudge
+        from twofiles.scoring import load_reward_scorer, reward_path
+
+        scorer = load_reward_scorer(reward_path(args.judge, "--judge"), device=device)
+        judge = ScoreJudge(scorer.score, name=scorer.name)
     else:
-        raise TwofilesError(f"--judge {args.judge}: expected human, reference or model:MODEL")
+        raise TwofilesError(
+            f"--judge {args.judge}: expected human, reference, model:MODEL or reward:PATH"
+        )
     contestants = [_contestant(m, device, loaded, args) for m in args.models]
     print(
         f"arena: {len(contestants)} models, {len(prompts)} prompts, judge {judge.name}, votes to {args.db}",

@@ -62,6 +62,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="N",
         help="System 2: sample N replies per turn (one batch), majority-vote their final numbers, show the winner (default 1 = off)",
     )
+    p.add_argument(
+        "--scorer",
+        default=None,
+        metavar="reward:PATH",
+        help="with --think N: best-of-N, the sample this reward model (twofiles reward) scores highest, instead of the majority vote",
+    )
     add_device_flag(p)
     add_inference_flags(p, compile=True)
     add_json_flag(p)
@@ -112,9 +118,10 @@ def _show(events, pieces: list[str], shown: list, out, err) -> list:
     return []
 
 
-def _think(loaded, fmt, messages, params, n: int, stats, out, err) -> list:
+def _think(loaded, fmt, messages, params, n: int, stats, out, err, scorer=None, picks=None) -> list:
     """One turn of System 2: n batched samples, majority vote on their final numbers; the
-    first sample with the winning answer is the reply."""
+    first sample with the winning answer is the reply. With a reward model (`scorer`):
+    best-of-n, the highest-scored sample (ties: the earliest), each pick added to `picks`."""
     from dataclasses import replace
 
     from twofiles.chat import Message
@@ -127,6 +134,20 @@ def _think(loaded, fmt, messages, params, n: int, stats, out, err) -> list:
     v = think(loaded.model, loaded.tokenizer, ids, p, n)
     stats.tokens += v.tokens
     stats.prompt_tokens = len(ids)
+    if scorer is not None:
+        scores = scorer.score_batch([messages] * len(v.texts), v.texts)
+        best = max(range(len(scores)), key=lambda i: (scores[i], -i))
+        print(
+            f"[think] {n} samples, reward scores: {', '.join(f'{x:.3f}' for x in scores)} "
+            f"-> sample {best + 1}",
+            file=err,
+            flush=True,
+        )
+        if picks is not None:
+            picks.append({"samples": v.texts, "scores": scores, "chosen": best})
+        out.write(v.texts[best])
+        out.flush()
+        return [Message("assistant", v.texts[best])]
     tally = ", ".join(f"{a} x{c}" for a, c in v.votes.items()) or "no numeric answers"
     print(
         f"[think] {n} samples: {tally} -> {v.answer if v.answer is not None else 'no majority (showing the first sample)'}",
@@ -166,6 +187,8 @@ def run(args: argparse.Namespace) -> int:
         raise TwofilesError(
             "--think and --tools do not combine: each sample would run its own tool calls"
         )
+    if args.scorer is not None and args.think < 2:
+        raise TwofilesError("--scorer picks the best of several samples: pass --think N (N >= 2)")
     params = sampling_params(args)
     seed = params.seed
     tools = _pick_tools(args.tools, args.workdir)
@@ -176,6 +199,12 @@ def run(args: argparse.Namespace) -> int:
     loaded = resolve_model(args.model, device=device)
     fmt = ChatFormat.for_model(loaded)
     err = sys.stderr
+    scorer = None
+    if args.scorer is not None:
+        from twofiles.scoring import load_reward_scorer, reward_path
+
+        scorer = load_reward_scorer(reward_path(args.scorer, "--scorer"), device=device)
+        print(f"best-of-{args.think} by the reward model {scorer.path}", file=err)
     print(
         f"model {args.model}: {sum(p.numel() for p in loaded.model.parameters()) / 1e6:.2f}M parameters, {device.type} ({why}), loaded in {time.perf_counter() - t0:.2f}s",
         file=err,
@@ -216,6 +245,7 @@ def run(args: argparse.Namespace) -> int:
     out = sys.stdout
     replies: list[str] = []
     stats = RespondStats()
+    picks: list[dict] = []  # best-of-N: each turn's samples, their scores and the pick
     turn, n_calls, gen_seconds = 0, 0, 0.0
 
     while True:
@@ -267,7 +297,16 @@ def run(args: argparse.Namespace) -> int:
                 try:
                     if args.think > 1:
                         added = _think(
-                            loaded, fmt, messages, turn_params, args.think, stats, out, err
+                            loaded,
+                            fmt,
+                            messages,
+                            turn_params,
+                            args.think,
+                            stats,
+                            out,
+                            err,
+                            scorer,
+                            picks,
                         )
                         pieces.append(added[0].content)
                     else:
@@ -326,6 +365,7 @@ def run(args: argparse.Namespace) -> int:
                 "seconds": round(gen_seconds, 4),
                 "tokens_per_second": round(tps, 2),
                 "seed": seed,
+                **({"best_of_n": picks} if scorer is not None else {}),
             }
         )
     return 0

@@ -1,0 +1,154 @@
+"""Train a reward model on preference pairs: a scalar head on a model, Bradley–Terry loss.
+
+    twofiles reward smollm2 --data builtin --lora-rank 8 --out runs/reward
+    twofiles reward runs/sft/model.safetensors --data prefs.jsonl --center-rewards 0.01
+
+The result, OUT/reward.safetensors, scores replies wherever a scorer fits:
+`chat --think N --scorer reward:PATH`, `arena battle --judge reward:PATH`, `pairs --judge reward:PATH`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING, Any
+
+from twofiles.cli.common import add_json_flag, add_training_run_flags, emit_json, given_flags
+
+if TYPE_CHECKING:
+    from twofiles.train.reward import RewardConfig
+
+# flag -> (section, field, type, help); section "" is RewardConfig itself
+_FIELDS: list[tuple[str, str, str, type, str]] = [
+    ("--lora-rank", "", "lora_rank", int, "train LoRA adapters of this rank (+ the head; 0: every weight)"),
+    ("--lora-alpha", "", "lora_alpha", float, "LoRA scale numerator: the update is scaled by alpha / rank"),
+    ("--center-rewards", "", "center_rewards", float, "add C * mean((r_chosen + r_rejected)^2) to the loss (TRL's center_rewards_coefficient; 0: off)"),
+    ("--optimizer", "optim", "optimizer", str, "adamw (default) or muon"),
+    ("--lr", "optim", "lr", float, "peak learning rate"),
+    ("--weight-decay", "optim", "weight_decay", float, "decoupled weight decay on matrices"),
+    ("--schedule", "optim", "schedule", str, "wsd, cosine or constant"),
+    ("--warmup-steps", "optim", "warmup_steps", int, "linear warm-up steps"),
+    ("--grad-clip", "optim", "grad_clip", float, "global gradient-norm clip (0: off)"),
+    ("--batch-size", "", "batch_size", int, "pairs per micro-batch (2x rows)"),
+    ("--max-len", "", "max_len", int, "tokens of prompt + reply (longer replies are cut)"),
+    ("--grad-accum", "", "grad_accum", int, "micro-batches per optimizer step"),
+    ("--epochs", "", "epochs", float, "passes over the training pairs"),
+    ("--max-steps", "", "max_steps", int, "optimizer steps (overrides --epochs)"),
+    ("--time-budget", "", "time_budget_s", float, "train for this many seconds"),
+    ("--eval-interval", "", "eval_interval", int, "steps between held-out evaluations"),
+    ("--checkpoint-interval", "", "checkpoint_interval", int, "steps between checkpoints (besides those every --checkpoint-seconds)"),
+    ("--checkpoint-seconds", "", "checkpoint_seconds", float, "seconds between checkpoints (default 60; 0: only at the end and on Ctrl-C/SIGTERM)"),
+    ("--max-val", "", "max_val", int, "score at most this many held-out pairs (0: all)"),
+    ("--pairs-seed", "", "pairs_seed", int, "seed of the built-in pairs"),
+    ("--seed", "", "seed", int, "seed for the pairs' order, the head and LoRA init"),
+    ("--threads", "", "threads", int, "CPU threads"),
+]  # fmt: skip
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "model",
+        metavar="MODEL",
+        help="the model under the head: model.safetensors, .gguf, Hugging Face directory, or an alias (smollm2)",
+    )
+    p.add_argument(
+        "--data",
+        default=None,
+        help="builtin (default: right vs wrong replies to the built-in skill tasks) or a preference "
+        'JSONL in TRL\'s forms ({"prompt", "chosen", "rejected"})',
+    )
+    p.add_argument(
+        "--val-data",
+        default=None,
+        help="held-out pairs (default: the built-in held-out split, or every 20th pair of --data)",
+    )
+    p.add_argument("--out", default="runs/reward", help="run directory")
+    for flag, _, _, typ, help_text in _FIELDS:
+        p.add_argument(flag, type=typ, default=None, help=help_text)
+    p.add_argument(
+        "--lora-targets",
+        default=None,
+        help="comma-separated Linear names LoRA adapts (default: all of q,k,v,o,gate,up,down_proj)",
+    )
+    add_training_run_flags(p)
+    add_json_flag(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from twofiles.train.reward import RewardConfig, train_reward
+    from twofiles.train.runctl import RunInterrupted
+
+    if args.resume and (Path(args.out) / "config.json").is_file():
+        cfg = _resumed_config(args, json.loads((Path(args.out) / "config.json").read_text()))
+    else:
+        cfg = RewardConfig(
+            model=args.model,
+            data=args.data or "builtin",
+            val_data=args.val_data or "",
+            out=args.out,
+        )
+        for flag, section, name, _, _ in _FIELDS:
+            value = getattr(args, flag[2:].replace("-", "_"))
+            if value is not None:
+                setattr(cfg.optim if section == "optim" else cfg, name, value)
+        if args.lora_targets:
+            cfg.lora_targets = [t.strip() for t in args.lora_targets.split(",") if t.strip()]
+        cfg.device, cfg.dtype = args.device, args.dtype
+    cfg.resume, cfg.progress = args.resume, not args.no_progress
+    try:
+        res = train_reward(cfg)
+    except RunInterrupted as e:  # a checkpoint is saved; the message says how to continue
+        return e.exit_code
+    print(
+        f"held-out pair accuracy {res.before['val_accuracy']:.1%} -> {res.after['val_accuracy']:.1%}, "
+        f"loss {res.before['val_loss']:.4f} -> {res.after['val_loss']:.4f}; "
+        f"{res.steps} steps in {res.train_seconds:.1f}s; reward model {res.model_path}"
+    )
+    if args.json:
+        emit_json(res.summary())
+    return 0
+
+
+# What a resumed run may change: how long it runs, where, how it reports.
+RESUME_CHANGEABLE = {
+    "max_steps",
+    "epochs",
+    "time_budget_s",
+    "threads",
+    "eval_interval",
+    "checkpoint_interval",
+    "checkpoint_seconds",
+}
+
+
+def _resumed_config(args: argparse.Namespace, saved: dict[str, Any]) -> RewardConfig:
+    """The saved run's config with the flags that may change applied; conflicting ones refused."""
+    from pathlib import Path
+
+    from twofiles.train.reward import RewardConfig
+    from twofiles.train.runctl import resumed
+
+    given = given_flags(args, _FIELDS)
+    for name, flag, value in (
+        ("model", "MODEL", args.model),
+        ("data", "--data", args.data),
+        ("val_data", "--val-data", args.val_data),
+    ):
+        if value is not None:
+            old = str(saved.get(name, ""))
+            same = value == old or (
+                Path(value).exists() and Path(value).resolve() == Path(old).resolve()
+            )
+            given[name] = (flag, saved.get(name) if same else value)
+    if args.lora_targets:
+        given["lora_targets"] = (
+            "--lora-targets",
+            [t.strip() for t in args.lora_targets.split(",") if t.strip()],
+        )
+    cfg = resumed(saved, RewardConfig.from_dict(saved), given, RESUME_CHANGEABLE)
+    cfg.device = args.device
+    if args.dtype != "auto":
+        cfg.dtype = args.dtype
+    return cfg
