@@ -26,6 +26,14 @@ VERBS: dict[str, tuple[str, str]] = {
         "twofiles.cli.sft",
         "finetune a model into an assistant on conversations (built-in mix or JSONL), fully or with LoRA",
     ),
+    "pairs": (
+        "twofiles.cli.pairs",
+        "sample K answers per prompt and label them with the task's verifier: preference pairs (JSONL)",
+    ),
+    "rl": (
+        "twofiles.cli.rl",
+        "RL against a verifiable reward: groups of rollouts, the verifier's reward, LoRA or full",
+    ),
     "generate": ("twofiles.cli.generate", "sample a continuation from a model"),
     "export": (
         "twofiles.cli.export",
