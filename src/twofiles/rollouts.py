@@ -20,12 +20,14 @@ the verifier accepts the final reply, else 0.0.
 
 What it leaves to others: the decoder and sampling math (decoder.py, engine.py), chat rendering
 and tool-call parsing (chat), the tools (tools), the tasks' data and checkers (data.skills,
-eval.tasks, eval.extract), training on rollouts (train/rl.py) and pairs (cli/pairs.py).
+eval.tasks, eval.extract), training on rollouts (train/rl.py). `label_pairs` turns groups of
+scored rollouts into preference pairs (TRL's conversational form) for `twofiles pairs`.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 import re
 from collections.abc import Callable, Sequence
@@ -410,6 +412,106 @@ def sample_rollouts(
     return outs
 
 
+# ---------------------------------------------------------------------------------------- pairs
+
+# A judge scores replies to prompts: (user prompts, final replies) -> one score each, higher is
+# better. The verifier's is 1.0 or 0.0; a reward model's (scoring.load_reward_scorer(...)
+# .score_batch) is any real number.
+Judge = Callable[[list[str], list[str]], list[float]]
+
+# Why a prompt gave fewer pairs than asked, in the order reports list them.
+PAIR_SKIP_REASONS: tuple[str, ...] = (
+    "all_correct",
+    "all_wrong",
+    "tied",
+    "identical",
+    "empty",
+    "prompt_too_long",
+)
+
+
+def verifier_judge(tasks: Sequence[VerifiableTask]) -> Judge:
+    """The tasks' own verifiers as a judge: 1.0 for a reply its task accepts, else 0.0."""
+    by_prompt = {t.prompt: t for t in tasks}
+    by_prompt.update({t.plain: t for t in tasks if t.plain})
+
+    def judge(prompts: list[str], replies: list[str]) -> list[float]:
+        return [float(by_prompt[p].verify(r)) for p, r in zip(prompts, replies)]
+
+    return judge
+
+
+def _completion(r: Rollout, conversational: bool) -> Any:
+    if not conversational:
+        return r.reply
+    return [m.to_dict() for m in r.messages]
+
+
+def _empty(r: Rollout) -> bool:
+    return not r.ids or not any(m.content.strip() or m.tool_calls for m in r.messages)
+
+
+def label_pairs(
+    rollouts: Sequence[Rollout],
+    group: int,
+    scores: Sequence[float],
+    *,
+    pairs_per_prompt: int = 1,
+    verifier: bool = True,
+    conversational: bool = True,
+) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """Preference pairs from groups of scored rollouts (task-major, `group` per task): chosen
+    from the best-scored replies, rejected from the worst, distinct replies paired first (the
+    best against the worst), at most `pairs_per_prompt` per prompt and never more than the
+    distinct replies allow. Nothing is dropped silently: a prompt without a pair is counted by
+    reason (all right, all wrong, all tied, fewer than two non-empty replies, identical sides)."""
+    skipped = dict.fromkeys(PAIR_SKIP_REASONS, 0)
+    out: list[dict[str, Any]] = []
+    for i in range(0, len(rollouts), group):
+        rs, sc = list(rollouts[i : i + group]), list(scores[i : i + group])
+        task = rs[0].task
+        usable = [(s, r) for s, r in zip(sc, rs) if not _empty(r)]
+        if len(usable) < len(rs) and len(usable) < 2:
+            skipped["empty"] += 1
+            continue
+        hi, lo = max(s for s, _ in usable), min(s for s, _ in usable)
+        if hi == lo:
+            key = "tied" if not verifier else "all_correct" if hi > 0 else "all_wrong"
+            skipped[key] += 1
+            continue
+        # distinct replies, best first among the chosen and worst first among the rejected;
+        # shorter replies first among equals (a concise right answer, a concise wrong one)
+        seen: set[str] = set()
+        chosen, rejected = [], []
+        for s, r in sorted(usable, key=lambda x: (-x[0], len(x[1].ids))):
+            text = json.dumps(_completion(r, conversational), sort_keys=True)
+            if text in seen:
+                continue
+            seen.add(text)
+            (chosen if s == hi else rejected if s == lo else []).append(r)
+        rejected.sort(key=lambda r: len(r.ids))
+        # each pair brings at least one reply no earlier pair of this prompt had
+        for k in range(min(pairs_per_prompt, max(len(chosen), len(rejected)))):
+            c, rj = chosen[k % len(chosen)], rejected[k % len(rejected)]
+            cc, rc = _completion(c, conversational), _completion(rj, conversational)
+            if cc == rc:  # a judge that scored the same reply two ways
+                skipped["identical"] += 1
+                continue
+            prompt: Any = [m.to_dict() for m in task.messages()] if conversational else task.plain
+            out.append(
+                {
+                    "prompt": prompt,
+                    "chosen": cc,
+                    "rejected": rc,
+                    "task": task.id,
+                    "answer": task.answer,
+                    "score_chosen": sc[rs.index(c)],
+                    "score_rejected": sc[rs.index(rj)],
+                }
+            )
+    return out, skipped
+
+
 def _row_seed(seed: int, task: str, j: int, round_: int) -> int:
     # one stream per (call seed, task, member of its group, round): stable across processes,
     # batch shapes and whatever else is sampled with it
@@ -437,14 +539,18 @@ def shuffled(items: Sequence[Any], seed: int, epoch: int) -> list[Any]:
 __all__ = [
     "ARITHMETIC_MAX",
     "HELD_OUT_PERCENT",
+    "PAIR_SKIP_REASONS",
+    "Judge",
     "Rollout",
     "VerifiableTask",
     "arithmetic_tasks",
     "eval_file_tasks",
+    "label_pairs",
     "load_tasks",
     "pass_at_k",
     "sample_rollouts",
     "shuffled",
     "skill_tasks",
     "split_task_names",
+    "verifier_judge",
 ]
