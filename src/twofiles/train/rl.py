@@ -237,15 +237,25 @@ def collate_rollouts(
 
 
 def token_logps(
-    model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor
+    model: torch.nn.Module,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(log p(target) [B, T], entropy of each position's distribution [B, T], detached).
-    Right padding is never seen by a real token under the causal mask."""
-    logits = model(inputs).float()  # [B, T, V]
+    """(log p(target) [B, T], entropy of each position's distribution [B, T], detached); with
+    `mask` [B, T] only its positions are computed (0 elsewhere): the output layer and its
+    [N, V] log-softmax run on the model's tokens alone, not on the prompt's, which in a chat
+    rollout are most of the row. Right padding is never seen by a real token (causal mask)."""
+    if mask is None:
+        mask = torch.ones_like(targets, dtype=torch.bool)
+    hidden = model.hidden_states(inputs)  # type: ignore[operator]  # [B, T, dim]
+    logits = model.lm_head(hidden[mask]).float()  # type: ignore[operator]  # [N, V]
     logp_all = F.log_softmax(logits, dim=-1)
-    logp = logp_all.gather(-1, targets[..., None]).squeeze(-1)
+    logp = torch.zeros(targets.shape, dtype=logp_all.dtype, device=logp_all.device)
+    logp[mask] = logp_all.gather(-1, targets[mask][:, None]).squeeze(-1)
     with torch.no_grad():
-        entropy = -(logp_all.exp() * logp_all).sum(-1)
+        entropy = torch.zeros_like(logp)
+        entropy[mask] = -(logp_all.exp() * logp_all).sum(-1)
     return logp, entropy
 
 
@@ -265,11 +275,11 @@ class RLObjective:
         train_tasks: list[VerifiableTask],
         val_tasks: list[VerifiableTask],
         cfg: RLConfig,
-        reference: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None,
+        reference: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None,
     ) -> None:
         self.rt, self.model, self.tokenizer, self.fmt = rt, model, tokenizer, fmt
         self.train_tasks, self.val_tasks, self.cfg = train_tasks, val_tasks, cfg
-        self.reference = reference  # (inputs, targets) -> reference log-probs [B, T]
+        self.reference = reference  # (inputs, targets, mask) -> reference log-probs [B, T]
         self.epoch, self.pos = 0, 0  # where the next prompts come from
         self.order = shuffled(train_tasks, cfg.seed, 0)
         self.rollouts: list[Rollout] = []
@@ -394,13 +404,13 @@ class RLObjective:
                 torch.zeros((), device=self.rt.device),
             )
         with self.rt.autocast():
-            logp, entropy = token_logps(model, batch.inputs, batch.targets)
+            logp, entropy = token_logps(model, batch.inputs, batch.targets, batch.mask)
         if batch.old_logp is None:  # the first epoch: the policy that sampled is this one
             batch.old_logp = logp.detach()
         ref = None
         if self.reference is not None:
             with torch.no_grad(), self.rt.autocast():
-                ref = self.reference(batch.inputs, batch.targets)
+                ref = self.reference(batch.inputs, batch.targets, batch.mask)
         loss, n_clipped, kl = policy_loss(
             logp,
             batch.old_logp,
@@ -609,18 +619,22 @@ def _rl(
         for p in model.parameters():
             p.requires_grad_(True)
     model.to(rt.device)
-    reference: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    reference: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
     if cfg.lora is not None:
 
-        def reference(inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        def reference(
+            inputs: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor
+        ) -> torch.Tensor:
             with adapters_disabled(model):
-                return token_logps(model, inputs, targets)[0]
+                return token_logps(model, inputs, targets, mask)[0]
 
     elif cfg.kl_coef > 0:  # full finetuning: the reference is a frozen copy
         frozen = copy.deepcopy(model).eval().requires_grad_(False)
 
-        def reference(inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-            return token_logps(frozen, inputs, targets)[0]
+        def reference(
+            inputs: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor
+        ) -> torch.Tensor:
+            return token_logps(frozen, inputs, targets, mask)[0]
 
     n_params = sum(p.numel() for p in model.parameters())
     n_trainable = trainable_parameters(model)
