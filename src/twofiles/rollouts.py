@@ -32,6 +32,7 @@ import random
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
@@ -125,7 +126,7 @@ def skill_tasks(split: Split, kinds: Sequence[str], per_kind: int) -> list[Verif
                     t.prompt,
                     f"Question: {t.prompt}\nAnswer:",
                     t.answer,
-                    (lambda reply, t=t: skills.check(t, reply)),
+                    partial(skills.check, t),
                     split,
                     ("\n",),
                 )
@@ -133,9 +134,15 @@ def skill_tasks(split: Split, kinds: Sequence[str], per_kind: int) -> list[Verif
     return out
 
 
+def _extract_match(extractor: str, reference: str, reply: str) -> bool:
+    from twofiles.eval.extract import EXTRACTORS, is_match
+
+    return is_match(EXTRACTORS[extractor](reply), reference, extractor)
+
+
 def eval_file_tasks(name: str, split: Split) -> list[VerifiableTask]:
     """The examples of an eval task file of type generate, in file order, with its extractor."""
-    from twofiles.eval.extract import EXTRACTORS, is_match, reference_answer
+    from twofiles.eval.extract import EXTRACTORS, reference_answer
     from twofiles.eval.tasks import fill, load_examples, load_spec
 
     spec = load_spec(name)
@@ -145,7 +152,6 @@ def eval_file_tasks(name: str, split: Split) -> list[VerifiableTask]:
             f"(type = generate, extract one of {', '.join(EXTRACTORS)}), not type={spec.type!r} "
             f"extract={spec.extract!r}"
         )
-    extract = EXTRACTORS[spec.extract]
     out = []
     for ex in load_examples(spec):
         if spec.target not in ex.fields:
@@ -163,7 +169,7 @@ def eval_file_tasks(name: str, split: Split) -> list[VerifiableTask]:
                 user,
                 q,
                 ref,
-                (lambda reply, ref=ref: is_match(extract(reply), ref, spec.extract)),
+                partial(_extract_match, spec.extract, ref),
                 split,
                 tuple(spec.stop),
             )
@@ -482,7 +488,8 @@ def label_pairs(
         # distinct replies, best first among the chosen and worst first among the rejected;
         # shorter replies first among equals (a concise right answer, a concise wrong one)
         seen: set[str] = set()
-        chosen, rejected = [], []
+        chosen: list[Rollout] = []
+        rejected: list[Rollout] = []
         for s, r in sorted(usable, key=lambda x: (-x[0], len(x[1].ids))):
             text = json.dumps(_completion(r, conversational), sort_keys=True)
             if text in seen:

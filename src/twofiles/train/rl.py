@@ -299,7 +299,7 @@ class RLObjective:
     # --- rollouts ---
 
     def _next_tasks(self) -> list[VerifiableTask]:
-        out = []
+        out: list[VerifiableTask] = []
         while len(out) < self.cfg.prompts:
             if self.pos >= len(self.order):
                 self.epoch, self.pos = self.epoch + 1, 0
@@ -713,7 +713,7 @@ def _rl(
         "runtime": rt.describe(),
         **cfg.provenance,
     }
-    template = fmt.template if fmt is not None else None
+    template = fmt.template if fmt is not None else ""  # "": none (plain prompts)
     if cfg.lora is not None and not cfg.merge:
         model_path = save_adapters(
             out / "adapters.safetensors",
