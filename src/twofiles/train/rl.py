@@ -289,6 +289,7 @@ class RLObjective:
         self.queue: list[RolloutBatch] = []
         self.sample_seconds = 0.0
         self.eval_seconds = 0.0
+        self.last_replies: list[Rollout] = []  # the last held-out evaluation's
         self._metrics: dict[str, Any] = {}
         self._stats: dict[str, float] = {}
         # over the run: rollouts, their rewards, groups and those without signal, sampling time
@@ -780,7 +781,7 @@ def write_report(out: Path, cfg: RLConfig, res: RLResult, objective: RLObjective
     rows.append(
         f"| **all** | **{100 * res.pass1_before:.0f}%** | **{100 * res.pass1_after:.0f}%** |"
     )
-    replies = getattr(objective, "last_replies", [])
+    replies = objective.last_replies
     examples = [
         f"- ({'right' if r.correct else 'wrong'}) {r.task.prompt!r} ->"
         + (
