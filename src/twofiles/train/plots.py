@@ -136,7 +136,8 @@ def plot_sft(metrics_path: str | Path, png_path: str | Path) -> Path:
 def plot_rl(
     metrics_path: str | Path, png_path: str | Path, compare: str | Path | None = None
 ) -> Path:
-    """RL: the rollouts' mean reward (and the verifier's accuracy on them) against steps, and
+    """RL: the rollouts' mean reward (and the verifier's accuracy on them, when the reward was
+    something else) against steps, and
     held-out greedy pass@1 against steps; `compare` (another run's metrics.jsonl, the random-reward
     control) is drawn beside it, dashed."""
     import matplotlib
@@ -166,13 +167,14 @@ def plot_rl(
             ax1.plot(
                 x, smooth([r["reward"] for r in steps]), style, color="C0", label=f"reward{tag}"
             )
-            ax1.plot(
-                x,
-                smooth([r["accuracy"] for r in steps]),
-                style,
-                color="C2",
-                label=f"verifier accuracy{tag}",
-            )
+            if any(r["reward"] != r["accuracy"] for r in steps):  # a reward other than the verifier
+                ax1.plot(
+                    x,
+                    smooth([r["accuracy"] for r in steps]),
+                    style,
+                    color="C2",
+                    label=f"verifier accuracy{tag}",
+                )
         if evals:
             ax2.plot(
                 [r["step"] for r in evals],
