@@ -164,6 +164,13 @@ def test_the_calculator_runs_inside_a_rollout_and_its_result_is_not_the_models(c
     assert r.ids == script and r.mask == mask[len(prompt) :]
     assert 0 in r.mask and r.reply == "7" and r.correct and r.reward == 1.0
     assert [x.role for x in r.messages] == ["assistant", "tool", "assistant"]
+    # a call the token limit cuts before its end-of-turn token still runs; the template's
+    # end-of-turn token is inserted (not the model's), and the ids are the same
+    n_call = mask[len(prompt) :].index(0)  # the call through its end-of-turn token
+    params = SamplingParams(temperature=0, max_tokens=n_call - 1)
+    (cut,) = sample_rollouts(m, chat_tok, fmt, [task], params)
+    assert cut.ids == script and cut.correct and cut.finish == "stop"
+    assert cut.mask[n_call - 1] == 0 and cut.mask[: n_call - 1] == [1] * (n_call - 1)
 
 
 # --- the loss ---

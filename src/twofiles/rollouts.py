@@ -295,18 +295,21 @@ def _decode(
     return [(r.tokens, lp, r.text, r.finish or "length") for r, lp in zip(rows, logps)]
 
 
-def _continuation(fmt: ChatFormat, history: list[Message], n_before: int) -> list[int] | None:
+def _continuation(
+    fmt: ChatFormat, history: list[Message], n_before: int, closed: bool
+) -> list[int] | None:
     """The template's ids from the end of the last assistant message through the next
     generation prompt (tool results included), or None when the template renders the earlier
     conversation differently once more follows (then a rollout cannot keep its sampled ids).
     `history` ends with the assistant message and its tool results; `n_before` messages precede
-    the assistant message."""
+    the assistant message. A message the token limit cut (not `closed` by its end-of-turn
+    token) gets the template's end-of-turn token first, as an inserted id."""
     asst_ids, mask = fmt.render(history[: n_before + 1])
     end = max(i for i, m in enumerate(mask) if m) + 1  # through the end-of-turn token
     full = fmt.prompt_ids(history)
     if full[:end] != asst_ids[:end]:
         return None
-    return full[end:]
+    return full[end if closed else end - 1 :]
 
 
 def sample_rollouts(
@@ -392,7 +395,9 @@ def sample_rollouts(
             histories[k].append(msg)
             r.messages.append(msg)
             r.reply = msg.content
-            if not msg.tool_calls or finish != "stop" or round_ == max_rounds - 1:
+            # a call cut off by the token limit is still run (parse_assistant reads it), as an
+            # agent would run it
+            if not msg.tool_calls or round_ == max_rounds - 1:
                 continue
             for call in msg.tool_calls:
                 result = run_tool(tools, call.name, call.arguments)
@@ -404,7 +409,8 @@ def sample_rollouts(
                 )
                 histories[k].append(tool_msg)
                 r.messages.append(tool_msg)
-            cont = _continuation(fmt, histories[k], n_before)
+            closed = bool(tokens) and tokens[-1] in stop_ids
+            cont = _continuation(fmt, histories[k], n_before, closed)
             if cont is None:  # the template re-renders the past: the rollout ends here
                 continue
             r.ids += cont
