@@ -658,33 +658,6 @@ def test_sft_verb_end_to_end_full_and_lora(base_model, convs_jsonl, tmp_path) ->
     assert p.returncode == 2 and "bad.jsonl:2" in p.stderr and "Traceback" not in p.stderr
 
 
-def test_batched_greedy_replies_equal_one_at_a_time(chat_tok) -> None:
-    from twofiles.engine import SamplingParams, generate
-    from twofiles.train.sft import greedy_replies
-
-    m = _tiny(vocab=chat_tok.vocab_size).eval()
-    prompts = [
-        chat_tok.encode(t) for t in ("To be, or not", "Wherefore art thou Romeo, my love", "Hi")
-    ]
-    stop = [7]
-    got = greedy_replies(
-        m, chat_tok, prompts + [[1] * 64], stop, max_tokens=12, max_seqs=2
-    )  # more prompts than slots
-    assert got[-1] is None  # no room left in a 64-token context
-    for p, g in zip(prompts, got):
-        want = [
-            t
-            for t in generate(
-                m,
-                p,
-                SamplingParams(temperature=0, max_tokens=12, stop_token_ids=stop),
-                tokenizer=chat_tok,
-            )
-            if t not in stop
-        ]
-        assert g == want
-
-
 # The SFT loop's numbers, pinned: full finetuning of the tiny base model, 6 steps, fp32, 1 thread
 # (tolerance as for pretraining's golden losses in test_train.py).
 GOLDEN_SFT = {1: 6.002963, 3: 5.996953, 6: 5.965948}

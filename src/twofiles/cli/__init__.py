@@ -30,6 +30,14 @@ VERBS: dict[str, tuple[str, str]] = {
         "twofiles.cli.reward",
         "train a reward model (a scalar head, Bradley-Terry loss) on preference pairs; it scores replies for chat, arena and pairs",
     ),
+    "pairs": (
+        "twofiles.cli.pairs",
+        "sample K answers per prompt and label them with the task's verifier: preference pairs (JSONL)",
+    ),
+    "rl": (
+        "twofiles.cli.rl",
+        "RL against a verifiable reward: groups of rollouts, the verifier's reward, LoRA or full",
+    ),
     "generate": ("twofiles.cli.generate", "sample a continuation from a model"),
     "export": (
         "twofiles.cli.export",

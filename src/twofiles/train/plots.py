@@ -1,5 +1,6 @@
 """Loss curves as PNG: pretraining (training loss, validation bits per byte against steps and wall
-time) and finetuning (loss on assistant tokens, held-out skill accuracy). Files are written by
+time), finetuning (loss on assistant tokens, held-out skill accuracy) and RL (reward, held-out
+pass@1, a control run beside it). Files are written by
 twofiles.plots.save_png."""
 
 from __future__ import annotations
@@ -129,4 +130,67 @@ def plot_sft(metrics_path: str | Path, png_path: str | Path) -> Path:
     ax2.set_ylabel("held-out exact match (%)")
     ax2.set_title("skills")
     ax2.grid(alpha=0.3, axis="y")
+    return save_png(fig, png_path, dpi=110)
+
+
+def plot_rl(
+    metrics_path: str | Path, png_path: str | Path, compare: str | Path | None = None
+) -> Path:
+    """RL: the rollouts' mean reward (and the verifier's accuracy on them, when the reward was
+    something else) against steps, and
+    held-out greedy pass@1 against steps; `compare` (another run's metrics.jsonl, the random-reward
+    control) is drawn beside it, dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def read(path: str | Path) -> tuple[list[dict], list[dict]]:
+        recs = [json.loads(ln) for ln in Path(path).read_text().splitlines() if ln.strip()]
+        return [r for r in recs if "reward" in r], [r for r in recs if "pass@1" in r]
+
+    def smooth(xs: list[float]) -> list[float]:
+        k = max(1, len(xs) // 15)
+        return [
+            sum(xs[max(0, i - k + 1) : i + 1]) / len(xs[max(0, i - k + 1) : i + 1])
+            for i in range(len(xs))
+        ]
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    runs = [("", Path(metrics_path), "-")]
+    if compare is not None and Path(compare).is_file():
+        runs.append((" (control)", Path(compare), "--"))
+    for j, (tag, path, style) in enumerate(runs):
+        steps, evals = read(path)
+        if steps:
+            x = [r["step"] for r in steps]
+            ax1.plot(
+                x, smooth([r["reward"] for r in steps]), style, color="C0", label=f"reward{tag}"
+            )
+            if any(r["reward"] != r["accuracy"] for r in steps):  # a reward other than the verifier
+                ax1.plot(
+                    x,
+                    smooth([r["accuracy"] for r in steps]),
+                    style,
+                    color="C2",
+                    label=f"verifier accuracy{tag}",
+                )
+        if evals:
+            ax2.plot(
+                [r["step"] for r in evals],
+                [100 * r["pass@1"] for r in evals],
+                "o" + style,
+                color=f"C{1 + 2 * j}",
+                label=f"held-out pass@1{tag}",
+            )
+    ax1.set_xlabel("step")
+    ax1.set_ylabel("mean over the step's rollouts (smoothed)")
+    ax1.set_title("RL: reward")
+    ax1.legend()
+    ax1.grid(alpha=0.3)
+    ax2.set_xlabel("step")
+    ax2.set_ylabel("held-out pass@1, greedy (%)")
+    ax2.set_title("held-out")
+    ax2.legend()
+    ax2.grid(alpha=0.3)
     return save_png(fig, png_path, dpi=110)

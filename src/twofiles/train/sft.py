@@ -312,32 +312,6 @@ def heldout_loss(
 
 
 @torch.no_grad()
-def greedy_replies(
-    model: Transformer,
-    tokenizer: Any,
-    prompts: list[list[int]],
-    stop_ids: list[int],
-    max_tokens: int,
-    max_seqs: int = 16,
-) -> list[list[int] | None]:
-    """Greedy continuations of many prompts at once (the one batched decoder, as the server
-    uses it: rows of different lengths in one forward per step), each without its stop token;
-    None for a prompt that leaves no room in the model's context."""
-    from twofiles.decoder import decode_batch
-    from twofiles.engine import SamplingParams
-
-    params = SamplingParams(temperature=0.0, max_tokens=max_tokens, stop_token_ids=list(stop_ids))
-    fits = [i for i, p in enumerate(prompts) if len(p) < model.config.max_seq_len]
-    rows = decode_batch(
-        model, [prompts[i] for i in fits], params, tokenizer=tokenizer, max_rows=max_seqs
-    )
-    out: list[list[int] | None] = [None] * len(prompts)
-    for i, r in zip(fits, rows):
-        out[i] = [t for t in r.tokens if t not in stop_ids]
-    return out
-
-
-@torch.no_grad()
 def skill_accuracy(
     model: Transformer,
     tokenizer: Any,
@@ -352,60 +326,39 @@ def skill_accuracy(
     calculator) and the model continues after its result, for at most `max_rounds` replies. The
     tools are not listed in the prompt: the built-in mix teaches the call itself (the
     calculator's schema alone would take more than a small model's whole context). All tasks
-    generate together, round by round (continuous batching)."""
-    from twofiles.chat import Message
-    from twofiles.data.skills import check
-    from twofiles.tools import run_tool
-    from twofiles.tools.calculator import Calculator
+    generate together, round by round, through the rollout sampler RL uses (rollouts.py)."""
+    from functools import partial
 
-    tools = {"calculator": Calculator()}
-    stop = list(fmt.stop_token_ids)
-    was_training = model.training
-    model.eval()
-    histories: list[list[Message]] = [[Message(role="user", content=t.prompt)] for t in tasks]
-    calls: list[list[dict[str, Any]]] = [[] for _ in tasks]
-    replies = [""] * len(tasks)
-    active = list(range(len(tasks)))
-    for round_ in range(max_rounds):
-        if not active:
-            break
-        if progress:
-            _log(f"skills: round {round_ + 1}, {len(active)} replies")
-        outs = greedy_replies(
-            model, tokenizer, [fmt.prompt_ids(histories[i]) for i in active], stop, max_tokens
-        )
-        still = []
-        for i, ids in zip(active, outs):
-            if ids is None:  # no room left in the context: the reply so far stands
-                continue
-            msg = fmt.parse_assistant(tokenizer.decode(ids))
-            histories[i].append(msg)
-            replies[i] = msg.content
-            if not msg.tool_calls:
-                continue
-            for call in msg.tool_calls:
-                result = run_tool(tools, call.name, call.arguments)
-                calls[i].append(
-                    {"name": call.name, "arguments": call.arguments, "result": result.content}
-                )
-                histories[i].append(
-                    Message(
-                        role="tool", content=result.content, tool_call_id=call.id, name=call.name
-                    )
-                )
-            still.append(i)
-        active = still
-    model.train(was_training)
+    from twofiles.data.skills import check
+    from twofiles.engine import SamplingParams
+    from twofiles.rollouts import VerifiableTask, sample_rollouts
+
+    if progress:
+        _log(f"skills: {len(tasks)} greedy replies")
+    outs = sample_rollouts(
+        model,
+        tokenizer,
+        fmt,
+        [
+            VerifiableTask(
+                f"{t.kind}:{t.prompt}", t.kind, t.prompt, "", t.answer, partial(check, t)
+            )
+            for t in tasks
+        ],
+        SamplingParams(temperature=0.0, max_tokens=max_tokens),
+        max_rounds=max_rounds,
+        max_rows=16,
+    )
     results: list[dict[str, Any]] = [
         {
             "kind": t.kind,
             "prompt": t.prompt,
             "answer": t.answer,
-            "reply": replies[i],
-            "tool_calls": calls[i],
-            "correct": check(t, replies[i]),
+            "reply": r.reply,
+            "tool_calls": r.tool_calls,
+            "correct": r.correct,
         }
-        for i, t in enumerate(tasks)
+        for t, r in zip(tasks, outs)
     ]
     by_kind: dict[str, list[bool]] = {}
     for r in results:
