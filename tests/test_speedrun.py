@@ -59,6 +59,11 @@ def test_tiny_speedrun_end_to_end(tmp_path: Path) -> None:
     sft = summary["sft"]
     assert sft["steps"] == 6 and sft["skills_before"]["tasks"] == sft["skills_after"]["tasks"] > 0
     assert "SFT" in report and "held-out skill" in report
+    # the RL stage ran on the SFT assistant, and the report puts every stage side by side
+    rl = summary["rl"]
+    assert rl["steps"] == 2 and rl["rollouts"] == 2 * 2 * 2
+    assert rl["skills_after"]["tasks"] == sft["skills_after"]["tasks"]
+    assert "| held-out skill | tasks | base | SFT | SFT + RL |" in report
     assert (out / "loss.png").is_file() and (out / "data" / "manifest.json").is_file()
     assert (
         "## Benchmarks" in report and "| quotes | accuracy |" in report
@@ -75,8 +80,9 @@ def test_tiny_speedrun_end_to_end(tmp_path: Path) -> None:
     chat_model = load_model(summary["chat_model_path"])
     assert (
         chat_model.chat_template
-        and chat_model.provenance["stage"] == "sft"
+        and chat_model.provenance["stage"] == "rl"
         and chat_model.provenance["speedrun"] == "tiny"
+        and chat_model.provenance["base_provenance"]["stage"] == "sft"
     )
     # the file is self-contained: the tokenizer inside it round-trips text
     assert (

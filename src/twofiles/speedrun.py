@@ -1,7 +1,9 @@
-"""The speedrun: tokenizer -> data -> pretrain -> samples -> SFT -> report, on the built-in
-corpus. The base model (through its samples) runs within a wall-clock budget; the SFT stage, which
-finetunes it on the built-in mix into a chat assistant that calls the calculator, runs just after
-it with its own training budget (the preset's `sft`). Every stage is the same library code the
+"""The speedrun: tokenizer -> data -> pretrain -> samples -> SFT -> RL -> report, on the built-in
+corpus. The base model (through its samples) runs within a wall-clock budget; the post-training
+stages run just after it, each with its own training budget: SFT (the preset's `sft`) finetunes it
+on the built-in mix into a chat assistant that calls the calculator, then RL (the preset's `rl`)
+improves the assistant against the skill tasks' verifiers. The report shows each stage's effect
+on the same held-out skill tasks, side by side. Every stage is the same library code the
 individual verbs use.
 
 What it owns: the order of the stages, the budget arithmetic (training gets what the other
@@ -52,6 +54,7 @@ class SpeedrunResult:
     )
     chat_model_path: str = ""  # the finetuned assistant ("" without an SFT stage)
     sft: dict[str, Any] | None = None  # the SFT stage's summary (SFTResult.summary())
+    rl: dict[str, Any] | None = None  # the RL stage's summary, with the held-out skills after it
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -72,6 +75,7 @@ class SpeedrunResult:
                 "report",
                 "stages",
                 "sft",
+                "rl",
             )
         }
 
@@ -91,6 +95,7 @@ def run_speedrun(
     overrides: dict[str, Any] | None = None,
     started: float | None = None,
     sft_stage: bool = True,
+    rl_stage: bool = True,
 ) -> SpeedrunResult:
     """Run every stage: the base model within `budget_s` seconds of wall time counted from
     `started` (a time.perf_counter() value; default now: pass the process's start so imports
@@ -170,9 +175,18 @@ def run_speedrun(
         )
         sft_res = sft(scfg)
         stages["sft"] = time.perf_counter() - t
+
+    # 6. RL: the assistant improves against the skill tasks' verifiers (after SFT, its own budget)
+    rl_summary = None
+    if sft_res is not None and preset.rl and rl_stage:
+        t = time.perf_counter()
+        rl_summary = _rl_stage(preset, res.model_path, sft_res, scfg, out, device, seed, progress)
+        stages["rl"] = time.perf_counter() - t
     wall = time.perf_counter() - t_start
 
-    report = _write_report(out, preset, res, stages, wall, samples, manifest, budget, sft_res)
+    report = _write_report(
+        out, preset, res, stages, wall, samples, manifest, budget, sft_res, rl_summary
+    )
     return SpeedrunResult(
         out=str(out),
         model_path=res.model_path,
@@ -187,9 +201,55 @@ def run_speedrun(
         stages=stages,
         report=str(report),
         base_wall_seconds=base_wall,
-        chat_model_path=sft_res.model_path if sft_res else "",
+        chat_model_path=(
+            rl_summary["model_path"] if rl_summary else sft_res.model_path if sft_res else ""
+        ),
         sft=sft_res.summary() if sft_res else None,
+        rl={k: v for k, v in rl_summary.items() if k != "skills"} if rl_summary else None,
     )
+
+
+def _rl_stage(
+    preset: Preset,
+    base_path: str,
+    sft_res: Any,
+    scfg: Any,
+    out: Path,
+    device: str,
+    seed: int,
+    progress: bool,
+) -> dict[str, Any]:
+    """RL on the SFT assistant, then the held-out skills of its result scored on SFT's own tasks
+    (the same prompts, the same greedy replies through the calculator), so the report's columns
+    compare like with like."""
+    from twofiles.chat import ChatFormat
+    from twofiles.formats.resolve import resolve_model
+    from twofiles.train.rl import rl
+    from twofiles.train.sft import heldout_skill_tasks, identity_for, skill_accuracy
+
+    rcfg = preset.rl_config(sft_res.model_path, str(out / "rl"))
+    rcfg.device, rcfg.seed, rcfg.progress = device, seed, progress
+    rcfg.provenance = {"speedrun": preset.name}
+    _say(
+        f"rl: against the verifiers of {rcfg.tasks}"
+        + (f" for {rcfg.time_budget_s:.0f}s of training" if rcfg.time_budget_s else "")
+    )
+    rl_res = rl(rcfg)
+    summary = rl_res.summary()
+    if scfg.skill_tasks:
+        who = identity_for(resolve_model(base_path, device="cpu"), scfg.identity)
+        tasks = heldout_skill_tasks(scfg.skill_tasks, scfg.mix_seed, who)
+        loaded = resolve_model(rl_res.model_path, device="cpu")
+        summary["skills"] = skill_accuracy(
+            loaded.model,
+            loaded.tokenizer,
+            ChatFormat.for_model(loaded),
+            tasks,
+            max_tokens=scfg.skill_max_tokens,
+        )
+        summary["skills_after"] = summary["skills"].summary()
+        _say(f"rl: held-out skills {summary['skills'].accuracy:.1%} after RL")
+    return summary
 
 
 # Written first into a speedrun's directory: what says the files there are a speedrun's own.
@@ -208,7 +268,7 @@ RUN_FILES = (
     "run.json",
     "eval.json",
 )
-RUN_DIRS = ("checkpoints", "data", "sft")
+RUN_DIRS = ("checkpoints", "data", "sft", "rl")
 
 
 def _write_marker(out: Path, preset: Preset) -> None:
@@ -305,6 +365,7 @@ def _write_report(
     manifest: dict[str, Any],
     budget: float,
     sft_res: Any = None,
+    rl_summary: dict[str, Any] | None = None,
 ) -> Path:
     """What only the speedrun knows goes to run.json; report.md itself is the shared report card."""
     import torch
@@ -333,6 +394,33 @@ def _write_report(
                         f"The assistant: `{sft_res.model_path}`; its own report: [{rel}/report.md]({rel}/report.md).",
                         "",
                         *skills_table(sft_res.skills_before, sft_res.skills_after),
+                    ]
+                ),
+            }
+        )
+    if sft_res is not None and rl_summary is not None:
+        from twofiles.train.sft import stages_table
+
+        r = rl_summary
+        rel = Path(r["out"]).relative_to(out) if Path(r["out"]).is_relative_to(out) else r["out"]
+        columns = [("base", sft_res.skills_before), ("SFT", sft_res.skills_after)]
+        if r.get("skills") is not None:
+            columns.append(("SFT + RL", r["skills"]))
+        sections.append(
+            {
+                "title": "RL: the assistant against the skill tasks' verifiers",
+                "markdown": "\n".join(
+                    [
+                        f"After SFT, {r['steps']} RL steps in {r['train_seconds']:.1f} s of training "
+                        f"({stages.get('rl', 0):.1f} s for the whole stage): groups of rollouts sampled in one batch, "
+                        f"rewarded by the verifier, advantage = reward - the group's mean. "
+                        f"Mean reward {r['mean_reward']:.2f}; {100 * r['frac_zero_std']:.0f}% of groups all equal (no signal); "
+                        f"{r['rollouts']} rollouts at {r['rollout_tok_s']:.0f} tokens/s. "
+                        f"The model: `{r['model_path']}`; its own report: [{rel}/report.md]({rel}/report.md).",
+                        "",
+                        "Each stage on the same held-out skill tasks (exact match, greedy, the calculator run where called):",
+                        "",
+                        *stages_table(columns),
                     ]
                 ),
             }

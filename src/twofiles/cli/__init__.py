@@ -45,7 +45,7 @@ VERBS: dict[str, tuple[str, str]] = {
     ),
     "speedrun": (
         "twofiles.cli.speedrun",
-        "tokenizer -> data -> pretrain -> samples -> SFT on the built-in corpus",
+        "tokenizer -> data -> pretrain -> samples -> SFT -> RL on the built-in corpus",
     ),
     "pull": ("twofiles.cli.pull", "fetch a built-in model (smollm2) into the cache, once"),
     "chat": (

@@ -1,4 +1,5 @@
-"""Run the whole pipeline on the built-in corpus: tokenizer -> data -> pretrain -> samples -> SFT -> report."""
+"""Run the whole pipeline on the built-in corpus: tokenizer -> data -> pretrain -> samples -> SFT
+-> RL -> report."""
 
 from __future__ import annotations
 
@@ -34,8 +35,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="seed for training, SFT and the samples (default 1337)",
     )
     p.add_argument(
-        "--no-sft", action="store_true", help="stop after the base model (skip the SFT stage)"
+        "--no-sft",
+        action="store_true",
+        help="stop after the base model (skip the SFT and RL stages)",
     )
+    p.add_argument("--no-rl", action="store_true", help="stop after SFT (skip the RL stage)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_json_flag(p)
 
@@ -65,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
         overrides=overrides,
         started=getattr(args, "_started", None),
         sft_stage=not args.no_sft,
+        rl_stage=not args.no_rl,
     )
     print(
         f"val_bpb {res.val_bpb:.4f} bits/byte on the held-out plays (target {preset.expect_bpb or 'n/a'}), "
@@ -78,8 +83,19 @@ def run(args: argparse.Namespace) -> int:
             else ""
         )
         print(
-            f"sft: held-out loss {res.sft['val_loss_before']:.3f} -> {res.sft['val_loss']:.3f}{skills}; "
-            f"chat model {res.chat_model_path}; whole run {res.wall_seconds:.1f}s"
+            f"sft: held-out loss {res.sft['val_loss_before']:.3f} -> {res.sft['val_loss']:.3f}{skills}"
+            + (
+                ""
+                if res.rl
+                else f"; chat model {res.chat_model_path}; whole run {res.wall_seconds:.1f}s"
+            )
+        )
+    if res.rl:
+        after = res.rl.get("skills_after")
+        print(
+            f"rl: {res.rl['steps']} steps, mean reward {res.rl['mean_reward']:.2f}"
+            + (f", held-out skills {100 * after['accuracy']:.0f}% after RL" if after else "")
+            + f"; chat model {res.chat_model_path}; whole run {res.wall_seconds:.1f}s"
         )
     if args.json:
         emit_json(res.summary())

@@ -23,7 +23,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -670,7 +670,13 @@ def _sft(cfg: SFTConfig, rt: rt_mod.Runtime, signals: StopSignals) -> SFTResult:
 
 def skills_table(before: SkillReport | None, after: SkillReport | None) -> list[str]:
     """Markdown rows: held-out exact-match accuracy per kind, before and after."""
-    shown = after or before
+    return stages_table([("before", before), ("after", after)])
+
+
+def stages_table(columns: Sequence[tuple[str, SkillReport | None]]) -> list[str]:
+    """Markdown rows: held-out exact-match accuracy per kind, one column per (name, report) on
+    the same tasks (a missing report shows as -)."""
+    shown = next((r for _, r in reversed(columns) if r is not None), None)
     if shown is None:
         return []
     kinds = list(shown.by_kind)
@@ -682,10 +688,17 @@ def skills_table(before: SkillReport | None, after: SkillReport | None) -> list[
         return f"{100 * v:.0f}%"
 
     n = {k: len([r for r in shown.results if r["kind"] == k]) for k in kinds}
-    rows = ["| held-out skill | tasks | before | after |", "| --- | ---: | ---: | ---: |"]
-    rows += [f"| {k} | {n[k]} | {cell(before, k)} | {cell(after, k)} |" for k in kinds]
+    rows = [
+        "| held-out skill | tasks | " + " | ".join(name for name, _ in columns) + " |",
+        "| --- | ---: | " + " | ".join("---:" for _ in columns) + " |",
+    ]
+    rows += [
+        f"| {k} | {n[k]} | " + " | ".join(cell(r, k) for _, r in columns) + " |" for k in kinds
+    ]
     rows.append(
-        f"| **all** | {sum(n.values())} | **{cell(before, None)}** | **{cell(after, None)}** |"
+        f"| **all** | {sum(n.values())} | "
+        + " | ".join(f"**{cell(r, None)}**" for _, r in columns)
+        + " |"
     )
     return rows
 
@@ -785,4 +798,5 @@ __all__ = [
     "sft",
     "skill_accuracy",
     "skills_table",
+    "stages_table",
 ]
