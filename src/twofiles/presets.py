@@ -168,7 +168,7 @@ PRESETS: dict[str, Preset] = {
         budget_s=0.0,
         expect_bpb=None,
         sft=dict(epochs=3.0, batch_size=16, seq_len=511, skill_tasks=25, skill_max_tokens=48),
-        rl={**RL_STAGE, "time_budget_s": 0.0, "max_steps": 200},
+        rl={**RL_STAGE, "time_budget_s": 120.0},
     ),
     "tiny": Preset(
         name="tiny",
