@@ -1,0 +1,340 @@
+"""Our DPO step against TRL's DPOTrainer: training throughput and peak memory, same model, pairs
+and batch.
+
+The model is a Hugging Face directory (default: SmolLM2-135M exported from the built-in GGUF with
+`twofiles export hf`, fp32), loaded by each contender its own way: ours through resolve_model, TRL's
+through transformers. The pairs are plain-text (TRL's standard form): a passage of the built-in
+Shakespeare as the prompt, its continuation as the chosen reply and another passage's as the
+rejected one, so every batch has about the same length. Full finetuning, AdamW, fp32 on the CPU.
+
+Contenders, each in its own process (so peak memory is its own), in alternating order per round:
+
+    ours           twofiles' DPOObjective with the reference log-probs precomputed once, stepped as
+                   train/loop.py steps it (next batch, loss / count, backward, clip, AdamW)
+    trl            DPOTrainer with precompute_ref_log_probs=True and gradient_checkpointing=False:
+                   the same work as ours
+    trl-default    DPOTrainer as its config defaults it on this machine: a reference model copy
+                   run every step, gradient checkpointing on (bf16 off: fp32 on the CPU)
+    ours-lora      ours with LoRA r=8 on every projection, the reference the adapters switched off
+                   (TRL's LoRA needs peft, which is not installed: no TRL row for it)
+
+Throughput: tokens (prompt + completion positions of the chosen and rejected rows, padding
+excluded) over the wall time of the timed steps, after warm-up steps. Memory: the process's peak
+resident set once the model, data and reference are loaded, with the kernel's peak counter reset
+there (VmHWM; "training peak"), and the whole process's ru_maxrss (loading and imports included).
+
+    .venv/bin/python bench/dpo.py [--hf-dir DIR] [--steps 5] [--warmup 1] [--batch-size 2]
+        [--max-len 128] [--rounds 2] [--threads 2] [--json-out bench/results/dpo.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+CONTENDERS = ("ours", "trl", "trl-default", "ours-lora")
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def hwm_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def reset_peak() -> None:
+    """Reset VmHWM (Linux: 5 > clear_refs), so loading's peak does not hide training's."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def make_pairs(path: Path, n: int, prompt_words: int, reply_words: int) -> None:
+    from twofiles.data.builtin import builtin_text
+
+    words = builtin_text("train")[:400_000].split()
+    span = prompt_words + reply_words
+    rows = []
+    for i in range(n):
+        a, b = i * span, (i + n) * span
+        rows.append(
+            {
+                "prompt": " ".join(words[a : a + prompt_words]),
+                "chosen": " " + " ".join(words[a + prompt_words : a + span]),
+                "rejected": " " + " ".join(words[b + prompt_words : b + span]),
+            }
+        )
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+# ------------------------------------------------------------------------------- one contender
+
+
+def run_ours(args: argparse.Namespace) -> dict:
+    import torch
+
+    from twofiles import runtime
+    from twofiles.chat import ChatFormat
+    from twofiles.data.preferences import read_preferences, render_pairs
+    from twofiles.formats.resolve import resolve_model
+    from twofiles.lora import LoRAConfig, apply_lora
+    from twofiles.optim import build_optimizers
+    from twofiles.train.dpo import DPOObjective, PairLoader, default_optim, precomputed_reference
+
+    rt = runtime.setup("cpu", "fp32", args.threads)
+    loaded = resolve_model(args.hf_dir)
+    model = loaded.model.train()
+    if args.contender == "ours-lora":
+        apply_lora(model, LoRAConfig(rank=8, alpha=16))
+    else:
+        model.requires_grad_(True)
+    fmt = ChatFormat.for_model(loaded)
+    pairs, _ = render_pairs(read_preferences(args.pairs), fmt, max_len=args.max_len)
+    pad = loaded.tokenizer.special_ids.get("<|pad|>", loaded.tokenizer.bos_id)
+    ref = (
+        None
+        if args.contender == "ours-lora"
+        else precomputed_reference(
+            Path(args.tmp) / "ref.safetensors", model, {"train": pairs}, rt, args.batch_size, pad
+        )
+    )
+    objective = DPOObjective(
+        rt, model, PairLoader(pairs, args.batch_size, pad, seed=0), [], beta=0.1,
+        loss="sigmoid", reference=ref,
+    )  # fmt: skip
+    optim = default_optim()
+    opts = build_optimizers(model, optim)
+    params = [p for p in model.parameters() if p.requires_grad]
+    loaded_mb = rss_mb()
+    reset_peak()
+    times, tokens = [], []
+    for i in range(args.warmup + args.steps):
+        t0 = time.perf_counter()
+        batch = objective.next_batch()
+        loss = objective.loss(model, batch)
+        (loss / objective.count(batch)).backward()
+        torch.nn.utils.clip_grad_norm_(params, optim.grad_clip)
+        for opt in opts:
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        loss.item()
+        if i >= args.warmup:
+            times.append(time.perf_counter() - t0)
+            tokens.append(objective.batch_tokens(batch))
+    return {"times": times, "tokens": tokens, "loaded_mb": loaded_mb}
+
+
+def run_trl(args: argparse.Namespace, default: bool) -> dict:
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import DPOConfig, DPOTrainer
+
+    torch.set_num_threads(args.threads)
+    tok = AutoTokenizer.from_pretrained(args.hf_dir)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    model = AutoModelForCausalLM.from_pretrained(args.hf_dir, dtype=torch.float32)
+    rows = [json.loads(ln) for ln in Path(args.pairs).read_text().splitlines()]
+    cfg = DPOConfig(
+        output_dir=str(Path(args.tmp) / "trl"),
+        beta=0.1,
+        learning_rate=1e-5,
+        per_device_train_batch_size=args.batch_size,
+        max_steps=args.warmup + args.steps,
+        max_length=args.max_len,
+        max_grad_norm=1.0,
+        bf16=False,
+        use_cpu=True,
+        report_to=[],
+        save_strategy="no",
+        logging_steps=1,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        seed=0,
+        gradient_checkpointing=default,
+        precompute_ref_log_probs=not default,
+    )
+    trainer = DPOTrainer(
+        model=model, args=cfg, processing_class=tok, train_dataset=Dataset.from_list(rows)
+    )
+    batch_tokens: list[int] = []
+    collate = trainer.data_collator
+
+    def counting(features):
+        batch = collate(features)
+        # positions that predict a token, as ours counts them: a row of n tokens is n - 1 inputs
+        mask = batch["attention_mask"]
+        batch_tokens.append(int(mask.sum()) - mask.shape[0])
+        return batch
+
+    trainer.data_collator = counting
+    marks: list[float] = []
+
+    class Clock(TrainerCallback):
+        def on_step_begin(self, *a, **k):
+            marks.append(time.perf_counter())
+
+        def on_step_end(self, *a, **k):
+            marks.append(time.perf_counter())
+
+    trainer.add_callback(Clock())
+    loaded_mb = rss_mb()
+    reset_peak()
+    trainer.train()
+    # a step's time: from the end of the previous step (its batch is fetched in between, as ours
+    # is inside its step) to its end
+    ends = marks[1::2]
+    starts = [marks[0], *ends[:-1]]
+    times = [e - s for s, e in zip(starts, ends, strict=True)][args.warmup :]
+    return {"times": times, "tokens": batch_tokens[args.warmup : len(ends)], "loaded_mb": loaded_mb}
+
+
+def contender(args: argparse.Namespace) -> None:
+    if args.contender.startswith("ours"):
+        res = run_ours(args)
+    else:
+        res = run_trl(args, default=args.contender == "trl-default")
+    res |= {
+        "training_peak_mb": hwm_mb(),
+        "ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+    print(json.dumps(res))
+
+
+# ------------------------------------------------------------------------------------ the bench
+
+
+def ensure_hf_dir(path: Path) -> None:
+    if (path / "config.json").is_file():
+        return
+    from twofiles.formats.hf import export_hf
+    from twofiles.formats.resolve import resolve_model
+
+    export_hf(resolve_model("smollm2"), path)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--hf-dir", default=str(Path.home() / ".cache/twofiles/bench-smollm2-hf"))
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--batch-size", type=int, default=2, help="pairs per step")
+    ap.add_argument("--max-len", type=int, default=128)
+    ap.add_argument("--pairs-n", type=int, default=16)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--contenders", default=",".join(CONTENDERS))
+    ap.add_argument("--json-out", default="")
+    ap.add_argument("--contender", choices=CONTENDERS, help=argparse.SUPPRESS)
+    ap.add_argument("--pairs", help=argparse.SUPPRESS)
+    ap.add_argument("--tmp", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.contender:
+        return contender(args)
+    ensure_hf_dir(Path(args.hf_dir))
+    names = [c for c in args.contenders.split(",") if c]
+    results: dict[str, list[dict]] = {c: [] for c in names}
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false"}
+    with tempfile.TemporaryDirectory() as tmp:
+        pairs = Path(tmp) / "pairs.jsonl"
+        make_pairs(pairs, args.pairs_n, prompt_words=50, reply_words=25)
+        for r in range(args.rounds):
+            order = names if r % 2 == 0 else names[::-1]  # alternate: drift hits every contender
+            for name in order:
+                cmd = [
+                    sys.executable, __file__, "--contender", name, "--hf-dir", args.hf_dir,
+                    "--pairs", str(pairs), "--tmp", tmp, "--steps", str(args.steps),
+                    "--warmup", str(args.warmup), "--batch-size", str(args.batch_size),
+                    "--max-len", str(args.max_len), "--threads", str(args.threads),
+                ]  # fmt: skip
+                p = subprocess.run(cmd, capture_output=True, text=True, env=env)
+                if p.returncode != 0:
+                    sys.exit(f"{name} failed:\n{p.stderr[-4000:]}")
+                rec = json.loads(p.stdout.strip().splitlines()[-1])
+                results[name].append(rec)
+                tps = sum(rec["tokens"]) / sum(rec["times"])
+                print(
+                    f"round {r + 1} {name}: {tps:,.0f} tokens/s, training peak "
+                    f"{rec['training_peak_mb']:,.0f} MB, ru_maxrss {rec['ru_maxrss_mb']:,.0f} MB",
+                    file=sys.stderr,
+                )
+    rows = {}
+    for name, recs in results.items():
+        per_round = [sum(r["tokens"]) / sum(r["times"]) for r in recs]
+        rows[name] = {
+            "tokens_per_s": statistics.median(per_round),
+            "tokens_per_s_rounds": per_round,
+            "median_step_s": statistics.median(t for r in recs for t in r["times"]),
+            "tokens_per_step": statistics.median(t for r in recs for t in r["tokens"]),
+            "training_peak_mb": max(r["training_peak_mb"] for r in recs),
+            "training_memory_mb": max(r["training_peak_mb"] - r["loaded_mb"] for r in recs),
+            "ru_maxrss_mb": max(r["ru_maxrss_mb"] for r in recs),
+        }
+    base = rows.get("trl")
+    cpu = next(
+        (
+            ln.split(":", 1)[1].strip()
+            for ln in Path("/proc/cpuinfo").read_text().splitlines()
+            if ln.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    print(
+        f"{args.hf_dir}: {args.batch_size} pairs/step, max {args.max_len} tokens, {args.steps} timed "
+        f"steps after {args.warmup} warm-up, {args.rounds} rounds, {args.threads} threads, {cpu}"
+    )
+    print(
+        "| contender | tokens/s | median step | training peak RSS | training memory (peak - "
+        "loaded) | ru_maxrss | speed vs trl | training peak vs trl |"
+    )
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for name, r in rows.items():
+        vs = (
+            (
+                f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}x",
+                f"{r['training_peak_mb'] / base['training_peak_mb']:.2f}x",
+            )
+            if base
+            else ("-", "-")
+        )
+        print(
+            f"| {name} | {r['tokens_per_s']:,.0f} | {r['median_step_s']:.2f} s | "
+            f"{r['training_peak_mb']:,.0f} MB | {r['training_memory_mb']:,.0f} MB | "
+            f"{r['ru_maxrss_mb']:,.0f} MB | {vs[0]} | {vs[1]} |"
+        )
+    if args.json_out:
+        Path(args.json_out).write_text(
+            json.dumps(
+                {
+                    "date": time.strftime("%Y-%m-%d"),
+                    "cpu": cpu,
+                    "model": args.hf_dir,
+                    "settings": {
+                        k: getattr(args, k)
+                        for k in ("steps", "warmup", "batch_size", "max_len", "rounds", "threads")
+                    },
+                    "results": rows,
+                },
+                indent=1,
+            )
+            + "\n"
+        )
+
+
+if __name__ == "__main__":
+    main()
