@@ -7,24 +7,27 @@ through transformers. The pairs are plain-text (TRL's standard form): a passage 
 Shakespeare as the prompt, its continuation as the chosen reply and another passage's as the
 rejected one, so every batch has about the same length. Full finetuning, AdamW, fp32 on the CPU.
 
-Contenders, each in its own process (so peak memory is its own), in alternating order per round:
+Contenders:
 
     ours           twofiles' DPOObjective with the reference log-probs precomputed once, stepped as
                    train/loop.py steps it (next batch, loss / count, backward, clip, AdamW)
-    trl            DPOTrainer with precompute_ref_log_probs=True and gradient_checkpointing=False:
-                   the same work as ours
+    trl            DPOTrainer with precompute_ref_log_probs=True and gradient_checkpointing=False
+                   (the same work as ours), stepped as its Trainer loop steps it (next batch,
+                   training_step: loss and backward, clip, optimizer step)
     trl-default    DPOTrainer as its config defaults it on this machine: a reference model copy
                    run every step, gradient checkpointing on (bf16 off: fp32 on the CPU)
     ours-lora      ours with LoRA r=8 on every projection, the reference the adapters switched off
                    (TRL's LoRA needs peft, which is not installed: no TRL row for it)
 
-Throughput: tokens (prompt + completion positions of the chosen and rejected rows, padding
-excluded) over the wall time of the timed steps, after warm-up steps. Memory: the process's peak
-resident set once the model, data and reference are loaded, with the kernel's peak counter reset
-there (VmHWM; "training peak"), and the whole process's ru_maxrss (loading and imports included).
+Speed: ours and trl in one process, step for step in alternating order after warm-up, so a
+shared machine's load hits both alike; tokens (prompt + completion positions of the chosen and
+rejected rows, padding excluded) over the timed steps' wall time. Memory: each contender alone in
+its own process: the peak resident set once the model, data and reference are loaded, with the
+kernel's peak counter reset there (VmHWM; "training peak"), and the whole process's ru_maxrss
+(loading and imports included).
 
-    .venv/bin/python bench/dpo.py [--hf-dir DIR] [--steps 5] [--warmup 1] [--batch-size 2]
-        [--max-len 128] [--rounds 2] [--threads 2] [--json-out bench/results/dpo.json]
+    .venv/bin/python bench/dpo.py [--hf-dir DIR] [--steps 6] [--solo-steps 2] [--warmup 1]
+        [--batch-size 2] [--max-len 128] [--threads 2] [--json-out bench/results/dpo.json]
 """
 
 from __future__ import annotations
@@ -84,7 +87,8 @@ def make_pairs(path: Path, n: int, prompt_words: int, reply_words: int) -> None:
 # ------------------------------------------------------------------------------- one contender
 
 
-def run_ours(args: argparse.Namespace) -> dict:
+def setup_ours(args: argparse.Namespace, lora: bool = False):
+    """One step of ours, as train/loop.py runs it: () -> (seconds, tokens)."""
     import torch
 
     from twofiles import runtime
@@ -98,7 +102,7 @@ def run_ours(args: argparse.Namespace) -> dict:
     rt = runtime.setup("cpu", "fp32", args.threads)
     loaded = resolve_model(args.hf_dir)
     model = loaded.model.train()
-    if args.contender == "ours-lora":
+    if lora:
         apply_lora(model, LoRAConfig(rank=8, alpha=16))
     else:
         model.requires_grad_(True)
@@ -107,7 +111,7 @@ def run_ours(args: argparse.Namespace) -> dict:
     pad = loaded.tokenizer.special_ids.get("<|pad|>", loaded.tokenizer.bos_id)
     ref = (
         None
-        if args.contender == "ours-lora"
+        if lora
         else precomputed_reference(
             Path(args.tmp) / "ref.safetensors", model, {"train": pairs}, rt, args.batch_size, pad
         )
@@ -119,10 +123,8 @@ def run_ours(args: argparse.Namespace) -> dict:
     optim = default_optim()
     opts = build_optimizers(model, optim)
     params = [p for p in model.parameters() if p.requires_grad]
-    loaded_mb = rss_mb()
-    reset_peak()
-    times, tokens = [], []
-    for i in range(args.warmup + args.steps):
+
+    def step() -> tuple[float, int]:
         t0 = time.perf_counter()
         batch = objective.next_batch()
         loss = objective.loss(model, batch)
@@ -132,16 +134,17 @@ def run_ours(args: argparse.Namespace) -> dict:
             opt.step()
             opt.zero_grad(set_to_none=True)
         loss.item()
-        if i >= args.warmup:
-            times.append(time.perf_counter() - t0)
-            tokens.append(objective.batch_tokens(batch))
-    return {"times": times, "tokens": tokens, "loaded_mb": loaded_mb}
+        return time.perf_counter() - t0, objective.batch_tokens(batch)
+
+    return step
 
 
-def run_trl(args: argparse.Namespace, default: bool) -> dict:
+def setup_trl(args: argparse.Namespace, default: bool):
+    """One step of TRL's DPOTrainer as its Trainer loop runs it (next batch, training_step: the
+    loss and its backward, clip, optimizer step): () -> (seconds, tokens)."""
     import torch
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
     torch.set_num_threads(args.threads)
@@ -155,14 +158,13 @@ def run_trl(args: argparse.Namespace, default: bool) -> dict:
         beta=0.1,
         learning_rate=1e-5,
         per_device_train_batch_size=args.batch_size,
-        max_steps=args.warmup + args.steps,
+        max_steps=10_000,
         max_length=args.max_len,
         max_grad_norm=1.0,
         bf16=False,
         use_cpu=True,
         report_to=[],
         save_strategy="no",
-        logging_steps=1,
         disable_tqdm=True,
         dataloader_num_workers=0,
         seed=0,
@@ -172,47 +174,57 @@ def run_trl(args: argparse.Namespace, default: bool) -> dict:
     trainer = DPOTrainer(
         model=model, args=cfg, processing_class=tok, train_dataset=Dataset.from_list(rows)
     )
-    batch_tokens: list[int] = []
-    collate = trainer.data_collator
+    trainer.create_optimizer()
+    trainer.current_gradient_accumulation_steps = 1  # as Trainer.train() sets it
+    trainer.model.train()
+    if default:  # as Trainer.train() switches it on
+        trainer.model.gradient_checkpointing_enable(cfg.gradient_checkpointing_kwargs)
+    batches = iter(())
 
-    def counting(features):
-        batch = collate(features)
+    def step() -> tuple[float, int]:
+        nonlocal batches
+        t0 = time.perf_counter()
+        inputs = next(batches, None)
+        if inputs is None:
+            batches = iter(trainer.get_train_dataloader())
+            inputs = next(batches)
+        loss = trainer.training_step(trainer.model, inputs)
+        torch.nn.utils.clip_grad_norm_(trainer.model.parameters(), 1.0)
+        trainer.optimizer.step()
+        trainer.optimizer.zero_grad(set_to_none=True)
+        loss.item()
         # positions that predict a token, as ours counts them: a row of n tokens is n - 1 inputs
-        mask = batch["attention_mask"]
-        batch_tokens.append(int(mask.sum()) - mask.shape[0])
-        return batch
+        mask = inputs["attention_mask"]
+        return time.perf_counter() - t0, int(mask.sum()) - mask.shape[0]
 
-    trainer.data_collator = counting
-    marks: list[float] = []
-
-    class Clock(TrainerCallback):
-        def on_step_begin(self, *a, **k):
-            marks.append(time.perf_counter())
-
-        def on_step_end(self, *a, **k):
-            marks.append(time.perf_counter())
-
-    trainer.add_callback(Clock())
-    loaded_mb = rss_mb()
-    reset_peak()
-    trainer.train()
-    # a step's time: from the end of the previous step (its batch is fetched in between, as ours
-    # is inside its step) to its end
-    ends = marks[1::2]
-    starts = [marks[0], *ends[:-1]]
-    times = [e - s for s, e in zip(starts, ends, strict=True)][args.warmup :]
-    return {"times": times, "tokens": batch_tokens[args.warmup : len(ends)], "loaded_mb": loaded_mb}
+    return step
 
 
 def contender(args: argparse.Namespace) -> None:
-    if args.contender.startswith("ours"):
-        res = run_ours(args)
+    """One contender alone (its memory), or `alternate`: ours and trl in one process, step for
+    step, so the machine's load hits both alike (their speed)."""
+    if args.contender == "alternate":
+        steps = {"ours": setup_ours(args), "trl": setup_trl(args, default=False)}
+    elif args.contender.startswith("ours"):
+        steps = {args.contender: setup_ours(args, lora=args.contender == "ours-lora")}
     else:
-        res = run_trl(args, default=args.contender == "trl-default")
-    res |= {
-        "training_peak_mb": hwm_mb(),
-        "ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-    }
+        steps = {args.contender: setup_trl(args, default=args.contender == "trl-default")}
+    loaded_mb = rss_mb()
+    reset_peak()
+    res: dict[str, dict] = {k: {"times": [], "tokens": []} for k in steps}
+    for i in range(args.warmup + args.steps):
+        for name, step in steps.items() if i % 2 == 0 else reversed(steps.items()):
+            dt, n = step()
+            if i >= args.warmup:
+                res[name]["times"].append(dt)
+                res[name]["tokens"].append(n)
+    peak = hwm_mb()
+    for r in res.values():
+        r |= {
+            "loaded_mb": loaded_mb,
+            "training_peak_mb": peak,
+            "ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        }
     print(json.dumps(res))
 
 
@@ -231,16 +243,18 @@ def ensure_hf_dir(path: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--hf-dir", default=str(Path.home() / ".cache/twofiles/bench-smollm2-hf"))
-    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=6, help="timed steps each, alternating")
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--batch-size", type=int, default=2, help="pairs per step")
     ap.add_argument("--max-len", type=int, default=128)
     ap.add_argument("--pairs-n", type=int, default=16)
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument(
+        "--solo-steps", type=int, default=2, help="timed steps of each contender alone (memory)"
+    )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--contenders", default=",".join(CONTENDERS))
     ap.add_argument("--json-out", default="")
-    ap.add_argument("--contender", choices=CONTENDERS, help=argparse.SUPPRESS)
+    ap.add_argument("--contender", choices=[*CONTENDERS, "alternate"], help=argparse.SUPPRESS)
     ap.add_argument("--pairs", help=argparse.SUPPRESS)
     ap.add_argument("--tmp", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -248,44 +262,45 @@ def main() -> None:
         return contender(args)
     ensure_hf_dir(Path(args.hf_dir))
     names = [c for c in args.contenders.split(",") if c]
-    results: dict[str, list[dict]] = {c: [] for c in names}
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false"}
+    solo: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
         pairs = Path(tmp) / "pairs.jsonl"
         make_pairs(pairs, args.pairs_n, prompt_words=50, reply_words=25)
-        for r in range(args.rounds):
-            order = names if r % 2 == 0 else names[::-1]  # alternate: drift hits every contender
-            for name in order:
-                cmd = [
-                    sys.executable, __file__, "--contender", name, "--hf-dir", args.hf_dir,
-                    "--pairs", str(pairs), "--tmp", tmp, "--steps", str(args.steps),
-                    "--warmup", str(args.warmup), "--batch-size", str(args.batch_size),
-                    "--max-len", str(args.max_len), "--threads", str(args.threads),
-                ]  # fmt: skip
-                p = subprocess.run(cmd, capture_output=True, text=True, env=env)
-                if p.returncode != 0:
-                    sys.exit(f"{name} failed:\n{p.stderr[-4000:]}")
-                rec = json.loads(p.stdout.strip().splitlines()[-1])
-                results[name].append(rec)
-                tps = sum(rec["tokens"]) / sum(rec["times"])
-                print(
-                    f"round {r + 1} {name}: {tps:,.0f} tokens/s, training peak "
-                    f"{rec['training_peak_mb']:,.0f} MB, ru_maxrss {rec['ru_maxrss_mb']:,.0f} MB",
-                    file=sys.stderr,
-                )
+
+        def launch(name: str, steps: int) -> dict:
+            cmd = [
+                sys.executable, __file__, "--contender", name, "--hf-dir", args.hf_dir,
+                "--pairs", str(pairs), "--tmp", tmp, "--steps", str(steps),
+                "--warmup", str(args.warmup), "--batch-size", str(args.batch_size),
+                "--max-len", str(args.max_len), "--threads", str(args.threads),
+            ]  # fmt: skip
+            p = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            if p.returncode != 0:
+                sys.exit(f"{name} failed:\n{p.stderr[-4000:]}")
+            return json.loads(p.stdout.strip().splitlines()[-1])
+
+        for name in names:  # memory: each alone in its own process
+            solo |= launch(name, args.solo_steps)
+            r = solo[name]
+            print(
+                f"{name} alone: {sum(r['tokens']) / sum(r['times']):,.0f} tokens/s, training "
+                f"peak {r['training_peak_mb']:,.0f} MB, ru_maxrss {r['ru_maxrss_mb']:,.0f} MB",
+                file=sys.stderr,
+            )
+        alt = launch("alternate", args.steps) if args.steps else {}
     rows = {}
-    for name, recs in results.items():
-        per_round = [sum(r["tokens"]) / sum(r["times"]) for r in recs]
+    for name, r in solo.items():
+        a = alt.get(name)
         rows[name] = {
-            "tokens_per_s": statistics.median(per_round),
-            "tokens_per_s_rounds": per_round,
-            "median_step_s": statistics.median(t for r in recs for t in r["times"]),
-            "tokens_per_step": statistics.median(t for r in recs for t in r["tokens"]),
-            "training_peak_mb": max(r["training_peak_mb"] for r in recs),
-            "training_memory_mb": max(r["training_peak_mb"] - r["loaded_mb"] for r in recs),
-            "ru_maxrss_mb": max(r["ru_maxrss_mb"] for r in recs),
+            "tokens_per_s": sum(a["tokens"]) / sum(a["times"]) if a else None,
+            "median_step_s": statistics.median(a["times"]) if a else None,
+            "tokens_per_s_alone": sum(r["tokens"]) / sum(r["times"]),
+            "tokens_per_step": statistics.median(r["tokens"]),
+            "training_peak_mb": r["training_peak_mb"],
+            "training_memory_mb": r["training_peak_mb"] - r["loaded_mb"],
+            "ru_maxrss_mb": r["ru_maxrss_mb"],
         }
-    base = rows.get("trl")
     cpu = next(
         (
             ln.split(":", 1)[1].strip()
@@ -295,27 +310,31 @@ def main() -> None:
         platform.processor(),
     )
     print(
-        f"{args.hf_dir}: {args.batch_size} pairs/step, max {args.max_len} tokens, {args.steps} timed "
-        f"steps after {args.warmup} warm-up, {args.rounds} rounds, {args.threads} threads, {cpu}"
+        f"{args.hf_dir}: {args.batch_size} pairs/step, max {args.max_len} tokens, {args.threads} "
+        f"threads, {cpu}; speed: {args.steps} steps each, alternating in one process, after "
+        f"{args.warmup} warm-up; memory: each alone, {args.solo_steps} steps"
     )
     print(
-        "| contender | tokens/s | median step | training peak RSS | training memory (peak - "
-        "loaded) | ru_maxrss | speed vs trl | training peak vs trl |"
+        "| contender | tokens/s (alternating) | median step | tokens/s (alone) | training peak "
+        "RSS | training memory (peak - loaded) | ru_maxrss | speed vs trl | peak vs trl |"
     )
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    base = rows.get("trl")
+
+    def ratio(r: dict, key: str) -> str:
+        if not base or r[key] is None or base[key] is None:
+            return "-"
+        return f"{r[key] / base[key]:.2f}x"
+
+    def num(v: float | None, fmt: str) -> str:
+        return "-" if v is None else fmt.format(v)
+
     for name, r in rows.items():
-        vs = (
-            (
-                f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}x",
-                f"{r['training_peak_mb'] / base['training_peak_mb']:.2f}x",
-            )
-            if base
-            else ("-", "-")
-        )
         print(
-            f"| {name} | {r['tokens_per_s']:,.0f} | {r['median_step_s']:.2f} s | "
-            f"{r['training_peak_mb']:,.0f} MB | {r['training_memory_mb']:,.0f} MB | "
-            f"{r['ru_maxrss_mb']:,.0f} MB | {vs[0]} | {vs[1]} |"
+            f"| {name} | {num(r['tokens_per_s'], '{:,.1f}')} | {num(r['median_step_s'], '{:.1f} s')} "
+            f"| {r['tokens_per_s_alone']:,.1f} | {r['training_peak_mb']:,.0f} MB | "
+            f"{r['training_memory_mb']:,.0f} MB | {r['ru_maxrss_mb']:,.0f} MB | "
+            f"{ratio(r, 'tokens_per_s')} | {ratio(r, 'training_peak_mb')} |"
         )
     if args.json_out:
         Path(args.json_out).write_text(
@@ -326,7 +345,14 @@ def main() -> None:
                     "model": args.hf_dir,
                     "settings": {
                         k: getattr(args, k)
-                        for k in ("steps", "warmup", "batch_size", "max_len", "rounds", "threads")
+                        for k in (
+                            "steps",
+                            "solo_steps",
+                            "warmup",
+                            "batch_size",
+                            "max_len",
+                            "threads",
+                        )
                     },
                     "results": rows,
                 },

@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -53,11 +53,12 @@ from twofiles.lora import (
 from twofiles.optim import OptimConfig, build_optimizers
 from twofiles.train import loop
 from twofiles.train.checkpoint import list_checkpoints
-from twofiles.train.preference import LOSS_KINDS, dpo_loss
+from twofiles.train.preference import LOSS_KINDS, LossKind, dpo_loss
 from twofiles.train.runctl import RunInterrupted, StopSignals
 
 if TYPE_CHECKING:
-    from twofiles.data.preferences import RenderedPair
+    from twofiles.data.preferences import PreferencePair, RenderedPair
+    from twofiles.feedback import FeedbackRow
     from twofiles.model import Transformer
     from twofiles.train.sft import SkillReport
 
@@ -143,6 +144,7 @@ class DPOResult:
     val_pairs: int
     skipped: dict[str, int]  # reason -> pairs left out (training and held-out together)
     truncated: int  # pairs kept with a completion cut to fit max_len
+    max_len: int  # prompt + completion tokens (max_len, capped at the model's context)
     tokens: int  # row positions processed (chosen and rejected rows, padding excluded)
     tokens_per_second: float
     reference: str  # adapters-off or precomputed
@@ -168,14 +170,16 @@ def _log(msg: str) -> None:
 # ----------------------------------------------------------------------------------------- data
 
 
-def feedback_pairs(feedback_db: str | os.PathLike[str], arena_db: str | os.PathLike[str] | None):
+def feedback_pairs(
+    feedback_db: str | os.PathLike[str], arena_db: str | os.PathLike[str] | None
+) -> tuple[list[dict[str, Any]], int]:
     """Preference pairs from the web UI: corrections over originals and upvoted over downvoted
     replies (twofiles.feedback.build_datasets), then arena votes, winner over loser
     (arena_preferences), without duplicates. Either database may be missing; nothing is written
     to them. Returns (pairs as TRL-form dicts, how many came from the arena)."""
     from twofiles.feedback import arena_preferences, build_datasets, read_rows
 
-    rows = []
+    rows: list[FeedbackRow] = []
     if Path(feedback_db).is_file():
         rows, bad = read_rows(feedback_db)
         if bad:
@@ -202,7 +206,9 @@ def feedback_pairs(feedback_db: str | os.PathLike[str], arena_db: str | os.PathL
     return pairs, from_arena
 
 
-def load_pairs(cfg: DPOConfig, out: Path) -> tuple[list[Any], list[Any], dict[str, Any]]:
+def load_pairs(
+    cfg: DPOConfig, out: Path
+) -> tuple[list[PreferencePair], list[PreferencePair], dict[str, Any]]:
     """(train, held-out) PreferencePairs and their provenance. `--data feedback` first writes the
     web UI's pairs to OUT/pairs.jsonl, the file the run then trains on."""
     from twofiles.data.preferences import read_preferences
@@ -215,11 +221,11 @@ def load_pairs(cfg: DPOConfig, out: Path) -> tuple[list[Any], list[Any], dict[st
     if cfg.data == "feedback":
         fb = cfg.feedback_db or str(default_db("feedback"))
         arena = cfg.arena_db or str(default_db("arena"))
-        pairs, from_arena = feedback_pairs(fb, arena)
+        exported, from_arena = feedback_pairs(fb, arena)
         path = str(out / "pairs.jsonl")
-        atomic_write_bytes(path, "".join(json.dumps(p) + "\n" for p in pairs).encode())
+        atomic_write_bytes(path, "".join(json.dumps(p) + "\n" for p in exported).encode())
         prov = {"feedback_db": fb, "arena_db": arena, "arena_pairs": from_arena}
-        _log(f"feedback: {len(pairs)} pairs ({from_arena} from arena votes) -> {path}")
+        _log(f"feedback: {len(exported)} pairs ({from_arena} from arena votes) -> {path}")
     pairs = read_preferences(path)
     if cfg.val_data:
         train, val = pairs, read_preferences(cfg.val_data)
@@ -287,7 +293,7 @@ def batch_logps(
     The same numbers as preference.sequence_logps, computed for less: the vocabulary projection
     runs only at the positions that predict a completion token (a prompt's logits are never
     used, and over a 49k vocabulary they are most of a forward's memory)."""
-    bare: Transformer = getattr(model, "module", model)
+    bare = cast("Transformer", getattr(model, "module", model))
     sel = batch.targets >= 0  # [2B, T]
     with rt.autocast():
         h = bare.hidden_states(batch.inputs)  # [2B, T, dim]
@@ -424,7 +430,7 @@ class DPOObjective:
         reference: dict[str, torch.Tensor] | None = None,
     ) -> None:
         self.rt, self.model, self.loader, self.val_pairs = rt, model, loader, val_pairs
-        self.beta, self.kind = beta, loss
+        self.beta, self.kind = beta, cast(LossKind, loss)
         self.label_smoothing, self.nll_weight = label_smoothing, nll_weight
         self.reference = reference
 
@@ -456,7 +462,7 @@ class DPOObjective:
             ref_c,
             ref_r,
             beta=self.beta,
-            kind=self.kind,  # type: ignore[arg-type]  (checked against LOSS_KINDS by dpo())
+            kind=self.kind,
             label_smoothing=self.label_smoothing,
             chosen_tokens=n[:B],
             rejected_tokens=n[B:],
@@ -648,9 +654,11 @@ def _dpo(cfg: DPOConfig, rt: rt_mod.Runtime, signals: StopSignals) -> DPOResult:
     )
 
     # --- render ---
-    kw = {"max_len": max_len, "max_prompt_len": cfg.max_prompt_len or None}
-    train_pairs, train_rep = render_pairs(train_raw, fmt, **kw)
-    val_pairs, val_rep = render_pairs(val_raw, fmt, **kw)
+    prompt_len = cfg.max_prompt_len or None
+    train_pairs, train_rep = render_pairs(
+        train_raw, fmt, max_len=max_len, max_prompt_len=prompt_len
+    )
+    val_pairs, val_rep = render_pairs(val_raw, fmt, max_len=max_len, max_prompt_len=prompt_len)
     skipped = {
         r: train_rep.skipped[r] + val_rep.skipped[r]
         for r in SKIP_REASONS
@@ -823,6 +831,7 @@ def _dpo(cfg: DPOConfig, rt: rt_mod.Runtime, signals: StopSignals) -> DPOResult:
         val_pairs=len(val_pairs),
         skipped=skipped,
         truncated=truncated,
+        max_len=max_len,
         tokens=res.tokens,
         tokens_per_second=res.tokens / max(res.elapsed, 1e-9),
         reference=mode,
@@ -893,7 +902,7 @@ def write_report(out: Path, cfg: DPOConfig, res: DPOResult) -> Path:
                 "model_path": f"`{res.model_path}`",
             },
             "data": f"{res.train_pairs} train / {res.val_pairs} held-out pairs; skipped: "
-            f"{skipped}; {res.truncated} with a completion cut to {cfg.max_len} tokens",
+            f"{skipped}; {res.truncated} with a completion cut to {res.max_len} tokens",
             "sections": sections,
         },
     )
