@@ -111,6 +111,8 @@ def test_the_first_step_is_at_the_reference(base, pairs_file, tmp_path, capsys, 
     for name in ("config.json", "report.md", "dpo.png", "run.json"):
         assert (out / name).is_file(), name
     assert (out / "reference_logps.safetensors").is_file() != lora
+    lr = json.loads((out / "config.json").read_text())["optim"]["lr"]
+    assert lr == (1e-4 if lora else 1e-5)  # adapters get their own default LR
 
 
 # ---------------------------------------------------------------- against TRL

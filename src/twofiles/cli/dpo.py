@@ -15,6 +15,8 @@ from twofiles.cli.common import add_json_flag, add_training_run_flags, emit_json
 if TYPE_CHECKING:
     from twofiles.train.dpo import DPOConfig
 
+LORA_LR = 1e-4  # the default --lr with --lora-rank (measured on SmolLM2-135M: train/dpo.py)
+
 # flag -> (section, field, type, help); section "" is DPOConfig itself
 _FIELDS: list[tuple[str, str, str, type, str]] = [
     ("--beta", "", "beta", float, "how far the policy may move from the reference (default 0.1)"),
@@ -56,7 +58,7 @@ _FIELDS: list[tuple[str, str, str, type, str]] = [
         "LoRA scale numerator: the update is scaled by alpha / rank",
     ),
     ("--optimizer", "optim", "optimizer", str, "adamw (default) or muon"),
-    ("--lr", "optim", "lr", float, "peak learning rate (default 1e-5)"),
+    ("--lr", "optim", "lr", float, "peak learning rate (default 1e-5; with --lora-rank 1e-4)"),
     ("--weight-decay", "optim", "weight_decay", float, "decoupled weight decay on matrices"),
     ("--schedule", "optim", "schedule", str, "wsd, cosine or constant"),
     ("--warmup-steps", "optim", "warmup_steps", int, "linear warm-up steps"),
@@ -172,6 +174,8 @@ def run(args: argparse.Namespace) -> int:
                 setattr(cfg.optim if section == "optim" else cfg, name, value)
         if args.max_steps is not None and args.time_budget is None:
             cfg.time_budget_s = 0.0
+        if cfg.lora_rank and args.lr is None:  # adapters need ~10x the full LR (train/dpo.py)
+            cfg.optim.lr = LORA_LR
         if args.lora_targets:
             cfg.lora_targets = [t.strip() for t in args.lora_targets.split(",") if t.strip()]
         cfg.merge = args.merge
