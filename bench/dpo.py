@@ -97,7 +97,13 @@ def setup_ours(args: argparse.Namespace, lora: bool = False):
     from twofiles.formats.resolve import resolve_model
     from twofiles.lora import LoRAConfig, apply_lora
     from twofiles.optim import build_optimizers
-    from twofiles.train.dpo import DPOObjective, PairLoader, default_optim, precomputed_reference
+    from twofiles.train.dpo import (
+        DPOObjective,
+        PairLoader,
+        default_optim,
+        fused_adamw,
+        precomputed_reference,
+    )
 
     rt = runtime.setup("cpu", "fp32", args.threads)
     loaded = resolve_model(args.hf_dir)
@@ -121,7 +127,7 @@ def setup_ours(args: argparse.Namespace, lora: bool = False):
         loss="sigmoid", reference=ref,
     )  # fmt: skip
     optim = default_optim()
-    opts = build_optimizers(model, optim)
+    opts = fused_adamw(build_optimizers(model, optim))
     params = [p for p in model.parameters() if p.requires_grad]
 
     def step() -> tuple[float, int]:
