@@ -84,6 +84,7 @@ def records(run: Path) -> list[dict]:
     [
         ([], math.log(2)),  # full finetuning: reference log-probs precomputed
         (["--lora-rank", "4"], math.log(2)),  # LoRA: B = 0 at init, the adapters-off base
+        (["--lora-rank", "4", "--reference", "precomputed"], math.log(2)),
         (["--loss", "ipo"], (1 / (2 * 0.1)) ** 2),
         (["--loss", "hinge"], 1.0),
         (["--nll-weight", "0.5"], None),  # DPO+NLL: ln 2 + 0.5 x the chosen replies' NLL
@@ -103,14 +104,15 @@ def test_the_first_step_is_at_the_reference(base, pairs_file, tmp_path, capsys, 
         assert abs(step1[key]) < 1e-6, key
     assert step1["logps/chosen"] < 0 and step1["logps/rejected"] < 0
     lora = "--lora-rank" in flags
-    assert summary["reference"] == ("adapters-off" if lora else "precomputed")
+    precomputed = not lora or "precomputed" in flags
+    assert summary["reference"] == ("precomputed" if precomputed else "adapters-off")
     assert summary["model_path"].endswith("adapters.safetensors" if lora else "model.safetensors")
     assert summary["train_pairs"] == 57 and summary["val_pairs"] == 3 and summary["skipped"] == {}
     if "--loss" not in flags and "--nll-weight" not in flags:  # held-out pairs at step 0 too
         assert summary["before"]["eval_loss"] == pytest.approx(math.log(2), abs=1e-6)
     for name in ("config.json", "report.md", "dpo.png", "run.json"):
         assert (out / name).is_file(), name
-    assert (out / "reference_logps.safetensors").is_file() != lora
+    assert (out / "reference_logps.safetensors").is_file() == precomputed
     lr = json.loads((out / "config.json").read_text())["optim"]["lr"]
     assert lr == (1e-4 if lora else 1e-5)  # adapters get their own default LR
 

@@ -24,6 +24,7 @@ A run is one process (no DDP: preference sets are small).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -699,17 +700,9 @@ def _dpo(cfg: DPOConfig, rt: rt_mod.Runtime, signals: StopSignals) -> DPOResult:
     # --- the reference, the objective, the loop ---
     reference = None
     if mode == "precomputed":
-        if cfg.lora is not None:
-            with adapters_disabled(model):
-                reference = precomputed_reference(
-                    out / REFERENCE_FILE,
-                    model,
-                    {"train": train_pairs, "val": val_pairs},
-                    rt,
-                    cfg.batch_size,
-                    pad_id,
-                )
-        else:
+        # LoRA's B = 0 makes the adapted model its base already; switched off, it is so exactly
+        frozen = adapters_disabled(model) if cfg.lora is not None else contextlib.nullcontext()
+        with frozen:
             reference = precomputed_reference(
                 out / REFERENCE_FILE,
                 model,
