@@ -19,12 +19,12 @@ Contenders:
     ours-lora      ours with LoRA r=8 on every projection, the reference the adapters switched off
                    (TRL's LoRA needs peft, which is not installed: no TRL row for it)
 
-Speed: ours and trl in one process, step for step in alternating order after warm-up, so a
-shared machine's load hits both alike; tokens (prompt + completion positions of the chosen and
-rejected rows, padding excluded) over the timed steps' wall time. Memory: each contender alone in
-its own process: the peak resident set once the model, data and reference are loaded, with the
-kernel's peak counter reset there (VmHWM; "training peak"), and the whole process's ru_maxrss
-(loading and imports included).
+Speed: ours, trl and trl-default in one process, a step of each in turn (the order reversed every
+round) after warm-up, so a shared machine's load hits them alike; tokens (prompt + completion
+positions of the chosen and rejected rows, padding excluded) per step over the median step's wall
+time (the mean too). Memory: each contender alone in its own process: the peak resident set once
+the model, data and reference are loaded, with the kernel's peak counter reset there (VmHWM;
+"training peak"), and the whole process's ru_maxrss (loading and imports included).
 
     .venv/bin/python bench/dpo.py [--hf-dir DIR] [--steps 6] [--solo-steps 2] [--warmup 1]
         [--batch-size 2] [--max-len 128] [--threads 2] [--json-out bench/results/dpo.json]
@@ -207,10 +207,14 @@ def setup_trl(args: argparse.Namespace, default: bool):
 
 
 def contender(args: argparse.Namespace) -> None:
-    """One contender alone (its memory), or `alternate`: ours and trl in one process, step for
-    step, so the machine's load hits both alike (their speed)."""
+    """One contender alone (its memory), or `alternate`: ours, trl and trl-default in one process,
+    step for step in turn, so the machine's load hits them alike (their speed)."""
     if args.contender == "alternate":
-        steps = {"ours": setup_ours(args), "trl": setup_trl(args, default=False)}
+        steps = {
+            "ours": setup_ours(args),
+            "trl": setup_trl(args, default=False),
+            "trl-default": setup_trl(args, default=True),
+        }
     elif args.contender.startswith("ours"):
         steps = {args.contender: setup_ours(args, lora=args.contender == "ours-lora")}
     else:
@@ -299,8 +303,14 @@ def main() -> None:
     for name, r in solo.items():
         a = alt.get(name)
         rows[name] = {
-            "tokens_per_s": sum(a["tokens"]) / sum(a["times"]) if a else None,
+            # a step that a burst of another job's load lands on skews a mean over a few steps:
+            # the median step is the headline, the mean is kept beside it
+            "tokens_per_s": statistics.median(a["tokens"]) / statistics.median(a["times"])
+            if a
+            else None,
+            "tokens_per_s_mean": sum(a["tokens"]) / sum(a["times"]) if a else None,
             "median_step_s": statistics.median(a["times"]) if a else None,
+            "step_times_s": a["times"] if a else None,
             "tokens_per_s_alone": sum(r["tokens"]) / sum(r["times"]),
             "tokens_per_step": statistics.median(r["tokens"]),
             "training_peak_mb": r["training_peak_mb"],
@@ -321,10 +331,11 @@ def main() -> None:
         f"{args.warmup} warm-up; memory: each alone, {args.solo_steps} steps"
     )
     print(
-        "| contender | tokens/s (alternating) | median step | tokens/s (alone) | training peak "
-        "RSS | training memory (peak - loaded) | ru_maxrss | speed vs trl | peak vs trl |"
+        "| contender | tokens/s (median step, in turn) | median step | tokens/s (mean, in turn) | "
+        "tokens/s (alone) | training peak RSS | training memory (peak - loaded) | ru_maxrss | "
+        "speed vs trl | peak vs trl |"
     )
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     base = rows.get("trl")
 
     def ratio(r: dict, key: str) -> str:
@@ -338,7 +349,7 @@ def main() -> None:
     for name, r in rows.items():
         print(
             f"| {name} | {num(r['tokens_per_s'], '{:,.1f}')} | {num(r['median_step_s'], '{:.1f} s')} "
-            f"| {r['tokens_per_s_alone']:,.1f} | {r['training_peak_mb']:,.0f} MB | "
+            f"| {num(r['tokens_per_s_mean'], '{:,.1f}')} | {r['tokens_per_s_alone']:,.1f} | {r['training_peak_mb']:,.0f} MB | "
             f"{r['training_memory_mb']:,.0f} MB | {r['ru_maxrss_mb']:,.0f} MB | "
             f"{ratio(r, 'tokens_per_s')} | {ratio(r, 'training_peak_mb')} |"
         )
