@@ -278,6 +278,11 @@ def test_a_few_steps_on_easy_pairs_prefer_the_chosen_replies(base, pairs_file, t
     assert res.after["eval_loss"] < math.log(2) - 0.05
     report = (tmp_path / "run" / "report.md").read_text()
     assert "Held-out preference pairs" in report and "rewards/accuracies" in report
+    from twofiles.eval.report import write_report
+
+    (tmp_path / "run" / "report.md").unlink()  # `twofiles report` rebuilds it from the run
+    write_report(tmp_path / "run")
+    assert (tmp_path / "run" / "report.md").read_text() == report
 
 
 def _timeless(run: Path) -> list[dict]:
