@@ -26,6 +26,10 @@ VERBS: dict[str, tuple[str, str]] = {
         "twofiles.cli.sft",
         "finetune a model into an assistant on conversations (built-in mix or JSONL), fully or with LoRA",
     ),
+    "dpo": (
+        "twofiles.cli.dpo",
+        "tune a model on preference pairs (JSONL, or the web UI's feedback and arena votes) with DPO",
+    ),
     "reward": (
         "twofiles.cli.reward",
         "train a reward model (a scalar head, Bradley-Terry loss) on preference pairs; it scores replies for chat, arena and pairs",

@@ -1,6 +1,6 @@
 """Loss curves as PNG: pretraining (training loss, validation bits per byte against steps and wall
-time), finetuning (loss on assistant tokens, held-out skill accuracy) and RL (reward, held-out
-pass@1, a control run beside it). Files are written by
+time), finetuning (loss on assistant tokens, held-out skill accuracy), DPO (loss, reward margin and
+accuracy) and RL (reward, held-out pass@1, a control run beside it). Files are written by
 twofiles.plots.save_png."""
 
 from __future__ import annotations
@@ -193,4 +193,56 @@ def plot_rl(
     ax2.set_title("held-out")
     ax2.legend()
     ax2.grid(alpha=0.3)
+    return save_png(fig, png_path, dpi=110)
+
+
+def plot_dpo(metrics_path: str | Path, png_path: str | Path) -> Path:
+    """DPO: the loss, the implicit-reward margin (rewards/margins) and accuracy
+    (rewards/accuracies) against steps, on the training steps and the held-out pairs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    recs = [json.loads(ln) for ln in Path(metrics_path).read_text().splitlines() if ln.strip()]
+    train = [r for r in recs if "loss" in r]
+    evals = [r for r in recs if "eval_loss" in r]
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    panels = (
+        ("loss", "loss", "eval_loss", "DPO loss"),
+        (
+            "rewards/margins",
+            "rewards/margins",
+            "eval_rewards/margins",
+            "reward margin (nats x beta)",
+        ),
+        (
+            "rewards/accuracies",
+            "rewards/accuracies",
+            "eval_rewards/accuracies",
+            "chosen rewarded above rejected",
+        ),
+    )
+    for ax, (title, key, eval_key, ylabel) in zip(axes, panels, strict=True):
+        if train:
+            ax.plot(
+                [r["step"] for r in train],
+                [r[key] for r in train],
+                alpha=0.5,
+                color="C0",
+                label="train (step)",
+            )
+        if evals:
+            ax.plot(
+                [r["step"] for r in evals],
+                [r[eval_key] for r in evals],
+                "o-",
+                color="C1",
+                label="held-out",
+            )
+        ax.set_xlabel("step")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend()
     return save_png(fig, png_path, dpi=110)

@@ -1,0 +1,250 @@
+"""Tune a model on preference pairs with DPO (or IPO, hinge, robust, DPO+NLL): full or LoRA.
+
+twofiles dpo MODEL --data pairs.jsonl --out runs/dpo
+twofiles dpo MODEL --data feedback --out runs/dpo     (the web UI's thumbs, corrections and
+                                                       arena votes, exported and trained on)
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING, Any
+
+from twofiles.cli.common import add_json_flag, add_training_run_flags, emit_json, given_flags
+
+if TYPE_CHECKING:
+    from twofiles.train.dpo import DPOConfig
+
+LORA_LR = 1e-4  # the default --lr with --lora-rank (measured on SmolLM2-135M: train/dpo.py)
+
+# flag -> (section, field, type, help); section "" is DPOConfig itself
+_FIELDS: list[tuple[str, str, str, type, str]] = [
+    ("--beta", "", "beta", float, "how far the policy may move from the reference (default 0.1)"),
+    ("--loss", "", "loss", str, "sigmoid (DPO, default), ipo, hinge or robust"),
+    (
+        "--label-smoothing",
+        "",
+        "label_smoothing",
+        float,
+        "assumed label noise: conservative DPO (sigmoid) or rDPO (robust)",
+    ),
+    (
+        "--nll-weight",
+        "",
+        "nll_weight",
+        float,
+        "DPO+NLL: add this times the chosen replies' NLL per token (0: off)",
+    ),
+    (
+        "--reference",
+        "",
+        "reference",
+        str,
+        "auto (LoRA: the base with adapters off; full: log-probs precomputed once), "
+        "adapters-off or precomputed",
+    ),
+    (
+        "--lora-rank",
+        "",
+        "lora_rank",
+        int,
+        "train LoRA adapters of this rank instead of every weight (0: full finetuning)",
+    ),
+    (
+        "--lora-alpha",
+        "",
+        "lora_alpha",
+        float,
+        "LoRA scale numerator: the update is scaled by alpha / rank",
+    ),
+    ("--optimizer", "optim", "optimizer", str, "adamw (default) or muon"),
+    ("--lr", "optim", "lr", float, "peak learning rate (default 1e-5; with --lora-rank 1e-4)"),
+    ("--weight-decay", "optim", "weight_decay", float, "decoupled weight decay on matrices"),
+    ("--schedule", "optim", "schedule", str, "wsd, cosine or constant"),
+    ("--warmup-steps", "optim", "warmup_steps", int, "linear warm-up steps"),
+    ("--grad-clip", "optim", "grad_clip", float, "global gradient-norm clip (0: off)"),
+    ("--batch-size", "", "batch_size", int, "pairs per micro-batch (default 4)"),
+    ("--max-len", "", "max_len", int, "prompt + reply tokens; longer replies are cut"),
+    (
+        "--max-prompt-len",
+        "",
+        "max_prompt_len",
+        int,
+        "pairs with a longer prompt are skipped (default: max-len - 1)",
+    ),
+    ("--grad-accum", "", "grad_accum", int, "micro-batches per optimizer step"),
+    ("--epochs", "", "epochs", float, "passes over the training pairs"),
+    ("--max-steps", "", "max_steps", int, "optimizer steps (overrides --epochs)"),
+    ("--time-budget", "", "time_budget_s", float, "train for this many seconds"),
+    ("--eval-interval", "", "eval_interval", int, "steps between held-out evaluations"),
+    (
+        "--checkpoint-interval",
+        "",
+        "checkpoint_interval",
+        int,
+        "steps between checkpoints (besides those every --checkpoint-seconds)",
+    ),
+    (
+        "--checkpoint-seconds",
+        "",
+        "checkpoint_seconds",
+        float,
+        "seconds between checkpoints (default 60; 0: only at the end and on Ctrl-C/SIGTERM)",
+    ),
+    (
+        "--skill-tasks",
+        "",
+        "skill_tasks",
+        int,
+        "held-out skill tasks per kind scored before and after (default 0: skip)",
+    ),
+    ("--max-val", "", "max_val", int, "evaluate at most this many held-out pairs (0: all)"),
+    ("--seed", "", "seed", int, "seed for the pair order and LoRA init"),
+    ("--threads", "", "threads", int, "CPU threads"),
+]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "model",
+        metavar="MODEL",
+        help="model.safetensors, .gguf, Hugging Face directory, or an alias (smollm2)",
+    )
+    p.add_argument(
+        "--data",
+        default=None,
+        help="preference JSONL (TRL's forms: prompt/chosen/rejected, text or messages), or "
+        "`feedback`: the web UI's thumbs, corrections and arena votes (written to OUT/pairs.jsonl)",
+    )
+    p.add_argument(
+        "--val-data", default=None, help="held-out preference JSONL (default: every 20th pair)"
+    )
+    p.add_argument(
+        "--feedback-db",
+        default=None,
+        metavar="PATH",
+        help="--data feedback: the feedback database (default: the one the web UI writes)",
+    )
+    p.add_argument(
+        "--arena-db",
+        default=None,
+        metavar="PATH",
+        help="--data feedback: the arena database (default: the one the web UI writes, if any)",
+    )
+    p.add_argument("--out", default="runs/dpo", help="run directory")
+    for flag, _, _, typ, help_text in _FIELDS:
+        p.add_argument(flag, type=typ, default=None, help=help_text)
+    p.add_argument(
+        "--lora-targets",
+        default=None,
+        help="comma-separated Linear names LoRA adapts (default: all of q,k,v,o,gate,up,down_proj)",
+    )
+    p.add_argument(
+        "--merge",
+        action="store_true",
+        help="LoRA: merge the adapters into the weights (model.safetensors) instead of adapters.safetensors",
+    )
+    add_training_run_flags(p)
+    add_json_flag(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from twofiles.errors import BadInputError
+    from twofiles.train.dpo import DPOConfig, dpo
+
+    if args.resume and (Path(args.out) / "config.json").is_file():
+        cfg = _resumed_config(args, json.loads((Path(args.out) / "config.json").read_text()))
+    else:
+        if not args.data:
+            raise BadInputError("--data: give a preference JSONL file, or `feedback`")
+        cfg = DPOConfig(
+            model=args.model,
+            data=args.data,
+            val_data=args.val_data or "",
+            feedback_db=args.feedback_db or "",
+            arena_db=args.arena_db or "",
+            out=args.out,
+        )
+        for flag, section, name, _, _ in _FIELDS:
+            value = getattr(args, flag[2:].replace("-", "_"))
+            if value is not None:
+                setattr(cfg.optim if section == "optim" else cfg, name, value)
+        if args.max_steps is not None and args.time_budget is None:
+            cfg.time_budget_s = 0.0
+        if cfg.lora_rank and args.lr is None:  # adapters need ~10x the full LR (train/dpo.py)
+            cfg.optim.lr = LORA_LR
+        if args.lora_targets:
+            cfg.lora_targets = [t.strip() for t in args.lora_targets.split(",") if t.strip()]
+        cfg.merge = args.merge
+        cfg.device, cfg.dtype = args.device, args.dtype
+    cfg.resume, cfg.progress = args.resume, not args.no_progress
+    from twofiles.train.runctl import RunInterrupted
+
+    try:
+        res = dpo(cfg)
+    except RunInterrupted as e:  # a checkpoint is saved; the message says how to continue
+        return e.exit_code
+    b, a = res.before, res.after
+    print(
+        f"held-out pairs: loss {b.get('eval_loss', float('nan')):.4f} -> "
+        f"{a.get('eval_loss', float('nan')):.4f}, reward accuracy "
+        f"{a.get('eval_rewards/accuracies', float('nan')):.0%}, margin "
+        f"{a.get('eval_rewards/margins', float('nan')):.4f}; {res.steps} steps in "
+        f"{res.train_seconds:.1f}s; model {res.model_path}"
+    )
+    if args.json:
+        emit_json(res.summary())
+    return 0
+
+
+# What a resumed run may change: how long it runs, where, how it reports. Everything else (the
+# model, pairs, loss, beta, reference, LoRA, optimizer, batch, seeds) is the run's own.
+RESUME_CHANGEABLE = {
+    "max_steps",
+    "epochs",
+    "time_budget_s",
+    "threads",
+    "eval_interval",
+    "checkpoint_interval",
+    "checkpoint_seconds",
+}
+
+
+def _same_path(a: str, b: str) -> bool:
+    from pathlib import Path
+
+    return a == b or (Path(a).exists() and Path(a).resolve() == Path(b).resolve())
+
+
+def _resumed_config(args: argparse.Namespace, saved: dict[str, Any]) -> DPOConfig:
+    """The saved run's config, with the flags that may change applied; conflicting flags refused
+    (each named, with the run's value and the given one)."""
+    from twofiles.train.dpo import DPOConfig
+    from twofiles.train.runctl import resumed
+
+    given = given_flags(args, _FIELDS)
+    for name, flag, value in (
+        ("model", "MODEL", args.model),
+        ("data", "--data", args.data),
+        ("val_data", "--val-data", args.val_data),
+        ("feedback_db", "--feedback-db", args.feedback_db),
+        ("arena_db", "--arena-db", args.arena_db),
+    ):
+        if value is not None:
+            same = _same_path(value, str(saved.get(name, "")))
+            given[name] = (flag, saved.get(name) if same else value)
+    if args.lora_targets:
+        given["lora_targets"] = (
+            "--lora-targets",
+            [t.strip() for t in args.lora_targets.split(",") if t.strip()],
+        )
+    if args.merge:
+        given["merge"] = ("--merge", True)
+    cfg = resumed(saved, DPOConfig.from_dict(saved), given, RESUME_CHANGEABLE)
+    cfg.device = args.device
+    if args.dtype != "auto":
+        cfg.dtype = args.dtype
+    return cfg
