@@ -107,15 +107,34 @@ def test_completion_ids_are_the_tokens_sfts_loss_mask_selects(tmp_path, fmt) -> 
     assert r.prompt_ids == fmt.prompt_ids([system, user("to be?")])
 
 
-def test_a_completion_that_is_not_one_assistant_run_is_refused_naming_its_line(
-    tmp_path, fmt
-) -> None:
-    """Two assistant messages render with template text between them, which the model is not
-    meant to write: the pair is refused, not trained on with those tokens in its log-prob."""
-    row = {**GOOD, "chosen": [bot("or"), bot("not")]}
-    path = write(tmp_path / "p.jsonl", [GOOD, row])
-    with pytest.raises(BadInputError, match=r"p\.jsonl:2: the completion does not render as one"):
-        render_pairs(read_preferences(path), fmt, max_len=128)
+def test_a_completion_with_a_tool_call_learns_only_the_models_tokens(tmp_path, fmt) -> None:
+    """What `twofiles pairs` writes when the calculator was called: the chosen completion is a
+    tool call, its result and the answer. The completion's ids run through all of it, and its
+    mask is SFT's loss mask there: the tool's result (and the template text around it) is
+    context, never learned; DPO's targets skip it."""
+    from twofiles.train.dpo import collate
+
+    call = {
+        "role": "assistant",
+        "content": "",
+        "tool_calls": [{"name": "calculator", "arguments": {"expression": "17 + 25"}}],
+    }
+    result = {"role": "tool", "content": "42", "name": "calculator"}
+    row = {**GOOD, "chosen": [call, result, bot("42")], "rejected": [bot("41")]}
+    path = write(tmp_path / "p.jsonl", [row])
+    (r,), report = render_pairs(read_preferences(path), fmt, max_len=256)
+    assert report.n_skipped == 0 and r.rejected_mask is None
+    ids, mask = fmt.render([*GOOD["prompt"], *row["chosen"]])
+    n = len(r.prompt_ids)
+    assert r.chosen_ids == ids[n:] and r.chosen_mask == [int(m) for m in mask[n:]]
+    assert 0 < sum(r.chosen_mask) < len(r.chosen_mask)  # the result is inside, unlearned
+    batch = collate([r], [0], pad_id=0)
+    learned = batch.targets[0][batch.targets[0] >= 0].tolist()
+    assert learned == [i for i, m in zip(r.chosen_ids, r.chosen_mask, strict=True) if m]
+    # a completion must start and end with the model's own message
+    bad = {**GOOD, "chosen": [call, result]}
+    with pytest.raises(BadInputError, match=r"p\.jsonl:1: chosen\[1\]\.role: a completion starts"):
+        read_preferences(write(tmp_path / "p.jsonl", [bad]))
 
 
 def test_plain_text_pairs_render_as_prompt_then_text_and_eos(tmp_path, fmt, tok) -> None:

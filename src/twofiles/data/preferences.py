@@ -10,7 +10,10 @@ What it owns: preference JSONL in the ecosystem's (TRL's) forms, one pair per li
 
 and rendering each pair into prompt ids + chosen ids + rejected ids. Conversational pairs go
 through ChatFormat.render, the renderer SFT uses, so a completion's ids are exactly the tokens
-SFT's loss mask would select for that reply (through its end-of-turn token). Standard pairs are
+SFT's loss mask would select for that reply (through its end-of-turn token). A conversational
+completion may hold tool calls and their results (assistant, tool, ..., assistant: what
+`twofiles pairs` writes when the calculator was called); its mask then marks the tokens the model
+wrote, and the tool results between them are context, never learned. Standard pairs are
 plain text for base models: `[bos] + prompt` (bos when the tokenizer adds one), then the
 completion's text and the first eos id.
 
@@ -59,6 +62,10 @@ class RenderedPair:
     prompt_ids: list[int]
     chosen_ids: list[int]  # the chosen completion, after prompt_ids
     rejected_ids: list[int]  # the rejected completion, after prompt_ids
+    # 1 = a token the model wrote (learned), 0 = context inside the completion (a tool's result);
+    # None: every token is the model's
+    chosen_mask: list[int] | None = None
+    rejected_mask: list[int] | None = None
 
 
 @dataclass
@@ -82,9 +89,16 @@ def _side(obj: dict, key: str, *, assistant_only: bool) -> str | list[Message]:
     msgs = parse_messages(value, where=key)
     if assistant_only:
         for i, m in enumerate(msgs):
-            if m.role != "assistant":
+            if m.role not in ("assistant", "tool"):
                 raise BadInputError(
-                    f"{key}[{i}].role: a completion holds assistant messages only (got {m.role!r})"
+                    f"{key}[{i}].role: a completion holds assistant messages (and the results of "
+                    f"their tool calls) only (got {m.role!r})"
+                )
+        for i in (0, len(msgs) - 1) if msgs else ():
+            if msgs[i].role != "assistant":
+                raise BadInputError(
+                    f"{key}[{i}].role: a completion starts and ends with an assistant message "
+                    f"(got {msgs[i].role!r})"
                 )
     return msgs
 
@@ -155,8 +169,9 @@ def _empty(side: str | list[Message]) -> bool:
 
 def _completion(
     fmt: ChatFormat, pair: PreferencePair, prompt_ids: list[int], side: list[Message]
-) -> list[int]:
-    """The ids SFT's loss mask selects for `side` when it follows the prompt's messages."""
+) -> tuple[list[int], list[int] | None]:
+    """The ids of `side` after the prompt's, through the last token SFT's loss mask selects, and
+    that mask over them (None when every token is learned)."""
     assert isinstance(pair.prompt, list)
     ids, mask = fmt.render([*pair.prompt, *side])
     if ids[: len(prompt_ids)] != prompt_ids:
@@ -164,13 +179,13 @@ def _completion(
             "the chat template renders the prompt differently when a reply follows it"
         )
     learned = [i for i, m in enumerate(mask) if m]
-    if not learned or learned[0] != len(prompt_ids) or learned[-1] - learned[0] + 1 != len(learned):
-        # e.g. several assistant messages with template text between them: the loss would see
-        # tokens the model is not meant to write
+    if not learned or learned[0] != len(prompt_ids):
         raise BadInputError(
-            "the completion does not render as one run of assistant tokens right after the prompt"
+            "the completion does not render as assistant tokens right after the prompt"
         )
-    return ids[learned[0] : learned[-1] + 1]
+    end = learned[-1] + 1
+    completion_mask = [int(m) for m in mask[len(prompt_ids) : end]]
+    return ids[len(prompt_ids) : end], None if all(completion_mask) else completion_mask
 
 
 def _plain(tok: Tokenizer, pair: PreferencePair) -> tuple[list[int], list[int], list[int]]:
@@ -181,17 +196,21 @@ def _plain(tok: Tokenizer, pair: PreferencePair) -> tuple[list[int], list[int], 
     return prompt, tok.encode(pair.chosen) + eos, tok.encode(pair.rejected) + eos
 
 
-def _render(fmt: ChatFormat, pair: PreferencePair) -> tuple[list[int], list[int], list[int]]:
+def _render(fmt: ChatFormat, pair: PreferencePair) -> RenderedPair:
     if not pair.conversational:
-        return _plain(fmt.tokenizer, pair)
+        return RenderedPair(*_plain(fmt.tokenizer, pair))
     assert isinstance(pair.prompt, list)
     assert isinstance(pair.chosen, list) and isinstance(pair.rejected, list)
     prompt = fmt.prompt_ids(pair.prompt)
-    return (
-        prompt,
-        _completion(fmt, pair, prompt, pair.chosen),
-        _completion(fmt, pair, prompt, pair.rejected),
-    )
+    chosen, chosen_mask = _completion(fmt, pair, prompt, pair.chosen)
+    rejected, rejected_mask = _completion(fmt, pair, prompt, pair.rejected)
+    return RenderedPair(prompt, chosen, rejected, chosen_mask, rejected_mask)
+
+
+def _cut(ids: list[int], mask: list[int] | None, room: int) -> tuple[list[int], list[int] | None]:
+    if mask is None:
+        return ids[:room], None
+    return ids[:room], mask[:room]
 
 
 def render_pairs(
@@ -221,18 +240,25 @@ def render_pairs(
             report.skipped["identical"] += 1
             continue
         try:
-            prompt, chosen, rejected = _render(fmt, pair)
+            r = _render(fmt, pair)
         except BadInputError as e:  # name the line the pair came from
             raise BadInputError(str(e), path=pair.where or None) from None
-        if len(prompt) > limit:
+        if len(r.prompt_ids) > limit:
             report.skipped["prompt_too_long"] += 1
             continue
-        room = max_len - len(prompt)
-        if len(chosen) > room or len(rejected) > room:
+        room = max_len - len(r.prompt_ids)
+        if len(r.chosen_ids) > room or len(r.rejected_ids) > room:
             report.truncated += 1
-            chosen, rejected = chosen[:room], rejected[:room]
+            chosen, chosen_mask = _cut(r.chosen_ids, r.chosen_mask, room)
+            rejected, rejected_mask = _cut(r.rejected_ids, r.rejected_mask, room)
             if chosen == rejected:
                 report.skipped["identical"] += 1
                 continue
-        out.append(RenderedPair(prompt, chosen, rejected))
+            if (chosen_mask is not None and not any(chosen_mask)) or (
+                rejected_mask is not None and not any(rejected_mask)
+            ):  # cut to context alone: nothing of the model's left to compare
+                report.skipped["empty"] += 1
+                continue
+            r = RenderedPair(r.prompt_ids, chosen, rejected, chosen_mask, rejected_mask)
+        out.append(r)
     return out, report

@@ -268,22 +268,26 @@ class PairBatch:
 
 
 def collate(pairs: Sequence[RenderedPair], index: Sequence[int], pad_id: int) -> PairBatch:
-    rows = [(p.prompt_ids, p.chosen_ids) for p in pairs] + [
-        (p.prompt_ids, p.rejected_ids) for p in pairs
+    rows = [(p.prompt_ids, p.chosen_ids, p.chosen_mask) for p in pairs] + [
+        (p.prompt_ids, p.rejected_ids, p.rejected_mask) for p in pairs
     ]
-    T = max(len(p) + len(c) for p, c in rows) - 1
+    T = max(len(p) + len(c) for p, c, _ in rows) - 1
     inputs = torch.full((len(rows), T), pad_id, dtype=torch.long)
     targets = torch.full((len(rows), T), -1, dtype=torch.long)
-    for b, (p, c) in enumerate(rows):
+    for b, (p, c, mask) in enumerate(rows):
         row = p + c
         inputs[b, : len(row) - 1] = torch.tensor(row[:-1])
-        # target t is token t+1: the completion's tokens are targets len(p)-1 .. len(row)-2
-        targets[b, len(p) - 1 : len(row) - 1] = torch.tensor(c)
+        # target t is token t+1: the completion's tokens are targets len(p)-1 .. len(row)-2;
+        # a tool's result inside the completion (mask 0) is context, not a target
+        completion = torch.tensor(c)
+        if mask is not None:
+            completion[torch.tensor(mask) == 0] = -1
+        targets[b, len(p) - 1 : len(row) - 1] = completion
     return PairBatch(
         inputs,
         targets,
         torch.tensor(list(index), dtype=torch.long),
-        sum(len(p) + len(c) - 1 for p, c in rows),
+        sum(len(p) + len(c) - 1 for p, c, _ in rows),
     )
 
 
@@ -352,7 +356,11 @@ def pairs_digest(pairs: Sequence[RenderedPair]) -> str:
     """What the reference log-probs were computed for (a resumed run checks it)."""
     h = hashlib.sha256()
     for p in pairs:
-        h.update(json.dumps([p.prompt_ids, p.chosen_ids, p.rejected_ids]).encode())
+        h.update(
+            json.dumps(
+                [p.prompt_ids, p.chosen_ids, p.rejected_ids, p.chosen_mask, p.rejected_mask]
+            ).encode()
+        )
     return h.hexdigest()
 
 
