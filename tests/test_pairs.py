@@ -141,3 +141,39 @@ def test_pairs_verb_writes_trl_pairs_that_read_and_render(digit_model, tmp_path)
         "--max-prompt-len", "4", "--out", str(tmp_path / "l.jsonl"), "--json",
     )  # fmt: skip
     assert json.loads(long.stdout.strip().splitlines()[-1])["skipped"]["prompt_too_long"] == 3
+
+
+@pytest.mark.slow
+def test_pairs_judged_by_a_reward_model_put_its_higher_score_first(digit_model, tmp_path) -> None:
+    """`--judge reward:PATH`: the reward model (twofiles reward) scores every sample; each pair's
+    chosen reply is one it scored highest in its group, the rejected one it scored lowest, and the
+    scores written with the pair are the scorer's own."""
+    from twofiles.chat import Message
+    from twofiles.data.preferences import read_preferences
+    from twofiles.scoring import load_reward_scorer
+    from twofiles.train.reward import RewardConfig, train_reward
+
+    model, task = digit_model
+    rm = train_reward(
+        RewardConfig(
+            model=str(model), out=str(tmp_path / "rm"), max_steps=2, batch_size=4,
+            progress=False, device="cpu", checkpoint_seconds=0,
+        )
+    )  # fmt: skip
+    rm_path = rm.model_path
+    out = tmp_path / "pairs.jsonl"
+    p = _run(
+        str(model), "--tasks", str(task), "--samples", "4", "--max-tokens", "1", "--limit", "8",
+        "--judge", f"reward:{rm_path}", "--out", str(out), "--json", "--seed", "3",
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr[-3000:]
+    rows = [json.loads(ln) for ln in out.read_text().splitlines()]
+    assert rows and len(rows) == len(read_preferences(out))
+    scorer = load_reward_scorer(rm_path)
+    for row in rows:
+        prompt = [Message(**m) for m in row["prompt"]]
+        chosen, rejected = row["chosen"][0]["content"], row["rejected"][0]["content"]
+        assert row["score_chosen"] > row["score_rejected"]
+        s_c, s_r = scorer.score_batch([prompt, prompt], [chosen, rejected])
+        assert s_c == pytest.approx(row["score_chosen"], abs=1e-4)
+        assert s_r == pytest.approx(row["score_rejected"], abs=1e-4)
