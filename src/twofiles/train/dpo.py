@@ -40,20 +40,17 @@ import torch
 import torch.nn.functional as F
 
 from twofiles import runtime as rt_mod
-from twofiles.artifact import atomic_write_bytes, save_model
+from twofiles.artifact import atomic_write_bytes
 from twofiles.errors import BadInputError, TwofilesError
 from twofiles.lora import (
-    ALL_TARGETS,
-    LoRAConfig,
     adapters_disabled,
     apply_lora,
-    merge_lora,
-    save_adapters,
     trainable_parameters,
 )
 from twofiles.optim import OptimConfig, build_optimizers
 from twofiles.train import loop
 from twofiles.train.checkpoint import list_checkpoints
+from twofiles.train.finetune import FinetuneConfig, base_spec, save_finetuned
 from twofiles.train.preference import LOSS_KINDS, LossKind, dpo_loss
 from twofiles.train.runctl import RunInterrupted, StopSignals
 
@@ -86,10 +83,10 @@ def default_optim() -> OptimConfig:
 
 
 @dataclass(kw_only=True)
-class DPOConfig(loop.RunConfig):
-    """DPO's own fields; the run-control fields are loop.RunConfig's."""
+class DPOConfig(FinetuneConfig):
+    """DPO's own fields; the model and LoRA fields are FinetuneConfig's, the
+    run-control fields loop.RunConfig's."""
 
-    model: str = ""  # the model to tune: model.safetensors, .gguf, Hugging Face directory or alias
     data: str = ""  # preference JSONL (TRL's forms), or "feedback": the web UI's feedback + arena
     val_data: str = ""  # held-out preference JSONL; "" = every 20th pair of data
     feedback_db: str = ""  # data "feedback": the feedback database ("" = the web UI's)
@@ -104,9 +101,6 @@ class DPOConfig(loop.RunConfig):
     reference: str = (
         "auto"  # auto (LoRA: adapters-off, else precomputed), adapters-off, precomputed
     )
-    lora_rank: int = 0  # > 0: train LoRA adapters of this rank instead of every weight
-    lora_alpha: float = 16.0  # LoRA scale numerator (the update is scaled by alpha / rank)
-    lora_targets: list[str] = field(default_factory=lambda: list(ALL_TARGETS))
     merge: bool = False  # LoRA: merge the adapters into the weights and write model.safetensors
     batch_size: int = 4  # pairs per micro-batch (2x rows: chosen and rejected in one forward)
     max_len: int = 512  # prompt + completion tokens (capped at the model's context)
@@ -115,20 +109,6 @@ class DPOConfig(loop.RunConfig):
     skill_tasks: int = 0  # held-out skill tasks per kind scored before and after (0: none)
     skill_max_tokens: int = 48  # tokens per generated reply when scoring skills
     identity: str = ""  # the assistant's name for the identity skill tasks (as SFT's)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> DPOConfig:
-        d = dict(d)
-        optim = OptimConfig(**d.pop("optim", {}))
-        return cls(optim=optim, **d)
-
-    @property
-    def lora(self) -> LoRAConfig | None:
-        return (
-            LoRAConfig(rank=self.lora_rank, alpha=self.lora_alpha, targets=list(self.lora_targets))
-            if self.lora_rank > 0
-            else None
-        )
 
     def reference_mode(self) -> str:
         if self.reference == "auto":
@@ -621,7 +601,6 @@ def _dpo(cfg: DPOConfig, rt: rt_mod.Runtime, signals: StopSignals) -> DPOResult:
     from twofiles.formats.resolve import resolve_model
     from twofiles.train.sft import (
         SkillReport,
-        _base_spec,
         heldout_skill_tasks,
         identity_for,
         peak_memory_mb,
@@ -801,7 +780,7 @@ def _dpo(cfg: DPOConfig, rt: rt_mod.Runtime, signals: StopSignals) -> DPOResult:
     # --- the tuned model ---
     provenance = {
         "stage": "dpo",
-        "base": _base_spec(cfg.model),
+        "base": base_spec(cfg.model),
         "base_provenance": loaded.provenance,
         **data_prov,
         "beta": cfg.beta,
@@ -820,25 +799,15 @@ def _dpo(cfg: DPOConfig, rt: rt_mod.Runtime, signals: StopSignals) -> DPOResult:
         "runtime": rt.describe(),
         **cfg.provenance,
     }
-    if cfg.lora is not None and not cfg.merge:
-        model_path = save_adapters(
-            out / "adapters.safetensors",
-            model,
-            cfg.lora,
-            base=_base_spec(cfg.model),
-            chat_template=fmt.template,
-            provenance=provenance,
-        )
-    else:
-        if cfg.lora is not None:
-            merge_lora(model)
-        model_path = save_model(
-            out / "model.safetensors",
-            model,
-            tokenizer,
-            provenance=provenance,
-            chat_template=fmt.template,
-        )
+    model_path = save_finetuned(
+        out,
+        model,
+        tokenizer,
+        cfg,
+        merge=cfg.merge,
+        chat_template=fmt.template,
+        provenance=provenance,
+    )
     result = DPOResult(
         out=str(out),
         model_path=str(model_path),

@@ -141,6 +141,12 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Any:
+        """The config a run saved (config.json, a checkpoint's "config")."""
+        d = dict(d)
+        return cls(optim=OptimConfig(**d.pop("optim", {})), **d)
+
 
 def run_spec(cfg: RunConfig, name: str, max_steps: int | None = None) -> RunSpec:
     """The loop's view of a stage's config (`max_steps` as the stage resolves it when it differs

@@ -35,11 +35,12 @@ import torch.nn.functional as F
 
 from twofiles import runtime as rt_mod
 from twofiles.errors import BadInputError, TwofilesError
-from twofiles.lora import ALL_TARGETS, LoRAConfig, apply_lora, merge_lora, trainable_parameters
+from twofiles.lora import apply_lora, merge_lora, trainable_parameters
 from twofiles.optim import OptimConfig, build_optimizers
 from twofiles.scoring import RewardModel, pad_rows, save_reward_model
 from twofiles.train import loop
 from twofiles.train.checkpoint import list_checkpoints
+from twofiles.train.finetune import FinetuneConfig, base_spec
 from twofiles.train.runctl import RunInterrupted, StopSignals
 from twofiles.train.sft import default_optim, peak_memory_mb
 
@@ -49,37 +50,20 @@ if TYPE_CHECKING:
 
 
 @dataclass(kw_only=True)
-class RewardConfig(loop.RunConfig):
-    """The reward model's own fields; the run-control fields are loop.RunConfig's."""
+class RewardConfig(FinetuneConfig):
+    """The reward model's own fields; the model and LoRA fields are FinetuneConfig's, the
+    run-control fields loop.RunConfig's."""
 
-    model: str = ""  # the model under the head: model.safetensors, .gguf, HF directory or alias
     data: str = "builtin"  # "builtin" (data/builtin_pairs.py) or a preference JSONL (TRL's forms)
     val_data: str = ""  # held-out JSONL; "" = the built-in val split, or every 20th pair of data
     max_val: int = 0  # held-out pairs scored, at most (0: all)
     out: str = "runs/reward"  # (this stage's default run directory)
     optim: OptimConfig = field(default_factory=default_optim)  # (this stage's default)
-    lora_rank: int = 0  # > 0: LoRA adapters of this rank instead of every weight (+ the head)
-    lora_alpha: float = 16.0  # LoRA scale numerator (the update is scaled by alpha / rank)
-    lora_targets: list[str] = field(default_factory=lambda: list(ALL_TARGETS))
     batch_size: int = 8  # pairs per micro-batch (2x rows: chosen and rejected)
     max_len: int = 512  # tokens of prompt + reply (capped at the model's context)
     epochs: float = 1.0  # passes over the training pairs (when max_steps is 0)
     center_rewards: float = 0.0  # C of + C * mean((r_chosen + r_rejected)^2) (0: off)
     pairs_seed: int = 0  # seed of the built-in pairs
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> RewardConfig:
-        d = dict(d)
-        optim = OptimConfig(**d.pop("optim", {}))
-        return cls(optim=optim, **d)
-
-    @property
-    def lora(self) -> LoRAConfig | None:
-        return (
-            LoRAConfig(rank=self.lora_rank, alpha=self.lora_alpha, targets=list(self.lora_targets))
-            if self.lora_rank > 0
-            else None
-        )
 
 
 @dataclass
@@ -334,10 +318,6 @@ def train_reward(cfg: RewardConfig) -> RewardResult:
         rt_mod.teardown(rt)
 
 
-def _base_spec(spec: str) -> str:
-    return os.path.abspath(spec) if os.path.exists(spec) else spec
-
-
 def _render(
     fmt: ChatFormat, pairs: list[PreferencePair], max_len: int, what: str
 ) -> tuple[list[RenderedPair], RenderReport]:
@@ -451,7 +431,7 @@ def _train(cfg: RewardConfig, rt: rt_mod.Runtime, signals: StopSignals) -> Rewar
         merge_lora(backbone)
     provenance = {
         "stage": "reward",
-        "base": _base_spec(cfg.model),
+        "base": base_spec(cfg.model),
         "base_provenance": loaded.provenance,
         **data_prov,
         "form": form,

@@ -45,7 +45,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import os
 import random
 import sys
 import time
@@ -60,18 +59,15 @@ import torch.nn.functional as F
 from twofiles import runtime as rt_mod
 from twofiles.errors import BadInputError, TwofilesError
 from twofiles.lora import (
-    ALL_TARGETS,
-    LoRAConfig,
     adapters_disabled,
     apply_lora,
-    merge_lora,
-    save_adapters,
     trainable_parameters,
 )
 from twofiles.optim import OptimConfig, build_optimizers
 from twofiles.rollouts import Rollout, VerifiableTask, load_tasks, sample_rollouts, shuffled
 from twofiles.train import loop
 from twofiles.train.checkpoint import list_checkpoints
+from twofiles.train.finetune import FinetuneConfig, base_spec, save_finetuned
 from twofiles.train.runctl import RunInterrupted, StopSignals
 
 if TYPE_CHECKING:
@@ -96,18 +92,15 @@ def default_optim() -> OptimConfig:
 
 
 @dataclass(kw_only=True)
-class RLConfig(loop.RunConfig):
-    """RL's own fields; the run-control fields are loop.RunConfig's."""
+class RLConfig(FinetuneConfig):
+    """RL's own fields; the model and LoRA fields are FinetuneConfig's, the
+    run-control fields loop.RunConfig's."""
 
-    model: str = ""  # the policy to start from: model.safetensors, .gguf, HF directory or alias
     tasks: str = "arithmetic"  # --tasks names (rollouts.load_tasks), comma-separated
     out: str = "runs/rl"  # (this stage's default run directory)
     optim: OptimConfig = field(default_factory=default_optim)  # (this stage's default)
     max_steps: int = 20  # (this stage's default) optimizer steps unless time_budget_s is set
     grad_accum: int = 4  # (this stage's default) micro-batches the step's rollouts are split into
-    lora_rank: int = 0  # > 0: train LoRA adapters of this rank instead of every weight
-    lora_alpha: float = 16.0  # LoRA scale numerator
-    lora_targets: list[str] = field(default_factory=lambda: list(ALL_TARGETS))
     merge: bool = False  # LoRA: merge the adapters and write model.safetensors
     prompts: int = 8  # P: prompts sampled per rollout batch
     group: int = 8  # G: rollouts per prompt (the group whose mean is the baseline)
@@ -121,20 +114,6 @@ class RLConfig(loop.RunConfig):
     eval_tasks: int = 100  # held-out tasks scored (greedy pass@1) before, at intervals, after
     max_rows: int = 64  # rows the decoder runs at once
     compare: str = ""  # another RL run directory drawn on rl.png (the control)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> RLConfig:
-        d = dict(d)
-        optim = OptimConfig(**d.pop("optim", {}))
-        return cls(optim=optim, **d)
-
-    @property
-    def lora(self) -> LoRAConfig | None:
-        return (
-            LoRAConfig(rank=self.lora_rank, alpha=self.lora_alpha, targets=list(self.lora_targets))
-            if self.lora_rank > 0
-            else None
-        )
 
     def validate(self) -> None:
         def bad(name: str, why: str) -> BadInputError:
@@ -561,10 +540,6 @@ class RLResult:
         return dict(self.__dict__)
 
 
-def _base_spec(spec: str) -> str:
-    return os.path.abspath(spec) if os.path.exists(spec) else spec
-
-
 def rl(
     cfg: RLConfig, tasks: tuple[list[VerifiableTask], list[VerifiableTask]] | None = None
 ) -> RLResult:
@@ -703,7 +678,7 @@ def _rl(
 
     provenance = {
         "stage": "rl",
-        "base": _base_spec(cfg.model),
+        "base": base_spec(cfg.model),
         "base_provenance": loaded.provenance,
         "tasks": cfg.tasks,
         "reward": cfg.reward,
@@ -715,27 +690,15 @@ def _rl(
         **cfg.provenance,
     }
     template = fmt.template if fmt is not None else ""  # "": none (plain prompts)
-    if cfg.lora is not None and not cfg.merge:
-        model_path = save_adapters(
-            out / "adapters.safetensors",
-            model,
-            cfg.lora,
-            base=_base_spec(cfg.model),
-            chat_template=template,
-            provenance=provenance,
-        )
-    else:
-        from twofiles.artifact import save_model
-
-        if cfg.lora is not None:
-            merge_lora(model)
-        model_path = save_model(
-            out / "model.safetensors",
-            model,
-            tokenizer,
-            provenance=provenance,
-            chat_template=template,
-        )
+    model_path = save_finetuned(
+        out,
+        model,
+        tokenizer,
+        cfg,
+        merge=cfg.merge,
+        chat_template=template,
+        provenance=provenance,
+    )
     result = RLResult(
         out=str(out),
         model_path=str(model_path),

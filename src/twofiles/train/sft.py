@@ -31,20 +31,17 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from twofiles import runtime as rt_mod
-from twofiles.artifact import atomic_write_bytes, save_model
+from twofiles.artifact import atomic_write_bytes
 from twofiles.data.packing import Example, PackedLoader, eval_batches, make_example
 from twofiles.errors import TwofilesError
 from twofiles.lora import (
-    ALL_TARGETS,
-    LoRAConfig,
     apply_lora,
-    merge_lora,
-    save_adapters,
     trainable_parameters,
 )
 from twofiles.optim import OptimConfig, build_optimizers
 from twofiles.train import loop
 from twofiles.train.checkpoint import list_checkpoints
+from twofiles.train.finetune import FinetuneConfig, base_spec, save_finetuned
 from twofiles.train.runctl import RunInterrupted, StopSignals
 
 if TYPE_CHECKING:
@@ -70,23 +67,15 @@ def default_optim() -> OptimConfig:
 
 
 @dataclass(kw_only=True)
-class SFTConfig(loop.RunConfig):
-    """SFT's own fields; the run-control fields (out, optim, budget, evaluation and checkpoint
-    intervals, seed, device, resume, ...) are loop.RunConfig's."""
+class SFTConfig(FinetuneConfig):
+    """SFT's own fields; the model and LoRA fields are FinetuneConfig's, the run-control
+    fields (out, optim, budget, intervals, seed, device, resume, ...) loop.RunConfig's."""
 
-    model: str = (
-        ""  # the model to finetune: model.safetensors, .gguf, Hugging Face directory or alias
-    )
     data: str = "builtin"  # "builtin" (the built-in mix) or a JSONL file of {"messages": [...]}
     val_data: str = ""  # held-out JSONL; "" = the mix's own held-out split (builtin) or every 20th conversation of data
     max_val: int = 0  # held-out conversations scored for loss, at most (0: all)
     out: str = "runs/sft"  # (this stage's default run directory)
     optim: OptimConfig = field(default_factory=default_optim)  # (this stage's default)
-    lora_rank: int = 0  # > 0: train LoRA adapters of this rank instead of every weight
-    lora_alpha: float = 16.0  # LoRA scale numerator (the update is scaled by alpha / rank)
-    lora_targets: list[str] = field(
-        default_factory=lambda: list(ALL_TARGETS)
-    )  # Linear layers LoRA adapts
     merge: bool = False  # LoRA: merge the adapters into the weights and write model.safetensors
     batch_size: int = 8  # rows per micro-batch
     seq_len: int = (
@@ -101,20 +90,6 @@ class SFTConfig(loop.RunConfig):
     mix_fraction: float = (
         1.0  # the built-in mix at this fraction of its size (per kind, at least 1)
     )
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> SFTConfig:
-        d = dict(d)
-        optim = OptimConfig(**d.pop("optim", {}))
-        return cls(optim=optim, **d)
-
-    @property
-    def lora(self) -> LoRAConfig | None:
-        return (
-            LoRAConfig(rank=self.lora_rank, alpha=self.lora_alpha, targets=list(self.lora_targets))
-            if self.lora_rank > 0
-            else None
-        )
 
 
 @dataclass
@@ -454,11 +429,6 @@ def sft(cfg: SFTConfig) -> SFTResult:
         rt_mod.teardown(rt)
 
 
-def _base_spec(spec: str) -> str:
-    """The model spec as adapters should name their base: an absolute path, or an alias."""
-    return os.path.abspath(spec) if os.path.exists(spec) else spec
-
-
 def _sft(cfg: SFTConfig, rt: rt_mod.Runtime, signals: StopSignals) -> SFTResult:
     from twofiles.chat import ChatFormat
     from twofiles.formats.resolve import resolve_model
@@ -606,7 +576,7 @@ def _sft(cfg: SFTConfig, rt: rt_mod.Runtime, signals: StopSignals) -> SFTResult:
     # --- the finetuned model ---
     provenance = {
         "stage": "sft",
-        "base": _base_spec(cfg.model),
+        "base": base_spec(cfg.model),
         "base_provenance": loaded.provenance,
         **data_prov,
         "chat_template": "built-in" if fmt.builtin else "the base model's",
@@ -622,25 +592,15 @@ def _sft(cfg: SFTConfig, rt: rt_mod.Runtime, signals: StopSignals) -> SFTResult:
         "runtime": rt.describe(),
         **cfg.provenance,
     }
-    if cfg.lora is not None and not cfg.merge:
-        model_path = save_adapters(
-            out / "adapters.safetensors",
-            model,
-            cfg.lora,
-            base=_base_spec(cfg.model),
-            chat_template=fmt.template,
-            provenance=provenance,
-        )
-    else:
-        if cfg.lora is not None:
-            merge_lora(model)
-        model_path = save_model(
-            out / "model.safetensors",
-            model,
-            tokenizer,
-            provenance=provenance,
-            chat_template=fmt.template,
-        )
+    model_path = save_finetuned(
+        out,
+        model,
+        tokenizer,
+        cfg,
+        merge=cfg.merge,
+        chat_template=fmt.template,
+        provenance=provenance,
+    )
     result = SFTResult(
         out=str(out),
         model_path=str(model_path),

@@ -1,0 +1,83 @@
+"""What every stage that starts from a trained model shares: SFT, DPO, the reward model and RL.
+
+What it owns: `FinetuneConfig` (the model to start from and the LoRA fields, over the loop's
+run-control fields), `base_spec` (how adapters name their base) and `save_finetuned` (the
+result: LoRA adapters that load onto their base, or the model with the adapters merged). What it
+leaves to others: each stage's objective and report, LoRA itself (twofiles.lora), the loop.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from twofiles.artifact import save_model
+from twofiles.lora import ALL_TARGETS, LoRAConfig, merge_lora, save_adapters
+from twofiles.train.loop import RunConfig
+
+if TYPE_CHECKING:
+    from twofiles.model import Transformer
+
+
+@dataclass(kw_only=True)
+class FinetuneConfig(RunConfig):
+    """The model a stage starts from, and whether it trains every weight or LoRA adapters."""
+
+    model: str = (
+        ""  # the model to start from: model.safetensors, .gguf, Hugging Face directory or alias
+    )
+    lora_rank: int = 0  # > 0: train LoRA adapters of this rank instead of every weight
+    lora_alpha: float = 16.0  # LoRA scale numerator (the update is scaled by alpha / rank)
+    lora_targets: list[str] = field(
+        default_factory=lambda: list(ALL_TARGETS)
+    )  # Linears LoRA adapts
+
+    @property
+    def lora(self) -> LoRAConfig | None:
+        return (
+            LoRAConfig(rank=self.lora_rank, alpha=self.lora_alpha, targets=list(self.lora_targets))
+            if self.lora_rank > 0
+            else None
+        )
+
+
+def base_spec(spec: str) -> str:
+    """The model spec as adapters should name their base: an absolute path, or an alias."""
+    return os.path.abspath(spec) if os.path.exists(spec) else spec
+
+
+def save_finetuned(
+    out: Path,
+    model: Transformer,
+    tokenizer: Any,
+    cfg: FinetuneConfig,
+    *,
+    merge: bool,
+    chat_template: str,
+    provenance: dict[str, Any],
+) -> Path:
+    """OUT/adapters.safetensors (LoRA, not merged: they load onto `cfg.model` anywhere a model
+    goes) or OUT/model.safetensors (every weight, LoRA merged in)."""
+    if cfg.lora is not None and not merge:
+        return save_adapters(
+            out / "adapters.safetensors",
+            model,
+            cfg.lora,
+            base=base_spec(cfg.model),
+            chat_template=chat_template,
+            provenance=provenance,
+        )
+    if cfg.lora is not None:
+        merge_lora(model)
+    return save_model(
+        out / "model.safetensors",
+        model,
+        tokenizer,
+        provenance=provenance,
+        chat_template=chat_template,
+    )
+
+
+__all__ = ["FinetuneConfig", "base_spec", "save_finetuned"]
