@@ -399,7 +399,7 @@ def precomputed_reference(
 # ----------------------------------------------------------------------------------------- loop
 
 
-class DPOObjective:
+class DPOObjective(loop.ObjectiveBase):
     """The DPO family's loss on batches of pairs against a frozen reference. A micro-batch's loss
     is the sum of its pairs' losses, counted by its pairs, so under gradient accumulation every
     pair of the step weighs the same. `reference` holds precomputed log-probs ("train_chosen",
@@ -520,20 +520,6 @@ class DPOObjective:
             "eval_rewards/margins": float(m.mean()),
             "eval_logps/accuracies": float(torch.cat(prefers).float().mean()),
         }
-
-    def before_step(self, step: int) -> None:
-        pass
-
-    def after_eval(
-        self, step: int, final: bool, periodic: bool, write: Callable[[str], None]
-    ) -> None:
-        pass
-
-    def reserve_s(self, per_step: float) -> float:
-        return 0.0  # held-out pair sets are small: their evaluation is not budgeted
-
-    def probe(self, model: torch.nn.Module, per_step: float) -> None:
-        pass
 
     def state_dict(self) -> dict[str, Any]:
         return {"loader": self.loader.state_dict()}

@@ -98,6 +98,25 @@ class Objective(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
+class ObjectiveBase:
+    """The hooks most objectives leave alone, as no-ops: subclass it and write only what the
+    objective does (the loop still calls every Objective method)."""
+
+    def before_step(self, step: int) -> None:
+        pass
+
+    def after_eval(
+        self, step: int, final: bool, periodic: bool, write: Callable[[str], None]
+    ) -> None:
+        pass
+
+    def reserve_s(self, per_step: float) -> float:
+        return 0.0  # a small held-out set: its evaluation is not budgeted
+
+    def probe(self, model: torch.nn.Module, per_step: float) -> None:
+        pass
+
+
 @dataclass
 class RunSpec:
     """The run-control fields, read from the stage's config."""

@@ -113,7 +113,7 @@ def pretrain(
         rt_mod.teardown(rt)
 
 
-class PretrainObjective:
+class PretrainObjective(loop.ObjectiveBase):
     """Next-token prediction on token shards: mean loss per micro-batch (each counts once, as
     every micro-batch holds the same number of tokens), bits per byte on the validation split,
     samples at the sample interval."""
@@ -175,9 +175,6 @@ class PretrainObjective:
             limit,
         )
         return {"val_loss": val_loss, "val_bpb": val_bpb}
-
-    def before_step(self, step: int) -> None:
-        pass
 
     def after_eval(
         self, step: int, final: bool, periodic: bool, write: Callable[[str], None]

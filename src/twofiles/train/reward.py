@@ -235,7 +235,7 @@ def pairs_form(pairs: Sequence[PreferencePair], where: str) -> str:
 # ----------------------------------------------------------------------------------------- loop
 
 
-class RewardObjective:
+class RewardObjective(loop.ObjectiveBase):
     """Bradley–Terry on pairs: a micro-batch's loss is its sum over pairs, counted by pairs."""
 
     def __init__(
@@ -282,20 +282,6 @@ class RewardObjective:
 
     def evaluate(self, model: torch.nn.Module, final: bool) -> dict[str, float]:
         return evaluate_pairs(model, self.val, self.rt, self.batch_size, self.pad_id)
-
-    def before_step(self, step: int) -> None:
-        pass
-
-    def after_eval(
-        self, step: int, final: bool, periodic: bool, write: Callable[[str], None]
-    ) -> None:
-        pass
-
-    def reserve_s(self, per_step: float) -> float:
-        return 0.0  # held-out pairs are few: their evaluation is not budgeted
-
-    def probe(self, model: torch.nn.Module, per_step: float) -> None:
-        pass
 
     def state_dict(self) -> dict[str, Any]:
         return {"loader": self.loader.state_dict(), "pairs_seen": self.pairs_seen}

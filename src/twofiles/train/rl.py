@@ -241,7 +241,7 @@ def token_logps(
 # ------------------------------------------------------------------------------------ objective
 
 
-class RLObjective:
+class RLObjective(loop.ObjectiveBase):
     """Rollouts sampled before each step (or reused for `ppo_epochs` steps), the clipped
     policy-gradient loss as (sum over model tokens, their count)."""
 
@@ -452,16 +452,8 @@ class RLObjective:
     def evaluate(self, model: torch.nn.Module, final: bool) -> dict[str, float]:
         return self.heldout()
 
-    def after_eval(
-        self, step: int, final: bool, periodic: bool, write: Callable[[str], None]
-    ) -> None:
-        pass
-
     def reserve_s(self, per_step: float) -> float:
         return self.eval_seconds  # measured on the "before" evaluation
-
-    def probe(self, model: torch.nn.Module, per_step: float) -> None:
-        pass
 
     # --- resume ---
 

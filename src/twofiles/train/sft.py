@@ -356,7 +356,7 @@ def heldout_skill_tasks(n_per_kind: int, seed: int, who: ModelIdentity | None) -
 # ----------------------------------------------------------------------------------------- loop
 
 
-class SFTObjective:
+class SFTObjective(loop.ObjectiveBase):
     """Next-token prediction on rendered conversations, the loss only on the assistant's tokens:
     each micro-batch's loss is its sum over assistant targets, counted by their number, so the
     step's loss is the mean over every assistant token of the step."""
@@ -393,20 +393,6 @@ class SFTObjective:
     def evaluate(self, model: torch.nn.Module, final: bool) -> dict[str, float]:
         loss = heldout_loss(model, self.val_ex, self.rt, self.batch_size, self.seq_len, self.pad_id)
         return {"val_loss": loss}
-
-    def before_step(self, step: int) -> None:
-        pass
-
-    def after_eval(
-        self, step: int, final: bool, periodic: bool, write: Callable[[str], None]
-    ) -> None:
-        pass
-
-    def reserve_s(self, per_step: float) -> float:
-        return 0.0  # the held-out sets are small: their evaluation is not budgeted
-
-    def probe(self, model: torch.nn.Module, per_step: float) -> None:
-        pass
 
     def state_dict(self) -> dict[str, Any]:
         return {"loader": self.loader.state_dict(), "target_tokens": self.target_tokens}
