@@ -630,7 +630,8 @@ def _rl(
     def measure_before(log_metrics: Callable[[dict[str, Any]], None]) -> None:
         before.update(objective.heldout())
         log_metrics({"step": 0, **before, "time": 0.0})
-        _log(f"before: held-out pass@1 {before.get('pass@1', float('nan')):.1%}")
+        if "pass@1" in before:
+            _log(f"before: held-out pass@1 {before['pass@1']:.1%}")
 
     def on_resume(state: dict[str, Any]) -> None:
         before.update(state["rl_before"])
@@ -663,10 +664,11 @@ def _rl(
         )
         raise RunInterrupted(res.signum or 2, res.step, str(out))
     after, totals = res.last_eval, objective.totals
-    _log(
-        f"after: held-out pass@1 {after.get('pass@1', float('nan')):.1%} "
-        f"(before {before.get('pass@1', float('nan')):.1%})"
-    )
+    if "pass@1" in after:  # --eval-tasks 0: no held-out evaluation, nothing to say
+        _log(
+            f"after: held-out pass@1 {after['pass@1']:.1%} "
+            f"(before {before.get('pass@1', float('nan')):.1%})"
+        )
 
     provenance = {
         "stage": "rl",
