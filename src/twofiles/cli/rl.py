@@ -114,9 +114,14 @@ def run(args: argparse.Namespace) -> int:
         res = rl(cfg)
     except RunInterrupted as e:
         return e.exit_code
-    print(
+    heldout = (
         f"held-out pass@1 {100 * res.pass1_before:.0f}% -> {100 * res.pass1_after:.0f}% "
-        f"({res.eval_tasks} tasks, {res.reward} reward); {res.steps} steps in "
+        f"({res.eval_tasks} tasks, {res.reward} reward)"
+        if res.eval_tasks
+        else f"no held-out evaluation ({res.reward} reward)"
+    )
+    print(
+        f"{heldout}; {res.steps} steps in "
         f"{res.train_seconds:.0f}s; mean reward {res.mean_reward:.3f}, "
         f"{100 * res.frac_zero_std:.0f}% of groups without signal; model {res.model_path}"
     )
