@@ -113,6 +113,31 @@ def given_flags(
     return given
 
 
+def given_paths(
+    given: dict[str, tuple[str, Any]],
+    saved: dict[str, Any],
+    rows: Sequence[tuple[str, str, str | None]],
+) -> None:
+    """Add the path arguments a user gave on resuming, as (field, flag, value) rows, to `given`;
+    a path naming the same file as the run's own (relative or absolute) counts as the run's value,
+    so it is never refused as a change."""
+    from pathlib import Path
+
+    for name, flag, value in rows:
+        if value is None:
+            continue
+        old = str(saved.get(name, ""))
+        same = value == old or (
+            Path(value).exists() and Path(value).resolve() == Path(old).resolve()
+        )
+        given[name] = (flag, saved.get(name) if same else value)
+
+
+def lora_targets(value: str) -> list[str]:
+    """--lora-targets q_proj,v_proj -> the names."""
+    return [t.strip() for t in value.split(",") if t.strip()]
+
+
 def add_training_run_flags(parser: argparse.ArgumentParser) -> None:
     """The run-control flags of the training verbs (pretrain, sft): where, in what precision,
     whether to resume, whether to show progress. Resuming restores everything else from the run."""

@@ -10,7 +10,14 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
-from twofiles.cli.common import add_json_flag, add_training_run_flags, emit_json, given_flags
+from twofiles.cli.common import (
+    add_json_flag,
+    add_training_run_flags,
+    emit_json,
+    given_flags,
+    given_paths,
+    lora_targets,
+)
 
 if TYPE_CHECKING:
     from twofiles.train.dpo import DPOConfig
@@ -177,7 +184,7 @@ def run(args: argparse.Namespace) -> int:
         if cfg.lora_rank and args.lr is None:  # adapters need ~10x the full LR (train/dpo.py)
             cfg.optim.lr = LORA_LR
         if args.lora_targets:
-            cfg.lora_targets = [t.strip() for t in args.lora_targets.split(",") if t.strip()]
+            cfg.lora_targets = lora_targets(args.lora_targets)
         cfg.merge = args.merge
         cfg.device, cfg.dtype = args.device, args.dtype
     cfg.resume, cfg.progress = args.resume, not args.no_progress
@@ -213,12 +220,6 @@ RESUME_CHANGEABLE = {
 }
 
 
-def _same_path(a: str, b: str) -> bool:
-    from pathlib import Path
-
-    return a == b or (Path(a).exists() and Path(a).resolve() == Path(b).resolve())
-
-
 def _resumed_config(args: argparse.Namespace, saved: dict[str, Any]) -> DPOConfig:
     """The saved run's config, with the flags that may change applied; conflicting flags refused
     (each named, with the run's value and the given one)."""
@@ -226,20 +227,21 @@ def _resumed_config(args: argparse.Namespace, saved: dict[str, Any]) -> DPOConfi
     from twofiles.train.runctl import resumed
 
     given = given_flags(args, _FIELDS)
-    for name, flag, value in (
-        ("model", "MODEL", args.model),
-        ("data", "--data", args.data),
-        ("val_data", "--val-data", args.val_data),
-        ("feedback_db", "--feedback-db", args.feedback_db),
-        ("arena_db", "--arena-db", args.arena_db),
-    ):
-        if value is not None:
-            same = _same_path(value, str(saved.get(name, "")))
-            given[name] = (flag, saved.get(name) if same else value)
+    given_paths(
+        given,
+        saved,
+        [
+            ("model", "MODEL", args.model),
+            ("data", "--data", args.data),
+            ("val_data", "--val-data", args.val_data),
+            ("feedback_db", "--feedback-db", args.feedback_db),
+            ("arena_db", "--arena-db", args.arena_db),
+        ],
+    )
     if args.lora_targets:
         given["lora_targets"] = (
             "--lora-targets",
-            [t.strip() for t in args.lora_targets.split(",") if t.strip()],
+            lora_targets(args.lora_targets),
         )
     if args.merge:
         given["merge"] = ("--merge", True)

@@ -12,7 +12,14 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
-from twofiles.cli.common import add_json_flag, add_training_run_flags, emit_json, given_flags
+from twofiles.cli.common import (
+    add_json_flag,
+    add_training_run_flags,
+    emit_json,
+    given_flags,
+    given_paths,
+    lora_targets,
+)
 
 if TYPE_CHECKING:
     from twofiles.train.reward import RewardConfig
@@ -94,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
             if value is not None:
                 setattr(cfg.optim if section == "optim" else cfg, name, value)
         if args.lora_targets:
-            cfg.lora_targets = [t.strip() for t in args.lora_targets.split(",") if t.strip()]
+            cfg.lora_targets = lora_targets(args.lora_targets)
         cfg.device, cfg.dtype = args.device, args.dtype
     cfg.resume, cfg.progress = args.resume, not args.no_progress
     try:
@@ -125,27 +132,24 @@ RESUME_CHANGEABLE = {
 
 def _resumed_config(args: argparse.Namespace, saved: dict[str, Any]) -> RewardConfig:
     """The saved run's config with the flags that may change applied; conflicting ones refused."""
-    from pathlib import Path
 
     from twofiles.train.reward import RewardConfig
     from twofiles.train.runctl import resumed
 
     given = given_flags(args, _FIELDS)
-    for name, flag, value in (
-        ("model", "MODEL", args.model),
-        ("data", "--data", args.data),
-        ("val_data", "--val-data", args.val_data),
-    ):
-        if value is not None:
-            old = str(saved.get(name, ""))
-            same = value == old or (
-                Path(value).exists() and Path(value).resolve() == Path(old).resolve()
-            )
-            given[name] = (flag, saved.get(name) if same else value)
+    given_paths(
+        given,
+        saved,
+        [
+            ("model", "MODEL", args.model),
+            ("data", "--data", args.data),
+            ("val_data", "--val-data", args.val_data),
+        ],
+    )
     if args.lora_targets:
         given["lora_targets"] = (
             "--lora-targets",
-            [t.strip() for t in args.lora_targets.split(",") if t.strip()],
+            lora_targets(args.lora_targets),
         )
     cfg = resumed(saved, RewardConfig.from_dict(saved), given, RESUME_CHANGEABLE)
     cfg.device = args.device

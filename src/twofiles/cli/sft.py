@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
-from twofiles.cli.common import add_json_flag, add_training_run_flags, emit_json, given_flags
+from twofiles.cli.common import (
+    add_json_flag,
+    add_training_run_flags,
+    emit_json,
+    given_flags,
+    given_paths,
+    lora_targets,
+)
 
 if TYPE_CHECKING:
     from twofiles.train.sft import SFTConfig
@@ -147,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
         if args.max_steps is not None and args.time_budget is None:
             cfg.time_budget_s = 0.0
         if args.lora_targets:
-            cfg.lora_targets = [t.strip() for t in args.lora_targets.split(",") if t.strip()]
+            cfg.lora_targets = lora_targets(args.lora_targets)
         cfg.merge, cfg.pack = args.merge, not args.no_pack
         cfg.device, cfg.dtype = args.device, args.dtype
     cfg.resume, cfg.progress = args.resume, not args.no_progress
@@ -180,12 +187,6 @@ RESUME_CHANGEABLE = {
 }
 
 
-def _same_path(a: str, b: str) -> bool:
-    from pathlib import Path
-
-    return a == b or (Path(a).exists() and Path(a).resolve() == Path(b).resolve())
-
-
 def _resumed_config(args: argparse.Namespace, saved: dict[str, Any]) -> SFTConfig:
     """The saved run's config, with the flags that may change applied; conflicting flags refused
     (each named, with the run's value and the given one)."""
@@ -193,18 +194,19 @@ def _resumed_config(args: argparse.Namespace, saved: dict[str, Any]) -> SFTConfi
     from twofiles.train.sft import SFTConfig
 
     given = given_flags(args, _FIELDS)
-    for name, flag, value in (
-        ("model", "MODEL", args.model),
-        ("data", "--data", args.data),
-        ("val_data", "--val-data", args.val_data),
-    ):
-        if value is not None:
-            same = _same_path(value, str(saved.get(name, "")))
-            given[name] = (flag, saved.get(name) if same else value)
+    given_paths(
+        given,
+        saved,
+        [
+            ("model", "MODEL", args.model),
+            ("data", "--data", args.data),
+            ("val_data", "--val-data", args.val_data),
+        ],
+    )
     if args.lora_targets:
         given["lora_targets"] = (
             "--lora-targets",
-            [t.strip() for t in args.lora_targets.split(",") if t.strip()],
+            lora_targets(args.lora_targets),
         )
     if args.merge:
         given["merge"] = ("--merge", True)
