@@ -144,9 +144,20 @@ def build_optimizers(model: nn.Module, cfg: OptimConfig) -> list[torch.optim.Opt
     else:
         raise ValueError(f"unknown optimizer {cfg.optimizer!r} (expected 'muon' or 'adamw')")
     adam_groups = [g for g in adam_groups if g["params"]]
-    # fused/foreach AdamW kernels exist on CPU too; foreach is the portable fast path.
+    # The fused kernel makes one pass over each tensor instead of one per operation: on
+    # SmolLM2-135M (2 CPU threads) a step takes 37 ms against foreach's 300 ms (TRL's default,
+    # adamw_torch_fused). It needs float parameters on CPU or CUDA; elsewhere (MPS) foreach.
+    params: list[torch.Tensor] = [p for g in adam_groups for p in g["params"]]  # type: ignore[attr-defined]
+    fused = all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in params)
     optimizers.insert(
-        0, torch.optim.AdamW(adam_groups, betas=(cfg.beta1, cfg.beta2), eps=1e-8, foreach=True)
+        0,
+        torch.optim.AdamW(
+            adam_groups,
+            betas=(cfg.beta1, cfg.beta2),
+            eps=1e-8,
+            foreach=not fused,
+            fused=fused,
+        ),
     )
     for opt in optimizers:
         for g in opt.param_groups:
