@@ -3,8 +3,15 @@
 
 from __future__ import annotations
 
+import json
 import re
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 
@@ -59,7 +66,10 @@ class TinyIndex:
         return [Passage(**{**d.__dict__, "score": float(s)}) for s, d in ranked]
 
     def passage(self, chunk_id: int) -> Passage:
-        return self.docs[chunk_id]
+        found = [d for d in self.docs if d.chunk_id == chunk_id]
+        if not found:
+            raise KeyError(chunk_id)
+        return found[0]
 
 
 def test_context_block_numbers_passages_with_their_sources() -> None:
@@ -217,3 +227,171 @@ def test_a_document_spelling_role_tokens_cannot_start_a_turn(template: str) -> N
     assert [i for i in evil_ids if i in specials] == [i for i in benign_ids if i in specials]
     assert tok.decode(evil_ids) == fmt.render_text(evil, add_generation_prompt=True)
     assert forged in tok.decode(evil_ids)
+
+
+# ---------------------------------------------------------------------------------------------
+# serve --rag: the `rag` request field, `sources` and `citations`, the web routes, the tool.
+
+QUESTION = [{"role": "user", "content": "Which river is the longest in Africa?"}]
+ANSWER = "The Nile [1]."
+
+
+class _Live:
+    """uvicorn on 127.0.0.1 (a free port) in a daemon thread; JSON requests with urllib."""
+
+    def __init__(self, app: Any) -> None:
+        import uvicorn
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+        self.thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True
+        )
+
+    def __enter__(self) -> _Live:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            assert time.monotonic() < deadline and self.thread.is_alive(), "server did not start"
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+        self.sock.close()
+
+    def request(self, path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(
+            self.url + path, data=data, headers={"Content-Type": "application/json"}
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=60) as r:
+                raw = r.read().decode()
+                if r.headers.get("content-type", "").startswith("text/event-stream"):
+                    return r.status, [
+                        json.loads(line[6:])
+                        for line in raw.splitlines()
+                        if line.startswith("data: ") and line != "data: [DONE]"
+                    ]
+                return r.status, json.loads(raw)
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read() or b"{}")
+
+
+@pytest.fixture(scope="module")
+def rag_server():
+    """A scripted tiny model that answers ANSWER after exactly the grounded prompt of QUESTION
+    with k=2 (so a prompt assembled any other way shows as a different reply and usage), served
+    with a TinyIndex behind --rag."""
+    from tiny_models import ScriptedModel, loaded, tiny_tokenizer
+    from twofiles.serve.app import create_app
+    from twofiles.serve.core import RagService
+    from twofiles.serve.settings import ServeSettings
+
+    tok = tiny_tokenizer()
+    fmt = ChatFormat.builtin_for(tok)
+    index = TinyIndex(DOCS)
+    grounded = ground([Message(**m) for m in QUESTION], index.search(QUESTION[0]["content"], 2))
+    prompt = fmt.prompt_ids(grounded)
+    script = [*tok.encode(ANSWER), tok.special_ids["<|assistant_end|>"]]
+    model = ScriptedModel(tok, script, len(prompt), filler=tok.encode(" ")[0], max_seq_len=512)
+    app = create_app(
+        {"tiny": loaded(model, tok)},
+        ServeSettings(),
+        rag=RagService(lambda: TinyIndex(DOCS), k=2),
+    )
+    with _Live(app) as live:
+        live.prompt_tokens = len(prompt)
+        live.passages = index.search(QUESTION[0]["content"], 2)
+        yield live
+
+
+def test_a_rag_request_is_grounded_and_returns_sources_and_citations(rag_server) -> None:
+    body = {"model": "tiny", "messages": QUESTION, "temperature": 0, "max_tokens": 16}
+    status, out = rag_server.request("/v1/chat/completions", {**body, "rag": {"k": 2}})
+    assert status == 200, out
+    assert out["usage"]["prompt_tokens"] == rag_server.prompt_tokens
+    message = out["choices"][0]["message"]
+    assert message["content"] == ANSWER and message["citations"] == [1]
+    assert out["sources"] == [passage_json(p, n) for n, p in enumerate(rag_server.passages, 1)]
+    assert out["sources"][0]["source"] == "geo/rivers.md"
+    # streamed: the sources on the first chunk, the citations on the choice's last
+    status, chunks = rag_server.request(
+        "/v1/chat/completions", {**body, "rag": {"k": 2}, "stream": True}
+    )
+    assert status == 200
+    assert chunks[0]["sources"] == out["sources"]
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == ANSWER
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+    assert chunks[-1]["choices"][0]["citations"] == [1]
+    # "rag": true takes the server's --rag-k (2 here); without it, no sources and no grounding
+    status, same = rag_server.request("/v1/chat/completions", {**body, "rag": True})
+    assert status == 200 and same["sources"] == out["sources"]
+    status, plain = rag_server.request("/v1/chat/completions", {**body, "rag": False})
+    assert status == 200 and "sources" not in plain
+    assert plain["usage"]["prompt_tokens"] < rag_server.prompt_tokens
+
+
+@pytest.mark.parametrize(
+    ("rag", "words"),
+    [
+        ("yes", "rag"),
+        ({"k": 0}, "rag.k"),
+        ({"k": 21}, "rag.k"),
+        ({"k": 2, "top": 1}, "rag"),
+        ({"mode": "fuzzy"}, "rag.mode"),
+    ],
+)
+def test_the_rag_field_is_checked_strictly(rag_server, rag: Any, words: str) -> None:
+    status, out = rag_server.request(
+        "/v1/chat/completions", {"model": "tiny", "messages": QUESTION, "rag": rag}
+    )
+    assert status == 400, out
+    assert out["error"]["message"].startswith(words), out
+
+
+def test_rag_without_an_index_or_a_user_message_is_refused(rag_server) -> None:
+    from tiny_models import loaded, random_model, tiny_tokenizer
+    from twofiles.serve.app import create_app
+
+    status, out = rag_server.request(
+        "/v1/chat/completions",
+        {"model": "tiny", "messages": [{"role": "system", "content": "hi"}], "rag": True},
+    )
+    assert status == 400 and "user message" in out["error"]["message"]
+    tok = tiny_tokenizer()
+    with _Live(create_app({"tiny": loaded(random_model(tok), tok)})) as plain:
+        status, out = plain.request(
+            "/v1/chat/completions", {"model": "tiny", "messages": QUESTION, "rag": True}
+        )
+        assert status == 400 and out["error"]["param"] == "rag"
+        assert "--rag DB" in out["error"]["message"]
+        assert plain.request("/rag")[1] == {"enabled": False}
+        assert plain.request("/rag/passages/0")[0] == 404
+        assert [t["function"]["name"] for t in plain.request("/tools")[1]["tools"]] == [
+            "calculator"
+        ]
+
+
+def test_web_routes_fetch_passages_and_run_the_retrieve_tool(rag_server) -> None:
+    status, info = rag_server.request("/rag")
+    assert status == 200 and info["enabled"] is True and info["k"] == 2
+    status, p = rag_server.request("/rag/passages/2")
+    assert status == 200 and p == passage_json(DOCS[2])
+    status, out = rag_server.request("/rag/passages/99")
+    assert status == 404 and "99" in out["error"]["message"]
+    assert rag_server.request("/rag/passages/x")[0] == 400
+    status, tools = rag_server.request("/tools")
+    retrieve = next(t["function"] for t in tools["tools"] if t["function"]["name"] == "retrieve")
+    assert retrieve["parameters"]["required"] == ["query"]
+    status, ran = rag_server.request(
+        "/tools/run", {"name": "retrieve", "arguments": {"query": "capital of France", "k": 1}}
+    )
+    assert status == 200 and not ran["error"]
+    assert ran["content"] == context_block([DOCS[1]])
+    status, ran = rag_server.request("/tools/run", {"name": "retrieve", "arguments": {"k": 1}})
+    assert status == 200 and ran["error"] and "query" in ran["content"]

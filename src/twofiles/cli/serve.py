@@ -2,6 +2,8 @@
 
   twofiles serve runs/sft/model.safetensors smollm2 --port 8000
   twofiles serve mine=runs/sft/model.safetensors --api-key secret --max-seqs 16
+  twofiles serve smollm2 --rag docs.db    (grounded replies: the `rag` request field, the
+                                            retrieve tool, citations in the web UI)
 
 Each MODEL is a spec any verb takes (parameters file, GGUF, Hugging Face directory, alias),
 optionally NAME=SPEC to choose the name clients send as `model`. The server listens on 127.0.0.1
@@ -105,6 +107,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="where the web UI's thumbs and corrections go (default: $TWOFILES_FEEDBACK_DB or "
         "~/.cache/twofiles/feedback.sqlite, where `twofiles feedback export` looks without --db)",
     )
+    p.add_argument(
+        "--rag",
+        default=None,
+        metavar="DB",
+        help='a document index (twofiles rag index ... --db DB): requests with "rag": true (or '
+        '{"k": 5}) get replies grounded in its passages, with `sources`; the web UI offers it, '
+        "and a `retrieve` tool",
+    )
+    p.add_argument(
+        "--rag-k",
+        type=int,
+        default=5,
+        metavar="K",
+        help="passages per grounded reply when a request gives no k, and the retrieve tool's "
+        "default (default 5)",
+    )
     add_device_flag(p)
     add_inference_flags(p)
     add_json_flag(p)
@@ -129,6 +147,27 @@ def _read_keys(path: str) -> list[str]:
     if not keys:
         raise BadInputError("no API keys in the file (one per line)", path=path)
     return keys
+
+
+def _open_rag(db: str, k: int):
+    """The index behind --rag, opened now (in the thread that will search it) so that a wrong
+    path fails before the models load."""
+    from twofiles.rag import open_index
+    from twofiles.serve.core import RagService
+
+    rag = RagService(lambda: open_index(db), k=k)
+    try:
+        info = rag.info()
+    except BaseException:
+        rag.close()
+        raise
+    files, chunks = (info.get(key, "?") for key in ("files", "chunks"))
+    print(
+        f"documents: {db} ({len(files) if isinstance(files, list | dict) else files} files, "
+        f"{len(chunks) if isinstance(chunks, list | dict) else chunks} passages), {k} per grounded reply",
+        file=sys.stderr,
+    )
+    return rag
 
 
 def run(args: argparse.Namespace) -> int:
@@ -181,6 +220,14 @@ def run(args: argparse.Namespace) -> int:
             raise TwofilesError(f"two models are named {name!r}: give one a name with NAME=MODEL")
         specs[name] = spec
 
+    rag = None
+    if args.rag is not None:
+        from twofiles.serve.protocol import MAX_RAG_K
+
+        if not 1 <= args.rag_k <= MAX_RAG_K:
+            raise TwofilesError(f"--rag-k {args.rag_k}: must be from 1 to {MAX_RAG_K}")
+        rag = _open_rag(args.rag, args.rag_k)
+
     device, why = pick_device(args.device)
     models = {}
     for name, spec in specs.items():
@@ -193,7 +240,7 @@ def run(args: argparse.Namespace) -> int:
             f"model {name} ({spec}): {n_params / 1e6:.2f}M parameters, {device.type} ({why}), loaded in {time.perf_counter() - t0:.2f}s; {'; '.join(setup.reasons)}",
             file=sys.stderr,
         )
-    app = create_app(models, settings)
+    app = create_app(models, settings, rag=rag)
     web = app.state.web  # its databases open on first use: they may still be moved
     if args.arena_db:
         web.arena_db = Path(args.arena_db)
@@ -229,6 +276,7 @@ def run(args: argparse.Namespace) -> int:
                 "auth": bool(keys),
                 "arena_db": str(web.arena_db),
                 "feedback_db": str(web.feedback_db),
+                "rag": args.rag,
             }
         )
     server = uvicorn.Server(

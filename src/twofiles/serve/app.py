@@ -29,7 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from twofiles.errors import TwofilesError
 from twofiles.scheduler import Scheduler
-from twofiles.serve.core import chat_format, generate_reply, model_name
+from twofiles.serve.core import RagService, chat_format, generate_reply, model_name
 from twofiles.serve.openai_routes import add_openai_routes
 from twofiles.serve.protocol import ApiError, pydantic_message
 from twofiles.serve.settings import ServeSettings
@@ -105,9 +105,15 @@ def _auth(settings: ServeSettings):
 # The app
 
 
-def create_app(models: Mapping[str, LoadedModel], settings: ServeSettings | None = None) -> FastAPI:
+def create_app(
+    models: Mapping[str, LoadedModel],
+    settings: ServeSettings | None = None,
+    *,
+    rag: RagService | None = None,
+) -> FastAPI:
     """The server for `models` (name -> loaded model) under `settings`. The scheduler's thread
-    starts with the app (lifespan) and stops with it."""
+    starts with the app (lifespan) and stops with it. With `rag` (serve --rag), requests may ask
+    for grounded replies and the web page gets the retrieve tool; the app closes it."""
     settings = settings or ServeSettings()
     if not models:
         raise TwofilesError("no models to serve")
@@ -125,6 +131,8 @@ def create_app(models: Mapping[str, LoadedModel], settings: ServeSettings | None
             yield
         finally:
             scheduler.close()
+            if rag is not None:
+                rag.close()
 
     app = FastAPI(
         title="twofiles",
@@ -135,6 +143,7 @@ def create_app(models: Mapping[str, LoadedModel], settings: ServeSettings | None
     app.state.scheduler = scheduler
     app.state.settings = settings
     app.state.chat_formats = {}
+    app.state.rag = rag
     app.state.score_lock = threading.Lock()  # core.score_prompt: one at a time
     app.state.started = int(time.time())
     app.add_middleware(_BodyLimit, max_bytes=settings.max_body_bytes)
@@ -174,4 +183,11 @@ def create_app(models: Mapping[str, LoadedModel], settings: ServeSettings | None
     return app
 
 
-__all__ = ["ServeSettings", "chat_format", "create_app", "generate_reply", "model_name"]
+__all__ = [
+    "RagService",
+    "ServeSettings",
+    "chat_format",
+    "create_app",
+    "generate_reply",
+    "model_name",
+]

@@ -3,13 +3,15 @@
 What it owns: looking up a served model (404 otherwise) and its chat format, checking a prompt
 against the server's limits, submitting requests to the scheduler (all or nothing; 429 when the
 queue is full), gathering their events under a deadline and cancelling them when the client goes
-away, `generate_reply` (one assistant reply, for extra routes such as the web pages) and
-`model_name` (the name a model spec is served under). What it leaves to others: the FastAPI app,
+away, `generate_reply` (one assistant reply, for extra routes such as the web pages),
+`model_name` (the name a model spec is served under), and `RagService` / `ground_messages` (the
+document index of `serve --rag`, and a request's messages grounded in what it retrieves). What it leaves to others: the FastAPI app,
 middleware and error handlers (app.py), OpenAI's request and response shapes (protocol.py,
 openai_routes.py), batching and sampling (twofiles.scheduler).
 
 What it reads from the app: `app.state.models` (name -> LoadedModel), `app.state.scheduler`
-(twofiles.scheduler.Scheduler), `app.state.settings` (ServeSettings), `app.state.chat_formats`.
+(twofiles.scheduler.Scheduler), `app.state.settings` (ServeSettings), `app.state.chat_formats`,
+`app.state.rag` (a RagService, or None).
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,6 +36,7 @@ from twofiles.serve.settings import ServeSettings
 if TYPE_CHECKING:
     from twofiles.artifact import LoadedModel
     from twofiles.chat import ChatFormat, Message
+    from twofiles.rag import Passage
 
 # One prompt token's score: its logprob (None for the first token) and the top alternatives
 # as (token id, logprob), most likely first.
@@ -294,6 +298,73 @@ async def score_prompt(
     return await asyncio.to_thread(score)
 
 
+class RagService:
+    """The server's document index (`serve --rag DB`), owned by one thread of its own: the index
+    is opened there on first use and every search runs there, one at a time, because an index
+    held in SQLite may only be used from the thread that opened it, and because a dense search
+    runs the embedder, which must not block the event loop. `search` and `passage` (blocking)
+    make it a grounding.Searcher, so the retrieve tool runs over it too."""
+
+    def __init__(self, open_index: Callable[[], Any], *, k: int = 5) -> None:
+        self._open = open_index
+        self._index: Any = None
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="twofiles-rag")
+        self.k = k  # passages per grounded request when the request gives none
+
+    def _call(self, fn: Callable[[Any], Any]) -> Any:
+        def run() -> Any:
+            if self._index is None:
+                self._index = self._open()
+            return fn(self._index)
+
+        return self._pool.submit(run).result()
+
+    def search(self, query: str, k: int = 5, mode: str = "hybrid") -> list[Passage]:
+        return self._call(lambda index: index.search(query, k, mode))
+
+    def passage(self, chunk_id: int) -> Passage:
+        return self._call(lambda index: index.passage(chunk_id))
+
+    def info(self) -> dict[str, Any]:
+        return self._call(lambda index: dict(getattr(index, "info", {}) or {}))
+
+    def close(self) -> None:
+        def shut(index: Any) -> None:
+            close = getattr(index, "close", None)
+            if close is not None:
+                close()
+
+        if self._index is not None:
+            self._pool.submit(shut, self._index).result()
+            self._index = None
+        self._pool.shutdown(wait=True)
+
+
+async def ground_messages(
+    app: FastAPI, messages: Sequence[Message], k: int | None, mode: str
+) -> tuple[list[Message], list[Passage]]:
+    """A request's messages grounded in the `k` passages (None: the server's default) retrieved
+    for its last user message and the one before it (grounding.rag_query), and those passages.
+    ApiError 400 when this server has no index or the conversation has no user message."""
+    from twofiles.rag.grounding import ground, rag_query
+
+    rag: RagService | None = getattr(app.state, "rag", None)
+    if rag is None:
+        raise ApiError(
+            400,
+            "rag: this server has no document index (start it with twofiles serve MODEL --rag DB)",
+            param="rag",
+        )
+    query = rag_query(messages)
+    if not query:
+        raise ApiError(400, "rag: needs a user message to retrieve for", param="rag")
+    try:
+        passages = await asyncio.to_thread(rag.search, query, k or rag.k, mode)
+    except TwofilesError as e:
+        raise ApiError(400, f"rag: {e}", param="rag") from None
+    return ground(messages, passages), passages
+
+
 def model_name(spec: str) -> str:
     """The name a model is served under when the user gives none: an alias as it is, a file's
     stem, or the directory's name for a directory or a file called model.safetensors."""
@@ -305,11 +376,13 @@ def model_name(spec: str) -> str:
 
 __all__ = [
     "DeadlinePassed",
+    "RagService",
     "chat_format",
     "check_prompt",
     "collect",
     "gather_events",
     "generate_reply",
+    "ground_messages",
     "model_name",
     "score_prompt",
     "served_model",

@@ -9,6 +9,11 @@ prompt forms (text, texts, ids, lists of ids). What it leaves to others: request
 Streaming with `tools`: the reply is held until it is complete, then sent as one content delta
 and/or one tool_calls delta, because a tool call's text must not reach the client as content and
 cannot be told apart from content before it is complete.
+
+Grounded replies (the `rag` extension field, with `serve --rag DB`): the response carries the
+passages that were in the prompt as a top-level `sources` list ({n, id, source, location, start,
+end, score, text}; a stream sends it on its first chunk), and each choice the passage numbers
+its reply cited as `citations` (on the message; a stream puts it on the choice's last chunk).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from twofiles.serve.core import (
     check_prompt,
     collect,
     gather_events,
+    ground_messages,
     score_prompt,
     served_model,
     submit,
@@ -178,6 +184,9 @@ def add_openai_routes(app: FastAPI, require_api_key: Any) -> None:
             messages = parse_messages(req.messages)
         except TwofilesError as e:
             raise ApiError(400, str(e), param="messages") from None
+        passages: list[Any] | None = None
+        if req.rag is not None:
+            messages, passages = await ground_messages(app, messages, req.rag.k, req.rag.mode)
         tools = (
             [t.model_dump(exclude_none=True) for t in req.tools]
             if req.tools and req.tool_choice != "none"
@@ -211,6 +220,7 @@ def add_openai_routes(app: FastAPI, require_api_key: Any) -> None:
                     include_usage,
                     len(ids),
                     settings.request_timeout_s,
+                    passages,
                 )
             )
         results = await collect(request, handles, settings.request_timeout_s)
@@ -227,6 +237,8 @@ def add_openai_routes(app: FastAPI, require_api_key: Any) -> None:
                         "tool_calls": _tool_calls_json(parsed),
                     }
                     finish = "tool_calls"
+            if passages is not None:
+                message["citations"] = _citations(h.text, passages)
             choices.append(
                 {
                     "index": i,
@@ -240,6 +252,7 @@ def add_openai_routes(app: FastAPI, require_api_key: Any) -> None:
             "object": "chat.completion",
             "choices": choices,
             "usage": _usage(len(ids), handles),
+            **({"sources": _sources(passages)} if passages is not None else {}),
         }
 
     @app.post("/v1/completions", dependencies=[Depends(require_api_key)])
@@ -298,6 +311,18 @@ def add_openai_routes(app: FastAPI, require_api_key: Any) -> None:
                 }
             )
         return {**base, "choices": choices, "usage": _usage(prompt_tokens, handles)}
+
+
+def _sources(passages: Sequence[Any]) -> list[dict[str, Any]]:
+    from twofiles.rag.grounding import passage_json
+
+    return [passage_json(p, n) for n, p in enumerate(passages, 1)]
+
+
+def _citations(text: str, passages: Sequence[Any]) -> list[int]:
+    from twofiles.rag.grounding import parse_citations
+
+    return parse_citations(text, len(passages))
 
 
 def _model_card(name: str, app: FastAPI) -> dict[str, Any]:
@@ -360,21 +385,28 @@ async def _chat_chunks(
     include_usage: bool,
     prompt_tokens: int,
     timeout: float,
+    passages: Sequence[Any] | None = None,
 ) -> AsyncIterator[str]:
     tok = loaded.tokenizer
 
-    def chunk(i: int, delta: dict[str, Any], finish: str | None = None, lp: Any = None) -> str:
+    def chunk(
+        i: int,
+        delta: dict[str, Any],
+        finish: str | None = None,
+        lp: Any = None,
+        extra: dict[str, Any] | None = None,
+    ) -> str:
+        choice = {"index": i, "delta": delta, "logprobs": lp, "finish_reason": finish}
+        if finish is not None and passages is not None:
+            choice["citations"] = _citations(handles[i].text, passages)
         return _sse(
-            {
-                **base,
-                "object": "chat.completion.chunk",
-                "choices": [{"index": i, "delta": delta, "logprobs": lp, "finish_reason": finish}],
-            }
+            {**base, "object": "chat.completion.chunk", "choices": [choice], **(extra or {})}
         )
 
     try:
         for i in range(len(handles)):
-            yield chunk(i, {"role": "assistant", "content": ""})
+            first = {"sources": _sources(passages)} if passages is not None and i == 0 else None
+            yield chunk(i, {"role": "assistant", "content": ""}, extra=first)
         async for i, events in gather_events(handles, time.monotonic() + timeout):
             last = events[-1]
             if last.finish_reason in ("error", "cancelled"):

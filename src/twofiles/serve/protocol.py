@@ -125,6 +125,17 @@ class _Sampling(_Strict):
     user: str | None = None  # accepted and ignored, as a courtesy to clients that always send it
 
 
+MAX_RAG_K = 20  # passages per grounded request: k chunks of ~256 tokens must fit the context
+
+
+class RagOption(_Strict):
+    """The `rag` extension field: retrieve from the server's index (serve --rag) for the last user
+    message and ground the reply; the passages come back in the response's `sources`."""
+
+    k: int | None = Field(default=None, ge=1, le=MAX_RAG_K)  # passages (None: serve's --rag-k)
+    mode: Literal["hybrid", "bm25", "dense"] = "hybrid"  # how the index ranks them
+
+
 class ChatCompletionRequest(_Sampling):
     messages: list[Any] = Field(
         min_length=1
@@ -139,6 +150,16 @@ class ChatCompletionRequest(_Sampling):
         None  # "required" / a named function cannot be forced here
     )
     parallel_tool_calls: bool | None = None
+    rag: RagOption | None = None  # extension: true = RagOption(), false = None (see below)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _rag_shorthand(cls, data: Any) -> Any:
+        # "rag": true / false as shorthands, turned into the object here so that a bad object's
+        # error names its field (rag.k) instead of listing both forms of a union
+        if isinstance(data, dict) and isinstance(data.get("rag"), bool):
+            data = {**data, "rag": {} if data["rag"] else None}
+        return data
 
 
 class CompletionRequest(_Sampling):
@@ -268,6 +289,7 @@ __all__ = [
     "ApiError",
     "ChatCompletionRequest",
     "CompletionRequest",
+    "RagOption",
     "StreamOptions",
     "ToolSpec",
     "pydantic_message",

@@ -7,7 +7,10 @@ What it owns: `attach(app)`, which the server's `create_app` calls to add
   POST /arena/battle               two models drawn at random answer one prompt, names hidden
   POST /arena/vote                 a vote on a pending battle -> ArenaStore; names revealed
   GET  /arena/leaderboard          ratings with intervals from every stored vote
-  GET  /tools, POST /tools/run     the tools the chat page may run for the model (calculator only)
+  GET  /tools, POST /tools/run     the tools the chat page may run for the model (the calculator;
+                                   with serve --rag also retrieve, over the server's index)
+  GET  /rag                        whether the server has a document index, and what it holds
+  GET  /rag/passages/{id}          one indexed passage (text, source, location): a citation's target
 The chat page talks to the server's own OpenAI-compatible `/v1/chat/completions` (streaming, with
 logprobs) and `/v1/models`; nothing here duplicates them.
 
@@ -24,6 +27,7 @@ a server that never gets a vote never creates a file.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import secrets
@@ -57,8 +61,9 @@ ARENA_PENDING = 1_000  # battles awaiting a vote held in memory; the oldest are 
 LEADERBOARD_BOOTSTRAP = 200  # bootstrap resamples behind the intervals
 MAX_CONVERSATION_MESSAGES = 200  # messages in one feedback record
 MAX_FEEDBACK_TEXT = 100_000  # characters of any one text field in a feedback record
-# Tools a browser may ask this server to run: only the calculator (pure arithmetic, bounded
-# cost). The Python sandbox runs code on the server, which a page open to a network must not offer.
+# Tools a browser may ask this server to run: the calculator (pure arithmetic, bounded cost) and,
+# with serve --rag, retrieve (read-only searches of the index the operator chose). The Python
+# sandbox runs code on the server, which a page open to a network must not offer.
 
 
 class _Strict(BaseModel):
@@ -115,6 +120,7 @@ class WebState:
     _feedback: Any = None
     _arena: Any = None
     _tools: Any = None
+    rag: Any = None  # serve.core.RagService (serve --rag), or None
 
     def tools(self) -> dict[str, Any]:
         with self.lock:
@@ -122,6 +128,10 @@ class WebState:
                 from twofiles.tools.calculator import Calculator
 
                 self._tools = {"calculator": Calculator()}
+                if self.rag is not None:
+                    from twofiles.rag.grounding import retrieve_tool
+
+                    self._tools["retrieve"] = retrieve_tool(self.rag, k=self.rag.k)
             return self._tools
 
     def feedback(self) -> Any:
@@ -311,6 +321,30 @@ def _router(state: WebState, api: list[Any]) -> APIRouter:
         )  # bad arguments come back as error results
         return JSONResponse({"name": body.name, "content": result.content, "error": result.error})
 
+    @router.get("/rag", dependencies=api)
+    def get_rag() -> JSONResponse:
+        if state.rag is None:
+            return JSONResponse({"enabled": False})
+        try:
+            info = state.rag.info()
+        except TwofilesError as e:
+            return _error(500, f"the document index cannot be read: {e}")
+        # an index's info may hold paths or dates: as strings, JSON has no type for them
+        info = json.loads(json.dumps(info, default=str))
+        return JSONResponse({"enabled": True, "k": state.rag.k, "info": info})
+
+    @router.get("/rag/passages/{chunk_id}", dependencies=api)
+    def get_passage(chunk_id: int) -> JSONResponse:
+        from twofiles.rag.grounding import passage_json
+
+        if state.rag is None:
+            return _error(404, "this server has no document index (start it with --rag DB)")
+        try:
+            p = state.rag.passage(chunk_id)
+        except KeyError:
+            return _error(404, f"chunk_id: no passage {chunk_id} in the index")
+        return JSONResponse(passage_json(p))
+
     return router
 
 
@@ -327,6 +361,7 @@ def attach(
     state = WebState(
         _db_path(settings, "feedback", feedback_db), _db_path(settings, "arena", arena_db)
     )
+    state.rag = getattr(app.state, "rag", None)
     app.state.web = state
     key_check = getattr(app.state, "require_api_key", None)
     app.include_router(_router(state, [Depends(key_check)] if key_check else []))
