@@ -71,6 +71,9 @@ class TinyIndex:
             raise KeyError(chunk_id)
         return found[0]
 
+    def close(self) -> None:
+        pass
+
 
 def test_context_block_numbers_passages_with_their_sources() -> None:
     block = context_block(DOCS[:2])
@@ -395,3 +398,56 @@ def test_web_routes_fetch_passages_and_run_the_retrieve_tool(rag_server) -> None
     assert ran["content"] == context_block([DOCS[1]])
     status, ran = rag_server.request("/tools/run", {"name": "retrieve", "arguments": {"k": 1}})
     assert status == 200 and ran["error"] and "query" in ran["content"]
+
+
+# ---------------------------------------------------------------------------------------------
+# twofiles chat --rag
+
+
+def test_chat_cli_grounds_each_turn_and_lists_the_cited_sources(capsys, monkeypatch) -> None:
+    """A scripted model answers ANSWER after exactly the grounded prompt of the first question,
+    so the reply (and its citation) says the CLI assembled the prompt as grounding.ground does."""
+    import io
+
+    from tiny_models import ScriptedModel, loaded, tiny_tokenizer
+    from twofiles.cli import main
+
+    tok = tiny_tokenizer()
+    index = TinyIndex(DOCS)
+    question = QUESTION[0]["content"]
+    grounded = ground([Message("user", question)], index.search(question, 2))
+    prompt = ChatFormat.builtin_for(tok).prompt_ids(grounded)
+    script = [*tok.encode(ANSWER), tok.special_ids["<|assistant_end|>"]]
+    model = ScriptedModel(tok, script, len(prompt), filler=tok.encode(" ")[0], max_seq_len=512)
+    monkeypatch.setattr(
+        "twofiles.formats.resolve.resolve_model", lambda spec, device=None: loaded(model, tok)
+    )
+    opened: list[str] = []
+    monkeypatch.setattr(
+        "twofiles.rag.open_index", lambda db: opened.append(db) or index, raising=False
+    )
+    monkeypatch.setattr("sys.stdin", io.StringIO(f"{question}\nAnd the capital of France?\n"))
+    argv = ["chat", "tiny", "--rag", "docs.db", "--rag-k", "2", "--temperature", "0"]
+    rc = main([*argv, "--max-tokens", "24", "--json"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert opened == ["docs.db"]
+    summary = json.loads(out.splitlines()[-1])
+    assert summary["replies"][0] == ANSWER and out.startswith(ANSWER + "\n")
+    assert "sources:\n[1] geo/rivers.md, lines 1-2\n" in err
+    turns = summary["rag"]["turns"]
+    assert [t["query"] for t in turns] == [question, f"{question}\nAnd the capital of France?"]
+    assert index.queries[-1] == turns[1]["query"]  # the follow-up carries its subject
+    assert turns[0]["citations"] == [1]
+    assert turns[0]["sources"] == [
+        {"n": 1, "id": 0, "source": "geo/rivers.md", "location": "lines 1-2"}
+    ]
+    found = TinyIndex(DOCS).search(question, 2)
+    assert turns[0]["passages"] == [passage_json(p, n) for n, p in enumerate(found, 1)]
+    # the conversation keeps the user's own words; the passages were only in the prompt
+    assert summary["messages"][0] == {"role": "user", "content": question}
+    assert all("<documents>" not in m["content"] for m in summary["messages"])
+    # bad flags fail before anything loads
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    assert main([*argv[:4], "--rag-k", "0"]) == 2
+    assert "--rag-k 0" in capsys.readouterr().err

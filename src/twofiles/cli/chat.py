@@ -5,6 +5,11 @@ template (said on stderr: a base model was never taught it). On a terminal it is
 /reset, /save FILE, /load FILE, /help, /exit; with stdin from a pipe or file it reads one user
 turn per line (commands work there too) and prints each reply on stdout, so it can be scripted.
 Tool calls and their results are shown on stderr. --json prints a summary as the last stdout line.
+
+With --rag DB each user turn retrieves --rag-k passages from a document index (twofiles rag index)
+for the turn's message and the user message before it, puts them in the prompt as numbered,
+delimited data (twofiles.rag.grounding), and lists the sources the reply cited on stderr;
+--tools retrieve also lets the model search the index itself.
 """
 
 from __future__ import annotations
@@ -68,12 +73,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="reward:PATH",
         help="with --think N: best-of-N, the sample this reward model (twofiles reward) scores highest, instead of the majority vote",
     )
+    p.add_argument(
+        "--rag",
+        default=None,
+        metavar="DB",
+        help="ground each reply in passages from this document index (twofiles rag index ... --db DB); "
+        "the reply cites them as [n] and the cited sources are listed after it",
+    )
+    p.add_argument(
+        "--rag-k", type=int, default=5, metavar="K", help="passages per turn with --rag (default 5)"
+    )
+    p.add_argument(
+        "--rag-mode",
+        choices=("hybrid", "bm25", "dense"),
+        default="hybrid",
+        help="how --rag ranks passages (default hybrid)",
+    )
     add_device_flag(p)
     add_inference_flags(p, compile=True)
     add_json_flag(p)
 
 
-def _pick_tools(spec: str, workdir: str | None) -> dict:
+def _pick_tools(spec: str, workdir: str | None, index=None, k: int = 5) -> dict:
     from twofiles.errors import TwofilesError
 
     names = [n.strip() for n in spec.split(",") if n.strip()]
@@ -84,6 +105,10 @@ def _pick_tools(spec: str, workdir: str | None) -> dict:
     if workdir is not None:
         os.makedirs(workdir, exist_ok=True)
     available = default_tools(workdir)
+    if index is not None:  # --rag: the model may also search the index itself
+        from twofiles.rag.grounding import retrieve_tool
+
+        available["retrieve"] = retrieve_tool(index, k=k)
     unknown = [n for n in names if n not in available]
     if unknown:
         raise TwofilesError(
@@ -189,9 +214,16 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.scorer is not None and args.think < 2:
         raise TwofilesError("--scorer picks the best of several samples: pass --think N (N >= 2)")
+    if args.rag_k < 1:
+        raise TwofilesError(f"--rag-k {args.rag_k}: must be >= 1")
+    index = None
+    if args.rag is not None:
+        from twofiles.rag import open_index
+
+        index = open_index(args.rag)  # before the model loads: a wrong path fails at once
     params = sampling_params(args)
     seed = params.seed
-    tools = _pick_tools(args.tools, args.workdir)
+    tools = _pick_tools(args.tools, args.workdir, index, args.rag_k)
     start = load_conversation(args.load) if args.load else []
 
     device, why = pick_device(args.device)
@@ -246,6 +278,7 @@ def run(args: argparse.Namespace) -> int:
     replies: list[str] = []
     stats = RespondStats()
     picks: list[dict] = []  # best-of-N: each turn's samples, their scores and the pick
+    rag_turns: list[dict] = []  # --rag: each turn's query, passages and citations
     turn, n_calls, gen_seconds = 0, 0, 0.0
 
     while True:
@@ -283,6 +316,7 @@ def run(args: argparse.Namespace) -> int:
             continue
 
         messages.append(Message("user", line))
+        query, passages = _retrieve(index, messages, args) if index is not None else ("", None)
         # each turn its own die, reproducibly
         turn_params = replace(params, seed=None if seed is None else seed + 1000 * turn)
         turn += 1
@@ -299,7 +333,7 @@ def run(args: argparse.Namespace) -> int:
                         added = _think(
                             loaded,
                             fmt,
-                            messages,
+                            _grounded(messages, passages),
                             turn_params,
                             args.think,
                             stats,
@@ -313,7 +347,7 @@ def run(args: argparse.Namespace) -> int:
                         events = respond(
                             loaded,
                             fmt,
-                            messages,
+                            _grounded(messages, passages),
                             turn_params,
                             tools=tools or None,
                             max_tool_rounds=args.max_tool_rounds,
@@ -346,6 +380,8 @@ def run(args: argparse.Namespace) -> int:
         out.flush()
         messages.extend(added)
         replies.append("".join(pieces))
+        if passages is not None:
+            rag_turns.append(_cite(query, passages, replies[-1], err))
 
     tps = stats.tokens / gen_seconds if gen_seconds > 0 else 0.0
     print(
@@ -366,6 +402,55 @@ def run(args: argparse.Namespace) -> int:
                 "tokens_per_second": round(tps, 2),
                 "seed": seed,
                 **({"best_of_n": picks} if scorer is not None else {}),
+                **(
+                    {"rag": {"db": args.rag, "k": args.rag_k, "turns": rag_turns}}
+                    if index is not None
+                    else {}
+                ),
             }
         )
+    if index is not None:
+        index.close()
     return 0
+
+
+def _retrieve(index, messages: list, args: argparse.Namespace) -> tuple[str, list]:
+    """This turn's query (grounding.rag_query: the message and the user message before it, for
+    follow-ups) and the passages found for it."""
+    from twofiles.rag.grounding import rag_query
+
+    query = rag_query(messages)
+    return query, index.search(query, args.rag_k, args.rag_mode)
+
+
+def _grounded(messages: list, passages: list | None) -> list:
+    """The prompt's messages: the conversation itself, or with --rag this turn's passages and
+    the instruction to treat them as data (the conversation keeps the user's words alone)."""
+    if passages is None:
+        return messages
+    from twofiles.rag.grounding import ground
+
+    return ground(messages, passages)
+
+
+def _cite(query: str, passages: list, reply: str, err) -> dict:
+    """After a grounded reply: the sources it cited on `err`; the turn's record for --json."""
+    from twofiles.rag.grounding import (
+        cited_sources,
+        format_sources,
+        parse_citations,
+        passage_json,
+    )
+
+    citations = parse_citations(reply, len(passages))
+    sources = cited_sources(passages, citations)
+    if sources:
+        print(f"sources:\n{format_sources(sources)}", file=err, flush=True)
+    else:
+        print(f"(no sources cited; {len(passages)} passages were given)", file=err, flush=True)
+    return {
+        "query": query,
+        "passages": [passage_json(p, n) for n, p in enumerate(passages, 1)],
+        "citations": citations,
+        "sources": sources,
+    }
