@@ -49,10 +49,10 @@ def _tiny_models() -> dict[str, Any]:
     }
 
 
-def _build_app(models: dict[str, Any], **settings: Any) -> Any:
+def _build_app(models: dict[str, Any], *, rag: Any = None, **settings: Any) -> Any:
     from twofiles.serve.app import ServeSettings, create_app
 
-    app = create_app(models, ServeSettings(**settings))
+    app = create_app(models, ServeSettings(**settings), rag=rag)
     assert hasattr(app.state, "web"), "create_app did not attach the web pages"
     return app
 
@@ -719,3 +719,97 @@ def test_default_databases_are_shared_by_the_web_ui_and_the_verbs(tmp_path, monk
     assert default_db("arena") == tmp_path / "elsewhere.sqlite"
     assert main(["arena", "leaderboard"]) == 2
     assert "elsewhere.sqlite" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# serve --rag: grounded replies, their [n] citations as links to the passages
+
+
+@pytest.fixture(scope="module")
+def rag_live():
+    """A server with a tiny document index (--rag, k=2) and a scripted model that answers with
+    citations after exactly the grounded prompt of the question (test_rag_grounding's)."""
+    from test_rag_grounding import DOCS, QUESTION, TinyIndex
+    from tiny_models import ScriptedModel, loaded, tiny_tokenizer
+    from twofiles.chat import ChatFormat, Message
+    from twofiles.rag.grounding import ground
+    from twofiles.serve.core import RagService
+
+    tok = tiny_tokenizer()
+    question = QUESTION[0]["content"]
+    passages = TinyIndex(DOCS).search(question, 2)
+    prompt = ChatFormat.builtin_for(tok).prompt_ids(ground([Message("user", question)], passages))
+    answer = "The Nile [1], not Paris [2]."
+    script = [*tok.encode(answer), tok.special_ids["<|assistant_end|>"]]
+    model = ScriptedModel(tok, script, len(prompt), filler=tok.encode(" ")[0], max_seq_len=512)
+    app = _build_app({"tiny-rag": loaded(model, tok)}, rag=RagService(lambda: TinyIndex(DOCS), k=2))
+    with _Server(app) as server:
+        server.question, server.answer = question, answer
+        yield server
+
+
+@pytest.mark.slow
+def test_grounded_reply_links_citations_to_their_passages(page, rag_live, tmp_path):
+    page.goto(rag_live.url + "/")
+    page.locator("#rag_box").wait_for(state="visible")  # the server has an index
+    assert "2 per reply" in page.locator("#rag_info").inner_text()
+    page.wait_for_function("document.querySelectorAll('#model option').length === 1")
+    page.fill("#temperature", "0")
+    page.fill("#max_tokens", "40")
+    page.fill("#input", rag_live.question)
+    with page.expect_request("**/v1/chat/completions") as sent:
+        page.click("#send")
+    assert json.loads(sent.value.post_data)["rag"] is True
+    reply = page.locator(".msg.assistant").last
+    reply.locator(".actions").wait_for()
+    assert _reply_text(reply) == rag_live.answer  # every token kept its span
+    # each marker is a link, in as many pieces as tokens spell it, to the passage it names
+    pieces = reply.evaluate(
+        "n => [...n.querySelectorAll('.text a.cite')].map(a => [a.dataset.n, a.textContent])"
+    )
+    by_n: dict[str, str] = {}
+    for n, text in pieces:
+        by_n[n] = by_n.get(n, "") + text
+    assert by_n == {"1": "[1]", "2": "[2]"}
+    assert reply.locator(".text a.cite").first.evaluate("a => !!a.closest('.tok')")
+    assert reply.locator(".sources li").all_inner_texts() == [
+        "[1] geo/rivers.md, lines 1-2",
+        "[2] geo/cities.md, lines 1-1",
+    ]
+    # clicking [1] fetches passage 0 by id and shows it, not the token's die
+    with page.expect_response("**/rag/passages/0") as fetched:
+        reply.locator(".text a.cite[data-n='1']").first.click()
+    assert fetched.value.status == 200
+    box = page.locator("#passage")
+    box.wait_for(state="visible")
+    page.wait_for_function("document.querySelector('#passage .passage-text') !== null")
+    assert box.locator(".head").inner_text() == "[1] geo/rivers.md · lines 1-2"
+    assert box.locator(".passage-text").inner_text() == "The Nile is the longest river in Africa."
+    assert page.locator("#tokinfo").is_hidden()
+    _screenshot(page, tmp_path / "web-rag-citation.png")
+    # Escape closes it; the sources list opens the same way; a click elsewhere closes it
+    page.keyboard.press("Escape")
+    box.wait_for(state="hidden")
+    reply.locator(".sources a.cite[data-n='2']").click()
+    page.wait_for_function(
+        "document.querySelector('#passage .passage-text') && document.querySelector('#passage .passage-text').textContent.startsWith('Paris')"
+    )
+    page.locator("#conversation").click(position={"x": 5, "y": 5})
+    box.wait_for(state="hidden")
+    # unticked, the page asks for no grounding
+    page.uncheck("#use_rag")
+    page.fill("#max_tokens", "2")
+    page.fill("#input", "Hello")
+    with page.expect_request("**/v1/chat/completions") as sent:
+        page.click("#send")
+    assert "rag" not in json.loads(sent.value.post_data)
+    page.locator(".msg.assistant").nth(1).locator(".actions").wait_for()
+    assert page.locator(".msg.assistant").nth(1).locator(".sources").count() == 0
+
+
+@pytest.mark.slow
+def test_rag_box_stays_hidden_without_an_index(page, live):
+    page.goto(live.url + "/")
+    page.wait_for_function("document.querySelectorAll('#model option').length === 2")
+    page.wait_for_load_state("networkidle")
+    assert page.locator("#rag_box").is_hidden()

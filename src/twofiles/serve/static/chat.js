@@ -1,5 +1,6 @@
 // The chat page: streams replies from /v1/chat/completions, shows each token's probability and
-// its alternatives, tool calls, and sends thumbs / corrections to /feedback.
+// its alternatives, tool calls, and sends thumbs / corrections to /feedback. With a server started
+// with --rag, replies may be grounded in its documents: their [n] citations link to the passages.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -7,6 +8,9 @@ const TOP_LOGPROBS = 5;
 const END_MARK = "[end]"; // stands for the tokens that ended the reply and have no text
 const MAX_TOOL_ROUNDS = 4; // model turns after tool results, per user message (as chat.respond)
 let toolSpecs = null; // the server's runnable tools (GET /tools), fetched when first offered
+let ragEnabled = false; // the server has a document index (GET /rag)
+// [1], [2, 3]: as twofiles.rag.grounding.parse_citations reads them
+const CITATION = /\[(\d{1,3}(?:\s*,\s*\d{1,3})*)\]/g;
 
 const history = []; // OpenAI-style messages of this conversation (no system message)
 let controller = null; // aborts the reply being streamed
@@ -114,6 +118,107 @@ function appendPieces(shell, text, entries) {
     return [];
   }
   return entries.slice(i);
+}
+
+// --- citations ------------------------------------------------------------------------------------
+
+// Wrap each citation in the reply's text in a link to its passage, leaving the token spans (and
+// their dice) in place: a marker split over several tokens becomes one link piece per token.
+// "[1]" links as a whole; in "[1, 3]" each number links to its own passage.
+function linkCitations(container, sources) {
+  const walker = document.createTreeWalker(container, NodeFilter.SHOW_TEXT);
+  const nodes = []; // [text node, its offset in the whole text]
+  let text = "";
+  for (let n = walker.nextNode(); n; n = walker.nextNode()) {
+    nodes.push([n, text.length]);
+    text += n.data;
+  }
+  const ranges = []; // [start, end, passage number]
+  for (const m of text.matchAll(CITATION)) {
+    const numbers = [...m[1].matchAll(/\d+/g)];
+    for (const d of numbers) {
+      const n = Number(d[0]);
+      if (n < 1 || n > sources.length) continue;
+      const at = m.index + 1 + d.index;
+      ranges.push(numbers.length === 1 ? [m.index, m.index + m[0].length, n] : [at, at + d[0].length, n]);
+    }
+  }
+  // last first: splitting a text node keeps its start, so earlier offsets stay true
+  for (const [a, b, n] of ranges.reverse()) {
+    for (const [node, at] of [...nodes].reverse()) {
+      const lo = Math.max(a, at) - at;
+      const hi = Math.min(b, at + node.data.length) - at;
+      if (lo >= hi) continue;
+      let piece = node;
+      if (lo > 0) piece = piece.splitText(lo);
+      if (hi - lo < piece.data.length) piece.splitText(hi - lo);
+      const link = TF.el("a", { class: "cite", href: "#", title: "read passage [" + n + "]", dataset: { n: String(n) } });
+      link.addEventListener("click", (e) => {
+        e.preventDefault();
+        e.stopPropagation(); // the token under it would open its die instead
+        showPassage(sources[n - 1], link);
+      });
+      piece.replaceWith(link);
+      link.append(piece);
+    }
+  }
+  return [...new Set(ranges.map((r) => r[2]))].sort((x, y) => x - y);
+}
+
+// The passage behind a citation, fetched by id (GET /rag/passages/{id}) and shown beside the link.
+async function showPassage(source, anchor) {
+  hideTokenInfo();
+  const box = $("passage");
+  const where = source.source + (source.location ? " · " + source.location : "");
+  box.replaceChildren(TF.el("div", { class: "head" }, TF.el("b", {}, "[" + source.n + "] "), where), TF.el("div", { class: "hint" }, "loading…"));
+  box.hidden = false;
+  const r = anchor.getBoundingClientRect();
+  box.style.left = Math.max(8, Math.min(r.left, window.innerWidth - box.offsetWidth - 8)) + "px";
+  box.style.top = Math.min(r.bottom + 6, window.innerHeight - box.offsetHeight - 8) + "px";
+  try {
+    const p = await TF.json("GET", "/rag/passages/" + encodeURIComponent(source.id));
+    box.replaceChildren(
+      TF.el("div", { class: "head" }, TF.el("b", {}, "[" + source.n + "] "), p.source + (p.location ? " · " + p.location : "")),
+      TF.el("div", { class: "passage-text" }, p.text)
+    );
+  } catch (e) {
+    box.replaceChildren(TF.el("div", { class: "error" }, "cannot load the passage: " + e.message));
+  }
+}
+
+function hidePassage() {
+  $("passage").hidden = true;
+}
+
+// Under a grounded reply: the passages it cited (each opens like its [n]), and how many it was given.
+function addSources(shell, sources, cited) {
+  const items = cited.map((n) => {
+    const s = sources[n - 1];
+    const link = TF.el("a", { class: "cite", href: "#", dataset: { n: String(n) } }, "[" + n + "] " + s.source + (s.location ? ", " + s.location : ""));
+    link.addEventListener("click", (e) => {
+      e.preventDefault();
+      e.stopPropagation();
+      showPassage(s, link);
+    });
+    return TF.el("li", {}, link);
+  });
+  const head = cited.length ? "Sources" : "No sources cited";
+  shell.node.append(TF.el("div", { class: "sources" }, TF.el("span", { class: "hint" }, head + " (" + sources.length + " passages retrieved)"), items.length ? TF.el("ul", {}, items) : null));
+}
+
+async function loadRag() {
+  try {
+    const rag = await TF.json("GET", "/rag");
+    ragEnabled = !!rag.enabled;
+    if (ragEnabled) {
+      const info = rag.info || {};
+      const count = (x) => (Array.isArray(x) ? x.length : typeof x === "object" && x ? Object.keys(x).length : x);
+      $("rag_info").textContent = [info.files !== undefined ? count(info.files) + " files" : null, info.chunks !== undefined ? count(info.chunks) + " passages" : null, rag.k + " per reply"].filter(Boolean).join(", ");
+    }
+  } catch (e) {
+    ragEnabled = false; // an older server, or no key yet: the page works without it
+  }
+  $("rag_box").hidden = !ragEnabled;
 }
 
 // --- rendering messages -----------------------------------------------------------------------
@@ -246,8 +351,10 @@ async function streamReply(s) {
     top_logprobs: TOP_LOGPROBS,
   };
   if (s.seed !== undefined) body.seed = s.seed;
+  if (ragEnabled && $("use_rag").checked) body.rag = true;
 
   const shell = addAssistantShell(s.model);
+  let sources = null; // the passages a grounded reply was given (the stream's first chunk)
   const calls = []; // tool calls assembled from their streamed pieces
   let content = "";
   let pending = []; // logprob entries whose text has not arrived yet (held back, e.g. a split character)
@@ -260,6 +367,7 @@ async function streamReply(s) {
     const tools = await offeredTools();
     if (tools && tools.length) body.tools = tools;
     for await (const chunk of TF.stream("/v1/chat/completions", body, controller.signal)) {
+      if (chunk.sources) sources = chunk.sources;
       const choice = (chunk.choices || [])[0];
       if (!choice) continue;
       const delta = choice.delta || {};
@@ -296,6 +404,7 @@ async function streamReply(s) {
   shell.node.querySelector(".who").append(" · " + (finish || "done"));
   if (failed) return null; // nothing the model said: the conversation stays as it was sent
   if (!content && !made.length) shell.text.append(TF.el("span", { class: "hint" }, "(empty reply)"));
+  if (sources) addSources(shell, sources, linkCitations(shell.text, sources));
   history.push(reply); // a stopped reply stays, as far as it got: it is what the page shows
   addActions(shell, s.model, context, reply, { temperature: s.temperature, top_p: s.top_p, seed: s.seed ?? null, finish_reason: finish, page: "chat" });
   return finish === "stopped" ? null : { reply, shell };
@@ -337,6 +446,10 @@ $("offer_tools").addEventListener("change", () => showError(""));
 $("colored").addEventListener("change", (e) => $("conversation").classList.toggle("colored", e.target.checked));
 document.addEventListener("click", (e) => {
   if (!$("tokinfo").contains(e.target)) hideTokenInfo();
+  if (!$("passage").contains(e.target)) hidePassage();
 });
+document.addEventListener("keydown", (e) => e.key === "Escape" && hidePassage());
+$("apikey").addEventListener("change", loadRag);
 TF.initKeyField($("apikey"));
 loadModels();
+loadRag();
