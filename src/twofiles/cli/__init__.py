@@ -52,6 +52,10 @@ VERBS: dict[str, tuple[str, str]] = {
         "tokenizer -> data -> pretrain -> samples -> SFT -> RL on the built-in corpus",
     ),
     "pull": ("twofiles.cli.pull", "fetch a built-in model (smollm2) into the cache, once"),
+    "rag": (
+        "twofiles.cli.rag",
+        "index your documents (text, Markdown, HTML, PDF, JSONL) and search them: BM25, dense, hybrid",
+    ),
     "chat": (
         "twofiles.cli.chat",
         "chat with a model in the terminal (streaming, system prompt, tools); scriptable through stdin",
