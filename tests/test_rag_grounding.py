@@ -1,5 +1,6 @@
-"""Grounding replies in retrieved passages: the context block, the prompt, citations, and the
-`retrieve` tool, on a tiny in-test index; a document that spells role tokens cannot start a turn."""
+"""Grounding replies in retrieved passages: the context block, the prompt, citations, the
+`retrieve` tool, `serve --rag` and `chat --rag`, on a tiny in-test index (and once on a real one
+built by twofiles.rag); a document that spells role tokens cannot start a turn."""
 
 from __future__ import annotations
 
@@ -10,12 +11,13 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
 from twofiles.chat import ChatFormat, Message
+from twofiles.rag import Passage
 from twofiles.rag.grounding import (
     RAG_INSTRUCTIONS,
     cited_sources,
@@ -30,18 +32,6 @@ from twofiles.rag.grounding import (
 from twofiles.tokenizer import Tokenizer
 
 TEXT = "to be or not to be, that is the question. the river nile is long. paris is in france. " * 30
-
-
-@dataclass(frozen=True)
-class Passage:  # twofiles.rag.Passage's fields
-    chunk_id: int
-    source: str
-    start: int
-    end: int
-    text: str
-    score: float
-    scores: dict[str, float] = field(default_factory=dict)
-    location: str = ""
 
 
 DOCS = [
@@ -63,7 +53,7 @@ class TinyIndex:
         words = set(re.findall(r"\w+", query.lower()))
         scored = [(len(words & set(re.findall(r"\w+", d.text.lower()))), d) for d in self.docs]
         ranked = sorted((s for s in scored if s[0] > 0), key=lambda s: -s[0])[:k]
-        return [Passage(**{**d.__dict__, "score": float(s)}) for s, d in ranked]
+        return [replace(d, score=float(s)) for s, d in ranked]
 
     def passage(self, chunk_id: int) -> Passage:
         found = [d for d in self.docs if d.chunk_id == chunk_id]
@@ -451,3 +441,41 @@ def test_chat_cli_grounds_each_turn_and_lists_the_cited_sources(capsys, monkeypa
     monkeypatch.setattr("sys.stdin", io.StringIO(""))
     assert main([*argv[:4], "--rag-k", "0"]) == 2
     assert "--rag-k 0" in capsys.readouterr().err
+
+
+def test_chat_and_serve_on_a_real_index(tmp_path, capsys, monkeypatch) -> None:
+    """The verbs on an index twofiles.rag built (MiniLM embeddings, hybrid search): the turn's
+    passages are the index's own, as `RagIndex.search` ranks them; a path that is not an index
+    fails with exit 2 naming it, before any model loads."""
+    import io
+
+    from tiny_models import random_model, tiny_tokenizer
+    from twofiles.artifact import save_model
+    from twofiles.cli import main
+    from twofiles.rag import build_index, open_index
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "rivers.md").write_text("# Rivers\n\nThe Zorvel river runs 812 km to the sea.\n")
+    (docs / "towns.txt").write_text("Quillmere is a town known for its copper bells.\n")
+    db = tmp_path / "docs.db"
+    build_index([str(docs)], db, progress=False)
+    tok = tiny_tokenizer()
+    model = str(save_model(tmp_path / "model.safetensors", random_model(tok, max_seq_len=512), tok))
+    question = "How long is the Zorvel river?"
+    monkeypatch.setattr("sys.stdin", io.StringIO(question + "\n"))
+    rc = main(["chat", model, "--rag", str(db), "--rag-k", "1", "--max-tokens", "4", "--json"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    (turn,) = json.loads(out.splitlines()[-1])["rag"]["turns"]
+    with open_index(db) as index:
+        (expected,) = index.search(question, 1)
+    assert turn["passages"] == [passage_json(expected, 1)]
+    assert turn["passages"][0]["source"].endswith("rivers.md") and "812 km" in expected.text
+
+    for verb in (["chat", model], ["serve", model, "--port", "0"]):
+        monkeypatch.setattr("sys.stdin", io.StringIO(""))
+        assert main([*verb, "--rag", str(tmp_path / "nothing.db")]) == 2
+        err = capsys.readouterr().err
+        assert "nothing.db" in err and "no such index" in err and "parameters" not in err
