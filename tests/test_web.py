@@ -753,6 +753,7 @@ def test_grounded_reply_links_citations_to_their_passages(page, rag_live, tmp_pa
     page.goto(rag_live.url + "/")
     page.locator("#rag_box").wait_for(state="visible")  # the server has an index
     assert "2 per reply" in page.locator("#rag_info").inner_text()
+    assert page.locator("#tool_names").inner_text() == "calculator, retrieve"
     page.wait_for_function("document.querySelectorAll('#model option').length === 1")
     page.fill("#temperature", "0")
     page.fill("#max_tokens", "40")
@@ -813,3 +814,4 @@ def test_rag_box_stays_hidden_without_an_index(page, live):
     page.wait_for_function("document.querySelectorAll('#model option').length === 2")
     page.wait_for_load_state("networkidle")
     assert page.locator("#rag_box").is_hidden()
+    assert page.locator("#tool_names").inner_text() == "calculator"

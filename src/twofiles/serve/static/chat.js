@@ -219,6 +219,7 @@ async function loadRag() {
     ragEnabled = false; // an older server, or no key yet: the page works without it
   }
   $("rag_box").hidden = !ragEnabled;
+  $("tool_names").textContent = ragEnabled ? "calculator, retrieve" : "calculator";
 }
 
 // --- rendering messages -----------------------------------------------------------------------
