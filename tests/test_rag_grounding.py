@@ -441,6 +441,8 @@ def test_chat_cli_grounds_each_turn_and_lists_the_cited_sources(capsys, monkeypa
     monkeypatch.setattr("sys.stdin", io.StringIO(""))
     assert main([*argv[:4], "--rag-k", "0"]) == 2
     assert "--rag-k 0" in capsys.readouterr().err
+    assert main(["chat", "tiny", "--tools", "calculator,retrieve"]) == 2
+    assert "--tools retrieve searches a document index: pass --rag DB" in capsys.readouterr().err
 
 
 def test_chat_and_serve_on_a_real_index(tmp_path, capsys, monkeypatch) -> None:
@@ -479,3 +481,33 @@ def test_chat_and_serve_on_a_real_index(tmp_path, capsys, monkeypatch) -> None:
         assert main([*verb, "--rag", str(tmp_path / "nothing.db")]) == 2
         err = capsys.readouterr().err
         assert "nothing.db" in err and "no such index" in err and "parameters" not in err
+
+
+def test_chat_cli_retrieve_tool_searches_the_index(capsys, monkeypatch) -> None:
+    """--rag with --tools retrieve: the model's call runs the search, its result is the block."""
+    import io
+
+    from tiny_models import ScriptedModel, loaded, tiny_tokenizer
+    from twofiles.cli import main
+    from twofiles.tools import openai_tool_specs
+
+    tok = tiny_tokenizer()
+    index = TinyIndex(DOCS)
+    question = "Where is Paris?"
+    specs = openai_tool_specs({"retrieve": retrieve_tool(index, k=1)})
+    grounded = ground([Message("user", question)], index.search(question, 1))
+    prompt = ChatFormat.builtin_for(tok).prompt_ids(grounded, tools=specs)
+    call = '{"name": "retrieve", "arguments": {"query": "capital of France"}}'
+    sp = tok.special_ids
+    script = [sp["<|tool_call_start|>"], *tok.encode(call), sp["<|tool_call_end|>"]]
+    model = ScriptedModel(tok, script, len(prompt), filler=tok.encode(" ")[0], max_seq_len=1024)
+    monkeypatch.setattr(
+        "twofiles.formats.resolve.resolve_model", lambda spec, device=None: loaded(model, tok)
+    )
+    monkeypatch.setattr("twofiles.rag.open_index", lambda db: index, raising=False)
+    monkeypatch.setattr("sys.stdin", io.StringIO(question + "\n"))
+    argv = ["chat", "tiny", "--rag", "x.db", "--rag-k", "1", "--tools", "retrieve"]
+    assert main([*argv, "--temperature", "0", "--max-tokens", "90", "--max-tool-rounds", "1"]) == 0
+    err = capsys.readouterr().err
+    assert '[tool call] retrieve {"query": "capital of France"}' in err
+    assert f"[tool result] {context_block([DOCS[1]])}" in err

@@ -110,6 +110,8 @@ def _pick_tools(spec: str, workdir: str | None, index=None, k: int = 5) -> dict:
 
         available["retrieve"] = retrieve_tool(index, k=k)
     unknown = [n for n in names if n not in available]
+    if "retrieve" in unknown:
+        raise TwofilesError("--tools retrieve searches a document index: pass --rag DB")
     if unknown:
         raise TwofilesError(
             f"--tools: unknown tool {', '.join(unknown)} (available: {', '.join(sorted(available))})"
