@@ -72,6 +72,9 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=48)
     ap.add_argument("--batch-size", type=int, default=8, help="rows decoded together")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument(
+        "--no-closed", action="store_true", help="grounded replies only (another k, same questions)"
+    )
     ap.add_argument("--out", default="bench/results")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -108,7 +111,9 @@ def main() -> None:
         temperature=0.0, max_tokens=args.max_tokens, stop_token_ids=list(fmt.stop_token_ids)
     )
     conditions = {
-        "closed": [fmt.prompt_ids([Message("user", q["question"])]) for q in questions],
+        "closed": []
+        if args.no_closed
+        else [fmt.prompt_ids([Message("user", q["question"])]) for q in questions],
         "grounded": [
             fmt.prompt_ids(ground([Message("user", q["question"])], passages))
             for q, passages in zip(questions, found)
@@ -117,6 +122,9 @@ def main() -> None:
     replies: dict[str, list[str]] = {}
     timing: dict[str, dict] = {}
     for name, prompts in conditions.items():
+        if not prompts:
+            replies[name] = [""] * len(questions)
+            continue
         t1 = time.perf_counter()
         rows = decode_batch(
             loaded.model,
@@ -163,7 +171,9 @@ def main() -> None:
         cited = [c for r in rs for c in r["cited_right"]]
         return {
             "questions": len(rs),
-            "closed_accuracy": sum(r["closed_right"] for r in rs) / len(rs),
+            "closed_accuracy": sum(r["closed_right"] for r in rs) / len(rs)
+            if not args.no_closed
+            else None,
             "grounded_accuracy": sum(r["grounded_right"] for r in rs) / len(rs),
             "recall_at_k": sum(r["recall"] for r in rs) / len(rs),
             "replies_citing": sum(bool(r["citations"]) for r in rs) / len(rs),
@@ -181,6 +191,7 @@ def main() -> None:
         "k": args.k,
         "mode": args.mode,
         "max_tokens": args.max_tokens,
+        "closed_book_run": not args.no_closed,
         "seed": args.seed,
         "index": {key: info[key] for key in ("files", "chunks", "embedder", "chunk_tokens")},
         "search_seconds": round(search_s, 2),
@@ -193,10 +204,14 @@ def main() -> None:
         f"| questions | n | closed book | grounded (k={args.k}) | recall@k | replies citing | citations | citation precision |"
     )
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+
+    def closed(s: dict) -> str:
+        return f"{100 * s['closed_accuracy']:.1f}%" if not args.no_closed else "not run"
+
     for name, s in summary["results"].items():
         prec = "n/a" if s["citation_precision"] is None else f"{100 * s['citation_precision']:.1f}%"
         print(
-            f"| {name} | {s['questions']} | {100 * s['closed_accuracy']:.1f}% | "
+            f"| {name} | {s['questions']} | {closed(s)} | "
             f"{100 * s['grounded_accuracy']:.1f}% | {100 * s['recall_at_k']:.1f}% | "
             f"{100 * s['replies_citing']:.1f}% | {s['citations']} | {prec} |"
         )
