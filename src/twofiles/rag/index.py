@@ -468,10 +468,13 @@ def build_index(
     con.close()
     if fresh:
         os.replace(target, db)
-    # the matrices no generation names any more (earlier runs', or one killed before its commit)
+    # the matrices no generation names any more (earlier runs', or one killed before its commit),
+    # and the temp files of a killed run
     for stale in db.parent.glob(f"{db.name}.vectors-*.npy"):
         if stale.name != vec.name:
             stale.unlink(missing_ok=True)
+    for stale in db.parent.glob(f".{db.name}.*"):
+        stale.unlink(missing_ok=True)
     t_end = time.perf_counter()
     seconds, work = t_end - t0, t_end - t_work
     return {
