@@ -114,6 +114,15 @@ def _vectors_path(db: Path, gen: str) -> Path:
     return db.with_name(f"{db.name}.vectors-{gen}.npy")
 
 
+def _connect_existing(db: Path) -> sqlite3.Connection:
+    """A connection to an existing database, never creating one. Read-write where allowed: a
+    build killed mid-transaction leaves a hot journal that only a writer can roll back."""
+    try:
+        return sqlite3.connect(f"file:{db}?mode=rw", uri=True)
+    except sqlite3.OperationalError:  # a read-only file or folder
+        return sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+
+
 def _read_meta(db: Path) -> dict[str, str]:
     """meta of an existing index; BadInputError naming the path for anything else."""
     if not db.is_file():
@@ -121,7 +130,7 @@ def _read_meta(db: Path) -> dict[str, str]:
             "no such index (build one with `twofiles rag index PATH... --db DB`)", path=str(db)
         )
     try:
-        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        con = _connect_existing(db)
         try:
             meta = dict(con.execute("SELECT key, value FROM meta").fetchall())
         finally:
@@ -146,7 +155,7 @@ class RagIndex:
         self.db = db
         self.meta = _read_meta(db)
         self.device = device
-        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        con = _connect_existing(db)
         try:
             rows = con.execute(
                 "SELECT id, source, start_char, end_char, location, text FROM chunks ORDER BY id"
@@ -323,7 +332,7 @@ def build_index(
 
     old_files: dict[str, tuple[int, int, str]] = {}
     if old_meta is not None and not rebuild:
-        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        con = _connect_existing(db)
         try:
             for path, mtime_ns, size, sha in con.execute(
                 "SELECT path, mtime_ns, size, sha256 FROM files"
