@@ -314,6 +314,20 @@ def test_reindexing_touches_only_changed_files_and_drops_deleted_ones(tmp_path: 
     assert len(list(tmp_path.glob("i.db.vectors-*.npy"))) == 1
 
 
+def test_an_unreadable_file_in_a_folder_is_skipped_but_a_named_one_stops_the_build(
+    tmp_path: Path,
+) -> None:
+    _write(tmp_path / "d" / "good.txt", "Readable text about rivers.")
+    latin = tmp_path / "d" / "latin.txt"
+    latin.write_bytes("café au lait".encode("latin-1"))
+    s = build_index([str(tmp_path / "d")], tmp_path / "i.db", progress=False)
+    assert (s["files"], s["added"], s["skipped"]["unreadable"]) == (1, 1, 1)
+    assert "latin.txt: not UTF-8 text" in s["unreadable"][0]
+    with pytest.raises(BadInputError, match="latin.txt: not UTF-8 text"):
+        build_index([str(latin)], tmp_path / "j.db", progress=False)
+    assert not (tmp_path / "j.db").exists()
+
+
 _KILLER = """
 import os, signal, sys
 import numpy as np
@@ -412,8 +426,11 @@ def test_cli_index_and_query_print_tables_and_json(
     assert main(["rag", "index", str(docs), "--db", db, "--no-progress", "--json"]) == 0
     out = capsys.readouterr().out.strip().splitlines()
     summary = json.loads(out[-1])
-    assert (summary["added"], summary["skipped"]) == (4, {"hidden": 2, "binary": 1})
-    assert "4 files" in out[0] and "skipped 2 hidden, 1 binary" in out[0]
+    assert (summary["added"], summary["skipped"]) == (
+        4,
+        {"hidden": 2, "binary": 1, "unreadable": 0},
+    )
+    assert "4 files" in out[0] and "skipped 2 hidden, 1 binary, 0 unreadable" in out[0]
     assert main(["rag", "query", db, "glass harp inventor", "--k", "2", "--json"]) == 0
     out = capsys.readouterr().out.strip().splitlines()
     result = json.loads(out[-1])

@@ -302,7 +302,9 @@ def build_index(
     device: str | None = None,
 ) -> dict[str, Any]:
     """Index the files `paths` name (files, folders, or "builtin") into `db`, incrementally.
-    Returns the summary: added/updated/removed/unchanged files, skipped (hidden, binary), chunks
+    A file inside a folder that cannot be read (not UTF-8, a broken PDF or JSONL) is skipped and
+    listed under "unreadable"; a file named directly stops the build with a BadInputError.
+    Returns the summary: added/updated/removed/unchanged files, skipped (hidden, binary, unreadable), chunks
     (total, new), embedder, seconds (all of it), chunks_per_s (new chunks over the time spent
     reading, chunking, embedding and writing: the embedder's loading left out)."""
     from twofiles.rag.chunk import chunk_spans
@@ -377,15 +379,24 @@ def build_index(
         from tqdm.auto import tqdm
 
         it = tqdm(changed, desc="reading", unit="file")
+    unreadable: list[str] = []  # a folder's files that cannot be read: skipped, with the reason
     for key, source, _, _, _ in it:
-        n = 0
-        for doc in documents(Path(key), source, field=field):
+        try:
+            docs = list(documents(Path(key), source, field=field))
+        except BadInputError as e:
+            if Path(key) not in found.in_folders:
+                raise  # a file the user named must be readable
+            unreadable.append(str(e))
+            continue
+        chunks = [
+            (key, doc.source, s, e, doc.locate(s, e), doc.text[s:e])
+            for doc in docs
             for s, e in chunk_spans(
                 doc.text, emb.count_tokens, chunk_tokens=chunk_tokens, overlap=overlap
-            ):
-                new_chunks.append((key, doc.source, s, e, doc.locate(s, e), doc.text[s:e]))
-                n += 1
-        per_file[key] = n
+            )
+        ]
+        new_chunks.extend(chunks)
+        per_file[key] = len(chunks)
     vectors = np.zeros((len(new_chunks), emb.dim), dtype=np.float32)
     bar: Any = None
     if progress and new_chunks:
@@ -417,7 +428,15 @@ def build_index(
             old_ids: list[int] = []
         else:
             old_ids = [r[0] for r in con.execute("SELECT id FROM chunks ORDER BY id")]
-            old_vectors = np.load(_vectors_path(db, old_meta["generation"]), allow_pickle=False)  # type: ignore[index]
+            assert old_meta is not None
+            vec_old = _vectors_path(db, old_meta["generation"])
+            try:
+                old_vectors = np.load(vec_old, allow_pickle=False)
+            except (OSError, ValueError) as e:
+                raise BadInputError(
+                    f"the index's vectors are unreadable ({e}): index into a new --db",
+                    path=str(vec_old),
+                ) from None
         for f in removed + [c[0] for c in updated]:
             con.execute("DELETE FROM chunks WHERE file = ?", (f,))
             con.execute("DELETE FROM files WHERE path = ?", (f,))
@@ -426,6 +445,8 @@ def build_index(
                 "UPDATE files SET mtime_ns = ?, size = ? WHERE path = ?", (mtime_ns, size, key)
             )
         for key, source, mtime_ns, size, sha in changed:
+            if key not in per_file:  # unreadable: its old chunks are gone, nothing replaces them
+                continue
             con.execute(
                 "INSERT INTO files (path, source, mtime_ns, size, sha256, chunks) VALUES (?, ?, ?, ?, ?, ?)",
                 (key, source, mtime_ns, size, sha, per_file[key]),
@@ -488,13 +509,16 @@ def build_index(
     seconds, work = t_end - t0, t_end - t_work
     return {
         "db": str(db),
-        "added": len(changed) - len(updated),
-        "updated": len(updated),
+        "added": sum(1 for c in changed if c[0] in per_file and c[0] not in old_files),
+        "updated": sum(1 for c in updated if c[0] in per_file),
         "removed": len(removed),
         "unchanged": len(unchanged),
         "rebuilt": rebuild,
-        "skipped": {"hidden": found.hidden, "binary": found.binary},
-        "files": len(walked) + sum(1 for f in old_files if f not in walked and f not in removed),
+        "skipped": {"hidden": found.hidden, "binary": found.binary, "unreadable": len(unreadable)},
+        "unreadable": unreadable,
+        "files": len(walked)
+        - len(unreadable)
+        + sum(1 for f in old_files if f not in walked and f not in removed),
         "chunks": len(kept),
         "new_chunks": len(new_chunks),
         "embedder": name,
