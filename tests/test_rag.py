@@ -309,8 +309,16 @@ def test_reindexing_touches_only_changed_files_and_drops_deleted_ones(tmp_path: 
 
         fresh = get_embedder("minilm").embed([r[5] for r in ix.rows])
         np.testing.assert_allclose(ix.vectors, fresh, atol=1e-5)
-    s3 = build_index([str(folder)], db, progress=False)
-    assert (s3["unchanged"], s3["new_chunks"]) == (3, 0)
+    with open_index(db) as ix:
+        gen = ix.meta["generation"]
+    os.utime(b, ns=(time.time_ns(), time.time_ns() + 2 * 10**9))
+    s3 = build_index([str(folder)], db, progress=False)  # nothing to embed: the index stays as is
+    assert (s3["unchanged"], s3["new_chunks"], s3["chunks"]) == (3, 0, 3)
+    with open_index(db) as ix:
+        assert ix.meta["generation"] == gen
+    with sqlite3.connect(db) as con:
+        (mtime,) = con.execute("SELECT mtime_ns FROM files WHERE path = ?", (str(b),)).fetchone()
+    assert mtime == b.stat().st_mtime_ns  # the new stat is remembered: no hashing next time
     assert len(list(tmp_path.glob("i.db.vectors-*.npy"))) == 1
 
 

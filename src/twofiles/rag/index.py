@@ -33,6 +33,7 @@ inside one transaction (pgvector) or by a collection alias swap (Qdrant).
 
 from __future__ import annotations
 
+import glob
 import os
 import sqlite3
 import time
@@ -367,19 +368,56 @@ def build_index(
         and (not os.path.exists(f) or any(Path(f).is_relative_to(d) for d in folders))
     ]
     updated = [c for c in changed if c[0] in old_files]
+    per_file: dict[str, int] = {}  # chunks per file read this run
+    unreadable: list[str] = []  # a folder's files that cannot be read: skipped, with the reason
+
+    def summary(chunks: int, new: int, work: float) -> dict[str, Any]:
+        return {
+            "db": str(db),
+            "added": sum(1 for c in changed if c[0] in per_file and c[0] not in old_files),
+            "updated": sum(1 for c in updated if c[0] in per_file),
+            "removed": len(removed),
+            "unchanged": len(unchanged),
+            "rebuilt": rebuild,
+            "skipped": {
+                "hidden": found.hidden,
+                "binary": found.binary,
+                "unreadable": len(unreadable),
+            },
+            "unreadable": unreadable,
+            "files": len(walked)
+            - len(unreadable)
+            + sum(1 for f in old_files if f not in walked and f not in removed),
+            "chunks": chunks,
+            "new_chunks": new,
+            "embedder": name,
+            "seconds": round(time.perf_counter() - t0, 3),
+            "chunks_per_s": round(new / work, 1) if new else 0.0,
+        }
+
+    if old_meta is not None and not rebuild and not changed and not removed:
+        # nothing to read or embed: remember new stats of unchanged content, keep the rest as is
+        con = _connect_existing(db)
+        try:
+            with con:
+                con.executemany(
+                    "UPDATE files SET mtime_ns = ?, size = ? WHERE path = ?",
+                    [(m, z, key) for key, (m, z) in touched.items()],
+                )
+            n = con.execute("SELECT COUNT(*) FROM chunks").fetchone()[0]
+        finally:
+            con.close()
+        return summary(n, 0, 0.0)
 
     emb = get_embedder(name, device)
     t_work = time.perf_counter()  # indexing speed leaves out loading the embedder
-    new_chunks: list[
-        tuple[str, str, int, int, str, str]
-    ] = []  # file, source, start, end, loc, text
-    per_file: dict[str, int] = {}
+    # (file, source, start, end, location, text) per new chunk
+    new_chunks: list[tuple[str, str, int, int, str, str]] = []
     it: Any = changed
     if progress and changed:
         from tqdm.auto import tqdm
 
         it = tqdm(changed, desc="reading", unit="file")
-    unreadable: list[str] = []  # a folder's files that cannot be read: skipped, with the reason
     for key, source, _, _, _ in it:
         try:
             docs = list(documents(Path(key), source, field=field))
@@ -500,31 +538,12 @@ def build_index(
         os.replace(target, db)
     # the matrices no generation names any more (earlier runs', or one killed before its commit),
     # and the temp files of a killed run
-    for stale in db.parent.glob(f"{db.name}.vectors-*.npy"):
+    for stale in db.parent.glob(f"{glob.escape(db.name)}.vectors-*.npy"):
         if stale.name != vec.name:
             stale.unlink(missing_ok=True)
-    for stale in db.parent.glob(f".{db.name}.*"):
+    for stale in db.parent.glob(f".{glob.escape(db.name)}.*"):
         stale.unlink(missing_ok=True)
-    t_end = time.perf_counter()
-    seconds, work = t_end - t0, t_end - t_work
-    return {
-        "db": str(db),
-        "added": sum(1 for c in changed if c[0] in per_file and c[0] not in old_files),
-        "updated": sum(1 for c in updated if c[0] in per_file),
-        "removed": len(removed),
-        "unchanged": len(unchanged),
-        "rebuilt": rebuild,
-        "skipped": {"hidden": found.hidden, "binary": found.binary, "unreadable": len(unreadable)},
-        "unreadable": unreadable,
-        "files": len(walked)
-        - len(unreadable)
-        + sum(1 for f in old_files if f not in walked and f not in removed),
-        "chunks": len(kept),
-        "new_chunks": len(new_chunks),
-        "embedder": name,
-        "seconds": round(seconds, 3),
-        "chunks_per_s": round(len(new_chunks) / work, 1) if new_chunks else 0.0,
-    }
+    return summary(len(kept), len(new_chunks), time.perf_counter() - t_work)
 
 
 __all__ = ["RRF_K", "Passage", "RagIndex", "build_index", "open_index"]
