@@ -449,6 +449,16 @@ def test_cli_index_and_query_print_tables_and_json(
     assert "none.db: no such index" in capsys.readouterr().err
 
 
+def test_importing_the_package_and_the_verb_loads_nothing_heavy() -> None:
+    code = (
+        "import sys, twofiles.rag, twofiles.cli.rag; "
+        "print(sorted(m for m in ('torch', 'numpy', 'tokenizers', 'pypdf') if m in sys.modules))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
 # ---- the built-in collection ----------------------------------------------------------------
 
 
