@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from peers import require
 from twofiles.errors import BadInputError, TwofilesError
 from twofiles.rag import (
     Passage,
@@ -177,7 +178,7 @@ def test_chunks_respect_the_token_budget_and_overlap_by_whole_sentences() -> Non
 
 @pytest.mark.slow  # importing sentence-transformers takes most of it
 def test_our_minilm_matches_sentence_transformers() -> None:
-    st = pytest.importorskip("sentence_transformers")
+    st = require("sentence_transformers", "pip install -e '.[test]'")
     from twofiles.rag.embed import MiniLM, minilm_dir
 
     texts = [
