@@ -431,7 +431,7 @@ def test_cli_index_and_query_print_tables_and_json(
 ) -> None:
     from twofiles.cli import main
 
-    db = str(tmp_path / "cli.db")
+    db = str(tmp_path / "new" / "folder" / "cli.db")  # its folder is made
     assert main(["rag", "index", str(docs), "--db", db, "--no-progress", "--json"]) == 0
     out = capsys.readouterr().out.strip().splitlines()
     summary = json.loads(out[-1])

@@ -455,6 +455,7 @@ def build_index(
     if fresh and target.exists():
         target.unlink()
     gen = uuid.uuid4().hex[:12]
+    db.parent.mkdir(parents=True, exist_ok=True)
     con = sqlite3.connect(str(target), isolation_level=None)
     try:
         con.execute("BEGIN IMMEDIATE")
