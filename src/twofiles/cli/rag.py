@@ -95,14 +95,17 @@ def run(args: argparse.Namespace) -> int:
             device=_device(args),
         )
         skipped = s["skipped"]
+        for why in s["unreadable"]:
+            print(f"skipped {why}", file=sys.stderr)
         print(
             f"{s['db']}: {s['files']} files, {s['chunks']} chunks ({s['embedder']}): "
             f"{s['added']} added, {s['updated']} updated, {s['removed']} removed, "
             f"{s['unchanged']} unchanged"
             + (" (settings changed: rebuilt)" if s["rebuilt"] else "")
             + (
-                f"; skipped {skipped['hidden']} hidden, {skipped['binary']} binary"
-                if skipped["hidden"] or skipped["binary"]
+                f"; skipped {skipped['hidden']} hidden, {skipped['binary']} binary, "
+                f"{skipped['unreadable']} unreadable"
+                if any(skipped.values())
                 else ""
             )
             + f"; {s['new_chunks']} chunks embedded in {s['seconds']:.1f}s"

@@ -25,7 +25,9 @@ def builtin_collection_dir() -> Path:
 def builtin_questions() -> list[dict[str, Any]]:
     """[{"question", "answer", "source", "kind"}]: `source` is the article as an index of
     "builtin" cites it ("builtin/<file>"); `kind` is "named" (the question names the article's
-    subject) or "described" (it describes the subject in other words, naming nothing)."""
+    subject and asks a fact in other words), "described" (it describes the subject in other words,
+    naming nothing) or "keyed" (it gives an exact number, title or scientific name from the
+    article and asks whose it is)."""
     with open(_HERE / "questions.jsonl", encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
 

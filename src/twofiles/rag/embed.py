@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -243,10 +242,6 @@ def load_embedder(name: str, *, device: str | None = None) -> Embedder:
     if name == MINILM:
         return MiniLM(device=device)
     return ModelEmbedder(name, device=device)
-
-
-def cosine(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.dot(a, b) / (math.sqrt(float(np.dot(a, a) * np.dot(b, b))) or 1.0))
 
 
 __all__ = ["MINILM", "Embedder", "MiniLM", "ModelEmbedder", "load_embedder", "minilm_dir"]

@@ -36,6 +36,7 @@ class Walk:
     files: list[tuple[Path, str]]  # (absolute path, the name to cite it by)
     hidden: int = 0  # files and folders left out because their name starts with "."
     binary: int = 0  # files left out because they are not text (and not a PDF)
+    in_folders: set[Path] = field(default_factory=set)  # the files found by walking a folder
 
 
 def line_locator(text: str) -> Callable[[int, int], str]:
@@ -89,6 +90,7 @@ def walk(paths: list[tuple[str, Path]]) -> Walk:
                 if f.resolve() in seen:
                     continue
                 seen.add(f.resolve())
+                out.in_folders.add(f.resolve())
                 out.files.append((f.resolve(), os.path.join(given, os.path.relpath(f, path))))
     return out
 

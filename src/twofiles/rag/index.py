@@ -33,6 +33,7 @@ inside one transaction (pgvector) or by a collection alias swap (Qdrant).
 
 from __future__ import annotations
 
+import glob
 import os
 import sqlite3
 import time
@@ -114,6 +115,15 @@ def _vectors_path(db: Path, gen: str) -> Path:
     return db.with_name(f"{db.name}.vectors-{gen}.npy")
 
 
+def _connect_existing(db: Path) -> sqlite3.Connection:
+    """A connection to an existing database, never creating one. Read-write where allowed: a
+    build killed mid-transaction leaves a hot journal that only a writer can roll back."""
+    try:
+        return sqlite3.connect(f"file:{db}?mode=rw", uri=True)
+    except sqlite3.OperationalError:  # a read-only file or folder
+        return sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+
+
 def _read_meta(db: Path) -> dict[str, str]:
     """meta of an existing index; BadInputError naming the path for anything else."""
     if not db.is_file():
@@ -121,7 +131,7 @@ def _read_meta(db: Path) -> dict[str, str]:
             "no such index (build one with `twofiles rag index PATH... --db DB`)", path=str(db)
         )
     try:
-        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        con = _connect_existing(db)
         try:
             meta = dict(con.execute("SELECT key, value FROM meta").fetchall())
         finally:
@@ -146,7 +156,7 @@ class RagIndex:
         self.db = db
         self.meta = _read_meta(db)
         self.device = device
-        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        con = _connect_existing(db)
         try:
             rows = con.execute(
                 "SELECT id, source, start_char, end_char, location, text FROM chunks ORDER BY id"
@@ -293,7 +303,9 @@ def build_index(
     device: str | None = None,
 ) -> dict[str, Any]:
     """Index the files `paths` name (files, folders, or "builtin") into `db`, incrementally.
-    Returns the summary: added/updated/removed/unchanged files, skipped (hidden, binary), chunks
+    A file inside a folder that cannot be read (not UTF-8, a broken PDF or JSONL) is skipped and
+    listed under "unreadable"; a file named directly stops the build with a BadInputError.
+    Returns the summary: added/updated/removed/unchanged files, skipped (hidden, binary, unreadable), chunks
     (total, new), embedder, seconds (all of it), chunks_per_s (new chunks over the time spent
     reading, chunking, embedding and writing: the embedder's loading left out)."""
     from twofiles.rag.chunk import chunk_spans
@@ -323,7 +335,7 @@ def build_index(
 
     old_files: dict[str, tuple[int, int, str]] = {}
     if old_meta is not None and not rebuild:
-        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        con = _connect_existing(db)
         try:
             for path, mtime_ns, size, sha in con.execute(
                 "SELECT path, mtime_ns, size, sha256 FROM files"
@@ -356,27 +368,73 @@ def build_index(
         and (not os.path.exists(f) or any(Path(f).is_relative_to(d) for d in folders))
     ]
     updated = [c for c in changed if c[0] in old_files]
+    per_file: dict[str, int] = {}  # chunks per file read this run
+    unreadable: list[str] = []  # a folder's files that cannot be read: skipped, with the reason
+
+    def summary(chunks: int, new: int, work: float) -> dict[str, Any]:
+        return {
+            "db": str(db),
+            "added": sum(1 for c in changed if c[0] in per_file and c[0] not in old_files),
+            "updated": sum(1 for c in updated if c[0] in per_file),
+            "removed": len(removed),
+            "unchanged": len(unchanged),
+            "rebuilt": rebuild,
+            "skipped": {
+                "hidden": found.hidden,
+                "binary": found.binary,
+                "unreadable": len(unreadable),
+            },
+            "unreadable": unreadable,
+            "files": len(walked)
+            - len(unreadable)
+            + sum(1 for f in old_files if f not in walked and f not in removed),
+            "chunks": chunks,
+            "new_chunks": new,
+            "embedder": name,
+            "seconds": round(time.perf_counter() - t0, 3),
+            "chunks_per_s": round(new / work, 1) if new else 0.0,
+        }
+
+    if old_meta is not None and not rebuild and not changed and not removed:
+        # nothing to read or embed: remember new stats of unchanged content, keep the rest as is
+        con = _connect_existing(db)
+        try:
+            with con:
+                con.executemany(
+                    "UPDATE files SET mtime_ns = ?, size = ? WHERE path = ?",
+                    [(m, z, key) for key, (m, z) in touched.items()],
+                )
+            n = con.execute("SELECT COUNT(*) FROM chunks").fetchone()[0]
+        finally:
+            con.close()
+        return summary(n, 0, 0.0)
 
     emb = get_embedder(name, device)
     t_work = time.perf_counter()  # indexing speed leaves out loading the embedder
-    new_chunks: list[
-        tuple[str, str, int, int, str, str]
-    ] = []  # file, source, start, end, loc, text
-    per_file: dict[str, int] = {}
+    # (file, source, start, end, location, text) per new chunk
+    new_chunks: list[tuple[str, str, int, int, str, str]] = []
     it: Any = changed
     if progress and changed:
         from tqdm.auto import tqdm
 
         it = tqdm(changed, desc="reading", unit="file")
     for key, source, _, _, _ in it:
-        n = 0
-        for doc in documents(Path(key), source, field=field):
+        try:
+            docs = list(documents(Path(key), source, field=field))
+        except BadInputError as e:
+            if Path(key) not in found.in_folders:
+                raise  # a file the user named must be readable
+            unreadable.append(str(e))
+            continue
+        chunks = [
+            (key, doc.source, s, e, doc.locate(s, e), doc.text[s:e])
+            for doc in docs
             for s, e in chunk_spans(
                 doc.text, emb.count_tokens, chunk_tokens=chunk_tokens, overlap=overlap
-            ):
-                new_chunks.append((key, doc.source, s, e, doc.locate(s, e), doc.text[s:e]))
-                n += 1
-        per_file[key] = n
+            )
+        ]
+        new_chunks.extend(chunks)
+        per_file[key] = len(chunks)
     vectors = np.zeros((len(new_chunks), emb.dim), dtype=np.float32)
     bar: Any = None
     if progress and new_chunks:
@@ -397,6 +455,7 @@ def build_index(
     if fresh and target.exists():
         target.unlink()
     gen = uuid.uuid4().hex[:12]
+    db.parent.mkdir(parents=True, exist_ok=True)
     con = sqlite3.connect(str(target), isolation_level=None)
     try:
         con.execute("BEGIN IMMEDIATE")
@@ -408,7 +467,15 @@ def build_index(
             old_ids: list[int] = []
         else:
             old_ids = [r[0] for r in con.execute("SELECT id FROM chunks ORDER BY id")]
-            old_vectors = np.load(_vectors_path(db, old_meta["generation"]), allow_pickle=False)  # type: ignore[index]
+            assert old_meta is not None
+            vec_old = _vectors_path(db, old_meta["generation"])
+            try:
+                old_vectors = np.load(vec_old, allow_pickle=False)
+            except (OSError, ValueError) as e:
+                raise BadInputError(
+                    f"the index's vectors are unreadable ({e}): index into a new --db",
+                    path=str(vec_old),
+                ) from None
         for f in removed + [c[0] for c in updated]:
             con.execute("DELETE FROM chunks WHERE file = ?", (f,))
             con.execute("DELETE FROM files WHERE path = ?", (f,))
@@ -417,6 +484,8 @@ def build_index(
                 "UPDATE files SET mtime_ns = ?, size = ? WHERE path = ?", (mtime_ns, size, key)
             )
         for key, source, mtime_ns, size, sha in changed:
+            if key not in per_file:  # unreadable: its old chunks are gone, nothing replaces them
+                continue
             con.execute(
                 "INSERT INTO files (path, source, mtime_ns, size, sha256, chunks) VALUES (?, ?, ?, ?, ?, ?)",
                 (key, source, mtime_ns, size, sha, per_file[key]),
@@ -468,27 +537,14 @@ def build_index(
     con.close()
     if fresh:
         os.replace(target, db)
-    # the matrices no generation names any more (earlier runs', or one killed before its commit)
-    for stale in db.parent.glob(f"{db.name}.vectors-*.npy"):
+    # the matrices no generation names any more (earlier runs', or one killed before its commit),
+    # and the temp files of a killed run
+    for stale in db.parent.glob(f"{glob.escape(db.name)}.vectors-*.npy"):
         if stale.name != vec.name:
             stale.unlink(missing_ok=True)
-    t_end = time.perf_counter()
-    seconds, work = t_end - t0, t_end - t_work
-    return {
-        "db": str(db),
-        "added": len(changed) - len(updated),
-        "updated": len(updated),
-        "removed": len(removed),
-        "unchanged": len(unchanged),
-        "rebuilt": rebuild,
-        "skipped": {"hidden": found.hidden, "binary": found.binary},
-        "files": len(walked) + sum(1 for f in old_files if f not in walked and f not in removed),
-        "chunks": len(kept),
-        "new_chunks": len(new_chunks),
-        "embedder": name,
-        "seconds": round(seconds, 3),
-        "chunks_per_s": round(len(new_chunks) / work, 1) if new_chunks else 0.0,
-    }
+    for stale in db.parent.glob(f".{glob.escape(db.name)}.*"):
+        stale.unlink(missing_ok=True)
+    return summary(len(kept), len(new_chunks), time.perf_counter() - t_work)
 
 
 __all__ = ["RRF_K", "Passage", "RagIndex", "build_index", "open_index"]
