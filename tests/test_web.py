@@ -726,7 +726,7 @@ def test_default_databases_are_shared_by_the_web_ui_and_the_verbs(tmp_path, monk
 
 
 @pytest.fixture(scope="module")
-def rag_live():
+def rag_live(tmp_path_factory: pytest.TempPathFactory):
     """A server with a tiny document index (--rag, k=2) and a scripted model that answers with
     citations after exactly the grounded prompt of the question (test_rag_grounding's)."""
     from test_rag_grounding import DOCS, QUESTION, TinyIndex
@@ -743,8 +743,12 @@ def rag_live():
     script = [*tok.encode(answer), tok.special_ids["<|assistant_end|>"]]
     model = ScriptedModel(tok, script, len(prompt), filler=tok.encode(" ")[0], max_seq_len=512)
     app = _build_app({"tiny-rag": loaded(model, tok)}, rag=RagService(lambda: TinyIndex(DOCS), k=2))
+    root = tmp_path_factory.mktemp("web-rag")
+    app.state.web.feedback_db = root / "feedback.sqlite"
+    app.state.web.arena_db = root / "arena.sqlite"
     with _Server(app) as server:
         server.question, server.answer = question, answer
+        server.state = app.state.web
         yield server
 
 
@@ -788,6 +792,17 @@ def test_grounded_reply_links_citations_to_their_passages(page, rag_live, tmp_pa
     assert box.locator(".passage-text").inner_text() == "The Nile is the longest river in Africa."
     assert page.locator("#tokinfo").is_hidden()
     _screenshot(page, tmp_path / "web-rag-citation.png")
+    # a thumbs-up on a grounded reply records which passages were in its prompt
+    with page.expect_request("**/feedback") as fb:
+        reply.locator("button.thumb-up").click()
+    assert json.loads(fb.value.post_data)["meta"]["rag_passages"] == [0, 1]
+    page.wait_for_function(
+        "document.querySelector('.msg.assistant .saved').textContent.startsWith('saved')"
+    )
+    from twofiles.feedback import FeedbackStore
+
+    (row,) = FeedbackStore(rag_live.state.feedback_db).rows()
+    assert row.meta["rag_passages"] == [0, 1] and row.rating == 1
     # Escape closes it; the sources list opens the same way; a click elsewhere closes it
     page.keyboard.press("Escape")
     box.wait_for(state="hidden")

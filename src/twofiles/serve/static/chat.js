@@ -407,7 +407,8 @@ async function streamReply(s) {
   if (!content && !made.length) shell.text.append(TF.el("span", { class: "hint" }, "(empty reply)"));
   if (sources) addSources(shell, sources, linkCitations(shell.text, sources));
   history.push(reply); // a stopped reply stays, as far as it got: it is what the page shows
-  addActions(shell, s.model, context, reply, { temperature: s.temperature, top_p: s.top_p, seed: s.seed ?? null, finish_reason: finish, page: "chat" });
+  // a grounded reply's feedback names the passages that were in its prompt (the messages do not show them)
+  addActions(shell, s.model, context, reply, { temperature: s.temperature, top_p: s.top_p, seed: s.seed ?? null, finish_reason: finish, page: "chat", ...(sources ? { rag_passages: sources.map((x) => x.id) } : {}) });
   return finish === "stopped" ? null : { reply, shell };
 }
 
