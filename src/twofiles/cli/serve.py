@@ -92,6 +92,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="seconds before a request is cancelled (default 300)",
     )
     p.add_argument(
+        "--metrics",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="Prometheus metrics at GET /metrics, open like /health: counts and timings, never "
+        "prompts or replies (default on; --no-metrics turns it off)",
+    )
+    p.add_argument(
         "--arena-db",
         default=None,
         metavar="PATH",
@@ -160,6 +167,7 @@ def run(args: argparse.Namespace) -> int:
         "max_output_tokens": args.max_output_tokens,
         "max_body_bytes": args.max_body_bytes,
         "request_timeout_s": args.timeout,
+        "metrics": args.metrics,
     }
     try:
         settings = dataclasses.replace(
@@ -227,6 +235,7 @@ def run(args: argparse.Namespace) -> int:
                 "models": list(models),
                 "max_seqs": settings.max_seqs,
                 "auth": bool(keys),
+                "metrics": f"{url}/metrics" if settings.metrics else None,
                 "arena_db": str(web.arena_db),
                 "feedback_db": str(web.feedback_db),
             }

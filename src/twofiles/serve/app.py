@@ -30,6 +30,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from twofiles.errors import TwofilesError
 from twofiles.scheduler import Scheduler
 from twofiles.serve.core import chat_format, generate_reply, model_name
+from twofiles.serve.metrics import install_metrics
 from twofiles.serve.openai_routes import add_openai_routes
 from twofiles.serve.protocol import ApiError, pydantic_message
 from twofiles.serve.settings import ServeSettings
@@ -168,6 +169,8 @@ def create_app(models: Mapping[str, LoadedModel], settings: ServeSettings | None
     @app.get("/health")
     async def health() -> dict[str, Any]:
         return {"status": "ok", "models": scheduler.stats()}
+
+    install_metrics(app)  # GET /metrics and the middleware counting every request (outermost)
 
     add_openai_routes(app, require_api_key)
     attach_web(app)

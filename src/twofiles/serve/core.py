@@ -27,6 +27,7 @@ from fastapi import FastAPI, Request
 from twofiles.engine import PromptTooLongError, SamplingParams
 from twofiles.errors import TwofilesError
 from twofiles.scheduler import GenerationEvent, QueueFullError, RequestHandle, Scheduler
+from twofiles.serve.metrics import track
 from twofiles.serve.protocol import ApiError
 from twofiles.serve.settings import ServeSettings
 
@@ -121,6 +122,7 @@ def submit(
         for h in handles:
             h.cancel()
         raise ApiError(400, str(e)) from None
+    track(app, model, prompts, handles)
     return handles
 
 

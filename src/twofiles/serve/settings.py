@@ -30,6 +30,7 @@ class ServeSettings:
     api_keys: frozenset[str] = field(
         default_factory=frozenset
     )  # non-empty: /v1 needs "Authorization: Bearer KEY"
+    metrics: bool = True  # GET /metrics (Prometheus); open like /health: counts, never text
 
     def __post_init__(self) -> None:
         for name in (
