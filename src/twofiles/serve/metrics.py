@@ -87,7 +87,7 @@ class SchedulerCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         stats = self.scheduler.stats()
-        gauges = {
+        gauges: dict[str, CounterMetricFamily | GaugeMetricFamily] = {
             "queued": GaugeMetricFamily(
                 "twofiles_num_requests_waiting",
                 "Generations waiting for a slot",
@@ -102,7 +102,7 @@ class SchedulerCollector(Collector):
                 "twofiles_slots", "Sequence slots (rows of the batched KV cache)", labels=["model"]
             ),
         }
-        prefix: dict[str, Metric] = {
+        prefix: dict[str, CounterMetricFamily | GaugeMetricFamily] = {
             key: CounterMetricFamily(name, text, labels=["model"])
             for key, (name, text) in _PREFIX_COUNTERS.items()
         }
