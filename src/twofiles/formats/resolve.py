@@ -7,6 +7,11 @@
     path/to/adapters.safetensors  LoRA adapters (lora.py): the base model they name, adapted
     smollm2                     a built-in alias (formats.ALIASES), fetched once by
                                 `twofiles pull smollm2` into the cache (paths.cache_dir)
+    mario, mario:v2             a registered persona (`twofiles create`, formats/persona.py): its
+                                FROM model, its adapters applied, its template and context cap,
+                                and its defaults in LoadedModel.persona
+
+An existing path wins over an alias or a registered name spelt the same.
 
 `resolve_model` is the one place a model spec becomes a loaded model: every verb, the server,
 evaluation and training load through it. What it leaves to others: the file formats themselves
@@ -17,7 +22,7 @@ the engine).
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from twofiles.errors import TwofilesError
 from twofiles.formats import ALIASES, alias_path
@@ -44,6 +49,12 @@ def resolve_model(
     from twofiles.lora import adapt, adapters_base, is_adapters_file
 
     spec = str(spec)
+    if not os.path.exists(spec) and spec not in ALIASES:
+        from twofiles.formats import persona
+
+        record = persona.find(spec) if persona.is_name(spec) else None
+        if record is not None:
+            return load_persona(record, device=device, dtype=dtype)
     if not os.path.exists(spec) and spec in ALIASES:
         path = alias_path(spec)
         if not path.is_file():
@@ -54,7 +65,7 @@ def resolve_model(
     if not os.path.exists(spec):
         known = ", ".join(sorted(ALIASES))
         raise TwofilesError(
-            f"{spec}: no such model (expected a model.safetensors, a .gguf file, a Hugging Face directory, or an alias: {known})"
+            f"{spec}: no such model (expected a model.safetensors, a .gguf file, a Hugging Face directory, a registered name (twofiles list), or an alias: {known})"
         )
     if os.path.isdir(spec):
         if os.path.isfile(os.path.join(spec, "config.json")):
@@ -77,4 +88,28 @@ def resolve_model(
     return load_model(spec, device=device, dtype=dtype)
 
 
-__all__ = ["resolve_model"]
+def load_persona(
+    record: dict[str, Any], *, device: str | torch.device, dtype: torch.dtype | None
+) -> LoadedModel:
+    """A registered persona: FROM, its adapters merged in order, its template and context cap."""
+    from twofiles.formats.persona import persona_of
+    from twofiles.lora import adapt
+
+    adapters = record.get("adapters", [])
+    loaded = resolve_model(record["from"], device="cpu" if adapters else device, dtype=dtype)
+    for i, path in enumerate(adapters):
+        last = i == len(adapters) - 1
+        loaded = adapt(loaded, path, device=device if last else "cpu", dtype=dtype)
+    persona = persona_of(record)
+    if persona.template is not None:
+        loaded.chat_template = persona.template
+    config = getattr(loaded.model, "config", None)
+    if persona.num_ctx is not None and config is not None:
+        # the engine bounds prompt + reply by max_seq_len (the model is this caller's own copy)
+        config.max_seq_len = min(config.max_seq_len, persona.num_ctx)
+    loaded.persona = persona
+    loaded.provenance = {**loaded.provenance, "persona": persona.name}
+    return loaded
+
+
+__all__ = ["load_persona", "resolve_model"]
