@@ -3,8 +3,12 @@
   twofiles serve runs/sft/model.safetensors smollm2 --port 8000
   twofiles serve mine=runs/sft/model.safetensors --api-key secret --max-seqs 16
 
-Each MODEL is a spec any verb takes (parameters file, GGUF, Hugging Face directory, alias),
-optionally NAME=SPEC to choose the name clients send as `model`. The server listens on 127.0.0.1
+Each MODEL is a spec any verb takes (parameters file, GGUF, Hugging Face directory, alias,
+registered persona), optionally NAME=SPEC to choose the name clients send as `model`. Registered
+personas (`twofiles create`) whose FROM is a model served here, with no ADAPTER, are served too,
+on that model's engine (one copy of the weights, one KV cache), each request getting the
+persona's system message, few-shot turns, template and sampling defaults (--no-personas: only the
+models named). A persona named here that has adapters, or whose FROM is not served, gets its own. The server listens on 127.0.0.1
 unless told otherwise, prints its URL, and runs until Ctrl-C. Any OpenAI client works with
 base_url URL/v1. Limits (slots, queue, prompt/output tokens, body size, timeout) are
 ServeSettings fields, each a flag here.
@@ -105,9 +109,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="where the web UI's thumbs and corrections go (default: $TWOFILES_FEEDBACK_DB or "
         "~/.cache/twofiles/feedback.sqlite, where `twofiles feedback export` looks without --db)",
     )
+    p.add_argument(
+        "--no-personas",
+        action="store_true",
+        help="serve only the models named, not the registered personas over them",
+    )
     add_device_flag(p)
     add_inference_flags(p)
     add_json_flag(p)
+
+
+def _served_name(name: str) -> str:
+    """A persona's name as served: `mario` for mario:latest (Ollama's default tag)."""
+    return name.removesuffix(":latest")
 
 
 def _read_keys(path: str) -> list[str]:
@@ -133,6 +147,7 @@ def _read_keys(path: str) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     import dataclasses
+    import os
     import socket
     import time
     from pathlib import Path
@@ -181,11 +196,29 @@ def run(args: argparse.Namespace) -> int:
             raise TwofilesError(f"two models are named {name!r}: give one a name with NAME=MODEL")
         specs[name] = spec
 
+    from twofiles.formats import persona
+    from twofiles.formats.resolve import persona_view, served_key
+
     device, why = pick_device(args.device)
+    keys = {name: served_key(spec) for name, spec in specs.items()}
+    records = {
+        name: persona.find(spec) if not os.path.exists(spec) and persona.is_name(spec) else None
+        for name, spec in specs.items()
+    }
     models = {}
-    for name, spec in specs.items():
+    by_key: dict[str, str] = {}  # what a plain model loads -> the name it is served under
+    shared: dict[str, str] = {}  # a persona served on a plain model's engine -> that model
+    # plain models first, so that the personas over them can share their engines
+    for name in sorted(specs, key=lambda n: records[n] is not None):
+        spec, record = specs[name], records[name]
+        if record is not None and keys[name] in by_key:
+            shared[name] = by_key[keys[name]]
+            models[name] = persona_view(models[shared[name]], record)
+            continue
         t0 = time.perf_counter()
         models[name] = resolve_model(spec, device=device)
+        if record is None:
+            by_key.setdefault(keys[name], name)
         n_params = sum(p.numel() for p in models[name].model.parameters())
         # the same preparation as `generate`: inference dtype (bf16 weights on CUDA), quantization, threads
         setup = prepare_model(models[name], args)
@@ -193,7 +226,15 @@ def run(args: argparse.Namespace) -> int:
             f"model {name} ({spec}): {n_params / 1e6:.2f}M parameters, {device.type} ({why}), loaded in {time.perf_counter() - t0:.2f}s; {'; '.join(setup.reasons)}",
             file=sys.stderr,
         )
-    app = create_app(models, settings)
+    if not args.no_personas:
+        for record in persona.list_records():
+            name, key = _served_name(record["name"]), served_key(record["name"])
+            if name not in models and key in by_key:
+                shared[name] = by_key[key]
+                models[name] = persona_view(models[shared[name]], record)
+    for name, base in shared.items():
+        print(f"persona {name}: served on the engine of {base}", file=sys.stderr)
+    app = create_app(models, settings, shared=shared)
     web = app.state.web  # its databases open on first use: they may still be moved
     if args.arena_db:
         web.arena_db = Path(args.arena_db)

@@ -92,7 +92,6 @@ def load_persona(
     record: dict[str, Any], *, device: str | torch.device, dtype: torch.dtype | None
 ) -> LoadedModel:
     """A registered persona: FROM, its adapters merged in order, its template and context cap."""
-    from twofiles.formats.persona import persona_of
     from twofiles.lora import adapt
 
     adapters = record.get("adapters", [])
@@ -100,16 +99,50 @@ def load_persona(
     for i, path in enumerate(adapters):
         last = i == len(adapters) - 1
         loaded = adapt(loaded, path, device=device if last else "cpu", dtype=dtype)
-    persona = persona_of(record)
-    if persona.template is not None:
-        loaded.chat_template = persona.template
     config = getattr(loaded.model, "config", None)
-    if persona.num_ctx is not None and config is not None:
+    num_ctx = record.get("parameters", {}).get("num_ctx")
+    if num_ctx is not None and config is not None:
         # the engine bounds prompt + reply by max_seq_len (the model is this caller's own copy)
-        config.max_seq_len = min(config.max_seq_len, persona.num_ctx)
-    loaded.persona = persona
-    loaded.provenance = {**loaded.provenance, "persona": persona.name}
-    return loaded
+        config.max_seq_len = min(config.max_seq_len, num_ctx)
+    return persona_view(loaded, record)
 
 
-__all__ = ["load_persona", "resolve_model"]
+def persona_view(base: LoadedModel, record: dict[str, Any]) -> LoadedModel:
+    """A persona (without adapters) over an already loaded base: the same weights and tokenizer,
+    its own template and defaults. The server serves such views on the base model's engine; it
+    bounds the context per request (`Persona.num_ctx`), as the weights here are shared."""
+    from dataclasses import replace
+
+    from twofiles.formats.persona import persona_of
+
+    persona = persona_of(record)
+    return replace(
+        base,
+        chat_template=base.chat_template if persona.template is None else persona.template,
+        provenance={**base.provenance, "persona": persona.name},
+        persona=persona,
+    )
+
+
+def served_key(spec: str) -> str:
+    """What a model spec loads, as one string: two specs with the same key load the same model
+    (a path by its real path, an alias by its file, a persona by its FROM when it has no
+    adapters; a persona with adapters is its own)."""
+    from twofiles.formats import persona
+
+    if not os.path.exists(spec) and spec not in ALIASES and persona.is_name(spec):
+        record = persona.find(spec)
+        if record is not None:
+            if record.get("adapters"):
+                return "persona:" + record["name"]
+            spec = record["from"]
+    if not os.path.exists(spec) and spec in ALIASES:
+        spec = str(alias_path(spec))
+    path = os.path.realpath(spec)
+    inside = os.path.join(path, "model.safetensors")
+    if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
+        path = os.path.realpath(inside) if os.path.isfile(inside) else path
+    return path
+
+
+__all__ = ["load_persona", "persona_view", "resolve_model", "served_key"]

@@ -1,6 +1,8 @@
 """The server's core: the served models, the scheduler glue, and the helpers every route shares.
 
-What it owns: looking up a served model (404 otherwise) and its chat format, checking a prompt
+What it owns: looking up a served model (404 otherwise) and its chat format, a persona's part of
+a request (`with_persona`: its system message and few-shot turns; `sampling_defaults`; its
+num_ctx; `engine_name`: the engine a persona shares), checking a prompt
 against the server's limits, submitting requests to the scheduler (all or nothing; 429 when the
 queue is full), gathering their events under a deadline and cancelling them when the client goes
 away, `generate_reply` (one assistant reply, for extra routes such as the web pages) and
@@ -67,9 +69,40 @@ def served_model(app: FastAPI, name: str) -> LoadedModel:
     return loaded
 
 
+def engine_name(app: FastAPI, model: str) -> str:
+    """The served model whose engine runs `model`: itself, or the model a persona shares."""
+    return getattr(app.state, "shared", {}).get(model, model)
+
+
+def context_length(app: FastAPI, model: str) -> int:
+    """Prompt + reply, in tokens: the engine's context, capped by a persona's num_ctx."""
+    context = app.state.scheduler.engines[engine_name(app, model)].context
+    persona = app.state.models[model].persona
+    return min(context, persona.num_ctx) if persona and persona.num_ctx else context
+
+
+def with_persona(app: FastAPI, model: str, messages: list[Message]) -> list[Message]:
+    """The conversation a persona's model sees: its SYSTEM unless the request sends a system
+    message first, then its few-shot MESSAGEs, then the request's messages."""
+    persona = app.state.models[model].persona
+    if persona is None:
+        return messages
+    from twofiles.chat import parse_messages
+
+    has_system = bool(messages) and messages[0].role == "system"
+    prefix = parse_messages(persona.prefix(has_system))
+    return [*messages[:1], *prefix, *messages[1:]] if has_system else [*prefix, *messages]
+
+
+def sampling_defaults(app: FastAPI, model: str) -> dict[str, Any]:
+    """A persona's PARAMETERs as SamplingParams fields: what a request's absent fields become."""
+    persona = app.state.models[model].persona
+    return dict(persona.sampling) if persona is not None else {}
+
+
 def check_prompt(app: FastAPI, model: str, ids: Sequence[int], param: str = "messages") -> None:
     settings: ServeSettings = app.state.settings
-    context = app.state.scheduler.engines[model].context
+    context = context_length(app, model)
     limit = min(settings.max_prompt_tokens or context - 1, context - 1)
     if len(ids) > limit:
         what = "the conversation" if param == "messages" else "the prompt"
@@ -93,6 +126,7 @@ def submit(
     be pointless). All or nothing: a refused one cancels those already queued."""
     scheduler: Scheduler = app.state.scheduler
     handles: list[RequestHandle] = []
+    context = context_length(app, model)
     try:
         for ids in prompts:
             for j in range(n):
@@ -101,7 +135,9 @@ def submit(
                     if params.seed is None or j == 0
                     else replace(params, seed=params.seed + j)
                 )
-                handles.append(scheduler.submit(model, ids, p, logprobs=logprobs))
+                if p.max_tokens > context - len(ids):  # a persona's num_ctx: the engine's is wider
+                    p = replace(p, max_tokens=max(1, context - len(ids)))
+                handles.append(scheduler.submit(engine_name(app, model), ids, p, logprobs=logprobs))
     except QueueFullError as e:
         for h in handles:
             h.cancel()
@@ -217,7 +253,7 @@ async def generate_reply(
     served_model(app, model)
     fmt = chat_format(app, model)
     try:
-        ids = fmt.prompt_ids(parse_messages(list(messages)), tools=tools)
+        ids = fmt.prompt_ids(with_persona(app, model, parse_messages(list(messages))), tools=tools)
     except TwofilesError as e:
         raise ApiError(400, str(e)) from None
     check_prompt(app, model, ids)
@@ -308,10 +344,14 @@ __all__ = [
     "chat_format",
     "check_prompt",
     "collect",
+    "context_length",
+    "engine_name",
     "gather_events",
     "generate_reply",
     "model_name",
+    "sampling_defaults",
     "score_prompt",
     "served_model",
     "submit",
+    "with_persona",
 ]
