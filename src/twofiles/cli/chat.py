@@ -200,7 +200,7 @@ def run(args: argparse.Namespace) -> int:
     loaded = resolve_model(args.model, device=device)
     fmt = ChatFormat.for_model(loaded)
     err = sys.stderr
-    persona = loaded.persona
+    persona = getattr(loaded, "persona", None)
     if persona is not None:  # its PARAMETERs are defaults: the flags given win
         params = persona_sampling(params, args, loaded)
         seed = params.seed

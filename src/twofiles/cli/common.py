@@ -125,7 +125,7 @@ def persona_sampling(
     user did not give as a flag (a --stop given replaces the persona's stop strings)."""
     from dataclasses import replace
 
-    persona = loaded.persona
+    persona = getattr(loaded, "persona", None)
     if persona is None:
         return params
     given = getattr(args, "_given", set())

@@ -104,7 +104,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"inference: {'; '.join(setup.reasons)}; {setup.threads} threads", file=sys.stderr)
     print(
         f"seed {seed}"
-        + ("" if seed == args.seed or loaded.persona else " (pass --seed to repeat this sample)"),
+        + (
+            ""
+            if seed == args.seed or getattr(loaded, "persona", None)
+            else " (pass --seed to repeat this sample)"
+        ),
         file=sys.stderr,
     )
 

@@ -119,11 +119,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_json_flag(p)
 
 
-def _served_name(name: str) -> str:
-    """A persona's name as served: `mario` for mario:latest (Ollama's default tag)."""
-    return name.removesuffix(":latest")
-
-
 def _read_keys(path: str) -> list[str]:
     from twofiles.errors import BadInputError
 
@@ -147,9 +142,7 @@ def _read_keys(path: str) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     import dataclasses
-    import os
     import socket
-    import time
     from pathlib import Path
 
     from twofiles.errors import TwofilesError
@@ -163,7 +156,6 @@ def run(args: argparse.Namespace) -> int:
         raise TwofilesError(
             f"serving needs the 'serve' extra ({e.name} is missing): pip install 'twofiles[serve]'"
         ) from None
-    from twofiles.formats.resolve import resolve_model
     from twofiles.runtime import pick_device
 
     keys = list(args.api_key) + (_read_keys(args.api_keys_file) if args.api_keys_file else [])
@@ -196,42 +188,22 @@ def run(args: argparse.Namespace) -> int:
             raise TwofilesError(f"two models are named {name!r}: give one a name with NAME=MODEL")
         specs[name] = spec
 
-    from twofiles.formats import persona
-    from twofiles.formats.resolve import persona_view, served_key
+    from twofiles.serve.core import load_models
 
     device, why = pick_device(args.device)
-    keys = {name: served_key(spec) for name, spec in specs.items()}
-    records = {
-        name: persona.find(spec) if not os.path.exists(spec) and persona.is_name(spec) else None
-        for name, spec in specs.items()
-    }
-    models = {}
-    by_key: dict[str, str] = {}  # what a plain model loads -> the name it is served under
-    shared: dict[str, str] = {}  # a persona served on a plain model's engine -> that model
-    # plain models first, so that the personas over them can share their engines
-    for name in sorted(specs, key=lambda n: records[n] is not None):
-        spec, record = specs[name], records[name]
-        if record is not None and keys[name] in by_key:
-            shared[name] = by_key[keys[name]]
-            models[name] = persona_view(models[shared[name]], record)
-            continue
-        t0 = time.perf_counter()
-        models[name] = resolve_model(spec, device=device)
-        if record is None:
-            by_key.setdefault(keys[name], name)
-        n_params = sum(p.numel() for p in models[name].model.parameters())
+
+    def loaded(name: str, spec: str, model, seconds: float) -> None:
+        n_params = sum(p.numel() for p in model.model.parameters())
         # the same preparation as `generate`: inference dtype (bf16 weights on CUDA), quantization, threads
-        setup = prepare_model(models[name], args)
+        setup = prepare_model(model, args)
         print(
-            f"model {name} ({spec}): {n_params / 1e6:.2f}M parameters, {device.type} ({why}), loaded in {time.perf_counter() - t0:.2f}s; {'; '.join(setup.reasons)}",
+            f"model {name} ({spec}): {n_params / 1e6:.2f}M parameters, {device.type} ({why}), loaded in {seconds:.2f}s; {'; '.join(setup.reasons)}",
             file=sys.stderr,
         )
-    if not args.no_personas:
-        for record in persona.list_records():
-            name, key = _served_name(record["name"]), served_key(record["name"])
-            if name not in models and key in by_key:
-                shared[name] = by_key[key]
-                models[name] = persona_view(models[shared[name]], record)
+
+    models, shared = load_models(
+        specs, device=device, personas=not args.no_personas, on_load=loaded
+    )
     for name, base in shared.items():
         print(f"persona {name}: served on the engine of {base}", file=sys.stderr)
     app = create_app(models, settings, shared=shared)

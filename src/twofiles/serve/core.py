@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -77,14 +77,14 @@ def engine_name(app: FastAPI, model: str) -> str:
 def context_length(app: FastAPI, model: str) -> int:
     """Prompt + reply, in tokens: the engine's context, capped by a persona's num_ctx."""
     context = app.state.scheduler.engines[engine_name(app, model)].context
-    persona = app.state.models[model].persona
+    persona = getattr(app.state.models[model], "persona", None)
     return min(context, persona.num_ctx) if persona and persona.num_ctx else context
 
 
 def with_persona(app: FastAPI, model: str, messages: list[Message]) -> list[Message]:
     """The conversation a persona's model sees: its SYSTEM unless the request sends a system
     message first, then its few-shot MESSAGEs, then the request's messages."""
-    persona = app.state.models[model].persona
+    persona = getattr(app.state.models[model], "persona", None)
     if persona is None:
         return messages
     from twofiles.chat import parse_messages
@@ -96,7 +96,7 @@ def with_persona(app: FastAPI, model: str, messages: list[Message]) -> list[Mess
 
 def sampling_defaults(app: FastAPI, model: str) -> dict[str, Any]:
     """A persona's PARAMETERs as SamplingParams fields: what a request's absent fields become."""
-    persona = app.state.models[model].persona
+    persona = getattr(app.state.models[model], "persona", None)
     return dict(persona.sampling) if persona is not None else {}
 
 
@@ -330,6 +330,55 @@ async def score_prompt(
     return await asyncio.to_thread(score)
 
 
+def load_models(
+    specs: Mapping[str, str],
+    *,
+    device: Any = "cpu",
+    personas: bool = True,
+    on_load: Callable[[str, str, LoadedModel, float], None] | None = None,
+) -> tuple[dict[str, LoadedModel], dict[str, str]]:
+    """The models to serve (name -> spec) loaded, and which personas share an engine: returns
+    (models, shared), shared mapping a persona to the served model whose weights and engine it
+    runs on. A persona without adapters whose FROM is a model named here is a view of it
+    (formats.resolve.persona_view), not a second copy; with `personas`, every registered persona
+    over a model named here is served too, as NAME (its tag when not `latest`). `on_load` sees
+    each model actually loaded (name, spec, model, seconds), to prepare it for inference."""
+    import os
+
+    from twofiles.formats import persona
+    from twofiles.formats.resolve import persona_view, resolve_model, served_key
+
+    records = {
+        name: persona.find(spec) if not os.path.exists(spec) and persona.is_name(spec) else None
+        for name, spec in specs.items()
+    }
+    loaded: dict[str, LoadedModel] = {}
+    by_key: dict[str, str] = {}  # what a plain model loads -> the name it is served under
+    shared: dict[str, str] = {}
+    # plain models first, so that the personas over them can share their engines
+    for name in sorted(specs, key=lambda n: records[n] is not None):
+        spec, record = specs[name], records[name]
+        key = served_key(spec)
+        if record is not None and key in by_key:
+            shared[name] = by_key[key]
+            loaded[name] = persona_view(loaded[shared[name]], record)
+            continue
+        t0 = time.perf_counter()
+        loaded[name] = resolve_model(spec, device=device)
+        if record is None:
+            by_key.setdefault(key, name)
+        if on_load is not None:
+            on_load(name, spec, loaded[name], time.perf_counter() - t0)
+    models = {name: loaded[name] for name in specs}
+    if personas:
+        for record in persona.list_records():
+            name, key = record["name"].removesuffix(":latest"), served_key(record["name"])
+            if name not in models and key in by_key:
+                shared[name] = by_key[key]
+                models[name] = persona_view(models[shared[name]], record)
+    return models, shared
+
+
 def model_name(spec: str) -> str:
     """The name a model is served under when the user gives none: an alias as it is, a file's
     stem, or the directory's name for a directory or a file called model.safetensors."""
@@ -348,6 +397,7 @@ __all__ = [
     "engine_name",
     "gather_events",
     "generate_reply",
+    "load_models",
     "model_name",
     "sampling_defaults",
     "score_prompt",
