@@ -379,7 +379,10 @@ def test_served_on_the_base_models_engine(base, tmp_path, capsys) -> None:
     with TestClient(app) as client:
         cards = {m["id"]: m for m in client.get("/v1/models").json()["data"]}
         assert list(cards) == ["base", "short:v1", "terse"]
-        assert cards["terse"]["parent"] == "base" and cards["terse"]["persona"] == "terse:latest"
+        assert (
+            cards["terse"]["parent"] == "base"
+            and cards["terse"]["persona"]["name"] == "terse:latest"
+        )
         assert cards["short:v1"]["context_length"] == 40 and "parent" not in cards["base"]
 
         def chat(model: str, messages: list[dict], **kw) -> dict:
@@ -456,3 +459,46 @@ def test_smollm2_persona_with_a_system_line(tmp_path, capsys, monkeypatch) -> No
         stdin=question, monkeypatch=monkeypatch,
     )  # fmt: skip
     assert "Mario" not in last_json(plain[1])["replies"][0]  # the SYSTEM line made the answer
+
+
+@pytest.mark.slow
+def test_web_menu_lists_a_persona(base, tmp_path, capsys) -> None:
+    """The chat page in a real browser (as tests/test_web.py drives it): the persona is in the
+    model menu, and picking it fills the settings with its defaults."""
+    from test_web import CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS, _Server
+
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} is missing (apt-get install -y chromium)")
+    from playwright import sync_api
+
+    from twofiles.serve.app import create_app
+    from twofiles.serve.core import load_models
+
+    mf = write(
+        tmp_path / "Modelfile",
+        f"FROM {base}\nSYSTEM You are terse.\nPARAMETER temperature 0.3\nPARAMETER num_predict 9\n",
+    )
+    assert cli(capsys, "create", "terse", "-f", str(mf))[0] == 0
+    models, shared = load_models({"tiny": str(base)})
+    with _Server(create_app(models, shared=shared)) as server, sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            pg = browser.new_page()
+            pg.set_default_timeout(TIMEOUT_MS)
+            errors: list[str] = []
+            pg.on("pageerror", lambda e: errors.append(str(e)))
+            pg.goto(server.url + "/")
+            pg.wait_for_function("document.querySelectorAll('#model option').length === 2")
+            options = pg.eval_on_selector_all("#model option", "os => os.map(o => o.textContent)")
+            assert options == ["tiny", "terse (persona)"]
+            assert pg.input_value("#temperature") == "0.7"
+            pg.select_option("#model", "terse")
+            assert pg.input_value("#temperature") == "0.3"
+            assert pg.input_value("#max_tokens") == "9"
+            assert pg.get_attribute("#system", "placeholder") == "You are terse."
+            pg.select_option("#model", "tiny")  # a plain model: the page's own defaults
+            assert pg.input_value("#temperature") == "0.7"
+            assert pg.input_value("#max_tokens") == "256"
+            assert not errors, errors
+        finally:
+            browser.close()

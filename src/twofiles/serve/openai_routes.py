@@ -318,7 +318,12 @@ def _model_card(name: str, app: FastAPI) -> dict[str, Any]:
     persona = getattr(app.state.models[name], "persona", None)
     if persona is not None:  # vLLM's field for a model served over another's weights
         card["parent"] = engine_name(app, name) if engine_name(app, name) != name else None
-        card["persona"] = persona.name
+        card["persona"] = {  # what the web page shows and fills its settings with
+            "name": persona.name,
+            "system": persona.system,
+            "defaults": dict(persona.sampling),
+            "few_shot": len(persona.messages),
+        }
     return card
 
 
