@@ -373,6 +373,11 @@ def test_served_on_the_base_models_engine(base, tmp_path, capsys) -> None:
     assert shared == {"short:v1": "base", "terse": "base"}
     assert models["terse"].model is models["base"].model  # one copy of the weights
     assert load_models({"base": str(base)}, personas=False)[0].keys() == {"base"}
+    # named with its base: a view of it; named alone: loaded, on its own engine
+    models2, shared2 = load_models({"t": "terse", "base": str(base)}, personas=False)
+    assert shared2 == {"t": "base"} and models2["t"].model is models2["base"].model
+    alone, shared3 = load_models({"terse": "terse"})
+    assert shared3 == {} and alone["terse"].persona.name == "terse:latest"
 
     app = create_app(models, shared=shared)
     assert list(app.state.scheduler.engines) == ["base"]  # one engine, one KV cache
