@@ -128,7 +128,7 @@ def persona_sampling(
     persona = getattr(loaded, "persona", None)
     if persona is None:
         return params
-    given = getattr(args, "_given", set())
+    given: set[str] = getattr(args, "_given", set())
     defaults = {
         k: v
         for k, v in persona.sampling.items()

@@ -42,12 +42,9 @@ def run(args: argparse.Namespace) -> int:
     if record["template"] is not None or record["system"] is not None or record["messages"]:
         from twofiles.chat import ChatFormat
 
+        probe = persona.persona_of(record).prefix(False) + [{"role": "user", "content": "hi"}]
         try:
-            fmt = ChatFormat.for_model(loaded)
-            fmt.render_text(
-                list(loaded.persona.prefix(False)) + [{"role": "user", "content": "hi"}],
-                add_generation_prompt=True,
-            )
+            ChatFormat.for_model(loaded).render_text(probe, add_generation_prompt=True)
         except TwofilesError as e:
             line = persona.instruction_line(record["modelfile"], "template")
             raise BadInputError(

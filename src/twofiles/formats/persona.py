@@ -514,11 +514,11 @@ def _resolve_from(record: dict[str, Any], cmd: Command, base_dir: str, path: str
 
 def persona_of(record: dict[str, Any]) -> Persona:
     params = record.get("parameters", {})
-    sampling = {
-        PARAMETERS[k].field: v
-        for k, v in params.items()
-        if k in PARAMETERS and PARAMETERS[k].field is not None
-    }
+    sampling: dict[str, Any] = {}
+    for key, value in params.items():
+        field = PARAMETERS[key].field if key in PARAMETERS else None
+        if field is not None:
+            sampling[field] = value
     return Persona(
         name=record["name"],
         system=record.get("system"),
