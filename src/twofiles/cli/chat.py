@@ -20,8 +20,10 @@ from twofiles.cli.common import (
     add_sampling_flags,
     emit_json,
     persona_sampling,
+    persona_summary,
     prepare_model,
     sampling_params,
+    seeded,
 )
 
 HELP = """commands:
@@ -204,17 +206,6 @@ def run(args: argparse.Namespace) -> int:
     if persona is not None:  # its PARAMETERs are defaults: the flags given win
         params = persona_sampling(params, args, loaded)
         seed = params.seed
-        print(
-            f"persona {persona.name}: "
-            + ", ".join(
-                [f"system {'given by --system' if args.system is not None else 'prompt'}"]
-                * (persona.system is not None)
-                + [f"{k} {v}" for k, v in persona.sampling.items()]
-                + [f"{len(persona.messages)} few-shot messages"] * bool(persona.messages)
-                + ["its own template"] * (persona.template is not None)
-            ),
-            file=err,
-        )
     scorer = None
     if args.scorer is not None:
         from twofiles.scoring import load_reward_scorer, reward_path
@@ -225,6 +216,8 @@ def run(args: argparse.Namespace) -> int:
         f"model {args.model}: {sum(p.numel() for p in loaded.model.parameters()) / 1e6:.2f}M parameters, {device.type} ({why}), loaded in {time.perf_counter() - t0:.2f}s",
         file=err,
     )
+    if persona is not None:
+        print(persona_summary(persona), file=err)
     from twofiles.model import Transformer
 
     if isinstance(
@@ -240,8 +233,7 @@ def run(args: argparse.Namespace) -> int:
         own = persona is not None and persona.template is not None
         print(f"chat template: {'the persona' if own else 'the model'}'s own", file=err)
     print(
-        f"seed {seed}"
-        + ("" if seed == args.seed or persona else " (pass --seed to repeat this chat)"),
+        f"seed {seed}" + ("" if seeded(args, loaded) else " (pass --seed to repeat this chat)"),
         file=err,
     )
     describe_tools = tools_in_prompt(getattr(loaded, "provenance", None) or {})

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from twofiles.artifact import LoadedModel
+    from twofiles.artifact import LoadedModel, Persona
     from twofiles.engine import SamplingParams
     from twofiles.quant import InferenceSetup
 
@@ -135,6 +135,22 @@ def persona_sampling(
         if (k not in given if k != "stop" else not getattr(args, "stop", None))
     }
     return replace(params, **defaults).validate()
+
+
+def seeded(args: argparse.Namespace, loaded: LoadedModel) -> bool:
+    """Whether the seed was chosen (--seed, or a persona's PARAMETER seed), not drawn at random."""
+    persona = getattr(loaded, "persona", None)
+    return args.seed is not None or (persona is not None and "seed" in persona.sampling)
+
+
+def persona_summary(persona: Persona) -> str:
+    """One stderr line: what a persona brings to this run."""
+    parts = ["a system message"] * (persona.system is not None)
+    parts += [f"{len(persona.messages)} few-shot messages"] * bool(persona.messages)
+    parts += ["its own chat template"] * (persona.template is not None)
+    defaults = " ".join(f"{k}={v!r}" for k, v in persona.sampling.items())
+    parts += [f"defaults {defaults} (flags given win)"] * bool(defaults)
+    return f"persona {persona.name}: {', '.join(parts) or 'no defaults'}"
 
 
 def add_device_flag(parser: argparse.ArgumentParser) -> None:

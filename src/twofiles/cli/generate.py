@@ -18,8 +18,10 @@ from twofiles.cli.common import (
     add_sampling_flags,
     emit_json,
     persona_sampling,
+    persona_summary,
     prepare_model,
     sampling_params,
+    seeded,
 )
 
 
@@ -102,13 +104,11 @@ def run(args: argparse.Namespace) -> int:
     )
     setup = prepare_model(loaded, args)
     print(f"inference: {'; '.join(setup.reasons)}; {setup.threads} threads", file=sys.stderr)
+    persona = getattr(loaded, "persona", None)
+    if persona is not None:
+        print(persona_summary(persona), file=sys.stderr)
     print(
-        f"seed {seed}"
-        + (
-            ""
-            if seed == args.seed or getattr(loaded, "persona", None)
-            else " (pass --seed to repeat this sample)"
-        ),
+        f"seed {seed}" + ("" if seeded(args, loaded) else " (pass --seed to repeat this sample)"),
         file=sys.stderr,
     )
 
