@@ -37,6 +37,13 @@ def base(tmp_path_factory) -> Path:
     return save_model(path, random_model(tok, max_seq_len=256), tok)
 
 
+# A Jinja template on the built-in special tokens that writes each role out: its rendering shows it.
+TEMPLATE = (
+    "{%- for m in messages %}<|user_start|>{{ m.role }}: {{ m.content }}<|user_end|>"
+    "{%- endfor %}{%- if add_generation_prompt %}<|assistant_start|>{%- endif %}"
+)
+
+
 def write(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
@@ -237,10 +244,7 @@ def test_resolves_with_template_context_and_adapters(base, tmp_path) -> None:
         for layer in lora_layers(m).values():
             layer.lora_B.normal_(0, 0.1)
     adapters = save_adapters(tmp_path / "adapters.safetensors", m, cfg, base=str(base))
-    template = (
-        "{%- for m in messages %}<|user_start|>{{ m.role }}: {{ m.content }}<|user_end|>"
-        "{%- endfor %}{%- if add_generation_prompt %}<|assistant_start|>{%- endif %}"
-    )
+    template = TEMPLATE
     mf = write(
         tmp_path / "Modelfile",
         f'FROM {base}\nADAPTER adapters.safetensors\nTEMPLATE """{template}"""\n'
@@ -366,7 +370,7 @@ def test_served_on_the_base_models_engine(base, tmp_path, capsys) -> None:
         "MESSAGE user to be\nMESSAGE assistant or not\n",
     )
     assert cli(capsys, "create", "terse", "-f", str(mf))[0] == 0
-    own = write(tmp_path / "Own", f"FROM {base}\nPARAMETER num_ctx 40\n")
+    own = write(tmp_path / "Own", f'FROM {base}\nPARAMETER num_ctx 40\nTEMPLATE """{TEMPLATE}"""\n')
     assert cli(capsys, "create", "short:v1", "-f", str(own))[0] == 0
     models, shared = load_models({"base": str(base)})
     assert list(models) == ["base", "short:v1", "terse"]
@@ -424,6 +428,14 @@ def test_served_on_the_base_models_engine(base, tmp_path, capsys) -> None:
         r = client.post("/v1/chat/completions", json={"model": "short:v1", "messages": long})
         assert r.status_code == 400 and "at most 39" in r.json()["error"]["message"]
         assert chat("base", long, max_tokens=2)["usage"]["completion_tokens"] == 2
+        # TEMPLATE: the persona's requests are rendered with it, the base's with the model's own
+        from twofiles.serve.core import chat_format
+
+        assert chat_format(app, "short:v1").template == TEMPLATE
+        assert chat_format(app, "base").template != TEMPLATE
+        fmt = chat_format(app, "short:v1")
+        r = chat("short:v1", user, max_tokens=1)
+        assert r["usage"]["prompt_tokens"] == len(fmt.prompt_ids(user))
 
 
 @pytest.mark.slow
