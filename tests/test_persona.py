@@ -219,10 +219,11 @@ def test_show_says_when_a_file_changed(base, tmp_path, capsys) -> None:
 
 def test_from_a_registered_name_copies_it(base, tmp_path, capsys) -> None:
     cli(capsys, "create", "a", "-f", str(write(tmp_path / "A", f"FROM {base}\nSYSTEM one\n")))
-    child = write(tmp_path / "B", "FROM a\nPARAMETER seed 3\n")
+    child = write(tmp_path / "B", "PARAMETER seed 3\nFROM a\n")  # FROM need not come first
     assert cli(capsys, "create", "b", "-f", str(child))[0] == 0
     b = persona.get("b")
     assert (b["from"], b["system"], b["parent"]) == (str(base), "one", "a:latest")
+    assert b["parameters"] == {"seed": 3} and set(b["files"]) == {str(base)}
     cli(capsys, "rm", "a")  # b was a copy: it stands alone
     assert persona.get("b")["system"] == "one"
     rc, _, err = cli(capsys, "create", "b", "-f", str(write(tmp_path / "C", "FROM b\n")))
@@ -258,6 +259,10 @@ def test_resolves_with_template_context_and_adapters(base, tmp_path) -> None:
     assert loaded.chat_template == template and loaded.model.config.max_seq_len == 64
     assert loaded.persona is not None and loaded.persona.system == "Be brief."
     assert persona.get("tuned")["files"].keys() == {str(base), str(adapters)}
+    # FROM a registered name keeps an ADAPTER written before it
+    persona.save(persona.build_record("plain", write(tmp_path / "P", f"FROM {base}\n")))
+    child = write(tmp_path / "C", "ADAPTER adapters.safetensors\nFROM plain\n")
+    assert persona.build_record("child", child)["adapters"] == [str(adapters)]
 
     from twofiles.chat import ChatFormat
 

@@ -418,10 +418,10 @@ def build_record(name: str, modelfile: str | os.PathLike[str]) -> dict[str, Any]
     }
     params: dict[str, Any] = {}
     messages: list[dict[str, str]] = []
+    # FROM first wherever it stands: a registered parent's record is the start the rest adds to
+    _resolve_from(record, next(c for c in commands if c.name == "from"), base_dir, path)
     for cmd in commands:
-        if cmd.name == "from":
-            _resolve_from(record, cmd, base_dir, path)
-        elif cmd.name == "adapter":
+        if cmd.name == "adapter":
             adapter = _expand(cmd.args, base_dir)
             if not os.path.isfile(adapter):
                 raise BadInputError(f"ADAPTER {cmd.args}: no such file", path=path, line=cmd.line)
