@@ -44,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
         if record.get("template") is not None:
             _block("template", record["template"])
         for key, value in record.get("parameters", {}).items():
-            print(f"{'parameter':<11}{key} {value}")
+            for v in value if isinstance(value, list) else [value]:  # stop repeats
+                print(f"{'parameter':<11}{key} {v}")
         for m in record.get("messages", []):
             _block("message", f"{m['role']}: {m['content']}")
         for text in record.get("license", []):
