@@ -196,6 +196,11 @@ def test_create_list_show_cp_rm(base, tmp_path, capsys) -> None:
     assert base.is_file() and mf.is_file()
     rc, _, err = cli(capsys, "show", "brief:v2")
     assert rc == 2 and "registered: brief:latest" in err
+    # a damaged record is an error naming its file, and rm still removes it
+    persona.record_path("brief").write_text("{not json", encoding="utf-8")
+    rc, _, err = cli(capsys, "list")
+    assert rc == 2 and str(persona.record_path("brief")) in err and "unreadable" in err
+    assert cli(capsys, "rm", "brief")[0] == 0 and persona.list_records() == []
 
 
 def test_show_says_when_a_file_changed(base, tmp_path, capsys) -> None:

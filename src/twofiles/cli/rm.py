@@ -17,10 +17,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from twofiles.formats import persona
 
-    records = [persona.get(n) for n in args.names]  # all exist, or nothing is removed
-    for r in records:
-        persona.remove(r["name"])
-        print(f"deleted {r['name']}", file=sys.stderr)
+    for name in args.names:  # all exist, or nothing is removed
+        if not persona.record_path(name).is_file():
+            persona.get(name)  # says so, listing what is registered
+    removed = [persona.remove(name) for name in args.names]
+    for name in removed:
+        print(f"deleted {name}", file=sys.stderr)
     if args.json:
-        emit_json({"removed": [r["name"] for r in records]})
+        emit_json({"removed": removed})
     return 0

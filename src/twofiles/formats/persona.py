@@ -311,16 +311,18 @@ def copy(src: str, dst: str) -> dict[str, Any]:
     return record
 
 
-def remove(name: str) -> dict[str, Any]:
-    """Delete the record (the files it names are the user's: they stay)."""
-    record = get(name)
-    path = record_path(record["name"])
+def remove(name: str) -> str:
+    """Delete the record, even an unreadable one; the files it names are the user's and stay.
+    Returns the canonical name."""
+    path = record_path(name)
+    if not path.is_file():
+        get(name)  # the error that lists what is registered
     path.unlink()
     try:
         path.parent.rmdir()  # the name's last tag
     except OSError:
         pass
-    return record
+    return canonical_name(name)
 
 
 # ---------------------------------------------------------------------------------------------
