@@ -19,8 +19,11 @@ from twofiles.cli.common import (
     add_json_flag,
     add_sampling_flags,
     emit_json,
+    persona_sampling,
+    persona_summary,
     prepare_model,
     sampling_params,
+    seeded,
 )
 
 HELP = """commands:
@@ -35,9 +38,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "model",
         metavar="MODEL",
-        help="a twofiles model.safetensors, a .gguf file, a Hugging Face model directory, or an alias (smollm2)",
+        help="a twofiles model.safetensors, a .gguf file, a Hugging Face model directory, an alias (smollm2), or a registered persona (twofiles list)",
     )
-    p.add_argument("--system", default=None, help="a system prompt")
+    p.add_argument("--system", default=None, help="a system prompt (instead of a persona's SYSTEM)")
     add_sampling_flags(p, temperature=0.7, top_p=0.9, max_tokens=512, what="reply")
     p.add_argument(
         "--tools",
@@ -199,6 +202,10 @@ def run(args: argparse.Namespace) -> int:
     loaded = resolve_model(args.model, device=device)
     fmt = ChatFormat.for_model(loaded)
     err = sys.stderr
+    persona = getattr(loaded, "persona", None)
+    if persona is not None:  # its PARAMETERs are defaults: the flags given win
+        params = persona_sampling(params, args, loaded)
+        seed = params.seed
     scorer = None
     if args.scorer is not None:
         from twofiles.scoring import load_reward_scorer, reward_path
@@ -209,6 +216,8 @@ def run(args: argparse.Namespace) -> int:
         f"model {args.model}: {sum(p.numel() for p in loaded.model.parameters()) / 1e6:.2f}M parameters, {device.type} ({why}), loaded in {time.perf_counter() - t0:.2f}s",
         file=err,
     )
+    if persona is not None:
+        print(persona_summary(persona), file=err)
     from twofiles.model import Transformer
 
     if isinstance(
@@ -221,9 +230,10 @@ def run(args: argparse.Namespace) -> int:
             file=err,
         )
     else:
-        print("chat template: the model's own", file=err)
+        own = persona is not None and persona.template is not None
+        print(f"chat template: {'the persona' if own else 'the model'}'s own", file=err)
     print(
-        f"seed {seed}" + ("" if args.seed is not None else " (pass --seed to repeat this chat)"),
+        f"seed {seed}" + ("" if seeded(args, loaded) else " (pass --seed to repeat this chat)"),
         file=err,
     )
     describe_tools = tools_in_prompt(getattr(loaded, "provenance", None) or {})
@@ -236,6 +246,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"tools: {', '.join(tools)}, {how}", file=err)
 
     base = [Message("system", args.system)] if args.system is not None else []
+    if persona is not None:  # its SYSTEM unless --system, then its few-shot MESSAGEs
+        base += [Message(m["role"], m["content"]) for m in persona.prefix(args.system is not None)]
     messages: list[Message] = start or list(base)
     interactive = sys.stdin.isatty()
     if interactive:

@@ -3,8 +3,12 @@
   twofiles serve runs/sft/model.safetensors smollm2 --port 8000
   twofiles serve mine=runs/sft/model.safetensors --api-key secret --max-seqs 16
 
-Each MODEL is a spec any verb takes (parameters file, GGUF, Hugging Face directory, alias),
-optionally NAME=SPEC to choose the name clients send as `model`. The server listens on 127.0.0.1
+Each MODEL is a spec any verb takes (parameters file, GGUF, Hugging Face directory, alias,
+registered persona), optionally NAME=SPEC to choose the name clients send as `model`. Registered
+personas (`twofiles create`) whose FROM is a model served here, with no ADAPTER, are served too,
+on that model's engine (one copy of the weights, one KV cache), each request getting the
+persona's system message, few-shot turns, template and sampling defaults (--no-personas: only the
+models named). A persona named here that has adapters, or whose FROM is not served, gets its own. The server listens on 127.0.0.1
 unless told otherwise, prints its URL, and runs until Ctrl-C. Any OpenAI client works with
 base_url URL/v1. Limits (slots, queue, prompt/output tokens, body size, timeout) are
 ServeSettings fields, each a flag here.
@@ -112,6 +116,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="where the web UI's thumbs and corrections go (default: $TWOFILES_FEEDBACK_DB or "
         "~/.cache/twofiles/feedback.sqlite, where `twofiles feedback export` looks without --db)",
     )
+    p.add_argument(
+        "--no-personas",
+        action="store_true",
+        help="serve only the models named, not the registered personas over them",
+    )
     add_device_flag(p)
     add_inference_flags(p)
     add_json_flag(p)
@@ -141,7 +150,6 @@ def _read_keys(path: str) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     import dataclasses
     import socket
-    import time
     from pathlib import Path
 
     from twofiles.errors import TwofilesError
@@ -155,7 +163,6 @@ def run(args: argparse.Namespace) -> int:
         raise TwofilesError(
             f"serving needs the 'serve' extra ({e.name} is missing): pip install 'twofiles[serve]'"
         ) from None
-    from twofiles.formats.resolve import resolve_model
     from twofiles.runtime import pick_device
 
     keys = list(args.api_key) + (_read_keys(args.api_keys_file) if args.api_keys_file else [])
@@ -189,19 +196,25 @@ def run(args: argparse.Namespace) -> int:
             raise TwofilesError(f"two models are named {name!r}: give one a name with NAME=MODEL")
         specs[name] = spec
 
+    from twofiles.serve.core import load_models
+
     device, why = pick_device(args.device)
-    models = {}
-    for name, spec in specs.items():
-        t0 = time.perf_counter()
-        models[name] = resolve_model(spec, device=device)
-        n_params = sum(p.numel() for p in models[name].model.parameters())
+
+    def loaded(name: str, spec: str, model, seconds: float) -> None:
+        n_params = sum(p.numel() for p in model.model.parameters())
         # the same preparation as `generate`: inference dtype (bf16 weights on CUDA), quantization, threads
-        setup = prepare_model(models[name], args)
+        setup = prepare_model(model, args)
         print(
-            f"model {name} ({spec}): {n_params / 1e6:.2f}M parameters, {device.type} ({why}), loaded in {time.perf_counter() - t0:.2f}s; {'; '.join(setup.reasons)}",
+            f"model {name} ({spec}): {n_params / 1e6:.2f}M parameters, {device.type} ({why}), loaded in {seconds:.2f}s; {'; '.join(setup.reasons)}",
             file=sys.stderr,
         )
-    app = create_app(models, settings)
+
+    models, shared = load_models(
+        specs, device=device, personas=not args.no_personas, on_load=loaded
+    )
+    for name, base in shared.items():
+        print(f"persona {name}: served on the engine of {base}", file=sys.stderr)
+    app = create_app(models, settings, shared=shared)
     web = app.state.web  # its databases open on first use: they may still be moved
     if args.arena_db:
         web.arena_db = Path(args.arena_db)

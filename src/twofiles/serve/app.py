@@ -7,6 +7,10 @@ OpenAI-style body. What it leaves to others: the limits' values (settings.py), r
 (openai_routes.py), the web pages and their routes (web.py), batching and sampling
 (twofiles.scheduler), chat rendering and tool-call parsing (twofiles.chat).
 
+A persona (a LoadedModel with `persona` set) is served under its own name; one that shares a
+model's weights runs on that model's engine (`app.state.shared`: persona -> model), and the routes
+apply its system message, few-shot turns, template and sampling defaults per request (core.py).
+
 For extra routes (the web pages) the app exposes `app.state.models` (name -> LoadedModel),
 `app.state.scheduler` (twofiles.scheduler.Scheduler; `submit(model, prompt_ids, params)` returns
 a handle to `async for`), `app.state.settings` (ServeSettings), `app.state.require_api_key`, and
@@ -106,14 +110,26 @@ def _auth(settings: ServeSettings):
 # The app
 
 
-def create_app(models: Mapping[str, LoadedModel], settings: ServeSettings | None = None) -> FastAPI:
+def create_app(
+    models: Mapping[str, LoadedModel],
+    settings: ServeSettings | None = None,
+    *,
+    shared: Mapping[str, str] | None = None,
+) -> FastAPI:
     """The server for `models` (name -> loaded model) under `settings`. The scheduler's thread
-    starts with the app (lifespan) and stops with it."""
+    starts with the app (lifespan) and stops with it. `shared` maps a persona (a view of another
+    served model's weights, formats.resolve.persona_view) to the model whose engine it runs on."""
     settings = settings or ServeSettings()
     if not models:
         raise TwofilesError("no models to serve")
+    shared = dict(shared or {})
+    for name, base in shared.items():
+        if name not in models or base not in models or base in shared:
+            raise TwofilesError(
+                f"{name!r} cannot be served on {base!r}: not a served model's engine"
+            )
     scheduler = Scheduler(
-        models,
+        {name: m for name, m in models.items() if name not in shared},
         max_seqs=settings.max_seqs,
         max_queue=settings.max_queue,
         max_context=settings.max_context,
@@ -133,6 +149,7 @@ def create_app(models: Mapping[str, LoadedModel], settings: ServeSettings | None
         lifespan=lifespan,
     )
     app.state.models = dict(models)
+    app.state.shared = shared
     app.state.scheduler = scheduler
     app.state.settings = settings
     app.state.chat_formats = {}

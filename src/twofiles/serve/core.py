@@ -1,6 +1,8 @@
 """The server's core: the served models, the scheduler glue, and the helpers every route shares.
 
-What it owns: looking up a served model (404 otherwise) and its chat format, checking a prompt
+What it owns: looking up a served model (404 otherwise) and its chat format, a persona's part of
+a request (`with_persona`: its system message and few-shot turns; `sampling_defaults`; its
+num_ctx; `engine_name`: the engine a persona shares), checking a prompt
 against the server's limits, submitting requests to the scheduler (all or nothing; 429 when the
 queue is full), gathering their events under a deadline and cancelling them when the client goes
 away, `generate_reply` (one assistant reply, for extra routes such as the web pages) and
@@ -17,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -68,9 +70,40 @@ def served_model(app: FastAPI, name: str) -> LoadedModel:
     return loaded
 
 
+def engine_name(app: FastAPI, model: str) -> str:
+    """The served model whose engine runs `model`: itself, or the model a persona shares."""
+    return getattr(app.state, "shared", {}).get(model, model)
+
+
+def context_length(app: FastAPI, model: str) -> int:
+    """Prompt + reply, in tokens: the engine's context, capped by a persona's num_ctx."""
+    context = app.state.scheduler.engines[engine_name(app, model)].context
+    persona = getattr(app.state.models[model], "persona", None)
+    return min(context, persona.num_ctx) if persona and persona.num_ctx else context
+
+
+def with_persona(app: FastAPI, model: str, messages: list[Message]) -> list[Message]:
+    """The conversation a persona's model sees: its SYSTEM unless the request sends a system
+    message first, then its few-shot MESSAGEs, then the request's messages."""
+    persona = getattr(app.state.models[model], "persona", None)
+    if persona is None:
+        return messages
+    from twofiles.chat import parse_messages
+
+    has_system = bool(messages) and messages[0].role == "system"
+    prefix = parse_messages(persona.prefix(has_system))
+    return [*messages[:1], *prefix, *messages[1:]] if has_system else [*prefix, *messages]
+
+
+def sampling_defaults(app: FastAPI, model: str) -> dict[str, Any]:
+    """A persona's PARAMETERs as SamplingParams fields: what a request's absent fields become."""
+    persona = getattr(app.state.models[model], "persona", None)
+    return dict(persona.sampling) if persona is not None else {}
+
+
 def check_prompt(app: FastAPI, model: str, ids: Sequence[int], param: str = "messages") -> None:
     settings: ServeSettings = app.state.settings
-    context = app.state.scheduler.engines[model].context
+    context = context_length(app, model)
     limit = min(settings.max_prompt_tokens or context - 1, context - 1)
     if len(ids) > limit:
         what = "the conversation" if param == "messages" else "the prompt"
@@ -94,6 +127,7 @@ def submit(
     be pointless). All or nothing: a refused one cancels those already queued."""
     scheduler: Scheduler = app.state.scheduler
     handles: list[RequestHandle] = []
+    context = context_length(app, model)
     try:
         for ids in prompts:
             for j in range(n):
@@ -102,7 +136,9 @@ def submit(
                     if params.seed is None or j == 0
                     else replace(params, seed=params.seed + j)
                 )
-                handles.append(scheduler.submit(model, ids, p, logprobs=logprobs))
+                if p.max_tokens > context - len(ids):  # a persona's num_ctx: the engine's is wider
+                    p = replace(p, max_tokens=max(1, context - len(ids)))
+                handles.append(scheduler.submit(engine_name(app, model), ids, p, logprobs=logprobs))
     except QueueFullError as e:
         for h in handles:
             h.cancel()
@@ -219,7 +255,7 @@ async def generate_reply(
     served_model(app, model)
     fmt = chat_format(app, model)
     try:
-        ids = fmt.prompt_ids(parse_messages(list(messages)), tools=tools)
+        ids = fmt.prompt_ids(with_persona(app, model, parse_messages(list(messages))), tools=tools)
     except TwofilesError as e:
         raise ApiError(400, str(e)) from None
     check_prompt(app, model, ids)
@@ -296,6 +332,55 @@ async def score_prompt(
     return await asyncio.to_thread(score)
 
 
+def load_models(
+    specs: Mapping[str, str],
+    *,
+    device: Any = "cpu",
+    personas: bool = True,
+    on_load: Callable[[str, str, LoadedModel, float], None] | None = None,
+) -> tuple[dict[str, LoadedModel], dict[str, str]]:
+    """The models to serve (name -> spec) loaded, and which personas share an engine: returns
+    (models, shared), shared mapping a persona to the served model whose weights and engine it
+    runs on. A persona without adapters whose FROM is a model named here is a view of it
+    (formats.resolve.persona_view), not a second copy; with `personas`, every registered persona
+    over a model named here is served too, as NAME (its tag when not `latest`). `on_load` sees
+    each model actually loaded (name, spec, model, seconds), to prepare it for inference."""
+    import os
+
+    from twofiles.formats import persona
+    from twofiles.formats.resolve import persona_view, resolve_model, served_key
+
+    records = {
+        name: persona.find(spec) if not os.path.exists(spec) and persona.is_name(spec) else None
+        for name, spec in specs.items()
+    }
+    loaded: dict[str, LoadedModel] = {}
+    by_key: dict[str, str] = {}  # what a plain model loads -> the name it is served under
+    shared: dict[str, str] = {}
+    # plain models first, so that the personas over them can share their engines
+    for name in sorted(specs, key=lambda n: records[n] is not None):
+        spec, record = specs[name], records[name]
+        key = served_key(spec)
+        if record is not None and key in by_key:
+            shared[name] = by_key[key]
+            loaded[name] = persona_view(loaded[shared[name]], record)
+            continue
+        t0 = time.perf_counter()
+        loaded[name] = resolve_model(spec, device=device)
+        if record is None:
+            by_key.setdefault(key, name)
+        if on_load is not None:
+            on_load(name, spec, loaded[name], time.perf_counter() - t0)
+    models = {name: loaded[name] for name in specs}
+    if personas:
+        for record in persona.list_records():
+            name, key = record["name"].removesuffix(":latest"), served_key(record["name"])
+            if name not in models and key in by_key:
+                shared[name] = by_key[key]
+                models[name] = persona_view(models[shared[name]], record)
+    return models, shared
+
+
 def model_name(spec: str) -> str:
     """The name a model is served under when the user gives none: an alias as it is, a file's
     stem, or the directory's name for a directory or a file called model.safetensors."""
@@ -310,10 +395,15 @@ __all__ = [
     "chat_format",
     "check_prompt",
     "collect",
+    "context_length",
+    "engine_name",
     "gather_events",
     "generate_reply",
+    "load_models",
     "model_name",
+    "sampling_defaults",
     "score_prompt",
     "served_model",
     "submit",
+    "with_persona",
 ]
