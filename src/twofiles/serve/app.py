@@ -116,6 +116,8 @@ def create_app(models: Mapping[str, LoadedModel], settings: ServeSettings | None
         max_seqs=settings.max_seqs,
         max_queue=settings.max_queue,
         max_context=settings.max_context,
+        prefix_cache_mb=settings.prefix_cache_mb,
+        prefill_chunk=settings.prefill_chunk,
     )
 
     @asynccontextmanager
