@@ -260,7 +260,9 @@ def test_scheduler_with_a_cache_small_enough_to_evict_mid_run(model, tok):
                 for i in range(len(chats))
             ]
             got = serve_all(sched, list(zip(chats, params)))
-            assert got == [list(generate(model, c, p, tokenizer=tok)) for c, p in zip(chats, params)]
+            assert got == [
+                list(generate(model, c, p, tokenizer=tok)) for c, p in zip(chats, params)
+            ]
             lookups += sum(map(len, chats))
             chats = [c + r + ids(3, 100 * turn + i) for i, (c, r) in enumerate(zip(chats, got))]
         stats = sched.stats()["m"]
@@ -296,7 +298,8 @@ def smollm2():
 @pytest.mark.slow
 def test_smollm2_server_with_and_without_the_cache():
     """The served model with its chat template: a shared system prompt, greedy and seeded, with
-    the cache, with a cache so small it evicts mid-run, and without; the same replies."""
+    the cache, with a cache so small it evicts mid-run (3 MB: four of its 737 KB blocks), and
+    without; the same replies."""
     from twofiles.chat import ChatFormat, Message
 
     smol = smollm2()
@@ -309,7 +312,7 @@ def test_smollm2_server_with_and_without_the_cache():
         SamplingParams(temperature=0.8, seed=3, max_tokens=10, stop_token_ids=fmt.stop_token_ids),
     ] * 2
     runs = {}
-    for name, mb, chunk in (("off", 0, 0), ("on", 64, 32), ("tiny", 0.5, 16)):
+    for name, mb, chunk in (("off", 0, 0), ("on", 64, 32), ("tiny", 3, 16)):
         with Scheduler(
             {"m": smol}, max_seqs=2, max_context=256, prefix_cache_mb=mb, prefill_chunk=chunk
         ) as sched:
