@@ -7,6 +7,9 @@
     on a server that has been up a while. Without the cache, cold and warm are the same run.
 (b) a `--turns`-turn chat (10): each turn's prompt is the whole conversation so far (previous
     prompt + reply + the new question), greedy; TTFT per turn.
+(c) chunked prefill: one request decoding when a `--long-tokens` (1,500) prompt arrives; the
+    running request's longest gap between two tokens with prefill chunks of `--prefill-chunk`
+    tokens and with whole prompts at once (chunk 0), the prefix cache off.
 
 Both go through `twofiles.scheduler.Scheduler` (what `twofiles serve` runs: continuous batching,
 chunked prefill of `--prefill-chunk` tokens, `--max-seqs` slots) with `--prefix-cache-mb` on and 0.
@@ -18,6 +21,7 @@ The replies with and without the cache are compared too (greedy: they must be eq
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import platform
 import statistics
@@ -138,6 +142,34 @@ def chat(loaded, fmt, args, mb: float) -> dict:
     }
 
 
+def stall(loaded, fmt, args, chunk: int) -> dict:
+    running = fmt.prompt_ids([Message("user", "Tell me a long story about a lighthouse keeper.")])
+    long = fmt.prompt_ids([Message("user", system_prompt(fmt, args.long_tokens))])
+    greedy = SamplingParams(temperature=0, max_tokens=48)
+    with Scheduler(
+        {"m": loaded},
+        max_seqs=args.max_seqs,
+        max_context=2048,
+        prefix_cache_mb=0,
+        prefill_chunk=chunk,
+    ) as sched:
+        h = sched.submit("m", running, greedy)
+        times, newcomer = [], None
+        for _event in h:
+            times.append(time.perf_counter())
+            if len(times) == 8:
+                newcomer = sched.submit("m", long, SamplingParams(temperature=0, max_tokens=4))
+        assert newcomer is not None and newcomer.wait(600)
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    return {
+        "tokens": len(times),
+        "gap_median_s": statistics.median(gaps),
+        "gap_max_s": max(gaps),
+        "newcomer_ttft_s": newcomer.first_token_at - newcomer.submitted_at,
+        "long_tokens": len(long),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="smollm2")
@@ -149,6 +181,7 @@ def main() -> None:
     ap.add_argument("--max-seqs", type=int, default=8)
     ap.add_argument("--prefill-chunk", type=int, default=512)
     ap.add_argument("--prefix-cache-mb", type=float, default=512)
+    ap.add_argument("--long-tokens", type=int, default=1500)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
@@ -167,6 +200,8 @@ def main() -> None:
     results["shared_on"] = shared_prompt(loaded, fmt, args, args.prefix_cache_mb)
     results["chat_off"] = chat(loaded, fmt, args, 0)
     results["chat_on"] = chat(loaded, fmt, args, args.prefix_cache_mb)
+    results["stall_whole"] = stall(loaded, fmt, args, 0)
+    results["stall_chunked"] = stall(loaded, fmt, args, args.prefill_chunk)
 
     off, on = results["shared_off"], results["shared_on"]
     same = all(off[p]["replies"] == on[p]["replies"] for p in ("cold", "warm"))
@@ -202,6 +237,15 @@ def main() -> None:
         f"({c_off['ttft_last_s'] / c_on['ttft_last_s']:.1f}x); {c_on['hit_tokens']} of "
         f"{sum(c_on['prompt_tokens'])} prompt tokens from the cache"
     )
+    w, c = results["stall_whole"], results["stall_chunked"]
+    print(
+        f"(c) a {w['long_tokens']}-token prompt arrives while one request decodes ({w['tokens']} tokens)"
+    )
+    for name, r in ((f"chunks of {args.prefill_chunk}", c), ("whole prompt", w)):
+        print(
+            f"    {name:16} running request: median gap {r['gap_median_s'] * 1000:.0f} ms, "
+            f"longest {r['gap_max_s'] * 1000:.0f} ms; newcomer TTFT {r['newcomer_ttft_s']:.2f}s"
+        )
     print(f"greedy replies equal with and without the cache: shared {same}, chat {same_chat}")
     if args.json:
         for r in (off["cold"], off["warm"], on["cold"], on["warm"], c_off, c_on):

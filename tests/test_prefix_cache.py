@@ -69,6 +69,19 @@ def test_blocks_round_trip_and_only_full_blocks_are_kept():
     assert cache.store(seq, ks, vs, row=0) == 0  # already there
 
 
+def test_blocks_keep_the_kv_cache_dtype():
+    """bf16 caches (CUDA's inference dtype) give a bf16 pool: no silent upcast doubling the
+    memory, and loads are exact."""
+    ks, vs = fake_kv()
+    ks, vs = [k.bfloat16() for k in ks], [v.bfloat16() for v in vs]
+    cache = PrefixCache(10**6, block_size=4)
+    seq = ids(16, 5)
+    cache.store(seq, ks, vs, row=0)
+    assert cache.block_bytes == 2 * 2 * 2 * 4 * 8 * 2  # 2 bytes an entry
+    cache.load(cache.match(seq), ks, vs, row=1)
+    assert all(torch.equal(k[1, :, :16], k[0, :, :16]) for k in ks + vs)
+
+
 def test_lru_eviction_takes_leaves_first_and_keeps_chains_whole():
     ks, vs = fake_kv(slots=64)
     probe = PrefixCache(10**6, block_size=4)
