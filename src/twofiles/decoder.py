@@ -1,17 +1,26 @@
 """The one batched decoder: many sequences of different lengths, one KV cache, one forward a step.
 
 What it owns: `BatchDecoder`, a fixed number of rows over one static KV cache [rows, kv_heads,
-context, head_dim] per layer. `admit` prefills newcomers together in one forward (identical
-prompts once: N samples of one question cost one prefill) and samples their first tokens; `step`
-decodes one token for every active row in one forward, whatever their lengths; a row that ends
-frees its slot at once, so a newcomer can join before the next step (continuous batching). Each
-row keeps its own SamplingParams and its own seeded generator, so its tokens do not depend on
-what else shares the batch: row by row, greedy or seeded, the tokens are those of
-`engine.generate`. `decode_batch` runs a list of prompts to their ends through one decoder
-(evaluation's generative tasks, SFT's skill scoring, `generate_batch` for System 2's samples);
-the server's scheduler drives the same decoder step by step. What it leaves to others: the
-sampling math and text streaming (engine.py), requests, queues and threads (scheduler.py), the
-model math (model.py: `positions`, `attn_mask`, `KVCache.update_at`).
+context, head_dim] per layer. `admit` gives newcomers their slots and prefills them (several in
+one forward; identical prompts once: N samples of one question cost one prefill) and samples
+their first tokens; `step` decodes one token for every row past its prompt in one forward,
+whatever their lengths; a row that ends frees its slot at once, so a newcomer can join before the
+next step (continuous batching). Each row keeps its own SamplingParams and its own seeded
+generator, so its tokens do not depend on what else shares the batch: row by row, greedy or
+seeded, the tokens are those of `engine.generate`. `decode_batch` runs a list of prompts to their
+ends through one decoder (evaluation's generative tasks, SFT's skill scoring, `generate_batch`
+for System 2's samples); the server's scheduler drives the same decoder step by step, with
+`admit(prefill=False)` and `prefill(budget)`: a long prompt goes in chunks between decode steps
+(chunked prefill), so the running rows are not stalled for its whole length. What it leaves to
+others: the sampling math and text streaming (engine.py), requests, queues and threads
+(scheduler.py), the model math (model.py: `positions`, `attn_mask`, `KVCache.update_at`), the
+cached blocks themselves (prefix_cache.py).
+
+With a prefix cache: a newcomer's slot starts with the cached blocks of its prompt (never its
+last token: its logits are needed); each prefill chunk stores its full blocks at once, so a row
+whose next block an earlier row is computing waits a forward and loads it (16 requests sharing a
+system prompt compute it once); a row that ends or is cancelled stores its prompt and the tokens
+it fed, so the next turn of a chat (prompt + reply + a new message) finds them.
 
 How rows of different lengths share a batch (no padding leaks into any row):
 - Active rows live in slots 0..n-1, so a step runs on a view of the first n rows of the cache, not
@@ -19,9 +28,11 @@ How rows of different lengths share a batch (no padding leaks into any row):
 - Every token is fed with its own position (RoPE angle and cache slot), and a boolean mask lets
   each query see exactly its own row's slots 0..position. Slots past a row's length hold stale
   keys from an earlier occupant (or padding); the mask never shows them.
-- Newcomers are right-padded to the longest prompt among them and prefilled together with a
-  plain causal mask: a real token never sees a pad (pads come after it), and the pads' cache
-  slots are overwritten by that row's own generated tokens before any query may see them.
+- Prompt chunks are right-padded to the longest among them and prefilled together, each token
+  at its own position: a real token never sees a pad (pads come after it), and the pads' cache
+  slots are overwritten by that row's own tokens before any query may see them.
+- Rows still prefilling ride along in decode steps on a dummy token at their next slot, which
+  their own prompt token overwrites later: one token of waste per row, and no cache moves.
 """
 
 from __future__ import annotations
