@@ -2,7 +2,8 @@
 
 What it owns: sampling (repetition penalty, temperature, top-k, top-p, min-p) as pure functions
 on a logits tensor; KV-cached generation (prefill the prompt in one forward, then one token per
-step); stop rules (stop token ids, stop strings); incremental detokenisation that never shows
+step; with a prefix cache, the prompt's cached blocks are loaded instead and the prompt and reply
+are stored for the next call); stop rules (stop token ids, stop strings); incremental detokenisation that never shows
 half a UTF-8 character or the start of a stop string; per-step probabilities for "show me the
 die". What it leaves to others: the model math (model.py), loading a model (formats/resolve.py),
 batches of sequences (decoder.py, the one batched decoder, built on the sampling here), device
