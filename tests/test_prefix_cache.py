@@ -296,6 +296,52 @@ def test_scheduler_cache_off_counts_nothing(model, tok):
         assert all(sched.stats()["m"][k] == 0 for k in PREFIX_STATS)
 
 
+def test_a_request_cancelled_mid_prefill_frees_its_slot_and_keeps_its_blocks(model, tok):
+    """Driven by hand (no worker thread): a long prompt is cancelled between two chunks; the next
+    step ends it, its computed blocks stay cached, and a request with the same prompt loads them
+    and generates what generate does."""
+    from twofiles.scheduler import BatchEngine, RequestHandle
+
+    engine = BatchEngine(loaded(model, tok), max_seqs=2, prefix_cache_mb=1, prefill_chunk=32)
+    prompt = ids(100, 60)
+    h = RequestHandle("m", prompt, GREEDY, None)
+    engine.admit([h])
+    engine.prefill()
+    engine.prefill()
+    assert engine.rows[0].length == 64 and not h.tokens
+    h.cancel()
+    engine.step()
+    engine.flush()
+    assert h.finish_reason == "cancelled" and engine.free_slots == 2
+    assert engine.prefix_cache is not None and engine.prefix_cache.blocks == 4
+    again = RequestHandle("m", prompt, GREEDY, None)
+    engine.admit([again])
+    assert engine.rows[0].cached == 64
+    while engine.rows:
+        engine.step()
+        engine.prefill()
+    assert again.tokens == list(generate(model, prompt, GREEDY, tokenizer=tok))
+
+
+def test_serve_settings_reach_the_scheduler(model, tok):
+    from twofiles.cli import build_parser
+    from twofiles.serve.app import create_app
+    from twofiles.serve.settings import ServeSettings
+
+    app = create_app({"m": loaded(model, tok)}, ServeSettings(prefix_cache_mb=2, prefill_chunk=64))
+    engine = app.state.scheduler.engines["m"]
+    assert engine.prefix_cache.max_bytes == 2 * 10**6 and engine.prefill_chunk == 64
+    app = create_app({"m": loaded(model, tok)}, ServeSettings(prefix_cache_mb=0, prefill_chunk=0))
+    engine = app.state.scheduler.engines["m"]
+    assert engine.prefix_cache is None and engine.prefill_chunk is None
+    with pytest.raises(ValueError, match="prefix_cache_mb"):
+        ServeSettings(prefix_cache_mb=-1)
+    args = build_parser().parse_args(
+        ["serve", "m", "--prefix-cache-mb", "64", "--prefill-chunk", "128"]
+    )
+    assert (args.prefix_cache_mb, args.prefill_chunk) == (64, 128)
+
+
 # ---------------------------------------------------------------------------- SmolLM2, for real
 
 
