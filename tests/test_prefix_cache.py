@@ -287,6 +287,19 @@ def test_scheduler_with_a_cache_small_enough_to_evict_mid_run(model, tok):
     assert stats["prefix_cache_bytes"] == stats["prefix_cache_blocks"] * 4096
 
 
+@pytest.mark.parametrize("n, hit", [(32, 16), (33, 32)])
+def test_scheduler_prompt_cached_whole_recomputes_its_last_token(model, tok, n, hit):
+    """The same prompt twice, one after the other: the second loads all of it the cache holds
+    but its last token (a prompt of two full blocks loads one; of two blocks + 1 token, both)."""
+    prompt = ids(n, 70)
+    want = list(generate(model, prompt, SEEDED, tokenizer=tok))
+    with Scheduler({"m": loaded(model, tok)}) as sched:
+        assert serve_all(sched, [(prompt, SEEDED)]) == [want]
+        before = sched.stats()["m"]["prefix_hit_tokens"]
+        assert serve_all(sched, [(prompt, SEEDED)]) == [want]
+        assert sched.stats()["m"]["prefix_hit_tokens"] - before == hit
+
+
 def test_scheduler_cache_off_counts_nothing(model, tok):
     with Scheduler({"m": loaded(model, tok)}, prefix_cache_mb=0, prefill_chunk=0) as sched:
         prompt = ids(20, 50)
