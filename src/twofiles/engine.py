@@ -28,7 +28,7 @@ from __future__ import annotations
 import itertools
 import math
 import secrets
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -283,7 +283,7 @@ def _decode(
     generator: torch.Generator,
     steps: int,
     prefix_cache: PrefixCache | None = None,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+) -> Generator[tuple[torch.Tensor, torch.Tensor]]:
     """The cached loop for prompt [B, T] (one shared length): yields (tokens [B], probs [B, V])
     `steps` times, all on the model's device. Nothing here syncs with the host, except for the
     prefix cache (one sequence): the prompt's cached blocks are loaded rather than computed, and

@@ -86,7 +86,8 @@ class PrefixCache:
         as just used (a prompt's caller passes limit len(prompt) - 1: its last token must be
         computed for its logits)."""
         n = len(ids) if limit is None else min(limit, len(ids))
-        bs, parent, chain = self.block_size, 0, []
+        bs, parent = self.block_size, 0
+        chain: list[CachedBlock] = []
         for start in range(0, n - bs + 1, bs):
             block = self._blocks.get((parent, tuple(ids[start : start + bs])))
             if block is None:
@@ -134,7 +135,8 @@ class PrefixCache:
         if self._k is None:
             self._allocate(ks, vs)
         cap = self.max_bytes // self.block_bytes
-        chain, parent = [], 0
+        chain: list[CachedBlock] = []
+        parent = 0
         while len(chain) < n_blocks:
             start = len(chain) * bs
             block = self._blocks.get((parent, tuple(ids[start : start + bs])))
