@@ -71,6 +71,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="reward:PATH",
         help="with --think N: best-of-N, the sample this reward model (twofiles reward) scores highest, instead of the majority vote",
     )
+    p.add_argument(
+        "--prefix-cache-mb",
+        type=float,
+        default=512,
+        metavar="MB",
+        help="keep the conversation's keys and values between turns, so each turn computes only "
+        "its new tokens (default 512; 0 = off: every turn prefills the whole conversation)",
+    )
     add_device_flag(p)
     add_inference_flags(p, compile=True)
     add_json_flag(p)
@@ -192,6 +200,8 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.scorer is not None and args.think < 2:
         raise TwofilesError("--scorer picks the best of several samples: pass --think N (N >= 2)")
+    if args.prefix_cache_mb < 0:
+        raise TwofilesError(f"--prefix-cache-mb {args.prefix_cache_mb}: must be >= 0 (0 = off)")
     params = sampling_params(args)
     seed = params.seed
     tools = _pick_tools(args.tools, args.workdir)
@@ -257,6 +267,9 @@ def run(args: argparse.Namespace) -> int:
     out = sys.stdout
     replies: list[str] = []
     stats = RespondStats()
+    from twofiles.prefix_cache import cache_from_mb
+
+    prefix_cache = cache_from_mb(args.prefix_cache_mb)  # one for the session: turns share it
     picks: list[dict] = []  # best-of-N: each turn's samples, their scores and the pick
     turn, n_calls, gen_seconds = 0, 0, 0.0
 
@@ -331,6 +344,7 @@ def run(args: argparse.Namespace) -> int:
                             max_tool_rounds=args.max_tool_rounds,
                             stats=stats,
                             describe_tools=describe_tools,
+                            prefix_cache=prefix_cache,
                         )
                         added = _show(events, pieces, shown, out, err)
                     break
@@ -361,7 +375,8 @@ def run(args: argparse.Namespace) -> int:
 
     tps = stats.tokens / gen_seconds if gen_seconds > 0 else 0.0
     print(
-        f"{turn} turns, {stats.tokens} tokens generated in {gen_seconds:.2f}s ({tps:.1f} tok/s), {n_calls} tool calls",
+        f"{turn} turns, {stats.tokens} tokens generated in {gen_seconds:.2f}s ({tps:.1f} tok/s), {n_calls} tool calls"
+        f"; {stats.prompt_tokens_reused} of {stats.prompt_tokens_seen} prompt tokens reused from earlier turns",
         file=err,
     )
     if args.json:
@@ -374,6 +389,8 @@ def run(args: argparse.Namespace) -> int:
                 "messages": messages_to_dicts(messages),
                 "tool_calls": n_calls,
                 "tokens": stats.tokens,
+                "prompt_tokens": stats.prompt_tokens_seen,  # every round's prompt, summed
+                "prompt_tokens_reused": stats.prompt_tokens_reused,  # of those, from the cache
                 "seconds": round(gen_seconds, 4),
                 "tokens_per_second": round(tps, 2),
                 "seed": seed,

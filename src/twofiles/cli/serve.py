@@ -10,8 +10,8 @@ on that model's engine (one copy of the weights, one KV cache), each request get
 persona's system message, few-shot turns, template and sampling defaults (--no-personas: only the
 models named). A persona named here that has adapters, or whose FROM is not served, gets its own. The server listens on 127.0.0.1
 unless told otherwise, prints its URL, and runs until Ctrl-C. Any OpenAI client works with
-base_url URL/v1. Limits (slots, queue, prompt/output tokens, body size, timeout) are
-ServeSettings fields, each a flag here.
+base_url URL/v1. Limits (slots, queue, prefix cache, prefill chunk, prompt/output tokens, body
+size, timeout) are ServeSettings fields, each a flag here.
 """
 
 from __future__ import annotations
@@ -70,6 +70,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         help="KV cache length per sequence, prompt + output (default 2048, capped by the model)",
+    )
+    p.add_argument(
+        "--prefix-cache-mb",
+        type=float,
+        default=None,
+        metavar="MB",
+        help="keys and values of seen prompts and replies kept per model, so a shared system prompt "
+        "or a chat's history is not computed again; least recently used go first (default 512; 0 = off)",
+    )
+    p.add_argument(
+        "--prefill-chunk",
+        type=int,
+        default=None,
+        metavar="N",
+        help="most prompt tokens prefilled between two decode steps, so a long prompt does not "
+        "stall the running requests (default 512; 0 = whole prompts at once)",
     )
     p.add_argument(
         "--max-prompt-tokens",
@@ -170,6 +186,8 @@ def run(args: argparse.Namespace) -> int:
         "max_seqs": args.max_seqs,
         "max_queue": args.max_queue,
         "max_context": args.max_context,
+        "prefix_cache_mb": args.prefix_cache_mb,
+        "prefill_chunk": args.prefill_chunk,
         "max_prompt_tokens": args.max_prompt_tokens,
         "max_output_tokens": args.max_output_tokens,
         "max_body_bytes": args.max_body_bytes,
@@ -247,6 +265,7 @@ def run(args: argparse.Namespace) -> int:
                 "base_url": f"{url}/v1",
                 "models": list(models),
                 "max_seqs": settings.max_seqs,
+                "prefix_cache_mb": settings.prefix_cache_mb,
                 "auth": bool(keys),
                 "metrics": f"{url}/metrics" if settings.metrics else None,
                 "arena_db": str(web.arena_db),

@@ -133,6 +133,8 @@ def create_app(
         max_seqs=settings.max_seqs,
         max_queue=settings.max_queue,
         max_context=settings.max_context,
+        prefix_cache_mb=settings.prefix_cache_mb,
+        prefill_chunk=settings.prefill_chunk,
     )
 
     @asynccontextmanager
