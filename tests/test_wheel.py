@@ -39,6 +39,8 @@ CARRIED = [
     "twofiles/eval/tasks/arithmetic.toml",
     "twofiles/eval/tasks/arithmetic.jsonl",
     "twofiles/eval/tasks/skills.toml",
+    "twofiles/rag/collection/questions.jsonl",
+    "twofiles/rag/collection/PROVENANCE.md",
     "twofiles/standalone/run.py",
     "twofiles/tools/_python_child.py",
 ]
@@ -73,7 +75,13 @@ def test_sdist_and_wheel_carry_the_package_data(dist: Path) -> None:
     # every built-in task spec and web page in the tree, not only the ones listed above
     tree = {
         str(p.relative_to(REPO / "src"))
-        for pattern in ("eval/tasks/*", "serve/static/*", "data/datasets/*")
+        for pattern in (
+            "eval/tasks/*",
+            "serve/static/*",
+            "data/datasets/*",
+            "rag/collection/*.*",
+            "rag/collection/articles/*",
+        )
         for p in (REPO / "src" / "twofiles").glob(pattern)
     }
     assert tree <= names, f"the wheel lacks {sorted(tree - names)}"

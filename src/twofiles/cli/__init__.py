@@ -60,6 +60,10 @@ VERBS: dict[str, tuple[str, str]] = {
     "show": ("twofiles.cli.show", "show a registered persona (or print it as a Modelfile)"),
     "cp": ("twofiles.cli.cp", "copy a registered persona to a new name"),
     "rm": ("twofiles.cli.rm", "remove registered personas (never the files they name)"),
+    "rag": (
+        "twofiles.cli.rag",
+        "index your documents (text, Markdown, HTML, PDF, JSONL) and search them: BM25, dense, hybrid",
+    ),
     "chat": (
         "twofiles.cli.chat",
         "chat with a model in the terminal (streaming, system prompt, tools); scriptable through stdin",
