@@ -270,3 +270,26 @@ def test_prefix_cache_stats_are_exported_when_the_scheduler_has_them():
     assert ("twofiles_prefix_cache_hit_rate", "c") not in samples  # no lookups: no rate
     without = list(SchedulerCollector(_Stats({"b": base})).collect())
     assert not any(f.name.startswith("twofiles_prefix") for f in without)
+
+
+def test_prefix_cache_hits_of_a_real_server_reach_the_scrape(models):
+    """The same long prompt twice through the real scheduler: the second request's prompt is
+    served from the prefix cache, and /metrics says so with the scheduler's own numbers."""
+    settings = ServeSettings(max_seqs=2, max_context=128, prefix_cache_mb=16)
+    prompt = "to be or not to be, that is the question: whether tis nobler in the mind " * 2
+    body = {"model": "tiny", "prompt": prompt, "max_tokens": 2, "seed": 1}
+    with Server(create_app({"tiny": models["tiny"]}, settings)) as s:
+        assert s.post(COMPLETIONS, body)[0] == 200
+        first = s.scrape()
+        assert s.post(COMPLETIONS, body)[0] == 200
+        wait_idle(s, "tiny")
+        samples, stats = s.scrape(), s.stats()["tiny"]
+    prompt_tokens = len(encode_prompt(models["tiny"].tokenizer, prompt))
+    assert value(first, "twofiles_prefix_cache_hits_total", model="tiny") == 0
+    hits = value(samples, "twofiles_prefix_cache_hits_total", model="tiny")
+    lookups = value(samples, "twofiles_prefix_cache_queries_total", model="tiny")
+    assert lookups == 2 * prompt_tokens == stats["prefix_lookup_tokens"]
+    # the whole prompt but its last token (recomputed for its logits), in whole 16-token blocks
+    assert hits == stats["prefix_hit_tokens"] == (prompt_tokens - 1) // 16 * 16 > 0
+    assert value(samples, "twofiles_prefix_cache_hit_rate", model="tiny") == hits / lookups
+    assert value(samples, "twofiles_prefix_cache_blocks", model="tiny") > 0
