@@ -263,6 +263,16 @@ def test_index_finds_text_html_pdf_and_jsonl_with_locations(index_db: Path) -> N
             ix.search("x", mode="sparse")
 
 
+def test_searches_from_several_threads_agree_with_one(index_db: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    queries = ["glass harp", "owls at night", "copper mining", "lantern regatta"] * 3
+    with open_index(index_db) as ix:
+        with ThreadPoolExecutor(4) as pool:  # a server's request threads share one index
+            together = list(pool.map(lambda q: ix.search(q, k=2), queries))
+        assert together == [ix.search(q, k=2) for q in queries]
+
+
 def test_open_index_names_the_path_of_anything_that_is_not_an_index(tmp_path: Path) -> None:
     with pytest.raises(BadInputError, match="missing.db: no such index"):
         open_index(tmp_path / "missing.db")

@@ -16,7 +16,7 @@ import torch
 from tiny_models import loaded, random_model, tiny_tokenizer
 from twofiles.engine import PromptTooLongError, SamplingParams, generate, generate_steps
 from twofiles.errors import TwofilesError
-from twofiles.scheduler import QueueFullError, Scheduler
+from twofiles.scheduler import PREFIX_STATS, QueueFullError, Scheduler
 
 
 @pytest.fixture(scope="module")
@@ -218,7 +218,14 @@ def test_bounded_queue_refuses_instead_of_piling_up(model, tok):
         assert refused > 0 and len(accepted) <= 2 + 3 + 2
         for h in accepted:
             assert h.wait(30) and h.finish_reason in ("stop", "length")
-        assert sched.stats()["m"] == {"slots": 2, "active": 0, "queued": 0, "context": 128}
+        stats = sched.stats()["m"]
+        assert {k: stats[k] for k in ("slots", "active", "queued", "context")} == {
+            "slots": 2,
+            "active": 0,
+            "queued": 0,
+            "context": 128,
+        }
+        assert all(isinstance(stats[k], int) for k in PREFIX_STATS)
 
 
 def test_bad_requests_fail_at_submit(model, tok):

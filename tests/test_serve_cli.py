@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import urllib.request
 
 import openai
 import pytest
@@ -76,6 +77,8 @@ def test_serves_until_interrupted(model_path, tmp_path):
         assert [m.id for m in client.models.list().data] == ["mine", "base"]
         r = client.completions.create(model="base", prompt="to be", max_tokens=4, temperature=0)
         assert (r.usage.completion_tokens, r.choices[0].finish_reason) == (4, "length")
+        with urllib.request.urlopen(summary["metrics"], timeout=30) as scraped:  # open, no key
+            assert 'twofiles_generation_tokens_total{model="base"} 4.0' in scraped.read().decode()
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(
                 base_url=summary["base_url"], api_key="secret-3", max_retries=0

@@ -13,6 +13,9 @@ Hugging Face Llama; the safetensors metadata (string -> string) carries everythi
     chat_template Jinja chat template ("" when the model has none)
     provenance    JSON: what produced it, from what, when, with which settings
 
+A LoadedModel may carry a `Persona`: the defaults of a registered name (system message, sampling
+settings, few-shot turns, template), which formats/persona.py reads and the chat verbs apply.
+
 Tied embeddings are stored once (embed_tokens); lm_head is re-tied at load. A file of another
 kind built on a Transformer (a reward model: "twofiles-reward", scoring.py) has the same layout
 with its own format and its extra tensors beside the weights (`extra`); a model load refuses it
@@ -49,6 +52,29 @@ OTHER_KINDS = {
 }
 
 
+@dataclass(frozen=True)
+class Persona:
+    """A registered name's defaults (formats/persona.py reads them from a Modelfile): what the
+    verbs that render chats apply, each overridden by what the user gives explicitly."""
+
+    name: str  # the registered name, with its tag ("mario:latest")
+    system: str | None = None  # the default system message
+    sampling: dict[str, Any] = field(default_factory=dict)  # SamplingParams field -> default
+    messages: tuple[tuple[str, str], ...] = ()  # few-shot (role, content) turns, put first
+    template: str | None = None  # the Jinja chat template used instead of the model's
+    num_ctx: int | None = None  # the context (prompt + reply) in tokens, if capped
+
+    def prefix(self, has_system: bool) -> list[dict[str, str]]:
+        """The messages a conversation starts with: the system message unless the conversation
+        has its own (`has_system`), then the few-shot turns."""
+        out = (
+            []
+            if has_system or self.system is None
+            else [{"role": "system", "content": self.system}]
+        )
+        return out + [{"role": r, "content": c} for r, c in self.messages]
+
+
 @dataclass
 class LoadedModel:
     model: Transformer
@@ -57,6 +83,7 @@ class LoadedModel:
     provenance: dict[str, Any] = field(default_factory=dict)
     path: str = ""
     extra: dict[str, torch.Tensor] = field(default_factory=dict)  # tensors beside the weights
+    persona: Persona | None = None  # a registered name's defaults (formats/persona.py)
 
 
 def save_model(

@@ -1,17 +1,26 @@
 """The one batched decoder: many sequences of different lengths, one KV cache, one forward a step.
 
 What it owns: `BatchDecoder`, a fixed number of rows over one static KV cache [rows, kv_heads,
-context, head_dim] per layer. `admit` prefills newcomers together in one forward (identical
-prompts once: N samples of one question cost one prefill) and samples their first tokens; `step`
-decodes one token for every active row in one forward, whatever their lengths; a row that ends
-frees its slot at once, so a newcomer can join before the next step (continuous batching). Each
-row keeps its own SamplingParams and its own seeded generator, so its tokens do not depend on
-what else shares the batch: row by row, greedy or seeded, the tokens are those of
-`engine.generate`. `decode_batch` runs a list of prompts to their ends through one decoder
-(evaluation's generative tasks, SFT's skill scoring, `generate_batch` for System 2's samples);
-the server's scheduler drives the same decoder step by step. What it leaves to others: the
-sampling math and text streaming (engine.py), requests, queues and threads (scheduler.py), the
-model math (model.py: `positions`, `attn_mask`, `KVCache.update_at`).
+context, head_dim] per layer. `admit` gives newcomers their slots and prefills them (several in
+one forward; identical prompts once: N samples of one question cost one prefill) and samples
+their first tokens; `step` decodes one token for every row past its prompt in one forward,
+whatever their lengths; a row that ends frees its slot at once, so a newcomer can join before the
+next step (continuous batching). Each row keeps its own SamplingParams and its own seeded
+generator, so its tokens do not depend on what else shares the batch: row by row, greedy or
+seeded, the tokens are those of `engine.generate`. `decode_batch` runs a list of prompts to their
+ends through one decoder (evaluation's generative tasks, SFT's skill scoring, `generate_batch`
+for System 2's samples); the server's scheduler drives the same decoder step by step, with
+`admit(prefill=False)` and `prefill(budget)`: a long prompt goes in chunks between decode steps
+(chunked prefill), so the running rows are not stalled for its whole length. What it leaves to
+others: the sampling math and text streaming (engine.py), requests, queues and threads
+(scheduler.py), the model math (model.py: `positions`, `attn_mask`, `KVCache.update_at`), the
+cached blocks themselves (prefix_cache.py).
+
+With a prefix cache: a newcomer's slot starts with the cached blocks of its prompt (never its
+last token: its logits are needed); each prefill chunk stores its full blocks at once, so a row
+whose next block an earlier row is computing waits a forward and loads it (16 requests sharing a
+system prompt compute it once); a row that ends or is cancelled stores its prompt and the tokens
+it fed, so the next turn of a chat (prompt + reply + a new message) finds them.
 
 How rows of different lengths share a batch (no padding leaks into any row):
 - Active rows live in slots 0..n-1, so a step runs on a view of the first n rows of the cache, not
@@ -19,9 +28,11 @@ How rows of different lengths share a batch (no padding leaks into any row):
 - Every token is fed with its own position (RoPE angle and cache slot), and a boolean mask lets
   each query see exactly its own row's slots 0..position. Slots past a row's length hold stale
   keys from an earlier occupant (or padding); the mask never shows them.
-- Newcomers are right-padded to the longest prompt among them and prefilled together with a
-  plain causal mask: a real token never sees a pad (pads come after it), and the pads' cache
-  slots are overwritten by that row's own generated tokens before any query may see them.
+- Prompt chunks are right-padded to the longest among them and prefilled together, each token
+  at its own position: a real token never sees a pad (pads come after it), and the pads' cache
+  slots are overwritten by that row's own tokens before any query may see them.
+- Rows still prefilling ride along in decode steps on a dummy token at their next slot, which
+  their own prompt token overwrites later: one token of waste per row, and no cache moves.
 """
 
 from __future__ import annotations
@@ -46,6 +57,7 @@ from twofiles.model import KVWrites
 
 if TYPE_CHECKING:
     from twofiles.model import Transformer
+    from twofiles.prefix_cache import PrefixCache
 
 DEFAULT_MAX_ROWS = 16  # rows decoded together by decode_batch
 
@@ -67,6 +79,8 @@ class DecodeRow:
     generator: torch.Generator | None = None
     stream: TextStream | None = None
     history: torch.Tensor | None = None  # [1, prompt + steps] ids, for the repetition penalty
+    cached: int = 0  # prompt tokens whose keys and values came from the prefix cache
+    block_hashes: list[int] = field(default_factory=list)  # the prompt's full blocks, chained
 
 
 @dataclass
@@ -102,6 +116,7 @@ class BatchDecoder:
         *,
         max_rows: int,
         context: int,
+        prefix_cache: PrefixCache | None = None,
     ) -> None:
         if max_rows < 1:
             raise TwofilesError(f"max_rows={max_rows}: must be >= 1")
@@ -110,6 +125,7 @@ class BatchDecoder:
         self.max_rows = max_rows
         self.context = min(context, model.config.max_seq_len)
         self.device = model_device(model)
+        self.prefix_cache = prefix_cache
         caches = model.new_caches(max_rows, self.context)  # the model picks dtype and device
         self._k = [c.k for c in caches]  # [rows, kv_heads, context, head_dim] per layer
         self._v = [c.v for c in caches]
@@ -123,6 +139,11 @@ class BatchDecoder:
     @property
     def free_slots(self) -> int:
         return self.max_rows - len(self.rows)
+
+    @property
+    def prefilling(self) -> list[DecodeRow]:
+        """Rows admitted whose prompts are not all in the cache yet (no token sampled)."""
+        return [r for r in self.rows if not r.tokens]
 
     def check_prompt(self, prompt_len: int) -> None:
         """Raise unless a prompt of this length leaves room for at least one new token."""
@@ -139,10 +160,10 @@ class BatchDecoder:
             for k, v in zip(self._k, self._v)
         ]
 
-    def admit(self, rows: Sequence[DecodeRow]) -> list[DecodedToken]:
-        """Prefill newcomers (at most free_slots) in one forward and sample each one's first
-        token. A prompt that appears more than once is prefilled once and its keys and values
-        copied into the other rows."""
+    def admit(self, rows: Sequence[DecodeRow], *, prefill: bool = True) -> list[DecodedToken]:
+        """Give newcomers (at most free_slots) their slots, with whatever prefix of their prompts
+        the prefix cache holds, then prefill them to the end and sample each one's first token.
+        `prefill=False` leaves the prompts to `prefill` calls (chunked prefill)."""
         if not rows:
             return []
         if len(rows) > self.free_slots:
@@ -151,54 +172,154 @@ class BatchDecoder:
             self.check_prompt(len(r.prompt))
             if r.params.stop and self.tokenizer is None:
                 raise ValueError("stop strings need a tokenizer")
-        first = len(self.rows)
-        unique: dict[tuple[int, ...], int] = {}
-        source = [unique.setdefault(tuple(r.prompt), len(unique)) for r in rows]
-        prompts = list(unique)
-        k, T = len(prompts), max(len(p) for p in prompts)
-        idx = torch.zeros(k, T, dtype=torch.long)
-        for i, p in enumerate(prompts):
-            idx[i, : len(p)] = torch.tensor(p)  # right padding with id 0: never seen by real tokens
-        idx = idx.to(self.device)
-        positions = torch.arange(T, device=self.device).expand(k, T)
-        causal = torch.ones(T, T, dtype=torch.bool, device=self.device).tril()[None, None]
-        hidden = self.model.hidden_states(
-            idx, self._views(first, first + k, T), positions=positions, attn_mask=causal
-        )  # [k, T, dim]
-        lengths = torch.tensor([len(p) for p in prompts], device=self.device)
-        # only each prompt's last position needs logits: [k, V], not [k, T, V]
-        logits = self.model.lm_head(hidden[torch.arange(k, device=self.device), lengths - 1])
-        # Unique prompts went to slots first..first+k-1; row i belongs in slot first+i. Going from
-        # the last row down, no slot is overwritten before the rows that copy from it have read it
-        # (a row's source index is never above its own).
-        for i in reversed(range(len(rows))):
-            j, n = source[i], len(rows[i].prompt)
-            if j != i:
-                for kk, vv in zip(self._k, self._v):
-                    kk[first + i, :, :n] = kk[first + j, :, :n]
-                    vv[first + i, :, :n] = vv[first + j, :, :n]
+        cache = self.prefix_cache
         for r in rows:
             n, params = len(r.prompt), r.params
-            r.length, r.steps = n, min(params.max_tokens, self.context - n)
+            r.length, r.cached, r.steps = 0, 0, min(params.max_tokens, self.context - n)
             r.generator = make_generator(params.seed, self.device)
             if self.tokenizer is not None:
                 r.stream = TextStream(self.tokenizer, params.stop, context=r.prompt)
             if params.repetition_penalty != 1.0:
                 r.history = torch.empty(1, n + r.steps, dtype=torch.long, device=self.device)
                 r.history[0, :n] = torch.tensor(r.prompt)
+            if cache is not None:
+                cache.lookup_tokens += n
+                r.block_hashes = _chain_hashes(r.prompt, cache.block_size)
             self.rows.append(r)
-        rows_logits = logits[torch.tensor(source, device=self.device)].float()
-        return self._sample(list(rows), rows_logits)
+            self._load_cached(len(self.rows) - 1, r)
+        out: list[DecodedToken] = []
+        while prefill and self.prefilling:
+            out += self.prefill()
+        return out
+
+    def _load_cached(self, slot: int, r: DecodeRow) -> None:
+        """Extend the row's cache with the prefix cache's blocks past its length (never its
+        prompt's last token: its logits are needed)."""
+        cache = self.prefix_cache
+        if cache is None or r.length % cache.block_size:
+            return
+        chain = cache.match(r.prompt, len(r.prompt) - 1)
+        got = cache.load(chain, self._k, self._v, slot, r.length // cache.block_size)
+        r.length += got
+        r.cached += got
+        cache.hit_tokens += got
+
+    def prefill(self, budget: int | None = None) -> list[DecodedToken]:
+        """One forward over the prompts still to prefill, at most `budget` tokens of them (None:
+        no limit), oldest rows first; sample the first token of each row whose prompt is now
+        done. Rows with the same prompt at the same point are computed once and copied. With
+        the prefix cache, a row whose next block an earlier row is computing waits for it (and
+        then loads it) rather than compute it too: N requests sharing a system prompt prefill
+        it once."""
+        cache = self.prefix_cache
+        pending: set[int] = set()  # blocks that earlier rows will compute
+        reps: list[tuple[int, DecodeRow, int]] = []  # (slot, row, end) computed in this forward
+        followers: list[list[tuple[int, DecodeRow]]] = []
+        groups: dict[tuple[tuple[int, ...], int], int] = {}
+        left = budget
+        for slot, r in enumerate(self.rows):
+            if r.tokens:
+                continue
+            self._load_cached(slot, r)  # blocks an earlier forward stored
+            start = r.length
+            key = (tuple(r.prompt), start)
+            if key in groups:
+                followers[groups[key]].append((slot, r))
+                continue
+            if cache is not None:
+                mine = r.block_hashes[start // cache.block_size :]
+                waits = bool(mine) and mine[0] in pending
+                pending.update(mine)
+                if waits:
+                    continue
+            if left is not None and left <= 0:
+                continue
+            end = len(r.prompt) if left is None else min(len(r.prompt), start + left)
+            if end < len(r.prompt) and cache is not None:
+                # whole blocks, so that what this chunk computes can be cached and found
+                aligned = end - end % cache.block_size
+                end = aligned if aligned > start else end
+            if left is not None:
+                left -= end - start
+            groups[key] = len(reps)
+            reps.append((slot, r, end))
+            followers.append([])
+        if not reps:
+            return []
+        hidden = self._prefill_forward(reps)  # [len(reps), T, dim]
+        finished: list[tuple[int, int]] = []  # (rep, its prompt's last position in the chunk)
+        done: list[DecodeRow] = []
+        source: list[int] = []  # done[j]'s logits are those of finished[source[j]]
+        for i, (slot, r, end) in enumerate(reps):
+            start = r.length
+            for fslot, f in followers[i]:
+                for k, v in zip(self._k, self._v):
+                    k[fslot, :, start:end] = k[slot, :, start:end]
+                    v[fslot, :, start:end] = v[slot, :, start:end]
+                f.length = end
+            r.length = end
+            if cache is not None:
+                cache.store(r.prompt[:end], self._k, self._v, slot)
+            if end == len(r.prompt):
+                finished.append((i, end - 1 - start))
+                for row in (r, *(f for _, f in followers[i])):
+                    done.append(row)
+                    source.append(len(finished) - 1)
+        if not done:
+            return []
+        at = torch.tensor(finished, device=self.device)
+        # only each finished prompt's last position needs logits: [k, V], not [k, T, V]
+        logits = self.model.lm_head(hidden[at[:, 0], at[:, 1]])
+        return self._sample(done, logits[torch.tensor(source, device=self.device)].float())
+
+    def _prefill_forward(self, reps: Sequence[tuple[int, DecodeRow, int]]) -> torch.Tensor:
+        """Hidden states [k, T, dim] of prompt tokens length..end of each (slot, row, end), their
+        keys and values written into the rows' slots. Chunks are right-padded to the longest:
+        a pad sits past its row's real tokens, is never seen by them, and its slot is
+        overwritten by the row's own token before any query may see it."""
+        k, device = len(reps), self.device
+        starts = [r.length for _, r, _ in reps]
+        T = max(end - s for (_, _, end), s in zip(reps, starts))
+        idx = torch.zeros(k, T, dtype=torch.long)
+        for i, ((_, r, end), s) in enumerate(zip(reps, starts)):
+            idx[i, : end - s] = torch.tensor(r.prompt[s:end])  # right padding with id 0
+        idx = idx.to(device)
+        positions = (torch.tensor(starts)[:, None] + torch.arange(T)).clamp_max(self.context - 1)
+        positions = positions.to(device)
+        L = int(positions.max()) + 1
+        own = torch.arange(L, device=device)[None, None, :] <= positions[:, :, None]  # [k, T, L]
+        slots = [slot for slot, _, _ in reps]
+        if slots == list(range(slots[0], slots[0] + k)):  # contiguous: write in place
+            return self.model.hidden_states(
+                idx,
+                self._views(slots[0], slots[0] + k, L),
+                positions=positions,
+                attn_mask=own[:, None],
+            )
+        # scattered slots: run on a copy of those rows, then write the new entries back
+        at = torch.tensor(slots, device=device)
+        views = [_RowsView(kk[at, :, :L], vv[at, :, :L]) for kk, vv in zip(self._k, self._v)]
+        hidden = self.model.hidden_states(idx, views, positions=positions, attn_mask=own[:, None])
+        for view, kk, vv in zip(views, self._k, self._v):
+            for i, ((slot, _, end), s) in enumerate(zip(reps, starts)):
+                kk[slot, :, s:end] = view.k[i, :, s:end]
+                vv[slot, :, s:end] = view.v[i, :, s:end]
+        return hidden
 
     def step(self) -> list[DecodedToken]:
-        """Decode one token for every active row in one forward."""
-        if not self.rows:
+        """Decode one token for every row that has sampled one, in one forward. Rows still
+        prefilling ride along on a dummy token at their next slot (which their own prompt token
+        overwrites before anyone may see it): cheaper than moving caches to keep rows apart."""
+        decoding = [i for i, r in enumerate(self.rows) if r.tokens]
+        if not decoding:
             return []
         n = len(self.rows)
         lengths = torch.tensor([r.length for r in self.rows], device=self.device)
         L = int(lengths.max()) + 1
         idx = torch.tensor(
-            [[r.tokens[-1]] for r in self.rows], dtype=torch.long, device=self.device
+            [[r.tokens[-1] if r.tokens else 0] for r in self.rows],
+            dtype=torch.long,
+            device=self.device,
         )
         own = (
             torch.arange(L, device=self.device)[None, :] <= lengths[:, None]
@@ -206,14 +327,21 @@ class BatchDecoder:
         hidden = self.model.hidden_states(
             idx, self._views(0, n, L), positions=lengths[:, None], attn_mask=own[:, None, None, :]
         )
-        for r in self.rows:
+        rows = [self.rows[i] for i in decoding]
+        for r in rows:
             r.length += 1
-        return self._sample(list(self.rows), self.model.lm_head(hidden[:, -1]).float())
+        if len(decoding) < n:
+            hidden = hidden[torch.tensor(decoding, device=self.device)]
+        return self._sample(rows, self.model.lm_head(hidden[:, -1]).float())
 
     def remove(self, row: DecodeRow) -> None:
-        """Give the row's slot back (a row that ended is removed by the decoder itself): the
-        last row moves into it, so active rows stay 0..n-1."""
+        """Give the row's slot back (a row that ended is removed by the decoder itself), its
+        prompt and tokens kept in the prefix cache: the last row moves into the slot, so active
+        rows stay 0..n-1."""
         i, last = self.rows.index(row), len(self.rows) - 1
+        if self.prefix_cache is not None:
+            seq = [*row.prompt, *row.tokens][: row.length]  # the last token was never fed
+            self.prefix_cache.store(seq, self._k, self._v, i)
         if i != last:
             moved = self.rows[last]
             for k, v in zip(self._k, self._v):
@@ -292,6 +420,16 @@ class BatchDecoder:
             if d.finish is not None:
                 self.remove(d.row)
         return out
+
+
+def _chain_hashes(ids: Sequence[int], block_size: int) -> list[int]:
+    """A hash per full block of `ids`, each covering every block before it: equal hashes mean
+    (barring a collision, harmless here: it only makes a row wait a forward) equal prefixes."""
+    out, h = [], 0
+    for start in range(0, len(ids) - block_size + 1, block_size):
+        h = hash((h, tuple(ids[start : start + block_size])))
+        out.append(h)
+    return out
 
 
 def decode_batch(

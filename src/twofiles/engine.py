@@ -2,7 +2,8 @@
 
 What it owns: sampling (repetition penalty, temperature, top-k, top-p, min-p) as pure functions
 on a logits tensor; KV-cached generation (prefill the prompt in one forward, then one token per
-step); stop rules (stop token ids, stop strings); incremental detokenisation that never shows
+step; with a prefix cache, the prompt's cached blocks are loaded instead and the prompt and reply
+are stored for the next call); stop rules (stop token ids, stop strings); incremental detokenisation that never shows
 half a UTF-8 character or the start of a stop string; per-step probabilities for "show me the
 die". What it leaves to others: the model math (model.py), loading a model (formats/resolve.py),
 batches of sequences (decoder.py, the one batched decoder, built on the sampling here), device
@@ -27,7 +28,7 @@ from __future__ import annotations
 import itertools
 import math
 import secrets
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -35,9 +36,11 @@ import torch
 import torch.nn.functional as F
 
 from twofiles.errors import TwofilesError
+from twofiles.model import KVWrites
 
 if TYPE_CHECKING:
     from twofiles.model import Transformer
+    from twofiles.prefix_cache import PrefixCache
 
 
 class TokenizerLike(Protocol):
@@ -251,14 +254,17 @@ def max_new_tokens(model: Transformer, prompt_len: int, params: SamplingParams) 
     return min(params.max_tokens, limit - prompt_len)
 
 
-def _prefill_logits(model: Transformer, prompt: torch.Tensor, caches: list) -> torch.Tensor:
-    """Logits [B, V] after the prompt, filling the caches. Only the last position goes through
-    lm_head: the others' logits would be thrown away, and for a small model with a large
-    vocabulary (smollm2: 49k x 576) that matmul is a large share of the prompt's cost."""
+def _prefill_logits(
+    model: Transformer, prompt: torch.Tensor, caches: list, pos: int = 0
+) -> torch.Tensor:
+    """Logits [B, V] after the prompt (its tokens at positions pos..), filling the caches. Only
+    the last position goes through lm_head: the others' logits would be thrown away, and for a
+    small model with a large vocabulary (smollm2: 49k x 576) that matmul is a large share of the
+    prompt's cost."""
     hidden_states = getattr(model, "hidden_states", None)
     if hidden_states is None:  # a model that only offers forward (e.g. a test double)
-        return model(prompt, caches=caches, pos=0)[:, -1]
-    return model.lm_head(hidden_states(prompt, caches, 0)[:, -1]).float()
+        return model(prompt, caches=caches, pos=pos)[:, -1]
+    return model.lm_head(hidden_states(prompt, caches, pos)[:, -1]).float()
 
 
 def cache_length(needed: int, limit: int) -> int:
@@ -276,9 +282,12 @@ def _decode(
     params: SamplingParams,
     generator: torch.Generator,
     steps: int,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    prefix_cache: PrefixCache | None = None,
+) -> Generator[tuple[torch.Tensor, torch.Tensor]]:
     """The cached loop for prompt [B, T] (one shared length): yields (tokens [B], probs [B, V])
-    `steps` times, all on the model's device. Nothing here syncs with the host."""
+    `steps` times, all on the model's device. Nothing here syncs with the host, except for the
+    prefix cache (one sequence): the prompt's cached blocks are loaded rather than computed, and
+    the prompt and the tokens fed are stored when the loop ends, however it ends."""
     B, T = prompt.shape
     caches = model.new_caches(
         B, cache_length(T + steps - 1, model.config.max_seq_len)
@@ -287,15 +296,30 @@ def _decode(
         B, T + steps, dtype=torch.long, device=prompt.device
     )  # prompt + output, for the penalty
     seq[:, :T] = prompt
-    logits = _prefill_logits(model, prompt, caches)  # [B, V]
-    for i in range(steps):
-        history = seq[:, : T + i] if params.repetition_penalty != 1.0 else None
-        probs = token_distribution(logits, params, history)
-        tokens = roll(probs, params.temperature, generator)
-        seq[:, T + i] = tokens
-        yield tokens, probs
-        if i + 1 < steps:
-            logits = model(tokens[:, None], caches=caches, pos=T + i)[:, -1]
+    hit = 0
+    if not all(isinstance(c, KVWrites) for c in caches):
+        prefix_cache = None  # a test double's own caches: nothing to copy
+    if prefix_cache is not None:
+        ks, vs = [c.k for c in caches], [c.v for c in caches]
+        chain = prefix_cache.match(prompt[0].tolist(), T - 1)  # the last token gives the logits
+        hit = prefix_cache.load(chain, ks, vs, 0)
+        prefix_cache.lookup_tokens += T
+        prefix_cache.hit_tokens += hit
+    fed = T  # tokens whose keys and values are in the caches
+    try:
+        logits = _prefill_logits(model, prompt[:, hit:], caches, hit)  # [B, V]
+        for i in range(steps):
+            history = seq[:, : T + i] if params.repetition_penalty != 1.0 else None
+            probs = token_distribution(logits, params, history)
+            tokens = roll(probs, params.temperature, generator)
+            seq[:, T + i] = tokens
+            yield tokens, probs
+            if i + 1 < steps:
+                logits = model(tokens[:, None], caches=caches, pos=T + i)[:, -1]
+                fed = T + i + 1
+    finally:
+        if prefix_cache is not None:
+            prefix_cache.store(seq[0, :fed].tolist(), ks, vs, 0)
 
 
 _MAX_HELD = 16  # tokens a trailing U+FFFD may hold the text stream back
@@ -402,10 +426,13 @@ def generate_steps(
     *,
     tokenizer: TokenizerLike | None = None,
     top: int = 0,
+    prefix_cache: PrefixCache | None = None,
 ) -> Iterator[Step]:
     """Generate after `prompt_ids`, one Step per token, with the `top` most likely alternatives.
     With a tokenizer each step carries its text delta, stop strings apply, and the tokenizer's
-    bos_id (a base model's "this document is over") and its eos ids are stop tokens too."""
+    bos_id (a base model's "this document is over") and its eos ids are stop tokens too. With a
+    `prefix_cache`, the prompt's cached prefix is not computed again, and the prompt and the
+    reply are kept for the next call (a chat's next turn starts with them)."""
     params.validate()
     if params.stop and tokenizer is None:
         raise ValueError("stop strings need a tokenizer")
@@ -419,24 +446,28 @@ def generate_steps(
     stream = (
         TextStream(tokenizer, params.stop, context=prompt_ids) if tokenizer is not None else None
     )
-    for i, (tokens, probs) in enumerate(_decode(model, prompt, params, generator, steps)):
-        token = int(tokens[0])  # the one host sync per step: the caller wants the id now
-        step = Step(token, float(probs[0, token]), _top(probs[0], top) if top else [])
-        if token in stop_ids:
-            step.finish = "stop"
-            if stream is not None:
-                step.text = stream.finish()
-        elif stream is not None:
-            step.text = stream.push(token)
-            if stream.stopped:
+    decoded = _decode(model, prompt, params, generator, steps, prefix_cache)
+    try:
+        for i, (tokens, probs) in enumerate(decoded):
+            token = int(tokens[0])  # the one host sync per step: the caller wants the id now
+            step = Step(token, float(probs[0, token]), _top(probs[0], top) if top else [])
+            if token in stop_ids:
                 step.finish = "stop"
-        if step.finish is None and i + 1 == steps:
-            step.finish = "length"
-            if stream is not None:
-                step.text += stream.finish()
-        yield step
-        if step.finish is not None:
-            return
+                if stream is not None:
+                    step.text = stream.finish()
+            elif stream is not None:
+                step.text = stream.push(token)
+                if stream.stopped:
+                    step.finish = "stop"
+            if step.finish is None and i + 1 == steps:
+                step.finish = "length"
+                if stream is not None:
+                    step.text += stream.finish()
+            yield step
+            if step.finish is not None:
+                return
+    finally:
+        decoded.close()  # now, not whenever it is collected: the prefix cache stores on close
 
 
 def generate(

@@ -6,7 +6,11 @@ of rows over one static KV cache, rows of different lengths decoded in one forwa
 wait in a bounded queue; whenever a slot is free a newcomer joins at once (its prompt is
 prefilled, several newcomers in one forward), and every step decodes all active rows in one
 forward, whatever their lengths. A request that finishes or is cancelled frees its slot before
-the next step. Each request keeps its own SamplingParams and its own seeded generator, so its
+the next step. Prompts are prefilled in chunks of at most `prefill_chunk` tokens, one chunk
+between two decode steps, so a long newcomer delays the running requests' next tokens by one
+chunk's forward, not by its whole prompt. Each model keeps a prefix cache (prefix_cache.py): the
+keys and values of prompts and of finished requests (prompt + reply), so a shared system prompt
+or a chat's history is loaded, not computed again. Each request keeps its own SamplingParams and its own seeded generator, so its
 tokens do not depend on what else shares the batch. What it leaves to others: the batched
 forward, sampling and stop rules (decoder.py, engine.py), HTTP and chat rendering (serve/), the
 model math (model.py).
@@ -32,6 +36,7 @@ import torch
 from twofiles.decoder import BatchDecoder, DecodedToken, DecodeRow
 from twofiles.engine import SamplingParams
 from twofiles.errors import TwofilesError
+from twofiles.prefix_cache import cache_from_mb
 
 if TYPE_CHECKING:
     from twofiles.artifact import LoadedModel
@@ -42,6 +47,8 @@ DEFAULT_MAX_QUEUE = 64  # requests that may wait for a slot, per model; more are
 DEFAULT_MAX_CONTEXT = (
     2048  # cache length per slot (prompt + output), capped by the model's max_seq_len
 )
+DEFAULT_PREFIX_CACHE_MB = 512  # prefix cache per model; 0 = off
+DEFAULT_PREFILL_CHUNK = 512  # most prompt tokens prefilled between two decode steps; 0 = no limit
 _IDLE_WAIT_S = 0.5  # the worker's longest sleep with nothing to do (it is woken on submit anyway)
 
 
@@ -209,13 +216,21 @@ class BatchEngine:
         *,
         max_seqs: int = DEFAULT_MAX_SEQS,
         max_context: int = DEFAULT_MAX_CONTEXT,
+        prefix_cache_mb: float = DEFAULT_PREFIX_CACHE_MB,
+        prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
     ) -> None:
         self.loaded = loaded
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
         self.max_seqs = max_seqs
+        self.prefill_chunk = prefill_chunk or None
+        self.prefix_cache = cache_from_mb(prefix_cache_mb)
         self.decoder = BatchDecoder(
-            self.model, self.tokenizer, max_rows=max_seqs, context=max_context
+            self.model,
+            self.tokenizer,
+            max_rows=max_seqs,
+            context=max_context,
+            prefix_cache=self.prefix_cache,
         )
         self.context = self.decoder.context
         self.outbox: list[
@@ -235,11 +250,23 @@ class BatchEngine:
         self.decoder.check_prompt(prompt_len)
 
     def admit(self, handles: Sequence[RequestHandle]) -> None:
-        """Prefill newcomers (at most free_slots) in one forward and emit each one's first token."""
+        """Give newcomers (at most free_slots) their slots; `prefill` computes their prompts."""
         rows = [DecodeRow(h.prompt_ids, h.params, key=h, logprobs=h.logprobs) for h in handles]
         for h in handles:
             h.joined_beside = len(self.decoder.rows)
-        self._emit_decoded(self.decoder.admit(rows))
+        self._emit_decoded(self.decoder.admit(rows, prefill=False))
+
+    def prefill(self) -> None:
+        """Prefill the next chunk of the waiting prompts in one forward; emit the first token of
+        each prompt that is done."""
+        if self.decoder.prefilling:
+            self._emit_decoded(self.decoder.prefill(self.prefill_chunk))
+
+    def cache_stats(self) -> dict[str, int]:
+        """The prefix cache's counters (zeros when it is off)."""
+        if self.prefix_cache is None:
+            return dict.fromkeys(PREFIX_STATS, 0)
+        return self.prefix_cache.stats()
 
     def step(self) -> None:
         """Cancel what was cancelled, then decode one token for every active row in one forward."""
@@ -275,6 +302,15 @@ class BatchEngine:
         _deliver(items)
 
 
+PREFIX_STATS = (
+    "prefix_lookup_tokens",
+    "prefix_hit_tokens",
+    "prefix_cache_bytes",
+    "prefix_cache_blocks",
+    "prefix_evictions",
+)
+
+
 class Scheduler:
     """Serves generation requests for several models from one background thread.
 
@@ -289,13 +325,25 @@ class Scheduler:
         max_seqs: int = DEFAULT_MAX_SEQS,
         max_queue: int = DEFAULT_MAX_QUEUE,
         max_context: int = DEFAULT_MAX_CONTEXT,
+        prefix_cache_mb: float = DEFAULT_PREFIX_CACHE_MB,
+        prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
     ) -> None:
         if not models:
             raise TwofilesError("no models to serve")
         if max_seqs < 1 or max_queue < 0:
             raise TwofilesError(f"max_seqs={max_seqs} must be >= 1 and max_queue={max_queue} >= 0")
+        if prefix_cache_mb < 0 or prefill_chunk < 0:
+            raise TwofilesError(
+                f"prefix_cache_mb={prefix_cache_mb} and prefill_chunk={prefill_chunk} must be >= 0 (0 = off)"
+            )
         self.engines = {
-            name: BatchEngine(m, max_seqs=max_seqs, max_context=max_context)
+            name: BatchEngine(
+                m,
+                max_seqs=max_seqs,
+                max_context=max_context,
+                prefix_cache_mb=prefix_cache_mb,
+                prefill_chunk=prefill_chunk,
+            )
             for name, m in models.items()
         }
         self.max_queue = max_queue
@@ -373,7 +421,9 @@ class Scheduler:
         return handle
 
     def stats(self) -> dict[str, dict[str, int]]:
-        """Per model: slots, active rows, waiting requests (a snapshot)."""
+        """Per model: slots, active rows, waiting requests, and the prefix cache's counters
+        (PREFIX_STATS: prompt tokens looked up and served from it, its bytes and blocks, blocks
+        evicted), a snapshot."""
         with self._lock:
             return {
                 name: {
@@ -381,6 +431,7 @@ class Scheduler:
                     "active": len(e.rows),
                     "queued": len(self._pending[name]),
                     "context": e.context,
+                    **e.cache_stats(),
                 }
                 for name, e in self.engines.items()
             }
@@ -415,6 +466,7 @@ class Scheduler:
                             engine.step()
                             self.steps += 1
                         engine.admit(newcomers[name])
+                        engine.prefill()
                     except Exception as e:
                         self.error = f"{type(e).__name__}: {e}"
                         engine.fail_all(self.error)
@@ -428,4 +480,11 @@ class Scheduler:
                         engine.flush()
 
 
-__all__ = ["BatchEngine", "GenerationEvent", "QueueFullError", "RequestHandle", "Scheduler"]
+__all__ = [
+    "PREFIX_STATS",
+    "BatchEngine",
+    "GenerationEvent",
+    "QueueFullError",
+    "RequestHandle",
+    "Scheduler",
+]

@@ -19,6 +19,7 @@ from twofiles.chat.templates import TOOL_CALL_OPENERS, ChatFormat
 if TYPE_CHECKING:
     from twofiles.artifact import LoadedModel
     from twofiles.engine import SamplingParams
+    from twofiles.prefix_cache import PrefixCache
     from twofiles.tools import Tool
 
 
@@ -37,6 +38,8 @@ class RespondStats:
     tokens: int = 0  # tokens generated, all rounds
     prompt_tokens: int = 0  # prompt length of the last round
     rounds: int = 0  # generation rounds (1 + tool rounds)
+    prompt_tokens_seen: int = 0  # prompt tokens of every round
+    prompt_tokens_reused: int = 0  # of those, served from the prefix cache (not computed again)
     finish: str | None = None  # the last round's finish: "stop" or "length"
 
 
@@ -115,6 +118,7 @@ def respond(
     max_tool_rounds: int = 4,
     stats: RespondStats | None = None,
     describe_tools: bool = True,
+    prefix_cache: PrefixCache | None = None,
 ) -> Iterator[ChatEvent]:
     """The agent loop: generate an assistant reply (streamed as "text" deltas, stopping on the
     template's end-of-turn ids); with `tools`, when it calls some, run them ("tool_call", then
@@ -123,7 +127,9 @@ def respond(
     tool-call syntax included. Ends with ("done", the messages appended); `messages` itself is
     not modified. Round r samples with seed + r, so a seeded reply is reproducible.
     `describe_tools=False` leaves the tools' descriptions out of the prompt, for a model
-    finetuned to call them without one (see `tools_in_prompt`): the calls still run."""
+    finetuned to call them without one (see `tools_in_prompt`): the calls still run.
+    With a `prefix_cache` kept across calls, each round and each turn computes only the tokens
+    the conversation added: the earlier prompt and reply are loaded from it."""
     from twofiles.engine import generate_steps
     from twofiles.tools import openai_tool_specs
 
@@ -140,10 +146,15 @@ def respond(
             stop_token_ids=list(dict.fromkeys([*params.stop_token_ids, *fmt.stop_token_ids])),
         )
         stats.prompt_tokens = len(ids)
+        stats.prompt_tokens_seen += len(ids)
         stats.rounds += 1
+        hits_before = prefix_cache.hit_tokens if prefix_cache is not None else 0
         streamed = ""
         visible = _VisibleText()
-        for step in generate_steps(loaded.model, ids, p, tokenizer=loaded.tokenizer):
+        steps = generate_steps(
+            loaded.model, ids, p, tokenizer=loaded.tokenizer, prefix_cache=prefix_cache
+        )
+        for step in steps:
             stats.tokens += 1
             stats.finish = step.finish
             if not tools:  # without tools, tool-call syntax is just text: nothing runs it
@@ -153,6 +164,8 @@ def respond(
                 delta = visible.push(step.text) if step.text else ""
             if delta:
                 yield ChatEvent("text", delta)
+        if prefix_cache is not None:
+            stats.prompt_tokens_reused += prefix_cache.hit_tokens - hits_before
         reply = fmt.parse_assistant(visible.text) if tools else Message("assistant", streamed)
         tail = visible.finish(calls=bool(reply.tool_calls))
         if tail:

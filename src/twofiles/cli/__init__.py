@@ -52,6 +52,14 @@ VERBS: dict[str, tuple[str, str]] = {
         "tokenizer -> data -> pretrain -> samples -> SFT -> RL on the built-in corpus",
     ),
     "pull": ("twofiles.cli.pull", "fetch a built-in model (smollm2) into the cache, once"),
+    "create": (
+        "twofiles.cli.create",
+        "register a persona from an Ollama-style Modelfile (FROM, SYSTEM, PARAMETER, TEMPLATE, ...)",
+    ),
+    "list": ("twofiles.cli.listing", "list the registered personas"),
+    "show": ("twofiles.cli.show", "show a registered persona (or print it as a Modelfile)"),
+    "cp": ("twofiles.cli.cp", "copy a registered persona to a new name"),
+    "rm": ("twofiles.cli.rm", "remove registered personas (never the files they name)"),
     "rag": (
         "twofiles.cli.rag",
         "index your documents (text, Markdown, HTML, PDF, JSONL) and search them: BM25, dense, hybrid",

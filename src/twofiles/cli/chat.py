@@ -24,8 +24,11 @@ from twofiles.cli.common import (
     add_json_flag,
     add_sampling_flags,
     emit_json,
+    persona_sampling,
+    persona_summary,
     prepare_model,
     sampling_params,
+    seeded,
 )
 
 HELP = """commands:
@@ -40,9 +43,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "model",
         metavar="MODEL",
-        help="a twofiles model.safetensors, a .gguf file, a Hugging Face model directory, or an alias (smollm2)",
+        help="a twofiles model.safetensors, a .gguf file, a Hugging Face model directory, an alias (smollm2), or a registered persona (twofiles list)",
     )
-    p.add_argument("--system", default=None, help="a system prompt")
+    p.add_argument("--system", default=None, help="a system prompt (instead of a persona's SYSTEM)")
     add_sampling_flags(p, temperature=0.7, top_p=0.9, max_tokens=512, what="reply")
     p.add_argument(
         "--tools",
@@ -88,6 +91,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         choices=("hybrid", "bm25", "dense"),
         default="hybrid",
         help="how --rag ranks passages (default hybrid)",
+    )
+    p.add_argument(
+        "--prefix-cache-mb",
+        type=float,
+        default=512,
+        metavar="MB",
+        help="keep the conversation's keys and values between turns, so each turn computes only "
+        "its new tokens (default 512; 0 = off: every turn prefills the whole conversation)",
     )
     add_device_flag(p)
     add_inference_flags(p, compile=True)
@@ -218,6 +229,8 @@ def run(args: argparse.Namespace) -> int:
         raise TwofilesError("--scorer picks the best of several samples: pass --think N (N >= 2)")
     if args.rag_k < 1:
         raise TwofilesError(f"--rag-k {args.rag_k}: must be >= 1")
+    if args.prefix_cache_mb < 0:
+        raise TwofilesError(f"--prefix-cache-mb {args.prefix_cache_mb}: must be >= 0 (0 = off)")
     index = None
     if args.rag is not None:
         from twofiles.rag import open_index
@@ -233,6 +246,10 @@ def run(args: argparse.Namespace) -> int:
     loaded = resolve_model(args.model, device=device)
     fmt = ChatFormat.for_model(loaded)
     err = sys.stderr
+    persona = getattr(loaded, "persona", None)
+    if persona is not None:  # its PARAMETERs are defaults: the flags given win
+        params = persona_sampling(params, args, loaded)
+        seed = params.seed
     scorer = None
     if args.scorer is not None:
         from twofiles.scoring import load_reward_scorer, reward_path
@@ -243,6 +260,8 @@ def run(args: argparse.Namespace) -> int:
         f"model {args.model}: {sum(p.numel() for p in loaded.model.parameters()) / 1e6:.2f}M parameters, {device.type} ({why}), loaded in {time.perf_counter() - t0:.2f}s",
         file=err,
     )
+    if persona is not None:
+        print(persona_summary(persona), file=err)
     from twofiles.model import Transformer
 
     if isinstance(
@@ -255,9 +274,10 @@ def run(args: argparse.Namespace) -> int:
             file=err,
         )
     else:
-        print("chat template: the model's own", file=err)
+        own = persona is not None and persona.template is not None
+        print(f"chat template: {'the persona' if own else 'the model'}'s own", file=err)
     print(
-        f"seed {seed}" + ("" if args.seed is not None else " (pass --seed to repeat this chat)"),
+        f"seed {seed}" + ("" if seeded(args, loaded) else " (pass --seed to repeat this chat)"),
         file=err,
     )
     describe_tools = tools_in_prompt(getattr(loaded, "provenance", None) or {})
@@ -270,6 +290,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"tools: {', '.join(tools)}, {how}", file=err)
 
     base = [Message("system", args.system)] if args.system is not None else []
+    if persona is not None:  # its SYSTEM unless --system, then its few-shot MESSAGEs
+        base += [Message(m["role"], m["content"]) for m in persona.prefix(args.system is not None)]
     messages: list[Message] = start or list(base)
     interactive = sys.stdin.isatty()
     if interactive:
@@ -279,6 +301,9 @@ def run(args: argparse.Namespace) -> int:
     out = sys.stdout
     replies: list[str] = []
     stats = RespondStats()
+    from twofiles.prefix_cache import cache_from_mb
+
+    prefix_cache = cache_from_mb(args.prefix_cache_mb)  # one for the session: turns share it
     picks: list[dict] = []  # best-of-N: each turn's samples, their scores and the pick
     rag_turns: list[dict] = []  # --rag: each turn's query, passages and citations
     turn, n_calls, gen_seconds = 0, 0, 0.0
@@ -318,7 +343,9 @@ def run(args: argparse.Namespace) -> int:
             continue
 
         messages.append(Message("user", line))
-        query, passages = _retrieve(index, messages, args) if index is not None else ("", None)
+        query, passages = (
+            _retrieve(index, messages, base, args) if index is not None else ("", None)
+        )
         # each turn its own die, reproducibly
         turn_params = replace(params, seed=None if seed is None else seed + 1000 * turn)
         turn += 1
@@ -355,6 +382,7 @@ def run(args: argparse.Namespace) -> int:
                             max_tool_rounds=args.max_tool_rounds,
                             stats=stats,
                             describe_tools=describe_tools,
+                            prefix_cache=prefix_cache,
                         )
                         added = _show(events, pieces, shown, out, err)
                     break
@@ -387,7 +415,8 @@ def run(args: argparse.Namespace) -> int:
 
     tps = stats.tokens / gen_seconds if gen_seconds > 0 else 0.0
     print(
-        f"{turn} turns, {stats.tokens} tokens generated in {gen_seconds:.2f}s ({tps:.1f} tok/s), {n_calls} tool calls",
+        f"{turn} turns, {stats.tokens} tokens generated in {gen_seconds:.2f}s ({tps:.1f} tok/s), {n_calls} tool calls"
+        f"; {stats.prompt_tokens_reused} of {stats.prompt_tokens_seen} prompt tokens reused from earlier turns",
         file=err,
     )
     if args.json:
@@ -400,6 +429,8 @@ def run(args: argparse.Namespace) -> int:
                 "messages": messages_to_dicts(messages),
                 "tool_calls": n_calls,
                 "tokens": stats.tokens,
+                "prompt_tokens": stats.prompt_tokens_seen,  # every round's prompt, summed
+                "prompt_tokens_reused": stats.prompt_tokens_reused,  # of those, from the cache
                 "seconds": round(gen_seconds, 4),
                 "tokens_per_second": round(tps, 2),
                 "seed": seed,
@@ -416,12 +447,13 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _retrieve(index, messages: list, args: argparse.Namespace) -> tuple[str, list]:
+def _retrieve(index, messages: list, base: list, args: argparse.Namespace) -> tuple[str, list]:
     """This turn's query (grounding.rag_query: the message and the user message before it, for
-    follow-ups) and the passages found for it."""
+    follow-ups; a persona's few-shot turns in `base` are not the user's) and its passages."""
     from twofiles.rag.grounding import rag_query
 
-    query = rag_query(messages)
+    own = messages[len(base) :] if messages[: len(base)] == base else messages
+    query = rag_query(own)
     return query, index.search(query, args.rag_k, args.rag_mode)
 
 

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from twofiles.artifact import LoadedModel
+    from twofiles.artifact import LoadedModel, Persona
     from twofiles.engine import SamplingParams
     from twofiles.quant import InferenceSetup
 
@@ -29,6 +29,21 @@ def emit_json(summary: dict[str, Any]) -> None:
     print(json.dumps(summary, default=str), flush=True)
 
 
+class _Given(argparse.Action):
+    """Store the flag's value and note that the user gave it: a persona's default yields only to
+    an explicit flag, not to the flag's own default."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        setattr(namespace, self.dest, values)
+        namespace._given = {*getattr(namespace, "_given", ()), self.dest}
+
+
 def add_sampling_flags(
     parser: argparse.ArgumentParser, *, temperature: float, top_p: float, max_tokens: int, what: str
 ) -> None:
@@ -36,39 +51,49 @@ def add_sampling_flags(
     sharper die than a free continuation). `what` names one generation in the help ("reply")."""
     parser.add_argument(
         "--temperature",
+        action=_Given,
         type=float,
         default=temperature,
         help=f"0 = greedy; <1 sharper, >1 flatter (default {temperature:g})",
     )
     parser.add_argument(
-        "--top-k", type=int, default=0, help="sample among the K most likely tokens only (0 = off)"
+        "--top-k",
+        action=_Given,
+        type=int,
+        default=0,
+        help="sample among the K most likely tokens only (0 = off)",
     )
     parser.add_argument(
         "--top-p",
+        action=_Given,
         type=float,
         default=top_p,
         help=f"sample among the most likely tokens covering probability P (default {top_p:g}; 1 = off)",
     )
     parser.add_argument(
         "--min-p",
+        action=_Given,
         type=float,
         default=0.0,
         help="drop tokens less likely than M x the top token (0 = off)",
     )
     parser.add_argument(
         "--repetition-penalty",
+        action=_Given,
         type=float,
         default=1.0,
         help="> 1 discourages repeating tokens (1 = off)",
     )
     parser.add_argument(
         "--seed",
+        action=_Given,
         type=int,
         default=None,
         help="seed for sampling (default: random, printed to stderr)",
     )
     parser.add_argument(
         "--max-tokens",
+        action=_Given,
         type=int,
         default=max_tokens,
         help=f"most new tokens per {what} (default {max_tokens})",
@@ -91,6 +116,41 @@ def sampling_params(args: argparse.Namespace, **extra: Any) -> SamplingParams:
         max_tokens=args.max_tokens,
         **extra,
     ).validate()
+
+
+def persona_sampling(
+    params: SamplingParams, args: argparse.Namespace, loaded: LoadedModel
+) -> SamplingParams:
+    """`params` with the loaded persona's PARAMETERs (formats/persona.py) for every setting the
+    user did not give as a flag (a --stop given replaces the persona's stop strings)."""
+    from dataclasses import replace
+
+    persona = getattr(loaded, "persona", None)
+    if persona is None:
+        return params
+    given: set[str] = getattr(args, "_given", set())
+    defaults = {
+        k: v
+        for k, v in persona.sampling.items()
+        if (k not in given if k != "stop" else not getattr(args, "stop", None))
+    }
+    return replace(params, **defaults).validate()
+
+
+def seeded(args: argparse.Namespace, loaded: LoadedModel) -> bool:
+    """Whether the seed was chosen (--seed, or a persona's PARAMETER seed), not drawn at random."""
+    persona = getattr(loaded, "persona", None)
+    return args.seed is not None or (persona is not None and "seed" in persona.sampling)
+
+
+def persona_summary(persona: Persona) -> str:
+    """One stderr line: what a persona brings to this run."""
+    parts = ["a system message"] * (persona.system is not None)
+    parts += [f"{len(persona.messages)} few-shot messages"] * bool(persona.messages)
+    parts += ["its own chat template"] * (persona.template is not None)
+    defaults = " ".join(f"{k}={v!r}" for k, v in persona.sampling.items())
+    parts += [f"defaults {defaults} (flags given win)"] * bool(defaults)
+    return f"persona {persona.name}: {', '.join(parts) or 'no defaults'}"
 
 
 def add_device_flag(parser: argparse.ArgumentParser) -> None:

@@ -17,8 +17,11 @@ from twofiles.cli.common import (
     add_json_flag,
     add_sampling_flags,
     emit_json,
+    persona_sampling,
+    persona_summary,
     prepare_model,
     sampling_params,
+    seeded,
 )
 
 
@@ -26,7 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "model",
         metavar="MODEL",
-        help="a twofiles model.safetensors, a .gguf file, a Hugging Face model directory, or an alias (smollm2)",
+        help="a twofiles model.safetensors, a .gguf file, a Hugging Face model directory, an alias (smollm2), or a registered persona (its PARAMETERs are the defaults here)",
     )
     p.add_argument("--prompt", required=True, help="text to continue; '-' reads it from stdin")
     add_sampling_flags(p, temperature=1.0, top_p=1.0, max_tokens=200, what="sample")
@@ -90,6 +93,10 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     loaded = resolve_model(args.model, device=device)
     model, tok = loaded.model, loaded.tokenizer
+    # a persona's PARAMETERs are defaults (the flags given win); its SYSTEM and MESSAGEs belong
+    # to chats, and this is a plain continuation
+    params = persona_sampling(params, args, loaded)
+    seed = params.seed
     n_params = sum(p.numel() for p in model.parameters())
     print(
         f"model {args.model}: {n_params / 1e6:.2f}M parameters, {device.type} ({why}), loaded in {time.perf_counter() - t0:.2f}s",
@@ -97,8 +104,11 @@ def run(args: argparse.Namespace) -> int:
     )
     setup = prepare_model(loaded, args)
     print(f"inference: {'; '.join(setup.reasons)}; {setup.threads} threads", file=sys.stderr)
+    persona = getattr(loaded, "persona", None)
+    if persona is not None:
+        print(persona_summary(persona), file=sys.stderr)
     print(
-        f"seed {seed}" + ("" if args.seed is not None else " (pass --seed to repeat this sample)"),
+        f"seed {seed}" + ("" if seeded(args, loaded) else " (pass --seed to repeat this sample)"),
         file=sys.stderr,
     )
 

@@ -5,11 +5,15 @@
   twofiles serve smollm2 --rag docs.db    (grounded replies: the `rag` request field, the
                                             retrieve tool, citations in the web UI)
 
-Each MODEL is a spec any verb takes (parameters file, GGUF, Hugging Face directory, alias),
-optionally NAME=SPEC to choose the name clients send as `model`. The server listens on 127.0.0.1
+Each MODEL is a spec any verb takes (parameters file, GGUF, Hugging Face directory, alias,
+registered persona), optionally NAME=SPEC to choose the name clients send as `model`. Registered
+personas (`twofiles create`) whose FROM is a model served here, with no ADAPTER, are served too,
+on that model's engine (one copy of the weights, one KV cache), each request getting the
+persona's system message, few-shot turns, template and sampling defaults (--no-personas: only the
+models named). A persona named here that has adapters, or whose FROM is not served, gets its own. The server listens on 127.0.0.1
 unless told otherwise, prints its URL, and runs until Ctrl-C. Any OpenAI client works with
-base_url URL/v1. Limits (slots, queue, prompt/output tokens, body size, timeout) are
-ServeSettings fields, each a flag here.
+base_url URL/v1. Limits (slots, queue, prefix cache, prefill chunk, prompt/output tokens, body
+size, timeout) are ServeSettings fields, each a flag here.
 """
 
 from __future__ import annotations
@@ -70,6 +74,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="KV cache length per sequence, prompt + output (default 2048, capped by the model)",
     )
     p.add_argument(
+        "--prefix-cache-mb",
+        type=float,
+        default=None,
+        metavar="MB",
+        help="keys and values of seen prompts and replies kept per model, so a shared system prompt "
+        "or a chat's history is not computed again; least recently used go first (default 512; 0 = off)",
+    )
+    p.add_argument(
+        "--prefill-chunk",
+        type=int,
+        default=None,
+        metavar="N",
+        help="most prompt tokens prefilled between two decode steps, so a long prompt does not "
+        "stall the running requests (default 512; 0 = whole prompts at once)",
+    )
+    p.add_argument(
         "--max-prompt-tokens",
         type=int,
         default=None,
@@ -92,6 +112,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=float,
         default=None,
         help="seconds before a request is cancelled (default 300)",
+    )
+    p.add_argument(
+        "--metrics",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="Prometheus metrics at GET /metrics, open like /health: counts and timings, never "
+        "prompts or replies (default on; --no-metrics turns it off)",
     )
     p.add_argument(
         "--arena-db",
@@ -122,6 +149,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="K",
         help="passages per grounded reply when a request gives no k, and the retrieve tool's "
         "default (default 5)",
+    )
+    p.add_argument(
+        "--no-personas",
+        action="store_true",
+        help="serve only the models named, not the registered personas over them",
     )
     add_device_flag(p)
     add_inference_flags(p)
@@ -173,7 +205,6 @@ def _open_rag(db: str, k: int):
 def run(args: argparse.Namespace) -> int:
     import dataclasses
     import socket
-    import time
     from pathlib import Path
 
     from twofiles.errors import TwofilesError
@@ -187,7 +218,6 @@ def run(args: argparse.Namespace) -> int:
         raise TwofilesError(
             f"serving needs the 'serve' extra ({e.name} is missing): pip install 'twofiles[serve]'"
         ) from None
-    from twofiles.formats.resolve import resolve_model
     from twofiles.runtime import pick_device
 
     keys = list(args.api_key) + (_read_keys(args.api_keys_file) if args.api_keys_file else [])
@@ -195,10 +225,13 @@ def run(args: argparse.Namespace) -> int:
         "max_seqs": args.max_seqs,
         "max_queue": args.max_queue,
         "max_context": args.max_context,
+        "prefix_cache_mb": args.prefix_cache_mb,
+        "prefill_chunk": args.prefill_chunk,
         "max_prompt_tokens": args.max_prompt_tokens,
         "max_output_tokens": args.max_output_tokens,
         "max_body_bytes": args.max_body_bytes,
         "request_timeout_s": args.timeout,
+        "metrics": args.metrics,
     }
     try:
         settings = dataclasses.replace(
@@ -228,19 +261,25 @@ def run(args: argparse.Namespace) -> int:
             raise TwofilesError(f"--rag-k {args.rag_k}: must be from 1 to {MAX_RAG_K}")
         rag = _open_rag(args.rag, args.rag_k)
 
+    from twofiles.serve.core import load_models
+
     device, why = pick_device(args.device)
-    models = {}
-    for name, spec in specs.items():
-        t0 = time.perf_counter()
-        models[name] = resolve_model(spec, device=device)
-        n_params = sum(p.numel() for p in models[name].model.parameters())
+
+    def loaded(name: str, spec: str, model, seconds: float) -> None:
+        n_params = sum(p.numel() for p in model.model.parameters())
         # the same preparation as `generate`: inference dtype (bf16 weights on CUDA), quantization, threads
-        setup = prepare_model(models[name], args)
+        setup = prepare_model(model, args)
         print(
-            f"model {name} ({spec}): {n_params / 1e6:.2f}M parameters, {device.type} ({why}), loaded in {time.perf_counter() - t0:.2f}s; {'; '.join(setup.reasons)}",
+            f"model {name} ({spec}): {n_params / 1e6:.2f}M parameters, {device.type} ({why}), loaded in {seconds:.2f}s; {'; '.join(setup.reasons)}",
             file=sys.stderr,
         )
-    app = create_app(models, settings, rag=rag)
+
+    models, shared = load_models(
+        specs, device=device, personas=not args.no_personas, on_load=loaded
+    )
+    for name, base in shared.items():
+        print(f"persona {name}: served on the engine of {base}", file=sys.stderr)
+    app = create_app(models, settings, shared=shared, rag=rag)
     web = app.state.web  # its databases open on first use: they may still be moved
     if args.arena_db:
         web.arena_db = Path(args.arena_db)
@@ -273,7 +312,9 @@ def run(args: argparse.Namespace) -> int:
                 "base_url": f"{url}/v1",
                 "models": list(models),
                 "max_seqs": settings.max_seqs,
+                "prefix_cache_mb": settings.prefix_cache_mb,
                 "auth": bool(keys),
+                "metrics": f"{url}/metrics" if settings.metrics else None,
                 "arena_db": str(web.arena_db),
                 "feedback_db": str(web.feedback_db),
                 "rag": args.rag,

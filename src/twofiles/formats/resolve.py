@@ -7,6 +7,11 @@
     path/to/adapters.safetensors  LoRA adapters (lora.py): the base model they name, adapted
     smollm2                     a built-in alias (formats.ALIASES), fetched once by
                                 `twofiles pull smollm2` into the cache (paths.cache_dir)
+    mario, mario:v2             a registered persona (`twofiles create`, formats/persona.py): its
+                                FROM model, its adapters applied, its template and context cap,
+                                and its defaults in LoadedModel.persona
+
+An existing path wins over an alias or a registered name spelt the same.
 
 `resolve_model` is the one place a model spec becomes a loaded model: every verb, the server,
 evaluation and training load through it. What it leaves to others: the file formats themselves
@@ -17,7 +22,7 @@ the engine).
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from twofiles.errors import TwofilesError
 from twofiles.formats import ALIASES, alias_path
@@ -44,6 +49,12 @@ def resolve_model(
     from twofiles.lora import adapt, adapters_base, is_adapters_file
 
     spec = str(spec)
+    if not os.path.exists(spec) and spec not in ALIASES:
+        from twofiles.formats import persona
+
+        record = persona.find(spec) if persona.is_name(spec) else None
+        if record is not None:
+            return load_persona(record, device=device, dtype=dtype)
     if not os.path.exists(spec) and spec in ALIASES:
         path = alias_path(spec)
         if not path.is_file():
@@ -54,7 +65,7 @@ def resolve_model(
     if not os.path.exists(spec):
         known = ", ".join(sorted(ALIASES))
         raise TwofilesError(
-            f"{spec}: no such model (expected a model.safetensors, a .gguf file, a Hugging Face directory, or an alias: {known})"
+            f"{spec}: no such model (expected a model.safetensors, a .gguf file, a Hugging Face directory, a registered name (twofiles list), or an alias: {known})"
         )
     if os.path.isdir(spec):
         if os.path.isfile(os.path.join(spec, "config.json")):
@@ -77,4 +88,61 @@ def resolve_model(
     return load_model(spec, device=device, dtype=dtype)
 
 
-__all__ = ["resolve_model"]
+def load_persona(
+    record: dict[str, Any], *, device: str | torch.device, dtype: torch.dtype | None
+) -> LoadedModel:
+    """A registered persona: FROM, its adapters merged in order, its template and context cap."""
+    from twofiles.lora import adapt
+
+    adapters = record.get("adapters", [])
+    loaded = resolve_model(record["from"], device="cpu" if adapters else device, dtype=dtype)
+    for i, path in enumerate(adapters):
+        last = i == len(adapters) - 1
+        loaded = adapt(loaded, path, device=device if last else "cpu", dtype=dtype)
+    config = getattr(loaded.model, "config", None)
+    num_ctx = record.get("parameters", {}).get("num_ctx")
+    if num_ctx is not None and config is not None:
+        # the engine bounds prompt + reply by max_seq_len (the model is this caller's own copy)
+        config.max_seq_len = min(config.max_seq_len, num_ctx)
+    return persona_view(loaded, record)
+
+
+def persona_view(base: LoadedModel, record: dict[str, Any]) -> LoadedModel:
+    """A persona (without adapters) over an already loaded base: the same weights and tokenizer,
+    its own template and defaults. The server serves such views on the base model's engine; it
+    bounds the context per request (`Persona.num_ctx`), as the weights here are shared."""
+    from dataclasses import replace
+
+    from twofiles.formats.persona import persona_of
+
+    persona = persona_of(record)
+    return replace(
+        base,
+        chat_template=base.chat_template if persona.template is None else persona.template,
+        provenance={**base.provenance, "persona": persona.name},
+        persona=persona,
+    )
+
+
+def served_key(spec: str) -> str:
+    """What a model spec loads, as one string: two specs with the same key load the same model
+    (a path by its real path, an alias by its file, a persona by its FROM when it has no
+    adapters; a persona with adapters is its own)."""
+    from twofiles.formats import persona
+
+    if not os.path.exists(spec) and spec not in ALIASES and persona.is_name(spec):
+        record = persona.find(spec)
+        if record is not None:
+            if record.get("adapters"):
+                return "persona:" + record["name"]
+            spec = record["from"]
+    if not os.path.exists(spec) and spec in ALIASES:
+        spec = str(alias_path(spec))
+    path = os.path.realpath(spec)
+    inside = os.path.join(path, "model.safetensors")
+    if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
+        path = os.path.realpath(inside) if os.path.isfile(inside) else path
+    return path
+
+
+__all__ = ["load_persona", "persona_view", "resolve_model", "served_key"]

@@ -36,6 +36,7 @@ from __future__ import annotations
 import glob
 import os
 import sqlite3
+import threading
 import time
 import uuid
 from collections.abc import Sequence
@@ -98,6 +99,7 @@ class Passage:
 
 
 _EMBEDDERS: dict[tuple[str, str | None], Embedder] = {}
+_EMBEDDERS_LOCK = threading.Lock()  # a server's threads share one copy of the weights
 
 
 def get_embedder(name: str, device: str | None = None) -> Embedder:
@@ -106,9 +108,10 @@ def get_embedder(name: str, device: str | None = None) -> Embedder:
     from twofiles.rag.embed import load_embedder
 
     key = (name, device)
-    if key not in _EMBEDDERS:
-        _EMBEDDERS[key] = load_embedder(name, device=device)
-    return _EMBEDDERS[key]
+    with _EMBEDDERS_LOCK:
+        if key not in _EMBEDDERS:
+            _EMBEDDERS[key] = load_embedder(name, device=device)
+        return _EMBEDDERS[key]
 
 
 def _vectors_path(db: Path, gen: str) -> Path:
@@ -217,11 +220,12 @@ class RagIndex:
         return self._passage(self.row_of[chunk_id], 0.0, {})
 
     def bm25_scores(self, query: str) -> np.ndarray:
-        if self._bm25 is None:
+        bm25 = self._bm25  # built on first use; two threads racing here build equal copies
+        if bm25 is None:
             from twofiles.rag.bm25 import BM25
 
-            self._bm25 = BM25([r[5] for r in self.rows])
-        return self._bm25.scores(query)
+            bm25 = self._bm25 = BM25([r[5] for r in self.rows])
+        return bm25.scores(query)
 
     def dense_scores(self, query: str) -> np.ndarray:
         q = get_embedder(self.meta["embedder"], self.device).embed([query])[0]

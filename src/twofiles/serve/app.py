@@ -7,6 +7,10 @@ OpenAI-style body. What it leaves to others: the limits' values (settings.py), r
 (openai_routes.py), the web pages and their routes (web.py), batching and sampling
 (twofiles.scheduler), chat rendering and tool-call parsing (twofiles.chat).
 
+A persona (a LoadedModel with `persona` set) is served under its own name; one that shares a
+model's weights runs on that model's engine (`app.state.shared`: persona -> model), and the routes
+apply its system message, few-shot turns, template and sampling defaults per request (core.py).
+
 For extra routes (the web pages) the app exposes `app.state.models` (name -> LoadedModel),
 `app.state.scheduler` (twofiles.scheduler.Scheduler; `submit(model, prompt_ids, params)` returns
 a handle to `async for`), `app.state.settings` (ServeSettings), `app.state.require_api_key`, and
@@ -30,6 +34,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from twofiles.errors import TwofilesError
 from twofiles.scheduler import Scheduler
 from twofiles.serve.core import RagService, chat_format, generate_reply, model_name
+from twofiles.serve.metrics import install_metrics
 from twofiles.serve.openai_routes import add_openai_routes
 from twofiles.serve.protocol import ApiError, pydantic_message
 from twofiles.serve.settings import ServeSettings
@@ -109,19 +114,30 @@ def create_app(
     models: Mapping[str, LoadedModel],
     settings: ServeSettings | None = None,
     *,
+    shared: Mapping[str, str] | None = None,
     rag: RagService | None = None,
 ) -> FastAPI:
     """The server for `models` (name -> loaded model) under `settings`. The scheduler's thread
-    starts with the app (lifespan) and stops with it. With `rag` (serve --rag), requests may ask
-    for grounded replies and the web page gets the retrieve tool; the app closes it."""
+    starts with the app (lifespan) and stops with it. `shared` maps a persona (a view of another
+    served model's weights, formats.resolve.persona_view) to the model whose engine it runs on.
+    With `rag` (serve --rag), requests may ask for grounded replies and the web page gets the
+    retrieve tool; the app closes it."""
     settings = settings or ServeSettings()
     if not models:
         raise TwofilesError("no models to serve")
+    shared = dict(shared or {})
+    for name, base in shared.items():
+        if name not in models or base not in models or base in shared:
+            raise TwofilesError(
+                f"{name!r} cannot be served on {base!r}: not a served model's engine"
+            )
     scheduler = Scheduler(
-        models,
+        {name: m for name, m in models.items() if name not in shared},
         max_seqs=settings.max_seqs,
         max_queue=settings.max_queue,
         max_context=settings.max_context,
+        prefix_cache_mb=settings.prefix_cache_mb,
+        prefill_chunk=settings.prefill_chunk,
     )
 
     @asynccontextmanager
@@ -140,6 +156,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.models = dict(models)
+    app.state.shared = shared
     app.state.scheduler = scheduler
     app.state.settings = settings
     app.state.chat_formats = {}
@@ -177,6 +194,8 @@ def create_app(
     @app.get("/health")
     async def health() -> dict[str, Any]:
         return {"status": "ok", "models": scheduler.stats()}
+
+    install_metrics(app)  # GET /metrics and the middleware counting every request (outermost)
 
     add_openai_routes(app, require_api_key)
     attach_web(app)

@@ -1,13 +1,15 @@
 """The server's core: the served models, the scheduler glue, and the helpers every route shares.
 
-What it owns: looking up a served model (404 otherwise) and its chat format, checking a prompt
+What it owns: looking up a served model (404 otherwise) and its chat format, a persona's part of
+a request (`with_persona`: its system message and few-shot turns; `sampling_defaults`; its
+num_ctx; `engine_name`: the engine a persona shares), checking a prompt
 against the server's limits, submitting requests to the scheduler (all or nothing; 429 when the
 queue is full), gathering their events under a deadline and cancelling them when the client goes
 away, `generate_reply` (one assistant reply, for extra routes such as the web pages),
 `model_name` (the name a model spec is served under), and `RagService` / `ground_messages` (the
-document index of `serve --rag`, and a request's messages grounded in what it retrieves). What it leaves to others: the FastAPI app,
-middleware and error handlers (app.py), OpenAI's request and response shapes (protocol.py,
-openai_routes.py), batching and sampling (twofiles.scheduler).
+document index of `serve --rag`, and a request's messages grounded in what it retrieves). What it
+leaves to others: the FastAPI app, middleware and error handlers (app.py), OpenAI's request and
+response shapes (protocol.py, openai_routes.py), batching and sampling (twofiles.scheduler).
 
 What it reads from the app: `app.state.models` (name -> LoadedModel), `app.state.scheduler`
 (twofiles.scheduler.Scheduler), `app.state.settings` (ServeSettings), `app.state.chat_formats`,
@@ -19,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -30,6 +32,7 @@ from fastapi import FastAPI, Request
 from twofiles.engine import PromptTooLongError, SamplingParams
 from twofiles.errors import TwofilesError
 from twofiles.scheduler import GenerationEvent, QueueFullError, RequestHandle, Scheduler
+from twofiles.serve.metrics import track
 from twofiles.serve.protocol import ApiError
 from twofiles.serve.settings import ServeSettings
 
@@ -71,9 +74,40 @@ def served_model(app: FastAPI, name: str) -> LoadedModel:
     return loaded
 
 
+def engine_name(app: FastAPI, model: str) -> str:
+    """The served model whose engine runs `model`: itself, or the model a persona shares."""
+    return getattr(app.state, "shared", {}).get(model, model)
+
+
+def context_length(app: FastAPI, model: str) -> int:
+    """Prompt + reply, in tokens: the engine's context, capped by a persona's num_ctx."""
+    context = app.state.scheduler.engines[engine_name(app, model)].context
+    persona = getattr(app.state.models[model], "persona", None)
+    return min(context, persona.num_ctx) if persona and persona.num_ctx else context
+
+
+def with_persona(app: FastAPI, model: str, messages: list[Message]) -> list[Message]:
+    """The conversation a persona's model sees: its SYSTEM unless the request sends a system
+    message first, then its few-shot MESSAGEs, then the request's messages."""
+    persona = getattr(app.state.models[model], "persona", None)
+    if persona is None:
+        return messages
+    from twofiles.chat import parse_messages
+
+    has_system = bool(messages) and messages[0].role == "system"
+    prefix = parse_messages(persona.prefix(has_system))
+    return [*messages[:1], *prefix, *messages[1:]] if has_system else [*prefix, *messages]
+
+
+def sampling_defaults(app: FastAPI, model: str) -> dict[str, Any]:
+    """A persona's PARAMETERs as SamplingParams fields: what a request's absent fields become."""
+    persona = getattr(app.state.models[model], "persona", None)
+    return dict(persona.sampling) if persona is not None else {}
+
+
 def check_prompt(app: FastAPI, model: str, ids: Sequence[int], param: str = "messages") -> None:
     settings: ServeSettings = app.state.settings
-    context = app.state.scheduler.engines[model].context
+    context = context_length(app, model)
     limit = min(settings.max_prompt_tokens or context - 1, context - 1)
     if len(ids) > limit:
         what = "the conversation" if param == "messages" else "the prompt"
@@ -97,6 +131,7 @@ def submit(
     be pointless). All or nothing: a refused one cancels those already queued."""
     scheduler: Scheduler = app.state.scheduler
     handles: list[RequestHandle] = []
+    context = context_length(app, model)
     try:
         for ids in prompts:
             for j in range(n):
@@ -105,7 +140,9 @@ def submit(
                     if params.seed is None or j == 0
                     else replace(params, seed=params.seed + j)
                 )
-                handles.append(scheduler.submit(model, ids, p, logprobs=logprobs))
+                if p.max_tokens > context - len(ids):  # a persona's num_ctx: the engine's is wider
+                    p = replace(p, max_tokens=max(1, context - len(ids)))
+                handles.append(scheduler.submit(engine_name(app, model), ids, p, logprobs=logprobs))
     except QueueFullError as e:
         for h in handles:
             h.cancel()
@@ -125,6 +162,7 @@ def submit(
         for h in handles:
             h.cancel()
         raise ApiError(400, str(e)) from None
+    track(app, model, prompts, handles)
     return handles
 
 
@@ -221,7 +259,7 @@ async def generate_reply(
     served_model(app, model)
     fmt = chat_format(app, model)
     try:
-        ids = fmt.prompt_ids(parse_messages(list(messages)), tools=tools)
+        ids = fmt.prompt_ids(with_persona(app, model, parse_messages(list(messages))), tools=tools)
     except TwofilesError as e:
         raise ApiError(400, str(e)) from None
     check_prompt(app, model, ids)
@@ -341,11 +379,17 @@ class RagService:
 
 
 async def ground_messages(
-    app: FastAPI, messages: Sequence[Message], k: int | None, mode: str
+    app: FastAPI,
+    messages: Sequence[Message],
+    k: int | None,
+    mode: str,
+    *,
+    own: Sequence[Message] | None = None,
 ) -> tuple[list[Message], list[Passage]]:
     """A request's messages grounded in the `k` passages (None: the server's default) retrieved
-    for its last user message and the one before it (grounding.rag_query), and those passages.
-    ApiError 400 when this server has no index or the conversation has no user message."""
+    for its last user message and the one before it (grounding.rag_query over `own`, the
+    client's messages, when a persona added turns of its own), and those passages. ApiError 400
+    when this server has no index or the conversation has no user message."""
     from twofiles.rag.grounding import ground, rag_query
 
     rag: RagService | None = getattr(app.state, "rag", None)
@@ -355,7 +399,7 @@ async def ground_messages(
             "rag: this server has no document index (start it with twofiles serve MODEL --rag DB)",
             param="rag",
         )
-    query = rag_query(messages)
+    query = rag_query(messages if own is None else own)
     if not query:
         raise ApiError(400, "rag: needs a user message to retrieve for", param="rag")
     try:
@@ -363,6 +407,55 @@ async def ground_messages(
     except TwofilesError as e:
         raise ApiError(400, f"rag: {e}", param="rag") from None
     return ground(messages, passages), passages
+
+
+def load_models(
+    specs: Mapping[str, str],
+    *,
+    device: Any = "cpu",
+    personas: bool = True,
+    on_load: Callable[[str, str, LoadedModel, float], None] | None = None,
+) -> tuple[dict[str, LoadedModel], dict[str, str]]:
+    """The models to serve (name -> spec) loaded, and which personas share an engine: returns
+    (models, shared), shared mapping a persona to the served model whose weights and engine it
+    runs on. A persona without adapters whose FROM is a model named here is a view of it
+    (formats.resolve.persona_view), not a second copy; with `personas`, every registered persona
+    over a model named here is served too, as NAME (its tag when not `latest`). `on_load` sees
+    each model actually loaded (name, spec, model, seconds), to prepare it for inference."""
+    import os
+
+    from twofiles.formats import persona
+    from twofiles.formats.resolve import persona_view, resolve_model, served_key
+
+    records = {
+        name: persona.find(spec) if not os.path.exists(spec) and persona.is_name(spec) else None
+        for name, spec in specs.items()
+    }
+    loaded: dict[str, LoadedModel] = {}
+    by_key: dict[str, str] = {}  # what a plain model loads -> the name it is served under
+    shared: dict[str, str] = {}
+    # plain models first, so that the personas over them can share their engines
+    for name in sorted(specs, key=lambda n: records[n] is not None):
+        spec, record = specs[name], records[name]
+        key = served_key(spec)
+        if record is not None and key in by_key:
+            shared[name] = by_key[key]
+            loaded[name] = persona_view(loaded[shared[name]], record)
+            continue
+        t0 = time.perf_counter()
+        loaded[name] = resolve_model(spec, device=device)
+        if record is None:
+            by_key.setdefault(key, name)
+        if on_load is not None:
+            on_load(name, spec, loaded[name], time.perf_counter() - t0)
+    models = {name: loaded[name] for name in specs}
+    if personas:
+        for record in persona.list_records():
+            name, key = record["name"].removesuffix(":latest"), served_key(record["name"])
+            if name not in models and key in by_key:
+                shared[name] = by_key[key]
+                models[name] = persona_view(models[shared[name]], record)
+    return models, shared
 
 
 def model_name(spec: str) -> str:
@@ -380,11 +473,16 @@ __all__ = [
     "chat_format",
     "check_prompt",
     "collect",
+    "context_length",
+    "engine_name",
     "gather_events",
     "generate_reply",
     "ground_messages",
+    "load_models",
     "model_name",
+    "sampling_defaults",
     "score_prompt",
     "served_model",
     "submit",
+    "with_persona",
 ]

@@ -36,11 +36,15 @@ from twofiles.serve.core import (
     chat_format,
     check_prompt,
     collect,
+    context_length,
+    engine_name,
     gather_events,
     ground_messages,
+    sampling_defaults,
     score_prompt,
     served_model,
     submit,
+    with_persona,
 )
 from twofiles.serve.protocol import (
     ApiError,
@@ -181,12 +185,15 @@ def add_openai_routes(app: FastAPI, require_api_key: Any) -> None:
         loaded = served_model(app, req.model)
         fmt = chat_format(app, req.model)
         try:
-            messages = parse_messages(req.messages)
+            own = parse_messages(req.messages)
+            messages = with_persona(app, req.model, own)
         except TwofilesError as e:
             raise ApiError(400, str(e), param="messages") from None
         passages: list[Any] | None = None
-        if req.rag is not None:
-            messages, passages = await ground_messages(app, messages, req.rag.k, req.rag.mode)
+        if req.rag is not None:  # retrieved for the client's turns, not a persona's few-shot ones
+            messages, passages = await ground_messages(
+                app, messages, req.rag.k, req.rag.mode, own=own
+            )
         tools = (
             [t.model_dump(exclude_none=True) for t in req.tools]
             if req.tools and req.tool_choice != "none"
@@ -202,6 +209,7 @@ def add_openai_routes(app: FastAPI, require_api_key: Any) -> None:
             settings,
             default_max_tokens=settings.default_max_tokens,
             stop_token_ids=fmt.stop_token_ids,
+            defaults=sampling_defaults(app, req.model),
         )
         top = (req.top_logprobs or 0) if req.logprobs else None
         handles = submit(app, req.model, [ids], params, req.n, top)
@@ -262,7 +270,9 @@ def add_openai_routes(app: FastAPI, require_api_key: Any) -> None:
         texts, prompts = _prompts(req.prompt, tok, loaded.model.config.vocab_size)
         for ids in prompts:
             check_prompt(app, req.model, ids, "prompt")
-        params = sampling_params(req, settings, default_max_tokens=16)
+        params = sampling_params(
+            req, settings, default_max_tokens=16, defaults=sampling_defaults(app, req.model)
+        )
         scored = None
         if req.echo and req.logprobs is not None:  # the prompt's own logprobs, as vLLM gives them
             scored = [
@@ -326,14 +336,23 @@ def _citations(text: str, passages: Sequence[Any]) -> list[int]:
 
 
 def _model_card(name: str, app: FastAPI) -> dict[str, Any]:
-    engine = app.state.scheduler.engines[name]
-    return {
+    card = {
         "id": name,
         "object": "model",
         "created": app.state.started,
         "owned_by": "twofiles",
-        "context_length": engine.context,
+        "context_length": context_length(app, name),
     }
+    persona = getattr(app.state.models[name], "persona", None)
+    if persona is not None:  # vLLM's field for a model served over another's weights
+        card["parent"] = engine_name(app, name) if engine_name(app, name) != name else None
+        card["persona"] = {  # what the web page shows and fills its settings with
+            "name": persona.name,
+            "system": persona.system,
+            "defaults": dict(persona.sampling),
+            "few_shot": len(persona.messages),
+        }
+    return card
 
 
 def _prompts(prompt: Any, tok: Any, vocab_size: int) -> tuple[list[str], list[list[int]]]:

@@ -177,10 +177,15 @@ def sampling_params(
     *,
     default_max_tokens: int,
     stop_token_ids: list[int] | None = None,
+    defaults: dict[str, Any] | None = None,
 ) -> SamplingParams:
     """The one validation function past the types: a request's sampling fields under the server's
-    limits -> SamplingParams. Raises ApiError(400) naming the field."""
+    limits -> SamplingParams. Raises ApiError(400) naming the field. `defaults` (SamplingParams
+    fields: a persona's PARAMETERs) stand in for the fields the request leaves out."""
+    d = defaults or {}
     stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
+    if req.stop is None:
+        stop = list(d.get("stop", []))
     if len(stop) > settings.max_stop:
         raise ApiError(
             400, f"stop: at most {settings.max_stop} stop strings (got {len(stop)})", param="stop"
@@ -232,15 +237,20 @@ def sampling_params(
     if isinstance(req, ChatCompletionRequest) and req.max_completion_tokens is not None:
         requested = req.max_completion_tokens
     max_tokens = max(
-        1, min(requested or default_max_tokens, settings.max_output_tokens)
+        1, min(requested or d.get("max_tokens", default_max_tokens), settings.max_output_tokens)
     )  # clamped, as documented in ServeSettings (0: the route generates nothing)
+
+    def given(name: str, off: Any) -> Any:
+        value = getattr(req, name)
+        return value if value is not None else d.get(name, off)
+
     return SamplingParams(
-        temperature=1.0 if req.temperature is None else req.temperature,
-        top_k=req.top_k or 0,
-        top_p=1.0 if req.top_p is None else req.top_p,
-        min_p=req.min_p or 0.0,
-        repetition_penalty=req.repetition_penalty or 1.0,
-        seed=req.seed,
+        temperature=given("temperature", 1.0),
+        top_k=given("top_k", 0),
+        top_p=given("top_p", 1.0),
+        min_p=given("min_p", 0.0),
+        repetition_penalty=given("repetition_penalty", 1.0),
+        seed=given("seed", None),
         max_tokens=max_tokens,
         stop=stop,
         stop_token_ids=list(stop_token_ids or []),

@@ -15,6 +15,10 @@ class ServeSettings:
     max_prompt_tokens: int | None = (
         None  # longest prompt accepted (400 past it); None = the context minus one
     )
+    prefix_cache_mb: float = (
+        512  # keys/values of seen prefixes kept per model (LRU past it); 0 = off
+    )
+    prefill_chunk: int = 512  # most prompt tokens prefilled between two decode steps; 0 = no limit
     max_output_tokens: int = 1024  # max_tokens above this is clamped to it
     default_max_tokens: int = (
         512  # chat completions without max_tokens (completions default to 16, as OpenAI's)
@@ -30,6 +34,7 @@ class ServeSettings:
     api_keys: frozenset[str] = field(
         default_factory=frozenset
     )  # non-empty: /v1 needs "Authorization: Bearer KEY"
+    metrics: bool = True  # GET /metrics (Prometheus); open like /health: counts, never text
 
     def __post_init__(self) -> None:
         for name in (
@@ -43,6 +48,8 @@ class ServeSettings:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+        if self.prefix_cache_mb < 0 or self.prefill_chunk < 0:
+            raise ValueError("prefix_cache_mb and prefill_chunk must be >= 0 (0 = off)")
         if (
             self.max_queue < 0
             or self.request_timeout_s <= 0

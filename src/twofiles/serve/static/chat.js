@@ -414,15 +414,36 @@ async function streamReply(s) {
 
 // --- wiring ------------------------------------------------------------------------------------
 
+// A persona's defaults (its card in /v1/models) fill the settings when it is picked; the page's
+// own defaults come back for a plain model. Its system message is the placeholder: an empty box
+// leaves it to the server, which applies it (and the persona's few-shot turns) to every request.
+const pageDefaults = {};
+let cards = {};
+
+function applyPersona() {
+  const persona = (cards[$("model").value] || {}).persona;
+  const given = (persona && persona.defaults) || {};
+  for (const field of ["temperature", "top_p", "max_tokens", "seed"]) {
+    if (!(field in pageDefaults)) pageDefaults[field] = $(field).value;
+    $(field).value = field in given ? String(given[field]) : pageDefaults[field];
+  }
+  if (!("system" in pageDefaults)) pageDefaults.system = $("system").placeholder;
+  $("system").placeholder = persona && persona.system ? persona.system : pageDefaults.system;
+}
+
 async function loadModels() {
   try {
-    const names = await TF.models();
-    $("model").replaceChildren(...names.map((n) => TF.el("option", { value: n }, n)));
-    if (!names.length) showError("the server has no models");
+    const data = await TF.json("GET", "/v1/models");
+    const list = data.data || [];
+    cards = Object.fromEntries(list.map((m) => [m.id, m]));
+    $("model").replaceChildren(...list.map((m) => TF.el("option", { value: m.id }, m.persona ? `${m.id} (persona)` : m.id)));
+    if (!list.length) showError("the server has no models");
+    applyPersona();
   } catch (e) {
     showError("could not list models: " + e.message);
   }
 }
+$("model").addEventListener("change", applyPersona);
 
 $("composer").addEventListener("submit", (e) => {
   e.preventDefault();

@@ -1,0 +1,531 @@
+"""Personas: Modelfiles parsed as Ollama reads them, the registry verbs (create, list, show, cp,
+rm), resolution of a registered name like any MODEL, and a persona's defaults applied by chat,
+generate and the server, each compared with the same settings given explicitly to the base model.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from tiny_models import random_model, tiny_tokenizer
+from twofiles.cli import main
+from twofiles.errors import BadInputError, TwofilesError
+from twofiles.formats import persona
+
+
+@pytest.fixture(autouse=True)
+def registry(tmp_path, monkeypatch) -> Path:
+    """Each test its own registry (the cache stays where `twofiles pull` put smollm2)."""
+    root = tmp_path / "registry"
+    monkeypatch.setenv("TWOFILES_PERSONAS", str(root))
+    return root
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> Path:
+    """A tiny random model with the built-in chat template, saved as a parameters file."""
+    from twofiles.artifact import save_model
+
+    tok = tiny_tokenizer()
+    path = tmp_path_factory.mktemp("base") / "model.safetensors"
+    return save_model(path, random_model(tok, max_seq_len=256), tok)
+
+
+# A Jinja template on the built-in special tokens that writes each role out: its rendering shows it.
+TEMPLATE = (
+    "{%- for m in messages %}<|user_start|>{{ m.role }}: {{ m.content }}<|user_end|>"
+    "{%- endfor %}{%- if add_generation_prompt %}<|assistant_start|>{%- endif %}"
+)
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def cli(capsys, *argv: str, stdin: str | None = None, monkeypatch=None) -> tuple[int, str, str]:
+    if stdin is not None:
+        monkeypatch.setattr("sys.stdin", io.StringIO(stdin))
+    rc = main(list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def last_json(out: str) -> dict:
+    return json.loads(out.rstrip("\n").splitlines()[-1])
+
+
+# ---------------------------------------------------------------------------------------------
+# The Modelfile
+
+
+def test_modelfile_reads_as_ollama_reads_it(base, tmp_path, monkeypatch) -> None:
+    mf = write(
+        tmp_path / "mario" / "Modelfile",
+        "# Mario, as in Ollama's docs\n"
+        f"from ../{base.parent.name}/model.safetensors\n"
+        "  # an indented comment\n"
+        '\nSystem """You are Mario\nfrom Super Mario Bros."""\n'
+        "PARAMETER temperature 0.25\n"
+        'parameter stop "<|user_start|>"\n'
+        "PARAMETER stop User:\n"
+        "PARAMETER num_predict 7\n"
+        "PARAMETER seed 11\n"
+        "MESSAGE user Is this a question?\n"
+        'MESSAGE assistant "Yes,\nit is."\n'
+        'LICENSE """MIT\n(c) nobody"""\n',
+    )
+    (tmp_path / base.parent.name).symlink_to(base.parent)
+    monkeypatch.chdir(tmp_path.parent)  # FROM is relative to the Modelfile, not to the cwd
+    record = persona.build_record("mario", mf)
+    assert record["name"] == "mario:latest"
+    assert record["from"] == str(tmp_path / base.parent.name / "model.safetensors")
+    assert record["system"] == "You are Mario\nfrom Super Mario Bros."
+    assert record["parameters"] == {
+        "temperature": 0.25,
+        "stop": ["<|user_start|>", "User:"],
+        "num_predict": 7,
+        "seed": 11,
+    }
+    assert record["messages"] == [
+        {"role": "user", "content": "Is this a question?"},
+        {"role": "assistant", "content": "Yes,\nit is."},
+    ]
+    assert record["license"] == ["MIT\n(c) nobody"]
+    assert set(record["files"]) == {record["from"]}
+    assert (
+        record["files"][record["from"]]["sha256"]
+        == __import__("hashlib").sha256(base.read_bytes()).hexdigest()
+    )
+    p = persona.persona_of(record)
+    assert p.sampling == {
+        "temperature": 0.25,
+        "stop": ["<|user_start|>", "User:"],
+        "max_tokens": 7,
+        "seed": 11,
+    }
+    # the Modelfile `show --modelfile` prints reads back to the same persona
+    again = persona.build_record("mario", write(tmp_path / "again", persona.to_modelfile(record)))
+    same = ("from", "system", "parameters", "messages", "license", "adapters", "template")
+    assert {k: again[k] for k in same} == {k: record[k] for k in same}
+
+
+@pytest.mark.parametrize(
+    "text, line, message",
+    [
+        ("FROM {base}\nSYSTEM hi\nFOO bar\n", 3, "unknown instruction 'FOO'"),
+        ("FROM {base}\n\nPARAMETER temprature 0.5\n", 3, "unknown PARAMETER 'temprature'"),
+        ("FROM {base}\nPARAMETER top_k lots\n", 2, "top_k 'lots': not an integer"),
+        ("FROM {base}\nPARAMETER top_p 1.5\n", 2, "must be in (0, 1]"),
+        ("FROM {base}\nPARAMETER repeat_last_n 64\n", 2, "repeat_last_n is not supported"),
+        ("FROM {base}\nMESSAGE tool hi\n", 2, "MESSAGE role 'tool'"),
+        ('FROM {base}\n# note\nSYSTEM """never\nclosed\n', 3, 'the """ opened on this line'),
+        ("FROM {base}\nSYSTEM a\nSYSTEM b\n", 3, "a second SYSTEM (the first is on line 2)"),
+        ("FROM ./missing.gguf\n", 1, "FROM ./missing.gguf: no such file"),
+        ("FROM {base}\nADAPTER {base}\n", 2, "not a LoRA adapters file"),
+        (
+            'FROM {base}\nTEMPLATE """{{{{ if .System }}}}{{{{ .System }}}}{{{{ end }}}}"""\n',
+            2,
+            "Go templates are not supported; write the template in Jinja",
+        ),
+        ("FROM {base}\nTEMPLATE {{{{- range .Messages }}}}\n", 2, "Go templates are not supported"),
+    ],
+)
+def test_modelfile_errors_name_file_and_line(base, tmp_path, capsys, text, line, message) -> None:
+    mf = write(tmp_path / "Modelfile", text.format(base=base))
+    with pytest.raises(BadInputError) as e:
+        persona.build_record("x", mf)
+    assert str(e.value).startswith(f"{mf}:{line}: ") and message in str(e.value), str(e.value)
+    # through the CLI: exit 2, the same message, nothing registered
+    rc, _, err = cli(capsys, "create", "x", "-f", str(mf))
+    assert rc == 2 and message in err and "Traceback" not in err
+    assert persona.list_records() == []
+
+
+def test_modelfile_without_from_and_bad_names(tmp_path) -> None:
+    mf = write(tmp_path / "Modelfile", "SYSTEM hi\n")
+    with pytest.raises(BadInputError, match=f"{mf}: no FROM line"):
+        persona.build_record("x", mf)
+    assert persona.canonical_name("mario") == "mario:latest"
+    assert persona.canonical_name("my-model_2.1:q4.v2") == "my-model_2.1:q4.v2"
+    for bad in ("", "../x", "a/b", "-x", "a:b:c", "a b", "x:", "é"):
+        with pytest.raises(TwofilesError, match="letters, digits"):
+            persona.canonical_name(bad)
+    with pytest.raises(TwofilesError, match="built-in model alias"):
+        persona.canonical_name("smollm2:pirate")
+
+
+# ---------------------------------------------------------------------------------------------
+# The registry verbs
+
+
+def test_create_list_show_cp_rm(base, tmp_path, capsys) -> None:
+    mf = write(tmp_path / "Modelfile", f"FROM {base}\nSYSTEM Be brief.\nPARAMETER top_k 5\n")
+    rc, out, err = cli(capsys, "create", "brief", "-f", str(mf), "--json")
+    assert rc == 0, err
+    assert last_json(out)["name"] == "brief:latest" and "created brief:latest" in err
+    rc, out, _ = cli(capsys, "list")
+    assert rc == 0 and "NAME" in out and "brief:latest" in out and "Be brief." in out
+    rc, out, _ = cli(capsys, "cp", "brief", "brief:v2")
+    assert rc == 0
+    rows = last_json(cli(capsys, "list", "--json")[1])["personas"]
+    assert [r["name"] for r in rows] == ["brief:latest", "brief:v2"]
+    assert rows[1]["system"] == "Be brief." and rows[1]["parameters"] == {"top_k": 5}
+
+    shown = last_json(cli(capsys, "show", "brief:v2", "--json")[1])
+    assert shown["from"] == str(base) and shown["file_status"] == {str(base): "unchanged"}
+    rc, out, _ = cli(capsys, "show", "brief")
+    assert rc == 0 and "system     Be brief." in out and f"{base} (unchanged)" in out
+    rc, out, _ = cli(capsys, "show", "brief", "--modelfile")
+    assert f"FROM {base}\n" in out and "SYSTEM Be brief.\n" in out and "PARAMETER top_k 5\n" in out
+
+    # rm: the names go, the files they name stay; unknown names remove nothing
+    rc, _, err = cli(capsys, "rm", "brief:v2", "nobody")
+    assert rc == 2 and "nobody: no such persona" in err
+    assert len(persona.list_records()) == 2
+    rc, _, err = cli(capsys, "rm", "brief:v2")
+    assert rc == 0 and "deleted brief:v2" in err
+    assert [r["name"] for r in persona.list_records()] == ["brief:latest"]
+    assert base.is_file() and mf.is_file()
+    rc, _, err = cli(capsys, "show", "brief:v2")
+    assert rc == 2 and "registered: brief:latest" in err
+    # a damaged record is an error naming its file, and rm still removes it
+    persona.record_path("brief").write_text("{not json", encoding="utf-8")
+    rc, _, err = cli(capsys, "list")
+    assert rc == 2 and str(persona.record_path("brief")) in err and "unreadable" in err
+    assert cli(capsys, "rm", "brief")[0] == 0 and persona.list_records() == []
+
+
+def test_show_says_when_a_file_changed(base, tmp_path, capsys) -> None:
+    import shutil
+
+    model = tmp_path / "copy.safetensors"
+    shutil.copy(base, model)
+    cli(capsys, "create", "c", "-f", str(write(tmp_path / "Modelfile", f"FROM {model}\n")))
+    os.utime(model, ns=(1, 1))  # touched, same bytes: still unchanged (the hash decides)
+    assert persona.file_status(persona.get("c")) == {str(model): "unchanged"}
+    with open(model, "r+b") as f:
+        f.seek(-1, 2)
+        last = f.read(1)
+        f.seek(-1, 2)
+        f.write(bytes([last[0] ^ 1]))
+    assert persona.file_status(persona.get("c")) == {str(model): "changed"}
+    model.unlink()
+    rc, out, _ = cli(capsys, "show", "c")
+    assert rc == 0 and f"{model} (missing)" in out
+
+
+def test_from_a_registered_name_copies_it(base, tmp_path, capsys) -> None:
+    cli(capsys, "create", "a", "-f", str(write(tmp_path / "A", f"FROM {base}\nSYSTEM one\n")))
+    child = write(tmp_path / "B", "PARAMETER seed 3\nFROM a\n")  # FROM need not come first
+    assert cli(capsys, "create", "b", "-f", str(child))[0] == 0
+    b = persona.get("b")
+    assert (b["from"], b["system"], b["parent"]) == (str(base), "one", "a:latest")
+    assert b["parameters"] == {"seed": 3} and set(b["files"]) == {str(base)}
+    cli(capsys, "rm", "a")  # b was a copy: it stands alone
+    assert persona.get("b")["system"] == "one"
+    rc, _, err = cli(capsys, "create", "b", "-f", str(write(tmp_path / "C", "FROM b\n")))
+    assert rc == 2 and "cannot start from itself" in err
+
+
+# ---------------------------------------------------------------------------------------------
+# Resolution: a registered name is a MODEL like any other
+
+
+def test_resolves_with_template_context_and_adapters(base, tmp_path) -> None:
+    from twofiles.formats.resolve import resolve_model
+    from twofiles.lora import LoRAConfig, apply_lora, lora_layers, save_adapters
+
+    m = resolve_model(str(base)).model
+    cfg = LoRAConfig(rank=2, alpha=4)
+    apply_lora(m, cfg)
+    with torch.no_grad():
+        for layer in lora_layers(m).values():
+            layer.lora_B.normal_(0, 0.1)
+    adapters = save_adapters(tmp_path / "adapters.safetensors", m, cfg, base=str(base))
+    template = TEMPLATE
+    mf = write(
+        tmp_path / "Modelfile",
+        f'FROM {base}\nADAPTER adapters.safetensors\nTEMPLATE """{template}"""\n'
+        "PARAMETER num_ctx 64\nSYSTEM Be brief.\n",
+    )
+    persona.save(persona.build_record("tuned", mf))
+    loaded = resolve_model("tuned")
+    want = resolve_model(str(adapters))  # the adapters file's own base, adapted and merged
+    x = torch.randint(0, 300, (1, 10), generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(loaded.model(x), want.model(x), rtol=1e-5, atol=1e-5)
+    assert loaded.chat_template == template and loaded.model.config.max_seq_len == 64
+    assert loaded.persona is not None and loaded.persona.system == "Be brief."
+    assert persona.get("tuned")["files"].keys() == {str(base), str(adapters)}
+    # FROM a registered name keeps an ADAPTER written before it
+    persona.save(persona.build_record("plain", write(tmp_path / "P", f"FROM {base}\n")))
+    child = write(tmp_path / "C", "ADAPTER adapters.safetensors\nFROM plain\n")
+    assert persona.build_record("child", child)["adapters"] == [str(adapters)]
+
+    from twofiles.chat import ChatFormat
+
+    text = ChatFormat.for_model(loaded).render_text(
+        [*loaded.persona.prefix(False), {"role": "user", "content": "hi"}],
+        add_generation_prompt=True,
+    )
+    assert text.endswith(
+        "system: Be brief.<|user_end|><|user_start|>user: hi<|user_end|><|assistant_start|>"
+    )
+
+
+def test_create_refuses_a_template_that_does_not_compile(base, tmp_path, capsys) -> None:
+    mf = write(tmp_path / "Modelfile", f"FROM {base}\n\nTEMPLATE {{% for m in messages %}}\n")
+    rc, _, err = cli(capsys, "create", "t", "-f", str(mf))
+    assert rc == 2 and f"{mf}:3: the persona cannot chat" in err and "syntax error" in err
+    assert persona.list_records() == []
+
+
+# ---------------------------------------------------------------------------------------------
+# chat and generate apply it: the same as the settings given explicitly
+
+
+def test_chat_applies_system_messages_and_parameters(base, tmp_path, capsys, monkeypatch) -> None:
+    mf = write(
+        tmp_path / "Modelfile",
+        f"FROM {base}\nSYSTEM You are terse.\nPARAMETER seed 5\nPARAMETER temperature 0.9\n"
+        "PARAMETER num_predict 6\nMESSAGE user to be\nMESSAGE assistant or not\n",
+    )
+    assert cli(capsys, "create", "terse", "-f", str(mf))[0] == 0
+    script = "that is\nthe question\n"
+    rc, out, err = cli(capsys, "chat", "terse", "--json", stdin=script, monkeypatch=monkeypatch)
+    assert rc == 0, err
+    got = last_json(out)
+    assert "persona terse:latest" in err
+    assert got["seed"] == 5 and got["tokens"] <= 12
+    assert got["messages"][:3] == [
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "content": "to be"},
+        {"role": "assistant", "content": "or not"},
+    ]
+    # the base model with the same settings as flags, and the few-shot turns as a saved chat
+    start = tmp_path / "start.json"
+    start.write_text(json.dumps({"messages": got["messages"][:3]}), encoding="utf-8")
+    explicit = ("--seed", "5", "--temperature", "0.9", "--max-tokens", "6", "--json")
+    rc, out, _ = cli(
+        capsys,
+        "chat",
+        str(base),
+        "--load",
+        str(start),
+        *explicit,
+        stdin=script,
+        monkeypatch=monkeypatch,
+    )
+    assert rc == 0 and last_json(out)["replies"] == got["replies"]
+    # explicit flags win over the persona's defaults, --system over its SYSTEM
+    mine = ("--system", "Be loud.", "--seed", "9", "--temperature", "0", "--max-tokens", "4")
+    rc, out, _ = cli(
+        capsys, "chat", "terse", *mine, "--json", stdin=script, monkeypatch=monkeypatch
+    )
+    over = last_json(out)
+    assert over["seed"] == 9 and over["messages"][0] == {"role": "system", "content": "Be loud."}
+    assert over["messages"][1:3] == got["messages"][1:3]
+    start.write_text(json.dumps({"messages": over["messages"][:3]}), encoding="utf-8")
+    rc, out, _ = cli(
+        capsys, "chat", str(base), "--load", str(start), *mine[2:], "--json",
+        stdin=script, monkeypatch=monkeypatch,
+    )  # fmt: skip
+    assert last_json(out)["replies"] == over["replies"]
+
+
+def test_generate_applies_parameters(base, tmp_path, capsys) -> None:
+    mf = write(
+        tmp_path / "Modelfile",
+        f"FROM {base}\nSYSTEM not for continuations\nPARAMETER seed 7\nPARAMETER temperature 1.3\n"
+        "PARAMETER num_predict 9\nPARAMETER top_k 20\n",
+    )
+    assert cli(capsys, "create", "wild", "-f", str(mf))[0] == 0
+    rc, out, err = cli(capsys, "generate", "wild", "--prompt", "to be", "--json")
+    assert rc == 0, err
+    got = last_json(out)
+    assert got["seed"] == 7 and got["tokens"] == 9
+    flags = ("--seed", "7", "--temperature", "1.3", "--max-tokens", "9", "--top-k", "20")
+    rc, out, _ = cli(capsys, "generate", str(base), "--prompt", "to be", *flags, "--json")
+    assert last_json(out)["text"] == got["text"]
+    # another seed, given as a flag, wins (and changes the sample)
+    rc, out, _ = cli(capsys, "generate", "wild", "--prompt", "to be", "--seed", "8", "--json")
+    other = last_json(out)
+    assert other["seed"] == 8 and other["tokens"] == 9 and other["text"] != got["text"]
+    rc, out, _ = cli(
+        capsys, "generate", str(base), "--prompt", "to be", *flags[2:], "--seed", "8", "--json"
+    )
+    assert last_json(out)["text"] == other["text"]
+
+
+# ---------------------------------------------------------------------------------------------
+# serve: personas on their base model's engine
+
+
+def test_served_on_the_base_models_engine(base, tmp_path, capsys) -> None:
+    from fastapi.testclient import TestClient
+
+    from twofiles.serve.app import create_app
+    from twofiles.serve.core import load_models
+
+    mf = write(
+        tmp_path / "Modelfile",
+        f"FROM {base}\nSYSTEM You are terse.\nPARAMETER seed 4\nPARAMETER num_predict 5\n"
+        "MESSAGE user to be\nMESSAGE assistant or not\n",
+    )
+    assert cli(capsys, "create", "terse", "-f", str(mf))[0] == 0
+    own = write(tmp_path / "Own", f'FROM {base}\nPARAMETER num_ctx 40\nTEMPLATE """{TEMPLATE}"""\n')
+    assert cli(capsys, "create", "short:v1", "-f", str(own))[0] == 0
+    models, shared = load_models({"base": str(base)})
+    assert list(models) == ["base", "short:v1", "terse"]
+    assert shared == {"short:v1": "base", "terse": "base"}
+    assert models["terse"].model is models["base"].model  # one copy of the weights
+    assert load_models({"base": str(base)}, personas=False)[0].keys() == {"base"}
+    # named with its base: a view of it; named alone: loaded, on its own engine
+    models2, shared2 = load_models({"t": "terse", "base": str(base)}, personas=False)
+    assert shared2 == {"t": "base"} and models2["t"].model is models2["base"].model
+    alone, shared3 = load_models({"terse": "terse"})
+    assert shared3 == {} and alone["terse"].persona.name == "terse:latest"
+
+    app = create_app(models, shared=shared)
+    assert list(app.state.scheduler.engines) == ["base"]  # one engine, one KV cache
+    with TestClient(app) as client:
+        cards = {m["id"]: m for m in client.get("/v1/models").json()["data"]}
+        assert list(cards) == ["base", "short:v1", "terse"]
+        assert (
+            cards["terse"]["parent"] == "base"
+            and cards["terse"]["persona"]["name"] == "terse:latest"
+        )
+        assert cards["short:v1"]["context_length"] == 40 and "parent" not in cards["base"]
+
+        def chat(model: str, messages: list[dict], **kw) -> dict:
+            r = client.post(
+                "/v1/chat/completions", json={"model": model, "messages": messages, **kw}
+            )
+            assert r.status_code == 200, r.text
+            return r.json()
+
+        user = [{"role": "user", "content": "that is"}]
+        got = chat("terse", user)
+        few_shot = [
+            {"role": "system", "content": "You are terse."},
+            {"role": "user", "content": "to be"},
+            {"role": "assistant", "content": "or not"},
+        ]
+        want = chat("base", few_shot + user, seed=4, max_tokens=5)
+        assert got["choices"][0]["message"] == want["choices"][0]["message"]
+        assert got["usage"] == want["usage"] and got["usage"]["completion_tokens"] == 5
+        # a request's own system message and settings win
+        mine = [{"role": "system", "content": "Be loud."}, *user]
+        got = chat("terse", mine, seed=1, max_tokens=3, temperature=0)
+        want = chat("base", [mine[0], *few_shot[1:], *user], seed=1, max_tokens=3, temperature=0)
+        assert got["choices"][0]["message"] == want["choices"][0]["message"]
+        assert got["usage"] == want["usage"]
+        # completions: its PARAMETERs only
+        r = client.post("/v1/completions", json={"model": "terse", "prompt": "to be"}).json()
+        w = client.post(
+            "/v1/completions", json={"model": "base", "prompt": "to be", "seed": 4, "max_tokens": 5}
+        ).json()
+        assert r["choices"][0]["text"] == w["choices"][0]["text"]
+        # num_ctx bounds the prompt of the persona, not of the model it shares
+        long = [{"role": "user", "content": "to be or not to be " * 6}]
+        r = client.post("/v1/chat/completions", json={"model": "short:v1", "messages": long})
+        assert r.status_code == 400 and "at most 39" in r.json()["error"]["message"]
+        assert chat("base", long, max_tokens=2)["usage"]["completion_tokens"] == 2
+        # TEMPLATE: the persona's requests are rendered with it, the base's with the model's own
+        from twofiles.serve.core import chat_format
+
+        assert chat_format(app, "short:v1").template == TEMPLATE
+        assert chat_format(app, "base").template != TEMPLATE
+        fmt = chat_format(app, "short:v1")
+        r = chat("short:v1", user, max_tokens=1)
+        assert r["usage"]["prompt_tokens"] == len(fmt.prompt_ids(user))
+
+
+@pytest.mark.slow
+def test_smollm2_persona_with_a_system_line(tmp_path, capsys, monkeypatch) -> None:
+    from twofiles.formats import alias_path
+
+    if not alias_path("smollm2").is_file():
+        pytest.skip("run `twofiles pull smollm2` first")
+    system = "You are Mario from Super Mario Bros."
+    mf = write(tmp_path / "Modelfile", f"FROM smollm2\nSYSTEM {system}\nPARAMETER temperature 0\n")
+    rc, _, err = cli(capsys, "create", "pirate", "-f", str(mf))
+    assert rc == 0, err
+    question = "Who are you?\n"
+    rc, out, err = cli(
+        capsys,
+        "chat",
+        "pirate",
+        "--max-tokens",
+        "24",
+        "--json",
+        stdin=question,
+        monkeypatch=monkeypatch,
+    )
+    assert rc == 0, err
+    got = last_json(out)
+    assert got["template"] == "model" and got["messages"][0] == {
+        "role": "system",
+        "content": system,
+    }
+    rc, out, _ = cli(
+        capsys, "chat", "smollm2", "--system", system, "--temperature", "0", "--max-tokens", "24",
+        "--json", stdin=question, monkeypatch=monkeypatch,
+    )  # fmt: skip
+    want = last_json(out)
+    assert got["replies"] == want["replies"] and "Mario" in got["replies"][0]
+    plain = cli(
+        capsys, "chat", "smollm2", "--temperature", "0", "--max-tokens", "24", "--json",
+        stdin=question, monkeypatch=monkeypatch,
+    )  # fmt: skip
+    assert "Mario" not in last_json(plain[1])["replies"][0]  # the SYSTEM line made the answer
+
+
+@pytest.mark.slow
+def test_web_menu_lists_a_persona(base, tmp_path, capsys) -> None:
+    """The chat page in a real browser (as tests/test_web.py drives it): the persona is in the
+    model menu, and picking it fills the settings with its defaults."""
+    from test_web import CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS, _Server
+
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} is missing (apt-get install -y chromium)")
+    from playwright import sync_api
+
+    from twofiles.serve.app import create_app
+    from twofiles.serve.core import load_models
+
+    mf = write(
+        tmp_path / "Modelfile",
+        f"FROM {base}\nSYSTEM You are terse.\nPARAMETER temperature 0.3\nPARAMETER num_predict 9\n",
+    )
+    assert cli(capsys, "create", "terse", "-f", str(mf))[0] == 0
+    models, shared = load_models({"tiny": str(base)})
+    with _Server(create_app(models, shared=shared)) as server, sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            pg = browser.new_page()
+            pg.set_default_timeout(TIMEOUT_MS)
+            errors: list[str] = []
+            pg.on("pageerror", lambda e: errors.append(str(e)))
+            pg.goto(server.url + "/")
+            pg.wait_for_function("document.querySelectorAll('#model option').length === 2")
+            options = pg.eval_on_selector_all("#model option", "os => os.map(o => o.textContent)")
+            assert options == ["tiny", "terse (persona)"]
+            assert pg.input_value("#temperature") == "0.7"
+            pg.select_option("#model", "terse")
+            assert pg.input_value("#temperature") == "0.3"
+            assert pg.input_value("#max_tokens") == "9"
+            assert pg.get_attribute("#system", "placeholder") == "You are terse."
+            pg.select_option("#model", "tiny")  # a plain model: the page's own defaults
+            assert pg.input_value("#temperature") == "0.7"
+            assert pg.input_value("#max_tokens") == "256"
+            assert not errors, errors
+        finally:
+            browser.close()
