@@ -511,3 +511,50 @@ def test_chat_cli_retrieve_tool_searches_the_index(capsys, monkeypatch) -> None:
     err = capsys.readouterr().err
     assert '[tool call] retrieve {"query": "capital of France"}' in err
     assert f"[tool result] {context_block([DOCS[1]])}" in err
+
+
+def test_a_personas_few_shot_turns_are_not_the_query(tmp_path, capsys, monkeypatch) -> None:
+    """chat --rag on a persona whose Modelfile holds a few-shot user turn: the first turn's query
+    is the user's question alone, the second's the two questions the user asked."""
+    import io
+
+    from tiny_models import random_model, tiny_tokenizer
+    from twofiles.artifact import save_model
+    from twofiles.cli import main
+
+    monkeypatch.setenv("TWOFILES_PERSONAS", str(tmp_path / "registry"))
+    tok = tiny_tokenizer()
+    base = save_model(tmp_path / "model.safetensors", random_model(tok, max_seq_len=512), tok)
+    modelfile = tmp_path / "Modelfile"
+    modelfile.write_text(f"FROM {base}\nMESSAGE user to be\nMESSAGE assistant or not\n")
+    assert main(["create", "fewshot", "-f", str(modelfile)]) == 0
+    index = TinyIndex(DOCS)
+    monkeypatch.setattr("twofiles.rag.open_index", lambda db: index, raising=False)
+    monkeypatch.setattr("sys.stdin", io.StringIO("Where is Paris?\nAnd the Nile?\n"))
+    capsys.readouterr()
+    argv = ["chat", "fewshot", "--rag", "x.db", "--rag-k", "1", "--max-tokens", "2", "--json"]
+    assert main(argv) == 0
+    summary = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert summary["messages"][0] == {"role": "user", "content": "to be"}  # the few-shot turn
+    queries = [t["query"] for t in summary["rag"]["turns"]]
+    assert queries == ["Where is Paris?", "Where is Paris?\nAnd the Nile?"]
+
+
+def test_serve_grounds_on_the_clients_turns_not_a_personas() -> None:
+    import asyncio
+    from types import SimpleNamespace
+
+    from twofiles.serve.core import RagService, ground_messages
+
+    index = TinyIndex(DOCS)
+    rag = RagService(lambda: index, k=1)
+    app: Any = SimpleNamespace(state=SimpleNamespace(rag=rag))
+    own = [Message("user", "Where is Paris?")]
+    with_persona = [Message("user", "to be"), Message("assistant", "or not"), *own]
+    try:
+        grounded, passages = asyncio.run(ground_messages(app, with_persona, None, "bm25", own=own))
+    finally:
+        rag.close()
+    assert index.queries == ["Where is Paris?"] and passages == index.search("Where is Paris?", 1)
+    assert grounded[1:3] == with_persona[:2]  # the persona's turns stay, ungrounded
+    assert grounded[-1].content.endswith("Question: Where is Paris?")
