@@ -63,7 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         description="The best chunks of DB for QUERY: rank, score, source:location, snippet.",
     )
     q.add_argument("db", metavar="DB", help="an index built by `twofiles rag index`")
-    q.add_argument("query", metavar="QUERY")
+    q.add_argument("query", metavar="QUERY", help="what to look for, in your own words")
     q.add_argument("--k", type=int, default=5, help="how many chunks (default 5)")
     q.add_argument(
         "--mode",
