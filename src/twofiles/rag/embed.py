@@ -19,9 +19,9 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -165,24 +165,35 @@ class MiniLM:
         return x
 
     def embed(self, texts: Sequence[str], *, batch_size: int = 32) -> np.ndarray:
-        torch = self._torch
-        ids = self._ids(texts)
-        out = np.zeros((len(ids), self.dim), dtype=np.float32)
-        # longest first, so each batch pads to lengths close to its own
-        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
-        with torch.inference_mode():
-            for s in range(0, len(order), batch_size):
-                rows = order[s : s + batch_size]
-                T = max(len(ids[i]) for i in rows)
-                batch = torch.zeros((len(rows), T), dtype=torch.long)
-                mask = torch.zeros((len(rows), T), dtype=torch.long)
-                for j, i in enumerate(rows):
-                    batch[j, : len(ids[i])] = torch.tensor(ids[i])
-                    mask[j, : len(ids[i])] = 1
-                batch, mask = batch.to(self.device), mask.to(self.device)
-                h = self.forward(batch, mask)
-                out[rows] = _pool(h, mask).cpu().numpy()
-        return out
+        return _embed_batches(self._ids(texts), self.dim, self.device, self.forward, batch_size)
+
+
+def _embed_batches(
+    ids: list[list[int]],
+    dim: int,
+    device: Any,
+    forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    batch_size: int,
+) -> np.ndarray:
+    """Unit vectors [len(ids), dim] from `forward(batch, mask)`'s hidden states, mean-pooled over
+    each text's own tokens. Longest first, so each batch pads to lengths close to its own; right
+    padding, which a causal model's real tokens never attend to either."""
+    import torch
+
+    out = np.zeros((len(ids), dim), dtype=np.float32)
+    order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+    with torch.inference_mode():
+        for s in range(0, len(order), batch_size):
+            rows = order[s : s + batch_size]
+            T = max(len(ids[i]) for i in rows)
+            batch = torch.zeros((len(rows), T), dtype=torch.long)
+            mask = torch.zeros((len(rows), T), dtype=torch.long)
+            for j, i in enumerate(rows):
+                batch[j, : len(ids[i])] = torch.tensor(ids[i])
+                mask[j, : len(ids[i])] = 1
+            batch, mask = batch.to(device), mask.to(device)
+            out[rows] = _pool(forward(batch, mask).float(), mask).cpu().numpy()
+    return out
 
 
 def _pool(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -216,25 +227,10 @@ class ModelEmbedder:
         return [len(ids) for ids in self.tokenizer.encode_batch(list(texts))]
 
     def embed(self, texts: Sequence[str], *, batch_size: int = 32) -> np.ndarray:
-        import torch
-
         ids = [i[: self.max_tokens] or [0] for i in self.tokenizer.encode_batch(list(texts))]
-        out = np.zeros((len(ids), self.dim), dtype=np.float32)
-        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
-        with torch.inference_mode():
-            for s in range(0, len(order), batch_size):
-                rows = order[s : s + batch_size]
-                T = max(len(ids[i]) for i in rows)
-                # right padding: a causal model's real tokens never attend to the pad after them
-                batch = torch.zeros((len(rows), T), dtype=torch.long)
-                mask = torch.zeros((len(rows), T), dtype=torch.long)
-                for j, i in enumerate(rows):
-                    batch[j, : len(ids[i])] = torch.tensor(ids[i])
-                    mask[j, : len(ids[i])] = 1
-                batch, mask = batch.to(self.device), mask.to(self.device)
-                h = self.model.hidden_states(batch).float()
-                out[rows] = _pool(h, mask).cpu().numpy()
-        return out
+        return _embed_batches(
+            ids, self.dim, self.device, lambda b, m: self.model.hidden_states(b), batch_size
+        )
 
 
 def load_embedder(name: str, *, device: str | None = None) -> Embedder:
