@@ -17,7 +17,9 @@ The three kinds pull the retrievers in different directions, which makes BM25 ag
 against hybrid a real comparison.
 
 Every answer is checked to appear verbatim (case-insensitively) in exactly one article and not
-in its question; questions failing the check are dropped. The output is deterministic:
+in its question; questions failing the check are dropped. The dev/test split is not written here:
+twofiles.rag.collection computes it at load time from each article's name, so regenerating keeps
+it. The output is deterministic:
 
     python scripts/build_rag_collection.py            # seed 2026, writes the files in place
 """

@@ -69,7 +69,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--mode",
         choices=["hybrid", "bm25", "dense"],
         default="hybrid",
-        help="hybrid (BM25 and dense fused by reciprocal rank, default), bm25 or dense",
+        help="hybrid (the top 50 of BM25 and of dense fused by reciprocal rank, k = 1; default), "
+        "bm25 or dense",
     )
     add_device_flag(q)
     add_json_flag(q)
