@@ -430,7 +430,7 @@ def test_chat_cli_grounds_each_turn_and_lists_the_cited_sources(capsys, monkeypa
     assert index.queries[-1] == turns[1]["query"]  # the follow-up carries its subject
     assert turns[0]["citations"] == [1]
     assert turns[0]["sources"] == [
-        {"n": 1, "id": 0, "source": "geo/rivers.md", "location": "lines 1-2"}
+        {"n": 1, "id": 0, "source": "geo/rivers.md", "location": "lines 1-2", "by": "model"}
     ]
     found = TinyIndex(DOCS).search(question, 2)
     assert turns[0]["passages"] == [passage_json(p, n) for n, p in enumerate(found, 1)]
@@ -552,9 +552,12 @@ def test_serve_grounds_on_the_clients_turns_not_a_personas() -> None:
     own = [Message("user", "Where is Paris?")]
     with_persona = [Message("user", "to be"), Message("assistant", "or not"), *own]
     try:
-        grounded, passages = asyncio.run(ground_messages(app, with_persona, None, "bm25", own=own))
+        grounded, passages, dropped = asyncio.run(
+            ground_messages(app, with_persona, None, "bm25", own=own)
+        )
     finally:
         rag.close()
     assert index.queries == ["Where is Paris?"] and passages == index.search("Where is Paris?", 1)
+    assert dropped == 0
     assert grounded[1:3] == with_persona[:2]  # the persona's turns stay, ungrounded
     assert grounded[-1].content.endswith("Question: Where is Paris?")
