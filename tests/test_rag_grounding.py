@@ -702,6 +702,16 @@ def test_chat_cli_marks_attributed_citations(capsys, monkeypatch) -> None:
     assert "[2] geo/cities.md, lines 1-1 (attributed: constrained)" in err
     turn, err = runs["model"]
     assert turn["citations"] == [] and "(no sources cited; 2 passages were given)" in err
+    # the flag's default and choices are grounding's
+    import argparse
+
+    from twofiles.cli.chat import add_arguments
+    from twofiles.rag.grounding import CITE_METHODS, DEFAULT_CITE
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    flag = next(a for a in parser._actions if a.dest == "rag_cite")
+    assert flag.default == DEFAULT_CITE and tuple(flag.choices) == CITE_METHODS
 
 
 def test_chat_cli_fits_a_grounded_prompt_into_a_small_context(capsys, monkeypatch) -> None:
@@ -730,7 +740,7 @@ def test_chat_cli_fits_a_grounded_prompt_into_a_small_context(capsys, monkeypatc
     assert [p["source"] for p in first["passages"]] == [index.search(question, 3)[0].source]
     assert "(context full: left out 2 of 3 passages (the lowest ranked))" in err
     assert (second["passages_dropped"], second["exchanges_dropped"]) == (2, 1)
-    assert "left out 2 of 3 passages (the lowest ranked) and the 1 oldest exchanges)" in err
+    assert "left out 2 of 3 passages (the lowest ranked) and the oldest exchange)" in err
     assert summary["messages"][0] == {"role": "user", "content": question}  # the second turn's
     assert len(summary["replies"]) == 2
 

@@ -97,8 +97,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--rag-cite",
-        choices=("overlap", "constrained", "model"),
-        default="overlap",
+        choices=("overlap", "constrained", "model"),  # grounding.CITE_METHODS (not imported:
+        default="overlap",  # --help stays fast); the default is grounding.DEFAULT_CITE
         help="with --rag, when a reply writes no [n] itself: cite the passage each sentence "
         "overlaps most (overlap, the default), let the model choose a number in 1..k after its "
         "reply (constrained), or cite only what the model wrote (model). Citations the model "
@@ -511,7 +511,10 @@ def _fit(messages: list, passages: list, fmt, context: int, max_tokens: int, err
         what = (
             [f"{dropped[0]} of {len(passages)} passages (the lowest ranked)"] if dropped[0] else []
         )
-        what += [f"the {dropped[1]} oldest exchanges"] if dropped[1] else []
+        if dropped[1]:
+            what.append(
+                "the oldest exchange" if dropped[1] == 1 else f"the {dropped[1]} oldest exchanges"
+            )
         print(f"(context full: left out {' and '.join(what)})", file=err, flush=True)
     return fitted.messages, fitted.passages, dropped
 
