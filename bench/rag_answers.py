@@ -9,14 +9,17 @@ inventions: no model knows them from training) the model answers twice, greedily
 A reply is right when it contains the reference answer (case-insensitive; the answers are names
 and short phrases found verbatim in exactly one article). Reported per question kind ("named":
 the question names the subject; "described": it describes it in other words) and overall:
-accuracy both ways, retrieval recall@k (the answer's article among the k passages), the share of
-grounded replies citing anything, and citation precision: of all [n] citations parsed from the
-grounded replies (grounding.parse_citations), the fraction whose passage contains the answer.
+accuracy both ways, retrieval recall@k (the answer's article among the k passages), and for each
+citation method of grounding.cite ("model": only the [n] the reply wrote; "overlap": each sentence
+attributed to the passage holding most of its content words; "constrained": the model picks a
+number in 1..k after " [" appended to its reply; the model's own [n] win in all three):
+citation precision (of all citations, the fraction whose passage contains the answer) and
+coverage (of the right answers, the fraction carrying at least one citation).
 
 All replies of one condition run through decoder.decode_batch. Per-question records go to
-OUT/rag_answers.jsonl; the summary to OUT/rag_answers.json.
+OUT/rag_answers{TAG}.jsonl; the summary to OUT/rag_answers{TAG}.json.
 
-    python bench/rag_answers.py --model smollm2 --questions 40 --k 5 --out bench/results
+    python bench/rag_answers.py --model smollm2 --questions 90 --k 1 --tag _k1 --out bench/results
 """
 
 from __future__ import annotations
@@ -76,6 +79,7 @@ def main() -> None:
         "--no-closed", action="store_true", help="grounded replies only (another k, same questions)"
     )
     ap.add_argument("--out", default="bench/results")
+    ap.add_argument("--tag", default="", help="suffix of the result files' names (e.g. _k1)")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -87,7 +91,7 @@ def main() -> None:
     from twofiles.formats.resolve import resolve_model
     from twofiles.quant import prepare_for_inference
     from twofiles.rag import build_index, open_index
-    from twofiles.rag.grounding import ground, parse_citations
+    from twofiles.rag.grounding import CITE_METHODS, choose_citation, cite, ground
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -141,11 +145,26 @@ def main() -> None:
         }
         print(f"{name}: {timing[name]}", file=sys.stderr, flush=True)
 
+    t2 = time.perf_counter()
     records = []
     for i, q in enumerate(questions):
         passages = found[i]
         grounded = replies["grounded"][i]
-        cites = parse_citations(grounded, len(passages))
+        prompt = conditions["grounded"][i]
+        by_method = {}
+        for method in CITE_METHODS:
+            cites = cite(
+                grounded,
+                passages,
+                method,
+                choose=lambda: choose_citation(
+                    loaded.model, loaded.tokenizer, prompt, grounded, len(passages)
+                ),
+            )
+            by_method[method] = {
+                "citations": [c.to_json() for c in cites],
+                "cited_right": [contains(passages[c.n - 1].text, q["answer"]) for c in cites],
+            }
         records.append(
             {
                 "question": q["question"],
@@ -159,16 +178,27 @@ def main() -> None:
                 "retrieved": [p.source for p in passages],
                 "recall": q["source"] in [p.source for p in passages],
                 "answer_in_passages": any(contains(p.text, q["answer"]) for p in passages),
-                "citations": cites,
-                "cited_right": [contains(passages[n - 1].text, q["answer"]) for n in cites],
+                "cite": by_method,
             }
         )
-    with open(out / "rag_answers.jsonl", "w", encoding="utf-8") as f:
+    timing["citing"] = {"seconds": round(time.perf_counter() - t2, 1)}
+    with open(out / f"rag_answers{args.tag}.jsonl", "w", encoding="utf-8") as f:
         for r in records:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
 
     def summarize(rs: list[dict]) -> dict:
-        cited = [c for r in rs for c in r["cited_right"]]
+        right = [r for r in rs if r["grounded_right"]]
+        methods = {}
+        for m in CITE_METHODS:
+            cited = [c for r in rs for c in r["cite"][m]["cited_right"]]
+            methods[m] = {
+                "replies_citing": sum(bool(r["cite"][m]["citations"]) for r in rs) / len(rs),
+                "citations": len(cited),
+                "citation_precision": sum(cited) / len(cited) if cited else None,
+                "coverage": sum(bool(r["cite"][m]["citations"]) for r in right) / len(right)
+                if right
+                else None,
+            }
         return {
             "questions": len(rs),
             "closed_accuracy": sum(r["closed_right"] for r in rs) / len(rs)
@@ -176,9 +206,7 @@ def main() -> None:
             else None,
             "grounded_accuracy": sum(r["grounded_right"] for r in rs) / len(rs),
             "recall_at_k": sum(r["recall"] for r in rs) / len(rs),
-            "replies_citing": sum(bool(r["citations"]) for r in rs) / len(rs),
-            "citations": len(cited),
-            "citation_precision": sum(cited) / len(cited) if cited else None,
+            "cite": methods,
         }
 
     groups = {"all": records}
@@ -198,23 +226,25 @@ def main() -> None:
         "timing": timing,
         "results": {name: summarize(rs) for name, rs in groups.items()},
     }
-    (out / "rag_answers.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / f"rag_answers{args.tag}.json").write_text(json.dumps(summary, indent=2) + "\n")
 
     print(
-        f"| questions | n | closed book | grounded (k={args.k}) | recall@k | replies citing | citations | citation precision |"
+        f"| questions | n | closed book | grounded (k={args.k}) | recall@k | citations by | "
+        "replies citing | citations | citation precision | coverage |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
 
-    def closed(s: dict) -> str:
-        return f"{100 * s['closed_accuracy']:.1f}%" if not args.no_closed else "not run"
+    def pct(x: float | None) -> str:
+        return "n/a" if x is None else f"{100 * x:.1f}%"
 
     for name, s in summary["results"].items():
-        prec = "n/a" if s["citation_precision"] is None else f"{100 * s['citation_precision']:.1f}%"
-        print(
-            f"| {name} | {s['questions']} | {closed(s)} | "
-            f"{100 * s['grounded_accuracy']:.1f}% | {100 * s['recall_at_k']:.1f}% | "
-            f"{100 * s['replies_citing']:.1f}% | {s['citations']} | {prec} |"
-        )
+        closed = pct(s["closed_accuracy"]) if not args.no_closed else "not run"
+        for m, c in s["cite"].items():
+            print(
+                f"| {name} | {s['questions']} | {closed} | {pct(s['grounded_accuracy'])} | "
+                f"{pct(s['recall_at_k'])} | {m} | {pct(c['replies_citing'])} | {c['citations']} | "
+                f"{pct(c['citation_precision'])} | {pct(c['coverage'])} |"
+            )
 
 
 if __name__ == "__main__":

@@ -430,7 +430,7 @@ def test_chat_cli_grounds_each_turn_and_lists_the_cited_sources(capsys, monkeypa
     assert index.queries[-1] == turns[1]["query"]  # the follow-up carries its subject
     assert turns[0]["citations"] == [1]
     assert turns[0]["sources"] == [
-        {"n": 1, "id": 0, "source": "geo/rivers.md", "location": "lines 1-2"}
+        {"n": 1, "id": 0, "source": "geo/rivers.md", "location": "lines 1-2", "by": "model"}
     ]
     found = TinyIndex(DOCS).search(question, 2)
     assert turns[0]["passages"] == [passage_json(p, n) for n, p in enumerate(found, 1)]
@@ -552,9 +552,279 @@ def test_serve_grounds_on_the_clients_turns_not_a_personas() -> None:
     own = [Message("user", "Where is Paris?")]
     with_persona = [Message("user", "to be"), Message("assistant", "or not"), *own]
     try:
-        grounded, passages = asyncio.run(ground_messages(app, with_persona, None, "bm25", own=own))
+        grounded, passages, dropped = asyncio.run(
+            ground_messages(app, with_persona, None, "bm25", own=own)
+        )
     finally:
         rag.close()
     assert index.queries == ["Where is Paris?"] and passages == index.search("Where is Paris?", 1)
+    assert dropped == 0
     assert grounded[1:3] == with_persona[:2]  # the persona's turns stay, ungrounded
     assert grounded[-1].content.endswith("Question: Where is Paris?")
+
+
+# ---------------------------------------------------------------------------------------------
+# citations a reply did not write itself, and grounded prompts that fit
+
+
+PLAIN = "The Nile is the longest river in Africa."  # a right answer without a [n]
+
+
+def _choosing_script(tok: Tokenizer, reply: str, favoured: str) -> list[int]:
+    """The reply, its end of turn, then (after " [" is appended to the reply) `favoured`."""
+    opener = tok.encode(" [")
+    return [
+        *tok.encode(reply),
+        tok.special_ids["<|assistant_end|>"],
+        *[tok.encode(" ")[0]] * (len(opener) - 1),
+        tok.encode(favoured)[0],
+    ]
+
+
+def test_overlap_attribution_cites_the_supporting_passage_and_nothing_weak() -> None:
+    from twofiles.rag.grounding import OVERLAP_THRESHOLD, attribute_overlap
+
+    cites = attribute_overlap(f"{PLAIN} Rivers are wonderful things indeed.", DOCS)
+    assert [(c.n, c.by, c.sentence) for c in cites] == [(1, "overlap", PLAIN)]
+    assert cites[0].score is not None and cites[0].score >= OVERLAP_THRESHOLD
+    # the capital's sentence goes to its own passage, numbers and names weigh most
+    cites = attribute_overlap("Kenya has a mountain. Paris is the capital of France.", DOCS)
+    assert [c.n for c in cites] == [3, 2]
+    assert attribute_overlap("I do not know.", DOCS) == []
+    assert attribute_overlap(PLAIN, DOCS, threshold=1.01) == []  # nothing reaches it
+    assert attribute_overlap(PLAIN, []) == []
+
+
+def test_the_models_own_citations_win_and_model_turns_attribution_off() -> None:
+    from twofiles.rag.grounding import Citation, cite
+
+    never = lambda: pytest.fail("the model cited: nothing to choose")  # noqa: E731
+    assert cite("The Nile [2].", DOCS, "overlap") == [Citation(2, "model")]
+    assert cite("The Nile [2].", DOCS, "constrained", choose=never) == [Citation(2, "model")]
+    assert cite(PLAIN, DOCS, "model") == []
+    assert [(c.n, c.by) for c in cite(PLAIN, DOCS, "overlap")] == [(1, "overlap")]
+    assert cite(PLAIN, DOCS, "constrained", choose=lambda: Citation(3, "constrained")) == [
+        Citation(3, "constrained")
+    ]
+    assert cite(PLAIN, DOCS[:2], "constrained", choose=lambda: Citation(3, "constrained")) == []
+    with pytest.raises(ValueError, match="citation method"):
+        cite(PLAIN, DOCS, "guess")
+
+
+def test_constrained_choice_picks_the_favoured_passage_only_among_1_to_k() -> None:
+    from tiny_models import ScriptedModel, tiny_tokenizer
+    from twofiles.prefix_cache import PrefixCache
+    from twofiles.rag.grounding import choose_citation
+
+    tok = tiny_tokenizer()
+    prompt = ChatFormat.builtin_for(tok).prompt_ids(ground([Message("user", "Nile?")], DOCS))
+    for favoured, k, expected in (("2", 3, 2), ("3", 3, 3), ("3", 2, 1), ("7", 3, 1)):
+        script = _choosing_script(tok, PLAIN, favoured)
+        model = ScriptedModel(tok, script, len(prompt), filler=tok.encode(" ")[0], max_seq_len=512)
+        cache = PrefixCache(1 << 24)
+        chosen = choose_citation(model, tok, prompt, PLAIN, k, prefix_cache=cache)
+        assert chosen is not None and (chosen.n, chosen.by) == (expected, "constrained"), favoured
+        # favoured within 1..k: all but certain; outside: no number is favoured over another
+        assert chosen.score is not None and (chosen.score > 0.99) == (int(favoured) <= k)
+    again = choose_citation(model, tok, prompt, PLAIN, 3, prefix_cache=cache)
+    assert again == chosen and cache.hit_tokens > 0  # the second forward starts from the cache
+    assert choose_citation(model, tok, prompt, "  ", 3) is None
+
+
+def test_fit_grounded_drops_passages_by_rank_then_old_exchanges() -> None:
+    from twofiles.rag.grounding import fit_grounded
+
+    chat = [
+        Message("system", "be brief"),
+        Message("user", "old question " * 20),
+        Message("assistant", "old answer " * 20),
+        Message("user", "Which river is the longest?"),
+    ]
+    size = lambda ms: sum(len(m.content) for m in ms)  # noqa: E731
+    full = size(ground(chat, DOCS))
+    assert fit_grounded(chat, DOCS, lambda ms: True).passages_dropped == 0
+    one = fit_grounded(chat, DOCS, lambda ms: size(ms) < full - 10)
+    assert one.passages == DOCS[:2] and (one.passages_dropped, one.exchanges_dropped) == (1, 0)
+    assert one.messages == chat and one.prompt == ground(chat, DOCS[:2])
+    least = size(ground(chat, DOCS[:1]))
+    two = fit_grounded(chat, DOCS, lambda ms: size(ms) < least)
+    assert two.passages == DOCS[:1] and (two.passages_dropped, two.exchanges_dropped) == (2, 1)
+    assert two.messages == [chat[0], chat[3]] and two.fits
+    none = fit_grounded(chat, DOCS, lambda ms: False)
+    assert not none.fits and none.passages == [] and none.exchanges_dropped == 1
+    kept = fit_grounded(chat, DOCS, lambda ms: False, drop_exchanges=False)
+    assert kept.messages == chat and kept.passages_dropped == 3
+
+
+def _chat(monkeypatch, capsys, model, tok, index, lines: str, *flags: str) -> tuple[dict, str]:
+    import io
+
+    from tiny_models import loaded
+    from twofiles.cli import main
+
+    monkeypatch.setattr(
+        "twofiles.formats.resolve.resolve_model", lambda spec, device=None: loaded(model, tok)
+    )
+    monkeypatch.setattr("twofiles.rag.open_index", lambda db: index, raising=False)
+    monkeypatch.setattr("sys.stdin", io.StringIO(lines))
+    argv = ["chat", "tiny", "--rag", "docs.db", "--temperature", "0", "--max-tokens", "40"]
+    rc = main([*argv, *flags, "--json"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    return json.loads(out.splitlines()[-1]), err
+
+
+def test_chat_cli_marks_attributed_citations(capsys, monkeypatch) -> None:
+    from tiny_models import ScriptedModel, tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    index = TinyIndex(DOCS)
+    question = QUESTION[0]["content"]
+    prompt = ChatFormat.builtin_for(tok).prompt_ids(
+        ground([Message("user", question)], index.search(question, 2))
+    )
+    script = _choosing_script(tok, PLAIN, "2")
+    model = ScriptedModel(tok, script, len(prompt), filler=tok.encode(" ")[0], max_seq_len=512)
+    runs = {}
+    for method in ("overlap", "constrained", "model"):
+        summary, err = _chat(
+            monkeypatch, capsys, model, tok, index, question + "\n", "--rag-k", "2",
+            "--rag-cite", method,
+        )  # fmt: skip
+        assert summary["replies"] == [PLAIN] and summary["rag"]["cite"] == method
+        runs[method] = (summary["rag"]["turns"][0], err)
+    turn, err = runs["overlap"]
+    assert turn["citations"] == [1] and turn["citation_details"][0]["by"] == "overlap"
+    assert turn["sources"][0]["by"] == "overlap" and turn["passages_dropped"] == 0
+    assert "[1] geo/rivers.md, lines 1-2 (attributed: overlap)" in err
+    turn, err = runs["constrained"]
+    assert turn["citation_details"] == [{"n": 2, "by": "constrained", "score": 1.0}]
+    assert "[2] geo/cities.md, lines 1-1 (attributed: constrained)" in err
+    turn, err = runs["model"]
+    assert turn["citations"] == [] and "(no sources cited; 2 passages were given)" in err
+    # the flag's default and choices are grounding's
+    import argparse
+
+    from twofiles.cli.chat import add_arguments
+    from twofiles.rag.grounding import CITE_METHODS, DEFAULT_CITE
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    flag = next(a for a in parser._actions if a.dest == "rag_cite")
+    assert flag.default == DEFAULT_CITE and tuple(flag.choices) == CITE_METHODS
+
+
+def test_chat_cli_fits_a_grounded_prompt_into_a_small_context(capsys, monkeypatch) -> None:
+    """A model with a 560-token context (the tiny tokenizer spends a token on nearly every
+    character): of three passages only the best fits with room for a reply, the lower-ranked go
+    first; on the next turn the first exchange goes too."""
+    from tiny_models import random_model, tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    fmt = ChatFormat.builtin_for(tok)
+    long_docs = [replace(d, text=d.text + " " + "more words here " * 8) for d in DOCS]
+    index = TinyIndex(long_docs)
+    model = random_model(tok, max_seq_len=560)
+    question = "Is the Nile in Africa, Paris in France and Mount Kenya in Kenya?"
+    sizes = [
+        len(fmt.prompt_ids(ground([Message("user", question)], index.search(question, k))))
+        for k in (1, 2, 3)
+    ]
+    assert sizes[0] + 8 <= 560 < sizes[1] + 8  # only the best passage fits
+    summary, err = _chat(
+        monkeypatch, capsys, model, tok, index, f"{question}\n{question}\n", "--rag-k", "3",
+        "--max-tokens", "8",
+    )  # fmt: skip
+    first, second = summary["rag"]["turns"]
+    assert (first["passages_dropped"], first["exchanges_dropped"]) == (2, 0)
+    assert [p["source"] for p in first["passages"]] == [index.search(question, 3)[0].source]
+    assert "(context full: left out 2 of 3 passages (the lowest ranked))" in err
+    assert (second["passages_dropped"], second["exchanges_dropped"]) == (2, 1)
+    assert "left out 2 of 3 passages (the lowest ranked) and the oldest exchange)" in err
+    assert summary["messages"][0] == {"role": "user", "content": question}  # the second turn's
+    assert len(summary["replies"]) == 2
+
+
+def test_serve_says_how_each_citation_was_made_and_what_was_dropped() -> None:
+    from tiny_models import ScriptedModel, loaded, tiny_tokenizer
+    from twofiles.serve.app import create_app
+    from twofiles.serve.core import RagService
+    from twofiles.serve.settings import ServeSettings
+
+    tok = tiny_tokenizer()
+    fmt = ChatFormat.builtin_for(tok)
+    index = TinyIndex(DOCS)
+    question = QUESTION[0]["content"]
+    prompt = fmt.prompt_ids(ground([Message("user", question)], index.search(question, 2)))
+    script = _choosing_script(tok, PLAIN, "2")
+    model = ScriptedModel(tok, script, len(prompt), filler=tok.encode(" ")[0], max_seq_len=512)
+    small = ScriptedModel(tok, script, len(prompt), filler=tok.encode(" ")[0], max_seq_len=440)
+    app = create_app(
+        {"tiny": loaded(model, tok), "small": loaded(small, tok)},
+        ServeSettings(),
+        rag=RagService(lambda: TinyIndex(DOCS), k=2),
+    )
+    body = {"model": "tiny", "messages": QUESTION, "temperature": 0, "max_tokens": 40}
+    with _Live(app) as live:
+        for method, details in (
+            ("overlap", [{"n": 1, "by": "overlap"}]),
+            ("constrained", [{"n": 2, "by": "constrained"}]),
+            ("model", []),
+        ):
+            rag = {"k": 2, "cite": method}
+            status, out = live.request("/v1/chat/completions", {**body, "rag": rag})
+            assert status == 200, out
+            message = out["choices"][0]["message"]
+            assert message["content"] == PLAIN and out["passages_dropped"] == 0
+            got = [{k: d[k] for k in ("n", "by")} for d in message["citation_details"]]
+            assert got == details and message["citations"] == [d["n"] for d in details]
+            status, chunks = live.request(
+                "/v1/chat/completions", {**body, "rag": rag, "stream": True}
+            )
+            assert status == 200 and chunks[0]["passages_dropped"] == 0
+            last = chunks[-1]["choices"][0]
+            assert last["finish_reason"] == "stop"
+            assert last["citation_details"] == message["citation_details"]
+        # the default is grounding.DEFAULT_CITE; a model-written [n] is tested above (rag_server)
+        status, out = live.request("/v1/chat/completions", {**body, "rag": {"k": 2}})
+        assert out["choices"][0]["message"]["citation_details"][0]["by"] == "overlap"
+        status, out = live.request("/v1/chat/completions", {**body, "rag": {"cite": "guess"}})
+        assert status == 400 and out["error"]["message"].startswith("rag.cite")
+        # a 440-token context holds one passage (3: 490 tokens, 2: 445): the lower-ranked are
+        # left out, instead of a 400
+        status, out = live.request(
+            "/v1/chat/completions", {**body, "model": "small", "max_tokens": 4, "rag": {"k": 3}}
+        )
+        assert status == 200, out
+        assert out["passages_dropped"] == 2
+        assert [s["source"] for s in out["sources"]] == [index.search(question, 3)[0].source]
+
+
+@pytest.mark.slow
+def test_smollm2_spells_passage_numbers_as_single_digits_and_chooses_among_them() -> None:
+    """SmolLM2's tokenizer splits " [12]" into " [", "1", "2", "]": the constrained choice offers
+    the one-token numbers 1..9 after " [" (ids checked), and picks one of the passages given, the
+    same with the prefix cache as without. (Which one is not asserted: the 135M model leans to [1],
+    here 0.76 for a sentence of passage 2; docs/LOG.md.)"""
+    from twofiles.formats import alias_path
+    from twofiles.formats.resolve import resolve_model
+    from twofiles.prefix_cache import PrefixCache
+    from twofiles.rag.grounding import _digit_ids, choose_citation
+
+    if not alias_path("smollm2").is_file():
+        pytest.skip("run `twofiles pull smollm2` first")
+    loaded = resolve_model("smollm2")
+    tok = loaded.tokenizer
+    assert tok.encode(" [12]") == [933, 33, 34, 77] and tok.encode(" [") == [933]
+    assert _digit_ids(tok, [933], 12) == {n: 32 + n for n in range(1, 10)}
+    fmt = ChatFormat.for_model(loaded)
+    question = "Where is Paris?"
+    prompt = fmt.prompt_ids(ground([Message("user", question)], DOCS))
+    reply = "Paris is the capital of France."
+    cache = PrefixCache(64 << 20)
+    cold = choose_citation(loaded.model, tok, prompt, reply, 3)
+    assert cold is not None and 1 <= cold.n <= 3 and cold.by == "constrained", cold
+    warm = choose_citation(loaded.model, tok, prompt, reply, 3, prefix_cache=cache)
+    again = choose_citation(loaded.model, tok, prompt, reply, 3, prefix_cache=cache)
+    assert warm is not None and again is not None and cold.n == warm.n == again.n
+    assert cache.hit_tokens > 0

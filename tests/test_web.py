@@ -823,6 +823,52 @@ def test_grounded_reply_links_citations_to_their_passages(page, rag_live, tmp_pa
     assert page.locator(".msg.assistant").nth(1).locator(".sources").count() == 0
 
 
+@pytest.fixture(scope="module")
+def rag_plain_live(tmp_path_factory: pytest.TempPathFactory):
+    """As rag_live, but the model answers without any [n]: the server attributes the citation."""
+    from test_rag_grounding import DOCS, PLAIN, QUESTION, TinyIndex
+    from tiny_models import ScriptedModel, loaded, tiny_tokenizer
+    from twofiles.chat import ChatFormat, Message
+    from twofiles.rag.grounding import ground
+    from twofiles.serve.core import RagService
+
+    tok = tiny_tokenizer()
+    question = QUESTION[0]["content"]
+    passages = TinyIndex(DOCS).search(question, 2)
+    prompt = ChatFormat.builtin_for(tok).prompt_ids(ground([Message("user", question)], passages))
+    script = [*tok.encode(PLAIN), tok.special_ids["<|assistant_end|>"]]
+    model = ScriptedModel(tok, script, len(prompt), filler=tok.encode(" ")[0], max_seq_len=512)
+    app = _build_app({"tiny-rag": loaded(model, tok)}, rag=RagService(lambda: TinyIndex(DOCS), k=2))
+    root = tmp_path_factory.mktemp("web-rag-plain")
+    app.state.web.feedback_db = root / "feedback.sqlite"
+    app.state.web.arena_db = root / "arena.sqlite"
+    with _Server(app) as server:
+        server.question, server.answer = question, PLAIN
+        yield server
+
+
+@pytest.mark.slow
+def test_an_attributed_citation_is_marked_as_such(page, rag_plain_live):
+    page.goto(rag_plain_live.url + "/")
+    page.locator("#rag_box").wait_for(state="visible")
+    page.wait_for_function("document.querySelectorAll('#model option').length === 1")
+    page.fill("#temperature", "0")
+    page.fill("#max_tokens", "60")
+    page.fill("#input", rag_plain_live.question)
+    page.click("#send")
+    reply = page.locator(".msg.assistant").last
+    reply.locator(".actions").wait_for()
+    assert _reply_text(reply) == rag_plain_live.answer
+    assert reply.locator(".text a.cite").count() == 0  # nothing in the reply's own words
+    link = reply.locator(".sources a.cite")
+    assert link.count() == 1 and link.get_attribute("data-by") == "overlap"
+    assert "attributed" in (link.get_attribute("class") or "")
+    assert link.get_attribute("title").startswith("attributed: the model wrote no [n]")
+    assert reply.locator(".sources li").all_inner_texts() == [
+        "[1] geo/rivers.md, lines 1-2 (attributed: overlap)"
+    ]
+
+
 @pytest.mark.slow
 def test_rag_box_stays_hidden_without_an_index(page, live):
     page.goto(live.url + "/")

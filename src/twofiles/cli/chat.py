@@ -8,7 +8,10 @@ Tool calls and their results are shown on stderr. --json prints a summary as the
 
 With --rag DB each user turn retrieves --rag-k passages from a document index (twofiles rag index)
 for the turn's message and the user message before it, puts them in the prompt as numbered,
-delimited data (twofiles.rag.grounding), and lists the sources the reply cited on stderr;
+delimited data (twofiles.rag.grounding), and lists the sources the reply cited on stderr. A
+citation the reply did not write as [n] is attributed (--rag-cite: by overlap with a passage, or
+by the model's constrained choice of a number) and says so. When the grounded prompt does not fit
+the context, the lowest-ranked passages go first, then the oldest exchanges (a note on stderr).
 --tools retrieve also lets the model search the index itself.
 """
 
@@ -91,6 +94,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         choices=("hybrid", "bm25", "dense"),
         default="hybrid",
         help="how --rag ranks passages (default hybrid)",
+    )
+    p.add_argument(
+        "--rag-cite",
+        choices=("overlap", "constrained", "model"),  # grounding.CITE_METHODS (not imported:
+        default="overlap",  # --help stays fast); the default is grounding.DEFAULT_CITE
+        help="with --rag, when a reply writes no [n] itself: cite the passage each sentence "
+        "overlaps most (overlap, the default), let the model choose a number in 1..k after its "
+        "reply (constrained), or cite only what the model wrote (model). Citations the model "
+        "wrote always win; each says how it was made",
     )
     p.add_argument(
         "--prefix-cache-mb",
@@ -346,6 +358,11 @@ def run(args: argparse.Namespace) -> int:
         query, passages = (
             _retrieve(index, messages, base, args) if index is not None else ("", None)
         )
+        dropped = (0, 0)
+        if passages is not None:  # cut to fit before generating: passages first, then old turns
+            messages, passages, dropped = _fit(
+                messages, passages, fmt, loaded.model.config.max_seq_len, params.max_tokens, err
+            )
         # each turn its own die, reproducibly
         turn_params = replace(params, seed=None if seed is None else seed + 1000 * turn)
         turn += 1
@@ -411,7 +428,14 @@ def run(args: argparse.Namespace) -> int:
         messages.extend(added)
         replies.append("".join(pieces))
         if passages is not None:
-            rag_turns.append(_cite(query, passages, replies[-1], err))
+            choose = None
+            if args.rag_cite == "constrained":
+                choose = _chooser(
+                    loaded, fmt, messages[: -len(added) or None], passages, prefix_cache
+                )
+            record = _cite(query, passages, replies[-1], err, args.rag_cite, choose)
+            record["passages_dropped"], record["exchanges_dropped"] = dropped
+            rag_turns.append(record)
 
     tps = stats.tokens / gen_seconds if gen_seconds > 0 else 0.0
     print(
@@ -436,7 +460,14 @@ def run(args: argparse.Namespace) -> int:
                 "seed": seed,
                 **({"best_of_n": picks} if scorer is not None else {}),
                 **(
-                    {"rag": {"db": args.rag, "k": args.rag_k, "turns": rag_turns}}
+                    {
+                        "rag": {
+                            "db": args.rag,
+                            "k": args.rag_k,
+                            "cite": args.rag_cite,
+                            "turns": rag_turns,
+                        }
+                    }
                     if index is not None
                     else {}
                 ),
@@ -467,24 +498,72 @@ def _grounded(messages: list, passages: list | None) -> list:
     return ground(messages, passages)
 
 
-def _cite(query: str, passages: list, reply: str, err) -> dict:
-    """After a grounded reply: the sources it cited on `err`; the turn's record for --json."""
-    from twofiles.rag.grounding import (
-        cited_sources,
-        format_sources,
-        parse_citations,
-        passage_json,
-    )
+def _fit(messages: list, passages: list, fmt, context: int, max_tokens: int, err) -> tuple:
+    """The conversation and passages whose grounded prompt leaves room for a reply (its
+    max_tokens, at most a quarter of the context: a long --max-tokens must not empty the prompt),
+    what was dropped, and a note on `err` when anything was."""
+    from twofiles.rag.grounding import fit_grounded
 
-    citations = parse_citations(reply, len(passages))
-    sources = cited_sources(passages, citations)
+    room = max(1, min(max_tokens, context // 4))
+    fitted = fit_grounded(messages, passages, lambda m: len(fmt.prompt_ids(m)) + room <= context)
+    dropped = (fitted.passages_dropped, fitted.exchanges_dropped)
+    if any(dropped):
+        what = (
+            [f"{dropped[0]} of {len(passages)} passages (the lowest ranked)"] if dropped[0] else []
+        )
+        if dropped[1]:
+            what.append(
+                "the oldest exchange" if dropped[1] == 1 else f"the {dropped[1]} oldest exchanges"
+            )
+        print(f"(context full: left out {' and '.join(what)})", file=err, flush=True)
+    return fitted.messages, fitted.passages, dropped
+
+
+def _chooser(loaded, fmt, messages: list, passages: list, prefix_cache):
+    """--rag-cite constrained: the closure that asks the model for a passage number after its
+    reply, over the grounded prompt of this turn (cached when the reply was generated)."""
+    from twofiles.rag.grounding import choose_citation, ground
+
+    prompt_ids = fmt.prompt_ids(ground(messages, passages))
+
+    def choose(reply: str):
+        return choose_citation(
+            loaded.model,
+            loaded.tokenizer,
+            prompt_ids,
+            reply,
+            len(passages),
+            prefix_cache=prefix_cache,
+        )
+
+    return choose
+
+
+def _cite(
+    query: str, passages: list, reply: str, err, method: str = "overlap", choose=None
+) -> dict:
+    """After a grounded reply: the sources it cited on `err` (an attributed citation says how it
+    was made); the turn's record for --json."""
+    from twofiles.rag.grounding import cite, cited_sources, passage_json
+
+    cites = cite(reply, passages, method, choose=(lambda: choose(reply)) if choose else None)
+    sources = cited_sources(passages, [c.n for c in cites])
+    for s, c in zip(sources, cites):
+        s["by"] = c.by
     if sources:
-        print(f"sources:\n{format_sources(sources)}", file=err, flush=True)
+        lines = [
+            f"[{s['n']}] {s['source']}"
+            + (f", {s['location']}" if s["location"] else "")
+            + ("" if s["by"] == "model" else f" (attributed: {s['by']})")
+            for s in sources
+        ]
+        print("sources:\n" + "\n".join(lines), file=err, flush=True)
     else:
         print(f"(no sources cited; {len(passages)} passages were given)", file=err, flush=True)
     return {
         "query": query,
         "passages": [passage_json(p, n) for n, p in enumerate(passages, 1)],
-        "citations": citations,
+        "citations": [c.n for c in cites],
+        "citation_details": [c.to_json() for c in cites],
         "sources": sources,
     }

@@ -4,7 +4,10 @@ What it owns: the retrieval query for a conversation (`rag_query`), the context 
 passages numbered [1]..[k] with their sources, between <documents> delimiters, marked as data),
 the prompt assembly (`ground`: an instruction in the system message, the block in the last user
 turn), citation parsing (`parse_citations`), the cited sources (`cited_sources`,
-`format_sources`) and a passage as JSON (`passage_json`). `twofiles chat --rag`, `twofiles serve
+`format_sources`) and a passage as JSON (`passage_json`); citations a reply did not write itself
+(`attribute_overlap`: each sentence to the passage that best supports it; `choose_citation`: the
+model picks a passage number after its reply, restricted to 1..k; `cite` combines them, the
+model's own [n] always first) and a grounded prompt cut to fit the context (`fit_grounded`). `twofiles chat --rag`, `twofiles serve
 --rag` and bench/rag_answers.py all assemble prompts here, so what is measured is what users get.
 What it leaves to others: retrieval (twofiles.rag: open_index, RagIndex.search), rendering and
 generation (twofiles.chat).
@@ -19,13 +22,18 @@ special id, so only the template writes turn boundaries (tests/test_rag_groundin
 
 from __future__ import annotations
 
+import math
 import re
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from twofiles.chat import Message
+from twofiles.chat import Message, drop_oldest_exchange
 
 if TYPE_CHECKING:
+    from twofiles.engine import TokenizerLike
+    from twofiles.model import Transformer
+    from twofiles.prefix_cache import PrefixCache
     from twofiles.rag import Passage
     from twofiles.tools.retrieve import Retrieve
 
@@ -147,6 +155,229 @@ def format_sources(sources: Sequence[dict[str, Any]]) -> str:
     )
 
 
+# --- citations a reply did not write itself ------------------------------------------------------
+
+CiteMethod = Literal["overlap", "constrained", "model"]
+CITE_METHODS: tuple[str, ...] = ("overlap", "constrained", "model")
+DEFAULT_CITE: CiteMethod = "overlap"  # BENCHMARKS.md "RAG": the better precision and coverage
+
+# A sentence is attributed to a passage when the passage holds at least this share of the
+# sentence's content weight (numbers 3, capitalised names 2, other content words 1), and the
+# sentence has at least OVERLAP_MIN_WEIGHT of it ("Yes." or "I do not know." cite nothing).
+OVERLAP_THRESHOLD = 0.6
+OVERLAP_MIN_WEIGHT = 2.0
+
+_WORD = re.compile(r"\d+(?:[.,]\d+)*|[^\W\d_]+(?:['’-][^\W\d_]+)*")
+_SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
+_STOPWORDS = frozenset(
+    """a about above after again against all also am an and any are as at be because been before
+    being below between both but by can could did do does doing down during each few for from
+    further had has have having he her here hers him his how i if in into is it its itself just
+    me more most my no nor not now of off on once only or other our out over own same she should
+    so some such than that the their them then there these they this those through to too under
+    until up very was we were what when where which while who whom why will with would you your
+    document documents answer question know according passage text""".split()  # noqa: SIM905
+)
+
+
+@dataclass(frozen=True)
+class Citation:
+    """One cited passage: its number in the prompt (1..k) and how the citation was made: "model"
+    (the reply wrote [n]), "constrained" (the model chose n after its reply, among 1..k only) or
+    "overlap" (the passage holds most of a reply sentence's content words)."""
+
+    n: int
+    by: str
+    score: float | None = (
+        None  # overlap: the supported share; constrained: the choice's probability
+    )
+    sentence: str | None = None  # overlap: the reply's sentence the passage supports
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"n": self.n, "by": self.by}
+        if self.score is not None:
+            out["score"] = round(self.score, 4)
+        if self.sentence is not None:
+            out["sentence"] = self.sentence
+        return out
+
+
+def _weights(text: str) -> dict[str, float]:
+    """The content words of `text`, lower-cased, each with its weight: numbers name the fact
+    (3), capitalised words are names (2), other words of three letters or more count 1."""
+    out: dict[str, float] = {}
+    for w in _WORD.findall(text):
+        key = w.lower().replace(",", "")
+        if key in _STOPWORDS:
+            continue
+        if w[0].isdigit():
+            weight = 3.0
+        elif w[0].isupper():
+            weight = 2.0
+        elif len(w) >= 3:
+            weight = 1.0
+        else:
+            continue
+        out[key] = max(out.get(key, 0.0), weight)
+    return out
+
+
+def attribute_overlap(
+    reply: str,
+    passages: Sequence[Passage],
+    *,
+    threshold: float = OVERLAP_THRESHOLD,
+    min_weight: float = OVERLAP_MIN_WEIGHT,
+) -> list[Citation]:
+    """Each sentence of `reply` attributed to the passage holding the largest share of its
+    content weight (ties: the higher-ranked passage), when that share reaches `threshold`;
+    one Citation per passage (its best-supported sentence), in order of first attribution."""
+    vocab = [{k.replace(",", "") for k in _weights(p.text)} for p in passages]
+    best: dict[int, Citation] = {}
+    for sentence in (s.strip() for s in _SENTENCE.split(reply)):
+        words = _weights(sentence)
+        total = sum(words.values())
+        if total < min_weight:
+            continue
+        shares = [sum(w for k, w in words.items() if k in v) / total for v in vocab]
+        if not shares:
+            break
+        top = max(range(len(shares)), key=lambda i: (shares[i], -i))
+        if shares[top] >= threshold:
+            n = top + 1
+            if n not in best or shares[top] > (best[n].score or 0.0):
+                best[n] = Citation(n, "overlap", shares[top], sentence)
+    return list(best.values())
+
+
+def _digit_ids(tokenizer: TokenizerLike, opener: list[int], n_passages: int) -> dict[int, int]:
+    """Passage number -> the one token that spells it after `opener` (" ["). Byte-level BPE
+    vocabularies such as SmolLM2's split numbers into single digits (" [12]" is " [", "1", "2",
+    "]"), so only 1..9 are one token: a choice among more would need a forward per digit, and the
+    passages past the ninth are the lowest ranked."""
+    out: dict[int, int] = {}
+    for n in range(1, min(n_passages, 9) + 1):
+        ids = tokenizer.encode(f" [{n}]")
+        if ids[: len(opener)] == opener and len(ids) > len(opener):
+            digit = ids[len(opener)]
+            if tokenizer.decode([digit]) == str(n):
+                out[n] = digit
+    return out
+
+
+def choose_citation(
+    model: Transformer,
+    tokenizer: TokenizerLike,
+    prompt_ids: Sequence[int],
+    reply: str,
+    n_passages: int,
+    *,
+    prefix_cache: PrefixCache | None = None,
+) -> Citation | None:
+    """The passage the model itself would cite for `reply`: " [" is appended after the reply and
+    the model's next token is read, restricted to the numbers 1..n_passages (the argmax of its
+    logits over exactly those tokens). One forward over the tokens past the prefix cache's match
+    (the prompt was cached when the reply was generated). None when the reply is empty, the
+    tokenizer spells no number as one token or the context is full."""
+    from twofiles.engine import PromptTooLongError, SamplingParams, generate_steps
+
+    if not reply.strip() or n_passages < 1:
+        return None
+    opener = tokenizer.encode(" [")
+    digits = _digit_ids(tokenizer, opener, n_passages)
+    if not digits:
+        return None
+    ids = [*prompt_ids, *tokenizer.encode(reply.rstrip()), *opener]
+    vocab = model.config.vocab_size
+    # temperature 1 and no filter: the die is the softmax of the logits, and every id is in `top`
+    params = SamplingParams(temperature=1.0, max_tokens=1, seed=0)
+    try:
+        step = next(generate_steps(model, ids, params, top=vocab, prefix_cache=prefix_cache))
+    except PromptTooLongError:
+        return None
+    probs = dict(step.top)
+    n = max(digits, key=lambda m: (probs.get(digits[m], 0.0), -m))
+    mass = sum(probs.get(t, 0.0) for t in digits.values())
+    share = probs.get(digits[n], 0.0) / mass if mass > 0 and math.isfinite(mass) else None
+    return Citation(n, "constrained", share)
+
+
+def cite(
+    reply: str,
+    passages: Sequence[Passage],
+    method: str = DEFAULT_CITE,
+    *,
+    choose: Callable[[], Citation | None] | None = None,
+) -> list[Citation]:
+    """The citations of a grounded reply: the [n] it wrote itself when there are any (they always
+    win); otherwise, by `method`, "overlap" (attribute_overlap), "constrained" (`choose`, a
+    closure over choose_citation: it needs the model) or "model" (nothing: only what the model
+    wrote)."""
+    if method not in CITE_METHODS:
+        raise ValueError(f"citation method {method!r}: one of {', '.join(CITE_METHODS)}")
+    own = parse_citations(reply, len(passages))
+    if own:
+        return [Citation(n, "model") for n in own]
+    if not passages or method == "model":
+        return []
+    if method == "overlap":
+        return attribute_overlap(reply, passages)
+    chosen = choose() if choose is not None else None
+    return [chosen] if chosen is not None and 1 <= chosen.n <= len(passages) else []
+
+
+# --- a grounded prompt that fits ----------------------------------------------------------------
+
+
+@dataclass
+class Fitted:
+    """A grounded prompt cut to fit: the conversation (oldest exchanges dropped when needed), the
+    prompt's messages, the passages kept (the highest ranked) and what was dropped."""
+
+    messages: list[Message]
+    prompt: list[Message]
+    passages: list[Passage]
+    passages_dropped: int = 0
+    exchanges_dropped: int = 0
+    fits: bool = True  # False: even the smallest prompt is too long
+
+
+def fit_grounded(
+    messages: Sequence[Message],
+    passages: Sequence[Passage],
+    fits: Callable[[list[Message]], bool],
+    *,
+    drop_exchanges: bool = True,
+    instructions: str = RAG_INSTRUCTIONS,
+) -> Fitted:
+    """The grounded prompt (`ground`) for `messages` that `fits` (a check of the rendered
+    prompt's length with room for the reply). While it does not: the lowest-ranked passage goes
+    first, down to one; then the oldest exchange (chat.drop_oldest_exchange, when
+    `drop_exchanges`); then the last passage. A reply grounded in its best passage is worth more
+    than an old exchange, and an old exchange more than nothing. When nothing more can go the
+    smallest prompt is returned with `fits` False (the caller's own too-long error applies)."""
+    msgs, kept = list(messages), list(passages)
+    dropped_p = dropped_x = 0
+    while True:
+        prompt = ground(msgs, kept, instructions=instructions)
+        if fits(prompt):
+            return Fitted(msgs, prompt, kept, dropped_p, dropped_x)
+        if len(kept) > 1:
+            kept.pop()
+            dropped_p += 1
+            continue
+        shorter = drop_oldest_exchange(msgs) if drop_exchanges else None
+        if shorter is not None:
+            msgs = shorter
+            dropped_x += 1
+            continue
+        if kept:
+            kept.pop()
+            dropped_p += 1
+            continue
+        return Fitted(msgs, prompt, kept, dropped_p, dropped_x, fits=False)
+
+
 def retrieve_tool(index: Searcher, *, k: int = 5, mode: str = "hybrid") -> Retrieve:
     """The `retrieve` tool over `index`: its result is the context block of what it found, so a
     model reads tool-retrieved passages exactly as it reads grounded ones."""
@@ -156,12 +387,22 @@ def retrieve_tool(index: Searcher, *, k: int = 5, mode: str = "hybrid") -> Retri
 
 
 __all__ = [
+    "CITE_METHODS",
+    "DEFAULT_CITE",
     "DOCS_CLOSE",
     "DOCS_OPEN",
+    "OVERLAP_THRESHOLD",
     "RAG_INSTRUCTIONS",
+    "Citation",
+    "CiteMethod",
+    "Fitted",
     "Searcher",
+    "attribute_overlap",
+    "choose_citation",
+    "cite",
     "cited_sources",
     "context_block",
+    "fit_grounded",
     "format_sources",
     "ground",
     "parse_citations",

@@ -385,12 +385,16 @@ async def ground_messages(
     mode: str,
     *,
     own: Sequence[Message] | None = None,
-) -> tuple[list[Message], list[Passage]]:
+    fits: Callable[[list[Message]], bool] | None = None,
+) -> tuple[list[Message], list[Passage], int]:
     """A request's messages grounded in the `k` passages (None: the server's default) retrieved
     for its last user message and the one before it (grounding.rag_query over `own`, the
-    client's messages, when a persona added turns of its own), and those passages. ApiError 400
-    when this server has no index or the conversation has no user message."""
-    from twofiles.rag.grounding import ground, rag_query
+    client's messages, when a persona added turns of its own), those passages, and how many
+    were dropped: with `fits` (the rendered prompt's length check), the lowest-ranked passages
+    are left out until the prompt fits (grounding.fit_grounded; the client's own messages are
+    never dropped: a conversation too long by itself gets the usual 400). ApiError 400 when this
+    server has no index or the conversation has no user message."""
+    from twofiles.rag.grounding import fit_grounded, ground, rag_query
 
     rag: RagService | None = getattr(app.state, "rag", None)
     if rag is None:
@@ -406,7 +410,41 @@ async def ground_messages(
         passages = await asyncio.to_thread(rag.search, query, k or rag.k, mode)
     except TwofilesError as e:
         raise ApiError(400, f"rag: {e}", param="rag") from None
-    return ground(messages, passages), passages
+    if fits is None:
+        return ground(messages, passages), passages, 0
+    fitted = fit_grounded(messages, passages, fits, drop_exchanges=False)
+    return fitted.prompt, fitted.passages, fitted.passages_dropped
+
+
+async def cite_reply(
+    app: FastAPI,
+    model: str,
+    method: str,
+    text: str,
+    passages: Sequence[Passage],
+    prompt_ids: Sequence[int],
+) -> list[dict[str, Any]]:
+    """The citations of a grounded reply as JSON ({n, by, ...}: grounding.cite). "constrained"
+    runs one forward beside the scheduler, as score_prompt does and under its lock."""
+    from twofiles.rag.grounding import choose_citation, cite
+
+    choose = None
+    if method == "constrained" and text.strip():
+        loaded = served_model(app, model)
+        lock: threading.Lock = app.state.score_lock
+
+        def run() -> Any:
+            with lock:
+                return choose_citation(
+                    loaded.model, loaded.tokenizer, prompt_ids, text, len(passages)
+                )
+
+        chosen = await asyncio.to_thread(run)
+
+        def choose() -> Any:
+            return chosen
+
+    return [c.to_json() for c in cite(text, passages, method, choose=choose)]
 
 
 def load_models(
@@ -472,6 +510,7 @@ __all__ = [
     "RagService",
     "chat_format",
     "check_prompt",
+    "cite_reply",
     "collect",
     "context_length",
     "engine_name",

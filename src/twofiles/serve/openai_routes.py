@@ -13,7 +13,10 @@ cannot be told apart from content before it is complete.
 Grounded replies (the `rag` extension field, with `serve --rag DB`): the response carries the
 passages that were in the prompt as a top-level `sources` list ({n, id, source, location, start,
 end, score, text}; a stream sends it on its first chunk), and each choice the passage numbers
-its reply cited as `citations` (on the message; a stream puts it on the choice's last chunk).
+its reply cited as `citations` (on the message; a stream puts it on the choice's last chunk),
+with `citation_details` beside it: [{n, by, ...}], `by` saying how each was made ("model": the
+reply wrote [n]; "overlap" or "constrained": attributed, by the request's `rag.cite`). When the
+grounded prompt would not fit, the lowest-ranked passages are left out: `passages_dropped`.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from fastapi import Depends, FastAPI, Request
@@ -35,6 +38,7 @@ from twofiles.serve.core import (
     PromptTokenScore,
     chat_format,
     check_prompt,
+    cite_reply,
     collect,
     context_length,
     engine_name,
@@ -189,21 +193,11 @@ def add_openai_routes(app: FastAPI, require_api_key: Any) -> None:
             messages = with_persona(app, req.model, own)
         except TwofilesError as e:
             raise ApiError(400, str(e), param="messages") from None
-        passages: list[Any] | None = None
-        if req.rag is not None:  # retrieved for the client's turns, not a persona's few-shot ones
-            messages, passages = await ground_messages(
-                app, messages, req.rag.k, req.rag.mode, own=own
-            )
         tools = (
             [t.model_dump(exclude_none=True) for t in req.tools]
             if req.tools and req.tool_choice != "none"
             else None
         )
-        try:
-            ids = fmt.prompt_ids(messages, tools=tools)
-        except TwofilesError as e:
-            raise ApiError(400, str(e), param="messages") from None
-        check_prompt(app, req.model, ids)
         params = sampling_params(
             req,
             settings,
@@ -211,6 +205,30 @@ def add_openai_routes(app: FastAPI, require_api_key: Any) -> None:
             stop_token_ids=fmt.stop_token_ids,
             defaults=sampling_defaults(app, req.model),
         )
+        passages: list[Any] | None = None
+        rag: dict[str, Any] = {}  # how a grounded reply is cited, and what was left out
+        if req.rag is not None:  # retrieved for the client's turns, not a persona's few-shot ones
+            from twofiles.rag.grounding import DEFAULT_CITE
+
+            context = context_length(app, req.model)
+            limit = min(settings.max_prompt_tokens or context - 1, context - 1)
+            room = min(params.max_tokens, context // 4)  # a long max_tokens must not empty it
+
+            def fits(grounded: list[Any]) -> bool:
+                try:
+                    return len(fmt.prompt_ids(grounded, tools=tools)) + room <= limit
+                except TwofilesError:
+                    return True  # the render below reports it
+
+            messages, passages, dropped = await ground_messages(
+                app, messages, req.rag.k, req.rag.mode, own=own, fits=fits
+            )
+            rag = {"cite": req.rag.cite or DEFAULT_CITE, "passages_dropped": dropped}
+        try:
+            ids = fmt.prompt_ids(messages, tools=tools)
+        except TwofilesError as e:
+            raise ApiError(400, str(e), param="messages") from None
+        check_prompt(app, req.model, ids)
         top = (req.top_logprobs or 0) if req.logprobs else None
         handles = submit(app, req.model, [ids], params, req.n, top)
         rid, created = f"chatcmpl-{secrets.token_hex(12)}", int(time.time())
@@ -229,6 +247,8 @@ def add_openai_routes(app: FastAPI, require_api_key: Any) -> None:
                     len(ids),
                     settings.request_timeout_s,
                     passages,
+                    _citer(app, req.model, rag.get("cite", ""), passages, ids),
+                    rag.get("passages_dropped", 0),
                 )
             )
         results = await collect(request, handles, settings.request_timeout_s)
@@ -246,7 +266,9 @@ def add_openai_routes(app: FastAPI, require_api_key: Any) -> None:
                     }
                     finish = "tool_calls"
             if passages is not None:
-                message["citations"] = _citations(h.text, passages)
+                details = await cite_reply(app, req.model, rag["cite"], h.text, passages, ids)
+                message["citations"] = [c["n"] for c in details]
+                message["citation_details"] = details
             choices.append(
                 {
                     "index": i,
@@ -260,7 +282,11 @@ def add_openai_routes(app: FastAPI, require_api_key: Any) -> None:
             "object": "chat.completion",
             "choices": choices,
             "usage": _usage(len(ids), handles),
-            **({"sources": _sources(passages)} if passages is not None else {}),
+            **(
+                {"sources": _sources(passages), "passages_dropped": rag["passages_dropped"]}
+                if passages is not None
+                else {}
+            ),
         }
 
     @app.post("/v1/completions", dependencies=[Depends(require_api_key)])
@@ -329,10 +355,17 @@ def _sources(passages: Sequence[Any]) -> list[dict[str, Any]]:
     return [passage_json(p, n) for n, p in enumerate(passages, 1)]
 
 
-def _citations(text: str, passages: Sequence[Any]) -> list[int]:
-    from twofiles.rag.grounding import parse_citations
+def _citer(
+    app: FastAPI, model: str, method: str, passages: Sequence[Any] | None, ids: Sequence[int]
+) -> Callable[[str], Awaitable[list[dict[str, Any]]]] | None:
+    """For a stream: a reply's text -> its citations as JSON (serve.core.cite_reply)."""
+    if passages is None:
+        return None
 
-    return parse_citations(text, len(passages))
+    async def citations(text: str) -> list[dict[str, Any]]:
+        return await cite_reply(app, model, method, text, passages, ids)
+
+    return citations
 
 
 def _model_card(name: str, app: FastAPI) -> dict[str, Any]:
@@ -405,6 +438,8 @@ async def _chat_chunks(
     prompt_tokens: int,
     timeout: float,
     passages: Sequence[Any] | None = None,
+    citer: Callable[[str], Awaitable[list[dict[str, Any]]]] | None = None,
+    passages_dropped: int = 0,
 ) -> AsyncIterator[str]:
     tok = loaded.tokenizer
 
@@ -414,17 +449,23 @@ async def _chat_chunks(
         finish: str | None = None,
         lp: Any = None,
         extra: dict[str, Any] | None = None,
+        cites: list[dict[str, Any]] | None = None,
     ) -> str:
         choice = {"index": i, "delta": delta, "logprobs": lp, "finish_reason": finish}
-        if finish is not None and passages is not None:
-            choice["citations"] = _citations(handles[i].text, passages)
+        if cites is not None:
+            choice["citations"] = [c["n"] for c in cites]
+            choice["citation_details"] = cites
         return _sse(
             {**base, "object": "chat.completion.chunk", "choices": [choice], **(extra or {})}
         )
 
     try:
         for i in range(len(handles)):
-            first = {"sources": _sources(passages)} if passages is not None and i == 0 else None
+            first = (
+                {"sources": _sources(passages), "passages_dropped": passages_dropped}
+                if passages is not None and i == 0
+                else None
+            )
             yield chunk(i, {"role": "assistant", "content": ""}, extra=first)
         async for i, events in gather_events(handles, time.monotonic() + timeout):
             last = events[-1]
@@ -450,7 +491,8 @@ async def _chat_chunks(
                     calls = [{"index": k, **c} for k, c in enumerate(_tool_calls_json(parsed))]
                     yield chunk(i, {"tool_calls": calls})
                     finish = "tool_calls"
-            yield chunk(i, {}, finish)
+            cites = await citer(handles[i].text) if citer is not None else None
+            yield chunk(i, {}, finish, cites=cites)
         if include_usage:
             yield _sse(
                 {

@@ -134,6 +134,9 @@ class RagOption(_Strict):
 
     k: int | None = Field(default=None, ge=1, le=MAX_RAG_K)  # passages (None: serve's --rag-k)
     mode: Literal["hybrid", "bm25", "dense"] = "hybrid"  # how the index ranks them
+    # how a reply that writes no [n] itself is cited (twofiles.rag.grounding.cite); None: the
+    # default, grounding.DEFAULT_CITE; "model": only the citations the model wrote
+    cite: Literal["overlap", "constrained", "model"] | None = None
 
 
 class ChatCompletionRequest(_Sampling):

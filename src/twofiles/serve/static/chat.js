@@ -190,18 +190,32 @@ function hidePassage() {
   $("passage").hidden = true;
 }
 
-// Under a grounded reply: the passages it cited (each opens like its [n]), and how many it was given.
-function addSources(shell, sources, cited) {
-  const items = cited.map((n) => {
+// How an attributed citation was made, for its tooltip: the model did not write these.
+const ATTRIBUTED = {
+  overlap: "attributed: the model wrote no [n]; this passage holds most of the words of a sentence of the reply",
+  constrained: "attributed: the model wrote no [n]; asked for one after its reply, it chose this passage",
+};
+
+// Under a grounded reply: the passages it cited (each opens like its [n]), and how many it was
+// given. `details` (the server's citation_details: {n, by}) adds the citations the server
+// attributed; they are marked as such, so nobody takes them for the model's own words.
+function addSources(shell, sources, cited, details) {
+  const by = new Map(cited.map((n) => [n, "model"]));
+  for (const d of details || []) if (!by.has(d.n) && d.n >= 1 && d.n <= sources.length) by.set(d.n, d.by);
+  const items = [...by].map(([n, how]) => {
     const s = sources[n - 1];
-    const link = TF.el("a", { class: "cite", href: "#", dataset: { n: String(n) } }, "[" + n + "] " + s.source + (s.location ? ", " + s.location : ""));
+    const attributed = how !== "model";
+    const attrs = { class: "cite" + (attributed ? " attributed" : ""), href: "#", dataset: { n: String(n), by: how } };
+    if (attributed) attrs.title = ATTRIBUTED[how] || "attributed: " + how;
+    const link = TF.el("a", attrs, "[" + n + "] " + s.source + (s.location ? ", " + s.location : ""));
     link.addEventListener("click", (e) => {
       e.preventDefault();
       e.stopPropagation();
       showPassage(s, link);
     });
-    return TF.el("li", {}, link);
+    return TF.el("li", {}, link, attributed ? TF.el("span", { class: "hint by" }, " (attributed: " + how + ")") : null);
   });
+  cited = [...by.keys()];
   const head = cited.length ? "Sources" : "No sources cited";
   shell.node.append(TF.el("div", { class: "sources" }, TF.el("span", { class: "hint" }, head + " (" + sources.length + " passages retrieved)"), items.length ? TF.el("ul", {}, items) : null));
 }
@@ -356,6 +370,7 @@ async function streamReply(s) {
 
   const shell = addAssistantShell(s.model);
   let sources = null; // the passages a grounded reply was given (the stream's first chunk)
+  let citationDetails = null; // how each citation was made (the choice's last chunk)
   const calls = []; // tool calls assembled from their streamed pieces
   let content = "";
   let pending = []; // logprob entries whose text has not arrived yet (held back, e.g. a split character)
@@ -385,6 +400,7 @@ async function streamReply(s) {
         if (tc.function && tc.function.arguments) calls[i].function.arguments += tc.function.arguments;
         shell.calls.replaceChildren(...calls.filter(Boolean).map((c) => TF.el("div", { class: "toolcall" }, toolCallText(c))));
       }
+      if (choice.citation_details) citationDetails = choice.citation_details;
       if (choice.finish_reason) finish = choice.finish_reason;
       shell.node.scrollIntoView({ block: "end" });
     }
@@ -405,7 +421,7 @@ async function streamReply(s) {
   shell.node.querySelector(".who").append(" · " + (finish || "done"));
   if (failed) return null; // nothing the model said: the conversation stays as it was sent
   if (!content && !made.length) shell.text.append(TF.el("span", { class: "hint" }, "(empty reply)"));
-  if (sources) addSources(shell, sources, linkCitations(shell.text, sources));
+  if (sources) addSources(shell, sources, linkCitations(shell.text, sources), citationDetails);
   history.push(reply); // a stopped reply stays, as far as it got: it is what the page shows
   // a grounded reply's feedback names the passages that were in its prompt (the messages do not show them)
   addActions(shell, s.model, context, reply, { temperature: s.temperature, top_p: s.top_p, seed: s.seed ?? null, finish_reason: finish, page: "chat", ...(sources ? { rag_passages: sources.map((x) => x.id) } : {}) });
