@@ -16,6 +16,7 @@ chunked prefill of `--prefill-chunk` tokens, `--max-seqs` slots) with `--prefix-
 The replies with and without the cache are compared too (greedy: they must be equal).
 
     .venv/bin/python bench/prefix_cache.py [--model smollm2] [--threads 1] [--clients 16] [--turns 10] [--json]
+    .venv/bin/python bench/prefix_cache.py --parts chat --chat-max-tokens 128   # (b) alone, longer replies
 """
 
 from __future__ import annotations
@@ -111,7 +112,9 @@ def shared_prompt(loaded, fmt, args, mb: float) -> dict:
 
 def chat(loaded, fmt, args, mb: float) -> dict:
     params = SamplingParams(
-        temperature=0, max_tokens=args.max_tokens, stop_token_ids=fmt.stop_token_ids
+        temperature=0,
+        max_tokens=args.chat_max_tokens or args.max_tokens,
+        stop_token_ids=fmt.stop_token_ids,
     )
     messages = [Message("system", "You are a helpful assistant.")]
     times, prompt_lens, replies = [], [], []
@@ -182,8 +185,20 @@ def main() -> None:
     ap.add_argument("--prefill-chunk", type=int, default=512)
     ap.add_argument("--prefix-cache-mb", type=float, default=512)
     ap.add_argument("--long-tokens", type=int, default=1500)
+    ap.add_argument(
+        "--chat-max-tokens",
+        type=int,
+        default=None,
+        help="reply length of (b)'s turns (default --max-tokens): longer replies, longer history",
+    )
+    ap.add_argument(
+        "--parts", default="shared,chat,stall", help="which of (a) shared, (b) chat, (c) stall"
+    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    parts = set(args.parts.split(","))
+    if not parts or not parts <= {"shared", "chat", "stall"}:
+        ap.error(f"--parts {args.parts}: a comma-separated subset of shared, chat, stall")
 
     loaded = resolve_model(args.model, device=torch.device("cpu"))
     setup = prepare_for_inference(loaded, threads=args.threads)
@@ -196,20 +211,39 @@ def main() -> None:
         "args": vars(args),
     }
     # off first, then on: the same warm process for both (allocator, oneDNN kernels)
-    results["shared_off"] = shared_prompt(loaded, fmt, args, 0)
-    results["shared_on"] = shared_prompt(loaded, fmt, args, args.prefix_cache_mb)
-    results["chat_off"] = chat(loaded, fmt, args, 0)
-    results["chat_on"] = chat(loaded, fmt, args, args.prefix_cache_mb)
-    results["stall_whole"] = stall(loaded, fmt, args, 0)
-    results["stall_chunked"] = stall(loaded, fmt, args, args.prefill_chunk)
-
-    off, on = results["shared_off"], results["shared_on"]
-    same = all(off[p]["replies"] == on[p]["replies"] for p in ("cold", "warm"))
-    same_chat = results["chat_off"]["replies"] == results["chat_on"]["replies"]
+    if "shared" in parts:
+        results["shared_off"] = shared_prompt(loaded, fmt, args, 0)
+        results["shared_on"] = shared_prompt(loaded, fmt, args, args.prefix_cache_mb)
+    if "chat" in parts:
+        results["chat_off"] = chat(loaded, fmt, args, 0)
+        results["chat_on"] = chat(loaded, fmt, args, args.prefix_cache_mb)
+    if "stall" in parts:
+        results["stall_whole"] = stall(loaded, fmt, args, 0)
+        results["stall_chunked"] = stall(loaded, fmt, args, args.prefill_chunk)
     print(
         f"{args.model}, {results['threads']} threads, {args.max_seqs} slots, prefill chunk "
         f"{args.prefill_chunk}, max_tokens {args.max_tokens}"
     )
+    equal: dict[str, bool] = {}
+    if "shared" in parts:
+        report_shared(results, args)
+        off, on = results["shared_off"], results["shared_on"]
+        equal["shared"] = all(off[p]["replies"] == on[p]["replies"] for p in ("cold", "warm"))
+        for r in (off["cold"], off["warm"], on["cold"], on["warm"]):
+            r.pop("replies")
+    if "chat" in parts:
+        report_chat(results, args)
+        equal["chat"] = results["chat_off"].pop("replies") == results["chat_on"].pop("replies")
+    if "stall" in parts:
+        report_stall(results, args)
+    print(f"greedy replies equal with and without the cache: {equal}")
+    if args.json:
+        results["replies_equal"] = equal
+        print(json.dumps(results))
+
+
+def report_shared(results: dict, args: argparse.Namespace) -> None:
+    off, on = results["shared_off"], results["shared_on"]
     print(
         f"(a) {args.clients} clients, shared system prompt, ~{off['prompt_tokens']:.0f} prompt tokens each"
     )
@@ -223,9 +257,13 @@ def main() -> None:
         print(
             f"    {phase}: mean TTFT {off[phase]['ttft_mean_s'] / on[phase]['ttft_mean_s']:.1f}x lower with the cache"
         )
+
+
+def report_chat(results: dict, args: argparse.Namespace) -> None:
     c_off, c_on = results["chat_off"], results["chat_on"]
     print(
-        f"(b) a {args.turns}-turn chat, prompt {c_off['prompt_tokens'][0]} -> {c_off['prompt_tokens'][-1]} tokens"
+        f"(b) a {args.turns}-turn chat, replies of at most {args.chat_max_tokens or args.max_tokens}"
+        f" tokens, prompt {c_off['prompt_tokens'][0]} -> {c_off['prompt_tokens'][-1]} tokens"
     )
     print("    turn  " + " ".join(f"{i + 1:6}" for i in range(args.turns)))
     for name, r in (("off", c_off), ("on", c_on)):
@@ -237,6 +275,9 @@ def main() -> None:
         f"({c_off['ttft_last_s'] / c_on['ttft_last_s']:.1f}x); {c_on['hit_tokens']} of "
         f"{sum(c_on['prompt_tokens'])} prompt tokens from the cache"
     )
+
+
+def report_stall(results: dict, args: argparse.Namespace) -> None:
     w, c = results["stall_whole"], results["stall_chunked"]
     print(
         f"(c) a {w['long_tokens']}-token prompt arrives while one request decodes ({w['tokens']} tokens)"
@@ -246,12 +287,6 @@ def main() -> None:
             f"    {name:16} running request: median gap {r['gap_median_s'] * 1000:.0f} ms, "
             f"longest {r['gap_max_s'] * 1000:.0f} ms; newcomer TTFT {r['newcomer_ttft_s']:.2f}s"
         )
-    print(f"greedy replies equal with and without the cache: shared {same}, chat {same_chat}")
-    if args.json:
-        for r in (off["cold"], off["warm"], on["cold"], on["warm"], c_off, c_on):
-            r.pop("replies")
-        results["replies_equal"] = {"shared": same, "chat": same_chat}
-        print(json.dumps(results))
 
 
 if __name__ == "__main__":
