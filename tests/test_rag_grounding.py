@@ -712,6 +712,12 @@ def test_chat_cli_marks_attributed_citations(capsys, monkeypatch) -> None:
     add_arguments(parser)
     flag = next(a for a in parser._actions if a.dest == "rag_cite")
     assert flag.default == DEFAULT_CITE and tuple(flag.choices) == CITE_METHODS
+    from twofiles.cli.serve import add_arguments as serve_arguments
+
+    parser = argparse.ArgumentParser()
+    serve_arguments(parser)
+    flag = next(a for a in parser._actions if a.dest == "rag_cite")
+    assert flag.default == DEFAULT_CITE and tuple(flag.choices) == CITE_METHODS
 
 
 def test_chat_cli_fits_a_grounded_prompt_into_a_small_context(capsys, monkeypatch) -> None:
@@ -787,6 +793,13 @@ def test_serve_says_how_each_citation_was_made_and_what_was_dropped() -> None:
             assert last["citation_details"] == message["citation_details"]
         # the default is grounding.DEFAULT_CITE; a model-written [n] is tested above (rag_server)
         status, out = live.request("/v1/chat/completions", {**body, "rag": {"k": 2}})
+        assert out["choices"][0]["message"]["citation_details"][0]["by"] == "overlap"
+        app.state.rag.cite = "constrained"  # serve --rag-cite constrained: the server's default
+        status, out = live.request("/v1/chat/completions", {**body, "rag": {"k": 2}})
+        assert out["choices"][0]["message"]["citation_details"][0]["by"] == "constrained"
+        status, out = live.request(
+            "/v1/chat/completions", {**body, "rag": {"k": 2, "cite": "overlap"}}
+        )
         assert out["choices"][0]["message"]["citation_details"][0]["by"] == "overlap"
         status, out = live.request("/v1/chat/completions", {**body, "rag": {"cite": "guess"}})
         assert status == 400 and out["error"]["message"].startswith("rag.cite")

@@ -151,6 +151,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "default (default 5)",
     )
     p.add_argument(
+        "--rag-cite",
+        choices=("overlap", "constrained", "model"),  # grounding.CITE_METHODS (not imported:
+        default="overlap",  # --help stays fast); the default is grounding.DEFAULT_CITE
+        help='how a grounded reply is cited when a request gives no "rag": {"cite": ...} and the '
+        "reply writes no [n] itself: overlap (each sentence to the passage holding its words, "
+        "default), constrained (the model picks a number after the reply), model (only its own)",
+    )
+    p.add_argument(
         "--no-personas",
         action="store_true",
         help="serve only the models named, not the registered personas over them",
@@ -181,13 +189,13 @@ def _read_keys(path: str) -> list[str]:
     return keys
 
 
-def _open_rag(db: str, k: int):
+def _open_rag(db: str, k: int, cite: str):
     """The index behind --rag, opened now (in the thread that will search it) so that a wrong
     path fails before the models load."""
     from twofiles.rag import open_index
     from twofiles.serve.core import RagService
 
-    rag = RagService(lambda: open_index(db), k=k)
+    rag = RagService(lambda: open_index(db), k=k, cite=cite)
     try:
         info = rag.info()
     except BaseException:
@@ -259,7 +267,7 @@ def run(args: argparse.Namespace) -> int:
 
         if not 1 <= args.rag_k <= MAX_RAG_K:
             raise TwofilesError(f"--rag-k {args.rag_k}: must be from 1 to {MAX_RAG_K}")
-        rag = _open_rag(args.rag, args.rag_k)
+        rag = _open_rag(args.rag, args.rag_k, args.rag_cite)
 
     from twofiles.serve.core import load_models
 

@@ -343,11 +343,14 @@ class RagService:
     runs the embedder, which must not block the event loop. `search` and `passage` (blocking)
     make it a grounding.Searcher, so the retrieve tool runs over it too."""
 
-    def __init__(self, open_index: Callable[[], Any], *, k: int = 5) -> None:
+    def __init__(
+        self, open_index: Callable[[], Any], *, k: int = 5, cite: str | None = None
+    ) -> None:
         self._open = open_index
         self._index: Any = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="twofiles-rag")
         self.k = k  # passages per grounded request when the request gives none
+        self.cite = cite  # how a reply's citations are made when the request says not (rag.cite)
 
     def _call(self, fn: Callable[[Any], Any]) -> Any:
         def run() -> Any:
