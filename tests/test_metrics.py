@@ -12,15 +12,14 @@ from __future__ import annotations
 import http.client
 import json
 import socket
-import threading
 import time
 from typing import Any
 
 import pytest
-import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 
-from tiny_models import ScriptedModel, loaded, random_model, tiny_tokenizer
+from live_server import UvicornThread
+from tiny_models import SlowModel, loaded, random_model, tiny_tokenizer
 from twofiles.engine import encode_prompt
 from twofiles.serve.app import create_app
 from twofiles.serve.metrics import SchedulerCollector
@@ -30,28 +29,8 @@ MESSAGES = [{"role": "user", "content": "to be or not to be?"}]
 CHAT, COMPLETIONS = "/v1/chat/completions", "/v1/completions"
 
 
-class Server:
-    """uvicorn in a thread on a port the OS picked; a context manager (lifespan included)."""
-
-    def __init__(self, app: Any) -> None:
-        sock = socket.create_server(("127.0.0.1", 0))
-        self.port = sock.getsockname()[1]
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-        self.thread = threading.Thread(
-            target=self.server.run, kwargs={"sockets": [sock]}, daemon=True
-        )
-
-    def __enter__(self) -> Server:
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            assert time.monotonic() < deadline and self.thread.is_alive(), "server did not start"
-            time.sleep(0.01)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.server.should_exit = True
-        self.thread.join(30)
+class Server(UvicornThread):
+    """A live server with JSON requests over http.client and a /metrics parser."""
 
     def request(
         self, method: str, path: str, body: Any = None, headers: dict | None = None
@@ -104,15 +83,6 @@ def total(samples: dict, name: str, **labels: str) -> float:
     """The sum over every sample of `name` whose labels include `labels`."""
     want = set(labels.items())
     return sum(v for (n, ls), v in samples.items() if n == name and want <= ls)
-
-
-class SlowModel(ScriptedModel):
-    """Repeats one letter and never stops on its own, a few ms per forward: still running when
-    the test acts on it."""
-
-    def hidden_states(self, idx, caches=None, pos=0, *, positions=None, attn_mask=None):
-        time.sleep(0.005)
-        return super().hidden_states(idx, caches, pos, positions=positions, attn_mask=attn_mask)
 
 
 @pytest.fixture(scope="module")

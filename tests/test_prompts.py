@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import http.client
 import json
-import socket
-import threading
-import time
 
 import pytest
 
+from live_server import UvicornThread
 from tiny_models import loaded, random_model, tiny_tokenizer
 from twofiles.artifact import load_model, read_metadata, save_model
 from twofiles.engine import SamplingParams, encode_prompt, generate_steps
@@ -101,23 +99,12 @@ def _post(port: int, path: str, body: dict) -> tuple[int, dict]:
 
 
 def test_serve_completions_encode_the_prompt_as_generate_does(toks) -> None:
-    import uvicorn
-
     from twofiles.serve.app import create_app
 
     model = random_model(toks[True])
     app = create_app({str(k): loaded(model, t) for k, t in toks.items()})
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 30
-        while not server.started:
-            assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
-            time.sleep(0.01)
+    with UvicornThread(app) as server:
+        port = server.port
         for add_bos, tok in toks.items():
             body = {"model": str(add_bos), "prompt": TEXT, "max_tokens": 6, "temperature": 0}
             code, resp = _post(port, "/v1/completions", body)
@@ -127,9 +114,6 @@ def test_serve_completions_encode_the_prompt_as_generate_does(toks) -> None:
             want = "".join(s.text for s in generate_steps(model, ids, params, tokenizer=tok))
             assert resp["usage"]["prompt_tokens"] == len(tok.encode(TEXT)) + add_bos
             assert resp["choices"][0]["text"] == want
-    finally:
-        server.should_exit = True
-        thread.join(30)
 
 
 def test_chat_prompts_are_the_templates_alone(toks) -> None:

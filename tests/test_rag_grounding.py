@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
-import threading
-import time
 import urllib.error
 import urllib.request
 from dataclasses import replace
@@ -16,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from live_server import UvicornThread
 from twofiles.chat import ChatFormat, Message
 from twofiles.rag import Passage
 from twofiles.rag.grounding import (
@@ -229,32 +227,8 @@ QUESTION = [{"role": "user", "content": "Which river is the longest in Africa?"}
 ANSWER = "The Nile [1]."
 
 
-class _Live:
-    """uvicorn on 127.0.0.1 (a free port) in a daemon thread; JSON requests with urllib."""
-
-    def __init__(self, app: Any) -> None:
-        import uvicorn
-
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-        self.thread = threading.Thread(
-            target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True
-        )
-
-    def __enter__(self) -> _Live:
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            assert time.monotonic() < deadline and self.thread.is_alive(), "server did not start"
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-        self.sock.close()
+class _Live(UvicornThread):
+    """A live server; JSON requests with urllib."""
 
     def request(self, path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
         data = None if body is None else json.dumps(body).encode()

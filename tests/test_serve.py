@@ -13,17 +13,16 @@ from __future__ import annotations
 import http.client
 import json
 import socket
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import openai
 import pytest
-import uvicorn
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tiny_models import ScriptedModel, loaded, random_model, tiny_tokenizer
+from live_server import UvicornThread
+from tiny_models import ScriptedModel, SlowModel, loaded, random_model, tiny_tokenizer
 from twofiles.chat import ChatFormat
 from twofiles.engine import SamplingParams, encode_prompt, generate_steps
 from twofiles.serve.app import create_app
@@ -46,25 +45,13 @@ TOOL_QUESTION = [{"role": "user", "content": "what is 2+3?"}]
 TOOL_CALL_JSON = '{"name": "calculator", "arguments": {"expression": "2+3"}}'
 
 
-class LiveServer:
-    """uvicorn in a thread, on a port the OS picked; `stop()` shuts it down (lifespan included)."""
+class LiveServer(UvicornThread):
+    """A live server, started at once (`stop()` in the fixture), with the openai client and raw
+    http.client requests."""
 
     def __init__(self, app) -> None:
-        self.app = app
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
-        self.port = sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-        self.thread = threading.Thread(
-            target=self.server.run, kwargs={"sockets": [sock]}, daemon=True
-        )
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            assert time.monotonic() < deadline and self.thread.is_alive(), "server did not start"
-            time.sleep(0.01)
+        super().__init__(app)
+        self.start()
 
     def client(self, **kw) -> openai.OpenAI:
         return openai.OpenAI(
@@ -94,19 +81,6 @@ class LiveServer:
 
     def stats(self) -> dict:
         return self.raw("GET", "/health")[2]["models"]
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(30)
-
-
-class SlowModel(ScriptedModel):
-    """Never stops on its own (it repeats one letter) and takes a few ms per forward, so a
-    request is still running when the test acts on it."""
-
-    def hidden_states(self, idx, caches=None, pos=0, *, positions=None, attn_mask=None):
-        time.sleep(0.005)
-        return super().hidden_states(idx, caches, pos, positions=positions, attn_mask=attn_mask)
 
 
 @pytest.fixture(scope="module")

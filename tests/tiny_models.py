@@ -3,6 +3,8 @@ spread out) and a scripted one (greedy output is a fixed token sequence after a 
 
 from __future__ import annotations
 
+import time
+
 import torch
 
 from twofiles.artifact import LoadedModel
@@ -83,6 +85,15 @@ class ScriptedModel(Transformer):
         out = torch.zeros_like(h)
         out.scatter_(-1, ids[..., None], 10.0)
         return out
+
+
+class SlowModel(ScriptedModel):
+    """Never stops on its own (it repeats one letter) and takes a few ms per forward, so a
+    request is still running when a test acts on it."""
+
+    def hidden_states(self, idx, caches=None, pos=0, *, positions=None, attn_mask=None):
+        time.sleep(0.005)
+        return super().hidden_states(idx, caches, pos, positions=positions, attn_mask=attn_mask)
 
 
 def loaded(model: Transformer, tok: Tokenizer, chat_template: str = "") -> LoadedModel:

@@ -1,0 +1,45 @@
+"""A real server for tests: uvicorn serving an app on 127.0.0.1 at a port the OS picked, in a
+daemon thread, lifespan included (the scheduler starts and stops as under `twofiles serve`).
+Each test module adds its own way of making requests."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from typing import Any, Self
+
+import uvicorn
+
+
+class UvicornThread:
+    """`with UvicornThread(app) as s:` (or `start()` / `stop()` in a fixture); `s.port`, `s.url`."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+        self.thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True
+        )
+
+    def start(self) -> Self:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            assert time.monotonic() < deadline and self.thread.is_alive(), "server did not start"
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
+        self.sock.close()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
