@@ -42,9 +42,15 @@ def _is_gguf(path: str) -> bool:
 
 
 def resolve_model(
-    spec: str, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+    spec: str,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+    cap_context: bool = True,
 ) -> LoadedModel:
-    """The model a MODEL argument names, loaded on `device` (see the module docstring)."""
+    """The model a MODEL argument names, loaded on `device` (see the module docstring).
+    `cap_context=False` leaves a persona's num_ctx out of the config: the training verbs load a
+    persona as a base to train and save, and num_ctx is a limit on chats, not on the model."""
     from twofiles.artifact import load_model
     from twofiles.lora import adapt, adapters_base, is_adapters_file
 
@@ -54,7 +60,7 @@ def resolve_model(
 
         record = persona.find(spec) if persona.is_name(spec) else None
         if record is not None:
-            return load_persona(record, device=device, dtype=dtype)
+            return load_persona(record, device=device, dtype=dtype, cap_context=cap_context)
     if not os.path.exists(spec) and spec in ALIASES:
         path = alias_path(spec)
         if not path.is_file():
@@ -89,9 +95,14 @@ def resolve_model(
 
 
 def load_persona(
-    record: dict[str, Any], *, device: str | torch.device, dtype: torch.dtype | None
+    record: dict[str, Any],
+    *,
+    device: str | torch.device,
+    dtype: torch.dtype | None,
+    cap_context: bool = True,
 ) -> LoadedModel:
-    """A registered persona: FROM, its adapters merged in order, its template and context cap."""
+    """A registered persona: FROM, its adapters merged in order, its template and (unless
+    `cap_context` is False) its context cap."""
     from twofiles.lora import adapt
 
     adapters = record.get("adapters", [])
@@ -101,7 +112,7 @@ def load_persona(
         loaded = adapt(loaded, path, device=device if last else "cpu", dtype=dtype)
     config = getattr(loaded.model, "config", None)
     num_ctx = record.get("parameters", {}).get("num_ctx")
-    if num_ctx is not None and config is not None:
+    if cap_context and num_ctx is not None and config is not None:
         # the engine bounds prompt + reply by max_seq_len (the model is this caller's own copy)
         config.max_seq_len = min(config.max_seq_len, num_ctx)
     return persona_view(loaded, record)

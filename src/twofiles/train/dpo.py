@@ -602,7 +602,7 @@ def _dpo(cfg: DPOConfig, rt: rt_mod.Runtime, signals: StopSignals) -> DPOResult:
 
     # --- model and chat format ---
     t0 = time.perf_counter()
-    loaded = resolve_model(cfg.model, device="cpu")
+    loaded = resolve_model(cfg.model, device="cpu", cap_context=False)
     fmt = ChatFormat.for_model(loaded)
     tokenizer, model = loaded.tokenizer, loaded.model
     max_len = min(cfg.max_len, model.config.max_seq_len)

@@ -335,7 +335,7 @@ def _train(cfg: RewardConfig, rt: rt_mod.Runtime, signals: StopSignals) -> Rewar
 
     # --- model, head and chat format ---
     t0 = time.perf_counter()
-    loaded = resolve_model(cfg.model, device="cpu")
+    loaded = resolve_model(cfg.model, device="cpu", cap_context=False)
     fmt = ChatFormat.for_model(loaded)
     tokenizer, backbone = loaded.tokenizer, loaded.model
     max_len = min(cfg.max_len, backbone.config.max_seq_len)

@@ -572,7 +572,7 @@ def _rl(
 
     # --- model, chat format, reference ---
     t0 = time.perf_counter()
-    loaded = resolve_model(cfg.model, device="cpu")
+    loaded = resolve_model(cfg.model, device="cpu", cap_context=False)
     tokenizer, model = loaded.tokenizer, loaded.model
     # a model without a chat template (and without twofiles' chat tokens) gets plain prompts
     fmt: ChatFormat | None

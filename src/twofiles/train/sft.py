@@ -433,7 +433,7 @@ def _sft(cfg: SFTConfig, rt: rt_mod.Runtime, signals: StopSignals) -> SFTResult:
 
     # --- model and chat format ---
     t0 = time.perf_counter()
-    loaded = resolve_model(cfg.model, device="cpu")
+    loaded = resolve_model(cfg.model, device="cpu", cap_context=False)
     fmt = ChatFormat.for_model(loaded)
     tokenizer, model = loaded.tokenizer, loaded.model
     seq_len = min(cfg.seq_len, model.config.max_seq_len - 1)
