@@ -11,13 +11,16 @@ A Modelfile names a model and the defaults to run it with, in Ollama's form:
     LICENSE \"\"\"MIT\"\"\"
 
 Instructions are case-insensitive; `#` starts a comment line; a value in "..." or \"\"\"...\"\"\"
-may span lines (it ends on the first line that closes it), as Ollama's parser reads it. Every
-error names the Modelfile and the line. Go templates (`{{ .System }}`) are refused: twofiles
+may span lines (it ends on the first line that closes it), as Ollama's parser reads it; a
+backslash is kept as written (no escapes, as in Ollama). Lines end in LF, CRLF or CR; the file is
+UTF-8 (a byte-order mark is skipped) or UTF-16 with its byte-order mark. Every error names the
+Modelfile and the line. Go templates (`{{ .System }}`) are refused: twofiles
 renders Jinja, as the models' own templates are written.
 
 The registry: one JSON record per name under `registry_dir()` (<cache>/personas, or
 $TWOFILES_PERSONAS), written atomically. Names are Ollama's: letters, digits, `_.-`, an optional
-`:tag` (`mario` is `mario:latest`). A record holds the resolved persona: FROM as an absolute path
+`:tag` (`mario` is `mario:latest`), case-insensitive as in Ollama (`Mario` is `mario`, so a
+case-insensitive file system never holds two records for one name). A record holds the resolved persona: FROM as an absolute path
 or a built-in alias (a registered name is copied in at create time, so a persona never changes
 when its parent does), adapters as absolute paths, and the sha256 (with size and mtime) of every
 file it needs, so `show` can say whether one changed since. Files are referenced, never copied:
@@ -87,6 +90,24 @@ UNSUPPORTED = {
     "num_batch": "batching is the engine's choice",
     "num_gpu": "the device is chosen with --device",
     "num_thread": "threads are chosen with --threads",
+    "main_gpu": "the device is chosen with --device",
+    "use_mmap": "how a model file is read is the loader's choice",
+    "numa": "threads are chosen with --threads",
+    # deprecated in Ollama itself, which ignores them with a warning
+    "penalize_newline": "deprecated in Ollama, which ignores it: delete the line",
+    "low_vram": "deprecated in Ollama, which ignores it: delete the line",
+    "f16_kv": "deprecated in Ollama, which ignores it: delete the line",
+    "logits_all": "deprecated in Ollama, which ignores it: delete the line",
+    "vocab_only": "deprecated in Ollama, which ignores it: delete the line",
+    "use_mlock": "deprecated in Ollama, which ignores it: delete the line",
+    "num_gqa": "the grouping of attention heads is read from the model file",
+}
+# Ollama instructions with no meaning here: named so the error says why, not "unknown".
+UNSUPPORTED_INSTRUCTIONS = {
+    "draft": "speculative decoding with a draft model is not implemented",
+    "renderer": "Ollama's built-in renderers are not implemented; use a Jinja TEMPLATE",
+    "parser": "Ollama's built-in output parsers are not implemented",
+    "requires": "it names an Ollama version; delete the line",
 }
 # A Go template's actions: `{{ .System }}`, `{{- if .Messages }}`, `{{ range ... }}`, `{{ end }}`.
 GO_TEMPLATE_RE = re.compile(
@@ -119,19 +140,37 @@ def _unquote(value: str) -> tuple[str, bool]:
     return value, True
 
 
+def decode_modelfile(data: bytes, path: str) -> str:
+    """A Modelfile's text: UTF-8, or UTF-16 when a byte-order mark says so (PowerShell's `>`
+    writes UTF-16), as Ollama reads it; a UTF-8 byte-order mark is dropped."""
+    try:
+        if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+            return data.decode("utf-16")
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise BadInputError(f"cannot read the Modelfile: {e}", path=path) from None
+
+
 def parse_modelfile(text: str, path: str) -> list[Command]:
     """The commands of a Modelfile, in order (values unquoted, not yet checked)."""
-    lines = text.split("\n")
+    # CRLF and a lone CR end lines too, as in Ollama (a CR inside a quoted value becomes LF)
+    lines = text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n").split("\n")
     commands: list[Command] = []
     i = 0
     while i < len(lines):
-        lineno, line = i + 1, lines[i].rstrip("\r")
+        lineno, line = i + 1, lines[i]
         i += 1
         stripped = line.strip()
         if not stripped or stripped.startswith("#"):
             continue
         m = re.match(r"([A-Za-z]+)(?:[ \t]+|$)", stripped)
         word = m.group(1).lower() if m else stripped.split()[0]
+        if m is not None and word in UNSUPPORTED_INSTRUCTIONS:
+            raise BadInputError(
+                f"{word.upper()} is not supported ({UNSUPPORTED_INSTRUCTIONS[word]})",
+                path=path,
+                line=lineno,
+            )
         if m is None or word not in INSTRUCTIONS:
             raise BadInputError(
                 f"unknown instruction {stripped.split()[0][:40]!r} "
@@ -153,6 +192,9 @@ def parse_modelfile(text: str, path: str) -> list[Command]:
                     path=path,
                     line=lineno,
                 )
+        if not rest.strip():  # `SYSTEM ""` is an empty value; nothing at all is a mistake
+            what = f"{word.upper()} {key}" if key else word.upper()
+            raise BadInputError(f"{what} needs a value", path=path, line=lineno)
         value, done = _unquote(rest.strip())
         raw = rest
         while not done:  # a quoted value goes on until a line closes it
@@ -163,7 +205,7 @@ def parse_modelfile(text: str, path: str) -> list[Command]:
                     path=path,
                     line=lineno,
                 )
-            raw += "\n" + lines[i].rstrip("\r")
+            raw += "\n" + lines[i]
             i += 1
             value, done = _unquote(raw.strip())
         if not value and word in ("from", "adapter"):
@@ -230,20 +272,20 @@ def registry_dir() -> Path:
 
 
 def canonical_name(name: str, *, what: str = "name") -> str:
-    """`mario` -> `mario:latest`; a name that is not Ollama's form is a TwofilesError."""
+    """`Mario` -> `mario:latest`; a name that is not Ollama's form is a TwofilesError."""
     if not NAME_RE.fullmatch(name):
         raise TwofilesError(
             f"{what} {name[:80]!r}: use letters, digits, '_', '.', '-', and an optional ':tag' "
             "(e.g. mario or mario:v2), starting with a letter or digit"
         )
-    model, _, tag = name.partition(":")
+    model, _, tag = name.lower().partition(":")
     if model in ALIASES:
         raise TwofilesError(f"{what} {name!r}: {model} is a built-in model alias; choose another")
     return f"{model}:{tag or DEFAULT_TAG}"
 
 
 def is_name(spec: str) -> bool:
-    return bool(NAME_RE.fullmatch(spec)) and spec.partition(":")[0] not in ALIASES
+    return bool(NAME_RE.fullmatch(spec)) and spec.lower().partition(":")[0] not in ALIASES
 
 
 def record_path(name: str) -> Path:
@@ -281,11 +323,25 @@ def get(name: str) -> dict[str, Any]:
     return record
 
 
+def _registry_error(e: OSError, doing: str) -> TwofilesError:
+    return TwofilesError(
+        f"cannot {doing} in the persona registry {registry_dir()}: {e.strerror or e} "
+        "(set TWOFILES_PERSONAS to a writable directory)"
+    )
+
+
 def save(record: dict[str, Any]) -> Path:
     path = record_path(record["name"])
-    path.parent.mkdir(parents=True, exist_ok=True)
     data = json.dumps(record, indent=1, ensure_ascii=False, sort_keys=True) + "\n"
-    atomic_write_bytes(path, data.encode("utf-8"))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, data.encode("utf-8"))
+    except OSError as e:
+        try:  # nothing half-written stays behind (atomic_write_bytes's temporary file)
+            path.with_name(f".{path.name}.{os.getpid()}.tmp").unlink(missing_ok=True)
+        except OSError:
+            pass
+        raise _registry_error(e, f"write {record['name']}") from None
     return path
 
 
@@ -317,7 +373,10 @@ def remove(name: str) -> str:
     path = record_path(name)
     if not path.is_file():
         get(name)  # the error that lists what is registered
-    path.unlink()
+    try:
+        path.unlink()
+    except OSError as e:
+        raise _registry_error(e, f"remove {canonical_name(name)}") from None
     try:
         path.parent.rmdir()  # the name's last tag
     except OSError:
@@ -380,11 +439,11 @@ def build_record(name: str, modelfile: str | os.PathLike[str]) -> dict[str, Any]
     saved: the caller checks that it loads first)."""
     path = os.path.abspath(str(modelfile))
     try:
-        with open(path, encoding="utf-8-sig") as f:
-            text = f.read()
+        with open(path, "rb") as f:
+            text = decode_modelfile(f.read(), path)
     except FileNotFoundError:
         raise BadInputError("no such Modelfile", path=path) from None
-    except (OSError, UnicodeDecodeError) as e:
+    except OSError as e:
         raise BadInputError(f"cannot read the Modelfile: {e}", path=path) from None
     name = canonical_name(name)
     base_dir = os.path.dirname(path)
@@ -462,8 +521,8 @@ def build_record(name: str, modelfile: str | os.PathLike[str]) -> dict[str, Any]
 def instruction_line(modelfile: str | os.PathLike[str], name: str) -> int | None:
     """The line of a Modelfile's first `name` instruction (for errors found after parsing)."""
     path = str(modelfile)
-    with open(path, encoding="utf-8-sig") as f:
-        commands = parse_modelfile(f.read(), path)
+    with open(path, "rb") as f:
+        commands = parse_modelfile(decode_modelfile(f.read(), path), path)
     return next((c.line for c in commands if c.name == name), None)
 
 
@@ -543,9 +602,9 @@ def to_modelfile(record: dict[str, Any]) -> str:
     """The record as a Modelfile (paths absolute), which `create` reads back to the same persona."""
     lines = [
         f"# Modelfile of {record['name']} (twofiles show --modelfile)",
-        f"FROM {record['from']}",
+        f"FROM {_quote(record['from'])}",
     ]
-    lines += [f"ADAPTER {a}" for a in record.get("adapters", [])]
+    lines += [f"ADAPTER {_quote(a)}" for a in record.get("adapters", [])]
     if record.get("template") is not None:
         lines.append(f"TEMPLATE {_quote(record['template'])}")
     if record.get("system") is not None:
