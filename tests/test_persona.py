@@ -136,6 +136,16 @@ def test_modelfile_reads_as_ollama_reads_it(base, tmp_path, monkeypatch) -> None
             "Go templates are not supported; write the template in Jinja",
         ),
         ("FROM {base}\nTEMPLATE {{{{- range .Messages }}}}\n", 2, "Go templates are not supported"),
+        # Ollama's own refusals: a value that is missing, a """ closed by "" only
+        ("FROM {base}\nMESSAGE system\n", 2, "MESSAGE system needs a value"),
+        ("FROM {base}\nPARAMETER stop   \n", 2, "PARAMETER stop needs a value"),
+        ("FROM {base}\nSYSTEM\n", 2, "SYSTEM needs a value"),
+        ('FROM {base}\nSYSTEM """This is a system.""\n', 2, 'the """ opened on this line'),
+        # Ollama's instructions and parameters with no meaning here, named as such
+        ("FROM {base}\nDRAFT ./small.gguf\n", 2, "DRAFT is not supported (speculative"),
+        ("FROM {base}\r\nrenderer qwen3\r\n", 2, "RENDERER is not supported"),
+        ("FROM {base}\nPARAMETER penalize_newline true\n", 2, "deprecated in Ollama"),
+        ("FROM {base}\nPARAMETER use_mmap true\n", 2, "use_mmap is not supported"),
     ],
 )
 def test_modelfile_errors_name_file_and_line(base, tmp_path, capsys, text, line, message) -> None:
@@ -529,3 +539,236 @@ def test_web_menu_lists_a_persona(base, tmp_path, capsys) -> None:
             assert not errors, errors
         finally:
             browser.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Ollama's parser tests (ollama/ollama parser/parser_test.go), as they apply here
+
+
+@pytest.mark.parametrize(
+    "text, want",
+    [
+        # FROM: quotes keep inner spaces, bare values are trimmed, a path may hold spaces
+        ('FROM "FOO  BAR  "', [("from", "", "FOO  BAR  ")]),
+        ("FROM     FOOO BAR    ", [("from", "", "FOOO BAR")]),
+        ("FROM /what/is/the path ", [("from", "", "/what/is/the path")]),
+        ("FROM llama3:7b-instruct-q4_K_M", [("from", "", "llama3:7b-instruct-q4_K_M")]),
+        ("PARAMETER seed 1\nFROM foo", [("parameter", "seed", "1"), ("from", "", "foo")]),
+        (
+            'FROM "     model 1"\nADAPTER      adapter3\nLICENSE "MIT       "',
+            [
+                ("from", "", "     model 1"),
+                ("adapter", "", "adapter3"),
+                ("license", "", "MIT       "),
+            ],
+        ),
+        # quoting: """ spans lines, inner quotes stay, empty values, backslashes are not escapes
+        (
+            'FROM foo\nSYSTEM """\nThis is a\nmultiline system.\n"""\n\t\t\t',
+            [("system", "", "\nThis is a\nmultiline system.\n")],
+        ),
+        (
+            'FROM foo\nSYSTEM """This is a\nmultiline system."""\n',
+            [("system", "", "This is a\nmultiline system.")],
+        ),
+        (
+            'FROM foo\nSYSTEM """\nA system with "quotes".\n"""\n',
+            [("system", "", '\nA system with "quotes".\n')],
+        ),
+        ('FROM foo\nSYSTEM """"""\n', [("system", "", "")]),
+        ('FROM foo\nSYSTEM ""\n', [("system", "", "")]),
+        ('FROM foo\nSYSTEM "\'"\n', [("system", "", "'")]),
+        (
+            'FROM foo\nSYSTEM """\'\'"\'""\'""\'"\'\'\'\'\'""\'""\'"""\n',
+            [("system", "", "''\"'\"\"'\"\"'\"'''''\"\"'\"\"'")],
+        ),
+        ('FROM foo\nSYSTEM "say \\"hi\\" \\n"\n', [("system", "", 'say \\"hi\\" \\n')]),
+        ("FROM foo\nSYSTEM 你好👋\tok", [("system", "", "你好👋\tok")]),
+        # PARAMETER stop, repeated and quoted as Ollama's table has it
+        ("FROM foo\nPARAMETER stop ### User: ", [("parameter", "stop", "### User:")]),
+        ('FROM foo\nPARAMETER stop "### User: "', [("parameter", "stop", "### User: ")]),
+        ('FROM foo\nPARAMETER stop """### User:\n"""', [("parameter", "stop", "### User:\n")]),
+        ("FROM foo\nPARAMETER\tstop\t</s>", [("parameter", "stop", "</s>")]),
+        # MESSAGE roles, one line or several
+        (
+            "FROM foo\nMESSAGE system You are a parser.\nMESSAGE user Hey there!\n"
+            "MESSAGE assistant Hello!",
+            [
+                ("message", "system", "You are a parser."),
+                ("message", "user", "Hey there!"),
+                ("message", "assistant", "Hello!"),
+            ],
+        ),
+        ('FROM foo\nMESSAGE system """\nmulti\n"""\n\t\t\t', [("message", "system", "\nmulti\n")]),
+        # comments, blank and indented lines, instruction case, line endings, a byte-order mark
+        ("\n# comment\n\n   FROM foo\n\t", [("from", "", "foo")]),
+        (
+            "from foo\nFrOm bar\nsystem hi",
+            [("from", "", "foo"), ("from", "", "bar"), ("system", "", "hi")],
+        ),
+        (
+            '\ufeffFROM foo\r\nSYSTEM """a\r\nb"""\r\n',
+            [("from", "", "foo"), ("system", "", "a\nb")],
+        ),
+        ("FROM foo\rSYSTEM hi\r", [("from", "", "foo"), ("system", "", "hi")]),
+        ("FROM foo # not a comment", [("from", "", "foo # not a comment")]),
+    ],
+)
+def test_modelfile_parses_as_ollamas_parser_tests(text, want) -> None:
+    got = [(c.name, c.key, c.args) for c in persona.parse_modelfile(text, "Modelfile")]
+    assert got[-len(want) :] == want
+
+
+def test_modelfile_encodings_and_paths_with_spaces(base, tmp_path) -> None:
+    """A Modelfile saved as UTF-16 (PowerShell's `>`), with a UTF-8 BOM or with CRLF reads the
+    same; FROM takes a path holding spaces, quoted or not, relative to the Modelfile."""
+    spaced = tmp_path / "my models" / "tiny model.safetensors"
+    spaced.parent.mkdir()
+    spaced.symlink_to(base)
+    gguf = tmp_path / "relative.gguf"
+    gguf.write_bytes(b"GGUF")  # only read at load time: the record hashes it
+    text = 'FROM ./my models/tiny model.safetensors\nSYSTEM """Hi, ünïcode 👋\nthere"""\n'
+    want = persona.build_record("x", write(tmp_path / "plain", text))
+    assert want["from"] == str(spaced) and want["system"] == "Hi, ünïcode 👋\nthere"
+    for name, data in {
+        "utf16le": "\ufeff".encode("utf-16-le") + text.encode("utf-16-le"),
+        "utf16be": "\ufeff".encode("utf-16-be") + text.encode("utf-16-be"),
+        "utf8bom": b"\xef\xbb\xbf" + text.encode(),
+        "crlf": text.replace("\n", "\r\n").encode(),
+        "quoted": text.replace(
+            "FROM ./my models/tiny model.safetensors", 'FROM "./my models/tiny model.safetensors"'
+        ).encode(),
+    }.items():
+        (tmp_path / name).write_bytes(data)
+        got = persona.build_record("x", tmp_path / name)
+        assert (got["from"], got["system"]) == (want["from"], want["system"]), name
+    assert persona.build_record("x", write(tmp_path / "g", "FROM ./relative.gguf\n"))[
+        "from"
+    ] == str(gguf)
+    (tmp_path / "latin1").write_bytes("FROM foo\nSYSTEM caf\xe9\n".encode("latin-1"))
+    with pytest.raises(BadInputError, match="latin1: cannot read the Modelfile"):
+        persona.build_record("x", tmp_path / "latin1")
+    # show --modelfile quotes a path that would not read back as written
+    record = dict(want, **{"from": str(tmp_path / " padded ")})
+    assert 'FROM """' in persona.to_modelfile(record)
+
+
+# ---------------------------------------------------------------------------------------------
+# Names and the registry's edge cases
+
+
+def test_names_are_case_insensitive_and_a_missing_registry_is_empty(
+    base, tmp_path, capsys, registry
+) -> None:
+    assert not registry.exists()
+    rc, out, _ = cli(capsys, "list")
+    assert rc == 0 and "no personas yet" in out and not registry.exists()
+    rc, _, err = cli(capsys, "rm", "ghost")
+    assert rc == 2 and "ghost: no such persona (registered: none yet)" in err
+    rc, _, err = cli(capsys, "cp", "ghost", "other")
+    assert rc == 2 and "no such persona" in err and not registry.exists()
+    mf = write(tmp_path / "Modelfile", f"FROM {base}\nSYSTEM Hi.\n")
+    assert cli(capsys, "create", "Mario:V2", "-f", str(mf))[0] == 0  # the registry is made
+    assert persona.canonical_name("Mario") == "mario:latest"
+    assert persona.get("MARIO:v2")["name"] == "mario:v2"
+    assert cli(capsys, "create", "mario:v2", "-f", str(mf))[0] == 0  # the same name, replaced
+    assert cli(capsys, "cp", "mario:V2", "Luigi")[0] == 0
+    rc, out, _ = cli(capsys, "list", "--json")
+    assert [p["name"] for p in last_json(out)["personas"]] == ["luigi:latest", "mario:v2"]
+    rc, out, _ = cli(capsys, "show", "LUIGI", "--json")
+    assert rc == 0 and last_json(out)["name"] == "luigi:latest"
+    from twofiles.formats.resolve import resolve_model
+
+    assert resolve_model("Luigi").persona.system == "Hi."
+    rc, out, err = cli(capsys, "rm", "MARIO:V2", "luigi:latest", "--json")
+    assert rc == 0 and last_json(out)["removed"] == ["mario:v2", "luigi:latest"]
+    assert persona.list_records() == [] and list(registry.iterdir()) == []
+
+
+def test_an_unwritable_registry_is_a_clear_error(base, tmp_path, capsys, monkeypatch) -> None:
+    mf = write(tmp_path / "Modelfile", f"FROM {base}\n")
+    blocker = write(tmp_path / "not-a-dir", "")  # a file where the registry's parent should be
+    monkeypatch.setenv("TWOFILES_PERSONAS", str(blocker / "personas"))
+    rc, _, err = cli(capsys, "create", "mario", "-f", str(mf))
+    assert rc == 2 and "Traceback" not in err
+    assert f"cannot write mario:latest in the persona registry {blocker / 'personas'}" in err
+    assert "TWOFILES_PERSONAS" in err
+    assert cli(capsys, "list")[0] == 0  # reading still works
+    # a registry the user may read but not change (simulated: the tests may run as root)
+    root = tmp_path / "ro"
+    monkeypatch.setenv("TWOFILES_PERSONAS", str(root))
+    assert cli(capsys, "create", "mario", "-f", str(mf))[0] == 0
+
+    def refuse(self, *a, **k):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    with monkeypatch.context() as m:
+        m.setattr(Path, "unlink", refuse)
+        rc, _, err = cli(capsys, "rm", "mario")
+        assert rc == 2 and "cannot remove mario:latest" in err and "Permission denied" in err
+    with monkeypatch.context() as m:
+        m.setattr(os, "replace", lambda src, dst: refuse(Path(dst)))
+        rc, _, err = cli(capsys, "cp", "mario", "luigi")
+        assert rc == 2 and "cannot write luigi:latest" in err
+    assert [r["name"] for r in persona.list_records()] == ["mario:latest"]
+    # nothing half-written: no temporary file, no empty directory for the name
+    assert sorted(p.name for p in root.rglob("*")) == ["latest.json", "mario"]
+
+
+# ---------------------------------------------------------------------------------------------
+# A persona as a training base
+
+
+def test_sft_from_a_persona_keeps_the_models_context(base, tmp_path, capsys) -> None:
+    """num_ctx caps chats; training from the persona neither cuts its conversations to num_ctx
+    nor saves a model whose max_seq_len shrank to it."""
+    from twofiles.artifact import load_model
+    from twofiles.formats.resolve import resolve_model
+
+    mf = write(tmp_path / "Modelfile", f"FROM {base}\nPARAMETER num_ctx 12\n")
+    assert cli(capsys, "create", "short", "-f", str(mf))[0] == 0
+    assert resolve_model("short").model.config.max_seq_len == 12  # chats are capped
+    assert resolve_model("short", cap_context=False).model.config.max_seq_len == 256
+    question = "a b c d e f g h i j "
+    convs = tmp_path / "convs.jsonl"
+    convs.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "messages": [
+                        {"role": "user", "content": f"{question}{i}"},
+                        {"role": "assistant", "content": f"ok {i}"},
+                    ]
+                }
+            )
+            + "\n"
+            for i in range(8)
+        )
+    )
+    out = tmp_path / "run"
+    rc, _, err = cli(
+        capsys,
+        "sft",
+        "short",
+        "--data",
+        str(convs),
+        "--val-data",
+        str(convs),
+        "--out",
+        str(out),
+        "--max-steps",
+        "1",
+        "--batch-size",
+        "2",
+        "--seq-len",
+        "96",
+        "--skill-tasks",
+        "0",
+        "--threads",
+        "1",
+        "--no-progress",
+        "--json",
+    )
+    assert rc == 0, err[-2000:]
+    trained = load_model(out / "model.safetensors")
+    assert trained.model.config.max_seq_len == 256

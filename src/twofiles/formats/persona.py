@@ -337,8 +337,9 @@ def save(record: dict[str, Any]) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(path, data.encode("utf-8"))
     except OSError as e:
-        try:  # nothing half-written stays behind (atomic_write_bytes's temporary file)
+        try:  # nothing half-written stays behind: atomic_write_bytes's temporary file, the name's dir
             path.with_name(f".{path.name}.{os.getpid()}.tmp").unlink(missing_ok=True)
+            path.parent.rmdir()  # only if empty: the name's other tags stay
         except OSError:
             pass
         raise _registry_error(e, f"write {record['name']}") from None
