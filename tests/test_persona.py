@@ -719,9 +719,9 @@ def test_an_unwritable_registry_is_a_clear_error(base, tmp_path, capsys, monkeyp
 # A persona as a training base
 
 
-def test_sft_from_a_persona_keeps_the_models_context(base, tmp_path, capsys) -> None:
+def test_sft_and_export_from_a_persona_keep_the_models_context(base, tmp_path, capsys) -> None:
     """num_ctx caps chats; training from the persona neither cuts its conversations to num_ctx
-    nor saves a model whose max_seq_len shrank to it."""
+    nor saves a model whose max_seq_len shrank to it, and neither does exporting it."""
     from twofiles.artifact import load_model
     from twofiles.formats.resolve import resolve_model
 
@@ -772,3 +772,9 @@ def test_sft_from_a_persona_keeps_the_models_context(base, tmp_path, capsys) -> 
     assert rc == 0, err[-2000:]
     trained = load_model(out / "model.safetensors")
     assert trained.model.config.max_seq_len == 256
+    # exporting the persona writes its model, whose context is the model's own too
+    assert cli(capsys, "export", "hf", "short", str(tmp_path / "hf"))[0] == 0
+    hf_config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert hf_config["max_position_embeddings"] == 256
+    assert cli(capsys, "export", "run", "short", str(tmp_path / "run2"))[0] == 0
+    assert load_model(tmp_path / "run2" / "model.safetensors").model.config.max_seq_len == 256

@@ -53,7 +53,10 @@ def run(args: argparse.Namespace) -> int:
         from twofiles.formats.resolve import resolve_model
 
         summary = export_gguf(
-            resolve_model(args.model, device="cpu"), args.out, qtype=args.type, progress=True
+            resolve_model(args.model, device="cpu", cap_context=False),
+            args.out,
+            qtype=args.type,
+            progress=True,
         )
         print(
             f"wrote {summary['path']} ({summary['architecture']}, {summary['type']}, {summary['bytes'] / 1e6:.2f} MB)",
@@ -66,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         from twofiles.formats.hf import export_hf
         from twofiles.formats.resolve import resolve_model
 
-        summary = export_hf(resolve_model(args.model, device="cpu"), args.out)
+        summary = export_hf(resolve_model(args.model, device="cpu", cap_context=False), args.out)
         print(f"wrote a Hugging Face model directory to {args.out}", file=sys.stderr)
         if args.json:
             emit_json({"out": str(args.out), **{k: v for k, v in summary.items() if k != "out"}})

@@ -68,7 +68,7 @@ def export_run(
     if loaded is None and not _is_twofiles_file(model_path):
         from twofiles.formats.resolve import resolve_model  # the one place other formats are read
 
-        loaded = resolve_model(model_path)
+        loaded = resolve_model(model_path, cap_context=False)  # a persona: its model, uncapped
     out.mkdir(parents=True, exist_ok=True)
     model_out, run_out = out / MODEL_NAME, out / RUN_NAME
     if loaded is not None:
