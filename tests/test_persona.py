@@ -680,7 +680,7 @@ def test_names_are_case_insensitive_and_a_missing_registry_is_empty(
     from twofiles.formats.resolve import resolve_model
 
     assert resolve_model("Luigi").persona.system == "Hi."
-    rc, out, err = cli(capsys, "rm", "MARIO:V2", "luigi:latest", "--json")
+    rc, out, err = cli(capsys, "rm", "MARIO:V2", "luigi:latest", "Luigi", "mario:v2", "--json")
     assert rc == 0 and last_json(out)["removed"] == ["mario:v2", "luigi:latest"]
     assert persona.list_records() == [] and list(registry.iterdir()) == []
 

@@ -17,10 +17,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from twofiles.formats import persona
 
-    for name in args.names:  # all exist, or nothing is removed
+    # one name given twice (mario, Mario:latest) is removed once; errors keep the user's spelling
+    given: dict[str, str] = {}
+    for n in args.names:
+        given.setdefault(persona.canonical_name(n), n)
+    names = list(given.values())
+    for name in names:  # all exist, or nothing is removed
         if not persona.record_path(name).is_file():
             persona.get(name)  # says so, listing what is registered
-    removed = [persona.remove(name) for name in args.names]
+    removed = [persona.remove(name) for name in names]
     for name in removed:
         print(f"deleted {name}", file=sys.stderr)
     if args.json:
