@@ -402,6 +402,10 @@ def test_served_on_the_base_models_engine(base, tmp_path, capsys) -> None:
     assert shared2 == {"t": "base"} and models2["t"].model is models2["base"].model
     alone, shared3 = load_models({"terse": "terse"})
     assert shared3 == {} and alone["terse"].persona.name == "terse:latest"
+    # a persona named in another spelling (or under another name) is served once, as named
+    models4, shared4 = load_models({"base": str(base), "Terse": "Terse"})
+    assert list(models4) == ["base", "Terse", "short:v1"]
+    assert shared4 == {"Terse": "base", "short:v1": "base"}
 
     app = create_app(models, shared=shared)
     assert list(app.state.scheduler.engines) == ["base"]  # one engine, one KV cache

@@ -491,9 +491,11 @@ def load_models(
             on_load(name, spec, loaded[name], time.perf_counter() - t0)
     models = {name: loaded[name] for name in specs}
     if personas:
+        # a persona the user named (`serve Mario`) is served under that name, not twice
+        named = {record["name"] for record in records.values() if record is not None}
         for record in persona.list_records():
             name, key = record["name"].removesuffix(":latest"), served_key(record["name"])
-            if name not in models and key in by_key:
+            if name not in models and record["name"] not in named and key in by_key:
                 shared[name] = by_key[key]
                 models[name] = persona_view(models[shared[name]], record)
     return models, shared
