@@ -593,3 +593,90 @@ def test_builtin_collection_retrieval(tmp_path: Path) -> None:
     # keeps BM25's keyed 1.0 and loses ~0.1 to dense on described questions
     assert r["hybrid"]["keyed"] >= r["bm25"]["keyed"] - 0.02, r
     assert r["hybrid"]["described"] >= r["dense"]["described"] - 0.15, r
+
+
+# ---- messy folders and queries ----------------------------------------------------------------
+
+
+def test_a_word_longer_than_a_chunk_is_cut_between_characters_within_the_budget() -> None:
+    from twofiles.rag.index import get_embedder
+
+    count = get_embedder("minilm").count_tokens
+    csv = ",".join(f"{i},{i * 7}" for i in range(3000))  # one line, no spaces, ~20k tokens
+    blob = "{" + ",".join(f'"k{i}":[{i},{i + 1}]' for i in range(1500)) + "}"
+    words = " ".join(f"word{i}" for i in range(3000))  # no sentence end at all
+    for text in (csv, blob, words):
+        spans = chunk_spans(text, count, chunk_tokens=64, overlap=8)
+        assert len(spans) > 1
+        assert max(count([text[s:e] for s, e in spans])) <= 64
+        assert spans[0][0] == 0 and spans[-1][1] == len(text)
+        assert all(a[1] >= b[0] for a, b in itertools.pairwise(spans))  # nothing left out
+    # numbers stay whole: a minified line is cut after a punctuation mark
+    spans = chunk_spans(csv, lambda ts: [len(t) for t in ts], chunk_tokens=50, overlap=0)
+    assert all(csv[e - 1] == "," or e == len(csv) for _, e in spans)
+
+
+def test_a_messy_folder_indexes_with_right_locations_and_edge_queries_work(
+    tmp_path: Path,
+) -> None:
+    d = tmp_path / "messy"
+    _write(d / "empty.txt", "")
+    _write(d / "blank.txt", "  \n\n\t \r\n")
+    (d / "bom.txt").write_bytes("\ufeffQuillwort grows.\n".encode())
+    (d / "crlf.txt").write_bytes(b"First line.\r\nSecond line.\r\nThe heron nests in reeds.\r\n")
+    _pdf(d / "scan.pdf", ["", "Copper was mined at Falun."])  # a page without text
+    os.symlink("..", d / "up")  # a loop: the walk must not follow it
+    os.symlink(d / "bom.txt", d / "z_again.txt")  # the same file twice: indexed once
+    db = tmp_path / "i.db"
+    s = build_index([str(d)], db, progress=False, chunk_tokens=8, overlap=0)
+    assert (s["files"], s["chunks"]) == (5, 4)
+    with open_index(db) as ix:
+        (heron,) = ix.search("heron", k=1, mode="bm25")
+        assert (heron.source, heron.location) == (str(d / "crlf.txt"), "line 3")
+        (quill,) = ix.search("quillwort", k=1, mode="bm25")
+        assert (quill.source, quill.text) == (str(d / "bom.txt"), "Quillwort grows.")
+        (falun,) = ix.search("Falun copper", k=1)
+        assert falun.location == "page 2"
+        assert len(ix.search("Кварц 東京 ζήτα", k=100)) == 4  # more than there are chunks
+        assert ix.search("the of and", k=3, mode="bm25") == []  # only stop-words
+        assert len(ix.search("the of and", k=3)) == 3  # dense still ranks
+        with pytest.raises(BadInputError, match="k must be at least 1"):
+            ix.search("heron", k=0)
+    _write(d / "crlf.txt", "")  # emptied between two runs: its chunks go
+    s = build_index([str(d)], db, progress=False, chunk_tokens=8, overlap=0)
+    assert (s["updated"], s["chunks"]) == (1, 2)
+    with open_index(db) as ix:
+        assert ix.search("heron", k=3, mode="bm25") == []
+
+
+def test_an_index_that_cannot_be_written_is_a_clear_error_with_nothing_half_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    doc = _write(tmp_path / "a.txt", "Saltmarsh grass floods twice a day.")
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(BadInputError, match=r"x\.db: cannot make the index's folder"):
+        build_index([str(doc)], tmp_path / "file" / "sub" / "x.db", progress=False)
+    db = tmp_path / "i.db"
+    build_index([str(doc)], db, progress=False)
+    before = sorted(p.name for p in tmp_path.iterdir())
+
+    def full_disk(*args: object, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np, "save", full_disk)
+    _write(doc, "Saltmarsh grass floods once a day.")
+    with pytest.raises(BadInputError, match=r"i\.db: cannot write the index .*No space left"):
+        build_index([str(doc)], db, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    monkeypatch.undo()
+    with open_index(db) as ix:
+        assert "twice" in ix.search("saltmarsh", k=1)[0].text
+
+
+def test_cli_query_refuses_an_empty_query(
+    index_db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from twofiles.cli import main
+
+    assert main(["rag", "query", str(index_db), "  "]) == 2
+    assert "QUERY is empty" in capsys.readouterr().err

@@ -16,6 +16,7 @@ import os
 import sys
 
 from twofiles.cli.common import add_device_flag, add_json_flag, emit_json
+from twofiles.errors import BadInputError
 
 SNIPPET = 70  # characters of each passage in the human table
 
@@ -117,6 +118,8 @@ def run(args: argparse.Namespace) -> int:
 
     from twofiles.rag import open_index
 
+    if not args.query.strip():
+        raise BadInputError("QUERY is empty: say what to look for")
     with open_index(args.db, device=_device(args)) as index:
         hits = index.search(args.query, k=args.k, mode=args.mode)
     if not hits:

@@ -382,6 +382,17 @@ def _embedder_name(embedder: str) -> str:
     return embedder
 
 
+def _check_writable(db: Path) -> None:
+    """BadInputError naming `db` if its folder cannot be made or written to."""
+    folder = db.parent.absolute()
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise BadInputError(f"cannot make the index's folder: {folder} is a file", path=str(db))
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise BadInputError(f"the index's folder {folder} is not writable", path=str(db))
+
+
 def build_index(
     paths: Sequence[str],
     db: str | os.PathLike[str],
@@ -411,6 +422,7 @@ def build_index(
             f"--chunk-tokens must be at least 8 and --overlap in [0, chunk tokens), not {chunk_tokens}/{overlap}"
         )
     db = Path(db)
+    _check_writable(db)  # before any reading or embedding, which can take minutes
     old_meta = _read_meta(db) if db.exists() else None
     named = [(p, builtin_collection_dir()) if p == BUILTIN else (p, Path(p)) for p in paths]
     found = walk(named)
@@ -546,8 +558,11 @@ def build_index(
     if fresh and target.exists():
         target.unlink()
     gen = uuid.uuid4().hex[:12]
-    db.parent.mkdir(parents=True, exist_ok=True)
-    con = sqlite3.connect(str(target), isolation_level=None)
+    try:
+        db.parent.mkdir(parents=True, exist_ok=True)
+        con = sqlite3.connect(str(target), isolation_level=None)
+    except (OSError, sqlite3.OperationalError) as e:
+        raise BadInputError(f"cannot write the index ({e})", path=str(db)) from None
     try:
         con.execute("BEGIN IMMEDIATE")
         if fresh:
@@ -618,12 +633,16 @@ def build_index(
             os.fsync(out.fileno())
         os.replace(tmp, vec)
         con.execute("COMMIT")
-    except BaseException:
+    except BaseException as e:
         if con.in_transaction:
             con.execute("ROLLBACK")
         con.close()
         if fresh and target.exists():
             target.unlink()
+        for stale in db.parent.glob(f".{glob.escape(db.name)}.vectors-{gen}.npy.tmp"):
+            stale.unlink(missing_ok=True)
+        if isinstance(e, (OSError, sqlite3.OperationalError)):  # a full disk, a read-only file
+            raise BadInputError(f"cannot write the index ({e})", path=str(db)) from None
         raise
     con.close()
     if fresh:
