@@ -680,3 +680,26 @@ def test_cli_query_refuses_an_empty_query(
 
     assert main(["rag", "query", str(index_db), "  "]) == 2
     assert "QUERY is empty" in capsys.readouterr().err
+
+
+def test_a_file_without_read_permission_is_skipped_in_a_folder_and_named_when_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from twofiles.rag import extract
+
+    _write(tmp_path / "d" / "a.txt", "Otters hold hands while they sleep.")
+    locked = _write(tmp_path / "d" / "locked.txt", "private")
+    sniff = extract.is_binary
+
+    def no_permission(path: Path) -> bool:  # chmod 000 does not stop root, who runs CI
+        if path.name == "locked.txt":
+            raise PermissionError(13, "Permission denied")
+        return sniff(path)
+
+    monkeypatch.setattr(extract, "is_binary", no_permission)
+    s = build_index([str(tmp_path / "d")], tmp_path / "i.db", progress=False)
+    assert (s["files"], s["skipped"]["unreadable"]) == (1, 1)
+    assert s["unreadable"] == [f"{tmp_path / 'd' / 'locked.txt'}: cannot read (Permission denied)"]
+    with pytest.raises(BadInputError, match=r"locked\.txt: cannot read \(Permission denied\)"):
+        build_index([str(locked)], tmp_path / "j.db", progress=False)
+    assert not (tmp_path / "j.db").exists()

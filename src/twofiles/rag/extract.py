@@ -37,6 +37,7 @@ class Walk:
     hidden: int = 0  # files and folders left out because their name starts with "."
     binary: int = 0  # files left out because they are not text (and not a PDF)
     in_folders: set[Path] = field(default_factory=set)  # the files found by walking a folder
+    unreadable: list[str] = field(default_factory=list)  # a folder's files we may not open, why
 
 
 def line_locator(text: str) -> Callable[[int, int], str]:
@@ -65,7 +66,11 @@ def walk(paths: list[tuple[str, Path]]) -> Walk:
         if not path.exists():
             raise BadInputError("no such file or folder", path=given)
         if path.is_file():
-            if path.suffix.lower() not in PDF_SUFFIXES and is_binary(path):
+            try:
+                binary = path.suffix.lower() not in PDF_SUFFIXES and is_binary(path)
+            except OSError as e:
+                raise BadInputError(f"cannot read ({e.strerror})", path=given) from None
+            if binary:
                 raise BadInputError(
                     "a binary file (not text, HTML, PDF or JSONL); nothing to index", path=given
                 )
@@ -84,14 +89,20 @@ def walk(paths: list[tuple[str, Path]]) -> Walk:
                 f = Path(root) / name
                 if not f.is_file():
                     continue
-                if f.suffix.lower() not in PDF_SUFFIXES and is_binary(f):
+                cite = os.path.join(given, os.path.relpath(f, path))
+                try:
+                    binary = f.suffix.lower() not in PDF_SUFFIXES and is_binary(f)
+                except OSError as e:  # no permission: skipped and listed like a non-UTF-8 file
+                    out.unreadable.append(f"{cite}: cannot read ({e.strerror})")
+                    continue
+                if binary:
                     out.binary += 1
                     continue
                 if f.resolve() in seen:
                     continue
                 seen.add(f.resolve())
                 out.in_folders.add(f.resolve())
-                out.files.append((f.resolve(), os.path.join(given, os.path.relpath(f, path))))
+                out.files.append((f.resolve(), cite))
     return out
 
 

@@ -485,9 +485,9 @@ def build_index(
             "skipped": {
                 "hidden": found.hidden,
                 "binary": found.binary,
-                "unreadable": len(unreadable),
+                "unreadable": len(found.unreadable) + len(unreadable),
             },
-            "unreadable": unreadable,
+            "unreadable": found.unreadable + unreadable,
             "files": len(walked)
             - len(unreadable)
             + sum(1 for f in old_files if f not in walked and f not in removed),
