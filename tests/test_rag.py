@@ -118,6 +118,21 @@ def test_html_keeps_the_visible_text_only() -> None:
     assert text.split("\n") == ["One & two", "", "three", "four"]
 
 
+def test_html_keeps_pre_blocks_as_written_and_decodes_entities() -> None:
+    text = html_text(
+        "<style>p {}</style><!-- a comment --><p>Tom&nbsp;&amp;  Jerry&#x27;s\r\n  show</p>"
+        "<pre><code>def f(x):\r\n    return  x &lt; 1\n</code></pre><p>after</p>"
+    )
+    assert text.split("\n") == [
+        "Tom & Jerry's show",
+        "",
+        "def f(x):",
+        "    return  x < 1",
+        "",
+        "after",
+    ]
+
+
 def test_a_folder_walk_skips_hidden_names_and_binaries_with_a_count(docs: Path) -> None:
     w = walk([(str(docs), docs)])
     names = sorted(Path(name).name for _, name in w.files)

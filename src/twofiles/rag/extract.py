@@ -114,7 +114,9 @@ def _read_text(path: Path, name: str) -> str:
 
 
 class _Visible(HTMLParser):
-    """The text a browser shows: no script, style, head or template; blocks on their own lines."""
+    """The text a browser shows: no script, style, head or template; blocks on their own lines,
+    the source's line breaks inside them spaces; <pre>'s spaces and line breaks kept (code's
+    indentation is its meaning)."""
 
     SKIP = {"script", "style", "head", "title", "noscript", "template", "svg"}
     BLOCK = {
@@ -124,27 +126,48 @@ class _Visible(HTMLParser):
 
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
-        self.parts: list[str] = []
+        self.parts: list[tuple[str, bool]] = []  # (text, inside <pre>)
         self.skipping = 0
+        self.pre = 0
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         if tag in self.SKIP:
             self.skipping += 1
         elif tag in self.BLOCK:
-            self.parts.append("\n")
+            self.parts.append(("\n", False))
+        self.pre += tag == "pre"
 
     def handle_endtag(self, tag: str) -> None:
         if tag in self.SKIP:
             self.skipping = max(0, self.skipping - 1)
         elif tag in self.BLOCK:
-            self.parts.append("\n")
+            self.parts.append(("\n", False))
+        if tag == "pre":
+            self.pre = max(0, self.pre - 1)
 
     def handle_data(self, data: str) -> None:
-        if not self.skipping:
-            self.parts.append(data)
+        if self.skipping:
+            return
+        if self.pre:
+            self.parts.append((data.replace("\r\n", "\n"), True))
+        else:  # a line break in the source is a space on the page
+            self.parts.append((data.replace("\r", " ").replace("\n", " "), False))
+
+    def _lines(self) -> Iterator[str]:
+        """Each line with its runs of whitespace made one space, unless it holds <pre> text."""
+        line: list[str] = []
+        pre = False
+        for data, in_pre in self.parts:
+            for i, piece in enumerate(data.split("\n")):
+                if i:
+                    yield "".join(line).rstrip() if pre else " ".join("".join(line).split())
+                    line, pre = [], False
+                line.append(piece)
+                pre = pre or (in_pre and bool(piece.strip()))
+        yield "".join(line).rstrip() if pre else " ".join("".join(line).split())
 
     def text(self) -> str:
-        lines = (" ".join(line.split()) for line in "".join(self.parts).splitlines())
+        lines = self._lines()
         out, blank = [], False
         for line in lines:
             if line:
@@ -153,7 +176,7 @@ class _Visible(HTMLParser):
             elif not blank and out:
                 out.append("")
                 blank = True
-        return "\n".join(out).strip()
+        return "\n".join(out).strip("\n")
 
 
 def html_text(html: str) -> str:
