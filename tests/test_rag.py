@@ -718,3 +718,14 @@ def test_a_file_without_read_permission_is_skipped_in_a_folder_and_named_when_gi
     with pytest.raises(BadInputError, match=r"locked\.txt: cannot read \(Permission denied\)"):
         build_index([str(locked)], tmp_path / "j.db", progress=False)
     assert not (tmp_path / "j.db").exists()
+
+
+def test_chunks_never_exceed_what_the_embedder_reads(tmp_path: Path) -> None:
+    from twofiles.rag.embed import MINILM_MAX_TOKENS
+    from twofiles.rag.index import get_embedder
+
+    doc = _write(tmp_path / "long.txt", " ".join(f"word{i}" for i in range(1500)))
+    build_index([str(doc)], tmp_path / "i.db", progress=False, chunk_tokens=1000, overlap=8)
+    with open_index(tmp_path / "i.db") as ix:
+        counts = get_embedder("minilm").count_tokens([r[5] for r in ix.rows])
+    assert len(counts) > 1 and max(counts) + 2 <= MINILM_MAX_TOKENS  # + [CLS] and [SEP]

@@ -43,7 +43,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="minilm (all-MiniLM-L6-v2, default) or any twofiles MODEL (its mean-pooled hidden states)",
     )
     p.add_argument(
-        "--chunk-tokens", type=int, default=256, help="tokens per chunk at most (default 256)"
+        "--chunk-tokens",
+        type=int,
+        default=256,
+        help="tokens per chunk at most (default 256; never more than the embedder reads: 254 for "
+        "minilm)",
     )
     p.add_argument(
         "--overlap",

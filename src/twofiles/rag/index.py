@@ -382,6 +382,15 @@ def _embedder_name(embedder: str) -> str:
     return embedder
 
 
+def _input_tokens(emb: Embedder) -> int | None:
+    """The most tokens of text the embedder reads: a longer chunk would be embedded cut short."""
+    from twofiles.rag.embed import MINILM, MINILM_MAX_TOKENS
+
+    if emb.name == MINILM:
+        return MINILM_MAX_TOKENS - 2  # its 256 include [CLS] and [SEP]
+    return getattr(emb, "max_tokens", None)
+
+
 def _check_writable(db: Path) -> None:
     """BadInputError naming `db` if its folder cannot be made or written to."""
     folder = db.parent.absolute()
@@ -513,6 +522,7 @@ def build_index(
         return summary(n, 0, 0.0)
 
     emb = get_embedder(name, device)
+    budget = min(chunk_tokens, _input_tokens(emb) or chunk_tokens)
     t_work = time.perf_counter()  # indexing speed leaves out loading the embedder
     # (file, source, start, end, location, text) per new chunk
     new_chunks: list[tuple[str, str, int, int, str, str]] = []
@@ -533,7 +543,7 @@ def build_index(
             (key, doc.source, s, e, doc.locate(s, e), doc.text[s:e])
             for doc in docs
             for s, e in chunk_spans(
-                doc.text, emb.count_tokens, chunk_tokens=chunk_tokens, overlap=overlap
+                doc.text, emb.count_tokens, chunk_tokens=budget, overlap=min(overlap, budget - 1)
             )
         ]
         new_chunks.extend(chunks)
