@@ -223,6 +223,15 @@ def test_minilm_refuses_weights_whose_sha256_differs(tmp_path: Path) -> None:
         MiniLM(tmp_path, device="cpu")
 
 
+def test_bm25_matches_words_across_unicode_spellings() -> None:
+    texts = ["Le cafe\u0301 est ouvert.", "ＡＢＣ１２ model", "the ﬁle system", "plain text"]
+    bm25 = BM25(texts)
+    for query, doc in (("café", 0), ("abc12", 1), ("file", 2), ("CAFÉ", 0)):
+        s = bm25.scores(query)
+        assert s.argmax() == doc and (s > 0).sum() == 1, query
+    assert words("cafe\u0301 ＡＢＣ") == words("café abc") == ["café", "abc"]
+
+
 def test_bm25_matches_the_formula_computed_naively() -> None:
     texts = [
         "the copper bells ring in the north wind",
@@ -620,7 +629,8 @@ def test_a_word_longer_than_a_chunk_is_cut_between_characters_within_the_budget(
     csv = ",".join(f"{i},{i * 7}" for i in range(3000))  # one line, no spaces, ~20k tokens
     blob = "{" + ",".join(f'"k{i}":[{i},{i + 1}]' for i in range(1500)) + "}"
     words = " ".join(f"word{i}" for i in range(3000))  # no sentence end at all
-    for text in (csv, blob, words):
+    cjk = "東京は日本の首都であり大きな都市です。" * 300  # no space anywhere
+    for text in (csv, blob, words, cjk):
         spans = chunk_spans(text, count, chunk_tokens=64, overlap=8)
         assert len(spans) > 1
         assert max(count([text[s:e] for s, e in spans])) <= 64
