@@ -728,6 +728,8 @@ def test_a_file_without_read_permission_is_skipped_in_a_folder_and_named_when_gi
     with pytest.raises(BadInputError, match=r"locked\.txt: cannot read \(Permission denied\)"):
         build_index([str(locked)], tmp_path / "j.db", progress=False)
     assert not (tmp_path / "j.db").exists()
+    with pytest.raises(BadInputError, match=r"gone\.txt: cannot read"):  # deleted since the walk
+        list(documents(tmp_path / "gone.txt", "gone.txt"))
 
 
 def test_chunks_never_exceed_what_the_embedder_reads(tmp_path: Path) -> None:

@@ -109,6 +109,8 @@ def walk(paths: list[tuple[str, Path]]) -> Walk:
 def _read_text(path: Path, name: str) -> str:
     try:
         return path.read_bytes().decode("utf-8-sig")
+    except OSError as e:  # gone or locked since the walk
+        raise BadInputError(f"cannot read ({e.strerror})", path=name) from None
     except UnicodeDecodeError as e:
         raise BadInputError(f"not UTF-8 text (byte {e.start})", path=name) from None
 
