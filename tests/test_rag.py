@@ -118,6 +118,21 @@ def test_html_keeps_the_visible_text_only() -> None:
     assert text.split("\n") == ["One & two", "", "three", "four"]
 
 
+def test_html_keeps_pre_blocks_as_written_and_decodes_entities() -> None:
+    text = html_text(
+        "<style>p {}</style><!-- a comment --><p>Tom&nbsp;&amp;  Jerry&#x27;s\r\n  show</p>"
+        "<pre><code>def f(x):\r\n    return  x &lt; 1\n</code></pre><p>after</p>"
+    )
+    assert text.split("\n") == [
+        "Tom & Jerry's show",
+        "",
+        "def f(x):",
+        "    return  x < 1",
+        "",
+        "after",
+    ]
+
+
 def test_a_folder_walk_skips_hidden_names_and_binaries_with_a_count(docs: Path) -> None:
     w = walk([(str(docs), docs)])
     names = sorted(Path(name).name for _, name in w.files)
@@ -206,6 +221,15 @@ def test_minilm_refuses_weights_whose_sha256_differs(tmp_path: Path) -> None:
     (tmp_path / "tokenizer.json").write_bytes((minilm_dir() / "tokenizer.json").read_bytes())
     with pytest.raises(TwofilesError, match="sha256 .* is not all-MiniLM-L6-v2's"):
         MiniLM(tmp_path, device="cpu")
+
+
+def test_bm25_matches_words_across_unicode_spellings() -> None:
+    texts = ["Le cafe\u0301 est ouvert.", "ＡＢＣ１２ model", "the ﬁle system", "plain text"]
+    bm25 = BM25(texts)
+    for query, doc in (("café", 0), ("abc12", 1), ("file", 2), ("CAFÉ", 0)):
+        s = bm25.scores(query)
+        assert s.argmax() == doc and (s > 0).sum() == 1, query
+    assert words("cafe\u0301 ＡＢＣ") == words("café abc") == ["café", "abc"]
 
 
 def test_bm25_matches_the_formula_computed_naively() -> None:
@@ -593,3 +617,127 @@ def test_builtin_collection_retrieval(tmp_path: Path) -> None:
     # keeps BM25's keyed 1.0 and loses ~0.1 to dense on described questions
     assert r["hybrid"]["keyed"] >= r["bm25"]["keyed"] - 0.02, r
     assert r["hybrid"]["described"] >= r["dense"]["described"] - 0.15, r
+
+
+# ---- messy folders and queries ----------------------------------------------------------------
+
+
+def test_a_word_longer_than_a_chunk_is_cut_between_characters_within_the_budget() -> None:
+    from twofiles.rag.index import get_embedder
+
+    count = get_embedder("minilm").count_tokens
+    csv = ",".join(f"{i},{i * 7}" for i in range(3000))  # one line, no spaces, ~20k tokens
+    blob = "{" + ",".join(f'"k{i}":[{i},{i + 1}]' for i in range(1500)) + "}"
+    words = " ".join(f"word{i}" for i in range(3000))  # no sentence end at all
+    cjk = "東京は日本の首都であり大きな都市です。" * 300  # no space anywhere
+    for text in (csv, blob, words, cjk):
+        spans = chunk_spans(text, count, chunk_tokens=64, overlap=8)
+        assert len(spans) > 1
+        assert max(count([text[s:e] for s, e in spans])) <= 64
+        assert spans[0][0] == 0 and spans[-1][1] == len(text)
+        assert all(a[1] >= b[0] for a, b in itertools.pairwise(spans))  # nothing left out
+    # numbers stay whole: a minified line is cut after a punctuation mark
+    spans = chunk_spans(csv, lambda ts: [len(t) for t in ts], chunk_tokens=50, overlap=0)
+    assert all(csv[e - 1] == "," or e == len(csv) for _, e in spans)
+
+
+def test_a_messy_folder_indexes_with_right_locations_and_edge_queries_work(
+    tmp_path: Path,
+) -> None:
+    d = tmp_path / "messy"
+    _write(d / "empty.txt", "")
+    _write(d / "blank.txt", "  \n\n\t \r\n")
+    (d / "bom.txt").write_bytes("\ufeffQuillwort grows.\n".encode())
+    (d / "crlf.txt").write_bytes(b"First line.\r\nSecond line.\r\nThe heron nests in reeds.\r\n")
+    _pdf(d / "scan.pdf", ["", "Copper was mined at Falun."])  # a page without text
+    os.symlink("..", d / "up")  # a loop: the walk must not follow it
+    os.symlink(d / "bom.txt", d / "z_again.txt")  # the same file twice: indexed once
+    db = tmp_path / "i.db"
+    s = build_index([str(d)], db, progress=False, chunk_tokens=8, overlap=0)
+    assert (s["files"], s["chunks"]) == (5, 4)
+    with open_index(db) as ix:
+        (heron,) = ix.search("heron", k=1, mode="bm25")
+        assert (heron.source, heron.location) == (str(d / "crlf.txt"), "line 3")
+        (quill,) = ix.search("quillwort", k=1, mode="bm25")
+        assert (quill.source, quill.text) == (str(d / "bom.txt"), "Quillwort grows.")
+        (falun,) = ix.search("Falun copper", k=1)
+        assert falun.location == "page 2"
+        assert len(ix.search("Кварц 東京 ζήτα", k=100)) == 4  # more than there are chunks
+        assert ix.search("the of and", k=3, mode="bm25") == []  # only stop-words
+        assert len(ix.search("the of and", k=3)) == 3  # dense still ranks
+        with pytest.raises(BadInputError, match="k must be at least 1"):
+            ix.search("heron", k=0)
+    _write(d / "crlf.txt", "")  # emptied between two runs: its chunks go
+    s = build_index([str(d)], db, progress=False, chunk_tokens=8, overlap=0)
+    assert (s["updated"], s["chunks"]) == (1, 2)
+    with open_index(db) as ix:
+        assert ix.search("heron", k=3, mode="bm25") == []
+
+
+def test_an_index_that_cannot_be_written_is_a_clear_error_with_nothing_half_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    doc = _write(tmp_path / "a.txt", "Saltmarsh grass floods twice a day.")
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(BadInputError, match=r"x\.db: cannot make the index's folder"):
+        build_index([str(doc)], tmp_path / "file" / "sub" / "x.db", progress=False)
+    db = tmp_path / "i.db"
+    build_index([str(doc)], db, progress=False)
+    before = sorted(p.name for p in tmp_path.iterdir())
+
+    def full_disk(*args: object, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np, "save", full_disk)
+    _write(doc, "Saltmarsh grass floods once a day.")
+    with pytest.raises(BadInputError, match=r"i\.db: cannot write the index .*No space left"):
+        build_index([str(doc)], db, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    monkeypatch.undo()
+    with open_index(db) as ix:
+        assert "twice" in ix.search("saltmarsh", k=1)[0].text
+
+
+def test_cli_query_refuses_an_empty_query(
+    index_db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from twofiles.cli import main
+
+    assert main(["rag", "query", str(index_db), "  "]) == 2
+    assert "QUERY is empty" in capsys.readouterr().err
+
+
+def test_a_file_without_read_permission_is_skipped_in_a_folder_and_named_when_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from twofiles.rag import extract
+
+    _write(tmp_path / "d" / "a.txt", "Otters hold hands while they sleep.")
+    locked = _write(tmp_path / "d" / "locked.txt", "private")
+    sniff = extract.is_binary
+
+    def no_permission(path: Path) -> bool:  # chmod 000 does not stop root, who runs CI
+        if path.name == "locked.txt":
+            raise PermissionError(13, "Permission denied")
+        return sniff(path)
+
+    monkeypatch.setattr(extract, "is_binary", no_permission)
+    s = build_index([str(tmp_path / "d")], tmp_path / "i.db", progress=False)
+    assert (s["files"], s["skipped"]["unreadable"]) == (1, 1)
+    assert s["unreadable"] == [f"{tmp_path / 'd' / 'locked.txt'}: cannot read (Permission denied)"]
+    with pytest.raises(BadInputError, match=r"locked\.txt: cannot read \(Permission denied\)"):
+        build_index([str(locked)], tmp_path / "j.db", progress=False)
+    assert not (tmp_path / "j.db").exists()
+    with pytest.raises(BadInputError, match=r"gone\.txt: cannot read"):  # deleted since the walk
+        list(documents(tmp_path / "gone.txt", "gone.txt"))
+
+
+def test_chunks_never_exceed_what_the_embedder_reads(tmp_path: Path) -> None:
+    from twofiles.rag.embed import MINILM_MAX_TOKENS
+    from twofiles.rag.index import get_embedder
+
+    doc = _write(tmp_path / "long.txt", " ".join(f"word{i}" for i in range(1500)))
+    build_index([str(doc)], tmp_path / "i.db", progress=False, chunk_tokens=1000, overlap=8)
+    with open_index(tmp_path / "i.db") as ix:
+        counts = get_embedder("minilm").count_tokens([r[5] for r in ix.rows])
+    assert len(counts) > 1 and max(counts) + 2 <= MINILM_MAX_TOKENS  # + [CLS] and [SEP]

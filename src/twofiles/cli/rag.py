@@ -16,6 +16,7 @@ import os
 import sys
 
 from twofiles.cli.common import add_device_flag, add_json_flag, emit_json
+from twofiles.errors import BadInputError
 
 SNIPPET = 70  # characters of each passage in the human table
 
@@ -42,7 +43,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="minilm (all-MiniLM-L6-v2, default) or any twofiles MODEL (its mean-pooled hidden states)",
     )
     p.add_argument(
-        "--chunk-tokens", type=int, default=256, help="tokens per chunk at most (default 256)"
+        "--chunk-tokens",
+        type=int,
+        default=256,
+        help="tokens per chunk at most (default 256; never more than the embedder reads: 254 for "
+        "minilm)",
     )
     p.add_argument(
         "--overlap",
@@ -117,6 +122,8 @@ def run(args: argparse.Namespace) -> int:
 
     from twofiles.rag import open_index
 
+    if not args.query.strip():
+        raise BadInputError("QUERY is empty: say what to look for")
     with open_index(args.db, device=_device(args)) as index:
         hits = index.search(args.query, k=args.k, mode=args.mode)
     if not hits:

@@ -5,13 +5,15 @@ chunks), so the store holds only the text.
 score(q, d) = sum over query terms t of idf(t) * tf(t,d) * (k1 + 1) / (tf(t,d) + k1 * (1 - b + b * |d| / avgdl))
 with Lucene's idf(t) = ln(1 + (N - df + 0.5) / (df + 0.5)), which never goes negative.
 k1 = 1.2 and b = 0.75 are the usual defaults (Robertson & Zaragoza 2009, "The Probabilistic
-Relevance Framework: BM25 and Beyond"). Words are lower-cased runs of letters and digits; common
-English function words are left out of queries and documents.
+Relevance Framework: BM25 and Beyond"). Words are lower-cased runs of letters and digits after
+NFKC normalisation (so an "é" typed as "e" + accent, full-width letters and ligatures match their
+plain forms); common English function words are left out of queries and documents.
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections import Counter
 from collections.abc import Sequence
 
@@ -85,7 +87,8 @@ STOPWORDS = frozenset(
 
 
 def words(text: str) -> list[str]:
-    return [w for w in _WORD.findall(text.lower()) if w not in STOPWORDS]
+    norm = unicodedata.normalize("NFKC", text).lower()
+    return [w for w in _WORD.findall(norm) if w not in STOPWORDS]
 
 
 class BM25:

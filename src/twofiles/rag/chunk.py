@@ -1,7 +1,8 @@
 """Token-aware chunks: a document's text cut at sentence and line ends into spans of at most
 `chunk_tokens` tokens (counted with the embedder's own tokenizer), each sharing up to `overlap`
 tokens of whole sentences with the one before, so a fact that straddles a cut is whole in one of
-them. A sentence longer than a chunk is cut between words.
+them. A sentence longer than a chunk is cut between words, and a word longer than a chunk (a
+minified JSON or CSV line, a run of digits) between characters, preferring a punctuation mark.
 
 Spans are character offsets into the text: a chunk's text is text[start:end]. A chunk's count is
 the sum of its pieces' counts, which is what the model sees up to a token at each joint.
@@ -37,6 +38,39 @@ def _words(text: str, start: int, end: int) -> list[tuple[int, int]]:
     return [(start + m.start(), start + m.end()) for m in re.finditer(r"\S+", text[start:end])]
 
 
+def _cut(text: str, s: int, e: int) -> int:
+    """Where to halve text[s:e] (s < cut < e): after the punctuation mark nearest the middle,
+    else at the middle, so numbers and names stay whole where they can."""
+    mid = (s + e) // 2
+    for off in range(mid - s):
+        for i in (mid - off, mid + off):
+            if s < i < e and not text[i - 1].isalnum():
+                return i
+    return max(mid, s + 1)
+
+
+def _fit(
+    text: str,
+    spans: list[tuple[int, int]],
+    count_tokens: Callable[[Sequence[str]], list[int]],
+    budget: int,
+) -> list[tuple[int, int, int]]:
+    """(start, end, tokens) units covering `spans`, each of at most `budget` tokens: a span over
+    it is halved (between characters) until its parts fit. A single character always fits."""
+    out: list[tuple[int, int, int]] = []
+    todo = spans
+    while todo:
+        over = []
+        for (s, e), n in zip(todo, count_tokens([text[a:b] for a, b in todo])):
+            if n <= budget or e - s <= 1:
+                out.append((s, e, n))
+            else:
+                c = _cut(text, s, e)
+                over += [(s, c), (c, e)]
+        todo = over
+    return sorted(out)
+
+
 def chunk_spans(
     text: str,
     count_tokens: Callable[[Sequence[str]], list[int]],
@@ -56,9 +90,7 @@ def chunk_spans(
         if n <= chunk_tokens:
             units.append((s, e, n))
             continue
-        words = _words(text, s, e)
-        for (ws, we), wn in zip(words, count_tokens([text[a:b] for a, b in words])):
-            units.append((ws, we, wn))
+        units.extend(_fit(text, _words(text, s, e), count_tokens, chunk_tokens))
     out: list[tuple[int, int]] = []
     i = 0
     while i < len(units):

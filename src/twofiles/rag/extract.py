@@ -37,6 +37,7 @@ class Walk:
     hidden: int = 0  # files and folders left out because their name starts with "."
     binary: int = 0  # files left out because they are not text (and not a PDF)
     in_folders: set[Path] = field(default_factory=set)  # the files found by walking a folder
+    unreadable: list[str] = field(default_factory=list)  # a folder's files we may not open, why
 
 
 def line_locator(text: str) -> Callable[[int, int], str]:
@@ -65,7 +66,11 @@ def walk(paths: list[tuple[str, Path]]) -> Walk:
         if not path.exists():
             raise BadInputError("no such file or folder", path=given)
         if path.is_file():
-            if path.suffix.lower() not in PDF_SUFFIXES and is_binary(path):
+            try:
+                binary = path.suffix.lower() not in PDF_SUFFIXES and is_binary(path)
+            except OSError as e:
+                raise BadInputError(f"cannot read ({e.strerror})", path=given) from None
+            if binary:
                 raise BadInputError(
                     "a binary file (not text, HTML, PDF or JSONL); nothing to index", path=given
                 )
@@ -84,26 +89,36 @@ def walk(paths: list[tuple[str, Path]]) -> Walk:
                 f = Path(root) / name
                 if not f.is_file():
                     continue
-                if f.suffix.lower() not in PDF_SUFFIXES and is_binary(f):
+                cite = os.path.join(given, os.path.relpath(f, path))
+                try:
+                    binary = f.suffix.lower() not in PDF_SUFFIXES and is_binary(f)
+                except OSError as e:  # no permission: skipped and listed like a non-UTF-8 file
+                    out.unreadable.append(f"{cite}: cannot read ({e.strerror})")
+                    continue
+                if binary:
                     out.binary += 1
                     continue
                 if f.resolve() in seen:
                     continue
                 seen.add(f.resolve())
                 out.in_folders.add(f.resolve())
-                out.files.append((f.resolve(), os.path.join(given, os.path.relpath(f, path))))
+                out.files.append((f.resolve(), cite))
     return out
 
 
 def _read_text(path: Path, name: str) -> str:
     try:
         return path.read_bytes().decode("utf-8-sig")
+    except OSError as e:  # gone or locked since the walk
+        raise BadInputError(f"cannot read ({e.strerror})", path=name) from None
     except UnicodeDecodeError as e:
         raise BadInputError(f"not UTF-8 text (byte {e.start})", path=name) from None
 
 
 class _Visible(HTMLParser):
-    """The text a browser shows: no script, style, head or template; blocks on their own lines."""
+    """The text a browser shows: no script, style, head or template; blocks on their own lines,
+    the source's line breaks inside them spaces; <pre>'s spaces and line breaks kept (code's
+    indentation is its meaning)."""
 
     SKIP = {"script", "style", "head", "title", "noscript", "template", "svg"}
     BLOCK = {
@@ -113,27 +128,48 @@ class _Visible(HTMLParser):
 
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
-        self.parts: list[str] = []
+        self.parts: list[tuple[str, bool]] = []  # (text, inside <pre>)
         self.skipping = 0
+        self.pre = 0
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         if tag in self.SKIP:
             self.skipping += 1
         elif tag in self.BLOCK:
-            self.parts.append("\n")
+            self.parts.append(("\n", False))
+        self.pre += tag == "pre"
 
     def handle_endtag(self, tag: str) -> None:
         if tag in self.SKIP:
             self.skipping = max(0, self.skipping - 1)
         elif tag in self.BLOCK:
-            self.parts.append("\n")
+            self.parts.append(("\n", False))
+        if tag == "pre":
+            self.pre = max(0, self.pre - 1)
 
     def handle_data(self, data: str) -> None:
-        if not self.skipping:
-            self.parts.append(data)
+        if self.skipping:
+            return
+        if self.pre:
+            self.parts.append((data.replace("\r\n", "\n"), True))
+        else:  # a line break in the source is a space on the page
+            self.parts.append((data.replace("\r", " ").replace("\n", " "), False))
+
+    def _lines(self) -> Iterator[str]:
+        """Each line with its runs of whitespace made one space, unless it holds <pre> text."""
+        line: list[str] = []
+        pre = False
+        for data, in_pre in self.parts:
+            for i, piece in enumerate(data.split("\n")):
+                if i:
+                    yield "".join(line).rstrip() if pre else " ".join("".join(line).split())
+                    line, pre = [], False
+                line.append(piece)
+                pre = pre or (in_pre and bool(piece.strip()))
+        yield "".join(line).rstrip() if pre else " ".join("".join(line).split())
 
     def text(self) -> str:
-        lines = (" ".join(line.split()) for line in "".join(self.parts).splitlines())
+        lines = self._lines()
         out, blank = [], False
         for line in lines:
             if line:
@@ -142,7 +178,7 @@ class _Visible(HTMLParser):
             elif not blank and out:
                 out.append("")
                 blank = True
-        return "\n".join(out).strip()
+        return "\n".join(out).strip("\n")
 
 
 def html_text(html: str) -> str:

@@ -382,6 +382,26 @@ def _embedder_name(embedder: str) -> str:
     return embedder
 
 
+def _input_tokens(emb: Embedder) -> int | None:
+    """The most tokens of text the embedder reads: a longer chunk would be embedded cut short."""
+    from twofiles.rag.embed import MINILM, MINILM_MAX_TOKENS
+
+    if emb.name == MINILM:
+        return MINILM_MAX_TOKENS - 2  # its 256 include [CLS] and [SEP]
+    return getattr(emb, "max_tokens", None)
+
+
+def _check_writable(db: Path) -> None:
+    """BadInputError naming `db` if its folder cannot be made or written to."""
+    folder = db.parent.absolute()
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise BadInputError(f"cannot make the index's folder: {folder} is a file", path=str(db))
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise BadInputError(f"the index's folder {folder} is not writable", path=str(db))
+
+
 def build_index(
     paths: Sequence[str],
     db: str | os.PathLike[str],
@@ -411,6 +431,7 @@ def build_index(
             f"--chunk-tokens must be at least 8 and --overlap in [0, chunk tokens), not {chunk_tokens}/{overlap}"
         )
     db = Path(db)
+    _check_writable(db)  # before any reading or embedding, which can take minutes
     old_meta = _read_meta(db) if db.exists() else None
     named = [(p, builtin_collection_dir()) if p == BUILTIN else (p, Path(p)) for p in paths]
     found = walk(named)
@@ -473,9 +494,9 @@ def build_index(
             "skipped": {
                 "hidden": found.hidden,
                 "binary": found.binary,
-                "unreadable": len(unreadable),
+                "unreadable": len(found.unreadable) + len(unreadable),
             },
-            "unreadable": unreadable,
+            "unreadable": found.unreadable + unreadable,
             "files": len(walked)
             - len(unreadable)
             + sum(1 for f in old_files if f not in walked and f not in removed),
@@ -501,6 +522,7 @@ def build_index(
         return summary(n, 0, 0.0)
 
     emb = get_embedder(name, device)
+    budget = min(chunk_tokens, _input_tokens(emb) or chunk_tokens)
     t_work = time.perf_counter()  # indexing speed leaves out loading the embedder
     # (file, source, start, end, location, text) per new chunk
     new_chunks: list[tuple[str, str, int, int, str, str]] = []
@@ -521,7 +543,7 @@ def build_index(
             (key, doc.source, s, e, doc.locate(s, e), doc.text[s:e])
             for doc in docs
             for s, e in chunk_spans(
-                doc.text, emb.count_tokens, chunk_tokens=chunk_tokens, overlap=overlap
+                doc.text, emb.count_tokens, chunk_tokens=budget, overlap=min(overlap, budget - 1)
             )
         ]
         new_chunks.extend(chunks)
@@ -546,8 +568,11 @@ def build_index(
     if fresh and target.exists():
         target.unlink()
     gen = uuid.uuid4().hex[:12]
-    db.parent.mkdir(parents=True, exist_ok=True)
-    con = sqlite3.connect(str(target), isolation_level=None)
+    try:
+        db.parent.mkdir(parents=True, exist_ok=True)
+        con = sqlite3.connect(str(target), isolation_level=None)
+    except (OSError, sqlite3.OperationalError) as e:
+        raise BadInputError(f"cannot write the index ({e})", path=str(db)) from None
     try:
         con.execute("BEGIN IMMEDIATE")
         if fresh:
@@ -618,12 +643,16 @@ def build_index(
             os.fsync(out.fileno())
         os.replace(tmp, vec)
         con.execute("COMMIT")
-    except BaseException:
+    except BaseException as e:
         if con.in_transaction:
             con.execute("ROLLBACK")
         con.close()
         if fresh and target.exists():
             target.unlink()
+        for stale in db.parent.glob(f".{glob.escape(db.name)}.vectors-{gen}.npy.tmp"):
+            stale.unlink(missing_ok=True)
+        if isinstance(e, (OSError, sqlite3.OperationalError)):  # a full disk, a read-only file
+            raise BadInputError(f"cannot write the index ({e})", path=str(db)) from None
         raise
     con.close()
     if fresh:
