@@ -13,6 +13,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from peers import require_smollm2
 from twofiles.chat import (
     BUILTIN_TEMPLATE,
     ChatFormat,
@@ -453,12 +454,9 @@ def test_for_model_picks_the_template(tok: Tokenizer, chatml_tok: Tokenizer) -> 
 def test_smollm2_template_matches_transformers() -> None:
     import transformers
 
-    from twofiles.formats import alias_path
     from twofiles.formats.resolve import resolve_model
 
-    path = alias_path("smollm2")
-    if not path.is_file():
-        pytest.skip("run `twofiles pull smollm2` first")
+    path = require_smollm2()
     hf = transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     loaded = resolve_model("smollm2")
     fmt = ChatFormat.for_model(loaded)
@@ -1027,10 +1025,8 @@ def test_chat_cli_bad_input_exits_2(
 
 @pytest.mark.slow
 def test_chat_cli_with_smollm2(capsys, monkeypatch) -> None:
-    from twofiles.formats import alias_path
 
-    if not alias_path("smollm2").is_file():
-        pytest.skip("run `twofiles pull smollm2` first")
+    require_smollm2()
     script = "What is the capital of France?\nAnd of Italy?\n"
     rc, out, err = chat_cli(
         capsys, monkeypatch, script, "smollm2", "--temperature", "0", "--max-tokens", "40", "--json"

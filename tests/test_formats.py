@@ -16,7 +16,7 @@ import pytest
 import torch
 import transformers
 
-from peers import require
+from peers import require, require_smollm2
 from twofiles.errors import BadInputError, TwofilesError
 from twofiles.model import ModelConfig, Transformer
 from twofiles.tokenizer import Tokenizer
@@ -492,13 +492,10 @@ def smollm2():
     reply)}), computed once for the module."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from twofiles.formats import alias_path
     from twofiles.formats.resolve import resolve_model
 
     require("accelerate", "pip install -e '.[test]'")  # transformers needs it to read GGUF
-    path = alias_path("smollm2")
-    if not path.is_file():
-        pytest.skip("run `twofiles pull smollm2` first")
+    path = require_smollm2()
     ours = resolve_model("smollm2")
     hf = AutoModelForCausalLM.from_pretrained(
         str(path.parent), gguf_file=path.name, dtype=torch.float32

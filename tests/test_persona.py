@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from peers import require_smollm2
 from tiny_models import random_model, tiny_tokenizer
 from twofiles.cli import main
 from twofiles.errors import BadInputError, TwofilesError
@@ -464,10 +465,8 @@ def test_served_on_the_base_models_engine(base, tmp_path, capsys) -> None:
 
 @pytest.mark.slow
 def test_smollm2_persona_with_a_system_line(tmp_path, capsys, monkeypatch) -> None:
-    from twofiles.formats import alias_path
 
-    if not alias_path("smollm2").is_file():
-        pytest.skip("run `twofiles pull smollm2` first")
+    require_smollm2()
     system = "You are Mario from Super Mario Bros."
     mf = write(tmp_path / "Modelfile", f"FROM smollm2\nSYSTEM {system}\nPARAMETER temperature 0\n")
     rc, _, err = cli(capsys, "create", "pirate", "-f", str(mf))

@@ -13,6 +13,7 @@ import json
 import pytest
 import torch
 
+from peers import require_smollm2
 from tiny_models import loaded, random_model, tiny_tokenizer
 from twofiles.decoder import BatchDecoder, DecodeRow
 from twofiles.engine import SamplingParams, generate, generate_steps
@@ -359,11 +360,9 @@ def test_serve_settings_reach_the_scheduler(model, tok):
 
 
 def smollm2():
-    from twofiles.formats import alias_path
     from twofiles.formats.resolve import resolve_model
 
-    if not alias_path("smollm2").is_file():
-        pytest.skip("run `twofiles pull smollm2` first")
+    require_smollm2()
     return resolve_model("smollm2")
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from live_server import UvicornThread
+from peers import require_smollm2
 from twofiles.chat import ChatFormat, Message
 from twofiles.rag import Passage
 from twofiles.rag.grounding import (
@@ -793,13 +794,11 @@ def test_smollm2_spells_passage_numbers_as_single_digits_and_chooses_among_them(
     the one-token numbers 1..9 after " [" (ids checked), and picks one of the passages given, the
     same with the prefix cache as without. (Which one is not asserted: the 135M model leans to [1],
     here 0.76 for a sentence of passage 2; docs/LOG.md.)"""
-    from twofiles.formats import alias_path
     from twofiles.formats.resolve import resolve_model
     from twofiles.prefix_cache import PrefixCache
     from twofiles.rag.grounding import _digit_ids, choose_citation
 
-    if not alias_path("smollm2").is_file():
-        pytest.skip("run `twofiles pull smollm2` first")
+    require_smollm2()
     loaded = resolve_model("smollm2")
     tok = loaded.tokenizer
     assert tok.encode(" [12]") == [933, 33, 34, 77] and tok.encode(" [") == [933]

@@ -22,6 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from live_server import UvicornThread
+from peers import require_smollm2
 from tiny_models import ScriptedModel, SlowModel, loaded, random_model, tiny_tokenizer
 from twofiles.chat import ChatFormat
 from twofiles.engine import SamplingParams, encode_prompt, generate_steps
@@ -688,11 +689,9 @@ def test_bounded_load_no_5xx_no_lost_slots_memory_flat(server):
 def test_smollm2_through_the_server_equals_the_engine():
     """The real model, its own (ChatML) template and tokenizer: two concurrent greedy chats
     through the server equal the engine run on each alone."""
-    from twofiles.formats import alias_path
     from twofiles.formats.resolve import resolve_model
 
-    if not alias_path("smollm2").is_file():
-        pytest.skip("run `twofiles pull smollm2` first")
+    require_smollm2()
     smol = resolve_model("smollm2")
     s = LiveServer(create_app({"smollm2": smol}, ServeSettings(max_seqs=2, max_context=512)))
     try:

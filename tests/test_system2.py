@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from peers import require_smollm2
 from twofiles.engine import SamplingParams, generate
 from twofiles.system2 import (
     best_of_n,
@@ -211,12 +212,10 @@ def test_chat_think_flag_votes_over_batched_samples(tiny, tmp_path, capsys, monk
 def test_smollm2_think_batched_greedy_equals_one_run():
     """The real model (GQA, 30 layers): N greedy rows sharing one prefill equal a single run."""
     from twofiles.chat import ChatFormat, Message
-    from twofiles.formats import alias_path
     from twofiles.formats.resolve import resolve_model
     from twofiles.system2 import think
 
-    if not alias_path("smollm2").is_file():
-        pytest.skip("run `twofiles pull smollm2` first")
+    require_smollm2()
     loaded = resolve_model("smollm2")
     fmt = ChatFormat.for_model(loaded)
     ids = fmt.prompt_ids([Message("user", "What is 7 times 8?")])
