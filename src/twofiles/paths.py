@@ -14,6 +14,7 @@ databases (the stores open them on first use).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Iterator
@@ -48,11 +49,16 @@ def default_db(kind: DbKind) -> Path:
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # a full disk or a refused rename leaves no temporary file behind
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
 
 
 def read_jsonl(path: str | os.PathLike[str], what: str) -> Iterator[tuple[int, Any]]:

@@ -337,8 +337,7 @@ def save(record: dict[str, Any]) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(path, data.encode("utf-8"))
     except OSError as e:
-        try:  # nothing half-written stays behind: atomic_write_bytes's temporary file, the name's dir
-            path.with_name(f".{path.name}.{os.getpid()}.tmp").unlink(missing_ok=True)
+        try:  # nothing half-written stays behind: no directory for a name without a record
             path.parent.rmdir()  # only if empty: the name's other tags stay
         except OSError:
             pass
