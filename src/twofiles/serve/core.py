@@ -82,14 +82,14 @@ def engine_name(app: FastAPI, model: str) -> str:
 def context_length(app: FastAPI, model: str) -> int:
     """Prompt + reply, in tokens: the engine's context, capped by a persona's num_ctx."""
     context = app.state.scheduler.engines[engine_name(app, model)].context
-    persona = getattr(app.state.models[model], "persona", None)
+    persona = app.state.models[model].persona
     return min(context, persona.num_ctx) if persona and persona.num_ctx else context
 
 
 def with_persona(app: FastAPI, model: str, messages: list[Message]) -> list[Message]:
     """The conversation a persona's model sees: its SYSTEM unless the request sends a system
     message first, then its few-shot MESSAGEs, then the request's messages."""
-    persona = getattr(app.state.models[model], "persona", None)
+    persona = app.state.models[model].persona
     if persona is None:
         return messages
     from twofiles.chat import parse_messages
@@ -101,7 +101,7 @@ def with_persona(app: FastAPI, model: str, messages: list[Message]) -> list[Mess
 
 def sampling_defaults(app: FastAPI, model: str) -> dict[str, Any]:
     """A persona's PARAMETERs as SamplingParams fields: what a request's absent fields become."""
-    persona = getattr(app.state.models[model], "persona", None)
+    persona = app.state.models[model].persona
     return dict(persona.sampling) if persona is not None else {}
 
 
