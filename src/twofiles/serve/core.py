@@ -478,7 +478,7 @@ def load_models(
     # plain models first, so that the personas over them can share their engines
     for name in sorted(specs, key=lambda n: records[n] is not None):
         spec, record = specs[name], records[name]
-        key = served_key(spec)
+        key = served_key(spec, record)
         if record is not None and key in by_key:
             shared[name] = by_key[key]
             loaded[name] = persona_view(loaded[shared[name]], record)
@@ -494,7 +494,7 @@ def load_models(
         # a persona the user named (`serve Mario`) is served under that name, not twice
         named = {record["name"] for record in records.values() if record is not None}
         for record in persona.list_records():
-            name, key = record["name"].removesuffix(":latest"), served_key(record["name"])
+            name, key = record["name"].removesuffix(":latest"), served_key(record["name"], record)
             if name not in models and record["name"] not in named and key in by_key:
                 shared[name] = by_key[key]
                 models[name] = persona_view(models[shared[name]], record)
