@@ -263,3 +263,25 @@ def test_prefix_cache_hits_of_a_real_server_reach_the_scrape(models):
     assert hits == stats["prefix_hit_tokens"] == (prompt_tokens - 1) // 16 * 16 > 0
     assert value(samples, "twofiles_prefix_cache_hit_rate", model="tiny") == hits / lookups
     assert value(samples, "twofiles_prefix_cache_blocks", model="tiny") > 0
+
+
+def test_a_personas_requests_are_counted_under_its_name(models):
+    """A persona served on its base model's engine: its prompt and generated tokens and its
+    generations are counted under the name the client asked for, the engine's gauges under the
+    base model."""
+    from twofiles.formats.resolve import persona_view
+
+    record = {"name": "terse:latest", "system": "Be terse.", "parameters": {"num_predict": 3}}
+    served = {"tiny": models["tiny"], "terse": persona_view(models["tiny"], record)}
+    settings = ServeSettings(max_seqs=2, max_context=128)
+    with Server(create_app(served, settings, shared={"terse": "tiny"})) as s:
+        status, body = s.post(CHAT, {"model": "terse", "messages": MESSAGES, "seed": 1})
+        assert status == 200 and body["usage"]["completion_tokens"] == 3
+        m = s.scrape()
+    usage = body["usage"]
+    assert value(m, "twofiles_prompt_tokens_total", model="terse") == usage["prompt_tokens"]
+    assert value(m, "twofiles_generation_tokens_total", model="terse") == 3
+    assert total(m, "twofiles_generations_total", model="terse") == 1
+    assert value(m, "twofiles_time_to_first_token_seconds_count", model="terse") == 1
+    assert total(m, "twofiles_generations_total", model="tiny") == 0
+    assert value(m, "twofiles_slots", model="tiny") == 2

@@ -781,3 +781,59 @@ def test_sft_and_export_from_a_persona_keep_the_models_context(base, tmp_path, c
     assert hf_config["max_position_embeddings"] == 256
     assert cli(capsys, "export", "run", "short", str(tmp_path / "run2"))[0] == 0
     assert load_model(tmp_path / "run2" / "model.safetensors").model.config.max_seq_len == 256
+
+
+@pytest.mark.slow
+def test_serve_cli_serves_a_persona_beside_its_base(base, tmp_path, capsys) -> None:
+    """`twofiles serve MODEL` as a user runs it (a real process, an OpenAI client): the
+    registered persona over MODEL is listed and answers as the base model does with the
+    persona's system message, few-shot turns and settings sent explicitly; its tokens are
+    counted under its own name."""
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+
+    import openai
+
+    mf = write(
+        tmp_path / "Modelfile",
+        f"FROM {base}\nSYSTEM You are terse.\nPARAMETER seed 4\nPARAMETER num_predict 5\n"
+        "MESSAGE user to be\nMESSAGE assistant or not\n",
+    )
+    assert cli(capsys, "create", "terse", "-f", str(mf))[0] == 0
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "twofiles", "serve", f"base={base}", "--port", "0"]
+        + ["--device", "cpu", "--threads", "1", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    try:
+        proc.stdout.readline()
+        summary = json.loads(proc.stdout.readline())
+        client = openai.OpenAI(base_url=summary["base_url"], api_key="-", max_retries=0)
+        assert [m.id for m in client.models.list().data] == ["base", "terse"]
+        user = [{"role": "user", "content": "that is"}]
+        got = client.chat.completions.create(model="terse", messages=user)
+        few_shot = [
+            {"role": "system", "content": "You are terse."},
+            {"role": "user", "content": "to be"},
+            {"role": "assistant", "content": "or not"},
+        ]
+        want = client.chat.completions.create(
+            model="base", messages=few_shot + user, seed=4, max_tokens=5
+        )
+        assert got.choices[0].message.content == want.choices[0].message.content
+        assert got.usage.completion_tokens == want.usage.completion_tokens == 5
+        with urllib.request.urlopen(summary["metrics"], timeout=30) as scraped:
+            assert 'twofiles_generation_tokens_total{model="terse"} 5.0' in scraped.read().decode()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            rc = proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    assert rc == 0, proc.stderr.read()

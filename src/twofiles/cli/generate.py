@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     )
     setup = prepare_model(loaded, args)
     print(f"inference: {'; '.join(setup.reasons)}; {setup.threads} threads", file=sys.stderr)
-    persona = getattr(loaded, "persona", None)
+    persona = loaded.persona
     if persona is not None:
         print(persona_summary(persona), file=sys.stderr)
     print(

@@ -29,10 +29,11 @@ def run(args: argparse.Namespace) -> int:
     from twofiles.formats import persona
 
     record = persona.get(args.name)
-    status = persona.file_status(record)
     if args.modelfile:
         print(persona.to_modelfile(record), end="")
-    elif not args.json:
+    # a file whose size or mtime moved is hashed again (a model can be GBs): only when shown
+    status = persona.file_status(record) if args.json or not args.modelfile else {}
+    if not args.modelfile and not args.json:
         print(f"{'name':<11}{record['name']}")
         print(f"{'from':<11}{record['from']}")
         if record.get("parent"):

@@ -33,7 +33,6 @@ from `LoadedModel.persona`), checking that a template compiles (the `create` ver
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -46,7 +45,7 @@ from typing import Any
 from twofiles.artifact import Persona
 from twofiles.errors import BadInputError, TwofilesError
 from twofiles.formats import ALIASES, alias_path
-from twofiles.paths import atomic_write_bytes, cache_dir
+from twofiles.paths import atomic_write_bytes, cache_dir, sha256_file
 
 FORMAT = "twofiles-persona"
 VERSION = 1
@@ -337,8 +336,7 @@ def save(record: dict[str, Any]) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(path, data.encode("utf-8"))
     except OSError as e:
-        try:  # nothing half-written stays behind: atomic_write_bytes's temporary file, the name's dir
-            path.with_name(f".{path.name}.{os.getpid()}.tmp").unlink(missing_ok=True)
+        try:  # nothing half-written stays behind: no directory for a name without a record
             path.parent.rmdir()  # only if empty: the name's other tags stay
         except OSError:
             pass
@@ -390,12 +388,8 @@ def remove(name: str) -> str:
 
 
 def _stat_digest(path: str) -> dict[str, Any]:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
     st = os.stat(path)
-    return {"sha256": h.hexdigest(), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    return {"sha256": sha256_file(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
 def _model_files(path: str) -> list[str]:
@@ -421,7 +415,7 @@ def file_status(record: dict[str, Any]) -> dict[str, str]:
         if st.st_size == seen.get("size") and st.st_mtime_ns == seen.get("mtime_ns"):
             out[path] = "unchanged"
         else:
-            same = _stat_digest(path)["sha256"] == seen.get("sha256")
+            same = sha256_file(path) == seen.get("sha256")
             out[path] = "unchanged" if same else "changed"
     return out
 

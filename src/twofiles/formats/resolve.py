@@ -135,18 +135,19 @@ def persona_view(base: LoadedModel, record: dict[str, Any]) -> LoadedModel:
     )
 
 
-def served_key(spec: str) -> str:
+def served_key(spec: str, record: dict[str, Any] | None = None) -> str:
     """What a model spec loads, as one string: two specs with the same key load the same model
     (a path by its real path, an alias by its file, a persona by its FROM when it has no
-    adapters; a persona with adapters is its own)."""
+    adapters; a persona with adapters is its own). `record`: the persona `spec` names, when the
+    caller has already read it."""
     from twofiles.formats import persona
 
-    if not os.path.exists(spec) and spec not in ALIASES and persona.is_name(spec):
+    if record is None and not os.path.exists(spec) and spec not in ALIASES:
         record = persona.find(spec)
-        if record is not None:
-            if record.get("adapters"):
-                return "persona:" + record["name"]
-            spec = record["from"]
+    if record is not None:
+        if record.get("adapters"):
+            return "persona:" + record["name"]
+        spec = record["from"]
     if not os.path.exists(spec) and spec in ALIASES:
         spec = str(alias_path(spec))
     path = os.path.realpath(spec)

@@ -16,7 +16,6 @@ length, so a dot product is the cosine. What it does not do: store or search (in
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 from collections.abc import Callable, Sequence
@@ -26,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from twofiles.errors import TwofilesError
+from twofiles.paths import sha256_file
 
 if TYPE_CHECKING:
     import torch
@@ -57,14 +57,6 @@ def minilm_dir() -> Path:
     if spec is None or spec.origin is None:
         raise TwofilesError(f"the all-MiniLM-L6-v2 embedder is not installed: {INSTALL_HINT}")
     return Path(spec.origin).parent / "model"
-
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 class MiniLM:

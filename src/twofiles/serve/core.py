@@ -82,14 +82,14 @@ def engine_name(app: FastAPI, model: str) -> str:
 def context_length(app: FastAPI, model: str) -> int:
     """Prompt + reply, in tokens: the engine's context, capped by a persona's num_ctx."""
     context = app.state.scheduler.engines[engine_name(app, model)].context
-    persona = getattr(app.state.models[model], "persona", None)
+    persona = app.state.models[model].persona
     return min(context, persona.num_ctx) if persona and persona.num_ctx else context
 
 
 def with_persona(app: FastAPI, model: str, messages: list[Message]) -> list[Message]:
     """The conversation a persona's model sees: its SYSTEM unless the request sends a system
     message first, then its few-shot MESSAGEs, then the request's messages."""
-    persona = getattr(app.state.models[model], "persona", None)
+    persona = app.state.models[model].persona
     if persona is None:
         return messages
     from twofiles.chat import parse_messages
@@ -101,7 +101,7 @@ def with_persona(app: FastAPI, model: str, messages: list[Message]) -> list[Mess
 
 def sampling_defaults(app: FastAPI, model: str) -> dict[str, Any]:
     """A persona's PARAMETERs as SamplingParams fields: what a request's absent fields become."""
-    persona = getattr(app.state.models[model], "persona", None)
+    persona = app.state.models[model].persona
     return dict(persona.sampling) if persona is not None else {}
 
 
@@ -478,7 +478,7 @@ def load_models(
     # plain models first, so that the personas over them can share their engines
     for name in sorted(specs, key=lambda n: records[n] is not None):
         spec, record = specs[name], records[name]
-        key = served_key(spec)
+        key = served_key(spec, record)
         if record is not None and key in by_key:
             shared[name] = by_key[key]
             loaded[name] = persona_view(loaded[shared[name]], record)
@@ -494,7 +494,7 @@ def load_models(
         # a persona the user named (`serve Mario`) is served under that name, not twice
         named = {record["name"] for record in records.values() if record is not None}
         for record in persona.list_records():
-            name, key = record["name"].removesuffix(":latest"), served_key(record["name"])
+            name, key = record["name"].removesuffix(":latest"), served_key(record["name"], record)
             if name not in models and record["name"] not in named and key in by_key:
                 shared[name] = by_key[key]
                 models[name] = persona_view(models[shared[name]], record)

@@ -17,6 +17,9 @@ A request's generations are observed once they are done, from what their Request
 recorded (tokens, submitted_at, first_token_at, finished_at, finish_reason): at the next
 submit or scrape, whichever comes first. Reading the handle rather than the route's view of it
 counts exactly what the scheduler generated, cancelled and disconnected requests included.
+Request-level metrics are labelled with the model the client asked for (a persona by its own
+name); the scheduler's gauges and prefix-cache counters with the engine (a persona shares its
+base model's).
 
 /metrics is open, like /health, even when API keys are set: it carries counts, timings and
 model names (what /health already shows), never prompts or replies, and scrapers are usually
@@ -181,29 +184,32 @@ class ServerMetrics:
         )
         r.register(SchedulerCollector(scheduler))
         self._lock = threading.Lock()
-        self._running: list[RequestHandle] = []
+        # (the model the client asked for, a handle): a persona's handles run on its base
+        # model's engine (handle.model) but are the persona's requests
+        self._running: list[tuple[str, RequestHandle]] = []
 
     def track(self, model: str, prompt_tokens: int, handles: Sequence[RequestHandle]) -> None:
-        """An accepted request: count its prompt, and observe its handles once they are done."""
+        """An accepted request for `model`: count its prompt, and observe its handles once they
+        are done, under the same name."""
         self.prompt_tokens.labels(model).inc(prompt_tokens)
         with self._lock:
-            self._running.extend(handles)
+            self._running.extend((model, h) for h in handles)
         self.sweep()  # observes what finished since: the list stays as long as what is running
 
     def sweep(self) -> None:
         """Observe the tracked handles that are done and forget them."""
         with self._lock:
-            done = [h for h in self._running if h.done]
-            self._running = [h for h in self._running if not h.done]
-        for h in done:
-            self.generation_tokens.labels(h.model).inc(len(h.tokens))
-            self.generations.labels(h.model, h.finish_reason or "error").inc()
+            done = [(m, h) for m, h in self._running if h.done]
+            self._running = [(m, h) for m, h in self._running if not h.done]
+        for model, h in done:
+            self.generation_tokens.labels(model).inc(len(h.tokens))
+            self.generations.labels(model, h.finish_reason or "error").inc()
             if h.first_token_at is None:  # cancelled or failed before its first token
                 continue
-            self.ttft.labels(h.model).observe(h.first_token_at - h.submitted_at)
+            self.ttft.labels(model).observe(h.first_token_at - h.submitted_at)
             if len(h.tokens) > 1 and h.finished_at is not None:
                 per_token = (h.finished_at - h.first_token_at) / (len(h.tokens) - 1)
-                self.per_token.labels(h.model).observe(per_token)
+                self.per_token.labels(model).observe(per_token)
 
     def scrape(self) -> bytes:
         self.sweep()

@@ -377,7 +377,7 @@ def _model_card(name: str, app: FastAPI) -> dict[str, Any]:
         "owned_by": "twofiles",
         "context_length": context_length(app, name),
     }
-    persona = getattr(app.state.models[name], "persona", None)
+    persona = app.state.models[name].persona
     if persona is not None:  # vLLM's field for a model served over another's weights
         card["parent"] = engine_name(app, name) if engine_name(app, name) != name else None
         card["persona"] = {  # what the web page shows and fills its settings with
