@@ -135,19 +135,11 @@ class PrefixCache:
         if self._k is None:
             self._allocate(ks, vs)
         cap = self.max_bytes // self.block_bytes
-        chain: list[CachedBlock] = []
-        parent = 0
-        while len(chain) < n_blocks:
-            start = len(chain) * bs
-            block = self._blocks.get((parent, tuple(ids[start : start + bs])))
-            if block is None:
-                break
-            chain.append(block)
-            parent = block.id
-        self._touch(chain)  # the cached part is now the most recent: eviction spares it
+        chain = self.match(ids)  # marked used: eviction below spares the cached part
         new = min(n_blocks, cap) - len(chain)
         if new <= 0:
             return 0
+        parent = chain[-1].id if chain else 0
         while len(self._blocks) + new > cap:
             _, old = self._blocks.popitem(last=False)
             self._free.append(old.slot)
