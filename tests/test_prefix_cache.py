@@ -329,7 +329,8 @@ def test_a_request_cancelled_mid_prefill_frees_its_slot_and_keeps_its_blocks(mod
     assert engine.prefix_cache is not None and engine.prefix_cache.blocks == 4
     again = RequestHandle("m", prompt, GREEDY, None)
     engine.admit([again])
-    assert engine.rows[0].cached == 64
+    engine.prefill()
+    assert engine.rows[0].cached == 64 and engine.rows[0].length == 64 + 32
     while engine.rows:
         engine.step()
         engine.prefill()

@@ -3,7 +3,8 @@
 What it owns: `PrefixCache`, fixed-size blocks of `block_size` tokens of keys and values (every
 layer) in one pool tensor of the KV cache's own dtype and device, found by a chain of block keys,
 evicted least-recently-used under a byte cap. `match` finds the longest cached run of a prompt's
-full blocks, `load` copies blocks into a row of a KV cache, `store` copies a row's full blocks in.
+full blocks, `load` copies blocks into a row of a KV cache (`load_prompt` does both for a prompt,
+the one way the engine and the decoder use it), `store` copies a row's full blocks in.
 What it leaves to others: which prefixes to look up and when to store (decoder.py, engine.py),
 the KV cache layout itself (model.py).
 
@@ -96,6 +97,22 @@ class PrefixCache:
             parent = block.id
         self._touch(chain)
         return chain
+
+    def load_prompt(
+        self,
+        prompt: Sequence[int],
+        ks: Sequence[torch.Tensor],
+        vs: Sequence[torch.Tensor],
+        row: int,
+        have: int = 0,
+    ) -> int:
+        """Copy the cached blocks of `prompt` past the `have` tokens `row` already holds (a
+        multiple of block_size) into it, never the prompt's last token (its logits are needed);
+        count them as hits and return the tokens copied."""
+        chain = self.match(prompt, len(prompt) - 1)
+        got = self.load(chain, ks, vs, row, have // self.block_size)
+        self.hit_tokens += got
+        return got
 
     @torch.inference_mode()  # the pool and the KV caches are inference tensors
     def load(
