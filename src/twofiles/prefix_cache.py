@@ -34,6 +34,14 @@ import torch
 
 DEFAULT_BLOCK_SIZE = 16  # tokens per block (vLLM's default): a hit is rounded down to a multiple
 _FIRST_CAPACITY = 64  # blocks allocated on first use; the pool doubles up to the cap as it fills
+# the counters `stats` reports, in its order (the scheduler reports zeros for them when off)
+PREFIX_STATS = (
+    "prefix_lookup_tokens",
+    "prefix_hit_tokens",
+    "prefix_cache_bytes",
+    "prefix_cache_blocks",
+    "prefix_evictions",
+)
 
 
 @dataclass
@@ -74,13 +82,8 @@ class PrefixCache:
         return len(self._blocks) * self.block_bytes
 
     def stats(self) -> dict[str, int]:
-        return {
-            "prefix_lookup_tokens": self.lookup_tokens,
-            "prefix_hit_tokens": self.hit_tokens,
-            "prefix_cache_bytes": self.bytes,
-            "prefix_cache_blocks": self.blocks,
-            "prefix_evictions": self.evictions,
-        }
+        values = (self.lookup_tokens, self.hit_tokens, self.bytes, self.blocks, self.evictions)
+        return dict(zip(PREFIX_STATS, values, strict=True))
 
     def match(self, ids: Sequence[int], limit: int | None = None) -> list[CachedBlock]:
         """The cached blocks of the longest run of full blocks that starts `ids[:limit]`, marked
@@ -230,4 +233,4 @@ def cache_from_mb(megabytes: float, *, block_size: int = DEFAULT_BLOCK_SIZE) -> 
     return PrefixCache(int(megabytes * 1_000_000), block_size=block_size)
 
 
-__all__ = ["DEFAULT_BLOCK_SIZE", "CachedBlock", "PrefixCache", "cache_from_mb"]
+__all__ = ["DEFAULT_BLOCK_SIZE", "PREFIX_STATS", "CachedBlock", "PrefixCache", "cache_from_mb"]
