@@ -153,6 +153,23 @@ def test_an_abandoned_generation_keeps_what_it_fed(model):
     assert cache.blocks == 4 and len(cache.match(prompt + got)) == 4
 
 
+def test_a_prefill_cut_short_keeps_nothing_it_did_not_compute(model, monkeypatch):
+    """Ctrl-C (or any error) during the prompt's forward: the cache must not keep the prompt's
+    blocks, whose keys were never computed, or the next turn would load them."""
+    cache = PrefixCache(10**7, block_size=4)
+    prompt = ids(20, 9)
+
+    def interrupted(self, *a, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(type(model), "hidden_states", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        steps_with(model, prompt, GREEDY, cache)
+    monkeypatch.undo()
+    assert cache.blocks == 0
+    assert steps_with(model, prompt, GREEDY, cache) == list(generate(model, prompt, GREEDY))
+
+
 # ---------------------------------------------------------------------------- the batched decoder
 
 

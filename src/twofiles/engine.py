@@ -303,9 +303,10 @@ def _decode(
         ks, vs = [c.k for c in caches], [c.v for c in caches]
         hit = prefix_cache.load_prompt(prompt[0].tolist(), ks, vs, 0)
         prefix_cache.lookup_tokens += T
-    fed = T  # tokens whose keys and values are in the caches
+    fed = hit  # tokens whose keys and values are in the caches (a prefill cut short adds none)
     try:
         logits = _prefill_logits(model, prompt[:, hit:], caches, hit)  # [B, V]
+        fed = T
         for i in range(steps):
             history = seq[:, : T + i] if params.repetition_penalty != 1.0 else None
             probs = token_distribution(logits, params, history)
