@@ -154,6 +154,23 @@ def test_an_abandoned_generation_keeps_what_it_fed(model):
     assert cache.blocks == 4 and len(cache.match(prompt + got)) == 4
 
 
+def test_a_prefill_cut_short_keeps_nothing_it_did_not_compute(model, monkeypatch):
+    """Ctrl-C (or any error) during the prompt's forward: the cache must not keep the prompt's
+    blocks, whose keys were never computed, or the next turn would load them."""
+    cache = PrefixCache(10**7, block_size=4)
+    prompt = ids(20, 9)
+
+    def interrupted(self, *a, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(type(model), "hidden_states", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        steps_with(model, prompt, GREEDY, cache)
+    monkeypatch.undo()
+    assert cache.blocks == 0
+    assert steps_with(model, prompt, GREEDY, cache) == list(generate(model, prompt, GREEDY))
+
+
 # ---------------------------------------------------------------------------- the batched decoder
 
 
@@ -330,11 +347,51 @@ def test_a_request_cancelled_mid_prefill_frees_its_slot_and_keeps_its_blocks(mod
     assert engine.prefix_cache is not None and engine.prefix_cache.blocks == 4
     again = RequestHandle("m", prompt, GREEDY, None)
     engine.admit([again])
-    assert engine.rows[0].cached == 64
+    engine.prefill()
+    assert engine.rows[0].cached == 64 and engine.rows[0].length == 64 + 32
     while engine.rows:
         engine.step()
         engine.prefill()
     assert again.tokens == list(generate(model, prompt, GREEDY, tokenizer=tok))
+
+
+def test_http_completions_equal_with_and_without_the_cache(model, tok):
+    """Through the server a user runs (HTTP in, text out): completions of prompts sharing a long
+    prefix, greedy and seeded, with a prefix cache and small prefill chunks and without either;
+    the same texts, and /health says the cache served the shared prefix."""
+    import http.client
+
+    from live_server import UvicornThread
+    from twofiles.serve.app import create_app
+    from twofiles.serve.settings import ServeSettings
+
+    shared = "whether tis nobler in the mind to suffer " * 4  # 38 tokens: two full blocks
+    bodies = [
+        {"model": "m", "prompt": shared + end, "max_tokens": 8, **sampling}
+        for end in ("the slings", "and arrows", "of outrageous fortune")
+        for sampling in ({"temperature": 0}, {"temperature": 1.0, "seed": 7})
+    ]
+
+    def call(port: int, method: str, path: str, body: dict | None = None) -> dict:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        try:
+            data = None if body is None else json.dumps(body)
+            conn.request(method, path, body=data, headers={"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            assert resp.status == 200
+            return json.loads(resp.read())
+        finally:
+            conn.close()
+
+    texts, hits = {}, {}
+    for name, mb, chunk in (("off", 0, 0), ("on", 1, 8)):
+        settings = ServeSettings(max_seqs=2, prefix_cache_mb=mb, prefill_chunk=chunk)
+        with UvicornThread(create_app({"m": loaded(model, tok)}, settings)) as server:
+            replies = [call(server.port, "POST", "/v1/completions", b) for b in bodies]
+            texts[name] = [r["choices"][0]["text"] for r in replies]
+            hits[name] = call(server.port, "GET", "/health")["models"]["m"]["prefix_hit_tokens"]
+    assert texts["on"] == texts["off"] and any(texts["off"])
+    assert hits["off"] == 0 and hits["on"] >= 5 * 32  # every request after the first
 
 
 def test_serve_settings_reach_the_scheduler(model, tok):

@@ -203,6 +203,8 @@ def test_chat_think_flag_votes_over_batched_samples(tiny, tmp_path, capsys, monk
         4,
     )
     assert summary["replies"] == [expected.reply] and summary["tokens"] == expected.tokens
+    prompt = fmt.prompt_ids([Message("user", "what is 6 times 7?")])
+    assert summary["prompt_tokens"] == len(prompt) and summary["prompt_tokens_reused"] == 0
     monkeypatch.setattr("sys.stdin", io.StringIO("hi\n"))
     assert main(["chat", path, "--think", "0"]) == 2
     assert main(["chat", path, "--think", "2", "--tools", "calculator"]) == 2

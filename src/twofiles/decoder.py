@@ -16,8 +16,8 @@ others: the sampling math and text streaming (engine.py), requests, queues and t
 (scheduler.py), the model math (model.py: `positions`, `attn_mask`, `KVCache.update_at`), the
 cached blocks themselves (prefix_cache.py).
 
-With a prefix cache: a newcomer's slot starts with the cached blocks of its prompt (never its
-last token: its logits are needed); each prefill chunk stores its full blocks at once, so a row
+With a prefix cache: a row's prefill loads the cached blocks of its prompt before computing
+(never its last token: its logits are needed); each prefill chunk stores its full blocks at once, so a row
 whose next block an earlier row is computing waits a forward and loads it (16 requests sharing a
 system prompt compute it once); a row that ends or is cancelled stores its prompt and the tokens
 it fed, so the next turn of a chat (prompt + reply + a new message) finds them.
@@ -161,9 +161,9 @@ class BatchDecoder:
         ]
 
     def admit(self, rows: Sequence[DecodeRow], *, prefill: bool = True) -> list[DecodedToken]:
-        """Give newcomers (at most free_slots) their slots, with whatever prefix of their prompts
-        the prefix cache holds, then prefill them to the end and sample each one's first token.
-        `prefill=False` leaves the prompts to `prefill` calls (chunked prefill)."""
+        """Give newcomers (at most free_slots) their slots, then prefill them to the end (each
+        starting with whatever prefix of its prompt the prefix cache holds) and sample each one's
+        first token. `prefill=False` leaves the prompts to `prefill` calls (chunked prefill)."""
         if not rows:
             return []
         if len(rows) > self.free_slots:
@@ -186,7 +186,6 @@ class BatchDecoder:
                 cache.lookup_tokens += n
                 r.block_hashes = _chain_hashes(r.prompt, cache.block_size)
             self.rows.append(r)
-            self._load_cached(len(self.rows) - 1, r)
         out: list[DecodedToken] = []
         while prefill and self.prefilling:
             out += self.prefill()
@@ -198,11 +197,9 @@ class BatchDecoder:
         cache = self.prefix_cache
         if cache is None or r.length % cache.block_size:
             return
-        chain = cache.match(r.prompt, len(r.prompt) - 1)
-        got = cache.load(chain, self._k, self._v, slot, r.length // cache.block_size)
+        got = cache.load_prompt(r.prompt, self._k, self._v, slot, r.length)
         r.length += got
         r.cached += got
-        cache.hit_tokens += got
 
     def prefill(self, budget: int | None = None) -> list[DecodedToken]:
         """One forward over the prompts still to prefill, at most `budget` tokens of them (None:

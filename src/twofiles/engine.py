@@ -301,13 +301,12 @@ def _decode(
         prefix_cache = None  # a test double's own caches: nothing to copy
     if prefix_cache is not None:
         ks, vs = [c.k for c in caches], [c.v for c in caches]
-        chain = prefix_cache.match(prompt[0].tolist(), T - 1)  # the last token gives the logits
-        hit = prefix_cache.load(chain, ks, vs, 0)
+        hit = prefix_cache.load_prompt(prompt[0].tolist(), ks, vs, 0)
         prefix_cache.lookup_tokens += T
-        prefix_cache.hit_tokens += hit
-    fed = T  # tokens whose keys and values are in the caches
+    fed = hit  # tokens whose keys and values are in the caches (a prefill cut short adds none)
     try:
         logits = _prefill_logits(model, prompt[:, hit:], caches, hit)  # [B, V]
+        fed = T
         for i in range(steps):
             history = seq[:, : T + i] if params.repetition_penalty != 1.0 else None
             probs = token_distribution(logits, params, history)

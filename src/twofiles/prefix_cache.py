@@ -3,7 +3,8 @@
 What it owns: `PrefixCache`, fixed-size blocks of `block_size` tokens of keys and values (every
 layer) in one pool tensor of the KV cache's own dtype and device, found by a chain of block keys,
 evicted least-recently-used under a byte cap. `match` finds the longest cached run of a prompt's
-full blocks, `load` copies blocks into a row of a KV cache, `store` copies a row's full blocks in.
+full blocks, `load` copies blocks into a row of a KV cache (`load_prompt` does both for a prompt,
+the one way the engine and the decoder use it), `store` copies a row's full blocks in.
 What it leaves to others: which prefixes to look up and when to store (decoder.py, engine.py),
 the KV cache layout itself (model.py).
 
@@ -33,6 +34,14 @@ import torch
 
 DEFAULT_BLOCK_SIZE = 16  # tokens per block (vLLM's default): a hit is rounded down to a multiple
 _FIRST_CAPACITY = 64  # blocks allocated on first use; the pool doubles up to the cap as it fills
+# the counters `stats` reports, in its order (the scheduler reports zeros for them when off)
+PREFIX_STATS = (
+    "prefix_lookup_tokens",
+    "prefix_hit_tokens",
+    "prefix_cache_bytes",
+    "prefix_cache_blocks",
+    "prefix_evictions",
+)
 
 
 @dataclass
@@ -73,13 +82,8 @@ class PrefixCache:
         return len(self._blocks) * self.block_bytes
 
     def stats(self) -> dict[str, int]:
-        return {
-            "prefix_lookup_tokens": self.lookup_tokens,
-            "prefix_hit_tokens": self.hit_tokens,
-            "prefix_cache_bytes": self.bytes,
-            "prefix_cache_blocks": self.blocks,
-            "prefix_evictions": self.evictions,
-        }
+        values = (self.lookup_tokens, self.hit_tokens, self.bytes, self.blocks, self.evictions)
+        return dict(zip(PREFIX_STATS, values, strict=True))
 
     def match(self, ids: Sequence[int], limit: int | None = None) -> list[CachedBlock]:
         """The cached blocks of the longest run of full blocks that starts `ids[:limit]`, marked
@@ -96,6 +100,22 @@ class PrefixCache:
             parent = block.id
         self._touch(chain)
         return chain
+
+    def load_prompt(
+        self,
+        prompt: Sequence[int],
+        ks: Sequence[torch.Tensor],
+        vs: Sequence[torch.Tensor],
+        row: int,
+        have: int = 0,
+    ) -> int:
+        """Copy the cached blocks of `prompt` past the `have` tokens `row` already holds (a
+        multiple of block_size) into it, never the prompt's last token (its logits are needed);
+        count them as hits and return the tokens copied."""
+        chain = self.match(prompt, len(prompt) - 1)
+        got = self.load(chain, ks, vs, row, have // self.block_size)
+        self.hit_tokens += got
+        return got
 
     @torch.inference_mode()  # the pool and the KV caches are inference tensors
     def load(
@@ -135,19 +155,11 @@ class PrefixCache:
         if self._k is None:
             self._allocate(ks, vs)
         cap = self.max_bytes // self.block_bytes
-        chain: list[CachedBlock] = []
-        parent = 0
-        while len(chain) < n_blocks:
-            start = len(chain) * bs
-            block = self._blocks.get((parent, tuple(ids[start : start + bs])))
-            if block is None:
-                break
-            chain.append(block)
-            parent = block.id
-        self._touch(chain)  # the cached part is now the most recent: eviction spares it
+        chain = self.match(ids)  # marked used: eviction below spares the cached part
         new = min(n_blocks, cap) - len(chain)
         if new <= 0:
             return 0
+        parent = chain[-1].id if chain else 0
         while len(self._blocks) + new > cap:
             _, old = self._blocks.popitem(last=False)
             self._free.append(old.slot)
@@ -221,4 +233,4 @@ def cache_from_mb(megabytes: float, *, block_size: int = DEFAULT_BLOCK_SIZE) -> 
     return PrefixCache(int(megabytes * 1_000_000), block_size=block_size)
 
 
-__all__ = ["DEFAULT_BLOCK_SIZE", "CachedBlock", "PrefixCache", "cache_from_mb"]
+__all__ = ["DEFAULT_BLOCK_SIZE", "PREFIX_STATS", "CachedBlock", "PrefixCache", "cache_from_mb"]

@@ -36,7 +36,7 @@ import torch
 from twofiles.decoder import BatchDecoder, DecodedToken, DecodeRow
 from twofiles.engine import SamplingParams
 from twofiles.errors import TwofilesError
-from twofiles.prefix_cache import cache_from_mb
+from twofiles.prefix_cache import PREFIX_STATS, cache_from_mb
 
 if TYPE_CHECKING:
     from twofiles.artifact import LoadedModel
@@ -300,15 +300,6 @@ class BatchEngine:
         """Deliver this step's events."""
         items, self.outbox = self.outbox, []
         _deliver(items)
-
-
-PREFIX_STATS = (
-    "prefix_lookup_tokens",
-    "prefix_hit_tokens",
-    "prefix_cache_bytes",
-    "prefix_cache_blocks",
-    "prefix_evictions",
-)
 
 
 class Scheduler:

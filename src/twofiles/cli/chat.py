@@ -184,6 +184,7 @@ def _think(loaded, fmt, messages, params, n: int, stats, out, err, scorer=None, 
     v = think(loaded.model, loaded.tokenizer, ids, p, n)
     stats.tokens += v.tokens
     stats.prompt_tokens = len(ids)
+    stats.prompt_tokens_seen += len(ids)  # the summary's prompt tokens, --think or not
     if scorer is not None:
         scores = scorer.score_batch([messages] * len(v.texts), v.texts)
         best = max(range(len(scores)), key=lambda i: (scores[i], -i))
