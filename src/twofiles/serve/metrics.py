@@ -60,8 +60,8 @@ DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25,
 METRICS_PATH = "/metrics"
 UNMATCHED = "unmatched"  # the endpoint label of a path no route matched: bounds the label's values
 
-# Scheduler.stats() keys the prefix cache adds, per model -> (metric name, help); absent keys
-# (no prefix cache) export nothing.
+# Scheduler.stats() keys the prefix cache adds, per model -> (metric name, help). The scheduler
+# reports them for every model (zeros with the cache off); keys a model's stats lack export nothing.
 _PREFIX_COUNTERS = {
     "prefix_lookup_tokens": (
         "twofiles_prefix_cache_queries",
