@@ -22,7 +22,6 @@ import asyncio
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -337,48 +336,43 @@ async def score_prompt(
 
 
 class RagService:
-    """The server's document index (`serve --rag DB`), owned by one thread of its own: the index
-    is opened there on first use and every search runs there, one at a time, because an index
-    held in SQLite may only be used from the thread that opened it, and because a dense search
-    runs the embedder, which must not block the event loop. `search` and `passage` (blocking)
-    make it a grounding.Searcher, so the retrieve tool runs over it too."""
+    """The server's document index (`serve --rag DB`), opened on first use, with the server's
+    defaults for grounded requests. A RagIndex is read whole when opened and holds no database
+    connection, and its searches are safe from several threads at once
+    (tests/test_rag.py), so requests search it directly from the worker threads they already
+    run on (asyncio.to_thread), never on the event loop. `search` and `passage` make it a
+    grounding.Searcher, so the retrieve tool runs over it too."""
 
     def __init__(
         self, open_index: Callable[[], Any], *, k: int = 5, cite: str | None = None
     ) -> None:
         self._open = open_index
         self._index: Any = None
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="twofiles-rag")
+        self._opening = threading.Lock()  # two first requests open the index once
         self.k = k  # passages per grounded request when the request gives none
         self.cite = cite  # how a reply's citations are made when the request says not (rag.cite)
 
-    def _call(self, fn: Callable[[Any], Any]) -> Any:
-        def run() -> Any:
-            if self._index is None:
-                self._index = self._open()
-            return fn(self._index)
-
-        return self._pool.submit(run).result()
+    def _get(self) -> Any:
+        if self._index is None:
+            with self._opening:
+                if self._index is None:
+                    self._index = self._open()
+        return self._index
 
     def search(self, query: str, k: int = 5, mode: str = "hybrid") -> list[Passage]:
-        return self._call(lambda index: index.search(query, k, mode))
+        return self._get().search(query, k, mode)
 
     def passage(self, chunk_id: int) -> Passage:
-        return self._call(lambda index: index.passage(chunk_id))
+        return self._get().passage(chunk_id)
 
     def info(self) -> dict[str, Any]:
-        return self._call(lambda index: dict(getattr(index, "info", {}) or {}))
+        return dict(getattr(self._get(), "info", {}) or {})
 
     def close(self) -> None:
-        def shut(index: Any) -> None:
-            close = getattr(index, "close", None)
-            if close is not None:
-                close()
-
-        if self._index is not None:
-            self._pool.submit(shut, self._index).result()
-            self._index = None
-        self._pool.shutdown(wait=True)
+        index, self._index = self._index, None
+        close = getattr(index, "close", None)
+        if close is not None:
+            close()
 
 
 async def ground_messages(
