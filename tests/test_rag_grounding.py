@@ -303,6 +303,25 @@ def test_a_rag_request_is_grounded_and_returns_sources_and_citations(rag_server)
     assert plain["usage"]["prompt_tokens"] < rag_server.prompt_tokens
 
 
+def test_a_reply_citing_itself_runs_no_constrained_choice(rag_server, monkeypatch) -> None:
+    """The model's own [n] always win, so "constrained" spends no forward on a reply that wrote
+    them (the server runs in this process: the patched choice would raise if called)."""
+
+    def no_forward(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("constrained choice ran for a reply with its own citations")
+
+    monkeypatch.setattr("twofiles.rag.grounding.choose_citation", no_forward)
+    body = {"model": "tiny", "messages": QUESTION, "temperature": 0, "max_tokens": 16}
+    for stream in (False, True):
+        status, out = rag_server.request(
+            "/v1/chat/completions",
+            {**body, "rag": {"k": 2, "cite": "constrained"}, "stream": stream},
+        )
+        assert status == 200, out
+        choice = out[-1]["choices"][0] if stream else out["choices"][0]["message"]
+        assert choice["citation_details"] == [{"n": 1, "by": "model"}]
+
+
 @pytest.mark.parametrize(
     ("rag", "words"),
     [

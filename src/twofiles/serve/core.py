@@ -422,11 +422,12 @@ async def cite_reply(
     prompt_ids: Sequence[int],
 ) -> list[dict[str, Any]]:
     """The citations of a grounded reply as JSON ({n, by, ...}: grounding.cite). "constrained"
-    runs one forward beside the scheduler, as score_prompt does and under its lock."""
-    from twofiles.rag.grounding import choose_citation, cite
+    runs one forward beside the scheduler, as score_prompt does and under its lock, and only
+    when the reply wrote no [n] itself (its own citations win: the forward would be wasted)."""
+    from twofiles.rag.grounding import choose_citation, cite, parse_citations
 
     choose = None
-    if method == "constrained" and text.strip():
+    if method == "constrained" and text.strip() and not parse_citations(text, len(passages)):
         loaded = served_model(app, model)
         lock: threading.Lock = app.state.score_lock
 
