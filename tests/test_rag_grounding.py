@@ -141,6 +141,11 @@ def test_cited_sources_list_file_and_location() -> None:
         {"n": 1, "id": 0, "source": "geo/rivers.md", "location": "lines 1-2"},
     ]
     assert format_sources(sources) == "[3] notes.jsonl:7, record 7\n[1] geo/rivers.md, lines 1-2"
+    by = [{**sources[0], "by": "overlap"}, {**sources[1], "by": "model"}]
+    assert format_sources(by).splitlines() == [
+        "[3] notes.jsonl:7, record 7 (attributed: overlap)",
+        "[1] geo/rivers.md, lines 1-2",
+    ]
     assert passage_json(DOCS[1], 2) == {
         "n": 2,
         "id": 1,

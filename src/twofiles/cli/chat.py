@@ -544,20 +544,14 @@ def _cite(
 ) -> dict:
     """After a grounded reply: the sources it cited on `err` (an attributed citation says how it
     was made); the turn's record for --json."""
-    from twofiles.rag.grounding import cite, cited_sources, passage_json
+    from twofiles.rag.grounding import cite, cited_sources, format_sources, passage_json
 
     cites = cite(reply, passages, method, choose=(lambda: choose(reply)) if choose else None)
     sources = cited_sources(passages, [c.n for c in cites])
     for s, c in zip(sources, cites):
         s["by"] = c.by
     if sources:
-        lines = [
-            f"[{s['n']}] {s['source']}"
-            + (f", {s['location']}" if s["location"] else "")
-            + ("" if s["by"] == "model" else f" (attributed: {s['by']})")
-            for s in sources
-        ]
-        print("sources:\n" + "\n".join(lines), file=err, flush=True)
+        print("sources:\n" + format_sources(sources), file=err, flush=True)
     else:
         print(f"(no sources cited; {len(passages)} passages were given)", file=err, flush=True)
     return {

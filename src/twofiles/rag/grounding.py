@@ -148,9 +148,12 @@ def cited_sources(passages: Sequence[Passage], citations: Sequence[int]) -> list
 
 
 def format_sources(sources: Sequence[dict[str, Any]]) -> str:
-    """The cited sources as lines for a person: "[1] notes.md, lines 12-30"."""
+    """The cited sources as lines for a person: "[1] notes.md, lines 12-30", followed by
+    "(attributed: overlap)" when a source's `by` says the reply did not write the citation."""
     return "\n".join(
-        f"[{s['n']}] {s['source']}" + (f", {s['location']}" if s["location"] else "")
+        f"[{s['n']}] {s['source']}"
+        + (f", {s['location']}" if s["location"] else "")
+        + (f" (attributed: {s['by']})" if s.get("by", "model") != "model" else "")
         for s in sources
     )
 
