@@ -718,6 +718,32 @@ def test_chat_cli_marks_attributed_citations(capsys, monkeypatch) -> None:
     assert flag.default == DEFAULT_CITE and tuple(flag.choices) == CITE_METHODS
 
 
+def test_chat_cli_constrained_citation_reads_the_prompt_the_reply_was_generated_from(
+    capsys, monkeypatch
+) -> None:
+    """With --tools the generated prompt describes them: the constrained choice after the reply
+    must continue that prompt (the scripted model favours passage 2 only at that position)."""
+    from tiny_models import ScriptedModel, tiny_tokenizer
+    from twofiles.tools import default_tools, openai_tool_specs
+
+    tok = tiny_tokenizer()
+    index = TinyIndex(DOCS)
+    question = QUESTION[0]["content"]
+    specs = openai_tool_specs({"calculator": default_tools(None)["calculator"]})
+    prompt = ChatFormat.builtin_for(tok).prompt_ids(
+        ground([Message("user", question)], index.search(question, 2)), tools=specs
+    )
+    script = _choosing_script(tok, PLAIN, "2")
+    model = ScriptedModel(tok, script, len(prompt), filler=tok.encode(" ")[0], max_seq_len=1024)
+    summary, _ = _chat(
+        monkeypatch, capsys, model, tok, index, question + "\n", "--rag-k", "2",
+        "--rag-cite", "constrained", "--tools", "calculator",
+    )  # fmt: skip
+    assert summary["replies"] == [PLAIN]
+    (turn,) = summary["rag"]["turns"]
+    assert turn["citation_details"] == [{"n": 2, "by": "constrained", "score": 1.0}]
+
+
 def test_chat_cli_fits_a_grounded_prompt_into_a_small_context(capsys, monkeypatch) -> None:
     """A model with a 560-token context (the tiny tokenizer spends a token on nearly every
     character): of three passages only the best fits with room for a reply, the lower-ranked go
