@@ -474,6 +474,49 @@ def test_chat_and_serve_on_a_real_index(tmp_path, capsys, monkeypatch) -> None:
     assert turn["passages"] == [passage_json(expected, 1)]
     assert turn["passages"][0]["source"].endswith("rivers.md") and "812 km" in expected.text
 
+    # `twofiles serve MODEL --rag DB` as users start it: a request with "rag" gets the same
+    # passage from the real index (the server runs in a thread, asked once, then told to stop)
+    import threading
+    import time
+
+    import uvicorn
+
+    from twofiles.serve.core import model_name
+
+    serve_run, answers = uvicorn.Server.run, []
+
+    def run_and_ask(server: uvicorn.Server, sockets: list) -> None:
+        thread = threading.Thread(target=serve_run, args=(server,), kwargs={"sockets": sockets})
+        thread.start()
+        try:
+            while not server.started:
+                assert thread.is_alive(), "server did not start"
+                time.sleep(0.01)
+            host, port = sockets[0].getsockname()[:2]
+            body = {
+                "model": model_name(model),
+                "messages": [{"role": "user", "content": question}],
+                "max_tokens": 2,
+                "rag": {"k": 1},
+            }
+            req = urllib.request.Request(
+                f"http://{host}:{port}/v1/chat/completions",
+                data=json.dumps(body).encode(),
+                headers={"Content-Type": "application/json"},
+            )
+            with urllib.request.urlopen(req, timeout=60) as r:
+                answers.append(json.loads(r.read()))
+        finally:
+            server.should_exit = True
+            thread.join()
+
+    monkeypatch.setattr(uvicorn.Server, "run", run_and_ask)
+    assert main(["serve", model, "--port", "0", "--rag", str(db), "--rag-k", "1"]) == 0
+    err = capsys.readouterr().err
+    assert f"documents: {db} (2 files, 2 passages), 1 per grounded reply" in err
+    (out,) = answers
+    assert out["sources"] == [passage_json(expected, 1)]
+
     for verb in (["chat", model], ["serve", model, "--port", "0"]):
         monkeypatch.setattr("sys.stdin", io.StringIO(""))
         assert main([*verb, "--rag", str(tmp_path / "nothing.db")]) == 2
