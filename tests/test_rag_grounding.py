@@ -45,6 +45,7 @@ class TinyIndex:
     def __init__(self, docs: list[Passage]) -> None:
         self.docs = docs
         self.queries: list[str] = []
+        self.info = {"files": len({d.source for d in docs}), "chunks": len(docs)}  # as RagIndex's
 
     def search(self, query: str, k: int = 5, mode: str = "hybrid") -> list[Passage]:
         self.queries.append(query)
@@ -371,6 +372,7 @@ def test_rag_without_an_index_or_a_user_message_is_refused(rag_server) -> None:
 def test_web_routes_fetch_passages_and_run_the_retrieve_tool(rag_server) -> None:
     status, info = rag_server.request("/rag")
     assert status == 200 and info["enabled"] is True and info["k"] == 2
+    assert info["info"] == {"files": 3, "chunks": 3}
     status, p = rag_server.request("/rag/passages/2")
     assert status == 200 and p == passage_json(DOCS[2])
     status, out = rag_server.request("/rag/passages/99")

@@ -730,7 +730,7 @@ def rag_live(tmp_path_factory: pytest.TempPathFactory):
 def test_grounded_reply_links_citations_to_their_passages(page, rag_live, tmp_path):
     page.goto(rag_live.url + "/")
     page.locator("#rag_box").wait_for(state="visible")  # the server has an index
-    assert "2 per reply" in page.locator("#rag_info").inner_text()
+    assert page.locator("#rag_info").inner_text() == "3 files, 3 passages, 2 per reply"
     assert page.locator("#tool_names").inner_text() == "calculator, retrieve"
     page.wait_for_function("document.querySelectorAll('#model option').length === 1")
     page.fill("#temperature", "0")
