@@ -275,7 +275,7 @@ def rag_server():
     app = create_app(
         {"tiny": loaded(model, tok)},
         ServeSettings(),
-        rag=RagService(lambda: TinyIndex(DOCS), k=2),
+        rag=RagService(TinyIndex(DOCS), k=2),
     )
     with _Live(app) as live:
         live.prompt_tokens = len(prompt)
@@ -590,7 +590,7 @@ def test_serve_grounds_on_the_clients_turns_not_a_personas() -> None:
     from twofiles.serve.core import RagService, ground_messages
 
     index = TinyIndex(DOCS)
-    rag = RagService(lambda: index, k=1)
+    rag = RagService(index, k=1)
     app: Any = SimpleNamespace(state=SimpleNamespace(rag=rag))
     own = [Message("user", "Where is Paris?")]
     with_persona = [Message("user", "to be"), Message("assistant", "or not"), *own]
@@ -837,7 +837,7 @@ def test_serve_says_how_each_citation_was_made_and_what_was_dropped() -> None:
     app = create_app(
         {"tiny": loaded(model, tok), "small": loaded(small, tok)},
         ServeSettings(),
-        rag=RagService(lambda: TinyIndex(DOCS), k=2),
+        rag=RagService(TinyIndex(DOCS), k=2),
     )
     body = {"model": "tiny", "messages": QUESTION, "temperature": 0, "max_tokens": 40}
     with _Live(app) as live:

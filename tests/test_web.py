@@ -716,7 +716,7 @@ def rag_live(tmp_path_factory: pytest.TempPathFactory):
     answer = "The Nile [1], not Paris [2]."
     script = [*tok.encode(answer), tok.special_ids["<|assistant_end|>"]]
     model = ScriptedModel(tok, script, len(prompt), filler=tok.encode(" ")[0], max_seq_len=512)
-    app = _build_app({"tiny-rag": loaded(model, tok)}, rag=RagService(lambda: TinyIndex(DOCS), k=2))
+    app = _build_app({"tiny-rag": loaded(model, tok)}, rag=RagService(TinyIndex(DOCS), k=2))
     root = tmp_path_factory.mktemp("web-rag")
     app.state.web.feedback_db = root / "feedback.sqlite"
     app.state.web.arena_db = root / "arena.sqlite"
@@ -812,7 +812,7 @@ def rag_plain_live(tmp_path_factory: pytest.TempPathFactory):
     prompt = ChatFormat.builtin_for(tok).prompt_ids(ground([Message("user", question)], passages))
     script = [*tok.encode(PLAIN), tok.special_ids["<|assistant_end|>"]]
     model = ScriptedModel(tok, script, len(prompt), filler=tok.encode(" ")[0], max_seq_len=512)
-    app = _build_app({"tiny-rag": loaded(model, tok)}, rag=RagService(lambda: TinyIndex(DOCS), k=2))
+    app = _build_app({"tiny-rag": loaded(model, tok)}, rag=RagService(TinyIndex(DOCS), k=2))
     root = tmp_path_factory.mktemp("web-rag-plain")
     app.state.web.feedback_db = root / "feedback.sqlite"
     app.state.web.arena_db = root / "arena.sqlite"

@@ -201,7 +201,7 @@ def _open_rag(db: str, k: int, cite: str):
         f"{k} per grounded reply",
         file=sys.stderr,
     )
-    return RagService(lambda: index, k=k, cite=cite)
+    return RagService(index, k=k, cite=cite)
 
 
 def run(args: argparse.Namespace) -> int:

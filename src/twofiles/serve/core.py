@@ -336,43 +336,29 @@ async def score_prompt(
 
 
 class RagService:
-    """The server's document index (`serve --rag DB`), opened on first use, with the server's
+    """The server's document index (`serve --rag DB`, opened at start-up) with the server's
     defaults for grounded requests. A RagIndex is read whole when opened and holds no database
-    connection, and its searches are safe from several threads at once
-    (tests/test_rag.py), so requests search it directly from the worker threads they already
-    run on (asyncio.to_thread), never on the event loop. `search` and `passage` make it a
+    connection, and its searches are safe from several threads at once (tests/test_rag.py), so
+    requests search it directly from the worker threads they already run on
+    (asyncio.to_thread), never on the event loop. `search` and `passage` make it a
     grounding.Searcher, so the retrieve tool runs over it too."""
 
-    def __init__(
-        self, open_index: Callable[[], Any], *, k: int = 5, cite: str | None = None
-    ) -> None:
-        self._open = open_index
-        self._index: Any = None
-        self._opening = threading.Lock()  # two first requests open the index once
+    def __init__(self, index: Any, *, k: int = 5, cite: str | None = None) -> None:
+        self.index = index  # a RagIndex, or anything with its search, passage, info and close
         self.k = k  # passages per grounded request when the request gives none
         self.cite = cite  # how a reply's citations are made when the request says not (rag.cite)
 
-    def _get(self) -> Any:
-        if self._index is None:
-            with self._opening:
-                if self._index is None:
-                    self._index = self._open()
-        return self._index
-
     def search(self, query: str, k: int = 5, mode: str = "hybrid") -> list[Passage]:
-        return self._get().search(query, k, mode)
+        return self.index.search(query, k, mode)
 
     def passage(self, chunk_id: int) -> Passage:
-        return self._get().passage(chunk_id)
+        return self.index.passage(chunk_id)
 
     def info(self) -> dict[str, Any]:
-        return dict(getattr(self._get(), "info", {}) or {})
+        return dict(self.index.info)
 
     def close(self) -> None:
-        index, self._index = self._index, None
-        close = getattr(index, "close", None)
-        if close is not None:
-            close()
+        self.index.close()
 
 
 async def ground_messages(
