@@ -596,7 +596,7 @@ def test_serve_grounds_on_the_clients_turns_not_a_personas() -> None:
     with_persona = [Message("user", "to be"), Message("assistant", "or not"), *own]
     try:
         grounded, passages, dropped = asyncio.run(
-            ground_messages(app, with_persona, None, "bm25", own=own)
+            ground_messages(app, with_persona, None, "bm25", own=own, fits=lambda m: True)
         )
     finally:
         rag.close()

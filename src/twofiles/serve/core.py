@@ -368,16 +368,16 @@ async def ground_messages(
     mode: str,
     *,
     own: Sequence[Message] | None = None,
-    fits: Callable[[list[Message]], bool] | None = None,
+    fits: Callable[[list[Message]], bool],
 ) -> tuple[list[Message], list[Passage], int]:
     """A request's messages grounded in the `k` passages (None: the server's default) retrieved
     for its last user message and the one before it (grounding.rag_query over `own`, the
     client's messages, when a persona added turns of its own), those passages, and how many
-    were dropped: with `fits` (the rendered prompt's length check), the lowest-ranked passages
+    were dropped: `fits` is the rendered prompt's length check, and the lowest-ranked passages
     are left out until the prompt fits (grounding.fit_grounded; the client's own messages are
     never dropped: a conversation too long by itself gets the usual 400). ApiError 400 when this
     server has no index or the conversation has no user message."""
-    from twofiles.rag.grounding import fit_grounded, ground, rag_query
+    from twofiles.rag.grounding import fit_grounded, rag_query
 
     rag: RagService | None = getattr(app.state, "rag", None)
     if rag is None:
@@ -393,8 +393,6 @@ async def ground_messages(
         passages = await asyncio.to_thread(rag.search, query, k or rag.k, mode)
     except TwofilesError as e:
         raise ApiError(400, f"rag: {e}", param="rag") from None
-    if fits is None:
-        return ground(messages, passages), passages, 0
     fitted = fit_grounded(messages, passages, fits, drop_exchanges=False)
     return fitted.prompt, fitted.passages, fitted.passages_dropped
 

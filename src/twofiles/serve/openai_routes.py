@@ -223,7 +223,7 @@ def add_openai_routes(app: FastAPI, require_api_key: Any) -> None:
             messages, passages, dropped = await ground_messages(
                 app, messages, req.rag.k, req.rag.mode, own=own, fits=fits
             )
-            cite = req.rag.cite or getattr(app.state.rag, "cite", None) or DEFAULT_CITE
+            cite = req.rag.cite or app.state.rag.cite or DEFAULT_CITE
             rag = {"cite": cite, "passages_dropped": dropped}
         try:
             ids = fmt.prompt_ids(messages, tools=tools)
