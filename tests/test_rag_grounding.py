@@ -675,7 +675,10 @@ def test_constrained_choice_picks_the_favoured_passage_only_among_1_to_k() -> No
 
 
 def test_fit_grounded_drops_passages_by_rank_then_old_exchanges() -> None:
-    from twofiles.rag.grounding import fit_grounded
+    from twofiles.rag.grounding import fit_grounded, reply_room
+
+    # the reply's room: its max_tokens, at most a quarter of the context (chat and serve alike)
+    assert (reply_room(40, 512), reply_room(4096, 512), reply_room(0, 2)) == (40, 128, 1)
 
     chat = [
         Message("system", "be brief"),

@@ -508,12 +508,11 @@ def _grounded(messages: list, passages: list | None) -> list:
 
 
 def _fit(messages: list, passages: list, fmt, schemas, context: int, max_tokens: int, err) -> tuple:
-    """The conversation and passages whose grounded prompt leaves room for a reply (its
-    max_tokens, at most a quarter of the context: a long --max-tokens must not empty the prompt),
-    what was dropped, and a note on `err` when anything was."""
-    from twofiles.rag.grounding import fit_grounded
+    """The conversation and passages whose grounded prompt leaves room for a reply
+    (grounding.reply_room), what was dropped, and a note on `err` when anything was."""
+    from twofiles.rag.grounding import fit_grounded, reply_room
 
-    room = max(1, min(max_tokens, context // 4))
+    room = reply_room(max_tokens, context)
     fitted = fit_grounded(
         messages, passages, lambda m: len(fmt.prompt_ids(m, tools=schemas)) + room <= context
     )

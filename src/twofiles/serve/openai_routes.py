@@ -208,11 +208,11 @@ def add_openai_routes(app: FastAPI, require_api_key: Any) -> None:
         passages: list[Any] | None = None
         rag: dict[str, Any] = {}  # how a grounded reply is cited, and what was left out
         if req.rag is not None:  # retrieved for the client's turns, not a persona's few-shot ones
-            from twofiles.rag.grounding import DEFAULT_CITE
+            from twofiles.rag.grounding import DEFAULT_CITE, reply_room
 
             context = context_length(app, req.model)
             limit = min(settings.max_prompt_tokens or context - 1, context - 1)
-            room = min(params.max_tokens, context // 4)  # a long max_tokens must not empty it
+            room = reply_room(params.max_tokens, context)
 
             def fits(grounded: list[Any]) -> bool:
                 try:
