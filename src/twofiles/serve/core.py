@@ -104,10 +104,16 @@ def sampling_defaults(app: FastAPI, model: str) -> dict[str, Any]:
     return dict(persona.sampling) if persona is not None else {}
 
 
-def check_prompt(app: FastAPI, model: str, ids: Sequence[int], param: str = "messages") -> None:
+def prompt_limit(app: FastAPI, model: str) -> int:
+    """The longest prompt `model` takes, in tokens: the server's max_prompt_tokens, and always
+    one token short of the context (a reply needs at least one)."""
     settings: ServeSettings = app.state.settings
     context = context_length(app, model)
-    limit = min(settings.max_prompt_tokens or context - 1, context - 1)
+    return min(settings.max_prompt_tokens or context - 1, context - 1)
+
+
+def check_prompt(app: FastAPI, model: str, ids: Sequence[int], param: str = "messages") -> None:
+    limit = prompt_limit(app, model)
     if len(ids) > limit:
         what = "the conversation" if param == "messages" else "the prompt"
         raise ApiError(
@@ -503,6 +509,7 @@ __all__ = [
     "ground_messages",
     "load_models",
     "model_name",
+    "prompt_limit",
     "sampling_defaults",
     "score_prompt",
     "served_model",

@@ -44,6 +44,7 @@ from twofiles.serve.core import (
     engine_name,
     gather_events,
     ground_messages,
+    prompt_limit,
     sampling_defaults,
     score_prompt,
     served_model,
@@ -210,9 +211,8 @@ def add_openai_routes(app: FastAPI, require_api_key: Any) -> None:
         if req.rag is not None:  # retrieved for the client's turns, not a persona's few-shot ones
             from twofiles.rag.grounding import DEFAULT_CITE, reply_room
 
-            context = context_length(app, req.model)
-            limit = min(settings.max_prompt_tokens or context - 1, context - 1)
-            room = reply_room(params.max_tokens, context)
+            limit = prompt_limit(app, req.model)
+            room = reply_room(params.max_tokens, context_length(app, req.model))
 
             def fits(grounded: list[Any]) -> bool:
                 try:
