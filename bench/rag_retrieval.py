@@ -47,11 +47,10 @@ def fusion_grid() -> list:
 
 
 def ranking(scores, only_positive: bool = False) -> list[int]:
-    """Chunk rows best first, ties in chunk order (as RagIndex.search ranks them)."""
-    import numpy as np
+    """Chunk rows best first, ties in chunk order: RagIndex.search's own ranking, uncut."""
+    from twofiles.rag.index import _ranked
 
-    order = np.argsort(-scores, kind="stable")
-    return [int(i) for i in (order[scores[order] > 0] if only_positive else order)]
+    return _ranked(scores, None, only_positive).tolist()
 
 
 def metrics(rankings: list[list[int]], relevant: list[set[int]], kinds: list[str], k: int) -> dict:

@@ -46,6 +46,7 @@ class TinyIndex:
     def __init__(self, docs: list[Passage]) -> None:
         self.docs = docs
         self.queries: list[str] = []
+        self.info = {"files": len({d.source for d in docs}), "chunks": len(docs)}  # as RagIndex's
 
     def search(self, query: str, k: int = 5, mode: str = "hybrid") -> list[Passage]:
         self.queries.append(query)
@@ -142,6 +143,11 @@ def test_cited_sources_list_file_and_location() -> None:
         {"n": 1, "id": 0, "source": "geo/rivers.md", "location": "lines 1-2"},
     ]
     assert format_sources(sources) == "[3] notes.jsonl:7, record 7\n[1] geo/rivers.md, lines 1-2"
+    by = [{**sources[0], "by": "overlap"}, {**sources[1], "by": "model"}]
+    assert format_sources(by).splitlines() == [
+        "[3] notes.jsonl:7, record 7 (attributed: overlap)",
+        "[1] geo/rivers.md, lines 1-2",
+    ]
     assert passage_json(DOCS[1], 2) == {
         "n": 2,
         "id": 1,
@@ -270,7 +276,7 @@ def rag_server():
     app = create_app(
         {"tiny": loaded(model, tok)},
         ServeSettings(),
-        rag=RagService(lambda: TinyIndex(DOCS), k=2),
+        rag=RagService(TinyIndex(DOCS), k=2),
     )
     with _Live(app) as live:
         live.prompt_tokens = len(prompt)
@@ -302,6 +308,25 @@ def test_a_rag_request_is_grounded_and_returns_sources_and_citations(rag_server)
     status, plain = rag_server.request("/v1/chat/completions", {**body, "rag": False})
     assert status == 200 and "sources" not in plain
     assert plain["usage"]["prompt_tokens"] < rag_server.prompt_tokens
+
+
+def test_a_reply_citing_itself_runs_no_constrained_choice(rag_server, monkeypatch) -> None:
+    """The model's own [n] always win, so "constrained" spends no forward on a reply that wrote
+    them (the server runs in this process: the patched choice would raise if called)."""
+
+    def no_forward(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("constrained choice ran for a reply with its own citations")
+
+    monkeypatch.setattr("twofiles.rag.grounding.choose_citation", no_forward)
+    body = {"model": "tiny", "messages": QUESTION, "temperature": 0, "max_tokens": 16}
+    for stream in (False, True):
+        status, out = rag_server.request(
+            "/v1/chat/completions",
+            {**body, "rag": {"k": 2, "cite": "constrained"}, "stream": stream},
+        )
+        assert status == 200, out
+        choice = out[-1]["choices"][0] if stream else out["choices"][0]["message"]
+        assert choice["citation_details"] == [{"n": 1, "by": "model"}]
 
 
 @pytest.mark.parametrize(
@@ -348,6 +373,7 @@ def test_rag_without_an_index_or_a_user_message_is_refused(rag_server) -> None:
 def test_web_routes_fetch_passages_and_run_the_retrieve_tool(rag_server) -> None:
     status, info = rag_server.request("/rag")
     assert status == 200 and info["enabled"] is True and info["k"] == 2
+    assert info["info"] == {"files": 3, "chunks": 3}
     status, p = rag_server.request("/rag/passages/2")
     assert status == 200 and p == passage_json(DOCS[2])
     status, out = rag_server.request("/rag/passages/99")
@@ -451,6 +477,49 @@ def test_chat_and_serve_on_a_real_index(tmp_path, capsys, monkeypatch) -> None:
     assert turn["passages"] == [passage_json(expected, 1)]
     assert turn["passages"][0]["source"].endswith("rivers.md") and "812 km" in expected.text
 
+    # `twofiles serve MODEL --rag DB` as users start it: a request with "rag" gets the same
+    # passage from the real index (the server runs in a thread, asked once, then told to stop)
+    import threading
+    import time
+
+    import uvicorn
+
+    from twofiles.serve.core import model_name
+
+    serve_run, answers = uvicorn.Server.run, []
+
+    def run_and_ask(server: uvicorn.Server, sockets: list) -> None:
+        thread = threading.Thread(target=serve_run, args=(server,), kwargs={"sockets": sockets})
+        thread.start()
+        try:
+            while not server.started:
+                assert thread.is_alive(), "server did not start"
+                time.sleep(0.01)
+            host, port = sockets[0].getsockname()[:2]
+            body = {
+                "model": model_name(model),
+                "messages": [{"role": "user", "content": question}],
+                "max_tokens": 2,
+                "rag": {"k": 1},
+            }
+            req = urllib.request.Request(
+                f"http://{host}:{port}/v1/chat/completions",
+                data=json.dumps(body).encode(),
+                headers={"Content-Type": "application/json"},
+            )
+            with urllib.request.urlopen(req, timeout=60) as r:
+                answers.append(json.loads(r.read()))
+        finally:
+            server.should_exit = True
+            thread.join()
+
+    monkeypatch.setattr(uvicorn.Server, "run", run_and_ask)
+    assert main(["serve", model, "--port", "0", "--rag", str(db), "--rag-k", "1"]) == 0
+    err = capsys.readouterr().err
+    assert f"documents: {db} (2 files, 2 passages), 1 per grounded reply" in err
+    (out,) = answers
+    assert out["sources"] == [passage_json(expected, 1)]
+
     for verb in (["chat", model], ["serve", model, "--port", "0"]):
         monkeypatch.setattr("sys.stdin", io.StringIO(""))
         assert main([*verb, "--rag", str(tmp_path / "nothing.db")]) == 2
@@ -522,13 +591,13 @@ def test_serve_grounds_on_the_clients_turns_not_a_personas() -> None:
     from twofiles.serve.core import RagService, ground_messages
 
     index = TinyIndex(DOCS)
-    rag = RagService(lambda: index, k=1)
+    rag = RagService(index, k=1)
     app: Any = SimpleNamespace(state=SimpleNamespace(rag=rag))
     own = [Message("user", "Where is Paris?")]
     with_persona = [Message("user", "to be"), Message("assistant", "or not"), *own]
     try:
         grounded, passages, dropped = asyncio.run(
-            ground_messages(app, with_persona, None, "bm25", own=own)
+            ground_messages(app, with_persona, None, "bm25", own=own, fits=lambda m: True)
         )
     finally:
         rag.close()
@@ -607,7 +676,10 @@ def test_constrained_choice_picks_the_favoured_passage_only_among_1_to_k() -> No
 
 
 def test_fit_grounded_drops_passages_by_rank_then_old_exchanges() -> None:
-    from twofiles.rag.grounding import fit_grounded
+    from twofiles.rag.grounding import fit_grounded, reply_room
+
+    # the reply's room: its max_tokens, at most a quarter of the context (chat and serve alike)
+    assert (reply_room(40, 512), reply_room(4096, 512), reply_room(0, 2)) == (40, 128, 1)
 
     chat = [
         Message("system", "be brief"),
@@ -695,6 +767,32 @@ def test_chat_cli_marks_attributed_citations(capsys, monkeypatch) -> None:
     assert flag.default == DEFAULT_CITE and tuple(flag.choices) == CITE_METHODS
 
 
+def test_chat_cli_constrained_citation_reads_the_prompt_the_reply_was_generated_from(
+    capsys, monkeypatch
+) -> None:
+    """With --tools the generated prompt describes them: the constrained choice after the reply
+    must continue that prompt (the scripted model favours passage 2 only at that position)."""
+    from tiny_models import ScriptedModel, tiny_tokenizer
+    from twofiles.tools import default_tools, openai_tool_specs
+
+    tok = tiny_tokenizer()
+    index = TinyIndex(DOCS)
+    question = QUESTION[0]["content"]
+    specs = openai_tool_specs({"calculator": default_tools(None)["calculator"]})
+    prompt = ChatFormat.builtin_for(tok).prompt_ids(
+        ground([Message("user", question)], index.search(question, 2)), tools=specs
+    )
+    script = _choosing_script(tok, PLAIN, "2")
+    model = ScriptedModel(tok, script, len(prompt), filler=tok.encode(" ")[0], max_seq_len=1024)
+    summary, _ = _chat(
+        monkeypatch, capsys, model, tok, index, question + "\n", "--rag-k", "2",
+        "--rag-cite", "constrained", "--tools", "calculator",
+    )  # fmt: skip
+    assert summary["replies"] == [PLAIN]
+    (turn,) = summary["rag"]["turns"]
+    assert turn["citation_details"] == [{"n": 2, "by": "constrained", "score": 1.0}]
+
+
 def test_chat_cli_fits_a_grounded_prompt_into_a_small_context(capsys, monkeypatch) -> None:
     """A model with a 560-token context (the tiny tokenizer spends a token on nearly every
     character): of three passages only the best fits with room for a reply, the lower-ranked go
@@ -743,7 +841,7 @@ def test_serve_says_how_each_citation_was_made_and_what_was_dropped() -> None:
     app = create_app(
         {"tiny": loaded(model, tok), "small": loaded(small, tok)},
         ServeSettings(),
-        rag=RagService(lambda: TinyIndex(DOCS), k=2),
+        rag=RagService(TinyIndex(DOCS), k=2),
     )
     body = {"model": "tiny", "messages": QUESTION, "temperature": 0, "max_tokens": 40}
     with _Live(app) as live:

@@ -716,7 +716,7 @@ def rag_live(tmp_path_factory: pytest.TempPathFactory):
     answer = "The Nile [1], not Paris [2]."
     script = [*tok.encode(answer), tok.special_ids["<|assistant_end|>"]]
     model = ScriptedModel(tok, script, len(prompt), filler=tok.encode(" ")[0], max_seq_len=512)
-    app = _build_app({"tiny-rag": loaded(model, tok)}, rag=RagService(lambda: TinyIndex(DOCS), k=2))
+    app = _build_app({"tiny-rag": loaded(model, tok)}, rag=RagService(TinyIndex(DOCS), k=2))
     root = tmp_path_factory.mktemp("web-rag")
     app.state.web.feedback_db = root / "feedback.sqlite"
     app.state.web.arena_db = root / "arena.sqlite"
@@ -730,7 +730,7 @@ def rag_live(tmp_path_factory: pytest.TempPathFactory):
 def test_grounded_reply_links_citations_to_their_passages(page, rag_live, tmp_path):
     page.goto(rag_live.url + "/")
     page.locator("#rag_box").wait_for(state="visible")  # the server has an index
-    assert "2 per reply" in page.locator("#rag_info").inner_text()
+    assert page.locator("#rag_info").inner_text() == "3 files, 3 passages, 2 per reply"
     assert page.locator("#tool_names").inner_text() == "calculator, retrieve"
     page.wait_for_function("document.querySelectorAll('#model option').length === 1")
     page.fill("#temperature", "0")
@@ -812,7 +812,7 @@ def rag_plain_live(tmp_path_factory: pytest.TempPathFactory):
     prompt = ChatFormat.builtin_for(tok).prompt_ids(ground([Message("user", question)], passages))
     script = [*tok.encode(PLAIN), tok.special_ids["<|assistant_end|>"]]
     model = ScriptedModel(tok, script, len(prompt), filler=tok.encode(" ")[0], max_seq_len=512)
-    app = _build_app({"tiny-rag": loaded(model, tok)}, rag=RagService(lambda: TinyIndex(DOCS), k=2))
+    app = _build_app({"tiny-rag": loaded(model, tok)}, rag=RagService(TinyIndex(DOCS), k=2))
     root = tmp_path_factory.mktemp("web-rag-plain")
     app.state.web.feedback_db = root / "feedback.sqlite"
     app.state.web.arena_db = root / "arena.sqlite"

@@ -229,6 +229,7 @@ def run(args: argparse.Namespace) -> int:
     from twofiles.errors import TwofilesError
     from twofiles.formats.resolve import resolve_model
     from twofiles.runtime import pick_device
+    from twofiles.tools import openai_tool_specs
 
     if args.max_tool_rounds < 0:
         raise TwofilesError(f"--max-tool-rounds {args.max_tool_rounds}: must be >= 0")
@@ -294,6 +295,8 @@ def run(args: argparse.Namespace) -> int:
         file=err,
     )
     describe_tools = tools_in_prompt(getattr(loaded, "provenance", None) or {})
+    # the tool descriptions as respond renders them: --rag fits and cites that same prompt
+    schemas = openai_tool_specs(tools) if tools and describe_tools else None
     if tools:
         how = (
             "described in the prompt"
@@ -362,7 +365,13 @@ def run(args: argparse.Namespace) -> int:
         dropped = (0, 0)
         if passages is not None:  # cut to fit before generating: passages first, then old turns
             messages, passages, dropped = _fit(
-                messages, passages, fmt, loaded.model.config.max_seq_len, params.max_tokens, err
+                messages,
+                passages,
+                fmt,
+                schemas,
+                loaded.model.config.max_seq_len,
+                params.max_tokens,
+                err,
             )
         # each turn its own die, reproducibly
         turn_params = replace(params, seed=None if seed is None else seed + 1000 * turn)
@@ -432,7 +441,7 @@ def run(args: argparse.Namespace) -> int:
             choose = None
             if args.rag_cite == "constrained":
                 choose = _chooser(
-                    loaded, fmt, messages[: -len(added) or None], passages, prefix_cache
+                    loaded, fmt, schemas, messages[: -len(added) or None], passages, prefix_cache
                 )
             record = _cite(query, passages, replies[-1], err, args.rag_cite, choose)
             record["passages_dropped"], record["exchanges_dropped"] = dropped
@@ -499,14 +508,15 @@ def _grounded(messages: list, passages: list | None) -> list:
     return ground(messages, passages)
 
 
-def _fit(messages: list, passages: list, fmt, context: int, max_tokens: int, err) -> tuple:
-    """The conversation and passages whose grounded prompt leaves room for a reply (its
-    max_tokens, at most a quarter of the context: a long --max-tokens must not empty the prompt),
-    what was dropped, and a note on `err` when anything was."""
-    from twofiles.rag.grounding import fit_grounded
+def _fit(messages: list, passages: list, fmt, schemas, context: int, max_tokens: int, err) -> tuple:
+    """The conversation and passages whose grounded prompt leaves room for a reply
+    (grounding.reply_room), what was dropped, and a note on `err` when anything was."""
+    from twofiles.rag.grounding import fit_grounded, reply_room
 
-    room = max(1, min(max_tokens, context // 4))
-    fitted = fit_grounded(messages, passages, lambda m: len(fmt.prompt_ids(m)) + room <= context)
+    room = reply_room(max_tokens, context)
+    fitted = fit_grounded(
+        messages, passages, lambda m: len(fmt.prompt_ids(m, tools=schemas)) + room <= context
+    )
     dropped = (fitted.passages_dropped, fitted.exchanges_dropped)
     if any(dropped):
         what = (
@@ -520,18 +530,17 @@ def _fit(messages: list, passages: list, fmt, context: int, max_tokens: int, err
     return fitted.messages, fitted.passages, dropped
 
 
-def _chooser(loaded, fmt, messages: list, passages: list, prefix_cache):
+def _chooser(loaded, fmt, schemas, messages: list, passages: list, prefix_cache):
     """--rag-cite constrained: the closure that asks the model for a passage number after its
-    reply, over the grounded prompt of this turn (cached when the reply was generated)."""
+    reply, over the grounded prompt of this turn as it was generated from (tools described
+    included: it is in the prefix cache), rendered only when a choice is needed."""
     from twofiles.rag.grounding import choose_citation, ground
-
-    prompt_ids = fmt.prompt_ids(ground(messages, passages))
 
     def choose(reply: str):
         return choose_citation(
             loaded.model,
             loaded.tokenizer,
-            prompt_ids,
+            fmt.prompt_ids(ground(messages, passages), tools=schemas),
             reply,
             len(passages),
             prefix_cache=prefix_cache,
@@ -545,20 +554,14 @@ def _cite(
 ) -> dict:
     """After a grounded reply: the sources it cited on `err` (an attributed citation says how it
     was made); the turn's record for --json."""
-    from twofiles.rag.grounding import cite, cited_sources, passage_json
+    from twofiles.rag.grounding import cite, cited_sources, format_sources, passage_json
 
     cites = cite(reply, passages, method, choose=(lambda: choose(reply)) if choose else None)
     sources = cited_sources(passages, [c.n for c in cites])
     for s, c in zip(sources, cites):
         s["by"] = c.by
     if sources:
-        lines = [
-            f"[{s['n']}] {s['source']}"
-            + (f", {s['location']}" if s["location"] else "")
-            + ("" if s["by"] == "model" else f" (attributed: {s['by']})")
-            for s in sources
-        ]
-        print("sources:\n" + "\n".join(lines), file=err, flush=True)
+        print("sources:\n" + format_sources(sources), file=err, flush=True)
     else:
         print(f"(no sources cited; {len(passages)} passages were given)", file=err, flush=True)
     return {

@@ -190,24 +190,18 @@ def _read_keys(path: str) -> list[str]:
 
 
 def _open_rag(db: str, k: int, cite: str):
-    """The index behind --rag, opened now (in the thread that will search it) so that a wrong
-    path fails before the models load."""
+    """The index behind --rag, opened now so that a wrong path fails before the models load."""
     from twofiles.rag import open_index
     from twofiles.serve.core import RagService
 
-    rag = RagService(lambda: open_index(db), k=k, cite=cite)
-    try:
-        info = rag.info()
-    except BaseException:
-        rag.close()
-        raise
-    files, chunks = (info.get(key, "?") for key in ("files", "chunks"))
+    index = open_index(db)
+    info = index.info
     print(
-        f"documents: {db} ({len(files) if isinstance(files, list | dict) else files} files, "
-        f"{len(chunks) if isinstance(chunks, list | dict) else chunks} passages), {k} per grounded reply",
+        f"documents: {db} ({info['files']} files, {info['chunks']} passages), "
+        f"{k} per grounded reply",
         file=sys.stderr,
     )
-    return rag
+    return RagService(index, k=k, cite=cite)
 
 
 def run(args: argparse.Namespace) -> int:

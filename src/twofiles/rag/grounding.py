@@ -7,8 +7,9 @@ turn), citation parsing (`parse_citations`), the cited sources (`cited_sources`,
 `format_sources`) and a passage as JSON (`passage_json`); citations a reply did not write itself
 (`attribute_overlap`: each sentence to the passage that best supports it; `choose_citation`: the
 model picks a passage number after its reply, restricted to 1..k; `cite` combines them, the
-model's own [n] always first) and a grounded prompt cut to fit the context (`fit_grounded`). `twofiles chat --rag`, `twofiles serve
---rag` and bench/rag_answers.py all assemble prompts here, so what is measured is what users get.
+model's own [n] always first) and a grounded prompt cut to fit the context (`fit_grounded`,
+leaving `reply_room` for the reply). `twofiles chat --rag`, `twofiles serve --rag` and
+bench/rag_answers.py all assemble prompts here, so what is measured is what users get.
 What it leaves to others: retrieval (twofiles.rag: open_index, RagIndex.search), rendering and
 generation (twofiles.chat).
 
@@ -148,9 +149,12 @@ def cited_sources(passages: Sequence[Passage], citations: Sequence[int]) -> list
 
 
 def format_sources(sources: Sequence[dict[str, Any]]) -> str:
-    """The cited sources as lines for a person: "[1] notes.md, lines 12-30"."""
+    """The cited sources as lines for a person: "[1] notes.md, lines 12-30", followed by
+    "(attributed: overlap)" when a source's `by` says the reply did not write the citation."""
     return "\n".join(
-        f"[{s['n']}] {s['source']}" + (f", {s['location']}" if s["location"] else "")
+        f"[{s['n']}] {s['source']}"
+        + (f", {s['location']}" if s["location"] else "")
+        + (f" (attributed: {s['by']})" if s.get("by", "model") != "model" else "")
         for s in sources
     )
 
@@ -342,6 +346,12 @@ class Fitted:
     fits: bool = True  # False: even the smallest prompt is too long
 
 
+def reply_room(max_tokens: int, context: int) -> int:
+    """The tokens a grounded prompt leaves free for its reply: `max_tokens`, but at most a
+    quarter of the context, so that a long max_tokens cannot push every passage out."""
+    return max(1, min(max_tokens, context // 4))
+
+
 def fit_grounded(
     messages: Sequence[Message],
     passages: Sequence[Passage],
@@ -408,5 +418,6 @@ __all__ = [
     "parse_citations",
     "passage_json",
     "rag_query",
+    "reply_room",
     "retrieve_tool",
 ]

@@ -22,7 +22,6 @@ import asyncio
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -105,10 +104,16 @@ def sampling_defaults(app: FastAPI, model: str) -> dict[str, Any]:
     return dict(persona.sampling) if persona is not None else {}
 
 
-def check_prompt(app: FastAPI, model: str, ids: Sequence[int], param: str = "messages") -> None:
+def prompt_limit(app: FastAPI, model: str) -> int:
+    """The longest prompt `model` takes, in tokens: the server's max_prompt_tokens, and always
+    one token short of the context (a reply needs at least one)."""
     settings: ServeSettings = app.state.settings
     context = context_length(app, model)
-    limit = min(settings.max_prompt_tokens or context - 1, context - 1)
+    return min(settings.max_prompt_tokens or context - 1, context - 1)
+
+
+def check_prompt(app: FastAPI, model: str, ids: Sequence[int], param: str = "messages") -> None:
+    limit = prompt_limit(app, model)
     if len(ids) > limit:
         what = "the conversation" if param == "messages" else "the prompt"
         raise ApiError(
@@ -337,48 +342,29 @@ async def score_prompt(
 
 
 class RagService:
-    """The server's document index (`serve --rag DB`), owned by one thread of its own: the index
-    is opened there on first use and every search runs there, one at a time, because an index
-    held in SQLite may only be used from the thread that opened it, and because a dense search
-    runs the embedder, which must not block the event loop. `search` and `passage` (blocking)
-    make it a grounding.Searcher, so the retrieve tool runs over it too."""
+    """The server's document index (`serve --rag DB`, opened at start-up) with the server's
+    defaults for grounded requests. A RagIndex is read whole when opened and holds no database
+    connection, and its searches are safe from several threads at once (tests/test_rag.py), so
+    requests search it directly from the worker threads they already run on
+    (asyncio.to_thread), never on the event loop. `search` and `passage` make it a
+    grounding.Searcher, so the retrieve tool runs over it too."""
 
-    def __init__(
-        self, open_index: Callable[[], Any], *, k: int = 5, cite: str | None = None
-    ) -> None:
-        self._open = open_index
-        self._index: Any = None
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="twofiles-rag")
+    def __init__(self, index: Any, *, k: int = 5, cite: str | None = None) -> None:
+        self.index = index  # a RagIndex, or anything with its search, passage, info and close
         self.k = k  # passages per grounded request when the request gives none
         self.cite = cite  # how a reply's citations are made when the request says not (rag.cite)
 
-    def _call(self, fn: Callable[[Any], Any]) -> Any:
-        def run() -> Any:
-            if self._index is None:
-                self._index = self._open()
-            return fn(self._index)
-
-        return self._pool.submit(run).result()
-
     def search(self, query: str, k: int = 5, mode: str = "hybrid") -> list[Passage]:
-        return self._call(lambda index: index.search(query, k, mode))
+        return self.index.search(query, k, mode)
 
     def passage(self, chunk_id: int) -> Passage:
-        return self._call(lambda index: index.passage(chunk_id))
+        return self.index.passage(chunk_id)
 
     def info(self) -> dict[str, Any]:
-        return self._call(lambda index: dict(getattr(index, "info", {}) or {}))
+        return dict(self.index.info)
 
     def close(self) -> None:
-        def shut(index: Any) -> None:
-            close = getattr(index, "close", None)
-            if close is not None:
-                close()
-
-        if self._index is not None:
-            self._pool.submit(shut, self._index).result()
-            self._index = None
-        self._pool.shutdown(wait=True)
+        self.index.close()
 
 
 async def ground_messages(
@@ -388,16 +374,16 @@ async def ground_messages(
     mode: str,
     *,
     own: Sequence[Message] | None = None,
-    fits: Callable[[list[Message]], bool] | None = None,
+    fits: Callable[[list[Message]], bool],
 ) -> tuple[list[Message], list[Passage], int]:
     """A request's messages grounded in the `k` passages (None: the server's default) retrieved
     for its last user message and the one before it (grounding.rag_query over `own`, the
     client's messages, when a persona added turns of its own), those passages, and how many
-    were dropped: with `fits` (the rendered prompt's length check), the lowest-ranked passages
+    were dropped: `fits` is the rendered prompt's length check, and the lowest-ranked passages
     are left out until the prompt fits (grounding.fit_grounded; the client's own messages are
     never dropped: a conversation too long by itself gets the usual 400). ApiError 400 when this
     server has no index or the conversation has no user message."""
-    from twofiles.rag.grounding import fit_grounded, ground, rag_query
+    from twofiles.rag.grounding import fit_grounded, rag_query
 
     rag: RagService | None = getattr(app.state, "rag", None)
     if rag is None:
@@ -413,8 +399,6 @@ async def ground_messages(
         passages = await asyncio.to_thread(rag.search, query, k or rag.k, mode)
     except TwofilesError as e:
         raise ApiError(400, f"rag: {e}", param="rag") from None
-    if fits is None:
-        return ground(messages, passages), passages, 0
     fitted = fit_grounded(messages, passages, fits, drop_exchanges=False)
     return fitted.prompt, fitted.passages, fitted.passages_dropped
 
@@ -428,11 +412,12 @@ async def cite_reply(
     prompt_ids: Sequence[int],
 ) -> list[dict[str, Any]]:
     """The citations of a grounded reply as JSON ({n, by, ...}: grounding.cite). "constrained"
-    runs one forward beside the scheduler, as score_prompt does and under its lock."""
-    from twofiles.rag.grounding import choose_citation, cite
+    runs one forward beside the scheduler, as score_prompt does and under its lock, and only
+    when the reply wrote no [n] itself (its own citations win: the forward would be wasted)."""
+    from twofiles.rag.grounding import choose_citation, cite, parse_citations
 
     choose = None
-    if method == "constrained" and text.strip():
+    if method == "constrained" and text.strip() and not parse_citations(text, len(passages)):
         loaded = served_model(app, model)
         lock: threading.Lock = app.state.score_lock
 
@@ -524,6 +509,7 @@ __all__ = [
     "ground_messages",
     "load_models",
     "model_name",
+    "prompt_limit",
     "sampling_defaults",
     "score_prompt",
     "served_model",

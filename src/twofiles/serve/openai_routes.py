@@ -44,6 +44,7 @@ from twofiles.serve.core import (
     engine_name,
     gather_events,
     ground_messages,
+    prompt_limit,
     sampling_defaults,
     score_prompt,
     served_model,
@@ -208,11 +209,10 @@ def add_openai_routes(app: FastAPI, require_api_key: Any) -> None:
         passages: list[Any] | None = None
         rag: dict[str, Any] = {}  # how a grounded reply is cited, and what was left out
         if req.rag is not None:  # retrieved for the client's turns, not a persona's few-shot ones
-            from twofiles.rag.grounding import DEFAULT_CITE
+            from twofiles.rag.grounding import DEFAULT_CITE, reply_room
 
-            context = context_length(app, req.model)
-            limit = min(settings.max_prompt_tokens or context - 1, context - 1)
-            room = min(params.max_tokens, context // 4)  # a long max_tokens must not empty it
+            limit = prompt_limit(app, req.model)
+            room = reply_room(params.max_tokens, context_length(app, req.model))
 
             def fits(grounded: list[Any]) -> bool:
                 try:
@@ -223,7 +223,7 @@ def add_openai_routes(app: FastAPI, require_api_key: Any) -> None:
             messages, passages, dropped = await ground_messages(
                 app, messages, req.rag.k, req.rag.mode, own=own, fits=fits
             )
-            cite = req.rag.cite or getattr(app.state.rag, "cite", None) or DEFAULT_CITE
+            cite = req.rag.cite or app.state.rag.cite or DEFAULT_CITE
             rag = {"cite": cite, "passages_dropped": dropped}
         try:
             ids = fmt.prompt_ids(messages, tools=tools)

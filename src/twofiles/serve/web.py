@@ -27,7 +27,6 @@ a server that never gets a vote never creates a file.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import secrets
@@ -325,13 +324,8 @@ def _router(state: WebState, api: list[Any]) -> APIRouter:
     def get_rag() -> JSONResponse:
         if state.rag is None:
             return JSONResponse({"enabled": False})
-        try:
-            info = state.rag.info()
-        except TwofilesError as e:
-            return _error(500, f"the document index cannot be read: {e}")
-        # an index's info may hold paths or dates: as strings, JSON has no type for them
-        info = json.loads(json.dumps(info, default=str))
-        return JSONResponse({"enabled": True, "k": state.rag.k, "info": info})
+        # read whole at start-up: its info is counts and strings, JSON as it is
+        return JSONResponse({"enabled": True, "k": state.rag.k, "info": state.rag.info()})
 
     @router.get("/rag/passages/{chunk_id}", dependencies=api)
     def get_passage(chunk_id: int) -> JSONResponse:

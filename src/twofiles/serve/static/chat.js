@@ -226,8 +226,8 @@ async function loadRag() {
     ragEnabled = !!rag.enabled;
     if (ragEnabled) {
       const info = rag.info || {};
-      const count = (x) => (Array.isArray(x) ? x.length : typeof x === "object" && x ? Object.keys(x).length : x);
-      $("rag_info").textContent = [info.files !== undefined ? count(info.files) + " files" : null, info.chunks !== undefined ? count(info.chunks) + " passages" : null, rag.k + " per reply"].filter(Boolean).join(", ");
+      // RagIndex.info: counts of files and chunks
+      $("rag_info").textContent = [info.files !== undefined ? info.files + " files" : null, info.chunks !== undefined ? info.chunks + " passages" : null, rag.k + " per reply"].filter(Boolean).join(", ");
     }
   } catch (e) {
     ragEnabled = false; // an older server, or no key yet: the page works without it
