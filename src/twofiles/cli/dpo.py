@@ -11,12 +11,14 @@ import argparse
 from typing import TYPE_CHECKING, Any
 
 from twofiles.cli.common import (
+    Row,
     add_json_flag,
     add_training_run_flags,
     emit_json,
-    given_flags,
-    given_paths,
     lora_targets,
+    resumed_config,
+    saved_run,
+    set_given_fields,
 )
 
 if TYPE_CHECKING:
@@ -25,7 +27,7 @@ if TYPE_CHECKING:
 LORA_LR = 1e-4  # the default --lr with --lora-rank (measured on SmolLM2-135M: train/dpo.py)
 
 # flag -> (section, field, type, help); section "" is DPOConfig itself
-_FIELDS: list[tuple[str, str, str, type, str]] = [
+_FIELDS: list[Row] = [
     ("--beta", "", "beta", float, "how far the policy may move from the reference (default 0.1)"),
     ("--loss", "", "loss", str, "sigmoid (DPO, default), ipo, hinge or robust"),
     (
@@ -156,14 +158,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-    from pathlib import Path
-
     from twofiles.errors import BadInputError
     from twofiles.train.dpo import DPOConfig, dpo
 
-    if args.resume and (Path(args.out) / "config.json").is_file():
-        cfg = _resumed_config(args, json.loads((Path(args.out) / "config.json").read_text()))
+    if (saved := saved_run(args)) is not None:
+        cfg = _resumed_config(args, saved)
     else:
         if not args.data:
             raise BadInputError("--data: give a preference JSONL file, or `feedback`")
@@ -175,10 +174,7 @@ def run(args: argparse.Namespace) -> int:
             arena_db=args.arena_db or "",
             out=args.out,
         )
-        for flag, section, name, _, _ in _FIELDS:
-            value = getattr(args, flag[2:].replace("-", "_"))
-            if value is not None:
-                setattr(cfg.optim if section == "optim" else cfg, name, value)
+        set_given_fields(cfg, args, _FIELDS)
         if args.max_steps is not None and args.time_budget is None:
             cfg.time_budget_s = 0.0
         if cfg.lora_rank and args.lr is None:  # adapters need ~10x the full LR (train/dpo.py)
@@ -207,46 +203,19 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-# What a resumed run may change: how long it runs, where, how it reports. Everything else (the
-# model, pairs, loss, beta, reference, LoRA, optimizer, batch, seeds) is the run's own.
-RESUME_CHANGEABLE = {
-    "max_steps",
-    "epochs",
-    "time_budget_s",
-    "threads",
-    "eval_interval",
-    "checkpoint_interval",
-    "checkpoint_seconds",
-}
-
-
 def _resumed_config(args: argparse.Namespace, saved: dict[str, Any]) -> DPOConfig:
-    """The saved run's config, with the flags that may change applied; conflicting flags refused
-    (each named, with the run's value and the given one)."""
     from twofiles.train.dpo import DPOConfig
-    from twofiles.train.runctl import resumed
 
-    given = given_flags(args, _FIELDS)
-    given_paths(
-        given,
-        saved,
-        [
-            ("model", "MODEL", args.model),
-            ("data", "--data", args.data),
-            ("val_data", "--val-data", args.val_data),
-            ("feedback_db", "--feedback-db", args.feedback_db),
-            ("arena_db", "--arena-db", args.arena_db),
-        ],
-    )
+    extra: dict[str, tuple[str, Any]] = {}
     if args.lora_targets:
-        given["lora_targets"] = (
-            "--lora-targets",
-            lora_targets(args.lora_targets),
-        )
+        extra["lora_targets"] = ("--lora-targets", lora_targets(args.lora_targets))
     if args.merge:
-        given["merge"] = ("--merge", True)
-    cfg = resumed(saved, DPOConfig.from_dict(saved), given, RESUME_CHANGEABLE)
-    cfg.device = args.device
-    if args.dtype != "auto":
-        cfg.dtype = args.dtype
-    return cfg
+        extra["merge"] = ("--merge", True)
+    paths = [
+        ("model", "MODEL", args.model),
+        ("data", "--data", args.data),
+        ("val_data", "--val-data", args.val_data),
+        ("feedback_db", "--feedback-db", args.feedback_db),
+        ("arena_db", "--arena-db", args.arena_db),
+    ]
+    return resumed_config(DPOConfig, args, saved, _FIELDS, paths=paths, extra=extra)

@@ -13,19 +13,21 @@ import argparse
 from typing import TYPE_CHECKING, Any
 
 from twofiles.cli.common import (
+    Row,
     add_json_flag,
     add_training_run_flags,
     emit_json,
-    given_flags,
-    given_paths,
     lora_targets,
+    resumed_config,
+    saved_run,
+    set_given_fields,
 )
 
 if TYPE_CHECKING:
     from twofiles.train.reward import RewardConfig
 
 # flag -> (section, field, type, help); section "" is RewardConfig itself
-_FIELDS: list[tuple[str, str, str, type, str]] = [
+_FIELDS: list[Row] = [
     ("--lora-rank", "", "lora_rank", int, "train LoRA adapters of this rank (+ the head; 0: every weight)"),
     ("--lora-alpha", "", "lora_alpha", float, "LoRA scale numerator: the update is scaled by alpha / rank"),
     ("--center-rewards", "", "center_rewards", float, "add C * mean((r_chosen + r_rejected)^2) to the loss (TRL's center_rewards_coefficient; 0: off)"),
@@ -81,14 +83,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-    from pathlib import Path
-
     from twofiles.train.reward import RewardConfig, train_reward
     from twofiles.train.runctl import RunInterrupted
 
-    if args.resume and (Path(args.out) / "config.json").is_file():
-        cfg = _resumed_config(args, json.loads((Path(args.out) / "config.json").read_text()))
+    if (saved := saved_run(args)) is not None:
+        cfg = _resumed_config(args, saved)
     else:
         cfg = RewardConfig(
             model=args.model,
@@ -96,10 +95,7 @@ def run(args: argparse.Namespace) -> int:
             val_data=args.val_data or "",
             out=args.out,
         )
-        for flag, section, name, _, _ in _FIELDS:
-            value = getattr(args, flag[2:].replace("-", "_"))
-            if value is not None:
-                setattr(cfg.optim if section == "optim" else cfg, name, value)
+        set_given_fields(cfg, args, _FIELDS)
         if args.lora_targets:
             cfg.lora_targets = lora_targets(args.lora_targets)
         cfg.device, cfg.dtype = args.device, args.dtype
@@ -118,41 +114,15 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-# What a resumed run may change: how long it runs, where, how it reports.
-RESUME_CHANGEABLE = {
-    "max_steps",
-    "epochs",
-    "time_budget_s",
-    "threads",
-    "eval_interval",
-    "checkpoint_interval",
-    "checkpoint_seconds",
-}
-
-
 def _resumed_config(args: argparse.Namespace, saved: dict[str, Any]) -> RewardConfig:
-    """The saved run's config with the flags that may change applied; conflicting ones refused."""
-
     from twofiles.train.reward import RewardConfig
-    from twofiles.train.runctl import resumed
 
-    given = given_flags(args, _FIELDS)
-    given_paths(
-        given,
-        saved,
-        [
-            ("model", "MODEL", args.model),
-            ("data", "--data", args.data),
-            ("val_data", "--val-data", args.val_data),
-        ],
-    )
+    extra: dict[str, tuple[str, Any]] = {}
     if args.lora_targets:
-        given["lora_targets"] = (
-            "--lora-targets",
-            lora_targets(args.lora_targets),
-        )
-    cfg = resumed(saved, RewardConfig.from_dict(saved), given, RESUME_CHANGEABLE)
-    cfg.device = args.device
-    if args.dtype != "auto":
-        cfg.dtype = args.dtype
-    return cfg
+        extra["lora_targets"] = ("--lora-targets", lora_targets(args.lora_targets))
+    paths = [
+        ("model", "MODEL", args.model),
+        ("data", "--data", args.data),
+        ("val_data", "--val-data", args.val_data),
+    ]
+    return resumed_config(RewardConfig, args, saved, _FIELDS, paths=paths, extra=extra)

@@ -6,19 +6,21 @@ import argparse
 from typing import TYPE_CHECKING, Any
 
 from twofiles.cli.common import (
+    Row,
     add_json_flag,
     add_training_run_flags,
     emit_json,
-    given_flags,
-    given_paths,
     lora_targets,
+    resumed_config,
+    saved_run,
+    set_given_fields,
 )
 
 if TYPE_CHECKING:
     from twofiles.train.sft import SFTConfig
 
 # flag -> (section, field, type, help); section "" is SFTConfig itself
-_FIELDS: list[tuple[str, str, str, type, str]] = [
+_FIELDS: list[Row] = [
     (
         "--lora-rank",
         "",
@@ -133,13 +135,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-    from pathlib import Path
-
     from twofiles.train.sft import SFTConfig, sft
 
-    if args.resume and (Path(args.out) / "config.json").is_file():
-        cfg = _resumed_config(args, json.loads((Path(args.out) / "config.json").read_text()))
+    if (saved := saved_run(args)) is not None:
+        cfg = _resumed_config(args, saved)
     else:
         cfg = SFTConfig(
             model=args.model,
@@ -147,10 +146,7 @@ def run(args: argparse.Namespace) -> int:
             val_data=args.val_data or "",
             out=args.out,
         )
-        for flag, section, name, _, _ in _FIELDS:
-            value = getattr(args, flag[2:].replace("-", "_"))
-            if value is not None:
-                setattr(cfg.optim if section == "optim" else cfg, name, value)
+        set_given_fields(cfg, args, _FIELDS)
         if args.max_steps is not None and args.time_budget is None:
             cfg.time_budget_s = 0.0
         if args.lora_targets:
@@ -174,46 +170,19 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-# What a resumed run may change: how long it runs, where, how it reports. Everything else (the
-# model, data, LoRA, optimizer, batch, seeds, what is scored) is the run's own.
-RESUME_CHANGEABLE = {
-    "max_steps",
-    "epochs",
-    "time_budget_s",
-    "threads",
-    "eval_interval",
-    "checkpoint_interval",
-    "checkpoint_seconds",
-}
-
-
 def _resumed_config(args: argparse.Namespace, saved: dict[str, Any]) -> SFTConfig:
-    """The saved run's config, with the flags that may change applied; conflicting flags refused
-    (each named, with the run's value and the given one)."""
-    from twofiles.train.runctl import resumed
     from twofiles.train.sft import SFTConfig
 
-    given = given_flags(args, _FIELDS)
-    given_paths(
-        given,
-        saved,
-        [
-            ("model", "MODEL", args.model),
-            ("data", "--data", args.data),
-            ("val_data", "--val-data", args.val_data),
-        ],
-    )
+    extra: dict[str, tuple[str, Any]] = {}
     if args.lora_targets:
-        given["lora_targets"] = (
-            "--lora-targets",
-            lora_targets(args.lora_targets),
-        )
+        extra["lora_targets"] = ("--lora-targets", lora_targets(args.lora_targets))
     if args.merge:
-        given["merge"] = ("--merge", True)
+        extra["merge"] = ("--merge", True)
     if args.no_pack:
-        given["pack"] = ("--no-pack", False)
-    cfg = resumed(saved, SFTConfig.from_dict(saved), given, RESUME_CHANGEABLE)
-    cfg.device = args.device
-    if args.dtype != "auto":
-        cfg.dtype = args.dtype
-    return cfg
+        extra["pack"] = ("--no-pack", False)
+    paths = [
+        ("model", "MODEL", args.model),
+        ("data", "--data", args.data),
+        ("val_data", "--val-data", args.val_data),
+    ]
+    return resumed_config(SFTConfig, args, saved, _FIELDS, paths=paths, extra=extra)
