@@ -239,6 +239,78 @@ def resumed_config(
     return cfg
 
 
+# The finetuning verbs' (sft, dpo, reward) shared config-field flags, as given_flags rows.
+LORA_ROWS: list[Row] = [
+    (
+        "--lora-rank",
+        "",
+        "lora_rank",
+        int,
+        "train LoRA adapters of this rank instead of every weight (0: full finetuning)",
+    ),
+    (
+        "--lora-alpha",
+        "",
+        "lora_alpha",
+        float,
+        "LoRA scale numerator: the update is scaled by alpha / rank",
+    ),
+]
+
+
+def optim_rows(lr_help: str = "peak learning rate") -> list[Row]:
+    """The optimizer's flags of a finetuning run."""
+    return [
+        ("--optimizer", "optim", "optimizer", str, "adamw (default) or muon"),
+        ("--lr", "optim", "lr", float, lr_help),
+        ("--weight-decay", "optim", "weight_decay", float, "decoupled weight decay on matrices"),
+        ("--schedule", "optim", "schedule", str, "wsd, cosine or constant"),
+        ("--warmup-steps", "optim", "warmup_steps", int, "linear warm-up steps"),
+        ("--grad-clip", "optim", "grad_clip", float, "global gradient-norm clip (0: off)"),
+    ]
+
+
+def length_rows(data: str, eval_help: str = "steps between held-out evaluations") -> list[Row]:
+    """A finetuning run's length and checkpoint flags; `data` names what an epoch passes over."""
+    return [
+        ("--grad-accum", "", "grad_accum", int, "micro-batches per optimizer step"),
+        ("--epochs", "", "epochs", float, f"passes over the {data}"),
+        ("--max-steps", "", "max_steps", int, "optimizer steps (overrides --epochs)"),
+        ("--time-budget", "", "time_budget_s", float, "train for this many seconds"),
+        ("--eval-interval", "", "eval_interval", int, eval_help),
+        (
+            "--checkpoint-interval",
+            "",
+            "checkpoint_interval",
+            int,
+            "steps between checkpoints (besides those every --checkpoint-seconds)",
+        ),
+        (
+            "--checkpoint-seconds",
+            "",
+            "checkpoint_seconds",
+            float,
+            "seconds between checkpoints (default 60; 0: only at the end and on Ctrl-C/SIGTERM)",
+        ),
+    ]
+
+
+def add_lora_flags(parser: argparse.ArgumentParser, *, merge: bool) -> None:
+    """--lora-targets (and --merge, where the verb can merge) of the finetuning verbs."""
+    parser.add_argument(
+        "--lora-targets",
+        default=None,
+        help="comma-separated Linear names LoRA adapts (default: all of q,k,v,o,gate,up,down_proj)",
+    )
+    if merge:
+        parser.add_argument(
+            "--merge",
+            action="store_true",
+            help="LoRA: merge the adapters into the weights (model.safetensors) instead of "
+            "adapters.safetensors",
+        )
+
+
 def lora_targets(value: str) -> list[str]:
     """--lora-targets q_proj,v_proj -> the names."""
     return [t.strip() for t in value.split(",") if t.strip()]

@@ -11,11 +11,15 @@ import argparse
 from typing import TYPE_CHECKING, Any
 
 from twofiles.cli.common import (
+    LORA_ROWS,
     Row,
     add_json_flag,
+    add_lora_flags,
     add_training_run_flags,
     emit_json,
+    length_rows,
     lora_targets,
+    optim_rows,
     resumed_config,
     saved_run,
     set_given_fields,
@@ -52,26 +56,8 @@ _FIELDS: list[Row] = [
         "auto (LoRA: the base with adapters off; full: log-probs precomputed once), "
         "adapters-off or precomputed",
     ),
-    (
-        "--lora-rank",
-        "",
-        "lora_rank",
-        int,
-        "train LoRA adapters of this rank instead of every weight (0: full finetuning)",
-    ),
-    (
-        "--lora-alpha",
-        "",
-        "lora_alpha",
-        float,
-        "LoRA scale numerator: the update is scaled by alpha / rank",
-    ),
-    ("--optimizer", "optim", "optimizer", str, "adamw (default) or muon"),
-    ("--lr", "optim", "lr", float, "peak learning rate (default 1e-5; with --lora-rank 1e-4)"),
-    ("--weight-decay", "optim", "weight_decay", float, "decoupled weight decay on matrices"),
-    ("--schedule", "optim", "schedule", str, "wsd, cosine or constant"),
-    ("--warmup-steps", "optim", "warmup_steps", int, "linear warm-up steps"),
-    ("--grad-clip", "optim", "grad_clip", float, "global gradient-norm clip (0: off)"),
+    *LORA_ROWS,
+    *optim_rows("peak learning rate (default 1e-5; with --lora-rank 1e-4)"),
     ("--batch-size", "", "batch_size", int, "pairs per micro-batch (default 4)"),
     ("--max-len", "", "max_len", int, "prompt + reply tokens; longer replies are cut"),
     (
@@ -81,25 +67,7 @@ _FIELDS: list[Row] = [
         int,
         "pairs with a longer prompt are skipped (default: max-len - 1)",
     ),
-    ("--grad-accum", "", "grad_accum", int, "micro-batches per optimizer step"),
-    ("--epochs", "", "epochs", float, "passes over the training pairs"),
-    ("--max-steps", "", "max_steps", int, "optimizer steps (overrides --epochs)"),
-    ("--time-budget", "", "time_budget_s", float, "train for this many seconds"),
-    ("--eval-interval", "", "eval_interval", int, "steps between held-out evaluations"),
-    (
-        "--checkpoint-interval",
-        "",
-        "checkpoint_interval",
-        int,
-        "steps between checkpoints (besides those every --checkpoint-seconds)",
-    ),
-    (
-        "--checkpoint-seconds",
-        "",
-        "checkpoint_seconds",
-        float,
-        "seconds between checkpoints (default 60; 0: only at the end and on Ctrl-C/SIGTERM)",
-    ),
+    *length_rows("training pairs"),
     (
         "--skill-tasks",
         "",
@@ -143,16 +111,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/dpo", help="run directory")
     for flag, _, _, typ, help_text in _FIELDS:
         p.add_argument(flag, type=typ, default=None, help=help_text)
-    p.add_argument(
-        "--lora-targets",
-        default=None,
-        help="comma-separated Linear names LoRA adapts (default: all of q,k,v,o,gate,up,down_proj)",
-    )
-    p.add_argument(
-        "--merge",
-        action="store_true",
-        help="LoRA: merge the adapters into the weights (model.safetensors) instead of adapters.safetensors",
-    )
+    add_lora_flags(p, merge=True)
     add_training_run_flags(p)
     add_json_flag(p)
 

@@ -15,9 +15,12 @@ from typing import TYPE_CHECKING, Any
 from twofiles.cli.common import (
     Row,
     add_json_flag,
+    add_lora_flags,
     add_training_run_flags,
     emit_json,
+    length_rows,
     lora_targets,
+    optim_rows,
     resumed_config,
     saved_run,
     set_given_fields,
@@ -31,21 +34,10 @@ _FIELDS: list[Row] = [
     ("--lora-rank", "", "lora_rank", int, "train LoRA adapters of this rank (+ the head; 0: every weight)"),
     ("--lora-alpha", "", "lora_alpha", float, "LoRA scale numerator: the update is scaled by alpha / rank"),
     ("--center-rewards", "", "center_rewards", float, "add C * mean((r_chosen + r_rejected)^2) to the loss (TRL's center_rewards_coefficient; 0: off)"),
-    ("--optimizer", "optim", "optimizer", str, "adamw (default) or muon"),
-    ("--lr", "optim", "lr", float, "peak learning rate"),
-    ("--weight-decay", "optim", "weight_decay", float, "decoupled weight decay on matrices"),
-    ("--schedule", "optim", "schedule", str, "wsd, cosine or constant"),
-    ("--warmup-steps", "optim", "warmup_steps", int, "linear warm-up steps"),
-    ("--grad-clip", "optim", "grad_clip", float, "global gradient-norm clip (0: off)"),
+    *optim_rows(),
     ("--batch-size", "", "batch_size", int, "pairs per micro-batch (2x rows)"),
     ("--max-len", "", "max_len", int, "tokens of prompt + reply (longer replies are cut)"),
-    ("--grad-accum", "", "grad_accum", int, "micro-batches per optimizer step"),
-    ("--epochs", "", "epochs", float, "passes over the training pairs"),
-    ("--max-steps", "", "max_steps", int, "optimizer steps (overrides --epochs)"),
-    ("--time-budget", "", "time_budget_s", float, "train for this many seconds"),
-    ("--eval-interval", "", "eval_interval", int, "steps between held-out evaluations"),
-    ("--checkpoint-interval", "", "checkpoint_interval", int, "steps between checkpoints (besides those every --checkpoint-seconds)"),
-    ("--checkpoint-seconds", "", "checkpoint_seconds", float, "seconds between checkpoints (default 60; 0: only at the end and on Ctrl-C/SIGTERM)"),
+    *length_rows("training pairs"),
     ("--max-val", "", "max_val", int, "score at most this many held-out pairs (0: all)"),
     ("--pairs-seed", "", "pairs_seed", int, "seed of the built-in pairs"),
     ("--seed", "", "seed", int, "seed for the pairs' order, the head and LoRA init"),
@@ -73,11 +65,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/reward", help="run directory")
     for flag, _, _, typ, help_text in _FIELDS:
         p.add_argument(flag, type=typ, default=None, help=help_text)
-    p.add_argument(
-        "--lora-targets",
-        default=None,
-        help="comma-separated Linear names LoRA adapts (default: all of q,k,v,o,gate,up,down_proj)",
-    )
+    add_lora_flags(p, merge=False)
     add_training_run_flags(p)
     add_json_flag(p)
 

@@ -6,11 +6,15 @@ import argparse
 from typing import TYPE_CHECKING, Any
 
 from twofiles.cli.common import (
+    LORA_ROWS,
     Row,
     add_json_flag,
+    add_lora_flags,
     add_training_run_flags,
     emit_json,
+    length_rows,
     lora_targets,
+    optim_rows,
     resumed_config,
     saved_run,
     set_given_fields,
@@ -21,47 +25,11 @@ if TYPE_CHECKING:
 
 # flag -> (section, field, type, help); section "" is SFTConfig itself
 _FIELDS: list[Row] = [
-    (
-        "--lora-rank",
-        "",
-        "lora_rank",
-        int,
-        "train LoRA adapters of this rank instead of every weight (0: full finetuning)",
-    ),
-    (
-        "--lora-alpha",
-        "",
-        "lora_alpha",
-        float,
-        "LoRA scale numerator: the update is scaled by alpha / rank",
-    ),
-    ("--optimizer", "optim", "optimizer", str, "adamw (default) or muon"),
-    ("--lr", "optim", "lr", float, "peak learning rate"),
-    ("--weight-decay", "optim", "weight_decay", float, "decoupled weight decay on matrices"),
-    ("--schedule", "optim", "schedule", str, "wsd, cosine or constant"),
-    ("--warmup-steps", "optim", "warmup_steps", int, "linear warm-up steps"),
-    ("--grad-clip", "optim", "grad_clip", float, "global gradient-norm clip (0: off)"),
+    *LORA_ROWS,
+    *optim_rows(),
     ("--batch-size", "", "batch_size", int, "rows per micro-batch"),
     ("--seq-len", "", "seq_len", int, "tokens per row (longer conversations are cut)"),
-    ("--grad-accum", "", "grad_accum", int, "micro-batches per optimizer step"),
-    ("--epochs", "", "epochs", float, "passes over the training conversations"),
-    ("--max-steps", "", "max_steps", int, "optimizer steps (overrides --epochs)"),
-    ("--time-budget", "", "time_budget_s", float, "train for this many seconds"),
-    ("--eval-interval", "", "eval_interval", int, "steps between held-out loss evaluations"),
-    (
-        "--checkpoint-interval",
-        "",
-        "checkpoint_interval",
-        int,
-        "steps between checkpoints (besides those every --checkpoint-seconds)",
-    ),
-    (
-        "--checkpoint-seconds",
-        "",
-        "checkpoint_seconds",
-        float,
-        "seconds between checkpoints (default 60; 0: only at the end and on Ctrl-C/SIGTERM)",
-    ),
+    *length_rows("training conversations", "steps between held-out loss evaluations"),
     (
         "--skill-tasks",
         "",
@@ -115,16 +83,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/sft", help="run directory")
     for flag, _, _, typ, help_text in _FIELDS:
         p.add_argument(flag, type=typ, default=None, help=help_text)
-    p.add_argument(
-        "--lora-targets",
-        default=None,
-        help="comma-separated Linear names LoRA adapts (default: all of q,k,v,o,gate,up,down_proj)",
-    )
-    p.add_argument(
-        "--merge",
-        action="store_true",
-        help="LoRA: merge the adapters into the weights (model.safetensors) instead of adapters.safetensors",
-    )
+    add_lora_flags(p, merge=True)
     p.add_argument(
         "--no-pack",
         action="store_true",
