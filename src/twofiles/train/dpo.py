@@ -50,7 +50,7 @@ from twofiles.lora import (
 from twofiles.optim import OptimConfig, build_optimizers
 from twofiles.train import loop
 from twofiles.train.checkpoint import list_checkpoints
-from twofiles.train.finetune import FinetuneConfig, base_spec, save_finetuned
+from twofiles.train.finetune import FinetuneConfig, base_spec, save_finetuned, single_process_run
 from twofiles.train.preference import LOSS_KINDS, LossKind, dpo_loss
 from twofiles.train.runctl import RunInterrupted, StopSignals
 
@@ -533,15 +533,8 @@ class DPOObjective(loop.ObjectiveBase):
 
 def dpo(cfg: DPOConfig) -> DPOResult:
     """Run (or resume) DPO as configured."""
-    rt = rt_mod.setup(cfg.device, cfg.dtype, cfg.threads or None)
-    signals = StopSignals(_log)
-    try:
-        if rt.world_size > 1:
-            raise TwofilesError("twofiles dpo runs in one process (not under torchrun)")
+    with single_process_run(cfg, "dpo", _log) as (rt, signals):
         return _dpo(cfg, rt, signals)
-    finally:
-        signals.restore()
-        rt_mod.teardown(rt)
 
 
 def _check(cfg: DPOConfig) -> None:

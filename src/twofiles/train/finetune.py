@@ -9,13 +9,18 @@ leaves to others: each stage's objective and report, LoRA itself (twofiles.lora)
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from twofiles import runtime as rt_mod
 from twofiles.artifact import save_model
+from twofiles.errors import TwofilesError
 from twofiles.lora import ALL_TARGETS, LoRAConfig, merge_lora, save_adapters
 from twofiles.train.loop import RunConfig
+from twofiles.train.runctl import StopSignals
 
 if TYPE_CHECKING:
     from twofiles.model import Transformer
@@ -41,6 +46,23 @@ class FinetuneConfig(RunConfig):
             if self.lora_rank > 0
             else None
         )
+
+
+@contextmanager
+def single_process_run(
+    cfg: RunConfig, stage: str, log: Callable[[str], None]
+) -> Iterator[tuple[rt_mod.Runtime, StopSignals]]:
+    """The runtime and the Ctrl-C/SIGTERM handler of a stage that runs in one process (not under
+    torchrun), both released however the run ends."""
+    rt = rt_mod.setup(cfg.device, cfg.dtype, cfg.threads or None)
+    signals = StopSignals(log)
+    try:
+        if rt.world_size > 1:
+            raise TwofilesError(f"twofiles {stage} runs in one process (not under torchrun)")
+        yield rt, signals
+    finally:
+        signals.restore()
+        rt_mod.teardown(rt)
 
 
 def base_spec(spec: str) -> str:
@@ -80,4 +102,4 @@ def save_finetuned(
     )
 
 
-__all__ = ["FinetuneConfig", "base_spec", "save_finetuned"]
+__all__ = ["FinetuneConfig", "base_spec", "save_finetuned", "single_process_run"]

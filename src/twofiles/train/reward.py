@@ -40,7 +40,7 @@ from twofiles.optim import OptimConfig, build_optimizers
 from twofiles.scoring import RewardModel, pad_rows, save_reward_model
 from twofiles.train import loop
 from twofiles.train.checkpoint import list_checkpoints
-from twofiles.train.finetune import FinetuneConfig, base_spec
+from twofiles.train.finetune import FinetuneConfig, base_spec, single_process_run
 from twofiles.train.runctl import RunInterrupted, StopSignals
 from twofiles.train.sft import default_optim, peak_memory_mb
 
@@ -293,15 +293,8 @@ class RewardObjective(loop.ObjectiveBase):
 
 def train_reward(cfg: RewardConfig) -> RewardResult:
     """Run (or resume) reward-model training as configured."""
-    rt = rt_mod.setup(cfg.device, cfg.dtype, cfg.threads or None)
-    signals = StopSignals(_log)
-    try:
-        if rt.world_size > 1:
-            raise TwofilesError("twofiles reward runs in one process (not under torchrun)")
+    with single_process_run(cfg, "reward", _log) as (rt, signals):
         return _train(cfg, rt, signals)
-    finally:
-        signals.restore()
-        rt_mod.teardown(rt)
 
 
 def _render(

@@ -67,7 +67,7 @@ from twofiles.optim import OptimConfig, build_optimizers
 from twofiles.rollouts import Rollout, VerifiableTask, load_tasks, sample_rollouts, shuffled
 from twofiles.train import loop
 from twofiles.train.checkpoint import list_checkpoints
-from twofiles.train.finetune import FinetuneConfig, base_spec, save_finetuned
+from twofiles.train.finetune import FinetuneConfig, base_spec, save_finetuned, single_process_run
 from twofiles.train.runctl import RunInterrupted, StopSignals
 
 if TYPE_CHECKING:
@@ -538,15 +538,8 @@ def rl(
     """Run (or resume) RL against a verifiable reward as configured; `tasks` (train, held-out)
     replaces the ones `cfg.tasks` names (your own prompts and verifiers)."""
     cfg.validate()
-    rt = rt_mod.setup(cfg.device, cfg.dtype, cfg.threads or None)
-    signals = StopSignals(_log)
-    try:
-        if rt.world_size > 1:
-            raise TwofilesError("twofiles rl runs in one process (not under torchrun)")
+    with single_process_run(cfg, "rl", _log) as (rt, signals):
         return _rl(cfg, rt, signals, tasks)
-    finally:
-        signals.restore()
-        rt_mod.teardown(rt)
 
 
 def _rl(

@@ -41,7 +41,7 @@ from twofiles.lora import (
 from twofiles.optim import OptimConfig, build_optimizers
 from twofiles.train import loop
 from twofiles.train.checkpoint import list_checkpoints
-from twofiles.train.finetune import FinetuneConfig, base_spec, save_finetuned
+from twofiles.train.finetune import FinetuneConfig, base_spec, save_finetuned, single_process_run
 from twofiles.train.runctl import RunInterrupted, StopSignals
 
 if TYPE_CHECKING:
@@ -404,15 +404,8 @@ class SFTObjective(loop.ObjectiveBase):
 
 def sft(cfg: SFTConfig) -> SFTResult:
     """Run (or resume) supervised finetuning as configured."""
-    rt = rt_mod.setup(cfg.device, cfg.dtype, cfg.threads or None)
-    signals = StopSignals(_log)
-    try:
-        if rt.world_size > 1:
-            raise TwofilesError("twofiles sft runs in one process (not under torchrun)")
+    with single_process_run(cfg, "sft", _log) as (rt, signals):
         return _sft(cfg, rt, signals)
-    finally:
-        signals.restore()
-        rt_mod.teardown(rt)
 
 
 def _sft(cfg: SFTConfig, rt: rt_mod.Runtime, signals: StopSignals) -> SFTResult:
