@@ -50,7 +50,13 @@ from twofiles.lora import (
 from twofiles.optim import OptimConfig, build_optimizers
 from twofiles.train import loop
 from twofiles.train.checkpoint import list_checkpoints
-from twofiles.train.finetune import FinetuneConfig, base_spec, save_finetuned, single_process_run
+from twofiles.train.finetune import (
+    FinetuneConfig,
+    base_spec,
+    finetune_optim,
+    save_finetuned,
+    single_process_run,
+)
 from twofiles.train.preference import LOSS_KINDS, LossKind, dpo_loss
 from twofiles.train.runctl import RunInterrupted, StopSignals
 
@@ -70,16 +76,7 @@ def default_optim() -> OptimConfig:
     # the few steps a CPU affords: at 1e-5, 8 full-finetuning steps of 2 pairs took SmolLM2-135M's
     # held-out DPO loss from 0.693 to 0.466 (reward accuracy 92%); LoRA r=8 needed 1e-4 to get
     # to 0.642 in the same steps (docs/LOG.md, 2026-12-06), so pass --lr 1e-4 with LoRA.
-    return OptimConfig(
-        optimizer="adamw",
-        lr=1e-5,
-        embed_lr=None,
-        weight_decay=0.0,
-        schedule="wsd",
-        warmup_steps=10,
-        decay_frac=0.3,
-        grad_clip=1.0,
-    )
+    return finetune_optim(lr=1e-5)
 
 
 @dataclass(kw_only=True)

@@ -19,6 +19,7 @@ from twofiles import runtime as rt_mod
 from twofiles.artifact import save_model
 from twofiles.errors import TwofilesError
 from twofiles.lora import ALL_TARGETS, LoRAConfig, merge_lora, save_adapters
+from twofiles.optim import OptimConfig
 from twofiles.train.loop import RunConfig
 from twofiles.train.runctl import StopSignals
 
@@ -46,6 +47,21 @@ class FinetuneConfig(RunConfig):
             if self.lora_rank > 0
             else None
         )
+
+
+def finetune_optim(lr: float) -> OptimConfig:
+    """AdamW at `lr`: finetuning moves a trained model a little; Muon's orthogonalised steps are
+    sized for training from scratch. Constant LR after warm-up, decayed over the last 30%."""
+    return OptimConfig(
+        optimizer="adamw",
+        lr=lr,
+        embed_lr=None,
+        weight_decay=0.0,
+        schedule="wsd",
+        warmup_steps=10,
+        decay_frac=0.3,
+        grad_clip=1.0,
+    )
 
 
 @contextmanager
@@ -102,4 +118,10 @@ def save_finetuned(
     )
 
 
-__all__ = ["FinetuneConfig", "base_spec", "save_finetuned", "single_process_run"]
+__all__ = [
+    "FinetuneConfig",
+    "base_spec",
+    "finetune_optim",
+    "save_finetuned",
+    "single_process_run",
+]

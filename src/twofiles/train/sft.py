@@ -41,7 +41,13 @@ from twofiles.lora import (
 from twofiles.optim import OptimConfig, build_optimizers
 from twofiles.train import loop
 from twofiles.train.checkpoint import list_checkpoints
-from twofiles.train.finetune import FinetuneConfig, base_spec, save_finetuned, single_process_run
+from twofiles.train.finetune import (
+    FinetuneConfig,
+    base_spec,
+    finetune_optim,
+    save_finetuned,
+    single_process_run,
+)
 from twofiles.train.runctl import RunInterrupted, StopSignals
 
 if TYPE_CHECKING:
@@ -52,18 +58,7 @@ if TYPE_CHECKING:
 
 
 def default_optim() -> OptimConfig:
-    # AdamW: finetuning moves a trained model a little; Muon's orthogonalised steps are sized for
-    # training from scratch. Constant LR after warm-up, decayed over the last 30%.
-    return OptimConfig(
-        optimizer="adamw",
-        lr=1e-3,
-        embed_lr=None,
-        weight_decay=0.0,
-        schedule="wsd",
-        warmup_steps=10,
-        decay_frac=0.3,
-        grad_clip=1.0,
-    )
+    return finetune_optim(lr=1e-3)
 
 
 @dataclass(kw_only=True)
