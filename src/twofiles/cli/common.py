@@ -233,6 +233,9 @@ def resumed_config(
     given_paths(given, saved, paths)
     given.update(extra or {})
     cfg = resumed(saved, cls.from_dict(saved), given)
+    # the run is the one in --out, where its config was read: a run directory moved or copied
+    # elsewhere resumes there, not into the directory it was started in
+    cfg.out = args.out
     cfg.device = args.device
     if args.dtype != "auto":
         cfg.dtype = args.dtype
