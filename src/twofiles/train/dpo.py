@@ -56,9 +56,10 @@ from twofiles.train.finetune import (
     finetune_optim,
     save_finetuned,
     single_process_run,
+    stopped,
 )
 from twofiles.train.preference import LOSS_KINDS, LossKind, dpo_loss
-from twofiles.train.runctl import RunInterrupted, StopSignals
+from twofiles.train.runctl import StopSignals
 
 if TYPE_CHECKING:
     from twofiles.data.preferences import PreferencePair, RenderedPair
@@ -721,11 +722,7 @@ def _dpo(cfg: DPOConfig, rt: rt_mod.Runtime, signals: StopSignals) -> DPOResult:
 
     if res.stopped:
         plot_dpo(metrics_path, out / "dpo.png")
-        _log(
-            f"stopped at step {res.step}; checkpoint saved. Continue with: "
-            f"twofiles dpo {cfg.model} --out {cfg.out} --resume"
-        )
-        raise RunInterrupted(res.signum or 2, res.step, str(out))
+        stopped(cfg, "dpo", res.step, res.signum, _log)
     after = {
         k: v for k, v in res.last_eval.items() if k.startswith("eval_") and k != "eval_seconds"
     }

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from twofiles import runtime as rt_mod
 from twofiles.artifact import save_model
@@ -21,7 +21,7 @@ from twofiles.errors import TwofilesError
 from twofiles.lora import ALL_TARGETS, LoRAConfig, merge_lora, save_adapters
 from twofiles.optim import OptimConfig
 from twofiles.train.loop import RunConfig
-from twofiles.train.runctl import StopSignals
+from twofiles.train.runctl import RunInterrupted, StopSignals
 
 if TYPE_CHECKING:
     from twofiles.model import Transformer
@@ -81,6 +81,17 @@ def single_process_run(
         rt_mod.teardown(rt)
 
 
+def stopped(
+    cfg: FinetuneConfig, stage: str, step: int, signum: int | None, log: Callable[[str], None]
+) -> NoReturn:
+    """A run stopped by a signal with its checkpoint saved: say how to continue it, and stop."""
+    log(
+        f"stopped at step {step}; checkpoint saved. Continue with: "
+        f"twofiles {stage} {cfg.model} --out {cfg.out} --resume"
+    )
+    raise RunInterrupted(signum or 2, step, str(Path(cfg.out)))
+
+
 def base_spec(spec: str) -> str:
     """The model spec as adapters should name their base: an absolute path, or an alias."""
     return os.path.abspath(spec) if os.path.exists(spec) else spec
@@ -124,4 +135,5 @@ __all__ = [
     "finetune_optim",
     "save_finetuned",
     "single_process_run",
+    "stopped",
 ]

@@ -47,8 +47,9 @@ from twofiles.train.finetune import (
     finetune_optim,
     save_finetuned,
     single_process_run,
+    stopped,
 )
-from twofiles.train.runctl import RunInterrupted, StopSignals
+from twofiles.train.runctl import StopSignals
 
 if TYPE_CHECKING:
     from twofiles.artifact import LoadedModel
@@ -526,11 +527,7 @@ def _sft(cfg: SFTConfig, rt: rt_mod.Runtime, signals: StopSignals) -> SFTResult:
         from twofiles.train.plots import plot_sft
 
         plot_sft(metrics_path, out / "loss.png")
-        _log(
-            f"stopped at step {step}; checkpoint saved. Continue with: "
-            f"twofiles sft {cfg.model} --out {cfg.out} --resume"
-        )
-        raise RunInterrupted(res.signum or 2, step, str(out))
+        stopped(cfg, "sft", step, res.signum, _log)
 
     skills_after = None
     if skill_tasks:
