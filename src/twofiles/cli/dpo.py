@@ -134,8 +134,6 @@ def run(args: argparse.Namespace) -> int:
             out=args.out,
         )
         set_given_fields(cfg, args, _FIELDS)
-        if args.max_steps is not None and args.time_budget is None:
-            cfg.time_budget_s = 0.0
         if cfg.lora_rank and args.lr is None:  # adapters need ~10x the full LR (train/dpo.py)
             cfg.optim.lr = LORA_LR
         if args.lora_targets:

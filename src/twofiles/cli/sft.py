@@ -106,8 +106,6 @@ def run(args: argparse.Namespace) -> int:
             out=args.out,
         )
         set_given_fields(cfg, args, _FIELDS)
-        if args.max_steps is not None and args.time_budget is None:
-            cfg.time_budget_s = 0.0
         if args.lora_targets:
             cfg.lora_targets = lora_targets(args.lora_targets)
         cfg.merge, cfg.pack = args.merge, not args.no_pack
