@@ -312,6 +312,26 @@ def test_a_resumed_run_ends_exactly_as_an_uninterrupted_one(base, pairs_file, tm
     assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)
 
 
+def test_the_verb_resumes_a_lora_run_given_its_own_flags_again(base, pairs_file, tmp_path, capsys):
+    """`twofiles dpo --resume` with the run's own flags typed again (model, data, LoRA targets,
+    --merge) continues it from its checkpoint and ends with the uninterrupted run's weights."""
+    from safetensors.torch import load_file
+
+    flags = [str(base), "--data", str(pairs_file), "--lora-rank", "4", "--merge"]
+    flags += ["--lora-targets", "q_proj,v_proj", "--max-steps", "6", "--checkpoint-interval", "3"]
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    assert run_cli([*flags, "--out", str(ref)], capsys)[0] == 0
+    shutil.copytree(ref, run)
+    (run / "checkpoints" / "step_0000006.safetensors").unlink()
+    (run / "model.safetensors").unlink()
+    code, _, err = run_cli([*flags, "--out", str(run), "--resume"], capsys)
+    assert code == 0, err
+    assert "resumed from step_0000003.safetensors" in err
+    assert _timeless(run) == _timeless(ref)
+    a, b = load_file(ref / "model.safetensors"), load_file(run / "model.safetensors")
+    assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)
+
+
 def test_resume_refuses_flags_that_would_change_the_run(tmp_path, capsys) -> None:
     from twofiles.train.dpo import DPOConfig
 

@@ -310,6 +310,24 @@ def test_bad_inputs_are_refused_by_name(tmp_path, model_path, reward_run, capsys
     assert not (tmp_path / "r" / "reward.safetensors").exists()
 
 
+def test_resume_refuses_flags_that_would_change_the_run(tmp_path, capsys) -> None:
+    from twofiles.cli import main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    saved = RewardConfig(model="base.safetensors", out=str(run), max_steps=10, lora_rank=4)
+    (run / "config.json").write_text(json.dumps(saved.to_dict()))
+    args = ["reward", "base.safetensors", "--out", str(run), "--resume", "--no-progress"]
+    assert main([*args, "--lora-targets", "q_proj", "--center-rewards", "0.1"]) == 2
+    err = capsys.readouterr().err
+    assert "--lora-targets (the run has ['q_proj', " in err and "given ['q_proj'])" in err
+    assert "--center-rewards (the run has 0.0, given 0.1)" in err
+    # the run's own values and a longer run are taken: the refusal is then the missing checkpoint
+    assert main([*args, "--lora-rank", "4", "--data", "builtin", "--max-steps", "20"]) == 2
+    err = capsys.readouterr().err
+    assert "no checkpoint" in err and "would change" not in err
+
+
 # --------------------------------------------------------------------------------- integration
 
 

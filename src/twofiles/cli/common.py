@@ -7,12 +7,15 @@ import json
 import secrets
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from twofiles.artifact import LoadedModel, Persona
     from twofiles.engine import SamplingParams
     from twofiles.quant import InferenceSetup
+    from twofiles.train.loop import RunConfig
+
+RC = TypeVar("RC", bound="RunConfig")
 
 
 def add_json_flag(parser: argparse.ArgumentParser) -> None:
@@ -160,9 +163,11 @@ def add_device_flag(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def given_flags(
-    args: argparse.Namespace, fields: Sequence[tuple[str, str, str, type, str]]
-) -> dict[str, tuple[str, Any]]:
+# A config field's flag: (flag, section, field, type, help); section "" is the config itself.
+Row = tuple[str, str, str, type, str]
+
+
+def given_flags(args: argparse.Namespace, fields: Sequence[Row]) -> dict[str, tuple[str, Any]]:
     """The config fields a user gave on the command line, as dotted field -> (flag, value), for
     a resume to check against the saved run. `fields`: (flag, section, name, type, help) rows."""
     given: dict[str, tuple[str, Any]] = {}
@@ -191,6 +196,122 @@ def given_paths(
             Path(value).exists() and Path(value).resolve() == Path(old).resolve()
         )
         given[name] = (flag, saved.get(name) if same else value)
+
+
+def set_given_fields(cfg: RunConfig, args: argparse.Namespace, fields: Sequence[Row]) -> None:
+    """A new run's config with the fields the user gave as flags set (`fields` as in given_flags;
+    a section names the sub-config, "optim" or "model")."""
+    for flag, section, name, _, _ in fields:
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value is not None:
+            setattr(getattr(cfg, section) if section else cfg, name, value)
+
+
+def saved_run(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The config of the run in --out that --resume continues (None: a new run)."""
+    from pathlib import Path
+
+    path = Path(args.out) / "config.json"
+    return json.loads(path.read_text()) if args.resume and path.is_file() else None
+
+
+def resumed_config(
+    cls: type[RC],
+    args: argparse.Namespace,
+    saved: dict[str, Any],
+    fields: Sequence[Row],
+    *,
+    paths: Sequence[tuple[str, str, str | None]] = (),
+    extra: dict[str, tuple[str, Any]] | None = None,
+) -> RC:
+    """The saved run's config, with the flags that may change applied; conflicting flags refused
+    (each named, with the run's value and the given one). `paths` as in given_paths; `extra`: the
+    verb's other given flags, as dotted field -> (flag, value)."""
+    from twofiles.train.runctl import resumed
+
+    given = given_flags(args, fields)
+    given_paths(given, saved, paths)
+    given.update(extra or {})
+    cfg = resumed(saved, cls.from_dict(saved), given)
+    # the run is the one in --out, where its config was read: a run directory moved or copied
+    # elsewhere resumes there, not into the directory it was started in
+    cfg.out = args.out
+    cfg.device = args.device
+    if args.dtype != "auto":
+        cfg.dtype = args.dtype
+    return cfg
+
+
+# The finetuning verbs' (sft, dpo, reward) shared config-field flags, as given_flags rows.
+LORA_ROWS: list[Row] = [
+    (
+        "--lora-rank",
+        "",
+        "lora_rank",
+        int,
+        "train LoRA adapters of this rank instead of every weight (0: full finetuning)",
+    ),
+    (
+        "--lora-alpha",
+        "",
+        "lora_alpha",
+        float,
+        "LoRA scale numerator: the update is scaled by alpha / rank",
+    ),
+]
+
+
+def optim_rows(lr_help: str = "peak learning rate") -> list[Row]:
+    """The optimizer's flags of a finetuning run."""
+    return [
+        ("--optimizer", "optim", "optimizer", str, "adamw (default) or muon"),
+        ("--lr", "optim", "lr", float, lr_help),
+        ("--weight-decay", "optim", "weight_decay", float, "decoupled weight decay on matrices"),
+        ("--schedule", "optim", "schedule", str, "wsd, cosine or constant"),
+        ("--warmup-steps", "optim", "warmup_steps", int, "linear warm-up steps"),
+        ("--grad-clip", "optim", "grad_clip", float, "global gradient-norm clip (0: off)"),
+    ]
+
+
+def length_rows(data: str, eval_help: str = "steps between held-out evaluations") -> list[Row]:
+    """A finetuning run's length and checkpoint flags; `data` names what an epoch passes over."""
+    return [
+        ("--grad-accum", "", "grad_accum", int, "micro-batches per optimizer step"),
+        ("--epochs", "", "epochs", float, f"passes over the {data}"),
+        ("--max-steps", "", "max_steps", int, "optimizer steps (overrides --epochs)"),
+        ("--time-budget", "", "time_budget_s", float, "train for this many seconds"),
+        ("--eval-interval", "", "eval_interval", int, eval_help),
+        (
+            "--checkpoint-interval",
+            "",
+            "checkpoint_interval",
+            int,
+            "steps between checkpoints (besides those every --checkpoint-seconds)",
+        ),
+        (
+            "--checkpoint-seconds",
+            "",
+            "checkpoint_seconds",
+            float,
+            "seconds between checkpoints (default 60; 0: only at the end and on Ctrl-C/SIGTERM)",
+        ),
+    ]
+
+
+def add_lora_flags(parser: argparse.ArgumentParser, *, merge: bool) -> None:
+    """--lora-targets (and --merge, where the verb can merge) of the finetuning verbs."""
+    parser.add_argument(
+        "--lora-targets",
+        default=None,
+        help="comma-separated Linear names LoRA adapts (default: all of q,k,v,o,gate,up,down_proj)",
+    )
+    if merge:
+        parser.add_argument(
+            "--merge",
+            action="store_true",
+            help="LoRA: merge the adapters into the weights (model.safetensors) instead of "
+            "adapters.safetensors",
+        )
 
 
 def lora_targets(value: str) -> list[str]:

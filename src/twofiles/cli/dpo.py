@@ -11,12 +11,18 @@ import argparse
 from typing import TYPE_CHECKING, Any
 
 from twofiles.cli.common import (
+    LORA_ROWS,
+    Row,
     add_json_flag,
+    add_lora_flags,
     add_training_run_flags,
     emit_json,
-    given_flags,
-    given_paths,
+    length_rows,
     lora_targets,
+    optim_rows,
+    resumed_config,
+    saved_run,
+    set_given_fields,
 )
 
 if TYPE_CHECKING:
@@ -25,7 +31,7 @@ if TYPE_CHECKING:
 LORA_LR = 1e-4  # the default --lr with --lora-rank (measured on SmolLM2-135M: train/dpo.py)
 
 # flag -> (section, field, type, help); section "" is DPOConfig itself
-_FIELDS: list[tuple[str, str, str, type, str]] = [
+_FIELDS: list[Row] = [
     ("--beta", "", "beta", float, "how far the policy may move from the reference (default 0.1)"),
     ("--loss", "", "loss", str, "sigmoid (DPO, default), ipo, hinge or robust"),
     (
@@ -50,26 +56,8 @@ _FIELDS: list[tuple[str, str, str, type, str]] = [
         "auto (LoRA: the base with adapters off; full: log-probs precomputed once), "
         "adapters-off or precomputed",
     ),
-    (
-        "--lora-rank",
-        "",
-        "lora_rank",
-        int,
-        "train LoRA adapters of this rank instead of every weight (0: full finetuning)",
-    ),
-    (
-        "--lora-alpha",
-        "",
-        "lora_alpha",
-        float,
-        "LoRA scale numerator: the update is scaled by alpha / rank",
-    ),
-    ("--optimizer", "optim", "optimizer", str, "adamw (default) or muon"),
-    ("--lr", "optim", "lr", float, "peak learning rate (default 1e-5; with --lora-rank 1e-4)"),
-    ("--weight-decay", "optim", "weight_decay", float, "decoupled weight decay on matrices"),
-    ("--schedule", "optim", "schedule", str, "wsd, cosine or constant"),
-    ("--warmup-steps", "optim", "warmup_steps", int, "linear warm-up steps"),
-    ("--grad-clip", "optim", "grad_clip", float, "global gradient-norm clip (0: off)"),
+    *LORA_ROWS,
+    *optim_rows("peak learning rate (default 1e-5; with --lora-rank 1e-4)"),
     ("--batch-size", "", "batch_size", int, "pairs per micro-batch (default 4)"),
     ("--max-len", "", "max_len", int, "prompt + reply tokens; longer replies are cut"),
     (
@@ -79,25 +67,7 @@ _FIELDS: list[tuple[str, str, str, type, str]] = [
         int,
         "pairs with a longer prompt are skipped (default: max-len - 1)",
     ),
-    ("--grad-accum", "", "grad_accum", int, "micro-batches per optimizer step"),
-    ("--epochs", "", "epochs", float, "passes over the training pairs"),
-    ("--max-steps", "", "max_steps", int, "optimizer steps (overrides --epochs)"),
-    ("--time-budget", "", "time_budget_s", float, "train for this many seconds"),
-    ("--eval-interval", "", "eval_interval", int, "steps between held-out evaluations"),
-    (
-        "--checkpoint-interval",
-        "",
-        "checkpoint_interval",
-        int,
-        "steps between checkpoints (besides those every --checkpoint-seconds)",
-    ),
-    (
-        "--checkpoint-seconds",
-        "",
-        "checkpoint_seconds",
-        float,
-        "seconds between checkpoints (default 60; 0: only at the end and on Ctrl-C/SIGTERM)",
-    ),
+    *length_rows("training pairs"),
     (
         "--skill-tasks",
         "",
@@ -141,29 +111,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/dpo", help="run directory")
     for flag, _, _, typ, help_text in _FIELDS:
         p.add_argument(flag, type=typ, default=None, help=help_text)
-    p.add_argument(
-        "--lora-targets",
-        default=None,
-        help="comma-separated Linear names LoRA adapts (default: all of q,k,v,o,gate,up,down_proj)",
-    )
-    p.add_argument(
-        "--merge",
-        action="store_true",
-        help="LoRA: merge the adapters into the weights (model.safetensors) instead of adapters.safetensors",
-    )
+    add_lora_flags(p, merge=True)
     add_training_run_flags(p)
     add_json_flag(p)
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-    from pathlib import Path
-
     from twofiles.errors import BadInputError
     from twofiles.train.dpo import DPOConfig, dpo
 
-    if args.resume and (Path(args.out) / "config.json").is_file():
-        cfg = _resumed_config(args, json.loads((Path(args.out) / "config.json").read_text()))
+    if (saved := saved_run(args)) is not None:
+        cfg = _resumed_config(args, saved)
     else:
         if not args.data:
             raise BadInputError("--data: give a preference JSONL file, or `feedback`")
@@ -175,12 +133,7 @@ def run(args: argparse.Namespace) -> int:
             arena_db=args.arena_db or "",
             out=args.out,
         )
-        for flag, section, name, _, _ in _FIELDS:
-            value = getattr(args, flag[2:].replace("-", "_"))
-            if value is not None:
-                setattr(cfg.optim if section == "optim" else cfg, name, value)
-        if args.max_steps is not None and args.time_budget is None:
-            cfg.time_budget_s = 0.0
+        set_given_fields(cfg, args, _FIELDS)
         if cfg.lora_rank and args.lr is None:  # adapters need ~10x the full LR (train/dpo.py)
             cfg.optim.lr = LORA_LR
         if args.lora_targets:
@@ -207,46 +160,19 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-# What a resumed run may change: how long it runs, where, how it reports. Everything else (the
-# model, pairs, loss, beta, reference, LoRA, optimizer, batch, seeds) is the run's own.
-RESUME_CHANGEABLE = {
-    "max_steps",
-    "epochs",
-    "time_budget_s",
-    "threads",
-    "eval_interval",
-    "checkpoint_interval",
-    "checkpoint_seconds",
-}
-
-
 def _resumed_config(args: argparse.Namespace, saved: dict[str, Any]) -> DPOConfig:
-    """The saved run's config, with the flags that may change applied; conflicting flags refused
-    (each named, with the run's value and the given one)."""
     from twofiles.train.dpo import DPOConfig
-    from twofiles.train.runctl import resumed
 
-    given = given_flags(args, _FIELDS)
-    given_paths(
-        given,
-        saved,
-        [
-            ("model", "MODEL", args.model),
-            ("data", "--data", args.data),
-            ("val_data", "--val-data", args.val_data),
-            ("feedback_db", "--feedback-db", args.feedback_db),
-            ("arena_db", "--arena-db", args.arena_db),
-        ],
-    )
+    extra: dict[str, tuple[str, Any]] = {}
     if args.lora_targets:
-        given["lora_targets"] = (
-            "--lora-targets",
-            lora_targets(args.lora_targets),
-        )
+        extra["lora_targets"] = ("--lora-targets", lora_targets(args.lora_targets))
     if args.merge:
-        given["merge"] = ("--merge", True)
-    cfg = resumed(saved, DPOConfig.from_dict(saved), given, RESUME_CHANGEABLE)
-    cfg.device = args.device
-    if args.dtype != "auto":
-        cfg.dtype = args.dtype
-    return cfg
+        extra["merge"] = ("--merge", True)
+    paths = [
+        ("model", "MODEL", args.model),
+        ("data", "--data", args.data),
+        ("val_data", "--val-data", args.val_data),
+        ("feedback_db", "--feedback-db", args.feedback_db),
+        ("arena_db", "--arena-db", args.arena_db),
+    ]
+    return resumed_config(DPOConfig, args, saved, _FIELDS, paths=paths, extra=extra)

@@ -5,13 +5,21 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
-from twofiles.cli.common import add_json_flag, add_training_run_flags, emit_json, given_flags
+from twofiles.cli.common import (
+    Row,
+    add_json_flag,
+    add_training_run_flags,
+    emit_json,
+    resumed_config,
+    saved_run,
+    set_given_fields,
+)
 
 if TYPE_CHECKING:
     from twofiles.train.pretrain import PretrainConfig
 
 # flag -> (section, field, type); section "" is PretrainConfig itself
-_FIELDS: list[tuple[str, str, str, type, str]] = [
+_FIELDS: list[Row] = [
     ("--dim", "model", "dim", int, "residual width"),
     ("--n-layers", "model", "n_layers", int, "transformer blocks"),
     ("--n-heads", "model", "n_heads", int, "query heads"),
@@ -92,14 +100,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-    from pathlib import Path
-
     from twofiles.presets import get_preset
     from twofiles.train.pretrain import PretrainConfig, pretrain
 
-    if args.resume and (Path(args.out) / "config.json").is_file():
-        cfg = _resumed_config(args, json.loads((Path(args.out) / "config.json").read_text()))
+    if (saved := saved_run(args)) is not None:
+        cfg = _resumed_config(args, saved)
     else:
         preset = get_preset(args.preset or "cpu-5min")
         cfg = PretrainConfig(
@@ -107,14 +112,7 @@ def run(args: argparse.Namespace) -> int:
         )
         for k, v in preset.train.items():
             setattr(cfg, k, v)
-        for flag, section, name, _, _ in _FIELDS:
-            value = getattr(args, flag[2:].replace("-", "_"))
-            if value is not None:
-                setattr(
-                    cfg.model if section == "model" else cfg.optim if section == "optim" else cfg,
-                    name,
-                    value,
-                )
+        set_given_fields(cfg, args, _FIELDS)
         if args.time_budget is None and args.max_steps is not None:
             cfg.time_budget_s = 0.0
         if args.tie_embeddings is not None:
@@ -158,42 +156,20 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-# What a resumed run may change: how long it runs, where, how it reports. Everything else is the
-# run's own (its model, data, optimizer, batch, seed): changing it would silently train a run
-# the checkpoint does not belong to.
-RESUME_CHANGEABLE = {
-    "max_steps",
-    "time_budget_s",
-    "threads",
-    "compile",
-    "eval_interval",
-    "eval_tokens",
-    "sample_interval",
-    "checkpoint_interval",
-    "checkpoint_seconds",
-}
-
-
 def _resumed_config(args: argparse.Namespace, saved: dict[str, Any]) -> PretrainConfig:
-    """The saved run's config, with the flags that may change applied; conflicting flags refused
-    (each named, with the run's value and the given one)."""
     from pathlib import Path
 
     from twofiles.train.pretrain import PretrainConfig
-    from twofiles.train.runctl import resumed
 
-    given = given_flags(args, _FIELDS)
+    extra: dict[str, tuple[str, Any]] = {}
     if args.tie_embeddings is not None:
-        given["model.tie_embeddings"] = ("--tie-embeddings", args.tie_embeddings)
+        extra["model.tie_embeddings"] = ("--tie-embeddings", args.tie_embeddings)
     if args.compile is not None:
-        given["compile"] = ("--compile", args.compile)
+        extra["compile"] = ("--compile", args.compile)
     if args.preset is not None:
-        given["provenance.preset"] = ("--preset", args.preset)
+        extra["provenance.preset"] = ("--preset", args.preset)
     same_data = Path(args.data).resolve() == Path(saved.get("data", "")).resolve()
-    given["data"] = ("--data", saved.get("data") if same_data else args.data)
-    cfg = resumed(saved, PretrainConfig.from_dict(saved), given, RESUME_CHANGEABLE)
-    cfg.device = args.device
-    if args.dtype != "auto":
-        cfg.dtype = args.dtype
+    extra["data"] = ("--data", saved.get("data") if same_data else args.data)
+    cfg = resumed_config(PretrainConfig, args, saved, _FIELDS, extra=extra)
     cfg.resume, cfg.progress = True, not args.no_progress
     return cfg

@@ -13,37 +13,31 @@ import argparse
 from typing import TYPE_CHECKING, Any
 
 from twofiles.cli.common import (
+    Row,
     add_json_flag,
+    add_lora_flags,
     add_training_run_flags,
     emit_json,
-    given_flags,
-    given_paths,
+    length_rows,
     lora_targets,
+    optim_rows,
+    resumed_config,
+    saved_run,
+    set_given_fields,
 )
 
 if TYPE_CHECKING:
     from twofiles.train.reward import RewardConfig
 
 # flag -> (section, field, type, help); section "" is RewardConfig itself
-_FIELDS: list[tuple[str, str, str, type, str]] = [
+_FIELDS: list[Row] = [
     ("--lora-rank", "", "lora_rank", int, "train LoRA adapters of this rank (+ the head; 0: every weight)"),
     ("--lora-alpha", "", "lora_alpha", float, "LoRA scale numerator: the update is scaled by alpha / rank"),
     ("--center-rewards", "", "center_rewards", float, "add C * mean((r_chosen + r_rejected)^2) to the loss (TRL's center_rewards_coefficient; 0: off)"),
-    ("--optimizer", "optim", "optimizer", str, "adamw (default) or muon"),
-    ("--lr", "optim", "lr", float, "peak learning rate"),
-    ("--weight-decay", "optim", "weight_decay", float, "decoupled weight decay on matrices"),
-    ("--schedule", "optim", "schedule", str, "wsd, cosine or constant"),
-    ("--warmup-steps", "optim", "warmup_steps", int, "linear warm-up steps"),
-    ("--grad-clip", "optim", "grad_clip", float, "global gradient-norm clip (0: off)"),
+    *optim_rows(),
     ("--batch-size", "", "batch_size", int, "pairs per micro-batch (2x rows)"),
     ("--max-len", "", "max_len", int, "tokens of prompt + reply (longer replies are cut)"),
-    ("--grad-accum", "", "grad_accum", int, "micro-batches per optimizer step"),
-    ("--epochs", "", "epochs", float, "passes over the training pairs"),
-    ("--max-steps", "", "max_steps", int, "optimizer steps (overrides --epochs)"),
-    ("--time-budget", "", "time_budget_s", float, "train for this many seconds"),
-    ("--eval-interval", "", "eval_interval", int, "steps between held-out evaluations"),
-    ("--checkpoint-interval", "", "checkpoint_interval", int, "steps between checkpoints (besides those every --checkpoint-seconds)"),
-    ("--checkpoint-seconds", "", "checkpoint_seconds", float, "seconds between checkpoints (default 60; 0: only at the end and on Ctrl-C/SIGTERM)"),
+    *length_rows("training pairs"),
     ("--max-val", "", "max_val", int, "score at most this many held-out pairs (0: all)"),
     ("--pairs-seed", "", "pairs_seed", int, "seed of the built-in pairs"),
     ("--seed", "", "seed", int, "seed for the pairs' order, the head and LoRA init"),
@@ -71,24 +65,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/reward", help="run directory")
     for flag, _, _, typ, help_text in _FIELDS:
         p.add_argument(flag, type=typ, default=None, help=help_text)
-    p.add_argument(
-        "--lora-targets",
-        default=None,
-        help="comma-separated Linear names LoRA adapts (default: all of q,k,v,o,gate,up,down_proj)",
-    )
+    add_lora_flags(p, merge=False)
     add_training_run_flags(p)
     add_json_flag(p)
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-    from pathlib import Path
-
     from twofiles.train.reward import RewardConfig, train_reward
     from twofiles.train.runctl import RunInterrupted
 
-    if args.resume and (Path(args.out) / "config.json").is_file():
-        cfg = _resumed_config(args, json.loads((Path(args.out) / "config.json").read_text()))
+    if (saved := saved_run(args)) is not None:
+        cfg = _resumed_config(args, saved)
     else:
         cfg = RewardConfig(
             model=args.model,
@@ -96,10 +83,7 @@ def run(args: argparse.Namespace) -> int:
             val_data=args.val_data or "",
             out=args.out,
         )
-        for flag, section, name, _, _ in _FIELDS:
-            value = getattr(args, flag[2:].replace("-", "_"))
-            if value is not None:
-                setattr(cfg.optim if section == "optim" else cfg, name, value)
+        set_given_fields(cfg, args, _FIELDS)
         if args.lora_targets:
             cfg.lora_targets = lora_targets(args.lora_targets)
         cfg.device, cfg.dtype = args.device, args.dtype
@@ -118,41 +102,15 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-# What a resumed run may change: how long it runs, where, how it reports.
-RESUME_CHANGEABLE = {
-    "max_steps",
-    "epochs",
-    "time_budget_s",
-    "threads",
-    "eval_interval",
-    "checkpoint_interval",
-    "checkpoint_seconds",
-}
-
-
 def _resumed_config(args: argparse.Namespace, saved: dict[str, Any]) -> RewardConfig:
-    """The saved run's config with the flags that may change applied; conflicting ones refused."""
-
     from twofiles.train.reward import RewardConfig
-    from twofiles.train.runctl import resumed
 
-    given = given_flags(args, _FIELDS)
-    given_paths(
-        given,
-        saved,
-        [
-            ("model", "MODEL", args.model),
-            ("data", "--data", args.data),
-            ("val_data", "--val-data", args.val_data),
-        ],
-    )
+    extra: dict[str, tuple[str, Any]] = {}
     if args.lora_targets:
-        given["lora_targets"] = (
-            "--lora-targets",
-            lora_targets(args.lora_targets),
-        )
-    cfg = resumed(saved, RewardConfig.from_dict(saved), given, RESUME_CHANGEABLE)
-    cfg.device = args.device
-    if args.dtype != "auto":
-        cfg.dtype = args.dtype
-    return cfg
+        extra["lora_targets"] = ("--lora-targets", lora_targets(args.lora_targets))
+    paths = [
+        ("model", "MODEL", args.model),
+        ("data", "--data", args.data),
+        ("val_data", "--val-data", args.val_data),
+    ]
+    return resumed_config(RewardConfig, args, saved, _FIELDS, paths=paths, extra=extra)

@@ -5,13 +5,21 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
-from twofiles.cli.common import add_json_flag, add_training_run_flags, emit_json, given_flags
+from twofiles.cli.common import (
+    Row,
+    add_json_flag,
+    add_training_run_flags,
+    emit_json,
+    resumed_config,
+    saved_run,
+    set_given_fields,
+)
 
 if TYPE_CHECKING:
     from twofiles.train.rl import RLConfig
 
 # flag -> (section, field, type, help); section "" is RLConfig itself
-_FIELDS: list[tuple[str, str, str, type, str]] = [
+_FIELDS: list[Row] = [
     (
         "--tasks",
         "",
@@ -93,20 +101,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-    from pathlib import Path
-
     from twofiles.train.rl import RLConfig, rl
     from twofiles.train.runctl import RunInterrupted
 
-    if args.resume and (Path(args.out) / "config.json").is_file():
-        cfg = _resumed_config(args, json.loads((Path(args.out) / "config.json").read_text()))
+    if (saved := saved_run(args)) is not None:
+        cfg = _resumed_config(args, saved)
     else:
         cfg = RLConfig(model=args.model, out=args.out)
-        for flag, section, name, _, _ in _FIELDS:
-            value = getattr(args, flag[2:].replace("-", "_"))
-            if value is not None:
-                setattr(cfg.optim if section == "optim" else cfg, name, value)
+        set_given_fields(cfg, args, _FIELDS)
         cfg.compare, cfg.merge = args.compare or "", args.merge
         cfg.device, cfg.dtype = args.device, args.dtype
     cfg.resume, cfg.progress = args.resume, not args.no_progress
@@ -130,24 +132,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-# What a resumed run may change: how long it runs and how it reports.
-RESUME_CHANGEABLE = {
-    "max_steps",
-    "time_budget_s",
-    "threads",
-    "eval_interval",
-    "checkpoint_interval",
-    "checkpoint_seconds",
-}
-
-
 def _resumed_config(args: argparse.Namespace, saved: dict[str, Any]) -> RLConfig:
     from twofiles.train.rl import RLConfig
-    from twofiles.train.runctl import resumed
 
-    given = given_flags(args, _FIELDS)
-    cfg = resumed(saved, RLConfig.from_dict(saved), given, RESUME_CHANGEABLE)
-    cfg.device = args.device
-    if args.dtype != "auto":
-        cfg.dtype = args.dtype
-    return cfg
+    return resumed_config(RLConfig, args, saved, _FIELDS)

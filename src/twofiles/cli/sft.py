@@ -6,60 +6,30 @@ import argparse
 from typing import TYPE_CHECKING, Any
 
 from twofiles.cli.common import (
+    LORA_ROWS,
+    Row,
     add_json_flag,
+    add_lora_flags,
     add_training_run_flags,
     emit_json,
-    given_flags,
-    given_paths,
+    length_rows,
     lora_targets,
+    optim_rows,
+    resumed_config,
+    saved_run,
+    set_given_fields,
 )
 
 if TYPE_CHECKING:
     from twofiles.train.sft import SFTConfig
 
 # flag -> (section, field, type, help); section "" is SFTConfig itself
-_FIELDS: list[tuple[str, str, str, type, str]] = [
-    (
-        "--lora-rank",
-        "",
-        "lora_rank",
-        int,
-        "train LoRA adapters of this rank instead of every weight (0: full finetuning)",
-    ),
-    (
-        "--lora-alpha",
-        "",
-        "lora_alpha",
-        float,
-        "LoRA scale numerator: the update is scaled by alpha / rank",
-    ),
-    ("--optimizer", "optim", "optimizer", str, "adamw (default) or muon"),
-    ("--lr", "optim", "lr", float, "peak learning rate"),
-    ("--weight-decay", "optim", "weight_decay", float, "decoupled weight decay on matrices"),
-    ("--schedule", "optim", "schedule", str, "wsd, cosine or constant"),
-    ("--warmup-steps", "optim", "warmup_steps", int, "linear warm-up steps"),
-    ("--grad-clip", "optim", "grad_clip", float, "global gradient-norm clip (0: off)"),
+_FIELDS: list[Row] = [
+    *LORA_ROWS,
+    *optim_rows(),
     ("--batch-size", "", "batch_size", int, "rows per micro-batch"),
     ("--seq-len", "", "seq_len", int, "tokens per row (longer conversations are cut)"),
-    ("--grad-accum", "", "grad_accum", int, "micro-batches per optimizer step"),
-    ("--epochs", "", "epochs", float, "passes over the training conversations"),
-    ("--max-steps", "", "max_steps", int, "optimizer steps (overrides --epochs)"),
-    ("--time-budget", "", "time_budget_s", float, "train for this many seconds"),
-    ("--eval-interval", "", "eval_interval", int, "steps between held-out loss evaluations"),
-    (
-        "--checkpoint-interval",
-        "",
-        "checkpoint_interval",
-        int,
-        "steps between checkpoints (besides those every --checkpoint-seconds)",
-    ),
-    (
-        "--checkpoint-seconds",
-        "",
-        "checkpoint_seconds",
-        float,
-        "seconds between checkpoints (default 60; 0: only at the end and on Ctrl-C/SIGTERM)",
-    ),
+    *length_rows("training conversations", "steps between held-out loss evaluations"),
     (
         "--skill-tasks",
         "",
@@ -113,16 +83,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/sft", help="run directory")
     for flag, _, _, typ, help_text in _FIELDS:
         p.add_argument(flag, type=typ, default=None, help=help_text)
-    p.add_argument(
-        "--lora-targets",
-        default=None,
-        help="comma-separated Linear names LoRA adapts (default: all of q,k,v,o,gate,up,down_proj)",
-    )
-    p.add_argument(
-        "--merge",
-        action="store_true",
-        help="LoRA: merge the adapters into the weights (model.safetensors) instead of adapters.safetensors",
-    )
+    add_lora_flags(p, merge=True)
     p.add_argument(
         "--no-pack",
         action="store_true",
@@ -133,13 +94,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-    from pathlib import Path
-
     from twofiles.train.sft import SFTConfig, sft
 
-    if args.resume and (Path(args.out) / "config.json").is_file():
-        cfg = _resumed_config(args, json.loads((Path(args.out) / "config.json").read_text()))
+    if (saved := saved_run(args)) is not None:
+        cfg = _resumed_config(args, saved)
     else:
         cfg = SFTConfig(
             model=args.model,
@@ -147,12 +105,7 @@ def run(args: argparse.Namespace) -> int:
             val_data=args.val_data or "",
             out=args.out,
         )
-        for flag, section, name, _, _ in _FIELDS:
-            value = getattr(args, flag[2:].replace("-", "_"))
-            if value is not None:
-                setattr(cfg.optim if section == "optim" else cfg, name, value)
-        if args.max_steps is not None and args.time_budget is None:
-            cfg.time_budget_s = 0.0
+        set_given_fields(cfg, args, _FIELDS)
         if args.lora_targets:
             cfg.lora_targets = lora_targets(args.lora_targets)
         cfg.merge, cfg.pack = args.merge, not args.no_pack
@@ -174,46 +127,19 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-# What a resumed run may change: how long it runs, where, how it reports. Everything else (the
-# model, data, LoRA, optimizer, batch, seeds, what is scored) is the run's own.
-RESUME_CHANGEABLE = {
-    "max_steps",
-    "epochs",
-    "time_budget_s",
-    "threads",
-    "eval_interval",
-    "checkpoint_interval",
-    "checkpoint_seconds",
-}
-
-
 def _resumed_config(args: argparse.Namespace, saved: dict[str, Any]) -> SFTConfig:
-    """The saved run's config, with the flags that may change applied; conflicting flags refused
-    (each named, with the run's value and the given one)."""
-    from twofiles.train.runctl import resumed
     from twofiles.train.sft import SFTConfig
 
-    given = given_flags(args, _FIELDS)
-    given_paths(
-        given,
-        saved,
-        [
-            ("model", "MODEL", args.model),
-            ("data", "--data", args.data),
-            ("val_data", "--val-data", args.val_data),
-        ],
-    )
+    extra: dict[str, tuple[str, Any]] = {}
     if args.lora_targets:
-        given["lora_targets"] = (
-            "--lora-targets",
-            lora_targets(args.lora_targets),
-        )
+        extra["lora_targets"] = ("--lora-targets", lora_targets(args.lora_targets))
     if args.merge:
-        given["merge"] = ("--merge", True)
+        extra["merge"] = ("--merge", True)
     if args.no_pack:
-        given["pack"] = ("--no-pack", False)
-    cfg = resumed(saved, SFTConfig.from_dict(saved), given, RESUME_CHANGEABLE)
-    cfg.device = args.device
-    if args.dtype != "auto":
-        cfg.dtype = args.dtype
-    return cfg
+        extra["pack"] = ("--no-pack", False)
+    paths = [
+        ("model", "MODEL", args.model),
+        ("data", "--data", args.data),
+        ("val_data", "--val-data", args.val_data),
+    ]
+    return resumed_config(SFTConfig, args, saved, _FIELDS, paths=paths, extra=extra)

@@ -50,9 +50,16 @@ from twofiles.lora import (
 from twofiles.optim import OptimConfig, build_optimizers
 from twofiles.train import loop
 from twofiles.train.checkpoint import list_checkpoints
-from twofiles.train.finetune import FinetuneConfig, base_spec, save_finetuned
+from twofiles.train.finetune import (
+    FinetuneConfig,
+    base_spec,
+    finetune_optim,
+    save_finetuned,
+    single_process_run,
+    stopped,
+)
 from twofiles.train.preference import LOSS_KINDS, LossKind, dpo_loss
-from twofiles.train.runctl import RunInterrupted, StopSignals
+from twofiles.train.runctl import StopSignals
 
 if TYPE_CHECKING:
     from twofiles.data.preferences import PreferencePair, RenderedPair
@@ -70,16 +77,7 @@ def default_optim() -> OptimConfig:
     # the few steps a CPU affords: at 1e-5, 8 full-finetuning steps of 2 pairs took SmolLM2-135M's
     # held-out DPO loss from 0.693 to 0.466 (reward accuracy 92%); LoRA r=8 needed 1e-4 to get
     # to 0.642 in the same steps (docs/LOG.md, 2026-12-06), so pass --lr 1e-4 with LoRA.
-    return OptimConfig(
-        optimizer="adamw",
-        lr=1e-5,
-        embed_lr=None,
-        weight_decay=0.0,
-        schedule="wsd",
-        warmup_steps=10,
-        decay_frac=0.3,
-        grad_clip=1.0,
-    )
+    return finetune_optim(lr=1e-5)
 
 
 @dataclass(kw_only=True)
@@ -533,15 +531,8 @@ class DPOObjective(loop.ObjectiveBase):
 
 def dpo(cfg: DPOConfig) -> DPOResult:
     """Run (or resume) DPO as configured."""
-    rt = rt_mod.setup(cfg.device, cfg.dtype, cfg.threads or None)
-    signals = StopSignals(_log)
-    try:
-        if rt.world_size > 1:
-            raise TwofilesError("twofiles dpo runs in one process (not under torchrun)")
+    with single_process_run(cfg, "dpo", _log) as (rt, signals):
         return _dpo(cfg, rt, signals)
-    finally:
-        signals.restore()
-        rt_mod.teardown(rt)
 
 
 def _check(cfg: DPOConfig) -> None:
@@ -731,11 +722,7 @@ def _dpo(cfg: DPOConfig, rt: rt_mod.Runtime, signals: StopSignals) -> DPOResult:
 
     if res.stopped:
         plot_dpo(metrics_path, out / "dpo.png")
-        _log(
-            f"stopped at step {res.step}; checkpoint saved. Continue with: "
-            f"twofiles dpo {cfg.model} --out {cfg.out} --resume"
-        )
-        raise RunInterrupted(res.signum or 2, res.step, str(out))
+        stopped(cfg, "dpo", res.step, res.signum, _log)
     after = {
         k: v for k, v in res.last_eval.items() if k.startswith("eval_") and k != "eval_seconds"
     }

@@ -9,13 +9,19 @@ leaves to others: each stage's objective and report, LoRA itself (twofiles.lora)
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
+from twofiles import runtime as rt_mod
 from twofiles.artifact import save_model
+from twofiles.errors import TwofilesError
 from twofiles.lora import ALL_TARGETS, LoRAConfig, merge_lora, save_adapters
+from twofiles.optim import OptimConfig
 from twofiles.train.loop import RunConfig
+from twofiles.train.runctl import RunInterrupted, StopSignals
 
 if TYPE_CHECKING:
     from twofiles.model import Transformer
@@ -41,6 +47,49 @@ class FinetuneConfig(RunConfig):
             if self.lora_rank > 0
             else None
         )
+
+
+def finetune_optim(lr: float) -> OptimConfig:
+    """AdamW at `lr`: finetuning moves a trained model a little; Muon's orthogonalised steps are
+    sized for training from scratch. Constant LR after warm-up, decayed over the last 30%."""
+    return OptimConfig(
+        optimizer="adamw",
+        lr=lr,
+        embed_lr=None,
+        weight_decay=0.0,
+        schedule="wsd",
+        warmup_steps=10,
+        decay_frac=0.3,
+        grad_clip=1.0,
+    )
+
+
+@contextmanager
+def single_process_run(
+    cfg: RunConfig, stage: str, log: Callable[[str], None]
+) -> Iterator[tuple[rt_mod.Runtime, StopSignals]]:
+    """The runtime and the Ctrl-C/SIGTERM handler of a stage that runs in one process (not under
+    torchrun), both released however the run ends."""
+    rt = rt_mod.setup(cfg.device, cfg.dtype, cfg.threads or None)
+    signals = StopSignals(log)
+    try:
+        if rt.world_size > 1:
+            raise TwofilesError(f"twofiles {stage} runs in one process (not under torchrun)")
+        yield rt, signals
+    finally:
+        signals.restore()
+        rt_mod.teardown(rt)
+
+
+def stopped(
+    cfg: FinetuneConfig, stage: str, step: int, signum: int | None, log: Callable[[str], None]
+) -> NoReturn:
+    """A run stopped by a signal with its checkpoint saved: say how to continue it, and stop."""
+    log(
+        f"stopped at step {step}; checkpoint saved. Continue with: "
+        f"twofiles {stage} {cfg.model} --out {cfg.out} --resume"
+    )
+    raise RunInterrupted(signum or 2, step, str(Path(cfg.out)))
 
 
 def base_spec(spec: str) -> str:
@@ -80,4 +129,11 @@ def save_finetuned(
     )
 
 
-__all__ = ["FinetuneConfig", "base_spec", "save_finetuned"]
+__all__ = [
+    "FinetuneConfig",
+    "base_spec",
+    "finetune_optim",
+    "save_finetuned",
+    "single_process_run",
+    "stopped",
+]

@@ -40,8 +40,8 @@ from twofiles.optim import OptimConfig, build_optimizers
 from twofiles.scoring import RewardModel, pad_rows, save_reward_model
 from twofiles.train import loop
 from twofiles.train.checkpoint import list_checkpoints
-from twofiles.train.finetune import FinetuneConfig, base_spec
-from twofiles.train.runctl import RunInterrupted, StopSignals
+from twofiles.train.finetune import FinetuneConfig, base_spec, single_process_run, stopped
+from twofiles.train.runctl import StopSignals
 from twofiles.train.sft import default_optim, peak_memory_mb
 
 if TYPE_CHECKING:
@@ -293,15 +293,8 @@ class RewardObjective(loop.ObjectiveBase):
 
 def train_reward(cfg: RewardConfig) -> RewardResult:
     """Run (or resume) reward-model training as configured."""
-    rt = rt_mod.setup(cfg.device, cfg.dtype, cfg.threads or None)
-    signals = StopSignals(_log)
-    try:
-        if rt.world_size > 1:
-            raise TwofilesError("twofiles reward runs in one process (not under torchrun)")
+    with single_process_run(cfg, "reward", _log) as (rt, signals):
         return _train(cfg, rt, signals)
-    finally:
-        signals.restore()
-        rt_mod.teardown(rt)
 
 
 def _render(
@@ -404,11 +397,7 @@ def _train(cfg: RewardConfig, rt: rt_mod.Runtime, signals: StopSignals) -> Rewar
     metrics_path = out / "metrics.jsonl"
     if res.stopped:  # a checkpoint is saved; the finished run's files come with the resumed run
         plot_reward(metrics_path, out / "loss.png")
-        _log(
-            f"stopped at step {res.step}; checkpoint saved. Continue with: "
-            f"twofiles reward {cfg.model} --out {cfg.out} --resume"
-        )
-        raise RunInterrupted(res.signum or 2, res.step, str(out))
+        stopped(cfg, "reward", res.step, res.signum, _log)
     after = {k: float(v) for k, v in res.last_eval.items() if k.startswith("val_")}
     _log(f"after: held-out accuracy {after['val_accuracy']:.1%}, loss {after['val_loss']:.4f}")
 

@@ -67,8 +67,14 @@ from twofiles.optim import OptimConfig, build_optimizers
 from twofiles.rollouts import Rollout, VerifiableTask, load_tasks, sample_rollouts, shuffled
 from twofiles.train import loop
 from twofiles.train.checkpoint import list_checkpoints
-from twofiles.train.finetune import FinetuneConfig, base_spec, save_finetuned
-from twofiles.train.runctl import RunInterrupted, StopSignals
+from twofiles.train.finetune import (
+    FinetuneConfig,
+    base_spec,
+    save_finetuned,
+    single_process_run,
+    stopped,
+)
+from twofiles.train.runctl import StopSignals
 
 if TYPE_CHECKING:
     from twofiles.chat import ChatFormat
@@ -538,15 +544,8 @@ def rl(
     """Run (or resume) RL against a verifiable reward as configured; `tasks` (train, held-out)
     replaces the ones `cfg.tasks` names (your own prompts and verifiers)."""
     cfg.validate()
-    rt = rt_mod.setup(cfg.device, cfg.dtype, cfg.threads or None)
-    signals = StopSignals(_log)
-    try:
-        if rt.world_size > 1:
-            raise TwofilesError("twofiles rl runs in one process (not under torchrun)")
+    with single_process_run(cfg, "rl", _log) as (rt, signals):
         return _rl(cfg, rt, signals, tasks)
-    finally:
-        signals.restore()
-        rt_mod.teardown(rt)
 
 
 def _rl(
@@ -658,11 +657,7 @@ def _rl(
     compare = Path(cfg.compare) / "metrics.jsonl" if cfg.compare else None
     if res.stopped:
         plot_rl(metrics_path, out / "rl.png", compare=compare)
-        _log(
-            f"stopped at step {res.step}; checkpoint saved. Continue with: "
-            f"twofiles rl {cfg.model} --out {cfg.out} --resume"
-        )
-        raise RunInterrupted(res.signum or 2, res.step, str(out))
+        stopped(cfg, "rl", res.step, res.signum, _log)
     after, totals = res.last_eval, objective.totals
     if "pass@1" in after:  # --eval-tasks 0: no held-out evaluation, nothing to say
         _log(

@@ -214,13 +214,31 @@ def agree(rt: Any, total: int, stop: bool) -> tuple[int, bool]:
     return int(t[0]), bool(t[1])
 
 
-def resumed(
-    saved: Mapping[str, Any], cfg: C, given: Mapping[str, tuple[str, Any]], changeable: set[str]
-) -> C:
+# What a resumed run may change: how long it runs, where, how it reports. Everything else (the
+# model, data, LoRA, optimizer, batch, seeds, what is scored) is the run's own: changing it would
+# silently train a run the checkpoint does not belong to. A stage without one of these fields
+# never gives it, so one set serves every stage.
+RESUME_CHANGEABLE = frozenset(
+    {
+        "max_steps",
+        "epochs",
+        "time_budget_s",
+        "threads",
+        "compile",
+        "eval_interval",
+        "eval_tokens",
+        "sample_interval",
+        "checkpoint_interval",
+        "checkpoint_seconds",
+    }
+)
+
+
+def resumed(saved: Mapping[str, Any], cfg: C, given: Mapping[str, tuple[str, Any]]) -> C:
     """`cfg` (built from the saved run's config `saved`) with the flags a resume may take applied
     (check_resume refuses the others); `--max-steps` alone means a fixed length, as it does for a
     new run."""
-    apply = check_resume(saved, given, changeable)
+    apply = check_resume(saved, given)
     for name in apply:
         setattr(cfg, name, given[name][1])
     if "max_steps" in apply and "time_budget_s" not in apply:
@@ -228,18 +246,16 @@ def resumed(
     return cfg
 
 
-def check_resume(
-    saved: Mapping[str, Any], given: Mapping[str, tuple[str, Any]], changeable: set[str]
-) -> list[str]:
+def check_resume(saved: Mapping[str, Any], given: Mapping[str, tuple[str, Any]]) -> list[str]:
     """The fields of `given` (dotted field -> (flag, value)) that a resume may take: those in
-    `changeable` and those equal to the saved run's. Anything else would train a different run
+    RESUME_CHANGEABLE and those equal to the saved run's. Anything else would train a different run
     than the checkpoint's, so it is refused with every conflict named."""
     conflicts, apply = [], []
     for name, (flag, value) in given.items():
         old: Any = saved
         for part in name.split("."):
             old = old.get(part) if isinstance(old, Mapping) else None
-        if name in changeable:
+        if name in RESUME_CHANGEABLE:
             apply.append(name)
         elif old != value and not (isinstance(old, list) and list(value) == old):
             conflicts.append(f"{flag} (the run has {old!r}, given {value!r})")

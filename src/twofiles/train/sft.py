@@ -41,8 +41,15 @@ from twofiles.lora import (
 from twofiles.optim import OptimConfig, build_optimizers
 from twofiles.train import loop
 from twofiles.train.checkpoint import list_checkpoints
-from twofiles.train.finetune import FinetuneConfig, base_spec, save_finetuned
-from twofiles.train.runctl import RunInterrupted, StopSignals
+from twofiles.train.finetune import (
+    FinetuneConfig,
+    base_spec,
+    finetune_optim,
+    save_finetuned,
+    single_process_run,
+    stopped,
+)
+from twofiles.train.runctl import StopSignals
 
 if TYPE_CHECKING:
     from twofiles.artifact import LoadedModel
@@ -52,18 +59,7 @@ if TYPE_CHECKING:
 
 
 def default_optim() -> OptimConfig:
-    # AdamW: finetuning moves a trained model a little; Muon's orthogonalised steps are sized for
-    # training from scratch. Constant LR after warm-up, decayed over the last 30%.
-    return OptimConfig(
-        optimizer="adamw",
-        lr=1e-3,
-        embed_lr=None,
-        weight_decay=0.0,
-        schedule="wsd",
-        warmup_steps=10,
-        decay_frac=0.3,
-        grad_clip=1.0,
-    )
+    return finetune_optim(lr=1e-3)
 
 
 @dataclass(kw_only=True)
@@ -404,15 +400,8 @@ class SFTObjective(loop.ObjectiveBase):
 
 def sft(cfg: SFTConfig) -> SFTResult:
     """Run (or resume) supervised finetuning as configured."""
-    rt = rt_mod.setup(cfg.device, cfg.dtype, cfg.threads or None)
-    signals = StopSignals(_log)
-    try:
-        if rt.world_size > 1:
-            raise TwofilesError("twofiles sft runs in one process (not under torchrun)")
+    with single_process_run(cfg, "sft", _log) as (rt, signals):
         return _sft(cfg, rt, signals)
-    finally:
-        signals.restore()
-        rt_mod.teardown(rt)
 
 
 def _sft(cfg: SFTConfig, rt: rt_mod.Runtime, signals: StopSignals) -> SFTResult:
@@ -538,11 +527,7 @@ def _sft(cfg: SFTConfig, rt: rt_mod.Runtime, signals: StopSignals) -> SFTResult:
         from twofiles.train.plots import plot_sft
 
         plot_sft(metrics_path, out / "loss.png")
-        _log(
-            f"stopped at step {step}; checkpoint saved. Continue with: "
-            f"twofiles sft {cfg.model} --out {cfg.out} --resume"
-        )
-        raise RunInterrupted(res.signum or 2, step, str(out))
+        stopped(cfg, "sft", step, res.signum, _log)
 
     skills_after = None
     if skill_tasks:
