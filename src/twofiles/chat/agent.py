@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol
 
 from twofiles.chat.messages import Message, ToolCall
 from twofiles.chat.templates import TOOL_CALL_OPENERS, ChatFormat
@@ -25,10 +25,54 @@ if TYPE_CHECKING:
 
 class ChatEvent(NamedTuple):
     """What `respond` yields: ("text", str delta) | ("tool_call", ToolCall) |
-    ("tool_result", str) | ("done", list[Message] appended to the conversation)."""
+    ("tool_result", str) | ("guard", GuardAction) | ("done", list[Message] appended to the
+    conversation)."""
 
-    kind: Literal["text", "tool_call", "tool_result", "done"]
+    kind: Literal["text", "tool_call", "tool_result", "guard", "done"]
     value: Any
+
+
+@dataclass(frozen=True)
+class GuardAction:
+    """A guard acted on this turn: which one (`guard`), on what (`stage`), and why."""
+
+    guard: str  # e.g. "input", "classifier", "spotlight", "tools", "output"
+    stage: Literal["input", "tool_call", "tool_result", "output"]
+    reasons: tuple[str, ...] = ()
+    score: float | None = None
+
+
+class OutputFilter(Protocol):
+    """Filters a reply as it streams: `push` takes a delta and returns what may be shown now
+    (holding back any tail that could still become something to remove), `finish` the rest."""
+
+    def push(self, delta: str) -> str: ...
+
+    def finish(self) -> str: ...
+
+    def actions(self) -> list[GuardAction]: ...  # what it removed so far, and why
+
+
+class TurnGuard(Protocol):
+    """The hooks `respond` calls when a guard is on (implemented by twofiles.guard.Guard; the
+    chat layer only defines where they are called).
+
+    - `check_input(messages)`: before anything is generated; a non-None (refusal text, actions)
+      blocks the turn: that text is the reply and the model never runs.
+    - `untrusted(text, source)`: a tool's result on its way into the prompt (source = the tool's
+      name), returned as the text the model will read (spotlighting: delimiters, datamarking).
+    - `check_call(call)`: before a tool runs; a non-None action blocks it and the model reads
+      "blocked by policy: <reasons>" as the tool's result.
+    - `output_filter()`: a fresh filter for one round's visible text.
+    """
+
+    def check_input(self, messages: Sequence[Message]) -> tuple[str, list[GuardAction]] | None: ...
+
+    def untrusted(self, text: str, source: str) -> str: ...
+
+    def check_call(self, call: ToolCall) -> GuardAction | None: ...
+
+    def output_filter(self) -> OutputFilter: ...
 
 
 @dataclass
@@ -119,6 +163,7 @@ def respond(
     stats: RespondStats | None = None,
     describe_tools: bool = True,
     prefix_cache: PrefixCache | None = None,
+    guard: TurnGuard | None = None,
 ) -> Iterator[ChatEvent]:
     """The agent loop: generate an assistant reply (streamed as "text" deltas, stopping on the
     template's end-of-turn ids); with `tools`, when it calls some, run them ("tool_call", then
@@ -129,7 +174,11 @@ def respond(
     `describe_tools=False` leaves the tools' descriptions out of the prompt, for a model
     finetuned to call them without one (see `tools_in_prompt`): the calls still run.
     With a `prefix_cache` kept across calls, each round and each turn computes only the tokens
-    the conversation added: the earlier prompt and reply are loaded from it."""
+    the conversation added: the earlier prompt and reply are loaded from it.
+    With a `guard` (see `TurnGuard`), the input may be refused before the model runs, tool
+    calls are checked before they run, tool results are marked as untrusted data, and the
+    visible text is filtered; each act is yielded as a ("guard", GuardAction) event. The stored
+    reply is the filtered text, so a removed secret never comes back in a later turn."""
     from twofiles.engine import generate_steps
     from twofiles.tools import openai_tool_specs
 
@@ -138,6 +187,16 @@ def respond(
     added: list[Message] = []
     stats = stats if stats is not None else RespondStats()
     n_calls = 0
+    if guard is not None:
+        blocked = guard.check_input(history)
+        if blocked is not None:
+            text, acts = blocked
+            for act in acts:
+                yield ChatEvent("guard", act)
+            yield ChatEvent("text", text)
+            stats.finish = "guard"
+            yield ChatEvent("done", [Message("assistant", text)])
+            return
     for round_ in range(max_tool_rounds + 1):
         ids = fmt.prompt_ids(history + added, tools=schemas)
         p = replace(
@@ -151,6 +210,7 @@ def respond(
         hits_before = prefix_cache.hit_tokens if prefix_cache is not None else 0
         streamed = ""
         visible = _VisibleText()
+        shown = guard.output_filter() if guard is not None else None
         steps = generate_steps(
             loaded.model, ids, p, tokenizer=loaded.tokenizer, prefix_cache=prefix_cache
         )
@@ -162,12 +222,19 @@ def respond(
                 delta = step.text
             else:
                 delta = visible.push(step.text) if step.text else ""
+            if shown is not None and delta:
+                delta = shown.push(delta)
             if delta:
                 yield ChatEvent("text", delta)
         if prefix_cache is not None:
             stats.prompt_tokens_reused += prefix_cache.hit_tokens - hits_before
         reply = fmt.parse_assistant(visible.text) if tools else Message("assistant", streamed)
         tail = visible.finish(calls=bool(reply.tool_calls))
+        if guard is not None and shown is not None:
+            tail = shown.push(tail) + shown.finish() if tail else shown.finish()
+            reply = _filtered(reply, guard)
+            for act in shown.actions():
+                yield ChatEvent("guard", act)
         if tail:
             yield ChatEvent("text", tail)
         for call in reply.tool_calls:
@@ -179,10 +246,35 @@ def respond(
             break
         for call in reply.tool_calls:
             yield ChatEvent("tool_call", call)
-            content = _run_tool(tools, call)
+            refused = guard.check_call(call) if guard is not None else None
+            if refused is not None:
+                yield ChatEvent("guard", refused)
+                content = "blocked by policy: " + ("; ".join(refused.reasons) or refused.guard)
+            else:
+                content = _run_tool(tools, call)
+                if guard is not None:
+                    content = guard.untrusted(content, call.name)
             yield ChatEvent("tool_result", content)
             added.append(Message("tool", content, tool_call_id=call.id, name=call.name))
     yield ChatEvent("done", added)
 
 
-__all__ = ["ChatEvent", "RespondStats", "respond", "tools_in_prompt"]
+def _filtered(reply: Message, guard: TurnGuard) -> Message:
+    """The reply as it is kept in the conversation: its text run through a fresh output filter
+    whole (the streamed pieces were filtered as they came; the kept text must match them)."""
+    if not reply.content:
+        return reply
+    f = guard.output_filter()
+    content = f.push(reply.content) + f.finish()
+    return replace(reply, content=content) if content != reply.content else reply
+
+
+__all__ = [
+    "ChatEvent",
+    "GuardAction",
+    "OutputFilter",
+    "RespondStats",
+    "TurnGuard",
+    "respond",
+    "tools_in_prompt",
+]

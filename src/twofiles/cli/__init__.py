@@ -88,7 +88,32 @@ VERBS: dict[str, tuple[str, str]] = {
         "twofiles.cli.report",
         "rebuild a run's report.md, or compare several runs side by side",
     ),
+    "redteam": (
+        "twofiles.cli.redteam",
+        "attack a model (jailbreaks, prompt injection, GCG suffixes, data poisoning) and measure the guards",
+    ),
+    "guard": (
+        "twofiles.cli.guard",
+        "scan text for injection and jailbreak attempts (rules, decoding, a learned classifier)",
+    ),
 }
+
+# verbs whose first word may be left out: `twofiles redteam MODEL` is `twofiles redteam run MODEL`
+DEFAULT_SUBCOMMAND: dict[str, tuple[str, frozenset[str]]] = {
+    "redteam": ("run", frozenset({"run", "poison", "gcg"})),
+}
+
+
+def _with_default_subcommand(argv: list[str], verb: str | None) -> list[str]:
+    if verb not in DEFAULT_SUBCOMMAND:
+        return argv
+    default, known = DEFAULT_SUBCOMMAND[verb]
+    i = argv.index(verb)
+    rest = argv[i + 1 :]
+    first = next((a for a in rest if not a.startswith("-")), None)
+    if first is None or first in known or any(a in ("-h", "--help") for a in rest[:1]):
+        return argv
+    return [*argv[: i + 1], default, *rest]
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
@@ -116,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     verb = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(only=verb if verb in VERBS else None)
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_with_default_subcommand(argv, verb))
     if args.version:
         from twofiles import __version__
 
