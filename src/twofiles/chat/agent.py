@@ -64,6 +64,8 @@ class TurnGuard(Protocol):
     - `check_call(call)`: before a tool runs; a non-None action blocks it and the model reads
       "blocked by policy: <reasons>" as the tool's result.
     - `output_filter()`: a fresh filter for one round's visible text.
+    - `prepare(messages, tools)`: once per turn after `check_input`, before the first round:
+      the messages the prompt is rendered from (e.g. a note added to the system message).
     """
 
     def check_input(self, messages: Sequence[Message]) -> tuple[str, list[GuardAction]] | None: ...
@@ -73,6 +75,10 @@ class TurnGuard(Protocol):
     def check_call(self, call: ToolCall) -> GuardAction | None: ...
 
     def output_filter(self) -> OutputFilter: ...
+
+    def prepare(
+        self, messages: Sequence[Message], tools: Mapping[str, Tool] | None
+    ) -> list[Message]: ...
 
 
 @dataclass
@@ -197,6 +203,7 @@ def respond(
             stats.finish = "guard"
             yield ChatEvent("done", [Message("assistant", text)])
             return
+        history = guard.prepare(history, tools)
     for round_ in range(max_tool_rounds + 1):
         ids = fmt.prompt_ids(history + added, tools=schemas)
         p = replace(
