@@ -535,10 +535,12 @@ def run(args: argparse.Namespace) -> int:
 def _make_guard(args: argparse.Namespace, persona, tools: dict):
     """The Guard of --guard (None when off): the allow-list from --allow-tools, else the
     persona's PARAMETER tools; hosts and secrets from their flags."""
-    from twofiles.errors import TwofilesError
+    from twofiles.errors import BadInputError
     from twofiles.guard import Guard, GuardConfig, parse_guards
 
     guards = parse_guards(args.guard)
+    if args.allow_tools is not None and "tools" not in guards:
+        raise BadInputError("--allow-tools applies with --guard tools (or all)")
     if not guards:
         return None
     allowed = None
@@ -546,8 +548,6 @@ def _make_guard(args: argparse.Namespace, persona, tools: dict):
         allowed = frozenset(n.strip() for n in args.allow_tools.split(",") if n.strip())
     elif persona is not None and getattr(persona, "tools", None) is not None:
         allowed = frozenset(persona.tools)
-    if allowed is not None and "tools" not in guards:
-        raise TwofilesError("--allow-tools (or a persona's tools) needs --guard tools to apply")
     cfg = GuardConfig(
         guards=guards,
         secrets=tuple(s for s in args.secret if s),

@@ -32,7 +32,8 @@ RULES: dict[str, re.Pattern[str]] = {
     "extraction": re.compile(
         r"\b(reveal|print|show|repeat|output|tell|give|spell|write( out)?|leak|say|display|dump|"
         r"recite|share|disclose|read( me)?|copy|paste|translate|summari[sz]e|what(?:'s| is| are| was))"
-        r"\b.{0,40}?(\b(system|hidden|initial|original|secret|developer|pre-?prompt)\s*"
+        r"\b.{0,40}?(\b(your|the|this|its)\s+(\w+\s+)?(system|hidden|initial|original|secret|"
+        r"developer|pre-?prompt)\s*"
         r"(prompt|message|instructions?|rules|password|passphrase|key|code)|"
         r"\b(your|the)\s+(secret|password|passphrase|system prompt)\b"
         r"(?!\s+(to|of|behind|for a|ingredient|recipe|santa|garden|life))|"
@@ -44,8 +45,9 @@ RULES: dict[str, re.Pattern[str]] = {
     "persona": re.compile(
         r"\bDAN\b|\bSTAN\b|\bDUDE\b|(?i:\bdo anything now\b|\bdeveloper mode\b|\bjail ?broken\b|"
         r"\bjailbreak mode\b|"
-        r"\b(you|it|that|which)\b.{0,25}?\b(has|have|with|having|had)\s+no\s+(restrictions|"
-        r"limits|limitations|filters|rules|guidelines|censorship|ethics|morals|boundaries)\b|"
+        r"\b(you|an? (ai|assistant|model|chatbot|bot))\b.{0,25}?\b(has|have|with|having|had)\s+"
+        r"no\s+(restrictions|limits|limitations|filters|rules|guidelines|censorship|ethics|morals|"
+        r"boundaries)\b|"
         r"\bwithout (any )?(restrictions|filters|censorship|ethics|morals|ethical guidelines)\b|"
         r"\bfree (of|from) (all |any )?(restrictions|filters|rules|censorship|guidelines)\b|"
         r"\b(unrestricted|uncensored|unfiltered|amoral|unaligned|unbound) (ai|assistant|model|mode|"
@@ -127,8 +129,7 @@ def _is_mention(text: str, span: tuple[int, int]) -> bool:
             return bool(_META.search(outside))
     # unquoted: a question about attacks ("How do attackers use 'ignore previous instructions'?")
     return bool(
-        _QUESTION_START.search(text)
-        and text.rstrip().endswith("?")
+        (_QUESTION_START.search(text) or text.rstrip().endswith("?"))
         and re.search(r"\b(attack|attacker|injection|jailbreak|security|defen[cs]e)", text, re.I)
     )
 
