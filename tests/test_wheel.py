@@ -41,6 +41,8 @@ CARRIED = [
     "twofiles/eval/tasks/skills.toml",
     "twofiles/rag/collection/questions.jsonl",
     "twofiles/rag/collection/PROVENANCE.md",
+    "twofiles/guard/data/labelled.jsonl",
+    "twofiles/guard/data/classifier.safetensors",
     "twofiles/standalone/run.py",
     "twofiles/tools/_python_child.py",
 ]
