@@ -22,17 +22,17 @@ LINK_MARK = "[link removed]"
 # between the letters of a spelled-out secret: "P L U M", "P-L-U-M", "P.L.U.M"
 _SEP = r"[\s.\-_,*|/]{0,3}"
 
-_MD_LINK = re.compile(r"!?\[[^\]\n]{0,300}\]\(\s*<?([^)\s>]*)>?(?:\s+\"[^\"]*\")?\s*\)")
+_MD_LINK = re.compile(r"!?\[[^\[\]\n]{0,300}\]\(\s*<?([^)\s>]*)>?(?:\s+\"[^\"]*\")?\s*\)")
 _HTML = re.compile(
-    r"<(?:img|a|iframe|source|video|audio|link|script)\b[^>]*?"
-    r"\b(?:src|href|srcset|poster)\s*=\s*[\"']?([^\"'\s>]+)[^>]*>",
+    r"<(?:img|a|iframe|source|video|audio|link|script)\b[^<>]*?"
+    r"\b(?:src|href|srcset|poster)\s*=\s*[\"']?([^\"'\s<>]+)[^<>]*>",
     re.I,
 )
 _BARE = re.compile(r"(?:https?://|www\.)[^\s<>\"'`)\]]+", re.I)
 # what may still grow into a link at the end of the text seen so far
-_OPEN_MD = re.compile(r"!?\[[^\]\n]{0,300}(?:\](?:\(\s*[^)\n]{0,2000})?)?$")
+_OPEN_MD = re.compile(r"!?\[[^\[\]\n]{0,300}(?:\](?:\(\s*[^()\n]{0,2000})?)?$")
 _OPEN_TAG = re.compile(
-    r"<(?:[a-zA-Z]{0,6}|(?:img|a|iframe|source|video|audio|link|script)\b[^>]*)$"
+    r"<(?:[a-zA-Z]{0,6}|(?:img|a|iframe|source|video|audio|link|script)\b[^<>]*)$"
 )
 _OPEN_BARE = re.compile(r"(?:https?://|www\.)[^\s<>\"'`)\]]*$", re.I)
 _URL_STARTS = ("https://", "http://", "www.")
@@ -147,10 +147,16 @@ class OutputFilter:
         self.done = upto
         return "".join(parts)
 
+    def _spans(self) -> list[tuple[int, int, str, str]]:
+        # only the text not emitted yet: no removal starts before `done` (it would have been held)
+        d = self.done
+        spans = removals(self.raw[d:], self.pattern, self.allowed_hosts)
+        return [(s + d, e + d, mark, why) for s, e, mark, why in spans]
+
     def push(self, delta: str) -> str:
         self.raw += delta
         cut = _hold_from(self.raw, self._hold)
-        spans = removals(self.raw, self.pattern, self.allowed_hosts)
+        spans = self._spans()
         for s, e, *_ in spans:
             if s < cut < e or (s < cut and e == len(self.raw)):
                 cut = s  # never cut through a removal, nor emit one that could still grow
@@ -159,8 +165,7 @@ class OutputFilter:
         return self._emit(cut, spans)
 
     def finish(self) -> str:
-        spans = removals(self.raw, self.pattern, self.allowed_hosts)
-        return self._emit(len(self.raw), spans)
+        return self._emit(len(self.raw), self._spans())
 
     def actions(self) -> list[GuardAction]:
         return list(self._actions)
