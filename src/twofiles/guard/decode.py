@@ -103,8 +103,8 @@ def _segments(text: str) -> list[tuple[str, str]]:
     encoding, so a rule that needs the words around it still sees them."""
     out = []
     for name, rx, dec in (("base64", _B64, _b64), ("hex", _HEX, _hex)):
-        pieces = [(m.span(), dec(m.group(0))) for m in rx.finditer(text)]
-        pieces = [(s, d) for s, d in pieces if d]
+        found = [(m.span(), dec(m.group(0))) for m in rx.finditer(text)]
+        pieces = [(span, d) for span, d in found if d]
         if pieces:
             out.append((name, _splice(text, pieces)))
     if text.count("%") >= 3:
