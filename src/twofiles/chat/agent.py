@@ -181,7 +181,8 @@ def respond(
     finetuned to call them without one (see `tools_in_prompt`): the calls still run.
     With a `prefix_cache` kept across calls, each round and each turn computes only the tokens
     the conversation added: the earlier prompt and reply are loaded from it.
-    With a `guard` (see `TurnGuard`), the input may be refused before the model runs, tool
+    With a `guard` (see `TurnGuard`), the input may be refused before the model runs, the
+    prompt's messages are prepared once (e.g. a note added to the system message), tool
     calls are checked before they run, tool results are marked as untrusted data, and the
     visible text is filtered; each act is yielded as a ("guard", GuardAction) event. The stored
     reply is the filtered text, so a removed secret never comes back in a later turn."""

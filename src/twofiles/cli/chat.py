@@ -13,6 +13,11 @@ citation the reply did not write as [n] is attributed (--rag-cite: by overlap wi
 by the model's constrained choice of a number) and says so. When the grounded prompt does not fit
 the context, the lowest-ranked passages go first, then the oldest exchanges (a note on stderr).
 --tools retrieve also lets the model search the index itself.
+
+With --guard SPEC the turns run through twofiles.guard (input rules and classifier, spotlighting
+of tool results and passages, the tool policy of --allow-tools / a persona's PARAMETER tools and
+--allow-hosts, the output filter of --secret and the system prompt's password): each act is shown
+on stderr as [guard] and listed in --json's "guard".
 """
 
 from __future__ import annotations
