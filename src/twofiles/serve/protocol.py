@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from twofiles.engine import SamplingParams
+from twofiles.serve.guarding import GuardOption
 from twofiles.serve.settings import ServeSettings
 
 
@@ -154,14 +155,20 @@ class ChatCompletionRequest(_Sampling):
     )
     parallel_tool_calls: bool | None = None
     rag: RagOption | None = None  # extension: true = RagOption(), false = None (see below)
+    # extension: guards added to the server's (serve.guarding.GuardOption); "input,output" or a
+    # list is shorthand for {"guards": ...}
+    guard: GuardOption | None = None
 
     @model_validator(mode="before")
     @classmethod
-    def _rag_shorthand(cls, data: Any) -> Any:
-        # "rag": true / false as shorthands, turned into the object here so that a bad object's
-        # error names its field (rag.k) instead of listing both forms of a union
+    def _shorthands(cls, data: Any) -> Any:
+        # "rag": true / false and "guard": "input,output" as shorthands, turned into the object
+        # here so that a bad object's error names its field (rag.k) instead of listing both
+        # forms of a union
         if isinstance(data, dict) and isinstance(data.get("rag"), bool):
             data = {**data, "rag": {} if data["rag"] else None}
+        if isinstance(data, dict) and isinstance(data.get("guard"), str | list):
+            data = {**data, "guard": {"guards": data["guard"]}}
         return data
 
 
