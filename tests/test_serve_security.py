@@ -21,6 +21,7 @@ import pytest
 from live_server import UvicornThread
 from tiny_models import ScriptedModel, loaded, random_model, tiny_tokenizer
 from twofiles.chat import ChatFormat
+from twofiles.engine import encode_prompt
 from twofiles.guard import REFUSAL, GuardConfig
 from twofiles.serve.app import create_app
 from twofiles.serve.settings import ServeSettings
@@ -37,6 +38,7 @@ CALCULATOR = {
         "parameters": {"type": "object", "properties": {"expression": {"type": "string"}}},
     },
 }
+RAW_PROMPT = "the word is"
 TOOL_QUESTION = [{"role": "user", "content": "what is 2+3?"}]
 TOOL_CALL_JSON = '{"name": "calculator", "arguments": {"expression": "2+3"}}'
 
@@ -54,8 +56,12 @@ def models():
     tok = tiny_tokenizer()
     sp = tok.special_ids
     call = [sp["<|tool_call_start|>"], *tok.encode(TOOL_CALL_JSON), sp["<|tool_call_end|>"]]
+    end = sp["<|assistant_end|>"]
+    raw_len = len(encode_prompt(tok, RAW_PROMPT))
+    raw = ScriptedModel(tok, tok.encode(LEAK), raw_len, filler=end, max_seq_len=512)
     return {
         "leaky": _scripted(tok, QUESTION, tok.encode(LEAK)),
+        "leaky-raw": loaded(raw, tok),
         "caller": _scripted(tok, TOOL_QUESTION, call, tools=[CALCULATOR]),
         "tiny": loaded(random_model(tok, max_seq_len=1024), tok),
     }
@@ -175,6 +181,26 @@ def test_the_output_filter_cuts_secrets_and_outside_links(guarded):
     assert chunks[-1]["choices"][0]["finish_reason"] == "content_filter"
     assert [g["guard"] for g in chunks[-1]["guard"]] == [g["guard"] for g in r["guard"]]
     assert _metric(guarded, "output", "output") >= 4
+
+
+def test_completions_get_the_input_and_output_guards(guarded):
+    body = {"model": "leaky-raw", "prompt": RAW_PROMPT, "max_tokens": len(LEAK), "temperature": 0}
+    status, _, data = guarded.raw("POST", "/v1/completions", body)
+    r = json.loads(data)
+    text = r["choices"][0]["text"]
+    assert status == 200 and SECRET not in text and "evil.example" not in text
+    assert text.startswith("the word is [removed]")
+    assert r["choices"][0]["finish_reason"] == "content_filter" and r["guard"]
+    status, _, data = guarded.raw("POST", "/v1/completions", {**body, "stream": True})
+    events = [e.removeprefix("data: ") for e in data.decode().split("\n\n") if e.strip()]
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert "".join(c["choices"][0]["text"] for c in chunks) == text
+    assert chunks[-1]["choices"][0]["finish_reason"] == "content_filter"
+    before = len(guarded.submitted)
+    attack = {**body, "prompt": ATTACK[0]["content"], "n": 2}
+    r = json.loads(guarded.raw("POST", "/v1/completions", attack)[2])
+    assert [c["text"] for c in r["choices"]] == [REFUSAL, REFUSAL]
+    assert r["guard"][0]["stage"] == "input" and len(guarded.submitted) == before
 
 
 def test_a_clean_reply_passes_the_guards_untouched(guarded, open_server):
@@ -364,3 +390,22 @@ def test_serve_rejects_an_unknown_guard(capsys):
 
     assert main(["serve", "nowhere.safetensors", "--guard", "input,firewall"]) == 2
     assert "firewall" in capsys.readouterr().err
+
+
+def test_serve_flags_make_the_servers_guard():
+    import argparse
+
+    from twofiles.cli.serve import _guard_config, add_arguments
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    args = p.parse_args(
+        ["m", "--guard", "input,spotlight", "--secret", "s1", "--secret", "s2"]
+        + ["--allow-hosts", "Example.org, docs.example.org", "--cors-origin", "https://a.example"]
+    )
+    config = _guard_config(args)
+    assert config.guards == {"input", "spotlight", "output"}  # a secret needs the output guard
+    assert config.secrets == ("s1", "s2")
+    assert config.allowed_hosts == ("example.org", "docs.example.org")
+    assert args.cors_origin == ["https://a.example"]
+    assert _guard_config(p.parse_args(["m"])).guards == frozenset()

@@ -236,6 +236,27 @@ def _refused(
     return _stream(chunks())
 
 
+def _refused_completion(
+    base: dict[str, Any], refusal: str, choices: int, stream: bool, guard: GuardRun
+) -> dict[str, Any] | StreamingResponse:
+    """/v1/completions' answer to a prompt the input guard blocked (as _refused for chat)."""
+    rows = [
+        {"index": i, "text": refusal, "logprobs": None, "finish_reason": "content_filter"}
+        for i in range(choices)
+    ]
+    actions = guard.json(every=True)
+    if not stream:
+        usage = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+        return {**base, "choices": rows, "usage": usage, "guard": actions}
+
+    async def chunks() -> AsyncIterator[str]:
+        for row in rows:
+            yield _sse({**base, "choices": [row], "guard": actions})
+        yield "data: [DONE]\n\n"
+
+    return _stream(chunks())
+
+
 def add_openai_routes(app: FastAPI, require_api_key: Any) -> None:
     """Add /v1/models, /v1/chat/completions and /v1/completions to `app`, behind
     `require_api_key` (a FastAPI dependency)."""
@@ -378,6 +399,19 @@ def add_openai_routes(app: FastAPI, require_api_key: Any) -> None:
         params = sampling_params(
             req, settings, default_max_tokens=16, defaults=sampling_defaults(app, req.model)
         )
+        rid, created = f"cmpl-{secrets.token_hex(12)}", int(time.time())
+        base = {"id": rid, "object": "text_completion", "created": created, "model": req.model}
+        guard = request_guard(app, req.guard)
+        if guard is not None:
+            from twofiles.chat import Message
+
+            # a raw prompt is all the user's text: scanned as a user turn would be
+            refusal = next(
+                (r for t in texts if (r := guard.check_input([Message("user", t)])) is not None),
+                None,
+            )
+            if refusal is not None:
+                return _refused_completion(base, refusal, len(texts) * req.n, req.stream, guard)
         scored = None
         if req.echo and req.logprobs is not None:  # the prompt's own logprobs, as vLLM gives them
             scored = [
@@ -390,8 +424,6 @@ def add_openai_routes(app: FastAPI, require_api_key: Any) -> None:
             if req.max_tokens == 0
             else submit(app, req.model, prompts, params, req.n, req.logprobs)
         )
-        rid, created = f"cmpl-{secrets.token_hex(12)}", int(time.time())
-        base = {"id": rid, "object": "text_completion", "created": created, "model": req.model}
         echoes = [texts[i // req.n] if req.echo else "" for i in range(len(prompts) * req.n)]
         prompt_tokens = sum(len(p) for p in prompts)
         if req.stream:
@@ -406,6 +438,7 @@ def add_openai_routes(app: FastAPI, require_api_key: Any) -> None:
                     include_usage,
                     prompt_tokens,
                     settings.request_timeout_s,
+                    guard,
                 )
             )
         results = await collect(request, handles, settings.request_timeout_s) if handles else []
@@ -417,15 +450,19 @@ def add_openai_routes(app: FastAPI, require_api_key: Any) -> None:
                 logprobs = _completion_logprobs(tok, events, len(echo))
                 if scored is not None:
                     logprobs = {k: scored[i // req.n][k] + logprobs[k] for k in logprobs}
+            text, finish = (h.text, h.finish_reason) if h else ("", "length")
+            if guard is not None and h is not None:  # the echo is the client's own text
+                text, cut = guard.filter_text(text, i)
+                finish = "content_filter" if cut else finish
             choices.append(
-                {
-                    "index": i,
-                    "text": echo + (h.text if h else ""),
-                    "logprobs": logprobs,
-                    "finish_reason": h.finish_reason if h else "length",
-                }
+                {"index": i, "text": echo + text, "logprobs": logprobs, "finish_reason": finish}
             )
-        return {**base, "choices": choices, "usage": _usage(prompt_tokens, handles)}
+        return {
+            **base,
+            "choices": choices,
+            "usage": _usage(prompt_tokens, handles),
+            **({"guard": guard.json(every=True)} if guard is not None else {}),
+        }
 
 
 def _sources(passages: Sequence[Any]) -> list[dict[str, Any]]:
@@ -616,14 +653,18 @@ async def _completion_chunks(
     include_usage: bool,
     prompt_tokens: int,
     timeout: float,
+    guard: GuardRun | None = None,
 ) -> AsyncIterator[str]:
     offsets = [len(e) for e in echoes]
+    filters = [guard.output_filter() for _ in handles] if guard is not None else None
 
     def chunk(i: int, text: str, finish: str | None = None, lp: Any = None) -> str:
+        extra = {"guard": guard.json(i)} if guard is not None and finish is not None else {}
         return _sse(
             {
                 **base,
                 "choices": [{"index": i, "text": text, "logprobs": lp, "finish_reason": finish}],
+                **extra,
             }
         )
 
@@ -639,8 +680,16 @@ async def _completion_chunks(
             text = "".join(ev.text for ev in events)
             lp = _completion_logprobs(tok, events, offsets[i]) if logprobs else None
             offsets[i] += len(text)
-            if text or last.finish_reason or (lp and lp["tokens"]):
-                yield chunk(i, text, last.finish_reason, lp)
+            finish = last.finish_reason
+            if filters is not None:
+                text = filters[i].push(text)
+                if finish is not None:
+                    text += filters[i].finish()
+                    acts = filters[i].actions()
+                    guard.record(acts, i)  # type: ignore[union-attr]
+                    finish = "content_filter" if acts else finish
+            if text or finish or (lp and lp["tokens"]):
+                yield chunk(i, text, finish, lp)
         if include_usage:
             yield _sse({**base, "choices": [], "usage": _usage(prompt_tokens, handles)})
     except DeadlinePassed:

@@ -124,6 +124,17 @@ class _Sampling(_Strict):
     )  # accepted only as 0: see sampling_params
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
     user: str | None = None  # accepted and ignored, as a courtesy to clients that always send it
+    # extension: guards added to the server's (serve.guarding.GuardOption); "input,output" or a
+    # list is shorthand for {"guards": ...}
+    guard: GuardOption | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _guard_shorthand(cls, data: Any) -> Any:
+        # turned into the object here so that a bad object's error names its field
+        if isinstance(data, dict) and isinstance(data.get("guard"), str | list):
+            data = {**data, "guard": {"guards": data["guard"]}}
+        return data
 
 
 MAX_RAG_K = 20  # passages per grounded request: k chunks of ~256 tokens must fit the context
@@ -155,20 +166,14 @@ class ChatCompletionRequest(_Sampling):
     )
     parallel_tool_calls: bool | None = None
     rag: RagOption | None = None  # extension: true = RagOption(), false = None (see below)
-    # extension: guards added to the server's (serve.guarding.GuardOption); "input,output" or a
-    # list is shorthand for {"guards": ...}
-    guard: GuardOption | None = None
 
     @model_validator(mode="before")
     @classmethod
-    def _shorthands(cls, data: Any) -> Any:
-        # "rag": true / false and "guard": "input,output" as shorthands, turned into the object
-        # here so that a bad object's error names its field (rag.k) instead of listing both
-        # forms of a union
+    def _rag_shorthand(cls, data: Any) -> Any:
+        # "rag": true / false as shorthands, turned into the object here so that a bad object's
+        # error names its field (rag.k) instead of listing both forms of a union
         if isinstance(data, dict) and isinstance(data.get("rag"), bool):
             data = {**data, "rag": {} if data["rag"] else None}
-        if isinstance(data, dict) and isinstance(data.get("guard"), str | list):
-            data = {**data, "guard": {"guards": data["guard"]}}
         return data
 
 
