@@ -409,3 +409,13 @@ def test_serve_flags_make_the_servers_guard():
     assert config.allowed_hosts == ("example.org", "docs.example.org")
     assert args.cors_origin == ["https://a.example"]
     assert _guard_config(p.parse_args(["m"])).guards == frozenset()
+
+
+def test_the_arena_runs_the_servers_guards(guarded, tmp_path):
+    guarded.app.state.web.arena_db = tmp_path / "arena.sqlite"
+    before = len(guarded.submitted)
+    body = {"prompt": ATTACK[0]["content"], "max_tokens": 8}
+    status, _, data = guarded.raw("POST", "/arena/battle", body)
+    r = json.loads(data)
+    assert status == 200 and r["a"]["content"] == r["b"]["content"] == REFUSAL
+    assert len(guarded.submitted) == before
