@@ -108,12 +108,13 @@ class GuardRun:
         self.record(acts)
         return refusal
 
-    def untrusted(self, text: str, source: str, stage: str = "tool_result") -> str:
+    def untrusted(self, text: str, source: str) -> str:
+        """`text` from `source` (a tool's result, a retrieved document) as the model will read it."""
         out = self.guard.untrusted(text, source)
         if out != text:
             from twofiles.chat.agent import GuardAction
 
-            self.record([GuardAction("spotlight", stage, (f"{source} marked as data",))])  # type: ignore[arg-type]
+            self.record([GuardAction("spotlight", "tool_result", (f"{source} marked as data",))])
         return out
 
     def untrusted_messages(self, messages: Sequence[Message]) -> list[Message]:

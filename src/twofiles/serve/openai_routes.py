@@ -604,7 +604,7 @@ async def _chat_chunks(
                 yield chunk(i, {}, lp=lp)
             if last.finish_reason is None:
                 continue
-            finish = last.finish_reason
+            finish: str | None = last.finish_reason
             if has_tools:
                 content, calls, finish = _reply_parts(handles[i], fmt, True, guard, i)
                 if content:
