@@ -17,6 +17,11 @@ its reply cited as `citations` (on the message; a stream puts it on the choice's
 with `citation_details` beside it: [{n, by, ...}], `by` saying how each was made ("model": the
 reply wrote [n]; "overlap" or "constrained": attributed, by the request's `rag.cite`). When the
 grounded prompt would not fit, the lowest-ranked passages are left out: `passages_dropped`.
+
+Guards (serve --guard, the `guard` extension field; serve.guarding): where a guard is on, the
+response carries `guard` (what acted: guard, stage, reasons, the choice's index), a blocked input
+is answered by `_refused` without generating, and a reply the tool policy or the output filter
+cut has finish_reason "content_filter" (`_reply_parts`; streams filter as they go).
 """
 
 from __future__ import annotations
