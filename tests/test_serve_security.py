@@ -276,7 +276,9 @@ def test_tool_messages_reach_the_model_spotlighted(open_server, models):
     status, r = open_server.chat(model="tiny", messages=messages, max_tokens=2, guard="spotlight")
     assert status == 200, r
     prompt = tok.decode(open_server.submitted[-1])
-    assert "<<data from tool calculator" in prompt and injected in prompt
+    # delimited, datamarked, and the system note saying marked text is data
+    assert "<<data from tool calculator" in prompt and injected.replace(" ", "ˆ") in prompt
+    assert prompt.index("<<data from ...>>") < prompt.index("<|user_start|>")
     assert [(g["guard"], g["stage"]) for g in r["guard"]] == [("spotlight", "tool_result")]
     open_server.chat(model="tiny", messages=messages, max_tokens=2)
     assert "<<data from" not in tok.decode(open_server.submitted[-1])
@@ -298,9 +300,8 @@ def test_retrieved_passages_reach_the_model_spotlighted(models):
         status, r = s.chat(model="tiny", messages=RAG_QUESTION, max_tokens=2, rag=True)
         assert status == 200, r
         prompt = models["tiny"].tokenizer.decode(s.submitted[-1])
-        for src in r["sources"]:  # each passage marked as data, and returned as it was
-            assert f"<<data from document {src['source']}" in prompt
-            assert not src["text"].startswith("<<")
+        for src in r["sources"]:  # each passage datamarked in the prompt, returned as it was
+            assert src["text"].replace(" ", "ˆ") in prompt and "ˆ" not in src["text"]
         assert len(r["guard"]) == len(r["sources"]) == 2
     finally:
         s.stop()
@@ -419,3 +420,22 @@ def test_the_arena_runs_the_servers_guards(guarded, tmp_path):
     r = json.loads(data)
     assert status == 200 and r["a"]["content"] == r["b"]["content"] == REFUSAL
     assert len(guarded.submitted) == before
+
+
+def test_a_personas_tool_allow_list_applies_under_the_tools_guard(models):
+    from dataclasses import replace as dc_replace
+
+    from twofiles.artifact import Persona
+
+    caller = models["caller"]
+    strict = dc_replace(caller, persona=Persona(name="strict:latest", tools=("weather",)))
+    s = _serve({"caller": caller, "strict": strict}, GuardConfig(guards=frozenset({"tools"})))
+    try:
+        kw = dict(messages=TOOL_QUESTION, tools=[CALCULATOR], max_tokens=60)
+        _, r = s.chat(model="caller", **kw)
+        assert r["choices"][0]["message"]["tool_calls"][0]["function"]["name"] == "calculator"
+        _, r = s.chat(model="strict", **kw)  # the persona may run only "weather"
+        assert "tool_calls" not in r["choices"][0]["message"]
+        assert [(g["guard"], g["stage"]) for g in r["guard"]] == [("tools", "tool_call")]
+    finally:
+        s.stop()

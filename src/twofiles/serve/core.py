@@ -266,7 +266,7 @@ async def generate_reply(
 
     served_model(app, model)
     fmt = chat_format(app, model)
-    guard = request_guard(app, None, tools)
+    guard = request_guard(app, None, tools, model)
     try:
         conversation = with_persona(app, model, parse_messages(list(messages)))
         if guard is not None:
@@ -279,7 +279,7 @@ async def generate_reply(
                     "seconds": 0.0,
                     "guard": guard.json(every=True),
                 }
-            conversation = guard.untrusted_messages(conversation)
+            conversation = guard.prepare(guard.untrusted_messages(conversation))
         ids = fmt.prompt_ids(conversation, tools=tools)
     except TwofilesError as e:
         raise ApiError(400, str(e)) from None

@@ -88,6 +88,28 @@ class GuardRun:
     guard: Guard
     metrics: Any = None  # serve.metrics.ServerMetrics, or None
     actions: list[tuple[int | None, GuardAction]] = field(default_factory=list)
+    tools: Sequence[dict[str, Any]] | None = None  # the request's tools (OpenAI form)
+
+    def prepare(self, messages: Sequence[Message]) -> list[Message]:
+        """The guard's once-per-request step (Guard.prepare): the tools' schemas for argument
+        checks, the system prompt's secrets, and with spotlight the note that marked text is
+        data."""
+        from types import SimpleNamespace
+
+        schemas = {
+            t["function"]["name"]: SimpleNamespace(parameters=t["function"].get("parameters") or {})
+            for t in self.tools or ()
+        }
+        return self.guard.prepare(messages, schemas)
+
+    def mark_document(self, text: str, source: str) -> str:
+        """A retrieved passage's text as the prompt carries it (datamarked under spotlight)."""
+        out = self.guard.mark_document(text)
+        if out != text:
+            from twofiles.chat.agent import GuardAction
+
+            self.record([GuardAction("spotlight", "tool_result", (f"{source} marked as data",))])
+        return out
 
     def record(self, acts: Sequence[GuardAction], index: int | None = None) -> None:
         for act in acts:
@@ -155,42 +177,58 @@ class ServeGuards:
 
     def __init__(self, config: GuardConfig) -> None:
         self.config = config
+        if "classifier" in config.guards:  # load it (and its embedder) before the first request
+            Guard.from_config(config)
 
     def build(self, config: GuardConfig) -> Guard:
-        # The learned classifier, once the guard package can load one, is attached here (and
-        # loaded once, not per request); until then the classifier guard scores nothing.
-        return Guard(config)
+        # Guard.from_config loads the learned classifier (once per process, shared) when the
+        # request's guards include it; a server started with it has loaded it already.
+        return Guard.from_config(config)
 
     def for_request(
         self,
         option: GuardOption | None,
         tools: Sequence[dict[str, Any]] | None,
         metrics: Any = None,
+        persona_tools: Sequence[str] | None = None,
     ) -> GuardRun | None:
         """The guard of one request: the server's plus what `option` adds; None when no guard is
         on. The tool allow-list is the tools the request declares (a call to any other is
-        dropped), narrowed by `option.allowed_tools`."""
+        dropped), narrowed by `option.allowed_tools` and by the persona's `PARAMETER tools` (as
+        `chat` applies it: under the tools guard)."""
         guards = self.config.guards | (option.names() if option is not None else frozenset())
         if not guards:
             return None
         allowed = {t["function"]["name"] for t in tools or ()}
         if option is not None and option.allowed_tools is not None:
             allowed &= set(option.allowed_tools)
+        if persona_tools is not None:
+            allowed &= set(persona_tools)
         secrets = self.config.secrets + tuple(option.secrets if option is not None else ())
         config = replace(
             self.config, guards=guards, secrets=secrets, allowed_tools=frozenset(allowed)
         )
-        return GuardRun(self.build(config), metrics)
+        run = GuardRun(self.build(config), metrics)
+        run.tools = tools
+        return run
 
 
 def request_guard(
-    app: FastAPI, option: GuardOption | None, tools: Sequence[dict[str, Any]] | None = None
+    app: FastAPI,
+    option: GuardOption | None,
+    tools: Sequence[dict[str, Any]] | None = None,
+    model: str | None = None,
 ) -> GuardRun | None:
-    """The guard of one request to `app` (None when neither the server nor the request has one)."""
+    """The guard of one request to `app` for `model` (None when neither the server, the request
+    nor the model's persona has one)."""
     guards: ServeGuards | None = getattr(app.state, "guards", None)
     if guards is None:
         guards = ServeGuards(GuardConfig())
-    return guards.for_request(option, tools, getattr(app.state, "metrics", None))
+    persona = getattr(app.state.models.get(model), "persona", None) if model else None
+    persona_tools = getattr(persona, "tools", None)
+    return guards.for_request(
+        option, tools, getattr(app.state, "metrics", None), persona_tools=persona_tools
+    )
 
 
 __all__ = ["GuardOption", "GuardRun", "ServeGuards", "action_json", "request_guard"]

@@ -301,12 +301,12 @@ def add_openai_routes(app: FastAPI, require_api_key: Any) -> None:
         )
         rid, created = f"chatcmpl-{secrets.token_hex(12)}", int(time.time())
         base = {"id": rid, "created": created, "model": req.model}
-        guard = request_guard(app, req.guard, tools)
+        guard = request_guard(app, req.guard, tools, req.model)
         if guard is not None:
             refusal = guard.check_input(messages)
             if refusal is not None:  # the model never runs
                 return _refused(base, refusal, req.n, req.stream, guard)
-            messages = guard.untrusted_messages(messages)
+            messages = guard.prepare(guard.untrusted_messages(messages))
         passages: list[Any] | None = None
         rag: dict[str, Any] = {}  # how a grounded reply is cited, and what was left out
         if req.rag is not None:  # retrieved for the client's turns, not a persona's few-shot ones
@@ -328,7 +328,7 @@ def add_openai_routes(app: FastAPI, require_api_key: Any) -> None:
                 req.rag.mode,
                 own=own,
                 fits=fits,
-                untrusted=guard.untrusted if guard is not None else None,
+                untrusted=guard.mark_document if guard is not None else None,
             )
             cite = req.rag.cite or app.state.rag.cite or DEFAULT_CITE
             rag = {"cite": cite, "passages_dropped": dropped}
@@ -406,7 +406,7 @@ def add_openai_routes(app: FastAPI, require_api_key: Any) -> None:
         )
         rid, created = f"cmpl-{secrets.token_hex(12)}", int(time.time())
         base = {"id": rid, "object": "text_completion", "created": created, "model": req.model}
-        guard = request_guard(app, req.guard)
+        guard = request_guard(app, req.guard, None, req.model)
         if guard is not None:
             from twofiles.chat import Message
 
