@@ -289,7 +289,9 @@ class Objective:
         P = len(self.prompts[j].before)
         caches = self._caches(j, idx.shape[0], idx.shape[1])
         h = model.hidden_states(idx, caches, pos=P)
-        logits = model.lm_head(h[:, start : start + target.numel()]).float()  # [B, T, V]
+        logits = model.lm_head(h[:, start : start + target.numel()])  # [B, T, V]
+        if logits.dtype in (torch.float16, torch.bfloat16):  # the loss in fp32 at least
+            logits = logits.float()
         return F.cross_entropy(
             logits.transpose(1, 2), target.expand(idx.shape[0], -1), reduction="none"
         ).mean(1)  # [B]
