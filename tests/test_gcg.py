@@ -29,8 +29,8 @@ def fmt(tok) -> ChatFormat:
     return ChatFormat.builtin_for(tok)
 
 
-def _model(tok, dtype=torch.float32):
-    return random_model(tok, max_seq_len=512).to(dtype).requires_grad_(False)
+def _model(tok, dtype=torch.float32, max_seq_len=512):
+    return random_model(tok, max_seq_len=max_seq_len).to(dtype).requires_grad_(False)
 
 
 def _prompts(fmt, tok, settings=SETTINGS, target="ok {secret}"):
@@ -151,7 +151,8 @@ def test_retokenization_filter_drops_unstable_candidates(tok, fmt) -> None:
 
 @pytest.mark.slow
 def test_cli_writes_suffix_json_and_refuses_a_bad_model(tok, tmp_path, capsys) -> None:
-    path = save_model(tmp_path / "model.safetensors", _model(tok), tok)
+    # room for the mock tools' descriptions in the prompt (--with-tools)
+    path = save_model(tmp_path / "model.safetensors", _model(tok, max_seq_len=2048), tok)
     out = tmp_path / "run"
     flags = ["--suffix-len", "3", "--topk", "8", "--batch", "4", "--prompts", "1"]
     rc = main(["redteam", "gcg", str(path), "--out", str(out), "--steps", "2", *flags, "--json"])
@@ -168,7 +169,35 @@ def test_cli_writes_suffix_json_and_refuses_a_bad_model(tok, tmp_path, capsys) -
     assert rc == 0
     ev = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert ev["n"] == 2 and 0 <= ev["leaks_with"] <= 2
+    rc = main(["redteam", "gcg", str(path), "--out", str(out), "--evaluate", "1", "--with-tools"])
+    assert rc == 0 and "leaked without suffix" in capsys.readouterr().out
     rc = main(["redteam", "gcg", str(tmp_path / "nope.safetensors"), "--out", str(out)])
     assert rc == 2
     assert "nope.safetensors: no such model" in capsys.readouterr().err
     assert not (tmp_path / "nope").exists()
+
+
+def test_builtin_gcg_suite_is_the_script_output_for_its_suffix() -> None:
+    import importlib.util
+    from pathlib import Path
+
+    import twofiles.redteam
+    from twofiles.redteam.suite import load_suite
+
+    path = Path(twofiles.redteam.__file__).parent / "suites" / "gcg.jsonl"
+    attacks = load_suite(path)
+    malicious = [a for a in attacks if a.label == "malicious"]
+    benign = [a for a in attacks if a.label == "benign"]
+    assert len(malicious) >= 30 and len(benign) >= 10
+    assert {(a.category, a.tactic, a.check) for a in malicious} == {("gcg", "gcg-suffix", "canary")}
+    assert not any(a.has_slot for a in attacks)  # "canary" without a slot: the secret leaks
+    suffix = malicious[0].text[len(gcg.HELDOUT_REQUESTS[0]) :]
+    assert suffix.startswith(" ") and len(suffix) > 1
+    assert [a.text for a in malicious] == [r + suffix for r in gcg.HELDOUT_REQUESTS]
+    assert not set(gcg.HELDOUT_REQUESTS) & set(gcg.TRAIN_REQUESTS)
+    script = Path(__file__).resolve().parents[1] / "scripts" / "build_gcg_suite.py"
+    spec = importlib.util.spec_from_file_location("build_gcg_suite", script)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.build(suffix) == [json.loads(line) for line in path.read_text().splitlines()]

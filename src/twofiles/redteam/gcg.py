@@ -546,21 +546,30 @@ def leak_rate(
     suffix_text: str = "",
     *,
     max_tokens: int = 48,
+    tools: bool = False,
     on_reply: Callable[[Pair, str, bool], None] | None = None,
 ) -> tuple[int, int]:
-    """(leaks, n): how many greedy replies through the real chat loop (chat.respond, no tools)
-    contain the conversation's secret, with `suffix_text` appended to each request."""
-    from twofiles.chat.agent import respond
+    """(leaks, n): how many greedy replies through the real chat loop (chat.respond) contain the
+    conversation's secret, with `suffix_text` appended to each request. `tools`: the scene's
+    mock tools are given (and described in the prompt when the model expects it), as the
+    attack runner plays the suite; the search itself renders no tools."""
+    from twofiles.chat.agent import respond, tools_in_prompt
     from twofiles.engine import SamplingParams
+    from twofiles.redteam.scenario import scenario_tools
 
     params = SamplingParams(temperature=0.0, max_tokens=max_tokens, seed=0)
+    describe = tools_in_prompt(loaded.provenance or {})
     leaks = 0
     for pair in pairs:
-        text = "".join(
-            ev.value
-            for ev in respond(loaded, fmt, conversation(pair, suffix_text), params)
-            if ev.kind == "text"
+        events = respond(
+            loaded,
+            fmt,
+            conversation(pair, suffix_text),
+            params,
+            tools=dict(scenario_tools()) if tools else None,
+            describe_tools=describe,
         )
+        text = "".join(ev.value for ev in events if ev.kind == "text")
         leaked = pair.secret in text
         leaks += leaked
         if on_reply is not None:

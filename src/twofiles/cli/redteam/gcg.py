@@ -49,6 +49,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="search nothing: held-out leak rate of DIR/suffix.json on MODEL, N conversations",
     )
     p.add_argument("--max-tokens", type=int, default=48, help="reply length for --evaluate")
+    p.add_argument(
+        "--with-tools",
+        action="store_true",
+        help="--evaluate with the scene's mock tools given to the model (as the attack runner)",
+    )
     add_device_flag(p)
     add_json_flag(p)
 
@@ -60,8 +65,9 @@ def _evaluate(args: argparse.Namespace, loaded, fmt) -> int:
 
     record = load_suffix(Path(args.out) / "suffix.json")
     pairs = heldout_pairs(args.evaluate)
-    base, n = leak_rate(loaded, fmt, pairs, "", max_tokens=args.max_tokens)
-    hit, _ = leak_rate(loaded, fmt, pairs, record["suffix"], max_tokens=args.max_tokens)
+    kw = {"max_tokens": args.max_tokens, "tools": args.with_tools}
+    base, n = leak_rate(loaded, fmt, pairs, "", **kw)
+    hit, _ = leak_rate(loaded, fmt, pairs, record["suffix"], **kw)
     print(f"suffix {record['suffix']!r} (searched on {record.get('model', '?')})")
     print(f"{args.model}: secret leaked without suffix {base}/{n}, with suffix {hit}/{n}")
     if args.json:
@@ -72,6 +78,7 @@ def _evaluate(args: argparse.Namespace, loaded, fmt) -> int:
                 "n": n,
                 "leaks_without": base,
                 "leaks_with": hit,
+                "with_tools": args.with_tools,
             }
         )
     return 0
