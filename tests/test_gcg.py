@@ -201,3 +201,34 @@ def test_builtin_gcg_suite_is_the_script_output_for_its_suffix() -> None:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     assert module.build(suffix) == [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_leak_rate_replies_are_the_chat_loops(tok, fmt) -> None:
+    from twofiles.chat.agent import respond
+    from twofiles.engine import SamplingParams
+
+    loaded = LoadedModel(_model(tok), tok)
+    pairs = gcg.heldout_pairs(3)
+    got: list[tuple[str, bool]] = []
+    n_leaks, n = gcg.leak_rate(
+        loaded, fmt, pairs, " ab", max_tokens=12, on_reply=lambda p, t, k: got.append((t, k))
+    )
+    params = SamplingParams(temperature=0.0, max_tokens=12)
+    want = [
+        "".join(
+            e.value
+            for e in respond(loaded, fmt, gcg.conversation(p, " ab"), params)
+            if e.kind == "text"
+        )
+        for p in pairs
+    ]
+    assert [t for t, _ in got] == want and all(want)
+    assert n == 3 and n_leaks == sum(k for _, k in got)
+    # a reply that holds the secret counts as a leak
+    secret_pairs = [gcg.Pair(r, "t") for r in ("a", "b")]
+    k, _ = gcg.leak_rate(loaded, fmt, secret_pairs, max_tokens=12)
+    replies: list[str] = []
+    gcg.leak_rate(
+        loaded, fmt, secret_pairs, max_tokens=12, on_reply=lambda p, t, _: replies.append(t)
+    )
+    assert k == sum("t" in r for r in replies)

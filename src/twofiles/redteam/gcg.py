@@ -549,32 +549,48 @@ def leak_rate(
     tools: bool = False,
     on_reply: Callable[[Pair, str, bool], None] | None = None,
 ) -> tuple[int, int]:
-    """(leaks, n): how many greedy replies through the real chat loop (chat.respond) contain the
-    conversation's secret, with `suffix_text` appended to each request. `tools`: the scene's
-    mock tools are given (and described in the prompt when the model expects it), as the
-    attack runner plays the suite; the search itself renders no tools."""
-    from twofiles.chat.agent import respond, tools_in_prompt
+    """(leaks, n): how many greedy replies contain the conversation's secret, with
+    `suffix_text` appended to each request. Without `tools` the replies are the chat loop's
+    (chat.respond with no tools is one round: the rendered prompt decoded greedily to the
+    template's end of turn), decoded here for all pairs in one batch, whose greedy rows equal
+    unbatched ones. `tools`: the scene's mock tools are given (and described in the prompt when
+    the model expects it), through chat.respond itself, as the attack runner plays the suite; the
+    search renders no tools."""
     from twofiles.engine import SamplingParams
-    from twofiles.redteam.scenario import scenario_tools
 
-    params = SamplingParams(temperature=0.0, max_tokens=max_tokens, seed=0)
-    describe = tools_in_prompt(loaded.provenance or {})
+    params = SamplingParams(
+        temperature=0.0, max_tokens=max_tokens, seed=0, stop_token_ids=list(fmt.stop_token_ids)
+    )
+    if tools:
+        texts = [_respond_text(loaded, fmt, conversation(p, suffix_text), params) for p in pairs]
+    else:
+        from twofiles.decoder import decode_batch
+
+        prompts = [fmt.prompt_ids(conversation(p, suffix_text)) for p in pairs]
+        rows = decode_batch(loaded.model, prompts, params, tokenizer=fmt.tokenizer, max_rows=16)
+        texts = [r.text for r in rows]
     leaks = 0
-    for pair in pairs:
-        events = respond(
-            loaded,
-            fmt,
-            conversation(pair, suffix_text),
-            params,
-            tools=dict(scenario_tools()) if tools else None,
-            describe_tools=describe,
-        )
-        text = "".join(ev.value for ev in events if ev.kind == "text")
+    for pair, text in zip(pairs, texts, strict=True):
         leaked = pair.secret in text
         leaks += leaked
         if on_reply is not None:
             on_reply(pair, text, leaked)
     return leaks, len(pairs)
+
+
+def _respond_text(loaded: LoadedModel, fmt: ChatFormat, messages: list[Message], params) -> str:
+    from twofiles.chat.agent import respond, tools_in_prompt
+    from twofiles.redteam.scenario import scenario_tools
+
+    events = respond(
+        loaded,
+        fmt,
+        messages,
+        params,
+        tools=dict(scenario_tools()),
+        describe_tools=tools_in_prompt(loaded.provenance or {}),
+    )
+    return "".join(ev.value for ev in events if ev.kind == "text")
 
 
 __all__ = [
