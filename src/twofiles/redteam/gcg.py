@@ -46,6 +46,7 @@ from twofiles.redteam.scenario import system_prompt
 if TYPE_CHECKING:
     from twofiles.artifact import LoadedModel
     from twofiles.chat.templates import ChatFormat
+    from twofiles.engine import SamplingParams
     from twofiles.model import KVCache, Transformer
 
 STATE_VERSION = 1
@@ -284,7 +285,9 @@ class Objective:
         start = suffix.shape[1] + len(p.after) - 1
         return idx, torch.tensor(p.target, device=self.device), start
 
-    def _target_loss(self, j: int, idx: torch.Tensor, start: int, target: torch.Tensor):
+    def _target_loss(
+        self, j: int, idx: torch.Tensor, start: int, target: torch.Tensor
+    ) -> torch.Tensor:
         model = self.model
         P = len(self.prompts[j].before)
         caches = self._caches(j, idx.shape[0], idx.shape[1])
@@ -578,7 +581,9 @@ def leak_rate(
     return leaks, len(pairs)
 
 
-def _respond_text(loaded: LoadedModel, fmt: ChatFormat, messages: list[Message], params) -> str:
+def _respond_text(
+    loaded: LoadedModel, fmt: ChatFormat, messages: list[Message], params: SamplingParams
+) -> str:
     from twofiles.chat.agent import respond, tools_in_prompt
     from twofiles.redteam.scenario import scenario_tools
 

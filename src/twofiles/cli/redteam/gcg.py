@@ -14,8 +14,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from twofiles.cli.common import add_device_flag, add_json_flag, emit_json
+
+if TYPE_CHECKING:
+    from twofiles.artifact import LoadedModel
+    from twofiles.chat.templates import ChatFormat
+    from twofiles.redteam.gcg import SearchState
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -58,7 +64,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_json_flag(p)
 
 
-def _evaluate(args: argparse.Namespace, loaded, fmt) -> int:
+def _evaluate(args: argparse.Namespace, loaded: LoadedModel, fmt: ChatFormat) -> int:
     from pathlib import Path
 
     from twofiles.redteam.gcg import heldout_pairs, leak_rate, load_suffix
@@ -116,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
 
     bar = tqdm(total=args.steps, desc="gcg", unit="step", file=sys.stderr)
 
-    def progress(state) -> None:
+    def progress(state: SearchState) -> None:
         bar.n = state.step
         bar.set_postfix(loss=f"{state.history[-1]['loss']:.3f}", best=f"{state.best_loss:.3f}")
 
