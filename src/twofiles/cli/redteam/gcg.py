@@ -92,12 +92,13 @@ def _evaluate(args: argparse.Namespace, loaded: LoadedModel, fmt: ChatFormat) ->
 
 def run(args: argparse.Namespace) -> int:
     import os
+    from pathlib import Path
 
     from twofiles.chat.templates import ChatFormat
     from twofiles.errors import TwofilesError
     from twofiles.formats.resolve import resolve_model
     from twofiles.paths import sha256_file
-    from twofiles.redteam.gcg import GCGSettings, search, write_outputs
+    from twofiles.redteam.gcg import GCGSettings, load_state, search, write_outputs
     from twofiles.runtime import pick_device
 
     if args.steps < 0 or args.evaluate < 0:
@@ -120,7 +121,14 @@ def run(args: argparse.Namespace) -> int:
     sha = sha256_file(loaded.path) if loaded.path and os.path.isfile(loaded.path) else ""
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=args.steps, desc="gcg", unit="step", file=sys.stderr)
+    saved = load_state(Path(args.out) / "state.json")  # a resumed run's bar starts where it was
+    bar = tqdm(
+        total=args.steps,
+        initial=saved.step if saved else 0,
+        desc="gcg",
+        unit="step",
+        file=sys.stderr,
+    )
 
     def progress(state: SearchState) -> None:
         bar.n = state.step
