@@ -130,6 +130,9 @@ def test_resume_continues_exactly(tok, fmt, tmp_path) -> None:
     other = gcg.GCGSettings(suffix_len=5, topk=16, batch=8, prompts=2, seed=3)
     with pytest.raises(gcg.BadInputError, match="suffix_len"):
         gcg.search(loaded, fmt, other, tmp_path / "b", steps=5)
+    (tmp_path / "b" / "state.json").write_text('{"version": 1, "stepz": 3}')
+    with pytest.raises(gcg.BadInputError, match=r"state.json: not a GCG state file"):
+        gcg.search(loaded, fmt, SETTINGS, tmp_path / "b", steps=5)
 
 
 def test_retokenization_filter_drops_unstable_candidates(tok, fmt) -> None:
@@ -174,6 +177,8 @@ def test_cli_writes_suffix_json_and_refuses_a_bad_model(tok, tmp_path, capsys) -
     rc = main(["redteam", "gcg", str(tmp_path / "nope.safetensors"), "--out", str(out)])
     assert rc == 2
     assert "nope.safetensors: no such model" in capsys.readouterr().err
+    rc = main(["redteam", "gcg", str(path), "--out", str(out / "suffix.json")])
+    assert rc == 2 and "not a directory" in capsys.readouterr().err
     assert not (tmp_path / "nope").exists()
 
 

@@ -103,6 +103,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.steps < 0 or args.evaluate < 0:
         raise TwofilesError("--steps and --evaluate must be >= 0")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise TwofilesError(f"--out {args.out}: not a directory")
     if args.time_budget is not None and args.time_budget <= 0:
         raise TwofilesError(f"--time-budget {args.time_budget}: must be > 0")
     settings = GCGSettings(
