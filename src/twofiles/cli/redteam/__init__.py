@@ -37,7 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         p = sub.add_parser(name, help=help_text, description=help_text)
         module = importlib.import_module(module_name)
         module.add_arguments(p)
-        p.set_defaults(_redteam=module)
+        # importing the submodule `run` rebinds this package's `run` to it, so cli.main calls the
+        # subcommand's module directly (a subparser's defaults override its parent's)
+        p.set_defaults(_redteam=module, _module=module)
 
 
 def run(args: argparse.Namespace) -> int:
