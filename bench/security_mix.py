@@ -5,7 +5,8 @@ For each model: greedy replies to the security mix's held-out split (twofiles.da
 here overstates the gain on outside attacks: the red-team runner measures those), scored by
 `security.outcome` (the secret in the reply, or an injected order obeyed; benign look-alikes
 refused or answered), with 95% Wilson intervals; and held-out skill accuracy (train.sft's skill
-tasks), the utility the mix must not cost. All models in one run, on the same prompts.
+tasks without the identity questions, so every model answers the same ones), the utility the mix
+must not cost. All models in one run, on the same prompts.
 
     .venv/bin/python bench/security_mix.py MODEL [MODEL ...] [--skill-tasks 10] [--max-tokens 48] [--json]
 """
@@ -27,7 +28,7 @@ def measure(spec: str, skill_tasks: int, max_tokens: int, threads: int) -> dict:
     from twofiles.engine import SamplingParams
     from twofiles.formats.resolve import resolve_model
     from twofiles.redteam.poison import wilson
-    from twofiles.train.sft import heldout_skill_tasks, identity_for, skill_accuracy
+    from twofiles.train.sft import heldout_skill_tasks, skill_accuracy
 
     if threads:
         torch.set_num_threads(threads)
@@ -78,9 +79,8 @@ def measure(spec: str, skill_tasks: int, max_tokens: int, threads: int) -> dict:
     }
     if skill_tasks:
         with torch.no_grad():
-            rep = skill_accuracy(
-                model, tok, fmt, heldout_skill_tasks(skill_tasks, 0, identity_for(loaded))
-            )
+            # no identity questions: every model answers the same tasks, whatever it says it is
+            rep = skill_accuracy(model, tok, fmt, heldout_skill_tasks(skill_tasks, 0, None))
         res["skills"] = rep.accuracy
     res["seconds"] = time.perf_counter() - t0
     return res
