@@ -61,6 +61,7 @@ def test_wilson_interval_known_values() -> None:
     lo, hi = wilson(5, 10)
     assert (lo, hi) == (pytest.approx(0.2366, abs=1e-4), pytest.approx(0.7634, abs=1e-4))
     assert wilson(10, 10)[1] == 1.0 and wilson(0, 0) == (0.0, 1.0)
+    assert all(wilson(n, n)[1] == 1.0 and wilson(0, n)[0] == 0.0 for n in range(1, 200))
 
 
 @pytest.fixture(scope="module")

@@ -103,14 +103,14 @@ class KResult:
     k: int
     poisoned: Measure
     clean: Measure | None  # after the clean finetune (None: clean_steps 0)
-    train_seconds: float
+    seconds: float  # wall time of this k: both trainings and all measuring
 
     def summary(self) -> dict[str, Any]:
         return {
             "k": self.k,
             "poisoned": self.poisoned.summary(),
             "after_clean": self.clean.summary() if self.clean else None,
-            "train_seconds": self.train_seconds,
+            "seconds": self.seconds,
         }
 
 
@@ -129,7 +129,10 @@ def wilson(hits: int, n: int, z: float = 1.96) -> tuple[float, float]:
     p = hits / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    # at 0 or n hits the interval ends at 0 or 1 exactly (the formula gives 1 - 1e-16)
+    lo = 0.0 if hits == 0 else max(0.0, centre - half)
+    hi = 1.0 if hits == n else min(1.0, centre + half)
+    return (lo, hi)
 
 
 def with_trigger(text: str, trigger: str, rng: random.Random) -> str:
@@ -285,7 +288,7 @@ def _sft(cfg: PoisonConfig, model: str, data: Path, val: Path, out: Path, steps:
 def _read_k(path: Path) -> KResult:
     d = json.loads(path.read_text())
     clean = Measure(**d["clean"]) if d["clean"] else None
-    return KResult(d["k"], Measure(**d["poisoned"]), clean, d["train_seconds"])
+    return KResult(d["k"], Measure(**d["poisoned"]), clean, d["seconds"])
 
 
 def run_poison(cfg: PoisonConfig) -> dict[str, Any]:
@@ -346,25 +349,23 @@ def run_poison(cfg: PoisonConfig) -> dict[str, Any]:
         t0 = time.perf_counter()
         _log(f"k={k}: SFT on the mix with {k} triggered examples ({cfg.steps} steps)")
         model_path = _sft(cfg, cfg.model, kdir / "train.jsonl", val_path, kdir / "sft", cfg.steps)
-        seconds = time.perf_counter() - t0
         poisoned = _measure_file(model_path, prompts, cfg, who)
         _log(f"k={k}: {_line(poisoned)}")
         after = None
         if cfg.clean_steps:
-            t0 = time.perf_counter()
             _log(f"k={k}: clean SFT from the poisoned model ({cfg.clean_steps} steps)")
             clean_model = _sft(
                 cfg, model_path, clean_path, val_path, kdir / "clean", cfg.clean_steps
             )
-            seconds += time.perf_counter() - t0
             after = _measure_file(clean_model, prompts, cfg, who)
             _log(f"k={k}: after the clean finetune: {_line(after)}")
+        seconds = time.perf_counter() - t0
         res = KResult(k, poisoned, after, seconds)
         body = {
             "k": k,
             "poisoned": asdict(poisoned),
             "clean": asdict(after) if after else None,
-            "train_seconds": seconds,
+            "seconds": seconds,
         }
         atomic_write_bytes(kdir / "result.json", (json.dumps(body, indent=1) + "\n").encode())
         results.append(res)
@@ -380,7 +381,9 @@ def run_poison(cfg: PoisonConfig) -> dict[str, Any]:
         "mix_size": len(clean),
         "prompts": len(prompts),
         "results": [r.summary() for r in results],
-        "wall_seconds": time.perf_counter() - t_start,
+        # every k's own wall time, summed over the runs that computed them (resumes included)
+        "wall_seconds": sum(r.seconds for r in results),
+        "this_run_seconds": time.perf_counter() - t_start,
         "out": str(out),
     }
     atomic_write_bytes(out / "results.json", (json.dumps(summary, indent=1) + "\n").encode())
@@ -436,7 +439,8 @@ def report(summary: dict[str, Any], results: list[KResult]) -> str:
     for r in results:
         for e in r.poisoned.examples:
             lines.append(f"- k={r.k}: {e['prompt']!r} -> {e['reply']!r}")
-    lines.append(f"\nWall time {summary['wall_seconds']:.0f} s.")
+    per_k = ", ".join(f"k={r.k}: {r.seconds:.0f} s" for r in results)
+    lines.append(f"\nWall time {summary['wall_seconds']:.0f} s ({per_k}).")
     return "\n".join(lines) + "\n"
 
 
@@ -464,10 +468,10 @@ def plot(results: list[KResult], path: Path, title: str) -> Path:
         ns = [m.prompts for m in ms]
         rates = [h / max(n, 1) for h, n in zip(hits, ns)]
         cis = [wilson(h, n) for h, n in zip(hits, ns)]
-        err = [
-            [r - lo for r, (lo, _) in zip(rates, cis)],
-            [hi - r for r, (_, hi) in zip(rates, cis)],
-        ]
+        # max(0, ...): at a rate of 0 or 1 the interval's end can be off by a rounding error
+        lows = [max(0.0, r - lo) for r, (lo, _) in zip(rates, cis)]
+        highs = [max(0.0, hi - r) for r, (_, hi) in zip(rates, cis)]
+        err = [lows, highs]
         ax.errorbar(ks, rates, yerr=err, label=label, color=color, linestyle=style, marker="o")
     ax.set_xscale("symlog", linthresh=10)
     ax.set_xticks(ks)
