@@ -23,9 +23,10 @@ a needless refusal).
 
 The scenes, secret shapes and phrasings here are this module's own: they are not taken from the
 red-team suites (twofiles.redteam.suites) or the guard's classifier data, so an attack success
-rate measured with those after training on this mix is not a test on the training set. Each
-phrasing bank holds out its last `HELD_OUT` entries: the "val" split only uses those, "train" never
-does. What it leaves to others: the message types and rendering (twofiles.chat), mixing with the
+rate measured with those after training on this mix is not a test on the training set. Each bank
+of prompt text (system prompts, requests, injected instructions, documents, encoded orders,
+role-plays, benign questions) holds out its last `HELD_OUT` entries: the "val" split's prompts
+use only those, "train" never does; names, places, secrets and the reply phrasings are shared. What it leaves to others: the message types and rendering (twofiles.chat), mixing with the
 built-in skills mix and training (train.sft, train.dpo).
 """
 
