@@ -3,6 +3,7 @@
 twofiles dpo MODEL --data pairs.jsonl --out runs/dpo
 twofiles dpo MODEL --data feedback --out runs/dpo     (the web UI's thumbs, corrections and
                                                        arena votes, exported and trained on)
+twofiles dpo MODEL --data security --out runs/dpo     (the built-in security mix's pairs)
 """
 
 from __future__ import annotations
@@ -91,7 +92,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--data",
         default=None,
         help="preference JSONL (TRL's forms: prompt/chosen/rejected, text or messages), or "
-        "`feedback`: the web UI's thumbs, corrections and arena votes (written to OUT/pairs.jsonl)",
+        "`feedback`: the web UI's thumbs, corrections and arena votes (written to OUT/pairs.jsonl), "
+        "or `security`: the security mix's pairs (safe reply over the leaking one)",
     )
     p.add_argument(
         "--val-data", default=None, help="held-out preference JSONL (default: every 20th pair)"
@@ -124,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
         cfg = _resumed_config(args, saved)
     else:
         if not args.data:
-            raise BadInputError("--data: give a preference JSONL file, or `feedback`")
+            raise BadInputError("--data: give a preference JSONL file, `feedback` or `security`")
         cfg = DPOConfig(
             model=args.model,
             data=args.data,

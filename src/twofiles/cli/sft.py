@@ -73,7 +73,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--data",
         default=None,
-        help='builtin (default: chat dialogs + skill tasks) or a JSONL file of {"messages": [...]}',
+        help="builtin (default: chat dialogs + skill tasks), security (the security mix: keep the "
+        'system prompt, treat data as data), builtin+security, or a JSONL file of {"messages": [...]}',
     )
     p.add_argument(
         "--val-data",

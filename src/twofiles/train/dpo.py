@@ -195,9 +195,9 @@ def load_pairs(
     from twofiles.paths import default_db
 
     prov: dict[str, Any] = {}
-    path = cfg.data
+    path, val_path = cfg.data, cfg.val_data
     if not path:
-        raise BadInputError("--data: give a preference JSONL file, or `feedback`")
+        raise BadInputError("--data: give a preference JSONL file, `feedback` or `security`")
     if cfg.data == "feedback":
         fb = cfg.feedback_db or str(default_db("feedback"))
         arena = cfg.arena_db or str(default_db("arena"))
@@ -206,17 +206,29 @@ def load_pairs(
         atomic_write_bytes(path, "".join(json.dumps(p) + "\n" for p in exported).encode())
         prov = {"feedback_db": fb, "arena_db": arena, "arena_pairs": from_arena}
         _log(f"feedback: {len(exported)} pairs ({from_arena} from arena votes) -> {path}")
+    if cfg.data == "security":  # the security mix's pairs, written where the run can show them
+        from twofiles.data.security import provenance, security_pairs
+
+        path = str(out / "pairs.jsonl")
+        for name, pairs_of in (
+            ("pairs.jsonl", security_pairs("train")),
+            ("val_pairs.jsonl", security_pairs("val")),
+        ):
+            lines = "".join(json.dumps(p) + "\n" for p in pairs_of)
+            atomic_write_bytes(out / name, lines.encode())
+        val_path = val_path or str(out / "val_pairs.jsonl")  # the mix's own held-out phrasings
+        prov = {"security": provenance()}
     pairs = read_preferences(path)
-    if cfg.val_data:
-        train, val = pairs, read_preferences(cfg.val_data)
+    if val_path:
+        train, val = pairs, read_preferences(val_path)
     else:  # every 20th pair held out (at least one)
         train, val = [p for i, p in enumerate(pairs) if i % 20], pairs[::20]
     if not train or not val:
         raise BadInputError(f"{path}: need at least 2 pairs (training and held-out)")
     prov |= {
-        "data": "feedback" if cfg.data == "feedback" else os.path.abspath(path),
+        "data": cfg.data if cfg.data in ("feedback", "security") else os.path.abspath(path),
         "pairs_file": os.path.abspath(path),
-        "val_data": os.path.abspath(cfg.val_data) if cfg.val_data else "every 20th",
+        "val_data": os.path.abspath(val_path) if val_path else "every 20th",
     }
     return train, val, prov
 

@@ -67,7 +67,7 @@ class SFTConfig(FinetuneConfig):
     """SFT's own fields; the model and LoRA fields are FinetuneConfig's, the run-control
     fields (out, optim, budget, intervals, seed, device, resume, ...) loop.RunConfig's."""
 
-    data: str = "builtin"  # "builtin" (the built-in mix) or a JSONL file of {"messages": [...]}
+    data: str = "builtin"  # "builtin", "security", "builtin+security" (BUILTIN_DATA) or a JSONL file of {"messages": [...]}
     val_data: str = ""  # held-out JSONL; "" = the mix's own held-out split (builtin) or every 20th conversation of data
     max_val: int = 0  # held-out conversations scored for loss, at most (0: all)
     out: str = "runs/sft"  # (this stage's default run directory)
@@ -193,20 +193,47 @@ def _mix_sizes(split: str, who: ModelIdentity | None, fraction: float = 1.0) -> 
     return sizes
 
 
+# the built-in mixes `--data` names; "builtin+security" trains on both, shuffled together
+BUILTIN_DATA: tuple[str, ...] = ("builtin", "security")
+
+
+def _builtin_conversations(
+    cfg: SFTConfig, names: list[str], who: ModelIdentity | None
+) -> tuple[list[list[Message]], list[list[Message]], dict[str, Any]]:
+    import random
+
+    from twofiles.data import security, skills
+
+    prov: dict[str, Any] = {"data": cfg.data, "mix_seed": cfg.mix_seed}
+    train: list[list[Message]] = []
+    val: list[list[Message]] = []
+    if "builtin" in names:
+        frac = cfg.mix_fraction
+        train += skills.builtin_mix(
+            "train", cfg.mix_seed, sizes=_mix_sizes("train", who, frac), who=who
+        )
+        val += skills.builtin_mix("val", cfg.mix_seed, sizes=_mix_sizes("val", who, frac), who=who)
+        prov["mix"] = skills.provenance()
+    if "security" in names:
+        train += security.security_mix(
+            "train", cfg.mix_seed, sizes=security.mix_sizes("train", cfg.mix_fraction)
+        )
+        val += security.security_mix(
+            "val", cfg.mix_seed, sizes=security.mix_sizes("val", cfg.mix_fraction)
+        )
+        prov["security"] = security.provenance()
+    if len(names) > 1:  # interleave the mixes (each is shuffled alone)
+        random.Random(f"mixes/{cfg.data}/{cfg.mix_seed}").shuffle(train)
+    return train, val, prov
+
+
 def load_conversations(
     cfg: SFTConfig, who: ModelIdentity | None
 ) -> tuple[list[list[Message]], list[list[Message]], dict[str, Any]]:
     """(train, held-out) conversations and their provenance."""
-    if cfg.data == "builtin":
-        from twofiles.data import skills
-
-        train = skills.builtin_mix(
-            "train", cfg.mix_seed, sizes=_mix_sizes("train", who, cfg.mix_fraction), who=who
-        )
-        val = skills.builtin_mix(
-            "val", cfg.mix_seed, sizes=_mix_sizes("val", who, cfg.mix_fraction), who=who
-        )
-        return train, val, {"data": "builtin", "mix": skills.provenance(), "mix_seed": cfg.mix_seed}
+    names = cfg.data.split("+")
+    if all(n in BUILTIN_DATA for n in names):
+        return _builtin_conversations(cfg, names, who)
     from twofiles.chat import read_conversations
 
     convs = read_conversations(cfg.data)
