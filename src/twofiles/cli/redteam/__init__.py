@@ -38,7 +38,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         module = importlib.import_module(module_name)
         module.add_arguments(p)
         p.set_defaults(_redteam=module)
+    # importing the submodule `run` rebinds this package's attribute `run` to that module,
+    # hiding the entry point cli.main calls (`module.run(args)`): bind it back
+    globals()["run"] = _dispatch
 
 
-def run(args: argparse.Namespace) -> int:
+def _dispatch(args: argparse.Namespace) -> int:
     return int(args._redteam.run(args))
+
+
+run = _dispatch
