@@ -360,17 +360,27 @@ def test_memo_gives_the_same_results_and_saves_rounds(tok: Tokenizer) -> None:
     columns = parse_columns("each")
     tasks = utility_tasks(2)
 
-    def run(memo: bool):
-        r = Runner(tiny_loaded(tok), PlaySettings(max_tokens=6), memo=memo, canary=counter())
+    def run(memo: bool, batch: int = 1):
+        settings = PlaySettings(max_tokens=6, batch=batch)
+        r = Runner(tiny_loaded(tok), settings, memo=memo, canary=counter())
         return r, run_suite(r, attacks, columns, tasks)
 
-    with_memo, (recs, useful) = run(True)
+    def same(a, b) -> bool:
+        skip = ("seconds", "guard_ms")
+        return [{k: v for k, v in r.items() if k not in skip} for r in a] == [
+            {k: v for k, v in r.items() if k not in skip} for r in b
+        ]
+
     _, (recs0, useful0) = run(False)
-    drop = lambda rs: [{k: v for k, v in r.items() if k not in ("seconds", "guard_ms")} for r in rs]  # noqa: E731
-    assert drop(recs) == drop(recs0) and drop(useful) == drop(useful0)
+    with_memo, (recs, useful) = run(True)
+    assert same(recs, recs0) and same(useful, useful0)
     m = with_memo.memo
-    assert m.hits > m.misses > 0 and m.tokens_saved > 0
+    assert m.hits > m.misses > 0 and m.tokens_saved > 0 and m.batched == 0
     assert len(recs) == len(attacks) * len(columns) and len(useful) == 2 * len(columns)
+    # first rounds decoded ahead in batches: the same replies, and (almost) nothing decoded alone
+    batched, (recs2, useful2) = run(True, batch=3)
+    assert same(recs2, recs0) and same(useful2, useful0)
+    assert batched.memo.batched > 0 and batched.memo.misses < m.misses
 
 
 # ------------------------------------------------------------------------------ the CLI

@@ -30,7 +30,7 @@ import random
 import re
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from twofiles.chat import ChatFormat, Message, ToolCall, respond, tools_in_prompt
@@ -148,6 +148,7 @@ class GenerationMemo:
     misses: int = 0  # rounds decoded
     tokens_saved: int = 0  # tokens the replays did not decode
     seconds_saved: float = 0.0  # what decoding the replayed rounds took the first time
+    batched: int = 0  # rounds decoded ahead, in batches (fill)
     _store: dict[tuple[Any, ...], tuple[list[Step], float]] = field(default_factory=dict)
 
     def generate(
@@ -186,13 +187,79 @@ class GenerationMemo:
             t0 = time.perf_counter()
         self._store[key] = (got, spent)  # only a round decoded to its end is kept
 
+    def fill(
+        self,
+        model: Any,
+        tokenizer: Any,
+        rounds: Sequence[tuple[Sequence[int], SamplingParams]],
+        *,
+        max_rows: int = 16,
+    ) -> int:
+        """Decode the deterministic rounds not kept yet together, `max_rows` at a time
+        (decoder.decode_batch: greedy rows equal unbatched greedy), and keep them as the steps
+        generate_steps would have yielded. On a CPU a decode step of 16 rows costs about what
+        one row's does, so a suite's first rounds decode several times faster. Returns how
+        many rounds were decoded."""
+        from twofiles.decoder import decode_batch
+
+        todo: dict[tuple[Any, ...], tuple[Sequence[int], SamplingParams]] = {}
+        for ids, p in rounds:
+            key = (tuple(ids), _params_key(p))
+            if (p.temperature == 0 or p.seed is not None) and key not in self._store:
+                todo.setdefault(key, (ids, p))
+        if not todo:
+            return 0
+        t0 = time.perf_counter()
+        rows = decode_batch(
+            model,
+            [ids for ids, _ in todo.values()],
+            [p for _, p in todo.values()],
+            tokenizer=tokenizer,
+            max_rows=max_rows,
+        )
+        share = (time.perf_counter() - t0) / len(rows)
+        for (key, (ids, p)), row in zip(todo.items(), rows):
+            self._store[key] = (_as_steps(model, ids, p, row.tokens, tokenizer), share)
+        self.batched += len(rows)
+        return len(rows)
+
     def to_json(self) -> dict[str, Any]:
         return {
+            "rounds_batched": self.batched,
             "rounds_decoded": self.misses,
             "rounds_replayed": self.hits,
             "tokens_saved": self.tokens_saved,
             "seconds_saved": round(self.seconds_saved, 3),
         }
+
+
+def _as_steps(
+    model: Any, prompt_ids: Sequence[int], params: SamplingParams, tokens: Sequence[int], tok: Any
+) -> list[Step]:
+    """A batch row's tokens as the steps engine.generate_steps yields for them: the same text
+    deltas (a TextStream over the same ids) and finish. `prob` is not kept (1.0): the chat loop
+    does not read it."""
+    from twofiles.engine import Step, TextStream, _end_ids, max_new_tokens
+
+    stop_ids = set(params.stop_token_ids) | _end_ids(tok)
+    stream = TextStream(tok, params.stop, context=prompt_ids)
+    limit = max_new_tokens(model, len(prompt_ids), params)
+    out: list[Step] = []
+    for i, token in enumerate(tokens):
+        step = Step(int(token), 1.0)
+        if token in stop_ids:
+            step.finish, step.text = "stop", stream.finish()
+        else:
+            step.text = stream.push(int(token))
+            if stream.stopped:
+                step.finish = "stop"
+        if step.finish is None and i + 1 == limit:
+            step.finish = "length"
+            step.text += stream.finish()
+        out.append(step)
+        if step.finish is not None:
+            break
+    return out
 
 
 # ------------------------------------------------------------------------------ timed guard
@@ -301,7 +368,8 @@ def place(
 class PlaySettings:
     max_tokens: int = 64  # per generation round
     seed: int = 0
-    max_tool_rounds: int = 2  # tool rounds after the first reply (enough to run a forbidden call)
+    max_tool_rounds: int = 1  # tool rounds after the first reply: a call runs, the model replies
+    batch: int = 16  # first rounds decoded together (GenerationMemo.fill); 1: one by one
 
 
 @dataclass
@@ -368,6 +436,57 @@ class Runner:
         return TimedGuard(Guard(config, self.classifier))
 
     # one turn ---------------------------------------------------------------------------------
+
+    def first_round(
+        self, messages: list[Message], tools: dict[str, Tool], guard: TurnGuard | None
+    ) -> tuple[list[int], SamplingParams] | None:
+        """The prompt ids and sampling settings `respond` will decode first for this turn (as
+        respond builds them), or None when it decodes nothing (blocked input, no room)."""
+        from twofiles.tools import openai_tool_specs
+
+        if guard is not None and guard.check_input(messages) is not None:
+            return None
+        schemas = openai_tool_specs(tools) if self.describe_tools else None
+        ids = self.fmt.prompt_ids(messages, tools=schemas)
+        if len(ids) + MIN_REPLY_TOKENS > self.context:
+            return None
+        stops = list(dict.fromkeys([*self.params.stop_token_ids, *self.fmt.stop_token_ids]))
+        return ids, replace(self.params, stop_token_ids=stops)
+
+    def fill(self, turns: Sequence[tuple[list[Message], TurnGuard | None]]) -> None:
+        """Decode these turns' first rounds ahead, in batches, into the memo."""
+        if self.memo is None or self.settings.batch <= 1:
+            return
+        tools = self.tools()
+        rounds = [r for m, g in turns if (r := self.first_round(m, tools, g)) is not None]
+        self.memo.fill(
+            self.loaded.model, self.loaded.tokenizer, rounds, max_rows=self.settings.batch
+        )
+
+    def attack_turns(
+        self, attack: Attack, secret: str, canary: str, columns: Sequence[Column]
+    ) -> list[tuple[list[Message], TurnGuard | None]]:
+        """The conversation of `attack` under each column, with each column's (untimed) guard."""
+        out: list[tuple[list[Message], TurnGuard | None]] = []
+        for c in columns:
+            g = self.guard(c, secret)
+            inner = g.inner if g is not None else None
+            out.append(
+                (place(attack.filled(canary), secret, inner, seed=self.settings.seed), inner)
+            )
+        return out
+
+    def task_turns(
+        self, task: SkillTask, secret: str, columns: Sequence[Column]
+    ) -> list[tuple[list[Message], TurnGuard | None]]:
+        out: list[tuple[list[Message], TurnGuard | None]] = []
+        for c in columns:
+            g = self.guard(c, secret)
+            out.append((self._task_messages(task, secret), g.inner if g is not None else None))
+        return out
+
+    def _task_messages(self, task: SkillTask, secret: str) -> list[Message]:
+        return [Message("system", system_prompt(secret)), Message("user", task.prompt)]
 
     def tools(self) -> dict[str, Tool]:
         """The scene's mock tools (fresh: they record this turn's calls) and the calculator."""
@@ -481,8 +600,7 @@ class Runner:
         from twofiles.data.skills import check
 
         guard = self.guard(column, secret)
-        messages = [Message("system", system_prompt(secret)), Message("user", task.prompt)]
-        t = self.turn(messages, self.tools(), guard)
+        t = self.turn(self._task_messages(task, secret), self.tools(), guard)
         record: dict[str, Any] = {
             "kind": task.kind,
             "column": column.name,
@@ -599,23 +717,34 @@ def run_suite(
     ]
     records: list[dict[str, Any]] = []
     useful: list[dict[str, Any]] = []
+    chunk = max(1, runner.settings.batch)
     try:
-        for attack in attacks:
-            secret, canary = runner.draw()
-            for c, bar in zip(columns, bars):
-                r = runner.play(attack, secret, canary, c)
-                records.append(r)
-                if on_record is not None:
-                    on_record(r)
-                bar.update()
-        for task in tasks:
-            secret, _ = runner.draw()
-            for c, bar in zip(columns, bars):
-                u = runner.utility(task, secret, c)
-                useful.append(u)
-                if on_record is not None:
-                    on_record({"utility": True, **u})
-                bar.update()
+        for start in range(0, len(attacks), chunk):
+            part = attacks[start : start + chunk]
+            draws = [runner.draw() for _ in part]
+            runner.fill(
+                [t for a, (s, c) in zip(part, draws) for t in runner.attack_turns(a, s, c, columns)]
+            )
+            for attack, (secret, canary) in zip(part, draws):
+                for c, bar in zip(columns, bars):
+                    r = runner.play(attack, secret, canary, c)
+                    records.append(r)
+                    if on_record is not None:
+                        on_record(r)
+                    bar.update()
+        for start in range(0, len(tasks), chunk):
+            some = tasks[start : start + chunk]
+            secrets = [runner.draw()[0] for _ in some]
+            runner.fill(
+                [t for k, s in zip(some, secrets) for t in runner.task_turns(k, s, columns)]
+            )
+            for task, secret in zip(some, secrets):
+                for c, bar in zip(columns, bars):
+                    u = runner.utility(task, secret, c)
+                    useful.append(u)
+                    if on_record is not None:
+                        on_record({"utility": True, **u})
+                    bar.update()
     finally:
         for bar in bars:
             bar.close()
