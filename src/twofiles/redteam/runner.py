@@ -706,8 +706,9 @@ def run_suite(
     progress: bool = False,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Every attack under every column, then every utility task under every column: (attack
-    records, utility records). Attack by attack, so a run cut short has every column of the
-    attacks it reached; one progress bar per column."""
+    records, utility records). `settings.batch` attacks at a time: their first rounds, every
+    column's, are decoded together into the memo, then each is played column by column, so a run
+    cut short has every column of the attacks it reached. One progress bar per column."""
     from tqdm.auto import tqdm
 
     total = len(attacks) + len(tasks)

@@ -76,6 +76,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--out", required=True, metavar="DIR", help="where the run's files go")
     p.add_argument(
+        "--batch-size",
+        type=int,
+        default=16,
+        metavar="N",
+        help="first replies decoded together, N at a time (default 16; 1 = one by one)",
+    )
+    p.add_argument(
         "--no-memo",
         action="store_true",
         help="decode every round, even one another column already decoded (to time the memo)",
@@ -151,6 +158,8 @@ def run(args: argparse.Namespace) -> int:
         raise TwofilesError(f"--max-tokens {args.max_tokens}: must be >= 1")
     if args.utility < 0:
         raise TwofilesError(f"--utility {args.utility}: must be >= 0 (0 = skip)")
+    if args.batch_size < 1:
+        raise TwofilesError(f"--batch-size {args.batch_size}: must be >= 1")
     if args.limit is not None and args.limit < 1:
         raise TwofilesError(f"--limit {args.limit}: must be >= 1")
     columns = parse_columns(args.guard)
@@ -170,7 +179,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"inference: {'; '.join(prepare_model(loaded, args).reasons)}", file=err)
     runner = Runner(
         loaded,
-        PlaySettings(max_tokens=args.max_tokens, seed=args.seed),
+        PlaySettings(max_tokens=args.max_tokens, seed=args.seed, batch=args.batch_size),
         memo=not args.no_memo,
         classifier=_classifier(columns),
     )
