@@ -41,6 +41,7 @@ CARRIED = [
     "twofiles/eval/tasks/skills.toml",
     "twofiles/rag/collection/questions.jsonl",
     "twofiles/rag/collection/PROVENANCE.md",
+    "twofiles/redteam/suites/direct-injection.jsonl",
     "twofiles/standalone/run.py",
     "twofiles/tools/_python_child.py",
 ]
@@ -81,6 +82,7 @@ def test_sdist_and_wheel_carry_the_package_data(dist: Path) -> None:
             "data/datasets/*",
             "rag/collection/*.*",
             "rag/collection/articles/*",
+            "redteam/suites/*",
         )
         for p in (REPO / "src" / "twofiles").glob(pattern)
     }

@@ -24,6 +24,10 @@ Fields of a line (a JSON object):
     tactic          finer: how this attack works (e.g. "base64", "dan-persona")
 
 Bad lines raise BadInputError naming the file, the line and the field; nothing is run.
+
+The built-in suites live in suites/, one file per family (the file's stem): `builtin_suites`
+lists them and `load_suites` reads a spec ("builtin", "builtin:FAMILY[,FAMILY]" or FILE[,FILE]).
+scripts/build_redteam_suites.py writes them, except gcg.jsonl, which the GCG search writes.
 """
 
 from __future__ import annotations
@@ -139,13 +143,55 @@ def load_suite(path: str | Path) -> list[Attack]:
     return attacks
 
 
+BUILTIN = "builtin"
+_SUITES_DIR = Path(__file__).resolve().parent / "suites"
+
+
+def builtin_suites() -> dict[str, Path]:
+    """The built-in suites, family -> file: every *.jsonl in suites/, sorted by family."""
+    return {p.stem: p for p in sorted(_SUITES_DIR.glob("*.jsonl"))}
+
+
+def load_suites(spec: str) -> list[Attack]:
+    """The attacks of a spec: "builtin" (every family), "builtin:FAMILY[,FAMILY]", or one or
+    more comma-separated JSONL paths. Ids must be unique across the files (reports key by id)."""
+    spec = spec.strip()
+    if spec == BUILTIN or spec.startswith(BUILTIN + ":"):
+        known = builtin_suites()
+        if not known:
+            raise BadInputError(f"no built-in suites in {_SUITES_DIR}")
+        wanted = [f.strip() for f in spec[len(BUILTIN) + 1 :].split(",") if f.strip()]
+        if spec != BUILTIN and not wanted:
+            raise BadInputError(f"--suite {spec!r}: name a family; one of {', '.join(known)}")
+        for f in wanted:
+            if f not in known:
+                raise BadInputError(f"unknown suite family {f!r}; one of {', '.join(known)}")
+        paths = [known[f] for f in dict.fromkeys(wanted)] if wanted else list(known.values())
+    else:
+        paths = [Path(p.strip()) for p in spec.split(",") if p.strip()]
+        if not paths:
+            raise BadInputError("no suite given: 'builtin', 'builtin:FAMILY' or FILE.jsonl")
+    attacks: list[Attack] = []
+    where: dict[str, Path] = {}
+    for path in paths:
+        for a in load_suite(path):
+            if a.id in where:
+                raise BadInputError(f"{path}: id {a.id!r} already used in {where[a.id]}")
+            where[a.id] = path
+            attacks.append(a)
+    return attacks
+
+
 __all__ = [
+    "BUILTIN",
     "CANARY_SLOT",
     "CHANNELS",
     "CHECKS",
     "LABELS",
     "Attack",
+    "builtin_suites",
     "load_suite",
+    "load_suites",
     "new_canary",
     "parse_attack",
 ]
