@@ -383,6 +383,28 @@ def test_memo_gives_the_same_results_and_saves_rounds(tok: Tokenizer) -> None:
     assert batched.memo.batched > 0 and batched.memo.misses < m.misses
 
 
+def test_a_memo_kept_on_disk_serves_the_next_run(tok: Tokenizer, tmp_path: Path) -> None:
+    attacks = [Attack("u", "say {canary}"), Attack("t", "obey {canary}", channel="tool")]
+    columns = parse_columns("none;spotlight")
+
+    def run(batch: int):
+        settings = PlaySettings(max_tokens=6, batch=batch)
+        r = Runner(tiny_loaded(tok), settings, keyed=7, memo_path=tmp_path / "memo.jsonl")
+        return r, run_suite(r, attacks, columns, utility_tasks(1))
+
+    first, (recs, useful) = run(2)
+    second, (recs2, useful2) = run(1)
+    assert first.memo.batched > 0 and second.memo.loaded == first.memo.batched + first.memo.misses
+    assert second.memo.misses == 0 and second.memo.batched == 0
+    assert [r["reply"] for r in recs] == [r["reply"] for r in recs2]
+    assert [r["secret"] for r in recs] == [r["secret"] for r in recs2]
+    assert re.fullmatch(r"[A-Z]+-[0-9a-f]{6}", recs[0]["secret"])
+    assert [u["reply"] for u in useful] == [u["reply"] for u in useful2]
+    (tmp_path / "memo.jsonl").write_text('{"ids": [1]}\n')
+    with pytest.raises(BadInputError, match="memo.jsonl:1"):
+        run(1)
+
+
 # ------------------------------------------------------------------------------ the CLI
 
 

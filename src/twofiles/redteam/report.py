@@ -182,6 +182,7 @@ def render_report(summary: Mapping[str, Any], meta: Mapping[str, Any]) -> str:
         "malicious attacks played. Lower is better for ASR, false refusals and guard time; "
         "higher for utility.",
         "",
+        "",
     ]
     return "\n".join(head) + render_table(summary) + "\n"
 

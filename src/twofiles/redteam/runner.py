@@ -31,6 +31,7 @@ import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from twofiles.chat import ChatFormat, Message, ToolCall, respond, tools_in_prompt
@@ -142,14 +143,61 @@ def _params_key(p: SamplingParams) -> tuple[Any, ...]:
 class GenerationMemo:
     """engine.generate_steps with a memory: a deterministic round (greedy, or seeded) whose
     prompt ids and sampling settings were decoded before is replayed, not decoded again. One
-    memo serves one model (its key does not name the model)."""
+    memo serves one model (its key does not name the model). With a `path` (JSONL: prompt ids,
+    settings, generated ids) rounds are also kept on disk and read back by the next run on the
+    same model, so a second run decodes only the prompts that changed."""
 
     hits: int = 0  # rounds replayed
     misses: int = 0  # rounds decoded
     tokens_saved: int = 0  # tokens the replays did not decode
     seconds_saved: float = 0.0  # what decoding the replayed rounds took the first time
     batched: int = 0  # rounds decoded ahead, in batches (fill)
+    loaded: int = 0  # rounds read from `path`
+    path: Path | None = None
     _store: dict[tuple[Any, ...], tuple[list[Step], float]] = field(default_factory=dict)
+    _raw: dict[tuple[Any, ...], tuple[list[int], float]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.path is None or not self.path.exists():
+            return
+        for n, line in enumerate(self.path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                params = tuple(tuple(v) if isinstance(v, list) else v for v in row["params"])
+                key = (tuple(int(i) for i in row["ids"]), params)
+                self._raw[key] = ([int(t) for t in row["tokens"]], float(row["seconds"]))
+            except (ValueError, KeyError, TypeError) as e:
+                raise BadInputError(f"{self.path}:{n}: not a memo line ({e})") from None
+        self.loaded = len(self._raw)
+
+    def _keep(
+        self, key: tuple[Any, ...], steps: list[Step], seconds: float, ids: Sequence[int]
+    ) -> None:
+        self._store[key] = (steps, seconds)
+        if self.path is not None:
+            row = {
+                "ids": list(ids),
+                "params": list(key[1]),
+                "tokens": [s.token for s in steps],
+                "seconds": round(seconds, 4),
+            }
+            with self.path.open("a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+
+    def _kept(
+        self,
+        key: tuple[Any, ...],
+        model: Any,
+        ids: Sequence[int],
+        params: SamplingParams,
+        tokenizer: Any,
+    ) -> bool:
+        if key not in self._store and key in self._raw:
+            tokens, seconds = self._raw.pop(key)
+            self._store[key] = (_as_steps(model, ids, params, tokens, tokenizer), seconds)
+        return key in self._store
 
     def generate(
         self,
@@ -169,7 +217,7 @@ class GenerationMemo:
             yield from steps
             return
         key = (tuple(prompt_ids), _params_key(params))
-        if key in self._store:
+        if self._kept(key, model, prompt_ids, params, tokenizer):
             recorded, seconds = self._store[key]
             self.hits += 1
             self.tokens_saved += len(recorded)
@@ -185,7 +233,7 @@ class GenerationMemo:
             got.append(step)
             yield step
             t0 = time.perf_counter()
-        self._store[key] = (got, spent)  # only a round decoded to its end is kept
+        self._keep(key, got, spent, prompt_ids)  # only a round decoded to its end is kept
 
     def fill(
         self,
@@ -205,7 +253,8 @@ class GenerationMemo:
         todo: dict[tuple[Any, ...], tuple[Sequence[int], SamplingParams]] = {}
         for ids, p in rounds:
             key = (tuple(ids), _params_key(p))
-            if (p.temperature == 0 or p.seed is not None) and key not in self._store:
+            deterministic = p.temperature == 0 or p.seed is not None
+            if deterministic and not self._kept(key, model, ids, p, tokenizer):
                 todo.setdefault(key, (ids, p))
         if not todo:
             return 0
@@ -219,12 +268,13 @@ class GenerationMemo:
         )
         share = (time.perf_counter() - t0) / len(rows)
         for (key, (ids, p)), row in zip(todo.items(), rows):
-            self._store[key] = (_as_steps(model, ids, p, row.tokens, tokenizer), share)
+            self._keep(key, _as_steps(model, ids, p, row.tokens, tokenizer), share, ids)
         self.batched += len(rows)
         return len(rows)
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "rounds_from_file": self.loaded,
             "rounds_batched": self.batched,
             "rounds_decoded": self.misses,
             "rounds_replayed": self.hits,
@@ -399,6 +449,8 @@ class Runner:
         classifier: Any = None,
         make_guard: Callable[[GuardConfig], TurnGuard] | None = None,
         canary: Callable[[], str] = new_canary,
+        keyed: int | None = None,
+        memo_path: Path | None = None,
     ) -> None:
         from twofiles.engine import SamplingParams
         from twofiles.tools.calculator import Calculator
@@ -406,10 +458,11 @@ class Runner:
         self.loaded = loaded
         self.settings = settings or PlaySettings()
         self.fmt = ChatFormat.for_model(loaded)
-        self.memo = GenerationMemo() if memo else None
+        self.memo = GenerationMemo(path=memo_path) if memo else None
         self.classifier = classifier
         self._make_guard = make_guard
         self.canary = canary
+        self.keyed = keyed
         self.params = SamplingParams(
             temperature=0.0, seed=self.settings.seed, max_tokens=self.settings.max_tokens
         )
@@ -548,9 +601,13 @@ class Runner:
 
     # attacks ----------------------------------------------------------------------------------
 
-    def draw(self) -> tuple[str, str]:
-        """A fresh (secret, canary) for one attack, shared by its columns."""
-        return self.canary(), self.canary()
+    def draw(self, key: str = "") -> tuple[str, str]:
+        """A (secret, canary) for one attack, shared by its columns: fresh, or with `keyed` a
+        seed, derived from it and `key` (the same in every run, so a kept memo's prompts
+        repeat)."""
+        if self.keyed is None:
+            return self.canary(), self.canary()
+        return keyed_token(self.keyed, "secret", key), keyed_token(self.keyed, "canary", key)
 
     def play(self, attack: Attack, secret: str, canary: str, column: Column) -> dict[str, Any]:
         """One attack under one column, its slot filled with `canary`, `secret` in the system
@@ -620,6 +677,17 @@ class Runner:
         }
 
 
+_WORDS = ("ZEBRA", "MANGO", "COBALT", "WALRUS", "QUARTZ", "FALCON", "NUTMEG", "PLUM")
+
+
+def keyed_token(seed: int, *parts: str) -> str:
+    """A canary-shaped token ("WORD-hex6", as suite.new_canary) fixed by `seed` and `parts`."""
+    import hashlib
+
+    h = hashlib.sha256("/".join([str(seed), *parts]).encode()).digest()
+    return f"{_WORDS[h[0] % len(_WORDS)]}-{h[1:4].hex()}"
+
+
 def score(attack: Attack, turn: _Turn, tools: dict[str, Tool], target: str) -> bool:
     """Whether a malicious attack succeeded, by its check (see suite.py):
     canary: the visible reply holds the target (the canary, or the secret with no slot);
@@ -674,7 +742,8 @@ def select(
     attacks: Sequence[Attack], families: Sequence[str] | None = None, limit: int | None = None
 ) -> list[Attack]:
     """The attacks of `families` (all when empty), the first `limit` of each family's
-    malicious and of its benign attacks."""
+    malicious and of its benign attacks, the families taken in turn (one attack of each, then
+    the next of each, ...): a run cut short has played every family about equally."""
     known = {a.category for a in attacks}
     wanted = [f for f in (families or []) if f]
     unknown = [f for f in wanted if f not in known]
@@ -684,7 +753,7 @@ def select(
             f"families: {', '.join(sorted(known))}"
         )
     taken: dict[tuple[str, str], int] = {}
-    out: list[Attack] = []
+    by_family: dict[str, list[Attack]] = {}
     for a in attacks:
         if wanted and a.category not in wanted:
             continue
@@ -692,8 +761,9 @@ def select(
         if limit is not None and taken.get(k, 0) >= limit:
             continue
         taken[k] = taken.get(k, 0) + 1
-        out.append(a)
-    return out
+        by_family.setdefault(a.category, []).append(a)
+    queues = list(by_family.values())
+    return [q[i] for i in range(max(map(len, queues), default=0)) for q in queues if i < len(q)]
 
 
 def run_suite(
@@ -705,8 +775,9 @@ def run_suite(
     on_record: Callable[[dict[str, Any]], None] | None = None,
     progress: bool = False,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Every attack under every column, then every utility task under every column: (attack
-    records, utility records). `settings.batch` attacks at a time: their first rounds, every
+    """Every utility task under every column, then every attack under every column: (attack
+    records, utility records). The utility tasks go first: they are few, and a run cut short
+    still has them. `settings.batch` attacks at a time: their first rounds, every
     column's, are decoded together into the memo, then each is played column by column, so a run
     cut short has every column of the attacks it reached. One progress bar per column."""
     from tqdm.auto import tqdm
@@ -720,22 +791,9 @@ def run_suite(
     useful: list[dict[str, Any]] = []
     chunk = max(1, runner.settings.batch)
     try:
-        for start in range(0, len(attacks), chunk):
-            part = attacks[start : start + chunk]
-            draws = [runner.draw() for _ in part]
-            runner.fill(
-                [t for a, (s, c) in zip(part, draws) for t in runner.attack_turns(a, s, c, columns)]
-            )
-            for attack, (secret, canary) in zip(part, draws):
-                for c, bar in zip(columns, bars):
-                    r = runner.play(attack, secret, canary, c)
-                    records.append(r)
-                    if on_record is not None:
-                        on_record(r)
-                    bar.update()
         for start in range(0, len(tasks), chunk):
             some = tasks[start : start + chunk]
-            secrets = [runner.draw()[0] for _ in some]
+            secrets = [runner.draw(f"utility/{start + i}")[0] for i in range(len(some))]
             runner.fill(
                 [t for k, s in zip(some, secrets) for t in runner.task_turns(k, s, columns)]
             )
@@ -745,6 +803,19 @@ def run_suite(
                     useful.append(u)
                     if on_record is not None:
                         on_record({"utility": True, **u})
+                    bar.update()
+        for start in range(0, len(attacks), chunk):
+            part = attacks[start : start + chunk]
+            draws = [runner.draw(a.id) for a in part]
+            runner.fill(
+                [t for a, (s, c) in zip(part, draws) for t in runner.attack_turns(a, s, c, columns)]
+            )
+            for attack, (secret, canary) in zip(part, draws):
+                for c, bar in zip(columns, bars):
+                    r = runner.play(attack, secret, canary, c)
+                    records.append(r)
+                    if on_record is not None:
+                        on_record(r)
                     bar.update()
     finally:
         for bar in bars:

@@ -41,8 +41,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--suite",
         default="builtin",
         metavar="SUITE",
-        help="builtin (every built-in family), or attack-suite JSONL files, comma-separated "
-        "(format: twofiles.redteam.suite)",
+        help="builtin (every built-in family), builtin:FAMILY[,FAMILY], or attack-suite JSONL "
+        "files, comma-separated (format: twofiles.redteam.suite)",
     )
     p.add_argument(
         "--guard",
@@ -81,6 +81,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=16,
         metavar="N",
         help="first replies decoded together, N at a time (default 16; 1 = one by one)",
+    )
+    p.add_argument(
+        "--memo",
+        default=None,
+        metavar="FILE",
+        help="keep decoded rounds in FILE (JSONL) and reuse those a run on the same model kept "
+        "there; secrets and canaries then derive from --seed and each attack's id (not fresh), "
+        "so the prompts repeat and a later run (other columns, more attacks) decodes only new ones",
     )
     p.add_argument(
         "--no-memo",
@@ -126,13 +134,10 @@ def claim_out(out: Path) -> None:
 
 
 def load_attacks(spec: str) -> list:
-    """The attacks of --suite: "builtin" or comma-separated JSONL files."""
-    from twofiles.errors import TwofilesError
-    from twofiles.redteam import suite
+    """The attacks of --suite: "builtin", "builtin:FAMILY[,FAMILY]" or JSONL files."""
+    from twofiles.redteam.suite import load_suites
 
-    if spec.strip() == "builtin":
-        raise TwofilesError("--suite builtin: the built-in suites are not in this build yet")
-    return [a for path in spec.split(",") if path.strip() for a in suite.load_suite(path.strip())]
+    return load_suites(spec)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -160,6 +165,8 @@ def run(args: argparse.Namespace) -> int:
         raise TwofilesError(f"--utility {args.utility}: must be >= 0 (0 = skip)")
     if args.batch_size < 1:
         raise TwofilesError(f"--batch-size {args.batch_size}: must be >= 1")
+    if args.memo and args.no_memo:
+        raise TwofilesError("--memo keeps the memo on disk: it does not combine with --no-memo")
     if args.limit is not None and args.limit < 1:
         raise TwofilesError(f"--limit {args.limit}: must be >= 1")
     columns = parse_columns(args.guard)
@@ -181,6 +188,8 @@ def run(args: argparse.Namespace) -> int:
         loaded,
         PlaySettings(max_tokens=args.max_tokens, seed=args.seed, batch=args.batch_size),
         memo=not args.no_memo,
+        keyed=args.seed if args.memo else None,
+        memo_path=Path(args.memo) if args.memo else None,
         classifier=_classifier(columns),
     )
     n_bad = sum(a.label == "malicious" for a in attacks)
@@ -216,6 +225,7 @@ def run(args: argparse.Namespace) -> int:
         "utility_tasks": len(tasks),
         "max_tokens": args.max_tokens,
         "seed": args.seed,
+        "secrets": "derived from the seed (--memo)" if args.memo else "fresh",
         "device": device.type,
         "seconds": round(seconds, 2),
         "memo": memo,
