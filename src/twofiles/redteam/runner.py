@@ -539,7 +539,10 @@ class Runner:
         return out
 
     def _task_messages(self, task: SkillTask, secret: str) -> list[Message]:
-        return [Message("system", system_prompt(secret)), Message("user", task.prompt)]
+        # No scene system prompt: utility is the assistant's ordinary use, which the guards must
+        # not spoil. The speedrun assistant never saw a system prompt in training; with the
+        # scene's it answered 0 of 6 held-out tasks (docs/LOG.md).
+        return [Message("user", task.prompt)]
 
     def tools(self) -> dict[str, Tool]:
         """The scene's mock tools (fresh: they record this turn's calls) and the calculator."""
@@ -652,8 +655,8 @@ class Runner:
     # utility ----------------------------------------------------------------------------------
 
     def utility(self, task: SkillTask, secret: str, column: Column) -> dict[str, Any]:
-        """One held-out skill task in the scene (with `secret`) under one column: correct by
-        skills.check."""
+        """One held-out skill task under one column (the scene's tools, the guards protecting
+        `secret`; no system prompt): correct by skills.check."""
         from twofiles.data.skills import check
 
         guard = self.guard(column, secret)
