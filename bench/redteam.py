@@ -11,6 +11,9 @@ the run directories without running anything.
     python bench/redteam.py --model smollm2 --model speedrun=/path/to/rl/model.safetensors \\
         --runs runs/redteam --results bench/results
     python bench/redteam.py --report-only --model smollm2 --runs runs/redteam
+
+With --memo, a model's decoded rounds are kept across runs (`twofiles redteam --memo`): a run
+stopped at the deadline and started again, or with more columns, decodes only what is new.
 """
 
 from __future__ import annotations
@@ -92,6 +95,12 @@ def main() -> int:
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--limit", type=int, default=None, help="attacks per family and label")
     ap.add_argument("--runs", default="runs/redteam", help="one run directory per model here")
+    ap.add_argument(
+        "--memo",
+        default=None,
+        metavar="PATH",
+        help="twofiles redteam --memo for each model ({label} is replaced by the model's label)",
+    )
     ap.add_argument("--results", default="bench/results", help="tables and PNGs go here")
     ap.add_argument("--report-only", action="store_true", help="tables from existing runs")
     args = ap.parse_args()
@@ -117,6 +126,7 @@ def main() -> int:
             str(run),
             "--json",
             *(["--limit", str(args.limit)] if args.limit else []),
+            *(["--memo", args.memo.format(label=label)] if args.memo else []),
         ]
         wall = None
         if not args.report_only:
