@@ -528,7 +528,7 @@ def test_web_menu_lists_a_persona(base, tmp_path, capsys) -> None:
             errors: list[str] = []
             pg.on("pageerror", lambda e: errors.append(str(e)))
             pg.goto(server.url + "/")
-            pg.wait_for_function("document.querySelectorAll('#model option').length === 2")
+            pg.wait_for_function("() => document.querySelectorAll('#model option').length === 2")
             options = pg.eval_on_selector_all("#model option", "os => os.map(o => o.textContent)")
             assert options == ["tiny", "terse (persona)"]
             assert pg.input_value("#temperature") == "0.7"

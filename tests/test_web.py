@@ -121,7 +121,7 @@ def _chat(
     pg: Any, live: _Server, text: str, *, temperature: str, seed: str, max_tokens: str = "12"
 ) -> Any:
     pg.goto(live.url + "/")
-    pg.wait_for_function("document.querySelectorAll('#model option').length === 2")
+    pg.wait_for_function("() => document.querySelectorAll('#model option').length === 2")
     pg.select_option("#model", "tiny-alpha")
     pg.fill("#temperature", temperature)
     pg.fill("#seed", seed)
@@ -218,7 +218,9 @@ def test_token_view_shows_alternatives(page, live, tmp_path):
 @pytest.mark.slow
 def test_arena_vote_moves_leaderboard(page, live, tmp_path):
     page.goto(live.url + "/leaderboard")
-    page.wait_for_function("!document.getElementById('summary').textContent.startsWith('loading')")
+    page.wait_for_function(
+        "() => !document.getElementById('summary').textContent.startsWith('loading')"
+    )
     before = page.locator("tr.row").count()
 
     page.goto(live.url + "/arena")
@@ -262,7 +264,7 @@ def test_thumbs_and_correction_reach_feedback_and_export(page, live, tmp_path):
     original = _reply_text(reply)
     reply.locator("button.thumb-up").click()
     page.wait_for_function(
-        "document.querySelector('.msg.assistant .saved') && document.querySelector('.msg.assistant .saved').textContent.startsWith('saved')"
+        "() => document.querySelector('.msg.assistant .saved') && document.querySelector('.msg.assistant .saved').textContent.startsWith('saved')"
     )
     reply.locator("button.correct").click()
     reply.locator("textarea.correction").fill("12 + 7 = 19.")
@@ -353,7 +355,7 @@ def test_tool_calls_run_and_feed_back(page, live, tmp_path):
         route.fulfill(status=200, headers={"Content-Type": "text/event-stream"}, body=_sse(chunks))
 
     page.goto(live.url + "/")
-    page.wait_for_function("document.querySelectorAll('#model option').length === 2")
+    page.wait_for_function("() => document.querySelectorAll('#model option').length === 2")
     page.route("**/v1/chat/completions", canned)
     page.check("#offer_tools")
     page.fill("#input", "What is 12*7?")
@@ -385,11 +387,11 @@ def test_tool_calls_run_and_feed_back(page, live, tmp_path):
 @pytest.mark.slow
 def test_server_errors_are_shown_and_not_kept(page, live):
     page.goto(live.url + "/")
-    page.wait_for_function("document.querySelectorAll('#model option').length === 2")
+    page.wait_for_function("() => document.querySelectorAll('#model option').length === 2")
     page.fill("#max_tokens", "-3")
     page.fill("#input", "Hello")
     page.click("#send")
-    page.wait_for_function("document.getElementById('error').textContent.length > 0")
+    page.wait_for_function("() => document.getElementById('error').textContent.length > 0")
     assert "max_tokens" in page.locator("#error").inner_text()  # the server's own message
     assert (
         page.locator(".msg.assistant .actions").count() == 0
@@ -477,7 +479,7 @@ def test_each_token_gets_its_span_however_the_server_chunks(page, live):
         },
     ]
     page.goto(live.url + "/")
-    page.wait_for_function("document.querySelectorAll('#model option').length === 2")
+    page.wait_for_function("() => document.querySelectorAll('#model option').length === 2")
     page.route(
         "**/v1/chat/completions",
         lambda route: route.fulfill(
@@ -732,7 +734,7 @@ def test_grounded_reply_links_citations_to_their_passages(page, rag_live, tmp_pa
     page.locator("#rag_box").wait_for(state="visible")  # the server has an index
     assert page.locator("#rag_info").inner_text() == "3 files, 3 passages, 2 per reply"
     assert page.locator("#tool_names").inner_text() == "calculator, retrieve"
-    page.wait_for_function("document.querySelectorAll('#model option').length === 1")
+    page.wait_for_function("() => document.querySelectorAll('#model option').length === 1")
     page.fill("#temperature", "0")
     page.fill("#max_tokens", "40")
     page.fill("#input", rag_live.question)
@@ -761,7 +763,7 @@ def test_grounded_reply_links_citations_to_their_passages(page, rag_live, tmp_pa
     assert fetched.value.status == 200
     box = page.locator("#passage")
     box.wait_for(state="visible")
-    page.wait_for_function("document.querySelector('#passage .passage-text') !== null")
+    page.wait_for_function("() => document.querySelector('#passage .passage-text') !== null")
     assert box.locator(".head").inner_text() == "[1] geo/rivers.md · lines 1-2"
     assert box.locator(".passage-text").inner_text() == "The Nile is the longest river in Africa."
     assert page.locator("#tokinfo").is_hidden()
@@ -771,7 +773,7 @@ def test_grounded_reply_links_citations_to_their_passages(page, rag_live, tmp_pa
         reply.locator("button.thumb-up").click()
     assert json.loads(fb.value.post_data)["meta"]["rag_passages"] == [0, 1]
     page.wait_for_function(
-        "document.querySelector('.msg.assistant .saved').textContent.startsWith('saved')"
+        "() => document.querySelector('.msg.assistant .saved').textContent.startsWith('saved')"
     )
     from twofiles.feedback import FeedbackStore
 
@@ -782,7 +784,7 @@ def test_grounded_reply_links_citations_to_their_passages(page, rag_live, tmp_pa
     box.wait_for(state="hidden")
     reply.locator(".sources a.cite[data-n='2']").click()
     page.wait_for_function(
-        "document.querySelector('#passage .passage-text') && document.querySelector('#passage .passage-text').textContent.startsWith('Paris')"
+        "() => document.querySelector('#passage .passage-text') && document.querySelector('#passage .passage-text').textContent.startsWith('Paris')"
     )
     page.locator("#conversation").click(position={"x": 5, "y": 5})
     box.wait_for(state="hidden")
@@ -825,7 +827,7 @@ def rag_plain_live(tmp_path_factory: pytest.TempPathFactory):
 def test_an_attributed_citation_is_marked_as_such(page, rag_plain_live):
     page.goto(rag_plain_live.url + "/")
     page.locator("#rag_box").wait_for(state="visible")
-    page.wait_for_function("document.querySelectorAll('#model option').length === 1")
+    page.wait_for_function("() => document.querySelectorAll('#model option').length === 1")
     page.fill("#temperature", "0")
     page.fill("#max_tokens", "60")
     page.fill("#input", rag_plain_live.question)
@@ -846,7 +848,7 @@ def test_an_attributed_citation_is_marked_as_such(page, rag_plain_live):
 @pytest.mark.slow
 def test_rag_box_stays_hidden_without_an_index(page, live):
     page.goto(live.url + "/")
-    page.wait_for_function("document.querySelectorAll('#model option').length === 2")
+    page.wait_for_function("() => document.querySelectorAll('#model option').length === 2")
     page.wait_for_load_state("networkidle")
     assert page.locator("#rag_box").is_hidden()
     assert page.locator("#tool_names").inner_text() == "calculator"

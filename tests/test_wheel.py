@@ -42,6 +42,8 @@ CARRIED = [
     "twofiles/rag/collection/questions.jsonl",
     "twofiles/rag/collection/PROVENANCE.md",
     "twofiles/redteam/suites/direct-injection.jsonl",
+    "twofiles/guard/data/labelled.jsonl",
+    "twofiles/guard/data/classifier.safetensors",
     "twofiles/standalone/run.py",
     "twofiles/tools/_python_child.py",
 ]

@@ -63,6 +63,7 @@ class Persona:
     messages: tuple[tuple[str, str], ...] = ()  # few-shot (role, content) turns, put first
     template: str | None = None  # the Jinja chat template used instead of the model's
     num_ctx: int | None = None  # the context (prompt + reply) in tokens, if capped
+    tools: tuple[str, ...] | None = None  # the tools it may run under `--guard tools`; None: any
 
     def prefix(self, has_system: bool) -> list[dict[str, str]]:
         """The messages a conversation starts with: the system message unless the conversation

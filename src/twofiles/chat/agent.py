@@ -78,6 +78,8 @@ class TurnGuard(Protocol):
     - `check_call(call)`: before a tool runs; a non-None action blocks it and the model reads
       "blocked by policy: <reasons>" as the tool's result.
     - `output_filter()`: a fresh filter for one round's visible text.
+    - `prepare(messages, tools)`: once per turn after `check_input`, before the first round:
+      the messages the prompt is rendered from (e.g. a note added to the system message).
     """
 
     def check_input(self, messages: Sequence[Message]) -> tuple[str, list[GuardAction]] | None: ...
@@ -87,6 +89,10 @@ class TurnGuard(Protocol):
     def check_call(self, call: ToolCall) -> GuardAction | None: ...
 
     def output_filter(self) -> OutputFilter: ...
+
+    def prepare(
+        self, messages: Sequence[Message], tools: Mapping[str, Tool] | None
+    ) -> list[Message]: ...
 
 
 @dataclass
@@ -190,7 +196,8 @@ def respond(
     finetuned to call them without one (see `tools_in_prompt`): the calls still run.
     With a `prefix_cache` kept across calls, each round and each turn computes only the tokens
     the conversation added: the earlier prompt and reply are loaded from it.
-    With a `guard` (see `TurnGuard`), the input may be refused before the model runs, tool
+    With a `guard` (see `TurnGuard`), the input may be refused before the model runs, the
+    prompt's messages are prepared once (e.g. a note added to the system message), tool
     calls are checked before they run, tool results are marked as untrusted data, and the
     visible text is filtered; each act is yielded as a ("guard", GuardAction) event. The stored
     reply is the filtered text, so a removed secret never comes back in a later turn.
@@ -214,6 +221,7 @@ def respond(
             stats.finish = "guard"
             yield ChatEvent("done", [Message("assistant", text)])
             return
+        history = guard.prepare(history, tools)
     for round_ in range(max_tool_rounds + 1):
         ids = fmt.prompt_ids(history + added, tools=schemas)
         p = replace(

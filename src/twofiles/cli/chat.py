@@ -13,6 +13,11 @@ citation the reply did not write as [n] is attributed (--rag-cite: by overlap wi
 by the model's constrained choice of a number) and says so. When the grounded prompt does not fit
 the context, the lowest-ranked passages go first, then the oldest exchanges (a note on stderr).
 --tools retrieve also lets the model search the index itself.
+
+With --guard SPEC the turns run through twofiles.guard (input rules and classifier, spotlighting
+of tool results and passages, the tool policy of --allow-tools / a persona's PARAMETER tools and
+--allow-hosts, the output filter of --secret and the system prompt's password): each act is shown
+on stderr as [guard] and listed in --json's "guard".
 """
 
 from __future__ import annotations
@@ -112,6 +117,35 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="keep the conversation's keys and values between turns, so each turn computes only "
         "its new tokens (default 512; 0 = off: every turn prefills the whole conversation)",
     )
+    p.add_argument(
+        "--guard",
+        default="none",
+        metavar="SPEC",
+        help="guardrails: a comma list of input, classifier, spotlight, tools, output; all; or "
+        "none (default). What they do is shown on stderr, and listed with --json",
+    )
+    p.add_argument(
+        "--allow-tools",
+        default=None,
+        metavar="LIST",
+        help="with --guard tools: the tools that may run (default: a persona's PARAMETER tools, "
+        "else every tool given)",
+    )
+    p.add_argument(
+        "--allow-hosts",
+        default="",
+        metavar="LIST",
+        help="with --guard output/tools: hosts that links, images, URLs and email recipients may "
+        "point to (default: none)",
+    )
+    p.add_argument(
+        "--secret",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help="with --guard output/tools: a string no reply or tool argument may carry (repeat for "
+        "more; passwords and canary tokens in the system prompt are found by themselves)",
+    )
     add_device_flag(p)
     add_inference_flags(p, compile=True)
     add_json_flag(p)
@@ -163,6 +197,10 @@ def _show(events, pieces: list[str], shown: list, out, err) -> list:
             )
         elif kind == "tool_result":
             print(f"[tool result] {value}", file=err, flush=True)
+        elif kind == "guard":
+            out.flush()
+            why = "; ".join(value.reasons)
+            print(f"\n[guard] {value.guard} ({value.stage}): {why}", file=err, flush=True)
         elif kind == "done":
             return value
     return []
@@ -212,7 +250,7 @@ def _think(loaded, fmt, messages, params, n: int, stats, out, err, scorer=None, 
 
 def run(args: argparse.Namespace) -> int:
     import time
-    from dataclasses import replace
+    from dataclasses import asdict, replace
 
     from twofiles.chat import (
         ChatFormat,
@@ -243,6 +281,8 @@ def run(args: argparse.Namespace) -> int:
         raise TwofilesError("--scorer picks the best of several samples: pass --think N (N >= 2)")
     if args.rag_k < 1:
         raise TwofilesError(f"--rag-k {args.rag_k}: must be >= 1")
+    if args.think > 1 and args.guard.strip().lower() not in ("", "none"):
+        raise TwofilesError("--think and --guard do not combine: guards run in the chat loop")
     if args.prefix_cache_mb < 0:
         raise TwofilesError(f"--prefix-cache-mb {args.prefix_cache_mb}: must be >= 0 (0 = off)")
     index = None
@@ -305,6 +345,7 @@ def run(args: argparse.Namespace) -> int:
         )
         print(f"tools: {', '.join(tools)}, {how}", file=err)
 
+    guard = _make_guard(args, persona, tools)
     base = [Message("system", args.system)] if args.system is not None else []
     if persona is not None:  # its SYSTEM unless --system, then its few-shot MESSAGEs
         base += [Message(m["role"], m["content"]) for m in persona.prefix(args.system is not None)]
@@ -323,6 +364,7 @@ def run(args: argparse.Namespace) -> int:
     picks: list[dict] = []  # best-of-N: each turn's samples, their scores and the pick
     rag_turns: list[dict] = []  # --rag: each turn's query, passages and citations
     turn, n_calls, gen_seconds = 0, 0, 0.0
+    guard_actions: list[dict] = []  # --guard: what each guard did, per turn
 
     while True:
         try:
@@ -403,13 +445,14 @@ def run(args: argparse.Namespace) -> int:
                         events = respond(
                             loaded,
                             fmt,
-                            _grounded(messages, passages),
+                            _grounded(messages, passages, guard),
                             turn_params,
                             tools=tools or None,
                             max_tool_rounds=args.max_tool_rounds,
                             stats=stats,
                             describe_tools=describe_tools,
                             prefix_cache=prefix_cache,
+                            guard=guard,
                         )
                         added = _show(events, pieces, shown, out, err)
                     break
@@ -421,6 +464,7 @@ def run(args: argparse.Namespace) -> int:
                     messages = shorter
                     print("(context full: forgot the oldest exchange)", file=err, flush=True)
             n_calls += sum(kind == "tool_call" for kind, _ in shown)
+            guard_actions += [{"turn": turn, **asdict(v)} for kind, v in shown if kind == "guard"]
         except PromptTooLongError as e:
             messages.pop()
             if not interactive:
@@ -470,6 +514,11 @@ def run(args: argparse.Namespace) -> int:
                 "seed": seed,
                 **({"best_of_n": picks} if scorer is not None else {}),
                 **(
+                    {"guard": {"guards": sorted(guard.config.guards), "actions": guard_actions}}
+                    if guard is not None
+                    else {}
+                ),
+                **(
                     {
                         "rag": {
                             "db": args.rag,
@@ -488,6 +537,33 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _make_guard(args: argparse.Namespace, persona, tools: dict):
+    """The Guard of --guard (None when off): the allow-list from --allow-tools, else the
+    persona's PARAMETER tools; hosts and secrets from their flags."""
+    from twofiles.errors import BadInputError
+    from twofiles.guard import Guard, GuardConfig, parse_guards
+
+    guards = parse_guards(args.guard)
+    if args.allow_tools is not None and "tools" not in guards:
+        raise BadInputError("--allow-tools applies with --guard tools (or all)")
+    if not guards:
+        return None
+    allowed = None
+    if args.allow_tools is not None:
+        allowed = frozenset(n.strip() for n in args.allow_tools.split(",") if n.strip())
+    elif persona is not None and getattr(persona, "tools", None) is not None:
+        allowed = frozenset(persona.tools)
+    cfg = GuardConfig(
+        guards=guards,
+        secrets=tuple(s for s in args.secret if s),
+        allowed_tools=allowed,
+        allowed_hosts=tuple(h.strip().lower() for h in args.allow_hosts.split(",") if h.strip()),
+    )
+    guard = Guard.from_config(cfg)
+    print(f"guards: {', '.join(sorted(guards))}", file=sys.stderr)
+    return guard
+
+
 def _retrieve(index, messages: list, base: list, args: argparse.Namespace) -> tuple[str, list]:
     """This turn's query (grounding.rag_query: the message and the user message before it, for
     follow-ups; a persona's few-shot turns in `base` are not the user's) and its passages."""
@@ -498,14 +574,15 @@ def _retrieve(index, messages: list, base: list, args: argparse.Namespace) -> tu
     return query, index.search(query, args.rag_k, args.rag_mode)
 
 
-def _grounded(messages: list, passages: list | None) -> list:
+def _grounded(messages: list, passages: list | None, guard=None) -> list:
     """The prompt's messages: the conversation itself, or with --rag this turn's passages and
-    the instruction to treat them as data (the conversation keeps the user's words alone)."""
+    the instruction to treat them as data (the conversation keeps the user's words alone);
+    with --guard spotlight the passages are datamarked."""
     if passages is None:
         return messages
     from twofiles.rag.grounding import ground
 
-    return ground(messages, passages)
+    return ground(messages, passages, mark=guard.mark_document if guard is not None else None)
 
 
 def _fit(messages: list, passages: list, fmt, schemas, context: int, max_tokens: int, err) -> tuple:

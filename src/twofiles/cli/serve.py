@@ -14,6 +14,10 @@ models named). A persona named here that has adapters, or whose FROM is not serv
 unless told otherwise, prints its URL, and runs until Ctrl-C. Any OpenAI client works with
 base_url URL/v1. Limits (slots, queue, prefix cache, prefill chunk, prompt/output tokens, body
 size, timeout) are ServeSettings fields, each a flag here.
+
+Security: --guard SPEC runs the guards (twofiles.guard) on every chat request, --secret and
+--allow-hosts feed the output guard, and a request's "guard" field may add guards (never remove
+them; serve.guarding). CORS is closed unless --cors-origin names origins.
 """
 
 from __future__ import annotations
@@ -159,6 +163,37 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "default), constrained (the model picks a number after the reply), model (only its own)",
     )
     p.add_argument(
+        "--guard",
+        default="none",
+        metavar="SPEC",
+        help="guards on every chat request: a comma list of input, classifier, spotlight, tools, "
+        'output, or all / none (default none); a request\'s "guard" field can add guards, never '
+        "remove these",
+    )
+    p.add_argument(
+        "--secret",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help="a string no reply may contain: the output guard replaces it (repeatable; turns the "
+        "output guard on)",
+    )
+    p.add_argument(
+        "--allow-hosts",
+        default="",
+        metavar="HOSTS",
+        help="comma list of hosts (and their subdomains) that links and images in replies may "
+        "point to; the output guard removes any other (default: none)",
+    )
+    p.add_argument(
+        "--cors-origin",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="an origin (https://app.example) whose pages may call this server from a browser "
+        "(repeatable; default none: CORS stays closed)",
+    )
+    p.add_argument(
         "--no-personas",
         action="store_true",
         help="serve only the models named, not the registered personas over them",
@@ -187,6 +222,18 @@ def _read_keys(path: str) -> list[str]:
     if not keys:
         raise BadInputError("no API keys in the file (one per line)", path=path)
     return keys
+
+
+def _guard_config(args: argparse.Namespace):
+    """--guard, --secret and --allow-hosts as the server's GuardConfig."""
+    from twofiles.guard import GuardConfig, parse_guards
+
+    guards = parse_guards(args.guard)
+    secrets = tuple(s for s in args.secret if s)
+    if secrets:
+        guards |= {"output"}
+    hosts = tuple(h.strip().lower() for h in args.allow_hosts.split(",") if h.strip())
+    return GuardConfig(guards=guards, secrets=secrets, allowed_hosts=hosts)
 
 
 def _open_rag(db: str, k: int, cite: str):
@@ -234,6 +281,7 @@ def run(args: argparse.Namespace) -> int:
         "max_body_bytes": args.max_body_bytes,
         "request_timeout_s": args.timeout,
         "metrics": args.metrics,
+        "cors_origins": tuple(args.cors_origin) or None,
     }
     try:
         settings = dataclasses.replace(
@@ -255,6 +303,7 @@ def run(args: argparse.Namespace) -> int:
             raise TwofilesError(f"two models are named {name!r}: give one a name with NAME=MODEL")
         specs[name] = spec
 
+    guard = _guard_config(args)
     rag = None
     if args.rag is not None:
         from twofiles.serve.protocol import MAX_RAG_K
@@ -281,7 +330,13 @@ def run(args: argparse.Namespace) -> int:
     )
     for name, base in shared.items():
         print(f"persona {name}: served on the engine of {base}", file=sys.stderr)
-    app = create_app(models, settings, shared=shared, rag=rag)
+    app = create_app(models, settings, shared=shared, rag=rag, guard=guard)
+    if guard.guards:
+        print(
+            f"guards: {', '.join(sorted(guard.guards))} on every chat request"
+            + (f" ({len(guard.secrets)} secrets)" if guard.secrets else ""),
+            file=sys.stderr,
+        )
     web = app.state.web  # its databases open on first use: they may still be moved
     if args.arena_db:
         web.arena_db = Path(args.arena_db)
@@ -320,6 +375,8 @@ def run(args: argparse.Namespace) -> int:
                 "arena_db": str(web.arena_db),
                 "feedback_db": str(web.feedback_db),
                 "rag": args.rag,
+                "guard": sorted(guard.guards),
+                "cors_origins": list(settings.cors_origins),
             }
         )
     server = uvicorn.Server(

@@ -6,6 +6,7 @@ A Modelfile names a model and the defaults to run it with, in Ollama's form:
     ADAPTER ./adapters.safetensors    LoRA adapters (twofiles sft --lora) applied to FROM
     SYSTEM \"\"\"You are Mario.\"\"\"       the default system message
     PARAMETER temperature 0.2         sampling defaults (PARAMETERS); `stop` repeats
+    PARAMETER tools calculator,python the tools it may run under `--guard tools` (twofiles' own)
     TEMPLATE \"\"\"{% for m in messages %}...\"\"\"   a Jinja chat template used instead of the model's
     MESSAGE user Hi                   few-shot turns (system / user / assistant)
     LICENSE \"\"\"MIT\"\"\"
@@ -74,6 +75,13 @@ PARAMETERS: dict[str, Parameter] = {
     "num_predict": Parameter(int, "max_tokens", lambda v: v >= 1, ">= 1"),
     "stop": Parameter(str, "stop", lambda v: bool(v), "a non-empty string"),
     "num_ctx": Parameter(int, None, lambda v: v >= 2, ">= 2"),
+    # twofiles' own: the tools this persona may run under `--guard tools` (a comma list)
+    "tools": Parameter(
+        str,
+        None,
+        lambda v: all(re.fullmatch(r"[A-Za-z0-9_.-]+", t.strip()) for t in v.split(",")),
+        "a comma list of tool names (e.g. calculator,python)",
+    ),
 }
 # Ollama parameters that have no meaning here: named so the error says why, not "unknown".
 UNSUPPORTED = {
@@ -582,6 +590,11 @@ def persona_of(record: dict[str, Any]) -> Persona:
         messages=tuple((m["role"], m["content"]) for m in record.get("messages", [])),
         template=record.get("template"),
         num_ctx=params.get("num_ctx"),
+        tools=(
+            tuple(t.strip() for t in params["tools"].split(",") if t.strip())
+            if "tools" in params
+            else None
+        ),
     )
 
 

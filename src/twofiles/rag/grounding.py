@@ -73,12 +73,14 @@ def _where(p: Passage) -> str:
     return f"{p.source}, {p.location}" if p.location else p.source
 
 
-def context_block(passages: Sequence[Passage]) -> str:
+def context_block(passages: Sequence[Passage], mark: Callable[[str], str] | None = None) -> str:
     """The passages numbered [1]..[k], each under a header with its source and location, between
-    the <documents> delimiters (any delimiter inside a passage defused)."""
+    the <documents> delimiters (any delimiter inside a passage defused). `mark` rewrites each
+    passage's text (the guard's datamarking, twofiles.guard.spotlight)."""
     parts = [DOCS_OPEN]
     for n, p in enumerate(passages, 1):
         text = _DELIMITER.sub(r"(\1\2)", p.text.strip())
+        text = mark(text) if mark is not None else text
         parts.append(f"[{n}] {_where(p)}\n{text}\n")
     if not passages:
         parts.append("(no document matched)")
@@ -91,16 +93,18 @@ def ground(
     passages: Sequence[Passage],
     *,
     instructions: str = RAG_INSTRUCTIONS,
+    mark: Callable[[str], str] | None = None,
 ) -> list[Message]:
     """The prompt's messages: `instructions` added to the system message (a new one first when
-    there is none), the context block before the text of the last user message. `messages`
+    there is none), the context block (each passage through `mark`, when given) before the text
+    of the last user message. `messages`
     itself is not modified; earlier turns are left as they were (their passages are not
     repeated: the conversation keeps what was said, the prompt only this turn's documents)."""
     out = list(messages)
     last = next((i for i in range(len(out) - 1, -1, -1) if out[i].role == "user"), None)
     if last is None:
         raise ValueError("a grounded prompt needs a user message to answer")
-    out[last] = Message("user", f"{context_block(passages)}\n\nQuestion: {out[last].content}")
+    out[last] = Message("user", f"{context_block(passages, mark)}\n\nQuestion: {out[last].content}")
     if out and out[0].role == "system":
         out[0] = Message("system", f"{out[0].content}\n\n{instructions}".strip())
     else:

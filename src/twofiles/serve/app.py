@@ -1,8 +1,10 @@
 """`create_app`: the OpenAI-compatible API over the continuous-batching scheduler.
 
 What it owns: the FastAPI app and its lifespan (the scheduler's thread starts and stops with it),
-GET /health, API keys, the body-size limit, and turning every error into a 4xx/5xx with an
-OpenAI-style body. What it leaves to others: the limits' values (settings.py), request checking
+GET /health, API keys (compared in constant time), the body-size limit, the security headers
+(CONTENT_SECURITY_POLICY and friends, on every response), CORS (closed unless
+`settings.cors_origins` names origins), the server's guards (`app.state.guards`, a
+serve.guarding.ServeGuards), and turning every error into a 4xx/5xx with an OpenAI-style body. What it leaves to others: the limits' values (settings.py), request checking
 (protocol.py), the served models and the scheduler glue (core.py), the OpenAI routes
 (openai_routes.py), the web pages and their routes (web.py), batching and sampling
 (twofiles.scheduler), chat rendering and tool-call parsing (twofiles.chat).
@@ -19,6 +21,7 @@ core's `chat_format(app, model)` / `generate_reply(app, model, messages, params)
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import threading
 import time
@@ -32,8 +35,10 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from twofiles.errors import TwofilesError
+from twofiles.guard import GuardConfig
 from twofiles.scheduler import Scheduler
 from twofiles.serve.core import RagService, chat_format, generate_reply, model_name
+from twofiles.serve.guarding import ServeGuards
 from twofiles.serve.metrics import install_metrics
 from twofiles.serve.openai_routes import add_openai_routes
 from twofiles.serve.protocol import ApiError, pydantic_message
@@ -84,17 +89,60 @@ class _BodyLimit:
         await self.app(scope, limited, send)
 
 
+# The pages render model output as text and load nothing from elsewhere; this policy makes the
+# browser refuse anything else (an injected script, a remote image that would carry data out).
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; img-src 'self' data:; connect-src 'self'; "
+    "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
+)
+SECURITY_HEADERS = [
+    (b"content-security-policy", CONTENT_SECURITY_POLICY.encode()),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+]
+
+
+class _SecurityHeaders:
+    """Pure ASGI middleware: every response gets SECURITY_HEADERS (pages, scripts, JSON alike:
+    a JSON body opened as a page is covered too)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def with_headers(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                have = {k.lower() for k, _ in message.get("headers", [])}
+                extra = [(k, v) for k, v in SECURITY_HEADERS if k not in have]
+                message = {**message, "headers": [*message.get("headers", []), *extra]}
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
+
+
+def _digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()
+
+
 def _auth(settings: ServeSettings):
-    keys = [k.encode() for k in settings.api_keys]
+    # Keys are compared as SHA-256 digests (equal lengths: the time says nothing of a key's
+    # length), every key each time (no early exit: the time says nothing of which one matched).
+    digests = [_digest(k) for k in sorted(settings.api_keys)]
 
     async def require_api_key(request: Request) -> None:
-        if not keys:
+        if not digests:
             return
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not any(
-            hmac.compare_digest(token.strip().encode(), k) for k in keys
-        ):
+        sent = _digest(token.strip())
+        matched = 0
+        for d in digests:
+            matched |= hmac.compare_digest(sent, d)
+        if scheme.lower() != "bearer" or not matched:
             raise ApiError(
                 401,
                 "missing or wrong API key: send 'Authorization: Bearer <key>'",
@@ -116,12 +164,14 @@ def create_app(
     *,
     shared: Mapping[str, str] | None = None,
     rag: RagService | None = None,
+    guard: GuardConfig | None = None,
 ) -> FastAPI:
     """The server for `models` (name -> loaded model) under `settings`. The scheduler's thread
     starts with the app (lifespan) and stops with it. `shared` maps a persona (a view of another
     served model's weights, formats.resolve.persona_view) to the model whose engine it runs on.
     With `rag` (serve --rag), requests may ask for grounded replies and the web page gets the
-    retrieve tool; the app closes it."""
+    retrieve tool; the app closes it. `guard` (serve --guard, --secret, --allow-hosts) is the
+    guard every chat request gets; a request's own `guard` field can only add to it."""
     settings = settings or ServeSettings()
     if not models:
         raise TwofilesError("no models to serve")
@@ -161,9 +211,20 @@ def create_app(
     app.state.settings = settings
     app.state.chat_formats = {}
     app.state.rag = rag
+    app.state.guards = ServeGuards(guard or GuardConfig())
     app.state.score_lock = threading.Lock()  # core.score_prompt: one at a time
     app.state.started = int(time.time())
     app.add_middleware(_BodyLimit, max_bytes=settings.max_body_bytes)
+    if settings.cors_origins:  # closed unless configured: no Access-Control-Allow-* by default
+        from starlette.middleware.cors import CORSMiddleware
+
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
+    app.add_middleware(_SecurityHeaders)
     require_api_key = _auth(settings)
     app.state.require_api_key = (
         require_api_key  # a dependency for extra routes that want the same keys

@@ -257,14 +257,30 @@ async def generate_reply(
     timeout: float | None = None,
 ) -> tuple[Message, dict[str, Any]]:
     """One assistant reply through the scheduler, for extra routes (the arena, the chat page):
-    the parsed Message and {"prompt_tokens", "completion_tokens", "finish_reason", "seconds"}.
+    the parsed Message and {"prompt_tokens", "completion_tokens", "finish_reason", "seconds",
+    "guard"}. The server's guards run as on /v1/chat/completions ("guard": what acted; a blocked
+    input is answered with the refusal, finish_reason "content_filter", nothing generated).
     Raises ApiError like the API routes do."""
-    from twofiles.chat import parse_messages
+    from twofiles.chat import Message, parse_messages
+    from twofiles.serve.guarding import request_guard
 
     served_model(app, model)
     fmt = chat_format(app, model)
+    guard = request_guard(app, None, tools, model)
     try:
-        ids = fmt.prompt_ids(with_persona(app, model, parse_messages(list(messages))), tools=tools)
+        conversation = with_persona(app, model, parse_messages(list(messages)))
+        if guard is not None:
+            refusal = guard.check_input(conversation)
+            if refusal is not None:
+                return Message("assistant", refusal), {
+                    "prompt_tokens": 0,
+                    "completion_tokens": 0,
+                    "finish_reason": "content_filter",
+                    "seconds": 0.0,
+                    "guard": guard.json(every=True),
+                }
+            conversation = guard.prepare(guard.untrusted_messages(conversation))
+        ids = fmt.prompt_ids(conversation, tools=tools)
     except TwofilesError as e:
         raise ApiError(400, str(e)) from None
     check_prompt(app, model, ids)
@@ -284,11 +300,19 @@ async def generate_reply(
         ) from None
     if h.finish_reason == "error":
         raise ApiError(500, f"generation failed: {h.error}", type="server_error")
-    return fmt.parse_assistant(h.text), {
+    reply, finish = fmt.parse_assistant(h.text), h.finish_reason
+    if guard is not None:
+        calls = guard.allowed_calls(reply.tool_calls, 0)
+        content, cut = guard.filter_text(reply.content, 0)
+        if cut or len(calls) < len(reply.tool_calls):
+            finish = "content_filter"
+        reply = replace(reply, content=content, tool_calls=calls)
+    return reply, {
         "prompt_tokens": h.prompt_tokens,
         "completion_tokens": len(h.tokens),
-        "finish_reason": h.finish_reason,
+        "finish_reason": finish,
         "seconds": time.perf_counter() - t0,
+        "guard": guard.json(every=True) if guard is not None else [],
     }
 
 
@@ -375,6 +399,7 @@ async def ground_messages(
     *,
     own: Sequence[Message] | None = None,
     fits: Callable[[list[Message]], bool],
+    untrusted: Callable[[str, str], str] | None = None,
 ) -> tuple[list[Message], list[Passage], int]:
     """A request's messages grounded in the `k` passages (None: the server's default) retrieved
     for its last user message and the one before it (grounding.rag_query over `own`, the
@@ -382,7 +407,9 @@ async def ground_messages(
     were dropped: `fits` is the rendered prompt's length check, and the lowest-ranked passages
     are left out until the prompt fits (grounding.fit_grounded; the client's own messages are
     never dropped: a conversation too long by itself gets the usual 400). ApiError 400 when this
-    server has no index or the conversation has no user message."""
+    server has no index or the conversation has no user message. `untrusted` (the spotlight
+    guard's hook: text, source -> what the model reads) wraps each passage's text in the prompt;
+    the passages returned are the ones retrieved, as they are."""
     from twofiles.rag.grounding import fit_grounded, rag_query
 
     rag: RagService | None = getattr(app.state, "rag", None)
@@ -399,8 +426,12 @@ async def ground_messages(
         passages = await asyncio.to_thread(rag.search, query, k or rag.k, mode)
     except TwofilesError as e:
         raise ApiError(400, f"rag: {e}", param="rag") from None
-    fitted = fit_grounded(messages, passages, fits, drop_exchanges=False)
-    return fitted.prompt, fitted.passages, fitted.passages_dropped
+    shown = passages
+    if untrusted is not None:
+        shown = [replace(p, text=untrusted(p.text, f"document {p.source}")) for p in passages]
+    fitted = fit_grounded(messages, shown, fits, drop_exchanges=False)
+    # the lowest-ranked go first: those kept are the first len(kept) retrieved
+    return fitted.prompt, passages[: len(fitted.passages)], fitted.passages_dropped
 
 
 async def cite_reply(

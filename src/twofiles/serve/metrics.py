@@ -12,6 +12,7 @@ units) and, where one exists, vLLM's name for the same quantity, so existing das
 over: `prompt_tokens_total`, `generation_tokens_total`, `time_to_first_token_seconds`,
 `time_per_output_token_seconds`, `num_requests_running` / `_waiting`, `prefix_cache_queries_total`
 / `prefix_cache_hits_total` (both counted in tokens, as vLLM's v1 engine counts them).
+`guard_actions_total{guard, stage}` counts what the guards did (serve.guarding.GuardRun).
 
 A request's generations are observed once they are done, from what their RequestHandle
 recorded (tokens, submitted_at, first_token_at, finished_at, finish_reason): at the next
@@ -180,6 +181,14 @@ class ServerMetrics:
             "A generation's mean time per token after the first",
             ["model"],
             buckets=PER_TOKEN_BUCKETS,
+            registry=r,
+        )
+        self.guard_actions = Counter(
+            "twofiles_guard_actions",
+            "Guard actions (serve --guard, a request's guard field) by guard and stage: a "
+            "blocked input, a spotlighted tool result or passage, a dropped tool call, a reply "
+            "the output filter cut",
+            ["guard", "stage"],
             registry=r,
         )
         r.register(SchedulerCollector(scheduler))

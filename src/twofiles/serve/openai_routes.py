@@ -17,6 +17,11 @@ its reply cited as `citations` (on the message; a stream puts it on the choice's
 with `citation_details` beside it: [{n, by, ...}], `by` saying how each was made ("model": the
 reply wrote [n]; "overlap" or "constrained": attributed, by the request's `rag.cite`). When the
 grounded prompt would not fit, the lowest-ranked passages are left out: `passages_dropped`.
+
+Guards (serve --guard, the `guard` extension field; serve.guarding): where a guard is on, the
+response carries `guard` (what acted: guard, stage, reasons, the choice's index), a blocked input
+is answered by `_refused` without generating, and a reply the tool policy or the output filter
+cut has finish_reason "content_filter" (`_reply_parts`; streams filter as they go).
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ from twofiles.serve.core import (
     submit,
     with_persona,
 )
+from twofiles.serve.guarding import GuardRun, request_guard
 from twofiles.serve.protocol import (
     ApiError,
     ChatCompletionRequest,
@@ -59,7 +65,7 @@ from twofiles.serve.protocol import (
 )
 
 if TYPE_CHECKING:
-    from twofiles.chat import Message
+    from twofiles.chat import ToolCall
 
 
 def _token_info(tokenizer: Any, token: int) -> tuple[str, list[int]]:
@@ -160,13 +166,100 @@ def _failed_sse(last: Any) -> str:
     return _sse(ApiError(500, f"generation failed: {reason}", type="server_error").body())
 
 
-def _tool_calls_json(message: Message) -> list[dict[str, Any]]:
+def _tool_calls_json(calls: Sequence[ToolCall]) -> list[dict[str, Any]]:
     out = []
-    for call in message.tool_calls:
+    for call in calls:
         d = call.to_dict()
         d["id"] = call.id or f"call_{secrets.token_hex(12)}"
         out.append(d)
     return out
+
+
+def _reply_parts(
+    h: RequestHandle, fmt: Any, has_tools: bool, guard: GuardRun | None, index: int
+) -> tuple[str, list[ToolCall], str | None]:
+    """A finished reply as (content, tool calls, finish_reason), through the guard: calls the
+    tool policy refuses are dropped, the content goes through the output filter. The finish is
+    "tool_calls" when calls are left, "content_filter" when the guard removed something and no
+    call is left (OpenAI's value for a reply its filter cut), else the generation's own."""
+    content, calls, finish = h.text, [], h.finish_reason
+    if has_tools:
+        parsed = fmt.parse_assistant(h.text)
+        if parsed.tool_calls:
+            content, calls = parsed.content, list(parsed.tool_calls)
+            if guard is not None:
+                calls = guard.allowed_calls(calls, index)
+                if not calls:
+                    finish = "content_filter"
+    if guard is not None:
+        content, cut = guard.filter_text(content, index)
+        if cut:
+            finish = "content_filter"
+    if calls:
+        finish = "tool_calls"
+    return content, calls, finish
+
+
+def _refused(
+    base: dict[str, Any], refusal: str, n: int, stream: bool, guard: GuardRun
+) -> dict[str, Any] | StreamingResponse:
+    """The reply to a request the input guard blocked: an ordinary completion whose message is
+    the refusal, finish_reason "content_filter", nothing generated."""
+    actions = guard.json(every=True)
+    usage = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+    if not stream:
+        choices = [
+            {
+                "index": i,
+                "message": {"role": "assistant", "content": refusal},
+                "logprobs": None,
+                "finish_reason": "content_filter",
+            }
+            for i in range(n)
+        ]
+        return {
+            **base,
+            "object": "chat.completion",
+            "choices": choices,
+            "usage": usage,
+            "guard": actions,
+        }
+
+    async def chunks() -> AsyncIterator[str]:
+        for i in range(n):
+            for delta, finish in (
+                ({"role": "assistant", "content": refusal}, None),
+                ({}, "content_filter"),
+            ):
+                choice = {"index": i, "delta": delta, "logprobs": None, "finish_reason": finish}
+                extra = {"guard": actions} if i == 0 and finish is None else {}
+                yield _sse(
+                    {**base, "object": "chat.completion.chunk", "choices": [choice], **extra}
+                )
+        yield "data: [DONE]\n\n"
+
+    return _stream(chunks())
+
+
+def _refused_completion(
+    base: dict[str, Any], refusal: str, choices: int, stream: bool, guard: GuardRun
+) -> dict[str, Any] | StreamingResponse:
+    """/v1/completions' answer to a prompt the input guard blocked (as _refused for chat)."""
+    rows = [
+        {"index": i, "text": refusal, "logprobs": None, "finish_reason": "content_filter"}
+        for i in range(choices)
+    ]
+    actions = guard.json(every=True)
+    if not stream:
+        usage = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+        return {**base, "choices": rows, "usage": usage, "guard": actions}
+
+    async def chunks() -> AsyncIterator[str]:
+        for row in rows:
+            yield _sse({**base, "choices": [row], "guard": actions})
+        yield "data: [DONE]\n\n"
+
+    return _stream(chunks())
 
 
 def add_openai_routes(app: FastAPI, require_api_key: Any) -> None:
@@ -206,6 +299,14 @@ def add_openai_routes(app: FastAPI, require_api_key: Any) -> None:
             stop_token_ids=fmt.stop_token_ids,
             defaults=sampling_defaults(app, req.model),
         )
+        rid, created = f"chatcmpl-{secrets.token_hex(12)}", int(time.time())
+        base = {"id": rid, "created": created, "model": req.model}
+        guard = request_guard(app, req.guard, tools, req.model)
+        if guard is not None:
+            refusal = guard.check_input(messages)
+            if refusal is not None:  # the model never runs
+                return _refused(base, refusal, req.n, req.stream, guard)
+            messages = guard.prepare(guard.untrusted_messages(messages))
         passages: list[Any] | None = None
         rag: dict[str, Any] = {}  # how a grounded reply is cited, and what was left out
         if req.rag is not None:  # retrieved for the client's turns, not a persona's few-shot ones
@@ -221,7 +322,13 @@ def add_openai_routes(app: FastAPI, require_api_key: Any) -> None:
                     return True  # the render below reports it
 
             messages, passages, dropped = await ground_messages(
-                app, messages, req.rag.k, req.rag.mode, own=own, fits=fits
+                app,
+                messages,
+                req.rag.k,
+                req.rag.mode,
+                own=own,
+                fits=fits,
+                untrusted=guard.mark_document if guard is not None else None,
             )
             cite = req.rag.cite or app.state.rag.cite or DEFAULT_CITE
             rag = {"cite": cite, "passages_dropped": dropped}
@@ -232,8 +339,6 @@ def add_openai_routes(app: FastAPI, require_api_key: Any) -> None:
         check_prompt(app, req.model, ids)
         top = (req.top_logprobs or 0) if req.logprobs else None
         handles = submit(app, req.model, [ids], params, req.n, top)
-        rid, created = f"chatcmpl-{secrets.token_hex(12)}", int(time.time())
-        base = {"id": rid, "created": created, "model": req.model}
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             return _stream(
@@ -250,22 +355,20 @@ def add_openai_routes(app: FastAPI, require_api_key: Any) -> None:
                     passages,
                     _citer(app, req.model, rag.get("cite", ""), passages, ids),
                     rag.get("passages_dropped", 0),
+                    guard,
                 )
             )
         results = await collect(request, handles, settings.request_timeout_s)
         choices = []
         for i, (h, events) in enumerate(zip(handles, results)):
-            message: dict[str, Any] = {"role": "assistant", "content": h.text}
-            finish = h.finish_reason
-            if tools is not None:
-                parsed = fmt.parse_assistant(h.text)
-                if parsed.tool_calls:
-                    message = {
-                        "role": "assistant",
-                        "content": parsed.content or None,
-                        "tool_calls": _tool_calls_json(parsed),
-                    }
-                    finish = "tool_calls"
+            content, calls, finish = _reply_parts(h, fmt, tools is not None, guard, i)
+            message: dict[str, Any] = {"role": "assistant", "content": content}
+            if calls:
+                message = {
+                    "role": "assistant",
+                    "content": content or None,
+                    "tool_calls": _tool_calls_json(calls),
+                }
             if passages is not None:
                 details = await cite_reply(app, req.model, rag["cite"], h.text, passages, ids)
                 message["citations"] = [c["n"] for c in details]
@@ -288,6 +391,7 @@ def add_openai_routes(app: FastAPI, require_api_key: Any) -> None:
                 if passages is not None
                 else {}
             ),
+            **({"guard": guard.json(every=True)} if guard is not None else {}),
         }
 
     @app.post("/v1/completions", dependencies=[Depends(require_api_key)])
@@ -300,6 +404,19 @@ def add_openai_routes(app: FastAPI, require_api_key: Any) -> None:
         params = sampling_params(
             req, settings, default_max_tokens=16, defaults=sampling_defaults(app, req.model)
         )
+        rid, created = f"cmpl-{secrets.token_hex(12)}", int(time.time())
+        base = {"id": rid, "object": "text_completion", "created": created, "model": req.model}
+        guard = request_guard(app, req.guard, None, req.model)
+        if guard is not None:
+            from twofiles.chat import Message
+
+            # a raw prompt is all the user's text: scanned as a user turn would be
+            refusal = next(
+                (r for t in texts if (r := guard.check_input([Message("user", t)])) is not None),
+                None,
+            )
+            if refusal is not None:
+                return _refused_completion(base, refusal, len(texts) * req.n, req.stream, guard)
         scored = None
         if req.echo and req.logprobs is not None:  # the prompt's own logprobs, as vLLM gives them
             scored = [
@@ -312,8 +429,6 @@ def add_openai_routes(app: FastAPI, require_api_key: Any) -> None:
             if req.max_tokens == 0
             else submit(app, req.model, prompts, params, req.n, req.logprobs)
         )
-        rid, created = f"cmpl-{secrets.token_hex(12)}", int(time.time())
-        base = {"id": rid, "object": "text_completion", "created": created, "model": req.model}
         echoes = [texts[i // req.n] if req.echo else "" for i in range(len(prompts) * req.n)]
         prompt_tokens = sum(len(p) for p in prompts)
         if req.stream:
@@ -328,6 +443,7 @@ def add_openai_routes(app: FastAPI, require_api_key: Any) -> None:
                     include_usage,
                     prompt_tokens,
                     settings.request_timeout_s,
+                    guard,
                 )
             )
         results = await collect(request, handles, settings.request_timeout_s) if handles else []
@@ -339,15 +455,19 @@ def add_openai_routes(app: FastAPI, require_api_key: Any) -> None:
                 logprobs = _completion_logprobs(tok, events, len(echo))
                 if scored is not None:
                     logprobs = {k: scored[i // req.n][k] + logprobs[k] for k in logprobs}
+            text, finish = (h.text, h.finish_reason) if h else ("", "length")
+            if guard is not None and h is not None:  # the echo is the client's own text
+                text, cut = guard.filter_text(text, i)
+                finish = "content_filter" if cut else finish
             choices.append(
-                {
-                    "index": i,
-                    "text": echo + (h.text if h else ""),
-                    "logprobs": logprobs,
-                    "finish_reason": h.finish_reason if h else "length",
-                }
+                {"index": i, "text": echo + text, "logprobs": logprobs, "finish_reason": finish}
             )
-        return {**base, "choices": choices, "usage": _usage(prompt_tokens, handles)}
+        return {
+            **base,
+            "choices": choices,
+            "usage": _usage(prompt_tokens, handles),
+            **({"guard": guard.json(every=True)} if guard is not None else {}),
+        }
 
 
 def _sources(passages: Sequence[Any]) -> list[dict[str, Any]]:
@@ -441,8 +561,12 @@ async def _chat_chunks(
     passages: Sequence[Any] | None = None,
     citer: Callable[[str], Awaitable[list[dict[str, Any]]]] | None = None,
     passages_dropped: int = 0,
+    guard: GuardRun | None = None,
 ) -> AsyncIterator[str]:
     tok = loaded.tokenizer
+    # one output filter per choice: it holds back a tail that could still grow into a secret or
+    # a link, so what was sent never has to be taken back
+    filters = [guard.output_filter() for _ in handles] if guard is not None else None
 
     def chunk(
         i: int,
@@ -462,18 +586,20 @@ async def _chat_chunks(
 
     try:
         for i in range(len(handles)):
-            first = (
-                {"sources": _sources(passages), "passages_dropped": passages_dropped}
-                if passages is not None and i == 0
-                else None
-            )
-            yield chunk(i, {"role": "assistant", "content": ""}, extra=first)
+            first: dict[str, Any] = {}
+            if passages is not None and i == 0:
+                first = {"sources": _sources(passages), "passages_dropped": passages_dropped}
+            if guard is not None and i == 0:
+                first["guard"] = guard.json()  # what acted on the request (spotlighting)
+            yield chunk(i, {"role": "assistant", "content": ""}, extra=first or None)
         async for i, events in gather_events(handles, time.monotonic() + timeout):
             last = events[-1]
             if last.finish_reason in ("error", "cancelled"):
                 yield _failed_sse(last)
                 continue
             text = "".join(ev.text for ev in events)
+            if filters is not None and not has_tools:
+                text = filters[i].push(text)
             lp = _chat_logprobs(tok, events) if logprobs else None
             if lp is not None and not lp["content"]:
                 lp = None
@@ -483,17 +609,25 @@ async def _chat_chunks(
                 yield chunk(i, {}, lp=lp)
             if last.finish_reason is None:
                 continue
-            finish = last.finish_reason
+            finish: str | None = last.finish_reason
             if has_tools:
-                parsed = fmt.parse_assistant(handles[i].text)
-                if parsed.content:
-                    yield chunk(i, {"content": parsed.content})
-                if parsed.tool_calls:
-                    calls = [{"index": k, **c} for k, c in enumerate(_tool_calls_json(parsed))]
-                    yield chunk(i, {"tool_calls": calls})
-                    finish = "tool_calls"
+                content, calls, finish = _reply_parts(handles[i], fmt, True, guard, i)
+                if content:
+                    yield chunk(i, {"content": content})
+                if calls:
+                    calls_json = [{"index": k, **c} for k, c in enumerate(_tool_calls_json(calls))]
+                    yield chunk(i, {"tool_calls": calls_json})
+            elif filters is not None:
+                rest = filters[i].finish()
+                if rest:
+                    yield chunk(i, {"content": rest})
+                acts = filters[i].actions()
+                guard.record(acts, i)  # type: ignore[union-attr]
+                if acts:
+                    finish = "content_filter"
             cites = await citer(handles[i].text) if citer is not None else None
-            yield chunk(i, {}, finish, cites=cites)
+            acted = {"guard": guard.json(i)} if guard is not None else None
+            yield chunk(i, {}, finish, cites=cites, extra=acted)
         if include_usage:
             yield _sse(
                 {
@@ -524,14 +658,18 @@ async def _completion_chunks(
     include_usage: bool,
     prompt_tokens: int,
     timeout: float,
+    guard: GuardRun | None = None,
 ) -> AsyncIterator[str]:
     offsets = [len(e) for e in echoes]
+    filters = [guard.output_filter() for _ in handles] if guard is not None else None
 
     def chunk(i: int, text: str, finish: str | None = None, lp: Any = None) -> str:
+        extra = {"guard": guard.json(i)} if guard is not None and finish is not None else {}
         return _sse(
             {
                 **base,
                 "choices": [{"index": i, "text": text, "logprobs": lp, "finish_reason": finish}],
+                **extra,
             }
         )
 
@@ -547,8 +685,16 @@ async def _completion_chunks(
             text = "".join(ev.text for ev in events)
             lp = _completion_logprobs(tok, events, offsets[i]) if logprobs else None
             offsets[i] += len(text)
-            if text or last.finish_reason or (lp and lp["tokens"]):
-                yield chunk(i, text, last.finish_reason, lp)
+            finish = last.finish_reason
+            if filters is not None:
+                text = filters[i].push(text)
+                if finish is not None:
+                    text += filters[i].finish()
+                    acts = filters[i].actions()
+                    guard.record(acts, i)  # type: ignore[union-attr]
+                    finish = "content_filter" if acts else finish
+            if text or finish or (lp and lp["tokens"]):
+                yield chunk(i, text, finish, lp)
         if include_usage:
             yield _sse({**base, "choices": [], "usage": _usage(prompt_tokens, handles)})
     except DeadlinePassed:

@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from twofiles.engine import SamplingParams
+from twofiles.serve.guarding import GuardOption
 from twofiles.serve.settings import ServeSettings
 
 
@@ -123,6 +124,17 @@ class _Sampling(_Strict):
     )  # accepted only as 0: see sampling_params
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
     user: str | None = None  # accepted and ignored, as a courtesy to clients that always send it
+    # extension: guards added to the server's (serve.guarding.GuardOption); "input,output" or a
+    # list is shorthand for {"guards": ...}
+    guard: GuardOption | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _guard_shorthand(cls, data: Any) -> Any:
+        # turned into the object here so that a bad object's error names its field
+        if isinstance(data, dict) and isinstance(data.get("guard"), str | list):
+            data = {**data, "guard": {"guards": data["guard"]}}
+        return data
 
 
 MAX_RAG_K = 20  # passages per grounded request: k chunks of ~256 tokens must fit the context

@@ -34,6 +34,8 @@ class ServeSettings:
     api_keys: frozenset[str] = field(
         default_factory=frozenset
     )  # non-empty: /v1 needs "Authorization: Bearer KEY"
+    # origins whose pages may call this server from a browser (CORS); empty: none but its own
+    cors_origins: tuple[str, ...] = ()
     metrics: bool = True  # GET /metrics (Prometheus); open like /health: counts, never text
 
     def __post_init__(self) -> None:

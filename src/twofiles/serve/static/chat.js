@@ -331,6 +331,12 @@ function addActions(shell, model, context, reply, meta) {
   shell.node.append(TF.el("div", { class: "actions" }, up, down, fix, status));
 }
 
+// A small note under a reply a guard acted on: which guard, where, and why.
+function addGuardNote(shell, actions) {
+  const items = actions.map((a) => TF.el("li", {}, a.guard + " guard (" + a.stage + "): " + ((a.reasons || []).join(", ") || "acted")));
+  shell.node.append(TF.el("div", { class: "guard-note" }, TF.el("span", { class: "hint" }, "A guard acted on this reply:"), TF.el("ul", {}, items)));
+}
+
 // --- one turn -----------------------------------------------------------------------------------
 
 async function send(text) {
@@ -376,6 +382,7 @@ async function streamReply(s) {
   let pending = []; // logprob entries whose text has not arrived yet (held back, e.g. a split character)
   let finish = null;
   let failed = false;
+  const guarded = []; // what the server's guards did to this turn (the chunks' `guard` field)
   controller = new AbortController();
   $("send").disabled = true;
   $("stop").hidden = false;
@@ -384,6 +391,7 @@ async function streamReply(s) {
     if (tools && tools.length) body.tools = tools;
     for await (const chunk of TF.stream("/v1/chat/completions", body, controller.signal)) {
       if (chunk.sources) sources = chunk.sources;
+      if (Array.isArray(chunk.guard)) guarded.push(...chunk.guard);
       const choice = (chunk.choices || [])[0];
       if (!choice) continue;
       const delta = choice.delta || {};
@@ -422,6 +430,7 @@ async function streamReply(s) {
   if (failed) return null; // nothing the model said: the conversation stays as it was sent
   if (!content && !made.length) shell.text.append(TF.el("span", { class: "hint" }, "(empty reply)"));
   if (sources) addSources(shell, sources, linkCitations(shell.text, sources), citationDetails);
+  if (guarded.length) addGuardNote(shell, guarded);
   history.push(reply); // a stopped reply stays, as far as it got: it is what the page shows
   // a grounded reply's feedback names the passages that were in its prompt (the messages do not show them)
   addActions(shell, s.model, context, reply, { temperature: s.temperature, top_p: s.top_p, seed: s.seed ?? null, finish_reason: finish, page: "chat", ...(sources ? { rag_passages: sources.map((x) => x.id) } : {}) });

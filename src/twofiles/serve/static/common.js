@@ -1,5 +1,8 @@
 // Shared by the pages: requests (with the optional API key), the model list, the reader of the
 // server's OpenAI-style SSE stream, and a tiny element builder. Plain browser JavaScript, no build.
+// Whatever a model or a user wrote is put in the page as text (text nodes, textContent), never
+// parsed as HTML: a reply holding <script> or <img src=...> shows those characters, and the
+// server's Content-Security-Policy refuses inline scripts and remote loads besides.
 "use strict";
 
 const TF = {
@@ -83,6 +86,8 @@ const TF = {
     const node = document.createElement(tag);
     for (const [k, v] of Object.entries(attrs || {})) {
       if (k === "class") node.className = v;
+      // through the CSSOM: the pages' Content-Security-Policy refuses style attributes
+      else if (k === "style") node.style.cssText = v;
       else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
       else if (k === "dataset") Object.assign(node.dataset, v);
       else if (v !== undefined && v !== null && v !== false) node.setAttribute(k, v === true ? "" : v);
