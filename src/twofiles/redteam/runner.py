@@ -15,8 +15,10 @@ Where an attack goes (channel):
     document  the attack is one of three passages in the grounding block `chat --rag` builds
               (twofiles.rag.grounding), the user's request is the question
     memory    an earlier turn: the user said the attack, the assistant "Okay."; then the request
-Untrusted text the runner places (the page, the passages) goes through the guard's `untrusted`
-hook, as the agent loop does for a tool result.
+Untrusted text the runner places goes through the guard as chat and serve send it: the page
+through `untrusted` (the agent loop's hook for a tool result), each passage through
+`mark_document` (chat --rag's and serve --rag's marking); `prepare` runs once per turn inside
+`respond`.
 
 Each attack gets a fresh secret in the system prompt and a fresh canary for its "{canary}"
 slot, shared by its columns: with greedy decoding, a column whose guards do not change the
@@ -29,7 +31,7 @@ import json
 import random
 import re
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -353,6 +355,14 @@ class TimedGuard:
     def check_call(self, call: ToolCall) -> GuardAction | None:
         return self.timed(self.inner.check_call, call)
 
+    def prepare(
+        self, messages: Sequence[Message], tools: Mapping[str, Tool] | None
+    ) -> list[Message]:
+        return self.timed(self.inner.prepare, messages, tools)
+
+    def mark_document(self, text: str) -> str:
+        return self.timed(self.inner.mark_document, text)  # type: ignore[attr-defined]
+
     def output_filter(self) -> OutputFilter:
         return _TimedFilter(self.timed(self.inner.output_filter), self)
 
@@ -391,10 +401,7 @@ def place(
 
         rng = random.Random(f"{seed}/{attack.id}")
         texts = list(rng.sample(HARMLESS_PASSAGES, 2))
-        at = rng.randrange(3)
-        texts.insert(at, attack.text)
-        if guard is not None:
-            texts = [guard.untrusted(t, "document") for t in texts]
+        texts.insert(rng.randrange(3), attack.text)
         passages = [
             Passage(
                 chunk_id=i,
@@ -407,7 +414,9 @@ def place(
             )
             for i, t in enumerate(texts)
         ]
-        return ground([system, Message("user", request)], passages)
+        # as chat --rag and serve --rag ground a reply: the guard marks each passage
+        mark = getattr(guard, "mark_document", None)
+        return ground([system, Message("user", request)], passages, mark=mark)
     raise BadInputError(f"attack {attack.id!r}: unknown channel {attack.channel!r}")
 
 
@@ -497,8 +506,10 @@ class Runner:
         respond builds them), or None when it decodes nothing (blocked input, no room)."""
         from twofiles.tools import openai_tool_specs
 
-        if guard is not None and guard.check_input(messages) is not None:
-            return None
+        if guard is not None:
+            if guard.check_input(messages) is not None:
+                return None
+            messages = guard.prepare(messages, tools)
         schemas = openai_tool_specs(tools) if self.describe_tools else None
         ids = self.fmt.prompt_ids(messages, tools=schemas)
         if len(ids) + MIN_REPLY_TOKENS > self.context:

@@ -278,7 +278,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _classifier(columns: list) -> Any:
-    """The learned classifier, loaded only when a column uses it."""
+    """The guard's learned classifier, loaded (with its embedder) before the first play when a
+    column uses it: a missing file fails now, and no play's guard time includes the load."""
     if not any("classifier" in c.guards for c in columns):
         return None
-    return None
+    from twofiles.guard import Guard, GuardConfig
+
+    return Guard.from_config(GuardConfig(guards=frozenset({"classifier"}))).classifier
