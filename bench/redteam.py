@@ -89,6 +89,13 @@ def main() -> int:
         metavar="[LABEL=]MODEL",
         help="a model to attack (repeat for several); LABEL names its table and files",
     )
+    ap.add_argument(
+        "--flags",
+        action="append",
+        default=[],
+        metavar="LABEL=FLAGS",
+        help="more twofiles redteam flags for one model, e.g. speedrun='--describe-tools no'",
+    )
     ap.add_argument("--suite", default="builtin")
     ap.add_argument("--guard", default="each")
     ap.add_argument("--utility", type=int, default=40)
@@ -107,6 +114,10 @@ def main() -> int:
 
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
+    extra: dict[str, list[str]] = {}
+    for f in args.flags:
+        label, _, flags = f.partition("=")
+        extra.setdefault(label, []).extend(flags.split())
     for spec in args.model:
         label, model = _label_and_model(spec)
         run = Path(args.runs) / label
@@ -127,6 +138,7 @@ def main() -> int:
             "--json",
             *(["--limit", str(args.limit)] if args.limit else []),
             *(["--memo", args.memo.format(label=label)] if args.memo else []),
+            *extra.get(label, []),
         ]
         wall = None
         if not args.report_only:

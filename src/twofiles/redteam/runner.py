@@ -527,27 +527,27 @@ class Runner:
             self.loaded.model, self.loaded.tokenizer, rounds, max_rows=self.settings.batch
         )
 
+    def _ahead_guard(self, column: Column, secret: str) -> TurnGuard | None:
+        """The guard a column's first round is prepared with when decoding ahead: the same
+        prompt, but without the classifier, whose scan (~1 s a text on 2 busy cores) would run
+        twice; a prompt only the classifier blocks is decoded needlessly, and never used."""
+        g = self.guard(replace(column, guards=column.guards - {"classifier"}), secret)
+        return g.inner if g is not None else None
+
     def attack_turns(
         self, attack: Attack, secret: str, canary: str, columns: Sequence[Column]
     ) -> list[tuple[list[Message], TurnGuard | None]]:
-        """The conversation of `attack` under each column, with each column's (untimed) guard."""
+        """The conversation of `attack` under each column, with the guard to decode ahead with."""
         out: list[tuple[list[Message], TurnGuard | None]] = []
         for c in columns:
-            g = self.guard(c, secret)
-            inner = g.inner if g is not None else None
-            out.append(
-                (place(attack.filled(canary), secret, inner, seed=self.settings.seed), inner)
-            )
+            g = self._ahead_guard(c, secret)
+            out.append((place(attack.filled(canary), secret, g, seed=self.settings.seed), g))
         return out
 
     def task_turns(
         self, task: SkillTask, secret: str, columns: Sequence[Column]
     ) -> list[tuple[list[Message], TurnGuard | None]]:
-        out: list[tuple[list[Message], TurnGuard | None]] = []
-        for c in columns:
-            g = self.guard(c, secret)
-            out.append((self._task_messages(task, secret), g.inner if g is not None else None))
-        return out
+        return [(self._task_messages(task, secret), self._ahead_guard(c, secret)) for c in columns]
 
     def _task_messages(self, task: SkillTask, secret: str) -> list[Message]:
         # No scene system prompt: utility is the assistant's ordinary use, which the guards must

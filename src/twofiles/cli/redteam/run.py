@@ -83,6 +83,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="first replies decoded together, N at a time (default 16; 1 = one by one)",
     )
     p.add_argument(
+        "--describe-tools",
+        choices=("auto", "yes", "no"),
+        default="auto",
+        help="describe the tools in the prompt: auto follows the model's provenance "
+        "(tools_in_prompt); no for a model finetuned to call them without a list whose file "
+        "does not say so",
+    )
+    p.add_argument(
         "--memo",
         default=None,
         metavar="FILE",
@@ -225,6 +233,7 @@ def run(args: argparse.Namespace) -> int:
         "utility_tasks": len(tasks),
         "max_tokens": args.max_tokens,
         "seed": args.seed,
+        "tools_described": runner.describe_tools,
         "secrets": "derived from the seed (--memo)" if args.memo else "fresh",
         "device": device.type,
         "seconds": round(seconds, 2),
