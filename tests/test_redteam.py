@@ -466,8 +466,10 @@ def test_cli_end_to_end(tok: Tokenizer, tmp_path: Path, capsys) -> None:
     assert json.loads((out / "summary.json").read_text())["kind"] == "redteam"
     assert "| direct |" in (out / "report.md").read_text()
     assert (out / "asr.png").read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((out / "summary.json").read_text())["tools_described"] is False
     # the same --out again: a red-team run's files are replaced
-    assert main(argv) == 0
+    assert main([*argv, "--describe-tools", "yes"]) == 0
+    assert json.loads((out / "summary.json").read_text())["tools_described"] is True
 
 
 def test_cli_bad_suite_line_exits_2_and_writes_nothing(

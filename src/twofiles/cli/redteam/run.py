@@ -200,6 +200,8 @@ def run(args: argparse.Namespace) -> int:
         memo_path=Path(args.memo) if args.memo else None,
         classifier=_classifier(columns),
     )
+    if args.describe_tools != "auto":
+        runner.describe_tools = args.describe_tools == "yes"
     n_bad = sum(a.label == "malicious" for a in attacks)
     print(
         f"model {args.model} on {device.type} ({why}); {len(attacks)} attacks "
