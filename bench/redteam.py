@@ -47,9 +47,17 @@ def read_run(run: Path) -> tuple[dict[str, Any], dict[str, Any], bool]:
     rows = [json.loads(x) for x in partial.read_text(encoding="utf-8").splitlines() if x.strip()]
     attacks = [r for r in rows if not r.get("utility")]
     useful = [r for r in rows if r.get("utility")]
-    columns = list(dict.fromkeys(r["column"] for r in attacks))
+    columns = list(dict.fromkeys(r["column"] for r in [*attacks, *useful]))
+    # the attack in progress when the run stopped may lack some columns: leave it out
+    have: dict[str, set[str]] = {}
+    for r in attacks:
+        have.setdefault(r["id"], set()).add(r["column"])
+    attacks = [r for r in attacks if len(have[r["id"]]) == len(columns)]
     summary = summarise(attacks, useful, columns)
-    meta = {"attacks": len({r["id"] for r in attacks}), "utility_tasks": len(useful)}
+    meta = {
+        "attacks": len({r["id"] for r in attacks}),
+        "utility_tasks": len(useful) // max(1, len(columns)),
+    }
     return summary, meta, False
 
 

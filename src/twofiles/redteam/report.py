@@ -218,7 +218,7 @@ def plot_asr(summary: Mapping[str, Any], png_path: str | Path, title: str = "") 
     ax.set_ylim(0, 105)
     ax.set_title(title or "attack success per family (95% Wilson intervals)")
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize="small", ncol=min(len(cols), 4), title="guards")
+    ax.legend(fontsize="small", ncol=max(1, min(len(cols), 4)), title="guards")
     return save_png(fig, png_path, dpi=110)
 
 

@@ -757,7 +757,8 @@ def select(
 ) -> list[Attack]:
     """The attacks of `families` (all when empty), the first `limit` of each family's
     malicious and of its benign attacks, the families taken in turn (one attack of each, then
-    the next of each, ...): a run cut short has played every family about equally."""
+    the next of each, ...) and within a family the labels mixed in proportion: a run cut short
+    has played every family, and its look-alikes, about equally."""
     known = {a.category for a in attacks}
     wanted = [f for f in (families or []) if f]
     unknown = [f for f in wanted if f not in known]
@@ -776,8 +777,22 @@ def select(
             continue
         taken[k] = taken.get(k, 0) + 1
         by_family.setdefault(a.category, []).append(a)
-    queues = list(by_family.values())
+    queues = [_mix_labels(q) for q in by_family.values()]
     return [q[i] for i in range(max(map(len, queues), default=0)) for q in queues if i < len(q)]
+
+
+def _mix_labels(attacks: list[Attack]) -> list[Attack]:
+    """A family's attacks with its malicious and benign ones spread in proportion (40 and 12:
+    about three malicious, then a benign), each label in its own order."""
+    count: dict[str, int] = {}
+    for a in attacks:
+        count[a.label] = count.get(a.label, 0) + 1
+    seen: dict[str, int] = {}
+    keyed = []
+    for i, a in enumerate(attacks):
+        seen[a.label] = seen.get(a.label, 0) + 1
+        keyed.append(((seen[a.label] - 0.5) / count[a.label], i, a))
+    return [a for _, _, a in sorted(keyed, key=lambda t: (t[0], t[1]))]
 
 
 def run_suite(
