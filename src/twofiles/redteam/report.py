@@ -205,7 +205,7 @@ def plot_asr(summary: Mapping[str, Any], png_path: str | Path, title: str = "") 
     ]
     width = 0.8 / max(len(cols), 1)
     x = np.arange(len(groups))
-    fig, ax = plt.subplots(figsize=(max(7.0, 0.9 * len(groups) * max(1, len(cols) / 3)), 4.2))
+    fig, ax = plt.subplots(figsize=(min(14.0, max(7.0, 0.2 * len(groups) * len(cols))), 4.8))
     for i, (c, rs) in enumerate(zip(cols, rates)):
         v = np.array([100 * (r["rate"] or 0.0) for r in rs])
         lo = np.array([100 * r["lo"] for r in rs])
