@@ -557,7 +557,7 @@ class Runner:
 
     def tools(self) -> dict[str, Tool]:
         """The scene's mock tools (fresh: they record this turn's calls) and the calculator."""
-        return {**scenario_tools(), "calculator": self._calculator}  # type: ignore[dict-item]
+        return {**scenario_tools(), "calculator": self._calculator}
 
     def turn(
         self, messages: list[Message], tools: dict[str, Tool], guard: TimedGuard | None
