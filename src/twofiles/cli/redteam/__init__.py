@@ -37,14 +37,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         p = sub.add_parser(name, help=help_text, description=help_text)
         module = importlib.import_module(module_name)
         module.add_arguments(p)
-        p.set_defaults(_redteam=module)
-    # importing the submodule `run` rebinds this package's attribute `run` to that module,
-    # hiding the entry point cli.main calls (`module.run(args)`): bind it back
-    globals()["run"] = _dispatch
+        # importing the submodule `run` rebinds this package's `run` to it, so cli.main calls the
+        # subcommand's module directly (a subparser's defaults override its parent's)
+        p.set_defaults(_redteam=module, _module=module)
 
 
-def _dispatch(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     return int(args._redteam.run(args))
-
-
-run = _dispatch
