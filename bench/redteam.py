@@ -32,15 +32,19 @@ def _label_and_model(spec: str) -> tuple[str, str]:
     return (label, model) if sep else (Path(spec).stem if "/" in spec else spec, spec)
 
 
-def read_run(run: Path) -> tuple[dict[str, Any], dict[str, Any], bool]:
-    """(summary, meta, finished) of a run directory, from summary.json when the run finished,
-    else from what results.partial.jsonl holds so far."""
-    from twofiles.redteam.report import summarise
-
+def read_records(run: Path) -> tuple[list[dict], list[dict], list[str], dict[str, Any], bool]:
+    """(attack records, utility records, columns, meta, finished) of a run directory: its
+    results when it finished, else what results.partial.jsonl holds so far (the attack in
+    progress when it stopped, which may lack some columns, left out)."""
     done = run / "summary.json"
     if done.exists():
-        doc = json.loads(done.read_text(encoding="utf-8"))
-        return doc, doc, True
+        meta = json.loads(done.read_text(encoding="utf-8"))
+
+        def rows(name: str) -> list[dict]:
+            text = (run / name).read_text(encoding="utf-8")
+            return [json.loads(x) for x in text.splitlines() if x.strip()]
+
+        return rows("results.jsonl"), rows("utility.jsonl"), meta["columns"], meta, True
     partial = run / "results.partial.jsonl"
     if not partial.exists():
         raise SystemExit(f"{run}: no summary.json and no results.partial.jsonl: not a red-team run")
@@ -48,23 +52,47 @@ def read_run(run: Path) -> tuple[dict[str, Any], dict[str, Any], bool]:
     attacks = [r for r in rows if not r.get("utility")]
     useful = [r for r in rows if r.get("utility")]
     columns = list(dict.fromkeys(r["column"] for r in [*attacks, *useful]))
-    # the attack in progress when the run stopped may lack some columns: leave it out
     have: dict[str, set[str]] = {}
     for r in attacks:
         have.setdefault(r["id"], set()).add(r["column"])
     attacks = [r for r in attacks if len(have[r["id"]]) == len(columns)]
-    summary = summarise(attacks, useful, columns)
     meta = {
         "attacks": len({r["id"] for r in attacks}),
         "utility_tasks": len(useful) // max(1, len(columns)),
     }
-    return summary, meta, False
+    return attacks, useful, columns, meta, False
 
 
-def report(label: str, run: Path, results: Path, command: str, wall: float | None) -> str:
+def read_run(*runs: Path) -> tuple[dict[str, Any], dict[str, Any], bool]:
+    """(summary, meta, finished) of one run directory, or of several runs of one model (say,
+    the built-in families and a family added later) as one table."""
+    from twofiles.redteam.report import summarise
+
+    attacks: list[dict] = []
+    useful: list[dict] = []
+    columns: list[str] = []
+    metas: list[dict[str, Any]] = []
+    finished = True
+    for run in runs:
+        a, u, c, m, f = read_records(run)
+        attacks += a
+        useful += u
+        columns += [x for x in c if x not in columns]
+        metas.append(m)
+        finished = finished and f
+    summary = summarise(attacks, useful, columns)
+    meta = dict(metas[0]) if len(metas) == 1 else {}
+    meta["attacks"] = len({r["id"] for r in attacks})
+    meta["utility_tasks"] = len(useful) // max(1, len(columns))
+    if len(metas) > 1:
+        meta["seconds"] = sum(float(m.get("seconds") or 0) for m in metas) or None
+    return summary, meta, finished
+
+
+def report(label: str, runs: list[Path], results: Path, command: str, wall: float | None) -> str:
     from twofiles.redteam.report import plot_asr, render_table
 
-    summary, meta, finished = read_run(run)
+    summary, meta, finished = read_run(*runs)
     png = results / f"redteam_{label}.png"
     plot_asr(summary, png, title=f"attack success per family: {label}")
     state = "" if finished else " (PARTIAL: the run had not finished; counts are what it reached)"
@@ -93,7 +121,7 @@ def main() -> int:
     ap.add_argument(
         "--model",
         action="append",
-        required=True,
+        default=[],
         metavar="[LABEL=]MODEL",
         help="a model to attack (repeat for several); LABEL names its table and files",
     )
@@ -118,6 +146,13 @@ def main() -> int:
     )
     ap.add_argument("--results", default="bench/results", help="tables and PNGs go here")
     ap.add_argument("--report-only", action="store_true", help="tables from existing runs")
+    ap.add_argument(
+        "--combine",
+        action="append",
+        default=[],
+        metavar="NAME=LABEL,LABEL",
+        help="also one table of several runs of one model (e.g. the built-in families and gcg)",
+    )
     args = ap.parse_args()
 
     results = Path(args.results)
@@ -155,7 +190,11 @@ def main() -> int:
             wall = time.perf_counter() - t0
             if rc != 0:
                 print(f"{label}: twofiles redteam exited {rc}", file=sys.stderr)
-        print(report(label, run, results, " ".join(cmd), wall))
+        print(report(label, [run], results, " ".join(cmd), wall))
+    for spec in args.combine:
+        name, _, labels = spec.partition("=")
+        runs = [Path(args.runs) / x.strip() for x in labels.split(",") if x.strip()]
+        print(report(name, runs, results, f"the runs {labels} together", None))
     return 0
 
 
