@@ -18,7 +18,7 @@ from twofiles.chat.templates import TOOL_CALL_OPENERS, ChatFormat
 
 if TYPE_CHECKING:
     from twofiles.artifact import LoadedModel
-    from twofiles.engine import SamplingParams
+    from twofiles.engine import SamplingParams, Step
     from twofiles.prefix_cache import PrefixCache
     from twofiles.tools import Tool
 
@@ -51,6 +51,20 @@ class OutputFilter(Protocol):
     def finish(self) -> str: ...
 
     def actions(self) -> list[GuardAction]: ...  # what it removed so far, and why
+
+
+class GenerateSteps(Protocol):
+    """What generates a round: engine.generate_steps or a stand-in with its signature."""
+
+    def __call__(
+        self,
+        model: Any,
+        prompt_ids: Sequence[int],
+        params: SamplingParams,
+        *,
+        tokenizer: Any = None,
+        prefix_cache: PrefixCache | None = None,
+    ) -> Iterator[Step]: ...
 
 
 class TurnGuard(Protocol):
@@ -170,6 +184,7 @@ def respond(
     describe_tools: bool = True,
     prefix_cache: PrefixCache | None = None,
     guard: TurnGuard | None = None,
+    generate: GenerateSteps | None = None,
 ) -> Iterator[ChatEvent]:
     """The agent loop: generate an assistant reply (streamed as "text" deltas, stopping on the
     template's end-of-turn ids); with `tools`, when it calls some, run them ("tool_call", then
@@ -185,7 +200,9 @@ def respond(
     prompt's messages are prepared once (e.g. a note added to the system message), tool
     calls are checked before they run, tool results are marked as untrusted data, and the
     visible text is filtered; each act is yielded as a ("guard", GuardAction) event. The stored
-    reply is the filtered text, so a removed secret never comes back in a later turn."""
+    reply is the filtered text, so a removed secret never comes back in a later turn.
+    `generate` replaces engine.generate_steps for every round (same signature): a caller that
+    plays many conversations can serve repeated prompts from a memo (twofiles.redteam)."""
     from twofiles.engine import generate_steps
     from twofiles.tools import openai_tool_specs
 
@@ -219,7 +236,7 @@ def respond(
         streamed = ""
         visible = _VisibleText()
         shown = guard.output_filter() if guard is not None else None
-        steps = generate_steps(
+        steps = (generate or generate_steps)(
             loaded.model, ids, p, tokenizer=loaded.tokenizer, prefix_cache=prefix_cache
         )
         for step in steps:
@@ -279,6 +296,7 @@ def _filtered(reply: Message, guard: TurnGuard) -> Message:
 
 __all__ = [
     "ChatEvent",
+    "GenerateSteps",
     "GuardAction",
     "OutputFilter",
     "RespondStats",
