@@ -632,6 +632,13 @@ def test_respond_without_tool_descriptions_still_runs_the_calls(tok: Tokenizer) 
         and tools_in_prompt({"stage": "pretrain"})
         and not tools_in_prompt({"tools_in_prompt": False})
     )
+    # RL and DPO write no key of their own: the SFT base they were tuned from decides
+    sft = {"stage": "sft", "tools_in_prompt": False}
+    assert not tools_in_prompt({"stage": "rl", "base_provenance": sft})
+    assert not tools_in_prompt(
+        {"stage": "dpo", "base_provenance": {"stage": "rl", "base_provenance": sft}}
+    )
+    assert tools_in_prompt({"stage": "dpo", "base_provenance": {"stage": "gguf"}})
 
 
 def test_respond_bounds_tool_rounds_and_survives_bad_tools(tok: Tokenizer) -> None:

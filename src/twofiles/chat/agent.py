@@ -156,9 +156,15 @@ def _held(text: str, shown: int) -> int:
 def tools_in_prompt(provenance: Mapping[str, Any]) -> bool:
     """Whether a model expects its tools described in the prompt. twofiles' SFT teaches tool
     calls with no list in the prompt (a list costs ~400 tokens: more than a speedrun model's whole
-    context) and records `"tools_in_prompt": false` in the parameters file; other models are
-    given the list, as the OpenAI API does."""
-    return bool(provenance.get("tools_in_prompt", True))
+    context) and records `"tools_in_prompt": false` in the parameters file; a model tuned further
+    from it (DPO, RL) keeps what its base learned, so the base's provenance answers when the
+    model's own does not say; other models are given the list, as the OpenAI API does."""
+    p: Any = provenance
+    while isinstance(p, Mapping) and p:
+        if "tools_in_prompt" in p:
+            return bool(p["tools_in_prompt"])
+        p = p.get("base_provenance")
+    return True
 
 
 def _run_tool(tools: Mapping[str, Tool], call: ToolCall) -> str:
