@@ -4,6 +4,8 @@ Each test module adds its own way of making requests."""
 
 from __future__ import annotations
 
+import http.client
+import json
 import socket
 import threading
 import time
@@ -37,6 +39,30 @@ class UvicornThread:
         self.server.should_exit = True
         self.thread.join(30)
         self.sock.close()
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        headers: dict | None = None,
+        timeout: float = 60,
+    ) -> tuple[int, dict[str, str], bytes]:
+        """One request over http.client: `body` as JSON (bytes and None as they are); returns
+        (status, headers with lower-case names, body)."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        try:
+            data = body if isinstance(body, bytes | None) else json.dumps(body)
+            conn.request(
+                method,
+                path,
+                body=data,
+                headers={"Content-Type": "application/json", **(headers or {})},
+            )
+            r = conn.getresponse()
+            return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
+        finally:
+            conn.close()
 
     def __enter__(self) -> Self:
         return self.start()

@@ -32,23 +32,6 @@ CHAT, COMPLETIONS = "/v1/chat/completions", "/v1/completions"
 class Server(UvicornThread):
     """A live server with JSON requests over http.client and a /metrics parser."""
 
-    def request(
-        self, method: str, path: str, body: Any = None, headers: dict | None = None
-    ) -> tuple[int, dict, bytes]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-        try:
-            data = body if isinstance(body, bytes | None) else json.dumps(body)
-            conn.request(
-                method,
-                path,
-                body=data,
-                headers={"Content-Type": "application/json", **(headers or {})},
-            )
-            r = conn.getresponse()
-            return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
-        finally:
-            conn.close()
-
     def post(self, path: str, body: Any) -> tuple[int, dict]:
         status, _, data = self.request("POST", path, body)
         return status, json.loads(data)

@@ -11,8 +11,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-import torch
 
+from test_chat import ScriptedModel  # writes a chosen reply through the real engine and template
 from twofiles.errors import BadInputError
 from twofiles.redteam.runner import (
     Column,
@@ -34,37 +34,9 @@ def tok() -> Tokenizer:
     return Tokenizer.train([TEXT], 320)
 
 
-class ScriptedModel(torch.nn.Module):
-    """Writes `reply(prompt_text)` after the prompt, one certain token per step (the engine,
-    template and agent loop around it are the real ones); keeps every prompt it was given."""
-
-    def __init__(self, tok: Tokenizer, reply, max_seq_len: int = 4096) -> None:
-        super().__init__()
-        self.tok, self.reply = tok, reply
-        self.lm_head = torch.nn.Linear(1, tok.vocab_size, bias=False)
-        self.config = SimpleNamespace(max_seq_len=max_seq_len)
-        self.prompts: list[str] = []
-
-    def new_caches(self, batch: int, length: int) -> dict:
-        return {"ids": [], "script": None}
-
-    def forward(self, idx, caches=None, pos=0, **_):
-        caches["ids"].extend(idx[0].tolist())
-        if caches["script"] is None:
-            prompt = self.tok.decode(caches["ids"])
-            self.prompts.append(prompt)
-            caches["script"] = self.tok.encode(self.reply(prompt), allow_special=True)
-            caches["start"] = len(caches["ids"])
-        done = len(caches["ids"]) - caches["start"]
-        script = caches["script"]
-        logits = torch.zeros(1, idx.shape[1], self.tok.vocab_size)
-        logits[0, -1, script[min(done, len(script) - 1)]] = 30.0
-        return logits
-
-
-def scripted(tok: Tokenizer, reply, **kw) -> SimpleNamespace:
+def scripted(tok: Tokenizer, reply, max_seq_len: int = 4096) -> SimpleNamespace:
     return SimpleNamespace(
-        model=ScriptedModel(tok, reply, **kw),
+        model=ScriptedModel(tok, reply, max_seq_len=max_seq_len),
         tokenizer=tok,
         chat_template="",
         provenance={"tools_in_prompt": False},

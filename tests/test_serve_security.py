@@ -12,7 +12,6 @@ simple request), open to exactly the configured origins.
 
 from __future__ import annotations
 
-import http.client
 import json
 from typing import Any
 
@@ -84,19 +83,7 @@ class Live(UvicornThread):
     def raw(
         self, method: str, path: str, body: Any = None, headers: dict | None = None
     ) -> tuple[int, dict[str, str], bytes]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
-        try:
-            data = json.dumps(body) if body is not None else None
-            conn.request(
-                method,
-                path,
-                body=data,
-                headers={"Content-Type": "application/json", **(headers or {})},
-            )
-            r = conn.getresponse()
-            return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
-        finally:
-            conn.close()
+        return self.request(method, path, body, headers)
 
     def chat(self, **body: Any) -> tuple[int, dict[str, Any]]:
         status, _, data = self.raw("POST", "/v1/chat/completions", {"temperature": 0, **body})
