@@ -157,7 +157,7 @@ def test_cli_writes_suffix_json_and_refuses_a_bad_model(tok, tmp_path, capsys) -
     # room for the mock tools' descriptions in the prompt (--with-tools)
     path = save_model(tmp_path / "model.safetensors", _model(tok, max_seq_len=2048), tok)
     out = tmp_path / "run"
-    flags = ["--suffix-len", "3", "--topk", "8", "--batch", "4", "--prompts", "1"]
+    flags = ["--suffix-len", "3", "--topk", "8", "--batch-size", "4", "--prompts", "1"]
     rc = main(["redteam", "gcg", str(path), "--out", str(out), "--steps", "2", *flags, "--json"])
     assert rc == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

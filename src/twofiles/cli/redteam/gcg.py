@@ -16,7 +16,7 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
-from twofiles.cli.common import add_device_flag, add_json_flag, emit_json
+from twofiles.cli.common import add_batch_size_flag, add_device_flag, add_json_flag, emit_json
 
 if TYPE_CHECKING:
     from twofiles.artifact import LoadedModel
@@ -42,7 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--suffix-len", type=int, default=d.suffix_len, help="suffix tokens")
     p.add_argument("--topk", type=int, default=d.topk, help="candidate tokens per position")
-    p.add_argument("--batch", type=int, default=d.batch, help="candidate swaps per step")
+    add_batch_size_flag(p, default=d.batch, what="candidate swaps per step, scored together")
     p.add_argument(
         "--prompts", type=int, default=d.prompts, help="training (request, secret) pairs"
     )
@@ -110,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     settings = GCGSettings(
         suffix_len=args.suffix_len,
         topk=args.topk,
-        batch=args.batch,
+        batch=args.batch_size,
         prompts=args.prompts,
         seed=args.seed,
     ).validate()
