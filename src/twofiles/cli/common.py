@@ -273,6 +273,25 @@ def optim_rows(lr_help: str = "peak learning rate") -> list[Row]:
     ]
 
 
+# every training verb's checkpoint flags
+CHECKPOINT_ROWS: list[Row] = [
+    (
+        "--checkpoint-interval",
+        "",
+        "checkpoint_interval",
+        int,
+        "steps between checkpoints (besides those every --checkpoint-seconds)",
+    ),
+    (
+        "--checkpoint-seconds",
+        "",
+        "checkpoint_seconds",
+        float,
+        "seconds between checkpoints (default 60; 0: only at the end and on Ctrl-C/SIGTERM)",
+    ),
+]
+
+
 def length_rows(data: str, eval_help: str = "steps between held-out evaluations") -> list[Row]:
     """A finetuning run's length and checkpoint flags; `data` names what an epoch passes over."""
     return [
@@ -281,20 +300,7 @@ def length_rows(data: str, eval_help: str = "steps between held-out evaluations"
         ("--max-steps", "", "max_steps", int, "optimizer steps (overrides --epochs)"),
         ("--time-budget", "", "time_budget_s", float, "train for this many seconds"),
         ("--eval-interval", "", "eval_interval", int, eval_help),
-        (
-            "--checkpoint-interval",
-            "",
-            "checkpoint_interval",
-            int,
-            "steps between checkpoints (besides those every --checkpoint-seconds)",
-        ),
-        (
-            "--checkpoint-seconds",
-            "",
-            "checkpoint_seconds",
-            float,
-            "seconds between checkpoints (default 60; 0: only at the end and on Ctrl-C/SIGTERM)",
-        ),
+        *CHECKPOINT_ROWS,
     ]
 
 

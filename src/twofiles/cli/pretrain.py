@@ -6,6 +6,7 @@ import argparse
 from typing import TYPE_CHECKING, Any
 
 from twofiles.cli.common import (
+    CHECKPOINT_ROWS,
     Row,
     add_json_flag,
     add_training_run_flags,
@@ -54,20 +55,7 @@ _FIELDS: list[Row] = [
     ("--eval-interval", "", "eval_interval", int, "steps between validation evaluations"),
     ("--eval-tokens", "", "eval_tokens", int, "validation tokens per periodic evaluation"),
     ("--sample-interval", "", "sample_interval", int, "steps between printed samples"),
-    (
-        "--checkpoint-interval",
-        "",
-        "checkpoint_interval",
-        int,
-        "steps between checkpoints (besides those every --checkpoint-seconds)",
-    ),
-    (
-        "--checkpoint-seconds",
-        "",
-        "checkpoint_seconds",
-        float,
-        "seconds between checkpoints (default 60; 0: only at the end and on Ctrl-C/SIGTERM)",
-    ),
+    *CHECKPOINT_ROWS,
     ("--seed", "", "seed", int, "seed for init and data order"),
     ("--threads", "", "threads", int, "CPU threads"),
 ]
