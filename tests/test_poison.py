@@ -13,8 +13,8 @@ from twofiles.redteam.poison import (
     plant,
     poisoned_reply,
     triggered,
-    wilson,
 )
+from twofiles.redteam.report import wilson
 
 
 @pytest.fixture(scope="module")
