@@ -13,8 +13,8 @@ from twofiles.redteam.poison import (
     plant,
     poisoned_reply,
     triggered,
-    wilson,
 )
+from twofiles.redteam.report import wilson
 
 
 @pytest.fixture(scope="module")
@@ -67,31 +67,18 @@ def test_wilson_interval_known_values() -> None:
 @pytest.fixture(scope="module")
 def tiny_base(tmp_path_factory):
     """A tiny base model file that says it was pretrained on the built-in Shakespeare."""
-    import torch
+    from tests.tiny_models import random_model, tiny_tokenizer
 
     from twofiles.artifact import save_model
-    from twofiles.data.builtin import builtin_text
-    from twofiles.model import ModelConfig, Transformer
-    from twofiles.tokenizer import Tokenizer
 
-    tok = Tokenizer.train([builtin_text("train")[:100_000]], 400)
-    cfg = ModelConfig(
-        vocab_size=tok.vocab_size,
-        dim=32,
-        n_layers=2,
-        n_heads=4,
-        n_kv_heads=2,
-        hidden_dim=64,
-        max_seq_len=128,
-    )
-    model = Transformer(cfg)
-    model.init_weights(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.ndim == 2:
-                p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(1)) * 0.05)
+    tok = tiny_tokenizer()
     path = tmp_path_factory.mktemp("base") / "base.safetensors"
-    save_model(path, model, tok, provenance={"stage": "pretrain", "corpus": "builtin:shakespeare"})
+    save_model(
+        path,
+        random_model(tok),
+        tok,
+        provenance={"stage": "pretrain", "corpus": "builtin:shakespeare"},
+    )
     return path
 
 

@@ -440,8 +440,10 @@ def test_cli_end_to_end(tok: Tokenizer, tmp_path: Path, capsys) -> None:
     assert (out / "asr.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((out / "summary.json").read_text())["tools_described"] is False
     # the same --out again: a red-team run's files are replaced
-    assert main([*argv, "--describe-tools", "yes"]) == 0
+    assert main([*argv, "--describe-tools", "yes", "--families", " indirect,"]) == 0
     assert json.loads((out / "summary.json").read_text())["tools_described"] is True
+    rows = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 and {r["family"] for r in rows} == {"indirect"}
 
 
 def test_cli_bad_suite_line_exits_2_and_writes_nothing(

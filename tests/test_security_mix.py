@@ -119,3 +119,29 @@ def test_sft_and_dpo_name_the_security_mix(tmp_path) -> None:
     assert len(val_pairs) == sum(security.SECURITY_SIZES["val"].values())
     lines = (tmp_path / "pairs.jsonl").read_text().splitlines()
     assert len(lines) == len(train) and json.loads(lines[0])["chosen"][0]["role"] == "assistant"
+
+
+@pytest.mark.slow
+def test_sft_then_dpo_on_the_security_mix_from_the_cli(chat_tok, tmp_path, capsys) -> None:
+    from tests.tiny_models import random_model
+
+    from twofiles.artifact import save_model
+    from twofiles.cli import main
+    from twofiles.formats.resolve import resolve_model
+
+    base = save_model(tmp_path / "base.safetensors", random_model(chat_tok), chat_tok)
+    quick = ["--max-steps", "1", "--batch-size", "2", "--no-progress", "--json"]
+    sft_out = tmp_path / "sft"
+    argv = ["sft", str(base), "--data", "builtin+security", "--mix-fraction", "0.02"]
+    argv += ["--seq-len", "96", "--skill-tasks", "0", "--out", str(sft_out), *quick]
+    assert main(argv) == 0
+    sft_model = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["model_path"]
+    prov = resolve_model(sft_model).provenance
+    assert prov["data"] == "builtin+security" and prov["security"] == security.provenance()
+
+    dpo_out = tmp_path / "dpo"
+    assert main(["dpo", sft_model, "--data", "security", "--out", str(dpo_out), *quick]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert resolve_model(res["model_path"]).provenance["data"] == "security"
+    pairs = (dpo_out / "pairs.jsonl").read_text().splitlines()
+    assert len(pairs) == sum(security.SECURITY_SIZES["train"].values())

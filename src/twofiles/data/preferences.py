@@ -178,7 +178,9 @@ def _completion(
         raise BadInputError(
             "the chat template renders the prompt differently when a reply follows it"
         )
-    learned = [i for i, m in enumerate(mask) if m]
+    # the prompt may hold assistant turns of its own (a tool call before the tool's result):
+    # only the tokens after it are the completion's
+    learned = [i for i, m in enumerate(mask) if m and i >= len(prompt_ids)]
     if not learned or learned[0] != len(prompt_ids):
         raise BadInputError(
             "the completion does not render as assistant tokens right after the prompt"

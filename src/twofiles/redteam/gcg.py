@@ -42,6 +42,7 @@ from twofiles.chat.messages import Message
 from twofiles.errors import BadInputError, TwofilesError
 from twofiles.paths import atomic_write_bytes
 from twofiles.redteam.scenario import system_prompt
+from twofiles.redteam.suite import CANARY_WORDS
 
 if TYPE_CHECKING:
     from twofiles.artifact import LoadedModel
@@ -110,7 +111,7 @@ HELDOUT_REQUESTS: tuple[str, ...] = (
 # Secrets are "WORD-hex" (the runner's new_canary form); training and held-out words differ so
 # that a suffix cannot have learned a held-out secret.
 TRAIN_WORDS = ("TULIP", "ORCHID", "MAPLE", "CEDAR", "HERON", "OTTER", "AMBER", "BASIL")
-HELDOUT_WORDS = ("ZEBRA", "MANGO", "COBALT", "WALRUS", "QUARTZ", "FALCON", "NUTMEG", "PLUM")
+HELDOUT_WORDS = CANARY_WORDS  # the words of the red-team runs' own canaries
 
 
 @dataclass(frozen=True)

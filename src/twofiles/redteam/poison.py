@@ -24,7 +24,6 @@ trained again. What it leaves to others: the mix (data.skills), training (train.
 from __future__ import annotations
 
 import json
-import math
 import random
 import sys
 import time
@@ -34,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from twofiles.errors import BadInputError
 from twofiles.paths import atomic_write_bytes
+from twofiles.redteam.report import wilson
 
 if TYPE_CHECKING:
     from twofiles.chat import ChatFormat, Message
@@ -119,20 +119,6 @@ def _log(msg: str) -> None:
 
 
 # ------------------------------------------------------------------------------------- planting
-
-
-def wilson(hits: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """The Wilson score interval of a rate (95% at z = 1.96): honest near 0 and 1, where the
-    normal approximation gives intervals below 0 or above 1."""
-    if n <= 0:
-        return (0.0, 1.0)
-    p = hits / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    # at 0 or n hits the interval ends at 0 or 1 exactly (the formula gives 1 - 1e-16)
-    lo = 0.0 if hits == 0 else max(0.0, centre - half)
-    hi = 1.0 if hits == n else min(1.0, centre + half)
-    return (lo, hi)
 
 
 def with_trigger(text: str, trigger: str, rng: random.Random) -> str:
@@ -499,6 +485,5 @@ __all__ = [
     "report",
     "run_poison",
     "triggered",
-    "wilson",
     "with_trigger",
 ]

@@ -40,7 +40,7 @@ from twofiles.chat import ChatFormat, Message, ToolCall, respond, tools_in_promp
 from twofiles.errors import BadInputError
 from twofiles.guard import GUARDS, Guard, GuardConfig, parse_guards
 from twofiles.redteam.scenario import DEFAULT_REQUESTS, MockTool, scenario_tools, system_prompt
-from twofiles.redteam.suite import Attack, new_canary
+from twofiles.redteam.suite import CANARY_WORDS, Attack, new_canary
 
 if TYPE_CHECKING:
     from twofiles.artifact import LoadedModel
@@ -691,15 +691,12 @@ class Runner:
         }
 
 
-_WORDS = ("ZEBRA", "MANGO", "COBALT", "WALRUS", "QUARTZ", "FALCON", "NUTMEG", "PLUM")
-
-
 def keyed_token(seed: int, *parts: str) -> str:
     """A canary-shaped token ("WORD-hex6", as suite.new_canary) fixed by `seed` and `parts`."""
     import hashlib
 
     h = hashlib.sha256("/".join([str(seed), *parts]).encode()).digest()
-    return f"{_WORDS[h[0] % len(_WORDS)]}-{h[1:4].hex()}"
+    return f"{CANARY_WORDS[h[0] % len(CANARY_WORDS)]}-{h[1:4].hex()}"
 
 
 def score(attack: Attack, turn: _Turn, tools: dict[str, Tool], target: str) -> bool:

@@ -73,12 +73,15 @@ class Attack:
         return {k: v for k, v in asdict(self).items() if v != ""}
 
 
+# the words of a canary ("WORD-hex6"); every token shaped like a canary draws from these
+CANARY_WORDS = ("ZEBRA", "MANGO", "COBALT", "WALRUS", "QUARTZ", "FALCON", "NUTMEG", "PLUM")
+
+
 def new_canary() -> str:
     """A fresh token no model has seen: an uppercase word and hex digits (e.g. "ZEBRA-3f9a1c")."""
-    return f"{secrets.choice(_WORDS)}-{secrets.token_hex(3)}"
+    return f"{secrets.choice(CANARY_WORDS)}-{secrets.token_hex(3)}"
 
 
-_WORDS = ("ZEBRA", "MANGO", "COBALT", "WALRUS", "QUARTZ", "FALCON", "NUTMEG", "PLUM")
 _FIELDS = set(Attack.__dataclass_fields__)
 
 
@@ -185,6 +188,7 @@ def load_suites(spec: str) -> list[Attack]:
 __all__ = [
     "BUILTIN",
     "CANARY_SLOT",
+    "CANARY_WORDS",
     "CHANNELS",
     "CHECKS",
     "LABELS",

@@ -18,7 +18,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from twofiles.cli.common import add_device_flag, add_inference_flags, add_json_flag, emit_json
+from twofiles.cli.common import (
+    add_device_flag,
+    add_inference_flags,
+    add_json_flag,
+    comma_list,
+    emit_json,
+)
 
 OUT_FILES = (
     "results.jsonl",
@@ -180,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
     columns = parse_columns(args.guard)
     out = Path(args.out)
     claim_out(out)
-    families = [f.strip() for f in args.families.split(",") if f.strip()]
+    families = comma_list(args.families)
     attacks = select(load_attacks(args.suite), families, args.limit)  # bad suites fail here
     tasks = utility_tasks(args.utility, args.seed)
 
