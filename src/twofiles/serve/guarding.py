@@ -1,8 +1,8 @@
 """The guards of `twofiles serve`: the server's own (`--guard`), what a request adds, and where
 each of the guard's hooks runs on the HTTP path.
 
-What it owns: `ServeGuards` (the server's GuardConfig, built once per app; `build` is the one
-place a serving Guard is constructed), `GuardOption` (the `guard` extension field of a chat
+What it owns: `ServeGuards` (the server's GuardConfig, built once per app; `for_request` is the
+one place a serving Guard is constructed), `GuardOption` (the `guard` extension field of a chat
 request: guards, a tool allow-list and secrets it adds; it can never remove the server's), and
 `GuardRun` (one request's guard and what it did: the response's `guard` field and the /metrics
 counters). What it leaves to others: what each guard does (twofiles.guard), the routes that call
@@ -173,17 +173,12 @@ class GuardRun:
 
 class ServeGuards:
     """The server's guard configuration (serve --guard, --secret, --allow-hosts) and the one place
-    a serving Guard is built."""
+    a serving Guard is built (`for_request`)."""
 
     def __init__(self, config: GuardConfig) -> None:
         self.config = config
         if "classifier" in config.guards:  # load it (and its embedder) before the first request
             Guard.from_config(config)
-
-    def build(self, config: GuardConfig) -> Guard:
-        # Guard.from_config loads the learned classifier (once per process, shared) when the
-        # request's guards include it; a server started with it has loaded it already.
-        return Guard.from_config(config)
 
     def for_request(
         self,
@@ -208,9 +203,9 @@ class ServeGuards:
         config = replace(
             self.config, guards=guards, secrets=secrets, allowed_tools=frozenset(allowed)
         )
-        run = GuardRun(self.build(config), metrics)
-        run.tools = tools
-        return run
+        # Guard.from_config loads the learned classifier (once per process, shared) when the
+        # request's guards include it; a server started with it has loaded it already.
+        return GuardRun(Guard.from_config(config), metrics, tools=tools)
 
 
 def request_guard(
@@ -221,14 +216,10 @@ def request_guard(
 ) -> GuardRun | None:
     """The guard of one request to `app` for `model` (None when neither the server, the request
     nor the model's persona has one)."""
-    guards: ServeGuards | None = getattr(app.state, "guards", None)
-    if guards is None:
-        guards = ServeGuards(GuardConfig())
-    persona = getattr(app.state.models.get(model), "persona", None) if model else None
-    persona_tools = getattr(persona, "tools", None)
-    return guards.for_request(
-        option, tools, getattr(app.state, "metrics", None), persona_tools=persona_tools
-    )
+    guards: ServeGuards = app.state.guards  # create_app's
+    persona = app.state.models[model].persona if model else None
+    persona_tools = persona.tools if persona is not None else None
+    return guards.for_request(option, tools, app.state.metrics, persona_tools=persona_tools)
 
 
 __all__ = ["GuardOption", "GuardRun", "ServeGuards", "action_json", "request_guard"]
