@@ -104,12 +104,7 @@ class GuardRun:
 
     def mark_document(self, text: str, source: str) -> str:
         """A retrieved passage's text as the prompt carries it (datamarked under spotlight)."""
-        out = self.guard.mark_document(text)
-        if out != text:
-            from twofiles.chat.agent import GuardAction
-
-            self.record([GuardAction("spotlight", "tool_result", (f"{source} marked as data",))])
-        return out
+        return self._spotlit(text, self.guard.mark_document(text), source)
 
     def record(self, acts: Sequence[GuardAction], index: int | None = None) -> None:
         for act in acts:
@@ -132,7 +127,10 @@ class GuardRun:
 
     def untrusted(self, text: str, source: str) -> str:
         """`text` from `source` (a tool's result, a retrieved document) as the model will read it."""
-        out = self.guard.untrusted(text, source)
+        return self._spotlit(text, self.guard.untrusted(text, source), source)
+
+    def _spotlit(self, text: str, out: str, source: str) -> str:
+        """`out`, the spotlight's form of `text`; recorded as an action when it differs."""
         if out != text:
             from twofiles.chat.agent import GuardAction
 
