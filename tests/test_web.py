@@ -16,6 +16,7 @@ import os
 import shutil
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -85,8 +86,8 @@ def live(tmp_path_factory: pytest.TempPathFactory):
         yield server
 
 
-@pytest.fixture(scope="module")
-def browser():
+def launch_browser() -> Iterator[Any]:
+    """Debian's chromium, headless, for a module's `browser` fixture (skips when it is missing)."""
     if not Path(CHROMIUM).exists():
         pytest.skip(
             f"{CHROMIUM} is missing (install Debian's chromium: apt-get install -y chromium; `make test` does it when it can)"
@@ -95,6 +96,11 @@ def browser():
         b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield b
         b.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    yield from launch_browser()
 
 
 @pytest.fixture
