@@ -157,16 +157,35 @@ class GuardRun:
                 self.record([refused], index)
         return kept
 
-    def output_filter(self) -> OutputFilter:
-        return self.guard.output_filter()
+    def output_filter(self, index: int) -> ChoiceFilter:
+        """The output filter of choice `index`, recording what it removes when it finishes."""
+        return ChoiceFilter(self, index, self.guard.output_filter())
 
     def filter_text(self, text: str, index: int) -> tuple[str, bool]:
         """A whole reply through the output filter: (what is left, whether anything went)."""
-        f = self.output_filter()
-        out = f.push(text) + f.finish()
-        acts = f.actions()
-        self.record(acts, index)
-        return out, bool(acts)
+        f = self.output_filter(index)
+        head = f.push(text)
+        rest, cut = f.finish()
+        return head + rest, cut
+
+
+@dataclass
+class ChoiceFilter:
+    """One choice's output filter: text in as it streams, what is safe to send out."""
+
+    run: GuardRun
+    index: int
+    inner: OutputFilter
+
+    def push(self, text: str) -> str:
+        return self.inner.push(text)
+
+    def finish(self) -> tuple[str, bool]:
+        """The held-back tail, and whether the filter removed anything (each act recorded)."""
+        rest = self.inner.finish()
+        acts = self.inner.actions()
+        self.run.record(acts, self.index)
+        return rest, bool(acts)
 
 
 class ServeGuards:
@@ -220,4 +239,4 @@ def request_guard(
     return guards.for_request(option, tools, app.state.metrics, persona_tools=persona_tools)
 
 
-__all__ = ["GuardOption", "GuardRun", "ServeGuards", "action_json", "request_guard"]
+__all__ = ["ChoiceFilter", "GuardOption", "GuardRun", "ServeGuards", "action_json", "request_guard"]
