@@ -157,6 +157,15 @@ class GuardRun:
                 self.record([refused], index)
         return kept
 
+    def guard_reply(
+        self, content: str, calls: Sequence[ToolCall], index: int
+    ) -> tuple[str, list[ToolCall], bool]:
+        """A finished reply through the tool policy and the output filter: (content, the calls
+        kept, whether the guard removed anything)."""
+        kept = self.allowed_calls(calls, index)
+        content, cut = self.filter_text(content, index)
+        return content, kept, cut or len(kept) < len(calls)
+
     def output_filter(self, index: int) -> ChoiceFilter:
         """The output filter of choice `index`, recording what it removes when it finishes."""
         return ChoiceFilter(self, index, self.guard.output_filter())

@@ -187,13 +187,9 @@ def _reply_parts(
         parsed = fmt.parse_assistant(h.text)
         if parsed.tool_calls:
             content, calls = parsed.content, list(parsed.tool_calls)
-            if guard is not None:
-                calls = guard.allowed_calls(calls, index)
-                if not calls:
-                    finish = "content_filter"
     if guard is not None:
-        content, cut = guard.filter_text(content, index)
-        if cut:
+        content, calls, removed = guard.guard_reply(content, calls, index)
+        if removed:
             finish = "content_filter"
     if calls:
         finish = "tool_calls"
