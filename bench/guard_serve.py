@@ -93,14 +93,11 @@ def first_text(base: str, body: dict) -> float:
 def in_process(repeats: int = 2000) -> dict[str, float]:
     """µs per call of the guards' own work: input scan of a prompt, output filter of a reply."""
     from twofiles.guard import GUARDS, Guard, GuardConfig
-    from twofiles.serve.guarding import ServeGuards
 
     reply = "Paris is the capital of France, see https://en.wikipedia.org/wiki/Paris for more. " * 3
     out = {}
     for name, guards in (("input", {"input"}), ("all", set(GUARDS))):
-        guard: Guard = ServeGuards(GuardConfig()).build(
-            GuardConfig(guards=frozenset(guards), secrets=("hunter2",))
-        )
+        guard = Guard.from_config(GuardConfig(guards=frozenset(guards), secrets=("hunter2",)))
         t0 = time.perf_counter()
         for i in range(repeats):
             guard.scan(PROMPTS[i % len(PROMPTS)])

@@ -6,9 +6,15 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Self
 
 import uvicorn
@@ -69,3 +75,26 @@ class UvicornThread:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+@contextmanager
+def serve_process(args: list[str]) -> Iterator[subprocess.Popen[str]]:
+    """`twofiles serve *args` as a real process (one thread, text pipes), stopped on leaving by
+    Ctrl-C as a user would; it must then exit 0 (its stderr is the message when it does not)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "twofiles", "serve", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    try:
+        yield proc
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            rc = proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    assert rc == 0, proc.stderr.read()

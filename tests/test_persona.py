@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from live_server import serve_process
 from peers import require_smollm2
 from tiny_models import random_model, tiny_tokenizer
 from twofiles.cli import main
@@ -789,9 +790,6 @@ def test_serve_cli_serves_a_persona_beside_its_base(base, tmp_path, capsys) -> N
     registered persona over MODEL is listed and answers as the base model does with the
     persona's system message, few-shot turns and settings sent explicitly; its tokens are
     counted under its own name."""
-    import signal
-    import subprocess
-    import sys
     import urllib.request
 
     import openai
@@ -802,15 +800,9 @@ def test_serve_cli_serves_a_persona_beside_its_base(base, tmp_path, capsys) -> N
         "MESSAGE user to be\nMESSAGE assistant or not\n",
     )
     assert cli(capsys, "create", "terse", "-f", str(mf))[0] == 0
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "twofiles", "serve", f"base={base}", "--port", "0"]
-        + ["--device", "cpu", "--threads", "1", "--json"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    try:
+    with serve_process(
+        [f"base={base}", "--port", "0", "--device", "cpu", "--threads", "1", "--json"]
+    ) as proc:
         proc.stdout.readline()
         summary = json.loads(proc.stdout.readline())
         client = openai.OpenAI(base_url=summary["base_url"], api_key="-", max_retries=0)
@@ -829,11 +821,3 @@ def test_serve_cli_serves_a_persona_beside_its_base(base, tmp_path, capsys) -> N
         assert got.usage.completion_tokens == want.usage.completion_tokens == 5
         with urllib.request.urlopen(summary["metrics"], timeout=30) as scraped:
             assert 'twofiles_generation_tokens_total{model="terse"} 5.0' in scraped.read().decode()
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            rc = proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise
-    assert rc == 0, proc.stderr.read()

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import socket
-import subprocess
-import sys
 import urllib.request
 
 import openai
 import pytest
 
+from live_server import serve_process
 from tiny_models import random_model, tiny_tokenizer
 from twofiles.cli import main
 from twofiles.paths import default_db
@@ -33,12 +30,8 @@ def model_path(tmp_path_factory):
 def test_serves_until_interrupted(model_path, tmp_path):
     keys = tmp_path / "keys.txt"
     keys.write_text("# team keys\nsecret-1\n\nsecret-2  # ci\n", encoding="utf-8")
-    proc = subprocess.Popen(
+    with serve_process(
         [
-            sys.executable,
-            "-m",
-            "twofiles",
-            "serve",
             f"mine={model_path}",
             model_path,
             "--port",
@@ -56,13 +49,8 @@ def test_serves_until_interrupted(model_path, tmp_path):
             "--arena-db",
             str(tmp_path / "votes.sqlite"),
             "--json",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    try:
+        ]
+    ) as proc:
         first = proc.stdout.readline()
         summary = json.loads(proc.stdout.readline())
         assert "/v1" in first and summary["models"] == ["mine", "base"] and summary["auth"] is True
@@ -83,14 +71,6 @@ def test_serves_until_interrupted(model_path, tmp_path):
             openai.OpenAI(
                 base_url=summary["base_url"], api_key="secret-3", max_retries=0
             ).models.list()
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            rc = proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise
-    assert rc == 0, proc.stderr.read()
 
 
 def test_user_errors_exit_2(model_path, tmp_path, capsys):

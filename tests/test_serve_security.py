@@ -426,3 +426,47 @@ def test_a_personas_tool_allow_list_applies_under_the_tools_guard(models):
         assert [(g["guard"], g["stage"]) for g in r["guard"]] == [("tools", "tool_call")]
     finally:
         s.stop()
+
+
+@pytest.mark.slow
+def test_serve_flags_guard_and_open_the_running_server(tmp_path):
+    """The flags through `twofiles serve` itself: the summary names the guards, an attack sent
+    to the process gets the refusal, and only the --cors-origin origin may call it."""
+    import urllib.request
+
+    from live_server import serve_process
+    from twofiles.artifact import save_model
+
+    tok = tiny_tokenizer()
+    path = save_model(tmp_path / "model.safetensors", random_model(tok, max_seq_len=64), tok)
+    flags = ["--port", "0", "--device", "cpu", "--threads", "1", "--no-personas", "--json"]
+    with serve_process(
+        [f"tiny={path}", *flags, "--guard", "input", "--secret", SECRET]
+        + ["--cors-origin", "https://app.example"]
+    ) as proc:
+        proc.stdout.readline()
+        summary = json.loads(proc.stdout.readline())
+        assert summary["guard"] == ["input", "output"]  # a secret turns the output guard on
+        assert summary["cors_origins"] == ["https://app.example"]
+        body = {"model": "tiny", "messages": ATTACK, "max_tokens": 4}
+        sent = urllib.request.Request(
+            summary["base_url"] + "/chat/completions",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(sent, timeout=60) as got:
+            r = json.loads(got.read())
+        assert r["choices"][0]["message"]["content"] == REFUSAL
+        assert r["choices"][0]["finish_reason"] == "content_filter"
+        for origin, allowed in (("https://app.example", True), ("https://evil.example", False)):
+            preflight = urllib.request.Request(
+                summary["base_url"] + "/chat/completions",
+                method="OPTIONS",
+                headers={**PREFLIGHT, "Origin": origin},
+            )
+            try:
+                with urllib.request.urlopen(preflight, timeout=30) as got:
+                    echoed = got.headers.get("access-control-allow-origin")
+            except urllib.error.HTTPError as e:
+                echoed = e.headers.get("access-control-allow-origin")
+            assert (echoed == origin) is allowed, origin

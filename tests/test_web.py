@@ -16,6 +16,7 @@ import os
 import shutil
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -85,8 +86,8 @@ def live(tmp_path_factory: pytest.TempPathFactory):
         yield server
 
 
-@pytest.fixture(scope="module")
-def browser():
+def launch_browser() -> Iterator[Any]:
+    """Debian's chromium, headless, for a module's `browser` fixture (skips when it is missing)."""
     if not Path(CHROMIUM).exists():
         pytest.skip(
             f"{CHROMIUM} is missing (install Debian's chromium: apt-get install -y chromium; `make test` does it when it can)"
@@ -95,6 +96,11 @@ def browser():
         b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield b
         b.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    yield from launch_browser()
 
 
 @pytest.fixture
@@ -701,10 +707,9 @@ def test_default_databases_are_shared_by_the_web_ui_and_the_verbs(tmp_path, monk
 # serve --rag: grounded replies, their [n] citations as links to the passages
 
 
-@pytest.fixture(scope="module")
-def rag_live(tmp_path_factory: pytest.TempPathFactory):
-    """A server with a tiny document index (--rag, k=2) and a scripted model that answers with
-    citations after exactly the grounded prompt of the question (test_rag_grounding's)."""
+def _rag_server(tmp_path_factory: pytest.TempPathFactory, answer: str, name: str):
+    """A server with a tiny document index (--rag, k=2) and a scripted model that answers
+    `answer` after exactly the grounded prompt of the question (test_rag_grounding's)."""
     from test_rag_grounding import DOCS, QUESTION, TinyIndex
     from tiny_models import ScriptedModel, loaded, tiny_tokenizer
     from twofiles.chat import ChatFormat, Message
@@ -715,17 +720,22 @@ def rag_live(tmp_path_factory: pytest.TempPathFactory):
     question = QUESTION[0]["content"]
     passages = TinyIndex(DOCS).search(question, 2)
     prompt = ChatFormat.builtin_for(tok).prompt_ids(ground([Message("user", question)], passages))
-    answer = "The Nile [1], not Paris [2]."
     script = [*tok.encode(answer), tok.special_ids["<|assistant_end|>"]]
     model = ScriptedModel(tok, script, len(prompt), filler=tok.encode(" ")[0], max_seq_len=512)
     app = _build_app({"tiny-rag": loaded(model, tok)}, rag=RagService(TinyIndex(DOCS), k=2))
-    root = tmp_path_factory.mktemp("web-rag")
+    root = tmp_path_factory.mktemp(name)
     app.state.web.feedback_db = root / "feedback.sqlite"
     app.state.web.arena_db = root / "arena.sqlite"
     with _Server(app) as server:
         server.question, server.answer = question, answer
         server.state = app.state.web
         yield server
+
+
+@pytest.fixture(scope="module")
+def rag_live(tmp_path_factory: pytest.TempPathFactory):
+    """The model answers with citations."""
+    yield from _rag_server(tmp_path_factory, "The Nile [1], not Paris [2].", "web-rag")
 
 
 @pytest.mark.slow
@@ -802,25 +812,9 @@ def test_grounded_reply_links_citations_to_their_passages(page, rag_live, tmp_pa
 @pytest.fixture(scope="module")
 def rag_plain_live(tmp_path_factory: pytest.TempPathFactory):
     """As rag_live, but the model answers without any [n]: the server attributes the citation."""
-    from test_rag_grounding import DOCS, PLAIN, QUESTION, TinyIndex
-    from tiny_models import ScriptedModel, loaded, tiny_tokenizer
-    from twofiles.chat import ChatFormat, Message
-    from twofiles.rag.grounding import ground
-    from twofiles.serve.core import RagService
+    from test_rag_grounding import PLAIN
 
-    tok = tiny_tokenizer()
-    question = QUESTION[0]["content"]
-    passages = TinyIndex(DOCS).search(question, 2)
-    prompt = ChatFormat.builtin_for(tok).prompt_ids(ground([Message("user", question)], passages))
-    script = [*tok.encode(PLAIN), tok.special_ids["<|assistant_end|>"]]
-    model = ScriptedModel(tok, script, len(prompt), filler=tok.encode(" ")[0], max_seq_len=512)
-    app = _build_app({"tiny-rag": loaded(model, tok)}, rag=RagService(TinyIndex(DOCS), k=2))
-    root = tmp_path_factory.mktemp("web-rag-plain")
-    app.state.web.feedback_db = root / "feedback.sqlite"
-    app.state.web.arena_db = root / "arena.sqlite"
-    with _Server(app) as server:
-        server.question, server.answer = question, PLAIN
-        yield server
+    yield from _rag_server(tmp_path_factory, PLAIN, "web-rag-plain")
 
 
 @pytest.mark.slow

@@ -16,10 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright import sync_api
 
 from live_server import UvicornThread
-from test_web import CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS
+from test_web import TIMEOUT_MS, launch_browser
 
 pytestmark = pytest.mark.slow
 
@@ -94,12 +93,7 @@ def live(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="module")
 def browser():
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} is missing (apt-get install -y chromium)")
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
+    yield from launch_browser()
 
 
 class Watched:

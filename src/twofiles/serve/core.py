@@ -302,9 +302,8 @@ async def generate_reply(
         raise ApiError(500, f"generation failed: {h.error}", type="server_error")
     reply, finish = fmt.parse_assistant(h.text), h.finish_reason
     if guard is not None:
-        calls = guard.allowed_calls(reply.tool_calls, 0)
-        content, cut = guard.filter_text(reply.content, 0)
-        if cut or len(calls) < len(reply.tool_calls):
+        content, calls, removed = guard.guard_reply(reply.content, reply.tool_calls, 0)
+        if removed:
             finish = "content_filter"
         reply = replace(reply, content=content, tool_calls=calls)
     return reply, {

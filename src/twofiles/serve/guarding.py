@@ -1,8 +1,8 @@
 """The guards of `twofiles serve`: the server's own (`--guard`), what a request adds, and where
 each of the guard's hooks runs on the HTTP path.
 
-What it owns: `ServeGuards` (the server's GuardConfig, built once per app; `build` is the one
-place a serving Guard is constructed), `GuardOption` (the `guard` extension field of a chat
+What it owns: `ServeGuards` (the server's GuardConfig, built once per app; `for_request` is the
+one place a serving Guard is constructed), `GuardOption` (the `guard` extension field of a chat
 request: guards, a tool allow-list and secrets it adds; it can never remove the server's), and
 `GuardRun` (one request's guard and what it did: the response's `guard` field and the /metrics
 counters). What it leaves to others: what each guard does (twofiles.guard), the routes that call
@@ -104,12 +104,7 @@ class GuardRun:
 
     def mark_document(self, text: str, source: str) -> str:
         """A retrieved passage's text as the prompt carries it (datamarked under spotlight)."""
-        out = self.guard.mark_document(text)
-        if out != text:
-            from twofiles.chat.agent import GuardAction
-
-            self.record([GuardAction("spotlight", "tool_result", (f"{source} marked as data",))])
-        return out
+        return self._spotlit(text, self.guard.mark_document(text), source)
 
     def record(self, acts: Sequence[GuardAction], index: int | None = None) -> None:
         for act in acts:
@@ -132,7 +127,10 @@ class GuardRun:
 
     def untrusted(self, text: str, source: str) -> str:
         """`text` from `source` (a tool's result, a retrieved document) as the model will read it."""
-        out = self.guard.untrusted(text, source)
+        return self._spotlit(text, self.guard.untrusted(text, source), source)
+
+    def _spotlit(self, text: str, out: str, source: str) -> str:
+        """`out`, the spotlight's form of `text`; recorded as an action when it differs."""
         if out != text:
             from twofiles.chat.agent import GuardAction
 
@@ -159,31 +157,54 @@ class GuardRun:
                 self.record([refused], index)
         return kept
 
-    def output_filter(self) -> OutputFilter:
-        return self.guard.output_filter()
+    def guard_reply(
+        self, content: str, calls: Sequence[ToolCall], index: int
+    ) -> tuple[str, list[ToolCall], bool]:
+        """A finished reply through the tool policy and the output filter: (content, the calls
+        kept, whether the guard removed anything)."""
+        kept = self.allowed_calls(calls, index)
+        content, cut = self.filter_text(content, index)
+        return content, kept, cut or len(kept) < len(calls)
+
+    def output_filter(self, index: int) -> ChoiceFilter:
+        """The output filter of choice `index`, recording what it removes when it finishes."""
+        return ChoiceFilter(self, index, self.guard.output_filter())
 
     def filter_text(self, text: str, index: int) -> tuple[str, bool]:
         """A whole reply through the output filter: (what is left, whether anything went)."""
-        f = self.output_filter()
-        out = f.push(text) + f.finish()
-        acts = f.actions()
-        self.record(acts, index)
-        return out, bool(acts)
+        f = self.output_filter(index)
+        head = f.push(text)
+        rest, cut = f.finish()
+        return head + rest, cut
+
+
+@dataclass
+class ChoiceFilter:
+    """One choice's output filter: text in as it streams, what is safe to send out."""
+
+    run: GuardRun
+    index: int
+    inner: OutputFilter
+
+    def push(self, text: str) -> str:
+        return self.inner.push(text)
+
+    def finish(self) -> tuple[str, bool]:
+        """The held-back tail, and whether the filter removed anything (each act recorded)."""
+        rest = self.inner.finish()
+        acts = self.inner.actions()
+        self.run.record(acts, self.index)
+        return rest, bool(acts)
 
 
 class ServeGuards:
     """The server's guard configuration (serve --guard, --secret, --allow-hosts) and the one place
-    a serving Guard is built."""
+    a serving Guard is built (`for_request`)."""
 
     def __init__(self, config: GuardConfig) -> None:
         self.config = config
         if "classifier" in config.guards:  # load it (and its embedder) before the first request
             Guard.from_config(config)
-
-    def build(self, config: GuardConfig) -> Guard:
-        # Guard.from_config loads the learned classifier (once per process, shared) when the
-        # request's guards include it; a server started with it has loaded it already.
-        return Guard.from_config(config)
 
     def for_request(
         self,
@@ -208,9 +229,9 @@ class ServeGuards:
         config = replace(
             self.config, guards=guards, secrets=secrets, allowed_tools=frozenset(allowed)
         )
-        run = GuardRun(self.build(config), metrics)
-        run.tools = tools
-        return run
+        # Guard.from_config loads the learned classifier (once per process, shared) when the
+        # request's guards include it; a server started with it has loaded it already.
+        return GuardRun(Guard.from_config(config), metrics, tools=tools)
 
 
 def request_guard(
@@ -221,14 +242,10 @@ def request_guard(
 ) -> GuardRun | None:
     """The guard of one request to `app` for `model` (None when neither the server, the request
     nor the model's persona has one)."""
-    guards: ServeGuards | None = getattr(app.state, "guards", None)
-    if guards is None:
-        guards = ServeGuards(GuardConfig())
-    persona = getattr(app.state.models.get(model), "persona", None) if model else None
-    persona_tools = getattr(persona, "tools", None)
-    return guards.for_request(
-        option, tools, getattr(app.state, "metrics", None), persona_tools=persona_tools
-    )
+    guards: ServeGuards = app.state.guards  # create_app's
+    persona = app.state.models[model].persona if model else None
+    persona_tools = persona.tools if persona is not None else None
+    return guards.for_request(option, tools, app.state.metrics, persona_tools=persona_tools)
 
 
-__all__ = ["GuardOption", "GuardRun", "ServeGuards", "action_json", "request_guard"]
+__all__ = ["ChoiceFilter", "GuardOption", "GuardRun", "ServeGuards", "action_json", "request_guard"]

@@ -187,13 +187,9 @@ def _reply_parts(
         parsed = fmt.parse_assistant(h.text)
         if parsed.tool_calls:
             content, calls = parsed.content, list(parsed.tool_calls)
-            if guard is not None:
-                calls = guard.allowed_calls(calls, index)
-                if not calls:
-                    finish = "content_filter"
     if guard is not None:
-        content, cut = guard.filter_text(content, index)
-        if cut:
+        content, calls, removed = guard.guard_reply(content, calls, index)
+        if removed:
             finish = "content_filter"
     if calls:
         finish = "tool_calls"
@@ -566,7 +562,7 @@ async def _chat_chunks(
     tok = loaded.tokenizer
     # one output filter per choice: it holds back a tail that could still grow into a secret or
     # a link, so what was sent never has to be taken back
-    filters = [guard.output_filter() for _ in handles] if guard is not None else None
+    filters = [guard.output_filter(i) for i in range(len(handles))] if guard is not None else None
 
     def chunk(
         i: int,
@@ -618,12 +614,10 @@ async def _chat_chunks(
                     calls_json = [{"index": k, **c} for k, c in enumerate(_tool_calls_json(calls))]
                     yield chunk(i, {"tool_calls": calls_json})
             elif filters is not None:
-                rest = filters[i].finish()
+                rest, cut = filters[i].finish()
                 if rest:
                     yield chunk(i, {"content": rest})
-                acts = filters[i].actions()
-                guard.record(acts, i)  # type: ignore[union-attr]
-                if acts:
+                if cut:
                     finish = "content_filter"
             cites = await citer(handles[i].text) if citer is not None else None
             acted = {"guard": guard.json(i)} if guard is not None else None
@@ -661,7 +655,7 @@ async def _completion_chunks(
     guard: GuardRun | None = None,
 ) -> AsyncIterator[str]:
     offsets = [len(e) for e in echoes]
-    filters = [guard.output_filter() for _ in handles] if guard is not None else None
+    filters = [guard.output_filter(i) for i in range(len(handles))] if guard is not None else None
 
     def chunk(i: int, text: str, finish: str | None = None, lp: Any = None) -> str:
         extra = {"guard": guard.json(i)} if guard is not None and finish is not None else {}
@@ -689,10 +683,9 @@ async def _completion_chunks(
             if filters is not None:
                 text = filters[i].push(text)
                 if finish is not None:
-                    text += filters[i].finish()
-                    acts = filters[i].actions()
-                    guard.record(acts, i)  # type: ignore[union-attr]
-                    finish = "content_filter" if acts else finish
+                    rest, cut = filters[i].finish()
+                    text += rest
+                    finish = "content_filter" if cut else finish
             if text or finish or (lp and lp["tokens"]):
                 yield chunk(i, text, finish, lp)
         if include_usage:

@@ -152,17 +152,23 @@ function linkCitations(container, sources) {
       let piece = node;
       if (lo > 0) piece = piece.splitText(lo);
       if (hi - lo < piece.data.length) piece.splitText(hi - lo);
-      const link = TF.el("a", { class: "cite", href: "#", title: "read passage [" + n + "]", dataset: { n: String(n) } });
-      link.addEventListener("click", (e) => {
-        e.preventDefault();
-        e.stopPropagation(); // the token under it would open its die instead
-        showPassage(sources[n - 1], link);
-      });
+      const link = passageLink({ class: "cite", title: "read passage [" + n + "]", dataset: { n: String(n) } }, sources[n - 1]);
       piece.replaceWith(link);
       link.append(piece);
     }
   }
   return [...new Set(ranges.map((r) => r[2]))].sort((x, y) => x - y);
+}
+
+// A link that opens `source`'s passage beside itself.
+function passageLink(attrs, source, ...children) {
+  const link = TF.el("a", { href: "#", ...attrs }, ...children);
+  link.addEventListener("click", (e) => {
+    e.preventDefault();
+    e.stopPropagation(); // a token under it would open its die, a click elsewhere closes the box
+    showPassage(source, link);
+  });
+  return link;
 }
 
 // The passage behind a citation, fetched by id (GET /rag/passages/{id}) and shown beside the link.
@@ -205,14 +211,9 @@ function addSources(shell, sources, cited, details) {
   const items = [...by].map(([n, how]) => {
     const s = sources[n - 1];
     const attributed = how !== "model";
-    const attrs = { class: "cite" + (attributed ? " attributed" : ""), href: "#", dataset: { n: String(n), by: how } };
+    const attrs = { class: "cite" + (attributed ? " attributed" : ""), dataset: { n: String(n), by: how } };
     if (attributed) attrs.title = ATTRIBUTED[how] || "attributed: " + how;
-    const link = TF.el("a", attrs, "[" + n + "] " + s.source + (s.location ? ", " + s.location : ""));
-    link.addEventListener("click", (e) => {
-      e.preventDefault();
-      e.stopPropagation();
-      showPassage(s, link);
-    });
+    const link = passageLink(attrs, s, "[" + n + "] " + s.source + (s.location ? ", " + s.location : ""));
     return TF.el("li", {}, link, attributed ? TF.el("span", { class: "hint by" }, " (attributed: " + how + ")") : null);
   });
   cited = [...by.keys()];
