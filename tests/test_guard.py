@@ -349,6 +349,31 @@ def test_reserved_role_tokens_stay_text_with_guards_on() -> None:
     assert ids.count(start) == 3 and f"I{MARKER}am{MARKER}evil" in tok.decode(ids)
 
 
+def test_fit_grounded_measures_the_marked_prompt() -> None:
+    """With spotlight's datamarking, the grounded prompt that is fitted to the context is the
+    marked one the model reads: a budget the unmarked prompt meets but the marked one does not
+    drops a passage."""
+    from twofiles.rag import Passage
+    from twofiles.rag.grounding import fit_grounded, ground
+
+    _, fmt = _chatml()
+    mark = Guard(GuardConfig(guards=parse_guards("spotlight"))).mark_document
+    docs = [
+        Passage(i, f"d{i}.md", 0, 40, f"passage {i} says the river floods every spring", 1.0 - i)
+        for i in range(3)
+    ]
+    chat = [Message("user", "when does the river flood?")]
+    size = lambda ms: len(fmt.prompt_ids(ms))  # noqa: E731
+    budget = size(ground(chat, docs))
+    assert size(ground(chat, docs, mark=mark)) > budget  # the marks cost tokens
+    plain = fit_grounded(chat, docs, lambda ms: size(ms) <= budget)
+    assert plain.passages_dropped == 0
+    marked = fit_grounded(chat, docs, lambda ms: size(ms) <= budget, mark=mark)
+    assert marked.passages_dropped >= 1 and size(marked.prompt) <= budget
+    assert marked.prompt == ground(chat, marked.passages, mark=mark)
+    assert MARKER in marked.prompt[-1].content
+
+
 # ---------------------------------------------------------------------------------- tools
 
 

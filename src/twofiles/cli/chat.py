@@ -414,6 +414,7 @@ def run(args: argparse.Namespace) -> int:
                 loaded.model.config.max_seq_len,
                 params.max_tokens,
                 err,
+                mark=guard.mark_document if guard is not None else None,
             )
         # each turn its own die, reproducibly
         turn_params = replace(params, seed=None if seed is None else seed + 1000 * turn)
@@ -585,14 +586,20 @@ def _grounded(messages: list, passages: list | None, guard=None) -> list:
     return ground(messages, passages, mark=guard.mark_document if guard is not None else None)
 
 
-def _fit(messages: list, passages: list, fmt, schemas, context: int, max_tokens: int, err) -> tuple:
-    """The conversation and passages whose grounded prompt leaves room for a reply
+def _fit(
+    messages: list, passages: list, fmt, schemas, context: int, max_tokens: int, err, mark=None
+) -> tuple:
+    """The conversation and passages whose grounded prompt (passages through `mark`, the
+    spotlight guard's datamarking, as `_grounded` renders them) leaves room for a reply
     (grounding.reply_room), what was dropped, and a note on `err` when anything was."""
     from twofiles.rag.grounding import fit_grounded, reply_room
 
     room = reply_room(max_tokens, context)
     fitted = fit_grounded(
-        messages, passages, lambda m: len(fmt.prompt_ids(m, tools=schemas)) + room <= context
+        messages,
+        passages,
+        lambda m: len(fmt.prompt_ids(m, tools=schemas)) + room <= context,
+        mark=mark,
     )
     dropped = (fitted.passages_dropped, fitted.exchanges_dropped)
     if any(dropped):
