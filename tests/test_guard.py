@@ -614,7 +614,7 @@ def test_persona_tools_line(tmp_path, monkeypatch) -> None:
     mf.write_text(f"FROM {model}\nPARAMETER tools calc ulator;rm\n", encoding="utf-8")
     with pytest.raises(BadInputError, match="tools") as e:
         persona.build_record("bad", mf)
-    assert e.value.line == 2 if hasattr(e.value, "line") else True
+    assert e.value.line == 2 and e.value.path == str(mf)
 
 
 def _write(tmp_path: Path, model: Path) -> Path:
