@@ -535,7 +535,9 @@ def _cli(capsys, *argv: str) -> tuple[int, str, str]:
     return rc, out, err
 
 
-def test_guard_scan_cli(tmp_path, capsys) -> None:
+def test_guard_scan_cli(tmp_path, capsys, monkeypatch) -> None:
+    import io
+
     rows = [{"text": t, "label": "malicious"} for t in ATTACKS["override"]]
     rows += [{"text": t, "label": 0} for t in BENIGN[:5]]
     rows.append({"text": encodings()["rot13"], "label": 1})
@@ -567,6 +569,18 @@ def test_guard_scan_cli(tmp_path, capsys) -> None:
     rc, out, err = _cli(capsys, "guard", "scan", str(bad), "--guard", "input")
     assert rc == 2 and out == "" and f"{bad}:2" in err
     assert _cli(capsys, "guard", "scan", str(path), "--guard", "output")[0] == 2
+    # a raw U+2028 inside a JSON string is one line, on a file and on stdin
+    sep = tmp_path / "sep.jsonl"
+    sep.write_text('{"text": "a\u2028b"}\n{"text": "c"}\n', encoding="utf-8")
+    rc, out, err = _cli(capsys, "guard", "scan", str(sep), "--guard", "input", "--json")
+    assert rc == 0 and json.loads(out.splitlines()[-1])["lines"] == 2, err
+    monkeypatch.setattr("sys.stdin", io.StringIO(sep.read_text(encoding="utf-8")))
+    rc, out, err = _cli(capsys, "guard", "scan", "-", "--guard", "input", "--json")
+    assert rc == 0 and [json.loads(x)["line"] for x in out.splitlines()[:-1]] == [1, 2], err
+    latin = tmp_path / "latin.jsonl"
+    latin.write_bytes(b'{"text": "a"}\n{"text": "caf\xe9"}\n')
+    rc, out, err = _cli(capsys, "guard", "scan", str(latin), "--guard", "input")
+    assert rc == 2 and out == "" and f"{latin}:2" in err
 
 
 def test_chat_guard_cli(tmp_path, capsys, monkeypatch) -> None:
