@@ -526,6 +526,31 @@ def test_output_guard_in_the_agent_loop_with_system_prompt_canary() -> None:
     assert [(v.guard, v.reasons) for k, v in got if k == "guard"] == [("output", ("secret",))]
 
 
+def test_output_guard_finds_stated_secrets_not_ordinary_words() -> None:
+    """The system prompt's stated password, code or key is protected (any case, "is" or ":"),
+    while a sentence that merely says "the key is" or "the code is" protects no word."""
+    tok = tiny_tokenizer()
+    reply = "Patience is key: the code is written in Python. Not hunter22 nor sk-9f3a."
+    model = ScriptedModel(tok, lambda p: reply + "<|assistant_end|>")
+    system = (
+        "You tutor coding. The key is patience; the code is written in Python. "
+        "Password: hunter22. The API key: sk-9f3a."
+    )
+    guard = Guard(GuardConfig(guards=parse_guards("output")))
+    got = list(
+        respond(
+            SimpleNamespace(model=model, tokenizer=tok),
+            ChatFormat.builtin_for(tok),
+            [Message("system", system), Message("user", "hi")],
+            SamplingParams(temperature=0, seed=1),
+            guard=guard,
+        )
+    )
+    text = "".join(v for k, v in got if k == "text")
+    assert text == ("Patience is key: the code is written in Python. Not [removed] nor [removed].")
+    assert guard.secrets == ("hunter22", "sk-9f3a")
+
+
 # ---------------------------------------------------------------------------------- the CLI
 
 
