@@ -634,6 +634,9 @@ def test_chat_guard_cli(tmp_path, capsys, monkeypatch) -> None:
     assert _cli(capsys, "chat", str(model), "--guard", "inptu")[0] == 2
     monkeypatch.setattr("sys.stdin", io.StringIO("hi\n"))
     assert _cli(capsys, "chat", str(model), "--allow-tools", "calculator")[0] == 2
+    monkeypatch.setattr("sys.stdin", io.StringIO("hi\n"))
+    rc, _, err = _cli(capsys, "chat", str(model), "--think", "2", "--guard", "input")
+    assert rc == 2 and "--think and --guard" in err
 
 
 def test_persona_tools_line(tmp_path, monkeypatch) -> None:

@@ -266,6 +266,7 @@ def run(args: argparse.Namespace) -> int:
     from twofiles.engine import PromptTooLongError
     from twofiles.errors import TwofilesError
     from twofiles.formats.resolve import resolve_model
+    from twofiles.guard import parse_guards
     from twofiles.runtime import pick_device
     from twofiles.tools import openai_tool_specs
 
@@ -281,7 +282,7 @@ def run(args: argparse.Namespace) -> int:
         raise TwofilesError("--scorer picks the best of several samples: pass --think N (N >= 2)")
     if args.rag_k < 1:
         raise TwofilesError(f"--rag-k {args.rag_k}: must be >= 1")
-    if args.think > 1 and args.guard.strip().lower() not in ("", "none"):
+    if args.think > 1 and parse_guards(args.guard):
         raise TwofilesError("--think and --guard do not combine: guards run in the chat loop")
     if args.prefix_cache_mb < 0:
         raise TwofilesError(f"--prefix-cache-mb {args.prefix_cache_mb}: must be >= 0 (0 = off)")
