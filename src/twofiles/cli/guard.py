@@ -69,8 +69,8 @@ def _objects(path: str) -> Iterator[tuple[int, Any]]:
             ) from None
 
 
-def _read(path: str, field: str) -> list[tuple[int, str, int | None]]:
-    """(line number, text, label or None) per non-blank line."""
+def read_rows(path: str, field: str) -> list[tuple[int, str, int | None]]:
+    """(line number, text, label or None) per non-blank line (also bench/guard.py's reader)."""
     from twofiles.errors import BadInputError
 
     rows = []
@@ -106,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
         raise BadInputError(f"--guard {args.guard}: scan runs the input guards: input, classifier")
     if args.threshold is not None and not 0 <= args.threshold <= 1:
         raise BadInputError(f"--threshold {args.threshold}: must be in [0, 1]")
-    rows = _read(args.file, args.field)
+    rows = read_rows(args.file, args.field)
     guard = Guard.from_config(GuardConfig(guards=guards, threshold=args.threshold))
     t0 = time.perf_counter()
     verdicts = []
