@@ -553,7 +553,7 @@ def _make_guard(args: argparse.Namespace, persona, tools: dict):
     allowed = None
     if args.allow_tools is not None:
         allowed = frozenset(n.strip() for n in args.allow_tools.split(",") if n.strip())
-    elif persona is not None and getattr(persona, "tools", None) is not None:
+    elif persona is not None and persona.tools is not None:
         allowed = frozenset(persona.tools)
     cfg = GuardConfig(
         guards=guards,
