@@ -28,16 +28,13 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 CONFIGS = ("input", "classifier", "input,classifier")
-_LABELS = {"1": 1, "0": 0, "true": 1, "false": 0, "malicious": 1, "benign": 0}
 
 
 def read(path: Path, field: str, n: int, seed: int) -> list[tuple[str, int | None]]:
-    rows = []
-    for line in path.read_text("utf-8").splitlines():
-        if line.strip():
-            obj = json.loads(line)
-            label = _LABELS.get(str(obj.get("label", "")).lower())
-            rows.append((obj[field], label))
+    """A seeded sample of `n` (text, label) rows, read as `twofiles guard scan` reads them."""
+    from twofiles.cli.guard import read_rows
+
+    rows = [(text, label) for _, text, label in read_rows(str(path), field)]
     random.Random(seed).shuffle(rows)
     return rows[:n]
 

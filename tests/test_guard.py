@@ -349,6 +349,31 @@ def test_reserved_role_tokens_stay_text_with_guards_on() -> None:
     assert ids.count(start) == 3 and f"I{MARKER}am{MARKER}evil" in tok.decode(ids)
 
 
+def test_fit_grounded_measures_the_marked_prompt() -> None:
+    """With spotlight's datamarking, the grounded prompt that is fitted to the context is the
+    marked one the model reads: a budget the unmarked prompt meets but the marked one does not
+    drops a passage."""
+    from twofiles.rag import Passage
+    from twofiles.rag.grounding import fit_grounded, ground
+
+    _, fmt = _chatml()
+    mark = Guard(GuardConfig(guards=parse_guards("spotlight"))).mark_document
+    docs = [
+        Passage(i, f"d{i}.md", 0, 40, f"passage {i} says the river floods every spring", 1.0 - i)
+        for i in range(3)
+    ]
+    chat = [Message("user", "when does the river flood?")]
+    size = lambda ms: len(fmt.prompt_ids(ms))  # noqa: E731
+    budget = size(ground(chat, docs))
+    assert size(ground(chat, docs, mark=mark)) > budget  # the marks cost tokens
+    plain = fit_grounded(chat, docs, lambda ms: size(ms) <= budget)
+    assert plain.passages_dropped == 0
+    marked = fit_grounded(chat, docs, lambda ms: size(ms) <= budget, mark=mark)
+    assert marked.passages_dropped >= 1 and size(marked.prompt) <= budget
+    assert marked.prompt == ground(chat, marked.passages, mark=mark)
+    assert MARKER in marked.prompt[-1].content
+
+
 # ---------------------------------------------------------------------------------- tools
 
 
@@ -501,6 +526,31 @@ def test_output_guard_in_the_agent_loop_with_system_prompt_canary() -> None:
     assert [(v.guard, v.reasons) for k, v in got if k == "guard"] == [("output", ("secret",))]
 
 
+def test_output_guard_finds_stated_secrets_not_ordinary_words() -> None:
+    """The system prompt's stated password, code or key is protected (any case, "is" or ":"),
+    while a sentence that merely says "the key is" or "the code is" protects no word."""
+    tok = tiny_tokenizer()
+    reply = "Patience is key: the code is written in Python. Not hunter22 nor sk-9f3a."
+    model = ScriptedModel(tok, lambda p: reply + "<|assistant_end|>")
+    system = (
+        "You tutor coding. The key is patience; the code is written in Python. "
+        "Password: hunter22. The API key: sk-9f3a."
+    )
+    guard = Guard(GuardConfig(guards=parse_guards("output")))
+    got = list(
+        respond(
+            SimpleNamespace(model=model, tokenizer=tok),
+            ChatFormat.builtin_for(tok),
+            [Message("system", system), Message("user", "hi")],
+            SamplingParams(temperature=0, seed=1),
+            guard=guard,
+        )
+    )
+    text = "".join(v for k, v in got if k == "text")
+    assert text == ("Patience is key: the code is written in Python. Not [removed] nor [removed].")
+    assert guard.secrets == ("hunter22", "sk-9f3a")
+
+
 # ---------------------------------------------------------------------------------- the CLI
 
 
@@ -510,7 +560,9 @@ def _cli(capsys, *argv: str) -> tuple[int, str, str]:
     return rc, out, err
 
 
-def test_guard_scan_cli(tmp_path, capsys) -> None:
+def test_guard_scan_cli(tmp_path, capsys, monkeypatch) -> None:
+    import io
+
     rows = [{"text": t, "label": "malicious"} for t in ATTACKS["override"]]
     rows += [{"text": t, "label": 0} for t in BENIGN[:5]]
     rows.append({"text": encodings()["rot13"], "label": 1})
@@ -542,6 +594,18 @@ def test_guard_scan_cli(tmp_path, capsys) -> None:
     rc, out, err = _cli(capsys, "guard", "scan", str(bad), "--guard", "input")
     assert rc == 2 and out == "" and f"{bad}:2" in err
     assert _cli(capsys, "guard", "scan", str(path), "--guard", "output")[0] == 2
+    # a raw U+2028 inside a JSON string is one line, on a file and on stdin
+    sep = tmp_path / "sep.jsonl"
+    sep.write_text('{"text": "a\u2028b"}\n{"text": "c"}\n', encoding="utf-8")
+    rc, out, err = _cli(capsys, "guard", "scan", str(sep), "--guard", "input", "--json")
+    assert rc == 0 and json.loads(out.splitlines()[-1])["lines"] == 2, err
+    monkeypatch.setattr("sys.stdin", io.StringIO(sep.read_text(encoding="utf-8")))
+    rc, out, err = _cli(capsys, "guard", "scan", "-", "--guard", "input", "--json")
+    assert rc == 0 and [json.loads(x)["line"] for x in out.splitlines()[:-1]] == [1, 2], err
+    latin = tmp_path / "latin.jsonl"
+    latin.write_bytes(b'{"text": "a"}\n{"text": "caf\xe9"}\n')
+    rc, out, err = _cli(capsys, "guard", "scan", str(latin), "--guard", "input")
+    assert rc == 2 and out == "" and f"{latin}:2" in err
 
 
 def test_chat_guard_cli(tmp_path, capsys, monkeypatch) -> None:
@@ -570,6 +634,9 @@ def test_chat_guard_cli(tmp_path, capsys, monkeypatch) -> None:
     assert _cli(capsys, "chat", str(model), "--guard", "inptu")[0] == 2
     monkeypatch.setattr("sys.stdin", io.StringIO("hi\n"))
     assert _cli(capsys, "chat", str(model), "--allow-tools", "calculator")[0] == 2
+    monkeypatch.setattr("sys.stdin", io.StringIO("hi\n"))
+    rc, _, err = _cli(capsys, "chat", str(model), "--think", "2", "--guard", "input")
+    assert rc == 2 and "--think and --guard" in err
 
 
 def test_persona_tools_line(tmp_path, monkeypatch) -> None:
@@ -589,7 +656,7 @@ def test_persona_tools_line(tmp_path, monkeypatch) -> None:
     mf.write_text(f"FROM {model}\nPARAMETER tools calc ulator;rm\n", encoding="utf-8")
     with pytest.raises(BadInputError, match="tools") as e:
         persona.build_record("bad", mf)
-    assert e.value.line == 2 if hasattr(e.value, "line") else True
+    assert e.value.line == 2 and e.value.path == str(mf)
 
 
 def _write(tmp_path: Path, model: Path) -> Path:

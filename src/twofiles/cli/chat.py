@@ -266,6 +266,7 @@ def run(args: argparse.Namespace) -> int:
     from twofiles.engine import PromptTooLongError
     from twofiles.errors import TwofilesError
     from twofiles.formats.resolve import resolve_model
+    from twofiles.guard import parse_guards
     from twofiles.runtime import pick_device
     from twofiles.tools import openai_tool_specs
 
@@ -281,7 +282,7 @@ def run(args: argparse.Namespace) -> int:
         raise TwofilesError("--scorer picks the best of several samples: pass --think N (N >= 2)")
     if args.rag_k < 1:
         raise TwofilesError(f"--rag-k {args.rag_k}: must be >= 1")
-    if args.think > 1 and args.guard.strip().lower() not in ("", "none"):
+    if args.think > 1 and parse_guards(args.guard):
         raise TwofilesError("--think and --guard do not combine: guards run in the chat loop")
     if args.prefix_cache_mb < 0:
         raise TwofilesError(f"--prefix-cache-mb {args.prefix_cache_mb}: must be >= 0 (0 = off)")
@@ -414,6 +415,7 @@ def run(args: argparse.Namespace) -> int:
                 loaded.model.config.max_seq_len,
                 params.max_tokens,
                 err,
+                mark=guard.mark_document if guard is not None else None,
             )
         # each turn its own die, reproducibly
         turn_params = replace(params, seed=None if seed is None else seed + 1000 * turn)
@@ -551,7 +553,7 @@ def _make_guard(args: argparse.Namespace, persona, tools: dict):
     allowed = None
     if args.allow_tools is not None:
         allowed = frozenset(n.strip() for n in args.allow_tools.split(",") if n.strip())
-    elif persona is not None and getattr(persona, "tools", None) is not None:
+    elif persona is not None and persona.tools is not None:
         allowed = frozenset(persona.tools)
     cfg = GuardConfig(
         guards=guards,
@@ -585,14 +587,20 @@ def _grounded(messages: list, passages: list | None, guard=None) -> list:
     return ground(messages, passages, mark=guard.mark_document if guard is not None else None)
 
 
-def _fit(messages: list, passages: list, fmt, schemas, context: int, max_tokens: int, err) -> tuple:
-    """The conversation and passages whose grounded prompt leaves room for a reply
+def _fit(
+    messages: list, passages: list, fmt, schemas, context: int, max_tokens: int, err, mark=None
+) -> tuple:
+    """The conversation and passages whose grounded prompt (passages through `mark`, the
+    spotlight guard's datamarking, as `_grounded` renders them) leaves room for a reply
     (grounding.reply_room), what was dropped, and a note on `err` when anything was."""
     from twofiles.rag.grounding import fit_grounded, reply_room
 
     room = reply_room(max_tokens, context)
     fitted = fit_grounded(
-        messages, passages, lambda m: len(fmt.prompt_ids(m, tools=schemas)) + room <= context
+        messages,
+        passages,
+        lambda m: len(fmt.prompt_ids(m, tools=schemas)) + room <= context,
+        mark=mark,
     )
     dropped = (fitted.passages_dropped, fitted.exchanges_dropped)
     if any(dropped):

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
+from collections.abc import Iterator
+from typing import Any
 
 _LABELS = {"1": 1, "0": 0, "true": 1, "false": 0, "malicious": 1, "benign": 0}
 
@@ -42,24 +43,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="JSON lines, the summary last")
 
 
-def _read(path: str, field: str) -> list[tuple[int, str, int | None]]:
-    """(line number, text, label or None) per non-blank line."""
+def _objects(path: str) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed JSON) per non-blank line of the file, or of stdin for '-'."""
     import json
 
     from twofiles.errors import BadInputError
+    from twofiles.paths import read_jsonl
 
+    if path != "-":
+        yield from read_jsonl(path, "prompts file")
+        return
     try:
-        data = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+        data = sys.stdin.read()
     except (OSError, UnicodeDecodeError) as e:
-        raise BadInputError(f"{path}: cannot read: {e}") from None
-    rows = []
-    for n, line in enumerate(data.splitlines(), 1):
+        raise BadInputError(f"cannot read stdin: {e}") from None
+    # split on newlines only, as read_jsonl does: a JSON string may hold a raw U+2028
+    for n, line in enumerate(data.split("\n"), 1):
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
+            yield n, json.loads(line)
         except json.JSONDecodeError as e:
-            raise BadInputError(f"not JSON: {e.msg}", path=path, line=n) from None
+            raise BadInputError(
+                f"invalid JSON ({e.msg} at column {e.colno})", path=path, line=n
+            ) from None
+
+
+def read_rows(path: str, field: str) -> list[tuple[int, str, int | None]]:
+    """(line number, text, label or None) per non-blank line (also bench/guard.py's reader)."""
+    from twofiles.errors import BadInputError
+
+    rows = []
+    for n, obj in _objects(path):
         if not isinstance(obj, dict):
             raise BadInputError(
                 f"expected a JSON object, got {type(obj).__name__}", path=path, line=n
@@ -91,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
         raise BadInputError(f"--guard {args.guard}: scan runs the input guards: input, classifier")
     if args.threshold is not None and not 0 <= args.threshold <= 1:
         raise BadInputError(f"--threshold {args.threshold}: must be in [0, 1]")
-    rows = _read(args.file, args.field)
+    rows = read_rows(args.file, args.field)
     guard = Guard.from_config(GuardConfig(guards=guards, threshold=args.threshold))
     t0 = time.perf_counter()
     verdicts = []

@@ -194,7 +194,7 @@ class Guard:
         if tools:
             self.tool_schemas = {n: getattr(t, "parameters", None) or {} for n, t in tools.items()}
         system = " ".join(m.content for m in messages if m.role == "system")
-        found = [a or b for a, b in _SYSTEM_SECRET.findall(system)]
+        found = [next(g for g in m if g) for m in _SYSTEM_SECRET.findall(system)]
         self.found_secrets = tuple(dict.fromkeys(found))
         if "spotlight" in self.config.guards:
             return with_note(messages)
@@ -229,9 +229,12 @@ class Guard:
         return OutputFilter(self.secrets, self.config.allowed_hosts)
 
 
-# a password stated in a system prompt, and canary tokens (redteam.suite.new_canary: "PLUM-3f9a1c")
+# a password stated in a system prompt, a code or key with a digit in it ("the key is patience"
+# and "the code is written in Python" state no secret), and canary tokens
+# (redteam.suite.new_canary: "PLUM-3f9a1c")
 _SYSTEM_SECRET = re.compile(
-    r"(?:password|passphrase|secret|code|key)\s+(?:is|:)\s+[\"'“]?([^\s\"'”.,;]{4,})"
+    r"(?i:password|passphrase|secret)(?:\s+is|\s*:)\s+[\"'“]?([^\s\"'”.,;]{4,})"
+    r"|(?i:code|key)(?:\s+is|\s*:)\s+[\"'“]?(?=[^\s\"'”.,;]{4,})([^\s\"'”.,;]*\d[^\s\"'”.,;]*)"
     r"|\b([A-Z][A-Z0-9]{2,}-[0-9A-Fa-f]{4,})\b"
 )
 

@@ -363,17 +363,19 @@ def fit_grounded(
     *,
     drop_exchanges: bool = True,
     instructions: str = RAG_INSTRUCTIONS,
+    mark: Callable[[str], str] | None = None,
 ) -> Fitted:
     """The grounded prompt (`ground`) for `messages` that `fits` (a check of the rendered
     prompt's length with room for the reply). While it does not: the lowest-ranked passage goes
     first, down to one; then the oldest exchange (chat.drop_oldest_exchange, when
     `drop_exchanges`); then the last passage. A reply grounded in its best passage is worth more
     than an old exchange, and an old exchange more than nothing. When nothing more can go the
-    smallest prompt is returned with `fits` False (the caller's own too-long error applies)."""
+    smallest prompt is returned with `fits` False (the caller's own too-long error applies).
+    `mark` is `ground`'s: the prompt measured is the one the model will read, marking and all."""
     msgs, kept = list(messages), list(passages)
     dropped_p = dropped_x = 0
     while True:
-        prompt = ground(msgs, kept, instructions=instructions)
+        prompt = ground(msgs, kept, instructions=instructions, mark=mark)
         if fits(prompt):
             return Fitted(msgs, prompt, kept, dropped_p, dropped_x)
         if len(kept) > 1:
