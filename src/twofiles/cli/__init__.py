@@ -96,6 +96,30 @@ VERBS: dict[str, tuple[str, str]] = {
         "twofiles.cli.guard",
         "scan text for injection and jailbreak attempts (rules, decoding, a learned classifier)",
     ),
+    "scaling": (
+        "twofiles.cli.scaling",
+        "scaling laws: plan a sweep of model sizes x token budgets, run it, fit L(N, D), report",
+    ),
+    "experiment": (
+        "twofiles.cli.experiment",
+        "reproduce a published result on a model (reversal: the reversal curse)",
+    ),
+    "compress": (
+        "twofiles.cli.compress",
+        "compress a file losslessly with arithmetic coding driven by a model's predictions",
+    ),
+    "decompress": (
+        "twofiles.cli.compress",
+        "restore a file made by `twofiles compress` (the same model is required)",
+    ),
+    "inspect": (
+        "twofiles.cli.inspect",
+        "look inside a model: logit lens, attention, attribution, patching, neurons, embeddings",
+    ),
+    "sae": (
+        "twofiles.cli.sae",
+        "sparse autoencoders on a layer's activations: train, feature dashboards",
+    ),
 }
 
 # verbs whose first word may be left out: `twofiles redteam MODEL` is `twofiles redteam run MODEL`

@@ -1,0 +1,2 @@
+"""Sparse autoencoders on residual-stream activations: training (TopK, ReLU-L1), the field's
+metrics, feature dashboards, and steering directions."""
