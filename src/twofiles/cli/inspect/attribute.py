@@ -1,4 +1,4 @@
-"""`twofiles inspect`: not built yet (placeholder; the module keeps the verb registered)."""
+"""`twofiles inspect attribute`: not built yet (placeholder)."""
 
 from __future__ import annotations
 
@@ -12,4 +12,4 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from twofiles.errors import TwofilesError
 
-    raise TwofilesError(f"twofiles {args.verb} is not built yet")
+    raise TwofilesError("twofiles inspect attribute is not built yet")

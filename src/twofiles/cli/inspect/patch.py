@@ -1,4 +1,4 @@
-"""`twofiles sae`: not built yet (placeholder; the module keeps the verb registered)."""
+"""`twofiles inspect patch`: not built yet (placeholder)."""
 
 from __future__ import annotations
 
@@ -12,4 +12,4 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from twofiles.errors import TwofilesError
 
-    raise TwofilesError(f"twofiles {args.verb} is not built yet")
+    raise TwofilesError("twofiles inspect patch is not built yet")

@@ -1,0 +1,74 @@
+"""The logit lens (nostalgebraist, 2020): read the residual stream after every block through the
+model's own final norm and unembedding, as if the model stopped there.
+
+What it owns: the lens's numbers (per layer and position: the top tokens and their
+probabilities, and the probability of the token that actually comes next). What it leaves to
+others: the pictures (the CLI's PNG and HTML, the web UI's Inside page) and the activations
+(hooks.run_with_cache).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from twofiles.inspect.hooks import _transformer, run_with_cache
+
+
+@dataclass
+class LensResult:
+    """The lens at every layer (row 0: the embeddings, row i: after block i, the last row equals
+    the model's own output) and position."""
+
+    layers: list[str]  # row labels: "embed", "block 0", ..., "block n-1"
+    top_ids: torch.Tensor  # [n_layers + 1, T, k] the k most likely next tokens
+    top_probs: torch.Tensor  # [n_layers + 1, T, k] their probabilities
+    next_prob: torch.Tensor  # [n_layers + 1, T - 1] probability of the token that comes next
+    entropy: torch.Tensor  # [n_layers + 1, T] of the lens's distribution, in bits
+
+    def to_dict(self, tokenizer: Any, ids: Sequence[int]) -> dict[str, Any]:
+        """JSON-ready: the input tokens as text, and per layer and position the top tokens."""
+        return {
+            "tokens": [tokenizer.decode([int(t)]) for t in ids],
+            "layers": self.layers,
+            "top": [
+                [
+                    [
+                        {"token": tokenizer.decode([int(t)]), "id": int(t), "p": float(p)}
+                        for t, p in zip(ids_k, probs_k, strict=True)
+                    ]
+                    for ids_k, probs_k in zip(layer_ids, layer_probs, strict=True)
+                ]
+                for layer_ids, layer_probs in zip(self.top_ids, self.top_probs, strict=True)
+            ],
+            "next_prob": self.next_prob.tolist(),
+            "entropy_bits": self.entropy.tolist(),
+        }
+
+
+def logit_lens(model: Any, ids: Sequence[int] | torch.Tensor, k: int = 5) -> LensResult:
+    """The logit lens of one sequence `ids` [T] on `model` (a Transformer or LoadedModel)."""
+    m = _transformer(model)
+    n = m.config.n_layers
+    names = ["hook_embed", *(f"blocks.{i}.hook_resid_post" for i in range(n))]
+    _, cache = run_with_cache(m, ids, names=names)
+    with torch.no_grad():
+        resid = torch.stack([cache[name][0] for name in names])  # [n + 1, T, dim]
+        logits = m.lm_head(m.model.norm(resid)).float()  # [n + 1, T, V]
+        logp = F.log_softmax(logits, dim=-1)
+        top = logp.topk(min(k, logp.shape[-1]), dim=-1)
+        t = torch.as_tensor(ids if isinstance(ids, torch.Tensor) else list(ids)).reshape(-1)
+        nxt = t[1:].to(logp.device)
+        next_prob = logp[:, :-1].gather(-1, nxt.view(1, -1, 1).expand(n + 1, -1, 1)).squeeze(-1)
+        entropy = -(logp.exp() * logp).sum(-1) / torch.log(torch.tensor(2.0))
+    return LensResult(
+        layers=["embed", *(f"block {i}" for i in range(n))],
+        top_ids=top.indices.cpu(),
+        top_probs=top.values.exp().cpu(),
+        next_prob=next_prob.exp().cpu(),
+        entropy=entropy.cpu(),
+    )
