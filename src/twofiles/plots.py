@@ -16,17 +16,22 @@ from typing import Any
 from twofiles.paths import atomic_write_bytes
 
 
-def save_png(fig: Any, png_path: str | Path, *, dpi: int = 110) -> Path:
-    """Write `fig` (a matplotlib Figure) as a PNG, atomically, and close it: a reader never sees
-    half a plot, and a long run drawing many figures never keeps them all open."""
+def png_bytes(fig: Any, *, dpi: int = 110) -> bytes:
+    """`fig` (a matplotlib Figure) as PNG bytes, the figure closed (a long run drawing many
+    figures never keeps them all open)."""
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
     plt.close(fig)
-    atomic_write_bytes(png_path, buf.getvalue())
+    return buf.getvalue()
+
+
+def save_png(fig: Any, png_path: str | Path, *, dpi: int = 110) -> Path:
+    """Write `fig` as a PNG, atomically, and close it: a reader never sees half a plot."""
+    atomic_write_bytes(png_path, png_bytes(fig, dpi=dpi))
     return Path(png_path)
 
 
-__all__ = ["save_png"]
+__all__ = ["png_bytes", "save_png"]
