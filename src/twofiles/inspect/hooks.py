@@ -189,6 +189,9 @@ class _Hooks:
             for n in hit:
                 self.at.setdefault(n, []).append(fn)
 
+    def wants(self, name: str) -> bool:
+        return name in self.at
+
     def __call__(self, name: str, x: torch.Tensor) -> torch.Tensor:
         for fn in self.at.get(name, ()):
             out = fn(x, HookPoint(name))
@@ -232,10 +235,14 @@ def _hooked_forward(model: Transformer, idx: torch.Tensor, h: _Hooks) -> torch.T
         rep = nh // nkv  # grouped-query attention: each kv head serves `rep` query heads
         kh = k.transpose(1, 2).repeat_interleave(rep, dim=1)  # [B, H, T, hd]
         vh = v.transpose(1, 2).repeat_interleave(rep, dim=1)
-        scores = (q.transpose(1, 2) @ kh.transpose(-2, -1)) / math.sqrt(hd)  # [B, H, T, T]
-        scores = h(p + "attn.hook_attn_scores", scores.masked_fill(future, float("-inf")))
-        pattern = h(p + "attn.hook_pattern", scores.softmax(dim=-1))
-        z = h(p + "attn.hook_z", (pattern @ vh).transpose(1, 2))  # [B, T, H, hd]
+        if h.wants(p + "attn.hook_attn_scores") or h.wants(p + "attn.hook_pattern"):
+            scores = (q.transpose(1, 2) @ kh.transpose(-2, -1)) / math.sqrt(hd)  # [B, H, T, T]
+            scores = h(p + "attn.hook_attn_scores", scores.masked_fill(future, float("-inf")))
+            pattern = h(p + "attn.hook_pattern", scores.softmax(dim=-1))
+            heads = pattern @ vh
+        else:  # nobody looks at the T x T matrices: the fused kernel, as the model runs it
+            heads = F.scaled_dot_product_attention(q.transpose(1, 2), kh, vh, is_causal=True)
+        z = h(p + "attn.hook_z", heads.transpose(1, 2))  # [B, T, H, hd]
         attn_out = h(p + "hook_attn_out", att.o_proj(z.reshape(B, T, nh * hd)))
         x = h(p + "hook_resid_mid", x + attn_out)
         normed = h(p + "ln2.hook_normalized", _normalized(x, layer.post_attention_layernorm.eps))
