@@ -360,3 +360,17 @@ def test_hostile_prompt_is_shown_as_text(page, inside):
     # the other pages link here
     page.goto(inside.url + "/")
     assert page.locator("nav a[href='/inside']").count() == 1
+
+
+def test_api_key_guards_the_routes_not_the_page():
+    from twofiles.serve.app import ServeSettings, create_app
+
+    app = create_app({"tiny": _model()}, ServeSettings(api_keys=frozenset({"sesame"})))
+    with UvicornThread(app) as server:
+        status, _, body = server.request("GET", "/inside")
+        assert status == 200 and b"/static/inside.js" in body
+        body = {"model": "tiny", "prompt": "hi"}
+        assert server.request("POST", "/inside/run", body)[0] == 401
+        assert server.request("GET", "/inside/models")[0] == 401
+        key = {"Authorization": "Bearer sesame"}
+        assert server.request("POST", "/inside/run", body, headers=key)[0] == 200
