@@ -374,3 +374,38 @@ def test_api_key_guards_the_routes_not_the_page():
         assert server.request("GET", "/inside/models")[0] == 401
         key = {"Authorization": "Bearer sesame"}
         assert server.request("POST", "/inside/run", body, headers=key)[0] == 200
+
+
+def test_a_run_does_not_block_the_event_loop(inside, monkeypatch):
+    """The forward runs on a worker thread: /health answers while a slow run is in progress."""
+    import threading
+    import time
+
+    import twofiles.serve.inside as inside_module
+
+    started, release = threading.Event(), threading.Event()
+    real = inside_module.run_inside
+
+    def slow(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        started.set()
+        assert release.wait(30)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(inside_module, "run_inside", slow)
+    result: list[int] = []
+    worker = threading.Thread(
+        target=lambda: result.append(
+            _post(inside, "/inside/run", {"model": "tiny", "prompt": "hi"})[0]
+        )
+    )
+    worker.start()
+    try:
+        assert started.wait(30)
+        t0 = time.monotonic()
+        status, _, _ = inside.request("GET", "/health", timeout=10)
+        assert status == 200 and time.monotonic() - t0 < 5
+        assert not result  # the run is still waiting
+    finally:
+        release.set()
+        worker.join(60)
+    assert result == [200]
