@@ -9,6 +9,7 @@ const $ = (id) => document.getElementById(id);
 let info = null; // GET /inside/models
 let run = null; // the last /inside/run reply, and the prompt and model it was for
 let attn = null; // the last /inside/attention reply
+let attnAsked = 0; // which attention request is the latest: an older reply arriving late is dropped
 
 function showError(msg) {
   $("error").textContent = msg || "";
@@ -204,8 +205,11 @@ async function fetchAttention() {
   const body = { model: run.model, prompt: run.prompt, layer };
   if (!all) body.head = Number($("head").value);
   $("attnhint").textContent = "…";
+  const asked = ++attnAsked;
   try {
-    attn = await TF.json("POST", "/inside/attention", body);
+    const reply = await TF.json("POST", "/inside/attention", body);
+    if (asked !== attnAsked || run.data !== m) return;
+    attn = reply;
     $("attnhint").textContent = all ? "" : "one head at a time at this length";
     drawThumbnails();
     drawHead();
