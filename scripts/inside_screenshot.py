@@ -1,7 +1,7 @@
 """A screenshot of the web UI's Inside page with a real model, for the docs.
 
   python scripts/inside_screenshot.py smollm2 --out bench/results/inside.png
-  python scripts/inside_screenshot.py smollm2 --sae runs/sae-smollm2 --layer 3 --head 4
+  python scripts/inside_screenshot.py smollm2 --sae runs/sae-smollm2 --layer 3 --head 4 --features
 
 Serves MODEL with the real app on 127.0.0.1 (with --sae, the SAE as `serve --sae` loads it),
 drives Debian's chromium through Playwright: types the prompt, picks an attention layer and
@@ -50,6 +50,9 @@ def main() -> None:
     ap.add_argument("--out", default="bench/results/inside.png")
     ap.add_argument("--width", type=int, default=1280)
     ap.add_argument("--height", type=int, default=1000)
+    ap.add_argument(
+        "--features", action="store_true", help="show the SAE features (scrolled to them)"
+    )
     args = ap.parse_args()
 
     from playwright.sync_api import sync_playwright
@@ -85,6 +88,10 @@ def main() -> None:
             # the model's own prediction at the last position: the top tokens on hover
             page.locator(f"#lens td.cell[data-layer='{n - 1}'][data-pos='{t - 1}']").hover()
             page.locator("#tokinfo").wait_for(state="visible")
+            if args.features:
+                page.mouse.move(0, 0)
+                page.locator("#features-section").scroll_into_view_if_needed()
+                page.locator("#features a.feat").first.hover()
             page.screenshot(path=str(out))
             browser.close()
     finally:
