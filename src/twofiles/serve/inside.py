@@ -383,11 +383,11 @@ def attach(app: FastAPI, saes: Mapping[str, Sequence[ServedSAE]] | None = None) 
     """Add the Inside page and its routes to `app` (expects `app.state.models`, `settings`,
     `score_lock` and `require_api_key`, as create_app sets them). `saes` maps a served model to
     the SAEs read with it (load_served_sae). Returns the state, also at `app.state.inside`."""
-    saes = {k: list(v) for k, v in (saes or {}).items()}
-    for model in saes:
+    by_model = {k: list(v) for k, v in (saes or {}).items()}
+    for model in by_model:
         if model not in app.state.models:
             raise BadInputError(f"--sae for {model!r}: no such served model")
-    state = InsideState(saes=saes, lock=app.state.score_lock)
+    state = InsideState(saes=by_model, lock=app.state.score_lock)
     app.state.inside = state
     key_check = getattr(app.state, "require_api_key", None)
     app.include_router(_router(state, [Depends(key_check)] if key_check else []))
