@@ -4,6 +4,7 @@
   twofiles serve mine=runs/sft/model.safetensors --api-key secret --max-seqs 16
   twofiles serve smollm2 --rag docs.db    (grounded replies: the `rag` request field, the
                                             retrieve tool, citations in the web UI)
+  twofiles serve smollm2 --sae runs/sae   (the web UI's Inside page shows the SAE's features)
 
 Each MODEL is a spec any verb takes (parameters file, GGUF, Hugging Face directory, alias,
 registered persona), optionally NAME=SPEC to choose the name clients send as `model`. Registered
@@ -194,6 +195,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "(repeatable; default none: CORS stays closed)",
     )
     p.add_argument(
+        "--sae",
+        action="append",
+        default=[],
+        metavar="[MODEL=]DIR",
+        help="a sparse autoencoder (twofiles sae train ... --out DIR) whose features the web UI's "
+        "Inside page shows at each token, linked to their dashboards once `twofiles sae features "
+        "DIR` has written them; MODEL=DIR names the served model it reads when several are "
+        "served (repeatable)",
+    )
+    p.add_argument(
+        "--inside-max-tokens",
+        type=int,
+        default=None,
+        metavar="N",
+        help="longest prompt the Inside page reads, in tokens (default 256)",
+    )
+    p.add_argument(
         "--no-personas",
         action="store_true",
         help="serve only the models named, not the registered personas over them",
@@ -251,6 +269,32 @@ def _open_rag(db: str, k: int, cite: str):
     return RagService(index, k=k, cite=cite)
 
 
+def _load_saes(values: list[str], specs: dict[str, str], models: dict) -> dict[str, list]:
+    """--sae [MODEL=]DIR as served model -> its SAEs, each checked against that model (a clear
+    error now rather than on the first prompt). A bare DIR belongs to the one model named."""
+    from twofiles.errors import BadInputError
+    from twofiles.serve.inside import load_served_sae
+
+    saes: dict[str, list] = {}
+    for i, value in enumerate(values):
+        model, sep, path = value.partition("=")
+        if not sep or model not in specs:  # a directory whose name holds '='
+            if len(specs) != 1:
+                raise BadInputError(
+                    f"--sae {value}: several models are served ({', '.join(specs)}); "
+                    "say which one it reads: --sae MODEL=DIR"
+                )
+            model, path = next(iter(specs)), value
+        served = load_served_sae(path, models[model], model, str(i))
+        saes.setdefault(model, []).append(served)
+        print(
+            f"sae {served.name} on {model}: {served.sae.cfg.d_sae} features at "
+            f"{served.hook_name} (the Inside page)",
+            file=sys.stderr,
+        )
+    return saes
+
+
 def run(args: argparse.Namespace) -> int:
     import dataclasses
     import socket
@@ -282,6 +326,7 @@ def run(args: argparse.Namespace) -> int:
         "request_timeout_s": args.timeout,
         "metrics": args.metrics,
         "cors_origins": tuple(args.cors_origin) or None,
+        "inside_max_tokens": args.inside_max_tokens,
     }
     try:
         settings = dataclasses.replace(
@@ -330,7 +375,8 @@ def run(args: argparse.Namespace) -> int:
     )
     for name, base in shared.items():
         print(f"persona {name}: served on the engine of {base}", file=sys.stderr)
-    app = create_app(models, settings, shared=shared, rag=rag, guard=guard)
+    saes = _load_saes(args.sae, specs, models)
+    app = create_app(models, settings, shared=shared, rag=rag, guard=guard, saes=saes)
     if guard.guards:
         print(
             f"guards: {', '.join(sorted(guard.guards))} on every chat request"
@@ -377,6 +423,12 @@ def run(args: argparse.Namespace) -> int:
                 "rag": args.rag,
                 "guard": sorted(guard.guards),
                 "cors_origins": list(settings.cors_origins),
+                "inside": f"{url}/inside",
+                "saes": [
+                    {"model": m, "id": s.id, "path": str(s.path), "hook_name": s.hook_name}
+                    for m, served in saes.items()
+                    for s in served
+                ],
             }
         )
     server = uvicorn.Server(

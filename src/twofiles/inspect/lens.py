@@ -9,6 +9,7 @@ others: the pictures (the CLI's PNG and HTML, the web UI's Inside page) and the 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -56,19 +57,24 @@ def logit_lens(model: Any, ids: Sequence[int] | torch.Tensor, k: int = 5) -> Len
     n = m.config.n_layers
     names = ["hook_embed", *(f"blocks.{i}.hook_resid_post" for i in range(n))]
     _, cache = run_with_cache(m, ids, names=names)
+    t = torch.as_tensor(ids if isinstance(ids, torch.Tensor) else list(ids)).reshape(-1)
+    rows: list[tuple[torch.Tensor, ...]] = []
     with torch.no_grad():
-        resid = torch.stack([cache[name][0] for name in names])  # [n + 1, T, dim]
-        logits = m.lm_head(m.model.norm(resid)).float()  # [n + 1, T, V]
-        logp = F.log_softmax(logits, dim=-1)
-        top = logp.topk(min(k, logp.shape[-1]), dim=-1)
-        t = torch.as_tensor(ids if isinstance(ids, torch.Tensor) else list(ids)).reshape(-1)
-        nxt = t[1:].to(logp.device)
-        next_prob = logp[:, :-1].gather(-1, nxt.view(1, -1, 1).expand(n + 1, -1, 1)).squeeze(-1)
-        entropy = -(logp.exp() * logp).sum(-1) / torch.log(torch.tensor(2.0))
+        # one layer at a time: all at once is [n + 1, T, V] floats, several times over (log_softmax,
+        # exp): ~5 GB at SmolLM2's 31 x 256 positions x 49152 tokens
+        for name in names:
+            logits = m.lm_head(m.model.norm(cache[name][0])).float()  # [T, V]
+            logp = F.log_softmax(logits, dim=-1)
+            top = logp.topk(min(k, logp.shape[-1]), dim=-1)
+            nxt = t[1:].to(logp.device)
+            next_logp = logp[:-1].gather(-1, nxt.view(-1, 1)).squeeze(-1)  # [T - 1]
+            entropy = -(logp.exp() * logp).sum(-1) / math.log(2.0)
+            rows.append((top.indices, top.values.exp(), next_logp.exp(), entropy))
+    top_ids, top_probs, next_prob, entropy = (torch.stack(x).cpu() for x in zip(*rows))
     return LensResult(
         layers=["embed", *(f"block {i}" for i in range(n))],
-        top_ids=top.indices.cpu(),
-        top_probs=top.values.exp().cpu(),
-        next_prob=next_prob.exp().cpu(),
-        entropy=entropy.cpu(),
+        top_ids=top_ids,
+        top_probs=top_probs,
+        next_prob=next_prob,
+        entropy=entropy,
     )

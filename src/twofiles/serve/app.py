@@ -6,7 +6,7 @@ GET /health, API keys (compared in constant time), the body-size limit, the secu
 `settings.cors_origins` names origins), the server's guards (`app.state.guards`, a
 serve.guarding.ServeGuards), and turning every error into a 4xx/5xx with an OpenAI-style body. What it leaves to others: the limits' values (settings.py), request checking
 (protocol.py), the served models and the scheduler glue (core.py), the OpenAI routes
-(openai_routes.py), the web pages and their routes (web.py), batching and sampling
+(openai_routes.py), the web pages and their routes (web.py; the Inside page: inside.py), batching and sampling
 (twofiles.scheduler), chat rendering and tool-call parsing (twofiles.chat).
 
 A persona (a LoadedModel with `persona` set) is served under its own name; one that shares a
@@ -25,7 +25,7 @@ import hashlib
 import hmac
 import threading
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +39,8 @@ from twofiles.guard import GuardConfig
 from twofiles.scheduler import Scheduler
 from twofiles.serve.core import RagService, chat_format, generate_reply, model_name
 from twofiles.serve.guarding import ServeGuards
+from twofiles.serve.inside import ServedSAE
+from twofiles.serve.inside import attach as attach_inside
 from twofiles.serve.metrics import install_metrics
 from twofiles.serve.openai_routes import add_openai_routes
 from twofiles.serve.protocol import ApiError, pydantic_message
@@ -165,13 +167,15 @@ def create_app(
     shared: Mapping[str, str] | None = None,
     rag: RagService | None = None,
     guard: GuardConfig | None = None,
+    saes: Mapping[str, Sequence[ServedSAE]] | None = None,
 ) -> FastAPI:
     """The server for `models` (name -> loaded model) under `settings`. The scheduler's thread
     starts with the app (lifespan) and stops with it. `shared` maps a persona (a view of another
     served model's weights, formats.resolve.persona_view) to the model whose engine it runs on.
     With `rag` (serve --rag), requests may ask for grounded replies and the web page gets the
     retrieve tool; the app closes it. `guard` (serve --guard, --secret, --allow-hosts) is the
-    guard every chat request gets; a request's own `guard` field can only add to it."""
+    guard every chat request gets; a request's own `guard` field can only add to it. `saes`
+    (serve --sae) maps a served model to the sparse autoencoders its Inside page reads."""
     settings = settings or ServeSettings()
     if not models:
         raise TwofilesError("no models to serve")
@@ -260,6 +264,7 @@ def create_app(
 
     add_openai_routes(app, require_api_key)
     attach_web(app)
+    attach_inside(app, saes)
     return app
 
 

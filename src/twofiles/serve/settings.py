@@ -37,6 +37,9 @@ class ServeSettings:
     # origins whose pages may call this server from a browser (CORS); empty: none but its own
     cors_origins: tuple[str, ...] = ()
     metrics: bool = True  # GET /metrics (Prometheus); open like /health: counts, never text
+    # longest prompt the Inside page reads, in tokens: its replies grow with the lens's layers x T
+    # cells and the attention's heads x T x T weights, and each is one forward beside decoding
+    inside_max_tokens: int = 256
 
     def __post_init__(self) -> None:
         for name in (
@@ -47,6 +50,7 @@ class ServeSettings:
             "max_body_bytes",
             "max_n",
             "max_stop",
+            "inside_max_tokens",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
