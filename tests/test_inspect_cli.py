@@ -130,8 +130,9 @@ def test_attribution_adds_up_to_the_logit(loaded, against) -> None:
     _, cache = run_with_cache(loaded.model, ids, names=[("attn_out", 1), ("resid_post", 1)])
     m = loaded.model
     x = cache["resid_post", 1][0, -1]
-    direction = m.lm_head.weight[target] - (0 if other is None else m.lm_head.weight[other])
-    d = direction.detach() * m.model.norm.weight * torch.rsqrt(x.pow(2).mean() + m.model.norm.eps)
+    with torch.no_grad():
+        direction = m.lm_head.weight[target] - (0 if other is None else m.lm_head.weight[other])
+        d = direction * m.model.norm.weight * torch.rsqrt(x.pow(2).mean() + m.model.norm.eps)
     assert float(result.heads[1].sum()) == pytest.approx(
         float(cache["attn_out", 1][0, -1] @ d), abs=1e-5
     )

@@ -37,7 +37,9 @@ class PatchResult:
     """A sweep's scores: rows are layers; columns are positions, or heads for what="heads"."""
 
     what: str
-    scores: torch.Tensor  # [n_layers, T] or [n_layers, n_heads]: normalised logit diff recovered
+    layers: list[int]  # the block index of each row
+    scores: torch.Tensor  # [len(layers), T] or [len(layers), n_heads]: the normalised logit
+    # difference recovered
     clean_diff: float  # logit(target) - logit(against) at the last position, clean run
     corrupt_diff: float  # the same on the corrupted run
     target: int
@@ -48,7 +50,7 @@ class PatchResult:
         flat = self.scores.flatten()
         idx = flat.argsort(descending=True)[:n]
         cols = self.scores.shape[1]
-        return [(int(i) // cols, int(i) % cols, float(flat[i])) for i in idx]
+        return [(self.layers[int(i) // cols], int(i) % cols, float(flat[i])) for i in idx]
 
 
 def _tokens(ids: Sequence[int] | torch.Tensor) -> torch.Tensor:
@@ -118,20 +120,25 @@ def activation_patching(
     against: int,
     what: str = "resid_pre",
     *,
+    layers: Sequence[int] | None = None,
     batch_size: int = 32,
     progress: bool = False,
 ) -> PatchResult:
     """Patch each clean activation of kind `what` (resid_pre, attn_out, mlp_out: one cell per
     layer and position; heads: one cell per layer and head, at every position) into the corrupted
-    run, one cell at a time, and score each by the normalised logit difference recovered. The
-    cells of a layer run as one batch (`batch_size` rows at most)."""
+    run, one cell at a time, at `layers` (default all), and score each by the normalised logit
+    difference recovered. The cells of a layer run as one batch (`batch_size` rows at most)."""
     if what not in WHAT:
         raise BadInputError(f"--what {what!r}: choose one of {', '.join(WHAT)}")
     m = _transformer(model)
     clean_t, corrupt_t = _tokens(clean), _tokens(corrupt)
     check_same_length(clean_t.tolist(), corrupt_t.tolist())
     n, T = m.config.n_layers, len(clean_t)
-    names = [f"blocks.{i}.{WHAT[what]}" for i in range(n)]
+    chosen = list(range(n)) if layers is None else list(layers)
+    bad = [i for i in chosen if not 0 <= i < n]
+    if bad or not chosen:
+        raise BadInputError(f"layers {chosen}: choose among 0..{n - 1}")
+    names = [f"blocks.{i}.{WHAT[what]}" for i in chosen]
     clean_logits, cache = run_with_cache(m, clean_t, names=names)
     with torch.no_grad():
         corrupt_logits = run_with_hooks(m, corrupt_t)
@@ -139,13 +146,13 @@ def activation_patching(
     corrupt_diff = float(_diff(corrupt_logits, target, against)[0])
     _check_gap(clean_diff, corrupt_diff)
     cols = m.config.n_heads if what == "heads" else T
-    scores = torch.zeros(n, cols)
-    layers: Iterable[int] = range(n)
+    scores = torch.zeros(len(chosen), cols)
+    rows: Iterable[int] = range(len(chosen))
     if progress:
         from tqdm.auto import tqdm
 
-        layers = tqdm(layers, desc=f"patching {what}", unit="layer")
-    for i in layers:
+        rows = tqdm(rows, desc=f"patching {what}", unit="layer")
+    for i in rows:
         for start in range(0, cols, batch_size):
             cells = list(range(start, min(start + batch_size, cols)))
             patched = _patch_cells(m, corrupt_t, names[i], cache[names[i]], cells, what)
@@ -153,6 +160,7 @@ def activation_patching(
             scores[i, cells] = (diffs - corrupt_diff) / (clean_diff - corrupt_diff)
     return PatchResult(
         what=what,
+        layers=chosen,
         scores=scores,
         clean_diff=clean_diff,
         corrupt_diff=corrupt_diff,
@@ -196,7 +204,7 @@ def patching_figure(
     fig, ax = plt.subplots(figsize=(2.5 + 0.42 * C, 1.6 + 0.26 * L))
     im = ax.imshow(result.scores.numpy(), cmap="RdBu", vmin=-lim, vmax=lim, aspect="auto")
     ax.set_ylabel("layer")
-    ax.set_yticks(range(L), [str(i) for i in range(L)], fontsize=7)
+    ax.set_yticks(range(L), [str(i) for i in result.layers], fontsize=7)
     if max_labels >= C:
         ax.set_xticks(range(C), list(columns), rotation=90, fontsize=7)
     ax.set_xlabel("head" if result.what == "heads" else "position (clean / corrupted token)")

@@ -33,13 +33,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "or MLP output (all per layer and position), or each head's output at every position",
     )
     p.add_argument(
+        "--layers", default=None, help="comma-separated layer indices to patch (default: all)"
+    )
+    p.add_argument(
         "--batch-size", type=int, default=32, help="patched runs per forward pass (default 32)"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
-    from twofiles.cli.common import emit_json
+    from twofiles.cli.common import comma_list, emit_json
     from twofiles.cli.inspect._shared import (
         encode,
         load,
@@ -57,6 +60,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise BadInputError(f"--batch-size {args.batch_size}: must be >= 1")
+    try:
+        layers = None if args.layers is None else [int(x) for x in comma_list(args.layers)]
+    except ValueError:
+        raise BadInputError(f"--layers {args.layers!r}: give comma-separated integers") from None
     loaded = load(args)
     clean = encode(loaded, args.clean, "--clean")
     corrupt = encode(loaded, args.corrupt, "--corrupt")
@@ -70,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
         target,
         against,
         args.what,
+        layers=layers,
         batch_size=args.batch_size,
         progress=not args.no_progress,
     )
@@ -86,20 +94,19 @@ def run(args: argparse.Namespace) -> int:
     title = f"patching {args.what}: {diff} recovered (0 = corrupted, 1 = clean)"
     png = png_bytes(patching_figure(result, columns, title))
 
-    L = result.scores.shape[0]
     lim = max(1.0, float(result.scores.abs().max()))
     rows = []
-    for i in range(L):
+    for i, layer in enumerate(result.layers):
         cells = []
         for j, v in enumerate(result.scores[i].tolist()):
             a = min(abs(v) / lim, 1.0)
             rgb = "33, 102, 172" if v >= 0 else "178, 24, 43"
             cells.append(
                 f'<td style="background: rgba({rgb}, {a:.3f}); color: '
-                f'{"white" if a > 0.6 else "black"}" title="layer {i}, {esc(columns[j])}: '
+                f'{"white" if a > 0.6 else "black"}" title="layer {layer}, {esc(columns[j])}: '
                 f'{v:.4f}">{v:.2f}</td>'
             )
-        rows.append(f"<tr><th>{i}</th>{''.join(cells)}</tr>")
+        rows.append(f"<tr><th>{layer}</th>{''.join(cells)}</tr>")
     head = "".join(f"<th class='tok'>{esc(c)}</th>" for c in columns)
     grid = f"<div style='overflow-x: auto'><table><tr><th>layer</th>{head}</tr>{''.join(rows)}</table></div>"
     runs = (
@@ -118,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
         ],
         data={
             "what": args.what,
+            "layers": result.layers,
             "columns": columns,
             "scores": result.scores.tolist(),
             "clean_diff": result.clean_diff,
@@ -145,6 +153,7 @@ def run(args: argparse.Namespace) -> int:
                 "png": png_path,
                 "html": html_path,
                 "what": args.what,
+                "layers": result.layers,
                 "shape": list(result.scores.shape),
                 "tokens": len(clean),
                 "clean_diff": round(result.clean_diff, 6),
