@@ -267,6 +267,7 @@ def test_bad_input_exits_2_with_a_clear_message(capsys, tmp_path, model_file) ->
 
 @pytest.mark.slow
 def test_ioi_patching_on_smollm2(capsys, tmp_path) -> None:
+    """The README's indirect-object demo, on two of its 30 layers (to stay short)."""
     from peers import require_smollm2
 
     require_smollm2()
@@ -276,13 +277,15 @@ def test_ioi_patching_on_smollm2(capsys, tmp_path) -> None:
         "patch",
         "smollm2",
         "--clean",
-        "Mary and John met. John thanked",
+        "When Mary and John went to the store, John gave a drink to",
         "--corrupt",
-        "John and Mary met. Mary thanked",
+        "When John and Mary went to the store, Mary gave a drink to",
         "--target",
         " Mary",
         "--against",
         " John",
+        "--layers",
+        "0,29",
         "--out",
         str(out),
         "--no-progress",
@@ -290,7 +293,15 @@ def test_ioi_patching_on_smollm2(capsys, tmp_path) -> None:
     )
     assert rc == 0, err
     summary = json.loads(stdout.splitlines()[-1])
-    assert summary["clean_diff"] > 0 > summary["corrupt_diff"]  # it gets the indirect object
-    assert summary["shape"] == [30, summary["tokens"]]
-    assert summary["max_recovered"] == pytest.approx(1.0, abs=0.05)
+    assert summary["clean_diff"] > 3 and summary["corrupt_diff"] < -3  # it gets the indirect object
+    assert summary["shape"] == [2, 14] and summary["layers"] == [0, 29]
+    # late, the answer sits at the last position; early, at the second mention of the subject
+    assert summary["best"][0] == {
+        "layer": 29,
+        "position": 13,
+        "recovered": pytest.approx(0.94, abs=0.03),
+    }
+    assert {"layer": 0, "position": 9} in [
+        {k: b[k] for k in ("layer", "position")} for b in summary["best"]
+    ]
     _self_contained(out / "patch.html")
