@@ -106,7 +106,7 @@ def attribution_figure(result: AttributionResult, title: str) -> Any:
         figsize=(3.0 + 0.45 * H + 4.0, 1.6 + 0.28 * L),
         gridspec_kw={"width_ratios": [max(H, 2), 4]},
     )
-    lim = float(max(result.heads.abs().max(), 1e-6))
+    lim = max(float(result.heads.abs().max()), 1e-6)
     im = ax_h.imshow(result.heads.numpy(), cmap="RdBu", vmin=-lim, vmax=lim, aspect="auto")
     ax_h.set_title("attention heads")
     ax_h.set_xlabel("head")

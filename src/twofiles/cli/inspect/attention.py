@@ -104,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
         write_text,
     )
     from twofiles.inspect.attention import (
+        AttentionResult,
         attention_figure,
         attention_patterns,
         head_scores_figure,
@@ -135,8 +136,6 @@ def run(args: argparse.Namespace) -> int:
             "the HTML page has them all",
             file=sys.stderr,
         )
-    from twofiles.inspect.attention import AttentionResult
-
     grid = AttentionResult(
         layers=[result.layers[r] for r in rows],
         patterns=result.patterns[rows],

@@ -9,8 +9,12 @@ every layer at the last position.
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING, Any
 
 from twofiles.cli.inspect._shared import add_model_arguments
+
+if TYPE_CHECKING:
+    from twofiles.inspect.lens import LensResult
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -19,7 +23,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--k", type=int, default=5, help="top tokens kept per cell (default 5)")
 
 
-def _page(result, tokens: list[str], tops: list[list[str]], png: bytes, data: dict) -> str:
+def _page(
+    result: LensResult, tokens: list[str], tops: list[list[str]], png: bytes, data: dict[str, Any]
+) -> str:
     from twofiles.inspect.render import esc, html_page, img_tag, show_token, token_strip
 
     rows = []
