@@ -75,6 +75,23 @@ def test_lens_cli_writes_the_pictures_and_its_last_row_is_the_argmax(
     assert summary["prediction"] == loaded.tokenizer.decode([int(argmax[-1])])
 
 
+def test_lens_figure_draws_the_last_positions_of_a_long_prompt(loaded) -> None:
+    import matplotlib.pyplot as plt
+
+    from twofiles.inspect.lens import lens_figure
+    from twofiles.inspect.render import plot_label
+
+    ids = encode_prompt(loaded.tokenizer, PROMPT)
+    result = logit_lens(loaded.model, ids, k=1)
+    tokens = [loaded.tokenizer.decode([i]) for i in ids]
+    tops = [[loaded.tokenizer.decode([int(i)]) for i in row[:, 0]] for row in result.top_ids]
+    fig = lens_figure(result, tokens, tops, max_positions=4)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == [plot_label(t) for t in tokens[-4:]]
+    assert "the last 4 of" in ax.get_xlabel()
+    plt.close(fig)
+
+
 def test_attention_cli_with_induction_scores(capsys, tmp_path, model_file, loaded) -> None:
     out = tmp_path / "att"
     rc, stdout, err = _cli(
