@@ -23,6 +23,8 @@ import torch
 from twofiles.errors import BadInputError
 from twofiles.inspect.hooks import HookPoint, _transformer, run_with_cache, run_with_hooks
 
+LOGITS_BUDGET = 1 << 27  # fp32 logits per batch of patched runs (512 MiB)
+
 # what can be patched -> the hook at block i (heads: each head's z, all positions at once)
 WHAT = {
     "resid_pre": "hook_resid_pre",
@@ -127,7 +129,8 @@ def activation_patching(
     """Patch each clean activation of kind `what` (resid_pre, attn_out, mlp_out: one cell per
     layer and position; heads: one cell per layer and head, at every position) into the corrupted
     run, one cell at a time, at `layers` (default all), and score each by the normalised logit
-    difference recovered. The cells of a layer run as one batch (`batch_size` rows at most)."""
+    difference recovered. The cells of a layer run as one batch (`batch_size` rows at most, fewer
+    when their logits would pass LOGITS_BUDGET)."""
     if what not in WHAT:
         raise BadInputError(f"--what {what!r}: choose one of {', '.join(WHAT)}")
     m = _transformer(model)
@@ -152,9 +155,12 @@ def activation_patching(
         from tqdm.auto import tqdm
 
         rows = tqdm(rows, desc=f"patching {what}", unit="layer")
+    # each patched run returns logits at every position (only the last is read): cap the batch
+    # so that they stay near LOGITS_BUDGET floats
+    batch = max(1, min(batch_size, LOGITS_BUDGET // (T * m.config.vocab_size)))
     for i in rows:
-        for start in range(0, cols, batch_size):
-            cells = list(range(start, min(start + batch_size, cols)))
+        for start in range(0, cols, batch):
+            cells = list(range(start, min(start + batch, cols)))
             patched = _patch_cells(m, corrupt_t, names[i], cache[names[i]], cells, what)
             diffs = _diff(patched, target, against).float().cpu()
             scores[i, cells] = (diffs - corrupt_diff) / (clean_diff - corrupt_diff)
