@@ -78,3 +78,44 @@ def logit_lens(model: Any, ids: Sequence[int] | torch.Tensor, k: int = 5) -> Len
         next_prob=next_prob,
         entropy=entropy,
     )
+
+
+def lens_figure(
+    result: LensResult,
+    tokens: Sequence[str],
+    top_tokens: Sequence[Sequence[str]],
+    *,
+    max_positions: int = 40,
+) -> Any:
+    """A matplotlib figure: layers (rows, the embeddings at the bottom) x positions, each cell
+    coloured by the lens's probability of the token that actually comes next and labelled with
+    the lens's top token; the last column, which has no next token, is coloured by the top
+    token's own probability. Only the last `max_positions` positions are drawn (cell labels stop
+    being readable past that; the HTML page has them all)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from twofiles.inspect.render import plot_label
+
+    rows, T = result.top_ids.shape[:2]
+    start = max(0, T - max_positions)
+    values = torch.cat([result.next_prob, result.top_probs[:, -1:, 0]], dim=1)[:, start:]
+    C = T - start
+    fig, ax = plt.subplots(figsize=(2.0 + 0.62 * C, 1.2 + 0.3 * rows))
+    im = ax.imshow(values.numpy(), cmap="Blues", vmin=0.0, vmax=1.0, aspect="auto", origin="lower")
+    for r in range(rows):
+        for c in range(C):
+            label = plot_label(top_tokens[r][start + c])
+            label = label if len(label) <= 7 else label[:6] + "\u2026"
+            color = "white" if float(values[r, c]) > 0.55 else "black"
+            ax.text(c, r, label, ha="center", va="center", fontsize=6, color=color)
+    ax.set_yticks(range(rows), result.layers, fontsize=7)
+    xlabels = [plot_label(t) for t in tokens[start:]]
+    ax.set_xticks(range(C), xlabels, rotation=90, fontsize=7)
+    skipped = f" (the last {C} of {T})" if start else ""
+    ax.set_xlabel(f"input position{skipped}; the last column: the top token's own probability")
+    fig.colorbar(im, ax=ax, fraction=0.03, label="p(actual next token)")
+    ax.set_title("logit lens: the top token at each layer and position", fontsize=10)
+    return fig

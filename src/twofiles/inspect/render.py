@@ -33,6 +33,15 @@ def show_token(text: str) -> str:
     return text.replace(" ", "\u00b7").replace("\n", "\u21b5")
 
 
+def plot_label(text: str) -> str:
+    """A token as a figure label: show_token, and control characters as escapes (fonts have no
+    glyph for them)."""
+    return "".join(
+        c if c.isprintable() else f"\\x{ord(c):02x}" if ord(c) < 256 else f"\\u{ord(c):04x}"
+        for c in show_token(text)
+    )
+
+
 def img_tag(png: bytes, alt: str) -> str:
     return f'<img alt="{esc(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
 
