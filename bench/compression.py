@@ -11,7 +11,7 @@ its size is cross-checked against the model's own cross-entropy on the very same
 run in-process on the same bytes, best of --repeat timings.
 
     python bench/compression.py --threads 1 --models speedrun=/work/models/speedrun/model.safetensors \\
-        --models smollm2=smollm2 --prefix 50000 --out bench/results/compression
+        --models smollm2=smollm2 --bf16 smollm2 --prefix 50000 --out bench/results/compression
 
 Writes OUT.json and OUT.md (the table); prints the table and, with --json, one JSON line last.
 """
@@ -137,8 +137,8 @@ def model_row(
     flags = ["--threads", str(args.threads), "--batch-size", str(args.batch_size)]
     if args.block_len:
         flags += ["--block-len", str(args.block_len)]
-    if args.dtype:
-        flags += ["--dtype", args.dtype]
+    if args.dtype or name in args.bf16:
+        flags += ["--dtype", "bf16" if name in args.bf16 else args.dtype]
     packed, restored = work / f"{name}.tfac", work / f"{name}.txt"
     c = twofiles("compress", spec, str(path), str(packed), *flags)
     d = twofiles("decompress", spec, str(packed), str(restored))
@@ -194,6 +194,9 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--block-len", type=int, default=None)
     ap.add_argument("--dtype", choices=("fp32", "bf16"), default=None)
+    ap.add_argument(
+        "--bf16", action="append", default=[], metavar="NAME", help="this model codes in bf16"
+    )
     ap.add_argument("--repeat", type=int, default=3, help="timings of the classic compressors")
     ap.add_argument("--out", default="bench/results/compression")
     ap.add_argument("--json", action="store_true")

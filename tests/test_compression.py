@@ -308,6 +308,11 @@ def rewrite_header(path, change) -> None:
 
 
 def test_corrupt_truncated_and_foreign_files_are_refused(tiny, packed, tmp_path, capsys):
+    import struct
+    import zlib
+
+    from twofiles.compression.container import MAGIC, pack, unpack
+
     blob = packed.read_bytes()
     out = tmp_path / "restored.txt"
     cases = {
@@ -316,8 +321,21 @@ def test_corrupt_truncated_and_foreign_files_are_refused(tiny, packed, tmp_path,
         "cut in header": (blob[:30], "truncated"),
         "extra": (blob + b"\0", "unexpected bytes"),
         "not ours": (b"hello world, plain text", "bad magic"),
-        "bad json": (blob[:14] + b"{" * 10 + blob[24:], "damaged header"),
+        "bad json": (blob[:18] + b"{" * 10 + blob[28:], "damaged header"),
     }
+    body = b'{"model": {}, "settings": '  # a header cut short, with a right CRC-32
+    cases["header not json"] = (
+        MAGIC + struct.pack("<HII", 1, len(body), zlib.crc32(body)) + body,
+        "damaged header: not JSON",
+    )
+    header, payload = unpack(blob, "x")
+    header["original"]["tokens"] = header["original"]["bytes"] + 1
+    cases["more tokens than bytes"] = (pack(header, payload), "more tokens than bytes")
+    header["original"]["tokens"] = 1
+    cases["future version"] = (
+        pack(header, payload)[:8] + b"\x02" + pack(header, payload)[9:],
+        "version 2",
+    )
     for name, (data, what) in cases.items():
         bad = tmp_path / f"{name}.tfac"
         bad.write_bytes(data)

@@ -309,6 +309,8 @@ def read_header(blob: bytes, path: str) -> tuple[dict[str, Any], Settings, bytes
     for k in ("bytes", "tokens"):
         if isinstance(orig.get(k), bool) or not isinstance(orig.get(k), int) or orig[k] < 0:
             raise BadInputError(f"damaged header: original.{k} = {orig.get(k)!r}", path=path)
+    if orig["tokens"] > orig["bytes"]:  # every token of text stands for at least one byte
+        raise BadInputError("damaged header: more tokens than bytes", path=path)
     return header, settings, payload
 
 

@@ -1,9 +1,11 @@
 """The compressed file: what `twofiles compress` writes and `twofiles decompress` reads.
 
-    magic       8 bytes  b"\\x89TFAC\\r\\n\\x1a\\n" (PNG's trick: a text-mode copy that rewrites line
+    magic       8 bytes  b"\\x89TFC\\r\\n\\x1a\\n" (PNG's trick: a text-mode copy that rewrites line
                          ends or stops at ^Z is caught at once)
     version     2 bytes  little-endian, FORMAT_VERSION
     header_len  4 bytes  little-endian
+    header_crc  4 bytes  little-endian CRC-32 of the header: a damaged count in it must not set
+                         decompression decoding garbage for hours
     header      header_len bytes of UTF-8 JSON (below)
     payload     the arithmetic coder's bits, all blocks in one stream
 
@@ -25,22 +27,23 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
+import zlib
 from typing import Any
 
 from twofiles.errors import BadInputError
 
-MAGIC = b"\x89TFAC\r\n\x1a\n"
+MAGIC = b"\x89TFC\r\n\x1a\n"
 FORMAT_VERSION = 1
 # A header is a few hundred bytes; anything past this is a damaged length field.
 MAX_HEADER_BYTES = 1 << 20
-_FIXED = struct.Struct("<HI")  # version, header length
+_FIXED = struct.Struct("<HII")  # version, header length, header CRC-32
 HEADER_KEYS = ("model", "settings", "environment", "original", "payload")
 
 
 def pack(header: dict[str, Any], payload: bytes) -> bytes:
     """The whole file: magic, version, header, payload."""
     body = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
-    return MAGIC + _FIXED.pack(FORMAT_VERSION, len(body)) + body + payload
+    return MAGIC + _FIXED.pack(FORMAT_VERSION, len(body), zlib.crc32(body)) + body + payload
 
 
 def unpack(blob: bytes, path: str) -> tuple[dict[str, Any], bytes]:
@@ -51,7 +54,7 @@ def unpack(blob: bytes, path: str) -> tuple[dict[str, Any], bytes]:
     start = len(MAGIC) + _FIXED.size
     if len(blob) < start:
         raise BadInputError("truncated: the file ends inside its fixed header", path=path)
-    version, n = _FIXED.unpack_from(blob, len(MAGIC))
+    version, n, crc = _FIXED.unpack_from(blob, len(MAGIC))
     if version != FORMAT_VERSION:
         raise BadInputError(
             f"format version {version}; this twofiles reads version {FORMAT_VERSION}", path=path
@@ -64,8 +67,11 @@ def unpack(blob: bytes, path: str) -> tuple[dict[str, Any], bytes]:
             "its fixed part",
             path=path,
         )
+    body = blob[start : start + n]
+    if zlib.crc32(body) != crc:
+        raise BadInputError("damaged header: its CRC-32 does not match", path=path)
     try:
-        header = json.loads(blob[start : start + n].decode("utf-8"))
+        header = json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise BadInputError(f"damaged header: not JSON ({e})", path=path) from None
     if not isinstance(header, dict) or any(
