@@ -13,7 +13,8 @@ run in-process on the same bytes, best of --repeat timings.
     python bench/compression.py --threads 1 --models speedrun=/work/models/speedrun/model.safetensors \\
         --models smollm2=smollm2 --bf16 smollm2 --prefix 50000 --out bench/results/compression
 
-Writes OUT.json and OUT.md (the table); prints the table and, with --json, one JSON line last.
+Writes OUT.json, OUT.md (the table) and OUT.png (a bar chart); prints the table and, with --json,
+one JSON line last. --merge A.json B.json joins the rows of runs on the same text.
 """
 
 from __future__ import annotations
@@ -180,6 +181,42 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
+def plot(doc: dict[str, Any], png: Path) -> None:
+    """Bits per byte per compressor, best first (the models' own cross-entropy marked)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from twofiles.plots import save_png
+
+    rows = sorted(doc["rows"], key=lambda r: r["bits_per_byte"])
+    fig, ax = plt.subplots(figsize=(7, 0.5 * len(rows) + 1.2))
+    names = [r["name"] for r in rows]
+    colors = ["tab:blue" if "model_bits_per_byte" in r else "tab:gray" for r in rows]
+    ax.barh(names, [r["bits_per_byte"] for r in rows], color=colors)
+    for i, r in enumerate(rows):
+        ax.text(r["bits_per_byte"], i, f" {r['bits_per_byte']:.3f}", va="center")
+    ax.invert_yaxis()
+    ax.set_xlabel("bits per byte (lower is better; the model files are not counted)")
+    ax.set_title(f"{doc['text']}, {doc['bytes']:,} bytes ({doc['cpu']})", fontsize=9)
+    ax.set_xlim(0, max(r["bits_per_byte"] for r in rows) * 1.2)
+    save_png(fig, png)
+
+
+def report(doc: dict[str, Any], out: Path) -> str:
+    """OUT.json, OUT.md (the table) and OUT.png; returns the markdown."""
+    md = (
+        f"{doc['text']}: {doc['bytes']:,} bytes; {doc['cpu']}, {doc['threads']} thread(s), "
+        f"torch {doc['torch']}\n\n{table(doc['rows'])}\n"
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(doc, indent=1) + "\n")
+    out.with_suffix(".md").write_text(md)
+    plot(doc, out.with_suffix(".png"))
+    return md
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
@@ -200,7 +237,22 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=3, help="timings of the classic compressors")
     ap.add_argument("--out", default="bench/results/compression")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="JSON",
+        help="no runs: merge the rows of earlier results on the same text into --out",
+    )
     args = ap.parse_args()
+    if args.merge:
+        docs = [json.loads(Path(p).read_text()) for p in args.merge]
+        if len({(d["text"], d["bytes"]) for d in docs}) != 1:
+            raise SystemExit("--merge: the results are not on the same text")
+        names: dict[str, dict[str, Any]] = {}
+        for d in docs:
+            names.update({r["name"]: r for r in d["rows"]})
+        print(report({**docs[0], "rows": list(names.values())}, Path(args.out)))
+        return 0
 
     from twofiles.data.builtin import builtin_text
 
@@ -225,14 +277,7 @@ def main() -> int:
         "torch": __import__("torch").__version__,
         "rows": rows,
     }
-    md = (
-        f"{doc['text']}: {len(data):,} bytes; {doc['cpu']}, {args.threads} thread(s), "
-        f"torch {doc['torch']}\n\n{table(rows)}\n"
-    )
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(doc, indent=1) + "\n")
-    out.with_suffix(".md").write_text(md)
+    md = report(doc, Path(args.out))
     print(md)
     if args.json:
         print(json.dumps(doc))
