@@ -167,16 +167,18 @@ def model_row(
 
 def table(rows: list[dict[str, Any]]) -> str:
     out = [
-        "| compressor | bytes | bits/byte | model's own bits/byte | coder overhead | "
-        "compress KB/s | decompress KB/s |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| compressor | bytes | bits/byte | payload bits/byte | the model's cross-entropy, "
+        "bits/byte | coder overhead | compress KB/s | decompress KB/s |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
-        own = f"{r['model_bits_per_byte']:.4f}" if "model_bits_per_byte" in r else ""
-        over = f"{100 * r['coder_overhead']:+.3f}%" if "coder_overhead" in r else ""
+        model = "model_bits_per_byte" in r
+        payload = f"{r['payload_bits_per_byte']:.4f}" if model else ""
+        own = f"{r['model_bits_per_byte']:.4f}" if model else ""
+        over = f"{100 * r['coder_overhead']:+.4f}%" if model else ""
         out.append(
-            f"| {r['name']} | {r['bytes']:,} | {r['bits_per_byte']:.4f} | {own} | {over} | "
-            f"{r['compress_kb_s']:,.2f} | {r['decompress_kb_s']:,.2f} |"
+            f"| {r['name']} | {r['bytes']:,} | {r['bits_per_byte']:.4f} | {payload} | {own} | "
+            f"{over} | {r['compress_kb_s']:,.2f} | {r['decompress_kb_s']:,.2f} |"
         )
     return "\n".join(out)
 
