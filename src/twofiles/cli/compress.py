@@ -39,40 +39,42 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     else:
         p.add_argument("out", metavar="OUT", help="the file `twofiles compress` wrote")
         p.add_argument("file", metavar="FILE", help="where to write the restored file")
-    again = "" if compressing else " (default: the recorded one; another value is refused)"
+
+    def default(value: str) -> str:
+        return f"(default {value})" if compressing else "(default: as recorded; another is refused)"
+
     p.add_argument(
         "--block-len",
         type=int,
         default=None,
         metavar="N",
         help="tokens per block, its <bos> included: each block is coded from a fresh context "
-        f"(default: the model's context, at most 512){again}",
+        + default("the model's context, at most 512"),
     )
     p.add_argument(
         "--batch-size",
         type=int,
         default=None,
         metavar="N",
-        help=f"blocks decoded together in lockstep, the speed lever (default 32){again}",
+        help="blocks decoded together in lockstep, the speed lever " + default("32"),
     )
     p.add_argument(
         "--threads",
         type=int,
         default=None,
         metavar="N",
-        help=f"CPU threads for torch (default: torch's choice){again}",
+        help="CPU threads for torch " + default("torch's choice"),
     )
     p.add_argument(
         "--dtype",
         choices=("fp32", "bf16"),
         default=None,
-        help=f"the weights' precision while coding (default fp32){again}",
+        help="the weights' precision while coding " + default("fp32"),
     )
     p.add_argument(
         "--device",
         default=None,
-        help="cpu (default), cuda, cuda:N or mps"
-        + ("" if compressing else " (default: the recorded device type)"),
+        help="cpu, cuda, cuda:N or mps " + default("cpu"),
     )
     if not compressing:
         p.add_argument(
