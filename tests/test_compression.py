@@ -13,6 +13,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tiny_models import random_model, tiny_tokenizer
 from twofiles.cli import main
 from twofiles.compression.coder import (
     MAX_TOTAL,
@@ -152,13 +153,7 @@ def test_cumulative_frequencies_are_a_pure_function_of_the_logits():
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """Two tiny models with the same tokenizer (a mismatched model is the other one)."""
-    import sys
-    from pathlib import Path
-
     from twofiles.artifact import save_model
-
-    sys.path.insert(0, str(Path(__file__).parent))
-    from tiny_models import random_model, tiny_tokenizer
 
     tok = tiny_tokenizer()
     root = tmp_path_factory.mktemp("compress_models")
