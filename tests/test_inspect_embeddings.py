@@ -109,7 +109,7 @@ def test_cli_all_four_at_once(model_path, tmp_path, capsys):
     out = tmp_path / "out"
     rc = main(
         ["inspect", "embeddings", model_path, "--neighbours", "question", "--k", "4",
-         "--analogy", "to - be + or", "--expect", "not", "--map", "to,be,or,not,question",
+         "--analogy", "to - be + or", "--expect", "not", "--analogy", "be + or = to", "--map", "to,be,or,not,question",
          "--context", "that is to", "--context", "whether to", "--word", "to",
          "--out", str(out), "--json"]
     )  # fmt: skip
@@ -118,7 +118,9 @@ def test_cli_all_four_at_once(model_path, tmp_path, capsys):
     summary = json.loads(stdout.strip().splitlines()[-1])
     assert summary["neighbours"][0]["nearest"][0]["token"] == " question"
     assert len(summary["analogies"][0]["answers"]) == 4
-    assert 1 <= summary["analogies"][0]["expected_rank"] <= 315
+    first, second = summary["analogies"]
+    assert first["expected"] == "not" and 1 <= first["expected_rank"] <= 315
+    assert second["expression"] == "be + or" and second["expected"] == "to"
     assert summary["map"]["words"] == ["to", "be", "or", "not", "question"]
     assert len(summary["context"]["cosine"]["0-1"]) == 3
     assert "block 1" in stdout  # the terminal table
@@ -138,6 +140,7 @@ def test_cli_all_four_at_once(model_path, tmp_path, capsys):
         (["--neighbours", " "], "no tokens"),
         (["--analogy", "to + - be"], "expected a word"),
         (["--analogy", "to be"], "expected '+' or '-'"),
+        (["--analogy", "to + be ="], "nothing after '='"),
         (["--context", "to be", "--context", "or not", "--word", "question"], "does not occur"),
         (["--context", "to be", "--word", "to"], "two or more"),
         ([], "nothing to show"),

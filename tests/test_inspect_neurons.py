@@ -82,6 +82,7 @@ def test_cli_writes_a_self_contained_page(model_path, tmp_path, capsys):
     assert summary["tokens"] == summary["windows"] * 31  # the bos of each window not scored
     page = (out / "neurons.html").read_text()
     assert "Neuron 3" in page and "data:image/png;base64," in page
+    assert page.count("outline: 2px solid") == 6  # the activating token of each context
     assert "http://" not in page and "https://" not in page and "<script src" not in page
     assert (out / "neurons.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the residual stream's dimensions are neurons too

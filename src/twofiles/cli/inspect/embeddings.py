@@ -1,7 +1,7 @@
 """`twofiles inspect embeddings`: the input embedding as a space of words, and a word in context.
 
     twofiles inspect embeddings MODEL --neighbours king --k 10 --out DIR
-    twofiles inspect embeddings MODEL --analogy "king - man + woman" --expect queen --out DIR
+    twofiles inspect embeddings MODEL --analogy "king - man + woman = queen" --out DIR
     twofiles inspect embeddings MODEL --map king,queen,man,woman,paris,france --out DIR
     twofiles inspect embeddings MODEL --context "miniature tower" --context "large tower" \\
         --word tower --out DIR
@@ -36,10 +36,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="EXPR",
-        help='vector arithmetic, e.g. "king - man + woman" (input words excluded from answers)',
+        help='vector arithmetic, e.g. "king - man + woman" (input words excluded from answers); '
+        '"... = queen" reports the rank of the expected answer',
     )
     parser.add_argument(
-        "--expect", help="with --analogy: the expected answer, whose rank is reported"
+        "--expect", help="with --analogy: the expected answer of each analogy without '= WORD'"
     )
     parser.add_argument("--map", metavar="WORDS", help="comma-separated words for a 2-D PCA map")
     parser.add_argument(
@@ -152,11 +153,16 @@ def run(args: argparse.Namespace) -> int:
         raise BadInputError("--expect goes with --analogy")
     if args.k < 1 or (args.map_top is not None and args.map_top < 2):
         raise BadInputError("--k must be >= 1 and --map-top >= 2")
-    for expr in args.analogy:
+    analogies: list[tuple[str, str | None]] = []
+    for item in args.analogy:
+        expr, eq, want = item.partition("=")
+        if eq and not want.strip():
+            raise BadInputError(f"--analogy {item!r}: nothing after '='")
         try:
             emb.parse_expression(expr)
         except ValueError as e:
             raise BadInputError(f"--analogy: {e}") from None
+        analogies.append((expr.strip(), want.strip() if eq else args.expect))
 
     device, _ = pick_device(args.device)
     loaded = resolve_model(args.model, device=device)
@@ -191,15 +197,15 @@ def run(args: argparse.Namespace) -> int:
             )
         if args.analogy:
             summary["analogies"] = []
-        for expr in args.analogy:
-            a = emb.analogy(loaded, expr, args.k, expect=args.expect)
+        for expr, expect in analogies:
+            a = emb.analogy(loaded, expr, args.k, expect=expect)
             rows = [[r + 1, _show(tok, i), i, f"{c:.4f}"] for r, (i, c) in enumerate(a.answers)]
             header = ["rank", "token", "id", "cosine"]
             terms = " ".join(f"{'+' if s > 0 else '-'} {wv.word}[{wv.how}]" for s, wv in a.terms)
             note = f"{expr}: {terms}; input tokens excluded"
             if a.expected is not None:
                 note += (
-                    f"; expected {args.expect!r} ranks {a.expected_rank} of {E.shape[0]} "
+                    f"; expected {expect!r} ranks {a.expected_rank} of {E.shape[0]} "
                     f"(cosine {a.expected_cosine:.4f})"
                 )
             texts.append(note + "\n" + _text_table(header, rows))
@@ -211,7 +217,7 @@ def run(args: argparse.Namespace) -> int:
                         {"token": tok.decode([i]), "id": i, "cosine": round(c, 5)}
                         for i, c in a.answers
                     ],
-                    "expected": args.expect,
+                    "expected": expect,
                     "expected_rank": a.expected_rank,
                     "expected_cosine": a.expected_cosine,
                 }

@@ -118,7 +118,7 @@ def _page(scan: Any, tokenizer: Any, png: bytes, model: str) -> str:
             # outline the activating token: token_strip writes one span per token, in order
             spans = strip.split("</span>")
             spans[c.position] = spans[c.position].replace(
-                'class="tok"', 'class="tok" style="outline: 2px solid #000"', 1
+                'style="', 'style="outline: 2px solid #000; ', 1
             )
             rows.append(f"<tr><td>{c.activation:.4g}</td><td>{'</span>'.join(spans)}</td></tr>")
         body = (
