@@ -103,6 +103,10 @@ def test_the_trajectory_ends_at_resid_post(loaded):
     torch.testing.assert_close(torch.tensor(traj.cosine[(0, 1)]), cos)
     assert traj.cosine[(0, 1)][0] == pytest.approx(1.0, abs=1e-5)  # same token, same embedding
     assert traj.xy.shape == (2, n + 1, 2)
+    # one word per context: the baseline of two different words in the same slot
+    pair = emb.context_trajectory(loaded, ["that is to", "that is be"], ["to", "be"])
+    assert pair.word == "to / be" and pair.tokens[1][-1] == tok.encode(" be")[-1]
+    assert pair.cosine[(0, 1)][0] < 0.99  # different tokens, different embeddings
 
 
 def test_cli_all_four_at_once(model_path, tmp_path, capsys):
@@ -143,6 +147,7 @@ def test_cli_all_four_at_once(model_path, tmp_path, capsys):
         (["--analogy", "to + be ="], "nothing after '='"),
         (["--context", "to be", "--context", "or not", "--word", "question"], "does not occur"),
         (["--context", "to be", "--word", "to"], "two or more"),
+        (["--context", "to be", "--context", "or not", "--word", "be,or,to"], "3 words for 2"),
         ([], "nothing to show"),
     ],
 )

@@ -165,7 +165,7 @@ def map_top_tokens(tokenizer: Any, n: int) -> list[int]:
 class Trajectory:
     """One word's hidden state in several contexts, at the embedding and after every block."""
 
-    word: str
+    word: str  # the word, or the words one per context joined by " / "
     contexts: list[str]
     tokens: list[list[int]]  # each context's tokens up to and including the word
     layers: list[str]  # "embed", "block 0", ...
@@ -174,18 +174,26 @@ class Trajectory:
     xy: torch.Tensor  # [contexts, layers + 1, 2] PCA of the unit-normalised states
 
 
-def context_trajectory(model: Any, contexts: Sequence[str], word: str) -> Trajectory:
+def context_trajectory(
+    model: Any, contexts: Sequence[str], word: str | Sequence[str]
+) -> Trajectory:
     """`word`'s residual stream (hook_embed, then every block's resid_post) at its last token in
     each of `contexts`. The model is causal, so only the context up to the word's last
-    occurrence is run: what follows it cannot change its vector."""
+    occurrence is run: what follows it cannot change its vector. `word` may be one word per
+    context: "a large tower" against "a large house" is the baseline that says how much of a
+    cosine every token in that slot shares (in deep layers, a lot: a few large dimensions
+    dominate the residual stream)."""
     if len(contexts) < 2:
         raise ValueError("give at least two contexts to compare")
+    words = [word] * len(contexts) if isinstance(word, str) else list(word)
+    if len(words) != len(contexts):
+        raise ValueError(f"{len(words)} words for {len(contexts)} contexts: give one, or one each")
     m = _transformer(model)
     tok = model.tokenizer
     n = m.config.n_layers
     names = ["hook_embed", *(f"blocks.{i}.hook_resid_post" for i in range(n))]
     states, all_ids = [], []
-    for text in contexts:
+    for text, word in zip(contexts, words, strict=True):
         at = text.rfind(word)
         if at < 0:
             raise ValueError(f"{word!r} does not occur in the context {text!r}")
@@ -205,7 +213,7 @@ def context_trajectory(model: Any, contexts: Sequence[str], word: str) -> Trajec
     flat = F.normalize(S.reshape(-1, S.shape[-1]), dim=-1)
     xy = project_2d(flat).reshape(S.shape[0], S.shape[1], 2)
     return Trajectory(
-        word=word,
+        word=" / ".join(dict.fromkeys(words)),
         contexts=list(contexts),
         tokens=all_ids,
         layers=["embed", *(f"block {i}" for i in range(n))],

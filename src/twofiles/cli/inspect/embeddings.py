@@ -56,7 +56,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="TEXT",
         help="a context holding --word (give two or more)",
     )
-    parser.add_argument("--word", help="with --context: the word to follow through the layers")
+    parser.add_argument(
+        "--word",
+        help="with --context: the word to follow through the layers, or one per context "
+        "(tower,house: a baseline of two different words in the same slot)",
+    )
     parser.add_argument("--out", required=True, help="directory for embeddings.html and PNGs")
     add_device_flag(parser)
     add_json_flag(parser)
@@ -242,27 +246,32 @@ def run(args: argparse.Namespace) -> int:
             }
             texts.append(f"map of {len(labels)} words: {os.path.join(args.out, 'map.png')}")
         if args.context:
-            traj = emb.context_trajectory(loaded, args.context, args.word)
+            words = comma_list(args.word)
+            traj = emb.context_trajectory(
+                loaded, args.context, words[0] if len(words) == 1 else words
+            )
             header = ["layer", *[f"cos {a}-{b}" for a, b in traj.cosine]]
             rows = [
                 [layer, *[f"{cos[j]:.4f}" for cos in traj.cosine.values()]]
                 for j, layer in enumerate(traj.layers)
             ]
             legend = "; ".join(f"{i}: {c!r}" for i, c in enumerate(args.context))
-            texts.append(f"{args.word!r} in context ({legend})\n" + _text_table(header, rows))
+            texts.append(f"{traj.word!r} in context ({legend})\n" + _text_table(header, rows))
             pngs["context.png"] = _context_png(traj)
             sections.append(
                 (
-                    f"{args.word!r} in context",
+                    f"{traj.word!r} in context",
                     f"<p>{esc(legend)}. The word's last token's residual stream after each "
                     "block; the contexts after the word are not run (a causal model cannot see "
-                    "them).</p>"
+                    "them). In deep layers a few large dimensions every token shares dominate the "
+                    "raw cosine: --word tower,house with a context for each gives the baseline of "
+                    "two different words in the same slot.</p>"
                     + img_tag(pngs["context.png"], "the word's vector layer by layer")
                     + _html_table(header, rows),
                 )
             )
             summary["context"] = {
-                "word": args.word,
+                "word": traj.word,
                 "contexts": args.context,
                 "layers": traj.layers,
                 "cosine": {
