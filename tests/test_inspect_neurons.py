@@ -85,10 +85,10 @@ def test_cli_writes_a_self_contained_page(model_path, tmp_path, capsys):
     assert page.count("outline: 2px solid") == 6  # the activating token of each context
     assert "http://" not in page and "https://" not in page and "<script src" not in page
     assert (out / "neurons.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    # the residual stream's dimensions are neurons too
+    # the residual stream's dimensions are neurons too; the built-in corpus's held-out plays
     rc = main(
         ["inspect", "neurons", model_path, "--layer", "0", "--hook", "resid_post", "--top", "2",
-         "--data", str(data), "--tokens", "200", "--window", "32", "--out", str(out), "--json",
+         "--data", "builtin", "--tokens", "200", "--window", "32", "--out", str(out), "--json",
          "--no-progress"]
     )  # fmt: skip
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

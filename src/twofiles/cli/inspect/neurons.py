@@ -184,6 +184,11 @@ def run(args: argparse.Namespace) -> int:
     text = _corpus_text(args.data, args.tokens * 8)
     ids = tok.encode(text)[: args.tokens]
     windows = token_windows(ids, window, bos=bos)
+    if len(ids) < args.tokens:
+        print(
+            f"note: the corpus gave {len(ids):,} tokens, fewer than --tokens {args.tokens:,}",
+            file=sys.stderr,
+        )
     if not windows:
         raise BadInputError(
             f"--data {' '.join(args.data)}: {len(ids)} tokens, fewer than one window of {window}"
