@@ -112,7 +112,7 @@ def _context_png(traj: Any) -> bytes:
     right.set_xticks(range(L))
     right.set_xticklabels(traj.layers, rotation=90, fontsize=6)
     right.set_ylabel("cosine similarity")
-    right.set_title("the same word in two contexts: cosine per layer", fontsize=10)
+    right.set_title("cosine between the contexts, per layer", fontsize=10)
     right.legend(fontsize=8)
     return png_bytes(fig)
 
