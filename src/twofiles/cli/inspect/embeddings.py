@@ -17,7 +17,14 @@ import os
 import time
 from typing import Any
 
-from twofiles.cli.common import add_device_flag, add_json_flag, comma_list, emit_json
+from twofiles.cli.common import (
+    add_device_flag,
+    add_inference_flags,
+    add_json_flag,
+    comma_list,
+    emit_json,
+    prepare_model,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -63,6 +70,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--out", required=True, help="directory for embeddings.html and PNGs")
     add_device_flag(parser)
+    add_inference_flags(parser)
     add_json_flag(parser)
 
 
@@ -170,6 +178,7 @@ def run(args: argparse.Namespace) -> int:
 
     device, _ = pick_device(args.device)
     loaded = resolve_model(args.model, device=device)
+    prepare_model(loaded, args, layout=False)  # --threads; the weights as stored unless --quantize
     tok = loaded.tokenizer
     E = emb.embedding_table(loaded)
     sections: list[tuple[str, str]] = []

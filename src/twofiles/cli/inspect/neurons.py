@@ -15,7 +15,14 @@ import sys
 import time
 from typing import Any
 
-from twofiles.cli.common import add_device_flag, add_json_flag, comma_list, emit_json
+from twofiles.cli.common import (
+    add_device_flag,
+    add_inference_flags,
+    add_json_flag,
+    comma_list,
+    emit_json,
+    prepare_model,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -55,6 +62,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="directory for neurons.png and neurons.html")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_device_flag(parser)
+    add_inference_flags(parser)
     add_json_flag(parser)
 
 
@@ -172,6 +180,7 @@ def run(args: argparse.Namespace) -> int:
             raise BadInputError("--neurons: no neuron given")
     device, why = pick_device(args.device)
     loaded = resolve_model(args.model, device=device)
+    prepare_model(loaded, args, layout=False)  # --threads; the weights as stored unless --quantize
     tok, cfg = loaded.tokenizer, loaded.model.config
     try:
         hook = resolve_hook(loaded, args.layer, args.hook)
