@@ -46,13 +46,17 @@ def img_tag(png: bytes, alt: str) -> str:
     return f'<img alt="{esc(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
 
 
-def token_strip(tokens: Sequence[str], values: Sequence[float], *, title: str = "") -> str:
-    """Tokens in a row, each shaded by its value in [0, 1] (clipped), its value on hover."""
+def token_strip(
+    tokens: Sequence[str], values: Sequence[float], *, title: str = "", mark: int | None = None
+) -> str:
+    """Tokens in a row, each shaded by its value in [0, 1] (clipped), its value on hover; the
+    token at index `mark` (if any) outlined."""
     spans = []
-    for t, v in zip(tokens, values, strict=True):
+    for i, (t, v) in enumerate(zip(tokens, values, strict=True)):
         a = min(max(float(v), 0.0), 1.0)
+        outline = "outline: 2px solid #000; " if i == mark else ""
         spans.append(
-            f'<span class="tok" style="background: rgba(230, 85, 13, {a:.3f})" '
+            f'<span class="tok" style="{outline}background: rgba(230, 85, 13, {a:.3f})" '
             f'title="{esc(f"{v:.4g}")}">{esc(show_token(t))}</span>'
         )
     head = f"<div class='note'>{esc(title)}</div>" if title else ""
