@@ -49,6 +49,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="K",
         help="print each step's choice and top K candidates (default K 5)",
     )
+    p.add_argument(
+        "--steer",
+        action="append",
+        default=[],
+        metavar="DIR:FEATURE=SCALE",
+        help="add SCALE x an SAE feature's direction at the SAE's layer while generating "
+        "(repeatable; SCALE in units of the activation's typical norm, see --steer-units)",
+    )
+    p.add_argument(
+        "--steer-units",
+        choices=("norm", "abs"),
+        default="norm",
+        help="norm: SCALE x the median norm of the activation on this prompt (default); "
+        "abs: SCALE as the added vector's norm",
+    )
     add_device_flag(p)
     add_inference_flags(p, compile=True)
     add_json_flag(p)
@@ -78,6 +93,12 @@ def run(args: argparse.Namespace) -> int:
     from twofiles.errors import TwofilesError
     from twofiles.formats.resolve import resolve_model
     from twofiles.runtime import pick_device
+    from twofiles.sae.steering import (
+        parse_steer,
+        prepare_steering,
+        steer_paths_exist,
+        steering,
+    )
 
     prompt = _read_prompt(args.prompt)
     if not prompt:
@@ -88,6 +109,10 @@ def run(args: argparse.Namespace) -> int:
         raise TwofilesError(f"--show-probs {args.show_probs}: must be >= 0")
     params = sampling_params(args, stop=list(args.stop))
     seed = params.seed
+    specs = [parse_steer(s) for s in args.steer]
+    if specs and args.compile:
+        raise TwofilesError("--steer adds Python hooks inside the model: drop --compile")
+    steer_paths_exist(specs)
 
     device, why = pick_device(args.device)
     t0 = time.perf_counter()
@@ -113,6 +138,9 @@ def run(args: argparse.Namespace) -> int:
     )
 
     ids = encode_prompt(tok, prompt)
+    steers = prepare_steering(model, specs, ids, units=args.steer_units)
+    for s in steers:
+        print(s.describe(), file=sys.stderr)
     compile_s = 0.0
     if (
         args.compile
@@ -133,22 +161,23 @@ def run(args: argparse.Namespace) -> int:
     pieces: list[str] = []
     n_tokens, finish, t_first = 0, None, None
     t0 = time.perf_counter()
-    for step in generate_steps(model, ids, params, tokenizer=tok, top=show):
-        if t_first is None:
-            t_first = time.perf_counter()
-        n_tokens += 1
-        finish = step.finish
-        pieces.append(step.text)
-        if show:
-            cands = "  ".join(f"{_piece(tok, i)} {p:.1%}" for i, p in step.top)
-            print(
-                f"{n_tokens:>4}  {_piece(tok, step.token):<16} {step.prob:>6.1%}   {cands}",
-                file=out,
-                flush=True,
-            )
-        elif step.text:
-            out.write(step.text)
-            out.flush()
+    with steering(model, steers):  # no steers: nothing attached
+        for step in generate_steps(model, ids, params, tokenizer=tok, top=show):
+            if t_first is None:
+                t_first = time.perf_counter()
+            n_tokens += 1
+            finish = step.finish
+            pieces.append(step.text)
+            if show:
+                cands = "  ".join(f"{_piece(tok, i)} {p:.1%}" for i, p in step.top)
+                print(
+                    f"{n_tokens:>4}  {_piece(tok, step.token):<16} {step.prob:>6.1%}   {cands}",
+                    file=out,
+                    flush=True,
+                )
+            elif step.text:
+                out.write(step.text)
+                out.flush()
     seconds = time.perf_counter() - t0
     text = "".join(pieces)
     if show:
@@ -184,6 +213,7 @@ def run(args: argparse.Namespace) -> int:
                 "model": args.model,
                 "finish_reason": finish,
                 "seed": seed,
+                "steer": [s.to_dict() for s in steers],
             }
         )
     return 0
