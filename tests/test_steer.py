@@ -111,3 +111,21 @@ def test_a_steer_that_does_not_fit_is_refused_with_exit_2(files, capsys, which, 
 def test_parse_steer_keeps_colons_in_the_path():
     s = parse_steer("C:/runs/sae:12=-0.5")
     assert (s.path, s.feature, s.scale) == ("C:/runs/sae", 12, -0.5)
+
+
+def test_chat_steers_every_reply_of_the_session(files, tok, capsys, monkeypatch):
+    import io
+
+    def chat(*extra: str) -> dict:
+        monkeypatch.setattr("sys.stdin", io.StringIO("hello\nto be\n"))
+        argv = ["chat", str(files / "model.safetensors"), "--temperature", "0"]
+        rc = main([*argv, "--max-tokens", "4", "--device", "cpu", "--json", *extra])
+        out, err = capsys.readouterr()
+        assert rc == 0, err
+        return json.loads(out.strip().splitlines()[-1])
+
+    plain = chat()
+    assert chat("--steer", f"{files / 'sae.safetensors'}:1=0")["replies"] == plain["replies"]
+    steered = chat("--steer", f"{files / 'sae.safetensors'}:1=20")
+    assert steered["replies"] == [tok.decode([TARGET]) * 4] * 2 != plain["replies"]
+    assert steered["steer"][0]["feature"] == 1 and steered["steer"][0]["added_norm"] > 0

@@ -16,6 +16,7 @@ from twofiles.cli.common import (
     add_inference_flags,
     add_json_flag,
     add_sampling_flags,
+    add_steer_flags,
     emit_json,
     persona_sampling,
     persona_summary,
@@ -49,21 +50,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="K",
         help="print each step's choice and top K candidates (default K 5)",
     )
-    p.add_argument(
-        "--steer",
-        action="append",
-        default=[],
-        metavar="DIR:FEATURE=SCALE",
-        help="add SCALE x an SAE feature's direction at the SAE's layer while generating "
-        "(repeatable; SCALE in units of the activation's typical norm, see --steer-units)",
-    )
-    p.add_argument(
-        "--steer-units",
-        choices=("norm", "abs"),
-        default="norm",
-        help="norm: SCALE x the median norm of the activation on this prompt (default); "
-        "abs: SCALE as the added vector's norm",
-    )
+    add_steer_flags(p)
     add_device_flag(p)
     add_inference_flags(p, compile=True)
     add_json_flag(p)

@@ -32,6 +32,8 @@ from twofiles.model import Transformer
 from twofiles.sae.model import load_sae
 
 UNITS = ("norm", "abs")
+# what "norm" units are measured on where there is no one prompt (a chat): plain prose
+REFERENCE_TEXT = "The quick brown fox jumps over the lazy dog, and the dog does not seem to mind."
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,8 @@ def prepare_steering(
     width, a hook that is not a module boundary, or a feature out of range is a BadInputError."""
     if units not in UNITS:
         raise BadInputError(f"steering units {units!r}: norm or abs")
+    if not specs:
+        return []
     m = _transformer(model)
     param = next(m.parameters())
     dim = m.config.dim
@@ -151,7 +155,11 @@ def prepare_steering(
 
 @contextlib.contextmanager
 def steering(model: Transformer | Any, steers: Sequence[Steer]) -> Iterator[None]:
-    """Add each steer's vector at its hook in every forward of `model` while the block is open."""
+    """Add each steer's vector at its hook in every forward of `model` while the block is open
+    (none: the model is not touched, whatever it is)."""
+    if not steers:
+        yield
+        return
 
     def add(vector: torch.Tensor):
         def hook(x: torch.Tensor, point: HookPoint) -> torch.Tensor:
