@@ -39,8 +39,11 @@ def model(tok):
 
 @pytest.fixture(scope="module")
 def windows(tok):
-    # random tokens: no two contexts alike, so the ranking has no ties
-    return torch.randint(tok.vocab_size, (12, 24), generator=torch.Generator().manual_seed(1))
+    # random tokens: no two contexts alike, so the ranking has no ties; a few bos among them
+    w = torch.randint(tok.vocab_size, (12, 24), generator=torch.Generator().manual_seed(1))
+    w[:, 0] = tok.bos_id
+    w[3, 7] = w[8, 15] = tok.bos_id
+    return w
 
 
 def train_tiny_sae(
@@ -66,24 +69,26 @@ def sae(model, windows):
     return train_tiny_sae(model, windows)
 
 
-def brute_force(model, sae, windows):
-    """Every feature activation [n, T, d_sae], the first position of each window excluded."""
+def brute_force(model, tok, sae, windows):
+    """Every feature activation [n, T, d_sae], bos and each window's first position excluded."""
     _, cache = run_with_cache(model, windows, names=[HOOK])
     with torch.no_grad():
         acts = sae.encode(cache[HOOK])
     acts[:, 0] = 0
+    acts[windows == tok.bos_id] = 0
     return acts
 
 
 def test_top_contexts_and_numbers_equal_a_brute_force_pass(model, tok, sae, windows):
-    acts = brute_force(model, sae, windows)
+    acts = brute_force(model, tok, sae, windows)
     n, T, d_sae = acts.shape
     dash = build_dashboards(model, tok, sae, windows, top=6, order="max", batch_size=5)
     flat = acts.reshape(-1, d_sae)
     fired = (flat > 0).sum(0)
-    assert dash.tokens == n * (T - 1)
+    counted = int((windows[:, 1:] != tok.bos_id).sum())  # bos never counts, nor position 0
+    assert counted < n * (T - 1) and dash.tokens == counted
     torch.testing.assert_close(
-        torch.tensor(dash.density, dtype=torch.float64), fired.double() / (n * (T - 1))
+        torch.tensor(dash.density, dtype=torch.float64), fired.double() / counted
     )
     # --top 6 by max: the six features with the largest activation anywhere
     assert [f.index for f in dash.features] == flat.max(0).values.argsort(descending=True)[
@@ -147,8 +152,8 @@ def test_corpus_windows_cut_the_token_stream(tok):
     texts = ["to be or not to be", "that is the question"]
     w = corpus_windows(tok, texts, n_tokens=6, length=3)
     stream = [tok.bos_id, *tok.encode(texts[0]), tok.bos_id, *tok.encode(texts[1])]
-    assert w.shape == (2, 3)
-    assert w.flatten().tolist() == stream[:6]
+    # each window: bos, then the next two tokens of the stream (as sae train cuts them)
+    assert w.tolist() == [[tok.bos_id, *stream[0:2]], [tok.bos_id, *stream[2:4]]]
     from twofiles.errors import BadInputError
 
     with pytest.raises(BadInputError, match="fewer than one"):

@@ -11,9 +11,9 @@ What it leaves to others: the SAE's math and file (sae/model.py), the hooked for
 
 Memory stays flat in the corpus size: the activations of one batch at a time, [d_sae, K] running
 tables; what grows is the corpus's token ids (4 bytes a token), which the second pass reads.
-The first token of each window is context only, never a firing: models park attention on the
-first position (the attention sink) and its residual stream is an outlier that features fire on
-for that reason alone.
+A window's first position and every bos are context only, never a firing (as in `sae train`):
+models park attention on the first position (the attention sink), and its residual stream is an
+outlier, tens of times the others' norm, that features would fire on for that reason alone.
 """
 
 from __future__ import annotations
@@ -49,25 +49,27 @@ HIST_LO, HIST_HI, HIST_BINS = -3.0, 4.0, 70  # log10 of the activation
 def corpus_windows(
     tokenizer: Any, texts: Iterable[str], n_tokens: int, length: int
 ) -> torch.Tensor:
-    """Token windows [n, length] cut from the documents' token stream (each document started
-    with the bos when the tokenizer's add_bos says models saw it that way in training), until
-    about `n_tokens` tokens; a last partial window is dropped."""
+    """Token windows [n, length] as `sae train` cuts them (SAELens's way): the documents as
+    [bos] + tokens, run on one after another, cut into pieces of length - 1 tokens, each window
+    starting with bos; until about `n_tokens` tokens, a last partial window dropped."""
     if length < 2:
         raise BadInputError(f"context length {length}: need at least 2 tokens")
-    need = max(1, math.ceil(n_tokens / length)) * length
+    step = length - 1
+    need = max(1, math.ceil(n_tokens / length)) * step
+    bos = tokenizer.bos_id
     stream: list[int] = []
     for text in texts:
-        if getattr(tokenizer, "add_bos", True):
-            stream.append(tokenizer.bos_id)
+        stream.append(bos)
         stream.extend(tokenizer.encode(text))
         if len(stream) >= need:
             break
-    n = min(len(stream), need) // length
+    n = min(len(stream), need) // step
     if n == 0:
         raise BadInputError(
             f"the corpus has {len(stream)} tokens: fewer than one {length}-token window"
         )
-    return torch.tensor(stream[: n * length], dtype=torch.long).view(n, length)
+    body = torch.tensor(stream[: n * step], dtype=torch.long).view(n, step)
+    return torch.cat([torch.full((n, 1), bos, dtype=torch.long), body], dim=1)
 
 
 class _Stop(Exception):
@@ -329,6 +331,8 @@ def build_dashboards(
     if hook not in hook_names(model):
         raise BadInputError(f"the SAE's hook {hook!r} is not a hook point of this model")
     tracker = _Tracker(d_sae, TOP_CONTEXTS, SAMPLE, seed)
+    counted = windows != tokenizer.bos_id  # [n, T]: the positions that can fire
+    counted[:, 0] = False
     advance = progress("activations", n) if progress else (lambda k: None)
     for rows in _batches(n, batch_size):
         ids = windows[rows.start : rows.stop]
@@ -339,7 +343,8 @@ def build_dashboards(
             )
         acts = _encode(sae, x).cpu()  # [B, T, d_sae]
         where = torch.arange(rows.start * T, rows.stop * T).view(len(rows), T)
-        tracker.update(acts[:, 1:].reshape(-1, d_sae), where[:, 1:].reshape(-1))
+        keep = counted[rows.start : rows.stop]
+        tracker.update(acts[keep], where[keep])
         advance(len(rows))
 
     chosen = _pick(tracker, features, top, order)
@@ -355,7 +360,9 @@ def build_dashboards(
             key=lambda c: (-c.value, c.window, c.pos),
         )
         bands[f] = _bands(tracker, f, T)
-    _fill_contexts(model, tokenizer, sae, windows, chosen, tops, bands, batch_size, progress)
+    _fill_contexts(
+        model, tokenizer, sae, windows, counted, chosen, tops, bands, batch_size, progress
+    )
 
     logits = feature_logits(model, sae, chosen) if chosen else torch.zeros(0, 1)
     n_tokens = max(tracker.tokens, 1)
@@ -403,13 +410,15 @@ def _fill_contexts(
     tokenizer: Any,
     sae: SparseAutoencoder,
     windows: torch.Tensor,
+    counted: torch.Tensor,
     chosen: list[int],
     tops: dict[int, list[Context]],
     bands: dict[int, list[Band]],
     batch_size: int,
     progress: Callable[[str, int], Callable[[int], None]] | None,
 ) -> None:
-    """The second pass: each shown context's tokens and the feature's activation on each."""
+    """The second pass: each shown context's tokens and the feature's activation on each (0 on
+    the positions that are never counted: bos, a window's first token)."""
     by_window: dict[int, list[tuple[int, Context]]] = {}
     for f in chosen:
         for c in [*tops[f], *(c for b in bands[f] for c in b.contexts)]:
@@ -423,6 +432,7 @@ def _fill_contexts(
     for rows in _batches(len(need), batch_size):
         ws = need[rows.start : rows.stop]
         acts = _encode(sae, hook_activations(model, sae.cfg.hook_name, windows[ws])).cpu()
+        acts *= counted[ws].unsqueeze(-1)
         for b, w in enumerate(ws):
             for f, c in by_window[w]:
                 lo, hi = max(1, c.pos - LEFT), min(T, c.pos + RIGHT + 1)

@@ -5,7 +5,7 @@
 
 Writes DIR/features/index.html, DIR/features/{i}.html (one per feature) and
 DIR/features/features.json. The model is the one the SAE was trained on unless --model names
-another; a model whose identity (sae/identity.py: a hash of its config and weights) differs from
+another; a model whose identity (sae/identity.py: a hash of its weights) differs from
 the one the SAE recorded is refused unless --force. The built-in corpus is Shakespeare's held-out
 plays (none of them in any training split).
 """
@@ -119,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
     if cfg.model_id and identity != cfg.model_id:
         msg = (
             f"{spec} is not the model this SAE was trained on: its identity is {identity}, the "
-            f"SAE's is {cfg.model_id} (a hash of the config and weights, sae/identity.py)"
+            f"SAE's is {cfg.model_id} (a hash of the weights, sae/identity.py)"
         )
         if not args.force:
             raise TwofilesError(msg + "; --force reads it anyway")
