@@ -135,6 +135,8 @@ class _Tracker:
 
     def update(self, acts: torch.Tensor, where: torch.Tensor) -> None:
         """acts [N, d_sae] (cpu fp32) at flat token positions `where` [N]."""
+        if not acts.shape[0]:
+            return
         fired = acts > 0
         self.tokens += acts.shape[0]
         self.count += fired.sum(0)
