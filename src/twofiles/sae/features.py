@@ -43,7 +43,7 @@ LEFT, RIGHT = 16, 4  # tokens shown before and after the firing token
 LOGIT_TOKENS = 10  # promoted and suppressed tokens listed per feature
 # the histogram's bins: log-spaced, so a feature firing at 0.01 and one at 100 both get a shape;
 # anything below the first edge counts in the first bin, above the last in the last
-HIST_LO, HIST_HI, HIST_BINS = -3.0, 4.0, 70  # log10 of the activation
+HIST_LO, HIST_HI, HIST_BINS = -3.0, 4.0, 140  # log10 of the activation: 20 bins a decade
 
 
 def corpus_windows(
@@ -484,6 +484,9 @@ def _hist_png(counts: Sequence[int], title: str) -> bytes:
     fig, ax = plt.subplots(figsize=(6.4, 2.6))
     ax.stairs(counts, edges, fill=True, color="#e6550d")
     ax.set_xscale("log")
+    used = [i for i, c in enumerate(counts) if c]
+    if used:  # the bins that hold firings, a bin either side
+        ax.set_xlim(edges[max(used[0] - 1, 0)], edges[min(used[-1] + 2, len(edges) - 1)])
     ax.set_xlabel("activation (log scale; first and last bins hold everything beyond them)")
     ax.set_ylabel("firings")
     ax.set_title(title)
@@ -509,10 +512,7 @@ def _density_png(density: Sequence[float]) -> bytes:
 
 
 def _token_table(pairs: Sequence[tuple[str, float]]) -> str:
-    rows = "".join(
-        f"<tr><td><span class='tok'>{esc(show_token(t))}</span></td><td>{v:+.3f}</td></tr>"
-        for t, v in pairs
-    )
+    rows = "".join(f"<tr><td>{_tok(t)}</td><td>{v:+.3f}</td></tr>" for t, v in pairs)
     return f"<table>{rows}</table>"
 
 
@@ -560,7 +560,7 @@ def index_page(d: Dashboards) -> str:
         f"<tr><td><a href='{f.index}.html'>{f.index}</a></td><td>{f.density:.3%}</td>"
         f"<td>{f.max:.3g}</td>"
         f"<td>{''.join(_top_token(f))}</td>"
-        f"<td><span class='tok'>{esc(' '.join(show_token(t) for t, _ in f.promoted[:5]))}</span></td></tr>"
+        f"<td>{' '.join(_tok(t) for t, _ in f.promoted[:5])}</td></tr>"
         for f in order
     )
     dead = sum(1 for x in d.density if x == 0)
@@ -582,11 +582,15 @@ def index_page(d: Dashboards) -> str:
     )
 
 
+def _tok(text: str) -> str:
+    return f"<span class='tok' style='background: #f5f5f7'>{esc(show_token(text))}</span>"
+
+
 def _top_token(f: Feature) -> list[str]:
     if not f.top or not f.top[0].tokens:
         return []
     c = f.top[0]
-    return [f"<span class='tok'>{esc(show_token(c.tokens[c.mark]))}</span>"]
+    return [_tok(c.tokens[c.mark])]
 
 
 def write_dashboards(d: Dashboards, out_dir: str | os.PathLike[str]) -> Path:
