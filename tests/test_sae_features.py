@@ -187,6 +187,7 @@ def _cli(capsys, *argv):
     return rc, out, err
 
 
+@pytest.mark.slow  # two runs with their plots: ~5 s
 def test_cli_writes_self_contained_pages_linked_from_the_index(sae_dir, capsys):
     corpus = str(sae_dir.parent / "corpus.txt")
     argv = [str(sae_dir), "--data", corpus, "--tokens", "400", "--context", "32"]
