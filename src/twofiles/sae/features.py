@@ -103,15 +103,18 @@ def feature_logits(
     processed weights fold it (the norm's 1/rms is a positive scale per position: it changes no
     ranking, so it is left out). Read directly: it is the direct path only, as if the direction
     were added just before the final norm."""
-    m = model.model if isinstance(getattr(model, "model", None), Transformer) else model
-    W_U = m.lm_head.weight  # [vocab, d]
+    inner = getattr(model, "model", None)
+    m: torch.nn.Module = inner if isinstance(inner, Transformer) else model
+    W_U = m.get_parameter("lm_head.weight")  # [vocab, d]
     if sae.cfg.d_in != W_U.shape[1]:
         raise BadInputError(
             f"the SAE's width {sae.cfg.d_in} is not the model's dim {W_U.shape[1]}: "
             "its directions cannot be read through the unembedding"
         )
     idx = torch.as_tensor(list(features), dtype=torch.long)
-    dirs = sae.W_dec[idx].to(W_U.device, torch.float32) * m.model.norm.weight.float()
+    dirs = (
+        sae.W_dec[idx].to(W_U.device, torch.float32) * m.get_parameter("model.norm.weight").float()
+    )
     return dirs @ W_U.float().T
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterable
 
 from twofiles.cli.common import add_device_flag, add_json_flag, emit_json
 
@@ -70,7 +71,7 @@ def _features(spec: str | None) -> list[int] | None:
         raise BadInputError(f"--features {spec!r}: expected indices like 0,5,17") from None
 
 
-def _texts(data: list[str]) -> list[str] | object:
+def _texts(data: list[str]) -> Iterable[str]:
     if data == ["builtin"]:
         from twofiles.data.builtin import builtin_documents
 
