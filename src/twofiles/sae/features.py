@@ -320,7 +320,7 @@ def build_dashboards(
     order: str = "density",
     batch_size: int = 8,
     model_name: str = "",
-    progress: Callable[[str, int], Callable[[int], None]] | None = None,
+    progress: Callable[[str, int], Callable[[int], object]] | None = None,
     seed: int = 0,
 ) -> Dashboards:
     """Dashboards of `features` (or the `top` features that fired, by `order`: "density" or
@@ -420,7 +420,7 @@ def _fill_contexts(
     tops: dict[int, list[Context]],
     bands: dict[int, list[Band]],
     batch_size: int,
-    progress: Callable[[str, int], Callable[[int], None]] | None,
+    progress: Callable[[str, int], Callable[[int], object]] | None,
 ) -> None:
     """The second pass: each shown context's tokens and the feature's activation on each (0 on
     the positions that are never counted: bos, a window's first token)."""

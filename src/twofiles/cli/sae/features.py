@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from twofiles.cli.common import add_device_flag, add_json_flag, emit_json
 
@@ -81,13 +82,25 @@ def _texts(data: list[str]) -> Iterable[str]:
     return (d.text for d in Corpus(data))
 
 
-def _progress(label: str, total: int):
-    from tqdm.auto import tqdm
+class _Bars:
+    """tqdm bars on stderr, one pass at a time: a new pass closes the last one's bar."""
 
-    bar = tqdm(
-        total=total, desc=label, unit="win", file=sys.stderr, dynamic_ncols=True, leave=False
-    )
-    return bar.update
+    def __init__(self) -> None:
+        self.bar: Any = None
+
+    def __call__(self, label: str, total: int) -> Callable[[int], object]:
+        from tqdm.auto import tqdm
+
+        self.close()
+        self.bar = tqdm(
+            total=total, desc=label, unit="win", file=sys.stderr, dynamic_ncols=True, leave=False
+        )
+        return self.bar.update
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -134,6 +147,7 @@ def run(args: argparse.Namespace) -> int:
     context = min(args.context, model.config.max_seq_len)
     windows = corpus_windows(loaded.tokenizer, _texts(args.data), args.tokens, context)
     t0 = time.perf_counter()
+    bars = _Bars()
     dash = build_dashboards(
         model,
         loaded.tokenizer,
@@ -144,8 +158,9 @@ def run(args: argparse.Namespace) -> int:
         order=args.sort,
         batch_size=args.batch_size,
         model_name=spec,
-        progress=_progress,
+        progress=bars,
     )
+    bars.close()
     out = write_dashboards(dash, Path(args.out) if args.out else Path(args.dir) / "features")
     seconds = time.perf_counter() - t0
     dead = sum(1 for d in dash.density if d == 0)
