@@ -12,7 +12,8 @@ Scale units. By default ("norm") SCALE is in units of the typical norm of the ac
 hook on this prompt: the median over its positions of ||x|| (the median, because the first
 position's norm is often an outlier, the attention sink). The same SCALE then means the same
 thing at layer 2 and at layer 25, where residual norms differ by an order of magnitude: 1 adds a
-vector as long as a typical residual, enough to take over most features; 0.2-0.5 is a nudge.
+vector as long as a typical residual, enough to take over (smollm2's text breaks down there);
+0.2-0.5 is a nudge (docs/LOG.md, 2026-12-06).
 "abs" adds SCALE x the unit direction as it is. The effective norm is reported either way.
 """
 
