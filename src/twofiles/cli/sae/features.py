@@ -110,9 +110,10 @@ def run(args: argparse.Namespace) -> int:
     from twofiles.errors import BadInputError, TwofilesError
     from twofiles.formats.resolve import resolve_model
     from twofiles.runtime import pick_device
-    from twofiles.sae.features import build_dashboards, corpus_windows, write_dashboards
+    from twofiles.sae.features import build_dashboards, corpus_windows
     from twofiles.sae.identity import model_identity
     from twofiles.sae.model import load_sae
+    from twofiles.sae.pages import write_dashboards
 
     features = _features(args.features)
     for name in ("tokens", "top", "context", "batch_size"):
