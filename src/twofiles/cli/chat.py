@@ -31,6 +31,7 @@ from twofiles.cli.common import (
     add_inference_flags,
     add_json_flag,
     add_sampling_flags,
+    add_steer_flags,
     emit_json,
     persona_sampling,
     persona_summary,
@@ -146,6 +147,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="with --guard output/tools: a string no reply or tool argument may carry (repeat for "
         "more; passwords and canary tokens in the system prompt are found by themselves)",
     )
+    add_steer_flags(p)
     add_device_flag(p)
     add_inference_flags(p, compile=True)
     add_json_flag(p)
@@ -249,6 +251,7 @@ def _think(loaded, fmt, messages, params, n: int, stats, out, err, scorer=None, 
 
 
 def run(args: argparse.Namespace) -> int:
+    import contextlib
     import time
     from dataclasses import asdict, replace
 
@@ -263,11 +266,18 @@ def run(args: argparse.Namespace) -> int:
         save_conversation,
         tools_in_prompt,
     )
-    from twofiles.engine import PromptTooLongError
+    from twofiles.engine import PromptTooLongError, encode_prompt
     from twofiles.errors import TwofilesError
     from twofiles.formats.resolve import resolve_model
     from twofiles.guard import parse_guards
     from twofiles.runtime import pick_device
+    from twofiles.sae.steering import (
+        REFERENCE_TEXT,
+        parse_steer,
+        prepare_steering,
+        steer_paths_exist,
+        steering,
+    )
     from twofiles.tools import openai_tool_specs
 
     if args.max_tool_rounds < 0:
@@ -293,6 +303,10 @@ def run(args: argparse.Namespace) -> int:
         index = open_index(args.rag)  # before the model loads: a wrong path fails at once
     params = sampling_params(args)
     seed = params.seed
+    specs = [parse_steer(s) for s in args.steer]
+    if specs and args.compile:
+        raise TwofilesError("--steer adds Python hooks inside the model: drop --compile")
+    steer_paths_exist(specs)
     tools = _pick_tools(args.tools, args.workdir, index, args.rag_k)
     start = load_conversation(args.load) if args.load else []
 
@@ -346,6 +360,15 @@ def run(args: argparse.Namespace) -> int:
         )
         print(f"tools: {', '.join(tools)}, {how}", file=err)
 
+    # the steering holds for the whole session (the prefix cache keeps steered keys and values);
+    # "norm" units are measured on a fixed text, the same for every chat
+    steers = prepare_steering(
+        loaded.model, specs, encode_prompt(loaded.tokenizer, REFERENCE_TEXT), units=args.steer_units
+    )
+    for steer in steers:
+        print(steer.describe(), file=err)
+    session = contextlib.ExitStack()  # the hooks live on this run's model: nothing outlives it
+    session.enter_context(steering(loaded.model, steers))
     guard = _make_guard(args, persona, tools)
     base = [Message("system", args.system)] if args.system is not None else []
     if persona is not None:  # its SYSTEM unless --system, then its few-shot MESSAGEs
@@ -503,6 +526,7 @@ def run(args: argparse.Namespace) -> int:
         emit_json(
             {
                 "model": args.model,
+                "steer": [steer.to_dict() for steer in steers],
                 "template": "builtin" if fmt.builtin else "model",
                 "turns": turn,
                 "replies": replies,
@@ -536,6 +560,7 @@ def run(args: argparse.Namespace) -> int:
         )
     if index is not None:
         index.close()
+    session.close()
     return 0
 
 

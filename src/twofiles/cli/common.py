@@ -461,3 +461,22 @@ def prepare_model(
         fuse=layout,
         pack=layout,
     )
+
+
+def add_steer_flags(parser: argparse.ArgumentParser) -> None:
+    """--steer and --steer-units, for the verbs that generate (sae/steering.py reads them)."""
+    parser.add_argument(
+        "--steer",
+        action="append",
+        default=[],
+        metavar="DIR:FEATURE=SCALE",
+        help="add SCALE x an SAE feature's direction at the SAE's layer while generating "
+        "(repeatable; SCALE in units of the activation's typical norm, see --steer-units)",
+    )
+    parser.add_argument(
+        "--steer-units",
+        choices=("norm", "abs"),
+        default="norm",
+        help="norm: SCALE x the median norm of the activation on the prompt (default); "
+        "abs: SCALE as the added vector's norm",
+    )

@@ -16,6 +16,7 @@ from twofiles.cli.common import (
     add_inference_flags,
     add_json_flag,
     add_sampling_flags,
+    add_steer_flags,
     emit_json,
     persona_sampling,
     persona_summary,
@@ -49,6 +50,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="K",
         help="print each step's choice and top K candidates (default K 5)",
     )
+    add_steer_flags(p)
     add_device_flag(p)
     add_inference_flags(p, compile=True)
     add_json_flag(p)
@@ -78,6 +80,12 @@ def run(args: argparse.Namespace) -> int:
     from twofiles.errors import TwofilesError
     from twofiles.formats.resolve import resolve_model
     from twofiles.runtime import pick_device
+    from twofiles.sae.steering import (
+        parse_steer,
+        prepare_steering,
+        steer_paths_exist,
+        steering,
+    )
 
     prompt = _read_prompt(args.prompt)
     if not prompt:
@@ -88,6 +96,10 @@ def run(args: argparse.Namespace) -> int:
         raise TwofilesError(f"--show-probs {args.show_probs}: must be >= 0")
     params = sampling_params(args, stop=list(args.stop))
     seed = params.seed
+    specs = [parse_steer(s) for s in args.steer]
+    if specs and args.compile:
+        raise TwofilesError("--steer adds Python hooks inside the model: drop --compile")
+    steer_paths_exist(specs)
 
     device, why = pick_device(args.device)
     t0 = time.perf_counter()
@@ -113,6 +125,9 @@ def run(args: argparse.Namespace) -> int:
     )
 
     ids = encode_prompt(tok, prompt)
+    steers = prepare_steering(model, specs, ids, units=args.steer_units)
+    for s in steers:
+        print(s.describe(), file=sys.stderr)
     compile_s = 0.0
     if (
         args.compile
@@ -133,22 +148,23 @@ def run(args: argparse.Namespace) -> int:
     pieces: list[str] = []
     n_tokens, finish, t_first = 0, None, None
     t0 = time.perf_counter()
-    for step in generate_steps(model, ids, params, tokenizer=tok, top=show):
-        if t_first is None:
-            t_first = time.perf_counter()
-        n_tokens += 1
-        finish = step.finish
-        pieces.append(step.text)
-        if show:
-            cands = "  ".join(f"{_piece(tok, i)} {p:.1%}" for i, p in step.top)
-            print(
-                f"{n_tokens:>4}  {_piece(tok, step.token):<16} {step.prob:>6.1%}   {cands}",
-                file=out,
-                flush=True,
-            )
-        elif step.text:
-            out.write(step.text)
-            out.flush()
+    with steering(model, steers):  # no steers: nothing attached
+        for step in generate_steps(model, ids, params, tokenizer=tok, top=show):
+            if t_first is None:
+                t_first = time.perf_counter()
+            n_tokens += 1
+            finish = step.finish
+            pieces.append(step.text)
+            if show:
+                cands = "  ".join(f"{_piece(tok, i)} {p:.1%}" for i, p in step.top)
+                print(
+                    f"{n_tokens:>4}  {_piece(tok, step.token):<16} {step.prob:>6.1%}   {cands}",
+                    file=out,
+                    flush=True,
+                )
+            elif step.text:
+                out.write(step.text)
+                out.flush()
     seconds = time.perf_counter() - t0
     text = "".join(pieces)
     if show:
@@ -184,6 +200,7 @@ def run(args: argparse.Namespace) -> int:
                 "model": args.model,
                 "finish_reason": finish,
                 "seed": seed,
+                "steer": [s.to_dict() for s in steers],
             }
         )
     return 0
