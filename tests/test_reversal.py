@@ -362,4 +362,4 @@ def test_cli_write_data_and_bad_input(tiny_file, tmp_path, capsys) -> None:
     assert main(["experiment", "reversal", "--out", str(tmp_path / "y")]) == 2
     assert "MODEL is required" in capsys.readouterr().err
     assert main(_argv(tmp_path / "missing.safetensors", tmp_path / "z")) == 2
-    assert not (tmp_path / "x" / "before.jsonl").exists()  # nothing half-done
+    assert not (tmp_path / "x").exists() and not (tmp_path / "z").exists()  # nothing half-done

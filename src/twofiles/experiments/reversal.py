@@ -148,7 +148,7 @@ def score(
             tok,
             [prompts[i] for i in rows],
             max_tokens=cfg.max_tokens,
-            stop=["\n"],
+            stop=[".", "\n"],  # exact match reads the first sentence: no need to go on
             end_ids=backend.end_ids(),
         )
         for i, text in zip(rows, texts):
@@ -404,13 +404,14 @@ def run_reversal(cfg: ReversalConfig) -> dict[str, Any]:
     cfg.check()
     out = Path(cfg.out)
     _check_out(out, cfg)
-    out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     facts = F.make_facts(cfg.facts, cfg.seed)
-    F.write_data(out / "data", facts, cfg.eval_templates)
     run_cfg = RunConfig(device=cfg.device, dtype=cfg.dtype, threads=cfg.threads)
     with single_process_run(run_cfg, "experiment reversal", _log) as (rt, signals):
+        # the model first: a model that does not load leaves no run directory behind
         loaded = resolve_model(cfg.model, device="cpu", cap_context=False)
+        out.mkdir(parents=True, exist_ok=True)
+        F.write_data(out / "data", facts, cfg.eval_templates)
         n_params = sum(p.numel() for p in loaded.model.parameters())
         lora_rank = (
             cfg.lora_rank if cfg.lora_rank >= 0 else (16 if n_params > LORA_ABOVE_PARAMS else 0)
