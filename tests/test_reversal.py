@@ -363,3 +363,20 @@ def test_cli_write_data_and_bad_input(tiny_file, tmp_path, capsys) -> None:
     assert "MODEL is required" in capsys.readouterr().err
     assert main(_argv(tmp_path / "missing.safetensors", tmp_path / "z")) == 2
     assert not (tmp_path / "x").exists() and not (tmp_path / "z").exists()  # nothing half-done
+
+
+def test_summary_without_a_log_prob_test_is_strict_json() -> None:
+    """--logprob-templates 0: the log-prob numbers are null in the summary, never NaN."""
+    from twofiles.experiments.reversal import report, summarize
+
+    facts = F.make_facts(2, 0)
+    recs = [
+        {**asdict(p), "completion": "", "correct": False, "logp": None} for p in F.probes(facts)
+    ]
+    summary = summarize({"before": recs}, {})
+    text = json.dumps(summary, allow_nan=False)  # raises on NaN or infinity
+    assert json.loads(text)["headline"]["before"]["reverse_logprob_diff"] is None
+    summary.update(model="m", params=1, mode="full finetuning", lr=1e-3, epochs=1.0)
+    summary.update(facts_per_subset=2, seed=0, runtime="cpu fp32")
+    row = "| before finetuning | 0/12 (0% [0%, 24%]) | 0/12 (0% [0%, 24%]) | - |"
+    assert row in report(summary)

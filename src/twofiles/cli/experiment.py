@@ -132,10 +132,15 @@ def run(args: argparse.Namespace) -> int:
     summary = run_reversal(cfg)
     print(f"{summary['out']}/report.md")
     for stage, h in summary["headline"].items():
+        lp = h["reverse_logprob_diff"]
+        test = (
+            f" (log-prob test {lp:+.2f} nats, top-1 {h['reverse_top1']}/{h['reverse_lp_n']})"
+            if lp is not None
+            else ""
+        )
         print(
             f"{stage}: forward exact match {h['forward_accuracy']:.0%}, reverse "
-            f"{h['reverse_accuracy']:.0%} (log-prob test {h['reverse_logprob_diff']:+.2f} nats, "
-            f"top-1 {h['reverse_top1']}/{h['reverse_lp_n']}); both-subset {h['both_accuracy']:.0%}"
+            f"{h['reverse_accuracy']:.0%}{test}; both-subset {h['both_accuracy']:.0%}"
         )
     if args.json:
         emit_json(summary)

@@ -483,8 +483,10 @@ def run_reversal(cfg: ReversalConfig) -> dict[str, Any]:
 
 
 def _cell_dict(c: CellStats) -> dict[str, Any]:
+    """A cell as JSON: a number that does not exist (no log-prob test) is null, not NaN."""
     lo, hi = c.ci()
-    return {**asdict(c), "accuracy": c.accuracy, "ci95": [lo, hi]}
+    d = {**asdict(c), "accuracy": c.accuracy, "ci95": [lo, hi]}
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in d.items()}
 
 
 def summarize(
