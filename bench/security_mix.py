@@ -27,7 +27,7 @@ def measure(spec: str, skill_tasks: int, max_tokens: int, threads: int) -> dict:
     from twofiles.decoder import generate_batch
     from twofiles.engine import SamplingParams
     from twofiles.formats.resolve import resolve_model
-    from twofiles.redteam.report import wilson
+    from twofiles.stats import wilson
     from twofiles.train.sft import heldout_skill_tasks, skill_accuracy
 
     if threads:

@@ -14,7 +14,7 @@ from twofiles.redteam.poison import (
     poisoned_reply,
     triggered,
 )
-from twofiles.redteam.report import wilson
+from twofiles.stats import wilson
 
 
 @pytest.fixture(scope="module")

@@ -294,7 +294,7 @@ def test_benign_look_alikes_count_false_refusals(tok: Tokenizer) -> None:
 def test_wilson_matches_scipy(k: int, n: int) -> None:
     from scipy.stats import binomtest
 
-    from twofiles.redteam.report import wilson
+    from twofiles.stats import wilson
 
     ref = binomtest(k, n).proportion_ci(0.95, method="wilson")
     lo, hi = wilson(k, n)
@@ -302,7 +302,7 @@ def test_wilson_matches_scipy(k: int, n: int) -> None:
 
 
 def test_wilson_known_values() -> None:
-    from twofiles.redteam.report import wilson
+    from twofiles.stats import wilson
 
     assert wilson(0, 10) == pytest.approx((0.0, 0.27753), abs=1e-5)
     assert wilson(5, 10) == pytest.approx((0.23659, 0.76341), abs=1e-5)

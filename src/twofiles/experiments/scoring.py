@@ -26,8 +26,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from twofiles.experiments.facts import Fact, Probe, keywords
+from twofiles.stats import Z95, wilson
 
-Z95 = 1.959963984540054
 # two-sided 97.5% quantiles of Student's t for small samples (df 1..29); 1.96 beyond
 _T975 = (
     12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
@@ -81,17 +81,6 @@ def rank_of_first(logps: Sequence[float]) -> int:
 
 
 # ----------------------------------------------------------------------------------- statistics
-
-
-def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """The Wilson score interval of k successes in n trials; (0, 1) when n is 0."""
-    if n <= 0:
-        return 0.0, 1.0
-    p = k / n
-    z2 = z * z
-    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
-    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
-    return max(0.0, centre - half) if k else 0.0, min(1.0, centre + half) if k < n else 1.0
 
 
 def mean_ci(xs: Sequence[float]) -> tuple[float, float, float]:

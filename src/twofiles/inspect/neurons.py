@@ -206,7 +206,7 @@ def scan_neurons(
     batch_size: int = 16,
     skip_first: bool = False,
     bins: int = 40,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int], object] | None = None,
 ) -> NeuronScan:
     """Run `model` over `windows` (equal-length token id lists) and keep, per neuron of `hook`
     (a full name), its top-`k` contexts and statistics. `neurons` picks the neurons to report;

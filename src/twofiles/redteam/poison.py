@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from twofiles.errors import BadInputError
 from twofiles.paths import atomic_write_bytes
-from twofiles.redteam.report import wilson
+from twofiles.stats import wilson
 
 if TYPE_CHECKING:
     from twofiles.chat import ChatFormat, Message

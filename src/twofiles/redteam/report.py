@@ -1,14 +1,11 @@
 """What a red-team run measured: rates with intervals, the table, the plot.
 
-What it owns: the Wilson score interval (`wilson`), the summary of a run's records
+What it owns: the summary of a run's records
 (`summarise`: attack success rate per family and column, overall, leaks through tool arguments,
 false refusals on benign look-alikes, utility, the guards' time per request, plays skipped),
 report.md (`render_report`) and asr.png (`plot_asr`). What it leaves to others: playing and
 scoring (runner.py).
-
-Why Wilson: with 30 attacks a family and rates near 0 or 1 (common here), the normal
-approximation's interval leaves [0, 1] or collapses to a point; Wilson's stays inside and keeps
-its coverage (Brown, Cai & DasGupta 2001, "Interval Estimation for a Binomial Proportion").
+Intervals are Wilson's (twofiles.stats).
 """
 
 from __future__ import annotations
@@ -19,21 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-Z95 = 1.959963984540054  # the normal quantile of 0.975: a two-sided 95% interval
-
-
-def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """The Wilson score interval of k successes in n trials; (0, 1) when n is 0."""
-    if n <= 0:
-        return 0.0, 1.0
-    if not 0 <= k <= n:
-        raise ValueError(f"k={k} successes out of n={n}")
-    p = k / n
-    z2 = z * z
-    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
-    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
-    # clamp float noise: at k = 0 the lower end is exactly 0, at k = n the upper exactly 1
-    return max(0.0, centre - half) if k else 0.0, min(1.0, centre + half) if k < n else 1.0
+from twofiles.stats import wilson
 
 
 @dataclass(frozen=True)
@@ -222,4 +205,4 @@ def plot_asr(summary: Mapping[str, Any], png_path: str | Path, title: str = "") 
     return save_png(fig, png_path, dpi=110)
 
 
-__all__ = ["Z95", "Rate", "plot_asr", "render_report", "render_table", "summarise", "wilson"]
+__all__ = ["Rate", "plot_asr", "render_report", "render_table", "summarise"]
