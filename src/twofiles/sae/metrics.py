@@ -32,6 +32,7 @@ def l0(features: torch.Tensor) -> float:
 
 def explained_variance(x: torch.Tensor, x_hat: torch.Tensor) -> float:
     """1 - residual variance / variance, summed over dims, for rows x [n, d]."""
+    x, x_hat = x.detach(), x_hat.detach()
     resid = (x - x_hat).double().pow(2).sum()
     total = (x - x.mean(0, keepdim=True)).double().pow(2).sum()
     return float(1.0 - resid / total.clamp_min(1e-30))
