@@ -188,6 +188,31 @@ def test_buffer_resumes_at_its_position_and_skips_bos(tiny):
     for _ in range(4):  # across fills and into the second pass over the windows
         assert torch.equal(a.next(40), b.next(40))
 
+    # reuse: each chunk of windows is served twice, reshuffled; a resume lands mid-chunk
+    def reused() -> ActivationBuffer:
+        return ActivationBuffer(
+            model,
+            windows,
+            "blocks.0.hook_resid_post",
+            tok.bos_id,
+            contexts=4,
+            scale=2.0,
+            seed=3,
+            reuse=2,
+        )
+
+    c = reused()
+    rows = []
+    for i in range(3):
+        c._fill(i)
+        rows.append(c.rows.clone())
+    assert not torch.equal(rows[0], rows[1])
+    assert torch.equal(rows[0].sort(0).values, rows[1].sort(0).values)
+    assert not torch.equal(rows[1].sort(0).values, rows[2].sort(0).values)
+    d = reused()
+    d.load_state_dict({"fill": 1, "offset": 7})
+    assert torch.equal(d.next(5), rows[1][7:12])
+
 
 def test_bad_input_exits_2(tmp_path, capsys, tiny):
     rc, _, err = sae_train(capsys, tiny, tmp_path / "a", "--layer", "7")

@@ -88,6 +88,7 @@ class SAETrainConfig(loop.RunConfig):
     batch_tokens: int = 4096  # activations per optimizer step
     context: int = 256  # tokens per window the model reads (BOS first)
     buffer_contexts: int = 64  # windows whose activations are shuffled together
+    reuse: int = 1  # times each buffer of activations is served (reshuffled each time)
     forward_batch: int = 8  # windows per forward pass of the model
     eval_tokens: int = 8192  # held-out tokens for the metrics (CE loss included)
     dead_tokens: int = 100_000  # a feature is dead after firing on none of this many tokens
@@ -114,6 +115,7 @@ class SAETrainConfig(loop.RunConfig):
             "--tokens": self.tokens,
             "--batch-tokens": self.batch_tokens,
             "--buffer-contexts": self.buffer_contexts,
+            "--reuse": self.reuse,
             "--eval-tokens": self.eval_tokens,
             "--dead-tokens": self.dead_tokens,
         }
@@ -414,6 +416,7 @@ def _train(
         scale=cfg.activation_scale,
         seed=cfg.seed,
         forward_batch=cfg.forward_batch,
+        reuse=cfg.reuse,
     )
     objective = SAEObjective(cfg, trainer, buffer, model, eval_windows, eval_raw, hook_name, bos)
     _log(
@@ -422,6 +425,7 @@ def _train(
         f"activation scale {cfg.activation_scale:.4g}; {cfg.max_steps} steps of "
         f"{cfg.batch_tokens} tokens, shuffled in buffers of {cfg.buffer_contexts} windows "
         f"(~{cfg.buffer_contexts * per_window:,} tokens)"
+        + (f", each served {cfg.reuse} times" if cfg.reuse > 1 else "")
     )
     res = loop.run(spec, objective, rt, signals, trainer, trainer, [opt])
     metrics_path = out / "metrics.jsonl"
@@ -450,6 +454,7 @@ def _train(
         "data": cfg.data,
         "dead_tokens": cfg.dead_tokens,
         "buffer_tokens": cfg.buffer_contexts * per_window,
+        "reuse": cfg.reuse,
         "metrics": metrics,
     }
     sae_path = save_sae(out / "sae.safetensors", final)

@@ -25,6 +25,7 @@ _RUN_FIELDS: dict[str, str] = {
     "batch_tokens": "batch_tokens",
     "context": "context",
     "buffer_contexts": "buffer_contexts",
+    "reuse": "reuse",
     "eval_tokens": "eval_tokens",
     "dead_tokens": "dead_tokens",
     "seed": "seed",
@@ -61,6 +62,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         help="windows whose activations are shuffled together (64)",
+    )
+    p.add_argument(
+        "--reuse",
+        type=int,
+        default=None,
+        help="serve each buffer of activations this many times, reshuffled (1: fresh text only)",
     )
     p.add_argument("--eval-tokens", type=int, default=None, help="held-out tokens (8192)")
     p.add_argument(
