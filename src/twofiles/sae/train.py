@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 from twofiles import runtime as rt_mod
-from twofiles.errors import BadInputError
+from twofiles.errors import BadInputError, TwofilesError
 from twofiles.optim import OptimConfig
 from twofiles.sae import activations as acts_mod
 from twofiles.sae.metrics import explained_variance, spliced_losses
@@ -340,9 +340,14 @@ def _train(
     cfg: SAETrainConfig, rt: rt_mod.Runtime, signals: StopSignals, loaded: Any | None
 ) -> SAETrainResult:
     from twofiles.formats.resolve import resolve_model
+    from twofiles.train.checkpoint import list_checkpoints
 
     out = Path(cfg.out)
     t_start = time.perf_counter()
+    if not cfg.resume and list_checkpoints(out / "checkpoints"):  # before any costly work
+        raise TwofilesError(
+            f"{out} already holds checkpoints: pass --resume to continue, or choose another --out"
+        )
     # --- model ---
     if loaded is None:
         loaded = resolve_model(cfg.model, device=rt.device)
