@@ -197,6 +197,18 @@ class SAETrainer(nn.Module):
         return loss, stats
 
 
+def geometric_median(x: torch.Tensor, iters: int = 20) -> torch.Tensor:
+    """The point minimising the summed distance to the rows of x [n, d] (Weiszfeld's iteration):
+    b_dec's initial value (Gao et al. 2024, Bricken et al. 2023). Residual streams carry a large
+    shared component; with b_dec at zero every token's pre-activations are dominated by it, and
+    smollm2's layer-15 training loss jumped between ~180 and ~1,200 from batch to batch."""
+    y = x.double().mean(0)
+    for _ in range(iters):
+        w = 1.0 / (x.double() - y).norm(dim=-1).clamp_min(1e-8)
+        y = (w[:, None] * x.double()).sum(0) / w.sum()
+    return y.to(x.dtype)
+
+
 def fold_scale(sae: SparseAutoencoder, scale: float) -> SparseAutoencoder:
     """A copy of `sae` (trained on activations x * scale) that reads raw activations: with
     f' = f / scale, W_enc stays, b_enc and b_dec divide by scale, and W_dec keeps its unit rows;
@@ -387,6 +399,7 @@ def _train(
     )
     eval_raw = acts_mod.collect(model, eval_windows, hook_name, bos, batch=cfg.forward_batch)
     # --- the activation scale, once per run (the first buffer's worth of windows) ---
+    sample: torch.Tensor | None = None  # a new run's first buffer: the scale and b_dec's init
     if cfg.activation_scale <= 0:
         n = min(len(train_windows), cfg.buffer_contexts)
         sample = acts_mod.collect(model, train_windows[:n], hook_name, bos, batch=cfg.forward_batch)
@@ -407,6 +420,9 @@ def _train(
     )
     sae = SparseAutoencoder(sae_cfg)
     sae.init_weights(seed=cfg.seed)
+    if sample is not None:  # (a resumed run takes b_dec from its checkpoint)
+        with torch.no_grad():
+            sae.b_dec.copy_(geometric_median(sample * cfg.activation_scale))
     trainer = SAETrainer(sae, cfg).to(rt.device)
     o = cfg.optim
     opt = torch.optim.Adam(trainer.parameters(), lr=o.lr, betas=(o.beta1, o.beta2))
