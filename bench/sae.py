@@ -19,6 +19,9 @@ with each SAE's reconstruction spliced in at the hook, sae/metrics.py), SAELens'
 our SparseAutoencoder (checked against SAELens's own reconstructions of the held-out rows).
 Speed: training tokens per second over the steps (wall clock, steps only).
 
+SAELens's venv (once): python3.11 -m venv /work/venv-saelens && /work/venv-saelens/bin/pip install
+sae-lens (6.54.12 here: torch 2.14.1, transformer-lens 3.9.0).
+
     PYTHONPATH=src .venv/bin/python bench/sae.py [--model smollm2] [--layer 15] [--steps 60]
         [--train-tokens 24576] [--saelens-python /work/venv-saelens/bin/python]
         [--json-out bench/results/sae.json]
