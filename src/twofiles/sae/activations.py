@@ -168,6 +168,10 @@ class ActivationBuffer:
     def _order(self, epoch: int) -> np.ndarray:
         return np.random.default_rng([self.seed, epoch]).permutation(len(self.windows))
 
+    def chunk(self, c: int) -> torch.Tensor:
+        """Chunk c's raw activations [n, d] (unshuffled, unscaled; the newest chunk is kept)."""
+        return self._chunk_acts(c)
+
     def _chunk_acts(self, c: int) -> torch.Tensor:
         if self._chunk is None or self._chunk[0] != c:
             per_epoch = len(self.windows) // self.contexts  # chunks per pass (tail left out)

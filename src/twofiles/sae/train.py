@@ -398,12 +398,23 @@ def _train(
         f"{len(eval_windows):,} held out; hook {hook_name}"
     )
     eval_raw = acts_mod.collect(model, eval_windows, hook_name, bos, batch=cfg.forward_batch)
-    # --- the activation scale, once per run (the first buffer's worth of windows) ---
-    sample: torch.Tensor | None = None  # a new run's first buffer: the scale and b_dec's init
+    # --- the shuffling buffer of training activations ---
+    buffer = acts_mod.ActivationBuffer(
+        model,
+        train_windows,
+        hook_name,
+        bos,
+        contexts=cfg.buffer_contexts,
+        scale=cfg.activation_scale,
+        seed=cfg.seed,
+        forward_batch=cfg.forward_batch,
+        reuse=cfg.reuse,
+    )
+    # a new run's first buffer (random windows, kept for its first fill) sets the scale and b_dec
+    sample: torch.Tensor | None = None
     if cfg.activation_scale <= 0:
-        n = min(len(train_windows), cfg.buffer_contexts)
-        sample = acts_mod.collect(model, train_windows[:n], hook_name, bos, batch=cfg.forward_batch)
-        cfg.activation_scale = acts_mod.activation_scale(sample)
+        sample = buffer.chunk(0)
+        cfg.activation_scale = buffer.scale = acts_mod.activation_scale(sample)
     cfg.max_steps = max(1, math.ceil(cfg.tokens / cfg.batch_tokens))
     spec = loop.run_spec(cfg, "sae")
     loop.open_run(spec, rt)
@@ -428,17 +439,6 @@ def _train(
     opt = torch.optim.Adam(trainer.parameters(), lr=o.lr, betas=(o.beta1, o.beta2))
     for g in opt.param_groups:
         g["initial_lr"] = o.lr
-    buffer = acts_mod.ActivationBuffer(
-        model,
-        train_windows,
-        hook_name,
-        bos,
-        contexts=cfg.buffer_contexts,
-        scale=cfg.activation_scale,
-        seed=cfg.seed,
-        forward_batch=cfg.forward_batch,
-        reuse=cfg.reuse,
-    )
     objective = SAEObjective(cfg, trainer, buffer, model, eval_windows, eval_raw, hook_name, bos)
     _log(
         f"sae: {cfg.kind}, {sae_cfg.d_sae:,} features on {d_in} dims "
