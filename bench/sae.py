@@ -45,7 +45,7 @@ import torch
 def collect_activations(args: argparse.Namespace, work: Path) -> dict:
     from twofiles.formats.resolve import resolve_model
     from twofiles.sae.activations import activation_scale, collect, token_windows
-    from twofiles.sae.train import corpus_texts
+    from twofiles.sae.train import corpus_texts, geometric_median
 
     loaded = resolve_model(args.model)
     model, tok = loaded.model.eval(), loaded.tokenizer
@@ -61,6 +61,10 @@ def collect_activations(args: argparse.Namespace, work: Path) -> dict:
         args.context,
         max_windows=math.ceil(args.eval_tokens / per),
     )
+    meta = work / "meta.json"
+    base = {"loaded": loaded, "hook": hook, "eval_windows": eval_w}
+    if args.reuse_activations and meta.is_file():  # the same windows, collected by an earlier run
+        return {**base, **json.loads(meta.read_text())}
     t0 = time.perf_counter()
     train = collect(model, train_w[np.sort(pick)], hook, tok.bos_id)
     collect_s = time.perf_counter() - t0
@@ -70,15 +74,15 @@ def collect_activations(args: argparse.Namespace, work: Path) -> dict:
     train = train[torch.randperm(len(train), generator=g)] * scale
     np.save(work / "train.npy", train.numpy().astype(np.float32))
     np.save(work / "eval.npy", (raw_eval * scale).numpy().astype(np.float32))
-    return {
-        "loaded": loaded,
-        "hook": hook,
-        "eval_windows": eval_w,
+    np.save(work / "b_dec_init.npy", geometric_median(train[:16384]).numpy().astype(np.float32))
+    facts = {
         "scale": scale,
         "train_rows": len(train),
         "eval_rows": len(raw_eval),
         "collect_seconds": collect_s,
     }
+    meta.write_text(json.dumps(facts))
+    return {**base, **facts}
 
 
 def cpu_name() -> str:
@@ -101,13 +105,13 @@ def lr_at(step: int, steps: int, warmup: int, decay_frac: float) -> float:
 
 def train_ours(args: argparse.Namespace, work: Path, d_in: int) -> tuple[object, list[float]]:
     from twofiles.sae.model import SAEConfig, SparseAutoencoder
-    from twofiles.sae.train import SAETrainConfig, SAETrainer, geometric_median
+    from twofiles.sae.train import SAETrainConfig, SAETrainer
 
     rows = torch.from_numpy(np.load(work / "train.npy"))
     sae = SparseAutoencoder(SAEConfig(d_in=d_in, d_sae=d_in * args.expansion, k=args.k))
     sae.init_weights(seed=0)
     with torch.no_grad():  # as `sae train` starts: b_dec at the geometric median of a first buffer
-        sae.b_dec.copy_(geometric_median(rows[:16384]))
+        sae.b_dec.copy_(torch.from_numpy(np.load(work / "b_dec_init.npy")))
     trainer = SAETrainer(sae, SAETrainConfig(dead_tokens=args.dead_tokens))
     opt = torch.optim.Adam(trainer.parameters(), lr=args.lr, betas=(0.9, 0.999))
     times = []
@@ -133,7 +137,7 @@ def batch_rows(rows: torch.Tensor, step: int, n: int) -> torch.Tensor:
     return rows[idx]
 
 
-def train_saelens(args: argparse.Namespace, work: Path) -> dict:
+def train_saelens(args: argparse.Namespace, work: Path, name: str, b_dec_init: bool) -> dict:
     cmd = [
         args.saelens_python,
         str(Path(__file__).with_name("sae_saelens.py")),
@@ -155,7 +159,9 @@ def train_saelens(args: argparse.Namespace, work: Path) -> dict:
         str(args.threads),
         "--dead-tokens",
         str(args.dead_tokens),
-    ]
+        "--name",
+        name,
+    ] + (["--b-dec-init", str(work / "b_dec_init.npy")] if b_dec_init else [])
     out = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if out.returncode != 0:
         raise SystemExit(f"sae_saelens.py failed:\n{out.stderr[-4000:]}")
@@ -205,6 +211,9 @@ def main() -> None:
     p.add_argument("--saelens-python", default="/work/venv-saelens/bin/python")
     p.add_argument("--work", default="/tmp/sae_bench")
     p.add_argument("--json-out", default="")
+    p.add_argument(
+        "--reuse-activations", action="store_true", help="use WORK's .npy files from a run before"
+    )
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     work = Path(args.work)
@@ -217,19 +226,24 @@ def main() -> None:
         file=sys.stderr,
     )
     ours, ours_times = train_ours(args, work, d_in)
-    theirs = train_saelens(args, work)
     from safetensors.torch import load_file
 
     from twofiles.sae.model import SAEConfig, SparseAutoencoder
 
-    sl = SparseAutoencoder(SAEConfig(d_in=d_in, d_sae=d_in * args.expansion, k=args.k))
-    sl.load_state_dict(load_file(str(work / "saelens.safetensors")))
-    # SAELens's SAE read into ours computes what SAELens computes
+    runs = [("ours", ours, ours_times)]
+    gaps = {}
     x = torch.from_numpy(np.load(work / "eval.npy"))[:256]
-    with torch.no_grad():
-        gap = float((sl(x) - torch.from_numpy(np.load(work / "saelens_recon.npy"))).abs().max())
+    for name, median in (("saelens", False), ("saelens-median-b_dec", True)):
+        theirs = train_saelens(args, work, name, median)
+        sl = SparseAutoencoder(SAEConfig(d_in=d_in, d_sae=d_in * args.expansion, k=args.k))
+        sl.load_state_dict(load_file(str(work / f"{name}.safetensors")))
+        # SAELens's SAE read into ours computes what SAELens computes
+        with torch.no_grad():
+            want = torch.from_numpy(np.load(work / f"{name}_recon.npy"))
+            gaps[name] = float((sl(x) - want).abs().max())
+        runs.append((name, sl, theirs["step_seconds"]))
     results = {}
-    for name, sae, times in (("ours", ours, ours_times), ("saelens", sl, theirs["step_seconds"])):
+    for name, sae, times in runs:
         tokens = args.steps * args.batch_tokens
         results[name] = {
             **evaluate(sae, info, work, info["scale"]),
@@ -248,7 +262,7 @@ def main() -> None:
         "eval_rows": info["eval_rows"],
         "collect_seconds": info["collect_seconds"],
         "saelens_version": theirs["version"],
-        "saelens_read_back_max_abs_diff": gap,
+        "saelens_read_back_max_abs_diff": gaps,
         "threads": args.threads,
         "cpu": cpu_name(),
         "results": results,

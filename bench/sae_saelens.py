@@ -32,6 +32,10 @@ def main() -> None:
     p.add_argument("--batch-tokens", type=int, default=4096)
     p.add_argument("--dead-tokens", type=int, default=100_000)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument(
+        "--b-dec-init", default="", help="a .npy to start b_dec from (SAELens's default: zeros)"
+    )
+    p.add_argument("--name", default="saelens", help="file prefix for what it writes")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     import sae_lens
@@ -47,6 +51,9 @@ def main() -> None:
     sae = TopKTrainingSAE(
         TopKTrainingSAEConfig(d_in=d_in, d_sae=d_in * args.expansion, k=args.k, device="cpu")
     )
+    if args.b_dec_init:
+        with torch.no_grad():
+            sae.b_dec.copy_(torch.from_numpy(np.load(args.b_dec_init)))
     n = args.batch_tokens
     cfg = SAETrainerConfig(
         n_checkpoints=0,
@@ -89,7 +96,7 @@ def main() -> None:
     sae.eval()
     with torch.no_grad():
         recon = sae.decode(sae.encode(x))
-    np.save(work / "saelens_recon.npy", recon.numpy())
+    np.save(work / f"{args.name}_recon.npy", recon.numpy())
     state = {k: v.detach().clone() for k, v in sae.state_dict().items()}
     # fold the decoder norm as SAELens's _fold_norm_topk does when it saves for inference
     norm = state["W_dec"].norm(dim=-1).clamp(min=1e-8)
@@ -97,7 +104,7 @@ def main() -> None:
     state["W_dec"] = state["W_dec"] / norm[:, None]
     state["W_enc"] = state["W_enc"] * norm[None, :]
     keep = {k: state[k].contiguous() for k in ("W_enc", "b_enc", "W_dec", "b_dec")}
-    save_file(keep, str(work / "saelens.safetensors"))
+    save_file(keep, str(work / f"{args.name}.safetensors"))
     print(json.dumps({"version": sae_lens.__version__, "step_seconds": times}))
 
 
