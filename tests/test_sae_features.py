@@ -12,13 +12,13 @@ from tests.tiny_models import TEXT, random_model, tiny_tokenizer
 
 from twofiles.cli import main
 from twofiles.inspect import run_with_cache
+from twofiles.sae.activations import model_id as model_identity
 from twofiles.sae.features import (
     TOP_CONTEXTS,
     build_dashboards,
     corpus_windows,
     feature_logits,
 )
-from twofiles.sae.identity import model_identity
 from twofiles.sae.model import SAEConfig, SparseAutoencoder, save_sae
 
 HOOK = "blocks.1.hook_resid_pre"

@@ -268,3 +268,22 @@ def load_model(
         path=path,
         extra=extras,
     )
+
+
+def weights_sha256(model: Transformer) -> str:
+    """The model by content: the sha256 (hex) of its weights, each tensor's name, shape, dtype
+    and bytes in name order. Two loads of one file on any device agree; finetuning, quantizing or
+    another dtype changes it, and so does inference preparation (fused projections and packed
+    weights change names and bytes): take it on the model as resolve_model returns it. Reads every
+    weight once (about a second for smollm2)."""
+    import hashlib
+
+    import torch
+
+    h = hashlib.sha256()
+    with torch.no_grad():
+        for name, t in sorted(model.state_dict().items()):
+            t = t.detach().to("cpu").contiguous()
+            h.update(f"{name}:{tuple(t.shape)}:{t.dtype}\n".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()

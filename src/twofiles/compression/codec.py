@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from twofiles.artifact import weights_sha256
 from twofiles.compression import container
 from twofiles.compression.coder import MAX_TOTAL, Decoder, Encoder
 from twofiles.errors import BadInputError, TwofilesError
@@ -119,18 +120,11 @@ def default_settings(
 
 
 def model_identity(loaded: LoadedModel, name: str = "") -> dict[str, Any]:
-    """The model by content: sha256 of its weights (names, dtypes, shapes, bytes, in name order)
-    and of its tokenizer (its JSON and bos). Taken before coding casts anything."""
-    h = hashlib.sha256()
-    state = loaded.model.state_dict()
-    for key in sorted(state):
-        t = state[key].detach().to("cpu").contiguous()
-        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}\n".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    """The model by content: sha256 of its weights (artifact.weights_sha256) and of its tokenizer (its JSON and bos). Taken before coding casts anything."""
     tok = loaded.tokenizer
     th = hashlib.sha256(f"{tok.to_json()}\n{tok.bos_id}".encode())
     return {
-        "weights_sha256": h.hexdigest(),
+        "weights_sha256": weights_sha256(loaded.model),
         "tokenizer_sha256": th.hexdigest(),
         "vocab_size": loaded.model.config.vocab_size,
         "params": sum(p.numel() for p in loaded.model.parameters()),

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from twofiles.inspect.hooks import _transformer, run_with_cache
+from twofiles.inspect.hooks import as_transformer, run_with_cache
 
 
 @dataclass
@@ -58,7 +58,7 @@ def attention_patterns(
 ) -> AttentionResult:
     """The attention patterns of `ids` [T] at `layers` (default all) of `model` (a Transformer
     or LoadedModel), with each head's previous-token and first-token scores."""
-    m = _transformer(model)
+    m = as_transformer(model)
     chosen = _check_layers(m.config.n_layers, layers)
     _, cache = run_with_cache(m, ids, names=[("pattern", i) for i in chosen])
     pats = torch.stack([cache["pattern", i][0] for i in chosen]).float().cpu()  # [L, H, T, T]
@@ -83,7 +83,7 @@ def induction_scores(
     repeated twice (after `bos_id` if given), the mean attention from a token in the second copy
     to the token just after its first occurrence, which is what an induction head attends to so
     that it can predict that token again."""
-    m = _transformer(model)
+    m = as_transformer(model)
     chosen = _check_layers(m.config.n_layers, layers)
     g = torch.Generator().manual_seed(seed)
     # skip the lowest ids: special tokens and single bytes, which rarely carry text on their own

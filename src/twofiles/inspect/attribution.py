@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from twofiles.inspect.hooks import _transformer, run_with_cache
+from twofiles.inspect.hooks import as_transformer, run_with_cache
 
 
 @dataclass
@@ -55,7 +55,7 @@ def direct_logit_attribution(
 ) -> AttributionResult:
     """The direct logit attribution of `ids` [T] on `model` (a Transformer or LoadedModel) to
     token `target` at the last position, or to the logit difference target - against."""
-    m = _transformer(model)
+    m = as_transformer(model)
     n, nh, hd = m.config.n_layers, m.config.n_heads, m.config.head_dim
     last = f"blocks.{n - 1}.hook_resid_post"
     names = ["hook_embed", last]

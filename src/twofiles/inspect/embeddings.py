@@ -23,12 +23,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from twofiles.inspect.hooks import _transformer, run_with_cache
+from twofiles.inspect.hooks import as_transformer, run_with_cache
 
 
 def embedding_table(model: Any) -> torch.Tensor:
     """The input embedding [vocab, dim] as fp32 on the CPU."""
-    return _transformer(model).model.embed_tokens.weight.detach().float().cpu()
+    return as_transformer(model).model.embed_tokens.weight.detach().float().cpu()
 
 
 @dataclass
@@ -188,7 +188,7 @@ def context_trajectory(
     words = [word] * len(contexts) if isinstance(word, str) else list(word)
     if len(words) != len(contexts):
         raise ValueError(f"{len(words)} words for {len(contexts)} contexts: give one, or one each")
-    m = _transformer(model)
+    m = as_transformer(model)
     tok = model.tokenizer
     n = m.config.n_layers
     names = ["hook_embed", *(f"blocks.{i}.hook_resid_post" for i in range(n))]

@@ -96,7 +96,7 @@ NameFilter = str | Callable[[str], bool]
 
 def hook_names(model: Transformer | Any) -> list[str]:
     """Every hook name of `model` (a Transformer or a LoadedModel), in the order they run."""
-    n = _transformer(model).config.n_layers
+    n = as_transformer(model).config.n_layers
     names = ["hook_embed"]
     for i in range(n):
         names += [f"blocks.{i}.{suffix}" for suffix in _LAYER_NAMES]
@@ -146,7 +146,8 @@ class ActivationCache(Mapping[str, torch.Tensor]):
         return torch.stack([self._store[n] for n in names])
 
 
-def _transformer(model: Transformer | Any) -> Transformer:
+def as_transformer(model: Transformer | Any) -> Transformer:
+    """The Transformer of `model` (a Transformer or a LoadedModel); TypeError for anything else."""
     inner = getattr(model, "model", None)
     if isinstance(inner, Transformer):  # a LoadedModel
         return inner
@@ -268,7 +269,7 @@ def run_with_hooks(
     """Logits [B, T, vocab] (fp32) of a forward pass that runs each hook at its point; `hooks`
     are (name or name predicate, fn) pairs, e.g. `("blocks.2.attn.hook_z", ablate_head)`.
     Gradients flow unless the caller is under torch.no_grad()."""
-    m = _transformer(model)
+    m = as_transformer(model)
     idx = _as_batch(m, tokens)
     return _hooked_forward(m, idx, _Hooks(hook_names(m), hooks))
 
@@ -284,7 +285,7 @@ def run_with_cache(
     """(logits, cache) of a no-grad forward pass: the cache keeps only the activations `names`
     selects (a list of names or shorthands, a predicate on names, or None for all of them), as
     they are after any `hooks` at the same point ran, moved to `device` if given."""
-    m = _transformer(model)
+    m = as_transformer(model)
     all_names = hook_names(m)
     if names is None:
         keep: Callable[[str], bool] = lambda n: True  # noqa: E731
@@ -304,6 +305,29 @@ def run_with_cache(
     with torch.no_grad():
         logits = run_with_hooks(m, tokens, [*hooks, (keep, save)])
     return logits, ActivationCache(store)
+
+
+class _Stop(Exception):
+    """Raised by activation_at's hook: nothing after the point is needed."""
+
+
+def activation_at(
+    model: Transformer | Any, tokens: torch.Tensor | Sequence[int], name: str | tuple[str, int]
+) -> torch.Tensor:
+    """The activation at one hook point for `tokens` ([T] or [B, T]), without gradients, the
+    forward stopped right after it: a scan of layer 2 of a 30-layer model runs 3 blocks."""
+    got: list[torch.Tensor] = []
+
+    def grab(x: torch.Tensor, hook: HookPoint) -> None:
+        got.append(x.detach())
+        raise _Stop
+
+    with torch.no_grad():
+        try:
+            run_with_hooks(model, tokens, [(long_name(name), grab)])
+        except _Stop:
+            pass
+    return got[0]
 
 
 # points that are a module's input or output: these run inside any forward, the engine's cached
@@ -336,7 +360,7 @@ def attached(
     """Run `hooks` inside every forward of `model` while the block is open (generation with the
     KV cache included: each call then sees only the new tokens), through torch module hooks on
     the points that are module boundaries. Removed on exit, even on error."""
-    m = _transformer(model)
+    m = as_transformer(model)
     handles: list[Any] = []
     try:
         for spec, fn in hooks:

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from twofiles.inspect.hooks import _transformer, run_with_cache
+from twofiles.inspect.hooks import as_transformer, run_with_cache
 
 
 @dataclass
@@ -53,7 +53,7 @@ class LensResult:
 
 def logit_lens(model: Any, ids: Sequence[int] | torch.Tensor, k: int = 5) -> LensResult:
     """The logit lens of one sequence `ids` [T] on `model` (a Transformer or LoadedModel)."""
-    m = _transformer(model)
+    m = as_transformer(model)
     n = m.config.n_layers
     names = ["hook_embed", *(f"blocks.{i}.hook_resid_post" for i in range(n))]
     _, cache = run_with_cache(m, ids, names=names)

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from twofiles.inspect.hooks import HookPoint, _transformer, hook_names, long_name, run_with_hooks
+from twofiles.inspect.hooks import activation_at, as_transformer, hook_names, long_name
 
 
 @dataclass
@@ -96,31 +96,10 @@ def token_windows(
     return [head + ids[i : i + step] for i in range(0, len(ids) - step + 1, step)]
 
 
-class _Stop(Exception):
-    """Raised by the capturing hook: nothing after the hook point needs computing."""
-
-
-def layer_activations(model: Any, batch: torch.Tensor, hook: str) -> torch.Tensor:
-    """The activation [B, T, ...] at `hook` for `batch` [B, T], the forward stopped right there
-    (a scan of layer 2 of 30 runs 3 blocks, not 30)."""
-    got: list[torch.Tensor] = []
-
-    def grab(x: torch.Tensor, _hook: HookPoint) -> None:
-        got.append(x.detach())
-        raise _Stop
-
-    with torch.no_grad():
-        try:
-            run_with_hooks(model, batch, [(hook, grab)])
-        except _Stop:
-            pass
-    return got[0]
-
-
 def resolve_hook(model: Any, layer: int, hook: str = "mlp.hook_post") -> str:
     """The full name of `hook` at `layer` ("post", "mlp.hook_post", "resid_post", ...), checked
     against the model's hook points."""
-    n = _transformer(model).config.n_layers
+    n = as_transformer(model).config.n_layers
     if not 0 <= layer < n:
         raise ValueError(f"layer {layer} is out of range: the model has layers 0..{n - 1}")
     name = long_name((hook, layer)) if not hook.startswith("blocks.") else hook
@@ -214,7 +193,7 @@ def scan_neurons(
     `skip_first` leaves each window's first position out of the scoring (a bos there carries
     the attention-sink activations, huge in some neurons and telling nothing about the text).
     `progress(n)` is told the tokens done after each batch."""
-    m = _transformer(model)
+    m = as_transformer(model)
     device = m.rope_cos.device
     if not windows:
         raise ValueError("no windows to scan (is the corpus shorter than one window?)")
@@ -228,7 +207,7 @@ def scan_neurons(
     for start in range(0, len(windows), batch_size):
         chunk = windows[start : start + batch_size]
         ids = torch.tensor([list(w) for w in chunk], dtype=torch.long)  # [B, T]
-        act = layer_activations(m, ids.to(device), hook)
+        act = activation_at(m, ids.to(device), hook)
         if act.dim() != 3:
             raise ValueError(
                 f"{hook} has shape {tuple(act.shape)}: neurons need a [batch, position, neuron] "

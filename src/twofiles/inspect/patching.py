@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from twofiles.errors import BadInputError
-from twofiles.inspect.hooks import HookPoint, _transformer, run_with_cache, run_with_hooks
+from twofiles.inspect.hooks import HookPoint, as_transformer, run_with_cache, run_with_hooks
 
 LOGITS_BUDGET = 1 << 27  # fp32 logits per batch of patched runs (512 MiB)
 
@@ -86,7 +86,7 @@ def recovered(
 ) -> float:
     """The normalised logit difference recovered when the clean activations at `names` (full
     hook names) are patched into the corrupted run, at `positions` (None: all of them)."""
-    m = _transformer(model)
+    m = as_transformer(model)
     clean_t, corrupt_t = _tokens(clean), _tokens(corrupt)
     check_same_length(clean_t.tolist(), corrupt_t.tolist())
     names = list(names)
@@ -133,7 +133,7 @@ def activation_patching(
     when their logits would pass LOGITS_BUDGET)."""
     if what not in WHAT:
         raise BadInputError(f"--what {what!r}: choose one of {', '.join(WHAT)}")
-    m = _transformer(model)
+    m = as_transformer(model)
     clean_t, corrupt_t = _tokens(clean), _tokens(corrupt)
     check_same_length(clean_t.tolist(), corrupt_t.tolist())
     n, T = m.config.n_layers, len(clean_t)

@@ -17,29 +17,23 @@ What it leaves to others: the hooked forward (inspect.hooks), reading and splitt
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 import torch
 
+from twofiles.artifact import weights_sha256
 from twofiles.errors import BadInputError
-from twofiles.inspect.hooks import HookPoint, run_with_hooks
+from twofiles.inspect.hooks import activation_at, as_transformer
 from twofiles.model import Transformer
 
 
 def model_id(model: Transformer | Any) -> str:
-    """A short hash of a model's weights (names, shapes, dtypes and bytes, in name order): the
-    identity an SAE records, so that a dashboard or a steering run can refuse another model's SAE.
-    The same file loaded twice gives the same id; quantizing or finetuning changes it."""
-    m = model.model if isinstance(getattr(model, "model", None), Transformer) else model
-    h = hashlib.sha256()
-    for name, t in sorted(m.state_dict().items()):
-        t = t.detach().to("cpu").contiguous()
-        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}\n".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()[:16]
+    """The identity an SAE records (the first 16 hex digits of artifact.weights_sha256), so that
+    a dashboard or a steering run can refuse another model's SAE."""
+    m = as_transformer(model)
+    return weights_sha256(m)[:16]
 
 
 def token_windows(
@@ -78,10 +72,6 @@ def _encoded(tokenizer: Any, texts: Iterable[str], batch: int = 16) -> Iterable[
         yield from tokenizer.encode_batch(pending)
 
 
-class _Stop(Exception):
-    """Raised by the capturing hook: nothing after the hook point is needed."""
-
-
 def collect(
     model: Transformer | Any,
     windows: torch.Tensor | np.ndarray,
@@ -93,26 +83,14 @@ def collect(
     """Activations [n, d] (fp32, on the model's device) at `hook_name` for every non-BOS position
     of `windows` [N, T], in window-major order; the forward of each batch of windows stops at the
     hook (the later blocks cannot change it)."""
-    m = model.model if isinstance(getattr(model, "model", None), Transformer) else model
+    m = as_transformer(model)
     ids = torch.as_tensor(windows)
     device = m.rope_cos.device
     out: list[torch.Tensor] = []
     for i in range(0, len(ids), batch):
         chunk = ids[i : i + batch].to(device)
-        got: list[torch.Tensor] = []
-
-        def grab(x: torch.Tensor, hook: HookPoint, got: list[torch.Tensor] = got) -> None:
-            got.append(x.detach())
-            raise _Stop
-
-        with torch.no_grad():
-            try:
-                run_with_hooks(m, chunk, [(hook_name, grab)])
-            except _Stop:
-                pass
-        if not got:
-            raise BadInputError(f"no hook point named {hook_name!r}")
-        out.append(got[0][chunk != bos_id].float())
+        act = activation_at(m, chunk, hook_name)
+        out.append(act[chunk != bos_id].float())
     if not out:
         return torch.zeros(0, m.config.dim, device=device)
     return torch.cat(out)

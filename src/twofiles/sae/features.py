@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from twofiles.errors import BadInputError
-from twofiles.inspect import hook_names, run_with_hooks
+from twofiles.inspect import activation_at, hook_names
 from twofiles.model import Transformer
 from twofiles.sae.model import SparseAutoencoder
 
@@ -64,28 +64,6 @@ def corpus_windows(
         )
     body = torch.tensor(stream[: n * step], dtype=torch.long).view(n, step)
     return torch.cat([torch.full((n, 1), bos, dtype=torch.long), body], dim=1)
-
-
-class _Stop(Exception):
-    """Raised by the capture hook: the layers after the SAE's hook and the unembedding would
-    only be thrown away."""
-
-
-def hook_activations(model: Transformer | Any, hook_name: str, ids: torch.Tensor) -> torch.Tensor:
-    """The activations at `hook_name` for token rows `ids` [B, T]: [B, T, d], the forward stopped
-    there."""
-    got: list[torch.Tensor] = []
-
-    def capture(x: torch.Tensor, hook: Any) -> None:
-        got.append(x.detach())
-        raise _Stop
-
-    with torch.no_grad():
-        try:
-            run_with_hooks(model, ids, [(hook_name, capture)])
-        except _Stop:
-            pass
-    return got[0]
 
 
 @torch.no_grad()
@@ -335,7 +313,7 @@ def build_dashboards(
     advance = progress("activations", n) if progress else (lambda k: None)
     for rows in _batches(n, batch_size):
         ids = windows[rows.start : rows.stop]
-        x = hook_activations(model, hook, ids)
+        x = activation_at(model, ids, hook)
         if x.shape[-1] != sae.cfg.d_in:
             raise BadInputError(
                 f"the SAE reads {sae.cfg.d_in}-wide activations; {hook} is {x.shape[-1]} wide here"
@@ -430,7 +408,7 @@ def _fill_contexts(
     advance = progress("contexts", len(need)) if progress else (lambda k: None)
     for rows in _batches(len(need), batch_size):
         ws = need[rows.start : rows.stop]
-        acts = _encode(sae, hook_activations(model, sae.cfg.hook_name, windows[ws])).cpu()
+        acts = _encode(sae, activation_at(model, windows[ws], sae.cfg.hook_name)).cpu()
         acts *= counted[ws].unsqueeze(-1)
         for b, w in enumerate(ws):
             for f, c in by_window[w]:

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from twofiles.errors import BadInputError
-from twofiles.inspect import HookPoint, attached, long_name, run_with_cache
+from twofiles.inspect import HookPoint, as_transformer, attached, long_name, run_with_cache
 from twofiles.model import Transformer
 from twofiles.sae.model import load_sae
 
@@ -91,11 +91,6 @@ def parse_steer(text: str) -> SteerSpec:
         ) from None
 
 
-def _transformer(model: Transformer | Any) -> Transformer:
-    inner = getattr(model, "model", None)
-    return inner if isinstance(inner, Transformer) else model
-
-
 def prepare_steering(
     model: Transformer | Any,
     specs: Sequence[SteerSpec],
@@ -109,7 +104,7 @@ def prepare_steering(
         raise BadInputError(f"steering units {units!r}: norm or abs")
     if not specs:
         return []
-    m = _transformer(model)
+    m = as_transformer(model)
     param = next(m.parameters())
     dim = m.config.dim
     steers: list[Steer] = []
@@ -168,7 +163,7 @@ def steering(model: Transformer | Any, steers: Sequence[Steer]) -> Iterator[None
 
         return hook
 
-    with attached(_transformer(model), [(s.hook_name, add(s.vector)) for s in steers]):
+    with attached(as_transformer(model), [(s.hook_name, add(s.vector)) for s in steers]):
         yield
 
 

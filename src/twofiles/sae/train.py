@@ -134,6 +134,8 @@ class SAETrainer(nn.Module):
     """The SAE as the loop trains it: its loss, and the per-feature count of tokens since each
     feature last fired (a buffer, so checkpoints carry it)."""
 
+    since_fired: torch.Tensor
+
     def __init__(self, sae: SparseAutoencoder, cfg: SAETrainConfig) -> None:
         super().__init__()
         self.sae = sae

@@ -5,7 +5,7 @@
 
 Writes DIR/features/index.html, DIR/features/{i}.html (one per feature) and
 DIR/features/features.json. The model is the one the SAE was trained on unless --model names
-another; a model whose identity (sae/identity.py: a hash of its weights) differs from
+another; a model whose identity (artifact.weights_sha256: a hash of its weights) differs from
 the one the SAE recorded is refused unless --force. The built-in corpus is Shakespeare's held-out
 plays (none of them in any training split).
 """
@@ -110,8 +110,8 @@ def run(args: argparse.Namespace) -> int:
     from twofiles.errors import BadInputError, TwofilesError
     from twofiles.formats.resolve import resolve_model
     from twofiles.runtime import pick_device
+    from twofiles.sae.activations import model_id
     from twofiles.sae.features import build_dashboards, corpus_windows
-    from twofiles.sae.identity import model_identity
     from twofiles.sae.model import load_sae
     from twofiles.sae.pages import write_dashboards
 
@@ -130,11 +130,11 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     loaded = resolve_model(spec, device=device)
     model = loaded.model.eval()
-    identity = model_identity(model)
+    identity = model_id(model)
     if cfg.model_id and identity != cfg.model_id:
         msg = (
             f"{spec} is not the model this SAE was trained on: its identity is {identity}, the "
-            f"SAE's is {cfg.model_id} (a hash of the weights, sae/identity.py)"
+            f"SAE's is {cfg.model_id} (a hash of the weights)"
         )
         if not args.force:
             raise TwofilesError(msg + "; --force reads it anyway")
