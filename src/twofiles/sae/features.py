@@ -43,27 +43,16 @@ HIST_LO, HIST_HI, HIST_BINS = -3.0, 4.0, 140  # log10 of the activation: 20 bins
 def corpus_windows(
     tokenizer: Any, texts: Iterable[str], n_tokens: int, length: int
 ) -> torch.Tensor:
-    """Token windows [n, length] as `sae train` cuts them (SAELens's way): the documents as
-    [bos] + tokens, run on one after another, cut into pieces of length - 1 tokens, each window
-    starting with bos; until about `n_tokens` tokens, a last partial window dropped."""
-    if length < 2:
-        raise BadInputError(f"context length {length}: need at least 2 tokens")
-    step = length - 1
-    need = max(1, math.ceil(n_tokens / length)) * step
-    bos = tokenizer.bos_id
-    stream: list[int] = []
-    for text in texts:
-        stream.append(bos)
-        stream.extend(tokenizer.encode(text))
-        if len(stream) >= need:
-            break
-    n = min(len(stream), need) // step
-    if n == 0:
-        raise BadInputError(
-            f"the corpus has {len(stream)} tokens: fewer than one {length}-token window"
-        )
-    body = torch.tensor(stream[: n * step], dtype=torch.long).view(n, step)
-    return torch.cat([torch.full((n, 1), bos, dtype=torch.long), body], dim=1)
+    """Token windows [n, length] as `sae train` cuts them (sae.activations.token_windows), until
+    about `n_tokens` tokens; a clear error when the corpus holds less than one window."""
+    from twofiles.sae.activations import token_windows
+
+    windows = token_windows(
+        tokenizer, texts, length, max_windows=max(1, math.ceil(n_tokens / length))
+    )
+    if len(windows) == 0:
+        raise BadInputError(f"the corpus gives fewer than one {length}-token window")
+    return torch.from_numpy(windows)
 
 
 @torch.no_grad()
