@@ -34,10 +34,14 @@ def _model() -> Any:
     return loaded(random_model(tok, seed=3, max_seq_len=512), tok)
 
 
-def _write_sae(root: Path, d_in: int, hook: str, *, d_sae: int = 48, seed: int = 0) -> Path:
+def _write_sae(
+    root: Path, d_in: int, hook: str, *, d_sae: int = 48, seed: int = 0, model_id: str = ""
+) -> Path:
     from twofiles.sae.model import SAEConfig, SparseAutoencoder, save_sae
 
-    sae = SparseAutoencoder(SAEConfig(d_in=d_in, d_sae=d_sae, k=4, hook_name=hook))
+    sae = SparseAutoencoder(
+        SAEConfig(d_in=d_in, d_sae=d_sae, k=4, hook_name=hook, model_id=model_id)
+    )
     sae.init_weights(seed=seed)
     with torch.no_grad():
         sae.b_enc.fill_(0.05)  # some features fire at every token
@@ -220,6 +224,17 @@ def test_an_sae_for_another_model_is_refused(tmp_path):
     deep = _write_sae(tmp_path / "deep", 32, "blocks.29.hook_resid_post")
     with pytest.raises(BadInputError, match="no per-token activation"):
         load_served_sae(deep, loaded, "tiny", "0")
+    # the same shapes, another model's weights: refused by the weights hash the SAE recorded
+    from twofiles.sae.activations import model_id
+
+    mine = model_id(loaded)
+    other = _write_sae(
+        tmp_path / "other", 32, "blocks.1.hook_resid_post", model_id="0123abcd0123abcd"
+    )
+    with pytest.raises(BadInputError, match=f"trained on another model.*has weights {mine}"):
+        load_served_sae(other, loaded, "tiny", "0", mine)
+    same = _write_sae(tmp_path / "same", 32, "blocks.1.hook_resid_post", model_id=mine)
+    assert load_served_sae(same, loaded, "tiny", "0", mine).hook_name == "blocks.1.hook_resid_post"
 
 
 @pytest.mark.slow
@@ -244,6 +259,15 @@ def test_serve_sae_flag_from_the_command_line(tmp_path):
     )
     assert refused.returncode == 2, refused.stderr
     assert "64-wide" in refused.stderr and "bad" in refused.stderr
+    other = _write_sae(tmp_path / "other", 32, "blocks.0.hook_resid_post", model_id="0" * 16)
+    refused = subprocess.run(
+        [sys.executable, "-m", "twofiles", "serve", str(model), "--port", "0", "--sae", str(other)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert refused.returncode == 2 and "trained on another model" in refused.stderr, refused.stderr
     with serve_process([f"mine={model}", "--port", "0", "--sae", f"mine={good}", "--json"]) as p:
         assert p.stdout is not None
         summary = None

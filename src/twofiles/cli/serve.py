@@ -269,7 +269,9 @@ def _open_rag(db: str, k: int, cite: str):
     return RagService(index, k=k, cite=cite)
 
 
-def _load_saes(values: list[str], specs: dict[str, str], models: dict) -> dict[str, list]:
+def _load_saes(
+    values: list[str], specs: dict[str, str], models: dict, identities: dict[str, str]
+) -> dict[str, list]:
     """--sae [MODEL=]DIR as served model -> its SAEs, each checked against that model (a clear
     error now rather than on the first prompt). A bare DIR belongs to the one model named."""
     from twofiles.errors import BadInputError
@@ -285,7 +287,7 @@ def _load_saes(values: list[str], specs: dict[str, str], models: dict) -> dict[s
                     "say which one it reads: --sae MODEL=DIR"
                 )
             model, path = next(iter(specs)), value
-        served = load_served_sae(path, models[model], model, str(i))
+        served = load_served_sae(path, models[model], model, str(i), identities.get(model, ""))
         saes.setdefault(model, []).append(served)
         print(
             f"sae {served.name} on {model}: {served.sae.cfg.d_sae} features at "
@@ -361,8 +363,14 @@ def run(args: argparse.Namespace) -> int:
 
     device, why = pick_device(args.device)
 
+    identities: dict[str, str] = {}  # the weights hash an SAE records, taken before preparation
+
     def loaded(name: str, spec: str, model, seconds: float) -> None:
         n_params = sum(p.numel() for p in model.model.parameters())
+        if args.sae:
+            from twofiles.sae.activations import model_id
+
+            identities[name] = model_id(model)
         # the same preparation as `generate`: inference dtype (bf16 weights on CUDA), quantization, threads
         setup = prepare_model(model, args)
         print(
@@ -375,7 +383,7 @@ def run(args: argparse.Namespace) -> int:
     )
     for name, base in shared.items():
         print(f"persona {name}: served on the engine of {base}", file=sys.stderr)
-    saes = _load_saes(args.sae, specs, models)
+    saes = _load_saes(args.sae, specs, models, identities)
     app = create_app(models, settings, shared=shared, rag=rag, guard=guard, saes=saes)
     if guard.guards:
         print(

@@ -114,11 +114,17 @@ def activation_width(loaded: LoadedModel, hook_name: str) -> int | None:
 
 
 def load_served_sae(
-    path: str | os.PathLike[str], loaded: LoadedModel, model: str, sae_id: str
+    path: str | os.PathLike[str],
+    loaded: LoadedModel,
+    model: str,
+    sae_id: str,
+    identity: str = "",
 ) -> ServedSAE:
     """The SAE at `path` (a `twofiles sae train` directory or its sae.safetensors), checked
     against the served model `model` it will read: BadInputError when its hook point or width
-    does not fit, so a wrong --sae fails at start-up, not on a user's first prompt."""
+    does not fit, or when `identity` (the model's weights hash, sae.activations.model_id, taken
+    before inference preparation) differs from the one the SAE recorded, so a wrong --sae fails
+    at start-up, not on a user's first prompt."""
     from twofiles.engine import model_device
     from twofiles.sae.model import load_sae
 
@@ -138,6 +144,12 @@ def load_served_sae(
         raise BadInputError(
             f"the SAE reads {sae.cfg.d_in}-wide activations at {hook}, but model {model!r} has "
             f"{width} there: it was trained on another model",
+            path=str(p),
+        )
+    if identity and sae.cfg.model_id and identity != sae.cfg.model_id:
+        raise BadInputError(
+            f"the SAE was trained on another model ({sae.cfg.model_name or 'unnamed'}, weights "
+            f"{sae.cfg.model_id}); model {model!r} has weights {identity}",
             path=str(p),
         )
     sae = sae.to(model_device(loaded.model)).eval()
