@@ -18,6 +18,22 @@ if TYPE_CHECKING:
 RC = TypeVar("RC", bound="RunConfig")
 
 
+def add_subcommands(
+    parser: argparse.ArgumentParser, subcommands: dict[str, tuple[str, str]], dest: str
+) -> None:
+    """A verb made of subcommands (`twofiles sae train ...`): each name -> (module, one-line help),
+    the module exposing `add_arguments(parser)` and `run(args)`; cli.main then calls the chosen
+    subcommand's module directly (a subparser's defaults override its parent's `_module`)."""
+    import importlib
+
+    sub = parser.add_subparsers(dest=dest, metavar="CMD", required=True)
+    for name, (module_name, help_text) in subcommands.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        module = importlib.import_module(module_name)
+        module.add_arguments(p)
+        p.set_defaults(_module=module)
+
+
 def add_json_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--json",

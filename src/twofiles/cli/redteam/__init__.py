@@ -11,7 +11,8 @@ subcommand is a module of this package exposing `add_arguments(parser)` and `run
 from __future__ import annotations
 
 import argparse
-import importlib
+
+from twofiles.cli.common import add_subcommands
 
 # subcommand -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -32,15 +33,10 @@ DEFAULT = "run"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="redteam_cmd", metavar="CMD", required=True)
-    for name, (module_name, help_text) in SUBCOMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        module = importlib.import_module(module_name)
-        module.add_arguments(p)
-        # importing the submodule `run` rebinds this package's `run` to it, so cli.main calls the
-        # subcommand's module directly (a subparser's defaults override its parent's)
-        p.set_defaults(_redteam=module, _module=module)
+    # importing the submodule `run` rebinds this package's `run` to it: cli.main calls the
+    # chosen subcommand's module directly (add_subcommands sets it as `_module`)
+    add_subcommands(parser, SUBCOMMANDS, "redteam_cmd")
 
 
 def run(args: argparse.Namespace) -> int:
-    return int(args._redteam.run(args))
+    return int(args._module.run(args))

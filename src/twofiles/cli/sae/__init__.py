@@ -9,7 +9,8 @@ Each subcommand is a module of this package exposing `add_arguments(parser)` and
 from __future__ import annotations
 
 import argparse
-import importlib
+
+from twofiles.cli.common import add_subcommands
 
 # subcommand -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -25,12 +26,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="sae_cmd", metavar="CMD", required=True)
-    for name, (module_name, help_text) in SUBCOMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        module = importlib.import_module(module_name)
-        module.add_arguments(p)
-        p.set_defaults(_module=module)
+    add_subcommands(parser, SUBCOMMANDS, "sae_cmd")
 
 
 def run(args: argparse.Namespace) -> int:
