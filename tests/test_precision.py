@@ -156,6 +156,7 @@ def test_newton_schulz_in_bf16_orthogonalises_like_fp32() -> None:
     assert torch.nn.functional.cosine_similarity(x32.flatten(), x16.flatten(), dim=0) > 0.99
 
 
+@pytest.mark.slow
 def test_tiny_pretraining_under_bf16_autocast(
     tiny_data: Path, tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
