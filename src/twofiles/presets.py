@@ -80,11 +80,22 @@ RL_STAGE: dict[str, Any] = dict(
     optim=dict(lr=1e-4),
 )
 
+# cpu-5min and precision (docs/LOG.md, 2026-12-06): the preset names no dtype. runtime's probe
+# picks bf16 autocast where bf16 matmuls are >= 1.5x fp32 and fp32 elsewhere; the time budget then
+# turns the faster step into more tokens. AMD EPYC with AVX512-BF16, this shape, 1 thread: matmuls
+# 4.2x, a training step 1.9-2.1x (Muon's Newton-Schulz in bf16 too: 1.76x without), and the same
+# loss per token (300 steps, same seed: val 2.1678 bf16 against 2.16xx fp32; training losses equal
+# to 1e-3). Tried at equal tokens and kept out: context 512 at batch 4 (2.1717 against 2.1678 at
+# 300 steps, and 0.875x the tokens/s). Step cost per token against this shape in bf16 (1 thread,
+# CPU time): batch 16 1.0x, context 512 0.875x, d192 x 6 layers 0.77x, d256 x 4 0.68x, vocab
+# 8192 0.69x; whether any of them pays in the 290 s budget is not measured yet.
 PRESETS: dict[str, Preset] = {
     "cpu-5min": Preset(
         name="cpu-5min",
         description="2-core laptop CPU, 5 minutes end to end: d192 x 4 layers, vocab 4096, Muon; "
-        "expects <= 2.25 bits/byte on the held-out plays (measured 2.08 in 274 s); "
+        "bf16 autocast where runtime's probe measures fast bf16 matmuls (AVX512-BF16, AMX), else "
+        "fp32; expects <= 2.25 bits/byte on the held-out plays (fp32, quiet AMD EPYC: 2.01-2.02, "
+        "~850 steps in 290 s; bf16 makes ~2x the steps per second there); "
         "then ~1 minute of SFT on the built-in mix and ~1 minute of RL on calculator arithmetic, "
         "after the 5-minute budget",
         vocab_size=4096,
