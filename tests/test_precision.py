@@ -120,8 +120,10 @@ def test_forced_dtypes_win_without_probing(cache: Path, monkeypatch: pytest.Monk
     assert runtime.precision_for(CPU, "bf16") == (torch.bfloat16, "requested")
     rt = runtime.setup("cpu", "bf16", 1)
     assert rt.precision == "bf16 autocast" and rt.precision_reason == "bf16 autocast: requested"
-    # inference keeps fp32 weights on CPU and does not need the probe
+    # inference and finetuning keep fp32 on CPU and do not need the probe
     assert runtime.precision_for(CPU, "auto", purpose="inference")[0] is None
+    assert runtime.precision_for(CPU, "auto", purpose="finetune")[0] is None
+    assert runtime.setup("cpu", "auto", 1).autocast_dtype is None  # setup's default: finetuning
     assert not cache.exists()
     with pytest.raises(runtime.TwofilesError, match="--dtype int3"):
         runtime.precision_for(CPU, "int3")
@@ -129,7 +131,7 @@ def test_forced_dtypes_win_without_probing(cache: Path, monkeypatch: pytest.Monk
 
 def test_setup_records_the_probes_reason(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     fake_timing(monkeypatch, 0.5)
-    rt = runtime.setup("cpu", "auto", 1)
+    rt = runtime.setup("cpu", "auto", 1, purpose="pretrain")
     assert rt.autocast_dtype is None and rt.precision == "fp32"
     assert rt.precision_reason.startswith("fp32: bf16 matmul 50 vs fp32 100 GFLOP/s (0.50x < ")
     assert rt.precision_reason in rt.reasons

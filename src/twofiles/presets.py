@@ -86,9 +86,9 @@ RL_STAGE: dict[str, Any] = dict(
 # 4.2x, a training step 1.9-2.1x (Muon's Newton-Schulz in bf16 too: 1.76x without), and the same
 # loss per token (300 steps, same seed: val 2.1678 bf16 against 2.16xx fp32; training losses equal
 # to 1e-3). Tried at equal tokens and kept out: context 512 at batch 4 (2.1717 against 2.1678 at
-# 300 steps, and 0.875x the tokens/s). Step cost per token against this shape in bf16 (1 thread,
-# CPU time): batch 16 1.0x, context 512 0.875x, d192 x 6 layers 0.77x, d256 x 4 0.68x, vocab
-# 8192 0.69x; whether any of them pays in the 290 s budget is not measured yet.
+# 300 steps, and 0.875x the tokens/s), and larger models at equal compute: d192 x 6 layers (0.77x
+# the tokens/s, 230 steps) 2.1953, d256 x 4 (0.68x, 204 steps) 2.2247, against 2.1678. Not yet
+# measured: batch size, LR and decay retuned for ~2x the tokens, vocab at equal wall time.
 PRESETS: dict[str, Preset] = {
     "cpu-5min": Preset(
         name="cpu-5min",

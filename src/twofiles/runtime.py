@@ -110,7 +110,11 @@ BF16_ISA_FLAGS = (
 
 PROBE_CACHE_NAME = "precision-probe.json"
 
-Purpose = Literal["train", "inference"]
+# What the precision is for. Pretraining autocasts to whatever the probe says; finetuning verbs
+# (SFT, DPO, reward, RL) stay fp32 on CPU under 'auto', because their evaluations are compared
+# with fp32 inference (a reward run's held-out accuracy must be what the scorer reproduces:
+# under bf16 autocast it was not); inference keeps fp32 weights on CPU.
+Purpose = Literal["pretrain", "finetune", "inference"]
 
 
 @dataclass(frozen=True)
@@ -275,19 +279,24 @@ def precision_for(
     dtype: str = "auto",
     *,
     threads: int | None = None,
-    purpose: Purpose = "train",
+    purpose: Purpose = "pretrain",
 ) -> tuple[torch.dtype | None, str]:
     """The reduced precision to compute in on `device` (None: fp32) for a --dtype choice, with the
     reason. The one precision decision: training autocasts to it, inference casts weights to it.
-    On CPU, 'auto' asks `probe_precision(threads)` for training; inference keeps fp32 weights on
-    CPU (bf16 weights change greedy tokens against the fp32 references, and the standalone runner
-    is fp32)."""
+    On CPU, 'auto' asks `probe_precision(threads)` for pretraining; finetuning and inference stay
+    fp32 there (see Purpose; bf16 weights also change greedy tokens against the fp32 references,
+    and the standalone runner is fp32)."""
     if dtype == "auto":
         if device.type == "cuda" and torch.cuda.is_bf16_supported():
             return torch.bfloat16, "CUDA supports bf16"
-        if device.type == "cpu" and purpose == "train":
+        if device.type == "cpu" and purpose == "pretrain":
             probe = probe_precision(threads)
             return (torch.bfloat16 if probe.use_bf16 else None), probe.figures()
+        if device.type == "cpu" and purpose == "finetune":
+            return (
+                None,
+                "finetuning on CPU stays fp32 unless --dtype bf16 (evaluations match fp32 inference)",
+            )
         if device.type == "cpu":
             return None, "CPU inference keeps fp32 weights"
         return None, "bf16 matmuls are slow or unsupported on this device"
@@ -298,9 +307,15 @@ def precision_for(
     raise TwofilesError(f"--dtype {dtype}: expected auto, fp32, bf16 or fp16")
 
 
-def setup(device: str = "auto", dtype: str = "auto", threads: int | None = None) -> Runtime:
-    """Initialise the runtime. Under torchrun (RANK/WORLD_SIZE set) also initialises the process
-    group; call `teardown()` at the end."""
+def setup(
+    device: str = "auto",
+    dtype: str = "auto",
+    threads: int | None = None,
+    purpose: Purpose = "finetune",
+) -> Runtime:
+    """Initialise the runtime for `purpose` (pretraining passes 'pretrain': the CPU probe decides
+    its precision). Under torchrun (RANK/WORLD_SIZE set) also initialises the process group; call
+    `teardown()` at the end."""
     reasons: list[str] = []
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -321,7 +336,7 @@ def setup(device: str = "auto", dtype: str = "auto", threads: int | None = None)
             dist.init_process_group(backend=backend)
             distributed = True
             reasons.append(f"distributed: {backend}, {world_size} processes")
-    amp, why = precision_for(dev, dtype, threads=torch.get_num_threads())
+    amp, why = precision_for(dev, dtype, threads=torch.get_num_threads(), purpose=purpose)
     rt = Runtime(
         device=dev,
         autocast_dtype=amp,

@@ -106,7 +106,7 @@ def pretrain(
     cfg: PretrainConfig, on_eval: Callable[[dict[str, Any]], None] | None = None
 ) -> PretrainResult:
     """Run (or resume) pretraining as configured; `on_eval` sees every evaluation record."""
-    rt = rt_mod.setup(cfg.device, cfg.dtype, cfg.threads or None)
+    rt = rt_mod.setup(cfg.device, cfg.dtype, cfg.threads or None, purpose="pretrain")
     signals = StopSignals(lambda msg: _log(rt, msg))
     try:
         return _pretrain(cfg, rt, on_eval, signals)
