@@ -128,7 +128,7 @@ class PrecisionProbe:
     shape: tuple[int, int, int]  # (m, k, n) of the timed matmul
     fp32_gflops: float
     bf16_gflops: float
-    probed_at: str  # UTC time of the measurement, ISO 8601
+    probed_at: str  # when it was measured, "YYYY-MM-DD HH:MM UTC"
     cache_path: str  # where the figures are kept ("" when not cached)
     from_cache: bool = False  # read from the cache rather than measured by this process
 
