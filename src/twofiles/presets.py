@@ -87,15 +87,17 @@ RL_STAGE: dict[str, Any] = dict(
 # loss per token (300 steps, same seed: val 2.1678 bf16 against 2.16xx fp32; training losses equal
 # to 1e-3). Tried at equal tokens and kept out: context 512 at batch 4 (2.1717 against 2.1678 at
 # 300 steps, and 0.875x the tokens/s), and larger models at equal compute: d192 x 6 layers (0.77x
-# the tokens/s, 230 steps) 2.1953, d256 x 4 (0.68x, 204 steps) 2.2247, against 2.1678. Not yet
-# measured: batch size, LR and decay retuned for ~2x the tokens, vocab at equal wall time.
+# the tokens/s, 230 steps) 2.1953, d256 x 4 (0.68x, 204 steps) 2.2247, against 2.1678. At 1,500
+# steps (what a quiet 2-thread bf16 run should fit) it reaches 1.9638; one bf16 thread in the real
+# speedrun made 885 steps, 2.0118. Not yet measured: batch size, LR and decay retuned for ~2x the
+# tokens, vocab at equal wall time.
 PRESETS: dict[str, Preset] = {
     "cpu-5min": Preset(
         name="cpu-5min",
         description="2-core laptop CPU, 5 minutes end to end: d192 x 4 layers, vocab 4096, Muon; "
         "bf16 autocast where runtime's probe measures fast bf16 matmuls (AVX512-BF16, AMX), else "
-        "fp32; expects <= 2.25 bits/byte on the held-out plays (fp32, quiet AMD EPYC: 2.01-2.02, "
-        "~850 steps in 290 s; bf16 makes ~2x the steps per second there); "
+        "fp32; expects <= 2.25 bits/byte on the held-out plays (AMD EPYC, 2 cores: fp32 2.01-2.02 "
+        "in ~850 steps; bf16 ~2x the steps, ~1.96 expected, 2.0118 measured at 1 thread); "
         "then ~1 minute of SFT on the built-in mix and ~1 minute of RL on calculator arithmetic, "
         "after the 5-minute budget",
         vocab_size=4096,
