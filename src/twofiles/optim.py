@@ -92,8 +92,7 @@ class Muon(torch.optim.Optimizer):
         momentum: float = 0.95,
         weight_decay: float = 0.0,
         ns_steps: int = 5,
-        ns_dtype: torch.dtype
-        | None = None,  # Newton-Schulz precision (None: bf16 on CUDA, else fp32)
+        ns_dtype: torch.dtype | None = None,  # Newton-Schulz's (None: bf16 on CUDA, else fp32)
     ) -> None:
         super().__init__(
             params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, ns_steps=ns_steps)
