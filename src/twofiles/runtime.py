@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -214,7 +214,7 @@ def _cache_key(cpu: str, isa: tuple[str, ...], threads: int) -> str:
     return f"{cpu} | {' '.join(isa) or '-'} | torch {torch.__version__} | {threads} threads"
 
 
-def _read_cache(path: Path) -> dict[str, dict[str, object]]:
+def _read_cache(path: Path) -> dict[str, Any]:
     """The cached probes by key; {} when missing or unreadable (a damaged cache is re-probed)."""
     try:
         data = json.loads(path.read_text())
@@ -235,15 +235,15 @@ def probe_precision(threads: int | None = None, *, refresh: bool = False) -> Pre
     cache = _read_cache(path)
     rec = cache.get(key)
     if not refresh and isinstance(rec, dict):
-        with contextlib.suppress(KeyError, TypeError, ValueError):
+        with contextlib.suppress(KeyError, IndexError, TypeError, ValueError):
             return PrecisionProbe(
                 cpu=cpu,
                 isa=isa,
                 torch_version=torch.__version__,
                 threads=threads,
-                shape=tuple(int(x) for x in rec["shape"]),  # type: ignore[arg-type, union-attr]
-                fp32_gflops=float(rec["fp32_gflops"]),  # type: ignore[arg-type]
-                bf16_gflops=float(rec["bf16_gflops"]),  # type: ignore[arg-type]
+                shape=(int(rec["shape"][0]), int(rec["shape"][1]), int(rec["shape"][2])),
+                fp32_gflops=float(rec["fp32_gflops"]),
+                bf16_gflops=float(rec["bf16_gflops"]),
                 probed_at=str(rec["probed_at"]),
                 cache_path=str(path),
                 from_cache=True,
