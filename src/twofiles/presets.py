@@ -89,8 +89,8 @@ RL_STAGE: dict[str, Any] = dict(
 # 300 steps, and 0.875x the tokens/s), and larger models at equal compute: d192 x 6 layers (0.77x
 # the tokens/s, 230 steps) 2.1953, d256 x 4 (0.68x, 204 steps) 2.2247, against 2.1678. At 1,500
 # steps (what a quiet 2-thread bf16 run should fit) it reaches 1.9638; one bf16 thread in the real
-# speedrun made 885 steps, 2.0118. Not yet measured: batch size, LR and decay retuned for ~2x the
-# tokens, vocab at equal wall time.
+# speedrun made 885 steps, 2.0118. Batch 16 for the same 3.07M tokens (750 steps): 1.9677, no
+# better. Not yet measured: LR and decay retuned for ~2x the tokens, vocab at equal wall time.
 PRESETS: dict[str, Preset] = {
     "cpu-5min": Preset(
         name="cpu-5min",
