@@ -17,6 +17,12 @@ steps. We report the median tokens/s per contender, the ratio to HF, and the ach
 
     .venv/bin/python bench/train_throughput.py --shapes speedrun --rounds 5 --steps 3 [--compile both] [--json]
     .venv/bin/python bench/train_throughput.py --profile speedrun   # torch.profiler op table, eager
+
+`--precision` compares our model against itself instead: fp32 against bf16 autocast, each with the
+training's real optimizers (Muon + AdamW, OptimConfig's cpu-5min settings; under bf16, Muon's
+Newton-Schulz in bf16 as in training), alternating rounds, reported as tokens/s and the ratio:
+
+    .venv/bin/python bench/train_throughput.py --precision --shapes cpu-5min --threads 1 --json
 """
 
 from __future__ import annotations
@@ -175,23 +181,41 @@ def hf_loss(model: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
 
 
 class Contender:
-    """One model + its own AdamW + its loss function; `run(batches)` does one step per batch."""
+    """One model + its own optimizers (AdamW, or the training's own with `real_optim`) + its loss
+    function, under `autocast` (None: fp32); `run(batches)` does one step per batch."""
 
     def __init__(
-        self, name: str, model: torch.nn.Module, loss_fn: Callable, compile_model: bool
+        self,
+        name: str,
+        model: torch.nn.Module,
+        loss_fn: Callable,
+        compile_model: bool,
+        autocast: torch.dtype | None = None,
+        real_optim: bool = False,
     ) -> None:
         self.name = name
         self.model = model.train()
-        self.opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0)
+        if real_optim:
+            from twofiles.optim import build_optimizers
+            from twofiles.presets import get_preset
+
+            self.opts = build_optimizers(model, get_preset("cpu-5min").optim_config(), autocast)
+        else:
+            self.opts = [torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0)]
+        self.autocast = autocast
         self.loss_fn = loss_fn(torch.compile(model) if compile_model else model)
         self.tokens_per_s: list[float] = []
         self.last_loss = float("nan")
 
     def step(self, xy: torch.Tensor) -> None:
-        loss = self.loss_fn(xy)
+        with torch.autocast(
+            "cpu", dtype=self.autocast or torch.bfloat16, enabled=bool(self.autocast)
+        ):
+            loss = self.loss_fn(xy)
         loss.backward()
-        self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
+        for opt in self.opts:
+            opt.step()
+            opt.zero_grad(set_to_none=True)
         self.last_loss = loss.item()
 
     def round(self, batches: list[torch.Tensor], warmup: int, steps: int) -> None:
@@ -210,6 +234,13 @@ def bench_shape(name: str, shape: Shape, args: argparse.Namespace, peak: float) 
     ours = build_ours(cfg)
     variants = ["eager"] + (["compiled"] if args.compile != "none" else [])
     contenders: list[Contender] = []
+    if args.precision:
+        variants = []
+        for dt in (None, torch.bfloat16):
+            label = "bf16" if dt else "fp32"
+            contenders.append(
+                Contender(f"ours/{label}", build_ours(cfg), ours_loss, False, dt, True)
+            )
     for variant in variants:
         compiled = variant == "compiled"
         contenders.append(Contender(f"ours/{variant}", build_ours(cfg), ours_loss, compiled))
@@ -233,7 +264,9 @@ def bench_shape(name: str, shape: Shape, args: argparse.Namespace, peak: float) 
     med = {c.name: statistics.median(c.tokens_per_s) for c in contenders}
     for c in contenders:
         variant = c.name.split("/")[1]
-        hf_ref = med.get(f"hf/{variant}", med["hf/eager"])
+        # --precision: ratios are against our own fp32 step (named in `vs`)
+        ref_name = "ours/fp32" if args.precision else f"hf/{variant}"
+        hf_ref = med.get(ref_name, med.get("hf/eager", 1.0))
         gflops = med[c.name] * fpt / 1e9
         rows.append(
             dict(
@@ -249,8 +282,8 @@ def bench_shape(name: str, shape: Shape, args: argparse.Namespace, peak: float) 
                 tokens_per_s=round(med[c.name], 1),
                 tokens_per_s_rounds=[round(t, 1) for t in c.tokens_per_s],
                 ratio_vs_hf=round(med[c.name] / hf_ref, 3),
-                vs=f"hf/{variant}" if f"hf/{variant}" in med else "hf/eager",
-                ratio_vs_hf_eager=round(med[c.name] / med["hf/eager"], 3),
+                vs=ref_name if ref_name in med else "hf/eager",
+                ratio_vs_hf_eager=round(med[c.name] / med.get("hf/eager", hf_ref), 3),
                 gflops=round(gflops, 2),
                 share_of_peak=round(gflops / peak, 3),
                 final_loss=round(c.last_loss, 4),
@@ -280,7 +313,7 @@ def profile_shape(name: str, shape: Shape, args: argparse.Namespace) -> None:
 
 def print_table(rows: list[dict], peak: float) -> None:
     print(f"\nfp32 matmul peak {peak:.1f} GFLOP/s, {torch.get_num_threads()} threads")
-    head = f"{'shape':<14}{'contender':<15}{'B x T':>9}{'params':>8}{'tokens/s':>10}{'vs HF':>7}{'vs HF eager':>12}{'GFLOP/s':>9}{'% peak':>8}"
+    head = f"{'shape':<14}{'contender':<15}{'B x T':>9}{'params':>8}{'tokens/s':>10}{'vs ref':>7}{'vs HF eager':>12}{'GFLOP/s':>9}{'% peak':>8}"
     print(head)
     print("-" * len(head))
     for r in rows:
@@ -320,6 +353,11 @@ def main() -> None:
         help="print a torch.profiler op table instead",
     )
     ap.add_argument("--profile-rows", type=int, default=25)
+    ap.add_argument(
+        "--precision",
+        action="store_true",
+        help="fp32 against bf16 autocast, our model with the training's optimizers, instead of vs HF",
+    )
     ap.add_argument("--json", action="store_true", help="print one JSON line last")
     args = ap.parse_args()
     if args.threads:

@@ -27,7 +27,7 @@ def test_presets_are_consistent() -> None:
 
 def test_tiny_speedrun_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TWOFILES_CACHE": str(tmp_path / "cache")}
     p = subprocess.run(
         [
             sys.executable,
@@ -53,7 +53,13 @@ def test_tiny_speedrun_end_to_end(tmp_path: Path) -> None:
     # uniform guessing over 1024 tokens costs log2(1024)/~2.7 bytes per token ≈ 3.7 bits/byte: 30 steps must beat it
     assert 1.0 < summary["val_bpb"] < 3.7
     assert Path(summary["model_path"]).is_file()
+    # the base model's precision, measured by the probe on this CPU, and the evidence for it
+    precision = summary["precision"]
+    assert precision["dtype"] in ("fp32", "bf16 autocast")
+    assert precision["reason"].startswith(precision["dtype"] + ": bf16 matmul ")
+    assert "GFLOP/s" in precision["reason"] and str(tmp_path / "cache") in precision["reason"]
     report = (out / "report.md").read_text()
+    assert precision["reason"] in report
     assert "bits per byte" in report and "ROMEO" in report
     # the SFT stage: a chat model carrying its template, with held-out skills scored before and after
     sft = summary["sft"]

@@ -54,12 +54,18 @@ def lr_factor(step: int, total_steps: int, cfg: OptimConfig) -> float:
     raise ValueError(f"unknown schedule {cfg.schedule!r}")
 
 
-def zeropower_newton_schulz(G: torch.Tensor, steps: int = 5) -> torch.Tensor:
+def zeropower_newton_schulz(
+    G: torch.Tensor, steps: int = 5, dtype: torch.dtype | None = None
+) -> torch.Tensor:
     """Approximately orthogonalise G (the nearest semi-orthogonal matrix, U V^T of its SVD) with a
     quintic Newton-Schulz iteration whose coefficients (3.4445, -4.7750, 2.0315) maximise the
-    slope at zero (Keller Jordan's Muon). Runs in fp32 on CPU, bf16 on CUDA."""
+    slope at zero (Keller Jordan's Muon). Runs in `dtype`; by default bf16 on CUDA, fp32
+    elsewhere. The iteration only needs the singular values pushed towards 1, not digits, so bf16
+    loses nothing measurable (docs/LOG.md, 2026-12-06: the precision A/B)."""
     a, b, c = 3.4445, -4.7750, 2.0315
-    X = G.to(torch.bfloat16 if G.is_cuda else torch.float32)
+    if dtype is None:
+        dtype = torch.bfloat16 if G.is_cuda else torch.float32
+    X = G.to(dtype)
     transposed = X.shape[-2] > X.shape[-1]
     if transposed:
         X = X.mT
@@ -86,10 +92,12 @@ class Muon(torch.optim.Optimizer):
         momentum: float = 0.95,
         weight_decay: float = 0.0,
         ns_steps: int = 5,
+        ns_dtype: torch.dtype | None = None,  # Newton-Schulz's (None: bf16 on CUDA, else fp32)
     ) -> None:
         super().__init__(
             params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, ns_steps=ns_steps)
         )
+        self.ns_dtype = ns_dtype
 
     @torch.no_grad()
     def step(self, closure: None = None) -> None:  # type: ignore[override]
@@ -103,16 +111,20 @@ class Muon(torch.optim.Optimizer):
                 buf = state["momentum_buffer"]
                 buf.lerp_(p.grad, 1 - group["momentum"])
                 g = p.grad.lerp(buf, group["momentum"])  # Nesterov
-                update = zeropower_newton_schulz(g, group["ns_steps"])
+                update = zeropower_newton_schulz(g, group["ns_steps"], self.ns_dtype)
                 scale = max(1.0, p.shape[0] / p.shape[1]) ** 0.5
                 if group["weight_decay"]:
                     p.mul_(1 - group["lr"] * group["weight_decay"])
                 p.add_(update, alpha=-group["lr"] * scale)
 
 
-def build_optimizers(model: nn.Module, cfg: OptimConfig) -> list[torch.optim.Optimizer]:
+def build_optimizers(
+    model: nn.Module, cfg: OptimConfig, matmul_dtype: torch.dtype | None = None
+) -> list[torch.optim.Optimizer]:
     """One or two optimizers over disjoint parameter groups. Each group stores its peak LR in
-    `initial_lr` so the schedule can set `lr = initial_lr * factor`."""
+    `initial_lr` so the schedule can set `lr = initial_lr * factor`. `matmul_dtype` is the run's
+    reduced precision (runtime.precision_for; None: fp32): Muon's Newton-Schulz matmuls use it
+    too, while every optimizer state and the weights stay fp32."""
     embed, head, matrices, vectors = [], [], [], []
     seen: set[int] = set()
     for name, p in model.named_parameters():
@@ -136,7 +148,12 @@ def build_optimizers(model: nn.Module, cfg: OptimConfig) -> list[torch.optim.Opt
     optimizers: list[torch.optim.Optimizer] = []
     if cfg.optimizer == "muon":
         muon = Muon(
-            matrices, lr=cfg.matrix_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+            matrices,
+            lr=cfg.matrix_lr,
+            momentum=cfg.momentum,
+            weight_decay=cfg.weight_decay,
+            # fp16's range is no place for an iteration that squares: bf16 or the default
+            ns_dtype=torch.bfloat16 if matmul_dtype == torch.bfloat16 else None,
         )
         optimizers.append(muon)
     elif cfg.optimizer == "adamw":

@@ -455,7 +455,7 @@ def prepare_for_inference(
         torch.set_num_threads(threads)
         reasons.append(f"{threads} CPU threads: requested")
     device = model.rope_cos.device
-    amp, why = precision_for(device, dtype)
+    amp, why = precision_for(device, dtype, purpose="inference")
     if amp is not None and model.model.embed_tokens.weight.dtype != amp:
         # Inference has no optimizer state to keep in fp32: cast the weights themselves instead of
         # autocasting. The RoPE tables stay fp32 (each forward casts the rows it uses).

@@ -17,7 +17,7 @@ import json
 import platform
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,9 @@ class SpeedrunResult:
     chat_model_path: str = ""  # the finetuned assistant ("" without an SFT stage)
     sft: dict[str, Any] | None = None  # the SFT stage's summary (SFTResult.summary())
     rl: dict[str, Any] | None = None  # the RL stage's summary, with the held-out skills after it
+    precision: dict[str, str] = field(
+        default_factory=dict
+    )  # the base model's {"dtype", "reason"}: runtime's measured choice
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -73,6 +76,7 @@ class SpeedrunResult:
                 "model_path",
                 "chat_model_path",
                 "report",
+                "precision",
                 "stages",
                 "sft",
                 "rl",
@@ -206,6 +210,7 @@ def run_speedrun(
         ),
         sft=sft_res.summary() if sft_res else None,
         rl={k: v for k, v in rl_summary.items() if k != "skills"} if rl_summary else None,
+        precision={"dtype": res.precision, "reason": res.precision_reason},
     )
 
 
@@ -371,6 +376,7 @@ def _write_report(
     import torch
 
     from twofiles.eval.report import write_report, write_run_info
+    from twofiles.runtime import cpu_identity
 
     tr, va = manifest["splits"]["train"], manifest["splits"]["val"]
     sections = []
@@ -450,7 +456,9 @@ def _write_report(
             "stages": stages,
             "data": f"Built-in Shakespeare; whole plays held out for validation. Train: {tr['documents']} works, {tr['tokens']:,} tokens, "
             f"{tr['bytes']:,} bytes. Validation: {va['documents']} works, {va['tokens']:,} tokens, {va['bytes']:,} bytes.",
-            "hardware": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, Python {platform.python_version()}",
+            "hardware": f"{cpu_identity()[0]} ({platform.machine()}), {torch.get_num_threads()} threads, torch {torch.__version__}, Python {platform.python_version()}; "
+            f"base model: {res.precision_reason or res.precision}",
+            "precision": {"dtype": res.precision, "reason": res.precision_reason},
             "samples": [{"prompt": p, "text": t} for p, t in samples],
             "sample_settings": "temperature 0.8, top-k 50",
             "sections": sections,

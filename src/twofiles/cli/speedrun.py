@@ -73,7 +73,9 @@ def run(args: argparse.Namespace) -> int:
     )
     print(
         f"val_bpb {res.val_bpb:.4f} bits/byte on the held-out plays (target {preset.expect_bpb or 'n/a'}), "
-        f"base model in {res.base_wall_seconds:.1f}s, model {res.model_path}, report {res.report}"
+        f"base model in {res.base_wall_seconds:.1f}s ({res.steps} steps, "
+        f"{res.tokens / max(res.train_seconds, 1e-9):,.0f} tokens/s, "
+        f"{res.precision.get('dtype', 'fp32')}), model {res.model_path}, report {res.report}"
     )
     if res.sft:
         before, after = res.sft["skills_before"], res.sft["skills_after"]

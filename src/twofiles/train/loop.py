@@ -151,7 +151,7 @@ class RunConfig:
     checkpoint_seconds: float = CHECKPOINT_SECONDS  # run seconds between checkpoints (0: off)
     seed: int = 1337  # initialisation and data order
     device: str = "auto"
-    dtype: str = "auto"  # auto: bf16 autocast on CUDA, fp32 elsewhere
+    dtype: str = "auto"  # auto: runtime.precision_for (CUDA: bf16; CPU: the measured probe)
     threads: int = 0  # CPU threads (0: torch's default)
     resume: bool = False  # continue from the newest checkpoint in out/checkpoints
     progress: bool = True  # tqdm progress bar on stderr

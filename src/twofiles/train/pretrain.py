@@ -84,6 +84,8 @@ class PretrainResult:
         return self.achieved_flops / self.peak_flops if math.isfinite(self.peak_flops) else None
 
     params: int
+    precision: str = "fp32"  # what the steps computed in: 'fp32' or e.g. 'bf16 autocast'
+    precision_reason: str = ""  # why (runtime.precision_for's words and figures)
 
 
 def _log(rt: rt_mod.Runtime, msg: str) -> None:
@@ -104,7 +106,7 @@ def pretrain(
     cfg: PretrainConfig, on_eval: Callable[[dict[str, Any]], None] | None = None
 ) -> PretrainResult:
     """Run (or resume) pretraining as configured; `on_eval` sees every evaluation record."""
-    rt = rt_mod.setup(cfg.device, cfg.dtype, cfg.threads or None)
+    rt = rt_mod.setup(cfg.device, cfg.dtype, cfg.threads or None, purpose="pretrain")
     signals = StopSignals(lambda msg: _log(rt, msg))
     try:
         return _pretrain(cfg, rt, on_eval, signals)
@@ -250,7 +252,7 @@ def _pretrain(
     model = loop.wrap_ddp(model, rt)
 
     # --- optimizer ---
-    optimizers = build_optimizers(raw_model, cfg.optim)
+    optimizers = build_optimizers(raw_model, cfg.optim, rt.autocast_dtype)
     objective = PretrainObjective(cfg, rt, raw_model, tokenizer, loader, val_stream)
 
     peak = rt_mod.peak_flops(rt.device) * (rt.world_size if rt.device.type == "cuda" else 1)
@@ -306,6 +308,8 @@ def _pretrain(
         params=n_params,
         achieved_flops=res.tokens_per_second * flops_per_token,
         peak_flops=peak,
+        precision=rt.precision,
+        precision_reason=rt.precision_reason,
     )
     if rt.is_main:
         provenance = {
@@ -322,6 +326,7 @@ def _pretrain(
             "train_seconds": elapsed,
             "config": cfg.to_dict(),
             "runtime": rt.describe(),
+            "precision": rt.precision_reason,
             **cfg.provenance,
         }
         save_model(model_path, raw_model, tokenizer, provenance=provenance)
@@ -375,7 +380,8 @@ def _write_report(
             "title": f"Pretrain report: {out.name}",
             "description": f"A base model pretrained on `{cfg.data}` for {budget}. {status}",
             "numbers": numbers,
-            "hardware": rt.describe(),
+            "hardware": f"{rt.describe()}; {rt.precision_reason}",
+            "precision": {"dtype": rt.precision, "reason": rt.precision_reason},
             "data": "; ".join(
                 f"{k}: {v.get('documents', '?')} documents, {v.get('tokens', 0):,} tokens, "
                 f"{v.get('bytes', 0):,} bytes"
