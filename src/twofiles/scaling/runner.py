@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -251,7 +252,8 @@ def run_sweep(
     with its log and the others go on."""
     t0 = time.perf_counter()
     states = [point_state(sweep_dir, p) for p in sweep.points]
-    todo = [s for s in states if s.state != "done"]
+    # cheapest first, the held-out point among them: a first fit and its test come early
+    todo = sorted((s for s in states if s.state != "done"), key=lambda s: s.point.flops)
     skipped = len(states) - len(todo)
     total = len(states)
     per_job = max(1, threads // max(jobs, 1)) if threads else 0
@@ -264,6 +266,7 @@ def run_sweep(
     say(f"{total} points: {skipped} done, {len(todo)} to run ({jobs} at a time)")
     collect_results(sweep, sweep_dir, walls)
     queue = list(todo)
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # a scheduler's stop, as Ctrl-C
     try:
         while queue or running:
             while queue and len(running) < jobs:
@@ -313,6 +316,8 @@ def run_sweep(
             proc.wait()
             log.close()
         raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return RunSummary(
         done=done,
         ran=len(todo) - len(failed),
@@ -321,6 +326,10 @@ def run_sweep(
         wall_s=time.perf_counter() - t0,
         total=total,
     )
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def _fmt_s(s: float) -> str:
