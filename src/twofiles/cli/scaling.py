@@ -115,6 +115,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="also give the compute-optimal model for this many seconds of training here",
     )
+    f.add_argument(
+        "--speed-scale",
+        type=float,
+        default=1.0,
+        help="multiply the sweep's measured tokens/s (e.g. the ratio of a quiet machine's speed "
+        "to the busy sweep's) for --budget-s",
+    )
+    f.add_argument(
+        "--min-steps", type=int, default=0, help="leave out points shorter than this from the fit"
+    )
     f.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     add_json_flag(f)
 
@@ -225,8 +235,10 @@ def _fit(args: argparse.Namespace) -> int:
     doc = fit_sweep(
         Path(args.sweep),
         n_counts=args.n_counts,
-        bootstrap=args.bootstrap,
+        bootstrap_rounds=args.bootstrap,
         budget_s=args.budget_s,
+        speed_scale=args.speed_scale,
+        min_steps=args.min_steps,
         seed=args.seed,
     )
     print(format_fit(doc))

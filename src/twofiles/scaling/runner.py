@@ -270,7 +270,9 @@ def run_sweep(
     try:
         while queue or running:
             while queue and len(running) < jobs:
-                s = queue.pop(0)
+                s = point_state(sweep_dir, queue.pop(0).point)  # as it is now, not at the start
+                if s.state == "done":  # finished meanwhile by another runner
+                    continue
                 s.run_dir.mkdir(parents=True, exist_ok=True)
                 cmd = point_command(
                     sweep, sweep_dir, s.point, threads=per_job, resume=s.state == "killed"
