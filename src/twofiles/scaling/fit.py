@@ -124,7 +124,9 @@ def fit_law(
 
 def constants(theta: np.ndarray) -> dict[str, float]:
     a, b, e, alpha, beta = (float(x) for x in theta)
-    out = {"E": math.exp(e), "A": math.exp(a), "B": math.exp(b), "alpha": alpha, "beta": beta}
+    with np.errstate(over="ignore"):  # a degenerate bootstrap refit may send a constant to inf
+        big = [float(np.exp(x)) for x in (e, a, b)]
+    out = {"E": big[0], "A": big[1], "B": big[2], "alpha": alpha, "beta": beta}
     # compute-optimal allocation under C = 6ND (Hoffmann et al. eq. 4): N_opt = G (C/6)^a_exp
     s = alpha + beta
     out["a_exp"] = beta / s if s > 0 else float("nan")  # N_opt ~ C^a_exp

@@ -326,8 +326,8 @@ def write_report(sweep_dir: Path) -> tuple[Path, list[Path]]:
     from twofiles.paths import atomic_write_bytes
 
     sweep = read_sweep(sweep_dir)
-    rows = read_results(sweep_dir)
     fit = read_fit(sweep_dir)
+    rows = read_results(sweep_dir)
     pngs = [
         plot_frontier(rows, fit, sweep_dir / PLOTS[0]),
         plot_isoflop(fit, sweep_dir / PLOTS[1]),
