@@ -123,6 +123,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "to the busy sweep's) for --budget-s",
     )
     f.add_argument(
+        "--speed-ref",
+        default=None,
+        metavar="RUN_DIR",
+        help="a finished pretraining run measured on the machine the budget is for (e.g. a quiet "
+        "speedrun): scales the sweep's tokens/s to its speed",
+    )
+    f.add_argument(
         "--min-steps", type=int, default=0, help="leave out points shorter than this from the fit"
     )
     f.add_argument("--seed", type=int, default=0, help="bootstrap seed")
@@ -238,6 +245,7 @@ def _fit(args: argparse.Namespace) -> int:
         bootstrap_rounds=args.bootstrap,
         budget_s=args.budget_s,
         speed_scale=args.speed_scale,
+        speed_ref=Path(args.speed_ref) if args.speed_ref else None,
         min_steps=args.min_steps,
         seed=args.seed,
     )

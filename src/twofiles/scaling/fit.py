@@ -273,6 +273,27 @@ def throughput_model(rows: list[dict[str, Any]], recipe: dict[str, Any]) -> dict
     }
 
 
+def reference_run(run_dir: Path, recipe: dict[str, Any]) -> dict[str, Any]:
+    """A finished pretraining run measured where the budget will be spent (config.json's model,
+    run.json's tokens/s): what scales the sweep's speed to that machine."""
+    from twofiles.model import ModelConfig
+
+    try:
+        cfg = json.loads((Path(run_dir) / "config.json").read_text(encoding="utf-8"))
+        nums = json.loads((Path(run_dir) / "run.json").read_text(encoding="utf-8"))["numbers"]
+        model = ModelConfig.from_dict(cfg["model"])
+        tok_s = float(nums["tokens_per_second"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise BadInputError(
+            f"not a finished pretraining run (config.json + run.json): {e}", path=str(run_dir)
+        ) from None
+    seq = int(cfg.get("seq_len", recipe["seq_len"]))
+    return {"run": str(run_dir), "tokens_per_s": tok_s, "flops_per_token": model.flops_per_token(seq),
+            "model": {k: getattr(model, k) for k in ("dim", "n_layers", "n_heads", "hidden_dim")},
+            "params": param_counts(model), "tokens": float(nums.get("tokens", 0)),
+            "val_loss": float(nums.get("val_loss", "nan"))}  # fmt: skip
+
+
 def budget_optimum(
     c: dict[str, float],
     n_key: str,
@@ -317,6 +338,7 @@ def fit_sweep(
     bootstrap_rounds: int = 200,
     budget_s: float | None = None,
     speed_scale: float = 1.0,
+    speed_ref: Path | None = None,
     seed: int = 0,
     min_steps: int = 0,
     write: bool = True,
@@ -403,6 +425,13 @@ def fit_sweep(
     if budget_s:
         speed = throughput_model([r for r in rows if r.get("tokens_per_s")], sweep.recipe)
         doc["throughput"] = {**speed, "source": "the sweep's points (their measured tokens/s)"}
+        if speed_ref is not None:  # the sweep's speed against size, scaled to the reference run's
+            ref = reference_run(speed_ref, sweep.recipe)
+            speed_scale = ref["tokens_per_s"] * (speed["c0"] + speed["c1"] * ref["flops_per_token"])
+            doc["throughput"]["reference"] = ref
+            doc["throughput"]["source"] += f", scaled to {speed_ref}'s measured tokens/s"
+            # the law's prediction for the reference run itself (another shape than the dial's)
+            ref["pred_loss"] = float(law(doc["theta"], ref["params"][n_key], ref["tokens"]))
         doc["budget"] = budget_optimum(
             c, n_key, sweep.recipe, speed, budget_s, speed_scale=speed_scale
         )
@@ -455,6 +484,9 @@ def format_fit(doc: dict[str, Any]) -> str:
                      f"({s['minima_inside']} of {s['budgets']} minima inside the sizes measured)")  # fmt: skip
         for t in s["tokens_per_param"]:
             lines.append(f"  C {t['flops']:.2e}: {t['ratio']:.1f} tokens per parameter")
+    if ref := doc.get("throughput", {}).get("reference"):
+        lines.append(f"reference run {ref['run']}: {ref['tokens_per_s']:,.0f} tokens/s; its loss "
+                     f"{ref['val_loss']:.4f}, the law predicts {ref['pred_loss']:.4f}")  # fmt: skip
     if b := doc.get("budget"):
         x = b["best"]
         m = x["model"]
