@@ -113,7 +113,7 @@ def fit_law(
             args=(log_n, log_d, log_l),
             jac=True,
             method="L-BFGS-B",
-            options={"maxiter": 2000, "ftol": 1e-15, "gtol": 1e-12},
+            options={"maxiter": 600, "ftol": 1e-13, "gtol": 1e-11},
         )
         if np.isfinite(r.fun) and r.fun < best_f:
             best, best_f = r.x, float(r.fun)
