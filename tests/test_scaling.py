@@ -27,7 +27,7 @@ THETA = [math.log(TRUE["A"]), math.log(TRUE["B"]), math.log(TRUE["E"]), TRUE["al
 
 
 def _recipe() -> dict:
-    return pl.recipe_from_preset("cpu-5min")
+    return pl.recipe_from_preset(get_preset("cpu-5min"))
 
 
 def test_plan_grid_counts_and_span() -> None:

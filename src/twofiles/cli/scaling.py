@@ -158,7 +158,9 @@ def _plan(args: argparse.Namespace) -> int:
         raise TwofilesError(f"{out} already holds a sweep: choose another --out, or remove it")
     if args.isoflop and args.tokens:
         raise TwofilesError("give --tokens or --isoflop, not both")
-    recipe = pl.recipe_from_preset(args.preset)
+    from twofiles.presets import get_preset
+
+    recipe = pl.recipe_from_preset(get_preset(args.preset))
     out.mkdir(parents=True, exist_ok=True)
     if args.data == "builtin":
         print(f"preparing the built-in corpus into {out / 'data'}...", file=sys.stderr)

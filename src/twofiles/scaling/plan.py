@@ -112,12 +112,10 @@ class Sweep:
         return p if p.is_absolute() else Path(sweep_dir) / p
 
 
-def recipe_from_preset(preset_name: str) -> dict[str, Any]:
-    """The recipe the points share, read from the preset (the speedrun's by default): everything
-    but the model's shape and the number of steps."""
-    from twofiles.presets import get_preset
-
-    p = get_preset(preset_name)
+def recipe_from_preset(p: Any) -> dict[str, Any]:
+    """The recipe the points share, read from a presets.Preset (the speedrun's by default; the
+    caller looks it up, as presets sit above this package): everything but the model's shape and
+    the number of steps."""
     t = p.train
     return {
         "preset": p.name,
