@@ -43,7 +43,8 @@ def _size_colors(rows: list[dict[str, Any]]) -> dict[int, Any]:
 
 
 def plot_frontier(rows: list[dict[str, Any]], fit: dict[str, Any], path: Path) -> Path:
-    """Loss against training compute, one line per size; the frontier is the lower envelope."""
+    """Loss against training compute (the FLOPs spent: 6 x matmul parameters x D, whatever N the
+    fit counts), one line per size; the frontier is the lower envelope."""
     from twofiles.plots import save_png
 
     plt = _plt()
@@ -56,7 +57,7 @@ def plot_frontier(rows: list[dict[str, Any]], fit: dict[str, Any], path: Path) -
             key=lambda r: r["tokens"],
         )
         if rs:
-            c = [6 * r[key] * r["tokens"] for r in rs]
+            c = [r["flops"] for r in rs]
             ax.plot(
                 c,
                 [r["val_loss"] for r in rs],
@@ -64,20 +65,20 @@ def plot_frontier(rows: list[dict[str, Any]], fit: dict[str, Any], path: Path) -
                 color=color,
                 label=f"depth {depth} (N {rs[0][key]:,})",
             )
-    pts = sorted((6 * r[key] * r["tokens"], r["val_loss"]) for r in rows if not r.get("heldout"))
+    pts = sorted((r["flops"], r["val_loss"]) for r in rows if not r.get("heldout"))
     frontier, best = [], math.inf
     for c, loss in pts:
         if loss < best:
             frontier.append((c, loss))
             best = loss
-    ax.plot(*zip(*frontier, strict=True), "k--", lw=1, label="frontier")
+    ax.plot(*zip(*frontier, strict=True), "k--", lw=2, alpha=0.6, label="frontier", zorder=4)
     for r in rows:
         if r.get("heldout"):
             ax.plot(
                 6 * r[key] * r["tokens"], r["val_loss"], "r*", ms=14, label=f"held out {r['name']}"
             )
     ax.set_xscale("log")
-    ax.set_xlabel(f"compute C = 6ND (FLOPs, N = {fit['n_counts']})")
+    ax.set_xlabel("training compute 6ND (FLOPs; N = parameters in matmuls)")
     ax.set_ylabel("held-out loss (nats/token)")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
@@ -104,7 +105,8 @@ def plot_isoflop(fit: dict[str, Any], path: Path) -> Path:
     ax.set_xlabel(f"N ({fit['n_counts']} parameters)")
     ax.set_ylabel("held-out loss (nats/token)")
     ax.set_title("isoFLOP curves (x: minimum inside the sizes measured)")
-    ax.legend(fontsize=7)
+    if curves:
+        ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     return save_png(fig, path)
 
