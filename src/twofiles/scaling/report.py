@@ -74,9 +74,7 @@ def plot_frontier(rows: list[dict[str, Any]], fit: dict[str, Any], path: Path) -
     ax.plot(*zip(*frontier, strict=True), "k--", lw=2, alpha=0.6, label="frontier", zorder=4)
     for r in rows:
         if r.get("heldout"):
-            ax.plot(
-                6 * r[key] * r["tokens"], r["val_loss"], "r*", ms=14, label=f"held out {r['name']}"
-            )
+            ax.plot(r["flops"], r["val_loss"], "r*", ms=14, label=f"held out {r['name']}")
     ax.set_xscale("log")
     ax.set_xlabel("training compute 6ND (FLOPs; N = parameters in matmuls)")
     ax.set_ylabel("held-out loss (nats/token)")
