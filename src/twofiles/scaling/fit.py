@@ -295,7 +295,7 @@ def reference_run(run_dir: Path, recipe: dict[str, Any]) -> dict[str, Any]:
 
 
 def budget_optimum(
-    c: dict[str, float],
+    theta: list[float],
     n_key: str,
     recipe: dict[str, Any],
     speed: dict[str, float],
@@ -305,7 +305,6 @@ def budget_optimum(
     max_depth: int = 16,
 ) -> dict[str, Any]:
     """The dial position minimising L(N, tokens_per_s(N) x budget) on this machine."""
-    theta = [math.log(c["A"]), math.log(c["B"]), math.log(c["E"]), c["alpha"], c["beta"]]
     tps = int(recipe["batch_size"] * recipe["seq_len"] * recipe.get("grad_accum", 1))
     table = []
     for depth in range(1, max_depth + 1):
@@ -433,7 +432,7 @@ def fit_sweep(
             # the law's prediction for the reference run itself (another shape than the dial's)
             ref["pred_loss"] = float(law(doc["theta"], ref["params"][n_key], ref["tokens"]))
         doc["budget"] = budget_optimum(
-            c, n_key, sweep.recipe, speed, budget_s, speed_scale=speed_scale
+            doc["theta"], n_key, sweep.recipe, speed, budget_s, speed_scale=speed_scale
         )
         doc["budget"]["law_allocation"] = dict(
             zip(
