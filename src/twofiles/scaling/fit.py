@@ -193,10 +193,13 @@ def isoflop_curves(
     if budgets is None:
         if iso:
             budgets = iso
-        else:
+        else:  # budgets where at least three sizes' measured D ranges cross C = 6ND
             cs = [6 * r[n_key] * r["tokens"] for r in rows]
-            lo, hi = math.log10(min(cs)), math.log10(max(cs))
-            budgets = list(np.logspace(lo, hi, 9)[1:-1])
+            spans = [(6 * n * min(r["tokens"] for r in rs), 6 * n * max(r["tokens"] for r in rs))
+                     for n, rs in by_size.items()]  # fmt: skip
+            dense = np.logspace(math.log10(min(cs)), math.log10(max(cs)), 41)
+            budgets = [float(c) for c in dense if sum(lo <= c <= hi for lo, hi in spans) >= 3]
+            budgets = budgets[:: max(1, len(budgets) // 8)]
     curves = []
     for c in budgets:
         pts = []
