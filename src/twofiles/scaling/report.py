@@ -221,7 +221,12 @@ def markdown(sweep: Any, rows: list[dict[str, Any]], fit: dict[str, Any]) -> str
         "L(N, D) = E + A/N^alpha + B/D^beta, fitted as Hoffmann et al. (2022, approach 3): Huber loss "
         f"(delta {fit['fit']['huber_delta']}) on log L, L-BFGS-B from the best of the paper's "
         f"{fit['fit']['starts']:,} starting points; 95% intervals from {fit['fit']['bootstrap']} bootstrap refits "
-        "(points resampled).",
+        "(points resampled)."
+        + (
+            f" Runs shorter than {fit['min_steps']} steps are left out (`--min-steps`)."
+            if fit.get("min_steps")
+            else ""
+        ),
         "",
         "| constant | ours | Chinchilla (2022) | Besiroglu et al. (2024) |",
         "| --- | --- | --- | --- |",
