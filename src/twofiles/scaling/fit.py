@@ -97,7 +97,12 @@ def fit_law(
     n: np.ndarray, d: np.ndarray, loss: np.ndarray, *, starts: np.ndarray | None = None
 ) -> tuple[np.ndarray, float]:
     """The best L-BFGS-B optimum over `starts` (default the paper's grid): (theta, objective)."""
-    from scipy.optimize import minimize
+    try:
+        from scipy.optimize import minimize
+    except ImportError:
+        raise TwofilesError(
+            "the scaling fit needs scipy: pip install 'twofiles[scaling]'"
+        ) from None
 
     log_n, log_d, log_l = np.log(n), np.log(d), np.log(loss)
     if starts is None:
