@@ -26,7 +26,6 @@ import json
 import lzma
 import math
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -34,15 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from twofiles.runtime import cpu_identity
 
 
 def classic(data: bytes, repeat: int) -> list[dict[str, Any]]:
@@ -274,7 +265,7 @@ def main() -> int:
     doc = {
         "text": f"held-out plays{'' if args.prefix is None else f', first {args.prefix:,} characters'}",
         "bytes": len(data),
-        "cpu": cpu_name(),
+        "cpu": cpu_identity()[0],
         "threads": args.threads,
         "torch": __import__("torch").__version__,
         "rows": rows,

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import subprocess
 import sys
@@ -27,19 +26,9 @@ import torch
 from twofiles.data.builtin import builtin_text
 from twofiles.formats.resolve import resolve_model
 from twofiles.inspect import hook_names, run_with_cache, run_with_hooks
+from twofiles.runtime import cpu_identity
 
 MODES = ("plain", "no hooks", "few", "all")
-
-
-def _cpu() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _status_mb(field: str) -> float:
@@ -143,7 +132,7 @@ def main() -> None:
         for m in MODES
     }
     summary = {
-        "cpu": _cpu(),
+        "cpu": cpu_identity()[0],
         "threads": args.threads,
         "model": args.model,
         "tokens": int(ids.shape[1]),

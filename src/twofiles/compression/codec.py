@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import platform
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
@@ -36,6 +35,7 @@ from twofiles.artifact import weights_sha256
 from twofiles.compression import container
 from twofiles.compression.coder import MAX_TOTAL, Decoder, Encoder
 from twofiles.errors import BadInputError, TwofilesError
+from twofiles.runtime import cpu_identity
 
 if TYPE_CHECKING:
     from twofiles.artifact import LoadedModel
@@ -137,20 +137,9 @@ def environment(device: str) -> dict[str, str]:
     if device.startswith("cuda"):
         kind = torch.cuda.get_device_name()
     else:
-        kind = _cpu_name()
+        kind = cpu_identity()[0]
     capability = torch.backends.cpu.get_cpu_capability() if device == "cpu" else device
     return {"torch": torch.__version__, "cpu_capability": capability, "cpu": kind}
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def cumulative_frequencies(logits: torch.Tensor) -> torch.Tensor:

@@ -314,7 +314,7 @@ def budget_optimum(
 ) -> dict[str, Any]:
     """The dial position minimising L(N, tokens_per_s(N) x budget) on this machine."""
     tps = int(recipe["batch_size"] * recipe["seq_len"] * recipe.get("grad_accum", 1))
-    table = []
+    table: list[dict[str, Any]] = []
     for depth in range(1, max_depth + 1):
         fpt = flops_per_token(recipe, depth)
         tok_s = speed_scale / (speed["c0"] + speed["c1"] * fpt)

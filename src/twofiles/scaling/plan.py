@@ -132,12 +132,13 @@ def recipe_from_preset(p: Any) -> dict[str, Any]:
 
 
 def model_config(recipe: dict[str, Any], depth: int) -> ModelConfig:
-    return ModelConfig(
-        vocab_size=int(recipe["vocab_size"]),
-        max_seq_len=int(recipe["seq_len"]),
-        tie_embeddings=bool(recipe["tie_embeddings"]),
+    fields: dict[str, Any] = {
         **shape(depth),
-    )
+        "vocab_size": int(recipe["vocab_size"]),
+        "max_seq_len": int(recipe["seq_len"]),
+        "tie_embeddings": bool(recipe["tie_embeddings"]),
+    }
+    return ModelConfig(**fields)
 
 
 def make_point(
