@@ -96,8 +96,8 @@ PRESETS: dict[str, Preset] = {
         name="cpu-5min",
         description="2-core laptop CPU, 5 minutes end to end: d192 x 4 layers, vocab 4096, Muon; "
         "bf16 autocast where runtime's probe measures fast bf16 matmuls (AVX512-BF16, AMX), else "
-        "fp32; expects <= 2.25 bits/byte on the held-out plays (AMD EPYC, 2 cores: fp32 2.01-2.02 "
-        "in ~850 steps; bf16 ~2x the steps, ~1.96 expected, 2.0118 measured at 1 thread); "
+        "fp32; expects <= 2.25 bits/byte on the held-out plays (AMD EPYC with AVX512-BF16, 2 quiet "
+        "cores: fp32 2.01-2.02 in ~850 steps; bf16 1.962 in 1,518 steps); "
         "then ~1 minute of SFT on the built-in mix and ~1 minute of RL on calculator arithmetic, "
         "after the 5-minute budget",
         vocab_size=4096,
