@@ -681,3 +681,35 @@ def test_the_loop_resumes_an_objective_exactly(tmp_path: Path) -> None:
         "config",
         "step",
     }
+
+
+@pytest.mark.slow
+def test_a_compiled_run_spends_its_time_budget(tiny_data: Path, tmp_path: Path) -> None:
+    """The first step pays for torch.compile's compilation (seconds against milliseconds a step):
+    the step rate is measured after it, and the evaluation compiles before its cost is probed, so
+    a compiled run trains its budget out instead of planning one step and stopping."""
+    from twofiles.train.pretrain import pretrain
+
+    budget = 25.0
+    cfg = golden_pretrain_config(
+        tiny_data, tmp_path / "run", max_steps=1_000_000, time_budget_s=budget
+    )
+    cfg.compile = True
+    res = pretrain(cfg)
+    assert res.steps > 50, res.steps
+    assert abs(res.train_seconds - budget) < 0.1 * budget, res.train_seconds
+
+
+def test_no_compiler_means_eager(monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    import torch
+
+    from twofiles.runtime import can_compile
+
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    ok, why = can_compile(torch.device("cpu"))
+    assert not ok and "no C++ compiler" in why
+    monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/g++" if name == "g++" else None)
+    assert can_compile(torch.device("cpu")) == (True, "C++ compiler g++ found")

@@ -351,6 +351,20 @@ def setup(
     return rt
 
 
+def can_compile(device: torch.device) -> tuple[bool, str]:
+    """Whether torch.compile can run here, with the reason: on CPU its code generator needs a C++
+    compiler (inductor calls $CXX, else c++/g++/clang++); a machine without one trains eager
+    rather than failing at the first step."""
+    import shutil
+
+    if device.type != "cpu":
+        return True, f"{device.type}: compiled by inductor"
+    for cxx in (os.environ.get("CXX", ""), "c++", "g++", "clang++"):
+        if cxx and shutil.which(cxx):
+            return True, f"C++ compiler {cxx} found"
+    return False, "no C++ compiler (c++, g++, clang++ or $CXX) for inductor's CPU code: eager"
+
+
 def teardown(rt: Runtime) -> None:
     if rt.distributed:
         import torch.distributed as dist

@@ -194,8 +194,18 @@ class PretrainObjective(loop.ObjectiveBase):
 
     def probe(self, model: torch.nn.Module, per_step: float) -> None:
         cfg = self.cfg
-        t_probe = time.perf_counter()
         n = min(self.final_eval_tokens, 4 * cfg.batch_size * cfg.seq_len)
+        if not self.probes and cfg.compile:  # the evaluation's shapes compile once, untimed
+            evaluate_bpb(
+                model,
+                self.val_stream,
+                self.token_bytes,
+                self.rt,
+                cfg.seq_len,
+                cfg.batch_size * 2,
+                n,
+            )
+        t_probe = time.perf_counter()
         evaluate_bpb(
             model, self.val_stream, self.token_bytes, self.rt, cfg.seq_len, cfg.batch_size * 2, n
         )
@@ -248,7 +258,10 @@ def _pretrain(
     n_params = sum(p.numel() for p in raw_model.parameters())
     model: torch.nn.Module = raw_model
     if cfg.compile:
-        model = torch.compile(model)  # type: ignore[assignment]
+        ok, why = rt_mod.can_compile(rt.device)
+        if ok:
+            model = torch.compile(model)  # type: ignore[assignment]
+        _log(rt, f"compile: {'yes' if ok else 'no'} ({why})")
     model = loop.wrap_ddp(model, rt)
 
     # --- optimizer ---
