@@ -80,7 +80,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         description="Run each missing point as a `twofiles pretrain` process; collect "
         "SWEEP/results.jsonl.",
     )
-    r.add_argument("sweep", metavar="SWEEP")
+    r.add_argument(
+        "sweep", metavar="SWEEP", help="the sweep directory (`twofiles scaling plan --out`)"
+    )
     r.add_argument("--jobs", type=int, default=1, help="points at once (default 1)")
     r.add_argument(
         "--threads", type=int, default=0, help="CPU threads in all, split between the jobs"
@@ -98,7 +100,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         description="Fit the Chinchilla law (approach 3) with bootstrap intervals and the isoFLOP "
         "parabolas (approach 2); predict the held-out point; write SWEEP/fit.json.",
     )
-    f.add_argument("sweep", metavar="SWEEP")
+    f.add_argument("sweep", metavar="SWEEP", help="the sweep directory, its points run")
     f.add_argument(
         "--n-counts",
         choices=("non-embedding", "all", "matmul"),
@@ -140,7 +142,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="report.md and PNGs from the fit",
         description="Write SWEEP/report.md + PNGs.",
     )
-    rep.add_argument("sweep", metavar="SWEEP")
+    rep.add_argument(
+        "sweep", metavar="SWEEP", help="the sweep directory, fitted (`twofiles scaling fit`)"
+    )
     add_json_flag(rep)
 
 
