@@ -443,6 +443,24 @@ def test_time_budget_schedule_follows_the_measured_speed() -> None:
     assert again.state_dict() == state
 
 
+def test_time_budget_leaves_the_first_step_out_of_the_rate() -> None:
+    """A simulated clock whose first step takes 25 s (a compile) and the others 0.01 s, with a
+    reserve proportional to the step time (as the final evaluation's): the plan follows the warm
+    rate and the run trains its budget out, instead of planning one step and stopping."""
+    from twofiles.train.runctl import Planner
+
+    optim = OptimConfig(schedule="wsd", warmup_steps=5, decay_frac=0.4)
+    plan = Planner(
+        optim, max_steps=10, time_budget_s=60.0, reserve_s=lambda per_step: 100 * per_step
+    )
+    t, step = 0.0, 0
+    while step < plan.observe(step, t):
+        t += 25.0 if step == 0 else 0.01
+        step += 1
+    assert step > 3000  # (60 - 25 - 1) s at 100 steps/s
+    assert 58.9 <= t <= 59.05  # the budget less the 1 s reserve
+
+
 @pytest.mark.slow
 def test_ddp_two_processes_match_one_process(tiny_data: Path, tmp_path: Path) -> None:
     common = ["--max-steps", "5", "--seq-len", "32", "--grad-clip", "1.0"]

@@ -316,13 +316,7 @@ def run(
             # `elapsed` is the run's wall time in the loop (evaluations and checkpoints included),
             # so a time budget bounds what the user waits for, not just the optimizer steps.
             elapsed = elapsed_before + (time.perf_counter() - loop_start)
-            # the step rate is measured from the end of the first step on: that one pays for
-            # warming up (torch.compile's compilation: 8-25 s against 0.15 s a step at the
-            # speedrun's shape), and counted in the rate it made the final evaluation's reserve
-            # look larger than the budget, ending the run after one step
-            warm = step - step_start >= 1
-            planned = planner.observe(step, elapsed) if warm else planner.total
-            total_steps, stopping = agree(rt, planned, signals.requested)
+            total_steps, stopping = agree(rt, planner.observe(step, elapsed), signals.requested)
             planner.total = total_steps
             if bar is not None and planner.timed:
                 bar.total = total_steps
