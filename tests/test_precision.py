@@ -193,3 +193,19 @@ def test_tiny_pretraining_under_bf16_autocast(
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run["precision"] == {"dtype": "bf16 autocast", "reason": res.precision_reason}
     assert "bf16 matmul" in (tmp_path / "run" / "report.md").read_text()
+
+
+def test_the_mfu_peak_is_measured_in_the_runs_precision(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bf16 run's MFU is against the bf16 matmul peak: against fp32's it read above 1."""
+    from twofiles import runtime
+
+    seen: list[torch.dtype] = []
+
+    def gflops(n: int, repeats: int = 5, seconds: float = 0.2, dtype=torch.float32) -> float:
+        seen.append(dtype)
+        return {torch.float32: 100.0, torch.bfloat16: 400.0}[dtype]
+
+    monkeypatch.setattr(runtime, "matmul_gflops", gflops)
+    assert runtime.peak_flops(torch.device("cpu")) == 100e9
+    assert runtime.peak_flops(torch.device("cpu"), dtype=torch.bfloat16) == 400e9
+    assert set(seen) == {torch.float32, torch.bfloat16}

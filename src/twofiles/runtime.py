@@ -415,10 +415,13 @@ def matmul_gflops(
     return 2 * n**3 / best / 1e9
 
 
-def peak_flops(device: torch.device, *, quick: bool = True) -> float:
-    """The device's dense matmul peak in FLOP/s, the denominator of MFU: measured on CPU (fp32, an
-    achievable peak for this BLAS, not a datasheet number), looked up on CUDA (bf16 tensor-core
-    datasheet figures, by name), NaN when unknown."""
+def peak_flops(
+    device: torch.device, *, quick: bool = True, dtype: torch.dtype | None = None
+) -> float:
+    """The device's dense matmul peak in FLOP/s, the denominator of MFU: measured on CPU in the
+    run's precision (`dtype`: the autocast dtype, None for fp32; an achievable peak for this BLAS,
+    not a datasheet number: a bf16 run measured against the fp32 peak showed an MFU above 1),
+    looked up on CUDA (bf16 tensor-core datasheet figures, by name), NaN when unknown."""
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device).lower()
         for key, flops in (
@@ -439,7 +442,12 @@ def peak_flops(device: torch.device, *, quick: bool = True) -> float:
     sizes = (1024, 1536) if quick else (512, 1024, 1536, 2048)
     return (
         max(
-            matmul_gflops(n, repeats=3 if quick else 5, seconds=0.05 if quick else 0.2)
+            matmul_gflops(
+                n,
+                repeats=3 if quick else 5,
+                seconds=0.05 if quick else 0.2,
+                dtype=dtype or torch.float32,
+            )
             for n in sizes
         )
         * 1e9

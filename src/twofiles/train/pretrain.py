@@ -268,7 +268,9 @@ def _pretrain(
     optimizers = build_optimizers(raw_model, cfg.optim, rt.autocast_dtype)
     objective = PretrainObjective(cfg, rt, raw_model, tokenizer, loader, val_stream)
 
-    peak = rt_mod.peak_flops(rt.device) * (rt.world_size if rt.device.type == "cuda" else 1)
+    peak = rt_mod.peak_flops(rt.device, dtype=rt.autocast_dtype) * (
+        rt.world_size if rt.device.type == "cuda" else 1
+    )
     flops_per_token = cfg.model.flops_per_token(cfg.seq_len)
     _log(
         rt,
