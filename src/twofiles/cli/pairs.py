@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         raise BadInputError(f"--judge {args.judge!r}: verifier or reward:PATH")
 
-    rt = rt_mod.setup(args.device, "auto", args.threads or None)
+    rt = rt_mod.setup(args.device, "auto", args.threads or None, purpose="inference")
     try:
         loaded = resolve_model(args.model, device=rt.device)
         model, tok = loaded.model, loaded.tokenizer
