@@ -157,8 +157,34 @@ class PrecisionProbe:
         return ("bf16 autocast" if self.use_bf16 else "fp32") + ": " + self.figures()
 
 
-def cpu_identity() -> tuple[str, tuple[str, ...]]:
-    """(model name, bf16-relevant ISA flags) of this CPU, from /proc/cpuinfo where there is one."""
+# The flags that decide which inference kernels run and how fast (x86 vector and matrix units,
+# Arm's dot-product and SVE extensions): cpu_identity(all_flags=True), for the decode probe's
+# cache key and for benchmark reports.
+KERNEL_ISA_FLAGS = (
+    "avx2",
+    "fma",
+    "f16c",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "avx_vnni",
+    "amx_tile",
+    "amx_bf16",
+    "amx_int8",
+    "asimd",
+    "asimddp",
+    "i8mm",
+    "bf16",
+    "sve",
+)
+
+
+def cpu_identity(*, all_flags: bool = False) -> tuple[str, tuple[str, ...]]:
+    """(model name, ISA flags) of this CPU, from /proc/cpuinfo where there is one: the
+    bf16-relevant flags, or with `all_flags` every kernel-relevant one (KERNEL_ISA_FLAGS)."""
     name, flags = "", set()
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
@@ -170,7 +196,8 @@ def cpu_identity() -> tuple[str, tuple[str, ...]]:
                 flags.update(value.split())
     if not name:
         name = platform.processor() or platform.machine() or "unknown CPU"
-    return name, tuple(f for f in BF16_ISA_FLAGS if f in flags)
+    wanted = KERNEL_ISA_FLAGS if all_flags else BF16_ISA_FLAGS
+    return name, tuple(f for f in wanted if f in flags)
 
 
 def matmul_seconds(shape: tuple[int, int, int], dtype: torch.dtype, budget_s: float) -> float:

@@ -1,0 +1,296 @@
+"""How fast this machine multiplies a model's weights by one token, in each weight format: the
+measured probe behind the inference layout (quant.prepare_for_inference).
+
+What it owns: timing one decode step's worth of matrix-vector products (the model's own linear
+shapes, at batch 1, weights larger than the caches so they stream as they do in a real step) in
+each candidate format and thread count, caching the figures per machine, and the choice they imply.
+What it leaves to others: building the layout (quant.py), the training precision probe
+(runtime.probe_precision), the model itself.
+
+Why a probe and not a rule: which format streams fastest depends on the CPU, and no name tells.
+Measured at batch 1 on two CPUs these sessions get (bench/decode.py, docs/LOG.md): on an Intel
+Xeon with AMX, torch's fp32 path was slower than transformers' and bf16 weights were the answer; on
+an AMD EPYC with AVX-512 oneDNN's packed fp32 kernel streams ~1.7x MKL's sgemv; on a CPU without
+AVX512-BF16 a bf16 matvec can be emulated and lose. A decode step at batch 1 is bound by how fast
+the weights stream (every weight is read once per token), so timing the model's shapes at the
+model's size predicts the step well; the rest of a step (norms, attention, Python) is the same in
+every format and cancels out of the comparison.
+
+Formats:
+  fp32           F.linear on fp32 weights (torch's default CPU path)
+  fp32-packed    oneDNN's prepacked fp32 linear (quant.PackedLinear)
+  bf16           F.linear on bf16 weights
+  bf16-packed    oneDNN's prepacked bf16 linear
+  int8 / int4    the packed int8 / int4 kernels (quantization is the user's choice; the probe only
+                 picks their thread count)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from twofiles.paths import atomic_write_bytes, cache_dir
+from twofiles.runtime import cpu_identity
+
+PROBE_CACHE_NAME = "decode-probe.json"
+FORMATS: tuple[str, ...] = ("fp32", "fp32-packed", "bf16", "bf16-packed", "int8", "int4")
+DENSE_FORMATS: tuple[str, ...] = ("fp32", "fp32-packed", "bf16", "bf16-packed")
+
+# bf16 weights round every weight to 8 bits of mantissa: worth it only for a clear gain. 1.15x is
+# above the probe's own run-to-run spread (~5% on a quiet machine, CPU time) and well below what
+# bf16 gives where it pays (1.8-2x: half the bytes per token).
+BF16_MIN_GAIN = 1.15
+
+# Each shape is timed over enough copies that they outgrow the caches (the largest L3 of the CPUs
+# seen here is 32 MB per socket): otherwise a small layer is timed from cache, which a real step
+# never sees (it reads all of the model's weights once per token).
+STREAM_BYTES = 64 * 2**20
+
+
+def _has_onednn() -> bool:
+    return (
+        torch.backends.mkldnn.is_available()
+        and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+        and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    )
+
+
+def _int_kernels() -> bool:
+    return hasattr(torch.ops.aten, "_weight_int8pack_mm") and hasattr(
+        torch.ops.aten, "_weight_int4pack_mm_for_cpu"
+    )
+
+
+def available_formats() -> tuple[str, ...]:
+    """The formats this torch build can run on CPU."""
+    out = ["fp32", "bf16"]
+    if _has_onednn():
+        out += ["fp32-packed", "bf16-packed"]
+    if _int_kernels():
+        out += ["int8", "int4"]
+    return tuple(f for f in FORMATS if f in out)
+
+
+def _matvec(fmt: str, w: torch.Tensor) -> Callable[[], torch.Tensor]:
+    """A closure doing one [1, K] x [K, N] product with weight w [N, K] stored as `fmt`."""
+    N, K = w.shape
+    if fmt in ("fp32", "bf16"):
+        dt = torch.float32 if fmt == "fp32" else torch.bfloat16
+        wd, x = w.to(dt), torch.randn(1, K).to(dt)
+        return lambda: F.linear(x, wd)
+    if fmt in ("fp32-packed", "bf16-packed"):
+        dt = torch.float32 if fmt == "fp32-packed" else torch.bfloat16
+        x = torch.randn(1, K).to(dt)
+        wp = torch.ops.mkldnn._reorder_linear_weight(w.to(dt), 1)
+        return lambda: torch.ops.mkldnn._linear_pointwise(x, wp, None, "none", [], "")
+    xb = torch.randn(1, K).to(torch.bfloat16)
+    if fmt == "int8":
+        q = torch.randint(-127, 128, (N, K), dtype=torch.int8)
+        s = torch.rand(N).to(torch.bfloat16)
+        return lambda: torch.ops.aten._weight_int8pack_mm(xb, q, s)
+    if fmt == "int4":
+        group = 32 if K % 32 == 0 else K
+        q4 = torch.ops.aten._convert_weight_to_int4pack_for_cpu(
+            torch.randint(0, 16, (N, K), dtype=torch.int32), 1
+        )
+        sz = torch.rand(K // group, N, 2).to(torch.bfloat16)
+        return lambda: torch.ops.aten._weight_int4pack_mm_for_cpu(xb, q4, group, sz)
+    raise ValueError(f"format {fmt!r}: expected one of {', '.join(FORMATS)}")
+
+
+def _bytes_per_weight(fmt: str) -> float:
+    return {"fp32": 4, "fp32-packed": 4, "bf16": 2, "bf16-packed": 2, "int8": 1, "int4": 0.5}[fmt]
+
+
+def time_step(
+    fmt: str, shapes: Sequence[tuple[int, int, int]], *, rounds: int = 3
+) -> float:
+    """Seconds (CPU time over threads, so other processes on the machine do not inflate it) of one
+    token's matrix-vector products through `shapes` [(out, in, count per token)] with weights in
+    `fmt`: each shape is timed over enough distinct copies to stream from memory, and its time
+    scaled by its count."""
+    total = 0.0
+    threads = torch.get_num_threads()
+    g = torch.Generator().manual_seed(0)
+    for N, K, count in shapes:
+        copies = max(1, min(count, math.ceil(STREAM_BYTES / (N * K * _bytes_per_weight(fmt)))))
+        calls = [
+            _matvec(fmt, torch.empty(N, K).uniform_(-0.05, 0.05, generator=g))
+            for _ in range(copies)
+        ]
+        for c in calls:  # warm-up: kernels, thread pool
+            c()
+        best = float("inf")
+        for _ in range(rounds):
+            cpu0, wall0 = time.process_time(), time.perf_counter()
+            n = 0
+            while n < 2 * len(calls) or time.perf_counter() - wall0 < 0.01:
+                for c in calls:
+                    c()
+                n += len(calls)
+            best = min(best, (time.process_time() - cpu0) / n / threads)
+        total += best * count
+        del calls
+    return total
+
+
+@dataclass(frozen=True)
+class DecodeProbe:
+    """Seconds per token's weight products, by format and thread count, on this machine."""
+
+    cpu: str
+    isa: tuple[str, ...]
+    torch_version: str
+    shapes: tuple[tuple[int, int, int], ...]  # (out, in, count per token) of the layout timed
+    seconds: dict[str, dict[int, float]]  # format -> threads -> seconds per token
+    probed_at: str
+    cache_path: str = ""
+    from_cache: bool = False
+
+    def best_threads(self, fmt: str) -> int:
+        by = self.seconds[fmt]
+        return min(by, key=lambda t: (by[t], -t))
+
+    def step_s(self, fmt: str, threads: int | None = None) -> float:
+        by = self.seconds[fmt]
+        return by[threads] if threads in by else by[self.best_threads(fmt)]
+
+    def describe(self, fmt: str) -> str:
+        """'bf16-packed 7.9 ms/token of weight products at 2 threads (fp32-packed 15.6, ...)'."""
+        t = self.best_threads(fmt)
+        others = ", ".join(
+            f"{f} {self.step_s(f) * 1e3:.1f}" for f in self.seconds if f != fmt
+        )
+        return (
+            f"{fmt} {self.step_s(fmt) * 1e3:.1f} ms/token of weight products at {t} thread"
+            f"{'s' if t != 1 else ''}" + (f" ({others})" if others else "")
+        )
+
+
+def decode_shapes(
+    dim: int,
+    hidden: int,
+    q_dim: int,
+    kv_dim: int,
+    n_layers: int,
+    vocab: int,
+    *,
+    fused: bool = True,
+) -> tuple[tuple[int, int, int], ...]:
+    """(out, in, count per token) of a Llama-style model's linears at batch 1, in the fused
+    inference layout ([q; k; v] and [gate; up] as one matmul each) or the training layout."""
+    if fused:
+        per_layer = [(q_dim + 2 * kv_dim, dim), (dim, q_dim), (2 * hidden, dim), (dim, hidden)]
+    else:
+        per_layer = [(q_dim, dim), (kv_dim, dim), (kv_dim, dim), (dim, q_dim)]
+        per_layer += [(hidden, dim), (hidden, dim), (dim, hidden)]
+    counts: dict[tuple[int, int], int] = {}
+    for s in per_layer:
+        counts[s] = counts.get(s, 0) + n_layers
+    counts[(vocab, dim)] = counts.get((vocab, dim), 0) + 1
+    return tuple((n, k, c) for (n, k), c in counts.items())
+
+
+def _key(cpu: str, isa: tuple[str, ...], shapes: Sequence[tuple[int, int, int]]) -> str:
+    shape_s = " ".join(f"{n}x{k}x{c}" for n, k, c in shapes)
+    return f"{cpu} | {' '.join(isa) or '-'} | torch {torch.__version__} | {shape_s}"
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def thread_candidates() -> list[int]:
+    """1, half the cores, all of them (what torch would use by default): the counts worth timing."""
+    n = max(1, torch.get_num_threads())
+    return sorted({1, max(1, n // 2), n})
+
+
+def probe_decode(
+    shapes: Sequence[tuple[int, int, int]],
+    formats: Sequence[str],
+    *,
+    threads: Sequence[int] | None = None,
+    refresh: bool = False,
+) -> DecodeProbe:
+    """Seconds per token's weight products for each of `formats` at each thread count, read from
+    the per-machine cache (TWOFILES_CACHE/decode-probe.json) where present, else measured (about
+    a second per format) and cached. A damaged cache is measured again; a cache copied from
+    another CPU or torch is never trusted (they are in the key)."""
+    threads = list(threads or thread_candidates())
+    cpu, isa = cpu_identity(all_flags=True)
+    shapes = tuple((int(n), int(k), int(c)) for n, k, c in shapes)
+    key = _key(cpu, isa, shapes)
+    path = cache_dir() / PROBE_CACHE_NAME
+    cache = _read(path)
+    rec = cache.get(key) if isinstance(cache.get(key), dict) else {}
+    seconds: dict[str, dict[int, float]] = {}
+    with contextlib.suppress(TypeError, ValueError, AttributeError):
+        for f in formats:
+            got = {int(t): float(s) for t, s in rec.get("seconds", {}).get(f, {}).items()}
+            if all(t in got for t in threads) and not refresh:
+                seconds[f] = {t: got[t] for t in threads}
+    missing = [f for f in formats if f not in seconds]
+    if missing:
+        saved = torch.get_num_threads()
+        try:
+            for f in missing:
+                seconds[f] = {}
+                for t in threads:
+                    torch.set_num_threads(t)
+                    seconds[f][t] = time_step(f, shapes)
+        finally:
+            torch.set_num_threads(saved)
+    probed_at = (
+        str(rec.get("probed_at", "")) if not missing else datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    )
+    probe = DecodeProbe(
+        cpu=cpu,
+        isa=isa,
+        torch_version=torch.__version__,
+        shapes=shapes,
+        seconds=seconds,
+        probed_at=probed_at,
+        cache_path=str(path),
+        from_cache=not missing,
+    )
+    if missing:
+        merged = {
+            **{f: {str(t): s for t, s in v.items()} for f, v in rec.get("seconds", {}).items()},
+            **{f: {str(t): round(s, 7) for t, s in seconds[f].items()} for f in seconds},
+        }
+        entry = {"probed_at": probed_at, "seconds": merged}
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(path, (json.dumps({**cache, key: entry}, indent=1) + "\n").encode())
+        except OSError:  # a read-only home still runs; it probes again next time
+            return DecodeProbe(**{**probe.__dict__, "cache_path": ""})
+    return probe
+
+
+__all__ = [
+    "BF16_MIN_GAIN",
+    "DENSE_FORMATS",
+    "FORMATS",
+    "DecodeProbe",
+    "available_formats",
+    "decode_shapes",
+    "probe_decode",
+    "thread_candidates",
+    "time_step",
+]
