@@ -71,14 +71,24 @@ def test_decode_shapes_fused_and_plain_read_the_same_weights():
 
 
 def test_every_available_format_times_a_step():
-    for fmt in available_formats():
-        secs = decode_probe.time_step(fmt, TINY, [1], rounds=1)
-        assert set(secs) == {1} and 0 < secs[1] < 1, fmt
+    secs = decode_probe.time_steps(available_formats(), TINY, [1], rounds=1)
+    assert set(secs) == set(available_formats())
+    assert all(set(by) == {1} and 0 < by[1] < 1 for by in secs.values()), secs
     with pytest.raises(ValueError, match="format"):
-        decode_probe.time_step("int3", TINY, [1])
+        decode_probe.time_steps(["int3"], TINY, [1])
+
+
+def test_a_probe_taken_on_a_busy_machine_is_used_but_not_cached(cache, monkeypatch):
+    monkeypatch.setattr(decode_probe.os, "getloadavg", lambda: (64.0, 64.0, 64.0))
+    probe = probe_decode(TINY, ["fp32"], threads=[1])
+    assert probe.seconds["fp32"][1] > 0 and not probe.cache_path and not cache.exists()
+    assert probe.note.startswith("not cached: load average 64.0")
+    monkeypatch.setattr(decode_probe.os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    assert probe_decode(TINY, ["fp32"], threads=[1]).cache_path == str(cache)
 
 
 def test_the_probe_is_cached_per_machine_and_a_damaged_cache_is_measured_again(cache, monkeypatch):
+    monkeypatch.setattr(decode_probe.os, "getloadavg", lambda: (0.0, 0.0, 0.0))  # quiet
     first = probe_decode(TINY, ["fp32", "bf16"], threads=[1])
     assert not first.from_cache and cache.is_file() and first.cache_path == str(cache)
     again = probe_decode(TINY, ["fp32", "bf16"], threads=[1])
@@ -98,6 +108,7 @@ def test_the_probe_is_cached_per_machine_and_a_damaged_cache_is_measured_again(c
 
 
 def test_a_read_only_cache_still_runs(tmp_path, monkeypatch):
+    monkeypatch.setattr(decode_probe.os, "getloadavg", lambda: (0.0, 0.0, 0.0))
     ro = tmp_path / "ro"
     ro.mkdir()
     ro.chmod(0o500)
@@ -123,6 +134,14 @@ def test_choose_dense_takes_bf16_only_for_a_clear_gain():
         choose_dense({})
 
 
+@pytest.fixture
+def probed(monkeypatch):
+    """The tiny test models probed as if they were large (below SMALL_MODEL_BYTES they are not)."""
+    import twofiles.quant
+
+    monkeypatch.setattr(twofiles.quant, "SMALL_MODEL_BYTES", 0)
+
+
 def fake_probe(seconds: dict[str, float], fast: int = 1):
     """probe_decode answering made-up figures (the same for every thread count but `fast`, which
     is 10% faster): the decision is tested apart from this machine's speed."""
@@ -146,7 +165,7 @@ def fake_probe(seconds: dict[str, float], fast: int = 1):
 
 
 @pytest.mark.skipif(not onednn_linear_available(), reason="this torch has no oneDNN")
-def test_prepare_follows_the_probe_and_says_why(monkeypatch):
+def test_prepare_follows_the_probe_and_says_why(monkeypatch, probed):
     figures = {"fp32": 0.04, "fp32-packed": 0.02, "bf16": 0.03, "bf16-packed": 0.01}
     monkeypatch.setattr(decode_probe, "probe_decode", fake_probe(figures, fast=2))
     ref, model = tiny_model(), tiny_model()
@@ -169,7 +188,7 @@ def test_prepare_follows_the_probe_and_says_why(monkeypatch):
     assert greedy(model, [1, 2, 3], 8) == greedy(tiny_model(), [1, 2, 3], 8)
 
 
-def test_prepare_honours_what_the_caller_forces(monkeypatch):
+def test_prepare_honours_what_the_caller_forces(monkeypatch, probed):
     figures = {"fp32": 0.04, "fp32-packed": 0.02, "bf16": 0.03, "bf16-packed": 0.01}
     monkeypatch.setattr(decode_probe, "probe_decode", fake_probe(figures))
     model = tiny_model()
@@ -190,7 +209,7 @@ def test_prepare_honours_what_the_caller_forces(monkeypatch):
         prepare_for_inference(tiny_model(), dtype="int2")
 
 
-def test_quantized_models_compile_by_default_where_inductor_can(monkeypatch):
+def test_quantized_models_compile_by_default_where_inductor_can(monkeypatch, probed):
     monkeypatch.setattr(decode_probe, "probe_decode", fake_probe({"int4": 0.01}))
     model = tiny_model()
     setup = prepare_for_inference(model, quantize="int4")
@@ -217,3 +236,13 @@ def test_compiled_blocks_generate_what_eager_does_and_share_one_graph():
     assert 0 < graphs <= 3  # prefill and decode (and a chunk), not one per layer (4 x 2)
     assert greedy(model, [7, 3], 20) == greedy(ref, [7, 3], 20)
     assert counters["stats"]["unique_graphs"] == graphs  # no recompiling for new lengths
+
+
+def test_a_model_that_fits_in_the_caches_is_not_probed(monkeypatch):
+    def refuse(*a, **k):
+        raise AssertionError("probed a model that stays in the caches")
+
+    monkeypatch.setattr(decode_probe, "probe_decode", refuse)
+    setup = prepare_for_inference(tiny_model())
+    assert setup.format == ("fp32-packed" if onednn_linear_available() else "fp32")
+    assert setup.probe_ms == {} and any("no decode probe" in r for r in setup.reasons)

@@ -486,7 +486,7 @@ def test_smollm2_in_the_inference_layout_generates_what_the_plain_model_does(smo
 
     loaded, _, _ = smollm2_plain
     model = copy.deepcopy(loaded.model)
-    setup = prepare_for_inference(model, dtype="fp32")
+    setup = prepare_for_inference(model, dtype="fp32", layout="packed")
     assert any(r.startswith("fused projections: 60 groups") for r in setup.reasons)
     if onednn_linear_available():
         assert isinstance(model.lm_head, PackedLinear)

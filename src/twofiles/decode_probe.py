@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -115,40 +116,65 @@ def _bytes_per_weight(fmt: str) -> float:
     return {"fp32": 4, "fp32-packed": 4, "bf16": 2, "bf16-packed": 2, "int8": 1, "int4": 0.5}[fmt]
 
 
-def time_step(
-    fmt: str, shapes: Sequence[tuple[int, int, int]], threads: Sequence[int], *, rounds: int = 3
-) -> dict[int, float]:
+def time_steps(
+    formats: Sequence[str],
+    shapes: Sequence[tuple[int, int, int]],
+    threads: Sequence[int],
+    *,
+    rounds: int = 5,
+) -> dict[str, dict[int, float]]:
     """Seconds of one token's matrix-vector products through `shapes` [(out, in, count per token)]
-    with weights in `fmt`, at each thread count: each shape is timed over enough distinct copies
-    to stream from memory, and its time scaled by its count. Wall time, best of `rounds`: CPU time
-    would count the spin-waits of idle worker threads (oneDNN's and MKL's differ) as work, and
-    the best round is the one least disturbed by other processes."""
-    if fmt not in FORMATS:
-        raise ValueError(f"format {fmt!r}: expected one of {', '.join(FORMATS)}")
-    totals = dict.fromkeys(threads, 0.0)
+    with weights in each of `formats`, at each thread count: each shape is timed over enough
+    distinct copies to stream from memory, and its time scaled by its count. Wall time, best of
+    `rounds`, the formats taking turns within each round: CPU time would count the spin-waits of
+    idle worker threads (oneDNN's and MKL's differ) as work; the best round is the one least
+    disturbed by other processes, and taking turns spreads a disturbance over every format."""
+    for fmt in formats:
+        if fmt not in FORMATS:
+            raise ValueError(f"format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    totals = {f: dict.fromkeys(threads, 0.0) for f in formats}
     saved = torch.get_num_threads()
     try:
         for N, K, count in shapes:
-            copies = max(1, min(count, math.ceil(STREAM_BYTES / (N * K * _bytes_per_weight(fmt)))))
-            # the values do not change the speed of these kernels: a fill is faster than randn
-            calls = [_matvec(fmt, torch.full((N, K), 0.01 * (i + 1))) for i in range(copies)]
+            calls = {}
+            for f in formats:
+                copies = max(
+                    1, min(count, math.ceil(STREAM_BYTES / (N * K * _bytes_per_weight(f))))
+                )
+                # the values do not change these kernels' speed: a fill is faster than randn
+                calls[f] = [_matvec(f, torch.full((N, K), 0.01 * (i + 1))) for i in range(copies)]
             for t in threads:
                 torch.set_num_threads(t)
-                for c in calls:  # warm-up: kernels, thread pool
-                    c()
-                best = float("inf")
-                for _ in range(rounds):
-                    n, t0 = 0, time.perf_counter()
-                    while n < 2 * len(calls) or time.perf_counter() - t0 < 0.005:
-                        for c in calls:
-                            c()
-                        n += len(calls)
-                    best = min(best, (time.perf_counter() - t0) / n)
-                totals[t] += best * count
+                best = dict.fromkeys(formats, float("inf"))
+                for r in range(rounds + 1):  # round 0 warms up: kernels, thread pool
+                    for f in formats:
+                        n, t0 = 0, time.perf_counter()
+                        while n < 2 * len(calls[f]) or time.perf_counter() - t0 < 0.004:
+                            for c in calls[f]:
+                                c()
+                            n += len(calls[f])
+                        if r:
+                            best[f] = min(best[f], (time.perf_counter() - t0) / n)
+                for f in formats:
+                    totals[f][t] += best[f] * count
             del calls
     finally:
         torch.set_num_threads(saved)
     return totals
+
+
+def machine_busy() -> tuple[bool, str]:
+    """Whether other work holds this machine's cores (the 1-minute load average above the cores
+    less one, this process's own share), with the figures: a probe measured then is used for the
+    run at hand but not cached. Two threads on two shared cores wait on the scheduler, and such a
+    probe once read int4 at 100x its real step time."""
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):  # no load average (Windows): trust the measurement
+        return False, "no load average on this system"
+    cores = os.cpu_count() or 1
+    limit = max(1.0, cores - 1.0) + 0.5
+    return load > limit, f"load average {load:.1f} on {cores} cores (busy above {limit:.1f})"
 
 
 @dataclass(frozen=True)
@@ -163,6 +189,7 @@ class DecodeProbe:
     probed_at: str
     cache_path: str = ""
     from_cache: bool = False
+    note: str = ""  # why the figures were not cached, when they were not
 
     def best_threads(self, fmt: str) -> int:
         by = self.seconds[fmt]
@@ -276,8 +303,10 @@ def probe_decode(
             if all(t in got for t in threads) and not refresh:
                 seconds[f] = {t: got[t] for t in threads}
     missing = [f for f in formats if f not in seconds]
-    for f in missing:  # kept to the nanosecond: what is cached is what this process uses
-        seconds[f] = {t: round(v, 9) for t, v in time_step(f, shapes, threads).items()}
+    busy, load = machine_busy() if missing else (False, "")
+    if missing:  # kept to the nanosecond: what is cached is what this process uses
+        for f, by in time_steps(missing, shapes, threads).items():
+            seconds[f] = {t: round(v, 9) for t, v in by.items()}
     probed_at = (
         str(rec.get("probed_at", ""))
         if not missing
@@ -293,6 +322,8 @@ def probe_decode(
         cache_path=str(path),
         from_cache=not missing,
     )
+    if busy:  # measured while other work held the cores: good for now, not for keeps
+        return DecodeProbe(**{**probe.__dict__, "cache_path": "", "note": f"not cached: {load}"})
     if missing:
         merged = {
             **{f: {str(t): s for t, s in v.items()} for f, v in rec.get("seconds", {}).items()},
@@ -315,7 +346,8 @@ __all__ = [
     "available_formats",
     "choose_dense",
     "decode_shapes",
+    "machine_busy",
     "probe_decode",
     "thread_candidates",
-    "time_step",
+    "time_steps",
 ]
