@@ -223,7 +223,8 @@ def check(
     """Load `gguf` with the llama_cpp in `site` (None: the environment's own) and make 4 greedy
     tokens, in a child process: an illegal instruction kills the child, not the caller.
     (True, llama_print_system_info()) when it works, else (False, why)."""
-    cmd = [sys.executable, "-P", "-c", _CHECK_CHILD, str(site or ""), str(gguf), str(CHECK_TOKENS)]
+    where = str(Path(site).resolve()) if site is not None else ""  # compared to __file__: absolute
+    cmd = [sys.executable, "-P", "-c", _CHECK_CHILD, where, str(gguf), str(CHECK_TOKENS)]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired:
