@@ -95,12 +95,14 @@ def _matvec(fmt: str, w: torch.Tensor) -> Callable[[], torch.Tensor]:
         wp = torch.ops.mkldnn._reorder_linear_weight(w.to(dt), 1)
         return lambda: torch.ops.mkldnn._linear_pointwise(x, wp, None, "none", [], "")
     xb = torch.randn(1, K).to(torch.bfloat16)
+    if fmt == "int4" and (N % 16 or K % 32):  # the int4 kernel refuses it; such layers go int8
+        fmt = "int8"
     if fmt == "int8":
         q = torch.randint(-127, 128, (N, K), dtype=torch.int8)
         s = torch.rand(N).to(torch.bfloat16)
         return lambda: torch.ops.aten._weight_int8pack_mm(xb, q, s)
     if fmt == "int4":
-        group = 32 if K % 32 == 0 else K
+        group = 32
         q4 = torch.ops.aten._convert_weight_to_int4pack_for_cpu(
             torch.randint(0, 16, (N, K), dtype=torch.int32), 1
         )
@@ -114,35 +116,39 @@ def _bytes_per_weight(fmt: str) -> float:
 
 
 def time_step(
-    fmt: str, shapes: Sequence[tuple[int, int, int]], *, rounds: int = 3
-) -> float:
-    """Seconds (CPU time over threads, so other processes on the machine do not inflate it) of one
-    token's matrix-vector products through `shapes` [(out, in, count per token)] with weights in
-    `fmt`: each shape is timed over enough distinct copies to stream from memory, and its time
-    scaled by its count."""
-    total = 0.0
-    threads = torch.get_num_threads()
-    g = torch.Generator().manual_seed(0)
-    for N, K, count in shapes:
-        copies = max(1, min(count, math.ceil(STREAM_BYTES / (N * K * _bytes_per_weight(fmt)))))
-        calls = [
-            _matvec(fmt, torch.empty(N, K).uniform_(-0.05, 0.05, generator=g))
-            for _ in range(copies)
-        ]
-        for c in calls:  # warm-up: kernels, thread pool
-            c()
-        best = float("inf")
-        for _ in range(rounds):
-            cpu0, wall0 = time.process_time(), time.perf_counter()
-            n = 0
-            while n < 2 * len(calls) or time.perf_counter() - wall0 < 0.01:
-                for c in calls:
+    fmt: str, shapes: Sequence[tuple[int, int, int]], threads: Sequence[int], *, rounds: int = 3
+) -> dict[int, float]:
+    """Seconds of one token's matrix-vector products through `shapes` [(out, in, count per token)]
+    with weights in `fmt`, at each thread count: each shape is timed over enough distinct copies
+    to stream from memory, and its time scaled by its count. Wall time, best of `rounds`: CPU time
+    would count the spin-waits of idle worker threads (oneDNN's and MKL's differ) as work, and
+    the best round is the one least disturbed by other processes."""
+    if fmt not in FORMATS:
+        raise ValueError(f"format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    totals = dict.fromkeys(threads, 0.0)
+    saved = torch.get_num_threads()
+    try:
+        for N, K, count in shapes:
+            copies = max(1, min(count, math.ceil(STREAM_BYTES / (N * K * _bytes_per_weight(fmt)))))
+            # the values do not change the speed of these kernels: a fill is faster than randn
+            calls = [_matvec(fmt, torch.full((N, K), 0.01 * (i + 1))) for i in range(copies)]
+            for t in threads:
+                torch.set_num_threads(t)
+                for c in calls:  # warm-up: kernels, thread pool
                     c()
-                n += len(calls)
-            best = min(best, (time.process_time() - cpu0) / n / threads)
-        total += best * count
-        del calls
-    return total
+                best = float("inf")
+                for _ in range(rounds):
+                    n, t0 = 0, time.perf_counter()
+                    while n < 2 * len(calls) or time.perf_counter() - t0 < 0.005:
+                        for c in calls:
+                            c()
+                        n += len(calls)
+                    best = min(best, (time.perf_counter() - t0) / n)
+                totals[t] += best * count
+            del calls
+    finally:
+        torch.set_num_threads(saved)
+    return totals
 
 
 @dataclass(frozen=True)
@@ -169,9 +175,7 @@ class DecodeProbe:
     def describe(self, fmt: str) -> str:
         """'bf16-packed 7.9 ms/token of weight products at 2 threads (fp32-packed 15.6, ...)'."""
         t = self.best_threads(fmt)
-        others = ", ".join(
-            f"{f} {self.step_s(f) * 1e3:.1f}" for f in self.seconds if f != fmt
-        )
+        others = ", ".join(f"{f} {self.step_s(f) * 1e3:.1f}" for f in self.seconds if f != fmt)
         return (
             f"{fmt} {self.step_s(fmt) * 1e3:.1f} ms/token of weight products at {t} thread"
             f"{'s' if t != 1 else ''}" + (f" ({others})" if others else "")
@@ -200,6 +204,31 @@ def decode_shapes(
         counts[s] = counts.get(s, 0) + n_layers
     counts[(vocab, dim)] = counts.get((vocab, dim), 0) + 1
     return tuple((n, k, c) for (n, k), c in counts.items())
+
+
+def choose_dense(seconds: dict[str, float]) -> tuple[str, str]:
+    """The dense format to run in, from seconds per token by format, with the reason in figures:
+    the fastest fp32 format, unless the fastest bf16 one is at least BF16_MIN_GAIN faster (or
+    only one precision was allowed)."""
+    if not seconds:
+        raise ValueError("no formats to choose from")
+
+    def fastest(prefix: str) -> str | None:
+        fs = [f for f in seconds if f.split("-")[0] == prefix]
+        return min(fs, key=lambda f: seconds[f]) if fs else None
+
+    f32, b16 = fastest("fp32"), fastest("bf16")
+    figures = ", ".join(
+        f"{f} {seconds[f] * 1e3:.1f}" for f in sorted(seconds, key=lambda f: seconds[f])
+    )
+    figures += " ms/token of weight products"
+    if f32 is None or b16 is None:
+        fmt = f32 or b16 or min(seconds, key=lambda f: seconds[f])
+        return fmt, f"fastest of those allowed ({figures})"
+    gain = seconds[f32] / seconds[b16]
+    if gain >= BF16_MIN_GAIN:
+        return b16, f"{gain:.2f}x {f32} (>= {BF16_MIN_GAIN}x: {figures})"
+    return f32, f"bf16 gains {gain:.2f}x < {BF16_MIN_GAIN}x, not worth its rounding ({figures})"
 
 
 def _key(cpu: str, isa: tuple[str, ...], shapes: Sequence[tuple[int, int, int]]) -> str:
@@ -238,7 +267,8 @@ def probe_decode(
     key = _key(cpu, isa, shapes)
     path = cache_dir() / PROBE_CACHE_NAME
     cache = _read(path)
-    rec = cache.get(key) if isinstance(cache.get(key), dict) else {}
+    got_rec = cache.get(key)
+    rec: dict[str, Any] = got_rec if isinstance(got_rec, dict) else {}
     seconds: dict[str, dict[int, float]] = {}
     with contextlib.suppress(TypeError, ValueError, AttributeError):
         for f in formats:
@@ -246,18 +276,12 @@ def probe_decode(
             if all(t in got for t in threads) and not refresh:
                 seconds[f] = {t: got[t] for t in threads}
     missing = [f for f in formats if f not in seconds]
-    if missing:
-        saved = torch.get_num_threads()
-        try:
-            for f in missing:
-                seconds[f] = {}
-                for t in threads:
-                    torch.set_num_threads(t)
-                    seconds[f][t] = time_step(f, shapes)
-        finally:
-            torch.set_num_threads(saved)
+    for f in missing:  # kept to the nanosecond: what is cached is what this process uses
+        seconds[f] = {t: round(v, 9) for t, v in time_step(f, shapes, threads).items()}
     probed_at = (
-        str(rec.get("probed_at", "")) if not missing else datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+        str(rec.get("probed_at", ""))
+        if not missing
+        else datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     )
     probe = DecodeProbe(
         cpu=cpu,
@@ -272,7 +296,7 @@ def probe_decode(
     if missing:
         merged = {
             **{f: {str(t): s for t, s in v.items()} for f, v in rec.get("seconds", {}).items()},
-            **{f: {str(t): round(s, 7) for t, s in seconds[f].items()} for f in seconds},
+            **{f: {str(t): s for t, s in seconds[f].items()} for f in seconds},
         }
         entry = {"probed_at": probed_at, "seconds": merged}
         try:
@@ -289,6 +313,7 @@ __all__ = [
     "FORMATS",
     "DecodeProbe",
     "available_formats",
+    "choose_dense",
     "decode_shapes",
     "probe_decode",
     "thread_candidates",

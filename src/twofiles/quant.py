@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -267,51 +267,68 @@ def onednn_linear_available() -> bool:
 
 
 class PackedLinear(nn.Module):
-    """An fp32 nn.Linear for CPU inference with its weight reordered once into oneDNN's blocked
-    layout (for batch-1 rows), multiplied by oneDNN's kernel. The same math as F.linear to
+    """An fp32 or bf16 nn.Linear for CPU inference with its weight reordered once into oneDNN's
+    blocked layout (for batch-1 rows), multiplied by oneDNN's kernel. The same math as F.linear to
     rounding; why it exists: at batch 1 a linear is a matrix-vector product whose speed is memory
     bandwidth, and torch's default fp32 path (MKL's sgemv) streams weights at about half the rate
-    of this one on the AMD CPUs we measured (bench/decode.py, docs/LOG.md). Inference only: the
-    op has no backward, and the packed weight has no storage to save or move."""
+    of this one on the AMD CPUs we measured; torch's bf16 F.linear at one row is slower still
+    (it reorders the weight on every call: 3-4x this op, decode_probe's figures). Inference only:
+    the op has no backward, and the packed weight has no storage to save or move."""
 
     packed_weight: torch.Tensor
     bias: torch.Tensor | None
 
-    def __init__(self, lin: nn.Linear) -> None:
+    def __init__(self, lin: nn.Linear, dtype: torch.dtype | None = None) -> None:
+        """`dtype`: the weight's storage (default: the Linear's own); activations in another
+        dtype are cast to it for the product and the result cast back, so a model can keep fp32
+        activations, norms and attention around bf16 weights."""
         super().__init__()
-        if lin.weight.device.type != "cpu" or lin.weight.dtype != torch.float32:
+        self.dtype = dtype or lin.weight.dtype
+        if lin.weight.device.type != "cpu" or self.dtype not in PACKED_DTYPES:
             raise ValueError(
-                f"PackedLinear packs fp32 CPU weights, not {lin.weight.dtype} on {lin.weight.device}"
+                f"PackedLinear packs fp32 or bf16 CPU weights, not {self.dtype} on {lin.weight.device}"
             )
         self.out_features, self.in_features = lin.weight.shape
-        self.register_buffer(
-            "packed_weight", torch.ops.mkldnn._reorder_linear_weight(lin.weight.detach(), 1)
-        )
-        self.register_buffer("bias", lin.bias.detach().clone() if lin.bias is not None else None)
+        w = lin.weight.detach().to(self.dtype)
+        self.register_buffer("packed_weight", torch.ops.mkldnn._reorder_linear_weight(w, 1))
+        bias = lin.bias.detach().to(self.dtype).clone() if lin.bias is not None else None
+        self.register_buffer("bias", bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.mkldnn._linear_pointwise(
-            x.contiguous(), self.packed_weight, self.bias, "none", [], ""
+        if x.dtype == self.dtype:
+            return torch.ops.mkldnn._linear_pointwise(
+                x.contiguous(), self.packed_weight, self.bias, "none", [], ""
+            )
+        y = torch.ops.mkldnn._linear_pointwise(
+            x.to(self.dtype).contiguous(), self.packed_weight, self.bias, "none", [], ""
         )
+        return y.to(x.dtype)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, onednn packed"
+        dt = str(self.dtype).replace("torch.", "")
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, onednn packed {dt}"
+
+
+PACKED_DTYPES = (torch.float32, torch.bfloat16)
 
 
 @torch.no_grad()
-def pack_linears(model: nn.Module) -> list[str]:
-    """Replace, in place, every fp32 CPU nn.Linear of `model` with a PackedLinear; return the
-    names replaced ([] when this torch has no oneDNN). A tied lm_head gets its own packed copy
-    (the embedding keeps the original for lookups)."""
+def pack_linears(model: nn.Module, dtype: torch.dtype | None = None) -> list[str]:
+    """Replace, in place, every fp32 or bf16 CPU nn.Linear of `model` with a PackedLinear storing
+    its weight in `dtype` (default: as it is); return the names replaced ([] when this torch has
+    no oneDNN). A tied lm_head gets its own packed copy (the embedding keeps the original for
+    lookups)."""
     if not onednn_linear_available():
         return []
     done = []
     for name, lin in [(n, m) for n, m in model.named_modules() if type(m) is nn.Linear]:
-        if lin.weight.device.type != "cpu" or lin.weight.dtype != torch.float32:
+        if lin.weight.device.type != "cpu" or lin.weight.dtype not in PACKED_DTYPES:
             continue
         parent_name, _, child = name.rpartition(".")
         setattr(
-            model.get_submodule(parent_name) if parent_name else model, child, PackedLinear(lin)
+            model.get_submodule(parent_name) if parent_name else model,
+            child,
+            PackedLinear(lin, dtype),
         )
         done.append(name)
     return done
@@ -413,16 +430,85 @@ def quantize_model(
 # ---------------------------------------------------------------------------------------------
 # The one call verbs make
 
+LAYOUTS: tuple[str, ...] = ("auto", "packed", "fused", "plain")
+# The plain layout (q, k, v, gate and up as separate products) is chosen only when the probe finds
+# it this much faster than the fused one: the fused layout is the one the tests hold to parity
+# with transformers, and within the probe's spread (~5%) it is the better bet.
+PLAIN_MIN_GAIN = 0.95
+INFERENCE_DTYPES: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
+
 
 @dataclass
 class InferenceSetup:
     quantize: str  # "none", "int8" or "int4"
-    dtype: str  # the weights' dtype for the non-quantized parts ("float32", "bfloat16")
-    compiled: bool  # torch.compile applied to the model's forward
+    dtype: str  # the linears' weight dtype when not quantized ("float32", "bfloat16")
+    compiled: bool  # torch.compile applied to the model's blocks
     threads: int  # torch's intra-op CPU threads
     reasons: list[str] = field(default_factory=list)  # why each choice was made
     report: QuantReport | None = None  # what quantization replaced
-    seconds: float = 0.0  # time spent preparing (quantizing, casting; compile happens lazily)
+    seconds: float = 0.0  # time spent preparing (probe, quantizing, casting; compile is lazy)
+    activations: str = "float32"  # the dtype between layers (norms, attention, the KV cache)
+    format: str = ""  # the linears' weight format: fp32, fp32-packed, bf16, bf16-packed, int8, int4
+    layout: str = ""  # "fused" (q/k/v and gate/up as one matmul each) or "plain"
+    # the probe's figures: format -> ms per token of weight products at the chosen threads
+    probe_ms: dict[str, float] = field(default_factory=dict)
+    probe_seconds: float = 0.0  # time the probe took in this process (0 when read from its cache)
+    forced: list[str] = field(default_factory=list)  # the choices a caller made, not the probe
+
+    def to_dict(self) -> dict[str, Any]:
+        """The summary `generate --json` reports under "inference"."""
+        return {
+            "format": self.format,
+            "dtype": self.dtype,
+            "activations": self.activations,
+            "layout": self.layout,
+            "quantize": self.quantize,
+            "compiled": self.compiled,
+            "threads": self.threads,
+            "forced": self.forced,
+            "probe_ms_per_token": self.probe_ms,
+            "probe_seconds": round(self.probe_seconds, 3),
+            "prepare_seconds": round(self.seconds, 3),
+            "reasons": self.reasons,
+        }
+
+
+def compile_blocks(model: Transformer) -> int:
+    """torch.compile each transformer block (regional compilation): the blocks share one code
+    object and their weights are graph inputs, so one block's graph serves every layer, and the
+    first compile takes seconds where compiling the whole model took half a minute (smollm2, 30
+    layers: 15 s cold, 3 s with inductor's on-disk cache, against 32 s; docs/LOG.md). Dynamic
+    shapes: the prompt length, position and cache length change without recompiling."""
+    for layer in model.model.layers:
+        layer.compile(dynamic=True)
+    return len(model.model.layers)
+
+
+def _short(dtype: torch.dtype) -> str:
+    return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(
+        dtype, str(dtype)
+    )
+
+
+def _cast(model: Transformer, dtype: torch.dtype) -> None:
+    """Weights to `dtype` in place; the RoPE tables stay fp32 (each forward casts the rows it uses)."""
+    cos, sin = model.rope_cos, model.rope_sin
+    model.to(dtype)
+    model.rope_cos, model.rope_sin = cos, sin
+
+
+def _dense_formats(dtype: str, layout: str, compile: bool | None) -> list[str]:
+    """The weight formats a dense (unquantized) CPU model may take under the caller's choices."""
+    from twofiles.decode_probe import available_formats
+
+    out = list(available_formats())
+    precision = {"fp32": ("fp32",), "bf16": ("bf16",)}.get(dtype, ("fp32", "bf16"))
+    out = [f for f in out if f.split("-")[0] in precision]
+    if layout == "packed":
+        out = [f for f in out if f.endswith("-packed")] or out
+    elif layout in ("fused", "plain") or compile:  # inductor cannot take oneDNN's packed weights
+        out = [f for f in out if not f.endswith("-packed")]
+    return out
 
 
 def prepare_for_inference(
@@ -430,81 +516,201 @@ def prepare_for_inference(
     *,
     quantize: str = "none",
     group_size: int = 32,
-    compile: bool = False,
+    compile: bool | None = None,
     threads: int | None = None,
     dtype: str = "auto",
-    fuse: bool = True,
-    pack: bool = True,
+    layout: str = "auto",
+    probe: bool = True,
 ) -> InferenceSetup:
-    """Get a loaded model (in place) ready to generate: the inference dtype (runtime's precision
-    decision: bf16 weights on CUDA, fp32 on CPU), the fused projection layout (`fuse`:
-    Transformer.fuse_projections), then weight quantization, or with fp32 weights on CPU oneDNN's
-    prepacked linears (`pack`: PackedLinear), CPU threads, and torch.compile of the forward pass
-    (compiled lazily, on the first call). The model is for inference afterwards: fused and packed
-    layouts are not the training layout, and are not saved."""
-    from twofiles.runtime import precision_for
+    """Get a loaded model (in place) ready to generate, choosing what is fastest on this machine.
+
+    On CPU a short measured probe (decode_probe: one token's weight products in each format and
+    thread count, at the model's own shapes, cached per machine) picks the weights' format, fp32
+    or bf16, oneDNN-packed or not, the fused or plain projection layout, and the thread count; bf16
+    only where it is at least BF16_MIN_GAIN faster, since it rounds the weights. Quantized models
+    (int8 / int4, the caller's choice) get the packed kernels, the probe's thread count and, where
+    inductor can run (a C++ compiler), torch.compile of each block: the eager int4 step is a third
+    Python overhead. On CUDA: bf16 weights where supported (runtime), fused, uncompiled unless asked.
+
+    Every argument other than "auto" / None forces that choice: dtype fp32|bf16|fp16, layout
+    packed|fused|plain, compile True|False, threads N. `probe=False` skips the probe (fused fp32
+    packed, the measured default of the AVX2 / AVX-512 CPUs) for callers that must not time
+    anything. The model is for inference afterwards: fused and packed layouts are not the training
+    layout, and are not saved. The returned InferenceSetup says what was chosen and why."""
+    from twofiles import decode_probe
+    from twofiles.runtime import can_compile, precision_for
 
     t0 = time.perf_counter()
     model = loaded if isinstance(loaded, nn.Module) else loaded.model
     if quantize not in MODES:
         raise TwofilesError(f"quantize={quantize!r}: expected one of {', '.join(MODES)}")
+    if layout not in LAYOUTS:
+        raise TwofilesError(f"layout={layout!r}: expected one of {', '.join(LAYOUTS)}")
+    if dtype not in INFERENCE_DTYPES:
+        raise TwofilesError(f"dtype={dtype!r}: expected one of {', '.join(INFERENCE_DTYPES)}")
+    if threads is not None and threads < 1:
+        raise TwofilesError(f"threads={threads}: must be >= 1")
+    forced = [
+        name
+        for name, given in (
+            ("dtype", dtype != "auto"),
+            ("layout", layout != "auto"),
+            ("compile", compile is not None),
+            ("threads", threads is not None),
+        )
+        if given
+    ]
     reasons: list[str] = []
+    device = model.rope_cos.device
+    cfg = model.config
+    cpu = device.type == "cpu"
+    stored = model.model.norm.weight.dtype
+    fmt = ""
+    probe_ms: dict[str, float] = {}
+    probe_s = 0.0
+    fuse = layout in ("auto", "packed", "fused")
+    pack = False
     if threads is not None:
-        if threads < 1:
-            raise TwofilesError(f"threads={threads}: must be >= 1")
         torch.set_num_threads(threads)
         reasons.append(f"{threads} CPU threads: requested")
-    device = model.rope_cos.device
-    amp, why = precision_for(device, dtype, purpose="inference")
-    if amp is not None and model.model.embed_tokens.weight.dtype != amp:
-        # Inference has no optimizer state to keep in fp32: cast the weights themselves instead of
-        # autocasting. The RoPE tables stay fp32 (each forward casts the rows it uses).
-        cos, sin = model.rope_cos, model.rope_sin
-        model.to(amp)
-        model.rope_cos, model.rope_sin = cos, sin
-    reasons.append(
-        f"{str(model.model.embed_tokens.weight.dtype).replace('torch.', '')} weights: {why}"
-    )
+
+    if cpu and probe and dtype in ("auto", "fp32", "bf16"):
+        dims = (
+            cfg.dim, cfg.hidden_dim, cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim,
+            cfg.n_layers, cfg.vocab_size,
+        )  # fmt: skip
+        shapes = decode_probe.decode_shapes(*dims, fused=layout != "plain")
+        if quantize != "none":
+            candidates = [quantize] if quantize in decode_probe.available_formats() else []
+        else:
+            candidates = _dense_formats(dtype, layout, compile)
+        tp = time.perf_counter()
+        measured = (
+            decode_probe.probe_decode(
+                shapes, candidates, threads=[threads] if threads is not None else None
+            )
+            if candidates
+            else None
+        )
+        probe_s = 0.0 if measured is None or measured.from_cache else time.perf_counter() - tp
+        if measured is not None:
+            best = {f: measured.step_s(f, threads) for f in candidates}
+            probe_ms = {f: round(v * 1e3, 2) for f, v in best.items()}
+            if quantize != "none":
+                fmt = quantize
+            else:
+                fmt, why = decode_probe.choose_dense(best)
+                reasons.append(f"{fmt} weights: {why}")
+            if threads is None:
+                n = measured.best_threads(fmt)
+                torch.set_num_threads(n)
+                reasons.append(
+                    f"{n} CPU threads: fastest for {fmt} of {sorted(measured.seconds[fmt])}"
+                )
+            if layout == "auto":  # the fused layout reads the same bytes in fewer, larger products
+                n = torch.get_num_threads()
+                plain = decode_probe.probe_decode(
+                    decode_probe.decode_shapes(*dims, fused=False), [fmt], threads=[n]
+                )
+                fused_s, plain_s = measured.step_s(fmt, n), plain.step_s(fmt, n)
+                fuse = plain_s >= PLAIN_MIN_GAIN * fused_s
+                reasons.append(
+                    f"{'fused' if fuse else 'plain'} layout: fused {fused_s * 1e3:.1f} vs "
+                    f"plain {plain_s * 1e3:.1f} ms/token of {fmt} weight products"
+                )
+            where = (f"cached {measured.cache_path}" if measured.cache_path else "not cached") + (
+                f", probed {measured.probed_at}" if measured.probed_at else ""
+            )
+            reasons.append(f"decode probe: {where}" + (f", {probe_s:.1f}s" if probe_s else ""))
+
+    if quantize == "none":
+        if not fmt:  # no probe (CUDA / MPS, fp16, probe=False): runtime's precision decision
+            amp, why = precision_for(
+                device, "fp32" if dtype == "auto" and cpu else dtype, purpose="inference"
+            )
+            want = amp or torch.float32
+            pack = cpu and layout in ("auto", "packed") and not compile and want in PACKED_DTYPES
+            fmt = "bf16" if want == torch.bfloat16 else "fp16" if want == torch.float16 else "fp32"
+            fmt += "-packed" if pack else ""
+            reasons.append(f"{fmt} weights: {why if not (cpu and dtype == 'auto') else 'no probe'}")
+        pack = fmt.endswith("-packed")
+        weights = (
+            torch.bfloat16
+            if fmt.startswith("bf16")
+            else torch.float16
+            if fmt.startswith("fp16")
+            else torch.float32
+        )
+        # packed bf16 weights keep fp32 activations (norms, attention, the KV cache): torch's bf16
+        # attention at one query row is 5-9x its fp32 (68 against 14 us at 128 cached tokens,
+        # 474 against 55 at 1024; docs/LOG.md), and the residual stream keeps its precision
+        want = stored if pack else weights
+    else:  # quantized: activations stay in the stored dtype unless asked (the kernels cast)
+        fmt = fmt or quantize
+        want = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype, stored)
+        if dtype == "auto" and not cpu:
+            amp, why = precision_for(device, "auto", purpose="inference")
+            want = amp or stored
+        weights = want
+    if want != stored:
+        _cast(model, want)
     if fuse:
         n = model.fuse_projections()
         reasons.append(f"fused projections: {n} groups (q/k/v and gate/up, one matmul each)")
     report = None
-    if (
-        quantize == "none"
-        and pack
-        and device.type == "cpu"
-        and model.model.norm.weight.dtype == torch.float32
-    ):
-        if compile:  # inductor lowers oneDNN's linear only for weights it froze itself
-            reasons.append("fp32 linears: packing left to torch.compile")
-        else:
-            packed = pack_linears(model)
-            reasons.append(
-                f"oneDNN packed fp32 linears: {len(packed)}"
-                if packed
-                else "fp32 linears unpacked: this torch has no oneDNN"
-            )
+    if pack:
+        packed = pack_linears(model, weights)
+        reasons.append(
+            f"oneDNN packed {_short(weights)} linears: {len(packed)}, {_short(want)} activations"
+            if packed
+            else "linears unpacked: this torch has no oneDNN"
+        )
+    elif quantize == "none" and cpu and compile:
+        reasons.append("linears unpacked: torch.compile cannot take oneDNN's packed weights")
     if quantize != "none":
         report = quantize_model(model, quantize, group_size=group_size)  # type: ignore[arg-type]
         kinds = sorted(set(report.layers.values()))
         reasons.append(
             f"{quantize}: {', '.join(kinds)}; {report.bytes_before / 1e6:.0f} MB -> {report.bytes_after / 1e6:.0f} MB"
         )
-    if compile:
-        model.compile(dynamic=True)
-        reasons.append("torch.compile: requested (compiles on the first calls)")
+    do_compile = bool(compile)
+    if compile is None and quantize != "none" and cpu:
+        ok, why = can_compile(device)
+        do_compile = ok
+        reasons.append(
+            "torch.compile per block: the quantized step is otherwise a third Python overhead; "
+            + why
+            if ok
+            else f"eager: {why}"
+        )
+        if ok:  # chosen, not asked for: a compile that fails falls back to eager, not to an error
+            import torch._dynamo.config as dynamo_config
+
+            dynamo_config.suppress_errors = True
+    elif compile:
+        reasons.append("torch.compile per block: requested")
+    if do_compile:
+        compile_blocks(model)
     return InferenceSetup(
         quantize=quantize,
-        dtype=str(model.model.norm.weight.dtype).replace("torch.", ""),
-        compiled=compile,
+        dtype=str(weights).replace("torch.", ""),
+        activations=str(model.model.norm.weight.dtype).replace("torch.", ""),
+        compiled=do_compile,
         threads=torch.get_num_threads(),
         reasons=reasons,
         report=report,
         seconds=time.perf_counter() - t0,
+        format=fmt,
+        layout="fused" if fuse else "plain",
+        probe_ms=probe_ms,
+        probe_seconds=probe_s,
+        forced=forced,
     )
 
 
 __all__ = [
+    "INFERENCE_DTYPES",
+    "LAYOUTS",
     "MODES",
     "InferenceSetup",
     "Int4Linear",
@@ -513,6 +719,7 @@ __all__ = [
     "PackedLinear",
     "QuantMode",
     "QuantReport",
+    "compile_blocks",
     "dequantize_int4",
     "dequantize_int8",
     "onednn_linear_available",

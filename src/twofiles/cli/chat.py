@@ -149,7 +149,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     add_steer_flags(p)
     add_device_flag(p)
-    add_inference_flags(p, compile=True)
+    add_inference_flags(p, compile=True, layout=True)
     add_json_flag(p)
 
 
@@ -306,6 +306,8 @@ def run(args: argparse.Namespace) -> int:
     specs = [parse_steer(s) for s in args.steer]
     if specs and args.compile:
         raise TwofilesError("--steer adds Python hooks inside the model: drop --compile")
+    if specs:
+        args.compile = False  # hooks need the eager model: no compile chosen for them either
     steer_paths_exist(specs)
     tools = _pick_tools(args.tools, args.workdir, index, args.rag_k)
     start = load_conversation(args.load) if args.load else []
@@ -333,10 +335,10 @@ def run(args: argparse.Namespace) -> int:
         print(persona_summary(persona), file=err)
     from twofiles.model import Transformer
 
-    if isinstance(
-        loaded.model, Transformer
-    ):  # the inference layout generate and serve use (fp32 decode ~1.5x)
-        print(f"inference: {'; '.join(prepare_model(loaded, args).reasons)}", file=err)
+    setup = None
+    if isinstance(loaded.model, Transformer):  # the inference layout generate and serve use
+        setup = prepare_model(loaded, args)
+        print(f"inference: {'; '.join(setup.reasons)}", file=err)
     if fmt.builtin and not loaded.chat_template:
         print(
             "this model has no chat template: using twofiles' built-in one (a base model was never taught it: expect text, not answers)",
@@ -527,6 +529,7 @@ def run(args: argparse.Namespace) -> int:
             {
                 "model": args.model,
                 "steer": [steer.to_dict() for steer in steers],
+                "inference": setup.to_dict() if setup is not None else None,
                 "template": "builtin" if fmt.builtin else "model",
                 "turns": turn,
                 "replies": replies,

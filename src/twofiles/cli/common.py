@@ -414,9 +414,13 @@ def comma_list(value: str | list[str] | None) -> list[str]:
     return [x.strip() for item in items for x in item.split(",") if x.strip()]
 
 
-def add_inference_flags(parser: argparse.ArgumentParser, *, compile: bool = False) -> None:
-    """--quantize, --group-size and --threads for every verb that runs a model; --compile where
-    the verb decodes through the model's forward (generate, chat), the part torch.compile wraps."""
+def add_inference_flags(
+    parser: argparse.ArgumentParser, *, compile: bool = False, layout: bool = False
+) -> None:
+    """--quantize, --group-size and --threads for every verb that runs a model; --compile /
+    --no-compile where the verb decodes through the model's forward (generate, chat), the part
+    torch.compile wraps; --dtype and --layout where the verb runs the inference layout (generate,
+    chat, serve): each forces what the measured probe would otherwise choose."""
     parser.add_argument(
         "--quantize",
         choices=("none", "int8", "int4"),
@@ -434,13 +438,30 @@ def add_inference_flags(parser: argparse.ArgumentParser, *, compile: bool = Fals
         type=int,
         default=None,
         metavar="N",
-        help="CPU threads for torch (default: torch's choice)",
+        help="CPU threads for torch (default: the fastest count the decode probe measured)",
     )
+    if layout:
+        parser.add_argument(
+            "--dtype",
+            choices=("auto", "fp32", "bf16"),
+            default="auto",
+            help="weights' precision: auto (on CPU bf16 where the decode probe measures it "
+            ">= 1.15x fp32, else fp32; bf16 on CUDA), fp32, bf16",
+        )
+        parser.add_argument(
+            "--layout",
+            choices=("auto", "packed", "fused", "plain"),
+            default="auto",
+            help="auto (the probe's choice), packed (fused, oneDNN-packed linears), fused "
+            "(q/k/v and gate/up one matmul each), plain (the training layout)",
+        )
     if compile:
         parser.add_argument(
             "--compile",
-            action="store_true",
-            help="torch.compile the model (slow first tokens, faster after)",
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help="torch.compile each block (default: with --quantize on CPU where a C++ "
+            "compiler exists; the first start compiles, later starts reuse inductor's disk cache)",
         )
 
 
@@ -474,11 +495,10 @@ def prepare_model(
         loaded,
         quantize=args.quantize,
         group_size=args.group_size,
-        compile=bool(getattr(args, "compile", False)),
+        compile=getattr(args, "compile", False),  # verbs without the flag never compile
         threads=args.threads,
-        dtype="auto" if layout or changed else "fp32",
-        fuse=layout,
-        pack=layout,
+        dtype=getattr(args, "dtype", "auto") if layout else "fp32",
+        layout=getattr(args, "layout", "auto") if layout else "plain",
     )
 
 

@@ -52,7 +52,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     add_steer_flags(p)
     add_device_flag(p)
-    add_inference_flags(p, compile=True)
+    add_inference_flags(p, compile=True, layout=True)
     add_json_flag(p)
 
 
@@ -99,6 +99,8 @@ def run(args: argparse.Namespace) -> int:
     specs = [parse_steer(s) for s in args.steer]
     if specs and args.compile:
         raise TwofilesError("--steer adds Python hooks inside the model: drop --compile")
+    if specs:
+        args.compile = False  # hooks need the eager model: no compile chosen for them either
     steer_paths_exist(specs)
 
     device, why = pick_device(args.device)
@@ -129,16 +131,16 @@ def run(args: argparse.Namespace) -> int:
     for s in steers:
         print(s.describe(), file=sys.stderr)
     compile_s = 0.0
-    if (
-        args.compile
-    ):  # compile on a throwaway start of the same request, so the timings below are the model's
+    if setup.compiled:  # compile on a throwaway start of the same request, so that the timings
+        # below are the compiled model's
         t0 = time.perf_counter()
         for i, _ in enumerate(generate_steps(model, ids, params, tokenizer=tok)):
-            if i == 2:  # the prompt (eager) and two decode steps: the decode graph is built and run
+            if i == 2:  # the prompt and two decode steps: both graphs are built and run
                 break
         compile_s = time.perf_counter() - t0
         print(
-            f"compiled in {compile_s:.1f}s (inductor caches it on disk: later runs start faster)",
+            f"compiled in {compile_s:.1f}s (inductor keeps the code on disk: a later start with "
+            "the same shapes takes a few seconds)",
             file=sys.stderr,
         )
     show = args.show_probs
@@ -194,13 +196,14 @@ def run(args: argparse.Namespace) -> int:
                 "prompt_tokens_per_second": round(prompt_tps, 2),
                 "decode_tokens_per_second": round(decode_tps, 2),
                 "quantize": args.quantize,
-                "compiled": args.compile,
+                "compiled": setup.compiled,
                 "compile_seconds": round(compile_s, 2),
                 "threads": setup.threads,
                 "model": args.model,
                 "finish_reason": finish,
                 "seed": seed,
                 "steer": [s.to_dict() for s in steers],
+                "inference": setup.to_dict(),
             }
         )
     return 0

@@ -217,7 +217,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="serve only the models named, not the registered personas over them",
     )
     add_device_flag(p)
-    add_inference_flags(p)
+    add_inference_flags(p, layout=True)
     add_json_flag(p)
 
 

@@ -116,7 +116,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="progress bars on stderr, one per column (auto: when stderr is a terminal)",
     )
     add_device_flag(p)
-    add_inference_flags(p)
+    add_inference_flags(p, layout=True)
     add_json_flag(p)
 
 
