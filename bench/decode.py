@@ -247,7 +247,7 @@ def median(xs: list[float]) -> float:
     return statistics.median(xs) if xs else float("nan")
 
 
-def plot(rows: list[dict], path: Path, title: str) -> None:
+def plot(rows: list[dict], path: Path, heading: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -269,7 +269,7 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
         ax.set_title(title)
         ax.invert_yaxis()
         ax.margins(x=0.15)
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(heading, fontsize=10)
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=110)
