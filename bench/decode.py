@@ -299,7 +299,7 @@ def choose_llama_cpp(gguf_path: str, want: str, build: bool) -> LlamaBuild | Non
         return find_llama_cpp(gguf_path, build=build, want=want)
     except LlamaCppUnavailable as e:
         if want != "auto":
-            sys.exit(f"llama.cpp {want}: {e}")
+            sys.exit(f"llama.cpp: {e}")
         print(
             f"llama.cpp: skipped, no build runs here ({e}); `make llama-cpp` installs the portable one",
             file=sys.stderr,
