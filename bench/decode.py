@@ -312,7 +312,7 @@ def ratio(x: float, ref: float) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     ap.add_argument(
         "--model", default="smollm2", help="an alias or a .gguf file (the peers need a GGUF)"
     )
