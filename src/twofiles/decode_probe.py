@@ -35,14 +35,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from twofiles.paths import atomic_write_bytes, cache_dir
-from twofiles.runtime import cpu_identity
+from twofiles.runtime import cpu_identity, read_probe_cache
 
 PROBE_CACHE_NAME = "decode-probe.json"
 FORMATS: tuple[str, ...] = ("fp32", "fp32-packed", "bf16", "bf16-packed", "int8", "int4")
@@ -263,14 +262,6 @@ def _key(cpu: str, isa: tuple[str, ...], shapes: Sequence[tuple[int, int, int]])
     return f"{cpu} | {' '.join(isa) or '-'} | torch {torch.__version__} | {shape_s}"
 
 
-def _read(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def thread_candidates() -> list[int]:
     """1, half the cores, all of them (what torch would use by default): the counts worth timing."""
     n = max(1, torch.get_num_threads())
@@ -293,7 +284,7 @@ def probe_decode(
     shapes = tuple((int(n), int(k), int(c)) for n, k, c in shapes)
     key = _key(cpu, isa, shapes)
     path = cache_dir() / PROBE_CACHE_NAME
-    cache = _read(path)
+    cache = read_probe_cache(path)
     got_rec = cache.get(key)
     rec: dict[str, Any] = got_rec if isinstance(got_rec, dict) else {}
     seconds: dict[str, dict[int, float]] = {}

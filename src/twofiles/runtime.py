@@ -241,8 +241,9 @@ def _cache_key(cpu: str, isa: tuple[str, ...], threads: int) -> str:
     return f"{cpu} | {' '.join(isa) or '-'} | torch {torch.__version__} | {threads} threads"
 
 
-def _read_cache(path: Path) -> dict[str, Any]:
-    """The cached probes by key; {} when missing or unreadable (a damaged cache is re-probed)."""
+def read_probe_cache(path: Path) -> dict[str, Any]:
+    """A probe cache's records by key; {} when missing or unreadable (a damaged cache is measured
+    again). The training precision probe and the decode probe keep theirs this way."""
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -259,7 +260,7 @@ def probe_precision(threads: int | None = None, *, refresh: bool = False) -> Pre
     cpu, isa = cpu_identity()
     key = _cache_key(cpu, isa, threads)
     path = cache_dir() / PROBE_CACHE_NAME
-    cache = _read_cache(path)
+    cache = read_probe_cache(path)
     rec = cache.get(key)
     if not refresh and isinstance(rec, dict):
         with contextlib.suppress(KeyError, IndexError, TypeError, ValueError):
