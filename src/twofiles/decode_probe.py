@@ -8,10 +8,11 @@ What it leaves to others: building the layout (quant.py), the training precision
 (runtime.probe_precision), the model itself.
 
 Why a probe and not a rule: which format streams fastest depends on the CPU, and no name tells.
-Measured at batch 1 on two CPUs these sessions get (bench/decode.py, docs/LOG.md): on an Intel
-Xeon with AMX, torch's fp32 path was slower than transformers' and bf16 weights were the answer; on
-an AMD EPYC with AVX-512 oneDNN's packed fp32 kernel streams ~1.7x MKL's sgemv; on a CPU without
-AVX512-BF16 a bf16 matvec can be emulated and lose. A decode step at batch 1 is bound by how fast
+Measured at batch 1 (bench/decode.py, BENCHMARKS.md, docs/LOG.md): on an AMD EPYC with
+AVX512-BF16, packed bf16 weights take 7.6 ms a token against 18.7 for packed fp32, and torch's
+fp32 `F.linear` (MKL's sgemv) 31.9; on an Intel Xeon with AMX torch's fp32 path was slower than
+transformers' while its bf16 matmuls ran 3.4x fp32; on a CPU without AVX512-BF16 or AMX a bf16
+product can be emulated and lose. A decode step at batch 1 is bound by how fast
 the weights stream (every weight is read once per token), so timing the model's shapes at the
 model's size predicts the step well; the rest of a step (norms, attention, Python) is the same in
 every format and cancels out of the comparison.
@@ -45,11 +46,10 @@ from twofiles.runtime import cpu_identity, read_probe_cache
 
 PROBE_CACHE_NAME = "decode-probe.json"
 FORMATS: tuple[str, ...] = ("fp32", "fp32-packed", "bf16", "bf16-packed", "int8", "int4")
-DENSE_FORMATS: tuple[str, ...] = ("fp32", "fp32-packed", "bf16", "bf16-packed")
 
 # bf16 weights round every weight to 8 bits of mantissa: worth it only for a clear gain. 1.15x is
-# above the probe's own run-to-run spread (~5% on a quiet machine, CPU time) and well below what
-# bf16 gives where it pays (1.8-2x: half the bytes per token).
+# above the probe's own run-to-run spread (~5% on a quiet machine) and well below what bf16 gives
+# where it pays (2.45x on the AMD EPYC with AVX512-BF16: half the bytes per token).
 BF16_MIN_GAIN = 1.15
 
 # Each shape is timed over enough copies that they outgrow the caches (the largest L3 of the CPUs
@@ -58,7 +58,9 @@ BF16_MIN_GAIN = 1.15
 STREAM_BYTES = 64 * 2**20
 
 
-def _has_onednn() -> bool:
+def onednn_linear_available() -> bool:
+    """Whether this torch has oneDNN's prepacked linear (the ops torch.compile's CPU freezing
+    pass uses): x86 and aarch64 builds with mkldnn."""
     return (
         torch.backends.mkldnn.is_available()
         and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
@@ -66,7 +68,8 @@ def _has_onednn() -> bool:
     )
 
 
-def _int_kernels() -> bool:
+def int_kernels_available() -> bool:
+    """Whether this torch has the packed int8 / int4 CPU kernels (torch >= 2.6)."""
     return hasattr(torch.ops.aten, "_weight_int8pack_mm") and hasattr(
         torch.ops.aten, "_weight_int4pack_mm_for_cpu"
     )
@@ -75,9 +78,9 @@ def _int_kernels() -> bool:
 def available_formats() -> tuple[str, ...]:
     """The formats this torch build can run on CPU."""
     out = ["fp32", "bf16"]
-    if _has_onednn():
+    if onednn_linear_available():
         out += ["fp32-packed", "bf16-packed"]
-    if _int_kernels():
+    if int_kernels_available():
         out += ["int8", "int4"]
     return tuple(f for f in FORMATS if f in out)
 
@@ -198,15 +201,6 @@ class DecodeProbe:
         by = self.seconds[fmt]
         return by[threads] if threads in by else by[self.best_threads(fmt)]
 
-    def describe(self, fmt: str) -> str:
-        """'bf16-packed 7.9 ms/token of weight products at 2 threads (fp32-packed 15.6, ...)'."""
-        t = self.best_threads(fmt)
-        others = ", ".join(f"{f} {self.step_s(f) * 1e3:.1f}" for f in self.seconds if f != fmt)
-        return (
-            f"{fmt} {self.step_s(fmt) * 1e3:.1f} ms/token of weight products at {t} thread"
-            f"{'s' if t != 1 else ''}" + (f" ({others})" if others else "")
-        )
-
 
 def decode_shapes(
     dim: int,
@@ -276,8 +270,8 @@ def probe_decode(
     refresh: bool = False,
 ) -> DecodeProbe:
     """Seconds per token's weight products for each of `formats` at each thread count, read from
-    the per-machine cache (TWOFILES_CACHE/decode-probe.json) where present, else measured (about
-    a second per format) and cached. A damaged cache is measured again; a cache copied from
+    the per-machine cache (TWOFILES_CACHE/decode-probe.json) where present, else measured (~2 s
+    for smollm2's four dense formats at two thread counts) and cached. A damaged cache is measured again; a cache copied from
     another CPU or torch is never trusted (they are in the key)."""
     threads = list(threads or thread_candidates())
     cpu, isa = cpu_identity(all_flags=True)
@@ -331,13 +325,14 @@ def probe_decode(
 
 __all__ = [
     "BF16_MIN_GAIN",
-    "DENSE_FORMATS",
     "FORMATS",
     "DecodeProbe",
     "available_formats",
     "choose_dense",
     "decode_shapes",
+    "int_kernels_available",
     "machine_busy",
+    "onednn_linear_available",
     "probe_decode",
     "thread_candidates",
     "time_steps",

@@ -38,11 +38,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from twofiles import decode_probe
+from twofiles.decode_probe import int_kernels_available, onednn_linear_available
 from twofiles.errors import TwofilesError
 
 if TYPE_CHECKING:
     from twofiles.artifact import LoadedModel
-    from twofiles.model import Transformer
+    from twofiles.model import ModelConfig, Transformer
 
 QuantMode = Literal["none", "int8", "int4"]
 MODES: tuple[str, ...] = ("none", "int8", "int4")
@@ -103,12 +105,6 @@ def _pack_nibbles(q: torch.Tensor) -> torch.Tensor:
 
 def _unpack_nibbles(p: torch.Tensor) -> torch.Tensor:
     return torch.stack([p >> 4, p & 15], dim=-1).reshape(p.shape[0], -1)
-
-
-def _cpu_kernels_available() -> bool:
-    return hasattr(torch.ops.aten, "_weight_int8pack_mm") and hasattr(
-        torch.ops.aten, "_weight_int4pack_mm_for_cpu"
-    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -256,16 +252,6 @@ class Int8Embedding(nn.Module):
         return self.qweight[idx].to(self.dtype) * self.scales[idx, None].to(self.dtype)
 
 
-def onednn_linear_available() -> bool:
-    """Whether this torch has oneDNN's prepacked linear (the ops torch.compile's CPU freezing
-    pass uses): x86 and aarch64 builds with mkldnn."""
-    return (
-        torch.backends.mkldnn.is_available()
-        and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
-        and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-    )
-
-
 class PackedLinear(nn.Module):
     """An fp32 or bf16 nn.Linear for CPU inference with its weight reordered once into oneDNN's
     blocked layout (for batch-1 rows), multiplied by oneDNN's kernel. The same math as F.linear to
@@ -351,7 +337,7 @@ def _use_packed(backend: str, device: torch.device) -> bool:
         raise ValueError(f"backend={backend!r}: expected auto, packed or dequant")
     if backend == "dequant":
         return False
-    ok = device.type == "cpu" and _cpu_kernels_available()
+    ok = device.type == "cpu" and int_kernels_available()
     if backend == "packed" and not ok:
         raise TwofilesError(
             f"packed int8/int4 kernels need a CPU tensor and torch >= 2.6 (got {device.type}, torch {torch.__version__})"
@@ -468,7 +454,8 @@ class InferenceSetup:
     activations: str = "float32"  # the dtype between layers (norms, attention, the KV cache)
     format: str = ""  # the linears' weight format: fp32, fp32-packed, bf16, bf16-packed, int8, int4
     layout: str = ""  # "fused" (q/k/v and gate/up as one matmul each) or "plain"
-    # the probe's figures: format -> ms per token of weight products at the chosen threads
+    # the probe's figures: format -> ms per token of weight products, each at its fastest threads
+    # (or at the threads asked for)
     probe_ms: dict[str, float] = field(default_factory=dict)
     probe_seconds: float = 0.0  # time the probe took in this process (0 when read from its cache)
     forced: list[str] = field(default_factory=list)  # the choices a caller made, not the probe
@@ -517,9 +504,7 @@ def _cast(model: Transformer, dtype: torch.dtype) -> None:
 
 def _dense_formats(dtype: str, layout: str, compile: bool | None) -> list[str]:
     """The weight formats a dense (unquantized) CPU model may take under the caller's choices."""
-    from twofiles.decode_probe import available_formats
-
-    out = list(available_formats())
+    out = list(decode_probe.available_formats())
     precision = {"fp32": ("fp32",), "bf16": ("bf16",)}.get(dtype, ("fp32", "bf16"))
     out = [f for f in out if f.split("-")[0] in precision]
     if layout == "packed":
@@ -527,6 +512,74 @@ def _dense_formats(dtype: str, layout: str, compile: bool | None) -> list[str]:
     elif layout in ("fused", "plain") or compile:  # inductor cannot take oneDNN's packed weights
         out = [f for f in out if not f.endswith("-packed")]
     return out
+
+
+def _choose_on_cpu(
+    cfg: ModelConfig,
+    quantize: str,
+    dtype: str,
+    layout: str,
+    compile: bool | None,
+    threads: int | None,
+    fuse: bool,
+) -> tuple[str, bool, dict[str, float], float, list[str]]:
+    """The decode probe's choice for a CPU model: (format, fused, ms per token by format, seconds
+    the probe took here, reasons). Sets torch's threads to the fastest count unless `threads`
+    was given. The format is "" where nothing was probed (a model that stays in the caches, fp16,
+    a torch without the kernels): the caller falls back to runtime's decision."""
+    weight_bytes = 4 * cfg.num_params(embeddings=False)
+    if weight_bytes < SMALL_MODEL_BYTES:
+        return "", fuse, {}, 0.0, [
+            f"no decode probe: {weight_bytes / 2**20:.1f} MB of weights stay in the caches, so "
+            "per-op overhead, not weight streaming, bounds a step"
+        ]  # fmt: skip
+    if dtype not in ("auto", "fp32", "bf16"):
+        return "", fuse, {}, 0.0, []
+    if quantize != "none":
+        candidates = [quantize] if quantize in decode_probe.available_formats() else []
+    else:
+        candidates = _dense_formats(dtype, layout, compile)
+    if not candidates:
+        return "", fuse, {}, 0.0, []
+    dims = (
+        cfg.dim, cfg.hidden_dim, cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim,
+        cfg.n_layers, cfg.vocab_size,
+    )  # fmt: skip
+    t0 = time.perf_counter()
+    measured = decode_probe.probe_decode(
+        decode_probe.decode_shapes(*dims, fused=layout != "plain"),
+        candidates,
+        threads=[threads] if threads is not None else None,
+    )
+    probe_s = 0.0 if measured.from_cache else time.perf_counter() - t0
+    best = {f: measured.step_s(f, threads) for f in candidates}  # each at its fastest threads
+    reasons = []
+    if quantize != "none":
+        fmt = quantize
+    else:
+        fmt, why = decode_probe.choose_dense(best)
+        reasons.append(f"{fmt} weights: {why}")
+    if threads is None:
+        n = measured.best_threads(fmt)
+        torch.set_num_threads(n)
+        reasons.append(f"{n} CPU threads: fastest for {fmt} of {sorted(measured.seconds[fmt])}")
+    if layout == "auto":  # the fused layout reads the same bytes in fewer, larger products
+        n = torch.get_num_threads()
+        plain = decode_probe.probe_decode(
+            decode_probe.decode_shapes(*dims, fused=False), [fmt], threads=[n]
+        )
+        fused_s, plain_s = measured.step_s(fmt, n), plain.step_s(fmt, n)
+        fuse = plain_s >= PLAIN_MIN_GAIN * fused_s
+        reasons.append(
+            f"{'fused' if fuse else 'plain'} layout: fused {fused_s * 1e3:.1f} vs "
+            f"plain {plain_s * 1e3:.1f} ms/token of {fmt} weight products"
+        )
+    where = (
+        f"cached {measured.cache_path}" if measured.cache_path else measured.note or "not cached"
+    )
+    where += f", probed {measured.probed_at}" if measured.probed_at else ""
+    reasons.append(f"decode probe: {where}" + (f", {probe_s:.1f}s" if probe_s else ""))
+    return fmt, fuse, {f: round(v * 1e3, 2) for f, v in best.items()}, probe_s, reasons
 
 
 def prepare_for_inference(
@@ -555,7 +608,6 @@ def prepare_for_inference(
     packed, the measured default of the AVX2 / AVX-512 CPUs) for callers that must not time
     anything. The model is for inference afterwards: fused and packed layouts are not the training
     layout, and are not saved. The returned InferenceSetup says what was chosen and why."""
-    from twofiles import decode_probe
     from twofiles.runtime import can_compile, precision_for
 
     t0 = time.perf_counter()
@@ -587,92 +639,36 @@ def prepare_for_inference(
     probe_ms: dict[str, float] = {}
     probe_s = 0.0
     fuse = layout in ("auto", "packed", "fused")
-    pack = False
     if threads is not None:
         torch.set_num_threads(threads)
         reasons.append(f"{threads} CPU threads: requested")
 
-    weight_bytes = 4 * cfg.num_params(embeddings=False)
-    small = weight_bytes < SMALL_MODEL_BYTES
-    if cpu and probe and small and threads is None:
-        reasons.append(
-            f"no decode probe: {weight_bytes / 2**20:.1f} MB of weights stay in the caches, so "
-            "per-op overhead, not weight streaming, bounds a step"
+    if cpu and probe:
+        fmt, fuse, probe_ms, probe_s, chosen = _choose_on_cpu(
+            cfg, quantize, dtype, layout, compile, threads, fuse
         )
-    if cpu and probe and not small and dtype in ("auto", "fp32", "bf16"):
-        dims = (
-            cfg.dim, cfg.hidden_dim, cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim,
-            cfg.n_layers, cfg.vocab_size,
-        )  # fmt: skip
-        shapes = decode_probe.decode_shapes(*dims, fused=layout != "plain")
-        if quantize != "none":
-            candidates = [quantize] if quantize in decode_probe.available_formats() else []
-        else:
-            candidates = _dense_formats(dtype, layout, compile)
-        tp = time.perf_counter()
-        measured = (
-            decode_probe.probe_decode(
-                shapes, candidates, threads=[threads] if threads is not None else None
-            )
-            if candidates
-            else None
-        )
-        probe_s = 0.0 if measured is None or measured.from_cache else time.perf_counter() - tp
-        if measured is not None:
-            best = {f: measured.step_s(f, threads) for f in candidates}
-            probe_ms = {f: round(v * 1e3, 2) for f, v in best.items()}
-            if quantize != "none":
-                fmt = quantize
-            else:
-                fmt, why = decode_probe.choose_dense(best)
-                reasons.append(f"{fmt} weights: {why}")
-            if threads is None:
-                n = measured.best_threads(fmt)
-                torch.set_num_threads(n)
-                reasons.append(
-                    f"{n} CPU threads: fastest for {fmt} of {sorted(measured.seconds[fmt])}"
-                )
-            if layout == "auto":  # the fused layout reads the same bytes in fewer, larger products
-                n = torch.get_num_threads()
-                plain = decode_probe.probe_decode(
-                    decode_probe.decode_shapes(*dims, fused=False), [fmt], threads=[n]
-                )
-                fused_s, plain_s = measured.step_s(fmt, n), plain.step_s(fmt, n)
-                fuse = plain_s >= PLAIN_MIN_GAIN * fused_s
-                reasons.append(
-                    f"{'fused' if fuse else 'plain'} layout: fused {fused_s * 1e3:.1f} vs "
-                    f"plain {plain_s * 1e3:.1f} ms/token of {fmt} weight products"
-                )
-            where = (
-                f"cached {measured.cache_path}"
-                if measured.cache_path
-                else measured.note or "not cached"
-            ) + (f", probed {measured.probed_at}" if measured.probed_at else "")
-            reasons.append(f"decode probe: {where}" + (f", {probe_s:.1f}s" if probe_s else ""))
+        reasons += chosen
 
     if quantize == "none":
         if not fmt:  # no probe (CUDA / MPS, fp16, small, probe=False): runtime's decision
             amp, why = precision_for(
                 device, "fp32" if dtype == "auto" and cpu else dtype, purpose="inference"
             )
-            want = amp or torch.float32
-            pack = cpu and layout in ("auto", "packed") and not compile and want in PACKED_DTYPES
-            fmt = "bf16" if want == torch.bfloat16 else "fp16" if want == torch.float16 else "fp32"
-            fmt += "-packed" if pack else ""
+            fmt = _short(amp or torch.float32)
+            packable = fmt != "fp16" and onednn_linear_available()
+            if cpu and layout in ("auto", "packed") and not compile and packable:
+                fmt += "-packed"
             reasons.append(f"{fmt} weights: {why if not (cpu and dtype == 'auto') else 'no probe'}")
         pack = fmt.endswith("-packed")
-        weights = (
-            torch.bfloat16
-            if fmt.startswith("bf16")
-            else torch.float16
-            if fmt.startswith("fp16")
-            else torch.float32
+        weights = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(
+            fmt.split("-")[0], torch.float32
         )
         # packed bf16 weights keep fp32 activations (norms, attention, the KV cache): torch's bf16
         # attention at one query row is 5-9x its fp32 (68 against 14 us at 128 cached tokens,
         # 474 against 55 at 1024; docs/LOG.md), and the residual stream keeps its precision
         want = stored if pack else weights
     else:  # quantized: activations stay in the stored dtype unless asked (the kernels cast)
+        pack = False
         fmt = fmt or quantize
         want = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype, stored)
         if dtype == "auto" and not cpu:
@@ -686,11 +682,9 @@ def prepare_for_inference(
         reasons.append(f"fused projections: {n} groups (q/k/v and gate/up, one matmul each)")
     report = None
     if pack:
-        packed = pack_linears(model, weights)
+        packed = pack_linears(model, weights)  # packed formats are offered only with oneDNN
         reasons.append(
             f"oneDNN packed {_short(weights)} linears: {len(packed)}, {_short(want)} activations"
-            if packed
-            else "linears unpacked: this torch has no oneDNN"
         )
     elif quantize == "none" and cpu and compile:
         reasons.append("linears unpacked: torch.compile cannot take oneDNN's packed weights")

@@ -33,6 +33,7 @@ from twofiles.cli.common import (
     add_sampling_flags,
     add_steer_flags,
     emit_json,
+    no_compile_when_steering,
     persona_sampling,
     persona_summary,
     prepare_model,
@@ -304,10 +305,7 @@ def run(args: argparse.Namespace) -> int:
     params = sampling_params(args)
     seed = params.seed
     specs = [parse_steer(s) for s in args.steer]
-    if specs and args.compile:
-        raise TwofilesError("--steer adds Python hooks inside the model: drop --compile")
-    if specs:
-        args.compile = False  # hooks need the eager model: no compile chosen for them either
+    no_compile_when_steering(args, bool(specs))
     steer_paths_exist(specs)
     tools = _pick_tools(args.tools, args.workdir, index, args.rag_k)
     start = load_conversation(args.load) if args.load else []

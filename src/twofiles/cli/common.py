@@ -502,6 +502,18 @@ def prepare_model(
     )
 
 
+def no_compile_when_steering(args: argparse.Namespace, steering: bool) -> None:
+    """--steer adds Python hooks inside the model, which a compiled block would not run: with
+    --compile that is an error, and otherwise no compile is chosen (args.compile = False)."""
+    if not steering:
+        return
+    if args.compile:
+        from twofiles.errors import TwofilesError
+
+        raise TwofilesError("--steer adds Python hooks inside the model: drop --compile")
+    args.compile = False
+
+
 def add_steer_flags(parser: argparse.ArgumentParser) -> None:
     """--steer and --steer-units, for the verbs that generate (sae/steering.py reads them)."""
     parser.add_argument(

@@ -18,6 +18,7 @@ from twofiles.cli.common import (
     add_sampling_flags,
     add_steer_flags,
     emit_json,
+    no_compile_when_steering,
     persona_sampling,
     persona_summary,
     prepare_model,
@@ -97,10 +98,7 @@ def run(args: argparse.Namespace) -> int:
     params = sampling_params(args, stop=list(args.stop))
     seed = params.seed
     specs = [parse_steer(s) for s in args.steer]
-    if specs and args.compile:
-        raise TwofilesError("--steer adds Python hooks inside the model: drop --compile")
-    if specs:
-        args.compile = False  # hooks need the eager model: no compile chosen for them either
+    no_compile_when_steering(args, bool(specs))
     steer_paths_exist(specs)
 
     device, why = pick_device(args.device)
