@@ -1043,6 +1043,9 @@ def test_chat_cli_with_smollm2(capsys, monkeypatch) -> None:
     assert summary["template"] == "model" and "the model's own" in err
     assert "Paris" in summary["replies"][0] and "Rome" in summary["replies"][1]
     assert [m["role"] for m in summary["messages"]] == ["user", "assistant", "user", "assistant"]
+    # the layout the decode probe chose for this machine, reported (the replies above are its)
+    assert summary["inference"]["format"] in ("fp32", "fp32-packed", "bf16", "bf16-packed")
+    assert summary["inference"]["reasons"] and summary["inference"]["forced"] == []
 
 
 # A Hermes / Qwen-style template: tools in the system block, tool calls written by the template,

@@ -151,3 +151,26 @@ def test_user_errors_exit_2(model_path, capsys, argv, message):
     argv = [model_path if a == "MODEL" else a for a in argv]
     rc, _out, err = run_cli(capsys, *argv)
     assert rc == 2 and message in err and "Traceback" not in err
+
+
+def test_the_inference_flags_force_the_layout_and_json_reports_it(model_path, capsys):
+    """What the user types decides: --dtype, --layout and --no-compile override the probe, and
+    --json says what ran and that it was forced."""
+    base = [model_path, "--prompt", "to be", "--temperature", "0", "--max-tokens", "6", "--json"]
+    rc, out, err = run_cli(capsys, *base)
+    assert rc == 0, err
+    auto = json.loads(out.splitlines()[-1])["inference"]
+    assert auto["forced"] == [] and auto["layout"] == "fused" and auto["reasons"]
+    rc, out, err = run_cli(capsys, *base, "--dtype", "fp32", "--layout", "plain")
+    assert rc == 0, err
+    plain = json.loads(out.splitlines()[-1])
+    inf = plain["inference"]
+    assert (inf["format"], inf["layout"], inf["dtype"]) == ("fp32", "plain", "float32")
+    assert inf["forced"] == ["dtype", "layout"]
+    rc, out, err = run_cli(capsys, *base, "--quantize", "int8", "--no-compile")
+    assert rc == 0, err
+    inf = json.loads(out.splitlines()[-1])["inference"]
+    assert inf["format"] == "int8" and not inf["compiled"] and inf["forced"] == ["compile"]
+    with pytest.raises(SystemExit) as bad:  # argparse refuses it before anything loads
+        run_cli(capsys, *base, "--layout", "sideways")
+    assert bad.value.code == 2

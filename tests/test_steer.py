@@ -108,6 +108,17 @@ def test_a_steer_that_does_not_fit_is_refused_with_exit_2(files, capsys, which, 
     assert message in err
 
 
+def test_steering_runs_the_eager_model(files, capsys):
+    """Hooks run in eager blocks only: --compile with --steer is refused, and a quantized model,
+    which compiles by default, is left uncompiled when steered."""
+    steer = f"{files / 'sae.safetensors'}:1=2"
+    rc, _, err = _generate(capsys, files, "--steer", steer, "--compile")
+    assert rc == 2 and "drop --compile" in err
+    rc, summary, _ = _generate(capsys, files, "--steer", steer, "--quantize", "int8")
+    assert rc == 0 and summary["steer"] and not summary["compiled"]
+    assert not summary["inference"]["compiled"]
+
+
 def test_parse_steer_keeps_colons_in_the_path():
     s = parse_steer("C:/runs/sae:12=-0.5")
     assert (s.path, s.feature, s.scale) == ("C:/runs/sae", 12, -0.5)
