@@ -16,7 +16,6 @@ illegal instruction kills the child and not the bench.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import importlib.metadata
 import json
@@ -32,7 +31,7 @@ from pathlib import Path
 from typing import TextIO
 
 from twofiles.paths import cache_dir
-from twofiles.runtime import cpu_identity
+from twofiles.runtime import cpu_info
 
 PACKAGE = "llama-cpp-python"
 VARIANTS = ("native", "avx512", "avx2")  # the ladder's order: best first
@@ -64,28 +63,16 @@ class LlamaCppUnavailable(RuntimeError):
     """No rung of the ladder runs here; the message says why for each."""
 
 
-def read_cpuinfo() -> str:
-    """/proc/cpuinfo's text ("" where there is none)."""
-    with contextlib.suppress(OSError):
-        return Path("/proc/cpuinfo").read_text(errors="replace")
-    return ""
-
-
 def cpu_flags() -> frozenset[str]:
-    """Every flag /proc/cpuinfo lists for this CPU (x86 "flags", Arm "Features")."""
-    flags: set[str] = set()
-    for line in read_cpuinfo().splitlines():
-        key, _, value = line.partition(":")
-        if key.strip().lower() in ("flags", "features"):
-            flags.update(value.split())
-    return frozenset(flags)
+    """Every flag this CPU lists (runtime.cpu_info)."""
+    return cpu_info()[1]
 
 
 def machine_key() -> str:
     """12 hex digits naming this CPU kind: sha256 of its model name and full sorted flag set. Two
     machines share builds exactly when both agree (one flag more or less is another kind)."""
-    name, _ = cpu_identity()
-    text = name + "\n" + " ".join(sorted(cpu_flags()))
+    name, flags = cpu_info()
+    text = name + "\n" + " ".join(sorted(flags))
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 

@@ -29,7 +29,7 @@ SIGILL_INIT = "import os, signal\nos.kill(os.getpid(), signal.SIGILL)\n"
 
 
 def _fake_cpu(monkeypatch, flags: str) -> None:
-    monkeypatch.setattr(lb, "read_cpuinfo", lambda: f"processor\t: 0\nflags\t\t: {flags}\n")
+    monkeypatch.setattr(lb, "cpu_info", lambda: ("Test CPU", frozenset(flags.split())))
 
 
 def _fake_site(root: Path, init: str) -> Path:

@@ -182,9 +182,9 @@ KERNEL_ISA_FLAGS = (
 )
 
 
-def cpu_identity(*, all_flags: bool = False) -> tuple[str, tuple[str, ...]]:
-    """(model name, ISA flags) of this CPU, from /proc/cpuinfo where there is one: the
-    bf16-relevant flags, or with `all_flags` every kernel-relevant one (KERNEL_ISA_FLAGS)."""
+def cpu_info() -> tuple[str, frozenset[str]]:
+    """(model name, every flag) of this CPU, from /proc/cpuinfo where there is one (x86 "flags",
+    Arm "Features"); the name falls back to what platform says."""
     name, flags = "", set()
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
@@ -196,6 +196,13 @@ def cpu_identity(*, all_flags: bool = False) -> tuple[str, tuple[str, ...]]:
                 flags.update(value.split())
     if not name:
         name = platform.processor() or platform.machine() or "unknown CPU"
+    return name, frozenset(flags)
+
+
+def cpu_identity(*, all_flags: bool = False) -> tuple[str, tuple[str, ...]]:
+    """(model name, ISA flags) of this CPU: the bf16-relevant flags, or with `all_flags` every
+    kernel-relevant one (KERNEL_ISA_FLAGS)."""
+    name, flags = cpu_info()
     wanted = KERNEL_ISA_FLAGS if all_flags else BF16_ISA_FLAGS
     return name, tuple(f for f in wanted if f in flags)
 
